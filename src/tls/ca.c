@@ -1,0 +1,413 @@
+/* Certificate bundles and the local CA provider (mints leaves from a root key on disk). */
+#include "tls/ca.h"
+#include "tls/tls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509v3.h>
+
+#define LEAF_TTL (24 * 3600)
+#define LEAF_BACKDATE 60
+#define ROOT_TTL (10L * 365 * 24 * 3600)
+#define CACHE_BUCKETS 256
+/* Above this many cached identities, expired-for-refresh entries are dropped on insert. */
+#define CACHE_SOFT_MAX 4096
+
+void tls_cert_ref(struct tls_cert *c)
+{
+    __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+}
+
+void tls_cert_unref(struct tls_cert *c)
+{
+    if (!c) return;
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    X509_free(c->leaf);
+    EVP_PKEY_free(c->key);
+    sk_X509_pop_free(c->chain, X509_free);
+    X509_free(c->root);
+    free(c);
+}
+
+time_t tls_cert_refresh_at(const struct tls_cert *c)
+{
+    return c->not_before + (c->not_after - c->not_before) / 2;
+}
+
+/* Formats "<what>: <reason>" into err; reason falls back to the OpenSSL error queue when NULL. */
+static void set_err(char *err, size_t errlen, const char *what, const char *reason)
+{
+    char ebuf[256];
+    if (!err || !errlen) {
+        ERR_clear_error();
+        return;
+    }
+    if (!reason) reason = tls_errstr(ebuf, sizeof(ebuf));
+    snprintf(err, errlen, "%s: %s", what, reason);
+    ERR_clear_error();
+}
+
+/* A positive, non-zero random 128-bit serial as RFC 5280 asks (at most 20 octets, unpredictable). */
+static int set_random_serial(X509 *x)
+{
+    unsigned char raw[16];
+    BIGNUM *bn = NULL;
+    int rc = -EIO;
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) goto out;
+    raw[0] &= 0x7f;
+    raw[0] |= 0x01; /* never zero, and keeps the encoded length stable */
+    bn = BN_bin2bn(raw, sizeof(raw), NULL);
+    if (!bn || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x))) goto out;
+    rc = 0;
+out:
+    BN_free(bn);
+    return rc;
+}
+
+/* Adds an extension from OpenSSL's config syntax; only used with fixed strings, never with identity text. */
+static int add_ext_conf(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
+{
+    X509_EXTENSION *ext = X509V3_EXT_nconf_nid(NULL, ctx, nid, value);
+    int ok = ext && X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    return ok ? 0 : -EIO;
+}
+
+/* Adds the URI SAN built directly as a GENERAL_NAME, so no byte of the id is interpreted by a config parser.
+ * Critical because the subject is empty (RFC 5280 4.2.1.6). */
+static int add_uri_san(X509 *x, const char *uri)
+{
+    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
+    GENERAL_NAME *gn = GENERAL_NAME_new();
+    ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+    int rc = -EIO;
+
+    if (!gens || !gn || !ia5) goto out;
+    if (!ASN1_STRING_set(ia5, uri, (int)strlen(uri))) goto out;
+    GENERAL_NAME_set0_value(gn, GEN_URI, ia5);
+    ia5 = NULL;
+    if (!sk_GENERAL_NAME_push(gens, gn)) goto out;
+    gn = NULL;
+    if (X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 1, X509V3_ADD_DEFAULT) != 1) goto out;
+    rc = 0;
+out:
+    ASN1_IA5STRING_free(ia5);
+    GENERAL_NAME_free(gn);
+    GENERAL_NAMES_free(gens);
+    return rc;
+}
+
+/* EdDSA keys sign without a separate digest; everything else signs SHA-256. */
+static const EVP_MD *sign_md(EVP_PKEY *key)
+{
+    int id = EVP_PKEY_get_id(key);
+    return (id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448) ? NULL : EVP_sha256();
+}
+
+/* Mints a leaf for id signed by root/root_key. Returns a cert with one reference, or NULL with err filled. */
+static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct spiffe_id *id, char *err,
+                                  size_t errlen)
+{
+    struct tls_cert *c = calloc(1, sizeof(*c));
+    X509 *x = NULL;
+    EVP_PKEY *key = NULL;
+    X509V3_CTX v3;
+    time_t now = time(NULL);
+    char what[SPIFFE_MAX + 16] = "";
+
+    if (!c) {
+        set_err(err, errlen, "mint", "out of memory");
+        return NULL;
+    }
+    c->refs = 1;
+    c->id = *id;
+    if (spiffe_format(id, c->uri, sizeof(c->uri)) < 0) {
+        set_err(err, errlen, "mint", "identity too long");
+        goto fail;
+    }
+    snprintf(what, sizeof(what), "mint %s", c->uri);
+
+    key = EVP_EC_gen("P-256");
+    x = X509_new();
+    if (!key || !x) goto ossl_fail;
+    if (!X509_set_version(x, X509_VERSION_3)) goto ossl_fail;
+    if (set_random_serial(x) < 0) goto ossl_fail;
+    if (!X509_set_issuer_name(x, X509_get_subject_name(root))) goto ossl_fail;
+    /* The subject stays empty: the identity lives only in the critical URI SAN, as in Istio's certificates. */
+    c->not_before = now - LEAF_BACKDATE;
+    c->not_after = now + LEAF_TTL;
+    if (!ASN1_TIME_set(X509_getm_notBefore(x), c->not_before)) goto ossl_fail;
+    if (!ASN1_TIME_set(X509_getm_notAfter(x), c->not_after)) goto ossl_fail;
+    if (!X509_set_pubkey(x, key)) goto ossl_fail;
+
+    X509V3_set_ctx(&v3, root, x, NULL, NULL, 0);
+    if (add_ext_conf(x, &v3, NID_basic_constraints, "critical,CA:FALSE") < 0) goto ossl_fail;
+    if (add_ext_conf(x, &v3, NID_key_usage, "critical,digitalSignature,keyEncipherment") < 0) goto ossl_fail;
+    if (add_ext_conf(x, &v3, NID_ext_key_usage, "serverAuth,clientAuth") < 0) goto ossl_fail;
+    /* The authority key id lets verifiers pick the right root when several share a subject name. */
+    if (X509_get0_subject_key_id(root) && add_ext_conf(x, &v3, NID_authority_key_identifier, "keyid") < 0)
+        goto ossl_fail;
+    if (add_uri_san(x, c->uri) < 0) goto ossl_fail;
+    if (X509_sign(x, root_key, sign_md(root_key)) <= 0) goto ossl_fail;
+
+    c->chain = sk_X509_new_null();
+    if (!c->chain || !X509_up_ref(root)) goto ossl_fail;
+    c->root = root;
+    c->leaf = x;
+    c->key = key;
+    return c;
+
+ossl_fail:
+    set_err(err, errlen, what[0] ? what : "mint", NULL);
+fail:
+    X509_free(x);
+    EVP_PKEY_free(key);
+    sk_X509_free(c->chain);
+    free(c);
+    return NULL;
+}
+
+/* ---- local CA provider ---- */
+
+struct cache_ent {
+    struct cache_ent *next;
+    struct tls_cert *cert; /* one reference owned by the cache; keyed by cert->uri */
+};
+
+struct ca_local {
+    struct cert_provider base; /* first, so the provider pointer is the ca_local pointer */
+    pthread_mutex_t mu;
+    X509 *root;
+    EVP_PKEY *root_key;
+    struct cache_ent *buckets[CACHE_BUCKETS];
+    size_t count;
+};
+
+static uint32_t uri_hash(const char *s)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+/* Drops cached certificates that are past their refresh time; called with mu held. */
+static void cache_sweep(struct ca_local *ca, time_t now)
+{
+    for (size_t b = 0; b < CACHE_BUCKETS; b++) {
+        struct cache_ent **pp = &ca->buckets[b];
+        while (*pp) {
+            struct cache_ent *e = *pp;
+            if (now >= tls_cert_refresh_at(e->cert)) {
+                *pp = e->next;
+                tls_cert_unref(e->cert);
+                free(e);
+                ca->count--;
+            } else {
+                pp = &e->next;
+            }
+        }
+    }
+}
+
+static struct tls_cert *ca_local_fetch(struct cert_provider *p, const struct spiffe_id *id, char *err,
+                                       size_t errlen)
+{
+    struct ca_local *ca = (struct ca_local *)p;
+    struct tls_cert *c = NULL;
+    char uri[SPIFFE_MAX];
+    time_t now = time(NULL);
+
+    if (spiffe_format(id, uri, sizeof(uri)) < 0) {
+        set_err(err, errlen, "fetch", "identity too long");
+        return NULL;
+    }
+    pthread_mutex_lock(&ca->mu);
+    struct cache_ent **slot = &ca->buckets[uri_hash(uri) % CACHE_BUCKETS], *e;
+    for (e = *slot; e; e = e->next)
+        if (strcmp(e->cert->uri, uri) == 0) break;
+    if (e && now < tls_cert_refresh_at(e->cert)) {
+        c = e->cert;
+        tls_cert_ref(c);
+        goto out;
+    }
+    /* Minting under the lock keeps concurrent fetches for one identity from minting twice; a P-256 leaf
+     * costs well under a millisecond. */
+    c = mint_leaf(ca->root, ca->root_key, id, err, errlen);
+    if (!c) goto out;
+    if (e) {
+        tls_cert_unref(e->cert);
+        e->cert = c;
+    } else {
+        if (ca->count >= CACHE_SOFT_MAX) cache_sweep(ca, now);
+        e = malloc(sizeof(*e));
+        if (!e) goto out; /* the caller still gets its certificate; it is just not cached */
+        e->cert = c;
+        e->next = ca->buckets[uri_hash(uri) % CACHE_BUCKETS];
+        ca->buckets[uri_hash(uri) % CACHE_BUCKETS] = e;
+        ca->count++;
+    }
+    tls_cert_ref(c); /* one for the cache, one for the caller */
+out:
+    pthread_mutex_unlock(&ca->mu);
+    return c;
+}
+
+static void ca_local_destroy(struct cert_provider *p)
+{
+    struct ca_local *ca = (struct ca_local *)p;
+    if (!ca) return;
+    for (size_t b = 0; b < CACHE_BUCKETS; b++) {
+        struct cache_ent *e = ca->buckets[b];
+        while (e) {
+            struct cache_ent *next = e->next;
+            tls_cert_unref(e->cert);
+            free(e);
+            e = next;
+        }
+    }
+    X509_free(ca->root);
+    EVP_PKEY_free(ca->root_key);
+    pthread_mutex_destroy(&ca->mu);
+    free(ca);
+}
+
+/* Opens path for a PEM read; on failure fills err with "<path>: <strerror>". */
+static FILE *open_pem(const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) set_err(err, errlen, path, strerror(errno));
+    return f;
+}
+
+struct cert_provider *ca_local_new(const char *dir, char *err, size_t errlen)
+{
+    struct ca_local *ca = NULL;
+    char cert_path[4096], key_path[4096];
+    FILE *f = NULL;
+
+    if (!dir || !*dir) dir = ".";
+    if (snprintf(cert_path, sizeof(cert_path), "%s/root-cert.pem", dir) >= (int)sizeof(cert_path) ||
+        snprintf(key_path, sizeof(key_path), "%s/root-key.pem", dir) >= (int)sizeof(key_path)) {
+        set_err(err, errlen, dir, "path too long");
+        return NULL;
+    }
+    ca = calloc(1, sizeof(*ca));
+    if (!ca) {
+        set_err(err, errlen, dir, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&ca->mu, NULL);
+    ca->base.fetch = ca_local_fetch;
+    ca->base.destroy = ca_local_destroy;
+
+    if (!(f = open_pem(cert_path, err, errlen))) goto fail;
+    ca->root = PEM_read_X509(f, NULL, NULL, NULL);
+    fclose(f);
+    if (!ca->root) {
+        set_err(err, errlen, cert_path, "no PEM certificate");
+        goto fail;
+    }
+    if (X509_check_ca(ca->root) == 0) {
+        set_err(err, errlen, cert_path, "not a CA certificate");
+        goto fail;
+    }
+    if (!(f = open_pem(key_path, err, errlen))) goto fail;
+    /* An empty passphrase callback result makes encrypted keys fail instead of prompting on the terminal. */
+    ca->root_key = PEM_read_PrivateKey(f, NULL, NULL, (void *)"");
+    fclose(f);
+    if (!ca->root_key) {
+        set_err(err, errlen, key_path, "no readable PEM private key");
+        goto fail;
+    }
+    if (X509_check_private_key(ca->root, ca->root_key) != 1) {
+        set_err(err, errlen, key_path, "key does not match root-cert.pem");
+        goto fail;
+    }
+    ERR_clear_error();
+    return &ca->base;
+fail:
+    ca_local_destroy(&ca->base);
+    return NULL;
+}
+
+/* ---- root generation for tests and scripts ---- */
+
+static int write_pem(const char *path, mode_t mode, X509 *cert, EVP_PKEY *key, char *err, size_t errlen)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) {
+        int e = errno;
+        set_err(err, errlen, path, strerror(e));
+        return -e;
+    }
+    FILE *f = fdopen(fd, "w");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        set_err(err, errlen, path, strerror(e));
+        return -e;
+    }
+    int ok = cert ? PEM_write_X509(f, cert) : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) {
+        set_err(err, errlen, path, "write failed");
+        return -EIO;
+    }
+    return 0;
+}
+
+int ca_write_root(const char *dir, const char *org, char *err, size_t errlen)
+{
+    char cert_path[4096], key_path[4096];
+    EVP_PKEY *key = NULL;
+    X509 *x = NULL;
+    X509V3_CTX v3;
+    time_t now = time(NULL);
+    int rc = -EIO;
+
+    if (!org || !*org) org = "zmesh";
+    if (snprintf(cert_path, sizeof(cert_path), "%s/root-cert.pem", dir) >= (int)sizeof(cert_path) ||
+        snprintf(key_path, sizeof(key_path), "%s/root-key.pem", dir) >= (int)sizeof(key_path)) {
+        set_err(err, errlen, dir, "path too long");
+        return -ENAMETOOLONG;
+    }
+    key = EVP_EC_gen("P-256");
+    x = X509_new();
+    if (!key || !x) goto ossl_fail;
+    if (!X509_set_version(x, X509_VERSION_3) || set_random_serial(x) < 0) goto ossl_fail;
+    X509_NAME *name = X509_get_subject_name(x);
+    if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)org, -1, -1, 0))
+        goto ossl_fail;
+    if (!X509_set_issuer_name(x, name)) goto ossl_fail;
+    if (!ASN1_TIME_set(X509_getm_notBefore(x), now - LEAF_BACKDATE)) goto ossl_fail;
+    if (!ASN1_TIME_set(X509_getm_notAfter(x), now + ROOT_TTL)) goto ossl_fail;
+    if (!X509_set_pubkey(x, key)) goto ossl_fail;
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    if (add_ext_conf(x, &v3, NID_basic_constraints, "critical,CA:TRUE") < 0) goto ossl_fail;
+    if (add_ext_conf(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign") < 0) goto ossl_fail;
+    if (add_ext_conf(x, &v3, NID_subject_key_identifier, "hash") < 0) goto ossl_fail;
+    if (X509_sign(x, key, EVP_sha256()) <= 0) goto ossl_fail;
+    if ((rc = write_pem(key_path, 0600, NULL, key, err, errlen)) < 0) goto out;
+    if ((rc = write_pem(cert_path, 0644, x, NULL, err, errlen)) < 0) goto out;
+    rc = 0;
+    goto out;
+ossl_fail:
+    set_err(err, errlen, dir, NULL);
+    rc = -EIO;
+out:
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return rc;
+}

@@ -1,0 +1,307 @@
+/* HBONE TLS contexts: mutual TLS 1.3 with SPIFFE identities, following Istio ztunnel's rustls configuration. */
+#include "tls/tls.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#define TLS_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
+#define TLS_GROUPS "X25519:P-256"
+static const unsigned char alpn_h2_wire[] = {2, 'h', '2'};
+
+/* SSL_CTX ex-data slot holding the server's trust domain (a malloc'd string freed with the context). */
+static int td_idx = -1;
+static pthread_once_t td_once = PTHREAD_ONCE_INIT;
+
+static void td_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+    (void)parent, (void)ad, (void)idx, (void)argl, (void)argp;
+    free(ptr);
+}
+
+static void td_idx_init(void)
+{
+    td_idx = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL, td_free);
+}
+
+/* Calls fn on every URI SAN of x until it returns true. Returns whether one did. */
+static bool for_each_uri_san(X509 *x, bool (*fn)(const char *uri, size_t len, void *arg), void *arg)
+{
+    GENERAL_NAMES *gens;
+    bool hit = false;
+
+    if (!x) return false;
+    gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    if (!gens) return false;
+    for (int i = 0; i < sk_GENERAL_NAME_num(gens) && !hit; i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
+        if (gn->type != GEN_URI) continue;
+        const ASN1_IA5STRING *s = gn->d.uniformResourceIdentifier;
+        hit = fn((const char *)ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s), arg);
+    }
+    GENERAL_NAMES_free(gens);
+    return hit;
+}
+
+static bool san_in_td(const char *uri, size_t len, void *arg)
+{
+    struct spiffe_id id;
+    return spiffe_parse(uri, len, &id) == 0 && strcmp(id.td, (const char *)arg) == 0;
+}
+
+/* Adds Istio's TrustDomainVerifier to normal chain verification: the client leaf must carry a SPIFFE id of the
+ * server's own trust domain. A failure here aborts the handshake with an alert. */
+static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    if (!ok) return 0;
+    if (X509_STORE_CTX_get_error_depth(sctx) != 0) return 1;
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    const char *td = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), td_idx) : NULL;
+    if (td && for_each_uri_san(X509_STORE_CTX_get_current_cert(sctx), san_in_td, (void *)td)) return 1;
+    X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+}
+
+/* Selects "h2" and nothing else; with no overlap the handshake fails with no_application_protocol. */
+static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                          unsigned int inlen, void *arg)
+{
+    (void)ssl, (void)arg;
+    for (unsigned int i = 0; i < inlen;) {
+        unsigned int l = in[i];
+        if (i + 1 + l > inlen) break;
+        if (l == 2 && in[i + 1] == 'h' && in[i + 2] == '2') {
+            *out = in + i + 1;
+            *outlen = 2;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + l;
+    }
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+
+/* OpenSSL skips the ALPN callback when a ClientHello has no ALPN extension at all; HBONE is only ever h2, so such
+ * a client is refused up front with the same alert instead of getting a connection that speaks nothing. */
+static int client_hello_cb(SSL *ssl, int *al, void *arg)
+{
+    const unsigned char *p;
+    size_t len;
+    (void)arg;
+    if (!SSL_client_hello_get0_ext(ssl, TLSEXT_TYPE_application_layer_protocol_negotiation, &p, &len)) {
+        *al = SSL_AD_NO_APPLICATION_PROTOCOL;
+        return SSL_CLIENT_HELLO_ERROR;
+    }
+    return SSL_CLIENT_HELLO_SUCCESS;
+}
+
+/* Settings shared by both sides: protocol, suites, groups, no resumption, buffer modes, our certificate, and a
+ * trust store holding only c->root. Returns 0 or -1 (OpenSSL error queue set). */
+static int ctx_common(SSL_CTX *ctx, const struct tls_cert *c)
+{
+    X509_STORE *store = NULL;
+
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION)) return -1;
+    if (!SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION)) return -1;
+    if (!SSL_CTX_set_ciphersuites(ctx, TLS_CIPHERSUITES)) return -1;
+    if (!SSL_CTX_set1_groups_list(ctx, TLS_GROUPS)) return -1;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    /* Partial writes and moving buffers suit the non-blocking event loop; buffers stay allocated because a
+     * busy tunnel would otherwise free and reallocate them on every record. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_NO_AUTO_CHAIN);
+    SSL_CTX_clear_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+
+    if (!c || !c->leaf || !c->key || !c->root) {
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_NULL_PARAMETER, "incomplete tls_cert");
+        return -1;
+    }
+    if (SSL_CTX_use_certificate(ctx, c->leaf) != 1) return -1;
+    if (SSL_CTX_use_PrivateKey(ctx, c->key) != 1) return -1;
+    if (SSL_CTX_check_private_key(ctx) != 1) return -1;
+    /* Explicit chain (possibly empty) and NO_AUTO_CHAIN: send leaf + intermediates, never the root. */
+    if (c->chain && SSL_CTX_set1_chain(ctx, c->chain) != 1) return -1;
+
+    store = X509_STORE_new();
+    if (!store || X509_STORE_add_cert(store, c->root) != 1) {
+        X509_STORE_free(store);
+        return -1;
+    }
+    /* The configured root is a trust anchor even when it is not self-signed (an intermediate used as a root),
+     * as webpki treats it. */
+    X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
+    SSL_CTX_set_cert_store(ctx, store);
+    return 0;
+}
+
+SSL_CTX *tls_server_ctx_new(const struct tls_cert *c)
+{
+    SSL_CTX *ctx = NULL;
+    char *td = NULL;
+
+    pthread_once(&td_once, td_idx_init);
+    if (td_idx < 0) return NULL;
+    ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx || ctx_common(ctx, c) < 0) goto fail;
+    if (!c->id.td[0]) {
+        ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_INVALID_ARGUMENT, "certificate has no trust domain");
+        goto fail;
+    }
+    if (!(td = strdup(c->id.td)) || !SSL_CTX_set_ex_data(ctx, td_idx, td)) goto fail;
+    td = NULL; /* owned by ctx now, freed by td_free */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, server_verify_cb);
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, NULL);
+    SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
+    return ctx;
+fail:
+    free(td);
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+SSL_CTX *tls_client_ctx_new(const struct tls_cert *c)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx || ctx_common(ctx, c) < 0) goto fail;
+    /* Chain verification only (serverAuth purpose is OpenSSL's client default); no host name check, because
+     * the identity is compared with the expected SANs by the caller. */
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (SSL_CTX_set_alpn_protos(ctx, alpn_h2_wire, sizeof(alpn_h2_wire)) != 0) goto fail;
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+struct san_match {
+    const char *const *expected;
+    size_t n;
+};
+
+static bool san_matches(const char *uri, size_t len, void *arg)
+{
+    const struct san_match *m = arg;
+    for (size_t i = 0; i < m->n; i++)
+        if (m->expected[i] && strlen(m->expected[i]) == len && memcmp(m->expected[i], uri, len) == 0) return true;
+    return false;
+}
+
+bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n)
+{
+    struct san_match m = {expected, n};
+    if (!ssl || !n || SSL_get_verify_result(ssl) != X509_V_OK) return false;
+    return for_each_uri_san(SSL_get0_peer_certificate(ssl), san_matches, &m);
+}
+
+struct first_spiffe {
+    char *buf;
+    size_t n;
+    int rc;
+};
+
+static bool san_first_spiffe(const char *uri, size_t len, void *arg)
+{
+    struct first_spiffe *f = arg;
+    struct spiffe_id id;
+    if (spiffe_parse(uri, len, &id) < 0) return false;
+    if (len >= f->n) {
+        f->rc = -ENOSPC;
+    } else {
+        memcpy(f->buf, uri, len);
+        f->buf[len] = '\0';
+        f->rc = (int)len;
+    }
+    return true;
+}
+
+int tls_peer_identity(SSL *ssl, char *buf, size_t n)
+{
+    struct first_spiffe f = {buf, n, -ENOENT};
+    if (n) buf[0] = '\0';
+    if (!ssl) return -ENOENT;
+    for_each_uri_san(SSL_get0_peer_certificate(ssl), san_first_spiffe, &f);
+    return f.rc;
+}
+
+bool tls_alpn_is_h2(SSL *ssl)
+{
+    const unsigned char *p = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(ssl, &p, &len);
+    return len == 2 && p[0] == 'h' && p[1] == '2';
+}
+
+const char *tls_errstr(char *buf, size_t n)
+{
+    const char *data;
+    int flags;
+    unsigned long e;
+    size_t off = 0;
+
+    if (!n) {
+        ERR_clear_error();
+        return buf;
+    }
+    buf[0] = '\0';
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+        const char *lib = ERR_lib_error_string(e), *reason = ERR_reason_error_string(e);
+        char code[32];
+        if (!reason) {
+            snprintf(code, sizeof(code), "error %lx", e);
+            reason = code;
+        }
+        bool has_data = (flags & ERR_TXT_STRING) && data && *data;
+        if (off < n)
+            off += (size_t)snprintf(buf + off, n - off, "%s%s%s%s%s%s%s", off ? "; " : "", lib ? lib : "",
+                                    lib ? ": " : "", reason, has_data ? " (" : "", has_data ? data : "",
+                                    has_data ? ")" : "");
+    }
+    if (!buf[0]) snprintf(buf, n, "no OpenSSL error");
+    return buf;
+}
+
+/* Writes an ASN1_TIME as RFC 3339 UTC into buf. Returns 0 or -ENOSPC/-EINVAL. */
+static int time_rfc3339(const ASN1_TIME *t, char *buf, size_t n)
+{
+    struct tm tm;
+    if (!buf) return 0;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return -EINVAL;
+    if (strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0) return -ENOSPC;
+    return 0;
+}
+
+int tls_cert_describe(const struct tls_cert *c, char *serial, size_t sn, char *from, size_t fn, char *to,
+                      size_t tn)
+{
+    int rc = -EINVAL;
+    BIGNUM *bn = NULL;
+    char *hex = NULL;
+
+    if (!c || !c->leaf) goto out;
+    if (serial) {
+        bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c->leaf), NULL);
+        if (!bn || !(hex = BN_bn2hex(bn))) goto out;
+        if (strlen(hex) >= sn) {
+            rc = -ENOSPC;
+            goto out;
+        }
+        for (size_t i = 0; hex[i]; i++) serial[i] = (char)tolower((unsigned char)hex[i]);
+        serial[strlen(hex)] = '\0';
+    }
+    if ((rc = time_rfc3339(X509_get0_notBefore(c->leaf), from, fn)) < 0) goto out;
+    if ((rc = time_rfc3339(X509_get0_notAfter(c->leaf), to, tn)) < 0) goto out;
+    rc = 0;
+out:
+    OPENSSL_free(hex);
+    BN_free(bn);
+    ERR_clear_error();
+    return rc;
+}
