@@ -1,0 +1,607 @@
+#!/usr/bin/python3
+"""zmesh benchmark: direct TCP vs an HAProxy mTLS tunnel pair vs zmesh (two ztunnels, HBONE), side by side.
+
+One run builds the two-node, two-pod topology of the end-to-end tests (tests/e2e/topo.py) and, for each
+scenario, measures from pod A to pod B:
+  * single-stream throughput: iperf3 -c ... -t N -J (Gbit/s, from the receiver's byte count);
+  * 1-byte round-trip latency p50/p99/mean: build/bin/zm-rtt (bench/rtt.c) on one TCP connection;
+  * proxy CPU seconds per GB moved during the iperf3 run: utime+stime of both proxy processes (and any
+    children) from /proc/<pid>/stat, before and after, divided by the bytes received (GB = 1e9 bytes).
+Then prints a table, the ratios, and pass/fail against the targets, and writes build/bench/results.json.
+
+Run as root through `make bench` (or bench/run.sh [--only direct,haproxy] [--time N]).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+SCENARIOS = ("direct", "haproxy", "zmesh")
+# Targets (zmesh against the baselines measured in the same run).
+TARGET_TPUT_VS_HAPROXY = 2.5    # zmesh throughput >= 2.5x HAProxy's
+TARGET_RTT_VS_DIRECT = 2.5      # zmesh RTT p50 <= 2.5x direct
+TARGET_CPU_S_PER_GB = 1.2       # both ztunnels together <= 1.2 CPU-seconds per GB
+
+# Ports. Apps in pod B listen on the wildcard address; each scenario reaches them differently.
+APP_IPERF, APP_RTT = 5201, 7000          # the apps themselves (direct and zmesh target these)
+HAP_IN_IPERF, HAP_IN_RTT = 25201, 27000  # server-side haproxy in pod B (mTLS), forwards to 127.0.0.1:APP_*
+HAP_OUT_IPERF, HAP_OUT_RTT = 15201, 17000  # client-side haproxy in pod A on 127.0.0.1
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Processes we start. Every one is recorded here and ended by its own pid at teardown, also on Ctrl-C.
+
+class Procs:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, name, **kw):
+        log(f"start {name}: {' '.join(argv)}")
+        kw.setdefault("stdout", subprocess.DEVNULL)
+        kw.setdefault("stderr", subprocess.DEVNULL)
+        # Own process group, so Ctrl-C in the terminal reaches only us and we end children in order.
+        p = subprocess.Popen(argv, start_new_session=True, **kw)
+        p.bench_name = name
+        self.procs.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            try:
+                p.terminate()
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=3)
+            except ProcessLookupError:
+                pass
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in reversed(list(self.procs)):
+            try:
+                self.stop(p)
+            except Exception as e:  # teardown must go on whatever happens to one process
+                log(f"stop {getattr(p, 'bench_name', p.pid)}: {e}")
+
+
+def nsexec(ns, argv):
+    return ["ip", "netns", "exec", ns] + list(argv)
+
+
+def run(argv, timeout, check=True, stdin=None):
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout,
+                       input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL)
+    if check and r.returncode != 0:
+        raise BenchError(f"{' '.join(argv)} exited {r.returncode}: {r.stderr.strip()[-500:]}")
+    return r
+
+
+def wait_listen(ns, port, proc=None, timeout=10.0):
+    """Waits until something listens on TCP port inside netns ns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{proc.bench_name} exited with {proc.returncode} before listening on {port}")
+        r = run(nsexec(ns, ["ss", "-Hltn", f"sport = :{port}"]), timeout=5, check=False)
+        if r.returncode == 0 and r.stdout.strip():
+            return
+        time.sleep(0.05)
+    raise BenchError(f"nothing listens on port {port} in {ns} after {timeout}s")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CPU accounting from /proc.
+
+def _children(pid):
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    kids += [int(x) for x in f.read().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return kids
+
+
+def cpu_seconds(pids):
+    """utime+stime (all threads) of pids and their descendants, in seconds."""
+    total, todo, seen = 0, list(pids), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parentheses: fields resume after the last ')'. utime and stime are
+        # fields 14 and 15 of proc(5), i.e. indexes 11 and 12 counting from field 3.
+        fields = st[st.rindex(")") + 2:].split()
+        total += int(fields[11]) + int(fields[12])
+        todo += _children(pid)
+    return total / CLK_TCK
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements.
+
+def measure_rtt(ns, ip, port, count, rtt_bin):
+    argv = nsexec(ns, [rtt_bin, "client", ip, str(port), str(count)])
+    last = None
+    for attempt in range(3):
+        r = run(argv, timeout=120, check=False)
+        m = re.search(r"p50_us=([\d.]+) p99_us=([\d.]+) mean_us=([\d.]+)", r.stdout)
+        if r.returncode == 0 and m:
+            return {"p50_us": float(m.group(1)), "p99_us": float(m.group(2)), "mean_us": float(m.group(3)),
+                    "count": count}
+        last = (r.stdout + r.stderr).strip()
+        time.sleep(0.5)
+    raise BenchError(f"zm-rtt to {ip}:{port} from {ns} failed: {last}")
+
+
+def measure_iperf(ns, ip, port, seconds, proxy_pids):
+    argv = nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"])
+    last = None
+    for attempt in range(3):
+        cpu0 = cpu_seconds(proxy_pids) if proxy_pids else 0.0
+        t0 = time.monotonic()
+        r = run(argv, timeout=seconds + 60, check=False)
+        wall = time.monotonic() - t0
+        cpu1 = cpu_seconds(proxy_pids) if proxy_pids else 0.0
+        try:
+            j = json.loads(r.stdout)
+        except ValueError:
+            j = {}
+        if r.returncode == 0 and "error" not in j and "end" in j:
+            recv = j["end"]["sum_received"]
+            sent = j["end"]["sum_sent"]
+            gb = recv["bytes"] / 1e9
+            res = {"gbit_s": recv["bits_per_second"] / 1e9, "bytes": recv["bytes"],
+                   "seconds": recv.get("seconds"), "retransmits": sent.get("retransmits"),
+                   "client_cpu_pct": j["end"].get("cpu_utilization_percent", {}).get("host_total"),
+                   "server_cpu_pct": j["end"].get("cpu_utilization_percent", {}).get("remote_total")}
+            if proxy_pids:
+                res["proxy_cpu_s"] = cpu1 - cpu0
+                res["proxy_cpu_s_per_gb"] = (cpu1 - cpu0) / gb if gb > 0 else None
+                res["proxy_cpu_util"] = (cpu1 - cpu0) / wall  # in cores, over the whole iperf3 run
+            return res
+        last = j.get("error") or (r.stderr or r.stdout).strip()[-300:]
+        time.sleep(1)
+    raise BenchError(f"iperf3 to {ip}:{port} from {ns} failed: {last}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenarios. Each returns a dict of figures; each stops the processes it started (the apps stay up).
+
+def scenario_direct(t, procs, args):
+    return {
+        "rtt": measure_rtt(t.ns_a, t.ip_b, APP_RTT, args.rtt_count, args.rtt_bin),
+        "iperf": measure_iperf(t.ns_a, t.ip_b, APP_IPERF, args.time, None),
+    }
+
+
+HAPROXY_GLOBAL = """global
+    nbthread {threads}
+    maxconn 1024
+    log stderr format short local0 warning
+    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-server-options ssl-min-ver TLSv1.3
+
+defaults
+    mode tcp
+    log global
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+"""
+
+
+def haproxy_configs(t, workdir, threads):
+    """Writes the client-side (pod A) and server-side (pod B) configs; returns their paths."""
+    a_pem, b_pem, root = t.haproxy_pem_a, t.haproxy_pem_b, t.root_pem
+    tls_srv = f"ssl crt {a_pem} ca-file {root} verify required ssl-min-ver TLSv1.3"
+    tls_bind = f"ssl crt {b_pem} ca-file {root} verify required ssl-min-ver TLSv1.3"
+    client = HAPROXY_GLOBAL.format(threads=threads)
+    server = HAPROXY_GLOBAL.format(threads=threads)
+    for name, out_port, in_port, app_port in (("iperf", HAP_OUT_IPERF, HAP_IN_IPERF, APP_IPERF),
+                                              ("rtt", HAP_OUT_RTT, HAP_IN_RTT, APP_RTT)):
+        client += f"""
+listen out_{name}
+    bind 127.0.0.1:{out_port}
+    server s {t.ip_b}:{in_port} {tls_srv}
+"""
+        server += f"""
+listen in_{name}
+    bind :{in_port} {tls_bind}
+    server app 127.0.0.1:{app_port}
+"""
+    paths = []
+    for side, text in (("client", client), ("server", server)):
+        p = os.path.join(workdir, f"haproxy-{side}.cfg")
+        with open(p, "w") as f:
+            f.write(text)
+        paths.append(p)
+    run(["haproxy", "-c", "-q", "-f", paths[0]], timeout=10)
+    run(["haproxy", "-c", "-q", "-f", paths[1]], timeout=10)
+    return paths
+
+
+def scenario_haproxy(t, procs, args):
+    cfg_client, cfg_server = haproxy_configs(t, t.workdir, args.haproxy_threads)
+    # -db: stay in the foreground without master-worker, so the Popen pid is the one haproxy process
+    # (ip netns exec execs the command in place).
+    logf = open(os.path.join(t.workdir, "haproxy.log"), "w")
+    hb = procs.start(nsexec(t.ns_b, ["haproxy", "-db", "-f", cfg_server]), "haproxy-server",
+                     stdout=logf, stderr=logf)
+    ha = procs.start(nsexec(t.ns_a, ["haproxy", "-db", "-f", cfg_client]), "haproxy-client",
+                     stdout=logf, stderr=logf)
+    try:
+        wait_listen(t.ns_b, HAP_IN_IPERF, hb)
+        wait_listen(t.ns_b, HAP_IN_RTT, hb)
+        wait_listen(t.ns_a, HAP_OUT_IPERF, ha)
+        wait_listen(t.ns_a, HAP_OUT_RTT, ha)
+        res = {
+            "rtt": measure_rtt(t.ns_a, "127.0.0.1", HAP_OUT_RTT, args.rtt_count, args.rtt_bin),
+            "iperf": measure_iperf(t.ns_a, "127.0.0.1", HAP_OUT_IPERF, args.time, [ha.pid, hb.pid]),
+            "nbthread": args.haproxy_threads,
+            "haproxy_threads": [threads_of(ha.pid), threads_of(hb.pid)],
+        }
+        # Proof that the tunnel was mutual TLS 1.3 and not something weaker.
+        res["tls_checked"] = t.check_haproxy_tls(HAP_IN_RTT)
+    finally:
+        procs.stop(ha)
+        procs.stop(hb)
+        logf.close()
+    return res
+
+
+def scenario_zmesh(t, procs, args):
+    zts = t.start_zmesh(procs)
+    try:
+        res = {
+            "rtt": measure_rtt(t.ns_a, t.ip_b, APP_RTT, args.rtt_count, args.rtt_bin),
+            "iperf": measure_iperf(t.ns_a, t.ip_b, APP_IPERF, args.time, [z.pid for z in zts]),
+        }
+        res.update(t.zmesh_info)
+    finally:
+        t.stop_zmesh(procs)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Topology adapter: everything that touches tests/e2e/topo.py lives here.
+
+class Topology:
+    """The e2e topology (tests/e2e/topo.py, 2 nodes x 2 pods as the tests use it); the benchmark goes from pod 1
+    of node 1 (A) to pod 1 of node 2 (B). Everything that touches topo.py lives in this class."""
+
+    def __init__(self, args, procs):
+        self.args = args
+        self.procs = procs
+        self.zts = []
+        self.zmesh_info = {}
+        self.t = None
+
+    def __enter__(self):
+        try:
+            import topo  # tests/e2e/topo.py
+        except ImportError as e:
+            raise BenchError(f"cannot import tests/e2e/topo.py: {e}")
+        try:
+            self._build(topo)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _build(self, topo):
+        os.environ.setdefault("ZMESH_BIN", self.args.bin_dir)
+        self.t = topo.Topology(prefix=f"zmb{os.getpid() % 10000}")
+        self.t.up()
+        self.workdir = self.t.workdir
+        self.pod_a, self.pod_b = self.t.pod(1, 1), self.t.pod(2, 1)
+        self.ns_a, self.ip_a = self.pod_a.netns, self.pod_a.ip
+        self.ns_b, self.ip_b = self.pod_b.netns, self.pod_b.ip
+        self.root_pem = os.path.join(self.t.ca(), "root-cert.pem")
+        # HAProxy wants the certificate and its key in one file. Same key type (P-256) and same root as zmesh.
+        self.haproxy_pem_a = os.path.join(self.workdir, "haproxy-a.pem")
+        self.haproxy_pem_b = os.path.join(self.workdir, "haproxy-b.pem")
+        for pod, pem in ((self.pod_a, self.haproxy_pem_a), (self.pod_b, self.haproxy_pem_b)):
+            cert, key = self.t.mint(pod.spiffe, "haproxy-" + pod.name)
+            write_pem(pem, open(cert).read(), open(key).read())
+
+    def start_zmesh(self, procs):
+        """In-pod rules on both pods and a dedicated ztunnel per pod; returns the ztunnel processes."""
+        cfg = self.t.write_config(self.t.config_yaml())
+        env = {}
+        if self.args.ztunnel_workers:
+            env["ZTUNNEL_WORKER_THREADS"] = str(self.args.ztunnel_workers)
+        for pod in (self.pod_a, self.pod_b):
+            self.t.inpod_rules(pod)
+            self.rules_on = getattr(self, "rules_on", []) + [pod]
+        try:
+            for pod in (self.pod_a, self.pod_b):
+                # ip netns exec execs ztunnel in place, so the Popen pid is ztunnel itself.
+                self.zts.append(self.t.start_ztunnel(pod, cfg, env=env, log_format="text"))
+        except RuntimeError as e:
+            raise BenchError(str(e))
+        self.zmesh_info = {"ztunnel_threads": [threads_of(z.pid) for z in self.zts],
+                           "ztunnel_worker_env": self.args.ztunnel_workers or "default"}
+        return self.zts
+
+    def stop_zmesh(self, procs):
+        if self.t is None:
+            return
+        for z in self.zts:
+            self.t.stop(z)
+        self.zts = []
+        for pod in getattr(self, "rules_on", []):
+            try:
+                self.t.inpod_rules(pod, remove=True)
+            except RuntimeError as e:
+                log(f"removing in-pod rules of {pod.name}: {e}")
+        self.rules_on = []
+
+    def check_haproxy_tls(self, port):
+        """Checks that the server-side haproxy speaks mutual TLS 1.3 only; returns a short description."""
+        base = ["openssl", "s_client", "-connect", f"{self.ip_b}:{port}", "-CAfile", self.root_pem,
+                "-cert", self.haproxy_pem_a, "-key", self.haproxy_pem_a]
+        r = run(nsexec(self.ns_a, base + ["-tls1_3", "-brief"]), timeout=10, check=False, stdin="")
+        if "Protocol version: TLSv1.3" not in r.stderr + r.stdout:
+            raise BenchError(f"haproxy tunnel is not TLS 1.3: {r.stderr.strip()[-300:]}")
+        r12 = run(nsexec(self.ns_a, base + ["-tls1_2", "-brief"]), timeout=10, check=False, stdin="")
+        if "Protocol version: TLSv1.2" in r12.stderr + r12.stdout:
+            raise BenchError("haproxy tunnel accepts TLS 1.2")
+        return "TLS 1.3 with client certificate accepted; TLS 1.2 refused"
+
+    def __exit__(self, *exc):
+        if self.t is not None:
+            try:
+                self.stop_zmesh(self.procs)
+            finally:
+                self.procs.stop_all()   # our processes first, so down() finds the namespaces idle
+                self.t.down()
+                shutil.rmtree(self.t.workdir, ignore_errors=True)
+                self.t = None
+        return False
+
+
+def threads_of(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for ln in f:
+                if ln.startswith("Threads:"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def make_topology(args, procs):
+    return Topology(args, procs)
+
+
+def write_pem(path, *parts):
+    with open(path, "w") as f:
+        for p in parts:
+            f.write(p if p.endswith("\n") else p + "\n")
+    os.chmod(path, 0o600)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report.
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def report(results, args):
+    rows = []
+    for s in SCENARIOS:
+        r = results.get(s)
+        if not r:
+            continue
+        if "error" in r:
+            rows.append((s, None, None, None, None, None, r["error"]))
+            continue
+        ip, rt = r["iperf"], r["rtt"]
+        rows.append((s, ip["gbit_s"], rt["p50_us"], rt["p99_us"], rt["mean_us"], ip.get("proxy_cpu_s_per_gb"),
+                     ""))
+    print()
+    print(f"{'scenario':<10} {'Gbit/s':>8} {'RTT p50 us':>11} {'p99 us':>8} {'mean us':>8} {'proxy CPU-s/GB':>15}")
+    print("-" * 65)
+    for s, g, p50, p99, mean, cpu, err in rows:
+        if err:
+            print(f"{s:<10} FAILED: {err}")
+            continue
+        print(f"{s:<10} {fmt(g, '8.2f')} {fmt(p50, '11.1f')} {fmt(p99, '8.1f')} {fmt(mean, '8.1f')} "
+              f"{fmt(cpu, '15.3f')}")
+    ok = lambda s: s in results and "error" not in results[s]  # noqa: E731
+    ratios, checks = {}, {}
+    if ok("haproxy"):
+        print(f"\nHAProxy: nbthread {results['haproxy']['nbthread']} per side, TLS 1.3 mutual, mode tcp")
+    if ok("zmesh"):
+        z = results["zmesh"]
+        print(f"zmesh: one dedicated ztunnel per pod, threads per process {z.get('ztunnel_threads')} "
+              f"(ZTUNNEL_WORKER_THREADS={z.get('ztunnel_worker_env')})")
+    print()
+    if ok("haproxy") and ok("direct"):
+        ratios["haproxy_vs_direct_rtt_p50"] = results["haproxy"]["rtt"]["p50_us"] / results["direct"]["rtt"]["p50_us"]
+        ratios["haproxy_vs_direct_tput"] = results["haproxy"]["iperf"]["gbit_s"] / results["direct"]["iperf"]["gbit_s"]
+        print(f"HAProxy/direct: throughput x{ratios['haproxy_vs_direct_tput']:.2f}, "
+              f"RTT p50 x{ratios['haproxy_vs_direct_rtt_p50']:.2f}")
+    if ok("zmesh"):
+        z = results["zmesh"]
+        if ok("haproxy"):
+            v = z["iperf"]["gbit_s"] / results["haproxy"]["iperf"]["gbit_s"]
+            ratios["zmesh_vs_haproxy_tput"] = v
+            checks["throughput"] = {"value": v, "target": f">= {TARGET_TPUT_VS_HAPROXY}x HAProxy",
+                                    "pass": v >= TARGET_TPUT_VS_HAPROXY}
+        if ok("direct"):
+            v = z["rtt"]["p50_us"] / results["direct"]["rtt"]["p50_us"]
+            ratios["zmesh_vs_direct_rtt_p50"] = v
+            ratios["zmesh_vs_direct_tput"] = z["iperf"]["gbit_s"] / results["direct"]["iperf"]["gbit_s"]
+            checks["rtt_p50"] = {"value": v, "target": f"<= {TARGET_RTT_VS_DIRECT}x direct",
+                                 "pass": v <= TARGET_RTT_VS_DIRECT}
+        cpu = z["iperf"].get("proxy_cpu_s_per_gb")
+        if cpu is not None:
+            checks["proxy_cpu"] = {"value": cpu, "target": f"<= {TARGET_CPU_S_PER_GB} CPU-s/GB",
+                                   "pass": cpu <= TARGET_CPU_S_PER_GB}
+        if ok("haproxy") and results["haproxy"]["iperf"].get("proxy_cpu_s_per_gb"):
+            ratios["zmesh_vs_haproxy_cpu_per_gb"] = cpu / results["haproxy"]["iperf"]["proxy_cpu_s_per_gb"]
+        labels = {"throughput": "zmesh/HAProxy throughput", "rtt_p50": "zmesh/direct RTT p50",
+                  "proxy_cpu": "zmesh proxy CPU-s/GB"}
+        for k, c in checks.items():
+            print(f"{labels[k]:<26} {c['value']:7.2f}   target {c['target']:<24} {'PASS' if c['pass'] else 'FAIL'}")
+        if "zmesh_vs_haproxy_cpu_per_gb" in ratios:
+            print(f"{'zmesh/HAProxy CPU-s/GB':<26} {ratios['zmesh_vs_haproxy_cpu_per_gb']:7.2f}")
+    elif "zmesh" not in args.only:
+        print("zmesh skipped (--only): no pass/fail")
+    return ratios, checks
+
+
+def host_info():
+    def first_line(argv):
+        try:
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=5).stdout.splitlines()[0].strip()
+        except Exception:
+            return None
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release(),
+            "haproxy": first_line(["haproxy", "-v"]), "iperf3": first_line(["iperf3", "--version"]),
+            "openssl": first_line(["openssl", "version"])}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description="zmesh vs HAProxy vs direct TCP, pod to pod across two nodes")
+    ap.add_argument("--only", default=",".join(SCENARIOS),
+                    help="comma-separated scenarios to run, of: direct,haproxy,zmesh (default: all)")
+    ap.add_argument("--time", type=int, default=5, help="iperf3 seconds per scenario (default 5)")
+    ap.add_argument("--rtt-count", type=int, default=20000, help="timed 1-byte round trips (default 20000)")
+    ap.add_argument("--haproxy-threads", type=int, default=1, choices=(1, 2), help="HAProxy nbthread (default 1)")
+    ap.add_argument("--ztunnel-workers", type=int, default=0,
+                    help="set ZTUNNEL_WORKER_THREADS for each ztunnel (default: ztunnel's own default)")
+    ap.add_argument("--bin-dir", default=os.environ.get("ZMESH_BIN", os.path.join(ROOT, "build", "bin")))
+    ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.json"))
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    a = ap.parse_args(argv)
+    a.only = [s.strip() for s in a.only.split(",") if s.strip()]
+    bad = [s for s in a.only if s not in SCENARIOS]
+    if bad or not a.only:
+        ap.error(f"--only: unknown scenario(s) {bad}; choose from {','.join(SCENARIOS)}")
+    if not 1 <= a.time <= 120:
+        ap.error("--time must be 1..120")
+    a.rtt_bin = os.path.join(a.bin_dir, "zm-rtt")
+    return a
+
+
+def main(argv):
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "ip", "ss") + (("haproxy",) if "haproxy" in args.only else ()):
+        if not shutil.which(tool):
+            print(f"bench: {tool} not found (make deps)", file=sys.stderr)
+            return 2
+    if not os.access(args.rtt_bin, os.X_OK):
+        print(f"bench: {args.rtt_bin} missing (make all)", file=sys.stderr)
+        return 2
+    if "zmesh" in args.only and not os.access(os.path.join(args.bin_dir, "ztunnel"), os.X_OK):
+        print(f"bench: {args.bin_dir}/ztunnel missing (make all, or --only direct,haproxy)", file=sys.stderr)
+        return 2
+
+    # SIGTERM (and SIGHUP) end the run the same way Ctrl-C does: through the finally blocks below.
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    procs = Procs()
+    results = {}
+    started = datetime.datetime.now(datetime.timezone.utc)
+    try:
+        with make_topology(args, procs) as t:
+            # The apps in pod B, shared by all scenarios.
+            srv_iperf = procs.start(nsexec(t.ns_b, ["iperf3", "-s", "-p", str(APP_IPERF)]), "iperf3-server")
+            srv_rtt = procs.start(nsexec(t.ns_b, [args.rtt_bin, "server", str(APP_RTT)]), "zm-rtt-server")
+            wait_listen(t.ns_b, APP_IPERF, srv_iperf)
+            wait_listen(t.ns_b, APP_RTT, srv_rtt)
+            for s in SCENARIOS:
+                if s not in args.only:
+                    continue
+                log(f"scenario {s}")
+                fn = {"direct": scenario_direct, "haproxy": scenario_haproxy, "zmesh": scenario_zmesh}[s]
+                try:
+                    results[s] = fn(t, procs, args)
+                except BenchError as e:
+                    log(f"scenario {s} failed: {e}")
+                    results[s] = {"error": str(e)}
+                log(f"{s}: {json.dumps(results[s])}")
+    except KeyboardInterrupt:
+        log("interrupted: tearing down")
+        return 130
+    except BenchError as e:
+        log(f"error: {e}")
+        return 1
+    finally:
+        procs.stop_all()
+
+    ratios, checks = report(results, args)
+    doc = {"date": started.isoformat(timespec="seconds"), "host": host_info(),
+           "params": {"iperf_seconds": args.time, "rtt_count": args.rtt_count, "rtt_warmup": 1000,
+                      "haproxy_nbthread": args.haproxy_threads, "scenarios": args.only, "gb": "1e9 bytes"},
+           "results": results, "ratios": ratios,
+           "targets": {"zmesh_vs_haproxy_tput_min": TARGET_TPUT_VS_HAPROXY,
+                       "zmesh_vs_direct_rtt_p50_max": TARGET_RTT_VS_DIRECT,
+                       "proxy_cpu_s_per_gb_max": TARGET_CPU_S_PER_GB},
+           "checks": checks}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(f"\nresults: {os.path.relpath(args.out, os.getcwd())}")
+    if any("error" in r for r in results.values()):
+        return 1
+    if args.strict and not all(c["pass"] for c in checks.values()):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
