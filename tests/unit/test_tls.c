@@ -1,0 +1,611 @@
+/* Unit tests for the local CA (src/tls/ca.c) and the HBONE TLS contexts (src/tls/tls.c): certificates are minted
+ * from roots generated here, and handshakes run in memory over a BIO pair. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include "tls/ca.h"
+#include "tls/spiffe.h"
+#include "tls/tls.h"
+
+#define ID_SERVER "spiffe://cluster.local/ns/default/sa/server"
+#define ID_CLIENT "spiffe://cluster.local/ns/default/sa/client"
+#define ID_FOREIGN "spiffe://other.domain/ns/default/sa/client"
+
+/* Shared fixtures: root A made here with the OpenSSL API, root B with ca_write_root. */
+static char dir_a[64], dir_b[64], dir_bad[64];
+static struct cert_provider *ca_a, *ca_b;
+static X509 *root_a;
+
+static void rm_dir(const char *dir)
+{
+    char p[128];
+    if (!dir[0]) return;
+    snprintf(p, sizeof(p), "%s/root-cert.pem", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/root-key.pem", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+static int write_file_pem(const char *dir, const char *name, X509 *x, EVP_PKEY *k)
+{
+    char p[128];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    FILE *f = fopen(p, "w");
+    if (!f) return -1;
+    int ok = x ? PEM_write_X509(f, x) : PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL);
+    fclose(f);
+    return ok ? 0 : -1;
+}
+
+static int add_ext(X509 *x, X509 *issuer, int nid, const char *v)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
+    X509_EXTENSION *e = X509V3_EXT_nconf_nid(NULL, &ctx, nid, v);
+    int ok = e && X509_add_ext(x, e, -1);
+    X509_EXTENSION_free(e);
+    return ok ? 0 : -1;
+}
+
+/* A self-signed EC P-256 CA written as dir/root-cert.pem + dir/root-key.pem; *keyp receives the key. */
+static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    if (!k || !x) goto fail;
+    X509_set_version(x, X509_VERSION_3);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400);
+    X509_set_pubkey(x, k);
+    if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") < 0) goto fail;
+    if (add_ext(x, x, NID_key_usage, "critical,keyCertSign") < 0) goto fail;
+    if (X509_sign(x, k, EVP_sha256()) <= 0) goto fail;
+    if (dir && (write_file_pem(dir, "root-cert.pem", x, NULL) < 0 || write_file_pem(dir, "root-key.pem", NULL, k) < 0))
+        goto fail;
+    if (keyp)
+        *keyp = k;
+    else
+        EVP_PKEY_free(k);
+    return x;
+fail:
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return NULL;
+}
+
+static struct tls_cert *fetch(struct cert_provider *p, const char *uri)
+{
+    struct spiffe_id id;
+    char err[256] = "";
+    if (spiffe_parse(uri, strlen(uri), &id) < 0) return NULL;
+    struct tls_cert *c = p->fetch(p, &id, err, sizeof(err));
+    if (!c) print_error("fetch %s: %s\n", uri, err);
+    return c;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    char err[256];
+    strcpy(dir_a, "/tmp/zmesh-tls-a-XXXXXX");
+    strcpy(dir_b, "/tmp/zmesh-tls-b-XXXXXX");
+    strcpy(dir_bad, "/tmp/zmesh-tls-x-XXXXXX");
+    if (!mkdtemp(dir_a) || !mkdtemp(dir_b) || !mkdtemp(dir_bad)) return -1;
+    if (!(root_a = make_root(dir_a, "zmesh test root A", NULL))) return -1;
+    if (ca_write_root(dir_b, "zmesh test root B", err, sizeof(err)) < 0) {
+        print_error("ca_write_root: %s\n", err);
+        return -1;
+    }
+    if (!(ca_a = ca_local_new(dir_a, err, sizeof(err))) || !(ca_b = ca_local_new(dir_b, err, sizeof(err)))) {
+        print_error("ca_local_new: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (ca_a) ca_a->destroy(ca_a);
+    if (ca_b) ca_b->destroy(ca_b);
+    X509_free(root_a);
+    rm_dir(dir_a);
+    rm_dir(dir_b);
+    rm_dir(dir_bad);
+    return 0;
+}
+
+/* ---- local CA ---- */
+
+static void test_ca_load_errors(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    char expect[128];
+
+    /* Empty directory: the message names the missing file. */
+    assert_null(ca_local_new(dir_bad, err, sizeof(err)));
+    snprintf(expect, sizeof(expect), "%s/root-cert.pem: ", dir_bad);
+    assert_non_null(strstr(err, expect));
+
+    /* Cert present, key missing. */
+    EVP_PKEY *other_key = NULL;
+    X509 *other = make_root(NULL, "unused", &other_key);
+    assert_non_null(other);
+    assert_int_equal(write_file_pem(dir_bad, "root-cert.pem", root_a, NULL), 0);
+    err[0] = '\0';
+    assert_null(ca_local_new(dir_bad, err, sizeof(err)));
+    snprintf(expect, sizeof(expect), "%s/root-key.pem: ", dir_bad);
+    assert_non_null(strstr(err, expect));
+
+    /* Key that does not belong to the certificate. */
+    assert_int_equal(write_file_pem(dir_bad, "root-key.pem", NULL, other_key), 0);
+    err[0] = '\0';
+    assert_null(ca_local_new(dir_bad, err, sizeof(err)));
+    assert_non_null(strstr(err, "does not match"));
+
+    /* Garbage certificate file. */
+    char p[128];
+    snprintf(p, sizeof(p), "%s/root-cert.pem", dir_bad);
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs("not a certificate\n", f);
+    fclose(f);
+    err[0] = '\0';
+    assert_null(ca_local_new(dir_bad, err, sizeof(err)));
+    snprintf(expect, sizeof(expect), "%s/root-cert.pem: ", dir_bad);
+    assert_non_null(strstr(err, expect));
+
+    X509_free(other);
+    EVP_PKEY_free(other_key);
+}
+
+static void test_ca_mint(void **state)
+{
+    (void)state;
+    struct tls_cert *c = fetch(ca_a, ID_CLIENT);
+    assert_non_null(c);
+    assert_string_equal(c->uri, ID_CLIENT);
+    assert_string_equal(c->id.td, "cluster.local");
+    assert_string_equal(c->id.sa, "client");
+    assert_non_null(c->chain);
+    assert_int_equal(sk_X509_num(c->chain), 0);
+    assert_int_equal(X509_cmp(c->root, root_a), 0);
+
+    /* Exactly one SAN, a URI equal to the id, in a critical extension. */
+    int crit = -1;
+    GENERAL_NAMES *gens = X509_get_ext_d2i(c->leaf, NID_subject_alt_name, &crit, NULL);
+    assert_non_null(gens);
+    assert_int_equal(crit, 1);
+    assert_int_equal(sk_GENERAL_NAME_num(gens), 1);
+    GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, 0);
+    assert_int_equal(gn->type, GEN_URI);
+    assert_string_equal((const char *)ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier), ID_CLIENT);
+    GENERAL_NAMES_free(gens);
+
+    /* Validity: starts in the past, ends 24 h from now (+-2 min); the struct mirrors the certificate. */
+    int days = 0, secs = 0;
+    assert_int_equal(ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(c->leaf)), 1);
+    long left = days * 86400L + secs;
+    assert_in_range(left, 24 * 3600 - 120, 24 * 3600 + 120);
+    assert_true(X509_cmp_current_time(X509_get0_notBefore(c->leaf)) < 0);
+    assert_in_range(c->not_after - c->not_before, 24 * 3600, 24 * 3600 + 120);
+    assert_in_range(c->not_after - time(NULL), 24 * 3600 - 120, 24 * 3600 + 120);
+
+    /* Usages: leaf, not CA; digitalSignature + keyEncipherment; serverAuth + clientAuth. */
+    assert_int_equal(X509_check_ca(c->leaf), 0);
+    uint32_t ku = X509_get_key_usage(c->leaf);
+    assert_true(ku & KU_DIGITAL_SIGNATURE);
+    assert_true(ku & KU_KEY_ENCIPHERMENT);
+    assert_false(ku & KU_KEY_CERT_SIGN);
+    uint32_t xku = X509_get_extended_key_usage(c->leaf);
+    assert_int_equal(xku & (XKU_SSL_SERVER | XKU_SSL_CLIENT), XKU_SSL_SERVER | XKU_SSL_CLIENT);
+
+    /* Issued and signed by root A; the key is EC P-256 and matches the leaf. */
+    assert_int_equal(X509_NAME_cmp(X509_get_issuer_name(c->leaf), X509_get_subject_name(root_a)), 0);
+    assert_int_equal(X509_verify(c->leaf, X509_get0_pubkey(root_a)), 1);
+    assert_int_equal(X509_get_signature_nid(c->leaf), NID_ecdsa_with_SHA256);
+    assert_int_equal(EVP_PKEY_get_id(c->key), EVP_PKEY_EC);
+    assert_int_equal(EVP_PKEY_get_bits(c->key), 256);
+    assert_int_equal(X509_check_private_key(c->leaf, c->key), 1);
+    assert_int_equal(X509_NAME_entry_count(X509_get_subject_name(c->leaf)), 0);
+
+    /* Random 128-bit serial: positive, at least 120 significant bits given the fixed low bit of byte 0. */
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c->leaf), NULL);
+    assert_non_null(bn);
+    assert_false(BN_is_negative(bn));
+    assert_in_range(BN_num_bits(bn), 121, 128);
+    BN_free(bn);
+
+    /* Describe: lowercase hex serial and RFC 3339 times. */
+    char serial[80], from[40], to[40];
+    assert_int_equal(tls_cert_describe(c, serial, sizeof(serial), from, sizeof(from), to, sizeof(to)), 0);
+    assert_in_range(strlen(serial), 31, 32);
+    assert_int_equal(strspn(serial, "0123456789abcdef"), strlen(serial));
+    assert_int_equal(strlen(from), 20);
+    assert_int_equal(from[4], '-');
+    assert_int_equal(from[10], 'T');
+    assert_int_equal(from[19], 'Z');
+    assert_true(strcmp(from, to) < 0);
+    assert_int_equal(tls_cert_describe(c, serial, 8, NULL, 0, NULL, 0), -ENOSPC);
+    assert_int_equal(tls_cert_describe(c, NULL, 0, from, 10, NULL, 0), -ENOSPC);
+
+    tls_cert_unref(c);
+}
+
+static void test_ca_cache(void **state)
+{
+    (void)state;
+    struct tls_cert *a = fetch(ca_a, ID_SERVER);
+    struct tls_cert *b = fetch(ca_a, ID_SERVER);
+    struct tls_cert *other = fetch(ca_a, "spiffe://cluster.local/ns/default/sa/cache-other");
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(other);
+    assert_ptr_equal(a, b);
+    assert_ptr_equal(a->leaf, b->leaf);
+    assert_ptr_not_equal(a->leaf, other->leaf);
+    assert_int_not_equal(X509_cmp(a->leaf, other->leaf), 0);
+    /* cache + two callers */
+    assert_int_equal(__atomic_load_n(&a->refs, __ATOMIC_RELAXED), 3);
+    tls_cert_unref(b);
+    assert_int_equal(__atomic_load_n(&a->refs, __ATOMIC_RELAXED), 2);
+    assert_int_equal(tls_cert_refresh_at(a), a->not_before + (a->not_after - a->not_before) / 2);
+    tls_cert_unref(a);
+    tls_cert_unref(other);
+}
+
+struct fetch_arg {
+    struct tls_cert *got[8];
+};
+
+static void *fetch_thread(void *p)
+{
+    struct fetch_arg *fa = p;
+    for (int i = 0; i < 8; i++) fa->got[i] = fetch(ca_a, "spiffe://cluster.local/ns/threads/sa/x");
+    return NULL;
+}
+
+static void test_ca_threads(void **state)
+{
+    (void)state;
+    pthread_t t[4];
+    struct fetch_arg fa[4];
+    for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, fetch_thread, &fa[i]), 0);
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    /* All 32 fetches share one minted certificate. */
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++) {
+            assert_non_null(fa[i].got[j]);
+            assert_ptr_equal(fa[i].got[j], fa[0].got[0]);
+        }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++) tls_cert_unref(fa[i].got[j]);
+}
+
+/* ---- handshakes ---- */
+
+struct hs {
+    SSL *c, *s;
+    bool c_ok, s_ok; /* handshake completed */
+    bool c_fail, s_fail;
+};
+
+static void hs_step(SSL *ssl, bool *ok, bool *failed)
+{
+    if (*ok || *failed) return;
+    int r = SSL_do_handshake(ssl);
+    if (r == 1) {
+        *ok = true;
+        return;
+    }
+    int e = SSL_get_error(ssl, r);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) *failed = true;
+}
+
+/* Runs a handshake between fresh SSLs of cctx and sctx over an in-memory BIO pair. */
+static void hs_run(struct hs *h, SSL_CTX *cctx, SSL_CTX *sctx, void (*tweak)(SSL *client))
+{
+    BIO *bc = NULL, *bs = NULL;
+    memset(h, 0, sizeof(*h));
+    h->c = SSL_new(cctx);
+    h->s = SSL_new(sctx);
+    assert_non_null(h->c);
+    assert_non_null(h->s);
+    assert_int_equal(BIO_new_bio_pair(&bc, 0, &bs, 0), 1);
+    SSL_set_bio(h->c, bc, bc);
+    SSL_set_bio(h->s, bs, bs);
+    SSL_set_connect_state(h->c);
+    SSL_set_accept_state(h->s);
+    if (tweak) tweak(h->c);
+    for (int i = 0; i < 20; i++) {
+        hs_step(h->c, &h->c_ok, &h->c_fail);
+        hs_step(h->s, &h->s_ok, &h->s_fail);
+        if ((h->c_ok || h->c_fail) && (h->s_ok || h->s_fail)) break;
+    }
+    ERR_clear_error();
+}
+
+static void hs_free(struct hs *h)
+{
+    SSL_free(h->c);
+    SSL_free(h->s);
+}
+
+/* In TLS 1.3 the client finishes before the server has checked its certificate, so a server-side rejection
+ * shows up to the client as an alert on its first read. */
+static void assert_client_sees_alert(SSL *c)
+{
+    char buf[16];
+    int r = SSL_read(c, buf, sizeof(buf));
+    assert_true(r <= 0);
+    assert_int_equal(SSL_get_error(c, r), SSL_ERROR_SSL);
+    ERR_clear_error();
+}
+
+static void test_handshake_ok(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER), *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = tls_client_ctx_new(cc);
+    assert_non_null(sctx);
+    assert_non_null(cctx);
+    /* Contexts hold their own references: dropping ours must not break them. */
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.c_ok);
+    assert_true(h.s_ok);
+    assert_int_equal(SSL_version(h.c), TLS1_3_VERSION);
+    assert_string_equal(SSL_get_cipher_name(h.c), "TLS_AES_256_GCM_SHA384");
+    assert_true(tls_alpn_is_h2(h.c));
+    assert_true(tls_alpn_is_h2(h.s));
+
+    char id[SPIFFE_MAX];
+    assert_int_equal(tls_peer_identity(h.s, id, sizeof(id)), (int)strlen(ID_CLIENT));
+    assert_string_equal(id, ID_CLIENT);
+    assert_int_equal(tls_peer_identity(h.c, id, sizeof(id)), (int)strlen(ID_SERVER));
+    assert_string_equal(id, ID_SERVER);
+    assert_int_equal(tls_peer_identity(h.c, id, 10), -ENOSPC);
+
+    const char *good[] = {"spiffe://cluster.local/ns/default/sa/nope", ID_SERVER};
+    const char *bad[] = {"spiffe://cluster.local/ns/default/sa/nope", ID_CLIENT, ID_SERVER "x"};
+    assert_true(tls_peer_has_san(h.c, good, 2));
+    assert_false(tls_peer_has_san(h.c, good, 1));
+    assert_false(tls_peer_has_san(h.c, bad, 3));
+    assert_false(tls_peer_has_san(h.c, good, 0));
+    assert_true(tls_peer_has_san(h.s, (const char *const[]){ID_CLIENT}, 1));
+
+    /* Data flows both ways, and the server issued no session ticket. */
+    char buf[16] = "";
+    assert_int_equal(SSL_write(h.c, "ping", 4), 4);
+    assert_int_equal(SSL_read(h.s, buf, sizeof(buf)), 4);
+    assert_memory_equal(buf, "ping", 4);
+    assert_int_equal(SSL_write(h.s, "pong", 4), 4);
+    assert_int_equal(SSL_read(h.c, buf, sizeof(buf)), 4);
+    assert_memory_equal(buf, "pong", 4);
+    assert_int_equal(SSL_SESSION_is_resumable(SSL_get0_session(h.c)), 0);
+
+    hs_free(&h);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+}
+
+static void test_server_rejects_other_trust_domain(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER), *cc = fetch(ca_a, ID_FOREIGN);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = tls_client_ctx_new(cc);
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.s_fail);
+    assert_false(h.s_ok);
+    assert_int_equal(SSL_get_verify_result(h.s), X509_V_ERR_APPLICATION_VERIFICATION);
+    assert_client_sees_alert(h.c);
+    hs_free(&h);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+}
+
+static void test_server_rejects_other_root(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER), *cc = fetch(ca_b, ID_CLIENT);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = tls_client_ctx_new(cc);
+    /* Let the client trust root A so that only the server's check can fail. */
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_add_cert(st, root_a);
+    SSL_CTX_set_cert_store(cctx, st);
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.c_ok);
+    assert_true(h.s_fail);
+    assert_int_not_equal(SSL_get_verify_result(h.s), X509_V_OK);
+    assert_client_sees_alert(h.c);
+    hs_free(&h);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+}
+
+static void test_client_rejects_other_root(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_b, ID_SERVER), *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = tls_client_ctx_new(cc);
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.c_fail);
+    assert_false(h.s_ok);
+    assert_int_not_equal(SSL_get_verify_result(h.c), X509_V_OK);
+    hs_free(&h);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+}
+
+static SSL_CTX *plain_client_ctx(int max_version, struct tls_cert *with_cert)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    SSL_CTX_set_max_proto_version(ctx, max_version);
+    SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x02h2", 3);
+    X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), root_a);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (with_cert) {
+        assert_int_equal(SSL_CTX_use_certificate(ctx, with_cert->leaf), 1);
+        assert_int_equal(SSL_CTX_use_PrivateKey(ctx, with_cert->key), 1);
+    }
+    return ctx;
+}
+
+static void test_server_requires_client_cert(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = plain_client_ctx(TLS1_3_VERSION, NULL);
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.c_ok);
+    assert_true(h.s_fail);
+    assert_null(SSL_get0_peer_certificate(h.s));
+    assert_client_sees_alert(h.c);
+
+    /* The same plain client with a valid certificate succeeds, so the failure above is about the cert. */
+    struct tls_cert *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *cctx2 = plain_client_ctx(TLS1_3_VERSION, cc);
+    struct hs h2;
+    hs_run(&h2, cctx2, sctx, NULL);
+    assert_true(h2.c_ok);
+    assert_true(h2.s_ok);
+
+    hs_free(&h);
+    hs_free(&h2);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(cctx2);
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+}
+
+static void test_server_rejects_tls12(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER), *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = plain_client_ctx(TLS1_2_VERSION, cc);
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.s_fail);
+    assert_true(h.c_fail);
+    hs_free(&h);
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+}
+
+static void alpn_http11(SSL *c)
+{
+    SSL_set_alpn_protos(c, (const unsigned char *)"\x08http/1.1", 9);
+}
+
+static void alpn_none(SSL *c)
+{
+    SSL_set_alpn_protos(c, NULL, 0);
+}
+
+static void alpn_h2_among_others(SSL *c)
+{
+    SSL_set_alpn_protos(c, (const unsigned char *)"\x08http/1.1\x02h2", 12);
+}
+
+static void test_server_alpn(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER), *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *sctx = tls_server_ctx_new(sc), *cctx = tls_client_ctx_new(cc);
+    struct hs h;
+
+    hs_run(&h, cctx, sctx, alpn_http11);
+    assert_true(h.s_fail);
+    assert_true(h.c_fail);
+    hs_free(&h);
+
+    hs_run(&h, cctx, sctx, alpn_none);
+    assert_true(h.s_fail);
+    assert_true(h.c_fail);
+    hs_free(&h);
+
+    hs_run(&h, cctx, sctx, alpn_h2_among_others);
+    assert_true(h.s_ok);
+    assert_true(tls_alpn_is_h2(h.s));
+    hs_free(&h);
+
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    tls_cert_unref(sc);
+    tls_cert_unref(cc);
+}
+
+static void test_errstr(void **state)
+{
+    (void)state;
+    char buf[256];
+    ERR_clear_error();
+    assert_string_equal(tls_errstr(buf, sizeof(buf)), "no OpenSSL error");
+    /* Provoke an error: a context for an incomplete certificate. */
+    struct tls_cert empty;
+    memset(&empty, 0, sizeof(empty));
+    assert_null(tls_client_ctx_new(&empty));
+    assert_null(tls_server_ctx_new(&empty));
+    tls_errstr(buf, sizeof(buf));
+    assert_string_not_equal(buf, "no OpenSSL error");
+    assert_non_null(strstr(buf, "incomplete tls_cert"));
+    assert_int_equal(ERR_peek_error(), 0); /* queue cleared */
+    /* Truncation keeps a NUL inside the buffer. */
+    assert_null(tls_client_ctx_new(&empty));
+    tls_errstr(buf, 8);
+    assert_int_equal(strlen(buf), 7);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ca_load_errors),
+        cmocka_unit_test(test_ca_mint),
+        cmocka_unit_test(test_ca_cache),
+        cmocka_unit_test(test_ca_threads),
+        cmocka_unit_test(test_handshake_ok),
+        cmocka_unit_test(test_server_rejects_other_trust_domain),
+        cmocka_unit_test(test_server_rejects_other_root),
+        cmocka_unit_test(test_client_rejects_other_root),
+        cmocka_unit_test(test_server_requires_client_cert),
+        cmocka_unit_test(test_server_rejects_tls12),
+        cmocka_unit_test(test_server_alpn),
+        cmocka_unit_test(test_errstr),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
