@@ -145,7 +145,8 @@ static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct s
     if (!X509_set_version(x, X509_VERSION_3)) goto ossl_fail;
     if (set_random_serial(x) < 0) goto ossl_fail;
     if (!X509_set_issuer_name(x, X509_get_subject_name(root))) goto ossl_fail;
-    /* The subject stays empty: the identity lives only in the critical URI SAN, as in Istio's certificates. */
+    /* The subject stays empty: the identity lives only in the critical URI SAN, as in Istio's certificates.
+     */
     c->not_before = now - LEAF_BACKDATE;
     c->not_after = now + LEAF_TTL;
     if (!ASN1_TIME_set(X509_getm_notBefore(x), c->not_before)) goto ossl_fail;
@@ -198,7 +199,8 @@ struct ca_local {
 static uint32_t uri_hash(const char *s)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 16777619u;
     return h;
 }
 

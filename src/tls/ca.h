@@ -10,13 +10,13 @@
 /* A leaf certificate with its key, intermediates and trust anchor. Immutable after creation; shared between
  * threads through the reference count. */
 struct tls_cert {
-    int refs;                  /* atomic; use tls_cert_ref/tls_cert_unref */
+    int refs; /* atomic; use tls_cert_ref/tls_cert_unref */
     X509 *leaf;
     EVP_PKEY *key;
-    STACK_OF(X509) *chain;     /* intermediates, leaf excluded; may be empty, never NULL */
-    X509 *root;                /* trust anchor for peers */
+    STACK_OF(X509) * chain; /* intermediates, leaf excluded; may be empty, never NULL */
+    X509 *root;             /* trust anchor for peers */
     struct spiffe_id id;
-    char uri[SPIFFE_MAX];      /* id formatted, equals the leaf's URI SAN */
+    char uri[SPIFFE_MAX]; /* id formatted, equals the leaf's URI SAN */
     time_t not_before, not_after;
 };
 
@@ -29,7 +29,8 @@ void tls_cert_unref(struct tls_cert *c);
 time_t tls_cert_refresh_at(const struct tls_cert *c);
 
 struct cert_provider {
-    /* Returns a new reference to a certificate for id (minting or fetching as needed), or NULL with err filled. */
+    /* Returns a new reference to a certificate for id (minting or fetching as needed), or NULL with err
+     * filled. */
     struct tls_cert *(*fetch)(struct cert_provider *p, const struct spiffe_id *id, char *err, size_t errlen);
     /* Frees the provider; certificates already handed out stay valid until unreferenced. */
     void (*destroy)(struct cert_provider *p);

@@ -1,4 +1,5 @@
-/* HBONE TLS contexts: mutual TLS 1.3 with SPIFFE identities, following Istio ztunnel's rustls configuration. */
+/* HBONE TLS contexts: mutual TLS 1.3 with SPIFFE identities, following Istio ztunnel's rustls configuration.
+ */
 #include "tls/tls.h"
 
 #include <ctype.h>
@@ -56,8 +57,8 @@ static bool san_in_td(const char *uri, size_t len, void *arg)
     return spiffe_parse(uri, len, &id) == 0 && strcmp(id.td, (const char *)arg) == 0;
 }
 
-/* Adds Istio's TrustDomainVerifier to normal chain verification: the client leaf must carry a SPIFFE id of the
- * server's own trust domain. A failure here aborts the handshake with an alert. */
+/* Adds Istio's TrustDomainVerifier to normal chain verification: the client leaf must carry a SPIFFE id of
+ * the server's own trust domain. A failure here aborts the handshake with an alert. */
 static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
     if (!ok) return 0;
@@ -87,8 +88,9 @@ static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *ou
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 
-/* OpenSSL skips the ALPN callback when a ClientHello has no ALPN extension at all; HBONE is only ever h2, so such
- * a client is refused up front with the same alert instead of getting a connection that speaks nothing. */
+/* OpenSSL skips the ALPN callback when a ClientHello has no ALPN extension at all; HBONE is only ever h2, so
+ * such a client is refused up front with the same alert instead of getting a connection that speaks nothing.
+ */
 static int client_hello_cb(SSL *ssl, int *al, void *arg)
 {
     const unsigned char *p;
@@ -101,8 +103,8 @@ static int client_hello_cb(SSL *ssl, int *al, void *arg)
     return SSL_CLIENT_HELLO_SUCCESS;
 }
 
-/* Settings shared by both sides: protocol, suites, groups, no resumption, buffer modes, our certificate, and a
- * trust store holding only c->root. Returns 0 or -1 (OpenSSL error queue set). */
+/* Settings shared by both sides: protocol, suites, groups, no resumption, buffer modes, our certificate, and
+ * a trust store holding only c->root. Returns 0 or -1 (OpenSSL error queue set). */
 static int ctx_common(SSL_CTX *ctx, const struct tls_cert *c)
 {
     X509_STORE *store = NULL;
@@ -190,7 +192,8 @@ static bool san_matches(const char *uri, size_t len, void *arg)
 {
     const struct san_match *m = arg;
     for (size_t i = 0; i < m->n; i++)
-        if (m->expected[i] && strlen(m->expected[i]) == len && memcmp(m->expected[i], uri, len) == 0) return true;
+        if (m->expected[i] && strlen(m->expected[i]) == len && memcmp(m->expected[i], uri, len) == 0)
+            return true;
     return false;
 }
 
@@ -293,7 +296,8 @@ int tls_cert_describe(const struct tls_cert *c, char *serial, size_t sn, char *f
             rc = -ENOSPC;
             goto out;
         }
-        for (size_t i = 0; hex[i]; i++) serial[i] = (char)tolower((unsigned char)hex[i]);
+        for (size_t i = 0; hex[i]; i++)
+            serial[i] = (char)tolower((unsigned char)hex[i]);
         serial[strlen(hex)] = '\0';
     }
     if ((rc = time_rfc3339(X509_get0_notBefore(c->leaf), from, fn)) < 0) goto out;

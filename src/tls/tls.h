@@ -13,12 +13,13 @@
  * with SSL_CTX_free) or NULL (see tls_errstr). */
 SSL_CTX *tls_server_ctx_new(const struct tls_cert *c);
 
-/* HBONE client context: same versions/suites/groups, ALPN "h2", presents c->leaf + c->chain, verifies the server
- * chain against c->root (serverAuth), no resumption, no SNI. The server's identity is checked by the caller
- * after the handshake with tls_peer_has_san. Returns a new SSL_CTX (caller frees) or NULL. */
+/* HBONE client context: same versions/suites/groups, ALPN "h2", presents c->leaf + c->chain, verifies the
+ * server chain against c->root (serverAuth), no resumption, no SNI. The server's identity is checked by the
+ * caller after the handshake with tls_peer_has_san. Returns a new SSL_CTX (caller frees) or NULL. */
 SSL_CTX *tls_client_ctx_new(const struct tls_cert *c);
 
-/* True when the handshake verified the peer and its leaf has a URI SAN exactly equal to one of expected[0..n). */
+/* True when the handshake verified the peer and its leaf has a URI SAN exactly equal to one of
+ * expected[0..n). */
 bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n);
 
 /* Copies the peer leaf's first URI SAN that parses as a SPIFFE id into buf (NUL-terminated).

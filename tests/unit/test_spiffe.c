@@ -56,9 +56,9 @@ static void test_parse_rejects(void **state)
     static const char *const bad[] = {
         "",
         "spiffe://",
-        "cluster.local/ns/default/sa/server",           /* missing prefix */
-        "spiffe:/cluster.local/ns/default/sa/server",   /* broken prefix */
-        "SPIFFE://cluster.local/ns/default/sa/server",  /* scheme is case-sensitive here */
+        "cluster.local/ns/default/sa/server",          /* missing prefix */
+        "spiffe:/cluster.local/ns/default/sa/server",  /* broken prefix */
+        "SPIFFE://cluster.local/ns/default/sa/server", /* scheme is case-sensitive here */
         "Spiffe://cluster.local/ns/default/sa/server",
         "http://cluster.local/ns/default/sa/server",
         "spiffe://cluster.local/namespace/default/sa/server", /* wrong segment names */
@@ -72,7 +72,7 @@ static void test_parse_rejects(void **state)
         "spiffe://cluster.local/ns/default/sa/",         /* empty sa */
         "spiffe:///ns/default/sa/server",                /* empty td */
         "spiffe://cluster.local//ns/default/sa/server",
-        "spiffe://cluster.local/ns/default/sa/server?x=1", /* query */
+        "spiffe://cluster.local/ns/default/sa/server?x=1",  /* query */
         "spiffe://cluster.local/ns/default/sa/server#frag", /* fragment */
         "spiffe://cluster.local/ns/def ault/sa/server",     /* whitespace */
         "spiffe://cluster.local/ns/default/sa/ser\nver",    /* control byte */
@@ -157,7 +157,8 @@ static void test_set_defaults(void **state)
     assert_string_equal(id.td, "cluster.local");
     assert_string_equal(id.sa, "default");
     assert_int_equal(spiffe_set(&id, "corp.example", "app", ""), 0);
-    assert_int_equal(spiffe_format(&id, buf, sizeof(buf)), (int)strlen("spiffe://corp.example/ns/app/sa/default"));
+    assert_int_equal(spiffe_format(&id, buf, sizeof(buf)),
+                     (int)strlen("spiffe://corp.example/ns/app/sa/default"));
     assert_string_equal(buf, "spiffe://corp.example/ns/app/sa/default");
 
     /* Invalid: missing ns, separators, oversize parts. */
@@ -179,8 +180,8 @@ static void test_set_defaults(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_accepts),   cmocka_unit_test(test_parse_not_nul_terminated),
-        cmocka_unit_test(test_parse_rejects),   cmocka_unit_test(test_parse_lengths),
+        cmocka_unit_test(test_parse_accepts),     cmocka_unit_test(test_parse_not_nul_terminated),
+        cmocka_unit_test(test_parse_rejects),     cmocka_unit_test(test_parse_lengths),
         cmocka_unit_test(test_format_round_trip), cmocka_unit_test(test_set_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

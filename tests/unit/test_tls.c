@@ -1,5 +1,5 @@
-/* Unit tests for the local CA (src/tls/ca.c) and the HBONE TLS contexts (src/tls/tls.c): certificates are minted
- * from roots generated here, and handshakes run in memory over a BIO pair. */
+/* Unit tests for the local CA (src/tls/ca.c) and the HBONE TLS contexts (src/tls/tls.c): certificates are
+ * minted from roots generated here, and handshakes run in memory over a BIO pair. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -69,7 +69,8 @@ static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
     if (!k || !x) goto fail;
     X509_set_version(x, X509_VERSION_3);
     ASN1_INTEGER_set(X509_get_serialNumber(x), 4242);
-    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1,
+                               -1, 0);
     X509_set_issuer_name(x, X509_get_subject_name(x));
     X509_gmtime_adj(X509_getm_notBefore(x), -3600);
     X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400);
@@ -77,7 +78,8 @@ static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
     if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") < 0) goto fail;
     if (add_ext(x, x, NID_key_usage, "critical,keyCertSign") < 0) goto fail;
     if (X509_sign(x, k, EVP_sha256()) <= 0) goto fail;
-    if (dir && (write_file_pem(dir, "root-cert.pem", x, NULL) < 0 || write_file_pem(dir, "root-key.pem", NULL, k) < 0))
+    if (dir && (write_file_pem(dir, "root-cert.pem", x, NULL) < 0 ||
+                write_file_pem(dir, "root-key.pem", NULL, k) < 0))
         goto fail;
     if (keyp)
         *keyp = k;
@@ -279,7 +281,8 @@ struct fetch_arg {
 static void *fetch_thread(void *p)
 {
     struct fetch_arg *fa = p;
-    for (int i = 0; i < 8; i++) fa->got[i] = fetch(ca_a, "spiffe://cluster.local/ns/threads/sa/x");
+    for (int i = 0; i < 8; i++)
+        fa->got[i] = fetch(ca_a, "spiffe://cluster.local/ns/threads/sa/x");
     return NULL;
 }
 
@@ -288,8 +291,10 @@ static void test_ca_threads(void **state)
     (void)state;
     pthread_t t[4];
     struct fetch_arg fa[4];
-    for (int i = 0; i < 4; i++) assert_int_equal(pthread_create(&t[i], NULL, fetch_thread, &fa[i]), 0);
-    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, fetch_thread, &fa[i]), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
     /* All 32 fetches share one minted certificate. */
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 8; j++) {
@@ -297,7 +302,8 @@ static void test_ca_threads(void **state)
             assert_ptr_equal(fa[i].got[j], fa[0].got[0]);
         }
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 8; j++) tls_cert_unref(fa[i].got[j]);
+        for (int j = 0; j < 8; j++)
+            tls_cert_unref(fa[i].got[j]);
 }
 
 /* ---- handshakes ---- */
