@@ -19,6 +19,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,14 +199,34 @@ def measure_iperf(ns, ip, port, seconds, proxy_pids):
     raise BenchError(f"iperf3 to {ip}:{port} from {ns} failed: {last}")
 
 
+def measure(ns, ip, rtt_port, iperf_port, proxy_pids, args):
+    """args.repeat rounds of (RTT, iperf3). Medians of the per-round figures; CPU per GB over all rounds."""
+    rtts, iperfs = [], []
+    for i in range(args.repeat):
+        rtts.append(measure_rtt(ns, ip, rtt_port, args.rtt_count, args.rtt_bin))
+        iperfs.append(measure_iperf(ns, ip, iperf_port, args.time, proxy_pids))
+    med = statistics.median
+    rtt = {k: med(r[k] for r in rtts) for k in ("p50_us", "p99_us", "mean_us")}
+    rtt["count"] = args.rtt_count
+    ip_ = dict(max(iperfs, key=lambda r: -abs(r["gbit_s"] - med(x["gbit_s"] for x in iperfs))))
+    ip_["gbit_s"] = med(r["gbit_s"] for r in iperfs)
+    if proxy_pids:
+        total_cpu = sum(r["proxy_cpu_s"] for r in iperfs)
+        total_gb = sum(r["bytes"] for r in iperfs) / 1e9
+        ip_["proxy_cpu_s_per_gb"] = total_cpu / total_gb if total_gb > 0 else None
+        ip_["proxy_cpu_s_total"] = total_cpu
+    ip_["bytes_total"] = sum(r["bytes"] for r in iperfs)
+    out = {"rtt": rtt, "iperf": ip_}
+    if args.repeat > 1:
+        out["rounds"] = {"rtt": rtts, "iperf": iperfs}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Scenarios. Each returns a dict of figures; each stops the processes it started (the apps stay up).
 
 def scenario_direct(t, procs, args):
-    return {
-        "rtt": measure_rtt(t.ns_a, t.ip_b, APP_RTT, args.rtt_count, args.rtt_bin),
-        "iperf": measure_iperf(t.ns_a, t.ip_b, APP_IPERF, args.time, None),
-    }
+    return measure(t.ns_a, t.ip_b, APP_RTT, APP_IPERF, None, args)
 
 
 HAPROXY_GLOBAL = """global
@@ -268,12 +289,9 @@ def scenario_haproxy(t, procs, args):
         wait_listen(t.ns_b, HAP_IN_RTT, hb)
         wait_listen(t.ns_a, HAP_OUT_IPERF, ha)
         wait_listen(t.ns_a, HAP_OUT_RTT, ha)
-        res = {
-            "rtt": measure_rtt(t.ns_a, "127.0.0.1", HAP_OUT_RTT, args.rtt_count, args.rtt_bin),
-            "iperf": measure_iperf(t.ns_a, "127.0.0.1", HAP_OUT_IPERF, args.time, [ha.pid, hb.pid]),
-            "nbthread": args.haproxy_threads,
-            "haproxy_threads": [threads_of(ha.pid), threads_of(hb.pid)],
-        }
+        res = measure(t.ns_a, "127.0.0.1", HAP_OUT_RTT, HAP_OUT_IPERF, [ha.pid, hb.pid], args)
+        res["nbthread"] = args.haproxy_threads
+        res["haproxy_threads"] = [threads_of(ha.pid), threads_of(hb.pid)]
         # Proof that the tunnel was mutual TLS 1.3 and not something weaker.
         res["tls_checked"] = t.check_haproxy_tls(HAP_IN_RTT)
     finally:
@@ -283,13 +301,31 @@ def scenario_haproxy(t, procs, args):
     return res
 
 
+def redirected_conns(ns, port):
+    """Connections (first packets) that the in-pod nat rules of ns redirected to port so far."""
+    r = run(nsexec(ns, ["iptables-save", "-c", "-t", "nat"]), timeout=10, check=False)
+    total = 0
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\[(\d+):\d+\] .*REDIRECT --to-ports (\d+)$", ln.strip())
+        if m and int(m.group(2)) == port:
+            total += int(m.group(1))
+    return total
+
+
 def scenario_zmesh(t, procs, args):
     zts = t.start_zmesh(procs)
     try:
-        res = {
-            "rtt": measure_rtt(t.ns_a, t.ip_b, APP_RTT, args.rtt_count, args.rtt_bin),
-            "iperf": measure_iperf(t.ns_a, t.ip_b, APP_IPERF, args.time, [z.pid for z in zts]),
-        }
+        before = redirected_conns(t.ns_a, 15001)
+        res = measure(t.ns_a, t.ip_b, APP_RTT, APP_IPERF, [z.pid for z in zts], args)
+        # A zmesh figure only counts if the client's connections were really captured: otherwise a broken rule
+        # set would report direct TCP as zmesh. RTT (1) plus iperf3 (control + data) per round.
+        captured = redirected_conns(t.ns_a, 15001) - before
+        if captured < 3 * args.repeat:
+            raise BenchError(f"only {captured} connections from pod A were redirected to 15001: not measuring zmesh")
+        res["captured_conns"] = captured
+        ss = run(nsexec(t.ns_b, ["ss", "-Htn", "state", "established", "( sport = :15008 )"]), timeout=5,
+                 check=False)
+        res["hbone_conns_at_b"] = len([ln for ln in ss.stdout.splitlines() if ln.strip()])
         res.update(t.zmesh_info)
     finally:
         t.stop_zmesh(procs)
@@ -514,6 +550,8 @@ def parse_args(argv):
                     help="comma-separated scenarios to run, of: direct,haproxy,zmesh (default: all)")
     ap.add_argument("--time", type=int, default=5, help="iperf3 seconds per scenario (default 5)")
     ap.add_argument("--rtt-count", type=int, default=20000, help="timed 1-byte round trips (default 20000)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds per scenario; figures are medians, CPU/GB is over all rounds (default 1)")
     ap.add_argument("--haproxy-threads", type=int, default=1, choices=(1, 2), help="HAProxy nbthread (default 1)")
     ap.add_argument("--ztunnel-workers", type=int, default=0,
                     help="set ZTUNNEL_WORKER_THREADS for each ztunnel (default: ztunnel's own default)")
@@ -525,6 +563,8 @@ def parse_args(argv):
     bad = [s for s in a.only if s not in SCENARIOS]
     if bad or not a.only:
         ap.error(f"--only: unknown scenario(s) {bad}; choose from {','.join(SCENARIOS)}")
+    if not 1 <= a.repeat <= 10:
+        ap.error("--repeat must be 1..10")
     if not 1 <= a.time <= 120:
         ap.error("--time must be 1..120")
     a.rtt_bin = os.path.join(a.bin_dir, "zm-rtt")
@@ -585,7 +625,7 @@ def main(argv):
 
     ratios, checks = report(results, args)
     doc = {"date": started.isoformat(timespec="seconds"), "host": host_info(),
-           "params": {"iperf_seconds": args.time, "rtt_count": args.rtt_count, "rtt_warmup": 1000,
+           "params": {"iperf_seconds": args.time, "repeat": args.repeat, "rtt_count": args.rtt_count, "rtt_warmup": 1000,
                       "haproxy_nbthread": args.haproxy_threads, "scenarios": args.only, "gb": "1e9 bytes"},
            "results": results, "ratios": ratios,
            "targets": {"zmesh_vs_haproxy_tput_min": TARGET_TPUT_VS_HAPROXY,
