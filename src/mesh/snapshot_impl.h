@@ -1,0 +1,67 @@
+/* Internals shared by the snapshot builders (config.c today, the xDS client later) and model.c.
+ * Not for use outside src/mesh/ and src/xds/. */
+#pragma once
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mesh/model.h"
+
+/* A bump allocator: all of a snapshot's strings and arrays live in a few large chunks, so building is
+ * cheap and freeing is a walk over the chunk list. */
+struct arena_chunk;
+struct arena {
+    struct arena_chunk *head;
+    size_t bytes; /* total allocated from malloc, for stats */
+};
+/* Returns n zeroed bytes aligned to 16, owned by a, or NULL on ENOMEM. */
+void *arena_alloc(struct arena *a, size_t n);
+/* Copies n bytes into a (NULL when n == 0 or on ENOMEM; check n first). */
+void *arena_memdup(struct arena *a, const void *p, size_t n);
+/* Copies s[0..n) plus a NUL into a. NULL on ENOMEM. */
+char *arena_strndup(struct arena *a, const char *s, size_t n);
+void arena_free(struct arena *a);
+
+/* Open-addressing hash table (linear probing, power-of-two capacity, load <= 1/2) from a byte-string
+ * key to a 32-bit value (an index into a snapshot array). Keys are borrowed: they must outlive the
+ * table (they live in the snapshot's arena). */
+struct htab_slot {
+    uint64_t hash;
+    const char *key; /* NULL = empty slot */
+    uint32_t keylen;
+    uint32_t val;
+};
+struct htab {
+    struct htab_slot *slots;
+    size_t cap, n;
+};
+uint64_t htab_hash(const void *key, size_t len);
+/* Inserts key -> val. Returns 0, -EEXIST (and the existing value in *old when old != NULL) if the key is
+ * present (the table is unchanged), or -ENOMEM. */
+int htab_insert(struct htab *t, const char *key, size_t keylen, uint32_t val, uint32_t *old);
+/* Returns true and the value in *val when key is present. */
+bool htab_find(const struct htab *t, const char *key, size_t keylen, uint32_t *val);
+void htab_free(struct htab *t);
+
+/* Longest key built by the helpers below: a network name (<= 1024 bytes) + NUL + family + 16 bytes. */
+#define SNAP_KEY_MAX 1100
+/* Builds the (network, ip) key into buf (SNAP_KEY_MAX bytes). Returns its length, or 0 when the network
+ * is too long to ever have been stored. */
+size_t snap_ip_key(char *buf, const char *network, const struct ip_addr *ip);
+
+struct snapshot {
+    atomic_uint refs;
+    struct arena arena;
+    struct workload *workloads; /* malloc'd array, owned */
+    size_t n_workloads;
+    struct service *services;
+    size_t n_services;
+    struct policy *policies;
+    size_t n_policies;
+    struct htab wl_by_ip, wl_by_uid, wl_by_name; /* values index workloads[] */
+    struct htab svc_by_vip, svc_by_host;         /* values index services[] */
+    struct htab pol_by_name;                     /* values index policies[] */
+};
+
+/* A new empty snapshot with refcount 1, or NULL on ENOMEM. */
+struct snapshot *snapshot_new(void);
