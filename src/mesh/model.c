@@ -233,6 +233,11 @@ void snapshot_unref(struct snapshot *s)
     free(s);
 }
 
+unsigned snapshot_refcount(const struct snapshot *s)
+{
+    return atomic_load_explicit(&s->refs, memory_order_relaxed);
+}
+
 /* ---- lookups ---- */
 
 const struct workload *snapshot_workload_by_ip(const struct snapshot *s, const char *network, const struct ip_addr *ip)

@@ -160,6 +160,8 @@ struct snapshot; /* opaque, immutable once published */
 void snapshot_ref(struct snapshot *s);
 /* Drops a reference (atomic); frees the snapshot and everything it owns at zero. NULL is a no-op. */
 void snapshot_unref(struct snapshot *s);
+/* Current reference count (for tests and /config_dump; racy by nature). */
+unsigned snapshot_refcount(const struct snapshot *s);
 
 /* Lookups: O(1) hash probes. Results are borrowed from s (valid while the caller holds a reference);
  * NULL on a miss. network "" is the default network. */
