@@ -1,0 +1,74 @@
+# zmesh build. `make` builds build/bin/*; `make test` runs every test; `make demo` runs the demo.
+CC      ?= cc
+PKGS    := openssl libnghttp2 yaml-0.1
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread -Isrc \
+           $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
+B       ?= build
+
+LIB_LAYERS := core tls h2 mesh
+LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
+LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
+ZT_SRC  := $(wildcard src/ztunnel/*.c)
+ZT_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(ZT_SRC))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
+BENCH_BIN := $(B)/bin/zm-rtt
+
+.PHONY: all deps test unit e2e demo bench asan clean format
+all: $(B)/bin/ztunnel $(BENCH_BIN) $(UNIT_BIN)
+
+deps:
+	@scripts/deps.sh
+
+$(B)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(B)/libzmesh.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(AR) rcs $@ $^
+
+$(B)/bin/ztunnel: $(ZT_OBJ) $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/bin/zm-rtt: bench/rtt.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+$(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libzmesh.a $(LDLIBS) -lcmocka
+
+unit: all
+	@scripts/run-tests.sh unit $(B)
+
+e2e: all
+	@scripts/run-tests.sh e2e $(B)
+
+test: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run-tests.sh all $(B)
+
+asan: deps
+	@$(MAKE) --no-print-directory B=build/asan \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" all
+	@ZMESH_BIN=build/asan/bin ASAN_OPTIONS=detect_leaks=1 scripts/run-tests.sh all build/asan
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@/usr/bin/python3 scripts/demo.py
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bench/run.sh
+
+format:
+	clang-format -i $(LIB_SRC) $(ZT_SRC) $(UNIT_SRC) $(wildcard src/*/*.h)
+
+clean:
+	rm -rf build
+
+-include $(shell find $(B)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,209 @@
+/* Leveled logging to stderr. One formatted line per call, written with a single write() so lines from
+ * several worker threads never interleave. */
+#include "core/log.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+int log_level_cur = LOG_INFO;
+static bool log_json;
+
+static const char *const level_names[] = {"error", "warn", "info", "debug", "trace"};
+
+const char *log_level_name(int level)
+{
+    return level >= 0 && level <= LOG_TRACE ? level_names[level] : "info";
+}
+
+static int level_from(const char *s, size_t n)
+{
+    for (int i = 0; i <= LOG_TRACE; i++)
+        if (strlen(level_names[i]) == n && strncasecmp(s, level_names[i], n) == 0) return i;
+    if (n == 7 && strncasecmp(s, "warning", 7) == 0) return LOG_WARN;
+    if (n == 3 && strncasecmp(s, "off", 3) == 0) return -2;
+    return -1;
+}
+
+int log_set_level(const char *spec)
+{
+    /* RUST_LOG-style: "info", or "target=level,...". zmesh has one global level: the last level wins. */
+    int found = -1;
+    const char *p = spec;
+    while (p && *p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', n);
+        const char *lv = eq ? eq + 1 : p;
+        size_t ln = n - (size_t)(lv - p);
+        int l = level_from(lv, ln);
+        if (l == -1) return -EINVAL;
+        found = l == -2 ? LOG_ERROR : l;
+        p = end ? end + 1 : NULL;
+    }
+    if (found < 0) return -EINVAL;
+    log_level_cur = found;
+    return 0;
+}
+
+void log_init(void)
+{
+    const char *lvl = getenv("RUST_LOG");
+    const char *fmt = getenv("LOG_FORMAT");
+    if (lvl && *lvl) log_set_level(lvl);
+    log_json = fmt && strcasecmp(fmt, "json") == 0;
+}
+
+struct line {
+    char buf[4096];
+    size_t len;
+};
+
+static void put(struct line *l, const char *s, size_t n)
+{
+    if (n > sizeof(l->buf) - 2 - l->len) n = sizeof(l->buf) - 2 - l->len;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void puts_(struct line *l, const char *s)
+{
+    put(l, s, strlen(s));
+}
+
+/* JSON string body escaping; quotes and control characters only. */
+static void put_json(struct line *l, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            put(l, e, 2);
+        } else if (c < 0x20) {
+            char e[8];
+            snprintf(e, sizeof(e), "\\u%04x", c);
+            puts_(l, e);
+        } else {
+            put(l, (const char *)&c, 1);
+        }
+    }
+}
+
+static bool is_number(const char *s)
+{
+    if (!*s) return false;
+    for (const char *p = s; *p; p++)
+        if (*p < '0' || *p > '9') return false;
+    return strlen(s) < 19;
+}
+
+static void begin(struct line *l, int level, const char *target, const char *msg)
+{
+    struct timespec ts;
+    struct tm tm;
+    char tbuf[48];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(tbuf, sizeof(tbuf), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(tbuf + n, sizeof(tbuf) - n, ".%06ldZ", ts.tv_nsec / 1000);
+    l->len = 0;
+    if (log_json) {
+        puts_(l, "{\"level\":\"");
+        puts_(l, log_level_name(level));
+        puts_(l, "\",\"time\":\"");
+        puts_(l, tbuf);
+        puts_(l, "\",\"target\":\"");
+        put_json(l, target);
+        puts_(l, "\",\"message\":\"");
+        put_json(l, msg);
+        puts_(l, "\"");
+    } else {
+        char lv[8];
+        snprintf(lv, sizeof(lv), "%5s", log_level_name(level));
+        for (char *p = lv; *p; p++)
+            if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 32);
+        puts_(l, tbuf);
+        puts_(l, " ");
+        puts_(l, lv);
+        puts_(l, " ");
+        puts_(l, target);
+        puts_(l, ": ");
+        puts_(l, msg);
+    }
+}
+
+static void field(struct line *l, const char *k, const char *v)
+{
+    if (log_json) {
+        puts_(l, ",\"");
+        put_json(l, k);
+        puts_(l, "\":");
+        if (is_number(v)) {
+            puts_(l, v);
+        } else {
+            puts_(l, "\"");
+            put_json(l, v);
+            puts_(l, "\"");
+        }
+    } else {
+        puts_(l, " ");
+        puts_(l, k);
+        puts_(l, "=");
+        bool quote = strchr(v, ' ') != NULL || *v == 0;
+        if (quote) puts_(l, "\"");
+        puts_(l, v);
+        if (quote) puts_(l, "\"");
+    }
+}
+
+static void finish(struct line *l)
+{
+    if (log_json) puts_(l, "}");
+    l->buf[l->len++] = '\n';
+    ssize_t w = write(STDERR_FILENO, l->buf, l->len);
+    (void)w;
+}
+
+void log_kv(int level, const char *target, const char *msg, ...)
+{
+    struct line l;
+    va_list ap;
+    if (!log_enabled(level)) return;
+    begin(&l, level, target, msg);
+    va_start(ap, msg);
+    for (;;) {
+        const char *k = va_arg(ap, const char *);
+        if (!k) break;
+        const char *v = va_arg(ap, const char *);
+        field(&l, k, v ? v : "");
+    }
+    va_end(ap);
+    finish(&l);
+}
+
+void log_kvv(int level, const char *target, const char *msg, const char *const *kv, size_t n)
+{
+    struct line l;
+    if (!log_enabled(level)) return;
+    begin(&l, level, target, msg);
+    for (size_t i = 0; i < n; i++)
+        if (kv[2 * i + 1]) field(&l, kv[2 * i], kv[2 * i + 1]);
+    finish(&l);
+}
+
+void log_fmt(int level, const char *target, const char *fmt, ...)
+{
+    struct line l;
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    begin(&l, level, target, msg);
+    finish(&l);
+}

@@ -1,0 +1,1260 @@
+/* HBONE connections and CONNECT tunnels over nghttp2 (1.52 API) and OpenSSL.
+ *
+ * Data path, TCP -> HTTP/2: recv() into the stream's "up" buffer; nghttp2 asks for DATA with NO_COPY and our
+ * send_data callback copies frame header + payload into a per-thread 16 KiB staging record that is handed
+ * to SSL_write whole; the custom BIO appends ciphertext to the connection's "cout" buffer, written with one
+ * send() per batch. HTTP/2 -> TCP: one read() of up to 256 KiB of ciphertext, decrypted into a per-thread
+ * plaintext buffer, fed to nghttp2 in one call; DATA payloads are sent straight to the TCP socket and only
+ * what the socket refuses is buffered ("down"). Windows are consumed exactly as bytes reach the socket. */
+#include "h2/hbone.h"
+
+#include <errno.h>
+#include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "tls/tls.h"
+
+#define CIN_CAP (256u * 1024)
+#define PLAIN_CAP (256u * 1024)
+#define PT_REC 16384u
+#define COUT_HIGH (512u * 1024)
+#define UP_SMALL (16u * 1024)
+#define UP_BIG (256u * 1024)
+#define UP_GROW_AFTER (1u << 20)
+#define MAX_DATA_FRAME (256u * 1024)
+#define MAX_REQ_HEADERS 64
+#define MAX_REQ_BYTES (64u * 1024)
+
+/* A byte buffer holding p[off..len). */
+struct obuf {
+    uint8_t *p;
+    size_t off, len, cap;
+};
+
+static size_t obuf_used(const struct obuf *b)
+{
+    return b->len - b->off;
+}
+
+static void obuf_free(struct obuf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
+
+static void obuf_consume(struct obuf *b, size_t n)
+{
+    b->off += n;
+    if (b->off == b->len) obuf_free(b); /* idle connections keep no buffer */
+}
+
+static int obuf_append(struct obuf *b, const void *d, size_t n)
+{
+    if (b->len + n > b->cap) {
+        if (b->off) {
+            memmove(b->p, b->p + b->off, b->len - b->off);
+            b->len -= b->off;
+            b->off = 0;
+        }
+        if (b->len + n > b->cap) {
+            size_t cap = b->cap ? b->cap : 16384;
+            while (cap < b->len + n) cap *= 2;
+            uint8_t *p = realloc(b->p, cap);
+            if (!p) return -ENOMEM;
+            b->p = p;
+            b->cap = cap;
+        }
+    }
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+    return 0;
+}
+
+enum conn_state { C_CONNECTING, C_HANDSHAKE, C_OPEN, C_CLOSED };
+
+struct hbone_conn {
+    struct io io;
+    struct loop *loop;
+    SSL *ssl;
+    nghttp2_session *ng;
+    bool server, eof, draining, goaway_recv, ping_wait;
+    enum conn_state st;
+    const struct hbone_conn_ops *ops;
+    void *ud;
+    const uint8_t *cin; /* ciphertext the BIO serves to OpenSSL */
+    size_t cin_len;
+    struct obuf cout; /* ciphertext waiting for send() */
+    bool out_err;
+    struct task flush_task, free_task;
+    struct timer hs_timer, ping_timer;
+    char **expected;
+    size_t n_expected;
+    char peer_id[512];
+    struct hbone_stream *streams;
+    unsigned n_streams;
+};
+
+struct hbone_stream {
+    struct hbone_stream *next, *prev;
+    struct hbone_conn *c;
+    int32_t id;
+    struct io io;    /* TCP side; fd -1 until attached */
+    bool registered; /* io is in epoll */
+    struct obuf up, down;
+    bool relaying, up_eof, deferred, down_eof, wr_shut, ng_closed, done;
+    int status;
+    uint64_t to_h2, to_tcp;
+    const struct hbone_stream_ops *ops;
+    void *ud;
+    /* Client: the request, kept until it is submitted after the handshake. */
+    nghttp2_nv *nva;
+    size_t nnv;
+    /* Server: the request being received. */
+    char *method, *authority;
+    struct hbone_header *hdrs;
+    size_t n_hdrs, req_bytes;
+    bool req_too_big;
+    struct task free_task;
+};
+
+static __thread uint8_t *tl_cin, *tl_plain, *tl_pt;
+static __thread size_t tl_pt_len;
+
+static BIO_METHOD *bio_meth;
+static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
+
+static void conn_close(struct hbone_conn *c, const char *err);
+static void conn_schedule_flush(struct hbone_conn *c);
+static void stream_finish(struct hbone_stream *s, const char *err);
+static void stream_update_mask(struct hbone_stream *s);
+static void stream_check_finish(struct hbone_stream *s);
+
+/* ---- custom BIO over the connection's buffers ---- */
+
+static int bio_write_cb(BIO *b, const char *data, int len)
+{
+    struct hbone_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (obuf_append(&c->cout, data, (size_t)len) < 0) return -1;
+    return len;
+}
+
+static int bio_read_cb(BIO *b, char *buf, int len)
+{
+    struct hbone_conn *c = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (c->cin_len == 0) {
+        if (c->eof) return 0;
+        BIO_set_retry_read(b);
+        return -1;
+    }
+    size_t n = (size_t)len < c->cin_len ? (size_t)len : c->cin_len;
+    memcpy(buf, c->cin, n);
+    c->cin += n;
+    c->cin_len -= n;
+    return (int)n;
+}
+
+static long bio_ctrl_cb(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create_cb(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static void bio_init_once(void)
+{
+    bio_meth = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "hbone");
+    BIO_meth_set_write(bio_meth, bio_write_cb);
+    BIO_meth_set_read(bio_meth, bio_read_cb);
+    BIO_meth_set_ctrl(bio_meth, bio_ctrl_cb);
+    BIO_meth_set_create(bio_meth, bio_create_cb);
+}
+
+static int thread_bufs(void)
+{
+    if (tl_cin) return 0;
+    tl_cin = malloc(CIN_CAP);
+    tl_plain = malloc(PLAIN_CAP);
+    tl_pt = malloc(PT_REC);
+    return tl_cin && tl_plain && tl_pt ? 0 : -ENOMEM;
+}
+
+/* ---- plaintext staging: coalesce small frames into full TLS records ---- */
+
+static void pt_write(struct hbone_conn *c, const uint8_t *d, size_t n)
+{
+    size_t w;
+    if (c->out_err) return;
+    /* Our BIO never refuses, so SSL_write completes in one call or fails for good. */
+    if (!SSL_write_ex(c->ssl, d, n, &w) || w != n) c->out_err = true;
+}
+
+static void pt_append(struct hbone_conn *c, const uint8_t *d, size_t n)
+{
+    while (n) {
+        if (tl_pt_len == 0 && n >= PT_REC) {
+            size_t k = n - n % PT_REC;
+            pt_write(c, d, k);
+            d += k;
+            n -= k;
+            continue;
+        }
+        size_t k = PT_REC - tl_pt_len;
+        if (k > n) k = n;
+        memcpy(tl_pt + tl_pt_len, d, k);
+        tl_pt_len += k;
+        d += k;
+        n -= k;
+        if (tl_pt_len == PT_REC) {
+            pt_write(c, tl_pt, PT_REC);
+            tl_pt_len = 0;
+        }
+    }
+}
+
+static void pt_flush(struct hbone_conn *c)
+{
+    if (tl_pt_len) pt_write(c, tl_pt, tl_pt_len);
+    tl_pt_len = 0;
+}
+
+/* ---- connection output ---- */
+
+static void conn_update_mask(struct hbone_conn *c)
+{
+    uint32_t ev = EPOLLIN;
+    if (c->st == C_CLOSED) return;
+    if (c->st == C_CONNECTING || obuf_used(&c->cout)) ev |= EPOLLOUT;
+    loop_io_mod(c->loop, &c->io, ev);
+}
+
+/* Sends queued ciphertext. Returns 0, or -1 when the connection was closed. */
+static int conn_write_out(struct hbone_conn *c)
+{
+    while (obuf_used(&c->cout)) {
+        ssize_t n = send(c->io.fd, c->cout.p + c->cout.off, obuf_used(&c->cout), MSG_NOSIGNAL);
+        if (n > 0) {
+            obuf_consume(&c->cout, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        conn_close(c, n < 0 ? strerror(errno) : "send returned 0");
+        return -1;
+    }
+    return 0;
+}
+
+static void conn_flush(struct hbone_conn *c)
+{
+    if (c->st == C_CLOSED) return;
+    if (c->st == C_OPEN) {
+        tl_pt_len = 0;
+        while (obuf_used(&c->cout) < COUT_HIGH) {
+            const uint8_t *d;
+            ssize_t n = nghttp2_session_mem_send(c->ng, &d);
+            if (n < 0) {
+                conn_close(c, nghttp2_strerror((int)n));
+                return;
+            }
+            if (n == 0) break;
+            pt_append(c, d, (size_t)n);
+        }
+        pt_flush(c);
+        if (c->out_err) {
+            conn_close(c, "TLS write failed");
+            return;
+        }
+    }
+    if (conn_write_out(c) < 0) return;
+    if (c->st == C_OPEN && !obuf_used(&c->cout)) {
+        if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
+            conn_close(c, NULL);
+            return;
+        }
+        if ((c->draining || c->goaway_recv) && c->n_streams == 0) {
+            conn_close(c, NULL);
+            return;
+        }
+    }
+    conn_update_mask(c);
+}
+
+static void flush_task_cb(struct task *t)
+{
+    conn_flush(container_of(t, struct hbone_conn, flush_task));
+}
+
+static void conn_schedule_flush(struct hbone_conn *c)
+{
+    if (c->st != C_CLOSED) loop_defer(c->loop, &c->flush_task);
+}
+
+/* ---- streams ---- */
+
+static void stream_link(struct hbone_conn *c, struct hbone_stream *s)
+{
+    s->c = c;
+    s->next = c->streams;
+    if (c->streams) c->streams->prev = s;
+    c->streams = s;
+    c->n_streams++;
+}
+
+static void stream_unlink(struct hbone_stream *s)
+{
+    struct hbone_conn *c = s->c;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->streams = s->next;
+    if (s->next) s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+    c->n_streams--;
+}
+
+static void stream_free_cb(struct task *t)
+{
+    struct hbone_stream *s = container_of(t, struct hbone_stream, free_task);
+    for (size_t i = 0; i < s->n_hdrs; i++) {
+        free((char *)s->hdrs[i].name);
+        free((char *)s->hdrs[i].value);
+    }
+    free(s->hdrs);
+    free(s->method);
+    free(s->authority);
+    free(s->nva);
+    free(s);
+}
+
+static struct hbone_stream *stream_new(void)
+{
+    struct hbone_stream *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->io.fd = -1;
+    s->free_task.cb = stream_free_cb;
+    return s;
+}
+
+static void stream_close_tcp(struct hbone_stream *s)
+{
+    if (s->io.fd < 0) return;
+    if (s->registered) loop_io_del(s->c->loop, &s->io);
+    s->registered = false;
+    close(s->io.fd);
+    s->io.fd = -1;
+}
+
+static void stream_finish(struct hbone_stream *s, const char *err)
+{
+    struct hbone_conn *c = s->c;
+    if (s->done) return;
+    s->done = true;
+    stream_close_tcp(s);
+    if (s->id > 0 && c->ng) {
+        if (!s->ng_closed && c->st == C_OPEN) {
+            nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+            conn_schedule_flush(c);
+        }
+        nghttp2_session_set_stream_user_data(c->ng, s->id, NULL);
+    }
+    stream_unlink(s);
+    obuf_free(&s->up);
+    obuf_free(&s->down);
+    struct hbone_result r = {
+        .status = s->status, .bytes_to_h2 = s->to_h2, .bytes_to_tcp = s->to_tcp, .error = err};
+    if (s->ops && s->ops->on_done) s->ops->on_done(s, s->ud, &r);
+    loop_defer(c->loop, &s->free_task);
+    if ((c->draining || c->goaway_recv) && c->n_streams == 0) conn_schedule_flush(c);
+}
+
+/* A stream ends cleanly once HTTP/2 is done with it and everything received reached the TCP socket. */
+static void stream_check_finish(struct hbone_stream *s)
+{
+    if (s->done || !s->ng_closed) return;
+    if (s->io.fd >= 0 && obuf_used(&s->down)) return;
+    stream_finish(s, NULL);
+}
+
+static void stream_update_mask(struct hbone_stream *s)
+{
+    uint32_t ev = 0;
+    if (s->done || s->io.fd < 0) return;
+    if (s->relaying && !s->up_eof && s->up.len < (s->up.cap ? s->up.cap : 1)) ev |= EPOLLIN;
+    if (obuf_used(&s->down)) ev |= EPOLLOUT;
+    /* An fd with an empty mask still reports HUP/ERR; take it out of epoll rather than spin. */
+    if (!ev) {
+        if (s->registered) loop_io_del(s->c->loop, &s->io);
+        s->registered = false;
+        return;
+    }
+    if (!s->registered) {
+        if (loop_io_add(s->c->loop, &s->io, ev) == 0) s->registered = true;
+        return;
+    }
+    loop_io_mod(s->c->loop, &s->io, ev);
+}
+
+static void stream_consume(struct hbone_stream *s, size_t n)
+{
+    struct hbone_conn *c = s->c;
+    if (c->st == C_OPEN && n) {
+        nghttp2_session_consume(c->ng, s->id, n);
+        conn_schedule_flush(c);
+    }
+}
+
+/* Writes buffered HTTP/2 bytes to the TCP socket. */
+static void stream_write_tcp(struct hbone_stream *s)
+{
+    while (obuf_used(&s->down)) {
+        ssize_t n = send(s->io.fd, s->down.p + s->down.off, obuf_used(&s->down), MSG_NOSIGNAL);
+        if (n > 0) {
+            obuf_consume(&s->down, (size_t)n);
+            s->to_tcp += (uint64_t)n;
+            stream_consume(s, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+        stream_finish(s, n < 0 ? strerror(errno) : "send returned 0");
+        return;
+    }
+    if (!obuf_used(&s->down) && s->down_eof && !s->wr_shut && s->io.fd >= 0) {
+        shutdown(s->io.fd, SHUT_WR); /* END_STREAM becomes FIN */
+        s->wr_shut = true;
+    }
+    stream_check_finish(s);
+}
+
+static void stream_read_tcp(struct hbone_stream *s)
+{
+    struct hbone_conn *c = s->c;
+    if (!s->up.p) {
+        size_t cap = s->to_h2 >= UP_GROW_AFTER ? UP_BIG : UP_SMALL;
+        s->up.p = malloc(cap);
+        if (!s->up.p) return;
+        s->up.cap = cap;
+    }
+    size_t space = s->up.cap - s->up.len;
+    if (!space) return;
+    ssize_t n = recv(s->io.fd, s->up.p + s->up.len, space, 0);
+    if (n > 0) {
+        s->up.len += (size_t)n;
+    } else if (n == 0) {
+        s->up_eof = true; /* FIN becomes END_STREAM once the buffer is sent */
+        if (!obuf_used(&s->up)) obuf_free(&s->up);
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        return;
+    } else {
+        stream_finish(s, strerror(errno));
+        return;
+    }
+    if (s->deferred && s->id > 0 && c->st == C_OPEN) {
+        s->deferred = false;
+        nghttp2_session_resume_data(c->ng, s->id);
+    }
+    conn_schedule_flush(c);
+}
+
+static void stream_io_cb(struct io *io, uint32_t ev)
+{
+    struct hbone_stream *s = container_of(io, struct hbone_stream, io);
+    if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+        if (obuf_used(&s->down)) stream_write_tcp(s);
+        if (s->done) return;
+    }
+    if ((ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) && s->relaying && !s->up_eof) {
+        stream_read_tcp(s);
+        if (s->done) return;
+    }
+    stream_update_mask(s);
+}
+
+static void stream_attach_tcp(struct hbone_stream *s, int fd)
+{
+    s->io.fd = fd;
+    s->io.cb = stream_io_cb;
+    s->relaying = true;
+    if (obuf_used(&s->down)) stream_write_tcp(s);
+    if (!s->done) stream_update_mask(s);
+}
+
+/* ---- nghttp2 callbacks ---- */
+
+static struct hbone_stream *stream_of(nghttp2_session *ng, int32_t id)
+{
+    struct hbone_stream *s = nghttp2_session_get_stream_user_data(ng, id);
+    return s && !s->done ? s : NULL;
+}
+
+static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
+                            nghttp2_data_source *src, void *ud)
+{
+    (void)buf, (void)src, (void)ud;
+    struct hbone_stream *s = stream_of(ng, id);
+    if (!s) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t avail = obuf_used(&s->up);
+    if (avail) {
+        size_t n = avail < length ? avail : length;
+        *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+        if (s->up_eof && n == avail) *flags |= NGHTTP2_DATA_FLAG_EOF;
+        return (ssize_t)n;
+    }
+    if (s->up_eof) {
+        *flags |= NGHTTP2_DATA_FLAG_EOF;
+        return 0;
+    }
+    s->deferred = true;
+    return NGHTTP2_ERR_DEFERRED;
+}
+
+static int send_data_cb(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                        nghttp2_data_source *src, void *ud)
+{
+    (void)src;
+    struct hbone_conn *c = ud;
+    if (obuf_used(&c->cout) >= COUT_HIGH) return NGHTTP2_ERR_WOULDBLOCK;
+    struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
+    if (!s || obuf_used(&s->up) < length) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    pt_append(c, framehd, 9);
+    if (length) pt_append(c, s->up.p + s->up.off, length);
+    s->to_h2 += length;
+    bool was_full = s->up.len == s->up.cap;
+    obuf_consume(&s->up, length);
+    if (was_full) stream_update_mask(s);
+    return 0;
+}
+
+static ssize_t read_length_cb(nghttp2_session *ng, uint8_t type, int32_t id, int32_t sess_win, int32_t stream_win,
+                              uint32_t max_frame, void *ud)
+{
+    (void)ng, (void)type, (void)id, (void)ud;
+    ssize_t n = max_frame < MAX_DATA_FRAME ? max_frame : MAX_DATA_FRAME;
+    if (sess_win < n) n = sess_win;
+    if (stream_win < n) n = stream_win;
+    return n > 0 ? n : 1;
+}
+
+static int on_data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len,
+                            void *ud)
+{
+    (void)flags;
+    struct hbone_conn *c = ud;
+    struct hbone_stream *s = stream_of(ng, id);
+    if (!s) {
+        /* Nobody will read these bytes: return the window at once. */
+        nghttp2_session_consume(ng, id, len);
+        conn_schedule_flush(c);
+        return 0;
+    }
+    if (s->io.fd >= 0 && !obuf_used(&s->down)) {
+        ssize_t n = send(s->io.fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            s->to_tcp += (uint64_t)n;
+            stream_consume(s, (size_t)n);
+            data += n;
+            len -= (size_t)n;
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            nghttp2_session_consume(ng, id, len);
+            stream_finish(s, strerror(errno));
+            return 0;
+        }
+    }
+    if (len) {
+        if (obuf_append(&s->down, data, len) < 0) {
+            stream_finish(s, "out of memory");
+            return 0;
+        }
+        stream_update_mask(s);
+    }
+    return 0;
+}
+
+static int on_begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct hbone_conn *c = ud;
+    if (!c->server || frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    if (c->draining) {
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+        return 0;
+    }
+    struct hbone_stream *s = stream_new();
+    if (!s) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    s->id = frame->hd.stream_id;
+    stream_link(c, s);
+    nghttp2_session_set_stream_user_data(ng, s->id, s);
+    return 0;
+}
+
+static char *dupn(const uint8_t *p, size_t n)
+{
+    char *s = malloc(n + 1);
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = 0;
+    }
+    return s;
+}
+
+static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                        const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+{
+    (void)flags;
+    struct hbone_conn *c = ud;
+    struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
+    if (!s || frame->hd.type != NGHTTP2_HEADERS) return 0;
+    if (!c->server) {
+        if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
+            int st = 0;
+            for (size_t i = 0; i < valuelen && i < 3; i++) st = st * 10 + (value[i] - '0');
+            s->status = st;
+        }
+        return 0;
+    }
+    s->req_bytes += namelen + valuelen;
+    if (s->req_bytes > MAX_REQ_BYTES) {
+        s->req_too_big = true;
+        return 0;
+    }
+    if (namelen == 7 && memcmp(name, ":method", 7) == 0) {
+        free(s->method);
+        s->method = dupn(value, valuelen);
+    } else if (namelen == 10 && memcmp(name, ":authority", 10) == 0) {
+        free(s->authority);
+        s->authority = dupn(value, valuelen);
+    } else if (namelen && name[0] != ':') {
+        if (s->n_hdrs >= MAX_REQ_HEADERS) {
+            s->req_too_big = true;
+            return 0;
+        }
+        if (!s->hdrs) s->hdrs = calloc(MAX_REQ_HEADERS, sizeof(*s->hdrs));
+        if (!s->hdrs) return NGHTTP2_ERR_CALLBACK_FAILURE;
+        s->hdrs[s->n_hdrs].name = dupn(name, namelen);
+        s->hdrs[s->n_hdrs].value = dupn(value, valuelen);
+        s->n_hdrs++;
+    }
+    return 0;
+}
+
+static void handle_request(struct hbone_conn *c, struct hbone_stream *s)
+{
+    if (s->req_too_big) {
+        hbone_stream_respond(s, 431, -1, NULL, 0);
+        return;
+    }
+    struct hbone_request req = {
+        .method = s->method ? s->method : "",
+        .authority = s->authority ? s->authority : "",
+        .headers = s->hdrs,
+        .n_headers = s->n_hdrs,
+    };
+    if (c->ops->on_request)
+        c->ops->on_request(s, c->ud, &req);
+    else
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+}
+
+static void handle_response(struct hbone_stream *s)
+{
+    if (s->ops && s->ops->on_response) s->ops->on_response(s, s->ud, s->status);
+    if (s->done) return;
+    if (s->status == 200) {
+        s->relaying = true;
+        stream_update_mask(s);
+    } else {
+        char err[48];
+        snprintf(err, sizeof(err), "HBONE CONNECT rejected with status %d", s->status);
+        stream_finish(s, err);
+    }
+}
+
+static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct hbone_conn *c = ud;
+    if (c->st == C_CLOSED) return NGHTTP2_ERR_CALLBACK_FAILURE;
+    switch (frame->hd.type) {
+    case NGHTTP2_PING:
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
+            c->ping_wait = false;
+            timer_start(c->loop, &c->ping_timer, HBONE_PING_INTERVAL_MS);
+        }
+        return 0;
+    case NGHTTP2_GOAWAY:
+        c->goaway_recv = true;
+        return 0;
+    case NGHTTP2_HEADERS:
+    case NGHTTP2_DATA:
+        break;
+    default:
+        return 0;
+    }
+    struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
+    if (!s) return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS) {
+        if (c->server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) s->down_eof = true;
+            handle_request(c, s);
+            return 0;
+        }
+        if (!c->server && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) {
+            handle_response(s);
+            if (!s->done && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+                s->down_eof = true;
+                stream_write_tcp(s);
+            }
+            return 0;
+        }
+    }
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        s->down_eof = true;
+        if (s->io.fd >= 0) stream_write_tcp(s);
+        if (!s->done) stream_update_mask(s);
+    }
+    return 0;
+}
+
+static int on_frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+    struct hbone_conn *c = ud;
+    if (!c->server || frame->hd.type != NGHTTP2_HEADERS) return 0;
+    struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
+    /* An error response ends our side; reset so a client that keeps sending does not hold the stream. */
+    if (s && s->status != 200 && !s->ng_closed && !s->down_eof)
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
+    return 0;
+}
+
+static int on_frame_not_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, int lib_error, void *ud)
+{
+    (void)ud;
+    struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
+    if (s && frame->hd.type == NGHTTP2_HEADERS) stream_finish(s, nghttp2_strerror(lib_error));
+    return 0;
+}
+
+static int on_stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t error_code, void *ud)
+{
+    (void)ud;
+    struct hbone_stream *s = stream_of(ng, id);
+    if (!s) return 0;
+    s->ng_closed = true;
+    /* RST_STREAM NO_ERROR/CANCEL counts as EOF (as in Istio); other codes end the tunnel with an error. */
+    if (error_code != NGHTTP2_NO_ERROR && error_code != NGHTTP2_CANCEL) {
+        stream_finish(s, nghttp2_http2_strerror(error_code));
+        return 0;
+    }
+    if (!s->relaying) {
+        stream_finish(s, s->status ? NULL : "stream closed before response");
+        return 0;
+    }
+    s->down_eof = true;
+    if (s->io.fd >= 0) stream_write_tcp(s);
+    if (!s->done) stream_check_finish(s);
+    return 0;
+}
+
+static int on_error_cb(nghttp2_session *ng, int code, const char *msg, size_t len, void *ud)
+{
+    (void)ng, (void)code, (void)ud;
+    LOG_D("hbone", "http2: %.*s", (int)len, msg);
+    return 0;
+}
+
+static nghttp2_session_callbacks *make_callbacks(void)
+{
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) return NULL;
+    nghttp2_session_callbacks_set_send_data_callback(cb, send_data_cb);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(cb, read_length_cb);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk_cb);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers_cb);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header_cb);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv_cb);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send_cb);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, on_frame_not_send_cb);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close_cb);
+    nghttp2_session_callbacks_set_error_callback2(cb, on_error_cb);
+    return cb;
+}
+
+/* ---- connection lifecycle ---- */
+
+static void conn_free_cb(struct task *t)
+{
+    struct hbone_conn *c = container_of(t, struct hbone_conn, free_task);
+    if (c->ng) nghttp2_session_del(c->ng);
+    if (c->ssl) SSL_free(c->ssl);
+    obuf_free(&c->cout);
+    for (size_t i = 0; i < c->n_expected; i++) free(c->expected[i]);
+    free(c->expected);
+    free(c);
+}
+
+static void conn_close(struct hbone_conn *c, const char *err)
+{
+    if (c->st == C_CLOSED) return;
+    /* Streams learn about it first, so their logs carry the reason. */
+    enum conn_state prev = c->st;
+    c->st = C_CLOSED;
+    while (c->streams) stream_finish(c->streams, err ? err : "connection closed");
+    (void)prev;
+    timer_stop(c->loop, &c->hs_timer);
+    timer_stop(c->loop, &c->ping_timer);
+    loop_io_del(c->loop, &c->io);
+    close(c->io.fd);
+    c->io.fd = -1;
+    if (c->ops->on_closed) c->ops->on_closed(c, c->ud, err);
+    /* nghttp2 may be on the stack (we can be called from its callbacks): free after the batch. */
+    loop_defer(c->loop, &c->free_task);
+}
+
+static void ping_timer_cb(struct timer *t)
+{
+    struct hbone_conn *c = container_of(t, struct hbone_conn, ping_timer);
+    if (c->st != C_OPEN) return;
+    if (c->ping_wait) {
+        conn_close(c, "ping timeout");
+        return;
+    }
+    nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, NULL);
+    c->ping_wait = true;
+    timer_start(c->loop, &c->ping_timer, HBONE_PING_TIMEOUT_MS);
+    conn_schedule_flush(c);
+}
+
+static void hs_timer_cb(struct timer *t)
+{
+    struct hbone_conn *c = container_of(t, struct hbone_conn, hs_timer);
+    conn_close(c, c->st == C_CONNECTING ? "connect timeout" : "TLS handshake timeout");
+}
+
+static void stream_submit(struct hbone_stream *s)
+{
+    struct hbone_conn *c = s->c;
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read_cb};
+    int32_t id = nghttp2_submit_request(c->ng, NULL, s->nva, s->nnv, &prd, s);
+    free(s->nva);
+    s->nva = NULL;
+    if (id < 0) {
+        stream_finish(s, nghttp2_strerror(id));
+        return;
+    }
+    s->id = id;
+}
+
+static int conn_start_h2(struct hbone_conn *c)
+{
+    nghttp2_session_callbacks *cb = make_callbacks();
+    nghttp2_option *opt;
+    int rv;
+    if (!cb) return -ENOMEM;
+    if (nghttp2_option_new(&opt) != 0) {
+        nghttp2_session_callbacks_del(cb);
+        return -ENOMEM;
+    }
+    /* WINDOW_UPDATE only for bytes that reached the other socket: end-to-end back-pressure. */
+    nghttp2_option_set_no_auto_window_update(opt, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(opt, HBONE_CLIENT_MAX_STREAMS);
+    if (c->server)
+        rv = nghttp2_session_server_new2(&c->ng, cb, c, opt);
+    else
+        rv = nghttp2_session_client_new2(&c->ng, cb, c, opt);
+    nghttp2_option_del(opt);
+    nghttp2_session_callbacks_del(cb);
+    if (rv != 0) return -ENOMEM;
+    nghttp2_settings_entry srv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, HBONE_SERVER_MAX_STREAMS},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, HBONE_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, HBONE_MAX_FRAME},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024},
+    };
+    nghttp2_settings_entry cli[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, HBONE_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, HBONE_MAX_FRAME},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 16 * 1024},
+    };
+    if (c->server)
+        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, srv, sizeof(srv) / sizeof(srv[0]));
+    else
+        rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, cli, sizeof(cli) / sizeof(cli[0]));
+    if (rv == 0) rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, HBONE_CONN_WINDOW);
+    return rv == 0 ? 0 : -EINVAL;
+}
+
+static void conn_handshake_done(struct hbone_conn *c)
+{
+    char err[1200];
+    timer_stop(c->loop, &c->hs_timer);
+    if (!tls_alpn_is_h2(c->ssl)) {
+        conn_close(c, "peer did not negotiate ALPN h2");
+        return;
+    }
+    if (tls_peer_identity(c->ssl, c->peer_id, sizeof(c->peer_id)) < 0) c->peer_id[0] = 0;
+    if (!c->server && !tls_peer_has_san(c->ssl, (const char *const *)c->expected, c->n_expected)) {
+        snprintf(err, sizeof(err), "identity verification error: peer is \"%s\", expected \"%s\"", c->peer_id,
+                 c->n_expected ? c->expected[0] : "");
+        conn_close(c, err);
+        return;
+    }
+    if (conn_start_h2(c) < 0) {
+        conn_close(c, "cannot start HTTP/2 session");
+        return;
+    }
+    c->st = C_OPEN;
+    timer_start(c->loop, &c->ping_timer, HBONE_PING_INTERVAL_MS);
+    /* Submit newest-first list in arrival order. */
+    struct hbone_stream *pending[HBONE_SERVER_MAX_STREAMS * 2];
+    size_t n = 0;
+    for (struct hbone_stream *s = c->streams; s && n < sizeof(pending) / sizeof(pending[0]); s = s->next)
+        if (s->id == 0) pending[n++] = s;
+    while (n--) stream_submit(pending[n]);
+    if (c->ops->on_ready && c->st == C_OPEN) c->ops->on_ready(c, c->ud);
+    conn_schedule_flush(c);
+}
+
+static void conn_handshake(struct hbone_conn *c)
+{
+    char err[256], e2[200];
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        conn_handshake_done(c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (c->eof) {
+            /* Flush any alert first, then give up. */
+            conn_write_out(c);
+            conn_close(c, "connection closed during TLS handshake");
+        }
+        return;
+    }
+    snprintf(err, sizeof(err), "TLS handshake failed: %s", tls_errstr(e2, sizeof(e2)));
+    conn_write_out(c); /* send the alert */
+    conn_close(c, err);
+}
+
+/* Decrypts everything available and feeds it to nghttp2. Returns 0, or -1 when the conn was closed. */
+static int conn_decrypt(struct hbone_conn *c)
+{
+    char e2[200];
+    for (;;) {
+        size_t plen = 0, got;
+        int err = 0;
+        while (plen < PLAIN_CAP) {
+            if (SSL_read_ex(c->ssl, tl_plain + plen, PLAIN_CAP - plen, &got)) {
+                plen += got;
+                continue;
+            }
+            err = SSL_get_error(c->ssl, 0);
+            break;
+        }
+        if (plen) {
+            ssize_t rv = nghttp2_session_mem_recv(c->ng, tl_plain, plen);
+            if (c->st == C_CLOSED) return -1;
+            if (rv < 0) {
+                conn_close(c, nghttp2_strerror((int)rv));
+                return -1;
+            }
+        }
+        if (!err) continue;
+        if (err == SSL_ERROR_WANT_READ) return 0;
+        if (err == SSL_ERROR_ZERO_RETURN || c->eof) {
+            ERR_clear_error();
+            conn_close(c, c->n_streams ? "connection closed by peer" : NULL);
+            return -1;
+        }
+        conn_close(c, tls_errstr(e2, sizeof(e2)));
+        return -1;
+    }
+}
+
+static void conn_read(struct hbone_conn *c)
+{
+    for (int iter = 0; iter < 8; iter++) {
+        ssize_t n = recv(c->io.fd, tl_cin, CIN_CAP, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            conn_close(c, strerror(errno));
+            return;
+        }
+        if (n == 0) c->eof = true;
+        c->cin = tl_cin;
+        c->cin_len = (size_t)n;
+        if (c->st == C_HANDSHAKE) {
+            conn_handshake(c);
+            if (c->st != C_OPEN) {
+                c->cin_len = 0;
+                if (c->st != C_CLOSED) conn_flush(c);
+                return;
+            }
+        }
+        if (conn_decrypt(c) < 0) return;
+        c->cin_len = 0;
+        if (c->eof) {
+            conn_close(c, c->n_streams ? "connection closed by peer" : NULL);
+            return;
+        }
+        if ((size_t)n < CIN_CAP) break;
+    }
+    c->cin_len = 0;
+    conn_schedule_flush(c);
+}
+
+static void conn_io_cb(struct io *io, uint32_t ev)
+{
+    struct hbone_conn *c = container_of(io, struct hbone_conn, io);
+    if (c->st == C_CONNECTING) {
+        int soerr = 0;
+        socklen_t sl = sizeof(soerr);
+        if (getsockopt(c->io.fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = errno;
+        if (soerr) {
+            char err[128];
+            snprintf(err, sizeof(err), "connect: %s", strerror(soerr));
+            conn_close(c, err);
+            return;
+        }
+        if (!(ev & EPOLLOUT)) return;
+        c->st = C_HANDSHAKE;
+        conn_handshake(c);
+        if (c->st != C_CLOSED) conn_flush(c);
+        return;
+    }
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        conn_read(c);
+        if (c->st == C_CLOSED) return;
+    }
+    if (ev & EPOLLOUT) {
+        /* Room again: write what is queued, then let nghttp2 produce more. */
+        if (conn_write_out(c) < 0) return;
+        if (c->st == C_OPEN && !obuf_used(&c->cout)) conn_flush(c);
+        else
+            conn_update_mask(c);
+    }
+}
+
+static struct hbone_conn *conn_new(struct loop *l, int fd, SSL_CTX *ctx, bool server,
+                                   const struct hbone_conn_ops *ops, void *ud)
+{
+    pthread_once(&bio_once, bio_init_once);
+    struct hbone_conn *c = calloc(1, sizeof(*c));
+    if (!c || thread_bufs() < 0 || !bio_meth) goto fail;
+    c->loop = l;
+    c->server = server;
+    c->ops = ops;
+    c->ud = ud;
+    c->io.fd = fd;
+    c->io.cb = conn_io_cb;
+    c->flush_task.cb = flush_task_cb;
+    c->free_task.cb = conn_free_cb;
+    c->hs_timer.cb = hs_timer_cb;
+    c->ping_timer.cb = ping_timer_cb;
+    c->ssl = SSL_new(ctx);
+    if (!c->ssl) goto fail;
+    BIO *b = BIO_new(bio_meth);
+    if (!b) goto fail;
+    BIO_set_data(b, c);
+    SSL_set_bio(c->ssl, b, b);
+    if (server)
+        SSL_set_accept_state(c->ssl);
+    else
+        SSL_set_connect_state(c->ssl);
+    return c;
+fail:
+    if (c && c->ssl) SSL_free(c->ssl);
+    free(c);
+    close(fd);
+    return NULL;
+}
+
+struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const char *const *expected,
+                                    size_t n_expected, const struct hbone_conn_ops *ops, void *ud)
+{
+    struct hbone_conn *c = conn_new(l, fd, ctx, false, ops, ud);
+    if (!c) return NULL;
+    c->expected = calloc(n_expected ? n_expected : 1, sizeof(char *));
+    for (size_t i = 0; c->expected && i < n_expected; i++) c->expected[c->n_expected++] = strdup(expected[i]);
+    c->st = C_CONNECTING;
+    timer_start(l, &c->hs_timer, HBONE_HANDSHAKE_TIMEOUT_MS);
+    if (loop_io_add(l, &c->io, EPOLLIN | EPOLLOUT) < 0) {
+        c->st = C_CLOSED;
+        close(fd);
+        timer_stop(l, &c->hs_timer);
+        loop_defer(l, &c->free_task);
+        return NULL;
+    }
+    return c;
+}
+
+struct hbone_conn *hbone_server_new(struct loop *l, int fd, SSL_CTX *ctx, const struct hbone_conn_ops *ops,
+                                    void *ud)
+{
+    struct hbone_conn *c = conn_new(l, fd, ctx, true, ops, ud);
+    if (!c) return NULL;
+    c->st = C_HANDSHAKE;
+    timer_start(l, &c->hs_timer, HBONE_HANDSHAKE_TIMEOUT_MS);
+    if (loop_io_add(l, &c->io, EPOLLIN) < 0) {
+        c->st = C_CLOSED;
+        close(fd);
+        timer_stop(l, &c->hs_timer);
+        loop_defer(l, &c->free_task);
+        return NULL;
+    }
+    return c;
+}
+
+unsigned hbone_conn_max_streams(const struct hbone_conn *c)
+{
+    unsigned max = HBONE_CLIENT_MAX_STREAMS;
+    if (c->ng) {
+        uint32_t peer = nghttp2_session_get_remote_settings(c->ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        if (peer < max) max = peer;
+    }
+    return max;
+}
+
+bool hbone_conn_usable(const struct hbone_conn *c)
+{
+    return c->st != C_CLOSED && !c->draining && !c->goaway_recv && c->n_streams < hbone_conn_max_streams(c);
+}
+
+bool hbone_conn_ready(const struct hbone_conn *c)
+{
+    return c->st == C_OPEN;
+}
+
+unsigned hbone_conn_streams(const struct hbone_conn *c)
+{
+    return c->n_streams;
+}
+
+const char *hbone_conn_peer_id(const struct hbone_conn *c)
+{
+    return c->peer_id;
+}
+
+void hbone_conn_drain(struct hbone_conn *c)
+{
+    if (c->st == C_CLOSED || c->draining) return;
+    c->draining = true;
+    if (c->st != C_OPEN) {
+        if (!c->n_streams) conn_close(c, NULL);
+        return;
+    }
+    nghttp2_submit_goaway(c->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    conn_schedule_flush(c);
+}
+
+void hbone_conn_close(struct hbone_conn *c, const char *err)
+{
+    conn_close(c, err);
+}
+
+struct hbone_stream *hbone_stream_open(struct hbone_conn *c, const struct hbone_header *headers, size_t n,
+                                       int tcp_fd, const struct hbone_stream_ops *ops, void *ud)
+{
+    if (c->server || !hbone_conn_usable(c)) return NULL;
+    struct hbone_stream *s = stream_new();
+    if (!s) return NULL;
+    /* One block: the nv array followed by the copied names and values. */
+    size_t bytes = (n + 1) * sizeof(nghttp2_nv) + sizeof(":method") + sizeof("CONNECT");
+    for (size_t i = 0; i < n; i++) bytes += strlen(headers[i].name) + strlen(headers[i].value) + 2;
+    s->nva = malloc(bytes);
+    if (!s->nva) {
+        free(s);
+        return NULL;
+    }
+    char *p = (char *)(s->nva + n + 1);
+    const char *names[1 + 64], *values[1 + 64];
+    size_t m = 0;
+    names[m] = ":method";
+    values[m++] = "CONNECT";
+    for (size_t i = 0; i < n && m < 65; i++) {
+        names[m] = headers[i].name;
+        values[m++] = headers[i].value;
+    }
+    for (size_t i = 0; i < m; i++) {
+        size_t nl = strlen(names[i]), vl = strlen(values[i]);
+        memcpy(p, names[i], nl + 1);
+        s->nva[i].name = (uint8_t *)p;
+        s->nva[i].namelen = nl;
+        p += nl + 1;
+        memcpy(p, values[i], vl + 1);
+        s->nva[i].value = (uint8_t *)p;
+        s->nva[i].valuelen = vl;
+        p += vl + 1;
+        s->nva[i].flags = NGHTTP2_NV_FLAG_NONE;
+    }
+    s->nnv = m;
+    s->ops = ops;
+    s->ud = ud;
+    s->io.fd = tcp_fd;
+    s->io.cb = stream_io_cb;
+    stream_link(c, s);
+    if (c->st == C_OPEN) {
+        stream_submit(s);
+        conn_schedule_flush(c);
+    }
+    return s;
+}
+
+void hbone_stream_set_ops(struct hbone_stream *s, const struct hbone_stream_ops *ops, void *ud)
+{
+    s->ops = ops;
+    s->ud = ud;
+}
+
+void hbone_stream_respond(struct hbone_stream *s, int status, int tcp_fd, const struct hbone_header *headers,
+                          size_t n)
+{
+    struct hbone_conn *c = s->c;
+    char st[8];
+    nghttp2_nv nva[9];
+    size_t m = 0;
+    if (s->done || c->st != C_OPEN) {
+        if (tcp_fd >= 0) close(tcp_fd);
+        return;
+    }
+    snprintf(st, sizeof(st), "%d", status);
+    nva[m++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, strlen(st), NGHTTP2_NV_FLAG_NONE};
+    for (size_t i = 0; i < n && m < 9; i++)
+        nva[m++] = (nghttp2_nv){(uint8_t *)headers[i].name, (uint8_t *)headers[i].value, strlen(headers[i].name),
+                                strlen(headers[i].value), NGHTTP2_NV_FLAG_NONE};
+    s->status = status;
+    if (status == 200 && tcp_fd >= 0) {
+        nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read_cb};
+        nghttp2_submit_response(c->ng, s->id, nva, m, &prd);
+        stream_attach_tcp(s, tcp_fd);
+    } else {
+        if (tcp_fd >= 0) close(tcp_fd);
+        nghttp2_submit_response(c->ng, s->id, nva, m, NULL);
+    }
+    conn_schedule_flush(c);
+}
+
+void hbone_stream_reset(struct hbone_stream *s, const char *err)
+{
+    stream_finish(s, err);
+}
+
+struct hbone_conn *hbone_stream_conn(const struct hbone_stream *s)
+{
+    return s->c;
+}

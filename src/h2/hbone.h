@@ -1,0 +1,103 @@
+/* HBONE: HTTP/2 CONNECT tunnels over mutual TLS, both roles.
+ *
+ * An hbone_conn is one TLS+HTTP/2 connection on a non-blocking fd; an hbone_stream is one CONNECT tunnel on it,
+ * bridged to a TCP socket. The layer owns the byte relay in both directions with end-to-end back-pressure:
+ * HTTP/2 windows are consumed only when bytes reach the TCP socket, and a TCP socket is read only while its
+ * stream has room. TLS runs over our own buffers (a custom BIO), so ciphertext leaves in large writes. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/ssl.h>
+
+#include "core/loop.h"
+
+struct hbone_conn;
+struct hbone_stream;
+
+struct hbone_header {
+    const char *name, *value;
+};
+
+/* A received CONNECT request (server role). Strings are NUL-terminated and valid during on_request only. */
+struct hbone_request {
+    const char *method;
+    const char *authority;
+    const struct hbone_header *headers; /* regular headers, lower-case names */
+    size_t n_headers;
+};
+
+/* The end of a stream, passed to on_done. status is the HTTP status sent or received (0 if none). */
+struct hbone_result {
+    int status;
+    uint64_t bytes_to_h2;  /* read from the TCP side, sent as DATA */
+    uint64_t bytes_to_tcp; /* received as DATA, written to the TCP side */
+    const char *error;     /* NULL on a clean end */
+};
+
+struct hbone_conn_ops {
+    /* Client: TLS done, ALPN h2, server identity verified; streams opened earlier are now being sent. */
+    void (*on_ready)(struct hbone_conn *c, void *ud);
+    /* The connection is gone (error, EOF, GOAWAY drained, ping timeout). err is NULL on a clean end.
+     * Every stream got its on_done before this. c is freed right after the call. */
+    void (*on_closed)(struct hbone_conn *c, void *ud, const char *err);
+    /* Server: a complete request. The callee must eventually call hbone_stream_respond (now or later),
+     * unless the stream ends first (on_done). */
+    void (*on_request)(struct hbone_stream *s, void *ud, const struct hbone_request *req);
+};
+
+struct hbone_stream_ops {
+    /* The stream finished; s is invalid after the call. */
+    void (*on_done)(struct hbone_stream *s, void *ud, const struct hbone_result *r);
+    /* Client: the response headers arrived (status 200 means bytes flow now). Optional. */
+    void (*on_response)(struct hbone_stream *s, void *ud, int status);
+};
+
+/* HTTP/2 settings, from reference §1.4. */
+#define HBONE_STREAM_WINDOW (4u << 20)
+#define HBONE_CONN_WINDOW (16u << 20)
+#define HBONE_MAX_FRAME (1u << 20)
+#define HBONE_CLIENT_MAX_STREAMS 100
+#define HBONE_SERVER_MAX_STREAMS 200
+#define HBONE_PING_INTERVAL_MS 10000
+#define HBONE_PING_TIMEOUT_MS 20000
+#define HBONE_HANDSHAKE_TIMEOUT_MS 10000
+
+/* Starts the client role on fd (connecting or connected, non-blocking; ownership passes to the conn).
+ * The server must present a URI SAN equal to one of expected[0..n) (copied). Returns NULL on allocation
+ * failure (fd closed). ctx is borrowed and must outlive the conn. */
+struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const char *const *expected,
+                                    size_t n_expected, const struct hbone_conn_ops *ops, void *ud);
+/* Starts the server role on an accepted fd (ownership passes to the conn). */
+struct hbone_conn *hbone_server_new(struct loop *l, int fd, SSL_CTX *ctx, const struct hbone_conn_ops *ops,
+                                    void *ud);
+
+/* True when a new stream may be opened now or queued until the handshake ends. */
+bool hbone_conn_usable(const struct hbone_conn *c);
+/* True once the handshake succeeded. */
+bool hbone_conn_ready(const struct hbone_conn *c);
+/* Open streams (including ones queued during the handshake). */
+unsigned hbone_conn_streams(const struct hbone_conn *c);
+/* The streams this connection allows at once: ours capped by the peer's SETTINGS. */
+unsigned hbone_conn_max_streams(const struct hbone_conn *c);
+/* The peer's SPIFFE id (first URI SAN), "" before the handshake or if none. */
+const char *hbone_conn_peer_id(const struct hbone_conn *c);
+/* Stops taking new streams and sends GOAWAY; the conn closes when its streams end. */
+void hbone_conn_drain(struct hbone_conn *c);
+/* Closes now: every stream ends with err. */
+void hbone_conn_close(struct hbone_conn *c, const char *err);
+
+/* Client: opens a CONNECT stream. headers are (name, value) pairs including ":authority" (copied); ":method"
+ * is added. tcp_fd (non-blocking, ownership passes here) is read only after a 200. Returns NULL when the
+ * conn cannot take a stream (tcp_fd untouched). */
+struct hbone_stream *hbone_stream_open(struct hbone_conn *c, const struct hbone_header *headers, size_t n,
+                                       int tcp_fd, const struct hbone_stream_ops *ops, void *ud);
+/* Server: sets the callbacks for a stream handed to on_request. */
+void hbone_stream_set_ops(struct hbone_stream *s, const struct hbone_stream_ops *ops, void *ud);
+/* Server: answers the request. With status 200 and tcp_fd >= 0 (ownership passes here) the tunnel starts;
+ * any other status ends the stream (tcp_fd, if >= 0, is closed). Extra headers optional. */
+void hbone_stream_respond(struct hbone_stream *s, int status, int tcp_fd, const struct hbone_header *headers,
+                          size_t n);
+/* Resets the stream (RST_STREAM CANCEL) and closes its TCP side; on_done runs. */
+void hbone_stream_reset(struct hbone_stream *s, const char *err);
+struct hbone_conn *hbone_stream_conn(const struct hbone_stream *s);

@@ -1,0 +1,282 @@
+/* Inbound: HBONE on 15008 (mTLS + HTTP/2 CONNECT, reference §1.3) and plaintext on 15006. Connections to
+ * the app carry the client's IP as their source (IP_TRANSPARENT), so the app sees who called. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/relay.h"
+#include "h2/hbone.h"
+#include "ztunnel/proxy.h"
+
+#define APP_CONNECT_TIMEOUT_MS 10000
+
+/* One accepted HBONE connection. */
+struct in_conn {
+    struct worker *w;
+    struct sockaddr_storage peer, local;
+    unsigned streams;
+    bool closed;
+};
+
+/* One CONNECT stream, from request to end. */
+struct in_stream {
+    struct in_conn *ic;
+    struct hbone_stream *s;
+    struct io io; /* app connect in progress; fd -1 otherwise */
+    struct timer timer;
+    struct access_rec rec;
+    char authority[SOCKADDR_STRLEN];
+    char peer_id[SPIFFE_MAX];
+    char dst_id[SPIFFE_MAX];
+};
+
+static void in_conn_put(struct in_conn *ic)
+{
+    if (ic->closed && ic->streams == 0) free(ic);
+}
+
+static void in_cancel_connect(struct in_stream *is)
+{
+    if (is->io.fd < 0) return;
+    loop_io_del(is->ic->w->loop, &is->io);
+    close(is->io.fd);
+    is->io.fd = -1;
+    timer_stop(is->ic->w->loop, &is->timer);
+}
+
+static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct in_stream *is = ud;
+    struct in_conn *ic = is->ic;
+    in_cancel_connect(is);
+    is->rec.bytes_recv = r->bytes_to_tcp;
+    is->rec.bytes_sent = r->bytes_to_h2;
+    char err[96];
+    if (!r->error && r->status != 200) {
+        snprintf(err, sizeof(err), "rejected with HTTP status %d", r->status);
+        is->rec.error = err;
+    } else {
+        is->rec.error = r->error;
+    }
+    access_log(ic->w, &is->rec);
+    free(is);
+    ic->streams--;
+    in_conn_put(ic);
+}
+
+static const struct hbone_stream_ops in_stream_ops = {.on_done = in_stream_done};
+
+static void in_connected(struct in_stream *is, int soerr)
+{
+    int fd = is->io.fd;
+    loop_io_del(is->ic->w->loop, &is->io);
+    timer_stop(is->ic->w->loop, &is->timer);
+    is->io.fd = -1;
+    if (soerr) {
+        close(fd);
+        LOG_D("inbound", "connect to app %s: %s", is->authority, strerror(soerr));
+        hbone_stream_respond(is->s, 503, -1, NULL, 0);
+        return;
+    }
+    /* ENABLE_RESPONSE_BAGGAGE: the 200 describes the destination workload. */
+    struct hbone_header h = {"baggage", is->ic->w->pp->baggage};
+    hbone_stream_respond(is->s, 200, fd, &h, 1);
+}
+
+static void in_connect_cb(struct io *io, uint32_t ev)
+{
+    struct in_stream *is = container_of(io, struct in_stream, io);
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if (getsockopt(io->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) soerr = errno;
+    if (!soerr && !(ev & EPOLLOUT)) return;
+    in_connected(is, soerr);
+}
+
+static void in_connect_timeout(struct timer *t)
+{
+    in_connected(container_of(t, struct in_stream, timer), ETIMEDOUT);
+}
+
+static void in_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
+{
+    struct in_conn *ic = ud;
+    struct worker *w = ic->w;
+    struct pod_proxy *pp = w->pp;
+    struct in_stream *is = calloc(1, sizeof(*is));
+    struct ip_addr aip, local_ip, peer_ip;
+    uint16_t aport;
+    if (!is) {
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    is->ic = ic;
+    is->s = s;
+    is->io.fd = -1;
+    is->io.cb = in_connect_cb;
+    is->timer.cb = in_connect_timeout;
+    is->rec.direction = "inbound";
+    is->rec.src = ic->peer;
+    is->rec.dst = ic->local;
+    is->rec.start_ms = zt_now_ms();
+    snprintf(is->peer_id, sizeof(is->peer_id), "%s", hbone_conn_peer_id(hbone_stream_conn(s)));
+    is->rec.src_identity = is->peer_id;
+    snprintf(is->authority, sizeof(is->authority), "%s", req->authority);
+    is->rec.hbone_addr = is->authority;
+    sockaddr_to(&ic->peer, &peer_ip, NULL);
+    sockaddr_to(&ic->local, &local_ip, NULL);
+    is->rec.src_wl = snapshot_workload_by_ip(pp->snap, pp->network, &peer_ip);
+    ic->streams++;
+    hbone_stream_set_ops(s, &in_stream_ops, is);
+
+    /* Status codes as Istio's inbound (reference §1.3). */
+    if (strcmp(req->method, "CONNECT") != 0) {
+        hbone_stream_respond(s, 400, -1, NULL, 0);
+        return;
+    }
+    if (authority_parse(req->authority, strlen(req->authority), &aip, &aport) < 0) {
+        hbone_stream_respond(s, 400, -1, NULL, 0);
+        return;
+    }
+    /* The workload is the one owning the address this connection arrived on (the pod's IP). */
+    const struct workload *dst = snapshot_workload_by_ip(pp->snap, pp->network, &local_ip);
+    is->rec.dst_wl = dst;
+    if (!dst) {
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    if (!ip_equal(&aip, &local_ip)) {
+        hbone_stream_respond(s, 400, -1, NULL, 0);
+        return;
+    }
+    workload_spiffe_id(dst, is->dst_id, sizeof(is->dst_id));
+    is->rec.dst_identity = is->dst_id;
+    if (zt_illegal_port(aport)) {
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    struct sockaddr_storage app;
+    sockaddr_from(&app, &aip, aport);
+    int fd = zt_connect(&app, &peer_ip);
+    if (fd < 0) {
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    is->io.fd = fd;
+    if (loop_io_add(w->loop, &is->io, EPOLLOUT) < 0) {
+        close(fd);
+        is->io.fd = -1;
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    timer_start(w->loop, &is->timer, APP_CONNECT_TIMEOUT_MS);
+}
+
+static void in_closed(struct hbone_conn *c, void *ud, const char *err)
+{
+    struct in_conn *ic = ud;
+    if (err && !hbone_conn_ready(c)) {
+        char src[SOCKADDR_STRLEN];
+        log_kv(LOG_WARN, "access", "connection failed", "src.addr", sockaddr_format(&ic->peer, src, sizeof(src)),
+               "direction", "inbound", "error", err, NULL);
+    }
+    ic->closed = true;
+    in_conn_put(ic);
+}
+
+static const struct hbone_conn_ops in_conn_ops = {.on_closed = in_closed, .on_request = in_request};
+
+void inbound_hbone_accept(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct worker *w = container_of(io, struct worker, listeners[2]);
+    for (int i = 0; i < 64; i++) {
+        struct in_conn *ic = calloc(1, sizeof(*ic));
+        if (!ic) return;
+        socklen_t len = sizeof(ic->peer);
+        int fd = accept4(io->fd, (struct sockaddr *)&ic->peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            free(ic);
+            return;
+        }
+        ic->w = w;
+        len = sizeof(ic->local);
+        getsockname(fd, (struct sockaddr *)&ic->local, &len);
+        net_set_nodelay(fd);
+        net_set_keepalive(fd);
+        if (!hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic)) free(ic);
+    }
+}
+
+/* ---- plaintext inbound (15006) ---- */
+
+struct plain_conn {
+    struct worker *w;
+    struct access_rec rec;
+};
+
+static void plain_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to_a, const char *err)
+{
+    (void)r;
+    struct plain_conn *pc = ud;
+    pc->rec.bytes_recv = a_to_b;
+    pc->rec.bytes_sent = b_to_a;
+    pc->rec.error = err;
+    access_log(pc->w, &pc->rec);
+    free(pc);
+}
+
+static const struct relay_ops plain_ops = {.on_done = plain_done};
+
+void inbound_plain_accept(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct worker *w = container_of(io, struct worker, listeners[1]);
+    struct pod_proxy *pp = w->pp;
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage peer, dst;
+        socklen_t len = sizeof(peer);
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;
+        struct plain_conn *pc = calloc(1, sizeof(*pc));
+        struct ip_addr dip, sip;
+        uint16_t dport;
+        if (!pc || net_original_dst(fd, &dst) < 0) {
+            free(pc);
+            close(fd);
+            continue;
+        }
+        pc->w = w;
+        pc->rec = (struct access_rec){.direction = "inbound", .src = peer, .dst = dst, .start_ms = zt_now_ms()};
+        sockaddr_to(&dst, &dip, &dport);
+        sockaddr_to(&peer, &sip, NULL);
+        pc->rec.src_wl = snapshot_workload_by_ip(pp->snap, pp->network, &sip);
+        pc->rec.dst_wl = snapshot_workload_by_ip(pp->snap, pp->network, &dip);
+        net_set_nodelay(fd);
+        if (zt_illegal_port(dport)) {
+            close(fd);
+            pc->rec.error = "destination is a ztunnel port";
+            access_log(w, &pc->rec);
+            free(pc);
+            continue;
+        }
+        int up = zt_connect(&dst, &sip);
+        if (up < 0) {
+            close(fd);
+            pc->rec.error = strerror(-up);
+            access_log(w, &pc->rec);
+            free(pc);
+            continue;
+        }
+        if (!relay_new(w->loop, fd, up, 1, &plain_ops, pc)) {
+            pc->rec.error = "relay setup failed";
+            access_log(w, &pc->rec);
+            free(pc);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+/* Outbound (15001): captured connections from the pod's apps. HBONE destinations go over a pooled mTLS
+ * HTTP/2 connection as a CONNECT stream; anything else is relayed as plain TCP (reference §1.6, §9). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/relay.h"
+#include "h2/hbone.h"
+#include "ztunnel/proxy.h"
+
+struct out_conn {
+    struct worker *w;
+    struct access_rec rec;
+    char authority[SOCKADDR_STRLEN];
+    char dst_id[SPIFFE_MAX];
+};
+
+static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const char *err)
+{
+    oc->rec.bytes_recv = recv;
+    oc->rec.bytes_sent = sent;
+    oc->rec.error = err;
+    access_log(oc->w, &oc->rec);
+    free(oc);
+}
+
+static void out_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct out_conn *oc = ud;
+    out_finish(oc, r->bytes_to_h2, r->bytes_to_tcp, r->error);
+}
+
+static const struct hbone_stream_ops out_stream_ops = {.on_done = out_stream_done};
+
+static void out_relay_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to_a, const char *err)
+{
+    (void)r;
+    struct out_conn *oc = ud;
+    out_finish(oc, a_to_b, b_to_a, err);
+}
+
+static const struct relay_ops out_relay_ops = {.on_done = out_relay_done};
+
+static void hex(char *out, const uint8_t *in, size_t n)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[in[i] >> 4];
+        out[2 * i + 1] = d[in[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *dip,
+                           uint16_t dport)
+{
+    struct worker *w = oc->w;
+    struct pod_proxy *pp = w->pp;
+    char fwd[SOCKADDR_STRLEN + 16], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17];
+    uint8_t rnd[24];
+    struct sockaddr_storage hop;
+    struct ip_addr sip;
+    const char *err = NULL;
+
+    /* Direct HBONE: TCP to podIP:15008, :authority podIP:targetPort (reference §1.6). */
+    sockaddr_from(&hop, dip, PORT_HBONE);
+    oc->rec.dst = hop;
+    struct sockaddr_storage target;
+    sockaddr_from(&target, dip, dport);
+    sockaddr_format(&target, oc->authority, sizeof(oc->authority));
+    oc->rec.hbone_addr = oc->authority;
+    workload_spiffe_id(wl, oc->dst_id, sizeof(oc->dst_id));
+    oc->rec.dst_identity = oc->dst_id;
+    snprintf(fwd, sizeof(fwd), "for=\"%s\"", sockaddr_format(&oc->rec.src, csrc, sizeof(csrc)));
+    if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) memset(rnd, 0x5a, sizeof(rnd));
+    hex(tid, rnd, 16);
+    hex(sid, rnd + 16, 8);
+    snprintf(tp, sizeof(tp), "00-%s-%s-00", tid, sid);
+    struct hbone_header hdrs[] = {
+        {":authority", oc->authority},
+        {"baggage", pp->baggage},
+        {"forwarded", fwd},
+        {"traceparent", tp},
+    };
+    const char *sans[] = {oc->dst_id};
+    sockaddr_to(&oc->rec.src, &sip, NULL);
+    struct hbone_stream *s = pool_open_stream(w->pool, &hop, sans, 1, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]),
+                                              fd, &out_stream_ops, oc, &err);
+    if (!s) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream");
+}
+
+static void outbound_handle(struct worker *w, int fd, const struct sockaddr_storage *peer)
+{
+    struct pod_proxy *pp = w->pp;
+    struct sockaddr_storage dst;
+    struct ip_addr dip;
+    uint16_t dport;
+    struct out_conn *oc = calloc(1, sizeof(*oc));
+    if (!oc) {
+        close(fd);
+        return;
+    }
+    oc->w = w;
+    oc->rec.direction = "outbound";
+    oc->rec.src = *peer;
+    oc->rec.start_ms = zt_now_ms();
+    oc->rec.src_wl = pp->self;
+    oc->rec.src_identity = pp->id_uri;
+    net_set_nodelay(fd);
+    if (net_original_dst(fd, &dst) < 0) {
+        close(fd);
+        out_finish(oc, 0, 0, "no original destination");
+        return;
+    }
+    oc->rec.dst = dst;
+    sockaddr_to(&dst, &dip, &dport);
+    const struct workload *wl = snapshot_workload_by_ip(pp->snap, pp->network, &dip);
+    oc->rec.dst_wl = wl;
+    if (zt_illegal_port(dport) && pp->self && wl == pp->self) {
+        close(fd);
+        out_finish(oc, 0, 0, "self call to a ztunnel port");
+        return;
+    }
+    if (wl && wl->protocol == WL_PROTO_HBONE) {
+        outbound_hbone(oc, fd, wl, &dip, dport);
+        return;
+    }
+    /* Not meshed or unknown: plain TCP passthrough (connection_security_policy=unknown). */
+    int up = zt_connect(&dst, NULL);
+    if (up < 0) {
+        close(fd);
+        out_finish(oc, 0, 0, strerror(-up));
+        return;
+    }
+    if (!relay_new(w->loop, fd, up, 1, &out_relay_ops, oc)) out_finish(oc, 0, 0, "relay setup failed");
+}
+
+void outbound_accept(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct worker *w = container_of(io, struct worker, listeners[0]);
+    for (int i = 0; i < 64; i++) {
+        struct sockaddr_storage peer;
+        socklen_t len = sizeof(peer);
+        int fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
+                LOG_W("outbound", "accept: %s", strerror(errno));
+            return;
+        }
+        outbound_handle(w, fd, &peer);
+    }
+}
