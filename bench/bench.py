@@ -552,7 +552,8 @@ def parse_args(argv):
     ap.add_argument("--rtt-count", type=int, default=20000, help="timed 1-byte round trips (default 20000)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds per scenario; figures are medians, CPU/GB is over all rounds (default 1)")
-    ap.add_argument("--haproxy-threads", type=int, default=1, choices=(1, 2), help="HAProxy nbthread (default 1)")
+    ap.add_argument("--haproxy-threads", type=int, default=2, choices=(1, 2),
+                    help="HAProxy nbthread per side (default 2, as many as ztunnel's default workers)")
     ap.add_argument("--ztunnel-workers", type=int, default=0,
                     help="set ZTUNNEL_WORKER_THREADS for each ztunnel (default: ztunnel's own default)")
     ap.add_argument("--bin-dir", default=os.environ.get("ZMESH_BIN", os.path.join(ROOT, "build", "bin")))
@@ -593,6 +594,9 @@ def main(argv):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
+    load0 = os.getloadavg()[0]
+    if load0 > 0.5:
+        log(f"warning: load average {load0:.2f} before the run; other work on this machine makes figures noisy")
     procs = Procs()
     results = {}
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -624,7 +628,10 @@ def main(argv):
         procs.stop_all()
 
     ratios, checks = report(results, args)
-    doc = {"date": started.isoformat(timespec="seconds"), "host": host_info(),
+    host = host_info()
+    host["loadavg_1m_before"] = load0
+    host["loadavg_1m_after"] = os.getloadavg()[0]
+    doc = {"date": started.isoformat(timespec="seconds"), "host": host,
            "params": {"iperf_seconds": args.time, "repeat": args.repeat, "rtt_count": args.rtt_count, "rtt_warmup": 1000,
                       "haproxy_nbthread": args.haproxy_threads, "scenarios": args.only, "gb": "1e9 bytes"},
            "results": results, "ratios": ratios,
@@ -635,7 +642,10 @@ def main(argv):
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=2)
-    print(f"\nresults: {os.path.relpath(args.out, os.getcwd())}")
+    # Only the figure from before the run says something about other work: the run itself loads both cores.
+    print(f"\nload average (1 min) before the run: {load0:.2f}"
+          f"{'  -- other work was running, figures are noisy' if load0 > 0.5 else ''}")
+    print(f"results: {os.path.relpath(args.out, os.getcwd())}")
     if any("error" in r for r in results.values()):
         return 1
     if args.strict and not all(c["pass"] for c in checks.values()):
