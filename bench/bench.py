@@ -22,7 +22,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +49,7 @@ def log(msg):
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Processes we start. Every one is recorded here and ended by its own pid at teardown, also on Ctrl-C.
 
 class Procs:
@@ -113,7 +112,7 @@ def wait_listen(ns, port, proc=None, timeout=10.0):
     raise BenchError(f"nothing listens on port {port} in {ns} after {timeout}s")
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # CPU accounting from /proc.
 
 def _children(pid):
@@ -151,7 +150,7 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Measurements.
 
 def measure_rtt(ns, ip, port, count, rtt_bin):
@@ -222,7 +221,7 @@ def measure(ns, ip, rtt_port, iperf_port, proxy_pids, args):
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Scenarios. Each returns a dict of figures; each stops the processes it started (the apps stay up).
 
 def scenario_direct(t, procs, args):
@@ -321,7 +320,8 @@ def scenario_zmesh(t, procs, args):
         # set would report direct TCP as zmesh. RTT (1) plus iperf3 (control + data) per round.
         captured = redirected_conns(t.ns_a, 15001) - before
         if captured < 3 * args.repeat:
-            raise BenchError(f"only {captured} connections from pod A were redirected to 15001: not measuring zmesh")
+            raise BenchError(f"only {captured} connections from pod A were redirected to 15001: "
+                             "not measuring zmesh")
         res["captured_conns"] = captured
         ss = run(nsexec(t.ns_b, ["ss", "-Htn", "state", "established", "( sport = :15008 )"]), timeout=5,
                  check=False)
@@ -332,12 +332,12 @@ def scenario_zmesh(t, procs, args):
     return res
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Topology adapter: everything that touches tests/e2e/topo.py lives here.
 
 class Topology:
-    """The e2e topology (tests/e2e/topo.py, 2 nodes x 2 pods as the tests use it); the benchmark goes from pod 1
-    of node 1 (A) to pod 1 of node 2 (B). Everything that touches topo.py lives in this class."""
+    """The e2e topology (tests/e2e/topo.py, 2 nodes x 2 pods as the tests use it); the benchmark goes from
+    pod 1 of node 1 (A) to pod 1 of node 2 (B). Everything that touches topo.py lives in this class."""
 
     def __init__(self, args, procs):
         self.args = args
@@ -452,7 +452,7 @@ def write_pem(path, *parts):
     os.chmod(path, 0o600)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Report.
 
 def fmt(v, spec):
@@ -472,7 +472,8 @@ def report(results, args):
         rows.append((s, ip["gbit_s"], rt["p50_us"], rt["p99_us"], rt["mean_us"], ip.get("proxy_cpu_s_per_gb"),
                      ""))
     print()
-    print(f"{'scenario':<10} {'Gbit/s':>8} {'RTT p50 us':>11} {'p99 us':>8} {'mean us':>8} {'proxy CPU-s/GB':>15}")
+    print(f"{'scenario':<10} {'Gbit/s':>8} {'RTT p50 us':>11} {'p99 us':>8} {'mean us':>8} "
+          f"{'proxy CPU-s/GB':>15}")
     print("-" * 65)
     for s, g, p50, p99, mean, cpu, err in rows:
         if err:
@@ -490,8 +491,9 @@ def report(results, args):
               f"(ZTUNNEL_WORKER_THREADS={z.get('ztunnel_worker_env')})")
     print()
     if ok("haproxy") and ok("direct"):
-        ratios["haproxy_vs_direct_rtt_p50"] = results["haproxy"]["rtt"]["p50_us"] / results["direct"]["rtt"]["p50_us"]
-        ratios["haproxy_vs_direct_tput"] = results["haproxy"]["iperf"]["gbit_s"] / results["direct"]["iperf"]["gbit_s"]
+        h, d = results["haproxy"], results["direct"]
+        ratios["haproxy_vs_direct_rtt_p50"] = h["rtt"]["p50_us"] / d["rtt"]["p50_us"]
+        ratios["haproxy_vs_direct_tput"] = h["iperf"]["gbit_s"] / d["iperf"]["gbit_s"]
         print(f"HAProxy/direct: throughput x{ratios['haproxy_vs_direct_tput']:.2f}, "
               f"RTT p50 x{ratios['haproxy_vs_direct_rtt_p50']:.2f}")
     if ok("zmesh"):
@@ -516,7 +518,8 @@ def report(results, args):
         labels = {"throughput": "zmesh/HAProxy throughput", "rtt_p50": "zmesh/direct RTT p50",
                   "proxy_cpu": "zmesh proxy CPU-s/GB"}
         for k, c in checks.items():
-            print(f"{labels[k]:<26} {c['value']:7.2f}   target {c['target']:<24} {'PASS' if c['pass'] else 'FAIL'}")
+            verdict = "PASS" if c["pass"] else "FAIL"
+            print(f"{labels[k]:<26} {c['value']:7.2f}   target {c['target']:<24} {verdict}")
         if "zmesh_vs_haproxy_cpu_per_gb" in ratios:
             print(f"{'zmesh/HAProxy CPU-s/GB':<26} {ratios['zmesh_vs_haproxy_cpu_per_gb']:7.2f}")
     elif "zmesh" not in args.only:
@@ -542,7 +545,7 @@ def host_info():
             "openssl": first_line(["openssl", "version"])}
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="zmesh vs HAProxy vs direct TCP, pod to pod across two nodes")
@@ -596,7 +599,7 @@ def main(argv):
 
     load0 = os.getloadavg()[0]
     if load0 > 0.5:
-        log(f"warning: load average {load0:.2f} before the run; other work on this machine makes figures noisy")
+        log(f"warning: load average {load0:.2f} before the run; other work here makes the figures noisy")
     procs = Procs()
     results = {}
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -632,7 +635,8 @@ def main(argv):
     host["loadavg_1m_before"] = load0
     host["loadavg_1m_after"] = os.getloadavg()[0]
     doc = {"date": started.isoformat(timespec="seconds"), "host": host,
-           "params": {"iperf_seconds": args.time, "repeat": args.repeat, "rtt_count": args.rtt_count, "rtt_warmup": 1000,
+           "params": {"iperf_seconds": args.time, "repeat": args.repeat, "rtt_count": args.rtt_count,
+                      "rtt_warmup": 1000,
                       "haproxy_nbthread": args.haproxy_threads, "scenarios": args.only, "gb": "1e9 bytes"},
            "results": results, "ratios": ratios,
            "targets": {"zmesh_vs_haproxy_tput_min": TARGET_TPUT_VS_HAPROXY,
