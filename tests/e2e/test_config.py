@@ -23,8 +23,12 @@ def _run(t, config_text, name):
     path = t.write_config(config_text, name)
     env = dict(os.environ, PROXY_MODE="dedicated", PROXY_WORKLOAD_INFO="%s/%s/%s" % (pod.namespace, pod.name, pod.sa),
                LOCAL_XDS_PATH=path, LOCAL_CA_DIR=t.ca(), LOG_FORMAT="json", RUST_LOG="info")
-    p = subprocess.run(["ip", "netns", "exec", pod.netns, os.path.join(t.bin_dir(), "ztunnel")], env=env,
-                       capture_output=True, text=True, timeout=15)
+    try:
+        p = subprocess.run(["ip", "netns", "exec", pod.netns, os.path.join(t.bin_dir(), "ztunnel")], env=env,
+                           capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail("ztunnel kept running with an invalid config (%s); stderr:\n%s"
+                    % (name, (e.stderr or b"").decode(errors="replace")[-2000:]))
     return path, p
 
 
