@@ -458,7 +458,7 @@ static int parse_port_map(struct pctx *c, const struct port_map **out, size_t *n
     struct port_map *pm = NULL;
     int rc = parse_dynmap(c, false, port_entry, &v);
     if (rc) goto out;
-    qsort(v.p, v.n, v.esz, cmp_port_ent);
+    if (v.n > 1) qsort(v.p, v.n, v.esz, cmp_port_ent);
     struct port_ent *e = (struct port_ent *)v.p;
     for (size_t i = 1; i < v.n; i++) {
         if (e[i].pm.port == e[i - 1].pm.port) {
@@ -778,7 +778,7 @@ static int workload_finish(struct pctx *c, struct wl_ctx *x, uint32_t idx, yaml_
     }
 
     /* Service keys: sorted for binary search, duplicates rejected. */
-    qsort(x->svcs.p, x->svcs.n, x->svcs.esz, cmp_svc_ent);
+    if (x->svcs.n > 1) qsort(x->svcs.p, x->svcs.n, x->svcs.esz, cmp_svc_ent);
     struct svc_ent *se = (struct svc_ent *)x->svcs.p;
     for (size_t i = 1; i < x->svcs.n; i++) {
         if (!strcmp(se[i].sp.key, se[i - 1].sp.key)) {

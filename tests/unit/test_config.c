@@ -556,6 +556,28 @@ static void test_refcount(void **state)
     snapshot_unref(NULL);
 }
 
+/* The shipped example stays valid. Tests run from the repository root; elsewhere this is skipped. */
+static void test_example_file(void **state)
+{
+    (void)state;
+    struct snapshot *s = NULL;
+    char err[512];
+    if (access("examples/localhost.yaml", R_OK) != 0) skip();
+    int rc = config_load_file("examples/localhost.yaml", &s, err, sizeof(err));
+    if (rc) fail_msg("%s", err);
+    assert_int_equal(snapshot_n_workloads(s), 2);
+    assert_int_equal(snapshot_n_services(s), 1);
+    assert_int_equal(snapshot_n_policies(s), 1);
+    struct ip_addr a = ip("127.10.0.1");
+    const struct service *svc = snapshot_service_by_vip(s, "", &a);
+    assert_non_null(svc);
+    a = ip("127.0.0.1");
+    const struct workload *w = snapshot_workload_by_ip(s, "", &a);
+    assert_non_null(w);
+    assert_int_equal(service_target_port(svc, w, 80), 8080);
+    snapshot_unref(s);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -631,7 +653,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_example), cmocka_unit_test(test_lookups), cmocka_unit_test(test_defaults_and_empty),
         cmocka_unit_test(test_errors),       cmocka_unit_test(test_limits), cmocka_unit_test(test_load_file),
-        cmocka_unit_test(test_refcount),     cmocka_unit_test(test_large),
+        cmocka_unit_test(test_refcount),     cmocka_unit_test(test_large), cmocka_unit_test(test_example_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
