@@ -84,7 +84,7 @@ struct hbone_conn {
     struct loop *loop;
     SSL *ssl;
     nghttp2_session *ng;
-    bool server, eof, draining, goaway_recv, ping_wait;
+    bool server, eof, draining, goaway_recv, ping_wait, established;
     enum conn_state st;
     const struct hbone_conn_ops *ops;
     void *ud;
@@ -197,9 +197,16 @@ static int thread_bufs(void)
 static void pt_write(struct hbone_conn *c, const uint8_t *d, size_t n)
 {
     size_t w;
-    if (c->out_err) return;
-    /* Our BIO never refuses, so SSL_write completes in one call or fails for good. */
-    if (!SSL_write_ex(c->ssl, d, n, &w) || w != n) c->out_err = true;
+    /* Our BIO never refuses, so SSL_write only fails for good; with partial writes enabled it may return
+     * after each record, hence the loop. */
+    while (n && !c->out_err) {
+        if (!SSL_write_ex(c->ssl, d, n, &w)) {
+            c->out_err = true;
+            return;
+        }
+        d += w;
+        n -= w;
+    }
 }
 
 static void pt_append(struct hbone_conn *c, const uint8_t *d, size_t n)
@@ -916,6 +923,7 @@ static void conn_handshake_done(struct hbone_conn *c)
         return;
     }
     c->st = C_OPEN;
+    c->established = true;
     timer_start(c->loop, &c->ping_timer, HBONE_PING_INTERVAL_MS);
     /* Submit newest-first list in arrival order. */
     struct hbone_stream *pending[HBONE_SERVER_MAX_STREAMS * 2];
@@ -1137,6 +1145,11 @@ bool hbone_conn_usable(const struct hbone_conn *c)
 bool hbone_conn_ready(const struct hbone_conn *c)
 {
     return c->st == C_OPEN;
+}
+
+bool hbone_conn_established(const struct hbone_conn *c)
+{
+    return c->established;
 }
 
 unsigned hbone_conn_streams(const struct hbone_conn *c)

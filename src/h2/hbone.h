@@ -76,6 +76,8 @@ struct hbone_conn *hbone_server_new(struct loop *l, int fd, SSL_CTX *ctx, const 
 bool hbone_conn_usable(const struct hbone_conn *c);
 /* True once the handshake succeeded. */
 bool hbone_conn_ready(const struct hbone_conn *c);
+/* True when the handshake succeeded at some point (still true after close). */
+bool hbone_conn_established(const struct hbone_conn *c);
 /* Open streams (including ones queued during the handshake). */
 unsigned hbone_conn_streams(const struct hbone_conn *c);
 /* The streams this connection allows at once: ours capped by the peer's SETTINGS. */

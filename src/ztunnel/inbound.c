@@ -180,7 +180,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
 static void in_closed(struct hbone_conn *c, void *ud, const char *err)
 {
     struct in_conn *ic = ud;
-    if (err && !hbone_conn_ready(c)) {
+    if (err && !hbone_conn_established(c)) {
         char src[SOCKADDR_STRLEN];
         log_kv(LOG_WARN, "access", "connection failed", "src.addr", sockaddr_format(&ic->peer, src, sizeof(src)),
                "direction", "inbound", "error", err, NULL);
