@@ -50,7 +50,8 @@ struct pctx {
 static const char *printable(const char *s, char out[80])
 {
     size_t i = 0;
-    for (; s[i] && i < 64; i++) out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    for (; s[i] && i < 64; i++)
+        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
     if (s[i]) {
         memcpy(out + i, "...", 3);
         i += 3;
@@ -175,7 +176,8 @@ static int ev_scalar(struct pctx *c, const char *what, const char **out, size_t 
     if (c->ev.type != YAML_SCALAR_EVENT) return type_error(c, what);
     size_t n = c->ev.data.scalar.length;
     const char *v = (const char *)c->ev.data.scalar.value;
-    if (n > CONFIG_MAX_STR) return fail(c, ev_mark(c), "value too long (%zu bytes, limit %d)", n, CONFIG_MAX_STR);
+    if (n > CONFIG_MAX_STR)
+        return fail(c, ev_mark(c), "value too long (%zu bytes, limit %d)", n, CONFIG_MAX_STR);
     if (memchr(v, '\0', n)) return fail(c, ev_mark(c), "value contains a NUL byte");
     *out = v;
     *len = n;
@@ -188,7 +190,7 @@ struct vec {
     char *p;
     size_t n, cap, esz;
 };
-#define VEC(type) {.esz = sizeof(type)}
+#define VEC(type) ((struct vec){.esz = sizeof(type)})
 
 static void *vec_push(struct vec *v)
 {
@@ -275,7 +277,8 @@ static int port_from(struct pctx *c, const char *v, size_t n, bool allow_zero, u
     uint64_t x;
     char p[80];
     if (!parse_u64(v, n, &x) || x > 65535 || (x == 0 && !allow_zero))
-        return fail(c, ev_mark(c), "invalid port \"%s\" (expected %d-65535)", printable(v, p), allow_zero ? 0 : 1);
+        return fail(c, ev_mark(c), "invalid port \"%s\" (expected %d-65535)", printable(v, p),
+                    allow_zero ? 0 : 1);
     *out = (uint16_t)x;
     return 0;
 }
@@ -294,9 +297,12 @@ static int get_bool(struct pctx *c, bool *out)
     size_t n;
     char p[80];
     TRY(ev_scalar(c, "a boolean", &v, &n));
-    if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "TRUE")) *out = true;
-    else if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "FALSE")) *out = false;
-    else return fail(c, ev_mark(c), "invalid boolean \"%s\" (expected true or false)", printable(v, p));
+    if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "TRUE"))
+        *out = true;
+    else if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "FALSE"))
+        *out = false;
+    else
+        return fail(c, ev_mark(c), "invalid boolean \"%s\" (expected true or false)", printable(v, p));
     return 0;
 }
 
@@ -376,7 +382,8 @@ static int parse_struct(struct pctx *c, const struct field *fields, field_fn fn,
         yaml_mark_t km = ev_mark(c);
         size_t saved = path_push(c, c->plen ? ".%s" : "%s", printable(key, p));
         const struct field *f = fields;
-        while (f->name && strcmp(f->name, key)) f++;
+        while (f->name && strcmp(f->name, key))
+            f++;
         if (!f->name) return fail(c, km, "unknown field \"%s\"", printable(key, p));
         if (seen & (1ULL << f->id)) return fail(c, km, "duplicate field \"%s\"", printable(key, p));
         seen |= 1ULL << f->id;
@@ -474,7 +481,8 @@ static int parse_port_map(struct pctx *c, const struct port_map **out, size_t *n
             rc = fail_nomem(c);
             goto out;
         }
-        for (size_t i = 0; i < v.n; i++) pm[i] = e[i].pm;
+        for (size_t i = 0; i < v.n; i++)
+            pm[i] = e[i].pm;
     }
     *out = pm;
     *n = v.n;
@@ -506,8 +514,7 @@ static int parse_str_list(struct pctx *c, const char *const **out, size_t *n)
 /* ---- gateway addresses {destination, hboneMtlsPort} ---- */
 
 enum { G_DEST, G_PORT };
-static const struct field gateway_fields[] = {
-    {"destination", G_DEST}, {"hboneMtlsPort", G_PORT}, {NULL, 0}};
+static const struct field gateway_fields[] = {{"destination", G_DEST}, {"hboneMtlsPort", G_PORT}, {NULL, 0}};
 
 static int gateway_field(struct pctx *c, int id, void *ud)
 {
@@ -529,7 +536,8 @@ static int gateway_field(struct pctx *c, int id, void *ud)
     if (c->failed) return -ENOMEM;
     const char *slash = memchr(v, '/', n);
     if (!slash || slash == v || slash + 1 == v + n || memchr(slash + 1, '/', (size_t)(v + n - slash - 1)))
-        return fail(c, ev_mark(c), "invalid destination \"%s\" (expected \"network/ip\" or \"namespace/hostname\")",
+        return fail(c, ev_mark(c),
+                    "invalid destination \"%s\" (expected \"network/ip\" or \"namespace/hostname\")",
                     printable(v, p));
     g->ns = arena_strndup(&c->s->arena, v, (size_t)(slash - v));
     g->host = arena_strndup(&c->s->arena, slash + 1, (size_t)(v + n - slash - 1));
@@ -556,9 +564,30 @@ static int parse_gateway(struct pctx *c, struct gateway_addr *g)
 /* ---- workloads ---- */
 
 enum {
-    W_UID, W_NAME, W_NS, W_HOSTNAME, W_IPS, W_NETWORK, W_PROTO, W_TD, W_SA, W_WAYPOINT, W_NETGW, W_NODE,
-    W_CNAME, W_CREV, W_WTYPE, W_WNAME, W_APPTUN, W_SERVICES, W_AUTHZ, W_STATUS, W_CLUSTER, W_LOCALITY,
-    W_CAPACITY, W_NETMODE,
+    W_UID,
+    W_NAME,
+    W_NS,
+    W_HOSTNAME,
+    W_IPS,
+    W_NETWORK,
+    W_PROTO,
+    W_TD,
+    W_SA,
+    W_WAYPOINT,
+    W_NETGW,
+    W_NODE,
+    W_CNAME,
+    W_CREV,
+    W_WTYPE,
+    W_WNAME,
+    W_APPTUN,
+    W_SERVICES,
+    W_AUTHZ,
+    W_STATUS,
+    W_CLUSTER,
+    W_LOCALITY,
+    W_CAPACITY,
+    W_NETMODE,
 };
 static const struct field workload_fields[] = {
     {"uid", W_UID},
@@ -590,8 +619,8 @@ static const struct field workload_fields[] = {
     {NULL, 0},
 };
 
-static const struct enum_val proto_enum[] = {{"TCP", WL_PROTO_TCP}, {"HBONE", WL_PROTO_HBONE}, {"NONE", WL_PROTO_TCP},
-                                             {NULL, 0}};
+static const struct enum_val proto_enum[] = {
+    {"TCP", WL_PROTO_TCP}, {"HBONE", WL_PROTO_HBONE}, {"NONE", WL_PROTO_TCP}, {NULL, 0}};
 static const struct enum_val status_enum[] = {
     {"Healthy", 1}, {"Unhealthy", 0}, {"HEALTHY", 1}, {"UNHEALTHY", 0}, {NULL, 0}};
 static const struct enum_val netmode_enum[] = {{"Standard", WL_NET_STANDARD},
@@ -602,9 +631,9 @@ static const struct enum_val netmode_enum[] = {{"Standard", WL_NET_STANDARD},
 static const struct enum_val apptun_enum[] = {
     {"NONE", WL_APP_TUNNEL_NONE}, {"PROXY", WL_APP_TUNNEL_PROXY}, {NULL, 0}};
 static const char *const wtype_names[] = {"deployment", "cronjob", "pod", "job"};
-static const struct enum_val wtype_enum[] = {{"deployment", 0}, {"cronjob", 1}, {"pod", 2}, {"job", 3},
-                                             {"DEPLOYMENT", 0}, {"CRONJOB", 1}, {"POD", 2}, {"JOB", 3},
-                                             {NULL, 0}};
+static const struct enum_val wtype_enum[] = {{"deployment", 0}, {"cronjob", 1},    {"pod", 2},
+                                             {"job", 3},        {"DEPLOYMENT", 0}, {"CRONJOB", 1},
+                                             {"POD", 2},        {"JOB", 3},        {NULL, 0}};
 
 struct ip_ent {
     struct ip_addr ip;
@@ -789,7 +818,8 @@ static int workload_finish(struct pctx *c, struct wl_ctx *x, uint32_t idx, yaml_
     if (x->svcs.n) {
         struct wl_service_ports *sp = arena_alloc(&s->arena, x->svcs.n * sizeof(*sp));
         if (!sp) return fail_nomem(c);
-        for (size_t i = 0; i < x->svcs.n; i++) sp[i] = se[i].sp;
+        for (size_t i = 0; i < x->svcs.n; i++)
+            sp[i] = se[i].sp;
         w->services = sp;
         w->n_services = x->svcs.n;
     }
@@ -799,7 +829,8 @@ static int workload_finish(struct pctx *c, struct wl_ctx *x, uint32_t idx, yaml_
     if (x->ips.n) {
         struct ip_addr *ips = arena_alloc(&s->arena, x->ips.n * sizeof(*ips));
         if (!ips) return fail_nomem(c);
-        for (size_t i = 0; i < x->ips.n; i++) ips[i] = ie[i].ip;
+        for (size_t i = 0; i < x->ips.n; i++)
+            ips[i] = ie[i].ip;
         w->ips = ips;
         w->n_ips = x->ips.n;
     }
@@ -808,7 +839,8 @@ static int workload_finish(struct pctx *c, struct wl_ctx *x, uint32_t idx, yaml_
     int rc = htab_insert(&s->wl_by_uid, w->uid, strlen(w->uid), idx, &old);
     if (rc == -EEXIST) {
         path_push(c, ".uid");
-        return fail(c, x->uid_mark, "duplicate workload uid \"%s\" (also workloads[%u])", printable(w->uid, p), old);
+        return fail(c, x->uid_mark, "duplicate workload uid \"%s\" (also workloads[%u])",
+                    printable(w->uid, p), old);
     }
     if (rc) return fail_nomem(c);
 
@@ -846,10 +878,22 @@ static int workload_item(struct pctx *c, size_t idx, void *ud)
     struct snapshot *s = c->s;
     yaml_mark_t start = ev_mark(c);
     struct wl_ctx x = {
-        .w = {.uid = "", .name = "", .namespace_ = "", .hostname = "", .network = "", .trust_domain = "",
-              .service_account = "", .node = "", .cluster_id = "", .canonical_name = "",
-              .canonical_revision = "", .workload_type = "", .workload_name = "", .healthy = true,
-              .capacity = 1, .locality = {"", "", ""}},
+        .w = {.uid = "",
+              .name = "",
+              .namespace_ = "",
+              .hostname = "",
+              .network = "",
+              .trust_domain = "",
+              .service_account = "",
+              .node = "",
+              .cluster_id = "",
+              .canonical_name = "",
+              .canonical_revision = "",
+              .workload_type = "",
+              .workload_name = "",
+              .healthy = true,
+              .capacity = 1,
+              .locality = {"", "", ""}},
         .ips = VEC(struct ip_ent),
         .svcs = VEC(struct svc_ent),
         .pols = VEC(const char *),
@@ -891,21 +935,38 @@ static const struct field service_fields[] = {
     {"waypoint", S_WAYPOINT}, {"loadBalancer", S_LB},
     {"ipFamilies", S_IPFAM},  {NULL, 0},
 };
-static const struct enum_val ipfam_enum[] = {
-    {"Automatic", IP_FAMILIES_AUTOMATIC}, {"IPv4", IP_FAMILIES_IPV4_ONLY},     {"IPv6", IP_FAMILIES_IPV6_ONLY},
-    {"Dual", IP_FAMILIES_DUAL},           {"AUTOMATIC", IP_FAMILIES_AUTOMATIC}, {"IPV4_ONLY", IP_FAMILIES_IPV4_ONLY},
-    {"IPV6_ONLY", IP_FAMILIES_IPV6_ONLY}, {"DUAL", IP_FAMILIES_DUAL},          {NULL, 0}};
-static const struct enum_val scope_enum[] = {
-    {"Region", LB_SCOPE_REGION}, {"Zone", LB_SCOPE_ZONE},         {"Subzone", LB_SCOPE_SUBZONE},
-    {"Node", LB_SCOPE_NODE},     {"Cluster", LB_SCOPE_CLUSTER},   {"Network", LB_SCOPE_NETWORK},
-    {"REGION", LB_SCOPE_REGION}, {"ZONE", LB_SCOPE_ZONE},         {"SUBZONE", LB_SCOPE_SUBZONE},
-    {"NODE", LB_SCOPE_NODE},     {"CLUSTER", LB_SCOPE_CLUSTER},   {"NETWORK", LB_SCOPE_NETWORK},
-    {NULL, 0}};
-static const struct enum_val mode_enum[] = {
-    {"Standard", LB_MODE_STANDARD},   {"Strict", LB_MODE_STRICT},   {"Failover", LB_MODE_FAILOVER},
-    {"Passthrough", LB_MODE_PASSTHROUGH}, {"UNSPECIFIED_MODE", LB_MODE_STANDARD}, {"STANDARD", LB_MODE_STANDARD},
-    {"STRICT", LB_MODE_STRICT},       {"FAILOVER", LB_MODE_FAILOVER}, {"PASSTHROUGH", LB_MODE_PASSTHROUGH},
-    {NULL, 0}};
+static const struct enum_val ipfam_enum[] = {{"Automatic", IP_FAMILIES_AUTOMATIC},
+                                             {"IPv4", IP_FAMILIES_IPV4_ONLY},
+                                             {"IPv6", IP_FAMILIES_IPV6_ONLY},
+                                             {"Dual", IP_FAMILIES_DUAL},
+                                             {"AUTOMATIC", IP_FAMILIES_AUTOMATIC},
+                                             {"IPV4_ONLY", IP_FAMILIES_IPV4_ONLY},
+                                             {"IPV6_ONLY", IP_FAMILIES_IPV6_ONLY},
+                                             {"DUAL", IP_FAMILIES_DUAL},
+                                             {NULL, 0}};
+static const struct enum_val scope_enum[] = {{"Region", LB_SCOPE_REGION},
+                                             {"Zone", LB_SCOPE_ZONE},
+                                             {"Subzone", LB_SCOPE_SUBZONE},
+                                             {"Node", LB_SCOPE_NODE},
+                                             {"Cluster", LB_SCOPE_CLUSTER},
+                                             {"Network", LB_SCOPE_NETWORK},
+                                             {"REGION", LB_SCOPE_REGION},
+                                             {"ZONE", LB_SCOPE_ZONE},
+                                             {"SUBZONE", LB_SCOPE_SUBZONE},
+                                             {"NODE", LB_SCOPE_NODE},
+                                             {"CLUSTER", LB_SCOPE_CLUSTER},
+                                             {"NETWORK", LB_SCOPE_NETWORK},
+                                             {NULL, 0}};
+static const struct enum_val mode_enum[] = {{"Standard", LB_MODE_STANDARD},
+                                            {"Strict", LB_MODE_STRICT},
+                                            {"Failover", LB_MODE_FAILOVER},
+                                            {"Passthrough", LB_MODE_PASSTHROUGH},
+                                            {"UNSPECIFIED_MODE", LB_MODE_STANDARD},
+                                            {"STANDARD", LB_MODE_STANDARD},
+                                            {"STRICT", LB_MODE_STRICT},
+                                            {"FAILOVER", LB_MODE_FAILOVER},
+                                            {"PASSTHROUGH", LB_MODE_PASSTHROUGH},
+                                            {NULL, 0}};
 static const struct enum_val health_enum[] = {{"OnlyHealthy", LB_HEALTH_ONLY_HEALTHY},
                                               {"AllowAll", LB_HEALTH_ALLOW_ALL},
                                               {"ONLY_HEALTHY", LB_HEALTH_ONLY_HEALTHY},
@@ -1073,13 +1134,16 @@ static const struct enum_val pscope_enum[] = {{"Global", POLICY_SCOPE_GLOBAL},
                                               {"NAMESPACE", POLICY_SCOPE_NAMESPACE},
                                               {"WORKLOAD_SELECTOR", POLICY_SCOPE_WORKLOAD_SELECTOR},
                                               {NULL, 0}};
-static const struct enum_val action_enum[] = {
-    {"Allow", POLICY_ALLOW}, {"Deny", POLICY_DENY}, {"ALLOW", POLICY_ALLOW}, {"DENY", POLICY_DENY}, {NULL, 0}};
+static const struct enum_val action_enum[] = {{"Allow", POLICY_ALLOW},
+                                              {"Deny", POLICY_DENY},
+                                              {"ALLOW", POLICY_ALLOW},
+                                              {"DENY", POLICY_DENY},
+                                              {NULL, 0}};
 
 static const struct field sm_fields[] = {
-    {"Exact", SM_EXACT},       {"Prefix", SM_PREFIX}, {"Suffix", SM_SUFFIX}, {"Presence", SM_PRESENCE},
-    {"EXACT", SM_EXACT},       {"PREFIX", SM_PREFIX}, {"SUFFIX", SM_SUFFIX}, {"PRESENCE", SM_PRESENCE},
-    {NULL, 0}};
+    {"Exact", SM_EXACT},       {"Prefix", SM_PREFIX},     {"Suffix", SM_SUFFIX},
+    {"Presence", SM_PRESENCE}, {"EXACT", SM_EXACT},       {"PREFIX", SM_PREFIX},
+    {"SUFFIX", SM_SUFFIX},     {"PRESENCE", SM_PRESENCE}, {NULL, 0}};
 
 struct sm_ctx {
     struct string_match *sm;
@@ -1089,7 +1153,8 @@ struct sm_ctx {
 static int sm_field(struct pctx *c, int id, void *ud)
 {
     struct sm_ctx *x = ud;
-    if (x->n++) return fail(c, ev_mark(c), "a string match takes exactly one of Exact, Prefix, Suffix, Presence");
+    if (x->n++)
+        return fail(c, ev_mark(c), "a string match takes exactly one of Exact, Prefix, Suffix, Presence");
     x->sm->kind = (uint8_t)id;
     if (id != SM_PRESENCE) return get_str(c, &x->sm->value);
     x->sm->value = "";
@@ -1161,7 +1226,18 @@ static int port_item(struct pctx *c, size_t idx, void *ud)
 }
 
 enum {
-    M_NS, M_NOT_NS, M_PRIN, M_NOT_PRIN, M_SA, M_NOT_SA, M_SRC, M_NOT_SRC, M_DST, M_NOT_DST, M_PORT, M_NOT_PORT,
+    M_NS,
+    M_NOT_NS,
+    M_PRIN,
+    M_NOT_PRIN,
+    M_SA,
+    M_NOT_SA,
+    M_SRC,
+    M_NOT_SRC,
+    M_DST,
+    M_NOT_DST,
+    M_PORT,
+    M_NOT_PORT,
     M_COUNT
 };
 static const struct field match_fields[] = {
@@ -1185,21 +1261,28 @@ static int match_field(struct pctx *c, int id, void *ud)
     struct auth_match *m = ud;
     static const item_fn fns[M_COUNT] = {sm_item,   sm_item,   sm_item,   sm_item,   sa_item,   sa_item,
                                          cidr_item, cidr_item, cidr_item, cidr_item, port_item, port_item};
-    static const size_t esz[M_COUNT] = {
-        sizeof(struct string_match), sizeof(struct string_match), sizeof(struct string_match),
-        sizeof(struct string_match), sizeof(struct sa_match),     sizeof(struct sa_match),
-        sizeof(struct cidr),         sizeof(struct cidr),         sizeof(struct cidr),
-        sizeof(struct cidr),         sizeof(uint16_t),            sizeof(uint16_t)};
+    static const size_t esz[M_COUNT] = {sizeof(struct string_match),
+                                        sizeof(struct string_match),
+                                        sizeof(struct string_match),
+                                        sizeof(struct string_match),
+                                        sizeof(struct sa_match),
+                                        sizeof(struct sa_match),
+                                        sizeof(struct cidr),
+                                        sizeof(struct cidr),
+                                        sizeof(struct cidr),
+                                        sizeof(struct cidr),
+                                        sizeof(uint16_t),
+                                        sizeof(uint16_t)};
     const void **dst[M_COUNT] = {
-        (const void **)&m->namespaces,       (const void **)&m->not_namespaces,
-        (const void **)&m->principals,       (const void **)&m->not_principals,
-        (const void **)&m->service_accounts, (const void **)&m->not_service_accounts,
-        (const void **)&m->source_ips,       (const void **)&m->not_source_ips,
-        (const void **)&m->destination_ips, (const void **)&m->not_destination_ips,
+        (const void **)&m->namespaces,        (const void **)&m->not_namespaces,
+        (const void **)&m->principals,        (const void **)&m->not_principals,
+        (const void **)&m->service_accounts,  (const void **)&m->not_service_accounts,
+        (const void **)&m->source_ips,        (const void **)&m->not_source_ips,
+        (const void **)&m->destination_ips,   (const void **)&m->not_destination_ips,
         (const void **)&m->destination_ports, (const void **)&m->not_destination_ports};
-    size_t *cnt[M_COUNT] = {&m->n_namespaces,       &m->n_not_namespaces,       &m->n_principals,
-                            &m->n_not_principals,   &m->n_service_accounts,     &m->n_not_service_accounts,
-                            &m->n_source_ips,       &m->n_not_source_ips,       &m->n_destination_ips,
+    size_t *cnt[M_COUNT] = {&m->n_namespaces,          &m->n_not_namespaces,    &m->n_principals,
+                            &m->n_not_principals,      &m->n_service_accounts,  &m->n_not_service_accounts,
+                            &m->n_source_ips,          &m->n_not_source_ips,    &m->n_destination_ips,
                             &m->n_not_destination_ips, &m->n_destination_ports, &m->n_not_destination_ports};
     struct vec v = {.esz = esz[id]};
     int rc = parse_seq(c, fns[id], &v);
@@ -1342,13 +1425,15 @@ static int parse_root(struct pctx *c)
     return 0;
 }
 
-int config_load_buf(const char *buf, size_t len, const char *name, struct snapshot **out, char *err, size_t errlen)
+int config_load_buf(const char *buf, size_t len, const char *name, struct snapshot **out, char *err,
+                    size_t errlen)
 {
     struct pctx c = {.name = name ? name : "<config>", .err = err, .errlen = errlen};
     int rc;
     if (errlen) err[0] = '\0';
     if (len > CONFIG_MAX_FILE) {
-        if (errlen) snprintf(err, errlen, "%s: file too large (%zu bytes, limit %zu)", c.name, len, CONFIG_MAX_FILE);
+        if (errlen)
+            snprintf(err, errlen, "%s: file too large (%zu bytes, limit %zu)", c.name, len, CONFIG_MAX_FILE);
         return -EFBIG;
     }
     c.s = snapshot_new();

@@ -17,4 +17,5 @@
  * errlen > 0); *out is untouched. */
 int config_load_file(const char *path, struct snapshot **out, char *err, size_t errlen);
 /* Same from memory (buf need not be NUL-terminated and is not kept); name is used in messages. */
-int config_load_buf(const char *buf, size_t len, const char *name, struct snapshot **out, char *err, size_t errlen);
+int config_load_buf(const char *buf, size_t len, const char *name, struct snapshot **out, char *err,
+                    size_t errlen);

@@ -133,7 +133,8 @@ static int htab_grow(struct htab *t)
         struct htab_slot *o = &t->slots[i];
         if (!o->key) continue;
         size_t j = o->hash & (ncap - 1);
-        while (ns[j].key) j = (j + 1) & (ncap - 1);
+        while (ns[j].key)
+            j = (j + 1) & (ncap - 1);
         ns[j] = *o;
     }
     free(t->slots);
@@ -240,7 +241,8 @@ unsigned snapshot_refcount(const struct snapshot *s)
 
 /* ---- lookups ---- */
 
-const struct workload *snapshot_workload_by_ip(const struct snapshot *s, const char *network, const struct ip_addr *ip)
+const struct workload *snapshot_workload_by_ip(const struct snapshot *s, const char *network,
+                                               const struct ip_addr *ip)
 {
     char key[SNAP_KEY_MAX];
     uint32_t v;
@@ -272,7 +274,8 @@ const struct workload *snapshot_workload_by_name(const struct snapshot *s, const
     return &s->workloads[v];
 }
 
-const struct service *snapshot_service_by_vip(const struct snapshot *s, const char *network, const struct ip_addr *ip)
+const struct service *snapshot_service_by_vip(const struct snapshot *s, const char *network,
+                                              const struct ip_addr *ip)
 {
     char key[SNAP_KEY_MAX];
     uint32_t v;
@@ -344,8 +347,10 @@ static const struct port_map *port_find(const struct port_map *pm, size_t n, uin
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         if (pm[mid].port == port) return &pm[mid];
-        if (pm[mid].port < port) lo = mid + 1;
-        else hi = mid;
+        if (pm[mid].port < port)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }
@@ -360,15 +365,18 @@ static int key_cmp(const char *key, const char *ns, const char *host)
     return strcmp(key + nl + 1, host);
 }
 
-const struct wl_service_ports *workload_service_ports(const struct workload *w, const char *ns, const char *host)
+const struct wl_service_ports *workload_service_ports(const struct workload *w, const char *ns,
+                                                      const char *host)
 {
     size_t lo = 0, hi = w->n_services;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
         int c = key_cmp(w->services[mid].key, ns, host);
         if (c == 0) return &w->services[mid];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return NULL;
 }

@@ -34,7 +34,12 @@ enum lb_mode { LB_MODE_STANDARD = 0, LB_MODE_STRICT = 1, LB_MODE_FAILOVER = 2, L
 /* LoadBalancing.HealthPolicy. */
 enum lb_health { LB_HEALTH_ONLY_HEALTHY = 0, LB_HEALTH_ALLOW_ALL = 1 };
 /* Service.ip_families; AUTOMATIC (0) when unset. */
-enum ip_families { IP_FAMILIES_AUTOMATIC = 0, IP_FAMILIES_IPV4_ONLY = 1, IP_FAMILIES_IPV6_ONLY = 2, IP_FAMILIES_DUAL = 3 };
+enum ip_families {
+    IP_FAMILIES_AUTOMATIC = 0,
+    IP_FAMILIES_IPV4_ONLY = 1,
+    IP_FAMILIES_IPV6_ONLY = 2,
+    IP_FAMILIES_DUAL = 3
+};
 
 struct port_map {
     uint16_t port;   /* service port, 1..65535 */
@@ -65,8 +70,9 @@ struct gateway_addr {
 };
 
 struct workload {
-    const char *uid, *name, *namespace_, *hostname, *network, *trust_domain, *service_account, *node, *cluster_id,
-        *canonical_name, *canonical_revision, *workload_type, *workload_name; /* "" when unset, never NULL */
+    const char *uid, *name, *namespace_, *hostname, *network, *trust_domain, *service_account, *node,
+        *cluster_id, *canonical_name, *canonical_revision, *workload_type,
+        *workload_name; /* "" when unset, never NULL */
     const struct ip_addr *ips;
     size_t n_ips;
     enum wl_protocol protocol;
@@ -165,12 +171,14 @@ unsigned snapshot_refcount(const struct snapshot *s);
 
 /* Lookups: O(1) hash probes. Results are borrowed from s (valid while the caller holds a reference);
  * NULL on a miss. network "" is the default network. */
-const struct workload *snapshot_workload_by_ip(const struct snapshot *s, const char *network, const struct ip_addr *ip);
+const struct workload *snapshot_workload_by_ip(const struct snapshot *s, const char *network,
+                                               const struct ip_addr *ip);
 const struct workload *snapshot_workload_by_uid(const struct snapshot *s, const char *uid);
 /* When several workloads share (ns, name), the first in the config wins. */
 const struct workload *snapshot_workload_by_name(const struct snapshot *s, const char *ns, const char *name);
 /* When several services share a VIP, the first in the config wins. */
-const struct service *snapshot_service_by_vip(const struct snapshot *s, const char *network, const struct ip_addr *ip);
+const struct service *snapshot_service_by_vip(const struct snapshot *s, const char *network,
+                                              const struct ip_addr *ip);
 const struct service *snapshot_service_by_host(const struct snapshot *s, const char *ns_slash_host);
 const struct policy *snapshot_policy_by_name(const struct snapshot *s, const char *ns_slash_name);
 
@@ -190,7 +198,8 @@ int workload_spiffe_id(const struct workload *w, char *buf, size_t n);
  * service's target port when > 0; else 0 (ztunnel drops such endpoints). */
 uint16_t service_target_port(const struct service *svc, const struct workload *w, uint16_t svc_port);
 /* The workload's port list for service key "ns/host" (binary search), or NULL. */
-const struct wl_service_ports *workload_service_ports(const struct workload *w, const char *ns, const char *host);
+const struct wl_service_ports *workload_service_ports(const struct workload *w, const char *ns,
+                                                      const char *host);
 /* True when ip is inside block c (same family, first c->len bits equal). */
 bool cidr_contains(const struct cidr *c, const struct ip_addr *ip);
 /* Names of enum values as written in the local config (e.g. "HBONE", "Failover"); "?" if unknown. */

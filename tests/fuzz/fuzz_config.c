@@ -1,7 +1,8 @@
 /* libFuzzer target for the local config loader (config_load_buf). Not built by the Makefile. Build and run
  * from the repository root:
  *   clang -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Isrc \
- *         tests/fuzz/fuzz_config.c src/mesh/config.c src/mesh/model.c src/core/net.c -lyaml -o build/fuzz_config
+ *         tests/fuzz/fuzz_config.c src/mesh/config.c src/mesh/model.c src/core/net.c -lyaml -o
+ * build/fuzz_config
  *   ./build/fuzz_config -max_len=65536 -max_total_time=60 examples/
  * (examples/ seeds the corpus with a valid config.) Besides memory safety it checks the loader's contract:
  * success yields a snapshot whose indexes find every workload and service it lists; failure yields a
@@ -43,7 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (snapshot_service_by_host(s, key) != svc) abort();
         for (size_t j = 0; j < svc->n_vips; j++)
             if (!snapshot_service_by_vip(s, svc->vips[j].network, &svc->vips[j].ip)) abort();
-        for (size_t j = 0; j < svc->n_ports; j++) (void)service_target_port(svc, NULL, svc->ports[j].port);
+        for (size_t j = 0; j < svc->n_ports; j++)
+            (void)service_target_port(svc, NULL, svc->ports[j].port);
     }
     for (size_t i = 0; i < snapshot_n_policies(s); i++) {
         const struct policy *p = snapshot_policy_at(s, i);

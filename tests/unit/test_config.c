@@ -316,7 +316,8 @@ static void test_lookups(void **state)
     assert_null(workload_service_ports(w, "default", "alt"));
 
     char buf[128];
-    assert_int_equal(workload_spiffe_id(w, buf, sizeof(buf)), (int)strlen("spiffe://td.example/ns/default/sa/server"));
+    assert_int_equal(workload_spiffe_id(w, buf, sizeof(buf)),
+                     (int)strlen("spiffe://td.example/ns/default/sa/server"));
     assert_string_equal(buf, "spiffe://td.example/ns/default/sa/server");
     assert_int_equal(workload_spiffe_id(w, buf, 10), -ENOSPC);
 
@@ -360,7 +361,8 @@ static void test_defaults_and_empty(void **state)
     assert_ptr_equal(snapshot_service_by_host(s, "ns/h.ns"), svc);
     snapshot_unref(s);
 
-    const char *empties[] = {"", "{}", "# only a comment\n", "workloads:\nservices: []\npolicies: ~\n", "---\n"};
+    const char *empties[] = {"", "{}", "# only a comment\n", "workloads:\nservices: []\npolicies: ~\n",
+                             "---\n"};
     for (size_t i = 0; i < sizeof(empties) / sizeof(empties[0]); i++) {
         s = load_ok(empties[i]);
         assert_int_equal(snapshot_n_workloads(s), 0);
@@ -402,45 +404,48 @@ static const struct bad_case bad_cases[] = {
     {"workloads:\n- name: a\n  uid: u1\n  namespace: ns\n  workloadIps: [\"10.0.0.1\",\n"
      "                \"10.0.0.x\"]\n",
      "t.yaml:6:17: workloads[0].workloadIps[1]: ", "invalid IP address \"10.0.0.x\""},
-    {"workloads:\n- name: a\n  protocol: QUIC\n", "t.yaml:3:13: workloads[0].protocol: ",
-     "invalid value \"QUIC\" (expected TCP or HBONE)"},
-    {"workloads:\n- name: a\n  protocol: hbone\n", "t.yaml:3:13: workloads[0].protocol: ", "invalid value \"hbone\""},
-    {"workloads:\n- name: a\n  serviceAcount: x\n", "t.yaml:3:3: workloads[0].serviceAcount: ",
-     "unknown field \"serviceAcount\""},
+    {"workloads:\n- name: a\n  protocol: QUIC\n",
+     "t.yaml:3:13: workloads[0].protocol: ", "invalid value \"QUIC\" (expected TCP or HBONE)"},
+    {"workloads:\n- name: a\n  protocol: hbone\n",
+     "t.yaml:3:13: workloads[0].protocol: ", "invalid value \"hbone\""},
+    {"workloads:\n- name: a\n  serviceAcount: x\n",
+     "t.yaml:3:3: workloads[0].serviceAcount: ", "unknown field \"serviceAcount\""},
     {"servics: []\n", "t.yaml:1:1: servics: ", "unknown field"},
-    {"services:\n- hostname: h\n  ports: {80: 70000}\n", "t.yaml:3:15: services[0].ports[80]: ",
-     "invalid port \"70000\""},
-    {"services:\n- hostname: h\n  ports: {0: 80}\n", "t.yaml:3:11: services[0].ports[0]: ", "invalid port \"0\""},
-    {"services:\n- hostname: h\n  ports: {80: 1, 80: 2}\n", "t.yaml:3:18: services[0].ports[80]: ",
-     "duplicate port 80"},
-    {"workloads:\n- {uid: u1, name: a}\n- {uid: u2, name: b}\n- {uid: u1, name: c}\n", "t.yaml:4:9: workloads[2].uid: ",
-     "duplicate workload uid \"u1\" (also workloads[0])"},
+    {"services:\n- hostname: h\n  ports: {80: 70000}\n",
+     "t.yaml:3:15: services[0].ports[80]: ", "invalid port \"70000\""},
+    {"services:\n- hostname: h\n  ports: {0: 80}\n",
+     "t.yaml:3:11: services[0].ports[0]: ", "invalid port \"0\""},
+    {"services:\n- hostname: h\n  ports: {80: 1, 80: 2}\n",
+     "t.yaml:3:18: services[0].ports[80]: ", "duplicate port 80"},
+    {"workloads:\n- {uid: u1, name: a}\n- {uid: u2, name: b}\n- {uid: u1, name: c}\n",
+     "t.yaml:4:9: workloads[2].uid: ", "duplicate workload uid \"u1\" (also workloads[0])"},
     {"workloads:\n- {uid: u1, workloadIps: [10.0.0.1]}\n- {uid: u2, network: n, workloadIps: [10.0.0.1]}\n"
      "- {uid: u3, workloadIps: [10.0.0.2, 10.0.0.1]}\n",
      "t.yaml:4:37: workloads[2].workloadIps[1]: ", "duplicate address \"/10.0.0.1\""},
-    {"workloads:\n- name: a\n  workloadIps: [10.0.0.1\n", "t.yaml:4:1: workloads[0].workloadIps: ",
-     "YAML syntax error"},
+    {"workloads:\n- name: a\n  workloadIps: [10.0.0.1\n",
+     "t.yaml:4:1: workloads[0].workloadIps: ", "YAML syntax error"},
     {"workloads:\n  - name: a\n   bad indent: x\n", "t.yaml:3:4: ", "YAML syntax error"},
     {"workloads:\n  name: a\n", "t.yaml:2:3: workloads: ", "expected a list, got a mapping"},
     {"workloads:\n- name: [a]\n", "t.yaml:2:9: workloads[0].name: ", "expected a string, got a list"},
     {"workloads:\n- capacity: lots\n", "t.yaml:2:13: workloads[0].capacity: ", "invalid integer \"lots\""},
-    {"workloads:\n- waypoint: {destination: nowhere}\n", "t.yaml:2:27: workloads[0].waypoint.destination: ",
-     "invalid destination \"nowhere\""},
-    {"workloads:\n- waypoint: {hboneMtlsPort: 15008}\n", "t.yaml:2:13: workloads[0].waypoint: ",
-     "destination is required"},
+    {"workloads:\n- waypoint: {destination: nowhere}\n",
+     "t.yaml:2:27: workloads[0].waypoint.destination: ", "invalid destination \"nowhere\""},
+    {"workloads:\n- waypoint: {hboneMtlsPort: 15008}\n",
+     "t.yaml:2:13: workloads[0].waypoint: ", "destination is required"},
     {"workloads:\n- name: a\n  name: b\n", "t.yaml:3:3: workloads[0].name: ", "duplicate field \"name\""},
-    {"workloads:\n- services: {\"nohost\": {80: 80}}\n", "t.yaml:2:14: workloads[0].services[\"nohost\"]: ",
-     "invalid service key"},
+    {"workloads:\n- services: {\"nohost\": {80: 80}}\n",
+     "t.yaml:2:14: workloads[0].services[\"nohost\"]: ", "invalid service key"},
     {"workloads:\n- applicationTunnel: {protocol: PROXY, port: 0}\n",
      "t.yaml:2:46: workloads[0].applicationTunnel.port: ", "invalid port \"0\""},
-    {"services:\n- hostname: h\n  vips: [\"10.0.0.1\"]\n", "t.yaml:3:10: services[0].vips[0]: ",
-     "expected \"network/ip\""},
-    {"services:\n- hostname: h\n  loadBalancer: {mode: failover}\n", "t.yaml:3:24: services[0].loadBalancer.mode: ",
-     "invalid value \"failover\""},
+    {"services:\n- hostname: h\n  vips: [\"10.0.0.1\"]\n",
+     "t.yaml:3:10: services[0].vips[0]: ", "expected \"network/ip\""},
+    {"services:\n- hostname: h\n  loadBalancer: {mode: failover}\n",
+     "t.yaml:3:24: services[0].loadBalancer.mode: ", "invalid value \"failover\""},
     {"services:\n- name: x\n", "t.yaml:2:3: services[0].hostname: ", "hostname is required"},
     {"services:\n- {hostname: h, namespace: n}\n- {hostname: h, namespace: n}\n",
      "t.yaml:3:14: services[1].hostname: ", "duplicate service \"n/h\""},
-    {"policies:\n- name: p\n  action: Audit\n", "t.yaml:3:11: policies[0].action: ", "invalid value \"Audit\""},
+    {"policies:\n- name: p\n  action: Audit\n",
+     "t.yaml:3:11: policies[0].action: ", "invalid value \"Audit\""},
     {"policies:\n- name: p\n  rules: [[[{sourceIps: [\"10.0.0.0/33\"]}]]]\n",
      "t.yaml:3:26: policies[0].rules[0][0][0].sourceIps[0]: ", "invalid prefix length"},
     {"policies:\n- name: p\n  rules: [[[{principals: [{Regex: x}]}]]]\n",
@@ -449,11 +454,11 @@ static const struct bad_case bad_cases[] = {
      "t.yaml:3:27: policies[0].rules[0][0][0].principals[0]: ", "expected a string match"},
     {"policies:\n- name: p\n  rules: [[[{destinationPorts: [65536]}]]]\n",
      "t.yaml:3:33: policies[0].rules[0][0][0].destinationPorts[0]: ", "invalid port \"65536\""},
-    {"policies:\n- name: p\n  rules: [[{namespaces: []}]]\n", "t.yaml:3:12: policies[0].rules[0][0]: ",
-     "expected a list of matches, got a mapping"},
+    {"policies:\n- name: p\n  rules: [[{namespaces: []}]]\n",
+     "t.yaml:3:12: policies[0].rules[0][0]: ", "expected a list of matches, got a mapping"},
     {"policies:\n- name: p\n  dryRun: maybe\n", "t.yaml:3:11: policies[0].dryRun: ", "invalid boolean"},
-    {"policies:\n- {name: p, namespace: n}\n- {name: p, namespace: n}\n", "t.yaml:3:10: policies[1].name: ",
-     "duplicate policy \"n/p\""},
+    {"policies:\n- {name: p, namespace: n}\n- {name: p, namespace: n}\n",
+     "t.yaml:3:10: policies[1].name: ", "duplicate policy \"n/p\""},
     {"a: &x 1\nworkloads: *x\n", "t.yaml:1:1: a: ", "unknown field"},
     {"workloads: &x []\nservices: *x\n", "t.yaml:2:11: services: ", "YAML aliases are not supported"},
     {"{}\n---\n{}\n", "t.yaml:2:1: (root): ", "multiple YAML documents"},
@@ -594,18 +599,19 @@ static void test_large(void **state)
     assert_non_null(y);
     len += (size_t)snprintf(y + len, cap - len, "workloads:\n");
     for (int i = 0; i < nw; i++)
-        len += (size_t)snprintf(y + len, cap - len,
-                                "- {uid: \"c//v1/Pod/ns%d/w%d\", name: w%d, namespace: ns%d, serviceAccount: sa%d, "
-                                "workloadIps: [10.%d.%d.%d], protocol: HBONE, node: n%d, "
-                                "services: {\"ns%d/s%d.svc\": {80: 8080}}}\n",
-                                i % 100, i, i, i % 100, i % 50, i >> 16, (i >> 8) & 255, i & 255, i % 10, i % 100,
-                                i % ns);
+        len += (size_t)snprintf(
+            y + len, cap - len,
+            "- {uid: \"c//v1/Pod/ns%d/w%d\", name: w%d, namespace: ns%d, serviceAccount: sa%d, "
+            "workloadIps: [10.%d.%d.%d], protocol: HBONE, node: n%d, "
+            "services: {\"ns%d/s%d.svc\": {80: 8080}}}\n",
+            i % 100, i, i, i % 100, i % 50, i >> 16, (i >> 8) & 255, i & 255, i % 10, i % 100, i % ns);
     len += (size_t)snprintf(y + len, cap - len, "services:\n");
     for (int i = 0; i < ns; i++)
-        len += (size_t)snprintf(y + len, cap - len,
-                                "- {name: s%d, namespace: ns%d, hostname: s%d.svc, vips: [\"/172.16.%d.%d\"], "
-                                "ports: {80: 8080}}\n",
-                                i, i % 100, i, i >> 8, i & 255);
+        len +=
+            (size_t)snprintf(y + len, cap - len,
+                             "- {name: s%d, namespace: ns%d, hostname: s%d.svc, vips: [\"/172.16.%d.%d\"], "
+                             "ports: {80: 8080}}\n",
+                             i, i % 100, i, i >> 8, i & 255);
     assert_true(len < cap - 1);
 
     double t0 = now_s();
@@ -651,9 +657,15 @@ static void test_large(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_example), cmocka_unit_test(test_lookups), cmocka_unit_test(test_defaults_and_empty),
-        cmocka_unit_test(test_errors),       cmocka_unit_test(test_limits), cmocka_unit_test(test_load_file),
-        cmocka_unit_test(test_refcount),     cmocka_unit_test(test_large), cmocka_unit_test(test_example_file),
+        cmocka_unit_test(test_full_example),
+        cmocka_unit_test(test_lookups),
+        cmocka_unit_test(test_defaults_and_empty),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_large),
+        cmocka_unit_test(test_example_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
