@@ -171,11 +171,13 @@ def measure_iperf(ns, ip, port, seconds, proxy_pids):
     argv = nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"])
     last = None
     for attempt in range(3):
+        each0 = [cpu_seconds([pid]) for pid in proxy_pids or ()]
         cpu0 = cpu_seconds(proxy_pids) if proxy_pids else 0.0
         t0 = time.monotonic()
         r = run(argv, timeout=seconds + 60, check=False)
         wall = time.monotonic() - t0
         cpu1 = cpu_seconds(proxy_pids) if proxy_pids else 0.0
+        each1 = [cpu_seconds([pid]) for pid in proxy_pids or ()]
         try:
             j = json.loads(r.stdout)
         except ValueError:
@@ -190,6 +192,8 @@ def measure_iperf(ns, ip, port, seconds, proxy_pids):
                    "server_cpu_pct": j["end"].get("cpu_utilization_percent", {}).get("remote_total")}
             if proxy_pids:
                 res["proxy_cpu_s"] = cpu1 - cpu0
+                # Client side first, then server side: shows which end of the tunnel costs what.
+                res["proxy_cpu_s_each"] = [round(b - a, 3) for a, b in zip(each0, each1)]
                 res["proxy_cpu_s_per_gb"] = (cpu1 - cpu0) / gb if gb > 0 else None
                 res["proxy_cpu_util"] = (cpu1 - cpu0) / wall  # in cores, over the whole iperf3 run
             return res
@@ -202,8 +206,13 @@ def measure(ns, ip, rtt_port, iperf_port, proxy_pids, args):
     """args.repeat rounds of (RTT, iperf3). Medians of the per-round figures; CPU per GB over all rounds."""
     rtts, iperfs = [], []
     for i in range(args.repeat):
-        rtts.append(measure_rtt(ns, ip, rtt_port, args.rtt_count, args.rtt_bin))
-        iperfs.append(measure_iperf(ns, ip, iperf_port, args.time, proxy_pids))
+        try:
+            rtts.append(measure_rtt(ns, ip, rtt_port, args.rtt_count, args.rtt_bin))
+            iperfs.append(measure_iperf(ns, ip, iperf_port, args.time, proxy_pids))
+        except BenchError as e:
+            # Keep what was measured so far in the JSON; the scenario still counts as failed.
+            e.partial = {"rtt_rounds": rtts, "iperf_rounds": iperfs}
+            raise
     med = statistics.median
     rtt = {k: med(r[k] for r in rtts) for k in ("p50_us", "p99_us", "mean_us")}
     rtt["count"] = args.rtt_count
@@ -418,10 +427,21 @@ class Topology:
             raise BenchError("haproxy tunnel accepts TLS 1.2")
         return "TLS 1.3 with client certificate accepted; TLS 1.2 refused"
 
+    def keep_logs(self):
+        """Copies the proxies' logs to build/bench/logs/ (the topology's workdir goes away at teardown)."""
+        dst = os.path.join(os.path.dirname(self.args.out), "logs")
+        shutil.rmtree(dst, ignore_errors=True)
+        os.makedirs(dst, exist_ok=True)
+        for name in os.listdir(self.t.workdir):
+            if name.endswith(".log") or name.endswith(".cfg") or name == "config.yaml":
+                shutil.copy(os.path.join(self.t.workdir, name), dst)
+
     def __exit__(self, *exc):
         if self.t is not None:
             try:
                 self.stop_zmesh(self.procs)
+                self.procs.stop_all()
+                self.keep_logs()
             finally:
                 self.procs.stop_all()   # our processes first, so down() finds the namespaces idle
                 self.t.down()
@@ -620,7 +640,13 @@ def main(argv):
                 except BenchError as e:
                     log(f"scenario {s} failed: {e}")
                     results[s] = {"error": str(e)}
-                log(f"{s}: {json.dumps(results[s])}")
+                    if getattr(e, "partial", None):
+                        results[s]["partial"] = e.partial
+                r = results[s]
+                if "error" not in r:
+                    log(f"{s}: {r['iperf']['gbit_s']:.2f} Gbit/s, RTT p50 {r['rtt']['p50_us']:.1f} us, "
+                        f"proxy CPU-s/GB {fmt(r['iperf'].get('proxy_cpu_s_per_gb'), '.3f')} "
+                        f"(per proxy, client side first: {r['iperf'].get('proxy_cpu_s_each', '-')} CPU-s)")
     except KeyboardInterrupt:
         log("interrupted: tearing down")
         return 130
