@@ -1446,6 +1446,7 @@ int config_load_buf(const char *buf, size_t len, const char *name, struct snapsh
     rc = parse_root(&c);
     if (c.have_ev) yaml_event_delete(&c.ev);
     yaml_parser_delete(&c.yp);
+    if (!rc && snapshot_finalize(c.s)) rc = fail_nomem(&c);
     if (rc) {
         snapshot_unref(c.s);
         return rc;

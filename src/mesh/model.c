@@ -210,6 +210,64 @@ struct snapshot *snapshot_new(void)
     return s;
 }
 
+static int cmp_pol_ns(const void *a, const void *b, void *arg)
+{
+    const struct snapshot *s = arg;
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = strcmp(s->policies[x].namespace_, s->policies[y].namespace_);
+    if (c) return c;
+    return x < y ? -1 : x > y;
+}
+
+int snapshot_finalize(struct snapshot *s)
+{
+    int rc = 0;
+    size_t n_ns = 0, n_global = 0;
+    uint32_t *idx = NULL;
+    for (size_t i = 0; i < s->n_policies; i++) {
+        if (s->policies[i].scope == POLICY_SCOPE_NAMESPACE)
+            n_ns++;
+        else if (s->policies[i].scope == POLICY_SCOPE_GLOBAL)
+            n_global++;
+    }
+    if (n_global) {
+        s->pol_global = arena_alloc(&s->arena, n_global * sizeof(*s->pol_global));
+        if (!s->pol_global) return -ENOMEM;
+        for (size_t i = 0; i < s->n_policies; i++)
+            if (s->policies[i].scope == POLICY_SCOPE_GLOBAL)
+                s->pol_global[s->n_pol_global++] = &s->policies[i];
+    }
+    if (!n_ns) return 0;
+    idx = malloc(n_ns * sizeof(*idx));
+    s->pol_ns_list = arena_alloc(&s->arena, n_ns * sizeof(*s->pol_ns_list));
+    s->pol_ns_groups = arena_alloc(&s->arena, n_ns * sizeof(*s->pol_ns_groups));
+    if (!idx || !s->pol_ns_list || !s->pol_ns_groups) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < s->n_policies; i++)
+        if (s->policies[i].scope == POLICY_SCOPE_NAMESPACE) idx[k++] = (uint32_t)i;
+    /* Sorting by (namespace, index) makes each namespace one contiguous run in config order. */
+    qsort_r(idx, n_ns, sizeof(*idx), cmp_pol_ns, s);
+    uint32_t groups = 0;
+    for (size_t i = 0; i < n_ns; i++) {
+        const struct policy *p = &s->policies[idx[i]];
+        s->pol_ns_list[i] = p;
+        if (i && !strcmp(p->namespace_, s->pol_ns_list[i - 1]->namespace_)) {
+            s->pol_ns_groups[groups - 1].n++;
+            continue;
+        }
+        s->pol_ns_groups[groups] = (struct pol_group){.start = (uint32_t)i, .n = 1};
+        rc = htab_insert(&s->pol_by_ns, p->namespace_, strlen(p->namespace_), groups, NULL);
+        if (rc) goto out;
+        groups++;
+    }
+out:
+    free(idx);
+    return rc;
+}
+
 void snapshot_ref(struct snapshot *s)
 {
     atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
@@ -227,6 +285,7 @@ void snapshot_unref(struct snapshot *s)
     htab_free(&s->svc_by_vip);
     htab_free(&s->svc_by_host);
     htab_free(&s->pol_by_name);
+    htab_free(&s->pol_by_ns);
     free(s->workloads);
     free(s->services);
     free(s->policies);
@@ -297,6 +356,21 @@ const struct policy *snapshot_policy_by_name(const struct snapshot *s, const cha
     uint32_t v;
     if (!ns_slash_name || !htab_find(&s->pol_by_name, ns_slash_name, strlen(ns_slash_name), &v)) return NULL;
     return &s->policies[v];
+}
+
+const struct policy *const *snapshot_namespace_policies(const struct snapshot *s, const char *ns, size_t *n)
+{
+    uint32_t v;
+    *n = 0;
+    if (!ns || !htab_find(&s->pol_by_ns, ns, strlen(ns), &v)) return NULL;
+    *n = s->pol_ns_groups[v].n;
+    return s->pol_ns_list + s->pol_ns_groups[v].start;
+}
+
+const struct policy *const *snapshot_global_policies(const struct snapshot *s, size_t *n)
+{
+    *n = s->n_pol_global;
+    return s->n_pol_global ? s->pol_global : NULL;
 }
 
 size_t snapshot_n_workloads(const struct snapshot *s)

@@ -181,6 +181,10 @@ const struct service *snapshot_service_by_vip(const struct snapshot *s, const ch
                                               const struct ip_addr *ip);
 const struct service *snapshot_service_by_host(const struct snapshot *s, const char *ns_slash_host);
 const struct policy *snapshot_policy_by_name(const struct snapshot *s, const char *ns_slash_name);
+/* Namespace-scoped policies of namespace ns, in config order (*n = 0 and NULL when none). Borrowed from s. */
+const struct policy *const *snapshot_namespace_policies(const struct snapshot *s, const char *ns, size_t *n);
+/* Global-scoped policies, in config order (*n = 0 and NULL when none). Borrowed from s. */
+const struct policy *const *snapshot_global_policies(const struct snapshot *s, size_t *n);
 
 /* Iteration in config order; i must be < the matching count. Results are borrowed from s. */
 size_t snapshot_n_workloads(const struct snapshot *s);

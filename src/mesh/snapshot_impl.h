@@ -61,7 +61,17 @@ struct snapshot {
     struct htab wl_by_ip, wl_by_uid, wl_by_name; /* values index workloads[] */
     struct htab svc_by_vip, svc_by_host;         /* values index services[] */
     struct htab pol_by_name;                     /* values index policies[] */
+    /* Built by snapshot_finalize(): Namespace-scoped policies grouped by namespace, and Global ones. */
+    struct htab pol_by_ns; /* namespace -> index into pol_ns_groups */
+    struct pol_group {
+        uint32_t start, n; /* range in pol_ns_list */
+    } * pol_ns_groups;
+    const struct policy **pol_ns_list;
+    const struct policy **pol_global;
+    size_t n_pol_global;
 };
 
 /* A new empty snapshot with refcount 1, or NULL on ENOMEM. */
 struct snapshot *snapshot_new(void);
+/* Builds the derived indexes (policies by namespace) once every array is final. Returns 0 or -ENOMEM. */
+int snapshot_finalize(struct snapshot *s);

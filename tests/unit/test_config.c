@@ -303,6 +303,15 @@ static void test_lookups(void **state)
     assert_ptr_equal(snapshot_policy_by_name(s, "default/allow-client"), snapshot_policy_at(s, 0));
     assert_ptr_equal(snapshot_policy_by_name(s, "istio-system/deny-all"), snapshot_policy_at(s, 1));
     assert_null(snapshot_policy_by_name(s, "default/deny-all"));
+    size_t n;
+    const struct policy *const *pl = snapshot_namespace_policies(s, "default", &n);
+    assert_int_equal(n, 1);
+    assert_ptr_equal(pl[0], snapshot_policy_at(s, 0));
+    assert_null(snapshot_namespace_policies(s, "istio-system", &n));
+    assert_int_equal(n, 0);
+    pl = snapshot_global_policies(s, &n);
+    assert_int_equal(n, 1);
+    assert_ptr_equal(pl[0], snapshot_policy_at(s, 1));
 
     /* Target ports: workload map first, then the service's (> 0), else 0; unknown service port 0. */
     assert_int_equal(service_target_port(svc, w, 80), 8080);
@@ -542,6 +551,32 @@ static void test_load_file(void **state)
     assert_int_equal(config_load_file("/tmp", &s, err, sizeof(err)), -EINVAL);
 }
 
+static void test_policy_groups(void **state)
+{
+    (void)state;
+    struct snapshot *s = load_ok("policies:\n"
+                                 "- {name: a, namespace: ns1, scope: Namespace}\n"
+                                 "- {name: b, namespace: ns2, scope: Namespace}\n"
+                                 "- {name: c, namespace: ns1, scope: WorkloadSelector}\n"
+                                 "- {name: d, namespace: ns1, scope: Namespace}\n"
+                                 "- {name: e, namespace: root, scope: Global}\n"
+                                 "- {name: f, namespace: ns2, scope: Global}\n");
+    size_t n;
+    const struct policy *const *pl = snapshot_namespace_policies(s, "ns1", &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(pl[0]->name, "a");
+    assert_string_equal(pl[1]->name, "d");
+    pl = snapshot_namespace_policies(s, "ns2", &n);
+    assert_int_equal(n, 1);
+    assert_string_equal(pl[0]->name, "b");
+    assert_null(snapshot_namespace_policies(s, "root", &n));
+    pl = snapshot_global_policies(s, &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(pl[0]->name, "e");
+    assert_string_equal(pl[1]->name, "f");
+    snapshot_unref(s);
+}
+
 static void test_refcount(void **state)
 {
     (void)state;
@@ -664,6 +699,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_load_file),
         cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_policy_groups),
         cmocka_unit_test(test_large),
         cmocka_unit_test(test_example_file),
     };
