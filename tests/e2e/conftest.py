@@ -1,5 +1,6 @@
 """pytest setup for the end-to-end tests: root check, the ztunnel binary, and log tails on failure."""
 import os
+import shutil
 import sys
 
 import pytest
@@ -36,3 +37,10 @@ def pytest_runtest_makereport(item, call):
                 path = os.path.join(t.workdir, "ztunnel-%s.log" % p.name)
                 if os.path.exists(path):
                     rep.sections.append(("ztunnel %s log (%s)" % (p.name, path), topo.tail(path, 30)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Keeps the topologies' workdirs (configs, certificates, ztunnel logs) only when something failed."""
+    if exitstatus == 0 and not os.environ.get("ZMESH_KEEP_WORKDIR"):
+        for d in topo.temp_workdirs:
+            shutil.rmtree(d, ignore_errors=True)

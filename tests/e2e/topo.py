@@ -44,6 +44,7 @@ SO_MARK_ZTUNNEL = 0x539
 _CLONE_NEWNET = 0x40000000
 _counter = [0]
 _live = []          # topologies that are up, for the atexit/signal cleanup
+temp_workdirs = []  # workdirs this process created with mkdtemp (down() keeps them; callers may delete them)
 
 
 def _sh(cmd, check=True, **kw):
@@ -177,7 +178,10 @@ class Topology:
         self.prefix = prefix
         self.nnodes = nodes
         self.npods = pods_per_node
-        self.workdir = workdir or tempfile.mkdtemp(prefix=prefix + "-")
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix=prefix + "-")
+            temp_workdirs.append(workdir)
+        self.workdir = workdir
         os.makedirs(self.workdir, exist_ok=True)
         self.bridge = prefix + "-br"
         self.nodes = ["%s-n%d" % (prefix, i) for i in range(1, nodes + 1)]
