@@ -167,15 +167,51 @@ def measure_rtt(ns, ip, port, count, rtt_bin):
     raise BenchError(f"zm-rtt to {ip}:{port} from {ns} failed: {last}")
 
 
-def measure_iperf(ns, ip, port, seconds, proxy_pids):
+def perf_start(pids, label, outdir):
+    """Starts `perf record -g` on each pid; returns [(Popen, data path)]."""
+    out = []
+    os.makedirs(outdir, exist_ok=True)
+    for side, pid in zip(("client", "server"), pids):
+        path = os.path.join(outdir, f"perf-{label}-{side}.data")
+        p = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-g", "-p", str(pid), "-o", path],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        out.append((p, path))
+    time.sleep(0.3)   # perf attaches asynchronously
+    return out
+
+
+def perf_stop(recs):
+    """Stops the recorders and writes a flat top-symbols report next to each data file."""
+    for p, path in recs:
+        p.send_signal(signal.SIGINT)
+    for p, path in recs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        rep = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none",
+                              "--percent-limit", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, timeout=120)
+        with open(path[:-len(".data")] + ".txt", "w") as f:
+            f.write(rep.stdout)
+        log(f"profile: {os.path.relpath(path[:-len('.data')] + '.txt', os.getcwd())}")
+
+
+def measure_iperf(ns, ip, port, seconds, proxy_pids, profile=None):
     argv = nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J"])
     last = None
     for attempt in range(3):
         each0 = [cpu_seconds([pid]) for pid in proxy_pids or ()]
         cpu0 = cpu_seconds(proxy_pids) if proxy_pids else 0.0
+        recs = perf_start(proxy_pids, *profile) if profile and proxy_pids else []
         t0 = time.monotonic()
-        r = run(argv, timeout=seconds + 60, check=False)
-        wall = time.monotonic() - t0
+        try:
+            r = run(argv, timeout=seconds + 60, check=False)
+        finally:
+            wall = time.monotonic() - t0
+            if recs:
+                perf_stop(recs)
         cpu1 = cpu_seconds(proxy_pids) if proxy_pids else 0.0
         each1 = [cpu_seconds([pid]) for pid in proxy_pids or ()]
         try:
@@ -208,7 +244,10 @@ def measure(ns, ip, rtt_port, iperf_port, proxy_pids, args):
     for i in range(args.repeat):
         try:
             rtts.append(measure_rtt(ns, ip, rtt_port, args.rtt_count, args.rtt_bin))
-            iperfs.append(measure_iperf(ns, ip, iperf_port, args.time, proxy_pids))
+            prof = None
+            if args.profile:
+                prof = (args.scenario, os.path.join(os.path.dirname(args.out), "profile"))
+            iperfs.append(measure_iperf(ns, ip, iperf_port, args.time, proxy_pids, prof))
         except BenchError as e:
             # Keep what was measured so far in the JSON; the scenario still counts as failed.
             e.partial = {"rtt_rounds": rtts, "iperf_rounds": iperfs}
@@ -581,6 +620,8 @@ def parse_args(argv):
                     help="set ZTUNNEL_WORKER_THREADS for each ztunnel (default: ztunnel's own default)")
     ap.add_argument("--bin-dir", default=os.environ.get("ZMESH_BIN", os.path.join(ROOT, "build", "bin")))
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "results.json"))
+    ap.add_argument("--profile", action="store_true",
+                    help="perf record both proxies during iperf3 (build/bench/profile/); skews the figures")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     a = ap.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
@@ -634,6 +675,7 @@ def main(argv):
                 if s not in args.only:
                     continue
                 log(f"scenario {s}")
+                args.scenario = s
                 fn = {"direct": scenario_direct, "haproxy": scenario_haproxy, "zmesh": scenario_zmesh}[s]
                 try:
                     results[s] = fn(t, procs, args)
