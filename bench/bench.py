@@ -464,7 +464,8 @@ class Topology:
         r12 = run(nsexec(self.ns_a, base + ["-tls1_2", "-brief"]), timeout=10, check=False, stdin="")
         if "Protocol version: TLSv1.2" in r12.stderr + r12.stdout:
             raise BenchError("haproxy tunnel accepts TLS 1.2")
-        return "TLS 1.3 with client certificate accepted; TLS 1.2 refused"
+        m = re.search(r"Ciphersuite: (\S+)", r.stderr + r.stdout)
+        return f"TLS 1.3 ({m.group(1) if m else 'cipher unknown'}) with client certificate; TLS 1.2 refused"
 
     def keep_logs(self):
         """Copies the proxies' logs to build/bench/logs/ (the topology's workdir goes away at teardown)."""
@@ -543,7 +544,8 @@ def report(results, args):
     ok = lambda s: s in results and "error" not in results[s]  # noqa: E731
     ratios, checks = {}, {}
     if ok("haproxy"):
-        print(f"\nHAProxy: nbthread {results['haproxy']['nbthread']} per side, TLS 1.3 mutual, mode tcp")
+        h = results["haproxy"]
+        print(f"\nHAProxy: nbthread {h['nbthread']} per side, mode tcp, {h.get('tls_checked')}")
     if ok("zmesh"):
         z = results["zmesh"]
         print(f"zmesh: one dedicated ztunnel per pod, threads per process {z.get('ztunnel_threads')} "
