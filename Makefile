@@ -3,6 +3,7 @@ CC      ?= cc
 PKGS    := openssl libnghttp2 yaml-0.1
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread -Isrc \
+           -I/usr/share/include/llhttp \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 B       ?= build
@@ -10,11 +11,15 @@ B       ?= build
 LIB_LAYERS := core tls h2 mesh
 LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
+# llhttp (Node.js's HTTP/1.1 parser) from Debian's node-llhttp: generated C sources compiled into the build.
+LLHTTP_DIR := /usr/share/llhttp
+LLHTTP_OBJ := $(patsubst $(LLHTTP_DIR)/%.c,$(B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 ZT_SRC  := $(wildcard src/ztunnel/*.c)
 ZT_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(ZT_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
-BENCH_BIN := $(B)/bin/zm-rtt
+# bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
+BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format
 all: $(B)/bin/ztunnel $(BENCH_BIN) $(UNIT_BIN)
@@ -26,7 +31,12 @@ $(B)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-$(B)/libzmesh.a: $(LIB_OBJ)
+# Third-party generated code: compiled without our warning flags.
+$(B)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g $(filter -fsanitize%,$(CFLAGS)) -I/usr/share/include/llhttp -c -o $@ $<
+
+$(B)/libzmesh.a: $(LIB_OBJ) $(LLHTTP_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
@@ -37,6 +47,10 @@ $(B)/bin/ztunnel: $(ZT_OBJ) $(B)/libzmesh.a
 $(B)/bin/zm-rtt: bench/rtt.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+$(B)/bench/%: bench/%.c $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(B)/libzmesh.a $(LDLIBS)
 
 $(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
