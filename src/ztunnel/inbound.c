@@ -14,9 +14,28 @@
 
 #define APP_CONNECT_TIMEOUT_MS 10000
 
+/* Intrusive doubly linked lists of live connections, headed in the worker. */
+#define LIST_PUSH(head, x)                                                                                     \
+    do {                                                                                                       \
+        (x)->prev = NULL;                                                                                      \
+        (x)->next = (head);                                                                                    \
+        if (head) (head)->prev = (x);                                                                          \
+        (head) = (x);                                                                                          \
+    } while (0)
+#define LIST_DEL(head, x)                                                                                      \
+    do {                                                                                                       \
+        if ((x)->prev)                                                                                         \
+            (x)->prev->next = (x)->next;                                                                       \
+        else                                                                                                   \
+            (head) = (x)->next;                                                                                \
+        if ((x)->next) (x)->next->prev = (x)->prev;                                                            \
+    } while (0)
+
 /* One accepted HBONE connection. */
 struct in_conn {
+    struct in_conn *next, *prev;
     struct worker *w;
+    struct hbone_conn *c;
     struct sockaddr_storage peer, local;
     unsigned streams;
     bool closed;
@@ -24,6 +43,8 @@ struct in_conn {
 
 /* One CONNECT stream, from request to end. */
 struct in_stream {
+    struct in_stream *next, *prev;
+    struct zt_view *view; /* the config this stream was authorized with */
     struct in_conn *ic;
     struct hbone_stream *s;
     struct io io; /* app connect in progress; fd -1 otherwise */
@@ -37,6 +58,11 @@ struct in_stream {
 static void in_conn_put(struct in_conn *ic)
 {
     if (ic->closed && ic->streams == 0) free(ic);
+}
+
+static struct pod_proxy *pp_of(struct in_conn *ic)
+{
+    return ic->w->pp;
 }
 
 static void in_cancel_connect(struct in_stream *is)
@@ -63,7 +89,10 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     } else {
         is->rec.error = r->error;
     }
-    access_log(ic->w, &is->rec);
+    access_log(&is->rec);
+    LIST_DEL(ic->w->in_streams, is);
+    ic->w->active--;
+    zt_view_unref(is->view);
     free(is);
     ic->streams--;
     in_conn_put(ic);
@@ -84,7 +113,7 @@ static void in_connected(struct in_stream *is, int soerr)
         return;
     }
     /* ENABLE_RESPONSE_BAGGAGE: the 200 describes the destination workload. */
-    struct hbone_header h = {"baggage", is->ic->w->pp->baggage};
+    struct hbone_header h = {"baggage", is->view->baggage};
     hbone_stream_respond(is->s, 200, fd, &h, 1);
 }
 
@@ -107,7 +136,6 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
 {
     struct in_conn *ic = ud;
     struct worker *w = ic->w;
-    struct pod_proxy *pp = w->pp;
     struct in_stream *is = calloc(1, sizeof(*is));
     struct ip_addr aip, local_ip, peer_ip;
     uint16_t aport;
@@ -117,6 +145,11 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     }
     is->ic = ic;
     is->s = s;
+    is->view = w->view;
+    zt_view_ref(is->view);
+    struct zt_view *v = is->view;
+    LIST_PUSH(w->in_streams, is);
+    w->active++;
     is->io.fd = -1;
     is->io.cb = in_connect_cb;
     is->timer.cb = in_connect_timeout;
@@ -130,7 +163,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     is->rec.hbone_addr = is->authority;
     sockaddr_to(&ic->peer, &peer_ip, NULL);
     sockaddr_to(&ic->local, &local_ip, NULL);
-    is->rec.src_wl = snapshot_workload_by_ip(pp->snap, pp->network, &peer_ip);
+    is->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &peer_ip);
     ic->streams++;
     hbone_stream_set_ops(s, &in_stream_ops, is);
 
@@ -144,7 +177,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         return;
     }
     /* The workload is the one owning the address this connection arrived on (the pod's IP). */
-    const struct workload *dst = snapshot_workload_by_ip(pp->snap, pp->network, &local_ip);
+    const struct workload *dst = snapshot_workload_by_ip(v->snap, v->network, &local_ip);
     is->rec.dst_wl = dst;
     if (!dst) {
         hbone_stream_respond(s, 503, -1, NULL, 0);
@@ -186,6 +219,7 @@ static void in_closed(struct hbone_conn *c, void *ud, const char *err)
                "direction", "inbound", "error", err, NULL);
     }
     ic->closed = true;
+    LIST_DEL(ic->w->in_conns, ic);
     in_conn_put(ic);
 }
 
@@ -209,16 +243,33 @@ void inbound_hbone_accept(struct io *io, uint32_t ev)
         getsockname(fd, (struct sockaddr *)&ic->local, &len);
         net_set_nodelay(fd);
         net_set_keepalive(fd);
-        if (!hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic)) free(ic);
+        ic->c = hbone_server_new(w->loop, fd, pp_of(ic)->server_ctx, &in_conn_ops, ic);
+        if (!ic->c) {
+            free(ic);
+            continue;
+        }
+        LIST_PUSH(w->in_conns, ic);
     }
 }
 
 /* ---- plaintext inbound (15006) ---- */
 
 struct plain_conn {
+    struct plain_conn *next, *prev;
     struct worker *w;
+    struct zt_view *view;
+    struct relay *relay;
     struct access_rec rec;
 };
+
+static void plain_free(struct plain_conn *pc)
+{
+    access_log(&pc->rec);
+    if (pc->relay) LIST_DEL(pc->w->plain_conns, pc);
+    pc->w->active--;
+    zt_view_unref(pc->view);
+    free(pc);
+}
 
 static void plain_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to_a, const char *err)
 {
@@ -227,8 +278,7 @@ static void plain_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to
     pc->rec.bytes_recv = a_to_b;
     pc->rec.bytes_sent = b_to_a;
     pc->rec.error = err;
-    access_log(pc->w, &pc->rec);
-    free(pc);
+    plain_free(pc);
 }
 
 static const struct relay_ops plain_ops = {.on_done = plain_done};
@@ -237,7 +287,6 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
 {
     (void)ev;
     struct worker *w = container_of(io, struct worker, listeners[1]);
-    struct pod_proxy *pp = w->pp;
     for (int i = 0; i < 64; i++) {
         struct sockaddr_storage peer, dst;
         socklen_t len = sizeof(peer);
@@ -252,31 +301,45 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
             continue;
         }
         pc->w = w;
+        w->active++;
+        pc->view = w->view;
+        zt_view_ref(pc->view);
+        struct zt_view *v = pc->view;
         pc->rec = (struct access_rec){.direction = "inbound", .src = peer, .dst = dst, .start_ms = zt_now_ms()};
         sockaddr_to(&dst, &dip, &dport);
         sockaddr_to(&peer, &sip, NULL);
-        pc->rec.src_wl = snapshot_workload_by_ip(pp->snap, pp->network, &sip);
-        pc->rec.dst_wl = snapshot_workload_by_ip(pp->snap, pp->network, &dip);
+        pc->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &sip);
+        pc->rec.dst_wl = snapshot_workload_by_ip(v->snap, v->network, &dip);
         net_set_nodelay(fd);
         if (zt_illegal_port(dport)) {
             close(fd);
             pc->rec.error = "destination is a ztunnel port";
-            access_log(w, &pc->rec);
-            free(pc);
+            plain_free(pc);
             continue;
         }
         int up = zt_connect(&dst, &sip);
         if (up < 0) {
             close(fd);
             pc->rec.error = strerror(-up);
-            access_log(w, &pc->rec);
-            free(pc);
+            plain_free(pc);
             continue;
         }
-        if (!relay_new(w->loop, fd, up, 1, &plain_ops, pc)) {
+        pc->relay = relay_new(w->loop, fd, up, 1, &plain_ops, pc);
+        if (!pc->relay) {
             pc->rec.error = "relay setup failed";
-            access_log(w, &pc->rec);
-            free(pc);
+            plain_free(pc);
+            continue;
         }
+        LIST_PUSH(w->plain_conns, pc);
     }
+}
+
+void inbound_reauthorize(struct worker *w)
+{
+    (void)w; /* policies: see the authorization integration */
+}
+
+void inbound_drain(struct worker *w)
+{
+    for (struct in_conn *ic = w->in_conns; ic; ic = ic->next) hbone_conn_drain(ic->c);
 }

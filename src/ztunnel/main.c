@@ -1,11 +1,17 @@
-/* ztunnel entry point: environment, config, identity, workers. */
+/* ztunnel entry point: environment, config (and its live reload), identity, workers, drain.
+ *
+ * The main thread runs its own small loop for signals (signalfd), the config file watch (inotify) and the
+ * drain deadline; the workers run the data path. */
 #include <errno.h>
+#include <libgen.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -13,6 +19,27 @@
 #include "ztunnel/proxy.h"
 
 #define MAX_WORKERS 64
+#define RELOAD_DEBOUNCE_MS 100
+#define DRAIN_POLL_MS 50
+
+struct app {
+    struct loop *loop;
+    const char *cfg_path;
+    char cfg_dir[4096], cfg_base[256];
+    char ns[128], name[128], sa[128];
+    struct cert_provider *prov;
+    struct pod_proxy *pp;
+    struct worker workers[MAX_WORKERS];
+    int n_workers;
+    uint64_t version;
+    bool ready;
+    bool draining;
+    uint64_t drain_deadline;
+    struct io sig_io, ino_io;
+    struct timer reload_timer, drain_timer;
+};
+
+static struct app app;
 
 static int env_int(const char *name, int def, int lo, int hi)
 {
@@ -25,6 +52,22 @@ static int env_int(const char *name, int def, int lo, int hi)
         exit(2);
     }
     return (int)n;
+}
+
+/* Durations as Istio writes them ("5s", "500ms", "1m"), or plain seconds. Returns milliseconds. */
+static uint64_t env_duration_ms(const char *name, uint64_t def)
+{
+    const char *v = getenv(name);
+    if (!v || !*v) return def;
+    char *end;
+    double n = strtod(v, &end);
+    if (end == v || n < 0) goto bad;
+    if (!*end || !strcmp(end, "s")) return (uint64_t)(n * 1000);
+    if (!strcmp(end, "ms")) return (uint64_t)n;
+    if (!strcmp(end, "m")) return (uint64_t)(n * 60000);
+bad:
+    fprintf(stderr, "ztunnel: %s=%s: expected a duration such as 5s or 500ms\n", name, v);
+    exit(2);
 }
 
 static const char *env_req(const char *name)
@@ -44,6 +87,113 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static uint64_t active_total(void)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < app.n_workers; i++) n += app.workers[i].active;
+    return n;
+}
+
+static void drain_tick(struct timer *t)
+{
+    uint64_t n = active_total();
+    if (n == 0) {
+        LOG_I("ztunnel", "drained, exiting");
+        exit(0);
+    }
+    if (loop_now(app.loop) >= app.drain_deadline) {
+        LOG_I("ztunnel", "termination deadline reached, closing %llu remaining connections", (unsigned long long)n);
+        exit(0);
+    }
+    timer_start(app.loop, t, DRAIN_POLL_MS);
+}
+
+/* SIGTERM: stop accepting, let connections finish until CONNECTION_TERMINATION_DEADLINE, close the rest. */
+static void start_drain(const char *why)
+{
+    if (app.draining) return;
+    app.draining = true;
+    uint64_t deadline = env_duration_ms("CONNECTION_TERMINATION_DEADLINE", 5000);
+    LOG_I("ztunnel", "%s: draining %llu connections (deadline %llums)", why, (unsigned long long)active_total(),
+          (unsigned long long)deadline);
+    for (int i = 0; i < app.n_workers; i++) worker_post_drain(&app.workers[i]);
+    app.drain_deadline = loop_now(app.loop) + deadline;
+    app.drain_timer.cb = drain_tick;
+    timer_start(app.loop, &app.drain_timer, 0);
+}
+
+static void sig_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct signalfd_siginfo si;
+    while (read(io->fd, &si, sizeof(si)) == sizeof(si)) {
+        if (app.draining && si.ssi_signo == SIGINT) exit(0); /* a second Ctrl-C means now */
+        start_drain(si.ssi_signo == SIGTERM ? "received SIGTERM" : "received SIGINT");
+    }
+}
+
+/* Loads the config file; on success publishes it to the workers. A broken file keeps the previous config. */
+static void reload(void)
+{
+    struct snapshot *snap;
+    char err[1024];
+    if (config_load_file(app.cfg_path, &snap, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err, NULL);
+        return;
+    }
+    struct zt_view *v = zt_view_new(snap, app.ns, app.name, ++app.version);
+    snapshot_unref(snap);
+    if (!v) return;
+    workers_publish_view(app.pp, app.workers, app.n_workers, v);
+    char ver[24];
+    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
+    log_kv(LOG_INFO, "ztunnel", "config reloaded", "path", app.cfg_path, "version", ver, NULL);
+    zt_view_unref(v);
+}
+
+static void reload_timer_cb(struct timer *t)
+{
+    (void)t;
+    if (!app.draining) reload();
+}
+
+static void inotify_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    ssize_t n;
+    bool hit = false;
+    while ((n = read(io->fd, buf, sizeof(buf))) > 0) {
+        for (char *p = buf; p < buf + n;) {
+            struct inotify_event *e = (struct inotify_event *)p;
+            if (e->len && strcmp(e->name, app.cfg_base) == 0) hit = true;
+            p += sizeof(*e) + e->len;
+        }
+    }
+    /* Editors and `kubectl cp` write in several steps: wait for the file to settle. */
+    if (hit) timer_start(app.loop, &app.reload_timer, RELOAD_DEBOUNCE_MS);
+}
+
+static int watch_config(void)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s", app.cfg_path);
+    snprintf(app.cfg_dir, sizeof(app.cfg_dir), "%s", dirname(tmp));
+    snprintf(tmp, sizeof(tmp), "%s", app.cfg_path);
+    snprintf(app.cfg_base, sizeof(app.cfg_base), "%s", basename(tmp));
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) return -errno;
+    /* Watch the directory, not the file: a rename over the file replaces its inode. */
+    if (inotify_add_watch(fd, app.cfg_dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    app.ino_io = (struct io){.fd = fd, .cb = inotify_cb};
+    app.reload_timer.cb = reload_timer_cb;
+    return loop_io_add(app.loop, &app.ino_io, EPOLLIN);
+}
+
 int main(int argc, char **argv)
 {
     (void)argc, (void)argv;
@@ -51,8 +201,10 @@ int main(int argc, char **argv)
     struct snapshot *snap = NULL;
 
     signal(SIGPIPE, SIG_IGN);
-    /* Relay buffers up to 256 KiB come and go per read; keep them on the heap rather than mmap. */
+    /* Relay buffers up to 256 KiB come and go per read; keep them on the heap rather than mmap, and don't
+     * hand memory back to the kernel after every burst. */
     mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     log_init();
 
     const char *mode = getenv("PROXY_MODE");
@@ -70,57 +222,64 @@ int main(int argc, char **argv)
         LOG_E("ztunnel", "PROXY_WORKLOAD_INFO must be <namespace>/<name>/<service-account>");
         return 2;
     }
-    const char *cfg = env_req("LOCAL_XDS_PATH");
-    if (config_load_file(cfg, &snap, err, sizeof(err)) < 0) {
+    snprintf(app.ns, sizeof(app.ns), "%s", ns);
+    snprintf(app.name, sizeof(app.name), "%s", name);
+    snprintf(app.sa, sizeof(app.sa), "%s", sa);
+    app.cfg_path = env_req("LOCAL_XDS_PATH");
+    if (config_load_file(app.cfg_path, &snap, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to load config", "error", err, NULL);
         return 1;
     }
     const char *ca_dir = env_req("LOCAL_CA_DIR");
-    struct cert_provider *prov = ca_local_new(ca_dir, err, sizeof(err));
-    if (!prov) {
+    app.prov = ca_local_new(ca_dir, err, sizeof(err));
+    if (!app.prov) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
     }
-    struct pod_proxy *pp;
-    if (pod_proxy_new(&pp, snap, prov, ns, name, sa, err, sizeof(err)) < 0) {
-        log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", err, NULL);
+    struct zt_view *view = zt_view_new(snap, ns, name, ++app.version);
+    snapshot_unref(snap);
+    if (!view || pod_proxy_new(&app.pp, view, app.prov, ns, name, sa, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", view ? err : "out of memory", NULL);
         return 1;
     }
-    if (!pp->self)
-        LOG_W("ztunnel", "workload %s/%s is not in %s; inbound connections will get 503", ns, name, cfg);
+    if (!view->self)
+        LOG_W("ztunnel", "workload %s/%s is not in %s; inbound connections will get 503", ns, name, app.cfg_path);
 
-    int n_workers = env_int("ZTUNNEL_WORKER_THREADS", 2, 1, MAX_WORKERS);
-    static struct worker workers[MAX_WORKERS];
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    for (int i = 0; i < n_workers; i++) {
-        struct worker *w = &workers[i];
-        w->index = i;
-        w->pp = pp;
-        w->loop = loop_new();
-        w->pool = w->loop ? pool_new(w) : NULL;
-        if (!w->pool || worker_listen(w, err, sizeof(err)) < 0) {
-            log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", w->pool ? err : "out of memory",
-                   NULL);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers: only the main loop sees them */
+
+    app.n_workers = env_int("ZTUNNEL_WORKER_THREADS", 2, 1, MAX_WORKERS);
+    for (int i = 0; i < app.n_workers; i++) {
+        if (worker_init(&app.workers[i], i, app.pp, view, err, sizeof(err)) < 0) {
+            log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", err, NULL);
             return 1;
         }
     }
-    for (int i = 0; i < n_workers; i++) {
-        pthread_t th;
-        if (pthread_create(&th, NULL, worker_main, &workers[i]) != 0) {
+    zt_view_unref(view);
+    for (int i = 0; i < app.n_workers; i++) {
+        if (pthread_create(&app.workers[i].thread, NULL, worker_main, &app.workers[i]) != 0) {
             LOG_E("ztunnel", "cannot start worker thread %d", i);
             return 1;
         }
     }
+
+    app.loop = loop_new();
+    app.sig_io = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC), .cb = sig_cb};
+    if (!app.loop || app.sig_io.fd < 0 || loop_io_add(app.loop, &app.sig_io, EPOLLIN) < 0) {
+        LOG_E("ztunnel", "cannot set up the main loop: %s", strerror(errno));
+        return 1;
+    }
+    int rc = watch_config();
+    if (rc < 0) LOG_W("ztunnel", "cannot watch %s for changes: %s", app.cfg_path, strerror(-rc));
+    app.ready = true;
+
     char workers_s[8];
-    snprintf(workers_s, sizeof(workers_s), "%d", n_workers);
-    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", pp->id_uri, "workers", workers_s, "outbound", "15001",
-           "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    LOG_I("ztunnel", "received %s, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
+    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s, "outbound",
+           "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
+    loop_run(app.loop);
     return 0;
 }

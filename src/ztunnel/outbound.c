@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 
 struct out_conn {
     struct worker *w;
+    struct zt_view *view; /* the config this connection started with */
     struct access_rec rec;
     char authority[SOCKADDR_STRLEN];
     char dst_id[SPIFFE_MAX];
@@ -25,7 +25,9 @@ static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const 
     oc->rec.bytes_recv = recv;
     oc->rec.bytes_sent = sent;
     oc->rec.error = err;
-    access_log(oc->w, &oc->rec);
+    access_log(&oc->rec);
+    oc->w->active--;
+    zt_view_unref(oc->view);
     free(oc);
 }
 
@@ -61,7 +63,6 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
                            uint16_t dport)
 {
     struct worker *w = oc->w;
-    struct pod_proxy *pp = w->pp;
     char fwd[SOCKADDR_STRLEN + 16], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17];
     uint8_t rnd[24];
     struct sockaddr_storage hop;
@@ -78,13 +79,16 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     workload_spiffe_id(wl, oc->dst_id, sizeof(oc->dst_id));
     oc->rec.dst_identity = oc->dst_id;
     snprintf(fwd, sizeof(fwd), "for=\"%s\"", sockaddr_format(&oc->rec.src, csrc, sizeof(csrc)));
-    if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd)) memset(rnd, 0x5a, sizeof(rnd));
+    for (size_t i = 0; i < sizeof(rnd); i += 8) {
+        uint64_t r = zt_random();
+        memcpy(rnd + i, &r, 8);
+    }
     hex(tid, rnd, 16);
     hex(sid, rnd + 16, 8);
     snprintf(tp, sizeof(tp), "00-%s-%s-00", tid, sid);
     struct hbone_header hdrs[] = {
         {":authority", oc->authority},
-        {"baggage", pp->baggage},
+        {"baggage", oc->view->baggage},
         {"forwarded", fwd},
         {"traceparent", tp},
     };
@@ -107,10 +111,14 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         return;
     }
     oc->w = w;
+    w->active++;
+    oc->view = w->view;
+    zt_view_ref(oc->view);
+    struct zt_view *v = oc->view;
     oc->rec.direction = "outbound";
     oc->rec.src = *peer;
     oc->rec.start_ms = zt_now_ms();
-    oc->rec.src_wl = pp->self;
+    oc->rec.src_wl = v->self;
     oc->rec.src_identity = pp->id_uri;
     net_set_nodelay(fd);
     if (net_original_dst(fd, &dst) < 0) {
@@ -120,9 +128,9 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     }
     oc->rec.dst = dst;
     sockaddr_to(&dst, &dip, &dport);
-    const struct workload *wl = snapshot_workload_by_ip(pp->snap, pp->network, &dip);
+    const struct workload *wl = snapshot_workload_by_ip(v->snap, v->network, &dip);
     oc->rec.dst_wl = wl;
-    if (zt_illegal_port(dport) && pp->self && wl == pp->self) {
+    if (zt_illegal_port(dport) && v->self && wl == v->self) {
         close(fd);
         out_finish(oc, 0, 0, "self call to a ztunnel port");
         return;

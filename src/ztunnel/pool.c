@@ -1,7 +1,11 @@
-/* The HBONE connection pool of one worker (reference §1.5). Keyed by next hop, expected server identities
- * and source IP (the source identity is the pod's own, one per pod proxy). A connection still in its
- * handshake already takes streams, so concurrent first connections to one key share one handshake; nothing
- * blocks. A connection that got GOAWAY or reached its stream limit takes no new streams. */
+/* The HBONE connection pool of one worker (reference §1.5).
+ *
+ * Key: next hop, expected server identities and source IP (the source identity is the pod's own: one pod
+ * proxy, one identity). Connections live in a hash table by key; each key lists its connections. A
+ * connection still in its handshake already takes streams, so concurrent first connections to one key
+ * share one handshake, and nothing ever blocks or holds a lock: the pool is per worker. A connection that
+ * got GOAWAY or reached its stream limit (100, or the peer's lower limit) takes no new streams; another is
+ * dialed. Connections without streams for POOL_UNUSED_RELEASE_TIMEOUT (default 5 min) are closed. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,25 +15,45 @@
 #include "h2/hbone.h"
 #include "ztunnel/proxy.h"
 
+#define SWEEP_MS 10000
+
 struct pool_entry {
-    struct pool_entry *next, *prev;
-    struct pool *p;
-    struct sockaddr_storage hop;
-    struct ip_addr src;
-    char *sans; /* expected SANs joined by '\n' */
+    struct pool_entry *next, *prev; /* in its key's list */
+    struct pool_key *k;
     struct hbone_conn *c;
+    uint64_t idle_since; /* ms; 0 while streams are open */
+};
+
+struct pool_key {
+    struct pool_key *hnext; /* hash chain */
+    struct pool *pool;
+    uint64_t hash;
+    struct ip_addr hop_ip, src;
+    uint16_t hop_port;
+    char *sans; /* expected SANs joined by '\n' */
+    struct pool_entry *conns;
 };
 
 struct pool {
     struct worker *w;
-    struct pool_entry *head;
+    struct pool_key **buckets;
+    size_t n_buckets, n_keys;
+    uint64_t idle_ms;
+    struct timer sweep;
 };
 
-struct pool *pool_new(struct worker *w)
+static uint64_t mix(uint64_t h, uint64_t v)
 {
-    struct pool *p = calloc(1, sizeof(*p));
-    if (p) p->w = w;
-    return p;
+    h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    return h;
+}
+
+static uint64_t key_hash(const struct ip_addr *hop, uint16_t port, const struct ip_addr *src, const char *sans)
+{
+    uint64_t h = mix(ip_hash(hop), port);
+    h = mix(h, ip_hash(src));
+    for (const unsigned char *p = (const unsigned char *)sans; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+    return h;
 }
 
 static char *join_sans(const char *const *sans, size_t n)
@@ -48,27 +72,122 @@ static char *join_sans(const char *const *sans, size_t n)
     return s;
 }
 
-static bool same_hop(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+static void sweep_cb(struct timer *t)
 {
-    struct ip_addr ia, ib;
-    uint16_t pa, pb;
-    sockaddr_to(a, &ia, &pa);
-    sockaddr_to(b, &ib, &pb);
-    return pa == pb && ip_equal(&ia, &ib);
+    struct pool *p = container_of(t, struct pool, sweep);
+    uint64_t now = loop_now(p->w->loop);
+    for (size_t b = 0; b < p->n_buckets; b++)
+        for (struct pool_key *k = p->buckets[b]; k; k = k->hnext)
+            for (struct pool_entry *e = k->conns, *next; e; e = next) {
+                next = e->next;
+                if (hbone_conn_streams(e->c)) {
+                    e->idle_since = 0;
+                } else if (!e->idle_since) {
+                    e->idle_since = now;
+                } else if (now - e->idle_since >= p->idle_ms) {
+                    LOG_D("pool", "closing a connection unused for %llums", (unsigned long long)p->idle_ms);
+                    hbone_conn_drain(e->c); /* GOAWAY, then closes: no streams */
+                }
+            }
+    timer_start(p->w->loop, t, p->idle_ms < SWEEP_MS ? p->idle_ms / 2 + 1 : SWEEP_MS);
+}
+
+struct pool *pool_new(struct worker *w)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->w = w;
+    p->n_buckets = 64;
+    p->buckets = calloc(p->n_buckets, sizeof(*p->buckets));
+    if (!p->buckets) {
+        free(p);
+        return NULL;
+    }
+    p->idle_ms = 5 * 60 * 1000;
+    const char *v = getenv("POOL_UNUSED_RELEASE_TIMEOUT"); /* seconds, or "<n>ms" for tests */
+    if (v && *v) {
+        char *end;
+        unsigned long n = strtoul(v, &end, 10);
+        if (n > 0) p->idle_ms = !strcmp(end, "ms") ? n : n * 1000;
+    }
+    p->sweep.cb = sweep_cb;
+    timer_start(w->loop, &p->sweep, p->idle_ms < SWEEP_MS ? p->idle_ms / 2 + 1 : SWEEP_MS);
+    return p;
+}
+
+void pool_drain(struct pool *p)
+{
+    for (size_t b = 0; b < p->n_buckets; b++)
+        for (struct pool_key *k = p->buckets[b]; k; k = k->hnext)
+            for (struct pool_entry *e = k->conns; e; e = e->next) hbone_conn_drain(e->c);
+}
+
+static void pool_grow(struct pool *p)
+{
+    size_t n = p->n_buckets * 2;
+    struct pool_key **nb = calloc(n, sizeof(*nb));
+    if (!nb) return; /* longer chains, still correct */
+    for (size_t b = 0; b < p->n_buckets; b++)
+        for (struct pool_key *k = p->buckets[b], *next; k; k = next) {
+            next = k->hnext;
+            k->hnext = nb[k->hash & (n - 1)];
+            nb[k->hash & (n - 1)] = k;
+        }
+    free(p->buckets);
+    p->buckets = nb;
+    p->n_buckets = n;
+}
+
+static struct pool_key *key_get(struct pool *p, const struct ip_addr *hop, uint16_t port, const struct ip_addr *src,
+                                const char *sans, bool create)
+{
+    uint64_t h = key_hash(hop, port, src, sans);
+    for (struct pool_key *k = p->buckets[h & (p->n_buckets - 1)]; k; k = k->hnext)
+        if (k->hash == h && k->hop_port == port && ip_equal(&k->hop_ip, hop) && ip_equal(&k->src, src) &&
+            strcmp(k->sans, sans) == 0)
+            return k;
+    if (!create) return NULL;
+    struct pool_key *k = calloc(1, sizeof(*k));
+    if (!k || !(k->sans = strdup(sans))) {
+        free(k);
+        return NULL;
+    }
+    k->hash = h;
+    k->pool = p;
+    k->hop_ip = *hop;
+    k->hop_port = port;
+    k->src = *src;
+    if (p->n_keys >= p->n_buckets) pool_grow(p);
+    k->hnext = p->buckets[h & (p->n_buckets - 1)];
+    p->buckets[h & (p->n_buckets - 1)] = k;
+    p->n_keys++;
+    return k;
+}
+
+static void key_release(struct pool *p, struct pool_key *k)
+{
+    if (k->conns) return;
+    struct pool_key **pp = &p->buckets[k->hash & (p->n_buckets - 1)];
+    while (*pp != k) pp = &(*pp)->hnext;
+    *pp = k->hnext;
+    p->n_keys--;
+    free(k->sans);
+    free(k);
 }
 
 static void entry_closed(struct hbone_conn *c, void *ud, const char *err)
 {
     (void)c;
     struct pool_entry *e = ud;
+    struct pool_key *k = e->k;
     if (err) LOG_D("pool", "connection closed: %s", err);
     if (e->prev)
         e->prev->next = e->next;
     else
-        e->p->head = e->next;
+        k->conns = e->next;
     if (e->next) e->next->prev = e->prev;
-    free(e->sans);
     free(e);
+    key_release(k->pool, k);
 }
 
 static const struct hbone_conn_ops entry_ops = {.on_closed = entry_closed};
@@ -78,46 +197,48 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
                                       const struct hbone_header *hdrs, size_t n_hdrs, int tcp_fd,
                                       const struct hbone_stream_ops *ops, void *ud, const char **err)
 {
-    char *key = join_sans(sans, n_sans);
-    struct hbone_stream *s = NULL;
-    if (!key) goto fail;
-    for (struct pool_entry *e = p->head; e; e = e->next) {
-        if (!same_hop(&e->hop, next_hop) || !ip_equal(&e->src, src_ip) || strcmp(e->sans, key) != 0) continue;
+    struct ip_addr hop;
+    uint16_t port;
+    struct hbone_stream *s;
+    char *joined = join_sans(sans, n_sans);
+    sockaddr_to(next_hop, &hop, &port);
+    struct pool_key *k = joined ? key_get(p, &hop, port, src_ip, joined, true) : NULL;
+    free(joined);
+    if (!k) goto fail;
+    for (struct pool_entry *e = k->conns; e; e = e->next) {
         if (!hbone_conn_usable(e->c)) continue;
         s = hbone_stream_open(e->c, hdrs, n_hdrs, tcp_fd, ops, ud);
         if (s) {
-            free(key);
+            e->idle_since = 0;
             return s;
         }
     }
     int fd = zt_connect(next_hop, NULL);
     if (fd < 0) {
         *err = strerror(-fd);
-        goto fail;
+        goto fail_key;
     }
     struct pool_entry *e = calloc(1, sizeof(*e));
     if (!e) {
         close(fd);
-        goto fail;
+        goto fail_key;
     }
-    e->p = p;
-    e->hop = *next_hop;
-    e->src = *src_ip;
-    e->sans = key;
-    key = NULL;
+    e->k = k;
     e->c = hbone_client_new(p->w->loop, fd, p->w->pp->client_ctx, sans, n_sans, &entry_ops, e);
     if (!e->c) {
-        free(e->sans);
         free(e);
-        goto fail;
+        goto fail_key;
     }
-    e->next = p->head;
-    if (p->head) p->head->prev = e;
-    p->head = e;
+    e->next = k->conns;
+    if (k->conns) k->conns->prev = e;
+    k->conns = e;
     s = hbone_stream_open(e->c, hdrs, n_hdrs, tcp_fd, ops, ud);
     if (s) return s;
+    close(tcp_fd);
+    return NULL;
+fail_key:
+    key_release(p, k);
 fail:
-    free(key);
     close(tcp_fd);
     return NULL;
 }

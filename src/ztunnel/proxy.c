@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,7 +43,35 @@ static void make_baggage(const struct workload *w, const char *ns, const char *n
     append_bag(buf, n, "cloud.availability_zone", w->locality.zone);
 }
 
-int pod_proxy_new(struct pod_proxy **out, struct snapshot *snap, struct cert_provider *prov, const char *ns,
+static int worker_listen(struct worker *w, char *err, size_t errlen);
+
+struct zt_view *zt_view_new(struct snapshot *snap, const char *ns, const char *name, uint64_t version)
+{
+    struct zt_view *v = calloc(1, sizeof(*v));
+    if (!v) return NULL;
+    atomic_init(&v->refs, 1);
+    v->version = version;
+    snapshot_ref(snap);
+    v->snap = snap;
+    v->self = snapshot_workload_by_name(snap, ns, name);
+    v->network = v->self ? v->self->network : "";
+    make_baggage(v->self, ns, name, v->baggage, sizeof(v->baggage));
+    return v;
+}
+
+void zt_view_ref(struct zt_view *v)
+{
+    atomic_fetch_add_explicit(&v->refs, 1, memory_order_relaxed);
+}
+
+void zt_view_unref(struct zt_view *v)
+{
+    if (!v || atomic_fetch_sub_explicit(&v->refs, 1, memory_order_acq_rel) != 1) return;
+    snapshot_unref(v->snap);
+    free(v);
+}
+
+int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, struct cert_provider *prov, const char *ns,
                   const char *name, const char *sa, char *err, size_t errlen)
 {
     struct pod_proxy *pp = calloc(1, sizeof(*pp));
@@ -50,12 +80,9 @@ int pod_proxy_new(struct pod_proxy **out, struct snapshot *snap, struct cert_pro
     snprintf(pp->ns, sizeof(pp->ns), "%s", ns);
     snprintf(pp->name, sizeof(pp->name), "%s", name);
     snprintf(pp->sa, sizeof(pp->sa), "%s", sa);
-    snapshot_ref(snap);
-    pp->snap = snap;
-    pp->self = snapshot_workload_by_name(snap, ns, name);
-    pp->network = pp->self ? pp->self->network : "";
+    pthread_mutex_init(&pp->view_lock, NULL);
     /* The identity comes from the workload info we were started with; the trust domain from the config. */
-    if (spiffe_set(&pp->id, pp->self ? pp->self->trust_domain : NULL, ns, sa) < 0) {
+    if (spiffe_set(&pp->id, view->self ? view->self->trust_domain : NULL, ns, sa) < 0) {
         snprintf(err, errlen, "invalid workload identity %s/%s", ns, sa);
         goto fail;
     }
@@ -71,19 +98,116 @@ int pod_proxy_new(struct pod_proxy **out, struct snapshot *snap, struct cert_pro
         snprintf(err, errlen, "TLS context: %s", tls_errstr(e2, sizeof(e2)));
         goto fail;
     }
-    make_baggage(pp->self, ns, name, pp->baggage, sizeof(pp->baggage));
+    zt_view_ref(view);
+    pp->view = view;
     *out = pp;
     return 0;
 fail:
     if (pp->server_ctx) SSL_CTX_free(pp->server_ctx);
     if (pp->client_ctx) SSL_CTX_free(pp->client_ctx);
     if (pp->cert) tls_cert_unref(pp->cert);
-    snapshot_unref(pp->snap);
     free(pp);
     return -EINVAL;
 }
 
-int worker_listen(struct worker *w, char *err, size_t errlen)
+struct zt_view *pod_proxy_view(struct pod_proxy *pp)
+{
+    pthread_mutex_lock(&pp->view_lock);
+    struct zt_view *v = pp->view;
+    zt_view_ref(v);
+    pthread_mutex_unlock(&pp->view_lock);
+    return v;
+}
+
+/* Runs on the worker: applies what the main thread posted. */
+static void worker_wake_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct worker *w = container_of(io, struct worker, wake);
+    uint64_t n;
+    if (read(io->fd, &n, sizeof(n)) < 0 && errno != EAGAIN) LOG_W("worker", "eventfd: %s", strerror(errno));
+    pthread_mutex_lock(&w->msg_lock);
+    struct zt_view *v = w->msg_view;
+    bool drain = w->msg_drain;
+    w->msg_view = NULL;
+    w->msg_drain = false;
+    pthread_mutex_unlock(&w->msg_lock);
+    if (v) {
+        struct zt_view *old = w->view;
+        w->view = v;
+        inbound_reauthorize(w);
+        zt_view_unref(old);
+    }
+    if (drain && !w->draining) {
+        w->draining = true;
+        for (int i = 0; i < 3 && w->listening; i++) {
+            loop_io_del(w->loop, &w->listeners[i]);
+            close(w->listeners[i].fd);
+            w->listeners[i].fd = -1;
+        }
+        w->listening = false;
+        inbound_drain(w);
+        pool_drain(w->pool);
+    }
+}
+
+int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err, size_t errlen)
+{
+    int rc;
+    w->index = index;
+    w->pp = pp;
+    zt_view_ref(view);
+    w->view = view;
+    pthread_mutex_init(&w->msg_lock, NULL);
+    w->loop = loop_new();
+    if (!w->loop) goto oom;
+    w->pool = pool_new(w);
+    if (!w->pool) goto oom;
+    w->wake = (struct io){.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), .cb = worker_wake_cb};
+    if (w->wake.fd < 0 || (rc = loop_io_add(w->loop, &w->wake, EPOLLIN)) < 0) {
+        snprintf(err, errlen, "eventfd: %s", strerror(errno));
+        return -EIO;
+    }
+    return worker_listen(w, err, errlen);
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+}
+
+static void worker_poke(struct worker *w)
+{
+    uint64_t one = 1;
+    if (write(w->wake.fd, &one, sizeof(one)) < 0) LOG_W("worker", "eventfd write: %s", strerror(errno));
+}
+
+void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v)
+{
+    pthread_mutex_lock(&pp->view_lock);
+    struct zt_view *old = pp->view;
+    zt_view_ref(v);
+    pp->view = v;
+    pthread_mutex_unlock(&pp->view_lock);
+    zt_view_unref(old);
+    for (int i = 0; i < n; i++) {
+        zt_view_ref(v);
+        pthread_mutex_lock(&ws[i].msg_lock);
+        struct zt_view *stale = ws[i].msg_view;
+        ws[i].msg_view = v;
+        pthread_mutex_unlock(&ws[i].msg_lock);
+        zt_view_unref(stale);
+        worker_poke(&ws[i]);
+    }
+}
+
+void worker_post_drain(struct worker *w)
+{
+    pthread_mutex_lock(&w->msg_lock);
+    w->msg_drain = true;
+    pthread_mutex_unlock(&w->msg_lock);
+    worker_poke(w);
+}
+
+static int worker_listen(struct worker *w, char *err, size_t errlen)
 {
     static const uint16_t ports[3] = {PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_HBONE};
     void (*cbs[3])(struct io *, uint32_t) = {outbound_accept, inbound_plain_accept, inbound_hbone_accept};
@@ -101,6 +225,7 @@ int worker_listen(struct worker *w, char *err, size_t errlen)
             return rc;
         }
     }
+    w->listening = true;
     return 0;
 }
 
@@ -146,9 +271,8 @@ uint64_t zt_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-void access_log(struct worker *w, const struct access_rec *r)
+void access_log(const struct access_rec *r)
 {
-    (void)w;
     char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN], sent[24], recv[24], dur[32];
     uint64_t now = zt_now_ms();
     snprintf(sent, sizeof(sent), "%" PRIu64, r->bytes_sent);
@@ -161,6 +285,7 @@ void access_log(struct worker *w, const struct access_rec *r)
         "src.identity", r->src_identity && *r->src_identity ? r->src_identity : NULL,
         "dst.addr", sockaddr_format(&r->dst, dst, sizeof(dst)),
         "dst.hbone_addr", r->hbone_addr,
+        "dst.service", r->dst_svc ? r->dst_svc->hostname : NULL,
         "dst.workload", r->dst_wl ? r->dst_wl->name : NULL,
         "dst.namespace", r->dst_wl ? r->dst_wl->namespace_ : NULL,
         "dst.identity", r->dst_identity && *r->dst_identity ? r->dst_identity : NULL,
@@ -171,4 +296,15 @@ void access_log(struct worker *w, const struct access_rec *r)
         "error", r->error,
     };
     log_kvv(r->error ? LOG_ERROR : LOG_INFO, "access", "connection complete", kv, sizeof(kv) / sizeof(kv[0]) / 2);
+}
+
+uint64_t zt_random(void)
+{
+    static __thread uint64_t x;
+    if (!x && (getrandom(&x, sizeof(x), 0) != sizeof(x) || !x)) x = zt_now_ms() | 1;
+    /* xorshift64*: fast, and good enough for load-balancing choices and trace ids. */
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    return x * 0x2545F4914F6CDD1DULL;
 }

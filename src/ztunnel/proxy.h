@@ -1,8 +1,10 @@
 /* The ztunnel proxy: the listener set of one pod (15001 outbound, 15006 inbound plaintext, 15008 inbound
- * HBONE) and the per-worker state that serves it. A pod_proxy is read-only once built and shared by all
- * workers; each worker has its own loop, listener sockets (SO_REUSEPORT) and connection pool. */
+ * HBONE) and the per-worker state that serves it. A pod_proxy (identity, certificate, TLS contexts) is
+ * read-only once built and shared by all workers; the config is a refcounted view that is swapped as a
+ * whole on reload. Each worker has its own loop, listener sockets (SO_REUSEPORT) and connection pool. */
 #pragma once
 #include <openssl/ssl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -18,51 +20,92 @@
 #define PORT_SOCKS5 15080
 #define ZT_MARK 0x539
 
-/* One pod's identity, certificates and config; immutable after pod_proxy_new. */
+/* One loaded config as this pod sees it. Immutable; refcounted; a connection keeps the view it started
+ * with, so a reload never changes what an open connection points to. */
+struct zt_view {
+    _Atomic int refs;
+    uint64_t version;
+    struct snapshot *snap;       /* reference held */
+    const struct workload *self; /* in snap; NULL when the config does not list this pod */
+    const char *network;         /* self's network, "" by default */
+    char baggage[1024];          /* this pod's baggage header value */
+};
+
+/* Builds a view of snap (a reference is taken) for the pod ns/name. Returns NULL on OOM. */
+struct zt_view *zt_view_new(struct snapshot *snap, const char *ns, const char *name, uint64_t version);
+void zt_view_ref(struct zt_view *v);
+void zt_view_unref(struct zt_view *v);
+
+/* One pod's identity and certificates; immutable after pod_proxy_new. */
 struct pod_proxy {
     char ns[128], name[128], sa[128];
     struct spiffe_id id;
     char id_uri[SPIFFE_MAX];
-    struct snapshot *snap;        /* reference held */
-    const struct workload *self;  /* in snap; NULL when the config does not list this pod */
-    const char *network;          /* self's network, "" by default */
-    struct tls_cert *cert;        /* reference held */
+    struct tls_cert *cert; /* reference held */
     SSL_CTX *server_ctx, *client_ctx;
-    char baggage[1024];           /* this pod's baggage header value */
+    /* The current view, for threads other than the workers (admin). Workers get theirs by message. */
+    pthread_mutex_t view_lock;
+    struct zt_view *view;
 };
 
 struct pool;
+struct in_conn;
+struct in_stream;
+struct plain_conn;
 
-/* Per-thread state: one loop, this worker's listeners and pool. */
+/* Per-thread state: one loop, this worker's listeners, pool and live connections. */
 struct worker {
     int index;
+    pthread_t thread;
     struct loop *loop;
     struct pod_proxy *pp;
+    struct zt_view *view; /* this worker's current view (reference held) */
     struct io listeners[3];
+    bool listening;
     struct pool *pool;
-    _Atomic uint64_t active;
+    /* Messages from the main thread: a new view or a drain request, signalled through an eventfd. */
+    struct io wake;
+    pthread_mutex_t msg_lock;
+    struct zt_view *msg_view;
+    bool msg_drain;
+    bool draining;
+    /* Live connections, for policy re-evaluation and drain. */
+    struct in_conn *in_conns;
+    struct in_stream *in_streams;
+    struct plain_conn *plain_conns;
+    _Atomic uint64_t active; /* open client-facing connections, read by the main thread */
 };
 
-/* Builds the pod proxy for namespace/name/sa from snap (borrowed reference taken) and the provider.
- * Returns 0 or -errno with err filled. */
-int pod_proxy_new(struct pod_proxy **out, struct snapshot *snap, struct cert_provider *prov, const char *ns,
+/* Builds the pod proxy for namespace/name/sa (trust domain from view's workload). Returns 0 or -errno. */
+int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, struct cert_provider *prov, const char *ns,
                   const char *name, const char *sa, char *err, size_t errlen);
-/* Opens this worker's listeners (SO_REUSEPORT) and registers them with its loop. Returns 0 or -errno. */
-int worker_listen(struct worker *w, char *err, size_t errlen);
+/* Returns a new reference to the current view (any thread). */
+struct zt_view *pod_proxy_view(struct pod_proxy *pp);
+/* Sets up worker w (loop, eventfd, pool, listeners). Returns 0 or -errno with err filled. */
+int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err, size_t errlen);
+/* Hands a new view to every worker (each takes its own reference) and records it as current. */
+void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v);
+/* Asks a worker to stop accepting and drain its connections. */
+void worker_post_drain(struct worker *w);
 
 /* Outbound (15001) and inbound (15006, 15008) accept handlers. */
 void outbound_accept(struct io *io, uint32_t ev);
 void inbound_plain_accept(struct io *io, uint32_t ev);
 void inbound_hbone_accept(struct io *io, uint32_t ev);
+/* Inbound: re-checks live connections after a view change and closes those the policies now deny. */
+void inbound_reauthorize(struct worker *w);
+/* Inbound: sends GOAWAY on every HBONE connection (drain). */
+void inbound_drain(struct worker *w);
 
 /* The HBONE connection pool of one worker (reference §1.5). */
 struct pool *pool_new(struct worker *w);
+void pool_drain(struct pool *p);
 struct hbone_stream;
 struct hbone_stream_ops;
 struct hbone_header;
 /* Opens a CONNECT stream to next_hop (expecting one of the SANs), reusing a pooled connection with room or
  * dialing a new one; concurrent first streams to one key share one handshake. Takes tcp_fd. Returns the
- * stream, or NULL with errno-style reason in *err (tcp_fd closed). */
+ * stream, or NULL with a reason in *err (tcp_fd closed). */
 struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_storage *next_hop,
                                       const char *const *sans, size_t n_sans, const struct ip_addr *src_ip,
                                       const struct hbone_header *hdrs, size_t n_hdrs, int tcp_fd,
@@ -79,17 +122,21 @@ static inline bool zt_illegal_port(uint16_t p)
  * IP_TRANSPARENT/IP_FREEBIND (best effort), then starts connecting. Returns fd or -errno. */
 int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src);
 
-/* Writes a "connection complete"/"connection failed" access log line. Any string may be NULL. */
+/* What an access log line says about one connection. Any string may be NULL. */
 struct access_rec {
     const char *direction;
-    struct sockaddr_storage src, dst;   /* dst: the L4 next hop */
-    const char *hbone_addr;             /* authority, or NULL */
+    struct sockaddr_storage src, dst; /* dst: the L4 next hop */
+    const char *hbone_addr;           /* authority, or NULL */
     const struct workload *src_wl, *dst_wl;
+    const struct service *dst_svc;
     const char *src_identity, *dst_identity;
-    uint64_t bytes_sent, bytes_recv;    /* from the client's point of view: sent = to the client */
+    uint64_t bytes_sent, bytes_recv; /* from the client's point of view: sent = to the client */
     uint64_t start_ms;
     const char *error;
 };
-void access_log(struct worker *w, const struct access_rec *r);
+/* Writes a "connection complete" access log line (INFO, or ERROR with error=). */
+void access_log(const struct access_rec *r);
 /* Monotonic milliseconds. */
 uint64_t zt_now_ms(void);
+/* Random 64-bit value (per-thread xorshift seeded from getrandom). */
+uint64_t zt_random(void);

@@ -1,0 +1,55 @@
+/* ztunnel's L4 telemetry: Istio's TCP metrics (reference §7) in a registry shared by all worker threads, and
+ * their Prometheus / OpenMetrics rendering for :15020/metrics.
+ *
+ * Cost model: a connection resolves its label set once (metrics_conn_open: one label string build, one hash
+ * lookup under a mutex, no allocation when the set exists) and then adds bytes with relaxed atomics, so the
+ * counters move while a long connection is still open. Label sets are never freed while the process runs. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mesh/model.h"
+
+/* The facts a connection knows. Everything is borrowed and only read during the call. */
+struct conn_info {
+    bool inbound;                           /* reporter "destination" (inbound) or "source" (outbound) */
+    const struct workload *src_wl, *dst_wl; /* may be NULL */
+    /* Full spiffe:// ids or NULL. src_principal is the verified mTLS peer only (Istio never derives it from the
+     * source workload). dst_principal is used only when dst_wl is NULL: with a known destination workload the
+     * label is that workload's identity, as Istio does. */
+    const char *src_principal, *dst_principal;
+    const struct service *dst_svc; /* may be NULL */
+    bool mtls;                     /* connection_security_policy: mutual_tls, else unknown */
+};
+
+/* The counters of one label set; owned by the registry, never freed while running. */
+struct metric_set;
+
+/* Counts a connection open (response_flags "-") and returns the set to add bytes to. Thread-safe.
+ * NULL only on ENOMEM (every other metrics_* call accepts NULL and does nothing). */
+struct metric_set *metrics_conn_open(const struct conn_info *ci);
+
+/* Adds bytes to the set: received = downstream->upstream, sent = upstream->downstream. Relaxed atomics. */
+void metrics_add_bytes(struct metric_set *m, uint64_t received, uint64_t sent);
+
+/* Counts the close under the label set of ci with response_flags = flags ("-" when clean, "DENY", "CONNECT",
+ * "TLS_FAILURE"...; NULL means "-"); also counts istio_tcp_connections_failed_total there when failed.
+ * ci's pointers must still be valid (the connection holds its snapshot). Thread-safe. */
+void metrics_conn_close(const struct conn_info *ci, const char *flags, bool failed);
+
+/* Same as metrics_conn_close, for a connection that kept only the set metrics_conn_open returned: the label
+ * set is that one with response_flags replaced by flags. Needs no conn_info. Thread-safe. */
+void metrics_set_close(struct metric_set *m, const char *flags, bool failed);
+
+/* Sets the tag label of istio_build{component="ztunnel",tag=...} (copied; default "unknown"). Call before
+ * the first render. */
+void metrics_set_build_tag(const char *tag);
+
+/* Renders every metric: OpenMetrics 1.0 (family names without _total in HELP/TYPE, "# EOF" last) when
+ * openmetrics, else Prometheus text 0.0.4. Returns a malloc'd NUL-terminated buffer (caller frees) and its
+ * length in *len, or NULL on ENOMEM. */
+char *metrics_render(bool openmetrics, size_t *len);
+
+/* Content-Type to send with metrics_render's output. */
+const char *metrics_content_type(bool openmetrics);
