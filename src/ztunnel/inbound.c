@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/relay.h"
 #include "h2/hbone.h"
+#include "mesh/authz.h"
 #include "ztunnel/proxy.h"
 
 #define APP_CONNECT_TIMEOUT_MS 10000
@@ -53,7 +54,20 @@ struct in_stream {
     char authority[SOCKADDR_STRLEN];
     char peer_id[SPIFFE_MAX];
     char dst_id[SPIFFE_MAX];
+    struct authz_conn az; /* what the policies judge; kept to re-check on policy changes */
+    bool authorized;
 };
+
+/* Applies the view's policies to a connection to the workload at az->dst_ip. */
+static bool authorized(const struct zt_view *v, const struct authz_conn *az)
+{
+    const struct workload *dst = snapshot_workload_by_ip(v->snap, v->network, &az->dst_ip);
+    const char *policy = NULL;
+    if (!dst) return true; /* nothing to enforce on an unknown destination; it gets 503 anyway */
+    if (authz_check(v->snap, dst, az, &policy) == AUTHZ_ALLOW) return true;
+    LOG_D("authz", "denied by %s", policy ? policy : "no matching ALLOW policy");
+    return false;
+}
 
 static void in_conn_put(struct in_conn *ic)
 {
@@ -83,7 +97,9 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     is->rec.bytes_recv = r->bytes_to_tcp;
     is->rec.bytes_sent = r->bytes_to_h2;
     char err[96];
-    if (!r->error && r->status != 200) {
+    if (!r->error && r->status == 401) {
+        is->rec.error = "connection closed due to policy rejection";
+    } else if (!r->error && r->status != 200) {
         snprintf(err, sizeof(err), "rejected with HTTP status %d", r->status);
         is->rec.error = err;
     } else {
@@ -193,6 +209,13 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         hbone_stream_respond(s, 503, -1, NULL, 0);
         return;
     }
+    is->az = (struct authz_conn){.src_ip = peer_ip, .dst_ip = aip, .dst_port = aport,
+                                 .src_identity = is->peer_id[0] ? is->peer_id : NULL};
+    if (!authorized(v, &is->az)) {
+        hbone_stream_respond(s, 401, -1, NULL, 0); /* RBAC deny: 401, flag DENY (reference §1.3) */
+        return;
+    }
+    is->authorized = true;
     struct sockaddr_storage app;
     sockaddr_from(&app, &aip, aport);
     int fd = zt_connect(&app, &peer_ip);
@@ -260,6 +283,7 @@ struct plain_conn {
     struct zt_view *view;
     struct relay *relay;
     struct access_rec rec;
+    struct authz_conn az; /* plaintext: no identity */
 };
 
 static void plain_free(struct plain_conn *pc)
@@ -317,6 +341,13 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
             plain_free(pc);
             continue;
         }
+        pc->az = (struct authz_conn){.src_ip = sip, .dst_ip = dip, .dst_port = dport, .src_identity = NULL};
+        if (!authorized(v, &pc->az)) {
+            close(fd);
+            pc->rec.error = "connection closed due to policy rejection";
+            plain_free(pc);
+            continue;
+        }
         int up = zt_connect(&dst, &sip);
         if (up < 0) {
             close(fd);
@@ -334,9 +365,19 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
     }
 }
 
+/* A policy change re-evaluates live connections; those now denied are closed (Istio's
+ * AuthorizationPolicyLateRejection). */
 void inbound_reauthorize(struct worker *w)
 {
-    (void)w; /* policies: see the authorization integration */
+    for (struct in_stream *is = w->in_streams, *next; is; is = next) {
+        next = is->next;
+        if (is->authorized && !authorized(w->view, &is->az))
+            hbone_stream_reset(is->s, "connection closed due to policy change");
+    }
+    for (struct plain_conn *pc = w->plain_conns, *next; pc; pc = next) {
+        next = pc->next;
+        if (!authorized(w->view, &pc->az)) relay_abort(pc->relay, "connection closed due to policy change");
+    }
 }
 
 void inbound_drain(struct worker *w)
