@@ -1,0 +1,784 @@
+/* Unit tests for HBONE (src/h2/hbone.c): an in-process client and server on one loop, over a real TCP loopback
+ * connection, with real certificates minted by the local CA. The "apps" at both ends of a tunnel are socketpairs
+ * driven by the same loop; they move a position-dependent byte pattern so loss, duplication or reordering is
+ * caught. Every wait is bounded: the loop runs until a condition holds or a safety timeout stops it. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "core/loop.h"
+#include "core/net.h"
+#include "h2/hbone.h"
+#include "tls/ca.h"
+#include "tls/spiffe.h"
+#include "tls/tls.h"
+
+#define ID_SERVER "spiffe://cluster.local/ns/default/sa/server"
+#define ID_CLIENT "spiffe://cluster.local/ns/default/sa/client"
+#define ID_OTHER "spiffe://cluster.local/ns/default/sa/other"
+#define MIB (1u << 20)
+#define MAX_STREAMS 160
+
+static char dir[64];
+static struct cert_provider *ca;
+static struct tls_cert *cert_server, *cert_client;
+static SSL_CTX *sctx, *cctx;
+static struct loop *L;
+
+/* ---- running the loop until a condition holds ---- */
+
+struct waiter {
+    struct timer tick, safety;
+    bool (*pred)(void);
+    bool met;
+};
+
+static void tick_cb(struct timer *t)
+{
+    struct waiter *w = container_of(t, struct waiter, tick);
+    if (w->pred && w->pred()) {
+        w->met = true;
+        loop_stop(L);
+        return;
+    }
+    timer_start(L, &w->tick, 1);
+}
+
+static void safety_cb(struct timer *t)
+{
+    (void)t;
+    loop_stop(L);
+}
+
+/* Runs the loop until pred() is true (checked every millisecond) or timeout_ms passes; pred NULL just runs for
+ * timeout_ms. Returns whether pred became true. */
+static bool run_until(bool (*pred)(void), uint64_t timeout_ms)
+{
+    struct waiter w = {.tick = {.cb = tick_cb}, .safety = {.cb = safety_cb}, .pred = pred};
+    timer_start(L, &w.tick, 0);
+    timer_start(L, &w.safety, timeout_ms);
+    loop_run(L);
+    timer_stop(L, &w.tick);
+    timer_stop(L, &w.safety);
+    return w.met;
+}
+
+/* ---- pattern apps (one end of a socketpair; the other end is the tunnel's TCP side) ---- */
+
+static uint8_t pat(int dir_id, uint64_t i)
+{
+    return (uint8_t)(i * 7 + (i >> 11) * 13 + (uint64_t)dir_id * 101);
+}
+
+struct app {
+    struct io io;
+    bool used, registered;
+    int dir_out, dir_in;
+    uint64_t to_send, sent, recvd;
+    uint64_t extra_after_eof; /* appended to to_send when EOF is read (a reply after the half-close) */
+    bool shut_after_eof;      /* send FIN only once EOF was read */
+    bool eof, shut, bad;
+    int err;
+    int peer_done_at_eof; /* the opposite stream's on_done count when this app read EOF */
+    const int *peer_done;
+};
+
+static void app_update(struct app *a)
+{
+    uint32_t ev = 0;
+    if (!a->eof && !a->err) ev |= EPOLLIN;
+    if (a->sent < a->to_send && !a->err) ev |= EPOLLOUT;
+    if (!ev) {
+        if (a->registered) loop_io_del(L, &a->io);
+        a->registered = false;
+        return;
+    }
+    if (!a->registered) {
+        if (loop_io_add(L, &a->io, ev) == 0) a->registered = true;
+        return;
+    }
+    loop_io_mod(L, &a->io, ev);
+}
+
+static void app_maybe_shut(struct app *a)
+{
+    if (a->shut || a->sent < a->to_send) return;
+    if (a->shut_after_eof && !a->eof) return;
+    shutdown(a->io.fd, SHUT_WR);
+    a->shut = true;
+}
+
+static void app_cb(struct io *io, uint32_t ev)
+{
+    struct app *a = container_of(io, struct app, io);
+    static uint8_t buf[65536];
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        for (;;) {
+            ssize_t n = recv(io->fd, buf, sizeof(buf), 0);
+            if (n > 0) {
+                for (ssize_t i = 0; i < n; i++)
+                    if (buf[i] != pat(a->dir_in, a->recvd + (uint64_t)i)) a->bad = true;
+                a->recvd += (uint64_t)n;
+                continue;
+            }
+            if (n == 0) {
+                a->eof = true;
+                a->to_send += a->extra_after_eof;
+                if (a->peer_done) a->peer_done_at_eof = *a->peer_done;
+            } else if (errno != EAGAIN) {
+                a->err = errno;
+            }
+            break;
+        }
+    }
+    while (a->sent < a->to_send && !a->err) {
+        size_t n = a->to_send - a->sent < sizeof(buf) ? (size_t)(a->to_send - a->sent) : sizeof(buf);
+        for (size_t i = 0; i < n; i++) buf[i] = pat(a->dir_out, a->sent + i);
+        ssize_t w = send(io->fd, buf, n, MSG_NOSIGNAL);
+        if (w > 0) {
+            a->sent += (uint64_t)w;
+            continue;
+        }
+        if (w < 0 && errno != EAGAIN) a->err = errno;
+        break;
+    }
+    app_maybe_shut(a);
+    app_update(a);
+}
+
+static void app_init(struct app *a, int fd, int dir_out, int dir_in, uint64_t to_send)
+{
+    memset(a, 0, sizeof(*a));
+    a->used = true;
+    a->io.fd = fd;
+    a->io.cb = app_cb;
+    a->dir_out = dir_out;
+    a->dir_in = dir_in;
+    a->to_send = to_send;
+}
+
+/* Starts (or re-kicks after changing to_send/shut_after_eof) an app. */
+static void app_go(struct app *a)
+{
+    app_cb(&a->io, 0);
+}
+
+static void app_close(struct app *a)
+{
+    if (!a->used) return;
+    if (a->registered) loop_io_del(L, &a->io);
+    a->registered = false;
+    close(a->io.fd);
+    a->used = false;
+}
+
+/* ---- server side ---- */
+
+struct srv_stream {
+    struct app app;
+    int done_calls;
+    struct hbone_result res;
+    char err[256];
+};
+
+static struct {
+    struct io lio;
+    int lfd;
+    uint16_t port;
+    struct hbone_conn *conn;
+    int accepted, closed_calls;
+    int requests, bad_requests;
+    int done_total;
+    char last_authority[64];
+    /* Template for the apps behind accepted streams. */
+    uint64_t app_send, app_extra;
+    bool app_shut_after_eof;
+    const int *app_peer_done;
+    struct srv_stream st[MAX_STREAMS];
+} srv;
+
+static void srv_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct srv_stream *ss = ud;
+    ss->done_calls++;
+    ss->res = *r;
+    snprintf(ss->err, sizeof(ss->err), "%s", r->error ? r->error : "");
+    ss->res.error = r->error ? ss->err : NULL;
+    srv.done_total++;
+}
+
+static const struct hbone_stream_ops srv_stream_ops = {.on_done = srv_stream_done};
+
+static void srv_on_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
+{
+    (void)ud;
+    int i = srv.requests++;
+    if (i >= MAX_STREAMS) {
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    struct srv_stream *ss = &srv.st[i];
+    memset(ss, 0, sizeof(*ss));
+    hbone_stream_set_ops(s, &srv_stream_ops, ss);
+    snprintf(srv.last_authority, sizeof(srv.last_authority), "%s", req->authority);
+    /* The request as the client built it: CONNECT, the authority, our extra header in lower case. */
+    bool hdr_ok = false;
+    for (size_t k = 0; k < req->n_headers; k++)
+        if (strcmp(req->headers[k].name, "x-zmesh-test") == 0 && strcmp(req->headers[k].value, "hello") == 0)
+            hdr_ok = true;
+    struct ip_addr ip;
+    uint16_t port;
+    if (strcmp(req->method, "CONNECT") != 0 || !hdr_ok ||
+        authority_parse(req->authority, strlen(req->authority), &ip, &port) < 0) {
+        srv.bad_requests++;
+        hbone_stream_respond(s, 400, -1, NULL, 0);
+        return;
+    }
+    /* The port picks the answer, so one server serves every test case. */
+    if (port == 400 || port == 503) {
+        hbone_stream_respond(s, port, -1, NULL, 0);
+        return;
+    }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    app_init(&ss->app, sv[1], 2, 1, srv.app_send);
+    ss->app.extra_after_eof = srv.app_extra;
+    ss->app.shut_after_eof = srv.app_shut_after_eof;
+    ss->app.peer_done = srv.app_peer_done;
+    hbone_stream_respond(s, 200, sv[0], NULL, 0);
+    app_go(&ss->app);
+}
+
+static void srv_on_closed(struct hbone_conn *c, void *ud, const char *err)
+{
+    (void)ud, (void)err;
+    srv.closed_calls++;
+    if (c == srv.conn) srv.conn = NULL;
+}
+
+static const struct hbone_conn_ops srv_ops = {.on_closed = srv_on_closed, .on_request = srv_on_request};
+
+static void accept_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    for (;;) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;
+        struct hbone_conn *c = hbone_server_new(L, fd, sctx, &srv_ops, NULL);
+        if (c) {
+            srv.conn = c;
+            srv.accepted++;
+        }
+    }
+}
+
+/* ---- client side ---- */
+
+struct cli_stream {
+    struct app app;
+    struct hbone_stream *s;
+    int resp_calls, resp_status, done_calls;
+    struct hbone_result res;
+    char err[256];
+};
+
+static struct {
+    struct hbone_conn *c;
+    int ready_calls, closed_calls;
+    bool closed_err_set, established_at_close;
+    char closed_err[512];
+    int resp_total, resp_200, done_total;
+    struct cli_stream st[MAX_STREAMS];
+    int n_st;
+} cli;
+
+static void cli_on_ready(struct hbone_conn *c, void *ud)
+{
+    (void)c, (void)ud;
+    cli.ready_calls++;
+}
+
+static void cli_on_closed(struct hbone_conn *c, void *ud, const char *err)
+{
+    (void)ud;
+    cli.closed_calls++;
+    cli.closed_err_set = err != NULL;
+    cli.established_at_close = hbone_conn_established(c);
+    snprintf(cli.closed_err, sizeof(cli.closed_err), "%s", err ? err : "");
+    if (c == cli.c) cli.c = NULL;
+}
+
+static const struct hbone_conn_ops cli_ops = {.on_ready = cli_on_ready, .on_closed = cli_on_closed};
+
+static void cli_stream_response(struct hbone_stream *s, void *ud, int status)
+{
+    (void)s;
+    struct cli_stream *cs = ud;
+    cs->resp_calls++;
+    cs->resp_status = status;
+    cli.resp_total++;
+    if (status == 200) cli.resp_200++;
+}
+
+static void cli_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct cli_stream *cs = ud;
+    cs->done_calls++;
+    cs->res = *r;
+    snprintf(cs->err, sizeof(cs->err), "%s", r->error ? r->error : "");
+    cs->res.error = r->error ? cs->err : NULL;
+    cs->s = NULL;
+    cli.done_total++;
+}
+
+static const struct hbone_stream_ops cli_stream_ops = {.on_done = cli_stream_done,
+                                                       .on_response = cli_stream_response};
+
+static void cli_connect(const char *expected)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.port),
+                             .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    assert_true(rc == 0 || errno == EINPROGRESS);
+    const char *exp[1] = {expected};
+    cli.c = hbone_client_new(L, fd, cctx, exp, 1, &cli_ops, NULL);
+    assert_non_null(cli.c);
+}
+
+/* Opens a stream to 127.0.0.1:port with an app that sends to_send bytes. Returns the stream slot, or NULL when
+ * the conn refused the stream (the fd is then checked to still be ours, and closed). */
+static struct cli_stream *cli_open(uint16_t port, uint64_t to_send, bool shut_after_eof)
+{
+    assert_true(cli.n_st < MAX_STREAMS);
+    struct cli_stream *cs = &cli.st[cli.n_st];
+    memset(cs, 0, sizeof(*cs));
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    char auth[32];
+    snprintf(auth, sizeof(auth), "127.0.0.1:%u", port);
+    struct hbone_header h[] = {{":authority", auth}, {"x-zmesh-test", "hello"}};
+    cs->s = hbone_stream_open(cli.c, h, 2, sv[0], &cli_stream_ops, cs);
+    if (!cs->s) {
+        assert_true(fcntl(sv[0], F_GETFD) >= 0); /* "tcp_fd untouched" */
+        close(sv[0]);
+        close(sv[1]);
+        return NULL;
+    }
+    cli.n_st++;
+    app_init(&cs->app, sv[1], 1, 2, to_send);
+    cs->app.shut_after_eof = shut_after_eof;
+    app_go(&cs->app);
+    return cs;
+}
+
+/* ---- fixtures ---- */
+
+static struct tls_cert *fetch(const char *uri)
+{
+    struct spiffe_id id;
+    char err[256] = "";
+    if (spiffe_parse(uri, strlen(uri), &id) < 0) return NULL;
+    struct tls_cert *c = ca->fetch(ca, &id, err, sizeof(err));
+    if (!c) print_error("fetch %s: %s\n", uri, err);
+    return c;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    char err[256];
+    strcpy(dir, "/tmp/zmesh-hbone-XXXXXX");
+    if (!mkdtemp(dir)) return -1;
+    if (ca_write_root(dir, NULL, err, sizeof(err)) < 0 || !(ca = ca_local_new(dir, err, sizeof(err)))) {
+        print_error("CA: %s\n", err);
+        return -1;
+    }
+    if (!(cert_server = fetch(ID_SERVER)) || !(cert_client = fetch(ID_CLIENT))) return -1;
+    if (!(sctx = tls_server_ctx_new(cert_server)) || !(cctx = tls_client_ctx_new(cert_client))) {
+        print_error("SSL_CTX: %s\n", tls_errstr(err, sizeof(err)));
+        return -1;
+    }
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    char p[128];
+    SSL_CTX_free(sctx);
+    SSL_CTX_free(cctx);
+    tls_cert_unref(cert_server);
+    tls_cert_unref(cert_client);
+    if (ca) ca->destroy(ca);
+    snprintf(p, sizeof(p), "%s/root-cert.pem", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/root-key.pem", dir);
+    unlink(p);
+    rmdir(dir);
+    return 0;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&srv, 0, sizeof(srv));
+    memset(&cli, 0, sizeof(cli));
+    L = loop_new();
+    if (!L) return -1;
+    srv.lfd = net_listen_local(0, 128);
+    if (srv.lfd < 0) return -1;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    struct ip_addr ip;
+    getsockname(srv.lfd, (struct sockaddr *)&ss, &len);
+    sockaddr_to(&ss, &ip, &srv.port);
+    srv.lio = (struct io){.fd = srv.lfd, .cb = accept_cb};
+    return loop_io_add(L, &srv.lio, EPOLLIN);
+}
+
+static bool both_closed(void)
+{
+    return !cli.c && !srv.conn;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (cli.c) hbone_conn_close(cli.c, "test teardown");
+    run_until(both_closed, 2000);
+    if (srv.conn) hbone_conn_close(srv.conn, "test teardown");
+    run_until(NULL, 5); /* deferred frees */
+    for (int i = 0; i < MAX_STREAMS; i++) {
+        app_close(&cli.st[i].app);
+        app_close(&srv.st[i].app);
+    }
+    loop_io_del(L, &srv.lio);
+    close(srv.lfd);
+    loop_free(L);
+    L = NULL;
+    return 0;
+}
+
+/* ---- tests ---- */
+
+static bool bulk_done(void)
+{
+    return cli.st[0].app.eof && srv.st[0].app.eof && cli.st[0].done_calls && srv.st[0].done_calls;
+}
+
+/* 3 MiB each way (more than half the 4 MiB stream window, over several window updates), then a half-close:
+ * the client app's FIN reaches the server app as EOF, and the server's reply written after that EOF still
+ * arrives before the tunnel closes. */
+static void test_bulk_and_half_close(void **state)
+{
+    (void)state;
+    const uint64_t n = 3 * MIB, reply = 4096;
+    srv.app_send = n;
+    srv.app_extra = reply;
+    srv.app_shut_after_eof = true;
+    srv.app_peer_done = &cli.st[0].done_calls;
+    cli_connect(ID_SERVER);
+    assert_true(hbone_conn_usable(cli.c));
+    assert_false(hbone_conn_ready(cli.c));
+    struct cli_stream *cs = cli_open(8080, n, false); /* FIN right after the last byte */
+    assert_non_null(cs);
+    assert_int_equal(hbone_conn_streams(cli.c), 1); /* queued during the handshake */
+    assert_true(run_until(bulk_done, 30000));
+
+    assert_int_equal(cli.ready_calls, 1);
+    assert_int_equal(srv.requests, 1);
+    assert_int_equal(srv.bad_requests, 0);
+    assert_string_equal(srv.last_authority, "127.0.0.1:8080");
+    struct app *ca_app = &cs->app, *sa_app = &srv.st[0].app;
+    assert_false(ca_app->bad);
+    assert_false(sa_app->bad);
+    assert_int_equal(ca_app->err, 0);
+    assert_int_equal(sa_app->err, 0);
+    assert_int_equal(sa_app->recvd, n);
+    assert_int_equal(ca_app->recvd, n + reply);
+    assert_int_equal(sa_app->sent, n + reply);
+    assert_int_equal(sa_app->peer_done_at_eof, 0); /* the client stream was alive when the server saw EOF */
+    /* Exact counts and clean ends on both sides. */
+    assert_int_equal(cs->resp_calls, 1);
+    assert_int_equal(cs->resp_status, 200);
+    assert_int_equal(cs->done_calls, 1);
+    assert_int_equal(cs->res.status, 200);
+    assert_int_equal(cs->res.bytes_to_h2, n);
+    assert_int_equal(cs->res.bytes_to_tcp, n + reply);
+    assert_null(cs->res.error);
+    struct srv_stream *ss = &srv.st[0];
+    assert_int_equal(ss->done_calls, 1);
+    assert_int_equal(ss->res.status, 200);
+    assert_int_equal(ss->res.bytes_to_tcp, n);
+    assert_int_equal(ss->res.bytes_to_h2, n + reply);
+    assert_null(ss->res.error);
+    /* Identities both ways. */
+    assert_non_null(cli.c);
+    assert_non_null(srv.conn);
+    assert_true(hbone_conn_ready(cli.c));
+    assert_true(hbone_conn_established(cli.c));
+    assert_string_equal(hbone_conn_peer_id(cli.c), ID_SERVER);
+    assert_string_equal(hbone_conn_peer_id(srv.conn), ID_CLIENT);
+    assert_int_equal(hbone_conn_streams(cli.c), 0);
+    assert_int_equal(hbone_conn_streams(srv.conn), 0);
+    /* The conn outlives its streams (pooling) and still takes new ones. */
+    assert_true(hbone_conn_usable(cli.c));
+    /* A client close ends the server conn too. */
+    hbone_conn_close(cli.c, NULL);
+    assert_int_equal(cli.closed_calls, 1);
+    assert_false(cli.closed_err_set);
+    assert_true(run_until(both_closed, 5000));
+    assert_int_equal(srv.closed_calls, 1);
+}
+
+static bool errors_done(void)
+{
+    return cli.done_total == 3 && srv.done_total == 3 && cli.st[0].app.eof && cli.st[1].app.eof;
+}
+
+static void test_error_status(void **state)
+{
+    (void)state;
+    cli_connect(ID_SERVER);
+    struct cli_stream *s400 = cli_open(400, 0, true);
+    struct cli_stream *s503 = cli_open(503, 0, true);
+    /* A request the server finds malformed: the authority is not ip:port. */
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+    struct cli_stream *sbad = &cli.st[cli.n_st++];
+    memset(sbad, 0, sizeof(*sbad));
+    struct hbone_header h[] = {{":authority", "example.com:80"}, {"x-zmesh-test", "hello"}};
+    sbad->s = hbone_stream_open(cli.c, h, 2, sv[0], &cli_stream_ops, sbad);
+    assert_non_null(sbad->s);
+    app_init(&sbad->app, sv[1], 1, 2, 0);
+    sbad->app.shut_after_eof = true;
+    app_go(&sbad->app);
+    assert_non_null(s400);
+    assert_non_null(s503);
+    assert_true(run_until(errors_done, 10000));
+
+    assert_int_equal(s400->resp_calls, 1);
+    assert_int_equal(s400->resp_status, 400);
+    assert_int_equal(s400->done_calls, 1);
+    assert_int_equal(s400->res.status, 400);
+    assert_non_null(s400->res.error);
+    assert_non_null(strstr(s400->res.error, "400"));
+    assert_int_equal(s400->res.bytes_to_h2, 0);
+    assert_int_equal(s400->res.bytes_to_tcp, 0);
+    assert_true(s400->app.eof); /* the client-side tcp fd was closed */
+    assert_int_equal(s400->app.recvd, 0);
+
+    assert_int_equal(s503->res.status, 503);
+    assert_non_null(s503->res.error);
+    assert_true(s503->app.eof);
+
+    assert_int_equal(sbad->res.status, 400);
+    assert_int_equal(srv.bad_requests, 1);
+
+    /* The server saw each stream end with the status it sent. */
+    int seen400 = 0, seen503 = 0;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(srv.st[i].done_calls, 1);
+        if (srv.st[i].res.status == 400) seen400++;
+        if (srv.st[i].res.status == 503) seen503++;
+    }
+    assert_int_equal(seen400, 2);
+    assert_int_equal(seen503, 1);
+    /* Error responses end streams, not the connection. */
+    assert_non_null(cli.c);
+    assert_true(hbone_conn_usable(cli.c));
+    assert_int_equal(hbone_conn_streams(cli.c), 0);
+    assert_int_equal(cli.closed_calls, 0);
+}
+
+/* The tunnel's end of the socketpair was closed: EOF, or ECONNRESET when the app had sent bytes nobody read. */
+static bool app_peer_closed(const struct app *a)
+{
+    return a->eof || a->err == ECONNRESET;
+}
+
+static bool cli_closed(void)
+{
+    return cli.closed_calls > 0 && app_peer_closed(&cli.st[0].app);
+}
+
+static void test_san_mismatch(void **state)
+{
+    (void)state;
+    cli_connect(ID_OTHER);
+    struct cli_stream *cs = cli_open(8080, 100, false);
+    assert_non_null(cs);
+    bool ok = run_until(cli_closed, 10000);
+    if (!ok)
+        print_error("closed_calls %d err \"%s\" stream done %d app eof %d srv requests %d\n", cli.closed_calls,
+                    cli.closed_err, cs->done_calls, cs->app.eof, srv.requests);
+    assert_true(ok);
+    assert_int_equal(cli.closed_calls, 1);
+    assert_true(cli.closed_err_set);
+    if (!strstr(cli.closed_err, "identity")) print_error("closed with: %s\n", cli.closed_err);
+    assert_non_null(strstr(cli.closed_err, "identity"));
+    assert_false(cli.established_at_close);
+    assert_int_equal(cli.ready_calls, 0);
+    assert_int_equal(cs->done_calls, 1);
+    assert_non_null(cs->res.error);
+    assert_int_equal(cs->res.status, 0);
+    assert_int_equal(cs->resp_calls, 0);
+    assert_true(app_peer_closed(&cs->app));
+    assert_int_equal(srv.requests, 0); /* no request went out to the wrong peer */
+}
+
+static bool got_100(void)
+{
+    return cli.resp_200 == 100;
+}
+
+static bool got_150(void)
+{
+    return cli.resp_200 == 150 && srv.done_total == 50;
+}
+
+static bool all_ended(void)
+{
+    return srv.done_total == 150 && srv.closed_calls == 1;
+}
+
+static void test_stream_limit(void **state)
+{
+    (void)state;
+    srv.app_shut_after_eof = true; /* server apps stay open until the tunnel ends */
+    cli_connect(ID_SERVER);
+    for (int i = 0; i < 100; i++) {
+        assert_true(hbone_conn_usable(cli.c));
+        assert_non_null(cli_open(8080, 0, true));
+    }
+    assert_int_equal(hbone_conn_streams(cli.c), 100);
+    assert_false(hbone_conn_usable(cli.c));
+    assert_null(cli_open(8080, 0, true)); /* refused, fd left to the caller */
+    assert_true(run_until(got_100, 10000));
+    assert_int_equal(hbone_conn_max_streams(cli.c), HBONE_CLIENT_MAX_STREAMS);
+    assert_int_equal(hbone_conn_streams(cli.c), 100);
+    assert_int_equal(hbone_conn_streams(srv.conn), 100);
+    assert_false(hbone_conn_usable(cli.c));
+
+    /* Ending 50 frees 50 slots at once. */
+    for (int i = 0; i < 50; i++) hbone_stream_reset(cli.st[i].s, "test reset");
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(cli.st[i].done_calls, 1);
+        assert_string_equal(cli.st[i].res.error, "test reset");
+        assert_int_equal(cli.st[i].res.status, 200);
+    }
+    assert_int_equal(hbone_conn_streams(cli.c), 50);
+    int opened = 0;
+    while (hbone_conn_usable(cli.c) && opened < 60) {
+        assert_non_null(cli_open(8080, 0, true));
+        opened++;
+    }
+    assert_int_equal(opened, 50);
+    assert_int_equal(hbone_conn_streams(cli.c), 100);
+    assert_true(run_until(got_150, 10000));
+    assert_int_equal(srv.requests, 150);
+    assert_int_equal(hbone_conn_streams(srv.conn), 100);
+    /* The reset reached the server as the end of those tunnels. */
+    for (int i = 0; i < 50; i++) assert_true(srv.st[i].app.eof);
+
+    /* Closing the conn ends every remaining stream with the reason, before on_closed. */
+    hbone_conn_close(cli.c, "bye");
+    assert_int_equal(cli.closed_calls, 1);
+    assert_string_equal(cli.closed_err, "bye");
+    assert_int_equal(cli.done_total, 150);
+    for (int i = 50; i < 150; i++) {
+        assert_int_equal(cli.st[i].done_calls, 1);
+        assert_string_equal(cli.st[i].res.error, "bye");
+    }
+    assert_true(run_until(all_ended, 10000));
+}
+
+static bool got_2(void)
+{
+    return cli.resp_200 == 2;
+}
+
+static bool goaway_seen(void)
+{
+    return cli.c && !hbone_conn_usable(cli.c);
+}
+
+static bool data_after_goaway(void)
+{
+    return srv.st[0].app.recvd == 10000 && cli.st[1].app.recvd == 20000;
+}
+
+static bool drained(void)
+{
+    return cli.closed_calls == 1 && srv.closed_calls == 1;
+}
+
+static void test_drain(void **state)
+{
+    (void)state;
+    srv.app_shut_after_eof = true;
+    cli_connect(ID_SERVER);
+    struct cli_stream *a = cli_open(8080, 0, true);
+    struct cli_stream *b = cli_open(8081, 0, true);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_true(run_until(got_2, 5000));
+    assert_true(hbone_conn_usable(cli.c));
+
+    hbone_conn_drain(srv.conn);
+    assert_true(run_until(goaway_seen, 5000));
+    assert_null(cli_open(8082, 0, true)); /* no new streams after GOAWAY */
+    assert_int_equal(hbone_conn_streams(cli.c), 2);
+    assert_int_equal(cli.closed_calls, 0);
+
+    /* Streams that existed keep working both ways. */
+    a->app.to_send = 10000;
+    app_go(&a->app);
+    srv.st[1].app.to_send = 20000;
+    app_go(&srv.st[1].app);
+    assert_true(run_until(data_after_goaway, 5000));
+
+    /* When the last stream ends, both sides close cleanly. */
+    a->app.shut_after_eof = false;
+    b->app.shut_after_eof = false;
+    app_go(&a->app);
+    app_go(&b->app);
+    assert_true(run_until(drained, 5000));
+    assert_false(cli.closed_err_set);
+    assert_int_equal(a->done_calls, 1);
+    assert_int_equal(b->done_calls, 1);
+    assert_null(a->res.error);
+    assert_null(b->res.error);
+    assert_int_equal(a->res.bytes_to_h2, 10000);
+    assert_int_equal(b->res.bytes_to_tcp, 20000);
+    assert_true(a->app.eof && b->app.eof);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_bulk_and_half_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_error_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_san_mismatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
