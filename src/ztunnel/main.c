@@ -132,29 +132,69 @@ static void sig_cb(struct io *io, uint32_t ev)
     }
 }
 
-/* Loads the config file; on success publishes it to the workers. A broken file keeps the previous config. */
-static void reload(void)
+static int start_proxy(struct zt_view *view)
+{
+    char err[1024];
+    if (pod_proxy_new(&app.pp, view, app.prov, app.ns, app.name, app.sa, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", err, NULL);
+        return -1;
+    }
+    if (!view->self)
+        LOG_W("ztunnel", "workload %s/%s is not in %s; inbound connections will get 503", app.ns, app.name,
+              app.cfg_path);
+    for (int i = 0; i < app.n_workers; i++) {
+        if (worker_init(&app.workers[i], i, app.pp, view, err, sizeof(err)) < 0) {
+            log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", err, NULL);
+            return -1;
+        }
+    }
+    for (int i = 0; i < app.n_workers; i++) {
+        if (pthread_create(&app.workers[i].thread, NULL, worker_main, &app.workers[i]) != 0) {
+            LOG_E("ztunnel", "cannot start worker thread %d", i);
+            return -1;
+        }
+    }
+    app.ready = true;
+    char workers_s[8];
+    snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
+    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s, "outbound",
+           "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
+    return 0;
+}
+
+/* Loads the config file. The first successful load starts the proxy; later ones are published to the
+ * workers. A broken file keeps the previous config. Returns 0, or -errno from loading. */
+static int reload(void)
 {
     struct snapshot *snap;
     char err[1024];
-    if (config_load_file(app.cfg_path, &snap, err, sizeof(err)) < 0) {
-        log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err, NULL);
-        return;
+    int rc = config_load_file(app.cfg_path, &snap, err, sizeof(err));
+    if (rc < 0) {
+        if (app.pp)
+            log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err, NULL);
+        else if (rc != -ENOENT)
+            log_kv(LOG_ERROR, "ztunnel", "failed to load config", "error", err, NULL);
+        return rc;
     }
     struct zt_view *v = zt_view_new(snap, app.ns, app.name, ++app.version);
     snapshot_unref(snap);
-    if (!v) return;
-    workers_publish_view(app.pp, app.workers, app.n_workers, v);
-    char ver[24];
-    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
-    log_kv(LOG_INFO, "ztunnel", "config reloaded", "path", app.cfg_path, "version", ver, NULL);
+    if (!v) return -ENOMEM;
+    if (!app.pp) {
+        if (start_proxy(v) < 0) exit(1);
+    } else {
+        workers_publish_view(app.pp, app.workers, app.n_workers, v);
+        char ver[24];
+        snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
+        log_kv(LOG_INFO, "ztunnel", "config reloaded", "path", app.cfg_path, "version", ver, NULL);
+    }
     zt_view_unref(v);
+    return 0;
 }
 
 static void reload_timer_cb(struct timer *t)
 {
     (void)t;
-    if (!app.draining) reload();
+    if (!app.draining) (void)reload();
 }
 
 static void inotify_cb(struct io *io, uint32_t ev)
@@ -198,7 +238,6 @@ int main(int argc, char **argv)
 {
     (void)argc, (void)argv;
     char err[1024];
-    struct snapshot *snap = NULL;
 
     signal(SIGPIPE, SIG_IGN);
     /* Relay buffers up to 256 KiB come and go per read; keep them on the heap rather than mmap, and don't
@@ -226,46 +265,19 @@ int main(int argc, char **argv)
     snprintf(app.name, sizeof(app.name), "%s", name);
     snprintf(app.sa, sizeof(app.sa), "%s", sa);
     app.cfg_path = env_req("LOCAL_XDS_PATH");
-    if (config_load_file(app.cfg_path, &snap, err, sizeof(err)) < 0) {
-        log_kv(LOG_ERROR, "ztunnel", "failed to load config", "error", err, NULL);
-        return 1;
-    }
     const char *ca_dir = env_req("LOCAL_CA_DIR");
     app.prov = ca_local_new(ca_dir, err, sizeof(err));
     if (!app.prov) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
     }
-    struct zt_view *view = zt_view_new(snap, ns, name, ++app.version);
-    snapshot_unref(snap);
-    if (!view || pod_proxy_new(&app.pp, view, app.prov, ns, name, sa, err, sizeof(err)) < 0) {
-        log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", view ? err : "out of memory", NULL);
-        return 1;
-    }
-    if (!view->self)
-        LOG_W("ztunnel", "workload %s/%s is not in %s; inbound connections will get 503", ns, name, app.cfg_path);
+    app.n_workers = env_int("ZTUNNEL_WORKER_THREADS", 2, 1, MAX_WORKERS);
 
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL); /* inherited by the workers: only the main loop sees them */
-
-    app.n_workers = env_int("ZTUNNEL_WORKER_THREADS", 2, 1, MAX_WORKERS);
-    for (int i = 0; i < app.n_workers; i++) {
-        if (worker_init(&app.workers[i], i, app.pp, view, err, sizeof(err)) < 0) {
-            log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", err, NULL);
-            return 1;
-        }
-    }
-    zt_view_unref(view);
-    for (int i = 0; i < app.n_workers; i++) {
-        if (pthread_create(&app.workers[i].thread, NULL, worker_main, &app.workers[i]) != 0) {
-            LOG_E("ztunnel", "cannot start worker thread %d", i);
-            return 1;
-        }
-    }
-
     app.loop = loop_new();
     app.sig_io = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC), .cb = sig_cb};
     if (!app.loop || app.sig_io.fd < 0 || loop_io_add(app.loop, &app.sig_io, EPOLLIN) < 0) {
@@ -274,12 +286,13 @@ int main(int argc, char **argv)
     }
     int rc = watch_config();
     if (rc < 0) LOG_W("ztunnel", "cannot watch %s for changes: %s", app.cfg_path, strerror(-rc));
-    app.ready = true;
 
-    char workers_s[8];
-    snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
-    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s, "outbound",
-           "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
+    /* A malformed config at startup is fatal; a missing one is waited for (not ready until it appears). */
+    rc = reload();
+    if (rc == -ENOENT)
+        LOG_I("ztunnel", "waiting for %s to appear", app.cfg_path);
+    else if (rc < 0)
+        return 1;
     loop_run(app.loop);
     return 0;
 }
