@@ -224,6 +224,8 @@ int snapshot_finalize(struct snapshot *s)
     int rc = 0;
     size_t n_ns = 0, n_global = 0;
     uint32_t *idx = NULL;
+    rc = lb_index_build(s);
+    if (rc) return rc;
     for (size_t i = 0; i < s->n_policies; i++) {
         if (s->policies[i].scope == POLICY_SCOPE_NAMESPACE)
             n_ns++;

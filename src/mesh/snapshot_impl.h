@@ -69,9 +69,15 @@ struct snapshot {
     const struct policy **pol_ns_list;
     const struct policy **pol_global;
     size_t n_pol_global;
+    /* Built by lb_index_build() (lb.c) from snapshot_finalize(): per service (parallel to services[]), its
+     * endpoints and load-balancing pools. In the arena; NULL when there are no services. */
+    struct lb_svc *lb_svcs;
 };
 
 /* A new empty snapshot with refcount 1, or NULL on ENOMEM. */
 struct snapshot *snapshot_new(void);
-/* Builds the derived indexes (policies by namespace) once every array is final. Returns 0 or -ENOMEM. */
+/* Builds the derived indexes (policies by namespace, service endpoints) once every array is final.
+ * Returns 0 or -ENOMEM. */
 int snapshot_finalize(struct snapshot *s);
+/* The endpoint index and LB pools (lb.c); called by snapshot_finalize(). Returns 0, -ENOMEM or -E2BIG. */
+int lb_index_build(struct snapshot *s);
