@@ -104,12 +104,18 @@ static struct snapshot *make_service(unsigned n)
 static const char *scope_value(const struct workload *w, uint8_t scope)
 {
     switch (scope) {
-    case LB_SCOPE_REGION: return w->locality.region;
-    case LB_SCOPE_ZONE: return w->locality.zone;
-    case LB_SCOPE_SUBZONE: return w->locality.subzone;
-    case LB_SCOPE_NODE: return w->node;
-    case LB_SCOPE_CLUSTER: return w->cluster_id;
-    default: return w->network;
+    case LB_SCOPE_REGION:
+        return w->locality.region;
+    case LB_SCOPE_ZONE:
+        return w->locality.zone;
+    case LB_SCOPE_SUBZONE:
+        return w->locality.subzone;
+    case LB_SCOPE_NODE:
+        return w->node;
+    case LB_SCOPE_CLUSTER:
+        return w->cluster_id;
+    default:
+        return w->network;
     }
 }
 
@@ -129,7 +135,8 @@ static const struct workload *linear_pick(const struct snapshot *s, const struct
         int r = 0;
         if (svc->lb_mode != LB_MODE_STANDARD)
             for (size_t j = 0; j < svc->n_routing_prefs; j++) {
-                if (strcmp(scope_value(src, svc->routing_prefs[j]), scope_value(w, svc->routing_prefs[j]))) break;
+                if (strcmp(scope_value(src, svc->routing_prefs[j]), scope_value(w, svc->routing_prefs[j])))
+                    break;
                 r++;
             }
         if (r < max) continue;
@@ -207,8 +214,9 @@ static void bench_picks(double secs)
                 base[m][0] = ns;
                 base[m][1] = lns;
             }
-            printf("%-9s %9u | %12.0f %10.1f %7.2f | %12.0f %10.1f %7.2f | %6.0fx\n", m ? "Failover" : "Standard",
-                   sizes[i], 1e9 / ns, ns, ns / base[m][0], 1e9 / lns, lns, lns / base[m][1], lns / ns);
+            printf("%-9s %9u | %12.0f %10.1f %7.2f | %12.0f %10.1f %7.2f | %6.0fx\n",
+                   m ? "Failover" : "Standard", sizes[i], 1e9 / ns, ns, ns / base[m][0], 1e9 / lns, lns,
+                   lns / base[m][1], lns / ns);
             snapshot_unref(s);
         }
     }
@@ -226,8 +234,8 @@ static void bench_big(double secs)
                   "- name: w%u\n  namespace: ns%u\n  workloadIps: [\"10.%u.%u.%u\"]\n"
                   "  locality: {region: r%u, zone: z%u}\n  node: node%u\n"
                   "  services: {\"ns%u/svc%u.ns%u.svc.cluster.local\": {80: 8080}}\n",
-                  i, i / per / 100, i >> 16, (i >> 8) & 255, i & 255, i % 3, i % 7 % 3, i % 500, i / per / 100,
-                  i / per, i / per / 100);
+                  i, i / per / 100, i >> 16, (i >> 8) & 255, i & 255, i % 3, i % 7 % 3, i % 500,
+                  i / per / 100, i / per, i / per / 100);
     sb_printf(&b, "services:\n");
     for (unsigned j = 0; j < n_svc; j++)
         sb_printf(&b,
@@ -256,8 +264,8 @@ static void bench_big(double secs)
     do {
         for (int i = 0; i < 4096; i++) {
             unsigned j = (unsigned)(xorshift(&x) % n_svc);
-            struct ip_addr vip = {.family = AF_INET, .a = {10, (uint8_t)(200 + (j >> 16)),
-                                                                    (uint8_t)(j >> 8), (uint8_t)j}};
+            struct ip_addr vip = {.family = AF_INET,
+                                  .a = {10, (uint8_t)(200 + (j >> 16)), (uint8_t)(j >> 8), (uint8_t)j}};
             const struct service *svc = snapshot_service_by_vip(s, "", &vip);
             struct lb_choice ch;
             if (!svc || lb_pick(s, svc, 80, &ls, &vip, xorshift(&x), &ch))
@@ -268,8 +276,8 @@ static void bench_big(double secs)
         iters += 4096;
         t = now_s() - t0;
     } while (t < secs);
-    printf("  VIP lookup + lb_pick on random services: %.0f /s (%.1f ns each)%s\n", iters / t, t * 1e9 / iters,
-           fails ? " -- SOME FAILED" : "");
+    printf("  VIP lookup + lb_pick on random services: %.0f /s (%.1f ns each)%s\n", iters / t,
+           t * 1e9 / iters, fails ? " -- SOME FAILED" : "");
     snapshot_unref(s);
     free(b.p);
 }

@@ -60,9 +60,9 @@
 #include "mesh/snapshot_impl.h"
 
 struct lb_pool {
-    uint32_t n;                  /* > 0 (an empty set is a NULL pool) */
-    const struct workload **wl;  /* for Failover/Strict: sorted by the routing-preference tuple */
-    uint64_t *cum;               /* cum[i] = sum of wl[0..i]->capacity */
+    uint32_t n;                 /* > 0 (an empty set is a NULL pool) */
+    const struct workload **wl; /* for Failover/Strict: sorted by the routing-preference tuple */
+    uint64_t *cum;              /* cum[i] = sum of wl[0..i]->capacity */
 };
 
 struct lb_svc {
@@ -74,22 +74,32 @@ struct lb_svc {
 static const char *scope_value(const struct workload *w, uint8_t scope)
 {
     switch (scope) {
-    case LB_SCOPE_REGION: return w->locality.region;
-    case LB_SCOPE_ZONE: return w->locality.zone;
-    case LB_SCOPE_SUBZONE: return w->locality.subzone;
-    case LB_SCOPE_NODE: return w->node;
-    case LB_SCOPE_CLUSTER: return w->cluster_id;
-    case LB_SCOPE_NETWORK: return w->network;
-    default: return ""; /* UNSPECIFIED: the loaders reject it; matching everything is harmless */
+    case LB_SCOPE_REGION:
+        return w->locality.region;
+    case LB_SCOPE_ZONE:
+        return w->locality.zone;
+    case LB_SCOPE_SUBZONE:
+        return w->locality.subzone;
+    case LB_SCOPE_NODE:
+        return w->node;
+    case LB_SCOPE_CLUSTER:
+        return w->cluster_id;
+    case LB_SCOPE_NETWORK:
+        return w->network;
+    default:
+        return ""; /* UNSPECIFIED: the loaders reject it; matching everything is harmless */
     }
 }
 
 static bool ip_allowed(uint8_t families, const struct ip_addr *ip)
 {
     switch (families) {
-    case IP_FAMILIES_IPV4_ONLY: return ip->family == AF_INET;
-    case IP_FAMILIES_IPV6_ONLY: return ip->family == AF_INET6;
-    default: return true; /* AUTOMATIC (no restriction) and DUAL */
+    case IP_FAMILIES_IPV4_ONLY:
+        return ip->family == AF_INET;
+    case IP_FAMILIES_IPV6_ONLY:
+        return ip->family == AF_INET6;
+    default:
+        return true; /* AUTOMATIC (no restriction) and DUAL */
     }
 }
 
@@ -346,8 +356,7 @@ static int candidates(const struct snapshot *s, const struct service *svc, uint1
 }
 
 int lb_candidates(const struct snapshot *s, const struct service *svc, uint16_t port,
-                  const struct lb_source *src, const struct workload *const **eps, size_t *n,
-                  unsigned *rank)
+                  const struct lb_source *src, const struct workload *const **eps, size_t *n, unsigned *rank)
 {
     const struct lb_pool *p;
     uint32_t lo, hi;

@@ -46,8 +46,7 @@ int lb_pick(const struct snapshot *s, const struct service *svc, uint16_t port, 
  * (also those of capacity 0); *rank gets the rank they share (0 for Standard). Returns 0, -ENOENT (no
  * eligible endpoint; *n = 0), -EAGAIN (Passthrough) or -EINVAL. For retries, tests and /config_dump. */
 int lb_candidates(const struct snapshot *s, const struct service *svc, uint16_t port,
-                  const struct lb_source *src, const struct workload *const **eps, size_t *n,
-                  unsigned *rank);
+                  const struct lb_source *src, const struct workload *const **eps, size_t *n, unsigned *rank);
 
 /* The number of endpoints of a service (every workload naming it, before any filtering); 0 when svc is
  * not from s. O(1). */

@@ -43,8 +43,7 @@ static const struct workload *wl_named(const struct snapshot *s, const char *nam
 /* ---- table-driven cases ---- */
 
 /* Workload lines: name, IPs, then any extra fields. */
-#define WL(name, ips, extra) \
-    "- name: " name "\n  namespace: default\n  workloadIps: " ips "\n" extra
+#define WL(name, ips, extra) "- name: " name "\n  namespace: default\n  workloadIps: " ips "\n" extra
 #define SVC_HDR "services:\n- name: svc\n  namespace: default\n  hostname: svc.default.svc.cluster.local\n"
 #define MEMBER(ports) "  services: {\"default/svc.default.svc.cluster.local\": " ports "}\n"
 #define MEMBER0 MEMBER("{}")
@@ -62,134 +61,259 @@ struct lb_case {
 
 static const struct lb_case cases[] = {
     {"target port: workload map first, then service target",
-     "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER("{80: 9080}")) WL("b", "[\"10.0.0.2\"]", MEMBER0)
-         SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, "10.96.0.1", 0, {"a 9080 10.0.0.1", "b 8080 10.0.0.2"}},
+     "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER("{80: 9080}")) WL("b", "[\"10.0.0.2\"]", MEMBER0) SVC_HDR
+     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
+     80,
+     NULL,
+     "10.96.0.1",
+     0,
+     {"a 9080 10.0.0.1", "b 8080 10.0.0.2"}},
     {"target port 0 on the service: only endpoints mapping the port",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER("{81: 9081}")) WL("b", "[\"10.0.0.2\"]", MEMBER0)
          WL("c", "[\"10.0.0.3\"]", MEMBER("{80: 9000}")) SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080, 81: 0}\n",
-     81, NULL, "10.96.0.1", 0, {"a 9081 10.0.0.1"}},
+     81,
+     NULL,
+     "10.96.0.1",
+     0,
+     {"a 9081 10.0.0.1"}},
     {"no endpoint has a target port",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0) SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {81: 0}\n",
-     81, NULL, "10.96.0.1", -ENOENT, {NULL}},
+     81,
+     NULL,
+     "10.96.0.1",
+     -ENOENT,
+     {NULL}},
     {"port not on the service",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER("{82: 9082}")) SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     82, NULL, "10.96.0.1", -ENOENT, {NULL}},
+     82,
+     NULL,
+     "10.96.0.1",
+     -ENOENT,
+     {NULL}},
     {"OnlyHealthy drops unhealthy endpoints",
-     "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  status: Unhealthy\n") WL("b", "[\"10.0.0.2\"]", MEMBER0)
-         SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, NULL, 0, {"b 8080 10.0.0.2"}},
+     "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  status: Unhealthy\n")
+         WL("b", "[\"10.0.0.2\"]", MEMBER0) SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
+     80,
+     NULL,
+     NULL,
+     0,
+     {"b 8080 10.0.0.2"}},
     {"OnlyHealthy with every endpoint unhealthy",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  status: Unhealthy\n") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n  loadBalancer: {healthPolicy: OnlyHealthy}\n",
-     80, NULL, NULL, -ENOENT, {NULL}},
+     80,
+     NULL,
+     NULL,
+     -ENOENT,
+     {NULL}},
     {"AllowAll keeps unhealthy endpoints",
-     "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  status: Unhealthy\n") WL("b", "[\"10.0.0.2\"]", MEMBER0)
-         SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n  loadBalancer: {healthPolicy: AllowAll}\n",
-     80, NULL, NULL, 0, {"a 8080 10.0.0.1", "b 8080 10.0.0.2"}},
+     "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  status: Unhealthy\n")
+         WL("b", "[\"10.0.0.2\"]", MEMBER0) SVC_HDR
+     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n  loadBalancer: {healthPolicy: AllowAll}\n",
+     80,
+     NULL,
+     NULL,
+     0,
+     {"a 8080 10.0.0.1", "b 8080 10.0.0.2"}},
     {"workloads without IPs are skipped",
-     "workloads:\n" WL("a", "[]", MEMBER0 "  hostname: a.example\n") WL("b", "[\"10.0.0.2\"]", MEMBER0) SVC_HDR
-     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, NULL, 0, {"b 8080 10.0.0.2"}},
+     "workloads:\n" WL("a", "[]", MEMBER0 "  hostname: a.example\n") WL("b", "[\"10.0.0.2\"]", MEMBER0)
+         SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
+     80,
+     NULL,
+     NULL,
+     0,
+     {"b 8080 10.0.0.2"}},
     {"no endpoints at all",
-     "workloads:\n" WL("a", "[\"10.0.0.1\"]", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n", 80,
-     NULL, NULL, -ENOENT, {NULL}},
+     "workloads:\n" WL("a", "[\"10.0.0.1\"]", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
+     80,
+     NULL,
+     NULL,
+     -ENOENT,
+     {NULL}},
     {"Passthrough",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0) SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n  loadBalancer: {mode: Passthrough}\n",
-     80, NULL, "10.96.0.1", -EAGAIN, {NULL}},
+     80,
+     NULL,
+     "10.96.0.1",
+     -EAGAIN,
+     {NULL}},
     {"capacity 0 is never chosen",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  capacity: 0\n") WL("b", "[\"10.0.0.2\"]", MEMBER0)
          SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, NULL, 0, {"b 8080 10.0.0.2"}},
+     80,
+     NULL,
+     NULL,
+     0,
+     {"b 8080 10.0.0.2"}},
     {"every endpoint has capacity 0",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0 "  capacity: 0\n") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, NULL, -ENOENT, {NULL}},
-    /* Locality. Source "client" is in r1/z1 on node n1, network net1. */
-#define CLIENT WL("client", "[\"10.1.0.1\"]", "  locality: {region: r1, zone: z1}\n  node: n1\n  network: net1\n")
-#define LOC3(extra_a, extra_b)                                                                             \
+     80,
+     NULL,
+     NULL,
+     -ENOENT,
+     {NULL}},
+/* Locality. Source "client" is in r1/z1 on node n1, network net1. */
+#define CLIENT                                                                                               \
+    WL("client", "[\"10.1.0.1\"]", "  locality: {region: r1, zone: z1}\n  node: n1\n  network: net1\n")
+#define LOC3(extra_a, extra_b)                                                                               \
     "workloads:\n" CLIENT WL("a", "[\"10.0.0.1\"]", MEMBER0 "  locality: {region: r1, zone: z1}\n" extra_a)  \
         WL("b", "[\"10.0.0.2\"]", MEMBER0 "  locality: {region: r1, zone: z2}\n" extra_b)                    \
             WL("c", "[\"10.0.0.3\"]", MEMBER0 "  locality: {region: r2, zone: z1}\n")
-    {"Failover: same zone first", LOC3("", "") SVC_HDR
+    {"Failover: same zone first",
+     LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                          "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover}\n",
+     80,
+     "client",
+     NULL,
+     0,
+     {"a 8080 10.0.0.1"}},
+    {"Failover: same region when the same zone is unhealthy",
+     LOC3("  status: Unhealthy\n", "") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
      "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover}\n",
-     80, "client", NULL, 0, {"a 8080 10.0.0.1"}},
-    {"Failover: same region when the same zone is unhealthy", LOC3("  status: Unhealthy\n", "") SVC_HDR
-     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover}\n",
-     80, "client", NULL, 0, {"b 8080 10.0.0.2"}},
+     80,
+     "client",
+     NULL,
+     0,
+     {"b 8080 10.0.0.2"}},
     {"Failover: anywhere when the region is down",
      LOC3("  status: Unhealthy\n", "  status: Unhealthy\n") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
      "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover}\n",
-     80, "client", NULL, 0, {"c 8080 10.0.0.3"}},
+     80,
+     "client",
+     NULL,
+     0,
+     {"c 8080 10.0.0.3"}},
     {"Failover: the order of preferences matters (zone before region)",
-     LOC3("  status: Unhealthy\n", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Zone, Region], mode: Failover}\n",
-     80, "client", NULL, 0, {"c 8080 10.0.0.3"}},
-    {"Failover without a source: every endpoint", LOC3("", "") SVC_HDR
+     LOC3("  status: Unhealthy\n", "") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover}\n",
-     80, NULL, NULL, 0, {"a 8080 10.0.0.1", "b 8080 10.0.0.2", "c 8080 10.0.0.3"}},
+     "  loadBalancer: {routingPreferences: [Zone, Region], mode: Failover}\n",
+     80,
+     "client",
+     NULL,
+     0,
+     {"c 8080 10.0.0.3"}},
+    {"Failover without a source: every endpoint",
+     LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                          "  loadBalancer: {routingPreferences: [Region, Zone], mode: Failover}\n",
+     80,
+     NULL,
+     NULL,
+     0,
+     {"a 8080 10.0.0.1", "b 8080 10.0.0.2", "c 8080 10.0.0.3"}},
     {"Failover with NETWORK first: same network over same region",
-     "workloads:\n" CLIENT
-     WL("x", "[\"10.0.0.1\"]", MEMBER0 "  network: net1\n  locality: {region: r9}\n")
+     "workloads:\n" CLIENT WL("x", "[\"10.0.0.1\"]", MEMBER0 "  network: net1\n  locality: {region: r9}\n")
          WL("y", "[\"10.0.0.2\"]", MEMBER0 "  network: net2\n  locality: {region: r1, zone: z1}\n") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
      "  loadBalancer: {routingPreferences: [Network, Region, Zone], mode: Failover}\n",
-     80, "client", NULL, 0, {"x 8080 10.0.0.1"}},
-    {"Strict: full match only", LOC3("", "") SVC_HDR
+     80,
+     "client",
+     NULL,
+     0,
+     {"x 8080 10.0.0.1"}},
+    {"Strict: full match only",
+     LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                          "  loadBalancer: {routingPreferences: [Region, Zone], mode: Strict}\n",
+     80,
+     "client",
+     NULL,
+     0,
+     {"a 8080 10.0.0.1"}},
+    {"Strict: no full match",
+     LOC3("  status: Unhealthy\n", "") SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
      "  loadBalancer: {routingPreferences: [Region, Zone], mode: Strict}\n",
-     80, "client", NULL, 0, {"a 8080 10.0.0.1"}},
-    {"Strict: no full match", LOC3("  status: Unhealthy\n", "") SVC_HDR
-     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Region, Zone], mode: Strict}\n",
-     80, "client", NULL, -ENOENT, {NULL}},
-    {"Strict: node scope", LOC3("", "  node: n1\n") SVC_HDR
-     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Node], mode: Strict}\n",
-     80, "client", NULL, 0, {"b 8080 10.0.0.2"}},
-    {"Strict without a source", LOC3("", "") SVC_HDR
-     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Region], mode: Strict}\n",
-     80, NULL, NULL, -ENOENT, {NULL}},
-    {"Standard ignores routing preferences", LOC3("", "") SVC_HDR
-     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-     "  loadBalancer: {routingPreferences: [Region, Zone], mode: Standard}\n",
-     80, "client", NULL, 0, {"a 8080 10.0.0.1", "b 8080 10.0.0.2", "c 8080 10.0.0.3"}},
+     80,
+     "client",
+     NULL,
+     -ENOENT,
+     {NULL}},
+    {"Strict: node scope",
+     LOC3("", "  node: n1\n") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                                      "  loadBalancer: {routingPreferences: [Node], mode: Strict}\n",
+     80,
+     "client",
+     NULL,
+     0,
+     {"b 8080 10.0.0.2"}},
+    {"Strict without a source",
+     LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                          "  loadBalancer: {routingPreferences: [Region], mode: Strict}\n",
+     80,
+     NULL,
+     NULL,
+     -ENOENT,
+     {NULL}},
+    {"Standard ignores routing preferences",
+     LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                          "  loadBalancer: {routingPreferences: [Region, Zone], mode: Standard}\n",
+     80,
+     "client",
+     NULL,
+     0,
+     {"a 8080 10.0.0.1", "b 8080 10.0.0.2", "c 8080 10.0.0.3"}},
     /* Endpoint IPs. */
     {"dual-stack endpoint, IPv6 request",
      "workloads:\n" WL("a", "[\"10.0.0.1\", \"fd00::1\"]", MEMBER0) SVC_HDR
      "  vips: [\"/10.96.0.1\", \"/fd00:96::1\"]\n  ports: {80: 8080}\n",
-     80, NULL, "fd00:96::1", 0, {"a 8080 fd00::1"}},
+     80,
+     NULL,
+     "fd00:96::1",
+     0,
+     {"a 8080 fd00::1"}},
     {"dual-stack endpoint, IPv4 request",
      "workloads:\n" WL("a", "[\"fd00::1\", \"10.0.0.1\"]", MEMBER0) SVC_HDR
      "  vips: [\"/10.96.0.1\", \"/fd00:96::1\"]\n  ports: {80: 8080}\n",
-     80, NULL, "10.96.0.1", 0, {"a 8080 10.0.0.1"}},
+     80,
+     NULL,
+     "10.96.0.1",
+     0,
+     {"a 8080 10.0.0.1"}},
     {"ipFamilies IPv4 overrides the request's family",
      "workloads:\n" WL("a", "[\"fd00::1\", \"10.0.0.1\"]", MEMBER0) SVC_HDR
      "  vips: [\"/fd00:96::1\"]\n  ports: {80: 8080}\n  ipFamilies: IPv4\n",
-     80, NULL, "fd00:96::1", 0, {"a 8080 10.0.0.1"}},
+     80,
+     NULL,
+     "fd00:96::1",
+     0,
+     {"a 8080 10.0.0.1"}},
     {"ipFamilies IPv6: IPv4-only endpoints are not eligible",
      "workloads:\n" WL("a", "[\"10.0.0.1\"]", MEMBER0) WL("b", "[\"fd00::2\"]", MEMBER0) SVC_HDR
      "  vips: [\"/fd00:96::1\"]\n  ports: {80: 8080}\n  ipFamilies: IPv6\n",
-     80, NULL, "10.96.0.1", 0, {"b 8080 fd00::2"}},
+     80,
+     NULL,
+     "10.96.0.1",
+     0,
+     {"b 8080 fd00::2"}},
     {"IPv4 request, IPv6-only endpoint: its IPv6 address",
-     "workloads:\n" WL("a", "[\"fd00::1\"]", MEMBER0) SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, "10.96.0.1", 0, {"a 8080 fd00::1"}},
+     "workloads:\n" WL("a", "[\"fd00::1\"]", MEMBER0) SVC_HDR
+     "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
+     80,
+     NULL,
+     "10.96.0.1",
+     0,
+     {"a 8080 fd00::1"}},
     {"ipFamilies IPv6, IPv4-only endpoint: not eligible even when dialled by its own IP",
      "workloads:\n" WL("a", "[\"10.0.0.1\", \"10.0.0.9\"]", MEMBER0) SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n  ipFamilies: IPv6\n",
-     80, NULL, "10.0.0.9", -ENOENT, {NULL}},
+     80,
+     NULL,
+     "10.0.0.9",
+     -ENOENT,
+     {NULL}},
     {"original destination that is the workload's own IP (second address)",
      "workloads:\n" WL("a", "[\"10.0.0.1\", \"10.0.0.9\"]", MEMBER0) SVC_HDR
      "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n",
-     80, NULL, "10.0.0.9", 0, {"a 8080 10.0.0.9"}},
+     80,
+     NULL,
+     "10.0.0.9",
+     0,
+     {"a 8080 10.0.0.9"}},
 };
 
 static void run_case(const struct lb_case *c)
@@ -214,7 +338,8 @@ static void run_case(const struct lb_case *c)
         char got[128], ipbuf[IP_STRLEN];
         snprintf(got, sizeof(got), "%s %u %s", ch.wl->name, ch.port, ip_format(&ch.ip, ipbuf, sizeof(ipbuf)));
         size_t k = 0;
-        while (k < 4 && c->want[k] && strcmp(c->want[k], got)) k++;
+        while (k < 4 && c->want[k] && strcmp(c->want[k], got))
+            k++;
         if (k == 4 || !c->want[k]) fail_msg("%s: unexpected pick \"%s\"", c->name, got);
         seen[k]++;
     }
@@ -226,7 +351,8 @@ static void run_case(const struct lb_case *c)
 static void test_table(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) run_case(&cases[i]);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        run_case(&cases[i]);
 }
 
 /* ---- weights, VIPs, endpoint index, argument checks ---- */
@@ -268,8 +394,8 @@ static void test_several_vips(void **state)
     struct snapshot *s = load_ok("workloads:\n" WL("a", "[\"10.0.0.1\", \"fd00::1\"]", MEMBER0) SVC_HDR
                                  "  vips: [\"/10.96.0.1\", \"/fd00:96::1\", \"net2/10.96.0.2\"]\n"
                                  "  ports: {80: 8080}\n");
-    const char *vips[][3] = {{"", "10.96.0.1", "10.0.0.1"}, {"", "fd00:96::1", "fd00::1"},
-                             {"net2", "10.96.0.2", "10.0.0.1"}};
+    const char *vips[][3] = {
+        {"", "10.96.0.1", "10.0.0.1"}, {"", "fd00:96::1", "fd00::1"}, {"net2", "10.96.0.2", "10.0.0.1"}};
     for (size_t i = 0; i < 3; i++) {
         struct ip_addr vip, want;
         assert_int_equal(ip_parse(vips[i][1], &vip), 0);
@@ -290,8 +416,9 @@ static void test_endpoint_index(void **state)
     struct snapshot *s = load_ok(
         "workloads:\n" WL("a", "[\"10.0.0.1\"]",
                           "  services: {\"default/svc.default.svc.cluster.local\": {}, \"default/other\": {},"
-                          " \"default/missing\": {}}\n") WL("b", "[\"10.0.0.2\"]", MEMBER0 "  status: Unhealthy\n")
-            WL("c", "[\"10.0.0.3\"]", "") SVC_HDR "  ports: {80: 8080}\n"
+                          " \"default/missing\": {}}\n")
+            WL("b", "[\"10.0.0.2\"]", MEMBER0 "  status: Unhealthy\n") WL("c", "[\"10.0.0.3\"]", "") SVC_HDR
+        "  ports: {80: 8080}\n"
         "- name: other\n  namespace: default\n  hostname: other\n"
         "- name: none\n  namespace: default\n  hostname: none\n");
     const struct service *svc = snapshot_service_by_host(s, "default/svc.default.svc.cluster.local");
@@ -321,8 +448,9 @@ static void test_endpoint_index(void **state)
 static void test_candidates_rank(void **state)
 {
     (void)state;
-    struct snapshot *s = load_ok(LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
-                                 "  loadBalancer: {routingPreferences: [Region, Zone, Node], mode: Failover}\n");
+    struct snapshot *s = load_ok(
+        LOC3("", "") SVC_HDR "  vips: [\"/10.96.0.1\"]\n  ports: {80: 8080}\n"
+                             "  loadBalancer: {routingPreferences: [Region, Zone, Node], mode: Failover}\n");
     const struct service *svc = snapshot_service_by_host(s, "default/svc.default.svc.cluster.local");
     struct lb_source src = {.wl = wl_named(s, "client")};
     const struct workload *const *eps;
@@ -340,12 +468,18 @@ static void test_candidates_rank(void **state)
 static const char *ref_scope(const struct workload *w, uint8_t scope)
 {
     switch (scope) {
-    case LB_SCOPE_REGION: return w->locality.region;
-    case LB_SCOPE_ZONE: return w->locality.zone;
-    case LB_SCOPE_SUBZONE: return w->locality.subzone;
-    case LB_SCOPE_NODE: return w->node;
-    case LB_SCOPE_CLUSTER: return w->cluster_id;
-    default: return w->network;
+    case LB_SCOPE_REGION:
+        return w->locality.region;
+    case LB_SCOPE_ZONE:
+        return w->locality.zone;
+    case LB_SCOPE_SUBZONE:
+        return w->locality.subzone;
+    case LB_SCOPE_NODE:
+        return w->node;
+    case LB_SCOPE_CLUSTER:
+        return w->cluster_id;
+    default:
+        return w->network;
     }
 }
 
@@ -368,7 +502,8 @@ static size_t ref_eligible(const struct snapshot *s, const struct service *svc, 
         int r = 0;
         if (svc->lb_mode != LB_MODE_STANDARD) {
             for (size_t k = 0; k < svc->n_routing_prefs; k++) {
-                if (!src || strcmp(ref_scope(src, svc->routing_prefs[k]), ref_scope(w, svc->routing_prefs[k])))
+                if (!src ||
+                    strcmp(ref_scope(src, svc->routing_prefs[k]), ref_scope(w, svc->routing_prefs[k])))
                     break;
                 r++;
             }
@@ -432,10 +567,13 @@ static void test_random_vs_reference(void **state)
         }
         uint64_t r = splitmix(&seed);
         int np = (int)(r % 4);
-        sb_printf(&b, "services:\n- name: svc\n  namespace: default\n  hostname: svc\n  ports: {80: 8080, 81: 0}\n"
-                      "  loadBalancer: {mode: %s, healthPolicy: %s, routingPreferences: [",
-                  modes[(r >> 2) % 3], (r >> 4) % 4 ? "OnlyHealthy" : "AllowAll");
-        for (int k = 0; k < np; k++) sb_printf(&b, "%s%s", k ? ", " : "", scopes[(r >> (8 + 3 * k)) % 6]);
+        sb_printf(
+            &b,
+            "services:\n- name: svc\n  namespace: default\n  hostname: svc\n  ports: {80: 8080, 81: 0}\n"
+            "  loadBalancer: {mode: %s, healthPolicy: %s, routingPreferences: [",
+            modes[(r >> 2) % 3], (r >> 4) % 4 ? "OnlyHealthy" : "AllowAll");
+        for (int k = 0; k < np; k++)
+            sb_printf(&b, "%s%s", k ? ", " : "", scopes[(r >> (8 + 3 * k)) % 6]);
         sb_printf(&b, "]}\n");
         struct snapshot *s = load_ok(b.p);
         free(b.p);
@@ -466,7 +604,8 @@ static void test_random_vs_reference(void **state)
                     assert_int_equal(ch.port, port == 80 ? 8080 : 9081);
                 } else {
                     assert_int_equal(rc, -ENOENT); /* only when every candidate has capacity 0 */
-                    for (size_t k = 0; k < n; k++) assert_int_equal(eps[k]->capacity, 0);
+                    for (size_t k = 0; k < n; k++)
+                        assert_int_equal(eps[k]->capacity, 0);
                 }
             }
         }
