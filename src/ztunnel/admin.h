@@ -1,0 +1,43 @@
+/* ztunnel's HTTP side doors (reference §10): the admin server on 127.0.0.1:15000 (/config_dump, /logging,
+ * /quitquitquit, /), the metrics server on :15020 (/metrics, /stats/prometheus) and the readiness server on
+ * :15021 (/healthz/ready). One thread with its own event loop serves all three; HTTP/1.1 with keep-alive,
+ * parsed by llhttp, bounded request sizes. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct snapshot;
+struct tls_cert;
+
+/* Called on the admin thread; every hook may be NULL. */
+struct admin_hooks {
+    /* A new reference to the current config (the admin drops it with snapshot_unref), or NULL. */
+    struct snapshot *(*snapshot_get)(void *ud);
+    /* A new reference to the pod's certificate (dropped with tls_cert_unref), or NULL. */
+    struct tls_cert *(*cert_get)(void *ud);
+    /* NULL when ready, else the pending tasks, e.g. "state manager" (borrowed until the next call). */
+    const char *(*pending)(void *ud);
+    /* POST /quitquitquit: starts a graceful shutdown. Runs after the response was handed to the kernel; it
+     * must not block for long (set a flag, write to an eventfd, raise SIGTERM). */
+    void (*quit)(void *ud);
+    void *ud;
+};
+
+/* Default ports; ADMIN_PORT, METRICS_PORT and READINESS_PORT in the environment override them (0 picks a
+ * free port, see admin_ports). */
+#define ADMIN_PORT_DEFAULT 15000
+#define METRICS_PORT_DEFAULT 15020
+#define READINESS_PORT_DEFAULT 15021
+
+/* Binds 127.0.0.1:<admin>, [::]:<metrics> and [::]:<readiness> (IPv4 wildcard when IPv6 is off) and serves
+ * them on a new detached thread. *h is copied. Call once. Returns 0, or -errno with err filled. */
+int admin_start(const struct admin_hooks *h, char *err, size_t errlen);
+
+/* The ports bound by admin_start (0 before it succeeded). Any pointer may be NULL. */
+void admin_ports(uint16_t *admin, uint16_t *metrics, uint16_t *readiness);
+
+/* The /config_dump document (Istio's shape: workloads, services, policies, certificates, version) as
+ * pretty-printed JSON. s and cert are borrowed and may be NULL. Returns a malloc'd NUL-terminated buffer
+ * (caller frees) with its length in *len, or NULL on ENOMEM. */
+char *config_dump_render(const struct snapshot *s, const struct tls_cert *cert, size_t *len);
