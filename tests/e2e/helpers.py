@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from topo import Topology, netns_socket, tail
+from topo import Topology, netns_socket, tail, to_yaml
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = "/usr/bin/python3"
@@ -22,33 +22,90 @@ class Mesh:
     """
 
     def __init__(self, nodes=2, pods=2, meshed=None, protocols=None, env=None, pod_env=None,
-                 extra_workloads=()):
+                 extra_workloads=(), namespaces=None, workload_extra=None, services=(), policies=()):
+        """namespaces: {pod name: k8s namespace} (default "default"); workload_extra: {pod name: dict of
+        extra LocalConfig workload fields, e.g. services, capacity, locality, status}; services/policies:
+        LocalConfig dicts. With none of the last three the config is exactly Topology.config_yaml's."""
         self.topo = Topology(nodes=nodes, pods_per_node=pods)
         self.meshed = meshed
         self.protocols = protocols or {}
         self.env = env or {}
         self.pod_env = pod_env or {}
         self.extra_workloads = extra_workloads
+        self.workload_extra = workload_extra or {}
+        self.services = list(services)
+        self.policies = list(policies)
         self.ztunnels = {}
         self.config = None
+        for name, ns in (namespaces or {}).items():
+            p = self.pod(name)
+            p.namespace = ns
+            p.uid = "Kubernetes//Pod/%s/%s" % (ns, p.name)
 
     def pod(self, name):
         return next(p for p in self.topo.pods if p.name == name)
+
+    def config_text(self):
+        """The LocalConfig YAML for the current workload_extra/services/policies."""
+        t = self.topo
+        if not (self.workload_extra or self.services or self.policies):
+            return t.config_yaml(extra_workloads=self.extra_workloads, protocols=self.protocols)
+        wls = []
+        for p in t.pods:
+            w = p.workload(self.protocols.get(p.name, "HBONE"))
+            w.update(self.workload_extra.get(p.name, {}))
+            wls.append(w)
+        doc = {"workloads": wls + list(self.extra_workloads)}
+        if self.services:
+            doc["services"] = list(self.services)
+        if self.policies:
+            doc["policies"] = list(self.policies)
+        return to_yaml(doc)
 
     def up(self):
         t = self.topo
         t.up()
         t.ca()
-        self.config = t.write_config(t.config_yaml(extra_workloads=self.extra_workloads,
-                                                   protocols=self.protocols))
+        self.config = t.write_config(self.config_text())
         for p in t.pods:
             if self.meshed is not None and p.name not in self.meshed:
                 continue
             t.inpod_rules(p)
-            env = dict(self.env)
-            env.update(self.pod_env.get(p.name, {}))
-            self.ztunnels[p.name] = t.start_ztunnel(p, self.config, env=env)
+            self.start(p)
         return self
+
+    def start(self, pod, env=None, **kw):
+        """(Re)starts pod's ztunnel with the mesh's env, pod_env and env on top; kw go to start_ztunnel."""
+        e = dict(self.env)
+        e.update(self.pod_env.get(pod.name, {}))
+        e.update(env or {})
+        self.ztunnels[pod.name] = self.topo.start_ztunnel(pod, self.config, env=e, **kw)
+        return self.ztunnels[pod.name]
+
+    def reload_count(self, pod):
+        """How many "config reloaded" lines pod's ztunnel has logged."""
+        return sum(1 for l in self.log_json(pod) if l.get("message") == "config reloaded")
+
+    def reconfigure(self, text=None, services=None, policies=None, workload_extra=None, wait=True,
+                    timeout=10.0):
+        """Replaces the config file (temp file + rename) with text, or with config_text() after updating
+        services/policies/workload_extra. With wait, waits until every live ztunnel logged one more "config
+        reloaded" line (raises RuntimeError otherwise)."""
+        if services is not None:
+            self.services = list(services)
+        if policies is not None:
+            self.policies = list(policies)
+        if workload_extra is not None:
+            self.workload_extra = dict(workload_extra)
+        live = [self.pod(n) for n, p in self.ztunnels.items() if p.poll() is None]
+        before = {p.name: self.reload_count(p) for p in live}
+        self.topo.write_config(self.config_text() if text is None else text)
+        if not wait:
+            return
+        for p in live:
+            if not wait_for(lambda: self.reload_count(p) > before[p.name], timeout=timeout):
+                raise RuntimeError("ztunnel %s did not reload its config:\n%s" % (p.name, tail(
+                    self.ztunnels[p.name].log_path)))
 
     def down(self):
         self.topo.down()
@@ -156,3 +213,54 @@ def wait_for(pred, timeout=5.0, interval=0.05):
 def ensure_path():
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
+
+
+def start_tag_server(topo, pod, port, tag, timeout=10):
+    """Runs a tiny server in pod's netns that answers every connection with "<tag>\n" and closes (tells a
+    client which endpoint it reached). Returns the Popen once it listens."""
+    code = ("import socket,sys\n"
+            "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            "s.bind(('0.0.0.0', %d)); s.listen(512); print('ready', flush=True)\n"
+            "while True:\n"
+            "    c, _ = s.accept()\n"
+            "    try:\n"
+            "        c.sendall(b%r)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "    c.close()\n" % (port, (tag + "\n").encode()))
+    p = topo.popen(pod.netns, [PY, "-c", code], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    r, _, _ = select.select([p.stdout], [], [], timeout)
+    line = p.stdout.readline() if r else b""
+    if not line.startswith(b"ready"):
+        raise RuntimeError("tag server %s:%d in %s did not start" % (tag, port, pod.name))
+    return p
+
+
+def http_request(netns, ip, port, path, method="GET", mark=None, timeout=10):
+    """One HTTP/1.1 request from inside netns; returns (status, headers dict with lower-case names, body)."""
+    import http.client
+    conn = http.client.HTTPConnection(ip, port, timeout=timeout)
+    conn.sock = connect(netns, ip, port, mark=mark, timeout=timeout)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        body = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def parse_prometheus(text):
+    """Prometheus text exposition -> [(name, [(label, value), ...] in order, float value)]; comments skipped."""
+    import re
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$', line)
+        if not m:
+            raise ValueError("bad metrics line: %r" % line)
+        labels = [(k, bytes(v, "utf-8").decode("unicode_escape"))
+                  for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or "")]
+        out.append((m.group(1), labels, float(m.group(4))))
+    return out

@@ -409,10 +409,12 @@ class Topology:
     def bin_dir():
         return os.environ.get("ZMESH_BIN") or os.path.join(REPO, "build", "bin")
 
-    def start_ztunnel(self, pod, config_path, env=None, log_format="json", timeout=10.0):
+    def start_ztunnel(self, pod, config_path, env=None, log_format="json", timeout=10.0,
+                      wait_ports=(15001, 15006, 15008)):
         """Starts ztunnel for pod inside its netns (dedicated mode, local config and local CA); stdout and
-        stderr go to workdir/ztunnel-<pod>.log (the path is in proc.log_path). Waits until 15001, 15006 and
-        15008 listen; raises RuntimeError with the log tail otherwise. The process is stopped by down()."""
+        stderr go to workdir/ztunnel-<pod>.log (the path is in proc.log_path). Waits until every port in
+        wait_ports (default 15001, 15006 and 15008) listens; raises RuntimeError with the log tail otherwise.
+        The process is stopped by down()."""
         e = dict(os.environ)
         e.update({"PROXY_MODE": "dedicated",
                   "PROXY_WORKLOAD_INFO": "%s/%s/%s" % (pod.namespace, pod.name, pod.sa),
@@ -428,13 +430,13 @@ class Topology:
             log.close()
         proc.log_path = log_path
         proc.pod = pod
-        if not self.wait_listen(pod.netns, (15001, 15006, 15008), timeout, proc):
+        if not self.wait_listen(pod.netns, tuple(wait_ports), timeout, proc):
             rc = proc.poll()
             if rc is None:
                 proc.kill()
                 proc.wait()
-            raise RuntimeError("ztunnel for %s did not listen on 15001/15006/15008 (exit %s); log tail:\n%s"
-                               % (pod.name, rc, tail(log_path)))
+            raise RuntimeError("ztunnel for %s did not listen on %s (exit %s); log tail:\n%s"
+                               % (pod.name, "/".join(str(p) for p in wait_ports), rc, tail(log_path)))
         return proc
 
     def stop(self, proc, timeout=5.0):
