@@ -262,6 +262,8 @@ enum authz_result authz_check(const struct snapshot *s, const struct workload *d
     enum authz_result res;
 
     if (matched_policy) *matched_policy = NULL;
+    /* ztunnel denies when the destination workload is unknown; so does a caller bug, fail closed. */
+    if (!s || !dst || !c) return AUTHZ_DENY;
     pol_iter_init(&it, s, dst, true);
     if (pol_iter_total(&it) == 0) return AUTHZ_ALLOW; /* nothing applies: skip even the identity parse */
     peer_init(&peer, c);

@@ -28,7 +28,7 @@ enum authz_result { AUTHZ_ALLOW = 0, AUTHZ_DENY = 1 };
  * GLOBAL policies, and dst->authorization_policies by "ns/name", unknown names skipped with a warning) in
  * snapshot s: dry-run policies are only logged (info, target "authz", with the decision they would have
  * made); any matching DENY -> deny; no ALLOW policies -> allow; any matching ALLOW -> allow; else deny.
- * An identity that is not a valid SPIFFE id counts as no identity.
+ * An identity that is not a valid SPIFFE id counts as no identity; a NULL s, dst or c denies (fail closed).
  * If matched_policy is non-NULL it receives the "ns/name" of the deciding policy (a matching DENY, or the
  * first matching ALLOW), or NULL when no policy decided (no ALLOW policies, or none matched). The string
  * lives in a thread-local buffer: valid until the next authz_check on the same thread; copy it to keep it. */

@@ -518,6 +518,18 @@ static void test_large_mesh(void **state)
     snapshot_unref(s);
 }
 
+static void test_null_denies(void **state)
+{
+    (void)state;
+    struct snapshot *s = load("");
+    struct authz_conn c = mkconn(TLS_A);
+    const char *pol = "unset";
+    assert_int_equal(authz_check(s, NULL, &c, &pol), AUTHZ_DENY);
+    assert_null(pol);
+    assert_int_equal(authz_check(NULL, snapshot_workload_by_uid(s, "server"), &c, NULL), AUTHZ_DENY);
+    snapshot_unref(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -528,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_dry_run_after_deny_logged),
         cmocka_unit_test(test_unknown_policy_warns),
         cmocka_unit_test(test_large_mesh),
+        cmocka_unit_test(test_null_denies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
