@@ -42,17 +42,19 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
     }
 }
 
-static const char workloads_yaml[] = "workloads:\n"
-                                     "- {uid: server, name: server, namespace: ns0, workloadIps: [\"10.0.0.2\"]}\n"
-                                     "- {uid: lonely, name: lonely, namespace: empty, workloadIps: [\"10.0.0.3\"]}\n"
-                                     "policies:\n";
+static const char workloads_yaml[] =
+    "workloads:\n"
+    "- {uid: server, name: server, namespace: ns0, workloadIps: [\"10.0.0.2\"]}\n"
+    "- {uid: lonely, name: lonely, namespace: empty, workloadIps: [\"10.0.0.3\"]}\n"
+    "policies:\n";
 
 /* An ALLOW policy whose single rule needs principal .../sa/sa-<i> AND port 8080. */
 static void allow_policy(struct sbuf *b, const char *ns, int i)
 {
     sb_printf(b,
               "- {name: allow-%d, namespace: %s, scope: Namespace, action: Allow, rules: "
-              "[[[{principals: [{Exact: \"cluster.local/ns/client/sa/sa-%d\"}]}], [{destinationPorts: [8080]}]]]}\n",
+              "[[[{principals: [{Exact: \"cluster.local/ns/client/sa/sa-%d\"}]}], [{destinationPorts: "
+              "[8080]}]]]}\n",
               i, ns, i % 10);
 }
 
@@ -61,8 +63,9 @@ static void deny_policy(struct sbuf *b, const char *ns, int i)
 {
     sb_printf(b, "- {name: deny-%d, namespace: %s, scope: Namespace, action: Deny, rules: [", i, ns);
     for (int r = 0; r < 10; r++)
-        sb_printf(b, "%s[[{destinationPorts: [8080], principals: [{Exact: \"cluster.local/ns/bad-%d/sa/x%d\"}]}]]",
-                  r ? ", " : "", i, r);
+        sb_printf(
+            b, "%s[[{destinationPorts: [8080], principals: [{Exact: \"cluster.local/ns/bad-%d/sa/x%d\"}]}]]",
+            r ? ", " : "", i, r);
     sb_printf(b, "]}\n");
 }
 
@@ -99,7 +102,8 @@ static struct snapshot *mesh_deny(int n_applicable, int n_elsewhere)
     struct sbuf b = {0};
     char ns[32];
     sb_printf(&b, "%s", workloads_yaml);
-    for (int i = 0; i < n_applicable; i++) deny_policy(&b, "ns0", i);
+    for (int i = 0; i < n_applicable; i++)
+        deny_policy(&b, "ns0", i);
     for (int i = 0; i < n_elsewhere; i++) {
         snprintf(ns, sizeof(ns), "ns%d", 1 + i % 999);
         deny_policy(&b, ns, n_applicable + i);
@@ -145,7 +149,8 @@ static double measure(const struct row *r, double secs, size_t *applicable)
     unsigned sink = 0;
     t0 = now();
     do {
-        for (int i = 0; i < batch; i++) sink += (unsigned)authz_check(r->s, w, &c, NULL);
+        for (int i = 0; i < batch; i++)
+            sink += (unsigned)authz_check(r->s, w, &c, NULL);
         n += (unsigned long)batch;
         t = now();
     } while (t - t0 < secs);
@@ -187,6 +192,7 @@ int main(int argc, char **argv)
         printf("%-52s %8zu %10zu %14.0f %12.1f %7.2fx\n", rows[i].what, snapshot_n_policies(rows[i].s),
                applicable[i], best[i], 1e9 / best[i], best[0] / best[i]);
     printf("(vs row 1 = time per decision relative to row 1; rows 1-2 and 4-5 differ only in mesh size)\n");
-    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) snapshot_unref(rows[i].s);
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        snapshot_unref(rows[i].s);
     return 0;
 }

@@ -90,16 +90,17 @@ static bool hit_sa(const struct sa_match *m, const struct peer *p)
     return p->has_id && strcmp(m->namespace_, p->ns) == 0 && strcmp(m->service_account, p->sa) == 0;
 }
 
-#define ANY_HIT(list, n, fn, arg)                                                                       \
-    ({                                                                                                  \
-        bool hit_ = false;                                                                              \
-        for (size_t i_ = 0; i_ < (n) && !hit_; i_++) hit_ = fn(&(list)[i_], arg);                       \
-        hit_;                                                                                           \
+#define ANY_HIT(list, n, fn, arg)                                                                            \
+    ({                                                                                                       \
+        bool hit_ = false;                                                                                   \
+        for (size_t i_ = 0; i_ < (n) && !hit_; i_++)                                                         \
+            hit_ = fn(&(list)[i_], arg);                                                                     \
+        hit_;                                                                                                \
     })
 
 /* ztunnel's matches_internal: a populated positive list needs a hit, a populated negative list needs none;
  * an absent list constrains nothing. */
-#define FIELD_OK(pos, npos, neg, nneg, fn, arg)                                                         \
+#define FIELD_OK(pos, npos, neg, nneg, fn, arg)                                                              \
     (((npos) == 0 || ANY_HIT(pos, npos, fn, arg)) && ((nneg) == 0 || !ANY_HIT(neg, nneg, fn, arg)))
 
 static bool hit_cidr(const struct cidr *c, const struct ip_addr *ip)
@@ -125,12 +126,14 @@ static bool match_holds(const struct auth_match *m, const struct peer *p)
 {
     return FIELD_OK(m->destination_ports, m->n_destination_ports, m->not_destination_ports,
                     m->n_not_destination_ports, hit_port, &p->port) &&
-           FIELD_OK(m->destination_ips, m->n_destination_ips, m->not_destination_ips, m->n_not_destination_ips,
-                    hit_cidr, &p->dst) &&
-           FIELD_OK(m->source_ips, m->n_source_ips, m->not_source_ips, m->n_not_source_ips, hit_cidr, &p->src) &&
+           FIELD_OK(m->destination_ips, m->n_destination_ips, m->not_destination_ips,
+                    m->n_not_destination_ips, hit_cidr, &p->dst) &&
+           FIELD_OK(m->source_ips, m->n_source_ips, m->not_source_ips, m->n_not_source_ips, hit_cidr,
+                    &p->src) &&
            FIELD_OK(m->service_accounts, m->n_service_accounts, m->not_service_accounts,
                     m->n_not_service_accounts, hit_sa, p) &&
-           FIELD_OK(m->principals, m->n_principals, m->not_principals, m->n_not_principals, hit_principal, p) &&
+           FIELD_OK(m->principals, m->n_principals, m->not_principals, m->n_not_principals, hit_principal,
+                    p) &&
            FIELD_OK(m->namespaces, m->n_namespaces, m->not_namespaces, m->n_not_namespaces, hit_namespace, p);
 }
 
@@ -150,7 +153,8 @@ static bool policy_matches(const struct policy *pol, const struct peer *p)
     for (size_t r = 0; r < pol->n_rules; r++) {
         const struct auth_rule *rule = &pol->rules[r];
         bool ok = true;
-        for (size_t c = 0; c < rule->n_clauses && ok; c++) ok = clause_holds(&rule->clauses[c], p);
+        for (size_t c = 0; c < rule->n_clauses && ok; c++)
+            ok = clause_holds(&rule->clauses[c], p);
         if (ok) return true;
     }
     return false;
@@ -217,7 +221,8 @@ static const char *policy_key(const struct policy *p, char *buf, size_t n)
  * along with the enforced ones: a matching DENY denies; a matching ALLOW allows unless an enforced DENY
  * matched; a non-matching ALLOW denies when it would have been the only ALLOW policy. */
 static void log_dry_runs(const struct snapshot *s, const struct workload *dst, const struct authz_conn *c,
-                         const struct peer *peer, enum authz_result actual, bool denied_by_deny, size_t n_allow)
+                         const struct peer *peer, enum authz_result actual, bool denied_by_deny,
+                         size_t n_allow)
 {
     struct pol_iter it;
     const struct policy *p;
@@ -237,22 +242,22 @@ static void log_dry_runs(const struct snapshot *s, const struct workload *dst, c
         else
             would = n_allow == 0 && !denied_by_deny ? AUTHZ_DENY : actual;
         const char *kv[] = {
-            "policy", policy_key(p, key, sizeof(key)),
-            "action", p->action == POLICY_DENY ? "deny" : "allow",
-            "matched", m ? "true" : "false",
-            "decision", would == AUTHZ_DENY ? "deny" : "allow",
-            "enforced", actual == AUTHZ_DENY ? "deny" : "allow",
-            "src.addr", src,
+            "policy",       policy_key(p, key, sizeof(key)),
+            "action",       p->action == POLICY_DENY ? "deny" : "allow",
+            "matched",      m ? "true" : "false",
+            "decision",     would == AUTHZ_DENY ? "deny" : "allow",
+            "enforced",     actual == AUTHZ_DENY ? "deny" : "allow",
+            "src.addr",     src,
             "src.identity", c->src_identity,
-            "dst.addr", dip,
-            "dst.port", port,
+            "dst.addr",     dip,
+            "dst.port",     port,
         };
         log_kvv(LOG_INFO, "authz", "dry-run policy", kv, sizeof(kv) / sizeof(kv[0]) / 2);
     }
 }
 
-enum authz_result authz_check(const struct snapshot *s, const struct workload *dst, const struct authz_conn *c,
-                              const char **matched_policy)
+enum authz_result authz_check(const struct snapshot *s, const struct workload *dst,
+                              const struct authz_conn *c, const char **matched_policy)
 {
     struct pol_iter it;
     struct peer peer;

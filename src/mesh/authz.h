@@ -32,8 +32,8 @@ enum authz_result { AUTHZ_ALLOW = 0, AUTHZ_DENY = 1 };
  * If matched_policy is non-NULL it receives the "ns/name" of the deciding policy (a matching DENY, or the
  * first matching ALLOW), or NULL when no policy decided (no ALLOW policies, or none matched). The string
  * lives in a thread-local buffer: valid until the next authz_check on the same thread; copy it to keep it. */
-enum authz_result authz_check(const struct snapshot *s, const struct workload *dst, const struct authz_conn *c,
-                              const char **matched_policy);
+enum authz_result authz_check(const struct snapshot *s, const struct workload *dst,
+                              const struct authz_conn *c, const char **matched_policy);
 
 /* True when policy p's rules match connection c (the action and dry-run flag are ignored): any rule whose
  * clauses all hold, a clause holding when it is empty or any of its non-empty matches holds. Exposed for
