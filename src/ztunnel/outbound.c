@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "core/relay.h"
 #include "h2/hbone.h"
+#include "mesh/lb.h"
 #include "ztunnel/proxy.h"
 
 struct out_conn {
@@ -59,17 +60,19 @@ static void hex(char *out, const uint8_t *in, size_t n)
     out[2 * n] = 0;
 }
 
+/* HBONE to an endpoint: TCP to ip:15008, :authority ip:port (reference §1.6). The expected server identities
+ * are the service's subjectAltNames (when service-addressed) plus the workload's own SPIFFE id. */
 static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *dip,
                            uint16_t dport)
 {
     struct worker *w = oc->w;
-    char fwd[SOCKADDR_STRLEN + 16], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17];
+    const struct service *svc = oc->rec.dst_svc;
+    char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17];
     uint8_t rnd[24];
     struct sockaddr_storage hop;
     struct ip_addr sip;
     const char *err = NULL;
 
-    /* Direct HBONE: TCP to podIP:15008, :authority podIP:targetPort (reference §1.6). */
     sockaddr_from(&hop, dip, PORT_HBONE);
     oc->rec.dst = hop;
     struct sockaddr_storage target;
@@ -78,7 +81,8 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     oc->rec.hbone_addr = oc->authority;
     workload_spiffe_id(wl, oc->dst_id, sizeof(oc->dst_id));
     oc->rec.dst_identity = oc->dst_id;
-    snprintf(fwd, sizeof(fwd), "for=\"%s\"", sockaddr_format(&oc->rec.src, csrc, sizeof(csrc)));
+    int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", sockaddr_format(&oc->rec.src, csrc, sizeof(csrc)));
+    if (svc && *svc->hostname) snprintf(fwd + n, sizeof(fwd) - (size_t)n, ";host=%s", svc->hostname);
     for (size_t i = 0; i < sizeof(rnd); i += 8) {
         uint64_t r = zt_random();
         memcpy(rnd + i, &r, 8);
@@ -92,11 +96,27 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
         {"forwarded", fwd},
         {"traceparent", tp},
     };
-    const char *sans[] = {oc->dst_id};
+    const char *sans[17];
+    size_t n_sans = 0;
+    for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
+    sans[n_sans++] = oc->dst_id;
     sockaddr_to(&oc->rec.src, &sip, NULL);
-    struct hbone_stream *s = pool_open_stream(w->pool, &hop, sans, 1, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]),
-                                              fd, &out_stream_ops, oc, &err);
+    struct hbone_stream *s = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs,
+                                              sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
     if (!s) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream");
+}
+
+/* Plain TCP to dst (not meshed or unknown): connection_security_policy=unknown. */
+static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_storage *dst)
+{
+    oc->rec.dst = *dst;
+    int up = zt_connect(dst, NULL);
+    if (up < 0) {
+        close(fd);
+        out_finish(oc, 0, 0, strerror(-up));
+        return;
+    }
+    if (!relay_new(oc->w->loop, fd, up, 1, &out_relay_ops, oc)) out_finish(oc, 0, 0, "relay setup failed");
 }
 
 static void outbound_handle(struct worker *w, int fd, const struct sockaddr_storage *peer)
@@ -128,6 +148,33 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     }
     oc->rec.dst = dst;
     sockaddr_to(&dst, &dip, &dport);
+
+    /* A service VIP: choose an endpoint (reference §9). */
+    const struct service *svc = snapshot_service_by_vip(v->snap, v->network, &dip);
+    if (svc) {
+        struct lb_choice ch;
+        struct lb_source src = {.wl = v->self};
+        oc->rec.dst_svc = svc;
+        int rc = lb_pick(v->snap, svc, dport, &src, &dip, zt_random(), &ch);
+        if (rc == 0) {
+            oc->rec.dst_wl = ch.wl;
+            if (ch.wl->protocol == WL_PROTO_HBONE) {
+                outbound_hbone(oc, fd, ch.wl, &ch.ip, ch.port);
+            } else {
+                struct sockaddr_storage ep;
+                sockaddr_from(&ep, &ch.ip, ch.port);
+                outbound_plain(oc, fd, &ep);
+            }
+            return;
+        }
+        if (rc != -EAGAIN) {
+            close(fd);
+            out_finish(oc, 0, 0, "no healthy upstream");
+            return;
+        }
+        /* PASSTHROUGH: the original destination as addressed. */
+    }
+
     const struct workload *wl = snapshot_workload_by_ip(v->snap, v->network, &dip);
     oc->rec.dst_wl = wl;
     if (zt_illegal_port(dport) && v->self && wl == v->self) {
@@ -139,14 +186,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         outbound_hbone(oc, fd, wl, &dip, dport);
         return;
     }
-    /* Not meshed or unknown: plain TCP passthrough (connection_security_policy=unknown). */
-    int up = zt_connect(&dst, NULL);
-    if (up < 0) {
-        close(fd);
-        out_finish(oc, 0, 0, strerror(-up));
-        return;
-    }
-    if (!relay_new(w->loop, fd, up, 1, &out_relay_ops, oc)) out_finish(oc, 0, 0, "relay setup failed");
+    outbound_plain(oc, fd, &dst);
 }
 
 void outbound_accept(struct io *io, uint32_t ev)
