@@ -727,7 +727,7 @@ static bool data_after_goaway(void)
 
 static bool drained(void)
 {
-    return cli.closed_calls == 1 && srv.closed_calls == 1;
+    return cli.closed_calls == 1 && srv.closed_calls == 1 && cli.st[0].app.eof && cli.st[1].app.eof;
 }
 
 static void test_drain(void **state)
