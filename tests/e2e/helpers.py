@@ -264,3 +264,54 @@ def parse_prometheus(text):
                   for k, v in re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(3) or "")]
         out.append((m.group(1), labels, float(m.group(4))))
     return out
+
+
+def echo_ok(src, dst, port=8080, data=b"echo-check", mark=None):
+    """True if an echo round trip src -> dst:port works (False if the connection fails or closes)."""
+    try:
+        s = connect(src.netns, dst.ip, port, mark=mark, timeout=5)
+    except OSError:
+        return False
+    try:
+        s.sendall(data)
+        return recv_exact(s, len(data)) == data
+    except (OSError, EOFError):
+        return False
+    finally:
+        s.close()
+
+
+def closed_without_data(s, timeout=5.0):
+    """Waits until s reports EOF or a reset; returns (closed, bytes received before that)."""
+    got = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        s.settimeout(max(0.05, deadline - time.time()))
+        try:
+            b = s.recv(4096)
+        except socket.timeout:
+            break
+        except (ConnectionResetError, BrokenPipeError):
+            return True, got
+        if not b:
+            return True, got
+        got += b
+    return False, got
+
+
+def denied(src, dst, port=8080, mark=None):
+    """True if a connection src -> dst:port is closed (EOF or reset) without any byte of echo."""
+    try:
+        s = connect(src.netns, dst.ip, port, mark=mark, timeout=5)
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+    try:
+        try:
+            s.sendall(b"must-not-be-echoed")
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        closed, got = closed_without_data(s)
+        assert got == b"", "denied connection %s -> %s:%d got data %r" % (src.name, dst.name, port, got)
+        return closed
+    finally:
+        s.close()

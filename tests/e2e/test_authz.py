@@ -6,15 +6,14 @@ n2p2 (default). Every pod is meshed. Each test writes the policy set it needs; t
 HBONE denials are checked with the independent Python h2 peer (401), meshed clients see their connection
 closed without data, and a plaintext connection to 15006 that is denied is closed."""
 import os
-import socket
-import time
 
 import pytest
 
-from hbone_peer import HboneClient, HboneError
-from helpers import Mesh, connect, recv_exact, wait_for
+from hbone_peer import HboneClient
+from helpers import Mesh, closed_without_data, connect, denied, echo_ok, recv_exact, wait_for
 
-ECHO, ECHO2 = 8080, 8081
+ECHO2 = 8081
+ECHO = 8080  # helpers.echo_ok's default port
 
 
 @pytest.fixture(scope="module")
@@ -47,52 +46,6 @@ def _policy(name, action, rules, ns="default", scope="Namespace"):
 
 def _principal(pod):
     return pod.spiffe[len("spiffe://"):]
-
-
-def echo_ok(src, dst, port=ECHO, data=b"authz-check", mark=None):
-    """True if an echo round trip src -> dst:port works."""
-    s = connect(src.netns, dst.ip, port, mark=mark, timeout=5)
-    try:
-        s.sendall(data)
-        return recv_exact(s, len(data)) == data
-    finally:
-        s.close()
-
-
-def closed_without_data(s, timeout=5.0):
-    """Waits until s reports EOF or a reset; returns (closed, bytes received before that)."""
-    got = b""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        s.settimeout(max(0.05, deadline - time.time()))
-        try:
-            b = s.recv(4096)
-        except socket.timeout:
-            break
-        except (ConnectionResetError, BrokenPipeError):
-            return True, got
-        if not b:
-            return True, got
-        got += b
-    return False, got
-
-
-def denied(src, dst, port=ECHO, mark=None):
-    """True if a connection src -> dst:port is closed (EOF or reset) without any byte of echo."""
-    try:
-        s = connect(src.netns, dst.ip, port, mark=mark, timeout=5)
-    except (ConnectionRefusedError, ConnectionResetError):
-        return True
-    try:
-        try:
-            s.sendall(b"must-not-be-echoed")
-        except (BrokenPipeError, ConnectionResetError):
-            return True
-        closed, got = closed_without_data(s)
-        assert got == b"", "denied connection %s -> %s:%d got data %r" % (src.name, dst.name, port, got)
-        return closed
-    finally:
-        s.close()
 
 
 def h2_peer(mesh, src, dst, identity, name, port=ECHO):
