@@ -224,7 +224,7 @@ def start_tag_server(topo, pod, port, tag, timeout=10):
             "while True:\n"
             "    c, _ = s.accept()\n"
             "    try:\n"
-            "        c.sendall(b%r)\n"
+            "        c.sendall(%r)\n"
             "    except OSError:\n"
             "        pass\n"
             "    c.close()\n" % (port, (tag + "\n").encode()))
