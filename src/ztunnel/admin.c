@@ -24,9 +24,9 @@
 #include "tls/ca.h"
 #include "ztunnel/metrics.h"
 
-#define ADM_URL_MAX 8192             /* longer request targets get 414 */
-#define ADM_HEADERS_MAX (64 * 1024)  /* a larger header block gets 431 */
-#define ADM_BODY_MAX (64 * 1024)     /* a larger body gets 413 (no endpoint reads bodies) */
+#define ADM_URL_MAX 8192            /* longer request targets get 414 */
+#define ADM_HEADERS_MAX (64 * 1024) /* a larger header block gets 431 */
+#define ADM_BODY_MAX (64 * 1024)    /* a larger body gets 413 (no endpoint reads bodies) */
 #define ADM_IN_BUF 16384
 #define ADM_MAX_CONNS 256
 #define ADM_IDLE_MS 60000
@@ -78,16 +78,26 @@ static void adm_conn_process(struct adm_conn *c);
 static const char *adm_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
     }
 }
 
@@ -98,8 +108,8 @@ static void adm_respond(struct adm_conn *c, int status, const char *ctype, const
     char head[512];
     bool head_only = llhttp_get_method(&c->parser) == HTTP_HEAD;
     int hn = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n%s%s%scontent-length: %zu\r\n%s\r\n", status,
-                      adm_reason(status), ctype ? "content-type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
-                      blen, c->close_after ? "connection: close\r\n" : "");
+                      adm_reason(status), ctype ? "content-type: " : "", ctype ? ctype : "",
+                      ctype ? "\r\n" : "", blen, c->close_after ? "connection: close\r\n" : "");
     size_t total = (size_t)hn + (head_only ? 0 : blen);
     free(c->out);
     c->out_off = c->out_len = 0;
@@ -224,7 +234,8 @@ static void adm_logging(struct adm_conn *c, char *query)
         adm_respond_text(c, 405, msg);
         return;
     }
-    for (char *save = NULL, *kv = query ? strtok_r(query, "&", &save) : NULL; kv; kv = strtok_r(NULL, "&", &save)) {
+    for (char *save = NULL, *kv = query ? strtok_r(query, "&", &save) : NULL; kv;
+         kv = strtok_r(NULL, "&", &save)) {
         char *eq = strchr(kv, '=');
         if (eq) *eq = '\0';
         adm_urldecode(kv);
@@ -247,7 +258,8 @@ static void adm_logging(struct adm_conn *c, char *query)
     }
     if (reset) log_level_cur = adm.default_level;
     if (level && *level && log_set_level(level) < 0) {
-        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", level, adm_logging_help);
+        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", level,
+                 adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }
@@ -270,7 +282,8 @@ static void adm_dashboard(struct adm_conn *c)
     static const char html[] =
         "<!DOCTYPE html>\n<html><head><title>ztunnel admin</title></head><body>\n<table>\n"
         "<tr><td><a href=\"quitquitquit\">quitquitquit</a></td><td>shut down the server</td></tr>\n"
-        "<tr><td><a href=\"config_dump\">config_dump</a></td><td>dump the current Ztunnel configuration</td></tr>\n"
+        "<tr><td><a href=\"config_dump\">config_dump</a></td><td>dump the current Ztunnel "
+        "configuration</td></tr>\n"
         "<tr><td><a href=\"logging\">logging</a></td><td>query/changing logging levels</td></tr>\n"
         "</table>\n</body></html>\n";
     adm_respond(c, 200, "text/html; charset=utf-8", html, sizeof(html) - 1);
@@ -621,8 +634,8 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         fds[i] = i == ADM_ADMIN ? net_listen_local(want[i], 128) : net_listen(want[i], 128, false);
         if (fds[i] < 0) {
             rc = fds[i];
-            snprintf(err, errlen, "listen on %s port %u: %s", i == ADM_ADMIN ? "127.0.0.1" : "wildcard", want[i],
-                     strerror(-rc));
+            snprintf(err, errlen, "listen on %s port %u: %s", i == ADM_ADMIN ? "127.0.0.1" : "wildcard",
+                     want[i], strerror(-rc));
             goto out;
         }
         struct sockaddr_storage ss;

@@ -103,18 +103,29 @@ static void jw_quote(struct jw *w, const char *s)
         } else if (c < 0x20) {
             char esc[8];
             switch (c) {
-            case '\b': jw_raw(w, "\\b", 2); break;
-            case '\f': jw_raw(w, "\\f", 2); break;
-            case '\n': jw_raw(w, "\\n", 2); break;
-            case '\r': jw_raw(w, "\\r", 2); break;
-            case '\t': jw_raw(w, "\\t", 2); break;
+            case '\b':
+                jw_raw(w, "\\b", 2);
+                break;
+            case '\f':
+                jw_raw(w, "\\f", 2);
+                break;
+            case '\n':
+                jw_raw(w, "\\n", 2);
+                break;
+            case '\r':
+                jw_raw(w, "\\r", 2);
+                break;
+            case '\t':
+                jw_raw(w, "\\t", 2);
+                break;
             default:
                 snprintf(esc, sizeof(esc), "\\u%04x", c);
                 jw_raw(w, esc, 6);
             }
             p++;
         } else {
-            /* A multi-byte UTF-8 sequence: copy it if well-formed (no overlongs, no surrogates, <= U+10FFFF). */
+            /* A multi-byte UTF-8 sequence: copy it if well-formed (no overlongs, no surrogates, <= U+10FFFF).
+             */
             size_t n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 0;
             bool ok = n && c >= 0xc2 && c <= 0xf4;
             for (size_t i = 1; ok && i < n; i++)
@@ -484,7 +495,8 @@ static void cd_time(const ASN1_TIME *t, char *buf, size_t n)
     if (!t || !ASN1_TIME_to_tm(t, &tm) || !strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm)) snprintf(buf, n, "?");
 }
 
-/* {pem (base64 of the PEM text), serialNumber (decimal, as Istio prints a BigNum), validFrom, expirationTime}. */
+/* {pem (base64 of the PEM text), serialNumber (decimal, as Istio prints a BigNum), validFrom,
+ * expirationTime}. */
 static void cd_x509(struct jw *w, X509 *x)
 {
     BIO *bio = BIO_new(BIO_s_mem());

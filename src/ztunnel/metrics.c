@@ -26,14 +26,14 @@ enum {
 };
 
 struct metric_set {
-    struct metric_set *hnext;  /* hash chain; written under the lock */
-    struct metric_set *onext;  /* creation order; immutable once the next set is published */
+    struct metric_set *hnext; /* hash chain; written under the lock */
+    struct metric_set *onext; /* creation order; immutable once the next set is published */
     uint64_t hash;
     _Atomic uint64_t opened, closed, failed, received, sent;
-    atomic_uint touched;       /* M_* bits */
+    atomic_uint touched;           /* M_* bits */
     uint32_t flags_off, flags_len; /* response_flags value (escaped) inside labels */
     uint32_t len;
-    char labels[];             /* NUL-terminated */
+    char labels[]; /* NUL-terminated */
 };
 
 static struct {
@@ -42,6 +42,8 @@ static struct {
     size_t nbuckets, n;
     struct metric_set *head, *tail;
     char build_tag[128];
+    _Atomic int64_t sockets[2]; /* [0] reporter source, [1] destination */
+    atomic_bool sockets_touched[2];
 } m_reg = {.lock = PTHREAD_MUTEX_INITIALIZER, .build_tag = "unknown"};
 
 /* ---- a small string builder with inline storage (no allocation for ordinary label sets) ---- */
@@ -125,10 +127,17 @@ static void m_value(struct m_buf *b, const char *v)
     if (!v || !*v) v = "unknown";
     for (const char *s = v; *s; s++) {
         switch (*s) {
-        case '\\': m_put(b, "\\\\", 2); break;
-        case '"': m_put(b, "\\\"", 2); break;
-        case '\n': m_put(b, "\\n", 2); break;
-        default: m_put(b, s, 1);
+        case '\\':
+            m_put(b, "\\\\", 2);
+            break;
+        case '"':
+            m_put(b, "\\\"", 2);
+            break;
+        case '\n':
+            m_put(b, "\\n", 2);
+            break;
+        default:
+            m_put(b, s, 1);
         }
     }
 }
@@ -268,7 +277,8 @@ struct metric_set *metrics_conn_open(const struct conn_info *ci)
     m = m_get(b.p, b.len, foff, flen);
     if (!m) goto out;
     atomic_fetch_add_explicit(&m->opened, 1, memory_order_relaxed);
-    if ((atomic_load_explicit(&m->touched, memory_order_relaxed) & (M_OPENED | M_BYTES)) != (M_OPENED | M_BYTES))
+    if ((atomic_load_explicit(&m->touched, memory_order_relaxed) & (M_OPENED | M_BYTES)) !=
+        (M_OPENED | M_BYTES))
         atomic_fetch_or_explicit(&m->touched, M_OPENED | M_BYTES, memory_order_relaxed);
 out:
     m_buf_free(&b);
@@ -324,6 +334,18 @@ void metrics_set_close(struct metric_set *m, const char *flags, bool failed)
     m_buf_free(&b);
 }
 
+void metrics_socket_open(bool inbound)
+{
+    atomic_fetch_add_explicit(&m_reg.sockets[inbound], 1, memory_order_relaxed);
+    if (!atomic_load_explicit(&m_reg.sockets_touched[inbound], memory_order_relaxed))
+        atomic_store_explicit(&m_reg.sockets_touched[inbound], true, memory_order_relaxed);
+}
+
+void metrics_socket_close(bool inbound)
+{
+    atomic_fetch_sub_explicit(&m_reg.sockets[inbound], 1, memory_order_relaxed);
+}
+
 void metrics_set_build_tag(const char *tag)
 {
     pthread_mutex_lock(&m_reg.lock);
@@ -333,7 +355,8 @@ void metrics_set_build_tag(const char *tag)
 
 const char *metrics_content_type(bool openmetrics)
 {
-    return openmetrics ? "application/openmetrics-text;charset=utf-8;version=1.0.0" : "text/plain; version=0.0.4; charset=utf-8";
+    return openmetrics ? "application/openmetrics-text;charset=utf-8;version=1.0.0"
+                       : "text/plain; version=0.0.4; charset=utf-8";
 }
 
 /* ---- rendering ---- */
@@ -348,12 +371,12 @@ static const struct m_family {
      offsetof(struct metric_set, opened)},
     {"tcp_connections_closed", "The total number of TCP connections closed", M_CLOSED,
      offsetof(struct metric_set, closed)},
-    {"tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection", M_BYTES,
-     offsetof(struct metric_set, received)},
+    {"tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection",
+     M_BYTES, offsetof(struct metric_set, received)},
     {"tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection", M_BYTES,
      offsetof(struct metric_set, sent)},
-    {"tcp_connections_failed", "The total number of TCP connections that failed to establish (unstable)", M_FAILED,
-     offsetof(struct metric_set, failed)},
+    {"tcp_connections_failed", "The total number of TCP connections that failed to establish (unstable)",
+     M_FAILED, offsetof(struct metric_set, failed)},
 };
 
 /* HELP and TYPE lines. OpenMetrics names a counter family without "_total"; Prometheus 0.0.4 names it as
@@ -403,11 +426,19 @@ char *metrics_render(bool om, size_t *len)
         struct metric_set *e = head;
         for (size_t i = 0; i < n && e; i++, e = i < n ? e->onext : NULL) {
             if (!(atomic_load_explicit(&e->touched, memory_order_relaxed) & fam->bit)) continue;
-            uint64_t v = atomic_load_explicit((_Atomic uint64_t *)((char *)e + fam->off), memory_order_relaxed);
+            uint64_t v =
+                atomic_load_explicit((_Atomic uint64_t *)((char *)e + fam->off), memory_order_relaxed);
             m_printf(&b, "%s_total{", name);
             m_put(&b, e->labels, e->len);
             m_printf(&b, "} %llu\n", (unsigned long long)v);
         }
+    }
+
+    m_header(&b, om, "istio_tcp_sockets_open", false, "The current number of open TCP sockets (unstable)");
+    for (int i = 0; i < 2; i++) {
+        if (!atomic_load_explicit(&m_reg.sockets_touched[i], memory_order_relaxed)) continue;
+        m_printf(&b, "istio_tcp_sockets_open{reporter=\"%s\"} %lld\n", i ? "destination" : "source",
+                 (long long)atomic_load_explicit(&m_reg.sockets[i], memory_order_relaxed));
     }
 
     m_header(&b, om, "istio_build", false, "Istio component build info");

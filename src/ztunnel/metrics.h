@@ -15,9 +15,10 @@
 struct conn_info {
     bool inbound;                           /* reporter "destination" (inbound) or "source" (outbound) */
     const struct workload *src_wl, *dst_wl; /* may be NULL */
-    /* Full spiffe:// ids or NULL. src_principal is the verified mTLS peer only (Istio never derives it from the
-     * source workload). dst_principal is used only when dst_wl is NULL: with a known destination workload the
-     * label is that workload's identity, as Istio does. */
+    /* Full spiffe:// ids or NULL. src_principal, as Istio sets it: inbound, the verified mTLS peer's id (NULL
+     * on plaintext 15006); outbound, this pod's own id when the connection goes over HBONE (NULL for plain
+     * TCP). It is never derived from src_wl. dst_principal is used only when dst_wl is NULL: with a known
+     * destination workload the label is that workload's identity, as Istio does. */
     const char *src_principal, *dst_principal;
     const struct service *dst_svc; /* may be NULL */
     bool mtls;                     /* connection_security_policy: mutual_tls, else unknown */
@@ -41,6 +42,11 @@ void metrics_conn_close(const struct conn_info *ci, const char *flags, bool fail
 /* Same as metrics_conn_close, for a connection that kept only the set metrics_conn_open returned: the label
  * set is that one with response_flags replaced by flags. Needs no conn_info. Thread-safe. */
 void metrics_set_close(struct metric_set *m, const char *flags, bool failed);
+
+/* istio_tcp_sockets_open{reporter} gauge: one open per accepted downstream socket, one close when it is
+ * closed (inbound = reporter "destination"). Relaxed atomics. */
+void metrics_socket_open(bool inbound);
+void metrics_socket_close(bool inbound);
 
 /* Sets the tag label of istio_build{component="ztunnel",tag=...} (copied; default "unknown"). Call before
  * the first render. */

@@ -53,7 +53,8 @@ static char *render(bool om)
 }
 
 #define UNKNOWN_SRC                                                                                          \
-    "source_workload=\"unknown\",source_canonical_service=\"unknown\",source_canonical_revision=\"unknown\"," \
+    "source_workload=\"unknown\",source_canonical_service=\"unknown\",source_canonical_revision="            \
+    "\"unknown\","                                                                                           \
     "source_workload_namespace=\"unknown\""
 
 /* With nothing known every label is "unknown" (principal included), in Istio's order, without locality. */
@@ -63,14 +64,15 @@ static void test_unknown_defaults_and_order(void **state)
     struct metric_set *m = metrics_conn_open(&ci);
     assert_non_null(m);
     char *t = render(false);
-    const char *want = "reporter=\"source\"," UNKNOWN_SRC ",source_principal=\"spiffe://td/ns/order/sa/x\","
-                       "source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\","
-                       "destination_service=\"unknown\",destination_service_namespace=\"unknown\","
-                       "destination_service_name=\"unknown\",destination_workload=\"unknown\","
-                       "destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\","
-                       "destination_workload_namespace=\"unknown\",destination_principal=\"unknown\","
-                       "destination_app=\"unknown\",destination_version=\"unknown\",destination_cluster=\"unknown\","
-                       "request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"unknown\"";
+    const char *want =
+        "reporter=\"source\"," UNKNOWN_SRC ",source_principal=\"spiffe://td/ns/order/sa/x\","
+        "source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\","
+        "destination_service=\"unknown\",destination_service_namespace=\"unknown\","
+        "destination_service_name=\"unknown\",destination_workload=\"unknown\","
+        "destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\","
+        "destination_workload_namespace=\"unknown\",destination_principal=\"unknown\","
+        "destination_app=\"unknown\",destination_version=\"unknown\",destination_cluster=\"unknown\","
+        "request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"unknown\"";
     assert_int_equal(sample(t, "istio_tcp_connections_opened_total", want), 1);
     assert_int_equal(sample(t, "istio_tcp_received_bytes_total", want), 0);
     assert_int_equal(sample(t, "istio_tcp_sent_bytes_total", want), 0);
@@ -79,42 +81,43 @@ static void test_unknown_defaults_and_order(void **state)
     free(t);
 }
 
-static const char *mesh_yaml = "workloads:\n"
-                               "- name: client-7d4\n"
-                               "  namespace: app\n"
-                               "  serviceAccount: client\n"
-                               "  workloadName: client\n"
-                               "  canonicalName: client-svc\n"
-                               "  canonicalRevision: v1\n"
-                               "  clusterId: c1\n"
-                               "  workloadIps: [\"10.0.0.1\"]\n"
-                               "  protocol: HBONE\n"
-                               "  locality: {region: r1, zone: z1}\n"
-                               "- name: server-0\n"
-                               "  namespace: app\n"
-                               "  serviceAccount: server\n"
-                               "  trustDomain: example.org\n"
-                               "  workloadName: server\n"
-                               "  workloadIps: [\"10.0.0.2\"]\n"
-                               "  protocol: HBONE\n"
-                               "  waypoint: {destination: \"app/wp.app.svc.cluster.local\", hboneMtlsPort: 15008}\n"
-                               "  services:\n"
-                               "    \"app/server.app.svc.cluster.local\": {80: 8080}\n"
-                               "services:\n"
-                               "- name: server\n"
-                               "  namespace: app\n"
-                               "  hostname: server.app.svc.cluster.local\n"
-                               "  vips: [\"/10.96.0.20\"]\n"
-                               "  ports: {80: 8080}\n"
-                               "policies:\n"
-                               "- name: deny-x\n"
-                               "  namespace: app\n"
-                               "  scope: Namespace\n"
-                               "  action: Deny\n"
-                               "  rules:\n"
-                               "  - - - principals: [{Exact: \"td/ns/a\\\"b/sa/c\"}, {Presence: []}]\n"
-                               "        sourceIps: [\"10.1.0.0/16\"]\n"
-                               "    - - destinationPorts: [8080]\n";
+static const char *mesh_yaml =
+    "workloads:\n"
+    "- name: client-7d4\n"
+    "  namespace: app\n"
+    "  serviceAccount: client\n"
+    "  workloadName: client\n"
+    "  canonicalName: client-svc\n"
+    "  canonicalRevision: v1\n"
+    "  clusterId: c1\n"
+    "  workloadIps: [\"10.0.0.1\"]\n"
+    "  protocol: HBONE\n"
+    "  locality: {region: r1, zone: z1}\n"
+    "- name: server-0\n"
+    "  namespace: app\n"
+    "  serviceAccount: server\n"
+    "  trustDomain: example.org\n"
+    "  workloadName: server\n"
+    "  workloadIps: [\"10.0.0.2\"]\n"
+    "  protocol: HBONE\n"
+    "  waypoint: {destination: \"app/wp.app.svc.cluster.local\", hboneMtlsPort: 15008}\n"
+    "  services:\n"
+    "    \"app/server.app.svc.cluster.local\": {80: 8080}\n"
+    "services:\n"
+    "- name: server\n"
+    "  namespace: app\n"
+    "  hostname: server.app.svc.cluster.local\n"
+    "  vips: [\"/10.96.0.20\"]\n"
+    "  ports: {80: 8080}\n"
+    "policies:\n"
+    "- name: deny-x\n"
+    "  namespace: app\n"
+    "  scope: Namespace\n"
+    "  action: Deny\n"
+    "  rules:\n"
+    "  - - - principals: [{Exact: \"td/ns/a\\\"b/sa/c\"}, {Presence: []}]\n"
+    "        sourceIps: [\"10.1.0.0/16\"]\n"
+    "    - - destinationPorts: [8080]\n";
 
 /* Workload fields map as in metrics.rs (app = canonical name, version = canonical revision, destination
  * principal = the destination workload's identity), and locality labels appear once a workload is known. */
@@ -261,10 +264,17 @@ static void test_threads(void **state)
 static void test_formats(void **state)
 {
     metrics_set_build_tag("1.2.3");
+    metrics_socket_open(true);
+    metrics_socket_open(true);
+    metrics_socket_close(true);
     char *t = render(false);
+    assert_non_null(strstr(
+        t, "# TYPE istio_tcp_sockets_open gauge\nistio_tcp_sockets_open{reporter=\"destination\"} 1\n"));
+    assert_null(strstr(t, "istio_tcp_sockets_open{reporter=\"source\"}"));
     assert_non_null(strstr(t, "# HELP istio_tcp_connections_opened_total The total number of TCP connections "
                               "opened.\n# TYPE istio_tcp_connections_opened_total counter\n"));
-    assert_non_null(strstr(t, "# TYPE istio_build gauge\nistio_build{component=\"ztunnel\",tag=\"1.2.3\"} 1\n"));
+    assert_non_null(
+        strstr(t, "# TYPE istio_build gauge\nistio_build{component=\"ztunnel\",tag=\"1.2.3\"} 1\n"));
     assert_non_null(strstr(t, "\nprocess_open_fds "));
     assert_non_null(strstr(t, "\nprocess_max_fds "));
     assert_null(strstr(t, "# EOF"));
@@ -275,13 +285,15 @@ static void test_formats(void **state)
 
     t = render(true);
     assert_non_null(strstr(t, "# TYPE istio_tcp_connections_opened counter\n"));
-    assert_non_null(strstr(t, "# HELP istio_tcp_sent_bytes The size of total bytes sent during response in case "
-                              "of a TCP connection.\n"));
+    assert_non_null(strstr(t,
+                           "# HELP istio_tcp_sent_bytes The size of total bytes sent during response in case "
+                           "of a TCP connection.\n"));
     assert_non_null(strstr(t, "\nistio_tcp_connections_opened_total{reporter="));
     size_t n = strlen(t);
     assert_true(n > 6 && !strcmp(t + n - 6, "# EOF\n"));
     free(t);
-    assert_string_equal(metrics_content_type(true), "application/openmetrics-text;charset=utf-8;version=1.0.0");
+    assert_string_equal(metrics_content_type(true),
+                        "application/openmetrics-text;charset=utf-8;version=1.0.0");
 }
 
 /* ---- JSON ---- */
@@ -338,21 +350,22 @@ static void test_json_writer(void **state)
 {
     char *d = jw_doc(build_escapes);
     assert_non_null(d);
-    assert_string_equal(d, "{\n"
-                           "  \"q\\\"k\": \"a\\\"b\\\\c/d\",\n"
-                           "  \"ctl\": \"\\b\\f\\n\\r\\t\\u0001\\u001f\",\n"
-                           "  \"utf8\": \"h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\",\n"
-                           "  \"bad\": \"x\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\",\n"
-                           "  \"empty_arr\": [],\n"
-                           "  \"empty_obj\": {},\n"
-                           "  \"nested\": [\n"
-                           "    1,\n"
-                           "    [\n"
-                           "      true,\n"
-                           "      false\n"
-                           "    ]\n"
-                           "  ]\n"
-                           "}\n");
+    assert_string_equal(d,
+                        "{\n"
+                        "  \"q\\\"k\": \"a\\\"b\\\\c/d\",\n"
+                        "  \"ctl\": \"\\b\\f\\n\\r\\t\\u0001\\u001f\",\n"
+                        "  \"utf8\": \"h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\",\n"
+                        "  \"bad\": \"x\\ufffd\\ufffd(\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\",\n"
+                        "  \"empty_arr\": [],\n"
+                        "  \"empty_obj\": {},\n"
+                        "  \"nested\": [\n"
+                        "    1,\n"
+                        "    [\n"
+                        "      true,\n"
+                        "      false\n"
+                        "    ]\n"
+                        "  ]\n"
+                        "}\n");
     free(d);
     assert_null(jw_doc(build_unbalanced));
     assert_null(jw_doc(build_deep));
@@ -402,7 +415,8 @@ static void test_config_dump(void **state)
     const char *sn = strstr(d, "\"serialNumber\": \"");
     assert_non_null(sn);
     sn += strlen("\"serialNumber\": \"");
-    assert_true(sn[0] >= '0' && sn[0] <= '9' && strspn(sn, "0123456789") > 5 && sn[strspn(sn, "0123456789")] == '"');
+    assert_true(sn[0] >= '0' && sn[0] <= '9' && strspn(sn, "0123456789") > 5 &&
+                sn[strspn(sn, "0123456789")] == '"');
     const char *vf = strstr(d, "\"validFrom\": \"");
     assert_non_null(vf);
     assert_true(strlen(vf) > 34 && vf[18] == '-' && vf[24] == 'T' && vf[33] == 'Z');
@@ -439,7 +453,8 @@ static int srv_setup(void **state)
 {
     adm.loop = loop_new();
     assert_non_null(adm.loop);
-    adm.hooks = (struct admin_hooks){.pending = hook_pending, .quit = hook_quit, .snapshot_get = hook_snapshot};
+    adm.hooks =
+        (struct admin_hooks){.pending = hook_pending, .quit = hook_quit, .snapshot_get = hook_snapshot};
     adm.default_level = LOG_INFO;
     adm_settings_init();
     return 0;
@@ -515,9 +530,10 @@ static void test_http_readiness(void **state)
                  "GET /other HTTP/1.1\r\nHost: x\r\n\r\n"
                  "HEAD /healthz/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                  0);
-    assert_string_equal(r, "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n"
-                           "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
-                           "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    assert_string_equal(r,
+                        "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n"
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+                        "HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     free(r);
     assert_null(p.conn);
     peer_close(&p);
@@ -550,7 +566,8 @@ static void test_http_limits_and_errors(void **state)
     memset(req + hn, 'x', blen);
     req[hn + blen] = '\0';
     r = exchange(&p, req, 4096);
-    assert_string_equal(r, "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    assert_string_equal(r,
+                        "HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     free(r);
     free(req);
     peer_close(&p);
@@ -566,8 +583,9 @@ static void test_http_limits_and_errors(void **state)
 static void test_http_metrics(void **state)
 {
     struct peer p = peer_new(ADM_METRICS);
-    char *r = exchange(&p, "GET /metrics HTTP/1.1\r\nAccept: application/json, application/openmetrics-text; "
-                           "version=1.0.0\r\n\r\n",
+    char *r = exchange(&p,
+                       "GET /metrics HTTP/1.1\r\nAccept: application/json, application/openmetrics-text; "
+                       "version=1.0.0\r\n\r\n",
                        0);
     assert_non_null(strstr(r, "content-type: application/openmetrics-text;charset=utf-8;version=1.0.0\r\n"));
     assert_non_null(strstr(r, "# EOF\n"));
