@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <llhttp.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "core/log.h"
@@ -599,6 +600,39 @@ static int adm_env_port(const char *name, uint16_t def, uint16_t *out)
     return 0;
 }
 
+/* A listening socket without SO_REUSEPORT (unlike the data-path listeners): a second ztunnel in the same
+ * network namespace must fail to bind rather than silently share, and answer for, our metrics and config.
+ * Returns the fd or -errno. */
+static int adm_listen_one(int family, const struct sockaddr *sa, socklen_t sl)
+{
+    int one = 1, zero = 0, rc;
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    if (bind(fd, sa, sl) < 0 || listen(fd, 128) < 0) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
+/* 127.0.0.1:port when local, else [::]:port dual-stack, or 0.0.0.0:port where IPv6 is unavailable. */
+static int adm_listen(bool local, uint16_t port)
+{
+    struct sockaddr_in s4 = {.sin_family = AF_INET,
+                             .sin_port = htons(port),
+                             .sin_addr = {htonl(local ? INADDR_LOOPBACK : INADDR_ANY)}};
+    if (!local) {
+        struct sockaddr_in6 s6 = {
+            .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_ANY_INIT};
+        int fd = adm_listen_one(AF_INET6, (struct sockaddr *)&s6, sizeof(s6));
+        if (fd >= 0 || fd == -EADDRINUSE || fd == -EACCES) return fd;
+    }
+    return adm_listen_one(AF_INET, (struct sockaddr *)&s4, sizeof(s4));
+}
+
 static void *adm_thread(void *arg)
 {
     loop_run(adm.loop);
@@ -631,7 +665,7 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         }
     }
     for (int i = 0; i < 3; i++) {
-        fds[i] = i == ADM_ADMIN ? net_listen_local(want[i], 128) : net_listen(want[i], 128, false);
+        fds[i] = adm_listen(i == ADM_ADMIN, want[i]);
         if (fds[i] < 0) {
             rc = fds[i];
             snprintf(err, errlen, "listen on %s port %u: %s", i == ADM_ADMIN ? "127.0.0.1" : "wildcard",

@@ -655,6 +655,46 @@ static void test_http_admin(void **state)
     peer_close(&p);
 }
 
+/* The real listeners on free ports (env 0), over TCP; runs last because the admin thread keeps adm. */
+static void test_admin_start(void **state)
+{
+    char err[256];
+    setenv("ADMIN_PORT", "0", 1);
+    setenv("METRICS_PORT", "0", 1);
+    setenv("READINESS_PORT", "0", 1);
+    pending_value = NULL;
+    struct admin_hooks h = {.pending = hook_pending};
+    assert_int_equal(admin_start(&h, err, sizeof(err)), 0);
+    assert_int_equal(admin_start(&h, err, sizeof(err)), -EALREADY);
+    uint16_t ports[3];
+    admin_ports(&ports[0], &ports[1], &ports[2]);
+    for (int i = 0; i < 3; i++)
+        assert_true(ports[i] != 0);
+    /* No SO_REUSEPORT: a second bind of the same port fails. */
+    assert_int_equal(adm_listen(false, ports[1]), -EADDRINUSE);
+
+    static const char *const reqs[] = {"POST /logging HTTP/1.1\r\nConnection: close\r\n\r\n",
+                                       "GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n",
+                                       "GET /healthz/ready HTTP/1.1\r\nConnection: close\r\n\r\n"};
+    static const char *const want[] = {"current log level is", "istio_build{", "\r\n\r\nready\n"};
+    for (int i = 0; i < 3; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {
+            .sin_family = AF_INET, .sin_port = htons(ports[i]), .sin_addr = {htonl(INADDR_LOOPBACK)}};
+        assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        assert_int_equal(write(fd, reqs[i], strlen(reqs[i])), (ssize_t)strlen(reqs[i]));
+        char buf[65536];
+        size_t len = 0;
+        ssize_t n;
+        while ((n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+            len += (size_t)n;
+        buf[len] = '\0';
+        close(fd);
+        assert_non_null(strstr(buf, "HTTP/1.1 200 OK\r\n"));
+        assert_non_null(strstr(buf, want[i]));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -670,6 +710,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_limits_and_errors, srv_setup, srv_teardown),
         cmocka_unit_test_setup_teardown(test_http_metrics, srv_setup, srv_teardown),
         cmocka_unit_test_setup_teardown(test_http_admin, srv_setup, srv_teardown),
+        cmocka_unit_test(test_admin_start),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
