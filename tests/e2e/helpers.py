@@ -236,13 +236,13 @@ def start_tag_server(topo, pod, port, tag, timeout=10):
     return p
 
 
-def http_request(netns, ip, port, path, method="GET", mark=None, timeout=10):
+def http_request(netns, ip, port, path, method="GET", mark=None, timeout=10, headers=None):
     """One HTTP/1.1 request from inside netns; returns (status, headers dict with lower-case names, body)."""
     import http.client
     conn = http.client.HTTPConnection(ip, port, timeout=timeout)
     conn.sock = connect(netns, ip, port, mark=mark, timeout=timeout)
     try:
-        conn.request(method, path)
+        conn.request(method, path, headers=headers or {})
         r = conn.getresponse()
         body = r.read()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, body
