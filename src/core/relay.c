@@ -63,6 +63,12 @@ static void relay_end(struct relay *r, const char *err)
     loop_defer(r->loop, &r->free_task);
 }
 
+void relay_bytes(const struct relay *r, uint64_t *a_to_b, uint64_t *b_to_a)
+{
+    *a_to_b = r->ab.bytes;
+    *b_to_a = r->ba.bytes;
+}
+
 void relay_abort(struct relay *r, const char *err)
 {
     relay_end(r, err);

@@ -58,7 +58,9 @@ static void obuf_consume(struct obuf *b, size_t n)
 static int obuf_append(struct obuf *b, const void *d, size_t n)
 {
     if (b->len + n > b->cap) {
-        if (b->off) {
+        /* Compact only when the dead prefix is at least as large as the live bytes, so each byte is moved
+         * at most about once (amortized O(1)); otherwise grow. */
+        if (b->off && b->off >= b->len - b->off) {
             memmove(b->p, b->p + b->off, b->len - b->off);
             b->len -= b->off;
             b->off = 0;
@@ -1270,4 +1272,10 @@ void hbone_stream_reset(struct hbone_stream *s, const char *err)
 struct hbone_conn *hbone_stream_conn(const struct hbone_stream *s)
 {
     return s->c;
+}
+
+void hbone_stream_bytes(const struct hbone_stream *s, uint64_t *to_h2, uint64_t *to_tcp)
+{
+    *to_h2 = s->to_h2;
+    *to_tcp = s->to_tcp;
 }

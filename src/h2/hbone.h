@@ -103,3 +103,5 @@ void hbone_stream_respond(struct hbone_stream *s, int status, int tcp_fd, const 
 /* Resets the stream (RST_STREAM CANCEL) and closes its TCP side; on_done runs. */
 void hbone_stream_reset(struct hbone_stream *s, const char *err);
 struct hbone_conn *hbone_stream_conn(const struct hbone_stream *s);
+/* Bytes moved so far (for counters that advance while a long connection is open). */
+void hbone_stream_bytes(const struct hbone_stream *s, uint64_t *to_h2, uint64_t *to_tcp);

@@ -11,26 +11,11 @@
 #include "core/relay.h"
 #include "h2/hbone.h"
 #include "mesh/authz.h"
+#include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
 
 #define APP_CONNECT_TIMEOUT_MS 10000
 
-/* Intrusive doubly linked lists of live connections, headed in the worker. */
-#define LIST_PUSH(head, x)                                                                                     \
-    do {                                                                                                       \
-        (x)->prev = NULL;                                                                                      \
-        (x)->next = (head);                                                                                    \
-        if (head) (head)->prev = (x);                                                                          \
-        (head) = (x);                                                                                          \
-    } while (0)
-#define LIST_DEL(head, x)                                                                                      \
-    do {                                                                                                       \
-        if ((x)->prev)                                                                                         \
-            (x)->prev->next = (x)->next;                                                                       \
-        else                                                                                                   \
-            (head) = (x)->next;                                                                                \
-        if ((x)->next) (x)->next->prev = (x)->prev;                                                            \
-    } while (0)
 
 /* One accepted HBONE connection. */
 struct in_conn {
@@ -56,6 +41,7 @@ struct in_stream {
     char dst_id[SPIFFE_MAX];
     struct authz_conn az; /* what the policies judge; kept to re-check on policy changes */
     bool authorized;
+    struct zt_stats stats;
 };
 
 /* Applies the view's policies to a connection to the workload at az->dst_ip. */
@@ -106,6 +92,9 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
         is->rec.error = r->error;
     }
     access_log(&is->rec);
+    /* response_flags: DENY for an RBAC rejection, CONNECT when the app could not be reached. */
+    const char *flags = r->status == 401 ? "DENY" : (r->status == 503 && is->authorized) ? "CONNECT" : "-";
+    zt_stats_close(&is->stats, r->bytes_to_tcp, r->bytes_to_h2, flags, r->status != 200);
     LIST_DEL(ic->w->in_streams, is);
     ic->w->active--;
     zt_view_unref(is->view);
@@ -146,6 +135,31 @@ static void in_connect_cb(struct io *io, uint32_t ev)
 static void in_connect_timeout(struct timer *t)
 {
     in_connected(container_of(t, struct in_stream, timer), ETIMEDOUT);
+}
+
+/* The service named by `forwarded: ...;host=<hostname>` selects the destination_service label (reference
+ * §1.3); it is never used for routing. */
+static const struct service *forwarded_service(const struct zt_view *v, const struct hbone_request *req)
+{
+    for (size_t i = 0; i < req->n_headers; i++) {
+        if (strcmp(req->headers[i].name, "forwarded") != 0) continue;
+        const char *h = strstr(req->headers[i].value, "host=");
+        if (!h) return NULL;
+        h += 5;
+        /* Services are indexed by "ns/hostname"; a Kubernetes hostname is <name>.<ns>.svc.<domain>. */
+        char key[512];
+        size_t n = strcspn(h, ";,\" ");
+        const char *dot = memchr(h, '.', n);
+        if (n == 0 || !dot) return NULL;
+        size_t nsl = strcspn(dot + 1, ".;,\" ");
+        if (!nsl || nsl + 1 + n >= sizeof(key)) return NULL;
+        memcpy(key, dot + 1, nsl);
+        key[nsl] = '/';
+        memcpy(key + nsl + 1, h, n);
+        key[nsl + 1 + n] = 0;
+        return snapshot_service_by_host(v->snap, key);
+    }
+    return NULL;
 }
 
 static void in_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
@@ -205,6 +219,15 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     }
     workload_spiffe_id(dst, is->dst_id, sizeof(is->dst_id));
     is->rec.dst_identity = is->dst_id;
+    struct conn_info ci = {.inbound = true,
+                           .src_wl = is->rec.src_wl,
+                           .dst_wl = dst,
+                           .src_principal = is->peer_id[0] ? is->peer_id : NULL,
+                           .dst_principal = is->dst_id,
+                           .dst_svc = forwarded_service(v, req),
+                           .mtls = true};
+    is->rec.dst_svc = ci.dst_svc;
+    zt_stats_open(&is->stats, &ci);
     if (zt_illegal_port(aport)) {
         hbone_stream_respond(s, 503, -1, NULL, 0);
         return;
@@ -236,6 +259,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
 static void in_closed(struct hbone_conn *c, void *ud, const char *err)
 {
     struct in_conn *ic = ud;
+    metrics_socket_close(true);
     if (err && !hbone_conn_established(c)) {
         char src[SOCKADDR_STRLEN];
         log_kv(LOG_WARN, "access", "connection failed", "src.addr", sockaddr_format(&ic->peer, src, sizeof(src)),
@@ -271,6 +295,7 @@ void inbound_hbone_accept(struct io *io, uint32_t ev)
             free(ic);
             continue;
         }
+        metrics_socket_open(true);
         LIST_PUSH(w->in_conns, ic);
     }
 }
@@ -284,11 +309,15 @@ struct plain_conn {
     struct relay *relay;
     struct access_rec rec;
     struct authz_conn az; /* plaintext: no identity */
+    struct zt_stats stats;
+    bool connected, denied;
 };
 
 static void plain_free(struct plain_conn *pc)
 {
     access_log(&pc->rec);
+    zt_stats_close(&pc->stats, pc->rec.bytes_recv, pc->rec.bytes_sent,
+                   pc->denied ? "DENY" : pc->connected || !pc->rec.error ? "-" : "CONNECT", !pc->connected);
     if (pc->relay) LIST_DEL(pc->w->plain_conns, pc);
     pc->w->active--;
     zt_view_unref(pc->view);
@@ -305,7 +334,13 @@ static void plain_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to
     plain_free(pc);
 }
 
-static const struct relay_ops plain_ops = {.on_done = plain_done};
+static void plain_connected(struct relay *r, void *ud, int err)
+{
+    (void)r;
+    ((struct plain_conn *)ud)->connected = err == 0;
+}
+
+static const struct relay_ops plain_ops = {.on_connected = plain_connected, .on_done = plain_done};
 
 void inbound_plain_accept(struct io *io, uint32_t ev)
 {
@@ -341,9 +376,12 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
             plain_free(pc);
             continue;
         }
+        struct conn_info ci = {.inbound = true, .src_wl = pc->rec.src_wl, .dst_wl = pc->rec.dst_wl, .mtls = false};
+        zt_stats_open(&pc->stats, &ci);
         pc->az = (struct authz_conn){.src_ip = sip, .dst_ip = dip, .dst_port = dport, .src_identity = NULL};
         if (!authorized(v, &pc->az)) {
             close(fd);
+            pc->denied = true;
             pc->rec.error = "connection closed due to policy rejection";
             plain_free(pc);
             continue;
@@ -377,6 +415,21 @@ void inbound_reauthorize(struct worker *w)
     for (struct plain_conn *pc = w->plain_conns, *next; pc; pc = next) {
         next = pc->next;
         if (!authorized(w->view, &pc->az)) relay_abort(pc->relay, "connection closed due to policy change");
+    }
+}
+
+void inbound_report(struct worker *w)
+{
+    for (struct in_stream *is = w->in_streams; is; is = is->next) {
+        uint64_t to_h2, to_tcp;
+        if (!is->authorized || is->io.fd >= 0) continue; /* no bytes before the app connection */
+        hbone_stream_bytes(is->s, &to_h2, &to_tcp);
+        zt_stats_update(&is->stats, to_tcp, to_h2);
+    }
+    for (struct plain_conn *pc = w->plain_conns; pc; pc = pc->next) {
+        uint64_t a_to_b, b_to_a;
+        relay_bytes(pc->relay, &a_to_b, &b_to_a);
+        zt_stats_update(&pc->stats, a_to_b, b_to_a);
     }
 }
 

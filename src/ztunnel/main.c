@@ -16,9 +16,15 @@
 
 #include "core/log.h"
 #include "mesh/config.h"
+#include "tls/tls.h"
+#include "ztunnel/admin.h"
+#include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
 
 #define MAX_WORKERS 64
+#ifndef ZMESH_VERSION
+#define ZMESH_VERSION "0.1.0"
+#endif
 #define RELOAD_DEBOUNCE_MS 100
 #define DRAIN_POLL_MS 50
 
@@ -32,7 +38,7 @@ struct app {
     struct worker workers[MAX_WORKERS];
     int n_workers;
     uint64_t version;
-    bool ready;
+    _Atomic(struct pod_proxy *) published; /* app.pp once it serves, for the admin thread */
     bool draining;
     uint64_t drain_deadline;
     struct io sig_io, ino_io;
@@ -78,6 +84,42 @@ static const char *env_req(const char *name)
         exit(2);
     }
     return v;
+}
+
+/* ---- hooks for the admin thread ---- */
+
+static struct snapshot *hook_snapshot(void *ud)
+{
+    (void)ud;
+    struct pod_proxy *pp = atomic_load(&app.published);
+    if (!pp) return NULL;
+    struct zt_view *v = pod_proxy_view(pp);
+    struct snapshot *s = v->snap;
+    snapshot_ref(s);
+    zt_view_unref(v);
+    return s;
+}
+
+static struct tls_cert *hook_cert(void *ud)
+{
+    (void)ud;
+    struct pod_proxy *pp = atomic_load(&app.published);
+    if (!pp) return NULL;
+    tls_cert_ref(pp->cert);
+    return pp->cert;
+}
+
+static const char *hook_pending(void *ud)
+{
+    (void)ud;
+    /* "state manager": the first config load; the proxy starts right after it. */
+    return atomic_load(&app.published) ? NULL : "state manager";
+}
+
+static void hook_quit(void *ud)
+{
+    (void)ud;
+    kill(getpid(), SIGTERM); /* the main loop's signalfd turns it into a graceful drain */
 }
 
 static void *worker_main(void *arg)
@@ -154,7 +196,7 @@ static int start_proxy(struct zt_view *view)
             return -1;
         }
     }
-    app.ready = true;
+    atomic_store(&app.published, app.pp);
     char workers_s[8];
     snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
     log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s, "outbound",
@@ -282,6 +324,15 @@ int main(int argc, char **argv)
     app.sig_io = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC), .cb = sig_cb};
     if (!app.loop || app.sig_io.fd < 0 || loop_io_add(app.loop, &app.sig_io, EPOLLIN) < 0) {
         LOG_E("ztunnel", "cannot set up the main loop: %s", strerror(errno));
+        return 1;
+    }
+    static const struct admin_hooks hooks = {.snapshot_get = hook_snapshot,
+                                             .cert_get = hook_cert,
+                                             .pending = hook_pending,
+                                             .quit = hook_quit};
+    metrics_set_build_tag(ZMESH_VERSION);
+    if (admin_start(&hooks, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);
         return 1;
     }
     int rc = watch_config();

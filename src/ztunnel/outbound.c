@@ -11,32 +11,80 @@
 #include "core/relay.h"
 #include "h2/hbone.h"
 #include "mesh/lb.h"
+#include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
 
 struct out_conn {
+    struct out_conn *next, *prev;
     struct worker *w;
+    struct hbone_stream *stream; /* while HBONE */
+    struct relay *relay;         /* while plain TCP */
+    struct zt_stats stats;
+    bool mtls, linked, established;
     struct zt_view *view; /* the config this connection started with */
     struct access_rec rec;
     char authority[SOCKADDR_STRLEN];
     char dst_id[SPIFFE_MAX];
 };
 
-static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const char *err)
+/* response_flags for a failed outbound connection, from the error that ended it. */
+static const char *out_flags(const char *err)
+{
+    if (!err) return "-";
+    if (!strncmp(err, "TLS handshake failed", 20)) return "TLS_FAILURE";
+    if (!strncmp(err, "identity verification error", 27)) return "IDENTITY_ERROR";
+    if (!strncmp(err, "peer did not negotiate ALPN", 27)) return "H2_HANDSHAKE_FAILURE";
+    return "CONNECT";
+}
+
+static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const char *err, bool established)
 {
     oc->rec.bytes_recv = recv;
     oc->rec.bytes_sent = sent;
     oc->rec.error = err;
     access_log(&oc->rec);
+    zt_stats_close(&oc->stats, recv, sent, established ? "-" : out_flags(err), !established);
+    metrics_socket_close(false);
+    if (oc->linked) LIST_DEL(oc->w->out_conns, oc);
     oc->w->active--;
     zt_view_unref(oc->view);
     free(oc);
+}
+
+/* Counts the connection opened, with the labels of the destination it resolved to. */
+static void out_open_stats(struct out_conn *oc, bool mtls)
+{
+    struct conn_info ci = {.inbound = false,
+                           .src_wl = oc->rec.src_wl,
+                           .dst_wl = oc->rec.dst_wl,
+                           .dst_svc = oc->rec.dst_svc,
+                           .src_principal = mtls ? oc->rec.src_identity : NULL,
+                           .dst_principal = mtls ? oc->rec.dst_identity : NULL,
+                           .mtls = mtls};
+    oc->mtls = mtls;
+    zt_stats_open(&oc->stats, &ci);
+    LIST_PUSH(oc->w->out_conns, oc);
+    oc->linked = true;
+}
+
+void outbound_report(struct worker *w)
+{
+    for (struct out_conn *oc = w->out_conns; oc; oc = oc->next) {
+        uint64_t recv = 0, sent = 0;
+        if (oc->stream)
+            hbone_stream_bytes(oc->stream, &recv, &sent);
+        else if (oc->relay)
+            relay_bytes(oc->relay, &recv, &sent);
+        zt_stats_update(&oc->stats, recv, sent);
+    }
 }
 
 static void out_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
 {
     (void)s;
     struct out_conn *oc = ud;
-    out_finish(oc, r->bytes_to_h2, r->bytes_to_tcp, r->error);
+    oc->stream = NULL;
+    out_finish(oc, r->bytes_to_h2, r->bytes_to_tcp, r->error, r->status == 200);
 }
 
 static const struct hbone_stream_ops out_stream_ops = {.on_done = out_stream_done};
@@ -45,10 +93,17 @@ static void out_relay_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t 
 {
     (void)r;
     struct out_conn *oc = ud;
-    out_finish(oc, a_to_b, b_to_a, err);
+    oc->relay = NULL;
+    out_finish(oc, a_to_b, b_to_a, err, oc->established);
 }
 
-static const struct relay_ops out_relay_ops = {.on_done = out_relay_done};
+static void out_relay_connected(struct relay *r, void *ud, int err)
+{
+    (void)r;
+    ((struct out_conn *)ud)->established = err == 0;
+}
+
+static const struct relay_ops out_relay_ops = {.on_connected = out_relay_connected, .on_done = out_relay_done};
 
 static void hex(char *out, const uint8_t *in, size_t n)
 {
@@ -101,22 +156,25 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
     sans[n_sans++] = oc->dst_id;
     sockaddr_to(&oc->rec.src, &sip, NULL);
-    struct hbone_stream *s = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs,
-                                              sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
-    if (!s) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream");
+    out_open_stats(oc, true);
+    oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,
+                                  &out_stream_ops, oc, &err);
+    if (!oc->stream) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", false);
 }
 
 /* Plain TCP to dst (not meshed or unknown): connection_security_policy=unknown. */
 static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_storage *dst)
 {
     oc->rec.dst = *dst;
+    out_open_stats(oc, false);
     int up = zt_connect(dst, NULL);
     if (up < 0) {
         close(fd);
-        out_finish(oc, 0, 0, strerror(-up));
+        out_finish(oc, 0, 0, strerror(-up), false);
         return;
     }
-    if (!relay_new(oc->w->loop, fd, up, 1, &out_relay_ops, oc)) out_finish(oc, 0, 0, "relay setup failed");
+    oc->relay = relay_new(oc->w->loop, fd, up, 1, &out_relay_ops, oc);
+    if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", false);
 }
 
 static void outbound_handle(struct worker *w, int fd, const struct sockaddr_storage *peer)
@@ -132,6 +190,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     }
     oc->w = w;
     w->active++;
+    metrics_socket_open(false);
     oc->view = w->view;
     zt_view_ref(oc->view);
     struct zt_view *v = oc->view;
@@ -143,7 +202,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     net_set_nodelay(fd);
     if (net_original_dst(fd, &dst) < 0) {
         close(fd);
-        out_finish(oc, 0, 0, "no original destination");
+        out_finish(oc, 0, 0, "no original destination", false);
         return;
     }
     oc->rec.dst = dst;
@@ -169,7 +228,8 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         }
         if (rc != -EAGAIN) {
             close(fd);
-            out_finish(oc, 0, 0, "no healthy upstream");
+            out_open_stats(oc, false);
+            out_finish(oc, 0, 0, "no healthy upstream", false);
             return;
         }
         /* PASSTHROUGH: the original destination as addressed. */
@@ -179,7 +239,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     oc->rec.dst_wl = wl;
     if (zt_illegal_port(dport) && v->self && wl == v->self) {
         close(fd);
-        out_finish(oc, 0, 0, "self call to a ztunnel port");
+        out_finish(oc, 0, 0, "self call to a ztunnel port", false);
         return;
     }
     if (wl && wl->protocol == WL_PROTO_HBONE) {

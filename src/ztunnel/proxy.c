@@ -13,6 +13,7 @@
 
 #include "core/log.h"
 #include "tls/tls.h"
+#include "ztunnel/metrics.h"
 
 static void append_bag(char *buf, size_t n, const char *key, const char *val)
 {
@@ -151,6 +152,39 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
     }
 }
 
+#define STATS_INTERVAL_MS 1000
+
+void zt_stats_open(struct zt_stats *st, const struct conn_info *ci)
+{
+    st->ms = metrics_conn_open(ci);
+    st->recv = st->sent = 0;
+}
+
+void zt_stats_update(struct zt_stats *st, uint64_t recv, uint64_t sent)
+{
+    if (!st->ms || (recv == st->recv && sent == st->sent)) return;
+    metrics_add_bytes(st->ms, recv - st->recv, sent - st->sent);
+    st->recv = recv;
+    st->sent = sent;
+}
+
+void zt_stats_close(struct zt_stats *st, uint64_t recv, uint64_t sent, const char *flags, bool failed)
+{
+    if (!st->ms) return;
+    zt_stats_update(st, recv, sent);
+    metrics_set_close(st->ms, flags, failed);
+    st->ms = NULL;
+}
+
+/* Byte counters advance while long connections are open, not only when they end. */
+static void stats_timer_cb(struct timer *t)
+{
+    struct worker *w = container_of(t, struct worker, stats_timer);
+    outbound_report(w);
+    inbound_report(w);
+    timer_start(w->loop, t, STATS_INTERVAL_MS);
+}
+
 int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err, size_t errlen)
 {
     int rc;
@@ -163,6 +197,8 @@ int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_vie
     if (!w->loop) goto oom;
     w->pool = pool_new(w);
     if (!w->pool) goto oom;
+    w->stats_timer.cb = stats_timer_cb;
+    timer_start(w->loop, &w->stats_timer, STATS_INTERVAL_MS);
     w->wake = (struct io){.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), .cb = worker_wake_cb};
     if (w->wake.fd < 0 || (rc = loop_io_add(w->loop, &w->wake, EPOLLIN)) < 0) {
         snprintf(err, errlen, "eventfd: %s", strerror(errno));

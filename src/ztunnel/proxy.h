@@ -48,7 +48,45 @@ struct pod_proxy {
     struct zt_view *view;
 };
 
+/* Intrusive doubly linked lists of live connections, headed in the worker. */
+#define LIST_PUSH(head, x)                                                                                     \
+    do {                                                                                                       \
+        (x)->prev = NULL;                                                                                      \
+        (x)->next = (head);                                                                                    \
+        if (head) (head)->prev = (x);                                                                          \
+        (head) = (x);                                                                                          \
+    } while (0)
+#define LIST_DEL(head, x)                                                                                      \
+    do {                                                                                                       \
+        if ((x)->prev)                                                                                         \
+            (x)->prev->next = (x)->next;                                                                       \
+        else                                                                                                   \
+            (head) = (x)->next;                                                                                \
+        if ((x)->next) (x)->next->prev = (x)->prev;                                                            \
+    } while (0)
+
+struct worker;
+
+/* A connection's share of the TCP metrics: its label set and what was already added to it. */
+struct zt_stats {
+    struct metric_set *ms;
+    uint64_t recv, sent; /* reported so far: received = client->server, sent = server->client */
+};
+struct metric_set;
+struct conn_info;
+/* Opens the metrics of a connection (counts it opened). */
+void zt_stats_open(struct zt_stats *st, const struct conn_info *ci);
+/* Adds the bytes moved since the last call (totals so far in recv/sent). */
+void zt_stats_update(struct zt_stats *st, uint64_t recv, uint64_t sent);
+/* Final totals, then counts the close under flags ("-" when clean); failed when it never got through. */
+void zt_stats_close(struct zt_stats *st, uint64_t recv, uint64_t sent, const char *flags, bool failed);
+/* Outbound: reports the bytes of every live outbound connection (called by the worker's stats timer). */
+void outbound_report(struct worker *w);
+/* Inbound: the same for inbound connections. */
+void inbound_report(struct worker *w);
+
 struct pool;
+struct out_conn;
 struct in_conn;
 struct in_stream;
 struct plain_conn;
@@ -69,11 +107,13 @@ struct worker {
     struct zt_view *msg_view;
     bool msg_drain;
     bool draining;
-    /* Live connections, for policy re-evaluation and drain. */
+    /* Live connections, for policy re-evaluation, drain and live byte counters. */
+    struct out_conn *out_conns;
     struct in_conn *in_conns;
     struct in_stream *in_streams;
     struct plain_conn *plain_conns;
     _Atomic uint64_t active; /* open client-facing connections, read by the main thread */
+    struct timer stats_timer;
 };
 
 /* Builds the pod proxy for namespace/name/sa (trust domain from view's workload). Returns 0 or -errno. */
