@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -174,6 +175,37 @@ static void sig_cb(struct io *io, uint32_t ev)
     }
 }
 
+/* OpenSSL's and libc's start-up code (config, providers, error strings) touches most of their text and
+ * read-only data once; with the kernel's fault-around that keeps several MB of library pages resident that
+ * the data path never uses again. For read-only file mappings that hold no private (copied-on-write) page,
+ * every page is a clean copy of the file, so dropping them is safe: marking them MADV_RANDOM (no
+ * fault-around) and MADV_DONTNEED lets the kernel page back in only what is used. The pages stay in the page
+ * cache, so this costs a few minor faults, not I/O. Writable mappings and relocated (RELRO) ones are left. */
+static void trim_resident_text(void)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    unsigned long lo = 0, hi = 0;
+    bool candidate = false;
+    if (!f) return;
+    while (fgets(line, sizeof(line), f)) {
+        unsigned long a, b, kb;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s", &a, &b, perms) == 3) {
+            lo = a;
+            hi = b;
+            candidate = perms[0] == 'r' && perms[1] == '-' && perms[3] == 'p' && strchr(line, '/');
+        } else if (candidate && sscanf(line, "Anonymous: %lu kB", &kb) == 1) {
+            if (kb == 0) {
+                madvise((void *)lo, hi - lo, MADV_RANDOM);
+                madvise((void *)lo, hi - lo, MADV_DONTNEED);
+            }
+            candidate = false;
+        }
+    }
+    fclose(f);
+}
+
 static int start_proxy(struct zt_view *view)
 {
     char err[1024];
@@ -197,6 +229,7 @@ static int start_proxy(struct zt_view *view)
         }
     }
     atomic_store(&app.published, app.pp);
+    trim_resident_text();
     char workers_s[8];
     snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
     log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s, "outbound",
