@@ -62,11 +62,20 @@ void log_init(void)
 struct line {
     char buf[4096];
     size_t len;
+    bool truncated;
 };
+
+/* Room kept at the end of a line for the closing characters ("}" and newline), so a truncated line is
+ * still well-formed. */
+#define LINE_RESERVE 8
 
 static void put(struct line *l, const char *s, size_t n)
 {
-    if (n > sizeof(l->buf) - 2 - l->len) n = sizeof(l->buf) - 2 - l->len;
+    size_t room = sizeof(l->buf) - LINE_RESERVE - l->len;
+    if (n > room) {
+        n = room;
+        l->truncated = true;
+    }
     memcpy(l->buf + l->len, s, n);
     l->len += n;
 }
@@ -77,26 +86,49 @@ static void puts_(struct line *l, const char *s)
 }
 
 /* JSON string body escaping; quotes and control characters only. */
+/* JSON string body escaping; quotes and control characters only. Whole escapes only: a line cut short
+ * never ends inside an escape sequence or a UTF-8 character. */
 static void put_json(struct line *l, const char *s)
 {
-    for (; *s; s++) {
+    for (; *s && !l->truncated; s++) {
         unsigned char c = (unsigned char)*s;
+        char e[8];
+        size_t n;
         if (c == '"' || c == '\\') {
-            char e[2] = {'\\', (char)c};
-            put(l, e, 2);
+            e[0] = '\\';
+            e[1] = (char)c;
+            n = 2;
         } else if (c < 0x20) {
-            char e[8];
-            snprintf(e, sizeof(e), "\\u%04x", c);
-            puts_(l, e);
+            n = (size_t)snprintf(e, sizeof(e), "\\u%04x", c);
+        } else if (c >= 0xc0) {
+            /* A UTF-8 lead byte: copy the whole character or nothing. */
+            n = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+            size_t have = strnlen(s, n);
+            if (have < n) n = have;
+            if (l->len + n > sizeof(l->buf) - LINE_RESERVE - 4) {
+                l->truncated = true;
+                return;
+            }
+            put(l, s, n);
+            s += n - 1;
+            continue;
         } else {
-            put(l, (const char *)&c, 1);
+            e[0] = (char)c;
+            n = 1;
         }
+        /* Keep room for the closing quote and brace. */
+        if (l->len + n > sizeof(l->buf) - LINE_RESERVE - 4) {
+            l->truncated = true;
+            return;
+        }
+        put(l, e, n);
     }
 }
 
 static bool is_number(const char *s)
 {
-    if (!*s) return false;
+    /* JSON numbers have no leading zeros: "007" stays a string. */
+    if (!*s || (s[0] == '0' && s[1])) return false;
     for (const char *p = s; *p; p++)
         if (*p < '0' || *p > '9') return false;
     return strlen(s) < 19;
@@ -112,6 +144,7 @@ static void begin(struct line *l, int level, const char *target, const char *msg
     size_t n = strftime(tbuf, sizeof(tbuf), "%Y-%m-%dT%H:%M:%S", &tm);
     snprintf(tbuf + n, sizeof(tbuf) - n, ".%06ldZ", ts.tv_nsec / 1000);
     l->len = 0;
+    l->truncated = false;
     if (log_json) {
         puts_(l, "{\"level\":\"");
         puts_(l, log_level_name(level));
@@ -139,6 +172,8 @@ static void begin(struct line *l, int level, const char *target, const char *msg
 
 static void field(struct line *l, const char *k, const char *v)
 {
+    size_t before = l->len;
+    if (l->truncated) return;
     if (log_json) {
         puts_(l, ",\"");
         put_json(l, k);
@@ -159,11 +194,14 @@ static void field(struct line *l, const char *k, const char *v)
         puts_(l, v);
         if (quote) puts_(l, "\"");
     }
+    /* A field that does not fit is dropped whole, so the line stays well-formed. */
+    if (l->truncated) l->len = before;
 }
 
 static void finish(struct line *l)
 {
-    if (log_json) puts_(l, "}");
+    /* put() keeps LINE_RESERVE bytes free, so the closing characters always fit. */
+    if (log_json) l->buf[l->len++] = '}';
     l->buf[l->len++] = '\n';
     ssize_t w = write(STDERR_FILENO, l->buf, l->len);
     (void)w;

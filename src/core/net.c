@@ -114,14 +114,14 @@ int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *por
         const char *rb = memchr(s, ']', len);
         if (!rb || rb + 1 >= s + len || rb[1] != ':') return -EINVAL;
         hlen = (size_t)(rb - s - 1);
-        if (hlen == 0 || hlen >= sizeof(host)) return -EINVAL;
+        if (hlen == 0 || hlen >= sizeof(host) || memchr(s + 1, 0, hlen)) return -EINVAL;
         memcpy(host, s + 1, hlen);
         colon = rb + 1;
     } else {
         colon = memrchr(s, ':', len);
         if (!colon) return -EINVAL;
         hlen = (size_t)(colon - s);
-        if (hlen == 0 || hlen >= sizeof(host) || memchr(s, ':', hlen)) return -EINVAL;
+        if (hlen == 0 || hlen >= sizeof(host) || memchr(s, ':', hlen) || memchr(s, 0, hlen)) return -EINVAL;
         memcpy(host, s, hlen);
     }
     host[hlen] = 0;

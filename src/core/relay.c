@@ -22,6 +22,7 @@ struct dir {
 struct end {
     struct io io;
     struct relay *r;
+    bool registered;
 };
 
 struct relay {
@@ -47,13 +48,27 @@ static void close_dir(struct dir *d)
     d->pipe[0] = d->pipe[1] = -1;
 }
 
+/* epoll reports HUP/ERR even for an empty mask, so a side with nothing to wait for leaves epoll instead of
+ * waking the loop forever. */
+static void set_mask(struct relay *r, struct end *e, uint32_t ev)
+{
+    if (!ev) {
+        if (e->registered) loop_io_del(r->loop, &e->io);
+        e->registered = false;
+    } else if (!e->registered) {
+        e->registered = loop_io_add(r->loop, &e->io, ev) == 0;
+    } else {
+        loop_io_mod(r->loop, &e->io, ev);
+    }
+}
+
 static void relay_end(struct relay *r, const char *err)
 {
     if (r->done) return;
     r->done = true;
     timer_stop(r->loop, &r->connect_timer);
-    loop_io_del(r->loop, &r->a.io);
-    loop_io_del(r->loop, &r->b.io);
+    set_mask(r, &r->a, 0);
+    set_mask(r, &r->b, 0);
     close(r->a.io.fd);
     close(r->b.io.fd);
     r->a.io.fd = r->b.io.fd = -1;
@@ -91,8 +106,8 @@ static void update(struct relay *r)
         if (r->ab.in_pipe) eb |= EPOLLOUT;
         if (r->ba.in_pipe) ea |= EPOLLOUT;
     }
-    loop_io_mod(r->loop, &r->a.io, ea);
-    loop_io_mod(r->loop, &r->b.io, eb);
+    set_mask(r, &r->a, ea);
+    set_mask(r, &r->b, eb);
 }
 
 /* Moves bytes src -> pipe -> dst. Returns 0 or -errno. */
@@ -178,13 +193,10 @@ struct relay *relay_new(struct loop *l, int a, int b, int b_connecting, const st
     r->connect_timer.cb = connect_timeout_cb;
     r->connecting = b_connecting;
     if (pipe2(r->ab.pipe, O_NONBLOCK | O_CLOEXEC) < 0 || pipe2(r->ba.pipe, O_NONBLOCK | O_CLOEXEC) < 0) goto fail_r;
-    if (loop_io_add(l, &r->a.io, 0) < 0 || loop_io_add(l, &r->b.io, 0) < 0) goto fail_r;
     if (b_connecting) timer_start(l, &r->connect_timer, CONNECT_TIMEOUT_MS);
     update(r);
     return r;
 fail_r:
-    loop_io_del(l, &r->a.io);
-    loop_io_del(l, &r->b.io);
     close_dir(&r->ab);
     close_dir(&r->ba);
     free(r);
