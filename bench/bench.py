@@ -13,6 +13,7 @@ Run as root through `make bench` (or bench/run.sh [--only direct,haproxy] [--tim
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -702,6 +703,16 @@ def main(argv):
 
     ratios, checks = report(results, args)
     host = host_info()
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+    host["git_head"] = head.stdout.strip() or None
+    zt = os.path.join(args.bin_dir, "ztunnel")
+    if "zmesh" in args.only and os.path.exists(zt):
+        # The binary may be older than HEAD (build/ is shared): say exactly which one was measured.
+        with open(zt, "rb") as f:
+            host["ztunnel_sha256"] = hashlib.sha256(f.read()).hexdigest()[:16]
+        mtime = datetime.datetime.fromtimestamp(os.path.getmtime(zt), datetime.timezone.utc)
+        host["ztunnel_mtime"] = mtime.isoformat(timespec="seconds")
     host["loadavg_1m_before"] = load0
     host["loadavg_1m_after"] = os.getloadavg()[0]
     doc = {"date": started.isoformat(timespec="seconds"), "host": host,
