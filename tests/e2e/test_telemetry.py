@@ -74,12 +74,17 @@ def test_metrics_endpoints_serve_prometheus_text(mesh):
     assert echo_ok(cli, srv)
     for pod in (cli, srv):
         for path in ("/metrics", "/stats/prometheus"):
-            status, headers, body = http_request(pod.netns, pod.ip, 15020, path)
-            assert status == 200
-            assert headers.get("content-type", "").startswith("text/plain"), headers
-            text = body.decode()
-            for fam in (OPENED, CLOSED, RECEIVED, SENT):
-                assert re.search(r"^%s\{" % fam, text, re.M), "%s has no %s sample" % (path, fam)
+            def get():
+                status, headers, body = http_request(pod.netns, pod.ip, 15020, path)
+                assert status == 200
+                assert headers.get("content-type", "").startswith("text/plain"), headers
+                return body.decode()
+
+            def missing(text):
+                return [f for f in (OPENED, CLOSED, RECEIVED, SENT) if not re.search(r"^%s\{" % f, text, re.M)]
+            # The close of the echo connection is counted once ztunnel saw both ends finish: poll a little.
+            text = wait_for(lambda: (lambda t: t if not missing(t) else None)(get()), timeout=5)
+            assert text, "%s on %s lacks samples of %s" % (path, pod.name, missing(get()))
             assert re.search(r"^# TYPE istio_tcp_connections_opened(_total)? counter$", text, re.M)
         # OpenMetrics on request.
         status, headers, body = http_request(pod.netns, pod.ip, 15020, "/metrics",
@@ -140,8 +145,8 @@ def test_byte_counters_match_the_bytes_sent(mesh):
         assert pair.delta(r, SENT, now) == len(reply), "%s: sent_bytes (server->client) != %d" % (r, len(reply))
         assert pair.delta(r, FAILED, now) == 0, r
     # The access log agrees.
-    lines = [l for l in mesh.log_json(cli) if l.get("message") == "connection complete"
-             and l.get("src.addr") == local and l.get("direction") == "outbound"]
+    lines = wait_for(lambda: [l for l in mesh.log_json(cli) if l.get("message") == "connection complete"
+                              and l.get("src.addr") == local and l.get("direction") == "outbound"])
     assert lines, "no outbound access log line"
     assert {int(lines[-1]["bytes_sent"]), int(lines[-1]["bytes_recv"])} == {n, len(reply)}, lines[-1]
 
