@@ -817,10 +817,8 @@ static void conn_close(struct hbone_conn *c, const char *err)
 {
     if (c->st == C_CLOSED) return;
     /* Streams learn about it first, so their logs carry the reason. */
-    enum conn_state prev = c->st;
     c->st = C_CLOSED;
     while (c->streams) stream_finish(c->streams, err ? err : "connection closed");
-    (void)prev;
     timer_stop(c->loop, &c->hs_timer);
     timer_stop(c->loop, &c->ping_timer);
     loop_io_del(c->loop, &c->io);
@@ -1093,6 +1091,21 @@ fail:
     return NULL;
 }
 
+/* Registers a new conn with the loop in its first state, under the handshake (and dial) timeout. */
+static struct hbone_conn *conn_start(struct hbone_conn *c, enum conn_state st, uint32_t events)
+{
+    c->st = st;
+    timer_start(c->loop, &c->hs_timer, HBONE_HANDSHAKE_TIMEOUT_MS);
+    if (loop_io_add(c->loop, &c->io, events) < 0) {
+        c->st = C_CLOSED;
+        close(c->io.fd);
+        timer_stop(c->loop, &c->hs_timer);
+        loop_defer(c->loop, &c->free_task);
+        return NULL;
+    }
+    return c;
+}
+
 struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const char *const *expected,
                                     size_t n_expected, const struct hbone_conn_ops *ops, void *ud)
 {
@@ -1100,33 +1113,14 @@ struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const 
     if (!c) return NULL;
     c->expected = calloc(n_expected ? n_expected : 1, sizeof(char *));
     for (size_t i = 0; c->expected && i < n_expected; i++) c->expected[c->n_expected++] = strdup(expected[i]);
-    c->st = C_CONNECTING;
-    timer_start(l, &c->hs_timer, HBONE_HANDSHAKE_TIMEOUT_MS);
-    if (loop_io_add(l, &c->io, EPOLLIN | EPOLLOUT) < 0) {
-        c->st = C_CLOSED;
-        close(fd);
-        timer_stop(l, &c->hs_timer);
-        loop_defer(l, &c->free_task);
-        return NULL;
-    }
-    return c;
+    return conn_start(c, C_CONNECTING, EPOLLIN | EPOLLOUT);
 }
 
 struct hbone_conn *hbone_server_new(struct loop *l, int fd, SSL_CTX *ctx, const struct hbone_conn_ops *ops,
                                     void *ud)
 {
     struct hbone_conn *c = conn_new(l, fd, ctx, true, ops, ud);
-    if (!c) return NULL;
-    c->st = C_HANDSHAKE;
-    timer_start(l, &c->hs_timer, HBONE_HANDSHAKE_TIMEOUT_MS);
-    if (loop_io_add(l, &c->io, EPOLLIN) < 0) {
-        c->st = C_CLOSED;
-        close(fd);
-        timer_stop(l, &c->hs_timer);
-        loop_defer(l, &c->free_task);
-        return NULL;
-    }
-    return c;
+    return c ? conn_start(c, C_HANDSHAKE, EPOLLIN) : NULL;
 }
 
 unsigned hbone_conn_max_streams(const struct hbone_conn *c)
