@@ -127,6 +127,13 @@ struct hbone_stream {
 };
 
 static __thread uint8_t *tl_cin, *tl_plain, *tl_pt;
+static uint32_t ping_interval_ms = HBONE_PING_INTERVAL_MS, ping_timeout_ms = HBONE_PING_TIMEOUT_MS;
+
+void hbone_set_keepalive(uint32_t interval_ms, uint32_t timeout_ms)
+{
+    ping_interval_ms = interval_ms ? interval_ms : HBONE_PING_INTERVAL_MS;
+    ping_timeout_ms = timeout_ms ? timeout_ms : HBONE_PING_TIMEOUT_MS;
+}
 static __thread size_t tl_pt_len;
 
 static BIO_METHOD *bio_meth;
@@ -699,7 +706,7 @@ static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
     case NGHTTP2_PING:
         if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
             c->ping_wait = false;
-            timer_start(c->loop, &c->ping_timer, HBONE_PING_INTERVAL_MS);
+            timer_start(c->loop, &c->ping_timer, ping_interval_ms);
         }
         return 0;
     case NGHTTP2_GOAWAY:
@@ -839,7 +846,7 @@ static void ping_timer_cb(struct timer *t)
     }
     nghttp2_submit_ping(c->ng, NGHTTP2_FLAG_NONE, NULL);
     c->ping_wait = true;
-    timer_start(c->loop, &c->ping_timer, HBONE_PING_TIMEOUT_MS);
+    timer_start(c->loop, &c->ping_timer, ping_timeout_ms);
     conn_schedule_flush(c);
 }
 
@@ -924,7 +931,7 @@ static void conn_handshake_done(struct hbone_conn *c)
     }
     c->st = C_OPEN;
     c->established = true;
-    timer_start(c->loop, &c->ping_timer, HBONE_PING_INTERVAL_MS);
+    timer_start(c->loop, &c->ping_timer, ping_interval_ms);
     /* Submit newest-first list in arrival order. */
     struct hbone_stream *pending[HBONE_SERVER_MAX_STREAMS * 2];
     size_t n = 0;

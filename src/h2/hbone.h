@@ -61,6 +61,8 @@ struct hbone_stream_ops {
 #define HBONE_SERVER_MAX_STREAMS 200
 #define HBONE_PING_INTERVAL_MS 10000
 #define HBONE_PING_TIMEOUT_MS 20000
+/* Overrides the PING interval and timeout for connections created afterwards (tests); 0 keeps the default. */
+void hbone_set_keepalive(uint32_t interval_ms, uint32_t timeout_ms);
 #define HBONE_HANDSHAKE_TIMEOUT_MS 10000
 
 /* Starts the client role on fd (connecting or connected, non-blocking; ownership passes to the conn).

@@ -4,6 +4,7 @@
  * caught. Every wait is bounded: the loop runs until a condition holds or a safety timeout stops it. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -771,6 +772,80 @@ static void test_drain(void **state)
     assert_true(a->app.eof && b->app.eof);
 }
 
+
+/* ---- keepalive (reference §1.4: PING every interval, no PONG within the timeout kills the conn) ---- */
+
+static bool cli_ready(void)
+{
+    return cli.ready_calls > 0;
+}
+
+/* A peer that answers PINGs keeps the connection up across many intervals. */
+static void test_keepalive_answered(void **state)
+{
+    (void)state;
+    hbone_set_keepalive(30, 60);
+    cli_connect(ID_SERVER);
+    assert_true(run_until(cli_ready, 5000));
+    run_until(NULL, 400); /* > 10 intervals */
+    hbone_set_keepalive(0, 0);
+    assert_int_equal(cli.closed_calls, 0);
+    assert_non_null(cli.c);
+    assert_true(hbone_conn_usable(cli.c));
+}
+
+/* A mute TLS server: completes the handshake, then reads and discards, never answering anything. */
+static int mute_lfd;
+static void *mute_server(void *arg)
+{
+    (void)arg;
+    int fd = accept(mute_lfd, NULL, NULL);
+    if (fd < 0) return NULL;
+    SSL *ssl = SSL_new(sctx);
+    SSL_set_fd(ssl, fd);
+    if (SSL_accept(ssl) == 1) {
+        char buf[4096];
+        while (SSL_read(ssl, buf, sizeof(buf)) > 0) {
+        }
+    }
+    SSL_free(ssl);
+    close(fd);
+    return NULL;
+}
+
+static bool cli_gone(void)
+{
+    return cli.closed_calls > 0;
+}
+
+static void test_keepalive_timeout(void **state)
+{
+    (void)state;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    struct ip_addr ip;
+    uint16_t port;
+    pthread_t th;
+    mute_lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    assert_int_equal(bind(mute_lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(mute_lfd, 4), 0);
+    getsockname(mute_lfd, (struct sockaddr *)&ss, &len);
+    sockaddr_to(&ss, &ip, &port);
+    assert_int_equal(pthread_create(&th, NULL, mute_server, NULL), 0);
+    hbone_set_keepalive(30, 60);
+    uint16_t saved = srv.port;
+    srv.port = port;
+    cli_connect(ID_SERVER);
+    srv.port = saved;
+    assert_true(run_until(cli_ready, 5000));
+    assert_true(run_until(cli_gone, 5000));
+    hbone_set_keepalive(0, 0);
+    assert_string_equal(cli.closed_err, "ping timeout");
+    pthread_join(th, NULL);
+    close(mute_lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -779,6 +854,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_san_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keepalive_answered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_keepalive_timeout, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
