@@ -89,6 +89,7 @@ struct app {
     uint64_t extra_after_eof; /* appended to to_send when EOF is read (a reply after the half-close) */
     bool shut_after_eof;      /* send FIN only once EOF was read */
     bool eof, shut, bad;
+    bool paused; /* does not read (back-pressure tests) */
     int err;
     int peer_done_at_eof; /* the opposite stream's on_done count when this app read EOF */
     const int *peer_done;
@@ -97,7 +98,7 @@ struct app {
 static void app_update(struct app *a)
 {
     uint32_t ev = 0;
-    if (!a->eof && !a->err) ev |= EPOLLIN;
+    if (!a->eof && !a->err && !a->paused) ev |= EPOLLIN;
     if (a->sent < a->to_send && !a->err) ev |= EPOLLOUT;
     if (!ev) {
         if (a->registered) loop_io_del(L, &a->io);
@@ -123,7 +124,7 @@ static void app_cb(struct io *io, uint32_t ev)
 {
     struct app *a = container_of(io, struct app, io);
     static uint8_t buf[65536];
-    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !a->paused) {
         for (;;) {
             ssize_t n = recv(io->fd, buf, sizeof(buf), 0);
             if (n > 0) {
@@ -206,6 +207,7 @@ static struct {
     bool app_shut_after_eof;
     const int *app_peer_done;
     struct srv_stream st[MAX_STREAMS];
+    bool app_paused;
 } srv;
 
 static void srv_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
@@ -260,6 +262,7 @@ static void srv_on_request(struct hbone_stream *s, void *ud, const struct hbone_
     ss->app.extra_after_eof = srv.app_extra;
     ss->app.shut_after_eof = srv.app_shut_after_eof;
     ss->app.peer_done = srv.app_peer_done;
+    ss->app.paused = srv.app_paused;
     hbone_stream_respond(s, 200, sv[0], NULL, 0);
     app_go(&ss->app);
 }
@@ -773,6 +776,38 @@ static void test_drain(void **state)
 }
 
 
+/* ---- back-pressure: windows are consumed only as bytes reach the app ---- */
+
+static bool bp_done(void)
+{
+    return srv.st[0].app.recvd == 64 * MIB && cli.st[0].done_calls && srv.st[0].done_calls;
+}
+
+static void test_backpressure(void **state)
+{
+    (void)state;
+    const uint64_t n = 64 * MIB;
+    srv.app_paused = true; /* the server app does not read */
+    cli_connect(ID_SERVER);
+    struct cli_stream *cs = cli_open(8080, n, false);
+    assert_non_null(cs);
+    run_until(NULL, 1000);
+    uint64_t to_h2, to_tcp;
+    hbone_stream_bytes(cs->s, &to_h2, &to_tcp);
+    /* At most one stream window (4 MiB) beyond what the app's socket buffer took. */
+    assert_true(srv.requests == 1);
+    assert_true(to_h2 >= 1 * MIB);
+    assert_true(to_h2 <= HBONE_STREAM_WINDOW + 2 * MIB);
+    assert_true(cs->app.sent < 12 * MIB); /* the sending app is blocked too */
+    /* Once the app reads, everything arrives intact. */
+    srv.st[0].app.paused = false;
+    app_go(&srv.st[0].app);
+    assert_true(run_until(bp_done, 60000));
+    assert_false(srv.st[0].app.bad);
+    assert_int_equal(cs->res.bytes_to_h2, n);
+    assert_null(cs->res.error);
+}
+
 /* ---- keepalive (reference §1.4: PING every interval, no PONG within the timeout kills the conn) ---- */
 
 static bool cli_ready(void)
@@ -854,6 +889,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_san_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_answered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_timeout, setup, teardown),
     };
