@@ -1,6 +1,18 @@
 #!/bin/sh
-# Runs the zmesh benchmark (direct TCP vs HAProxy mTLS pair vs zmesh). Needs root; see bench/README.md.
-# Usage: bench/run.sh [--only direct,haproxy,zmesh] [--time N] [--rtt-count N] [--haproxy-threads 1|2]
+# Runs the zmesh benchmarks (direct TCP vs HAProxy mTLS pair vs zmesh). Needs root; see bench/README.md.
+# Usage: bench/run.sh [options]          throughput/latency/CPU (bench.py), then connection rate and memory
+#                                        (conns.py); options go to both, each ignores the other's
+#        bench/run.sh tput [options]     bench.py only: [--only direct,haproxy,zmesh] [--time N] [--repeat N] ...
+#        bench/run.sh conns [options]    conns.py only: [--only ...] [--rate-time N] [--conns N] [--repeat N] ...
 set -e
 cd "$(dirname "$0")/.."
-exec /usr/bin/python3 bench/bench.py "$@"
+case "$1" in
+    tput) shift; exec /usr/bin/python3 bench/bench.py "$@" ;;
+    conns) shift; exec /usr/bin/python3 bench/conns.py "$@" ;;
+esac
+# Both: conns.py accepts bench.py's options (and ignores those it does not know) when ZMESH_BENCH_BOTH is set;
+# bench.py gets only its own, so conns.py's own options need `bench/run.sh conns`.
+rc=0
+/usr/bin/python3 bench/bench.py "$@" || rc=$?
+ZMESH_BENCH_BOTH=1 /usr/bin/python3 bench/conns.py "$@" || { r=$?; [ "$rc" -ne 0 ] || rc=$r; }
+exit "$rc"
