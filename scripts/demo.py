@@ -784,11 +784,10 @@ class Demo:
             line = self.poll(lambda: self.inbound_line(be, au, "policy rejection"))
             if line:
                 def kv(keys):
-                    return "  ".join("%s=%s" % (k, line[k]) for k in keys if k in line)
+                    return " ".join("%s=%s" % (k, line[k]) for k in keys if k in line)
                 self.say("    backend's ztunnel (the destination) logged, in JSON (some fields):")
-                self.say("      %s" % st.dim(kv(("level", "message", "direction", "src.addr",
-                                                  "dst.hbone_addr"))))
-                self.say("      %s" % st.dim(kv(("src.identity", "dst.identity"))))
+                self.say("      %s" % st.dim(kv(("level", "direction", "src.addr", "dst.hbone_addr"))))
+                self.say("      %s" % st.dim(kv(("src.identity",))))
                 self.say("      %s" % st.red('error="%s"' % line.get("error")))
             out = self.poll(lambda: [l for l in self.log_json(au.name) if l.get("src.addr") == local
                                      and l.get("message") == "connection complete"], timeout=2)
