@@ -16,7 +16,6 @@
 
 #define APP_CONNECT_TIMEOUT_MS 10000
 
-
 /* One accepted HBONE connection. */
 struct in_conn {
     struct in_conn *next, *prev;
@@ -58,11 +57,6 @@ static bool authorized(const struct zt_view *v, const struct authz_conn *az)
 static void in_conn_put(struct in_conn *ic)
 {
     if (ic->closed && ic->streams == 0) free(ic);
-}
-
-static struct pod_proxy *pp_of(struct in_conn *ic)
-{
-    return ic->w->pp;
 }
 
 static void in_cancel_connect(struct in_stream *is)
@@ -290,7 +284,7 @@ void inbound_hbone_accept(struct io *io, uint32_t ev)
         getsockname(fd, (struct sockaddr *)&ic->local, &len);
         net_set_nodelay(fd);
         net_set_keepalive(fd);
-        ic->c = hbone_server_new(w->loop, fd, pp_of(ic)->server_ctx, &in_conn_ops, ic);
+        ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
         if (!ic->c) {
             free(ic);
             continue;
