@@ -77,14 +77,27 @@ int loop_io_mod(struct loop *l, struct io *io, uint32_t events)
     return 0;
 }
 
+/* Drops events for io still waiting in the current batch: its owner may be freed after this. */
+static void forget_pending(struct loop *l, struct io *io)
+{
+    for (int i = l->cur_event; i < l->n_events; i++)
+        if (l->events[i].data.ptr == io) l->events[i].data.ptr = NULL;
+    io->events = 0;
+}
+
 void loop_io_del(struct loop *l, struct io *io)
 {
     if (io->fd < 0) return;
     epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);
-    /* Drop events for this io still waiting in the current batch: its owner may be freed after this. */
-    for (int i = l->cur_event; i < l->n_events; i++)
-        if (l->events[i].data.ptr == io) l->events[i].data.ptr = NULL;
-    io->events = 0;
+    forget_pending(l, io);
+}
+
+void loop_io_close(struct loop *l, struct io *io)
+{
+    if (io->fd < 0) return;
+    forget_pending(l, io);
+    close(io->fd);
+    io->fd = -1;
 }
 
 /* Min-heap of timers ordered by deadline; idx is 1-based so 0 means "not armed". */

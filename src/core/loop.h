@@ -48,6 +48,9 @@ int loop_io_add(struct loop *l, struct io *io, uint32_t events);
 int loop_io_mod(struct loop *l, struct io *io, uint32_t events);
 /* Unregisters (does not close) the fd; pending events for it in this batch are dropped. */
 void loop_io_del(struct loop *l, struct io *io);
+/* Closes io->fd (sets it to -1): the kernel drops a closed fd from epoll by itself, so this saves the
+ * EPOLL_CTL_DEL; pending events for it in this batch are dropped. The fd must not be dup'ed elsewhere. */
+void loop_io_close(struct loop *l, struct io *io);
 
 /* (Re)arms t to fire after delay_ms. */
 void timer_start(struct loop *l, struct timer *t, uint64_t delay_ms);

@@ -67,11 +67,8 @@ static void relay_end(struct relay *r, const char *err)
     if (r->done) return;
     r->done = true;
     timer_stop(r->loop, &r->connect_timer);
-    set_mask(r, &r->a, 0);
-    set_mask(r, &r->b, 0);
-    close(r->a.io.fd);
-    close(r->b.io.fd);
-    r->a.io.fd = r->b.io.fd = -1;
+    loop_io_close(r->loop, &r->a.io);
+    loop_io_close(r->loop, &r->b.io);
     close_dir(&r->ab);
     close_dir(&r->ba);
     if (r->ops->on_done) r->ops->on_done(r, r->ud, r->ab.bytes, r->ba.bytes, err);

@@ -368,10 +368,8 @@ static struct hbone_stream *stream_new(void)
 static void stream_close_tcp(struct hbone_stream *s)
 {
     if (s->io.fd < 0) return;
-    if (s->registered) loop_io_del(s->c->loop, &s->io);
+    loop_io_close(s->c->loop, &s->io);
     s->registered = false;
-    close(s->io.fd);
-    s->io.fd = -1;
 }
 
 static void stream_finish(struct hbone_stream *s, const char *err)
@@ -828,9 +826,7 @@ static void conn_close(struct hbone_conn *c, const char *err)
     while (c->streams) stream_finish(c->streams, err ? err : "connection closed");
     timer_stop(c->loop, &c->hs_timer);
     timer_stop(c->loop, &c->ping_timer);
-    loop_io_del(c->loop, &c->io);
-    close(c->io.fd);
-    c->io.fd = -1;
+    loop_io_close(c->loop, &c->io);
     if (c->ops->on_closed) c->ops->on_closed(c, c->ud, err);
     /* nghttp2 may be on the stack (we can be called from its callbacks): free after the batch. */
     loop_defer(c->loop, &c->free_task);

@@ -62,9 +62,7 @@ static void in_conn_put(struct in_conn *ic)
 static void in_cancel_connect(struct in_stream *is)
 {
     if (is->io.fd < 0) return;
-    loop_io_del(is->ic->w->loop, &is->io);
-    close(is->io.fd);
-    is->io.fd = -1;
+    loop_io_close(is->ic->w->loop, &is->io);
     timer_stop(is->ic->w->loop, &is->timer);
 }
 
@@ -235,7 +233,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     is->authorized = true;
     struct sockaddr_storage app;
     sockaddr_from(&app, &aip, aport);
-    int fd = zt_connect(&app, &peer_ip);
+    int fd = zt_connect(&app, &peer_ip, false);
     if (fd < 0) {
         hbone_stream_respond(s, 503, -1, NULL, 0);
         return;
@@ -282,8 +280,6 @@ void inbound_hbone_accept(struct io *io, uint32_t ev)
         ic->w = w;
         len = sizeof(ic->local);
         getsockname(fd, (struct sockaddr *)&ic->local, &len);
-        net_set_nodelay(fd);
-        net_set_keepalive(fd);
         ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
         if (!ic->c) {
             free(ic);
@@ -363,7 +359,6 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
         sockaddr_to(&peer, &sip, NULL);
         pc->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &sip);
         pc->rec.dst_wl = snapshot_workload_by_ip(v->snap, v->network, &dip);
-        net_set_nodelay(fd);
         if (zt_illegal_port(dport)) {
             close(fd);
             pc->rec.error = "destination is a ztunnel port";
@@ -380,7 +375,7 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
             plain_free(pc);
             continue;
         }
-        int up = zt_connect(&dst, &sip);
+        int up = zt_connect(&dst, &sip, false);
         if (up < 0) {
             close(fd);
             pc->rec.error = strerror(-up);

@@ -167,7 +167,7 @@ static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_st
 {
     oc->rec.dst = *dst;
     out_open_stats(oc, false);
-    int up = zt_connect(dst, NULL);
+    int up = zt_connect(dst, NULL, false);
     if (up < 0) {
         close(fd);
         out_finish(oc, 0, 0, strerror(-up), false);
@@ -199,7 +199,6 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     oc->rec.start_ms = zt_now_ms();
     oc->rec.src_wl = v->self;
     oc->rec.src_identity = pp->id_uri;
-    net_set_nodelay(fd);
     if (net_original_dst(fd, &dst) < 0) {
         close(fd);
         out_finish(oc, 0, 0, "no original destination", false);

@@ -213,7 +213,7 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
             return s;
         }
     }
-    int fd = zt_connect(next_hop, NULL);
+    int fd = zt_connect(next_hop, NULL, true);
     if (fd < 0) {
         *err = strerror(-fd);
         goto fail_key;

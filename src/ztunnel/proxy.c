@@ -254,6 +254,9 @@ static int worker_listen(struct worker *w, char *err, size_t errlen)
             snprintf(err, errlen, "listen on port %u: %s", ports[i], strerror(-fd));
             return fd;
         }
+        /* Accepted sockets inherit these: TCP_NODELAY everywhere, keepalive on the HBONE port. */
+        net_set_nodelay(fd);
+        if (ports[i] == PORT_HBONE) net_set_keepalive(fd);
         w->listeners[i] = (struct io){.fd = fd, .cb = cbs[i]};
         int rc = loop_io_add(w->loop, &w->listeners[i], EPOLLIN);
         if (rc < 0) {
@@ -265,14 +268,14 @@ static int worker_listen(struct worker *w, char *err, size_t errlen)
     return 0;
 }
 
-int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src)
+int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src, bool keepalive)
 {
     int one = 1, err;
     int fd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) return -errno;
     net_set_mark(fd, ZT_MARK);
     net_set_nodelay(fd);
-    net_set_keepalive(fd);
+    if (keepalive) net_set_keepalive(fd);
     if (spoof_src && spoof_src->family) {
         struct sockaddr_storage src;
         struct ip_addr sip = *spoof_src;
@@ -283,6 +286,9 @@ int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_s
             else
                 setsockopt(fd, SOL_IP, IP_TRANSPARENT, &one, sizeof(one));
             setsockopt(fd, SOL_IP, IP_FREEBIND, &one, sizeof(one));
+            /* Choose the source port at connect() time, against the full 4-tuple: with bind()'s own choice
+             * every TIME_WAIT on the app side would hold its port for all destinations. */
+            setsockopt(fd, SOL_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
             socklen_t sl = sockaddr_from(&src, &sip, 0);
             if (bind(fd, (struct sockaddr *)&src, sl) < 0) {
                 char ipb[IP_STRLEN];

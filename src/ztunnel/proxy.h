@@ -158,9 +158,9 @@ static inline bool zt_illegal_port(uint16_t p)
 }
 
 /* Creates a non-blocking TCP socket of the address's family with SO_MARK 0x539 (so the in-pod rules do not
- * capture it again), TCP_NODELAY and keepalive; if spoof_src is set, binds it to that address with
+ * capture it again), TCP_NODELAY and, for long-lived HBONE connections, keepalive; if spoof_src is set, binds it to that address with
  * IP_TRANSPARENT/IP_FREEBIND (best effort), then starts connecting. Returns fd or -errno. */
-int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src);
+int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src, bool keepalive);
 
 /* What an access log line says about one connection. Any string may be NULL. */
 struct access_rec {
