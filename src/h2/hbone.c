@@ -25,7 +25,7 @@
 #define PLAIN_CAP (256u * 1024)
 #define PT_REC 16384u
 #define COUT_HIGH (512u * 1024)
-#define UP_SMALL (16u * 1024)
+#define UP_SMALL (16u * 1024) /* largest read of an interactive stream */
 #define UP_BIG (256u * 1024)
 #define UP_GROW_AFTER (1u << 20)
 #define MAX_DATA_FRAME (256u * 1024)
@@ -342,9 +342,8 @@ static void stream_unlink(struct hbone_stream *s)
     c->n_streams--;
 }
 
-static void stream_free_cb(struct task *t)
+static void stream_free_request(struct hbone_stream *s)
 {
-    struct hbone_stream *s = container_of(t, struct hbone_stream, free_task);
     for (size_t i = 0; i < s->n_hdrs; i++) {
         free((char *)s->hdrs[i].name);
         free((char *)s->hdrs[i].value);
@@ -352,6 +351,15 @@ static void stream_free_cb(struct task *t)
     free(s->hdrs);
     free(s->method);
     free(s->authority);
+    s->hdrs = NULL;
+    s->n_hdrs = 0;
+    s->method = s->authority = NULL;
+}
+
+static void stream_free_cb(struct task *t)
+{
+    struct hbone_stream *s = container_of(t, struct hbone_stream, free_task);
+    stream_free_request(s);
     free(s->nva);
     free(s);
 }
@@ -457,23 +465,39 @@ static void stream_write_tcp(struct hbone_stream *s)
 static void stream_read_tcp(struct hbone_stream *s)
 {
     struct hbone_conn *c = s->c;
-    if (!s->up.p) {
-        size_t cap = s->to_h2 >= UP_GROW_AFTER ? UP_BIG : UP_SMALL;
-        s->up.p = malloc(cap);
+    ssize_t n;
+    if (s->up.p) {
+        size_t space = s->up.cap - s->up.len;
+        if (!space) return;
+        n = recv(s->io.fd, s->up.p + s->up.len, space, 0);
+        if (n > 0) s->up.len += (size_t)n;
+    } else if (s->to_h2 >= UP_GROW_AFTER) {
+        /* A bulk stream: one large buffer, read into directly and kept until the stream ends. */
+        s->up.p = malloc(UP_BIG);
         if (!s->up.p) return;
-        s->up.cap = cap;
+        s->up.cap = UP_BIG;
+        n = recv(s->io.fd, s->up.p, UP_BIG, 0);
+        if (n > 0) s->up.len = (size_t)n;
+    } else {
+        /* Interactive streams read into the thread's scratch and keep only what arrived, so thousands of
+         * chatty or idle connections hold their bytes, not a buffer each. (tl_cin is free here: it only
+         * holds data inside conn_read.) */
+        n = recv(s->io.fd, tl_cin, UP_SMALL, 0);
+        if (n > 0) {
+            s->up.p = malloc((size_t)n);
+            if (!s->up.p) {
+                stream_finish(s, "out of memory");
+                return;
+            }
+            memcpy(s->up.p, tl_cin, (size_t)n);
+            s->up.cap = s->up.len = (size_t)n;
+        }
     }
-    size_t space = s->up.cap - s->up.len;
-    if (!space) return;
-    ssize_t n = recv(s->io.fd, s->up.p + s->up.len, space, 0);
-    if (n > 0) {
-        s->up.len += (size_t)n;
-    } else if (n == 0) {
+    if (n == 0) {
         s->up_eof = true; /* FIN becomes END_STREAM once the buffer is sent */
         if (!obuf_used(&s->up)) obuf_free(&s->up);
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-        return;
-    } else {
+    } else if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
         stream_finish(s, strerror(errno));
         return;
     }
@@ -548,7 +572,10 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     if (length) pt_append(c, s->up.p + s->up.off, length);
     s->to_h2 += length;
     bool was_full = s->up.len == s->up.cap;
-    obuf_consume(&s->up, length);
+    if (s->up.cap == UP_BIG && s->up.off + length == s->up.len)
+        s->up.off = s->up.len = 0; /* a bulk stream keeps its buffer */
+    else
+        obuf_consume(&s->up, length);
     if (was_full) stream_update_mask(s);
     return 0;
 }
@@ -680,6 +707,8 @@ static void handle_request(struct hbone_conn *c, struct hbone_stream *s)
         c->ops->on_request(s, c->ud, &req);
     else
         hbone_stream_respond(s, 503, -1, NULL, 0);
+    /* The request is only valid during on_request: an open tunnel keeps none of it. */
+    stream_free_request(s);
 }
 
 static void handle_response(struct hbone_stream *s)

@@ -36,8 +36,8 @@ struct in_stream {
     struct timer timer;
     struct access_rec rec;
     char authority[SOCKADDR_STRLEN];
-    char peer_id[SPIFFE_MAX];
-    char dst_id[SPIFFE_MAX];
+    const char *peer_id; /* the HBONE connection's (it outlives its streams); NULL without one */
+    char *dst_id;        /* malloc'd */
     struct authz_conn az; /* what the policies judge; kept to re-check on policy changes */
     bool authorized;
     struct zt_stats stats;
@@ -90,6 +90,7 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     LIST_DEL(ic->w->in_streams, is);
     ic->w->active--;
     zt_view_unref(is->view);
+    free(is->dst_id);
     free(is);
     ic->streams--;
     in_conn_put(ic);
@@ -179,7 +180,8 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     is->rec.src = ic->peer;
     is->rec.dst = ic->local;
     is->rec.start_ms = zt_now_ms();
-    snprintf(is->peer_id, sizeof(is->peer_id), "%s", hbone_conn_peer_id(hbone_stream_conn(s)));
+    is->peer_id = hbone_conn_peer_id(hbone_stream_conn(s));
+    if (!*is->peer_id) is->peer_id = NULL;
     is->rec.src_identity = is->peer_id;
     snprintf(is->authority, sizeof(is->authority), "%s", req->authority);
     is->rec.hbone_addr = is->authority;
@@ -209,12 +211,12 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         hbone_stream_respond(s, 400, -1, NULL, 0);
         return;
     }
-    workload_spiffe_id(dst, is->dst_id, sizeof(is->dst_id));
+    is->dst_id = zt_workload_id(dst);
     is->rec.dst_identity = is->dst_id;
     struct conn_info ci = {.inbound = true,
                            .src_wl = is->rec.src_wl,
                            .dst_wl = dst,
-                           .src_principal = is->peer_id[0] ? is->peer_id : NULL,
+                           .src_principal = is->peer_id,
                            .dst_principal = is->dst_id,
                            .dst_svc = forwarded_service(v, req),
                            .mtls = true};
@@ -225,7 +227,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         return;
     }
     is->az = (struct authz_conn){.src_ip = peer_ip, .dst_ip = aip, .dst_port = aport,
-                                 .src_identity = is->peer_id[0] ? is->peer_id : NULL};
+                                 .src_identity = is->peer_id};
     if (!authorized(v, &is->az)) {
         hbone_stream_respond(s, 401, -1, NULL, 0); /* RBAC deny: 401, flag DENY (reference §1.3) */
         return;

@@ -24,7 +24,7 @@ struct out_conn {
     struct zt_view *view; /* the config this connection started with */
     struct access_rec rec;
     char authority[SOCKADDR_STRLEN];
-    char dst_id[SPIFFE_MAX];
+    char *dst_id; /* malloc'd */
 };
 
 /* response_flags for a failed outbound connection, from the error that ended it. */
@@ -48,6 +48,7 @@ static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const 
     if (oc->linked) LIST_DEL(oc->w->out_conns, oc);
     oc->w->active--;
     zt_view_unref(oc->view);
+    free(oc->dst_id);
     free(oc);
 }
 
@@ -134,7 +135,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     sockaddr_from(&target, dip, dport);
     sockaddr_format(&target, oc->authority, sizeof(oc->authority));
     oc->rec.hbone_addr = oc->authority;
-    workload_spiffe_id(wl, oc->dst_id, sizeof(oc->dst_id));
+    oc->dst_id = zt_workload_id(wl);
     oc->rec.dst_identity = oc->dst_id;
     int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", sockaddr_format(&oc->rec.src, csrc, sizeof(csrc)));
     if (svc && *svc->hostname) snprintf(fwd + n, sizeof(fwd) - (size_t)n, ";host=%s", svc->hostname);
@@ -154,7 +155,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     const char *sans[17];
     size_t n_sans = 0;
     for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
-    sans[n_sans++] = oc->dst_id;
+    sans[n_sans++] = oc->dst_id ? oc->dst_id : "";
     sockaddr_to(&oc->rec.src, &sip, NULL);
     out_open_stats(oc, true);
     oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,

@@ -340,6 +340,13 @@ void access_log(const struct access_rec *r)
     log_kvv(r->error ? LOG_ERROR : LOG_INFO, "access", "connection complete", kv, sizeof(kv) / sizeof(kv[0]) / 2);
 }
 
+char *zt_workload_id(const struct workload *w)
+{
+    char buf[SPIFFE_MAX];
+    if (workload_spiffe_id(w, buf, sizeof(buf)) < 0) return NULL;
+    return strdup(buf);
+}
+
 uint64_t zt_random(void)
 {
     static __thread uint64_t x;

@@ -176,6 +176,8 @@ struct access_rec {
 };
 /* Writes a "connection complete" access log line (INFO, or ERROR with error=). */
 void access_log(const struct access_rec *r);
+/* The workload's SPIFFE id as a malloc'd string (NULL on OOM). */
+char *zt_workload_id(const struct workload *w);
 /* Monotonic milliseconds. */
 uint64_t zt_now_ms(void);
 /* Random 64-bit value (per-thread xorshift seeded from getrandom). */
