@@ -90,18 +90,28 @@ void sockaddr_to(const struct sockaddr_storage *ss, struct ip_addr *ip, uint16_t
     }
 }
 
+struct ip_port ip_port_of(const struct sockaddr_storage *ss)
+{
+    struct ip_port ap;
+    sockaddr_to(ss, &ap.ip, &ap.port);
+    return ap;
+}
+
+const char *ip_port_format(const struct ip_port *ap, char *buf, size_t n)
+{
+    char tmp[IP_STRLEN];
+    ip_format(&ap->ip, tmp, sizeof(tmp));
+    if (ap->ip.family == AF_INET6)
+        snprintf(buf, n, "[%s]:%u", tmp, ap->port);
+    else
+        snprintf(buf, n, "%s:%u", tmp, ap->port);
+    return buf;
+}
+
 const char *sockaddr_format(const struct sockaddr_storage *ss, char *buf, size_t n)
 {
-    struct ip_addr ip;
-    uint16_t port;
-    char tmp[IP_STRLEN];
-    sockaddr_to(ss, &ip, &port);
-    ip_format(&ip, tmp, sizeof(tmp));
-    if (ip.family == AF_INET6)
-        snprintf(buf, n, "[%s]:%u", tmp, port);
-    else
-        snprintf(buf, n, "%s:%u", tmp, port);
-    return buf;
+    struct ip_port ap = ip_port_of(ss);
+    return ip_port_format(&ap, buf, n);
 }
 
 int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *port)

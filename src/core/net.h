@@ -11,6 +11,12 @@ struct ip_addr {
     uint8_t a[16];
 };
 
+/* An address and port in 20 bytes, for records kept per connection (a sockaddr_storage is 128). */
+struct ip_port {
+    struct ip_addr ip;
+    uint16_t port;
+};
+
 /* Longest text form of "ip" or "[ip]:port", with NUL. */
 #define IP_STRLEN 48
 #define SOCKADDR_STRLEN 56
@@ -28,6 +34,10 @@ socklen_t sockaddr_from(struct sockaddr_storage *ss, const struct ip_addr *ip, u
 void sockaddr_to(const struct sockaddr_storage *ss, struct ip_addr *ip, uint16_t *port);
 /* "ip:port" or "[ip]:port" into buf (>= SOCKADDR_STRLEN). Returns buf. */
 const char *sockaddr_format(const struct sockaddr_storage *ss, char *buf, size_t n);
+/* The ip_port of a sockaddr_storage. */
+struct ip_port ip_port_of(const struct sockaddr_storage *ss);
+/* "ip:port" or "[ip]:port" into buf (>= SOCKADDR_STRLEN). Returns buf. */
+const char *ip_port_format(const struct ip_port *ap, char *buf, size_t n);
 /* Parses an HTTP authority "ip:port" / "[ip6]:port". Returns 0 or -EINVAL. */
 int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *port);
 

@@ -177,8 +177,8 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     is->io.cb = in_connect_cb;
     is->timer.cb = in_connect_timeout;
     is->rec.direction = "inbound";
-    is->rec.src = ic->peer;
-    is->rec.dst = ic->local;
+    is->rec.src = ip_port_of(&ic->peer);
+    is->rec.dst = ip_port_of(&ic->local);
     is->rec.start_ms = zt_now_ms();
     is->peer_id = hbone_conn_peer_id(hbone_stream_conn(s));
     if (!*is->peer_id) is->peer_id = NULL;
@@ -356,7 +356,8 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
         pc->view = w->view;
         zt_view_ref(pc->view);
         struct zt_view *v = pc->view;
-        pc->rec = (struct access_rec){.direction = "inbound", .src = peer, .dst = dst, .start_ms = zt_now_ms()};
+        pc->rec = (struct access_rec){
+            .direction = "inbound", .src = ip_port_of(&peer), .dst = ip_port_of(&dst), .start_ms = zt_now_ms()};
         sockaddr_to(&dst, &dip, &dport);
         sockaddr_to(&peer, &sip, NULL);
         pc->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &sip);

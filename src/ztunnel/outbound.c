@@ -130,14 +130,14 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     const char *err = NULL;
 
     sockaddr_from(&hop, dip, PORT_HBONE);
-    oc->rec.dst = hop;
+    oc->rec.dst = ip_port_of(&hop);
     struct sockaddr_storage target;
     sockaddr_from(&target, dip, dport);
     sockaddr_format(&target, oc->authority, sizeof(oc->authority));
     oc->rec.hbone_addr = oc->authority;
     oc->dst_id = zt_workload_id(wl);
     oc->rec.dst_identity = oc->dst_id;
-    int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", sockaddr_format(&oc->rec.src, csrc, sizeof(csrc)));
+    int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", ip_port_format(&oc->rec.src, csrc, sizeof(csrc)));
     if (svc && *svc->hostname) snprintf(fwd + n, sizeof(fwd) - (size_t)n, ";host=%s", svc->hostname);
     for (size_t i = 0; i < sizeof(rnd); i += 8) {
         uint64_t r = zt_random();
@@ -156,7 +156,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     size_t n_sans = 0;
     for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
     sans[n_sans++] = oc->dst_id ? oc->dst_id : "";
-    sockaddr_to(&oc->rec.src, &sip, NULL);
+    sip = oc->rec.src.ip;
     out_open_stats(oc, true);
     oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,
                                   &out_stream_ops, oc, &err);
@@ -166,7 +166,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
 /* Plain TCP to dst (not meshed or unknown): connection_security_policy=unknown. */
 static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_storage *dst)
 {
-    oc->rec.dst = *dst;
+    oc->rec.dst = ip_port_of(dst);
     out_open_stats(oc, false);
     int up = zt_connect(dst, NULL, false);
     if (up < 0) {
@@ -196,7 +196,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     zt_view_ref(oc->view);
     struct zt_view *v = oc->view;
     oc->rec.direction = "outbound";
-    oc->rec.src = *peer;
+    oc->rec.src = ip_port_of(peer);
     oc->rec.start_ms = zt_now_ms();
     oc->rec.src_wl = v->self;
     oc->rec.src_identity = pp->id_uri;
@@ -205,7 +205,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         out_finish(oc, 0, 0, "no original destination", false);
         return;
     }
-    oc->rec.dst = dst;
+    oc->rec.dst = ip_port_of(&dst);
     sockaddr_to(&dst, &dip, &dport);
 
     /* A service VIP: choose an endpoint (reference §9). */

@@ -165,7 +165,7 @@ int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_s
 /* What an access log line says about one connection. Any string may be NULL. */
 struct access_rec {
     const char *direction;
-    struct sockaddr_storage src, dst; /* dst: the L4 next hop */
+    struct ip_port src, dst; /* dst: the L4 next hop */
     const char *hbone_addr;           /* authority, or NULL */
     const struct workload *src_wl, *dst_wl;
     const struct service *dst_svc;
