@@ -31,6 +31,8 @@
 #define MAX_DATA_FRAME (256u * 1024)
 #define MAX_REQ_HEADERS 64
 #define MAX_REQ_BYTES (64u * 1024)
+#define HBONE_RESET_BURST 20000
+#define HBONE_RESET_RATE 10000 /* per second */
 
 /* A byte buffer holding p[off..len). */
 struct obuf {
@@ -908,6 +910,10 @@ static int conn_start_h2(struct hbone_conn *c)
     /* WINDOW_UPDATE only for bytes that reached the other socket: end-to-end back-pressure. */
     nghttp2_option_set_no_auto_window_update(opt, 1);
     nghttp2_option_set_peer_max_concurrent_streams(opt, HBONE_CLIENT_MAX_STREAMS);
+    /* nghttp2's rapid-reset guard (1000 resets, then 33/s) would end a pooled connection whose client apps
+     * simply reset many TCP connections: each becomes an RST_STREAM. The peer is an authenticated mesh
+     * member, so allow a much higher, still bounded, rate. */
+    if (c->server) nghttp2_option_set_stream_reset_rate_limit(opt, HBONE_RESET_BURST, HBONE_RESET_RATE);
     if (c->server)
         rv = nghttp2_session_server_new2(&c->ng, cb, c, opt);
     else

@@ -208,6 +208,7 @@ static struct {
     const int *app_peer_done;
     struct srv_stream st[MAX_STREAMS];
     bool app_paused;
+    int unanswered;
 } srv;
 
 static void srv_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
@@ -226,6 +227,11 @@ static const struct hbone_stream_ops srv_stream_ops = {.on_done = srv_stream_don
 static void srv_on_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
 {
     (void)ud;
+    /* Port 7 never gets an answer: the client resets it (reset-storm test). */
+    if (strstr(req->authority, ":7") && strlen(strstr(req->authority, ":7")) == 2) {
+        srv.unanswered++;
+        return;
+    }
     int i = srv.requests++;
     if (i >= MAX_STREAMS) {
         hbone_stream_respond(s, 503, -1, NULL, 0);
@@ -808,12 +814,58 @@ static void test_backpressure(void **state)
     assert_null(cs->res.error);
 }
 
-/* ---- keepalive (reference §1.4: PING every interval, no PONG within the timeout kills the conn) ---- */
-
 static bool cli_ready(void)
 {
     return cli.ready_calls > 0;
 }
+
+/* ---- many resets: a client whose apps reset their connections must not lose the pooled connection to the
+ * server's rapid-reset guard ---- */
+
+static int storm_done;
+static void storm_done_cb(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s, (void)ud, (void)r;
+    storm_done++;
+}
+static const struct hbone_stream_ops storm_ops = {.on_done = storm_done_cb};
+
+static int storm_sent;
+static bool storm_all_seen(void)
+{
+    return srv.unanswered == storm_sent;
+}
+
+static void test_reset_storm(void **state)
+{
+    (void)state;
+    struct hbone_stream *batch[50];
+    struct hbone_header h[] = {{":authority", "127.0.0.1:7"}};
+    storm_done = storm_sent = 0;
+    cli_connect(ID_SERVER);
+    assert_true(run_until(cli_ready, 5000));
+    for (int b = 0; b < 40; b++) { /* 2000 resets, twice the guard's default burst */
+        for (int i = 0; i < 50; i++) {
+            int sv[2];
+            assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+            batch[i] = hbone_stream_open(cli.c, h, 1, sv[0], &storm_ops, NULL);
+            assert_non_null(batch[i]);
+            close(sv[1]);
+        }
+        storm_sent += 50;
+        assert_true(run_until(storm_all_seen, 5000)); /* the HEADERS reached the server */
+        for (int i = 0; i < 50; i++) hbone_stream_reset(batch[i], "app reset");
+    }
+    run_until(NULL, 300);
+    assert_int_equal(storm_done, 2000);
+    assert_int_equal(srv.closed_calls, 0);
+    assert_int_equal(cli.closed_calls, 0);
+    assert_non_null(cli.c);
+    assert_true(hbone_conn_usable(cli.c));
+    assert_int_equal(hbone_conn_streams(srv.conn), 0); /* every reset reached the server */
+}
+
+/* ---- keepalive (reference §1.4: PING every interval, no PONG within the timeout kills the conn) ---- */
 
 /* A peer that answers PINGs keeps the connection up across many intervals. */
 static void test_keepalive_answered(void **state)
@@ -890,6 +942,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reset_storm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_answered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_timeout, setup, teardown),
     };
