@@ -89,6 +89,7 @@ struct hbone_conn {
     SSL *ssl;
     nghttp2_session *ng;
     bool server, eof, draining, goaway_recv, ping_wait, established;
+    bool rdhup; /* FIN or error signalled: a short read is not the end of what is queued */
     enum conn_state st;
     const struct hbone_conn_ops *ops;
     void *ud;
@@ -96,7 +97,7 @@ struct hbone_conn {
     size_t cin_len;
     struct obuf cout; /* ciphertext waiting for send() */
     bool out_err;
-    struct task flush_task, free_task;
+    struct task flush_task, free_task, read_task;
     struct timer hs_timer, ping_timer;
     char **expected;
     size_t n_expected;
@@ -110,7 +111,9 @@ struct hbone_stream {
     struct hbone_conn *c;
     int32_t id;
     struct io io;    /* TCP side; fd -1 until attached */
-    bool registered; /* io is in epoll */
+    bool registered; /* io is in epoll (edge-triggered, registered once) */
+    bool can_read;   /* an edge said readable and no read has seen the socket empty since */
+    bool rdhup;      /* the peer's FIN (or an error) was signalled: read on until recv says so */
     struct obuf up, down;
     bool relaying, up_eof, deferred, down_eof, wr_shut, ng_closed, done;
     int status;
@@ -125,7 +128,7 @@ struct hbone_stream {
     struct hbone_header *hdrs;
     size_t n_hdrs, req_bytes;
     bool req_too_big;
-    struct task free_task;
+    struct task free_task, read_task;
 };
 
 static __thread uint8_t *tl_cin, *tl_plain, *tl_pt;
@@ -144,7 +147,10 @@ static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
 static void conn_close(struct hbone_conn *c, const char *err);
 static void conn_schedule_flush(struct hbone_conn *c);
 static void stream_finish(struct hbone_stream *s, const char *err);
-static void stream_update_mask(struct hbone_stream *s);
+static void stream_arm(struct hbone_stream *s);
+static void stream_wants_read(struct hbone_stream *s);
+static void stream_read_tcp(struct hbone_stream *s);
+static void stream_read_task_cb(struct task *t);
 static void stream_check_finish(struct hbone_stream *s);
 
 /* ---- custom BIO over the connection's buffers ---- */
@@ -251,14 +257,6 @@ static void pt_flush(struct hbone_conn *c)
 
 /* ---- connection output ---- */
 
-static void conn_update_mask(struct hbone_conn *c)
-{
-    uint32_t ev = EPOLLIN;
-    if (c->st == C_CLOSED) return;
-    if (c->st == C_CONNECTING || obuf_used(&c->cout)) ev |= EPOLLOUT;
-    loop_io_mod(c->loop, &c->io, ev);
-}
-
 /* Sends queued ciphertext. Returns 0, or -1 when the connection was closed. */
 static int conn_write_out(struct hbone_conn *c)
 {
@@ -279,25 +277,32 @@ static int conn_write_out(struct hbone_conn *c)
 static void conn_flush(struct hbone_conn *c)
 {
     if (c->st == C_CLOSED) return;
-    if (c->st == C_OPEN) {
-        tl_pt_len = 0;
-        while (obuf_used(&c->cout) < COUT_HIGH) {
-            const uint8_t *d;
-            ssize_t n = nghttp2_session_mem_send(c->ng, &d);
-            if (n < 0) {
-                conn_close(c, nghttp2_strerror((int)n));
+    for (;;) {
+        size_t produced = 0;
+        if (c->st == C_OPEN) {
+            tl_pt_len = 0;
+            while (obuf_used(&c->cout) < COUT_HIGH) {
+                const uint8_t *d;
+                ssize_t n = nghttp2_session_mem_send(c->ng, &d);
+                if (n < 0) {
+                    conn_close(c, nghttp2_strerror((int)n));
+                    return;
+                }
+                if (n == 0) break;
+                pt_append(c, d, (size_t)n);
+                produced += (size_t)n;
+            }
+            pt_flush(c);
+            if (c->out_err) {
+                conn_close(c, "TLS write failed");
                 return;
             }
-            if (n == 0) break;
-            pt_append(c, d, (size_t)n);
         }
-        pt_flush(c);
-        if (c->out_err) {
-            conn_close(c, "TLS write failed");
-            return;
-        }
+        if (conn_write_out(c) < 0) return;
+        /* The fd is edge-triggered: a socket that took everything sends no EPOLLOUT edge, so if we stopped at
+         * the high-water mark, produce the rest now. A socket that refused bytes will signal. */
+        if (obuf_used(&c->cout) || c->st != C_OPEN || !produced || !nghttp2_session_want_write(c->ng)) break;
     }
-    if (conn_write_out(c) < 0) return;
     if (c->st == C_OPEN && !obuf_used(&c->cout)) {
         if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
             conn_close(c, NULL);
@@ -308,7 +313,6 @@ static void conn_flush(struct hbone_conn *c)
             return;
         }
     }
-    conn_update_mask(c);
 }
 
 static void flush_task_cb(struct task *t)
@@ -372,6 +376,7 @@ static struct hbone_stream *stream_new(void)
     if (!s) return NULL;
     s->io.fd = -1;
     s->free_task.cb = stream_free_cb;
+    s->read_task.cb = stream_read_task_cb;
     return s;
 }
 
@@ -413,23 +418,29 @@ static void stream_check_finish(struct hbone_stream *s)
     stream_finish(s, NULL);
 }
 
-static void stream_update_mask(struct hbone_stream *s)
+/* Sockets are registered once, edge-triggered, for both directions: a busy tunnel then costs no epoll_ctl
+ * at all. Readiness is remembered in can_read; a read that stopped on a full buffer resumes from a task
+ * when the buffer drains (stream_wants_read), since no new edge may come. */
+static void stream_arm(struct hbone_stream *s)
 {
-    uint32_t ev = 0;
-    if (s->done || s->io.fd < 0) return;
-    if (s->relaying && !s->up_eof && s->up.len < (s->up.cap ? s->up.cap : 1)) ev |= EPOLLIN;
-    if (obuf_used(&s->down)) ev |= EPOLLOUT;
-    /* An fd with an empty mask still reports HUP/ERR; take it out of epoll rather than spin. */
-    if (!ev) {
-        if (s->registered) loop_io_del(s->c->loop, &s->io);
-        s->registered = false;
-        return;
-    }
-    if (!s->registered) {
-        if (loop_io_add(s->c->loop, &s->io, ev) == 0) s->registered = true;
-        return;
-    }
-    loop_io_mod(s->c->loop, &s->io, ev);
+    if (s->done || s->io.fd < 0 || s->registered) return;
+    if (loop_io_add(s->c->loop, &s->io, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) == 0) s->registered = true;
+}
+
+static bool stream_read_room(const struct hbone_stream *s)
+{
+    return s->relaying && !s->up_eof && !s->done && s->io.fd >= 0 && (!s->up.p || s->up.len < s->up.cap);
+}
+
+static void stream_read_task_cb(struct task *t)
+{
+    struct hbone_stream *s = container_of(t, struct hbone_stream, read_task);
+    if (!s->done && s->can_read && stream_read_room(s)) stream_read_tcp(s);
+}
+
+static void stream_wants_read(struct hbone_stream *s)
+{
+    if (s->can_read && stream_read_room(s)) loop_defer(s->c->loop, &s->read_task);
 }
 
 static void stream_consume(struct hbone_stream *s, size_t n)
@@ -467,42 +478,59 @@ static void stream_write_tcp(struct hbone_stream *s)
 static void stream_read_tcp(struct hbone_stream *s)
 {
     struct hbone_conn *c = s->c;
-    ssize_t n;
-    if (s->up.p) {
-        size_t space = s->up.cap - s->up.len;
-        if (!space) return;
-        n = recv(s->io.fd, s->up.p + s->up.len, space, 0);
-        if (n > 0) s->up.len += (size_t)n;
-    } else if (s->to_h2 >= UP_GROW_AFTER) {
-        /* A bulk stream: one large buffer, read into directly and kept until the stream ends. */
-        s->up.p = malloc(UP_BIG);
-        if (!s->up.p) return;
-        s->up.cap = UP_BIG;
-        n = recv(s->io.fd, s->up.p, UP_BIG, 0);
-        if (n > 0) s->up.len = (size_t)n;
-    } else {
-        /* Interactive streams read into the thread's scratch and keep only what arrived, so thousands of
-         * chatty or idle connections hold their bytes, not a buffer each. (tl_cin is free here: it only
-         * holds data inside conn_read.) */
-        n = recv(s->io.fd, tl_cin, UP_SMALL, 0);
-        if (n > 0) {
-            s->up.p = malloc((size_t)n);
-            if (!s->up.p) {
-                stream_finish(s, "out of memory");
-                return;
+    bool got = false;
+    while (s->can_read && stream_read_room(s)) {
+        ssize_t n;
+        size_t want;
+        if (s->up.p) {
+            want = s->up.cap - s->up.len;
+            n = recv(s->io.fd, s->up.p + s->up.len, want, 0);
+            if (n > 0) s->up.len += (size_t)n;
+        } else if (s->to_h2 >= UP_GROW_AFTER) {
+            /* A bulk stream: one large buffer, read into directly and kept until the stream ends. */
+            s->up.p = malloc(UP_BIG);
+            if (!s->up.p) break;
+            s->up.cap = want = UP_BIG;
+            n = recv(s->io.fd, s->up.p, want, 0);
+            if (n > 0) s->up.len = (size_t)n;
+        } else {
+            /* Interactive streams read into the thread's scratch and keep only what arrived, so thousands
+             * of chatty or idle connections hold their bytes, not a buffer each. (tl_cin is free here: it
+             * only holds data inside conn_read.) */
+            want = UP_SMALL;
+            n = recv(s->io.fd, tl_cin, want, 0);
+            if (n > 0) {
+                s->up.p = malloc((size_t)n);
+                if (!s->up.p) {
+                    stream_finish(s, "out of memory");
+                    return;
+                }
+                memcpy(s->up.p, tl_cin, (size_t)n);
+                s->up.cap = s->up.len = (size_t)n;
             }
-            memcpy(s->up.p, tl_cin, (size_t)n);
-            s->up.cap = s->up.len = (size_t)n;
         }
-    }
-    if (n == 0) {
-        s->up_eof = true; /* FIN becomes END_STREAM once the buffer is sent */
-        if (!obuf_used(&s->up)) obuf_free(&s->up);
-    } else if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        if (n > 0) {
+            got = true;
+            /* A short read emptied the socket: the next byte brings a new edge. A FIN signalled earlier,
+             * while the buffer was full, brings none: then read on until recv returns 0. */
+            if ((size_t)n < want && !s->rdhup) s->can_read = false;
+            continue;
+        }
+        if (n == 0) {
+            s->up_eof = true; /* FIN becomes END_STREAM once the buffer is sent */
+            got = true;
+            if (!obuf_used(&s->up)) obuf_free(&s->up);
+            break;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            s->can_read = false;
+            break;
+        }
         stream_finish(s, strerror(errno));
         return;
     }
+    if (!got) return;
     if (s->deferred && s->id > 0 && c->st == C_OPEN) {
         s->deferred = false;
         nghttp2_session_resume_data(c->ng, s->id);
@@ -517,11 +545,11 @@ static void stream_io_cb(struct io *io, uint32_t ev)
         if (obuf_used(&s->down)) stream_write_tcp(s);
         if (s->done) return;
     }
-    if ((ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) && s->relaying && !s->up_eof) {
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) {
+        s->can_read = true;
+        if (ev & (EPOLLRDHUP | EPOLLERR | EPOLLHUP)) s->rdhup = true;
         stream_read_tcp(s);
-        if (s->done) return;
     }
-    stream_update_mask(s);
 }
 
 static void stream_attach_tcp(struct hbone_stream *s, int fd)
@@ -530,7 +558,7 @@ static void stream_attach_tcp(struct hbone_stream *s, int fd)
     s->io.cb = stream_io_cb;
     s->relaying = true;
     if (obuf_used(&s->down)) stream_write_tcp(s);
-    if (!s->done) stream_update_mask(s);
+    stream_arm(s); /* registering reports what is already pending */
 }
 
 /* ---- nghttp2 callbacks ---- */
@@ -578,7 +606,7 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
         s->up.off = s->up.len = 0; /* a bulk stream keeps its buffer */
     else
         obuf_consume(&s->up, length);
-    if (was_full) stream_update_mask(s);
+    if (was_full) stream_wants_read(s);
     return 0;
 }
 
@@ -622,7 +650,7 @@ static int on_data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, cons
             stream_finish(s, "out of memory");
             return 0;
         }
-        stream_update_mask(s);
+        /* The socket refused part of it: its EPOLLOUT edge will come. */
     }
     return 0;
 }
@@ -719,7 +747,7 @@ static void handle_response(struct hbone_stream *s)
     if (s->done) return;
     if (s->status == 200) {
         s->relaying = true;
-        stream_update_mask(s);
+        stream_arm(s); /* registering reports what the app already sent */
     } else {
         char err[48];
         snprintf(err, sizeof(err), "HBONE CONNECT rejected with status %d", s->status);
@@ -767,7 +795,6 @@ static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
     if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
         s->down_eof = true;
         if (s->io.fd >= 0) stream_write_tcp(s);
-        if (!s->done) stream_update_mask(s);
     }
     return 0;
 }
@@ -1030,9 +1057,15 @@ static int conn_decrypt(struct hbone_conn *c)
     }
 }
 
+/* The fd is edge-triggered: read until the socket is empty (a short read), or, after a fair share, continue
+ * from a task so other connections get their turn. */
 static void conn_read(struct hbone_conn *c)
 {
-    for (int iter = 0; iter < 8; iter++) {
+    for (int iter = 0;; iter++) {
+        if (iter == 8) {
+            loop_defer(c->loop, &c->read_task);
+            break;
+        }
         ssize_t n = recv(c->io.fd, tl_cin, CIN_CAP, 0);
         if (n < 0) {
             if (errno == EINTR) continue;
@@ -1057,10 +1090,16 @@ static void conn_read(struct hbone_conn *c)
             conn_close(c, c->n_streams ? "connection closed by peer" : NULL);
             return;
         }
-        if ((size_t)n < CIN_CAP) break;
+        if ((size_t)n < CIN_CAP && !c->rdhup) break;
     }
     c->cin_len = 0;
     conn_schedule_flush(c);
+}
+
+static void conn_read_task_cb(struct task *t)
+{
+    struct hbone_conn *c = container_of(t, struct hbone_conn, read_task);
+    if (c->st == C_HANDSHAKE || c->st == C_OPEN) conn_read(c);
 }
 
 static void conn_io_cb(struct io *io, uint32_t ev)
@@ -1082,7 +1121,8 @@ static void conn_io_cb(struct io *io, uint32_t ev)
         if (c->st != C_CLOSED) conn_flush(c);
         return;
     }
-    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) c->rdhup = true;
         conn_read(c);
         if (c->st == C_CLOSED) return;
     }
@@ -1090,8 +1130,6 @@ static void conn_io_cb(struct io *io, uint32_t ev)
         /* Room again: write what is queued, then let nghttp2 produce more. */
         if (conn_write_out(c) < 0) return;
         if (c->st == C_OPEN && !obuf_used(&c->cout)) conn_flush(c);
-        else
-            conn_update_mask(c);
     }
 }
 
@@ -1109,6 +1147,7 @@ static struct hbone_conn *conn_new(struct loop *l, int fd, SSL_CTX *ctx, bool se
     c->io.cb = conn_io_cb;
     c->flush_task.cb = flush_task_cb;
     c->free_task.cb = conn_free_cb;
+    c->read_task.cb = conn_read_task_cb;
     c->hs_timer.cb = hs_timer_cb;
     c->ping_timer.cb = ping_timer_cb;
     c->ssl = SSL_new(ctx);
@@ -1151,14 +1190,14 @@ struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const 
     if (!c) return NULL;
     c->expected = calloc(n_expected ? n_expected : 1, sizeof(char *));
     for (size_t i = 0; c->expected && i < n_expected; i++) c->expected[c->n_expected++] = strdup(expected[i]);
-    return conn_start(c, C_CONNECTING, EPOLLIN | EPOLLOUT);
+    return conn_start(c, C_CONNECTING, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
 }
 
 struct hbone_conn *hbone_server_new(struct loop *l, int fd, SSL_CTX *ctx, const struct hbone_conn_ops *ops,
                                     void *ud)
 {
     struct hbone_conn *c = conn_new(l, fd, ctx, true, ops, ud);
-    return c ? conn_start(c, C_HANDSHAKE, EPOLLIN) : NULL;
+    return c ? conn_start(c, C_HANDSHAKE, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET) : NULL;
 }
 
 unsigned hbone_conn_max_streams(const struct hbone_conn *c)
