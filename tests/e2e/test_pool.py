@@ -1,4 +1,7 @@
-"""HBONE connection pooling: many concurrent app connections between two pods share one mTLS connection."""
+"""HBONE connection pooling: many concurrent app connections between two pods share one mTLS connection, at most
+100 streams each; unused pooled connections are released after POOL_UNUSED_RELEASE_TIMEOUT."""
+import time
+
 import pytest
 
 from helpers import Mesh, connect, recv_exact
@@ -12,7 +15,8 @@ def mesh(ztunnel_bin):
     # mutable state on the data path), and with two workers two pooled connections would be legitimate.
     # With one worker the pool key {src id, dst id, dst ip:15008} must map to exactly one connection.
     # n1p2 keeps the default (2 workers): there, one pooled connection per worker at most.
-    m = Mesh(nodes=2, pods=2, pod_env={"n1p1": {"ZTUNNEL_WORKER_THREADS": "1"},
+    # n1p1 also releases unused pooled connections after 2 s instead of Istio's 5 min, so the test can see it.
+    m = Mesh(nodes=2, pods=2, pod_env={"n1p1": {"ZTUNNEL_WORKER_THREADS": "1", "POOL_UNUSED_RELEASE_TIMEOUT": "2"},
                                        "n1p2": {"ZTUNNEL_WORKER_THREADS": "2"}})
     try:
         m.up()
@@ -28,12 +32,12 @@ def _hbone_conns(m, pod):
     return [l for l in out.splitlines() if l.strip()]
 
 
-def _open_50(mesh, src, dst):
-    """Opens N connections src -> dst:8080, checks a round trip on each, returns the HBONE connections seen
-    in dst's netns while all N are open."""
+def _open_50(mesh, src, dst, n=N):
+    """Opens n connections src -> dst:8080, checks a round trip on each, returns the HBONE connections seen
+    in dst's netns while all n are open."""
     socks = []
     try:
-        for i in range(N):
+        for i in range(n):
             socks.append(connect(src.netns, dst.ip, 8080))
         # A round trip on every connection proves each stream is established end to end.
         for i, s in enumerate(socks):
@@ -58,3 +62,22 @@ def test_two_workers_use_at_most_two_connections(mesh):
     conns = _open_50(mesh, src, dst)
     assert 1 <= len(conns) <= 2, "expected at most one pooled connection per worker:\n" + "\n".join(conns)
     assert all(src.ip in c for c in conns)
+
+
+def test_more_than_100_streams_open_a_second_connection(mesh):
+    """Istio's POOL_MAX_STREAMS_PER_CONNECTION: 150 concurrent tunnels from one worker need two connections."""
+    src, dst = mesh.pod("n1p1"), mesh.pod("n2p1")
+    conns = _open_50(mesh, src, dst, n=150)
+    assert len(conns) == 2, "expected two pooled HBONE connections for 150 streams:\n" + "\n".join(conns)
+
+
+def test_unused_connection_is_released(mesh):
+    src, dst = mesh.pod("n1p1"), mesh.pod("n2p1")
+    assert len(_open_50(mesh, src, dst, n=3)) >= 1
+    assert len(_hbone_conns(mesh, dst)) >= 1  # still pooled right after the apps closed
+    deadline = time.time() + 15
+    while _hbone_conns(mesh, dst) and time.time() < deadline:
+        time.sleep(0.25)
+    assert _hbone_conns(mesh, dst) == [], "the unused pooled connection was not released"
+    # The next connection dials a new one and works.
+    assert len(_open_50(mesh, src, dst, n=1)) == 1
