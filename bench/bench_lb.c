@@ -101,23 +101,6 @@ static struct snapshot *make_service(unsigned n)
 
 /* ---- ztunnel's per-connection algorithm, for comparison (O(n) per pick, allocates like Istio's Vec) ---- */
 
-static const char *scope_value(const struct workload *w, uint8_t scope)
-{
-    switch (scope) {
-    case LB_SCOPE_REGION:
-        return w->locality.region;
-    case LB_SCOPE_ZONE:
-        return w->locality.zone;
-    case LB_SCOPE_SUBZONE:
-        return w->locality.subzone;
-    case LB_SCOPE_NODE:
-        return w->node;
-    case LB_SCOPE_CLUSTER:
-        return w->cluster_id;
-    default:
-        return w->network;
-    }
-}
 
 static const struct workload *linear_pick(const struct snapshot *s, const struct service *svc, uint16_t port,
                                           const struct workload *src, uint64_t rnd)
@@ -135,7 +118,7 @@ static const struct workload *linear_pick(const struct snapshot *s, const struct
         int r = 0;
         if (svc->lb_mode != LB_MODE_STANDARD)
             for (size_t j = 0; j < svc->n_routing_prefs; j++) {
-                if (strcmp(scope_value(src, svc->routing_prefs[j]), scope_value(w, svc->routing_prefs[j])))
+                if (strcmp(lb_scope_value(src, svc->routing_prefs[j]), lb_scope_value(w, svc->routing_prefs[j])))
                     break;
                 r++;
             }

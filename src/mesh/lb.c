@@ -71,7 +71,7 @@ struct lb_svc {
     const struct lb_pool **port_pool; /* parallel to service.ports; NULL entry = nothing eligible */
 };
 
-static const char *scope_value(const struct workload *w, uint8_t scope)
+const char *lb_scope_value(const struct workload *w, uint8_t scope)
 {
     switch (scope) {
     case LB_SCOPE_REGION:
@@ -148,7 +148,7 @@ static int cmp_locality(const void *a, const void *b, void *arg)
     const struct service *svc = arg;
     const struct workload *x = *(const struct workload *const *)a, *y = *(const struct workload *const *)b;
     for (size_t i = 0; i < svc->n_routing_prefs; i++) {
-        int c = strcmp(scope_value(x, svc->routing_prefs[i]), scope_value(y, svc->routing_prefs[i]));
+        int c = strcmp(lb_scope_value(x, svc->routing_prefs[i]), lb_scope_value(y, svc->routing_prefs[i]));
         if (c) return c;
     }
     return x < y ? -1 : x > y;
@@ -305,7 +305,7 @@ static uint32_t bound(const struct lb_pool *p, uint32_t lo, uint32_t hi, uint8_t
 {
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(scope_value(p->wl[mid], scope), v);
+        int c = strcmp(lb_scope_value(p->wl[mid], scope), v);
         if (c < 0 || (upper && c == 0))
             lo = mid + 1;
         else
@@ -339,7 +339,7 @@ static int candidates(const struct snapshot *s, const struct service *svc, uint1
     if (uses_locality(svc) && src && src->wl) {
         for (; k < svc->n_routing_prefs; k++) {
             uint8_t scope = svc->routing_prefs[k];
-            const char *v = scope_value(src->wl, scope);
+            const char *v = lb_scope_value(src->wl, scope);
             uint32_t nl = bound(p, l, h, scope, v, false);
             uint32_t nh = bound(p, nl, h, scope, v, true);
             if (nl == nh) break;

@@ -48,6 +48,9 @@ int lb_pick(const struct snapshot *s, const struct service *svc, uint16_t port, 
 int lb_candidates(const struct snapshot *s, const struct service *svc, uint16_t port,
                   const struct lb_source *src, const struct workload *const **eps, size_t *n, unsigned *rank);
 
+/* The workload's value for a routing-preference scope (region, zone, subzone, node, cluster, network). */
+const char *lb_scope_value(const struct workload *w, uint8_t scope);
+
 /* The number of endpoints of a service (every workload naming it, before any filtering); 0 when svc is
  * not from s. O(1). */
 size_t snapshot_service_n_endpoints(const struct snapshot *s, const struct service *svc);
