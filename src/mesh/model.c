@@ -226,6 +226,13 @@ int snapshot_finalize(struct snapshot *s)
     uint32_t *idx = NULL;
     rc = lb_index_build(s);
     if (rc) return rc;
+    /* Every connection names its peer's identity: build each once here rather than per connection. */
+    for (size_t i = 0; i < s->n_workloads; i++) {
+        char buf[768];
+        int n = workload_spiffe_id(&s->workloads[i], buf, sizeof(buf));
+        s->workloads[i].spiffe_id = arena_strndup(&s->arena, buf, n > 0 ? (size_t)n : 0);
+        if (!s->workloads[i].spiffe_id) return -ENOMEM;
+    }
     for (size_t i = 0; i < s->n_policies; i++) {
         if (s->policies[i].scope == POLICY_SCOPE_NAMESPACE)
             n_ns++;

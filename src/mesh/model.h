@@ -87,6 +87,7 @@ struct workload {
     const char *const *authorization_policies; /* "ns/name" */
     size_t n_authorization_policies;
     uint8_t network_mode; /* enum wl_network_mode (extension of the required layout) */
+    const char *spiffe_id; /* "spiffe://<td>/ns/<ns>/sa/<sa>", built once at load ("" if too long) */
 };
 
 /* A "network/ip" address; network "" is the default network. */

@@ -35,9 +35,7 @@ struct in_stream {
     struct io io; /* app connect in progress; fd -1 otherwise */
     struct timer timer;
     struct access_rec rec;
-    char authority[SOCKADDR_STRLEN];
     const char *peer_id; /* the HBONE connection's (it outlives its streams); NULL without one */
-    char *dst_id;        /* malloc'd */
     struct authz_conn az; /* what the policies judge; kept to re-check on policy changes */
     bool authorized;
     struct zt_stats stats;
@@ -90,7 +88,6 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     LIST_DEL(ic->w->in_streams, is);
     ic->w->active--;
     zt_view_unref(is->view);
-    free(is->dst_id);
     free(is);
     ic->streams--;
     in_conn_put(ic);
@@ -106,7 +103,11 @@ static void in_connected(struct in_stream *is, int soerr)
     is->io.fd = -1;
     if (soerr) {
         close(fd);
-        LOG_D("inbound", "connect to app %s: %s", is->authority, strerror(soerr));
+        if (log_enabled(LOG_DEBUG)) {
+            char app[SOCKADDR_STRLEN];
+            LOG_D("inbound", "connect to app %s: %s", ip_port_format(&is->rec.hbone_addr, app, sizeof(app)),
+                  strerror(soerr));
+        }
         hbone_stream_respond(is->s, 503, -1, NULL, 0);
         return;
     }
@@ -183,8 +184,6 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     is->peer_id = hbone_conn_peer_id(hbone_stream_conn(s));
     if (!*is->peer_id) is->peer_id = NULL;
     is->rec.src_identity = is->peer_id;
-    snprintf(is->authority, sizeof(is->authority), "%s", req->authority);
-    is->rec.hbone_addr = is->authority;
     sockaddr_to(&ic->peer, &peer_ip, NULL);
     sockaddr_to(&ic->local, &local_ip, NULL);
     is->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &peer_ip);
@@ -200,6 +199,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         hbone_stream_respond(s, 400, -1, NULL, 0);
         return;
     }
+    is->rec.hbone_addr = (struct ip_port){.ip = aip, .port = aport};
     /* The workload is the one owning the address this connection arrived on (the pod's IP). */
     const struct workload *dst = snapshot_workload_by_ip(v->snap, v->network, &local_ip);
     is->rec.dst_wl = dst;
@@ -211,13 +211,12 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         hbone_stream_respond(s, 400, -1, NULL, 0);
         return;
     }
-    is->dst_id = zt_workload_id(dst);
-    is->rec.dst_identity = is->dst_id;
+    is->rec.dst_identity = dst->spiffe_id;
     struct conn_info ci = {.inbound = true,
                            .src_wl = is->rec.src_wl,
                            .dst_wl = dst,
                            .src_principal = is->peer_id,
-                           .dst_principal = is->dst_id,
+                           .dst_principal = dst->spiffe_id,
                            .dst_svc = forwarded_service(v, req),
                            .mtls = true};
     is->rec.dst_svc = ci.dst_svc;

@@ -23,8 +23,6 @@ struct out_conn {
     bool mtls, linked, established;
     struct zt_view *view; /* the config this connection started with */
     struct access_rec rec;
-    char authority[SOCKADDR_STRLEN];
-    char *dst_id; /* malloc'd */
 };
 
 /* response_flags for a failed outbound connection, from the error that ended it. */
@@ -48,7 +46,6 @@ static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const 
     if (oc->linked) LIST_DEL(oc->w->out_conns, oc);
     oc->w->active--;
     zt_view_unref(oc->view);
-    free(oc->dst_id);
     free(oc);
 }
 
@@ -123,7 +120,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
 {
     struct worker *w = oc->w;
     const struct service *svc = oc->rec.dst_svc;
-    char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17];
+    char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17], authority[SOCKADDR_STRLEN];
     uint8_t rnd[24];
     struct sockaddr_storage hop;
     struct ip_addr sip;
@@ -133,10 +130,9 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     oc->rec.dst = ip_port_of(&hop);
     struct sockaddr_storage target;
     sockaddr_from(&target, dip, dport);
-    sockaddr_format(&target, oc->authority, sizeof(oc->authority));
-    oc->rec.hbone_addr = oc->authority;
-    oc->dst_id = zt_workload_id(wl);
-    oc->rec.dst_identity = oc->dst_id;
+    oc->rec.hbone_addr = ip_port_of(&target);
+    ip_port_format(&oc->rec.hbone_addr, authority, sizeof(authority));
+    oc->rec.dst_identity = wl->spiffe_id;
     int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", ip_port_format(&oc->rec.src, csrc, sizeof(csrc)));
     if (svc && *svc->hostname) snprintf(fwd + n, sizeof(fwd) - (size_t)n, ";host=%s", svc->hostname);
     for (size_t i = 0; i < sizeof(rnd); i += 8) {
@@ -147,7 +143,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     hex(sid, rnd + 16, 8);
     snprintf(tp, sizeof(tp), "00-%s-%s-00", tid, sid);
     struct hbone_header hdrs[] = {
-        {":authority", oc->authority},
+        {":authority", authority},
         {"baggage", oc->view->baggage},
         {"forwarded", fwd},
         {"traceparent", tp},
@@ -155,7 +151,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     const char *sans[17];
     size_t n_sans = 0;
     for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
-    sans[n_sans++] = oc->dst_id ? oc->dst_id : "";
+    sans[n_sans++] = wl->spiffe_id;
     sip = oc->rec.src.ip;
     out_open_stats(oc, true);
     oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,

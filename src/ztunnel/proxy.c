@@ -315,7 +315,7 @@ uint64_t zt_now_ms(void)
 
 void access_log(const struct access_rec *r)
 {
-    char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN], sent[24], recv[24], dur[32];
+    char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN], hbone[SOCKADDR_STRLEN], sent[24], recv[24], dur[32];
     uint64_t now = zt_now_ms();
     snprintf(sent, sizeof(sent), "%" PRIu64, r->bytes_sent);
     snprintf(recv, sizeof(recv), "%" PRIu64, r->bytes_recv);
@@ -326,7 +326,7 @@ void access_log(const struct access_rec *r)
         "src.namespace", r->src_wl ? r->src_wl->namespace_ : NULL,
         "src.identity", r->src_identity && *r->src_identity ? r->src_identity : NULL,
         "dst.addr", ip_port_format(&r->dst, dst, sizeof(dst)),
-        "dst.hbone_addr", r->hbone_addr,
+        "dst.hbone_addr", r->hbone_addr.port ? ip_port_format(&r->hbone_addr, hbone, sizeof(hbone)) : NULL,
         "dst.service", r->dst_svc ? r->dst_svc->hostname : NULL,
         "dst.workload", r->dst_wl ? r->dst_wl->name : NULL,
         "dst.namespace", r->dst_wl ? r->dst_wl->namespace_ : NULL,
@@ -338,13 +338,6 @@ void access_log(const struct access_rec *r)
         "error", r->error,
     };
     log_kvv(r->error ? LOG_ERROR : LOG_INFO, "access", "connection complete", kv, sizeof(kv) / sizeof(kv[0]) / 2);
-}
-
-char *zt_workload_id(const struct workload *w)
-{
-    char buf[SPIFFE_MAX];
-    if (workload_spiffe_id(w, buf, sizeof(buf)) < 0) return NULL;
-    return strdup(buf);
 }
 
 uint64_t zt_random(void)

@@ -166,7 +166,7 @@ int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_s
 struct access_rec {
     const char *direction;
     struct ip_port src, dst; /* dst: the L4 next hop */
-    const char *hbone_addr;           /* authority, or NULL */
+    struct ip_port hbone_addr;        /* the CONNECT authority; port 0 when there is none */
     const struct workload *src_wl, *dst_wl;
     const struct service *dst_svc;
     const char *src_identity, *dst_identity;
@@ -176,8 +176,6 @@ struct access_rec {
 };
 /* Writes a "connection complete" access log line (INFO, or ERROR with error=). */
 void access_log(const struct access_rec *r);
-/* The workload's SPIFFE id as a malloc'd string (NULL on OOM). */
-char *zt_workload_id(const struct workload *w);
 /* Monotonic milliseconds. */
 uint64_t zt_now_ms(void);
 /* Random 64-bit value (per-thread xorshift seeded from getrandom). */
