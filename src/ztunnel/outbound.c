@@ -123,14 +123,11 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17], authority[SOCKADDR_STRLEN];
     uint8_t rnd[24];
     struct sockaddr_storage hop;
-    struct ip_addr sip;
     const char *err = NULL;
 
     sockaddr_from(&hop, dip, PORT_HBONE);
     oc->rec.dst = ip_port_of(&hop);
-    struct sockaddr_storage target;
-    sockaddr_from(&target, dip, dport);
-    oc->rec.hbone_addr = ip_port_of(&target);
+    oc->rec.hbone_addr = (struct ip_port){.ip = *dip, .port = dport};
     ip_port_format(&oc->rec.hbone_addr, authority, sizeof(authority));
     oc->rec.dst_identity = wl->spiffe_id;
     int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", ip_port_format(&oc->rec.src, csrc, sizeof(csrc)));
@@ -152,9 +149,8 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     size_t n_sans = 0;
     for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
     sans[n_sans++] = wl->spiffe_id;
-    sip = oc->rec.src.ip;
     out_open_stats(oc, true);
-    oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &sip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,
+    oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &oc->rec.src.ip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,
                                   &out_stream_ops, oc, &err);
     if (!oc->stream) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", false);
 }
