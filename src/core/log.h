@@ -24,9 +24,9 @@ void log_kvv(int level, const char *target, const char *msg, const char *const *
 /* printf-style message without fields. */
 void log_fmt(int level, const char *target, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-#define LOGF(lvl, target, ...)                                                                          \
-    do {                                                                                                \
-        if (log_enabled(lvl)) log_fmt(lvl, target, __VA_ARGS__);                                       \
+#define LOGF(lvl, target, ...)                                                                               \
+    do {                                                                                                     \
+        if (log_enabled(lvl)) log_fmt(lvl, target, __VA_ARGS__);                                             \
     } while (0)
 #define LOG_E(t, ...) LOGF(LOG_ERROR, t, __VA_ARGS__)
 #define LOG_W(t, ...) LOGF(LOG_WARN, t, __VA_ARGS__)

@@ -42,7 +42,8 @@ uint64_t ip_hash(const struct ip_addr *ip)
     /* FNV-1a over the significant bytes, then a final mix so low bits are usable as a table index. */
     uint64_t h = 1469598103934665603ULL ^ ip->family;
     size_t n = ip->family == AF_INET ? 4 : 16;
-    for (size_t i = 0; i < n; i++) h = (h ^ ip->a[i]) * 1099511628211ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ip->a[i]) * 1099511628211ULL;
     h ^= h >> 29;
     h *= 0xbf58476d1ce4e5b9ULL;
     h ^= h >> 32;
@@ -205,7 +206,8 @@ fail:
 
 int net_listen(uint16_t port, int backlog, bool transparent)
 {
-    struct sockaddr_in6 s6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_ANY_INIT};
+    struct sockaddr_in6 s6 = {
+        .sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = IN6ADDR_ANY_INIT};
     int fd = listen_on(AF_INET6, (struct sockaddr *)&s6, sizeof(s6), backlog, transparent);
     if (fd >= 0 || fd == -EADDRINUSE) return fd;
     /* No IPv6 in this namespace: fall back to IPv4 only. */
@@ -215,8 +217,8 @@ int net_listen(uint16_t port, int backlog, bool transparent)
 
 int net_listen_local(uint16_t port, int backlog)
 {
-    struct sockaddr_in s4 = {.sin_family = AF_INET, .sin_port = htons(port),
-                             .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    struct sockaddr_in s4 = {
+        .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
     return listen_on(AF_INET, (struct sockaddr *)&s4, sizeof(s4), backlog, false);
 }
 

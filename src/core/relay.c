@@ -157,10 +157,12 @@ static void io_cb(struct io *io, uint32_t ev)
     }
     bool rd = ev & (EPOLLIN | EPOLLHUP | EPOLLERR);
     if (is_a) {
-        if ((err = pump(&r->ab, r->a.io.fd, r->b.io.fd, rd)) < 0 || (err = pump(&r->ba, r->b.io.fd, r->a.io.fd, false)) < 0)
+        if ((err = pump(&r->ab, r->a.io.fd, r->b.io.fd, rd)) < 0 ||
+            (err = pump(&r->ba, r->b.io.fd, r->a.io.fd, false)) < 0)
             goto fail;
     } else {
-        if ((err = pump(&r->ba, r->b.io.fd, r->a.io.fd, rd)) < 0 || (err = pump(&r->ab, r->a.io.fd, r->b.io.fd, false)) < 0)
+        if ((err = pump(&r->ba, r->b.io.fd, r->a.io.fd, rd)) < 0 ||
+            (err = pump(&r->ab, r->a.io.fd, r->b.io.fd, false)) < 0)
             goto fail;
     }
     update(r);
@@ -189,7 +191,8 @@ struct relay *relay_new(struct loop *l, int a, int b, int b_connecting, const st
     r->free_task.cb = relay_free_cb;
     r->connect_timer.cb = connect_timeout_cb;
     r->connecting = b_connecting;
-    if (pipe2(r->ab.pipe, O_NONBLOCK | O_CLOEXEC) < 0 || pipe2(r->ba.pipe, O_NONBLOCK | O_CLOEXEC) < 0) goto fail_r;
+    if (pipe2(r->ab.pipe, O_NONBLOCK | O_CLOEXEC) < 0 || pipe2(r->ba.pipe, O_NONBLOCK | O_CLOEXEC) < 0)
+        goto fail_r;
     if (b_connecting) timer_start(l, &r->connect_timer, CONNECT_TIMEOUT_MS);
     update(r);
     return r;

@@ -17,7 +17,8 @@ struct relay_ops {
 
 /* Starts relaying between connected socket a and socket b, which may still be connecting (b_connecting).
  * Takes ownership of both fds. Returns NULL on failure (both fds closed). */
-struct relay *relay_new(struct loop *l, int a, int b, int b_connecting, const struct relay_ops *ops, void *ud);
+struct relay *relay_new(struct loop *l, int a, int b, int b_connecting, const struct relay_ops *ops,
+                        void *ud);
 /* Bytes moved so far in each direction. */
 void relay_bytes(const struct relay *r, uint64_t *a_to_b, uint64_t *b_to_a);
 /* Aborts the relay: fds closed, on_done runs with err. */

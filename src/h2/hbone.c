@@ -69,7 +69,8 @@ static int obuf_append(struct obuf *b, const void *d, size_t n)
         }
         if (b->len + n > b->cap) {
             size_t cap = b->cap ? b->cap : 16384;
-            while (cap < b->len + n) cap *= 2;
+            while (cap < b->len + n)
+                cap *= 2;
             uint8_t *p = realloc(b->p, cap);
             if (!p) return -ENOMEM;
             b->p = p;
@@ -610,8 +611,8 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     return 0;
 }
 
-static ssize_t read_length_cb(nghttp2_session *ng, uint8_t type, int32_t id, int32_t sess_win, int32_t stream_win,
-                              uint32_t max_frame, void *ud)
+static ssize_t read_length_cb(nghttp2_session *ng, uint8_t type, int32_t id, int32_t sess_win,
+                              int32_t stream_win, uint32_t max_frame, void *ud)
 {
     (void)ng, (void)type, (void)id, (void)ud;
     ssize_t n = max_frame < MAX_DATA_FRAME ? max_frame : MAX_DATA_FRAME;
@@ -658,7 +659,8 @@ static int on_data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, cons
 static int on_begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     struct hbone_conn *c = ud;
-    if (!c->server || frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+    if (!c->server || frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
     if (c->draining) {
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
         return 0;
@@ -691,7 +693,8 @@ static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const u
     if (!c->server) {
         if (namelen == 7 && memcmp(name, ":status", 7) == 0) {
             int st = 0;
-            for (size_t i = 0; i < valuelen && i < 3; i++) st = st * 10 + (value[i] - '0');
+            for (size_t i = 0; i < valuelen && i < 3; i++)
+                st = st * 10 + (value[i] - '0');
             s->status = st;
         }
         return 0;
@@ -871,7 +874,8 @@ static void conn_free_cb(struct task *t)
     if (c->ng) nghttp2_session_del(c->ng);
     if (c->ssl) SSL_free(c->ssl);
     obuf_free(&c->cout);
-    for (size_t i = 0; i < c->n_expected; i++) free(c->expected[i]);
+    for (size_t i = 0; i < c->n_expected; i++)
+        free(c->expected[i]);
     free(c->expected);
     free(c);
 }
@@ -881,7 +885,8 @@ static void conn_close(struct hbone_conn *c, const char *err)
     if (c->st == C_CLOSED) return;
     /* Streams learn about it first, so their logs carry the reason. */
     c->st = C_CLOSED;
-    while (c->streams) stream_finish(c->streams, err ? err : "connection closed");
+    while (c->streams)
+        stream_finish(c->streams, err ? err : "connection closed");
     timer_stop(c->loop, &c->hs_timer);
     timer_stop(c->loop, &c->ping_timer);
     loop_io_close(c->loop, &c->io);
@@ -995,7 +1000,8 @@ static void conn_handshake_done(struct hbone_conn *c)
     size_t n = 0;
     for (struct hbone_stream *s = c->streams; s && n < sizeof(pending) / sizeof(pending[0]); s = s->next)
         if (s->id == 0) pending[n++] = s;
-    while (n--) stream_submit(pending[n]);
+    while (n--)
+        stream_submit(pending[n]);
     if (c->ops->on_ready && c->st == C_OPEN) c->ops->on_ready(c, c->ud);
     conn_schedule_flush(c);
 }
@@ -1189,7 +1195,8 @@ struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const 
     struct hbone_conn *c = conn_new(l, fd, ctx, false, ops, ud);
     if (!c) return NULL;
     c->expected = calloc(n_expected ? n_expected : 1, sizeof(char *));
-    for (size_t i = 0; c->expected && i < n_expected; i++) c->expected[c->n_expected++] = strdup(expected[i]);
+    for (size_t i = 0; c->expected && i < n_expected; i++)
+        c->expected[c->n_expected++] = strdup(expected[i]);
     return conn_start(c, C_CONNECTING, EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET);
 }
 
@@ -1261,7 +1268,8 @@ struct hbone_stream *hbone_stream_open(struct hbone_conn *c, const struct hbone_
     if (!s) return NULL;
     /* One block: the nv array followed by the copied names and values. */
     size_t bytes = (n + 1) * sizeof(nghttp2_nv) + sizeof(":method") + sizeof("CONNECT");
-    for (size_t i = 0; i < n; i++) bytes += strlen(headers[i].name) + strlen(headers[i].value) + 2;
+    for (size_t i = 0; i < n; i++)
+        bytes += strlen(headers[i].name) + strlen(headers[i].value) + 2;
     s->nva = malloc(bytes);
     if (!s->nva) {
         free(s);
@@ -1321,8 +1329,8 @@ void hbone_stream_respond(struct hbone_stream *s, int status, int tcp_fd, const 
     snprintf(st, sizeof(st), "%d", status);
     nva[m++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)st, 7, strlen(st), NGHTTP2_NV_FLAG_NONE};
     for (size_t i = 0; i < n && m < 9; i++)
-        nva[m++] = (nghttp2_nv){(uint8_t *)headers[i].name, (uint8_t *)headers[i].value, strlen(headers[i].name),
-                                strlen(headers[i].value), NGHTTP2_NV_FLAG_NONE};
+        nva[m++] = (nghttp2_nv){(uint8_t *)headers[i].name, (uint8_t *)headers[i].value,
+                                strlen(headers[i].name), strlen(headers[i].value), NGHTTP2_NV_FLAG_NONE};
     s->status = status;
     if (status == 200 && tcp_fd >= 0) {
         nghttp2_data_provider prd = {.source.ptr = s, .read_callback = data_read_cb};

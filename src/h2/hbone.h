@@ -1,9 +1,10 @@
 /* HBONE: HTTP/2 CONNECT tunnels over mutual TLS, both roles.
  *
- * An hbone_conn is one TLS+HTTP/2 connection on a non-blocking fd; an hbone_stream is one CONNECT tunnel on it,
- * bridged to a TCP socket. The layer owns the byte relay in both directions with end-to-end back-pressure:
- * HTTP/2 windows are consumed only when bytes reach the TCP socket, and a TCP socket is read only while its
- * stream has room. TLS runs over our own buffers (a custom BIO), so ciphertext leaves in large writes. */
+ * An hbone_conn is one TLS+HTTP/2 connection on a non-blocking fd; an hbone_stream is one CONNECT tunnel on
+ * it, bridged to a TCP socket. The layer owns the byte relay in both directions with end-to-end
+ * back-pressure: HTTP/2 windows are consumed only when bytes reach the TCP socket, and a TCP socket is read
+ * only while its stream has room. TLS runs over our own buffers (a custom BIO), so ciphertext leaves in large
+ * writes. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -86,7 +86,7 @@ struct workload {
     size_t n_services;
     const char *const *authorization_policies; /* "ns/name" */
     size_t n_authorization_policies;
-    uint8_t network_mode; /* enum wl_network_mode (extension of the required layout) */
+    uint8_t network_mode;  /* enum wl_network_mode (extension of the required layout) */
     const char *spiffe_id; /* "spiffe://<td>/ns/<ns>/sa/<sa>", built once at load ("" if too long) */
 };
 

@@ -35,7 +35,7 @@ struct in_stream {
     struct io io; /* app connect in progress; fd -1 otherwise */
     struct timer timer;
     struct access_rec rec;
-    const char *peer_id; /* the HBONE connection's (it outlives its streams); NULL without one */
+    const char *peer_id;  /* the HBONE connection's (it outlives its streams); NULL without one */
     struct authz_conn az; /* what the policies judge; kept to re-check on policy changes */
     bool authorized;
     struct zt_stats stats;
@@ -225,8 +225,8 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         hbone_stream_respond(s, 503, -1, NULL, 0);
         return;
     }
-    is->az = (struct authz_conn){.src_ip = peer_ip, .dst_ip = aip, .dst_port = aport,
-                                 .src_identity = is->peer_id};
+    is->az =
+        (struct authz_conn){.src_ip = peer_ip, .dst_ip = aip, .dst_port = aport, .src_identity = is->peer_id};
     if (!authorized(v, &is->az)) {
         hbone_stream_respond(s, 401, -1, NULL, 0); /* RBAC deny: 401, flag DENY (reference §1.3) */
         return;
@@ -255,8 +255,8 @@ static void in_closed(struct hbone_conn *c, void *ud, const char *err)
     metrics_socket_close(true);
     if (err && !hbone_conn_established(c)) {
         char src[SOCKADDR_STRLEN];
-        log_kv(LOG_WARN, "access", "connection failed", "src.addr", sockaddr_format(&ic->peer, src, sizeof(src)),
-               "direction", "inbound", "error", err, NULL);
+        log_kv(LOG_WARN, "access", "connection failed", "src.addr",
+               sockaddr_format(&ic->peer, src, sizeof(src)), "direction", "inbound", "error", err, NULL);
     }
     ic->closed = true;
     LIST_DEL(ic->w->in_conns, ic);
@@ -308,7 +308,10 @@ static void plain_free(struct plain_conn *pc)
 {
     access_log(&pc->rec);
     zt_stats_close(&pc->stats, pc->rec.bytes_recv, pc->rec.bytes_sent,
-                   pc->denied ? "DENY" : pc->connected || !pc->rec.error ? "-" : "CONNECT", !pc->connected);
+                   pc->denied                        ? "DENY"
+                   : pc->connected || !pc->rec.error ? "-"
+                                                     : "CONNECT",
+                   !pc->connected);
     if (pc->relay) LIST_DEL(pc->w->plain_conns, pc);
     pc->w->active--;
     zt_view_unref(pc->view);
@@ -355,8 +358,10 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
         pc->view = w->view;
         zt_view_ref(pc->view);
         struct zt_view *v = pc->view;
-        pc->rec = (struct access_rec){
-            .direction = "inbound", .src = ip_port_of(&peer), .dst = ip_port_of(&dst), .start_ms = zt_now_ms()};
+        pc->rec = (struct access_rec){.direction = "inbound",
+                                      .src = ip_port_of(&peer),
+                                      .dst = ip_port_of(&dst),
+                                      .start_ms = zt_now_ms()};
         sockaddr_to(&dst, &dip, &dport);
         sockaddr_to(&peer, &sip, NULL);
         pc->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &sip);
@@ -367,7 +372,8 @@ void inbound_plain_accept(struct io *io, uint32_t ev)
             plain_free(pc);
             continue;
         }
-        struct conn_info ci = {.inbound = true, .src_wl = pc->rec.src_wl, .dst_wl = pc->rec.dst_wl, .mtls = false};
+        struct conn_info ci = {
+            .inbound = true, .src_wl = pc->rec.src_wl, .dst_wl = pc->rec.dst_wl, .mtls = false};
         zt_stats_open(&pc->stats, &ci);
         pc->az = (struct authz_conn){.src_ip = sip, .dst_ip = dip, .dst_port = dport, .src_identity = NULL};
         if (!authorized(v, &pc->az)) {
@@ -426,5 +432,6 @@ void inbound_report(struct worker *w)
 
 void inbound_drain(struct worker *w)
 {
-    for (struct in_conn *ic = w->in_conns; ic; ic = ic->next) hbone_conn_drain(ic->c);
+    for (struct in_conn *ic = w->in_conns; ic; ic = ic->next)
+        hbone_conn_drain(ic->c);
 }

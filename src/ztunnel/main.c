@@ -133,7 +133,8 @@ static void *worker_main(void *arg)
 static uint64_t active_total(void)
 {
     uint64_t n = 0;
-    for (int i = 0; i < app.n_workers; i++) n += app.workers[i].active;
+    for (int i = 0; i < app.n_workers; i++)
+        n += app.workers[i].active;
     return n;
 }
 
@@ -145,7 +146,8 @@ static void drain_tick(struct timer *t)
         exit(0);
     }
     if (loop_now(app.loop) >= app.drain_deadline) {
-        LOG_I("ztunnel", "termination deadline reached, closing %llu remaining connections", (unsigned long long)n);
+        LOG_I("ztunnel", "termination deadline reached, closing %llu remaining connections",
+              (unsigned long long)n);
         exit(0);
     }
     timer_start(app.loop, t, DRAIN_POLL_MS);
@@ -157,9 +159,10 @@ static void start_drain(const char *why)
     if (app.draining) return;
     app.draining = true;
     uint64_t deadline = env_duration_ms("CONNECTION_TERMINATION_DEADLINE", 5000);
-    LOG_I("ztunnel", "%s: draining %llu connections (deadline %llums)", why, (unsigned long long)active_total(),
-          (unsigned long long)deadline);
-    for (int i = 0; i < app.n_workers; i++) worker_post_drain(&app.workers[i]);
+    LOG_I("ztunnel", "%s: draining %llu connections (deadline %llums)", why,
+          (unsigned long long)active_total(), (unsigned long long)deadline);
+    for (int i = 0; i < app.n_workers; i++)
+        worker_post_drain(&app.workers[i]);
     app.drain_deadline = loop_now(app.loop) + deadline;
     app.drain_timer.cb = drain_tick;
     timer_start(app.loop, &app.drain_timer, 0);
@@ -232,8 +235,8 @@ static int start_proxy(struct zt_view *view)
     trim_resident_text();
     char workers_s[8];
     snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
-    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s, "outbound",
-           "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
+    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s,
+           "outbound", "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
     return 0;
 }
 
@@ -246,7 +249,8 @@ static int reload(void)
     int rc = config_load_file(app.cfg_path, &snap, err, sizeof(err));
     if (rc < 0) {
         if (app.pp)
-            log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err, NULL);
+            log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err,
+                   NULL);
         else if (rc != -ENOENT)
             log_kv(LOG_ERROR, "ztunnel", "failed to load config", "error", err, NULL);
         return rc;
@@ -323,7 +327,8 @@ int main(int argc, char **argv)
 
     const char *mode = getenv("PROXY_MODE");
     if (!mode || strcmp(mode, "dedicated") != 0) {
-        LOG_E("ztunnel", "PROXY_MODE=%s is not supported yet; use PROXY_MODE=dedicated", mode ? mode : "shared");
+        LOG_E("ztunnel", "PROXY_MODE=%s is not supported yet; use PROXY_MODE=dedicated",
+              mode ? mode : "shared");
         return 2;
     }
     /* PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>, as Istio's ztunnel. */
@@ -359,10 +364,8 @@ int main(int argc, char **argv)
         LOG_E("ztunnel", "cannot set up the main loop: %s", strerror(errno));
         return 1;
     }
-    static const struct admin_hooks hooks = {.snapshot_get = hook_snapshot,
-                                             .cert_get = hook_cert,
-                                             .pending = hook_pending,
-                                             .quit = hook_quit};
+    static const struct admin_hooks hooks = {
+        .snapshot_get = hook_snapshot, .cert_get = hook_cert, .pending = hook_pending, .quit = hook_quit};
     metrics_set_build_tag(ZMESH_VERSION);
     if (admin_start(&hooks, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);

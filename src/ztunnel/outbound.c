@@ -101,7 +101,8 @@ static void out_relay_connected(struct relay *r, void *ud, int err)
     ((struct out_conn *)ud)->established = err == 0;
 }
 
-static const struct relay_ops out_relay_ops = {.on_connected = out_relay_connected, .on_done = out_relay_done};
+static const struct relay_ops out_relay_ops = {.on_connected = out_relay_connected,
+                                               .on_done = out_relay_done};
 
 static void hex(char *out, const uint8_t *in, size_t n)
 {
@@ -120,7 +121,8 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
 {
     struct worker *w = oc->w;
     const struct service *svc = oc->rec.dst_svc;
-    char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17], authority[SOCKADDR_STRLEN];
+    char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17],
+        authority[SOCKADDR_STRLEN];
     uint8_t rnd[24];
     struct sockaddr_storage hop;
     const char *err = NULL;
@@ -147,11 +149,12 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     };
     const char *sans[17];
     size_t n_sans = 0;
-    for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++) sans[n_sans++] = svc->subject_alt_names[i];
+    for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++)
+        sans[n_sans++] = svc->subject_alt_names[i];
     sans[n_sans++] = wl->spiffe_id;
     out_open_stats(oc, true);
-    oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &oc->rec.src.ip, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), fd,
-                                  &out_stream_ops, oc, &err);
+    oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &oc->rec.src.ip, hdrs,
+                                  sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
     if (!oc->stream) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", false);
 }
 

@@ -48,18 +48,21 @@ static uint64_t mix(uint64_t h, uint64_t v)
     return h;
 }
 
-static uint64_t key_hash(const struct ip_addr *hop, uint16_t port, const struct ip_addr *src, const char *sans)
+static uint64_t key_hash(const struct ip_addr *hop, uint16_t port, const struct ip_addr *src,
+                         const char *sans)
 {
     uint64_t h = mix(ip_hash(hop), port);
     h = mix(h, ip_hash(src));
-    for (const unsigned char *p = (const unsigned char *)sans; *p; p++) h = (h ^ *p) * 1099511628211ULL;
+    for (const unsigned char *p = (const unsigned char *)sans; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
     return h;
 }
 
 static char *join_sans(const char *const *sans, size_t n)
 {
     size_t len = 1;
-    for (size_t i = 0; i < n; i++) len += strlen(sans[i]) + 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(sans[i]) + 1;
     char *s = malloc(len), *q = s;
     if (!s) return NULL;
     for (size_t i = 0; i < n; i++) {
@@ -119,7 +122,8 @@ void pool_drain(struct pool *p)
 {
     for (size_t b = 0; b < p->n_buckets; b++)
         for (struct pool_key *k = p->buckets[b]; k; k = k->hnext)
-            for (struct pool_entry *e = k->conns; e; e = e->next) hbone_conn_drain(e->c);
+            for (struct pool_entry *e = k->conns; e; e = e->next)
+                hbone_conn_drain(e->c);
 }
 
 static void pool_grow(struct pool *p)
@@ -138,8 +142,8 @@ static void pool_grow(struct pool *p)
     p->n_buckets = n;
 }
 
-static struct pool_key *key_get(struct pool *p, const struct ip_addr *hop, uint16_t port, const struct ip_addr *src,
-                                const char *sans, bool create)
+static struct pool_key *key_get(struct pool *p, const struct ip_addr *hop, uint16_t port,
+                                const struct ip_addr *src, const char *sans, bool create)
 {
     uint64_t h = key_hash(hop, port, src, sans);
     for (struct pool_key *k = p->buckets[h & (p->n_buckets - 1)]; k; k = k->hnext)
@@ -168,7 +172,8 @@ static void key_release(struct pool *p, struct pool_key *k)
 {
     if (k->conns) return;
     struct pool_key **pp = &p->buckets[k->hash & (p->n_buckets - 1)];
-    while (*pp != k) pp = &(*pp)->hnext;
+    while (*pp != k)
+        pp = &(*pp)->hnext;
     *pp = k->hnext;
     p->n_keys--;
     free(k->sans);

@@ -185,7 +185,8 @@ static void stats_timer_cb(struct timer *t)
     timer_start(w->loop, t, STATS_INTERVAL_MS);
 }
 
-int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err, size_t errlen)
+int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err,
+                size_t errlen)
 {
     int rc;
     w->index = index;
@@ -321,23 +322,24 @@ void access_log(const struct access_rec *r)
     snprintf(recv, sizeof(recv), "%" PRIu64, r->bytes_recv);
     snprintf(dur, sizeof(dur), "%" PRIu64 "ms", now - r->start_ms);
     const char *kv[] = {
-        "src.addr", ip_port_format(&r->src, src, sizeof(src)),
-        "src.workload", r->src_wl ? r->src_wl->name : NULL,
-        "src.namespace", r->src_wl ? r->src_wl->namespace_ : NULL,
-        "src.identity", r->src_identity && *r->src_identity ? r->src_identity : NULL,
-        "dst.addr", ip_port_format(&r->dst, dst, sizeof(dst)),
+        "src.addr",       ip_port_format(&r->src, src, sizeof(src)),
+        "src.workload",   r->src_wl ? r->src_wl->name : NULL,
+        "src.namespace",  r->src_wl ? r->src_wl->namespace_ : NULL,
+        "src.identity",   r->src_identity && *r->src_identity ? r->src_identity : NULL,
+        "dst.addr",       ip_port_format(&r->dst, dst, sizeof(dst)),
         "dst.hbone_addr", r->hbone_addr.port ? ip_port_format(&r->hbone_addr, hbone, sizeof(hbone)) : NULL,
-        "dst.service", r->dst_svc ? r->dst_svc->hostname : NULL,
-        "dst.workload", r->dst_wl ? r->dst_wl->name : NULL,
-        "dst.namespace", r->dst_wl ? r->dst_wl->namespace_ : NULL,
-        "dst.identity", r->dst_identity && *r->dst_identity ? r->dst_identity : NULL,
-        "direction", r->direction,
-        "bytes_sent", sent,
-        "bytes_recv", recv,
-        "duration", dur,
-        "error", r->error,
+        "dst.service",    r->dst_svc ? r->dst_svc->hostname : NULL,
+        "dst.workload",   r->dst_wl ? r->dst_wl->name : NULL,
+        "dst.namespace",  r->dst_wl ? r->dst_wl->namespace_ : NULL,
+        "dst.identity",   r->dst_identity && *r->dst_identity ? r->dst_identity : NULL,
+        "direction",      r->direction,
+        "bytes_sent",     sent,
+        "bytes_recv",     recv,
+        "duration",       dur,
+        "error",          r->error,
     };
-    log_kvv(r->error ? LOG_ERROR : LOG_INFO, "access", "connection complete", kv, sizeof(kv) / sizeof(kv[0]) / 2);
+    log_kvv(r->error ? LOG_ERROR : LOG_INFO, "access", "connection complete", kv,
+            sizeof(kv) / sizeof(kv[0]) / 2);
 }
 
 uint64_t zt_random(void)

@@ -49,20 +49,20 @@ struct pod_proxy {
 };
 
 /* Intrusive doubly linked lists of live connections, headed in the worker. */
-#define LIST_PUSH(head, x)                                                                                     \
-    do {                                                                                                       \
-        (x)->prev = NULL;                                                                                      \
-        (x)->next = (head);                                                                                    \
-        if (head) (head)->prev = (x);                                                                          \
-        (head) = (x);                                                                                          \
+#define LIST_PUSH(head, x)                                                                                   \
+    do {                                                                                                     \
+        (x)->prev = NULL;                                                                                    \
+        (x)->next = (head);                                                                                  \
+        if (head) (head)->prev = (x);                                                                        \
+        (head) = (x);                                                                                        \
     } while (0)
-#define LIST_DEL(head, x)                                                                                      \
-    do {                                                                                                       \
-        if ((x)->prev)                                                                                         \
-            (x)->prev->next = (x)->next;                                                                       \
-        else                                                                                                   \
-            (head) = (x)->next;                                                                                \
-        if ((x)->next) (x)->next->prev = (x)->prev;                                                            \
+#define LIST_DEL(head, x)                                                                                    \
+    do {                                                                                                     \
+        if ((x)->prev)                                                                                       \
+            (x)->prev->next = (x)->next;                                                                     \
+        else                                                                                                 \
+            (head) = (x)->next;                                                                              \
+        if ((x)->next) (x)->next->prev = (x)->prev;                                                          \
     } while (0)
 
 struct worker;
@@ -122,7 +122,8 @@ int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, struct cert_prov
 /* Returns a new reference to the current view (any thread). */
 struct zt_view *pod_proxy_view(struct pod_proxy *pp);
 /* Sets up worker w (loop, eventfd, pool, listeners). Returns 0 or -errno with err filled. */
-int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err, size_t errlen);
+int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err,
+                size_t errlen);
 /* Hands a new view to every worker (each takes its own reference) and records it as current. */
 void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v);
 /* Asks a worker to stop accepting and drain its connections. */
@@ -158,15 +159,16 @@ static inline bool zt_illegal_port(uint16_t p)
 }
 
 /* Creates a non-blocking TCP socket of the address's family with SO_MARK 0x539 (so the in-pod rules do not
- * capture it again), TCP_NODELAY and, for long-lived HBONE connections, keepalive; if spoof_src is set, binds it to that address with
- * IP_TRANSPARENT/IP_FREEBIND (best effort), then starts connecting. Returns fd or -errno. */
+ * capture it again), TCP_NODELAY and, for long-lived HBONE connections, keepalive; if spoof_src is set, binds
+ * it to that address with IP_TRANSPARENT/IP_FREEBIND (best effort), then starts connecting. Returns fd or
+ * -errno. */
 int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src, bool keepalive);
 
 /* What an access log line says about one connection. Any string may be NULL. */
 struct access_rec {
     const char *direction;
-    struct ip_port src, dst; /* dst: the L4 next hop */
-    struct ip_port hbone_addr;        /* the CONNECT authority; port 0 when there is none */
+    struct ip_port src, dst;   /* dst: the L4 next hop */
+    struct ip_port hbone_addr; /* the CONNECT authority; port 0 when there is none */
     const struct workload *src_wl, *dst_wl;
     const struct service *dst_svc;
     const char *src_identity, *dst_identity;
