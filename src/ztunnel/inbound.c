@@ -232,6 +232,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
         return;
     }
     is->authorized = true;
+    access_log_opened(&is->rec);
     struct sockaddr_storage app;
     sockaddr_from(&app, &aip, aport);
     int fd = zt_connect(&app, &peer_ip, false);
@@ -254,9 +255,10 @@ static void in_closed(struct hbone_conn *c, void *ud, const char *err)
     struct in_conn *ic = ud;
     metrics_socket_close(true);
     if (err && !hbone_conn_established(c)) {
-        char src[SOCKADDR_STRLEN];
+        char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN];
         log_kv(LOG_WARN, "access", "connection failed", "src.addr",
-               sockaddr_format(&ic->peer, src, sizeof(src)), "direction", "inbound", "error", err, NULL);
+               sockaddr_format(&ic->peer, src, sizeof(src)), "dst.addr",
+               sockaddr_format(&ic->local, dst, sizeof(dst)), "direction", "inbound", "error", err, NULL);
     }
     ic->closed = true;
     LIST_DEL(ic->w->in_conns, ic);

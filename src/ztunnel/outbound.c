@@ -61,6 +61,7 @@ static void out_open_stats(struct out_conn *oc, bool mtls)
                            .mtls = mtls};
     oc->mtls = mtls;
     zt_stats_open(&oc->stats, &ci);
+    access_log_opened(&oc->rec);
     LIST_PUSH(oc->w->out_conns, oc);
     oc->linked = true;
 }

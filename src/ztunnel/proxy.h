@@ -178,6 +178,8 @@ struct access_rec {
 };
 /* Writes a "connection complete" access log line (INFO, or ERROR with error=). */
 void access_log(const struct access_rec *r);
+/* Writes a "connection opened" access log line (DEBUG). */
+void access_log_opened(const struct access_rec *r);
 /* Monotonic milliseconds. */
 uint64_t zt_now_ms(void);
 /* Random 64-bit value (per-thread xorshift seeded from getrandom). */

@@ -137,6 +137,10 @@ def test_logging_level_change(mesh):
         _poke_closed_port(mesh)
         assert wait_for(lambda: len(_debug_lines(mesh, pod)) > n0, timeout=5), \
             "no debug line after POST /logging?level=debug"
+        # At debug, Istio's "connection opened" access event appears too.
+        assert wait_for(lambda: [l for l in mesh.log_json(pod)
+                                 if l.get("message") == "connection opened" and l.get("direction") == "inbound"]), \
+            "no 'connection opened' access event at debug level"
     finally:
         status, _, body = admin(pod, "/logging?level=info", method="POST")
     assert status == 200 and b"info" in body.lower(), (status, body)
