@@ -65,119 +65,9 @@ static bool run_until(bool (*pred)(void *), void *arg, uint64_t timeout_ms)
     return w.met;
 }
 
-/* ---- pattern apps ---- */
+/* ---- pattern apps: tests/unit/pattern_app.h ---- */
 
-static uint8_t pat(int dir, uint64_t i)
-{
-    return (uint8_t)(i * 7 + (i >> 11) * 13 + (uint64_t)dir * 101);
-}
-
-struct app {
-    struct io io;
-    bool registered;
-    int dir_out, dir_in; /* pattern ids for what we send and what we expect */
-    uint64_t to_send, sent, recvd;
-    uint64_t extra_after_eof; /* appended to to_send when EOF is read */
-    bool shut_after_eof;      /* send FIN only once EOF was read (and everything sent) */
-    bool eof, shut, bad;
-    int err;                   /* errno from recv/send, if any */
-    int done_calls_at_eof;     /* relay on_done count when EOF arrived */
-    const int *done_counter;
-};
-
-static void app_update(struct app *a)
-{
-    uint32_t ev = 0;
-    if (!a->eof && !a->err) ev |= EPOLLIN;
-    if (a->sent < a->to_send && !a->err) ev |= EPOLLOUT;
-    if (!ev) {
-        if (a->registered) loop_io_del(L, &a->io);
-        a->registered = false;
-        return;
-    }
-    if (!a->registered) {
-        assert_int_equal(loop_io_add(L, &a->io, ev), 0);
-        a->registered = true;
-        return;
-    }
-    loop_io_mod(L, &a->io, ev);
-}
-
-static void app_maybe_shut(struct app *a)
-{
-    if (a->shut || a->sent < a->to_send) return;
-    if (a->shut_after_eof && !a->eof) return;
-    shutdown(a->io.fd, SHUT_WR);
-    a->shut = true;
-}
-
-static void app_cb(struct io *io, uint32_t ev)
-{
-    struct app *a = container_of(io, struct app, io);
-    uint8_t buf[65536];
-    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-        for (;;) {
-            ssize_t n = recv(io->fd, buf, sizeof(buf), 0);
-            if (n > 0) {
-                for (ssize_t i = 0; i < n; i++)
-                    if (buf[i] != pat(a->dir_in, a->recvd + (uint64_t)i)) a->bad = true;
-                a->recvd += (uint64_t)n;
-                continue;
-            }
-            if (n == 0) {
-                a->eof = true;
-                a->to_send += a->extra_after_eof;
-                if (a->done_counter) a->done_calls_at_eof = *a->done_counter;
-            } else if (errno != EAGAIN) {
-                a->err = errno;
-            }
-            break;
-        }
-    }
-    while (a->sent < a->to_send && !a->err) {
-        size_t n = a->to_send - a->sent < sizeof(buf) ? (size_t)(a->to_send - a->sent) : sizeof(buf);
-        for (size_t i = 0; i < n; i++) buf[i] = pat(a->dir_out, a->sent + i);
-        ssize_t w = send(io->fd, buf, n, MSG_NOSIGNAL);
-        if (w > 0) {
-            a->sent += (uint64_t)w;
-            continue;
-        }
-        if (w < 0 && errno != EAGAIN) a->err = errno;
-        break;
-    }
-    app_maybe_shut(a);
-    app_update(a);
-}
-
-/* Sets an app up; adjust its options, then app_go. */
-static void app_init(struct app *a, int fd, int dir_out, int dir_in, uint64_t to_send)
-{
-    memset(a, 0, sizeof(*a));
-    a->io.fd = fd;
-    a->io.cb = app_cb;
-    a->dir_out = dir_out;
-    a->dir_in = dir_in;
-    a->to_send = to_send;
-}
-
-static void app_go(struct app *a)
-{
-    app_maybe_shut(a);
-    app_update(a);
-}
-
-static void app_start(struct app *a, int fd, int dir_out, int dir_in, uint64_t to_send)
-{
-    app_init(a, fd, dir_out, dir_in, to_send);
-    app_go(a);
-}
-
-static void app_stop(struct app *a)
-{
-    if (a->registered) loop_io_del(L, &a->io);
-    a->registered = false;
-    close(a->io.fd);
-}
+#include "pattern_app.h"
 
 /* ---- relay callbacks ---- */
 
@@ -308,8 +198,8 @@ static void test_relay_both_ways(void **state)
     /* Still once after more iterations. */
     run_until(NULL, NULL, 20);
     assert_int_equal(rs.done_calls, 1);
-    app_stop(&ax);
-    app_stop(&ay);
+    app_close(&ax);
+    app_close(&ay);
 }
 
 static void test_relay_half_close(void **state)
@@ -326,13 +216,13 @@ static void test_relay_half_close(void **state)
     app_init(&ay, y, 4, 3, 0);
     ay.extra_after_eof = 256 * 1024;
     ay.shut_after_eof = true;
-    ay.done_counter = &rs.done_calls;
+    ay.peer_done = &rs.done_calls;
     app_go(&ay);
     struct pair_wait w = {&ax, &ay, &rs};
     assert_true(run_until(all_done, &w, 20000));
     assert_true(ax.shut);
     assert_int_equal(ay.recvd, 1000);
-    assert_int_equal(ay.done_calls_at_eof, 0); /* the relay lived on after one direction ended */
+    assert_int_equal(ay.peer_done_at_eof, 0); /* the relay lived on after one direction ended */
     assert_int_equal(ax.recvd, 256 * 1024);    /* the reverse direction kept flowing after the half-close */
     assert_false(ax.bad);
     assert_false(ay.bad);
@@ -342,8 +232,8 @@ static void test_relay_half_close(void **state)
     assert_int_equal(rs.a_to_b, 1000);
     assert_int_equal(rs.b_to_a, 256 * 1024);
     assert_false(rs.err_set);
-    app_stop(&ax);
-    app_stop(&ay);
+    app_close(&ax);
+    app_close(&ay);
 }
 
 static bool done_and_eof(void *arg)
@@ -383,7 +273,7 @@ static void test_relay_connect_refused(void **state)
     run_until(NULL, NULL, 20);
     assert_int_equal(rs.done_calls, 1);
     assert_int_equal(rs.connected_calls, inp ? 1 : 0);
-    app_stop(&ax);
+    app_close(&ax);
 }
 
 static void test_relay_connect_ok(void **state)
@@ -416,8 +306,8 @@ static void test_relay_connect_ok(void **state)
     assert_int_equal(ay.recvd, 100000);
     assert_int_equal(ax.recvd, 50000);
     assert_false(ax.bad || ay.bad);
-    app_stop(&ax);
-    app_stop(&ay);
+    app_close(&ax);
+    app_close(&ay);
 }
 
 static bool both_eof(void *arg)
@@ -454,8 +344,8 @@ static void test_relay_abort(void **state)
     assert_int_equal(rs.done_calls, 1);
     assert_int_equal(rs.a_to_b, 1000);
     assert_int_equal(rs.b_to_a, 1000);
-    app_stop(&ax);
-    app_stop(&ay);
+    app_close(&ax);
+    app_close(&ay);
 }
 
 /* BUG (src/core/relay.c io_cb, the `if (r->connecting)` branch): while b is still connecting, side a is in epoll
