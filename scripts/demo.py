@@ -35,6 +35,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 import topo as topo_mod  # noqa: E402  (path set just above)
+from helpers import closed_without_data  # noqa: E402  (the e2e tests' helper)
 
 PY = "/usr/bin/python3"
 APPS = os.path.join(REPO, "examples", "demo", "apps.py")
@@ -588,23 +589,6 @@ class Demo:
             answer = {}
         return resp.status, answer, local, (time.monotonic() - t0) * 1000
 
-    @staticmethod
-    def closed_without_data(s, timeout=3.0):
-        """Waits until s reports EOF or a reset; returns (closed, bytes received before that)."""
-        got, deadline = b"", time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            s.settimeout(max(0.05, deadline - time.monotonic()))
-            try:
-                b = s.recv(4096)
-            except socket.timeout:
-                break
-            except (ConnectionResetError, BrokenPipeError):
-                return True, got
-            if not b:
-                return True, got
-            got += b
-        return False, got
-
     def refused(self, src, dst, port, path):
         """Sends a GET from src to dst:port on a raw socket; returns (closed without an answer, bytes got,
         local address)."""
@@ -619,7 +603,7 @@ class Demo:
                 s.sendall(req.encode())
             except (BrokenPipeError, ConnectionResetError):
                 return True, b"", local
-            closed, got = self.closed_without_data(s)
+            closed, got = closed_without_data(s, timeout=3.0)
             return closed and not got, got, local
         finally:
             s.close()
@@ -755,12 +739,12 @@ class Demo:
             self.check(secs is not None, "config rewritten (temp file + rename): %d ztunnels reloaded it%s"
                        % (len(self.ztunnels), " in %.1f s" % secs if secs is not None else ""),
                        "" if secs is not None else "(no \"config reloaded\" line within 8 s)")
-            closed, got = self.closed_without_data(held)
+            closed, got = closed_without_data(held, timeout=3.0)
             if not closed:
                 # A reset may only be noticed on the next write.
                 try:
                     held.sendall(b"after")
-                    closed, got = self.closed_without_data(held)
+                    closed, got = closed_without_data(held, timeout=3.0)
                 except (BrokenPipeError, ConnectionResetError):
                     closed = True
             late = self.poll(lambda: self.inbound_line(be, au, "policy change"))
