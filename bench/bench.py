@@ -724,16 +724,22 @@ def main(argv):
                        "zmesh_vs_direct_rtt_p50_max": TARGET_RTT_VS_DIRECT,
                        "proxy_cpu_s_per_gb_max": TARGET_CPU_S_PER_GB},
            "checks": checks}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    return finish(args.out, doc, load0, results, checks, args.strict)
+
+
+def finish(out, doc, load0, results, checks, strict):
+    """Writes doc as JSON to out, prints the load note and the path; returns the exit code (1 when a scenario
+    failed, or with strict when a target was missed). Shared with conns.py."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         json.dump(doc, f, indent=2)
     # Only the figure from before the run says something about other work: the run itself loads both cores.
     print(f"\nload average (1 min) before the run: {load0:.2f}"
           f"{'  -- other work was running, figures are noisy' if load0 > 0.5 else ''}")
-    print(f"results: {os.path.relpath(args.out, os.getcwd())}")
+    print(f"results: {os.path.relpath(out, os.getcwd())}")
     if any("error" in r for r in results.values()):
         return 1
-    if args.strict and not all(c["pass"] for c in checks.values()):
+    if strict and not all(c["pass"] for c in checks.values()):
         return 1
     return 0
 

@@ -602,17 +602,7 @@ def main(argv):
            "targets": {"zmesh_vs_direct_rate_min": TARGET_RATE_VS_DIRECT, "idle_rss_kb_max": TARGET_IDLE_RSS_KB,
                        "kb_per_conn_max": TARGET_KB_PER_CONN},
            "checks": checks}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=2)
-    print(f"\nload average (1 min) before the run: {load0:.2f}"
-          f"{'  -- other work was running, figures are noisy' if load0 > 0.5 else ''}")
-    print(f"results: {os.path.relpath(args.out, os.getcwd())}")
-    if any("error" in r for r in results.values()):
-        return 1
-    if args.strict and not all(c["pass"] for c in checks.values()):
-        return 1
-    return 0
+    return bench.finish(args.out, doc, load0, results, checks, args.strict)
 
 
 if __name__ == "__main__":
