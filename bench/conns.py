@@ -15,7 +15,6 @@ Reuses bench.py's process handling, HAProxy certificates and topology adapter (t
 import argparse
 import datetime
 import hashlib
-import json
 import os
 import re
 import resource
