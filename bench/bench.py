@@ -468,9 +468,11 @@ class Topology:
         m = re.search(r"Ciphersuite: (\S+)", r.stderr + r.stdout)
         return f"TLS 1.3 ({m.group(1) if m else 'cipher unknown'}) with client certificate; TLS 1.2 refused"
 
+    logs_dir = "logs"   # under build/bench/
+
     def keep_logs(self):
-        """Copies the proxies' logs to build/bench/logs/ (the topology's workdir goes away at teardown)."""
-        dst = os.path.join(os.path.dirname(self.args.out), "logs")
+        """Copies the proxies' logs to build/bench/<logs_dir>/ (the topology's workdir goes away at teardown)."""
+        dst = os.path.join(os.path.dirname(self.args.out), self.logs_dir)
         shutil.rmtree(dst, ignore_errors=True)
         os.makedirs(dst, exist_ok=True)
         for name in os.listdir(self.t.workdir):

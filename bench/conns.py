@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -499,13 +498,7 @@ class ConnsTopology(bench.Topology):
     """bench.py's topology adapter; keeps the proxies' logs in build/bench/logs-conns/ so that bench.py's
     build/bench/logs/ from the same `make bench` survives."""
 
-    def keep_logs(self):
-        dst = os.path.join(os.path.dirname(self.args.out), "logs-conns")
-        shutil.rmtree(dst, ignore_errors=True)
-        os.makedirs(dst, exist_ok=True)
-        for name in os.listdir(self.t.workdir):
-            if name.endswith(".log") or name.endswith(".cfg") or name == "config.yaml":
-                shutil.copy(os.path.join(self.t.workdir, name), dst)
+    logs_dir = "logs-conns"
 
 
 def tune_pod(t, ns):
