@@ -3,6 +3,7 @@
 #include "core/log.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,4 +245,42 @@ void log_fmt(int level, const char *target, const char *fmt, ...)
     va_end(ap);
     begin(&l, level, target, msg);
     finish(&l);
+}
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+bool log_limit_allow(struct log_limit *l, uint64_t *suppressed)
+{
+    uint64_t now = mono_ms(), start = atomic_load_explicit(&l->window, memory_order_relaxed);
+    /* now + 1 so that the first interval starts at a non-zero time even right after boot. */
+    if (start == 0 || now + 1 >= start + LOG_LIMIT_INTERVAL_MS) {
+        if (atomic_compare_exchange_strong(&l->window, &start, now + 1)) atomic_store(&l->used, 0);
+    }
+    if (atomic_fetch_add(&l->used, 1) >= LOG_LIMIT_BURST) {
+        atomic_fetch_add_explicit(&l->suppressed, 1, memory_order_relaxed);
+        return false;
+    }
+    *suppressed = atomic_exchange(&l->suppressed, 0);
+    return true;
+}
+
+void log_fmt_limited(struct log_limit *l, int level, const char *target, const char *fmt, ...)
+{
+    uint64_t dropped;
+    char msg[2048];
+    va_list ap;
+    if (!log_enabled(level) || !log_limit_allow(l, &dropped)) return;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (dropped && n >= 0 && (size_t)n < sizeof(msg))
+        snprintf(msg + n, sizeof(msg) - (size_t)n, " (%llu more suppressed)", (unsigned long long)dropped);
+    struct line ln;
+    begin(&ln, level, target, msg);
+    finish(&ln);
 }
