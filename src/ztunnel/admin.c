@@ -67,7 +67,6 @@ static struct {
     struct adm_listener ls[3];
     uint16_t ports[3];
     int nconns;
-    int default_level; /* for POST /logging?reset */
     llhttp_settings_t settings;
 } adm;
 
@@ -202,34 +201,67 @@ static void adm_urldecode(char *s)
     *o = '\0';
 }
 
-/* Istio accepts a comma-separated list of bare levels and target=level clauses. */
-static bool adm_level_valid(const char *level)
+/* Room for one normalized /logging spec: every query parameter's directives. */
+#define ADM_LEVEL_MAX (ADM_URL_MAX + 16)
+
+/* Appends one /logging clause to out as a RUST_LOG directive. Istio's validate_log_level accepts a bare level
+ * or "target=level"; its help text advertises "target:level", which is accepted too (the last ':' splits, so
+ * "ztunnel::proxy:debug" is ztunnel::proxy=debug). A bare target (trace in RUST_LOG) is refused, as in Istio.
+ * Returns 0 or -EINVAL. */
+static int adm_level_clause(const char *p, size_t n, char *out, size_t outlen, size_t *w)
 {
     static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    const char *p = level;
-    while (true) {
+    char clause[ADM_LEVEL_MAX];
+    bool check_level = false;
+    if (n == 0 || n >= sizeof(clause)) return -EINVAL;
+    memcpy(clause, p, n);
+    clause[n] = 0;
+    if (!memchr(clause, '=', n)) {
+        char *colon = strrchr(clause, ':');
+        if (colon && colon > clause && colon[-1] != ':' && colon[1]) {
+            *colon = '=';
+            check_level = true;
+        } else {
+            for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                if (!strcmp(clause, names[i])) check_level = true;
+            if (!check_level) return -EINVAL;
+        }
+    }
+    if (log_filter_check(clause, NULL, NULL, 0) < 0) return -EINVAL;
+    int k = snprintf(out + *w, outlen - *w, "%s%s", *w ? "," : "", clause);
+    if (k < 0 || (size_t)k >= outlen - *w) return -EINVAL;
+    *w += (size_t)k;
+    return 0;
+}
+
+/* Appends every comma-separated clause of spec. Returns 0 or -EINVAL. */
+static int adm_level_spec(const char *spec, char *out, size_t outlen, size_t *w)
+{
+    for (const char *p = spec;;) {
         size_t n = strcspn(p, ",");
-        bool ok = memchr(p, '=', n) != NULL;
-        for (size_t i = 0; !ok && i < sizeof(names) / sizeof(names[0]); i++)
-            ok = strlen(names[i]) == n && !strncmp(p, names[i], n);
-        if (!ok) return false;
-        if (!p[n]) return true;
+        if (adm_level_clause(p, n, out, outlen, w) < 0) return -EINVAL;
+        if (!p[n]) return 0;
         p += n + 1;
     }
 }
 
 static void adm_logging_list(struct adm_conn *c)
 {
-    char msg[96];
-    snprintf(msg, sizeof(msg), "current log level is %s\n", log_level_name(log_level_cur));
+    char cur[LOG_FILTER_STR_MAX], msg[LOG_FILTER_STR_MAX + 32];
+    log_filter_str(cur, sizeof(cur));
+    snprintf(msg, sizeof(msg), "current log level is %s\n", cur);
     adm_respond_text(c, 200, msg);
 }
 
+/* POST /logging: ?level=<spec> (Istio), ?reset, and Envoy's ?<target>=<level> (e.g. ?access=debug), which
+ * Istio's help text points to ("mirror envoy's behavior"). */
 static void adm_logging(struct adm_conn *c, char *query)
 {
-    char *level = NULL, msg[ADM_URL_MAX + sizeof(adm_logging_help) + 64];
-    bool reset = false;
+    char spec[ADM_LEVEL_MAX], bad[ADM_LEVEL_MAX] = "", msg[2 * ADM_LEVEL_MAX + sizeof(adm_logging_help) + 64];
+    size_t w = 0;
+    bool reset = false, any = false;
 
+    spec[0] = 0;
     if (llhttp_get_method(&c->parser) != HTTP_POST) {
         snprintf(msg, sizeof(msg), "Invalid HTTP method\n %s", adm_logging_help);
         adm_respond_text(c, 405, msg);
@@ -240,31 +272,42 @@ static void adm_logging(struct adm_conn *c, char *query)
         char *eq = strchr(kv, '=');
         if (eq) *eq = '\0';
         adm_urldecode(kv);
-        if (!strcmp(kv, "level")) {
-            static char empty[1];
-            level = eq ? eq + 1 : empty;
-            if (eq) adm_urldecode(level);
-        } else if (!strcmp(kv, "reset")) {
+        char *val = eq ? eq + 1 : kv + strlen(kv);
+        adm_urldecode(val);
+        if (!strcmp(kv, "reset")) {
             reset = true;
+            continue;
         }
+        if (!strcmp(kv, "level")) {
+            if (!*val) continue;
+            any = true;
+            if (!*bad && adm_level_spec(val, spec, sizeof(spec), &w) < 0) snprintf(bad, sizeof(bad), "%s", val);
+            continue;
+        }
+        /* ?<target>=<level> */
+        char clause[ADM_LEVEL_MAX];
+        any = true;
+        snprintf(clause, sizeof(clause), "%s=%s", kv, val);
+        if (!*bad && (!*kv || !*val || adm_level_clause(clause, strlen(clause), spec, sizeof(spec), &w) < 0))
+            snprintf(bad, sizeof(bad), "%s", clause);
     }
-    if (!reset && (!level || !*level)) {
+    if (!reset && !any) {
         adm_logging_list(c);
         return;
     }
-    if (level && *level && !adm_level_valid(level)) {
-        snprintf(msg, sizeof(msg), "Invalid level provided: %s\n%s", level, adm_logging_help);
+    if (*bad) {
+        snprintf(msg, sizeof(msg), "Invalid level provided: %s\n%s", bad, adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }
-    if (reset) log_level_cur = adm.default_level;
-    if (level && *level && log_set_level(level) < 0) {
-        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", level,
-                 adm_logging_help);
+    if (log_filter_update(reset, spec) < 0) {
+        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", spec, adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }
-    LOG_I("admin", "log level set to %s", log_level_name(log_level_cur));
+    char cur[LOG_FILTER_STR_MAX];
+    log_filter_str(cur, sizeof(cur));
+    LOG_I("ztunnel::telemetry", "new log filter is %s", cur);
     adm_logging_list(c);
 }
 
@@ -499,7 +542,7 @@ static void adm_conn_process(struct adm_conn *c)
                 c->close_after = true;
                 c->in_off = c->in_len;
             } else {
-                LOG_D("admin", "bad request: %s", llhttp_errno_name(e));
+                LOG_D("ztunnel::admin", "bad request: %s", llhttp_errno_name(e));
                 c->close_after = true;
                 c->in_off = c->in_len;
                 adm_respond(c, 400, NULL, "", 0);
@@ -577,7 +620,7 @@ static void adm_accept(struct io *io, uint32_t ev)
         int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                LOG_W("admin", "accept on port %u: %s", adm.ports[l->kind], strerror(errno));
+                LOG_W("ztunnel::admin", "accept on port %u: %s", adm.ports[l->kind], strerror(errno));
             return;
         }
         adm_conn_new(fd, l->kind);
@@ -586,18 +629,14 @@ static void adm_accept(struct io *io, uint32_t ev)
 
 /* ---- start ---- */
 
-static int adm_env_port(const char *name, uint16_t def, uint16_t *out)
+/* The ports admin_start binds, as handed in by admin_set_ports (the program parses ADMIN_PORT etc.). */
+static uint16_t adm_want[3] = {ADMIN_PORT_DEFAULT, METRICS_PORT_DEFAULT, READINESS_PORT_DEFAULT};
+
+void admin_set_ports(uint16_t admin, uint16_t metrics, uint16_t readiness)
 {
-    const char *v = getenv(name);
-    if (!v || !*v) {
-        *out = def;
-        return 0;
-    }
-    char *end;
-    long p = strtol(v, &end, 10);
-    if (*end || p < 0 || p > 65535) return -EINVAL;
-    *out = (uint16_t)p;
-    return 0;
+    adm_want[ADM_ADMIN] = admin;
+    adm_want[ADM_METRICS] = metrics;
+    adm_want[ADM_READY] = readiness;
 }
 
 /* A listening socket without SO_REUSEPORT (unlike the data-path listeners): a second ztunnel in the same
@@ -648,8 +687,6 @@ void admin_ports(uint16_t *admin, uint16_t *metrics, uint16_t *readiness)
 
 int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
 {
-    static const char *const env[] = {"ADMIN_PORT", "METRICS_PORT", "READINESS_PORT"};
-    static const uint16_t defs[] = {ADMIN_PORT_DEFAULT, METRICS_PORT_DEFAULT, READINESS_PORT_DEFAULT};
     uint16_t want[3];
     int rc = 0, fds[3] = {-1, -1, -1};
     pthread_t th;
@@ -658,12 +695,8 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         snprintf(err, errlen, "admin already started");
         return -EALREADY;
     }
-    for (int i = 0; i < 3; i++) {
-        if ((rc = adm_env_port(env[i], defs[i], &want[i])) < 0) {
-            snprintf(err, errlen, "%s: not a port number", env[i]);
-            goto out;
-        }
-    }
+    for (int i = 0; i < 3; i++)
+        want[i] = adm_want[i];
     for (int i = 0; i < 3; i++) {
         fds[i] = adm_listen(i == ADM_ADMIN, want[i]);
         if (fds[i] < 0) {
@@ -686,7 +719,6 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         goto out;
     }
     adm.hooks = *h;
-    adm.default_level = log_level_cur;
     adm_settings_init();
     for (int i = 0; i < 3; i++) {
         adm.ls[i].kind = (enum adm_kind)i;
@@ -702,7 +734,7 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         goto out;
     }
     pthread_detach(th);
-    LOG_I("admin", "admin on 127.0.0.1:%u, metrics on :%u, readiness on :%u", adm.ports[0], adm.ports[1],
+    LOG_I("ztunnel::admin", "admin on 127.0.0.1:%u, metrics on :%u, readiness on :%u", adm.ports[0], adm.ports[1],
           adm.ports[2]);
     return 0;
 out:

@@ -24,11 +24,13 @@ struct admin_hooks {
     void *ud;
 };
 
-/* Default ports; ADMIN_PORT, METRICS_PORT and READINESS_PORT in the environment override them (0 picks a
- * free port, see admin_ports). */
+/* Default ports; admin_set_ports overrides them (0 picks a free port, see admin_ports). */
 #define ADMIN_PORT_DEFAULT 15000
 #define METRICS_PORT_DEFAULT 15020
 #define READINESS_PORT_DEFAULT 15021
+
+/* Sets the ports admin_start binds (ztunnel: ADMIN_PORT, METRICS_PORT, READINESS_PORT). Call before it. */
+void admin_set_ports(uint16_t admin, uint16_t metrics, uint16_t readiness);
 
 /* Binds 127.0.0.1:<admin>, [::]:<metrics> and [::]:<readiness> (IPv4 wildcard when IPv6 is off) and serves
  * them on a new detached thread. *h is copied. Call once. Returns 0, or -errno with err filled. */

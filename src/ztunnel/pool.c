@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "h2/hbone.h"
 #include "ztunnel/proxy.h"
+#include "ztunnel/settings.h"
 
 #define SWEEP_MS 10000
 
@@ -106,13 +107,7 @@ struct pool *pool_new(struct worker *w)
         free(p);
         return NULL;
     }
-    p->idle_ms = 5 * 60 * 1000;
-    const char *v = getenv("POOL_UNUSED_RELEASE_TIMEOUT"); /* seconds, or "<n>ms" for tests */
-    if (v && *v) {
-        char *end;
-        unsigned long n = strtoul(v, &end, 10);
-        if (n > 0) p->idle_ms = !strcmp(end, "ms") ? n : n * 1000;
-    }
+    p->idle_ms = zt_cfg.pool_unused_release_ms; /* POOL_UNUSED_RELEASE_TIMEOUT, parsed at start-up */
     p->sweep.cb = sweep_cb;
     timer_start(w->loop, &p->sweep, p->idle_ms < SWEEP_MS ? p->idle_ms / 2 + 1 : SWEEP_MS);
     return p;
