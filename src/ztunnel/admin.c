@@ -281,7 +281,8 @@ static void adm_logging(struct adm_conn *c, char *query)
         if (!strcmp(kv, "level")) {
             if (!*val) continue;
             any = true;
-            if (!*bad && adm_level_spec(val, spec, sizeof(spec), &w) < 0) snprintf(bad, sizeof(bad), "%s", val);
+            if (!*bad && adm_level_spec(val, spec, sizeof(spec), &w) < 0)
+                snprintf(bad, sizeof(bad), "%s", val);
             continue;
         }
         /* ?<target>=<level> */
@@ -301,7 +302,8 @@ static void adm_logging(struct adm_conn *c, char *query)
         return;
     }
     if (log_filter_update(reset, spec) < 0) {
-        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", spec, adm_logging_help);
+        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", spec,
+                 adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }
@@ -734,8 +736,8 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         goto out;
     }
     pthread_detach(th);
-    LOG_I("ztunnel::admin", "admin on 127.0.0.1:%u, metrics on :%u, readiness on :%u", adm.ports[0], adm.ports[1],
-          adm.ports[2]);
+    LOG_I("ztunnel::admin", "admin on 127.0.0.1:%u, metrics on :%u, readiness on :%u", adm.ports[0],
+          adm.ports[1], adm.ports[2]);
     return 0;
 out:
     for (int i = 0; i < 3; i++)

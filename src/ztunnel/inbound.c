@@ -105,8 +105,8 @@ static void in_connected(struct in_stream *is, int soerr)
         close(fd);
         if (log_enabled(LOG_DEBUG)) {
             char app[SOCKADDR_STRLEN];
-            LOG_D("inbound", "connect to app %s: %s", ip_port_format(&is->rec.hbone_addr, app, sizeof(app)),
-                  strerror(soerr));
+            LOG_D("ztunnel::proxy::inbound", "connect to app %s: %s",
+                  ip_port_format(&is->rec.hbone_addr, app, sizeof(app)), strerror(soerr));
         }
         hbone_stream_respond(is->s, 503, -1, NULL, 0);
         return;

@@ -255,7 +255,7 @@ void outbound_accept(struct io *io, uint32_t ev)
         int fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                LOG_W("outbound", "accept: %s", strerror(errno));
+                LOG_W("ztunnel::proxy::outbound", "accept: %s", strerror(errno));
             return;
         }
         outbound_handle(w, fd, &peer);

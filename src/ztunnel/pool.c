@@ -89,7 +89,8 @@ static void sweep_cb(struct timer *t)
                 } else if (!e->idle_since) {
                     e->idle_since = now;
                 } else if (now - e->idle_since >= p->idle_ms) {
-                    LOG_D("pool", "closing a connection unused for %llums", (unsigned long long)p->idle_ms);
+                    LOG_D("ztunnel::proxy::pool", "closing a connection unused for %llums",
+                          (unsigned long long)p->idle_ms);
                     hbone_conn_drain(e->c); /* GOAWAY, then closes: no streams */
                 }
             }
@@ -180,7 +181,7 @@ static void entry_closed(struct hbone_conn *c, void *ud, const char *err)
     (void)c;
     struct pool_entry *e = ud;
     struct pool_key *k = e->k;
-    if (err) LOG_D("pool", "connection closed: %s", err);
+    if (err) LOG_D("ztunnel::proxy::pool", "connection closed: %s", err);
     if (e->prev)
         e->prev->next = e->next;
     else

@@ -126,7 +126,8 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
     (void)ev;
     struct worker *w = container_of(io, struct worker, wake);
     uint64_t n;
-    if (read(io->fd, &n, sizeof(n)) < 0 && errno != EAGAIN) LOG_W("worker", "eventfd: %s", strerror(errno));
+    if (read(io->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        LOG_W("ztunnel::proxy", "eventfd: %s", strerror(errno));
     pthread_mutex_lock(&w->msg_lock);
     struct zt_view *v = w->msg_view;
     bool drain = w->msg_drain;
@@ -214,7 +215,8 @@ oom:
 static void worker_poke(struct worker *w)
 {
     uint64_t one = 1;
-    if (write(w->wake.fd, &one, sizeof(one)) < 0) LOG_W("worker", "eventfd write: %s", strerror(errno));
+    if (write(w->wake.fd, &one, sizeof(one)) < 0)
+        LOG_W("ztunnel::proxy", "eventfd write: %s", strerror(errno));
 }
 
 void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v)
@@ -293,7 +295,7 @@ int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_s
             socklen_t sl = sockaddr_from(&src, &sip, 0);
             if (bind(fd, (struct sockaddr *)&src, sl) < 0) {
                 char ipb[IP_STRLEN];
-                LOG_D("proxy", "cannot bind source %s (%s); connecting without spoofing",
+                LOG_D("ztunnel::proxy", "cannot bind source %s (%s); connecting without spoofing",
                       ip_format(&sip, ipb, sizeof(ipb)), strerror(errno));
             }
         }
