@@ -174,6 +174,26 @@ static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_st
     if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", false);
 }
 
+/* Istio sends a destination that has a waypoint through it (the service's waypoint when addressed by VIP,
+ * the workload's when addressed by its IP). zmesh has no waypoint routing yet: sending such a connection
+ * around the waypoint would skip the L7 policy it enforces, so the connection is refused and the access log
+ * says why. Returns true when it was refused (fd closed, oc finished). */
+static bool outbound_refuse_waypoint(struct out_conn *oc, int fd, const struct gateway_addr *wp,
+                                     const char *what, const char *name)
+{
+    char why[512], ipb[IP_STRLEN];
+    if (!wp->set) return false;
+    const char *to = wp->is_host ? wp->host : ip_format(&wp->ip, ipb, sizeof(ipb));
+    snprintf(why, sizeof(why),
+             "%s %s has waypoint %s%s%s; waypoint routing is not supported yet, so the connection is refused "
+             "rather than sent around the waypoint",
+             what, name, wp->is_host ? wp->ns : "", wp->is_host ? "/" : "", to);
+    close(fd);
+    out_open_stats(oc, false);
+    out_finish(oc, 0, 0, why, false);
+    return true;
+}
+
 static void outbound_handle(struct worker *w, int fd, const struct sockaddr_storage *peer)
 {
     struct pod_proxy *pp = w->pp;
@@ -210,6 +230,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         struct lb_choice ch;
         struct lb_source src = {.wl = v->self};
         oc->rec.dst_svc = svc;
+        if (outbound_refuse_waypoint(oc, fd, &svc->waypoint, "service", svc->hostname)) return;
         int rc = lb_pick(v->snap, svc, dport, &src, &dip, zt_random(), &ch);
         if (rc == 0) {
             oc->rec.dst_wl = ch.wl;
@@ -238,6 +259,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         out_finish(oc, 0, 0, "self call to a ztunnel port", false);
         return;
     }
+    if (wl && wl != v->self && outbound_refuse_waypoint(oc, fd, &wl->waypoint, "workload", wl->uid)) return;
     if (wl && wl->protocol == WL_PROTO_HBONE) {
         outbound_hbone(oc, fd, wl, &dip, dport);
         return;
