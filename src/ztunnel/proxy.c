@@ -326,13 +326,13 @@ static void access_event(const struct access_rec *r, bool done)
     snprintf(recv, sizeof(recv), "%" PRIu64, r->bytes_recv);
     snprintf(dur, sizeof(dur), "%" PRIu64 "ms", now - r->start_ms);
     const char *kv[] = {
-        "src.addr",       ip_port_format(&r->src, src, sizeof(src)),
+        "%src.addr",      ip_port_format(&r->src, src, sizeof(src)),
         "src.workload",   r->src_wl ? r->src_wl->name : NULL,
         "src.namespace",  r->src_wl ? r->src_wl->namespace_ : NULL,
         "src.identity",   r->src_identity && *r->src_identity ? r->src_identity : NULL,
         "src.cluster",    r->src_wl ? r->src_wl->cluster_id : NULL,
-        "dst.addr",       ip_port_format(&r->dst, dst, sizeof(dst)),
-        "dst.hbone_addr", r->hbone_addr.port ? ip_port_format(&r->hbone_addr, hbone, sizeof(hbone)) : NULL,
+        "%dst.addr",      ip_port_format(&r->dst, dst, sizeof(dst)),
+        "%dst.hbone_addr", r->hbone_addr.port ? ip_port_format(&r->hbone_addr, hbone, sizeof(hbone)) : NULL,
         "dst.service",    r->dst_svc ? r->dst_svc->hostname : NULL,
         "dst.workload",   r->dst_wl ? r->dst_wl->name : NULL,
         "dst.namespace",  r->dst_wl ? r->dst_wl->namespace_ : NULL,

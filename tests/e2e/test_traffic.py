@@ -153,7 +153,7 @@ def test_access_log_outbound_and_inbound(mesh):
     assert l["dst.addr"] == "%s:15008" % dst.ip
     assert l["src.identity"] == src.spiffe and l["dst.identity"] == dst.spiffe
     assert int(l["bytes_sent"]) == 16 and int(l["bytes_recv"]) == 16
-    assert l.get("target") == "access" and l.get("level") == "info"
+    assert l.get("scope") == "access" and l.get("level") == "info"
 
     def inbound():
         return [l for l in mesh.log_json(dst) if l.get("message") == "connection complete"
