@@ -143,8 +143,9 @@ def test_access_log_outbound_and_inbound(mesh):
 
     def outbound():
         # Lines written since `before`, not matched by src.addr: the REDIRECT's NAT may remap the source port.
+        # Matched by destination: a previous test's connection (to another port) may be logged after `before`.
         return [l for l in mesh.log_json(src)[before:] if l.get("message") == "connection complete"
-                and l.get("direction") == "outbound"]
+                and l.get("direction") == "outbound" and l.get("dst.hbone_addr") == "%s:%d" % (dst.ip, ECHO)]
     lines = wait_for(outbound, timeout=5)
     assert lines, "no outbound access log line"
     l = lines[-1]
