@@ -148,7 +148,8 @@ static const struct env_setting table[] = {
      .kind = ENV_STRING,
      .required = true,
      .offset = OFF(local_ca_dir),
-     .help = "zmesh: directory with the local CA (root-cert.pem, root-key.pem) that signs this pod's certificate"},
+     .help = "zmesh: directory with the local CA (root-cert.pem, root-key.pem) that signs this pod's "
+             "certificate"},
     {.name = "ZTUNNEL_WORKER_THREADS",
      .kind = ENV_CUSTOM,
      .def = "max(2, 25% of the CPUs)",
