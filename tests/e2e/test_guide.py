@@ -333,7 +333,6 @@ def test_metrics_step_shows_the_connections(guide):
                  destination_service="unknown") == 3
     assert total(m, "istio_tcp_received_bytes_total", source_workload="web", response_flags="-") > 0
     lines = r.stdout.splitlines()
-    assert int(lines[0]) > 0, r.stdout
     assert any(l.startswith("istio_tcp_connections_opened_total from=web service=%s " % VIP_HOST)
                for l in lines), r.stdout
     assert any(l.startswith("istio_tcp_connections_closed_total from=web ") and "flags=DENY" in l
