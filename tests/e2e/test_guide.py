@@ -129,7 +129,8 @@ class GuideRun:
                 r = self._sh(code)
             except subprocess.TimeoutExpired as e:
                 self.failed = "step %r timed out after %ds" % (name, STEP_TIMEOUT)
-                raise StepFailed("%s\n%s%s" % (self.failed, e.stdout or "", self.log_tails()))
+                out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+                raise StepFailed("%s\n%s%s" % (self.failed, out, self.log_tails()))
             self.done += 1
             self.results[name] = r
             if r.returncode != 0:
@@ -281,6 +282,21 @@ def test_root_ca_files_and_modes(guide):
     assert "CA:TRUE" in text and ("prime256v1" in text or "P-256" in text), text
 
 
+def test_apps_listen_in_the_server_pod(guide):
+    guide.check_expect("apps")
+    ss = guide.run_in("api", ["ss", "-Hltn"]).stdout
+    assert re.search(r":8080\s", ss) and re.search(r":9090\s", ss), ss
+
+
+def test_inpod_rules_are_installed(guide):
+    guide.check_expect("rules")
+    for pod in ("web", "api"):
+        nat = guide.run_in(pod, ["iptables", "-t", "nat", "-S"]).stdout
+        assert "--to-ports 15001" in nat and "--to-ports 15006" in nat, nat
+        rules = guide.run_in(pod, ["ip", "rule", "show"]).stdout
+        assert "0x111/0xfff" in rules and "lookup 100" in rules, rules
+
+
 def test_ztunnels_get_ready(guide):
     guide.check_expect("ztunnels")
     for pod in ("web", "api"):
@@ -326,7 +342,8 @@ def test_authorization_policy_denies_other_ports_and_plaintext(guide):
 
 def test_metrics_step_shows_the_connections(guide):
     r = guide.upto("metrics")
-    m = parse_metrics(open(os.path.join(guide.work, "metrics-api.txt")).read())
+    with open(os.path.join(guide.work, "metrics-api.txt")) as f:
+        m = parse_metrics(f.read())
     assert total(m, "istio_tcp_connections_opened_total", source_workload="web",
                  destination_service=VIP_HOST, destination_service_name="api") == 1
     assert total(m, "istio_tcp_connections_opened_total", source_workload="web",
@@ -387,3 +404,9 @@ def test_cleanup_leaves_nothing_behind(guide):
     left = wait_for(lambda: not [p for p in guide.pids if alive(p)], timeout=3)
     assert left, "still running: %s" % [p for p in guide.pids if alive(p)]
     assert not os.path.exists(guide.work)
+
+
+def test_every_expected_output_matched(guide):
+    """Every `text expect` block of the guide matched the output of the step before it."""
+    guide.upto(STEPS[-1])
+    assert not guide.mismatch, "\n\n".join("step %r: %s" % kv for kv in guide.mismatch.items())
