@@ -26,8 +26,10 @@ if [ "$what" = unit ] || [ "$what" = all ]; then
 fi
 if [ "$what" = fuzz ] || [ "$what" = all ]; then
     # A few seconds each is enough to catch a target that no longer builds, crashes on its seeds or trips a
-    # sanitizer on shallow inputs; real fuzzing is `make fuzz FUZZ_TIME=...`.
+    # sanitizer on shallow inputs; real fuzzing is `make fuzz FUZZ_TIME=...`. Targets run FUZZ_SMOKE_JOBS at a
+    # time (libFuzzer's time limit is wall-clock, so this halves the wait on two cores, not the work).
     smoke=${FUZZ_SMOKE_TIME:-2}
+    jobs=${FUZZ_SMOKE_JOBS:-2}
     targets=$(ls tests/fuzz/fuzz_*.c 2>/dev/null | sed 's|tests/fuzz/\(.*\)\.c|build/fuzz/\1|')
     n=$(printf '%s\n' $targets | grep -c .)
     # The instrumented library is built once and reused; make returns at once when nothing changed.
@@ -36,9 +38,19 @@ if [ "$what" = fuzz ] || [ "$what" = all ]; then
         echo "fuzz: build failed; counting its $n targets as failed"
         failed=$((failed + n))
     elif [ "$n" -gt 0 ]; then
+        out=$(mktemp -d)
+        i=0
         for t in $targets; do
-            if tests/fuzz/run.sh "$smoke" "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+            (tests/fuzz/run.sh "$smoke" "$t" >"$out/$(basename "$t").out" 2>&1; echo $? >"$out/$(basename "$t").rc") &
+            i=$((i + 1))
+            [ $((i % jobs)) -eq 0 ] && wait
         done
+        wait
+        for t in $targets; do
+            cat "$out/$(basename "$t").out"
+            if [ "$(cat "$out/$(basename "$t").rc")" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+        done
+        rm -rf "$out"
     fi
 fi
 if [ "$what" = e2e ] || [ "$what" = all ]; then
