@@ -16,6 +16,8 @@
 #define TLS_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
 #define TLS_GROUPS "X25519:P-256"
 static const unsigned char alpn_h2_wire[] = {2, 'h', '2'};
+/* Room for the reason a peer certificate is refused; a longer one (a long foreign id) is truncated. */
+#define TLS_WHY_MAX 256
 
 /* SSL_CTX ex-data slot holding the server's trust domain (a malloc'd string freed with the context). */
 static int td_idx = -1;
@@ -38,9 +40,12 @@ int tls_leaf_identity(X509 *leaf, const char *td, char *buf, size_t n, char *why
     const ASN1_IA5STRING *uri = NULL;
     struct spiffe_id id;
     int crit = -1, n_uri = 0, rc = -EINVAL;
-    char dummy[1];
+    char discard[1]; /* stands in for a caller who does not want the reason */
 
-    if (!why || !wn) why = dummy, wn = sizeof(dummy);
+    if (!why || !wn) {
+        why = discard;
+        wn = sizeof(discard);
+    }
     why[0] = '\0';
     if (buf && n) buf[0] = '\0';
     if (!leaf) {
@@ -118,7 +123,7 @@ static const char *ssl_trust_domain(SSL *ssl)
  * A failure aborts the handshake with an alert, and the reason goes onto the error queue for the log. */
 static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
-    char why[256];
+    char why[TLS_WHY_MAX];
     if (!ok) return 0;
     if (X509_STORE_CTX_get_error_depth(sctx) != 0) return 1;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
