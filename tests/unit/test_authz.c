@@ -562,12 +562,13 @@ static void test_null_denies(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        /* First: the warning is rate-limited per process, and later tests check the same workload. */
+        cmocka_unit_test(test_unknown_policy_warns),
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_string_match),
         cmocka_unit_test(test_policy_matches_direct),
         cmocka_unit_test(test_dry_run_logged),
         cmocka_unit_test(test_dry_run_after_deny_logged),
-        cmocka_unit_test(test_unknown_policy_warns),
         cmocka_unit_test(test_large_mesh),
         cmocka_unit_test(test_null_denies),
     };
