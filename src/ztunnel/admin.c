@@ -302,8 +302,9 @@ static void adm_logging(struct adm_conn *c, char *query)
         return;
     }
     if (log_filter_update(reset, spec) < 0) {
-        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", spec,
-                 adm_logging_help);
+        /* Every clause was checked above: only the filter's size can refuse it (?reset starts over). */
+        snprintf(msg, sizeof(msg), "Failed to set new level: more than %d directives with %s\n%s",
+                 LOG_MAX_DIRECTIVES, spec, adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }

@@ -637,6 +637,19 @@ static void test_http_admin(void **state)
     assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
     free(r);
     assert_int_equal(log_target_level("access"), LOG_INFO);
+    /* The filter is bounded: past LOG_MAX_DIRECTIVES distinct targets the change is refused whole. */
+    char req[4096];
+    size_t n = (size_t)snprintf(req, sizeof(req), "POST /logging?level=");
+    for (int i = 0; i < LOG_MAX_DIRECTIVES; i++)
+        n += (size_t)snprintf(req + n, sizeof(req) - n, "%st%d=debug", i ? "," : "", i);
+    snprintf(req + n, sizeof(req) - n, " HTTP/1.1\r\n\r\n");
+    r = exchange(&p, req, 0);
+    assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
+    assert_non_null(strstr(r, "Failed to set new level: more than 32 directives"));
+    free(r);
+    char cur[LOG_FILTER_STR_MAX];
+    log_filter_str(cur, sizeof(cur));
+    assert_string_equal(cur, "ztunnel::proxy=trace,access=info,debug");
     r = exchange(&p, "POST /logging?reset HTTP/1.1\r\n\r\n", 0);
     assert_non_null(strstr(r, "current log level is info\n"));
     free(r);
