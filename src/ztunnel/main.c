@@ -15,6 +15,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "core/acceptor.h"
 #include "core/log.h"
 #include "mesh/config.h"
 #include "tls/tls.h"
@@ -324,6 +325,8 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 4 << 20);
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
     log_init();
+    /* Many connections need many descriptors; listeners pause rather than spin when they run out. */
+    acceptor_raise_fd_limit();
 
     const char *mode = getenv("PROXY_MODE");
     if (!mode || strcmp(mode, "dedicated") != 0) {
