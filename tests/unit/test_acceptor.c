@@ -111,6 +111,16 @@ static int lowest_free_fd(void)
     return fd;
 }
 
+/* The fd limit at start, restored after each test even when one fails half-way (a lowered limit would make
+ * every later test fail to create sockets). */
+static struct rlimit saved_limit;
+
+static int restore_limit(void **state)
+{
+    (void)state;
+    return setrlimit(RLIMIT_NOFILE, &saved_limit);
+}
+
 static void test_emfile_pauses_and_resumes(void **state)
 {
     (void)state;
@@ -132,7 +142,8 @@ static void test_emfile_pauses_and_resumes(void **state)
     /* One failing call per pause; the timer brings it back about every ACCEPTOR_PAUSE_MS. */
     assert_int_equal(calls, f.a.pauses);
     assert_true(calls <= 20);
-    assert_int_equal(f.a.st, ACC_PAUSED);
+    /* Paused, or just back from a pause when the loop stopped (both timers were due in the same pass). */
+    assert_true(f.a.st == ACC_PAUSED || f.a.st == ACC_LISTENING);
 
     /* Descriptors are free again: the waiting connections are accepted at the next resume. */
     assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
@@ -234,13 +245,14 @@ static void test_raise_fd_limit(void **state)
 int main(void)
 {
     log_set_level("error");
+    if (getrlimit(RLIMIT_NOFILE, &saved_limit) < 0) return 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_emfile_pauses_and_resumes),
+        cmocka_unit_test_teardown(test_emfile_pauses_and_resumes, restore_limit),
         cmocka_unit_test(test_may_accept_holds_until_resume),
         cmocka_unit_test(test_hook_asked_before_every_accept),
         cmocka_unit_test(test_close_while_paused_and_held),
         cmocka_unit_test(test_state_names),
-        cmocka_unit_test(test_raise_fd_limit),
+        cmocka_unit_test_teardown(test_raise_fd_limit, restore_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
