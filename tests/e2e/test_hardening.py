@@ -110,6 +110,8 @@ def test_fd_exhaustion_pauses_listeners(mesh):
         time.sleep(11)
         cpu = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
         lines = [l for l in log_since(proc).splitlines() if "Too many open files" in l and "accept" in l]
+        print("out of descriptors for %.1f s: %.1f%% of a core, %d accept error lines, log %d bytes"
+              % (time.monotonic() - t0, cpu * 100, len(lines), len(log_since(proc))))
         # Spinning was about two cores and millions of lines; paused listeners wake ~10 times a second.
         assert cpu < 0.3, "ztunnel used %.0f%% of a core while out of descriptors" % (cpu * 100)
         assert 1 <= len(lines) <= 12, "%d accept error lines:\n%s" % (len(lines), "\n".join(lines[:20]))
