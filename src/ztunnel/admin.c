@@ -708,7 +708,7 @@ static void adm_port_evict(struct adm_port *pt)
         }
     }
     if (!victim) return;
-    LOG_LIMITED(LOG_DEBUG, "admin", "port %u has %d connections (the limit): closing the oldest %s one",
+    LOG_LIMITED(LOG_WARN, "admin", "port %u has %d connections (the limit): closing the oldest %s one",
                 adm.ports[pt->kind], pt->nconns, adm_state_to_str(victim->st));
     adm_conn_close(victim);
 }
