@@ -4,7 +4,11 @@ tunnels.
 
 n1p1 and n2p1 are meshed; n2p1 runs an echo app on 8080 and is the ztunnel under attack (restarted fresh by
 each test, so a lowered descriptor limit or a full port never leaks into the next test). Attackers connect
-from node 2's namespace, outside the pod, as a kubelet or any node process could."""
+from node 2's namespace, outside the pod. Connections to the admin ports come from 169.254.7.127, the address
+Istio SNATs kubelet probes to and the in-pod rules leave alone (scripts/inpod-redirect.sh): from any other node
+address they would be captured to 15006 and relayed by ztunnel with the client's address as source, and that
+relay's source port can coincide with a later client's, which is a property of the test topology (one source
+address on both sides of the pod), not of the ports under test."""
 import os
 import socket
 import time
@@ -17,6 +21,7 @@ from topo import netns_socket
 
 ECHO = 8080
 ZT_HANDSHAKES_MAX = 16  # src/ztunnel/proxy.h
+KUBELET_IP = "169.254.7.127"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,7 @@ def mesh(ztunnel_bin):
     try:
         m.up()
         m.app(m.pod("n2p1"), "echo", ECHO)
+        m.topo.run(m.topo.nodes[1], ["ip", "addr", "add", KUBELET_IP + "/32", "dev", "lo"])
         yield m
     finally:
         m.down()
@@ -65,17 +71,33 @@ def echo_once(sock, payload):
     return recv_exact(sock, len(payload))
 
 
-def open_many(netns, ip, port, n, first=b""):
-    """n connected sockets (the connect completes in the kernel's backlog even when ztunnel accepts none)."""
+def open_many(netns, ip, port, n, first=b"", src=None):
+    """n connected sockets (the connect completes in the kernel's backlog even when ztunnel accepts none),
+    bound to src if given."""
     out = []
     for _ in range(n):
         s = netns_socket(netns)
         s.settimeout(5)
+        if src:
+            s.bind((src, 0))
         s.connect((ip, port))
         if first:
             s.sendall(first)
         out.append(s)
     return out
+
+
+def kubelet_get(netns, ip, port, path):
+    """GET path from KUBELET_IP, as a kubelet probe; returns (status, headers, body)."""
+    import http.client
+    conn = http.client.HTTPConnection(ip, port, timeout=5)
+    conn.sock = open_many(netns, ip, port, 1, src=KUBELET_IP)[0]
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
 
 
 def close_all(socks):
@@ -146,17 +168,18 @@ def test_trickling_connections_do_not_lock_out_readiness(mesh):
     socks = []
     try:
         # More connections than the old shared limit (256), each with a request begun and never finished.
-        socks += open_many(node, dst.ip, 15021, 100, first=b"GET /healthz/ready HTTP/1.1\r\nX-Slow: ")
-        socks += open_many(node, dst.ip, 15020, 100, first=b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        socks += open_many(node, dst.ip, 15021, 100, first=b"GET /healthz/ready HTTP/1.1\r\nX-Slow: ",
+                           src=KUBELET_IP)
+        socks += open_many(node, dst.ip, 15020, 100, first=b"GET /metrics HTTP/1.1\r\nX-Slow: ", src=KUBELET_IP)
         socks += open_many(dst.netns, "127.0.0.1", 15000, 100, first=b"GET / HTTP/1.1\r\nX-Slow: ")
         for s in socks:          # one more byte each, as a trickler would
             try:
                 s.sendall(b"a")
             except OSError:
                 pass             # already closed to make room: fine
-        status, _, body = http_request(node, dst.ip, 15021, "/healthz/ready", timeout=5)
+        status, _, body = kubelet_get(node, dst.ip, 15021, "/healthz/ready")
         assert (status, body) == (200, b"ready\n")
-        status, _, body = http_request(node, dst.ip, 15020, "/metrics", timeout=5)
+        status, _, body = kubelet_get(node, dst.ip, 15020, "/metrics")
         assert status == 200 and b"istio_tcp_connections_opened_total" in body
         status, _, _ = http_request(dst.netns, "127.0.0.1", 15000, "/config_dump", timeout=5)
         assert status == 200
@@ -168,7 +191,7 @@ def test_slowloris_request_is_closed_at_the_deadline(mesh):
     dst = mesh.pod("n2p1")
     node = mesh.topo.nodes[1]
     restart(mesh, dst)
-    s = connect(node, dst.ip, 15021, timeout=5)
+    s = open_many(node, dst.ip, 15021, 1, src=KUBELET_IP)[0]
     got, closed = b"", False
     try:
         s.sendall(b"GET /healthz/ready HTTP/1.1\r\n")
@@ -201,7 +224,7 @@ def test_keepalive_idle_connection_outlives_the_request_deadline(mesh):
     restart(mesh, dst)
     import http.client
     conn = http.client.HTTPConnection(dst.ip, 15021, timeout=5)
-    conn.sock = connect(node, dst.ip, 15021, timeout=5)
+    conn.sock = open_many(node, dst.ip, 15021, 1, src=KUBELET_IP)[0]
     try:
         conn.request("GET", "/healthz/ready")
         assert conn.getresponse().read() == b"ready\n"
