@@ -24,7 +24,9 @@ struct in_conn {
     struct sockaddr_storage peer, local;
     unsigned streams;
     bool closed;
-    bool handshaking; /* counted in worker.handshakes */
+    bool handshaking; /* counted in worker.handshakes, linked in worker.hs_head */
+    struct in_conn *hs_next, *hs_prev;
+    uint64_t hs_start; /* accept time, loop ms */
 };
 
 /* One CONNECT stream, from request to end. */
@@ -257,8 +259,52 @@ static void in_handshake_end(struct in_conn *ic)
     struct worker *w = ic->w;
     if (!ic->handshaking) return;
     ic->handshaking = false;
+    if (ic->hs_prev)
+        ic->hs_prev->hs_next = ic->hs_next;
+    else
+        w->hs_head = ic->hs_next;
+    if (ic->hs_next)
+        ic->hs_next->hs_prev = ic->hs_prev;
+    else
+        w->hs_tail = ic->hs_prev;
     w->handshakes--;
     acceptor_resume(&w->listeners[2]);
+}
+
+static void in_handshake_begin(struct in_conn *ic)
+{
+    struct worker *w = ic->w;
+    ic->handshaking = true;
+    ic->hs_start = loop_now(w->loop);
+    ic->hs_next = NULL;
+    ic->hs_prev = w->hs_tail;
+    if (w->hs_tail)
+        w->hs_tail->hs_next = ic;
+    else
+        w->hs_head = ic;
+    w->hs_tail = ic;
+    w->handshakes++;
+}
+
+/* At the bound: closes the handshakes stalled for ZT_HANDSHAKE_STALL_MS (each close resumes the listener),
+ * then waits for the next oldest one while still at the bound. */
+static void in_handshake_timer(struct timer *t)
+{
+    struct worker *w = container_of(t, struct worker, hs_timer);
+    uint64_t now = loop_now(w->loop);
+    while (w->listening && w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head &&
+           now - w->hs_head->hs_start >= ZT_HANDSHAKE_STALL_MS) {
+        struct in_conn *ic = w->hs_head;
+        /* on_closed (in_closed) ends the handshake, resumes the listener, logs the error (rate-limited) and
+         * may free ic. */
+        hbone_conn_close(ic->c, "TLS handshake stalled while the handshake bound was reached");
+        if (w->hs_head == ic) break; /* not reported closed: do not spin on it */
+    }
+    if (w->listening && w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head) {
+        uint64_t age = now - w->hs_head->hs_start;
+        timer_start(w->loop, t,
+                    age < ZT_HANDSHAKE_STALL_MS ? ZT_HANDSHAKE_STALL_MS - age : ZT_HANDSHAKE_STALL_MS);
+    }
 }
 
 static void in_ready(struct hbone_conn *c, void *ud)
@@ -302,6 +348,12 @@ bool inbound_hbone_may_accept(struct acceptor *a)
     LOG_LIMITED(LOG_DEBUG, "inbound",
                 "%u TLS handshakes in progress on worker %d (the bound): not accepting on %s", w->handshakes,
                 w->index, a->name);
+    /* Someone is waiting: make room once the oldest handshake has stalled. */
+    if (!timer_armed(&w->hs_timer) && w->hs_head) {
+        uint64_t age = loop_now(w->loop) - w->hs_head->hs_start;
+        w->hs_timer.cb = in_handshake_timer;
+        timer_start(w->loop, &w->hs_timer, age >= ZT_HANDSHAKE_STALL_MS ? 0 : ZT_HANDSHAKE_STALL_MS - age);
+    }
     return false;
 }
 
@@ -318,8 +370,7 @@ void inbound_hbone_accept(struct acceptor *a, int fd, const struct sockaddr_stor
     socklen_t len = sizeof(ic->local);
     getsockname(fd, (struct sockaddr *)&ic->local, &len);
     /* Counted before hbone_server_new: its callbacks may already run inside. */
-    ic->handshaking = true;
-    w->handshakes++;
+    in_handshake_begin(ic);
     ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
     if (!ic->c) {
         in_handshake_end(ic);

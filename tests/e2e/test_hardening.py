@@ -243,6 +243,8 @@ def test_half_open_handshakes_are_bounded_and_tunnels_flow(mesh):
     node = mesh.topo.nodes[1]
     proc = restart(mesh, dst, env={"ZTUNNEL_WORKER_THREADS": "1", "RUST_LOG": "debug"})
     tunnel = connect(src.netns, dst.ip, ECHO, timeout=5)   # established before the flood
+    cert, key = mesh.topo.mint(src.spiffe, "flood-" + src.name)
+    root = os.path.join(mesh.topo.ca(), "root-cert.pem")
     flood = []
     try:
         assert echo_once(tunnel, b"before") == b"before"
@@ -258,13 +260,22 @@ def test_half_open_handshakes_are_bounded_and_tunnels_flow(mesh):
         for i in range(20):
             msg = b"during-flood-%d" % i
             assert echo_once(tunnel, msg) == msg
+        # A new HBONE connection, queued behind the half-open ones, still gets through: at the bound, a
+        # handshake stalled for ZT_HANDSHAKE_STALL_MS (1 s) is closed to make room (16 a second here).
+        c = HboneClient(connect(node, dst.ip, 15008, timeout=30), cert, key, root, timeout=30)
+        try:
+            sid = c.connect("%s:%d" % (dst.ip, ECHO))
+            assert c.response(sid, timeout=10)[0] == 200
+            c.send(sid, b"through-the-flood")
+            assert c.recv(sid, n=17, timeout=5) == b"through-the-flood"
+        finally:
+            c.close()
+        assert "TLS handshake stalled while the handshake bound was reached" in log_since(proc)
     finally:
         close_all(flood)
         tunnel.close()
     # The half-open ones ended (EOF during the handshake): more handshakes than the bound complete, one after
     # another, each while the previous connections stay open (only a finished handshake frees its slot).
-    cert, key = mesh.topo.mint(src.spiffe, "flood-" + src.name)
-    root = os.path.join(mesh.topo.ca(), "root-cert.pem")
     clients = []
     try:
         for i in range(ZT_HANDSHAKES_MAX + 4):
