@@ -16,6 +16,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "core/acceptor.h"
 #include "core/log.h"
 #include "mesh/config.h"
 #include "tls/tls.h"
@@ -382,6 +383,8 @@ int main(int argc, char **argv)
     if (rc) return rc;
     LOG_I("ztunnel", "version: zmesh ztunnel %s, %d workers, mode %s", ZMESH_VERSION, zt_cfg.n_workers,
           zt_proxy_mode_to_str(zt_cfg.proxy_mode));
+    /* Many connections need many descriptors; listeners pause rather than spin when they run out. */
+    acceptor_raise_fd_limit();
 
     app.ns = zt_cfg.workload.ns;
     app.name = zt_cfg.workload.name;

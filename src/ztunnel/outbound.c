@@ -267,19 +267,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     outbound_plain(oc, fd, &dst);
 }
 
-void outbound_accept(struct io *io, uint32_t ev)
+void outbound_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
-    (void)ev;
-    struct worker *w = container_of(io, struct worker, listeners[0]);
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage peer;
-        socklen_t len = sizeof(peer);
-        int fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                LOG_W("ztunnel::proxy::outbound", "accept: %s", strerror(errno));
-            return;
-        }
-        outbound_handle(w, fd, &peer);
-    }
+    outbound_handle(container_of(a, struct worker, listeners[0]), fd, peer);
 }

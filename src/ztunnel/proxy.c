@@ -142,11 +142,8 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
     }
     if (drain && !w->draining) {
         w->draining = true;
-        for (int i = 0; i < 3 && w->listening; i++) {
-            loop_io_del(w->loop, &w->listeners[i]);
-            close(w->listeners[i].fd);
-            w->listeners[i].fd = -1;
-        }
+        for (int i = 0; i < 3 && w->listening; i++)
+            acceptor_close(&w->listeners[i]);
         w->listening = false;
         inbound_drain(w);
         pool_drain(w->pool);
@@ -246,10 +243,17 @@ void worker_post_drain(struct worker *w)
     worker_poke(w);
 }
 
+static const struct acceptor_ops listener_ops[3] = {
+    {.on_accept = outbound_accept},
+    {.on_accept = inbound_plain_accept},
+    {.on_accept = inbound_hbone_accept, .may_accept = inbound_hbone_may_accept},
+};
+static const char *const listener_names[3] = {"outbound :15001", "inbound plaintext :15006",
+                                              "inbound HBONE :15008"};
+
 static int worker_listen(struct worker *w, char *err, size_t errlen)
 {
     static const uint16_t ports[3] = {PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_HBONE};
-    void (*cbs[3])(struct io *, uint32_t) = {outbound_accept, inbound_plain_accept, inbound_hbone_accept};
     for (int i = 0; i < 3; i++) {
         /* IP_TRANSPARENT on the listeners is best effort, as in Istio (INPOD_PORT_REUSE, backlog 128). */
         int fd = net_listen(ports[i], 128, true);
@@ -260,8 +264,7 @@ static int worker_listen(struct worker *w, char *err, size_t errlen)
         /* Accepted sockets inherit these: TCP_NODELAY everywhere, keepalive on the HBONE port. */
         net_set_nodelay(fd);
         if (ports[i] == PORT_HBONE) net_set_keepalive(fd);
-        w->listeners[i] = (struct io){.fd = fd, .cb = cbs[i]};
-        int rc = loop_io_add(w->loop, &w->listeners[i], EPOLLIN);
+        int rc = acceptor_start(&w->listeners[i], w->loop, fd, listener_names[i], &listener_ops[i]);
         if (rc < 0) {
             snprintf(err, errlen, "epoll: %s", strerror(-rc));
             return rc;
