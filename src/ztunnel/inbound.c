@@ -21,6 +21,7 @@ struct in_conn {
     struct in_conn *next, *prev;
     struct worker *w;
     struct hbone_conn *c;
+    struct identity *ident; /* the identity c was accepted with (reference held: c borrows its SSL_CTX) */
     struct sockaddr_storage peer, local;
     unsigned streams;
     bool closed;
@@ -54,7 +55,9 @@ static bool authorized(const struct zt_view *v, const struct authz_conn *az)
 
 static void in_conn_put(struct in_conn *ic)
 {
-    if (ic->closed && ic->streams == 0) free(ic);
+    if (!ic->closed || ic->streams != 0) return;
+    identity_unref(ic->ident);
+    free(ic);
 }
 
 static void in_cancel_connect(struct in_stream *is)
@@ -283,8 +286,11 @@ void inbound_hbone_accept(struct io *io, uint32_t ev)
         ic->w = w;
         len = sizeof(ic->local);
         getsockname(fd, (struct sockaddr *)&ic->local, &len);
-        ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
+        ic->ident = w->ident; /* set: the listeners accept only once the first certificate is here */
+        identity_ref(ic->ident);
+        ic->c = hbone_server_new(w->loop, fd, ic->ident->server_ctx, &in_conn_ops, ic);
         if (!ic->c) {
+            identity_unref(ic->ident);
             free(ic);
             continue;
         }

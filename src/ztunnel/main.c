@@ -15,8 +15,10 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "core/env.h"
 #include "core/log.h"
 #include "mesh/config.h"
+#include "tls/identity.h"
 #include "tls/tls.h"
 #include "ztunnel/admin.h"
 #include "ztunnel/metrics.h"
@@ -35,6 +37,7 @@ struct app {
     char cfg_dir[4096], cfg_base[256];
     char ns[128], name[128], sa[128];
     struct cert_provider *prov;
+    struct identity_mgr *idm;
     struct pod_proxy *pp;
     struct worker workers[MAX_WORKERS];
     int n_workers;
@@ -77,6 +80,24 @@ bad:
     exit(2);
 }
 
+/* ---- SECRET_TTL: the certificate lifetime asked of the CA ---- */
+
+/* SECRET_TTL in Istio's duration syntax (default 24h). Istio's CaClient sends it to the CA in whole seconds,
+ * so anything under 1s would ask for nothing; more than the CA's maximum (90 days, as istiod) is refused by
+ * the CA. Exits with status 2 on an invalid value. Returns seconds. */
+static uint32_t secret_ttl_from_env(void)
+{
+    const char *v = getenv("SECRET_TTL");
+    uint64_t ms = 0;
+    if (!v || !*v) return CA_DEFAULT_TTL_S;
+    if (duration_parse_ms(v, &ms) < 0 || ms < 1000 || ms / 1000 > CA_MAX_TTL_S) {
+        fprintf(stderr, "ztunnel: SECRET_TTL=%s: expected a duration from 1s to 90d, such as 24h or 30s\n",
+                v);
+        exit(2);
+    }
+    return (uint32_t)(ms / 1000);
+}
+
 static const char *env_req(const char *name)
 {
     const char *v = getenv(name);
@@ -101,20 +122,20 @@ static struct snapshot *hook_snapshot(void *ud)
     return s;
 }
 
-static struct tls_cert *hook_cert(void *ud)
+static int hook_certs(void *ud, struct identity_status **out)
 {
     (void)ud;
-    struct pod_proxy *pp = atomic_load(&app.published);
-    if (!pp) return NULL;
-    tls_cert_ref(pp->cert);
-    return pp->cert;
+    return identity_mgr_status(app.idm, out);
 }
 
 static const char *hook_pending(void *ud)
 {
     (void)ud;
-    /* "state manager": the first config load; the proxy starts right after it. */
-    return atomic_load(&app.published) ? NULL : "state manager";
+    /* "state manager": the first config load; the proxy starts right after it. "proxy": the listeners wait
+     * for the pod's first certificate before they accept (Istio's task names, app.rs). */
+    struct pod_proxy *pp = atomic_load(&app.published);
+    if (!pp) return "state manager";
+    return atomic_load(&pp->has_identity) ? NULL : "proxy";
 }
 
 static void hook_quit(void *ud)
@@ -212,7 +233,7 @@ static void trim_resident_text(void)
 static int start_proxy(struct zt_view *view)
 {
     char err[1024];
-    if (pod_proxy_new(&app.pp, view, app.prov, app.ns, app.name, app.sa, err, sizeof(err)) < 0) {
+    if (pod_proxy_new(&app.pp, view, app.ns, app.name, app.sa, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", err, NULL);
         return -1;
     }
@@ -230,6 +251,12 @@ static int start_proxy(struct zt_view *view)
             LOG_E("ztunnel", "cannot start worker thread %d", i);
             return -1;
         }
+    }
+    /* The first certificate is fetched on the identity manager's thread; the workers accept once it is here.
+     */
+    if (pod_proxy_start_identity(app.pp, app.idm, app.workers, app.n_workers) < 0) {
+        LOG_E("ztunnel", "cannot subscribe to the certificate of %s: out of memory", app.pp->id_uri);
+        return -1;
     }
     atomic_store(&app.published, app.pp);
     trim_resident_text();
@@ -346,7 +373,7 @@ int main(int argc, char **argv)
     snprintf(app.sa, sizeof(app.sa), "%s", sa);
     app.cfg_path = env_req("LOCAL_XDS_PATH");
     const char *ca_dir = env_req("LOCAL_CA_DIR");
-    app.prov = ca_local_new(ca_dir, err, sizeof(err));
+    app.prov = ca_local_new_ttl(ca_dir, secret_ttl_from_env(), err, sizeof(err));
     if (!app.prov) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
@@ -364,8 +391,13 @@ int main(int argc, char **argv)
         LOG_E("ztunnel", "cannot set up the main loop: %s", strerror(errno));
         return 1;
     }
+    /* Certificates are fetched and renewed on the identity manager's own thread (it blocks all signals). */
+    if (!(app.idm = identity_mgr_new(app.prov, err, sizeof(err)))) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to start the identity manager", "error", err, NULL);
+        return 1;
+    }
     static const struct admin_hooks hooks = {
-        .snapshot_get = hook_snapshot, .cert_get = hook_cert, .pending = hook_pending, .quit = hook_quit};
+        .snapshot_get = hook_snapshot, .certs_get = hook_certs, .pending = hook_pending, .quit = hook_quit};
     metrics_set_build_tag(ZMESH_VERSION);
     if (admin_start(&hooks, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);
