@@ -4,7 +4,7 @@ set -e
 PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
       libprotobuf-c-dev protobuf-c-compiler node-llhttp
       python3-pytest python3-h2 python3-cryptography
-      iptables iproute2 tcpdump iperf3 haproxy curl procps openssl"
+      iptables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
