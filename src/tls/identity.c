@@ -431,16 +431,21 @@ fail:
     return NULL;
 }
 
+void identity_mgr_stop(struct identity_mgr *m)
+{
+    if (!m || !m->thread_started) return;
+    pthread_mutex_lock(&m->mu);
+    m->stop = true;
+    pthread_mutex_unlock(&m->mu);
+    poke(m);
+    pthread_join(m->thread, NULL); /* waits for a synchronous fetch in progress */
+    m->thread_started = false;
+}
+
 void identity_mgr_free(struct identity_mgr *m)
 {
     if (!m) return;
-    if (m->thread_started) {
-        pthread_mutex_lock(&m->mu);
-        m->stop = true;
-        pthread_mutex_unlock(&m->mu);
-        poke(m);
-        pthread_join(m->thread, NULL);
-    }
+    identity_mgr_stop(m);
     for (size_t b = 0; b < IDENTITY_BUCKETS; b++) {
         struct id_entry *e = m->buckets[b], *next;
         for (; e; e = next) {

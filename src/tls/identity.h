@@ -81,8 +81,12 @@ typedef void (*identity_watch_fn)(void *ud, struct identity *cur);
 /* Starts a manager fetching from prov (borrowed; must outlive the manager) on a new thread that blocks all
  * signals. Returns the manager or NULL with err filled. */
 struct identity_mgr *identity_mgr_new(struct cert_provider *prov, char *err, size_t errlen);
-/* Stops the thread and frees every entry; subscriptions still held are freed too (their callbacks are not
- * called again). An asynchronous fetch must not be in flight. NULL is ignored. */
+/* Stops the manager's thread (waiting for a fetch in progress): no fetch, renewal or callback happens
+ * afterwards, while identity_mgr_current/status keep answering. For a program about to exit(), whose atexit
+ * handlers tear OpenSSL down under any thread still using it. Idempotent; main thread only. */
+void identity_mgr_stop(struct identity_mgr *m);
+/* Stops the thread (identity_mgr_stop) and frees every entry; subscriptions still held are freed too (their
+ * callbacks are not called again). An asynchronous fetch must not be in flight. NULL is ignored. */
 void identity_mgr_free(struct identity_mgr *m);
 
 /* Starts (or joins) the management of id: the first subscriber of an id starts its first fetch on the

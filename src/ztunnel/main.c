@@ -164,11 +164,13 @@ static void drain_tick(struct timer *t)
     uint64_t n = active_total();
     if (n == 0) {
         LOG_I("ztunnel", "drained, exiting");
+        identity_mgr_stop(app.idm); /* no certificate minting while exit() tears OpenSSL down */
         exit(0);
     }
     if (loop_now(app.loop) >= app.drain_deadline) {
         LOG_I("ztunnel", "termination deadline reached, closing %llu remaining connections",
               (unsigned long long)n);
+        identity_mgr_stop(app.idm);
         exit(0);
     }
     timer_start(app.loop, t, DRAIN_POLL_MS);

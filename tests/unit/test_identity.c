@@ -343,7 +343,9 @@ static void test_mgr_renews_at_half_life(void **state)
     struct watch w2 = {.mu = PTHREAD_MUTEX_INITIALIZER};
     struct identity_sub *sub2 = identity_mgr_acquire(m, &a, watch_cb, &w2);
     assert_int_equal(watch_calls(&w2), 1);
-    assert_int_equal(identity_mgr_status(m, &(struct identity_status *){NULL}) >= 1, 1);
+    struct identity_status *both = NULL;
+    assert_int_equal(identity_mgr_status(m, &both), 1);
+    identity_status_free(both, 1);
     identity_mgr_release(m, sub2);
 
     /* After the last release the id is forgotten and the callback is not called again. */
@@ -407,7 +409,9 @@ static int flaky_fetches(struct flaky *f)
 static void test_mgr_unavailable_then_backoff(void **state)
 {
     (void)state;
-    struct flaky f = {.base = {.fetch = flaky_fetch}, .inner = local_ca(3600), .mu = PTHREAD_MUTEX_INITIALIZER,
+    struct flaky f = {.base = {.fetch = flaky_fetch},
+                      .inner = local_ca(3600),
+                      .mu = PTHREAD_MUTEX_INITIALIZER,
                       .fail_left = 2};
     char err[256];
     struct identity_mgr *m = identity_mgr_new(&f.base, err, sizeof(err));
@@ -429,13 +433,14 @@ static void test_mgr_unavailable_then_backoff(void **state)
         assert_string_equal(st.error, "injected failure 0");
         assert_null(identity_mgr_current(m, &a));
     }
-    /* Two failures, then success: the retries followed the backoff (first ~500 ms, second ~1 s, each +-20 %,
-     * with scheduling slack on top). */
+    /* Two failures, then success: the retries waited for the backoff (at least 500 ms - 20 %, then 1 s - 20
+     * %; only lower bounds, since a loaded machine may run them later; the values are
+     * test_backoff_schedule's). */
     assert_true(wait_calls(&w, 1));
     assert_int_equal(flaky_fetches(&f), 3);
     int64_t d1 = f.at[1] - f.at[0], d2 = f.at[2] - f.at[1];
-    assert_true(d1 >= 400 - 20 && d1 <= 600 + 500);
-    assert_true(d2 >= 800 - 20 && d2 <= 1200 + 500);
+    assert_true(d1 >= 400 - 20);
+    assert_true(d2 >= 800 - 20);
     st = status1(m);
     assert_int_equal(st.state, IDENTITY_AVAILABLE);
     assert_string_equal(st.error, "");
@@ -450,7 +455,9 @@ static void test_mgr_keeps_valid_cert_until_expiry(void **state)
     (void)state;
     /* One good 3 s certificate, then every renewal fails: it stays Available (and in use) until it expires,
      * the retries do not wait past its expiry, and then it is Unavailable with the last error. */
-    struct flaky f = {.base = {.fetch = flaky_fetch}, .inner = local_ca(3), .mu = PTHREAD_MUTEX_INITIALIZER,
+    struct flaky f = {.base = {.fetch = flaky_fetch},
+                      .inner = local_ca(3),
+                      .mu = PTHREAD_MUTEX_INITIALIZER,
                       .fail_always_after_first = true};
     char err[256];
     struct identity_mgr *m = identity_mgr_new(&f.base, err, sizeof(err));
@@ -465,7 +472,7 @@ static void test_mgr_keeps_valid_cert_until_expiry(void **state)
         ;
     assert_true(flaky_fetches(&f) >= 2);
     struct identity_status st = status1(m);
-    if (time(NULL) < expiry) {
+    if (time(NULL) + 1 < expiry) {
         assert_int_equal(st.state, IDENTITY_AVAILABLE);
         struct identity *cur = identity_mgr_current(m, &a);
         assert_ptr_equal(cur, w.first);
@@ -478,7 +485,10 @@ static void test_mgr_keeps_valid_cert_until_expiry(void **state)
     }
     assert_int_equal(st.state, IDENTITY_UNAVAILABLE);
     assert_non_null(strstr(st.error, "injected failure"));
-    assert_true(time(NULL) >= expiry);
+    /* time() reads the coarse clock, which may lag the precise one the manager uses by a tick. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    assert_true(ts.tv_sec >= expiry);
     assert_null(identity_mgr_current(m, &a));
     assert_int_equal(watch_calls(&w), 1);
     identity_mgr_release(m, sub);
@@ -506,8 +516,8 @@ static void async_timer_cb(struct timer *t)
     ap->done(ap->ud, c, err);
 }
 
-static int async_fetch(struct cert_provider *p, struct loop *l, const struct spiffe_id *id, cert_fetch_done_fn done,
-                       void *ud)
+static int async_fetch(struct cert_provider *p, struct loop *l, const struct spiffe_id *id,
+                       cert_fetch_done_fn done, void *ud)
 {
     struct async_prov *ap = (struct async_prov *)p;
     ap->id = *id;
@@ -519,7 +529,8 @@ static int async_fetch(struct cert_provider *p, struct loop *l, const struct spi
     return 0;
 }
 
-static struct tls_cert *no_sync_fetch(struct cert_provider *p, const struct spiffe_id *id, char *err, size_t n)
+static struct tls_cert *no_sync_fetch(struct cert_provider *p, const struct spiffe_id *id, char *err,
+                                      size_t n)
 {
     (void)p, (void)id;
     fail_msg("the manager must use fetch_async when the provider has it");
@@ -530,7 +541,8 @@ static struct tls_cert *no_sync_fetch(struct cert_provider *p, const struct spif
 static void test_mgr_async_provider(void **state)
 {
     (void)state;
-    struct async_prov ap = {.base = {.fetch = no_sync_fetch, .fetch_async = async_fetch}, .inner = local_ca(3600)};
+    struct async_prov ap = {.base = {.fetch = no_sync_fetch, .fetch_async = async_fetch},
+                            .inner = local_ca(3600)};
     char err[256];
     struct identity_mgr *m = identity_mgr_new(&ap.base, err, sizeof(err));
     assert_non_null(m);
