@@ -156,33 +156,46 @@ def _faketime_env(binary, clock_path):
 
 
 class FakeClock:
-    """Drives FAKETIME_FOLLOW_FILE: the file's mtime is the fake wall clock of every process following it."""
+    """Drives FAKETIME_FOLLOW_FILE: the file's mtime is the fake wall clock of every process following it.
+    It starts `lead` seconds ahead of the real clock and stands still until start(), so that the root CA and
+    the test's client certificates, minted by the openssl CLI on the real clock while the ztunnels start,
+    are already valid on the fake one."""
 
-    def __init__(self, path, speed):
+    def __init__(self, path, speed, lead=120):
         self.path, self.speed = path, speed
-        self.t0, self.m0 = time.time(), time.monotonic()
+        self.t0, self.m0 = time.time() + lead, time.monotonic()
         self._stop = threading.Event()
+        self._th = threading.Thread(target=self._run, daemon=True)
+        self._running, self.last = False, self.t0
         open(path, "w").close()
         self.tick()
-        self._th = threading.Thread(target=self._run, daemon=True)
 
     def now(self):
-        return self.t0 + (time.monotonic() - self.m0) * self.speed
+        """The fake time: t0 until start(), then advancing; after stop(), the last value written."""
+        if self._running:
+            return self.t0 + (time.monotonic() - self.m0) * self.speed
+        return self.last
 
     def tick(self):
         t = self.now()
         os.utime(self.path, (t, t))
+        self.last = t
 
     def _run(self):
         while not self._stop.wait(0.02):
             self.tick()
 
     def start(self):
+        self.m0 = time.monotonic()
+        self._running = True
         self._th.start()
 
     def stop(self):
-        self._stop.set()
-        self._th.join()
+        if self._running:
+            self._stop.set()
+            self._th.join()
+            self.tick()  # the final value, now frozen
+            self._running = False
 
 
 @pytest.mark.skipif(not os.path.exists(FAKETIME_LIB), reason="libfaketime not installed (scripts/deps.sh)")
@@ -224,7 +237,7 @@ def test_rotation_over_48_simulated_hours(ztunnel_bin, tmp_path):
         assert _before(leaf) <= now < _after(leaf)
         assert leaf.serial_number not in (first[srv.name][0],)
     finally:
-        clock.stop() if clock._th.is_alive() else None
+        clock.stop()
         m.down()
 
 

@@ -244,6 +244,7 @@ static void test_identity_refcount(void **state)
 struct watch {
     pthread_mutex_t mu;
     int calls;
+    int64_t at[8];         /* monotonic ms of the first calls */
     struct identity *last; /* reference held */
     struct identity *first;
 };
@@ -252,6 +253,7 @@ static void watch_cb(void *ud, struct identity *cur)
 {
     struct watch *w = ud;
     pthread_mutex_lock(&w->mu);
+    if (w->calls < 8) w->at[w->calls] = now_ms();
     w->calls++;
     identity_ref(cur);
     identity_unref(w->last);
@@ -309,7 +311,6 @@ static void test_mgr_renews_at_half_life(void **state)
     struct identity_sub *sub = identity_mgr_acquire(m, &a, watch_cb, &w);
     assert_non_null(sub);
     assert_true(wait_calls(&w, 1));
-    int64_t first_at = now_ms();
     struct identity_status st = status1(m);
     assert_string_equal(st.uri, ID_A);
     assert_int_equal(st.state, IDENTITY_AVAILABLE);
@@ -320,8 +321,8 @@ static void test_mgr_renews_at_half_life(void **state)
 
     /* The renewal arrives with a new serial, before the first certificate expires. */
     assert_true(wait_calls(&w, 2));
-    int64_t second_at = now_ms();
     pthread_mutex_lock(&w.mu);
+    int64_t first_at = w.at[0], second_at = w.at[1];
     struct identity *second = w.last;
     identity_ref(second);
     pthread_mutex_unlock(&w.mu);
@@ -330,7 +331,7 @@ static void test_mgr_renews_at_half_life(void **state)
     assert_true(time(NULL) <= first->cert->not_after);
     assert_true(second->cert->not_after >= first->cert->not_after);
     /* Not a tight loop: the renewal waited for the half-life (>= IDENTITY_MIN_REFRESH_MS after the first,
-     * measured on the monotonic clock with the callback latency as slack). */
+     * as the callbacks saw it on the monotonic clock; a lower bound, which load cannot break). */
     assert_true(second_at - first_at >= IDENTITY_MIN_REFRESH_MS - 100);
     st = status1(m);
     assert_true(st.fetches >= 2);
@@ -430,7 +431,7 @@ static void test_mgr_unavailable_then_backoff(void **state)
     }
     if (watch_calls(&w) == 0) {
         assert_int_equal(st.state, IDENTITY_UNAVAILABLE);
-        assert_string_equal(st.error, "injected failure 0");
+        assert_non_null(strstr(st.error, "injected failure "));
         assert_null(identity_mgr_current(m, &a));
     }
     /* Two failures, then success: the retries waited for the backoff (at least 500 ms - 20 %, then 1 s - 20
