@@ -37,11 +37,6 @@ void tls_cert_unref(struct tls_cert *c)
     free(c);
 }
 
-time_t tls_cert_refresh_at(const struct tls_cert *c)
-{
-    return c->not_before + (c->not_after - c->not_before) / 2;
-}
-
 /* Formats "<what>: <reason>" into err; reason falls back to the OpenSSL error queue when NULL. */
 static void set_err(char *err, size_t errlen, const char *what, const char *reason)
 {

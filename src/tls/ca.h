@@ -26,9 +26,6 @@ void tls_cert_ref(struct tls_cert *c);
 /* Drops one reference; the last one frees the certificate and everything it holds. NULL is ignored. */
 void tls_cert_unref(struct tls_cert *c);
 
-/* Seconds since the epoch at which a certificate should be replaced: not_before + half its lifetime. */
-time_t tls_cert_refresh_at(const struct tls_cert *c);
-
 struct loop;
 
 /* Completion of an asynchronous fetch: c is a new reference (the callee owns it) or NULL with err set
