@@ -130,6 +130,16 @@ static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct s
         goto fail;
     }
     snprintf(what, sizeof(what), "mint %s", c->uri);
+    /* A leaf under a root that is not valid now would be refused by every peer: say so here instead, and let
+     * the identity manager retry (the clock may be wrong, or the root about to be replaced). */
+    if (X509_cmp_time(X509_get0_notAfter(root), &now) < 0) {
+        set_err(err, errlen, what, "the root certificate (root-cert.pem) has expired");
+        goto fail;
+    }
+    if (X509_cmp_time(X509_get0_notBefore(root), &now) > 0) {
+        set_err(err, errlen, what, "the root certificate (root-cert.pem) is not valid yet");
+        goto fail;
+    }
 
     key = EVP_EC_gen("P-256");
     x = X509_new();

@@ -134,7 +134,11 @@ struct id_entry {
     unsigned fetches;
     /* Manager thread only: */
     struct timer timer;
+    /* The next fetch is due at the earlier of two deadlines: a wall-clock one (renewal at half-life, or the
+     * expiry of a retained certificate; certificates live on the wall clock) and a monotonic one (a backoff
+     * retry, a duration that a wall-clock step must not stretch). INT64_MAX when unset. */
     int64_t refresh_at_ms; /* wall clock */
+    int64_t retry_at_mono; /* monotonic clock */
     unsigned failures;
     bool fetching;
     bool orphan; /* removed from the table while an async fetch was in flight */
@@ -224,10 +228,15 @@ static void entry_free(struct id_entry *e)
     free(e);
 }
 
-/* Manager thread: arms e's timer for its wall-clock deadline as seen now. */
+/* Manager thread: arms e's timer for the earlier of its deadlines, the wall-clock one as seen now. */
 static void entry_plan(struct id_entry *e)
 {
-    int64_t delay = e->refresh_at_ms - clock_ms(CLOCK_REALTIME);
+    int64_t delay = INT64_MAX;
+    if (e->refresh_at_ms != INT64_MAX) delay = e->refresh_at_ms - clock_ms(CLOCK_REALTIME);
+    if (e->retry_at_mono != INT64_MAX) {
+        int64_t d = e->retry_at_mono - clock_ms(CLOCK_MONOTONIC);
+        if (d < delay) delay = d;
+    }
     timer_start(e->m->loop, &e->timer, delay > 0 ? (uint64_t)delay : 0);
 }
 
@@ -281,6 +290,7 @@ static void fetch_done(void *ud, struct tls_cert *c, const char *err)
         e->error[0] = 0;
         e->failures = 0;
         e->fetches++;
+        e->retry_at_mono = INT64_MAX;
         e->refresh_at_ms = identity_refresh_at_ms((int64_t)ni->cert->not_before * 1000,
                                                   (int64_t)ni->cert->not_after * 1000, now);
         for (struct identity_sub *s = e->subs; s; s = s->next)
@@ -299,18 +309,20 @@ static void fetch_done(void *ud, struct tls_cert *c, const char *err)
         rnd = (uint64_t)now * 0x9e3779b97f4a7c15ULL;
     uint64_t delay = identity_backoff_ms(e->failures, rnd);
     if (e->failures < 64) e->failures++;
-    int64_t retry = now + (int64_t)delay;
+    int64_t retry = now + (int64_t)delay; /* for the log line */
     int64_t expiry = e->cur ? (int64_t)e->cur->cert->not_after * 1000 : 0;
     bool retain = e->cur && now < expiry;
+    e->retry_at_mono = clock_ms(CLOCK_MONOTONIC) + (int64_t)delay;
     if (retain) {
         /* As Istio: keep serving the still-valid certificate, and retry no later than its expiry. */
-        e->refresh_at_ms = retry < expiry ? retry : expiry;
+        e->refresh_at_ms = expiry;
+        if (retry > expiry) retry = expiry;
     } else {
         e->state = IDENTITY_UNAVAILABLE;
         snprintf(e->error, sizeof(e->error), "%s", err);
         old = e->cur;
         e->cur = NULL;
-        e->refresh_at_ms = retry;
+        e->refresh_at_ms = INT64_MAX;
     }
     pthread_mutex_unlock(&m->mu);
     identity_unref(old);
@@ -319,8 +331,7 @@ static void fetch_done(void *ud, struct tls_cert *c, const char *err)
         snprintf(msg, sizeof(msg),
                  "certificate renewal failed (%s); retaining existing valid certificate until %s; next retry "
                  "at %s",
-                 err, fmt_time(expiry, until, sizeof(until)),
-                 fmt_time(e->refresh_at_ms, retry_s, sizeof(retry_s)));
+                 err, fmt_time(expiry, until, sizeof(until)), fmt_time(retry, retry_s, sizeof(retry_s)));
         log_kv(LOG_INFO, "identity", msg, "identity", e->uri, NULL);
     } else {
         char msg[IDENTITY_ERR_MAX + 160];
@@ -373,6 +384,7 @@ static void wake_cb(struct io *io, uint32_t ev)
             gone = e;
         } else if (!e->fetching && !timer_armed(&e->timer)) {
             e->refresh_at_ms = clock_ms(CLOCK_REALTIME);
+            e->retry_at_mono = INT64_MAX;
             timer_start(m->loop, &e->timer, 0);
         }
     }

@@ -1,6 +1,7 @@
 """Certificate rotation: each ztunnel renews its leaf at half-life (SECRET_TTL sets the lifetime), new
 connections take the new certificate, open tunnels keep flowing past the old leaf's expiry, and /config_dump
-shows the current certificate as Available.
+shows the current certificate as Available (or Unavailable with the reason, readiness pending, when no
+certificate can be had).
 
 Pods n1p1 (client), n2p1 and n2p2 (echo servers) are meshed. n2p2 is first used after the original
 certificates expired, so that connection needs fresh handshakes on both ztunnels with rotated certificates
@@ -194,6 +195,12 @@ class FakeClock:
         self._running = True
         self._th.start()
 
+    def set(self, t):
+        """Moves a stopped clock to t (a step, as NTP makes when a machine booted with a wrong clock)."""
+        assert not self._running
+        self.t0 = self.last = t
+        os.utime(self.path, (t, t))
+
     def stop(self):
         if self._running:
             self._stop.set()
@@ -242,6 +249,39 @@ def test_rotation_over_48_simulated_hours(ztunnel_bin, tmp_path):
         assert leaf.serial_number not in (first[srv.name][0],)
     finally:
         clock.stop()
+        m.down()
+
+
+@pytest.mark.skipif(not os.path.exists(FAKETIME_LIB), reason="libfaketime not installed (scripts/deps.sh)")
+def test_unavailable_until_the_clock_is_right(ztunnel_bin, tmp_path):
+    """A ztunnel whose wall clock is past the root's expiry cannot get a certificate: /config_dump says
+    Unavailable with the reason, readiness stays pending ("proxy"), fetches are retried with backoff. When the
+    clock is stepped back to the right time, the next retry (a monotonic delay, not stretched by the step)
+    succeeds and the ztunnel becomes ready."""
+    clock = FakeClock(str(tmp_path / "faketime-clock"), 1, lead=3651 * 86400)  # the root lasts 3650 days
+    m = Mesh(nodes=2, pods=1, meshed=["n1p1"], env=_faketime_env(ztunnel_bin, clock.path))
+    try:
+        m.up()
+        pod = m.pod("n1p1")
+
+        def state():
+            certs = _certs(pod)
+            return certs[0]["state"] if certs else ""
+        assert wait_for(lambda: state().startswith("Unavailable"), timeout=10), state()
+        st = state()
+        assert "root certificate (root-cert.pem) has expired" in st and pod.spiffe in st, st
+        c = _certs(pod)[0]
+        assert c["certChain"] == [] and c["rootCerts"] == [], c
+        status, _, body = http_request(pod.netns, "127.0.0.1", 15021, "/healthz/ready")
+        assert (status, body) == (500, b"not ready, pending: proxy\n"), (status, body)
+        assert wait_for(lambda: sum(1 for l in m.log_json(pod) if l.get("message", "").startswith(
+            "certificate fetch failed (")) >= 2, timeout=10), "no retry"
+        clock.set(time.time() + 120)
+        assert wait_for(lambda: state() == "Available", timeout=15), state()
+        status, _, body = http_request(pod.netns, "127.0.0.1", 15021, "/healthz/ready")
+        assert (status, body) == (200, b"ready\n"), (status, body)
+        assert [l for l in m.log_json(pod) if l.get("message") == "certificate ready, accepting connections"]
+    finally:
         m.down()
 
 

@@ -62,8 +62,9 @@ static int add_ext(X509 *x, X509 *issuer, int nid, const char *v)
     return ok ? 0 : -1;
 }
 
-/* A self-signed EC P-256 CA written as dir/root-cert.pem + dir/root-key.pem; *keyp receives the key. */
-static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
+/* A self-signed EC P-256 CA valid from now+nb_s to now+na_s, written as dir/root-cert.pem +
+ * dir/root-key.pem; *keyp receives the key. */
+static X509 *make_root_at(const char *dir, const char *cn, EVP_PKEY **keyp, long nb_s, long na_s)
 {
     EVP_PKEY *k = EVP_EC_gen("P-256");
     X509 *x = X509_new();
@@ -73,8 +74,8 @@ static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
     X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1,
                                -1, 0);
     X509_set_issuer_name(x, X509_get_subject_name(x));
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400);
+    X509_gmtime_adj(X509_getm_notBefore(x), nb_s);
+    X509_gmtime_adj(X509_getm_notAfter(x), na_s);
     X509_set_pubkey(x, k);
     if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") < 0) goto fail;
     if (add_ext(x, x, NID_key_usage, "critical,keyCertSign") < 0) goto fail;
@@ -91,6 +92,12 @@ fail:
     X509_free(x);
     EVP_PKEY_free(k);
     return NULL;
+}
+
+/* The usual root: valid from an hour ago for 30 days. */
+static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
+{
+    return make_root_at(dir, cn, keyp, -3600, 30L * 86400);
 }
 
 static struct tls_cert *fetch(struct cert_provider *p, const char *uri)
@@ -295,6 +302,31 @@ static void test_ca_ttl(void **state)
     assert_true(X509_cmp_time(X509_get0_notAfter(c->leaf), &(time_t){before + 9}) > 0);
     tls_cert_unref(c);
     p->destroy(p);
+}
+
+/* The local CA loads a root that is not valid now (it may be fixed by a clock or a new root) but refuses to
+ * mint under it, with a message the identity manager shows as the Unavailable reason. */
+static void test_ca_root_not_valid_now(void **state)
+{
+    (void)state;
+    const long when[2][2] = {{-7200, -3600}, {3600, 7200}}; /* expired; not valid yet */
+    const char *want[2] = {"has expired", "is not valid yet"};
+    for (int i = 0; i < 2; i++) {
+        char dir[] = "/tmp/zmesh-tls-old-XXXXXX", err[256] = "";
+        assert_non_null(mkdtemp(dir));
+        X509 *r = make_root_at(dir, "zmesh test root (time)", NULL, when[i][0], when[i][1]);
+        assert_non_null(r);
+        struct cert_provider *p = ca_local_new(dir, err, sizeof(err));
+        assert_non_null(p);
+        struct spiffe_id id;
+        assert_int_equal(spiffe_parse(ID_SERVER, strlen(ID_SERVER), &id), 0);
+        assert_null(p->fetch(p, &id, err, sizeof(err)));
+        assert_non_null(strstr(err, want[i]));
+        assert_non_null(strstr(err, ID_SERVER));
+        p->destroy(p);
+        X509_free(r);
+        rm_dir(dir);
+    }
 }
 
 struct fetch_arg {
@@ -629,6 +661,7 @@ int main(void)
         cmocka_unit_test(test_ca_mint),
         cmocka_unit_test(test_ca_fetch_mints_anew),
         cmocka_unit_test(test_ca_ttl),
+        cmocka_unit_test(test_ca_root_not_valid_now),
         cmocka_unit_test(test_ca_threads),
         cmocka_unit_test(test_handshake_ok),
         cmocka_unit_test(test_server_rejects_other_trust_domain),
