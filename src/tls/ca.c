@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,12 +16,10 @@
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
-#define LEAF_TTL (24 * 3600)
+/* Leaves are valid from a minute before they were minted, so that a peer whose clock is a little behind
+ * accepts them at once (istiod backdates by its ClockSkewGracePeriod, 2 minutes, for the same reason). */
 #define LEAF_BACKDATE 60
 #define ROOT_TTL (10L * 365 * 24 * 3600)
-#define CACHE_BUCKETS 256
-/* Above this many cached identities, expired-for-refresh entries are dropped on insert. */
-#define CACHE_SOFT_MAX 4096
 
 void tls_cert_ref(struct tls_cert *c)
 {
@@ -38,11 +35,6 @@ void tls_cert_unref(struct tls_cert *c)
     sk_X509_pop_free(c->chain, X509_free);
     X509_free(c->root);
     free(c);
-}
-
-time_t tls_cert_refresh_at(const struct tls_cert *c)
-{
-    return c->not_before + (c->not_after - c->not_before) / 2;
 }
 
 /* Formats "<what>: <reason>" into err; reason falls back to the OpenSSL error queue when NULL. */
@@ -117,8 +109,8 @@ static const EVP_MD *sign_md(EVP_PKEY *key)
 }
 
 /* Mints a leaf for id signed by root/root_key. Returns a cert with one reference, or NULL with err filled. */
-static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct spiffe_id *id, char *err,
-                                  size_t errlen)
+static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct spiffe_id *id, uint32_t ttl_s,
+                                  char *err, size_t errlen)
 {
     struct tls_cert *c = calloc(1, sizeof(*c));
     X509 *x = NULL;
@@ -138,6 +130,16 @@ static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct s
         goto fail;
     }
     snprintf(what, sizeof(what), "mint %s", c->uri);
+    /* A leaf under a root that is not valid now would be refused by every peer: say so here instead, and let
+     * the identity manager retry (the clock may be wrong, or the root about to be replaced). */
+    if (X509_cmp_time(X509_get0_notAfter(root), &now) < 0) {
+        set_err(err, errlen, what, "the root certificate (root-cert.pem) has expired");
+        goto fail;
+    }
+    if (X509_cmp_time(X509_get0_notBefore(root), &now) > 0) {
+        set_err(err, errlen, what, "the root certificate (root-cert.pem) is not valid yet");
+        goto fail;
+    }
 
     key = EVP_EC_gen("P-256");
     x = X509_new();
@@ -148,7 +150,7 @@ static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct s
     /* The subject stays empty: the identity lives only in the critical URI SAN, as in Istio's certificates.
      */
     c->not_before = now - LEAF_BACKDATE;
-    c->not_after = now + LEAF_TTL;
+    c->not_after = now + (time_t)ttl_s;
     if (!ASN1_TIME_set(X509_getm_notBefore(x), c->not_before)) goto ossl_fail;
     if (!ASN1_TIME_set(X509_getm_notAfter(x), c->not_after)) goto ossl_fail;
     if (!X509_set_pubkey(x, key)) goto ossl_fail;
@@ -182,106 +184,29 @@ fail:
 
 /* ---- local CA provider ---- */
 
-struct cache_ent {
-    struct cache_ent *next;
-    struct tls_cert *cert; /* one reference owned by the cache; keyed by cert->uri */
-};
-
 struct ca_local {
     struct cert_provider base; /* first, so the provider pointer is the ca_local pointer */
-    pthread_mutex_t mu;
-    X509 *root;
+    X509 *root;                /* read-only after ca_local_new_ttl, so fetches need no lock */
     EVP_PKEY *root_key;
-    struct cache_ent *buckets[CACHE_BUCKETS];
-    size_t count;
+    uint32_t ttl_s;
 };
-
-static uint32_t uri_hash(const char *s)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
-}
-
-/* Drops cached certificates that are past their refresh time; called with mu held. */
-static void cache_sweep(struct ca_local *ca, time_t now)
-{
-    for (size_t b = 0; b < CACHE_BUCKETS; b++) {
-        struct cache_ent **pp = &ca->buckets[b];
-        while (*pp) {
-            struct cache_ent *e = *pp;
-            if (now >= tls_cert_refresh_at(e->cert)) {
-                *pp = e->next;
-                tls_cert_unref(e->cert);
-                free(e);
-                ca->count--;
-            } else {
-                pp = &e->next;
-            }
-        }
-    }
-}
 
 static struct tls_cert *ca_local_fetch(struct cert_provider *p, const struct spiffe_id *id, char *err,
                                        size_t errlen)
 {
     struct ca_local *ca = (struct ca_local *)p;
-    struct tls_cert *c = NULL;
-    char uri[SPIFFE_MAX];
-    time_t now = time(NULL);
-
-    if (spiffe_format(id, uri, sizeof(uri)) < 0) {
-        set_err(err, errlen, "fetch", "identity too long");
-        return NULL;
-    }
-    pthread_mutex_lock(&ca->mu);
-    struct cache_ent **slot = &ca->buckets[uri_hash(uri) % CACHE_BUCKETS], *e;
-    for (e = *slot; e; e = e->next)
-        if (strcmp(e->cert->uri, uri) == 0) break;
-    if (e && now < tls_cert_refresh_at(e->cert)) {
-        c = e->cert;
-        tls_cert_ref(c);
-        goto out;
-    }
-    /* Minting under the lock keeps concurrent fetches for one identity from minting twice; a P-256 leaf
-     * costs well under a millisecond. */
-    c = mint_leaf(ca->root, ca->root_key, id, err, errlen);
-    if (!c) goto out;
-    if (e) {
-        tls_cert_unref(e->cert);
-        e->cert = c;
-    } else {
-        if (ca->count >= CACHE_SOFT_MAX) cache_sweep(ca, now);
-        e = malloc(sizeof(*e));
-        if (!e) goto out; /* the caller still gets its certificate; it is just not cached */
-        e->cert = c;
-        e->next = ca->buckets[uri_hash(uri) % CACHE_BUCKETS];
-        ca->buckets[uri_hash(uri) % CACHE_BUCKETS] = e;
-        ca->count++;
-    }
-    tls_cert_ref(c); /* one for the cache, one for the caller */
-out:
-    pthread_mutex_unlock(&ca->mu);
-    return c;
+    /* No cache here: the identity manager keeps one certificate per identity and asks again only to renew
+     * it, and a P-256 leaf costs well under a millisecond to mint. Signing with a shared EVP_PKEY is
+     * thread-safe in OpenSSL 3. */
+    return mint_leaf(ca->root, ca->root_key, id, ca->ttl_s, err, errlen);
 }
 
 static void ca_local_destroy(struct cert_provider *p)
 {
     struct ca_local *ca = (struct ca_local *)p;
     if (!ca) return;
-    for (size_t b = 0; b < CACHE_BUCKETS; b++) {
-        struct cache_ent *e = ca->buckets[b];
-        while (e) {
-            struct cache_ent *next = e->next;
-            tls_cert_unref(e->cert);
-            free(e);
-            e = next;
-        }
-    }
     X509_free(ca->root);
     EVP_PKEY_free(ca->root_key);
-    pthread_mutex_destroy(&ca->mu);
     free(ca);
 }
 
@@ -295,10 +220,22 @@ static FILE *open_pem(const char *path, char *err, size_t errlen)
 
 struct cert_provider *ca_local_new(const char *dir, char *err, size_t errlen)
 {
+    return ca_local_new_ttl(dir, CA_DEFAULT_TTL_S, err, errlen);
+}
+
+struct cert_provider *ca_local_new_ttl(const char *dir, uint32_t ttl_s, char *err, size_t errlen)
+{
     struct ca_local *ca = NULL;
     char cert_path[4096], key_path[4096];
     FILE *f = NULL;
 
+    if (ttl_s < 1 || ttl_s > CA_MAX_TTL_S) {
+        if (err && errlen)
+            snprintf(err, errlen,
+                     "certificate lifetime %us is outside the local CA's range 1s..%us (90 days)",
+                     (unsigned)ttl_s, (unsigned)CA_MAX_TTL_S);
+        return NULL;
+    }
     if (!dir || !*dir) dir = ".";
     if (snprintf(cert_path, sizeof(cert_path), "%s/root-cert.pem", dir) >= (int)sizeof(cert_path) ||
         snprintf(key_path, sizeof(key_path), "%s/root-key.pem", dir) >= (int)sizeof(key_path)) {
@@ -310,7 +247,7 @@ struct cert_provider *ca_local_new(const char *dir, char *err, size_t errlen)
         set_err(err, errlen, dir, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&ca->mu, NULL);
+    ca->ttl_s = ttl_s;
     ca->base.fetch = ca_local_fetch;
     ca->base.destroy = ca_local_destroy;
 

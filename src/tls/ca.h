@@ -1,6 +1,7 @@
 /* Workload certificates: a refcounted certificate bundle and the providers that mint or fetch them. */
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 #include <openssl/x509.h>
 #include <openssl/evp.h>
@@ -25,21 +26,41 @@ void tls_cert_ref(struct tls_cert *c);
 /* Drops one reference; the last one frees the certificate and everything it holds. NULL is ignored. */
 void tls_cert_unref(struct tls_cert *c);
 
-/* Seconds since the epoch at which a certificate should be replaced: not_before + half its lifetime. */
-time_t tls_cert_refresh_at(const struct tls_cert *c);
+struct loop;
 
+/* Completion of an asynchronous fetch: c is a new reference (the callee owns it) or NULL with err set
+ * (borrowed for the call). */
+typedef void (*cert_fetch_done_fn)(void *ud, struct tls_cert *c, const char *err);
+
+/* Where certificates come from. The identity manager (tls/identity.h) is the only caller in ztunnel and
+ * calls it on its own thread, never on a worker, so fetch may block. Caching and renewal are the manager's:
+ * a provider mints or fetches anew on every call. */
 struct cert_provider {
-    /* Returns a new reference to a certificate for id (minting or fetching as needed), or NULL with err
-     * filled. */
+    /* Returns a new reference to a certificate for id, or NULL with err filled. May block. */
     struct tls_cert *(*fetch)(struct cert_provider *p, const struct spiffe_id *id, char *err, size_t errlen);
+    /* Optional (NULL for the local CA): starts a fetch on loop l (the caller's thread) and returns 0 at once;
+     * done runs exactly once, later, on that thread. Returns -errno when it cannot start (done not called).
+     * A remote CA client (CSR over gRPC) implements this one. */
+    int (*fetch_async)(struct cert_provider *p, struct loop *l, const struct spiffe_id *id,
+                       cert_fetch_done_fn done, void *ud);
     /* Frees the provider; certificates already handed out stay valid until unreferenced. */
     void (*destroy)(struct cert_provider *p);
 };
 
-/* Local CA mode: dir holds root-cert.pem and root-key.pem. Each fetch mints (or returns a cached, less than
- * half-expired) ECDSA P-256 leaf for the identity, valid for 24 h, signed by the root. Thread-safe.
- * Returns a provider (free with p->destroy(p)) or NULL with err = "<path>: <reason>". */
+/* The certificate lifetime the local CA mints when nobody asks for another (Istio's SECRET_TTL default). */
+#define CA_DEFAULT_TTL_S (24 * 3600)
+/* The longest lifetime the local CA mints: istiod refuses longer requests (its MAX_WORKLOAD_CERT_TTL
+ * default, 90 days), and so does zmesh. */
+#define CA_MAX_TTL_S (90 * 24 * 3600)
+
+/* Local CA mode with the default lifetime: ca_local_new_ttl(dir, CA_DEFAULT_TTL_S, err, errlen). */
 struct cert_provider *ca_local_new(const char *dir, char *err, size_t errlen);
+
+/* Local CA mode: dir holds root-cert.pem and root-key.pem. Each fetch mints a new ECDSA P-256 leaf for the
+ * identity, signed by the root, valid from 1 minute ago (clock skew between peers) until ttl_s seconds from
+ * now; 1 <= ttl_s <= CA_MAX_TTL_S. Thread-safe. Returns a provider (free with p->destroy(p)) or NULL with
+ * err = "<path>: <reason>" (or a sentence about ttl_s). */
+struct cert_provider *ca_local_new_ttl(const char *dir, uint32_t ttl_s, char *err, size_t errlen);
 
 /* Test and script helper: creates dir/root-cert.pem and dir/root-key.pem (mode 0600), a self-signed EC P-256
  * CA certificate with subject O=<org> (default "zmesh"), valid for 10 years. dir must exist.

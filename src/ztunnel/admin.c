@@ -31,6 +31,7 @@
 #include "core/net.h"
 #include "mesh/model.h"
 #include "tls/ca.h"
+#include "tls/identity.h"
 #include "ztunnel/metrics.h"
 
 #define ADM_URL_MAX 8192 /* longer request targets get 414 */
@@ -215,15 +216,16 @@ static void adm_ready(struct adm_conn *c)
 static void adm_config_dump(struct adm_conn *c)
 {
     struct snapshot *s = adm.hooks.snapshot_get ? adm.hooks.snapshot_get(adm.hooks.ud) : NULL;
-    struct tls_cert *cert = adm.hooks.cert_get ? adm.hooks.cert_get(adm.hooks.ud) : NULL;
+    struct identity_status *certs = NULL;
+    int n_certs = adm.hooks.certs_get ? adm.hooks.certs_get(adm.hooks.ud, &certs) : 0;
     size_t len = 0;
-    char *body = config_dump_render(s, cert, &len);
+    char *body = config_dump_render(s, certs, n_certs > 0 ? (size_t)n_certs : 0, &len);
     if (body)
         adm_respond(c, 200, "application/json", body, len);
     else
         adm_respond_text(c, 500, "out of memory\n");
     free(body);
-    tls_cert_unref(cert);
+    identity_status_free(certs, n_certs > 0 ? (size_t)n_certs : 0);
     snapshot_unref(s);
 }
 

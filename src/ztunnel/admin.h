@@ -8,14 +8,15 @@
 #include <stdint.h>
 
 struct snapshot;
-struct tls_cert;
+struct identity_status;
 
 /* Called on the admin thread; every hook may be NULL. */
 struct admin_hooks {
     /* A new reference to the current config (the admin drops it with snapshot_unref), or NULL. */
     struct snapshot *(*snapshot_get)(void *ud);
-    /* A new reference to the pod's certificate (dropped with tls_cert_unref), or NULL. */
-    struct tls_cert *(*cert_get)(void *ud);
+    /* The managed certificates and their states: *out is freed by the admin with identity_status_free.
+     * Returns the count (>= 0) or -errno. */
+    int (*certs_get)(void *ud, struct identity_status **out);
     /* NULL when ready, else the pending tasks, e.g. "state manager" (borrowed until the next call). */
     const char *(*pending)(void *ud);
     /* POST /quitquitquit: starts a graceful shutdown. Runs after the response was handed to the kernel; it
@@ -52,6 +53,7 @@ size_t admin_feed(enum admin_server which, const uint8_t *data, size_t len, size
 void admin_ports(uint16_t *admin, uint16_t *metrics, uint16_t *readiness);
 
 /* The /config_dump document (Istio's shape: workloads, services, policies, certificates, version) as
- * pretty-printed JSON. s and cert are borrowed and may be NULL. Returns a malloc'd NUL-terminated buffer
- * (caller frees) with its length in *len, or NULL on ENOMEM. */
-char *config_dump_render(const struct snapshot *s, const struct tls_cert *cert, size_t *len);
+ * pretty-printed JSON. s (may be NULL) and certs[0..n_certs) are borrowed. Returns a malloc'd NUL-terminated
+ * buffer (caller frees) with its length in *len, or NULL on ENOMEM. */
+char *config_dump_render(const struct snapshot *s, const struct identity_status *certs, size_t n_certs,
+                         size_t *len);

@@ -20,6 +20,7 @@
 
 #include "mesh/model.h"
 #include "tls/ca.h"
+#include "tls/identity.h"
 #include "ztunnel/admin.h"
 
 /* ---- JSON writer ---- */
@@ -526,26 +527,35 @@ static void cd_x509(struct jw *w, X509 *x)
     ERR_clear_error();
 }
 
-static void cd_cert(struct jw *w, const struct tls_cert *c)
+/* One certificate as ztunnel's admin.rs dump_certs writes it: identity, state ("Initializing", "Available" or
+ * "Unavailable: <error>"), certChain (leaf then intermediates) and rootCerts (the trust anchors), both empty
+ * unless Available. */
+static void cd_cert(struct jw *w, const struct identity_status *st)
 {
+    char state[IDENTITY_ERR_MAX + 32];
+    const struct tls_cert *c = st->state == IDENTITY_AVAILABLE && st->cur ? st->cur->cert : NULL;
+    if (st->state == IDENTITY_UNAVAILABLE)
+        snprintf(state, sizeof(state), "%s: %s", identity_state_to_str(st->state), st->error);
+    else
+        snprintf(state, sizeof(state), "%s", identity_state_to_str(st->state));
     jw_obj_begin(w);
-    jw_kv_str(w, "identity", c->uri);
-    jw_kv_str(w, "state", c->leaf ? "Available" : "Initializing");
-    /* certChain is the leaf then its intermediates; rootCerts the trust anchors (admin.rs dump_certs). */
+    jw_kv_str(w, "identity", st->uri);
+    jw_kv_str(w, "state", state);
     jw_key(w, "certChain");
     jw_arr_begin(w);
-    if (c->leaf) cd_x509(w, c->leaf);
-    for (int i = 0; c->leaf && c->chain && i < sk_X509_num(c->chain); i++)
+    if (c && c->leaf) cd_x509(w, c->leaf);
+    for (int i = 0; c && c->leaf && c->chain && i < sk_X509_num(c->chain); i++)
         cd_x509(w, sk_X509_value(c->chain, i));
     jw_arr_end(w);
     jw_key(w, "rootCerts");
     jw_arr_begin(w);
-    if (c->leaf && c->root) cd_x509(w, c->root);
+    if (c && c->leaf && c->root) cd_x509(w, c->root);
     jw_arr_end(w);
     jw_obj_end(w);
 }
 
-char *config_dump_render(const struct snapshot *s, const struct tls_cert *cert, size_t *len)
+char *config_dump_render(const struct snapshot *s, const struct identity_status *certs, size_t n_certs,
+                         size_t *len)
 {
     struct jw w;
     jw_init(&w);
@@ -576,7 +586,8 @@ char *config_dump_render(const struct snapshot *s, const struct tls_cert *cert, 
 
     jw_key(&w, "certificates");
     jw_arr_begin(&w);
-    if (cert) cd_cert(&w, cert);
+    for (size_t i = 0; i < n_certs; i++)
+        cd_cert(&w, &certs[i]);
     jw_arr_end(&w);
 
     jw_obj_end(&w);

@@ -21,6 +21,7 @@ struct in_conn {
     struct in_conn *next, *prev;
     struct worker *w;
     struct hbone_conn *c;
+    struct identity *ident; /* the identity c was accepted with (reference held: c borrows its SSL_CTX) */
     struct sockaddr_storage peer, local;
     unsigned streams;
     bool closed;
@@ -57,7 +58,9 @@ static bool authorized(const struct zt_view *v, const struct authz_conn *az)
 
 static void in_conn_put(struct in_conn *ic)
 {
-    if (ic->closed && ic->streams == 0) free(ic);
+    if (!ic->closed || ic->streams != 0) return;
+    identity_unref(ic->ident);
+    free(ic);
 }
 
 static void in_cancel_connect(struct in_stream *is)
@@ -344,6 +347,7 @@ static const struct hbone_conn_ops in_conn_ops = {
 bool inbound_hbone_may_accept(struct acceptor *a)
 {
     struct worker *w = container_of(a, struct worker, listeners[2]);
+    if (!w->ident) return false; /* held until the first certificate */
     if (w->handshakes < ZT_HANDSHAKES_MAX) return true;
     LOG_LIMITED(LOG_DEBUG, "ztunnel::proxy::inbound",
                 "%u TLS handshakes in progress on worker %d (the bound): not accepting on %s", w->handshakes,
@@ -371,9 +375,12 @@ void inbound_hbone_accept(struct acceptor *a, int fd, const struct sockaddr_stor
     getsockname(fd, (struct sockaddr *)&ic->local, &len);
     /* Counted before hbone_server_new: its callbacks may already run inside. */
     in_handshake_begin(ic);
-    ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
+    ic->ident = w->ident; /* set: may_accept holds the listener until the first certificate is here */
+    identity_ref(ic->ident);
+    ic->c = hbone_server_new(w->loop, fd, ic->ident->server_ctx, &in_conn_ops, ic);
     if (!ic->c) {
         in_handshake_end(ic);
+        identity_unref(ic->ident);
         free(ic);
         return;
     }

@@ -19,6 +19,7 @@
 #include "core/acceptor.h"
 #include "core/log.h"
 #include "mesh/config.h"
+#include "tls/identity.h"
 #include "tls/tls.h"
 #include "ztunnel/admin.h"
 #include "ztunnel/metrics.h"
@@ -43,6 +44,7 @@ struct app {
     char cfg_dir[4096], cfg_base[256];
     const char *ns, *name, *sa; /* from PROXY_WORKLOAD_INFO (zt_cfg) */
     struct cert_provider *prov;
+    struct identity_mgr *idm;
     struct pod_proxy *pp;
     struct worker workers[ZT_MAX_WORKERS];
     int n_workers;
@@ -70,22 +72,21 @@ static struct snapshot *hook_snapshot(void *ud)
     return s;
 }
 
-static struct tls_cert *hook_cert(void *ud)
+static int hook_certs(void *ud, struct identity_status **out)
 {
     (void)ud;
-    struct pod_proxy *pp = atomic_load(&app.published);
-    if (!pp) return NULL;
-    tls_cert_ref(pp->cert);
-    return pp->cert;
+    return identity_mgr_status(app.idm, out);
 }
 
 static const char *hook_pending(void *ud)
 {
     static char buf[2 * ZT_NAME_MAX + 16];
     (void)ud;
-    /* "state manager": the first config load; the proxy starts right after it. */
+    /* "state manager": the first config load; the proxy starts right after it. "proxy": the listeners wait
+     * for the pod's first certificate before they accept (Istio's task names, app.rs). */
     struct pod_proxy *pp = atomic_load(&app.published);
     if (!pp) return "state manager";
+    if (!atomic_load(&pp->has_identity)) return "proxy";
     /* PROXY_WORKLOAD_INFO must name a workload of the config: until it does, this pod cannot serve. */
     struct zt_view *v = pod_proxy_view(pp);
     bool self = v->self != NULL;
@@ -121,11 +122,13 @@ static void drain_tick(struct timer *t)
     uint64_t n = active_total();
     if (n == 0) {
         LOG_I("ztunnel", "drained, exiting");
+        identity_mgr_stop(app.idm); /* no certificate minting while exit() tears OpenSSL down */
         exit(0);
     }
     if (loop_now(app.loop) >= app.drain_deadline) {
         LOG_I("ztunnel", "termination deadline reached, closing %llu remaining connections",
               (unsigned long long)n);
+        identity_mgr_stop(app.idm);
         exit(0);
     }
     timer_start(app.loop, t, DRAIN_POLL_MS);
@@ -190,7 +193,7 @@ static void trim_resident_text(void)
 static int start_proxy(struct zt_view *view)
 {
     char err[1024];
-    if (pod_proxy_new(&app.pp, view, app.prov, app.ns, app.name, app.sa, err, sizeof(err)) < 0) {
+    if (pod_proxy_new(&app.pp, view, app.ns, app.name, app.sa, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", err, NULL);
         return -1;
     }
@@ -210,6 +213,12 @@ static int start_proxy(struct zt_view *view)
             LOG_E("ztunnel", "cannot start worker thread %d", i);
             return -1;
         }
+    }
+    /* The first certificate is fetched on the identity manager's thread; the workers accept once it is here.
+     */
+    if (pod_proxy_start_identity(app.pp, app.idm, app.workers, app.n_workers) < 0) {
+        LOG_E("ztunnel", "cannot subscribe to the certificate of %s: out of memory", app.pp->id_uri);
+        return -1;
     }
     atomic_store(&app.published, app.pp);
     trim_resident_text();
@@ -390,7 +399,7 @@ int main(int argc, char **argv)
     app.name = zt_cfg.workload.name;
     app.sa = zt_cfg.workload.sa;
     app.cfg_path = zt_cfg.local_xds_path;
-    app.prov = ca_local_new(zt_cfg.local_ca_dir, err, sizeof(err));
+    app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000), err, sizeof(err));
     if (!app.prov) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
@@ -410,8 +419,13 @@ int main(int argc, char **argv)
         LOG_E("ztunnel", "cannot set up the main loop: %s", strerror(errno));
         return 1;
     }
+    /* Certificates are fetched and renewed on the identity manager's own thread (it blocks all signals). */
+    if (!(app.idm = identity_mgr_new(app.prov, err, sizeof(err)))) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to start the identity manager", "error", err, NULL);
+        return 1;
+    }
     static const struct admin_hooks hooks = {
-        .snapshot_get = hook_snapshot, .cert_get = hook_cert, .pending = hook_pending, .quit = hook_quit};
+        .snapshot_get = hook_snapshot, .certs_get = hook_certs, .pending = hook_pending, .quit = hook_quit};
     metrics_set_build_tag(ZMESH_VERSION);
     if (admin_start(&hooks, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);

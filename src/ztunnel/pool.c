@@ -5,7 +5,12 @@
  * connection still in its handshake already takes streams, so concurrent first connections to one key
  * share one handshake, and nothing ever blocks or holds a lock: the pool is per worker. A connection that
  * got GOAWAY or reached its stream limit (100, or the peer's lower limit) takes no new streams; another is
- * dialed. Connections without streams for POOL_UNUSED_RELEASE_TIMEOUT (default 5 min) are closed. */
+ * dialed. Connections without streams for POOL_UNUSED_RELEASE_TIMEOUT (default 5 min) are closed.
+ *
+ * A connection is dialed with the worker's current identity and keeps a reference to it. After a rotation
+ * it keeps taking new streams, as in Istio's pool (src/proxy/pool.rs keys connections by workload, not by
+ * certificate): the peer authenticated our certificate when it was valid, and TLS does not look at it
+ * again. New connections use the new certificate. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +27,8 @@ struct pool_entry {
     struct pool_entry *next, *prev; /* in its key's list */
     struct pool_key *k;
     struct hbone_conn *c;
-    uint64_t idle_since; /* ms; 0 while streams are open */
+    struct identity *ident; /* the identity c was dialed with (reference held: c borrows its SSL_CTX) */
+    uint64_t idle_since;    /* ms; 0 while streams are open */
 };
 
 struct pool_key {
@@ -187,6 +193,7 @@ static void entry_closed(struct hbone_conn *c, void *ud, const char *err)
     else
         k->conns = e->next;
     if (e->next) e->next->prev = e->prev;
+    identity_unref(e->ident);
     free(e);
     key_release(k->pool, k);
 }
@@ -214,6 +221,10 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
             return s;
         }
     }
+    if (!p->w->ident) { /* not reached: the listeners accept only once the first certificate is here */
+        *err = "no certificate yet";
+        goto fail_key;
+    }
     int fd = zt_connect(next_hop, NULL, true);
     if (fd < 0) {
         *err = strerror(-fd);
@@ -225,8 +236,11 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
         goto fail_key;
     }
     e->k = k;
-    e->c = hbone_client_new(p->w->loop, fd, p->w->pp->client_ctx, sans, n_sans, &entry_ops, e);
+    e->ident = p->w->ident;
+    identity_ref(e->ident);
+    e->c = hbone_client_new(p->w->loop, fd, e->ident->client_ctx, sans, n_sans, &entry_ops, e);
     if (!e->c) {
+        identity_unref(e->ident);
         free(e);
         goto fail_key;
     }

@@ -72,43 +72,50 @@ void zt_view_unref(struct zt_view *v)
     free(v);
 }
 
-int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, struct cert_provider *prov, const char *ns,
-                  const char *name, const char *sa, char *err, size_t errlen)
+int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, const char *ns, const char *name,
+                  const char *sa, char *err, size_t errlen)
 {
     struct pod_proxy *pp = calloc(1, sizeof(*pp));
-    char e2[256];
     if (!pp) return -ENOMEM;
     snprintf(pp->ns, sizeof(pp->ns), "%s", ns);
     snprintf(pp->name, sizeof(pp->name), "%s", name);
     snprintf(pp->sa, sizeof(pp->sa), "%s", sa);
-    pthread_mutex_init(&pp->view_lock, NULL);
     /* The identity comes from the workload info we were started with; the trust domain from the config. */
     if (spiffe_set(&pp->id, view->self ? view->self->trust_domain : NULL, ns, sa) < 0) {
         snprintf(err, errlen, "invalid workload identity %s/%s", ns, sa);
-        goto fail;
+        free(pp);
+        return -EINVAL;
     }
     spiffe_format(&pp->id, pp->id_uri, sizeof(pp->id_uri));
-    pp->cert = prov->fetch(prov, &pp->id, e2, sizeof(e2));
-    if (!pp->cert) {
-        snprintf(err, errlen, "certificate for %s: %s", pp->id_uri, e2);
-        goto fail;
-    }
-    pp->server_ctx = tls_server_ctx_new(pp->cert);
-    pp->client_ctx = tls_client_ctx_new(pp->cert);
-    if (!pp->server_ctx || !pp->client_ctx) {
-        snprintf(err, errlen, "TLS context: %s", tls_errstr(e2, sizeof(e2)));
-        goto fail;
-    }
+    pthread_mutex_init(&pp->view_lock, NULL);
     zt_view_ref(view);
     pp->view = view;
     *out = pp;
     return 0;
-fail:
-    if (pp->server_ctx) SSL_CTX_free(pp->server_ctx);
-    if (pp->client_ctx) SSL_CTX_free(pp->client_ctx);
-    if (pp->cert) tls_cert_unref(pp->cert);
-    free(pp);
-    return -EINVAL;
+}
+
+/* Runs on the identity manager's thread (its lock held): hands the new certificate to the workers. */
+static void pod_identity_cb(void *ud, struct identity *cur)
+{
+    struct pod_proxy *pp = ud;
+    char serial[64] = "", to[40] = "";
+    workers_publish_identity(pp->workers, pp->n_workers, cur);
+    tls_cert_describe(cur->cert, serial, sizeof(serial), NULL, 0, to, sizeof(to));
+    if (!atomic_exchange(&pp->has_identity, true))
+        log_kv(LOG_INFO, "ztunnel", "certificate ready, accepting connections", "identity", pp->id_uri,
+               "serial", serial, "expiration", to, NULL);
+    else
+        log_kv(LOG_INFO, "ztunnel", "certificate rotated", "identity", pp->id_uri, "serial", serial,
+               "expiration", to, NULL);
+}
+
+int pod_proxy_start_identity(struct pod_proxy *pp, struct identity_mgr *idm, struct worker *ws, int n)
+{
+    pp->idm = idm;
+    pp->workers = ws;
+    pp->n_workers = n;
+    pp->id_sub = identity_mgr_acquire(idm, &pp->id, pod_identity_cb, pp);
+    return pp->id_sub ? 0 : -ENOMEM;
 }
 
 struct zt_view *pod_proxy_view(struct pod_proxy *pp)
@@ -120,7 +127,7 @@ struct zt_view *pod_proxy_view(struct pod_proxy *pp)
     return v;
 }
 
-/* Runs on the worker: applies what the main thread posted. */
+/* Runs on the worker: applies what other threads posted. */
 static void worker_wake_cb(struct io *io, uint32_t ev)
 {
     (void)ev;
@@ -130,8 +137,10 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
         LOG_W("ztunnel::proxy", "eventfd: %s", strerror(errno));
     pthread_mutex_lock(&w->msg_lock);
     struct zt_view *v = w->msg_view;
+    struct identity *ident = w->msg_ident;
     bool drain = w->msg_drain;
     w->msg_view = NULL;
+    w->msg_ident = NULL;
     w->msg_drain = false;
     pthread_mutex_unlock(&w->msg_lock);
     if (v) {
@@ -139,6 +148,16 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
         w->view = v;
         inbound_reauthorize(w);
         zt_view_unref(old);
+    }
+    if (ident) {
+        /* Open connections hold their own reference to the identity they were made with. */
+        struct identity *old = w->ident;
+        w->ident = ident;
+        identity_unref(old);
+        /* The listeners were held until the first certificate: connections waited in the backlog, as Istio's
+         * ztunnel makes them wait for its certificate fetch. */
+        for (int i = 0; i < 3 && w->listening; i++)
+            acceptor_resume(&w->listeners[i]);
     }
     if (drain && !w->draining) {
         w->draining = true;
@@ -235,6 +254,19 @@ void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct
     }
 }
 
+void workers_publish_identity(struct worker *ws, int n, struct identity *id)
+{
+    for (int i = 0; i < n; i++) {
+        identity_ref(id);
+        pthread_mutex_lock(&ws[i].msg_lock);
+        struct identity *stale = ws[i].msg_ident;
+        ws[i].msg_ident = id;
+        pthread_mutex_unlock(&ws[i].msg_lock);
+        identity_unref(stale);
+        worker_poke(&ws[i]);
+    }
+}
+
 void worker_post_drain(struct worker *w)
 {
     pthread_mutex_lock(&w->msg_lock);
@@ -243,9 +275,20 @@ void worker_post_drain(struct worker *w)
     worker_poke(w);
 }
 
+/* Every listener is held until the worker has its first certificate (the backlog keeps the connections). */
+static bool outbound_may_accept(struct acceptor *a)
+{
+    return container_of(a, struct worker, listeners[0])->ident != NULL;
+}
+
+static bool plain_may_accept(struct acceptor *a)
+{
+    return container_of(a, struct worker, listeners[1])->ident != NULL;
+}
+
 static const struct acceptor_ops listener_ops[3] = {
-    {.on_accept = outbound_accept},
-    {.on_accept = inbound_plain_accept},
+    {.on_accept = outbound_accept, .may_accept = outbound_may_accept},
+    {.on_accept = inbound_plain_accept, .may_accept = plain_may_accept},
     {.on_accept = inbound_hbone_accept, .may_accept = inbound_hbone_may_accept},
 };
 static const char *const listener_names[3] = {"outbound :15001", "inbound plaintext :15006",

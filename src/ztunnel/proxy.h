@@ -1,7 +1,8 @@
 /* The ztunnel proxy: the listener set of one pod (15001 outbound, 15006 inbound plaintext, 15008 inbound
- * HBONE) and the per-worker state that serves it. A pod_proxy (identity, certificate, TLS contexts) is
- * read-only once built and shared by all workers; the config is a refcounted view that is swapped as a
- * whole on reload. Each worker has its own loop, listener sockets (SO_REUSEPORT) and connection pool. */
+ * HBONE) and the per-worker state that serves it. A pod_proxy (names, SPIFFE id) is read-only once built and
+ * shared by all workers; the config (a view) and the certificate (an identity) are refcounted objects that
+ * are swapped as a whole and handed to each worker by message. Each worker has its own loop, listener
+ * sockets (SO_REUSEPORT) and connection pool. */
 #pragma once
 #include <openssl/ssl.h>
 #include <pthread.h>
@@ -13,6 +14,7 @@
 #include "core/net.h"
 #include "mesh/model.h"
 #include "tls/ca.h"
+#include "tls/identity.h"
 #include "tls/spiffe.h"
 
 #define PORT_OUTBOUND 15001
@@ -37,13 +39,19 @@ struct zt_view *zt_view_new(struct snapshot *snap, const char *ns, const char *n
 void zt_view_ref(struct zt_view *v);
 void zt_view_unref(struct zt_view *v);
 
-/* One pod's identity and certificates; immutable after pod_proxy_new. */
+struct worker;
+
+/* One pod's names and SPIFFE id (immutable after pod_proxy_new) and its certificate subscription. */
 struct pod_proxy {
     char ns[128], name[128], sa[128];
     struct spiffe_id id;
     char id_uri[SPIFFE_MAX];
-    struct tls_cert *cert; /* reference held */
-    SSL_CTX *server_ctx, *client_ctx;
+    /* The certificate comes from the identity manager; each new one is handed to every worker. */
+    struct identity_mgr *idm;
+    struct identity_sub *id_sub;
+    struct worker *workers;
+    int n_workers;
+    _Atomic bool has_identity; /* the first certificate reached the workers (readiness) */
     /* The current view, for threads other than the workers (admin). Workers get theirs by message. */
     pthread_mutex_t view_lock;
     struct zt_view *view;
@@ -65,8 +73,6 @@ struct pod_proxy {
             (head) = (x)->next;                                                                              \
         if ((x)->next) (x)->next->prev = (x)->prev;                                                          \
     } while (0)
-
-struct worker;
 
 /* A connection's share of the TCP metrics: its label set and what was already added to it. */
 struct zt_stats {
@@ -99,16 +105,21 @@ struct worker {
     struct loop *loop;
     struct pod_proxy *pp;
     struct zt_view *view;         /* this worker's current view (reference held) */
-    struct acceptor listeners[3]; /* 15001, 15006, 15008 */
+    /* This worker's certificate and TLS contexts (reference held); NULL until the first one arrives. New
+     * connections take it; each keeps a reference to the one it was made with. */
+    struct identity *ident;
+    struct acceptor listeners[3]; /* 15001, 15006, 15008; held (not accepting) until ident arrives */
     bool listening;
     unsigned handshakes; /* inbound TLS handshakes in progress on 15008 (at most ZT_HANDSHAKES_MAX) */
     struct in_conn *hs_head, *hs_tail; /* those handshakes, oldest first */
     struct timer hs_timer;             /* at the bound: when the oldest one has stalled */
     struct pool *pool;
-    /* Messages from the main thread: a new view or a drain request, signalled through an eventfd. */
+    /* Messages from other threads: a new view, a new identity or a drain request, signalled through an
+     * eventfd. */
     struct io wake;
     pthread_mutex_t msg_lock;
     struct zt_view *msg_view;
+    struct identity *msg_ident;
     bool msg_drain;
     bool draining;
     /* Live connections, for policy re-evaluation, drain and live byte counters. */
@@ -121,15 +132,22 @@ struct worker {
 };
 
 /* Builds the pod proxy for namespace/name/sa (trust domain from view's workload). Returns 0 or -errno. */
-int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, struct cert_provider *prov, const char *ns,
-                  const char *name, const char *sa, char *err, size_t errlen);
+int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, const char *ns, const char *name,
+                  const char *sa, char *err, size_t errlen);
+/* Subscribes the pod's SPIFFE id at idm (borrowed, must outlive pp) and hands every certificate it gets to
+ * ws[0..n) (initialised workers); until the first one arrives the workers' listeners queue connections
+ * without accepting them. Returns 0 or -ENOMEM. */
+int pod_proxy_start_identity(struct pod_proxy *pp, struct identity_mgr *idm, struct worker *ws, int n);
 /* Returns a new reference to the current view (any thread). */
 struct zt_view *pod_proxy_view(struct pod_proxy *pp);
-/* Sets up worker w (loop, eventfd, pool, listeners). Returns 0 or -errno with err filled. */
+/* Sets up worker w (loop, eventfd, pool, listener sockets; they accept once the first identity arrives).
+ * Returns 0 or -errno with err filled. */
 int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err,
                 size_t errlen);
 /* Hands a new view to every worker (each takes its own reference) and records it as current. */
 void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v);
+/* Hands a new identity to every worker (each takes its own reference). Any thread; does not block. */
+void workers_publish_identity(struct worker *ws, int n, struct identity *id);
 /* Asks a worker to stop accepting and drain its connections. */
 void worker_post_drain(struct worker *w);
 

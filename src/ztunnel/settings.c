@@ -196,9 +196,11 @@ static const struct env_setting table[] = {
     {.name = "SECRET_TTL",
      .kind = ENV_DURATION,
      .def = "24h",
-     .min = 1,
+     /* Istio's CA client sends whole seconds, and istiod refuses more than 90 days (its default maximum). */
+     .min = 1000,
+     .max = 90LL * 24 * 3600 * 1000,
      .offset = OFF(secret_ttl_ms),
-     .help = "requested lifetime of the workload certificate"},
+     .help = "requested lifetime of the workload certificate (1s to 90d); renewed at half its life"},
     {.name = "RUST_LOG",
      .kind = ENV_CUSTOM,
      .def = "info",

@@ -375,7 +375,7 @@ static void test_config_dump(void **state)
 {
     struct snapshot *s = load_ok(mesh_yaml);
     size_t len = 0;
-    char *d = config_dump_render(s, NULL, &len);
+    char *d = config_dump_render(s, NULL, 0, &len);
     assert_non_null(d);
     assert_int_equal(strlen(d), len);
     assert_non_null(strstr(d, "\"workloadIps\": [\n        \"10.0.0.1\"\n      ],"));
@@ -405,7 +405,13 @@ static void test_config_dump(void **state)
     assert_int_equal(spiffe_parse(uri, strlen(uri), &id), 0);
     struct tls_cert *c = p->fetch(p, &id, err, sizeof(err));
     assert_non_null(c);
-    d = config_dump_render(NULL, c, NULL);
+    /* Istio's CertsDump states: Available with the chain; Unavailable with its error and no chain. */
+    struct identity_status st[2] = {{.state = IDENTITY_AVAILABLE}, {.state = IDENTITY_UNAVAILABLE}};
+    snprintf(st[0].uri, sizeof(st[0].uri), "%s", uri);
+    snprintf(st[1].uri, sizeof(st[1].uri), "spiffe://cluster.local/ns/app/sa/other");
+    snprintf(st[1].error, sizeof(st[1].error), "CA unreachable");
+    assert_int_equal(identity_new(c, &st[0].cur, err, sizeof(err)), 0);
+    d = config_dump_render(NULL, st, 2, NULL);
     assert_non_null(d);
     assert_non_null(strstr(d, "\"workloads\": [],"));
     assert_non_null(strstr(d, "\"identity\": \"spiffe://cluster.local/ns/app/sa/server\",\n"
@@ -420,7 +426,11 @@ static void test_config_dump(void **state)
     const char *vf = strstr(d, "\"validFrom\": \"");
     assert_non_null(vf);
     assert_true(strlen(vf) > 34 && vf[18] == '-' && vf[24] == 'T' && vf[33] == 'Z');
+    assert_non_null(strstr(d, "\"identity\": \"spiffe://cluster.local/ns/app/sa/other\",\n"
+                              "      \"state\": \"Unavailable: CA unreachable\",\n      \"certChain\": [],\n"
+                              "      \"rootCerts\": []\n"));
     free(d);
+    identity_unref(st[0].cur);
     tls_cert_unref(c);
     p->destroy(p);
     char cmd[128];

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -62,8 +63,9 @@ static int add_ext(X509 *x, X509 *issuer, int nid, const char *v)
     return ok ? 0 : -1;
 }
 
-/* A self-signed EC P-256 CA written as dir/root-cert.pem + dir/root-key.pem; *keyp receives the key. */
-static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
+/* A self-signed EC P-256 CA valid from now+nb_s to now+na_s, written as dir/root-cert.pem +
+ * dir/root-key.pem; *keyp receives the key. */
+static X509 *make_root_at(const char *dir, const char *cn, EVP_PKEY **keyp, long nb_s, long na_s)
 {
     EVP_PKEY *k = EVP_EC_gen("P-256");
     X509 *x = X509_new();
@@ -73,8 +75,8 @@ static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
     X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1,
                                -1, 0);
     X509_set_issuer_name(x, X509_get_subject_name(x));
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 30L * 86400);
+    X509_gmtime_adj(X509_getm_notBefore(x), nb_s);
+    X509_gmtime_adj(X509_getm_notAfter(x), na_s);
     X509_set_pubkey(x, k);
     if (add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") < 0) goto fail;
     if (add_ext(x, x, NID_key_usage, "critical,keyCertSign") < 0) goto fail;
@@ -91,6 +93,12 @@ fail:
     X509_free(x);
     EVP_PKEY_free(k);
     return NULL;
+}
+
+/* The usual root: valid from an hour ago for 30 days. */
+static X509 *make_root(const char *dir, const char *cn, EVP_PKEY **keyp)
+{
+    return make_root_at(dir, cn, keyp, -3600, 30L * 86400);
 }
 
 static struct tls_cert *fetch(struct cert_provider *p, const char *uri)
@@ -254,26 +262,73 @@ static void test_ca_mint(void **state)
     tls_cert_unref(c);
 }
 
-static void test_ca_cache(void **state)
+/* No provider cache (the identity manager is the one cache): every fetch mints a new leaf. */
+static void test_ca_fetch_mints_anew(void **state)
 {
     (void)state;
     struct tls_cert *a = fetch(ca_a, ID_SERVER);
     struct tls_cert *b = fetch(ca_a, ID_SERVER);
-    struct tls_cert *other = fetch(ca_a, "spiffe://cluster.local/ns/default/sa/cache-other");
     assert_non_null(a);
     assert_non_null(b);
-    assert_non_null(other);
-    assert_ptr_equal(a, b);
-    assert_ptr_equal(a->leaf, b->leaf);
-    assert_ptr_not_equal(a->leaf, other->leaf);
-    assert_int_not_equal(X509_cmp(a->leaf, other->leaf), 0);
-    /* cache + two callers */
-    assert_int_equal(__atomic_load_n(&a->refs, __ATOMIC_RELAXED), 3);
-    tls_cert_unref(b);
-    assert_int_equal(__atomic_load_n(&a->refs, __ATOMIC_RELAXED), 2);
-    assert_int_equal(tls_cert_refresh_at(a), a->not_before + (a->not_after - a->not_before) / 2);
+    assert_ptr_not_equal(a, b);
+    assert_int_not_equal(ASN1_INTEGER_cmp(X509_get0_serialNumber(a->leaf), X509_get0_serialNumber(b->leaf)),
+                         0);
+    assert_string_equal(a->uri, b->uri);
+    assert_int_equal(__atomic_load_n(&a->refs, __ATOMIC_RELAXED), 1);
+    /* The default lifetime is 24 h, backdated by one minute. */
+    assert_int_equal(a->not_after - a->not_before, CA_DEFAULT_TTL_S + 60);
     tls_cert_unref(a);
-    tls_cert_unref(other);
+    tls_cert_unref(b);
+}
+
+/* ca_local_new_ttl mints for the requested lifetime, short ones included, and refuses 0 and > 90 days. */
+static void test_ca_ttl(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    assert_null(ca_local_new_ttl(dir_a, 0, err, sizeof(err)));
+    assert_non_null(strstr(err, "outside the local CA's range"));
+    err[0] = 0;
+    assert_null(ca_local_new_ttl(dir_a, CA_MAX_TTL_S + 1, err, sizeof(err)));
+    assert_non_null(strstr(err, "90 days"));
+    struct cert_provider *p = ca_local_new_ttl(dir_a, 10, err, sizeof(err));
+    assert_non_null(p);
+    time_t before = time(NULL);
+    struct tls_cert *c = fetch(p, ID_SERVER);
+    time_t after = time(NULL);
+    assert_non_null(c);
+    assert_true(c->not_after >= before + 10 && c->not_after <= after + 10);
+    assert_true(c->not_before >= before - 60 && c->not_before <= after - 60);
+    /* OpenSSL agrees: the leaf expires within 10 s. */
+    assert_true(X509_cmp_time(X509_get0_notAfter(c->leaf), &(time_t){after + 11}) < 0);
+    assert_true(X509_cmp_time(X509_get0_notAfter(c->leaf), &(time_t){before + 9}) > 0);
+    tls_cert_unref(c);
+    p->destroy(p);
+}
+
+/* The local CA loads a root that is not valid now (it may be fixed by a clock or a new root) but refuses to
+ * mint under it, with a message the identity manager shows as the Unavailable reason. */
+static void test_ca_root_not_valid_now(void **state)
+{
+    (void)state;
+    const long when[2][2] = {{-7200, -3600}, {3600, 7200}}; /* expired; not valid yet */
+    const char *want[2] = {"has expired", "is not valid yet"};
+    for (int i = 0; i < 2; i++) {
+        char dir[] = "/tmp/zmesh-tls-old-XXXXXX", err[256] = "";
+        assert_non_null(mkdtemp(dir));
+        X509 *r = make_root_at(dir, "zmesh test root (time)", NULL, when[i][0], when[i][1]);
+        assert_non_null(r);
+        struct cert_provider *p = ca_local_new(dir, err, sizeof(err));
+        assert_non_null(p);
+        struct spiffe_id id;
+        assert_int_equal(spiffe_parse(ID_SERVER, strlen(ID_SERVER), &id), 0);
+        assert_null(p->fetch(p, &id, err, sizeof(err)));
+        assert_non_null(strstr(err, want[i]));
+        assert_non_null(strstr(err, ID_SERVER));
+        p->destroy(p);
+        X509_free(r);
+        rm_dir(dir);
+    }
 }
 
 struct fetch_arg {
@@ -288,20 +343,22 @@ static void *fetch_thread(void *p)
     return NULL;
 }
 
+/* Concurrent fetches share the root key without a lock: all 32 succeed and verify against the root. */
 static void test_ca_threads(void **state)
 {
     (void)state;
     pthread_t t[4];
     struct fetch_arg fa[4];
+    EVP_PKEY *root_pub = X509_get0_pubkey(root_a);
     for (int i = 0; i < 4; i++)
         assert_int_equal(pthread_create(&t[i], NULL, fetch_thread, &fa[i]), 0);
     for (int i = 0; i < 4; i++)
         pthread_join(t[i], NULL);
-    /* All 32 fetches share one minted certificate. */
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 8; j++) {
             assert_non_null(fa[i].got[j]);
-            assert_ptr_equal(fa[i].got[j], fa[0].got[0]);
+            assert_int_equal(X509_verify(fa[i].got[j]->leaf, root_pub), 1);
+            if (i || j) assert_ptr_not_equal(fa[i].got[j], fa[0].got[0]);
         }
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 8; j++)
@@ -802,7 +859,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ca_load_errors),
         cmocka_unit_test(test_ca_mint),
-        cmocka_unit_test(test_ca_cache),
+        cmocka_unit_test(test_ca_fetch_mints_anew),
+        cmocka_unit_test(test_ca_ttl),
+        cmocka_unit_test(test_ca_root_not_valid_now),
         cmocka_unit_test(test_ca_threads),
         cmocka_unit_test(test_handshake_ok),
         cmocka_unit_test(test_server_rejects_other_trust_domain),
