@@ -1,5 +1,7 @@
 /* Certificate bundles and the local CA provider (mints leaves from a root key on disk). */
 #include "tls/ca.h"
+
+#include "core/log.h"
 #include "tls/tls.h"
 
 #include <errno.h>
@@ -8,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -218,6 +221,15 @@ static FILE *open_pem(const char *path, char *err, size_t errlen)
     return f;
 }
 
+/* Whoever can read the root key can mint any identity of the mesh: warn when others than the owner may. */
+static void warn_key_mode(FILE *f, const char *path)
+{
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
+        LOG_W("tls", "%s is accessible to group or others (mode %03o); it should be 0600", path,
+              (unsigned)(st.st_mode & 0777));
+}
+
 struct cert_provider *ca_local_new(const char *dir, char *err, size_t errlen)
 {
     return ca_local_new_ttl(dir, CA_DEFAULT_TTL_S, err, errlen);
@@ -263,6 +275,7 @@ struct cert_provider *ca_local_new_ttl(const char *dir, uint32_t ttl_s, char *er
         goto fail;
     }
     if (!(f = open_pem(key_path, err, errlen))) goto fail;
+    warn_key_mode(f, key_path);
     /* An empty passphrase callback result makes encrypted keys fail instead of prompting on the terminal. */
     ca->root_key = PEM_read_PrivateKey(f, NULL, NULL, (void *)"");
     fclose(f);

@@ -190,6 +190,17 @@ static void trim_resident_text(void)
     fclose(f);
 }
 
+/* The certificate is minted for PROXY_WORKLOAD_INFO's service account, while peers expect the one the config
+ * gives the workload: a mismatch makes every caller fail its identity check, so say so at once. */
+static void warn_identity_mismatch(const struct zt_view *v)
+{
+    if (!v->self || !strcmp(v->self->service_account, app.sa)) return;
+    log_kv(LOG_WARN, "ztunnel",
+           "PROXY_WORKLOAD_INFO's service account differs from the workload's in the config; callers expecting "
+           "the config's identity will refuse this pod's certificate",
+           "workload_info_sa", app.sa, "config_sa", v->self->service_account, "workload", v->self->name, NULL);
+}
+
 static int start_proxy(struct zt_view *view)
 {
     char err[1024];
@@ -247,6 +258,7 @@ static int reload(void)
     struct zt_view *v = zt_view_new(snap, app.ns, app.name, ++app.version);
     snapshot_unref(snap);
     if (!v) return -ENOMEM;
+    warn_identity_mismatch(v);
     if (!app.pp) {
         if (start_proxy(v) < 0) exit(1);
     } else {
