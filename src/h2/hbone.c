@@ -35,10 +35,10 @@
 #define MAX_REQ_HEADERS 64
 #define MAX_REQ_BYTES (64u * 1024)
 #define HBONE_RESET_BURST 20000
-#define HBONE_RESET_RATE 10000 /* per second */
+#define HBONE_RESET_RATE 10000  /* per second */
 #define H2_DEFAULT_WINDOW 65535 /* RFC 9113 §6.9.2: the connection window every peer starts with */
-/* A stream's window grows only if, while it drained a whole window, no more than this fraction of it waited in
- * our buffer: the app kept up, so the window (not the app) was what limited the stream. */
+/* A stream's window grows only if, while it drained a whole window, no more than this fraction of it waited
+ * in our buffer: the app kept up, so the window (not the app) was what limited the stream. */
 #define WINDOW_GROW_MAX_BACKLOG_DIV 4
 
 /* A byte buffer holding p[off..len). */
@@ -164,12 +164,18 @@ static _Atomic uint64_t proto_errors[HBONE_PERR_COUNT], early_resets_total, buff
 const char *hbone_proto_err_to_str(enum hbone_proto_err e)
 {
     switch (e) {
-    case HBONE_PERR_FLOOD: return "flood";
-    case HBONE_PERR_CONTINUATION: return "continuation_flood";
-    case HBONE_PERR_EARLY_RESETS: return "early_resets";
-    case HBONE_PERR_PROTOCOL: return "protocol_error";
-    case HBONE_PERR_HEADERS_TOO_LARGE: return "request_headers_too_large";
-    case HBONE_PERR_COUNT: break;
+    case HBONE_PERR_FLOOD:
+        return "flood";
+    case HBONE_PERR_CONTINUATION:
+        return "continuation_flood";
+    case HBONE_PERR_EARLY_RESETS:
+        return "early_resets";
+    case HBONE_PERR_PROTOCOL:
+        return "protocol_error";
+    case HBONE_PERR_HEADERS_TOO_LARGE:
+        return "request_headers_too_large";
+    case HBONE_PERR_COUNT:
+        break;
     }
     return "unknown";
 }
@@ -1103,7 +1109,8 @@ static int on_frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
                  (int)(frame->goaway.opaque_data_len < 100 ? frame->goaway.opaque_data_len : 100),
                  frame->goaway.opaque_data ? (const char *)frame->goaway.opaque_data : "");
         c->perr = true;
-        conn_report_perr(c, code == NGHTTP2_ENHANCE_YOUR_CALM ? HBONE_PERR_FLOOD : HBONE_PERR_PROTOCOL, detail);
+        conn_report_perr(c, code == NGHTTP2_ENHANCE_YOUR_CALM ? HBONE_PERR_FLOOD : HBONE_PERR_PROTOCOL,
+                         detail);
         return 0;
     }
     if (!c->server || frame->hd.type != NGHTTP2_HEADERS) return 0;
@@ -1256,7 +1263,8 @@ static int conn_start_h2(struct hbone_conn *c)
      * simply reset many TCP connections: each becomes an RST_STREAM. The peer is an authenticated mesh
      * member, so allow a much higher, still bounded, rate. */
     if (c->server) nghttp2_option_set_stream_reset_rate_limit(opt, HBONE_RESET_BURST, HBONE_RESET_RATE);
-    if (c->server) h2_bucket_init(&c->early_resets, HBONE_EARLY_RESET_BURST, HBONE_EARLY_RESET_RATE, loop_now(c->loop));
+    if (c->server)
+        h2_bucket_init(&c->early_resets, HBONE_EARLY_RESET_BURST, HBONE_EARLY_RESET_RATE, loop_now(c->loop));
     if (c->server)
         rv = nghttp2_session_server_new2(&c->ng, cb, c, opt);
     else

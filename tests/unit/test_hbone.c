@@ -1,7 +1,8 @@
-/* Unit tests for HBONE (src/h2/hbone.c): an in-process client and server on one loop, over a real TCP loopback
- * connection, with real certificates minted by the local CA. The "apps" at both ends of a tunnel are socketpairs
- * driven by the same loop; they move a position-dependent byte pattern so loss, duplication or reordering is
- * caught. Every wait is bounded: the loop runs until a condition holds or a safety timeout stops it. */
+/* Unit tests for HBONE (src/h2/hbone.c): an in-process client and server on one loop, over a real TCP
+ * loopback connection, with real certificates minted by the local CA. The "apps" at both ends of a tunnel are
+ * socketpairs driven by the same loop; they move a position-dependent byte pattern so loss, duplication or
+ * reordering is caught. Every wait is bounded: the loop runs until a condition holds or a safety timeout
+ * stops it. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -21,6 +22,7 @@
 
 #include "core/loop.h"
 #include "core/net.h"
+#include "h2/budget.h"
 #include "h2/hbone.h"
 #include "tls/ca.h"
 #include "tls/spiffe.h"
@@ -63,8 +65,8 @@ static void safety_cb(struct timer *t)
     loop_stop(L);
 }
 
-/* Runs the loop until pred() is true (checked every millisecond) or timeout_ms passes; pred NULL just runs for
- * timeout_ms. Returns whether pred became true. */
+/* Runs the loop until pred() is true (checked every millisecond) or timeout_ms passes; pred NULL just runs
+ * for timeout_ms. Returns whether pred became true. */
 static bool run_until(bool (*pred)(void), uint64_t timeout_ms)
 {
     struct waiter w = {.tick = {.cb = tick_cb}, .safety = {.cb = safety_cb}, .pred = pred};
@@ -129,8 +131,8 @@ static void srv_on_request(struct hbone_stream *s, void *ud, const struct hbone_
     if (strstr(req->authority, ":9") && strlen(strstr(req->authority, ":9")) == 2) {
         srv.app9_requests++;
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.app9_port),
-                                 .sin_addr = {htonl(INADDR_LOOPBACK)}};
+        struct sockaddr_in sa = {
+            .sin_family = AF_INET, .sin_port = htons(srv.app9_port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
         if (fd < 0 || (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS)) {
             if (fd >= 0) close(fd);
             hbone_stream_respond(s, 503, -1, NULL, 0);
@@ -275,8 +277,8 @@ static void cli_connect(const char *expected)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.port),
-                             .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(srv.port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
     int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
     assert_true(rc == 0 || errno == EINPROGRESS);
     const char *exp[1] = {expected};
@@ -284,8 +286,8 @@ static void cli_connect(const char *expected)
     assert_non_null(cli.c);
 }
 
-/* Opens a stream to 127.0.0.1:port with an app that sends to_send bytes. Returns the stream slot, or NULL when
- * the conn refused the stream (the fd is then checked to still be ours, and closed). */
+/* Opens a stream to 127.0.0.1:port with an app that sends to_send bytes. Returns the stream slot, or NULL
+ * when the conn refused the stream (the fd is then checked to still be ours, and closed). */
 static struct cli_stream *cli_open(uint16_t port, uint64_t to_send, bool shut_after_eof)
 {
     assert_true(cli.n_st < MAX_STREAMS);
@@ -530,7 +532,8 @@ static void test_error_status(void **state)
     assert_int_equal(cli.closed_calls, 0);
 }
 
-/* The tunnel's end of the socketpair was closed: EOF, or ECONNRESET when the app had sent bytes nobody read. */
+/* The tunnel's end of the socketpair was closed: EOF, or ECONNRESET when the app had sent bytes nobody read.
+ */
 static bool app_peer_closed(const struct app *a)
 {
     return a->eof || a->err == ECONNRESET;
@@ -549,8 +552,8 @@ static void test_san_mismatch(void **state)
     assert_non_null(cs);
     bool ok = run_until(cli_closed, 10000);
     if (!ok)
-        print_error("closed_calls %d err \"%s\" stream done %d app eof %d srv requests %d\n", cli.closed_calls,
-                    cli.closed_err, cs->done_calls, cs->app.eof, srv.requests);
+        print_error("closed_calls %d err \"%s\" stream done %d app eof %d srv requests %d\n",
+                    cli.closed_calls, cli.closed_err, cs->done_calls, cs->app.eof, srv.requests);
     assert_true(ok);
     assert_int_equal(cli.closed_calls, 1);
     assert_true(cli.closed_err_set);
@@ -600,7 +603,8 @@ static void test_stream_limit(void **state)
     assert_false(hbone_conn_usable(cli.c));
 
     /* Ending 50 frees 50 slots at once. */
-    for (int i = 0; i < 50; i++) hbone_stream_reset(cli.st[i].s, "test reset");
+    for (int i = 0; i < 50; i++)
+        hbone_stream_reset(cli.st[i].s, "test reset");
     for (int i = 0; i < 50; i++) {
         assert_int_equal(cli.st[i].done_calls, 1);
         assert_string_equal(cli.st[i].res.error, "test reset");
@@ -618,7 +622,8 @@ static void test_stream_limit(void **state)
     assert_int_equal(srv.requests, 150);
     assert_int_equal(hbone_conn_streams(srv.conn), 100);
     /* The reset reached the server as the end of those tunnels. */
-    for (int i = 0; i < 50; i++) assert_true(srv.st[i].app.eof);
+    for (int i = 0; i < 50; i++)
+        assert_true(srv.st[i].app.eof);
 
     /* Closing the conn ends every remaining stream with the reason, before on_closed. */
     hbone_conn_close(cli.c, "bye");
@@ -692,7 +697,6 @@ static void test_drain(void **state)
     assert_int_equal(b->res.bytes_to_tcp, 20000);
     assert_true(a->app.eof && b->app.eof);
 }
-
 
 /* ---- back-pressure: windows are consumed only as bytes reach the app ---- */
 
@@ -768,7 +772,8 @@ static void test_reset_storm(void **state)
         }
         storm_sent += 50;
         assert_true(run_until(storm_all_seen, 5000)); /* the HEADERS reached the server */
-        for (int i = 0; i < 50; i++) hbone_stream_reset(batch[i], "app reset");
+        for (int i = 0; i < 50; i++)
+            hbone_stream_reset(batch[i], "app reset");
     }
     run_until(NULL, 300);
     assert_int_equal(storm_done, 2000);
@@ -777,6 +782,92 @@ static void test_reset_storm(void **state)
     assert_non_null(cli.c);
     assert_true(hbone_conn_usable(cli.c));
     assert_int_equal(hbone_conn_streams(srv.conn), 0); /* every reset reached the server */
+}
+
+/* ---- memory a peer can pin (issue 6 item 5): apps that do not read, senders that push far more ---- */
+
+#define MEM_CONNS 4
+#define MEM_STREAMS 8 /* per connection */
+#define MEM_SEND (2 * MIB)
+
+static bool mem_all_received(void)
+{
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++)
+        if (srv.st[i].app.recvd < MEM_SEND) return false;
+    return true;
+}
+
+static bool mem_all_requested(void)
+{
+    return srv.requests == MEM_CONNS * MEM_STREAMS;
+}
+
+static void test_memory_budget(void **state)
+{
+    (void)state;
+    const uint64_t limit = 1 * MIB;
+    struct hbone_conn *conns[MEM_CONNS];
+    h2_mem_set_limit(limit);
+    srv.app_paused = true;
+    for (int k = 0; k < MEM_CONNS; k++) {
+        cli_connect(ID_SERVER);
+        conns[k] = cli.c;
+        for (int i = 0; i < MEM_STREAMS; i++)
+            assert_non_null(cli_open(8080, MEM_SEND, false));
+    }
+    assert_true(run_until(mem_all_requested, 10000));
+    run_until(NULL, 1000); /* let the senders fill every window they were given */
+    /* 64 MiB pushed at apps that read nothing: what waits in our buffers stays within the budget plus the
+     * protocol's 65 535-byte connection window of each connection (both ends run here). */
+    uint64_t buffered = hbone_buffered_bytes();
+    if (getenv("ZMESH_TEST_VERBOSE"))
+        print_error("buffered %llu reserved %llu\n", (unsigned long long)buffered,
+                    (unsigned long long)h2_mem_reserved());
+    assert_true(buffered > 0);
+    assert_true(buffered <= limit + 2 * MEM_CONNS * 65535);
+    assert_true(h2_mem_reserved() <= limit);
+    /* Once the apps read, every byte arrives, intact. */
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        srv.st[i].app.paused = false;
+        app_go(&srv.st[i].app);
+    }
+    assert_true(run_until(mem_all_received, 60000));
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        assert_false(srv.st[i].app.bad);
+        assert_int_equal(srv.st[i].app.recvd, MEM_SEND);
+    }
+    assert_int_equal(hbone_buffered_bytes(), 0);
+    /* Closing returns every reservation. */
+    for (int k = 0; k < MEM_CONNS; k++)
+        if (k != MEM_CONNS - 1) hbone_conn_close(conns[k], NULL);
+    run_until(NULL, 50);
+    h2_mem_set_limit(0);
+}
+
+/* Without a budget to stop it, a stream whose app drains grows its window to Istio's 4 MiB: what the sender
+ * has in flight while the app pauses afterwards shows it. */
+static bool grow_first_part(void)
+{
+    return srv.st[0].app.recvd >= 16 * MIB;
+}
+
+static void test_window_grows(void **state)
+{
+    (void)state;
+    cli_connect(ID_SERVER);
+    struct cli_stream *cs = cli_open(8080, 64 * MIB, false);
+    assert_non_null(cs);
+    assert_true(run_until(grow_first_part, 30000));
+    srv.st[0].app.paused = true;
+    app_go(&srv.st[0].app);
+    run_until(NULL, 500);
+    uint64_t buffered = hbone_buffered_bytes();
+    if (getenv("ZMESH_TEST_VERBOSE"))
+        print_error("buffered after growth %llu\n", (unsigned long long)buffered);
+    assert_true(buffered > HBONE_STREAM_WINDOW_INIT);
+    assert_true(buffered <= HBONE_STREAM_WINDOW);
+    srv.st[0].app.paused = false;
+    app_go(&srv.st[0].app);
 }
 
 /* ---- a hostile peer: a raw nghttp2 client over blocking TLS, in its own thread ----
@@ -788,7 +879,7 @@ enum raw_mode { RAW_RESET_FLOOD, RAW_PING_FLOOD, RAW_CONTINUATION_FLOOD, RAW_BIG
 
 static struct {
     enum raw_mode mode;
-    int n;           /* streams, PINGs or CONTINUATION frames to send */
+    int n; /* streams, PINGs or CONTINUATION frames to send */
     const char *authority;
     bool connected, got_goaway, done;
     uint32_t goaway_code;
@@ -843,8 +934,8 @@ static void raw_collect(nghttp2_session *ng, struct obuf_t *out)
 /* A raw frame header: 24-bit length, type, flags, stream id. */
 static void raw_frame_hd(struct obuf_t *out, size_t len, uint8_t type, uint8_t flags, uint32_t id)
 {
-    uint8_t h[9] = {(uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len, type, flags,
-                    (uint8_t)(id >> 24), (uint8_t)(id >> 16), (uint8_t)(id >> 8), (uint8_t)id};
+    uint8_t h[9] = {(uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len,       type,       flags,
+                    (uint8_t)(id >> 24),  (uint8_t)(id >> 16), (uint8_t)(id >> 8), (uint8_t)id};
     raw_put(out, h, 9);
 }
 
@@ -855,8 +946,8 @@ static void *raw_peer(void *arg)
     nghttp2_session_callbacks *cb;
     nghttp2_session *ng;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.port),
-                             .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(srv.port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
     struct timeval tv = {.tv_sec = 10};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) goto out_fd;
@@ -906,8 +997,8 @@ static void *raw_peer(void *arg)
         char names[70][8];
         for (int i = 0; i < 70; i++) {
             snprintf(names[i], sizeof(names[i]), "x-h%d", i);
-            nva[2 + i] = (nghttp2_nv){(uint8_t *)names[i], (uint8_t *)"v", strlen(names[i]), 1,
-                                      NGHTTP2_NV_FLAG_NONE};
+            nva[2 + i] =
+                (nghttp2_nv){(uint8_t *)names[i], (uint8_t *)"v", strlen(names[i]), 1, NGHTTP2_NV_FLAG_NONE};
         }
         nghttp2_submit_request(ng, NULL, nva, 72, NULL, NULL);
         raw_collect(ng, &out);
@@ -1189,6 +1280,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_storm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_window_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rapid_reset_flood, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_flood, setup, teardown),
         cmocka_unit_test_setup_teardown(test_continuation_flood, setup, teardown),
