@@ -188,3 +188,106 @@ def test_ping_flood_goaway_is_flushed_logged_and_counted(mesh):
     if shutil.which("promtool"):
         r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+class PausedSink:
+    """A listener inside the pod's netns whose connections are not read until resume(); then each is read to
+    EOF and its byte count recorded."""
+
+    def __init__(self, netns, port):
+        from topo import netns_socket
+        self.sock = netns_socket(netns)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", port))
+        self.sock.listen(1024)
+        self.go = threading.Event()
+        self.counts = []
+        self.th = threading.Thread(target=self._run, daemon=True)
+        self.th.start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        self.go.wait()
+        n = 0
+        try:
+            while True:
+                b = c.recv(1 << 18)
+                if not b:
+                    break
+                n += len(b)
+        except OSError:
+            pass
+        c.close()
+        self.counts.append(n)
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _push(clients, deadline):
+    """Sends what each stream's window allows of its remaining bytes, ending a stream (END_STREAM) once all of
+    it is sent, reading WINDOW_UPDATEs as they come. Returns when everything is sent, or at deadline."""
+    import select
+    import time
+    chunk = b"\x5a" * (1 << 20)
+    while any(x[2] > 0 for x in clients) and time.time() < deadline:
+        pending = [x for x in clients if x[2] > 0]
+        r, _, _ = select.select([x[0].tls for x in pending if not x[0].tls.pending()], [], [], 0.02)
+        for x in pending:
+            c, sid, _ = x
+            if c.tls.pending() or c.tls in r:
+                c._pump(time.time() + 0.001)
+            while x[2] > 0:
+                n = min(x[2], c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size, len(chunk))
+                if n <= 0:
+                    break
+                c.conn.send_data(sid, chunk[:n], end_stream=(n == x[2]))
+                x[2] -= n
+            c._flush()
+
+
+def test_memory_pinned_by_non_reading_app_is_bounded(mesh):
+    """Peers push far more than the memory budget at an app that does not read: ztunnel's buffered bytes stay
+    within the budget (plus the protocol's 64 KiB connection window per connection), and once the app reads,
+    every byte arrives."""
+    import time
+    m, _ = mesh
+    b = m.pod("n2p1")
+    peers, each = 16, 16 << 20  # 256 MiB against the 128 MiB budget (and what kernel buffers hold)
+    sink = PausedSink(b.netns, 8091)
+    clients = []
+    try:
+        for i in range(peers):
+            c, _, _ = _client(m, "pinner%d" % i)
+            sid = c.connect("%s:8091" % b.ip)
+            assert c.response(sid)[0] == 200
+            clients.append([c, sid, each])
+        _push(clients, time.time() + 3)
+        text = _metrics(b)
+        budget = _value(text, "zmesh_hbone_memory_budget_bytes")
+        buffered = _value(text, "zmesh_hbone_buffered_bytes")
+        reserved = _value(text, "zmesh_hbone_memory_reserved_bytes")
+        assert budget > 0 and 0 < buffered <= budget + peers * 65535, (buffered, budget)
+        assert reserved <= budget
+        assert any(x[2] > 0 for x in clients), "everything was accepted: the budget did not hold"
+        sink.go.set()
+        _push(clients, time.time() + 60)
+        assert all(x[2] == 0 for x in clients)
+        assert wait_for(lambda: len(sink.counts) == peers, timeout=30)
+        assert sorted(sink.counts) == [each] * peers
+        assert _value(_metrics(b), "zmesh_hbone_buffered_bytes") == 0
+    finally:
+        for x in clients:
+            x[0].close()
+        sink.close()
