@@ -151,7 +151,8 @@ struct hbone_stream {
     struct hbone_stream *req_next, *req_prev; /* server: in the conn's request queue while queued */
     bool queued, delivered, answered, reset_early;
     /* Flow control: our receive window for this stream, the bytes drained since it last grew, the largest
-     * backlog ("down") seen meanwhile, and what of the window is reserved from the memory budget. */
+     * backlog ("down") seen meanwhile, and how much it grew beyond HBONE_STREAM_WINDOW_INIT (the connection
+     * window grew by as much, reserved from the memory budget by the conn). */
     uint32_t win;
     uint64_t drained, backlog_peak, grown;
     bool up_reserved; /* the bulk "up" buffer is reserved from the memory budget */
