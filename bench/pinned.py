@@ -193,6 +193,7 @@ def scenario_peers(t, zts, args):
                 except Exception:
                     x[2] = 0
                     continue
+                c.tls.settimeout(c.timeout)  # _pump leaves its short read timeout on the socket
                 n = min(left, c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size, CHUNK)
                 if n > 0:
                     c.conn.send_data(sid, chunk[:n])

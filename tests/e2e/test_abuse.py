@@ -248,6 +248,7 @@ def _push(clients, deadline):
             c, sid, _ = x
             if c.tls.pending() or c.tls in r:
                 c._pump(time.time() + 0.001)
+                c.tls.settimeout(c.timeout)  # _pump leaves its short read timeout on the socket
             while x[2] > 0:
                 n = min(x[2], c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size, len(chunk))
                 if n <= 0:

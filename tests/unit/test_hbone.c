@@ -995,7 +995,7 @@ static void *raw_peer(void *arg)
     }
     case RAW_BIG_HEADERS: {
         /* 70 regular headers: over the server's 64. */
-        char names[70][8];
+        char names[70][16];
         for (int i = 0; i < 70; i++) {
             snprintf(names[i], sizeof(names[i]), "x-h%d", i);
             nva[2 + i] =
