@@ -58,7 +58,8 @@ def metric(ns, ip, name):
 
 
 class PinningApp:
-    """Listens in pod B; accepts, never reads, and writes `reply` bytes on each connection (non-blocking)."""
+    """Listens in pod B; accepts, never reads, and writes `reply` bytes on each connection (non-blocking).
+    With reply None it closes each connection at once and only counts them (`accepted`)."""
 
     def __init__(self, ns, port, reply):
         from topo import netns_socket
@@ -69,6 +70,7 @@ class PinningApp:
         self.ls.setblocking(False)
         self.reply = reply
         self.conns = []       # [sock, bytes still to write]
+        self.accepted = 0
         self.stop = False
         self.th = threading.Thread(target=self._run, daemon=True)
         self.th.start()
@@ -81,9 +83,13 @@ class PinningApp:
                 try:
                     while True:
                         s, _ = self.ls.accept()
+                        self.accepted += 1
+                        if self.reply is None:
+                            s.close()
+                            continue
                         s.setblocking(False)
                         self.conns.append([s, self.reply])
-                except BlockingIOError:
+                except (BlockingIOError, InterruptedError):
                     pass
             for c in self.conns:
                 if c[0] in w:
