@@ -844,6 +844,54 @@ static void test_memory_budget(void **state)
     h2_mem_set_limit(0);
 }
 
+static bool mem_cli_all_received(void)
+{
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++)
+        if (cli.st[i].app.recvd < MEM_SEND) return false;
+    return true;
+}
+
+/* The other direction: the client side buffers what the server's apps send to client apps that do not read.
+ */
+static void test_memory_budget_client_side(void **state)
+{
+    (void)state;
+    const uint64_t limit = 1 * MIB;
+    struct hbone_conn *conns[MEM_CONNS];
+    h2_mem_set_limit(limit);
+    srv.app_send = MEM_SEND;
+    for (int k = 0; k < MEM_CONNS; k++) {
+        cli_connect(ID_SERVER);
+        conns[k] = cli.c;
+        for (int i = 0; i < MEM_STREAMS; i++) {
+            struct cli_stream *cs = cli_open(8080, 0, true);
+            assert_non_null(cs);
+            cs->app.paused = true;
+            app_go(&cs->app);
+        }
+    }
+    assert_true(run_until(mem_all_requested, 10000));
+    run_until(NULL, 1000);
+    uint64_t buffered = hbone_buffered_bytes();
+    assert_true(buffered > 0);
+    assert_true(buffered <= limit + 2 * MEM_CONNS * 65535);
+    assert_true(h2_mem_reserved() <= limit);
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        cli.st[i].app.paused = false;
+        app_go(&cli.st[i].app);
+    }
+    assert_true(run_until(mem_cli_all_received, 60000));
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        assert_false(cli.st[i].app.bad);
+        assert_int_equal(cli.st[i].app.recvd, MEM_SEND);
+    }
+    assert_int_equal(hbone_buffered_bytes(), 0);
+    for (int k = 0; k < MEM_CONNS; k++)
+        if (conns[k] != cli.c) hbone_conn_close(conns[k], NULL);
+    run_until(NULL, 50);
+    h2_mem_set_limit(0);
+}
+
 /* Without a budget to stop it, a stream whose app drains grows its window to Istio's 4 MiB: what the sender
  * has in flight while the app pauses afterwards shows it. */
 static bool grow_first_part(void)
@@ -1282,6 +1330,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_storm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_budget_client_side, setup, teardown),
         cmocka_unit_test_setup_teardown(test_window_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rapid_reset_flood, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_flood, setup, teardown),
