@@ -12,6 +12,7 @@
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,8 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/net.h"
+#include "h2/budget.h"
 #include "tls/tls.h"
 
 #define CIN_CAP (256u * 1024)
@@ -32,7 +35,11 @@
 #define MAX_REQ_HEADERS 64
 #define MAX_REQ_BYTES (64u * 1024)
 #define HBONE_RESET_BURST 20000
-#define HBONE_RESET_RATE 10000 /* per second */
+#define HBONE_RESET_RATE 10000  /* per second */
+#define H2_DEFAULT_WINDOW 65535 /* RFC 9113 §6.9.2: the connection window every peer starts with */
+/* A stream's window grows only if, while it drained a whole window, no more than this fraction of it waited
+ * in our buffer: the app kept up, so the window (not the app) was what limited the stream. */
+#define WINDOW_GROW_MAX_BACKLOG_DIV 4
 
 /* A byte buffer holding p[off..len). */
 struct obuf {
@@ -105,6 +112,18 @@ struct hbone_conn {
     char peer_id[512];
     struct hbone_stream *streams;
     unsigned n_streams;
+    /* Server: complete requests waiting to be handed to on_request (FIFO), and those handed over but not yet
+     * answered (at most HBONE_MAX_UNANSWERED). */
+    struct hbone_stream *req_head, *req_tail;
+    unsigned n_unanswered;
+    struct task deliver_task;
+    struct h2_bucket early_resets; /* server: budget for streams reset before their response */
+    uint64_t n_early_resets;
+    /* Flow control: our connection receive window and what of it is reserved from the memory budget. */
+    uint32_t conn_win;
+    uint64_t conn_reserved;
+    uint64_t streams_grown; /* open streams' window growth beyond HBONE_STREAM_WINDOW_INIT, summed */
+    bool perr; /* a protocol error was reported (log, metric) for this conn; the GOAWAY carries it */
 };
 
 struct hbone_stream {
@@ -129,10 +148,58 @@ struct hbone_stream {
     struct hbone_header *hdrs;
     size_t n_hdrs, req_bytes;
     bool req_too_big;
+    struct hbone_stream *req_next, *req_prev; /* server: in the conn's request queue while queued */
+    bool queued, delivered, answered, reset_early;
+    /* Flow control: our receive window for this stream, the bytes drained since it last grew, the largest
+     * backlog ("down") seen meanwhile, and how much it grew beyond HBONE_STREAM_WINDOW_INIT (the connection
+     * window grew by as much, reserved from the memory budget by the conn). */
+    uint32_t win;
+    uint64_t drained, backlog_peak, grown;
+    bool up_reserved; /* the bulk "up" buffer is reserved from the memory budget */
     struct task free_task, read_task;
 };
 
 static __thread uint8_t *tl_cin, *tl_plain, *tl_pt;
+static _Atomic uint64_t proto_errors[HBONE_PERR_COUNT], early_resets_total, buffered_total;
+
+const char *hbone_proto_err_to_str(enum hbone_proto_err e)
+{
+    switch (e) {
+    case HBONE_PERR_FLOOD:
+        return "flood";
+    case HBONE_PERR_CONTINUATION:
+        return "continuation_flood";
+    case HBONE_PERR_EARLY_RESETS:
+        return "early_resets";
+    case HBONE_PERR_PROTOCOL:
+        return "protocol_error";
+    case HBONE_PERR_HEADERS_TOO_LARGE:
+        return "request_headers_too_large";
+    case HBONE_PERR_COUNT:
+        break;
+    }
+    return "unknown";
+}
+
+uint64_t hbone_proto_errors(enum hbone_proto_err e)
+{
+    return (unsigned)e < HBONE_PERR_COUNT ? atomic_load_explicit(&proto_errors[e], memory_order_relaxed) : 0;
+}
+
+uint64_t hbone_early_resets(void)
+{
+    return atomic_load_explicit(&early_resets_total, memory_order_relaxed);
+}
+
+uint64_t hbone_buffered_bytes(void)
+{
+    return atomic_load_explicit(&buffered_total, memory_order_relaxed);
+}
+
+static void buffered_add(int64_t n)
+{
+    atomic_fetch_add_explicit(&buffered_total, (uint64_t)n, memory_order_relaxed);
+}
 static uint32_t ping_interval_ms = HBONE_PING_INTERVAL_MS, ping_timeout_ms = HBONE_PING_TIMEOUT_MS;
 
 void hbone_set_keepalive(uint32_t interval_ms, uint32_t timeout_ms)
@@ -153,6 +220,8 @@ static void stream_wants_read(struct hbone_stream *s);
 static void stream_read_tcp(struct hbone_stream *s);
 static void stream_read_task_cb(struct task *t);
 static void stream_check_finish(struct hbone_stream *s);
+static void conn_flush(struct hbone_conn *c);
+static void deliver_request(struct hbone_conn *c, struct hbone_stream *s);
 
 /* ---- custom BIO over the connection's buffers ---- */
 
@@ -306,7 +375,7 @@ static void conn_flush(struct hbone_conn *c)
     }
     if (c->st == C_OPEN && !obuf_used(&c->cout)) {
         if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
-            conn_close(c, NULL);
+            conn_close(c, c->perr ? "HTTP/2 protocol error (GOAWAY sent)" : NULL);
             return;
         }
         if ((c->draining || c->goaway_recv) && c->n_streams == 0) {
@@ -324,6 +393,143 @@ static void flush_task_cb(struct task *t)
 static void conn_schedule_flush(struct hbone_conn *c)
 {
     if (c->st != C_CLOSED) loop_defer(c->loop, &c->flush_task);
+}
+
+/* ---- protocol errors: one rate-limited line, a counter, and a GOAWAY that reaches the peer ---- */
+
+/* Counts e and logs it (rate-limited: a peer can repeat it) with the peer's address and identity. */
+static void conn_report_perr(struct hbone_conn *c, enum hbone_proto_err e, const char *detail)
+{
+    static struct log_limit lim;
+    char peer[SOCKADDR_STRLEN] = "unknown";
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    atomic_fetch_add_explicit(&proto_errors[e], 1, memory_order_relaxed);
+    if (!log_enabled(LOG_WARN)) return;
+    if (c->io.fd >= 0 && getpeername(c->io.fd, (struct sockaddr *)&ss, &len) == 0)
+        sockaddr_format(&ss, peer, sizeof(peer));
+    log_fmt_limited(&lim, LOG_WARN, "hbone", "HTTP/2 protocol error: reason=%s peer.addr=%s peer.id=%s%s%s",
+                    hbone_proto_err_to_str(e), peer, c->peer_id[0] ? c->peer_id : "unknown",
+                    detail ? " detail=" : "", detail ? detail : "");
+}
+
+/* Ends c for what the peer did: reports it once, queues GOAWAY(code) after what is already queued; the conn
+ * closes once it is sent (nghttp2 then wants neither to read nor to write). */
+static void conn_abort(struct hbone_conn *c, enum hbone_proto_err e, uint32_t code, const char *detail)
+{
+    if (c->st != C_OPEN || c->perr) return;
+    c->perr = true;
+    conn_report_perr(c, e, detail);
+    nghttp2_session_terminate_session(c->ng, code);
+    conn_schedule_flush(c);
+}
+
+/* A closed connection's socket, kept a little while so the GOAWAY is not lost: closing a socket whose input
+ * is unread makes the kernel send RST and drop what was still to be sent. Reads and discards until the peer's
+ * FIN, an error, HBONE_LINGER_MS or LINGER_MAX_BYTES. */
+#define LINGER_MAX_BYTES (4u << 20)
+struct linger_fd {
+    struct io io;
+    struct timer timer;
+    struct task free_task;
+    struct loop *loop;
+    size_t discarded;
+};
+
+static void linger_free_cb(struct task *t)
+{
+    free(container_of(t, struct linger_fd, free_task));
+}
+
+static void linger_end(struct linger_fd *lf)
+{
+    if (lf->io.fd < 0) return;
+    loop_io_close(lf->loop, &lf->io);
+    timer_stop(lf->loop, &lf->timer);
+    loop_defer(lf->loop, &lf->free_task);
+}
+
+static void linger_io_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct linger_fd *lf = container_of(io, struct linger_fd, io);
+    char buf[16384];
+    for (;;) {
+        ssize_t n = recv(io->fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            lf->discarded += (size_t)n;
+            if (lf->discarded < LINGER_MAX_BYTES) continue;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return;
+        }
+        linger_end(lf);
+        return;
+    }
+}
+
+static void linger_timer_cb(struct timer *t)
+{
+    linger_end(container_of(t, struct linger_fd, timer));
+}
+
+/* Takes fd over: FIN after what the kernel holds, then discard input until done. Closes fd on failure. */
+static void fd_linger(struct loop *l, int fd)
+{
+    struct linger_fd *lf = calloc(1, sizeof(*lf));
+    shutdown(fd, SHUT_WR);
+    if (!lf) {
+        close(fd);
+        return;
+    }
+    lf->loop = l;
+    lf->io = (struct io){.fd = fd, .cb = linger_io_cb};
+    lf->timer.cb = linger_timer_cb;
+    lf->free_task.cb = linger_free_cb;
+    if (loop_io_add(l, &lf->io, EPOLLIN | EPOLLRDHUP) < 0) {
+        close(fd);
+        free(lf);
+        return;
+    }
+    timer_start(l, &lf->timer, HBONE_LINGER_MS);
+}
+
+/* ---- flow control: receive windows that grow for streams that drain, within the memory budget ---- */
+
+/* Grows the connection window to at least want (capped at HBONE_CONN_WINDOW), reserving the growth from the
+ * process-wide budget. The window never shrinks while the conn lives (taking credit back from a peer that
+ * may already use it would be a flow-control error); its reservation is returned when the conn closes.
+ * Returns false when the budget is spent. */
+static bool conn_grow_window(struct hbone_conn *c, uint64_t want)
+{
+    if (want > HBONE_CONN_WINDOW) want = HBONE_CONN_WINDOW;
+    if (want <= c->conn_win) return true;
+    uint64_t delta = want - c->conn_win;
+    if (!h2_mem_reserve(delta)) return false;
+    c->conn_reserved += delta;
+    c->conn_win = (uint32_t)want;
+    nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, (int32_t)c->conn_win);
+    return true;
+}
+
+/* Called when s has drained a whole window: if its app kept up meanwhile, the window limited the stream,
+ * so double it (up to HBONE_STREAM_WINDOW), with the connection window grown by as much so that the grown
+ * stream does not take its siblings' share. A stream whose app lags keeps its window. */
+static void stream_grow_window(struct hbone_stream *s)
+{
+    struct hbone_conn *c = s->c;
+    bool kept_up = s->backlog_peak <= s->win / WINDOW_GROW_MAX_BACKLOG_DIV;
+    s->drained = 0;
+    s->backlog_peak = 0;
+    if (!kept_up || s->win >= HBONE_STREAM_WINDOW) return;
+    uint32_t delta = s->win;
+    if (delta > HBONE_STREAM_WINDOW - s->win) delta = HBONE_STREAM_WINDOW - s->win;
+    if (!conn_grow_window(c, (uint64_t)HBONE_CONN_WINDOW_INIT + c->streams_grown + delta)) return;
+    s->win += delta;
+    s->grown += delta;
+    c->streams_grown += delta;
+    nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, s->id, (int32_t)s->win);
 }
 
 /* ---- streams ---- */
@@ -376,9 +582,38 @@ static struct hbone_stream *stream_new(void)
     struct hbone_stream *s = calloc(1, sizeof(*s));
     if (!s) return NULL;
     s->io.fd = -1;
+    s->win = HBONE_STREAM_WINDOW_INIT;
     s->free_task.cb = stream_free_cb;
     s->read_task.cb = stream_read_task_cb;
     return s;
+}
+
+/* ---- server: requests are handed to on_request from a task, at most HBONE_MAX_UNANSWERED at a time ---- */
+
+static void request_dequeue(struct hbone_stream *s)
+{
+    struct hbone_conn *c = s->c;
+    if (!s->queued) return;
+    if (s->req_prev)
+        s->req_prev->req_next = s->req_next;
+    else
+        c->req_head = s->req_next;
+    if (s->req_next)
+        s->req_next->req_prev = s->req_prev;
+    else
+        c->req_tail = s->req_prev;
+    s->req_next = s->req_prev = NULL;
+    s->queued = false;
+}
+
+/* s's request was answered or abandoned: its slot goes to the next queued request. */
+static void request_answered(struct hbone_stream *s)
+{
+    struct hbone_conn *c = s->c;
+    if (!s->delivered || s->answered) return;
+    s->answered = true;
+    c->n_unanswered--;
+    if (c->req_head) loop_defer(c->loop, &c->deliver_task);
 }
 
 static void stream_close_tcp(struct hbone_stream *s)
@@ -401,11 +636,20 @@ static void stream_finish(struct hbone_stream *s, const char *err)
         }
         nghttp2_session_set_stream_user_data(c->ng, s->id, NULL);
     }
+    request_dequeue(s);
+    request_answered(s);
     stream_unlink(s);
+    c->streams_grown -= s->grown;
+    if (s->up_reserved) h2_mem_release(UP_BIG);
+    s->up_reserved = false;
+    buffered_add(-(int64_t)obuf_used(&s->down));
     obuf_free(&s->up);
     obuf_free(&s->down);
-    struct hbone_result r = {
-        .status = s->status, .bytes_to_h2 = s->to_h2, .bytes_to_tcp = s->to_tcp, .error = err};
+    struct hbone_result r = {.status = s->status,
+                             .bytes_to_h2 = s->to_h2,
+                             .bytes_to_tcp = s->to_tcp,
+                             .error = err,
+                             .reset_early = s->reset_early};
     if (s->ops && s->ops->on_done) s->ops->on_done(s, s->ud, &r);
     loop_defer(c->loop, &s->free_task);
     if ((c->draining || c->goaway_recv) && c->n_streams == 0) conn_schedule_flush(c);
@@ -449,6 +693,8 @@ static void stream_consume(struct hbone_stream *s, size_t n)
     struct hbone_conn *c = s->c;
     if (c->st == C_OPEN && n) {
         nghttp2_session_consume(c->ng, s->id, n);
+        s->drained += n;
+        if (s->drained >= s->win) stream_grow_window(s);
         conn_schedule_flush(c);
     }
 }
@@ -460,6 +706,7 @@ static void stream_write_tcp(struct hbone_stream *s)
         ssize_t n = send(s->io.fd, s->down.p + s->down.off, obuf_used(&s->down), MSG_NOSIGNAL);
         if (n > 0) {
             obuf_consume(&s->down, (size_t)n);
+            buffered_add(-n);
             s->to_tcp += (uint64_t)n;
             stream_consume(s, (size_t)n);
             continue;
@@ -487,8 +734,10 @@ static void stream_read_tcp(struct hbone_stream *s)
             want = s->up.cap - s->up.len;
             n = recv(s->io.fd, s->up.p + s->up.len, want, 0);
             if (n > 0) s->up.len += (size_t)n;
-        } else if (s->to_h2 >= UP_GROW_AFTER) {
-            /* A bulk stream: one large buffer, read into directly and kept until the stream ends. */
+        } else if (s->to_h2 >= UP_GROW_AFTER && (s->up_reserved || h2_mem_reserve(UP_BIG))) {
+            /* A bulk stream: one large buffer, read into directly and kept until the stream ends. It is
+             * reserved from the memory budget; when that is spent the stream stays on small reads. */
+            s->up_reserved = true;
             s->up.p = malloc(UP_BIG);
             if (!s->up.p) break;
             s->up.cap = want = UP_BIG;
@@ -651,6 +900,8 @@ static int on_data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, cons
             stream_finish(s, "out of memory");
             return 0;
         }
+        buffered_add((int64_t)len);
+        if (obuf_used(&s->down) > s->backlog_peak) s->backlog_peak = obuf_used(&s->down);
         /* The socket refused part of it: its EPOLLOUT edge will come. */
     }
     return 0;
@@ -724,12 +975,41 @@ static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const u
     return 0;
 }
 
+/* Hands queued requests to on_request, in arrival order, while fewer than HBONE_MAX_UNANSWERED wait for
+ * their answer. Running after the batch of input means a stream reset in the same read never reaches the
+ * caller: no app connect, no log line. */
+static void deliver_task_cb(struct task *t)
+{
+    struct hbone_conn *c = container_of(t, struct hbone_conn, deliver_task);
+    while (c->st == C_OPEN && c->req_head && c->n_unanswered < HBONE_MAX_UNANSWERED) {
+        struct hbone_stream *s = c->req_head;
+        request_dequeue(s);
+        s->delivered = true;
+        c->n_unanswered++;
+        deliver_request(c, s); /* s stays allocated until its free task, which runs after this one */
+    }
+    conn_schedule_flush(c);
+}
+
 static void handle_request(struct hbone_conn *c, struct hbone_stream *s)
 {
     if (s->req_too_big) {
+        conn_report_perr(c, HBONE_PERR_HEADERS_TOO_LARGE, "431: more than 64 headers or 64 KiB");
         hbone_stream_respond(s, 431, -1, NULL, 0);
         return;
     }
+    s->queued = true;
+    s->req_prev = c->req_tail;
+    if (c->req_tail)
+        c->req_tail->req_next = s;
+    else
+        c->req_head = s;
+    c->req_tail = s;
+    loop_defer(c->loop, &c->deliver_task);
+}
+
+static void deliver_request(struct hbone_conn *c, struct hbone_stream *s)
+{
     struct hbone_request req = {
         .method = s->method ? s->method : "",
         .authority = s->authority ? s->authority : "",
@@ -758,6 +1038,20 @@ static void handle_response(struct hbone_stream *s)
     }
 }
 
+/* Server: the peer reset s. Before a response, that is an abandoned request, charged to the budget. */
+static void conn_early_reset(struct hbone_conn *c, struct hbone_stream *s)
+{
+    if (!s || s->status) return;
+    s->reset_early = true;
+    c->n_early_resets++;
+    atomic_fetch_add_explicit(&early_resets_total, 1, memory_order_relaxed);
+    if (h2_bucket_take(&c->early_resets, loop_now(c->loop))) return;
+    char detail[96];
+    snprintf(detail, sizeof(detail), "%llu streams reset before their response",
+             (unsigned long long)c->n_early_resets);
+    conn_abort(c, HBONE_PERR_EARLY_RESETS, NGHTTP2_ENHANCE_YOUR_CALM, detail);
+}
+
 static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     struct hbone_conn *c = ud;
@@ -771,6 +1065,9 @@ static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
         return 0;
     case NGHTTP2_GOAWAY:
         c->goaway_recv = true;
+        return 0;
+    case NGHTTP2_RST_STREAM:
+        if (c->server) conn_early_reset(c, stream_of(ng, frame->hd.stream_id));
         return 0;
     case NGHTTP2_HEADERS:
     case NGHTTP2_DATA:
@@ -805,6 +1102,18 @@ static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
 static int on_frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     struct hbone_conn *c = ud;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR && !c->perr) {
+        /* nghttp2 found a connection error in the peer's input and ends the session with this GOAWAY. */
+        char detail[160];
+        uint32_t code = frame->goaway.error_code;
+        snprintf(detail, sizeof(detail), "%s: %.*s", nghttp2_http2_strerror(code),
+                 (int)(frame->goaway.opaque_data_len < 100 ? frame->goaway.opaque_data_len : 100),
+                 frame->goaway.opaque_data ? (const char *)frame->goaway.opaque_data : "");
+        c->perr = true;
+        conn_report_perr(c, code == NGHTTP2_ENHANCE_YOUR_CALM ? HBONE_PERR_FLOOD : HBONE_PERR_PROTOCOL,
+                         detail);
+        return 0;
+    }
     if (!c->server || frame->hd.type != NGHTTP2_HEADERS) return 0;
     struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
     /* An error response ends our side; reset so a client that keeps sending does not hold the stream. */
@@ -889,7 +1198,16 @@ static void conn_close(struct hbone_conn *c, const char *err)
         stream_finish(c->streams, err ? err : "connection closed");
     timer_stop(c->loop, &c->hs_timer);
     timer_stop(c->loop, &c->ping_timer);
-    loop_io_close(c->loop, &c->io);
+    if (c->perr && c->io.fd >= 0) {
+        /* An error GOAWAY was sent: keep the socket briefly so that it arrives. */
+        loop_io_del(c->loop, &c->io);
+        fd_linger(c->loop, c->io.fd);
+        c->io.fd = -1;
+    } else {
+        loop_io_close(c->loop, &c->io);
+    }
+    if (c->conn_reserved) h2_mem_release(c->conn_reserved);
+    c->conn_reserved = 0;
     if (c->ops->on_closed) c->ops->on_closed(c, c->ud, err);
     /* nghttp2 may be on the stack (we can be called from its callbacks): free after the batch. */
     loop_defer(c->loop, &c->free_task);
@@ -947,6 +1265,8 @@ static int conn_start_h2(struct hbone_conn *c)
      * member, so allow a much higher, still bounded, rate. */
     if (c->server) nghttp2_option_set_stream_reset_rate_limit(opt, HBONE_RESET_BURST, HBONE_RESET_RATE);
     if (c->server)
+        h2_bucket_init(&c->early_resets, HBONE_EARLY_RESET_BURST, HBONE_EARLY_RESET_RATE, loop_now(c->loop));
+    if (c->server)
         rv = nghttp2_session_server_new2(&c->ng, cb, c, opt);
     else
         rv = nghttp2_session_client_new2(&c->ng, cb, c, opt);
@@ -955,13 +1275,13 @@ static int conn_start_h2(struct hbone_conn *c)
     if (rv != 0) return -ENOMEM;
     nghttp2_settings_entry srv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, HBONE_SERVER_MAX_STREAMS},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, HBONE_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, HBONE_STREAM_WINDOW_INIT},
         {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, HBONE_MAX_FRAME},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 64 * 1024},
     };
     nghttp2_settings_entry cli[] = {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, HBONE_STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, HBONE_STREAM_WINDOW_INIT},
         {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, HBONE_MAX_FRAME},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, 16 * 1024},
     };
@@ -969,8 +1289,12 @@ static int conn_start_h2(struct hbone_conn *c)
         rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, srv, sizeof(srv) / sizeof(srv[0]));
     else
         rv = nghttp2_submit_settings(c->ng, NGHTTP2_FLAG_NONE, cli, sizeof(cli) / sizeof(cli[0]));
-    if (rv == 0) rv = nghttp2_session_set_local_window_size(c->ng, NGHTTP2_FLAG_NONE, 0, HBONE_CONN_WINDOW);
-    return rv == 0 ? 0 : -EINVAL;
+    if (rv != 0) return -EINVAL;
+    /* The connection window starts at HBONE_CONN_WINDOW_INIT if the budget allows, else at the protocol's
+     * 65 535 bytes (the conn still works, just slower). */
+    c->conn_win = H2_DEFAULT_WINDOW;
+    conn_grow_window(c, HBONE_CONN_WINDOW_INIT);
+    return 0;
 }
 
 static void conn_handshake_done(struct hbone_conn *c)
@@ -1028,6 +1352,35 @@ static void conn_handshake(struct hbone_conn *c)
     conn_close(c, err);
 }
 
+/* nghttp2 refused the input for good (a flood guard, too many CONTINUATIONs, bad preface, or one of our
+ * callbacks failed). A peer's fault gets a GOAWAY with the matching code, flushed before the close; the
+ * session still serializes frames after such an error. Returns 0, or -1 when the conn was closed. */
+static int conn_fatal(struct hbone_conn *c, int rv)
+{
+    enum hbone_proto_err e;
+    uint32_t code;
+    switch (rv) {
+    case NGHTTP2_ERR_FLOODED:
+        e = HBONE_PERR_FLOOD;
+        code = NGHTTP2_ENHANCE_YOUR_CALM;
+        break;
+    case NGHTTP2_ERR_TOO_MANY_CONTINUATIONS:
+        e = HBONE_PERR_CONTINUATION;
+        code = NGHTTP2_ENHANCE_YOUR_CALM;
+        break;
+    case NGHTTP2_ERR_BAD_CLIENT_MAGIC:
+        e = HBONE_PERR_PROTOCOL;
+        code = NGHTTP2_PROTOCOL_ERROR;
+        break;
+    default: /* ours (out of memory in a callback): nothing the peer did */
+        conn_close(c, nghttp2_strerror(rv));
+        return -1;
+    }
+    conn_abort(c, e, code, nghttp2_strerror(rv));
+    conn_flush(c);
+    return c->st == C_CLOSED ? -1 : 0;
+}
+
 /* Decrypts everything available and feeds it to nghttp2. Returns 0, or -1 when the conn was closed. */
 static int conn_decrypt(struct hbone_conn *c)
 {
@@ -1043,13 +1396,11 @@ static int conn_decrypt(struct hbone_conn *c)
             err = SSL_get_error(c->ssl, 0);
             break;
         }
-        if (plen) {
+        /* After a protocol error the GOAWAY is on its way: what the peer sends meanwhile is dropped. */
+        if (plen && !c->perr) {
             ssize_t rv = nghttp2_session_mem_recv(c->ng, tl_plain, plen);
             if (c->st == C_CLOSED) return -1;
-            if (rv < 0) {
-                conn_close(c, nghttp2_strerror((int)rv));
-                return -1;
-            }
+            if (rv < 0 && conn_fatal(c, (int)rv) < 0) return -1;
         }
         if (!err) continue;
         if (err == SSL_ERROR_WANT_READ) return 0;
@@ -1154,6 +1505,7 @@ static struct hbone_conn *conn_new(struct loop *l, int fd, SSL_CTX *ctx, bool se
     c->flush_task.cb = flush_task_cb;
     c->free_task.cb = conn_free_cb;
     c->read_task.cb = conn_read_task_cb;
+    c->deliver_task.cb = deliver_task_cb;
     c->hs_timer.cb = hs_timer_cb;
     c->ping_timer.cb = ping_timer_cb;
     c->ssl = SSL_new(ctx);
@@ -1322,6 +1674,7 @@ void hbone_stream_respond(struct hbone_stream *s, int status, int tcp_fd, const 
     char st[8];
     nghttp2_nv nva[9];
     size_t m = 0;
+    request_answered(s);
     if (s->done || c->st != C_OPEN) {
         if (tcp_fd >= 0) close(tcp_fd);
         return;

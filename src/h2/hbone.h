@@ -34,6 +34,10 @@ struct hbone_result {
     uint64_t bytes_to_h2;  /* read from the TCP side, sent as DATA */
     uint64_t bytes_to_tcp; /* received as DATA, written to the TCP side */
     const char *error;     /* NULL on a clean end */
+    /* The peer reset the stream before any response was sent (server: the request is abandoned; such
+     * resets are charged to the connection's reset budget). Callers aggregate these in their logs instead of
+     * writing a line each: a peer can send them by the thousand. */
+    bool reset_early;
 };
 
 struct hbone_conn_ops {
@@ -56,9 +60,20 @@ struct hbone_stream_ops {
     void (*on_response)(struct hbone_stream *s, void *ud, int status);
 };
 
-/* HTTP/2 settings, from reference §1.4. */
+/* HTTP/2 settings, from reference §1.4 (istio/ztunnel src/config.rs, src/proxy/h2/server.rs). Istio's stream
+ * and connection windows are the largest windows auto-tuning grants here; see HBONE_STREAM_WINDOW_INIT. */
 #define HBONE_STREAM_WINDOW (4u << 20)
 #define HBONE_CONN_WINDOW (16u << 20)
+/* Receive windows start small and grow for streams that drain (auto-tuning), so that a peer sending to an app
+ * that does not read pins HBONE_STREAM_WINDOW_INIT per stream and HBONE_CONN_WINDOW_INIT per connection,
+ * not Istio's 4 MiB / 16 MiB. SETTINGS_INITIAL_WINDOW_SIZE advertises HBONE_STREAM_WINDOW_INIT (a credit
+ * once given cannot be taken back); each time a stream has drained a whole window while its app kept up, its
+ * window doubles (WINDOW_UPDATE), up to HBONE_STREAM_WINDOW, and the connection window grows by the same
+ * amount, up to HBONE_CONN_WINDOW. Every byte of credit beyond the protocol's initial 65 535-byte connection
+ * window is reserved from the process-wide budget (h2/budget.h): when it is spent, windows stop growing
+ * until streams end and return theirs. */
+#define HBONE_STREAM_WINDOW_INIT (256u << 10)
+#define HBONE_CONN_WINDOW_INIT (4 * HBONE_STREAM_WINDOW_INIT) /* Istio's 4× connection/stream ratio */
 #define HBONE_MAX_FRAME (1u << 20)
 #define HBONE_CLIENT_MAX_STREAMS 100
 #define HBONE_SERVER_MAX_STREAMS 200
@@ -67,6 +82,39 @@ struct hbone_stream_ops {
 /* Overrides the PING interval and timeout for connections created afterwards (tests); 0 keeps the default. */
 void hbone_set_keepalive(uint32_t interval_ms, uint32_t timeout_ms);
 #define HBONE_HANDSHAKE_TIMEOUT_MS 10000
+/* Requests handed to on_request and not yet answered, per connection; later requests wait in arrival order
+ * (bounded by SETTINGS_MAX_CONCURRENT_STREAMS, beyond which nghttp2 refuses streams with REFUSED_STREAM).
+ * Istio's inbound spawns a task per stream with no bound of its own; this bounds the app connects a peer can
+ * keep in flight on one connection. */
+#define HBONE_MAX_UNANSWERED 64
+/* Budget for streams the peer resets before their response (rapid reset, CVE-2023-44487): a burst of
+ * HBONE_EARLY_RESET_BURST, refilled at HBONE_EARLY_RESET_RATE per second. When it is spent the connection
+ * ends with GOAWAY(ENHANCE_YOUR_CALM). The burst is well above what a pooled connection whose apps reset
+ * their sockets produces (a storm of 2000 is a test case). */
+#define HBONE_EARLY_RESET_BURST 5000
+#define HBONE_EARLY_RESET_RATE 500
+/* After an error GOAWAY the socket is kept (reading and discarding) for up to this long, so that closing it
+ * with unread input does not turn into a TCP RST that discards the GOAWAY. */
+#define HBONE_LINGER_MS 1000
+
+/* Why a connection or request was refused for what the peer sent. Counted per reason (hbone_proto_errors)
+ * and logged (rate-limited) with the peer's address and identity. */
+enum hbone_proto_err {
+    HBONE_PERR_FLOOD,             /* nghttp2's flood guard: too many PING/SETTINGS/RST_STREAM to answer */
+    HBONE_PERR_CONTINUATION,      /* too many CONTINUATION frames for one header block */
+    HBONE_PERR_EARLY_RESETS,      /* the early-reset budget is spent (GOAWAY ENHANCE_YOUR_CALM) */
+    HBONE_PERR_PROTOCOL,          /* any other connection error nghttp2 found (GOAWAY with its code) */
+    HBONE_PERR_HEADERS_TOO_LARGE, /* a request over 64 headers or 64 KiB (431, the connection stays) */
+    HBONE_PERR_COUNT
+};
+/* The reason's metric label ("flood", "continuation_flood", ...); static string. */
+const char *hbone_proto_err_to_str(enum hbone_proto_err e);
+/* Process-wide count for e since start. Thread-safe. */
+uint64_t hbone_proto_errors(enum hbone_proto_err e);
+/* Process-wide count of streams reset by the peer before their response. Thread-safe. */
+uint64_t hbone_early_resets(void);
+/* Bytes received from peers that wait in our buffers for a local socket to take them, all threads. */
+uint64_t hbone_buffered_bytes(void);
 
 /* Starts the client role on fd (connecting or connected, non-blocking; ownership passes to the conn).
  * The server must present a URI SAN equal to one of expected[0..n) (copied). Returns NULL on allocation

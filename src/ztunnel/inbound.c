@@ -87,7 +87,18 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     } else {
         is->rec.error = r->error;
     }
-    access_log(&is->rec);
+    if (r->reset_early) {
+        /* The peer abandoned the request before our answer. A peer can do that thousands of times a second
+         * (rapid reset), so these share one rate-limited line whose suppressed count aggregates them; hbone
+         * counts them all (zmesh_hbone_early_resets_total) and ends a connection that overdoes it. */
+        char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN];
+        LOG_LIMITED(LOG_INFO, "access",
+                    "streams reset by peer before response: src.addr=%s src.identity=%s dst.addr=%s",
+                    sockaddr_format(&ic->peer, src, sizeof(src)), is->peer_id ? is->peer_id : "unknown",
+                    ip_port_format(&is->rec.hbone_addr, dst, sizeof(dst)));
+    } else {
+        access_log(&is->rec);
+    }
     /* response_flags: DENY for an RBAC rejection, CONNECT when the app could not be reached. */
     const char *flags = r->status == 401 ? "DENY" : (r->status == 503 && is->authorized) ? "CONNECT" : "-";
     zt_stats_close(&is->stats, r->bytes_to_tcp, r->bytes_to_h2, flags, r->status != 200);

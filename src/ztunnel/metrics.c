@@ -3,7 +3,7 @@
  * A label set is stored as its rendered Prometheus label text ("reporter=\"source\",source_workload=...");
  * that string is the hash key, so a lookup is one hash of a short stack string and one chain walk. Sets are
  * allocated once, linked into an append-only list in creation order (so the output is stable), and never
- * freed. This file depends only on the mesh model (unit tests #include it). */
+ * freed. This file depends only on the mesh model and the h2 layer's counters (unit tests #include it). */
 #include "ztunnel/metrics.h"
 
 #include <dirent.h>
@@ -15,6 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+
+#include "h2/budget.h"
+#include "h2/hbone.h"
 
 /* Which families a set has been counted in: a family lists a set only once it was touched, as Istio's
  * prometheus_client families only hold label sets that were get_or_create'd. */
@@ -400,6 +403,27 @@ static long m_open_fds(void)
     return n >= 3 ? n - 3 : 0;
 }
 
+/* zmesh's own HBONE counters (istio/ztunnel has no metric for HTTP/2 protocol errors or flow-control memory):
+ * zmesh_-prefixed, in Istio's style. */
+static void m_render_hbone(struct m_buf *b, bool om)
+{
+    m_header(b, om, "zmesh_hbone_protocol_errors", true,
+             "HBONE connections ended, or requests refused (431), for what the peer sent, by reason");
+    for (int e = 0; e < HBONE_PERR_COUNT; e++)
+        m_printf(b, "zmesh_hbone_protocol_errors_total{reason=\"%s\"} %llu\n", hbone_proto_err_to_str(e),
+                 (unsigned long long)hbone_proto_errors(e));
+    m_header(b, om, "zmesh_hbone_early_resets", true, "HBONE streams the peer reset before their response");
+    m_printf(b, "zmesh_hbone_early_resets_total %llu\n", (unsigned long long)hbone_early_resets());
+    m_header(b, om, "zmesh_hbone_buffered_bytes", false,
+             "Bytes received over HBONE that wait for a local socket to take them");
+    m_printf(b, "zmesh_hbone_buffered_bytes %llu\n", (unsigned long long)hbone_buffered_bytes());
+    m_header(b, om, "zmesh_hbone_memory_reserved_bytes", false,
+             "HTTP/2 receive windows and relay buffers reserved from the memory budget");
+    m_printf(b, "zmesh_hbone_memory_reserved_bytes %llu\n", (unsigned long long)h2_mem_reserved());
+    m_header(b, om, "zmesh_hbone_memory_budget_bytes", false, "The memory budget for HBONE peers");
+    m_printf(b, "zmesh_hbone_memory_budget_bytes %llu\n", (unsigned long long)h2_mem_limit());
+}
+
 char *metrics_render(bool om, size_t *len)
 {
     struct m_buf b;
@@ -445,6 +469,8 @@ char *metrics_render(bool om, size_t *len)
     m_puts(&b, "istio_build{component=\"ztunnel\",tag=\"");
     m_value(&b, tag);
     m_puts(&b, "\"} 1\n");
+
+    m_render_hbone(&b, om);
 
     long fds = m_open_fds();
     if (fds >= 0) {

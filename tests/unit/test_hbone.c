@@ -1,7 +1,8 @@
-/* Unit tests for HBONE (src/h2/hbone.c): an in-process client and server on one loop, over a real TCP loopback
- * connection, with real certificates minted by the local CA. The "apps" at both ends of a tunnel are socketpairs
- * driven by the same loop; they move a position-dependent byte pattern so loss, duplication or reordering is
- * caught. Every wait is bounded: the loop runs until a condition holds or a safety timeout stops it. */
+/* Unit tests for HBONE (src/h2/hbone.c): an in-process client and server on one loop, over a real TCP
+ * loopback connection, with real certificates minted by the local CA. The "apps" at both ends of a tunnel are
+ * socketpairs driven by the same loop; they move a position-dependent byte pattern so loss, duplication or
+ * reordering is caught. Every wait is bounded: the loop runs until a condition holds or a safety timeout
+ * stops it. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <pthread.h>
@@ -16,9 +17,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <nghttp2/nghttp2.h>
+#include <sys/time.h>
 
 #include "core/loop.h"
 #include "core/net.h"
+#include "h2/budget.h"
 #include "h2/hbone.h"
 #include "tls/ca.h"
 #include "tls/spiffe.h"
@@ -61,8 +65,8 @@ static void safety_cb(struct timer *t)
     loop_stop(L);
 }
 
-/* Runs the loop until pred() is true (checked every millisecond) or timeout_ms passes; pred NULL just runs for
- * timeout_ms. Returns whether pred became true. */
+/* Runs the loop until pred() is true (checked every millisecond) or timeout_ms passes; pred NULL just runs
+ * for timeout_ms. Returns whether pred became true. */
 static bool run_until(bool (*pred)(void), uint64_t timeout_ms)
 {
     struct waiter w = {.tick = {.cb = tick_cb}, .safety = {.cb = safety_cb}, .pred = pred};
@@ -103,6 +107,8 @@ static struct {
     struct srv_stream st[MAX_STREAMS];
     bool app_paused;
     int unanswered;
+    uint16_t app9_port;
+    int app9_requests;
 } srv;
 
 static void srv_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
@@ -121,6 +127,20 @@ static const struct hbone_stream_ops srv_stream_ops = {.on_done = srv_stream_don
 static void srv_on_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
 {
     (void)ud;
+    /* Port 9 connects to a real TCP "app" (rapid-reset test) and answers when connected. */
+    if (strstr(req->authority, ":9") && strlen(strstr(req->authority, ":9")) == 2) {
+        srv.app9_requests++;
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sa = {
+            .sin_family = AF_INET, .sin_port = htons(srv.app9_port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
+        if (fd < 0 || (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 && errno != EINPROGRESS)) {
+            if (fd >= 0) close(fd);
+            hbone_stream_respond(s, 503, -1, NULL, 0);
+            return;
+        }
+        hbone_stream_respond(s, 200, fd, NULL, 0);
+        return;
+    }
     /* Port 7 never gets an answer: the client resets it (reset-storm test). */
     if (strstr(req->authority, ":7") && strlen(strstr(req->authority, ":7")) == 2) {
         srv.unanswered++;
@@ -257,8 +277,8 @@ static void cli_connect(const char *expected)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(srv.port),
-                             .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(srv.port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
     int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
     assert_true(rc == 0 || errno == EINPROGRESS);
     const char *exp[1] = {expected};
@@ -266,8 +286,8 @@ static void cli_connect(const char *expected)
     assert_non_null(cli.c);
 }
 
-/* Opens a stream to 127.0.0.1:port with an app that sends to_send bytes. Returns the stream slot, or NULL when
- * the conn refused the stream (the fd is then checked to still be ours, and closed). */
+/* Opens a stream to 127.0.0.1:port with an app that sends to_send bytes. Returns the stream slot, or NULL
+ * when the conn refused the stream (the fd is then checked to still be ours, and closed). */
 static struct cli_stream *cli_open(uint16_t port, uint64_t to_send, bool shut_after_eof)
 {
     assert_true(cli.n_st < MAX_STREAMS);
@@ -512,7 +532,8 @@ static void test_error_status(void **state)
     assert_int_equal(cli.closed_calls, 0);
 }
 
-/* The tunnel's end of the socketpair was closed: EOF, or ECONNRESET when the app had sent bytes nobody read. */
+/* The tunnel's end of the socketpair was closed: EOF, or ECONNRESET when the app had sent bytes nobody read.
+ */
 static bool app_peer_closed(const struct app *a)
 {
     return a->eof || a->err == ECONNRESET;
@@ -531,8 +552,8 @@ static void test_san_mismatch(void **state)
     assert_non_null(cs);
     bool ok = run_until(cli_closed, 10000);
     if (!ok)
-        print_error("closed_calls %d err \"%s\" stream done %d app eof %d srv requests %d\n", cli.closed_calls,
-                    cli.closed_err, cs->done_calls, cs->app.eof, srv.requests);
+        print_error("closed_calls %d err \"%s\" stream done %d app eof %d srv requests %d\n",
+                    cli.closed_calls, cli.closed_err, cs->done_calls, cs->app.eof, srv.requests);
     assert_true(ok);
     assert_int_equal(cli.closed_calls, 1);
     assert_true(cli.closed_err_set);
@@ -582,7 +603,8 @@ static void test_stream_limit(void **state)
     assert_false(hbone_conn_usable(cli.c));
 
     /* Ending 50 frees 50 slots at once. */
-    for (int i = 0; i < 50; i++) hbone_stream_reset(cli.st[i].s, "test reset");
+    for (int i = 0; i < 50; i++)
+        hbone_stream_reset(cli.st[i].s, "test reset");
     for (int i = 0; i < 50; i++) {
         assert_int_equal(cli.st[i].done_calls, 1);
         assert_string_equal(cli.st[i].res.error, "test reset");
@@ -600,7 +622,8 @@ static void test_stream_limit(void **state)
     assert_int_equal(srv.requests, 150);
     assert_int_equal(hbone_conn_streams(srv.conn), 100);
     /* The reset reached the server as the end of those tunnels. */
-    for (int i = 0; i < 50; i++) assert_true(srv.st[i].app.eof);
+    for (int i = 0; i < 50; i++)
+        assert_true(srv.st[i].app.eof);
 
     /* Closing the conn ends every remaining stream with the reason, before on_closed. */
     hbone_conn_close(cli.c, "bye");
@@ -675,7 +698,6 @@ static void test_drain(void **state)
     assert_true(a->app.eof && b->app.eof);
 }
 
-
 /* ---- back-pressure: windows are consumed only as bytes reach the app ---- */
 
 static bool bp_done(void)
@@ -694,10 +716,12 @@ static void test_backpressure(void **state)
     run_until(NULL, 1000);
     uint64_t to_h2, to_tcp;
     hbone_stream_bytes(cs->s, &to_h2, &to_tcp);
-    /* At most one stream window (4 MiB) beyond what the app's socket buffer took. */
+    /* At most the initial stream window beyond what the app's socket buffer took: a stream whose app does
+     * not read never gets a larger window. */
     assert_true(srv.requests == 1);
-    assert_true(to_h2 >= 1 * MIB);
-    assert_true(to_h2 <= HBONE_STREAM_WINDOW + 2 * MIB);
+    assert_true(to_h2 >= HBONE_STREAM_WINDOW_INIT);
+    assert_true(to_h2 <= HBONE_STREAM_WINDOW_INIT + 2 * MIB);
+    assert_true(hbone_buffered_bytes() <= HBONE_STREAM_WINDOW_INIT);
     assert_true(cs->app.sent < 12 * MIB); /* the sending app is blocked too */
     /* Once the app reads, everything arrives intact. */
     srv.st[0].app.paused = false;
@@ -748,7 +772,8 @@ static void test_reset_storm(void **state)
         }
         storm_sent += 50;
         assert_true(run_until(storm_all_seen, 5000)); /* the HEADERS reached the server */
-        for (int i = 0; i < 50; i++) hbone_stream_reset(batch[i], "app reset");
+        for (int i = 0; i < 50; i++)
+            hbone_stream_reset(batch[i], "app reset");
     }
     run_until(NULL, 300);
     assert_int_equal(storm_done, 2000);
@@ -757,6 +782,473 @@ static void test_reset_storm(void **state)
     assert_non_null(cli.c);
     assert_true(hbone_conn_usable(cli.c));
     assert_int_equal(hbone_conn_streams(srv.conn), 0); /* every reset reached the server */
+}
+
+/* ---- memory a peer can pin (issue 6 item 5): apps that do not read, senders that push far more ---- */
+
+#define MEM_CONNS 4
+#define MEM_STREAMS 8 /* per connection */
+#define MEM_SEND (2 * MIB)
+
+static bool mem_all_received(void)
+{
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++)
+        if (srv.st[i].app.recvd < MEM_SEND) return false;
+    return true;
+}
+
+static bool mem_all_requested(void)
+{
+    return srv.requests == MEM_CONNS * MEM_STREAMS;
+}
+
+static void test_memory_budget(void **state)
+{
+    (void)state;
+    const uint64_t limit = 1 * MIB;
+    struct hbone_conn *conns[MEM_CONNS];
+    h2_mem_set_limit(limit);
+    srv.app_paused = true;
+    for (int k = 0; k < MEM_CONNS; k++) {
+        cli_connect(ID_SERVER);
+        conns[k] = cli.c;
+        for (int i = 0; i < MEM_STREAMS; i++)
+            assert_non_null(cli_open(8080, MEM_SEND, false));
+    }
+    assert_true(run_until(mem_all_requested, 10000));
+    run_until(NULL, 1000); /* let the senders fill every window they were given */
+    /* 64 MiB pushed at apps that read nothing: what waits in our buffers stays within the budget plus the
+     * protocol's 65 535-byte connection window of each connection (both ends run here). */
+    uint64_t buffered = hbone_buffered_bytes();
+    if (getenv("ZMESH_TEST_VERBOSE"))
+        print_error("buffered %llu reserved %llu\n", (unsigned long long)buffered,
+                    (unsigned long long)h2_mem_reserved());
+    assert_true(buffered > 0);
+    assert_true(buffered <= limit + 2 * MEM_CONNS * 65535);
+    assert_true(h2_mem_reserved() <= limit);
+    /* Once the apps read, every byte arrives, intact. */
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        srv.st[i].app.paused = false;
+        app_go(&srv.st[i].app);
+    }
+    assert_true(run_until(mem_all_received, 60000));
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        assert_false(srv.st[i].app.bad);
+        assert_int_equal(srv.st[i].app.recvd, MEM_SEND);
+    }
+    assert_int_equal(hbone_buffered_bytes(), 0);
+    /* Closing returns every reservation. */
+    for (int k = 0; k < MEM_CONNS; k++)
+        if (k != MEM_CONNS - 1) hbone_conn_close(conns[k], NULL);
+    run_until(NULL, 50);
+    h2_mem_set_limit(0);
+}
+
+static bool mem_cli_all_received(void)
+{
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++)
+        if (cli.st[i].app.recvd < MEM_SEND) return false;
+    return true;
+}
+
+/* The other direction: the client side buffers what the server's apps send to client apps that do not read.
+ */
+static void test_memory_budget_client_side(void **state)
+{
+    (void)state;
+    const uint64_t limit = 1 * MIB;
+    struct hbone_conn *conns[MEM_CONNS];
+    h2_mem_set_limit(limit);
+    srv.app_send = MEM_SEND;
+    for (int k = 0; k < MEM_CONNS; k++) {
+        cli_connect(ID_SERVER);
+        conns[k] = cli.c;
+        for (int i = 0; i < MEM_STREAMS; i++) {
+            struct cli_stream *cs = cli_open(8080, 0, true);
+            assert_non_null(cs);
+            cs->app.paused = true;
+            app_go(&cs->app);
+        }
+    }
+    assert_true(run_until(mem_all_requested, 10000));
+    run_until(NULL, 1000);
+    uint64_t buffered = hbone_buffered_bytes();
+    assert_true(buffered > 0);
+    assert_true(buffered <= limit + 2 * MEM_CONNS * 65535);
+    assert_true(h2_mem_reserved() <= limit);
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        cli.st[i].app.paused = false;
+        app_go(&cli.st[i].app);
+    }
+    assert_true(run_until(mem_cli_all_received, 60000));
+    for (int i = 0; i < MEM_CONNS * MEM_STREAMS; i++) {
+        assert_false(cli.st[i].app.bad);
+        assert_int_equal(cli.st[i].app.recvd, MEM_SEND);
+    }
+    assert_int_equal(hbone_buffered_bytes(), 0);
+    for (int k = 0; k < MEM_CONNS; k++)
+        if (conns[k] != cli.c) hbone_conn_close(conns[k], NULL);
+    run_until(NULL, 50);
+    h2_mem_set_limit(0);
+}
+
+/* Without a budget to stop it, a stream whose app drains grows its window to Istio's 4 MiB: what the sender
+ * has in flight while the app pauses afterwards shows it. */
+static bool grow_first_part(void)
+{
+    return srv.st[0].app.recvd >= 16 * MIB;
+}
+
+static void test_window_grows(void **state)
+{
+    (void)state;
+    uint64_t buffered0 = hbone_buffered_bytes(); /* 0 unless an earlier test failed and left streams */
+    cli_connect(ID_SERVER);
+    struct cli_stream *cs = cli_open(8080, 64 * MIB, false);
+    assert_non_null(cs);
+    assert_true(run_until(grow_first_part, 30000));
+    srv.st[0].app.paused = true;
+    app_go(&srv.st[0].app);
+    run_until(NULL, 500);
+    uint64_t buffered = hbone_buffered_bytes() - buffered0;
+    if (getenv("ZMESH_TEST_VERBOSE"))
+        print_error("buffered after growth %llu\n", (unsigned long long)buffered);
+    assert_true(buffered > HBONE_STREAM_WINDOW_INIT);
+    assert_true(buffered <= HBONE_STREAM_WINDOW);
+    srv.st[0].app.paused = false;
+    app_go(&srv.st[0].app);
+}
+
+/* ---- a hostile peer: a raw nghttp2 client over blocking TLS, in its own thread ----
+ *
+ * It writes frames the in-process hbone client never would (HEADERS and RST_STREAM of one stream in one TLS
+ * write, PING and CONTINUATION floods, oversized requests) and records what the server answered. */
+
+enum raw_mode { RAW_RESET_FLOOD, RAW_PING_FLOOD, RAW_CONTINUATION_FLOOD, RAW_BIG_HEADERS };
+
+static struct {
+    enum raw_mode mode;
+    int n; /* streams, PINGs or CONTINUATION frames to send */
+    const char *authority;
+    bool connected, got_goaway, done;
+    uint32_t goaway_code;
+    int last_status;
+    SSL *ssl;
+} raw;
+
+static int raw_frame_recv(nghttp2_session *ng, const nghttp2_frame *f, void *ud)
+{
+    (void)ng, (void)ud;
+    if (f->hd.type == NGHTTP2_GOAWAY) {
+        raw.got_goaway = true;
+        raw.goaway_code = f->goaway.error_code;
+    }
+    return 0;
+}
+
+static int raw_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t *name, size_t namelen,
+                      const uint8_t *value, size_t valuelen, uint8_t flags, void *ud)
+{
+    (void)ng, (void)f, (void)flags, (void)ud;
+    if (namelen == 7 && memcmp(name, ":status", 7) == 0) raw.last_status = atoi((const char *)value);
+    (void)valuelen;
+    return 0;
+}
+
+struct obuf_t {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static void raw_put(struct obuf_t *out, const void *d, size_t n)
+{
+    if (out->len + n > out->cap) {
+        out->cap = (out->len + n) * 2;
+        out->p = realloc(out->p, out->cap);
+        assert_non_null(out->p);
+    }
+    memcpy(out->p + out->len, d, n);
+    out->len += n;
+}
+
+/* Everything nghttp2 has queued, appended to out. */
+static void raw_collect(nghttp2_session *ng, struct obuf_t *out)
+{
+    const uint8_t *d;
+    ssize_t n;
+    while ((n = nghttp2_session_mem_send(ng, &d)) > 0)
+        raw_put(out, d, (size_t)n);
+}
+
+/* A raw frame header: 24-bit length, type, flags, stream id. */
+static void raw_frame_hd(struct obuf_t *out, size_t len, uint8_t type, uint8_t flags, uint32_t id)
+{
+    uint8_t h[9] = {(uint8_t)(len >> 16), (uint8_t)(len >> 8), (uint8_t)len,       type,       flags,
+                    (uint8_t)(id >> 24),  (uint8_t)(id >> 16), (uint8_t)(id >> 8), (uint8_t)id};
+    raw_put(out, h, 9);
+}
+
+static void *raw_peer(void *arg)
+{
+    (void)arg;
+    struct obuf_t out = {0};
+    nghttp2_session_callbacks *cb;
+    nghttp2_session *ng;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {
+        .sin_family = AF_INET, .sin_port = htons(srv.port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) goto out_fd;
+    raw.ssl = SSL_new(cctx);
+    SSL_set_fd(raw.ssl, fd);
+    if (SSL_connect(raw.ssl) != 1) goto out_ssl;
+    raw.connected = true;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, raw_frame_recv);
+    nghttp2_session_callbacks_set_on_header_callback(cb, raw_header);
+    nghttp2_session_client_new(&ng, cb, NULL);
+    nghttp2_session_callbacks_del(cb);
+    nghttp2_submit_settings(ng, NGHTTP2_FLAG_NONE, NULL, 0);
+    raw_collect(ng, &out);
+    const char *auth = raw.authority ? raw.authority : "127.0.0.1:9";
+    nghttp2_nv nva[72] = {
+        {(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":authority", (uint8_t *)auth, 10, strlen(auth), NGHTTP2_NV_FLAG_NONE},
+    };
+    switch (raw.mode) {
+    case RAW_RESET_FLOOD:
+        for (int i = 0; i < raw.n; i++) {
+            int32_t id = nghttp2_submit_request(ng, NULL, nva, 2, NULL, NULL);
+            raw_collect(ng, &out); /* the HEADERS, then its RST_STREAM right behind it */
+            nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_CANCEL);
+            raw_collect(ng, &out);
+        }
+        break;
+    case RAW_PING_FLOOD:
+        for (int i = 0; i < raw.n; i++)
+            nghttp2_submit_ping(ng, NGHTTP2_FLAG_NONE, NULL);
+        raw_collect(ng, &out);
+        break;
+    case RAW_CONTINUATION_FLOOD: {
+        /* HEADERS without END_HEADERS, then n CONTINUATIONs each carrying one literal header "x-a: b". */
+        static const uint8_t lit[] = {0x00, 0x03, 'x', '-', 'a', 0x01, 'b'};
+        raw_frame_hd(&out, sizeof(lit), NGHTTP2_HEADERS, 0, 1);
+        raw_put(&out, lit, sizeof(lit));
+        for (int i = 0; i < raw.n; i++) {
+            raw_frame_hd(&out, sizeof(lit), NGHTTP2_CONTINUATION, 0, 1);
+            raw_put(&out, lit, sizeof(lit));
+        }
+        break;
+    }
+    case RAW_BIG_HEADERS: {
+        /* 70 regular headers: over the server's 64. */
+        char names[70][16];
+        for (int i = 0; i < 70; i++) {
+            snprintf(names[i], sizeof(names[i]), "x-h%d", i);
+            nva[2 + i] =
+                (nghttp2_nv){(uint8_t *)names[i], (uint8_t *)"v", strlen(names[i]), 1, NGHTTP2_NV_FLAG_NONE};
+        }
+        nghttp2_submit_request(ng, NULL, nva, 72, NULL, NULL);
+        raw_collect(ng, &out);
+        break;
+    }
+    }
+    for (size_t off = 0; off < out.len;) {
+        size_t k = out.len - off < 65536 ? out.len - off : 65536;
+        int w = SSL_write(raw.ssl, out.p + off, (int)k);
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    /* Read the answers until GOAWAY arrives (or the 431 for RAW_BIG_HEADERS), EOF, or the 10 s timeout. */
+    uint8_t buf[16384];
+    for (;;) {
+        int r = SSL_read(raw.ssl, buf, sizeof(buf));
+        if (r <= 0) break;
+        if (nghttp2_session_mem_recv(ng, buf, (size_t)r) < 0) break;
+        if (raw.got_goaway || (raw.mode == RAW_BIG_HEADERS && raw.last_status)) break;
+    }
+    nghttp2_session_del(ng);
+out_ssl:
+    SSL_free(raw.ssl);
+    raw.ssl = NULL;
+out_fd:
+    close(fd);
+    free(out.p);
+    raw.done = true;
+    return NULL;
+}
+
+static bool raw_done(void)
+{
+    return raw.done;
+}
+
+/* Runs the raw peer in mode with n, serving it from this thread's loop until it is done. */
+static void raw_run(enum raw_mode mode, int n)
+{
+    pthread_t th;
+    memset(&raw, 0, sizeof(raw));
+    raw.mode = mode;
+    raw.n = n;
+    assert_int_equal(pthread_create(&th, NULL, raw_peer, NULL), 0);
+    bool ok = run_until(raw_done, 30000);
+    pthread_join(th, NULL);
+    assert_true(ok);
+    assert_true(raw.connected);
+}
+
+/* ---- stderr into a file, to count log lines ---- */
+
+static int cap_fd = -1, saved_err = -1;
+static char cap_path[64];
+
+static void cap_begin(void)
+{
+    strcpy(cap_path, "/tmp/zmesh-hbone-log-XXXXXX");
+    cap_fd = mkstemp(cap_path);
+    fflush(stderr);
+    saved_err = dup(STDERR_FILENO);
+    dup2(cap_fd, STDERR_FILENO);
+}
+
+/* Restores stderr; returns how many captured lines contain needle (and copies the first into first). */
+static int cap_end(const char *needle, char *first, size_t n)
+{
+    fflush(stderr);
+    dup2(saved_err, STDERR_FILENO);
+    close(saved_err);
+    int count = 0;
+    FILE *f = fopen(cap_path, "r");
+    char line[4096];
+    if (first && n) first[0] = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        if (!strstr(line, needle)) continue;
+        if (!count++ && first) snprintf(first, n, "%s", line);
+    }
+    if (f) fclose(f);
+    close(cap_fd);
+    unlink(cap_path);
+    return count;
+}
+
+/* ---- rapid reset (issue 6 item 4): HEADERS + RST_STREAM floods ---- */
+
+/* The "app" that port 9 reaches: a real TCP listener whose accepts are counted. */
+static struct {
+    struct io lio;
+    int accepts;
+} app9;
+
+static void app9_accept_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    for (;;) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) return;
+        app9.accepts++;
+        close(fd);
+    }
+}
+
+static void test_rapid_reset_flood(void **state)
+{
+    (void)state;
+    const int n = 3 * HBONE_EARLY_RESET_BURST;
+    uint64_t resets0 = hbone_early_resets(), perr0 = hbone_proto_errors(HBONE_PERR_EARLY_RESETS);
+    memset(&app9, 0, sizeof(app9));
+    app9.lio = (struct io){.fd = net_listen_local(0, 1024), .cb = app9_accept_cb};
+    assert_true(app9.lio.fd >= 0);
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    struct ip_addr ip;
+    getsockname(app9.lio.fd, (struct sockaddr *)&ss, &len);
+    sockaddr_to(&ss, &ip, &srv.app9_port);
+    assert_int_equal(loop_io_add(L, &app9.lio, EPOLLIN), 0);
+
+    cap_begin();
+    raw_run(RAW_RESET_FLOOD, n);
+    run_until(NULL, 50); /* the app's accepts */
+    char line[4096];
+    int lines = cap_end("HTTP/2 protocol error", line, sizeof(line));
+    loop_io_del(L, &app9.lio);
+    close(app9.lio.fd);
+
+    /* The budget ended the connection with GOAWAY(ENHANCE_YOUR_CALM), after the burst and well before the
+     * end of the flood. */
+    assert_true(raw.got_goaway);
+    assert_int_equal(raw.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+    assert_int_equal(srv.closed_calls, 1);
+    uint64_t resets = hbone_early_resets() - resets0;
+    if (resets < HBONE_EARLY_RESET_BURST || resets >= (uint64_t)n)
+        print_error("early resets counted: %llu\n", (unsigned long long)resets);
+    assert_true(resets >= HBONE_EARLY_RESET_BURST && resets < (uint64_t)n);
+    assert_int_equal(hbone_proto_errors(HBONE_PERR_EARLY_RESETS) - perr0, 1);
+    /* Resets that came with their HEADERS never reached on_request: few app connects, if any. */
+    if (getenv("ZMESH_TEST_VERBOSE") || app9.accepts > 100 || srv.app9_requests > 100)
+        print_error("app accepts %d, requests %d\n", app9.accepts, srv.app9_requests);
+    assert_true(srv.app9_requests <= 100);
+    assert_true(app9.accepts <= srv.app9_requests);
+    /* One line, with the reason and the peer's identity. */
+    assert_int_equal(lines, 1);
+    assert_non_null(strstr(line, "reason=early_resets"));
+    assert_non_null(strstr(line, ID_CLIENT));
+    assert_non_null(strstr(line, "peer.addr=127.0.0.1:"));
+}
+
+/* ---- protocol errors are visible (issue 6 item 8) ---- */
+
+static void test_ping_flood(void **state)
+{
+    (void)state;
+    uint64_t perr0 = hbone_proto_errors(HBONE_PERR_FLOOD);
+    cap_begin();
+    raw_run(RAW_PING_FLOOD, 20000);
+    run_until(NULL, 20);
+    char line[4096];
+    int lines = cap_end("HTTP/2 protocol error", line, sizeof(line));
+    /* The GOAWAY reached the peer before the close, with the flood's code. */
+    assert_true(raw.got_goaway);
+    assert_int_equal(raw.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+    assert_int_equal(srv.closed_calls, 1);
+    assert_int_equal(hbone_proto_errors(HBONE_PERR_FLOOD) - perr0, 1);
+    assert_int_equal(lines, 1);
+    assert_non_null(strstr(line, "reason=flood"));
+    assert_non_null(strstr(line, ID_CLIENT));
+}
+
+static void test_continuation_flood(void **state)
+{
+    (void)state;
+    uint64_t perr0 = hbone_proto_errors(HBONE_PERR_CONTINUATION);
+    cap_begin();
+    raw_run(RAW_CONTINUATION_FLOOD, 1000);
+    run_until(NULL, 20);
+    char line[4096];
+    int lines = cap_end("HTTP/2 protocol error", line, sizeof(line));
+    assert_true(raw.got_goaway);
+    assert_int_equal(raw.goaway_code, NGHTTP2_ENHANCE_YOUR_CALM);
+    assert_int_equal(srv.closed_calls, 1);
+    assert_int_equal(hbone_proto_errors(HBONE_PERR_CONTINUATION) - perr0, 1);
+    assert_int_equal(lines, 1);
+    assert_non_null(strstr(line, "reason=continuation_flood"));
+}
+
+static void test_431_logged(void **state)
+{
+    (void)state;
+    uint64_t perr0 = hbone_proto_errors(HBONE_PERR_HEADERS_TOO_LARGE);
+    cap_begin();
+    raw_run(RAW_BIG_HEADERS, 0);
+    char line[4096];
+    int lines = cap_end("HTTP/2 protocol error", line, sizeof(line));
+    assert_int_equal(raw.last_status, 431);
+    assert_int_equal(srv.requests, 0); /* never handed to on_request */
+    assert_int_equal(hbone_proto_errors(HBONE_PERR_HEADERS_TOO_LARGE) - perr0, 1);
+    assert_int_equal(lines, 1);
+    assert_non_null(strstr(line, "reason=request_headers_too_large"));
+    assert_non_null(strstr(line, ID_CLIENT));
+    assert_false(raw.got_goaway); /* a stream error: the connection stays */
 }
 
 /* ---- keepalive (reference §1.4: PING every interval, no PONG within the timeout kills the conn) ---- */
@@ -837,6 +1329,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reset_storm, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_budget_client_side, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_window_grows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rapid_reset_flood, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ping_flood, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_continuation_flood, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_431_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_answered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_timeout, setup, teardown),
     };
