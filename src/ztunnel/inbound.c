@@ -42,6 +42,7 @@ struct in_stream {
     const char *peer_id;  /* the HBONE connection's (it outlives its streams); NULL without one */
     struct authz_conn az; /* what the policies judge; kept to re-check on policy changes */
     bool authorized;
+    bool late_denied; /* closed by a policy change after it was admitted */
     struct zt_stats stats;
 };
 
@@ -99,9 +100,12 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     } else {
         access_log(&is->rec);
     }
-    /* response_flags: DENY for an RBAC rejection, CONNECT when the app could not be reached. */
-    const char *flags = r->status == 401 ? "DENY" : (r->status == 503 && is->authorized) ? "CONNECT" : "-";
-    zt_stats_close(&is->stats, r->bytes_to_tcp, r->bytes_to_h2, flags, r->status != 200);
+    /* response_flags: DENY for an RBAC rejection, also one that comes later with a policy change (a failure,
+     * as istio/ztunnel src/proxy/metrics.rs counts AuthorizationPolicyLateRejection); CONNECT when the app
+     * could not be reached. */
+    bool denied = r->status == 401 || is->late_denied;
+    const char *flags = denied ? "DENY" : (r->status == 503 && is->authorized) ? "CONNECT" : "-";
+    zt_stats_close(&is->stats, r->bytes_to_tcp, r->bytes_to_h2, flags, r->status != 200 || denied);
     LIST_DEL(ic->w->in_streams, is);
     ic->w->active--;
     zt_view_unref(is->view);
@@ -419,7 +423,7 @@ static void plain_free(struct plain_conn *pc)
                    pc->denied                        ? "DENY"
                    : pc->connected || !pc->rec.error ? "-"
                                                      : "CONNECT",
-                   !pc->connected);
+                   !pc->connected || pc->denied);
     if (pc->relay) LIST_DEL(pc->w->plain_conns, pc);
     pc->w->active--;
     zt_view_unref(pc->view);
@@ -506,12 +510,17 @@ void inbound_reauthorize(struct worker *w)
 {
     for (struct in_stream *is = w->in_streams, *next; is; is = next) {
         next = is->next;
-        if (is->authorized && !authorized(w->view, &is->az))
+        if (is->authorized && !authorized(w->view, &is->az)) {
+            is->late_denied = true;
             hbone_stream_reset(is->s, "connection closed due to policy change");
+        }
     }
     for (struct plain_conn *pc = w->plain_conns, *next; pc; pc = next) {
         next = pc->next;
-        if (!authorized(w->view, &pc->az)) relay_abort(pc->relay, "connection closed due to policy change");
+        if (!authorized(w->view, &pc->az)) {
+            pc->denied = true;
+            relay_abort(pc->relay, "connection closed due to policy change");
+        }
     }
 }
 
