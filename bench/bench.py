@@ -28,16 +28,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
-SCENARIOS = ("direct", "haproxy", "zmesh")
+SCENARIOS = ("direct", "floor", "haproxy", "zmesh")
 # Targets (zmesh against the baselines measured in the same run).
 TARGET_TPUT_VS_HAPROXY = 2.5    # zmesh throughput >= 2.5x HAProxy's
 TARGET_RTT_VS_DIRECT = 2.5      # zmesh RTT p50 <= 2.5x direct
 TARGET_CPU_S_PER_GB = 1.2       # both ztunnels together <= 1.2 CPU-seconds per GB
+# Against the floor: a plaintext HAProxy relay pair (mode tcp, no TLS, no capture) on the same path, i.e. what any
+# two user-space proxies cost here (issue 6 item 13). The CPU allowance is the AES-GCM cost of both sides.
+TARGET_RTT_VS_FLOOR = 1.1       # zmesh RTT p50 <= 1.1x the floor's
+TARGET_TPUT_VS_FLOOR = 0.9      # zmesh throughput >= 0.9x the floor's
+TARGET_CPU_OVER_FLOOR = 0.7     # zmesh CPU-s/GB <= the floor's + 0.7
 
 # Ports. Apps in pod B listen on the wildcard address; each scenario reaches them differently.
 APP_IPERF, APP_RTT = 5201, 7000          # the apps themselves (direct and zmesh target these)
 HAP_IN_IPERF, HAP_IN_RTT = 25201, 27000  # server-side haproxy in pod B (mTLS), forwards to 127.0.0.1:APP_*
 HAP_OUT_IPERF, HAP_OUT_RTT = 15201, 17000  # client-side haproxy in pod A on 127.0.0.1
+FLOOR_IN_IPERF, FLOOR_IN_RTT = 26201, 28000   # floor: server-side plaintext haproxy in pod B
+FLOOR_OUT_IPERF, FLOOR_OUT_RTT = 16201, 18000  # floor: client-side plaintext haproxy in pod A on 127.0.0.1
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -293,28 +300,31 @@ defaults
 """
 
 
-def haproxy_configs(t, workdir, threads):
-    """Writes the client-side (pod A) and server-side (pod B) configs; returns their paths."""
+def haproxy_configs(t, workdir, threads, tls=True):
+    """Writes the client-side (pod A) and server-side (pod B) configs; returns their paths. tls=False: the
+    floor pair, the same two relays in plain `mode tcp` (no TLS between them) on their own ports."""
     a_pem, b_pem, root = t.haproxy_pem_a, t.haproxy_pem_b, t.root_pem
-    tls_srv = f"ssl crt {a_pem} ca-file {root} verify required ssl-min-ver TLSv1.3"
-    tls_bind = f"ssl crt {b_pem} ca-file {root} verify required ssl-min-ver TLSv1.3"
+    tls_srv = f" ssl crt {a_pem} ca-file {root} verify required ssl-min-ver TLSv1.3" if tls else ""
+    tls_bind = f" ssl crt {b_pem} ca-file {root} verify required ssl-min-ver TLSv1.3" if tls else ""
     client = HAPROXY_GLOBAL.format(threads=threads)
     server = HAPROXY_GLOBAL.format(threads=threads)
-    for name, out_port, in_port, app_port in (("iperf", HAP_OUT_IPERF, HAP_IN_IPERF, APP_IPERF),
-                                              ("rtt", HAP_OUT_RTT, HAP_IN_RTT, APP_RTT)):
+    ports = ((("iperf", HAP_OUT_IPERF, HAP_IN_IPERF, APP_IPERF), ("rtt", HAP_OUT_RTT, HAP_IN_RTT, APP_RTT)) if tls
+             else (("iperf", FLOOR_OUT_IPERF, FLOOR_IN_IPERF, APP_IPERF), ("rtt", FLOOR_OUT_RTT, FLOOR_IN_RTT, APP_RTT)))
+    for name, out_port, in_port, app_port in ports:
         client += f"""
 listen out_{name}
     bind 127.0.0.1:{out_port}
-    server s {t.ip_b}:{in_port} {tls_srv}
+    server s {t.ip_b}:{in_port}{tls_srv}
 """
         server += f"""
 listen in_{name}
-    bind :{in_port} {tls_bind}
+    bind :{in_port}{tls_bind}
     server app 127.0.0.1:{app_port}
 """
     paths = []
+    tag = "" if tls else "-floor"
     for side, text in (("client", client), ("server", server)):
-        p = os.path.join(workdir, f"haproxy-{side}.cfg")
+        p = os.path.join(workdir, f"haproxy{tag}-{side}.cfg")
         with open(p, "w") as f:
             f.write(text)
         paths.append(p)
@@ -323,20 +333,35 @@ listen in_{name}
     return paths
 
 
-def scenario_haproxy(t, procs, args):
-    cfg_client, cfg_server = haproxy_configs(t, t.workdir, args.haproxy_threads)
+def start_haproxy_pair(t, procs, args, tls=True):
+    """Starts the server-side haproxy in pod B and the client-side one in pod A (the mTLS pair, or with
+    tls=False the plaintext floor pair) and waits until both listen. Returns (client proc, server proc)."""
+    cfg_client, cfg_server = haproxy_configs(t, t.workdir, args.haproxy_threads, tls)
     # -db: stay in the foreground without master-worker, so the Popen pid is the one haproxy process
     # (ip netns exec execs the command in place).
-    logf = open(os.path.join(t.workdir, "haproxy.log"), "w")
-    hb = procs.start(nsexec(t.ns_b, ["haproxy", "-db", "-f", cfg_server]), "haproxy-server",
-                     stdout=logf, stderr=logf)
-    ha = procs.start(nsexec(t.ns_a, ["haproxy", "-db", "-f", cfg_client]), "haproxy-client",
-                     stdout=logf, stderr=logf)
+    tag = "" if tls else "-floor"
+    ports = ((HAP_IN_IPERF, HAP_IN_RTT, HAP_OUT_IPERF, HAP_OUT_RTT) if tls
+             else (FLOOR_IN_IPERF, FLOOR_IN_RTT, FLOOR_OUT_IPERF, FLOOR_OUT_RTT))
+    with open(os.path.join(t.workdir, f"haproxy{tag}.log"), "w") as logf:
+        hb = procs.start(nsexec(t.ns_b, ["haproxy", "-db", "-f", cfg_server]), f"haproxy{tag}-server",
+                         stdout=logf, stderr=logf)
+        ha = procs.start(nsexec(t.ns_a, ["haproxy", "-db", "-f", cfg_client]), f"haproxy{tag}-client",
+                         stdout=logf, stderr=logf)
     try:
-        wait_listen(t.ns_b, HAP_IN_IPERF, hb)
-        wait_listen(t.ns_b, HAP_IN_RTT, hb)
-        wait_listen(t.ns_a, HAP_OUT_IPERF, ha)
-        wait_listen(t.ns_a, HAP_OUT_RTT, ha)
+        wait_listen(t.ns_b, ports[0], hb)
+        wait_listen(t.ns_b, ports[1], hb)
+        wait_listen(t.ns_a, ports[2], ha)
+        wait_listen(t.ns_a, ports[3], ha)
+    except BaseException:
+        procs.stop(ha)
+        procs.stop(hb)
+        raise
+    return ha, hb
+
+
+def scenario_haproxy(t, procs, args):
+    ha, hb = start_haproxy_pair(t, procs, args, tls=True)
+    try:
         res = measure(t.ns_a, "127.0.0.1", HAP_OUT_RTT, HAP_OUT_IPERF, [ha.pid, hb.pid], args)
         res["nbthread"] = args.haproxy_threads
         res["haproxy_threads"] = [threads_of(ha.pid), threads_of(hb.pid)]
@@ -345,7 +370,19 @@ def scenario_haproxy(t, procs, args):
     finally:
         procs.stop(ha)
         procs.stop(hb)
-        logf.close()
+    return res
+
+
+def scenario_floor(t, procs, args):
+    """The floor: the same HAProxy pair as scenario_haproxy, plaintext (mode tcp, no TLS, no capture)."""
+    ha, hb = start_haproxy_pair(t, procs, args, tls=False)
+    try:
+        res = measure(t.ns_a, "127.0.0.1", FLOOR_OUT_RTT, FLOOR_OUT_IPERF, [ha.pid, hb.pid], args)
+        res["nbthread"] = args.haproxy_threads
+        res["haproxy_threads"] = [threads_of(ha.pid), threads_of(hb.pid)]
+    finally:
+        procs.stop(ha)
+        procs.stop(hb)
     return res
 
 
@@ -519,7 +556,15 @@ def write_pem(path, *parts):
 # Report.
 
 def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    """format(v, spec), or a dash of the same width for a missing value."""
+    if v is None:
+        w = re.match(r"\d*", spec).group(0)
+        return format("-", f">{w}") if w else "-"
+    return format(v, spec)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
 
 
 def report(results, args):
@@ -546,41 +591,82 @@ def report(results, args):
               f"{fmt(cpu, '15.3f')}")
     ok = lambda s: s in results and "error" not in results[s]  # noqa: E731
     ratios, checks = {}, {}
+    if ok("floor"):
+        print(f"\nfloor: HAProxy plaintext relay pair, nbthread {results['floor']['nbthread']} per side, mode tcp, "
+              "no TLS, no capture")
     if ok("haproxy"):
         h = results["haproxy"]
-        print(f"\nHAProxy: nbthread {h['nbthread']} per side, mode tcp, {h.get('tls_checked')}")
+        print(f"haproxy: nbthread {h['nbthread']} per side, mode tcp, {h.get('tls_checked')}")
     if ok("zmesh"):
         z = results["zmesh"]
         print(f"zmesh: one dedicated ztunnel per pod, threads per process {z.get('ztunnel_threads')} "
               f"(ZTUNNEL_WORKER_THREADS={z.get('ztunnel_worker_env')})")
     print()
-    if ok("haproxy") and ok("direct"):
-        h, d = results["haproxy"], results["direct"]
-        ratios["haproxy_vs_direct_rtt_p50"] = h["rtt"]["p50_us"] / d["rtt"]["p50_us"]
-        ratios["haproxy_vs_direct_tput"] = h["iperf"]["gbit_s"] / d["iperf"]["gbit_s"]
-        print(f"HAProxy/direct: throughput x{ratios['haproxy_vs_direct_tput']:.2f}, "
-              f"RTT p50 x{ratios['haproxy_vs_direct_rtt_p50']:.2f}")
+
+    def fig(s):
+        r = results[s]
+        return {"tput": r["iperf"]["gbit_s"], "p50": r["rtt"]["p50_us"], "p99": r["rtt"]["p99_us"],
+                "cpu": r["iperf"].get("proxy_cpu_s_per_gb")}
+
+    # Every figure of each proxied scenario as a ratio to direct and to the floor (CPU per GB: direct has no
+    # proxy, so against the floor as a ratio and as a difference).
+    names = {"tput": "throughput", "p50": "RTT p50", "p99": "RTT p99", "cpu": "CPU-s/GB"}
+    base = {b: fig(b) for b in ("direct", "floor") if ok(b)}
+    if base and any(ok(s) for s in ("floor", "haproxy", "zmesh")):
+        print(f"{'ratio':<22} {'value':>9} {'x direct':>9} {'x floor':>9} {'- floor':>9}")
+        for s in ("floor", "haproxy", "zmesh"):
+            if not ok(s):
+                continue
+            f = fig(s)
+            for k in ("tput", "p50", "p99", "cpu"):
+                vd = ratio(f[k], base["direct"][k]) if "direct" in base and k != "cpu" else None
+                vf = ratio(f[k], base["floor"][k]) if "floor" in base and s != "floor" else None
+                df = (f[k] - base["floor"][k]) if "floor" in base and s != "floor" and k == "cpu" and \
+                    f[k] is not None and base["floor"][k] is not None else None
+                for tag, v in (("direct", vd), ("floor", vf)):
+                    if v is not None:
+                        ratios[f"{s}_vs_{tag}_{k}"] = v
+                if df is not None:
+                    ratios[f"{s}_minus_floor_cpu"] = df
+                print(f"{s + ' ' + names[k]:<22} {fmt(f[k], '9.2f')} {fmt(vd, '9.2f')} {fmt(vf, '9.2f')} "
+                      f"{fmt(df, '9.2f')}")
+        print()
+    # Older names kept for readers of results.json.
+    for new, old in (("haproxy_vs_direct_p50", "haproxy_vs_direct_rtt_p50"),
+                     ("zmesh_vs_direct_p50", "zmesh_vs_direct_rtt_p50")):
+        if new in ratios:
+            ratios[old] = ratios[new]
     if ok("zmesh"):
-        z = results["zmesh"]
+        z = fig("zmesh")
         if ok("haproxy"):
-            v = z["iperf"]["gbit_s"] / results["haproxy"]["iperf"]["gbit_s"]
+            v = z["tput"] / results["haproxy"]["iperf"]["gbit_s"]
             ratios["zmesh_vs_haproxy_tput"] = v
             checks["throughput"] = {"value": v, "target": f">= {TARGET_TPUT_VS_HAPROXY}x HAProxy",
                                     "pass": v >= TARGET_TPUT_VS_HAPROXY}
         if ok("direct"):
-            v = z["rtt"]["p50_us"] / results["direct"]["rtt"]["p50_us"]
-            ratios["zmesh_vs_direct_rtt_p50"] = v
-            ratios["zmesh_vs_direct_tput"] = z["iperf"]["gbit_s"] / results["direct"]["iperf"]["gbit_s"]
+            v = z["p50"] / base["direct"]["p50"]
             checks["rtt_p50"] = {"value": v, "target": f"<= {TARGET_RTT_VS_DIRECT}x direct",
                                  "pass": v <= TARGET_RTT_VS_DIRECT}
-        cpu = z["iperf"].get("proxy_cpu_s_per_gb")
-        if cpu is not None:
-            checks["proxy_cpu"] = {"value": cpu, "target": f"<= {TARGET_CPU_S_PER_GB} CPU-s/GB",
-                                   "pass": cpu <= TARGET_CPU_S_PER_GB}
-        if ok("haproxy") and results["haproxy"]["iperf"].get("proxy_cpu_s_per_gb"):
-            ratios["zmesh_vs_haproxy_cpu_per_gb"] = cpu / results["haproxy"]["iperf"]["proxy_cpu_s_per_gb"]
+        if z["cpu"] is not None:
+            checks["proxy_cpu"] = {"value": z["cpu"], "target": f"<= {TARGET_CPU_S_PER_GB} CPU-s/GB",
+                                   "pass": z["cpu"] <= TARGET_CPU_S_PER_GB}
+        if ok("floor"):
+            fl = base["floor"]
+            v = z["p50"] / fl["p50"]
+            checks["floor_rtt_p50"] = {"value": v, "target": f"<= {TARGET_RTT_VS_FLOOR}x floor",
+                                       "pass": v <= TARGET_RTT_VS_FLOOR}
+            v = z["tput"] / fl["tput"]
+            checks["floor_tput"] = {"value": v, "target": f">= {TARGET_TPUT_VS_FLOOR}x floor",
+                                    "pass": v >= TARGET_TPUT_VS_FLOOR}
+            if z["cpu"] is not None and fl["cpu"] is not None:
+                lim = fl["cpu"] + TARGET_CPU_OVER_FLOOR
+                checks["floor_cpu"] = {"value": z["cpu"], "target": f"<= floor+{TARGET_CPU_OVER_FLOOR} = {lim:.2f}",
+                                       "pass": z["cpu"] <= lim}
+        if ok("haproxy") and results["haproxy"]["iperf"].get("proxy_cpu_s_per_gb") and z["cpu"] is not None:
+            ratios["zmesh_vs_haproxy_cpu_per_gb"] = z["cpu"] / results["haproxy"]["iperf"]["proxy_cpu_s_per_gb"]
         labels = {"throughput": "zmesh/HAProxy throughput", "rtt_p50": "zmesh/direct RTT p50",
-                  "proxy_cpu": "zmesh proxy CPU-s/GB"}
+                  "proxy_cpu": "zmesh proxy CPU-s/GB", "floor_rtt_p50": "zmesh/floor RTT p50",
+                  "floor_tput": "zmesh/floor throughput", "floor_cpu": "zmesh CPU-s/GB vs floor"}
         for k, c in checks.items():
             verdict = "PASS" if c["pass"] else "FAIL"
             print(f"{labels[k]:<26} {c['value']:7.2f}   target {c['target']:<24} {verdict}")
@@ -614,7 +700,7 @@ def host_info():
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="zmesh vs HAProxy vs direct TCP, pod to pod across two nodes")
     ap.add_argument("--only", default=",".join(SCENARIOS),
-                    help="comma-separated scenarios to run, of: direct,haproxy,zmesh (default: all)")
+                    help="comma-separated scenarios to run, of: direct,floor,haproxy,zmesh (default: all)")
     ap.add_argument("--time", type=int, default=5, help="iperf3 seconds per scenario (default 5)")
     ap.add_argument("--rtt-count", type=int, default=20000, help="timed 1-byte round trips (default 20000)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -681,7 +767,8 @@ def main(argv):
                     continue
                 log(f"scenario {s}")
                 args.scenario = s
-                fn = {"direct": scenario_direct, "haproxy": scenario_haproxy, "zmesh": scenario_zmesh}[s]
+                fn = {"direct": scenario_direct, "floor": scenario_floor, "haproxy": scenario_haproxy,
+                      "zmesh": scenario_zmesh}[s]
                 try:
                     results[s] = fn(t, procs, args)
                 except BenchError as e:
@@ -724,7 +811,10 @@ def main(argv):
            "results": results, "ratios": ratios,
            "targets": {"zmesh_vs_haproxy_tput_min": TARGET_TPUT_VS_HAPROXY,
                        "zmesh_vs_direct_rtt_p50_max": TARGET_RTT_VS_DIRECT,
-                       "proxy_cpu_s_per_gb_max": TARGET_CPU_S_PER_GB},
+                       "proxy_cpu_s_per_gb_max": TARGET_CPU_S_PER_GB,
+                       "zmesh_vs_floor_rtt_p50_max": TARGET_RTT_VS_FLOOR,
+                       "zmesh_vs_floor_tput_min": TARGET_TPUT_VS_FLOOR,
+                       "zmesh_cpu_s_per_gb_over_floor_max": TARGET_CPU_OVER_FLOOR},
            "checks": checks}
     return finish(args.out, doc, load0, results, checks, args.strict)
 
