@@ -553,6 +553,410 @@ def write_pem(path, *parts):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# RTT profile (--profile-rtt, bench/profile_rtt.sh): where a 1-byte round trip's time and syscalls go in each
+# proxy pair. Every per-round-trip figure is a difference of two runs on fresh client connections over the same
+# warm proxies, (B - A) / (rtts(B) - rtts(A)), so connection set-up and tear-down cancel out; figures that count
+# events (syscalls, instructions, CPU time) do not depend on how loaded the machine is, unlike wall-clock RTTs.
+
+RTT_WARMUP = 1000   # zm-rtt's untimed round trips before the timed ones (bench/rtt.c)
+NF_SYMS = re.compile(r"^(nf_|nft_|ipt_|iptable_|xt_|ip_tables|nf_nat|__nf_|conntrack|ct_|mangle_)")
+
+
+def rtt_run(t, ns, ip, port, count, args):
+    """One zm-rtt client run of count timed round trips (plus the warm-up); returns its parsed line."""
+    return measure_rtt(ns, ip, port, count, args.rtt_bin)
+
+
+def task_runtime_ns(pid):
+    """Sum over pid's threads of the on-CPU time in ns (/proc/<pid>/task/*/schedstat, first field)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def user_sys_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read()
+    fields = st[st.rindex(")") + 2:].split()
+    return int(fields[11]), int(fields[12])
+
+
+def parse_strace_c(path):
+    """strace -c summary -> {syscall: (calls, errors)}."""
+    out = {}
+    with open(path) as f:
+        for ln in f:
+            tok = ln.split()
+            if len(tok) in (5, 6) and re.fullmatch(r"[\d.]+", tok[0]) and tok[-1] != "total":
+                try:
+                    calls = int(tok[3])
+                    errs = int(tok[4]) if len(tok) == 6 else 0
+                except ValueError:
+                    continue
+                out[tok[-1]] = (calls, errs)
+    return out
+
+
+def prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, label):
+    """strace -c -f on each proxy over two client runs; returns {side: {syscall: calls per round trip}}."""
+    n_a, n_b = 500, 500 + args.prof_count
+    counts = {}
+    for n in (n_a, n_b):
+        recs = []
+        for side, pid in zip(("client", "server"), pids):
+            path = os.path.join(outdir, f"strace-{label}-{side}-{n}.txt")
+            p = subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", path, "-p", str(pid)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            recs.append((side, p, path))
+        time.sleep(1.0)   # strace attaches to every thread asynchronously
+        rtt_run(t, ns, ip, port, n, args)
+        for side, p, path in recs:
+            p.send_signal(signal.SIGINT)
+        for side, p, path in recs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            counts[(side, n)] = parse_strace_c(path)
+    rtts = n_b - n_a
+    res = {}
+    for side in ("client", "server"):
+        a, b = counts[(side, n_a)], counts[(side, n_b)]
+        per = {}
+        for sc in set(a) | set(b):
+            calls = (b.get(sc, (0, 0))[0] - a.get(sc, (0, 0))[0]) / rtts
+            errs = (b.get(sc, (0, 0))[1] - a.get(sc, (0, 0))[1]) / rtts
+            if abs(calls) >= 0.005:
+                per[sc] = {"calls": round(calls, 3), "errors": round(errs, 3)}
+        res[side] = {"per_rtt": dict(sorted(per.items(), key=lambda kv: -kv[1]["calls"])),
+                     "total_per_rtt": round(sum(v["calls"] for v in per.values()), 3)}
+    return res
+
+
+def prof_cpu(t, ns, ip, port, pids, args):
+    """On-CPU µs per round trip of each proxy (schedstat, all threads) and its user/system split (stat)."""
+    def snap():
+        return [(task_runtime_ns(p), user_sys_ticks(p)) for p in pids]
+    n_a, n_b = 500, 500 + args.prof_count
+    s0 = snap()
+    rtt_run(t, ns, ip, port, n_a, args)
+    s1 = snap()
+    r = rtt_run(t, ns, ip, port, n_b, args)
+    s2 = snap()
+    rtts = n_b - n_a
+    out = {"rtt_p50_us_in_run": r["p50_us"]}
+    for i, side in enumerate(("client", "server")):
+        run_ns = ((s2[i][0] - s1[i][0]) - (s1[i][0] - s0[i][0])) / rtts
+        # User/system split over the long run alone: the ticks are too coarse (10 ms) for a difference.
+        ut, st = s2[i][1][0] - s1[i][1][0], s2[i][1][1] - s1[i][1][1]
+        tot = ut + st
+        out[side] = {"cpu_us_per_rtt": round(run_ns / 1000, 2),
+                     "user_share": round(ut / tot, 2) if tot > 0 else None}
+    return out
+
+
+def perf_report(path, sort, limit=25):
+    """perf report --stdio of one data file; returns [(percent, key)] of the top entries."""
+    argv = ["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none", "--sort", sort,
+            "--percent-limit", "0.5"]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300)
+    rows = []
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(.*\S)", ln)
+        if m and not ln.lstrip().startswith("#"):
+            rows.append((float(m.group(1)), re.sub(r"\s+", " ", m.group(2))))
+    return rows[:limit]
+
+
+def perf_nf(path):
+    """(on-CPU ns in the file, ns of it in netfilter symbols): cpu-clock's event count is nanoseconds."""
+    r = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none", "--sort", "sym",
+                        "-F", "sample,sym"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                       timeout=300)
+    m = re.search(r"Event count \(approx\.\): (\d+)", r.stdout)
+    total_ns = int(m.group(1)) if m else 0
+    n = nf = 0
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\s*(\d+)\s+\[[kK.]\]\s+(\S+)", ln)
+        if m:
+            n += int(m.group(1))
+            if NF_SYMS.match(m.group(2)):
+                nf += int(m.group(1))
+    return total_ns, (total_ns * nf / n if n else 0)
+
+
+def prof_perf(t, procs, ns, ip, port, pids, srv_pid, args, outdir, label):
+    """perf record -e cpu-clock (this VM has no hardware counters) of each proxy, the echo server and the
+    client over prof_count round trips; returns each proxy's shares by library and top symbols, and the
+    netfilter (capture rules, conntrack) time of the whole path per round trip."""
+    freq = "4999"
+    targets = [("client", pids[0]), ("server", pids[1]), ("echo-server", srv_pid)]
+    recs = []
+    for name, pid in targets:
+        path = os.path.join(outdir, f"perf-{label}-{name}.data")
+        recs.append((name, path, subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", freq, "-g", "-p", str(pid), "-o", path],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)))
+    time.sleep(0.5)
+    cl = os.path.join(outdir, f"perf-{label}-rtt-client.data")
+    r = run(["perf", "record", "-q", "-e", "cpu-clock", "-F", freq, "-g", "-o", cl, "--"] +
+            nsexec(ns, [args.rtt_bin, "client", ip, str(port), str(args.prof_count)]), timeout=300, check=False)
+    for name, path, p in recs:
+        p.send_signal(signal.SIGINT)
+    for name, path, p in recs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    out = {"rtt_line": r.stdout.strip()}
+    tot_ns = nf_ns = 0
+    for name, path in [(n, p) for n, p, _ in recs] + [("rtt-client", cl)]:
+        ns_, nf_ = perf_nf(path)
+        tot_ns += ns_
+        nf_ns += nf_
+        d = {"netfilter_share": round(nf_ / ns_, 4) if ns_ else None}
+        if name in ("client", "server"):
+            d["by_dso"] = perf_report(path, "dso", limit=12)
+            d["top_symbols"] = perf_report(path, "dso,sym", limit=30)
+        out[name] = d
+    # Shares only: perf's own sampling and unwinding inflate the absolute on-CPU time of what it samples (here
+    # about 3x the schedstat figure), so absolute per-round-trip times come from prof_cpu.
+    out["netfilter_share_of_path"] = round(nf_ns / tot_ns, 4) if tot_ns else None
+    return out
+
+
+def parse_callgrind_annotate(path, inclusive):
+    """callgrind_annotate output -> (total Ir, {"function (object)": Ir})."""
+    argv = ["callgrind_annotate", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}", path]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300)
+    total, fns = 0, {}
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?PROGRAM TOTALS", ln)
+        if m:
+            total = int(m.group(1).replace(",", ""))
+            continue
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?\S*?:(\S+)\s+\[(.*)\]\s*$", ln)
+        if m:
+            key = f"{m.group(2)} ({os.path.basename(m.group(3))})"
+            fns[key] = fns.get(key, 0) + int(m.group(1).replace(",", ""))
+    if not inclusive:
+        # Zeroing the counters while a worker sits in loop_run leaves the frames then on its stack (clone,
+        # start_thread, worker_main) with the whole run as "self" cost: not theirs, drop them.
+        fns = {k: v for k, v in fns.items() if v < 0.9 * total}
+    return total, fns
+
+
+def prof_callgrind(t, procs, args, outdir):
+    """Both ztunnels under valgrind --tool=callgrind: user-space instructions per round trip, by function and
+    by library (self cost), and the inclusive cost of TLS record handling (SSL_read/SSL_write)."""
+    wrap = os.path.join(outdir, "cg-bin")
+    os.makedirs(wrap, exist_ok=True)
+    real = os.path.join(args.bin_dir, "ztunnel")
+    with open(os.path.join(wrap, "ztunnel"), "w") as f:
+        f.write("#!/bin/sh\nexec valgrind --tool=callgrind --trace-children=no "
+                f"--callgrind-out-file={outdir}/callgrind.%p {real} \"$@\"\n")
+    os.chmod(os.path.join(wrap, "ztunnel"), 0o755)
+    old = os.environ.get("ZMESH_BIN")
+    os.environ["ZMESH_BIN"] = wrap
+    # One worker: a single ping-pong connection uses one worker per side anyway, and with two, a run whose
+    # connection lands on the other worker pays a pool handshake that would not cancel out.
+    env = {"ZTUNNEL_WORKER_THREADS": "1"}
+    cfg = t.t.write_config(t.t.config_yaml())
+    zts = []
+    try:
+        for pod in (t.pod_a, t.pod_b):
+            t.t.inpod_rules(pod)
+            t.rules_on = getattr(t, "rules_on", []) + [pod]
+        for pod in (t.pod_a, t.pod_b):
+            zts.append(t.t.start_ztunnel(pod, cfg, env=env, log_format="text", timeout=120))
+        t.zts = zts
+        rtt_run(t, t.ns_a, t.ip_b, APP_RTT, 200, args)   # pools, code paths under valgrind
+        n_a, n_b = 200, 200 + args.cg_count
+        dumps = {}
+        for n in (n_a, n_b):
+            for z in zts:
+                run(["callgrind_control", "-z", str(z.pid)], timeout=60, check=False)
+            rtt_run(t, t.ns_a, t.ip_b, APP_RTT, n, args)
+            for side, z in zip(("client", "server"), zts):
+                before = set(os.listdir(outdir))
+                run(["callgrind_control", "-d", f"{side}-{n}", str(z.pid)], timeout=60, check=False)
+                new = [x for x in set(os.listdir(outdir)) - before if x.startswith("callgrind.")]
+                if not new:
+                    raise BenchError(f"callgrind dump of {side} ztunnel produced no file")
+                dumps[(side, n)] = os.path.join(outdir, sorted(new)[-1])
+    finally:
+        if old is None:
+            os.environ.pop("ZMESH_BIN", None)
+        else:
+            os.environ["ZMESH_BIN"] = old
+        t.stop_zmesh(procs)
+    rtts = (n_b + RTT_WARMUP) - (n_a + RTT_WARMUP)
+    res = {}
+    tls_fns = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
+    for side in ("client", "server"):
+        ta, sa = parse_callgrind_annotate(dumps[(side, n_a)], False)
+        tb, sb = parse_callgrind_annotate(dumps[(side, n_b)], False)
+        _, ia = parse_callgrind_annotate(dumps[(side, n_a)], True)
+        _, ib = parse_callgrind_annotate(dumps[(side, n_b)], True)
+        per_fn = {k: (sb.get(k, 0) - sa.get(k, 0)) / rtts for k in set(sa) | set(sb)}
+        by_obj = {}
+        for k, v in per_fn.items():
+            obj = k[k.rindex("(") + 1:-1]
+            by_obj[obj] = by_obj.get(obj, 0) + v
+        # TLS record handling: everything under SSL_read_ex/SSL_write_ex (record crypto, the BIO callbacks
+        # into hbone.c's buffers included).
+        incl = {k: (ib.get(k, 0) - ia.get(k, 0)) / rtts for k in set(ia) | set(ib)}
+        tls = {k: round(v) for k, v in incl.items() if k.split(" (")[0] in tls_fns}
+        res[side] = {"ir_per_rtt": round((tb - ta) / rtts),
+                     "by_object": {k: round(v) for k, v in sorted(by_obj.items(), key=lambda kv: -kv[1]) if v >= 50},
+                     "top_self": [(k, round(v)) for k, v in sorted(per_fn.items(), key=lambda kv: -kv[1])[:25]],
+                     "tls_inclusive": tls,
+                     "top_inclusive": [(k, round(v)) for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:40]]}
+    return res
+
+
+def rtt_run_cpu(t, ns, ip, port, count, args, srv_pid):
+    """zm-rtt client run under `perf stat -e task-clock`; returns (parsed line, on-CPU us per round trip of the
+    client and the echo server together)."""
+    s0 = task_runtime_ns(srv_pid)
+    r = run(["perf", "stat", "-x", ",", "-e", "task-clock", "--"] +
+            nsexec(ns, [args.rtt_bin, "client", ip, str(port), str(count)]), timeout=300, check=False)
+    s1 = task_runtime_ns(srv_pid)
+    m = re.search(r"p50_us=([\d.]+)", r.stdout)
+    c = re.search(r"^([\d.]+),msec,task-clock", r.stderr, re.M)
+    if r.returncode != 0 or not m or not c:
+        raise BenchError(f"zm-rtt under perf stat failed: {(r.stdout + r.stderr).strip()[-300:]}")
+    cpu_us = float(c.group(1)) * 1000 + (s1 - s0) / 1000
+    return float(m.group(1)), cpu_us / (count + RTT_WARMUP)
+
+
+def prof_capture(t, procs, args, srv_pid):
+    """Cost of the in-pod rules on a connection they do not redirect: direct TCP, then the same with both pods'
+    rules installed plus one ACCEPT at the top of each nat chain for the RTT port (conntrack, the mangle rules
+    and the fwmark routing rule on every packet; the REDIRECT's per-packet NAT is not in it). Interleaved rounds;
+    medians of RTT p50 (wall-clock, noisy) and of the on-CPU time per round trip of the client and the echo
+    server, where the kernel processes the packets (robust to load)."""
+    plain, ruled = [], []
+    accept = {t.ns_a: "ISTIO_OUTPUT", t.ns_b: "ISTIO_PRERT"}
+    for i in range(args.prof_rounds):
+        plain.append(rtt_run_cpu(t, t.ns_a, t.ip_b, APP_RTT, args.prof_count, args, srv_pid))
+        try:
+            for pod in (t.pod_a, t.pod_b):
+                t.t.inpod_rules(pod)
+            for ns, chain in accept.items():
+                run(nsexec(ns, ["iptables", "-w", "-t", "nat", "-I", chain, "1", "-p", "tcp", "--dport",
+                                str(APP_RTT), "-j", "ACCEPT"]), timeout=10)
+            ruled.append(rtt_run_cpu(t, t.ns_a, t.ip_b, APP_RTT, args.prof_count, args, srv_pid))
+        finally:
+            for pod in (t.pod_a, t.pod_b):
+                t.t.inpod_rules(pod, remove=True)
+    med = statistics.median
+    return {"rounds_direct": plain, "rounds_with_rules": ruled,
+            "p50_us_direct": med(x[0] for x in plain), "p50_us_with_rules": med(x[0] for x in ruled),
+            "cpu_us_per_rtt_direct": round(med(x[1] for x in plain), 2),
+            "cpu_us_per_rtt_with_rules": round(med(x[1] for x in ruled), 2)}
+
+
+def profile_rtt(t, procs, args, srv_rtt):
+    """Runs the RTT profile for each scenario in args.only; returns the summary dict."""
+    outdir = os.path.join(os.path.dirname(args.out), "profile-rtt")
+    shutil.rmtree(outdir, ignore_errors=True)
+    os.makedirs(outdir, exist_ok=True)
+    summary = {"outdir": outdir}
+    for s in ("floor", "haproxy", "zmesh"):
+        if s not in args.only:
+            continue
+        log(f"profile {s}")
+        if s == "zmesh":
+            zts = t.start_zmesh(procs)
+            pids, ns, ip, port = [z.pid for z in zts], t.ns_a, t.ip_b, APP_RTT
+            stop = lambda: t.stop_zmesh(procs)  # noqa: E731
+        else:
+            ha, hb = start_haproxy_pair(t, procs, args, tls=(s == "haproxy"))
+            pids, ns, ip = [ha.pid, hb.pid], t.ns_a, "127.0.0.1"
+            port = HAP_OUT_RTT if s == "haproxy" else FLOOR_OUT_RTT
+
+            def stop(ha=ha, hb=hb):
+                procs.stop(ha)
+                procs.stop(hb)
+        try:
+            # Several connections, so that every worker's pool holds a warm HBONE connection (a connection lands on
+            # a worker by SO_REUSEPORT hash) and no measured run pays a handshake.
+            for _ in range(8):
+                rtt_run(t, ns, ip, port, 100, args)
+            cpus = [prof_cpu(t, ns, ip, port, pids, args) for _ in range(args.prof_rounds)]
+            r = {"cpu": {side: {"cpu_us_per_rtt": statistics.median(c[side]["cpu_us_per_rtt"] for c in cpus),
+                                "user_share": statistics.median(c[side]["user_share"] or 0 for c in cpus),
+                                "rounds_cpu_us_per_rtt": [c[side]["cpu_us_per_rtt"] for c in cpus]}
+                         for side in ("client", "server")}}
+            r["cpu"]["rtt_p50_us_in_runs"] = [c["rtt_p50_us_in_run"] for c in cpus]
+            log(f"  {s}: on-CPU us per round trip {r['cpu']}")
+            r["syscalls"] = prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, s)
+            log(f"  {s}: syscalls per round trip client {r['syscalls']['client']['total_per_rtt']}, "
+                f"server {r['syscalls']['server']['total_per_rtt']}")
+            if not args.no_perf:
+                r["perf"] = prof_perf(t, procs, ns, ip, port, pids, srv_rtt.pid, args, outdir, s)
+                log(f"  {s}: netfilter share of the path's samples {r['perf']['netfilter_share_of_path']}")
+            summary[s] = r
+        finally:
+            stop()
+    if "zmesh" in args.only and not args.no_callgrind:
+        log("profile zmesh under callgrind (slow)")
+        summary["zmesh_callgrind"] = prof_callgrind(t, procs, args, outdir)
+    if "direct" in args.only:
+        log("capture rules on a direct connection")
+        summary["capture"] = prof_capture(t, procs, args, srv_rtt.pid)
+    return summary
+
+
+def print_profile(summary):
+    print()
+    for s in ("floor", "haproxy", "zmesh"):
+        r = summary.get(s)
+        if not r:
+            continue
+        print(f"== {s}")
+        c = r["cpu"]
+        print(f"  on-CPU us per round trip: client {c['client']['cpu_us_per_rtt']} (user share "
+              f"{c['client']['user_share']}), server {c['server']['cpu_us_per_rtt']} (user share "
+              f"{c['server']['user_share']})")
+        for side in ("client", "server"):
+            sc = r["syscalls"][side]
+            top = ", ".join(f"{k} {v['calls']:g}" + (f" ({v['errors']:g} err)" if v["errors"] else "")
+                            for k, v in list(sc["per_rtt"].items())[:8])
+            print(f"  {side} syscalls per round trip: {sc['total_per_rtt']:g}: {top}")
+        if "perf" in r:
+            p = r["perf"]
+            print(f"  perf (cpu-clock shares): netfilter {100 * (p['netfilter_share_of_path'] or 0):.1f}% of the path's "
+                  "samples (both proxies, echo server, client)")
+            for side in ("client", "server"):
+                print(f"    {side}: netfilter {100 * (p[side]['netfilter_share'] or 0):.1f}%; " +
+                      ", ".join(f"{k} {pct:.1f}%" for pct, k in p[side]["by_dso"][:6]))
+    cg = summary.get("zmesh_callgrind")
+    if cg:
+        print("== zmesh under callgrind (user-space instructions per round trip)")
+        for side in ("client", "server"):
+            x = cg[side]
+            objs = ", ".join(f"{k} {v}" for k, v in list(x["by_object"].items())[:6])
+            print(f"  {side}: {x['ir_per_rtt']} Ir: {objs}")
+            print(f"    TLS (inclusive): {x['tls_inclusive']}")
+            for k, v in x["top_self"][:10]:
+                print(f"    {v:8d}  {k}")
+    cap = summary.get("capture")
+    if cap:
+        print(f"== capture rules on a direct connection (not redirected): RTT p50 {cap['p50_us_direct']} -> "
+              f"{cap['p50_us_with_rules']} us; client+echo-server on-CPU per round trip "
+              f"{cap['cpu_us_per_rtt_direct']} -> {cap['cpu_us_per_rtt_with_rules']} us")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Report.
 
 def fmt(v, spec):
@@ -714,6 +1118,16 @@ def parse_args(argv):
     ap.add_argument("--profile", action="store_true",
                     help="perf record both proxies during iperf3 (build/bench/profile/); skews the figures")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--profile-rtt", action="store_true",
+                    help="profile 1-byte round trips instead of benchmarking (bench/profile_rtt.sh)")
+    ap.add_argument("--prof-count", type=int, default=5000,
+                    help="--profile-rtt: round trips per measured run (default 5000)")
+    ap.add_argument("--cg-count", type=int, default=1000,
+                    help="--profile-rtt: round trips measured under callgrind (default 1000)")
+    ap.add_argument("--prof-rounds", type=int, default=5,
+                    help="--profile-rtt: rounds of the on-CPU and capture-rules measurements, medians (default 5)")
+    ap.add_argument("--no-perf", action="store_true", help="--profile-rtt: skip perf record")
+    ap.add_argument("--no-callgrind", action="store_true", help="--profile-rtt: skip callgrind")
     a = ap.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in a.only if s not in SCENARIOS]
@@ -736,6 +1150,15 @@ def main(argv):
         if not shutil.which(tool):
             print(f"bench: {tool} not found (make deps)", file=sys.stderr)
             return 2
+    if args.profile_rtt:
+        need = ["strace"] + ([] if args.no_perf else ["perf"]) + \
+            ([] if args.no_callgrind or "zmesh" not in args.only else ["valgrind", "callgrind_control",
+                                                                      "callgrind_annotate"])
+        for tool in need:
+            if not shutil.which(tool):
+                print(f"bench: --profile-rtt needs {tool} (apt-get install strace linux-perf valgrind)",
+                      file=sys.stderr)
+                return 2
     if not os.access(args.rtt_bin, os.X_OK):
         print(f"bench: {args.rtt_bin} missing (make all)", file=sys.stderr)
         return 2
@@ -762,6 +1185,17 @@ def main(argv):
             srv_rtt = procs.start(nsexec(t.ns_b, [args.rtt_bin, "server", str(APP_RTT)]), "zm-rtt-server")
             wait_listen(t.ns_b, APP_IPERF, srv_iperf)
             wait_listen(t.ns_b, APP_RTT, srv_rtt)
+            if args.profile_rtt:
+                summary = profile_rtt(t, procs, args, srv_rtt)
+                summary.update({"date": started.isoformat(timespec="seconds"), "host": host_info(),
+                                "loadavg_1m_before": load0, "loadavg_1m_after": os.getloadavg()[0],
+                                "prof_count": args.prof_count, "cg_count": args.cg_count})
+                path = os.path.join(summary["outdir"], "summary.json")
+                with open(path, "w") as f:
+                    json.dump(summary, f, indent=2)
+                print_profile(summary)
+                print(f"\nload average (1 min) before: {load0:.2f}; summary: {os.path.relpath(path, os.getcwd())}")
+                return 0
             for s in SCENARIOS:
                 if s not in args.only:
                     continue
