@@ -333,25 +333,26 @@ listen in_{name}
     return paths
 
 
-def start_haproxy_pair(t, procs, args, tls=True):
+def start_haproxy_pair(t, procs, args, tls=True, wrap=(), threads=None, timeout=10.0):
     """Starts the server-side haproxy in pod B and the client-side one in pod A (the mTLS pair, or with
-    tls=False the plaintext floor pair) and waits until both listen. Returns (client proc, server proc)."""
-    cfg_client, cfg_server = haproxy_configs(t, t.workdir, args.haproxy_threads, tls)
+    tls=False the plaintext floor pair) and waits until both listen. Returns (client proc, server proc).
+    wrap: a command prefix (valgrind for the profile); threads: nbthread instead of args.haproxy_threads."""
+    cfg_client, cfg_server = haproxy_configs(t, t.workdir, threads or args.haproxy_threads, tls)
     # -db: stay in the foreground without master-worker, so the Popen pid is the one haproxy process
     # (ip netns exec execs the command in place).
     tag = "" if tls else "-floor"
     ports = ((HAP_IN_IPERF, HAP_IN_RTT, HAP_OUT_IPERF, HAP_OUT_RTT) if tls
              else (FLOOR_IN_IPERF, FLOOR_IN_RTT, FLOOR_OUT_IPERF, FLOOR_OUT_RTT))
     with open(os.path.join(t.workdir, f"haproxy{tag}.log"), "w") as logf:
-        hb = procs.start(nsexec(t.ns_b, ["haproxy", "-db", "-f", cfg_server]), f"haproxy{tag}-server",
+        hb = procs.start(nsexec(t.ns_b, list(wrap) + ["haproxy", "-db", "-f", cfg_server]), f"haproxy{tag}-server",
                          stdout=logf, stderr=logf)
-        ha = procs.start(nsexec(t.ns_a, ["haproxy", "-db", "-f", cfg_client]), f"haproxy{tag}-client",
+        ha = procs.start(nsexec(t.ns_a, list(wrap) + ["haproxy", "-db", "-f", cfg_client]), f"haproxy{tag}-client",
                          stdout=logf, stderr=logf)
     try:
-        wait_listen(t.ns_b, ports[0], hb)
-        wait_listen(t.ns_b, ports[1], hb)
-        wait_listen(t.ns_a, ports[2], ha)
-        wait_listen(t.ns_a, ports[3], ha)
+        wait_listen(t.ns_b, ports[0], hb, timeout)
+        wait_listen(t.ns_b, ports[1], hb, timeout)
+        wait_listen(t.ns_a, ports[2], ha, timeout)
+        wait_listen(t.ns_a, ports[3], ha, timeout)
     except BaseException:
         procs.stop(ha)
         procs.stop(hb)
@@ -579,6 +580,22 @@ def task_runtime_ns(pid):
     return total
 
 
+def ctx_switches(pid):
+    """(voluntary, involuntary) context switches summed over pid's threads (/proc/<pid>/task/*/status)."""
+    vol = inv = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for ln in f:
+                    if ln.startswith("voluntary_ctxt_switches:"):
+                        vol += int(ln.split()[1])
+                    elif ln.startswith("nonvoluntary_ctxt_switches:"):
+                        inv += int(ln.split()[1])
+        except OSError:
+            pass
+    return vol, inv
+
+
 def user_sys_ticks(pid):
     with open(f"/proc/{pid}/stat") as f:
         st = f.read()
@@ -639,25 +656,30 @@ def prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, label):
     return res
 
 
-def prof_cpu(t, ns, ip, port, pids, args):
-    """On-CPU µs per round trip of each proxy (schedstat, all threads) and its user/system split (stat)."""
+def prof_cpu(t, ns, ip, port, pids, srv_pid, args):
+    """On-CPU time per round trip: of the whole path (the client, the echo server and both proxies: softirq
+    work, which the kernel charges to whichever task it interrupts, is inside it) and of each proxy (all
+    threads, schedstat), with the proxies' user/system split (stat) and context switches. Differences of a
+    short and a long client run, so connection set-up cancels out."""
     def snap():
-        return [(task_runtime_ns(p), user_sys_ticks(p)) for p in pids]
+        return [(task_runtime_ns(p), user_sys_ticks(p), ctx_switches(p)) for p in pids]
     n_a, n_b = 500, 500 + args.prof_count
     s0 = snap()
-    rtt_run(t, ns, ip, port, n_a, args)
+    _, path_a = rtt_run_cpu(t, ns, ip, port, n_a, args, [srv_pid] + list(pids))
     s1 = snap()
-    r = rtt_run(t, ns, ip, port, n_b, args)
+    p50, path_b = rtt_run_cpu(t, ns, ip, port, n_b, args, [srv_pid] + list(pids))
     s2 = snap()
     rtts = n_b - n_a
-    out = {"rtt_p50_us_in_run": r["p50_us"]}
+    out = {"rtt_p50_us_in_run": p50, "path_cpu_us_per_rtt": round((path_b - path_a) / rtts, 2)}
     for i, side in enumerate(("client", "server")):
         run_ns = ((s2[i][0] - s1[i][0]) - (s1[i][0] - s0[i][0])) / rtts
         # User/system split over the long run alone: the ticks are too coarse (10 ms) for a difference.
         ut, st = s2[i][1][0] - s1[i][1][0], s2[i][1][1] - s1[i][1][1]
         tot = ut + st
+        sw = [((s2[i][2][k] - s1[i][2][k]) - (s1[i][2][k] - s0[i][2][k])) / rtts for k in (0, 1)]
         out[side] = {"cpu_us_per_rtt": round(run_ns / 1000, 2),
-                     "user_share": round(ut / tot, 2) if tot > 0 else None}
+                     "user_share": round(ut / tot, 2) if tot > 0 else None,
+                     "ctx_switches_per_rtt": round(sw[0], 2), "involuntary_per_rtt": round(sw[1], 2)}
     return out
 
 
@@ -753,51 +775,91 @@ def parse_callgrind_annotate(path, inclusive):
     return total, fns
 
 
-def prof_callgrind(t, procs, args, outdir):
-    """Both ztunnels under valgrind --tool=callgrind: user-space instructions per round trip, by function and
-    by library (self cost), and the inclusive cost of TLS record handling (SSL_read/SSL_write)."""
-    wrap = os.path.join(outdir, "cg-bin")
-    os.makedirs(wrap, exist_ok=True)
-    real = os.path.join(args.bin_dir, "ztunnel")
-    with open(os.path.join(wrap, "ztunnel"), "w") as f:
-        f.write("#!/bin/sh\nexec valgrind --tool=callgrind --trace-children=no "
-                f"--callgrind-out-file={outdir}/callgrind.%p {real} \"$@\"\n")
-    os.chmod(os.path.join(wrap, "ztunnel"), 0o755)
-    old = os.environ.get("ZMESH_BIN")
-    os.environ["ZMESH_BIN"] = wrap
-    # One worker: a single ping-pong connection uses one worker per side anyway, and with two, a run whose
-    # connection lands on the other worker pays a pool handshake that would not cancel out.
-    env = {"ZTUNNEL_WORKER_THREADS": "1"}
-    cfg = t.t.write_config(t.t.config_yaml())
-    zts = []
+def callgrind_calls(path):
+    """Calls per callee name in one callgrind output file ({"function": calls}); from its cfn=/calls= lines."""
+    names, calls, callee = {}, {}, None
+    pat = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
+    with open(path, errors="replace") as f:
+        for ln in f:
+            if ln.startswith("fn=") or ln.startswith("cfn="):
+                m = pat.match(ln.rstrip("\n"))
+                if m:
+                    if m.group(2):
+                        names[m.group(1)] = m.group(2).strip()
+                    callee = names.get(m.group(1)) if ln.startswith("cfn=") else None
+            elif ln.startswith("calls=") and callee:
+                calls[callee] = calls.get(callee, 0) + int(ln[6:].split()[0])
+                callee = None
+    return calls
+
+
+CALLS_OF_INTEREST = re.compile(r"^(SSL_|BIO_|ERR_|EVP_|CRYPTO_malloc|CRYPTO_free|nghttp2_session_|malloc|free|"
+                               r"calloc|realloc|memcpy|__memcpy|recv|send|read|write|epoll_wait|__libc_|"
+                               r"hbone_|conn_|stream_|flush_|obuf_|bio_|out_|in_|loop_)")
+
+
+def prof_callgrind(t, procs, args, outdir, label):
+    """Both proxies of scenario label under valgrind --tool=callgrind, one thread each (a single ping-pong
+    connection uses one thread per side anyway; with more, a run whose connection lands on a worker without a
+    pooled HBONE connection pays a handshake that would not cancel out): user-space instructions per round
+    trip, by library and by function (self cost), and the inclusive cost of TLS record handling."""
+    vg = ["valgrind", "--tool=callgrind", "--trace-children=no",
+          f"--callgrind-out-file={outdir}/callgrind-{label}.%p"]
+    if label == "zmesh":
+        wrap = os.path.join(outdir, "cg-bin")
+        os.makedirs(wrap, exist_ok=True)
+        real = os.path.join(args.bin_dir, "ztunnel")
+        with open(os.path.join(wrap, "ztunnel"), "w") as f:
+            f.write("#!/bin/sh\nexec " + " ".join(vg) + f" {real} \"$@\"\n")
+        os.chmod(os.path.join(wrap, "ztunnel"), 0o755)
+        old = os.environ.get("ZMESH_BIN")
+        os.environ["ZMESH_BIN"] = wrap
+        cfg = t.t.write_config(t.t.config_yaml())
+        zts = []
+        try:
+            for pod in (t.pod_a, t.pod_b):
+                t.t.inpod_rules(pod)
+                t.rules_on = getattr(t, "rules_on", []) + [pod]
+            for pod in (t.pod_a, t.pod_b):
+                zts.append(t.t.start_ztunnel(pod, cfg, env={"ZTUNNEL_WORKER_THREADS": "1"}, log_format="text",
+                                             timeout=120))
+            t.zts = zts
+        except BaseException:
+            t.stop_zmesh(procs)
+            raise
+        finally:
+            if old is None:
+                os.environ.pop("ZMESH_BIN", None)
+            else:
+                os.environ["ZMESH_BIN"] = old
+        pids, ip, port = [z.pid for z in zts], t.ip_b, APP_RTT
+        stop = lambda: t.stop_zmesh(procs)  # noqa: E731
+    else:
+        ha, hb = start_haproxy_pair(t, procs, args, tls=(label == "haproxy"), wrap=vg, threads=1, timeout=120)
+        pids, ip = [ha.pid, hb.pid], "127.0.0.1"
+        port = HAP_OUT_RTT if label == "haproxy" else FLOOR_OUT_RTT
+
+        def stop(ha=ha, hb=hb):
+            procs.stop(ha)
+            procs.stop(hb)
     try:
-        for pod in (t.pod_a, t.pod_b):
-            t.t.inpod_rules(pod)
-            t.rules_on = getattr(t, "rules_on", []) + [pod]
-        for pod in (t.pod_a, t.pod_b):
-            zts.append(t.t.start_ztunnel(pod, cfg, env=env, log_format="text", timeout=120))
-        t.zts = zts
-        rtt_run(t, t.ns_a, t.ip_b, APP_RTT, 200, args)   # pools, code paths under valgrind
+        rtt_run(t, t.ns_a, ip, port, 200, args)   # pools, code paths under valgrind
         n_a, n_b = 200, 200 + args.cg_count
         dumps = {}
         for n in (n_a, n_b):
-            for z in zts:
-                run(["callgrind_control", "-z", str(z.pid)], timeout=60, check=False)
-            rtt_run(t, t.ns_a, t.ip_b, APP_RTT, n, args)
-            for side, z in zip(("client", "server"), zts):
+            for pid in pids:
+                run(["callgrind_control", "-z", str(pid)], timeout=60, check=False)
+            rtt_run(t, t.ns_a, ip, port, n, args)
+            for side, pid in zip(("client", "server"), pids):
                 before = set(os.listdir(outdir))
-                run(["callgrind_control", "-d", f"{side}-{n}", str(z.pid)], timeout=60, check=False)
-                new = [x for x in set(os.listdir(outdir)) - before if x.startswith("callgrind.")]
+                run(["callgrind_control", "-d", f"{side}-{n}", str(pid)], timeout=60, check=False)
+                new = [x for x in set(os.listdir(outdir)) - before if x.startswith(f"callgrind-{label}.")]
                 if not new:
-                    raise BenchError(f"callgrind dump of {side} ztunnel produced no file")
+                    raise BenchError(f"callgrind dump of the {label} {side} produced no file")
                 dumps[(side, n)] = os.path.join(outdir, sorted(new)[-1])
     finally:
-        if old is None:
-            os.environ.pop("ZMESH_BIN", None)
-        else:
-            os.environ["ZMESH_BIN"] = old
-        t.stop_zmesh(procs)
-    rtts = (n_b + RTT_WARMUP) - (n_a + RTT_WARMUP)
+        stop()
+    rtts = n_b - n_a
     res = {}
     tls_fns = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
     for side in ("client", "server"):
@@ -810,57 +872,82 @@ def prof_callgrind(t, procs, args, outdir):
         for k, v in per_fn.items():
             obj = k[k.rindex("(") + 1:-1]
             by_obj[obj] = by_obj.get(obj, 0) + v
-        # TLS record handling: everything under SSL_read_ex/SSL_write_ex (record crypto, the BIO callbacks
-        # into hbone.c's buffers included).
+        # TLS record handling: everything under SSL_read*/SSL_write* (record crypto, and the BIO callbacks into
+        # the proxy's own buffers).
         incl = {k: (ib.get(k, 0) - ia.get(k, 0)) / rtts for k in set(ia) | set(ib)}
         tls = {k: round(v) for k, v in incl.items() if k.split(" (")[0] in tls_fns}
-        res[side] = {"ir_per_rtt": round((tb - ta) / rtts),
+        ca, cb = callgrind_calls(dumps[(side, n_a)]), callgrind_calls(dumps[(side, n_b)])
+        calls = {k: round((cb.get(k, 0) - ca.get(k, 0)) / rtts, 2) for k in set(ca) | set(cb)
+                 if CALLS_OF_INTEREST.match(k)}
+        calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+        res[side] = {"ir_per_rtt": round((tb - ta) / rtts), "tls_ir_per_rtt": sum(tls.values()),
+                     "calls_per_rtt": calls,
                      "by_object": {k: round(v) for k, v in sorted(by_obj.items(), key=lambda kv: -kv[1]) if v >= 50},
-                     "top_self": [(k, round(v)) for k, v in sorted(per_fn.items(), key=lambda kv: -kv[1])[:25]],
+                     "top_self": [(k, round(v)) for k, v in sorted(per_fn.items(), key=lambda kv: -kv[1])[:30]],
                      "tls_inclusive": tls,
-                     "top_inclusive": [(k, round(v)) for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:40]]}
+                     "top_inclusive": [(k, round(v)) for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:50]]}
     return res
 
 
-def rtt_run_cpu(t, ns, ip, port, count, args, srv_pid):
-    """zm-rtt client run under `perf stat -e task-clock`; returns (parsed line, on-CPU us per round trip of the
-    client and the echo server together)."""
-    s0 = task_runtime_ns(srv_pid)
+def rtt_run_cpu(t, ns, ip, port, count, args, pids):
+    """zm-rtt client run under `perf stat -e task-clock`; returns (RTT p50, on-CPU us of the client and of
+    pids, e.g. the echo server and any proxies, together, over the whole run)."""
+    s0 = sum(task_runtime_ns(p) for p in pids)
     r = run(["perf", "stat", "-x", ",", "-e", "task-clock", "--"] +
             nsexec(ns, [args.rtt_bin, "client", ip, str(port), str(count)]), timeout=300, check=False)
-    s1 = task_runtime_ns(srv_pid)
+    s1 = sum(task_runtime_ns(p) for p in pids)
     m = re.search(r"p50_us=([\d.]+)", r.stdout)
     c = re.search(r"^([\d.]+),msec,task-clock", r.stderr, re.M)
     if r.returncode != 0 or not m or not c:
         raise BenchError(f"zm-rtt under perf stat failed: {(r.stdout + r.stderr).strip()[-300:]}")
     cpu_us = float(c.group(1)) * 1000 + (s1 - s0) / 1000
-    return float(m.group(1)), cpu_us / (count + RTT_WARMUP)
+    return float(m.group(1)), cpu_us
 
 
-def prof_capture(t, procs, args, srv_pid):
-    """Cost of the in-pod rules on a connection they do not redirect: direct TCP, then the same with both pods'
-    rules installed plus one ACCEPT at the top of each nat chain for the RTT port (conntrack, the mangle rules
-    and the fwmark routing rule on every packet; the REDIRECT's per-packet NAT is not in it). Interleaved rounds;
-    medians of RTT p50 (wall-clock, noisy) and of the on-CPU time per round trip of the client and the echo
-    server, where the kernel processes the packets (robust to load)."""
+def rtt_cpu_diff(t, ns, ip, port, args, pids):
+    """(RTT p50 of the long run, on-CPU us per round trip of client + pids), as a difference of two runs."""
+    _, a = rtt_run_cpu(t, ns, ip, port, 500, args, pids)
+    p50, b = rtt_run_cpu(t, ns, ip, port, 500 + args.prof_count, args, pids)
+    return p50, round((b - a) / args.prof_count, 2)
+
+
+def prof_capture(t, procs, args, srv_pid, label):
+    """Cost of the in-pod rules on connections they do not redirect, on the direct path (label "direct") or
+    the floor's (label "floor": the plaintext HAProxy pair): as is, then with both pods' rules installed plus
+    one ACCEPT at the top of each nat chain for the pod-to-pod port (so conntrack, the mangle rules and the
+    fwmark routing rule see every packet, in both pods and on the loopback legs; the REDIRECT's per-packet NAT
+    is not in it). Interleaved rounds; medians of RTT p50 (wall-clock, noisy) and of the on-CPU time per round
+    trip of everything on the path (client, echo server, proxies), where the kernel processes the packets."""
+    if label == "floor":
+        ha, hb = start_haproxy_pair(t, procs, args, tls=False)
+        pids, ip, port, pod_port = [srv_pid, ha.pid, hb.pid], "127.0.0.1", FLOOR_OUT_RTT, FLOOR_IN_RTT
+    else:
+        pids, ip, port, pod_port = [srv_pid], t.ip_b, APP_RTT, APP_RTT
     plain, ruled = [], []
     accept = {t.ns_a: "ISTIO_OUTPUT", t.ns_b: "ISTIO_PRERT"}
-    for i in range(args.prof_rounds):
-        plain.append(rtt_run_cpu(t, t.ns_a, t.ip_b, APP_RTT, args.prof_count, args, srv_pid))
-        try:
-            for pod in (t.pod_a, t.pod_b):
-                t.t.inpod_rules(pod)
-            for ns, chain in accept.items():
-                run(nsexec(ns, ["iptables", "-w", "-t", "nat", "-I", chain, "1", "-p", "tcp", "--dport",
-                                str(APP_RTT), "-j", "ACCEPT"]), timeout=10)
-            ruled.append(rtt_run_cpu(t, t.ns_a, t.ip_b, APP_RTT, args.prof_count, args, srv_pid))
-        finally:
-            for pod in (t.pod_a, t.pod_b):
-                t.t.inpod_rules(pod, remove=True)
+    try:
+        for _ in range(3):
+            rtt_run(t, t.ns_a, ip, port, 200, args)
+        for i in range(args.prof_rounds):
+            plain.append(rtt_cpu_diff(t, t.ns_a, ip, port, args, pids))
+            try:
+                for pod in (t.pod_a, t.pod_b):
+                    t.t.inpod_rules(pod)
+                for ns, chain in accept.items():
+                    run(nsexec(ns, ["iptables", "-w", "-t", "nat", "-I", chain, "1", "-p", "tcp", "--dport",
+                                    str(pod_port), "-j", "ACCEPT"]), timeout=10)
+                ruled.append(rtt_cpu_diff(t, t.ns_a, ip, port, args, pids))
+            finally:
+                for pod in (t.pod_a, t.pod_b):
+                    t.t.inpod_rules(pod, remove=True)
+    finally:
+        if label == "floor":
+            procs.stop(ha)
+            procs.stop(hb)
     med = statistics.median
-    return {"rounds_direct": plain, "rounds_with_rules": ruled,
-            "p50_us_direct": med(x[0] for x in plain), "p50_us_with_rules": med(x[0] for x in ruled),
-            "cpu_us_per_rtt_direct": round(med(x[1] for x in plain), 2),
+    return {"rounds_plain": plain, "rounds_with_rules": ruled,
+            "p50_us_plain": med(x[0] for x in plain), "p50_us_with_rules": med(x[0] for x in ruled),
+            "cpu_us_per_rtt_plain": round(med(x[1] for x in plain), 2),
             "cpu_us_per_rtt_with_rules": round(med(x[1] for x in ruled), 2)}
 
 
@@ -891,12 +978,18 @@ def profile_rtt(t, procs, args, srv_rtt):
             # a worker by SO_REUSEPORT hash) and no measured run pays a handshake.
             for _ in range(8):
                 rtt_run(t, ns, ip, port, 100, args)
-            cpus = [prof_cpu(t, ns, ip, port, pids, args) for _ in range(args.prof_rounds)]
+            cpus = [prof_cpu(t, ns, ip, port, pids, srv_rtt.pid, args) for _ in range(args.prof_rounds)]
             r = {"cpu": {side: {"cpu_us_per_rtt": statistics.median(c[side]["cpu_us_per_rtt"] for c in cpus),
                                 "user_share": statistics.median(c[side]["user_share"] or 0 for c in cpus),
+                                "ctx_switches_per_rtt": statistics.median(c[side]["ctx_switches_per_rtt"]
+                                                                          for c in cpus),
+                                "involuntary_per_rtt": statistics.median(c[side]["involuntary_per_rtt"]
+                                                                         for c in cpus),
                                 "rounds_cpu_us_per_rtt": [c[side]["cpu_us_per_rtt"] for c in cpus]}
                          for side in ("client", "server")}}
             r["cpu"]["rtt_p50_us_in_runs"] = [c["rtt_p50_us_in_run"] for c in cpus]
+            r["cpu"]["path_cpu_us_per_rtt"] = statistics.median(c["path_cpu_us_per_rtt"] for c in cpus)
+            r["cpu"]["rounds_path_cpu_us_per_rtt"] = [c["path_cpu_us_per_rtt"] for c in cpus]
             log(f"  {s}: on-CPU us per round trip {r['cpu']}")
             r["syscalls"] = prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, s)
             log(f"  {s}: syscalls per round trip client {r['syscalls']['client']['total_per_rtt']}, "
@@ -907,12 +1000,14 @@ def profile_rtt(t, procs, args, srv_rtt):
             summary[s] = r
         finally:
             stop()
-    if "zmesh" in args.only and not args.no_callgrind:
-        log("profile zmesh under callgrind (slow)")
-        summary["zmesh_callgrind"] = prof_callgrind(t, procs, args, outdir)
-    if "direct" in args.only:
-        log("capture rules on a direct connection")
-        summary["capture"] = prof_capture(t, procs, args, srv_rtt.pid)
+    for s in ("floor", "haproxy", "zmesh"):
+        if s in args.only and not args.no_callgrind:
+            log(f"profile {s} under callgrind (slow)")
+            summary[f"{s}_callgrind"] = prof_callgrind(t, procs, args, outdir, s)
+    for s in ("direct", "floor"):
+        if s in args.only and not args.no_capture:
+            log(f"capture rules on the {s} path")
+            summary[f"capture_{s}"] = prof_capture(t, procs, args, srv_rtt.pid, s)
     return summary
 
 
@@ -924,9 +1019,13 @@ def print_profile(summary):
             continue
         print(f"== {s}")
         c = r["cpu"]
-        print(f"  on-CPU us per round trip: client {c['client']['cpu_us_per_rtt']} (user share "
-              f"{c['client']['user_share']}), server {c['server']['cpu_us_per_rtt']} (user share "
-              f"{c['server']['user_share']})")
+        for side in ("client", "server"):
+            print(f"  {side}: on-CPU {c[side]['cpu_us_per_rtt']} us per round trip (median; rounds "
+                  f"{c[side]['rounds_cpu_us_per_rtt']}), user share {c[side]['user_share']}, context switches "
+                  f"{c[side]['ctx_switches_per_rtt']:g} (+{c[side]['involuntary_per_rtt']:g} involuntary)")
+        print(f"  whole path (client, echo server, both proxies): on-CPU {c['path_cpu_us_per_rtt']} us per round trip "
+              f"(median; rounds {c['rounds_path_cpu_us_per_rtt']})")
+        print(f"  RTT p50 in those runs (wall-clock, noisy): {c['rtt_p50_us_in_runs']}")
         for side in ("client", "server"):
             sc = r["syscalls"][side]
             top = ", ".join(f"{k} {v['calls']:g}" + (f" ({v['errors']:g} err)" if v["errors"] else "")
@@ -939,21 +1038,25 @@ def print_profile(summary):
             for side in ("client", "server"):
                 print(f"    {side}: netfilter {100 * (p[side]['netfilter_share'] or 0):.1f}%; " +
                       ", ".join(f"{k} {pct:.1f}%" for pct, k in p[side]["by_dso"][:6]))
-    cg = summary.get("zmesh_callgrind")
-    if cg:
-        print("== zmesh under callgrind (user-space instructions per round trip)")
+    for s in ("floor", "haproxy", "zmesh"):
+        cg = summary.get(f"{s}_callgrind")
+        if not cg:
+            continue
+        print(f"== {s} under callgrind (user-space instructions per round trip, one thread per proxy)")
         for side in ("client", "server"):
             x = cg[side]
             objs = ", ".join(f"{k} {v}" for k, v in list(x["by_object"].items())[:6])
             print(f"  {side}: {x['ir_per_rtt']} Ir: {objs}")
-            print(f"    TLS (inclusive): {x['tls_inclusive']}")
+            print(f"    TLS record handling (inclusive): {x['tls_ir_per_rtt']} {x['tls_inclusive']}")
+            print("    calls per round trip: " + ", ".join(f"{k} {v:g}" for k, v in list(x["calls_per_rtt"].items())[:16]))
             for k, v in x["top_self"][:10]:
                 print(f"    {v:8d}  {k}")
-    cap = summary.get("capture")
-    if cap:
-        print(f"== capture rules on a direct connection (not redirected): RTT p50 {cap['p50_us_direct']} -> "
-              f"{cap['p50_us_with_rules']} us; client+echo-server on-CPU per round trip "
-              f"{cap['cpu_us_per_rtt_direct']} -> {cap['cpu_us_per_rtt_with_rules']} us")
+    for s in ("direct", "floor"):
+        cap = summary.get(f"capture_{s}")
+        if cap:
+            print(f"== in-pod rules on the {s} path (not redirected): RTT p50 {cap['p50_us_plain']} -> "
+                  f"{cap['p50_us_with_rules']} us; on-CPU per round trip of the whole path "
+                  f"{cap['cpu_us_per_rtt_plain']} -> {cap['cpu_us_per_rtt_with_rules']} us (medians)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1128,6 +1231,7 @@ def parse_args(argv):
                     help="--profile-rtt: rounds of the on-CPU and capture-rules measurements, medians (default 5)")
     ap.add_argument("--no-perf", action="store_true", help="--profile-rtt: skip perf record")
     ap.add_argument("--no-callgrind", action="store_true", help="--profile-rtt: skip callgrind")
+    ap.add_argument("--no-capture", action="store_true", help="--profile-rtt: skip the capture-rules comparison")
     a = ap.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in a.only if s not in SCENARIOS]
@@ -1152,8 +1256,7 @@ def main(argv):
             return 2
     if args.profile_rtt:
         need = ["strace"] + ([] if args.no_perf else ["perf"]) + \
-            ([] if args.no_callgrind or "zmesh" not in args.only else ["valgrind", "callgrind_control",
-                                                                      "callgrind_annotate"])
+            ([] if args.no_callgrind else ["valgrind", "callgrind_control", "callgrind_annotate"])
         for tool in need:
             if not shutil.which(tool):
                 print(f"bench: --profile-rtt needs {tool} (apt-get install strace linux-perf valgrind)",
