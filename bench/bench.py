@@ -713,6 +713,43 @@ def perf_nf(path):
     return total_ns, (total_ns * nf / n if n else 0)
 
 
+def prof_bulk(t, ns, ip, port, pids, args, outdir, label):
+    """strace -c -f on both proxies during a short iperf3 run: syscalls per MB moved and bytes per data
+    syscall, the bulk counterpart of prof_syscalls (strace slows the proxies, so the sizes are indicative)."""
+    recs = []
+    for side, pid in zip(("client", "server"), pids):
+        path = os.path.join(outdir, f"strace-bulk-{label}-{side}.txt")
+        recs.append((side, path, subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", path, "-p", str(pid)],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                  start_new_session=True)))
+    time.sleep(1.0)
+    r = run(nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", "3", "-J"]), timeout=120, check=False)
+    for side, path, p in recs:
+        p.send_signal(signal.SIGINT)
+    for side, path, p in recs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    try:
+        nbytes = json.loads(r.stdout)["end"]["sum_received"]["bytes"]
+    except (ValueError, KeyError):
+        raise BenchError(f"iperf3 under strace failed: {(r.stdout + r.stderr).strip()[-300:]}")
+    mb = nbytes / 1e6
+    out = {"bytes": nbytes}
+    for side, path, _ in recs:
+        c = parse_strace_c(path)
+        data = {k: v[0] for k, v in c.items() if k in ("read", "write", "recvfrom", "sendto", "readv", "writev",
+                                                          "recvmsg", "sendmsg", "splice")}
+        out[side] = {"syscalls_per_mb": round(sum(v[0] for v in c.values()) / mb, 1),
+                     "per_mb": {k: round(v[0] / mb, 2) for k, v in sorted(c.items(), key=lambda kv: -kv[1][0])
+                                if v[0] / mb >= 0.05},
+                     # Each byte is read once and written once per proxy: bytes / (data calls / 2).
+                     "bytes_per_data_call": round(2 * nbytes / sum(data.values())) if data else None}
+    return out
+
+
 def prof_perf(t, procs, ns, ip, port, pids, srv_pid, args, outdir, label):
     """perf record -e cpu-clock (this VM has no hardware counters) of each proxy, the echo server and the
     client over prof_count round trips; returns each proxy's shares by library and top symbols, and the
@@ -1002,6 +1039,9 @@ def profile_rtt(t, procs, args, srv_rtt):
             r["syscalls"] = prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, s)
             log(f"  {s}: syscalls per round trip client {r['syscalls']['client']['total_per_rtt']}, "
                 f"server {r['syscalls']['server']['total_per_rtt']}")
+            if not args.no_bulk:
+                bport = {"zmesh": APP_IPERF, "haproxy": HAP_OUT_IPERF, "floor": FLOOR_OUT_IPERF}[s]
+                r["bulk"] = prof_bulk(t, ns, ip, bport, pids, args, outdir, s)
             if not args.no_perf:
                 r["perf"] = prof_perf(t, procs, ns, ip, port, pids, srv_rtt.pid, args, outdir, s)
                 log(f"  {s}: netfilter share of the path's samples {r['perf']['netfilter_share_of_path']}")
@@ -1040,6 +1080,12 @@ def print_profile(summary):
             top = ", ".join(f"{k} {v['calls']:g}" + (f" ({v['errors']:g} err)" if v["errors"] else "")
                             for k, v in list(sc["per_rtt"].items())[:8])
             print(f"  {side} syscalls per round trip: {sc['total_per_rtt']:g}: {top}")
+        if "bulk" in r:
+            for side in ("client", "server"):
+                b = r["bulk"][side]
+                print(f"  bulk (iperf3 under strace): {side} {b['syscalls_per_mb']:g} syscalls per MB, ~"
+                      f"{b['bytes_per_data_call']} bytes per data syscall: " +
+                      ", ".join(f"{k} {v:g}" for k, v in list(b["per_mb"].items())[:6]))
         if "perf" in r:
             p = r["perf"]
             print(f"  perf (cpu-clock shares): netfilter {100 * (p['netfilter_share_of_path'] or 0):.1f}% of the path's "
@@ -1253,6 +1299,7 @@ def parse_args(argv):
     ap.add_argument("--no-perf", action="store_true", help="--profile-rtt: skip perf record")
     ap.add_argument("--no-callgrind", action="store_true", help="--profile-rtt: skip callgrind")
     ap.add_argument("--no-capture", action="store_true", help="--profile-rtt: skip the capture-rules comparison")
+    ap.add_argument("--no-bulk", action="store_true", help="--profile-rtt: skip the syscalls-per-MB run (iperf3)")
     a = ap.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in a.only if s not in SCENARIOS]
