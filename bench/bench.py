@@ -750,6 +750,34 @@ def prof_bulk(t, ns, ip, port, pids, args, outdir, label):
     return out
 
 
+def set_affinity(pids, cpus):
+    """Moves every thread of each pid to the CPU list cpus (taskset -a -p)."""
+    for pid in pids:
+        run(["taskset", "-a", "-p", "-c", cpus, str(pid)], timeout=10)
+
+
+def prof_pinned(t, ns, ip, port, pids, srv_pid, args):
+    """RTT p50 with the whole path (both proxies, the echo server, the client) pinned to one CPU, then back on
+    all CPUs: pinned, no hand-over wakes an idle vCPU (on this VM that wake-up costs tens of µs and decides
+    whether a round is fast or slow), so the pinned RTT is the path's CPU work plus same-CPU switches and
+    compares scenarios like with like. Other work on that CPU still adds time: medians of rounds."""
+    cpu = str(os.cpu_count() - 1)
+    allc = f"0-{os.cpu_count() - 1}"
+    rounds = []
+    try:
+        set_affinity(list(pids) + [srv_pid], cpu)
+        for _ in range(args.prof_rounds):
+            r = run(["taskset", "-c", cpu] + nsexec(ns, [args.rtt_bin, "client", ip, str(port),
+                                                          str(args.prof_count)]), timeout=300, check=False)
+            m = re.search(r"p50_us=([\d.]+) p99_us=([\d.]+)", r.stdout)
+            if not m:
+                raise BenchError(f"pinned zm-rtt failed: {(r.stdout + r.stderr).strip()[-300:]}")
+            rounds.append(float(m.group(1)))
+    finally:
+        set_affinity(list(pids) + [srv_pid], allc)
+    return {"cpu": int(cpu), "rounds_p50_us": rounds, "p50_us": statistics.median(rounds), "best_p50_us": min(rounds)}
+
+
 def prof_perf(t, procs, ns, ip, port, pids, srv_pid, args, outdir, label):
     """perf record -e cpu-clock (this VM has no hardware counters) of each proxy, the echo server and the
     client over prof_count round trips; returns each proxy's shares by library and top symbols, and the
@@ -1039,6 +1067,8 @@ def profile_rtt(t, procs, args, srv_rtt):
             r["syscalls"] = prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, s)
             log(f"  {s}: syscalls per round trip client {r['syscalls']['client']['total_per_rtt']}, "
                 f"server {r['syscalls']['server']['total_per_rtt']}")
+            r["pinned"] = prof_pinned(t, ns, ip, port, pids, srv_rtt.pid, args)
+            log(f"  {s}: pinned to one CPU, RTT p50 {r['pinned']['rounds_p50_us']}")
             if not args.no_bulk:
                 bport = {"zmesh": APP_IPERF, "haproxy": HAP_OUT_IPERF, "floor": FLOOR_OUT_IPERF}[s]
                 r["bulk"] = prof_bulk(t, ns, ip, bport, pids, args, outdir, s)
@@ -1052,6 +1082,9 @@ def profile_rtt(t, procs, args, srv_rtt):
         if s in args.only and not args.no_callgrind:
             log(f"profile {s} under callgrind (slow)")
             summary[f"{s}_callgrind"] = prof_callgrind(t, procs, args, outdir, s)
+    if "direct" in args.only:
+        summary["direct_pinned"] = prof_pinned(t, t.ns_a, t.ip_b, APP_RTT, [], srv_rtt.pid, args)
+        log(f"  direct: pinned to one CPU, RTT p50 {summary['direct_pinned']['rounds_p50_us']}")
     for s in ("direct", "floor"):
         if s in args.only and not args.no_capture:
             log(f"capture rules on the {s} path")
@@ -1080,6 +1113,10 @@ def print_profile(summary):
             top = ", ".join(f"{k} {v['calls']:g}" + (f" ({v['errors']:g} err)" if v["errors"] else "")
                             for k, v in list(sc["per_rtt"].items())[:8])
             print(f"  {side} syscalls per round trip: {sc['total_per_rtt']:g}: {top}")
+        pn = r.get("pinned")
+        if pn:
+            print(f"  everything pinned to CPU {pn['cpu']}: RTT p50 {pn['p50_us']} us (median; best {pn['best_p50_us']}, "
+                  f"rounds {pn['rounds_p50_us']})")
         if "bulk" in r:
             for side in ("client", "server"):
                 b = r["bulk"][side]
@@ -1106,6 +1143,15 @@ def print_profile(summary):
             print("    calls per round trip: " + ", ".join(f"{k} {v:g}" for k, v in list(x["calls_per_rtt"].items())[:16]))
             for k, v in x["top_self"][:10]:
                 print(f"    {v:8d}  {k}")
+    pn = summary.get("direct_pinned")
+    if pn:
+        print(f"== direct, client and echo server pinned to CPU {pn['cpu']}: RTT p50 {pn['p50_us']} us (median; best "
+              f"{pn['best_p50_us']}, rounds {pn['rounds_p50_us']})")
+    pinned = {s: summary[s]["pinned"]["p50_us"] for s in ("floor", "haproxy", "zmesh")
+              if s in summary and "pinned" in summary[s]}
+    if "floor" in pinned:
+        print("== pinned RTT p50 against the floor's: " +
+              ", ".join(f"{s} {v / pinned['floor']:.2f}x" for s, v in pinned.items() if s != "floor"))
     for s in ("direct", "floor"):
         cap = summary.get(f"capture_{s}")
         if cap:
