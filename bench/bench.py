@@ -750,6 +750,35 @@ def prof_bulk(t, ns, ip, port, pids, args, outdir, label):
     return out
 
 
+def prof_queues(t, ns, ip, port, args, label):
+    """Where bytes wait during a bulk transfer: a 4 s iperf3 run (no strace) while `ss -tn` samples every
+    established TCP socket in both pods 15 times; returns, per socket (local -> peer, as seen in its pod), the
+    median Recv-Q and Send-Q in KB. A full Recv-Q is a reader that does not keep up, a full Send-Q a peer (or the
+    network) that does not take the bytes."""
+    p = subprocess.Popen(nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", "4", "-J"]),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    samples = {}
+    time.sleep(1.0)
+    for _ in range(15):
+        for pod, pns in (("A", t.ns_a), ("B", t.ns_b)):
+            r = run(nsexec(pns, ["ss", "-Htn", "state", "established"]), timeout=10, check=False)
+            for ln in r.stdout.splitlines():
+                f = ln.split()
+                if len(f) >= 4 and f[0].isdigit():
+                    key = f"{pod} {f[2]} -> {f[3]}"
+                    samples.setdefault(key, []).append((int(f[0]), int(f[1])))
+        time.sleep(0.15)
+    out, _ = p.communicate(timeout=60)
+    try:
+        gbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (ValueError, KeyError):
+        gbit = None
+    med = statistics.median
+    socks = {k: {"recv_q_kb": round(med(x[0] for x in v) / 1024), "send_q_kb": round(med(x[1] for x in v) / 1024)}
+             for k, v in samples.items() if len(v) >= 8 and max(max(x) for x in v) > 65536}
+    return {"gbit_s": gbit, "sockets": dict(sorted(socks.items()))}
+
+
 def set_affinity(pids, cpus):
     """Moves every thread of each pid to the CPU list cpus (taskset -a -p)."""
     for pid in pids:
@@ -1017,8 +1046,8 @@ def prof_capture(t, procs, args, srv_pid, label):
             "cpu_us_per_rtt_plain": round(med(x[1] for x in plain), 2),
             "cpu_us_per_rtt_with_rules": round(med(x[1] for x in ruled), 2),
             "best_p50_us_plain": min(x[0] for x in plain), "best_p50_us_with_rules": min(x[0] for x in ruled),
-            "best_cpu_us_per_rtt_plain": min(x[1] for x in plain if x[1] > 0),
-            "best_cpu_us_per_rtt_with_rules": min(x[1] for x in ruled if x[1] > 0)}
+            "best_cpu_us_per_rtt_plain": min((x[1] for x in plain if x[1] > 0), default=None),
+            "best_cpu_us_per_rtt_with_rules": min((x[1] for x in ruled if x[1] > 0), default=None)}
 
 
 def profile_rtt(t, procs, args, srv_rtt):
@@ -1060,8 +1089,8 @@ def profile_rtt(t, procs, args, srv_rtt):
             r["cpu"]["rtt_p50_us_in_runs"] = [c["rtt_p50_us_in_run"] for c in cpus]
             r["cpu"]["path_cpu_us_per_rtt"] = statistics.median(c["path_cpu_us_per_rtt"] for c in cpus)
             r["cpu"]["best_rtt_p50_us"] = min(c["rtt_p50_us_in_run"] for c in cpus)
-            r["cpu"]["best_path_cpu_us_per_rtt"] = min(c["path_cpu_us_per_rtt"] for c in cpus
-                                                       if c["path_cpu_us_per_rtt"] > 0)
+            r["cpu"]["best_path_cpu_us_per_rtt"] = min((c["path_cpu_us_per_rtt"] for c in cpus
+                                                        if c["path_cpu_us_per_rtt"] > 0), default=None)
             r["cpu"]["rounds_path_cpu_us_per_rtt"] = [c["path_cpu_us_per_rtt"] for c in cpus]
             log(f"  {s}: on-CPU us per round trip {r['cpu']}")
             r["syscalls"] = prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, s)
@@ -1072,6 +1101,7 @@ def profile_rtt(t, procs, args, srv_rtt):
             if not args.no_bulk:
                 bport = {"zmesh": APP_IPERF, "haproxy": HAP_OUT_IPERF, "floor": FLOOR_OUT_IPERF}[s]
                 r["bulk"] = prof_bulk(t, ns, ip, bport, pids, args, outdir, s)
+                r["queues"] = prof_queues(t, ns, ip, bport, args, s)
             if not args.no_perf:
                 r["perf"] = prof_perf(t, procs, ns, ip, port, pids, srv_rtt.pid, args, outdir, s)
                 log(f"  {s}: netfilter share of the path's samples {r['perf']['netfilter_share_of_path']}")
@@ -1123,6 +1153,10 @@ def print_profile(summary):
                 print(f"  bulk (iperf3 under strace): {side} {b['syscalls_per_mb']:g} syscalls per MB, ~"
                       f"{b['bytes_per_data_call']} bytes per data syscall: " +
                       ", ".join(f"{k} {v:g}" for k, v in list(b["per_mb"].items())[:6]))
+        q = r.get("queues")
+        if q:
+            print(f"  bulk queues (iperf3 {fmt(q['gbit_s'], '.2f')} Gbit/s; median Recv-Q/Send-Q KB of busy sockets): " +
+                  "; ".join(f"{k} {v['recv_q_kb']}/{v['send_q_kb']}" for k, v in q["sockets"].items()))
         if "perf" in r:
             p = r["perf"]
             print(f"  perf (cpu-clock shares): netfilter {100 * (p['netfilter_share_of_path'] or 0):.1f}% of the path's "
