@@ -404,7 +404,7 @@ class Demo:
                             j = json.loads(line)
                         except ValueError:
                             continue
-                        if j.get("target") == "access" and j.get("message") == "connection complete":
+                        if j.get("scope") == "access" and j.get("message") == "connection complete":
                             j["_ztunnel"] = name
                             out.append(j)
             except OSError:

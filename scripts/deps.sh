@@ -1,10 +1,13 @@
 #!/bin/sh
 # Installs the Debian 12 packages zmesh builds, tests and benchmarks with. Quick when all are present.
+# clang builds the libFuzzer targets (make fuzz, and the fuzz smoke in make test); libclang-rt-14-dev holds
+# libFuzzer and the sanitizer runtimes, which clang only recommends (and --no-install-recommends skips).
 set -e
 PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
       libprotobuf-c-dev protobuf-c-compiler node-llhttp
       python3-pytest python3-h2 python3-cryptography
-      iptables iproute2 tcpdump iperf3 haproxy curl procps openssl"
+      iptables iproute2 tcpdump iperf3 haproxy curl procps openssl
+      clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -1,7 +1,8 @@
 #!/bin/sh
-# Runs the unit tests (cmocka binaries in <build>/tests) and/or the end-to-end tests (pytest, as root),
-# then prints one final line: "N passed, N failed".
-# usage: scripts/run-tests.sh unit|e2e|all <build-dir>
+# Runs the unit tests (cmocka binaries in <build>/tests), a fuzz smoke (every libFuzzer target in tests/fuzz/,
+# built with clang into build/fuzz/, for FUZZ_SMOKE_TIME seconds each; one test per target) and/or the
+# end-to-end tests (pytest, as root), then prints one final line: "N passed, N failed".
+# usage: scripts/run-tests.sh unit|fuzz|e2e|all <build-dir>
 set -u
 what=${1:-all}
 B=${2:-build}
@@ -22,6 +23,35 @@ if [ "$what" = unit ] || [ "$what" = all ]; then
         passed=$((passed + p))
         failed=$((failed + f))
     done
+fi
+if [ "$what" = fuzz ] || [ "$what" = all ]; then
+    # A few seconds each is enough to catch a target that no longer builds, crashes on its seeds or trips a
+    # sanitizer on shallow inputs; real fuzzing is `make fuzz FUZZ_TIME=...`. Targets run FUZZ_SMOKE_JOBS at a
+    # time (libFuzzer's time limit is wall-clock, so this halves the wait on two cores, not the work).
+    smoke=${FUZZ_SMOKE_TIME:-2}
+    jobs=${FUZZ_SMOKE_JOBS:-2}
+    targets=$(ls tests/fuzz/fuzz_*.c 2>/dev/null | sed 's|tests/fuzz/\(.*\)\.c|build/fuzz/\1|')
+    n=$(printf '%s\n' $targets | grep -c .)
+    # The instrumented library is built once and reused; make returns at once when nothing changed.
+    if ! blog=$(make --no-print-directory -s -j2 fuzz-build 2>&1); then
+        printf '%s\n' "$blog" | tail -20
+        echo "fuzz: build failed; counting its $n targets as failed"
+        failed=$((failed + n))
+    elif [ "$n" -gt 0 ]; then
+        out=$(mktemp -d)
+        i=0
+        for t in $targets; do
+            (tests/fuzz/run.sh "$smoke" "$t" >"$out/$(basename "$t").out" 2>&1; echo $? >"$out/$(basename "$t").rc") &
+            i=$((i + 1))
+            [ $((i % jobs)) -eq 0 ] && wait
+        done
+        wait
+        for t in $targets; do
+            cat "$out/$(basename "$t").out"
+            if [ "$(cat "$out/$(basename "$t").rc")" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+        done
+        rm -rf "$out"
+    fi
 fi
 if [ "$what" = e2e ] || [ "$what" = all ]; then
     if [ "$(id -u)" -ne 0 ]; then

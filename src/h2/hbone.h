@@ -37,7 +37,9 @@ struct hbone_result {
 };
 
 struct hbone_conn_ops {
-    /* Client: TLS done, ALPN h2, server identity verified; streams opened earlier are now being sent. */
+    /* The handshake completed. Client: TLS done, ALPN h2, server identity verified; streams opened earlier
+     * are now being sent. Server: TLS done, ALPN h2, the session is open (the end of the handshake, e.g. to
+     * bound handshakes in progress; a failed handshake ends in on_closed instead). Optional. */
     void (*on_ready)(struct hbone_conn *c, void *ud);
     /* The connection is gone (error, EOF, GOAWAY drained, ping timeout). err is NULL on a clean end.
      * Every stream got its on_done before this. c is freed right after the call. */

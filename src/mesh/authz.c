@@ -204,7 +204,8 @@ static const struct policy *pol_iter_next(struct pol_iter *it)
         const struct policy *p = snapshot_policy_by_name(it->s, key);
         if (p) return p;
         /* Usually a transient state: the workload arrived before the policy, or the policy was removed. */
-        if (it->warn_unknown) LOG_W("authz", "skipping unknown policy %s", key);
+        /* Evaluated per connection: rate-limited, so a config slip cannot flood the log. */
+        if (it->warn_unknown) LOG_LIMITED(LOG_WARN, "authz", "skipping unknown policy %s", key);
     }
     return NULL;
 }

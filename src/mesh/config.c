@@ -15,6 +15,7 @@
 
 #include <yaml.h>
 
+#include "core/log.h"
 #include "mesh/config.h"
 #include "mesh/snapshot_impl.h"
 
@@ -588,6 +589,7 @@ enum {
     W_LOCALITY,
     W_CAPACITY,
     W_NETMODE,
+    W_IP,
 };
 static const struct field workload_fields[] = {
     {"uid", W_UID},
@@ -595,7 +597,7 @@ static const struct field workload_fields[] = {
     {"namespace", W_NS},
     {"hostname", W_HOSTNAME},
     {"workloadIps", W_IPS},
-    {"workloadIp", W_IPS}, /* older ztunnel examples use a single address */
+    {"workloadIp", W_IP}, /* older ztunnel examples use a single address */
     {"network", W_NETWORK},
     {"protocol", W_PROTO},
     {"tunnelProtocol", W_PROTO},
@@ -650,6 +652,15 @@ struct wl_ctx {
     yaml_mark_t uid_mark;
     bool has_uid;
 };
+
+/* False for addresses no connection can be made to: unspecified, multicast, IPv4 broadcast. */
+static bool ip_usable(const struct ip_addr *ip)
+{
+    static const uint8_t zero[16];
+    if (ip->family == AF_INET)
+        return memcmp(ip->a, zero, 4) && ip->a[0] < 224 && memcmp(ip->a, "\xff\xff\xff\xff", 4);
+    return memcmp(ip->a, zero, 16) && ip->a[0] != 0xff;
+}
 
 static int ip_item(struct pctx *c, size_t idx, void *ud)
 {
@@ -719,9 +730,10 @@ static int workload_field(struct pctx *c, int id, void *ud)
         return get_str(c, &w->namespace_);
     case W_HOSTNAME:
         return get_str(c, &w->hostname);
-    case W_IPS:
-        if (c->ev.type == YAML_SCALAR_EVENT && !ev_is_null(c)) return ip_item(c, 0, &x->ips);
+    case W_IPS: /* a list only: a scalar here is a mistake, not one address */
         return parse_seq(c, ip_item, &x->ips);
+    case W_IP:
+        return ip_item(c, 0, &x->ips);
     case W_NETWORK:
         return get_str(c, &w->network);
     case W_PROTO:
@@ -851,6 +863,21 @@ static int workload_finish(struct pctx *c, struct wl_ctx *x, uint32_t idx, yaml_
     memcpy(nk + nl + 1, w->name, ml);
     rc = htab_insert(&s->wl_by_name, nk, nl + 1 + ml, idx, NULL);
     if (rc && rc != -EEXIST) return fail_nomem(c);
+
+    /* A workload nothing can reach by IP is likely a mistake; it still loads (ztunnel would resolve its
+     * hostname or use its network gateway, which zmesh does not do yet). */
+    size_t usable = 0;
+    for (size_t i = 0; i < x->ips.n; i++)
+        usable += ip_usable(&ie[i].ip);
+    if (!usable && !w->network_gateway.set) {
+        char where[PATH_MAX_LEN + 64];
+        snprintf(where, sizeof(where), "%s:%zu:%zu: %s", c->name, start.line + 1, start.column + 1, c->path);
+        log_kv(LOG_WARN, "config",
+               "workload has no usable IP address: it cannot be reached and is never chosen as a service "
+               "endpoint",
+               "at", where, "workload", w->uid, "workloadIps",
+               x->ips.n ? "unspecified, multicast or broadcast only" : "none", NULL);
+    }
 
     /* Host-network workloads share the node's IP with each other, so they are not IP-indexed. */
     if (w->network_mode == WL_NET_HOST) return 0;

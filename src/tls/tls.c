@@ -16,6 +16,8 @@
 #define TLS_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
 #define TLS_GROUPS "X25519:P-256"
 static const unsigned char alpn_h2_wire[] = {2, 'h', '2'};
+/* Room for the reason a peer certificate is refused; a longer one (a long foreign id) is truncated. */
+#define TLS_WHY_MAX 256
 
 /* SSL_CTX ex-data slot holding the server's trust domain (a malloc'd string freed with the context). */
 static int td_idx = -1;
@@ -32,40 +34,103 @@ static void td_idx_init(void)
     td_idx = CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL, td_free);
 }
 
-/* Calls fn on every URI SAN of x until it returns true. Returns whether one did. */
-static bool for_each_uri_san(X509 *x, bool (*fn)(const char *uri, size_t len, void *arg), void *arg)
+int tls_leaf_identity(X509 *leaf, const char *td, char *buf, size_t n, char *why, size_t wn)
 {
-    GENERAL_NAMES *gens;
-    bool hit = false;
-
-    if (!x) return false;
-    gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
-    if (!gens) return false;
-    for (int i = 0; i < sk_GENERAL_NAME_num(gens) && !hit; i++) {
-        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
-        if (gn->type != GEN_URI) continue;
-        const ASN1_IA5STRING *s = gn->d.uniformResourceIdentifier;
-        hit = fn((const char *)ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s), arg);
-    }
-    GENERAL_NAMES_free(gens);
-    return hit;
-}
-
-static bool san_in_td(const char *uri, size_t len, void *arg)
-{
+    GENERAL_NAMES *gens = NULL;
+    const ASN1_IA5STRING *uri = NULL;
     struct spiffe_id id;
-    return spiffe_parse(uri, len, &id) == 0 && strcmp(id.td, (const char *)arg) == 0;
+    int crit = -1, n_uri = 0, rc = -EINVAL;
+    char discard[1]; /* stands in for a caller who does not want the reason */
+
+    if (!why || !wn) {
+        why = discard;
+        wn = sizeof(discard);
+    }
+    why[0] = '\0';
+    if (buf && n) buf[0] = '\0';
+    if (!leaf) {
+        snprintf(why, wn, "no peer certificate");
+        rc = -ENOENT;
+        goto out;
+    }
+    if (!td || !td[0]) {
+        snprintf(why, wn, "no trust domain to check against");
+        goto out;
+    }
+    /* basicConstraints CA:TRUE. webpki (rustls, which Istio's ztunnel uses) refuses such a certificate as an
+     * end entity; OpenSSL's chain check does not, so it is refused here. */
+    if (X509_get_extension_flags(leaf) & EXFLAG_CA) {
+        snprintf(why, wn, "certificate is a CA (basicConstraints CA:TRUE), not a workload certificate");
+        goto out;
+    }
+    gens = X509_get_ext_d2i(leaf, NID_subject_alt_name, &crit, NULL);
+    if (!gens) {
+        snprintf(why, wn,
+                 crit == -2   ? "certificate has more than one subjectAltName extension"
+                 : crit == -1 ? "certificate has no subjectAltName"
+                              : "certificate has an unreadable subjectAltName");
+        goto out;
+    }
+    for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
+        if (gn->type != GEN_URI) continue; /* DNS, IP ... names are not identities; they are ignored */
+        n_uri++;
+        uri = gn->d.uniformResourceIdentifier;
+    }
+    /* One URI SAN and no more: with several, which one is "the" identity would be a guess (Istio's ztunnel
+     * checks the trust domain on any of them and then uses the first), so a certificate naming both an
+     * outside identity and one of ours could pass as either. */
+    if (n_uri != 1) {
+        snprintf(why, wn, "certificate has %d URI SANs; exactly one SPIFFE id is required", n_uri);
+        goto out;
+    }
+    const char *u = (const char *)ASN1_STRING_get0_data(uri);
+    size_t ulen = (size_t)ASN1_STRING_length(uri);
+    if (spiffe_parse(u, ulen, &id) < 0) {
+        snprintf(why, wn, "URI SAN is not a SPIFFE id spiffe://<trust domain>/ns/<namespace>/sa/<account>");
+        goto out;
+    }
+    if (strcmp(id.td, td) != 0) {
+        /* The id passed spiffe_parse, so it is printable ASCII without spaces: safe in a log line. */
+        snprintf(why, wn, "SPIFFE id %.*s is outside trust domain %s", (int)ulen, u, td);
+        goto out;
+    }
+    if (buf) {
+        if (ulen >= n) {
+            snprintf(why, wn, "SPIFFE id longer than the caller's buffer");
+            rc = -ENOSPC;
+            goto out;
+        }
+        memcpy(buf, u, ulen);
+        buf[ulen] = '\0';
+    }
+    rc = (int)ulen;
+out:
+    GENERAL_NAMES_free(gens);
+    return rc;
 }
 
-/* Adds Istio's TrustDomainVerifier to normal chain verification: the client leaf must carry a SPIFFE id of
- * the server's own trust domain. A failure here aborts the handshake with an alert. */
+/* The trust domain stored on the SSL's context by tls_server_ctx_new/tls_client_ctx_new, or NULL. */
+static const char *ssl_trust_domain(SSL *ssl)
+{
+    pthread_once(&td_once, td_idx_init);
+    if (!ssl || td_idx < 0) return NULL;
+    return SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), td_idx);
+}
+
+/* Adds Istio's TrustDomainVerifier to normal chain verification, stricter (tls_leaf_identity): the client
+ * leaf must be a non-CA certificate with exactly one URI SAN, a SPIFFE id of the server's own trust domain.
+ * A failure aborts the handshake with an alert, and the reason goes onto the error queue for the log. */
 static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
+    char why[TLS_WHY_MAX];
     if (!ok) return 0;
     if (X509_STORE_CTX_get_error_depth(sctx) != 0) return 1;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    const char *td = ssl ? SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), td_idx) : NULL;
-    if (td && for_each_uri_san(X509_STORE_CTX_get_current_cert(sctx), san_in_td, (void *)td)) return 1;
+    if (tls_leaf_identity(X509_STORE_CTX_get_current_cert(sctx), ssl_trust_domain(ssl), NULL, 0, why,
+                          sizeof(why)) >= 0)
+        return 1;
+    ERR_raise_data(ERR_LIB_SSL, SSL_R_CERTIFICATE_VERIFY_FAILED, "client identity refused: %s", why);
     X509_STORE_CTX_set_error(sctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
 }
@@ -143,28 +208,35 @@ static int ctx_common(SSL_CTX *ctx, const struct tls_cert *c)
     return 0;
 }
 
-SSL_CTX *tls_server_ctx_new(const struct tls_cert *c)
+/* Stores a copy of c's trust domain on ctx (freed with it), the one peers are checked against. Returns 0 or
+ * -1 (OpenSSL error queue set). */
+static int ctx_set_trust_domain(SSL_CTX *ctx, const struct tls_cert *c)
 {
-    SSL_CTX *ctx = NULL;
-    char *td = NULL;
-
+    char *td;
     pthread_once(&td_once, td_idx_init);
-    if (td_idx < 0) return NULL;
-    ctx = SSL_CTX_new(TLS_server_method());
-    if (!ctx || ctx_common(ctx, c) < 0) goto fail;
+    if (td_idx < 0) return -1;
     if (!c->id.td[0]) {
         ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_INVALID_ARGUMENT, "certificate has no trust domain");
-        goto fail;
+        return -1;
     }
-    if (!(td = strdup(c->id.td)) || !SSL_CTX_set_ex_data(ctx, td_idx, td)) goto fail;
-    td = NULL; /* owned by ctx now, freed by td_free */
+    if (!(td = strdup(c->id.td))) return -1;
+    if (!SSL_CTX_set_ex_data(ctx, td_idx, td)) {
+        free(td);
+        return -1;
+    }
+    return 0; /* owned by ctx now, freed by td_free */
+}
+
+SSL_CTX *tls_server_ctx_new(const struct tls_cert *c)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx || ctx_common(ctx, c) < 0 || ctx_set_trust_domain(ctx, c) < 0) goto fail;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, server_verify_cb);
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, NULL);
     SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
     return ctx;
 fail:
-    free(td);
     SSL_CTX_free(ctx);
     return NULL;
 }
@@ -172,9 +244,9 @@ fail:
 SSL_CTX *tls_client_ctx_new(const struct tls_cert *c)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (!ctx || ctx_common(ctx, c) < 0) goto fail;
+    if (!ctx || ctx_common(ctx, c) < 0 || ctx_set_trust_domain(ctx, c) < 0) goto fail;
     /* Chain verification only (serverAuth purpose is OpenSSL's client default); no host name check, because
-     * the identity is compared with the expected SANs by the caller. */
+     * the identity is compared with the expected SANs by the caller (tls_peer_has_san). */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (SSL_CTX_set_alpn_protos(ctx, alpn_h2_wire, sizeof(alpn_h2_wire)) != 0) goto fail;
     return ctx;
@@ -183,55 +255,31 @@ fail:
     return NULL;
 }
 
-struct san_match {
-    const char *const *expected;
-    size_t n;
-};
-
-static bool san_matches(const char *uri, size_t len, void *arg)
+/* tls_peer_identity with the reason of a refusal in why (may be NULL). */
+static int peer_identity(SSL *ssl, char *buf, size_t n, char *why, size_t wn)
 {
-    const struct san_match *m = arg;
-    for (size_t i = 0; i < m->n; i++)
-        if (m->expected[i] && strlen(m->expected[i]) == len && memcmp(m->expected[i], uri, len) == 0)
-            return true;
-    return false;
-}
-
-bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n)
-{
-    struct san_match m = {expected, n};
-    if (!ssl || !n || SSL_get_verify_result(ssl) != X509_V_OK) return false;
-    return for_each_uri_san(SSL_get0_peer_certificate(ssl), san_matches, &m);
-}
-
-struct first_spiffe {
-    char *buf;
-    size_t n;
-    int rc;
-};
-
-static bool san_first_spiffe(const char *uri, size_t len, void *arg)
-{
-    struct first_spiffe *f = arg;
-    struct spiffe_id id;
-    if (spiffe_parse(uri, len, &id) < 0) return false;
-    if (len >= f->n) {
-        f->rc = -ENOSPC;
-    } else {
-        memcpy(f->buf, uri, len);
-        f->buf[len] = '\0';
-        f->rc = (int)len;
+    if (buf && n) buf[0] = '\0';
+    if (why && wn) why[0] = '\0';
+    if (!ssl) return -ENOENT;
+    if (SSL_get_verify_result(ssl) != X509_V_OK) {
+        if (why && wn) snprintf(why, wn, "peer certificate chain did not verify");
+        return -EINVAL;
     }
-    return true;
+    return tls_leaf_identity(SSL_get0_peer_certificate(ssl), ssl_trust_domain(ssl), buf, n, why, wn);
 }
 
 int tls_peer_identity(SSL *ssl, char *buf, size_t n)
 {
-    struct first_spiffe f = {buf, n, -ENOENT};
-    if (n) buf[0] = '\0';
-    if (!ssl) return -ENOENT;
-    for_each_uri_san(SSL_get0_peer_certificate(ssl), san_first_spiffe, &f);
-    return f.rc;
+    return peer_identity(ssl, buf, n, NULL, 0);
+}
+
+bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n)
+{
+    char id[SPIFFE_MAX];
+    if (!n || peer_identity(ssl, id, sizeof(id), NULL, 0) < 0) return false;
+    for (size_t i = 0; i < n; i++)
+        if (expected[i] && strcmp(expected[i], id) == 0) return true;
+    return false;
 }
 
 bool tls_alpn_is_h2(SSL *ssl)

@@ -8,22 +8,34 @@
 
 /* HBONE server context: TLS 1.3 only, AES-GCM suites, X25519/P-256, ALPN exactly "h2" (a ClientHello without
  * "h2", including one with no ALPN at all, fails with no_application_protocol), presents c->leaf + c->chain,
- * requires a client certificate chaining to c->root whose leaf has a SPIFFE URI SAN in c->id.td. No session
- * tickets or cache. The context keeps its own references to c's objects. Returns a new SSL_CTX (caller frees
- * with SSL_CTX_free) or NULL (see tls_errstr). */
+ * requires a client certificate chaining to c->root whose leaf is a workload identity of c->id.td (see
+ * tls_leaf_identity; a refusal fails the handshake with the reason on the error queue). No session tickets
+ * or cache. The context keeps its own references to c's objects. Returns a new SSL_CTX (caller frees with
+ * SSL_CTX_free) or NULL (see tls_errstr). */
 SSL_CTX *tls_server_ctx_new(const struct tls_cert *c);
 
 /* HBONE client context: same versions/suites/groups, ALPN "h2", presents c->leaf + c->chain, verifies the
- * server chain against c->root (serverAuth), no resumption, no SNI. The server's identity is checked by the
- * caller after the handshake with tls_peer_has_san. Returns a new SSL_CTX (caller frees) or NULL. */
+ * server chain against c->root (serverAuth), no resumption, no SNI; remembers c->id.td for the peer checks.
+ * The server's identity is checked by the caller after the handshake with tls_peer_has_san. Returns a new
+ * SSL_CTX (caller frees) or NULL. */
 SSL_CTX *tls_client_ctx_new(const struct tls_cert *c);
 
-/* True when the handshake verified the peer and its leaf has a URI SAN exactly equal to one of
+/* The one rule for a peer's identity, on both sides: leaf must not be a CA (basicConstraints CA:TRUE), must
+ * carry exactly one URI SAN (other SAN types are ignored), and that SAN must be a SPIFFE id (spiffe_parse) in
+ * trust domain td. Copies the id into buf[0..n) when buf is not NULL. Returns the id's length; -EINVAL when
+ * the leaf is refused, -ENOENT when leaf is NULL, -ENOSPC when buf is too small; then why[0..wn) (may be
+ * NULL) says why in one line. Borrows leaf. */
+int tls_leaf_identity(X509 *leaf, const char *td, char *buf, size_t n, char *why, size_t wn);
+
+/* True when the handshake verified the peer chain, its leaf passes tls_leaf_identity for the trust domain of
+ * ssl's context (made by tls_server_ctx_new/tls_client_ctx_new), and that one id equals one of
  * expected[0..n). */
 bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n);
 
-/* Copies the peer leaf's first URI SAN that parses as a SPIFFE id into buf (NUL-terminated).
- * Returns its length, -ENOENT if there is none, or -ENOSPC if buf is too small. */
+/* Copies the peer's identity, the one SAN tls_leaf_identity accepts for the trust domain of ssl's context,
+ * into buf (NUL-terminated); this is the id that logs, metrics and authorization use. Returns its length,
+ * -ENOENT without a peer certificate, -EINVAL when the chain did not verify or the leaf is refused, -ENOSPC
+ * when buf is too small. */
 int tls_peer_identity(SSL *ssl, char *buf, size_t n);
 
 /* True when ALPN negotiated exactly "h2". */

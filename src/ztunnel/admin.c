@@ -5,7 +5,14 @@
  * Each connection parses at most one request ahead: on_message_complete builds the whole response into the
  * output buffer and pauses the parser, and the connection reads or parses nothing more until that response
  * is written. So a client that pipelines requests (or never reads) costs one response of memory, and request
- * sizes are bounded (URL, header block, body). */
+ * sizes are bounded (URL, header block, body).
+ *
+ * Nobody outside the pod can lock the ports out (the metrics and readiness ports listen on every address):
+ * each port has its own connection limit, so readiness keeps its slots whatever happens on the others; a
+ * request must be read completely within ADM_REQUEST_MS of its first byte (of the accept, for a connection's
+ * first request), like hyper's header_read_timeout that Istio's ztunnel sets to 2 s (src/hyper_util.rs), so
+ * bytes trickled slowly do not keep a slot; and a port that is full makes room for a new connection by
+ * closing its oldest idle one (or, when none is idle, the one whose current step started first). */
 #include "ztunnel/admin.h"
 
 #include <errno.h>
@@ -18,6 +25,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "core/acceptor.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/net.h"
@@ -25,24 +33,73 @@
 #include "tls/ca.h"
 #include "ztunnel/metrics.h"
 
-#define ADM_URL_MAX 8192            /* longer request targets get 414 */
-#define ADM_HEADERS_MAX (64 * 1024) /* a larger header block gets 431 */
-#define ADM_BODY_MAX (64 * 1024)    /* a larger body gets 413 (no endpoint reads bodies) */
+#define ADM_URL_MAX 8192 /* longer request targets get 414 */
+/* A larger header block gets 431. Istio's ztunnel serves these ports with hyper's max_buf_size of 8 KiB
+ * (src/hyper_util.rs), which bounds the request head the same way. */
+#define ADM_HEADERS_MAX (8 * 1024)
+#define ADM_BODY_MAX (64 * 1024) /* a larger body gets 413 (no endpoint reads bodies) */
 #define ADM_IN_BUF 16384
-#define ADM_MAX_CONNS 256
+/* Connections per port. Each costs one descriptor and about 25 KiB; a scraper or a kubelet needs one or
+ * two, and the limit only decides how many an abusive client can hold before the oldest are closed. */
+#define ADM_ADMIN_MAX_CONNS 32
+#define ADM_METRICS_MAX_CONNS 64
+#define ADM_READY_MAX_CONNS 64
+/* From the first byte of a request (from the accept, for the first one) to its end: hyper's
+ * header_read_timeout as Istio's ztunnel sets it (2 s, src/hyper_util.rs). Not extended by progress. */
+#define ADM_REQUEST_MS 2000
+/* To write one response, from its first byte to its last; not extended by progress either. */
+#define ADM_WRITE_MS 10000
+/* Keep-alive between requests: a connection with no request in progress is closed after this. */
 #define ADM_IDLE_MS 60000
 
-enum adm_kind { ADM_ADMIN = 0, ADM_METRICS = 1, ADM_READY = 2 };
+enum adm_kind {
+    ADM_ADMIN = ADMIN_SERVER_ADMIN,
+    ADM_METRICS = ADMIN_SERVER_METRICS,
+    ADM_READY = ADMIN_SERVER_READINESS
+};
 
-struct adm_listener {
-    struct io io;
+/* What a connection is doing; each state has its own deadline (timer), set when the state is entered. */
+enum adm_state {
+    ADM_ST_NEW,     /* accepted, no request begun: ADM_REQUEST_MS from the accept */
+    ADM_ST_READING, /* a request has begun: ADM_REQUEST_MS from its first byte */
+    ADM_ST_WRITING, /* a response is being written: ADM_WRITE_MS */
+    ADM_ST_IDLE,    /* keep-alive between requests: ADM_IDLE_MS */
+};
+
+static const char *adm_state_to_str(enum adm_state s)
+{
+    switch (s) {
+    case ADM_ST_NEW:
+        return "new";
+    case ADM_ST_READING:
+        return "reading";
+    case ADM_ST_WRITING:
+        return "writing";
+    case ADM_ST_IDLE:
+        return "idle";
+    }
+    return "unknown";
+}
+
+struct adm_conn;
+
+/* One listening port and its connections, oldest state change first. */
+struct adm_port {
+    struct acceptor acc;
     enum adm_kind kind;
+    char name[32]; /* for logs: "admin :15000" */
+    int nconns, max_conns;
+    struct adm_conn *head, *tail;
 };
 
 struct adm_conn {
-    struct io io;
-    struct timer idle;
+    struct io io; /* fd -1 for a connection fed by admin_feed (no socket, no loop) */
+    struct timer deadline;
+    struct adm_port *port;
+    struct adm_conn *prev, *next; /* in port's list, when listed */
+    bool listed;
     enum adm_kind kind;
+    enum adm_state st;
     llhttp_t parser;
     /* the request being parsed */
     char url[ADM_URL_MAX + 1];
@@ -64,10 +121,9 @@ struct adm_conn {
 static struct {
     struct loop *loop;
     struct admin_hooks hooks;
-    struct adm_listener ls[3];
+    struct adm_port ports_[3];
     uint16_t ports[3];
-    int nconns;
-    int default_level; /* for POST /logging?reset */
+    int nconns; /* on all ports */
     llhttp_settings_t settings;
 } adm;
 
@@ -202,34 +258,67 @@ static void adm_urldecode(char *s)
     *o = '\0';
 }
 
-/* Istio accepts a comma-separated list of bare levels and target=level clauses. */
-static bool adm_level_valid(const char *level)
+/* Room for one normalized /logging spec: every query parameter's directives. */
+#define ADM_LEVEL_MAX (ADM_URL_MAX + 16)
+
+/* Appends one /logging clause to out as a RUST_LOG directive. Istio's validate_log_level accepts a bare level
+ * or "target=level"; its help text advertises "target:level", which is accepted too (the last ':' splits, so
+ * "ztunnel::proxy:debug" is ztunnel::proxy=debug). A bare target (trace in RUST_LOG) is refused, as in Istio.
+ * Returns 0 or -EINVAL. */
+static int adm_level_clause(const char *p, size_t n, char *out, size_t outlen, size_t *w)
 {
     static const char *const names[] = {"off", "error", "warn", "info", "debug", "trace"};
-    const char *p = level;
-    while (true) {
+    char clause[ADM_LEVEL_MAX];
+    bool check_level = false;
+    if (n == 0 || n >= sizeof(clause)) return -EINVAL;
+    memcpy(clause, p, n);
+    clause[n] = 0;
+    if (!memchr(clause, '=', n)) {
+        char *colon = strrchr(clause, ':');
+        if (colon && colon > clause && colon[-1] != ':' && colon[1]) {
+            *colon = '=';
+            check_level = true;
+        } else {
+            for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                if (!strcmp(clause, names[i])) check_level = true;
+            if (!check_level) return -EINVAL;
+        }
+    }
+    if (log_filter_check(clause, NULL, NULL, 0) < 0) return -EINVAL;
+    int k = snprintf(out + *w, outlen - *w, "%s%s", *w ? "," : "", clause);
+    if (k < 0 || (size_t)k >= outlen - *w) return -EINVAL;
+    *w += (size_t)k;
+    return 0;
+}
+
+/* Appends every comma-separated clause of spec. Returns 0 or -EINVAL. */
+static int adm_level_spec(const char *spec, char *out, size_t outlen, size_t *w)
+{
+    for (const char *p = spec;;) {
         size_t n = strcspn(p, ",");
-        bool ok = memchr(p, '=', n) != NULL;
-        for (size_t i = 0; !ok && i < sizeof(names) / sizeof(names[0]); i++)
-            ok = strlen(names[i]) == n && !strncmp(p, names[i], n);
-        if (!ok) return false;
-        if (!p[n]) return true;
+        if (adm_level_clause(p, n, out, outlen, w) < 0) return -EINVAL;
+        if (!p[n]) return 0;
         p += n + 1;
     }
 }
 
 static void adm_logging_list(struct adm_conn *c)
 {
-    char msg[96];
-    snprintf(msg, sizeof(msg), "current log level is %s\n", log_level_name(log_level_cur));
+    char cur[LOG_FILTER_STR_MAX], msg[LOG_FILTER_STR_MAX + 32];
+    log_filter_str(cur, sizeof(cur));
+    snprintf(msg, sizeof(msg), "current log level is %s\n", cur);
     adm_respond_text(c, 200, msg);
 }
 
+/* POST /logging: ?level=<spec> (Istio), ?reset, and Envoy's ?<target>=<level> (e.g. ?access=debug), which
+ * Istio's help text points to ("mirror envoy's behavior"). */
 static void adm_logging(struct adm_conn *c, char *query)
 {
-    char *level = NULL, msg[ADM_URL_MAX + sizeof(adm_logging_help) + 64];
-    bool reset = false;
+    char spec[ADM_LEVEL_MAX], bad[ADM_LEVEL_MAX] = "", msg[2 * ADM_LEVEL_MAX + sizeof(adm_logging_help) + 64];
+    size_t w = 0;
+    bool reset = false, any = false;
 
+    spec[0] = 0;
     if (llhttp_get_method(&c->parser) != HTTP_POST) {
         snprintf(msg, sizeof(msg), "Invalid HTTP method\n %s", adm_logging_help);
         adm_respond_text(c, 405, msg);
@@ -240,31 +329,45 @@ static void adm_logging(struct adm_conn *c, char *query)
         char *eq = strchr(kv, '=');
         if (eq) *eq = '\0';
         adm_urldecode(kv);
-        if (!strcmp(kv, "level")) {
-            static char empty[1];
-            level = eq ? eq + 1 : empty;
-            if (eq) adm_urldecode(level);
-        } else if (!strcmp(kv, "reset")) {
+        char *val = eq ? eq + 1 : kv + strlen(kv);
+        adm_urldecode(val);
+        if (!strcmp(kv, "reset")) {
             reset = true;
+            continue;
         }
+        if (!strcmp(kv, "level")) {
+            if (!*val) continue;
+            any = true;
+            if (!*bad && adm_level_spec(val, spec, sizeof(spec), &w) < 0)
+                snprintf(bad, sizeof(bad), "%s", val);
+            continue;
+        }
+        /* ?<target>=<level> */
+        char clause[ADM_LEVEL_MAX];
+        any = true;
+        snprintf(clause, sizeof(clause), "%s=%s", kv, val);
+        if (!*bad && (!*kv || !*val || adm_level_clause(clause, strlen(clause), spec, sizeof(spec), &w) < 0))
+            snprintf(bad, sizeof(bad), "%s", clause);
     }
-    if (!reset && (!level || !*level)) {
+    if (!reset && !any) {
         adm_logging_list(c);
         return;
     }
-    if (level && *level && !adm_level_valid(level)) {
-        snprintf(msg, sizeof(msg), "Invalid level provided: %s\n%s", level, adm_logging_help);
+    if (*bad) {
+        snprintf(msg, sizeof(msg), "Invalid level provided: %s\n%s", bad, adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }
-    if (reset) log_level_cur = adm.default_level;
-    if (level && *level && log_set_level(level) < 0) {
-        snprintf(msg, sizeof(msg), "Failed to set new level: unsupported level %s\n%s", level,
-                 adm_logging_help);
+    if (log_filter_update(reset, spec) < 0) {
+        /* Every clause was checked above: only the filter's size can refuse it (?reset starts over). */
+        snprintf(msg, sizeof(msg), "Failed to set new level: more than %d directives with %s\n%s",
+                 LOG_MAX_DIRECTIVES, spec, adm_logging_help);
         adm_respond_text(c, 400, msg);
         return;
     }
-    LOG_I("admin", "log level set to %s", log_level_name(log_level_cur));
+    char cur[LOG_FILTER_STR_MAX];
+    log_filter_str(cur, sizeof(cur));
+    LOG_I("ztunnel::telemetry", "new log filter is %s", cur);
     adm_logging_list(c);
 }
 
@@ -330,11 +433,61 @@ static void adm_route(struct adm_conn *c)
     }
 }
 
+/* ---- connection states ---- */
+
+static void adm_list_del(struct adm_conn *c)
+{
+    struct adm_port *pt = c->port;
+    if (!pt || !c->listed) return;
+    c->listed = false;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        pt->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        pt->tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void adm_list_append(struct adm_conn *c)
+{
+    struct adm_port *pt = c->port;
+    if (!pt) return;
+    c->listed = true;
+    c->prev = pt->tail;
+    c->next = NULL;
+    if (pt->tail)
+        pt->tail->next = c;
+    else
+        pt->head = c;
+    pt->tail = c;
+}
+
+/* Enters st with that state's deadline, which no later progress extends; the port's list stays ordered by
+ * the time of the last state change. keep_deadline: a connection's first request runs under the deadline
+ * armed at the accept. */
+static void adm_set_state(struct adm_conn *c, enum adm_state st, bool keep_deadline)
+{
+    static const uint64_t ms[] = {
+        [ADM_ST_NEW] = ADM_REQUEST_MS,
+        [ADM_ST_READING] = ADM_REQUEST_MS,
+        [ADM_ST_WRITING] = ADM_WRITE_MS,
+        [ADM_ST_IDLE] = ADM_IDLE_MS,
+    };
+    c->st = st;
+    adm_list_del(c);
+    adm_list_append(c);
+    if (adm.loop && c->io.fd >= 0 && !keep_deadline) timer_start(adm.loop, &c->deadline, ms[st]);
+}
+
 /* ---- llhttp callbacks ---- */
 
 static int adm_on_message_begin(llhttp_t *p)
 {
     struct adm_conn *c = p->data;
+    adm_set_state(c, ADM_ST_READING, c->st == ADM_ST_NEW);
     c->url_len = 0;
     c->url[0] = '\0';
     c->hname_len = 0;
@@ -422,6 +575,7 @@ static int adm_on_message_complete(llhttp_t *p)
     struct adm_conn *c = p->data;
     if (!llhttp_should_keep_alive(p)) c->close_after = true;
     adm_route(c);
+    adm_set_state(c, ADM_ST_WRITING, false);
     /* One response at a time: the rest of the input waits until this one is written. */
     return HPE_PAUSED;
 }
@@ -440,14 +594,46 @@ static void adm_settings_init(void)
 
 /* ---- connections ---- */
 
-static void adm_conn_close(struct adm_conn *c)
+static void adm_conn_free(struct adm_conn *c)
 {
-    loop_io_del(adm.loop, &c->io);
-    timer_stop(adm.loop, &c->idle);
-    close(c->io.fd);
     free(c->out);
     free(c);
+}
+
+static void adm_conn_close(struct adm_conn *c)
+{
+    struct adm_port *pt = c->port;
+    loop_io_close(adm.loop, &c->io);
+    timer_stop(adm.loop, &c->deadline);
+    adm_list_del(c);
+    pt->nconns--;
     adm.nconns--;
+    adm_conn_free(c);
+}
+
+/* Runs the parser over buffered input (no I/O): consumes input up to the end of one request, whose response
+ * is then in c->out, or all of it. */
+static void adm_conn_parse(struct adm_conn *c)
+{
+    const char *data = c->in + c->in_off;
+    llhttp_errno_t e = llhttp_execute(&c->parser, data, c->in_len - c->in_off);
+    if (e == HPE_OK) {
+        c->in_off = c->in_len;
+    } else if (e == HPE_PAUSED) {
+        c->in_off += (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        llhttp_resume(&c->parser);
+    } else if (e == HPE_PAUSED_UPGRADE) {
+        /* An Upgrade or CONNECT request was answered; nothing of ours speaks another protocol. */
+        c->close_after = true;
+        c->in_off = c->in_len;
+    } else {
+        LOG_LIMITED(LOG_DEBUG, "ztunnel::admin", "bad request on port %u: %s", adm.ports[c->kind],
+                    llhttp_errno_name(e));
+        c->close_after = true;
+        c->in_off = c->in_len;
+        adm_respond(c, 400, NULL, "", 0);
+        adm_set_state(c, ADM_ST_WRITING, false);
+    }
 }
 
 /* Writes pending output. Returns 0 when all is written, 1 when the socket is full, -1 on error. */
@@ -462,10 +648,17 @@ static int adm_flush(struct adm_conn *c)
         }
         c->out_off += (size_t)n;
     }
+    return 0;
+}
+
+/* The response in c->out was written: back to waiting for a request. */
+static void adm_response_done(struct adm_conn *c)
+{
+    bool had = c->out != NULL;
     free(c->out);
     c->out = NULL;
     c->out_off = c->out_len = 0;
-    return 0;
+    if (had && c->st == ADM_ST_WRITING) adm_set_state(c, ADM_ST_IDLE, false);
 }
 
 /* Parses buffered input, writes responses, reads more; leaves c registered for what it waits on, or frees
@@ -485,25 +678,10 @@ static void adm_conn_process(struct adm_conn *c)
             return;
         }
         if (c->close_after) goto close;
+        adm_response_done(c);
 
         if (c->in_off < c->in_len) {
-            const char *data = c->in + c->in_off;
-            llhttp_errno_t e = llhttp_execute(&c->parser, data, c->in_len - c->in_off);
-            if (e == HPE_OK) {
-                c->in_off = c->in_len;
-            } else if (e == HPE_PAUSED) {
-                c->in_off += (size_t)(llhttp_get_error_pos(&c->parser) - data);
-                llhttp_resume(&c->parser);
-            } else if (e == HPE_PAUSED_UPGRADE) {
-                /* An Upgrade or CONNECT request was answered; nothing of ours speaks another protocol. */
-                c->close_after = true;
-                c->in_off = c->in_len;
-            } else {
-                LOG_D("admin", "bad request: %s", llhttp_errno_name(e));
-                c->close_after = true;
-                c->in_off = c->in_len;
-                adm_respond(c, 400, NULL, "", 0);
-            }
+            adm_conn_parse(c);
             continue;
         }
         if (c->peer_eof) goto close;
@@ -512,8 +690,8 @@ static void adm_conn_process(struct adm_conn *c)
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                /* No timer restart here: the deadline of the current state stands (slowloris). */
                 loop_io_mod(adm.loop, &c->io, EPOLLIN | EPOLLRDHUP);
-                timer_start(adm.loop, &c->idle, ADM_IDLE_MS);
                 return;
             }
             goto close;
@@ -540,64 +718,125 @@ static void adm_conn_io(struct io *io, uint32_t ev)
     adm_conn_process(c);
 }
 
-static void adm_conn_idle(struct timer *t)
+static void adm_conn_deadline(struct timer *t)
 {
-    adm_conn_close(container_of(t, struct adm_conn, idle));
+    struct adm_conn *c = container_of(t, struct adm_conn, deadline);
+    if (c->st != ADM_ST_IDLE)
+        LOG_LIMITED(LOG_DEBUG, "ztunnel::admin", "closing a connection on port %u: %s for too long",
+                    adm.ports[c->kind], adm_state_to_str(c->st));
+    adm_conn_close(c);
 }
 
-/* Adopts an accepted, non-blocking socket fd for kind. Returns the connection or NULL (fd closed). */
-static struct adm_conn *adm_conn_new(int fd, enum adm_kind kind)
+/* A connection of kind in its first state; fd < 0 for one fed by admin_feed. NULL on ENOMEM. */
+static struct adm_conn *adm_conn_alloc(int fd, enum adm_kind kind, struct adm_port *pt)
 {
     struct adm_conn *c = calloc(1, sizeof(*c));
-    if (!c || adm.nconns >= ADM_MAX_CONNS) {
-        free(c);
-        close(fd);
-        return NULL;
-    }
+    if (!c) return NULL;
     c->kind = kind;
+    c->port = pt;
     c->io.fd = fd;
     c->io.cb = adm_conn_io;
-    c->idle.cb = adm_conn_idle;
+    c->deadline.cb = adm_conn_deadline;
     llhttp_init(&c->parser, HTTP_REQUEST, &adm.settings);
     c->parser.data = c;
-    if (loop_io_add(adm.loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
-        close(fd);
-        free(c);
-        return NULL;
-    }
-    adm.nconns++;
-    timer_start(adm.loop, &c->idle, ADM_IDLE_MS);
     return c;
 }
 
-static void adm_accept(struct io *io, uint32_t ev)
+/* A full port makes room: its oldest idle connection goes, or, when every one is busy, the one whose current
+ * step (request or response) started first, which is the nearest to its deadline anyway. */
+static void adm_port_evict(struct adm_port *pt)
 {
-    struct adm_listener *l = container_of(io, struct adm_listener, io);
-    for (int i = 0; i < 64; i++) {
-        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                LOG_W("admin", "accept on port %u: %s", adm.ports[l->kind], strerror(errno));
-            return;
+    struct adm_conn *victim = pt->head;
+    for (struct adm_conn *c = pt->head; c; c = c->next) {
+        if (c->st == ADM_ST_NEW || c->st == ADM_ST_IDLE) {
+            victim = c;
+            break;
         }
-        adm_conn_new(fd, l->kind);
     }
+    if (!victim) return;
+    LOG_LIMITED(LOG_WARN, "ztunnel::admin", "port %u has %d connections (the limit): closing the oldest %s one",
+                adm.ports[pt->kind], pt->nconns, adm_state_to_str(victim->st));
+    adm_conn_close(victim);
+}
+
+/* Adopts an accepted, non-blocking socket fd for kind, making room in its port first. Returns the connection
+ * or NULL (fd closed). */
+static struct adm_conn *adm_conn_new(int fd, enum adm_kind kind)
+{
+    static const int max_conns[3] = {ADM_ADMIN_MAX_CONNS, ADM_METRICS_MAX_CONNS, ADM_READY_MAX_CONNS};
+    struct adm_port *pt = &adm.ports_[kind];
+    pt->max_conns = max_conns[kind];
+    if (pt->nconns >= pt->max_conns) adm_port_evict(pt);
+    struct adm_conn *c = adm_conn_alloc(fd, kind, pt);
+    if (!c) {
+        LOG_LIMITED(LOG_WARN, "ztunnel::admin", "port %u: out of memory for a connection", adm.ports[kind]);
+        close(fd);
+        return NULL;
+    }
+    if (loop_io_add(adm.loop, &c->io, EPOLLIN | EPOLLRDHUP) < 0) {
+        close(fd);
+        adm_conn_free(c);
+        return NULL;
+    }
+    pt->nconns++;
+    adm.nconns++;
+    adm_set_state(c, ADM_ST_NEW, false);
+    return c;
+}
+
+static void adm_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
+{
+    (void)peer;
+    adm_conn_new(fd, container_of(a, struct adm_port, acc)->kind);
+}
+
+static const struct acceptor_ops adm_acceptor_ops = {.on_accept = adm_accept};
+
+size_t admin_feed(enum admin_server which, const uint8_t *data, size_t len, size_t chunk,
+                  void (*on_response)(void *ud, const char *resp, size_t n), void *ud)
+{
+    size_t responses = 0;
+    if ((unsigned)which > ADMIN_SERVER_READINESS) return 0;
+    if (!adm.settings.on_message_complete) adm_settings_init();
+    if (chunk == 0 || chunk > ADM_IN_BUF) chunk = ADM_IN_BUF;
+    struct adm_conn *c = adm_conn_alloc(-1, (enum adm_kind)which, NULL);
+    if (!c) return 0;
+    /* The socket loop of adm_conn_process, with "read" taking the next chunk and "write" the callback. */
+    while (true) {
+        if (c->out) {
+            if (on_response) on_response(ud, c->out, c->out_len);
+            responses++;
+            c->quit_pending = false; /* no shutdown from a fed connection */
+            if (c->close_after) break;
+            adm_response_done(c);
+        }
+        if (c->close_after) break;
+        if (c->in_off < c->in_len) {
+            adm_conn_parse(c);
+            continue;
+        }
+        if (len == 0) break;
+        size_t n = len < chunk ? len : chunk;
+        memcpy(c->in, data, n);
+        data += n;
+        len -= n;
+        c->in_off = 0;
+        c->in_len = n;
+    }
+    adm_conn_free(c);
+    return responses;
 }
 
 /* ---- start ---- */
 
-static int adm_env_port(const char *name, uint16_t def, uint16_t *out)
+/* The ports admin_start binds, as handed in by admin_set_ports (the program parses ADMIN_PORT etc.). */
+static uint16_t adm_want[3] = {ADMIN_PORT_DEFAULT, METRICS_PORT_DEFAULT, READINESS_PORT_DEFAULT};
+
+void admin_set_ports(uint16_t admin, uint16_t metrics, uint16_t readiness)
 {
-    const char *v = getenv(name);
-    if (!v || !*v) {
-        *out = def;
-        return 0;
-    }
-    char *end;
-    long p = strtol(v, &end, 10);
-    if (*end || p < 0 || p > 65535) return -EINVAL;
-    *out = (uint16_t)p;
-    return 0;
+    adm_want[ADM_ADMIN] = admin;
+    adm_want[ADM_METRICS] = metrics;
+    adm_want[ADM_READY] = readiness;
 }
 
 /* A listening socket without SO_REUSEPORT (unlike the data-path listeners): a second ztunnel in the same
@@ -648,8 +887,6 @@ void admin_ports(uint16_t *admin, uint16_t *metrics, uint16_t *readiness)
 
 int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
 {
-    static const char *const env[] = {"ADMIN_PORT", "METRICS_PORT", "READINESS_PORT"};
-    static const uint16_t defs[] = {ADMIN_PORT_DEFAULT, METRICS_PORT_DEFAULT, READINESS_PORT_DEFAULT};
     uint16_t want[3];
     int rc = 0, fds[3] = {-1, -1, -1};
     pthread_t th;
@@ -658,12 +895,8 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         snprintf(err, errlen, "admin already started");
         return -EALREADY;
     }
-    for (int i = 0; i < 3; i++) {
-        if ((rc = adm_env_port(env[i], defs[i], &want[i])) < 0) {
-            snprintf(err, errlen, "%s: not a port number", env[i]);
-            goto out;
-        }
-    }
+    for (int i = 0; i < 3; i++)
+        want[i] = adm_want[i];
     for (int i = 0; i < 3; i++) {
         fds[i] = adm_listen(i == ADM_ADMIN, want[i]);
         if (fds[i] < 0) {
@@ -686,13 +919,15 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         goto out;
     }
     adm.hooks = *h;
-    adm.default_level = log_level_cur;
     adm_settings_init();
     for (int i = 0; i < 3; i++) {
-        adm.ls[i].kind = (enum adm_kind)i;
-        adm.ls[i].io.fd = fds[i];
-        adm.ls[i].io.cb = adm_accept;
-        if ((rc = loop_io_add(adm.loop, &adm.ls[i].io, EPOLLIN)) < 0) {
+        static const char *const names[3] = {"admin", "metrics", "readiness"};
+        struct adm_port *pt = &adm.ports_[i];
+        pt->kind = (enum adm_kind)i;
+        snprintf(pt->name, sizeof(pt->name), "%s :%u", names[i], adm.ports[i]);
+        rc = acceptor_start(&pt->acc, adm.loop, fds[i], pt->name, &adm_acceptor_ops);
+        fds[i] = -1; /* the acceptor owns it, also on failure */
+        if (rc < 0) {
             snprintf(err, errlen, "admin event loop: %s", strerror(-rc));
             goto out;
         }
@@ -702,12 +937,14 @@ int admin_start(const struct admin_hooks *h, char *err, size_t errlen)
         goto out;
     }
     pthread_detach(th);
-    LOG_I("admin", "admin on 127.0.0.1:%u, metrics on :%u, readiness on :%u", adm.ports[0], adm.ports[1],
-          adm.ports[2]);
+    LOG_I("ztunnel::admin", "admin on 127.0.0.1:%u, metrics on :%u, readiness on :%u", adm.ports[0],
+          adm.ports[1], adm.ports[2]);
     return 0;
 out:
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3; i++) {
         if (fds[i] >= 0) close(fds[i]);
+        acceptor_close(&adm.ports_[i].acc);
+    }
     if (adm.loop) {
         loop_free(adm.loop);
         adm.loop = NULL;

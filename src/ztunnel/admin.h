@@ -1,7 +1,7 @@
 /* ztunnel's HTTP side doors (reference §10): the admin server on 127.0.0.1:15000 (/config_dump, /logging,
  * /quitquitquit, /), the metrics server on :15020 (/metrics, /stats/prometheus) and the readiness server on
  * :15021 (/healthz/ready). One thread with its own event loop serves all three; HTTP/1.1 with keep-alive,
- * parsed by llhttp, bounded request sizes. */
+ * parsed by llhttp, bounded request sizes, per-port connection limits and deadlines (see admin.c). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -24,15 +24,29 @@ struct admin_hooks {
     void *ud;
 };
 
-/* Default ports; ADMIN_PORT, METRICS_PORT and READINESS_PORT in the environment override them (0 picks a
- * free port, see admin_ports). */
+/* Default ports; admin_set_ports overrides them (0 picks a free port, see admin_ports). */
 #define ADMIN_PORT_DEFAULT 15000
 #define METRICS_PORT_DEFAULT 15020
 #define READINESS_PORT_DEFAULT 15021
 
+/* Sets the ports admin_start binds (ztunnel: ADMIN_PORT, METRICS_PORT, READINESS_PORT). Call before it. */
+void admin_set_ports(uint16_t admin, uint16_t metrics, uint16_t readiness);
+
 /* Binds 127.0.0.1:<admin>, [::]:<metrics> and [::]:<readiness> (IPv4 wildcard when IPv6 is off) and serves
  * them on a new detached thread. *h is copied. Call once. Returns 0, or -errno with err filled. */
 int admin_start(const struct admin_hooks *h, char *err, size_t errlen);
+
+/* The three servers, for admin_feed. */
+enum admin_server { ADMIN_SERVER_ADMIN = 0, ADMIN_SERVER_METRICS = 1, ADMIN_SERVER_READINESS = 2 };
+
+/* Feeds data[0..len), the bytes a client sent on one connection to server `which`, through the request
+ * parser and router exactly as a socket connection would (in reads of at most `chunk` bytes, 0 = the read
+ * buffer size), without sockets or a loop; for the fuzzer and tests. Each complete response (status line to
+ * body; borrowed during the call) goes to on_response (may be NULL). Uses the hooks of admin_start if it ran,
+ * else none (ready, empty config); POST /quitquitquit never calls quit here. Call from one thread at a time,
+ * not while admin_start's thread serves. Returns the number of responses. */
+size_t admin_feed(enum admin_server which, const uint8_t *data, size_t len, size_t chunk,
+                  void (*on_response)(void *ud, const char *resp, size_t n), void *ud);
 
 /* The ports bound by admin_start (0 before it succeeded). Any pointer may be NULL. */
 void admin_ports(uint16_t *admin, uint16_t *metrics, uint16_t *readiness);

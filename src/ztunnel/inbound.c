@@ -24,6 +24,9 @@ struct in_conn {
     struct sockaddr_storage peer, local;
     unsigned streams;
     bool closed;
+    bool handshaking; /* counted in worker.handshakes, linked in worker.hs_head */
+    struct in_conn *hs_next, *hs_prev;
+    uint64_t hs_start; /* accept time, loop ms */
 };
 
 /* One CONNECT stream, from request to end. */
@@ -105,8 +108,8 @@ static void in_connected(struct in_stream *is, int soerr)
         close(fd);
         if (log_enabled(LOG_DEBUG)) {
             char app[SOCKADDR_STRLEN];
-            LOG_D("inbound", "connect to app %s: %s", ip_port_format(&is->rec.hbone_addr, app, sizeof(app)),
-                  strerror(soerr));
+            LOG_D("ztunnel::proxy::inbound", "connect to app %s: %s",
+                  ip_port_format(&is->rec.hbone_addr, app, sizeof(app)), strerror(soerr));
         }
         hbone_stream_respond(is->s, 503, -1, NULL, 0);
         return;
@@ -250,47 +253,132 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     timer_start(w->loop, &is->timer, APP_CONNECT_TIMEOUT_MS);
 }
 
+/* The TLS handshake of ic ended (success or failure): one more may be accepted. */
+static void in_handshake_end(struct in_conn *ic)
+{
+    struct worker *w = ic->w;
+    if (!ic->handshaking) return;
+    ic->handshaking = false;
+    if (ic->hs_prev)
+        ic->hs_prev->hs_next = ic->hs_next;
+    else
+        w->hs_head = ic->hs_next;
+    if (ic->hs_next)
+        ic->hs_next->hs_prev = ic->hs_prev;
+    else
+        w->hs_tail = ic->hs_prev;
+    w->handshakes--;
+    acceptor_resume(&w->listeners[2]);
+}
+
+static void in_handshake_begin(struct in_conn *ic)
+{
+    struct worker *w = ic->w;
+    ic->handshaking = true;
+    ic->hs_start = loop_now(w->loop);
+    ic->hs_next = NULL;
+    ic->hs_prev = w->hs_tail;
+    if (w->hs_tail)
+        w->hs_tail->hs_next = ic;
+    else
+        w->hs_head = ic;
+    w->hs_tail = ic;
+    w->handshakes++;
+}
+
+/* At the bound: closes the handshakes stalled for ZT_HANDSHAKE_STALL_MS (each close resumes the listener),
+ * then waits for the next oldest one while still at the bound. */
+static void in_handshake_timer(struct timer *t)
+{
+    struct worker *w = container_of(t, struct worker, hs_timer);
+    uint64_t now = loop_now(w->loop);
+    while (w->listening && w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head &&
+           now - w->hs_head->hs_start >= ZT_HANDSHAKE_STALL_MS) {
+        struct in_conn *ic = w->hs_head;
+        /* on_closed (in_closed) ends the handshake, resumes the listener, logs the error (rate-limited) and
+         * may free ic. */
+        hbone_conn_close(ic->c, "TLS handshake stalled while the handshake bound was reached");
+        if (w->hs_head == ic) break; /* not reported closed: do not spin on it */
+    }
+    if (w->listening && w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head) {
+        uint64_t age = now - w->hs_head->hs_start;
+        timer_start(w->loop, t,
+                    age < ZT_HANDSHAKE_STALL_MS ? ZT_HANDSHAKE_STALL_MS - age : ZT_HANDSHAKE_STALL_MS);
+    }
+}
+
+static void in_ready(struct hbone_conn *c, void *ud)
+{
+    (void)c;
+    in_handshake_end(ud);
+}
+
 static void in_closed(struct hbone_conn *c, void *ud, const char *err)
 {
     struct in_conn *ic = ud;
+    in_handshake_end(ic);
     metrics_socket_close(true);
     if (err && !hbone_conn_established(c)) {
-        char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN];
-        log_kv(LOG_WARN, "access", "connection failed", "src.addr",
-               sockaddr_format(&ic->peer, src, sizeof(src)), "dst.addr",
-               sockaddr_format(&ic->local, dst, sizeof(dst)), "direction", "inbound", "error", err, NULL);
+        /* Anyone who can reach 15008 can fail a handshake: rate-limited, with the count of lines dropped. */
+        static struct log_limit lim;
+        uint64_t dropped;
+        if (log_enabled(LOG_WARN) && log_limit_allow(&lim, &dropped)) {
+            char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN], n[24];
+            snprintf(n, sizeof(n), "%llu", (unsigned long long)dropped);
+            const char *kv[] = {"src.addr",   sockaddr_format(&ic->peer, src, sizeof(src)),
+                                "dst.addr",   sockaddr_format(&ic->local, dst, sizeof(dst)),
+                                "direction",  "inbound",
+                                "error",      err,
+                                "suppressed", dropped ? n : NULL};
+            log_kvv(LOG_WARN, "access", "connection failed", kv, sizeof(kv) / sizeof(kv[0]) / 2);
+        }
     }
     ic->closed = true;
     LIST_DEL(ic->w->in_conns, ic);
     in_conn_put(ic);
 }
 
-static const struct hbone_conn_ops in_conn_ops = {.on_closed = in_closed, .on_request = in_request};
+static const struct hbone_conn_ops in_conn_ops = {
+    .on_ready = in_ready, .on_closed = in_closed, .on_request = in_request};
 
-void inbound_hbone_accept(struct io *io, uint32_t ev)
+bool inbound_hbone_may_accept(struct acceptor *a)
 {
-    (void)ev;
-    struct worker *w = container_of(io, struct worker, listeners[2]);
-    for (int i = 0; i < 64; i++) {
-        struct in_conn *ic = calloc(1, sizeof(*ic));
-        if (!ic) return;
-        socklen_t len = sizeof(ic->peer);
-        int fd = accept4(io->fd, (struct sockaddr *)&ic->peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            free(ic);
-            return;
-        }
-        ic->w = w;
-        len = sizeof(ic->local);
-        getsockname(fd, (struct sockaddr *)&ic->local, &len);
-        ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
-        if (!ic->c) {
-            free(ic);
-            continue;
-        }
-        metrics_socket_open(true);
-        LIST_PUSH(w->in_conns, ic);
+    struct worker *w = container_of(a, struct worker, listeners[2]);
+    if (w->handshakes < ZT_HANDSHAKES_MAX) return true;
+    LOG_LIMITED(LOG_DEBUG, "ztunnel::proxy::inbound",
+                "%u TLS handshakes in progress on worker %d (the bound): not accepting on %s", w->handshakes,
+                w->index, a->name);
+    /* Someone is waiting: make room once the oldest handshake has stalled. */
+    if (!timer_armed(&w->hs_timer) && w->hs_head) {
+        uint64_t age = loop_now(w->loop) - w->hs_head->hs_start;
+        w->hs_timer.cb = in_handshake_timer;
+        timer_start(w->loop, &w->hs_timer, age >= ZT_HANDSHAKE_STALL_MS ? 0 : ZT_HANDSHAKE_STALL_MS - age);
     }
+    return false;
+}
+
+void inbound_hbone_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
+{
+    struct worker *w = container_of(a, struct worker, listeners[2]);
+    struct in_conn *ic = calloc(1, sizeof(*ic));
+    if (!ic) {
+        close(fd);
+        return;
+    }
+    ic->peer = *peer;
+    ic->w = w;
+    socklen_t len = sizeof(ic->local);
+    getsockname(fd, (struct sockaddr *)&ic->local, &len);
+    /* Counted before hbone_server_new: its callbacks may already run inside. */
+    in_handshake_begin(ic);
+    ic->c = hbone_server_new(w->loop, fd, w->pp->server_ctx, &in_conn_ops, ic);
+    if (!ic->c) {
+        in_handshake_end(ic);
+        free(ic);
+        return;
+    }
+    metrics_socket_open(true);
+    LIST_PUSH(w->in_conns, ic);
 }
 
 /* ---- plaintext inbound (15006) ---- */
@@ -338,68 +426,60 @@ static void plain_connected(struct relay *r, void *ud, int err)
 
 static const struct relay_ops plain_ops = {.on_connected = plain_connected, .on_done = plain_done};
 
-void inbound_plain_accept(struct io *io, uint32_t ev)
+void inbound_plain_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
-    (void)ev;
-    struct worker *w = container_of(io, struct worker, listeners[1]);
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage peer, dst;
-        socklen_t len = sizeof(peer);
-        int fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) return;
-        struct plain_conn *pc = calloc(1, sizeof(*pc));
-        struct ip_addr dip, sip;
-        uint16_t dport;
-        if (!pc || net_original_dst(fd, &dst) < 0) {
-            free(pc);
-            close(fd);
-            continue;
-        }
-        pc->w = w;
-        w->active++;
-        pc->view = w->view;
-        zt_view_ref(pc->view);
-        struct zt_view *v = pc->view;
-        pc->rec = (struct access_rec){.direction = "inbound",
-                                      .src = ip_port_of(&peer),
-                                      .dst = ip_port_of(&dst),
-                                      .start_ms = zt_now_ms()};
-        sockaddr_to(&dst, &dip, &dport);
-        sockaddr_to(&peer, &sip, NULL);
-        pc->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &sip);
-        pc->rec.dst_wl = snapshot_workload_by_ip(v->snap, v->network, &dip);
-        if (zt_illegal_port(dport)) {
-            close(fd);
-            pc->rec.error = "destination is a ztunnel port";
-            plain_free(pc);
-            continue;
-        }
-        struct conn_info ci = {
-            .inbound = true, .src_wl = pc->rec.src_wl, .dst_wl = pc->rec.dst_wl, .mtls = false};
-        zt_stats_open(&pc->stats, &ci);
-        pc->az = (struct authz_conn){.src_ip = sip, .dst_ip = dip, .dst_port = dport, .src_identity = NULL};
-        if (!authorized(v, &pc->az)) {
-            close(fd);
-            pc->denied = true;
-            pc->rec.error = "connection closed due to policy rejection";
-            plain_free(pc);
-            continue;
-        }
-        int up = zt_connect(&dst, &sip, false);
-        if (up < 0) {
-            close(fd);
-            pc->rec.error = strerror(-up);
-            plain_free(pc);
-            continue;
-        }
-        pc->relay = relay_new(w->loop, fd, up, 1, &plain_ops, pc);
-        if (!pc->relay) {
-            pc->rec.error = "relay setup failed";
-            plain_free(pc);
-            continue;
-        }
-        LIST_PUSH(w->plain_conns, pc);
+    struct worker *w = container_of(a, struct worker, listeners[1]);
+    struct sockaddr_storage dst;
+    struct plain_conn *pc = calloc(1, sizeof(*pc));
+    struct ip_addr dip, sip;
+    uint16_t dport;
+    if (!pc || net_original_dst(fd, &dst) < 0) {
+        free(pc);
+        close(fd);
+        return;
     }
+    pc->w = w;
+    w->active++;
+    pc->view = w->view;
+    zt_view_ref(pc->view);
+    struct zt_view *v = pc->view;
+    pc->rec = (struct access_rec){
+        .direction = "inbound", .src = ip_port_of(peer), .dst = ip_port_of(&dst), .start_ms = zt_now_ms()};
+    sockaddr_to(&dst, &dip, &dport);
+    sockaddr_to(peer, &sip, NULL);
+    pc->rec.src_wl = snapshot_workload_by_ip(v->snap, v->network, &sip);
+    pc->rec.dst_wl = snapshot_workload_by_ip(v->snap, v->network, &dip);
+    if (zt_illegal_port(dport)) {
+        close(fd);
+        pc->rec.error = "destination is a ztunnel port";
+        plain_free(pc);
+        return;
+    }
+    struct conn_info ci = {
+        .inbound = true, .src_wl = pc->rec.src_wl, .dst_wl = pc->rec.dst_wl, .mtls = false};
+    zt_stats_open(&pc->stats, &ci);
+    pc->az = (struct authz_conn){.src_ip = sip, .dst_ip = dip, .dst_port = dport, .src_identity = NULL};
+    if (!authorized(v, &pc->az)) {
+        close(fd);
+        pc->denied = true;
+        pc->rec.error = "connection closed due to policy rejection";
+        plain_free(pc);
+        return;
+    }
+    int up = zt_connect(&dst, &sip, false);
+    if (up < 0) {
+        close(fd);
+        pc->rec.error = strerror(-up);
+        plain_free(pc);
+        return;
+    }
+    pc->relay = relay_new(w->loop, fd, up, 1, &plain_ops, pc);
+    if (!pc->relay) {
+        pc->rec.error = "relay setup failed";
+        plain_free(pc);
+        return;
+    }
+    LIST_PUSH(w->plain_conns, pc);
 }
 
 /* A policy change re-evaluates live connections; those now denied are closed (Istio's

@@ -3,6 +3,7 @@
  * The main thread runs its own small loop for signals (signalfd), the config file watch (inotify) and the
  * drain deadline; the workers run the data path. */
 #include <errno.h>
+#include <sched.h>
 #include <libgen.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -15,16 +16,23 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "core/acceptor.h"
 #include "core/log.h"
 #include "mesh/config.h"
 #include "tls/tls.h"
 #include "ztunnel/admin.h"
 #include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
+#include "ztunnel/settings.h"
 
-#define MAX_WORKERS 64
 #ifndef ZMESH_VERSION
 #define ZMESH_VERSION "0.1.0"
+#endif
+#ifndef ZMESH_GIT_REVISION
+#define ZMESH_GIT_REVISION "unknown"
+#endif
+#ifndef ZMESH_BUILD_STATUS
+#define ZMESH_BUILD_STATUS "unknown"
 #endif
 #define RELOAD_DEBOUNCE_MS 100
 #define DRAIN_POLL_MS 50
@@ -33,10 +41,10 @@ struct app {
     struct loop *loop;
     const char *cfg_path;
     char cfg_dir[4096], cfg_base[256];
-    char ns[128], name[128], sa[128];
+    const char *ns, *name, *sa; /* from PROXY_WORKLOAD_INFO (zt_cfg) */
     struct cert_provider *prov;
     struct pod_proxy *pp;
-    struct worker workers[MAX_WORKERS];
+    struct worker workers[ZT_MAX_WORKERS];
     int n_workers;
     uint64_t version;
     _Atomic(struct pod_proxy *) published; /* app.pp once it serves, for the admin thread */
@@ -47,45 +55,6 @@ struct app {
 };
 
 static struct app app;
-
-static int env_int(const char *name, int def, int lo, int hi)
-{
-    const char *v = getenv(name);
-    if (!v || !*v) return def;
-    char *end;
-    long n = strtol(v, &end, 10);
-    if (*end || n < lo || n > hi) {
-        fprintf(stderr, "ztunnel: %s=%s: expected an integer in %d..%d\n", name, v, lo, hi);
-        exit(2);
-    }
-    return (int)n;
-}
-
-/* Durations as Istio writes them ("5s", "500ms", "1m"), or plain seconds. Returns milliseconds. */
-static uint64_t env_duration_ms(const char *name, uint64_t def)
-{
-    const char *v = getenv(name);
-    if (!v || !*v) return def;
-    char *end;
-    double n = strtod(v, &end);
-    if (end == v || n < 0) goto bad;
-    if (!*end || !strcmp(end, "s")) return (uint64_t)(n * 1000);
-    if (!strcmp(end, "ms")) return (uint64_t)n;
-    if (!strcmp(end, "m")) return (uint64_t)(n * 60000);
-bad:
-    fprintf(stderr, "ztunnel: %s=%s: expected a duration such as 5s or 500ms\n", name, v);
-    exit(2);
-}
-
-static const char *env_req(const char *name)
-{
-    const char *v = getenv(name);
-    if (!v || !*v) {
-        LOG_E("ztunnel", "%s must be set", name);
-        exit(2);
-    }
-    return v;
-}
 
 /* ---- hooks for the admin thread ---- */
 
@@ -112,9 +81,18 @@ static struct tls_cert *hook_cert(void *ud)
 
 static const char *hook_pending(void *ud)
 {
+    static char buf[2 * ZT_NAME_MAX + 16];
     (void)ud;
     /* "state manager": the first config load; the proxy starts right after it. */
-    return atomic_load(&app.published) ? NULL : "state manager";
+    struct pod_proxy *pp = atomic_load(&app.published);
+    if (!pp) return "state manager";
+    /* PROXY_WORKLOAD_INFO must name a workload of the config: until it does, this pod cannot serve. */
+    struct zt_view *v = pod_proxy_view(pp);
+    bool self = v->self != NULL;
+    zt_view_unref(v);
+    if (self) return NULL;
+    snprintf(buf, sizeof(buf), "workload %s/%s", app.ns, app.name);
+    return buf;
 }
 
 static void hook_quit(void *ud)
@@ -158,7 +136,7 @@ static void start_drain(const char *why)
 {
     if (app.draining) return;
     app.draining = true;
-    uint64_t deadline = env_duration_ms("CONNECTION_TERMINATION_DEADLINE", 5000);
+    uint64_t deadline = zt_cfg.termination_deadline_ms;
     LOG_I("ztunnel", "%s: draining %llu connections (deadline %llums)", why,
           (unsigned long long)active_total(), (unsigned long long)deadline);
     for (int i = 0; i < app.n_workers; i++)
@@ -217,8 +195,10 @@ static int start_proxy(struct zt_view *view)
         return -1;
     }
     if (!view->self)
-        LOG_W("ztunnel", "workload %s/%s is not in %s; inbound connections will get 503", app.ns, app.name,
-              app.cfg_path);
+        LOG_W("ztunnel",
+              "PROXY_WORKLOAD_INFO names workload %s/%s, which is not in %s; not ready until it is, and "
+              "inbound connections get 503",
+              app.ns, app.name, app.cfg_path);
     for (int i = 0; i < app.n_workers; i++) {
         if (worker_init(&app.workers[i], i, app.pp, view, err, sizeof(err)) < 0) {
             log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", err, NULL);
@@ -261,6 +241,12 @@ static int reload(void)
     if (!app.pp) {
         if (start_proxy(v) < 0) exit(1);
     } else {
+        struct zt_view *old = pod_proxy_view(app.pp);
+        if (!old->self != !v->self)
+            log_kv(v->self ? LOG_INFO : LOG_WARN, "ztunnel",
+                   v->self ? "workload found in the config" : "workload no longer in the config; not ready",
+                   "namespace", app.ns, "name", app.name, NULL);
+        zt_view_unref(old);
         workers_publish_view(app.pp, app.workers, app.n_workers, v);
         char ver[24];
         snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
@@ -313,45 +299,105 @@ static int watch_config(void)
     return loop_io_add(app.loop, &app.ino_io, EPOLLIN);
 }
 
+/* `ztunnel version`: Istio's BuildInfo layout (src/version.rs in istio/ztunnel). */
+static void print_version(void)
+{
+    printf("version.BuildInfo{Version:\"%s\", GitRevision:\"%s\", BuildStatus:\"%s\", "
+           "CryptoProvider:\"openssl\"}\n",
+           ZMESH_VERSION, ZMESH_GIT_REVISION, ZMESH_BUILD_STATUS);
+}
+
+static int ncpu_available(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static const char *env_lookup(const char *name)
+{
+    return getenv(name);
+}
+
+/* Parses the environment into zt_cfg and sets up logging. Every problem is logged, errors all at once.
+ * Returns 0, or 2 (the exit code) when ztunnel cannot start. */
+static int load_settings(void)
+{
+    extern char **environ;
+    static struct env_diag errors, warnings;
+    /* A failure is in errors (reported below with the PROXY_MODE check). */
+    (void)zt_settings_parse(&zt_cfg, env_lookup, environ, ncpu_available(), &errors, &warnings);
+    /* Log in the format asked for, at the level asked for when RUST_LOG is valid (else the default). */
+    if (log_init(zt_cfg.rust_log, zt_cfg.log_format == ZT_LOG_JSON) < 0) log_init(NULL, false);
+    for (char *line = warnings.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = 0;
+        LOG_W("ztunnel", "%s", line);
+    }
+    const char *mode = getenv("PROXY_MODE");
+    if (!mode || !strcmp(mode, "shared"))
+        env_diag_add(&errors,
+                     "PROXY_MODE=shared%s is a valid value that zmesh does not support yet; set "
+                     "PROXY_MODE=dedicated",
+                     mode ? "" : " (the default)");
+    if (errors.n) {
+        for (char *line = errors.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
+            *nl = 0;
+            LOG_E("ztunnel", "%s", line);
+        }
+        LOG_E("ztunnel", "%u setting error%s; see ztunnel --help", errors.n, errors.n == 1 ? "" : "s");
+        return 2;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    (void)argc, (void)argv;
     char err[1024];
+
+    /* Istio's ztunnel reads argv[1] only: proxy (default), version, help. */
+    if (argc > 1 && strcmp(argv[1], "proxy") != 0) {
+        if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
+            print_version();
+            return 0;
+        }
+        if (!strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+            zt_settings_help(stdout, ZMESH_VERSION);
+            return 0;
+        }
+        fprintf(stderr, "unknown command: %s\n", argv[1]);
+        zt_settings_help(stderr, ZMESH_VERSION);
+        return 1;
+    }
+    if (argc > 2) {
+        fprintf(stderr, "unexpected argument: %s\n", argv[2]);
+        return 1;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     /* Relay buffers up to 256 KiB come and go per read; keep them on the heap rather than mmap, and don't
      * hand memory back to the kernel after every burst. */
     mallopt(M_MMAP_THRESHOLD, 4 << 20);
     mallopt(M_TRIM_THRESHOLD, 64 << 20);
-    log_init();
+    int rc = load_settings();
+    if (rc) return rc;
+    LOG_I("ztunnel", "version: zmesh ztunnel %s, %d workers, mode %s", ZMESH_VERSION, zt_cfg.n_workers,
+          zt_proxy_mode_to_str(zt_cfg.proxy_mode));
+    /* Many connections need many descriptors; listeners pause rather than spin when they run out. */
+    acceptor_raise_fd_limit();
 
-    const char *mode = getenv("PROXY_MODE");
-    if (!mode || strcmp(mode, "dedicated") != 0) {
-        LOG_E("ztunnel", "PROXY_MODE=%s is not supported yet; use PROXY_MODE=dedicated",
-              mode ? mode : "shared");
-        return 2;
-    }
-    /* PROXY_WORKLOAD_INFO=<namespace>/<name>/<service account>, as Istio's ztunnel. */
-    char info[512], *ns, *name, *sa, *save;
-    snprintf(info, sizeof(info), "%s", env_req("PROXY_WORKLOAD_INFO"));
-    ns = strtok_r(info, "/", &save);
-    name = strtok_r(NULL, "/", &save);
-    sa = strtok_r(NULL, "/", &save);
-    if (!ns || !name || !sa || strtok_r(NULL, "/", &save)) {
-        LOG_E("ztunnel", "PROXY_WORKLOAD_INFO must be <namespace>/<name>/<service-account>");
-        return 2;
-    }
-    snprintf(app.ns, sizeof(app.ns), "%s", ns);
-    snprintf(app.name, sizeof(app.name), "%s", name);
-    snprintf(app.sa, sizeof(app.sa), "%s", sa);
-    app.cfg_path = env_req("LOCAL_XDS_PATH");
-    const char *ca_dir = env_req("LOCAL_CA_DIR");
-    app.prov = ca_local_new(ca_dir, err, sizeof(err));
+    app.ns = zt_cfg.workload.ns;
+    app.name = zt_cfg.workload.name;
+    app.sa = zt_cfg.workload.sa;
+    app.cfg_path = zt_cfg.local_xds_path;
+    app.prov = ca_local_new(zt_cfg.local_ca_dir, err, sizeof(err));
     if (!app.prov) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
     }
-    app.n_workers = env_int("ZTUNNEL_WORKER_THREADS", 2, 1, MAX_WORKERS);
+    app.n_workers = zt_cfg.n_workers;
+    admin_set_ports((uint16_t)zt_cfg.admin_port, (uint16_t)zt_cfg.metrics_port,
+                    (uint16_t)zt_cfg.readiness_port);
 
     sigset_t sigs;
     sigemptyset(&sigs);
@@ -371,7 +417,7 @@ int main(int argc, char **argv)
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);
         return 1;
     }
-    int rc = watch_config();
+    rc = watch_config();
     if (rc < 0) LOG_W("ztunnel", "cannot watch %s for changes: %s", app.cfg_path, strerror(-rc));
 
     /* A malformed config at startup is fatal; a missing one is waited for (not ready until it appears). */

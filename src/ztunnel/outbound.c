@@ -174,6 +174,26 @@ static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_st
     if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", false);
 }
 
+/* Istio sends a destination that has a waypoint through it (the service's waypoint when addressed by VIP,
+ * the workload's when addressed by its IP). zmesh has no waypoint routing yet: sending such a connection
+ * around the waypoint would skip the L7 policy it enforces, so the connection is refused and the access log
+ * says why. Returns true when it was refused (fd closed, oc finished). */
+static bool outbound_refuse_waypoint(struct out_conn *oc, int fd, const struct gateway_addr *wp,
+                                     const char *what, const char *name)
+{
+    char why[512], ipb[IP_STRLEN];
+    if (!wp->set) return false;
+    const char *to = wp->is_host ? wp->host : ip_format(&wp->ip, ipb, sizeof(ipb));
+    snprintf(why, sizeof(why),
+             "%s %s has waypoint %s%s%s; waypoint routing is not supported yet, so the connection is refused "
+             "rather than sent around the waypoint",
+             what, name, wp->is_host ? wp->ns : "", wp->is_host ? "/" : "", to);
+    close(fd);
+    out_open_stats(oc, false);
+    out_finish(oc, 0, 0, why, false);
+    return true;
+}
+
 static void outbound_handle(struct worker *w, int fd, const struct sockaddr_storage *peer)
 {
     struct pod_proxy *pp = w->pp;
@@ -210,6 +230,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         struct lb_choice ch;
         struct lb_source src = {.wl = v->self};
         oc->rec.dst_svc = svc;
+        if (outbound_refuse_waypoint(oc, fd, &svc->waypoint, "service", svc->hostname)) return;
         int rc = lb_pick(v->snap, svc, dport, &src, &dip, zt_random(), &ch);
         if (rc == 0) {
             oc->rec.dst_wl = ch.wl;
@@ -238,6 +259,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         out_finish(oc, 0, 0, "self call to a ztunnel port", false);
         return;
     }
+    if (wl && wl != v->self && outbound_refuse_waypoint(oc, fd, &wl->waypoint, "workload", wl->uid)) return;
     if (wl && wl->protocol == WL_PROTO_HBONE) {
         outbound_hbone(oc, fd, wl, &dip, dport);
         return;
@@ -245,19 +267,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     outbound_plain(oc, fd, &dst);
 }
 
-void outbound_accept(struct io *io, uint32_t ev)
+void outbound_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
-    (void)ev;
-    struct worker *w = container_of(io, struct worker, listeners[0]);
-    for (int i = 0; i < 64; i++) {
-        struct sockaddr_storage peer;
-        socklen_t len = sizeof(peer);
-        int fd = accept4(io->fd, (struct sockaddr *)&peer, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
-                LOG_W("outbound", "accept: %s", strerror(errno));
-            return;
-        }
-        outbound_handle(w, fd, &peer);
-    }
+    outbound_handle(container_of(a, struct worker, listeners[0]), fd, peer);
 }

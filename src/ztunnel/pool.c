@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "h2/hbone.h"
 #include "ztunnel/proxy.h"
+#include "ztunnel/settings.h"
 
 #define SWEEP_MS 10000
 
@@ -88,7 +89,8 @@ static void sweep_cb(struct timer *t)
                 } else if (!e->idle_since) {
                     e->idle_since = now;
                 } else if (now - e->idle_since >= p->idle_ms) {
-                    LOG_D("pool", "closing a connection unused for %llums", (unsigned long long)p->idle_ms);
+                    LOG_D("ztunnel::proxy::pool", "closing a connection unused for %llums",
+                          (unsigned long long)p->idle_ms);
                     hbone_conn_drain(e->c); /* GOAWAY, then closes: no streams */
                 }
             }
@@ -106,13 +108,7 @@ struct pool *pool_new(struct worker *w)
         free(p);
         return NULL;
     }
-    p->idle_ms = 5 * 60 * 1000;
-    const char *v = getenv("POOL_UNUSED_RELEASE_TIMEOUT"); /* seconds, or "<n>ms" for tests */
-    if (v && *v) {
-        char *end;
-        unsigned long n = strtoul(v, &end, 10);
-        if (n > 0) p->idle_ms = !strcmp(end, "ms") ? n : n * 1000;
-    }
+    p->idle_ms = zt_cfg.pool_unused_release_ms; /* POOL_UNUSED_RELEASE_TIMEOUT, parsed at start-up */
     p->sweep.cb = sweep_cb;
     timer_start(w->loop, &p->sweep, p->idle_ms < SWEEP_MS ? p->idle_ms / 2 + 1 : SWEEP_MS);
     return p;
@@ -185,7 +181,7 @@ static void entry_closed(struct hbone_conn *c, void *ud, const char *err)
     (void)c;
     struct pool_entry *e = ud;
     struct pool_key *k = e->k;
-    if (err) LOG_D("pool", "connection closed: %s", err);
+    if (err) LOG_D("ztunnel::proxy::pool", "connection closed: %s", err);
     if (e->prev)
         e->prev->next = e->next;
     else

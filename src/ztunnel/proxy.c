@@ -126,7 +126,8 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
     (void)ev;
     struct worker *w = container_of(io, struct worker, wake);
     uint64_t n;
-    if (read(io->fd, &n, sizeof(n)) < 0 && errno != EAGAIN) LOG_W("worker", "eventfd: %s", strerror(errno));
+    if (read(io->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        LOG_W("ztunnel::proxy", "eventfd: %s", strerror(errno));
     pthread_mutex_lock(&w->msg_lock);
     struct zt_view *v = w->msg_view;
     bool drain = w->msg_drain;
@@ -141,11 +142,8 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
     }
     if (drain && !w->draining) {
         w->draining = true;
-        for (int i = 0; i < 3 && w->listening; i++) {
-            loop_io_del(w->loop, &w->listeners[i]);
-            close(w->listeners[i].fd);
-            w->listeners[i].fd = -1;
-        }
+        for (int i = 0; i < 3 && w->listening; i++)
+            acceptor_close(&w->listeners[i]);
         w->listening = false;
         inbound_drain(w);
         pool_drain(w->pool);
@@ -214,7 +212,8 @@ oom:
 static void worker_poke(struct worker *w)
 {
     uint64_t one = 1;
-    if (write(w->wake.fd, &one, sizeof(one)) < 0) LOG_W("worker", "eventfd write: %s", strerror(errno));
+    if (write(w->wake.fd, &one, sizeof(one)) < 0)
+        LOG_W("ztunnel::proxy", "eventfd write: %s", strerror(errno));
 }
 
 void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v)
@@ -244,10 +243,17 @@ void worker_post_drain(struct worker *w)
     worker_poke(w);
 }
 
+static const struct acceptor_ops listener_ops[3] = {
+    {.on_accept = outbound_accept},
+    {.on_accept = inbound_plain_accept},
+    {.on_accept = inbound_hbone_accept, .may_accept = inbound_hbone_may_accept},
+};
+static const char *const listener_names[3] = {"outbound :15001", "inbound plaintext :15006",
+                                              "inbound HBONE :15008"};
+
 static int worker_listen(struct worker *w, char *err, size_t errlen)
 {
     static const uint16_t ports[3] = {PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_HBONE};
-    void (*cbs[3])(struct io *, uint32_t) = {outbound_accept, inbound_plain_accept, inbound_hbone_accept};
     for (int i = 0; i < 3; i++) {
         /* IP_TRANSPARENT on the listeners is best effort, as in Istio (INPOD_PORT_REUSE, backlog 128). */
         int fd = net_listen(ports[i], 128, true);
@@ -258,8 +264,7 @@ static int worker_listen(struct worker *w, char *err, size_t errlen)
         /* Accepted sockets inherit these: TCP_NODELAY everywhere, keepalive on the HBONE port. */
         net_set_nodelay(fd);
         if (ports[i] == PORT_HBONE) net_set_keepalive(fd);
-        w->listeners[i] = (struct io){.fd = fd, .cb = cbs[i]};
-        int rc = loop_io_add(w->loop, &w->listeners[i], EPOLLIN);
+        int rc = acceptor_start(&w->listeners[i], w->loop, fd, listener_names[i], &listener_ops[i]);
         if (rc < 0) {
             snprintf(err, errlen, "epoll: %s", strerror(-rc));
             return rc;
@@ -293,7 +298,7 @@ int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_s
             socklen_t sl = sockaddr_from(&src, &sip, 0);
             if (bind(fd, (struct sockaddr *)&src, sl) < 0) {
                 char ipb[IP_STRLEN];
-                LOG_D("proxy", "cannot bind source %s (%s); connecting without spoofing",
+                LOG_D("ztunnel::proxy", "cannot bind source %s (%s); connecting without spoofing",
                       ip_format(&sip, ipb, sizeof(ipb)), strerror(errno));
             }
         }
@@ -324,23 +329,23 @@ static void access_event(const struct access_rec *r, bool done)
     snprintf(recv, sizeof(recv), "%" PRIu64, r->bytes_recv);
     snprintf(dur, sizeof(dur), "%" PRIu64 "ms", now - r->start_ms);
     const char *kv[] = {
-        "src.addr",       ip_port_format(&r->src, src, sizeof(src)),
-        "src.workload",   r->src_wl ? r->src_wl->name : NULL,
-        "src.namespace",  r->src_wl ? r->src_wl->namespace_ : NULL,
-        "src.identity",   r->src_identity && *r->src_identity ? r->src_identity : NULL,
-        "src.cluster",    r->src_wl ? r->src_wl->cluster_id : NULL,
-        "dst.addr",       ip_port_format(&r->dst, dst, sizeof(dst)),
-        "dst.hbone_addr", r->hbone_addr.port ? ip_port_format(&r->hbone_addr, hbone, sizeof(hbone)) : NULL,
-        "dst.service",    r->dst_svc ? r->dst_svc->hostname : NULL,
-        "dst.workload",   r->dst_wl ? r->dst_wl->name : NULL,
-        "dst.namespace",  r->dst_wl ? r->dst_wl->namespace_ : NULL,
-        "dst.identity",   r->dst_identity && *r->dst_identity ? r->dst_identity : NULL,
-        "dst.cluster",    r->dst_wl ? r->dst_wl->cluster_id : NULL,
-        "direction",      r->direction,
-        "bytes_sent",     done ? sent : NULL,
-        "bytes_recv",     done ? recv : NULL,
-        "duration",       done ? dur : NULL,
-        "error",          r->error,
+        "%src.addr",       ip_port_format(&r->src, src, sizeof(src)),
+        "src.workload",    r->src_wl ? r->src_wl->name : NULL,
+        "src.namespace",   r->src_wl ? r->src_wl->namespace_ : NULL,
+        "src.identity",    r->src_identity && *r->src_identity ? r->src_identity : NULL,
+        "src.cluster",     r->src_wl ? r->src_wl->cluster_id : NULL,
+        "%dst.addr",       ip_port_format(&r->dst, dst, sizeof(dst)),
+        "%dst.hbone_addr", r->hbone_addr.port ? ip_port_format(&r->hbone_addr, hbone, sizeof(hbone)) : NULL,
+        "dst.service",     r->dst_svc ? r->dst_svc->hostname : NULL,
+        "dst.workload",    r->dst_wl ? r->dst_wl->name : NULL,
+        "dst.namespace",   r->dst_wl ? r->dst_wl->namespace_ : NULL,
+        "dst.identity",    r->dst_identity && *r->dst_identity ? r->dst_identity : NULL,
+        "dst.cluster",     r->dst_wl ? r->dst_wl->cluster_id : NULL,
+        "direction",       r->direction,
+        "bytes_sent",      done ? sent : NULL,
+        "bytes_recv",      done ? recv : NULL,
+        "duration",        done ? dur : NULL,
+        "error",           r->error,
     };
     if (!done)
         log_kvv(LOG_DEBUG, "access", "connection opened", kv, sizeof(kv) / sizeof(kv[0]) / 2);

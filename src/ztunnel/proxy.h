@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "core/acceptor.h"
 #include "core/loop.h"
 #include "core/net.h"
 #include "mesh/model.h"
@@ -97,9 +98,12 @@ struct worker {
     pthread_t thread;
     struct loop *loop;
     struct pod_proxy *pp;
-    struct zt_view *view; /* this worker's current view (reference held) */
-    struct io listeners[3];
+    struct zt_view *view;         /* this worker's current view (reference held) */
+    struct acceptor listeners[3]; /* 15001, 15006, 15008 */
     bool listening;
+    unsigned handshakes; /* inbound TLS handshakes in progress on 15008 (at most ZT_HANDSHAKES_MAX) */
+    struct in_conn *hs_head, *hs_tail; /* those handshakes, oldest first */
+    struct timer hs_timer;             /* at the bound: when the oldest one has stalled */
     struct pool *pool;
     /* Messages from the main thread: a new view or a drain request, signalled through an eventfd. */
     struct io wake;
@@ -129,10 +133,25 @@ void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct
 /* Asks a worker to stop accepting and drain its connections. */
 void worker_post_drain(struct worker *w);
 
-/* Outbound (15001) and inbound (15006, 15008) accept handlers. */
-void outbound_accept(struct io *io, uint32_t ev);
-void inbound_plain_accept(struct io *io, uint32_t ev);
-void inbound_hbone_accept(struct io *io, uint32_t ev);
+/* Inbound TLS handshakes in progress per worker on 15008. A handshake costs the server about 2.3 ms of CPU
+ * (TESTING.md: OpenSSL 3.0, P-256), and a worker runs every ClientHello of a batch before it serves the
+ * next event of an established tunnel; with the bound, one batch holds at most this many handshakes (about
+ * 40 ms), while more wait in the kernel's backlog. Handshakes end within HBONE_HANDSHAKE_TIMEOUT_MS. */
+#define ZT_HANDSHAKES_MAX 16
+/* At the bound, a handshake still in progress this long after its accept is closed to make room: a peer's
+ * handshake takes about one round trip plus a few ms of CPU, so only a stalled or half-open client (one that
+ * sends nothing, or part of a ClientHello) is this slow. Without it such clients would hold every slot for
+ * HBONE_HANDSHAKE_TIMEOUT_MS and keep new HBONE connections waiting. */
+#define ZT_HANDSHAKE_STALL_MS 1000
+
+/* Accept handlers of 15001 (outbound), 15006 (inbound plaintext) and 15008 (inbound HBONE): each takes the
+ * accepted fd (ownership passes). */
+void outbound_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer);
+void inbound_plain_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer);
+void inbound_hbone_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer);
+/* 15008's "may accept" hook: false while ZT_HANDSHAKES_MAX handshakes are in progress on the worker (it then
+ * arms the worker's hs_timer, which closes handshakes stalled for ZT_HANDSHAKE_STALL_MS). */
+bool inbound_hbone_may_accept(struct acceptor *a);
 /* Inbound: re-checks live connections after a view change and closes those the policies now deny. */
 void inbound_reauthorize(struct worker *w);
 /* Inbound: sends GOAWAY on every HBONE connection (drain). */

@@ -120,17 +120,73 @@ class Mesh:
             return f.read()
 
     def log_json(self, pod):
-        """Parsed JSON lines of pod's ztunnel log (non-JSON lines skipped)."""
+        """Parsed lines of pod's ztunnel log as dicts with Istio's JSON keys: JSON lines as they are, plain text
+        lines (LOG_FORMAT=plain) through parse_text_line; other lines are skipped."""
         out = []
         for line in self.log(pod).splitlines():
             try:
                 out.append(json.loads(line))
             except ValueError:
-                pass
+                d = parse_text_line(line)
+                if d is not None:
+                    out.append(d)
         return out
 
     def logs_tail(self):
         return "\n".join("--- ztunnel %s ---\n%s" % (n, tail(p.log_path, 30)) for n, p in self.ztunnels.items())
+
+
+_RUST_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "0": "\0", "\\": "\\", '"': '"', "'": "'"}
+
+
+def _unescape_debug(s):
+    """Undoes Rust's Debug escaping of a str (the body of a quoted text-log value)."""
+    out, i = [], 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            e = s[i + 1]
+            if e == "u" and s[i + 2:i + 3] == "{":
+                end = s.index("}", i)
+                out.append(chr(int(s[i + 3:end], 16)))
+                i = end + 1
+                continue
+            out.append(_RUST_ESCAPES.get(e, e))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_text_line(line):
+    """One line of Istio ztunnel's plain layout, "<time>\t<level>\t<target>\t<message>\t<k=v ...>", as a dict
+    with the JSON layout's keys (level, time, scope, message, fields; quoted values unescaped, bare all-digit
+    values as ints). The text layout drops the "ztunnel::" prefix of targets; scope is as written. None when
+    the line does not have that shape."""
+    parts = line.split("\t", 4)
+    if len(parts) < 4 or len(parts[0]) != 27 or parts[1] not in ("error", "warn", "info", "debug", "trace"):
+        return None
+    d = {"time": parts[0], "level": parts[1], "scope": parts[2], "message": parts[3]}
+    rest = parts[4] if len(parts) > 4 else ""
+    i = 0
+    while i < len(rest):
+        eq = rest.index("=", i)
+        key = rest[i:eq]
+        j = eq + 1
+        if rest[j:j + 1] == '"':
+            k = j + 1
+            while rest[k] != '"':
+                k += 2 if rest[k] == "\\" else 1
+            d[key] = _unescape_debug(rest[j + 1:k])
+            i = k + 2
+        else:
+            k = rest.find(" ", j)
+            k = len(rest) if k < 0 else k
+            v = rest[j:k]
+            d[key] = int(v) if v.isdigit() else (v == "true" if v in ("true", "false") else v)
+            i = k + 1
+    return d
 
 
 def start_app(topo, pod, kind, port, timeout=10):

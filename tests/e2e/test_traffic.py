@@ -143,8 +143,9 @@ def test_access_log_outbound_and_inbound(mesh):
 
     def outbound():
         # Lines written since `before`, not matched by src.addr: the REDIRECT's NAT may remap the source port.
+        # Matched by destination: a previous test's connection (to another port) may be logged after `before`.
         return [l for l in mesh.log_json(src)[before:] if l.get("message") == "connection complete"
-                and l.get("direction") == "outbound"]
+                and l.get("direction") == "outbound" and l.get("dst.hbone_addr") == "%s:%d" % (dst.ip, ECHO)]
     lines = wait_for(outbound, timeout=5)
     assert lines, "no outbound access log line"
     l = lines[-1]
@@ -153,7 +154,7 @@ def test_access_log_outbound_and_inbound(mesh):
     assert l["dst.addr"] == "%s:15008" % dst.ip
     assert l["src.identity"] == src.spiffe and l["dst.identity"] == dst.spiffe
     assert int(l["bytes_sent"]) == 16 and int(l["bytes_recv"]) == 16
-    assert l.get("target") == "access" and l.get("level") == "info"
+    assert l.get("scope") == "access" and l.get("level") == "info"
 
     def inbound():
         return [l for l in mesh.log_json(dst) if l.get("message") == "connection complete"

@@ -1,10 +1,6 @@
-/* libFuzzer target for the local config loader (config_load_buf). Not built by the Makefile. Build and run
- * from the repository root:
- *   clang -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Isrc \
- *         tests/fuzz/fuzz_config.c src/mesh/config.c src/mesh/model.c src/core/net.c -lyaml -o
- * build/fuzz_config
- *   ./build/fuzz_config -max_len=65536 -max_total_time=60 examples/
- * (examples/ seeds the corpus with a valid config.) Besides memory safety it checks the loader's contract:
+/* libFuzzer target for the local config loader (config_load_buf). Built and run by `make fuzz` (see
+ * tests/fuzz/README.md); tests/fuzz/corpus/fuzz_config/ seeds it with valid configs (examples/localhost.yaml
+ * and one that uses most field kinds). Besides memory safety it checks the loader's contract:
  * success yields a snapshot whose indexes find every workload and service it lists; failure yields a
  * "<name>:<line>:<col>: " message and leaves *out untouched. */
 #include <errno.h>

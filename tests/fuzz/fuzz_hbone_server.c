@@ -1,25 +1,21 @@
 /* libFuzzer target for the HBONE server (src/h2/hbone.c), driven through its public API only.
  *
- * What it covers: each input is a fresh server connection (hbone_server_new on one end of a socketpair) with the
- * real TLS 1.3 server context and certificates from the local CA. The fuzzer side completes a real mutual-TLS
- * handshake as a client, then sends the HTTP/2 client preface followed by the input bytes, encrypted, so the
- * input reaches hbone's TLS read path, nghttp2 and every hbone callback (requests, headers limits, DATA into the
- * tunnel, RST_STREAM, GOAWAY, PING, window updates, errors). Requests with an ip:port authority are answered 200
- * and bridged to a socketpair "app" that has sent a few bytes, others get 400, so both the tunnel and the error
- * path run. The client then closes; the server must close the conn, end every stream it reported, and free
- * everything (ASan/LSan). Checked invariants (abort on violation): on_closed exactly once, one on_done per
- * on_request, never more open streams than HBONE_SERVER_MAX_STREAMS.
- * What it does not cover: the TLS handshake itself with hostile bytes (the handshake is always well-formed) and
- * the client role. Each run pays for a full handshake (~4 ms of CPU), so expect a few hundred runs per second.
+ * What it covers: each input is a fresh server connection (hbone_server_new on one end of a socketpair) with
+ * the real TLS 1.3 server context and certificates from the local CA. The fuzzer side completes a real
+ * mutual-TLS handshake as a client, then sends the HTTP/2 client preface followed by the input bytes,
+ * encrypted, so the input reaches hbone's TLS read path, nghttp2 and every hbone callback (requests, headers
+ * limits, DATA into the tunnel, RST_STREAM, GOAWAY, PING, window updates, errors). Requests with an ip:port
+ * authority are answered 200 and bridged to a socketpair "app" that has sent a few bytes, others get 400, so
+ * both the tunnel and the error path run. The client then closes; the server must close the conn, end every
+ * stream it reported, and free everything (ASan/LSan). Checked invariants (abort on violation): on_closed
+ * exactly once, one on_done per on_request, never more open streams than HBONE_SERVER_MAX_STREAMS. What it
+ * does not cover: the TLS handshake itself with hostile bytes (the handshake is always well-formed) and the
+ * client role. Each run pays for a full handshake (~4 ms of CPU), so expect a few hundred runs per second.
  *
- * Not built by the Makefile. Build from the repository root (the library sources are compiled in, instrumented):
- *   clang -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Isrc \
- *         tests/fuzz/fuzz_hbone_server.c src/core/loop.c src/core/net.c src/core/log.c src/h2/hbone.c \
- *         src/tls/tls.c src/tls/ca.c src/tls/spiffe.c -lssl -lcrypto -lnghttp2 -lpthread \
- *         -o build/fuzz_hbone_server
- *   ./build/fuzz_hbone_server -max_len=4096 -max_total_time=30 [corpus dir]
- * The input is what follows the 24-byte preface, so a seed is a client's frames: SETTINGS, HEADERS (CONNECT with
- * :authority), DATA... (e.g. from python3-h2 with header validation off). */
+ * Built and run by `make fuzz` (see tests/fuzz/README.md). The input is what follows the 24-byte preface, so
+ * a seed is a client's frames: SETTINGS, HEADERS (CONNECT with :authority), DATA...; the seeds in
+ * tests/fuzz/corpus/fuzz_hbone_server/ were made with python3-h2 (header validation off), as the README
+ * shows. */
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -79,8 +75,9 @@ static void on_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     int sv[2];
     requests++;
     hbone_stream_set_ops(s, &stream_ops, NULL);
-    if (strcmp(req->method, "CONNECT") != 0 || authority_parse(req->authority, strlen(req->authority), &ip, &port) ||
-        n_apps == MAX_APPS || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
+    if (strcmp(req->method, "CONNECT") != 0 ||
+        authority_parse(req->authority, strlen(req->authority), &ip, &port) || n_apps == MAX_APPS ||
+        socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) {
         hbone_stream_respond(s, 400, -1, NULL, 0);
         return;
     }
@@ -203,12 +200,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The client leaves: the server sees EOF and must wind everything down by itself. */
     SSL_free(ssl);
     close(sv[1]);
-    for (int i = 0; i < 50 && closed_calls == 0; i++) step();
+    for (int i = 0; i < 50 && closed_calls == 0; i++)
+        step();
     if (closed_calls == 0) abort(); /* a conn that ignores its peer's EOF would leak in production */
-    step(); /* deferred frees */
+    step();                         /* deferred frees */
     step();
     if (closed_calls != 1) abort();
     if (dones != requests) abort();
-    for (int i = 0; i < n_apps; i++) close(app_fds[i]);
+    for (int i = 0; i < n_apps; i++)
+        close(app_fds[i]);
     return 0;
 }

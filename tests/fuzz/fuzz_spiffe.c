@@ -1,8 +1,6 @@
-/* libFuzzer target for spiffe_parse. Not built by the Makefile. Build and run from the repository root:
- *   clang -g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Isrc \
- *         tests/fuzz/fuzz_spiffe.c src/tls/spiffe.c -o build/fuzz_spiffe
- *   ./build/fuzz_spiffe -max_len=1024 -max_total_time=60
- * Besides memory safety it checks the parser's contract: an accepted id formats back to exactly the input. */
+/* libFuzzer target for spiffe_parse. Built and run by `make fuzz` (seeds: tests/fuzz/corpus/fuzz_spiffe/; see
+ * tests/fuzz/README.md). Besides memory safety it checks the parser's contract: an accepted id formats back
+ * to exactly the input. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -13,6 +13,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "core/log.h"
 #include "mesh/config.h"
 
 static struct snapshot *load_ok(const char *yaml)
@@ -435,6 +436,12 @@ static const struct bad_case bad_cases[] = {
      "t.yaml:4:1: workloads[0].workloadIps: ", "YAML syntax error"},
     {"workloads:\n  - name: a\n   bad indent: x\n", "t.yaml:3:4: ", "YAML syntax error"},
     {"workloads:\n  name: a\n", "t.yaml:2:3: workloads: ", "expected a list, got a mapping"},
+    /* A scalar where a list is expected is an error, not a one-element list (workloadIp takes one). */
+    {"workloads:\n- name: a\n  workloadIps: \"10.0.1.2\"\n",
+     "t.yaml:3:16: workloads[0].workloadIps: ", "expected a list, got \"10.0.1.2\""},
+    {"workloads:\n- name: a\n  workloadIp: [10.0.1.2]\n",
+     "t.yaml:3:15: workloads[0].workloadIp: ", "expected an IP address string, got a list"},
+    {"services:\n- hostname: h\n  vips: /10.0.0.1\n", "t.yaml:3:9: services[0].vips: ", "expected a list"},
     {"workloads:\n- name: [a]\n", "t.yaml:2:9: workloads[0].name: ", "expected a string, got a list"},
     {"workloads:\n- capacity: lots\n", "t.yaml:2:13: workloads[0].capacity: ", "invalid integer \"lots\""},
     {"workloads:\n- waypoint: {destination: nowhere}\n",
@@ -689,18 +696,64 @@ static void test_large(void **state)
     free(y);
 }
 
+/* ---- warnings ---- */
+
+static char cap[8192];
+
+/* Loads yaml with stderr captured into cap; the load must succeed. */
+static struct snapshot *load_capture(const char *yaml)
+{
+    int pfd[2], saved = dup(STDERR_FILENO);
+    if (pipe2(pfd, O_NONBLOCK) < 0) abort();
+    fcntl(pfd[1], F_SETPIPE_SZ, 1 << 20);
+    dup2(pfd[1], STDERR_FILENO);
+    struct snapshot *s = NULL;
+    char err[512];
+    int rc = config_load_buf(yaml, strlen(yaml), "t.yaml", &s, err, sizeof(err));
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(pfd[1]);
+    ssize_t n = read(pfd[0], cap, sizeof(cap) - 1);
+    cap[n > 0 ? n : 0] = 0;
+    close(pfd[0]);
+    if (rc) fail_msg("load failed (%d): %s", rc, err);
+    return s;
+}
+
+static void test_no_usable_ip_warns(void **state)
+{
+    (void)state;
+    log_init("info", false);
+    struct snapshot *s = load_capture("workloads:\n- {uid: u1, workloadIps: [10.0.0.1]}\n"
+                                      "- {uid: u2, name: b, namespace: ns}\n"
+                                      "- {uid: u3, workloadIps: [0.0.0.0, 224.0.0.1, \"::\"]}\n"
+                                      "- {uid: u4, networkGateway: {destination: \"/10.9.9.9\"}}\n");
+    assert_int_equal(snapshot_n_workloads(s), 4);
+    /* One warning for each workload nothing can reach, with its position; none for u1 or u4 (a gateway). */
+    const char *w2 = strstr(cap, "workload=\"u2\"");
+    const char *w3 = strstr(cap, "workload=\"u3\"");
+    assert_non_null(w2);
+    assert_non_null(w3);
+    assert_null(strstr(cap, "workload=\"u1\""));
+    assert_null(strstr(cap, "workload=\"u4\""));
+    assert_non_null(strstr(cap, "\twarn\tconfig\tworkload has no usable IP address"));
+    assert_non_null(strstr(cap, "at=\"t.yaml:3:3: workloads[1]\""));
+    assert_non_null(strstr(w3, "workloadIps=\"unspecified, multicast or broadcast only\""));
+    int lines = 0;
+    for (const char *p = cap; *p; p++)
+        lines += *p == '\n';
+    assert_int_equal(lines, 2);
+    snapshot_unref(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_example),
-        cmocka_unit_test(test_lookups),
-        cmocka_unit_test(test_defaults_and_empty),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_load_file),
-        cmocka_unit_test(test_refcount),
-        cmocka_unit_test(test_policy_groups),
-        cmocka_unit_test(test_large),
+        cmocka_unit_test(test_full_example),  cmocka_unit_test(test_no_usable_ip_warns),
+        cmocka_unit_test(test_lookups),       cmocka_unit_test(test_defaults_and_empty),
+        cmocka_unit_test(test_errors),        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_load_file),     cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_policy_groups), cmocka_unit_test(test_large),
         cmocka_unit_test(test_example_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -455,7 +455,6 @@ static int srv_setup(void **state)
     assert_non_null(adm.loop);
     adm.hooks =
         (struct admin_hooks){.pending = hook_pending, .quit = hook_quit, .snapshot_get = hook_snapshot};
-    adm.default_level = LOG_INFO;
     adm_settings_init();
     return 0;
 }
@@ -604,23 +603,53 @@ static void test_http_metrics(void **state)
 static void test_http_admin(void **state)
 {
     struct peer p = peer_new(ADM_ADMIN);
-    log_level_cur = LOG_INFO;
+    log_init("info", false);
     char *r = exchange(&p, "POST /logging HTTP/1.1\r\n\r\n", 0);
     assert_non_null(strstr(r, "\r\n\r\ncurrent log level is info\n"));
     free(r);
     r = exchange(&p, "POST /logging?level=debug HTTP/1.1\r\n\r\n", 0);
     assert_non_null(strstr(r, "HTTP/1.1 200 OK\r\n"));
     assert_non_null(strstr(r, "current log level is debug\n"));
-    assert_int_equal(log_level_cur, LOG_DEBUG);
+    assert_int_equal(log_level_max, LOG_DEBUG);
     free(r);
+    /* Directives add to the current filter (Istio's set_level). */
     r = exchange(&p, "POST /logging?level=access%3Dwarn HTTP/1.1\r\n\r\n", 0);
-    assert_non_null(strstr(r, "current log level is warn\n"));
+    assert_non_null(strstr(r, "current log level is access=warn,debug\n"));
+    free(r);
+    /* The target:level form of the help text, and Envoy's ?<target>=<level>. */
+    r = exchange(&p, "POST /logging?level=ztunnel::proxy:trace,access:error HTTP/1.1\r\n\r\n", 0);
+    assert_non_null(strstr(r, "current log level is ztunnel::proxy=trace,access=error,debug\n"));
+    free(r);
+    r = exchange(&p, "POST /logging?access=info HTTP/1.1\r\n\r\n", 0);
+    assert_non_null(strstr(r, "current log level is ztunnel::proxy=trace,access=info,debug\n"));
+    assert_int_equal(log_target_level("access"), LOG_INFO);
     free(r);
     r = exchange(&p, "POST /logging?level=loud HTTP/1.1\r\n\r\n", 0);
     assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
     assert_non_null(strstr(r, "Invalid level provided: loud\n"));
-    assert_int_equal(log_level_cur, LOG_WARN);
     free(r);
+    r = exchange(&p, "POST /logging?access=loud HTTP/1.1\r\n\r\n", 0);
+    assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
+    assert_non_null(strstr(r, "Invalid level provided: access=loud\n"));
+    free(r);
+    /* A bare target (trace in RUST_LOG) is refused, as Istio's validate_log_level does. */
+    r = exchange(&p, "POST /logging?level=access HTTP/1.1\r\n\r\n", 0);
+    assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
+    free(r);
+    assert_int_equal(log_target_level("access"), LOG_INFO);
+    /* The filter is bounded: past LOG_MAX_DIRECTIVES distinct targets the change is refused whole. */
+    char req[4096];
+    size_t n = (size_t)snprintf(req, sizeof(req), "POST /logging?level=");
+    for (int i = 0; i < LOG_MAX_DIRECTIVES; i++)
+        n += (size_t)snprintf(req + n, sizeof(req) - n, "%st%d=debug", i ? "," : "", i);
+    snprintf(req + n, sizeof(req) - n, " HTTP/1.1\r\n\r\n");
+    r = exchange(&p, req, 0);
+    assert_non_null(strstr(r, "HTTP/1.1 400 Bad Request\r\n"));
+    assert_non_null(strstr(r, "Failed to set new level: more than 32 directives"));
+    free(r);
+    char cur[LOG_FILTER_STR_MAX];
+    log_filter_str(cur, sizeof(cur));
+    assert_string_equal(cur, "ztunnel::proxy=trace,access=info,debug");
     r = exchange(&p, "POST /logging?reset HTTP/1.1\r\n\r\n", 0);
     assert_non_null(strstr(r, "current log level is info\n"));
     free(r);
@@ -628,7 +657,7 @@ static void test_http_admin(void **state)
     assert_non_null(strstr(r, "HTTP/1.1 405 Method Not Allowed\r\n"));
     assert_non_null(strstr(r, "Invalid HTTP method\n"));
     free(r);
-    log_level_cur = LOG_INFO;
+    log_init("info", false);
 
     hook_snap = load_ok(mesh_yaml);
     r = exchange(&p, "GET /config_dump HTTP/1.1\r\n\r\n", 0);

@@ -28,6 +28,7 @@
 static char dir_a[64], dir_b[64], dir_bad[64];
 static struct cert_provider *ca_a, *ca_b;
 static X509 *root_a;
+static EVP_PKEY *root_a_key;
 
 static void rm_dir(const char *dir)
 {
@@ -110,7 +111,7 @@ static int group_setup(void **state)
     strcpy(dir_b, "/tmp/zmesh-tls-b-XXXXXX");
     strcpy(dir_bad, "/tmp/zmesh-tls-x-XXXXXX");
     if (!mkdtemp(dir_a) || !mkdtemp(dir_b) || !mkdtemp(dir_bad)) return -1;
-    if (!(root_a = make_root(dir_a, "zmesh test root A", NULL))) return -1;
+    if (!(root_a = make_root(dir_a, "zmesh test root A", &root_a_key))) return -1;
     if (ca_write_root(dir_b, "zmesh test root B", err, sizeof(err)) < 0) {
         print_error("ca_write_root: %s\n", err);
         return -1;
@@ -128,6 +129,7 @@ static int group_teardown(void **state)
     if (ca_a) ca_a->destroy(ca_a);
     if (ca_b) ca_b->destroy(ca_b);
     X509_free(root_a);
+    EVP_PKEY_free(root_a_key);
     rm_dir(dir_a);
     rm_dir(dir_b);
     rm_dir(dir_bad);
@@ -312,9 +314,10 @@ struct hs {
     SSL *c, *s;
     bool c_ok, s_ok; /* handshake completed */
     bool c_fail, s_fail;
+    char s_err[512]; /* the server's error queue when its handshake failed */
 };
 
-static void hs_step(SSL *ssl, bool *ok, bool *failed)
+static void hs_step(SSL *ssl, bool *ok, bool *failed, char *err, size_t errlen)
 {
     if (*ok || *failed) return;
     int r = SSL_do_handshake(ssl);
@@ -323,7 +326,10 @@ static void hs_step(SSL *ssl, bool *ok, bool *failed)
         return;
     }
     int e = SSL_get_error(ssl, r);
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) *failed = true;
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        *failed = true;
+        if (err) tls_errstr(err, errlen);
+    }
 }
 
 /* Runs a handshake between fresh SSLs of cctx and sctx over an in-memory BIO pair. */
@@ -342,8 +348,8 @@ static void hs_run(struct hs *h, SSL_CTX *cctx, SSL_CTX *sctx, void (*tweak)(SSL
     SSL_set_accept_state(h->s);
     if (tweak) tweak(h->c);
     for (int i = 0; i < 20; i++) {
-        hs_step(h->c, &h->c_ok, &h->c_fail);
-        hs_step(h->s, &h->s_ok, &h->s_fail);
+        hs_step(h->c, &h->c_ok, &h->c_fail, NULL, 0);
+        hs_step(h->s, &h->s_ok, &h->s_fail, h->s_err, sizeof(h->s_err));
         if ((h->c_ok || h->c_fail) && (h->s_ok || h->s_fail)) break;
     }
     ERR_clear_error();
@@ -576,6 +582,200 @@ static void test_server_alpn(void **state)
     tls_cert_unref(cc);
 }
 
+/* ---- strict identities: certificates minted here with chosen SANs and basicConstraints ---- */
+
+#define ID_ADMIN "spiffe://cluster.local/ns/kube-system/sa/admin"
+#define ID_EVIL "spiffe://evil.example/ns/kube-system/sa/admin"
+#define LEAF_VALIDITY_S 3600
+
+/* A leaf signed by root A: EC P-256, EKU serverAuth+clientAuth, the subjectAltName san in OpenSSL's config
+ * syntax ("URI:a,DNS:b"; NULL for none), basicConstraints CA:TRUE when ca. *keyp receives its key. */
+static X509 *mint_leaf(const char *san, bool ca, EVP_PKEY **keyp)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    assert_non_null(k);
+    assert_non_null(x);
+    X509_set_version(x, X509_VERSION_3);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), (long)(random() & 0x7fffffff) + 1);
+    X509_set_issuer_name(x, X509_get_subject_name(root_a));
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), LEAF_VALIDITY_S);
+    X509_set_pubkey(x, k);
+    assert_int_equal(add_ext(x, root_a, NID_basic_constraints, ca ? "critical,CA:TRUE" : "critical,CA:FALSE"),
+                     0);
+    assert_int_equal(add_ext(x, root_a, NID_key_usage,
+                             ca ? "critical,digitalSignature,keyCertSign" : "critical,digitalSignature"),
+                     0);
+    assert_int_equal(add_ext(x, root_a, NID_ext_key_usage, "serverAuth,clientAuth"), 0);
+    if (san) assert_int_equal(add_ext(x, root_a, NID_subject_alt_name, san), 0);
+    assert_true(X509_sign(x, root_a_key, EVP_sha256()) > 0);
+    *keyp = k;
+    return x;
+}
+
+/* The certificate kinds under test. "%s" in san stands for the identity the other side expects. */
+struct leaf_case {
+    const char *name;
+    const char *san;
+    bool ca;
+    bool accepted;
+    const char *why; /* expected in the refusal reason */
+};
+
+static const struct leaf_case leaf_cases[] = {
+    {"one good URI SAN", "URI:%s", false, true, NULL},
+    {"DNS SAN beside the good URI SAN", "DNS:client.example,URI:%s,DNS:x.example", false, true, NULL},
+    {"foreign trust domain first, good second", "URI:" ID_EVIL ",URI:%s", false, false, "2 URI SANs"},
+    {"good first, foreign trust domain second", "URI:%s,URI:" ID_EVIL, false, false, "2 URI SANs"},
+    {"another identity of the trust domain first", "URI:" ID_ADMIN ",URI:%s", false, false, "2 URI SANs"},
+    {"another identity of the trust domain second", "URI:%s,URI:" ID_ADMIN, false, false, "2 URI SANs"},
+    {"non-SPIFFE URI beside the good one", "URI:https://example.com/x,URI:%s", false, false, "2 URI SANs"},
+    {"foreign trust domain only", "URI:" ID_EVIL, false, false, "outside trust domain cluster.local"},
+    {"no subjectAltName", NULL, false, false, "no subjectAltName"},
+    {"DNS SAN only", "DNS:client.example", false, false, "0 URI SANs"},
+    {"non-SPIFFE URI only", "URI:https://example.com/x", false, false, "not a SPIFFE id"},
+    {"SPIFFE URI of the wrong shape", "URI:spiffe://cluster.local/ns/default", false, false,
+     "not a SPIFFE id"},
+    {"CA:TRUE leaf with the good URI SAN", "URI:%s", true, false, "CA:TRUE"},
+};
+
+#define N_LEAF_CASES (sizeof(leaf_cases) / sizeof(leaf_cases[0]))
+
+static X509 *mint_case(const struct leaf_case *lc, const char *good, EVP_PKEY **keyp)
+{
+    char san[512];
+    if (!lc->san) return mint_leaf(NULL, lc->ca, keyp);
+    snprintf(san, sizeof(san), lc->san, good);
+    return mint_leaf(san, lc->ca, keyp);
+}
+
+static void test_leaf_identity_rules(void **state)
+{
+    (void)state;
+    char id[SPIFFE_MAX], why[256];
+    for (size_t i = 0; i < N_LEAF_CASES; i++) {
+        const struct leaf_case *lc = &leaf_cases[i];
+        EVP_PKEY *k = NULL;
+        X509 *x = mint_case(lc, ID_CLIENT, &k);
+        int rc = tls_leaf_identity(x, "cluster.local", id, sizeof(id), why, sizeof(why));
+        if (lc->accepted) {
+            if (rc != (int)strlen(ID_CLIENT)) fail_msg("%s: refused: %s", lc->name, why);
+            assert_string_equal(id, ID_CLIENT);
+        } else {
+            if (rc != -EINVAL) fail_msg("%s: rc %d (id \"%s\")", lc->name, rc, id);
+            assert_string_equal(id, "");
+            if (!strstr(why, lc->why)) fail_msg("%s: reason \"%s\" lacks \"%s\"", lc->name, why, lc->why);
+        }
+        X509_free(x);
+        EVP_PKEY_free(k);
+    }
+    /* Arguments: no certificate, no trust domain, a buffer too small, a NULL buffer or reason. */
+    assert_int_equal(tls_leaf_identity(NULL, "cluster.local", id, sizeof(id), why, sizeof(why)), -ENOENT);
+    EVP_PKEY *k = NULL;
+    X509 *x = mint_leaf("URI:" ID_CLIENT, false, &k);
+    assert_int_equal(tls_leaf_identity(x, NULL, id, sizeof(id), why, sizeof(why)), -EINVAL);
+    assert_int_equal(tls_leaf_identity(x, "", id, sizeof(id), NULL, 0), -EINVAL);
+    assert_int_equal(tls_leaf_identity(x, "cluster.local", id, 10, why, sizeof(why)), -ENOSPC);
+    assert_int_equal(tls_leaf_identity(x, "cluster.local", NULL, 0, NULL, 0), (int)strlen(ID_CLIENT));
+    assert_int_equal(tls_leaf_identity(x, "other.domain", NULL, 0, why, sizeof(why)), -EINVAL);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
+/* Server role: a zmesh server and a plain OpenSSL client presenting each kind of leaf. */
+static void test_server_identity_strict(void **state)
+{
+    (void)state;
+    struct tls_cert *sc = fetch(ca_a, ID_SERVER);
+    SSL_CTX *sctx = tls_server_ctx_new(sc);
+    assert_non_null(sctx);
+    for (size_t i = 0; i < N_LEAF_CASES; i++) {
+        const struct leaf_case *lc = &leaf_cases[i];
+        struct tls_cert leaf = {0};
+        leaf.leaf = mint_case(lc, ID_CLIENT, &leaf.key);
+        SSL_CTX *cctx = plain_client_ctx(TLS1_3_VERSION, &leaf);
+        struct hs h;
+        hs_run(&h, cctx, sctx, NULL);
+        char id[SPIFFE_MAX];
+        if (lc->accepted) {
+            if (!h.s_ok) fail_msg("%s: server refused: %s", lc->name, h.s_err);
+            assert_int_equal(tls_peer_identity(h.s, id, sizeof(id)), (int)strlen(ID_CLIENT));
+            assert_string_equal(id, ID_CLIENT);
+            assert_true(tls_peer_has_san(h.s, (const char *const[]){ID_CLIENT}, 1));
+        } else {
+            if (!h.s_fail) fail_msg("%s: server accepted the client", lc->name);
+            assert_int_equal(SSL_get_verify_result(h.s), X509_V_ERR_APPLICATION_VERIFICATION);
+            /* The reason reaches the error queue, so the handshake failure in the log says it. */
+            if (!strstr(h.s_err, lc->why))
+                fail_msg("%s: error \"%s\" lacks \"%s\"", lc->name, h.s_err, lc->why);
+            assert_true(tls_peer_identity(h.s, id, sizeof(id)) < 0);
+            assert_false(tls_peer_has_san(h.s, (const char *const[]){ID_CLIENT, ID_ADMIN, ID_EVIL}, 3));
+            assert_client_sees_alert(h.c);
+        }
+        hs_free(&h);
+        SSL_CTX_free(cctx);
+        X509_free(leaf.leaf);
+        EVP_PKEY_free(leaf.key);
+    }
+    SSL_CTX_free(sctx);
+    tls_cert_unref(sc);
+}
+
+static int alpn_h2_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                      unsigned int inlen, void *arg)
+{
+    (void)ssl, (void)arg;
+    unsigned char *sel = NULL;
+    if (SSL_select_next_proto(&sel, outlen, (const unsigned char *)"\x02h2", 3, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Client role: a zmesh client and a plain OpenSSL server presenting each kind of leaf. The chain verifies
+ * (root A), so only the identity check can refuse it; the expected list holds every id the leaf names. */
+static void test_client_identity_strict(void **state)
+{
+    (void)state;
+    struct tls_cert *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *cctx = tls_client_ctx_new(cc);
+    assert_non_null(cctx);
+    for (size_t i = 0; i < N_LEAF_CASES; i++) {
+        const struct leaf_case *lc = &leaf_cases[i];
+        EVP_PKEY *k = NULL;
+        X509 *x = mint_case(lc, ID_SERVER, &k);
+        SSL_CTX *sctx = SSL_CTX_new(TLS_server_method());
+        assert_non_null(sctx);
+        SSL_CTX_set_min_proto_version(sctx, TLS1_3_VERSION);
+        assert_int_equal(SSL_CTX_use_certificate(sctx, x), 1);
+        assert_int_equal(SSL_CTX_use_PrivateKey(sctx, k), 1);
+        SSL_CTX_set_alpn_select_cb(sctx, alpn_h2_cb, NULL);
+        struct hs h;
+        hs_run(&h, cctx, sctx, NULL);
+        if (!h.c_ok || !h.s_ok) fail_msg("%s: handshake failed (server: %s)", lc->name, h.s_err);
+        const char *expected[] = {ID_SERVER, ID_ADMIN, ID_EVIL};
+        char id[SPIFFE_MAX];
+        if (lc->accepted) {
+            assert_true(tls_peer_has_san(h.c, expected, 3));
+            assert_true(tls_peer_has_san(h.c, expected, 1));
+            assert_int_equal(tls_peer_identity(h.c, id, sizeof(id)), (int)strlen(ID_SERVER));
+            assert_string_equal(id, ID_SERVER);
+        } else {
+            if (tls_peer_has_san(h.c, expected, 3)) fail_msg("%s: client accepted the server", lc->name);
+            assert_int_equal(tls_peer_identity(h.c, id, sizeof(id)), -EINVAL);
+            assert_string_equal(id, "");
+        }
+        hs_free(&h);
+        SSL_CTX_free(sctx);
+        X509_free(x);
+        EVP_PKEY_free(k);
+    }
+    SSL_CTX_free(cctx);
+    tls_cert_unref(cc);
+}
+
 static void test_errstr(void **state)
 {
     (void)state;
@@ -611,6 +811,9 @@ int main(void)
         cmocka_unit_test(test_server_requires_client_cert),
         cmocka_unit_test(test_server_rejects_tls12),
         cmocka_unit_test(test_server_alpn),
+        cmocka_unit_test(test_leaf_identity_rules),
+        cmocka_unit_test(test_server_identity_strict),
+        cmocka_unit_test(test_client_identity_strict),
         cmocka_unit_test(test_errstr),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
