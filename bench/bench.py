@@ -28,16 +28,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
-SCENARIOS = ("direct", "haproxy", "zmesh")
+SCENARIOS = ("direct", "floor", "haproxy", "zmesh")
 # Targets (zmesh against the baselines measured in the same run).
 TARGET_TPUT_VS_HAPROXY = 2.5    # zmesh throughput >= 2.5x HAProxy's
 TARGET_RTT_VS_DIRECT = 2.5      # zmesh RTT p50 <= 2.5x direct
 TARGET_CPU_S_PER_GB = 1.2       # both ztunnels together <= 1.2 CPU-seconds per GB
+# Against the floor: a plaintext HAProxy relay pair (mode tcp, no TLS, no capture) on the same path, i.e. what any
+# two user-space proxies cost here (issue 6 item 13). The CPU allowance is the AES-GCM cost of both sides.
+TARGET_RTT_VS_FLOOR = 1.1       # zmesh RTT p50 <= 1.1x the floor's
+TARGET_TPUT_VS_FLOOR = 0.9      # zmesh throughput >= 0.9x the floor's
+TARGET_CPU_OVER_FLOOR = 0.7     # zmesh CPU-s/GB <= the floor's + 0.7
 
 # Ports. Apps in pod B listen on the wildcard address; each scenario reaches them differently.
 APP_IPERF, APP_RTT = 5201, 7000          # the apps themselves (direct and zmesh target these)
 HAP_IN_IPERF, HAP_IN_RTT = 25201, 27000  # server-side haproxy in pod B (mTLS), forwards to 127.0.0.1:APP_*
 HAP_OUT_IPERF, HAP_OUT_RTT = 15201, 17000  # client-side haproxy in pod A on 127.0.0.1
+FLOOR_IN_IPERF, FLOOR_IN_RTT = 26201, 28000   # floor: server-side plaintext haproxy in pod B
+FLOOR_OUT_IPERF, FLOOR_OUT_RTT = 16201, 18000  # floor: client-side plaintext haproxy in pod A on 127.0.0.1
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -293,28 +300,31 @@ defaults
 """
 
 
-def haproxy_configs(t, workdir, threads):
-    """Writes the client-side (pod A) and server-side (pod B) configs; returns their paths."""
+def haproxy_configs(t, workdir, threads, tls=True):
+    """Writes the client-side (pod A) and server-side (pod B) configs; returns their paths. tls=False: the
+    floor pair, the same two relays in plain `mode tcp` (no TLS between them) on their own ports."""
     a_pem, b_pem, root = t.haproxy_pem_a, t.haproxy_pem_b, t.root_pem
-    tls_srv = f"ssl crt {a_pem} ca-file {root} verify required ssl-min-ver TLSv1.3"
-    tls_bind = f"ssl crt {b_pem} ca-file {root} verify required ssl-min-ver TLSv1.3"
+    tls_srv = f" ssl crt {a_pem} ca-file {root} verify required ssl-min-ver TLSv1.3" if tls else ""
+    tls_bind = f" ssl crt {b_pem} ca-file {root} verify required ssl-min-ver TLSv1.3" if tls else ""
     client = HAPROXY_GLOBAL.format(threads=threads)
     server = HAPROXY_GLOBAL.format(threads=threads)
-    for name, out_port, in_port, app_port in (("iperf", HAP_OUT_IPERF, HAP_IN_IPERF, APP_IPERF),
-                                              ("rtt", HAP_OUT_RTT, HAP_IN_RTT, APP_RTT)):
+    ports = ((("iperf", HAP_OUT_IPERF, HAP_IN_IPERF, APP_IPERF), ("rtt", HAP_OUT_RTT, HAP_IN_RTT, APP_RTT)) if tls
+             else (("iperf", FLOOR_OUT_IPERF, FLOOR_IN_IPERF, APP_IPERF), ("rtt", FLOOR_OUT_RTT, FLOOR_IN_RTT, APP_RTT)))
+    for name, out_port, in_port, app_port in ports:
         client += f"""
 listen out_{name}
     bind 127.0.0.1:{out_port}
-    server s {t.ip_b}:{in_port} {tls_srv}
+    server s {t.ip_b}:{in_port}{tls_srv}
 """
         server += f"""
 listen in_{name}
-    bind :{in_port} {tls_bind}
+    bind :{in_port}{tls_bind}
     server app 127.0.0.1:{app_port}
 """
     paths = []
+    tag = "" if tls else "-floor"
     for side, text in (("client", client), ("server", server)):
-        p = os.path.join(workdir, f"haproxy-{side}.cfg")
+        p = os.path.join(workdir, f"haproxy{tag}-{side}.cfg")
         with open(p, "w") as f:
             f.write(text)
         paths.append(p)
@@ -323,20 +333,36 @@ listen in_{name}
     return paths
 
 
-def scenario_haproxy(t, procs, args):
-    cfg_client, cfg_server = haproxy_configs(t, t.workdir, args.haproxy_threads)
+def start_haproxy_pair(t, procs, args, tls=True, wrap=(), threads=None, timeout=10.0):
+    """Starts the server-side haproxy in pod B and the client-side one in pod A (the mTLS pair, or with
+    tls=False the plaintext floor pair) and waits until both listen. Returns (client proc, server proc).
+    wrap: a command prefix (valgrind for the profile); threads: nbthread instead of args.haproxy_threads."""
+    cfg_client, cfg_server = haproxy_configs(t, t.workdir, threads or args.haproxy_threads, tls)
     # -db: stay in the foreground without master-worker, so the Popen pid is the one haproxy process
     # (ip netns exec execs the command in place).
-    logf = open(os.path.join(t.workdir, "haproxy.log"), "w")
-    hb = procs.start(nsexec(t.ns_b, ["haproxy", "-db", "-f", cfg_server]), "haproxy-server",
-                     stdout=logf, stderr=logf)
-    ha = procs.start(nsexec(t.ns_a, ["haproxy", "-db", "-f", cfg_client]), "haproxy-client",
-                     stdout=logf, stderr=logf)
+    tag = "" if tls else "-floor"
+    ports = ((HAP_IN_IPERF, HAP_IN_RTT, HAP_OUT_IPERF, HAP_OUT_RTT) if tls
+             else (FLOOR_IN_IPERF, FLOOR_IN_RTT, FLOOR_OUT_IPERF, FLOOR_OUT_RTT))
+    with open(os.path.join(t.workdir, f"haproxy{tag}.log"), "w") as logf:
+        hb = procs.start(nsexec(t.ns_b, list(wrap) + ["haproxy", "-db", "-f", cfg_server]), f"haproxy{tag}-server",
+                         stdout=logf, stderr=logf)
+        ha = procs.start(nsexec(t.ns_a, list(wrap) + ["haproxy", "-db", "-f", cfg_client]), f"haproxy{tag}-client",
+                         stdout=logf, stderr=logf)
     try:
-        wait_listen(t.ns_b, HAP_IN_IPERF, hb)
-        wait_listen(t.ns_b, HAP_IN_RTT, hb)
-        wait_listen(t.ns_a, HAP_OUT_IPERF, ha)
-        wait_listen(t.ns_a, HAP_OUT_RTT, ha)
+        wait_listen(t.ns_b, ports[0], hb, timeout)
+        wait_listen(t.ns_b, ports[1], hb, timeout)
+        wait_listen(t.ns_a, ports[2], ha, timeout)
+        wait_listen(t.ns_a, ports[3], ha, timeout)
+    except BaseException:
+        procs.stop(ha)
+        procs.stop(hb)
+        raise
+    return ha, hb
+
+
+def scenario_haproxy(t, procs, args):
+    ha, hb = start_haproxy_pair(t, procs, args, tls=True)
+    try:
         res = measure(t.ns_a, "127.0.0.1", HAP_OUT_RTT, HAP_OUT_IPERF, [ha.pid, hb.pid], args)
         res["nbthread"] = args.haproxy_threads
         res["haproxy_threads"] = [threads_of(ha.pid), threads_of(hb.pid)]
@@ -345,7 +371,19 @@ def scenario_haproxy(t, procs, args):
     finally:
         procs.stop(ha)
         procs.stop(hb)
-        logf.close()
+    return res
+
+
+def scenario_floor(t, procs, args):
+    """The floor: the same HAProxy pair as scenario_haproxy, plaintext (mode tcp, no TLS, no capture)."""
+    ha, hb = start_haproxy_pair(t, procs, args, tls=False)
+    try:
+        res = measure(t.ns_a, "127.0.0.1", FLOOR_OUT_RTT, FLOOR_OUT_IPERF, [ha.pid, hb.pid], args)
+        res["nbthread"] = args.haproxy_threads
+        res["haproxy_threads"] = [threads_of(ha.pid), threads_of(hb.pid)]
+    finally:
+        procs.stop(ha)
+        procs.stop(hb)
     return res
 
 
@@ -516,10 +554,661 @@ def write_pem(path, *parts):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# RTT profile (--profile-rtt, bench/profile_rtt.sh): where a 1-byte round trip's time and syscalls go in each
+# proxy pair. Every per-round-trip figure is a difference of two runs on fresh client connections over the same
+# warm proxies, (B - A) / (rtts(B) - rtts(A)), so connection set-up and tear-down cancel out; figures that count
+# events (syscalls, instructions, CPU time) do not depend on how loaded the machine is, unlike wall-clock RTTs.
+
+RTT_WARMUP = 1000   # zm-rtt's untimed round trips before the timed ones (bench/rtt.c)
+NF_SYMS = re.compile(r"^(nf_|nft_|ipt_|iptable_|xt_|ip_tables|nf_nat|__nf_|conntrack|ct_|mangle_)")
+
+
+def rtt_run(t, ns, ip, port, count, args):
+    """One zm-rtt client run of count timed round trips (plus the warm-up); returns its parsed line."""
+    return measure_rtt(ns, ip, port, count, args.rtt_bin)
+
+
+def task_runtime_ns(pid):
+    """Sum over pid's threads of the on-CPU time in ns (/proc/<pid>/task/*/schedstat, first field)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def ctx_switches(pid):
+    """(voluntary, involuntary) context switches summed over pid's threads (/proc/<pid>/task/*/status)."""
+    vol = inv = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for ln in f:
+                    if ln.startswith("voluntary_ctxt_switches:"):
+                        vol += int(ln.split()[1])
+                    elif ln.startswith("nonvoluntary_ctxt_switches:"):
+                        inv += int(ln.split()[1])
+        except OSError:
+            pass
+    return vol, inv
+
+
+def user_sys_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read()
+    fields = st[st.rindex(")") + 2:].split()
+    return int(fields[11]), int(fields[12])
+
+
+def parse_strace_c(path):
+    """strace -c summary -> {syscall: (calls, errors)}."""
+    out = {}
+    with open(path) as f:
+        for ln in f:
+            tok = ln.split()
+            if len(tok) in (5, 6) and re.fullmatch(r"[\d.]+", tok[0]) and tok[-1] != "total":
+                try:
+                    calls = int(tok[3])
+                    errs = int(tok[4]) if len(tok) == 6 else 0
+                except ValueError:
+                    continue
+                out[tok[-1]] = (calls, errs)
+    return out
+
+
+def prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, label):
+    """strace -c -f on each proxy over two client runs; returns {side: {syscall: calls per round trip}}."""
+    n_a, n_b = 500, 500 + args.prof_count
+    counts = {}
+    for n in (n_a, n_b):
+        recs = []
+        for side, pid in zip(("client", "server"), pids):
+            path = os.path.join(outdir, f"strace-{label}-{side}-{n}.txt")
+            p = subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", path, "-p", str(pid)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            recs.append((side, p, path))
+        time.sleep(1.0)   # strace attaches to every thread asynchronously
+        rtt_run(t, ns, ip, port, n, args)
+        for side, p, path in recs:
+            p.send_signal(signal.SIGINT)
+        for side, p, path in recs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            counts[(side, n)] = parse_strace_c(path)
+    rtts = n_b - n_a
+    res = {}
+    for side in ("client", "server"):
+        a, b = counts[(side, n_a)], counts[(side, n_b)]
+        per = {}
+        for sc in set(a) | set(b):
+            calls = (b.get(sc, (0, 0))[0] - a.get(sc, (0, 0))[0]) / rtts
+            errs = (b.get(sc, (0, 0))[1] - a.get(sc, (0, 0))[1]) / rtts
+            if abs(calls) >= 0.005:
+                per[sc] = {"calls": round(calls, 3), "errors": round(errs, 3)}
+        res[side] = {"per_rtt": dict(sorted(per.items(), key=lambda kv: -kv[1]["calls"])),
+                     "total_per_rtt": round(sum(v["calls"] for v in per.values()), 3)}
+    return res
+
+
+def prof_cpu(t, ns, ip, port, pids, srv_pid, args):
+    """On-CPU time per round trip: of the whole path (the client, the echo server and both proxies: softirq
+    work, which the kernel charges to whichever task it interrupts, is inside it) and of each proxy (all
+    threads, schedstat), with the proxies' user/system split (stat) and context switches. Differences of a
+    short and a long client run, so connection set-up cancels out."""
+    def snap():
+        return [(task_runtime_ns(p), user_sys_ticks(p), ctx_switches(p)) for p in pids]
+    n_a, n_b = 500, 500 + args.prof_count
+    s0 = snap()
+    _, path_a = rtt_run_cpu(t, ns, ip, port, n_a, args, [srv_pid] + list(pids))
+    s1 = snap()
+    p50, path_b = rtt_run_cpu(t, ns, ip, port, n_b, args, [srv_pid] + list(pids))
+    s2 = snap()
+    rtts = n_b - n_a
+    out = {"rtt_p50_us_in_run": p50, "path_cpu_us_per_rtt": round((path_b - path_a) / rtts, 2)}
+    for i, side in enumerate(("client", "server")):
+        run_ns = ((s2[i][0] - s1[i][0]) - (s1[i][0] - s0[i][0])) / rtts
+        # User/system split over the long run alone: the ticks are too coarse (10 ms) for a difference.
+        ut, st = s2[i][1][0] - s1[i][1][0], s2[i][1][1] - s1[i][1][1]
+        tot = ut + st
+        sw = [((s2[i][2][k] - s1[i][2][k]) - (s1[i][2][k] - s0[i][2][k])) / rtts for k in (0, 1)]
+        out[side] = {"cpu_us_per_rtt": round(run_ns / 1000, 2),
+                     "user_share": round(ut / tot, 2) if tot > 0 else None,
+                     "ctx_switches_per_rtt": round(sw[0], 2), "involuntary_per_rtt": round(sw[1], 2)}
+    return out
+
+
+def perf_report(path, sort, limit=25):
+    """perf report --stdio of one data file; returns [(percent, key)] of the top entries."""
+    argv = ["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none", "--sort", sort,
+            "--percent-limit", "0.5"]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300)
+    rows = []
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\s*([\d.]+)%\s+(.*\S)", ln)
+        if m and not ln.lstrip().startswith("#"):
+            rows.append((float(m.group(1)), re.sub(r"\s+", " ", m.group(2))))
+    return rows[:limit]
+
+
+def perf_nf(path):
+    """(on-CPU ns in the file, ns of it in netfilter symbols): cpu-clock's event count is nanoseconds."""
+    r = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none", "--sort", "sym",
+                        "-F", "sample,sym"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                       timeout=300)
+    m = re.search(r"Event count \(approx\.\): (\d+)", r.stdout)
+    total_ns = int(m.group(1)) if m else 0
+    n = nf = 0
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\s*(\d+)\s+\[[kK.]\]\s+(\S+)", ln)
+        if m:
+            n += int(m.group(1))
+            if NF_SYMS.match(m.group(2)):
+                nf += int(m.group(1))
+    return total_ns, (total_ns * nf / n if n else 0)
+
+
+def prof_bulk(t, ns, ip, port, pids, args, outdir, label):
+    """strace -c -f on both proxies during a short iperf3 run: syscalls per MB moved and bytes per data
+    syscall, the bulk counterpart of prof_syscalls (strace slows the proxies, so the sizes are indicative)."""
+    recs = []
+    for side, pid in zip(("client", "server"), pids):
+        path = os.path.join(outdir, f"strace-bulk-{label}-{side}.txt")
+        recs.append((side, path, subprocess.Popen(["strace", "-c", "-f", "-qq", "-o", path, "-p", str(pid)],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                  start_new_session=True)))
+    time.sleep(1.0)
+    r = run(nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", "3", "-J"]), timeout=120, check=False)
+    for side, path, p in recs:
+        p.send_signal(signal.SIGINT)
+    for side, path, p in recs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    try:
+        nbytes = json.loads(r.stdout)["end"]["sum_received"]["bytes"]
+    except (ValueError, KeyError):
+        raise BenchError(f"iperf3 under strace failed: {(r.stdout + r.stderr).strip()[-300:]}")
+    mb = nbytes / 1e6
+    out = {"bytes": nbytes}
+    for side, path, _ in recs:
+        c = parse_strace_c(path)
+        data = {k: v[0] for k, v in c.items() if k in ("read", "write", "recvfrom", "sendto", "readv", "writev",
+                                                          "recvmsg", "sendmsg", "splice")}
+        out[side] = {"syscalls_per_mb": round(sum(v[0] for v in c.values()) / mb, 1),
+                     "per_mb": {k: round(v[0] / mb, 2) for k, v in sorted(c.items(), key=lambda kv: -kv[1][0])
+                                if v[0] / mb >= 0.05},
+                     # Each byte is read once and written once per proxy: bytes / (data calls / 2).
+                     "bytes_per_data_call": round(2 * nbytes / sum(data.values())) if data else None}
+    return out
+
+
+def prof_queues(t, ns, ip, port, args, label):
+    """Where bytes wait during a bulk transfer: a 4 s iperf3 run (no strace) while `ss -tn` samples every
+    established TCP socket in both pods 15 times; returns, per socket (local -> peer, as seen in its pod), the
+    median Recv-Q and Send-Q in KB. A full Recv-Q is a reader that does not keep up, a full Send-Q a peer (or the
+    network) that does not take the bytes."""
+    p = subprocess.Popen(nsexec(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", "4", "-J"]),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    samples = {}
+    time.sleep(1.0)
+    for _ in range(15):
+        for pod, pns in (("A", t.ns_a), ("B", t.ns_b)):
+            r = run(nsexec(pns, ["ss", "-Htn", "state", "established"]), timeout=10, check=False)
+            for ln in r.stdout.splitlines():
+                f = ln.split()
+                if len(f) >= 4 and f[0].isdigit():
+                    key = f"{pod} {f[2]} -> {f[3]}"
+                    samples.setdefault(key, []).append((int(f[0]), int(f[1])))
+        time.sleep(0.15)
+    out, _ = p.communicate(timeout=60)
+    try:
+        gbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+    except (ValueError, KeyError):
+        gbit = None
+    med = statistics.median
+    socks = {k: {"recv_q_kb": round(med(x[0] for x in v) / 1024), "send_q_kb": round(med(x[1] for x in v) / 1024)}
+             for k, v in samples.items() if len(v) >= 8 and max(max(x) for x in v) > 65536}
+    return {"gbit_s": gbit, "sockets": dict(sorted(socks.items()))}
+
+
+def set_affinity(pids, cpus):
+    """Moves every thread of each pid to the CPU list cpus (taskset -a -p)."""
+    for pid in pids:
+        run(["taskset", "-a", "-p", "-c", cpus, str(pid)], timeout=10)
+
+
+def prof_pinned(t, ns, ip, port, pids, srv_pid, args):
+    """RTT p50 with the whole path (both proxies, the echo server, the client) pinned to one CPU, then back on
+    all CPUs: pinned, no hand-over wakes an idle vCPU (on this VM that wake-up costs tens of µs and decides
+    whether a round is fast or slow), so the pinned RTT is the path's CPU work plus same-CPU switches and
+    compares scenarios like with like. Other work on that CPU still adds time: medians of rounds."""
+    cpu = str(os.cpu_count() - 1)
+    allc = f"0-{os.cpu_count() - 1}"
+    rounds = []
+    try:
+        set_affinity(list(pids) + [srv_pid], cpu)
+        for _ in range(args.prof_rounds):
+            r = run(["taskset", "-c", cpu] + nsexec(ns, [args.rtt_bin, "client", ip, str(port),
+                                                          str(args.prof_count)]), timeout=300, check=False)
+            m = re.search(r"p50_us=([\d.]+) p99_us=([\d.]+)", r.stdout)
+            if not m:
+                raise BenchError(f"pinned zm-rtt failed: {(r.stdout + r.stderr).strip()[-300:]}")
+            rounds.append(float(m.group(1)))
+    finally:
+        set_affinity(list(pids) + [srv_pid], allc)
+    return {"cpu": int(cpu), "rounds_p50_us": rounds, "p50_us": statistics.median(rounds), "best_p50_us": min(rounds)}
+
+
+def prof_perf(t, procs, ns, ip, port, pids, srv_pid, args, outdir, label):
+    """perf record -e cpu-clock (this VM has no hardware counters) of each proxy, the echo server and the
+    client over prof_count round trips; returns each proxy's shares by library and top symbols, and the
+    netfilter (capture rules, conntrack) time of the whole path per round trip."""
+    freq = "4999"
+    targets = [("client", pids[0]), ("server", pids[1]), ("echo-server", srv_pid)]
+    recs = []
+    for name, pid in targets:
+        path = os.path.join(outdir, f"perf-{label}-{name}.data")
+        recs.append((name, path, subprocess.Popen(
+            ["perf", "record", "-q", "-e", "cpu-clock", "-F", freq, "-g", "-p", str(pid), "-o", path],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)))
+    time.sleep(0.5)
+    cl = os.path.join(outdir, f"perf-{label}-rtt-client.data")
+    r = run(["perf", "record", "-q", "-e", "cpu-clock", "-F", freq, "-g", "-o", cl, "--"] +
+            nsexec(ns, [args.rtt_bin, "client", ip, str(port), str(args.prof_count)]), timeout=300, check=False)
+    for name, path, p in recs:
+        p.send_signal(signal.SIGINT)
+    for name, path, p in recs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    out = {"rtt_line": r.stdout.strip()}
+    tot_ns = nf_ns = 0
+    for name, path in [(n, p) for n, p, _ in recs] + [("rtt-client", cl)]:
+        ns_, nf_ = perf_nf(path)
+        tot_ns += ns_
+        nf_ns += nf_
+        d = {"netfilter_share": round(nf_ / ns_, 4) if ns_ else None}
+        if name in ("client", "server"):
+            d["by_dso"] = perf_report(path, "dso", limit=12)
+            d["top_symbols"] = perf_report(path, "dso,sym", limit=30)
+        out[name] = d
+    # Shares only: perf's own sampling and unwinding inflate the absolute on-CPU time of what it samples (here
+    # about 3x the schedstat figure), so absolute per-round-trip times come from prof_cpu.
+    out["netfilter_share_of_path"] = round(nf_ns / tot_ns, 4) if tot_ns else None
+    return out
+
+
+def parse_callgrind_annotate(path, inclusive):
+    """callgrind_annotate output -> (total Ir, {"function (object)": Ir})."""
+    argv = ["callgrind_annotate", "--threshold=100", f"--inclusive={'yes' if inclusive else 'no'}", path]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=300)
+    total, fns = 0, {}
+    for ln in r.stdout.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?PROGRAM TOTALS", ln)
+        if m:
+            total = int(m.group(1).replace(",", ""))
+            continue
+        m = re.match(r"\s*([\d,]+)\s+(?:\(\s*[\d.]+%\)\s+)?\S*?:(\S+)\s+\[(.*)\]\s*$", ln)
+        if m:
+            key = f"{m.group(2)} ({os.path.basename(m.group(3))})"
+            fns[key] = fns.get(key, 0) + int(m.group(1).replace(",", ""))
+    if not inclusive:
+        # Zeroing the counters while a worker sits in loop_run leaves the frames then on its stack (clone,
+        # start_thread, worker_main) with the whole run as "self" cost: not theirs, drop them.
+        fns = {k: v for k, v in fns.items() if v < 0.9 * total}
+    return total, fns
+
+
+def callgrind_calls(path):
+    """Calls per callee name in one callgrind output file ({"function": calls}); from its cfn=/calls= lines."""
+    names, calls, callee = {}, {}, None
+    pat = re.compile(r"^c?fn=\((\d+)\)(?: (.*))?$")
+    with open(path, errors="replace") as f:
+        for ln in f:
+            if ln.startswith("fn=") or ln.startswith("cfn="):
+                m = pat.match(ln.rstrip("\n"))
+                if m:
+                    if m.group(2):
+                        names[m.group(1)] = m.group(2).strip()
+                    callee = names.get(m.group(1)) if ln.startswith("cfn=") else None
+            elif ln.startswith("calls=") and callee:
+                calls[callee] = calls.get(callee, 0) + int(ln[6:].split()[0])
+                callee = None
+    return calls
+
+
+CALLS_OF_INTEREST = re.compile(r"^(SSL_|BIO_|ERR_|EVP_|CRYPTO_malloc|CRYPTO_free|nghttp2_session_|malloc|free|"
+                               r"calloc|realloc|memcpy|__memcpy|recv|send|read|write|epoll_wait|__libc_|"
+                               r"hbone_|conn_|stream_|flush_|obuf_|bio_|out_|in_|loop_)")
+
+
+def prof_callgrind(t, procs, args, outdir, label):
+    """Both proxies of scenario label under valgrind --tool=callgrind, one thread each (a single ping-pong
+    connection uses one thread per side anyway; with more, a run whose connection lands on a worker without a
+    pooled HBONE connection pays a handshake that would not cancel out): user-space instructions per round
+    trip, by library and by function (self cost), and the inclusive cost of TLS record handling."""
+    vg = ["valgrind", "--tool=callgrind", "--trace-children=no",
+          f"--callgrind-out-file={outdir}/callgrind-{label}.%p"]
+    if label == "zmesh":
+        wrap = os.path.join(outdir, "cg-bin")
+        os.makedirs(wrap, exist_ok=True)
+        real = os.path.join(args.bin_dir, "ztunnel")
+        with open(os.path.join(wrap, "ztunnel"), "w") as f:
+            f.write("#!/bin/sh\nexec " + " ".join(vg) + f" {real} \"$@\"\n")
+        os.chmod(os.path.join(wrap, "ztunnel"), 0o755)
+        old = os.environ.get("ZMESH_BIN")
+        os.environ["ZMESH_BIN"] = wrap
+        cfg = t.t.write_config(t.t.config_yaml())
+        zts = []
+        try:
+            for pod in (t.pod_a, t.pod_b):
+                t.t.inpod_rules(pod)
+                t.rules_on = getattr(t, "rules_on", []) + [pod]
+            for pod in (t.pod_a, t.pod_b):
+                zts.append(t.t.start_ztunnel(pod, cfg, env={"ZTUNNEL_WORKER_THREADS": "1"}, log_format="text",
+                                             timeout=120))
+            t.zts = zts
+        except BaseException:
+            t.stop_zmesh(procs)
+            raise
+        finally:
+            if old is None:
+                os.environ.pop("ZMESH_BIN", None)
+            else:
+                os.environ["ZMESH_BIN"] = old
+        pids, ip, port = [z.pid for z in zts], t.ip_b, APP_RTT
+        stop = lambda: t.stop_zmesh(procs)  # noqa: E731
+    else:
+        ha, hb = start_haproxy_pair(t, procs, args, tls=(label == "haproxy"), wrap=vg, threads=1, timeout=120)
+        pids, ip = [ha.pid, hb.pid], "127.0.0.1"
+        port = HAP_OUT_RTT if label == "haproxy" else FLOOR_OUT_RTT
+
+        def stop(ha=ha, hb=hb):
+            procs.stop(ha)
+            procs.stop(hb)
+    try:
+        rtt_run(t, t.ns_a, ip, port, 200, args)   # pools, code paths under valgrind
+        n_a, n_b = 200, 200 + args.cg_count
+        dumps = {}
+        for n in (n_a, n_b):
+            for pid in pids:
+                run(["callgrind_control", "-z", str(pid)], timeout=60, check=False)
+            rtt_run(t, t.ns_a, ip, port, n, args)
+            for side, pid in zip(("client", "server"), pids):
+                before = set(os.listdir(outdir))
+                run(["callgrind_control", "-d", f"{side}-{n}", str(pid)], timeout=60, check=False)
+                new = [x for x in set(os.listdir(outdir)) - before if x.startswith(f"callgrind-{label}.")]
+                if not new:
+                    raise BenchError(f"callgrind dump of the {label} {side} produced no file")
+                dumps[(side, n)] = os.path.join(outdir, sorted(new)[-1])
+    finally:
+        stop()
+    rtts = n_b - n_a
+    res = {}
+    tls_fns = ("SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex")
+    for side in ("client", "server"):
+        ta, sa = parse_callgrind_annotate(dumps[(side, n_a)], False)
+        tb, sb = parse_callgrind_annotate(dumps[(side, n_b)], False)
+        _, ia = parse_callgrind_annotate(dumps[(side, n_a)], True)
+        _, ib = parse_callgrind_annotate(dumps[(side, n_b)], True)
+        per_fn = {k: (sb.get(k, 0) - sa.get(k, 0)) / rtts for k in set(sa) | set(sb)}
+        by_obj = {}
+        for k, v in per_fn.items():
+            obj = k[k.rindex("(") + 1:-1]
+            by_obj[obj] = by_obj.get(obj, 0) + v
+        # TLS record handling: everything under SSL_read*/SSL_write* (record crypto, and the BIO callbacks into
+        # the proxy's own buffers).
+        incl = {k: (ib.get(k, 0) - ia.get(k, 0)) / rtts for k in set(ia) | set(ib)}
+        tls = {k: round(v) for k, v in incl.items() if k.split(" (")[0] in tls_fns}
+        ca, cb = callgrind_calls(dumps[(side, n_a)]), callgrind_calls(dumps[(side, n_b)])
+        calls = {k: round((cb.get(k, 0) - ca.get(k, 0)) / rtts, 2) for k in set(ca) | set(cb)
+                 if CALLS_OF_INTEREST.match(k)}
+        calls = {k: v for k, v in sorted(calls.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+        res[side] = {"ir_per_rtt": round((tb - ta) / rtts), "tls_ir_per_rtt": sum(tls.values()),
+                     "calls_per_rtt": calls,
+                     "by_object": {k: round(v) for k, v in sorted(by_obj.items(), key=lambda kv: -kv[1]) if v >= 50},
+                     "top_self": [(k, round(v)) for k, v in sorted(per_fn.items(), key=lambda kv: -kv[1])[:30]],
+                     "tls_inclusive": tls,
+                     "top_inclusive": [(k, round(v)) for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:50]]}
+    return res
+
+
+def rtt_run_cpu(t, ns, ip, port, count, args, pids):
+    """zm-rtt client run under `perf stat -e task-clock`; returns (RTT p50, on-CPU us of the client and of
+    pids, e.g. the echo server and any proxies, together, over the whole run)."""
+    s0 = sum(task_runtime_ns(p) for p in pids)
+    r = run(["perf", "stat", "-x", ",", "-e", "task-clock", "--"] +
+            nsexec(ns, [args.rtt_bin, "client", ip, str(port), str(count)]), timeout=300, check=False)
+    s1 = sum(task_runtime_ns(p) for p in pids)
+    m = re.search(r"p50_us=([\d.]+)", r.stdout)
+    c = re.search(r"^([\d.]+),msec,task-clock", r.stderr, re.M)
+    if r.returncode != 0 or not m or not c:
+        raise BenchError(f"zm-rtt under perf stat failed: {(r.stdout + r.stderr).strip()[-300:]}")
+    cpu_us = float(c.group(1)) * 1000 + (s1 - s0) / 1000
+    return float(m.group(1)), cpu_us
+
+
+def rtt_cpu_diff(t, ns, ip, port, args, pids):
+    """(RTT p50 of the long run, on-CPU us per round trip of client + pids), as a difference of two runs."""
+    _, a = rtt_run_cpu(t, ns, ip, port, 500, args, pids)
+    p50, b = rtt_run_cpu(t, ns, ip, port, 500 + args.prof_count, args, pids)
+    return p50, round((b - a) / args.prof_count, 2)
+
+
+def prof_capture(t, procs, args, srv_pid, label):
+    """Cost of the in-pod rules on connections they do not redirect, on the direct path (label "direct") or
+    the floor's (label "floor": the plaintext HAProxy pair): as is, then with both pods' rules installed plus
+    one ACCEPT at the top of each nat chain for the pod-to-pod port (so conntrack, the mangle rules and the
+    fwmark routing rule see every packet, in both pods and on the loopback legs; the REDIRECT's per-packet NAT
+    is not in it). Interleaved rounds; medians of RTT p50 (wall-clock, noisy) and of the on-CPU time per round
+    trip of everything on the path (client, echo server, proxies), where the kernel processes the packets."""
+    if label == "floor":
+        ha, hb = start_haproxy_pair(t, procs, args, tls=False)
+        pids, ip, port, pod_port = [srv_pid, ha.pid, hb.pid], "127.0.0.1", FLOOR_OUT_RTT, FLOOR_IN_RTT
+    else:
+        pids, ip, port, pod_port = [srv_pid], t.ip_b, APP_RTT, APP_RTT
+    plain, ruled = [], []
+    accept = {t.ns_a: "ISTIO_OUTPUT", t.ns_b: "ISTIO_PRERT"}
+    try:
+        for _ in range(3):
+            rtt_run(t, t.ns_a, ip, port, 200, args)
+        for i in range(args.prof_rounds):
+            plain.append(rtt_cpu_diff(t, t.ns_a, ip, port, args, pids))
+            try:
+                for pod in (t.pod_a, t.pod_b):
+                    t.t.inpod_rules(pod)
+                for ns, chain in accept.items():
+                    run(nsexec(ns, ["iptables", "-w", "-t", "nat", "-I", chain, "1", "-p", "tcp", "--dport",
+                                    str(pod_port), "-j", "ACCEPT"]), timeout=10)
+                ruled.append(rtt_cpu_diff(t, t.ns_a, ip, port, args, pids))
+            finally:
+                for pod in (t.pod_a, t.pod_b):
+                    t.t.inpod_rules(pod, remove=True)
+    finally:
+        if label == "floor":
+            procs.stop(ha)
+            procs.stop(hb)
+    med = statistics.median
+    # On this kind of VM a run is either "fast" (the path's tasks hand over on a busy CPU) or "slow" (every
+    # hand-over wakes an idle vCPU: 3x the RTT and the CPU time); the best round compares like with like.
+    return {"rounds_plain": plain, "rounds_with_rules": ruled,
+            "p50_us_plain": med(x[0] for x in plain), "p50_us_with_rules": med(x[0] for x in ruled),
+            "cpu_us_per_rtt_plain": round(med(x[1] for x in plain), 2),
+            "cpu_us_per_rtt_with_rules": round(med(x[1] for x in ruled), 2),
+            "best_p50_us_plain": min(x[0] for x in plain), "best_p50_us_with_rules": min(x[0] for x in ruled),
+            "best_cpu_us_per_rtt_plain": min((x[1] for x in plain if x[1] > 0), default=None),
+            "best_cpu_us_per_rtt_with_rules": min((x[1] for x in ruled if x[1] > 0), default=None)}
+
+
+def profile_rtt(t, procs, args, srv_rtt):
+    """Runs the RTT profile for each scenario in args.only; returns the summary dict."""
+    outdir = os.path.join(os.path.dirname(args.out), "profile-rtt")
+    shutil.rmtree(outdir, ignore_errors=True)
+    os.makedirs(outdir, exist_ok=True)
+    summary = {"outdir": outdir}
+    for s in ("floor", "haproxy", "zmesh"):
+        if s not in args.only:
+            continue
+        log(f"profile {s}")
+        if s == "zmesh":
+            zts = t.start_zmesh(procs)
+            pids, ns, ip, port = [z.pid for z in zts], t.ns_a, t.ip_b, APP_RTT
+            stop = lambda: t.stop_zmesh(procs)  # noqa: E731
+        else:
+            ha, hb = start_haproxy_pair(t, procs, args, tls=(s == "haproxy"))
+            pids, ns, ip = [ha.pid, hb.pid], t.ns_a, "127.0.0.1"
+            port = HAP_OUT_RTT if s == "haproxy" else FLOOR_OUT_RTT
+
+            def stop(ha=ha, hb=hb):
+                procs.stop(ha)
+                procs.stop(hb)
+        try:
+            # Several connections, so that every worker's pool holds a warm HBONE connection (a connection lands on
+            # a worker by SO_REUSEPORT hash) and no measured run pays a handshake.
+            for _ in range(8):
+                rtt_run(t, ns, ip, port, 100, args)
+            cpus = [prof_cpu(t, ns, ip, port, pids, srv_rtt.pid, args) for _ in range(args.prof_rounds)]
+            r = {"cpu": {side: {"cpu_us_per_rtt": statistics.median(c[side]["cpu_us_per_rtt"] for c in cpus),
+                                "user_share": statistics.median(c[side]["user_share"] or 0 for c in cpus),
+                                "ctx_switches_per_rtt": statistics.median(c[side]["ctx_switches_per_rtt"]
+                                                                          for c in cpus),
+                                "involuntary_per_rtt": statistics.median(c[side]["involuntary_per_rtt"]
+                                                                         for c in cpus),
+                                "rounds_cpu_us_per_rtt": [c[side]["cpu_us_per_rtt"] for c in cpus]}
+                         for side in ("client", "server")}}
+            r["cpu"]["rtt_p50_us_in_runs"] = [c["rtt_p50_us_in_run"] for c in cpus]
+            r["cpu"]["path_cpu_us_per_rtt"] = statistics.median(c["path_cpu_us_per_rtt"] for c in cpus)
+            r["cpu"]["best_rtt_p50_us"] = min(c["rtt_p50_us_in_run"] for c in cpus)
+            r["cpu"]["best_path_cpu_us_per_rtt"] = min((c["path_cpu_us_per_rtt"] for c in cpus
+                                                        if c["path_cpu_us_per_rtt"] > 0), default=None)
+            r["cpu"]["rounds_path_cpu_us_per_rtt"] = [c["path_cpu_us_per_rtt"] for c in cpus]
+            log(f"  {s}: on-CPU us per round trip {r['cpu']}")
+            r["syscalls"] = prof_syscalls(t, procs, ns, ip, port, pids, args, outdir, s)
+            log(f"  {s}: syscalls per round trip client {r['syscalls']['client']['total_per_rtt']}, "
+                f"server {r['syscalls']['server']['total_per_rtt']}")
+            r["pinned"] = prof_pinned(t, ns, ip, port, pids, srv_rtt.pid, args)
+            log(f"  {s}: pinned to one CPU, RTT p50 {r['pinned']['rounds_p50_us']}")
+            if not args.no_bulk:
+                bport = {"zmesh": APP_IPERF, "haproxy": HAP_OUT_IPERF, "floor": FLOOR_OUT_IPERF}[s]
+                r["bulk"] = prof_bulk(t, ns, ip, bport, pids, args, outdir, s)
+                r["queues"] = prof_queues(t, ns, ip, bport, args, s)
+            if not args.no_perf:
+                r["perf"] = prof_perf(t, procs, ns, ip, port, pids, srv_rtt.pid, args, outdir, s)
+                log(f"  {s}: netfilter share of the path's samples {r['perf']['netfilter_share_of_path']}")
+            summary[s] = r
+        finally:
+            stop()
+    for s in ("floor", "haproxy", "zmesh"):
+        if s in args.only and not args.no_callgrind:
+            log(f"profile {s} under callgrind (slow)")
+            summary[f"{s}_callgrind"] = prof_callgrind(t, procs, args, outdir, s)
+    if "direct" in args.only:
+        summary["direct_pinned"] = prof_pinned(t, t.ns_a, t.ip_b, APP_RTT, [], srv_rtt.pid, args)
+        log(f"  direct: pinned to one CPU, RTT p50 {summary['direct_pinned']['rounds_p50_us']}")
+    for s in ("direct", "floor"):
+        if s in args.only and not args.no_capture:
+            log(f"capture rules on the {s} path")
+            summary[f"capture_{s}"] = prof_capture(t, procs, args, srv_rtt.pid, s)
+    return summary
+
+
+def print_profile(summary):
+    print()
+    for s in ("floor", "haproxy", "zmesh"):
+        r = summary.get(s)
+        if not r:
+            continue
+        print(f"== {s}")
+        c = r["cpu"]
+        for side in ("client", "server"):
+            print(f"  {side}: on-CPU {c[side]['cpu_us_per_rtt']} us per round trip (median; rounds "
+                  f"{c[side]['rounds_cpu_us_per_rtt']}), user share {c[side]['user_share']}, context switches "
+                  f"{c[side]['ctx_switches_per_rtt']:g} (+{c[side]['involuntary_per_rtt']:g} involuntary)")
+        print(f"  whole path (client, echo server, both proxies): on-CPU {c['path_cpu_us_per_rtt']} us per round trip "
+              f"(median; rounds {c['rounds_path_cpu_us_per_rtt']})")
+        print(f"  RTT p50 in those runs (wall-clock, noisy): {c['rtt_p50_us_in_runs']}; best round: RTT p50 "
+              f"{c['best_rtt_p50_us']} us, path on-CPU {c['best_path_cpu_us_per_rtt']} us")
+        for side in ("client", "server"):
+            sc = r["syscalls"][side]
+            top = ", ".join(f"{k} {v['calls']:g}" + (f" ({v['errors']:g} err)" if v["errors"] else "")
+                            for k, v in list(sc["per_rtt"].items())[:8])
+            print(f"  {side} syscalls per round trip: {sc['total_per_rtt']:g}: {top}")
+        pn = r.get("pinned")
+        if pn:
+            print(f"  everything pinned to CPU {pn['cpu']}: RTT p50 {pn['p50_us']} us (median; best {pn['best_p50_us']}, "
+                  f"rounds {pn['rounds_p50_us']})")
+        if "bulk" in r:
+            for side in ("client", "server"):
+                b = r["bulk"][side]
+                print(f"  bulk (iperf3 under strace): {side} {b['syscalls_per_mb']:g} syscalls per MB, ~"
+                      f"{b['bytes_per_data_call']} bytes per data syscall: " +
+                      ", ".join(f"{k} {v:g}" for k, v in list(b["per_mb"].items())[:6]))
+        q = r.get("queues")
+        if q:
+            print(f"  bulk queues (iperf3 {fmt(q['gbit_s'], '.2f')} Gbit/s; median Recv-Q/Send-Q KB of busy sockets): " +
+                  "; ".join(f"{k} {v['recv_q_kb']}/{v['send_q_kb']}" for k, v in q["sockets"].items()))
+        if "perf" in r:
+            p = r["perf"]
+            print(f"  perf (cpu-clock shares): netfilter {100 * (p['netfilter_share_of_path'] or 0):.1f}% of the path's "
+                  "samples (both proxies, echo server, client)")
+            for side in ("client", "server"):
+                print(f"    {side}: netfilter {100 * (p[side]['netfilter_share'] or 0):.1f}%; " +
+                      ", ".join(f"{k} {pct:.1f}%" for pct, k in p[side]["by_dso"][:6]))
+    for s in ("floor", "haproxy", "zmesh"):
+        cg = summary.get(f"{s}_callgrind")
+        if not cg:
+            continue
+        print(f"== {s} under callgrind (user-space instructions per round trip, one thread per proxy)")
+        for side in ("client", "server"):
+            x = cg[side]
+            objs = ", ".join(f"{k} {v}" for k, v in list(x["by_object"].items())[:6])
+            print(f"  {side}: {x['ir_per_rtt']} Ir: {objs}")
+            print(f"    TLS record handling (inclusive): {x['tls_ir_per_rtt']} {x['tls_inclusive']}")
+            print("    calls per round trip: " + ", ".join(f"{k} {v:g}" for k, v in list(x["calls_per_rtt"].items())[:16]))
+            for k, v in x["top_self"][:10]:
+                print(f"    {v:8d}  {k}")
+    pn = summary.get("direct_pinned")
+    if pn:
+        print(f"== direct, client and echo server pinned to CPU {pn['cpu']}: RTT p50 {pn['p50_us']} us (median; best "
+              f"{pn['best_p50_us']}, rounds {pn['rounds_p50_us']})")
+    pinned = {s: summary[s]["pinned"]["p50_us"] for s in ("floor", "haproxy", "zmesh")
+              if s in summary and "pinned" in summary[s]}
+    if "floor" in pinned:
+        print("== pinned RTT p50 against the floor's: " +
+              ", ".join(f"{s} {v / pinned['floor']:.2f}x" for s, v in pinned.items() if s != "floor"))
+    for s in ("direct", "floor"):
+        cap = summary.get(f"capture_{s}")
+        if cap:
+            print(f"== in-pod rules on the {s} path (not redirected): RTT p50 {cap['p50_us_plain']} -> "
+                  f"{cap['p50_us_with_rules']} us, on-CPU per round trip of the whole path "
+                  f"{cap['cpu_us_per_rtt_plain']} -> {cap['cpu_us_per_rtt_with_rules']} us (medians); best rounds "
+                  f"{cap['best_p50_us_plain']} -> {cap['best_p50_us_with_rules']} us RTT, "
+                  f"{cap['best_cpu_us_per_rtt_plain']} -> {cap['best_cpu_us_per_rtt_with_rules']} us CPU")
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Report.
 
 def fmt(v, spec):
-    return "-" if v is None else format(v, spec)
+    """format(v, spec), or a dash of the same width for a missing value."""
+    if v is None:
+        w = re.match(r"\d*", spec).group(0)
+        return format("-", f">{w}") if w else "-"
+    return format(v, spec)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
 
 
 def report(results, args):
@@ -546,41 +1235,92 @@ def report(results, args):
               f"{fmt(cpu, '15.3f')}")
     ok = lambda s: s in results and "error" not in results[s]  # noqa: E731
     ratios, checks = {}, {}
+    if ok("floor"):
+        print(f"\nfloor: HAProxy plaintext relay pair, nbthread {results['floor']['nbthread']} per side, mode tcp, "
+              "no TLS, no capture")
     if ok("haproxy"):
         h = results["haproxy"]
-        print(f"\nHAProxy: nbthread {h['nbthread']} per side, mode tcp, {h.get('tls_checked')}")
+        print(f"haproxy: nbthread {h['nbthread']} per side, mode tcp, {h.get('tls_checked')}")
     if ok("zmesh"):
         z = results["zmesh"]
         print(f"zmesh: one dedicated ztunnel per pod, threads per process {z.get('ztunnel_threads')} "
               f"(ZTUNNEL_WORKER_THREADS={z.get('ztunnel_worker_env')})")
     print()
-    if ok("haproxy") and ok("direct"):
-        h, d = results["haproxy"], results["direct"]
-        ratios["haproxy_vs_direct_rtt_p50"] = h["rtt"]["p50_us"] / d["rtt"]["p50_us"]
-        ratios["haproxy_vs_direct_tput"] = h["iperf"]["gbit_s"] / d["iperf"]["gbit_s"]
-        print(f"HAProxy/direct: throughput x{ratios['haproxy_vs_direct_tput']:.2f}, "
-              f"RTT p50 x{ratios['haproxy_vs_direct_rtt_p50']:.2f}")
+
+    def fig(s):
+        r = results[s]
+        return {"tput": r["iperf"]["gbit_s"], "p50": r["rtt"]["p50_us"], "p99": r["rtt"]["p99_us"],
+                "cpu": r["iperf"].get("proxy_cpu_s_per_gb")}
+
+    # Every figure of each proxied scenario as a ratio to direct and to the floor (CPU per GB: direct has no
+    # proxy, so against the floor as a ratio and as a difference).
+    names = {"tput": "throughput", "p50": "RTT p50", "p99": "RTT p99", "cpu": "CPU-s/GB"}
+    base = {b: fig(b) for b in ("direct", "floor") if ok(b)}
+    if base and any(ok(s) for s in ("floor", "haproxy", "zmesh")):
+        print(f"{'ratio':<22} {'value':>9} {'x direct':>9} {'x floor':>9} {'- floor':>9}")
+        for s in ("floor", "haproxy", "zmesh"):
+            if not ok(s):
+                continue
+            f = fig(s)
+            for k in ("tput", "p50", "p99", "cpu"):
+                vd = ratio(f[k], base["direct"][k]) if "direct" in base and k != "cpu" else None
+                vf = ratio(f[k], base["floor"][k]) if "floor" in base and s != "floor" else None
+                df = (f[k] - base["floor"][k]) if "floor" in base and s != "floor" and k == "cpu" and \
+                    f[k] is not None and base["floor"][k] is not None else None
+                for tag, v in (("direct", vd), ("floor", vf)):
+                    if v is not None:
+                        ratios[f"{s}_vs_{tag}_{k}"] = v
+                if df is not None:
+                    ratios[f"{s}_minus_floor_cpu"] = df
+                print(f"{s + ' ' + names[k]:<22} {fmt(f[k], '9.2f')} {fmt(vd, '9.2f')} {fmt(vf, '9.2f')} "
+                      f"{fmt(df, '9.2f')}")
+        # With several rounds, the best round's RTT p50 too: a round on this VM is either fast or slow as a whole
+        # (see bench/README.md, "Latency floor"), so the ratio of best rounds compares like with like.
+        if args.repeat > 1 and "floor" in base:
+            best = {s: min(x["p50_us"] for x in results[s]["rounds"]["rtt"])
+                    for s in ("direct", "floor", "haproxy", "zmesh") if ok(s) and "rounds" in results[s]}
+            for s in ("haproxy", "zmesh"):
+                if s in best and "floor" in best:
+                    ratios[f"{s}_vs_floor_p50_best_round"] = best[s] / best["floor"]
+                    print(f"{s + ' RTT p50 best':<22} {best[s]:9.2f} "
+                          f"{fmt(ratio(best[s], best.get('direct')), '9.2f')} {best[s] / best['floor']:9.2f}")
+        print()
+    # Older names kept for readers of results.json.
+    for new, old in (("haproxy_vs_direct_p50", "haproxy_vs_direct_rtt_p50"),
+                     ("zmesh_vs_direct_p50", "zmesh_vs_direct_rtt_p50")):
+        if new in ratios:
+            ratios[old] = ratios[new]
     if ok("zmesh"):
-        z = results["zmesh"]
+        z = fig("zmesh")
         if ok("haproxy"):
-            v = z["iperf"]["gbit_s"] / results["haproxy"]["iperf"]["gbit_s"]
+            v = z["tput"] / results["haproxy"]["iperf"]["gbit_s"]
             ratios["zmesh_vs_haproxy_tput"] = v
             checks["throughput"] = {"value": v, "target": f">= {TARGET_TPUT_VS_HAPROXY}x HAProxy",
                                     "pass": v >= TARGET_TPUT_VS_HAPROXY}
         if ok("direct"):
-            v = z["rtt"]["p50_us"] / results["direct"]["rtt"]["p50_us"]
-            ratios["zmesh_vs_direct_rtt_p50"] = v
-            ratios["zmesh_vs_direct_tput"] = z["iperf"]["gbit_s"] / results["direct"]["iperf"]["gbit_s"]
+            v = z["p50"] / base["direct"]["p50"]
             checks["rtt_p50"] = {"value": v, "target": f"<= {TARGET_RTT_VS_DIRECT}x direct",
                                  "pass": v <= TARGET_RTT_VS_DIRECT}
-        cpu = z["iperf"].get("proxy_cpu_s_per_gb")
-        if cpu is not None:
-            checks["proxy_cpu"] = {"value": cpu, "target": f"<= {TARGET_CPU_S_PER_GB} CPU-s/GB",
-                                   "pass": cpu <= TARGET_CPU_S_PER_GB}
-        if ok("haproxy") and results["haproxy"]["iperf"].get("proxy_cpu_s_per_gb"):
-            ratios["zmesh_vs_haproxy_cpu_per_gb"] = cpu / results["haproxy"]["iperf"]["proxy_cpu_s_per_gb"]
+        if z["cpu"] is not None:
+            checks["proxy_cpu"] = {"value": z["cpu"], "target": f"<= {TARGET_CPU_S_PER_GB} CPU-s/GB",
+                                   "pass": z["cpu"] <= TARGET_CPU_S_PER_GB}
+        if ok("floor"):
+            fl = base["floor"]
+            v = z["p50"] / fl["p50"]
+            checks["floor_rtt_p50"] = {"value": v, "target": f"<= {TARGET_RTT_VS_FLOOR}x floor",
+                                       "pass": v <= TARGET_RTT_VS_FLOOR}
+            v = z["tput"] / fl["tput"]
+            checks["floor_tput"] = {"value": v, "target": f">= {TARGET_TPUT_VS_FLOOR}x floor",
+                                    "pass": v >= TARGET_TPUT_VS_FLOOR}
+            if z["cpu"] is not None and fl["cpu"] is not None:
+                lim = fl["cpu"] + TARGET_CPU_OVER_FLOOR
+                checks["floor_cpu"] = {"value": z["cpu"], "target": f"<= floor+{TARGET_CPU_OVER_FLOOR} = {lim:.2f}",
+                                       "pass": z["cpu"] <= lim}
+        if ok("haproxy") and results["haproxy"]["iperf"].get("proxy_cpu_s_per_gb") and z["cpu"] is not None:
+            ratios["zmesh_vs_haproxy_cpu_per_gb"] = z["cpu"] / results["haproxy"]["iperf"]["proxy_cpu_s_per_gb"]
         labels = {"throughput": "zmesh/HAProxy throughput", "rtt_p50": "zmesh/direct RTT p50",
-                  "proxy_cpu": "zmesh proxy CPU-s/GB"}
+                  "proxy_cpu": "zmesh proxy CPU-s/GB", "floor_rtt_p50": "zmesh/floor RTT p50",
+                  "floor_tput": "zmesh/floor throughput", "floor_cpu": "zmesh CPU-s/GB vs floor"}
         for k, c in checks.items():
             verdict = "PASS" if c["pass"] else "FAIL"
             print(f"{labels[k]:<26} {c['value']:7.2f}   target {c['target']:<24} {verdict}")
@@ -614,7 +1354,7 @@ def host_info():
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="zmesh vs HAProxy vs direct TCP, pod to pod across two nodes")
     ap.add_argument("--only", default=",".join(SCENARIOS),
-                    help="comma-separated scenarios to run, of: direct,haproxy,zmesh (default: all)")
+                    help="comma-separated scenarios to run, of: direct,floor,haproxy,zmesh (default: all)")
     ap.add_argument("--time", type=int, default=5, help="iperf3 seconds per scenario (default 5)")
     ap.add_argument("--rtt-count", type=int, default=20000, help="timed 1-byte round trips (default 20000)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -628,6 +1368,18 @@ def parse_args(argv):
     ap.add_argument("--profile", action="store_true",
                     help="perf record both proxies during iperf3 (build/bench/profile/); skews the figures")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--profile-rtt", action="store_true",
+                    help="profile 1-byte round trips instead of benchmarking (bench/profile_rtt.sh)")
+    ap.add_argument("--prof-count", type=int, default=5000,
+                    help="--profile-rtt: round trips per measured run (default 5000)")
+    ap.add_argument("--cg-count", type=int, default=1000,
+                    help="--profile-rtt: round trips measured under callgrind (default 1000)")
+    ap.add_argument("--prof-rounds", type=int, default=5,
+                    help="--profile-rtt: rounds of the on-CPU and capture-rules measurements, medians (default 5)")
+    ap.add_argument("--no-perf", action="store_true", help="--profile-rtt: skip perf record")
+    ap.add_argument("--no-callgrind", action="store_true", help="--profile-rtt: skip callgrind")
+    ap.add_argument("--no-capture", action="store_true", help="--profile-rtt: skip the capture-rules comparison")
+    ap.add_argument("--no-bulk", action="store_true", help="--profile-rtt: skip the syscalls-per-MB run (iperf3)")
     a = ap.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
     bad = [s for s in a.only if s not in SCENARIOS]
@@ -650,6 +1402,14 @@ def main(argv):
         if not shutil.which(tool):
             print(f"bench: {tool} not found (make deps)", file=sys.stderr)
             return 2
+    if args.profile_rtt:
+        need = ["strace"] + ([] if args.no_perf else ["perf"]) + \
+            ([] if args.no_callgrind else ["valgrind", "callgrind_control", "callgrind_annotate"])
+        for tool in need:
+            if not shutil.which(tool):
+                print(f"bench: --profile-rtt needs {tool} (apt-get install strace linux-perf valgrind)",
+                      file=sys.stderr)
+                return 2
     if not os.access(args.rtt_bin, os.X_OK):
         print(f"bench: {args.rtt_bin} missing (make all)", file=sys.stderr)
         return 2
@@ -676,12 +1436,24 @@ def main(argv):
             srv_rtt = procs.start(nsexec(t.ns_b, [args.rtt_bin, "server", str(APP_RTT)]), "zm-rtt-server")
             wait_listen(t.ns_b, APP_IPERF, srv_iperf)
             wait_listen(t.ns_b, APP_RTT, srv_rtt)
+            if args.profile_rtt:
+                summary = profile_rtt(t, procs, args, srv_rtt)
+                summary.update({"date": started.isoformat(timespec="seconds"), "host": host_info(),
+                                "loadavg_1m_before": load0, "loadavg_1m_after": os.getloadavg()[0],
+                                "prof_count": args.prof_count, "cg_count": args.cg_count})
+                path = os.path.join(summary["outdir"], "summary.json")
+                with open(path, "w") as f:
+                    json.dump(summary, f, indent=2)
+                print_profile(summary)
+                print(f"\nload average (1 min) before: {load0:.2f}; summary: {os.path.relpath(path, os.getcwd())}")
+                return 0
             for s in SCENARIOS:
                 if s not in args.only:
                     continue
                 log(f"scenario {s}")
                 args.scenario = s
-                fn = {"direct": scenario_direct, "haproxy": scenario_haproxy, "zmesh": scenario_zmesh}[s]
+                fn = {"direct": scenario_direct, "floor": scenario_floor, "haproxy": scenario_haproxy,
+                      "zmesh": scenario_zmesh}[s]
                 try:
                     results[s] = fn(t, procs, args)
                 except BenchError as e:
@@ -724,7 +1496,10 @@ def main(argv):
            "results": results, "ratios": ratios,
            "targets": {"zmesh_vs_haproxy_tput_min": TARGET_TPUT_VS_HAPROXY,
                        "zmesh_vs_direct_rtt_p50_max": TARGET_RTT_VS_DIRECT,
-                       "proxy_cpu_s_per_gb_max": TARGET_CPU_S_PER_GB},
+                       "proxy_cpu_s_per_gb_max": TARGET_CPU_S_PER_GB,
+                       "zmesh_vs_floor_rtt_p50_max": TARGET_RTT_VS_FLOOR,
+                       "zmesh_vs_floor_tput_min": TARGET_TPUT_VS_FLOOR,
+                       "zmesh_cpu_s_per_gb_over_floor_max": TARGET_CPU_OVER_FLOOR},
            "checks": checks}
     return finish(args.out, doc, load0, results, checks, args.strict)
 

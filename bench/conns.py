@@ -30,7 +30,7 @@ import bench  # noqa: E402  (bench/bench.py: Procs, Topology adapter, helpers)
 from bench import BenchError, log, nsexec, run, wait_listen  # noqa: E402
 
 ROOT = bench.ROOT
-SCENARIOS = ("direct", "haproxy", "zmesh")
+SCENARIOS = ("direct", "floor", "haproxy", "zmesh")
 TARGET_RATE_VS_DIRECT = 0.3     # zmesh new connections/s >= 0.3x direct
 TARGET_IDLE_RSS_KB = 4096       # one idle ztunnel <= 4 MB
 TARGET_KB_PER_CONN = 4.0        # both ztunnels together <= 4 KB per open idle connection
@@ -38,6 +38,7 @@ TARGET_KB_PER_CONN = 4.0        # both ztunnels together <= 4 KB per open idle c
 APP_PORT = 7100                 # conn_rate echo server in pod B (direct and zmesh target it)
 HAP_IN = 27100                  # server-side haproxy in pod B (mTLS), forwards to 127.0.0.1:APP_PORT
 HAP_OUT = 17100                 # client-side haproxy in pod A on 127.0.0.1
+FLOOR_IN, FLOOR_OUT = 28100, 18100  # the floor: the same pair in plaintext (mode tcp, no TLS), as in bench.py
 NOFILE = 1048576                # fs.nr_open's default; every process we start inherits it
 
 
@@ -247,25 +248,27 @@ defaults
 """
 
 
-def haproxy_configs(t, args):
+def haproxy_configs(t, args, tls=True):
     """Like bench.py's pair (same certificates and TLS settings), for the echo app and with room for
-    args.conns connections. Returns (client cfg path, server cfg path)."""
+    args.conns connections; tls=False: the plaintext floor pair on its own ports. Returns (client cfg path,
+    server cfg path)."""
     maxconn = args.haproxy_conns + 200
-    tls_srv = f"ssl crt {t.haproxy_pem_a} ca-file {t.root_pem} verify required ssl-min-ver TLSv1.3"
-    tls_bind = f"ssl crt {t.haproxy_pem_b} ca-file {t.root_pem} verify required ssl-min-ver TLSv1.3"
+    tls_srv = f" ssl crt {t.haproxy_pem_a} ca-file {t.root_pem} verify required ssl-min-ver TLSv1.3" if tls else ""
+    tls_bind = f" ssl crt {t.haproxy_pem_b} ca-file {t.root_pem} verify required ssl-min-ver TLSv1.3" if tls else ""
+    port_in, port_out = (HAP_IN, HAP_OUT) if tls else (FLOOR_IN, FLOOR_OUT)
     client = HAPROXY_CFG.format(threads=args.haproxy_threads, maxconn=maxconn) + f"""
 listen out_conn
-    bind 127.0.0.1:{HAP_OUT}
-    server s {t.ip_b}:{HAP_IN} {tls_srv} maxconn {maxconn}
+    bind 127.0.0.1:{port_out}
+    server s {t.ip_b}:{port_in}{tls_srv} maxconn {maxconn}
 """
     server = HAPROXY_CFG.format(threads=args.haproxy_threads, maxconn=maxconn) + f"""
 listen in_conn
-    bind :{HAP_IN} {tls_bind}
+    bind :{port_in}{tls_bind}
     server app 127.0.0.1:{APP_PORT} maxconn {maxconn}
 """
     paths = []
     for side, text in (("client", client), ("server", server)):
-        p = os.path.join(t.workdir, f"haproxy-conns-{side}.cfg")
+        p = os.path.join(t.workdir, f"haproxy-conns{'' if tls else '-floor'}-{side}.cfg")
         with open(p, "w") as f:
             f.write(text)
         run(["haproxy", "-c", "-q", "-f", p], timeout=10)
@@ -273,9 +276,10 @@ listen in_conn
     return paths
 
 
-def start_haproxy(t, procs, args):
-    cfg_client, cfg_server = haproxy_configs(t, args)
-    logf = open(os.path.join(t.workdir, "haproxy-conns.log"), "w")
+def start_haproxy(t, procs, args, tls=True):
+    cfg_client, cfg_server = haproxy_configs(t, args, tls)
+    port_in, port_out = (HAP_IN, HAP_OUT) if tls else (FLOOR_IN, FLOOR_OUT)
+    logf = open(os.path.join(t.workdir, f"haproxy-conns{'' if tls else '-floor'}.log"), "w")
     try:
         hb = procs.start(nsexec(t.ns_b, ["haproxy", "-db", "-f", cfg_server]), "haproxy-server", stdout=logf,
                          stderr=logf)
@@ -283,33 +287,46 @@ def start_haproxy(t, procs, args):
                          stderr=logf)
     finally:
         logf.close()
-    wait_listen(t.ns_b, HAP_IN, hb)
-    wait_listen(t.ns_a, HAP_OUT, ha)
+    try:
+        wait_listen(t.ns_b, port_in, hb)
+        wait_listen(t.ns_a, port_out, ha)
+    except BaseException:
+        procs.stop(ha)
+        procs.stop(hb)
+        raise
     return ha, hb
 
 
-def scenario_haproxy(t, procs, args):
+def scenario_haproxy(t, procs, args, tls=True):
     # The rate test and the memory test each get a freshly started pair (see scenario_zmesh).
+    label = "haproxy" if tls else "floor"
+    port_in, port_out = (HAP_IN, HAP_OUT) if tls else (FLOOR_IN, FLOOR_OUT)
     res = {"nbthread": args.haproxy_threads}
-    ha, hb = start_haproxy(t, procs, args)
+    ha, hb = start_haproxy(t, procs, args, tls)
     try:
         res["nofile"] = [nofile_limit(ha.pid), nofile_limit(hb.pid)]
-        res["rate"] = measure_rate(t.ns_a, "127.0.0.1", HAP_OUT, args, [ha.pid, hb.pid], "haproxy")
-        res["tls_checked"] = check_haproxy_tls(t)
+        res["rate"] = measure_rate(t.ns_a, "127.0.0.1", port_out, args, [ha.pid, hb.pid], label)
+        if tls:
+            res["tls_checked"] = check_haproxy_tls(t)
     finally:
         procs.stop(ha)
         procs.stop(hb)
     if args.skip_memory:
         return res
-    ha, hb = start_haproxy(t, procs, args)
+    ha, hb = start_haproxy(t, procs, args, tls)
     try:
         res["memory"] = measure_memory(
-            procs, t.ns_a, "127.0.0.1", HAP_OUT, args, "haproxy", [ha.pid, hb.pid], ["client", "server"],
-            args.haproxy_conns, extra=lambda: {"tls_conns": count_conns(t.ns_a, f"( dport = :{HAP_IN} )")})
+            procs, t.ns_a, "127.0.0.1", port_out, args, label, [ha.pid, hb.pid], ["client", "server"],
+            args.haproxy_conns, extra=lambda: {"tls_conns": count_conns(t.ns_a, f"( dport = :{port_in} )")})
     finally:
         procs.stop(ha)
         procs.stop(hb)
     return res
+
+
+def scenario_floor(t, procs, args):
+    """The floor: the HAProxy pair in plaintext (mode tcp, no TLS, no capture), as in bench.py."""
+    return scenario_haproxy(t, procs, args, tls=False)
 
 
 def check_haproxy_tls(t):
@@ -411,9 +428,9 @@ def report(results, args):
     print(f"\nrate: {args.threads} client threads, {args.time}s per round, {args.repeat} round(s), medians; "
           f"memory: {args.conns} idle connections, each proven by a 1-byte echo")
     ratios, checks = {}, {}
-    if ok("direct") and ok("haproxy"):
-        ratios["haproxy_vs_direct_rate"] = results["haproxy"]["rate"]["conns_per_s"] / \
-            results["direct"]["rate"]["conns_per_s"]
+    for s in ("floor", "haproxy"):
+        if ok("direct") and ok(s):
+            ratios[f"{s}_vs_direct_rate"] = results[s]["rate"]["conns_per_s"] / results["direct"]["rate"]["conns_per_s"]
     if ok("zmesh"):
         z = results["zmesh"]
         if ok("direct"):
@@ -423,6 +440,15 @@ def report(results, args):
                                    "pass": v >= TARGET_RATE_VS_DIRECT}
         if ok("haproxy"):
             ratios["zmesh_vs_haproxy_rate"] = z["rate"]["conns_per_s"] / results["haproxy"]["rate"]["conns_per_s"]
+        if ok("floor"):
+            f = results["floor"]
+            ratios["zmesh_vs_floor_rate"] = z["rate"]["conns_per_s"] / f["rate"]["conns_per_s"]
+            zc, fc = z["rate"].get("proxy_cpu_ms_per_conn"), f["rate"].get("proxy_cpu_ms_per_conn")
+            if zc is not None and fc:
+                ratios["zmesh_vs_floor_cpu_ms_per_conn"] = zc / fc
+            zm, fm = (z.get("memory") or {}).get("kb_per_conn"), (f.get("memory") or {}).get("kb_per_conn")
+            if zm is not None and fm:
+                ratios["zmesh_vs_floor_kb_per_conn"] = zm / fm
         mem = z.get("memory")
         if mem:
             v = max(m["VmRSS"] for m in mem["idle"].values())
@@ -458,7 +484,7 @@ def report(results, args):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="new-connection rate and memory per idle connection: "
                                  "direct TCP vs HAProxy mTLS pair vs zmesh", allow_abbrev=False)
-    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated of: direct,haproxy,zmesh")
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated of: direct,floor,haproxy,zmesh")
     ap.add_argument("--rate-time", dest="time", type=int, default=5, help="seconds per rate round (default 5)")
     ap.add_argument("--threads", type=int, default=4, help="conn_rate client threads (default 4)")
     ap.add_argument("--repeat", type=int, default=1, help="rate rounds per scenario, medians (default 1)")
@@ -557,7 +583,8 @@ def main(argv):
                 if s not in args.only:
                     continue
                 log(f"scenario {s}")
-                fn = {"direct": scenario_direct, "haproxy": scenario_haproxy, "zmesh": scenario_zmesh}[s]
+                fn = {"direct": scenario_direct, "floor": scenario_floor, "haproxy": scenario_haproxy,
+                      "zmesh": scenario_zmesh}[s]
                 try:
                     results[s] = fn(t, procs, args)
                 except BenchError as e:
