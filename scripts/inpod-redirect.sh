@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs (or with --remove, removes) Istio ambient's in-pod redirection rules inside a pod network namespace,
-# as istio-cni does (reference/ztunnel.md §3.1), without DNS capture:
+# as istio-cni does (istio/istio cni/pkg/iptables/iptables.go), without DNS capture:
 #   - mangle: packets marked 0x539/0xfff by ztunnel set connmark 0x111/0xfff on their connection, and locally
 #     generated replies on such connections get the mark back (restore-mark);
 #   - nat: inbound TCP (except to 15008) is redirected to 15006, outbound TCP to 15001, both unless ztunnel's

@@ -1,4 +1,4 @@
-/* The admin (15000), metrics (15020) and readiness (15021) HTTP servers (reference §10; istio/ztunnel
+/* The admin (15000), metrics (15020) and readiness (15021) HTTP servers (istio/ztunnel
  * src/admin.rs, src/metrics/server.rs, src/readiness/server.rs). One thread, one event loop, HTTP/1.1 parsed
  * by llhttp with keep-alive and pipelining.
  *
@@ -756,8 +756,9 @@ static void adm_port_evict(struct adm_port *pt)
         }
     }
     if (!victim) return;
-    LOG_LIMITED(LOG_WARN, "ztunnel::admin", "port %u has %d connections (the limit): closing the oldest %s one",
-                adm.ports[pt->kind], pt->nconns, adm_state_to_str(victim->st));
+    LOG_LIMITED(LOG_WARN, "ztunnel::admin",
+                "port %u has %d connections (the limit): closing the oldest %s one", adm.ports[pt->kind],
+                pt->nconns, adm_state_to_str(victim->st));
     adm_conn_close(victim);
 }
 

@@ -1,7 +1,8 @@
-/* ztunnel's HTTP side doors (reference §10): the admin server on 127.0.0.1:15000 (/config_dump, /logging,
- * /quitquitquit, /), the metrics server on :15020 (/metrics, /stats/prometheus) and the readiness server on
- * :15021 (/healthz/ready). One thread with its own event loop serves all three; HTTP/1.1 with keep-alive,
- * parsed by llhttp, bounded request sizes, per-port connection limits and deadlines (see admin.c). */
+/* ztunnel's HTTP side doors (istio/ztunnel src/admin.rs and src/readiness/server.rs): the admin server on
+ * 127.0.0.1:15000 (/config_dump, /logging, /quitquitquit, /), the metrics server on :15020 (/metrics,
+ * /stats/prometheus) and the readiness server on :15021 (/healthz/ready). One thread with its own event loop
+ * serves all three; HTTP/1.1 with keep-alive, parsed by llhttp, bounded request sizes, per-port connection
+ * limits and deadlines (see admin.c). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -1,5 +1,6 @@
-/* Inbound: HBONE on 15008 (mTLS + HTTP/2 CONNECT, reference §1.3) and plaintext on 15006. Connections to
- * the app carry the client's IP as their source (IP_TRANSPARENT), so the app sees who called. */
+/* Inbound: HBONE on 15008 (mTLS + HTTP/2 CONNECT, istio/ztunnel src/proxy/inbound.rs) and plaintext on 15006.
+ * Connections to the app carry the client's IP as their source (IP_TRANSPARENT), so the app sees who called.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,7 +212,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     ic->streams++;
     hbone_stream_set_ops(s, &in_stream_ops, is);
 
-    /* Status codes as Istio's inbound (reference §1.3). */
+    /* Status codes as Istio's inbound (istio/ztunnel src/proxy/inbound.rs). */
     if (strcmp(req->method, "CONNECT") != 0) {
         hbone_stream_respond(s, 400, -1, NULL, 0);
         return;
@@ -249,7 +250,8 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     is->az =
         (struct authz_conn){.src_ip = peer_ip, .dst_ip = aip, .dst_port = aport, .src_identity = is->peer_id};
     if (!authorized(v, &is->az)) {
-        hbone_stream_respond(s, 401, -1, NULL, 0); /* RBAC deny: 401, flag DENY (reference §1.3) */
+        hbone_stream_respond(s, 401, -1, NULL,
+                             0); /* RBAC deny: 401, flag DENY (istio/ztunnel src/proxy/inbound.rs) */
         return;
     }
     is->authorized = true;

@@ -1,4 +1,4 @@
-/* Istio's TCP metrics for ztunnel (reference §7, istio/ztunnel src/proxy/metrics.rs).
+/* Istio's TCP metrics for ztunnel (istio/ztunnel src/proxy/metrics.rs).
  *
  * A label set is stored as its rendered Prometheus label text ("reporter=\"source\",source_workload=...");
  * that string is the hash key, so a lookup is one hash of a short stack string and one chain walk. Sets are

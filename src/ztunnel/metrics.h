@@ -1,5 +1,5 @@
-/* ztunnel's L4 telemetry: Istio's TCP metrics (reference §7) in a registry shared by all worker threads, and
- * their Prometheus / OpenMetrics rendering for :15020/metrics.
+/* ztunnel's L4 telemetry: Istio's TCP metrics (istio/ztunnel src/proxy/metrics.rs) in a registry shared by
+ * all worker threads, and their Prometheus / OpenMetrics rendering for :15020/metrics.
  *
  * Cost model: a connection resolves its label set once (metrics_conn_open: one label string build, one hash
  * lookup under a mutex, no allocation when the set exists) and then adds bytes with relaxed atomics, so the

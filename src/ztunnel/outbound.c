@@ -1,5 +1,6 @@
 /* Outbound (15001): captured connections from the pod's apps. HBONE destinations go over a pooled mTLS
- * HTTP/2 connection as a CONNECT stream; anything else is relayed as plain TCP (reference §1.6, §9). */
+ * HTTP/2 connection as a CONNECT stream; anything else is relayed as plain TCP (istio/ztunnel
+ * src/proxy/outbound.rs, src/state.rs). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,8 +116,9 @@ static void hex(char *out, const uint8_t *in, size_t n)
     out[2 * n] = 0;
 }
 
-/* HBONE to an endpoint: TCP to ip:15008, :authority ip:port (reference §1.6). The expected server identities
- * are the service's subjectAltNames (when service-addressed) plus the workload's own SPIFFE id. */
+/* HBONE to an endpoint: TCP to ip:15008, :authority ip:port (istio/ztunnel src/proxy/outbound.rs). The
+ * expected server identities are the service's subjectAltNames (when service-addressed) plus the workload's
+ * own SPIFFE id. */
 static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *dip,
                            uint16_t dport)
 {
@@ -224,7 +226,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     oc->rec.dst = ip_port_of(&dst);
     sockaddr_to(&dst, &dip, &dport);
 
-    /* A service VIP: choose an endpoint (reference §9). */
+    /* A service VIP: choose an endpoint (istio/ztunnel src/state.rs load_balance). */
     const struct service *svc = snapshot_service_by_vip(v->snap, v->network, &dip);
     if (svc) {
         struct lb_choice ch;

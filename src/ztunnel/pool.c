@@ -1,4 +1,4 @@
-/* The HBONE connection pool of one worker (reference §1.5).
+/* The HBONE connection pool of one worker (istio/ztunnel src/proxy/pool.rs).
  *
  * Key: next hop, expected server identities and source IP (the source identity is the pod's own: one pod
  * proxy, one identity). Connections live in a hash table by key; each key lists its connections. A

@@ -22,8 +22,8 @@ static void append_bag(char *buf, size_t n, const char *key, const char *val)
     snprintf(buf + len, n - len, "%s%s=%s", len ? "," : "", key, val);
 }
 
-/* Baggage describing a workload (reference §1.2): cluster, namespace, workload by type, canonical service
- * and revision, region and zone. */
+/* Baggage describing a workload (istio/ztunnel src/proxy/outbound.rs): cluster, namespace, workload by type,
+ * canonical service and revision, region and zone. */
 static void make_baggage(const struct workload *w, const char *ns, const char *name, char *buf, size_t n)
 {
     char key[64];
@@ -363,7 +363,7 @@ uint64_t zt_now_ms(void)
 }
 
 /* Writes an access-log event: "connection opened" (DEBUG, done = false) or "connection complete" (INFO, or
- * ERROR with error=), with the fields of Istio's ztunnel (reference §7). */
+ * ERROR with error=), with the fields of Istio's ztunnel (istio/ztunnel src/proxy/metrics.rs). */
 static void access_event(const struct access_rec *r, bool done)
 {
     char src[SOCKADDR_STRLEN], dst[SOCKADDR_STRLEN], hbone[SOCKADDR_STRLEN], sent[24], recv[24], dur[32];

@@ -104,7 +104,7 @@ struct worker {
     pthread_t thread;
     struct loop *loop;
     struct pod_proxy *pp;
-    struct zt_view *view;         /* this worker's current view (reference held) */
+    struct zt_view *view; /* this worker's current view (reference held) */
     /* This worker's certificate and TLS contexts (reference held); NULL until the first one arrives. New
      * connections take it; each keeps a reference to the one it was made with. */
     struct identity *ident;
@@ -175,7 +175,7 @@ void inbound_reauthorize(struct worker *w);
 /* Inbound: sends GOAWAY on every HBONE connection (drain). */
 void inbound_drain(struct worker *w);
 
-/* The HBONE connection pool of one worker (reference §1.5). */
+/* The HBONE connection pool of one worker (istio/ztunnel src/proxy/pool.rs). */
 struct pool *pool_new(struct worker *w);
 void pool_drain(struct pool *p);
 struct hbone_stream;

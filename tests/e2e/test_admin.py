@@ -1,4 +1,4 @@
-"""Admin (127.0.0.1:15000) and readiness (:15021) servers (reference §10), reached from inside the pod netns.
+"""Admin (127.0.0.1:15000) and readiness (:15021) servers (istio/ztunnel src/admin.rs and src/readiness/server.rs), reached from inside the pod netns.
 
 n1p1 and n2p1 are meshed (n2p1 runs echo on 8080 and is the endpoint of one service; the config has one
 policy). n1p2 and n2p2 have no ztunnel at first: n2p2 gets one whose config file does not exist yet

@@ -1,4 +1,4 @@
-"""L4 authorization (reference §8.1) enforced by the destination's ztunnel, with policies applied by live
+"""L4 authorization (istio/ztunnel src/rbac.rs and src/state.rs assert_rbac) enforced by the destination's ztunnel, with policies applied by live
 reload of the local config.
 
 Pods: n1p1 (namespace default), n1p2 (namespace "other"), n2p1 (default, the server: echo on 8080 and 8081),

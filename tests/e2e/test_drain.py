@@ -1,4 +1,4 @@
-"""Graceful drain on SIGTERM (reference §10): the listeners close at once (new connections are refused), open
+"""Graceful drain on SIGTERM (istio/ztunnel src/drain.rs and src/signal.rs): the listeners close at once (new connections are refused), open
 connections keep working until they end or until CONNECTION_TERMINATION_DEADLINE, then ztunnel exits 0 and
 whatever is still open is closed.
 

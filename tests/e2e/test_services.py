@@ -1,5 +1,5 @@
 """Services: a client in a meshed pod connects to a service VIP (no route or DNS involved: the outbound
-capture takes it first) and reaches one endpoint's target port over HBONE (reference §9).
+capture takes it first) and reaches one endpoint's target port over HBONE (istio/ztunnel src/state.rs load_balance).
 
 Pods (2 nodes x 3 pods):
   n1p1  the client, locality r1/z1

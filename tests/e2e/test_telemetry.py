@@ -1,4 +1,4 @@
-"""L4 telemetry (reference §7): Istio's TCP metrics on :15020/metrics (and /stats/prometheus), scraped from
+"""L4 telemetry (istio/ztunnel src/proxy/metrics.rs): Istio's TCP metrics on :15020/metrics (and /stats/prometheus), scraped from
 inside the pod netns, with the values checked against the bytes the test actually sent.
 
 n1p1 (client) and n1p2 (a second client) on node 1, n2p1 (server: echo 8080, sink 8082) and n2p2 on node 2;

@@ -1,5 +1,5 @@
 /* Unit tests for L4 authorization (src/mesh/authz.c), table-driven from Istio ztunnel's semantics
- * (reference/ztunnel.md §8.1; ztunnel src/rbac.rs tests and src/state.rs::assert_rbac). Every case builds
+ * (ztunnel src/rbac.rs tests and src/state.rs::assert_rbac). Every case builds
  * a snapshot from YAML with config_load_buf and asks authz_check about one connection to one workload. */
 #include <errno.h>
 #include <setjmp.h>
@@ -563,14 +563,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         /* First: the warning is rate-limited per process, and later tests check the same workload. */
-        cmocka_unit_test(test_unknown_policy_warns),
-        cmocka_unit_test(test_table),
-        cmocka_unit_test(test_string_match),
-        cmocka_unit_test(test_policy_matches_direct),
-        cmocka_unit_test(test_dry_run_logged),
-        cmocka_unit_test(test_dry_run_after_deny_logged),
-        cmocka_unit_test(test_large_mesh),
-        cmocka_unit_test(test_null_denies),
+        cmocka_unit_test(test_unknown_policy_warns), cmocka_unit_test(test_table),
+        cmocka_unit_test(test_string_match),         cmocka_unit_test(test_policy_matches_direct),
+        cmocka_unit_test(test_dry_run_logged),       cmocka_unit_test(test_dry_run_after_deny_logged),
+        cmocka_unit_test(test_large_mesh),           cmocka_unit_test(test_null_denies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

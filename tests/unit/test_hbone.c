@@ -1251,7 +1251,8 @@ static void test_431_logged(void **state)
     assert_false(raw.got_goaway); /* a stream error: the connection stays */
 }
 
-/* ---- keepalive (reference §1.4: PING every interval, no PONG within the timeout kills the conn) ---- */
+/* ---- keepalive (istio/ztunnel src/config.rs and src/proxy/h2: PING every interval, no PONG within the
+ * timeout kills the conn) ---- */
 
 /* A peer that answers PINGs keeps the connection up across many intervals. */
 static void test_keepalive_answered(void **state)
