@@ -6,6 +6,7 @@ all meshed. The client's ztunnel reports as "source", the server's as "destinati
 the other and look at deltas of the series of one (client, server) pair, so earlier traffic does not
 matter."""
 import re
+import subprocess
 import socket
 
 import pytest
@@ -86,6 +87,9 @@ def test_metrics_endpoints_serve_prometheus_text(mesh):
             text = wait_for(lambda: (lambda t: t if not missing(t) else None)(get()), timeout=5)
             assert text, "%s on %s lacks samples of %s" % (path, pod.name, missing(get()))
             assert re.search(r"^# TYPE istio_tcp_connections_opened(_total)? counter$", text, re.M)
+            # The exposition format as Prometheus itself parses it (promtool, Debian's prometheus package).
+            r = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True)
+            assert r.returncode == 0, (r.stdout + r.stderr).decode()
         # OpenMetrics on request.
         status, headers, body = http_request(pod.netns, pod.ip, 15020, "/metrics",
                                              headers={"Accept": "application/openmetrics-text"})
