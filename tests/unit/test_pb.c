@@ -8,9 +8,15 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
+
 #include "authorization.pb-c.h"
+#include "google/protobuf/struct.pb-c.h"
 #include "workload.pb-c.h"
 #include "xds/pb.h"
+
+/* Longest varint, in bytes (64 bits at 7 per byte). */
+#define PB_VARINT_BYTES_MAX 10
 
 static void test_type_urls(void **state)
 {
@@ -120,6 +126,104 @@ static void test_any_unpack_rejects(void **state)
     assert_null(m);
 }
 
+/* Encodes `levels` nested messages, ListValue at the top, then Value, ListValue ... (ListValue.values = 1,
+ * Value.list_value = 6), built from the innermost outwards. Returns a malloc'd buffer and its length. */
+static uint8_t *nested_list_values(size_t levels, size_t *len)
+{
+    const size_t per_level = 1 + PB_VARINT_BYTES_MAX;
+    uint8_t *buf = malloc(levels * per_level);
+    assert_non_null(buf);
+    size_t end = levels * per_level, start = end; /* the payload is buf[start..end) */
+    for (size_t lvl = levels - 1; lvl >= 1; lvl--) {
+        size_t inner = end - start;
+        uint8_t v[PB_VARINT_BYTES_MAX];
+        size_t n = 0;
+        do {
+            v[n++] = (uint8_t)((inner & 0x7f) | (inner > 0x7f ? 0x80 : 0));
+            inner >>= 7;
+        } while (inner);
+        start -= n;
+        memcpy(buf + start, v, n);
+        /* The message at level lvl (1 = top) holds the one below: ListValue at odd levels, Value at even. */
+        buf[--start] = (lvl % 2) ? (1 << 3 | 2) : (6 << 3 | 2);
+    }
+    memmove(buf, buf + start, end - start);
+    *len = end - start;
+    return buf;
+}
+
+static void test_unpack_depth(void **state)
+{
+    (void)state;
+    ProtobufCMessage *m = NULL;
+    size_t len;
+    /* The top-level message plus PB_MAX_DEPTH nested ones: accepted, as by Google's parsers. */
+    uint8_t *buf = nested_list_values(1 + PB_MAX_DEPTH, &len);
+    assert_int_equal(pb_message_unpack(&google__protobuf__list_value__descriptor, buf, len, &m), 0);
+    assert_non_null(m);
+    protobuf_c_message_free_unpacked(m, NULL);
+    free(buf);
+    /* One more level: refused before protobuf-c sees it. */
+    buf = nested_list_values(2 + PB_MAX_DEPTH, &len);
+    assert_int_equal(pb_message_unpack(&google__protobuf__list_value__descriptor, buf, len, &m), -ELOOP);
+    assert_null(m);
+    free(buf);
+    /* 200 000 levels (about 1 MiB), which protobuf-c alone decodes by recursion until the stack runs out. */
+    buf = nested_list_values(200000, &len);
+    assert_int_equal(pb_message_unpack(&google__protobuf__list_value__descriptor, buf, len, &m), -ELOOP);
+    free(buf);
+}
+
+static void test_unpack_wire_format(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *what;
+        uint8_t bytes[16];
+        size_t len;
+    } bad[] = {
+        {"field number 0", {0x02, 0x00}, 2},
+        /* The same tag written in two bytes: protobuf-c 1.4 takes it as an unknown field and re-encodes it as
+         * the one-byte form, which it then refuses, so a message would not survive its own re-encoding. */
+        {"field number 0, overlong tag", {0x82, 0x00, 0x00}, 3},
+        {"group start (wire type 3)", {0x0b}, 1},
+        {"group end (wire type 4)", {0x0c}, 1},
+        {"wire type 6", {0x0e, 0x00}, 2},
+        {"wire type 7", {0x0f, 0x00}, 2},
+        {"truncated varint value", {0x08, 0x80}, 2},
+        {"11-byte varint", {0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01}, 12},
+        {"truncated tag", {0x80}, 1},
+        {"length beyond the end", {0x0a, 0x05, 'a'}, 3},
+        {"truncated fixed64", {0x09, 1, 2, 3}, 4},
+        {"truncated fixed32", {0x0d, 1, 2}, 3},
+        {"field number above 2^29-1", {0xf8, 0xff, 0xff, 0xff, 0x7f, 0x00}, 6},
+        /* Inside a sub-message (Workload at Address.workload = 1): the scan descends. */
+        {"field number 0 in a sub-message", {0x0a, 0x02, 0x02, 0x00}, 4},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ProtobufCMessage *m = (ProtobufCMessage *)&bad[i];
+        int rc = pb_message_unpack(&istio__workload__address__descriptor, bad[i].bytes, bad[i].len, &m);
+        if (rc != -EBADMSG) fail_msg("%s: got %d, want -EBADMSG", bad[i].what, rc);
+        assert_null(m);
+    }
+
+    /* Unknown fields of every wire type (field 99) are fine and kept for re-encoding. */
+    static const uint8_t unknown[] = {
+        0x98, 0x06, 0x2a,                                     /* 99 varint 42 */
+        0x99, 0x06, 1, 2, 3, 4, 5, 6, 7, 8,                   /* 99 fixed64 */
+        0x9a, 0x06, 0x02, 'h', 'i',                           /* 99 length-delimited */
+        0x9d, 0x06, 1, 2, 3, 4,                               /* 99 fixed32 */
+    };
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(pb_message_unpack(&istio__workload__address__descriptor, unknown, sizeof(unknown), &m), 0);
+    assert_int_equal(m->n_unknown_fields, 4);
+    assert_int_equal(protobuf_c_message_get_packed_size(m), sizeof(unknown));
+    protobuf_c_message_free_unpacked(m, NULL);
+    /* Empty input is the empty message. */
+    assert_int_equal(pb_message_unpack(&istio__workload__address__descriptor, NULL, 0, &m), 0);
+    protobuf_c_message_free_unpacked(m, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -127,6 +231,8 @@ int main(void)
         cmocka_unit_test(test_any_round_trip),
         cmocka_unit_test(test_any_empty_message),
         cmocka_unit_test(test_any_unpack_rejects),
+        cmocka_unit_test(test_unpack_depth),
+        cmocka_unit_test(test_unpack_wire_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
