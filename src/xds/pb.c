@@ -46,7 +46,8 @@ void pb_any_clear(Google__Protobuf__Any *any)
     google__protobuf__any__init(any);
 }
 
-/* Wire types (protobuf encoding spec); 3 and 4 are the groups of proto2, which zmesh's protocols never use. */
+/* Wire types (protobuf encoding spec); 3 and 4 are the groups of proto2, which zmesh's protocols never use.
+ */
 enum pb_wire_type {
     PB_WIRE_VARINT = 0,
     PB_WIRE_I64 = 1,
@@ -107,13 +108,15 @@ static int scan(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t
             i += (size_t)v;
             break;
         }
-        default: return -EBADMSG;
+        default:
+            return -EBADMSG;
         }
     }
     return 0;
 }
 
-int pb_message_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len, ProtobufCMessage **out)
+int pb_message_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                      ProtobufCMessage **out)
 {
     *out = NULL;
     int rc = scan(desc, data, len, 0);
@@ -126,7 +129,8 @@ int pb_message_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *dat
     return 0;
 }
 
-int pb_any_unpack(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out)
+int pb_any_unpack(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *desc,
+                  ProtobufCMessage **out)
 {
     char want[PB_TYPE_URL_MAX];
     *out = NULL;

@@ -39,14 +39,16 @@ void pb_any_clear(Google__Protobuf__Any *any);
  * protobuf-c takes as an unknown field when its tag is written in more than one byte, and then re-encodes as
  * bytes no parser accepts), undefined wire types, and truncated or overlong varints and lengths (-EBADMSG).
  * Groups (wire types 3 and 4) are refused too, as protobuf-c refuses them; Google's parsers would skip an
- * unknown group, but no message of these protocols has one. On success *out is a new message the caller frees with protobuf_c_message_free_unpacked(*out,
- * NULL). Returns 0, -EBADMSG or -ELOOP (*out NULL on failure); any failure inside protobuf-c, allocation
- * included, is -EBADMSG because protobuf-c does not say which. Every zmesh decoder of untrusted protobuf goes
- * through here. */
-int pb_message_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len, ProtobufCMessage **out);
+ * unknown group, but no message of these protocols has one. On success *out is a new message the caller frees
+ * with protobuf_c_message_free_unpacked(*out, NULL). Returns 0, -EBADMSG or -ELOOP (*out NULL on failure);
+ * any failure inside protobuf-c, allocation included, is -EBADMSG because protobuf-c does not say which.
+ * Every zmesh decoder of untrusted protobuf goes through here. */
+int pb_message_unpack(const ProtobufCMessageDescriptor *desc, const uint8_t *data, size_t len,
+                      ProtobufCMessage **out);
 
 /* Unpacks any as a desc message. The URL must be exactly PB_TYPE_URL_PREFIX + desc's full name (the prefix
  * Istio and Envoy always use; anything else is a different or unknown type). On success *out is a new
  * message the caller frees with protobuf_c_message_free_unpacked(*out, NULL). Returns 0, -EPROTOTYPE when the
  * type URL names another type (or is empty or too long), or what pb_message_unpack returns for the bytes. */
-int pb_any_unpack(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);
+int pb_any_unpack(const Google__Protobuf__Any *any, const ProtobufCMessageDescriptor *desc,
+                  ProtobufCMessage **out);

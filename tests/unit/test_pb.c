@@ -209,13 +209,14 @@ static void test_unpack_wire_format(void **state)
 
     /* Unknown fields of every wire type (field 99) are fine and kept for re-encoding. */
     static const uint8_t unknown[] = {
-        0x98, 0x06, 0x2a,                                     /* 99 varint 42 */
-        0x99, 0x06, 1, 2, 3, 4, 5, 6, 7, 8,                   /* 99 fixed64 */
-        0x9a, 0x06, 0x02, 'h', 'i',                           /* 99 length-delimited */
-        0x9d, 0x06, 1, 2, 3, 4,                               /* 99 fixed32 */
+        0x98, 0x06, 0x2a,                          /* 99 varint 42 */
+        0x99, 0x06, 1,    2,   3,   4, 5, 6, 7, 8, /* 99 fixed64 */
+        0x9a, 0x06, 0x02, 'h', 'i',                /* 99 length-delimited */
+        0x9d, 0x06, 1,    2,   3,   4,             /* 99 fixed32 */
     };
     ProtobufCMessage *m = NULL;
-    assert_int_equal(pb_message_unpack(&istio__workload__address__descriptor, unknown, sizeof(unknown), &m), 0);
+    assert_int_equal(pb_message_unpack(&istio__workload__address__descriptor, unknown, sizeof(unknown), &m),
+                     0);
     assert_int_equal(m->n_unknown_fields, 4);
     assert_int_equal(protobuf_c_message_get_packed_size(m), sizeof(unknown));
     protobuf_c_message_free_unpacked(m, NULL);
@@ -227,12 +228,9 @@ static void test_unpack_wire_format(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_type_urls),
-        cmocka_unit_test(test_any_round_trip),
-        cmocka_unit_test(test_any_empty_message),
-        cmocka_unit_test(test_any_unpack_rejects),
-        cmocka_unit_test(test_unpack_depth),
-        cmocka_unit_test(test_unpack_wire_format),
+        cmocka_unit_test(test_type_urls),         cmocka_unit_test(test_any_round_trip),
+        cmocka_unit_test(test_any_empty_message), cmocka_unit_test(test_any_unpack_rejects),
+        cmocka_unit_test(test_unpack_depth),      cmocka_unit_test(test_unpack_wire_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
