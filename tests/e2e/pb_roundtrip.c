@@ -296,8 +296,9 @@ static int write_message(const ProtobufCMessage *m, const char *path)
 
 /* ---- messages built in C (the Python side checks each value) ---- */
 
-/* A NACK as ztunnel sends it: node with id and Struct metadata, the nonce answered, error_detail, and the
- * versions held from before a reconnect. */
+/* A NACK shaped like ztunnel's: node with id and Struct metadata, the nonce answered, error_detail, and the
+ * versions held from before a reconnect. ztunnel leaves error_detail.code 0; it is set here so that the
+ * field is on the wire for the test. */
 static int build_nack(const char *out)
 {
     Google__Protobuf__Value v_name = GOOGLE__PROTOBUF__VALUE__INIT, v_ips = GOOGLE__PROTOBUF__VALUE__INIT;

@@ -13,11 +13,13 @@
    AddWorkload) parse in Python to the values the C code set, and the field numbers on the wire are read with
    a small tag walker here and named through the fact table, not through any generated code.
 
-Where the facts come from (at the time of writing; the same numbers in each):
-  istio/ztunnel proto/workload.proto, proto/authorization.proto, proto/citadel.proto, proto/zds.proto
-  istio/api security/v1alpha1/ca.proto
-  envoyproxy/data-plane-api envoy/service/discovery/v3/discovery.proto, envoy/config/core/v3/base.proto
-  googleapis/googleapis google/rpc/status.proto
+Where the facts come from (the commits they were read at):
+  istio/ztunnel 62d826530e5c: proto/workload.proto, proto/authorization.proto, proto/citadel.proto,
+                              proto/zds.proto
+  istio/api b8f8791d9653: security/v1alpha1/ca.proto
+  envoyproxy/data-plane-api 84e84367f256: envoy/service/discovery/v3/discovery.proto,
+                                          envoy/config/core/v3/base.proto
+  googleapis/googleapis f8291d2b89f0: google/rpc/status.proto
 Envoy messages list only the fields zmesh declares (proto/README.md names the ones left out).
 """
 import os
