@@ -46,8 +46,8 @@ $(B)/obj/%.o: src/%.c | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
 
-# protoc-c writes the .c and the .h of one .proto in one run (a grouped pattern rule). A .proto under
-# proto/ wins over a well-known type of the same path (there is none today).
+# protoc-c writes the .c and the .h of one .proto in one run (a grouped pattern rule). proto/ holds no copy
+# of a well-known type: those come from PROTO_WKT_DIR only.
 $(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(B)/gen
 	$(PROTOC_C) -Iproto -I$(PROTO_WKT_DIR) --c_out=$(B)/gen $<
@@ -55,6 +55,10 @@ $(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: proto/%.proto
 $(B)/gen/google/protobuf/%.pb-c.c $(B)/gen/google/protobuf/%.pb-c.h: $(PROTO_WKT_DIR)/google/protobuf/%.proto
 	@mkdir -p $(B)/gen
 	$(PROTOC_C) -I$(PROTO_WKT_DIR) --c_out=$(B)/gen $<
+
+# Without Debian's libprotobuf-dev the well-known types are missing: say so instead of "No rule to make target".
+$(PROTO_WKT_DIR)/google/protobuf/%.proto:
+	@echo "$@ is missing: install libprotobuf-dev (scripts/deps.sh) or set PROTO_WKT_DIR" >&2; exit 1
 
 # Generated code: compiled without our warning flags, like llhttp; -I$(B)/gen for the headers it imports.
 $(B)/obj/gen/%.o: $(B)/gen/%.c | $(PROTO_GEN_H)

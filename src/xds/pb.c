@@ -46,8 +46,7 @@ void pb_any_clear(Google__Protobuf__Any *any)
     google__protobuf__any__init(any);
 }
 
-/* Wire types (protobuf encoding spec); 3 and 4 are the groups of proto2, which zmesh's protocols never use.
- */
+/* Wire types (protobuf encoding spec); 3 and 4 are proto2 groups, which these protocols never use. */
 enum pb_wire_type {
     PB_WIRE_VARINT = 0,
     PB_WIRE_I64 = 1,
