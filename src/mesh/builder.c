@@ -21,11 +21,16 @@
 /* Room for "ns/host" and "ns/name" keys. */
 #define BUILDER_KEY_MAX (2 * BUILDER_MAX_STR + 2)
 
+/* Reusable sort buffers, so that checking a resource allocates nothing in the steady state. */
+enum { TMP_SVCS, TMP_PORTS, TMP_COUNT };
+
 struct snapshot_builder {
     struct builder_opts opts;
     struct snapshot *s;
     size_t cap[3]; /* allocated entries of workloads[], services[], policies[] */
     int fatal;     /* first error that ends the build, or 0 */
+    uint32_t *tmp[TMP_COUNT];
+    size_t tmp_cap[TMP_COUNT];
 };
 
 /* State of one add: where findings go and which resource they name. */
@@ -212,7 +217,27 @@ void builder_free(struct snapshot_builder *b)
 {
     if (!b) return;
     snapshot_unref(b->s);
+    for (int i = 0; i < TMP_COUNT; i++)
+        free(b->tmp[i]);
     free(b);
+}
+
+/* Sort buffer `which` with room for n indexes, filled with 0..n-1; NULL on ENOMEM (then fatal). */
+static uint32_t *tmp_order(struct snapshot_builder *b, int which, size_t n)
+{
+    if (n > b->tmp_cap[which]) {
+        size_t ncap = n < BUILDER_INITIAL_CAP ? BUILDER_INITIAL_CAP : n;
+        uint32_t *p = realloc(b->tmp[which], ncap * sizeof(*p));
+        if (!p) {
+            fatal(b, -ENOMEM);
+            return NULL;
+        }
+        b->tmp[which] = p;
+        b->tmp_cap[which] = ncap;
+    }
+    for (size_t i = 0; i < n; i++)
+        b->tmp[which][i] = (uint32_t)i;
+    return b->tmp[which];
 }
 
 int builder_finish(struct snapshot_builder *b, struct snapshot **out)
@@ -333,14 +358,12 @@ static int cmp_port_idx(const void *x, const void *y, void *arg)
     return i < j ? -1 : i > j;
 }
 
-/* Validates a port map and returns its order sorted by port in *ord (malloc'd, caller frees; NULL when
- * n == 0). field/n_idx/idx name the map; the port index is appended. allow_zero_target: services' target 0
- * means "the endpoint's own mapping". */
+/* Validates a port map: ports 1..65535, each once. field/n_idx/idx name the map; the port index is
+ * appended. */
 static int check_ports(struct addctx *a, const struct port_map *pm, size_t n, enum builder_field f,
-                       unsigned n_idx, const uint32_t *idx, uint32_t **ord)
+                       unsigned n_idx, const uint32_t *idx)
 {
     uint32_t at[BUILDER_MAX_IDX] = {0};
-    *ord = NULL;
     if (!n) return 0;
     if (n > UINT32_MAX) return reject(a, f, n_idx, idx, "too many ports");
     for (unsigned k = 0; k < n_idx; k++)
@@ -349,34 +372,30 @@ static int check_ports(struct addctx *a, const struct port_map *pm, size_t n, en
         at[n_idx] = (uint32_t)i;
         if (!pm[i].port) return reject(a, f, n_idx + 1, at, "invalid port 0 (expected 1-65535)");
     }
-    uint32_t *o = malloc(n * sizeof(*o));
-    if (!o) return fatal(a->b, -ENOMEM);
-    for (size_t i = 0; i < n; i++)
-        o[i] = (uint32_t)i;
+    if (n == 1) return 0;
+    uint32_t *o = tmp_order(a->b, TMP_PORTS, n);
+    if (!o) return -ENOMEM;
     qsort_r(o, n, sizeof(*o), cmp_port_idx, (void *)pm);
     for (size_t i = 1; i < n; i++) {
         if (pm[o[i]].port == pm[o[i - 1]].port) {
             at[n_idx] = o[i];
-            uint16_t port = pm[o[i]].port;
-            free(o);
-            return reject(a, f, n_idx + 1, at, "duplicate port %u", port);
+            return reject(a, f, n_idx + 1, at, "duplicate port %u", pm[o[i]].port);
         }
     }
-    *ord = o;
     return 0;
 }
 
-static struct port_map *copy_ports(struct snapshot_builder *b, const struct port_map *pm, size_t n,
-                                   const uint32_t *ord)
+static int cmp_port(const void *x, const void *y)
 {
-    if (!n) return NULL;
-    struct port_map *d = arena_alloc(&b->s->arena, n * sizeof(*d));
-    if (!d) {
-        fatal(b, -ENOMEM);
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++)
-        d[i] = pm[ord[i]];
+    const struct port_map *p = x, *q = y;
+    return p->port < q->port ? -1 : p->port > q->port;
+}
+
+/* Copies a checked port map into the arena, sorted by port (ports are unique, so the order is total). */
+static struct port_map *copy_ports(struct snapshot_builder *b, const struct port_map *pm, size_t n)
+{
+    struct port_map *d = dup_arr(b, pm, n, sizeof(*pm));
+    if (d && n > 1) qsort(d, n, sizeof(*d), cmp_port);
     return d;
 }
 
@@ -432,8 +451,9 @@ static void warn_default(void *ud, const struct builder_err *w)
 }
 
 /* Validates a workload alone: everything that needs no other resource. */
-static int check_workload(struct addctx *a, const struct workload *w, uint32_t **svc_ord,
-                          uint32_t ***port_ord)
+/* On success *svc_ord is the order of w->services sorted by key (borrowed from the builder; NULL when there
+ * are fewer than two entries). */
+static int check_workload(struct addctx *a, const struct workload *w, const uint32_t **svc_ord)
 {
     const struct {
         const char *s;
@@ -487,21 +507,20 @@ static int check_workload(struct addctx *a, const struct workload *w, uint32_t *
                           "invalid service key \"%s\" (expected \"namespace/hostname\")",
                           mesh_printable(k, p));
     }
-    if (!w->n_services) return 0;
-    *svc_ord = malloc(w->n_services * sizeof(**svc_ord));
-    *port_ord = calloc(w->n_services, sizeof(**port_ord));
-    if (!*svc_ord || !*port_ord) return fatal(a->b, -ENOMEM);
-    for (size_t i = 0; i < w->n_services; i++) {
-        (*svc_ord)[i] = (uint32_t)i;
+    *svc_ord = NULL;
+    for (size_t i = 0; i < w->n_services; i++)
         if (check_ports(a, w->services[i].ports, w->services[i].n_ports, BF_WL_SERVICE_PORTS, 1,
-                        (uint32_t[]){(uint32_t)i}, &(*port_ord)[i]))
+                        (uint32_t[]){(uint32_t)i}))
             return -EINVAL;
-    }
-    qsort_r(*svc_ord, w->n_services, sizeof(**svc_ord), cmp_svc_idx, (void *)w->services);
+    if (w->n_services < 2) return 0;
+    uint32_t *o = tmp_order(a->b, TMP_SVCS, w->n_services);
+    if (!o) return -ENOMEM;
+    qsort_r(o, w->n_services, sizeof(*o), cmp_svc_idx, (void *)w->services);
     for (size_t i = 1; i < w->n_services; i++)
-        if (!strcmp(w->services[(*svc_ord)[i]].key, w->services[(*svc_ord)[i - 1]].key))
-            return reject(a, BF_WL_SERVICES, 1, (uint32_t[]){(*svc_ord)[i]}, "duplicate service key \"%s\"",
-                          mesh_printable(w->services[(*svc_ord)[i]].key, p));
+        if (!strcmp(w->services[o[i]].key, w->services[o[i - 1]].key))
+            return reject(a, BF_WL_SERVICES, 1, (uint32_t[]){o[i]}, "duplicate service key \"%s\"",
+                          mesh_printable(w->services[o[i]].key, p));
+    *svc_ord = o;
     return 0;
 }
 
@@ -549,7 +568,7 @@ int builder_add_workload(struct snapshot_builder *b, const struct workload *in, 
     struct builder_err scratch;
     struct addctx a = {.b = b, .e = err ? err : &scratch, .kind = BUILDER_WORKLOAD};
     struct snapshot *s = b->s;
-    uint32_t *svc_ord = NULL, **port_ord = NULL;
+    const uint32_t *svc_ord = NULL;
     char uidbuf[BUILDER_UID_MAX], p[MESH_PRINTABLE_MAX];
     int rc = b->fatal;
     if (rc) goto out;
@@ -567,7 +586,7 @@ int builder_add_workload(struct snapshot_builder *b, const struct workload *in, 
         uid = uidbuf;
     }
     a.key = uid;
-    rc = check_workload(&a, in, &svc_ord, &port_ord);
+    rc = check_workload(&a, in, &svc_ord);
     if (rc) goto out;
     uint32_t old;
     if (htab_find(&s->wl_by_uid, uid, strlen(uid), &old)) {
@@ -610,10 +629,10 @@ int builder_add_workload(struct snapshot_builder *b, const struct workload *in, 
             goto out;
         }
         for (size_t i = 0; i < in->n_services; i++) {
-            const struct wl_service_ports *src = &in->services[svc_ord[i]];
+            const struct wl_service_ports *src = &in->services[svc_ord ? svc_ord[i] : i];
             sp[i].key = dup_str(b, src->key);
             sp[i].n_ports = src->n_ports;
-            sp[i].ports = copy_ports(b, src->ports, src->n_ports, port_ord[svc_ord[i]]);
+            sp[i].ports = copy_ports(b, src->ports, src->n_ports);
         }
         w->services = sp;
     }
@@ -673,17 +692,12 @@ int builder_add_workload(struct snapshot_builder *b, const struct workload *in, 
             warn_default(NULL, &wn);
     }
 out:
-    if (port_ord)
-        for (size_t i = 0; i < in->n_services; i++)
-            free(port_ord[i]);
-    free(port_ord);
-    free(svc_ord);
     return rc;
 }
 
 /* ---- services ---- */
 
-static int check_service(struct addctx *a, const struct service *v, uint32_t **port_ord)
+static int check_service(struct addctx *a, const struct service *v)
 {
     const struct {
         const char *s;
@@ -712,7 +726,7 @@ static int check_service(struct addctx *a, const struct service *v, uint32_t **p
         return reject(a, BF_SVC_HEALTH_POLICY, 0, NULL, "unknown health policy %u", v->health_policy);
     if (v->ip_families > IP_FAMILIES_DUAL)
         return reject(a, BF_SVC_IP_FAMILIES, 0, NULL, "unknown ip families %u", v->ip_families);
-    return check_ports(a, v->ports, v->n_ports, BF_SVC_PORTS, 0, NULL, port_ord);
+    return check_ports(a, v->ports, v->n_ports, BF_SVC_PORTS, 0, NULL);
 }
 
 int builder_add_service(struct snapshot_builder *b, const struct service *in, struct builder_err *err)
@@ -720,7 +734,6 @@ int builder_add_service(struct snapshot_builder *b, const struct service *in, st
     struct builder_err scratch;
     struct addctx a = {.b = b, .e = err ? err : &scratch, .kind = BUILDER_SERVICE};
     struct snapshot *s = b->s;
-    uint32_t *port_ord = NULL;
     char keybuf[BUILDER_KEY_MAX + 1], p[MESH_PRINTABLE_MAX];
     int rc = b->fatal;
     if (rc) goto out;
@@ -731,7 +744,7 @@ int builder_add_service(struct snapshot_builder *b, const struct service *in, st
     snprintf(keybuf, sizeof(keybuf), "%.*s/%.*s", BUILDER_MAX_STR, S(in->namespace_), BUILDER_MAX_STR,
              S(in->hostname));
     a.key = keybuf;
-    rc = check_service(&a, in, &port_ord);
+    rc = check_service(&a, in);
     if (rc) goto out;
     uint32_t old;
     if (htab_find(&s->svc_by_host, keybuf, strlen(keybuf), &old)) {
@@ -759,7 +772,7 @@ int builder_add_service(struct snapshot_builder *b, const struct service *in, st
             va[i] = (struct net_addr){.network = dup_str(b, in->vips[i].network), .ip = in->vips[i].ip};
         v->vips = va;
     }
-    v->ports = copy_ports(b, in->ports, in->n_ports, port_ord);
+    v->ports = copy_ports(b, in->ports, in->n_ports);
     v->subject_alt_names = NULL;
     if (in->n_sans) {
         const char **sa = arena_alloc(&s->arena, in->n_sans * sizeof(*sa));
@@ -805,7 +818,6 @@ int builder_add_service(struct snapshot_builder *b, const struct service *in, st
     rc = 0;
     s->n_services++;
 out:
-    free(port_ord);
     return rc;
 }
 

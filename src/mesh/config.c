@@ -451,11 +451,16 @@ static int mark_rec(struct pctx *c, enum builder_field f, unsigned n_idx, const 
     e->m = m;
     e->path_off = c->mark_paths.n;
     e->path_len = c->plen;
-    for (size_t i = 0; i < c->plen; i++) {
-        char *ch = vec_push(&c->mark_paths);
-        if (!ch) return fail_nomem(c);
-        *ch = c->path[i];
+    struct vec *v = &c->mark_paths;
+    if (v->cap - v->n < c->plen) {
+        size_t ncap = v->cap * 2 > v->n + c->plen ? v->cap * 2 : v->n + c->plen + PATH_MAX_LEN;
+        char *np = realloc(v->p, ncap);
+        if (!np) return fail_nomem(c);
+        v->p = np;
+        v->cap = ncap;
     }
+    memcpy(v->p + v->n, c->path, c->plen);
+    v->n += c->plen;
     return 0;
 }
 
