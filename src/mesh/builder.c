@@ -576,7 +576,8 @@ int builder_add_workload(struct snapshot_builder *b, const struct workload *in, 
         rc = fatal(b, -E2BIG);
         goto out;
     }
-    /* ztunnel's defaults (istio/ztunnel src/state/workload.rs, TryFrom<XdsWorkload>), applied before anything is keyed. */
+    /* ztunnel's defaults (istio/ztunnel src/state/workload.rs, TryFrom<XdsWorkload>), applied before anything
+     * is keyed. */
     const char *cluster = *S(in->cluster_id) ? in->cluster_id : BUILDER_DEFAULT_CLUSTER_ID;
     const char *uid = S(in->uid);
     if (!*uid) {
@@ -715,7 +716,8 @@ static int check_service(struct addctx *a, const struct service *v)
     for (size_t i = 0; i < v->n_sans; i++)
         if (check_str(a, v->subject_alt_names[i], BF_SVC_SANS, 1, (uint32_t[]){(uint32_t)i})) return -EINVAL;
     if (check_gateway(a, &v->waypoint, BF_SVC_WAYPOINT)) return -EINVAL;
-    /* ztunnel refuses an unspecified or unknown routing scope (istio/ztunnel src/state/service.rs, TryFrom<XdsScope>). */
+    /* ztunnel refuses an unspecified or unknown routing scope (istio/ztunnel src/state/service.rs,
+     * TryFrom<XdsScope>). */
     for (size_t i = 0; i < v->n_routing_prefs; i++)
         if (v->routing_prefs[i] < LB_SCOPE_REGION || v->routing_prefs[i] > LB_SCOPE_NETWORK)
             return reject(a, BF_SVC_ROUTING_PREFS, 1, (uint32_t[]){(uint32_t)i}, "invalid routing scope %u",
