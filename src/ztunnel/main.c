@@ -80,19 +80,23 @@ static int hook_certs(void *ud, struct identity_status **out)
 
 static const char *hook_pending(void *ud)
 {
-    static char buf[2 * ZT_NAME_MAX + 16];
+    static char buf[2 * ZT_NAME_MAX + 32]; /* the admin thread is the only caller */
     (void)ud;
-    /* "state manager": the first config load; the proxy starts right after it. "proxy": the listeners wait
-     * for the pod's first certificate before they accept (Istio's task names, app.rs). */
+    /* Every pending task, sorted and comma-separated as Istio's readiness server lists them. "state manager":
+     * the first config load; the proxy starts right after it. "proxy": the listeners wait for the pod's first
+     * certificate before they accept (Istio's task names, app.rs). "workload <ns>/<name>" (zmesh's own):
+     * PROXY_WORKLOAD_INFO must name a workload of the config, or this pod cannot serve. */
     struct pod_proxy *pp = atomic_load(&app.published);
     if (!pp) return "state manager";
-    if (!atomic_load(&pp->has_identity)) return "proxy";
-    /* PROXY_WORKLOAD_INFO must name a workload of the config: until it does, this pod cannot serve. */
+    bool cert = atomic_load(&pp->has_identity);
     struct zt_view *v = pod_proxy_view(pp);
     bool self = v->self != NULL;
     zt_view_unref(v);
-    if (self) return NULL;
-    snprintf(buf, sizeof(buf), "workload %s/%s", app.ns, app.name);
+    if (cert && self) return NULL;
+    if (!self)
+        snprintf(buf, sizeof(buf), "%sworkload %s/%s", cert ? "" : "proxy, ", app.ns, app.name);
+    else
+        snprintf(buf, sizeof(buf), "proxy");
     return buf;
 }
 

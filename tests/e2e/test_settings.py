@@ -254,8 +254,12 @@ def test_workload_info_not_in_config_warns_and_stays_not_ready(mesh):
     pod = mesh.pod("n2p3")
     mesh.start(pod, env={"PROXY_WORKLOAD_INFO": "default/ghost/ghost-sa"})
     assert wait_for(lambda: "PROXY_WORKLOAD_INFO names workload default/ghost" in mesh.log(pod)), mesh.log(pod)
+    # Right after start the certificate may still be on its way ("pending: proxy, workload ..."); once it is
+    # here, the workload alone keeps the pod from being ready.
+    want = b"not ready, pending: workload default/ghost\n"
+    assert wait_for(lambda: _ready(pod)[2] == want), _ready(pod)
     status, _, body = _ready(pod)
-    assert status == 500 and body == b"not ready, pending: workload default/ghost\n", (status, body)
+    assert status == 500 and body == want, (status, body)
     ghost = {"uid": "Kubernetes//Pod/default/ghost", "name": "ghost", "namespace": "default",
              "serviceAccount": "ghost-sa", "workloadIps": ["10.250.0.9"]}
     mesh.extra_workloads = [ghost]
