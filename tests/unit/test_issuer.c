@@ -965,6 +965,8 @@ static void test_python_peers(void **state)
         ca_chain_free(&c);
     }
     /* The unit tests run from the repository root (scripts/run-tests.sh). */
+    if (access("tests/unit/ca_peer.py", R_OK) != 0)
+        fail_msg("tests/unit/ca_peer.py not found: run from the repository root");
     snprintf(cmd, sizeof(cmd), "/usr/bin/python3 tests/unit/ca_peer.py '%s' '%s' '%s' 2>&1", dir,
              TOKEN_DEFAULT_ISSUER, ID_WANTED);
     int st = system(cmd);
