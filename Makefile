@@ -1,16 +1,28 @@
 # zmesh build. `make` builds build/bin/*; `make test` runs every test; `make demo` runs the demo.
 CC      ?= cc
-PKGS    := openssl libnghttp2 yaml-0.1 libjwt jansson
+PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson
 CFLAGS  ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread -Isrc \
-           -I/usr/share/include/llhttp \
+           -I/usr/share/include/llhttp -I$(B)/gen \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 override LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 B       ?= build
 
-LIB_LAYERS := core tls h2 mesh
+LIB_LAYERS := core tls h2 mesh xds
 LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
+# Protocols (proto/README.md): protoc-c generates C for zmesh's .proto files and for the well-known types
+# they import, which come from Debian's libprotobuf-dev (/usr/include/google/protobuf/*.proto), into
+# $(B)/gen/ (never committed). The generated objects go into libzmesh.a; the headers are included as
+# "workload.pb-c.h", "envoy/service/discovery/v3/discovery.pb-c.h", "google/protobuf/any.pb-c.h".
+PROTOC_C  ?= protoc-c
+PROTO_WKT_DIR ?= /usr/include
+PROTO_WKT := any struct duration empty wrappers
+PROTO_SRC := $(shell find proto -name '*.proto' | sort)
+PROTO_GEN_C := $(patsubst proto/%.proto,$(B)/gen/%.pb-c.c,$(PROTO_SRC)) \
+               $(patsubst %,$(B)/gen/google/protobuf/%.pb-c.c,$(PROTO_WKT))
+PROTO_GEN_H := $(PROTO_GEN_C:.c=.h)
+PROTO_OBJ := $(patsubst $(B)/gen/%.c,$(B)/obj/gen/%.o,$(PROTO_GEN_C))
 # llhttp (Node.js's HTTP/1.1 parser) from Debian's node-llhttp: generated C sources compiled into the build.
 LLHTTP_DIR := /usr/share/llhttp
 LLHTTP_OBJ := $(patsubst $(LLHTTP_DIR)/%.c,$(B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
@@ -21,22 +33,45 @@ UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 # bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
-.PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build
-all: $(B)/bin/ztunnel $(BENCH_BIN) $(UNIT_BIN)
+.PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
+all: $(B)/bin/ztunnel $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip
+proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
 	@scripts/deps.sh
 
-$(B)/obj/%.o: src/%.c
+# Every object of ours may include a generated header: they all exist before the first compile, and -MMD
+# records which ones each object really uses for the next build.
+$(B)/obj/%.o: src/%.c | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+# protoc-c writes the .c and the .h of one .proto in one run (a grouped pattern rule). proto/ holds no copy
+# of a well-known type: those come from PROTO_WKT_DIR only.
+$(B)/gen/%.pb-c.c $(B)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(B)/gen
+	$(PROTOC_C) -Iproto -I$(PROTO_WKT_DIR) --c_out=$(B)/gen $<
+
+$(B)/gen/google/protobuf/%.pb-c.c $(B)/gen/google/protobuf/%.pb-c.h: $(PROTO_WKT_DIR)/google/protobuf/%.proto
+	@mkdir -p $(B)/gen
+	$(PROTOC_C) -I$(PROTO_WKT_DIR) --c_out=$(B)/gen $<
+
+# Without Debian's libprotobuf-dev the well-known types are missing: say so instead of "No rule to make target".
+$(PROTO_WKT_DIR)/google/protobuf/%.proto:
+	@echo "$@ is missing: install libprotobuf-dev (scripts/deps.sh) or set PROTO_WKT_DIR" >&2; exit 1
+
+# Generated code: compiled without our warning flags, like llhttp; -I$(B)/gen for the headers it imports.
+$(B)/obj/gen/%.o: $(B)/gen/%.c | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g $(filter -fsanitize% -fno-sanitize%,$(CFLAGS)) -I$(B)/gen \
+	  $(shell pkg-config --cflags libprotobuf-c 2>/dev/null) -c -o $@ $<
 
 # Third-party generated code: compiled without our warning flags.
 $(B)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g $(filter -fsanitize%,$(CFLAGS)) -I/usr/share/include/llhttp -c -o $@ $<
 
-$(B)/libzmesh.a: $(LIB_OBJ) $(LLHTTP_OBJ)
+$(B)/libzmesh.a: $(LIB_OBJ) $(LLHTTP_OBJ) $(PROTO_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
@@ -52,9 +87,14 @@ $(B)/bench/%: bench/%.c $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(B)/libzmesh.a $(LDLIBS)
 
-$(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a
+$(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libzmesh.a $(LDLIBS) -lcmocka
+
+# The C half of tests/e2e/test_proto_compat.py (not a cmocka binary: run-tests.sh runs only tests/test_*).
+$(B)/tests/pb_roundtrip: tests/e2e/pb_roundtrip.c $(B)/libzmesh.a | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(B)/libzmesh.a $(LDLIBS)
 
 unit: all
 	@scripts/run-tests.sh unit $(B)
@@ -93,11 +133,18 @@ FUZZ_CFLAGS  = -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) \
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN    := $(patsubst tests/fuzz/%.c,$(FUZZ_B)/%,$(FUZZ_SRC))
 FUZZ_OBJ    := $(patsubst src/%.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) $(filter-out src/ztunnel/main.c,$(ZT_SRC))) \
-               $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
+               $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c)) \
+               $(patsubst $(B)/gen/%.c,$(FUZZ_B)/obj/gen/%.o,$(PROTO_GEN_C))
 
-$(FUZZ_B)/obj/%.o: src/%.c
+$(FUZZ_B)/obj/%.o: src/%.c | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+
+# The generated protobuf code, instrumented too: the fuzzer's decoding targets go through it.
+$(FUZZ_B)/obj/gen/%.o: $(B)/gen/%.c | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -I$(B)/gen \
+	  $(shell pkg-config --cflags libprotobuf-c 2>/dev/null) -c -o $@ $<
 
 $(FUZZ_B)/obj/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
@@ -107,7 +154,7 @@ $(FUZZ_B)/libzmesh.a: $(FUZZ_OBJ)
 	@mkdir -p $(dir $@)
 	$(AR) rcs $@ $^
 
-$(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_B)/libzmesh.a
+$(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_B)/libzmesh.a | $(PROTO_GEN_H)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -MMD -MP -MF $@.d -o $@ $< $(FUZZ_B)/libzmesh.a $(LDLIBS)
 
 fuzz-build: $(FUZZ_BIN)

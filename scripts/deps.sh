@@ -6,10 +6,15 @@
 # faketime runs ztunnels on a simulated clock (certificate rotation tests).
 # clang builds the libFuzzer targets (make fuzz, and the fuzz smoke in make test); libclang-rt-14-dev holds
 # libFuzzer and the sanitizer runtimes, which clang only recommends (and --no-install-recommends skips).
+# protoc-c (protobuf-c-compiler) generates the C code for proto/ at build time; the well-known types it imports
+# (google/protobuf/any.proto ...) are the ones libprotobuf-dev installs under /usr/include, and libprotobuf-c-dev
+# is the runtime. python3-grpc-tools (its own protoc, so protobuf-compiler is not needed), python3-protobuf and
+# python3-grpcio are the independent peers of the protocol tests.
 set -e
 PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
-      libprotobuf-c-dev protobuf-c-compiler node-llhttp libjwt-dev libjansson-dev
-      python3-pytest python3-h2 python3-cryptography python3-jwt
+      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev
+      python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
+      python3-jwt
       iptables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
       clang libclang-rt-14-dev"
 missing=""

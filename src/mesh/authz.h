@@ -1,4 +1,4 @@
-/* L4 authorization as Istio's ztunnel enforces it (reference/ztunnel.md §8.1; ztunnel src/rbac.rs and
+/* L4 authorization as Istio's ztunnel enforces it (ztunnel src/rbac.rs and
  * src/state.rs::assert_rbac): which policies apply to a destination workload, how DENY and ALLOW combine,
  * and how one policy's rules, clauses and matches are evaluated against a connection.
  *

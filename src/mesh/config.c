@@ -1,6 +1,9 @@
-/* Local config (LOCAL_XDS_PATH) loader: a streaming recursive-descent walk over libyaml events that
- * builds a snapshot directly. No document tree is built, so memory stays proportional to the result,
- * and the walk only descends where the schema allows, so nesting is bounded by the schema itself.
+/* Local config (LOCAL_XDS_PATH) loader: a streaming recursive-descent walk over libyaml events that hands
+ * each resource to the snapshot builder (builder.h). No document tree is built, so memory stays proportional
+ * to the result, and the walk only descends where the schema allows, so nesting is bounded by the schema
+ * itself. This file owns only what is YAML: events, marks, field names and aliases, types, unknown keys.
+ * Defaults, validation, indexes and duplicate checks are the builder's; its findings come back here and are
+ * mapped to the mark of the field they name (see the mark log below).
  *
  * Convention for the parse_* functions: on entry c->ev holds the first event of the value to parse;
  * on return it holds the last event of that value (the scalar, or the closing MAPPING/SEQUENCE_END). */
@@ -16,20 +19,34 @@
 #include <yaml.h>
 
 #include "core/log.h"
+#include "mesh/builder.h"
 #include "mesh/config.h"
 #include "mesh/snapshot_impl.h"
 
 #define PATH_MAX_LEN 256
-#define DEFAULT_TRUST_DOMAIN "cluster.local"
-#define DEFAULT_SERVICE_ACCOUNT "default"
-#define DEFAULT_CLUSTER_ID "Kubernetes"
-#define DEFAULT_HBONE_PORT 15008
 
 #define TRY(expr)                                                                                            \
     do {                                                                                                     \
         int rc_ = (expr);                                                                                    \
         if (rc_) return rc_;                                                                                 \
     } while (0)
+
+/* growable temporary arrays */
+struct vec {
+    char *p;
+    size_t n, cap, esz;
+};
+#define VEC(type) ((struct vec){.esz = sizeof(type)})
+
+/* The mark log: for the resource being walked, where each field the builder may name begins, and its YAML
+ * path. A builder finding (field + list indexes) is looked up here to report file:line:col and the path. */
+struct mark_ent {
+    enum builder_field field;
+    unsigned n_idx;
+    uint32_t idx[BUILDER_MAX_IDX];
+    yaml_mark_t m;
+    size_t path_off, path_len; /* in pctx.mark_paths */
+};
 
 struct pctx {
     yaml_parser_t yp;
@@ -41,25 +58,15 @@ struct pctx {
     bool failed;
     char path[PATH_MAX_LEN];
     size_t plen;
-    struct snapshot *s;
-    size_t cap_workloads, cap_services, cap_policies;
+    struct snapshot_builder *b;
+    /* The current resource's strings and arrays, until the builder has copied them. */
+    struct arena scratch;
+    struct vec marks, mark_paths;
+    /* Position inside a policy's rules, for the marks of Match items. */
+    uint32_t pol_at[3];
+    enum builder_field pol_field;
 };
-
 /* ---- errors and field paths ---- */
-
-/* Copies s for an error message: at most 64 bytes, non-printable bytes as '?'. */
-static const char *printable(const char *s, char out[80])
-{
-    size_t i = 0;
-    for (; s[i] && i < 64; i++)
-        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    if (s[i]) {
-        memcpy(out + i, "...", 3);
-        i += 3;
-    }
-    out[i] = '\0';
-    return out;
-}
 
 __attribute__((format(printf, 3, 4))) static int fail(struct pctx *c, yaml_mark_t m, const char *fmt, ...)
 {
@@ -156,8 +163,8 @@ static const char *ev_kind(const struct pctx *c, char buf[96])
         return "a list";
     case YAML_SCALAR_EVENT: {
         if (ev_is_null(c)) return "null";
-        char p[80];
-        snprintf(buf, 96, "\"%s\"", printable((const char *)c->ev.data.scalar.value, p));
+        char p[MESH_PRINTABLE_MAX];
+        snprintf(buf, 96, "\"%s\"", mesh_printable((const char *)c->ev.data.scalar.value, p));
         return buf;
     }
     default:
@@ -187,12 +194,6 @@ static int ev_scalar(struct pctx *c, const char *what, const char **out, size_t 
 
 /* ---- growable temporary arrays ---- */
 
-struct vec {
-    char *p;
-    size_t n, cap, esz;
-};
-#define VEC(type) ((struct vec){.esz = sizeof(type)})
-
 static void *vec_push(struct vec *v)
 {
     if (v->n == v->cap) {
@@ -215,13 +216,13 @@ static void vec_free(struct vec *v)
     v->n = v->cap = 0;
 }
 
-/* Moves the contents into the snapshot arena (NULL when empty) and frees the vector. */
+/* Moves the contents into the scratch arena (NULL when empty) and frees the vector. */
 static int vec_finish(struct pctx *c, struct vec *v, const void **out, size_t *n)
 {
     *n = v->n;
     *out = NULL;
     if (v->n) {
-        *out = arena_memdup(&c->s->arena, v->p, v->n * v->esz);
+        *out = arena_memdup(&c->scratch, v->p, v->n * v->esz);
         if (!*out) return fail_nomem(c);
     }
     vec_free(v);
@@ -230,7 +231,7 @@ static int vec_finish(struct pctx *c, struct vec *v, const void **out, size_t *n
 
 /* ---- scalar values ---- */
 
-/* A string field: null gives "". The result is owned by the snapshot. */
+/* A string field: null gives "". The result lives in the scratch arena until the builder copies it. */
 static int get_str(struct pctx *c, const char **out)
 {
     const char *v;
@@ -240,7 +241,7 @@ static int get_str(struct pctx *c, const char **out)
         return 0;
     }
     TRY(ev_scalar(c, "a string", &v, &n));
-    char *d = arena_strndup(&c->s->arena, v, n);
+    char *d = arena_strndup(&c->scratch, v, n);
     if (!d) return fail_nomem(c);
     *out = d;
     return 0;
@@ -264,10 +265,10 @@ static int get_uint(struct pctx *c, uint64_t max, uint64_t *out)
 {
     const char *v;
     size_t n;
-    char p[80];
+    char p[MESH_PRINTABLE_MAX];
     TRY(ev_scalar(c, "an integer", &v, &n));
     if (!parse_u64(v, n, out) || *out > max)
-        return fail(c, ev_mark(c), "invalid integer \"%s\" (expected 0-%llu)", printable(v, p),
+        return fail(c, ev_mark(c), "invalid integer \"%s\" (expected 0-%llu)", mesh_printable(v, p),
                     (unsigned long long)max);
     return 0;
 }
@@ -276,9 +277,9 @@ static int get_uint(struct pctx *c, uint64_t max, uint64_t *out)
 static int port_from(struct pctx *c, const char *v, size_t n, bool allow_zero, uint16_t *out)
 {
     uint64_t x;
-    char p[80];
+    char p[MESH_PRINTABLE_MAX];
     if (!parse_u64(v, n, &x) || x > 65535 || (x == 0 && !allow_zero))
-        return fail(c, ev_mark(c), "invalid port \"%s\" (expected %d-65535)", printable(v, p),
+        return fail(c, ev_mark(c), "invalid port \"%s\" (expected %d-65535)", mesh_printable(v, p),
                     allow_zero ? 0 : 1);
     *out = (uint16_t)x;
     return 0;
@@ -296,14 +297,14 @@ static int get_bool(struct pctx *c, bool *out)
 {
     const char *v;
     size_t n;
-    char p[80];
+    char p[MESH_PRINTABLE_MAX];
     TRY(ev_scalar(c, "a boolean", &v, &n));
     if (!strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "TRUE"))
         *out = true;
     else if (!strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "FALSE"))
         *out = false;
     else
-        return fail(c, ev_mark(c), "invalid boolean \"%s\" (expected true or false)", printable(v, p));
+        return fail(c, ev_mark(c), "invalid boolean \"%s\" (expected true or false)", mesh_printable(v, p));
     return 0;
 }
 
@@ -317,7 +318,7 @@ static int get_enum(struct pctx *c, const struct enum_val *tab, const char *expe
 {
     const char *v;
     size_t n;
-    char p[80];
+    char p[MESH_PRINTABLE_MAX];
     TRY(ev_scalar(c, expected, &v, &n));
     for (; tab->name; tab++) {
         if (!strcmp(tab->name, v)) {
@@ -325,31 +326,31 @@ static int get_enum(struct pctx *c, const struct enum_val *tab, const char *expe
             return 0;
         }
     }
-    return fail(c, ev_mark(c), "invalid value \"%s\" (expected %s)", printable(v, p), expected);
+    return fail(c, ev_mark(c), "invalid value \"%s\" (expected %s)", mesh_printable(v, p), expected);
 }
 
 static int ip_from(struct pctx *c, const char *v, struct ip_addr *ip)
 {
-    char p[80];
-    if (ip_parse(v, ip) != 0) return fail(c, ev_mark(c), "invalid IP address \"%s\"", printable(v, p));
+    char p[MESH_PRINTABLE_MAX];
+    if (ip_parse(v, ip) != 0) return fail(c, ev_mark(c), "invalid IP address \"%s\"", mesh_printable(v, p));
     return 0;
 }
 
 /* "network/ip"; the network is everything before the last '/' ("" = default network). */
 static int split_net_addr(struct pctx *c, const char *v, size_t n, struct net_addr *out, bool quiet)
 {
-    char p[80];
+    char p[MESH_PRINTABLE_MAX];
     const char *slash = memrchr(v, '/', n);
     if (!slash) {
         if (quiet) return -EINVAL;
         return fail(c, ev_mark(c), "invalid address \"%s\" (expected \"network/ip\", e.g. \"/10.0.0.1\")",
-                    printable(v, p));
+                    mesh_printable(v, p));
     }
     if (ip_parse(slash + 1, &out->ip) != 0) {
         if (quiet) return -EINVAL;
-        return fail(c, ev_mark(c), "invalid IP address in \"%s\"", printable(v, p));
+        return fail(c, ev_mark(c), "invalid IP address in \"%s\"", mesh_printable(v, p));
     }
-    char *net = arena_strndup(&c->s->arena, v, (size_t)(slash - v));
+    char *net = arena_strndup(&c->scratch, v, (size_t)(slash - v));
     if (!net) return fail_nomem(c);
     out->network = net;
     return 0;
@@ -377,16 +378,16 @@ static int parse_struct(struct pctx *c, const struct field *fields, field_fn fn,
         if (c->ev.type == YAML_MAPPING_END_EVENT) return 0;
         const char *k;
         size_t kl;
-        char key[CONFIG_MAX_STR + 1], p[80];
+        char key[CONFIG_MAX_STR + 1], p[MESH_PRINTABLE_MAX];
         TRY(ev_scalar(c, "a field name", &k, &kl));
         memcpy(key, k, kl + 1);
         yaml_mark_t km = ev_mark(c);
-        size_t saved = path_push(c, c->plen ? ".%s" : "%s", printable(key, p));
+        size_t saved = path_push(c, c->plen ? ".%s" : "%s", mesh_printable(key, p));
         const struct field *f = fields;
         while (f->name && strcmp(f->name, key))
             f++;
-        if (!f->name) return fail(c, km, "unknown field \"%s\"", printable(key, p));
-        if (seen & (1ULL << f->id)) return fail(c, km, "duplicate field \"%s\"", printable(key, p));
+        if (!f->name) return fail(c, km, "unknown field \"%s\"", mesh_printable(key, p));
+        if (seen & (1ULL << f->id)) return fail(c, km, "duplicate field \"%s\"", mesh_printable(key, p));
         seen |= 1ULL << f->id;
         TRY(ev_next(c));
         TRY(fn(c, f->id, ud));
@@ -418,78 +419,144 @@ static int parse_dynmap(struct pctx *c, bool quote_keys, entry_fn fn, void *ud)
         if (c->ev.type == YAML_MAPPING_END_EVENT) return 0;
         const char *k;
         size_t kl;
-        char key[CONFIG_MAX_STR + 1], p[80];
+        char key[CONFIG_MAX_STR + 1], p[MESH_PRINTABLE_MAX];
         TRY(ev_scalar(c, "a scalar key", &k, &kl));
         memcpy(key, k, kl + 1);
         yaml_mark_t km = ev_mark(c);
-        size_t saved = path_push(c, quote_keys ? "[\"%s\"]" : "[%s]", printable(key, p));
+        size_t saved = path_push(c, quote_keys ? "[\"%s\"]" : "[%s]", mesh_printable(key, p));
         TRY(ev_next(c));
         TRY(fn(c, key, kl, km, ud));
         path_pop(c, saved);
     }
 }
 
+/* ---- the mark log ---- */
+
+static void marks_reset(struct pctx *c)
+{
+    c->marks.n = 0;
+    c->mark_paths.n = 0;
+    arena_reset(&c->scratch);
+}
+
+/* Notes that the builder's (field, idx) starts at mark m, at the current YAML path. */
+static int mark_rec(struct pctx *c, enum builder_field f, unsigned n_idx, const uint32_t *idx, yaml_mark_t m)
+{
+    struct mark_ent *e = vec_push(&c->marks);
+    if (!e) return fail_nomem(c);
+    e->field = f;
+    e->n_idx = n_idx;
+    for (unsigned i = 0; i < n_idx && i < BUILDER_MAX_IDX; i++)
+        e->idx[i] = idx[i];
+    e->m = m;
+    e->path_off = c->mark_paths.n;
+    e->path_len = c->plen;
+    struct vec *v = &c->mark_paths;
+    if (v->cap - v->n < c->plen) {
+        size_t ncap = v->cap * 2 > v->n + c->plen ? v->cap * 2 : v->n + c->plen + PATH_MAX_LEN;
+        char *np = realloc(v->p, ncap);
+        if (!np) return fail_nomem(c);
+        v->p = np;
+        v->cap = ncap;
+    }
+    memcpy(v->p + v->n, c->path, c->plen);
+    v->n += c->plen;
+    return 0;
+}
+
+/* YAML keys of the fields a finding may name without the walker having seen them (a missing or defaulted
+ * value): the error then points at the resource and names the key. */
+static const char *yaml_key(enum builder_field f)
+{
+    switch (f) {
+    case BF_WL_UID:
+        return "uid";
+    case BF_SVC_HOSTNAME:
+        return "hostname";
+    case BF_POL_NAME:
+        return "name";
+    default:
+        return NULL;
+    }
+}
+
+/* Reports a builder finding at the mark of the field it names: the exact (field, idx) when the walk passed
+ * it, else the closest enclosing one, else the resource itself. list names the resources ("workloads") for
+ * "(also list[i])" when the finding is a duplicate. */
+static int fail_builder(struct pctx *c, const struct builder_err *e, const char *list)
+{
+    const struct mark_ent *ents = (const struct mark_ent *)c->marks.p, *best = NULL;
+    char also[64] = "";
+    for (size_t i = 0; i < c->marks.n; i++) {
+        const struct mark_ent *m = &ents[i];
+        if (m->field != e->field || m->n_idx > e->n_idx) continue;
+        if (memcmp(m->idx, e->idx, m->n_idx * sizeof(m->idx[0]))) continue;
+        if (!best || m->n_idx > best->n_idx) best = m;
+        if (m->n_idx == e->n_idx) break;
+    }
+    const char *suffix = NULL;
+    if (!best && c->marks.n) {
+        best = &ents[0]; /* the resource's own start, recorded first */
+        suffix = yaml_key(e->field);
+    }
+    if (e->other != UINT32_MAX) snprintf(also, sizeof(also), " (also %s[%u])", list, e->other);
+    if (best) {
+        memcpy(c->path, c->mark_paths.p + best->path_off, best->path_len);
+        c->plen = best->path_len;
+        c->path[c->plen] = '\0';
+        if (suffix) path_push(c, ".%s", suffix);
+        return fail(c, best->m, "%s%s", e->reason, also);
+    }
+    return fail(c, ev_mark(c), "%s%s", e->reason, also);
+}
+
+/* Maps a builder result: findings become file:line:col errors; fatal errors pass through. */
+static int builder_rc(struct pctx *c, int rc, const struct builder_err *e, const char *list)
+{
+    if (rc == -EINVAL) return fail_builder(c, e, list);
+    if (rc == -ENOMEM) return fail_nomem(c);
+    if (rc) return fail(c, ev_mark(c), "too many %s", list);
+    return 0;
+}
+
 /* ---- port maps {svcPort: targetPort} ---- */
 
-struct port_ent {
-    struct port_map pm;
-    yaml_mark_t m;
+struct port_ctx {
+    struct vec v; /* struct port_map, in input order: the builder sorts and finds duplicates */
+    enum builder_field field;
+    unsigned n_idx;
+    uint32_t idx[BUILDER_MAX_IDX];
 };
 
 static int port_entry(struct pctx *c, const char *key, size_t kl, yaml_mark_t km, void *ud)
 {
-    struct vec *v = ud;
-    struct port_ent *e = vec_push(v);
+    struct port_ctx *x = ud;
+    struct port_map *e = vec_push(&x->v);
     if (!e) return fail_nomem(c);
-    e->m = km;
+    x->idx[x->n_idx] = (uint32_t)(x->v.n - 1);
+    TRY(mark_rec(c, x->field, x->n_idx + 1, x->idx, km));
     /* Report a bad key at the key itself. */
-    uint64_t x;
-    char p[80];
-    if (!parse_u64(key, kl, &x) || x == 0 || x > 65535)
-        return fail(c, km, "invalid port \"%s\" (expected 1-65535)", printable(key, p));
-    e->pm.port = (uint16_t)x;
-    return get_port(c, true, &e->pm.target);
+    uint64_t v;
+    char p[MESH_PRINTABLE_MAX];
+    if (!parse_u64(key, kl, &v) || v == 0 || v > 65535)
+        return fail(c, km, "invalid port \"%s\" (expected 1-65535)", mesh_printable(key, p));
+    e->port = (uint16_t)v;
+    return get_port(c, true, &e->target);
 }
 
-static int cmp_port_ent(const void *a, const void *b)
+/* Parses a port map into the scratch arena; field and idx name it for the builder's findings. */
+static int parse_port_map(struct pctx *c, enum builder_field field, unsigned n_idx, const uint32_t *idx,
+                          const struct port_map **out, size_t *n)
 {
-    const struct port_ent *x = a, *y = b;
-    if (x->pm.port != y->pm.port) return x->pm.port < y->pm.port ? -1 : 1;
-    if (x->m.index != y->m.index) return x->m.index < y->m.index ? -1 : 1;
-    return 0;
-}
-
-/* Parses a port map, sorted by port, into the arena. Duplicate ports are errors. */
-static int parse_port_map(struct pctx *c, const struct port_map **out, size_t *n)
-{
-    struct vec v = VEC(struct port_ent);
-    struct port_map *pm = NULL;
-    int rc = parse_dynmap(c, false, port_entry, &v);
-    if (rc) goto out;
-    if (v.n > 1) qsort(v.p, v.n, v.esz, cmp_port_ent);
-    struct port_ent *e = (struct port_ent *)v.p;
-    for (size_t i = 1; i < v.n; i++) {
-        if (e[i].pm.port == e[i - 1].pm.port) {
-            size_t saved = path_push(c, "[%u]", e[i].pm.port);
-            rc = fail(c, e[i].m, "duplicate port %u", e[i].pm.port);
-            path_pop(c, saved);
-            goto out;
-        }
+    struct port_ctx x = {.v = VEC(struct port_map), .field = field, .n_idx = n_idx};
+    for (unsigned i = 0; i < n_idx; i++)
+        x.idx[i] = idx[i];
+    int rc = parse_dynmap(c, false, port_entry, &x);
+    if (rc) {
+        vec_free(&x.v);
+        return rc;
     }
-    if (v.n) {
-        pm = arena_alloc(&c->s->arena, v.n * sizeof(*pm));
-        if (!pm) {
-            rc = fail_nomem(c);
-            goto out;
-        }
-        for (size_t i = 0; i < v.n; i++)
-            pm[i] = e[i].pm;
-    }
-    *out = pm;
-    *n = v.n;
-out:
-    vec_free(&v);
-    return rc;
+    return vec_finish(c, &x.v, (const void **)out, n);
 }
 
 /* ---- string lists ---- */
@@ -520,7 +587,7 @@ static const struct field gateway_fields[] = {{"destination", G_DEST}, {"hboneMt
 static int gateway_field(struct pctx *c, int id, void *ud)
 {
     struct gateway_addr *g = ud;
-    char p[80];
+    char p[MESH_PRINTABLE_MAX];
     if (id == G_PORT) return get_port(c, false, &g->hbone_port);
     if (ev_is_null(c)) return 0;
     const char *v;
@@ -539,27 +606,22 @@ static int gateway_field(struct pctx *c, int id, void *ud)
     if (!slash || slash == v || slash + 1 == v + n || memchr(slash + 1, '/', (size_t)(v + n - slash - 1)))
         return fail(c, ev_mark(c),
                     "invalid destination \"%s\" (expected \"network/ip\" or \"namespace/hostname\")",
-                    printable(v, p));
-    g->ns = arena_strndup(&c->s->arena, v, (size_t)(slash - v));
-    g->host = arena_strndup(&c->s->arena, slash + 1, (size_t)(v + n - slash - 1));
+                    mesh_printable(v, p));
+    g->ns = arena_strndup(&c->scratch, v, (size_t)(slash - v));
+    g->host = arena_strndup(&c->scratch, slash + 1, (size_t)(v + n - slash - 1));
     if (!g->ns || !g->host) return fail_nomem(c);
     g->set = true;
     g->is_host = true;
     return 0;
 }
 
-static int parse_gateway(struct pctx *c, struct gateway_addr *g)
+/* Parses a GatewayAddress; its default port and the "destination is required" rule are the builder's. */
+static int parse_gateway(struct pctx *c, enum builder_field field, struct gateway_addr *g)
 {
-    yaml_mark_t start = ev_mark(c);
     *g = (struct gateway_addr){.network = "", .ns = "", .host = ""};
+    TRY(mark_rec(c, field, 0, NULL, ev_mark(c)));
     if (ev_is_null(c)) return 0;
-    TRY(parse_struct(c, gateway_fields, gateway_field, g));
-    if (!g->set) {
-        if (g->hbone_port) return fail(c, start, "destination is required");
-        return 0;
-    }
-    if (!g->hbone_port) g->hbone_port = DEFAULT_HBONE_PORT;
-    return 0;
+    return parse_struct(c, gateway_fields, gateway_field, g);
 }
 
 /* ---- workloads ---- */
@@ -637,62 +699,33 @@ static const struct enum_val wtype_enum[] = {{"deployment", 0}, {"cronjob", 1}, 
                                              {"job", 3},        {"DEPLOYMENT", 0}, {"CRONJOB", 1},
                                              {"POD", 2},        {"JOB", 3},        {NULL, 0}};
 
-struct ip_ent {
-    struct ip_addr ip;
-    yaml_mark_t m;
-};
-struct svc_ent {
-    struct wl_service_ports sp;
-    yaml_mark_t m;
-};
-
 struct wl_ctx {
     struct workload w;
     struct vec ips, svcs, pols;
-    yaml_mark_t uid_mark;
-    bool has_uid;
 };
-
-/* False for addresses no connection can be made to: unspecified, multicast, IPv4 broadcast. */
-static bool ip_usable(const struct ip_addr *ip)
-{
-    static const uint8_t zero[16];
-    if (ip->family == AF_INET)
-        return memcmp(ip->a, zero, 4) && ip->a[0] < 224 && memcmp(ip->a, "\xff\xff\xff\xff", 4);
-    return memcmp(ip->a, zero, 16) && ip->a[0] != 0xff;
-}
 
 static int ip_item(struct pctx *c, size_t idx, void *ud)
 {
-    struct ip_ent *e = vec_push(ud);
+    struct wl_ctx *x = ud;
+    struct ip_addr *e = vec_push(&x->ips);
     const char *v;
     size_t n;
     if (!e) return fail_nomem(c);
-    e->m = ev_mark(c);
+    TRY(mark_rec(c, BF_WL_ADDRESSES, 1, (uint32_t[]){(uint32_t)(x->ips.n - 1)}, ev_mark(c)));
     TRY(ev_scalar(c, "an IP address string", &v, &n));
-    return ip_from(c, v, &e->ip);
+    return ip_from(c, v, e);
 }
 
 static int wl_service_entry(struct pctx *c, const char *key, size_t kl, yaml_mark_t km, void *ud)
 {
-    struct svc_ent *e = vec_push(ud);
-    char p[80];
+    struct vec *svcs = ud;
+    struct wl_service_ports *e = vec_push(svcs);
     if (!e) return fail_nomem(c);
-    e->m = km;
-    const char *slash = memchr(key, '/', kl);
-    if (!slash || slash == key || slash + 1 == key + kl)
-        return fail(c, km, "invalid service key \"%s\" (expected \"namespace/hostname\")", printable(key, p));
-    e->sp.key = arena_strndup(&c->s->arena, key, kl);
-    if (!e->sp.key) return fail_nomem(c);
-    return parse_port_map(c, &e->sp.ports, &e->sp.n_ports);
-}
-
-static int cmp_svc_ent(const void *a, const void *b)
-{
-    const struct svc_ent *x = a, *y = b;
-    int r = strcmp(x->sp.key, y->sp.key);
-    if (r) return r;
-    return x->m.index < y->m.index ? -1 : x->m.index > y->m.index;
+    uint32_t i = (uint32_t)(svcs->n - 1);
+    TRY(mark_rec(c, BF_WL_SERVICES, 1, &i, km));
+    e->key = arena_strndup(&c->scratch, key, kl);
+    if (!e->key) return fail_nomem(c);
+    return parse_port_map(c, BF_WL_SERVICE_PORTS, 1, &i, &e->ports, &e->n_ports);
 }
 
 static int lstr_field(struct pctx *c, int id, void *ud)
@@ -721,8 +754,7 @@ static int workload_field(struct pctx *c, int id, void *ud)
     uint64_t u = 0;
     switch (id) {
     case W_UID:
-        x->uid_mark = ev_mark(c);
-        x->has_uid = true;
+        TRY(mark_rec(c, BF_WL_UID, 0, NULL, ev_mark(c)));
         return get_str(c, &w->uid);
     case W_NAME:
         return get_str(c, &w->name);
@@ -731,9 +763,9 @@ static int workload_field(struct pctx *c, int id, void *ud)
     case W_HOSTNAME:
         return get_str(c, &w->hostname);
     case W_IPS: /* a list only: a scalar here is a mistake, not one address */
-        return parse_seq(c, ip_item, &x->ips);
+        return parse_seq(c, ip_item, x);
     case W_IP:
-        return ip_item(c, 0, &x->ips);
+        return ip_item(c, 0, x);
     case W_NETWORK:
         return get_str(c, &w->network);
     case W_PROTO:
@@ -745,9 +777,9 @@ static int workload_field(struct pctx *c, int id, void *ud)
     case W_SA:
         return get_str(c, &w->service_account);
     case W_WAYPOINT:
-        return parse_gateway(c, &w->waypoint);
+        return parse_gateway(c, BF_WL_WAYPOINT, &w->waypoint);
     case W_NETGW:
-        return parse_gateway(c, &w->network_gateway);
+        return parse_gateway(c, BF_WL_NETWORK_GATEWAY, &w->network_gateway);
     case W_NODE:
         return get_str(c, &w->node);
     case W_CNAME:
@@ -761,6 +793,7 @@ static int workload_field(struct pctx *c, int id, void *ud)
     case W_WNAME:
         return get_str(c, &w->workload_name);
     case W_APPTUN:
+        TRY(mark_rec(c, BF_WL_APP_TUNNEL, 0, NULL, ev_mark(c)));
         return parse_struct(c, apptun_fields, apptun_field, w);
     case W_SERVICES:
         return parse_dynmap(c, true, wl_service_entry, &x->svcs);
@@ -786,165 +819,49 @@ static int workload_field(struct pctx *c, int id, void *ud)
     return -EINVAL;
 }
 
-static int grow_array(struct pctx *c, void **arr, size_t n, size_t *cap, size_t esz)
+/* The builder's warning about a workload, logged with the position of the resource in the file. */
+static void yaml_warn(void *ud, const struct builder_err *w)
 {
-    if (n < *cap) return 0;
-    size_t ncap = *cap ? *cap * 2 : 16;
-    void *p = realloc(*arr, ncap * esz);
-    if (!p) return fail_nomem(c);
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
-/* Moves the parsed lists into the arena and indexes the workload as s->workloads[idx]. */
-static int workload_finish(struct pctx *c, struct wl_ctx *x, uint32_t idx, yaml_mark_t start)
-{
-    struct snapshot *s = c->s;
-    struct workload *w = &x->w;
-    char p[80], p2[80], ipb[IP_STRLEN];
-    size_t saved;
-
-    if (!*w->trust_domain) w->trust_domain = DEFAULT_TRUST_DOMAIN;
-    if (!*w->service_account) w->service_account = DEFAULT_SERVICE_ACCOUNT;
-    if (!*w->cluster_id) w->cluster_id = DEFAULT_CLUSTER_ID;
-    if (!*w->uid) {
-        /* istiod's uid format for pods, so a config without uids still gets unique keys. */
-        size_t n = strlen(w->cluster_id) + strlen(w->namespace_) + strlen(w->name) + 16;
-        char *uid = arena_alloc(&s->arena, n);
-        if (!uid) return fail_nomem(c);
-        snprintf(uid, n, "%s//v1/Pod/%s/%s", w->cluster_id, w->namespace_, w->name);
-        w->uid = uid;
-        x->uid_mark = start;
-    }
-
-    /* Service keys: sorted for binary search, duplicates rejected. */
-    if (x->svcs.n > 1) qsort(x->svcs.p, x->svcs.n, x->svcs.esz, cmp_svc_ent);
-    struct svc_ent *se = (struct svc_ent *)x->svcs.p;
-    for (size_t i = 1; i < x->svcs.n; i++) {
-        if (!strcmp(se[i].sp.key, se[i - 1].sp.key)) {
-            path_push(c, ".services[\"%s\"]", printable(se[i].sp.key, p));
-            return fail(c, se[i].m, "duplicate service key");
-        }
-    }
-    if (x->svcs.n) {
-        struct wl_service_ports *sp = arena_alloc(&s->arena, x->svcs.n * sizeof(*sp));
-        if (!sp) return fail_nomem(c);
-        for (size_t i = 0; i < x->svcs.n; i++)
-            sp[i] = se[i].sp;
-        w->services = sp;
-        w->n_services = x->svcs.n;
-    }
-    TRY(vec_finish(c, &x->pols, (const void **)&w->authorization_policies, &w->n_authorization_policies));
-
-    struct ip_ent *ie = (struct ip_ent *)x->ips.p;
-    if (x->ips.n) {
-        struct ip_addr *ips = arena_alloc(&s->arena, x->ips.n * sizeof(*ips));
-        if (!ips) return fail_nomem(c);
-        for (size_t i = 0; i < x->ips.n; i++)
-            ips[i] = ie[i].ip;
-        w->ips = ips;
-        w->n_ips = x->ips.n;
-    }
-
-    uint32_t old;
-    int rc = htab_insert(&s->wl_by_uid, w->uid, strlen(w->uid), idx, &old);
-    if (rc == -EEXIST) {
-        path_push(c, ".uid");
-        return fail(c, x->uid_mark, "duplicate workload uid \"%s\" (also workloads[%u])",
-                    printable(w->uid, p), old);
-    }
-    if (rc) return fail_nomem(c);
-
-    size_t nl = strlen(w->namespace_), ml = strlen(w->name);
-    char *nk = arena_alloc(&s->arena, nl + ml + 1);
-    if (!nk) return fail_nomem(c);
-    memcpy(nk, w->namespace_, nl);
-    memcpy(nk + nl + 1, w->name, ml);
-    rc = htab_insert(&s->wl_by_name, nk, nl + 1 + ml, idx, NULL);
-    if (rc && rc != -EEXIST) return fail_nomem(c);
-
-    /* A workload nothing can reach by IP is likely a mistake; it still loads (ztunnel would resolve its
-     * hostname or use its network gateway, which zmesh does not do yet). */
-    size_t usable = 0;
-    for (size_t i = 0; i < x->ips.n; i++)
-        usable += ip_usable(&ie[i].ip);
-    if (!usable && !w->network_gateway.set) {
-        char where[PATH_MAX_LEN + 64];
-        snprintf(where, sizeof(where), "%s:%zu:%zu: %s", c->name, start.line + 1, start.column + 1, c->path);
-        log_kv(LOG_WARN, "config",
-               "workload has no usable IP address: it cannot be reached and is never chosen as a service "
-               "endpoint",
-               "at", where, "workload", w->uid, "workloadIps",
-               x->ips.n ? "unspecified, multicast or broadcast only" : "none", NULL);
-    }
-
-    /* Host-network workloads share the node's IP with each other, so they are not IP-indexed. */
-    if (w->network_mode == WL_NET_HOST) return 0;
-    for (size_t i = 0; i < x->ips.n; i++) {
-        char key[SNAP_KEY_MAX];
-        size_t kl = snap_ip_key(key, w->network, &ie[i].ip);
-        char *k = arena_memdup(&s->arena, key, kl);
-        if (!k) return fail_nomem(c);
-        rc = htab_insert(&s->wl_by_ip, k, kl, idx, &old);
-        if (rc == -EEXIST) {
-            saved = path_push(c, ".workloadIps[%zu]", i);
-            const char *other = old == idx ? "this workload" : s->workloads[old].uid;
-            rc = fail(c, ie[i].m, "duplicate address \"%s/%s\" in network (already used by %s)",
-                      printable(w->network, p), ip_format(&ie[i].ip, ipb, sizeof(ipb)), printable(other, p2));
-            path_pop(c, saved);
-            return rc;
-        }
-        if (rc) return fail_nomem(c);
-    }
-    return 0;
+    struct pctx *c = ud;
+    const struct mark_ent *start = c->marks.n ? (const struct mark_ent *)c->marks.p : NULL;
+    char where[PATH_MAX_LEN + 64];
+    if (start)
+        snprintf(where, sizeof(where), "%s:%zu:%zu: %.*s", c->name, start->m.line + 1, start->m.column + 1,
+                 (int)start->path_len, c->mark_paths.p + start->path_off);
+    else
+        snprintf(where, sizeof(where), "%s", c->name);
+    log_kv(LOG_WARN, "config", w->reason, "at", where, builder_kind_name(w->kind), w->resource, "workloadIps",
+           w->detail, NULL);
 }
 
 static int workload_item(struct pctx *c, size_t idx, void *ud)
 {
-    struct snapshot *s = c->s;
-    yaml_mark_t start = ev_mark(c);
+    /* Unset fields as ztunnel's serde defaults leave them; the builder fills in the rest. capacity is an
+     * optional UInt32Value in the proto, so absent means 1 (an explicit 0 stays 0). */
     struct wl_ctx x = {
-        .w = {.uid = "",
-              .name = "",
-              .namespace_ = "",
-              .hostname = "",
-              .network = "",
-              .trust_domain = "",
-              .service_account = "",
-              .node = "",
-              .cluster_id = "",
-              .canonical_name = "",
-              .canonical_revision = "",
-              .workload_type = "",
-              .workload_name = "",
-              .healthy = true,
-              .capacity = 1,
-              .locality = {"", "", ""}},
-        .ips = VEC(struct ip_ent),
-        .svcs = VEC(struct svc_ent),
+        .w = {.healthy = true, .capacity = 1},
+        .ips = VEC(struct ip_addr),
+        .svcs = VEC(struct wl_service_ports),
         .pols = VEC(const char *),
     };
-    x.w.waypoint = x.w.network_gateway = (struct gateway_addr){.network = "", .ns = "", .host = ""};
+    struct builder_err e;
     int rc;
-    if (s->n_workloads >= UINT32_MAX) {
-        rc = fail(c, start, "too many workloads");
-        goto out;
-    }
+    marks_reset(c);
+    rc = mark_rec(c, BF_NONE, 0, NULL, ev_mark(c));
+    if (rc) goto out;
     if (c->ev.type != YAML_MAPPING_START_EVENT) {
         rc = type_error(c, "a mapping");
         goto out;
     }
     rc = parse_struct(c, workload_fields, workload_field, &x);
     if (rc) goto out;
-    rc = grow_array(c, (void **)&s->workloads, s->n_workloads, &c->cap_workloads, sizeof(struct workload));
-    if (rc) goto out;
-    /* The array is written before indexing so a duplicate-IP message can name the other workload. */
-    uint32_t i = (uint32_t)s->n_workloads;
-    rc = workload_finish(c, &x, i, start);
-    if (rc) goto out;
-    s->workloads[i] = x.w;
-    s->n_workloads++;
+    x.w.ips = (const struct ip_addr *)x.ips.p;
+    x.w.n_ips = x.ips.n;
+    x.w.services = (const struct wl_service_ports *)x.svcs.p;
+    x.w.n_services = x.svcs.n;
+    x.w.authorization_policies = (const char *const *)x.pols.p;
+    x.w.n_authorization_policies = x.pols.n;
+    rc = builder_rc(c, builder_add_workload(c->b, &x.w, &e), &e, "workloads");
 out:
     vec_free(&x.ips);
     vec_free(&x.svcs);
@@ -1003,7 +920,6 @@ static const struct enum_val health_enum[] = {{"OnlyHealthy", LB_HEALTH_ONLY_HEA
 struct svc_ctx {
     struct service svc;
     struct vec vips, prefs;
-    yaml_mark_t host_mark;
 };
 
 static int vip_item(struct pctx *c, size_t idx, void *ud)
@@ -1012,6 +928,7 @@ static int vip_item(struct pctx *c, size_t idx, void *ud)
     const char *v;
     size_t n;
     if (!e) return fail_nomem(c);
+    TRY(mark_rec(c, BF_SVC_VIPS, 1, (uint32_t[]){(uint32_t)idx}, ev_mark(c)));
     TRY(ev_scalar(c, "an address string \"network/ip\"", &v, &n));
     return split_net_addr(c, v, n, e, false);
 }
@@ -1021,6 +938,7 @@ static int pref_item(struct pctx *c, size_t idx, void *ud)
     uint8_t *e = vec_push(ud);
     int v = 0;
     if (!e) return fail_nomem(c);
+    TRY(mark_rec(c, BF_SVC_ROUTING_PREFS, 1, (uint32_t[]){(uint32_t)idx}, ev_mark(c)));
     TRY(get_enum(c, scope_enum, "Region, Zone, Subzone, Node, Cluster or Network", &v));
     *e = (uint8_t)v;
     return 0;
@@ -1057,16 +975,16 @@ static int service_field(struct pctx *c, int id, void *ud)
     case S_NS:
         return get_str(c, &svc->namespace_);
     case S_HOST:
-        x->host_mark = ev_mark(c);
+        TRY(mark_rec(c, BF_SVC_HOSTNAME, 0, NULL, ev_mark(c)));
         return get_str(c, &svc->hostname);
     case S_VIPS:
         return parse_seq(c, vip_item, &x->vips);
     case S_PORTS:
-        return parse_port_map(c, &svc->ports, &svc->n_ports);
+        return parse_port_map(c, BF_SVC_PORTS, 0, NULL, &svc->ports, &svc->n_ports);
     case S_SANS:
         return parse_str_list(c, &svc->subject_alt_names, &svc->n_sans);
     case S_WAYPOINT:
-        return parse_gateway(c, &svc->waypoint);
+        return parse_gateway(c, BF_SVC_WAYPOINT, &svc->waypoint);
     case S_LB:
         return parse_struct(c, lb_fields, lb_field, x);
     case S_IPFAM:
@@ -1077,70 +995,25 @@ static int service_field(struct pctx *c, int id, void *ud)
     return -EINVAL;
 }
 
-static int service_finish(struct pctx *c, struct svc_ctx *x, uint32_t idx, yaml_mark_t start)
-{
-    struct snapshot *s = c->s;
-    struct service *svc = &x->svc;
-    char p[80];
-    if (!*svc->hostname) {
-        path_push(c, ".hostname");
-        return fail(c, start, "hostname is required");
-    }
-    TRY(vec_finish(c, &x->vips, (const void **)&svc->vips, &svc->n_vips));
-    TRY(vec_finish(c, &x->prefs, (const void **)&svc->routing_prefs, &svc->n_routing_prefs));
-
-    size_t nl = strlen(svc->namespace_), hl = strlen(svc->hostname);
-    char *key = arena_alloc(&s->arena, nl + hl + 2);
-    if (!key) return fail_nomem(c);
-    memcpy(key, svc->namespace_, nl);
-    key[nl] = '/';
-    memcpy(key + nl + 1, svc->hostname, hl);
-    uint32_t old;
-    int rc = htab_insert(&s->svc_by_host, key, nl + 1 + hl, idx, &old);
-    if (rc == -EEXIST) {
-        path_push(c, ".hostname");
-        return fail(c, x->host_mark, "duplicate service \"%s\" (also services[%u])", printable(key, p), old);
-    }
-    if (rc) return fail_nomem(c);
-
-    for (size_t i = 0; i < svc->n_vips; i++) {
-        char kb[SNAP_KEY_MAX];
-        size_t kl = snap_ip_key(kb, svc->vips[i].network, &svc->vips[i].ip);
-        char *k = arena_memdup(&s->arena, kb, kl);
-        if (!k) return fail_nomem(c);
-        /* Several services may share a VIP (ztunnel tie-breaks at lookup); the first one is indexed. */
-        rc = htab_insert(&s->svc_by_vip, k, kl, idx, NULL);
-        if (rc && rc != -EEXIST) return fail_nomem(c);
-    }
-    return 0;
-}
-
 static int service_item(struct pctx *c, size_t idx, void *ud)
 {
-    struct snapshot *s = c->s;
-    yaml_mark_t start = ev_mark(c);
-    struct svc_ctx x = {
-        .svc = {.name = "", .namespace_ = "", .hostname = ""},
-        .vips = VEC(struct net_addr),
-        .prefs = VEC(uint8_t),
-    };
-    x.svc.waypoint = (struct gateway_addr){.network = "", .ns = "", .host = ""};
+    struct svc_ctx x = {.vips = VEC(struct net_addr), .prefs = VEC(uint8_t)};
+    struct builder_err e;
     int rc;
-    if (s->n_services >= UINT32_MAX) {
-        rc = fail(c, start, "too many services");
-        goto out;
-    }
+    marks_reset(c);
+    rc = mark_rec(c, BF_NONE, 0, NULL, ev_mark(c));
+    if (rc) goto out;
     if (c->ev.type != YAML_MAPPING_START_EVENT) {
         rc = type_error(c, "a mapping");
         goto out;
     }
     rc = parse_struct(c, service_fields, service_field, &x);
     if (rc) goto out;
-    rc = grow_array(c, (void **)&s->services, s->n_services, &c->cap_services, sizeof(struct service));
-    if (rc) goto out;
-    rc = service_finish(c, &x, (uint32_t)s->n_services, start);
-    if (rc) goto out;
-    s->services[s->n_services++] = x.svc;
+    x.svc.vips = (const struct net_addr *)x.vips.p;
+    x.svc.n_vips = x.vips.n;
+    x.svc.routing_prefs = (const uint8_t *)x.prefs.p;
+    x.svc.n_routing_prefs = x.prefs.n;
+    rc = builder_rc(c, builder_add_service(c->b, &x.svc, &e), &e, "services");
 out:
     vec_free(&x.vips);
     vec_free(&x.prefs);
@@ -1230,17 +1103,19 @@ static int cidr_item(struct pctx *c, size_t idx, void *ud)
     struct cidr *e = vec_push(ud);
     const char *v;
     size_t n;
-    char buf[CONFIG_MAX_STR + 1], p[80];
+    char buf[CONFIG_MAX_STR + 1], p[MESH_PRINTABLE_MAX];
     if (!e) return fail_nomem(c);
     TRY(ev_scalar(c, "an address block \"ip/len\" or \"ip\"", &v, &n));
     memcpy(buf, v, n + 1);
     char *slash = strchr(buf, '/');
     if (slash) *slash = '\0';
-    if (ip_parse(buf, &e->ip) != 0) return fail(c, ev_mark(c), "invalid IP address \"%s\"", printable(v, p));
+    if (ip_parse(buf, &e->ip) != 0)
+        return fail(c, ev_mark(c), "invalid IP address \"%s\"", mesh_printable(v, p));
     unsigned max = e->ip.family == AF_INET ? 32 : 128;
     uint64_t len = max;
     if (slash && (!parse_u64(slash + 1, strlen(slash + 1), &len) || len > max))
-        return fail(c, ev_mark(c), "invalid prefix length in \"%s\" (expected 0-%u)", printable(v, p), max);
+        return fail(c, ev_mark(c), "invalid prefix length in \"%s\" (expected 0-%u)", mesh_printable(v, p),
+                    max);
     e->len = (uint8_t)len;
     return 0;
 }
@@ -1283,11 +1158,21 @@ static const struct field match_fields[] = {
     {NULL, 0},
 };
 
+static const item_fn match_item_fns[M_COUNT] = {sm_item,   sm_item,   sm_item,   sm_item,
+                                                sa_item,   sa_item,   cidr_item, cidr_item,
+                                                cidr_item, cidr_item, port_item, port_item};
+
+/* One item of a Match list: noted in the mark log under its (rule, clause, match, item), then parsed. */
+static int match_list_item(struct pctx *c, size_t idx, void *ud)
+{
+    uint32_t at[BUILDER_MAX_IDX] = {c->pol_at[0], c->pol_at[1], c->pol_at[2], (uint32_t)idx};
+    TRY(mark_rec(c, c->pol_field, BUILDER_MAX_IDX, at, ev_mark(c)));
+    return match_item_fns[c->pol_field - BF_POL_NAMESPACES](c, idx, ud);
+}
+
 static int match_field(struct pctx *c, int id, void *ud)
 {
     struct auth_match *m = ud;
-    static const item_fn fns[M_COUNT] = {sm_item,   sm_item,   sm_item,   sm_item,   sa_item,   sa_item,
-                                         cidr_item, cidr_item, cidr_item, cidr_item, port_item, port_item};
     static const size_t esz[M_COUNT] = {sizeof(struct string_match),
                                         sizeof(struct string_match),
                                         sizeof(struct string_match),
@@ -1312,7 +1197,9 @@ static int match_field(struct pctx *c, int id, void *ud)
                             &m->n_source_ips,          &m->n_not_source_ips,    &m->n_destination_ips,
                             &m->n_not_destination_ips, &m->n_destination_ports, &m->n_not_destination_ports};
     struct vec v = {.esz = esz[id]};
-    int rc = parse_seq(c, fns[id], &v);
+    /* The M_ ids follow auth_match's (and the builder's BF_POL_*) order. */
+    c->pol_field = (enum builder_field)(BF_POL_NAMESPACES + id);
+    int rc = parse_seq(c, match_list_item, &v);
     if (rc) {
         vec_free(&v);
         return rc;
@@ -1324,6 +1211,7 @@ static int match_item(struct pctx *c, size_t idx, void *ud)
 {
     struct auth_match *m = vec_push(ud);
     if (!m) return fail_nomem(c);
+    c->pol_at[2] = (uint32_t)idx;
     if (c->ev.type != YAML_MAPPING_START_EVENT) return type_error(c, "a match mapping");
     return parse_struct(c, match_fields, match_field, m);
 }
@@ -1344,6 +1232,7 @@ static int clause_item(struct pctx *c, size_t idx, void *ud)
 {
     struct auth_clause *cl = vec_push(ud);
     if (!cl) return fail_nomem(c);
+    c->pol_at[1] = (uint32_t)idx;
     if (c->ev.type != YAML_SEQUENCE_START_EVENT) return type_error(c, "a list of matches");
     return parse_list(c, match_item, sizeof(struct auth_match), (const void **)&cl->matches, &cl->n_matches);
 }
@@ -1352,65 +1241,46 @@ static int rule_item(struct pctx *c, size_t idx, void *ud)
 {
     struct auth_rule *r = vec_push(ud);
     if (!r) return fail_nomem(c);
+    c->pol_at[0] = (uint32_t)idx;
     if (c->ev.type != YAML_SEQUENCE_START_EVENT) return type_error(c, "a list of clauses");
     return parse_list(c, clause_item, sizeof(struct auth_clause), (const void **)&r->clauses, &r->n_clauses);
 }
 
-struct pol_ctx {
-    struct policy p;
-    yaml_mark_t name_mark;
-};
-
 static int policy_field(struct pctx *c, int id, void *ud)
 {
-    struct pol_ctx *x = ud;
+    struct policy *p = ud;
     int v = 0;
     switch (id) {
     case P_NAME:
-        x->name_mark = ev_mark(c);
-        return get_str(c, &x->p.name);
+        TRY(mark_rec(c, BF_POL_NAME, 0, NULL, ev_mark(c)));
+        return get_str(c, &p->name);
     case P_NS:
-        return get_str(c, &x->p.namespace_);
+        return get_str(c, &p->namespace_);
     case P_SCOPE:
         TRY(get_enum(c, pscope_enum, "Global, Namespace or WorkloadSelector", &v));
-        x->p.scope = (uint8_t)v;
+        p->scope = (uint8_t)v;
         return 0;
     case P_ACTION:
         TRY(get_enum(c, action_enum, "Allow or Deny", &v));
-        x->p.action = (uint8_t)v;
+        p->action = (uint8_t)v;
         return 0;
     case P_DRYRUN:
-        return get_bool(c, &x->p.dry_run);
+        return get_bool(c, &p->dry_run);
     case P_RULES:
-        return parse_list(c, rule_item, sizeof(struct auth_rule), (const void **)&x->p.rules, &x->p.n_rules);
+        return parse_list(c, rule_item, sizeof(struct auth_rule), (const void **)&p->rules, &p->n_rules);
     }
     return -EINVAL;
 }
 
 static int policy_item(struct pctx *c, size_t idx, void *ud)
 {
-    struct snapshot *s = c->s;
-    struct pol_ctx x = {.p = {.name = "", .namespace_ = ""}, .name_mark = ev_mark(c)};
-    char p[80];
-    if (s->n_policies >= UINT32_MAX) return fail(c, x.name_mark, "too many policies");
+    struct policy p = {0};
+    struct builder_err e;
+    marks_reset(c);
+    TRY(mark_rec(c, BF_NONE, 0, NULL, ev_mark(c)));
     if (c->ev.type != YAML_MAPPING_START_EVENT) return type_error(c, "a mapping");
-    TRY(parse_struct(c, policy_fields, policy_field, &x));
-    TRY(grow_array(c, (void **)&s->policies, s->n_policies, &c->cap_policies, sizeof(struct policy)));
-    size_t nl = strlen(x.p.namespace_), ml = strlen(x.p.name);
-    char *key = arena_alloc(&s->arena, nl + ml + 2);
-    if (!key) return fail_nomem(c);
-    memcpy(key, x.p.namespace_, nl);
-    key[nl] = '/';
-    memcpy(key + nl + 1, x.p.name, ml);
-    uint32_t old;
-    int rc = htab_insert(&s->pol_by_name, key, nl + 1 + ml, (uint32_t)s->n_policies, &old);
-    if (rc == -EEXIST) {
-        path_push(c, ".name");
-        return fail(c, x.name_mark, "duplicate policy \"%s\" (also policies[%u])", printable(key, p), old);
-    }
-    if (rc) return fail_nomem(c);
-    s->policies[s->n_policies++] = x.p;
-    return 0;
+    TRY(parse_struct(c, policy_fields, policy_field, &p));
+    return builder_rc(c, builder_add_policy(c->b, &p, &e), &e, "policies");
 }
 
 /* ---- root ---- */
@@ -1463,22 +1333,30 @@ int config_load_buf(const char *buf, size_t len, const char *name, struct snapsh
             snprintf(err, errlen, "%s: file too large (%zu bytes, limit %zu)", c.name, len, CONFIG_MAX_FILE);
         return -EFBIG;
     }
-    c.s = snapshot_new();
-    if (!c.s) return fail_nomem(&c);
+    /* A LocalConfig file is one unit, as in ztunnel (one serde parse): any finding fails the whole load. */
+    struct builder_opts opts = {.strict = true, .warn = yaml_warn, .warn_ud = &c};
+    struct snapshot *s = NULL;
+    c.marks = VEC(struct mark_ent);
+    c.mark_paths = VEC(char);
+    if (snapshot_builder_new(&c.b, &opts)) return fail_nomem(&c);
     if (!yaml_parser_initialize(&c.yp)) {
-        snapshot_unref(c.s);
+        builder_free(c.b);
         return fail_nomem(&c);
     }
     yaml_parser_set_input_string(&c.yp, (const unsigned char *)(buf ? buf : ""), buf ? len : 0);
     rc = parse_root(&c);
     if (c.have_ev) yaml_event_delete(&c.ev);
     yaml_parser_delete(&c.yp);
-    if (!rc && snapshot_finalize(c.s)) rc = fail_nomem(&c);
+    vec_free(&c.marks);
+    vec_free(&c.mark_paths);
+    arena_free(&c.scratch);
     if (rc) {
-        snapshot_unref(c.s);
+        builder_free(c.b);
         return rc;
     }
-    *out = c.s;
+    rc = builder_finish(c.b, &s);
+    if (rc) return rc == -ENOMEM ? fail_nomem(&c) : rc;
+    *out = s;
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* Istio ztunnel's local config (LOCAL_XDS_PATH): a YAML LocalConfig
  * `{workloads: [...], services: [...], policies: [...]}` with camelCase fields and enum variant names
- * (reference/ztunnel.md §6), loaded into a new immutable snapshot. Unknown fields are errors. */
+ * (istio/ztunnel src/xds.rs, LocalConfig), loaded into a new immutable snapshot. Unknown fields are errors.
+ */
 #pragma once
 #include <stddef.h>
 

@@ -31,11 +31,12 @@
  * weighted binary search: O(P log n), independent of the source and never linear in n. Strict = the
  * same with k_max required to be P.
  *
- * On ztunnel's NETWORK rule (reference §9: "if NETWORK is first, same-network endpoints get +(len−1)"):
- * ztunnel's `load_balance` (istio/ztunnel src/state.rs, checked at commit 0eff13c) has no such bonus; it
- * counts leading matches only, which is what this file does. For Failover the two agree anyway: a bonus
- * given only to endpoints that match prefs[0] keeps every one of them above every endpoint that does not
- * (rank ≥ 1 vs 0) and keeps their order among themselves, so the top-rank set is the same.
+ * On a NETWORK-first bonus (a description of ztunnel's ranking we were given says same-network endpoints get
+ * +(len−1) when NETWORK is the first routing preference): ztunnel's `load_balance` (istio/ztunnel
+ * src/state.rs, checked at commit 0eff13c) has no such bonus; it counts leading matches only, which is what
+ * this file does. For Failover the two agree anyway: a bonus given only to endpoints that match prefs[0]
+ * keeps every one of them above every endpoint that does not (rank ≥ 1 vs 0) and keeps their order among
+ * themselves, so the top-rank set is the same.
  *
  * Build cost: one hash probe per (workload, service entry) to find the service, then per service and
  * pool O(n log n) for the sort (Failover/Strict only) and O(n) for the sums. Memory: the endpoint list

@@ -1,4 +1,4 @@
-/* Service endpoint choice, as Istio ztunnel does it (reference/ztunnel.md §9; ztunnel src/state.rs
+/* Service endpoint choice, as Istio ztunnel does it (ztunnel src/state.rs
  * `find_upstream_from_service`, `load_balance`, `pick_workload_destination_or_resolve`).
  *
  * The endpoints of service "ns/host" are the workloads whose `services` map has that key. They are

@@ -91,6 +91,28 @@ void arena_free(struct arena *a)
     a->bytes = 0;
 }
 
+void arena_reset(struct arena *a)
+{
+    struct arena_chunk *keep = NULL, *c = a->head;
+    while (c) {
+        struct arena_chunk *next = c->next;
+        /* Keep one standard chunk: oversized ones were for one large request and are unlikely to fit again.
+         */
+        if (!keep && c->cap == ARENA_CHUNK)
+            keep = c;
+        else
+            free(c);
+        c = next;
+    }
+    a->head = keep;
+    a->bytes = 0;
+    if (keep) {
+        keep->next = NULL;
+        keep->used = 0;
+        a->bytes = ARENA_CHUNK;
+    }
+}
+
 /* ---- hash table ---- */
 
 static inline uint64_t mix64(uint64_t h)
@@ -177,6 +199,21 @@ bool htab_find(const struct htab *t, const char *key, size_t keylen, uint32_t *v
         if (s->hash == h && s->keylen == keylen && memcmp(s->key, key, keylen) == 0) {
             *val = s->val;
             return true;
+        }
+    }
+}
+
+int htab_set(struct htab *t, const char *key, size_t keylen, uint32_t val)
+{
+    if (!t->cap) return -ENOENT;
+    uint64_t h = htab_hash(key, keylen);
+    size_t mask = t->cap - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        struct htab_slot *s = &t->slots[i];
+        if (!s->key) return -ENOENT;
+        if (s->hash == h && s->keylen == keylen && memcmp(s->key, key, keylen) == 0) {
+            s->val = val;
+            return 0;
         }
     }
 }

@@ -1,7 +1,7 @@
 /* The mesh model: workloads, services and L4 authorization policies, held in an immutable,
  * reference-counted snapshot. Field names and enum values follow Istio's workload.proto and
- * authorization.proto (see reference/ztunnel.md §4.2, §4.3) so that xDS and the local YAML
- * config produce the same structures.
+ * authorization.proto (istio/ztunnel proto/workload.proto, proto/authorization.proto) so that xDS and the
+ * local YAML config produce the same structures.
  *
  * Memory: every pointer reachable from a snapshot (strings, arrays, nested structs) is owned by
  * that snapshot and stays valid until its last reference is dropped with snapshot_unref(). Strings
@@ -113,7 +113,8 @@ struct service {
     uint8_t ip_families;   /* enum ip_families */
 };
 
-/* ---- L4 authorization (authorization.proto). Evaluation semantics: reference §8.1. ---- */
+/* ---- L4 authorization (authorization.proto). Semantics: istio/ztunnel src/rbac.rs, src/state.rs assert_rbac
+ * ---- */
 
 enum string_match_kind { SM_EXACT = 0, SM_PREFIX = 1, SM_SUFFIX = 2, SM_PRESENCE = 3 };
 struct string_match {

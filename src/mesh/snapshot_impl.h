@@ -1,5 +1,5 @@
-/* Internals shared by the snapshot builders (config.c today, the xDS client later) and model.c.
- * Not for use outside src/mesh/ and src/xds/. */
+/* Internals shared by the snapshot builder (builder.c), the YAML walker (config.c), lb.c and model.c.
+ * Not for use outside src/mesh/: other layers build snapshots through builder.h. */
 #pragma once
 #include <stdatomic.h>
 #include <stddef.h>
@@ -21,6 +21,8 @@ void *arena_memdup(struct arena *a, const void *p, size_t n);
 /* Copies s[0..n) plus a NUL into a. NULL on ENOMEM. */
 char *arena_strndup(struct arena *a, const char *s, size_t n);
 void arena_free(struct arena *a);
+/* Forgets everything allocated from a but keeps one chunk for reuse (a scratch arena per resource). */
+void arena_reset(struct arena *a);
 
 /* Open-addressing hash table (linear probing, power-of-two capacity, load <= 1/2) from a byte-string
  * key to a 32-bit value (an index into a snapshot array). Keys are borrowed: they must outlive the
@@ -41,6 +43,8 @@ uint64_t htab_hash(const void *key, size_t len);
 int htab_insert(struct htab *t, const char *key, size_t keylen, uint32_t val, uint32_t *old);
 /* Returns true and the value in *val when key is present. */
 bool htab_find(const struct htab *t, const char *key, size_t keylen, uint32_t *val);
+/* Points an existing key at val (the key pointer stays the first one inserted). Returns 0 or -ENOENT. */
+int htab_set(struct htab *t, const char *key, size_t keylen, uint32_t val);
 void htab_free(struct htab *t);
 
 /* Longest key built by the helpers below: a network name (<= 1024 bytes) + NUL + family + 16 bytes. */
@@ -48,6 +52,10 @@ void htab_free(struct htab *t);
 /* Builds the (network, ip) key into buf (SNAP_KEY_MAX bytes). Returns its length, or 0 when the network
  * is too long to ever have been stored. */
 size_t snap_ip_key(char *buf, const char *network, const struct ip_addr *ip);
+
+/* Copies s for an error message: at most 64 bytes then "...", non-printable bytes as '?'. Returns out. */
+#define MESH_PRINTABLE_MAX 80
+const char *mesh_printable(const char *s, char out[MESH_PRINTABLE_MAX]);
 
 struct snapshot {
     atomic_uint refs;

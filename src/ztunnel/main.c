@@ -142,8 +142,10 @@ static void start_drain(const char *why)
     uint64_t deadline = zt_cfg.termination_deadline_ms;
     LOG_I("ztunnel", "%s: draining %llu connections (deadline %llums)", why,
           (unsigned long long)active_total(), (unsigned long long)deadline);
-    for (int i = 0; i < app.n_workers; i++)
-        worker_post_drain(&app.workers[i]);
+    /* Before the first config load no worker exists yet (their eventfds are not open): nothing to drain. */
+    if (atomic_load(&app.published))
+        for (int i = 0; i < app.n_workers; i++)
+            worker_post_drain(&app.workers[i]);
     app.drain_deadline = loop_now(app.loop) + deadline;
     app.drain_timer.cb = drain_tick;
     timer_start(app.loop, &app.drain_timer, 0);

@@ -6,6 +6,7 @@ policy). n1p2 and n2p2 have no ztunnel at first: n2p2 gets one whose config file
 import datetime
 import json
 import os
+import signal
 
 import pytest
 
@@ -184,6 +185,25 @@ def test_readiness_before_and_after_the_config_exists(mesh):
     assert t.wait_listen(pod.netns, (15001, 15006, 15008), timeout=10, proc=proc)
     d = config_dump(pod)
     assert pod.uid in {w["uid"] for w in _items(d["workloads"])}
+
+
+def test_sigterm_while_waiting_for_the_config(mesh):
+    """A ztunnel still waiting for its config file has no workers yet: SIGTERM still ends it cleanly (exit 0,
+    the drain's last line) and logs no worker eventfd error. (The fix this guards kept start_drain from
+    writing to the unopened eventfds, fd 0; with stdin on /dev/null, as here, that write did not fail.)"""
+    t, pod = mesh.topo, mesh.pod("n1p2")
+    d = os.path.join(t.workdir, "never")
+    os.makedirs(d, exist_ok=True)
+    start = os.path.getsize(os.path.join(t.workdir, "ztunnel-%s.log" % pod.name)) \
+        if os.path.exists(os.path.join(t.workdir, "ztunnel-%s.log" % pod.name)) else 0
+    proc = t.start_ztunnel(pod, os.path.join(d, "config.yaml"), wait_ports=(15021,))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    with open(proc.log_path, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    assert "drained, exiting" in text, text
+    assert "eventfd" not in text, text
 
 
 def test_quitquitquit_exits_gracefully(mesh):
