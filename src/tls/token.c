@@ -364,9 +364,10 @@ static int check_claims(json_t *claims, const char *issuer, const char *audience
 
     /* sub names the account; kubernetes.io must say the same (the apiserver reads the latter). */
     if ((rc = get_str(claims, "sub", "sub", 0, sub, sizeof(sub), err, errlen)) < 0) return rc;
-    const char *rest = sub + strlen(SA_PREFIX), *colon = strchr(rest, ':');
-    if (strncmp(sub, SA_PREFIX, strlen(SA_PREFIX)) != 0 || !colon ||
-        (size_t)(colon - rest) >= sizeof(o->ns)) {
+    /* The prefix is compared first: only then does sub extend past it. */
+    int has_prefix = strncmp(sub, SA_PREFIX, strlen(SA_PREFIX)) == 0;
+    const char *rest = has_prefix ? sub + strlen(SA_PREFIX) : sub, *colon = strchr(rest, ':');
+    if (!has_prefix || !colon || (size_t)(colon - rest) >= sizeof(o->ns)) {
         set_err(err, errlen, "sub \"%s\" is not system:serviceaccount:<namespace>:<name>", sub);
         return -EACCES;
     }

@@ -681,6 +681,17 @@ static void test_token_times(void **state)
         raw_token(payload(TOKEN_DEFAULT_ISSUER, "\"istio-ca\"", 0, "system:serviceaccount:shop:cart"),
                   JWT_ALG_ES256, priv);
     assert_int_equal(verify(k, strexp, now, &c, err, sizeof(err)), -EACCES); /* exp 0: long past */
+    char future[512];
+    snprintf(
+        future, sizeof(future),
+        "{\"iss\":\"" TOKEN_DEFAULT_ISSUER "\",\"aud\":\"istio-ca\",\"exp\":%ld,\"iat\":%ld,\"sub\":"
+        "\"system:serviceaccount:shop:cart\",\"kubernetes.io\":{\"namespace\":\"shop\",\"serviceaccount\":{"
+        "\"name\":\"cart\"}}}",
+        (long)now + HOUR, (long)now + 600);
+    char *iat = raw_token(future, JWT_ALG_ES256, priv);
+    assert_int_equal(verify(k, iat, now, &c, err, sizeof(err)), -EACCES);
+    assert_string_equal(err, "token is issued in the future");
+    free(iat);
     free(noexp);
     free(strexp);
     free(priv);
