@@ -134,7 +134,7 @@ out:
     return rc;
 }
 
-/* Loads and checks a complete directory; chain_file is NULL in self-signed mode (no cert-chain.pem). */
+/* Loads and checks a complete directory; plugin = 0 is self-signed mode, which has no cert-chain.pem. */
 static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *err, size_t errlen)
 {
     char cert_path[PATH_MAX_LEN], key_path[PATH_MAX_LEN], root_path[PATH_MAX_LEN], chain_path[PATH_MAX_LEN];

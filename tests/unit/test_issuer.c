@@ -796,11 +796,15 @@ static void test_token_signatures(void **state)
     assert_string_equal(err, "token algorithm HS256 is not ES256");
     free(hs);
 
-    /* A payload swapped under a valid signature. */
+    /* A workload's valid signature under a payload that claims more (a node binding and a longer life). */
     char *good = mint(k, "shop", "cart", NULL, HOUR, now);
-    char *evil_p =
-        payload(TOKEN_DEFAULT_ISSUER, "[\"istio-ca\"]", (long)now + HOUR, "system:serviceaccount:shop:cart");
-    evil_p = strdup(evil_p);
+    char evil_p[512];
+    snprintf(
+        evil_p, sizeof(evil_p),
+        "{\"iss\":\"" TOKEN_DEFAULT_ISSUER "\",\"aud\":[\"istio-ca\"],\"exp\":%ld,\"sub\":\"system:"
+        "serviceaccount:shop:cart\",\"kubernetes.io\":{\"namespace\":\"shop\",\"serviceaccount\":{\"name\":"
+        "\"cart\"},\"node\":{\"name\":\"node-b\"}}}",
+        (long)now + 100 * DAY);
     size_t head = strcspn(good, "."), sig = strlen(good) - strcspn(good + head + 1, ".") - head - 1;
     char swapped[2048];
     b64url(evil_p, b);
@@ -808,7 +812,6 @@ static void test_token_signatures(void **state)
     assert_int_equal(verify(k, swapped, now, &c, err, sizeof(err)), -EACCES);
     assert_non_null(strstr(err, "signature does not verify"));
     assert_int_equal(verify(k, "not.a.jwt", now, &c, err, sizeof(err)), -EACCES);
-    free(evil_p);
     free(good);
     token_key_free(k);
     token_key_free(foreign);
