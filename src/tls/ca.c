@@ -111,14 +111,47 @@ static const EVP_MD *sign_md(EVP_PKEY *key)
     return (id == EVP_PKEY_ED25519 || id == EVP_PKEY_ED448) ? NULL : EVP_sha256();
 }
 
-/* Mints a leaf for id signed by root/root_key. Returns a cert with one reference, or NULL with err filled. */
+X509 *ca_sign_leaf(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, const char *uri,
+                   time_t not_before, time_t not_after, char *err, size_t errlen)
+{
+    X509 *x = X509_new();
+    X509V3_CTX v3;
+    char what[SPIFFE_MAX + 16];
+
+    snprintf(what, sizeof(what), "sign %s", uri);
+    if (!x) goto ossl_fail;
+    if (!X509_set_version(x, X509_VERSION_3)) goto ossl_fail;
+    if (set_random_serial(x) < 0) goto ossl_fail;
+    if (!X509_set_issuer_name(x, X509_get_subject_name(issuer))) goto ossl_fail;
+    /* The subject stays empty: the identity lives only in the critical URI SAN, as in Istio's certificates.
+     */
+    if (!ASN1_TIME_set(X509_getm_notBefore(x), not_before)) goto ossl_fail;
+    if (!ASN1_TIME_set(X509_getm_notAfter(x), not_after)) goto ossl_fail;
+    if (!X509_set_pubkey(x, subject_key)) goto ossl_fail;
+
+    X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
+    if (add_ext_conf(x, &v3, NID_basic_constraints, "critical,CA:FALSE") < 0) goto ossl_fail;
+    if (add_ext_conf(x, &v3, NID_key_usage, "critical,digitalSignature,keyEncipherment") < 0) goto ossl_fail;
+    if (add_ext_conf(x, &v3, NID_ext_key_usage, "serverAuth,clientAuth") < 0) goto ossl_fail;
+    /* The authority key id lets verifiers pick the right issuer when several share a subject name. */
+    if (X509_get0_subject_key_id(issuer) && add_ext_conf(x, &v3, NID_authority_key_identifier, "keyid") < 0)
+        goto ossl_fail;
+    if (add_uri_san(x, uri) < 0) goto ossl_fail;
+    if (X509_sign(x, issuer_key, sign_md(issuer_key)) <= 0) goto ossl_fail;
+    return x;
+
+ossl_fail:
+    set_err(err, errlen, what, NULL);
+    X509_free(x);
+    return NULL;
+}
+
+/* Mints a leaf with a new P-256 key for id signed by root/root_key. Returns a cert with one reference, or
+ * NULL with err filled. */
 static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct spiffe_id *id, uint32_t ttl_s,
                                   char *err, size_t errlen)
 {
     struct tls_cert *c = calloc(1, sizeof(*c));
-    X509 *x = NULL;
-    EVP_PKEY *key = NULL;
-    X509V3_CTX v3;
     time_t now = time(NULL);
     char what[SPIFFE_MAX + 16] = "";
 
@@ -143,43 +176,25 @@ static struct tls_cert *mint_leaf(X509 *root, EVP_PKEY *root_key, const struct s
         set_err(err, errlen, what, "the root certificate (root-cert.pem) is not valid yet");
         goto fail;
     }
-
-    key = EVP_EC_gen("P-256");
-    x = X509_new();
-    if (!key || !x) goto ossl_fail;
-    if (!X509_set_version(x, X509_VERSION_3)) goto ossl_fail;
-    if (set_random_serial(x) < 0) goto ossl_fail;
-    if (!X509_set_issuer_name(x, X509_get_subject_name(root))) goto ossl_fail;
-    /* The subject stays empty: the identity lives only in the critical URI SAN, as in Istio's certificates.
-     */
+    if (!(c->key = EVP_EC_gen("P-256"))) {
+        set_err(err, errlen, what, NULL);
+        goto fail;
+    }
     c->not_before = now - LEAF_BACKDATE;
     c->not_after = now + (time_t)ttl_s;
-    if (!ASN1_TIME_set(X509_getm_notBefore(x), c->not_before)) goto ossl_fail;
-    if (!ASN1_TIME_set(X509_getm_notAfter(x), c->not_after)) goto ossl_fail;
-    if (!X509_set_pubkey(x, key)) goto ossl_fail;
-
-    X509V3_set_ctx(&v3, root, x, NULL, NULL, 0);
-    if (add_ext_conf(x, &v3, NID_basic_constraints, "critical,CA:FALSE") < 0) goto ossl_fail;
-    if (add_ext_conf(x, &v3, NID_key_usage, "critical,digitalSignature,keyEncipherment") < 0) goto ossl_fail;
-    if (add_ext_conf(x, &v3, NID_ext_key_usage, "serverAuth,clientAuth") < 0) goto ossl_fail;
-    /* The authority key id lets verifiers pick the right root when several share a subject name. */
-    if (X509_get0_subject_key_id(root) && add_ext_conf(x, &v3, NID_authority_key_identifier, "keyid") < 0)
-        goto ossl_fail;
-    if (add_uri_san(x, c->uri) < 0) goto ossl_fail;
-    if (X509_sign(x, root_key, sign_md(root_key)) <= 0) goto ossl_fail;
-
+    if (!(c->leaf = ca_sign_leaf(root, root_key, c->key, c->uri, c->not_before, c->not_after, err, errlen)))
+        goto fail;
     c->chain = sk_X509_new_null();
-    if (!c->chain || !X509_up_ref(root)) goto ossl_fail;
+    if (!c->chain || !X509_up_ref(root)) {
+        set_err(err, errlen, what, "out of memory");
+        goto fail;
+    }
     c->root = root;
-    c->leaf = x;
-    c->key = key;
     return c;
 
-ossl_fail:
-    set_err(err, errlen, what[0] ? what : "mint", NULL);
 fail:
-    X509_free(x);
-    EVP_PKEY_free(key);
+    X509_free(c->leaf);
+    EVP_PKEY_free(c->key);
     sk_X509_free(c->chain);
     free(c);
     return NULL;
@@ -320,9 +335,8 @@ static int write_pem(const char *path, mode_t mode, X509 *cert, EVP_PKEY *key, c
     return 0;
 }
 
-int ca_write_root(const char *dir, const char *org, char *err, size_t errlen)
+int ca_new_root(const char *org, long ttl_s, X509 **cert_out, EVP_PKEY **key_out, char *err, size_t errlen)
 {
-    char cert_path[4096], key_path[4096];
     EVP_PKEY *key = NULL;
     X509 *x = NULL;
     X509V3_CTX v3;
@@ -330,34 +344,49 @@ int ca_write_root(const char *dir, const char *org, char *err, size_t errlen)
     int rc = -EIO;
 
     if (!org || !*org) org = "zmesh";
+    key = EVP_EC_gen("P-256");
+    x = X509_new();
+    if (!key || !x) goto out;
+    if (!X509_set_version(x, X509_VERSION_3) || set_random_serial(x) < 0) goto out;
+    X509_NAME *name = X509_get_subject_name(x);
+    if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)org, -1, -1, 0))
+        goto out;
+    if (!X509_set_issuer_name(x, name)) goto out;
+    if (!ASN1_TIME_set(X509_getm_notBefore(x), now - LEAF_BACKDATE)) goto out;
+    if (!ASN1_TIME_set(X509_getm_notAfter(x), now + ttl_s)) goto out;
+    if (!X509_set_pubkey(x, key)) goto out;
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    if (add_ext_conf(x, &v3, NID_basic_constraints, "critical,CA:TRUE") < 0) goto out;
+    if (add_ext_conf(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign") < 0) goto out;
+    if (add_ext_conf(x, &v3, NID_subject_key_identifier, "hash") < 0) goto out;
+    if (X509_sign(x, key, EVP_sha256()) <= 0) goto out;
+    *cert_out = x;
+    *key_out = key;
+    x = NULL;
+    key = NULL;
+    rc = 0;
+out:
+    if (rc < 0) set_err(err, errlen, "new root", NULL);
+    X509_free(x);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+int ca_write_root(const char *dir, const char *org, char *err, size_t errlen)
+{
+    char cert_path[4096], key_path[4096];
+    EVP_PKEY *key = NULL;
+    X509 *x = NULL;
+    int rc;
+
     if (snprintf(cert_path, sizeof(cert_path), "%s/root-cert.pem", dir) >= (int)sizeof(cert_path) ||
         snprintf(key_path, sizeof(key_path), "%s/root-key.pem", dir) >= (int)sizeof(key_path)) {
         set_err(err, errlen, dir, "path too long");
         return -ENAMETOOLONG;
     }
-    key = EVP_EC_gen("P-256");
-    x = X509_new();
-    if (!key || !x) goto ossl_fail;
-    if (!X509_set_version(x, X509_VERSION_3) || set_random_serial(x) < 0) goto ossl_fail;
-    X509_NAME *name = X509_get_subject_name(x);
-    if (!X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, (const unsigned char *)org, -1, -1, 0))
-        goto ossl_fail;
-    if (!X509_set_issuer_name(x, name)) goto ossl_fail;
-    if (!ASN1_TIME_set(X509_getm_notBefore(x), now - LEAF_BACKDATE)) goto ossl_fail;
-    if (!ASN1_TIME_set(X509_getm_notAfter(x), now + ROOT_TTL)) goto ossl_fail;
-    if (!X509_set_pubkey(x, key)) goto ossl_fail;
-    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    if (add_ext_conf(x, &v3, NID_basic_constraints, "critical,CA:TRUE") < 0) goto ossl_fail;
-    if (add_ext_conf(x, &v3, NID_key_usage, "critical,keyCertSign,cRLSign") < 0) goto ossl_fail;
-    if (add_ext_conf(x, &v3, NID_subject_key_identifier, "hash") < 0) goto ossl_fail;
-    if (X509_sign(x, key, EVP_sha256()) <= 0) goto ossl_fail;
+    if ((rc = ca_new_root(org, ROOT_TTL, &x, &key, err, errlen)) < 0) goto out;
     if ((rc = write_pem(key_path, 0600, NULL, key, err, errlen)) < 0) goto out;
     if ((rc = write_pem(cert_path, 0644, x, NULL, err, errlen)) < 0) goto out;
-    rc = 0;
-    goto out;
-ossl_fail:
-    set_err(err, errlen, dir, NULL);
-    rc = -EIO;
 out:
     X509_free(x);
     EVP_PKEY_free(key);

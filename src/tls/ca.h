@@ -62,6 +62,21 @@ struct cert_provider *ca_local_new(const char *dir, char *err, size_t errlen);
  * err = "<path>: <reason>" (or a sentence about ttl_s). */
 struct cert_provider *ca_local_new_ttl(const char *dir, uint32_t ttl_s, char *err, size_t errlen);
 
+/* The one function that makes a workload leaf (the local CA and the CSR signer in tls/issuer.h both call it):
+ * a random 128-bit serial, issuer = issuer's subject, empty subject, valid [not_before, not_after], the
+ * public key of subject_key, critical basicConstraints CA:FALSE, critical keyUsage digitalSignature +
+ * keyEncipherment, extKeyUsage serverAuth + clientAuth, an AKI when the issuer has an SKI, and uri as the one
+ * critical URI SAN (written as a GENERAL_NAME, never through a config parser). Signed with issuer_key
+ * (SHA-256, or no digest for EdDSA). All arguments are borrowed. Returns a new certificate (caller frees) or
+ * NULL with err = "sign <uri>: <reason>". */
+X509 *ca_sign_leaf(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, const char *uri,
+                   time_t not_before, time_t not_after, char *err, size_t errlen);
+
+/* Makes a self-signed EC P-256 CA certificate with subject O=<org> (default "zmesh"), valid from a minute ago
+ * for ttl_s seconds: critical CA:TRUE, critical keyCertSign + cRLSign, an SKI. Returns 0 with *cert and *key
+ * set (caller frees both), or -EIO with err filled. */
+int ca_new_root(const char *org, long ttl_s, X509 **cert, EVP_PKEY **key, char *err, size_t errlen);
+
 /* Test and script helper: creates dir/root-cert.pem and dir/root-key.pem (mode 0600), a self-signed EC P-256
  * CA certificate with subject O=<org> (default "zmesh"), valid for 10 years. dir must exist.
  * Returns 0, or a negative errno with err filled. */
