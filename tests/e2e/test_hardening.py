@@ -222,6 +222,8 @@ def test_keepalive_idle_connection_outlives_the_request_deadline(mesh):
     dst = mesh.pod("n2p1")
     node = mesh.topo.nodes[1]
     restart(mesh, dst)
+    # The listeners open before the first certificate arrives; readiness says so until it is here.
+    assert wait_for(lambda: http_request(dst.netns, dst.ip, 15021, "/healthz/ready")[0] == 200, timeout=10)
     import http.client
     conn = http.client.HTTPConnection(dst.ip, 15021, timeout=5)
     conn.sock = open_many(node, dst.ip, 15021, 1, src=KUBELET_IP)[0]
