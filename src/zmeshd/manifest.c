@@ -870,10 +870,15 @@ static int read_str_fields(struct reader *r, const struct mnode *list, const cha
     return rc;
 }
 
+/* Top-level keys of the Istio kinds: a misspelt "spec" must not silently become an empty policy. */
+static const char *const istio_top_keys[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
+
 static int read_authz(struct reader *r, const struct mnode *doc, struct k8s_authz_policy *p)
 {
     int rc;
+    p->action = "";
     if ((rc = read_meta(r, doc, true, &p->meta))) return rc;
+    warn_unknown_keys(r, doc, istio_top_keys, UNREAD_AUTHZ);
     const struct mnode *spec = map_get(doc, "spec");
     size_t old = path_push(r, "spec");
     if (!spec || spec->type == MN_NULL) goto out; /* an empty spec: ALLOW with no rules, i.e. allow nothing */
@@ -988,6 +993,7 @@ static int read_peer(struct reader *r, const struct mnode *doc, struct k8s_peer_
 {
     int rc;
     if ((rc = read_meta(r, doc, true, &p->meta))) return rc;
+    warn_unknown_keys(r, doc, istio_top_keys, "field not read by zmeshd: ignored");
     const struct mnode *spec = map_get(doc, "spec");
     size_t old = path_push(r, "spec");
     if (!spec || spec->type == MN_NULL) goto out;

@@ -631,6 +631,14 @@ static void test_policy_skipped(void **state)
     /* An unknown field is a warning; the policy still applies. */
     assert_non_null(snapshot_policy_by_name(s, "a/future"));
     assert_true(find(&fs, "file0.yaml#6: spec.newField: field not read by zmeshd") >= 0);
+    /* A misspelt spec is said out loud: the policy left is an ALLOW without rules (allow nothing). */
+    struct findings fs2 = {0};
+    struct snapshot *s2 = build1(&fs2, "apiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\n"
+                                       "metadata: {name: typo, namespace: a}\nspek: {action: DENY}\n");
+    assert_true(find(&fs2, "file0.yaml#1: spek: field not read by zmeshd") >= 0);
+    assert_int_equal(pol(s2, "a/typo")->action, POLICY_ALLOW);
+    assert_int_equal(pol(s2, "a/typo")->n_rules, 0);
+    snapshot_unref(s2);
     snapshot_unref(s);
 }
 
