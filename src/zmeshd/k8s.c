@@ -784,8 +784,7 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
     w.services = sp;
 
     /* authorization_policies: selector policies of the pod's namespace and the root namespace that match
-     * its labels and reached the snapshot, then the PeerAuthentication-derived keys; sorted, as istiod's set.
-     */
+     * its labels and reached the snapshot, then the PeerAuthentication-derived keys (fetchPolicies). */
     size_t cap = 2, n_pol = 0;
     const char *root_ns = c->o.root_namespace;
     for (int pass = 0; pass < 2; pass++) {
@@ -808,11 +807,13 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
             if (!(pols[n_pol++] = fmt_str(c, "%s/%s", p->meta.namespace_, p->meta.name))) return -ENOMEM;
         }
     }
+    /* istiod sorts the selector policies, then appends the PeerAuthentication keys (a sorted set). */
+    if (n_pol) qsort(pols, n_pol, sizeof(*pols), cstr_cmp);
     size_t n_pa;
     int rc = peer_authn_keys(c, pod, &ix->peer, ix->peer_base, pols + n_pol, &n_pa);
     if (rc) return rc;
+    if (n_pa) qsort(pols + n_pol, n_pa, sizeof(*pols), cstr_cmp);
     n_pol += n_pa;
-    if (n_pol) qsort(pols, n_pol, sizeof(*pols), cstr_cmp);
     w.authorization_policies = pols;
     w.n_authorization_policies = n_pol;
 
@@ -860,8 +861,9 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
     if (n_ns) qsort(ix.ns.v, n_ns, sizeof(*ix.ns.v), meta_name_cmp);
     for (size_t i = 0; i < n_svc && !rc; i++)
         rc = convert_service(&c, &svcs[i]);
-    /* istiod always serves the static STRICT policy; workloads under STRICT reference it. */
-    if (!rc) rc = add_static_strict(&c);
+    /* istiod serves the static STRICT policy as soon as any PeerAuthentication exists (policies.go,
+     * DefaultPolicy); workloads under STRICT reference it. */
+    if (!rc && n_peer) rc = add_static_strict(&c);
     for (size_t i = 0; i < n_authz && !rc; i++)
         rc = convert_authz(&c, &aps[i], &c.authz_ok[i]);
     for (size_t i = 0; i < n_peer && !rc; i++)

@@ -433,6 +433,8 @@ static void test_policy_scope(void **state)
     assert_true(has_policy_ref(w, "istio-system/rootsel"));
     assert_false(has_policy_ref(w, "a/nsw")); /* namespace policies carry their scope instead */
     assert_false(has_policy_ref(wl(s, "a", "db"), "a/sel"));
+    /* No PeerAuthentication at all: istiod serves no static STRICT policy. */
+    assert_null(snapshot_policy_by_name(s, "istio-system/istio_converted_static_strict"));
     assert_false(has_policy_ref(wl(s, "b", "web2"), "a/sel"));
     assert_true(has_policy_ref(wl(s, "b", "web2"), "istio-system/rootsel"));
     snapshot_unref(s);
