@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/log.h"
 #include "core/net.h"
@@ -155,9 +156,10 @@ static bool older(const struct k8s_meta *a, const struct k8s_meta *b)
 static int convert_service(struct conv *c, const struct k8s_service *ks)
 {
     struct service s = {0};
-    struct net_addr *vips = ks->cluster_ips.n ? arena_alloc(&c->a, ks->cluster_ips.n * sizeof(*vips)) : NULL;
+    size_t n_addrs = ks->cluster_ips.n + ks->lb_ips.n;
+    struct net_addr *vips = n_addrs ? arena_alloc(&c->a, n_addrs * sizeof(*vips)) : NULL;
     struct port_map *ports = ks->n_ports ? arena_alloc(&c->a, ks->n_ports * sizeof(*ports)) : NULL;
-    if ((ks->cluster_ips.n && !vips) || (ks->n_ports && !ports)) return -ENOMEM;
+    if ((n_addrs && !vips) || (ks->n_ports && !ports)) return -ENOMEM;
     s.name = ks->meta.name;
     s.namespace_ = ks->meta.namespace_;
     if (!(s.hostname = fmt_str(c, "%s.%s.svc.%s", ks->meta.name, ks->meta.namespace_, c->o.domain_suffix)))
@@ -166,7 +168,26 @@ static int convert_service(struct conv *c, const struct k8s_service *ks)
     for (size_t i = 0; i < ks->cluster_ips.n; i++)
         if (strcmp(ks->cluster_ips.v[i], "None") && !ip_parse(ks->cluster_ips.v[i], &vips[s.n_vips].ip))
             vips[s.n_vips++].network = "";
+    for (size_t i = 0; i < ks->lb_ips.n; i++)
+        if (!ip_parse(ks->lb_ips.v[i], &vips[s.n_vips].ip)) vips[s.n_vips++].network = "";
     s.vips = vips;
+    /* Load balancing: internalTrafficPolicy Local keeps traffic on the node; else trafficDistribution
+     * PreferClose (or istiod's annotation) fails over by closeness. */
+    static const uint8_t node_only[] = {LB_SCOPE_NODE};
+    static const uint8_t prefer_close[] = {LB_SCOPE_NETWORK, LB_SCOPE_REGION, LB_SCOPE_ZONE,
+                                           LB_SCOPE_SUBZONE};
+    const char *td =
+        k8s_kv_get(ks->meta.annotations, ks->meta.n_annotations, K8S_ANNOTATION_TRAFFIC_DISTRIBUTION);
+    if (*ks->traffic_distribution) td = ks->traffic_distribution;
+    if (!strcmp(ks->internal_traffic_policy, "Local")) {
+        s.routing_prefs = node_only;
+        s.n_routing_prefs = 1;
+        s.lb_mode = LB_MODE_STRICT;
+    } else if (td && !strcasecmp(td, "PreferClose")) {
+        s.routing_prefs = prefer_close;
+        s.n_routing_prefs = sizeof(prefer_close);
+        s.lb_mode = LB_MODE_FAILOVER;
+    }
     /* A named targetPort is 0 here: each endpoint resolves it from its own container ports (the workload's
      * services map), as istiod leaves it for ztunnel. */
     for (size_t i = 0; i < ks->n_ports; i++) {

@@ -22,6 +22,8 @@
 #define K8S_DATAPLANE_NONE "none"
 /* istiod honours it only with EnableWdsDryRunAuthzPol, off by default. */
 #define K8S_ANNOTATION_DRY_RUN "istio.io/dry-run"
+/* The older way to ask for spec.trafficDistribution: PreferClose. */
+#define K8S_ANNOTATION_TRAFFIC_DISTRIBUTION "networking.istio.io/traffic-distribution"
 /* Names istiod gives to the policies it derives from PeerAuthentication ('_' cannot occur in a k8s name). */
 #define K8S_STATIC_STRICT_POLICY "istio_converted_static_strict"
 #define K8S_PEER_AUTHN_PREFIX "converted_peer_authentication_"

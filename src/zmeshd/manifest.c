@@ -732,6 +732,47 @@ out:
 
 /* ---- Service ---- */
 
+/* status.loadBalancer.ingress[].ip: load balancer addresses are VIPs too (istiod's getVIPs). The path is
+ * reported from the document root, so it is set here rather than under spec. */
+static int read_lb_ingress(struct reader *r, const struct mnode *status, struct k8s_strs *out)
+{
+    memset(out, 0, sizeof(*out));
+    const struct mnode *ing = map_get(map_get(status, "loadBalancer"), "ingress");
+    if (!ing || ing->type == MN_NULL) return 0;
+    char saved[PATH_LEN];
+    size_t saved_len = r->plen;
+    memcpy(saved, r->path, sizeof(saved));
+    r->plen = 0;
+    r->path[0] = '\0';
+    size_t old = path_push(r, "status.loadBalancer.ingress");
+    int rc = 0;
+    const char **a = NULL;
+    if (ing->type != MN_SEQ)
+        rc = bad(r, ing, "expected a list, got %s", node_kind(ing));
+    else if (ing->n && !(a = arena_alloc(&r->st->arena, ing->n * sizeof(*a))))
+        rc = -ENOMEM;
+    for (size_t i = 0; !rc && i < ing->n; i++) {
+        size_t o2 = path_push(r, "[%zu]", i);
+        const char *ip;
+        struct ip_addr addr;
+        if (!(rc = check_map(r, &ing->kids[i])) && !(rc = get_str(r, &ing->kids[i], "ip", &ip)) && *ip) {
+            if (ip_parse(ip, &addr)) {
+                size_t o3 = path_push(r, "ip");
+                rc = bad(r, &ing->kids[i], "invalid IP address \"%s\"", ip);
+                path_pop(r, o3);
+            } else {
+                a[out->n++] = ip;
+            }
+        }
+        path_pop(r, o2);
+    }
+    out->v = a;
+    path_pop(r, old);
+    memcpy(r->path, saved, sizeof(saved));
+    r->plen = saved_len;
+    return rc;
+}
+
 static int read_service(struct reader *r, const struct mnode *doc, struct k8s_service *s)
 {
     int rc;
@@ -768,6 +809,10 @@ static int read_service(struct reader *r, const struct mnode *doc, struct k8s_se
             goto out;
         }
     }
+    if ((rc = get_str(r, spec, "internalTrafficPolicy", &s->internal_traffic_policy)) ||
+        (rc = get_str(r, spec, "trafficDistribution", &s->traffic_distribution)) ||
+        (rc = read_lb_ingress(r, map_get(doc, "status"), &s->lb_ips)))
+        goto out;
     const struct mnode *ports = map_get(spec, "ports");
     if (ports && ports->type != MN_NULL) {
         size_t o2 = path_push(r, "ports");

@@ -96,6 +96,8 @@ struct k8s_service {
     const struct k8s_kv *selector; /* sorted by key */
     size_t n_selector;
     struct k8s_strs cluster_ips; /* spec.clusterIPs, else spec.clusterIP ("None" kept: headless) */
+    struct k8s_strs lb_ips;      /* status.loadBalancer.ingress[].ip (entries with only a hostname skipped) */
+    const char *internal_traffic_policy, *traffic_distribution; /* spec fields, "" when unset */
     const struct k8s_service_port *ports;
     size_t n_ports;
 };

@@ -362,6 +362,41 @@ static void test_services(void **state)
     snapshot_unref(s);
 }
 
+static void test_service_load_balancing(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    struct snapshot *s = build1(
+        &fs, "apiVersion: v1\nkind: Service\nmetadata: {name: local, namespace: a}\n"
+             "spec: {clusterIP: 10.96.0.1, internalTrafficPolicy: Local, trafficDistribution: PreferClose, "
+             "ports: [{port: 80}]}\n---\n"
+             "apiVersion: v1\nkind: Service\nmetadata: {name: close, namespace: a}\n"
+             "spec: {type: LoadBalancer, clusterIP: 10.96.0.2, trafficDistribution: PreferClose, ports: "
+             "[{port: 80}]}\n"
+             "status: {loadBalancer: {ingress: [{ip: 203.0.113.7}, {hostname: lb.example.com}]}}\n---\n"
+             "apiVersion: v1\nkind: Service\nmetadata: {name: plain, namespace: a}\n"
+             "spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}\n");
+    dump(&fs);
+    const struct service *l = snapshot_service_by_host(s, "a/local.a.svc.cluster.local");
+    /* internalTrafficPolicy Local wins over trafficDistribution: node only, strict. */
+    assert_int_equal(l->lb_mode, LB_MODE_STRICT);
+    assert_int_equal(l->n_routing_prefs, 1);
+    assert_int_equal(l->routing_prefs[0], LB_SCOPE_NODE);
+    const struct service *c = snapshot_service_by_host(s, "a/close.a.svc.cluster.local");
+    assert_int_equal(c->lb_mode, LB_MODE_FAILOVER);
+    assert_int_equal(c->n_routing_prefs, 4);
+    assert_int_equal(c->routing_prefs[0], LB_SCOPE_NETWORK);
+    assert_int_equal(c->routing_prefs[3], LB_SCOPE_SUBZONE);
+    /* The load balancer's address is a VIP too; an ingress with only a hostname adds none. */
+    assert_int_equal(c->n_vips, 2);
+    char ip[64];
+    assert_string_equal(ip_format(&c->vips[1].ip, ip, sizeof(ip)), "203.0.113.7");
+    const struct service *p = snapshot_service_by_host(s, "a/plain.a.svc.cluster.local");
+    assert_int_equal(p->lb_mode, LB_MODE_STANDARD);
+    assert_int_equal(p->n_routing_prefs, 0);
+    snapshot_unref(s);
+}
+
 static void test_named_port_needs_tcp(void **state)
 {
     (void)state;
@@ -804,6 +839,7 @@ int main(void)
         cmocka_unit_test(test_workload_fields),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_services),
+        cmocka_unit_test(test_service_load_balancing),
         cmocka_unit_test(test_named_port_needs_tcp),
         cmocka_unit_test(test_builder_rejection),
         cmocka_unit_test(test_policy_scope),
