@@ -687,6 +687,46 @@ static const char *first_label(const struct k8s_meta *m, const char *const *keys
     return fallback;
 }
 
+/* kubeutil.GetDeployMetaFromPod and workloadNameAndType: the controller's name for a generated pod, with the
+ * ReplicaSet hash trimmed (a Deployment) or a Job's "-<8-10 digit timestamp>" (a CronJob); the type is one of
+ * deployment, job, cronjob, else the pod itself. Returns the name (borrowed from the pod or from c's arena).
+ */
+static const char *workload_name_type(struct conv *c, const struct k8s_pod *pod, const char **type)
+{
+    const char *name = pod->meta.name, *kind = "Pod";
+    *type = "pod";
+    if (!*pod->generate_name || !*pod->controller_kind) return name;
+    kind = pod->controller_kind;
+    const char *ctl = pod->controller_name;
+    size_t l = strlen(ctl);
+    const char *hash = k8s_kv_get(pod->meta.labels, pod->meta.n_labels, "pod-template-hash");
+    if (!strcmp(kind, "ReplicaSet") && hash && *hash) {
+        size_t hl = strlen(hash);
+        if (l >= hl && !strcmp(ctl + l - hl, hash)) {
+            /* TrimSuffix("-"+hash): only when the dash is there too. */
+            size_t keep = l - hl;
+            if (keep && ctl[keep - 1] == '-')
+                keep--;
+            else
+                keep = l;
+            *type = "deployment";
+            return arena_strndup(&c->a, ctl, keep);
+        }
+    }
+    if (!strcmp(kind, "Job")) {
+        size_t d = 0;
+        while (d < l && ctl[l - 1 - d] >= '0' && ctl[l - 1 - d] <= '9')
+            d++;
+        if (d >= 8 && d <= 10 && l > d + 1 && ctl[l - d - 1] == '-') {
+            *type = "cronjob";
+            return arena_strndup(&c->a, ctl, l - d - 1);
+        }
+        *type = "job";
+        return *ctl ? ctl : name;
+    }
+    return name;
+}
+
 static bool enrolled(const struct k8s_pod *pod, const struct k8s_namespace *ns)
 {
     const char *pv = k8s_kv_get(pod->meta.labels, pod->meta.n_labels, K8S_LABEL_DATAPLANE_MODE);
@@ -761,8 +801,7 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
     /* Kubernetes has Ready, Serving and Terminating; a boolean suffices (EndpointSlice's logic). */
     w.healthy = pod->ready && !pod->meta.deleting;
     w.capacity = 1;
-    w.workload_type = "pod";
-    w.workload_name = pod->meta.name;
+    if (!(w.workload_name = workload_name_type(c, pod, &w.workload_type))) return -ENOMEM;
     static const char *const name_keys[] = {"service.istio.io/canonical-name", "app.kubernetes.io/name",
                                             "app", NULL};
     static const char *const rev_keys[] = {"service.istio.io/canonical-revision", "app.kubernetes.io/version",

@@ -618,8 +618,32 @@ static int read_pod(struct reader *r, const struct mnode *doc, struct k8s_pod *p
     int rc;
     struct vec ports = VEC(struct k8s_container_port);
     if ((rc = read_meta(r, doc, true, &p->meta))) goto out;
+    const struct mnode *md = map_get(doc, "metadata"), *owners = map_get(md, "ownerReferences");
+    size_t old = path_push(r, "metadata");
+    p->controller_kind = p->controller_name = "";
+    if ((rc = get_str(r, md, "generateName", &p->generate_name))) goto pop;
+    if (owners && owners->type != MN_NULL) {
+        size_t o2 = path_push(r, "ownerReferences");
+        if (owners->type != MN_SEQ) rc = bad(r, owners, "expected a list, got %s", node_kind(owners));
+        for (size_t i = 0; !rc && i < owners->n; i++) {
+            size_t o3 = path_push(r, "[%zu]", i);
+            const struct mnode *o = &owners->kids[i];
+            bool ctl = false;
+            const char *kind, *name;
+            if (!(rc = check_map(r, o)) && !(rc = get_bool(r, o, "controller", &ctl)) &&
+                !(rc = get_str(r, o, "kind", &kind)) && !(rc = get_str(r, o, "name", &name)) && ctl &&
+                !*p->controller_kind) {
+                p->controller_kind = kind;
+                p->controller_name = name;
+            }
+            path_pop(r, o3);
+        }
+        path_pop(r, o2);
+        if (rc) goto pop;
+    }
+    path_pop(r, old);
     const struct mnode *spec = map_get(doc, "spec"), *status = map_get(doc, "status");
-    size_t old = path_push(r, "spec");
+    old = path_push(r, "spec");
     if (spec && (rc = check_map(r, spec))) goto pop;
     if ((rc = get_str(r, spec, "nodeName", &p->node_name)) ||
         (rc = get_str(r, spec, "serviceAccountName", &p->service_account)) ||

@@ -77,6 +77,8 @@ struct k8s_container_port {
 struct k8s_pod {
     struct k8s_meta meta;
     const char *node_name, *service_account, *phase; /* "" when unset */
+    const char *generate_name;                       /* metadata.generateName */
+    const char *controller_kind, *controller_name;   /* the ownerReference with controller: true, or "" */
     bool host_network, ready;                        /* ready: condition Ready is "True" */
     struct k8s_strs ips;                             /* status.podIPs[].ip, else status.podIP */
     const struct k8s_container_port *ports;          /* every container's ports, in order */

@@ -284,6 +284,44 @@ static void test_workload_fields(void **state)
     snapshot_unref(s);
 }
 
+#define OWNED_POD(name, ip, kind, owner, labels)                                                             \
+    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " name "\n  namespace: a\n  generateName: x-\n"           \
+    "  labels: {" labels "}\n  ownerReferences: [{apiVersion: v1, kind: " kind ", name: " owner              \
+    ", controller: true}]\nstatus: {podIP: " ip "}\n---\n"
+
+static void test_workload_name(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    struct snapshot *s = build1(
+        &fs, OWNED_POD("web-5d8f-abcde", "10.0.0.1", "ReplicaSet", "web-5d8f", "pod-template-hash: 5d8f")
+                 OWNED_POD("rs-xyz", "10.0.0.2", "ReplicaSet", "rs", "")
+                     OWNED_POD("backup-28001234-q", "10.0.0.3", "Job", "backup-28001234", "")
+                         OWNED_POD("once-q", "10.0.0.4", "Job", "once", "")
+                             OWNED_POD("db-0", "10.0.0.5", "StatefulSet", "db", "app: database")
+                                 POD("a", "bare", "10.0.0.6", ""));
+    dump(&fs);
+    const struct workload *w = wl(s, "a", "web-5d8f-abcde");
+    assert_string_equal(w->workload_name, "web");
+    assert_string_equal(w->workload_type, "deployment");
+    assert_string_equal(w->canonical_name, "web"); /* no app label: the workload name */
+    w = wl(s, "a", "rs-xyz");
+    assert_string_equal(w->workload_name, "rs-xyz"); /* a ReplicaSet without the hash label: the pod */
+    assert_string_equal(w->workload_type, "pod");
+    w = wl(s, "a", "backup-28001234-q");
+    assert_string_equal(w->workload_name, "backup");
+    assert_string_equal(w->workload_type, "cronjob");
+    w = wl(s, "a", "once-q");
+    assert_string_equal(w->workload_name, "once");
+    assert_string_equal(w->workload_type, "job");
+    w = wl(s, "a", "db-0");
+    assert_string_equal(w->workload_name, "db-0");
+    assert_string_equal(w->workload_type, "pod");
+    assert_string_equal(w->canonical_name, "database");
+    assert_string_equal(wl(s, "a", "bare")->workload_name, "bare");
+    snapshot_unref(s);
+}
+
 static void test_health(void **state)
 {
     (void)state;
@@ -837,6 +875,7 @@ int main(void)
         cmocka_unit_test(test_directory),
         cmocka_unit_test(test_enrolment),
         cmocka_unit_test(test_workload_fields),
+        cmocka_unit_test(test_workload_name),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_services),
         cmocka_unit_test(test_service_load_balancing),
