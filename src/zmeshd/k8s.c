@@ -108,16 +108,57 @@ static int meta_ns_cmp(const void *a, const void *b)
     return r ? r : (x->order > y->order) - (x->order < y->order);
 }
 
-static int by_ns_init(struct conv *c, struct by_ns *ix, const void *objs, size_t n, size_t stride)
+static int by_ns_init(struct conv *c, struct by_ns *ix, const void *objs, size_t n, size_t stride,
+                      const bool *skip)
 {
-    ix->n = n;
+    ix->n = 0;
     ix->v = n ? arena_alloc(&c->a, n * sizeof(*ix->v)) : NULL;
     if (n && !ix->v) return -ENOMEM;
     /* Every k8s object struct starts with its k8s_meta. */
     for (size_t i = 0; i < n; i++)
-        ix->v[i] = (const struct k8s_meta *)((const char *)objs + i * stride);
-    if (n) qsort(ix->v, n, sizeof(*ix->v), meta_ns_cmp);
+        if (!skip[i]) ix->v[ix->n++] = (const struct k8s_meta *)((const char *)objs + i * stride);
+    if (ix->n) qsort(ix->v, ix->n, sizeof(*ix->v), meta_ns_cmp);
     return 0;
+}
+
+static int meta_key_cmp(const void *a, const void *b)
+{
+    const struct k8s_meta *x = *(const struct k8s_meta *const *)a, *y = *(const struct k8s_meta *const *)b;
+    int r = strcmp(x->namespace_, y->namespace_);
+    if (!r) r = strcmp(x->name, y->name);
+    return r ? r : (x->order > y->order) - (x->order < y->order);
+}
+
+/* Marks in *out (n flags, owned by the caller) every object whose namespace and name repeat an earlier one's,
+ * and reports it: Kubernetes keeps one object per kind, namespace and name, and which of two copies in a
+ * directory would win must not be a silent accident of file names. The first in load order is kept. */
+static int mark_duplicates(struct conv *c, const char *kind, const void *objs, size_t n, size_t stride,
+                           bool **out)
+{
+    int rc = 0;
+    const struct k8s_meta **v = NULL;
+    if (!(*out = calloc(n + 1, sizeof(bool)))) return -ENOMEM;
+    if (n < 2) goto out;
+    if (!(v = malloc(n * sizeof(*v)))) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++)
+        v[i] = (const struct k8s_meta *)((const char *)objs + i * stride);
+    qsort(v, n, sizeof(*v), meta_key_cmp);
+    for (size_t i = 1, first = 0; i < n; i++) {
+        if (strcmp(v[i]->namespace_, v[first]->namespace_) || strcmp(v[i]->name, v[first]->name)) {
+            first = i;
+            continue;
+        }
+        (*out)[((const char *)v[i] - (const char *)objs) / stride] = true;
+        creport(c, MANIFEST_ERROR, &v[i]->src, "metadata.name",
+                "duplicate %s %s%s%s (first in %s#%u): left out", kind, v[i]->namespace_,
+                *v[i]->namespace_ ? "/" : "", v[i]->name, v[first]->src.file, v[first]->src.doc);
+    }
+out:
+    free(v);
+    return rc;
 }
 
 /* [*lo, *hi) of the objects in namespace ns. */
@@ -887,6 +928,7 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
 {
     struct conv c = {.st = st, .report = report, .ud = ud};
     struct indexes ix = {0};
+    bool *dup_ns = NULL, *dup_pod = NULL, *dup_svc = NULL, *dup_authz = NULL, *dup_peer = NULL;
     int rc;
     if (opts) c.o = *opts;
 #define DEFAULT(f, v)                                                                                        \
@@ -913,23 +955,29 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = by_ns_init(&c, &ix.ns, nss, n_ns, sizeof(*nss))) ||
-        (rc = by_ns_init(&c, &ix.svc, svcs, n_svc, sizeof(*svcs))) ||
-        (rc = by_ns_init(&c, &ix.authz, aps, n_authz, sizeof(*aps))) ||
-        (rc = by_ns_init(&c, &ix.peer, pas, n_peer, sizeof(*pas))))
+    if ((rc = mark_duplicates(&c, "Namespace", nss, n_ns, sizeof(*nss), &dup_ns)) ||
+        (rc = mark_duplicates(&c, "Pod", pods, n_pods, sizeof(*pods), &dup_pod)) ||
+        (rc = mark_duplicates(&c, "Service", svcs, n_svc, sizeof(*svcs), &dup_svc)) ||
+        (rc = mark_duplicates(&c, "AuthorizationPolicy", aps, n_authz, sizeof(*aps), &dup_authz)) ||
+        (rc = mark_duplicates(&c, "PeerAuthentication", pas, n_peer, sizeof(*pas), &dup_peer)))
         goto out;
-    if (n_ns) qsort(ix.ns.v, n_ns, sizeof(*ix.ns.v), meta_name_cmp);
+    if ((rc = by_ns_init(&c, &ix.ns, nss, n_ns, sizeof(*nss), dup_ns)) ||
+        (rc = by_ns_init(&c, &ix.svc, svcs, n_svc, sizeof(*svcs), dup_svc)) ||
+        (rc = by_ns_init(&c, &ix.authz, aps, n_authz, sizeof(*aps), dup_authz)) ||
+        (rc = by_ns_init(&c, &ix.peer, pas, n_peer, sizeof(*pas), dup_peer)))
+        goto out;
+    if (ix.ns.n) qsort(ix.ns.v, ix.ns.n, sizeof(*ix.ns.v), meta_name_cmp);
     for (size_t i = 0; i < n_svc && !rc; i++)
-        rc = convert_service(&c, &svcs[i]);
+        if (!dup_svc[i]) rc = convert_service(&c, &svcs[i]);
     /* istiod serves the static STRICT policy as soon as any PeerAuthentication exists (policies.go,
      * DefaultPolicy); workloads under STRICT reference it. */
     if (!rc && n_peer) rc = add_static_strict(&c);
     for (size_t i = 0; i < n_authz && !rc; i++)
-        rc = convert_authz(&c, &aps[i], &c.authz_ok[i]);
+        if (!dup_authz[i]) rc = convert_authz(&c, &aps[i], &c.authz_ok[i]);
     for (size_t i = 0; i < n_peer && !rc; i++)
-        rc = convert_peer_authn(&c, &pas[i], &ix.peer, &c.peer_ok[i]);
+        if (!dup_peer[i]) rc = convert_peer_authn(&c, &pas[i], &ix.peer, &c.peer_ok[i]);
     for (size_t i = 0; i < n_pods && !rc; i++)
-        rc = convert_pod(&c, &pods[i], &ix);
+        if (!dup_pod[i]) rc = convert_pod(&c, &pods[i], &ix);
     if (rc) goto out;
     rc = builder_finish(c.b, out);
     c.b = NULL;
@@ -937,6 +985,11 @@ out:
     builder_free(c.b);
     free(c.authz_ok);
     free(c.peer_ok);
+    free(dup_ns);
+    free(dup_pod);
+    free(dup_svc);
+    free(dup_authz);
+    free(dup_peer);
     arena_free(&c.a);
     return rc;
 }

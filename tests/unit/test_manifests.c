@@ -210,7 +210,7 @@ static void test_directory(void **state)
     assert_non_null(w);
     char ip[64];
     assert_string_equal(ip_format(&w->ips[0], ip, sizeof(ip)), "10.0.0.1");
-    int i = find(&fs, "b.yaml#1: rejected: workload Kubernetes//Pod/a/p");
+    int i = find(&fs, "b.yaml#1: metadata.name: duplicate Pod a/p (first in a.yml#1): left out");
     assert_true(i >= 0);
     assert_int_equal(fs.level[i], MANIFEST_ERROR);
     assert_int_equal(find(&fs, "notes.txt"), -1);
@@ -239,6 +239,16 @@ static void test_enrolment(void **state)
     assert_int_equal(wl(s, "plain", "opt-in")->protocol, WL_PROTO_HBONE);
     assert_int_equal(wl(s, "plain", "out")->protocol, WL_PROTO_TCP);
     assert_int_equal(wl(s, "nowhere", "no-ns")->protocol, WL_PROTO_TCP);
+    snapshot_unref(s);
+
+    /* A second Namespace of the same name is left out, loudly; the first one's label holds. */
+    struct findings fs2 = {0};
+    s = build1(&fs2,
+               NS("amb", "istio.io/dataplane-mode: ambient") NS("amb", "") POD("amb", "p", "10.0.1.1", ""));
+    dump(&fs2);
+    assert_int_equal(wl(s, "amb", "p")->protocol, WL_PROTO_HBONE);
+    assert_true(find(&fs2, "file0.yaml#2: metadata.name: duplicate Namespace amb (first in file0.yaml#1)") >=
+                0);
     snapshot_unref(s);
 }
 
