@@ -414,17 +414,29 @@ static void warn_unknown_keys(struct reader *r, const struct mnode *m, const cha
     }
 }
 
+static int mnode_key_cmp(const void *a, const void *b)
+{
+    const struct mnode *x = *(const struct mnode *const *)a, *y = *(const struct mnode *const *)b;
+    int r = strcmp(x->s, y->s);
+    return r ? r : (x->line > y->line) - (x->line < y->line);
+}
+
 static int check_map(struct reader *r, const struct mnode *n)
 {
     if (n->type != MN_MAP) return bad(r, n, "expected a mapping, got %s", node_kind(n));
     /* libyaml does not refuse duplicate keys; Kubernetes' decoder does, and a second value would be a silent
-     * override here. */
+     * override here. Sorted, so a hostile mapping with many keys costs n log n, not n squared. */
+    size_t nk = 0;
+    const struct mnode **keys = n->n >= 4 ? malloc(n->n / 2 * sizeof(*keys)) : NULL;
+    if (n->n >= 4 && !keys) return -ENOMEM;
     for (size_t i = 0; i + 1 < n->n; i += 2)
-        for (size_t j = i + 2; j + 1 < n->n; j += 2)
-            if (n->kids[i].type == MN_SCALAR && n->kids[j].type == MN_SCALAR &&
-                !strcmp(n->kids[i].s, n->kids[j].s))
-                return bad(r, &n->kids[j], "duplicate key \"%s\"", n->kids[j].s);
-    return 0;
+        if (n->kids[i].type == MN_SCALAR && keys) keys[nk++] = &n->kids[i];
+    int rc = 0;
+    if (nk > 1) qsort(keys, nk, sizeof(*keys), mnode_key_cmp);
+    for (size_t i = 1; i < nk && !rc; i++)
+        if (!strcmp(keys[i]->s, keys[i - 1]->s)) rc = bad(r, keys[i], "duplicate key \"%s\"", keys[i]->s);
+    free(keys);
+    return rc;
 }
 
 static const char *keep(struct reader *r, const char *s)
@@ -1137,7 +1149,8 @@ static int read_object(struct reader *r, const struct mnode *doc)
         bad(r, doc, "expected a Kubernetes object (a mapping), got %s", node_kind(doc));
         return 0;
     }
-    if (check_map(r, doc)) return 0;
+    int crc = check_map(r, doc);
+    if (crc) return crc == -ENOMEM ? crc : 0;
     const struct mnode *kn = map_get(doc, "kind"), *av = map_get(doc, "apiVersion");
     if (!kn || kn->type != MN_SCALAR) {
         size_t o = path_push(r, "kind");
@@ -1281,7 +1294,8 @@ static int load_file(struct manifest_store *st, int dfd, const char *name, manif
     struct reader r = {.st = st, .report = rep, .ud = ud, .file = name, .doc = 0};
     int rc = 0;
     char *buf = NULL;
-    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    /* Symlinks are followed: a ConfigMap mounted as a volume is a directory of symlinks into "..data/". */
+    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb)) {
         report(&r, MANIFEST_ERROR, 0, "", "cannot read: %s", strerror(errno));
