@@ -192,6 +192,14 @@ static bool older(const struct k8s_meta *a, const struct k8s_meta *b)
     return r ? r < 0 : a->order < b->order;
 }
 
+/* Waypoints are not bound yet: a use-waypoint label would silently route nothing through one. */
+static void warn_waypoint_label(struct conv *c, const struct k8s_meta *m)
+{
+    if (k8s_kv_get(m->labels, m->n_labels, K8S_LABEL_USE_WAYPOINT))
+        creport(c, MANIFEST_WARN, &m->src, "metadata.labels",
+                "%s is not supported yet: traffic does not go through a waypoint", K8S_LABEL_USE_WAYPOINT);
+}
+
 /* ---- services (services.go constructService) ---- */
 
 static int convert_service(struct conv *c, const struct k8s_service *ks)
@@ -237,6 +245,14 @@ static int convert_service(struct conv *c, const struct k8s_service *ks)
     }
     s.ports = ports;
     s.n_ports = ks->n_ports;
+    /* What zmeshd does not model yet is said, not silently dropped. */
+    if (!strcmp(ks->type, "ExternalName"))
+        creport(c, MANIFEST_WARN, &ks->meta.src, "spec.type",
+                "ExternalName is not supported: the service has no address and no endpoints");
+    else if (!ks->has_selector)
+        creport(c, MANIFEST_WARN, &ks->meta.src, "spec.selector",
+                "a service without a selector has no endpoints here (EndpointSlices are not read)");
+    warn_waypoint_label(c, &ks->meta);
     struct builder_err e;
     c->cur = &ks->meta.src;
     return added(c, builder_add_service(c->b, &s, &e), &ks->meta.src, &e, NULL);
@@ -821,6 +837,7 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
         creport(c, MANIFEST_INFO, src, "status.podIPs", "pod has no IP address yet: no workload");
         return 0;
     }
+    warn_waypoint_label(c, &pod->meta);
     struct workload w = {0};
     struct ip_addr *ips = arena_alloc(&c->a, pod->ips.n * sizeof(*ips));
     if (!ips) return -ENOMEM;
@@ -967,6 +984,8 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
         (rc = by_ns_init(&c, &ix.peer, pas, n_peer, sizeof(*pas), dup_peer)))
         goto out;
     if (ix.ns.n) qsort(ix.ns.v, ix.ns.n, sizeof(*ix.ns.v), meta_name_cmp);
+    for (size_t i = 0; i < n_ns; i++)
+        if (!dup_ns[i]) warn_waypoint_label(&c, &nss[i].meta);
     for (size_t i = 0; i < n_svc && !rc; i++)
         if (!dup_svc[i]) rc = convert_service(&c, &svcs[i]);
     /* istiod serves the static STRICT policy as soon as any PeerAuthentication exists (policies.go,

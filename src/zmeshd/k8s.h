@@ -20,6 +20,8 @@
 #define K8S_LABEL_DATAPLANE_MODE "istio.io/dataplane-mode"
 #define K8S_DATAPLANE_AMBIENT "ambient"
 #define K8S_DATAPLANE_NONE "none"
+/* Waypoint binding (namespace, service or pod); not supported yet, so it warns. */
+#define K8S_LABEL_USE_WAYPOINT "istio.io/use-waypoint"
 /* istiod honours it only with EnableWdsDryRunAuthzPol, off by default. */
 #define K8S_ANNOTATION_DRY_RUN "istio.io/dry-run"
 /* The older way to ask for spec.trafficDistribution: PreferClose. */

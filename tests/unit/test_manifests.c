@@ -406,6 +406,8 @@ static void test_services(void **state)
     assert_int_equal(service_target_port(svc, w, 80), 8080);
     assert_non_null(workload_service_ports(w, "a", "headless.a.svc.cluster.local"));
     assert_null(workload_service_ports(w, "a", "noselector.a.svc.cluster.local"));
+    assert_true(
+        find(&fs, "file0.yaml#5: spec.selector: a service without a selector has no endpoints here") >= 0);
     assert_int_equal(wl(s, "a", "other")->n_services, 0);
     snapshot_unref(s);
 }
@@ -442,6 +444,25 @@ static void test_service_load_balancing(void **state)
     const struct service *p = snapshot_service_by_host(s, "a/plain.a.svc.cluster.local");
     assert_int_equal(p->lb_mode, LB_MODE_STANDARD);
     assert_int_equal(p->n_routing_prefs, 0);
+    snapshot_unref(s);
+}
+
+static void test_unsupported_warn(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    struct snapshot *s = build1(
+        &fs, NS("a", "istio.io/use-waypoint: wp")
+                 POD("a", "p", "10.0.0.1",
+                     "istio.io/use-waypoint: wp") "apiVersion: v1\nkind: Service\nmetadata: {name: ext, "
+                                                  "namespace: a}\n"
+                                                  "spec: {type: ExternalName, externalName: example.com}\n");
+    dump(&fs);
+    assert_int_equal(count(&fs, "istio.io/use-waypoint is not supported yet"), 2);
+    assert_true(find(&fs, "file0.yaml#3: spec.type: ExternalName is not supported") >= 0);
+    /* They still apply. */
+    assert_non_null(wl(s, "a", "p"));
+    assert_non_null(snapshot_service_by_host(s, "a/ext.a.svc.cluster.local"));
     snapshot_unref(s);
 }
 
@@ -889,6 +910,7 @@ int main(void)
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_services),
         cmocka_unit_test(test_service_load_balancing),
+        cmocka_unit_test(test_unsupported_warn),
         cmocka_unit_test(test_named_port_needs_tcp),
         cmocka_unit_test(test_builder_rejection),
         cmocka_unit_test(test_policy_scope),
