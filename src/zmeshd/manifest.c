@@ -190,6 +190,7 @@ struct reader {
     /* Reading a typed object: */
     char path[PATH_LEN];
     size_t plen;
+    size_t base_len; /* length of the current object's own path prefix ("items[3]" in a List), else 0 */
     bool failed;
 };
 
@@ -769,7 +770,7 @@ out:
 /* ---- Service ---- */
 
 /* status.loadBalancer.ingress[].ip: load balancer addresses are VIPs too (istiod's getVIPs). The path is
- * reported from the document root, so it is set here rather than under spec. */
+ * reported from the object's root (r->base_len), so it is set here rather than under spec. */
 static int read_lb_ingress(struct reader *r, const struct mnode *status, struct k8s_strs *out)
 {
     memset(out, 0, sizeof(*out));
@@ -778,8 +779,8 @@ static int read_lb_ingress(struct reader *r, const struct mnode *status, struct 
     char saved[PATH_LEN];
     size_t saved_len = r->plen;
     memcpy(saved, r->path, sizeof(saved));
-    r->plen = 0;
-    r->path[0] = '\0';
+    r->plen = r->base_len;
+    r->path[r->plen] = '\0';
     size_t old = path_push(r, "status.loadBalancer.ingress");
     int rc = 0;
     const char **a = NULL;
@@ -1138,12 +1139,41 @@ static int warn_unknown_kind(struct reader *r, const struct mnode *doc, const ch
 }
 
 /* Reads one document's object into the store. Errors are findings; returns 0 or -ENOMEM. */
+static int read_item(struct reader *r, const struct mnode *doc, bool in_list);
+
 static int read_object(struct reader *r, const struct mnode *doc)
 {
-    struct manifest_store *st = r->st;
     r->plen = 0;
     r->path[0] = '\0';
     r->failed = false;
+    r->base_len = 0;
+    return read_item(r, doc, false);
+}
+
+/* kind: List (what `kubectl get -o yaml` writes): each item is read as its own object, so one bad item
+ * leaves the others in; findings name it "items[i]". Lists do not nest. */
+static int read_list(struct reader *r, const struct mnode *doc)
+{
+    const struct mnode *items = map_get(doc, "items");
+    if (!items || items->type == MN_NULL) return 0;
+    size_t old = path_push(r, "items");
+    int rc = 0;
+    if (items->type != MN_SEQ) bad(r, items, "expected a list, got %s", node_kind(items));
+    for (size_t i = 0; !rc && items->type == MN_SEQ && i < items->n; i++) {
+        size_t o2 = path_push(r, "[%zu]", i);
+        r->failed = false;
+        r->base_len = r->plen;
+        rc = read_item(r, &items->kids[i], true);
+        path_pop(r, o2);
+    }
+    path_pop(r, old);
+    r->base_len = 0;
+    return rc;
+}
+
+static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
+{
+    struct manifest_store *st = r->st;
     if (doc->type == MN_NULL) return 0; /* an empty document, e.g. after a trailing "---" */
     if (doc->type != MN_MAP) {
         bad(r, doc, "expected a Kubernetes object (a mapping), got %s", node_kind(doc));
@@ -1166,6 +1196,8 @@ static int read_object(struct reader *r, const struct mnode *doc)
         {"AuthorizationPolicy", security_versions},
         {"PeerAuthentication", security_versions},
     };
+    if (!in_list && !strcmp(kn->s, "List") && av && av->type == MN_SCALAR && !strcmp(av->s, "v1"))
+        return read_list(r, doc);
     const struct kind_def *kd = NULL;
     for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]) && !kd; i++)
         if (!strcmp(kinds[i].kind, kn->s)) kd = &kinds[i];

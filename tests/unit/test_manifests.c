@@ -121,6 +121,24 @@ static void test_multi_document(void **state)
     snapshot_unref(s);
 }
 
+static void test_list(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    /* What `kubectl get pods -o yaml` writes: one bad item is left out, the others apply. */
+    struct snapshot *s = build1(
+        &fs, "apiVersion: v1\nkind: List\nitems:\n"
+             "- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: n}, status: {podIP: 10.0.0.1}}\n"
+             "- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: n}, spec: {containers: 3}}\n"
+             "- {apiVersion: v1, kind: Pod, metadata: {name: c, namespace: n}, status: {podIP: 10.0.0.3}}\n");
+    dump(&fs);
+    assert_non_null(wl(s, "n", "a"));
+    assert_null(wl(s, "n", "b"));
+    assert_non_null(wl(s, "n", "c"));
+    assert_true(find(&fs, "file0.yaml#1: items[1].spec.containers: expected a list, got a scalar") >= 0);
+    snapshot_unref(s);
+}
+
 static void test_broken_document(void **state)
 {
     (void)state;
@@ -900,6 +918,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_multi_document),
+        cmocka_unit_test(test_list),
         cmocka_unit_test(test_broken_document),
         cmocka_unit_test(test_field_errors),
         cmocka_unit_test(test_syntax_error),
