@@ -626,15 +626,39 @@ out:
 
 /* ---- Pod ---- */
 
+/* One container's ports, appended to *ports. */
+static int read_container_ports(struct reader *r, const struct mnode *c, struct vec *ports)
+{
+    int rc = check_map(r, c);
+    const struct mnode *cp = map_get(c, "ports");
+    if (rc || !cp || cp->type == MN_NULL) return rc;
+    size_t old = path_push(r, "ports");
+    if (cp->type != MN_SEQ) rc = bad(r, cp, "expected a list, got %s", node_kind(cp));
+    for (size_t j = 0; !rc && j < cp->n; j++) {
+        size_t o2 = path_push(r, "[%zu]", j);
+        struct k8s_container_port *e = vec_push(ports);
+        if (!e)
+            rc = -ENOMEM;
+        else if (!(rc = check_map(r, &cp->kids[j])) && !(rc = get_str(r, &cp->kids[j], "name", &e->name)) &&
+                 !(rc = get_str(r, &cp->kids[j], "protocol", &e->protocol)))
+            rc = get_port(r, &cp->kids[j], "containerPort", true, &e->port);
+        if (!rc && !*e->protocol) e->protocol = "TCP";
+        path_pop(r, o2);
+    }
+    path_pop(r, old);
+    return rc;
+}
+
 static int read_pod(struct reader *r, const struct mnode *doc, struct k8s_pod *p)
 {
     int rc;
+    size_t entry = r->plen; /* every path pushed below is popped back to here at out */
     struct vec ports = VEC(struct k8s_container_port);
     if ((rc = read_meta(r, doc, true, &p->meta))) goto out;
     const struct mnode *md = map_get(doc, "metadata"), *owners = map_get(md, "ownerReferences");
     size_t old = path_push(r, "metadata");
     p->controller_kind = p->controller_name = "";
-    if ((rc = get_str(r, md, "generateName", &p->generate_name))) goto pop;
+    if ((rc = get_str(r, md, "generateName", &p->generate_name))) goto out;
     if (owners && owners->type != MN_NULL) {
         size_t o2 = path_push(r, "ownerReferences");
         if (owners->type != MN_SEQ) rc = bad(r, owners, "expected a list, got %s", node_kind(owners));
@@ -652,54 +676,35 @@ static int read_pod(struct reader *r, const struct mnode *doc, struct k8s_pod *p
             path_pop(r, o3);
         }
         path_pop(r, o2);
-        if (rc) goto pop;
+        if (rc) goto out;
     }
     path_pop(r, old);
     const struct mnode *spec = map_get(doc, "spec"), *status = map_get(doc, "status");
     old = path_push(r, "spec");
-    if (spec && (rc = check_map(r, spec))) goto pop;
+    if (spec && (rc = check_map(r, spec))) goto out;
     if ((rc = get_str(r, spec, "nodeName", &p->node_name)) ||
         (rc = get_str(r, spec, "serviceAccountName", &p->service_account)) ||
         (rc = get_bool(r, spec, "hostNetwork", &p->host_network)))
-        goto pop;
-    if (!*p->service_account && (rc = get_str(r, spec, "serviceAccount", &p->service_account))) goto pop;
+        goto out;
+    if (!*p->service_account && (rc = get_str(r, spec, "serviceAccount", &p->service_account))) goto out;
     const struct mnode *cs = map_get(spec, "containers");
     if (cs && cs->type != MN_NULL) {
         size_t o2 = path_push(r, "containers");
         if (cs->type != MN_SEQ) rc = bad(r, cs, "expected a list, got %s", node_kind(cs));
         for (size_t i = 0; !rc && i < cs->n; i++) {
             size_t o3 = path_push(r, "[%zu]", i);
-            const struct mnode *c = &cs->kids[i], *cp;
-            if ((rc = check_map(r, c))) goto c_out;
-            cp = map_get(c, "ports");
-            if (!cp || cp->type == MN_NULL) goto c_out;
-            size_t o4 = path_push(r, "ports");
-            if (cp->type != MN_SEQ) rc = bad(r, cp, "expected a list, got %s", node_kind(cp));
-            for (size_t j = 0; !rc && j < cp->n; j++) {
-                size_t o5 = path_push(r, "[%zu]", j);
-                struct k8s_container_port *e = vec_push(&ports);
-                if (!e)
-                    rc = -ENOMEM;
-                else if (!(rc = check_map(r, &cp->kids[j])) &&
-                         !(rc = get_str(r, &cp->kids[j], "name", &e->name)) &&
-                         !(rc = get_str(r, &cp->kids[j], "protocol", &e->protocol)))
-                    rc = get_port(r, &cp->kids[j], "containerPort", true, &e->port);
-                if (!rc && !*e->protocol) e->protocol = "TCP";
-                path_pop(r, o5);
-            }
-            path_pop(r, o4);
-        c_out:
+            rc = read_container_ports(r, &cs->kids[i], &ports);
             path_pop(r, o3);
         }
         path_pop(r, o2);
-        if (rc) goto pop;
+        if (rc) goto out;
     }
     path_pop(r, old);
     old = path_push(r, "status");
-    if (status && (rc = check_map(r, status))) goto pop;
+    if (status && (rc = check_map(r, status))) goto out;
     const char *pod_ip;
     if ((rc = get_str(r, status, "phase", &p->phase)) || (rc = get_str(r, status, "podIP", &pod_ip)))
-        goto pop;
+        goto out;
     const struct mnode *ips = map_get(status, "podIPs");
     if (ips && ips->type != MN_NULL) {
         size_t o2 = path_push(r, "podIPs");
@@ -717,14 +722,14 @@ static int read_pod(struct reader *r, const struct mnode *doc, struct k8s_pod *p
             path_pop(r, o3);
         }
         path_pop(r, o2);
-        if (rc) goto pop;
+        if (rc) goto out;
         p->ips = (struct k8s_strs){.v = a, .n = ips->n};
     }
     if (!p->ips.n && *pod_ip) {
         const char **a = arena_alloc(&r->st->arena, sizeof(*a));
         if (!a) {
             rc = -ENOMEM;
-            goto pop;
+            goto out;
         }
         a[0] = pod_ip;
         p->ips = (struct k8s_strs){.v = a, .n = 1};
@@ -737,7 +742,7 @@ static int read_pod(struct reader *r, const struct mnode *doc, struct k8s_pod *p
                                                                   : path_push(r, "podIP");
             rc = bad(r, status, "invalid IP address \"%s\"", p->ips.v[i]);
             path_pop(r, o2);
-            goto pop;
+            goto out;
         }
     }
     const struct mnode *conds = map_get(status, "conditions");
@@ -753,16 +758,15 @@ static int read_pod(struct reader *r, const struct mnode *doc, struct k8s_pod *p
             path_pop(r, o3);
         }
         path_pop(r, o2);
-        if (rc) goto pop;
+        if (rc) goto out;
     }
     if (ports.n) {
         p->ports = arena_memdup(&r->st->arena, ports.p, ports.n * ports.esz);
         if (!p->ports) rc = -ENOMEM;
         p->n_ports = ports.n;
     }
-pop:
-    path_pop(r, old);
 out:
+    path_pop(r, entry);
     vec_free(&ports);
     return rc;
 }
@@ -952,6 +956,65 @@ static int read_str_fields(struct reader *r, const struct mnode *list, const cha
     return rc;
 }
 
+/* One AuthorizationPolicy rule: from, to, when. */
+static int read_rule(struct reader *r, const struct mnode *rn, struct k8s_authz_rule *out)
+{
+    int rc;
+    size_t entry = r->plen;
+    if ((rc = check_map(r, rn))) goto out;
+    warn_unknown_keys(r, rn, authz_rule_keys, UNREAD_AUTHZ);
+    const struct mnode *from = map_get(rn, "from"), *to = map_get(rn, "to"), *when = map_get(rn, "when");
+    size_t nf = from && from->type == MN_SEQ ? from->n : 0, nt = to && to->type == MN_SEQ ? to->n : 0;
+    struct k8s_source *fs = nf ? arena_alloc(&r->st->arena, nf * sizeof(*fs)) : NULL;
+    struct k8s_operation *ts = nt ? arena_alloc(&r->st->arena, nt * sizeof(*ts)) : NULL;
+    if ((nf && !fs) || (nt && !ts)) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    size_t o4 = path_push(r, "from");
+    rc = read_str_fields(r, from, "source", k8s_src_field_names, K8S_SRC_COUNT, fs ? fs->f : NULL,
+                         sizeof(*fs), &out->n_from);
+    path_pop(r, o4);
+    if (rc) goto out;
+    o4 = path_push(r, "to");
+    rc = read_str_fields(r, to, "operation", k8s_op_field_names, K8S_OP_COUNT, ts ? ts->f : NULL, sizeof(*ts),
+                         &out->n_to);
+    path_pop(r, o4);
+    if (rc) goto out;
+    out->from = fs;
+    out->to = ts;
+    if (when && when->type != MN_NULL) {
+        o4 = path_push(r, "when");
+        struct k8s_condition *ws = NULL;
+        if (when->type != MN_SEQ)
+            rc = bad(r, when, "expected a list, got %s", node_kind(when));
+        else if (when->n && !(ws = arena_alloc(&r->st->arena, when->n * sizeof(*ws))))
+            rc = -ENOMEM;
+        for (size_t j = 0; !rc && j < when->n; j++) {
+            size_t o5 = path_push(r, "[%zu]", j);
+            const struct mnode *c = &when->kids[j];
+            if (!(rc = check_map(r, c))) {
+                warn_unknown_keys(r, c, condition_keys, UNREAD_AUTHZ);
+                if (!(rc = get_str(r, c, "key", &ws[j].key)) &&
+                    !(rc = get_strs(r, c, "values", &ws[j].values)))
+                    rc = get_strs(r, c, "notValues", &ws[j].not_values);
+                if (!rc && !*ws[j].key) {
+                    size_t o6 = path_push(r, "key");
+                    rc = bad(r, c, "required field is missing");
+                    path_pop(r, o6);
+                }
+            }
+            path_pop(r, o5);
+        }
+        path_pop(r, o4);
+        out->when = ws;
+        out->n_when = rc ? 0 : when->n;
+    }
+out:
+    path_pop(r, entry);
+    return rc;
+}
+
 /* Top-level keys of the Istio kinds: a misspelt "spec" must not silently become an empty policy. */
 static const char *const istio_top_keys[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
 
@@ -980,58 +1043,8 @@ static int read_authz(struct reader *r, const struct mnode *doc, struct k8s_auth
     else if (rules->n && !(a = arena_alloc(&r->st->arena, rules->n * sizeof(*a))))
         rc = -ENOMEM;
     for (size_t i = 0; !rc && i < rules->n; i++) {
-        const struct mnode *rn = &rules->kids[i];
         size_t o3 = path_push(r, "[%zu]", i);
-        if ((rc = check_map(r, rn))) goto r_out;
-        warn_unknown_keys(r, rn, authz_rule_keys, UNREAD_AUTHZ);
-        const struct mnode *from = map_get(rn, "from"), *to = map_get(rn, "to"), *when = map_get(rn, "when");
-        size_t nf = from && from->type == MN_SEQ ? from->n : 0, nt = to && to->type == MN_SEQ ? to->n : 0;
-        struct k8s_source *fs = nf ? arena_alloc(&r->st->arena, nf * sizeof(*fs)) : NULL;
-        struct k8s_operation *ts = nt ? arena_alloc(&r->st->arena, nt * sizeof(*ts)) : NULL;
-        if ((nf && !fs) || (nt && !ts)) {
-            rc = -ENOMEM;
-            goto r_out;
-        }
-        size_t o4 = path_push(r, "from");
-        rc = read_str_fields(r, from, "source", k8s_src_field_names, K8S_SRC_COUNT, fs ? fs->f : NULL,
-                             sizeof(*fs), &a[i].n_from);
-        path_pop(r, o4);
-        if (rc) goto r_out;
-        o4 = path_push(r, "to");
-        rc = read_str_fields(r, to, "operation", k8s_op_field_names, K8S_OP_COUNT, ts ? ts->f : NULL,
-                             sizeof(*ts), &a[i].n_to);
-        path_pop(r, o4);
-        if (rc) goto r_out;
-        a[i].from = fs;
-        a[i].to = ts;
-        if (when && when->type != MN_NULL) {
-            o4 = path_push(r, "when");
-            struct k8s_condition *ws = NULL;
-            if (when->type != MN_SEQ)
-                rc = bad(r, when, "expected a list, got %s", node_kind(when));
-            else if (when->n && !(ws = arena_alloc(&r->st->arena, when->n * sizeof(*ws))))
-                rc = -ENOMEM;
-            for (size_t j = 0; !rc && j < when->n; j++) {
-                size_t o5 = path_push(r, "[%zu]", j);
-                const struct mnode *c = &when->kids[j];
-                if (!(rc = check_map(r, c))) {
-                    warn_unknown_keys(r, c, condition_keys, UNREAD_AUTHZ);
-                    if (!(rc = get_str(r, c, "key", &ws[j].key)) &&
-                        !(rc = get_strs(r, c, "values", &ws[j].values)))
-                        rc = get_strs(r, c, "notValues", &ws[j].not_values);
-                    if (!rc && !*ws[j].key) {
-                        size_t o6 = path_push(r, "key");
-                        rc = bad(r, c, "required field is missing");
-                        path_pop(r, o6);
-                    }
-                }
-                path_pop(r, o5);
-            }
-            path_pop(r, o4);
-            a[i].when = ws;
-            a[i].n_when = rc ? 0 : when->n;
-        }
-    r_out:
+        rc = read_rule(r, &rules->kids[i], &a[i]);
         path_pop(r, o3);
     }
     path_pop(r, o2);
@@ -1254,6 +1267,18 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
     return 0;
 }
 
+/* libyaml cannot resume after a syntax error: the documents before it stay, the rest of the file is reported
+ * as skipped. Returns 0, or -ENOMEM when the parser ran out of memory. */
+static int syntax_error(struct reader *r)
+{
+    if (r->yp.error == YAML_MEMORY_ERROR) return -ENOMEM;
+    if (!r->doc) r->doc = 1;
+    report(r, MANIFEST_ERROR, (unsigned)r->yp.problem_mark.line + 1, "",
+           "YAML syntax error: %s: this and the rest of the file skipped",
+           r->yp.problem ? r->yp.problem : "invalid YAML");
+    return 0;
+}
+
 int manifest_load_buf(struct manifest_store *st, const char *name, const char *buf, size_t len,
                       manifest_report_fn report_fn, void *ud)
 {
@@ -1263,7 +1288,10 @@ int manifest_load_buf(struct manifest_store *st, const char *name, const char *b
     yaml_parser_set_input_string(&r.yp, (const unsigned char *)buf, len);
     for (;;) {
         yaml_event_t ev;
-        if (!yaml_parser_parse(&r.yp, &ev)) goto syntax;
+        if (!yaml_parser_parse(&r.yp, &ev)) {
+            rc = syntax_error(&r);
+            goto out;
+        }
         yaml_event_type_t t = ev.type;
         if (t == YAML_DOCUMENT_START_EVENT) {
             r.doc++;
@@ -1274,16 +1302,21 @@ int manifest_load_buf(struct manifest_store *st, const char *name, const char *b
         yaml_event_delete(&ev);
         if (t == YAML_STREAM_END_EVENT) break;
         if (t != YAML_DOCUMENT_START_EVENT) continue;
-        if (!yaml_parser_parse(&r.yp, &ev)) goto syntax;
+        if (!yaml_parser_parse(&r.yp, &ev)) {
+            rc = syntax_error(&r);
+            goto out;
+        }
         struct mnode root = {0};
         if (ev.type == YAML_DOCUMENT_END_EVENT) {
             yaml_event_delete(&ev);
             continue;
         }
         rc = read_node(&r, &ev, &root, 0);
-        if (rc == -EINVAL) goto syntax;
+        if (rc == -EINVAL || (!rc && !yaml_parser_parse(&r.yp, &ev))) { /* then DOCUMENT_END */
+            rc = syntax_error(&r);
+            goto out;
+        }
         if (rc) goto out;
-        if (!yaml_parser_parse(&r.yp, &ev)) goto syntax; /* DOCUMENT_END */
         yaml_event_delete(&ev);
         if (r.doc_error) {
             report(&r, MANIFEST_ERROR, r.doc_error_line, "", "%s: document skipped", r.doc_error);
@@ -1291,17 +1324,6 @@ int manifest_load_buf(struct manifest_store *st, const char *name, const char *b
         }
         if ((rc = read_object(&r, &root))) goto out;
     }
-    goto out;
-syntax:
-    if (r.yp.error == YAML_MEMORY_ERROR) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    if (!r.doc) r.doc = 1;
-    report(&r, MANIFEST_ERROR, (unsigned)r.yp.problem_mark.line + 1, "",
-           "YAML syntax error: %s: this and the rest of the file skipped",
-           r.yp.problem ? r.yp.problem : "invalid YAML");
-    rc = 0;
 out:
     yaml_parser_delete(&r.yp);
     arena_free(&r.tree);
