@@ -766,6 +766,22 @@ static void test_policy_skipped(void **state)
     snapshot_unref(s);
 }
 
+static void test_policy_dry_run(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    /* istiod honours istio.io/dry-run only behind EnableWdsDryRunAuthzPol (off): the policy is enforced. */
+    struct snapshot *s =
+        build1(&fs, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                    "metadata:\n  name: p\n  namespace: a\n  annotations: {istio.io/dry-run: 'true'}\n"
+                    "spec: {action: DENY, rules: [{}]}\n");
+    dump(&fs);
+    assert_false(pol(s, "a/p")->dry_run);
+    assert_int_equal(pol(s, "a/p")->action, POLICY_DENY);
+    assert_true(find(&fs, "file0.yaml#1: metadata.annotations: istio.io/dry-run is not honoured") >= 0);
+    snapshot_unref(s);
+}
+
 /* ---- PeerAuthentication ---- */
 
 #define PA(ns, name, spec)                                                                                   \
@@ -901,6 +917,30 @@ static void test_peer_inherited_merge(void **state)
     snapshot_unref(s);
 }
 
+static void test_peer_workload_override(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    /* Mesh STRICT; a workload policy DISABLE (no ports) takes that workload out of STRICT, and a workload
+     * STRICT puts another in under a PERMISSIVE namespace. */
+    struct snapshot *s = build1(
+        &fs, POD("a", "web", "10.0.0.1", "app: web") POD("a", "db", "10.0.0.2", "app: db")
+                 POD("b", "x", "10.0.0.3", "app: x") PA("istio-system", "mesh", "  mtls: {mode: STRICT}")
+                     PA("a", "off",
+                        "  selector: {matchLabels: {app: web}}\n"
+                        "  mtls: {mode: DISABLE}") PA("b", "ns", "  mtls: {mode: PERMISSIVE}")
+                         PA("b", "on",
+                            "  selector: {matchLabels: {app: x}}\n"
+                            "  mtls: {mode: STRICT}"));
+    dump(&fs);
+    const char *strict = "istio-system/istio_converted_static_strict";
+    assert_false(has_policy_ref(wl(s, "a", "web"), strict));
+    assert_true(has_policy_ref(wl(s, "a", "db"), strict));
+    assert_true(has_policy_ref(wl(s, "b", "x"), strict));
+    assert_null(snapshot_policy_by_name(s, "a/converted_peer_authentication_off"));
+    snapshot_unref(s);
+}
+
 static void test_peer_bad_mode(void **state)
 {
     (void)state;
@@ -939,10 +979,12 @@ int main(void)
         cmocka_unit_test(test_policy_l7_allow),
         cmocka_unit_test(test_policy_l7_deny),
         cmocka_unit_test(test_policy_skipped),
+        cmocka_unit_test(test_policy_dry_run),
         cmocka_unit_test(test_peer_strict),
         cmocka_unit_test(test_peer_port_permissive),
         cmocka_unit_test(test_peer_port_strict),
         cmocka_unit_test(test_peer_inherited_merge),
+        cmocka_unit_test(test_peer_workload_override),
         cmocka_unit_test(test_peer_bad_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
