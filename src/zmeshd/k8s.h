@@ -1,0 +1,48 @@
+/* Kubernetes objects (a manifest store) to mesh model resources, computed as istiod computes them for ztunnel
+ * (istio/istio pilot/pkg/serviceregistry/kube/controller/ambient/: workloads.go, services.go,
+ * authorization.go), and fed through the snapshot builder (src/mesh/builder.h).
+ *
+ *     struct snapshot *s;
+ *     k8s_build_snapshot(store, &(struct k8s_options){.cluster_id = "c1"}, &s, report, ud);
+ *
+ * Findings (a pod skipped, an L7 field dropped from a policy, a resource the builder rejects) name the
+ * manifest file and document the resource came from; none of them stops the others. */
+#pragma once
+#include "mesh/model.h"
+#include "zmeshd/manifest.h"
+
+#define K8S_DEFAULT_CLUSTER_ID "Kubernetes"
+#define K8S_DEFAULT_TRUST_DOMAIN "cluster.local"
+#define K8S_DEFAULT_DOMAIN_SUFFIX "cluster.local"
+#define K8S_DEFAULT_ROOT_NAMESPACE "istio-system"
+
+/* Enrolment label (namespace or pod) and its values. */
+#define K8S_LABEL_DATAPLANE_MODE "istio.io/dataplane-mode"
+#define K8S_DATAPLANE_AMBIENT "ambient"
+#define K8S_DATAPLANE_NONE "none"
+/* Waypoint binding (namespace, service or pod); not supported yet, so it warns. */
+#define K8S_LABEL_USE_WAYPOINT "istio.io/use-waypoint"
+/* istiod honours it only with EnableWdsDryRunAuthzPol, off by default. */
+#define K8S_ANNOTATION_DRY_RUN "istio.io/dry-run"
+/* The older way to ask for spec.trafficDistribution: PreferClose. */
+#define K8S_ANNOTATION_TRAFFIC_DISTRIBUTION "networking.istio.io/traffic-distribution"
+/* Names istiod gives to the policies it derives from PeerAuthentication ('_' cannot occur in a k8s name). */
+#define K8S_STATIC_STRICT_POLICY "istio_converted_static_strict"
+#define K8S_PEER_AUTHN_PREFIX "converted_peer_authentication_"
+
+/* Every string NULL or "" takes the default above. */
+struct k8s_options {
+    const char *cluster_id;     /* workload uid prefix and cluster_id */
+    const char *trust_domain;   /* workload trust_domain */
+    const char *domain_suffix;  /* service hostnames <name>.<ns>.svc.<suffix> */
+    const char *root_namespace; /* policies here are GLOBAL; home of the static STRICT policy */
+};
+
+/* Builds a snapshot (refcount 1, owned by the caller via *out) from every object in st. Findings go to report
+ * (NULL logs them). Returns 0, or -ENOMEM / -E2BIG from the builder with *out untouched. */
+int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options *opts, struct snapshot **out,
+                       manifest_report_fn report, void *ud);
+
+/* Writes istiod's workload uid for a pod, "<cluster>//Pod/<ns>/<name>", into buf. Returns its length or
+ * -ENOSPC. */
+int k8s_pod_uid(const char *cluster_id, const char *ns, const char *name, char *buf, size_t n);
