@@ -1388,9 +1388,16 @@ static int conn_decrypt(struct hbone_conn *c)
     for (;;) {
         size_t plen = 0, got;
         int err = 0;
+        bool drained = false;
         while (plen < PLAIN_CAP) {
             if (SSL_read_ex(c->ssl, tl_plain + plen, PLAIN_CAP - plen, &got)) {
                 plen += got;
+                /* The BIO served every byte and OpenSSL holds neither plaintext nor a record: another
+                 * SSL_read_ex would only find WANT_READ (a BIO call, SSL_get_error and the error marks). */
+                if (c->cin_len == 0 && !SSL_has_pending(c->ssl)) {
+                    drained = true;
+                    break;
+                }
                 continue;
             }
             err = SSL_get_error(c->ssl, 0);
@@ -1402,6 +1409,7 @@ static int conn_decrypt(struct hbone_conn *c)
             if (c->st == C_CLOSED) return -1;
             if (rv < 0 && conn_fatal(c, (int)rv) < 0) return -1;
         }
+        if (drained) return 0; /* conn_read notices EOF (c->eof) itself */
         if (!err) continue;
         if (err == SSL_ERROR_WANT_READ) return 0;
         if (err == SSL_ERROR_ZERO_RETURN || c->eof) {
