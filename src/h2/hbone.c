@@ -107,6 +107,7 @@ struct hbone_conn {
     size_t cin_len;
     struct obuf cout; /* ciphertext waiting for send() */
     bool out_err;
+    bool out_high; /* send_data_cb refused a frame at COUT_HIGH during this flush */
     struct task flush_task, free_task, read_task;
     struct timer hs_timer, ping_timer;
     char **expected;
@@ -411,11 +412,18 @@ static int conn_write_out(struct hbone_conn *c)
 static void conn_flush(struct hbone_conn *c)
 {
     if (c->st == C_CLOSED) return;
+    /* Many flushes follow input that needs no answer: when nghttp2 has nothing to send, skip mem_send. */
+    bool want = c->st == C_OPEN && nghttp2_session_want_write(c->ng);
     for (;;) {
-        size_t produced = 0;
-        if (c->st == C_OPEN) {
+        bool high = false; /* stopped at the high-water mark with more to send */
+        if (want) {
             tl_pt_len = 0;
-            while (conn_out_used(c) < COUT_HIGH) {
+            c->out_high = false;
+            for (;;) {
+                if (conn_out_used(c) >= COUT_HIGH) {
+                    high = true;
+                    break;
+                }
                 const uint8_t *d;
                 ssize_t n = nghttp2_session_mem_send(c->ng, &d);
                 if (n < 0) {
@@ -424,18 +432,19 @@ static void conn_flush(struct hbone_conn *c)
                 }
                 if (n == 0) break;
                 pt_append(c, d, (size_t)n);
-                produced += (size_t)n;
             }
             pt_flush(c);
             if (c->out_err) {
                 conn_close(c, "TLS write failed");
                 return;
             }
+            high = high || c->out_high; /* send_data_cb refused a DATA frame at the mark */
         }
         if (conn_write_out(c) < 0) return;
         /* The fd is edge-triggered: a socket that took everything sends no EPOLLOUT edge, so if we stopped at
          * the high-water mark, produce the rest now. A socket that refused bytes will signal. */
-        if (conn_out_used(c) || c->st != C_OPEN || !produced || !nghttp2_session_want_write(c->ng)) break;
+        if (!high || conn_out_used(c) || c->st != C_OPEN || !(want = nghttp2_session_want_write(c->ng)))
+            break;
     }
     if (c->st == C_OPEN && !conn_out_used(c)) {
         if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
@@ -931,7 +940,10 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
 {
     (void)src;
     struct hbone_conn *c = ud;
-    if (conn_out_used(c) >= COUT_HIGH) return NGHTTP2_ERR_WOULDBLOCK;
+    if (conn_out_used(c) >= COUT_HIGH) {
+        c->out_high = true;
+        return NGHTTP2_ERR_WOULDBLOCK;
+    }
     struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
     if (!s || obuf_used(&s->up) < length) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     pt_append(c, framehd, 9);
@@ -1581,9 +1593,12 @@ static void conn_io_cb(struct io *io, uint32_t ev)
         if (c->st == C_CLOSED) return;
     }
     if (ev & EPOLLOUT) {
-        /* Room again: write what is queued, then let nghttp2 produce more. */
+        /* Room again: write what is queued, then let nghttp2 produce more. With nothing queued the edge only
+         * says that ACKs freed send buffer (it comes with most input): whatever nghttp2 has to send was
+         * submitted with a flush scheduled, so there is nothing to do. */
+        if (!conn_out_used(c)) return;
         if (conn_write_out(c) < 0) return;
-        if (c->st == C_OPEN && !conn_out_used(c)) conn_flush(c);
+        if (c->st == C_OPEN && !conn_out_used(c)) conn_schedule_flush(c);
     }
 }
 
