@@ -2,10 +2,11 @@
  *
  * Data path, TCP -> HTTP/2: recv() into the stream's "up" buffer; nghttp2 asks for DATA with NO_COPY and our
  * send_data callback copies frame header + payload into a per-thread 16 KiB staging record that is handed
- * to SSL_write whole; the custom BIO appends ciphertext to the connection's "cout" buffer, written with one
- * send() per batch. HTTP/2 -> TCP: one read() of up to 256 KiB of ciphertext, decrypted into a per-thread
- * plaintext buffer, fed to nghttp2 in one call; DATA payloads are sent straight to the TCP socket and only
- * what the socket refuses is buffered ("down"). Windows are consumed exactly as bytes reach the socket. */
+ * to SSL_write whole; the custom BIO appends ciphertext to a per-thread output buffer, written with one
+ * send() per batch (only what the socket refuses stays with the connection, in its "cout"). HTTP/2 -> TCP:
+ * one read() of up to 256 KiB of ciphertext, decrypted into a per-thread plaintext buffer, fed to nghttp2 in
+ * one call; DATA payloads are sent straight to the TCP socket and only what the socket refuses is buffered
+ * ("down"). Windows are consumed exactly as bytes reach the socket. */
 #include "h2/hbone.h"
 
 #include <errno.h>
@@ -29,6 +30,7 @@
 #define PT_REC 16384u
 #define COUT_HIGH (512u * 1024)
 #define UP_SMALL (16u * 1024) /* largest read of an interactive stream */
+#define UP_POOL_MAX 8         /* UP_SMALL buffers per thread, lent to interactive streams holding bytes */
 #define UP_BIG (256u * 1024)
 #define UP_GROW_AFTER (1u << 20)
 #define MAX_DATA_FRAME (256u * 1024)
@@ -105,6 +107,7 @@ struct hbone_conn {
     size_t cin_len;
     struct obuf cout; /* ciphertext waiting for send() */
     bool out_err;
+    bool out_high; /* send_data_cb refused a frame at COUT_HIGH during this flush */
     struct task flush_task, free_task, read_task;
     struct timer hs_timer, ping_timer;
     char **expected;
@@ -156,10 +159,24 @@ struct hbone_stream {
     uint32_t win;
     uint64_t drained, backlog_peak, grown;
     bool up_reserved; /* the bulk "up" buffer is reserved from the memory budget */
+    bool up_pooled;   /* the "up" buffer is lent by the thread's pool */
     struct task free_task, read_task;
 };
 
 static __thread uint8_t *tl_cin, *tl_plain, *tl_pt;
+/* Ciphertext is written into the thread's output buffer and sent from there; a connection keeps its own
+ * "cout" only for what send() refused. tl_out holds the bytes of at most one connection (tl_out_conn), which
+ * come after that connection's cout; it is emptied (sent, or moved into cout) by conn_write_out, so a round
+ * trip allocates no output buffer and an idle connection holds none. */
+static __thread struct obuf tl_out;
+static __thread struct hbone_conn *tl_out_conn;
+/* Interactive streams read into an UP_SMALL buffer lent by this pool and give it back as soon as nghttp2 has
+ * taken its bytes, so a round trip allocates nothing. A thread makes at most UP_POOL_MAX of them: when all
+ * are lent, a stream reads into the thread's scratch and keeps a copy of just the bytes that arrived, so many
+ * streams with bytes waiting (a burst of new connections, a full connection window) cost what they hold, not
+ * 16 KiB each. */
+static __thread uint8_t *tl_up_pool[UP_POOL_MAX];
+static __thread unsigned tl_up_n, tl_up_made;
 static _Atomic uint64_t proto_errors[HBONE_PERR_COUNT], early_resets_total, buffered_total;
 
 const char *hbone_proto_err_to_str(enum hbone_proto_err e)
@@ -229,6 +246,12 @@ static int bio_write_cb(BIO *b, const char *data, int len)
 {
     struct hbone_conn *c = BIO_get_data(b);
     BIO_clear_retry_flags(b);
+    /* Into the thread's buffer if it holds our bytes, or is free and nothing of ours waits in cout. */
+    if (tl_out_conn == c || (!tl_out_conn && !obuf_used(&c->cout))) {
+        if (obuf_append(&tl_out, data, (size_t)len) < 0) return -1;
+        tl_out_conn = c;
+        return len;
+    }
     if (obuf_append(&c->cout, data, (size_t)len) < 0) return -1;
     return len;
 }
@@ -327,13 +350,35 @@ static void pt_flush(struct hbone_conn *c)
 
 /* ---- connection output ---- */
 
-/* Sends queued ciphertext. Returns 0, or -1 when the connection was closed. */
-static int conn_write_out(struct hbone_conn *c)
+/* A remainder of the thread's buffer up to this size is copied into the conn's cout; a larger one hands the
+ * whole buffer over (no copy; the thread allocates a new one when it next writes). */
+#define OUT_COPY_MAX (16u * 1024)
+
+/* Ciphertext queued for c: its cout, then the thread's buffer if that holds c's bytes. */
+static size_t conn_out_used(const struct hbone_conn *c)
 {
-    while (obuf_used(&c->cout)) {
-        ssize_t n = send(c->io.fd, c->cout.p + c->cout.off, obuf_used(&c->cout), MSG_NOSIGNAL);
+    return obuf_used(&c->cout) + (tl_out_conn == c ? obuf_used(&tl_out) : 0);
+}
+
+/* The thread's buffer no longer holds c's bytes (sent, moved, or dropped with the conn). */
+static void tl_out_release(const struct hbone_conn *c)
+{
+    if (tl_out_conn != c) return;
+    tl_out_conn = NULL;
+    tl_out.off = tl_out.len = 0;
+}
+
+/* Sends what b holds until the socket is full. Returns 0, or -1 when the connection was closed. b is the
+ * conn's cout (freed when drained: idle connections keep no buffer) or the thread's buffer (kept). */
+static int out_send(struct hbone_conn *c, struct obuf *b)
+{
+    while (obuf_used(b)) {
+        ssize_t n = send(c->io.fd, b->p + b->off, obuf_used(b), MSG_NOSIGNAL);
         if (n > 0) {
-            obuf_consume(&c->cout, (size_t)n);
+            if (b == &tl_out)
+                b->off += (size_t)n;
+            else
+                obuf_consume(b, (size_t)n);
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
@@ -344,14 +389,41 @@ static int conn_write_out(struct hbone_conn *c)
     return 0;
 }
 
+/* Sends queued ciphertext: cout, then the thread's buffer if it holds c's bytes; what the socket refuses of
+ * the latter moves into cout. Returns 0, or -1 when the connection was closed. */
+static int conn_write_out(struct hbone_conn *c)
+{
+    if (tl_out_conn != c) return out_send(c, &c->cout);
+    if (obuf_used(&c->cout) && out_send(c, &c->cout) < 0) return -1;
+    if (!obuf_used(&c->cout) && out_send(c, &tl_out) < 0) return -1;
+    size_t left = obuf_used(&tl_out);
+    if (left > OUT_COPY_MAX && !obuf_used(&c->cout)) {
+        obuf_free(&c->cout);
+        c->cout = tl_out;
+        memset(&tl_out, 0, sizeof(tl_out));
+    } else if (left && obuf_append(&c->cout, tl_out.p + tl_out.off, left) < 0) {
+        conn_close(c, "out of memory");
+        return -1;
+    }
+    tl_out_release(c);
+    return 0;
+}
+
 static void conn_flush(struct hbone_conn *c)
 {
     if (c->st == C_CLOSED) return;
+    /* Many flushes follow input that needs no answer: when nghttp2 has nothing to send, skip mem_send. */
+    bool want = c->st == C_OPEN && nghttp2_session_want_write(c->ng);
     for (;;) {
-        size_t produced = 0;
-        if (c->st == C_OPEN) {
+        bool high = false; /* stopped at the high-water mark with more to send */
+        if (want) {
             tl_pt_len = 0;
-            while (obuf_used(&c->cout) < COUT_HIGH) {
+            c->out_high = false;
+            for (;;) {
+                if (conn_out_used(c) >= COUT_HIGH) {
+                    high = true;
+                    break;
+                }
                 const uint8_t *d;
                 ssize_t n = nghttp2_session_mem_send(c->ng, &d);
                 if (n < 0) {
@@ -360,20 +432,21 @@ static void conn_flush(struct hbone_conn *c)
                 }
                 if (n == 0) break;
                 pt_append(c, d, (size_t)n);
-                produced += (size_t)n;
             }
             pt_flush(c);
             if (c->out_err) {
                 conn_close(c, "TLS write failed");
                 return;
             }
+            high = high || c->out_high; /* send_data_cb refused a DATA frame at the mark */
         }
         if (conn_write_out(c) < 0) return;
         /* The fd is edge-triggered: a socket that took everything sends no EPOLLOUT edge, so if we stopped at
          * the high-water mark, produce the rest now. A socket that refused bytes will signal. */
-        if (obuf_used(&c->cout) || c->st != C_OPEN || !produced || !nghttp2_session_want_write(c->ng)) break;
+        if (!high || conn_out_used(c) || c->st != C_OPEN || !(want = nghttp2_session_want_write(c->ng)))
+            break;
     }
-    if (c->st == C_OPEN && !obuf_used(&c->cout)) {
+    if (c->st == C_OPEN && !conn_out_used(c)) {
         if (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)) {
             conn_close(c, c->perr ? "HTTP/2 protocol error (GOAWAY sent)" : NULL);
             return;
@@ -623,6 +696,18 @@ static void stream_close_tcp(struct hbone_stream *s)
     s->registered = false;
 }
 
+/* Drops s's "up" buffer: a small one goes back to the thread's pool, a bulk one is freed (its budget
+ * reservation is the caller's). */
+static void stream_up_release(struct hbone_stream *s)
+{
+    if (s->up_pooled)
+        tl_up_pool[tl_up_n++] = s->up.p;
+    else
+        free(s->up.p);
+    s->up_pooled = false;
+    memset(&s->up, 0, sizeof(s->up));
+}
+
 static void stream_finish(struct hbone_stream *s, const char *err)
 {
     struct hbone_conn *c = s->c;
@@ -643,7 +728,7 @@ static void stream_finish(struct hbone_stream *s, const char *err)
     if (s->up_reserved) h2_mem_release(UP_BIG);
     s->up_reserved = false;
     buffered_add(-(int64_t)obuf_used(&s->down));
-    obuf_free(&s->up);
+    stream_up_release(s);
     obuf_free(&s->down);
     struct hbone_result r = {.status = s->status,
                              .bytes_to_h2 = s->to_h2,
@@ -744,12 +829,22 @@ static void stream_read_tcp(struct hbone_stream *s)
             n = recv(s->io.fd, s->up.p, want, 0);
             if (n > 0) s->up.len = (size_t)n;
         } else {
-            /* Interactive streams read into the thread's scratch and keep only what arrived, so thousands
-             * of chatty or idle connections hold their bytes, not a buffer each. (tl_cin is free here: it
-             * only holds data inside conn_read.) */
+            /* Interactive streams read into a buffer lent by the thread's pool, given back as soon as
+             * nghttp2 has taken the bytes; when all are lent, into the thread's scratch, keeping a copy of
+             * only what arrived. Either way thousands of chatty or idle connections hold no buffer each.
+             * (tl_cin is free here: it only holds data inside conn_read.) */
+            uint8_t *pb = tl_up_n ? tl_up_pool[--tl_up_n] : NULL;
+            if (!pb && tl_up_made < UP_POOL_MAX && (pb = malloc(UP_SMALL))) tl_up_made++;
             want = UP_SMALL;
-            n = recv(s->io.fd, tl_cin, want, 0);
-            if (n > 0) {
+            n = recv(s->io.fd, pb ? pb : tl_cin, want, 0);
+            if (pb && n > 0) {
+                s->up.p = pb;
+                s->up_pooled = true;
+                s->up.cap = UP_SMALL;
+                s->up.len = (size_t)n;
+            } else if (pb) {
+                tl_up_pool[tl_up_n++] = pb;
+            } else if (n > 0) {
                 s->up.p = malloc((size_t)n);
                 if (!s->up.p) {
                     stream_finish(s, "out of memory");
@@ -769,7 +864,7 @@ static void stream_read_tcp(struct hbone_stream *s)
         if (n == 0) {
             s->up_eof = true; /* FIN becomes END_STREAM once the buffer is sent */
             got = true;
-            if (!obuf_used(&s->up)) obuf_free(&s->up);
+            if (!obuf_used(&s->up)) stream_up_release(s);
             break;
         }
         if (errno == EINTR) continue;
@@ -845,17 +940,22 @@ static int send_data_cb(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
 {
     (void)src;
     struct hbone_conn *c = ud;
-    if (obuf_used(&c->cout) >= COUT_HIGH) return NGHTTP2_ERR_WOULDBLOCK;
+    if (conn_out_used(c) >= COUT_HIGH) {
+        c->out_high = true;
+        return NGHTTP2_ERR_WOULDBLOCK;
+    }
     struct hbone_stream *s = stream_of(ng, frame->hd.stream_id);
     if (!s || obuf_used(&s->up) < length) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     pt_append(c, framehd, 9);
     if (length) pt_append(c, s->up.p + s->up.off, length);
     s->to_h2 += length;
     bool was_full = s->up.len == s->up.cap;
-    if (s->up.cap == UP_BIG && s->up.off + length == s->up.len)
+    if (s->up.off + length < s->up.len)
+        s->up.off += length;
+    else if (s->up.cap == UP_BIG)
         s->up.off = s->up.len = 0; /* a bulk stream keeps its buffer */
     else
-        obuf_consume(&s->up, length);
+        stream_up_release(s); /* back to the pool: an idle tunnel holds no buffer */
     if (was_full) stream_wants_read(s);
     return 0;
 }
@@ -1194,6 +1294,7 @@ static void conn_close(struct hbone_conn *c, const char *err)
     if (c->st == C_CLOSED) return;
     /* Streams learn about it first, so their logs carry the reason. */
     c->st = C_CLOSED;
+    tl_out_release(c); /* unsent ciphertext goes with the conn, as its cout does */
     while (c->streams)
         stream_finish(c->streams, err ? err : "connection closed");
     timer_stop(c->loop, &c->hs_timer);
@@ -1388,9 +1489,16 @@ static int conn_decrypt(struct hbone_conn *c)
     for (;;) {
         size_t plen = 0, got;
         int err = 0;
+        bool drained = false;
         while (plen < PLAIN_CAP) {
             if (SSL_read_ex(c->ssl, tl_plain + plen, PLAIN_CAP - plen, &got)) {
                 plen += got;
+                /* The BIO served every byte and OpenSSL holds neither plaintext nor a record: another
+                 * SSL_read_ex would only find WANT_READ (a BIO call, SSL_get_error and the error marks). */
+                if (c->cin_len == 0 && !SSL_has_pending(c->ssl)) {
+                    drained = true;
+                    break;
+                }
                 continue;
             }
             err = SSL_get_error(c->ssl, 0);
@@ -1402,6 +1510,7 @@ static int conn_decrypt(struct hbone_conn *c)
             if (c->st == C_CLOSED) return -1;
             if (rv < 0 && conn_fatal(c, (int)rv) < 0) return -1;
         }
+        if (drained) return 0; /* conn_read notices EOF (c->eof) itself */
         if (!err) continue;
         if (err == SSL_ERROR_WANT_READ) return 0;
         if (err == SSL_ERROR_ZERO_RETURN || c->eof) {
@@ -1484,9 +1593,12 @@ static void conn_io_cb(struct io *io, uint32_t ev)
         if (c->st == C_CLOSED) return;
     }
     if (ev & EPOLLOUT) {
-        /* Room again: write what is queued, then let nghttp2 produce more. */
+        /* Room again: write what is queued, then let nghttp2 produce more. With nothing queued the edge only
+         * says that ACKs freed send buffer (it comes with most input): whatever nghttp2 has to send was
+         * submitted with a flush scheduled, so there is nothing to do. */
+        if (!conn_out_used(c)) return;
         if (conn_write_out(c) < 0) return;
-        if (c->st == C_OPEN && !obuf_used(&c->cout)) conn_flush(c);
+        if (c->st == C_OPEN && !conn_out_used(c)) conn_schedule_flush(c);
     }
 }
 

@@ -273,10 +273,11 @@ static void cli_stream_done(struct hbone_stream *s, void *ud, const struct hbone
 static const struct hbone_stream_ops cli_stream_ops = {.on_done = cli_stream_done,
                                                        .on_response = cli_stream_response};
 
-static void cli_connect(const char *expected)
+static void cli_connect_sndbuf(const char *expected, int sndbuf)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     assert_true(fd >= 0);
+    if (sndbuf) assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
     struct sockaddr_in sa = {
         .sin_family = AF_INET, .sin_port = htons(srv.port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
     int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
@@ -284,6 +285,11 @@ static void cli_connect(const char *expected)
     const char *exp[1] = {expected};
     cli.c = hbone_client_new(L, fd, cctx, exp, 1, &cli_ops, NULL);
     assert_non_null(cli.c);
+}
+
+static void cli_connect(const char *expected)
+{
+    cli_connect_sndbuf(expected, 0);
 }
 
 /* Opens a stream to 127.0.0.1:port with an app that sends to_send bytes. Returns the stream slot, or NULL
@@ -470,6 +476,45 @@ static void test_bulk_and_half_close(void **state)
     assert_false(cli.closed_err_set);
     assert_true(run_until(both_closed, 5000));
     assert_int_equal(srv.closed_calls, 1);
+}
+
+#define CHATTY_STREAMS 40
+#define CHATTY_BYTES (200u * 1024)
+
+static bool chatty_done(void)
+{
+    return cli.done_total == CHATTY_STREAMS && srv.done_total == CHATTY_STREAMS;
+}
+
+/* Many interactive streams (each below the 1 MiB after which a stream gets its own bulk buffer) moving data
+ * both ways at once on one connection, client and server conns on one thread: more streams hold bytes at
+ * once than the thread's pool of small "up" buffers has (8), so both the pooled and the copy-what-arrived
+ * reads run, and the two conns share the thread's output buffer. The client's TLS socket has a small send
+ * buffer, so sends stop part-way and what is left of the thread's buffer moves to the conn (copied when
+ * small, handed over when large). Every byte arrives once, in order. */
+static void test_many_chatty_streams(void **state)
+{
+    (void)state;
+    srv.app_send = CHATTY_BYTES;
+    cli_connect_sndbuf(ID_SERVER, 8192);
+    for (int i = 0; i < CHATTY_STREAMS; i++)
+        assert_non_null(cli_open(8080, CHATTY_BYTES, true));
+    assert_true(run_until(chatty_done, 30000));
+    for (int i = 0; i < CHATTY_STREAMS; i++) {
+        struct cli_stream *cs = &cli.st[i];
+        struct srv_stream *ss = &srv.st[i];
+        assert_false(cs->app.bad);
+        assert_false(ss->app.bad);
+        assert_int_equal(cs->app.recvd, CHATTY_BYTES);
+        assert_int_equal(ss->app.recvd, CHATTY_BYTES);
+        assert_null(cs->res.error);
+        assert_null(ss->res.error);
+        assert_int_equal(cs->res.bytes_to_h2, CHATTY_BYTES);
+        assert_int_equal(cs->res.bytes_to_tcp, CHATTY_BYTES);
+    }
+    assert_non_null(cli.c);
+    assert_true(hbone_conn_usable(cli.c));
+    assert_int_equal(hbone_buffered_bytes(), 0);
 }
 
 static bool errors_done(void)
@@ -1324,6 +1369,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_bulk_and_half_close, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_chatty_streams, setup, teardown),
         cmocka_unit_test_setup_teardown(test_error_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_san_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_limit, setup, teardown),
