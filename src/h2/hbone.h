@@ -60,7 +60,7 @@ struct hbone_stream_ops {
     void (*on_response)(struct hbone_stream *s, void *ud, int status);
 };
 
-/* HTTP/2 settings, from reference §1.4 (istio/ztunnel src/config.rs, src/proxy/h2/server.rs). Istio's stream
+/* HTTP/2 settings, from istio/ztunnel src/config.rs and src/proxy/h2/server.rs. Istio's stream
  * and connection windows are the largest windows auto-tuning grants here; see HBONE_STREAM_WINDOW_INIT. */
 #define HBONE_STREAM_WINDOW (4u << 20)
 #define HBONE_CONN_WINDOW (16u << 20)
