@@ -18,6 +18,7 @@
 
 #include <yaml.h>
 
+#include "core/vec.h"
 #include "core/log.h"
 #include "mesh/builder.h"
 #include "mesh/config.h"
@@ -30,13 +31,6 @@
         int rc_ = (expr);                                                                                    \
         if (rc_) return rc_;                                                                                 \
     } while (0)
-
-/* growable temporary arrays */
-struct vec {
-    char *p;
-    size_t n, cap, esz;
-};
-#define VEC(type) ((struct vec){.esz = sizeof(type)})
 
 /* The mark log: for the resource being walked, where each field the builder may name begins, and its YAML
  * path. A builder finding (field + list indexes) is looked up here to report file:line:col and the path. */
@@ -190,30 +184,6 @@ static int ev_scalar(struct pctx *c, const char *what, const char **out, size_t 
     *out = v;
     *len = n;
     return 0;
-}
-
-/* ---- growable temporary arrays ---- */
-
-static void *vec_push(struct vec *v)
-{
-    if (v->n == v->cap) {
-        size_t ncap = v->cap ? v->cap * 2 : 4;
-        char *np = realloc(v->p, ncap * v->esz);
-        if (!np) return NULL;
-        v->p = np;
-        v->cap = ncap;
-    }
-    void *e = v->p + v->n * v->esz;
-    memset(e, 0, v->esz);
-    v->n++;
-    return e;
-}
-
-static void vec_free(struct vec *v)
-{
-    free(v->p);
-    v->p = NULL;
-    v->n = v->cap = 0;
 }
 
 /* Moves the contents into the scratch arena (NULL when empty) and frees the vector. */

@@ -1,4 +1,5 @@
 /* zmeshd's CA core: key material, CSR signing and the authorization of a request (see issuer.h). */
+#include "tls/err.h"
 #include "tls/issuer.h"
 
 #include "core/log.h"
@@ -32,15 +33,6 @@ struct ca_issuer {
     long default_ttl_s, max_ttl_s;
 };
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || !errlen) return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* The first OpenSSL error as text, or fallback when the queue is empty; clears the queue. */
 static const char *ossl_why(char *buf, size_t n, const char *fallback)
 {
@@ -66,18 +58,18 @@ static int read_text(const char *path, char **out, char *err, size_t errlen)
     *out = NULL;
     if (!f) {
         rc = -errno;
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        tls_set_errf(err, errlen, "%s: %s", path, strerror(errno));
         goto out;
     }
     if (!(buf = malloc(PEM_FILE_MAX + 1))) {
         rc = -ENOMEM;
-        set_err(err, errlen, "%s: out of memory", path);
+        tls_set_errf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     n = fread(buf, 1, PEM_FILE_MAX + 1, f);
     if (ferror(f) || n > PEM_FILE_MAX) {
         rc = ferror(f) ? -EIO : -EFBIG;
-        set_err(err, errlen, "%s: %s", path, ferror(f) ? "read error" : "larger than 1 MiB");
+        tls_set_errf(err, errlen, "%s: %s", path, ferror(f) ? "read error" : "larger than 1 MiB");
         goto out;
     }
     buf[n] = '\0';
@@ -102,22 +94,22 @@ static int parse_certs(const char *path, const char *text, STACK_OF(X509) * *out
     *out = sk_X509_new_null();
     if (!b || !*out) {
         rc = -ENOMEM;
-        set_err(err, errlen, "%s: out of memory", path);
+        tls_set_errf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     if (!(infos = PEM_X509_INFO_read_bio(b, NULL, NULL, (void *)""))) {
-        set_err(err, errlen, "%s: not PEM: %s", path, ossl_why(ebuf, sizeof(ebuf), "unreadable"));
+        tls_set_errf(err, errlen, "%s: not PEM: %s", path, ossl_why(ebuf, sizeof(ebuf), "unreadable"));
         goto out;
     }
     for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
         X509_INFO *xi = sk_X509_INFO_value(infos, i);
         if (!xi->x509 || xi->x_pkey || xi->crl) {
-            set_err(err, errlen, "%s: PEM block %d is not a certificate", path, i + 1);
+            tls_set_errf(err, errlen, "%s: PEM block %d is not a certificate", path, i + 1);
             goto out;
         }
         if (!sk_X509_push(*out, xi->x509)) {
             rc = -ENOMEM;
-            set_err(err, errlen, "%s: out of memory", path);
+            tls_set_errf(err, errlen, "%s: out of memory", path);
             goto out;
         }
         xi->x509 = NULL;
@@ -150,7 +142,7 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     *out = NULL;
     if (join(cert_path, dir, CA_ISSUER_CERT_FILE) < 0 || join(key_path, dir, CA_ISSUER_KEY_FILE) < 0 ||
         join(root_path, dir, CA_ISSUER_ROOT_FILE) < 0 || join(chain_path, dir, CA_ISSUER_CHAIN_FILE) < 0) {
-        set_err(err, errlen, "%s: path too long", dir);
+        tls_set_errf(err, errlen, "%s: path too long", dir);
         goto out;
     }
     rc = -ENOMEM;
@@ -163,13 +155,14 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     if ((rc = parse_certs(cert_path, text, &certs, err, errlen)) < 0) goto out;
     rc = -EINVAL;
     if (sk_X509_num(certs) != 1) {
-        set_err(err, errlen, "%s: holds %d certificates; exactly one (the signing CA) is required", cert_path,
-                sk_X509_num(certs));
+        tls_set_errf(err, errlen, "%s: holds %d certificates; exactly one (the signing CA) is required",
+                     cert_path, sk_X509_num(certs));
         goto out;
     }
     iss->signing = sk_X509_shift(certs);
     if (X509_check_ca(iss->signing) == 0) {
-        set_err(err, errlen, "%s: not a CA certificate (it cannot sign workload certificates)", cert_path);
+        tls_set_errf(err, errlen, "%s: not a CA certificate (it cannot sign workload certificates)",
+                     cert_path);
         goto out;
     }
     free(text);
@@ -178,7 +171,7 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     /* ca-key.pem: the signing key, readable by its owner only. */
     if (!(f = fopen(key_path, "r"))) {
         rc = -errno;
-        set_err(err, errlen, "%s: %s", key_path, strerror(errno));
+        tls_set_errf(err, errlen, "%s: %s", key_path, strerror(errno));
         goto out;
     }
     if (fstat(fileno(f), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
@@ -187,13 +180,13 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     /* An empty passphrase makes an encrypted key fail instead of prompting on the terminal. */
     iss->key = PEM_read_PrivateKey(f, NULL, NULL, (void *)"");
     if (!iss->key) {
-        set_err(err, errlen, "%s: no readable PEM private key: %s", key_path,
-                ossl_why(ebuf, sizeof(ebuf), "unreadable"));
+        tls_set_errf(err, errlen, "%s: no readable PEM private key: %s", key_path,
+                     ossl_why(ebuf, sizeof(ebuf), "unreadable"));
         goto out;
     }
     if (X509_check_private_key(iss->signing, iss->key) != 1) {
         ERR_clear_error();
-        set_err(err, errlen, "%s: key does not match %s", key_path, CA_ISSUER_CERT_FILE);
+        tls_set_errf(err, errlen, "%s: key does not match %s", key_path, CA_ISSUER_CERT_FILE);
         goto out;
     }
 
@@ -213,7 +206,7 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     if ((rc = parse_certs(root_path, iss->root_pem, &roots, err, errlen)) < 0) goto out;
     rc = -EINVAL;
     if (sk_X509_num(roots) == 0) {
-        set_err(err, errlen, "%s: no PEM certificate", root_path);
+        tls_set_errf(err, errlen, "%s: no PEM certificate", root_path);
         goto out;
     }
 
@@ -225,16 +218,16 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     if (!X509_STORE_CTX_init(vctx, store, iss->signing, iss->chain)) goto out;
     if (X509_verify_cert(vctx) != 1) {
         rc = -EINVAL;
-        set_err(err, errlen, "%s: does not verify against %s%s%s: %s", cert_path, CA_ISSUER_ROOT_FILE,
-                plugin ? " through " : "", plugin ? CA_ISSUER_CHAIN_FILE : "",
-                X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+        tls_set_errf(err, errlen, "%s: does not verify against %s%s%s: %s", cert_path, CA_ISSUER_ROOT_FILE,
+                     plugin ? " through " : "", plugin ? CA_ISSUER_CHAIN_FILE : "",
+                     X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
         goto out;
     }
     *out = iss;
     iss = NULL;
     rc = 0;
 out:
-    if (rc == -ENOMEM && err && !*err) set_err(err, errlen, "%s: out of memory", dir);
+    if (rc == -ENOMEM && err && !*err) tls_set_errf(err, errlen, "%s: out of memory", dir);
     if (f) fclose(f);
     free(text);
     sk_X509_pop_free(certs, X509_free);
@@ -263,13 +256,13 @@ static int write_pem_atomic(const char *dir, const char *name, mode_t mode, X509
 
     if (join(path, dir, name) < 0 ||
         snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= (int)sizeof(tmp)) {
-        set_err(err, errlen, "%s: path too long", dir);
+        tls_set_errf(err, errlen, "%s: path too long", dir);
         goto out;
     }
     unlink(tmp); /* a leftover from a crash */
     if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)) < 0 || !(f = fdopen(fd, "w"))) {
         rc = -errno;
-        set_err(err, errlen, "%s: %s", tmp, strerror(errno));
+        tls_set_errf(err, errlen, "%s: %s", tmp, strerror(errno));
         goto out;
     }
     fd = -1;
@@ -279,7 +272,7 @@ static int write_pem_atomic(const char *dir, const char *name, mode_t mode, X509
     f = NULL;
     if (!ok || rename(tmp, path) != 0) {
         rc = -EIO;
-        set_err(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        tls_set_errf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
         goto out;
     }
@@ -303,12 +296,12 @@ int ca_issuer_open_state(const char *dir, const char *org, struct ca_issuer **ou
     if (err && errlen) *err = '\0';
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
-        set_err(err, errlen, "%s: %s", dir, strerror(errno));
+        tls_set_errf(err, errlen, "%s: %s", dir, strerror(errno));
         goto out;
     }
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         if ((rc = join(path, dir, files[i])) < 0) {
-            set_err(err, errlen, "%s: path too long", dir);
+            tls_set_errf(err, errlen, "%s: path too long", dir);
             goto out;
         }
         if (access(path, F_OK) == 0)
@@ -324,10 +317,10 @@ int ca_issuer_open_state(const char *dir, const char *org, struct ca_issuer **ou
         /* A half-written or half-deleted CA: making a new root would silently change every identity's trust
          * anchor, so an operator decides. */
         rc = -ENOENT;
-        set_err(err, errlen,
-                "%s/%s: missing while other CA files are present; restore it, or remove %s, %s and %s "
-                "to make a new root",
-                dir, files[missing], files[0], files[1], files[2]);
+        tls_set_errf(err, errlen,
+                     "%s/%s: missing while other CA files are present; restore it, or remove %s, %s and %s "
+                     "to make a new root",
+                     dir, files[missing], files[0], files[1], files[2]);
         goto out;
     }
     if ((rc = ca_new_root(org, CA_ISSUER_ROOT_TTL_S, &root, &key, err, errlen)) < 0) goto out;
@@ -421,8 +414,8 @@ static int key_acceptable(EVP_PKEY *k, char *err, size_t errlen)
     switch (EVP_PKEY_get_base_id(k)) {
     case EVP_PKEY_RSA:
         if (EVP_PKEY_get_bits(k) >= CA_ISSUER_RSA_MIN_BITS) return 0;
-        set_err(err, errlen, "CSR has a %d-bit RSA key; at least %d bits are required", EVP_PKEY_get_bits(k),
-                CA_ISSUER_RSA_MIN_BITS);
+        tls_set_errf(err, errlen, "CSR has a %d-bit RSA key; at least %d bits are required",
+                     EVP_PKEY_get_bits(k), CA_ISSUER_RSA_MIN_BITS);
         return -EINVAL;
     case EVP_PKEY_EC: {
         char curve[64] = "";
@@ -430,13 +423,14 @@ static int key_acceptable(EVP_PKEY *k, char *err, size_t errlen)
         if (EVP_PKEY_get_utf8_string_param(k, "group", curve, sizeof(curve), &len) == 1 &&
             (!strcmp(curve, "prime256v1") || !strcmp(curve, "secp384r1") || !strcmp(curve, "secp521r1")))
             return 0;
-        set_err(err, errlen, "CSR has an EC key on curve \"%s\"; P-256, P-384 or P-521 is required", curve);
+        tls_set_errf(err, errlen, "CSR has an EC key on curve \"%s\"; P-256, P-384 or P-521 is required",
+                     curve);
         return -EINVAL;
     }
     case EVP_PKEY_ED25519:
         return 0;
     default:
-        set_err(err, errlen, "CSR has an unsupported key type (RSA, ECDSA or Ed25519 is required)");
+        tls_set_errf(err, errlen, "CSR has an unsupported key type (RSA, ECDSA or Ed25519 is required)");
         return -EINVAL;
     }
 }
@@ -456,11 +450,11 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
     memset(out, 0, sizeof(*out));
     if (err && errlen) *err = '\0';
     if (spiffe_format(id, uri, sizeof(uri)) < 0) {
-        set_err(err, errlen, "identity does not fit a SPIFFE id");
+        tls_set_errf(err, errlen, "identity does not fit a SPIFFE id");
         goto out;
     }
     if (len == 0 || len > CA_ISSUER_CSR_MAX) {
-        set_err(err, errlen, "CSR is empty or larger than %d bytes", CA_ISSUER_CSR_MAX);
+        tls_set_errf(err, errlen, "CSR is empty or larger than %d bytes", CA_ISSUER_CSR_MAX);
         goto out;
     }
     if (!(bio = BIO_new_mem_buf(csr, (int)len))) {
@@ -468,21 +462,21 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
         goto out;
     }
     if (!(req = PEM_read_bio_X509_REQ(bio, NULL, NULL, NULL))) {
-        set_err(err, errlen, "certificate signing request is not in PEM format: %s",
-                ossl_why(ebuf, sizeof(ebuf), "no CERTIFICATE REQUEST block"));
+        tls_set_errf(err, errlen, "certificate signing request is not in PEM format: %s",
+                     ossl_why(ebuf, sizeof(ebuf), "no CERTIFICATE REQUEST block"));
         goto out;
     }
     if (!(pub = X509_REQ_get_pubkey(req))) {
-        set_err(err, errlen, "CSR public key is unreadable: %s",
-                ossl_why(ebuf, sizeof(ebuf), "unknown type"));
+        tls_set_errf(err, errlen, "CSR public key is unreadable: %s",
+                     ossl_why(ebuf, sizeof(ebuf), "unknown type"));
         goto out;
     }
     if ((rc = key_acceptable(pub, err, errlen)) < 0) goto out;
     /* Proof of possession: the CSR is signed by the key it certifies (istiod's csr.CheckSignature). */
     if (X509_REQ_verify(req, pub) != 1) {
         rc = -EINVAL;
-        set_err(err, errlen, "CSR signature does not verify: %s",
-                ossl_why(ebuf, sizeof(ebuf), "signature mismatch"));
+        tls_set_errf(err, errlen, "CSR signature does not verify: %s",
+                     ossl_why(ebuf, sizeof(ebuf), "signature mismatch"));
         goto out;
     }
     /* istiod's TTL rule: <= 0 is the default; above the maximum is an error (not a clamp). */
@@ -491,20 +485,20 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
         rc = -ERANGE;
         go_duration(ttl_s, a, sizeof(a));
         go_duration(iss->max_ttl_s, b, sizeof(b));
-        set_err(err, errlen, "requested TTL %s is greater than the max allowed TTL %s", a, b);
+        tls_set_errf(err, errlen, "requested TTL %s is greater than the max allowed TTL %s", a, b);
         goto out;
     }
     /* As istiod's certificate template: an expired signing certificate signs nothing, and a leaf never
      * outlives it. */
     if (X509_cmp_time(X509_get0_notAfter(iss->signing), &now) <= 0) {
         rc = -EKEYEXPIRED;
-        set_err(err, errlen, "signing certificate (%s) has expired", CA_ISSUER_CERT_FILE);
+        tls_set_errf(err, errlen, "signing certificate (%s) has expired", CA_ISSUER_CERT_FILE);
         goto out;
     }
     struct tm tm;
     if (!ASN1_TIME_to_tm(X509_get0_notAfter(iss->signing), &tm)) {
         rc = -EIO;
-        set_err(err, errlen, "signing certificate has an unreadable notAfter");
+        tls_set_errf(err, errlen, "signing certificate has an unreadable notAfter");
         goto out;
     }
     signing_end = timegm(&tm);
@@ -522,7 +516,7 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
     if (chain_push(out, NULL, iss->root_pem) < 0) goto out;
     rc = 0;
 out:
-    if (rc == -ENOMEM && err && !*err) set_err(err, errlen, "out of memory");
+    if (rc == -ENOMEM && err && !*err) tls_set_errf(err, errlen, "out of memory");
     if (rc < 0) ca_chain_free(out);
     X509_free(leaf);
     EVP_PKEY_free(pub);
@@ -550,15 +544,15 @@ int ca_trusted_parse(const char *s, struct ca_trusted *out, char *err, size_t er
         rc = -EINVAL;
         if (!slash || slash == tok || !slash[1] || strchr(slash + 1, '/') ||
             (size_t)(slash - tok) >= TOKEN_NAME_MAX || strlen(slash + 1) >= TOKEN_NAME_MAX) {
-            set_err(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: \"%s\" is not <namespace>/<service account>",
-                    tok);
+            tls_set_errf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: \"%s\" is not <namespace>/<service account>",
+                         tok);
             goto out;
         }
         *slash = '\0';
         if (spiffe_set(&probe, NULL, tok, slash + 1) < 0) {
-            set_err(err, errlen,
-                    "CA_TRUSTED_NODE_ACCOUNTS: \"%s/%s\" has a character a SPIFFE id cannot carry", tok,
-                    slash + 1);
+            tls_set_errf(err, errlen,
+                         "CA_TRUSTED_NODE_ACCOUNTS: \"%s/%s\" has a character a SPIFFE id cannot carry", tok,
+                         slash + 1);
             goto out;
         }
         rc = -ENOMEM;
@@ -570,7 +564,7 @@ int ca_trusted_parse(const char *s, struct ca_trusted *out, char *err, size_t er
     }
     rc = 0;
 out:
-    if (rc == -ENOMEM) set_err(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: out of memory");
+    if (rc == -ENOMEM) tls_set_errf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: out of memory");
     if (rc < 0) ca_trusted_free(out);
     free(copy);
     return rc;
@@ -594,7 +588,7 @@ int ca_authorize(const struct token_caller *caller, const char *td, const char *
     memset(out, 0, sizeof(*out));
     if (!td || !*td) td = "cluster.local";
     if (spiffe_set(out, td, caller->ns, caller->sa) < 0) {
-        set_err(why, whylen, "caller %s/%s does not form a SPIFFE id", caller->ns, caller->sa);
+        tls_set_errf(why, whylen, "caller %s/%s does not form a SPIFFE id", caller->ns, caller->sa);
         goto out;
     }
     /* By default a caller gets its own identity (server.go: sans := caller.Identities). */
@@ -605,43 +599,43 @@ int ca_authorize(const struct token_caller *caller, const char *td, const char *
     /* node_auth.go, in its order: the caller may impersonate at all, the identity parses, then a pod of that
      * account runs on the caller's node. */
     if (!trusted || trusted->n == 0) {
-        set_err(why, whylen,
-                "impersonation not allowed, as node authorizer (CA_TRUSTED_NODE_ACCOUNTS) is not "
-                "configured");
+        tls_set_errf(why, whylen,
+                     "impersonation not allowed, as node authorizer (CA_TRUSTED_NODE_ACCOUNTS) is not "
+                     "configured");
         goto out;
     }
     for (size_t i = 0; i < trusted->n && !trusted_caller; i++)
         trusted_caller = !strcmp(trusted->v[i].ns, caller->ns) && !strcmp(trusted->v[i].sa, caller->sa);
     if (!trusted_caller) {
-        set_err(why, whylen,
-                "impersonation failed for identity %s, error: caller (%s/%s) is not allowed to "
-                "impersonate",
-                impersonate, caller->ns, caller->sa);
+        tls_set_errf(why, whylen,
+                     "impersonation failed for identity %s, error: caller (%s/%s) is not allowed to "
+                     "impersonate",
+                     impersonate, caller->ns, caller->sa);
         goto out;
     }
     /* zmesh also requires the requested id to be of the CA's trust domain (istiod's spiffe.ParseIdentity
      * accepts any), so a node proxy cannot obtain a certificate another mesh would trust. */
     if (spiffe_parse(impersonate, strlen(impersonate), &want) < 0 || strcmp(want.td, td) != 0) {
-        set_err(why, whylen,
-                "impersonation failed for identity %s, error: failed to validate impersonated "
-                "identity (not a SPIFFE id of trust domain %s)",
-                impersonate, td);
+        tls_set_errf(why, whylen,
+                     "impersonation failed for identity %s, error: failed to validate impersonated "
+                     "identity (not a SPIFFE id of trust domain %s)",
+                     impersonate, td);
         goto out;
     }
     /* istiod reads the caller's node from its pod object; zmeshd's tokens carry it (like node-bound projected
      * tokens), signed by zmeshd itself. */
     if (!caller->node[0]) {
-        set_err(why, whylen,
-                "impersonation failed for identity %s, error: caller's token (%s/%s) is not bound "
-                "to a node",
-                impersonate, caller->ns, caller->sa);
+        tls_set_errf(why, whylen,
+                     "impersonation failed for identity %s, error: caller's token (%s/%s) is not bound "
+                     "to a node",
+                     impersonate, caller->ns, caller->sa);
         goto out;
     }
     if (!pod_on_node || pod_on_node(ud, want.ns, want.sa, caller->node) != 1) {
-        set_err(why, whylen,
-                "impersonation failed for identity %s, error: no instances of \"%s/%s\" found on "
-                "node \"%s\"",
-                impersonate, want.ns, want.sa, caller->node);
+        tls_set_errf(why, whylen,
+                     "impersonation failed for identity %s, error: no instances of \"%s/%s\" found on "
+                     "node \"%s\"",
+                     impersonate, want.ns, want.sa, caller->node);
         goto out;
     }
     *out = want;

@@ -8,13 +8,11 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/log.h"
 #include "core/net.h"
 #include "mesh/builder.h"
 #include "mesh/snapshot_impl.h"
 #include "zmeshd/k8s.h"
 
-#define LOG_TARGET "manifest"
 /* Longest "ns/name" or hostname built here; the builder refuses longer strings anyway. */
 #define NAME_MAX_LEN (BUILDER_MAX_STR + 1)
 
@@ -41,16 +39,7 @@ static void creport(struct conv *c, enum manifest_level lvl, const struct manife
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     struct manifest_finding f = {.level = lvl, .src = *src, .field = field ? field : "", .message = msg};
-    if (c->report) {
-        c->report(c->ud, &f);
-        return;
-    }
-    char buf[1024];
-    manifest_finding_format(&f, buf, sizeof(buf));
-    log_kv(lvl == MANIFEST_ERROR  ? LOG_ERROR
-           : lvl == MANIFEST_WARN ? LOG_WARN
-                                  : LOG_INFO,
-           LOG_TARGET, buf, NULL);
+    manifest_finding_emit(c->report, c->ud, &f);
 }
 
 static void builder_warn(void *ud, const struct builder_err *w)

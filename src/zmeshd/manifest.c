@@ -18,6 +18,7 @@
 
 #include <yaml.h>
 
+#include "core/vec.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "mesh/snapshot_impl.h"
@@ -47,36 +48,6 @@ const char *const k8s_op_field_names[K8S_OP_COUNT] = {
     [K8S_OP_NOT_PORTS] = "notPorts", [K8S_OP_METHODS] = "methods",    [K8S_OP_NOT_METHODS] = "notMethods",
     [K8S_OP_PATHS] = "paths",        [K8S_OP_NOT_PATHS] = "notPaths",
 };
-
-/* ---- growable arrays (the store's object lists and temporary lists) ---- */
-
-struct vec {
-    char *p;
-    size_t n, cap, esz;
-};
-#define VEC(type) ((struct vec){.esz = sizeof(type)})
-
-static void *vec_push(struct vec *v)
-{
-    if (v->n == v->cap) {
-        size_t ncap = v->cap ? v->cap * 2 : 8;
-        char *np = realloc(v->p, ncap * v->esz);
-        if (!np) return NULL;
-        v->p = np;
-        v->cap = ncap;
-    }
-    void *e = v->p + v->n * v->esz;
-    memset(e, 0, v->esz);
-    v->n++;
-    return e;
-}
-
-static void vec_free(struct vec *v)
-{
-    free(v->p);
-    v->p = NULL;
-    v->n = v->cap = 0;
-}
 
 struct manifest_store {
     struct arena arena; /* every string and array of every object */
@@ -194,6 +165,20 @@ struct reader {
     bool failed;
 };
 
+void manifest_finding_emit(manifest_report_fn report, void *ud, const struct manifest_finding *f)
+{
+    if (report) {
+        report(ud, f);
+        return;
+    }
+    char buf[1024];
+    manifest_finding_format(f, buf, sizeof(buf));
+    log_kv(f->level == MANIFEST_ERROR  ? LOG_ERROR
+           : f->level == MANIFEST_WARN ? LOG_WARN
+                                       : LOG_INFO,
+           LOG_TARGET, buf, NULL);
+}
+
 static void report(struct reader *r, enum manifest_level lvl, unsigned line, const char *field,
                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 static void report(struct reader *r, enum manifest_level lvl, unsigned line, const char *field,
@@ -206,16 +191,7 @@ static void report(struct reader *r, enum manifest_level lvl, unsigned line, con
     va_end(ap);
     struct manifest_finding f = {
         .level = lvl, .src = {.file = r->file, .doc = r->doc, .line = line}, .field = field, .message = msg};
-    if (r->report) {
-        r->report(r->ud, &f);
-        return;
-    }
-    char buf[1024];
-    manifest_finding_format(&f, buf, sizeof(buf));
-    log_kv(lvl == MANIFEST_ERROR  ? LOG_ERROR
-           : lvl == MANIFEST_WARN ? LOG_WARN
-                                  : LOG_INFO,
-           LOG_TARGET, buf, NULL);
+    manifest_finding_emit(r->report, r->ud, &f);
 }
 
 static void set_doc_error(struct reader *r, unsigned line, const char *why)

@@ -45,6 +45,8 @@ typedef void (*manifest_report_fn)(void *ud, const struct manifest_finding *f);
 
 /* "file#doc: field: message (line N)" into buf (field and line only when set). Returns buf. */
 const char *manifest_finding_format(const struct manifest_finding *f, char *buf, size_t n);
+/* Hands f to report, or logs it (target "manifest", at the finding's level) when report is NULL. */
+void manifest_finding_emit(manifest_report_fn report, void *ud, const struct manifest_finding *f);
 
 struct k8s_kv {
     const char *key, *value;
