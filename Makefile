@@ -28,13 +28,18 @@ LLHTTP_DIR := /usr/share/llhttp
 LLHTTP_OBJ := $(patsubst $(LLHTTP_DIR)/%.c,$(B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 ZT_SRC  := $(wildcard src/ztunnel/*.c)
 ZT_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(ZT_SRC))
+# The zmesh command (src/cli/): linked into build/bin/zmesh only, not into libzmesh.a; its unit test links
+# the same objects without main.o.
+CLI_SRC := $(wildcard src/cli/*.c)
+CLI_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(CLI_SRC))
+CLI_LIB_OBJ := $(filter-out $(B)/obj/cli/main.o,$(CLI_OBJ))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 # bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
-all: $(B)/bin/ztunnel $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip
+all: $(B)/bin/ztunnel $(B)/bin/zmesh $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
@@ -79,6 +84,10 @@ $(B)/bin/ztunnel: $(ZT_OBJ) $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(B)/bin/zmesh: $(CLI_OBJ) $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(B)/bin/zm-rtt: bench/rtt.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -90,6 +99,11 @@ $(B)/bench/%: bench/%.c $(B)/libzmesh.a
 $(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libzmesh.a $(LDLIBS) -lcmocka
+
+# A more specific rule than the one above (make prefers the shorter stem): test_cli also links the CLI objects.
+$(B)/tests/test_cli: tests/unit/test_cli.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CLI_LIB_OBJ) $(B)/libzmesh.a $(LDLIBS) -lcmocka
 
 # The C half of tests/e2e/test_proto_compat.py (not a cmocka binary: run-tests.sh runs only tests/test_*).
 $(B)/tests/pb_roundtrip: tests/e2e/pb_roundtrip.c $(B)/libzmesh.a | $(PROTO_GEN_H)
@@ -165,7 +179,7 @@ fuzz: deps
 	@tests/fuzz/run.sh -keep $(FUZZ_TIME) $(FUZZ_BIN)
 
 format:
-	clang-format -i $(LIB_SRC) $(ZT_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
+	clang-format -i $(LIB_SRC) $(ZT_SRC) $(CLI_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
 
 clean:
 	rm -rf build
