@@ -399,14 +399,16 @@ int zc_parse_rfc3339(const char *s, time_t *out)
     return 0;
 }
 
-/* certificates.go certNotExpired: valid when both times parse and now is strictly between them. */
+/* certificates.go certNotExpired: valid when both times parse and now is after validFrom and before
+ * expirationTime. istioctl compares with a sub-second clock and the dump's times are whole seconds, so with
+ * now truncated to seconds "after validFrom" is now >= from (a root minted this second is valid). */
 static bool cert_valid(const json_t *cert, time_t now)
 {
     time_t from, to;
     if (zc_parse_rfc3339(str_of(cert, "validFrom"), &from) ||
         zc_parse_rfc3339(str_of(cert, "expirationTime"), &to))
         return false;
-    return now > from && now < to;
+    return now >= from && now < to;
 }
 
 static const char *or_na(const char *s)

@@ -27,8 +27,8 @@ struct zc_filter {
 int zc_parse(const char *body, size_t len, json_t **dump, char *err, size_t errlen);
 
 /* Writes the view of `kind` in format fmt to out. raw/raw_len is the dump's text, printed as it is for
- * `all -o json` (istioctl prints the full dump unchanged). now decides each certificate's VALID CERT.
- * Returns 0, -ENOMEM, or -EIO when out fails. */
+ * `all -o json` (istioctl prints the full dump unchanged). now (whole seconds) decides each certificate's
+ * VALID CERT. Returns 0, -ENOMEM, or -EIO when out fails. */
 int zc_render(FILE *out, const json_t *dump, const char *raw, size_t raw_len, enum zc_kind kind,
               enum zc_format fmt, const struct zc_filter *f, time_t now);
 

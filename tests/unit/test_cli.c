@@ -273,6 +273,29 @@ static void test_map_sections_and_bad_input(void **state)
     assert_null(j);
 }
 
+/* A certificate minted this second is valid (istioctl's clock has sub-second precision, the dump does not);
+ * one that expires this second is not (the second, without rootCerts, is the legacy chain's Root). */
+static void test_valid_at_the_edges(void **state)
+{
+    static const char doc[] =
+        "{\"certificates\": [{\"identity\": \"i\", \"state\": \"Available\", \"certChain\": ["
+        "{\"serialNumber\": \"1\", \"validFrom\": \"2027-01-15T08:00:00Z\", \"expirationTime\": "
+        "\"2027-01-15T09:00:00Z\"},"
+        "{\"serialNumber\": \"2\", \"validFrom\": \"2027-01-15T07:00:00Z\", \"expirationTime\": "
+        "\"2027-01-15T08:00:00Z\"}], \"rootCerts\": []}]}";
+    json_t *j = NULL;
+    char err[256], *buf = NULL;
+    size_t n = 0;
+    assert_int_equal(zc_parse(doc, strlen(doc), &j, err, sizeof(err)), 0);
+    FILE *out = open_memstream(&buf, &n);
+    assert_int_equal(zc_render(out, j, doc, strlen(doc), ZC_CERTIFICATES, ZC_SHORT, NULL, NOW), 0);
+    fclose(out);
+    assert_non_null(strstr(buf, "\ni                    Leaf     Available     true           1   "));
+    assert_non_null(strstr(buf, "\ni                    Root     Available     false          2   "));
+    free(buf);
+    json_decref(j);
+}
+
 static void test_serial_hex(void **state)
 {
     char b[64];
@@ -438,12 +461,19 @@ static void test_http_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_workloads),    cmocka_unit_test(test_workload_filters),
-        cmocka_unit_test(test_services),     cmocka_unit_test(test_policies),
-        cmocka_unit_test(test_certificates), cmocka_unit_test(test_all),
-        cmocka_unit_test(test_json),         cmocka_unit_test(test_map_sections_and_bad_input),
-        cmocka_unit_test(test_serial_hex),   cmocka_unit_test(test_rfc3339),
-        cmocka_unit_test(test_table),        cmocka_unit_test(test_http_get),
+        cmocka_unit_test(test_workloads),
+        cmocka_unit_test(test_workload_filters),
+        cmocka_unit_test(test_services),
+        cmocka_unit_test(test_policies),
+        cmocka_unit_test(test_certificates),
+        cmocka_unit_test(test_all),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_map_sections_and_bad_input),
+        cmocka_unit_test(test_valid_at_the_edges),
+        cmocka_unit_test(test_serial_hex),
+        cmocka_unit_test(test_rfc3339),
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_http_get),
         cmocka_unit_test(test_http_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
