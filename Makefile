@@ -135,7 +135,7 @@ bench: deps
 
 # ---- fuzzing: libFuzzer with clang (Debian's clang + libclang-rt-14-dev) ----
 # Every tests/fuzz/fuzz_<name>.c becomes $(FUZZ_B)/fuzz_<name>, linked against an instrumented copy of
-# libzmesh plus the ztunnel objects except main.o, so a new target needs no Makefile change. The library is
+# libzmesh plus the ztunnel and cli objects except their main.o, so a new target needs no Makefile change. The library is
 # built once (-fsanitize=fuzzer-no-link: coverage without libFuzzer's main) and shared by all targets; only
 # the link adds -fsanitize=fuzzer. Same warnings as the normal build; UB aborts, so the fuzzer sees it.
 FUZZ_CC     ?= clang
@@ -146,7 +146,8 @@ FUZZ_CFLAGS  = -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) \
                $(filter-out -O% -g -fsanitize=% -fno-sanitize-recover%,$(CFLAGS))
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN    := $(patsubst tests/fuzz/%.c,$(FUZZ_B)/%,$(FUZZ_SRC))
-FUZZ_OBJ    := $(patsubst src/%.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) $(filter-out src/ztunnel/main.c,$(ZT_SRC))) \
+FUZZ_OBJ    := $(patsubst src/%.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) $(filter-out src/ztunnel/main.c,$(ZT_SRC)) \
+                 $(filter-out src/cli/main.c,$(CLI_SRC))) \
                $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c)) \
                $(patsubst $(B)/gen/%.c,$(FUZZ_B)/obj/gen/%.o,$(PROTO_GEN_C))
 

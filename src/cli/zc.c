@@ -173,26 +173,42 @@ static int cmp_policies(const void *a, const void *b)
     return r ? r : strcmp(str_of(x, "name"), str_of(y, "name"));
 }
 
-/* The WAYPOINT column (workload.go waypointName): "None" without a waypoint, else the name of the service
- * whose "ns/hostname" or one of whose VIPs is the waypoint's destination, else "NA". */
-static const char *waypoint_name(const json_t *obj, const json_t *const *svcs, size_t n_svcs)
+/* istioctl finds a waypoint's service and an endpoint's workload by linear scans; zmesh indexes them in
+ * jansson objects (hash tables) so that the dump of a large mesh renders in linear time. */
+
+/* "ns/hostname" and every VIP of each service -> that service; the first service wins, as istioctl's scan
+ * returns the first match. Returns a new object or NULL (ENOMEM). */
+static json_t *waypoint_index(const json_t *const *svcs, size_t n)
 {
-    const json_t *wp = json_object_get(obj, "waypoint");
-    if (!wp || json_is_null(wp)) return "None";
-    const char *dest = str_of(wp, "destination");
-    for (size_t i = 0; i < n_svcs; i++) {
-        const char *ns = str_of(svcs[i], "namespace"), *host = str_of(svcs[i], "hostname");
-        size_t nl = strlen(ns);
-        if (!strncmp(dest, ns, nl) && dest[nl] == '/' && !strcmp(dest + nl + 1, host))
-            return str_of(svcs[i], "name");
+    json_t *idx = json_object();
+    for (size_t i = 0; idx && i < n; i++) {
+        char *key = NULL;
+        if (asprintf(&key, "%s/%s", str_of(svcs[i], "namespace"), str_of(svcs[i], "hostname")) < 0) goto fail;
+        int r = json_object_get(idx, key) ? 0 : json_object_set(idx, key, (json_t *)svcs[i]);
+        free(key);
+        if (r) goto fail;
         size_t j;
         json_t *vip;
         json_array_foreach(json_object_get(svcs[i], "vips"), j, vip)
         {
-            if (json_is_string(vip) && !strcmp(json_string_value(vip), dest)) return str_of(svcs[i], "name");
+            const char *v = json_string_value(vip);
+            if (v && !json_object_get(idx, v) && json_object_set(idx, v, (json_t *)svcs[i])) goto fail;
         }
     }
-    return "NA";
+    return idx;
+fail:
+    json_decref(idx);
+    return NULL;
+}
+
+/* The WAYPOINT column (workload.go waypointName): "None" without a waypoint, else the name of the service
+ * whose "ns/hostname" or one of whose VIPs is the waypoint's destination, else "NA". */
+static const char *waypoint_name(const json_t *obj, const json_t *idx)
+{
+    const json_t *wp = json_object_get(obj, "waypoint");
+    if (!wp || json_is_null(wp)) return "None";
+    const json_t *svc = json_object_get(idx, str_of(wp, "destination"));
+    return svc ? str_of(svc, "name") : "NA";
 }
 
 /* Joins the strings of a JSON array with sep into a malloc'd string; each element goes through pick() (the
@@ -229,9 +245,12 @@ static int print_workloads(FILE *out, const json_t *dump, const struct zc_filter
     const json_t **wls = NULL, **svcs = NULL;
     size_t n_wls = 0, n_svcs = 0, kept = 0;
     struct zc_table *t = NULL;
+    json_t *wp_idx = NULL;
     int rc = section(dump, "workloads", &wls, &n_wls);
     if (!rc) rc = section(dump, "services", &svcs, &n_svcs);
     if (rc) goto out;
+    rc = -ENOMEM;
+    if (!(wp_idx = waypoint_index(svcs, n_svcs))) goto out;
     for (size_t i = 0; i < n_wls; i++)
         if (filter_ok(f->workload_namespace, str_of(wls[i], "namespace")) &&
             filter_ok(f->workload_node, str_of(wls[i], "node")))
@@ -248,7 +267,7 @@ static int print_workloads(FILE *out, const json_t *dump, const struct zc_filter
                              str_of(wls[i], "name"),
                              *addr ? addr : str_of(wls[i], "hostname"),
                              str_of(wls[i], "node"),
-                             waypoint_name(wls[i], svcs, n_svcs),
+                             waypoint_name(wls[i], wp_idx),
                              str_of(wls[i], "protocol")};
         int r = zc_table_row(t, row);
         free(addr);
@@ -258,6 +277,7 @@ static int print_workloads(FILE *out, const json_t *dump, const struct zc_filter
     t = NULL;
 out:
     zc_table_free(t);
+    json_decref(wp_idx);
     free(wls);
     free(svcs);
     return rc;
@@ -268,11 +288,16 @@ static int print_services(FILE *out, const json_t *dump, const struct zc_filter 
     const json_t **wls = NULL, **svcs = NULL, **shown = NULL;
     size_t n_wls = 0, n_svcs = 0, kept = 0;
     struct zc_table *t = NULL;
+    json_t *wp_idx = NULL, *by_uid = NULL;
     int rc = section(dump, "workloads", &wls, &n_wls);
     if (!rc) rc = section(dump, "services", &svcs, &n_svcs);
     if (rc) goto out;
-    /* The waypoint lookup sees every service, the table only the filtered ones: keep a sorted copy. */
     rc = -ENOMEM;
+    if (!(wp_idx = waypoint_index(svcs, n_svcs)) || !(by_uid = json_object())) goto out;
+    /* services.go groups the workloads by uid with slices.GroupUnique: the last one with a uid wins. */
+    for (size_t i = 0; i < n_wls; i++)
+        if (json_object_set(by_uid, str_of(wls[i], "uid"), (json_t *)wls[i])) goto out;
+    /* The waypoint lookup sees every service, the table only the filtered ones: keep a sorted copy. */
     if (n_svcs && !(shown = calloc(n_svcs, sizeof(*shown)))) goto out;
     for (size_t i = 0; i < n_svcs; i++)
         if (filter_ok(f->service_namespace, str_of(svcs[i], "namespace"))) shown[kept++] = svcs[i];
@@ -290,10 +315,7 @@ static int print_services(FILE *out, const json_t *dump, const struct zc_filter 
         json_t *ep;
         json_object_foreach((json_t *)eps, k, ep)
         {
-            const char *uid = str_of(ep, "workloadUid");
-            const json_t *match = NULL;
-            for (size_t j = 0; j < n_wls; j++)
-                if (!strcmp(str_of(wls[j], "uid"), uid)) match = wls[j]; /* GroupUnique: the last wins */
+            const json_t *match = json_object_get(by_uid, str_of(ep, "workloadUid"));
             if (match && !strcmp(str_of(match, "status"), "Healthy")) healthy++;
         }
         char counts[48];
@@ -301,7 +323,7 @@ static int print_services(FILE *out, const json_t *dump, const struct zc_filter 
         char *vips = join(json_object_get(shown[i], "vips"), ",", after_network);
         if (!vips) goto out;
         const char *row[] = {str_of(shown[i], "namespace"), str_of(shown[i], "name"), vips,
-                             waypoint_name(shown[i], svcs, n_svcs), counts};
+                             waypoint_name(shown[i], wp_idx), counts};
         int r = zc_table_row(t, row);
         free(vips);
         if (r) goto out;
@@ -310,6 +332,8 @@ static int print_services(FILE *out, const json_t *dump, const struct zc_filter 
     t = NULL;
 out:
     zc_table_free(t);
+    json_decref(wp_idx);
+    json_decref(by_uid);
     free(shown);
     free(wls);
     free(svcs);
