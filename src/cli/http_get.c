@@ -118,6 +118,7 @@ int http_get(const char *host, const char *port, const char *path, int timeout_m
     llhttp_settings_t settings;
     llhttp_t parser;
     struct get_state st = {.out = out, .max_body = max_body};
+    size_t received = 0; /* response bytes, to tell an empty answer from a truncated one */
     char req[HTTP_GET_REQ_MAX], buf[HTTP_GET_READ_CHUNK];
     int fd = -1, rc;
 
@@ -148,6 +149,7 @@ int http_get(const char *host, const char *port, const char *path, int timeout_m
         goto out;
     }
 
+    out->connected = true;
     int n = snprintf(req, sizeof(req),
                      "GET %s HTTP/1.1\r\nHost: %s:%s\r\nAccept: application/json\r\nUser-Agent: zmesh\r\n"
                      "Connection: close\r\n\r\n",
@@ -172,6 +174,7 @@ int http_get(const char *host, const char *port, const char *path, int timeout_m
         ssize_t r = recv(fd, buf, sizeof(buf), 0);
         llhttp_errno_t e = HPE_OK;
         if (r > 0) {
+            received += (size_t)r;
             e = llhttp_execute(&parser, buf, (size_t)r);
         } else if (r == 0) {
             /* EOF ends a body delimited by the connection's close; anywhere else it is a truncation. */
@@ -190,7 +193,12 @@ int http_get(const char *host, const char *port, const char *path, int timeout_m
             continue;
         } else {
             rc = -errno;
-            snprintf(err, errlen, "reading the response: %s", strerror(errno));
+            /* A peer that resets the connection unanswered (a proxy with nothing behind it) and one that
+             * closes it read the same to the user. */
+            if (rc == -ECONNRESET && received == 0)
+                snprintf(err, errlen, "the connection was closed before any response");
+            else
+                snprintf(err, errlen, "reading the response: %s", strerror(errno));
             goto out;
         }
         if (st.done) break;
@@ -198,6 +206,13 @@ int http_get(const char *host, const char *port, const char *path, int timeout_m
             if (st.too_big) {
                 snprintf(err, errlen, "response body larger than %zu bytes", max_body);
                 rc = -EFBIG;
+            } else if (r == 0 && received == 0) {
+                snprintf(err, errlen, "the connection was closed before any response");
+                rc = -ECONNRESET;
+            } else if (r == 0) {
+                snprintf(err, errlen, "the connection was closed after %zu bytes, within the response",
+                         received);
+                rc = -EPROTO;
             } else {
                 snprintf(err, errlen, "invalid HTTP response: %s", llhttp_errno_name(e));
                 rc = e == HPE_USER ? -ENOMEM : -EPROTO;

@@ -305,10 +305,19 @@ static int cmd_ztunnel_config(int argc, char **argv)
         snprintf(shown, sizeof(shown), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
         struct http_get_resp resp;
         rc = http_get(host, port, "/config_dump", ZC_TIMEOUT_MS, ZC_MAX_DUMP_BYTES, &resp, err, sizeof(err));
-        if (rc) {
+        if (rc && !resp.connected) {
             fprintf(stderr,
                     "Error: cannot reach ztunnel admin at %s: %s; run inside the pod's network namespace "
                     "(ip netns exec <pod> zmesh ...) or pass --address\n",
+                    shown, err);
+            rc = 1;
+            goto out;
+        }
+        if (rc) {
+            /* Something answered but not as a ztunnel admin does: the address is likely another service. */
+            fprintf(stderr,
+                    "Error: GET /config_dump from %s: %s; no ztunnel admin answered there (it listens on "
+                    "127.0.0.1:15000 inside the pod's network namespace)\n",
                     shown, err);
             rc = 1;
             goto out;

@@ -434,7 +434,9 @@ static void test_http_get(void **state)
     assert_null(r.body);
     assert_int_equal(get_from("HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort", 2000, 1024, &r, &c),
                      -EPROTO);
+    assert_true(r.connected);
     assert_int_equal(get_from("SSH-2.0-OpenSSH\r\n", 2000, 1024, &r, &c), -EPROTO);
+    assert_int_equal(get_from("", 2000, 1024, &r, &c), -ECONNRESET); /* accepted, then closed */
     assert_int_equal(get_from(NULL, 200, 1024, &r, &c), -ETIMEDOUT);
 }
 
