@@ -28,13 +28,18 @@ LLHTTP_DIR := /usr/share/llhttp
 LLHTTP_OBJ := $(patsubst $(LLHTTP_DIR)/%.c,$(B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 ZT_SRC  := $(wildcard src/ztunnel/*.c)
 ZT_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(ZT_SRC))
+# The zmesh command (src/cli/): linked into build/bin/zmesh only, not into libzmesh.a; its unit test links
+# the same objects without main.o.
+CLI_SRC := $(wildcard src/cli/*.c)
+CLI_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(CLI_SRC))
+CLI_LIB_OBJ := $(filter-out $(B)/obj/cli/main.o,$(CLI_OBJ))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 # bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
-all: $(B)/bin/ztunnel $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip
+all: $(B)/bin/ztunnel $(B)/bin/zmesh $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
@@ -79,6 +84,10 @@ $(B)/bin/ztunnel: $(ZT_OBJ) $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
+$(B)/bin/zmesh: $(CLI_OBJ) $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
 $(B)/bin/zm-rtt: bench/rtt.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
@@ -90,6 +99,11 @@ $(B)/bench/%: bench/%.c $(B)/libzmesh.a
 $(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libzmesh.a $(LDLIBS) -lcmocka
+
+# A more specific rule than the one above (make prefers the shorter stem): test_cli also links the CLI objects.
+$(B)/tests/test_cli: tests/unit/test_cli.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CLI_LIB_OBJ) $(B)/libzmesh.a $(LDLIBS) -lcmocka
 
 # The C half of tests/e2e/test_proto_compat.py (not a cmocka binary: run-tests.sh runs only tests/test_*).
 $(B)/tests/pb_roundtrip: tests/e2e/pb_roundtrip.c $(B)/libzmesh.a | $(PROTO_GEN_H)
@@ -121,7 +135,7 @@ bench: deps
 
 # ---- fuzzing: libFuzzer with clang (Debian's clang + libclang-rt-14-dev) ----
 # Every tests/fuzz/fuzz_<name>.c becomes $(FUZZ_B)/fuzz_<name>, linked against an instrumented copy of
-# libzmesh plus the ztunnel objects except main.o, so a new target needs no Makefile change. The library is
+# libzmesh plus the ztunnel and cli objects except their main.o, so a new target needs no Makefile change. The library is
 # built once (-fsanitize=fuzzer-no-link: coverage without libFuzzer's main) and shared by all targets; only
 # the link adds -fsanitize=fuzzer. Same warnings as the normal build; UB aborts, so the fuzzer sees it.
 FUZZ_CC     ?= clang
@@ -132,7 +146,8 @@ FUZZ_CFLAGS  = -O1 -g -fno-omit-frame-pointer $(FUZZ_SAN) \
                $(filter-out -O% -g -fsanitize=% -fno-sanitize-recover%,$(CFLAGS))
 FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN    := $(patsubst tests/fuzz/%.c,$(FUZZ_B)/%,$(FUZZ_SRC))
-FUZZ_OBJ    := $(patsubst src/%.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) $(filter-out src/ztunnel/main.c,$(ZT_SRC))) \
+FUZZ_OBJ    := $(patsubst src/%.c,$(FUZZ_B)/obj/%.o,$(LIB_SRC) $(filter-out src/ztunnel/main.c,$(ZT_SRC)) \
+                 $(filter-out src/cli/main.c,$(CLI_SRC))) \
                $(patsubst $(LLHTTP_DIR)/%.c,$(FUZZ_B)/obj/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c)) \
                $(patsubst $(B)/gen/%.c,$(FUZZ_B)/obj/gen/%.o,$(PROTO_GEN_C))
 
@@ -165,7 +180,7 @@ fuzz: deps
 	@tests/fuzz/run.sh -keep $(FUZZ_TIME) $(FUZZ_BIN)
 
 format:
-	clang-format -i $(LIB_SRC) $(ZT_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
+	clang-format -i $(LIB_SRC) $(ZT_SRC) $(CLI_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
 
 clean:
 	rm -rf build

@@ -18,6 +18,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "mesh/lb.h"
 #include "mesh/model.h"
 #include "tls/ca.h"
 #include "tls/identity.h"
@@ -348,7 +349,28 @@ static void cd_ports(struct jw *w, const char *key, const struct port_map *pm, s
     jw_obj_end(w);
 }
 
-static void cd_service(struct jw *w, const struct service *s)
+/* "endpoints": {uid: {workloadUid, port, status}}, istio/ztunnel src/state/service.rs Endpoint (an
+ * EndpointSet keyed by workload uid): the workloads whose `services` map names this service, with that map's
+ * ports. `zmesh ztunnel-config services` counts them for its ENDPOINTS column. */
+static void cd_endpoints(struct jw *w, const struct snapshot *snap, const struct service *s)
+{
+    size_t n = 0;
+    const struct workload *const *eps = snap ? snapshot_service_endpoints(snap, s, &n) : NULL;
+    jw_key(w, "endpoints");
+    jw_obj_begin(w);
+    for (size_t i = 0; i < n; i++) {
+        const struct wl_service_ports *sp = workload_service_ports(eps[i], s->namespace_, s->hostname);
+        jw_key(w, eps[i]->uid);
+        jw_obj_begin(w);
+        jw_kv_str(w, "workloadUid", eps[i]->uid);
+        cd_ports(w, "port", sp ? sp->ports : NULL, sp ? sp->n_ports : 0);
+        jw_kv_str(w, "status", eps[i]->healthy ? "Healthy" : "Unhealthy");
+        jw_obj_end(w);
+    }
+    jw_obj_end(w);
+}
+
+static void cd_service(struct jw *w, const struct snapshot *snap, const struct service *s)
 {
     static const char *const families[] = {"Automatic", "IPv4", "IPv6", "Dual"};
     static const char *const health[] = {"OnlyHealthy", "AllowAll"};
@@ -363,6 +385,7 @@ static void cd_service(struct jw *w, const struct service *s)
         cd_net_addr(w, s->vips[i].network, &s->vips[i].ip);
     jw_arr_end(w);
     cd_ports(w, "ports", s->ports, s->n_ports);
+    cd_endpoints(w, snap, s);
     jw_key(w, "subjectAltNames");
     jw_arr_begin(w);
     for (size_t i = 0; i < s->n_sans; i++)
@@ -570,7 +593,7 @@ char *config_dump_render(const struct snapshot *s, const struct identity_status 
     jw_key(&w, "services");
     jw_arr_begin(&w);
     for (size_t i = 0; s && i < snapshot_n_services(s); i++)
-        cd_service(&w, snapshot_service_at(s, i));
+        cd_service(&w, s, snapshot_service_at(s, i));
     jw_arr_end(&w);
 
     jw_key(&w, "policies");

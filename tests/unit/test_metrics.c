@@ -383,6 +383,12 @@ static void test_config_dump(void **state)
                               "        \"hboneMtlsPort\": 15008\n      },"));
     assert_non_null(strstr(d, "\"vips\": [\n        \"/10.96.0.20\"\n      ],"));
     assert_non_null(strstr(d, "\"ports\": {\n        \"80\": 8080\n      },"));
+    /* istio/ztunnel's Endpoint set, keyed by workload uid, with the workload's port map and health. */
+    assert_non_null(strstr(d, "\"endpoints\": {\n        \"Kubernetes//v1/Pod/app/server-0\": {\n"
+                              "          \"workloadUid\": \"Kubernetes//v1/Pod/app/server-0\",\n"
+                              "          \"port\": {\n            \"80\": 8080\n          },\n"
+                              "          \"status\": \"Healthy\"\n        }\n      },\n"
+                              "      \"subjectAltNames\""));
     assert_non_null(strstr(d, "\"services\": [\n        \"app/server.app.svc.cluster.local\"\n      ],"));
     assert_non_null(strstr(d, "\"locality\": {\n        \"region\": \"r1\",\n        \"zone\": \"z1\",\n"));
     assert_non_null(strstr(d, "\"canonicalName\": \"client-svc\""));

@@ -1,0 +1,369 @@
+/* zmesh: the command line. Today one command, `zmesh ztunnel-config` (alias zc), istioctl's views of a
+ * ztunnel's admin /config_dump (istio/istio istioctl/pkg/ztunnelconfig/ztunnelconfig.go). Exit status: 0, 1
+ * when the dump cannot be read or printed, 2 for a usage error. */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli/http_get.h"
+#include "cli/zc.h"
+
+#define EXIT_USAGE 2
+/* Istio's ztunnel admin port (istioctl's --proxy-admin-port default) on the pod's loopback. */
+#define ZC_DEFAULT_HOST "127.0.0.1"
+#define ZC_DEFAULT_PORT 15000
+/* A request to the admin port must complete within this; the admin answers a dump at once. */
+#define ZC_TIMEOUT_MS 5000
+/* The largest dump zmesh reads: a ztunnel with every workload of a large mesh stays well below this. */
+#define ZC_MAX_DUMP_BYTES (256u << 20)
+#define ZC_HOST_MAX 256
+#define ZC_ERR_MAX 512
+
+static const char usage_top[] =
+    "zmesh: the command line of the zmesh service mesh (istioctl's counterpart)\n"
+    "\n"
+    "Usage:\n"
+    "  zmesh <command> [flags]\n"
+    "\n"
+    "Commands:\n"
+    "  ztunnel-config (zc)   show a ztunnel's configuration: workloads, services, policies, certificates\n"
+    "\n"
+    "Run 'zmesh <command> --help' for the flags of a command.\n";
+
+static const char usage_zc[] =
+    "Retrieve a ztunnel's configuration from its admin /config_dump, as istioctl ztunnel-config does.\n"
+    "\n"
+    "Usage:\n"
+    "  zmesh ztunnel-config <subcommand> [flags]     (alias: zmesh zc)\n"
+    "\n"
+    "Subcommands:\n"
+    "  workload     (workloads, w)                 NAMESPACE POD NAME ADDRESS NODE WAYPOINT PROTOCOL\n"
+    "  service      (services, svc, s)             NAMESPACE SERVICE NAME SERVICE VIP WAYPOINT ENDPOINTS\n"
+    "  policy       (policies, pol, p)             NAMESPACE POLICY NAME ACTION SCOPE\n"
+    "  certificate  (certificates, certs, cert)    CERTIFICATE NAME TYPE STATUS VALID CERT SERIAL NUMBER "
+    "...\n"
+    "  all                                         all of the above\n"
+    "\n"
+    "Flags:\n"
+    "      --address host:port     ztunnel admin address (default 127.0.0.1:15000; [v6]:port for IPv6)\n"
+    "      --proxy-admin-port N    admin port when --address gives no port (default 15000)\n"
+    "  -f, --file FILE             read a saved config dump instead ('-' for standard input)\n"
+    "  -o, --output FORMAT         short (tables, the default) or json\n"
+    "      --workload-namespace NS filter workloads by namespace (workload)\n"
+    "      --workload-node NODE    filter workloads by node (workload)\n"
+    "      --service-namespace NS  filter services by namespace (service)\n"
+    "      --policy-namespace NS   filter policies by namespace (policy)\n"
+    "      --with-headers          print a header before each table (all)\n"
+    "  -h, --help                  this help\n"
+    "\n"
+    "The admin port listens on the pod's loopback: run zmesh inside the pod's network namespace,\n"
+    "e.g. ip netns exec <pod> zmesh ztunnel-config workloads\n";
+
+enum opt_id {
+    OPT_ADDRESS = 256,
+    OPT_ADMIN_PORT,
+    OPT_NODE,
+    OPT_WL_NS,
+    OPT_WL_NODE,
+    OPT_SVC_NS,
+    OPT_POL_NS,
+    OPT_WITH_HEADERS,
+};
+
+struct subcmd {
+    const char *name;
+    const char *aliases[4];
+    enum zc_kind kind;
+    int flags[2]; /* the subcommand's own flags (enum opt_id), 0-terminated */
+};
+
+/* istioctl's subcommand names and aliases (ztunnelconfig.go). */
+static const struct subcmd subcmds[] = {
+    {"workload", {"workloads", "w"}, ZC_WORKLOADS, {OPT_WL_NS, OPT_WL_NODE}},
+    {"service", {"services", "s", "svc"}, ZC_SERVICES, {OPT_SVC_NS}},
+    {"policy", {"policies", "p", "pol"}, ZC_POLICIES, {OPT_POL_NS}},
+    {"certificate", {"certificates", "certs", "cert"}, ZC_CERTIFICATES, {0}},
+    {"all", {0}, ZC_ALL, {OPT_WITH_HEADERS}},
+};
+
+static const struct subcmd *find_subcmd(const char *name)
+{
+    for (size_t i = 0; i < sizeof(subcmds) / sizeof(subcmds[0]); i++) {
+        if (!strcmp(subcmds[i].name, name)) return &subcmds[i];
+        for (size_t j = 0; j < 4 && subcmds[i].aliases[j]; j++)
+            if (!strcmp(subcmds[i].aliases[j], name)) return &subcmds[i];
+    }
+    return NULL;
+}
+
+static const struct option zc_opts[] = {
+    {"address", required_argument, NULL, OPT_ADDRESS},
+    {"proxy-admin-port", required_argument, NULL, OPT_ADMIN_PORT},
+    {"file", required_argument, NULL, 'f'},
+    {"output", required_argument, NULL, 'o'},
+    {"node", required_argument, NULL, OPT_NODE},
+    {"workload-namespace", required_argument, NULL, OPT_WL_NS},
+    {"workload-node", required_argument, NULL, OPT_WL_NODE},
+    {"service-namespace", required_argument, NULL, OPT_SVC_NS},
+    {"policy-namespace", required_argument, NULL, OPT_POL_NS},
+    {"with-headers", no_argument, NULL, OPT_WITH_HEADERS},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const char *opt_name(int id)
+{
+    for (const struct option *o = zc_opts; o->name; o++)
+        if (o->val == id) return o->name;
+    return "?";
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fputs("Error: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\n\n", stderr);
+    fputs(usage_zc, stderr);
+    return EXIT_USAGE;
+}
+
+/* Splits "host:port", "[v6]:port", "host" or "v6" into host and port (default_port when none is given).
+ * Returns 0 or -EINVAL. */
+static int split_address(const char *addr, int default_port, char *host, size_t hn, char *port, size_t pn)
+{
+    const char *colon = NULL, *h = addr;
+    size_t hl;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || (end[1] && end[1] != ':')) return -EINVAL;
+        h = addr + 1;
+        hl = (size_t)(end - h);
+        colon = end[1] == ':' ? end + 1 : NULL;
+    } else {
+        colon = strchr(addr, ':');
+        if (colon && strchr(colon + 1, ':')) colon = NULL; /* a bare IPv6 address */
+        hl = colon ? (size_t)(colon - addr) : strlen(addr);
+    }
+    if (hl == 0 || hl >= hn) return -EINVAL;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    long p = default_port;
+    if (colon) {
+        char *e;
+        errno = 0;
+        p = strtol(colon + 1, &e, 10);
+        if (errno || *e || e == colon + 1) return -EINVAL;
+    }
+    if (p < 1 || p > 65535) return -EINVAL;
+    snprintf(port, pn, "%ld", p);
+    return 0;
+}
+
+/* Reads a whole file (or stdin for "-") up to ZC_MAX_DUMP_BYTES into a malloc'd buffer. Returns 0 or -errno.
+ */
+static int read_dump_file(const char *path, char **body, size_t *len)
+{
+    FILE *fp = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    size_t cap = 0, n = 0;
+    char *b = NULL;
+    int rc = 0;
+    if (!fp) return -errno;
+    for (;;) {
+        if (n + 1 >= cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            char *nb = ncap > ZC_MAX_DUMP_BYTES + 1 ? NULL : realloc(b, ncap);
+            if (!nb) {
+                rc = ncap > ZC_MAX_DUMP_BYTES + 1 ? -EFBIG : -ENOMEM;
+                goto out;
+            }
+            b = nb;
+            cap = ncap;
+        }
+        size_t r = fread(b + n, 1, cap - n - 1, fp);
+        n += r;
+        if (r == 0) break;
+    }
+    if (ferror(fp)) rc = -EIO;
+out:
+    if (fp != stdin) fclose(fp);
+    if (rc) {
+        free(b);
+        return rc;
+    }
+    b[n] = '\0';
+    *body = b;
+    *len = n;
+    return 0;
+}
+
+static int cmd_ztunnel_config(int argc, char **argv)
+{
+    const char *address = NULL, *file = NULL, *output = "short";
+    long admin_port = ZC_DEFAULT_PORT;
+    struct zc_filter f = {0};
+    int used[OPT_WITH_HEADERS + 1] = {0};
+    char host[ZC_HOST_MAX], port[8], err[ZC_ERR_MAX];
+    char shown[ZC_HOST_MAX + 16]; /* where the dump came from, for messages */
+    char *body = NULL;
+    size_t len = 0;
+    json_t *dump = NULL;
+    int rc, c;
+
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":ho:f:", zc_opts, NULL)) != -1) {
+        if (c > 0 && c <= OPT_WITH_HEADERS) used[c] = 1;
+        switch (c) {
+        case 'h':
+            fputs(usage_zc, stdout);
+            return 0;
+        case 'o':
+            output = optarg;
+            break;
+        case 'f':
+            file = optarg;
+            break;
+        case OPT_ADDRESS:
+            address = optarg;
+            break;
+        case OPT_ADMIN_PORT: {
+            char *e;
+            admin_port = strtol(optarg, &e, 10);
+            if (*e || e == optarg || admin_port < 1 || admin_port > 65535)
+                return usage_error("invalid --proxy-admin-port %s: a port is 1..65535", optarg);
+            break;
+        }
+        case OPT_NODE:
+            fprintf(stderr,
+                    "Error: --node needs zmeshd to find the node's ztunnel, which zmesh does not have "
+                    "yet; run inside the pod's network namespace or pass --address\n");
+            return EXIT_USAGE;
+        case OPT_WL_NS:
+            f.workload_namespace = optarg;
+            break;
+        case OPT_WL_NODE:
+            f.workload_node = optarg;
+            break;
+        case OPT_SVC_NS:
+            f.service_namespace = optarg;
+            break;
+        case OPT_POL_NS:
+            f.policy_namespace = optarg;
+            break;
+        case OPT_WITH_HEADERS:
+            f.with_headers = true;
+            break;
+        case ':':
+            return usage_error("flag needs an argument: %s", argv[optind - 1]);
+        default:
+            return usage_error("unknown flag: %s", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc) return usage_error("%s", "a subcommand is required");
+    const struct subcmd *sc = find_subcmd(argv[optind]);
+    if (!sc) {
+        if (!strcmp(argv[optind], "log") || !strcmp(argv[optind], "connections"))
+            return usage_error("istioctl's \"%s\" subcommand is not in zmesh yet", argv[optind]);
+        return usage_error("unknown subcommand \"%s\"", argv[optind]);
+    }
+    if (optind + 1 < argc)
+        return usage_error("unexpected argument \"%s\" (zmesh reads one ztunnel: pass --address)",
+                           argv[optind + 1]);
+    /* A filter of another subcommand is an error, as cobra reports a flag the command does not define. */
+    for (int id = OPT_WL_NS; id <= OPT_WITH_HEADERS; id++)
+        if (used[id] && sc->flags[0] != id && sc->flags[1] != id) {
+            char flag[64];
+            snprintf(flag, sizeof(flag), "--%s", opt_name(id));
+            return usage_error("unknown flag: %s", flag);
+        }
+    enum zc_format fmt;
+    if (!strcmp(output, "short"))
+        fmt = ZC_SHORT;
+    else if (!strcmp(output, "json"))
+        fmt = ZC_JSON;
+    else if (!strcmp(output, "yaml"))
+        return usage_error("output format \"%s\" is not supported by zmesh yet; use -o json", output);
+    else
+        return usage_error("output format \"%s\" not supported (short or json)", output);
+    if (file && address) return usage_error("%s", "at most one of --file and --address may be passed");
+
+    if (file) {
+        rc = read_dump_file(file, &body, &len);
+        if (rc) {
+            fprintf(stderr, "Error: cannot read config dump %s: %s\n", file, strerror(-rc));
+            rc = 1;
+            goto out;
+        }
+        snprintf(shown, sizeof(shown), "%s", file);
+    } else {
+        if (split_address(address ? address : ZC_DEFAULT_HOST, (int)admin_port, host, sizeof(host), port,
+                          sizeof(port)))
+            return usage_error("invalid --address %s: use host:port or [v6]:port", address);
+        snprintf(shown, sizeof(shown), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
+        struct http_get_resp resp;
+        rc = http_get(host, port, "/config_dump", ZC_TIMEOUT_MS, ZC_MAX_DUMP_BYTES, &resp, err, sizeof(err));
+        if (rc && !resp.connected) {
+            fprintf(stderr,
+                    "Error: cannot reach ztunnel admin at %s: %s; run inside the pod's network namespace "
+                    "(ip netns exec <pod> zmesh ...) or pass --address\n",
+                    shown, err);
+            rc = 1;
+            goto out;
+        }
+        if (rc) {
+            /* Something answered but not as a ztunnel admin does: the address is likely another service. */
+            fprintf(stderr,
+                    "Error: GET /config_dump from %s: %s; no ztunnel admin answered there (it listens on "
+                    "127.0.0.1:15000 inside the pod's network namespace)\n",
+                    shown, err);
+            rc = 1;
+            goto out;
+        }
+        body = resp.body;
+        len = resp.len;
+        if (resp.status != 200) {
+            fprintf(stderr, "Error: ztunnel admin at %s answered %d to GET /config_dump: %.200s\n", shown,
+                    resp.status, body);
+            rc = 1;
+            goto out;
+        }
+    }
+    if (zc_parse(body, len, &dump, err, sizeof(err))) {
+        fprintf(stderr, "Error: the config dump from %s is not valid JSON: %s\n", shown, err);
+        rc = 1;
+        goto out;
+    }
+    rc = zc_render(stdout, dump, body, len, sc->kind, fmt, &f, time(NULL));
+    if (!rc && fflush(stdout)) rc = -EIO;
+    if (rc) {
+        fprintf(stderr, "Error: printing the %s view: %s\n", sc->name, strerror(-rc));
+        rc = 1;
+    }
+out:
+    json_decref(dump);
+    free(body);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(usage_top, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(usage_top, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "ztunnel-config") || !strcmp(cmd, "zc")) return cmd_ztunnel_config(argc - 1, argv + 1);
+    if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "token"))
+        fprintf(stderr, "Error: \"%s\" needs zmeshd, which zmesh does not have yet\n\n", cmd);
+    else
+        fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);
+    fputs(usage_top, stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,482 @@
+/* Unit tests for `zmesh ztunnel-config` rendering (src/cli/zc.c) from the canned dump
+ * tests/unit/zc_dump.json: istioctl's columns, sorting, waypoint names, endpoint counts, certificate rows,
+ * filters, -o json, and Go tabwriter's padding. The expected tables were checked against istioctl's rules
+ * (istio/istio istioctl/pkg/writer/ztunnel/configdump/). Run from the repository root. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "cli/http_get.h"
+#include "cli/zc.h"
+
+#define DUMP_PATH "tests/unit/zc_dump.json"
+/* 2027-01-15T08:00:00Z: inside the validity of the canned chain's leaf (2027-01-15 .. 2027-01-16). */
+#define NOW 1800000000
+
+struct dump {
+    char *raw;
+    size_t len;
+    json_t *json;
+};
+
+static int setup(void **state)
+{
+    struct dump *d = calloc(1, sizeof(*d));
+    FILE *fp = fopen(DUMP_PATH, "rb");
+    if (!d || !fp) {
+        fprintf(stderr, "%s: cannot open (run the unit tests from the repository root)\n", DUMP_PATH);
+        free(d);
+        if (fp) fclose(fp);
+        return -1;
+    }
+    fseek(fp, 0, SEEK_END);
+    d->len = (size_t)ftell(fp);
+    rewind(fp);
+    d->raw = malloc(d->len + 1);
+    if (fread(d->raw, 1, d->len, fp) != d->len) return -1;
+    d->raw[d->len] = '\0';
+    fclose(fp);
+    char err[256];
+    if (zc_parse(d->raw, d->len, &d->json, err, sizeof(err))) {
+        fprintf(stderr, "%s: %s\n", DUMP_PATH, err);
+        return -1;
+    }
+    *state = d;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct dump *d = *state;
+    json_decref(d->json);
+    free(d->raw);
+    free(d);
+    return 0;
+}
+
+/* Renders one view into a malloc'd string (the caller frees it). */
+static char *render(const struct dump *d, enum zc_kind kind, enum zc_format fmt, const struct zc_filter *f)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *out = open_memstream(&buf, &n);
+    assert_non_null(out);
+    assert_int_equal(zc_render(out, d->json, d->raw, d->len, kind, fmt, f, NOW), 0);
+    fclose(out);
+    return buf;
+}
+
+static const char workloads_table[] = "NAMESPACE POD NAME ADDRESS          NODE  WAYPOINT PROTOCOL\n"
+                                      "a         db-0     db.example.com   node0 NA       HBONE\n"
+                                      "a         db-0     10.0.0.1,fd00::1 node1 wp       TCP\n"
+                                      "b         web-1    10.0.0.3         node2 wp       HBONE\n"
+                                      "b         w\xc3\xa9"
+                                      "b      10.0.0.4               None     HBONE\n";
+
+/* Sorted by namespace.name then node; ADDRESS is the IPs joined by "," or else the hostname; WAYPOINT is the
+ * service whose ns/hostname or VIP is the destination, "NA" when none is, "None" without a waypoint; "wéb"
+ * is padded by characters, not bytes. */
+static void test_workloads(void **state)
+{
+    char *s = render(*state, ZC_WORKLOADS, ZC_SHORT, NULL);
+    assert_string_equal(s, workloads_table);
+    free(s);
+}
+
+static void test_workload_filters(void **state)
+{
+    struct zc_filter f = {.workload_namespace = "A"}; /* case-insensitive, as strings.EqualFold */
+    char *s = render(*state, ZC_WORKLOADS, ZC_SHORT, &f);
+    assert_string_equal(s, "NAMESPACE POD NAME ADDRESS          NODE  WAYPOINT PROTOCOL\n"
+                           "a         db-0     db.example.com   node0 NA       HBONE\n"
+                           "a         db-0     10.0.0.1,fd00::1 node1 wp       TCP\n");
+    free(s);
+    f = (struct zc_filter){.workload_node = "node2"};
+    s = render(*state, ZC_WORKLOADS, ZC_SHORT, &f);
+    assert_string_equal(s, "NAMESPACE POD NAME ADDRESS  NODE  WAYPOINT PROTOCOL\n"
+                           "b         web-1    10.0.0.3 node2 wp       HBONE\n");
+    free(s);
+    f = (struct zc_filter){.workload_namespace = "nowhere"};
+    s = render(*state, ZC_WORKLOADS, ZC_SHORT, &f);
+    assert_string_equal(s, "NAMESPACE POD NAME ADDRESS NODE WAYPOINT PROTOCOL\n");
+    free(s);
+}
+
+static const char services_table[] = "NAMESPACE SERVICE NAME SERVICE VIP           WAYPOINT ENDPOINTS\n"
+                                     "a         db                                 None     0/0\n"
+                                     "a         db           10.96.0.10,10.96.1.10 wp       1/3\n"
+                                     "b         wp           10.96.0.99            None     0/0\n";
+
+/* Sorted by namespace, name, hostname; VIPs without their network; ENDPOINTS healthy/total where healthy
+ * means the workload with the endpoint's uid is in the dump and Healthy (db-0 is Unhealthy, "gone" absent).
+ */
+static void test_services(void **state)
+{
+    char *s = render(*state, ZC_SERVICES, ZC_SHORT, NULL);
+    assert_string_equal(s, services_table);
+    free(s);
+    struct zc_filter f = {.service_namespace = "b"};
+    s = render(*state, ZC_SERVICES, ZC_SHORT, &f);
+    assert_string_equal(s, "NAMESPACE SERVICE NAME SERVICE VIP WAYPOINT ENDPOINTS\n"
+                           "b         wp           10.96.0.99  None     0/0\n");
+    free(s);
+}
+
+static const char policies_table[] = "NAMESPACE POLICY NAME ACTION SCOPE\n"
+                                     "a         allow-ns    Allow  Global\n"
+                                     "a         deny-all    Deny   Namespace\n"
+                                     "b         z-allow     Allow  WorkloadSelector\n";
+
+static void test_policies(void **state)
+{
+    char *s = render(*state, ZC_POLICIES, ZC_SHORT, NULL);
+    assert_string_equal(s, policies_table);
+    free(s);
+    struct zc_filter f = {.policy_namespace = "b"};
+    s = render(*state, ZC_POLICIES, ZC_SHORT, &f);
+    assert_string_equal(s, "NAMESPACE POLICY NAME ACTION SCOPE\n"
+                           "b         z-allow     Allow  WorkloadSelector\n");
+    free(s);
+}
+
+static const char certificates_table[] =
+    "CERTIFICATE NAME                       TYPE             STATUS          VALID CERT     SERIAL NUMBER    "
+    "     NOT AFTER                NOT BEFORE\n"
+    "spiffe://cluster.local/ns/a/sa/db      Leaf             Available       true           ff               "
+    "     2027-01-16T00:00:00Z     2027-01-15T00:00:00Z\n"
+    "spiffe://cluster.local/ns/a/sa/db      Intermediate     Available       true           1000             "
+    "     2028-01-01T00:00:00Z     2027-01-01T00:00:00Z\n"
+    "spiffe://cluster.local/ns/a/sa/db      Root             Available       true           1                "
+    "     2036-01-01T00:00:00Z     2026-01-01T00:00:00Z\n"
+    "spiffe://cluster.local/ns/b/sa/web     NA               Unavailable     false          NA               "
+    "     NA                       NA\n"
+    "spiffe://cluster.local/ns/b/sa/old     Leaf             Available       false          10000000000000000"
+    "     2020-01-02T00:00:00Z     2020-01-01T00:00:00Z\n"
+    "spiffe://cluster.local/ns/b/sa/old     Root             Available       true           0                "
+    "     2030-01-01T00:00:00Z     2020-01-01T00:00:00Z\n";
+
+/* In the dump's order, padding 5: Leaf, Intermediate, then rootCerts as Root; a chain without rootCerts
+ * (older ztunnels) ends with its Root; "Unavailable: <error>" shows as Unavailable with NA cells; serials
+ * in lowercase hex (2^64 needs more than 64 bits); VALID CERT is now strictly inside the validity. */
+static void test_certificates(void **state)
+{
+    char *s = render(*state, ZC_CERTIFICATES, ZC_SHORT, NULL);
+    assert_string_equal(s, certificates_table);
+    free(s);
+}
+
+/* istioctl's PrintFullSummary: a blank line before each table, optional headers, and the connections table
+ * (its header only, as zmesh's dump has no workloadState). */
+static void test_all(void **state)
+{
+    char *s = render(*state, ZC_ALL, ZC_SHORT, NULL);
+    char *want = NULL;
+    assert_true(asprintf(&want, "\n%s\n%s\n%s\n%s\nWORKLOAD DIRECTION LOCAL REMOTE REMOTE TARGET PROTOCOL\n",
+                         workloads_table, services_table, policies_table, certificates_table) > 0);
+    assert_string_equal(s, want);
+    free(s);
+    free(want);
+    struct zc_filter f = {.with_headers = true};
+    s = render(*state, ZC_ALL, ZC_SHORT, &f);
+    assert_true(!strncmp(s, "\n------ WORKLOAD INFO ------\n\nNAMESPACE POD NAME", 48));
+    assert_non_null(strstr(s, "\n\n------ SERVICE INFO ------\n\nNAMESPACE SERVICE NAME"));
+    assert_non_null(strstr(s, "\n\n------ POLICY INFO ------\n\n"));
+    assert_non_null(strstr(s, "\n\n------ SECRET INFO ------\n\nCERTIFICATE NAME"));
+    assert_non_null(strstr(s, "\n\n------ CONNECTIONS INFO ------\n\nWORKLOAD DIRECTION"));
+    free(s);
+}
+
+/* -o json: the dump's own objects; services and policies sorted as the tables, workloads and certificates in
+ * the dump's order, filters applied; `all` is the dump byte for byte plus a newline. */
+static void test_json(void **state)
+{
+    struct dump *d = *state;
+    char *s = render(d, ZC_SERVICES, ZC_JSON, NULL);
+    json_error_t je;
+    json_t *v = json_loads(s, 0, &je);
+    assert_non_null(v);
+    assert_int_equal(json_array_size(v), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 0), "hostname")),
+                        "alt.a.svc.cluster.local");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 2), "name")), "wp");
+    assert_non_null(strstr(s, "[\n    {\n        \"name\": \"db\",\n")); /* four spaces, keys in order */
+    json_decref(v);
+    free(s);
+
+    struct zc_filter f = {.workload_namespace = "b"};
+    s = render(d, ZC_WORKLOADS, ZC_JSON, &f);
+    v = json_loads(s, 0, &je);
+    assert_non_null(v);
+    assert_int_equal(json_array_size(v), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 0), "name")), "web-1");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 1), "name")), "w\xc3\xa9"
+                                                                                          "b");
+    json_decref(v);
+    free(s);
+
+    s = render(d, ZC_POLICIES, ZC_JSON, NULL);
+    v = json_loads(s, 0, &je);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 0), "name")), "allow-ns");
+    json_decref(v);
+    free(s);
+
+    s = render(d, ZC_CERTIFICATES, ZC_JSON, NULL);
+    v = json_loads(s, 0, &je);
+    assert_int_equal(json_array_size(v), 3);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(v, 1), "state")),
+                        "Unavailable: CA unreachable");
+    json_decref(v);
+    free(s);
+
+    s = render(d, ZC_ALL, ZC_JSON, NULL);
+    assert_int_equal(strlen(s), d->len + 1);
+    assert_memory_equal(s, d->raw, d->len);
+    assert_int_equal(s[d->len], '\n');
+    free(s);
+}
+
+/* istioctl accepts each section as a map of values too (unmarshalListOrMap); absent sections are empty. */
+static void test_map_sections_and_bad_input(void **state)
+{
+    static const char doc[] = "{\"policies\": {\"a/p\": {\"name\": \"p\", \"namespace\": \"a\", \"action\": "
+                              "\"Deny\", \"scope\": \"Global\"}}}";
+    json_t *j = NULL;
+    char err[256], *buf = NULL;
+    size_t n = 0;
+    assert_int_equal(zc_parse(doc, strlen(doc), &j, err, sizeof(err)), 0);
+    FILE *out = open_memstream(&buf, &n);
+    assert_int_equal(zc_render(out, j, doc, strlen(doc), ZC_POLICIES, ZC_SHORT, NULL, NOW), 0);
+    assert_int_equal(zc_render(out, j, doc, strlen(doc), ZC_WORKLOADS, ZC_SHORT, NULL, NOW), 0);
+    fclose(out);
+    assert_string_equal(buf, "NAMESPACE POLICY NAME ACTION SCOPE\n"
+                             "a         p           Deny   Global\n"
+                             "NAMESPACE POD NAME ADDRESS NODE WAYPOINT PROTOCOL\n");
+    free(buf);
+    json_decref(j);
+
+    assert_int_equal(zc_parse("[1]", 3, &j, err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "not a JSON object");
+    assert_int_equal(zc_parse("{\"workloads\": [", 15, &j, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "line 1"));
+    assert_null(j);
+}
+
+/* A certificate minted this second is valid (istioctl's clock has sub-second precision, the dump does not);
+ * one that expires this second is not (the second, without rootCerts, is the legacy chain's Root). */
+static void test_valid_at_the_edges(void **state)
+{
+    static const char doc[] =
+        "{\"certificates\": [{\"identity\": \"i\", \"state\": \"Available\", \"certChain\": ["
+        "{\"serialNumber\": \"1\", \"validFrom\": \"2027-01-15T08:00:00Z\", \"expirationTime\": "
+        "\"2027-01-15T09:00:00Z\"},"
+        "{\"serialNumber\": \"2\", \"validFrom\": \"2027-01-15T07:00:00Z\", \"expirationTime\": "
+        "\"2027-01-15T08:00:00Z\"}], \"rootCerts\": []}]}";
+    json_t *j = NULL;
+    char err[256], *buf = NULL;
+    size_t n = 0;
+    assert_int_equal(zc_parse(doc, strlen(doc), &j, err, sizeof(err)), 0);
+    FILE *out = open_memstream(&buf, &n);
+    assert_int_equal(zc_render(out, j, doc, strlen(doc), ZC_CERTIFICATES, ZC_SHORT, NULL, NOW), 0);
+    fclose(out);
+    assert_non_null(strstr(buf, "\ni                    Leaf     Available     true           1   "));
+    assert_non_null(strstr(buf, "\ni                    Root     Available     false          2   "));
+    free(buf);
+    json_decref(j);
+}
+
+static void test_serial_hex(void **state)
+{
+    char b[64];
+    assert_int_equal(zc_serial_hex("255", b, sizeof(b)), 0);
+    assert_string_equal(b, "ff");
+    assert_int_equal(zc_serial_hex("0", b, sizeof(b)), 0);
+    assert_string_equal(b, "0");
+    assert_int_equal(zc_serial_hex("16", b, sizeof(b)), 0); /* BN_bn2hex says "10"; no leading zero octet */
+    assert_string_equal(b, "10");
+    assert_int_equal(zc_serial_hex("15", b, sizeof(b)), 0); /* "0F" from BN_bn2hex */
+    assert_string_equal(b, "f");
+    /* A 20-octet X.509 serial (2^159 + 1). */
+    assert_int_equal(zc_serial_hex("730750818665451459101842416358141509827966271489", b, sizeof(b)), 0);
+    assert_string_equal(b, "8000000000000000000000000000000000000001");
+    assert_int_equal(zc_serial_hex("-26", b, sizeof(b)), 0);
+    assert_string_equal(b, "-1a");
+    /* What Go's big.Int SetString refuses prints as a nil *big.Int does. */
+    assert_int_equal(zc_serial_hex("", b, sizeof(b)), 0);
+    assert_string_equal(b, "<nil>");
+    assert_int_equal(zc_serial_hex("12ab", b, sizeof(b)), 0);
+    assert_string_equal(b, "<nil>");
+    assert_int_equal(zc_serial_hex("4096", b, 3), -ENOSPC);
+}
+
+static void test_rfc3339(void **state)
+{
+    time_t t;
+    assert_int_equal(zc_parse_rfc3339("2027-01-15T08:00:00Z", &t), 0);
+    assert_int_equal(t, NOW);
+    assert_int_equal(zc_parse_rfc3339("2027-01-15T09:30:00.123456+01:30", &t), 0);
+    assert_int_equal(t, NOW);
+    assert_int_equal(zc_parse_rfc3339("2027-01-15T03:00:00-05:00", &t), 0);
+    assert_int_equal(t, NOW);
+    assert_int_equal(zc_parse_rfc3339("2027-01-15 08:00:00Z", &t), -EINVAL);
+    assert_int_equal(zc_parse_rfc3339("2027-01-15T08:00:00", &t), -EINVAL);
+    assert_int_equal(zc_parse_rfc3339("2027-01-15T08:00:00Zjunk", &t), -EINVAL);
+    assert_int_equal(zc_parse_rfc3339("", &t), -EINVAL);
+}
+
+/* Go text/tabwriter: every cell but a row's last is padded to the column's widest plus the padding; an
+ * all-empty column still takes the padding. */
+static void test_table(void **state)
+{
+    struct zc_table *t = zc_table_new(3, 2);
+    const char *r1[] = {"a", "", "last"}, *r2[] = {"\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac", "", "x"};
+    assert_int_equal(zc_table_row(t, r1), 0);
+    assert_int_equal(zc_table_row(t, r2), 0);
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *out = open_memstream(&buf, &n);
+    assert_int_equal(zc_table_flush(t, out), 0);
+    fclose(out);
+    assert_string_equal(buf, "a    "
+                             "  "
+                             "last\n"
+                             "\xe2\x82\xac\xe2\x82\xac\xe2\x82\xac  "
+                             "  "
+                             "x\n");
+    free(buf);
+}
+
+/* ---- the GET client against a one-shot server on the loopback ---- */
+
+struct canned {
+    int lfd;
+    const char *reply; /* NULL: read the request and send nothing until the client gives up */
+    char request[1024];
+};
+
+static void *serve_once(void *arg)
+{
+    struct canned *c = arg;
+    int fd = accept(c->lfd, NULL, NULL);
+    if (fd < 0) return NULL;
+    ssize_t n = recv(fd, c->request, sizeof(c->request) - 1, 0);
+    c->request[n > 0 ? n : 0] = '\0';
+    if (c->reply) {
+        ssize_t w = send(fd, c->reply, strlen(c->reply), MSG_NOSIGNAL);
+        (void)w;
+    } else {
+        char b[16];
+        while (recv(fd, b, sizeof(b), 0) > 0) /* until the client closes */
+            ;
+    }
+    close(fd);
+    return NULL;
+}
+
+/* Runs one GET against a server answering reply; returns http_get's result. */
+static int get_from(const char *reply, int timeout_ms, size_t max_body, struct http_get_resp *r,
+                    struct canned *c)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    char port[8], err[256];
+    pthread_t th;
+    memset(c, 0, sizeof(*c));
+    c->reply = reply;
+    c->lfd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(c->lfd >= 0);
+    assert_int_equal(bind(c->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(c->lfd, 1), 0);
+    assert_int_equal(getsockname(c->lfd, (struct sockaddr *)&sa, &sl), 0);
+    snprintf(port, sizeof(port), "%u", ntohs(sa.sin_port));
+    assert_int_equal(pthread_create(&th, NULL, serve_once, c), 0);
+    int rc = http_get("127.0.0.1", port, "/config_dump", timeout_ms, max_body, r, err, sizeof(err));
+    pthread_join(th, NULL);
+    close(c->lfd);
+    return rc;
+}
+
+static void test_http_get(void **state)
+{
+    struct http_get_resp r;
+    struct canned c;
+    /* A chunked body is reassembled; the request is a plain HTTP/1.1 GET that asks to close. */
+    assert_int_equal(get_from("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              "5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n",
+                              2000, 1024, &r, &c),
+                     0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.len, 7);
+    assert_string_equal(r.body, "{\"a\":1}");
+    static const char want_head[] = "GET /config_dump HTTP/1.1\r\nHost: 127.0.0.1:";
+    assert_memory_equal(c.request, want_head, sizeof(want_head) - 1);
+    assert_non_null(strstr(c.request, "\r\nConnection: close\r\n\r\n"));
+    free(r.body);
+    /* A body delimited by the close, and a status that is not 200, are returned as they are. */
+    assert_int_equal(get_from("HTTP/1.1 503 Service Unavailable\r\n\r\nnot ready", 2000, 1024, &r, &c), 0);
+    assert_int_equal(r.status, 503);
+    assert_string_equal(r.body, "not ready");
+    free(r.body);
+    /* Bounds: a body over max_body, a truncated body, not HTTP, and a server that never answers. */
+    assert_int_equal(get_from("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n0123456789a", 2000, 10, &r, &c),
+                     -EFBIG);
+    assert_null(r.body);
+    assert_int_equal(get_from("HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nshort", 2000, 1024, &r, &c),
+                     -EPROTO);
+    assert_true(r.connected);
+    assert_int_equal(get_from("SSH-2.0-OpenSSH\r\n", 2000, 1024, &r, &c), -EPROTO);
+    assert_int_equal(get_from("", 2000, 1024, &r, &c), -ECONNRESET); /* accepted, then closed */
+    assert_int_equal(get_from(NULL, 200, 1024, &r, &c), -ETIMEDOUT);
+}
+
+/* A port nobody listens on: -ECONNREFUSED with the reason in words. */
+static void test_http_refused(void **state)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t sl = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    char port[8], err[256];
+    snprintf(port, sizeof(port), "%u", ntohs(sa.sin_port));
+    struct http_get_resp r;
+    assert_int_equal(http_get("127.0.0.1", port, "/config_dump", 1000, 1024, &r, err, sizeof(err)),
+                     -ECONNREFUSED);
+    assert_string_equal(err, "connection refused");
+    close(fd); /* bound but not listening until here, so no one else took the port */
+    assert_int_equal(http_get("no-such-host.invalid", "15000", "/", 1000, 1024, &r, err, sizeof(err)),
+                     -ENOENT);
+    assert_non_null(strstr(err, "cannot resolve no-such-host.invalid"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_workloads),
+        cmocka_unit_test(test_workload_filters),
+        cmocka_unit_test(test_services),
+        cmocka_unit_test(test_policies),
+        cmocka_unit_test(test_certificates),
+        cmocka_unit_test(test_all),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_map_sections_and_bad_input),
+        cmocka_unit_test(test_valid_at_the_edges),
+        cmocka_unit_test(test_serial_hex),
+        cmocka_unit_test(test_rfc3339),
+        cmocka_unit_test(test_table),
+        cmocka_unit_test(test_http_get),
+        cmocka_unit_test(test_http_refused),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
