@@ -1406,10 +1406,17 @@ static void conn_handshake_done(struct hbone_conn *c)
         conn_close(c, "peer did not negotiate ALPN h2");
         return;
     }
-    if (tls_peer_identity(c->ssl, c->peer_id, sizeof(c->peer_id)) < 0) c->peer_id[0] = 0;
+    char why[256];
+    if (tls_peer_identity(c->ssl, c->peer_id, sizeof(c->peer_id), why, sizeof(why)) < 0) c->peer_id[0] = 0;
     if (!c->server && !tls_peer_has_san(c->ssl, (const char *const *)c->expected, c->n_expected)) {
-        snprintf(err, sizeof(err), "identity verification error: peer is \"%s\", expected \"%s\"", c->peer_id,
-                 c->n_expected ? c->expected[0] : "");
+        /* A refused certificate has no identity to show: say why it was refused instead. */
+        if (c->peer_id[0])
+            snprintf(err, sizeof(err), "identity verification error: peer is \"%s\", expected \"%s\"",
+                     c->peer_id, c->n_expected ? c->expected[0] : "");
+        else
+            snprintf(err, sizeof(err),
+                     "identity verification error: peer certificate refused (%s), expected \"%s\"", why,
+                     c->n_expected ? c->expected[0] : "");
         conn_close(c, err);
         return;
     }

@@ -268,9 +268,9 @@ static int peer_identity(SSL *ssl, char *buf, size_t n, char *why, size_t wn)
     return tls_leaf_identity(SSL_get0_peer_certificate(ssl), ssl_trust_domain(ssl), buf, n, why, wn);
 }
 
-int tls_peer_identity(SSL *ssl, char *buf, size_t n)
+int tls_peer_identity(SSL *ssl, char *buf, size_t n, char *why, size_t wn)
 {
-    return peer_identity(ssl, buf, n, NULL, 0);
+    return peer_identity(ssl, buf, n, why, wn);
 }
 
 bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n)

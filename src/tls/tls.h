@@ -35,8 +35,8 @@ bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n);
 /* Copies the peer's identity, the one SAN tls_leaf_identity accepts for the trust domain of ssl's context,
  * into buf (NUL-terminated); this is the id that logs, metrics and authorization use. Returns its length,
  * -ENOENT without a peer certificate, -EINVAL when the chain did not verify or the leaf is refused, -ENOSPC
- * when buf is too small. */
-int tls_peer_identity(SSL *ssl, char *buf, size_t n);
+ * when buf is too small; then why[0..wn) (may be NULL) says why in one line. */
+int tls_peer_identity(SSL *ssl, char *buf, size_t n, char *why, size_t wn);
 
 /* True when ALPN negotiated exactly "h2". */
 bool tls_alpn_is_h2(SSL *ssl);
