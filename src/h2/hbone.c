@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/list.h"
 #include "core/log.h"
 #include "core/net.h"
 #include "h2/budget.h"
@@ -667,15 +668,7 @@ static void request_dequeue(struct hbone_stream *s)
 {
     struct hbone_conn *c = s->c;
     if (!s->queued) return;
-    if (s->req_prev)
-        s->req_prev->req_next = s->req_next;
-    else
-        c->req_head = s->req_next;
-    if (s->req_next)
-        s->req_next->req_prev = s->req_prev;
-    else
-        c->req_tail = s->req_prev;
-    s->req_next = s->req_prev = NULL;
+    QUEUE_DEL(c->req_head, c->req_tail, s, req_prev, req_next);
     s->queued = false;
 }
 
@@ -1099,12 +1092,7 @@ static void handle_request(struct hbone_conn *c, struct hbone_stream *s)
         return;
     }
     s->queued = true;
-    s->req_prev = c->req_tail;
-    if (c->req_tail)
-        c->req_tail->req_next = s;
-    else
-        c->req_head = s;
-    c->req_tail = s;
+    QUEUE_APPEND(c->req_head, c->req_tail, s, req_prev, req_next);
     loop_defer(c->loop, &c->deliver_task);
 }
 

@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 
 #include "core/acceptor.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/loop.h"
 #include "core/net.h"
@@ -442,15 +443,7 @@ static void adm_list_del(struct adm_conn *c)
     struct adm_port *pt = c->port;
     if (!pt || !c->listed) return;
     c->listed = false;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        pt->head = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else
-        pt->tail = c->prev;
-    c->prev = c->next = NULL;
+    QUEUE_DEL(pt->head, pt->tail, c, prev, next);
 }
 
 static void adm_list_append(struct adm_conn *c)
@@ -458,13 +451,7 @@ static void adm_list_append(struct adm_conn *c)
     struct adm_port *pt = c->port;
     if (!pt) return;
     c->listed = true;
-    c->prev = pt->tail;
-    c->next = NULL;
-    if (pt->tail)
-        pt->tail->next = c;
-    else
-        pt->head = c;
-    pt->tail = c;
+    QUEUE_APPEND(pt->head, pt->tail, c, prev, next);
 }
 
 /* Enters st with that state's deadline, which no later progress extends; the port's list stays ordered by

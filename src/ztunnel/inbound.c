@@ -279,14 +279,7 @@ static void in_handshake_end(struct in_conn *ic)
     struct worker *w = ic->w;
     if (!ic->handshaking) return;
     ic->handshaking = false;
-    if (ic->hs_prev)
-        ic->hs_prev->hs_next = ic->hs_next;
-    else
-        w->hs_head = ic->hs_next;
-    if (ic->hs_next)
-        ic->hs_next->hs_prev = ic->hs_prev;
-    else
-        w->hs_tail = ic->hs_prev;
+    QUEUE_DEL(w->hs_head, w->hs_tail, ic, hs_prev, hs_next);
     w->handshakes--;
     acceptor_resume(&w->listeners[2]);
 }
@@ -296,13 +289,7 @@ static void in_handshake_begin(struct in_conn *ic)
     struct worker *w = ic->w;
     ic->handshaking = true;
     ic->hs_start = loop_now(w->loop);
-    ic->hs_next = NULL;
-    ic->hs_prev = w->hs_tail;
-    if (w->hs_tail)
-        w->hs_tail->hs_next = ic;
-    else
-        w->hs_head = ic;
-    w->hs_tail = ic;
+    QUEUE_APPEND(w->hs_head, w->hs_tail, ic, hs_prev, hs_next);
     w->handshakes++;
 }
 

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "core/acceptor.h"
+#include "core/list.h"
 #include "core/loop.h"
 #include "core/net.h"
 #include "mesh/model.h"
@@ -56,23 +57,6 @@ struct pod_proxy {
     pthread_mutex_t view_lock;
     struct zt_view *view;
 };
-
-/* Intrusive doubly linked lists of live connections, headed in the worker. */
-#define LIST_PUSH(head, x)                                                                                   \
-    do {                                                                                                     \
-        (x)->prev = NULL;                                                                                    \
-        (x)->next = (head);                                                                                  \
-        if (head) (head)->prev = (x);                                                                        \
-        (head) = (x);                                                                                        \
-    } while (0)
-#define LIST_DEL(head, x)                                                                                    \
-    do {                                                                                                     \
-        if ((x)->prev)                                                                                       \
-            (x)->prev->next = (x)->next;                                                                     \
-        else                                                                                                 \
-            (head) = (x)->next;                                                                              \
-        if ((x)->next) (x)->next->prev = (x)->prev;                                                          \
-    } while (0)
 
 /* A connection's share of the TCP metrics: its label set and what was already added to it. */
 struct zt_stats {
