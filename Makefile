@@ -8,7 +8,7 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU
 override LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 B       ?= build
 
-LIB_LAYERS := core tls h2 mesh xds zmeshd
+LIB_LAYERS := core tls h2 grpc mesh xds zmeshd
 LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
 # Protocols (proto/README.md): protoc-c generates C for zmesh's .proto files and for the well-known types
@@ -39,7 +39,7 @@ UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
-all: $(B)/bin/ztunnel $(B)/bin/zmesh $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip
+all: $(B)/bin/ztunnel $(B)/bin/zmesh $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip $(B)/tests/grpc_peer
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
@@ -109,6 +109,16 @@ $(B)/tests/test_cli: tests/unit/test_cli.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PR
 $(B)/tests/pb_roundtrip: tests/e2e/pb_roundtrip.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(B)/libzmesh.a $(LDLIBS)
+
+# The C half of tests/e2e/test_grpc.py: src/grpc serving and calling tests/grpc/echo.proto's service. That
+# proto's generated code (header written alongside the .c) is linked into this binary only, not libzmesh.a.
+$(B)/gen/test/echo.pb-c.c: tests/grpc/echo.proto
+	@mkdir -p $(dir $@)
+	$(PROTOC_C) -Itests/grpc --c_out=$(dir $@) $<
+
+$(B)/tests/grpc_peer: tests/e2e/grpc_peer.c $(B)/gen/test/echo.pb-c.c $(B)/libzmesh.a | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(B)/gen/test -o $@ $< $(B)/gen/test/echo.pb-c.c $(B)/libzmesh.a $(LDLIBS)
 
 unit: all
 	@scripts/run-tests.sh unit $(B)

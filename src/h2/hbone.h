@@ -1,10 +1,13 @@
-/* HBONE: HTTP/2 CONNECT tunnels over mutual TLS, both roles.
+/* HBONE: HTTP/2 CONNECT tunnels over mutual TLS, both roles; an adapter on the generic HTTP/2 session
+ * (h2/session.h).
  *
- * An hbone_conn is one TLS+HTTP/2 connection on a non-blocking fd; an hbone_stream is one CONNECT tunnel on
- * it, bridged to a TCP socket. The layer owns the byte relay in both directions with end-to-end
+ * An hbone_conn is one TLS+HTTP/2 session (h2_conn) with HBONE's settings (Istio's values, see below); an
+ * hbone_stream is one CONNECT tunnel on it, bridged to a TCP socket, whose state lives in the user area of its
+ * h2_stream (one allocation per stream). The adapter owns the byte relay in both directions with end-to-end
  * back-pressure: HTTP/2 windows are consumed only when bytes reach the TCP socket, and a TCP socket is read
- * only while its stream has room. TLS runs over our own buffers (a custom BIO), so ciphertext leaves in large
- * writes. */
+ * only while its stream has room; DATA leaves without a copy from the stream's "up" buffer, and received DATA
+ * is send() straight to the socket, only what it refuses is buffered. Streams and connections end with a typed
+ * reason (enum h2_end_reason) and a detail text for logs. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -12,13 +15,13 @@
 #include <openssl/ssl.h>
 
 #include "core/loop.h"
+#include "h2/session.h"
 
 struct hbone_conn;
 struct hbone_stream;
 
-struct hbone_header {
-    const char *name, *value;
-};
+/* A header (name, value) is the session's. */
+#define hbone_header h2_header
 
 /* A received CONNECT request (server role). Strings are NUL-terminated and valid during on_request only. */
 struct hbone_request {
@@ -31,9 +34,11 @@ struct hbone_request {
 /* The end of a stream, passed to on_done. status is the HTTP status sent or received (0 if none). */
 struct hbone_result {
     int status;
-    uint64_t bytes_to_h2;  /* read from the TCP side, sent as DATA */
-    uint64_t bytes_to_tcp; /* received as DATA, written to the TCP side */
-    const char *error;     /* NULL on a clean end */
+    uint64_t bytes_to_h2;      /* read from the TCP side, sent as DATA */
+    uint64_t bytes_to_tcp;     /* received as DATA, written to the TCP side */
+    enum h2_end_reason reason; /* H2_END_OK on a clean end; what callers switch on */
+    uint32_t code;             /* the HTTP/2 error code for H2_END_RESET_BY_PEER, _REFUSED, _PROTOCOL */
+    const char *error;         /* NULL on a clean end; else the reason in words, for logs */
     /* The peer reset the stream before any response was sent (server: the request is abandoned; such
      * resets are charged to the connection's reset budget). Callers aggregate these in their logs instead of
      * writing a line each: a peer can send them by the thousand. */
@@ -45,9 +50,10 @@ struct hbone_conn_ops {
      * are now being sent. Server: TLS done, ALPN h2, the session is open (the end of the handshake, e.g. to
      * bound handshakes in progress; a failed handshake ends in on_closed instead). Optional. */
     void (*on_ready)(struct hbone_conn *c, void *ud);
-    /* The connection is gone (error, EOF, GOAWAY drained, ping timeout). err is NULL on a clean end.
-     * Every stream got its on_done before this. c is freed right after the call. */
-    void (*on_closed)(struct hbone_conn *c, void *ud, const char *err);
+    /* The connection is gone (error, EOF, GOAWAY drained, ping timeout): e->reason (H2_END_OK on a clean
+     * end) and e->detail (NULL on a clean end). Every stream got its on_done before this. c is freed right
+     * after the call. */
+    void (*on_closed)(struct hbone_conn *c, void *ud, const struct h2_end *e);
     /* Server: a complete request. The callee must eventually call hbone_stream_respond (now or later),
      * unless the stream ends first (on_done). */
     void (*on_request)(struct hbone_stream *s, void *ud, const struct hbone_request *req);
@@ -97,28 +103,29 @@ void hbone_set_keepalive(uint32_t interval_ms, uint32_t timeout_ms);
  * with unread input does not turn into a TCP RST that discards the GOAWAY. */
 #define HBONE_LINGER_MS 1000
 
-/* Why a connection or request was refused for what the peer sent. Counted per reason (hbone_proto_errors)
- * and logged (rate-limited) with the peer's address and identity. */
-enum hbone_proto_err {
-    HBONE_PERR_FLOOD,             /* nghttp2's flood guard: too many PING/SETTINGS/RST_STREAM to answer */
-    HBONE_PERR_CONTINUATION,      /* too many CONTINUATION frames for one header block */
-    HBONE_PERR_EARLY_RESETS,      /* the early-reset budget is spent (GOAWAY ENHANCE_YOUR_CALM) */
-    HBONE_PERR_PROTOCOL,          /* any other connection error nghttp2 found (GOAWAY with its code) */
-    HBONE_PERR_HEADERS_TOO_LARGE, /* a request over 64 headers or 64 KiB (431, the connection stays) */
-    HBONE_PERR_COUNT
-};
-/* The reason's metric label ("flood", "continuation_flood", ...); static string. */
-const char *hbone_proto_err_to_str(enum hbone_proto_err e);
-/* Process-wide count for e since start. Thread-safe. */
-uint64_t hbone_proto_errors(enum hbone_proto_err e);
-/* Process-wide count of streams reset by the peer before their response. Thread-safe. */
-uint64_t hbone_early_resets(void);
+/* Protocol errors and early resets are counted by the session (h2/session.h), for HBONE and every other
+ * user; these names are kept for the metrics (zmesh_hbone_protocol_errors_total{reason}). */
+#define hbone_proto_err h2_proto_err
+#define HBONE_PERR_FLOOD H2_PERR_FLOOD
+#define HBONE_PERR_CONTINUATION H2_PERR_CONTINUATION
+#define HBONE_PERR_EARLY_RESETS H2_PERR_EARLY_RESETS
+#define HBONE_PERR_PROTOCOL H2_PERR_PROTOCOL
+#define HBONE_PERR_HEADERS_TOO_LARGE H2_PERR_HEADERS_TOO_LARGE
+#define HBONE_PERR_COUNT H2_PERR_COUNT
+#define hbone_proto_err_to_str h2_proto_err_to_str
+#define hbone_proto_errors h2_proto_errors
+#define hbone_early_resets h2_early_resets
 /* Bytes received from peers that wait in our buffers for a local socket to take them, all threads. */
 uint64_t hbone_buffered_bytes(void);
 
+/* HBONE's session settings (the values above; the keepalive as set by hbone_set_keepalive), for the client
+ * or the server role. */
+void hbone_settings(struct h2_settings *set, bool server);
+
 /* Starts the client role on fd (connecting or connected, non-blocking; ownership passes to the conn).
- * The server must present a URI SAN equal to one of expected[0..n) (copied). Returns NULL on allocation
- * failure (fd closed). ctx is borrowed and must outlive the conn. */
+ * The server must present an identity in expected[0..n) (copied): SPIFFE ids as Istio checks them (the
+ * leaf's URI SAN), or DNS names (see struct h2_peer). Returns NULL on allocation failure (fd closed). ctx is
+ * borrowed and must outlive the conn. */
 struct hbone_conn *hbone_client_new(struct loop *l, int fd, SSL_CTX *ctx, const char *const *expected,
                                     size_t n_expected, const struct hbone_conn_ops *ops, void *ud);
 /* Starts the server role on an accepted fd (ownership passes to the conn). */
@@ -139,7 +146,7 @@ unsigned hbone_conn_max_streams(const struct hbone_conn *c);
 const char *hbone_conn_peer_id(const struct hbone_conn *c);
 /* Stops taking new streams and sends GOAWAY; the conn closes when its streams end. */
 void hbone_conn_drain(struct hbone_conn *c);
-/* Closes now: every stream ends with err. */
+/* Closes now: every stream ends with err (H2_END_LOCAL; err NULL: H2_END_CONN_CLOSED, "connection closed"). */
 void hbone_conn_close(struct hbone_conn *c, const char *err);
 
 /* Client: opens a CONNECT stream. headers are (name, value) pairs including ":authority" (copied); ":method"
@@ -153,7 +160,7 @@ void hbone_stream_set_ops(struct hbone_stream *s, const struct hbone_stream_ops 
  * any other status ends the stream (tcp_fd, if >= 0, is closed). Extra headers optional. */
 void hbone_stream_respond(struct hbone_stream *s, int status, int tcp_fd, const struct hbone_header *headers,
                           size_t n);
-/* Resets the stream (RST_STREAM CANCEL) and closes its TCP side; on_done runs. */
+/* Resets the stream (RST_STREAM CANCEL) and closes its TCP side; on_done runs with H2_END_LOCAL and err. */
 void hbone_stream_reset(struct hbone_stream *s, const char *err);
 struct hbone_conn *hbone_stream_conn(const struct hbone_stream *s);
 /* Bytes moved so far (for counters that advance while a long connection is open). */

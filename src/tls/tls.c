@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -280,6 +281,33 @@ bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n)
     for (size_t i = 0; i < n; i++)
         if (expected[i] && strcmp(expected[i], id) == 0) return true;
     return false;
+}
+
+bool tls_leaf_has_dns_san(X509 *leaf, const char *const *names, size_t n)
+{
+    bool found = false;
+    if (!leaf || !n) return false;
+    /* A CA certificate is no server leaf, whatever names it carries (as in tls_leaf_identity). */
+    if (X509_get_extension_flags(leaf) & EXFLAG_CA) return false;
+    GENERAL_NAMES *gens = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; gens && !found && i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
+        if (gn->type != GEN_DNS) continue;
+        const unsigned char *d = ASN1_STRING_get0_data(gn->d.dNSName);
+        size_t len = (size_t)ASN1_STRING_length(gn->d.dNSName);
+        /* Exact names only: a wildcard SAN is not expanded, and a name with an embedded NUL matches nothing. */
+        if (!d || memchr(d, 0, len)) continue;
+        for (size_t k = 0; k < n && !found; k++)
+            found = names[k] && strlen(names[k]) == len && strncasecmp(names[k], (const char *)d, len) == 0;
+    }
+    GENERAL_NAMES_free(gens);
+    return found;
+}
+
+bool tls_peer_has_dns_san(SSL *ssl, const char *const *names, size_t n)
+{
+    if (!ssl || !n || SSL_get_verify_result(ssl) != X509_V_OK) return false;
+    return tls_leaf_has_dns_san(SSL_get0_peer_certificate(ssl), names, n);
 }
 
 bool tls_alpn_is_h2(SSL *ssl)

@@ -320,12 +320,13 @@ static void in_ready(struct hbone_conn *c, void *ud)
     in_handshake_end(ud);
 }
 
-static void in_closed(struct hbone_conn *c, void *ud, const char *err)
+static void in_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
 {
     struct in_conn *ic = ud;
+    const char *err = e->detail;
     in_handshake_end(ic);
     metrics_socket_close(true);
-    if (err && !hbone_conn_established(c)) {
+    if (e->reason != H2_END_OK && !hbone_conn_established(c)) {
         /* Anyone who can reach 15008 can fail a handshake: rate-limited, with the count of lines dropped. */
         static struct log_limit lim;
         uint64_t dropped;

@@ -26,23 +26,33 @@ struct out_conn {
     struct access_rec rec;
 };
 
-/* response_flags for a failed outbound connection, from the error that ended it. */
-static const char *out_flags(const char *err)
+/* response_flags for a failed outbound connection, from the reason that ended it. */
+static const char *out_flags(enum h2_end_reason reason)
 {
-    if (!err) return "-";
-    if (!strncmp(err, "TLS handshake failed", 20)) return "TLS_FAILURE";
-    if (!strncmp(err, "identity verification error", 27)) return "IDENTITY_ERROR";
-    if (!strncmp(err, "peer did not negotiate ALPN", 27)) return "H2_HANDSHAKE_FAILURE";
-    return "CONNECT";
+    switch (reason) {
+    case H2_END_OK:
+        return "-";
+    case H2_END_HANDSHAKE_FAILED:
+        return "TLS_FAILURE";
+    case H2_END_IDENTITY:
+        return "IDENTITY_ERROR";
+    case H2_END_NO_ALPN:
+        return "H2_HANDSHAKE_FAILURE";
+    default:
+        return "CONNECT";
+    }
 }
 
-static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const char *err, bool established)
+/* Ends oc: access log, counters. reason says why a connection that was never established failed
+ * (H2_END_OK: it ended without an error). */
+static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const char *err,
+                       enum h2_end_reason reason, bool established)
 {
     oc->rec.bytes_recv = recv;
     oc->rec.bytes_sent = sent;
     oc->rec.error = err;
     access_log(&oc->rec);
-    zt_stats_close(&oc->stats, recv, sent, established ? "-" : out_flags(err), !established);
+    zt_stats_close(&oc->stats, recv, sent, established ? "-" : out_flags(reason), !established);
     metrics_socket_close(false);
     if (oc->linked) LIST_DEL(oc->w->out_conns, oc);
     oc->w->active--;
@@ -84,7 +94,7 @@ static void out_stream_done(struct hbone_stream *s, void *ud, const struct hbone
     (void)s;
     struct out_conn *oc = ud;
     oc->stream = NULL;
-    out_finish(oc, r->bytes_to_h2, r->bytes_to_tcp, r->error, r->status == 200);
+    out_finish(oc, r->bytes_to_h2, r->bytes_to_tcp, r->error, r->reason, r->status == 200);
 }
 
 static const struct hbone_stream_ops out_stream_ops = {.on_done = out_stream_done};
@@ -94,7 +104,7 @@ static void out_relay_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t 
     (void)r;
     struct out_conn *oc = ud;
     oc->relay = NULL;
-    out_finish(oc, a_to_b, b_to_a, err, oc->established);
+    out_finish(oc, a_to_b, b_to_a, err, err ? H2_END_CONNECT_FAILED : H2_END_OK, oc->established);
 }
 
 static void out_relay_connected(struct relay *r, void *ud, int err)
@@ -158,7 +168,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     out_open_stats(oc, true);
     oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &oc->rec.src.ip, hdrs,
                                   sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
-    if (!oc->stream) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", false);
+    if (!oc->stream) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", H2_END_CONNECT_FAILED, false);
 }
 
 /* Plain TCP to dst (not meshed or unknown): connection_security_policy=unknown. */
@@ -169,11 +179,11 @@ static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_st
     int up = zt_connect(dst, NULL, false);
     if (up < 0) {
         close(fd);
-        out_finish(oc, 0, 0, strerror(-up), false);
+        out_finish(oc, 0, 0, strerror(-up), H2_END_CONNECT_FAILED, false);
         return;
     }
     oc->relay = relay_new(oc->w->loop, fd, up, 1, &out_relay_ops, oc);
-    if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", false);
+    if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", H2_END_NO_MEMORY, false);
 }
 
 /* Istio sends a destination that has a waypoint through it (the service's waypoint when addressed by VIP,
@@ -192,7 +202,7 @@ static bool outbound_refuse_waypoint(struct out_conn *oc, int fd, const struct g
              what, name, wp->is_host ? wp->ns : "", wp->is_host ? "/" : "", to);
     close(fd);
     out_open_stats(oc, false);
-    out_finish(oc, 0, 0, why, false);
+    out_finish(oc, 0, 0, why, H2_END_LOCAL, false);
     return true;
 }
 
@@ -220,7 +230,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     oc->rec.src_identity = pp->id_uri;
     if (net_original_dst(fd, &dst) < 0) {
         close(fd);
-        out_finish(oc, 0, 0, "no original destination", false);
+        out_finish(oc, 0, 0, "no original destination", H2_END_LOCAL, false);
         return;
     }
     oc->rec.dst = ip_port_of(&dst);
@@ -248,7 +258,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         if (rc != -EAGAIN) {
             close(fd);
             out_open_stats(oc, false);
-            out_finish(oc, 0, 0, "no healthy upstream", false);
+            out_finish(oc, 0, 0, "no healthy upstream", H2_END_CONNECT_FAILED, false);
             return;
         }
         /* PASSTHROUGH: the original destination as addressed. */
@@ -258,7 +268,7 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
     oc->rec.dst_wl = wl;
     if (zt_illegal_port(dport) && v->self && wl == v->self) {
         close(fd);
-        out_finish(oc, 0, 0, "self call to a ztunnel port", false);
+        out_finish(oc, 0, 0, "self call to a ztunnel port", H2_END_LOCAL, false);
         return;
     }
     if (wl && wl != v->self && outbound_refuse_waypoint(oc, fd, &wl->waypoint, "workload", wl->uid)) return;

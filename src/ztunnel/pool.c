@@ -182,12 +182,12 @@ static void key_release(struct pool *p, struct pool_key *k)
     free(k);
 }
 
-static void entry_closed(struct hbone_conn *c, void *ud, const char *err)
+static void entry_closed(struct hbone_conn *c, void *ud, const struct h2_end *end)
 {
     (void)c;
     struct pool_entry *e = ud;
     struct pool_key *k = e->k;
-    if (err) LOG_D("ztunnel::proxy::pool", "connection closed: %s", err);
+    if (end->reason != H2_END_OK) LOG_D("ztunnel::proxy::pool", "connection closed: %s", end->detail);
     if (e->prev)
         e->prev->next = e->next;
     else

@@ -88,7 +88,7 @@ static void on_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     hbone_stream_respond(s, 200, sv[0], &h, 1);
 }
 
-static void on_closed(struct hbone_conn *c, void *ud, const char *err)
+static void on_closed(struct hbone_conn *c, void *ud, const struct h2_end *err)
 {
     (void)c, (void)ud, (void)err;
     closed_calls++;

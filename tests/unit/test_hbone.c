@@ -187,9 +187,9 @@ static void srv_on_request(struct hbone_stream *s, void *ud, const struct hbone_
     app_go(&ss->app);
 }
 
-static void srv_on_closed(struct hbone_conn *c, void *ud, const char *err)
+static void srv_on_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
 {
-    (void)ud, (void)err;
+    (void)ud, (void)e;
     srv.closed_calls++;
     if (c == srv.conn) srv.conn = NULL;
 }
@@ -225,6 +225,7 @@ static struct {
     int ready_calls, closed_calls;
     bool closed_err_set, established_at_close;
     char closed_err[512];
+    enum h2_end_reason closed_reason;
     int resp_total, resp_200, done_total;
     struct cli_stream st[MAX_STREAMS];
     int n_st;
@@ -236,9 +237,11 @@ static void cli_on_ready(struct hbone_conn *c, void *ud)
     cli.ready_calls++;
 }
 
-static void cli_on_closed(struct hbone_conn *c, void *ud, const char *err)
+static void cli_on_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
 {
     (void)ud;
+    const char *err = e->detail;
+    cli.closed_reason = e->reason;
     cli.closed_calls++;
     cli.closed_err_set = err != NULL;
     cli.established_at_close = hbone_conn_established(c);
@@ -608,11 +611,13 @@ static void test_san_mismatch(void **state)
     assert_int_equal(cli.closed_calls, 1);
     assert_true(cli.closed_err_set);
     if (!strstr(cli.closed_err, "identity")) print_error("closed with: %s\n", cli.closed_err);
-    assert_non_null(strstr(cli.closed_err, "identity"));
+    assert_non_null(strstr(cli.closed_err, "identity verification error"));
+    assert_int_equal(cli.closed_reason, H2_END_IDENTITY);
     assert_false(cli.established_at_close);
     assert_int_equal(cli.ready_calls, 0);
     assert_int_equal(cs->done_calls, 1);
     assert_non_null(cs->res.error);
+    assert_int_equal(cs->res.reason, H2_END_IDENTITY); /* what outbound turns into IDENTITY_ERROR */
     assert_int_equal(cs->res.status, 0);
     assert_int_equal(cs->resp_calls, 0);
     assert_true(app_peer_closed(&cs->app));
