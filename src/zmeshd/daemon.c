@@ -192,6 +192,14 @@ int zmeshd_start(struct zmeshd *d, char *err, size_t errlen)
     return rc;
 }
 
+bool zmeshd_diff_empty(const struct zmeshd_diff *df)
+{
+    const struct zmeshd_kind_diff *k[] = {&df->workloads, &df->services, &df->policies};
+    for (size_t i = 0; i < 3; i++)
+        if (k[i]->added || k[i]->changed || k[i]->removed) return false;
+    return true;
+}
+
 static void diff_line(char *buf, size_t n, const struct zmeshd_diff *df)
 {
     snprintf(buf, n, "workloads +%zu ~%zu -%zu, services +%zu ~%zu -%zu, policies +%zu ~%zu -%zu",
@@ -229,10 +237,20 @@ int zmeshd_reload(struct zmeshd *d, unsigned events)
     memcpy(info.findings, found, sizeof(found));
     zmeshd_snapshot_diff(d->snap, snap, &info.diff);
 
+    /* An unchanged result (an editor's touch, a comment edited, a broken file still broken) keeps the
+     * published snapshot and its version, so subscribers push nothing; the store is replaced all the same,
+     * since objects that make no resource (a pod without an address) may differ. */
+    bool same = d->snap && zmeshd_diff_empty(&info.diff);
     struct snapshot *old = d->snap;
     manifest_store_free(d->store);
     d->store = st;
-    d->snap = snap;
+    if (same) {
+        snapshot_unref(snap);
+        snap = old;
+        info.version = d->last.version;
+    } else {
+        d->snap = snap;
+    }
     d->last = info;
 
     char ver[24], nev[16], nw[24], ns[24], np[24], ne[16], nwarn[16], ni[16], took_s[32], diff[256];
@@ -246,18 +264,18 @@ int zmeshd_reload(struct zmeshd *d, unsigned events)
     snprintf(ni, sizeof(ni), "%u", found[MANIFEST_INFO]);
     snprintf(took_s, sizeof(took_s), "%llu.%03llums", (unsigned long long)(took / 1000),
              (unsigned long long)(took % 1000));
-    if (!old) {
-        log_kv(LOG_INFO, LOG_TARGET, "manifests loaded", "dir", d->src->where, "version", ver, "workloads", nw,
-               "services", ns, "policies", np, "errors", ne, "warnings", nwarn, "infos", ni, "%took", took_s,
-               NULL);
-    } else {
-        char msg[300];
+    char msg[300];
+    if (!old)
+        snprintf(msg, sizeof(msg), "manifests loaded");
+    else if (same)
+        snprintf(msg, sizeof(msg), "manifests reloaded: no changes");
+    else {
         diff_line(diff, sizeof(diff), &info.diff);
         snprintf(msg, sizeof(msg), "manifests reloaded: %s", diff);
-        log_kv(LOG_INFO, LOG_TARGET, msg, "dir", d->src->where, "version", ver, "events", nev, "workloads", nw,
-               "services", ns, "policies", np, "errors", ne, "warnings", nwarn, "infos", ni, "%took", took_s,
-               NULL);
     }
+    log_kv(LOG_INFO, LOG_TARGET, msg, "dir", d->src->where, "version", ver, "events", nev, "workloads", nw,
+           "services", ns, "policies", np, "errors", ne, "warnings", nwarn, "infos", ni, "%took", took_s, NULL);
+    if (same) return 0;
 
     d->publishing = true;
     for (size_t i = 0; i < d->subs.n; i++) {

@@ -87,9 +87,10 @@ int zmeshd_new(struct loop *l, const struct zmeshd_config *cfg, struct zmeshd **
  * made during the load is not missed). Returns 0, or -errno with err set when the source cannot be watched
  * or read at all (findings in documents are not failures). */
 int zmeshd_start(struct zmeshd *d, char *err, size_t errlen);
-/* Reads the source into a new store, builds a snapshot and publishes it (subscribers called) with a log line
- * of what changed. When the source cannot be read at all, the previous snapshot stays and -errno is
- * returned. events is logged (how many change events led here). Returns 0 or -errno. */
+/* Reads the source into a new store, builds a snapshot and, when it differs from the published one (by
+ * zmeshd_snapshot_diff), publishes it as the next version and calls the subscribers; either way one log line
+ * says what changed and how long it took. When the source cannot be read at all, the previous snapshot stays
+ * and -errno is returned. events is logged (how many change events led here). Returns 0 or -errno. */
 int zmeshd_reload(struct zmeshd *d, unsigned events);
 /* Stops watching; the current snapshot stays. */
 void zmeshd_stop(struct zmeshd *d);
@@ -125,6 +126,8 @@ struct zmeshd_counts zmeshd_snapshot_counts(const struct snapshot *s);
 /* Compares cur with old (NULL: everything is added) by resource key; changed means any field of the model
  * differs. O(n) hash lookups. */
 void zmeshd_snapshot_diff(const struct snapshot *old, const struct snapshot *cur, struct zmeshd_diff *out);
+/* True when nothing was added, changed or removed. */
+bool zmeshd_diff_empty(const struct zmeshd_diff *df);
 /* Equality of two resources, field by field (order of lists matters, as it does on the wire). */
 bool zmeshd_workload_equal(const struct workload *a, const struct workload *b);
 bool zmeshd_service_equal(const struct service *a, const struct service *b);

@@ -115,13 +115,16 @@ static void rewatch_dir(struct dir_source *s)
     int wd = inotify_add_watch(s->io.fd, s->dir, DIR_MASK);
     if (wd < 0) {
         int e = errno;
-        if (s->wd_dir >= 0) inotify_rm_watch(s->io.fd, s->wd_dir);
+        if (s->wd_dir < 0) return; /* already said */
+        inotify_rm_watch(s->io.fd, s->wd_dir);
         s->wd_dir = -1;
         log_kv(LOG_WARN, LOG_TARGET, "cannot watch the manifest directory; watching its parent for it to return",
                "dir", s->dir, "error", strerror(e), NULL);
         return;
     }
-    if (s->wd_dir >= 0 && s->wd_dir != wd) {
+    if (s->wd_dir < 0) {
+        LOG_I(LOG_TARGET, "%s is there: watching it", s->dir);
+    } else if (s->wd_dir != wd) {
         inotify_rm_watch(s->io.fd, s->wd_dir);
         LOG_I(LOG_TARGET, "%s was replaced: watching the new directory", s->dir);
     }
