@@ -296,7 +296,7 @@ int manifest_dir_source_new(struct loop *l, const char *dir, uint64_t after_ms, 
         free(s);
         return -ENAMETOOLONG;
     } else {
-        snprintf(s->name, sizeof(s->name), "%s", last);
+        memcpy(s->name, last, strlen(last) + 1); /* its length was checked above */
         if (!slash)
             snprintf(s->parent, sizeof(s->parent), ".");
         else if (slash == tmp)
