@@ -59,14 +59,15 @@ static const struct env_setting env_table[] = {
     {.name = "ROOT_CA_DIR",
      .kind = ENV_STRING,
      .offset = OFF(root_ca_dir),
-     .help = "plug-in CA directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem), as istiod's cacerts; "
-             "unset: a self-signed root in the state directory (flag --plugin-ca)"},
+     .help = "plug-in CA directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) as istiod's cacerts; "
+             "when set the files must be there (istiod falls back to a self-signed root, zmeshd refuses); unset: "
+             "a self-signed root in the state directory (flag --plugin-ca)"},
     {.name = "CA_TRUSTED_NODE_ACCOUNTS",
      .kind = ENV_STRING,
      .def = CA_TRUSTED_NODE_ACCOUNTS_DEFAULT,
      .offset = OFF(trusted),
      .help = "ns/sa,... accounts that may have certificates signed for pods on their node (node proxies); "
-             "\"\" allows none"},
+             "\"\" allows none (istiod's default is \"\"; Istio's chart sets istio-system/ztunnel)"},
     {.name = "DEFAULT_WORKLOAD_CERT_TTL",
      .kind = ENV_DURATION,
      .def = "24h",
