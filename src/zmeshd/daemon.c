@@ -210,6 +210,7 @@ static void diff_line(char *buf, size_t n, const struct zmeshd_diff *df)
 
 int zmeshd_reload(struct zmeshd *d, unsigned events)
 {
+    if (d->publishing) return -EBUSY; /* a subscriber asking for a reload would replace what it is handed */
     uint64_t t0 = now_us();
     unsigned found[3] = {0};
     char err[512];

@@ -90,7 +90,8 @@ int zmeshd_start(struct zmeshd *d, char *err, size_t errlen);
 /* Reads the source into a new store, builds a snapshot and, when it differs from the published one (by
  * zmeshd_snapshot_diff), publishes it as the next version and calls the subscribers; either way one log line
  * says what changed and how long it took. When the source cannot be read at all, the previous snapshot stays
- * and -errno is returned. events is logged (how many change events led here). Returns 0 or -errno. */
+ * and -errno is returned. events is logged (how many change events led here). Returns 0, -errno, or -EBUSY
+ * from inside a subscriber. */
 int zmeshd_reload(struct zmeshd *d, unsigned events);
 /* Stops watching; the current snapshot stays. */
 void zmeshd_stop(struct zmeshd *d);

@@ -156,6 +156,8 @@ static void on_snapshot(void *ud, struct snapshot *old, struct snapshot *cur)
     f->last_old = old;
     f->last_cur = cur;
     assert_int_equal(zmeshd_subscribe(f->d, on_snapshot, f), -EBUSY); /* not from inside a publish */
+    assert_int_equal(zmeshd_unsubscribe(f->d, on_snapshot, f), -EBUSY);
+    assert_int_equal(zmeshd_reload(f->d, 1), -EBUSY);
     if (f->stop_on_call) loop_stop(f->l);
 }
 
@@ -373,6 +375,91 @@ static void test_pod_on_node(void **state)
     assert_int_equal(zmeshd_pod_on_node(f->d, "demo", "web", ""), 0);
 }
 
+/* ---- another manifest source (what a Kubernetes API watch will be) ---- */
+
+struct fake_src {
+    struct manifest_source base;
+    const char *yaml;
+    int load_rc;
+    bool started;
+};
+static unsigned fake_frees;
+
+static int fake_start(struct manifest_source *s, char *err, size_t n)
+{
+    ((struct fake_src *)s)->started = true;
+    return 0;
+}
+static void fake_stop(struct manifest_source *s)
+{
+    ((struct fake_src *)s)->started = false;
+}
+static int fake_load(struct manifest_source *s, struct manifest_store *st, manifest_report_fn report, void *ud,
+                     char *err, size_t n)
+{
+    struct fake_src *f = (struct fake_src *)s;
+    if (f->load_rc) {
+        snprintf(err, n, "api server unreachable");
+        return f->load_rc;
+    }
+    return manifest_load_buf(st, "api", f->yaml, strlen(f->yaml), report, ud);
+}
+static void fake_free(struct manifest_source *s)
+{
+    fake_frees++;
+    free(s);
+}
+static const struct manifest_source_ops fake_ops = {
+    .kind = "fake", .start = fake_start, .stop = fake_stop, .load = fake_load, .free = fake_free};
+
+static struct fake_src *fake_new(const char *yaml)
+{
+    struct fake_src *f = calloc(1, sizeof(*f));
+    f->base = (struct manifest_source){.ops = &fake_ops, .where = "api"};
+    f->yaml = yaml;
+    return f;
+}
+
+static void test_other_source(void **state)
+{
+    struct fx *f = *state;
+    char err[512];
+    /* A failed zmeshd_new frees the source it was given. */
+    fake_frees = 0;
+    assert_int_equal(zmeshd_new(f->l, &(struct zmeshd_config){.source = &fake_new("")->base}, &f->d, err,
+                                sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(fake_frees, 1);
+    struct fake_src *src = fake_new(NS_AMBIENT POD("p1", "10.0.0.1", "n1", "web"));
+    assert_int_equal(zmeshd_new(f->l, &(struct zmeshd_config){.source = &src->base, .state_dir = f->state}, &f->d,
+                                err, sizeof(err)),
+                     0);
+    assert_int_equal(zmeshd_subscribe(f->d, on_snapshot, f), 0);
+    assert_int_equal(zmeshd_start(f->d, err, sizeof(err)), 0);
+    assert_true(src->started);
+    assert_int_equal(f->calls, 1);
+    assert_int_equal(zmeshd_last_load(f->d)->counts.workloads, 1);
+    /* The source says something changed: the daemon reloads from it at once. */
+    src->yaml = NS_AMBIENT POD("p1", "10.0.0.1", "n1", "web") POD("p2", "10.0.0.2", "n1", "web");
+    src->base.changed(&src->base, 5, src->base.ud);
+    assert_int_equal(f->calls, 2);
+    const struct zmeshd_load_info *li = zmeshd_last_load(f->d);
+    assert_int_equal(li->events, 5);
+    KIND_EQ(li->diff.workloads, 1, 0, 0);
+    /* The source failing keeps the snapshot. */
+    struct snapshot *cur = zmeshd_snapshot(f->d);
+    src->load_rc = -EIO;
+    assert_int_equal(zmeshd_reload(f->d, 1), -EIO);
+    assert_ptr_equal(zmeshd_snapshot(f->d), cur);
+    assert_int_equal(f->calls, 2);
+    zmeshd_stop(f->d);
+    assert_false(src->started);
+    fake_frees = 0;
+    zmeshd_free(f->d);
+    f->d = NULL;
+    assert_int_equal(fake_frees, 1);
+}
+
 /* ---- the commands ---- */
 
 static int check(const char *dir, char **out)
@@ -440,6 +527,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_and_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pod_on_node, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_other_source, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token, setup, teardown),
     };

@@ -236,6 +236,33 @@ static void test_dir_replaced(void **state)
     assert_int_equal(run(f, 2000, true), 1);
 }
 
+static void test_configmap_swap(void **state)
+{
+    struct fixture *f = *state;
+    /* A ConfigMap volume as the kubelet's atomic writer lays it out: the visible file is a symlink into
+     * "..data", itself a symlink to a timestamped directory. */
+    char p[256], q[256];
+    snprintf(p, sizeof(p), "%s/..2026_01", f->dir);
+    assert_int_equal(mkdir(p, 0755), 0);
+    write_file(p, "a.yaml", "v: 1\n");
+    snprintf(p, sizeof(p), "%s/..data", f->dir);
+    assert_int_equal(symlink("..2026_01", p), 0);
+    snprintf(p, sizeof(p), "%s/a.yaml", f->dir);
+    assert_int_equal(symlink("..data/a.yaml", p), 0);
+    assert_true(run(f, 2000, true) >= 1);
+    (void)run(f, 150, false);
+    /* A new version: a new directory and a temporary link (neither counts), then one rename over "..data". */
+    snprintf(p, sizeof(p), "%s/..2026_02", f->dir);
+    assert_int_equal(mkdir(p, 0755), 0);
+    write_file(p, "a.yaml", "v: 2\n");
+    snprintf(p, sizeof(p), "%s/..data_tmp", f->dir);
+    assert_int_equal(symlink("..2026_02", p), 0);
+    assert_int_equal(run(f, 200, false), 0);
+    snprintf(q, sizeof(q), "%s/..data", f->dir);
+    assert_int_equal(rename(p, q), 0);
+    assert_int_equal(run(f, 2000, true), 1);
+}
+
 static void action_cb(struct timer *t)
 {
     struct fixture *f = container_of(t, struct fixture, action);
@@ -341,6 +368,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rename_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_swap_files_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dir_replaced, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_configmap_swap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_constant_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_and_stop, setup, teardown),
         cmocka_unit_test(test_bad_arguments),
