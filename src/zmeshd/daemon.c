@@ -122,6 +122,13 @@ int zmeshd_new(struct loop *l, const struct zmeshd_config *cfg, struct zmeshd **
         goto fail;
     }
     if ((rc = check_listen(c->listen, err, errlen))) goto fail;
+    struct spiffe_id probe;
+    if (c->k8s.trust_domain && spiffe_set(&probe, c->k8s.trust_domain, "ns", "sa") < 0) {
+        rc = -EINVAL;
+        snprintf(err, errlen, "trust domain \"%s\": not usable in a SPIFFE id (too long, or has '/', '?', '#' or "
+                 "a control character)", c->k8s.trust_domain);
+        goto fail;
+    }
     char why[512];
     if ((rc = ca_trusted_parse(c->trusted_node_accounts, &d->trusted, why, sizeof(why)))) {
         snprintf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: %s", rc == -ENOMEM ? "out of memory" : why);
@@ -274,7 +281,7 @@ int zmeshd_reload(struct zmeshd *d, unsigned events)
         diff_line(diff, sizeof(diff), &info.diff);
         snprintf(msg, sizeof(msg), "manifests reloaded: %s", diff);
     }
-    log_kv(LOG_INFO, LOG_TARGET, msg, "dir", d->src->where, "version", ver, "events", nev, "workloads", nw,
+    log_kv(LOG_INFO, LOG_TARGET, msg, "source", d->src->where, "version", ver, "events", nev, "workloads", nw,
            "services", ns, "policies", np, "errors", ne, "warnings", nwarn, "infos", ni, "%took", took_s, NULL);
     if (same) return 0;
 

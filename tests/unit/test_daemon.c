@@ -247,6 +247,8 @@ static void test_config_errors(void **state)
     assert_true(new_daemon(f, &(struct zmeshd_config){.plugin_ca = missing}, err, sizeof(err)) < 0);
     assert_non_null(strstr(err, missing));
     assert_int_equal(new_daemon(f, &(struct zmeshd_config){.cert_ttl_s = -5}, err, sizeof(err)), -EINVAL);
+    assert_int_equal(new_daemon(f, &(struct zmeshd_config){.k8s.trust_domain = "a/b"}, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "trust domain \"a/b\""));
     assert_null(f->d);
     /* Accepted forms. */
     assert_int_equal(new_daemon(f, &(struct zmeshd_config){.listen = ":15012", .trusted_node_accounts = ""}, err,
