@@ -2,6 +2,7 @@
 #include "zmeshd/watch.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +256,43 @@ static void dir_free(struct manifest_source *src)
     free(src);
 }
 
+/* The parent and the last component of path as it is written (not resolved), so a symlink to the directory
+ * being swapped is seen in the parent too; trailing slashes name no other component. A path ending in "." or
+ * ".." is resolved first: its parent as written would be the directory itself (or a child), and two watches
+ * on one inode are one watch in inotify. parent[] and name[] are WATCH_PATH_MAX and WATCH_NAME_MAX long;
+ * parent is "" for "/". Returns 0, -ENAMETOOLONG or -errno from realpath. */
+static int split_path(const char *path, char *parent, char *name)
+{
+    char tmp[WATCH_PATH_MAX];
+    size_t len = strlen(path);
+    memcpy(tmp, path, len + 1);
+    while (len > 1 && tmp[len - 1] == '/')
+        tmp[--len] = 0;
+    char *slash = strrchr(tmp, '/');
+    const char *last = slash ? slash + 1 : tmp;
+    if (!strcmp(last, ".") || !strcmp(last, "..")) {
+        char resolved[PATH_MAX];
+        if (!realpath(path, resolved)) return -errno;
+        if (strlen(resolved) >= sizeof(tmp)) return -ENAMETOOLONG;
+        return split_path(resolved, parent, name); /* a resolved path never ends in "." or ".." */
+    }
+    if (!*last) {
+        parent[0] = name[0] = 0; /* "/" */
+        return 0;
+    }
+    if (strlen(last) >= WATCH_NAME_MAX) return -ENAMETOOLONG;
+    memcpy(name, last, strlen(last) + 1);
+    if (!slash)
+        memcpy(parent, ".", 2);
+    else if (slash == tmp)
+        memcpy(parent, "/", 2);
+    else {
+        *slash = 0;
+        memcpy(parent, tmp, strlen(tmp) + 1); /* shorter than path */
+    }
+    return 0;
+}
+
 static const struct manifest_source_ops dir_ops = {
     .kind = "directory", .start = dir_start, .stop = dir_stop, .load = dir_load, .free = dir_free};
 
@@ -281,30 +319,15 @@ int manifest_dir_source_new(struct loop *l, const char *dir, uint64_t after_ms, 
         return -ENOMEM;
     }
     memcpy(s->dir, dir, len + 1);
-    /* The parent and the last component as the path is written (not resolved), so a symlink to the directory
-     * being swapped is seen in the parent too. Trailing slashes do not name another component. */
-    char tmp[WATCH_PATH_MAX];
-    memcpy(tmp, dir, len + 1);
-    while (len > 1 && tmp[len - 1] == '/')
-        tmp[--len] = 0;
-    char *slash = strrchr(tmp, '/');
-    const char *last = slash ? slash + 1 : tmp;
-    if (!*last) {
-        s->parent[0] = 0; /* "/" */
-    } else if (strlen(last) >= sizeof(s->name)) {
+    int rc = split_path(dir, s->parent, s->name);
+    if (rc == -ENAMETOOLONG) {
         snprintf(err, errlen, "%s: the directory's name is longer than %d bytes", dir, WATCH_NAME_MAX - 1);
+    } else if (rc < 0) {
+        snprintf(err, errlen, "%s: cannot resolve the path (it ends in \".\" or \"..\"): %s", dir, strerror(-rc));
+    }
+    if (rc < 0) {
         free(s);
-        return -ENAMETOOLONG;
-    } else {
-        memcpy(s->name, last, strlen(last) + 1); /* its length was checked above */
-        if (!slash)
-            snprintf(s->parent, sizeof(s->parent), ".");
-        else if (slash == tmp)
-            snprintf(s->parent, sizeof(s->parent), "/");
-        else {
-            *slash = 0;
-            snprintf(s->parent, sizeof(s->parent), "%s", tmp);
-        }
+        return rc;
     }
     s->base = (struct manifest_source){.ops = &dir_ops, .where = s->dir, .changed = changed, .ud = ud};
     s->loop = l;

@@ -263,6 +263,26 @@ static void test_configmap_swap(void **state)
     assert_int_equal(run(f, 2000, true), 1);
 }
 
+static void test_dot_path(void **state)
+{
+    struct fixture *f = *state;
+    /* "--manifests ." from inside the directory: its parent is found through the resolved path, and the
+     * directory's own events still count. */
+    char cwd[256], err[256];
+    assert_non_null(getcwd(cwd, sizeof(cwd)));
+    assert_int_equal(chdir(f->dir), 0);
+    struct manifest_source *dot = NULL;
+    assert_int_equal(manifest_dir_source_new(f->l, ".", 40, 400, on_changed, f, &dot, err, sizeof(err)), 0);
+    assert_int_equal(chdir(cwd), 0);
+    manifest_source_free(f->src);
+    f->src = dot;
+    assert_int_equal(chdir(f->dir), 0);
+    assert_int_equal(manifest_source_start(dot, err, sizeof(err)), 0);
+    assert_int_equal(chdir(cwd), 0);
+    write_file(f->dir, "a.yaml", "v: 1\n");
+    assert_int_equal(run(f, 2000, true), 1);
+}
+
 static void action_cb(struct timer *t)
 {
     struct fixture *f = container_of(t, struct fixture, action);
@@ -369,6 +389,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_swap_files_ignored, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dir_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_configmap_swap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dot_path, setup, teardown),
         cmocka_unit_test_setup_teardown(test_constant_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_and_stop, setup, teardown),
         cmocka_unit_test(test_bad_arguments),
