@@ -20,6 +20,7 @@
 #include "core/env.h"
 #include "core/log.h"
 #include "zmeshd/daemon.h"
+#include "zmeshd/server.h"
 
 #ifndef ZMESH_VERSION
 #define ZMESH_VERSION "0.1.0"
@@ -280,6 +281,7 @@ static struct k8s_options k8s_opts(const struct flags *f, const struct env_value
 struct serve {
     struct loop *loop;
     struct zmeshd *d;
+    struct zmeshd_server *srv;
     struct io sig_io;
     int exit_code;
 };
@@ -351,13 +353,18 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
         log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
         goto out;
     }
-    /* Said out loud: the address is validated and kept for the ADS server and the CA endpoint, which plug in
-     * as subscribers; until they do, no port is opened. */
-    log_kv(LOG_WARN, "zmeshd", "the xDS server and the CA endpoint are not in this build: nothing listens yet",
-           "listen", zmeshd_listen(s.d), NULL);
+    if (zmeshd_server_new(s.loop, s.d, &s.srv, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
+        goto out;
+    }
+    char port[8];
+    snprintf(port, sizeof(port), "%u", zmeshd_server_port(s.srv));
+    log_kv(LOG_INFO, "zmeshd", "serving the CA (IstioCertificateService) over TLS", "listen", zmeshd_listen(s.d),
+           "port", port, NULL);
     loop_run(s.loop);
     s.exit_code = 0;
 out:
+    zmeshd_server_free(s.srv);
     zmeshd_free(s.d);
     if (s.sig_io.fd >= 0) close(s.sig_io.fd);
     loop_free(s.loop);
