@@ -243,12 +243,11 @@ static int check_one(const struct rtype *t, const Envoy__Service__Discovery__V3_
     c->name = S(res->name);
     c->version = S(res->version);
     c->warnings = VEC(char *);
-    void **found = tsearch(c->name, seen, cmp_str);
-    if (!found) return -ENOMEM;
-    if (*found != c->name) {
+    if (tfind(c->name, seen, cmp_str)) {
         reject(r, false, c->name, "duplicate resource name in one response");
         return 0;
     }
+    if (!tsearch(c->name, seen, cmp_str)) return -ENOMEM;
     const Google__Protobuf__Any *any = res->resource;
     if (!any) {
         reject(r, true, c->name, "XDS payload without resource"); /* ztunnel's AdsError::MissingResource */
