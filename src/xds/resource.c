@@ -1205,3 +1205,68 @@ int xds_encode_policy(const struct policy *p, uint8_t **out, size_t *len, char *
 out:
     return efinish(&e, rc);
 }
+
+int xds_encode_resource(enum builder_kind kind, const void *model, const char *version,
+                        Envoy__Service__Discovery__V3__Resource *out, char *err, size_t n)
+{
+    envoy__service__discovery__v3__resource__init(out);
+    if (err && n) err[0] = '\0';
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    const char *url;
+    char *name = NULL;
+    int rc, nl = -1;
+    switch (kind) {
+    case BUILDER_WORKLOAD:
+        url = PB_TYPE_URL_ADDRESS;
+        rc = xds_encode_workload(model, &buf, &len, err, n);
+        nl = asprintf(&name, "%s", S(((const struct workload *)model)->uid));
+        break;
+    case BUILDER_SERVICE:
+        url = PB_TYPE_URL_ADDRESS;
+        rc = xds_encode_service(model, &buf, &len, err, n);
+        nl = asprintf(&name, "%s/%s", S(((const struct service *)model)->namespace_),
+                      S(((const struct service *)model)->hostname));
+        break;
+    case BUILDER_POLICY:
+        url = PB_TYPE_URL_AUTHORIZATION;
+        rc = xds_encode_policy(model, &buf, &len, err, n);
+        nl = asprintf(&name, "%s/%s", S(((const struct policy *)model)->namespace_),
+                      S(((const struct policy *)model)->name));
+        break;
+    default:
+        if (err && n) snprintf(err, n, "unknown resource kind %d", (int)kind);
+        return -EINVAL;
+    }
+    if (nl < 0) name = NULL;
+    Google__Protobuf__Any *any = calloc(1, sizeof(*any));
+    char *ver = strdup(S(version)), *type_url = strdup(url);
+    if (!rc && (!name || !any || !ver || !type_url)) rc = -ENOMEM;
+    if (rc) {
+        if (rc == -ENOMEM && err && n) snprintf(err, n, "out of memory");
+        free(buf);
+        free(name);
+        free(any);
+        free(ver);
+        free(type_url);
+        return rc;
+    }
+    google__protobuf__any__init(any);
+    any->type_url = type_url;
+    any->value = (ProtobufCBinaryData){len, buf};
+    out->name = name;
+    out->version = ver;
+    out->resource = any;
+    return 0;
+}
+
+void xds_encoded_resource_clear(Envoy__Service__Discovery__V3__Resource *r)
+{
+    if (r->resource) {
+        pb_any_clear(r->resource);
+        free(r->resource);
+    }
+    if (r->name != protobuf_c_empty_string) free(r->name);
+    if (r->version != protobuf_c_empty_string) free(r->version);
+    envoy__service__discovery__v3__resource__init(r);
+}

@@ -21,6 +21,7 @@
 
 #include "authorization.pb-c.h"
 #include "core/vec.h"
+#include "envoy/service/discovery/v3/discovery.pb-c.h"
 #include "mesh/builder.h"
 #include "mesh/model.h"
 #include "workload.pb-c.h"
@@ -85,3 +86,13 @@ int xds_policy_name(const struct policy *p, char *buf, size_t n);
 int xds_encode_workload(const struct workload *w, uint8_t **out, size_t *len, char *err, size_t n);
 int xds_encode_service(const struct service *s, uint8_t **out, size_t *len, char *err, size_t n);
 int xds_encode_policy(const struct policy *p, uint8_t **out, size_t *len, char *err, size_t n);
+
+/* Fills *out with what a delta xDS server puts in DeltaDiscoveryResponse.resources for the model resource
+ * (a struct workload, service or policy as kind says): its xDS name, version, and an Any of its type URL
+ * (PB_TYPE_URL_ADDRESS or PB_TYPE_URL_AUTHORIZATION) holding the encoding above. *out is initialised here;
+ * on success the caller releases it with xds_encoded_resource_clear. Returns 0, -EINVAL (err says why) or
+ * -ENOMEM. */
+int xds_encode_resource(enum builder_kind kind, const void *model, const char *version,
+                        Envoy__Service__Discovery__V3__Resource *out, char *err, size_t n);
+/* Frees what xds_encode_resource allocated in r and re-initialises it. */
+void xds_encoded_resource_clear(Envoy__Service__Discovery__V3__Resource *r);

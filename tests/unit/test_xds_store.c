@@ -472,6 +472,60 @@ static void test_type_urls(void **state)
     xds_store_free(st);
 }
 
+/* What a server builds with xds_encode_resource is accepted as it is: name, version and Any match. */
+static void test_encode_resource(void **state)
+{
+    (void)state;
+    struct xds_store *st = new_store();
+    struct ip_addr a = ip("10.0.0.1"), vip = ip("10.96.0.5");
+    struct workload w = wl("c//v1/Pod/ns/a", "a", &a);
+    struct net_addr v = {"", vip};
+    struct service svc = {.name = "s", .namespace_ = "ns", .hostname = "s.ns.svc.cluster.local", .vips = &v,
+                          .n_vips = 1};
+    struct policy pol = {.name = "p", .namespace_ = "ns", .scope = POLICY_SCOPE_GLOBAL};
+    Envoy__Service__Discovery__V3__Resource r[3], *rp[3] = {&r[0], &r[1], &r[2]};
+    char err[XDS_REASON_MAX];
+    assert_int_equal(xds_encode_resource(BUILDER_WORKLOAD, &w, "w1", &r[0], err, sizeof(err)), 0);
+    assert_int_equal(xds_encode_resource(BUILDER_SERVICE, &svc, "s1", &r[1], err, sizeof(err)), 0);
+    assert_int_equal(xds_encode_resource(BUILDER_POLICY, &pol, "p1", &r[2], err, sizeof(err)), 0);
+    assert_string_equal(r[0].name, "c//v1/Pod/ns/a");
+    assert_string_equal(r[1].name, "ns/s.ns.svc.cluster.local");
+    assert_string_equal(r[2].name, "ns/p");
+    assert_string_equal(r[1].resource->type_url, PB_TYPE_URL_ADDRESS);
+    assert_string_equal(r[2].resource->type_url, PB_TYPE_URL_AUTHORIZATION);
+    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse resp =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+    resp.type_url = PB_TYPE_URL_ADDRESS;
+    resp.resources = rp;
+    resp.n_resources = 2;
+    struct snapshot *s;
+    char *nack;
+    assert_int_equal(xds_store_apply(st, &resp, &s, &nack), 0);
+    assert_null(nack);
+    snapshot_unref(s);
+    resp.type_url = PB_TYPE_URL_AUTHORIZATION;
+    resp.resources = &rp[2];
+    resp.n_resources = 1;
+    assert_int_equal(xds_store_apply(st, &resp, &s, &nack), 0);
+    assert_null(nack);
+    assert_non_null(snapshot_workload_by_ip(s, "", &a));
+    assert_non_null(snapshot_service_by_vip(s, "", &vip));
+    size_t n;
+    snapshot_global_policies(s, &n);
+    assert_int_equal(n, 1);
+    assert_string_equal(xds_store_version(st, PB_TYPE_URL_ADDRESS, "ns/s.ns.svc.cluster.local"), "s1");
+    snapshot_unref(s);
+    for (int i = 0; i < 3; i++) xds_encoded_resource_clear(&r[i]);
+    assert_null(r[0].resource);
+
+    /* A model value the protocol cannot carry is an error naming it; nothing is left to free. */
+    w.workload_type = "replicaset";
+    assert_int_equal(xds_encode_resource(BUILDER_WORKLOAD, &w, "w2", &r[0], err, sizeof(err)), -EINVAL);
+    assert_string_equal(err, "workload_type: unknown value \"replicaset\" (expected deployment, cronjob, pod or job)");
+    assert_null(r[0].resource);
+    xds_store_free(st);
+}
+
 static void test_apply_bytes(void **state)
 {
     (void)state;
@@ -633,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_initial_versions),
         cmocka_unit_test(test_remove_unknown),
         cmocka_unit_test(test_type_urls),
+        cmocka_unit_test(test_encode_resource),
         cmocka_unit_test(test_apply_bytes),
         cmocka_unit_test(test_warnings),
         cmocka_unit_test(test_large),
