@@ -113,12 +113,47 @@ static int port16(struct dctx *c, uint32_t v, uint16_t *out, const char *path)
 }
 
 /* Warns about fields present on the wire that this build's workload.proto / authorization.proto does not
- * declare (a newer istiod): protoc-c keeps them, the model has no place for them. */
-static void warn_unknown(struct dctx *c, const ProtobufCMessage *m, const char *what)
+ * declare (a newer istiod): protoc-c keeps them as unknown fields and the model has no place for them. Walks
+ * every sub-message through the descriptors; path holds the field path so far (len bytes of cap), and the
+ * top message, whose path is empty, is called top. */
+static void scan_unknown(struct dctx *c, const ProtobufCMessage *m, const char *top, char *path, size_t len,
+                         size_t cap, int depth)
 {
-    if (!m->n_unknown_fields) return;
-    warn(c, "%s: %u unknown field(s) ignored (first: field %u)", what, m->n_unknown_fields,
-         m->unknown_fields[0].tag);
+    if (depth > PB_MAX_DEPTH) return;
+    if (m->n_unknown_fields)
+        warn(c, "%s: %u unknown field(s) ignored (first: field %u)", len ? path : top, m->n_unknown_fields,
+             m->unknown_fields[0].tag);
+    const ProtobufCMessageDescriptor *d = m->descriptor;
+    const char *base = (const char *)m;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *f = &d->fields[i];
+        if (f->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+        size_t n = 1;
+        ProtobufCMessage *const *subs;
+        bool rep = f->label == PROTOBUF_C_LABEL_REPEATED;
+        if (rep) {
+            n = *(const size_t *)(base + f->quantifier_offset);
+            subs = *(ProtobufCMessage *const *const *)(base + f->offset);
+        } else {
+            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+                continue;
+            subs = (ProtobufCMessage *const *)(base + f->offset);
+        }
+        for (size_t j = 0; j < n; j++) {
+            if (!subs || !subs[j]) continue;
+            int w = rep ? snprintf(path + len, cap - len, "%s%s[%zu]", len ? "." : "", f->name, j)
+                        : snprintf(path + len, cap - len, "%s%s", len ? "." : "", f->name);
+            size_t nl = w < 0 || (size_t)w >= cap - len ? cap - 1 : len + (size_t)w;
+            scan_unknown(c, subs[j], top, path, nl, cap, depth + 1);
+            path[len] = '\0';
+        }
+    }
+}
+
+static void warn_unknown(struct dctx *c, const ProtobufCMessage *m, const char *top)
+{
+    char path[PATH_MAX_LEN * 2] = "";
+    scan_unknown(c, m, top, path, 0, sizeof(path), 0);
 }
 
 static void warn_extensions(struct dctx *c, size_t n, Istio__Workload__Extension *const *ext, const char *path)
@@ -195,7 +230,6 @@ static int dec_workload(struct dctx *c, const Istio__Workload__Workload *in)
     /* ztunnel keys workloads by uid; istiod always sets it. The builder would invent one from the name,
      * which could never match the xDS resource name. */
     if (!*S(in->uid)) return rej(c, "uid: missing");
-    warn_unknown(c, &in->base, "workload");
 
     w->uid = S(in->uid);
     w->name = S(in->name);
@@ -318,7 +352,6 @@ static int dec_service(struct dctx *c, const Istio__Workload__Service *in)
     c->r->kind = BUILDER_SERVICE;
     int rc = set_key(c, in->namespace_, S(in->hostname));
     if (rc) return rc;
-    warn_unknown(c, &in->base, "service");
 
     s->name = S(in->name);
     s->namespace_ = S(in->namespace_);
@@ -526,7 +559,6 @@ static int dec_policy(struct dctx *c, const Istio__Security__Authorization *in)
     c->r->kind = BUILDER_POLICY;
     int rc = set_key(c, in->namespace_, S(in->name));
     if (rc) return rc;
-    warn_unknown(c, &in->base, "authorization");
     p->name = S(in->name);
     p->namespace_ = S(in->namespace_);
     if ((unsigned)in->scope > ISTIO__SECURITY__SCOPE__WORKLOAD_SELECTOR)
@@ -601,7 +633,9 @@ int xds_resource_from_authorization(const Istio__Security__Authorization *a, con
 {
     struct dctx c;
     init_ctx(&c, out, opts, err, n);
-    return finish(&c, dec_policy(&c, a));
+    int rc = dec_policy(&c, a);
+    if (!rc) warn_unknown(&c, &a->base, "authorization");
+    return finish(&c, rc);
 }
 
 int xds_resource_decode(const char *type_url, const uint8_t *data, size_t len, const struct xds_decode_opts *opts,

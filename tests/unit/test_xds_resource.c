@@ -992,6 +992,16 @@ static void test_warnings(void **state)
     assert_string_equal(ws.msg[0], "service: 1 unknown field(s) ignored (first: field 99)");
     assert_string_equal(r.key, "ns/h");
     xds_resource_free(&r);
+
+    /* Deeper down too, named by the field path: Address.workload { uid = "u", locality { field 9 = 1 } },
+     * and an unknown field in the Address itself. */
+    static const uint8_t deep[] = {0x0a, 0x09, 0xa2, 0x01, 0x01, 'u', 0xc2, 0x01, 0x02, 0x48, 0x01, 0x18, 0x05};
+    ws.n = 0;
+    assert_int_equal(xds_resource_decode(PB_TYPE_URL_ADDRESS, deep, sizeof(deep), &o, &r, err, sizeof(err)), 0);
+    assert_int_equal(ws.n, 2);
+    assert_string_equal(ws.msg[0], "address: 1 unknown field(s) ignored (first: field 3)");
+    assert_string_equal(ws.msg[1], "workload.locality: 1 unknown field(s) ignored (first: field 9)");
+    xds_resource_free(&r);
 }
 
 int main(void)
