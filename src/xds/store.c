@@ -225,7 +225,10 @@ static int rejects_text(struct rejects *r, char **out)
 full:
     if (written < total) {
         fprintf(f, "; ... and %zu more rejected", total - written);
-        log_kv(LOG_WARN, "xds", "NACK text truncated", "limit", "1048576", NULL);
+        char lim[24], more[24];
+        snprintf(lim, sizeof(lim), "%d", XDS_NACK_MAX);
+        snprintf(more, sizeof(more), "%zu", total - written);
+        log_kv(LOG_WARN, "xds", "NACK text truncated", "limit_bytes", lim, "entries_left_out", more, NULL);
     }
     if (fclose(f) || !buf) {
         free(buf);

@@ -678,6 +678,51 @@ static void test_large(void **state)
     xds_store_free(st);
 }
 
+/* A NACK longer than XDS_NACK_MAX stops at a whole entry and says how many more were rejected. */
+static void test_nack_truncated(void **state)
+{
+    (void)state;
+    enum { N = 6000, NAME = 200 };
+    struct xds_store *st = new_store();
+    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+    r.type_url = PB_TYPE_URL_ADDRESS;
+    Envoy__Service__Discovery__V3__Resource *res = calloc(N, sizeof(*res));
+    Envoy__Service__Discovery__V3__Resource **rp = calloc(N, sizeof(*rp));
+    char(*names)[NAME + 1] = calloc(N, NAME + 1);
+    assert_true(res && rp && names);
+    for (int i = 0; i < N; i++) {
+        memset(names[i], 'x', NAME);
+        snprintf(names[i], 16, "%08d", i);
+        names[i][8] = 'x';
+        envoy__service__discovery__v3__resource__init(&res[i]);
+        res[i].name = names[i]; /* no Any: "XDS payload without resource" */
+        rp[i] = &res[i];
+    }
+    r.resources = rp;
+    r.n_resources = N;
+    char *nack = NULL;
+    assert_int_equal(xds_store_apply(st, &r, NULL, &nack), 0);
+    assert_non_null(nack);
+    size_t len = strlen(nack);
+    const char *tail = strstr(nack, "; ... and ");
+    assert_non_null(tail);
+    assert_true((size_t)(tail - nack) <= XDS_NACK_MAX);
+    assert_true(len > XDS_NACK_MAX - 300);
+    /* Each entry is NAME + ": XDS payload without resource" + "; ". */
+    size_t entry = NAME + strlen(": XDS payload without resource");
+    size_t kept = (XDS_NACK_MAX + 2) / (entry + 2);
+    char want[64];
+    snprintf(want, sizeof(want), "; ... and %zu more rejected", (size_t)N - kept);
+    assert_string_equal(tail, want);
+    assert_memory_equal(tail - strlen(": XDS payload without resource"), ": XDS payload without resource",
+                        strlen(": XDS payload without resource"));
+    free(nack);
+    free(res);
+    free(rp);
+    free(names);
+    xds_store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +735,7 @@ int main(void)
         cmocka_unit_test(test_encode_resource),
         cmocka_unit_test(test_apply_bytes),
         cmocka_unit_test(test_warnings),
+        cmocka_unit_test(test_nack_truncated),
         cmocka_unit_test(test_large),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
