@@ -135,7 +135,8 @@ static void scan_unknown(struct dctx *c, const ProtobufCMessage *m, const char *
             n = *(const size_t *)(base + f->quantifier_offset);
             subs = *(ProtobufCMessage *const *const *)(base + f->offset);
         } else {
-            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) && *(const uint32_t *)(base + f->quantifier_offset) != f->id)
+            if ((f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+                *(const uint32_t *)(base + f->quantifier_offset) != f->id)
                 continue;
             subs = (ProtobufCMessage *const *)(base + f->offset);
         }
@@ -156,7 +157,8 @@ static void warn_unknown(struct dctx *c, const ProtobufCMessage *m, const char *
     scan_unknown(c, m, top, path, 0, sizeof(path), 0);
 }
 
-static void warn_extensions(struct dctx *c, size_t n, Istio__Workload__Extension *const *ext, const char *path)
+static void warn_extensions(struct dctx *c, size_t n, Istio__Workload__Extension *const *ext,
+                            const char *path)
 {
     if (!n) return;
     warn(c, "%s: %zu extension(s) not supported, ignored (first: \"%s\")", path, n,
@@ -182,7 +184,8 @@ static int dec_gateway(struct dctx *c, const Istio__Workload__GatewayAddress *g,
     case ISTIO__WORKLOAD__GATEWAY_ADDRESS__DESTINATION_ADDRESS:
         if (!g->address) break;
         if (!bytes_ip(&g->address->address, &out->ip))
-            return rej(c, "%s.address: failed to parse address, had %zu bytes", field, g->address->address.len);
+            return rej(c, "%s.address: failed to parse address, had %zu bytes", field,
+                       g->address->address.len);
         /* ztunnel reads only the address of a gateway; a prefix length would make it a block, not a host. */
         if (g->address->length_present_case == ISTIO__WORKLOAD__NETWORK_ADDRESS__LENGTH_PRESENT_LENGTH &&
             g->address->length != max_prefix(&out->ip))
@@ -250,7 +253,8 @@ static int dec_workload(struct dctx *c, const Istio__Workload__Workload *in)
         if (!ips) return -ENOMEM;
         for (size_t i = 0; i < in->n_addresses; i++)
             if (!bytes_ip(&in->addresses[i], &ips[i]))
-                return rej(c, "addresses[%zu]: failed to parse address, had %zu bytes", i, in->addresses[i].len);
+                return rej(c, "addresses[%zu]: failed to parse address, had %zu bytes", i,
+                           in->addresses[i].len);
         w->ips = ips;
         w->n_ips = in->n_addresses;
     }
@@ -272,7 +276,8 @@ static int dec_workload(struct dctx *c, const Istio__Workload__Workload *in)
         (rc = dec_gateway(c, in->network_gateway, &w->network_gateway, "network_gateway")))
         return rc;
 
-    /* prost's workload_type() getter turns an unknown value into DEPLOYMENT, so ztunnel accepts it as such. */
+    /* prost's workload_type() getter turns an unknown value into DEPLOYMENT, so ztunnel accepts it as such.
+     */
     if ((unsigned)in->workload_type < sizeof(wtype_names) / sizeof(wtype_names[0])) {
         w->workload_type = wtype_names[in->workload_type];
     } else {
@@ -303,8 +308,8 @@ static int dec_workload(struct dctx *c, const Istio__Workload__Workload *in)
             sp[i].key = e ? S(e->key) : "";
             /* The key's "namespace/hostname" form is the builder's check (the same words as ztunnel's). */
             snprintf(field, sizeof(field), "services[%zu].ports", i);
-            if (e && e->value && (rc = dec_ports(c, e->value->ports, e->value->n_ports, &sp[i].ports,
-                                                 &sp[i].n_ports, field)))
+            if (e && e->value &&
+                (rc = dec_ports(c, e->value->ports, e->value->n_ports, &sp[i].ports, &sp[i].n_ports, field)))
                 return rc;
         }
         w->services = sp;
@@ -327,7 +332,8 @@ static int dec_workload(struct dctx *c, const Istio__Workload__Workload *in)
 
     w->locality = (struct locality){"", "", ""};
     if (in->locality)
-        w->locality = (struct locality){S(in->locality->region), S(in->locality->zone), S(in->locality->subzone)};
+        w->locality =
+            (struct locality){S(in->locality->region), S(in->locality->zone), S(in->locality->subzone)};
 
     switch (in->network_mode) {
     case ISTIO__WORKLOAD__NETWORK_MODE__STANDARD:
@@ -363,12 +369,13 @@ static int dec_service(struct dctx *c, const Istio__Workload__Service *in)
         for (size_t i = 0; i < in->n_addresses; i++) {
             const Istio__Workload__NetworkAddress *a = in->addresses[i];
             if (!a || !bytes_ip(&a->address, &v[i].ip))
-                return rej(c, "addresses[%zu]: failed to parse address, had %zu bytes", i, a ? a->address.len : 0);
+                return rej(c, "addresses[%zu]: failed to parse address, had %zu bytes", i,
+                           a ? a->address.len : 0);
             if (a->length_present_case == ISTIO__WORKLOAD__NETWORK_ADDRESS__LENGTH_PRESENT_LENGTH &&
                 a->length != max_prefix(&v[i].ip)) {
                 if (a->length > max_prefix(&v[i].ip))
-                    return rej(c, "addresses[%zu].length: invalid cidr: prefix length %u exceeds %u", i, a->length,
-                               max_prefix(&v[i].ip));
+                    return rej(c, "addresses[%zu].length: invalid cidr: prefix length %u exceeds %u", i,
+                               a->length, max_prefix(&v[i].ip));
                 /* ztunnel keeps these as cidr_vips (a ServiceEntry with a CIDR address); the model's VIP
                  * index holds single addresses only. */
                 return rej(c, "addresses[%zu].length: CIDR VIPs are not supported (length %u)", i, a->length);
@@ -425,7 +432,8 @@ static int dec_service(struct dctx *c, const Istio__Workload__Service *in)
         break;
     }
     /* canonical breaks ties between services sharing a VIP; the model's VIP index keeps the first. */
-    if (in->canonical) warn(c, "canonical: not supported, ignored (a shared VIP resolves to the first service)");
+    if (in->canonical)
+        warn(c, "canonical: not supported, ignored (a shared VIP resolves to the first service)");
     /* ztunnel does not read ingress_use_waypoint either (it is for ingress gateways). */
     if (in->ingress_use_waypoint) warn(c, "ingress_use_waypoint: not supported, ignored");
     warn_extensions(c, in->n_extensions, in->extensions, "extensions");
@@ -494,8 +502,8 @@ static int dec_cidrs(struct dctx *c, Istio__Security__Address *const *in, size_t
             return rej(c, "%s.%s[%zu]: failed to parse address, had %zu bytes", path, field, i,
                        in[i] ? in[i]->address.len : 0);
         if (in[i]->length > max_prefix(&ci[i].ip))
-            return rej(c, "%s.%s[%zu]: invalid cidr: prefix length %u exceeds %u", path, field, i, in[i]->length,
-                       max_prefix(&ci[i].ip));
+            return rej(c, "%s.%s[%zu]: invalid cidr: prefix length %u exceeds %u", path, field, i,
+                       in[i]->length, max_prefix(&ci[i].ip));
         ci[i].len = (uint8_t)in[i]->length;
     }
     *out = ci;
@@ -528,21 +536,22 @@ static int dec_match(struct dctx *c, const Istio__Security__Match *m, struct aut
     if (m->n_extensions) return rej(c, "%s.extensions: not supported", path);
     if ((rc = dec_strmatch(c, m->namespaces, m->n_namespaces, &o->namespaces, &o->n_namespaces, path,
                            "namespaces")) ||
-        (rc = dec_strmatch(c, m->not_namespaces, m->n_not_namespaces, &o->not_namespaces, &o->n_not_namespaces,
-                           path, "not_namespaces")) ||
+        (rc = dec_strmatch(c, m->not_namespaces, m->n_not_namespaces, &o->not_namespaces,
+                           &o->n_not_namespaces, path, "not_namespaces")) ||
         (rc = dec_strmatch(c, m->principals, m->n_principals, &o->principals, &o->n_principals, path,
                            "principals")) ||
-        (rc = dec_strmatch(c, m->not_principals, m->n_not_principals, &o->not_principals, &o->n_not_principals,
-                           path, "not_principals")) ||
+        (rc = dec_strmatch(c, m->not_principals, m->n_not_principals, &o->not_principals,
+                           &o->n_not_principals, path, "not_principals")) ||
         (rc = dec_sa(c, m->service_accounts, m->n_service_accounts, &o->service_accounts,
                      &o->n_service_accounts)) ||
         (rc = dec_sa(c, m->not_service_accounts, m->n_not_service_accounts, &o->not_service_accounts,
                      &o->n_not_service_accounts)) ||
-        (rc = dec_cidrs(c, m->source_ips, m->n_source_ips, &o->source_ips, &o->n_source_ips, path, "source_ips")) ||
-        (rc = dec_cidrs(c, m->not_source_ips, m->n_not_source_ips, &o->not_source_ips, &o->n_not_source_ips, path,
-                        "not_source_ips")) ||
-        (rc = dec_cidrs(c, m->destination_ips, m->n_destination_ips, &o->destination_ips, &o->n_destination_ips,
-                        path, "destination_ips")) ||
+        (rc = dec_cidrs(c, m->source_ips, m->n_source_ips, &o->source_ips, &o->n_source_ips, path,
+                        "source_ips")) ||
+        (rc = dec_cidrs(c, m->not_source_ips, m->n_not_source_ips, &o->not_source_ips, &o->n_not_source_ips,
+                        path, "not_source_ips")) ||
+        (rc = dec_cidrs(c, m->destination_ips, m->n_destination_ips, &o->destination_ips,
+                        &o->n_destination_ips, path, "destination_ips")) ||
         (rc = dec_cidrs(c, m->not_destination_ips, m->n_not_destination_ips, &o->not_destination_ips,
                         &o->n_not_destination_ips, path, "not_destination_ips")) ||
         (rc = dec_dports(c, m->destination_ports, m->n_destination_ports, &o->destination_ports,
@@ -628,8 +637,9 @@ int xds_resource_from_address(const Istio__Workload__Address *a, const struct xd
     return finish(&c, rc);
 }
 
-int xds_resource_from_authorization(const Istio__Security__Authorization *a, const struct xds_decode_opts *opts,
-                                    struct xds_resource *out, char *err, size_t n)
+int xds_resource_from_authorization(const Istio__Security__Authorization *a,
+                                    const struct xds_decode_opts *opts, struct xds_resource *out, char *err,
+                                    size_t n)
 {
     struct dctx c;
     init_ctx(&c, out, opts, err, n);
@@ -638,8 +648,8 @@ int xds_resource_from_authorization(const Istio__Security__Authorization *a, con
     return finish(&c, rc);
 }
 
-int xds_resource_decode(const char *type_url, const uint8_t *data, size_t len, const struct xds_decode_opts *opts,
-                        struct xds_resource *out, char *err, size_t n)
+int xds_resource_decode(const char *type_url, const uint8_t *data, size_t len,
+                        const struct xds_decode_opts *opts, struct xds_resource *out, char *err, size_t n)
 {
     memset(out, 0, sizeof(*out));
     if (err && n) err[0] = '\0';
@@ -662,8 +672,9 @@ int xds_resource_decode(const char *type_url, const uint8_t *data, size_t len, c
                      rc == -ELOOP ? "message nested deeper than 100 levels" : "invalid protobuf message");
         return rc;
     }
-    rc = is_addr ? xds_resource_from_address((const Istio__Workload__Address *)m, opts, out, err, n)
-                 : xds_resource_from_authorization((const Istio__Security__Authorization *)m, opts, out, err, n);
+    rc = is_addr
+             ? xds_resource_from_address((const Istio__Workload__Address *)m, opts, out, err, n)
+             : xds_resource_from_authorization((const Istio__Security__Authorization *)m, opts, out, err, n);
     if (rc) {
         protobuf_c_message_free_unpacked(m, NULL);
         return rc;
@@ -676,7 +687,8 @@ void xds_resource_free(struct xds_resource *r)
 {
     if (!r) return;
     void **blocks = (void **)r->allocs.p;
-    for (size_t i = 0; i < r->allocs.n; i++) free(blocks[i]);
+    for (size_t i = 0; i < r->allocs.n; i++)
+        free(blocks[i]);
     vec_free(&r->allocs);
     if (r->msg) protobuf_c_message_free_unpacked(r->msg, NULL);
     memset(r, 0, sizeof(*r));
@@ -748,7 +760,8 @@ static void *ealloc(struct ectx *e, size_t count, size_t size)
 static void efree(struct ectx *e)
 {
     void **blocks = (void **)e->allocs.p;
-    for (size_t i = 0; i < e->allocs.n; i++) free(blocks[i]);
+    for (size_t i = 0; i < e->allocs.n; i++)
+        free(blocks[i]);
     vec_free(&e->allocs);
 }
 
@@ -776,7 +789,8 @@ static ProtobufCBinaryData ip_bytes(const struct ip_addr *ip)
 
 static int enc_ip_ok(struct ectx *e, const struct ip_addr *ip, const char *field)
 {
-    if (ip->family != AF_INET && ip->family != AF_INET6) return erej(e, "%s: not an IPv4 or IPv6 address", field);
+    if (ip->family != AF_INET && ip->family != AF_INET6)
+        return erej(e, "%s: not an IPv4 or IPv6 address", field);
     return 0;
 }
 
@@ -903,7 +917,8 @@ static int enc_workload(struct ectx *e, const struct workload *w, Istio__Workloa
         for (k = 0; k < sizeof(wtype_names) / sizeof(wtype_names[0]); k++)
             if (!strcmp(wt, wtype_names[k])) break;
         if (k == sizeof(wtype_names) / sizeof(wtype_names[0]))
-            return erej(e, "workload_type: unknown value \"%s\" (expected deployment, cronjob, pod or job)", wt);
+            return erej(e, "workload_type: unknown value \"%s\" (expected deployment, cronjob, pod or job)",
+                        wt);
     }
     o->workload_type = (Istio__Workload__WorkloadType)k;
     if (w->app_tunnel_protocol > WL_APP_TUNNEL_PROXY)
@@ -927,7 +942,8 @@ static int enc_workload(struct ectx *e, const struct workload *w, Istio__Workloa
             istio__workload__workload__services_entry__init(&ent[i]);
             istio__workload__port_list__init(&pl[i]);
             ent[i].key = W(w->services[i].key);
-            if ((rc = enc_ports(e, w->services[i].ports, w->services[i].n_ports, &pl[i].ports, &pl[i].n_ports)))
+            if ((rc = enc_ports(e, w->services[i].ports, w->services[i].n_ports, &pl[i].ports,
+                                &pl[i].n_ports)))
                 return rc;
             ent[i].value = &pl[i];
             ents[i] = &ent[i];
@@ -937,7 +953,8 @@ static int enc_workload(struct ectx *e, const struct workload *w, Istio__Workloa
     }
     o->authorization_policies = (char **)w->authorization_policies;
     o->n_authorization_policies = w->n_authorization_policies;
-    o->status = w->healthy ? ISTIO__WORKLOAD__WORKLOAD_STATUS__HEALTHY : ISTIO__WORKLOAD__WORKLOAD_STATUS__UNHEALTHY;
+    o->status =
+        w->healthy ? ISTIO__WORKLOAD__WORKLOAD_STATUS__HEALTHY : ISTIO__WORKLOAD__WORKLOAD_STATUS__UNHEALTHY;
     if (*S(w->locality.region) || *S(w->locality.zone) || *S(w->locality.subzone)) {
         Istio__Workload__Locality *l = ealloc(e, 1, sizeof(*l));
         if (!l) return -ENOMEM;
@@ -1020,7 +1037,8 @@ static int enc_service(struct ectx *e, const struct service *s, Istio__Workload_
             }
             lb->n_routing_preference = s->n_routing_prefs;
         }
-        if (s->lb_mode > LB_MODE_PASSTHROUGH) return erej(e, "load_balancing.mode: unknown value %u", s->lb_mode);
+        if (s->lb_mode > LB_MODE_PASSTHROUGH)
+            return erej(e, "load_balancing.mode: unknown value %u", s->lb_mode);
         lb->mode = (Istio__Workload__LoadBalancing__Mode)s->lb_mode;
         if (s->health_policy > LB_HEALTH_ALLOW_ALL)
             return erej(e, "load_balancing.health_policy: unknown value %u", s->health_policy);
@@ -1049,8 +1067,9 @@ int xds_encode_service(const struct service *s, uint8_t **out, size_t *len, char
 
 static Google__Protobuf__Empty empty_msg = GOOGLE__PROTOBUF__EMPTY__INIT;
 
-static int enc_strmatch(struct ectx *e, const struct string_match *sm, size_t n, Istio__Security__StringMatch ***out,
-                        size_t *n_out, const char *path, const char *field)
+static int enc_strmatch(struct ectx *e, const struct string_match *sm, size_t n,
+                        Istio__Security__StringMatch ***out, size_t *n_out, const char *path,
+                        const char *field)
 {
     *out = NULL;
     *n_out = 0;
@@ -1087,8 +1106,8 @@ static int enc_strmatch(struct ectx *e, const struct string_match *sm, size_t n,
     return 0;
 }
 
-static int enc_sa(struct ectx *e, const struct sa_match *sa, size_t n, Istio__Security__ServiceAccountMatch ***out,
-                  size_t *n_out)
+static int enc_sa(struct ectx *e, const struct sa_match *sa, size_t n,
+                  Istio__Security__ServiceAccountMatch ***out, size_t *n_out)
 {
     *out = NULL;
     *n_out = 0;
@@ -1138,7 +1157,8 @@ static int enc_dports(struct ectx *e, const uint16_t *p, size_t n, uint32_t **ou
     if (!n) return 0;
     uint32_t *v = ealloc(e, n, sizeof(*v));
     if (!v) return -ENOMEM;
-    for (size_t i = 0; i < n; i++) v[i] = p[i];
+    for (size_t i = 0; i < n; i++)
+        v[i] = p[i];
     *out = v;
     *n_out = n;
     return 0;
@@ -1150,21 +1170,22 @@ static int enc_match(struct ectx *e, const struct auth_match *m, Istio__Security
     istio__security__match__init(o);
     if ((rc = enc_strmatch(e, m->namespaces, m->n_namespaces, &o->namespaces, &o->n_namespaces, path,
                            "namespaces")) ||
-        (rc = enc_strmatch(e, m->not_namespaces, m->n_not_namespaces, &o->not_namespaces, &o->n_not_namespaces,
-                           path, "not_namespaces")) ||
+        (rc = enc_strmatch(e, m->not_namespaces, m->n_not_namespaces, &o->not_namespaces,
+                           &o->n_not_namespaces, path, "not_namespaces")) ||
         (rc = enc_strmatch(e, m->principals, m->n_principals, &o->principals, &o->n_principals, path,
                            "principals")) ||
-        (rc = enc_strmatch(e, m->not_principals, m->n_not_principals, &o->not_principals, &o->n_not_principals,
-                           path, "not_principals")) ||
+        (rc = enc_strmatch(e, m->not_principals, m->n_not_principals, &o->not_principals,
+                           &o->n_not_principals, path, "not_principals")) ||
         (rc = enc_sa(e, m->service_accounts, m->n_service_accounts, &o->service_accounts,
                      &o->n_service_accounts)) ||
         (rc = enc_sa(e, m->not_service_accounts, m->n_not_service_accounts, &o->not_service_accounts,
                      &o->n_not_service_accounts)) ||
-        (rc = enc_cidrs(e, m->source_ips, m->n_source_ips, &o->source_ips, &o->n_source_ips, path, "source_ips")) ||
-        (rc = enc_cidrs(e, m->not_source_ips, m->n_not_source_ips, &o->not_source_ips, &o->n_not_source_ips, path,
-                        "not_source_ips")) ||
-        (rc = enc_cidrs(e, m->destination_ips, m->n_destination_ips, &o->destination_ips, &o->n_destination_ips,
-                        path, "destination_ips")) ||
+        (rc = enc_cidrs(e, m->source_ips, m->n_source_ips, &o->source_ips, &o->n_source_ips, path,
+                        "source_ips")) ||
+        (rc = enc_cidrs(e, m->not_source_ips, m->n_not_source_ips, &o->not_source_ips, &o->n_not_source_ips,
+                        path, "not_source_ips")) ||
+        (rc = enc_cidrs(e, m->destination_ips, m->n_destination_ips, &o->destination_ips,
+                        &o->n_destination_ips, path, "destination_ips")) ||
         (rc = enc_cidrs(e, m->not_destination_ips, m->n_not_destination_ips, &o->not_destination_ips,
                         &o->n_not_destination_ips, path, "not_destination_ips")) ||
         (rc = enc_dports(e, m->destination_ports, m->n_destination_ports, &o->destination_ports,

@@ -47,9 +47,9 @@ struct xds_resource {
         struct service service;   /* kind BUILDER_SERVICE */
         struct policy policy;     /* kind BUILDER_POLICY */
     };
-    const char *key;        /* uid, "ns/hostname" or "ns/name"; owned */
-    ProtobufCMessage *msg;  /* the unpacked message when decoded from bytes, else NULL */
-    struct vec allocs;      /* void *: every block allocated for the model struct */
+    const char *key;       /* uid, "ns/hostname" or "ns/name"; owned */
+    ProtobufCMessage *msg; /* the unpacked message when decoded from bytes, else NULL */
+    struct vec allocs;     /* void *: every block allocated for the model struct */
 };
 
 /* Decodes an Address (Workload or Service) into *out. The message is borrowed and must outlive *out. Returns
@@ -58,13 +58,14 @@ struct xds_resource {
 int xds_resource_from_address(const Istio__Workload__Address *a, const struct xds_decode_opts *opts,
                               struct xds_resource *out, char *err, size_t n);
 /* Same for an Authorization. */
-int xds_resource_from_authorization(const Istio__Security__Authorization *a, const struct xds_decode_opts *opts,
-                                    struct xds_resource *out, char *err, size_t n);
+int xds_resource_from_authorization(const Istio__Security__Authorization *a,
+                                    const struct xds_decode_opts *opts, struct xds_resource *out, char *err,
+                                    size_t n);
 /* Decodes data[0..len) as the message type_url names (PB_TYPE_URL_ADDRESS or PB_TYPE_URL_AUTHORIZATION)
  * through pb_message_unpack; *out then owns the message. Returns 0, -EPROTOTYPE (another type URL),
  * -EBADMSG / -ELOOP (not a valid message; err says so), -EINVAL (refused), -ENOMEM. */
-int xds_resource_decode(const char *type_url, const uint8_t *data, size_t len, const struct xds_decode_opts *opts,
-                        struct xds_resource *out, char *err, size_t n);
+int xds_resource_decode(const char *type_url, const uint8_t *data, size_t len,
+                        const struct xds_decode_opts *opts, struct xds_resource *out, char *err, size_t n);
 /* Frees what *r owns and zeroes it. Safe on a zeroed or failed resource. */
 void xds_resource_free(struct xds_resource *r);
 

@@ -158,7 +158,8 @@ static void cand_free(struct cand *c)
 {
     xds_resource_free(&c->res);
     char **w = (char **)c->warnings.p;
-    for (size_t i = 0; i < c->warnings.n; i++) free(w[i]);
+    for (size_t i = 0; i < c->warnings.n; i++)
+        free(w[i]);
     vec_free(&c->warnings);
 }
 
@@ -195,7 +196,8 @@ static void rejects_free(struct rejects *r)
     struct vec *v[2] = {&r->handler, &r->decode};
     for (int k = 0; k < 2; k++) {
         char **s = (char **)v[k]->p;
-        for (size_t i = 0; i < v[k]->n; i++) free(s[i]);
+        for (size_t i = 0; i < v[k]->n; i++)
+            free(s[i]);
         vec_free(v[k]);
     }
 }
@@ -365,7 +367,8 @@ int xds_store_build(struct xds_store *st, struct snapshot **out)
                 /* Cannot happen: every retained resource passed the same checks alone, and the only keys that
                  * could collide are the names. Said loudly if it ever does. */
                 char m[sizeof(be.path) + sizeof(be.reason) + 64];
-                snprintf(m, sizeof(m), "retained resource refused by the builder: %s: %s", be.path, be.reason);
+                snprintf(m, sizeof(m), "retained resource refused by the builder: %s: %s", be.path,
+                         be.reason);
                 log_kv(LOG_ERROR, "xds", m, "type_url", st->t[i].url, "resource", e->name, NULL);
                 continue;
             }
@@ -424,10 +427,12 @@ int xds_store_apply(struct xds_store *st, const Envoy__Service__Discovery__V3__D
         if (!cands[i].ok) continue;
         if ((rc = commit(t, &cands[i]))) goto out;
         char **w = (char **)cands[i].warnings.p;
-        for (size_t k = 0; k < cands[i].warnings.n; k++) store_warn(st, t->url, cands[i].name, w[k]);
+        for (size_t k = 0; k < cands[i].warnings.n; k++)
+            store_warn(st, t->url, cands[i].name, w[k]);
     }
     /* After the updates, as ztunnel's handlers apply them: a name both updated and removed ends removed. */
-    for (size_t i = 0; i < resp->n_removed_resources; i++) remove_name(t, S(resp->removed_resources[i]));
+    for (size_t i = 0; i < resp->n_removed_resources; i++)
+        remove_name(t, S(resp->removed_resources[i]));
     if ((rc = rejects_text(&r, nack))) goto out;
     if (snap && (rc = xds_store_build(st, snap))) {
         free(*nack);
@@ -436,7 +441,8 @@ int xds_store_apply(struct xds_store *st, const Envoy__Service__Discovery__V3__D
 out:
     builder_free(scratch);
     tdestroy(seen, noop_free);
-    for (size_t i = 0; cands && i < n; i++) cand_free(&cands[i]);
+    for (size_t i = 0; cands && i < n; i++)
+        cand_free(&cands[i]);
     free(cands);
     rejects_free(&r);
     return rc;
@@ -448,10 +454,12 @@ int xds_store_apply_bytes(struct xds_store *st, const uint8_t *data, size_t len,
     *nack = NULL;
     if (snap) *snap = NULL;
     ProtobufCMessage *m = NULL;
-    int rc = pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_response__descriptor, data, len, &m);
+    int rc = pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_response__descriptor, data,
+                               len, &m);
     if (rc) {
         if (asprintf(nack, "decode: %s",
-                     rc == -ELOOP ? "response nested deeper than 100 levels" : "invalid DeltaDiscoveryResponse") < 0)
+                     rc == -ELOOP ? "response nested deeper than 100 levels"
+                                  : "invalid DeltaDiscoveryResponse") < 0)
             *nack = NULL;
         return rc;
     }
@@ -509,7 +517,8 @@ int xds_store_initial_versions(const struct xds_store *st, const char *type_url,
     }
     size_t i = 0;
     for (struct store_entry *e = t->head; e; e = e->nxt, i++) {
-        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(&ents[i]);
+        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(
+            &ents[i]);
         ents[i].key = e->name;
         ents[i].value = e->version;
         pp[i] = &ents[i];

@@ -483,8 +483,8 @@ static int build_zds_add(const char *out)
 }
 
 /* Wraps bytes encoded by src/xds/resource.c in a Resource (name, version "v1") of a response of type_url. */
-static int write_encoded_response(const char *type_url, uint8_t **bufs, const size_t *lens, char **names, size_t n,
-                                  char **removed, size_t n_removed, const char *out)
+static int write_encoded_response(const char *type_url, uint8_t **bufs, const size_t *lens, char **names,
+                                  size_t n, char **removed, size_t n_removed, const char *out)
 {
     Google__Protobuf__Any any[4];
     Envoy__Service__Discovery__V3__Resource res[4], *rp[4];
@@ -519,28 +519,64 @@ static int build_encoded_addresses(const char *out)
     const struct wl_service_ports sp[] = {{"default/web.default.svc.cluster.local", pm, 2}};
     static const char *const pols[] = {"default/allow-web"};
     struct workload w = {
-        .uid = "Kubernetes//v1/Pod/default/web-1", .name = "web-1", .namespace_ = "default",
-        .hostname = "web-1.example", .network = "net1", .trust_domain = "cluster.local", .service_account = "web",
-        .node = "node-1", .cluster_id = "Kubernetes", .canonical_name = "web", .canonical_revision = "v1",
-        .workload_type = "pod", .workload_name = "web", .ips = ips, .n_ips = 2, .protocol = WL_PROTO_HBONE,
-        .healthy = false, .capacity = 3, .locality = {"r1", "z1", "s1"},
-        .waypoint = {.set = true, .is_host = true, .ns = "default", .host = "waypoint.default.svc.cluster.local",
+        .uid = "Kubernetes//v1/Pod/default/web-1",
+        .name = "web-1",
+        .namespace_ = "default",
+        .hostname = "web-1.example",
+        .network = "net1",
+        .trust_domain = "cluster.local",
+        .service_account = "web",
+        .node = "node-1",
+        .cluster_id = "Kubernetes",
+        .canonical_name = "web",
+        .canonical_revision = "v1",
+        .workload_type = "pod",
+        .workload_name = "web",
+        .ips = ips,
+        .n_ips = 2,
+        .protocol = WL_PROTO_HBONE,
+        .healthy = false,
+        .capacity = 3,
+        .locality = {"r1", "z1", "s1"},
+        .waypoint = {.set = true,
+                     .is_host = true,
+                     .ns = "default",
+                     .host = "waypoint.default.svc.cluster.local",
                      .hbone_port = 15008},
-        .network_gateway = {.set = true, .network = "net2", .ip = {.family = AF_INET, .a = {192, 0, 2, 1}},
+        .network_gateway = {.set = true,
+                            .network = "net2",
+                            .ip = {.family = AF_INET, .a = {192, 0, 2, 1}},
                             .hbone_port = 15008},
-        .app_tunnel_protocol = WL_APP_TUNNEL_PROXY, .app_tunnel_port = 15088, .services = sp, .n_services = 1,
-        .authorization_policies = pols, .n_authorization_policies = 1, .network_mode = WL_NET_HOST,
+        .app_tunnel_protocol = WL_APP_TUNNEL_PROXY,
+        .app_tunnel_port = 15088,
+        .services = sp,
+        .n_services = 1,
+        .authorization_policies = pols,
+        .n_authorization_policies = 1,
+        .network_mode = WL_NET_HOST,
     };
     struct net_addr vips[1] = {{"net1", {.family = AF_INET, .a = {10, 96, 0, 9}}}};
     static const char *const sans[] = {"spiffe://cluster.local/ns/default/sa/web"};
     static const uint8_t prefs[] = {LB_SCOPE_NETWORK, LB_SCOPE_ZONE};
     struct service svc = {
-        .name = "web", .namespace_ = "default", .hostname = "web.default.svc.cluster.local", .vips = vips,
-        .n_vips = 1, .ports = pm, .n_ports = 2, .subject_alt_names = sans, .n_sans = 1,
-        .waypoint = {.set = true, .network = "net1", .ip = {.family = AF_INET, .a = {10, 0, 9, 9}},
+        .name = "web",
+        .namespace_ = "default",
+        .hostname = "web.default.svc.cluster.local",
+        .vips = vips,
+        .n_vips = 1,
+        .ports = pm,
+        .n_ports = 2,
+        .subject_alt_names = sans,
+        .n_sans = 1,
+        .waypoint = {.set = true,
+                     .network = "net1",
+                     .ip = {.family = AF_INET, .a = {10, 0, 9, 9}},
                      .hbone_port = 15008},
-        .routing_prefs = prefs, .n_routing_prefs = 2, .lb_mode = LB_MODE_FAILOVER,
-        .health_policy = LB_HEALTH_ALLOW_ALL, .ip_families = IP_FAMILIES_DUAL,
+        .routing_prefs = prefs,
+        .n_routing_prefs = 2,
+        .lb_mode = LB_MODE_FAILOVER,
+        .health_policy = LB_HEALTH_ALLOW_ALL,
+        .ip_families = IP_FAMILIES_DUAL,
     };
     uint8_t *bufs[2] = {NULL, NULL};
     size_t lens[2];
@@ -571,17 +607,40 @@ static int build_encoded_authorization(const char *out)
                       ndst[] = {{{.family = AF_INET, .a = {10, 0, 3, 0}}, 24}};
     static const uint16_t dp[] = {8080}, ndp[] = {9090};
     const struct auth_match m = {
-        .namespaces = ns, .n_namespaces = 1, .not_namespaces = nns, .n_not_namespaces = 1, .principals = pr,
-        .n_principals = 1, .not_principals = npr, .n_not_principals = 1, .service_accounts = sa,
-        .n_service_accounts = 1, .not_service_accounts = nsa, .n_not_service_accounts = 1, .source_ips = src,
-        .n_source_ips = 1, .not_source_ips = nsrc, .n_not_source_ips = 1, .destination_ips = dst,
-        .n_destination_ips = 1, .not_destination_ips = ndst, .n_not_destination_ips = 1, .destination_ports = dp,
-        .n_destination_ports = 1, .not_destination_ports = ndp, .n_not_destination_ports = 1,
+        .namespaces = ns,
+        .n_namespaces = 1,
+        .not_namespaces = nns,
+        .n_not_namespaces = 1,
+        .principals = pr,
+        .n_principals = 1,
+        .not_principals = npr,
+        .n_not_principals = 1,
+        .service_accounts = sa,
+        .n_service_accounts = 1,
+        .not_service_accounts = nsa,
+        .n_not_service_accounts = 1,
+        .source_ips = src,
+        .n_source_ips = 1,
+        .not_source_ips = nsrc,
+        .n_not_source_ips = 1,
+        .destination_ips = dst,
+        .n_destination_ips = 1,
+        .not_destination_ips = ndst,
+        .n_not_destination_ips = 1,
+        .destination_ports = dp,
+        .n_destination_ports = 1,
+        .not_destination_ports = ndp,
+        .n_not_destination_ports = 1,
     };
     const struct auth_clause c = {&m, 1};
     const struct auth_rule r = {&c, 1};
-    const struct policy p = {.name = "allow-web", .namespace_ = "default", .scope = POLICY_SCOPE_WORKLOAD_SELECTOR,
-                             .action = POLICY_ALLOW, .dry_run = true, .rules = &r, .n_rules = 1};
+    const struct policy p = {.name = "allow-web",
+                             .namespace_ = "default",
+                             .scope = POLICY_SCOPE_WORKLOAD_SELECTOR,
+                             .action = POLICY_ALLOW,
+                             .dry_run = true,
+                             .rules = &r,
+                             .n_rules = 1};
     uint8_t *buf = NULL;
     size_t len;
     char err[XDS_REASON_MAX];

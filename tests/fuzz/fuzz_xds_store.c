@@ -43,7 +43,8 @@ static int collect(void *ud, const char *name, const char *version)
 /* Every retained resource is in snap under its key. */
 static void check_snapshot(const struct xds_store *st, const struct snapshot *snap)
 {
-    size_t n_addr = xds_store_count(st, PB_TYPE_URL_ADDRESS), n_pol = xds_store_count(st, PB_TYPE_URL_AUTHORIZATION);
+    size_t n_addr = xds_store_count(st, PB_TYPE_URL_ADDRESS),
+           n_pol = xds_store_count(st, PB_TYPE_URL_AUTHORIZATION);
     if (snapshot_n_workloads(snap) + snapshot_n_services(snap) != n_addr) abort();
     if (snapshot_n_policies(snap) != n_pol) abort();
     for (size_t i = 0; i < snapshot_n_workloads(snap); i++) {
@@ -81,7 +82,8 @@ static void remove_all(struct xds_store *st, const char *type_url)
     /* The names are the store's own strings: copy them, since removing frees them. */
     for (size_t i = 0; i < n; i++)
         if (!(ns.v[i] = strdup(ns.v[i]))) abort();
-    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
     r.type_url = (char *)type_url;
     r.removed_resources = ns.v;
     r.n_removed_resources = n;
@@ -93,7 +95,8 @@ static void remove_all(struct xds_store *st, const char *type_url)
         check_snapshot(st, snap);
         snapshot_unref(snap);
     }
-    for (size_t i = 0; i < n; i++) free(ns.v[i]);
+    for (size_t i = 0; i < n; i++)
+        free(ns.v[i]);
     free(ns.v);
 }
 
@@ -106,7 +109,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = xds_store_apply_bytes(st, data, size, &snap, &nack1);
     if (rc == -EBADMSG || rc == -ELOOP) {
         if (!nack1 || strncmp(nack1, "decode: ", 8)) abort();
-        if (snap || xds_store_count(st, PB_TYPE_URL_ADDRESS) || xds_store_count(st, PB_TYPE_URL_AUTHORIZATION))
+        if (snap || xds_store_count(st, PB_TYPE_URL_ADDRESS) ||
+            xds_store_count(st, PB_TYPE_URL_AUTHORIZATION))
             abort();
         goto out;
     }
@@ -114,7 +118,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc != 0 || !snap) abort();
     if (nack1 && !*nack1) abort();
     check_snapshot(st, snap);
-    size_t n_addr = xds_store_count(st, PB_TYPE_URL_ADDRESS), n_pol = xds_store_count(st, PB_TYPE_URL_AUTHORIZATION);
+    size_t n_addr = xds_store_count(st, PB_TYPE_URL_ADDRESS),
+           n_pol = xds_store_count(st, PB_TYPE_URL_AUTHORIZATION);
     snapshot_unref(snap);
     snap = NULL;
 
@@ -122,7 +127,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == -ENOMEM) goto out;
     if (rc != 0) abort();
     if (!nack1 != !nack2 || (nack1 && strcmp(nack1, nack2))) abort();
-    if (xds_store_count(st, PB_TYPE_URL_ADDRESS) != n_addr || xds_store_count(st, PB_TYPE_URL_AUTHORIZATION) != n_pol)
+    if (xds_store_count(st, PB_TYPE_URL_ADDRESS) != n_addr ||
+        xds_store_count(st, PB_TYPE_URL_AUTHORIZATION) != n_pol)
         abort();
     check_snapshot(st, snap);
     snapshot_unref(snap);

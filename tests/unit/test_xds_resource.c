@@ -70,7 +70,8 @@ static void ports_equal(const struct port_map *a, size_t na, const struct port_m
 static void strs_equal(const char *const *a, size_t na, const char *const *b, size_t nb)
 {
     assert_int_equal(na, nb);
-    for (size_t i = 0; i < na; i++) assert_string_equal(a[i], b[i]);
+    for (size_t i = 0; i < na; i++)
+        assert_string_equal(a[i], b[i]);
 }
 
 static void wl_equal(const struct workload *a, const struct workload *b)
@@ -89,7 +90,8 @@ static void wl_equal(const struct workload *a, const struct workload *b)
     assert_string_equal(a->workload_type, b->workload_type);
     assert_string_equal(a->workload_name, b->workload_name);
     assert_int_equal(a->n_ips, b->n_ips);
-    for (size_t i = 0; i < a->n_ips; i++) assert_true(ip_equal(&a->ips[i], &b->ips[i]));
+    for (size_t i = 0; i < a->n_ips; i++)
+        assert_true(ip_equal(&a->ips[i], &b->ips[i]));
     assert_int_equal(a->protocol, b->protocol);
     assert_int_equal(a->healthy, b->healthy);
     assert_int_equal(a->capacity, b->capacity);
@@ -103,7 +105,8 @@ static void wl_equal(const struct workload *a, const struct workload *b)
     assert_int_equal(a->n_services, b->n_services);
     for (size_t i = 0; i < a->n_services; i++) {
         assert_string_equal(a->services[i].key, b->services[i].key);
-        ports_equal(a->services[i].ports, a->services[i].n_ports, b->services[i].ports, b->services[i].n_ports);
+        ports_equal(a->services[i].ports, a->services[i].n_ports, b->services[i].ports,
+                    b->services[i].n_ports);
     }
     strs_equal(a->authorization_policies, a->n_authorization_policies, b->authorization_policies,
                b->n_authorization_policies);
@@ -124,7 +127,8 @@ static void svc_equal(const struct service *a, const struct service *b)
     strs_equal(a->subject_alt_names, a->n_sans, b->subject_alt_names, b->n_sans);
     gw_equal(&a->waypoint, &b->waypoint);
     assert_int_equal(a->n_routing_prefs, b->n_routing_prefs);
-    for (size_t i = 0; i < a->n_routing_prefs; i++) assert_int_equal(a->routing_prefs[i], b->routing_prefs[i]);
+    for (size_t i = 0; i < a->n_routing_prefs; i++)
+        assert_int_equal(a->routing_prefs[i], b->routing_prefs[i]);
     assert_int_equal(a->lb_mode, b->lb_mode);
     assert_int_equal(a->health_policy, b->health_policy);
     assert_int_equal(a->ip_families, b->ip_families);
@@ -160,7 +164,8 @@ static void cidr_equal(const struct cidr *a, size_t na, const struct cidr *b, si
 static void u16_equal(const uint16_t *a, size_t na, const uint16_t *b, size_t nb)
 {
     assert_int_equal(na, nb);
-    for (size_t i = 0; i < na; i++) assert_int_equal(a[i], b[i]);
+    for (size_t i = 0; i < na; i++)
+        assert_int_equal(a[i], b[i]);
 }
 
 static void pol_equal(const struct policy *a, const struct policy *b)
@@ -182,12 +187,14 @@ static void pol_equal(const struct policy *a, const struct policy *b)
                 sm_equal(x->not_namespaces, x->n_not_namespaces, y->not_namespaces, y->n_not_namespaces);
                 sm_equal(x->principals, x->n_principals, y->principals, y->n_principals);
                 sm_equal(x->not_principals, x->n_not_principals, y->not_principals, y->n_not_principals);
-                sa_equal(x->service_accounts, x->n_service_accounts, y->service_accounts, y->n_service_accounts);
+                sa_equal(x->service_accounts, x->n_service_accounts, y->service_accounts,
+                         y->n_service_accounts);
                 sa_equal(x->not_service_accounts, x->n_not_service_accounts, y->not_service_accounts,
                          y->n_not_service_accounts);
                 cidr_equal(x->source_ips, x->n_source_ips, y->source_ips, y->n_source_ips);
                 cidr_equal(x->not_source_ips, x->n_not_source_ips, y->not_source_ips, y->n_not_source_ips);
-                cidr_equal(x->destination_ips, x->n_destination_ips, y->destination_ips, y->n_destination_ips);
+                cidr_equal(x->destination_ips, x->n_destination_ips, y->destination_ips,
+                           y->n_destination_ips);
                 cidr_equal(x->not_destination_ips, x->n_not_destination_ips, y->not_destination_ips,
                            y->n_not_destination_ips);
                 u16_equal(x->destination_ports, x->n_destination_ports, y->destination_ports,
@@ -232,8 +239,13 @@ static struct workload rich_workload(void)
         .healthy = false,
         .capacity = 5,
         .locality = {"region1", "zone1", "sub1"},
-        .waypoint = {.set = true, .is_host = true, .network = "", .ns = "ns", .host = "wp.ns", .hbone_port = 15008},
-        .network_gateway = {.set = true, .network = "net2", .ip = ip("192.0.2.1"), .ns = "", .host = "",
+        .waypoint =
+            {.set = true, .is_host = true, .network = "", .ns = "ns", .host = "wp.ns", .hbone_port = 15008},
+        .network_gateway = {.set = true,
+                            .network = "net2",
+                            .ip = ip("192.0.2.1"),
+                            .ns = "",
+                            .host = "",
                             .hbone_port = 15009},
         .app_tunnel_protocol = WL_APP_TUNNEL_PROXY,
         .app_tunnel_port = 15088,
@@ -250,8 +262,8 @@ static struct workload rich_workload(void)
 static struct net_addr svc_vips[2];
 static const struct port_map svc_ports[] = {{80, 8080}, {443, 0}};
 static const char *const svc_sans[] = {"spiffe://td/ns/ns/sa/a", "spiffe://td/ns/ns/sa/b"};
-static const uint8_t svc_prefs[] = {LB_SCOPE_NETWORK, LB_SCOPE_REGION, LB_SCOPE_ZONE, LB_SCOPE_SUBZONE,
-                                    LB_SCOPE_NODE, LB_SCOPE_CLUSTER};
+static const uint8_t svc_prefs[] = {LB_SCOPE_NETWORK, LB_SCOPE_REGION, LB_SCOPE_ZONE,
+                                    LB_SCOPE_SUBZONE, LB_SCOPE_NODE,   LB_SCOPE_CLUSTER};
 
 static struct service rich_service(void)
 {
@@ -267,7 +279,8 @@ static struct service rich_service(void)
         .n_ports = 2,
         .subject_alt_names = svc_sans,
         .n_sans = 2,
-        .waypoint = {.set = true, .network = "net1", .ip = ip("10.0.9.9"), .ns = "", .host = "", .hbone_port = 15008},
+        .waypoint =
+            {.set = true, .network = "net1", .ip = ip("10.0.9.9"), .ns = "", .host = "", .hbone_port = 15008},
         .routing_prefs = svc_prefs,
         .n_routing_prefs = 6,
         .lb_mode = LB_MODE_FAILOVER,
@@ -298,13 +311,30 @@ static struct policy rich_policy(void)
     m_dst[0] = (struct cidr){ip("10.2.0.0"), 16};
     m_ndst[0] = (struct cidr){ip("0.0.0.0"), 0};
     p_matches[0] = (struct auth_match){
-        .namespaces = m_ns, .n_namespaces = 2, .not_namespaces = m_nns, .n_not_namespaces = 1,
-        .principals = m_pr, .n_principals = 2, .not_principals = m_npr, .n_not_principals = 1,
-        .service_accounts = m_sa, .n_service_accounts = 1, .not_service_accounts = m_nsa,
-        .n_not_service_accounts = 2, .source_ips = m_src, .n_source_ips = 2, .not_source_ips = m_nsrc,
-        .n_not_source_ips = 1, .destination_ips = m_dst, .n_destination_ips = 1, .not_destination_ips = m_ndst,
-        .n_not_destination_ips = 1, .destination_ports = m_dp, .n_destination_ports = 2,
-        .not_destination_ports = m_ndp, .n_not_destination_ports = 1,
+        .namespaces = m_ns,
+        .n_namespaces = 2,
+        .not_namespaces = m_nns,
+        .n_not_namespaces = 1,
+        .principals = m_pr,
+        .n_principals = 2,
+        .not_principals = m_npr,
+        .n_not_principals = 1,
+        .service_accounts = m_sa,
+        .n_service_accounts = 1,
+        .not_service_accounts = m_nsa,
+        .n_not_service_accounts = 2,
+        .source_ips = m_src,
+        .n_source_ips = 2,
+        .not_source_ips = m_nsrc,
+        .n_not_source_ips = 1,
+        .destination_ips = m_dst,
+        .n_destination_ips = 1,
+        .not_destination_ips = m_ndst,
+        .n_not_destination_ips = 1,
+        .destination_ports = m_dp,
+        .n_destination_ports = 2,
+        .not_destination_ports = m_ndp,
+        .n_not_destination_ports = 1,
     };
     p_matches[1] = (struct auth_match){.destination_ports = m_ndp, .n_destination_ports = 1};
     p_clauses[0] = (struct auth_clause){p_matches, 2};
@@ -360,15 +390,15 @@ static void test_round_trip_workload(void **state)
 
     /* Unset and default values: TCP, healthy, capacity 1, no gateways, no tunnel, no locality. */
     struct ip_addr a = ip("10.0.0.8");
-    struct workload m = {.uid = "u8", .name = "n", .namespace_ = "ns", .ips = &a, .n_ips = 1, .healthy = true,
-                         .capacity = 1};
+    struct workload m = {
+        .uid = "u8", .name = "n", .namespace_ = "ns", .ips = &a, .n_ips = 1, .healthy = true, .capacity = 1};
     assert_int_equal(xds_encode_workload(&m, &buf, &len, err, sizeof(err)), 0);
     assert_int_equal(xds_resource_decode(PB_TYPE_URL_ADDRESS, buf, len, &o, &r, err, sizeof(err)), 0);
     assert_int_equal(r.workload.capacity, 1);
     assert_true(r.workload.healthy);
     assert_false(r.workload.waypoint.set);
     assert_string_equal(r.workload.workload_type, "deployment"); /* the proto's 0 */
-    assert_string_equal(r.workload.trust_domain, "");              /* the builder's default to apply */
+    assert_string_equal(r.workload.trust_domain, "");            /* the builder's default to apply */
     xds_resource_free(&r);
     free(buf);
 }
@@ -433,7 +463,8 @@ static void test_encoded_wire_form(void **state)
     assert_int_equal(pw->waypoint->destination_case, ISTIO__WORKLOAD__GATEWAY_ADDRESS__DESTINATION_HOSTNAME);
     assert_string_equal(pw->waypoint->hostname->hostname, "wp.ns");
     assert_int_equal(pw->waypoint->hbone_mtls_port, 15008);
-    assert_int_equal(pw->network_gateway->destination_case, ISTIO__WORKLOAD__GATEWAY_ADDRESS__DESTINATION_ADDRESS);
+    assert_int_equal(pw->network_gateway->destination_case,
+                     ISTIO__WORKLOAD__GATEWAY_ADDRESS__DESTINATION_ADDRESS);
     assert_int_equal(pw->network_gateway->address->length_present_case,
                      ISTIO__WORKLOAD__NETWORK_ADDRESS__LENGTH_PRESENT__NOT_SET);
     assert_int_equal(pw->application_tunnel->protocol, ISTIO__WORKLOAD__APPLICATION_TUNNEL__PROTOCOL__PROXY);
@@ -517,7 +548,8 @@ static void test_encode_errors(void **state)
     struct workload w = rich_workload();
     w.workload_type = "statefulset";
     assert_int_equal(xds_encode_workload(&w, &buf, &len, err, sizeof(err)), -EINVAL);
-    assert_string_equal(err, "workload_type: unknown value \"statefulset\" (expected deployment, cronjob, pod or job)");
+    assert_string_equal(
+        err, "workload_type: unknown value \"statefulset\" (expected deployment, cronjob, pod or job)");
     w = rich_workload();
     struct ip_addr bad = {0};
     w.ips = &bad;
@@ -743,7 +775,8 @@ static void test_reject_workload(void **state)
     na.address = (ProtobufCBinaryData){4, five};
     na.length_present_case = ISTIO__WORKLOAD__NETWORK_ADDRESS__LENGTH_PRESENT_LENGTH;
     na.length = 24;
-    expect_wl(&w, -EINVAL, "network_gateway.address.length: a gateway is one address, not a block (length 24)");
+    expect_wl(&w, -EINVAL,
+              "network_gateway.address.length: a gateway is one address, not a block (length 24)");
     na.length = 32;
     expect_wl(&w, 0, NULL);
     gw.hbone_mtls_port = 70000;
@@ -904,15 +937,20 @@ static void test_reject_policy(void **state)
     Istio__Security__Address *adp[1] = {&ad};
     m1.n_not_destination_ips = 1;
     m1.not_destination_ips = adp;
-    expect_pol(&a, "rules[1].clauses[0].matches[1].not_destination_ips[0]: invalid cidr: prefix length 33 exceeds 32");
+    expect_pol(
+        &a,
+        "rules[1].clauses[0].matches[1].not_destination_ips[0]: invalid cidr: prefix length 33 exceeds 32");
     ad.address.len = 6;
-    expect_pol(&a, "rules[1].clauses[0].matches[1].not_destination_ips[0]: failed to parse address, had 6 bytes");
+    expect_pol(&a,
+               "rules[1].clauses[0].matches[1].not_destination_ips[0]: failed to parse address, had 6 bytes");
     m1.n_not_destination_ips = 0;
 
     uint32_t ports[2] = {80, 65537};
     m0.n_destination_ports = 2;
     m0.destination_ports = ports;
-    expect_pol(&a, "rules[1].clauses[0].matches[0].destination_ports[1]: port 65537 out of range (expected 0-65535)");
+    expect_pol(
+        &a,
+        "rules[1].clauses[0].matches[0].destination_ports[1]: port 65537 out of range (expected 0-65535)");
     m0.n_destination_ports = 0;
 
     Istio__Workload__Extension ext = ISTIO__WORKLOAD__EXTENSION__INIT;
@@ -929,15 +967,18 @@ static void test_decode_bytes(void **state)
     struct xds_resource r;
     char err[XDS_REASON_MAX];
     static const uint8_t garbage[] = {0x0a, 0x05, 0x01};
-    assert_int_equal(xds_resource_decode(PB_TYPE_URL_ADDRESS, garbage, sizeof(garbage), NULL, &r, err, sizeof(err)),
-                     -EBADMSG);
+    assert_int_equal(
+        xds_resource_decode(PB_TYPE_URL_ADDRESS, garbage, sizeof(garbage), NULL, &r, err, sizeof(err)),
+        -EBADMSG);
     assert_string_equal(err, "decode: invalid protobuf message");
-    assert_int_equal(xds_resource_decode("type.googleapis.com/envoy.config.cluster.v3.Cluster", garbage, 0, NULL, &r,
-                                         err, sizeof(err)),
+    assert_int_equal(xds_resource_decode("type.googleapis.com/envoy.config.cluster.v3.Cluster", garbage, 0,
+                                         NULL, &r, err, sizeof(err)),
                      -EPROTOTYPE);
     assert_string_equal(err, "unknown resource type: type.googleapis.com/envoy.config.cluster.v3.Cluster");
-    /* An empty Authorization decodes (every field has a zero value); its key is "/" and the builder decides. */
-    assert_int_equal(xds_resource_decode(PB_TYPE_URL_AUTHORIZATION, garbage, 0, NULL, &r, err, sizeof(err)), 0);
+    /* An empty Authorization decodes (every field has a zero value); its key is "/" and the builder decides.
+     */
+    assert_int_equal(xds_resource_decode(PB_TYPE_URL_AUTHORIZATION, garbage, 0, NULL, &r, err, sizeof(err)),
+                     0);
     assert_string_equal(r.key, "/");
     xds_resource_free(&r);
 }
@@ -965,7 +1006,8 @@ static void test_warnings(void **state)
     assert_string_equal(ws.key[0], "u1");
     assert_string_equal(ws.msg[0], "workload_type: unknown enum value 7, taken as DEPLOYMENT");
     assert_string_equal(ws.msg[1], "native_tunnel: not supported, ignored");
-    assert_string_equal(ws.msg[2], "extensions: 1 extension(s) not supported, ignored (first: \"istio.io/sandwich\")");
+    assert_string_equal(ws.msg[2],
+                        "extensions: 1 extension(s) not supported, ignored (first: \"istio.io/sandwich\")");
     assert_string_equal(r.workload.workload_type, "deployment");
     xds_resource_free(&r);
 
@@ -979,15 +1021,18 @@ static void test_warnings(void **state)
     assert_int_equal(xds_resource_from_address(&a, &o, &r, err, sizeof(err)), 0);
     assert_int_equal(ws.n, 3);
     assert_string_equal(ws.msg[0], "visibility: unknown enum value 5, taken as PUBLIC");
-    assert_string_equal(ws.msg[1], "canonical: not supported, ignored (a shared VIP resolves to the first service)");
+    assert_string_equal(ws.msg[1],
+                        "canonical: not supported, ignored (a shared VIP resolves to the first service)");
     assert_string_equal(ws.msg[2], "ingress_use_waypoint: not supported, ignored");
     xds_resource_free(&r);
 
-    /* A field this build does not know (a newer istiod): decoded as unknown, warned about. Field 99, varint. */
+    /* A field this build does not know (a newer istiod): decoded as unknown, warned about. Field 99, varint.
+     */
     /* Address.service (2) { hostname (3) = "h", namespace (2) = "ns", field 99 (varint) = 1 }. */
     static const uint8_t unknown[] = {0x12, 0x0a, 0x1a, 0x01, 'h', 0x12, 0x02, 'n', 's', 0x98, 0x06, 0x01};
     ws.n = 0;
-    assert_int_equal(xds_resource_decode(PB_TYPE_URL_ADDRESS, unknown, sizeof(unknown), &o, &r, err, sizeof(err)), 0);
+    assert_int_equal(
+        xds_resource_decode(PB_TYPE_URL_ADDRESS, unknown, sizeof(unknown), &o, &r, err, sizeof(err)), 0);
     assert_int_equal(ws.n, 1);
     assert_string_equal(ws.msg[0], "service: 1 unknown field(s) ignored (first: field 99)");
     assert_string_equal(r.key, "ns/h");
@@ -995,9 +1040,11 @@ static void test_warnings(void **state)
 
     /* Deeper down too, named by the field path: Address.workload { uid = "u", locality { field 9 = 1 } },
      * and an unknown field in the Address itself. */
-    static const uint8_t deep[] = {0x0a, 0x09, 0xa2, 0x01, 0x01, 'u', 0xc2, 0x01, 0x02, 0x48, 0x01, 0x18, 0x05};
+    static const uint8_t deep[] = {0x0a, 0x09, 0xa2, 0x01, 0x01, 'u', 0xc2,
+                                   0x01, 0x02, 0x48, 0x01, 0x18, 0x05};
     ws.n = 0;
-    assert_int_equal(xds_resource_decode(PB_TYPE_URL_ADDRESS, deep, sizeof(deep), &o, &r, err, sizeof(err)), 0);
+    assert_int_equal(xds_resource_decode(PB_TYPE_URL_ADDRESS, deep, sizeof(deep), &o, &r, err, sizeof(err)),
+                     0);
     assert_int_equal(ws.n, 2);
     assert_string_equal(ws.msg[0], "address: 1 unknown field(s) ignored (first: field 3)");
     assert_string_equal(ws.msg[1], "workload.locality: 1 unknown field(s) ignored (first: field 9)");
@@ -1007,18 +1054,12 @@ static void test_warnings(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip_workload),
-        cmocka_unit_test(test_round_trip_service),
-        cmocka_unit_test(test_round_trip_policy),
-        cmocka_unit_test(test_encoded_wire_form),
-        cmocka_unit_test(test_encode_errors),
-        cmocka_unit_test(test_names),
-        cmocka_unit_test(test_decode_hand_built),
-        cmocka_unit_test(test_reject_workload),
-        cmocka_unit_test(test_reject_service),
-        cmocka_unit_test(test_reject_policy),
-        cmocka_unit_test(test_decode_bytes),
-        cmocka_unit_test(test_warnings),
+        cmocka_unit_test(test_round_trip_workload), cmocka_unit_test(test_round_trip_service),
+        cmocka_unit_test(test_round_trip_policy),   cmocka_unit_test(test_encoded_wire_form),
+        cmocka_unit_test(test_encode_errors),       cmocka_unit_test(test_names),
+        cmocka_unit_test(test_decode_hand_built),   cmocka_unit_test(test_reject_workload),
+        cmocka_unit_test(test_reject_service),      cmocka_unit_test(test_reject_policy),
+        cmocka_unit_test(test_decode_bytes),        cmocka_unit_test(test_warnings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -93,7 +93,8 @@ static void add_removed(struct resp *p, const char *name)
 
 static void resp_free(struct resp *p)
 {
-    for (size_t i = 0; i < p->r.n_resources; i++) free(p->bufs[i]);
+    for (size_t i = 0; i < p->r.n_resources; i++)
+        free(p->bufs[i]);
 }
 
 static struct ip_addr ip(const char *s)
@@ -105,8 +106,14 @@ static struct ip_addr ip(const char *s)
 
 static struct workload wl(const char *uid, const char *name, const struct ip_addr *a)
 {
-    return (struct workload){.uid = uid, .name = name, .namespace_ = "ns", .ips = a, .n_ips = 1, .healthy = true,
-                             .capacity = 1, .protocol = WL_PROTO_HBONE};
+    return (struct workload){.uid = uid,
+                             .name = name,
+                             .namespace_ = "ns",
+                             .ips = a,
+                             .n_ips = 1,
+                             .healthy = true,
+                             .capacity = 1,
+                             .protocol = WL_PROTO_HBONE};
 }
 
 static struct xds_store *new_store(void)
@@ -141,8 +148,13 @@ static void test_add_update_remove(void **state)
     struct workload w1 = wl("c//v1/Pod/ns/a", "a", &a1), w2 = wl("c//v1/Pod/ns/b", "b", &a2);
     const struct port_map pm[] = {{80, 8080}};
     struct net_addr v = {"", vip};
-    struct service s1 = {.name = "svc", .namespace_ = "ns", .hostname = "svc.ns.svc.cluster.local", .vips = &v,
-                         .n_vips = 1, .ports = pm, .n_ports = 1};
+    struct service s1 = {.name = "svc",
+                         .namespace_ = "ns",
+                         .hostname = "svc.ns.svc.cluster.local",
+                         .vips = &v,
+                         .n_vips = 1,
+                         .ports = pm,
+                         .n_ports = 1};
 
     struct resp p;
     resp_init(&p, PB_TYPE_URL_ADDRESS);
@@ -195,7 +207,8 @@ static void test_add_update_remove(void **state)
     snapshot_unref(s);
 
     /* The other type: a policy joins the same snapshot, the workloads stay. */
-    struct policy pol = {.name = "deny", .namespace_ = "ns", .scope = POLICY_SCOPE_NAMESPACE, .action = POLICY_DENY};
+    struct policy pol = {
+        .name = "deny", .namespace_ = "ns", .scope = POLICY_SCOPE_NAMESPACE, .action = POLICY_DENY};
     resp_init(&p, PB_TYPE_URL_AUTHORIZATION);
     add_pol(&p, "ns/deny", "p1", &pol);
     s = apply(st, &p, NULL);
@@ -309,11 +322,12 @@ static void test_nack_format(void **state)
     add_wl(&p, "wrong", "1", &mismatch);
     add_raw(&p, "bad3", "1", NULL, NULL, 0);
     add_wl(&p, "u5", "1", &badkey);
-    struct snapshot *s = apply(st, &p,
-                               "wrong: resource name does not match its key \"u4\"; "
-                               "u5: services[0]: invalid service key \"nohost\" (expected \"namespace/hostname\"); "
-                               "bad1: decode: invalid protobuf message; "
-                               "bad3: XDS payload without resource");
+    struct snapshot *s =
+        apply(st, &p,
+              "wrong: resource name does not match its key \"u4\"; "
+              "u5: services[0]: invalid service key \"nohost\" (expected \"namespace/hostname\"); "
+              "bad1: decode: invalid protobuf message; "
+              "bad3: XDS payload without resource");
     resp_free(&p);
     /* Only the good one is applied. */
     assert_int_equal(xds_store_count(st, PB_TYPE_URL_ADDRESS), 1);
@@ -371,7 +385,8 @@ static void test_initial_versions(void **state)
                          "u3: resource name does not match its key \"zz\""));
     resp_free(&p);
 
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest req = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
+    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest req =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
     req.type_url = PB_TYPE_URL_ADDRESS;
     assert_int_equal(xds_store_initial_versions(st, PB_TYPE_URL_ADDRESS, &req), 0);
     assert_int_equal(req.n_initial_resource_versions, 2);
@@ -450,11 +465,12 @@ static void test_type_urls(void **state)
     char err[XDS_REASON_MAX];
     assert_int_equal(xds_encode_workload(&w1, &buf, &len, err, sizeof(err)), 0);
     add_raw(&p, "u1", "1", "type.googleapis.com/istio.workload.Workload", buf, len);
-    struct snapshot *s = apply(st, &p,
-                               "ns/p: decode: resource type URL \"type.googleapis.com/istio.security.Authorization\" "
-                               "is not the response's \"type.googleapis.com/istio.workload.Address\"; "
-                               "u1: decode: resource type URL \"type.googleapis.com/istio.workload.Workload\" "
-                               "is not the response's \"type.googleapis.com/istio.workload.Address\"");
+    struct snapshot *s =
+        apply(st, &p,
+              "ns/p: decode: resource type URL \"type.googleapis.com/istio.security.Authorization\" "
+              "is not the response's \"type.googleapis.com/istio.workload.Address\"; "
+              "u1: decode: resource type URL \"type.googleapis.com/istio.workload.Workload\" "
+              "is not the response's \"type.googleapis.com/istio.workload.Address\"");
     resp_free(&p);
     assert_int_equal(xds_store_count(st, PB_TYPE_URL_ADDRESS), 0);
     assert_int_equal(xds_store_count(st, PB_TYPE_URL_AUTHORIZATION), 0);
@@ -480,8 +496,8 @@ static void test_encode_resource(void **state)
     struct ip_addr a = ip("10.0.0.1"), vip = ip("10.96.0.5");
     struct workload w = wl("c//v1/Pod/ns/a", "a", &a);
     struct net_addr v = {"", vip};
-    struct service svc = {.name = "s", .namespace_ = "ns", .hostname = "s.ns.svc.cluster.local", .vips = &v,
-                          .n_vips = 1};
+    struct service svc = {
+        .name = "s", .namespace_ = "ns", .hostname = "s.ns.svc.cluster.local", .vips = &v, .n_vips = 1};
     struct policy pol = {.name = "p", .namespace_ = "ns", .scope = POLICY_SCOPE_GLOBAL};
     Envoy__Service__Discovery__V3__Resource r[3], *rp[3] = {&r[0], &r[1], &r[2]};
     char err[XDS_REASON_MAX];
@@ -515,13 +531,15 @@ static void test_encode_resource(void **state)
     assert_int_equal(n, 1);
     assert_string_equal(xds_store_version(st, PB_TYPE_URL_ADDRESS, "ns/s.ns.svc.cluster.local"), "s1");
     snapshot_unref(s);
-    for (int i = 0; i < 3; i++) xds_encoded_resource_clear(&r[i]);
+    for (int i = 0; i < 3; i++)
+        xds_encoded_resource_clear(&r[i]);
     assert_null(r[0].resource);
 
     /* A model value the protocol cannot carry is an error naming it; nothing is left to free. */
     w.workload_type = "replicaset";
     assert_int_equal(xds_encode_resource(BUILDER_WORKLOAD, &w, "w2", &r[0], err, sizeof(err)), -EINVAL);
-    assert_string_equal(err, "workload_type: unknown value \"replicaset\" (expected deployment, cronjob, pod or job)");
+    assert_string_equal(
+        err, "workload_type: unknown value \"replicaset\" (expected deployment, cronjob, pod or job)");
     assert_null(r[0].resource);
     xds_store_free(st);
 }
@@ -583,7 +601,8 @@ static void on_store_warn(void *ud, const char *type_url, const char *name, cons
     w->n++;
 }
 
-/* Warnings are given once, for accepted resources only: never for a rejected one, never again on a rebuild. */
+/* Warnings are given once, for accepted resources only: never for a rejected one, never again on a rebuild.
+ */
 static void test_warnings(void **state)
 {
     (void)state;
@@ -618,7 +637,8 @@ static void test_large(void **state)
     (void)state;
     enum { N = 10000 };
     struct xds_store *st = new_store();
-    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
     r.type_url = PB_TYPE_URL_ADDRESS;
     Envoy__Service__Discovery__V3__Resource *res = calloc(N, sizeof(*res));
     Envoy__Service__Discovery__V3__Resource **rp = calloc(N, sizeof(*rp));
@@ -670,7 +690,8 @@ static void test_large(void **state)
     printf("    %d workloads: initial apply + build %.1f ms, one update + rebuild %.1f ms\n", N,
            (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
            (t2.tv_sec - t1.tv_sec) * 1e3 + (t2.tv_nsec - t1.tv_nsec) / 1e6);
-    for (int i = 0; i < N; i++) free(any[i].value.data);
+    for (int i = 0; i < N; i++)
+        free(any[i].value.data);
     free(res);
     free(rp);
     free(any);
@@ -684,7 +705,8 @@ static void test_nack_truncated(void **state)
     (void)state;
     enum { N = 6000, NAME = 200 };
     struct xds_store *st = new_store();
-    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse r =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
     r.type_url = PB_TYPE_URL_ADDRESS;
     Envoy__Service__Discovery__V3__Resource *res = calloc(N, sizeof(*res));
     Envoy__Service__Discovery__V3__Resource **rp = calloc(N, sizeof(*rp));
