@@ -845,7 +845,7 @@ static int enc_ports(struct ectx *e, const struct port_map *pm, size_t n, Istio_
     return 0;
 }
 
-static int pack_out(struct ectx *e, const ProtobufCMessage *m, uint8_t **out, size_t *len)
+static int pack_out(const ProtobufCMessage *m, uint8_t **out, size_t *len)
 {
     size_t sz = protobuf_c_message_get_packed_size(m);
     uint8_t *buf = malloc(sz ? sz : 1);
@@ -853,7 +853,6 @@ static int pack_out(struct ectx *e, const ProtobufCMessage *m, uint8_t **out, si
     protobuf_c_message_pack(m, buf);
     *out = buf;
     *len = sz;
-    (void)e;
     return 0;
 }
 
@@ -989,7 +988,7 @@ int xds_encode_workload(const struct workload *w, uint8_t **out, size_t *len, ch
     if (!rc) {
         a.type_case = ISTIO__WORKLOAD__ADDRESS__TYPE_WORKLOAD;
         a.workload = &wl;
-        rc = pack_out(&e, &a.base, out, len);
+        rc = pack_out(&a.base, out, len);
     }
     return efinish(&e, rc);
 }
@@ -1060,7 +1059,7 @@ int xds_encode_service(const struct service *s, uint8_t **out, size_t *len, char
     if (!rc) {
         a.type_case = ISTIO__WORKLOAD__ADDRESS__TYPE_SERVICE;
         a.service = &svc;
-        rc = pack_out(&e, &a.base, out, len);
+        rc = pack_out(&a.base, out, len);
     }
     return efinish(&e, rc);
 }
@@ -1256,7 +1255,7 @@ int xds_encode_policy(const struct policy *p, uint8_t **out, size_t *len, char *
         }
         a.n_rules = p->n_rules;
     }
-    rc = pack_out(&e, &a.base, out, len);
+    rc = pack_out(&a.base, out, len);
 out:
     return efinish(&e, rc);
 }
