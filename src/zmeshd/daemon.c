@@ -27,6 +27,7 @@ struct zmeshd {
     struct ca_issuer *ca;
     struct token_key *tk;
     struct ca_trusted trusted;
+    struct sockaddr_storage listen_addr;
     struct manifest_source *src;
     struct manifest_store *store; /* the one snap was computed from */
     struct snapshot *snap;
@@ -62,22 +63,36 @@ static int own(struct zmeshd *d, const char **s)
     return own_str(d, s, false);
 }
 
-/* Istio's addresses are Go's host:port: "ip:port", "[ip6]:port", or ":port" for every address. */
-static int check_listen(const char *s, char *err, size_t errlen)
+/* Istio's addresses are Go's host:port: "ip:port", "[ip6]:port", or ":port" for every address; port 0 asks for
+ * any free port (tests). Fills *ss. */
+static int parse_listen(const char *s, struct sockaddr_storage *ss, char *err, size_t errlen)
 {
-    char buf[SOCKADDR_STRLEN + 8];
+    char host[SOCKADDR_STRLEN];
     struct ip_addr ip;
-    uint16_t port = 0;
-    if (s[0] == ':')
-        snprintf(buf, sizeof(buf), "0.0.0.0%s", s);
-    else
-        snprintf(buf, sizeof(buf), "%s", s);
-    if (strlen(s) >= SOCKADDR_STRLEN || authority_parse(buf, strlen(buf), &ip, &port) < 0 || port == 0) {
-        snprintf(err, errlen, "listen address \"%s\": expected ip:port, [ipv6]:port or :port with a port 1-65535",
-                 s);
-        return -EINVAL;
+    const char *colon = strrchr(s, ':');
+    size_t hl = colon ? (size_t)(colon - s) : 0;
+    if (!colon || hl >= sizeof(host) || !colon[1] || strlen(colon + 1) > 5) goto bad;
+    long port = 0;
+    for (const char *p = colon + 1; *p; p++) {
+        if (*p < '0' || *p > '9') goto bad;
+        port = port * 10 + (*p - '0');
     }
+    if (port > 65535) goto bad;
+    if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']') {
+        memcpy(host, s + 1, hl - 2);
+        host[hl - 2] = 0;
+        if (!strchr(host, ':')) goto bad;
+    } else {
+        memcpy(host, s, hl);
+        host[hl] = 0;
+        if (strchr(host, ':')) goto bad; /* an IPv6 address needs its brackets */
+    }
+    if (ip_parse(hl ? host : "::", &ip) < 0) goto bad;
+    sockaddr_from(ss, &ip, (uint16_t)port);
     return 0;
+bad:
+    snprintf(err, errlen, "listen address \"%s\": expected ip:port, [ipv6]:port or :port with a port 0-65535", s);
+    return -EINVAL;
 }
 
 static void source_changed(struct manifest_source *src, unsigned events, void *ud)
@@ -121,7 +136,7 @@ int zmeshd_new(struct loop *l, const struct zmeshd_config *cfg, struct zmeshd **
         snprintf(err, errlen, "no manifest directory given (--manifests)");
         goto fail;
     }
-    if ((rc = check_listen(c->listen, err, errlen))) goto fail;
+    if ((rc = parse_listen(c->listen, &d->listen_addr, err, errlen))) goto fail;
     struct spiffe_id probe;
     if (c->k8s.trust_domain && spiffe_set(&probe, c->k8s.trust_domain, "ns", "sa") < 0) {
         rc = -EINVAL;
@@ -363,6 +378,11 @@ const struct ca_trusted *zmeshd_trusted(const struct zmeshd *d)
 {
     return &d->trusted;
 }
+const struct sockaddr_storage *zmeshd_listen_addr(const struct zmeshd *d)
+{
+    return &d->listen_addr;
+}
+
 const char *zmeshd_listen(const struct zmeshd *d)
 {
     return d->cfg.listen;

@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #include "core/loop.h"
 #include "mesh/model.h"
@@ -114,6 +115,8 @@ const struct ca_issuer *zmeshd_ca(const struct zmeshd *d);
 const struct token_key *zmeshd_token_key(const struct zmeshd *d);
 const struct ca_trusted *zmeshd_trusted(const struct zmeshd *d);
 const char *zmeshd_listen(const struct zmeshd *d);
+/* The listen address parsed (port 0: any free port). */
+const struct sockaddr_storage *zmeshd_listen_addr(const struct zmeshd *d);
 const struct zmeshd_config *zmeshd_config(const struct zmeshd *d);
 /* A ca_pod_on_node_fn over the current store (ud: the struct zmeshd): 1 when a pod that is not Failed has
  * service account ns/sa and spec.nodeName node, as istiod's node authorizer asks the API server

@@ -206,30 +206,8 @@ static void on_accept(struct acceptor *a, int fd, const struct sockaddr_storage 
 
 static const struct acceptor_ops acc_ops = {.on_accept = on_accept};
 
-/* "ip:port", "[v6]:port" or ":port" (every address). */
-static int listen_addr(const char *s, struct sockaddr_storage *ss, char *err, size_t errlen)
-{
-    struct ip_addr ip = {0};
-    uint16_t port = 0;
-    if (s[0] == ':') {
-        char *end;
-        long p = strtol(s + 1, &end, 10);
-        if (*end || p < 0 || p > 65535) goto bad;
-        ip_parse("::", &ip);
-        port = (uint16_t)p;
-    } else if (authority_parse(s, strlen(s), &ip, &port) < 0) {
-        goto bad;
-    }
-    sockaddr_from(ss, &ip, port);
-    return 0;
-bad:
-    snprintf(err, errlen, "listen address \"%s\": expected ip:port, [ipv6]:port or :port", s);
-    return -EINVAL;
-}
-
 int zmeshd_server_new(struct loop *l, struct zmeshd *d, struct zmeshd_server **out, char *err, size_t errlen)
 {
-    struct sockaddr_storage ss;
     int rc;
     struct zmeshd_server *s = calloc(1, sizeof(*s));
     *out = NULL;
@@ -250,8 +228,7 @@ int zmeshd_server_new(struct loop *l, struct zmeshd *d, struct zmeshd_server **o
         rc = -ENOMEM;
         goto fail;
     }
-    if ((rc = listen_addr(zmeshd_listen(d), &ss, err, errlen)) < 0) goto fail;
-    int fd = net_listen_addr(&ss, 1024);
+    int fd = net_listen_addr(zmeshd_listen_addr(d), 1024);
     if (fd < 0) {
         rc = fd;
         snprintf(err, errlen, "listen on %s: %s", zmeshd_listen(d), strerror(-fd));

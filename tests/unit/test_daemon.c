@@ -237,7 +237,8 @@ static void test_config_errors(void **state)
     assert_non_null(strstr(err, "--manifests"));
     assert_int_equal(new_daemon(f, &(struct zmeshd_config){.listen = "localhost"}, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "listen address \"localhost\""));
-    assert_int_equal(new_daemon(f, &(struct zmeshd_config){.listen = "1.2.3.4:0"}, err, sizeof(err)), -EINVAL);
+    assert_int_equal(new_daemon(f, &(struct zmeshd_config){.listen = "1.2.3.4:65536"}, err, sizeof(err)), -EINVAL);
+    assert_int_equal(new_daemon(f, &(struct zmeshd_config){.listen = "::1:15012"}, err, sizeof(err)), -EINVAL);
     assert_int_equal(new_daemon(f, &(struct zmeshd_config){.trusted_node_accounts = "istio-system"}, err,
                                 sizeof(err)),
                      -EINVAL);
