@@ -21,6 +21,7 @@
 #include "mesh/config.h"
 #include "tls/identity.h"
 #include "tls/tls.h"
+#include "xds/ca_client.h"
 #include "ztunnel/admin.h"
 #include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
@@ -417,8 +418,27 @@ int main(int argc, char **argv)
     app.name = zt_cfg.workload.name;
     app.sa = zt_cfg.workload.sa;
     app.cfg_path = zt_cfg.local_xds_path;
-    app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000), err, sizeof(err));
-    if (!app.prov) {
+    if (zt_cfg.ca_address) {
+        extern char **environ;
+        struct ca_client_opts co = {
+            .endpoint = {.address = zt_cfg.ca_address,
+                         .roots = zt_cfg.ca_root_ca,
+                         .alt_hostname = zt_cfg.alt_ca_hostname,
+                         .token = zt_cfg.auth_token,
+                         .cluster_id = zt_cfg.cluster_id,
+                         .header_prefix = "CA_HEADER_",
+                         .envp = environ},
+            .ttl_s = (int64_t)(zt_cfg.secret_ttl_ms / 1000),
+            /* Dedicated mode asks for its own pod's identity with that pod's token. */
+            .impersonate = false,
+        };
+        if (!(app.prov = ca_client_new(&co, err, sizeof(err)))) {
+            log_kv(LOG_ERROR, "ztunnel", "failed to set up the CA client", "error", err, NULL);
+            return 2;
+        }
+        log_kv(LOG_INFO, "ztunnel", "certificates from a remote CA", "address", zt_cfg.ca_address, NULL);
+    } else if (!(app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000), err,
+                                             sizeof(err)))) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
     }

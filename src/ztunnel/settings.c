@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "xds/endpoint.h"
 
 struct zt_settings zt_cfg;
 
@@ -146,10 +147,34 @@ static const struct env_setting table[] = {
      .help = "LocalConfig YAML file with workloads, services and policies (watched for changes)"},
     {.name = "LOCAL_CA_DIR",
      .kind = ENV_STRING,
-     .required = true,
      .offset = OFF(local_ca_dir),
-     .help = "zmesh: directory with the local CA (root-cert.pem, root-key.pem) that signs this pod's "
-             "certificate"},
+     .help = "zmesh: directory with a local CA (root-cert.pem, root-key.pem) that signs this pod's "
+             "certificate; the other choice is CA_ADDRESS"},
+    {.name = "CA_ADDRESS",
+     .kind = ENV_STRING,
+     .offset = OFF(ca_address),
+     .help = "the CA to ask for certificates (Istio's IstioCertificateService: zmeshd or istiod), "
+             "https://host:port; Istio defaults to istiod, zmesh asks for this or LOCAL_CA_DIR"},
+    {.name = "CA_ROOT_CA",
+     .kind = ENV_STRING,
+     .def = XDS_DEFAULT_ROOT_CA,
+     .offset = OFF(ca_root_ca),
+     .help = "roots that verify the CA's certificate: a PEM file, the PEM text itself, or SYSTEM"},
+    {.name = "ALT_CA_HOSTNAME",
+     .kind = ENV_STRING,
+     .offset = OFF(alt_ca_hostname),
+     .help = "the DNS name the CA's certificate must carry (default: CA_ADDRESS's host)"},
+    {.name = "AUTH_TOKEN",
+     .kind = ENV_STRING,
+     .def = XDS_DEFAULT_TOKEN_PATH " if it exists",
+     .offset = OFF(auth_token),
+     .help = "bearer token for the CA: a file (re-read for every request) or the token itself; the default "
+             "file is used only when it exists"},
+    {.name = "CLUSTER_ID",
+     .kind = ENV_STRING,
+     .def = "Kubernetes",
+     .offset = OFF(cluster_id),
+     .help = "this cluster's id, sent as clusterid metadata (ISTIO_META_CLUSTER_ID wins when set)"},
     {.name = "ZTUNNEL_WORKER_THREADS",
      .kind = ENV_CUSTOM,
      .def = "max(2, 25% of the CPUs)",
@@ -237,20 +262,15 @@ static const struct env_setting table[] = {
      .help = "zmesh: readiness port (0 = any free port)"},
     /* Istio's ztunnel settings (config.rs, lib.rs, xds/client.rs) zmesh does not implement yet. */
     UNSUPPORTED("XDS_ADDRESS", "xDS server (zmesh reads LOCAL_XDS_PATH only)"),
-    UNSUPPORTED("CA_ADDRESS", "CA server (zmesh uses LOCAL_CA_DIR)"),
     UNSUPPORTED("FAKE_CA", "self-signed certificates"),
     UNSUPPORTED("LOCAL_XDS", "inline LocalConfig (use LOCAL_XDS_PATH)"),
     UNSUPPORTED("XDS_ON_DEMAND", "on-demand xDS"),
     UNSUPPORTED("XDS_ROOT_CA", "xDS server root certificate"),
-    UNSUPPORTED("CA_ROOT_CA", "CA server root certificate"),
     UNSUPPORTED("ALT_XDS_HOSTNAME", "xDS server name to verify"),
-    UNSUPPORTED("ALT_CA_HOSTNAME", "CA server name to verify"),
-    UNSUPPORTED("AUTH_TOKEN", "token for the CA and xDS"),
     UNSUPPORTED("PROXY_CONFIG", "ProxyConfig YAML"),
     UNSUPPORTED("ENABLE_PROXY", "disable the HBONE proxy"),
     UNSUPPORTED("NETWORK", "this node's network"),
     UNSUPPORTED("NODE_NAME", "this node's name"),
-    UNSUPPORTED("CLUSTER_ID", "cluster id (zmesh: per workload in the config)"),
     UNSUPPORTED("CLUSTER_DOMAIN", "cluster DNS domain"),
     UNSUPPORTED("PREFERED_SERVICE_NAMESPACE", "service namespace preferred in lookups"),
     UNSUPPORTED("PACKET_MARK", "mark on every packet"),
@@ -282,8 +302,7 @@ static const struct env_setting table[] = {
 };
 
 /* Istio's prefixed variables: proxy metadata and extra headers for xDS and the CA. */
-static const char *const unsupported_prefixes[] = {"ISTIO_META_", "ISTIO_METAJSON_", "XDS_HEADER_",
-                                                   "CA_HEADER_"};
+static const char *const unsupported_prefixes[] = {"ISTIO_META_", "ISTIO_METAJSON_", "XDS_HEADER_"};
 
 const struct env_setting *zt_settings_table(size_t *n)
 {
@@ -340,13 +359,28 @@ int zt_settings_parse(struct zt_settings *s, env_lookup_fn lookup, char *const *
         .admin_port = 15000,
         .metrics_port = 15020,
         .readiness_port = 15021,
+        .ca_root_ca = XDS_DEFAULT_ROOT_CA,
+        .cluster_id = "Kubernetes",
         .worker_spec = {.count = 0, .percent = -1}, /* unset: the default count */
     };
     int rc = env_parse_table(table, n, s, lookup, set, errors, warnings);
     for (size_t p = 0; envp && p < sizeof(unsupported_prefixes) / sizeof(unsupported_prefixes[0]); p++)
         for (char *const *e = envp; *e; e++)
-            if (!strncmp(*e, unsupported_prefixes[p], strlen(unsupported_prefixes[p])))
+            if (!strncmp(*e, unsupported_prefixes[p], strlen(unsupported_prefixes[p])) &&
+                strncmp(*e, "ISTIO_META_CLUSTER_ID=", 22) != 0)
                 env_diag_add(warnings, "%s: an Istio setting zmesh does not implement yet; ignored", *e);
+    /* config.rs: ISTIO_META_CLUSTER_ID, else CLUSTER_ID, else Kubernetes. */
+    const char *meta_cluster = lookup("ISTIO_META_CLUSTER_ID");
+    if (meta_cluster && *meta_cluster) s->cluster_id = meta_cluster;
+    /* One CA: a local one (zmesh's dedicated-mode default) or a remote one; Istio has no local CA and defaults
+     * CA_ADDRESS to istiod, which outside Kubernetes is https://localhost:15012 -- zmesh asks instead. */
+    bool local = s->local_ca_dir && *s->local_ca_dir, remote = s->ca_address && *s->ca_address;
+    if (local == remote) {
+        env_diag_add(errors, local ? "LOCAL_CA_DIR and CA_ADDRESS are both set: choose one CA"
+                                   : "no CA: set CA_ADDRESS (a remote CA such as zmeshd or istiod) or LOCAL_CA_DIR "
+                                     "(a local CA directory)");
+        rc = -EINVAL;
+    }
     /* CONNECTION_TERMINATION_DEADLINE wins; else the grace period minus a margin for the forceful close
      * before Kubernetes' SIGKILL (config.rs self_termination_deadline). Saturating: 0 gives 1 s. */
     if (!set[idx_of("CONNECTION_TERMINATION_DEADLINE")] && s->termination_grace_s >= 0) {
@@ -391,7 +425,7 @@ void zt_settings_help(FILE *f, const char *version)
             "bools are true or false):\n",
             version);
     env_print_help(f, table, n);
-    fprintf(f, "  %s*, %s*, %s*, %s* (not implemented)\n      Istio's proxy metadata and xDS/CA headers\n",
-            unsupported_prefixes[0], unsupported_prefixes[1], unsupported_prefixes[2],
-            unsupported_prefixes[3]);
+    fprintf(f, "  CA_HEADER_<NAME>=value\n      extra metadata on every CA request (name lower-cased)\n");
+    fprintf(f, "  %s*, %s*, %s* (not implemented)\n      Istio's proxy metadata and xDS headers\n",
+            unsupported_prefixes[0], unsupported_prefixes[1], unsupported_prefixes[2]);
 }
