@@ -235,6 +235,7 @@ struct ads_table {
     size_t n_live, n_tomb;
     uint64_t seq;           /* last change (0: none yet) */
     uint64_t published_seq; /* seq at the last publish */
+    uint64_t prev_published_seq; /* and at the one before: removals after it are never forgotten yet */
     uint64_t horizon;       /* removals up to this seq may have been forgotten */
     uint64_t generation;
     uint64_t mark;
@@ -545,7 +546,9 @@ static void table_gc(struct ads_server *s, size_t idx)
     }
     size_t cap = t->n_live > ADS_TOMBSTONES_MIN ? t->n_live : ADS_TOMBSTONES_MIN;
     size_t forced = 0;
-    while (t->thead && (t->thead->seq <= min || t->n_tomb > cap)) {
+    /* Removals of the latest generation are kept whatever their number: every client must get a chance to
+     * take them before it counts as behind. */
+    while (t->thead && (t->thead->seq <= min || (t->n_tomb > cap && t->thead->seq <= t->prev_published_seq))) {
         struct ads_res *e = t->thead;
         if (e->seq > min) forced++;
         if (e->seq > t->horizon) t->horizon = e->seq;
@@ -564,6 +567,7 @@ int ads_table_publish(struct ads_server *s, const char *type_url)
     struct ads_table *t = find_table(s, type_url, &idx);
     if (!t) return -ENOENT;
     if (t->seq == t->published_seq) return 0;
+    t->prev_published_seq = t->published_seq;
     t->published_seq = t->seq;
     t->generation++;
     snprintf(t->version_info, sizeof(t->version_info), "%" PRIu64, t->generation);
@@ -1380,6 +1384,8 @@ int ads_client_next_response(struct ads_client *c, struct ads_response **out)
         if (rc < 0) return nomem(c);
         if (*out) {
             c->rr = (i + 1) % n;
+            /* Re-arm the wake-up as soon as nothing is left, so the transport need not ask once more. */
+            if (!ads_client_pending(c)) c->signalled = false;
             return 0;
         }
     }

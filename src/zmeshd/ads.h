@@ -37,8 +37,8 @@
 #define ADS_ERROR_MAX 4096
 /* Length of a version string: 16 lowercase hex digits (64 bits of the resource's SHA-256). */
 #define ADS_VERSION_LEN 16
-/* Removed names remembered for clients that have not been sent them yet: at least this many, or as many as
- * there are live resources if that is more. A client so far behind that older removals were forgotten is told
+/* Removed names remembered for clients that have not been sent them yet: those of the latest generation, and
+ * of older ones at least this many, or as many as there are live resources if that is more. A client so far behind that older removals were forgotten is told
  * to reconnect (ads_client_next_response returns -ESTALE): its initial_resource_versions then give the exact
  * difference. */
 #define ADS_TOMBSTONES_MIN 16384
