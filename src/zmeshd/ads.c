@@ -608,8 +608,7 @@ int ads_table_remove(struct ads_server *s, const char *type_url, const char *nam
 int ads_table_replace(struct ads_server *s, const char *type_url, const struct ads_resource_in *in, size_t n,
                       struct ads_diff *diff, char *err, size_t errlen)
 {
-    size_t idx;
-    struct ads_table *t = find_table(s, type_url, &idx);
+    struct ads_table *t = find_table(s, type_url, NULL);
     if (!t) {
         set_err(err, errlen, "type %s is not served", type_url);
         return -ENOENT;
@@ -670,7 +669,6 @@ out:
     free(seen.b);
     free(nodes);
     if (diff) *diff = d;
-    (void)idx;
     return rc;
 }
 
