@@ -270,6 +270,7 @@ struct ads_watch {
     uint64_t responses, acks, nacks, stale;
     uint64_t resources_sent, removed_sent, bytes_sent;
     uint64_t last_resources, last_removed, last_bytes;
+    uint64_t last_visited;
 };
 
 struct ads_client {
@@ -1174,6 +1175,7 @@ static bool initial_match(const struct ads_watch *w, const struct ads_res *e)
 struct build {
     struct vec rvs;     /* struct ads_rv *, referenced */
     struct vec removed; /* char *, malloc'd */
+    size_t visited;     /* table entries and names looked at: the cost of the build */
 };
 
 static int add_rv(struct build *b, struct ads_rv *rv)
@@ -1211,16 +1213,16 @@ static int build_full(const struct ads_table *t, const struct ads_watch *w, stru
 {
     int rc = 0;
     if (w->wildcard) {
-        for (const struct ads_res *e = t->chead; e && !rc; e = e->cnext)
+        for (const struct ads_res *e = t->chead; e && !rc; e = e->cnext, b->visited++)
             if (e->rv && !initial_match(w, e)) rc = add_rv(b, e->rv);
         for (size_t i = 0; i < w->initial.nb && !rc; i++) {
-            for (const struct hnode *x = w->initial.b[i]; x && !rc; x = x->next) {
+            for (const struct hnode *x = w->initial.b[i]; x && !rc; x = x->next, b->visited++) {
                 const struct ads_res *e = table_find(t, x->key, x->keylen, x->hash);
                 if (!e || !e->rv) rc = add_removed(b, x->key);
             }
         }
         for (size_t i = 0; i < w->names.nb && !rc; i++) {
-            for (const struct hnode *x = w->names.b[i]; x && !rc; x = x->next) {
+            for (const struct hnode *x = w->names.b[i]; x && !rc; x = x->next, b->visited++) {
                 const struct ads_res *e = table_find(t, x->key, x->keylen, x->hash);
                 if ((!e || !e->rv) && !hmap_find(&w->initial, x->key, x->keylen, x->hash))
                     rc = add_removed(b, x->key);
@@ -1229,7 +1231,7 @@ static int build_full(const struct ads_table *t, const struct ads_watch *w, stru
         return rc;
     }
     for (size_t i = 0; i < w->names.nb && !rc; i++) {
-        for (const struct hnode *x = w->names.b[i]; x && !rc; x = x->next) {
+        for (const struct hnode *x = w->names.b[i]; x && !rc; x = x->next, b->visited++) {
             const struct ads_res *e = table_find(t, x->key, x->keylen, x->hash);
             if (e && e->rv) {
                 if (!initial_match(w, e)) rc = add_rv(b, e->rv);
@@ -1246,12 +1248,12 @@ static int build_full(const struct ads_table *t, const struct ads_watch *w, stru
 static int build_incremental(const struct ads_table *t, const struct ads_watch *w, struct build *b)
 {
     int rc = 0;
-    for (const struct ads_res *e = t->ctail; e && e->seq > w->cursor && !rc; e = e->cprev) {
+    for (const struct ads_res *e = t->ctail; e && e->seq > w->cursor && !rc; e = e->cprev, b->visited++) {
         if (!w->wildcard && !hmap_find(&w->names, e->name, e->namelen, e->h.hash)) continue;
         rc = e->rv ? add_rv(b, e->rv) : add_removed(b, e->name);
     }
     for (size_t i = 0; i < w->want.nb && !rc; i++) {
-        for (const struct hnode *x = w->want.b[i]; x && !rc; x = x->next) {
+        for (const struct hnode *x = w->want.b[i]; x && !rc; x = x->next, b->visited++) {
             const struct ads_res *e = table_find(t, x->key, x->keylen, x->hash);
             if (e && e->seq > w->cursor) continue; /* sent by the walk above */
             rc = e && e->rv ? add_rv(b, e->rv) : add_removed(b, x->key);
@@ -1327,6 +1329,7 @@ static int build_response(struct ads_client *c, size_t idx, struct ads_response 
         return rc;
     }
     bool must = w->must_respond;
+    w->last_visited = b.visited;
     if (!b.rvs.n && !b.removed.n && !must) {
         /* Changes to names this client does not watch: nothing to send, but they are behind it now. */
         w->cursor = t->seq;
@@ -1479,6 +1482,7 @@ int ads_client_watch_info(const struct ads_client *c, size_t i, struct ads_watch
         .last_resources = w->last_resources,
         .last_removed = w->last_removed,
         .last_bytes = w->last_bytes,
+        .last_visited = w->last_visited,
     };
     return 0;
 }
@@ -1496,7 +1500,7 @@ json_t *ads_client_status_json(const struct ads_client *c)
                                        wi.nack_code)
                            : json_null();
         json_t *o = json_pack("{s:s, s:b, s:s, s:I, s:b, s:s, s:s, s:s, s:s, s:o*, s:I, s:I, s:I, s:I, s:I, s:I, "
-                              "s:I, s:{s:I, s:I, s:I}}",
+                              "s:I, s:{s:I, s:I, s:I, s:I}}",
                               "type_url", wi.type_url, "subscribed", wi.subscribed, "subscription",
                               !wi.subscribed ? "none" : wi.wildcard ? "wildcard" : "explicit", "names",
                               (json_int_t)wi.names, "pending", wi.pending, "nonce_sent", wi.nonce_sent,
@@ -1506,7 +1510,8 @@ json_t *ads_client_status_json(const struct ads_client *c)
                               (json_int_t)wi.stale, "resources_sent", (json_int_t)wi.resources_sent,
                               "removed_sent", (json_int_t)wi.removed_sent, "bytes_sent", (json_int_t)wi.bytes_sent,
                               "last_push", "resources", (json_int_t)wi.last_resources, "removed",
-                              (json_int_t)wi.last_removed, "bytes", (json_int_t)wi.last_bytes);
+                              (json_int_t)wi.last_removed, "bytes", (json_int_t)wi.last_bytes, "visited",
+                              (json_int_t)wi.last_visited);
         if (!o || json_array_append_new(types, o) < 0) {
             json_decref(types);
             return NULL;

@@ -190,6 +190,7 @@ struct ads_watch_info {
     uint64_t responses, acks, nacks, stale; /* counts; stale = requests ignored for an old nonce */
     uint64_t resources_sent, removed_sent, bytes_sent;            /* totals */
     uint64_t last_resources, last_removed, last_bytes;            /* the last response */
+    uint64_t last_visited; /* table entries and names the last build looked at: its cost, O(changes) */
 };
 /* Fills *out for the i-th type of the server (0 <= i < ads_server_types). Returns 0 or -ENOENT. */
 int ads_client_watch_info(const struct ads_client *c, size_t i, struct ads_watch_info *out);

@@ -279,6 +279,7 @@ static void test_one_change_sends_only_it(void **state)
     struct ads_watch_info wi;
     assert_int_equal(ads_client_watch_info(c, 0, &wi), 0);
     assert_int_equal(wi.last_resources, 1);
+    assert_int_equal(wi.last_visited, 1); /* the push looked at the one change, not at the 10 000 entries */
     assert_true(wi.last_bytes > 0 && wi.last_bytes < 200); /* the size of one resource, not of the table */
     assert_int_equal(wi.resources_sent, 10001);
     resp_free(r);
@@ -870,6 +871,60 @@ static void test_too_far_behind(void **state)
     ads_server_free(s);
 }
 
+/* The scale of the design: 10 000 workloads, 500 wildcard clients. A one-resource change wakes each client once and
+ * costs each push one entry, and the clients' full states share the table's bytes. */
+static void test_scale(void **state)
+{
+    (void)state;
+    struct ads_server *s = server();
+    enum { W = 10000, C = 500 };
+    char name[64];
+    for (int i = 0; i < W; i++) {
+        snprintf(name, sizeof(name), "Kubernetes//Pod/ns/p%d", i);
+        put(s, ADDR, name, "payload-of-some-bytes");
+    }
+    ads_table_publish(s, ADDR);
+    struct ads_client **cs = calloc(C, sizeof(*cs));
+    struct ads_response **held = calloc(C, sizeof(*held));
+    for (int i = 0; i < C; i++) {
+        char node[32];
+        snprintf(node, sizeof(node), "node-%d", i);
+        assert_int_equal(ads_client_new(s, NULL, NULL, NULL, &cs[i]), 0);
+        assert_int_equal(send_rq(cs[i], (struct rq){.type = ADDR, .node = node}), 0);
+        assert_int_equal(ads_client_next_response(cs[i], &held[i]), 0);
+        assert_non_null(held[i]);
+        assert_int_equal(ads_response_msg(held[i])->n_resources, W);
+    }
+    /* Every full response points at the same bytes: one copy in the table, none per client. */
+    const Resp *m0 = ads_response_msg(held[0]), *m1 = ads_response_msg(held[C - 1]);
+    for (size_t k = 0; k < m0->n_resources; k++) {
+        if (strcmp(m0->resources[k]->name, m1->resources[0]->name) == 0) {
+            assert_ptr_equal(m0->resources[k]->resource->value.data, m1->resources[0]->resource->value.data);
+            break;
+        }
+    }
+    for (int i = 0; i < C; i++) {
+        assert_int_equal(send_rq(cs[i], (struct rq){.type = ADDR, .nonce = ads_response_msg(held[i])->nonce}), 0);
+        ads_response_free(held[i]);
+    }
+    put(s, ADDR, "Kubernetes//Pod/ns/p777", "changed");
+    ads_table_publish(s, ADDR);
+    for (int i = 0; i < C; i++) {
+        struct ads_response *r = NULL;
+        assert_int_equal(ads_client_next_response(cs[i], &r), 0);
+        assert_non_null(r);
+        assert_int_equal(ads_response_msg(r)->n_resources, 1);
+        ads_response_free(r);
+        struct ads_watch_info wi;
+        ads_client_watch_info(cs[i], 0, &wi);
+        assert_int_equal(wi.last_visited, 1);
+        assert_int_equal(wi.acks, 1);
+    }
+    free(cs);
+    free(held);
+    ads_server_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -888,6 +943,7 @@ int main(void)
         cmocka_unit_test(test_node_metadata_json),
         cmocka_unit_test(test_types_take_turns),
         cmocka_unit_test(test_too_far_behind),
+        cmocka_unit_test(test_scale),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
