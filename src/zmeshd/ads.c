@@ -361,9 +361,13 @@ static bool utf8_valid(const char *str, size_t n)
     return true;
 }
 
+/* Copies at most n - 1 bytes of src into dst with a NUL, cutting on a UTF-8 character boundary so that valid
+ * UTF-8 stays valid (the introspection JSON needs it). */
 static void copy_trunc(char *dst, size_t n, const char *src)
 {
     size_t l = strnlen(src, n - 1);
+    if (src[l])
+        while (l > 0 && ((unsigned char)src[l] & 0xc0) == 0x80) l--;
     memcpy(dst, src, l);
     dst[l] = '\0';
 }
@@ -791,6 +795,10 @@ int ads_client_new(struct ads_server *s, const char *peer, ads_pending_fn on_pen
     c->on_pending = on_pending;
     c->ud = ud;
     copy_trunc(c->peer, sizeof(c->peer), peer ? peer : "");
+    if (!utf8_valid(c->peer, strlen(c->peer))) {
+        char pb[PRINTABLE_MAX];
+        copy_trunc(c->peer, sizeof(c->peer), printable(peer, pb));
+    }
     LIST_PUSH(s->clients, c);
     *out = c;
     return 0;
