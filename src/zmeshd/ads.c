@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 
@@ -271,6 +272,7 @@ struct ads_watch {
     uint64_t resources_sent, removed_sent, bytes_sent;
     uint64_t last_resources, last_removed, last_bytes;
     uint64_t last_visited;
+    int64_t last_sent_unix_ms;
 };
 
 struct ads_client {
@@ -1361,6 +1363,9 @@ static int build_response(struct ads_client *c, size_t idx, struct ads_response 
     w->last_resources = r->n_rvs;
     w->last_removed = r->n_removed;
     w->last_bytes = r->size;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    w->last_sent_unix_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     w->resources_sent += r->n_rvs;
     w->removed_sent += r->n_removed;
     w->bytes_sent += r->size;
@@ -1463,10 +1468,25 @@ struct ads_client *ads_client_next(const struct ads_client *c)
     return c->next;
 }
 
+const char *ads_sync_to_str(enum ads_sync st)
+{
+    switch (st) {
+    case ADS_SYNC_NOT_SENT: return "NOT_SENT";
+    case ADS_SYNC_SYNCED: return "SYNCED";
+    case ADS_SYNC_STALE: return "STALE";
+    case ADS_SYNC_ERROR: return "ERROR";
+    }
+    return "?";
+}
+
 int ads_client_watch_info(const struct ads_client *c, size_t i, struct ads_watch_info *out)
 {
     if (i >= c->srv->n_types) return -ENOENT;
     const struct ads_watch *w = &c->w[i];
+    enum ads_sync sync = w->nack_message                              ? ADS_SYNC_ERROR
+                         : !w->nonce_sent[0]                          ? ADS_SYNC_NOT_SENT
+                         : strcmp(w->nonce_acked, w->nonce_sent) == 0 ? ADS_SYNC_SYNCED
+                                                                      : ADS_SYNC_STALE;
     *out = (struct ads_watch_info){
         .type_url = c->srv->types[i].type_url,
         .subscribed = w->active,
@@ -1480,6 +1500,8 @@ int ads_client_watch_info(const struct ads_client *c, size_t i, struct ads_watch
         .nack_message = w->nack_message ? w->nack_message : "",
         .nack_nonce = w->nack_nonce,
         .nack_code = w->nack_code,
+        .sync = sync,
+        .last_sent_unix_ms = w->last_sent_unix_ms,
         .responses = w->responses,
         .acks = w->acks,
         .nacks = w->nacks,
@@ -1507,9 +1529,10 @@ json_t *ads_client_status_json(const struct ads_client *c)
                            ? json_pack("{s:s, s:s, s:i}", "message", wi.nack_message, "nonce", wi.nack_nonce, "code",
                                        wi.nack_code)
                            : json_null();
-        json_t *o = json_pack("{s:s, s:b, s:s, s:I, s:b, s:s, s:s, s:s, s:s, s:o*, s:I, s:I, s:I, s:I, s:I, s:I, "
-                              "s:I, s:{s:I, s:I, s:I, s:I}}",
-                              "type_url", wi.type_url, "subscribed", wi.subscribed, "subscription",
+        json_t *o = json_pack("{s:s, s:s, s:b, s:s, s:I, s:b, s:s, s:s, s:s, s:s, s:o*, s:I, s:I, s:I, s:I, s:I, "
+                              "s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
+                              "type_url", wi.type_url, "sync_status", ads_sync_to_str(wi.sync), "subscribed",
+                              wi.subscribed, "subscription",
                               !wi.subscribed ? "none" : wi.wildcard ? "wildcard" : "explicit", "names",
                               (json_int_t)wi.names, "pending", wi.pending, "nonce_sent", wi.nonce_sent,
                               "version_sent", wi.version_sent, "nonce_acked", wi.nonce_acked, "version_acked",
@@ -1519,7 +1542,7 @@ json_t *ads_client_status_json(const struct ads_client *c)
                               "removed_sent", (json_int_t)wi.removed_sent, "bytes_sent", (json_int_t)wi.bytes_sent,
                               "last_push", "resources", (json_int_t)wi.last_resources, "removed",
                               (json_int_t)wi.last_removed, "bytes", (json_int_t)wi.last_bytes, "visited",
-                              (json_int_t)wi.last_visited);
+                              (json_int_t)wi.last_visited, "unix_ms", (json_int_t)wi.last_sent_unix_ms);
         if (!o || json_array_append_new(types, o) < 0) {
             json_decref(types);
             return NULL;

@@ -176,6 +176,13 @@ void ads_response_free(struct ads_response *r);
 
 /* ---- introspection (zmesh proxy-status, the benchmark) ---- */
 
+/* A type's sync state as istiod reports it to istioctl proxy-status (istio/istio pilot/pkg/xds/statusgen.go,
+ * debugSyncStatus): ERROR while a NACK is recorded, NOT_SENT before any response, SYNCED when the last response
+ * sent was ACKed, else STALE. */
+enum ads_sync { ADS_SYNC_NOT_SENT, ADS_SYNC_SYNCED, ADS_SYNC_STALE, ADS_SYNC_ERROR };
+/* "NOT_SENT", "SYNCED", "STALE", "ERROR" (the names of envoy.service.status.v3.ConfigStatus). */
+const char *ads_sync_to_str(enum ads_sync st);
+
 /* One client's view of one type. Strings are borrowed from the client, valid until its next call. */
 struct ads_watch_info {
     const char *type_url;
@@ -187,6 +194,8 @@ struct ads_watch_info {
     const char *nonce_acked, *version_acked; /* last ACK ("" before one); version = its system_version_info */
     const char *nack_message, *nack_nonce;   /* last NACK ("" when none since the last ACK) */
     int nack_code;                           /* its error_detail.code */
+    enum ads_sync sync;
+    int64_t last_sent_unix_ms; /* wall-clock time of the last response built (0: none), for "SYNCED (5s)" */
     uint64_t responses, acks, nacks, stale; /* counts; stale = requests ignored for an old nonce */
     uint64_t resources_sent, removed_sent, bytes_sent;            /* totals */
     uint64_t last_resources, last_removed, last_bytes;            /* the last response */

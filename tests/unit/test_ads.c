@@ -418,6 +418,10 @@ static void test_ack_nack(void **state)
     assert_string_equal(wi.nonce_sent, r1->nonce);
     assert_string_equal(wi.version_sent, "1");
     assert_string_equal(wi.nonce_acked, "");
+    assert_int_equal(wi.sync, ADS_SYNC_STALE); /* sent, not ACKed yet */
+    assert_true(wi.last_sent_unix_ms > 0);
+    ads_client_watch_info(c, 1, &wi);
+    assert_int_equal(wi.sync, ADS_SYNC_NOT_SENT);
 
     /* NACK: ztunnel names the rejected resources in error_detail.message (client.rs, handle_stream_event). */
     assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .nonce = r1->nonce, .error = "a: bad address"}), 0);
@@ -426,6 +430,7 @@ static void test_ack_nack(void **state)
     assert_string_equal(wi.nack_message, "a: bad address");
     assert_string_equal(wi.nack_nonce, r1->nonce);
     assert_int_equal(wi.nack_code, 3);
+    assert_int_equal(wi.sync, ADS_SYNC_ERROR);
     assert_string_equal(wi.nonce_acked, "");
     assert_null(next(c)); /* a NACK is not answered; the rejected resource is not resent until it changes */
 
@@ -443,6 +448,7 @@ static void test_ack_nack(void **state)
     assert_string_equal(wi.nonce_acked, r2->nonce);
     assert_string_equal(wi.version_acked, "2");
     assert_string_equal(wi.nack_message, "");
+    assert_int_equal(wi.sync, ADS_SYNC_SYNCED);
     assert_null(next(c)); /* an ACK is not answered either */
 
     /* A long NACK nonce of multi-byte characters is kept cut on a character boundary: the JSON still builds. */
@@ -460,6 +466,7 @@ static void test_ack_nack(void **state)
     json_t *t0 = json_array_get(json_object_get(j, "types"), 0);
     assert_string_equal(json_string_value(json_object_get(t0, "version_acked")), "2");
     assert_string_equal(json_string_value(json_object_get(t0, "subscription")), "wildcard");
+    assert_string_equal(json_string_value(json_object_get(t0, "sync_status")), "SYNCED");
     assert_true(json_is_null(json_object_get(t0, "last_nack")));
     assert_int_equal(json_integer_value(json_object_get(t0, "nacks")), 2);
     assert_string_equal(json_string_value(json_object_get(j, "node_id")), "n");
