@@ -1,5 +1,5 @@
-/* zmeshd's delta ADS server logic; see ads.h for the contract and src/zmeshd/README.md ("Delta ADS server") for
- * the design. Facts follow istio/istio pilot/pkg/xds/delta.go (shouldRespondDelta, deltaWatchedResources,
+/* zmeshd's delta ADS server logic; see ads.h for the contract and src/zmeshd/README.md ("Delta ADS server")
+ * for the design. Facts follow istio/istio pilot/pkg/xds/delta.go (shouldRespondDelta, deltaWatchedResources,
  * pushDeltaXds) and pilot/pkg/xds/workload.go (GenerateDeltas, appendAddress). */
 #include "zmeshd/ads.h"
 
@@ -24,8 +24,8 @@
 
 #define LOG_TARGET "ads"
 
-/* Longest nonce kept: ours are "<8 hex>-<counter>", under 32 bytes; a longer one from a client can never match
- * one we sent, and is kept cut for introspection only. */
+/* Longest nonce kept: ours are "<8 hex>-<counter>", under 32 bytes; a longer one from a client can never
+ * match one we sent, and is kept cut for introspection only. */
 #define ADS_NONCE_MAX 64
 /* Room for a generation number as system_version_info. */
 #define ADS_VERSION_INFO_MAX 24
@@ -36,8 +36,9 @@
 
 /* ---- a keyed hash and an intrusive chained hash map ---- */
 
-/* SipHash-2-4 (Aumasson and Bernstein): the maps hold names chosen by clients, so the hash is keyed by a per-server
- * random key, and a client cannot make its own lookups quadratic (and stall the one control-plane thread). */
+/* SipHash-2-4 (Aumasson and Bernstein): the maps hold names chosen by clients, so the hash is keyed by a
+ * per-server random key, and a client cannot make its own lookups quadratic (and stall the one control-plane
+ * thread). */
 #define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 #define SIPROUND                                                                                             \
     do {                                                                                                     \
@@ -72,7 +73,8 @@ static uint64_t siphash24(const uint64_t key[2], const void *data, size_t len)
         SIPROUND;
         v0 ^= m;
     }
-    for (size_t i = 0; i < len; i++) last |= (uint64_t)p[i] << (8 * i);
+    for (size_t i = 0; i < len; i++)
+        last |= (uint64_t)p[i] << (8 * i);
     v3 ^= last;
     SIPROUND;
     SIPROUND;
@@ -92,8 +94,8 @@ struct hnode {
     const char *key;
     size_t keylen;
 };
-/* Buckets are a power of two, grown at load 1. Names are hashed once with the server's key, so one hash serves
- * the table and every client's sets. */
+/* Buckets are a power of two, grown at load 1. Names are hashed once with the server's key, so one hash
+ * serves the table and every client's sets. */
 struct hmap {
     struct hnode **b;
     size_t nb, n;
@@ -214,9 +216,9 @@ static void rv_unref(struct ads_rv *rv)
     if (rv && atomic_fetch_sub(&rv->refs, 1) == 1) free(rv);
 }
 
-/* A table entry: a live resource (rv set) or a tombstone (rv NULL: removed, remembered until every client that
- * may have it was told). Entries sit on the change list in the order of their last change (seq ascending), and
- * tombstones also on the tombstone FIFO in the order of their removal. */
+/* A table entry: a live resource (rv set) or a tombstone (rv NULL: removed, remembered until every client
+ * that may have it was told). Entries sit on the change list in the order of their last change (seq
+ * ascending), and tombstones also on the tombstone FIFO in the order of their removal. */
 struct ads_res {
     struct hnode h; /* key = name */
     struct ads_res *cprev, *cnext;
@@ -234,10 +236,10 @@ struct ads_table {
     struct ads_res *chead, *ctail; /* change list, oldest change first */
     struct ads_res *thead, *ttail; /* tombstones, oldest removal first */
     size_t n_live, n_tomb;
-    uint64_t seq;           /* last change (0: none yet) */
-    uint64_t published_seq; /* seq at the last publish */
+    uint64_t seq;                /* last change (0: none yet) */
+    uint64_t published_seq;      /* seq at the last publish */
     uint64_t prev_published_seq; /* and at the one before: removals after it are never forgotten yet */
-    uint64_t horizon;       /* removals up to this seq may have been forgotten */
+    uint64_t horizon;            /* removals up to this seq may have been forgotten */
     uint64_t generation;
     uint64_t mark;
     char version_info[ADS_VERSION_INFO_MAX];
@@ -255,11 +257,11 @@ struct ads_server {
 
 /* One client's state for one type. */
 struct ads_watch {
-    bool active;       /* a first request was received */
-    bool wildcard;     /* subscribed to everything */
-    bool full;         /* the next response is the full state (first request, or wildcard turned on) */
-    bool must_respond; /* a request waits for an answer, even an empty one */
-    uint64_t cursor;   /* every change up to this seq has been sent */
+    bool active;         /* a first request was received */
+    bool wildcard;       /* subscribed to everything */
+    bool full;           /* the next response is the full state (first request, or wildcard turned on) */
+    bool must_respond;   /* a request waits for an answer, even an empty one */
+    uint64_t cursor;     /* every change up to this seq has been sent */
     struct hmap names;   /* explicit subscriptions */
     struct hmap initial; /* initial_resource_versions, until the full response */
     struct hmap want;    /* names subscribed since the last response, to send */
@@ -325,7 +327,8 @@ static void set_err(char *err, size_t n, const char *fmt, ...)
 static const char *printable(const char *s, char out[PRINTABLE_MAX])
 {
     size_t i = 0;
-    for (; s[i] && i < 64; i++) out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    for (; s[i] && i < 64; i++)
+        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
     if (s[i]) {
         memcpy(out + i, "...", 3);
         i += 3;
@@ -347,10 +350,14 @@ static bool utf8_valid(const char *str, size_t n)
         }
         size_t len;
         unsigned min;
-        if (c >= 0xc2 && c <= 0xdf) len = 2, min = 0x80;
-        else if (c >= 0xe0 && c <= 0xef) len = 3, min = 0x800;
-        else if (c >= 0xf0 && c <= 0xf4) len = 4, min = 0x10000;
-        else return false;
+        if (c >= 0xc2 && c <= 0xdf)
+            len = 2, min = 0x80;
+        else if (c >= 0xe0 && c <= 0xef)
+            len = 3, min = 0x800;
+        else if (c >= 0xf0 && c <= 0xf4)
+            len = 4, min = 0x10000;
+        else
+            return false;
         if (n - i < len) return false;
         unsigned cp = c & (0x7f >> len);
         for (size_t k = 1; k < len; k++) {
@@ -369,7 +376,8 @@ static void copy_trunc(char *dst, size_t n, const char *src)
 {
     size_t l = strnlen(src, n - 1);
     if (src[l])
-        while (l > 0 && ((unsigned char)src[l] & 0xc0) == 0x80) l--;
+        while (l > 0 && ((unsigned char)src[l] & 0xc0) == 0x80)
+            l--;
     memcpy(dst, src, l);
     dst[l] = '\0';
 }
@@ -444,8 +452,9 @@ static void res_free(struct ads_table *t, struct ads_res *e)
     free(e);
 }
 
-/* The first 64 bits of the SHA-256 of the bytes, in hex: a content version, the same for the same bytes in any
- * run of zmeshd (istiod's Address versions are content hashes too: pilot/pkg/model/service.go, xxhash). */
+/* The first 64 bits of the SHA-256 of the bytes, in hex: a content version, the same for the same bytes in
+ * any run of zmeshd (istiod's Address versions are content hashes too: pilot/pkg/model/service.go, xxhash).
+ */
 static int content_version(const uint8_t *data, size_t len, char out[ADS_VERSION_LEN + 1])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -463,8 +472,8 @@ static int content_version(const uint8_t *data, size_t len, char out[ADS_VERSION
 enum put_result { PUT_UNCHANGED, PUT_ADDED, PUT_CHANGED };
 
 /* Sets name (checked by the caller) to value. Returns a put_result or -ENOMEM. */
-static int table_put(struct ads_server *s, struct ads_table *t, const char *name, size_t nlen, const uint8_t *value,
-                     size_t len)
+static int table_put(struct ads_server *s, struct ads_table *t, const char *name, size_t nlen,
+                     const uint8_t *value, size_t len)
 {
     uint64_t h = name_hash(s, name, nlen);
     struct ads_res *e = table_find(t, name, nlen, h);
@@ -555,7 +564,8 @@ static void table_gc(struct ads_server *s, size_t idx)
     size_t forced = 0;
     /* Removals of the latest generation are kept whatever their number: every client must get a chance to
      * take them before it counts as behind. */
-    while (t->thead && (t->thead->seq <= min || (t->n_tomb > cap && t->thead->seq <= t->prev_published_seq))) {
+    while (t->thead &&
+           (t->thead->seq <= min || (t->n_tomb > cap && t->thead->seq <= t->prev_published_seq))) {
         struct ads_res *e = t->thead;
         if (e->seq > min) forced++;
         if (e->seq > t->horizon) t->horizon = e->seq;
@@ -563,7 +573,8 @@ static void table_gc(struct ads_server *s, size_t idx)
     }
     if (forced)
         LOGF(LOG_WARN, LOG_TARGET,
-             "ADS: %s: forgot %zu removals not yet sent to slow clients (more than %zu remembered); those clients "
+             "ADS: %s: forgot %zu removals not yet sent to slow clients (more than %zu remembered); those "
+             "clients "
              "will be asked to reconnect",
              t->type_url, forced, cap);
 }
@@ -584,8 +595,8 @@ int ads_table_publish(struct ads_server *s, const char *type_url)
     return 0;
 }
 
-int ads_table_put(struct ads_server *s, const char *type_url, const char *name, const uint8_t *value, size_t len,
-                  char *err, size_t errlen)
+int ads_table_put(struct ads_server *s, const char *type_url, const char *name, const uint8_t *value,
+                  size_t len, char *err, size_t errlen)
 {
     struct ads_table *t = find_table(s, type_url, NULL);
     if (!t) {
@@ -648,9 +659,12 @@ int ads_table_replace(struct ads_server *s, const char *type_url, const struct a
     for (size_t i = 0; i < n; i++) {
         rc = table_put(s, t, nodes[i].key, nodes[i].keylen, in[i].value, in[i].len);
         if (rc < 0) goto publish;
-        if (rc == PUT_ADDED) d.added++;
-        else if (rc == PUT_CHANGED) d.changed++;
-        else d.unchanged++;
+        if (rc == PUT_ADDED)
+            d.added++;
+        else if (rc == PUT_CHANGED)
+            d.changed++;
+        else
+            d.unchanged++;
     }
     rc = 0;
     /* Everything not seen in this generation goes. Removing moves an entry to the end of the change list, so
@@ -666,7 +680,8 @@ int ads_table_replace(struct ads_server *s, const char *type_url, const struct a
             *slot = e;
         }
     }
-    for (size_t i = 0; i < gone.n; i++) table_remove_entry(t, ((struct ads_res **)gone.p)[i]);
+    for (size_t i = 0; i < gone.n; i++)
+        table_remove_entry(t, ((struct ads_res **)gone.p)[i]);
     d.removed = gone.n;
     vec_free(&gone);
 publish:
@@ -683,7 +698,8 @@ int ads_table_info(const struct ads_server *s, const char *type_url, struct ads_
 {
     const struct ads_table *t = find_table(s, type_url, NULL);
     if (!t) return -ENOENT;
-    *out = (struct ads_table_info){.resources = t->n_live, .tombstones = t->n_tomb, .generation = t->generation};
+    *out =
+        (struct ads_table_info){.resources = t->n_live, .tombstones = t->n_tomb, .generation = t->generation};
     return 0;
 }
 
@@ -760,10 +776,12 @@ static void watch_clear(struct ads_watch *w)
 void ads_server_free(struct ads_server *s)
 {
     if (!s) return;
-    while (s->clients) ads_client_free(s->clients);
+    while (s->clients)
+        ads_client_free(s->clients);
     for (size_t i = 0; i < s->n_types; i++) {
         struct ads_table *t = &s->types[i];
-        while (t->chead) res_free(t, t->chead);
+        while (t->chead)
+            res_free(t, t->chead);
         free(t->by_name.b);
         free(t->type_url);
     }
@@ -781,9 +799,12 @@ size_t ads_server_types(const struct ads_server *s)
 const char *ads_client_state_to_str(enum ads_client_state st)
 {
     switch (st) {
-    case ADS_CLIENT_NEW: return "new";
-    case ADS_CLIENT_ACTIVE: return "active";
-    case ADS_CLIENT_FAILED: return "failed";
+    case ADS_CLIENT_NEW:
+        return "new";
+    case ADS_CLIENT_ACTIVE:
+        return "active";
+    case ADS_CLIENT_FAILED:
+        return "failed";
     }
     return "?";
 }
@@ -810,7 +831,8 @@ void ads_client_free(struct ads_client *c)
 {
     if (!c) return;
     LIST_DEL(c->srv->clients, c);
-    for (size_t i = 0; i < ADS_TYPES_MAX; i++) watch_clear(&c->w[i]);
+    for (size_t i = 0; i < ADS_TYPES_MAX; i++)
+        watch_clear(&c->w[i]);
     free(c->node_id);
     free(c->cluster);
     json_decref(c->metadata);
@@ -833,8 +855,8 @@ static int client_fail(struct ads_client *c, int rc, int grpc, const char *fmt, 
     return rc;
 }
 
-/* google.protobuf.Struct/Value to JSON, for introspection. Returns NULL on a string that is not UTF-8 (*bad set),
- * nesting past PB_MAX_DEPTH (*bad set) or ENOMEM. */
+/* google.protobuf.Struct/Value to JSON, for introspection. Returns NULL on a string that is not UTF-8 (*bad
+ * set), nesting past PB_MAX_DEPTH (*bad set) or ENOMEM. */
 static json_t *struct_to_json(const Google__Protobuf__Struct *st, int depth, bool *bad);
 static json_t *value_to_json(const Google__Protobuf__Value *v, int depth, bool *bad)
 {
@@ -855,8 +877,10 @@ static json_t *value_to_json(const Google__Protobuf__Value *v, int depth, bool *
             return NULL;
         }
         return json_string(v->string_value);
-    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE: return json_boolean(v->bool_value);
-    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE: return struct_to_json(v->struct_value, depth + 1, bad);
+    case GOOGLE__PROTOBUF__VALUE__KIND_BOOL_VALUE:
+        return json_boolean(v->bool_value);
+    case GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE:
+        return struct_to_json(v->struct_value, depth + 1, bad);
     case GOOGLE__PROTOBUF__VALUE__KIND_LIST_VALUE: {
         json_t *a = json_array();
         if (!a) return NULL;
@@ -869,7 +893,8 @@ static json_t *value_to_json(const Google__Protobuf__Value *v, int depth, bool *
         }
         return a;
     }
-    default: return json_null();
+    default:
+        return json_null();
     }
 }
 
@@ -904,11 +929,12 @@ static int take_node(struct ads_client *c, const Envoy__Config__Core__V3__Node *
         return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "missing node information");
     size_t idlen = strlen(node->id);
     if (idlen > ADS_NODE_ID_MAX)
-        return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "node.id is %zu bytes, longer than %d", idlen,
-                           ADS_NODE_ID_MAX);
+        return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "node.id is %zu bytes, longer than %d",
+                           idlen, ADS_NODE_ID_MAX);
     const char *cluster = node->cluster ? node->cluster : "";
     if (!utf8_valid(node->id, idlen) || !utf8_valid(cluster, strlen(cluster)))
-        return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "node.id or node.cluster is not valid UTF-8");
+        return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT,
+                           "node.id or node.cluster is not valid UTF-8");
     bool bad = false;
     json_t *md = struct_to_json(node->metadata, 0, &bad);
     if (!md)
@@ -926,13 +952,15 @@ static int take_node(struct ads_client *c, const Envoy__Config__Core__V3__Node *
 }
 
 /* Checks every name and string of a request for a served type before anything changes. */
-static int check_request(struct ads_client *c, const Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
+static int check_request(struct ads_client *c,
+                         const Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
     char why[ADS_CLIENT_ERROR_MAX];
     if (req->n_resource_names_subscribe > ADS_NAMES_MAX || req->n_initial_resource_versions > ADS_NAMES_MAX)
         return client_fail(c, -E2BIG, ADS_GRPC_RESOURCE_EXHAUSTED,
-                           "%s: %zu names subscribed and %zu initial_resource_versions, more than %zu", req->type_url,
-                           req->n_resource_names_subscribe, req->n_initial_resource_versions, ADS_NAMES_MAX);
+                           "%s: %zu names subscribed and %zu initial_resource_versions, more than %zu",
+                           req->type_url, req->n_resource_names_subscribe, req->n_initial_resource_versions,
+                           ADS_NAMES_MAX);
     for (size_t i = 0; i < req->n_resource_names_subscribe; i++) {
         const char *n = req->resource_names_subscribe[i];
         if (check_name(n, strlen(n), why, sizeof(why)) < 0)
@@ -942,15 +970,15 @@ static int check_request(struct ads_client *c, const Envoy__Service__Discovery__
     for (size_t i = 0; i < req->n_resource_names_unsubscribe; i++) {
         const char *n = req->resource_names_unsubscribe[i];
         if (check_name(n, strlen(n), why, sizeof(why)) < 0)
-            return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "%s: resource_names_unsubscribe[%zu]: %s",
-                               req->type_url, i, why);
+            return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT,
+                               "%s: resource_names_unsubscribe[%zu]: %s", req->type_url, i, why);
     }
     for (size_t i = 0; i < req->n_initial_resource_versions; i++) {
         const Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *e =
             req->initial_resource_versions[i];
         if (check_name(e->key, strlen(e->key), why, sizeof(why)) < 0)
-            return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "%s: initial_resource_versions[%zu]: %s",
-                               req->type_url, i, why);
+            return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT,
+                               "%s: initial_resource_versions[%zu]: %s", req->type_url, i, why);
         if (strlen(e->value) > ADS_NAME_MAX || !utf8_valid(e->value, strlen(e->value)))
             return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT,
                                "%s: initial_resource_versions[%zu]: version is too long or not valid UTF-8",
@@ -962,8 +990,8 @@ static int check_request(struct ads_client *c, const Envoy__Service__Discovery__
                            req->type_url);
     if (req->error_detail && req->error_detail->message &&
         !utf8_valid(req->error_detail->message, strlen(req->error_detail->message)))
-        return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT, "%s: error_detail.message is not valid UTF-8",
-                           req->type_url);
+        return client_fail(c, -EINVAL, ADS_GRPC_INVALID_ARGUMENT,
+                           "%s: error_detail.message is not valid UTF-8", req->type_url);
     return 0;
 }
 
@@ -991,13 +1019,16 @@ static int handle_nack(struct ads_client *c, const struct ads_table *t, struct a
     if (keep > ADS_ERROR_MAX) {
         keep = ADS_ERROR_MAX;
         /* Cut on a character boundary so the kept text stays UTF-8. */
-        while (keep > 0 && ((unsigned char)msg[keep] & 0xc0) == 0x80) keep--;
+        while (keep > 0 && ((unsigned char)msg[keep] & 0xc0) == 0x80)
+            keep--;
     }
     char *copy = malloc(keep + sizeof(cut));
     if (!copy) return nomem(c);
     memcpy(copy, msg, keep);
-    if (keep < len) memcpy(copy + keep, cut, sizeof(cut));
-    else copy[keep] = '\0';
+    if (keep < len)
+        memcpy(copy + keep, cut, sizeof(cut));
+    else
+        copy[keep] = '\0';
     free(w->nack_message);
     w->nack_message = copy;
     copy_trunc(w->nack_nonce, sizeof(w->nack_nonce), nonce);
@@ -1005,15 +1036,17 @@ static int handle_nack(struct ads_client *c, const struct ads_table *t, struct a
     w->nacks++;
     char pb[PRINTABLE_MAX];
     LOG_LIMITED(LOG_WARN, LOG_TARGET, "ADS:%s: ACK ERROR %s nonce %s%s: code %d: %s", t->type_url, c->node_id,
-                printable(nonce, pb), w->active ? (strcmp(nonce, w->nonce_sent) ? " (stale)" : "") : " (no request)",
-                w->nack_code, copy);
+                printable(nonce, pb),
+                w->active ? (strcmp(nonce, w->nonce_sent) ? " (stale)" : "") : " (no request)", w->nack_code,
+                copy);
     return 0;
 }
 
 /* The first request of a type (istiod: shouldRespondDelta with no previous WatchedResource, and
- * deltaWatchedResources): names = subscribe + initial_resource_versions - unsubscribe; wildcard when "*" is in
- * them or nothing was subscribed. A wildcard subscription keeps only the names subscribed explicitly, not those
- * of initial_resource_versions (as istiod's workload generator, whose comment gives the memory reason). */
+ * deltaWatchedResources): names = subscribe + initial_resource_versions - unsubscribe; wildcard when "*" is
+ * in them or nothing was subscribed. A wildcard subscription keeps only the names subscribed explicitly, not
+ * those of initial_resource_versions (as istiod's workload generator, whose comment gives the memory reason).
+ */
 static int first_request(struct ads_client *c, const struct ads_table *t, struct ads_watch *w,
                          const Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
@@ -1074,8 +1107,9 @@ int ads_client_handle(struct ads_client *c, const Envoy__Service__Discovery__V3_
         /* istiod finds no generator for it and answers nothing (pushDeltaXds); zmeshd says so. */
         char pb[PRINTABLE_MAX];
         c->unknown_type_requests++;
-        LOG_LIMITED(LOG_WARN, LOG_TARGET, "ADS: node %s asked for type \"%s\", which zmeshd does not serve: ignored",
-                    c->node_id, printable(type_url, pb));
+        LOG_LIMITED(LOG_WARN, LOG_TARGET,
+                    "ADS: node %s asked for type \"%s\", which zmeshd does not serve: ignored", c->node_id,
+                    printable(type_url, pb));
         return 0;
     }
     if ((rc = check_request(c, req)) < 0) return rc;
@@ -1103,15 +1137,16 @@ int ads_client_handle(struct ads_client *c, const Envoy__Service__Discovery__V3_
         w->acks++;
     }
     if (req->n_initial_resource_versions)
-        LOG_LIMITED(LOG_WARN, LOG_TARGET,
-                    "ADS:%s: node %s sent initial_resource_versions after its first request of the type: ignored "
-                    "(they only describe a new stream)",
-                    t->type_url, c->node_id);
+        LOG_LIMITED(
+            LOG_WARN, LOG_TARGET,
+            "ADS:%s: node %s sent initial_resource_versions after its first request of the type: ignored "
+            "(they only describe a new stream)",
+            t->type_url, c->node_id);
 
     /* Spontaneous subscription changes (they may also ride on an ACK). A name newly subscribed is answered
      * (its resource, or removed_resources when it does not exist, as istiod's on-demand generator does);
-     * "*" turns the wildcard on (the full state follows) or off. Unsubscribing needs no answer: the client drops
-     * the resources itself (envoy's xDS protocol, "Deleting resources"). */
+     * "*" turns the wildcard on (the full state follows) or off. Unsubscribing needs no answer: the client
+     * drops the resources itself (envoy's xDS protocol, "Deleting resources"). */
     const struct ads_server *s = c->srv;
     bool respond = false;
     for (size_t i = 0; i < req->n_resource_names_subscribe; i++) {
@@ -1156,7 +1191,8 @@ int ads_client_recv(struct ads_client *c, const uint8_t *data, size_t len)
 {
     if (c->state == ADS_CLIENT_FAILED) return c->err_rc;
     ProtobufCMessage *m = NULL;
-    int rc = pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_request__descriptor, data, len, &m);
+    int rc =
+        pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_request__descriptor, data, len, &m);
     if (rc < 0)
         return client_fail(c, -EBADMSG, ADS_GRPC_INVALID_ARGUMENT,
                            "a %zu-byte message is not a valid DeltaDiscoveryRequest (%s)", len,
@@ -1210,15 +1246,17 @@ static int add_removed(struct build *b, const char *name)
 
 static void build_free(struct build *b)
 {
-    for (size_t i = 0; i < b->rvs.n; i++) rv_unref(((struct ads_rv **)b->rvs.p)[i]);
-    for (size_t i = 0; i < b->removed.n; i++) free(((char **)b->removed.p)[i]);
+    for (size_t i = 0; i < b->rvs.n; i++)
+        rv_unref(((struct ads_rv **)b->rvs.p)[i]);
+    for (size_t i = 0; i < b->removed.n; i++)
+        free(((char **)b->removed.p)[i]);
     vec_free(&b->rvs);
     vec_free(&b->removed);
 }
 
-/* The full state for w: what it subscribes to, less what initial_resource_versions says it already holds at the
- * same version (istiod: appendAddress), plus removed_resources for the names it holds or subscribed that do
- * not exist (GenerateDeltas: Subscribed - have). */
+/* The full state for w: what it subscribes to, less what initial_resource_versions says it already holds at
+ * the same version (istiod: appendAddress), plus removed_resources for the names it holds or subscribed that
+ * do not exist (GenerateDeltas: Subscribed - have). */
 static int build_full(const struct ads_table *t, const struct ads_watch *w, struct build *b)
 {
     int rc = 0;
@@ -1369,8 +1407,9 @@ static int build_response(struct ads_client *c, size_t idx, struct ads_response 
     w->resources_sent += r->n_rvs;
     w->removed_sent += r->n_removed;
     w->bytes_sent += r->size;
-    LOGF(LOG_DEBUG, LOG_TARGET, "ADS:%s: PUSH for node:%s resources:%zu removed:%zu size:%zu nonce:%s version:%s",
-         t->type_url, c->node_id, r->n_rvs, r->n_removed, r->size, r->nonce, r->version_info);
+    LOGF(LOG_DEBUG, LOG_TARGET,
+         "ADS:%s: PUSH for node:%s resources:%zu removed:%zu size:%zu nonce:%s version:%s", t->type_url,
+         c->node_id, r->n_rvs, r->n_removed, r->size, r->nonce, r->version_info);
     *out = r;
     return 0;
 }
@@ -1390,10 +1429,11 @@ int ads_client_next_response(struct ads_client *c, struct ads_response **out)
         const struct ads_table *t = &c->srv->types[i];
         if (!watch_pending(w, t)) continue;
         if (!w->full && w->cursor < t->horizon)
-            return client_fail(c, -ESTALE, ADS_GRPC_UNAVAILABLE,
-                               "%s: the client fell so far behind that removals it was not sent were forgotten; "
-                               "reconnect to resynchronise",
-                               t->type_url);
+            return client_fail(
+                c, -ESTALE, ADS_GRPC_UNAVAILABLE,
+                "%s: the client fell so far behind that removals it was not sent were forgotten; "
+                "reconnect to resynchronise",
+                t->type_url);
         int rc = build_response(c, i, out);
         if (rc < 0) return nomem(c);
         if (*out) {
@@ -1425,8 +1465,10 @@ void ads_response_pack(const struct ads_response *r, uint8_t *out)
 void ads_response_free(struct ads_response *r)
 {
     if (!r) return;
-    for (size_t i = 0; i < r->n_rvs; i++) rv_unref(r->rvs[i]);
-    for (size_t i = 0; i < r->n_removed; i++) free(r->removed[i]);
+    for (size_t i = 0; i < r->n_rvs; i++)
+        rv_unref(r->rvs[i]);
+    for (size_t i = 0; i < r->n_removed; i++)
+        free(r->removed[i]);
     free(r->rvs);
     free(r->removed);
     free(r->res);
@@ -1471,10 +1513,14 @@ struct ads_client *ads_client_next(const struct ads_client *c)
 const char *ads_sync_to_str(enum ads_sync st)
 {
     switch (st) {
-    case ADS_SYNC_NOT_SENT: return "NOT_SENT";
-    case ADS_SYNC_SYNCED: return "SYNCED";
-    case ADS_SYNC_STALE: return "STALE";
-    case ADS_SYNC_ERROR: return "ERROR";
+    case ADS_SYNC_NOT_SENT:
+        return "NOT_SENT";
+    case ADS_SYNC_SYNCED:
+        return "SYNCED";
+    case ADS_SYNC_STALE:
+        return "STALE";
+    case ADS_SYNC_ERROR:
+        return "ERROR";
     }
     return "?";
 }
@@ -1526,33 +1572,35 @@ json_t *ads_client_status_json(const struct ads_client *c)
         struct ads_watch_info wi;
         ads_client_watch_info(c, i, &wi);
         json_t *nack = wi.nack_message[0] || wi.nack_nonce[0]
-                           ? json_pack("{s:s, s:s, s:i}", "message", wi.nack_message, "nonce", wi.nack_nonce, "code",
-                                       wi.nack_code)
+                           ? json_pack("{s:s, s:s, s:i}", "message", wi.nack_message, "nonce", wi.nack_nonce,
+                                       "code", wi.nack_code)
                            : json_null();
-        json_t *o = json_pack("{s:s, s:s, s:b, s:s, s:I, s:b, s:s, s:s, s:s, s:s, s:o*, s:I, s:I, s:I, s:I, s:I, "
-                              "s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
-                              "type_url", wi.type_url, "sync_status", ads_sync_to_str(wi.sync), "subscribed",
-                              wi.subscribed, "subscription",
-                              !wi.subscribed ? "none" : wi.wildcard ? "wildcard" : "explicit", "names",
-                              (json_int_t)wi.names, "pending", wi.pending, "nonce_sent", wi.nonce_sent,
-                              "version_sent", wi.version_sent, "nonce_acked", wi.nonce_acked, "version_acked",
-                              wi.version_acked, "last_nack", nack, "responses", (json_int_t)wi.responses, "acks",
-                              (json_int_t)wi.acks, "nacks", (json_int_t)wi.nacks, "stale_nonces",
-                              (json_int_t)wi.stale, "resources_sent", (json_int_t)wi.resources_sent,
-                              "removed_sent", (json_int_t)wi.removed_sent, "bytes_sent", (json_int_t)wi.bytes_sent,
-                              "last_push", "resources", (json_int_t)wi.last_resources, "removed",
-                              (json_int_t)wi.last_removed, "bytes", (json_int_t)wi.last_bytes, "visited",
-                              (json_int_t)wi.last_visited, "unix_ms", (json_int_t)wi.last_sent_unix_ms);
+        json_t *o = json_pack(
+            "{s:s, s:s, s:b, s:s, s:I, s:b, s:s, s:s, s:s, s:s, s:o*, s:I, s:I, s:I, s:I, s:I, "
+            "s:I, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
+            "type_url", wi.type_url, "sync_status", ads_sync_to_str(wi.sync), "subscribed", wi.subscribed,
+            "subscription",
+            !wi.subscribed ? "none"
+            : wi.wildcard  ? "wildcard"
+                           : "explicit",
+            "names", (json_int_t)wi.names, "pending", wi.pending, "nonce_sent", wi.nonce_sent, "version_sent",
+            wi.version_sent, "nonce_acked", wi.nonce_acked, "version_acked", wi.version_acked, "last_nack",
+            nack, "responses", (json_int_t)wi.responses, "acks", (json_int_t)wi.acks, "nacks",
+            (json_int_t)wi.nacks, "stale_nonces", (json_int_t)wi.stale, "resources_sent",
+            (json_int_t)wi.resources_sent, "removed_sent", (json_int_t)wi.removed_sent, "bytes_sent",
+            (json_int_t)wi.bytes_sent, "last_push", "resources", (json_int_t)wi.last_resources, "removed",
+            (json_int_t)wi.last_removed, "bytes", (json_int_t)wi.last_bytes, "visited",
+            (json_int_t)wi.last_visited, "unix_ms", (json_int_t)wi.last_sent_unix_ms);
         if (!o || json_array_append_new(types, o) < 0) {
             json_decref(types);
             return NULL;
         }
     }
     json_t *md = c->metadata ? json_incref(c->metadata) : json_object();
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:o}", "peer", c->peer, "node_id", ads_client_node_id(c),
-                     "cluster", c->cluster ? c->cluster : "", "state", ads_client_state_to_str(c->state), "metadata",
-                     md, "error", ads_client_error(c), "unknown_type_requests",
-                     (json_int_t)c->unknown_type_requests, "types", types);
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:I, s:o}", "peer", c->peer, "node_id",
+                     ads_client_node_id(c), "cluster", c->cluster ? c->cluster : "", "state",
+                     ads_client_state_to_str(c->state), "metadata", md, "error", ads_client_error(c),
+                     "unknown_type_requests", (json_int_t)c->unknown_type_requests, "types", types);
 }
 
 json_t *ads_server_status_json(const struct ads_server *s)

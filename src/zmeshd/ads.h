@@ -1,18 +1,19 @@
 /* zmeshd's delta ADS server logic (envoy.service.discovery.v3.AggregatedDiscoveryService/
- * DeltaAggregatedResources), without a transport: the gRPC stream hands request bytes to an ads_client and asks
- * it for the next response when it has room to write. Behaviour follows istiod (istio/istio
- * pilot/pkg/xds/delta.go, pilot/pkg/xds/workload.go); src/zmeshd/README.md ("Delta ADS server") says where and
- * why it differs.
+ * DeltaAggregatedResources), without a transport: the gRPC stream hands request bytes to an ads_client and
+ * asks it for the next response when it has room to write. Behaviour follows istiod (istio/istio
+ * pilot/pkg/xds/delta.go, pilot/pkg/xds/workload.go); src/zmeshd/README.md ("Delta ADS server") says where
+ * and why it differs.
  *
  * Model. One resource table per type URL: name -> (content-hash version, serialized resource). The owner
- * (zmeshd's main loop) replaces a table with a new generation (ads_table_replace) or changes it entry by entry
- * (ads_table_put / ads_table_remove, then ads_table_publish). Each client stream keeps, per type, its
- * subscription and a cursor into the table's change order; what it has not been sent yet is every entry changed
- * after its cursor, so a client that cannot keep up gets the latest state of each changed name in one response,
- * never the intermediate ones, and a change costs O(1) in the table plus an O(1) wake-up per client.
+ * (zmeshd's main loop) replaces a table with a new generation (ads_table_replace) or changes it entry by
+ * entry (ads_table_put / ads_table_remove, then ads_table_publish). Each client stream keeps, per type, its
+ * subscription and a cursor into the table's change order; what it has not been sent yet is every entry
+ * changed after its cursor, so a client that cannot keep up gets the latest state of each changed name in one
+ * response, never the intermediate ones, and a change costs O(1) in the table plus an O(1) wake-up per
+ * client.
  *
- * Threads: none of these functions lock; call them all from one thread (zmeshd's main loop). A response may be
- * packed and freed on another thread: it holds references to the bytes it sends. */
+ * Threads: none of these functions lock; call them all from one thread (zmeshd's main loop). A response may
+ * be packed and freed on another thread: it holds references to the bytes it sends. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -38,9 +39,9 @@
 /* Length of a version string: 16 lowercase hex digits (64 bits of the resource's SHA-256). */
 #define ADS_VERSION_LEN 16
 /* Removed names remembered for clients that have not been sent them yet: those of the latest generation, and
- * of older ones at least this many, or as many as there are live resources if that is more. A client so far behind that older removals were forgotten is told
- * to reconnect (ads_client_next_response returns -ESTALE): its initial_resource_versions then give the exact
- * difference. */
+ * of older ones at least this many, or as many as there are live resources if that is more. A client so far
+ * behind that older removals were forgotten is told to reconnect (ads_client_next_response returns -ESTALE):
+ * its initial_resource_versions then give the exact difference. */
 #define ADS_TOMBSTONES_MIN 16384
 
 /* gRPC status codes the transport ends a failed stream with (grpc/grpc doc/statuscodes.md). */
@@ -84,17 +85,17 @@ struct ads_diff {
     size_t added, changed, removed, unchanged;
 };
 
-/* Replaces the table of type_url with exactly the resources in[0..n): names not in it are removed, names whose
- * bytes differ get a new version, identical ones keep theirs (so versions survive a restart of zmeshd), then
- * publishes (ads_table_publish). Returns 0 with *diff (may be NULL) filled, -ENOENT (type not served), -EINVAL
- * (an empty, too long, non-UTF-8 or duplicate name; err names it; the table is unchanged) or -ENOMEM (the table
- * may hold part of the generation; it is still consistent and published). */
+/* Replaces the table of type_url with exactly the resources in[0..n): names not in it are removed, names
+ * whose bytes differ get a new version, identical ones keep theirs (so versions survive a restart of zmeshd),
+ * then publishes (ads_table_publish). Returns 0 with *diff (may be NULL) filled, -ENOENT (type not served),
+ * -EINVAL (an empty, too long, non-UTF-8 or duplicate name; err names it; the table is unchanged) or -ENOMEM
+ * (the table may hold part of the generation; it is still consistent and published). */
 int ads_table_replace(struct ads_server *s, const char *type_url, const struct ads_resource_in *in, size_t n,
                       struct ads_diff *diff, char *err, size_t errlen);
 /* Sets one resource (copied when its bytes changed). Clients see it after ads_table_publish. Returns 1 when
  * the table changed, 0 when the bytes were the same, -ENOENT, -EINVAL (bad name; err says why) or -ENOMEM. */
-int ads_table_put(struct ads_server *s, const char *type_url, const char *name, const uint8_t *value, size_t len,
-                  char *err, size_t errlen);
+int ads_table_put(struct ads_server *s, const char *type_url, const char *name, const uint8_t *value,
+                  size_t len, char *err, size_t errlen);
 /* Removes one resource. Returns 1 when it was there, 0 when not, -ENOENT (type not served). */
 int ads_table_remove(struct ads_server *s, const char *type_url, const char *name);
 /* Ends a batch of puts and removes: when anything changed since the last publish the table's generation
@@ -133,18 +134,18 @@ int ads_client_new(struct ads_server *s, const char *peer, ads_pending_fn on_pen
 /* Detaches and frees the client (its in-flight responses stay valid until freed). NULL is a no-op. */
 void ads_client_free(struct ads_client *c);
 
-/* Decodes one DeltaDiscoveryRequest from data[0..len) (untrusted: through pb_message_unpack) and handles it as
- * ads_client_handle does. Returns 0, or a negative code after which the client is FAILED: -EBADMSG (the bytes
- * are no DeltaDiscoveryRequest), -EINVAL, -E2BIG (see ads_client_handle), -ENOMEM. */
+/* Decodes one DeltaDiscoveryRequest from data[0..len) (untrusted: through pb_message_unpack) and handles it
+ * as ads_client_handle does. Returns 0, or a negative code after which the client is FAILED: -EBADMSG (the
+ * bytes are no DeltaDiscoveryRequest), -EINVAL, -E2BIG (see ads_client_handle), -ENOMEM. */
 int ads_client_recv(struct ads_client *c, const uint8_t *data, size_t len);
-/* Handles one decoded request (borrowed for the call): the first request of the stream must carry a node with an
- * id (else -EINVAL "missing node information", as istiod says); per type, the first request subscribes
+/* Handles one decoded request (borrowed for the call): the first request of the stream must carry a node with
+ * an id (else -EINVAL "missing node information", as istiod says); per type, the first request subscribes
  * (wildcard when resource_names_subscribe is empty or holds "*") and reports initial_resource_versions; later
- * ones ACK or NACK (error_detail) response_nonce, or change the subscription. A nonce that is not the last one
- * sent for the type is stale and the request is ignored, as istiod does. Returns 0; -EINVAL for a malformed
- * request (a name empty, too long or not UTF-8, a node id too long...), -E2BIG past ADS_NAMES_MAX, -ENOMEM; after
- * an error the client is FAILED and every later call returns the same code. A type the server does not serve is
- * logged (rate-limited), counted and otherwise ignored, as istiod ignores it. */
+ * ones ACK or NACK (error_detail) response_nonce, or change the subscription. A nonce that is not the last
+ * one sent for the type is stale and the request is ignored, as istiod does. Returns 0; -EINVAL for a
+ * malformed request (a name empty, too long or not UTF-8, a node id too long...), -E2BIG past ADS_NAMES_MAX,
+ * -ENOMEM; after an error the client is FAILED and every later call returns the same code. A type the server
+ * does not serve is logged (rate-limited), counted and otherwise ignored, as istiod ignores it. */
 int ads_client_handle(struct ads_client *c, const Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
 
 /* True when ads_client_next_response may have something to send (it may still find nothing: for a client with
@@ -177,8 +178,8 @@ void ads_response_free(struct ads_response *r);
 /* ---- introspection (zmesh proxy-status, the benchmark) ---- */
 
 /* A type's sync state as istiod reports it to istioctl proxy-status (istio/istio pilot/pkg/xds/statusgen.go,
- * debugSyncStatus): ERROR while a NACK is recorded, NOT_SENT before any response, SYNCED when the last response
- * sent was ACKed, else STALE. */
+ * debugSyncStatus): ERROR while a NACK is recorded, NOT_SENT before any response, SYNCED when the last
+ * response sent was ACKed, else STALE. */
 enum ads_sync { ADS_SYNC_NOT_SENT, ADS_SYNC_SYNCED, ADS_SYNC_STALE, ADS_SYNC_ERROR };
 /* "NOT_SENT", "SYNCED", "STALE", "ERROR" (the names of envoy.service.status.v3.ConfigStatus). */
 const char *ads_sync_to_str(enum ads_sync st);
@@ -186,29 +187,30 @@ const char *ads_sync_to_str(enum ads_sync st);
 /* One client's view of one type. Strings are borrowed from the client, valid until its next call. */
 struct ads_watch_info {
     const char *type_url;
-    bool subscribed;       /* the client has sent a request for this type */
-    bool wildcard;         /* subscribed to everything */
-    size_t names;          /* explicit names subscribed */
-    bool pending;          /* something may be waiting to be sent */
+    bool subscribed;                         /* the client has sent a request for this type */
+    bool wildcard;                           /* subscribed to everything */
+    size_t names;                            /* explicit names subscribed */
+    bool pending;                            /* something may be waiting to be sent */
     const char *nonce_sent, *version_sent;   /* last response ("" before one) */
     const char *nonce_acked, *version_acked; /* last ACK ("" before one); version = its system_version_info */
     const char *nack_message, *nack_nonce;   /* last NACK ("" when none since the last ACK) */
     int nack_code;                           /* its error_detail.code */
     enum ads_sync sync;
     int64_t last_sent_unix_ms; /* wall-clock time of the last response built (0: none), for "SYNCED (5s)" */
-    uint64_t responses, acks, nacks, stale; /* counts; stale = requests ignored for an old nonce */
-    uint64_t resources_sent, removed_sent, bytes_sent;            /* totals */
-    uint64_t last_resources, last_removed, last_bytes;            /* the last response */
+    uint64_t responses, acks, nacks, stale;            /* counts; stale = requests ignored for an old nonce */
+    uint64_t resources_sent, removed_sent, bytes_sent; /* totals */
+    uint64_t last_resources, last_removed, last_bytes; /* the last response */
     uint64_t last_visited; /* table entries and names the last build looked at: its cost, O(changes) */
 };
 /* Fills *out for the i-th type of the server (0 <= i < ads_server_types). Returns 0 or -ENOENT. */
 int ads_client_watch_info(const struct ads_client *c, size_t i, struct ads_watch_info *out);
 size_t ads_server_types(const struct ads_server *s);
-/* Iterates the attached clients, newest first: ads_server_first_client(s), then ads_client_next(c); NULL ends. */
+/* Iterates the attached clients, newest first: ads_server_first_client(s), then ads_client_next(c); NULL
+ * ends. */
 struct ads_client *ads_server_first_client(const struct ads_server *s);
 struct ads_client *ads_client_next(const struct ads_client *c);
-/* A new JSON object describing the client: peer, node (id, cluster, metadata as JSON), state, error and per type
- * the fields of ads_watch_info. The caller owns the reference (json_decref). NULL on ENOMEM. */
+/* A new JSON object describing the client: peer, node (id, cluster, metadata as JSON), state, error and per
+ * type the fields of ads_watch_info. The caller owns the reference (json_decref). NULL on ENOMEM. */
 json_t *ads_client_status_json(const struct ads_client *c);
 /* {"types": [{type_url, generation, resources, tombstones}], "clients": [ads_client_status_json...]}. */
 json_t *ads_server_status_json(const struct ads_server *s);

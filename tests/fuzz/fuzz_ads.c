@@ -1,21 +1,21 @@
-/* libFuzzer target for zmeshd's delta ADS server logic (src/zmeshd/ads.c): request bytes from a client, interleaved
- * with table changes and response pulls, drive one client stream (and its reconnects) against a server with the
- * Address and Authorization types. Besides memory safety it checks the contract of ads.h:
- *   - ads_client_recv returns 0 or a documented error; after an error the client is FAILED with a reason and a gRPC
- *     status, and stays so;
- *   - every response serializes to a DeltaDiscoveryResponse that decodes again, for a served type, with a nonce
- *     never seen before; each resource is the table's current version of that name with an Any of the type, and
- *     no name is both sent and removed, or sent twice;
+/* libFuzzer target for zmeshd's delta ADS server logic (src/zmeshd/ads.c): request bytes from a client,
+ * interleaved with table changes and response pulls, drive one client stream (and its reconnects) against a
+ * server with the Address and Authorization types. Besides memory safety it checks the contract of ads.h:
+ *   - ads_client_recv returns 0 or a documented error; after an error the client is FAILED with a reason and
+ * a gRPC status, and stays so;
+ *   - every response serializes to a DeltaDiscoveryResponse that decodes again, for a served type, with a
+ * nonce never seen before; each resource is the table's current version of that name with an Any of the type,
+ * and no name is both sent and removed, or sent twice;
  *   - a client with nothing to send is not pending; the introspection JSON always builds.
  *
  * Input: a sequence of operations, each one byte (op = byte % 7) and its arguments:
  *   0 request: 2 bytes little-endian length L, then L bytes of DeltaDiscoveryRequest (ads_client_recv)
  *   1 put: 1 byte (bit 0: type, bits 1-3: name n0..n7), 1 byte value      2 remove: 1 byte as for put
  *   3 publish both types    4 drain: pull responses until none (at most 8), checking each
- *   5 reconnect: a new client stream    6 answer the last response of a type: 1 byte (bit 0: type, bit 1: NACK)
- * Seeds in tests/fuzz/corpus/fuzz_ads/ were written by hand in this format with protobuf-encoded requests: a
- * wildcard ztunnel start-up (both types) with ACKs and changes, a reconnect with initial_resource_versions, an
- * on-demand client subscribing names, and a NACK. */
+ *   5 reconnect: a new client stream    6 answer the last response of a type: 1 byte (bit 0: type, bit 1:
+ * NACK) Seeds in tests/fuzz/corpus/fuzz_ads/ were written by hand in this format with protobuf-encoded
+ * requests: a wildcard ztunnel start-up (both types) with ACKs and changes, a reconnect with
+ * initial_resource_versions, an on-demand client subscribing names, and a NACK. */
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -47,7 +47,8 @@ static void check_response(struct run *rn, struct ads_response *r)
     if (!buf) abort();
     ads_response_pack(r, buf);
     ProtobufCMessage *m = NULL;
-    if (pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_response__descriptor, buf, n, &m) != 0)
+    if (pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_response__descriptor, buf, n, &m) !=
+        0)
         abort();
     free(buf);
     Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp = (void *)m;
@@ -74,7 +75,8 @@ static void check_response(struct run *rn, struct ads_response *r)
 static void check_failed(const struct ads_client *c, int rc)
 {
     if (rc != -EBADMSG && rc != -EINVAL && rc != -E2BIG && rc != -ENOMEM && rc != -ESTALE) abort();
-    if (ads_client_state(c) != ADS_CLIENT_FAILED || !ads_client_error(c)[0] || !ads_client_grpc_status(c)) abort();
+    if (ads_client_state(c) != ADS_CLIENT_FAILED || !ads_client_error(c)[0] || !ads_client_grpc_status(c))
+        abort();
 }
 
 static void drain(struct run *rn)
@@ -100,7 +102,8 @@ static void drain(struct run *rn)
 static void answer(struct run *rn, uint8_t arg)
 {
     int t = arg & 1;
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest q = ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
+    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest q =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
     Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
     Envoy__Config__Core__V3__Node node = ENVOY__CONFIG__CORE__V3__NODE__INIT;
     node.id = "fuzz";
@@ -127,8 +130,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct run rn = {0};
-    if (ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 2, .control_plane_id = "fuzz"},
-                       &rn.s, NULL, 0) < 0)
+    if (ads_server_new(
+            &(struct ads_server_opts){.type_urls = types, .n_types = 2, .control_plane_id = "fuzz"}, &rn.s,
+            NULL, 0) < 0)
         return 0;
     if (ads_client_new(rn.s, "fuzz", NULL, NULL, &rn.c) < 0) abort();
     size_t i = 0;
@@ -142,8 +146,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (len > size - i) len = size - i;
             int rc = ads_client_recv(rn.c, data + i, len);
             i += len;
-            if (rc < 0) check_failed(rn.c, rc);
-            else if (ads_client_state(rn.c) != ADS_CLIENT_ACTIVE) abort();
+            if (rc < 0)
+                check_failed(rn.c, rc);
+            else if (ads_client_state(rn.c) != ADS_CLIENT_ACTIVE)
+                abort();
             break;
         }
         case 1:
@@ -164,7 +170,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             ads_table_publish(rn.s, types[0]);
             ads_table_publish(rn.s, types[1]);
             break;
-        case 4: drain(&rn); break;
+        case 4:
+            drain(&rn);
+            break;
         case 5:
             ads_client_free(rn.c);
             if (ads_client_new(rn.s, "fuzz", NULL, NULL, &rn.c) < 0) abort();

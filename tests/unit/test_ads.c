@@ -1,6 +1,6 @@
-/* Unit tests for zmeshd's delta ADS server logic (src/zmeshd/ads.c): requests go in as protobuf bytes, responses
- * come out serialized and are decoded again, so each test sees what a ztunnel would see on the wire. The expected
- * behaviour is istiod's (istio/istio pilot/pkg/xds/delta.go, workload.go). */
+/* Unit tests for zmeshd's delta ADS server logic (src/zmeshd/ads.c): requests go in as protobuf bytes,
+ * responses come out serialized and are decoded again, so each test sees what a ztunnel would see on the
+ * wire. The expected behaviour is istiod's (istio/istio pilot/pkg/xds/delta.go, workload.go). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,9 +28,8 @@ static struct ads_server *server(void)
     const char *types[] = {ADDR, AUTHZ};
     struct ads_server *s = NULL;
     char err[256];
-    assert_int_equal(ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 2}, &s, err,
-                                    sizeof(err)),
-                     0);
+    assert_int_equal(
+        ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 2}, &s, err, sizeof(err)), 0);
     return s;
 }
 
@@ -64,7 +63,8 @@ struct rq {
 static size_t count(const char *const *v)
 {
     size_t n = 0;
-    while (v && v[n]) n++;
+    while (v && v[n])
+        n++;
     return n;
 }
 
@@ -86,7 +86,8 @@ static int send_rq(struct ads_client *c, struct rq q)
     Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry ents[64], *pents[64];
     assert_true(ni <= 64);
     for (size_t i = 0; i < ni; i++) {
-        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(&ents[i]);
+        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(
+            &ents[i]);
         ents[i].key = (char *)q.init[2 * i];
         ents[i].value = (char *)q.init[2 * i + 1];
         pents[i] = &ents[i];
@@ -118,9 +119,9 @@ static Resp *next(struct ads_client *c)
     ads_response_pack(r, buf);
     ads_response_free(r);
     ProtobufCMessage *m = NULL;
-    assert_int_equal(pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_response__descriptor, buf, n,
-                                       &m),
-                     0);
+    assert_int_equal(
+        pb_message_unpack(&envoy__service__discovery__v3__delta_discovery_response__descriptor, buf, n, &m),
+        0);
     free(buf);
     return (Resp *)m;
 }
@@ -179,8 +180,8 @@ static void test_wildcard_gets_everything(void **state)
     assert_false(ads_client_pending(c));
 
     /* ztunnel's first request: node, type, nothing subscribed (istio/ztunnel src/xds/client.rs). */
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "ztunnel~10.0.0.1~zt.istio-system~istio-system"}),
-                     0);
+    assert_int_equal(
+        send_rq(c, (struct rq){.type = ADDR, .node = "ztunnel~10.0.0.1~zt.istio-system~istio-system"}), 0);
     assert_int_equal(wakes[0], 1);
     assert_string_equal(ads_client_node_id(c), "ztunnel~10.0.0.1~zt.istio-system~istio-system");
     Resp *r = next(c);
@@ -286,7 +287,8 @@ static void test_one_change_sends_only_it(void **state)
     assert_null(next(c));
 
     /* Setting the same bytes again is no change: no version, no push. */
-    assert_int_equal(ads_table_put(s, ADDR, "Kubernetes//Pod/ns/p4242", (const uint8_t *)"v2-4242", 7, NULL, 0), 0);
+    assert_int_equal(
+        ads_table_put(s, ADDR, "Kubernetes//Pod/ns/p4242", (const uint8_t *)"v2-4242", 7, NULL, 0), 0);
     ads_table_publish(s, ADDR);
     assert_int_equal(wakes[0], 2);
     assert_false(ads_client_pending(c));
@@ -316,7 +318,8 @@ static void test_removal(void **state)
 
     /* A full replacement: added, changed, removed, unchanged are counted and only the difference is sent. */
     struct ads_diff d;
-    struct ads_resource_in gen[] = {{"default/allow", (const uint8_t *)"P1", 2}, {"default/new", (const uint8_t *)"N", 1}};
+    struct ads_resource_in gen[] = {{"default/allow", (const uint8_t *)"P1", 2},
+                                    {"default/new", (const uint8_t *)"N", 1}};
     assert_int_equal(ads_table_replace(s, AUTHZ, gen, 2, &d, NULL, 0), 0);
     assert_int_equal(d.added, 1);
     assert_int_equal(d.changed, 0);
@@ -341,7 +344,8 @@ static void test_removal(void **state)
     struct ads_table_info ti;
     assert_int_equal(ads_table_info(s, AUTHZ, &ti), 0);
     assert_int_equal(ti.resources, 1);
-    assert_int_equal(ads_table_replace(s, AUTHZ, gen2, 1, &d, NULL, 0), 0); /* unchanged: gc on the next change */
+    assert_int_equal(ads_table_replace(s, AUTHZ, gen2, 1, &d, NULL, 0),
+                     0); /* unchanged: gc on the next change */
     put(s, AUTHZ, "x/y", "z");
     ads_table_publish(s, AUTHZ);
     assert_int_equal(ads_table_info(s, AUTHZ, &ti), 0);
@@ -371,9 +375,11 @@ static void test_reconnect_initial_versions(void **state)
     ads_server_free(s2);
 
     struct ads_client *c = client(s, 0);
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n",
-                                            .init = (const char *[]){"a", va, "b", vb_old, "c", "0123", NULL}}),
-                     0);
+    assert_int_equal(
+        send_rq(c, (struct rq){.type = ADDR,
+                               .node = "n",
+                               .init = (const char *[]){"a", va, "b", vb_old, "c", "0123", NULL}}),
+        0);
     Resp *r = next(c);
     assert_non_null(r);
     assert_int_equal(r->n_resources, 2); /* b (changed) and d (new); a is unchanged */
@@ -387,10 +393,12 @@ static void test_reconnect_initial_versions(void **state)
 
     /* Nothing changed at all: the reconnect is answered by an empty response. */
     struct ads_client *c2 = client(s, 1);
-    assert_int_equal(send_rq(c2, (struct rq){.type = ADDR, .node = "n2",
-                                             .init = (const char *[]){"a", va, "b", ads_table_version(s, ADDR, "b"),
-                                                                      "d", ads_table_version(s, ADDR, "d"), NULL}}),
-                     0);
+    assert_int_equal(
+        send_rq(c2, (struct rq){.type = ADDR,
+                                .node = "n2",
+                                .init = (const char *[]){"a", va, "b", ads_table_version(s, ADDR, "b"), "d",
+                                                         ads_table_version(s, ADDR, "d"), NULL}}),
+        0);
     r = next(c2);
     assert_non_null(r);
     assert_int_equal(r->n_resources, 0);
@@ -451,9 +459,11 @@ static void test_ack_nack(void **state)
     assert_int_equal(wi.sync, ADS_SYNC_SYNCED);
     assert_null(next(c)); /* an ACK is not answered either */
 
-    /* A long NACK nonce of multi-byte characters is kept cut on a character boundary: the JSON still builds. */
+    /* A long NACK nonce of multi-byte characters is kept cut on a character boundary: the JSON still builds.
+     */
     char longnonce[200] = "";
-    for (int i = 0; i < 60; i++) strcat(longnonce, "\xc3\xa9");
+    for (int i = 0; i < 60; i++)
+        strcat(longnonce, "\xc3\xa9");
     assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .nonce = longnonce, .error = "x"}), 0);
     json_t *jn = ads_client_status_json(c);
     assert_non_null(jn);
@@ -484,14 +494,16 @@ static void test_stale_nonce_ignored(void **state)
     ads_table_publish(s, ADDR);
     struct ads_client *c = client(s, 0);
     /* Explicit subscription, so a subscription change would show. */
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"a", NULL}}), 0);
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"a", NULL}}),
+                     0);
     Resp *r1 = next(c);
     put(s, ADDR, "a", "A2");
     ads_table_publish(s, ADDR);
     Resp *r2 = next(c);
     assert_non_null(r2);
     /* An ACK of the older response, carrying a subscription: ignored whole, as istiod does. */
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .nonce = r1->nonce, .sub = (const char *[]){"b", NULL}}), 0);
+    assert_int_equal(
+        send_rq(c, (struct rq){.type = ADDR, .nonce = r1->nonce, .sub = (const char *[]){"b", NULL}}), 0);
     struct ads_watch_info wi;
     ads_client_watch_info(c, 0, &wi);
     assert_int_equal(wi.stale, 1);
@@ -525,12 +537,12 @@ static void test_slow_client_gets_latest_once(void **state)
     sync_wildcard(c, ADDR, "n");
     int w0 = wakes[0];
     /* Three generations the client cannot take (its transport has no room). */
-    struct ads_resource_in g1[] = {{"a", (const uint8_t *)"A2", 2}, {"b", (const uint8_t *)"B1", 2},
-                                   {"gone", (const uint8_t *)"G1", 2}};
-    struct ads_resource_in g2[] = {{"a", (const uint8_t *)"A3", 2}, {"b", (const uint8_t *)"B1", 2},
-                                   {"tmp", (const uint8_t *)"T1", 2}};
-    struct ads_resource_in g3[] = {{"a", (const uint8_t *)"A4", 2}, {"b", (const uint8_t *)"B2", 2},
-                                   {"tmp", (const uint8_t *)"T2", 2}};
+    struct ads_resource_in g1[] = {
+        {"a", (const uint8_t *)"A2", 2}, {"b", (const uint8_t *)"B1", 2}, {"gone", (const uint8_t *)"G1", 2}};
+    struct ads_resource_in g2[] = {
+        {"a", (const uint8_t *)"A3", 2}, {"b", (const uint8_t *)"B1", 2}, {"tmp", (const uint8_t *)"T1", 2}};
+    struct ads_resource_in g3[] = {
+        {"a", (const uint8_t *)"A4", 2}, {"b", (const uint8_t *)"B2", 2}, {"tmp", (const uint8_t *)"T2", 2}};
     assert_int_equal(ads_table_replace(s, ADDR, g1, 3, NULL, NULL, 0), 0);
     assert_int_equal(ads_table_replace(s, ADDR, g2, 3, NULL, NULL, 0), 0);
     assert_int_equal(ads_table_replace(s, ADDR, g3, 3, NULL, NULL, 0), 0);
@@ -559,7 +571,9 @@ static void test_explicit_subscription(void **state)
     struct ads_client *c = client(s, 0);
     /* ztunnel on demand: subscribe and unsubscribe "*" = subscribed to nothing (client.rs,
      * construct_initial_request), answered with an empty response. */
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"*", NULL},
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR,
+                                            .node = "n",
+                                            .sub = (const char *[]){"*", NULL},
                                             .unsub = (const char *[]){"*", NULL}}),
                      0);
     Resp *r = next(c);
@@ -689,7 +703,8 @@ static void test_response_outlives_change(void **state)
     struct ads_response *r = NULL;
     assert_int_equal(ads_client_next_response(c, &r), 0);
     assert_non_null(r);
-    assert_int_equal(ads_table_replace(s, ADDR, NULL, 0, NULL, NULL, 0), 0); /* a removed: table drops its ref */
+    assert_int_equal(ads_table_replace(s, ADDR, NULL, 0, NULL, NULL, 0),
+                     0); /* a removed: table drops its ref */
     put(s, ADDR, "a", "second");
     ads_table_publish(s, ADDR);
     const Resp *m = ads_response_msg(r);
@@ -723,21 +738,24 @@ static void test_bad_requests(void **state)
     ads_client_free(c);
 
     c = client(s, 0);
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"ok", "\xc3\x28", NULL}}),
-                     -EINVAL);
+    assert_int_equal(
+        send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"ok", "\xc3\x28", NULL}}),
+        -EINVAL);
     assert_non_null(strstr(ads_client_error(c), "resource_names_subscribe[1]"));
     assert_non_null(strstr(ads_client_error(c), "not valid UTF-8"));
     ads_client_free(c);
 
     c = client(s, 0);
-    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"", NULL}}), -EINVAL);
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n", .sub = (const char *[]){"", NULL}}),
+                     -EINVAL);
     assert_non_null(strstr(ads_client_error(c), "empty resource name"));
     ads_client_free(c);
 
     /* A type zmeshd does not serve: counted and logged, nothing else. */
     c = client(s, 0);
-    assert_int_equal(send_rq(c, (struct rq){.type = "type.googleapis.com/envoy.config.cluster.v3.Cluster", .node = "n"}),
-                     0);
+    assert_int_equal(
+        send_rq(c, (struct rq){.type = "type.googleapis.com/envoy.config.cluster.v3.Cluster", .node = "n"}),
+        0);
     assert_int_equal(ads_client_state(c), ADS_CLIENT_ACTIVE);
     assert_null(next(c));
     json_t *j = ads_client_status_json(c);
@@ -759,13 +777,14 @@ static void test_bad_requests(void **state)
     assert_null(ads_table_version(s, ADDR, "a"));
     assert_int_equal(ads_table_put(s, ADDR, "bad\xff", (const uint8_t *)"x", 1, err, sizeof(err)), -EINVAL);
     assert_non_null(strstr(err, "not valid UTF-8"));
-    assert_int_equal(ads_table_put(s, "type.googleapis.com/nope", "a", (const uint8_t *)"x", 1, err, sizeof(err)),
-                     -ENOENT);
+    assert_int_equal(
+        ads_table_put(s, "type.googleapis.com/nope", "a", (const uint8_t *)"x", 1, err, sizeof(err)),
+        -ENOENT);
     const char *types[] = {ADDR, ADDR};
     struct ads_server *bad = NULL;
-    assert_int_equal(ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 2}, &bad, err,
-                                    sizeof(err)),
-                     -EINVAL);
+    assert_int_equal(
+        ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 2}, &bad, err, sizeof(err)),
+        -EINVAL);
     assert_non_null(strstr(err, "listed twice"));
     ads_server_free(s);
 }
@@ -839,7 +858,7 @@ static void test_too_far_behind(void **state)
     struct ads_server *s = server();
     enum { N = ADS_TOMBSTONES_MIN + 100 };
     struct ads_resource_in *in = calloc(N, sizeof(*in));
-    char (*names)[32] = calloc(N, sizeof(*names));
+    char(*names)[32] = calloc(N, sizeof(*names));
     for (int i = 0; i < N; i++) {
         snprintf(names[i], sizeof(names[i]), "w%d", i);
         in[i] = (struct ads_resource_in){names[i], (const uint8_t *)"x", 1};
@@ -873,7 +892,8 @@ static void test_too_far_behind(void **state)
     /* Its reconnect gets the exact difference from initial_resource_versions. */
     ads_client_free(stuck);
     struct ads_client *again = client(s, 2);
-    assert_int_equal(send_rq(again, (struct rq){.type = ADDR, .node = "stuck",
+    assert_int_equal(send_rq(again, (struct rq){.type = ADDR,
+                                                .node = "stuck",
                                                 .init = (const char *[]){"w1", "v", "w2", "v", NULL}}),
                      0);
     r = next(again);
@@ -887,8 +907,8 @@ static void test_too_far_behind(void **state)
     ads_server_free(s);
 }
 
-/* The scale of the design: 10 000 workloads, 500 wildcard clients. A one-resource change wakes each client once and
- * costs each push one entry, and the clients' full states share the table's bytes. */
+/* The scale of the design: 10 000 workloads, 500 wildcard clients. A one-resource change wakes each client
+ * once and costs each push one entry, and the clients' full states share the table's bytes. */
 static void test_scale(void **state)
 {
     (void)state;
@@ -920,7 +940,8 @@ static void test_scale(void **state)
         }
     }
     for (int i = 0; i < C; i++) {
-        assert_int_equal(send_rq(cs[i], (struct rq){.type = ADDR, .nonce = ads_response_msg(held[i])->nonce}), 0);
+        assert_int_equal(send_rq(cs[i], (struct rq){.type = ADDR, .nonce = ads_response_msg(held[i])->nonce}),
+                         0);
         ads_response_free(held[i]);
     }
     put(s, ADDR, "Kubernetes//Pod/ns/p777", "changed");
