@@ -691,6 +691,49 @@ static void test_many_clients_independent(void **state)
     ads_server_free(s); /* frees the clients still attached */
 }
 
+/* A wildcard watch with names too (envoy's xDS protocol allows both): a name subscribed later is (re)sent, an
+ * ACK may carry a subscription change, and unsubscribing "*" leaves the explicit names only. */
+static void test_wildcard_and_names(void **state)
+{
+    (void)state;
+    struct ads_server *s = server();
+    put(s, ADDR, "a", "A1");
+    put(s, ADDR, "b", "B1");
+    ads_table_publish(s, ADDR);
+    struct ads_client *c = client(s, 0);
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n"}), 0);
+    Resp *r = next(c);
+    assert_int_equal(r->n_resources, 2);
+    /* ACK and subscribe in one request: the ACK counts and the name is answered. */
+    assert_int_equal(
+        send_rq(c, (struct rq){.type = ADDR, .nonce = r->nonce, .sub = (const char *[]){"a", NULL}}), 0);
+    resp_free(r);
+    struct ads_watch_info wi;
+    ads_client_watch_info(c, 0, &wi);
+    assert_int_equal(wi.acks, 1);
+    assert_true(wi.wildcard);
+    assert_int_equal(wi.names, 1);
+    r = next(c);
+    assert_non_null(r);
+    assert_int_equal(r->n_resources, 1);
+    assert_res(s, r, "a", "A1");
+    resp_free(r);
+    /* Subscribing a name already subscribed changes nothing and is not answered. */
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .sub = (const char *[]){"a", NULL}}), 0);
+    assert_null(next(c));
+    /* Off the wildcard: b is no longer followed, a still is. */
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .unsub = (const char *[]){"*", NULL}}), 0);
+    assert_null(next(c));
+    put(s, ADDR, "b", "B2");
+    put(s, ADDR, "a", "A2");
+    ads_table_publish(s, ADDR);
+    r = next(c);
+    assert_int_equal(r->n_resources, 1);
+    assert_res(s, r, "a", "A2");
+    resp_free(r);
+    ads_server_free(s);
+}
+
 /* A response keeps the bytes it sends even when the table moves on. */
 static void test_response_outlives_change(void **state)
 {
@@ -975,6 +1018,7 @@ int main(void)
         cmocka_unit_test(test_slow_client_gets_latest_once),
         cmocka_unit_test(test_explicit_subscription),
         cmocka_unit_test(test_many_clients_independent),
+        cmocka_unit_test(test_wildcard_and_names),
         cmocka_unit_test(test_response_outlives_change),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_node_metadata_json),
