@@ -115,9 +115,10 @@ const char *ads_table_version(const struct ads_server *s, const char *type_url, 
 
 /* ---- client streams ---- */
 
-/* Called when a client goes from "nothing to send" to "something to send" (edge-triggered): the transport
- * should call ads_client_next_response when it has room. Called from inside ads_client_recv/handle and
- * ads_table_publish/replace; it must not free the client nor change tables. */
+/* Called when a client goes from "nothing to send" to "something to send" (edge-triggered: not again until
+ * ads_client_next_response has left nothing pending): the transport should call ads_client_next_response when
+ * it has room. Called from inside ads_client_recv/handle and ads_table_publish/replace; it may call
+ * ads_client_next_response at once, but must not free the client nor change tables. */
 typedef void (*ads_pending_fn)(struct ads_client *c, void *ud);
 
 enum ads_client_state {

@@ -734,6 +734,37 @@ static void test_wildcard_and_names(void **state)
     ads_server_free(s);
 }
 
+/* A transport with room pulls from inside the callback: every change is delivered at once, each waking once.
+ */
+static int eager_got;
+static void eager(struct ads_client *c, void *ud)
+{
+    (void)ud;
+    struct ads_response *r;
+    while (ads_client_next_response(c, &r) == 0 && r) {
+        eager_got++;
+        ads_response_free(r);
+    }
+}
+
+static void test_pull_from_callback(void **state)
+{
+    (void)state;
+    struct ads_server *s = server();
+    struct ads_client *c = NULL;
+    eager_got = 0;
+    assert_int_equal(ads_client_new(s, "p", eager, NULL, &c), 0);
+    assert_int_equal(send_rq(c, (struct rq){.type = ADDR, .node = "n"}), 0);
+    assert_int_equal(eager_got, 1);
+    for (int i = 0; i < 3; i++) {
+        put(s, ADDR, "a", i == 0 ? "1" : i == 1 ? "2" : "3");
+        ads_table_publish(s, ADDR);
+        assert_int_equal(eager_got, 2 + i);
+    }
+    assert_false(ads_client_pending(c));
+    ads_server_free(s);
+}
+
 /* A response keeps the bytes it sends even when the table moves on. */
 static void test_response_outlives_change(void **state)
 {
@@ -1019,6 +1050,7 @@ int main(void)
         cmocka_unit_test(test_explicit_subscription),
         cmocka_unit_test(test_many_clients_independent),
         cmocka_unit_test(test_wildcard_and_names),
+        cmocka_unit_test(test_pull_from_callback),
         cmocka_unit_test(test_response_outlives_change),
         cmocka_unit_test(test_bad_requests),
         cmocka_unit_test(test_node_metadata_json),
