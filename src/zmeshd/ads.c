@@ -573,9 +573,8 @@ static void table_gc(struct ads_server *s, size_t idx)
     }
     if (forced)
         LOGF(LOG_WARN, LOG_TARGET,
-             "ADS: %s: forgot %zu removals not yet sent to slow clients (more than %zu remembered); those "
-             "clients "
-             "will be asked to reconnect",
+             "ADS: %s: forgot %zu removals not yet sent to slow clients (more than %zu remembered); "
+             "those clients will be asked to reconnect",
              t->type_url, forced, cap);
 }
 
