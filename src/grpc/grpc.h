@@ -161,6 +161,9 @@ void grpc_call_set_ops(struct grpc_call *c, const struct grpc_call_ops *ops, voi
 int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n);
 /* True when grpc_call_send would take a message of n bytes now. */
 bool grpc_call_writable(const struct grpc_call *c, size_t n);
+/* Asks for on_writable once the send queue is below half its bound (from a task, soon, if it already is):
+ * for a sender that builds each message only when it can be sent (the latest state, not a backlog). */
+void grpc_call_notify_writable(struct grpc_call *c);
 /* Bytes queued and not yet taken by HTTP/2. */
 size_t grpc_call_queued(const struct grpc_call *c);
 /* Server: ends the call with status and message (may be NULL) after the queued messages, with trailing

@@ -92,6 +92,35 @@ static void refuse(struct zmeshd_server *s, struct grpc_call *c, const struct gr
     grpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED, "request authenticate failure", NULL, 0);
 }
 
+int zmeshd_server_authenticate(struct zmeshd_server *s, const struct grpc_call_info *info,
+                               struct token_caller *caller, char *why, size_t wn)
+{
+    const struct zmeshd_config *cfg = zmeshd_config(s->d);
+    const struct grpc_md *auth = md_get(info, "authorization");
+    if (!auth) {
+        snprintf(why, wn, "no authorization metadata (a bearer token is required)");
+        return -EACCES;
+    }
+    if (auth->len < 7 || strncasecmp((const char *)auth->value, "Bearer ", 7) != 0) {
+        snprintf(why, wn, "the authorization metadata is not \"Bearer <token>\"");
+        return -EACCES;
+    }
+    /* istiod's kube JWT authenticator picks the cluster by the clusterid metadata and refuses one it does not
+     * know (security/pkg/server/ca/authenticate/kubeauth). */
+    const struct grpc_md *cluster = md_get(info, "clusterid");
+    const char *ours =
+        cfg->k8s.cluster_id && *cfg->k8s.cluster_id ? cfg->k8s.cluster_id : K8S_DEFAULT_CLUSTER_ID;
+    if (cluster && (cluster->len != strlen(ours) || memcmp(cluster->value, ours, cluster->len))) {
+        snprintf(why, wn, "client claims to be in cluster \"%.*s\", but zmeshd only knows cluster \"%s\"",
+                 (int)(cluster->len < 100 ? cluster->len : 100), (const char *)cluster->value, ours);
+        return -EACCES;
+    }
+    if (token_verify(zmeshd_token_key(s->d), NULL, NULL, (const char *)auth->value + 7, auth->len - 7,
+                     time(NULL), caller, why, wn) < 0)
+        return -EACCES;
+    return 0;
+}
+
 static void ca_handler(struct grpc_call *c, void *ud, const struct grpc_call_info *info)
 {
     struct zmeshd_server *s = ud;
@@ -99,30 +128,8 @@ static void ca_handler(struct grpc_call *c, void *ud, const struct grpc_call_inf
     char why[512];
     grpc_call_set_ops(c, &ca_ops, s);
 
-    /* Authentication: istiod's bearer token authenticator (security/pkg/server/ca/authenticate). */
-    const struct grpc_md *auth = md_get(info, "authorization");
-    if (!auth) {
-        refuse(s, c, info, "no authorization metadata (a bearer token is required)");
-        return;
-    }
-    if (auth->len < 7 || strncasecmp((const char *)auth->value, "Bearer ", 7) != 0) {
-        refuse(s, c, info, "the authorization metadata is not \"Bearer <token>\"");
-        return;
-    }
-    const struct grpc_md *cluster = md_get(info, "clusterid");
-    const char *our_cluster =
-        cfg->k8s.cluster_id && *cfg->k8s.cluster_id ? cfg->k8s.cluster_id : K8S_DEFAULT_CLUSTER_ID;
-    if (cluster &&
-        (cluster->len != strlen(our_cluster) || memcmp(cluster->value, our_cluster, cluster->len))) {
-        snprintf(why, sizeof(why),
-                 "client claims to be in cluster \"%.*s\", but zmeshd only knows cluster \"%s\"",
-                 (int)(cluster->len < 100 ? cluster->len : 100), (const char *)cluster->value, our_cluster);
-        refuse(s, c, info, why);
-        return;
-    }
     struct token_caller caller;
-    if (token_verify(zmeshd_token_key(s->d), NULL, NULL, (const char *)auth->value + 7, auth->len - 7,
-                     time(NULL), &caller, why, sizeof(why)) < 0) {
+    if (zmeshd_server_authenticate(s, info, &caller, why, sizeof(why)) < 0) {
         refuse(s, c, info, why);
         return;
     }

@@ -38,6 +38,13 @@ struct grpc_server *zmeshd_server_grpc(struct zmeshd_server *s);
 /* The port actually bound (for ":0" in tests). */
 uint16_t zmeshd_server_port(const struct zmeshd_server *s);
 
+/* The caller of a call on this port, as istiod authenticates xDS and CA calls: the bearer token of the
+ * `authorization` metadata verified with zmeshd's token key, and the `clusterid` metadata, when sent, naming
+ * zmeshd's cluster. Returns 0 with *caller, or -EACCES with why (for the log; callers answer UNAUTHENTICATED
+ * without detail). */
+int zmeshd_server_authenticate(struct zmeshd_server *s, const struct grpc_call_info *info,
+                               struct token_caller *caller, char *why, size_t wn);
+
 /* Counters for logs and tests. */
 struct zmeshd_ca_stats {
     uint64_t signed_ok, unauthenticated, invalid, internal;

@@ -21,6 +21,7 @@
 #include "core/log.h"
 #include "zmeshd/daemon.h"
 #include "zmeshd/server.h"
+#include "zmeshd/xds.h"
 
 #ifndef ZMESH_VERSION
 #define ZMESH_VERSION "0.1.0"
@@ -282,6 +283,7 @@ struct serve {
     struct loop *loop;
     struct zmeshd *d;
     struct zmeshd_server *srv;
+    struct zmeshd_xds *xds;
     struct io sig_io;
     int exit_code;
 };
@@ -357,14 +359,19 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
         log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
         goto out;
     }
+    if (zmeshd_xds_new(s.d, s.srv, &s.xds, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
+        goto out;
+    }
     char port[8];
     snprintf(port, sizeof(port), "%u", zmeshd_server_port(s.srv));
-    log_kv(LOG_INFO, "zmeshd", "serving the CA (IstioCertificateService) over TLS", "listen", zmeshd_listen(s.d),
-           "port", port, NULL);
+    log_kv(LOG_INFO, "zmeshd", "serving the CA (IstioCertificateService) and delta ADS over TLS", "listen",
+           zmeshd_listen(s.d), "port", port, NULL);
     loop_run(s.loop);
     s.exit_code = 0;
 out:
     zmeshd_server_free(s.srv);
+    zmeshd_xds_free(s.xds);
     zmeshd_free(s.d);
     if (s.sig_io.fd >= 0) close(s.sig_io.fd);
     loop_free(s.loop);
