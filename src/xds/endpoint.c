@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/net.h"
 #include "tls/control.h"
 
 struct xds_endpoint {
@@ -22,6 +23,7 @@ struct xds_endpoint {
     char *token_path;    /* re-read per call */
     char *token_literal; /* or this */
     char *cluster_id;
+    uint32_t mark;
     struct grpc_md hdr[XDS_MAX_HEADERS];
     size_t n_hdr;
     /* The current call's metadata: extra headers, then clusterid and authorization. */
@@ -110,6 +112,7 @@ int xds_endpoint_new(const struct xds_endpoint_opts *o, const char *err_prefix, 
         goto nomem;
     }
     if (o->cluster_id && *o->cluster_id && !(e->cluster_id = strdup(o->cluster_id))) goto nomem;
+    e->mark = o->mark;
     /* XDS_HEADER_Foo_Bar=v becomes "foo_bar: v": the rest of the name, lower-cased as the HTTP library does
      * (config.rs parse_headers); a name or value that is not valid metadata is refused there too. */
     size_t pl = o->header_prefix ? strlen(o->header_prefix) : 0;
@@ -186,8 +189,18 @@ struct grpc_channel *xds_endpoint_dial(const struct xds_endpoint *e, struct loop
     freeaddrinfo(res);
     const char *names[] = {e->verify_name};
     struct h2_peer peer = {.expected = names, .n_expected = 1};
-    struct grpc_channel *ch = grpc_channel_dial(l, &ss, e->ctx, &peer, e->authority, o);
-    if (!ch) snprintf(err, errlen, "connect %s: cannot make a socket", e->authority);
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || (e->mark && net_set_mark(fd, e->mark) < 0)) {
+        snprintf(err, errlen, "connect %s: %s", e->authority, strerror(errno));
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    net_set_nodelay(fd);
+    socklen_t len = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    /* A refused connect is the session's to report, so the call ends UNAVAILABLE like any other failure. */
+    (void)connect(fd, (const struct sockaddr *)&ss, len);
+    struct grpc_channel *ch = grpc_channel_new(l, fd, e->ctx, &peer, e->authority, o);
+    if (!ch) snprintf(err, errlen, "connect %s: out of memory", e->authority);
     return ch;
 }
 

@@ -30,6 +30,9 @@ struct xds_endpoint_opts {
     const char *cluster_id;    /* clusterid metadata; NULL or "": none */
     const char *header_prefix; /* "XDS_HEADER_" or "CA_HEADER_": envp entries with it become metadata */
     char *const *envp;
+    /* SO_MARK of the connections (0: none). A ztunnel inside a pod's network namespace marks its own sockets so
+     * that the pod's redirection rules leave them alone (ztunnel's 0x539). */
+    uint32_t mark;
 };
 
 struct xds_endpoint;
