@@ -212,7 +212,9 @@ static int md_from_headers(const struct h2_header *h, size_t n, struct grpc_md *
     for (size_t i = 0; i < n; i++) {
         if (is_consumed(h[i].name)) continue;
         size_t vl = strlen(h[i].value);
-        bytes += vl + 4; /* a decoded value is never longer than its text; +NUL and padding slack */
+        /* The name (copied: the header strings die with the callback), the value (a decoded value is never
+         * longer than its text) and NULs, with slack for decoding's last quantum. */
+        bytes += strlen(h[i].name) + 1 + vl + 4;
         cnt++;
         if (grpc_md_is_bin(h[i].name, strlen(h[i].name)))
             for (size_t k = 0; k < vl; k++)
@@ -234,10 +236,13 @@ static int md_from_headers(const struct h2_header *h, size_t n, struct grpc_md *
     }
     size_t k = 0, off = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *name = h[i].name, *v = h[i].value;
-        if (is_consumed(name)) continue;
-        size_t vl = strlen(v);
-        if (!grpc_md_is_bin(name, strlen(name))) {
+        if (is_consumed(h[i].name)) continue;
+        const char *v = h[i].value;
+        size_t vl = strlen(v), nl = strlen(h[i].name);
+        char *name = (char *)a + off;
+        memcpy(name, h[i].name, nl + 1);
+        off += nl + 1;
+        if (!grpc_md_is_bin(name, nl)) {
             memcpy(a + off, v, vl + 1);
             md[k++] = (struct grpc_md){name, a + off, vl};
             off += vl + 1;
@@ -252,7 +257,7 @@ static int md_from_headers(const struct h2_header *h, size_t n, struct grpc_md *
                 p++;
             int dn = grpc_b64_decode(p, (size_t)(e - p), a + off);
             if (dn < 0) {
-                *bad = name;
+                *bad = h[i].name;
                 free(md);
                 free(a);
                 return -EINVAL;
@@ -605,16 +610,21 @@ static void client_result(struct grpc_call *c, const struct h2_end *e, struct gr
         r->message = c->msg ? c->msg : "";
         return;
     }
+    if (c->got_status) {
+        /* The server's status is final, however the stream ends after it: a server that answers before our
+         * END_STREAM follows its trailers with RST_STREAM NO_ERROR (PROTOCOL-HTTP2.md "Early Server
+         * Closure"). */
+        r->status = c->peer_st;
+        r->message = c->peer_msg ? c->peer_msg : "";
+        if (c->unary && r->status == GRPC_STATUS_OK && c->received != 1) {
+            r->status = GRPC_STATUS_UNIMPLEMENTED;
+            r->message = "no response message for a unary call";
+        }
+        return;
+    }
     switch (e->reason) {
     case H2_END_OK:
-        if (c->got_status) {
-            r->status = c->peer_st;
-            r->message = c->peer_msg ? c->peer_msg : "";
-            if (c->unary && r->status == GRPC_STATUS_OK && c->received != 1) {
-                r->status = GRPC_STATUS_UNIMPLEMENTED;
-                r->message = "no response message for a unary call";
-            }
-        } else if (c->http_status != 200) {
+        if (c->http_status != 200) {
             /* doc/http-grpc-status-mapping.md: only for responses without grpc-status. */
             r->status = grpc_status_from_http(c->http_status);
             snprintf(buf, bl, "HTTP status %d without grpc-status", c->http_status);

@@ -103,6 +103,19 @@ class ZServer:
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
 
+    def wait_line(self, prefix, timeout=5.0):
+        """The next line starting with prefix (lines before it are kept in .ends)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.time()))
+            except queue.Empty:
+                break
+            if line.startswith(prefix):
+                return line
+            self.ends.append(line)
+        raise AssertionError("no %r line (seen %r)" % (prefix, self.ends))
+
     def wait_end(self, path, timeout=5.0):
         """The next "end" line for path, as (status, message)."""
         deadline = time.time() + timeout
@@ -417,6 +430,47 @@ def test_server_enforces_grpc_timeout(zserver):
         c.close()
 
 
+def test_send_backpressure(zserver, pb):
+    """A client that stops reading: the server's handler, pushing 256 messages of 16 000 bytes, is told "not
+    now" (-EAGAIN) once about 1 MiB is queued, instead of queueing 4 MiB; when the client reads again the handler is
+    told it may send (on_writable) and every message arrives, in order."""
+    echo_pb2, _ = pb
+    c = RawH2(zserver.port)
+    try:
+        req = echo_pb2.EchoRequest(push=256, payload=b"p" * 16000)
+        sid = c.request(grpc_headers(path=CHAT), body=frame(req.SerializeToString()), end=False)
+        blocked = zserver.wait_line("blocked ")
+        queued = int(blocked.split()[1])
+        assert 0 < queued <= (1 << 20) + 16000 + 64, blocked
+        # Read everything now, crediting the window as the bytes arrive; half-close after the last message.
+        buf, msgs, trailers, closed = b"", [], None, False
+        deadline = time.time() + 10
+        while trailers is None and time.time() < deadline:
+            data = c.sock.recv(1 << 20)
+            assert data, "connection closed"
+            for ev in c.conn.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    c.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    buf += ev.data
+                    while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[1:5], "big"):
+                        n = int.from_bytes(buf[1:5], "big")
+                        msgs.append(echo_pb2.EchoReply.FromString(buf[5:5 + n]))
+                        buf = buf[5 + n:]
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers = dict((k.decode(), v.decode()) for k, v in ev.headers)
+            if len(msgs) == 256 and not closed:
+                c.conn.end_stream(sid)
+                closed = True
+            c.flush()
+        assert [m.text for m in msgs] == ["push %d" % i for i in range(256)]
+        assert all(len(m.payload) == 16000 for m in msgs)
+        assert trailers and trailers["grpc-status"] == "0", trailers
+        assert zserver.wait_line("writable ")
+        assert zserver.wait_end(CHAT) == ("OK", "")
+    finally:
+        c.close()
+
+
 # ---- zmesh client -> grpcio server ----------------------------------------------------------------------------
 
 class Servicer:
@@ -431,6 +485,8 @@ class Servicer:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied: caf\u00e9 100%")
         if request.text == "sleep":
             time.sleep(2)
+        if request.text == "trailers":
+            context.set_trailing_metadata([("x-server", "yes"), ("x-server-bin", b"\x00\xff")])
         if request.text == "big":
             return self.pb2.EchoReply(text="big", payload=b"z" * 100000)
         return self.pb2.EchoReply(text=request.text, metadata=["%s=%s" % kv for kv in sorted(md.items())
@@ -478,6 +534,11 @@ def test_client_unary_metadata(peer_bin, gserver):
     assert md["clusterid"] == "Kubernetes"
     assert md["user-agent"].startswith("grpc-c-zmesh/")
     assert 3 < remaining <= 5
+    # Trailing metadata grpcio sets reaches the zmesh client, -bin values decoded.
+    lines, st, msg = zclient(peer_bin, plain, "unary", "--text", "trailers")
+    assert st == "OK", (lines, msg)
+    assert "trailer x-server=yes" in lines
+    assert "trailer x-server-bin=00ff" in lines
 
 
 def test_client_tls(peer_bin, gserver, certs):
