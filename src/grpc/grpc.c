@@ -121,8 +121,7 @@ struct grpc_call {
 };
 
 static const char *const consumed_headers[] = {"content-type", "te", "grpc-timeout", "grpc-encoding",
-                                               "grpc-accept-encoding", "grpc-status", "grpc-message",
-                                               "grpc-status-details-bin"};
+                                               "grpc-accept-encoding", "grpc-status", "grpc-message"};
 
 /* ---- small helpers ---- */
 
@@ -672,7 +671,10 @@ static void server_result(struct grpc_call *c, const struct h2_end *e, struct gr
     if (c->deadline_hit) {
         r->status = GRPC_STATUS_DEADLINE_EXCEEDED;
         r->message = "Deadline Exceeded";
-    } else if (e->reason == H2_END_OK && c->finished) {
+    } else if (c->finished && (e->reason == H2_END_OK || e->reason == H2_END_LOCAL ||
+                               (e->reason == H2_END_RESET_BY_PEER && e->code == NGHTTP2_NO_ERROR))) {
+        /* Our status stands: sent (a client that got the trailers before its END_STREAM may answer with
+         * RST_STREAM NO_ERROR, "Early Server Closure"), or given to grpc_call_cancel. */
         r->status = c->st;
         r->message = c->msg ? c->msg : "";
     } else if (e->reason == H2_END_RESET_BY_PEER) {

@@ -139,6 +139,7 @@ enum grpc_status grpc_deframer_feed(struct grpc_deframer *d, const uint8_t *p, s
             p += d->len;
             n -= d->len;
         } else {
+            if (n == 0) break; /* the prefix ended the chunk */
             size_t take = d->len - d->buf_n;
             if (take > n) take = n;
             if (reserve(d, d->buf_n + take) < 0) {

@@ -162,7 +162,7 @@ static void chat_msg(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
         free(sc->push_payload);
         sc->push_payload_n = q->payload.len;
         sc->push_payload = malloc(q->payload.len ? q->payload.len : 1);
-        memcpy(sc->push_payload, q->payload.data, q->payload.len);
+        if (q->payload.len) memcpy(sc->push_payload, q->payload.data, q->payload.len);
         /* From a timer: pushes go out later, not in reply to a message. */
         timer_start(L, &sc->t, 1);
     } else {
@@ -323,6 +323,11 @@ static void cli_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
     loop_stop(L);
 }
 
+static void stop_loop(struct timer *t)
+{
+    loop_stop(L);
+}
+
 static const struct grpc_call_ops cli_ops = {.on_message = cli_msg, .on_end = cli_end};
 
 static int run_client(int argc, char **argv)
@@ -427,8 +432,14 @@ static int run_client(int argc, char **argv)
         return 0;
     }
     loop_run(L);
+    /* The connection is freed from the loop's tasks: run them before the context goes. */
     grpc_channel_free(ch);
+    struct timer t = {.cb = stop_loop};
+    timer_start(L, &t, 10);
+    loop_run(L);
+    if (ctx) SSL_CTX_free(ctx);
     free(pl);
+    loop_free(L);
     return 0;
 }
 
