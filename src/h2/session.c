@@ -113,7 +113,9 @@ struct h2_stream {
     size_t nnv;
     nghttp2_nv *trailers;
     size_t ntrailers;
-    struct hblock hb;
+    struct hblock req; /* server: the request, until it is handed to on_request */
+    struct hblock hb;  /* a response or trailers being received */
+    bool req_end;      /* server: the request's HEADERS ended the peer's side (no body) */
     struct h2_stream *req_next, *req_prev; /* server: in the conn's request queue while queued */
     bool queued, delivered, answered, reset_early;
     /* Flow control: our receive window for this stream, bytes consumed since it last grew, bytes handed to
@@ -676,6 +678,7 @@ static void stream_unlink(struct h2_stream *s)
 static void stream_free_cb(struct task *t)
 {
     struct h2_stream *s = container_of(t, struct h2_stream, free_task);
+    hblock_free(&s->req);
     hblock_free(&s->hb);
     free(s->nva);
     free(s->trailers);
@@ -687,6 +690,7 @@ static struct h2_stream *stream_new(struct h2_conn *c)
     struct h2_stream *s = calloc(1, sizeof(*s) + c->set.stream_user_size);
     if (!s) return NULL;
     s->win = c->set.stream_window;
+    s->req.hdrs = VEC(struct h2_header);
     s->hb.hdrs = VEC(struct h2_header);
     s->free_task.cb = stream_free_cb;
     return s;
@@ -743,6 +747,7 @@ static void stream_finish(struct h2_stream *s, const struct h2_end *e, uint32_t 
     request_answered(s);
     stream_unlink(s);
     c->streams_grown -= s->grown;
+    hblock_free(&s->req);
     hblock_free(&s->hb);
     struct h2_end end = *e;
     end.reset_early = s->reset_early;
@@ -870,7 +875,8 @@ static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const u
     struct h2_conn *c = ud;
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
     if (!s || frame->hd.type != NGHTTP2_HEADERS) return 0;
-    struct hblock *b = &s->hb;
+    /* A request waits for its delivery in its own block: trailers may arrive before it is handed over. */
+    struct hblock *b = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &s->req : &s->hb;
     b->bytes += namelen + valuelen;
     if (b->bytes > c->set.max_header_bytes) {
         b->too_big = true;
@@ -927,13 +933,13 @@ static void deliver_task_cb(struct task *t)
 
 static void handle_request(struct h2_conn *c, struct h2_stream *s)
 {
-    if (s->hb.too_big) {
+    if (s->req.too_big) {
         char detail[96];
         snprintf(detail, sizeof(detail), "431: more than %u headers or %u KiB", c->set.max_headers,
                  c->set.max_header_bytes / 1024);
         conn_report_perr(c, H2_PERR_HEADERS_TOO_LARGE, detail);
         h2_stream_respond(s, 431, NULL, 0, 0);
-        hblock_free(&s->hb);
+        hblock_free(&s->req);
         return;
     }
     s->queued = true;
@@ -943,7 +949,7 @@ static void handle_request(struct h2_conn *c, struct h2_stream *s)
 
 static void deliver_request(struct h2_conn *c, struct h2_stream *s)
 {
-    struct hblock *b = &s->hb;
+    struct hblock *b = &s->req;
     struct h2_request req = {
         .method = b->method ? b->method : "",
         .scheme = b->scheme ? b->scheme : "",
@@ -951,7 +957,7 @@ static void deliver_request(struct h2_conn *c, struct h2_stream *s)
         .path = b->path ? b->path : "",
         .headers = (const struct h2_header *)b->hdrs.p,
         .n_headers = b->hdrs.n,
-        .end_stream = s->peer_eof,
+        .end_stream = s->req_end,
     };
     c->ops->on_request(s, c->ud, &req);
     /* The request is only valid during on_request: an open stream keeps none of it. */
@@ -1041,6 +1047,7 @@ static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
     if (frame->hd.type == NGHTTP2_HEADERS) {
         if (c->server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            s->req_end = end;
             if (end) stream_peer_eof(s);
             if (!s->done) handle_request(c, s);
             return 0;
@@ -1068,9 +1075,11 @@ static int on_frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
     }
     if (!c->server || frame->hd.type != NGHTTP2_HEADERS) return 0;
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
-    /* A response that ends our side while the peer still sends: tell it to stop (RFC 9113 §8.1), so that a
-     * client that keeps sending does not hold the stream. */
-    if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !s->ng_closed && !s->peer_eof)
+    /* A response without a body (an error status) while the peer still sends: tell it to stop (RFC 9113
+     * §8.1), so that a client that keeps sending does not hold the stream. Trailers after a body do not: the
+     * peer may finish its request (gRPC's client streams do). */
+    if (s && frame->headers.cat == NGHTTP2_HCAT_RESPONSE && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        !s->ng_closed && !s->peer_eof)
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
     return 0;
 }
