@@ -140,7 +140,8 @@ static struct {
     enum srv_mode mode;
     size_t resp_len;
     struct h2_conn *conn;
-    struct srv_stream *last;
+    struct srv_stream *last; /* the newest stream, or the copy of it once it ended */
+    struct srv_stream ended;
     int streams, closed_calls;
 } srv;
 
@@ -182,6 +183,9 @@ static void srv_end(struct h2_stream *s, void *ud, const struct h2_end *e)
     ss->ends++;
     ss->end = *e;
     ss->end.detail = NULL;
+    /* ss lives in the stream's user area, freed after this call: the checks read a copy. */
+    srv.ended = *ss;
+    if (srv.last == ss) srv.last = &srv.ended;
 }
 
 static const struct h2_stream_ops srv_stream_ops = {.on_headers = srv_headers,
