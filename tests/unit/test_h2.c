@@ -815,7 +815,6 @@ static const char *py_client =
     "    s.sendall(c.data_to_send())\n"
     "want = bytes((i * 131 + (i >> 9)) & 255 for i in range(n))\n"
     "ok = status == b'200' and got == want and trailers.get(b'grpc-status') == b'0'\n"
-    "print('status', status, 'bytes', len(got), 'trailers', trailers)\n"
     "sys.exit(0 if ok else 1)\n";
 
 static pid_t py_pid;
@@ -852,6 +851,75 @@ static void test_h2c_python_client(void **state)
     assert_string_equal(srv.last->trailer, "bye");
 }
 
+/* Our h2c client against Python's h2 as the server: it answers the POST with the request's length in a header,
+ * a 100000-byte body (more than our stream window: we must credit it as we consume) and trailers. */
+static const char *py_server =
+    "import socket, sys, h2.connection, h2.config, h2.events\n"
+    "ls = socket.socket(); ls.bind(('127.0.0.1', 0)); ls.listen(1)\n"
+    "print(ls.getsockname()[1], flush=True)\n"
+    "ls.settimeout(10); s, _ = ls.accept(); s.settimeout(10)\n"
+    "c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))\n"
+    "c.initiate_connection(); s.sendall(c.data_to_send())\n"
+    "body = bytes((i * 131 + (i >> 9)) & 255 for i in range(100000))\n"
+    "got, trailer, sent, ended = 0, None, 0, False\n"
+    "while True:\n"
+    "    d = s.recv(65536)\n"
+    "    if not d: break\n"
+    "    for e in c.receive_data(d):\n"
+    "        if isinstance(e, h2.events.DataReceived):\n"
+    "            got += len(e.data); c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)\n"
+    "        elif isinstance(e, h2.events.TrailersReceived): trailer = dict(e.headers).get(b'x-request-trailer')\n"
+    "        elif isinstance(e, h2.events.StreamEnded):\n"
+    "            ended = True\n"
+    "            c.send_headers(1, [(':status', '200'), ('x-test', 'yes'), ('x-got', str(got))])\n"
+    "    while ended and sent < len(body):\n"
+    "        n = min(len(body) - sent, c.local_flow_control_window(1), c.max_outbound_frame_size)\n"
+    "        if n <= 0: break\n"
+    "        c.send_data(1, body[sent:sent + n]); sent += n\n"
+    "        if sent == len(body): c.send_headers(1, [('grpc-status', '0'), ('grpc-message', 'fine')], end_stream=True)\n"
+    "    s.sendall(c.data_to_send())\n"
+    "sys.exit(0 if got == 30000 and trailer == b'bye' else 1)\n";
+
+static void test_h2c_python_server(void **state)
+{
+    (void)state;
+    if (access("/usr/bin/python3", X_OK) != 0 ||
+        system("/usr/bin/python3 -c 'import h2' 2>/dev/null") != 0) {
+        print_message("python3-h2 not installed: skipped\n");
+        skip();
+    }
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+    posix_spawn_file_actions_addclose(&fa, pfd[0]);
+    char *argv[] = {"/usr/bin/python3", "-c", (char *)py_server, NULL};
+    assert_int_equal(posix_spawn(&py_pid, argv[0], &fa, NULL, argv, environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    close(pfd[1]);
+    char line[16] = "";
+    FILE *f = fdopen(pfd[0], "r");
+    assert_non_null(fgets(line, sizeof(line), f));
+    fclose(f);
+    srv.port = (uint16_t)atoi(line); /* connect to python, not to our listener */
+    srv.ctx = NULL;
+    cli_connect(NULL, NULL, NULL);
+    cli_post(30000);
+    assert_true(run_until(cli_stream_ended, 10000));
+    assert_int_equal(cli.end.reason, H2_END_OK);
+    assert_int_equal(cli.status, 200);
+    assert_string_equal(cli.x_test, "yes");
+    assert_int_equal(cli.in.recv, 100000);
+    assert_false(cli.in.bad);
+    assert_string_equal(cli.grpc_status, "0");
+    assert_string_equal(cli.grpc_message, "fine");
+    h2_conn_close(cli.c, H2_END_LOCAL, "done");
+    assert_true(run_until(py_exited, 10000));
+    assert_true(WIFEXITED(py_status));
+    assert_int_equal(WEXITSTATUS(py_status), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -865,6 +933,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_chain_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2c_python_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h2c_python_server, setup, teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
