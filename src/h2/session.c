@@ -1732,6 +1732,7 @@ int h2_stream_respond(struct h2_stream *s, int status, const struct h2_header *h
     struct h2_conn *c = s->c;
     char st[12];
     size_t m;
+    if (!c->server) return -EINVAL;
     request_answered(s);
     if (s->done || c->st != C_OPEN) return -EPIPE;
     if (s->responded) return -EINVAL;

@@ -70,8 +70,8 @@ struct h2_end {
 struct h2_settings {
     const char *log_name;           /* log module of this connection's lines ("hbone"); static string */
     uint32_t max_concurrent_streams; /* server: SETTINGS_MAX_CONCURRENT_STREAMS advertised (0: not sent) */
-    uint32_t max_open_streams;       /* client: streams open at once at most, also capped by the peer's
-                                      * SETTINGS (h2_conn_max_streams) */
+    uint32_t max_open_streams;       /* client: streams open at once at most (0: no limit of ours), also
+                                      * capped by the peer's SETTINGS (h2_conn_max_streams) */
     /* Receive windows. SETTINGS_INITIAL_WINDOW_SIZE advertises stream_window; each time a stream has drained
      * a whole window while no more than a quarter of it waited unconsumed, its window doubles up to
      * stream_window_max and the connection window (starting at conn_window) grows by as much up to
@@ -213,12 +213,15 @@ struct h2_stream *h2_stream_open(struct h2_conn *c, const struct h2_header *head
 /* Sets the callbacks of s. */
 void h2_stream_set_ops(struct h2_stream *s, const struct h2_stream_ops *ops, void *ud);
 /* Server: answers the request with status and headers (copied). Flags: H2_BODY (else the response ends the
- * stream, and a peer still sending is told to stop with RST_STREAM NO_ERROR). Returns 0, -EINVAL when s was
- * answered already, -EPIPE when the stream or conn is gone, -ENOMEM. */
+ * stream, and a peer still sending is told to stop with RST_STREAM NO_ERROR; a gRPC trailers-only response is
+ * such a response). Returns 0, -EINVAL when s was answered already or is a client stream, -EPIPE when the
+ * stream or conn is gone, -ENOMEM. */
 int h2_stream_respond(struct h2_stream *s, int status, const struct h2_header *headers, size_t n,
                       unsigned flags);
-/* Sends trailers (copied) after the body, when pull reports its end. Call before that end. Returns 0,
- * -EINVAL without a body or when trailers were set already, -EPIPE when the stream is gone, -ENOMEM. */
+/* Sends trailers (copied) after the body, when pull reports its end: call it once the stream has a body
+ * (h2_stream_open or h2_stream_respond with H2_BODY) and before pull reports eof (e.g. set them, then report
+ * eof and h2_stream_resume). Returns 0, -EINVAL without a body or when trailers were set already, -EPIPE
+ * when the stream is gone, -ENOMEM. */
 int h2_stream_trailers(struct h2_stream *s, const struct h2_header *headers, size_t n);
 /* Send: pull has bytes (or the end) again after returning none. */
 void h2_stream_resume(struct h2_stream *s);

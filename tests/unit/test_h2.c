@@ -121,7 +121,7 @@ static const char *hdr(const struct h2_header *h, size_t n, const char *name)
 
 /* ---- server ---- */
 
-enum srv_mode { SRV_ECHO, SRV_RESET, SRV_HOLD };
+enum srv_mode { SRV_ECHO, SRV_RESET, SRV_HOLD, SRV_SILENT /* holds the body, never answers */ };
 
 /* The user area of each server stream. */
 struct srv_stream {
@@ -200,7 +200,7 @@ static void srv_on_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
     (void)c, (void)ud;
     struct srv_stream *ss = h2_stream_user(s);
     ss->s = s;
-    ss->in.hold = srv.mode == SRV_HOLD;
+    ss->in.hold = srv.mode == SRV_HOLD || srv.mode == SRV_SILENT;
     srv.last = ss;
     srv.streams++;
     h2_stream_set_ops(s, &srv_stream_ops, ss);
@@ -220,6 +220,7 @@ static void srv_on_request(struct h2_stream *s, void *ud, const struct h2_reques
         h2_stream_end(s, H2_END_LOCAL, NGHTTP2_INTERNAL_ERROR, "test reset");
         return;
     }
+    if (srv.mode == SRV_SILENT) return;
     ss->out.len = srv.resp_len;
     struct h2_header h[] = {{"content-type", "application/octet-stream"}, {"x-test", "yes"}};
     assert_int_equal(h2_stream_respond(s, 200, h, 2, H2_BODY), 0);
@@ -650,6 +651,33 @@ static bool cli_closed(void)
     return cli.closed_calls > 0;
 }
 
+static bool srv_got_window(void)
+{
+    return srv.last && srv.last->in.recv == WIN;
+}
+
+/* Bytes a stream's user never consumed go back to the connection window when the stream ends: six streams
+ * each leave a whole stream window unconsumed on a connection window of four; without the return the fifth
+ * would stall. */
+static void test_unconsumed_returned(void **state)
+{
+    (void)state;
+    srv.ctx = NULL;
+    srv.mode = SRV_SILENT;
+    cli_connect(NULL, NULL, NULL);
+    for (int i = 0; i < 6; i++) {
+        srv.last = NULL;
+        cli_post(WIN);
+        if (!run_until(srv_got_window, 5000))
+            fail_msg("stream %d stalled at %zu bytes", i, srv.last ? srv.last->in.recv : 0);
+        assert_int_equal(srv.last->ends, 0);
+        h2_stream_end(srv.last->s, H2_END_LOCAL, NGHTTP2_CANCEL, "enough");
+        assert_true(run_until(cli_stream_ended, 5000));
+        assert_int_equal(cli.end.reason, H2_END_RESET_BY_PEER);
+        assert_int_equal(cli.end.code, NGHTTP2_CANCEL);
+    }
+}
+
 /* The server resets the stream with INTERNAL_ERROR: the client's stream ends with RESET_BY_PEER and the
  * code; the connection stays usable. */
 static void test_peer_reset(void **state)
@@ -927,6 +955,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_h2c_request_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unconsumed_returned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_goaway_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handshake_failed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_identity, setup, teardown),
