@@ -129,7 +129,8 @@ static void on_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
     closed_calls++;
 }
 
-static const struct h2_conn_ops conn_ops = {.on_closed = on_closed, .on_stream = on_stream, .on_request = on_request};
+static const struct h2_conn_ops conn_ops = {
+    .on_closed = on_closed, .on_stream = on_stream, .on_request = on_request};
 
 static const struct h2_settings settings = {
     .log_name = "fuzz",

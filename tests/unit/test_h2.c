@@ -85,11 +85,11 @@ static bool run_until(bool (*pred)(void), uint64_t timeout_ms)
 /* ---- a body source and sink ---- */
 
 struct body {
-    size_t len, off;   /* send: bytes to send and sent (taken by the session) */
-    size_t recv;       /* receive: bytes received, checked against pattern */
-    bool bad, eof;     /* a received byte differs; the peer's END_STREAM */
-    bool hold;         /* do not consume received bytes (back-pressure) */
-    size_t held;       /* bytes received and not consumed */
+    size_t len, off; /* send: bytes to send and sent (taken by the session) */
+    size_t recv;     /* receive: bytes received, checked against pattern */
+    bool bad, eof;   /* a received byte differs; the peer's END_STREAM */
+    bool hold;       /* do not consume received bytes (back-pressure) */
+    size_t held;     /* bytes received and not consumed */
 };
 
 /* Offers the pattern in chunks of at most 20000 bytes, so a body takes several pulls. */
@@ -612,6 +612,17 @@ static void test_h2c_request_response(void **state)
     exchange(1, 300000);
 }
 
+/* A client whose settings are all zero gets the defaults (65 535-byte windows, 64 headers, ...): without
+ * them it would advertise a zero window and refuse every header. */
+static void test_zero_settings(void **state)
+{
+    (void)state;
+    srv.ctx = NULL;
+    struct h2_settings zero = {0};
+    cli_connect(NULL, NULL, &zero);
+    exchange(100000, 100000);
+}
+
 static bool srv_stalled(void)
 {
     return srv.last && srv.last->in.recv >= WIN;
@@ -856,8 +867,7 @@ static bool py_exited(void)
 static void test_h2c_python_client(void **state)
 {
     (void)state;
-    if (access("/usr/bin/python3", X_OK) != 0 ||
-        system("/usr/bin/python3 -c 'import h2' 2>/dev/null") != 0) {
+    if (access("/usr/bin/python3", X_OK) != 0 || system("/usr/bin/python3 -c 'import h2' 2>/dev/null") != 0) {
         print_message("python3-h2 not installed: skipped\n");
         skip();
     }
@@ -879,8 +889,8 @@ static void test_h2c_python_client(void **state)
     assert_string_equal(srv.last->trailer, "bye");
 }
 
-/* Our h2c client against Python's h2 as the server: it answers the POST with the request's length in a header,
- * a 100000-byte body (more than our stream window: we must credit it as we consume) and trailers. */
+/* Our h2c client against Python's h2 as the server: it answers the POST with the request's length in a
+ * header, a 100000-byte body (more than our stream window: we must credit it as we consume) and trailers. */
 static const char *py_server =
     "import socket, sys, h2.connection, h2.config, h2.events\n"
     "ls = socket.socket(); ls.bind(('127.0.0.1', 0)); ls.listen(1)\n"
@@ -896,7 +906,8 @@ static const char *py_server =
     "    for e in c.receive_data(d):\n"
     "        if isinstance(e, h2.events.DataReceived):\n"
     "            got += len(e.data); c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)\n"
-    "        elif isinstance(e, h2.events.TrailersReceived): trailer = dict(e.headers).get(b'x-request-trailer')\n"
+    "        elif isinstance(e, h2.events.TrailersReceived): trailer = "
+    "dict(e.headers).get(b'x-request-trailer')\n"
     "        elif isinstance(e, h2.events.StreamEnded):\n"
     "            ended = True\n"
     "            c.send_headers(1, [(':status', '200'), ('x-test', 'yes'), ('x-got', str(got))])\n"
@@ -904,15 +915,15 @@ static const char *py_server =
     "        n = min(len(body) - sent, c.local_flow_control_window(1), c.max_outbound_frame_size)\n"
     "        if n <= 0: break\n"
     "        c.send_data(1, body[sent:sent + n]); sent += n\n"
-    "        if sent == len(body): c.send_headers(1, [('grpc-status', '0'), ('grpc-message', 'fine')], end_stream=True)\n"
+    "        if sent == len(body): c.send_headers(1, [('grpc-status', '0'), ('grpc-message', 'fine')], "
+    "end_stream=True)\n"
     "    s.sendall(c.data_to_send())\n"
     "sys.exit(0 if got == 30000 and trailer == b'bye' else 1)\n";
 
 static void test_h2c_python_server(void **state)
 {
     (void)state;
-    if (access("/usr/bin/python3", X_OK) != 0 ||
-        system("/usr/bin/python3 -c 'import h2' 2>/dev/null") != 0) {
+    if (access("/usr/bin/python3", X_OK) != 0 || system("/usr/bin/python3 -c 'import h2' 2>/dev/null") != 0) {
         print_message("python3-h2 not installed: skipped\n");
         skip();
     }
@@ -953,6 +964,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_tls_request_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2c_request_response, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_zero_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_reset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unconsumed_returned, setup, teardown),
