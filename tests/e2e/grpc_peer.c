@@ -432,9 +432,12 @@ static int run_client(int argc, char **argv)
         return 0;
     }
     loop_run(L);
-    /* The connection is freed from the loop's tasks: run them before the context goes. */
-    grpc_channel_free(ch);
+    /* What the end queued (a RST_STREAM CANCEL at the deadline) is flushed from the loop's tasks; so is the
+     * connection's free, before the context goes. */
     struct timer t = {.cb = stop_loop};
+    timer_start(L, &t, 10);
+    loop_run(L);
+    grpc_channel_free(ch);
     timer_start(L, &t, 10);
     loop_run(L);
     if (ctx) SSL_CTX_free(ctx);

@@ -591,3 +591,60 @@ def test_client_unavailable(peer_bin):
     """Nobody listens: UNAVAILABLE."""
     lines, st, msg = zclient(peer_bin, free_port(), "unary", "--text", "x")
     assert st == "UNAVAILABLE", (lines, msg)
+
+
+def test_client_request_headers_and_cancel(peer_bin):
+    """What the zmesh client puts on the wire, read by a python3-h2 server: the request headers in the order
+    PROTOCOL-HTTP2.md gives (pseudo-headers, grpc-timeout, content-type, te, user-agent, then custom metadata,
+    a -bin value in unpadded base64), one length-prefixed message, and at the deadline RST_STREAM CANCEL."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    port = ls.getsockname()[1]
+    proc = subprocess.Popen([peer_bin, "client", "127.0.0.1:%d" % port, "unary", "--text", "hi", "--timeout-ms",
+                             "300", "--md", "authorization=Bearer t", "--md", "x-b-bin=\x01"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ls.settimeout(5)
+        s, _ = ls.accept()
+        s.settimeout(5)
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        headers, body, reset, ended = None, b"", None, False
+        deadline = time.time() + 5
+        while reset is None and time.time() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    headers = [(k.decode(), v.decode()) for k, v in ev.headers]
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    reset = ev.error_code
+            s.sendall(conn.data_to_send())
+        names = [k for k, _ in headers]
+        assert names[:4] == [":method", ":scheme", ":path", ":authority"], names
+        assert names[4:8] == ["grpc-timeout", "content-type", "te", "user-agent"], names
+        h = dict(headers)
+        assert h[":method"] == "POST" and h[":scheme"] == "http" and h[":path"] == ECHO
+        assert h[":authority"] == "127.0.0.1:%d" % port
+        assert h["grpc-timeout"] == "300000u", h   # 300 ms: the finest unit that fits 8 digits
+        assert h["content-type"] == "application/grpc" and h["te"] == "trailers"
+        assert h["authorization"] == "Bearer t"
+        assert h["x-b-bin"] == "AQ"                 # base64 of 0x01, unpadded
+        assert ended, "the unary request was not ended with END_STREAM"
+        assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+        assert reset == 8, reset                    # CANCEL at the deadline
+        out, err = proc.communicate(timeout=5)
+        assert out.strip().splitlines()[-1].startswith("status DEADLINE_EXCEEDED"), out + err
+        s.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ls.close()
