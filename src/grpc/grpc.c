@@ -1021,8 +1021,6 @@ static void srv_on_request(struct h2_stream *s, void *ud, const struct h2_reques
     if (c->s && c->peer_eof) peer_done(c);
 }
 
-static const struct h2_conn_ops srv_conn_ops;
-
 static void srv_on_closed(struct h2_conn *hc, void *ud, const struct h2_end *e)
 {
     struct sconn *sc = ud;
@@ -1192,10 +1190,9 @@ struct grpc_channel *grpc_channel_dial(struct loop *l, const struct sockaddr_sto
     if (fd < 0) return NULL;
     net_set_nodelay(fd);
     socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* A refused or failing connect is the session's to report (H2_END_CONNECT_FAILED: UNAVAILABLE). */
-    if (connect(fd, (const struct sockaddr *)ss, len) < 0 && errno != EINPROGRESS) {
-        /* Immediate failures still go through the session, so that calls end as for any other. */
-    }
+    /* A refused or failing connect, immediate or later, is the session's to report (the socket never becomes
+     * writable or fails on first use): calls end with UNAVAILABLE like for any other connection failure. */
+    (void)connect(fd, (const struct sockaddr *)ss, len);
     return grpc_channel_new(l, fd, ctx, peer, authority, o);
 }
 
