@@ -499,6 +499,9 @@ static void feed(struct grpc_call *c, const uint8_t *data, size_t len)
     if (c->server) {
         grpc_call_finish(c, st, err, NULL, 0);
     } else {
+        /* doc/statuscodes.md: a compression the client cannot undo is INTERNAL on the client side (the
+         * deframer's UNIMPLEMENTED is the server side's answer). */
+        if (st == GRPC_STATUS_UNIMPLEMENTED) st = GRPC_STATUS_INTERNAL;
         set_status(c, st, err);
         c->finished = true;
         call_reset(c, err);
@@ -1231,7 +1234,7 @@ struct grpc_call *grpc_call_start(struct grpc_channel *ch, const char *path, con
     }
     struct grpc_call *c = call_new(ch->l, false, &ch->o);
     struct hlist hl;
-    if (!c || hl_init(&hl, 9 + o->n_md) < 0) {
+    if (!c || hl_init(&hl, 10 + o->n_md) < 0) {
         if (c) {
             hl_free(&hl);
             call_free(c);
@@ -1257,6 +1260,8 @@ struct grpc_call *grpc_call_start(struct grpc_channel *ch, const char *path, con
     hl_add(&hl, "content-type", "application/grpc");
     hl_add(&hl, "te", "trailers");
     hl_add(&hl, "user-agent", USER_AGENT);
+    /* zmesh decompresses nothing: servers must not compress what they send us. */
+    hl_add(&hl, "grpc-accept-encoding", "identity");
     if (rc == 0) rc = hl_add_md(&hl, o->md, o->n_md);
     if (rc == 0) {
         c->s = h2_stream_open(ch->c, hl.h, hl.n, H2_BODY, &stream_ops, c);

@@ -595,7 +595,8 @@ def test_client_unavailable(peer_bin):
 
 def test_client_request_headers_and_cancel(peer_bin):
     """What the zmesh client puts on the wire, read by a python3-h2 server: the request headers in the order
-    PROTOCOL-HTTP2.md gives (pseudo-headers, grpc-timeout, content-type, te, user-agent, then custom metadata,
+    PROTOCOL-HTTP2.md gives (pseudo-headers, grpc-timeout, content-type, te, user-agent, grpc-accept-encoding
+    identity, then custom metadata,
     a -bin value in unpadded base64), one length-prefixed message, and at the deadline RST_STREAM CANCEL."""
     ls = socket.socket()
     ls.bind(("127.0.0.1", 0))
@@ -630,12 +631,13 @@ def test_client_request_headers_and_cancel(peer_bin):
             s.sendall(conn.data_to_send())
         names = [k for k, _ in headers]
         assert names[:4] == [":method", ":scheme", ":path", ":authority"], names
-        assert names[4:8] == ["grpc-timeout", "content-type", "te", "user-agent"], names
+        assert names[4:9] == ["grpc-timeout", "content-type", "te", "user-agent", "grpc-accept-encoding"], names
         h = dict(headers)
         assert h[":method"] == "POST" and h[":scheme"] == "http" and h[":path"] == ECHO
         assert h[":authority"] == "127.0.0.1:%d" % port
         assert h["grpc-timeout"] == "300000u", h   # 300 ms: the finest unit that fits 8 digits
         assert h["content-type"] == "application/grpc" and h["te"] == "trailers"
+        assert h["grpc-accept-encoding"] == "identity"
         assert h["authorization"] == "Bearer t"
         assert h["x-b-bin"] == "AQ"                 # base64 of 0x01, unpadded
         assert ended, "the unary request was not ended with END_STREAM"
