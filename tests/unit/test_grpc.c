@@ -13,6 +13,8 @@
 
 #include "core/net.h"
 #include "grpc/grpc.h"
+#include "tls/ca.h"
+#include "tls/tls.h"
 #include "grpc/wire.h"
 
 static void test_status_names(void **state)
@@ -485,6 +487,7 @@ struct env {
     uint16_t port;
     struct timer guard;
     int stops_wanted, stops;
+    SSL_CTX *sctx; /* NULL: h2c */
 };
 
 static struct env E;
@@ -496,7 +499,7 @@ static void on_accept(struct io *io, uint32_t ev)
     (void)ev;
     int fd;
     while ((fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
-        assert_int_equal(grpc_server_serve(E.srv, fd, NULL), 0);
+        assert_int_equal(grpc_server_serve(E.srv, fd, E.sctx), 0);
 }
 
 static void guard_fired(struct timer *t)
@@ -553,6 +556,7 @@ struct seen {
     char md[8][64];
     int n_md;
     uint64_t timeout_ns;
+    char peer_id[256];
     enum grpc_status end_status;
     int ends;
     struct grpc_call *call; /* streaming: the call, to push to */
@@ -579,6 +583,7 @@ static void h_echo(struct grpc_call *c, void *ud, const struct grpc_call_info *i
     (void)ud;
     S.calls++;
     S.timeout_ns = info->timeout_ns;
+    snprintf(S.peer_id, sizeof(S.peer_id), "%s", info->peer_id);
     S.n_md = 0;
     for (size_t i = 0; i < info->n_md && i < 8; i++)
         snprintf(S.md[S.n_md++], sizeof(S.md[0]), "%s=%.*s", info->md[i].name, (int)info->md[i].len,
@@ -677,13 +682,21 @@ static int teardown_calls(void **state)
     return 0;
 }
 
-static struct grpc_channel *dial(uint16_t port, const struct grpc_opts *o)
+static struct grpc_channel *dial_tls(uint16_t port, const struct grpc_opts *o, SSL_CTX *ctx,
+                                     const struct h2_peer *peer)
 {
     struct ip_addr ip;
     struct sockaddr_storage ss;
     ip_parse("127.0.0.1", &ip);
     sockaddr_from(&ss, &ip, port);
-    struct grpc_channel *ch = grpc_channel_dial(E.l, &ss, NULL, NULL, "test.local", o);
+    struct grpc_channel *ch = grpc_channel_dial(E.l, &ss, ctx, peer, "test.local", o);
+    assert_non_null(ch);
+    return ch;
+}
+
+static struct grpc_channel *dial(uint16_t port, const struct grpc_opts *o)
+{
+    struct grpc_channel *ch = dial_tls(port, o, NULL, NULL);
     assert_non_null(ch);
     return ch;
 }
@@ -874,6 +887,83 @@ static void test_call_stream_backpressure(void **state)
     grpc_channel_free(ch);
 }
 
+/* Mutual TLS with workload certificates from zmesh's local CA (tls/ca.h) and HBONE's contexts: the handler
+ * learns the client's SPIFFE id, the client checks the server's; a server that is not the one expected is
+ * refused before any request leaves (UNAVAILABLE, H2_END_IDENTITY). */
+#define ID_SERVER "spiffe://cluster.local/ns/istio-system/sa/istiod"
+#define ID_CLIENT "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+
+static struct tls_cert *mint(struct cert_provider *ca, const char *uri)
+{
+    struct spiffe_id id;
+    char err[256] = "";
+    assert_int_equal(spiffe_parse(uri, strlen(uri), &id), 0);
+    struct tls_cert *c = ca->fetch(ca, &id, err, sizeof(err));
+    assert_non_null(c);
+    return c;
+}
+
+static enum h2_end_reason last_h2_reason;
+static void cli_end_reason(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    last_h2_reason = r->h2_reason;
+    cli_end(c, ud, r);
+}
+static const struct grpc_call_ops cli_ops_reason = {.on_message = cli_msg, .on_end = cli_end_reason};
+
+static void test_call_mtls(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/zmesh-grpc-XXXXXX", err[256], p[128];
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(ca_write_root(dir, NULL, err, sizeof(err)), 0);
+    struct cert_provider *ca = ca_local_new(dir, err, sizeof(err));
+    assert_non_null(ca);
+    struct tls_cert *cs = mint(ca, ID_SERVER), *cc = mint(ca, ID_CLIENT);
+    E.sctx = tls_server_ctx_new(cs);
+    SSL_CTX *cctx = tls_client_ctx_new(cc);
+    assert_non_null(E.sctx);
+    assert_non_null(cctx);
+
+    const char *const ok[] = {ID_SERVER};
+    struct grpc_channel *ch = dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = ok, .n_expected = 1});
+    struct got_call g = {0};
+    int rc;
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"tls", 3, &cli_ops, &g, &rc));
+    run_until(2);
+    assert_int_equal(g.status, GRPC_STATUS_OK);
+    assert_memory_equal(g.last, "slt", 3);
+    assert_string_equal(S.peer_id, ID_CLIENT);
+    grpc_channel_free(ch);
+
+    const char *const wrong[] = {"spiffe://cluster.local/ns/default/sa/other"};
+    ch = dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = wrong, .n_expected = 1});
+    memset(&g, 0, sizeof(g));
+    S.calls = 0;
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"x", 1, &cli_ops_reason, &g, &rc));
+    run_until(1);
+    assert_int_equal(g.status, GRPC_STATUS_UNAVAILABLE);
+    assert_int_equal(last_h2_reason, H2_END_IDENTITY);
+    assert_int_equal(S.calls, 0);
+    grpc_channel_free(ch);
+
+    /* Let the conns go before their contexts. */
+    grpc_server_free(E.srv);
+    E.srv = NULL;
+    run_while_not(always);
+    SSL_CTX_free(E.sctx);
+    E.sctx = NULL;
+    SSL_CTX_free(cctx);
+    tls_cert_unref(cs);
+    tls_cert_unref(cc);
+    ca->destroy(ca);
+    snprintf(p, sizeof(p), "%s/root-cert.pem", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/root-key.pem", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -896,6 +986,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_call_deadline, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_unavailable, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_stream_backpressure, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_mtls, setup_calls, teardown_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
