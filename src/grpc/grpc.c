@@ -1132,16 +1132,13 @@ void grpc_server_free(struct grpc_server *s)
         free(s);
         return;
     }
-    /* Each close may free its sconn (and, for the last, the server) at once or later. */
-    struct sconn *sc = s->conns;
-    unsigned n = s->n_conns;
-    struct h2_conn **cs = calloc(n, sizeof(*cs));
-    if (!cs) return;
-    for (unsigned i = 0; sc && i < n; sc = sc->next)
-        cs[i++] = sc->c;
-    for (unsigned i = 0; i < n; i++)
-        if (cs[i]) h2_conn_close(cs[i], H2_END_LOCAL, "server shutting down");
-    free(cs);
+    /* h2_conn_close calls on_closed before it returns (session.h: "Closes now ... then on_closed"), which
+     * unlinks the conn; the last one frees the server. */
+    while (s->conns) {
+        bool last = s->n_conns == 1;
+        h2_conn_close(s->conns->c, H2_END_LOCAL, "server shutting down");
+        if (last) return;
+    }
 }
 
 /* ---- client ---- */
@@ -1212,6 +1209,7 @@ void grpc_channel_free(struct grpc_channel *ch)
         free(ch);
         return;
     }
+    /* on_closed (run before h2_conn_close returns) frees the channel. */
     ch->free_pending = true;
     h2_conn_close(ch->c, H2_END_LOCAL, "channel closed");
 }

@@ -116,8 +116,10 @@ void grpc_server_free(struct grpc_server *s);
 
 /* ---- client ---- */
 
-/* A client connection to one server. authority is sent as :authority (copied); peer says how the server's
- * certificate is checked (TLS only, copied by the session). */
+/* A client connection to one server on fd (connecting or connected, non-blocking; ownership passes here).
+ * ctx: a TLS client context with ALPN h2 (borrowed, must outlive the channel) or NULL for h2c. authority is
+ * sent as :authority (copied); peer says how the server's certificate is checked (TLS only, copied; NULL
+ * with TLS fails every handshake closed). o may be NULL. Returns NULL on allocation failure (fd closed). */
 struct grpc_channel *grpc_channel_new(struct loop *l, int fd, SSL_CTX *ctx, const struct h2_peer *peer,
                                       const char *authority, const struct grpc_opts *o);
 /* Connects to ss (non-blocking) and makes a channel on the socket. A failed connect ends the calls with
@@ -165,7 +167,8 @@ bool grpc_call_writable(const struct grpc_call *c, size_t n);
 size_t grpc_call_queued(const struct grpc_call *c);
 /* Server: ends the call with status and message (may be NULL) after the queued messages, with trailing
  * metadata md (may be NULL). A call with nothing sent gets a Trailers-Only response. on_end follows when
- * the stream is done. Returns 0, -EPIPE when already finished, -EINVAL for bad metadata, -ENOMEM. */
+ * the stream is done. Returns 0, -EPIPE when already finished, -EINVAL for bad metadata or a client call,
+ * -ENOMEM. */
 int grpc_call_finish(struct grpc_call *c, enum grpc_status st, const char *msg, const struct grpc_md *md,
                      size_t n_md);
 /* Client: ends our side (END_STREAM after the queued messages). Returns 0 or -EPIPE. */
