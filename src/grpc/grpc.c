@@ -352,9 +352,11 @@ size_t grpc_call_queued(const struct grpc_call *c)
     return c->queued;
 }
 
-bool grpc_call_writable(const struct grpc_call *c, size_t n)
+bool grpc_call_writable(struct grpc_call *c, size_t n)
 {
-    return c->queued == 0 || c->queued + GRPC_FRAME_HDR + n <= c->queue_max;
+    if (c->queued == 0 || c->queued + GRPC_FRAME_HDR + n <= c->queue_max) return true;
+    c->want_writable = true;
+    return false;
 }
 
 static void wake(struct grpc_call *c)
@@ -367,26 +369,31 @@ static void wake(struct grpc_call *c)
 
 static int server_send_headers(struct grpc_call *c);
 
-int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n)
+uint8_t *grpc_call_send_alloc(struct grpc_call *c, size_t n, int *err)
 {
-    if (!c->s || c->send_closed || (c->server && c->finished)) return -EPIPE;
-    char err[128];
-    if (grpc_check_send_size(n, c->max_send, err, sizeof(err)) != GRPC_STATUS_OK) return -EMSGSIZE;
-    if (c->server && c->unary && c->sent_msgs > 0) return -EINVAL;
-    if (!grpc_call_writable(c, n)) {
-        c->want_writable = true;
-        return -EAGAIN;
+    char why[128];
+    *err = 0;
+    if (!c->s || c->send_closed || (c->server && c->finished)) {
+        *err = -EPIPE;
+    } else if (grpc_check_send_size(n, c->max_send, why, sizeof(why)) != GRPC_STATUS_OK) {
+        *err = -EMSGSIZE;
+    } else if (c->server && c->unary && c->sent_msgs > 0) {
+        *err = -EINVAL;
+    } else if (!grpc_call_writable(c, n)) {
+        *err = -EAGAIN;
+    } else if (c->server && !c->headers_sent) {
+        *err = server_send_headers(c);
     }
-    if (c->server && !c->headers_sent) {
-        int rc = server_send_headers(c);
-        if (rc < 0) return rc;
-    }
+    if (*err < 0) return NULL;
     size_t need = GRPC_FRAME_HDR + n;
     struct chunk *k = c->tail;
     if (!k || k->cap - k->len < need) {
         size_t cap = need > CHUNK_SIZE ? need : CHUNK_SIZE;
         k = malloc(sizeof(*k) + cap);
-        if (!k) return -ENOMEM;
+        if (!k) {
+            *err = -ENOMEM;
+            return NULL;
+        }
         k->next = NULL;
         k->len = k->off = 0;
         k->cap = cap;
@@ -396,12 +403,22 @@ int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n)
             c->head = k;
         c->tail = k;
     }
-    grpc_frame_header(k->data + k->len, false, (uint32_t)n);
-    if (n) memcpy(k->data + k->len + GRPC_FRAME_HDR, p, n);
+    uint8_t *msg = k->data + k->len;
+    grpc_frame_header(msg, false, (uint32_t)n);
     k->len += need;
     c->queued += need;
     c->sent_msgs++;
+    /* The session pulls from a deferred flush, never from inside resume: the caller fills the bytes first. */
     wake(c);
+    return msg + GRPC_FRAME_HDR;
+}
+
+int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n)
+{
+    int err;
+    uint8_t *dst = grpc_call_send_alloc(c, n, &err);
+    if (!dst) return err;
+    if (n) memcpy(dst, p, n);
     return 0;
 }
 

@@ -47,8 +47,8 @@ struct grpc_call_ops {
     void (*on_message)(struct grpc_call *c, void *ud, const uint8_t *p, size_t n);
     /* Server: the client finished sending (END_STREAM). Optional. */
     void (*on_half_close)(struct grpc_call *c, void *ud);
-    /* grpc_call_send refused a message (-EAGAIN) and the send queue has drained below half its bound: send
-     * again. Optional. */
+    /* grpc_call_send refused a message (-EAGAIN) or grpc_call_writable said false, and the send queue has
+     * drained below half its bound: send again. Optional. */
     void (*on_writable)(struct grpc_call *c, void *ud);
     /* The call is over; c is invalid after the call. */
     void (*on_end)(struct grpc_call *c, void *ud, const struct grpc_result *r);
@@ -161,8 +161,13 @@ void grpc_call_set_ops(struct grpc_call *c, const struct grpc_call_ops *ops, voi
  * -EMSGSIZE over max_send (the call is not ended: the caller decides, e.g. RESOURCE_EXHAUSTED); -EPIPE when
  * the call is finished or our side closed; -EINVAL for a second response of a unary call; -ENOMEM. */
 int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n);
-/* True when grpc_call_send would take a message of n bytes now. */
-bool grpc_call_writable(const struct grpc_call *c, size_t n);
+/* Queues one message of n bytes and returns where to write it (owned by the queue): the caller fills all n
+ * bytes before returning to the loop (e.g. protobuf_c_message_pack straight into it, saving the copy of
+ * grpc_call_send). NULL with *err as grpc_call_send's returns. */
+uint8_t *grpc_call_send_alloc(struct grpc_call *c, size_t n, int *err);
+/* True when grpc_call_send would take a message of n bytes now; when false, on_writable follows once the
+ * queue has drained (so a producer can ask before it builds a message). */
+bool grpc_call_writable(struct grpc_call *c, size_t n);
 /* Bytes queued and not yet taken by HTTP/2. */
 size_t grpc_call_queued(const struct grpc_call *c);
 /* Server: ends the call with status and message (may be NULL) after the queued messages, with trailing

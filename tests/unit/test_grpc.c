@@ -561,6 +561,8 @@ struct seen {
     int ends;
     struct grpc_call *call; /* streaming: the call, to push to */
     uint64_t msgs;
+    uint8_t last[16];
+    size_t last_n;
     bool writable;
 };
 static struct seen S;
@@ -611,6 +613,8 @@ static void srv_stream_msg(struct grpc_call *c, void *ud, const uint8_t *p, size
     (void)p;
     (void)n;
     S.msgs++;
+    S.last_n = n < sizeof(S.last) ? n : sizeof(S.last);
+    memcpy(S.last, p, S.last_n);
     (void)c;
 }
 
@@ -867,7 +871,10 @@ static void test_call_stream_backpressure(void **state)
     run_until(2); /* the handler starts; on_writable once the queue drained below half */
     assert_true(g.writable);
     assert_non_null(S.call);
-    assert_int_equal(grpc_call_send(c, big, 10), 0);
+    /* A message built in place in the queue. */
+    uint8_t *dst = grpc_call_send_alloc(c, 8, &err);
+    assert_non_null(dst);
+    memcpy(dst, "inplace!", 8);
     /* The server pushes to the client from outside any callback of the call. */
     assert_int_equal(grpc_call_send(S.call, (const uint8_t *)"push", 4), 0);
     G_stream = &g;
@@ -875,6 +882,17 @@ static void test_call_stream_backpressure(void **state)
     run_while_not(stream_all_in);
     assert_memory_equal(g.last, "push", 4);
     assert_int_equal(S.msgs, taken + 1);
+    assert_int_equal(S.last_n, 8);
+    assert_memory_equal(S.last, "inplace!", 8);
+    /* Asking before building: a full queue says no, and on_writable follows without a refused send. */
+    g.writable = false;
+    taken = 0;
+    while (grpc_call_writable(c, 16384)) {
+        assert_int_equal(grpc_call_send(c, big, 16384), 0);
+        taken++;
+    }
+    run_until(1);
+    assert_true(g.writable);
     /* The handler's call ends inside grpc_server_free (the connection closes at once), the client's when its
      * connection sees the close. */
     grpc_server_free(E.srv);
