@@ -1134,6 +1134,15 @@ int grpc_server_serve(struct grpc_server *s, int fd, SSL_CTX *ctx)
     return 0;
 }
 
+void grpc_server_drain(struct grpc_server *s)
+{
+    /* A conn still in its handshake with no streams closes inside h2_conn_drain (on_closed unlinks it). */
+    for (struct sconn *sc = s->conns, *nx; sc; sc = nx) {
+        nx = sc->next;
+        h2_conn_drain(sc->c);
+    }
+}
+
 unsigned grpc_server_conns(const struct grpc_server *s)
 {
     return s->n_conns;

@@ -109,6 +109,10 @@ int grpc_server_add(struct grpc_server *s, const char *path, enum grpc_method_ki
  * context with ALPN h2 (borrowed, must outlive the server), or NULL for h2c with prior knowledge. Returns 0
  * or -ENOMEM (fd closed). */
 int grpc_server_serve(struct grpc_server *s, int fd, SSL_CTX *ctx);
+/* Graceful shutdown: GOAWAY on every connection. Calls in progress go on; new ones are refused (clients
+ * retry elsewhere: PROTOCOL-HTTP2.md "GOAWAY Frame"); each connection closes when its calls have ended.
+ * Connections served afterwards are not drained: stop accepting first. */
+void grpc_server_drain(struct grpc_server *s);
 /* Open connections. */
 unsigned grpc_server_conns(const struct grpc_server *s);
 /* Closes every connection (each call's on_end runs with CANCELLED) and frees the server. NULL is ignored. */

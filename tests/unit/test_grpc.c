@@ -982,6 +982,46 @@ static void test_call_mtls(void **state)
     rmdir(dir);
 }
 
+static bool no_conns(void)
+{
+    return grpc_server_conns(E.srv) == 0;
+}
+
+/* Drain: the open stream goes on and ends normally, a new call is refused (UNAVAILABLE), then the connection
+ * closes by itself. */
+static void test_server_drain(void **state)
+{
+    (void)state;
+    struct grpc_channel *ch = dial(E.port, NULL);
+    struct got_call g = {0}, g2 = {0};
+    int err;
+    struct grpc_call *c = grpc_call_start(ch, "/t.S/Stream", NULL, &cli_ops, &g, &err);
+    assert_non_null(c);
+    assert_int_equal(grpc_call_send(c, (const uint8_t *)"x", 1), 0);
+    run_until(1); /* the handler has the call */
+    assert_non_null(S.call);
+    assert_int_equal(grpc_server_conns(E.srv), 1);
+    grpc_server_drain(E.srv);
+    run_while_not(always);
+    run_while_not(always);
+    assert_int_equal(grpc_server_conns(E.srv), 1);
+    struct grpc_call *c2 = grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"y", 1, &cli_ops, &g2, &err);
+    if (c2) {
+        run_until(1);
+        assert_int_equal(g2.status, GRPC_STATUS_UNAVAILABLE);
+    } else {
+        assert_int_equal(err, -EPIPE); /* the GOAWAY arrived first: the channel takes no calls */
+    }
+    /* The old call still works both ways. */
+    assert_int_equal(grpc_call_send(S.call, (const uint8_t *)"late", 4), 0);
+    assert_int_equal(grpc_call_close_send(c), 0);
+    run_until(2); /* half-close finishes it on the server: both ends */
+    assert_int_equal(g.status, GRPC_STATUS_OK);
+    assert_memory_equal(g.last, "late", 4);
+    run_while_not(no_conns);
+    grpc_channel_free(ch);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1005,6 +1045,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_call_unavailable, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_stream_backpressure, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_mtls, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_server_drain, setup_calls, teardown_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
