@@ -33,13 +33,18 @@ ZT_OBJ  := $(patsubst src/%.c,$(B)/obj/%.o,$(ZT_SRC))
 CLI_SRC := $(wildcard src/cli/*.c)
 CLI_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(CLI_SRC))
 CLI_LIB_OBJ := $(filter-out $(B)/obj/cli/main.o,$(CLI_OBJ))
+# zmeshd: its main.c is in src/zmeshd/cmd/, which LIB_SRC's src/zmeshd/*.c does not reach, so neither
+# libzmesh.a nor the fuzz targets see a second main(); everything it calls (daemon.c, watch.c) is in the library.
+ZMESHD_SRC := $(wildcard src/zmeshd/cmd/*.c)
+ZMESHD_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(ZMESHD_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 # bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
-all: $(B)/bin/ztunnel $(B)/bin/zmesh $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip $(B)/tests/grpc_peer
+all: $(B)/bin/ztunnel $(B)/bin/zmesh $(B)/bin/zmeshd $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip \
+     $(B)/tests/grpc_peer
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
@@ -85,6 +90,10 @@ $(B)/bin/ztunnel: $(ZT_OBJ) $(B)/libzmesh.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/bin/zmesh: $(CLI_OBJ) $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/bin/zmeshd: $(ZMESHD_OBJ) $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -190,7 +199,7 @@ fuzz: deps
 	@tests/fuzz/run.sh -keep $(FUZZ_TIME) $(FUZZ_BIN)
 
 format:
-	clang-format -i $(LIB_SRC) $(ZT_SRC) $(CLI_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
+	clang-format -i $(LIB_SRC) $(ZT_SRC) $(CLI_SRC) $(ZMESHD_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
 
 clean:
 	rm -rf build

@@ -215,6 +215,12 @@ int net_listen(uint16_t port, int backlog, bool transparent)
     return listen_on(AF_INET, (struct sockaddr *)&s4, sizeof(s4), backlog, transparent);
 }
 
+int net_listen_addr(const struct sockaddr_storage *ss, int backlog)
+{
+    socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    return listen_on(ss->ss_family, (const struct sockaddr *)ss, len, backlog, false);
+}
+
 int net_listen_local(uint16_t port, int backlog)
 {
     struct sockaddr_in s4 = {

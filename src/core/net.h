@@ -52,6 +52,9 @@ int net_set_mark(int fd, uint32_t mark);
 int net_listen(uint16_t port, int backlog, bool transparent);
 /* Listens on 127.0.0.1 (and only there). Returns fd or -errno. */
 int net_listen_local(uint16_t port, int backlog);
+/* A non-blocking listening socket bound to ss (IPv4 or IPv6; an IPv6 wildcard takes IPv4 too). Returns the fd
+ * or -errno. */
+int net_listen_addr(const struct sockaddr_storage *ss, int backlog);
 /* Original destination of a REDIRECTed connection (SO_ORIGINAL_DST, then IP6T_SO_ORIGINAL_DST,
  * then the local address). Returns 0 or -errno. */
 int net_original_dst(int fd, struct sockaddr_storage *out);

@@ -359,6 +359,17 @@ bool grpc_call_writable(struct grpc_call *c, size_t n)
     return false;
 }
 
+void grpc_call_notify_writable(struct grpc_call *c)
+{
+    if (c->dead) return;
+    if (c->queued <= c->queue_max / 2) {
+        c->writable_due = true; /* from a task, as after a refused send */
+        loop_defer(c->l, &c->task);
+    } else {
+        c->want_writable = true;
+    }
+}
+
 static void wake(struct grpc_call *c)
 {
     if (c->parked && c->s) {

@@ -172,6 +172,9 @@ uint8_t *grpc_call_send_alloc(struct grpc_call *c, size_t n, int *err);
 /* True when grpc_call_send would take a message of n bytes now; when false, on_writable follows once the
  * queue has drained (so a producer can ask before it builds a message). */
 bool grpc_call_writable(struct grpc_call *c, size_t n);
+/* Asks for on_writable once the send queue is below half its bound (from a task, soon, if it already is):
+ * for a sender that builds each message only when it can be sent (the latest state, not a backlog). */
+void grpc_call_notify_writable(struct grpc_call *c);
 /* Bytes queued and not yet taken by HTTP/2. */
 size_t grpc_call_queued(const struct grpc_call *c);
 /* Server: ends the call with status and message (may be NULL) after the queued messages, with trailing

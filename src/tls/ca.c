@@ -80,26 +80,39 @@ static int add_ext_conf(X509 *x, X509V3_CTX *ctx, int nid, const char *value)
     return ok ? 0 : -EIO;
 }
 
-/* Adds the URI SAN built directly as a GENERAL_NAME, so no byte of the id is interpreted by a config parser.
- * Critical because the subject is empty (RFC 5280 4.2.1.6). */
-static int add_uri_san(X509 *x, const char *uri)
+/* Adds one GENERAL_NAME of type (GEN_URI, GEN_DNS) with value v to gens, built directly, so no byte of it is
+ * interpreted by a config parser. */
+static int push_name(GENERAL_NAMES *gens, int type, const char *v)
 {
-    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
     GENERAL_NAME *gn = GENERAL_NAME_new();
     ASN1_IA5STRING *ia5 = ASN1_IA5STRING_new();
+    if (!gn || !ia5 || !ASN1_STRING_set(ia5, v, (int)strlen(v))) goto fail;
+    GENERAL_NAME_set0_value(gn, type, ia5);
+    if (!sk_GENERAL_NAME_push(gens, gn)) {
+        GENERAL_NAME_free(gn);
+        return -EIO;
+    }
+    return 0;
+fail:
+    ASN1_IA5STRING_free(ia5);
+    GENERAL_NAME_free(gn);
+    return -EIO;
+}
+
+/* Adds the SAN extension: the URI (if any), then the DNS names. Critical because the subject is empty (RFC
+ * 5280 4.2.1.6). */
+static int add_sans(X509 *x, const char *uri, const char *const *dns, size_t n_dns)
+{
+    GENERAL_NAMES *gens = sk_GENERAL_NAME_new_null();
     int rc = -EIO;
 
-    if (!gens || !gn || !ia5) goto out;
-    if (!ASN1_STRING_set(ia5, uri, (int)strlen(uri))) goto out;
-    GENERAL_NAME_set0_value(gn, GEN_URI, ia5);
-    ia5 = NULL;
-    if (!sk_GENERAL_NAME_push(gens, gn)) goto out;
-    gn = NULL;
+    if (!gens) goto out;
+    if (uri && push_name(gens, GEN_URI, uri) < 0) goto out;
+    for (size_t i = 0; i < n_dns; i++)
+        if (push_name(gens, GEN_DNS, dns[i]) < 0) goto out;
     if (X509_add1_ext_i2d(x, NID_subject_alt_name, gens, 1, X509V3_ADD_DEFAULT) != 1) goto out;
     rc = 0;
 out:
-    ASN1_IA5STRING_free(ia5);
-    GENERAL_NAME_free(gn);
     GENERAL_NAMES_free(gens);
     return rc;
 }
@@ -114,11 +127,19 @@ static const EVP_MD *sign_md(EVP_PKEY *key)
 X509 *ca_sign_leaf(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, const char *uri,
                    time_t not_before, time_t not_after, char *err, size_t errlen)
 {
+    return ca_sign_leaf_sans(issuer, issuer_key, subject_key, uri, NULL, 0, not_before, not_after, err,
+                             errlen);
+}
+
+X509 *ca_sign_leaf_sans(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, const char *uri,
+                        const char *const *dns, size_t n_dns, time_t not_before, time_t not_after, char *err,
+                        size_t errlen)
+{
     X509 *x = X509_new();
     X509V3_CTX v3;
     char what[SPIFFE_MAX + 16];
 
-    snprintf(what, sizeof(what), "sign %s", uri);
+    snprintf(what, sizeof(what), "sign %s", uri ? uri : n_dns ? dns[0] : "(no name)");
     if (!x) goto ossl_fail;
     if (!X509_set_version(x, X509_VERSION_3)) goto ossl_fail;
     if (set_random_serial(x) < 0) goto ossl_fail;
@@ -136,7 +157,7 @@ X509 *ca_sign_leaf(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, co
     /* The authority key id lets verifiers pick the right issuer when several share a subject name. */
     if (X509_get0_subject_key_id(issuer) && add_ext_conf(x, &v3, NID_authority_key_identifier, "keyid") < 0)
         goto ossl_fail;
-    if (add_uri_san(x, uri) < 0) goto ossl_fail;
+    if (add_sans(x, uri, dns, n_dns) < 0) goto ossl_fail;
     if (X509_sign(x, issuer_key, sign_md(issuer_key)) <= 0) goto ossl_fail;
     return x;
 

@@ -71,6 +71,12 @@ struct cert_provider *ca_local_new_ttl(const char *dir, uint32_t ttl_s, char *er
  * NULL with err = "sign <uri>: <reason>". */
 X509 *ca_sign_leaf(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, const char *uri,
                    time_t not_before, time_t not_after, char *err, size_t errlen);
+/* ca_sign_leaf with any SANs: the URI (NULL for none), then dns[0..n_dns) as DNS names, in one critical SAN
+ * extension. zmeshd's own serving certificate is the one leaf with DNS names (istiod.istio-system.svc, as
+ * istiod's). Returns the certificate or NULL with err = "sign <first name>: <reason>". */
+X509 *ca_sign_leaf_sans(X509 *issuer, EVP_PKEY *issuer_key, EVP_PKEY *subject_key, const char *uri,
+                        const char *const *dns, size_t n_dns, time_t not_before, time_t not_after, char *err,
+                        size_t errlen);
 
 /* Makes a self-signed EC P-256 CA certificate with subject O=<org> (default "zmesh"), valid from a minute ago
  * for ttl_s seconds: critical CA:TRUE, critical keyCertSign + cRLSign, an SKI. Returns 0 with *cert and *key

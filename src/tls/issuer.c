@@ -435,6 +435,37 @@ static int key_acceptable(EVP_PKEY *k, char *err, size_t errlen)
     }
 }
 
+/* As istiod's certificate template: an expired signing certificate signs nothing, and a leaf never outlives
+ * it. Sets *not_after for a leaf of lifetime seconds from now. Returns 0, -EKEYEXPIRED or -EIO. */
+static int leaf_end(const struct ca_issuer *iss, time_t now, int64_t lifetime, time_t *not_after, char *err,
+                    size_t errlen)
+{
+    struct tm tm;
+    if (X509_cmp_time(X509_get0_notAfter(iss->signing), &now) <= 0) {
+        tls_set_errf(err, errlen, "signing certificate (%s) has expired", CA_ISSUER_CERT_FILE);
+        return -EKEYEXPIRED;
+    }
+    if (!ASN1_TIME_to_tm(X509_get0_notAfter(iss->signing), &tm)) {
+        tls_set_errf(err, errlen, "signing certificate has an unreadable notAfter");
+        return -EIO;
+    }
+    time_t signing_end = timegm(&tm);
+    *not_after = now + (time_t)lifetime;
+    if (*not_after > signing_end) *not_after = signing_end;
+    return 0;
+}
+
+/* Response order (server.go): the leaf, each certificate of the chain file, then the root file whole.
+ * Returns 0 or -ENOMEM (out freed by the caller). */
+static int answer_chain(const struct ca_issuer *iss, X509 *leaf, struct ca_chain *out)
+{
+    if (chain_push(out, leaf, NULL) < 0) return -ENOMEM;
+    for (int i = 0; i < sk_X509_num(iss->chain); i++)
+        if (chain_push(out, sk_X509_value(iss->chain, i), NULL) < 0) return -ENOMEM;
+    if (chain_push(out, NULL, iss->root_pem) < 0) return -ENOMEM;
+    return 0;
+}
+
 int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len, const struct spiffe_id *id,
                        int64_t ttl_s, struct ca_chain *out, char *err, size_t errlen)
 {
@@ -443,7 +474,7 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
     EVP_PKEY *pub = NULL;
     X509 *leaf = NULL;
     BIO *bio = NULL;
-    time_t now = time(NULL), signing_end;
+    time_t now = time(NULL);
     int64_t lifetime;
     int rc = -EINVAL;
 
@@ -488,33 +519,13 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
         tls_set_errf(err, errlen, "requested TTL %s is greater than the max allowed TTL %s", a, b);
         goto out;
     }
-    /* As istiod's certificate template: an expired signing certificate signs nothing, and a leaf never
-     * outlives it. */
-    if (X509_cmp_time(X509_get0_notAfter(iss->signing), &now) <= 0) {
-        rc = -EKEYEXPIRED;
-        tls_set_errf(err, errlen, "signing certificate (%s) has expired", CA_ISSUER_CERT_FILE);
-        goto out;
-    }
-    struct tm tm;
-    if (!ASN1_TIME_to_tm(X509_get0_notAfter(iss->signing), &tm)) {
-        rc = -EIO;
-        tls_set_errf(err, errlen, "signing certificate has an unreadable notAfter");
-        goto out;
-    }
-    signing_end = timegm(&tm);
-    time_t not_after = now + (time_t)lifetime;
-    if (not_after > signing_end) not_after = signing_end;
+    time_t not_after;
+    if ((rc = leaf_end(iss, now, lifetime, &not_after, err, errlen)) < 0) goto out;
     rc = -EIO;
     if (!(leaf = ca_sign_leaf(iss->signing, iss->key, pub, uri, now - CA_ISSUER_BACKDATE_S, not_after, err,
                               errlen)))
         goto out;
-    /* Response order (server.go): the leaf, each certificate of the chain file, then the root file whole. */
-    rc = -ENOMEM;
-    if (chain_push(out, leaf, NULL) < 0) goto out;
-    for (int i = 0; i < sk_X509_num(iss->chain); i++)
-        if (chain_push(out, sk_X509_value(iss->chain, i), NULL) < 0) goto out;
-    if (chain_push(out, NULL, iss->root_pem) < 0) goto out;
-    rc = 0;
+    rc = answer_chain(iss, leaf, out);
 out:
     if (rc == -ENOMEM && err && !*err) tls_set_errf(err, errlen, "out of memory");
     if (rc < 0) ca_chain_free(out);
@@ -522,6 +533,40 @@ out:
     EVP_PKEY_free(pub);
     X509_REQ_free(req);
     BIO_free(bio);
+    ERR_clear_error();
+    return rc;
+}
+
+int ca_issuer_sign_server(const struct ca_issuer *iss, const char *const *dns, size_t n, int64_t ttl_s,
+                          struct ca_chain *out, EVP_PKEY **key, char *err, size_t errlen)
+{
+    X509 *leaf = NULL;
+    time_t now = time(NULL), not_after;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    *key = NULL;
+    if (!n || ttl_s <= 0) {
+        tls_set_errf(err, errlen, "a serving certificate needs a DNS name and a lifetime");
+        return -EINVAL;
+    }
+    if ((rc = leaf_end(iss, now, ttl_s, &not_after, err, errlen)) < 0) return rc;
+    if (!(*key = EVP_EC_gen("P-256"))) {
+        tls_set_errf(err, errlen, "cannot make a key");
+        ERR_clear_error();
+        return -EIO;
+    }
+    rc = -EIO;
+    if ((leaf = ca_sign_leaf_sans(iss->signing, iss->key, *key, NULL, dns, n, now - CA_ISSUER_BACKDATE_S,
+                                  not_after, err, errlen)))
+        rc = answer_chain(iss, leaf, out);
+    if (rc == -ENOMEM) tls_set_errf(err, errlen, "out of memory");
+    X509_free(leaf);
+    if (rc < 0) {
+        ca_chain_free(out);
+        EVP_PKEY_free(*key);
+        *key = NULL;
+    }
     ERR_clear_error();
     return rc;
 }

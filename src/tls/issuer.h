@@ -10,6 +10,7 @@
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
+#include <openssl/evp.h>
 
 #include "tls/spiffe.h"
 #include "tls/token.h"
@@ -81,6 +82,14 @@ void ca_chain_free(struct ca_chain *c);
  * signing certificate expired, -ENOMEM or -EIO (INTERNAL). */
 int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len, const struct spiffe_id *id,
                        int64_t ttl_s, struct ca_chain *out, char *err, size_t errlen);
+
+/* zmeshd's own serving certificate (its xDS and CA port), as istiod signs its own with its CA: a new P-256
+ * key (*key, caller frees), a leaf with the DNS SANs dns[0..n) and no URI, valid from CA_ISSUER_BACKDATE_S
+ * ago for ttl_s seconds (clamped to the signing certificate), in the same order as a CSR's answer (*out:
+ * leaf, chain file, root file; free with ca_chain_free). Returns 0, -EINVAL (no name, ttl_s <= 0),
+ * -EKEYEXPIRED, -EIO or -ENOMEM with err filled. */
+int ca_issuer_sign_server(const struct ca_issuer *iss, const char *const *dns, size_t n, int64_t ttl_s,
+                          struct ca_chain *out, EVP_PKEY **key, char *err, size_t errlen);
 
 /* ---- authorization ---- */
 

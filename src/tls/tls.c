@@ -137,8 +137,8 @@ static int server_verify_cb(int ok, X509_STORE_CTX *sctx)
 }
 
 /* Selects "h2" and nothing else; with no overlap the handshake fails with no_application_protocol. */
-static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
-                          unsigned int inlen, void *arg)
+int tls_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg)
 {
     (void)ssl, (void)arg;
     for (unsigned int i = 0; i < inlen;) {
@@ -234,7 +234,7 @@ SSL_CTX *tls_server_ctx_new(const struct tls_cert *c)
     if (!ctx || ctx_common(ctx, c) < 0 || ctx_set_trust_domain(ctx, c) < 0) goto fail;
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, server_verify_cb);
     SSL_CTX_set_num_tickets(ctx, 0);
-    SSL_CTX_set_alpn_select_cb(ctx, alpn_select_cb, NULL);
+    SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_select_h2, NULL);
     SSL_CTX_set_client_hello_cb(ctx, client_hello_cb, NULL);
     return ctx;
 fail:

@@ -46,6 +46,11 @@ bool tls_peer_has_dns_san(SSL *ssl, const char *const *names, size_t n);
  * when buf is too small; then why[0..wn) (may be NULL) says why in one line. */
 int tls_peer_identity(SSL *ssl, char *buf, size_t n, char *why, size_t wn);
 
+/* A server's ALPN selection callback (SSL_CTX_set_alpn_select_cb) that picks "h2" and nothing else; with no
+ * overlap the handshake fails with no_application_protocol. */
+int tls_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg);
+
 /* True when ALPN negotiated exactly "h2". */
 bool tls_alpn_is_h2(SSL *ssl);
 

@@ -21,6 +21,8 @@
 #include "mesh/config.h"
 #include "tls/identity.h"
 #include "tls/tls.h"
+#include "xds/ads_client.h"
+#include "xds/ca_client.h"
 #include "ztunnel/admin.h"
 #include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
@@ -45,6 +47,8 @@ struct app {
     const char *ns, *name, *sa; /* from PROXY_WORKLOAD_INFO (zt_cfg) */
     struct cert_provider *prov;
     struct identity_mgr *idm;
+    struct xds_client *xds;      /* config from XDS_ADDRESS, else from cfg_path */
+    _Atomic bool xds_synced;     /* every xDS type got its first response */
     struct pod_proxy *pp;
     struct worker workers[ZT_MAX_WORKERS];
     int n_workers;
@@ -87,7 +91,8 @@ static const char *hook_pending(void *ud)
      * certificate before they accept (Istio's task names, app.rs). "workload <ns>/<name>" (zmesh's own):
      * PROXY_WORKLOAD_INFO must name a workload of the config, or this pod cannot serve. */
     struct pod_proxy *pp = atomic_load(&app.published);
-    if (!pp) return "state manager";
+    /* With xDS, the state manager's task ends with the first response of every type (Istio's readiness). */
+    if (!pp || (zt_cfg.xds_address && !atomic_load(&app.xds_synced))) return "state manager";
     bool cert = atomic_load(&pp->has_identity);
     struct zt_view *v = pod_proxy_view(pp);
     bool self = v->self != NULL;
@@ -218,7 +223,7 @@ static int start_proxy(struct zt_view *view)
         LOG_W("ztunnel",
               "PROXY_WORKLOAD_INFO names workload %s/%s, which is not in %s; not ready until it is, and "
               "inbound connections get 503",
-              app.ns, app.name, app.cfg_path);
+              app.ns, app.name, zt_cfg.xds_address ? zt_cfg.xds_address : app.cfg_path);
     for (int i = 0; i < app.n_workers; i++) {
         if (worker_init(&app.workers[i], i, app.pp, view, err, sizeof(err)) < 0) {
             log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", err, NULL);
@@ -246,23 +251,11 @@ static int start_proxy(struct zt_view *view)
     return 0;
 }
 
-/* Loads the config file. The first successful load starts the proxy; later ones are published to the
- * workers. A broken file keeps the previous config. Returns 0, or -errno from loading. */
-static int reload(void)
+/* Serves snap (borrowed): the first one starts the proxy, later ones are published to the workers. source
+ * names where it came from in the log. Returns 0 or -ENOMEM. */
+static int apply_snapshot(struct snapshot *snap, const char *source)
 {
-    struct snapshot *snap;
-    char err[1024];
-    int rc = config_load_file(app.cfg_path, &snap, err, sizeof(err));
-    if (rc < 0) {
-        if (app.pp)
-            log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err,
-                   NULL);
-        else if (rc != -ENOENT)
-            log_kv(LOG_ERROR, "ztunnel", "failed to load config", "error", err, NULL);
-        return rc;
-    }
     struct zt_view *v = zt_view_new(snap, app.ns, app.name, ++app.version);
-    snapshot_unref(snap);
     if (!v) return -ENOMEM;
     warn_identity_mismatch(v);
     if (!app.pp) {
@@ -277,9 +270,70 @@ static int reload(void)
         workers_publish_view(app.pp, app.workers, app.n_workers, v);
         char ver[24];
         snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
-        log_kv(LOG_INFO, "ztunnel", "config reloaded", "path", app.cfg_path, "version", ver, NULL);
+        log_kv(LOG_INFO, "ztunnel", "config reloaded", "source", source, "version", ver, NULL);
     }
     zt_view_unref(v);
+    return 0;
+}
+
+/* Loads the config file. A broken file keeps the previous config. Returns 0, or -errno from loading. */
+static int reload(void)
+{
+    struct snapshot *snap;
+    char err[1024];
+    int rc = config_load_file(app.cfg_path, &snap, err, sizeof(err));
+    if (rc < 0) {
+        if (app.pp)
+            log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err,
+                   NULL);
+        else if (rc != -ENOENT)
+            log_kv(LOG_ERROR, "ztunnel", "failed to load config", "error", err, NULL);
+        return rc;
+    }
+    rc = apply_snapshot(snap, app.cfg_path);
+    snapshot_unref(snap);
+    return rc;
+}
+
+/* ---- config from an xDS server ---- */
+
+static void xds_on_snapshot(void *ud, struct snapshot *s)
+{
+    (void)ud;
+    if (!app.draining) (void)apply_snapshot(s, zt_cfg.xds_address);
+}
+
+static void xds_on_synced(void *ud)
+{
+    (void)ud;
+    atomic_store(&app.xds_synced, true);
+}
+
+static const struct xds_client_ops xds_ops = {.on_snapshot = xds_on_snapshot, .on_synced = xds_on_synced};
+
+static int start_xds(void)
+{
+    extern char **environ;
+    char err[1024];
+    struct xds_client_opts o = {
+        .endpoint = {.address = zt_cfg.xds_address,
+                     .roots = zt_cfg.xds_root_ca,
+                     .alt_hostname = zt_cfg.alt_xds_hostname,
+                     .token = zt_cfg.auth_token,
+                     .cluster_id = zt_cfg.cluster_id,
+                     .header_prefix = "XDS_HEADER_",
+                     .envp = environ,
+                     .mark = ZT_MARK},
+        .node = {.instance_ip = zt_cfg.instance_ip,
+                 .pod_name = zt_cfg.pod_name,
+                 .pod_ns = zt_cfg.pod_namespace,
+                 .node_name = zt_cfg.node_name},
+    };
+    if (xds_client_new(app.loop, &o, &xds_ops, NULL, &app.xds, err, sizeof(err)) < 0) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to set up the xDS client", "error", err, NULL);
+        return -1;
+    }
+    log_kv(LOG_INFO, "ztunnel", "config from an xDS server", "address", zt_cfg.xds_address, NULL);
     return 0;
 }
 
@@ -417,8 +471,28 @@ int main(int argc, char **argv)
     app.name = zt_cfg.workload.name;
     app.sa = zt_cfg.workload.sa;
     app.cfg_path = zt_cfg.local_xds_path;
-    app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000), err, sizeof(err));
-    if (!app.prov) {
+    if (zt_cfg.ca_address) {
+        extern char **environ;
+        struct ca_client_opts co = {
+            .endpoint = {.address = zt_cfg.ca_address,
+                         .roots = zt_cfg.ca_root_ca,
+                         .alt_hostname = zt_cfg.alt_ca_hostname,
+                         .token = zt_cfg.auth_token,
+                         .cluster_id = zt_cfg.cluster_id,
+                         .header_prefix = "CA_HEADER_",
+                         .envp = environ,
+                         .mark = ZT_MARK},
+            .ttl_s = (int64_t)(zt_cfg.secret_ttl_ms / 1000),
+            /* Dedicated mode asks for its own pod's identity with that pod's token. */
+            .impersonate = false,
+        };
+        if (!(app.prov = ca_client_new(&co, err, sizeof(err)))) {
+            log_kv(LOG_ERROR, "ztunnel", "failed to set up the CA client", "error", err, NULL);
+            return 2;
+        }
+        log_kv(LOG_INFO, "ztunnel", "certificates from a remote CA", "address", zt_cfg.ca_address, NULL);
+    } else if (!(app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000), err,
+                                             sizeof(err)))) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
     }
@@ -449,15 +523,18 @@ int main(int argc, char **argv)
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);
         return 1;
     }
-    rc = watch_config();
-    if (rc < 0) LOG_W("ztunnel", "cannot watch %s for changes: %s", app.cfg_path, strerror(-rc));
-
-    /* A malformed config at startup is fatal; a missing one is waited for (not ready until it appears). */
-    rc = reload();
-    if (rc == -ENOENT)
-        LOG_I("ztunnel", "waiting for %s to appear", app.cfg_path);
-    else if (rc < 0)
-        return 1;
+    if (zt_cfg.xds_address) {
+        if (start_xds() < 0) return 2;
+    } else {
+        rc = watch_config();
+        if (rc < 0) LOG_W("ztunnel", "cannot watch %s for changes: %s", app.cfg_path, strerror(-rc));
+        /* A malformed config at startup is fatal; a missing one is waited for (not ready until it appears). */
+        rc = reload();
+        if (rc == -ENOENT)
+            LOG_I("ztunnel", "waiting for %s to appear", app.cfg_path);
+        else if (rc < 0)
+            return 1;
+    }
     loop_run(app.loop);
     return 0;
 }

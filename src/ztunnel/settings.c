@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "xds/endpoint.h"
+#include "xds/node.h"
 
 struct zt_settings zt_cfg;
 
@@ -141,15 +143,70 @@ static const struct env_setting table[] = {
      .help = "the pod this ztunnel serves: <namespace>/<name>/<service-account>"},
     {.name = "LOCAL_XDS_PATH",
      .kind = ENV_STRING,
-     .required = true,
      .offset = OFF(local_xds_path),
-     .help = "LocalConfig YAML file with workloads, services and policies (watched for changes)"},
+     .help = "LocalConfig YAML file with workloads, services and policies (watched for changes); the other "
+             "choice is XDS_ADDRESS"},
+    {.name = "XDS_ADDRESS",
+     .kind = ENV_STRING,
+     .offset = OFF(xds_address),
+     .help = "the xDS server to take workloads, services and policies from (delta ADS: zmeshd or istiod), "
+             "https://host:port; Istio defaults to istiod, zmesh asks for this or LOCAL_XDS_PATH"},
+    {.name = "XDS_ROOT_CA",
+     .kind = ENV_STRING,
+     .def = XDS_DEFAULT_ROOT_CA,
+     .offset = OFF(xds_root_ca),
+     .help = "roots that verify the xDS server's certificate: a PEM file, the PEM text itself, or SYSTEM"},
+    {.name = "ALT_XDS_HOSTNAME",
+     .kind = ENV_STRING,
+     .offset = OFF(alt_xds_hostname),
+     .help = "the DNS name the xDS server's certificate must carry (default: XDS_ADDRESS's host)"},
+    {.name = "POD_NAME",
+     .kind = ENV_STRING,
+     .offset = OFF(pod_name),
+     .help = "ztunnel's own pod (downward API): the xDS node id and NAME metadata"},
+    {.name = "POD_NAMESPACE",
+     .kind = ENV_STRING,
+     .offset = OFF(pod_namespace),
+     .help = "ztunnel's own namespace (downward API): the xDS node id and NAMESPACE metadata"},
+    {.name = "INSTANCE_IP",
+     .kind = ENV_STRING,
+     .def = XDS_NODE_DEFAULT_IP,
+     .offset = OFF(instance_ip),
+     .help = "ztunnel's own IP (downward API): the xDS node id and INSTANCE_IPS metadata"},
+    {.name = "NODE_NAME",
+     .kind = ENV_STRING,
+     .offset = OFF(node_name),
+     .help = "the node ztunnel runs on (downward API): NODE_NAME metadata"},
     {.name = "LOCAL_CA_DIR",
      .kind = ENV_STRING,
-     .required = true,
      .offset = OFF(local_ca_dir),
-     .help = "zmesh: directory with the local CA (root-cert.pem, root-key.pem) that signs this pod's "
-             "certificate"},
+     .help = "zmesh: directory with a local CA (root-cert.pem, root-key.pem) that signs this pod's "
+             "certificate; the other choice is CA_ADDRESS"},
+    {.name = "CA_ADDRESS",
+     .kind = ENV_STRING,
+     .offset = OFF(ca_address),
+     .help = "the CA to ask for certificates (Istio's IstioCertificateService: zmeshd or istiod), "
+             "https://host:port; Istio defaults to istiod, zmesh asks for this or LOCAL_CA_DIR"},
+    {.name = "CA_ROOT_CA",
+     .kind = ENV_STRING,
+     .def = XDS_DEFAULT_ROOT_CA,
+     .offset = OFF(ca_root_ca),
+     .help = "roots that verify the CA's certificate: a PEM file, the PEM text itself, or SYSTEM"},
+    {.name = "ALT_CA_HOSTNAME",
+     .kind = ENV_STRING,
+     .offset = OFF(alt_ca_hostname),
+     .help = "the DNS name the CA's certificate must carry (default: CA_ADDRESS's host)"},
+    {.name = "AUTH_TOKEN",
+     .kind = ENV_STRING,
+     .def = XDS_DEFAULT_TOKEN_PATH " if it exists",
+     .offset = OFF(auth_token),
+     .help = "bearer token for the CA: a file (re-read for every request) or the token itself; the default "
+             "file is used only when it exists"},
+    {.name = "CLUSTER_ID",
+     .kind = ENV_STRING,
+     .def = "Kubernetes",
+     .offset = OFF(cluster_id),
+     .help = "this cluster's id, sent as clusterid metadata (ISTIO_META_CLUSTER_ID wins when set)"},
     {.name = "ZTUNNEL_WORKER_THREADS",
      .kind = ENV_CUSTOM,
      .def = "max(2, 25% of the CPUs)",
@@ -236,21 +293,12 @@ static const struct env_setting table[] = {
      .offset = OFF(readiness_port),
      .help = "zmesh: readiness port (0 = any free port)"},
     /* Istio's ztunnel settings (config.rs, lib.rs, xds/client.rs) zmesh does not implement yet. */
-    UNSUPPORTED("XDS_ADDRESS", "xDS server (zmesh reads LOCAL_XDS_PATH only)"),
-    UNSUPPORTED("CA_ADDRESS", "CA server (zmesh uses LOCAL_CA_DIR)"),
     UNSUPPORTED("FAKE_CA", "self-signed certificates"),
     UNSUPPORTED("LOCAL_XDS", "inline LocalConfig (use LOCAL_XDS_PATH)"),
     UNSUPPORTED("XDS_ON_DEMAND", "on-demand xDS"),
-    UNSUPPORTED("XDS_ROOT_CA", "xDS server root certificate"),
-    UNSUPPORTED("CA_ROOT_CA", "CA server root certificate"),
-    UNSUPPORTED("ALT_XDS_HOSTNAME", "xDS server name to verify"),
-    UNSUPPORTED("ALT_CA_HOSTNAME", "CA server name to verify"),
-    UNSUPPORTED("AUTH_TOKEN", "token for the CA and xDS"),
     UNSUPPORTED("PROXY_CONFIG", "ProxyConfig YAML"),
     UNSUPPORTED("ENABLE_PROXY", "disable the HBONE proxy"),
     UNSUPPORTED("NETWORK", "this node's network"),
-    UNSUPPORTED("NODE_NAME", "this node's name"),
-    UNSUPPORTED("CLUSTER_ID", "cluster id (zmesh: per workload in the config)"),
     UNSUPPORTED("CLUSTER_DOMAIN", "cluster DNS domain"),
     UNSUPPORTED("PREFERED_SERVICE_NAMESPACE", "service namespace preferred in lookups"),
     UNSUPPORTED("PACKET_MARK", "mark on every packet"),
@@ -274,16 +322,13 @@ static const struct env_setting table[] = {
     UNSUPPORTED("AUTHZ_POLICY_INFO_LOGGING", "authorization logs at info"),
     UNSUPPORTED("COMPLIANCE_POLICY", "TLS compliance policy (pqc)"),
     UNSUPPORTED("TLS12_ENABLED", "TLS 1.2 for HBONE"),
-    UNSUPPORTED("POD_NAME", "ztunnel's own pod (downward API)"),
-    UNSUPPORTED("POD_NAMESPACE", "ztunnel's own namespace (downward API)"),
     UNSUPPORTED("SERVICE_ACCOUNT", "ztunnel's own service account (downward API)"),
     UNSUPPORTED("TRUST_DOMAIN", "ztunnel's own trust domain"),
-    UNSUPPORTED("INSTANCE_IP", "ztunnel's own IP (xDS node metadata)"),
 };
 
 /* Istio's prefixed variables: proxy metadata and extra headers for xDS and the CA. */
-static const char *const unsupported_prefixes[] = {"ISTIO_META_", "ISTIO_METAJSON_", "XDS_HEADER_",
-                                                   "CA_HEADER_"};
+/* Istio's prefixed variables, used by the xDS client only. */
+static const char *const xds_prefixes[] = {"ISTIO_META_", "ISTIO_METAJSON_", "XDS_HEADER_"};
 
 const struct env_setting *zt_settings_table(size_t *n)
 {
@@ -340,13 +385,39 @@ int zt_settings_parse(struct zt_settings *s, env_lookup_fn lookup, char *const *
         .admin_port = 15000,
         .metrics_port = 15020,
         .readiness_port = 15021,
+        .ca_root_ca = XDS_DEFAULT_ROOT_CA,
+        .xds_root_ca = XDS_DEFAULT_ROOT_CA,
+        .cluster_id = "Kubernetes",
         .worker_spec = {.count = 0, .percent = -1}, /* unset: the default count */
     };
     int rc = env_parse_table(table, n, s, lookup, set, errors, warnings);
-    for (size_t p = 0; envp && p < sizeof(unsupported_prefixes) / sizeof(unsupported_prefixes[0]); p++)
+    /* Said out loud when they cannot take effect. */
+    bool xds = s->xds_address && *s->xds_address;
+    for (size_t p = 0; !xds && envp && p < sizeof(xds_prefixes) / sizeof(xds_prefixes[0]); p++)
         for (char *const *e = envp; *e; e++)
-            if (!strncmp(*e, unsupported_prefixes[p], strlen(unsupported_prefixes[p])))
-                env_diag_add(warnings, "%s: an Istio setting zmesh does not implement yet; ignored", *e);
+            if (!strncmp(*e, xds_prefixes[p], strlen(xds_prefixes[p])) &&
+                strncmp(*e, "ISTIO_META_CLUSTER_ID=", 22) != 0)
+                env_diag_add(warnings, "%.*s: used by the xDS client only, and XDS_ADDRESS is not set; ignored",
+                             (int)strcspn(*e, "="), *e);
+    /* config.rs: ISTIO_META_CLUSTER_ID, else CLUSTER_ID, else Kubernetes. */
+    const char *meta_cluster = lookup("ISTIO_META_CLUSTER_ID");
+    if (meta_cluster && *meta_cluster) s->cluster_id = meta_cluster;
+    /* One CA: a local one (zmesh's dedicated-mode default) or a remote one; Istio has no local CA and defaults
+     * CA_ADDRESS to istiod, which outside Kubernetes is https://localhost:15012 -- zmesh asks instead. */
+    bool file = s->local_xds_path && *s->local_xds_path;
+    if (file == xds) {
+        env_diag_add(errors, file ? "LOCAL_XDS_PATH and XDS_ADDRESS are both set: choose one source of config"
+                                  : "no config: set XDS_ADDRESS (an xDS server such as zmeshd or istiod) or "
+                                    "LOCAL_XDS_PATH (a LocalConfig file)");
+        rc = -EINVAL;
+    }
+    bool local = s->local_ca_dir && *s->local_ca_dir, remote = s->ca_address && *s->ca_address;
+    if (local == remote) {
+        env_diag_add(errors, local ? "LOCAL_CA_DIR and CA_ADDRESS are both set: choose one CA"
+                                   : "no CA: set CA_ADDRESS (a remote CA such as zmeshd or istiod) or LOCAL_CA_DIR "
+                                     "(a local CA directory)");
+        rc = -EINVAL;
+    }
     /* CONNECTION_TERMINATION_DEADLINE wins; else the grace period minus a margin for the forceful close
      * before Kubernetes' SIGKILL (config.rs self_termination_deadline). Saturating: 0 gives 1 s. */
     if (!set[idx_of("CONNECTION_TERMINATION_DEADLINE")] && s->termination_grace_s >= 0) {
@@ -391,7 +462,8 @@ void zt_settings_help(FILE *f, const char *version)
             "bools are true or false):\n",
             version);
     env_print_help(f, table, n);
-    fprintf(f, "  %s*, %s*, %s*, %s* (not implemented)\n      Istio's proxy metadata and xDS/CA headers\n",
-            unsupported_prefixes[0], unsupported_prefixes[1], unsupported_prefixes[2],
-            unsupported_prefixes[3]);
+    fprintf(f, "  CA_HEADER_<NAME>=value\n      extra metadata on every CA request (name lower-cased)\n");
+    fprintf(f, "  XDS_HEADER_<NAME>=value\n      extra metadata on the xDS stream (name lower-cased)\n");
+    fprintf(f, "  ISTIO_META_<KEY>=value, ISTIO_METAJSON_<KEY>=json\n      the xDS node's metadata (KEY as "
+               "written; JSON values must parse)\n");
 }

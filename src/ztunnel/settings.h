@@ -41,8 +41,17 @@ struct zt_workload_info {
 struct zt_settings {
     int proxy_mode;                   /* enum zt_proxy_mode */
     struct zt_workload_info workload; /* PROXY_WORKLOAD_INFO */
-    const char *local_xds_path;       /* LOCAL_XDS_PATH (borrowed from the environment) */
-    const char *local_ca_dir;         /* LOCAL_CA_DIR */
+    const char *local_xds_path;       /* LOCAL_XDS_PATH (borrowed from the environment), or NULL: xds_address */
+    const char *xds_address;          /* XDS_ADDRESS */
+    const char *xds_root_ca;          /* XDS_ROOT_CA */
+    const char *alt_xds_hostname;     /* ALT_XDS_HOSTNAME */
+    const char *pod_name, *pod_namespace, *instance_ip, *node_name; /* the xDS node (downward API) */
+    const char *local_ca_dir;         /* LOCAL_CA_DIR, or NULL: then ca_address */
+    const char *ca_address;           /* CA_ADDRESS */
+    const char *ca_root_ca;           /* CA_ROOT_CA */
+    const char *alt_ca_hostname;      /* ALT_CA_HOSTNAME */
+    const char *auth_token;           /* AUTH_TOKEN (a file or the token) */
+    const char *cluster_id;           /* ISTIO_META_CLUSTER_ID, else CLUSTER_ID */
     const char *rust_log;             /* RUST_LOG, validated; NULL when unset */
     int log_format;                   /* enum zt_log_format */
     struct zt_worker_spec worker_spec;

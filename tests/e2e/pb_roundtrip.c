@@ -5,7 +5,8 @@
  *   pb_roundtrip dump TYPE FILE        decode FILE as TYPE (pb_message_unpack) and print every field that is
  * present, one "path = value" line each (format below), Any payloads of a known type decoded in place; exit 1
  * when FILE does not decode pb_roundtrip reencode TYPE IN OUT  decode IN and write protoc-c's encoding of it
- * to OUT pb_roundtrip build NAME OUT        write a message built here in C (names: see builders[])
+ * to OUT pb_roundtrip build NAME OUT        write a message built here in C (names: see builders[]; the
+ * encoded_* ones wrap resources encoded from model structs by src/xds/resource.c)
  *
  * Line format (test_proto_compat.py prints the same from Python; the test compares the sorted lines):
  *   path      field names joined by '.', "[i]" for a repeated element, "{key}" for a map entry
@@ -25,6 +26,7 @@
 #include "workload.pb-c.h"
 #include "zds.pb-c.h"
 #include "xds/pb.h"
+#include "xds/resource.h"
 
 /* Inputs are test fixtures of a few KiB; the bound only keeps a wrong path from reading a huge file. */
 #define INPUT_MAX (16u << 20)
@@ -480,6 +482,179 @@ static int build_zds_add(const char *out)
     return write_message(&req.base, out);
 }
 
+/* Wraps bytes encoded by src/xds/resource.c in a Resource (name, version "v1") of a response of type_url. */
+static int write_encoded_response(const char *type_url, uint8_t **bufs, const size_t *lens, char **names,
+                                  size_t n, char **removed, size_t n_removed, const char *out)
+{
+    Google__Protobuf__Any any[4];
+    Envoy__Service__Discovery__V3__Resource res[4], *rp[4];
+    for (size_t i = 0; i < n && i < 4; i++) {
+        google__protobuf__any__init(&any[i]);
+        any[i].type_url = (char *)type_url;
+        any[i].value = (ProtobufCBinaryData){lens[i], bufs[i]};
+        envoy__service__discovery__v3__resource__init(&res[i]);
+        res[i].name = names[i];
+        res[i].version = "v1";
+        res[i].resource = &any[i];
+        rp[i] = &res[i];
+    }
+    Envoy__Service__Discovery__V3__DeltaDiscoveryResponse resp =
+        ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_RESPONSE__INIT;
+    resp.type_url = (char *)type_url;
+    resp.n_resources = n < 4 ? n : 4;
+    resp.resources = rp;
+    resp.n_removed_resources = n_removed;
+    resp.removed_resources = removed;
+    resp.nonce = "n-2";
+    return write_message(&resp.base, out);
+}
+
+/* A response of Addresses encoded from model structs by xds_encode_workload / xds_encode_service (what zmeshd
+ * will serve): a workload and a service with every field the model has set, and a removal. */
+static int build_encoded_addresses(const char *out)
+{
+    struct ip_addr ips[2] = {{.family = AF_INET, .a = {10, 0, 3, 4}},
+                             {.family = AF_INET6, .a = {0xfd, 0, [15] = 4}}};
+    static const struct port_map pm[] = {{80, 8080}, {443, 8443}};
+    const struct wl_service_ports sp[] = {{"default/web.default.svc.cluster.local", pm, 2}};
+    static const char *const pols[] = {"default/allow-web"};
+    struct workload w = {
+        .uid = "Kubernetes//v1/Pod/default/web-1",
+        .name = "web-1",
+        .namespace_ = "default",
+        .hostname = "web-1.example",
+        .network = "net1",
+        .trust_domain = "cluster.local",
+        .service_account = "web",
+        .node = "node-1",
+        .cluster_id = "Kubernetes",
+        .canonical_name = "web",
+        .canonical_revision = "v1",
+        .workload_type = "pod",
+        .workload_name = "web",
+        .ips = ips,
+        .n_ips = 2,
+        .protocol = WL_PROTO_HBONE,
+        .healthy = false,
+        .capacity = 3,
+        .locality = {"r1", "z1", "s1"},
+        .waypoint = {.set = true,
+                     .is_host = true,
+                     .ns = "default",
+                     .host = "waypoint.default.svc.cluster.local",
+                     .hbone_port = 15008},
+        .network_gateway = {.set = true,
+                            .network = "net2",
+                            .ip = {.family = AF_INET, .a = {192, 0, 2, 1}},
+                            .hbone_port = 15008},
+        .app_tunnel_protocol = WL_APP_TUNNEL_PROXY,
+        .app_tunnel_port = 15088,
+        .services = sp,
+        .n_services = 1,
+        .authorization_policies = pols,
+        .n_authorization_policies = 1,
+        .network_mode = WL_NET_HOST,
+    };
+    struct net_addr vips[1] = {{"net1", {.family = AF_INET, .a = {10, 96, 0, 9}}}};
+    static const char *const sans[] = {"spiffe://cluster.local/ns/default/sa/web"};
+    static const uint8_t prefs[] = {LB_SCOPE_NETWORK, LB_SCOPE_ZONE};
+    struct service svc = {
+        .name = "web",
+        .namespace_ = "default",
+        .hostname = "web.default.svc.cluster.local",
+        .vips = vips,
+        .n_vips = 1,
+        .ports = pm,
+        .n_ports = 2,
+        .subject_alt_names = sans,
+        .n_sans = 1,
+        .waypoint = {.set = true,
+                     .network = "net1",
+                     .ip = {.family = AF_INET, .a = {10, 0, 9, 9}},
+                     .hbone_port = 15008},
+        .routing_prefs = prefs,
+        .n_routing_prefs = 2,
+        .lb_mode = LB_MODE_FAILOVER,
+        .health_policy = LB_HEALTH_ALLOW_ALL,
+        .ip_families = IP_FAMILIES_DUAL,
+    };
+    uint8_t *bufs[2] = {NULL, NULL};
+    size_t lens[2];
+    char err[XDS_REASON_MAX];
+    int rc = xds_encode_workload(&w, &bufs[0], &lens[0], err, sizeof(err));
+    if (rc == 0) rc = xds_encode_service(&svc, &bufs[1], &lens[1], err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "encode: %s\n", err);
+    } else {
+        char *names[2] = {"Kubernetes//v1/Pod/default/web-1", "default/web.default.svc.cluster.local"};
+        char *removed[1] = {"Kubernetes//v1/Pod/default/gone"};
+        rc = write_encoded_response(PB_TYPE_URL_ADDRESS, bufs, lens, names, 2, removed, 1, out);
+    }
+    free(bufs[0]);
+    free(bufs[1]);
+    return rc;
+}
+
+/* A response with one Authorization encoded by xds_encode_policy, every Match list set. */
+static int build_encoded_authorization(const char *out)
+{
+    static const struct string_match ns[] = {{SM_EXACT, "default"}}, nns[] = {{SM_PREFIX, "kube-"}},
+                                     pr[] = {{SM_SUFFIX, "/sa/web"}}, npr[] = {{SM_PRESENCE, ""}};
+    static const struct sa_match sa[] = {{"default", "web"}}, nsa[] = {{"default", "db"}};
+    const struct cidr src[] = {{{.family = AF_INET, .a = {10, 0, 0, 0}}, 8}},
+                      nsrc[] = {{{.family = AF_INET6, .a = {0xfd, 0, [15] = 1}}, 128}},
+                      dst[] = {{{.family = AF_INET, .a = {10, 0, 3, 4}}, 32}},
+                      ndst[] = {{{.family = AF_INET, .a = {10, 0, 3, 0}}, 24}};
+    static const uint16_t dp[] = {8080}, ndp[] = {9090};
+    const struct auth_match m = {
+        .namespaces = ns,
+        .n_namespaces = 1,
+        .not_namespaces = nns,
+        .n_not_namespaces = 1,
+        .principals = pr,
+        .n_principals = 1,
+        .not_principals = npr,
+        .n_not_principals = 1,
+        .service_accounts = sa,
+        .n_service_accounts = 1,
+        .not_service_accounts = nsa,
+        .n_not_service_accounts = 1,
+        .source_ips = src,
+        .n_source_ips = 1,
+        .not_source_ips = nsrc,
+        .n_not_source_ips = 1,
+        .destination_ips = dst,
+        .n_destination_ips = 1,
+        .not_destination_ips = ndst,
+        .n_not_destination_ips = 1,
+        .destination_ports = dp,
+        .n_destination_ports = 1,
+        .not_destination_ports = ndp,
+        .n_not_destination_ports = 1,
+    };
+    const struct auth_clause c = {&m, 1};
+    const struct auth_rule r = {&c, 1};
+    const struct policy p = {.name = "allow-web",
+                             .namespace_ = "default",
+                             .scope = POLICY_SCOPE_WORKLOAD_SELECTOR,
+                             .action = POLICY_ALLOW,
+                             .dry_run = true,
+                             .rules = &r,
+                             .n_rules = 1};
+    uint8_t *buf = NULL;
+    size_t len;
+    char err[XDS_REASON_MAX];
+    int rc = xds_encode_policy(&p, &buf, &len, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "encode: %s\n", err);
+    } else {
+        char *names[1] = {"default/allow-web"};
+        rc = write_encoded_response(PB_TYPE_URL_AUTHORIZATION, &buf, &len, names, 1, NULL, 0, out);
+    }
+    free(buf);
+    return rc;
+}
+
 static const struct {
     const char *name;
     int (*build)(const char *out);
@@ -488,6 +663,8 @@ static const struct {
     {"delta_response", build_delta_response},
     {"csr", build_csr},
     {"zds_add", build_zds_add},
+    {"encoded_addresses", build_encoded_addresses},
+    {"encoded_authorization", build_encoded_authorization},
 };
 
 static int usage(void)

@@ -128,8 +128,14 @@ def test_fd_exhaustion_pauses_listeners(mesh):
         socks += [connect(dst.netns, src.ip, ECHO, timeout=5) for _ in range(5)]
         assert wait_for(lambda: "Too many open files" in log_since(proc), timeout=5), log_since(proc)[-2000:]
         # Long enough for the log limiter's interval (10 s) to roll over, so the "suppressed" count shows.
+        # Meanwhile keep connections arriving: a descriptor that ztunnel frees (a stalled handshake closed
+        # after 1 s, a relay that failed to set up) would otherwise let the backlog drain and the listeners
+        # stop failing. A new 15008 connection takes such a descriptor and holds it (its handshake never
+        # starts), so the table stays full.
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(11)
+        while time.monotonic() - t0 < 11:
+            socks += open_many(node, dst.ip, 15008, 1) + open_many(node, dst.ip, ECHO, 1)
+            time.sleep(0.2)
         cpu = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
         lines = [l for l in log_since(proc).splitlines() if "Too many open files" in l and "accept" in l]
         print("out of descriptors for %.1f s: %.1f%% of a core, %d accept error lines, log %d bytes"

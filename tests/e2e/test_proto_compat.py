@@ -974,3 +974,76 @@ def test_c_zds_add(pb, roundtrip, tmp_path):
     assert r.add.uid == "0ae5c03d-5fb3-4eb9-9de8-2bd4b51606ba"
     i = r.add.workload_info
     assert (i.name, i.namespace, i.service_account) == ("b", "default", "sa-b")
+
+
+def test_c_encoded_resources(pb, roundtrip, tmp_path):
+    """Resources encoded from model structs by src/xds/resource.c (what zmeshd serves) parse in Google's
+    runtime to the values set, with the fields istiod writes and nothing else."""
+    _, r = c_build(roundtrip, "encoded_addresses", pb.disc.DeltaDiscoveryResponse, str(tmp_path))
+    assert r.type_url == "type.googleapis.com/istio.workload.Address"
+    assert [x.name for x in r.resources] == ["Kubernetes//v1/Pod/default/web-1",
+                                             "default/web.default.svc.cluster.local"]
+    assert list(r.removed_resources) == ["Kubernetes//v1/Pod/default/gone"]
+    addr = pb.wl.Address()
+    assert r.resources[0].resource.Unpack(addr) and addr.WhichOneof("type") == "workload"
+    w = addr.workload
+    # Every field of the model; native_tunnel and extensions are not in it, so never written.
+    assert {fd.name for fd, _ in w.ListFields()} == set(w.DESCRIPTOR.fields_by_name) - {"native_tunnel",
+                                                                                         "extensions"}
+    assert (w.uid, w.name, w.namespace, w.hostname) == ("Kubernetes//v1/Pod/default/web-1", "web-1", "default",
+                                                        "web-1.example")
+    assert list(w.addresses) == [bytes([10, 0, 3, 4]), bytes.fromhex("fd000000000000000000000000000004")]
+    assert (w.network, w.trust_domain, w.service_account, w.node) == ("net1", "cluster.local", "web", "node-1")
+    assert w.tunnel_protocol == pb.wl.HBONE and w.status == pb.wl.UNHEALTHY and w.workload_type == pb.wl.POD
+    assert (w.canonical_name, w.canonical_revision, w.workload_name, w.cluster_id) == ("web", "v1", "web",
+                                                                                       "Kubernetes")
+    assert w.waypoint.WhichOneof("destination") == "hostname"
+    assert (w.waypoint.hostname.namespace, w.waypoint.hostname.hostname, w.waypoint.hbone_mtls_port) == (
+        "default", "waypoint.default.svc.cluster.local", 15008)
+    assert w.network_gateway.WhichOneof("destination") == "address"
+    assert (w.network_gateway.address.network, w.network_gateway.address.address) == ("net2", bytes([192, 0, 2, 1]))
+    assert not w.network_gateway.address.HasField("length")
+    assert (w.application_tunnel.protocol, w.application_tunnel.port) == (1, 15088)
+    assert {k: [(p.service_port, p.target_port) for p in v.ports] for k, v in w.services.items()} == {
+        "default/web.default.svc.cluster.local": [(80, 8080), (443, 8443)]}
+    assert list(w.authorization_policies) == ["default/allow-web"]
+    assert (w.locality.region, w.locality.zone, w.locality.subzone) == ("r1", "z1", "s1")
+    assert w.network_mode == pb.wl.HOST_NETWORK and w.capacity.value == 3
+
+    assert r.resources[1].resource.Unpack(addr) and addr.WhichOneof("type") == "service"
+    s = addr.service
+    assert {fd.name for fd, _ in s.ListFields()} == {"name", "namespace", "hostname", "addresses", "ports",
+                                                     "subject_alt_names", "waypoint", "load_balancing",
+                                                     "ip_families"}
+    assert (s.name, s.namespace, s.hostname) == ("web", "default", "web.default.svc.cluster.local")
+    assert [(a.network, a.address, a.HasField("length")) for a in s.addresses] == [("net1", bytes([10, 96, 0, 9]),
+                                                                                     False)]
+    assert [(p.service_port, p.target_port, p.app_protocol) for p in s.ports] == [(80, 8080, 0), (443, 8443, 0)]
+    assert list(s.subject_alt_names) == ["spiffe://cluster.local/ns/default/sa/web"]
+    assert s.waypoint.address.address == bytes([10, 0, 9, 9]) and s.waypoint.hbone_mtls_port == 15008
+    lb = s.load_balancing
+    assert list(lb.routing_preference) == [pb.wl.LoadBalancing.NETWORK, pb.wl.LoadBalancing.ZONE]
+    assert lb.mode == pb.wl.LoadBalancing.FAILOVER and lb.health_policy == pb.wl.LoadBalancing.ALLOW_ALL
+    assert s.ip_families == pb.wl.DUAL
+
+    _, r = c_build(roundtrip, "encoded_authorization", pb.disc.DeltaDiscoveryResponse, str(tmp_path))
+    assert r.type_url == "type.googleapis.com/istio.security.Authorization"
+    assert [x.name for x in r.resources] == ["default/allow-web"]
+    pol = pb.authz.Authorization()
+    assert r.resources[0].resource.Unpack(pol)
+    assert (pol.name, pol.namespace, pol.scope, pol.action, pol.dry_run) == (
+        "allow-web", "default", pb.authz.WORKLOAD_SELECTOR, pb.authz.ALLOW, True)
+    m = pol.rules[0].clauses[0].matches[0]
+    assert {fd.name for fd, _ in m.ListFields()} == set(m.DESCRIPTOR.fields_by_name) - {"extensions"}
+    assert [(x.WhichOneof("match_type"), x.exact) for x in m.namespaces] == [("exact", "default")]
+    assert m.not_namespaces[0].prefix == "kube-" and m.principals[0].suffix == "/sa/web"
+    assert m.not_principals[0].WhichOneof("match_type") == "presence"
+    assert [(x.namespace, x.serviceAccount) for x in m.service_accounts] == [("default", "web")]
+    assert [(x.namespace, x.serviceAccount) for x in m.not_service_accounts] == [("default", "db")]
+    # istiod writes every policy address with its length, the full one for a single IP.
+    assert [(a.address, a.length) for a in m.source_ips] == [(bytes([10, 0, 0, 0]), 8)]
+    assert [(a.address, a.length) for a in m.not_source_ips] == [(bytes.fromhex("fd000000000000000000000000000001"),
+                                                                  128)]
+    assert [(a.address, a.length) for a in m.destination_ips] == [(bytes([10, 0, 3, 4]), 32)]
+    assert [(a.address, a.length) for a in m.not_destination_ips] == [(bytes([10, 0, 3, 0]), 24)]
+    assert list(m.destination_ports) == [8080] and list(m.not_destination_ports) == [9090]

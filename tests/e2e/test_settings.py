@@ -80,8 +80,9 @@ def test_other_invalid_values_refused(mesh, name, value):
 def test_missing_required_reported_together(mesh):
     p = _run(mesh, {"PROXY_MODE": "dedicated", "CONNECTION_TERMINATION_DEADLINE": "x"})
     assert p.returncode == 2, (p.returncode, p.stderr)
-    for name in ("PROXY_WORKLOAD_INFO", "LOCAL_XDS_PATH", "LOCAL_CA_DIR"):
-        assert "%s must be set" % name in p.stderr, p.stderr
+    assert "PROXY_WORKLOAD_INFO must be set" in p.stderr, p.stderr
+    assert "no config: set XDS_ADDRESS" in p.stderr and "or LOCAL_XDS_PATH" in p.stderr, p.stderr
+    assert "no CA: set CA_ADDRESS" in p.stderr and "or LOCAL_CA_DIR" in p.stderr, p.stderr
     assert "invalid env var CONNECTION_TERMINATION_DEADLINE=x" in p.stderr
     assert "4 setting errors" in p.stderr, p.stderr
 
@@ -102,14 +103,16 @@ def test_proxy_mode_unknown_vs_unsupported(mesh):
 
 def test_unimplemented_istio_settings_warn_once_each(mesh):
     # An invalid value keeps ztunnel from starting, so the warnings can be read from a process that exits.
-    env = dict(_valid_env(mesh), XDS_ADDRESS="https://istiod:15012", CA_ADDRESS="https://istiod:15012",
-               FAKE_CA="true", LOCAL_XDS="{}", ISTIO_META_CLUSTER_ID="c1", ADMIN_PORT="x")
+    env = dict(_valid_env(mesh), FAKE_CA="true", LOCAL_XDS="{}", XDS_ON_DEMAND="true", ADMIN_PORT="x")
     p = _run(mesh, env)
     assert p.returncode == 2
-    for name in ("XDS_ADDRESS", "CA_ADDRESS", "FAKE_CA", "LOCAL_XDS", "ISTIO_META_CLUSTER_ID"):
+    for name in ("FAKE_CA", "LOCAL_XDS", "XDS_ON_DEMAND"):
         lines = [l for l in p.stderr.splitlines() if "\twarn\t" in l and "\t%s=" % name in l]
         assert len(lines) == 1, (name, p.stderr)
         assert "an Istio setting zmesh does not implement yet" in lines[0]
+    # The xDS client's settings without XDS_ADDRESS are said to have no effect.
+    p = _run(mesh, dict(_valid_env(mesh), XDS_HEADER_X="1", ADMIN_PORT="x"))
+    assert "XDS_HEADER_X: used by the xDS client only, and XDS_ADDRESS is not set; ignored" in p.stderr, p.stderr
 
 
 def _table_names():
@@ -127,8 +130,8 @@ def test_help_lists_every_setting(mesh):
         assert "\n  %s (" % name in p.stdout, name
     for want in ("CONNECTION_TERMINATION_DEADLINE (duration, default 5s)",
                  "POOL_UNUSED_RELEASE_TIMEOUT (duration, default 5m)", "SECRET_TTL (duration, default 24h)",
-                 "PROXY_MODE (enum, default shared)", "LOCAL_XDS_PATH (string, required)",
-                 "XDS_ADDRESS (not implemented)"):
+                 "PROXY_MODE (enum, default shared)", "LOCAL_XDS_PATH (string)", "XDS_ADDRESS (string)",
+                 "XDS_ROOT_CA (string, default /var/run/secrets/istio/root-cert.pem)", "FAKE_CA (not implemented)"):
         assert want in p.stdout, want
     assert _run(mesh, {}, args=["help"]).stdout == p.stdout
     bad = _run(mesh, {}, args=["--bogus"])

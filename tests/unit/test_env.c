@@ -268,8 +268,8 @@ static void test_settings_errors(void **state)
         "invalid env var PROXY_MODE=dedicatd (unknown value; PROXY_MODE must be one of shared, dedicated)\n",
         "invalid env var PROXY_WORKLOAD_INFO=ns/pod (must match the format "
         "'namespace/name/service-account')\n",
-        "LOCAL_XDS_PATH must be set (",
-        "LOCAL_CA_DIR must be set (",
+        "no config: set XDS_ADDRESS (an xDS server such as zmeshd or istiod) or LOCAL_XDS_PATH",
+        "no CA: set CA_ADDRESS (a remote CA such as zmeshd or istiod) or LOCAL_CA_DIR",
         "invalid env var CONNECTION_TERMINATION_DEADLINE=abc (expected a duration such as 500ms, 5s, 1m30s "
         "or 1h)\n",
         "invalid env var POOL_UNUSED_RELEASE_TIMEOUT=0 (must be at least 1ms)\n",
@@ -287,8 +287,8 @@ static void test_settings_errors(void **state)
     assert_int_equal(parse_env(&s, none, &e, &w), -EINVAL);
     assert_int_equal(e.n, 3);
     assert_non_null(strstr(e.buf, "PROXY_WORKLOAD_INFO must be set"));
-    assert_non_null(strstr(e.buf, "LOCAL_XDS_PATH must be set"));
-    assert_non_null(strstr(e.buf, "LOCAL_CA_DIR must be set"));
+    assert_non_null(strstr(e.buf, "no config: set XDS_ADDRESS"));
+    assert_non_null(strstr(e.buf, "no CA: set CA_ADDRESS"));
     /* Empty required values count as missing; an empty duration is invalid (duration_str: "Empty input"). */
     static const char *const empty[] = {"PROXY_MODE",
                                         "dedicated",
@@ -328,28 +328,35 @@ static void test_settings_unsupported(void **state)
     (void)state;
     struct zt_settings s;
     struct env_diag e, w;
-    static const char *const env[] = {BASE,         "XDS_ADDRESS", "https://istiod:15012",
-                                      "CA_ADDRESS", "x",           "FAKE_CA",
-                                      "true",       "LOCAL_XDS",   "{}",
-                                      "RUST_LOG",   "info,dbug",   NULL};
-    char *envp[] = {"ISTIO_META_CLUSTER_ID=c1", "PATH=/bin", "XDS_HEADER_FOO=bar", NULL};
+    static const char *const env[] = {BASE,       "FAKE_CA",   "true", "LOCAL_XDS", "{}", "ISTIO_META_CLUSTER_ID",
+                                      "c1",       "RUST_LOG",  "info,dbug", NULL};
+    /* The xDS client's prefixed variables, without XDS_ADDRESS: said, and ISTIO_META_CLUSTER_ID is the cluster
+     * id (used by the CA client too). */
+    char *envp[] = {"ISTIO_META_CLUSTER_ID=c1", "PATH=/bin", "XDS_HEADER_FOO=bar", "ISTIO_METAJSON_X={}", NULL};
     fake_env = env;
     memset(&e, 0, sizeof(e));
     memset(&w, 0, sizeof(w));
     assert_int_equal(zt_settings_parse(&s, fake_lookup, envp, 2, &e, &w), 0);
     assert_int_equal(e.n, 0);
     static const char *const want[] = {
-        "XDS_ADDRESS=https://istiod:15012: an Istio setting zmesh does not implement yet; ignored\n",
-        "CA_ADDRESS=x: an Istio setting",
-        "FAKE_CA=true: an Istio setting",
+        "FAKE_CA=true: an Istio setting zmesh does not implement yet; ignored\n",
         "LOCAL_XDS={}: an Istio setting",
-        "ISTIO_META_CLUSTER_ID=c1: an Istio setting",
-        "XDS_HEADER_FOO=bar: an Istio setting",
+        "XDS_HEADER_FOO: used by the xDS client only, and XDS_ADDRESS is not set; ignored",
+        "ISTIO_METAJSON_X: used by the xDS client only",
         "RUST_LOG=info,dbug names a target without a level",
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         if (!strstr(w.buf, want[i])) fail_msg("missing \"%s\" in:\n%s", want[i], w.buf);
     assert_int_equal(w.n, sizeof(want) / sizeof(want[0]));
+    assert_string_equal(s.cluster_id, "c1");
+    /* Both sources of config, or both CAs, are refused. */
+    static const char *const both[] = {BASE, "XDS_ADDRESS", "https://zmeshd:15012", "CA_ADDRESS", "https://z:1",
+                                       NULL};
+    fake_env = both;
+    memset(&e, 0, sizeof(e));
+    assert_int_equal(zt_settings_parse(&s, fake_lookup, NULL, 2, &e, &w), -EINVAL);
+    assert_non_null(strstr(e.buf, "LOCAL_XDS_PATH and XDS_ADDRESS are both set"));
+    assert_non_null(strstr(e.buf, "LOCAL_CA_DIR and CA_ADDRESS are both set"));
     assert_null(strstr(w.buf, "PATH"));
 }
 
@@ -375,7 +382,8 @@ static void test_settings_help(void **state)
         }
     }
     assert_non_null(strstr(buf, "CONNECTION_TERMINATION_DEADLINE (duration, default 5s)\n"));
-    assert_non_null(strstr(buf, "XDS_ADDRESS (not implemented)\n"));
+    assert_non_null(strstr(buf, "XDS_ADDRESS (string)\n"));
+    assert_non_null(strstr(buf, "FAKE_CA (not implemented)\n"));
     assert_non_null(strstr(buf, "9.9.9"));
     free(buf);
 }

@@ -25,6 +25,7 @@
 #include <openssl/x509v3.h>
 
 #include "tls/ca.h"
+#include "tls/csr.h"
 #include "tls/issuer.h"
 #include "tls/spiffe.h"
 #include "tls/tls.h"
@@ -993,6 +994,170 @@ static void test_python_peers(void **state)
     token_key_free(k);
 }
 
+/* ---- the client half: ztunnel's CSR and the checks on the answer (src/tls/csr.c) ---- */
+
+/* The CSR is ztunnel's: P-256, empty subject, one critical URI SAN, a signature that verifies. */
+static void test_client_csr_shape(void **state)
+{
+    EVP_PKEY *key = NULL;
+    char *pem = NULL, err[256];
+    assert_int_equal(tls_csr_new(ID_WANTED, &key, &pem, err, sizeof(err)), 0);
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    X509_REQ *req = PEM_read_bio_X509_REQ(b, NULL, NULL, NULL);
+    assert_non_null(req);
+    EVP_PKEY *pub = X509_REQ_get_pubkey(req);
+    assert_int_equal(X509_REQ_verify(req, pub), 1);
+    assert_int_equal(EVP_PKEY_eq(pub, key), 1);
+    char curve[32];
+    size_t cl;
+    assert_int_equal(EVP_PKEY_get_utf8_string_param(key, "group", curve, sizeof(curve), &cl), 1);
+    assert_string_equal(curve, "prime256v1");
+    assert_int_equal(X509_NAME_entry_count(X509_REQ_get_subject_name(req)), 0);
+    STACK_OF(X509_EXTENSION) *exts = X509_REQ_get_extensions(req);
+    assert_int_equal(sk_X509_EXTENSION_num(exts), 1);
+    X509_EXTENSION *ext = sk_X509_EXTENSION_value(exts, 0);
+    assert_int_equal(OBJ_obj2nid(X509_EXTENSION_get_object(ext)), NID_subject_alt_name);
+    assert_int_equal(X509_EXTENSION_get_critical(ext), 1);
+    GENERAL_NAMES *gens = X509V3_EXT_d2i(ext);
+    assert_int_equal(sk_GENERAL_NAME_num(gens), 1);
+    const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, 0);
+    assert_int_equal(g->type, GEN_URI);
+    assert_memory_equal(ASN1_STRING_get0_data(g->d.uniformResourceIdentifier), ID_WANTED, strlen(ID_WANTED));
+    GENERAL_NAMES_free(gens);
+    sk_X509_EXTENSION_pop_free(exts, X509_EXTENSION_free);
+    EVP_PKEY_free(pub);
+    X509_REQ_free(req);
+    BIO_free(b);
+    free(pem);
+    EVP_PKEY_free(key);
+    assert_int_equal(tls_csr_new("", &key, &pem, err, sizeof(err)), -EINVAL);
+    assert_null(key);
+}
+
+/* Request, sign, accept: the answer becomes a certificate with the requested identity, anchored at the root
+ * that verifies it, through the plug-in CA's intermediate. */
+static void answer_of(struct ca_issuer *iss, const char *uri, EVP_PKEY **key, struct ca_chain *out)
+{
+    char *pem = NULL, err[512];
+    struct spiffe_id id;
+    assert_int_equal(spiffe_parse(uri, strlen(uri), &id), 0);
+    assert_int_equal(tls_csr_new(ID_WANTED, key, &pem, err, sizeof(err)), 0);
+    assert_int_equal(ca_issuer_sign_csr(iss, pem, strlen(pem), &id, 3600, out, err, sizeof(err)), 0);
+    free(pem);
+}
+
+static void test_client_accepts_answer(void **state)
+{
+    struct plugin pl;
+    struct ca_issuer *iss = NULL;
+    struct ca_chain ch;
+    struct tls_cert *c = NULL;
+    EVP_PKEY *key = NULL;
+    char err[512];
+    size_t extra = 9;
+    struct spiffe_id id = wanted_id();
+
+    make_plugin(&pl, "client-plugin", 30 * DAY);
+    assert_int_equal(ca_issuer_load_plugin(pl.dir, &iss, err, sizeof(err)), 0);
+    answer_of(iss, ID_WANTED, &key, &ch);
+    assert_true(ch.n >= 3); /* leaf, intermediate (and the chain file's root), root file */
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, ch.n, &id, &c, &extra, err, sizeof(err)),
+        0);
+    assert_string_equal(c->uri, ID_WANTED);
+    assert_int_equal(X509_cmp(c->root, pl.root), 0);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(c->leaf), key), 1);
+    assert_true(c->not_after - c->not_before >= 3600);
+    assert_true(sk_X509_num(c->chain) >= 1);
+    assert_int_equal(extra, 0);
+    /* The contexts the identity lifecycle makes accept it. */
+    SSL_CTX *sctx = tls_server_ctx_new(c);
+    assert_non_null(sctx);
+    SSL_CTX_free(sctx);
+    tls_cert_unref(c);
+
+    /* Two roots in the last element (a root being rotated in): the one that verifies anchors, the other is
+     * counted so the caller can warn. */
+    EVP_PKEY *k2 = ec_key();
+    X509 *other = make_ca("another root", k2, NULL, NULL, DAY, 1);
+    BIO *b = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509(b, other);
+    BIO_puts(b, ch.pem[ch.n - 1]);
+    char *two;
+    long len = BIO_get_mem_data(b, &two);
+    char *bundle = strndup(two, (size_t)len);
+    char *saved = ch.pem[ch.n - 1];
+    ch.pem[ch.n - 1] = bundle;
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, ch.n, &id, &c, &extra, err, sizeof(err)),
+        0);
+    assert_int_equal(extra, 1);
+    assert_int_equal(X509_cmp(c->root, pl.root), 0);
+    tls_cert_unref(c);
+
+    /* Only the other root: nothing verifies. */
+    ch.pem[ch.n - 1] = (char *)"";
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, ch.n, &id, &c, NULL, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "no PEM certificate"));
+    BIO_reset(b);
+    PEM_write_bio_X509(b, other);
+    len = BIO_get_mem_data(b, &two);
+    free(bundle);
+    bundle = strndup(two, (size_t)len);
+    ch.pem[ch.n - 1] = bundle;
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, ch.n, &id, &c, NULL, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "does not verify"));
+    assert_null(c);
+    ch.pem[ch.n - 1] = saved;
+    free(bundle);
+    BIO_free(b);
+    X509_free(other);
+    EVP_PKEY_free(k2);
+
+    /* A truncated intermediate names its element. */
+    saved = ch.pem[1];
+    char *cut = strndup(saved, strlen(saved) / 2);
+    ch.pem[1] = cut;
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, ch.n, &id, &c, NULL, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "cert_chain[1]"));
+    ch.pem[1] = saved;
+    free(cut);
+
+    /* A leaf alone, or an empty answer. */
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, 1, &id, &c, NULL, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "without a root"));
+    assert_int_equal(tls_cert_from_ca_answer(key, NULL, 0, &id, &c, NULL, err, sizeof(err)), -EINVAL);
+
+    /* The answer for another request's key. */
+    EVP_PKEY *k3 = ec_key();
+    assert_int_equal(
+        tls_cert_from_ca_answer(k3, (const char *const *)ch.pem, ch.n, &id, &c, NULL, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "key of the request"));
+    EVP_PKEY_free(k3);
+    ca_chain_free(&ch);
+    EVP_PKEY_free(key);
+
+    /* A CA that signs another identity than requested is refused, whatever it is. */
+    answer_of(iss, ID_EVIL, &key, &ch);
+    assert_int_equal(
+        tls_cert_from_ca_answer(key, (const char *const *)ch.pem, ch.n, &id, &c, NULL, err, sizeof(err)),
+        -EINVAL);
+    assert_non_null(strstr(err, "the leaf is for " ID_EVIL ", requested " ID_WANTED));
+    ca_chain_free(&ch);
+    EVP_PKEY_free(key);
+    ca_issuer_free(iss);
+    free_plugin(&pl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1009,6 +1174,8 @@ int main(void)
         cmocka_unit_test(test_impersonation_matrix),
         cmocka_unit_test(test_create_certificate_flow),
         cmocka_unit_test(test_python_peers),
+        cmocka_unit_test(test_client_csr_shape),
+        cmocka_unit_test(test_client_accepts_answer),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,0 +1,51 @@
+/* The delta ADS client a ztunnel runs against istiod or zmeshd (istio/ztunnel src/xds/client.rs): one gRPC
+ * stream DeltaAggregatedResources over TLS (xds/endpoint.h), wildcard subscriptions to Address then
+ * Authorization with the Node of xds/node.h, every response applied to the resource store (xds/store.h) and
+ * answered with an ACK or a NACK naming the rejected resources, a new snapshot handed to the owner after each
+ * response, and reconnection with Istio's backoff (10 ms doubling to 15 s; at once after a clean end or the
+ * server's GOAWAY) and initial_resource_versions, so the server resends nothing unchanged. While it is
+ * disconnected the owner keeps serving the last snapshot. Runs on one loop (ztunnel's main loop). */
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/loop.h"
+#include "mesh/model.h"
+#include "xds/endpoint.h"
+#include "xds/node.h"
+
+#define XDS_CLIENT_METHOD "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+/* Istio's limits and backoff (client.rs: max_decoding_message_size, INITIAL_BACKOFF, MAX_BACKOFF). */
+#define XDS_CLIENT_MAX_MESSAGE (200u << 20)
+#define XDS_CLIENT_BACKOFF_INITIAL_MS 10
+#define XDS_CLIENT_BACKOFF_MAX_MS 15000
+
+struct xds_client_ops {
+    /* A response was applied: s is a new snapshot of every retained resource (borrowed for the call; take a
+     * reference to keep it). */
+    void (*on_snapshot)(void *ud, struct snapshot *s);
+    /* Every type got its first response (ACKed or NACKed) on some stream: readiness may be released. Once. */
+    void (*on_synced)(void *ud);
+};
+
+struct xds_client_opts {
+    struct xds_endpoint_opts endpoint;
+    struct xds_node_info node; /* the Node's downward-API fields; its metadata comes from endpoint.envp */
+};
+
+struct xds_client;
+
+/* Checks the options, builds the Node and starts connecting on l. Returns 0 with *out, or -EINVAL/-ENOMEM
+ * with err naming the setting ("XDS_ADDRESS: ...", "ISTIO_METAJSON_X: ..."). */
+int xds_client_new(struct loop *l, const struct xds_client_opts *o, const struct xds_client_ops *ops,
+                   void *ud, struct xds_client **out, char *err, size_t errlen);
+/* Ends the stream (no reconnect) and frees everything. NULL is a no-op. */
+void xds_client_free(struct xds_client *c);
+
+/* For /config_dump and tests. */
+struct xds_client_stats {
+    bool connected, synced;
+    uint64_t connects, responses, acks, nacks;
+    char last_error[256]; /* why the last stream ended, "" if none */
+};
+void xds_client_stats(const struct xds_client *c, struct xds_client_stats *out);

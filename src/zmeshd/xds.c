@@ -1,0 +1,319 @@
+/* zmeshd's delta ADS service (see xds.h). */
+#include "zmeshd/xds.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/list.h"
+#include "core/log.h"
+#include "core/vec.h"
+#include "xds/pb.h"
+#include "xds/resource.h"
+
+struct xds_stream;
+
+struct zmeshd_xds {
+    struct zmeshd *d;
+    struct zmeshd_server *srv;
+    struct ads_server *ads;
+    struct xds_stream *streams;
+    uint64_t generations; /* snapshots loaded into the tables */
+};
+
+struct xds_stream {
+    struct xds_stream *next, *prev;
+    struct zmeshd_xds *x;
+    struct grpc_call *call;
+    struct ads_client *ac;
+    bool finished;
+    char peer[2 * TOKEN_NAME_MAX + 2];
+};
+
+static const char *const type_urls[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION};
+
+/* ---- tables from snapshots ---- */
+
+struct encoded {
+    char *name;
+    uint8_t *bytes;
+    size_t len;
+};
+
+static void encoded_free(struct vec *v)
+{
+    struct encoded *e = (struct encoded *)v->p;
+    for (size_t i = 0; i < v->n; i++) {
+        free(e[i].name);
+        free(e[i].bytes);
+    }
+    vec_free(v);
+}
+
+/* Encodes one model resource and appends it; a resource the protocol cannot carry is logged and left out
+ * (the builder accepted it, so this is zmesh's own limit). Returns 0 or -ENOMEM. */
+static int encode_one(struct vec *out, enum builder_kind kind, const void *m)
+{
+    char name[BUILDER_MAX_STR * 2 + 2], err[XDS_REASON_MAX];
+    struct encoded e = {0};
+    int rc;
+    if (kind == BUILDER_WORKLOAD)
+        rc = xds_workload_name(m, name, sizeof(name));
+    else if (kind == BUILDER_SERVICE)
+        rc = xds_service_name(m, name, sizeof(name));
+    else
+        rc = xds_policy_name(m, name, sizeof(name));
+    if (rc < 0) return 0;
+    if (kind == BUILDER_WORKLOAD)
+        rc = xds_encode_workload(m, &e.bytes, &e.len, err, sizeof(err));
+    else if (kind == BUILDER_SERVICE)
+        rc = xds_encode_service(m, &e.bytes, &e.len, err, sizeof(err));
+    else
+        rc = xds_encode_policy(m, &e.bytes, &e.len, err, sizeof(err));
+    if (rc == -ENOMEM) return -ENOMEM;
+    if (rc < 0) {
+        LOG_LIMITED(LOG_ERROR, "xds", "%s %s cannot be served: %s", builder_kind_name(kind), name, err);
+        return 0;
+    }
+    struct encoded *slot = NULL;
+    if (!(e.name = strdup(name)) || !(slot = vec_push(out))) {
+        free(e.name);
+        free(e.bytes);
+        return -ENOMEM;
+    }
+    *slot = e;
+    return 0;
+}
+
+static int table_load(struct zmeshd_xds *x, const char *type, struct vec *v, struct ads_diff *df)
+{
+    struct ads_resource_in *in = calloc(v->n ? v->n : 1, sizeof(*in));
+    char err[256];
+    if (!in) return -ENOMEM;
+    struct encoded *e = (struct encoded *)v->p;
+    for (size_t i = 0; i < v->n; i++)
+        in[i] = (struct ads_resource_in){.name = e[i].name, .value = e[i].bytes, .len = e[i].len};
+    int rc = ads_table_replace(x->ads, type, in, v->n, df, err, sizeof(err));
+    if (rc < 0 && rc != -ENOMEM) LOG_E("xds", "cannot serve the %s resources: %s", type, err);
+    free(in);
+    return rc;
+}
+
+/* Replaces both tables with the resources of s. */
+static int load_snapshot(struct zmeshd_xds *x, const struct snapshot *s)
+{
+    struct vec addr = VEC(struct encoded), authz = VEC(struct encoded);
+    struct ads_diff da = {0}, dz = {0};
+    int rc = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (size_t i = 0; !rc && i < snapshot_n_workloads(s); i++)
+        rc = encode_one(&addr, BUILDER_WORKLOAD, snapshot_workload_at(s, i));
+    for (size_t i = 0; !rc && i < snapshot_n_services(s); i++)
+        rc = encode_one(&addr, BUILDER_SERVICE, snapshot_service_at(s, i));
+    for (size_t i = 0; !rc && i < snapshot_n_policies(s); i++)
+        rc = encode_one(&authz, BUILDER_POLICY, snapshot_policy_at(s, i));
+    if (!rc) rc = table_load(x, PB_TYPE_URL_ADDRESS, &addr, &da);
+    if (!rc) rc = table_load(x, PB_TYPE_URL_AUTHORIZATION, &authz, &dz);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!rc) {
+        x->generations++;
+        unsigned clients = 0;
+        for (struct xds_stream *st = x->streams; st; st = st->next)
+            clients++;
+        LOG_I("xds",
+              "pushing: addresses +%zu ~%zu -%zu, authorizations +%zu ~%zu -%zu to %u clients (encoded in "
+              "%.1f ms)",
+              da.added, da.changed, da.removed, dz.added, dz.changed, dz.removed, clients,
+              (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
+    } else if (rc == -ENOMEM) {
+        LOG_E("xds", "out of memory while encoding the snapshot; clients keep the previous one");
+    }
+    encoded_free(&addr);
+    encoded_free(&authz);
+    return rc;
+}
+
+static void on_snapshot(void *ud, struct snapshot *old, struct snapshot *cur)
+{
+    (void)old;
+    load_snapshot(ud, cur);
+}
+
+/* ---- streams ---- */
+
+static void stream_finish(struct xds_stream *st, enum grpc_status code, const char *msg)
+{
+    if (st->finished) return;
+    st->finished = true;
+    grpc_call_finish(st->call, code, msg, NULL, 0);
+}
+
+/* Sends responses while HTTP/2 takes them: one at a time, each built only when it can leave, so a slow client
+ * gets the latest state when it is ready rather than a backlog. */
+static void pump(struct xds_stream *st)
+{
+    while (!st->finished && grpc_call_queued(st->call) == 0) {
+        struct ads_response *r = NULL;
+        int rc = ads_client_next_response(st->ac, &r);
+        if (rc < 0) {
+            LOG_W("xds", "ending the stream of %s: %s", st->peer, ads_client_error(st->ac));
+            stream_finish(st, (enum grpc_status)ads_client_grpc_status(st->ac), ads_client_error(st->ac));
+            return;
+        }
+        if (!r) return; /* nothing to send: on_pending says when there is */
+        size_t n = ads_response_size(r);
+        uint8_t *buf = malloc(n ? n : 1);
+        if (!buf) {
+            ads_response_free(r);
+            stream_finish(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+            return;
+        }
+        ads_response_pack(r, buf);
+        ads_response_free(r);
+        rc = grpc_call_send(st->call, buf, n);
+        free(buf);
+        if (rc < 0) {
+            stream_finish(st, GRPC_STATUS_INTERNAL, "cannot send");
+            return;
+        }
+    }
+    /* A response is still on its way: come back when HTTP/2 has taken it. */
+    if (!st->finished && ads_client_pending(st->ac)) grpc_call_notify_writable(st->call);
+}
+
+static void on_pending(struct ads_client *ac, void *ud)
+{
+    (void)ac;
+    pump(ud);
+}
+
+static void on_writable(struct grpc_call *c, void *ud)
+{
+    (void)c;
+    pump(ud);
+}
+
+static void on_message(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
+{
+    struct xds_stream *st = ud;
+    (void)c;
+    if (st->finished) return;
+    if (ads_client_recv(st->ac, p, n) < 0) {
+        LOG_LIMITED(LOG_WARN, "xds", "ending the stream of %s: %s", st->peer, ads_client_error(st->ac));
+        stream_finish(st, (enum grpc_status)ads_client_grpc_status(st->ac), ads_client_error(st->ac));
+        return;
+    }
+    pump(st);
+}
+
+static void on_half_close(struct grpc_call *c, void *ud)
+{
+    (void)c;
+    stream_finish(ud, GRPC_STATUS_OK, NULL);
+}
+
+static void on_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    struct xds_stream *st = ud;
+    (void)c;
+    LOG_I("xds", "stream of %s (%s) ended: %s%s%s", st->peer, ads_client_node_id(st->ac),
+          grpc_status_to_str(r->status), r->message[0] ? ": " : "", r->message);
+    LIST_DEL(st->x->streams, st);
+    ads_client_free(st->ac);
+    free(st);
+}
+
+static const struct grpc_call_ops stream_ops = {
+    .on_message = on_message, .on_half_close = on_half_close, .on_writable = on_writable, .on_end = on_end};
+
+static void refused_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    (void)c, (void)ud, (void)r;
+}
+static const struct grpc_call_ops refused_ops = {.on_end = refused_end};
+
+static void ads_handler(struct grpc_call *c, void *ud, const struct grpc_call_info *info)
+{
+    struct zmeshd_xds *x = ud;
+    struct token_caller caller;
+    char why[512];
+    if (zmeshd_server_authenticate(x->srv, info, &caller, why, sizeof(why)) < 0) {
+        grpc_call_set_ops(c, &refused_ops, NULL);
+        LOG_LIMITED(LOG_WARN, "xds", "xDS stream refused (UNAUTHENTICATED): %s", why);
+        grpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED, "authentication failure", NULL, 0);
+        return;
+    }
+    struct xds_stream *st = calloc(1, sizeof(*st));
+    if (st) snprintf(st->peer, sizeof(st->peer), "%s/%s", caller.ns, caller.sa);
+    if (!st || ads_client_new(x->ads, st->peer, on_pending, st, &st->ac) < 0) {
+        free(st);
+        grpc_call_set_ops(c, &refused_ops, NULL);
+        grpc_call_finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        return;
+    }
+    st->x = x;
+    st->call = c;
+    LIST_PUSH(x->streams, st);
+    grpc_call_set_ops(c, &stream_ops, st);
+    LOG_I("xds", "stream of %s opened", st->peer);
+}
+
+/* ---- lifecycle ---- */
+
+int zmeshd_xds_new(struct zmeshd *d, struct zmeshd_server *srv, struct zmeshd_xds **out, char *err,
+                   size_t errlen)
+{
+    struct zmeshd_xds *x = calloc(1, sizeof(*x));
+    int rc;
+    *out = NULL;
+    if (!x) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    x->d = d;
+    x->srv = srv;
+    struct ads_server_opts o = {.type_urls = type_urls, .n_types = 2, .control_plane_id = "zmeshd"};
+    if ((rc = ads_server_new(&o, &x->ads, err, errlen)) < 0) goto fail;
+    if ((rc = grpc_server_add(zmeshd_server_grpc(srv), ZMESHD_ADS_METHOD, GRPC_STREAMING, ads_handler, x)) <
+        0) {
+        snprintf(err, errlen, "cannot register %s: %s", ZMESHD_ADS_METHOD, strerror(-rc));
+        goto fail;
+    }
+    if (zmeshd_snapshot(d) && (rc = load_snapshot(x, zmeshd_snapshot(d))) < 0) {
+        snprintf(err, errlen, "cannot encode the first snapshot: %s", strerror(-rc));
+        goto fail;
+    }
+    if ((rc = zmeshd_subscribe(d, on_snapshot, x)) < 0) {
+        snprintf(err, errlen, "cannot subscribe to snapshots: %s", strerror(-rc));
+        goto fail;
+    }
+    *out = x;
+    return 0;
+fail:
+    ads_server_free(x->ads);
+    free(x);
+    return rc;
+}
+
+void zmeshd_xds_free(struct zmeshd_xds *x)
+{
+    if (!x) return;
+    (void)zmeshd_unsubscribe(x->d, on_snapshot, x);
+    ads_server_free(x->ads); /* after zmeshd_server_free, which ended every stream */
+    free(x);
+}
+
+json_t *zmeshd_xds_status(const struct zmeshd_xds *x)
+{
+    json_t *j = ads_server_status_json(x->ads);
+    if (j) json_object_set_new(j, "generations", json_integer((json_int_t)x->generations));
+    return j;
+}
+
+struct ads_server *zmeshd_xds_ads(const struct zmeshd_xds *x)
+{
+    return x->ads;
+}
