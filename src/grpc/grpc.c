@@ -120,8 +120,9 @@ struct grpc_call {
     bool writable_due, dead;
 };
 
-static const char *const consumed_headers[] = {"content-type", "te", "grpc-timeout", "grpc-encoding",
-                                               "grpc-accept-encoding", "grpc-status", "grpc-message"};
+static const char *const consumed_headers[] = {
+    "content-type",         "te",          "grpc-timeout", "grpc-encoding",
+    "grpc-accept-encoding", "grpc-status", "grpc-message"};
 
 /* ---- small helpers ---- */
 
@@ -484,8 +485,8 @@ static int on_msg(void *ud, const uint8_t *p, size_t n)
         if (c->unary) {
             if (c->have_req) {
                 /* doc/statuscodes.md: request cardinality violation. */
-                grpc_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "more than one request message for a unary method",
-                                 NULL, 0);
+                grpc_call_finish(c, GRPC_STATUS_UNIMPLEMENTED,
+                                 "more than one request message for a unary method", NULL, 0);
                 return 1;
             }
             c->req = malloc(n ? n : 1);
@@ -823,7 +824,8 @@ static void trailers_only(struct grpc_call *c, int http_status, enum grpc_status
     LOG_LIMITED(LOG_DEBUG, LOG_T, "refused a call: status=%s message=%s", grpc_status_to_str(st), msg);
     if (hl_init(&hl, 4) == 0) {
         hl_add(&hl, "content-type", "application/grpc");
-        if (status_headers(&hl, st, msg, NULL, 0) == 0 && h2_stream_respond(c->s, http_status, hl.h, hl.n, 0) == 0) {
+        if (status_headers(&hl, st, msg, NULL, 0) == 0 &&
+            h2_stream_respond(c->s, http_status, hl.h, hl.n, 0) == 0) {
             hl_free(&hl);
             return;
         }
@@ -909,7 +911,8 @@ static void unknown_method(const struct grpc_server *srv, const char *path, char
     for (size_t i = 0; i < srv->n_methods; i++) {
         const char *p = srv->methods[i].path;
         if (strncmp(p + 1, svc, sn) == 0 && p[1 + sn] == '/') {
-            snprintf(buf, bl, "unknown method %.100s for service %.*s", meth, (int)(sn > 100 ? 100 : sn), svc);
+            snprintf(buf, bl, "unknown method %.100s for service %.*s", meth, (int)(sn > 100 ? 100 : sn),
+                     svc);
             return;
         }
     }
@@ -979,8 +982,8 @@ static void srv_on_request(struct h2_stream *s, void *ud, const struct h2_reques
     }
     if (sub_n && !(sub_n == 5 && strncasecmp(sub, "proto", 5) == 0)) {
         /* Messages are protobuf here; grpc-go answers an unknown codec with INTERNAL. */
-        snprintf(buf, sizeof(buf), "no codec registered for content-subtype %.*s", (int)(sub_n > 32 ? 32 : sub_n),
-                 sub);
+        snprintf(buf, sizeof(buf), "no codec registered for content-subtype %.*s",
+                 (int)(sub_n > 32 ? 32 : sub_n), sub);
         trailers_only(c, 200, GRPC_STATUS_INTERNAL, buf);
         return;
     }
@@ -1185,8 +1188,8 @@ static void ch_on_closed(struct h2_conn *hc, void *ud, const struct h2_end *e)
     struct grpc_channel *ch = ud;
     ch->c = NULL;
     if (e->reason != H2_END_OK && e->reason != H2_END_LOCAL)
-        LOG_LIMITED(LOG_DEBUG, LOG_T, "channel to %s closed: %s: %s", ch->authority, h2_end_reason_to_str(e->reason),
-                    e->detail ? e->detail : "");
+        LOG_LIMITED(LOG_DEBUG, LOG_T, "channel to %s closed: %s: %s", ch->authority,
+                    h2_end_reason_to_str(e->reason), e->detail ? e->detail : "");
     if (ch->free_pending) {
         free(ch->authority);
         free(ch);

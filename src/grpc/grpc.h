@@ -37,8 +37,8 @@ struct grpc_result {
     const char *message;            /* grpc-message decoded, or the layer's reason; never NULL ("" if none) */
     const struct grpc_md *trailers; /* client: the trailers' custom metadata */
     size_t n_trailers;
-    int http_status;                /* client: :status received (0 if none) */
-    enum h2_end_reason h2_reason;   /* how the HTTP/2 stream ended (H2_END_OK normally) */
+    int http_status;              /* client: :status received (0 if none) */
+    enum h2_end_reason h2_reason; /* how the HTTP/2 stream ended (H2_END_OK normally) */
 };
 
 struct grpc_call_ops {
@@ -56,10 +56,10 @@ struct grpc_call_ops {
 
 /* Limits. 0 in a field means its default. */
 struct grpc_opts {
-    uint32_t max_recv;      /* largest message received (GRPC_DEFAULT_MAX_RECV, 4 MiB, as grpc-core) */
-    uint32_t max_send;      /* largest message sent (default: no limit but the 32-bit length) */
-    size_t send_queue_max;  /* bytes queued per call before grpc_call_send says -EAGAIN (GRPC_SEND_QUEUE_MAX);
-                             * a message is always taken when nothing is queued, so one big message passes */
+    uint32_t max_recv;     /* largest message received (GRPC_DEFAULT_MAX_RECV, 4 MiB, as grpc-core) */
+    uint32_t max_send;     /* largest message sent (default: no limit but the 32-bit length) */
+    size_t send_queue_max; /* bytes queued per call before grpc_call_send says -EAGAIN (GRPC_SEND_QUEUE_MAX);
+                            * a message is always taken when nothing is queued, so one big message passes */
     /* HTTP/2 keepalive: PING after this much quiet, the connection ends without an ACK within the timeout.
      * Off by default: grpc servers (grpc-core) punish a client that pings an idle connection more often than
      * every 5 minutes with GOAWAY(ENHANCE_YOUR_CALM, "too_many_pings"). */
@@ -82,14 +82,14 @@ enum grpc_method_kind {
 
 /* What a handler learns about a call. Valid during on_call only: copy what you keep. */
 struct grpc_call_info {
-    const char *path;      /* "/package.Service/Method" */
-    const char *authority; /* :authority ("" if absent) */
-    const char *peer_id;   /* the client's SPIFFE id from its certificate, "" for h2c or none */
+    const char *path;         /* "/package.Service/Method" */
+    const char *authority;    /* :authority ("" if absent) */
+    const char *peer_id;      /* the client's SPIFFE id from its certificate, "" for h2c or none */
     const struct grpc_md *md; /* custom metadata (authorization, clusterid, user-agent, ...); the headers the
                                * layer consumes (content-type, te, grpc-timeout, grpc-encoding,
                                * grpc-accept-encoding) and pseudo-headers are not included */
     size_t n_md;
-    uint64_t timeout_ns;   /* from grpc-timeout; UINT64_MAX without one */
+    uint64_t timeout_ns;    /* from grpc-timeout; UINT64_MAX without one */
     const uint8_t *request; /* GRPC_UNARY: the request message */
     size_t request_len;
 };

@@ -41,7 +41,8 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
                        unsigned inlen, void *arg)
 {
     static const unsigned char h2[] = {2, 'h', '2'};
-    if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2), in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2), in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     return SSL_TLSEXT_ERR_OK;
 }
@@ -77,7 +78,8 @@ static int send_reply(struct srv_call *sc, const char *text, const uint8_t *payl
     uint8_t *buf = malloc(n ? n : 1);
     zmesh__test__echo_reply__pack(&r, buf);
     int rc = grpc_call_send(sc->c, buf, n);
-    if (rc == -EMSGSIZE) grpc_call_finish(sc->c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reply over the limit", NULL, 0);
+    if (rc == -EMSGSIZE)
+        grpc_call_finish(sc->c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reply over the limit", NULL, 0);
     free(buf);
     return rc;
 }
@@ -180,8 +182,8 @@ static void chat_half_close(struct grpc_call *c, void *ud)
 }
 
 static const struct grpc_call_ops unary_ops = {.on_end = srv_end};
-static const struct grpc_call_ops chat_ops = {.on_message = chat_msg, .on_half_close = chat_half_close,
-                                              .on_writable = on_writable, .on_end = srv_end};
+static const struct grpc_call_ops chat_ops = {
+    .on_message = chat_msg, .on_half_close = chat_half_close, .on_writable = on_writable, .on_end = srv_end};
 
 static struct srv_call *srv_call_new(struct grpc_call *c, const struct grpc_call_info *info)
 {

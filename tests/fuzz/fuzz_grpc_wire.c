@@ -6,7 +6,8 @@
  *
  * Contracts checked (abort on violation):
  * - the deframer delivers the same messages and ends with the same status whether the stream comes whole or
- *   in chunks; no message is longer than the limit; delivered bytes plus 5 per message never exceed the input;
+ *   in chunks; no message is longer than the limit; delivered bytes plus 5 per message never exceed the
+ * input;
  * - an accepted grpc-timeout formats to a value that parses back to at least as long (unless saturated);
  * - grpc-message decoding never grows the text, and encode(decode(x)) decodes back to decode(x);
  * - an accepted base64 value re-encodes to text that decodes to the same bytes;

@@ -1,5 +1,5 @@
-/* Unit tests for src/grpc: the wire rules (wire.c), and calls between a zmesh client and a zmesh server on one
- * loop over h2c on loopback (grpc.c). Interoperability with grpcio is tests/e2e/test_grpc.py's. */
+/* Unit tests for src/grpc: the wire rules (wire.c), and calls between a zmesh client and a zmesh server on
+ * one loop over h2c on loopback (grpc.c). Interoperability with grpcio is tests/e2e/test_grpc.py's. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -116,8 +116,10 @@ static void test_deframer_chunking(void **state)
             struct got g = {0};
             grpc_deframer_init(&d, 0);
             assert_int_equal(grpc_deframer_feed(&d, s, a, on_msg, &g, err, sizeof(err)), GRPC_STATUS_OK);
-            assert_int_equal(grpc_deframer_feed(&d, s + a, b - a, on_msg, &g, err, sizeof(err)), GRPC_STATUS_OK);
-            assert_int_equal(grpc_deframer_feed(&d, s + b, n - b, on_msg, &g, err, sizeof(err)), GRPC_STATUS_OK);
+            assert_int_equal(grpc_deframer_feed(&d, s + a, b - a, on_msg, &g, err, sizeof(err)),
+                             GRPC_STATUS_OK);
+            assert_int_equal(grpc_deframer_feed(&d, s + b, n - b, on_msg, &g, err, sizeof(err)),
+                             GRPC_STATUS_OK);
             check_three(&g);
             assert_false(grpc_deframer_partial(&d));
             assert_int_equal(grpc_deframer_finish(&d, err, sizeof(err)), GRPC_STATUS_OK);
@@ -160,7 +162,8 @@ static void test_deframer_max(void **state)
     uint8_t h[5];
     grpc_deframer_init(&d, 10);
     grpc_frame_header(h, false, 11);
-    assert_int_equal(grpc_deframer_feed(&d, h, 5, on_msg, &g, err, sizeof(err)), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_int_equal(grpc_deframer_feed(&d, h, 5, on_msg, &g, err, sizeof(err)),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
     assert_string_equal(err, "grpc: received message larger than max (11 vs. 10)");
     assert_null(d.buf);
     grpc_deframer_free(&d);
@@ -287,8 +290,8 @@ static void test_timeout_parse(void **state)
         assert_int_equal(grpc_timeout_parse(ok[i].v, strlen(ok[i].v), &ns), 0);
         assert_true(ns == ok[i].ns);
     }
-    static const char *const bad[] = {"", "S", "1", "123456789S", "1s", "1h", "1x", "-1S", "+1S", " 1S", "1 S",
-                                      "1.5S", "1SS", "0x1S"};
+    static const char *const bad[] = {"",    "S",   "1",   "123456789S", "1s",   "1h",  "1x",
+                                      "-1S", "+1S", " 1S", "1 S",        "1.5S", "1SS", "0x1S"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t ns;
         assert_int_equal(grpc_timeout_parse(bad[i], strlen(bad[i]), &ns), -EINVAL);
@@ -380,8 +383,9 @@ static void test_metadata_rules(void **state)
     assert_true(grpc_md_is_bin("trace-proto-bin", 15));
     assert_false(grpc_md_is_bin("-bin", 4));
     assert_false(grpc_md_is_bin("binary", 6));
-    static const char *const reserved[] = {":path", "grpc-status", "grpc-timeout", "grpc-foo", "content-type",
-                                           "te", "user-agent", "connection", "transfer-encoding", "host"};
+    static const char *const reserved[] = {
+        ":path", "grpc-status", "grpc-timeout", "grpc-foo",          "content-type",
+        "te",    "user-agent",  "connection",   "transfer-encoding", "host"};
     for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
         assert_true(grpc_md_reserved(reserved[i], strlen(reserved[i])));
     assert_false(grpc_md_reserved("authorization", 13));
@@ -394,8 +398,8 @@ static void test_base64(void **state)
     (void)state;
     static const struct {
         const char *raw, *b64;
-    } v[] = {{"", ""}, {"f", "Zg"}, {"fo", "Zm8"}, {"foo", "Zm9v"}, {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"},
-             {"foobar", "Zm9vYmFy"}};
+    } v[] = {{"", ""},           {"f", "Zg"},          {"fo", "Zm8"},         {"foo", "Zm9v"},
+             {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"}};
     char enc[32];
     uint8_t dec[32];
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
@@ -476,7 +480,6 @@ static void test_status_mappings(void **state)
     assert_int_equal(grpc_status_from_h2_error(0xb), GRPC_STATUS_RESOURCE_EXHAUSTED);
     assert_int_equal(grpc_status_from_h2_error(0xc), GRPC_STATUS_PERMISSION_DENIED);
 }
-
 
 /* ---- calls: zmesh client <-> zmesh server, h2c on loopback ---- */
 
@@ -632,9 +635,10 @@ static void srv_writable(struct grpc_call *c, void *ud)
     done();
 }
 
-static const struct grpc_call_ops srv_stream_ops = {
-    .on_message = srv_stream_msg, .on_half_close = srv_stream_half, .on_writable = srv_writable,
-    .on_end = srv_end};
+static const struct grpc_call_ops srv_stream_ops = {.on_message = srv_stream_msg,
+                                                    .on_half_close = srv_stream_half,
+                                                    .on_writable = srv_writable,
+                                                    .on_end = srv_end};
 
 static void h_stream(struct grpc_call *c, void *ud, const struct grpc_call_info *info)
 {
@@ -747,8 +751,8 @@ static void cli_writable(struct grpc_call *c, void *ud)
     done();
 }
 
-static const struct grpc_call_ops cli_ops = {.on_message = cli_msg, .on_writable = cli_writable,
-                                             .on_end = cli_end};
+static const struct grpc_call_ops cli_ops = {
+    .on_message = cli_msg, .on_writable = cli_writable, .on_end = cli_end};
 
 /* A unary round trip: the request, the metadata the handler sees (and what it does not), the response, the
  * trailers and a percent-encoded status message; and an unknown method. */
@@ -761,8 +765,9 @@ static void test_call_unary(void **state)
                                  {"x-raw-bin", (const uint8_t *)"\x01\x02", 2}};
     struct got_call g = {0};
     int err;
-    struct grpc_call *c = grpc_call_unary(ch, "/t.S/Echo", &(struct grpc_call_opts){.timeout_ms = 3000,
-                                          .md = md, .n_md = 3}, (const uint8_t *)"abc", 3, &cli_ops, &g, &err);
+    struct grpc_call *c =
+        grpc_call_unary(ch, "/t.S/Echo", &(struct grpc_call_opts){.timeout_ms = 3000, .md = md, .n_md = 3},
+                        (const uint8_t *)"abc", 3, &cli_ops, &g, &err);
     assert_non_null(c);
     run_until(2); /* client end + server end */
     assert_true(g.ended);
@@ -791,8 +796,10 @@ static void test_call_unary(void **state)
     assert_string_equal(g.message, "unknown method Nope for service t.S");
 
     /* Bad metadata and paths are refused before anything is sent. */
-    const struct grpc_md bad[] = {{"Upper", (const uint8_t *)"x", 1}, {"grpc-foo", (const uint8_t *)"x", 1},
-                                  {"te", (const uint8_t *)"x", 1}, {"ok", (const uint8_t *)"a\nb", 3}};
+    const struct grpc_md bad[] = {{"Upper", (const uint8_t *)"x", 1},
+                                  {"grpc-foo", (const uint8_t *)"x", 1},
+                                  {"te", (const uint8_t *)"x", 1},
+                                  {"ok", (const uint8_t *)"a\nb", 3}};
     for (size_t i = 0; i < 4; i++) {
         assert_null(grpc_call_start(ch, "/t.S/Echo", &(struct grpc_call_opts){.md = &bad[i], .n_md = 1},
                                     &cli_ops, &g, &err));
@@ -854,7 +861,8 @@ static bool stream_all_in(void)
 static void test_call_stream_backpressure(void **state)
 {
     (void)state;
-    struct grpc_channel *ch = dial(E.port, &(struct grpc_opts){.max_send = 100000, .send_queue_max = 256 << 10});
+    struct grpc_channel *ch =
+        dial(E.port, &(struct grpc_opts){.max_send = 100000, .send_queue_max = 256 << 10});
     struct got_call g = {0};
     int err;
     struct grpc_call *c = grpc_call_start(ch, "/t.S/Stream", NULL, &cli_ops, &g, &err);
@@ -944,7 +952,8 @@ static void test_call_mtls(void **state)
     assert_non_null(cctx);
 
     const char *const ok[] = {ID_SERVER};
-    struct grpc_channel *ch = dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = ok, .n_expected = 1});
+    struct grpc_channel *ch =
+        dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = ok, .n_expected = 1});
     struct got_call g = {0};
     int rc;
     assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"tls", 3, &cli_ops, &g, &rc));
@@ -958,7 +967,8 @@ static void test_call_mtls(void **state)
     ch = dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = wrong, .n_expected = 1});
     memset(&g, 0, sizeof(g));
     S.calls = 0;
-    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"x", 1, &cli_ops_reason, &g, &rc));
+    assert_non_null(
+        grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"x", 1, &cli_ops_reason, &g, &rc));
     run_until(1);
     assert_int_equal(g.status, GRPC_STATUS_UNAVAILABLE);
     assert_int_equal(last_h2_reason, H2_END_IDENTITY);
@@ -1005,7 +1015,8 @@ static void test_server_drain(void **state)
     run_while_not(always);
     run_while_not(always);
     assert_int_equal(grpc_server_conns(E.srv), 1);
-    struct grpc_call *c2 = grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"y", 1, &cli_ops, &g2, &err);
+    struct grpc_call *c2 =
+        grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"y", 1, &cli_ops, &g2, &err);
     if (c2) {
         run_until(1);
         assert_int_equal(g2.status, GRPC_STATUS_UNAVAILABLE);
