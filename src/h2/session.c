@@ -117,8 +117,8 @@ struct h2_stream {
     nghttp2_nv *trailers;
     size_t ntrailers;
     /* Header blocks being received, allocated while they are: an open stream holds none. */
-    struct hblock *req; /* server: the request, until it is handed to on_request */
-    struct hblock *hb;  /* a response or trailers */
+    struct hblock *req;                    /* server: the request, until it is handed to on_request */
+    struct hblock *hb;                     /* a response or trailers */
     bool req_end;                          /* server: the request's HEADERS ended the peer's side (no body) */
     struct h2_stream *req_next, *req_prev; /* server: in the conn's request queue while queued */
     bool queued, delivered, answered, reset_early;
