@@ -280,12 +280,37 @@ static void bio_init_once(void)
     BIO_meth_set_create(bio_meth, bio_create_cb);
 }
 
+/* A thread that ends (the identity manager's, whose CA calls run on sessions; a test's) frees its buffers: a
+ * key's destructor runs at thread exit, while the thread's __thread variables are still there. Threads that
+ * live as long as the process (workers) never get here. */
+static pthread_key_t tl_key;
+static pthread_once_t tl_key_once = PTHREAD_ONCE_INIT;
+
+static void thread_bufs_free(void *unused)
+{
+    (void)unused;
+    free(tl_cin);
+    free(tl_plain);
+    free(tl_pt);
+    obuf_free(&tl_out);
+    tl_cin = tl_plain = tl_pt = NULL;
+    tl_out_conn = NULL;
+}
+
+static void tl_key_init(void)
+{
+    (void)pthread_key_create(&tl_key, thread_bufs_free);
+}
+
 static int thread_bufs(void)
 {
     if (tl_cin) return 0;
+    pthread_once(&tl_key_once, tl_key_init);
     tl_cin = malloc(CIN_CAP);
     tl_plain = malloc(PLAIN_CAP);
     tl_pt = malloc(PT_REC);
+    /* Any non-NULL value arms the destructor. */
+    if (tl_cin) (void)pthread_setspecific(tl_key, tl_cin);
     return tl_cin && tl_plain && tl_pt ? 0 : -ENOMEM;
 }
 

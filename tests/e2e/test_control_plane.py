@@ -92,7 +92,7 @@ class ControlPlane:
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            assert self.proc.wait(timeout=10) == 0
+            assert self.proc.wait(timeout=10) == 0, tail(self.log_path)
 
     def lines(self):
         out = []
