@@ -298,9 +298,19 @@ static int reload(void)
 
 /* ---- config from an xDS server ---- */
 
+/* Until both types had their first response nothing is served: a proxy started on workloads alone would admit
+ * connections that a DENY policy, still on its way, refuses (fail closed). The latest snapshot waits here. */
+static struct snapshot *xds_pending;
+
 static void xds_on_snapshot(void *ud, struct snapshot *s)
 {
     (void)ud;
+    if (!atomic_load(&app.xds_synced)) {
+        snapshot_ref(s);
+        if (xds_pending) snapshot_unref(xds_pending);
+        xds_pending = s;
+        return;
+    }
     if (!app.draining) (void)apply_snapshot(s, zt_cfg.xds_address);
 }
 
@@ -308,6 +318,11 @@ static void xds_on_synced(void *ud)
 {
     (void)ud;
     atomic_store(&app.xds_synced, true);
+    if (xds_pending) {
+        if (!app.draining) (void)apply_snapshot(xds_pending, zt_cfg.xds_address);
+        snapshot_unref(xds_pending);
+        xds_pending = NULL;
+    }
 }
 
 static const struct xds_client_ops xds_ops = {.on_snapshot = xds_on_snapshot, .on_synced = xds_on_synced};
