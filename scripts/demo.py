@@ -508,31 +508,42 @@ class Demo:
         # Each ztunnel: a token, an authenticated xDS stream, both types ACKed, a certificate from zmeshd's CA.
         opened = [l.get("message", "")[len("stream of "):-len(" opened")] for l in self.zmeshd_lines()
                   if l.get("scope") == "xds" and re.match(r"stream of \S+ opened$", l.get("message", ""))]
-        self.say("  zmeshd: %d xDS streams opened, authenticated by service-account token: %s"
-                 % (len(opened), st.dim(", ".join(opened))))
+        tally = {}
+        for o in opened:
+            tally[o] = tally.get(o, 0) + 1
+        self.say("  zmeshd: %d xDS streams opened, each authenticated by its pod's service-account token: %s"
+                 % (len(opened), st.dim(", ".join(k + (" ×%d" % n if n > 1 else "")
+                                                  for k, n in sorted(tally.items())))))
+        expect = sorted("%s/%s" % (self.pod(n).namespace, self.pod(n).sa) for n in self.ztunnels)
+        self.check(sorted(opened) == expect, "one stream per ztunnel, under its pod's service account",
+                   "" if sorted(opened) == expect else "(opened %s, expected %s)" % (sorted(opened), expect))
         root_pem = open(os.path.join(self.state, "root-cert.pem")).read().strip()
-        problems, serials = [], []
+        xds_problems, cert_problems, env_problems = [], [], []
         for name, z in self.ztunnels.items():
             p = self.pod(name)
             lines = self.log_json(name)
             if not (self.ack_lines(lines, ADDRESS_TYPE) and self.ack_lines(lines, AUTHZ_TYPE)):
-                problems.append("%s's ztunnel has not ACKed both Address and Authorization" % name)
+                xds_problems.append("%s has not ACKed both Address and Authorization" % name)
             nacks = [l for l in lines if "rejecting resources" in str(l.get("message", ""))]
             if nacks:
-                problems.append("%s's ztunnel rejected resources: %s" % (name, nacks[0].get("message")))
+                xds_problems.append("%s rejected resources: %s" % (name, nacks[0].get("message")))
 
             def cert():
                 c = [c for c in self.dump(p).get("certificates", []) if c.get("identity") == p.spiffe]
                 return c if c and c[0].get("state") == "Available" else None
             c = self.poll(cert)
+            with open("/proc/%d/environ" % z.pid, "rb") as f:
+                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
+            if env.get(b"LOCAL_CA_DIR") or env.get(b"LOCAL_XDS_PATH") or not env.get(b"XDS_ADDRESS"):
+                env_problems.append("%s's ztunnel was not started with XDS_ADDRESS and CA_ADDRESS alone" % name)
             if not c:
-                problems.append("%s's ztunnel has no Available certificate for %s" % (name, p.spiffe))
+                cert_problems.append("%s has no Available certificate for %s" % (name, p.spiffe))
                 continue
             try:
                 roots = [base64.b64decode(r["pem"]).decode().strip() for r in c[0].get("rootCerts", [])]
                 leaf = base64.b64decode(c[0]["certChain"][0]["pem"]).decode()
             except (KeyError, IndexError, ValueError) as e:
-                problems.append("%s's certificate in the dump is unreadable (%s)" % (name, e))
+                cert_problems.append("%s's certificate in the dump is unreadable (%s)" % (name, e))
                 continue
             leaf_path = os.path.join(self.cp_dir, "leaf-%s.pem" % name)
             with open(leaf_path, "w") as f:
@@ -540,20 +551,17 @@ class Demo:
             v = subprocess.run(["openssl", "verify", "-CAfile", os.path.join(self.state, "root-cert.pem"),
                                 leaf_path], capture_output=True, text=True)
             if v.returncode != 0 or roots != [root_pem]:
-                problems.append("%s's certificate does not chain to zmeshd's root (%s)"
-                                % (name, (v.stdout + v.stderr).strip() or "other root in the dump"))
-            serials.append("%s %x" % (name, int(c[0]["certChain"][0].get("serialNumber", "0"))))
-            with open("/proc/%d/environ" % z.pid, "rb") as f:
-                env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
-            if env.get(b"LOCAL_CA_DIR") or env.get(b"LOCAL_XDS_PATH") or not env.get(b"XDS_ADDRESS"):
-                problems.append("%s's ztunnel was not started with XDS_ADDRESS alone" % name)
-        expect = sorted("%s/%s" % (self.pod(n).namespace, self.pod(n).sa) for n in self.ztunnels)
-        if sorted(opened) != expect:
-            problems.append("streams opened for %s, expected %s" % (sorted(opened), expect))
-        self.check(not problems, "%d ztunnels got their config from zmeshd over delta xDS, ACKed both types "
-                   "(Address, Authorization), and hold a certificate for their own identity signed by "
-                   "zmeshd's CA; none was given a local config or a CA key" % len(self.ztunnels),
-                   "; ".join(problems))
+                cert_problems.append("%s's certificate does not chain to zmeshd's root (%s)"
+                                     % (name, (v.stdout + v.stderr).strip() or "another root in the dump"))
+        n = len(self.ztunnels)
+        self.check(not xds_problems, "all %d ztunnels ACKed zmeshd's first push of both types (Address: "
+                   "workloads and services; Authorization: policies), no NACK" % n, "; ".join(xds_problems))
+        self.check(not cert_problems, "each holds a certificate for its own SPIFFE id from zmeshd's CA "
+                   "(openssl verify against %s)" % os.path.relpath(os.path.join(self.state, "root-cert.pem"),
+                                                                  self.t.workdir), "; ".join(cert_problems))
+        self.check(not env_problems, "none was given a local config or a CA key (no LOCAL_XDS_PATH, no "
+                   "LOCAL_CA_DIR: only zmeshd's address, its root certificate and a token)",
+                   "; ".join(env_problems))
 
         fe = self.pod("frontend")
         self.say("  %s zmesh ztunnel-config workloads   %s" % (st.yellow("frontend$"),
@@ -799,7 +807,7 @@ class Demo:
             self.check(False, "the marker is not in the capture: this check cannot see plaintext",
                        "(pcap: %s)" % path)
 
-    # ---- service VIP, live policy, metrics (steps 6-8) -----------------------------------------------------
+    # ---- service VIP, live policy, metrics (steps 7-9) -----------------------------------------------------
     def get(self, src, ip, port, path):
         """One HTTP GET from src's netns to ip:port; returns (status, JSON answer or {}, local addr, ms)."""
         t0 = time.monotonic()
@@ -898,7 +906,7 @@ class Demo:
                       res["pushing"].get("message", ""))
         if m:
             n = [int(x) for x in m.groups()]
-            res["types"] = [t for t, k in ((ADDRESS_TYPE, sum(n[:3])), (AUTHZ_TYPE, sum(n[3:]))) if k]
+            res["types"] = [t for t, k in ((AUTHZ_TYPE, sum(n[3:])), (ADDRESS_TYPE, sum(n[:3]))) if k]
 
         def acked():
             res["acks"], res["nacks"] = {}, []
@@ -936,7 +944,10 @@ class Demo:
             for t in res["types"]:
                 if t in acks:
                     m = re.search(r"ACK \((\d+) resources, (\d+) removed\)", acks[t].get("message", ""))
-                    what.append("%s %s" % (short[t], "%s resources, %s removed" % m.groups() if m else "?"))
+                    k, r = (int(x) for x in m.groups()) if m else (-1, -1)
+                    parts = ["%d resource%s" % (k, "s" if k != 1 else "")] if k > 0 else []
+                    parts += ["%d removed" % r] if r > 0 else []
+                    what.append("%s %s" % (short[t], ", ".join(parts) or "nothing" if m else "?"))
                 else:
                     what.append("%s: no ACK" % short[t])
             last = max((l for l in acks.values()), key=lambda l: l.get("time", ""), default=None)
@@ -965,7 +976,7 @@ class Demo:
         fe = self.pod("frontend")
         eps = [self.pod(n) for n in BACKENDS]
         names = {self.role(p): p for p in eps}
-        self.say("  Service %s: VIP %s:%d %s port %d of %d replicas (random pick, weighted)"
+        self.say("  Service %s: VIP %s:%d %s port %d of %d replicas (random pick, weighted by capacity)"
                  % (st.bold(SVC_HOST), SVC_VIP, SVC_PORT, st.arrow, HTTP_PORT, len(eps)))
         self.say("  %s %d × GET http://%s:%d/ (a new connection each)"
                  % (st.yellow("frontend$"), VIP_REQUESTS, SVC_VIP, SVC_PORT))
@@ -1041,7 +1052,8 @@ class Demo:
         with open(POLICY_FILE) as f:
             body = [l.rstrip() for l in f if l.strip() and not l.lstrip().startswith("#")]
         spec = body[body.index("spec:"):] if "spec:" in body else body
-        self.say("    " + st.dim(" ".join(l.strip() for l in spec)))
+        for l in spec:
+            self.say("    " + st.dim(l))
         self.say("  %s opens an echo connection to backend:%d before the change, and keeps it open"
                  % (st.yellow("auditor$"), ECHO_PORT))
         held = self.connect(au, be.ip, ECHO_PORT)
@@ -1069,10 +1081,16 @@ class Demo:
                 why = "(no ACK from %s; %d NACKs; types pushed: %s)" % (", ".join(res["missing"]) or "-",
                                                                        len(res["nacks"]), res["types"])
             else:
-                why = ("(%d ms of it is zmeshd waiting for the directory to be quiet, PILOT_DEBOUNCE_AFTER, "
-                       "as istiod debounces)" % DEBOUNCE_MS)
-            self.check(ok, "zmeshd pushed the policy, %d of %d ztunnels ACKed it: %s ms from the write to the last "
-                       "ACK" % (n - len(res["missing"]), n, ms), why)
+                why = ""
+            self.check(ok, "zmeshd pushed the policy, %d of %d ztunnels ACKed it: %d ms from the write to the last "
+                       "ACK" % (n, n, ms) if ok else "zmeshd pushed the policy and all %d ztunnels ACKed it within "
+                       "%.0f s" % (n, PUSH_TIMEOUT), why)
+            if ok:
+                pushed_at = self.log_time(res["pushing"])
+                self.say(st.dim("      (%d ms of it is zmeshd waiting for the directory to be quiet, "
+                                "PILOT_DEBOUNCE_AFTER, as istiod debounces; from zmeshd's \"pushing\" line to the "
+                                "last ACK: %s ms)" % (DEBOUNCE_MS, round((res["last"] - pushed_at) * 1000)
+                                                      if pushed_at else "?")))
             self.say("  %s zmesh ztunnel-config policies" % st.yellow("backend$"))
             r = self.zc(be, "policies")
             self.show(r.stdout if r.returncode == 0 else r.stderr, None if r.returncode == 0 else st.red)
@@ -1115,7 +1133,7 @@ class Demo:
                 self.say("      %s" % st.red('error="%s"' % line.get("error")))
             out = self.poll(lambda: [l for l in self.log_json(au.name) if l.get("src.addr") == local
                                      and l.get("message") == "connection complete"], timeout=2)
-            if out:
+            if out and out[-1].get("error"):
                 self.say("    auditor's ztunnel (the source) logged:  %s" % st.dim('error="%s"'
                                                                          % out[-1].get("error")))
             self.check(ok and line is not None, "auditor is refused: its connection closes without data, "
@@ -1139,8 +1157,8 @@ class Demo:
         ok = (res is not None and res["pushing"] is not None and not res["missing"] and not res["nacks"]
               and self.poll(through, timeout=1.0))
         self.check(ok, "policy deleted again (%s ms from the delete to the last ACK): auditor gets through again"
-                   % (ms if res else "?"), "" if ok else "(ACKs missing from %s)"
-                   % (", ".join(res["missing"]) if res else "all"))
+                   % (ms if res and ms is not None else "?"), "" if ok else "(ACKs missing from %s)"
+                   % (", ".join(res["missing"]) or "none" if res else "all"))
 
     def scrape(self, pod):
         """Prometheus text from pod's ztunnel (:15020 inside the pod's netns) as [(name, labels, value)]."""
@@ -1233,8 +1251,8 @@ class Demo:
         via_vip = sum(r["opened"] for k, r in agg.items() if k[0] == "destination" and k[3] == SVC_HOST)
         want = getattr(self, "vip_counts", {}).get("backend")
         self.check(via_vip == want, "destination_service=%s: %d connections, the ones backend answered "
-                   "via the VIP in step 6" % (short(SVC_HOST), via_vip), "" if via_vip == want else
-                   "(step 6 counted %s)" % want)
+                   "via the VIP in step 7" % (short(SVC_HOST), via_vip), "" if via_vip == want else
+                   "(step 7 counted %s)" % want)
 
     def run(self):
         st = self.st
