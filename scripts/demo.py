@@ -892,8 +892,12 @@ class Demo:
         res["t0"] = time.time()
         change()
 
+        def fresh(lines):
+            # Lines logged since the change (a line half-written when the counts were taken could shift them).
+            return [l for l in lines if (self.log_time(l) or 0) >= res["t0"]]
+
         def pushed():
-            zl = self.zmeshd_lines()[zb:]
+            zl = fresh(self.zmeshd_lines()[zb:])
             rel = [l for l in zl if str(l.get("message", "")).startswith("manifests reloaded")]
             pu = [l for l in zl if l.get("scope") == "xds" and str(l.get("message", "")).startswith("pushing:")]
             return (rel[0], pu[0]) if rel and pu else None
@@ -911,7 +915,7 @@ class Demo:
         def acked():
             res["acks"], res["nacks"] = {}, []
             for name in self.ztunnels:
-                lines = self.log_json(name)[before[name]:]
+                lines = fresh(self.log_json(name)[before[name]:])
                 res["nacks"] += [l for l in lines if "rejecting resources" in str(l.get("message", ""))]
                 for t in res["types"]:
                     a = self.ack_lines(lines, t)
