@@ -83,8 +83,8 @@ SVC_HOST = "%s.%s.svc.cluster.local" % (SVC_NAME, SVC_NS)
 BACKENDS = ("backend", "backend-2", "backend-3")
 VIP_REQUESTS = 40
 
-# HOOK(proxy-status): `zmesh proxy-status` (istioctl proxy-status: what zmeshd sent each ztunnel and whether it
-# was ACKed) is being added in another worktree. The control-plane step runs it, inside node 1's network
+# HOOK(proxy-status): `zmesh proxy-status` (istioctl proxy-status: what zmeshd sent each ztunnel and whether
+# it was ACKed) is being added in another worktree. The control-plane step runs it, inside node 1's network
 # namespace where zmeshd listens, only once `zmesh proxy-status --help` exits 0; until then it says it skipped
 # it. Once it exists, it must exit 0. Set these arguments to its final flags when it lands.
 PROXY_STATUS_ARGS = ["proxy-status"]
@@ -255,12 +255,13 @@ class Demo:
                 for name, fut in futs.items():
                     self.ztunnels[name] = fut.result()
         self.say(st.dim("  (topology, apps%s up in %.1f s; workdir %s)" % (
-            ", zmeshd, in-pod rules and %d ztunnels" % len(self.ztunnels) if self.mesh else " (mesh disabled)",
+            ", zmeshd, in-pod rules and %d ztunnels" % len(self.ztunnels) if self.mesh
+            else " (mesh disabled)",
             time.monotonic() - t0, self.t.workdir)))
 
     def start_zmeshd(self):
-        """Copies the demo's manifests into the workdir (the live-policy step edits that copy) and starts zmeshd
-        on them in node 1's network namespace, its state (CA, token key) in workdir/zmeshd/state."""
+        """Copies the demo's manifests into the workdir (the live-policy step edits that copy) and starts
+        zmeshd on them in node 1's network namespace, its state (CA, token key) in workdir/zmeshd/state."""
         self.manifests = os.path.join(self.t.workdir, "manifests")
         shutil.copytree(MANIFESTS, self.manifests)
         self.cp_dir = os.path.join(self.t.workdir, "zmeshd")
@@ -312,8 +313,8 @@ class Demo:
                "XDS_ROOT_CA": root, "CA_ROOT_CA": root, "ALT_XDS_HOSTNAME": ISTIOD, "ALT_CA_HOSTNAME": ISTIOD,
                "AUTH_TOKEN": self.token(p), "POD_NAME": "ztunnel-" + p.name, "POD_NAMESPACE": "istio-system",
                "INSTANCE_IP": p.ip, "NODE_NAME": "node%d" % p.node, "RUST_LOG": "info,xds=debug"}
-        e = dict(os.environ, PROXY_MODE="dedicated", PROXY_WORKLOAD_INFO="%s/%s/%s" % (p.namespace, p.name, p.sa),
-                 LOG_FORMAT="json", **env)
+        e = dict(os.environ, PROXY_MODE="dedicated", LOG_FORMAT="json",
+                 PROXY_WORKLOAD_INFO="%s/%s/%s" % (p.namespace, p.name, p.sa), **env)
         log_path = os.path.join(self.t.workdir, "ztunnel-%s.log" % p.name)
         log = open(log_path, "ab")
         try:
@@ -412,7 +413,8 @@ class Demo:
             self.say("  %s %s" % (st.bold("node%d" % i), st.dim("uplink eth0 %s  (netns %s)"
                                                                % (self.t.node_ip(i), node))))
             if i == 1 and self.mesh:
-                self.say("    %s %-9s %s" % (st.bold("%-9s" % "zmeshd"), "%s:%d" % (self.t.node_ip(1), XDS_PORT),
+                self.say("    %s %-9s %s" % (st.bold("%-9s" % "zmeshd"),
+                                             "%s:%d" % (self.t.node_ip(1), XDS_PORT),
                                              st.dim("control plane (istiod's part): xDS and CA; pid %d"
                                                     % self.zmeshd.pid)))
             for p in [p for p in self.t.pods if p.node == i]:
@@ -492,9 +494,9 @@ class Demo:
         zl = self.zmeshd_lines()
         loaded = next((l for l in zl if l.get("message") == "manifests loaded"), None)
         if loaded:
+            keys = ("workloads", "services", "policies", "errors", "warnings", "took")
             self.say("    %s" % st.dim("manifests loaded: %s workloads, %s services, %s policies; %s errors, "
-                                       "%s warnings (took %s)" % tuple(loaded.get(k, "?") for k in (
-                                           "workloads", "services", "policies", "errors", "warnings", "took"))))
+                                       "%s warnings (took %s)" % tuple(loaded.get(k, "?") for k in keys)))
         findings = [l for l in zl if l.get("scope") == "manifest"]
         for l in findings[:5]:
             self.say("    %s" % st.red("%s: %s" % (l.get("level"), l.get("message"))))
@@ -505,7 +507,7 @@ class Demo:
                    "zmeshd loaded the manifests: %d workloads, 1 service, no error or warning" % want_w,
                    "" if loaded else "(no \"manifests loaded\" line in %s)" % self.zmeshd_log)
 
-        # Each ztunnel: a token, an authenticated xDS stream, both types ACKed, a certificate from zmeshd's CA.
+        # Each ztunnel: a token, an authenticated xDS stream, both types ACKed, a certificate from zmeshd.
         opened = [l.get("message", "")[len("stream of "):-len(" opened")] for l in self.zmeshd_lines()
                   if l.get("scope") == "xds" and re.match(r"stream of \S+ opened$", l.get("message", ""))]
         tally = {}
@@ -535,7 +537,8 @@ class Demo:
             with open("/proc/%d/environ" % z.pid, "rb") as f:
                 env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
             if env.get(b"LOCAL_CA_DIR") or env.get(b"LOCAL_XDS_PATH") or not env.get(b"XDS_ADDRESS"):
-                env_problems.append("%s's ztunnel was not started with XDS_ADDRESS and CA_ADDRESS alone" % name)
+                env_problems.append("%s's ztunnel was not started with XDS_ADDRESS and CA_ADDRESS alone"
+                                    % name)
             if not c:
                 cert_problems.append("%s has no Available certificate for %s" % (name, p.spiffe))
                 continue
@@ -564,8 +567,8 @@ class Demo:
                    "; ".join(env_problems))
 
         fe = self.pod("frontend")
-        self.say("  %s zmesh ztunnel-config workloads   %s" % (st.yellow("frontend$"),
-                                                             st.dim("(frontend's ztunnel admin, inside its netns)")))
+        self.say("  %s zmesh ztunnel-config workloads   %s"
+                 % (st.yellow("frontend$"), st.dim("(frontend's ztunnel admin, inside its netns)")))
         r = self.zc(fe, "workloads")
         self.show(r.stdout if r.returncode == 0 else r.stderr, None if r.returncode == 0 else st.red)
         got = {}
@@ -576,8 +579,8 @@ class Demo:
                 for p in self.t.pods}
         wrong = ["%s: %s, want %s" % (n, got.get(n), w) for n, w in sorted(want.items()) if got.get(n) != w]
         wrong += ["unexpected workload %s" % n for n in sorted(set(got) - set(want))]
-        self.check(r.returncode == 0 and not wrong, "zmeshd served the pods where the demo wired them (IP, node); "
-                   "legacy, not enrolled, is plain TCP and the others HBONE", "; ".join(wrong[:3]))
+        self.check(r.returncode == 0 and not wrong, "zmeshd served the pods where the demo wired them (IP, "
+                   "node); legacy, not enrolled, is plain TCP and the others HBONE", "; ".join(wrong[:3]))
         self.proxy_status()
 
     def proxy_status(self):
@@ -591,7 +594,8 @@ class Demo:
         self.say("  %s zmesh %s   %s" % (st.yellow("node1$"), " ".join(PROXY_STATUS_ARGS),
                                        st.dim("(what zmeshd sent each ztunnel)")))
         r = self.t.run(self.t.nodes[0], [zmesh] + PROXY_STATUS_ARGS, check=False)
-        self.show(r.stdout if r.returncode == 0 else r.stdout + r.stderr, None if r.returncode == 0 else st.red)
+        self.show(r.stdout if r.returncode == 0 else r.stdout + r.stderr,
+                  None if r.returncode == 0 else st.red)
         self.check(r.returncode == 0, "zmesh proxy-status answered", "(exit %d)" % r.returncode)
 
     def step_http(self):
@@ -899,7 +903,8 @@ class Demo:
         def pushed():
             zl = fresh(self.zmeshd_lines()[zb:])
             rel = [l for l in zl if str(l.get("message", "")).startswith("manifests reloaded")]
-            pu = [l for l in zl if l.get("scope") == "xds" and str(l.get("message", "")).startswith("pushing:")]
+            pu = [l for l in zl if l.get("scope") == "xds"
+                  and str(l.get("message", "")).startswith("pushing:")]
             return (rel[0], pu[0]) if rel and pu else None
         got = self.poll(pushed, timeout=PUSH_TIMEOUT)
         if not got:
@@ -929,8 +934,8 @@ class Demo:
         return res
 
     def show_push(self, res, table_too):
-        """Prints what push() followed: zmeshd's two lines, then per ztunnel what it ACKed and when (a table, or
-        one line); returns the milliseconds from the write to the last ACK, or None."""
+        """Prints what push() followed: zmeshd's two lines, then per ztunnel what it ACKed and when (a table,
+        or one line); returns the milliseconds from the write to the last ACK, or None."""
         st = self.st
 
         def after(line):
@@ -1080,26 +1085,31 @@ class Demo:
             ok = (res["pushing"] is not None and AUTHZ_TYPE in res["types"] and not res["missing"]
                   and not res["nacks"] and ms is not None)
             if res["pushing"] is None:
-                why = "(no \"manifests reloaded\" and \"pushing\" lines from zmeshd within %.0f s)" % PUSH_TIMEOUT
+                why = ("(no \"manifests reloaded\" and \"pushing\" lines from zmeshd within %.0f s)"
+                       % PUSH_TIMEOUT)
             elif not ok:
                 why = "(no ACK from %s; %d NACKs; types pushed: %s)" % (", ".join(res["missing"]) or "-",
                                                                        len(res["nacks"]), res["types"])
             else:
                 why = ""
-            self.check(ok, "zmeshd pushed the policy, %d of %d ztunnels ACKed it: %d ms from the write to the last "
-                       "ACK" % (n, n, ms) if ok else "zmeshd pushed the policy and all %d ztunnels ACKed it within "
-                       "%.0f s" % (n, PUSH_TIMEOUT), why)
+            if ok:
+                text = ("zmeshd pushed the policy, %d of %d ztunnels ACKed it: %d ms from the write to the "
+                        "last ACK" % (n, n, ms))
+            else:
+                text = ("zmeshd pushed the policy and all %d ztunnels ACKed it within %.0f s"
+                        % (n, PUSH_TIMEOUT))
+            self.check(ok, text, why)
             if ok:
                 pushed_at = self.log_time(res["pushing"])
                 self.say(st.dim("      (%d ms of it is zmeshd waiting for the directory to be quiet, "
-                                "PILOT_DEBOUNCE_AFTER, as istiod debounces; from zmeshd's \"pushing\" line to the "
-                                "last ACK: %s ms)" % (DEBOUNCE_MS, round((res["last"] - pushed_at) * 1000)
+                                "PILOT_DEBOUNCE_AFTER, as istiod debounces; from zmeshd's \"pushing\" line "
+                                "to the last ACK: %s ms)" % (DEBOUNCE_MS, round((res["last"] - pushed_at) * 1000)
                                                       if pushed_at else "?")))
             self.say("  %s zmesh ztunnel-config policies" % st.yellow("backend$"))
             r = self.zc(be, "policies")
             self.show(r.stdout if r.returncode == 0 else r.stderr, None if r.returncode == 0 else st.red)
-            self.check(r.returncode == 0 and re.search(r"^%s\s+%s\s+Allow\s+WorkloadSelector\s*$" % (SVC_NS, POLICY),
-                                                       r.stdout, re.M) is not None,
+            row = r"^%s\s+%s\s+Allow\s+WorkloadSelector\s*$" % (SVC_NS, POLICY)
+            self.check(r.returncode == 0 and re.search(row, r.stdout, re.M) is not None,
                        "backend's ztunnel holds %s/%s: Allow, WorkloadSelector" % (SVC_NS, POLICY))
             closed, got = closed_without_data(held, timeout=3.0)
             if not closed:
@@ -1147,8 +1157,8 @@ class Demo:
             # Also when the step failed half-way: the next step starts from the manifests without the policy.
             res = None
             if os.path.exists(target):
-                self.say("  %s rm %s/%s" % (st.yellow("you$"), os.path.relpath(self.manifests, self.t.workdir),
-                                           name))
+                self.say("  %s rm %s/%s" % (st.yellow("you$"),
+                                           os.path.relpath(self.manifests, self.t.workdir), name))
                 res = self.push(lambda: os.unlink(target))
                 ms = self.show_push(res, table_too=False)
 
@@ -1160,7 +1170,8 @@ class Demo:
             return status == 200 and ans.get("server") == "backend"
         ok = (res is not None and res["pushing"] is not None and not res["missing"] and not res["nacks"]
               and self.poll(through, timeout=1.0))
-        self.check(ok, "policy deleted again (%s ms from the delete to the last ACK): auditor gets through again"
+        self.check(ok, "policy deleted again (%s ms from the delete to the last ACK): auditor gets through "
+                   "again"
                    % (ms if res and ms is not None else "?"), "" if ok else "(ACKs missing from %s)"
                    % (", ".join(res["missing"]) or "none" if res else "all"))
 
@@ -1273,8 +1284,8 @@ class Demo:
                  ("What the ztunnels logged: who talked to whom, as whom, how much", self.step_logs),
                  ("Proof the wire was encrypted", self.step_wire),
                  ("A Service VIP in front of three backend replicas", self.step_vip),
-                 ("An L4 authorization policy, applied live: only frontend may call backend",
-                  self.step_policy),
+                 ("An L4 authorization policy written into the manifests, pushed live: only frontend may "
+                  "call backend", self.step_policy),
                  ("What backend's ztunnel counted: Istio's TCP metrics", self.step_metrics)]
         for n, (title, fn) in enumerate(steps, start=1):
             self.say()
@@ -1358,14 +1369,15 @@ def main():
         rc = 1
     else:
         print(st.green("%s %d of %d steps passed in %.1f s: mutual TLS between verified SPIFFE identities, "
-                       "no plaintext on the wire, a service VIP, an L4 policy pushed live from a manifest, Istio metrics"
+                       "no plaintext on the wire, a service VIP, an L4 policy pushed live from a manifest, "
+                       "Istio metrics"
                        % (st.ok_mark, passed, len(demo.results), elapsed)))
         rc = 0
     if demo.t is not None:
         if rc == 0 and not args.keep:
             shutil.rmtree(demo.t.workdir, ignore_errors=True)
         else:
-            print(st.dim("logs, config and pcaps kept in %s" % demo.t.workdir))
+            print(st.dim("logs, manifests and pcaps kept in %s" % demo.t.workdir))
     return rc
 
 

@@ -66,7 +66,8 @@ def test_demo_passes(ztunnel_bin, zmeshd_bin):
     assert r.returncode == 0, out[-4000:] + r.stderr[-2000:]
     assert re.search(r"^✔ 9 of 9 steps passed in ", out, re.M), out[-2000:]
     # The live policy step: pushed from the manifest write to every ztunnel's ACK, timed.
-    m = re.search(r"zmeshd pushed the policy, 5 of 5 ztunnels ACKed it: (\d+) ms from the write to the last ACK", out)
+    m = re.search(r"zmeshd pushed the policy, 5 of 5 ztunnels ACKed it: (\d+) ms from the write to the last "
+                  r"ACK", out)
     assert m, out
     assert int(m.group(1)) < 5000, m.group(0)
     # zmesh ztunnel-config output is part of the story.
