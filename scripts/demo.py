@@ -1101,10 +1101,10 @@ class Demo:
             self.check(ok, text, why)
             if ok:
                 pushed_at = self.log_time(res["pushing"])
+                fan_out = round((res["last"] - pushed_at) * 1000) if pushed_at else "?"
                 self.say(st.dim("      (%d ms of it is zmeshd waiting for the directory to be quiet, "
                                 "PILOT_DEBOUNCE_AFTER, as istiod debounces; from zmeshd's \"pushing\" line "
-                                "to the last ACK: %s ms)" % (DEBOUNCE_MS, round((res["last"] - pushed_at) * 1000)
-                                                      if pushed_at else "?")))
+                                "to the last ACK: %s ms)" % (DEBOUNCE_MS, fan_out)))
             self.say("  %s zmesh ztunnel-config policies" % st.yellow("backend$"))
             r = self.zc(be, "policies")
             self.show(r.stdout if r.returncode == 0 else r.stderr, None if r.returncode == 0 else st.red)
