@@ -59,7 +59,7 @@ XDS_PORT = 15012
 ADDRESS_TYPE = "type.googleapis.com/istio.workload.Address"
 AUTHZ_TYPE = "type.googleapis.com/istio.security.Authorization"
 PUSH_TIMEOUT = 8.0
-DEBOUNCE_MS = 100     # zmeshd's PILOT_DEBOUNCE_AFTER default (istiod's), which the demo leaves as it is
+DEBOUNCE_MS = 100     # zmeshd's PILOT_DEBOUNCE_AFTER: its default (istiod's), set explicitly so the output is true
 
 # Who is who: topo's pod slot (n<node>p<index>, the network namespace) -> the Pod of the manifests that lives
 # there (name, namespace, service account) and what it does. examples/demo/manifests/ must agree (the pod IPs
@@ -275,7 +275,8 @@ class Demo:
             self.zmeshd = self.t.popen(self.t.nodes[0], [self.zmeshd_bin, "--manifests", self.manifests,
                                                          "--state-dir", self.state,
                                                          "--listen", "0.0.0.0:%d" % XDS_PORT],
-                                       env=dict(os.environ, LOG_FORMAT="json", RUST_LOG="info"),
+                                       env=dict(os.environ, LOG_FORMAT="json", RUST_LOG="info",
+                                                PILOT_DEBOUNCE_AFTER="%dms" % DEBOUNCE_MS),
                                        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         finally:
             log.close()
@@ -1038,8 +1039,11 @@ class Demo:
                 "dst.service=%s dst.hbone_addr=%s" % (l.get("dst.service"), l.get("dst.hbone_addr"))))
         self.check(by_local and len(lines) == len(by_local) and not wrong,
                    "frontend's ztunnel logged each with dst.service and the endpoint that answered",
-                   "(%d of %d lines found, %d wrong)" % (len(lines), len(by_local), len(wrong))
-                   if len(lines) != len(by_local) or wrong else "")
+                   "(%d of %d lines found, %d wrong%s)" % (
+                       len(lines), len(by_local), len(wrong), "".join(
+                           "; %s: dst.service=%s dst.hbone_addr=%s, answered by %s" % (
+                               a, lines[a].get("dst.service"), lines[a].get("dst.hbone_addr"), by_local[a].name)
+                           for a in wrong[:2])) if len(lines) != len(by_local) or wrong else "")
 
     def inbound_line(self, dst, src, needle):
         """dst's ztunnel's last inbound access line from src whose error contains needle, or None."""
