@@ -992,7 +992,7 @@ class Demo:
         self.say("  %s %d × GET http://%s:%d/ (a new connection each)"
                  % (st.yellow("frontend$"), VIP_REQUESTS, SVC_VIP, SVC_PORT))
         counts = {n: 0 for n in names}
-        by_local, bad = {}, []
+        answered, bad = [], []  # (client address, replica) per request answered as it should be
         t0, since = time.monotonic(), time.time()
         for i in range(VIP_REQUESTS):
             status, ans, local, _ = self.get(fe, SVC_VIP, SVC_PORT, "/via-vip?n=%d" % i)
@@ -1005,7 +1005,7 @@ class Demo:
                                                              ans.get("server_addr")))
             else:
                 counts[server] += 1
-                by_local[local] = names[server]
+                answered.append((local, names[server]))
         secs = time.monotonic() - t0
         # The weights are what zmeshd served (a Pod's capacity is 1, as istiod sets it), read back from
         # frontend's ztunnel.
@@ -1025,10 +1025,11 @@ class Demo:
         self.check(not missing, "every endpoint answered at least once (the spread follows the capacities)",
                    "(none from %s)" % ", ".join(missing) if missing else "")
 
-        # frontend's ztunnel logged each connection with the service and the endpoint it picked. Lines are
-        # matched to requests by the client's address. The in-pod NAT can change a source port when an earlier
-        # connection's conntrack entry still holds it (REDIRECT avoids the clash); such lines are matched by
-        # endpoint instead, and the output says how many.
+        # frontend's ztunnel logged each connection with the service and the endpoint it picked. A line is
+        # matched to its request by the client's address when that address is unique. Two cases are not:
+        # the kernel may give a later connection an earlier one's port, and the in-pod REDIRECT then moves a
+        # connection to another source port when an earlier connection's conntrack entry still holds its NAT
+        # tuple. Those lines are matched by endpoint, and the output says how many.
         def window():
             return [l for l in self.log_json(fe.name) if l.get("message") == "connection complete"
                     and l.get("direction") == "outbound" and (self.log_time(l) or 0) >= since]
@@ -1036,29 +1037,36 @@ class Demo:
 
         def ep(p):
             return "%s:%d" % (p.ip, HTTP_PORT)
-        by_addr = {l.get("src.addr"): l for l in lines}
-        wrong = [a for a in by_local if a in by_addr and (
-            by_addr[a].get("dst.service") != SVC_HOST or by_addr[a].get("dst.hbone_addr") != ep(by_local[a]))]
-        left_lines = [l for l in lines if l.get("src.addr") not in by_local]
-        left_reqs = [by_local[a] for a in by_local if a not in by_addr]
-        remapped_ok = (all(l.get("dst.service") == SVC_HOST for l in left_lines) and
-                       collections.Counter(l.get("dst.hbone_addr") for l in left_lines)
-                       == collections.Counter(ep(p) for p in left_reqs))
+        by_addr, by_req = collections.defaultdict(list), collections.defaultdict(list)
+        for l in lines:
+            by_addr[l.get("src.addr")].append(l)
+        for local, p in answered:
+            by_req[local].append(p)
+        wrong, left_lines, left_reqs = [], [], []
+        for addr in set(by_addr) | set(by_req):
+            ls, ps = by_addr.get(addr, []), by_req.get(addr, [])
+            if len(ls) == 1 and len(ps) == 1:
+                if ls[0].get("dst.service") != SVC_HOST or ls[0].get("dst.hbone_addr") != ep(ps[0]):
+                    wrong.append("%s: dst.service=%s dst.hbone_addr=%s, answered by %s" % (
+                        addr, ls[0].get("dst.service"), ls[0].get("dst.hbone_addr"), ps[0].name))
+            else:
+                left_lines += ls
+                left_reqs += ps
+        by_endpoint_ok = (all(l.get("dst.service") == SVC_HOST for l in left_lines) and
+                          collections.Counter(l.get("dst.hbone_addr") for l in left_lines)
+                          == collections.Counter(ep(p) for p in left_reqs))
         if lines:
             l = lines[0]
             self.say("    frontend's ztunnel logged, e.g.: %s" % st.dim(
                 "dst.service=%s dst.hbone_addr=%s" % (l.get("dst.service"), l.get("dst.hbone_addr"))))
-        if left_lines and remapped_ok:
-            self.say(st.dim("    (%d of them reached frontend's ztunnel from another source port than the "
-                            "client's: the in-pod REDIRECT moves a connection off a port whose NAT tuple an "
-                            "earlier connection's conntrack entry still holds; matched by endpoint)"
-                            % len(left_lines)))
-        ok = bool(by_local) and len(lines) == len(by_local) and not wrong and remapped_ok
-        detail = "" if ok else "(%d lines for %d answered requests, %d wrong%s%s)" % (
-            len(lines), len(by_local), len(wrong), "".join(
-                "; %s: dst.service=%s dst.hbone_addr=%s, answered by %s" % (
-                    a, by_addr[a].get("dst.service"), by_addr[a].get("dst.hbone_addr"), by_local[a].name)
-                for a in wrong[:2]), "" if remapped_ok else "; unmatched lines %s, unmatched answers from %s"
+        if left_lines and by_endpoint_ok:
+            self.say(st.dim("    (%d of them matched by endpoint, not by the client's address: a port used "
+                            "twice, or moved by the in-pod REDIRECT off a NAT tuple an earlier connection's "
+                            "conntrack entry still held)" % len(left_lines)))
+        ok = bool(answered) and len(lines) == len(answered) and not wrong and by_endpoint_ok
+        detail = "" if ok else "(%d lines for %d answered requests%s%s)" % (
+            len(lines), len(answered), "".join("; " + w for w in wrong[:2]),
+            "" if by_endpoint_ok else "; unmatched lines %s, unmatched answers from %s"
             % ([(l.get("src.addr"), l.get("dst.hbone_addr")) for l in left_lines[:3]],
                [p.name for p in left_reqs[:3]]))
         self.check(ok, "frontend's ztunnel logged each with dst.service and the endpoint that answered",
