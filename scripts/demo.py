@@ -538,7 +538,8 @@ class Demo:
             c = self.poll(cert)
             with open("/proc/%d/environ" % z.pid, "rb") as f:
                 env = dict(e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e)
-            if env.get(b"LOCAL_CA_DIR") or env.get(b"LOCAL_XDS_PATH") or not env.get(b"XDS_ADDRESS"):
+            if (env.get(b"LOCAL_CA_DIR") or env.get(b"LOCAL_XDS_PATH") or not env.get(b"XDS_ADDRESS")
+                    or not env.get(b"CA_ADDRESS")):
                 env_problems.append("%s's ztunnel was not started with XDS_ADDRESS and CA_ADDRESS alone"
                                     % name)
             if not c:
@@ -1199,8 +1200,8 @@ class Demo:
             except (OSError, http.client.HTTPException):
                 return False
             return status == 200 and ans.get("server") == "backend"
-        ok = (res is not None and res["pushing"] is not None and not res["missing"] and not res["nacks"]
-              and self.poll(through, timeout=1.0))
+        ok = (res is not None and res["pushing"] is not None and AUTHZ_TYPE in res["types"]
+              and not res["missing"] and not res["nacks"] and self.poll(through, timeout=1.0))
         self.check(ok, "policy deleted again (%s ms from the delete to the last ACK): auditor gets through "
                    "again"
                    % (ms if res and ms is not None else "?"), "" if ok else "(ACKs missing from %s)"
