@@ -116,8 +116,9 @@ struct h2_stream {
     size_t nnv;
     nghttp2_nv *trailers;
     size_t ntrailers;
-    struct hblock req;                     /* server: the request, until it is handed to on_request */
-    struct hblock hb;                      /* a response or trailers being received */
+    /* Header blocks being received, allocated while they are: an open stream holds none. */
+    struct hblock *req;                    /* server: the request, until it is handed to on_request */
+    struct hblock *hb;                     /* a response or trailers */
     bool req_end;                          /* server: the request's HEADERS ended the peer's side (no body) */
     struct h2_stream *req_next, *req_prev; /* server: in the conn's request queue while queued */
     bool queued, delivered, answered, reset_early;
@@ -279,12 +280,37 @@ static void bio_init_once(void)
     BIO_meth_set_create(bio_meth, bio_create_cb);
 }
 
+/* A thread that ends (the identity manager's, whose CA calls run on sessions; a test's) frees its buffers: a
+ * key's destructor runs at thread exit, while the thread's __thread variables are still there. Threads that
+ * live as long as the process (workers) never get here. */
+static pthread_key_t tl_key;
+static pthread_once_t tl_key_once = PTHREAD_ONCE_INIT;
+
+static void thread_bufs_free(void *unused)
+{
+    (void)unused;
+    free(tl_cin);
+    free(tl_plain);
+    free(tl_pt);
+    obuf_free(&tl_out);
+    tl_cin = tl_plain = tl_pt = NULL;
+    tl_out_conn = NULL;
+}
+
+static void tl_key_init(void)
+{
+    (void)pthread_key_create(&tl_key, thread_bufs_free);
+}
+
 static int thread_bufs(void)
 {
     if (tl_cin) return 0;
+    pthread_once(&tl_key_once, tl_key_init);
     tl_cin = malloc(CIN_CAP);
     tl_plain = malloc(PLAIN_CAP);
     tl_pt = malloc(PT_REC);
+    /* Any non-NULL value arms the destructor. */
+    if (tl_cin) (void)pthread_setspecific(tl_key, tl_cin);
     return tl_cin && tl_plain && tl_pt ? 0 : -ENOMEM;
 }
 
@@ -610,8 +636,11 @@ static char *dupn(const uint8_t *p, size_t n)
     return s;
 }
 
-static void hblock_free(struct hblock *b)
+/* Frees the block *pb (if any). */
+static void hblock_drop(struct hblock **pb)
 {
+    struct hblock *b = *pb;
+    if (!b) return;
     struct h2_header *h = (struct h2_header *)b->hdrs.p;
     for (size_t i = 0; i < b->hdrs.n; i++) {
         free((char *)h[i].name);
@@ -622,8 +651,15 @@ static void hblock_free(struct hblock *b)
     free(b->scheme);
     free(b->authority);
     free(b->path);
-    memset(b, 0, sizeof(*b));
-    b->hdrs = VEC(struct h2_header);
+    free(b);
+    *pb = NULL;
+}
+
+/* The block *pb, allocated empty on first use. NULL on allocation failure. */
+static struct hblock *hblock_get(struct hblock **pb)
+{
+    if (!*pb && (*pb = calloc(1, sizeof(**pb)))) (*pb)->hdrs = VEC(struct h2_header);
+    return *pb;
 }
 
 /* An nghttp2_nv array with its names and values in one allocation: first (name, value) if first_name is not
@@ -682,8 +718,8 @@ static void stream_unlink(struct h2_stream *s)
 static void stream_free_cb(struct task *t)
 {
     struct h2_stream *s = container_of(t, struct h2_stream, free_task);
-    hblock_free(&s->req);
-    hblock_free(&s->hb);
+    hblock_drop(&s->req);
+    hblock_drop(&s->hb);
     free(s->nva);
     free(s->trailers);
     free(s);
@@ -694,8 +730,6 @@ static struct h2_stream *stream_new(struct h2_conn *c)
     struct h2_stream *s = calloc(1, sizeof(*s) + c->set.stream_user_size);
     if (!s) return NULL;
     s->win = c->set.stream_window;
-    s->req.hdrs = VEC(struct h2_header);
-    s->hb.hdrs = VEC(struct h2_header);
     s->free_task.cb = stream_free_cb;
     return s;
 }
@@ -750,9 +784,7 @@ static void stream_finish(struct h2_stream *s, const struct h2_end *e, uint32_t 
     request_dequeue(s);
     request_answered(s);
     stream_unlink(s);
-    c->streams_grown -= s->grown;
-    hblock_free(&s->req);
-    hblock_free(&s->hb);
+    c->streams_grown -= s->grown; /* header blocks go with the stream: a callback may still read them */
     struct h2_end end = *e;
     end.reset_early = s->reset_early;
     if (end.reason != H2_END_OK && !end.detail) end.detail = h2_end_reason_to_str(end.reason);
@@ -859,7 +891,7 @@ static int on_begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *frame, 
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     if (!c->server || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
-        if (s) hblock_free(&s->hb); /* a response, an interim response or trailers: a new block */
+        if (s) hblock_drop(&s->hb); /* a response, an interim response or trailers: a new block */
         return 0;
     }
     if (c->draining) {
@@ -883,7 +915,8 @@ static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const u
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
     if (!s || frame->hd.type != NGHTTP2_HEADERS) return 0;
     /* A request waits for its delivery in its own block: trailers may arrive before it is handed over. */
-    struct hblock *b = frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &s->req : &s->hb;
+    struct hblock *b = hblock_get(frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &s->req : &s->hb);
+    if (!b) return NGHTTP2_ERR_CALLBACK_FAILURE;
     b->bytes += namelen + valuelen;
     if (b->bytes > c->set.max_header_bytes) {
         b->too_big = true;
@@ -941,13 +974,13 @@ static void deliver_task_cb(struct task *t)
 
 static void handle_request(struct h2_conn *c, struct h2_stream *s)
 {
-    if (s->req.too_big) {
+    if (s->req && s->req->too_big) {
         char detail[96];
         snprintf(detail, sizeof(detail), "431: more than %u headers or %u KiB", c->set.max_headers,
                  c->set.max_header_bytes / 1024);
         conn_report_perr(c, H2_PERR_HEADERS_TOO_LARGE, detail);
         h2_stream_respond(s, 431, NULL, 0, 0);
-        hblock_free(&s->req);
+        hblock_drop(&s->req);
         return;
     }
     s->queued = true;
@@ -957,7 +990,8 @@ static void handle_request(struct h2_conn *c, struct h2_stream *s)
 
 static void deliver_request(struct h2_conn *c, struct h2_stream *s)
 {
-    struct hblock *b = &s->req;
+    static const struct hblock empty;
+    const struct hblock *b = s->req ? s->req : &empty;
     struct h2_request req = {
         .method = b->method ? b->method : "",
         .scheme = b->scheme ? b->scheme : "",
@@ -969,18 +1003,19 @@ static void deliver_request(struct h2_conn *c, struct h2_stream *s)
     };
     c->ops->on_request(s, c->ud, &req);
     /* The request is only valid during on_request: an open stream keeps none of it. */
-    hblock_free(b);
+    hblock_drop(&s->req);
 }
 
 /* Client: a response or trailers block arrived on s. */
 static void handle_headers(struct h2_stream *s, bool end_stream)
 {
-    struct hblock *b = &s->hb;
+    static const struct hblock empty;
+    const struct hblock *b = s->hb ? s->hb : &empty;
     struct h2_headers h = {
         .headers = (const struct h2_header *)b->hdrs.p, .n_headers = b->hdrs.n, .end_stream = end_stream};
     if (!s->c->server && s->status < 200) {
         if (b->status >= 100 && b->status < 200 && !end_stream) { /* interim: not delivered */
-            hblock_free(b);
+            hblock_drop(&s->hb);
             return;
         }
         s->status = b->status;
@@ -998,7 +1033,7 @@ static void handle_headers(struct h2_stream *s, bool end_stream)
         return;
     }
     if (s->ops && s->ops->on_headers) s->ops->on_headers(s, s->ud, &h);
-    if (!s->done) hblock_free(b);
+    hblock_drop(&s->hb);
 }
 
 /* Server: the peer reset s. Before a response, that is an abandoned request, charged to the budget. */

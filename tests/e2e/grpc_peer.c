@@ -1,4 +1,4 @@
-/* The C half of tests/e2e/test_grpc.py: zmesh's gRPC layer (src/grpc) as a server or a client of the test
+/* The C half of tests/e2e/test_grpc.py: zmesh's gRPC layer (src/h2/grpc.c) as a server or a client of the test
  * service in tests/grpc/echo.proto, talking to grpcio.
  *
  *   grpc_peer server PORT [--tls CERT KEY] [--max-recv N]
@@ -24,7 +24,7 @@
 #include "core/loop.h"
 #include "core/net.h"
 #include "echo.pb-c.h"
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 
 #define ECHO_PATH "/zmesh.test.Echo/Echo"
 #define CHAT_PATH "/zmesh.test.Echo/Chat"

@@ -1,4 +1,4 @@
-"""zmesh's gRPC layer (src/grpc) against peers it did not write: grpcio (Debian python3-grpcio) as client and
+"""zmesh's gRPC layer (src/h2/grpc.c) against peers it did not write: grpcio (Debian python3-grpcio) as client and
 server, and a raw HTTP/2 client (python3-h2) for requests no gRPC library would send.
 
 The service is tests/grpc/echo.proto. Python stubs are generated at test time with grpc_tools' own protoc

@@ -236,3 +236,41 @@ def test_ztunnel_against_grpcio_xds_and_ca(pb, ztunnel_bin, tmp_path):
         proc.terminate()
         proc.wait(timeout=10)
         peer.stop()
+
+
+def test_not_ready_until_synced_and_backoff_grows(ztunnel_bin, tmp_path):
+    """With an xDS server that is not there, ztunnel starts, is not ready ("state manager" pending, as Istio's
+    readiness lists it), and retries with a doubling backoff instead of spinning."""
+    Pki(str(tmp_path))  # writes root-cert.pem
+    root = tmp_path / "root-cert.pem"
+    env = dict(os.environ, PROXY_MODE="dedicated", PROXY_WORKLOAD_INFO="default/a/sa-a",
+               XDS_ADDRESS="https://127.0.0.1:1", CA_ADDRESS="https://127.0.0.1:1", XDS_ROOT_CA=str(root),
+               CA_ROOT_CA=str(root), ADMIN_PORT="0", METRICS_PORT="0", READINESS_PORT="0", LOG_FORMAT="json")
+    for k in ("LOCAL_XDS_PATH", "LOCAL_CA_DIR", "AUTH_TOKEN"):
+        env.pop(k, None)
+    log_path = tmp_path / "ztunnel.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([os.path.join(Topology.bin_dir(), "ztunnel")], env=env, stdout=log, stderr=log)
+    try:
+        def lines():
+            with open(log_path) as f:
+                return [json.loads(l) for l in f if l.startswith("{")]
+
+        def retries():
+            return [l for l in lines() if l.get("scope") == "xds" and "retrying in" in l.get("message", "")]
+        assert wait_for(lambda: len(retries()) >= 6, timeout=10), tail(str(log_path))
+        delays = [int(l["message"].rsplit("retrying in ", 1)[1].rstrip("ms")) for l in retries()[:6]]
+        # Istio doubles the 10 ms initial backoff before each wait after a connection error (client.rs run_loop).
+        assert delays == [20, 40, 80, 160, 320, 640], delays
+        admin = next(l for l in lines() if l.get("message", "").startswith("admin on"))
+        ready_port = admin["message"].rsplit("readiness on :", 1)[1]
+        import urllib.error
+        import urllib.request
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen("http://127.0.0.1:%s/healthz/ready" % ready_port, timeout=5)
+        assert e.value.code == 500  # Istio's readiness answers 500 with the pending tasks
+        assert "state manager" in e.value.read().decode()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

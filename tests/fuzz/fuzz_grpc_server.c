@@ -1,4 +1,4 @@
-/* libFuzzer target for the gRPC server (src/grpc/grpc.c) on the h2c session, driven through its public API.
+/* libFuzzer target for the gRPC server (src/h2/grpc.c) on the h2c session, driven through its public API.
  *
  * Each input is a fresh h2c connection served by grpc_server_serve on one end of a socketpair; the fuzzer
  * side writes the client preface and then the input bytes (a client's HTTP/2 frames), so hostile requests
@@ -25,7 +25,7 @@
 
 #include "core/log.h"
 #include "core/loop.h"
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 
 static struct loop *L;
 static struct timer step_timer;

@@ -1,4 +1,4 @@
-/* Fuzzes src/grpc/wire.c, the gRPC parsers that see a peer's bytes: the message deframer (DATA payloads),
+/* Fuzzes src/h2/grpc_wire.c, the gRPC parsers that see a peer's bytes: the message deframer (DATA payloads),
  * grpc-timeout, grpc-message, -bin metadata (base64), grpc-status and content-type.
  *
  * Input: byte 0 picks a chunk size (1..256) for the deframer and byte 1 its limit (0..255 scaled); the rest
@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "grpc/wire.h"
+#include "h2/grpc_wire.h"
 
 struct rec {
     uint8_t *data;

@@ -1,4 +1,4 @@
-/* Unit tests for src/grpc: the wire rules (wire.c), and calls between a zmesh client and a zmesh server on
+/* Unit tests for gRPC (src/h2/grpc.c, grpc_wire.c): the wire rules, and calls between a zmesh client and a zmesh server on
  * one loop over h2c on loopback (grpc.c). Interoperability with grpcio is tests/e2e/test_grpc.py's. */
 #include <errno.h>
 #include <setjmp.h>
@@ -12,10 +12,10 @@
 #include <cmocka.h>
 
 #include "core/net.h"
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 #include "tls/ca.h"
 #include "tls/tls.h"
-#include "grpc/wire.h"
+#include "h2/grpc_wire.h"
 
 static void test_status_names(void **state)
 {

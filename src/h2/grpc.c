@@ -1,8 +1,8 @@
-/* gRPC calls on the HTTP/2 session: server and client roles; see grpc.h and src/grpc/README.md.
+/* gRPC calls on the HTTP/2 session: server and client roles; see grpc.h and src/h2/README.md ("gRPC").
  *
  * Protocol facts from grpc/grpc doc/PROTOCOL-HTTP2.md and doc/statuscodes.md; statuses for malformed
  * requests as grpc-go answers them (internal/transport/http2_server.go). */
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
-/* gRPC wire rules that need no connection; see wire.h. */
-#include "grpc/wire.h"
+/* gRPC wire rules that need no connection; see grpc_wire.h. */
+#include "h2/grpc_wire.h"
 
 #include <errno.h>
 #include <stdio.h>

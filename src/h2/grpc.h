@@ -1,7 +1,7 @@
 /* gRPC over zmesh's own HTTP/2 session (h2/session.h): servers with handlers registered by method path,
  * clients (channels) with unary and streaming calls. Messages are opaque bytes (the caller packs and unpacks
  * its protobuf); the layer owns framing, headers, metadata, deadlines, statuses, size limits and the send
- * queue. See src/grpc/README.md.
+ * queue. See src/h2/README.md ("gRPC").
  *
  * One struct grpc_call is one RPC in either role. It is valid from the moment it is handed out (server:
  * on_call; client: grpc_call_start) until its on_end returns; on_end runs exactly once, whatever ends the
@@ -15,7 +15,7 @@
 #include <openssl/ssl.h>
 
 #include "core/loop.h"
-#include "grpc/wire.h"
+#include "h2/grpc_wire.h"
 #include "h2/session.h"
 
 struct grpc_server;
