@@ -365,7 +365,7 @@ class Sims:
     thread into self.events (kind, t_ns, client, type, resources, removed, bytes)."""
 
     def __init__(self, args, procs, zm, n, token, host="127.0.0.1", prefix="sim"):
-        self.n = n
+        self.n, self.zm, self.stall = n, zm, args.stall
         argv = [args.clients_bin, "ads", "--addr", f"{host}:{zm.port}", "--roots", zm.root, "--alt-hostname",
                 ISTIOD, "--token", token, "--clients", str(n), "--node-prefix", prefix]
         self.err_path = os.path.join(zm.dir, f"xds_clients-{prefix}.log")
@@ -377,6 +377,7 @@ class Sims:
         self.procs = procs
         self.events, self.errors = [], []
         self.synced_ns = None
+        self.last_event = time.monotonic()
         self.cv = threading.Condition()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -394,16 +395,36 @@ class Sims:
                     self.synced_ns = int(f[1])
                 elif f[0] == "E":
                     self.errors.append(" ".join(f[2:]))
+                self.last_event = time.monotonic()
                 self.cv.notify_all()
         with self.cv:
             self.errors.append("xds_clients exited")
             self.cv.notify_all()
 
+    def _stalled(self, what):
+        """Raises when nothing arrived for self.stall seconds, saying what zmeshd did meanwhile. Called with
+        self.cv held."""
+        quiet = time.monotonic() - self.last_event
+        if quiet < self.stall:
+            if not hasattr(self, "_cpu_mark") or self._cpu_mark[0] != self.last_event:
+                self._cpu_mark = (self.last_event, self.zm.cpu(), time.monotonic())
+            return
+        _, c0, t0 = self._cpu_mark
+        busy = (self.zm.cpu() - c0) / max(1e-3, time.monotonic() - t0)
+        why = (f"zmeshd used {busy * 100:.0f}% of a core meanwhile without sending anything: livelocked "
+               f"(see bench/README.md, Control plane)" if busy > 0.5 else f"zmeshd used {busy * 100:.0f}% of a core")
+        raise BenchError(f"{what}: no response for {quiet:.0f}s; {why}")
+
     def wait_synced(self, timeout):
+        end = time.monotonic() + timeout
         with self.cv:
-            if not self.cv.wait_for(lambda: self.synced_ns or self.errors, timeout):
-                raise BenchError(f"{self.n} simulated clients not synced after {timeout}s "
-                                 f"({len(set(e[1] for e in self.events))} got a response)")
+            while not (self.synced_ns or self.errors):
+                left = end - time.monotonic()
+                got = len(set(e[1] for e in self.events))
+                if left <= 0:
+                    raise BenchError(f"{self.n} simulated clients not synced after {timeout}s ({got} got a response)")
+                self._stalled(f"{self.n} simulated clients, {got} got a response")
+                self.cv.wait(min(left, 1.0))
             if self.errors:
                 raise BenchError(f"simulated clients: {self.errors[0]} ({len(self.errors)} errors); "
                                  f"{bench_tail(self.err_path, 3)}")
@@ -433,7 +454,8 @@ class Sims:
                 left = end - time.monotonic()
                 if left <= 0:
                     raise BenchError(f"only {len(got)}/{self.n} clients ACKed the change after {timeout}s")
-                self.cv.wait(left)
+                self._stalled(f"{len(got)}/{self.n} clients ACKed the change")
+                self.cv.wait(min(left, 1.0))
 
     def initial(self):
         """Per client, the resources and bytes of everything received up to the sync (the full push)."""
@@ -816,7 +838,8 @@ def report(results, args):
             s["median_client_ms"]["p50"] / DEBOUNCE_MS)
         row("  zmeshd reloaded / pushed at, p50", f"{fmtv(s['reload_ms']['p50'])} / {fmtv(s['push_ms']['p50'])}",
             "ms", DEBOUNCE_MS, "debounce (floor)", (s["reload_ms"]["p50"] or 0) / DEBOUNCE_MS)
-        row(f"  connect + full push to {n} clients", s["connect_and_sync_ms"], "ms", None, "")
+        row(f"  connect + full push to {n} clients", s["connect_and_sync_ms"], "ms", None,
+            f"zmeshd CPU {s['zmeshd_cpu_s_connect_and_sync'] * 1e3:.0f} ms")
         row("  zmeshd CPU per edit", s["zmeshd_cpu_s_per_edit"] * 1e3, "ms", None, "")
         ratios["sim_p50_vs_target"] = lat["p50"] / target
         if z and "error" not in z:
@@ -855,13 +878,13 @@ def report(results, args):
             "one-pod mesh", mb(b["mem_kb_full_push"]["VmRSS"]) / base)
         row("  RSS after the one-pod changes", mb(b["mem_kb_after_edits"]["VmRSS"]), "MB", base, "one-pod mesh",
             mb(b["mem_kb_after_edits"]["VmRSS"]) / base)
-        row("  zmeshd CPU: start (load, build, encode)", b["zmeshd_cpu_s_load"], "s", None,
+        row("  zmeshd CPU: start (load, build, encode)", b["zmeshd_cpu_s_load"] * 1e3, "ms", None,
             f"load took {b['load_took']}")
         pushed_mb = b["full_push_bytes_per_client"] * b["clients"] / 1e6
         rate = pushed_mb / b["zmeshd_cpu_s_full_push"] if b["zmeshd_cpu_s_full_push"] else None
         aes = results.get("aes_gcm_mb_s")
-        row(f"  zmeshd CPU: full push to {b['clients']} clients", b["zmeshd_cpu_s_full_push"], "s", None,
-            f"{pushed_mb:.0f} MB in {b['full_push_ms']:.0f} ms")
+        row(f"  zmeshd CPU: full push to {b['clients']} clients", b["zmeshd_cpu_s_full_push"] * 1e3, "ms", None,
+            f"{pushed_mb:.1f} MB in {b['full_push_ms']:.0f} ms")
         if rate:
             row("  full push MB per zmeshd CPU-s", rate, "MB/s", aes, "AES-128-GCM 16K (openssl)",
                 rate / aes if aes else None)
@@ -912,8 +935,8 @@ def parse_args(argv):
     ap.add_argument("--nodes", type=int, default=10, help="nodes they are spread over (default 10)")
     ap.add_argument("--clients", type=int, default=500, help="simulated clients for the latency (default 500)")
     ap.add_argument("--edits", type=int, default=20, help="edits per latency part, pod and policy in turn (20)")
-    ap.add_argument("--mesh-pods", type=int, default=1000,
-                    help="pods in the latency parts' mesh (a tenth as many services, a twentieth policies; 1000)")
+    ap.add_argument("--mesh-pods", type=int, default=200,
+                    help="pods in the latency parts' mesh (a tenth as many services, a twentieth policies; 200)")
     ap.add_argument("--big-pods", type=int, default=10000)
     ap.add_argument("--big-services", type=int, default=2000)
     ap.add_argument("--big-policies", type=int, default=500)
@@ -925,6 +948,8 @@ def parse_args(argv):
     ap.add_argument("--ca-inflight", type=int, default=32)
     ap.add_argument("--ca-conns", type=int, default=4)
     ap.add_argument("--openssl-seconds", type=int, default=3, help="openssl speed -seconds (3)")
+    ap.add_argument("--stall", type=float, default=20,
+                    help="give up on simulated clients after this many seconds without a response (20)")
     ap.add_argument("--bin-dir", default=os.environ.get("ZMESH_BIN", os.path.join(ROOT, "build", "bin")))
     ap.add_argument("--out", default=os.path.join(ROOT, "build", "bench", "cp.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work directory (manifests, logs)")
