@@ -703,49 +703,56 @@ def part_scale(args, procs, work):
         f"{args.big_namespaces} files ({nbytes / 1e6:.1f} MB of YAML) written in {time.monotonic() - ts:.1f}s")
     t0 = time.monotonic()
     zm.start()
-    start_s = time.monotonic() - t0
-    cpu_load = zm.cpu()
-    mem_loaded = zm.mem()
-    counts = {k: zm.loaded.get(k) for k in ("workloads", "services", "policies", "errors", "warnings")}
-    if counts["errors"]:
-        raise BenchError(f"generated manifests have {counts['errors']} errors: {bench_tail(zm.log_path)}")
-    log(f"scale: zmeshd started in {start_s:.2f}s (load {zm.loaded.get('took')}), {cpu_load:.2f} CPU-s, "
-        f"RSS {mem_loaded['VmRSS'] / 1024:.1f} MB")
+    r = {"pods": args.big_pods, "services": args.big_services, "policies": args.big_policies,
+         "namespaces": args.big_namespaces, "yaml_bytes": nbytes, "clients": args.big_clients,
+         "start_s": time.monotonic() - t0, "load_took": zm.loaded.get("took"), "zmeshd_cpu_s_load": zm.cpu(),
+         "mem_kb_baseline": base_mem, "mem_kb_loaded": zm.mem(),
+         "counts": {k: zm.loaded.get(k) for k in ("workloads", "services", "policies", "errors", "warnings")}}
+    if r["counts"]["errors"]:
+        zm.stop()
+        raise BenchError(f"generated manifests have {r['counts']['errors']} errors: {bench_tail(zm.log_path)}")
+    log(f"scale: zmeshd started in {r['start_s']:.2f}s (load {r['load_took']}), {r['zmeshd_cpu_s_load']:.2f} CPU-s, "
+        f"RSS {r['mem_kb_loaded']['VmRSS'] / 1024:.1f} MB")
     token = zm.token("istio-system/ztunnel")
     cpu0, t0 = zm.cpu(), time.monotonic_ns()
     sims = Sims(args, procs, zm, args.big_clients, token, prefix="big")
     try:
         synced = sims.wait_synced(300)
-        full_ms = (synced - t0) / 1e6
-        cpu_full = zm.cpu() - cpu0
-        mem_full = zm.mem()
+        r["full_push_ms"] = (synced - t0) / 1e6
+        r["zmeshd_cpu_s_full_push"] = zm.cpu() - cpu0
+        r["mem_kb_full_push"] = zm.mem()
         per = sims.initial()
-        full_res, full_bytes = max(v[0] for v in per.values()), max(v[1] for v in per.values())
-        log(f"scale: full push to {args.big_clients} clients in {full_ms:.0f} ms, {cpu_full:.2f} zmeshd CPU-s, "
-            f"{full_res} resources / {full_bytes / 1e6:.2f} MB per client")
+        r["full_push_resources_per_client"] = max(v[0] for v in per.values())
+        r["full_push_bytes_per_client"] = max(v[1] for v in per.values())
+        log(f"scale: full push to {args.big_clients} clients in {r['full_push_ms']:.0f} ms, "
+            f"{r['zmeshd_cpu_s_full_push']:.2f} zmeshd CPU-s, {r['full_push_resources_per_client']} resources / "
+            f"{r['full_push_bytes_per_client'] / 1e6:.2f} MB per client")
         edits = []
         for i in range(args.big_edits):
             c0 = zm.cpu()
             e = edits_sim(zm, sims, [2 * i + 1], 120)[0]  # odd edits change the pod
             e["zmeshd_cpu_s"] = zm.cpu() - c0
             edits.append(e)
-        mem_after = zm.mem()
-    finally:
-        sims.stop()
-        zm.stop()
-    return {"pods": args.big_pods, "services": args.big_services, "policies": args.big_policies,
-            "namespaces": args.big_namespaces, "yaml_bytes": nbytes, "counts": counts, "clients": args.big_clients,
-            "start_s": start_s, "load_took": zm.loaded.get("took"), "zmeshd_cpu_s_load": cpu_load,
-            "mem_kb_baseline": base_mem, "mem_kb_loaded": mem_loaded, "mem_kb_full_push": mem_full,
-            "mem_kb_after_edits": mem_after, "full_push_ms": full_ms, "zmeshd_cpu_s_full_push": cpu_full,
-            "full_push_resources_per_client": full_res, "full_push_bytes_per_client": full_bytes,
-            "one_pod": {"latency_ms": summarize(edits), "zmeshd_cpu_s": pct([e["zmeshd_cpu_s"] for e in edits], 50),
+        r["mem_kb_after_edits"] = zm.mem()
+        r["one_pod"] = {"latency_ms": summarize(edits), "zmeshd_cpu_s": pct([e["zmeshd_cpu_s"] for e in edits], 50),
                         "resources_per_client": max(e["resources_max"] for e in edits),
                         "bytes_per_client": max(e["bytes_max"] for e in edits),
                         "reload_ms": summarize(edits, "reload_ms"), "push_ms": summarize(edits, "push_ms"),
                         "load_build_ms": summarize(edits, "load_build_ms"),
-                        "encode_ms": summarize(edits, "encode_ms")},
-            "edits": edits}
+                        "encode_ms": summarize(edits, "encode_ms")}
+        r["edits"] = edits
+    except BenchError as e:
+        # What was measured before stays in the results (the load figures); the push part failed.
+        log(f"scale: {e}")
+        r["push_error"] = str(e)
+        try:
+            r["mem_kb_at_failure"] = zm.mem()
+        except OSError:
+            pass
+    finally:
+        sims.stop()
+        zm.stop()
+    return r
 
 
 def part_ca(args, procs, work):
@@ -846,7 +853,7 @@ def report(results, args):
             ratios["sim_p50_vs_ztunnel_p50"] = lat["p50"] / z["latency_ms"]["p50"]
     # O(1) resources per one-pod change.
     for key, r, who in (("sim", s, "sim client"), ("scale", results.get("scale"), "sim client (big mesh)")):
-        if not r or "error" in r:
+        if not r or "error" in r or (key == "scale" and "one_pod" not in r):
             continue
         one = r["one_pod"] if key == "scale" else r
         res1, b1 = one.get("one_pod_resources_per_client", one.get("resources_per_client")), \
@@ -869,33 +876,38 @@ def report(results, args):
         mb = lambda kb: kb / 1024  # noqa: E731
         base = mb(b["mem_kb_baseline"]["VmRSS"])
         label = f"{b['pods']} pods/{b['services']} svcs/{b['policies']} pols"
-        worst = max(b["mem_kb_loaded"]["VmHWM"], b["mem_kb_full_push"]["VmHWM"], b["mem_kb_after_edits"]["VmHWM"])
+        worst = max(b[k]["VmHWM"] for k in ("mem_kb_loaded", "mem_kb_full_push", "mem_kb_after_edits",
+                                            "mem_kb_at_failure") if k in b)
         c = chk("scale_rss", mb(worst), f"<= {TARGET_RSS_MB:.0f} MB", mb(worst) <= TARGET_RSS_MB)
         row(f"zmeshd peak RSS (VmHWM), {label}", mb(worst), "MB", TARGET_RSS_MB, "target", mb(worst) / TARGET_RSS_MB, c)
-        row("  RSS loaded, no client", mb(b["mem_kb_loaded"]["VmRSS"]), "MB", base, "one-pod mesh",
-            mb(b["mem_kb_loaded"]["VmRSS"]) / base)
-        row(f"  RSS with {b['clients']} clients synced", mb(b["mem_kb_full_push"]["VmRSS"]), "MB", base,
-            "one-pod mesh", mb(b["mem_kb_full_push"]["VmRSS"]) / base)
-        row("  RSS after the one-pod changes", mb(b["mem_kb_after_edits"]["VmRSS"]), "MB", base, "one-pod mesh",
-            mb(b["mem_kb_after_edits"]["VmRSS"]) / base)
+        ratios["scale_rss_vs_target"] = mb(worst) / TARGET_RSS_MB
+        for k, what in (("mem_kb_loaded", "RSS loaded, no client"),
+                        ("mem_kb_full_push", f"RSS with {b['clients']} clients synced"),
+                        ("mem_kb_after_edits", "RSS after the one-pod changes")):
+            if k in b:
+                row("  " + what, mb(b[k]["VmRSS"]), "MB", base, "one-pod mesh", mb(b[k]["VmRSS"]) / base)
         row("  zmeshd CPU: start (load, build, encode)", b["zmeshd_cpu_s_load"] * 1e3, "ms", None,
             f"load took {b['load_took']}")
-        pushed_mb = b["full_push_bytes_per_client"] * b["clients"] / 1e6
-        rate = pushed_mb / b["zmeshd_cpu_s_full_push"] if b["zmeshd_cpu_s_full_push"] else None
-        aes = results.get("aes_gcm_mb_s")
-        row(f"  zmeshd CPU: full push to {b['clients']} clients", b["zmeshd_cpu_s_full_push"] * 1e3, "ms", None,
-            f"{pushed_mb:.1f} MB in {b['full_push_ms']:.0f} ms")
-        if rate:
-            row("  full push MB per zmeshd CPU-s", rate, "MB/s", aes, "AES-128-GCM 16K (openssl)",
-                rate / aes if aes else None)
-            if aes:
-                ratios["scale_push_mb_per_cpu_s_vs_aes_gcm"] = rate / aes
-        o = b["one_pod"]
-        row("  one-pod change: zmeshd CPU (p50)", (o["zmeshd_cpu_s"] or 0) * 1e3, "ms", None,
-            f"reload {fmtv(o['load_build_ms']['p50'])} ms + encode {fmtv(o['encode_ms']['p50'])} ms")
-        row(f"  one-pod change: last ACK of {b['clients']} (p50)", o["latency_ms"]["p50"], "ms", DEBOUNCE_MS,
-            "debounce (floor)", o["latency_ms"]["p50"] / DEBOUNCE_MS)
-        ratios["scale_rss_vs_target"] = mb(worst) / TARGET_RSS_MB
+        if "push_error" in b:
+            checks["scale_full_push"] = {"value": None, "target": f"full push to {b['clients']} clients",
+                                         "pass": False}
+            row(f"  full push to {b['clients']} clients", "FAILED", "", None, "see below", None, "FAIL")
+        else:
+            pushed_mb = b["full_push_bytes_per_client"] * b["clients"] / 1e6
+            rate = pushed_mb / b["zmeshd_cpu_s_full_push"] if b["zmeshd_cpu_s_full_push"] else None
+            aes = results.get("aes_gcm_mb_s")
+            row(f"  zmeshd CPU: full push to {b['clients']} clients", b["zmeshd_cpu_s_full_push"] * 1e3, "ms", None,
+                f"{pushed_mb:.1f} MB in {b['full_push_ms']:.0f} ms")
+            if rate:
+                row("  full push MB per zmeshd CPU-s", rate, "MB/s", aes, "AES-128-GCM 16K (openssl)",
+                    rate / aes if aes else None)
+                if aes:
+                    ratios["scale_push_mb_per_cpu_s_vs_aes_gcm"] = rate / aes
+            o = b["one_pod"]
+            row("  one-pod change: zmeshd CPU (p50)", (o["zmeshd_cpu_s"] or 0) * 1e3, "ms", None,
+                f"reload {fmtv(o['load_build_ms']['p50'])} ms + encode {fmtv(o['encode_ms']['p50'])} ms")
+            row(f"  one-pod change: last ACK of {b['clients']} (p50)", o["latency_ms"]["p50"], "ms", DEBOUNCE_MS,
+                "debounce (floor)", o["latency_ms"]["p50"] / DEBOUNCE_MS)
     ca = results.get("ca")
     if ca and "error" not in ca:
         sign = ca.get("openssl_sign_s")
@@ -922,6 +934,8 @@ def report(results, args):
         r = results.get(p)
         if r and "error" in r:
             print(f"{p}: FAILED: {r['error']}")
+        elif r and "push_error" in r:
+            print(f"{p}: full push FAILED: {r['push_error']}")
     return ratios, checks
 
 
@@ -941,7 +955,8 @@ def parse_args(argv):
     ap.add_argument("--big-services", type=int, default=2000)
     ap.add_argument("--big-policies", type=int, default=500)
     ap.add_argument("--big-namespaces", type=int, default=100, help="namespaces = manifest files (100)")
-    ap.add_argument("--big-clients", type=int, default=100, help="simulated clients of the big mesh (100)")
+    ap.add_argument("--big-clients", type=int, default=100,
+                    help="simulated clients of the big mesh (100: one per node of the generated pods)")
     ap.add_argument("--big-edits", type=int, default=3, help="one-pod changes on the big mesh (3)")
     ap.add_argument("--ca-seconds", type=int, default=3)
     ap.add_argument("--ca-warmup", type=int, default=1)
