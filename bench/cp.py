@@ -620,11 +620,13 @@ def part_ztunnels(args, procs, work):
         busy0 = (zm.cpu(), time.monotonic())
         acks = [dict() for _ in zts]
         end = time.monotonic() + 60
-        while not all(synced) and time.monotonic() < end:
+        progress = time.monotonic()
+        while not all(synced) and time.monotonic() < end and time.monotonic() - progress < args.stall:
             for i, tl in enumerate(tails):
                 for l in tl.new():
                     m = ACK_RE.search(l.get("message", ""))
                     if m:
+                        progress = time.monotonic()
                         acks[i].setdefault(m.group(1), int(m.group(2)))
                     if "first sync of every type" in l.get("message", ""):
                         synced[i] = True
@@ -634,7 +636,8 @@ def part_ztunnels(args, procs, work):
                     raise BenchError(f"ztunnel {z.pod.name} exited: {bench_tail(z.log_path)}")
             time.sleep(0.05)
         if not all(synced):
-            raise BenchError(f"{synced.count(False)} ztunnels not synced after 60s ({zm_busy(zm, busy0)}): "
+            raise BenchError(f"{synced.count(False)} ztunnels not synced ({sum(map(len, acks))} ACKs, the last "
+                             f"{time.monotonic() - progress:.0f}s ago; {zm_busy(zm, busy0)}): "
                              f"{bench_tail(zts[synced.index(False)].log_path)}")
         for p, z in zip(pods, zts):
             if not t.wait_listen(p.netns, (15001, 15006, 15008), 30, z):
