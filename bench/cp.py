@@ -1079,7 +1079,9 @@ def main(argv):
            "targets": {"ztunnel_push_p50_ms": TARGET_ZTUNNEL_P50_MS, "sim_push_p50_ms": TARGET_SIM_P50_MS,
                        "scale_rss_mb": TARGET_RSS_MB, "one_pod_resources": TARGET_ONE_POD_RESOURCES},
            "checks": checks}
-    parts = {p: r for p, r in results.items() if isinstance(r, dict)}
+    # A part whose push failed (the scale part keeps its load figures) fails the run as a failed part does.
+    parts = {p: ({"error": r["push_error"]} if "push_error" in r else r) for p, r in results.items()
+             if isinstance(r, dict)}
     return bench.finish(args.out, doc, load0[0], parts, checks, args.strict)
 
 
