@@ -268,8 +268,8 @@ class Zmeshd:
     """One zmeshd: manifests in dir/manifests, state in dir/state, JSON log in dir/zmeshd.log. In a network
     namespace through topo (ip netns exec execs in place, so the pid is zmeshd's), else in ours."""
 
-    def __init__(self, args, procs, d, listen="127.0.0.1:0", topo=None, netns=None):
-        self.args, self.procs, self.dir = args, procs, d
+    def __init__(self, args, procs, d, listen="127.0.0.1:0", topo=None, netns=None, rust_log="info"):
+        self.args, self.procs, self.dir, self.rust_log = args, procs, d, rust_log
         self.manifests = os.path.join(d, "manifests")
         self.state = os.path.join(d, "state")
         os.makedirs(self.manifests, exist_ok=True)
@@ -280,7 +280,7 @@ class Zmeshd:
         self.port = None
 
     def start(self, timeout=120):
-        env = dict(os.environ, LOG_FORMAT="json", RUST_LOG="info")
+        env = dict(os.environ, LOG_FORMAT="json", RUST_LOG=self.rust_log)
         for k in ("PILOT_DEBOUNCE_AFTER", "PILOT_DEBOUNCE_MAX"):
             env.pop(k, None)  # istiod's defaults (100 ms, 10 s): the latency targets include the debounce
         argv = [self.bin, "--manifests", self.manifests, "--state-dir", self.state, "--listen", self.listen]
@@ -517,8 +517,12 @@ def edits_sim(zm, sims, numbers, timeout):
 def zmeshd_breakdown(zm, t_wall):
     """When zmeshd logged the reload and the push for the edit written at t_wall (ms after the write)."""
     out = {}
+    pushes = []
     for l in zm.tail.new():
         m = l.get("message", "")
+        pm = PUSH_RE.search(m)
+        if pm:
+            pushes.append((int(pm.group(1)) + int(pm.group(2)), int(pm.group(3))))
         if m.startswith("manifests reloaded") and "reload_ms" not in out:
             out["reload_ms"] = (parse_time(l["time"]) - t_wall) * 1e3
             tk = l.get("took", "")
@@ -529,7 +533,14 @@ def zmeshd_breakdown(zm, t_wall):
             mm = re.search(r"encoded in ([0-9.]+) ms", m)
             if mm:
                 out["encode_ms"] = float(mm.group(1))
+    if pushes:  # only with RUST_LOG ads=debug
+        out["zmeshd_pushes"] = len(pushes)
+        out["zmeshd_resources_max"] = max(p[0] for p in pushes)
+        out["zmeshd_bytes_max"] = max(p[1] for p in pushes)
     return out
+
+
+PUSH_RE = re.compile(r"PUSH for node:\S+ resources:(\d+) removed:(\d+) size:(\d+)")
 
 
 def summarize(edits, key="last_ms"):
@@ -719,7 +730,8 @@ def part_scale(args, procs, work):
 
 
 def scale_run(args, procs, d, n_clients, base_mem):
-    zm = Zmeshd(args, procs, d)
+    # ads=debug: zmeshd logs each push per client (its ADS bookkeeping), a cross-check of the clients' counts.
+    zm = Zmeshd(args, procs, d, rust_log="info,ads=debug")
     ts = time.monotonic()
     nbytes = write_mesh(zm.manifests, args.big_pods, args.big_services, args.big_policies, args.big_namespaces)
     write_edit_files(zm.manifests)
@@ -763,7 +775,11 @@ def scale_run(args, procs, d, n_clients, base_mem):
                         "bytes_per_client": max(e["bytes_max"] for e in edits),
                         "reload_ms": summarize(edits, "reload_ms"), "push_ms": summarize(edits, "push_ms"),
                         "load_build_ms": summarize(edits, "load_build_ms"),
-                        "encode_ms": summarize(edits, "encode_ms")}
+                        "encode_ms": summarize(edits, "encode_ms"),
+                        # zmeshd's own bookkeeping (its debug log): pushes per edit, largest push
+                        "zmeshd_pushes": max((e.get("zmeshd_pushes", 0) for e in edits), default=0),
+                        "zmeshd_resources_max": max((e.get("zmeshd_resources_max", 0) for e in edits), default=0),
+                        "zmeshd_bytes_max": max((e.get("zmeshd_bytes_max", 0) for e in edits), default=0)}
         r["edits"] = edits
     except BenchError as e:
         # What was measured before stays in the results (the load figures); the push part failed.
@@ -892,6 +908,10 @@ def report(results, args):
         row(f"one-pod change, per {who}", f"{res1} res / {b1} B", "", f"{r['full_push_resources_per_client']} res"
             f" / {r['full_push_bytes_per_client']} B", "full push", b1 / r["full_push_bytes_per_client"], c)
         ratios[f"{key}_one_pod_bytes_vs_full_push"] = b1 / r["full_push_bytes_per_client"]
+        if key == "scale" and one.get("zmeshd_pushes"):
+            row("  zmeshd's own count (ADS bookkeeping)", f"{one['zmeshd_resources_max']} res / "
+                f"{one['zmeshd_bytes_max']} B", "", f"{one['zmeshd_pushes']} pushes", "per change", None,
+                "PASS" if (one["zmeshd_resources_max"], one["zmeshd_bytes_max"]) == (res1, b1) else "DIFF")
     if z and "error" not in z and z.get("one_pod_resources_per_ztunnel") is not None:
         r1 = z["one_pod_resources_per_ztunnel"]
         c = chk("ztunnel_one_pod_resources", r1, f"== {TARGET_ONE_POD_RESOURCES} resource",

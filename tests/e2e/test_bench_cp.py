@@ -36,6 +36,10 @@ def test_bench_cp_tiny(ztunnel_bin, tmp_path):
     assert b["counts"]["workloads"] == 201 and b["counts"]["services"] == 40 and b["counts"]["policies"] == 11
     assert b["full_push_resources_per_client"] == 201 + 40 + 11
     assert b["one_pod"]["resources_per_client"] == 1 and b["mem_kb_loaded"]["VmRSS"] > 0
+    # zmeshd's own bookkeeping (its per-push debug lines) agrees with what the clients counted.
+    one = b["one_pod"]
+    assert (one["zmeshd_pushes"], one["zmeshd_resources_max"], one["zmeshd_bytes_max"]) == \
+        (3, 1, one["bytes_per_client"]), one
     assert ca["ok"] > 0 and ca["errors"] == 0 and ca["answer_checked"] and ca["openssl_sign_s"] > 0
     for k in ("ztunnel_push_p50", "sim_push_p50", "sim_one_pod_resources", "scale_one_pod_resources",
               "ztunnel_one_pod_resources", "scale_rss"):
