@@ -37,7 +37,7 @@
 
 #include "core/loop.h"
 #include "envoy/service/discovery/v3/discovery.pb-c.h"
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 #include "citadel.pb-c.h"
 #include "tls/ca.h"
 #include "tls/csr.h"

@@ -227,7 +227,10 @@ int zmeshd_server_new(struct loop *l, struct zmeshd *d, struct zmeshd_server **o
     s->renew.cb = renew_cb;
     s->acc.io.fd = -1;
     if ((rc = server_cert(s, err, errlen)) < 0) goto fail;
-    struct grpc_opts o = {.max_recv = ZMESHD_MAX_REQUEST};
+    /* A send queue of one message: the ADS glue builds a response only when the previous one has left, so a
+     * slow client gets the latest state, not a backlog (the CA sends one message per call anyway). With the
+     * queue's bound at 1 byte, on_writable comes exactly when the queue is empty again. */
+    struct grpc_opts o = {.max_recv = ZMESHD_MAX_REQUEST, .send_queue_max = 1};
     if (!(s->grpc = grpc_server_new(l, &o)) ||
         grpc_server_add(s->grpc, "/istio.v1.auth.IstioCertificateService/CreateCertificate", GRPC_UNARY,
                         ca_handler, s) < 0) {

@@ -164,23 +164,19 @@ static void pump(struct xds_stream *st)
             return;
         }
         if (!r) return; /* nothing to send: on_pending says when there is */
+        /* Packed straight into the (empty) send queue, which always takes one message. */
         size_t n = ads_response_size(r);
-        uint8_t *buf = malloc(n ? n : 1);
-        if (!buf) {
-            ads_response_free(r);
-            stream_finish(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-            return;
-        }
-        ads_response_pack(r, buf);
+        uint8_t *buf = grpc_call_send_alloc(st->call, n, &rc);
+        if (buf) ads_response_pack(r, buf);
         ads_response_free(r);
-        rc = grpc_call_send(st->call, buf, n);
-        free(buf);
-        if (rc < 0) {
-            stream_finish(st, GRPC_STATUS_INTERNAL, "cannot send");
+        if (!buf) {
+            stream_finish(st, rc == -ENOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INTERNAL,
+                          rc == -ENOMEM ? "out of memory" : "cannot send");
             return;
         }
     }
-    /* A response is still on its way: come back when HTTP/2 has taken it. */
+    /* A response is still on its way: come back when HTTP/2 has taken all of it (the server's send queue is
+     * bounded at one message, so on_writable means empty; asking while bytes are queued cannot fire at once). */
     if (!st->finished && ads_client_pending(st->ac)) grpc_call_notify_writable(st->call);
 }
 
