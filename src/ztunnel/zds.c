@@ -131,16 +131,11 @@ static void count_states(const struct zds_client *c, size_t *running, size_t *fa
 /* ---- the socket ---- */
 
 /* The epoll mask the connection needs now: out for a held answer, in when a request may be taken, else none
- * (the fd then leaves epoll, which would otherwise report a hang-up in a loop while the owner works). */
+ * while the owner works on one (epoll still reports a hang-up then, which ends the connection). */
 static void update_io(struct zds_client *c)
 {
     if (c->state != ZDS_CONNECTED) return;
     uint32_t want = c->outlen ? EPOLLOUT : (c->call.ticket ? 0 : EPOLLIN);
-    if (!want) {
-        if (c->io_registered) loop_io_del(c->l, &c->io);
-        c->io_registered = false;
-        return;
-    }
     int r = c->io_registered ? loop_io_mod(c->l, &c->io, want) : loop_io_add(c->l, &c->io, want);
     if (r < 0) {
         LOG_E(TGT, "cannot watch the node agent's socket: %s", strerror(-r));
@@ -753,6 +748,12 @@ static void on_io(struct io *io, uint32_t ev)
     struct zds_client *c = container_of(io, struct zds_client, io);
     if (c->outlen) {
         if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) flush_out(c);
+        return;
+    }
+    if (c->call.ticket) {
+        /* Only a hang-up is reported while the owner works; what the peer sent before it is dropped with the
+         * connection (the next snapshot says the truth). */
+        if (ev & (EPOLLERR | EPOLLHUP)) conn_end(c, false, "the node agent closed the connection");
         return;
     }
     for (int i = 0; i < ZDS_READ_BATCH; i++) {
