@@ -61,7 +61,6 @@ struct zds_client {
     uint64_t retry_ms, backoff_max_ms;
     struct io io;
     bool io_registered;
-    uint32_t io_mask;
     enum zds_conn_state state;
     uint64_t conn_gen;
     bool snapshot_received;
@@ -130,6 +129,8 @@ static void count_states(const struct zds_client *c, size_t *running, size_t *fa
 
 /* ---- the socket ---- */
 
+static void conn_end(struct zds_client *c, bool protocol_error, const char *why);
+
 /* The epoll mask the connection needs now: out for a held answer, in when a request may be taken, else none
  * while the owner works on one (epoll still reports a hang-up then, which ends the connection). */
 static void update_io(struct zds_client *c)
@@ -138,14 +139,13 @@ static void update_io(struct zds_client *c)
     uint32_t want = c->outlen ? EPOLLOUT : (c->call.ticket ? 0 : EPOLLIN);
     int r = c->io_registered ? loop_io_mod(c->l, &c->io, want) : loop_io_add(c->l, &c->io, want);
     if (r < 0) {
-        LOG_E(TGT, "cannot watch the node agent's socket: %s", strerror(-r));
+        char why[96];
+        snprintf(why, sizeof why, "cannot watch the socket: %s", strerror(-r));
+        conn_end(c, false, why);
         return;
     }
     c->io_registered = true;
-    c->io_mask = want;
 }
-
-static void conn_end(struct zds_client *c, bool protocol_error, const char *why);
 
 /* Sends one message. Returns 0 (sent, or held until the socket is writable) or -errno (connection broken). */
 static int send_packed(struct zds_client *c, const ProtobufCMessage *m)
@@ -297,8 +297,6 @@ static int send_hello(struct zds_client *c)
     h.version = ISTIO__WORKLOAD__ZDS__VERSION__V1;
     return send_packed(c, &h.base);
 }
-
-static void on_io(struct io *io, uint32_t ev);
 
 static void connected(struct zds_client *c, int fd)
 {
@@ -582,7 +580,7 @@ static void handle_snapshot_sent(struct zds_client *c)
     c->snapshot_received = true;
     size_t n = 0;
     for (struct zds_wl *w = c->wls; w; w = w->next)
-        if (!w->mentioned) n++;
+        if (!w->mentioned && w->st == WL_RUNNING) n++;
     const char **stale = n ? calloc(n, sizeof *stale) : NULL;
     if (n && !stale) {
         c->snapshot_received = false;
@@ -591,7 +589,7 @@ static void handle_snapshot_sent(struct zds_client *c)
     }
     size_t i = 0;
     for (struct zds_wl *w = c->wls; w; w = w->next)
-        if (!w->mentioned) stale[i++] = w->uid;
+        if (!w->mentioned && w->st == WL_RUNNING) stale[i++] = w->uid;
     if (n) LOG_I(TGT, "draining %zu workloads the snapshot did not mention", n);
     call_owner(c, OP_SNAPSHOT_SENT, NULL, false, false, NULL, stale, n);
     free(stale);

@@ -63,7 +63,8 @@ struct zds_ops {
     /* Keep{uid} before SnapshotSent: the node agent still has the pod but could not open its netns (after
      * a ztunnel restart). The module already counts uid as mentioned; informational for the owner. */
     void (*keep)(void *ud, uint64_t ticket, const char *uid);
-    /* Stop serving uid (which the owner serves: the module acks a Del of an unknown or failed uid itself). */
+    /* Stop serving uid (which the owner serves: the module acks a Del of an unknown or failed uid itself). The
+     * module forgets uid, and closes its netns fd, when this returns. */
     void (*del)(void *ud, uint64_t ticket, const char *uid);
     /* The snapshot is complete. stale[0..n) are the uids served before it that it did not mention: drain
      * them (the module forgets them, and closes their netns fds, when this returns). */
@@ -86,7 +87,9 @@ int zds_client_new(struct loop *l, const struct zds_config *cfg, const struct zd
 void zds_client_free(struct zds_client *c);
 
 /* Answers ticket: error NULL (or "") is an Ack, anything else the failure's reason (UTF-8; cut to fit one
- * packet, with a log line). Returns 0, or -ESTALE when ticket is not the one outstanding (answered already,
+ * packet, with a log line). For add the node agent gets "failure to start proxy : <error>" and the start is
+ * retried; for keep, del and snapshot_sent it gets "failure to process message : <error>" and the state change
+ * stands (the uid deleted or drained is forgotten all the same). Returns 0, or -ESTALE when ticket is not the one outstanding (answered already,
  * or the client was freed meanwhile: nothing happens). An answer to a request whose connection has ended
  * updates the state but is not sent. */
 int zds_reply(struct zds_client *c, uint64_t ticket, const char *error);

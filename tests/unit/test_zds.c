@@ -375,6 +375,13 @@ static int setup(void **state)
     return 0;
 }
 
+static void start_client_ops(const struct zds_ops *ops)
+{
+    assert_int_equal(zds_client_new(L, &CFG, ops, NULL, &O.c), 0);
+    assert_true(srv_accept(1000));
+    expect_hello();
+}
+
 static void start_client(void)
 {
     assert_int_equal(zds_client_new(L, &CFG, &OPS, NULL, &O.c), 0);
@@ -844,6 +851,57 @@ static void test_connect_failures_back_off_and_reset(void **state)
     assert_int_equal(st.backoff_ms, ZDS_BACKOFF_INITIAL_MS);
 }
 
+/* A node agent that sends without reading: answers the socket cannot take are held, reading stops until they
+ * go out, and every request still gets exactly one answer. */
+static void test_backpressure_when_the_agent_does_not_read(void **state)
+{
+    static const struct zds_ops keep_by_module = {.add = o_add};
+    start_client_ops(&keep_by_module);
+    assert_int_equal(fcntl(S.cfd, F_SETFL, fcntl(S.cfd, F_GETFL) | O_NONBLOCK), 0);
+    uint8_t req[64], buf[2048];
+    size_t n = pack_req(req, R_KEEP, "uid-k");
+    enum { TOTAL = 300 };
+    int sent = 0, got = 0;
+    bool held = false;
+    uint64_t deadline = now_ms() + 5000;
+    while (got < TOTAL && now_ms() < deadline) {
+        while (sent < TOTAL && send(S.cfd, req, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n)
+            sent++;
+        pump(2);
+        if (O.c->outlen) held = true;
+        if (!held && sent < TOTAL) continue; /* read nothing until the client had to hold an answer */
+        ssize_t k;
+        while ((k = recv(S.cfd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+            Istio__Workload__Zds__WorkloadResponse *r =
+                istio__workload__zds__workload_response__unpack(NULL, (size_t)k, buf);
+            assert_non_null(r);
+            assert_string_equal(r->ack->error, "");
+            istio__workload__zds__workload_response__free_unpacked(r, NULL);
+            got++;
+        }
+    }
+    assert_true(held);
+    assert_int_equal(got, TOTAL);
+    expect_nothing(50);
+    struct zds_stats st;
+    zds_client_stats(O.c, &st);
+    assert_int_equal(st.acks, TOTAL);
+}
+
+static void test_defaults_and_backoff_sequence(void **state)
+{
+    struct zds_config cfg = {0};
+    struct zds_client *c = NULL;
+    assert_int_equal(zds_client_new(L, &cfg, &OPS, NULL, &c), 0);
+    assert_string_equal(c->sun.sun_path, "/var/run/ztunnel/ztunnel.sock");
+    assert_int_equal(c->retry_ms, 5000);
+    /* Istio's connect loop: doubled before each wait, capped at 15 s. */
+    static const uint64_t want[] = {20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 15000, 15000};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        assert_int_equal(backoff_grow(c), want[i]);
+    zds_client_free(c);
+}
+
 static void test_new_checks_arguments(void **state)
 {
     struct zds_client *c = NULL;
@@ -876,6 +934,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_exactly_1024_bytes_is_accepted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backoff_before_snapshot_doubles, setup, teardown),
         cmocka_unit_test_setup_teardown(test_connect_failures_back_off_and_reset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure_when_the_agent_does_not_read, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_defaults_and_backoff_sequence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_checks_arguments, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
