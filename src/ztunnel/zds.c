@@ -488,7 +488,8 @@ static char *dup_str(const char *s)
 static void handle_add(struct zds_client *c, const Istio__Workload__Zds__AddWorkload *a, int fd)
 {
     const Istio__Workload__Zds__WorkloadInfo *wi = a->workload_info;
-    LOG_I(TGT, "pod received, starting proxy: uid=%s name=%s namespace=%s", a->uid, wi->name, wi->namespace_);
+    log_kv(LOG_INFO, TGT, "pod received, starting proxy", "uid", a->uid, "name", wi->name, "namespace", wi->namespace_,
+           NULL);
     struct zds_wl *w = wl_find(c, a->uid);
     if (w) LOG_D(TGT, "workload %s is known (%s)", w->uid, wl_state_to_str(w->st));
     if (w && !c->snapshot_received) w->mentioned = true;
@@ -552,7 +553,7 @@ static void handle_add(struct zds_client *c, const Istio__Workload__Zds__AddWork
 
 static void handle_keep(struct zds_client *c, const char *uid)
 {
-    LOG_I(TGT, "pod keep received. will not delete it when snapshot is sent: uid=%s", uid);
+    log_kv(LOG_INFO, TGT, "pod keep received. will not delete it when snapshot is sent", "uid", uid, NULL);
     struct zds_wl *w = wl_find(c, uid);
     if (w) w->mentioned = true;
     call_owner(c, OP_KEEP, NULL, false, false, uid, NULL, 0);
@@ -562,10 +563,13 @@ static void handle_keep(struct zds_client *c, const char *uid)
  * SnapshotSent drain it: the end state is the same); a failed or unknown one is forgotten with an Ack. */
 static void handle_del(struct zds_client *c, const char *uid)
 {
-    LOG_I(TGT, "pod delete request, shutting down proxy: uid=%s", uid);
+    log_kv(LOG_INFO, TGT, "pod delete request, shutting down proxy", "uid", uid, NULL);
     struct zds_wl *w = wl_find(c, uid);
     if (!w || w->st != WL_RUNNING) {
         if (w) wl_forget(c, w);
+        size_t running, failed;
+        count_states(c, &running, &failed);
+        if (!failed) timer_stop(c->l, &c->retry); /* nothing left to retry */
         answer(c, NULL, NULL);
         return;
     }
