@@ -51,6 +51,7 @@ struct zds_call {
     bool retry;
     uint64_t conn_gen; /* the connection it belongs to */
     struct zds_wl *wl; /* OP_ADD */
+    uint64_t asked_ms; /* loop time of the callback */
 };
 
 struct zds_client {
@@ -349,7 +350,8 @@ static void call_owner(struct zds_client *c, enum zds_op op, struct zds_wl *w, b
                        const char *uid, const char *const *stale, size_t nstale)
 {
     uint64_t ticket = ++c->next_ticket;
-    c->call = (struct zds_call){.ticket = ticket, .op = op, .retry = retry, .conn_gen = c->conn_gen, .wl = w};
+    c->call = (struct zds_call){
+        .ticket = ticket, .op = op, .retry = retry, .conn_gen = c->conn_gen, .wl = w, .asked_ms = loop_now(c->l)};
     update_io(c);
     switch (op) {
     case OP_ADD: {
@@ -401,6 +403,11 @@ int zds_reply(struct zds_client *c, uint64_t ticket, const char *error)
     c->call.ticket = 0;
     bool failed = error && *error;
     bool current = c->state == ZDS_CONNECTED && k.conn_gen == c->conn_gen;
+    uint64_t took = loop_now(c->l) - k.asked_ms;
+    if (!k.retry && current && took > ZDS_AGENT_DEADLINE_MS)
+        LOG_W(TGT, "answered after %llums, beyond the node agent's %dms deadline: it may take this answer for its "
+                   "next request's",
+              (unsigned long long)took, ZDS_AGENT_DEADLINE_MS);
     if (k.op == OP_ADD) {
         struct zds_wl *w = k.wl;
         if (!failed) {

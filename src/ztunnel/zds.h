@@ -30,6 +30,11 @@
 #define ZDS_BACKOFF_INITIAL_MS 10
 #define ZDS_BACKOFF_MAX_MS 15000
 #define ZDS_RETRY_MS 5000
+/* How long the node agent waits for each answer (istio/istio cni/pkg/nodeagent/ztunnelserver.go
+ * readWriteDeadline). It then logs a timeout and sends its next request, and answers correlate with requests only
+ * by order: an answer later than this is taken for the next request's. The owner should answer well within it;
+ * a later answer is sent all the same (the module cannot tell what the agent did) with a warning. */
+#define ZDS_AGENT_DEADLINE_MS 5000
 /* Most workloads known at once (a node runs at most a few hundred pods; kubelet's default is 110). An Add
  * beyond it is NACKed, so a runaway node agent cannot make ztunnel hold unbounded netns fds. */
 #define ZDS_WORKLOADS_MAX 4096
