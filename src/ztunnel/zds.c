@@ -434,7 +434,7 @@ int zds_reply(struct zds_client *c, uint64_t ticket, const char *error)
         else
             answer(c, failed ? ZDS_NACK_PROCESS : NULL, error);
     }
-    if (k.retry || c->retry_due) timer_start(c->l, &c->kick, 0);
+    if (k.retry || c->retry_due || c->in_pass) timer_start(c->l, &c->kick, 0);
     update_io(c);
     return 0;
 }
