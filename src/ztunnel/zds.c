@@ -133,11 +133,12 @@ static void count_states(const struct zds_client *c, size_t *running, size_t *fa
 static void conn_end(struct zds_client *c, bool protocol_error, const char *why);
 
 /* The epoll mask the connection needs now: out for a held answer, in when a request may be taken, else none
- * while the owner works on one (epoll still reports a hang-up then, which ends the connection). */
+ * while the owner works on one or a retry pass runs (Istio's retry_pending completes before the next read;
+ * epoll still reports a hang-up then, which ends the connection). */
 static void update_io(struct zds_client *c)
 {
     if (c->state != ZDS_CONNECTED) return;
-    uint32_t want = c->outlen ? EPOLLOUT : (c->call.ticket ? 0 : EPOLLIN);
+    uint32_t want = c->outlen ? EPOLLOUT : (c->call.ticket || c->in_pass ? 0 : EPOLLIN);
     int r = c->io_registered ? loop_io_mod(c->l, &c->io, want) : loop_io_add(c->l, &c->io, want);
     if (r < 0) {
         char why[96];
@@ -759,14 +760,14 @@ static void on_io(struct io *io, uint32_t ev)
         if (ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) flush_out(c);
         return;
     }
-    if (c->call.ticket) {
+    if (c->call.ticket || c->in_pass) {
         /* Only a hang-up is reported while the owner works; what the peer sent before it is dropped with the
          * connection (the next snapshot says the truth). */
         if (ev & (EPOLLERR | EPOLLHUP)) conn_end(c, false, "the node agent closed the connection");
         return;
     }
     for (int i = 0; i < ZDS_READ_BATCH; i++) {
-        if (c->state != ZDS_CONNECTED || c->call.ticket || c->outlen) break;
+        if (c->state != ZDS_CONNECTED || c->call.ticket || c->in_pass || c->outlen) break;
         if (recv_one(c) < 0) break;
     }
     update_io(c);
@@ -837,7 +838,7 @@ void zds_client_stats(const struct zds_client *c, struct zds_stats *out)
 int zds_client_feed(struct zds_client *c, const uint8_t *data, size_t len, int msg_flags, const int *fds,
                     size_t nfds)
 {
-    if (c->state != ZDS_CONNECTED || c->call.ticket || c->outlen || nfds > ZDS_FDS_MAX) {
+    if (c->state != ZDS_CONNECTED || c->call.ticket || c->in_pass || c->outlen || nfds > ZDS_FDS_MAX) {
         close_fds(fds, nfds);
         return -EBUSY;
     }

@@ -122,7 +122,7 @@ void zds_client_stats(const struct zds_client *c, struct zds_stats *out);
 /* Processes one packet as if recvmsg had returned it on the current connection (data[0..len), its msg_flags,
  * fds[0..nfds) which the module now owns): the path of every received packet, for the fuzz target. Returns 0
  * when it was taken as a request, or -EPROTO when it was a protocol error (the connection is reset). -EBUSY
- * (fds closed) when a request is still unanswered or nothing is connected. */
+ * (fds closed) when a request or a retry pass is under way or nothing is connected. */
 int zds_client_feed(struct zds_client *c, const uint8_t *data, size_t len, int msg_flags, const int *fds,
                     size_t nfds);
 /* Uses fd, a connected SOCK_SEQPACKET socket, as the connection (sends the hello), for the fuzz target and

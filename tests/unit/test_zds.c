@@ -518,6 +518,67 @@ static void test_nack_and_retry(void **state)
     assert_int_equal(O.n, 4);
 }
 
+static bool tickets_at_least(void *arg)
+{
+    return O.ntickets >= *(int *)arg;
+}
+
+/* A pass retries every failed start, one at a time: the next is asked only once the owner answered. */
+static void test_retry_pass_one_at_a_time(void **state)
+{
+    start_client();
+    O.add_fails = 2;
+    O.add_error = "busy";
+    srv_send(R_ADD, "uid-a", S.ns_a);
+    expect_ack("failure to start proxy : busy");
+    srv_send(R_ADD, "uid-b", S.ns_a);
+    expect_ack("failure to start proxy : busy");
+    O.defer = true;
+    int one = 1, two = 2;
+    assert_true(pump_until(tickets_at_least, &one, 1000));
+    pump(40);
+    assert_int_equal(O.ntickets, 1);
+    /* A request sent meanwhile waits for the retry's answer too. */
+    srv_send(R_KEEP, "uid-c", -1);
+    expect_nothing(20);
+    assert_int_equal(zds_reply(O.c, O.tickets[0], NULL), 0);
+    assert_true(pump_until(tickets_at_least, &two, 1000));
+    assert_int_equal(zds_reply(O.c, O.tickets[1], NULL), 0);
+    O.defer = false;
+    expect_ack("");
+    expect_log(2, "add uid-b default/pod/sa replace=0 retry=1"); /* newest first: the list is a stack */
+    expect_log(3, "add uid-a default/pod/sa replace=0 retry=1");
+    expect_log(4, "keep uid-c");
+    struct zds_stats st;
+    zds_client_stats(O.c, &st);
+    assert_int_equal(st.running, 2);
+    assert_int_equal(st.failed, 0);
+    expect_nothing(150); /* nothing left to retry */
+    assert_int_equal(O.n, 5);
+}
+
+/* Failed starts belong to their connection (Istio's reset_snapshot): the next one's snapshot sends them again. */
+static void test_failed_start_forgotten_on_reconnect(void **state)
+{
+    start_client();
+    O.add_fails = 1;
+    O.add_error = "busy";
+    srv_send(R_ADD, "uid-a", S.ns_a);
+    expect_ack("failure to start proxy : busy");
+    close(S.cfd);
+    S.cfd = -1;
+    assert_true(srv_accept(1000));
+    expect_hello();
+    expect_nothing(250);
+    assert_int_equal(O.n, 1); /* not retried */
+    struct zds_stats st;
+    zds_client_stats(O.c, &st);
+    assert_int_equal(st.failed, 0);
+    srv_send(R_SNAP, NULL, -1);
+    expect_ack("");
+    expect_log(1, "snapshot"); /* not served, so not stale either */
+}
+
 static void test_failed_then_deleted_is_not_retried(void **state)
 {
     start_client();
@@ -923,6 +984,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_async_answers_hold_later_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_add_idempotent_by_inode_and_replaced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nack_and_retry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retry_pass_one_at_a_time, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_start_forgotten_on_reconnect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_then_deleted_is_not_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_netns_is_nacked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_nack_is_cut_to_one_packet, setup, teardown),
