@@ -9,8 +9,9 @@
  * The module keeps the protocol's state (Istio's statemanager): which uids are served and in which netns
  * (by inode, so a repeated Add is idempotent and a new inode replaces the proxy), which failed to start (retried
  * every retry_ms), which the current snapshot mentioned, and whether SnapshotSent came. The owner only starts
- * and stops proxies. Requests are taken one at a time: while the owner has not answered one, the socket is not
- * read (as Istio awaits each message), so answers can be asynchronous and still go out in order. */
+ * and stops proxies. Requests are taken one at a time: while the owner has not answered one, or a retry pass
+ * runs, the socket is not read (as Istio awaits each message), so answers can be asynchronous and still go out in
+ * order. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
