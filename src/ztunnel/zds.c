@@ -1,4 +1,4 @@
-/* The ZDS client (see zds.h). Facts from istio/ztunnel src/inpod/{protocol,workloadmanager,statemanager}.rs. */
+/* The ZDS client (see zds.h). Facts: istio/ztunnel src/inpod/{protocol,workloadmanager,statemanager}.rs. */
 #include "ztunnel/zds.h"
 
 #include <errno.h>
@@ -38,7 +38,7 @@ struct zds_wl {
     int fd;
     uint64_t ino, dev;
     enum wl_state st;
-    bool mentioned;     /* by an Add or Keep of the current connection's snapshot */
+    bool mentioned;      /* by an Add or Keep of the current connection's snapshot */
     uint64_t retry_pass; /* the last retry pass that asked the owner about it */
 };
 
@@ -66,7 +66,8 @@ struct zds_client {
     uint64_t conn_gen;
     bool snapshot_received;
     struct timer reconnect, retry;
-    struct timer kick; /* runs the retry pass from the loop (a 0 ms timer: unlike a task, it can be stopped) */
+    /* Runs the retry pass from the loop: a 0 ms timer, since unlike a task it can be stopped. */
+    struct timer kick;
     bool retry_due, in_pass;
     uint64_t retry_pass;
     struct zds_wl *wls;
@@ -81,9 +82,12 @@ struct zds_client {
 const char *zds_conn_state_to_str(enum zds_conn_state s)
 {
     switch (s) {
-    case ZDS_IDLE: return "idle";
-    case ZDS_CONNECTED: return "connected";
-    case ZDS_BACKOFF: return "backoff";
+    case ZDS_IDLE:
+        return "idle";
+    case ZDS_CONNECTED:
+        return "connected";
+    case ZDS_BACKOFF:
+        return "backoff";
     }
     return "?";
 }
@@ -91,9 +95,12 @@ const char *zds_conn_state_to_str(enum zds_conn_state s)
 static const char *wl_state_to_str(enum wl_state s)
 {
     switch (s) {
-    case WL_STARTING: return "starting";
-    case WL_RUNNING: return "running";
-    case WL_FAILED: return "failed";
+    case WL_STARTING:
+        return "starting";
+    case WL_RUNNING:
+        return "running";
+    case WL_FAILED:
+        return "failed";
     }
     return "?";
 }
@@ -209,7 +216,8 @@ static int send_ack(struct zds_client *c, const char *prefix, const char *reason
         size_t pl = strlen(prefix), rl = strlen(reason);
         size_t keep = utf8_cut(reason, rl, ZDS_ACK_TEXT_MAX - pl);
         if (keep < rl)
-            LOG_W(TGT, "NACK reason cut from %zu to %zu bytes to fit one %d-byte packet", rl, keep, ZDS_MSG_MAX);
+            LOG_W(TGT, "NACK reason cut from %zu to %zu bytes to fit one %d-byte packet", rl, keep,
+                  ZDS_MSG_MAX);
         memcpy(text, prefix, pl);
         memcpy(text + pl, reason, keep);
         text[pl + keep] = '\0';
@@ -284,8 +292,8 @@ static void conn_end(struct zds_client *c, bool protocol_error, const char *why)
     c->snapshot_received = false;
     if (protocol_error) {
         c->st.protocol_errors++;
-        LOG_W(TGT, "protocol error from the node agent: %s; closing the connection, reconnecting in %llums", why,
-              (unsigned long long)delay);
+        LOG_W(TGT, "protocol error from the node agent: %s; closing the connection, reconnecting in %llums",
+              why, (unsigned long long)delay);
     } else {
         LOG_I(TGT, "connection to the node agent ended: %s; reconnecting in %llums", why,
               (unsigned long long)delay);
@@ -351,8 +359,12 @@ static void call_owner(struct zds_client *c, enum zds_op op, struct zds_wl *w, b
                        const char *uid, const char *const *stale, size_t nstale)
 {
     uint64_t ticket = ++c->next_ticket;
-    c->call = (struct zds_call){
-        .ticket = ticket, .op = op, .retry = retry, .conn_gen = c->conn_gen, .wl = w, .asked_ms = loop_now(c->l)};
+    c->call = (struct zds_call){.ticket = ticket,
+                                .op = op,
+                                .retry = retry,
+                                .conn_gen = c->conn_gen,
+                                .wl = w,
+                                .asked_ms = loop_now(c->l)};
     update_io(c);
     switch (op) {
     case OP_ADD: {
@@ -406,8 +418,9 @@ int zds_reply(struct zds_client *c, uint64_t ticket, const char *error)
     bool current = c->state == ZDS_CONNECTED && k.conn_gen == c->conn_gen;
     uint64_t took = loop_now(c->l) - k.asked_ms;
     if (!k.retry && current && took > ZDS_AGENT_DEADLINE_MS)
-        LOG_W(TGT, "answered after %llums, beyond the node agent's %dms deadline: it may take this answer for its "
-                   "next request's",
+        LOG_W(TGT,
+              "answered after %llums, beyond the node agent's %dms deadline: it may take this answer for its "
+              "next request's",
               (unsigned long long)took, ZDS_AGENT_DEADLINE_MS);
     if (k.op == OP_ADD) {
         struct zds_wl *w = k.wl;
@@ -425,7 +438,8 @@ int zds_reply(struct zds_client *c, uint64_t ticket, const char *error)
         } else {
             /* The connection that asked is gone, and with it this attempt (Istio drops failed starts on a new
              * connection; the next snapshot sends the pod again). */
-            LOG_I(TGT, "failed to start proxy for workload %s: %s (connection gone, not retried)", w->uid, error);
+            LOG_I(TGT, "failed to start proxy for workload %s: %s (connection gone, not retried)", w->uid,
+                  error);
             wl_forget(c, w);
         }
     }
@@ -496,8 +510,8 @@ static char *dup_str(const char *s)
 static void handle_add(struct zds_client *c, const Istio__Workload__Zds__AddWorkload *a, int fd)
 {
     const Istio__Workload__Zds__WorkloadInfo *wi = a->workload_info;
-    log_kv(LOG_INFO, TGT, "pod received, starting proxy", "uid", a->uid, "name", wi->name, "namespace", wi->namespace_,
-           NULL);
+    log_kv(LOG_INFO, TGT, "pod received, starting proxy", "uid", a->uid, "name", wi->name, "namespace",
+           wi->namespace_, NULL);
     struct zds_wl *w = wl_find(c, a->uid);
     if (w) LOG_D(TGT, "workload %s is known (%s)", w->uid, wl_state_to_str(w->st));
     if (w && !c->snapshot_received) w->mentioned = true;
@@ -515,7 +529,8 @@ static void handle_add(struct zds_client *c, const Istio__Workload__Zds__AddWork
         answer(c, NULL, NULL);
         return;
     }
-    char *uid = NULL, *name = dup_str(wi->name), *ns = dup_str(wi->namespace_), *sa = dup_str(wi->service_account);
+    char *uid = NULL, *name = dup_str(wi->name), *ns = dup_str(wi->namespace_),
+         *sa = dup_str(wi->service_account);
     if (!w) {
         if (c->nwl >= ZDS_WORKLOADS_MAX) {
             close(fd);
@@ -682,7 +697,9 @@ static int process_packet(struct zds_client *c, const uint8_t *data, size_t len,
         else if (c->snapshot_received)
             perr = "pod snapshot received already", prefix = ZDS_NACK_PROCESS;
         break;
-    default: perr = "no payload"; break;
+    default:
+        perr = "no payload";
+        break;
     }
     /* Every pod has a uid; an empty one would make all such requests one workload. */
     if (!perr && uid && !*uid) perr = "empty uid", prefix = ZDS_NACK_PROCESS;
@@ -693,10 +710,18 @@ static int process_packet(struct zds_client *c, const uint8_t *data, size_t len,
     }
     c->st.requests++;
     switch (req->payload_case) {
-    case ISTIO__WORKLOAD__ZDS__WORKLOAD_REQUEST__PAYLOAD_ADD: handle_add(c, req->add, fds[0]); break;
-    case ISTIO__WORKLOAD__ZDS__WORKLOAD_REQUEST__PAYLOAD_KEEP: handle_keep(c, uid); break;
-    case ISTIO__WORKLOAD__ZDS__WORKLOAD_REQUEST__PAYLOAD_DEL: handle_del(c, uid); break;
-    default: handle_snapshot_sent(c); break;
+    case ISTIO__WORKLOAD__ZDS__WORKLOAD_REQUEST__PAYLOAD_ADD:
+        handle_add(c, req->add, fds[0]);
+        break;
+    case ISTIO__WORKLOAD__ZDS__WORKLOAD_REQUEST__PAYLOAD_KEEP:
+        handle_keep(c, uid);
+        break;
+    case ISTIO__WORKLOAD__ZDS__WORKLOAD_REQUEST__PAYLOAD_DEL:
+        handle_del(c, uid);
+        break;
+    default:
+        handle_snapshot_sent(c);
+        break;
     }
     protobuf_c_message_free_unpacked(m, NULL);
     return 0;
@@ -711,7 +736,8 @@ static int recv_one(struct zds_client *c)
         struct cmsghdr align;
     } cbuf;
     struct iovec iov = {.iov_base = buf, .iov_len = sizeof buf};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf.b, .msg_controllen = sizeof cbuf.b};
     ssize_t n;
     do
         n = recvmsg(c->io.fd, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);

@@ -1,17 +1,17 @@
-/* The ZDS client: the ztunnel side of the protocol over which the node agent (istio-cni) hands a shared ztunnel
- * the pods it must serve and their network namespaces (istio/ztunnel src/inpod/{workloadmanager,protocol,
- * statemanager}.rs; the server is istio/istio cni/pkg/nodeagent/ztunnelserver.go). One SOCK_SEQPACKET Unix
- * connection to INPOD_UDS, one protobuf per packet (proto/zds.proto): ztunnel says ZdsHello{V1}, then answers
- * every WorkloadRequest (Add with the netns fd in SCM_RIGHTS, Keep, Del, SnapshotSent) with one Ack, in request
- * order, and never sends anything else. Runs on one loop; shared mode plugs its per-pod proxies in through
- * struct zds_ops.
+/* The ZDS client: the ztunnel side of the protocol over which the node agent (istio-cni) hands a shared
+ * ztunnel the pods it must serve and their network namespaces (istio/ztunnel
+ * src/inpod/{workloadmanager,protocol, statemanager}.rs; the server is istio/istio
+ * cni/pkg/nodeagent/ztunnelserver.go). One SOCK_SEQPACKET Unix connection to INPOD_UDS, one protobuf per
+ * packet (proto/zds.proto): ztunnel says ZdsHello{V1}, then answers every WorkloadRequest (Add with the netns
+ * fd in SCM_RIGHTS, Keep, Del, SnapshotSent) with one Ack, in request order, and never sends anything else.
+ * Runs on one loop; shared mode plugs its per-pod proxies in through struct zds_ops.
  *
  * The module keeps the protocol's state (Istio's statemanager): which uids are served and in which netns
- * (by inode, so a repeated Add is idempotent and a new inode replaces the proxy), which failed to start (retried
- * every retry_ms), which the current snapshot mentioned, and whether SnapshotSent came. The owner only starts
- * and stops proxies. Requests are taken one at a time: while the owner has not answered one, or a retry pass
- * runs, the socket is not read (as Istio awaits each message), so answers can be asynchronous and still go out in
- * order. */
+ * (by inode, so a repeated Add is idempotent and a new inode replaces the proxy), which failed to start
+ * (retried every retry_ms), which the current snapshot mentioned, and whether SnapshotSent came. The owner
+ * only starts and stops proxies. Requests are taken one at a time: while the owner has not answered one, or a
+ * retry pass runs, the socket is not read (as Istio awaits each message), so answers can be asynchronous and
+ * still go out in order. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,9 +32,10 @@
 #define ZDS_BACKOFF_MAX_MS 15000
 #define ZDS_RETRY_MS 5000
 /* How long the node agent waits for each answer (istio/istio cni/pkg/nodeagent/ztunnelserver.go
- * readWriteDeadline). It then logs a timeout and sends its next request, and answers correlate with requests only
- * by order: an answer later than this is taken for the next request's. The owner should answer well within it;
- * a later answer is sent all the same (the module cannot tell what the agent did) with a warning. */
+ * readWriteDeadline). It then logs a timeout and sends its next request, and answers correlate with requests
+ * only by order: an answer later than this is taken for the next request's. The owner should answer well
+ * within it; a later answer is sent all the same (the module cannot tell what the agent did) with a warning.
+ */
 #define ZDS_AGENT_DEADLINE_MS 5000
 /* Most workloads known at once (a node runs at most a few hundred pods; kubelet's default is 110). An Add
  * beyond it is NACKed, so a runaway node agent cannot make ztunnel hold unbounded netns fds. */
@@ -52,7 +53,8 @@ struct zds_add {
     const char *uid;
     const char *name, *namespace_, *service_account; /* WorkloadInfo; "" when the field is empty */
     /* The pod's network namespace: lent by the module, valid until the callback that ends this uid returns
-     * (del, snapshot_sent listing it as stale, an add with replace, or zds_client_free). dup() it to keep it. */
+     * (del, snapshot_sent listing it as stale, an add with replace, or zds_client_free). dup() it to keep it.
+     */
     int netns_fd;
     uint64_t netns_ino, netns_dev; /* fstat of netns_fd: what makes two Adds the same */
     bool replace; /* the owner serves uid in another netns: drain that proxy, then start this one */
@@ -69,8 +71,8 @@ struct zds_ops {
     /* Keep{uid} before SnapshotSent: the node agent still has the pod but could not open its netns (after
      * a ztunnel restart). The module already counts uid as mentioned; informational for the owner. */
     void (*keep)(void *ud, uint64_t ticket, const char *uid);
-    /* Stop serving uid (which the owner serves: the module acks a Del of an unknown or failed uid itself). The
-     * module forgets uid, and closes its netns fd, when this returns. */
+    /* Stop serving uid (which the owner serves: the module acks a Del of an unknown or failed uid itself).
+     * The module forgets uid, and closes its netns fd, when this returns. */
     void (*del)(void *ud, uint64_t ticket, const char *uid);
     /* The snapshot is complete. stale[0..n) are the uids served before it that it did not mention: drain
      * them (the module forgets them, and closes their netns fds, when this returns). */
@@ -94,10 +96,10 @@ void zds_client_free(struct zds_client *c);
 
 /* Answers ticket: error NULL (or "") is an Ack, anything else the failure's reason (UTF-8; cut to fit one
  * packet, with a log line). For add the node agent gets "failure to start proxy : <error>" and the start is
- * retried; for keep, del and snapshot_sent it gets "failure to process message : <error>" and the state change
- * stands (the uid deleted or drained is forgotten all the same). Returns 0, or -ESTALE when ticket is not the one outstanding (answered already,
- * or the client was freed meanwhile: nothing happens). An answer to a request whose connection has ended
- * updates the state but is not sent. */
+ * retried; for keep, del and snapshot_sent it gets "failure to process message : <error>" and the state
+ * change stands (the uid deleted or drained is forgotten all the same). Returns 0, or -ESTALE when ticket is
+ * not the one outstanding (answered already, or the client was freed meanwhile: nothing happens). An answer
+ * to a request whose connection has ended updates the state but is not sent. */
 int zds_reply(struct zds_client *c, uint64_t ticket, const char *error);
 
 /* Istio's readiness rule for the workload manager: connected, SnapshotSent received on this connection, and
@@ -111,12 +113,12 @@ const char *zds_conn_state_to_str(enum zds_conn_state s);
 struct zds_stats {
     enum zds_conn_state state;
     bool snapshot_received;
-    size_t running, failed;       /* workloads served; waiting for a retry */
-    uint64_t connects;            /* connections made */
+    size_t running, failed;         /* workloads served; waiting for a retry */
+    uint64_t connects;              /* connections made */
     uint64_t requests, acks, nacks; /* requests taken, and answers sent */
-    uint64_t protocol_errors;     /* connections reset for a protocol error */
-    uint64_t backoff_ms;          /* the wait before the next attempt while in ZDS_BACKOFF */
-    char last_error[160];         /* why the last connection ended or failed, "" if none */
+    uint64_t protocol_errors;       /* connections reset for a protocol error */
+    uint64_t backoff_ms;            /* the wait before the next attempt while in ZDS_BACKOFF */
+    char last_error[160];           /* why the last connection ended or failed, "" if none */
 };
 void zds_client_stats(const struct zds_client *c, struct zds_stats *out);
 

@@ -3,7 +3,8 @@
  *   add <uid> ns=<namespace> name=<name> sa=<service account> ino=<netns inode> replace=<0|1> retry=<0|1>
  *   keep <uid> | del <uid> | snapshot [<stale uid> ...] | ready <0|1> (when readiness changes)
  *
- * usage: zds_peer <socket path> [--retry-ms N] [--backoff-max-ms N] [--delay-ms N] [--fail <uid>:<n>:<reason>]
+ * usage: zds_peer <socket path> [--retry-ms N] [--backoff-max-ms N] [--delay-ms N] [--fail
+ * <uid>:<n>:<reason>]
  *   --delay-ms  answer every callback N ms later, from a timer (asynchronous answers)
  *   --fail      NACK the first n adds of uid (retries included) with reason
  * Runs until killed. Not a cmocka binary: run-tests.sh runs only tests/test_*. */
@@ -137,7 +138,8 @@ int main(int argc, char **argv)
     }
     log_init(getenv("RUST_LOG") ? getenv("RUST_LOG") : "info", false);
     L = loop_new();
-    static const struct zds_ops ops = {.add = on_add, .keep = on_keep, .del = on_del, .snapshot_sent = on_snapshot};
+    static const struct zds_ops ops = {
+        .add = on_add, .keep = on_keep, .del = on_del, .snapshot_sent = on_snapshot};
     int r = zds_client_new(L, &cfg, &ops, NULL, &C);
     if (r < 0) {
         fprintf(stderr, "zds_peer: %s\n", strerror(-r));

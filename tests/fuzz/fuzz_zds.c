@@ -1,8 +1,8 @@
 /* libFuzzer target for the ZDS client (src/ztunnel/zds.c): request decoding and the state machine. Packets go
  * in through zds_client_feed (the path of every packet recvmsg returns, with its flags and fds), over a
- * connection that is one end of a socketpair (zds_client_adopt); the fuzzer's end reads what the client sends.
- * The owner answers at once (Ack or NACK) or holds the ticket until the input says; connections are replaced
- * and hung up, and the loop runs briefly so retry timers fire (retry_ms 1).
+ * connection that is one end of a socketpair (zds_client_adopt); the fuzzer's end reads what the client
+ * sends. The owner answers at once (Ack or NACK) or holds the ticket until the input says; connections are
+ * replaced and hung up, and the loop runs briefly so retry timers fire (retry_ms 1).
  *
  * Checked besides memory safety: the first packet of a connection is ZdsHello V1, every later one a
  * WorkloadResponse with an Ack whose error is empty or starts with one of the three NACK prefixes, at most
@@ -12,15 +12,13 @@
  *
  * Input: records, each an opcode byte o and its operands; o & 7 picks:
  *   0  raw packet: 2 bytes of length (little-endian), then that many bytes
- *   1  a well-formed request: 1 byte (type = b & 3: Add, Keep, Del, SnapshotSent; uid = "uid-" + (b >> 2) & 3;
- *      bit 4 drops Add's workload_info, bit 5 empties the uid)
- *   2  answer the held ticket: 1 byte, 0 = Ack, else a NACK
- *   3  owner mode: 1 byte mod 3 = answer Ack at once, NACK at once, hold
- *   4  a new connection      5  run the loop ~2 ms      6  the node agent hangs up, then run the loop
- *   (the loop runs at most RUNS_MAX times per input)
- * For 0 and 1, (o >> 3) & 3 fds go along (a netns, or /dev/null when bit 5 is set), bit 6 sets MSG_TRUNC and
- * bit 7 MSG_CTRUNC.
- * Seeds: corpus/fuzz_zds/ (a snapshot, a NACK and retry, protocol errors, held answers across a reconnect). */
+ *   1  a well-formed request: 1 byte (type = b & 3: Add, Keep, Del, SnapshotSent; uid = "uid-" + (b >> 2) &
+ * 3; bit 4 drops Add's workload_info, bit 5 empties the uid) 2  answer the held ticket: 1 byte, 0 = Ack, else
+ * a NACK 3  owner mode: 1 byte mod 3 = answer Ack at once, NACK at once, hold 4  a new connection      5  run
+ * the loop ~2 ms      6  the node agent hangs up, then run the loop (the loop runs at most RUNS_MAX times per
+ * input) For 0 and 1, (o >> 3) & 3 fds go along (a netns, or /dev/null when bit 5 is set), bit 6 sets
+ * MSG_TRUNC and bit 7 MSG_CTRUNC. Seeds: corpus/fuzz_zds/ (a snapshot, a NACK and retry, protocol errors,
+ * held answers across a reconnect). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -38,12 +36,12 @@
 static struct {
     struct loop *l;
     struct zds_client *c;
-    int mode;        /* 0 ack, 1 nack, 2 hold */
-    uint64_t held;   /* ticket held, 0 if none */
-    int peer;        /* the node agent's end of the current connection, -1 if none */
+    int mode;      /* 0 ack, 1 nack, 2 hold */
+    uint64_t held; /* ticket held, 0 if none */
+    int peer;      /* the node agent's end of the current connection, -1 if none */
     bool hello_seen;
-    size_t taken;    /* packets the client took on this connection */
-    size_t answers;  /* answers read on it */
+    size_t taken;   /* packets the client took on this connection */
+    size_t answers; /* answers read on it */
     struct timer stop;
 } F;
 
@@ -248,7 +246,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (i >= size) goto done;
             F.mode = data[i++] % 3;
             break;
-        case 4: new_connection(); break;
+        case 4:
+            new_connection();
+            break;
         case 5:
             run_loop();
             drain_peer();
@@ -261,7 +261,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             run_loop();
             break;
-        default: break;
+        default:
+            break;
         }
         if (F.held && zds_reply(F.c, F.held + 1, NULL) != -ESTALE) abort();
     }

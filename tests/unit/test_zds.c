@@ -1,12 +1,12 @@
 /* Unit tests for the ZDS client (src/ztunnel/zds.c) against a real SOCK_SEQPACKET server in this process: a
  * listening socket in a temporary directory, requests sent with sendmsg and real netns fds in SCM_RIGHTS
  * (this process's /proc/self/ns/net, and a second network namespace made by a child with unshare), answers
- * read with a timeout while the client's loop runs. Covered: hello first; a pipelined snapshot acked in order;
- * asynchronous answers holding later requests; Add idempotent by inode, replaced by a new inode; Del; NACK
- * text, the retry timer and readiness; stale uids at SnapshotSent and state kept across a reconnect; every
- * protocol error (NACK text, connection reset, fds closed, reconnect with backoff); Istio's connect backoff
- * and when it resets; nothing sent unsolicited. libzmesh.a does not contain src/ztunnel, so the source is
- * included here (as test_admin.c does). */
+ * read with a timeout while the client's loop runs. Covered: hello first; a pipelined snapshot acked in
+ * order; asynchronous answers holding later requests; Add idempotent by inode, replaced by a new inode; Del;
+ * NACK text, the retry timer and readiness; stale uids at SnapshotSent and state kept across a reconnect;
+ * every protocol error (NACK text, connection reset, fds closed, reconnect with backoff); Istio's connect
+ * backoff and when it resets; nothing sent unsolicited. libzmesh.a does not contain src/ztunnel, so the
+ * source is included here (as test_admin.c does). */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -138,8 +138,8 @@ static void o_add(void *ud, uint64_t ticket, const struct zds_add *a)
     assert_int_equal((uint64_t)sb.st_ino, a->netns_ino);
     O.last_ino = a->netns_ino;
     if (O.nadd < 16) O.add_times[O.nadd++] = now_ms();
-    olog("add %s %s/%s/%s replace=%d retry=%d", a->uid, a->namespace_, a->name, a->service_account, a->replace,
-         a->retry);
+    olog("add %s %s/%s/%s replace=%d retry=%d", a->uid, a->namespace_, a->name, a->service_account,
+         a->replace, a->retry);
     if (O.add_fails > 0) {
         O.add_fails--;
         answer_or_hold(ticket, O.add_error);
@@ -557,7 +557,8 @@ static void test_retry_pass_one_at_a_time(void **state)
     assert_int_equal(O.n, 5);
 }
 
-/* Failed starts belong to their connection (Istio's reset_snapshot): the next one's snapshot sends them again. */
+/* Failed starts belong to their connection (Istio's reset_snapshot): the next one's snapshot sends them
+ * again. */
 static void test_failed_start_forgotten_on_reconnect(void **state)
 {
     start_client();
@@ -862,7 +863,8 @@ static void test_exactly_1024_bytes_is_accepted(void **state)
 static void test_backoff_before_snapshot_doubles(void **state)
 {
     start_client();
-    /* A node agent that hangs up before the snapshot: waits of 20, 40, 80 ms (Istio doubles before waiting). */
+    /* A node agent that hangs up before the snapshot: waits of 20, 40, 80 ms (Istio doubles before waiting).
+     */
     uint64_t prev = now_ms();
     uint64_t gaps[3];
     for (int i = 0; i < 3; i++) {
