@@ -1,9 +1,10 @@
 /* The ZDS client: the ztunnel side of the protocol over which the node agent (istio-cni) hands a shared
  * ztunnel the pods it must serve and their network namespaces (istio/ztunnel src/inpod/workloadmanager.rs,
- * protocol.rs, statemanager.rs; the server is istio/istio cni/pkg/nodeagent/ztunnelserver.go). One SOCK_SEQPACKET Unix connection to INPOD_UDS, one protobuf per
- * packet (proto/zds.proto): ztunnel says ZdsHello{V1}, then answers every WorkloadRequest (Add with the netns
- * fd in SCM_RIGHTS, Keep, Del, SnapshotSent) with one Ack, in request order, and never sends anything else.
- * Runs on one loop; shared mode plugs its per-pod proxies in through struct zds_ops.
+ * protocol.rs, statemanager.rs; the server is istio/istio cni/pkg/nodeagent/ztunnelserver.go). One
+ * SOCK_SEQPACKET Unix connection to INPOD_UDS, one protobuf per packet (proto/zds.proto): ztunnel says
+ * ZdsHello{V1}, then answers every WorkloadRequest (Add with the netns fd in SCM_RIGHTS, Keep, Del,
+ * SnapshotSent) with one Ack, in request order, and never sends anything else. Runs on one loop; shared mode
+ * plugs its per-pod proxies in through struct zds_ops.
  *
  * The module keeps the protocol's state (Istio's statemanager): which uids are served and in which netns
  * (by inode, so a repeated Add is idempotent and a new inode replaces the proxy), which failed to start
