@@ -133,6 +133,8 @@ $(B)/tests/grpc_peer: tests/e2e/grpc_peer.c $(B)/gen/test/echo.pb-c.c $(B)/libzm
 $(B)/tests/zds_peer: tests/e2e/zds_peer.c $(B)/obj/ztunnel/zds.o $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(B)/obj/ztunnel/zds.o $(B)/libzmesh.a $(LDLIBS)
+# test_zds.c includes zds.c (as test_admin.c includes admin.c): rebuild it when the module changes.
+$(B)/tests/test_zds: src/ztunnel/zds.c src/ztunnel/zds.h
 
 unit: all
 	@scripts/run-tests.sh unit $(B)
