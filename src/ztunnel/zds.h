@@ -90,15 +90,15 @@ struct zds_config {
  * not fit sun_path) or -ENOMEM. */
 int zds_client_new(struct loop *l, const struct zds_config *cfg, const struct zds_ops *ops, void *ud,
                    struct zds_client **out);
-/* Closes the connection and every netns fd, without callbacks; an unanswered ticket becomes stale. Not from
- * inside a callback. NULL is a no-op. */
+/* Closes the connection and every netns fd, without callbacks. The owner must drop any ticket it holds: c is
+ * gone, so it is not answered. Not from inside a callback. NULL is a no-op. */
 void zds_client_free(struct zds_client *c);
 
 /* Answers ticket: error NULL (or "") is an Ack, anything else the failure's reason (UTF-8; cut to fit one
  * packet, with a log line). For add the node agent gets "failure to start proxy : <error>" and the start is
  * retried; for keep, del and snapshot_sent it gets "failure to process message : <error>" and the state
  * change stands (the uid deleted or drained is forgotten all the same). Returns 0, or -ESTALE when ticket is
- * not the one outstanding (answered already, or the client was freed meanwhile: nothing happens). An answer
+ * not the one outstanding (answered already, or never given: nothing happens). An answer
  * to a request whose connection has ended updates the state but is not sent. */
 int zds_reply(struct zds_client *c, uint64_t ticket, const char *error);
 
