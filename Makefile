@@ -44,7 +44,7 @@ BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out benc
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
 all: $(B)/bin/ztunnel $(B)/bin/zmesh $(B)/bin/zmeshd $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip \
-     $(B)/tests/grpc_peer
+     $(B)/tests/grpc_peer $(B)/tests/zds_peer
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
@@ -128,6 +128,13 @@ $(B)/gen/test/echo.pb-c.c: tests/grpc/echo.proto
 $(B)/tests/grpc_peer: tests/e2e/grpc_peer.c $(B)/gen/test/echo.pb-c.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -I$(B)/gen/test -o $@ $< $(B)/gen/test/echo.pb-c.c $(B)/libzmesh.a $(LDLIBS)
+
+# The C half of tests/e2e/test_zds.py: the ZDS client (a ztunnel object, so not in libzmesh.a) with a printing owner.
+$(B)/tests/zds_peer: tests/e2e/zds_peer.c $(B)/obj/ztunnel/zds.o $(B)/libzmesh.a | $(PROTO_GEN_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(B)/obj/ztunnel/zds.o $(B)/libzmesh.a $(LDLIBS)
+# test_zds.c includes zds.c (as test_admin.c includes admin.c): rebuild it when the module changes.
+$(B)/tests/test_zds: src/ztunnel/zds.c src/ztunnel/zds.h
 
 unit: all
 	@scripts/run-tests.sh unit $(B)
