@@ -21,6 +21,10 @@ struct zmeshd_xds {
     struct ads_server *ads;
     struct xds_stream *streams;
     uint64_t generations; /* snapshots loaded into the tables */
+    /* Bytes of responses on their way (packed in send queues), and the streams waiting for that to drop
+     * below ZMESHD_XDS_INFLIGHT_MAX before they build their next response (FIFO). */
+    size_t inflight;
+    struct xds_stream *wait_head, *wait_tail;
 };
 
 struct xds_stream {
@@ -29,6 +33,9 @@ struct xds_stream {
     struct grpc_call *call;
     struct ads_client *ac;
     bool finished;
+    size_t inflight;     /* the size of this stream's response in its send queue, 0 when empty */
+    bool waiting;        /* on the wait queue */
+    struct xds_stream *wait_prev, *wait_next;
     char peer[2 * TOKEN_NAME_MAX + 2];
 };
 
@@ -151,11 +158,38 @@ static void stream_finish(struct xds_stream *st, enum grpc_status code, const ch
     grpc_call_finish(st->call, code, msg, NULL, 0);
 }
 
-/* Sends responses while HTTP/2 takes them: one at a time, each built only when it can leave, so a slow client
- * gets the latest state when it is ready rather than a backlog. */
+static void pump(struct xds_stream *st);
+
+/* The stream's response has left (or the stream ended): its bytes no longer count, and streams that waited for
+ * room build theirs, oldest first. */
+static void release_inflight(struct xds_stream *st)
+{
+    struct zmeshd_xds *x = st->x;
+    x->inflight -= st->inflight;
+    st->inflight = 0;
+    while (x->wait_head && x->inflight < ZMESHD_XDS_INFLIGHT_MAX) {
+        struct xds_stream *w = x->wait_head;
+        QUEUE_DEL(x->wait_head, x->wait_tail, w, wait_prev, wait_next);
+        w->waiting = false;
+        pump(w);
+    }
+}
+
+/* Sends responses while HTTP/2 takes them: one at a time per stream, each built only when it can leave, so a
+ * slow client gets the latest state when it is ready rather than a backlog; and while the responses on their way
+ * to all clients hold ZMESHD_XDS_INFLIGHT_MAX bytes, new ones wait, so a full push of a large mesh to many
+ * clients goes out in waves instead of one packed copy per client at once. */
 static void pump(struct xds_stream *st)
 {
-    while (!st->finished && grpc_call_queued(st->call) == 0) {
+    struct zmeshd_xds *x = st->x;
+    while (!st->finished && !st->inflight && ads_client_pending(st->ac)) {
+        if (x->inflight >= ZMESHD_XDS_INFLIGHT_MAX) {
+            if (!st->waiting) {
+                st->waiting = true;
+                QUEUE_APPEND(x->wait_head, x->wait_tail, st, wait_prev, wait_next);
+            }
+            return;
+        }
         struct ads_response *r = NULL;
         int rc = ads_client_next_response(st->ac, &r);
         if (rc < 0) {
@@ -174,10 +208,12 @@ static void pump(struct xds_stream *st)
                           rc == -ENOMEM ? "out of memory" : "cannot send");
             return;
         }
+        /* Counted until HTTP/2 has taken it all: the server's send queue holds one message, so on_writable
+         * means empty (asking while bytes are queued cannot fire at once). */
+        st->inflight = n ? n : 1;
+        x->inflight += st->inflight;
+        grpc_call_notify_writable(st->call);
     }
-    /* A response is still on its way: come back when HTTP/2 has taken all of it (the server's send queue is
-     * bounded at one message, so on_writable means empty; asking while bytes are queued cannot fire at once). */
-    if (!st->finished && ads_client_pending(st->ac)) grpc_call_notify_writable(st->call);
 }
 
 static void on_pending(struct ads_client *ac, void *ud)
@@ -188,8 +224,10 @@ static void on_pending(struct ads_client *ac, void *ud)
 
 static void on_writable(struct grpc_call *c, void *ud)
 {
+    struct xds_stream *st = ud;
     (void)c;
-    pump(ud);
+    if (st->inflight && grpc_call_queued(st->call) == 0) release_inflight(st);
+    pump(st);
 }
 
 static void on_message(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
@@ -218,7 +256,11 @@ static void on_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
     LOG_I("xds", "stream of %s (%s) ended: %s%s%s", st->peer, ads_client_node_id(st->ac),
           grpc_status_to_str(r->status), r->message[0] ? ": " : "", r->message);
     LIST_DEL(st->x->streams, st);
+    if (st->waiting) QUEUE_DEL(st->x->wait_head, st->x->wait_tail, st, wait_prev, wait_next);
+    st->finished = true;
     ads_client_free(st->ac);
+    st->ac = NULL;
+    release_inflight(st); /* may let waiting streams build theirs */
     free(st);
 }
 

@@ -18,6 +18,10 @@
 
 /* The methods' path and the limit of a request (ztunnel's are small; a reconnect carries every name it holds
  * in initial_resource_versions). */
+/* Bytes of xDS responses on their way to all clients at once (each stream has at most one): beyond it, streams
+ * wait for room before building their next response. A full push of 10 000 pods is about 3 MB per client, so
+ * this lets about 20 go out at a time, bounding zmeshd's memory whatever the number of clients. */
+#define ZMESHD_XDS_INFLIGHT_MAX ((size_t)64 << 20)
 #define ZMESHD_ADS_METHOD "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 struct zmeshd_xds;
