@@ -71,6 +71,13 @@ static const char *short_type(const char *type_url)
     return type_url;
 }
 
+/* istiod's ClusterID of a proxy: its metadata's CLUSTER_ID (istio/istio pilot/pkg/model/context.go), not the
+ * Envoy node.cluster field. */
+static const char *cluster_of(const json_t *client)
+{
+    return str_of(json_object_get(client, "metadata"), "CLUSTER_ID");
+}
+
 static json_t *syncz_type(const json_t *t)
 {
     char when[40];
@@ -110,7 +117,7 @@ json_t *zmeshd_debug_syncz(const json_t *status, const char *id)
         }
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
                               node, "proxy_type", strchr(node, '~') ? type : "", "cluster_id",
-                              str_of(c, "cluster"), "istio_version", str_of(md, "ISTIO_VERSION"), "istiod",
+                              cluster_of(c), "istio_version", str_of(md, "ISTIO_VERSION"), "istiod",
                               id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"), "error",
                               str_of(c, "error"), "types", types);
         if (!o || json_array_append_new(out, o) < 0) goto fail;
@@ -131,7 +138,7 @@ json_t *zmeshd_debug_connections(const json_t *status)
         char proxy[512];
         zmeshd_debug_proxy_id(str_of(c, "node_id"), proxy, sizeof(proxy));
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "proxy", proxy, "node_id", str_of(c, "node_id"),
-                              "cluster_id", str_of(c, "cluster"), "identity", str_of(c, "peer"), "state",
+                              "cluster_id", cluster_of(c), "identity", str_of(c, "peer"), "state",
                               str_of(c, "state"), "error", str_of(c, "error"));
         if (!o || json_array_append_new(out, o) < 0) {
             json_decref(out);
