@@ -19,6 +19,7 @@ struct zmeshd_debug {
     struct zmeshd_xds *x;
     uint16_t port;
     char id[DBG_ID_MAX];
+    char cluster[DBG_ID_MAX];
 };
 
 /* ---- documents ---- */
@@ -72,10 +73,12 @@ static const char *short_type(const char *type_url)
 }
 
 /* istiod's ClusterID of a proxy: its metadata's CLUSTER_ID (istio/istio pilot/pkg/model/context.go), not the
- * Envoy node.cluster field. */
-static const char *cluster_of(const json_t *client)
+ * Envoy node.cluster field; a proxy that sends none (zmesh's ztunnel) is in the control plane's own cluster,
+ * as istiod assumes. */
+static const char *cluster_of(const json_t *client, const char *dflt)
 {
-    return str_of(json_object_get(client, "metadata"), "CLUSTER_ID");
+    const char *c = str_of(json_object_get(client, "metadata"), "CLUSTER_ID");
+    return *c || !dflt ? c : dflt;
 }
 
 static json_t *syncz_type(const json_t *t)
@@ -93,7 +96,7 @@ static json_t *syncz_type(const json_t *t)
                      int_of(t, "responses"), "acks", int_of(t, "acks"), "nacks", int_of(t, "nacks"));
 }
 
-json_t *zmeshd_debug_syncz(const json_t *status, const char *id)
+json_t *zmeshd_debug_syncz(const json_t *status, const char *id, const char *cluster)
 {
     json_t *out = json_array(), *c;
     size_t i;
@@ -117,7 +120,7 @@ json_t *zmeshd_debug_syncz(const json_t *status, const char *id)
         }
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
                               node, "proxy_type", strchr(node, '~') ? type : "", "cluster_id",
-                              cluster_of(c), "istio_version", str_of(md, "ISTIO_VERSION"), "istiod",
+                              cluster_of(c, cluster), "istio_version", str_of(md, "ISTIO_VERSION"), "istiod",
                               id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"), "error",
                               str_of(c, "error"), "types", types);
         if (!o || json_array_append_new(out, o) < 0) goto fail;
@@ -128,7 +131,7 @@ fail:
     return NULL;
 }
 
-json_t *zmeshd_debug_connections(const json_t *status)
+json_t *zmeshd_debug_connections(const json_t *status, const char *cluster)
 {
     json_t *out = json_array(), *c;
     size_t i;
@@ -138,7 +141,7 @@ json_t *zmeshd_debug_connections(const json_t *status)
         char proxy[512];
         zmeshd_debug_proxy_id(str_of(c, "node_id"), proxy, sizeof(proxy));
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "proxy", proxy, "node_id", str_of(c, "node_id"),
-                              "cluster_id", cluster_of(c), "identity", str_of(c, "peer"), "state",
+                              "cluster_id", cluster_of(c, cluster), "identity", str_of(c, "peer"), "state",
                               str_of(c, "state"), "error", str_of(c, "error"));
         if (!o || json_array_append_new(out, o) < 0) {
             json_decref(out);
@@ -290,9 +293,9 @@ static void dbg_handle(void *ud, struct http1_request *req)
         return;
     }
     if (!strcmp(p, "/debug/syncz")) {
-        respond_json(req, zmeshd_debug_syncz(st, dbg->id));
+        respond_json(req, zmeshd_debug_syncz(st, dbg->id, dbg->cluster));
     } else if (!strcmp(p, "/debug/connections")) {
-        respond_json(req, zmeshd_debug_connections(st));
+        respond_json(req, zmeshd_debug_connections(st, dbg->cluster));
     } else if (!strcmp(p, "/ready")) {
         if (int_of(st, "generations") > 0)
             http1_respond_text(req, 200, "ready\n");
@@ -310,7 +313,7 @@ static void dbg_handle(void *ud, struct http1_request *req)
     json_decref(st);
 }
 
-int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id,
+int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id, const char *cluster,
                      struct zmeshd_debug **out, char *err, size_t errlen)
 {
     struct zmeshd_debug *dbg = calloc(1, sizeof(*dbg));
@@ -322,6 +325,7 @@ int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, con
         return -ENOMEM;
     }
     dbg->x = x;
+    snprintf(dbg->cluster, sizeof(dbg->cluster), "%s", cluster ? cluster : "");
     if (id && *id)
         snprintf(dbg->id, sizeof(dbg->id), "%s", id);
     else if (gethostname(dbg->id, sizeof(dbg->id) - 1) < 0)

@@ -27,9 +27,10 @@
 struct zmeshd_debug;
 
 /* Listens on addr (Go's host:port; port 0 picks a free one) and serves x's status on l. id names this
- * control plane in /debug/syncz (istiod's pod name; NULL: the host name). Returns 0 with *out, or -errno with
- * err set (-EINVAL for a bad address, -EADDRINUSE...). */
-int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id,
+ * control plane in /debug/syncz (istiod's pod name; NULL: the host name); cluster is zmeshd's cluster id, the
+ * cluster of a proxy whose metadata has no CLUSTER_ID. Returns 0 with *out, or -errno with err set (-EINVAL
+ * for a bad address, -EADDRINUSE...). */
+int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id, const char *cluster,
                      struct zmeshd_debug **out, char *err, size_t errlen);
 /* The bound port. */
 uint16_t zmeshd_debug_port(const struct zmeshd_debug *dbg);
@@ -39,10 +40,10 @@ void zmeshd_debug_free(struct zmeshd_debug *dbg);
 /* ---- the documents, from a zmeshd_xds_status() object (pure functions, for tests) ---- */
 
 /* /debug/syncz: a new JSON array, one object per client (fields in docs/zmeshd.md), or NULL on
- * ENOMEM. id is the control plane's name. */
-json_t *zmeshd_debug_syncz(const json_t *status, const char *id);
+ * ENOMEM. id is the control plane's name, cluster the default cluster id (NULL: none). */
+json_t *zmeshd_debug_syncz(const json_t *status, const char *id, const char *cluster);
 /* /debug/connections: a new JSON array, or NULL on ENOMEM. */
-json_t *zmeshd_debug_connections(const json_t *status);
+json_t *zmeshd_debug_connections(const json_t *status, const char *cluster);
 /* /metrics in the Prometheus text format 0.0.4: a malloc'd NUL-terminated buffer (caller frees) with its
  * length in *len, or NULL on ENOMEM. */
 char *zmeshd_debug_metrics(const json_t *status, size_t *len);

@@ -299,3 +299,54 @@ def test_zmesh_token(zmesh_bin, work):
         args = bad + (["--state-dir", state] if "--state-dir is required" != why else [])
         r = subprocess.run([zmesh_bin, "token"] + args, capture_output=True, text=True, timeout=20)
         assert r.returncode == 2 and why in r.stderr, (bad, r.stderr)
+
+
+# ---- real ztunnels ----
+
+@pytest.fixture(scope="module")
+def mesh(ztunnel_bin, zmesh_bin):
+    from test_control_plane import ISTIOD as CP_ISTIOD, ControlPlane, ns_yaml, pod_yaml
+    topo = Topology(nodes=1, pods_per_node=2)
+    try:
+        topo.up()
+        c = ControlPlane(topo)
+        c.write("pods.yaml", ns_yaml() + "".join(pod_yaml(p) for p in topo.pods))
+        c.start()
+        root = os.path.join(c.state, "root-cert.pem")
+        for p in topo.pods:
+            env = {"LOCAL_XDS_PATH": "", "LOCAL_CA_DIR": "", "XDS_ADDRESS": c.addr, "CA_ADDRESS": c.addr,
+                   "XDS_ROOT_CA": root, "CA_ROOT_CA": root, "ALT_XDS_HOSTNAME": CP_ISTIOD,
+                   "ALT_CA_HOSTNAME": CP_ISTIOD, "AUTH_TOKEN": c.token(p), "POD_NAME": "ztunnel-" + p.name,
+                   "POD_NAMESPACE": "istio-system", "INSTANCE_IP": p.ip, "NODE_NAME": "node%d" % p.node}
+            topo.start_ztunnel(p, "", env=env)
+        c.zmesh = zmesh_bin
+        yield c
+    finally:
+        topo.down()
+
+
+def test_real_ztunnels_are_synced(mesh):
+    """Two ztunnels configured by zmeshd: both rows SYNCED for both types, read from zmeshd's default debug
+    port (127.0.0.1:15014 in zmeshd's network namespace, the node's)."""
+    names = sorted("ztunnel-%s.istio-system" % p.name for p in mesh.topo.pods)
+    node = mesh.topo.nodes[0]
+    end = time.time() + 20
+    out = None
+    while time.time() < end:
+        r = mesh.topo.run(node, [mesh.zmesh, "proxy-status"], capture_output=True, text=True)
+        out = r.stdout + r.stderr
+        if r.returncode == 0:
+            rows = table(r.stdout)
+            if [x[0] for x in rows[1:]] == names and all(x[2:4] == ["SYNCED", "SYNCED"] for x in rows[1:]):
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(out)
+    assert rows[0][:4] == ["NAME", "CLUSTER", "WADS", "WDS"] and rows[0][4] == "ISTIOD", out
+    assert all(x[1] == "Kubernetes" for x in rows[1:]), out
+    assert all(len(l) <= 80 for l in r.stdout.splitlines()), out
+    # The connections are the ztunnels' pod identities (their tokens).
+    r = mesh.topo.run(node, ["curl", "-s", "http://127.0.0.1:15014/debug/connections"], capture_output=True,
+                      text=True)
+    conns = json.loads(r.stdout)
+    assert sorted(c["proxy"] for c in conns) == names, r.stdout

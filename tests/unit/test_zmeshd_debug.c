@@ -55,7 +55,7 @@ static json_t *status(void)
 static void test_syncz(void **state)
 {
     (void)state;
-    json_t *st = status(), *z = zmeshd_debug_syncz(st, "zmeshd-0");
+    json_t *st = status(), *z = zmeshd_debug_syncz(st, "zmeshd-0", "west");
     assert_non_null(z);
     assert_int_equal(json_array_size(z), 2);
     json_t *p = json_array_get(z, 0);
@@ -81,14 +81,17 @@ static void test_syncz(void **state)
     assert_string_equal(json_string_value(json_object_get(p, "proxy")), "odd-node");
     assert_string_equal(json_string_value(json_object_get(p, "proxy_type")), "");
     assert_string_equal(json_string_value(json_object_get(p, "error")), "too many names");
+    /* No CLUSTER_ID in its metadata: zmeshd's own cluster, as istiod assumes. */
+    assert_string_equal(json_string_value(json_object_get(p, "cluster_id")), "west");
     assert_int_equal(json_array_size(json_object_get(p, "types")), 0);
     json_decref(z);
 
-    z = zmeshd_debug_connections(st);
+    z = zmeshd_debug_connections(st, NULL);
     assert_int_equal(json_array_size(z), 2);
     assert_string_equal(json_string_value(json_object_get(json_array_get(z, 0), "identity")),
                         "istio-system/ztunnel");
     assert_string_equal(json_string_value(json_object_get(json_array_get(z, 1), "state")), "failed");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(z, 1), "cluster_id")), "");
     json_decref(z);
     json_decref(st);
 }

@@ -377,7 +377,8 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
     /* The debug port as istiod's monitoring port: a flag that cannot be served is fatal; the default port
      * taken (another zmeshd on this host) costs only the debug endpoints, said loudly. */
     const char *dbg_addr = f->debug_listen ? f->debug_listen : ZMESHD_DEFAULT_DEBUG_LISTEN;
-    if (zmeshd_debug_new(s.loop, s.xds, dbg_addr, getenv("POD_NAME"), &s.debug, err, sizeof(err)) < 0) {
+    const char *cluster = cfg.k8s.cluster_id ? cfg.k8s.cluster_id : K8S_DEFAULT_CLUSTER_ID;
+    if (zmeshd_debug_new(s.loop, s.xds, dbg_addr, getenv("POD_NAME"), cluster, &s.debug, err, sizeof(err)) < 0) {
         if (f->debug_listen) {
             log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
             goto out;
