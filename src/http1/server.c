@@ -365,9 +365,19 @@ static void h1_conn_free(struct h1_conn *c)
     free(c);
 }
 
+static void h1_run_after_write(struct h1_conn *c)
+{
+    void (*fn)(void *) = c->after_write;
+    c->after_write = NULL;
+    if (fn) fn(c->after_write_ud);
+}
+
 static void h1_conn_close(struct h1_conn *c)
 {
     struct h1_port *pt = c->port;
+    /* A response whose write failed or timed out still counts as answered (ztunnel's /quitquitquit shuts
+     * down even when its client went away). */
+    h1_run_after_write(c);
     loop_io_close(c->loop, &c->io);
     timer_stop(c->loop, &c->deadline);
     h1_list_del(c);
@@ -424,13 +434,6 @@ static void h1_response_done(struct h1_conn *c)
     c->out = NULL;
     c->out_off = c->out_len = 0;
     if (had && c->st == H1_WRITING) h1_set_state(c, H1_IDLE, false);
-}
-
-static void h1_run_after_write(struct h1_conn *c)
-{
-    void (*fn)(void *) = c->after_write;
-    c->after_write = NULL;
-    if (fn) fn(c->after_write_ud);
 }
 
 /* Parses buffered input, writes responses, reads more; leaves c registered for what it waits on, or frees

@@ -40,8 +40,9 @@ struct http1_request {
     char *query;      /* after '?', NUL-terminated, writable; NULL when there is none */
     const char *accept; /* the Accept header ("" when absent; several are joined with ", ") */
     uint16_t port;    /* the local port it came in on (0 for a fed connection) */
-    /* Called once the response was handed to the kernel (or, fed, to on_response), e.g. to start a shutdown
-     * after answering it. Set by the handler; must not block. */
+    /* Called once the response was handed to the kernel (or, fed, to on_response), or when the connection
+     * ends before that (write error, write deadline), e.g. to start a shutdown after answering it. Set by the
+     * handler; must not block. */
     void (*after_write)(void *ud);
     void *after_write_ud;
 };

@@ -105,6 +105,7 @@ json_t *zmeshd_debug_syncz(const json_t *status, const char *id, const char *clu
     {
         char proxy[512], type[64];
         const char *node = str_of(c, "node_id");
+        if (!*node) continue; /* no request yet: not a proxy until it says who it is (as istiod's syncz) */
         zmeshd_debug_proxy_id(node, proxy, sizeof(proxy));
         snprintf(type, sizeof(type), "%.*s", (int)strcspn(node, "~"), node);
         json_t *md = json_object_get(c, "metadata"), *types = json_array(), *t;

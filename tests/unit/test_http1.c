@@ -149,6 +149,21 @@ static void test_keepalive_and_request(void **state)
     close(cl);
 }
 
+/* after_write runs when the response cannot be written too (the client left): a /quitquitquit still quits. */
+static void test_after_write_when_the_client_left(void **state)
+{
+    struct fixture *f = *state;
+    int cl;
+    struct h1_conn *c = conn_new(f, &cl);
+    const char *req = "POST /after HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    assert_int_equal(write(cl, req, strlen(req)), (ssize_t)strlen(req));
+    close(cl); /* the server's send fails with EPIPE */
+    h1_conn_io(&c->io, EPOLLIN);
+    assert_int_equal(f->seen.calls, 1);
+    assert_int_equal(f->seen.after, 1);
+    assert_int_equal(http1_server_connections(f->srv), 0);
+}
+
 static void test_full_port_closes_oldest_idle(void **state)
 {
     struct fixture *f = *state;
@@ -275,6 +290,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_deadline_not_extended_by_trickle, srv_setup, srv_teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_and_request, srv_setup, srv_teardown),
         cmocka_unit_test_setup_teardown(test_full_port_closes_oldest_idle, srv_setup, srv_teardown),
+        cmocka_unit_test_setup_teardown(test_after_write_when_the_client_left, srv_setup, srv_teardown),
         cmocka_unit_test(test_feed_limits_and_pipelining),
         cmocka_unit_test(test_listen_addresses),
     };

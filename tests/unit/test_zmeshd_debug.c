@@ -45,7 +45,9 @@ static json_t *status(void)
         "   \"error\": \"too many names\", \"metadata\": {},"
         "   \"types\": ["
         "    {\"type_url\": \"" ADDR "\", \"sync_status\": \"NOT_SENT\", \"subscribed\": false,"
-        "     \"last_push\": {\"unix_ms\": 0}}]}]}";
+        "     \"last_push\": {\"unix_ms\": 0}}]},"
+        "  {\"peer\": \"demo/new\", \"node_id\": \"\", \"cluster\": \"\", \"state\": \"new\", \"error\": \"\","
+        "   \"metadata\": {}, \"types\": []}]}";
     json_error_t je;
     json_t *j = json_loads(doc, 0, &je);
     if (!j) fail_msg("status document: %s", je.text);
@@ -57,6 +59,7 @@ static void test_syncz(void **state)
     (void)state;
     json_t *st = status(), *z = zmeshd_debug_syncz(st, "zmeshd-0", "west");
     assert_non_null(z);
+    /* The third client has sent no request yet: not a proxy in syncz (it is a connection). */
     assert_int_equal(json_array_size(z), 2);
     json_t *p = json_array_get(z, 0);
     assert_string_equal(json_string_value(json_object_get(p, "proxy")), "ztunnel-x.istio-system");
@@ -87,7 +90,7 @@ static void test_syncz(void **state)
     json_decref(z);
 
     z = zmeshd_debug_connections(st, NULL);
-    assert_int_equal(json_array_size(z), 2);
+    assert_int_equal(json_array_size(z), 3);
     assert_string_equal(json_string_value(json_object_get(json_array_get(z, 0), "identity")),
                         "istio-system/ztunnel");
     assert_string_equal(json_string_value(json_object_get(json_array_get(z, 1), "state")), "failed");
@@ -119,7 +122,7 @@ static void test_metrics(void **state)
     assert_non_null(m);
     assert_int_equal(strlen(m), n);
     static const char *const want[] = {
-        "# TYPE zmeshd_xds_clients gauge\nzmeshd_xds_clients 2\n",
+        "# TYPE zmeshd_xds_clients gauge\nzmeshd_xds_clients 3\n",
         "zmeshd_xds_streams_total 5\n",
         "zmeshd_xds_streams_refused_total 1\n",
         "# TYPE zmeshd_xds_pushes_total counter\nzmeshd_xds_pushes_total{type=\"wds\"} 7\n"
