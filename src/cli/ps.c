@@ -176,8 +176,8 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
     char status[PS_MAX_TYPES][64];
     cells[0] = "NAME";
     cells[1] = "CLUSTER";
-    for (j = 0; j < nt; j++)
-        cells[2 + j] = str_of(types[j], "type");
+    for (j = 0; j < nt; j++) /* istioctl's short name, else the type URL as istioctl prints an unknown one */
+        cells[2 + j] = *str_of(types[j], "type") ? str_of(types[j], "type") : str_of(types[j], "type_url");
     cells[2 + nt] = "ISTIOD";
     cells[3 + nt] = "VERSION";
     if ((rc = zc_table_row(tab, cells))) goto out;
