@@ -8,7 +8,7 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU
 override LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 B       ?= build
 
-LIB_LAYERS := core tls h2 grpc http1 mesh xds zmeshd
+LIB_LAYERS := core tls h2 http1 mesh xds zmeshd
 LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
 # Protocols (proto/README.md): protoc-c generates C for zmesh's .proto files and for the well-known types
@@ -119,7 +119,7 @@ $(B)/tests/pb_roundtrip: tests/e2e/pb_roundtrip.c $(B)/libzmesh.a | $(PROTO_GEN_
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(B)/libzmesh.a $(LDLIBS)
 
-# The C half of tests/e2e/test_grpc.py: src/grpc serving and calling tests/grpc/echo.proto's service. That
+# The C half of tests/e2e/test_grpc.py: src/h2/grpc.c serving and calling tests/grpc/echo.proto's service. That
 # proto's generated code (header written alongside the .c) is linked into this binary only, not libzmesh.a.
 $(B)/gen/test/echo.pb-c.c: tests/grpc/echo.proto
 	@mkdir -p $(dir $@)

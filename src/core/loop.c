@@ -191,6 +191,11 @@ static void run_timers(struct loop *l)
     }
 }
 
+void loop_run_tasks(struct loop *l)
+{
+    run_tasks(l);
+}
+
 int loop_run(struct loop *l)
 {
     l->stop = false;

@@ -62,3 +62,6 @@ static inline bool timer_armed(const struct timer *t)
 
 /* Runs t->cb after the current batch of events (before the next epoll_wait). */
 void loop_defer(struct loop *l, struct task *t);
+/* Runs the deferred tasks now, including those they queue. For shutdown after loop_run returned: objects freed
+ * from tasks (connections, sessions) are freed before the loop is. Loop's thread only. */
+void loop_run_tasks(struct loop *l);

@@ -27,7 +27,7 @@
 #define HBONE_MAX_REQ_HEADERS 64
 #define HBONE_MAX_REQ_BYTES (64u * 1024)
 #define HBONE_RESET_BURST 20000
-#define HBONE_RESET_RATE 10000 /* per second */
+#define HBONE_RESET_RATE 10000    /* per second */
 #define HBONE_MAX_OPEN_HEADERS 64 /* request headers a client stream may carry, besides :method */
 
 struct hbone_conn {
@@ -57,10 +57,10 @@ struct hbone_stream {
 };
 
 /* Interactive streams read into an UP_SMALL buffer lent by this pool and give it back as soon as the session
- * has taken its bytes, so a round trip allocates nothing. A thread makes at most UP_POOL_MAX of them: when all
- * are lent, a stream reads into the thread's scratch and keeps a copy of just the bytes that arrived, so many
- * streams with bytes waiting (a burst of new connections, a full connection window) cost what they hold, not
- * 16 KiB each. */
+ * has taken its bytes, so a round trip allocates nothing. A thread makes at most UP_POOL_MAX of them: when
+ * all are lent, a stream reads into the thread's scratch and keeps a copy of just the bytes that arrived, so
+ * many streams with bytes waiting (a burst of new connections, a full connection window) cost what they hold,
+ * not 16 KiB each. */
 static __thread uint8_t *tl_up_pool[UP_POOL_MAX];
 static __thread unsigned tl_up_n, tl_up_made;
 static __thread uint8_t *tl_scratch;
@@ -94,7 +94,8 @@ void hbone_settings(struct h2_settings *set, bool server)
         .conn_window = HBONE_CONN_WINDOW_INIT,
         .conn_window_max = HBONE_CONN_WINDOW,
         .max_frame = HBONE_MAX_FRAME,
-        /* Istio's: 64 KiB on the server, 16 KiB on the client (istio/ztunnel src/proxy/h2/{server,client}.rs). */
+        /* Istio's: 64 KiB on the server, 16 KiB on the client (istio/ztunnel
+           src/proxy/h2/{server,client}.rs). */
         .max_header_list = server ? 64 * 1024 : 16 * 1024,
         .max_headers = HBONE_MAX_REQ_HEADERS,
         .max_header_bytes = HBONE_MAX_REQ_BYTES,
@@ -104,9 +105,10 @@ void hbone_settings(struct h2_settings *set, bool server)
         .max_unanswered = HBONE_MAX_UNANSWERED,
         .early_reset_burst = server ? HBONE_EARLY_RESET_BURST : 0,
         .early_reset_rate = HBONE_EARLY_RESET_RATE,
-        /* nghttp2's rapid-reset guard (1000 resets, then 33/s) would end a pooled connection whose client apps
-         * simply reset many TCP connections: each becomes an RST_STREAM. The peer is an authenticated mesh
-         * member, so allow a much higher, still bounded, rate; the early-reset budget bounds the cost. */
+        /* nghttp2's rapid-reset guard (1000 resets, then 33/s) would end a pooled connection whose client
+         * apps simply reset many TCP connections: each becomes an RST_STREAM. The peer is an authenticated
+         * mesh member, so allow a much higher, still bounded, rate; the early-reset budget bounds what
+         * they cost. */
         .reset_limit_burst = server ? HBONE_RESET_BURST : 0,
         .reset_limit_rate = HBONE_RESET_RATE,
         .linger_ms = HBONE_LINGER_MS,
@@ -358,7 +360,8 @@ static void hb_on_eof(struct h2_stream *h, void *ud)
 static void hb_on_headers(struct h2_stream *h, void *ud, const struct h2_headers *hd)
 {
     struct hbone_stream *s = ud;
-    if (hd->kind != H2_HEADERS_RESPONSE) return; /* CONNECT has no trailers; HTTP/2 ends the stream as usual */
+    if (hd->kind != H2_HEADERS_RESPONSE)
+        return; /* CONNECT has no trailers; HTTP/2 ends the stream as usual */
     s->status = hd->status;
     if (s->ops && s->ops->on_response) s->ops->on_response(s, s->ud, s->status);
     if (s->done) return;
@@ -379,8 +382,8 @@ static void hb_on_close(struct h2_stream *h, void *ud, const struct h2_end *e)
     struct hbone_stream *s = ud;
     s->h2_closed = true;
     /* RST_STREAM NO_ERROR/CANCEL counts as EOF (as in Istio); other codes end the tunnel with an error. */
-    bool clean = e->reason == H2_END_OK ||
-                 (e->reason == H2_END_RESET_BY_PEER && (e->code == NGHTTP2_NO_ERROR || e->code == NGHTTP2_CANCEL));
+    bool clean = e->reason == H2_END_OK || (e->reason == H2_END_RESET_BY_PEER &&
+                                            (e->code == NGHTTP2_NO_ERROR || e->code == NGHTTP2_CANCEL));
     if (!clean) {
         h2_stream_end(s->h, e->reason, e->code, e->detail); /* closed already: no RST, the code is kept */
         return;
@@ -389,7 +392,8 @@ static void hb_on_close(struct h2_stream *h, void *ud, const struct h2_end *e)
         if (s->status)
             stream_finish(s, H2_END_OK, NULL);
         else
-            stream_finish(s, e->reason == H2_END_OK ? H2_END_PROTOCOL : e->reason, "stream closed before response");
+            stream_finish(s, e->reason == H2_END_OK ? H2_END_PROTOCOL : e->reason,
+                          "stream closed before response");
         return;
     }
     s->down_eof = true;

@@ -2,12 +2,12 @@
  * (h2/session.h).
  *
  * An hbone_conn is one TLS+HTTP/2 session (h2_conn) with HBONE's settings (Istio's values, see below); an
- * hbone_stream is one CONNECT tunnel on it, bridged to a TCP socket, whose state lives in the user area of its
- * h2_stream (one allocation per stream). The adapter owns the byte relay in both directions with end-to-end
- * back-pressure: HTTP/2 windows are consumed only when bytes reach the TCP socket, and a TCP socket is read
- * only while its stream has room; DATA leaves without a copy from the stream's "up" buffer, and received DATA
- * is send() straight to the socket, only what it refuses is buffered. Streams and connections end with a typed
- * reason (enum h2_end_reason) and a detail text for logs. */
+ * hbone_stream is one CONNECT tunnel on it, bridged to a TCP socket, whose state lives in the user area of
+ * its h2_stream (one allocation per stream). The adapter owns the byte relay in both directions with
+ * end-to-end back-pressure: HTTP/2 windows are consumed only when bytes reach the TCP socket, and a TCP
+ * socket is read only while its stream has room; DATA leaves without a copy from the stream's "up" buffer,
+ * and received DATA is send() straight to the socket, only what it refuses is buffered. Streams and
+ * connections end with a typed reason (enum h2_end_reason) and a detail text for logs. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -146,7 +146,7 @@ unsigned hbone_conn_max_streams(const struct hbone_conn *c);
 const char *hbone_conn_peer_id(const struct hbone_conn *c);
 /* Stops taking new streams and sends GOAWAY; the conn closes when its streams end. */
 void hbone_conn_drain(struct hbone_conn *c);
-/* Closes now: every stream ends with err (H2_END_LOCAL; err NULL: H2_END_CONN_CLOSED, "connection closed"). */
+/* Closes now: every stream ends with err (H2_END_LOCAL; NULL: H2_END_CONN_CLOSED, "connection closed"). */
 void hbone_conn_close(struct hbone_conn *c, const char *err);
 
 /* Client: opens a CONNECT stream. headers are (name, value) pairs including ":authority" (copied); ":method"

@@ -36,6 +36,9 @@
 #define MAX_DATA_FRAME (256u * 1024)
 #define READS_PER_EVENT 8
 #define H2_DEFAULT_WINDOW 65535 /* RFC 9113 §6.9.2: the connection window every peer starts with */
+#define H2_DEFAULT_HEADERS 64
+#define H2_DEFAULT_HEADER_BYTES (64u * 1024)
+#define H2_DEFAULT_LINGER_MS 1000
 /* A stream's window grows only if, while it drained a whole window, no more than this fraction of it waited
  * unconsumed: the user kept up, so the window (not the user) was what limited the stream. */
 #define WINDOW_GROW_MAX_BACKLOG_DIV 4
@@ -113,7 +116,10 @@ struct h2_stream {
     size_t nnv;
     nghttp2_nv *trailers;
     size_t ntrailers;
-    struct hblock hb;
+    /* Header blocks being received, allocated while they are: an open stream holds none. */
+    struct hblock *req;                    /* server: the request, until it is handed to on_request */
+    struct hblock *hb;                     /* a response or trailers */
+    bool req_end;                          /* server: the request's HEADERS ended the peer's side (no body) */
     struct h2_stream *req_next, *req_prev; /* server: in the conn's request queue while queued */
     bool queued, delivered, answered, reset_early;
     /* Flow control: our receive window for this stream, bytes consumed since it last grew, bytes handed to
@@ -274,12 +280,37 @@ static void bio_init_once(void)
     BIO_meth_set_create(bio_meth, bio_create_cb);
 }
 
+/* A thread that ends (the identity manager's, whose CA calls run on sessions; a test's) frees its buffers: a
+ * key's destructor runs at thread exit, while the thread's __thread variables are still there. Threads that
+ * live as long as the process (workers) never get here. */
+static pthread_key_t tl_key;
+static pthread_once_t tl_key_once = PTHREAD_ONCE_INIT;
+
+static void thread_bufs_free(void *unused)
+{
+    (void)unused;
+    free(tl_cin);
+    free(tl_plain);
+    free(tl_pt);
+    obuf_free(&tl_out);
+    tl_cin = tl_plain = tl_pt = NULL;
+    tl_out_conn = NULL;
+}
+
+static void tl_key_init(void)
+{
+    (void)pthread_key_create(&tl_key, thread_bufs_free);
+}
+
 static int thread_bufs(void)
 {
     if (tl_cin) return 0;
+    pthread_once(&tl_key_once, tl_key_init);
     tl_cin = malloc(CIN_CAP);
     tl_plain = malloc(PLAIN_CAP);
     tl_pt = malloc(PT_REC);
+    /* Any non-NULL value arms the destructor. */
+    if (tl_cin) (void)pthread_setspecific(tl_key, tl_cin);
     return tl_cin && tl_plain && tl_pt ? 0 : -ENOMEM;
 }
 
@@ -469,8 +500,9 @@ static void conn_report_perr(struct h2_conn *c, enum h2_proto_err e, const char 
     if (c->io.fd >= 0 && getpeername(c->io.fd, (struct sockaddr *)&ss, &len) == 0)
         sockaddr_format(&ss, peer, sizeof(peer));
     log_fmt_limited(&lim, LOG_WARN, c->set.log_name,
-                    "HTTP/2 protocol error: reason=%s peer.addr=%s peer.id=%s%s%s", h2_proto_err_to_str(e), peer,
-                    c->peer_id[0] ? c->peer_id : "unknown", detail ? " detail=" : "", detail ? detail : "");
+                    "HTTP/2 protocol error: reason=%s peer.addr=%s peer.id=%s%s%s", h2_proto_err_to_str(e),
+                    peer, c->peer_id[0] ? c->peer_id : "unknown", detail ? " detail=" : "",
+                    detail ? detail : "");
 }
 
 /* Ends c for what the peer did: reports it once, queues GOAWAY(code) after what is already queued; the conn
@@ -604,8 +636,11 @@ static char *dupn(const uint8_t *p, size_t n)
     return s;
 }
 
-static void hblock_free(struct hblock *b)
+/* Frees the block *pb (if any). */
+static void hblock_drop(struct hblock **pb)
 {
+    struct hblock *b = *pb;
+    if (!b) return;
     struct h2_header *h = (struct h2_header *)b->hdrs.p;
     for (size_t i = 0; i < b->hdrs.n; i++) {
         free((char *)h[i].name);
@@ -616,8 +651,15 @@ static void hblock_free(struct hblock *b)
     free(b->scheme);
     free(b->authority);
     free(b->path);
-    memset(b, 0, sizeof(*b));
-    b->hdrs = VEC(struct h2_header);
+    free(b);
+    *pb = NULL;
+}
+
+/* The block *pb, allocated empty on first use. NULL on allocation failure. */
+static struct hblock *hblock_get(struct hblock **pb)
+{
+    if (!*pb && (*pb = calloc(1, sizeof(**pb)))) (*pb)->hdrs = VEC(struct h2_header);
+    return *pb;
 }
 
 /* An nghttp2_nv array with its names and values in one allocation: first (name, value) if first_name is not
@@ -676,7 +718,8 @@ static void stream_unlink(struct h2_stream *s)
 static void stream_free_cb(struct task *t)
 {
     struct h2_stream *s = container_of(t, struct h2_stream, free_task);
-    hblock_free(&s->hb);
+    hblock_drop(&s->req);
+    hblock_drop(&s->hb);
     free(s->nva);
     free(s->trailers);
     free(s);
@@ -687,7 +730,6 @@ static struct h2_stream *stream_new(struct h2_conn *c)
     struct h2_stream *s = calloc(1, sizeof(*s) + c->set.stream_user_size);
     if (!s) return NULL;
     s->win = c->set.stream_window;
-    s->hb.hdrs = VEC(struct h2_header);
     s->free_task.cb = stream_free_cb;
     return s;
 }
@@ -742,8 +784,7 @@ static void stream_finish(struct h2_stream *s, const struct h2_end *e, uint32_t 
     request_dequeue(s);
     request_answered(s);
     stream_unlink(s);
-    c->streams_grown -= s->grown;
-    hblock_free(&s->hb);
+    c->streams_grown -= s->grown; /* header blocks go with the stream: a callback may still read them */
     struct h2_end end = *e;
     end.reset_early = s->reset_early;
     if (end.reason != H2_END_OK && !end.detail) end.detail = h2_end_reason_to_str(end.reason);
@@ -778,11 +819,14 @@ static ssize_t data_read_cb(nghttp2_session *ng, int32_t id, uint8_t *buf, size_
     if (eof && n == avail) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->trailers) {
-            /* nghttp2 copies the trailers; they follow this last DATA frame (which then has no END_STREAM). */
+            /* nghttp2 copies the trailers; they follow this last DATA frame (then without END_STREAM). */
             int rv = nghttp2_submit_trailer(ng, id, s->trailers, s->ntrailers);
             free(s->trailers);
             s->trailers = NULL;
-            if (rv == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            if (rv == 0)
+                *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            else /* the body still ends; say that its trailers did not go */
+                LOG_W(s->c->set.log_name, "stream %d: trailers not sent: %s", id, nghttp2_strerror(rv));
         }
         return (ssize_t)n;
     }
@@ -847,7 +891,7 @@ static int on_begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *frame, 
     if (frame->hd.type != NGHTTP2_HEADERS) return 0;
     if (!c->server || frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
-        if (s) hblock_free(&s->hb); /* a response, an interim response or trailers: a new block */
+        if (s) hblock_drop(&s->hb); /* a response, an interim response or trailers: a new block */
         return 0;
     }
     if (c->draining) {
@@ -870,7 +914,9 @@ static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const u
     struct h2_conn *c = ud;
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
     if (!s || frame->hd.type != NGHTTP2_HEADERS) return 0;
-    struct hblock *b = &s->hb;
+    /* A request waits for its delivery in its own block: trailers may arrive before it is handed over. */
+    struct hblock *b = hblock_get(frame->headers.cat == NGHTTP2_HCAT_REQUEST ? &s->req : &s->hb);
+    if (!b) return NGHTTP2_ERR_CALLBACK_FAILURE;
     b->bytes += namelen + valuelen;
     if (b->bytes > c->set.max_header_bytes) {
         b->too_big = true;
@@ -915,7 +961,8 @@ static int on_header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const u
 static void deliver_task_cb(struct task *t)
 {
     struct h2_conn *c = container_of(t, struct h2_conn, deliver_task);
-    while (c->st == C_OPEN && c->req_head && c->n_unanswered < c->set.max_unanswered) {
+    while (c->st == C_OPEN && c->req_head &&
+           (!c->set.max_unanswered || c->n_unanswered < c->set.max_unanswered)) {
         struct h2_stream *s = c->req_head;
         request_dequeue(s);
         s->delivered = true;
@@ -927,13 +974,13 @@ static void deliver_task_cb(struct task *t)
 
 static void handle_request(struct h2_conn *c, struct h2_stream *s)
 {
-    if (s->hb.too_big) {
+    if (s->req && s->req->too_big) {
         char detail[96];
         snprintf(detail, sizeof(detail), "431: more than %u headers or %u KiB", c->set.max_headers,
                  c->set.max_header_bytes / 1024);
         conn_report_perr(c, H2_PERR_HEADERS_TOO_LARGE, detail);
         h2_stream_respond(s, 431, NULL, 0, 0);
-        hblock_free(&s->hb);
+        hblock_drop(&s->req);
         return;
     }
     s->queued = true;
@@ -943,7 +990,8 @@ static void handle_request(struct h2_conn *c, struct h2_stream *s)
 
 static void deliver_request(struct h2_conn *c, struct h2_stream *s)
 {
-    struct hblock *b = &s->hb;
+    static const struct hblock empty;
+    const struct hblock *b = s->req ? s->req : &empty;
     struct h2_request req = {
         .method = b->method ? b->method : "",
         .scheme = b->scheme ? b->scheme : "",
@@ -951,23 +999,23 @@ static void deliver_request(struct h2_conn *c, struct h2_stream *s)
         .path = b->path ? b->path : "",
         .headers = (const struct h2_header *)b->hdrs.p,
         .n_headers = b->hdrs.n,
-        .end_stream = s->peer_eof,
+        .end_stream = s->req_end,
     };
     c->ops->on_request(s, c->ud, &req);
     /* The request is only valid during on_request: an open stream keeps none of it. */
-    hblock_free(b);
+    hblock_drop(&s->req);
 }
 
 /* Client: a response or trailers block arrived on s. */
 static void handle_headers(struct h2_stream *s, bool end_stream)
 {
-    struct hblock *b = &s->hb;
-    struct h2_headers h = {.headers = (const struct h2_header *)b->hdrs.p,
-                           .n_headers = b->hdrs.n,
-                           .end_stream = end_stream};
+    static const struct hblock empty;
+    const struct hblock *b = s->hb ? s->hb : &empty;
+    struct h2_headers h = {
+        .headers = (const struct h2_header *)b->hdrs.p, .n_headers = b->hdrs.n, .end_stream = end_stream};
     if (!s->c->server && s->status < 200) {
         if (b->status >= 100 && b->status < 200 && !end_stream) { /* interim: not delivered */
-            hblock_free(b);
+            hblock_drop(&s->hb);
             return;
         }
         s->status = b->status;
@@ -985,7 +1033,7 @@ static void handle_headers(struct h2_stream *s, bool end_stream)
         return;
     }
     if (s->ops && s->ops->on_headers) s->ops->on_headers(s, s->ud, &h);
-    if (!s->done) hblock_free(b);
+    hblock_drop(&s->hb);
 }
 
 /* Server: the peer reset s. Before a response, that is an abandoned request, charged to the budget. */
@@ -1041,6 +1089,7 @@ static int on_frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
     if (frame->hd.type == NGHTTP2_HEADERS) {
         if (c->server && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            s->req_end = end;
             if (end) stream_peer_eof(s);
             if (!s->done) handle_request(c, s);
             return 0;
@@ -1068,9 +1117,11 @@ static int on_frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
     }
     if (!c->server || frame->hd.type != NGHTTP2_HEADERS) return 0;
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
-    /* A response that ends our side while the peer still sends: tell it to stop (RFC 9113 §8.1), so that a
-     * client that keeps sending does not hold the stream. */
-    if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) && !s->ng_closed && !s->peer_eof)
+    /* A response without a body (an error status) while the peer still sends: tell it to stop (RFC 9113
+     * §8.1), so that a client that keeps sending does not hold the stream. Trailers after a body do not: the
+     * peer may finish its request (gRPC's client streams do). */
+    if (s && frame->headers.cat == NGHTTP2_HCAT_RESPONSE && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
+        !s->ng_closed && !s->peer_eof)
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
     return 0;
 }
@@ -1081,8 +1132,10 @@ static int on_frame_not_send_cb(nghttp2_session *ng, const nghttp2_frame *frame,
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
     if (!s || frame->hd.type != NGHTTP2_HEADERS) return 0;
     /* A request refused before it left (the peer's GOAWAY, stream ids exhausted) may be retried elsewhere. */
-    bool refused = lib_error == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED || lib_error == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE;
-    struct h2_end e = {.reason = refused ? H2_END_REFUSED : H2_END_LOCAL, .detail = nghttp2_strerror(lib_error)};
+    bool refused =
+        lib_error == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED || lib_error == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE;
+    struct h2_end e = {.reason = refused ? H2_END_REFUSED : H2_END_LOCAL,
+                       .detail = nghttp2_strerror(lib_error)};
     stream_finish(s, &e, NGHTTP2_CANCEL);
     return 0;
 }
@@ -1174,7 +1227,9 @@ static void conn_close(struct h2_conn *c, enum h2_end_reason reason, uint32_t co
     c->conn_reserved = 0;
     struct h2_end ce = {.reason = reason,
                         .code = code,
-                        .detail = reason == H2_END_OK ? NULL : detail ? detail : h2_end_reason_to_str(reason)};
+                        .detail = reason == H2_END_OK ? NULL
+                                  : detail            ? detail
+                                                      : h2_end_reason_to_str(reason)};
     if (c->ops->on_closed) c->ops->on_closed(c, c->ud, &ce);
     /* nghttp2 may be on the stack (we can be called from its callbacks): free after the batch. */
     loop_defer(c->loop, &c->free_task);
@@ -1200,7 +1255,8 @@ static void hs_timer_cb(struct timer *t)
     if (c->st == C_CONNECTING)
         conn_close(c, H2_END_CONNECT_FAILED, 0, "connect timeout");
     else
-        conn_close(c, H2_END_HANDSHAKE_TIMEOUT, 0, c->ssl ? "TLS handshake timeout" : "HTTP/2 preface timeout");
+        conn_close(c, H2_END_HANDSHAKE_TIMEOUT, 0,
+                   c->ssl ? "TLS handshake timeout" : "HTTP/2 preface timeout");
 }
 
 /* Submits s's request. Returns the stream id, or a negative nghttp2 error (s untouched). */
@@ -1244,7 +1300,8 @@ static int conn_start_h2(struct h2_conn *c)
     if (c->server && c->set.reset_limit_burst)
         nghttp2_option_set_stream_reset_rate_limit(opt, c->set.reset_limit_burst, c->set.reset_limit_rate);
     if (c->server && c->set.early_reset_burst)
-        h2_bucket_init(&c->early_resets, c->set.early_reset_burst, c->set.early_reset_rate, loop_now(c->loop));
+        h2_bucket_init(&c->early_resets, c->set.early_reset_burst, c->set.early_reset_rate,
+                       loop_now(c->loop));
     if (c->server)
         rv = nghttp2_session_server_new2(&c->ng, cb, c, opt);
     else
@@ -1255,7 +1312,8 @@ static int conn_start_h2(struct h2_conn *c)
     nghttp2_settings_entry ents[5];
     size_t n = 0;
     if (c->server && c->set.max_concurrent_streams)
-        ents[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->set.max_concurrent_streams};
+        ents[n++] =
+            (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, c->set.max_concurrent_streams};
     if (!c->server) ents[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
     ents[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, c->set.stream_window};
     ents[n++] = (nghttp2_settings_entry){NGHTTP2_SETTINGS_MAX_FRAME_SIZE, c->set.max_frame};
@@ -1292,7 +1350,8 @@ static void conn_handshake_done(struct h2_conn *c)
             conn_close(c, H2_END_NO_ALPN, 0, "peer did not negotiate ALPN h2");
             return;
         }
-        if (tls_peer_identity(c->ssl, c->peer_id, sizeof(c->peer_id), why, sizeof(why)) < 0) c->peer_id[0] = 0;
+        if (tls_peer_identity(c->ssl, c->peer_id, sizeof(c->peer_id), why, sizeof(why)) < 0)
+            c->peer_id[0] = 0;
         if (!c->server && !peer_identity_ok(c)) {
             const char *exp = c->n_expected ? c->expected[0] : "";
             /* A refused certificate has no identity to show: say why it was refused instead. */
@@ -1306,7 +1365,8 @@ static void conn_handshake_done(struct h2_conn *c)
                          exp);
             else
                 snprintf(err, sizeof(err),
-                         "identity verification error: peer certificate refused (%s), expected \"%s\"", why, exp);
+                         "identity verification error: peer certificate refused (%s), expected \"%s\"", why,
+                         exp);
             conn_close(c, H2_END_IDENTITY, 0, err);
             return;
         }
@@ -1373,8 +1433,9 @@ static int conn_fatal(struct h2_conn *c, int rv)
         code = NGHTTP2_PROTOCOL_ERROR;
         break;
     default: /* ours (out of memory in a callback): nothing the peer did */
-        conn_close(c, rv == NGHTTP2_ERR_NOMEM || rv == NGHTTP2_ERR_CALLBACK_FAILURE ? H2_END_NO_MEMORY
-                                                                                     : H2_END_PROTOCOL,
+        conn_close(c,
+                   rv == NGHTTP2_ERR_NOMEM || rv == NGHTTP2_ERR_CALLBACK_FAILURE ? H2_END_NO_MEMORY
+                                                                                 : H2_END_PROTOCOL,
                    0, nghttp2_strerror(rv));
         return -1;
     }
@@ -1536,8 +1597,24 @@ static void conn_io_cb(struct io *io, uint32_t ev)
     }
 }
 
-static struct h2_conn *conn_new(struct loop *l, int fd, SSL_CTX *ctx, bool server, const struct h2_settings *set,
-                                const struct h2_conn_ops *ops, void *ud)
+/* Zero fields take the protocol's defaults (see struct h2_settings), so a caller sets only what it means. */
+static void settings_defaults(struct h2_settings *s)
+{
+    if (!s->log_name) s->log_name = "h2";
+    if (!s->stream_window) s->stream_window = H2_DEFAULT_WINDOW;
+    if (s->stream_window_max < s->stream_window) s->stream_window_max = s->stream_window;
+    if (!s->conn_window) s->conn_window = H2_DEFAULT_WINDOW;
+    if (s->conn_window_max < s->conn_window) s->conn_window_max = s->conn_window;
+    if (!s->max_frame) s->max_frame = 16384;
+    if (!s->max_header_list) s->max_header_list = H2_DEFAULT_HEADER_BYTES;
+    if (!s->max_headers) s->max_headers = H2_DEFAULT_HEADERS;
+    if (!s->max_header_bytes) s->max_header_bytes = H2_DEFAULT_HEADER_BYTES;
+    if (s->ping_interval_ms && !s->ping_timeout_ms) s->ping_timeout_ms = 2 * s->ping_interval_ms;
+    if (!s->linger_ms) s->linger_ms = H2_DEFAULT_LINGER_MS;
+}
+
+static struct h2_conn *conn_new(struct loop *l, int fd, SSL_CTX *ctx, bool server,
+                                const struct h2_settings *set, const struct h2_conn_ops *ops, void *ud)
 {
     pthread_once(&bio_once, bio_init_once);
     struct h2_conn *c = calloc(1, sizeof(*c));
@@ -1545,7 +1622,7 @@ static struct h2_conn *conn_new(struct loop *l, int fd, SSL_CTX *ctx, bool serve
     c->loop = l;
     c->server = server;
     c->set = *set;
-    if (!c->set.log_name) c->set.log_name = "h2";
+    settings_defaults(&c->set);
     c->ops = ops;
     c->ud = ud;
     c->io.fd = fd;
@@ -1723,6 +1800,7 @@ int h2_stream_respond(struct h2_stream *s, int status, const struct h2_header *h
     struct h2_conn *c = s->c;
     char st[12];
     size_t m;
+    if (!c->server) return -EINVAL;
     request_answered(s);
     if (s->done || c->st != C_OPEN) return -EPIPE;
     if (s->responded) return -EINVAL;

@@ -43,14 +43,14 @@ enum h2_end_reason {
     H2_END_PING_TIMEOUT,      /* no PING ACK within ping_timeout_ms */
     H2_END_PEER_CLOSED,       /* the peer closed the connection (EOF, close_notify) while streams were open */
     H2_END_IO,                /* a socket or TLS record error */
-    H2_END_PROTOCOL,          /* an HTTP/2 protocol error, ours to report (GOAWAY sent) or the peer's GOAWAY */
-    H2_END_RESET_BY_PEER,     /* RST_STREAM from the peer; h2_end.code holds its error code */
-    H2_END_REFUSED,           /* not processed by the peer (REFUSED_STREAM, above its GOAWAY's last stream, or
-                               * refused while draining): safe to retry on another connection */
-    H2_END_REJECTED,          /* an adapter ended the stream for the peer's answer (e.g. a non-200 to CONNECT) */
-    H2_END_LOCAL,             /* we ended it (h2_stream_end, h2_conn_close by the user) */
-    H2_END_CONN_CLOSED,       /* the connection closed under the stream without an error of its own */
-    H2_END_NO_MEMORY,         /* an allocation failed */
+    H2_END_PROTOCOL,      /* an HTTP/2 protocol error, ours to report (GOAWAY sent) or the peer's GOAWAY */
+    H2_END_RESET_BY_PEER, /* RST_STREAM from the peer; h2_end.code holds its error code */
+    H2_END_REFUSED,       /* not processed by the peer (REFUSED_STREAM, above its GOAWAY's last stream, or
+                           * refused while draining): safe to retry on another connection */
+    H2_END_REJECTED,      /* an adapter ended the stream for the peer's answer (e.g. a non-200 to CONNECT) */
+    H2_END_LOCAL,         /* we ended it (h2_stream_end, h2_conn_close by the user) */
+    H2_END_CONN_CLOSED,   /* the connection closed under the stream without an error of its own */
+    H2_END_NO_MEMORY,     /* an allocation failed */
     H2_END_REASON_COUNT
 };
 /* The reason's name for logs ("ok", "handshake_failed", ...); static string. */
@@ -66,12 +66,17 @@ struct h2_end {
     bool reset_early;
 };
 
-/* Per-connection settings, copied at creation. hbone.h has HBONE's (Istio's values); gRPC has its own. */
+/* Per-connection settings, copied at creation. hbone.h has HBONE's (Istio's values); gRPC has its own. A zero
+ * field takes a default: windows 65 535 (the max fields: their init value), max_frame 16 384, header limits
+ * 64 headers and 64 KiB, ping_timeout_ms twice the interval, linger 1 s, log_name "h2"; and 0 means "none"
+ * for max_concurrent_streams (not advertised), max_open_streams and max_unanswered (no limit of ours),
+ * ping_interval_ms (no keepalive), handshake_timeout_ms (no timeout), early_reset_burst (no budget) and
+ * reset_limit_burst (nghttp2's default). */
 struct h2_settings {
-    const char *log_name;           /* log module of this connection's lines ("hbone"); static string */
+    const char *log_name;            /* log module of this connection's lines ("hbone"); static string */
     uint32_t max_concurrent_streams; /* server: SETTINGS_MAX_CONCURRENT_STREAMS advertised (0: not sent) */
-    uint32_t max_open_streams;       /* client: streams open at once at most, also capped by the peer's
-                                      * SETTINGS (h2_conn_max_streams) */
+    uint32_t max_open_streams;       /* client: streams open at once at most (0: no limit of ours), also
+                                      * capped by the peer's SETTINGS (h2_conn_max_streams) */
     /* Receive windows. SETTINGS_INITIAL_WINDOW_SIZE advertises stream_window; each time a stream has drained
      * a whole window while no more than a quarter of it waited unconsumed, its window doubles up to
      * stream_window_max and the connection window (starting at conn_window) grows by as much up to
@@ -89,15 +94,15 @@ struct h2_settings {
                                                  * within timeout; interval 0: no keepalive */
     uint32_t handshake_timeout_ms;              /* TCP connect + TLS handshake (h2c: until the preface) */
     /* Server: requests handed to on_request and not yet answered (h2_stream_respond or end) at most; later
-     * ones wait in arrival order (bounded by max_concurrent_streams). */
+     * ones wait in arrival order (bounded by max_concurrent_streams). 0: no limit. */
     uint32_t max_unanswered;
     /* Server: streams the peer resets before their response: a burst, refilled per second; when spent the
      * connection ends with GOAWAY(ENHANCE_YOUR_CALM). burst 0: no budget. */
     uint32_t early_reset_burst, early_reset_rate;
     /* Server: nghttp2's own RST_STREAM rate limit (burst, per second); 0: nghttp2's default. */
     uint32_t reset_limit_burst, reset_limit_rate;
-    uint32_t linger_ms;       /* after an error GOAWAY, keep the socket reading and discarding this long */
-    size_t stream_user_size;  /* bytes of user state allocated (zeroed) with each stream: h2_stream_user */
+    uint32_t linger_ms;      /* after an error GOAWAY, keep the socket reading and discarding this long */
+    size_t stream_user_size; /* bytes of user state allocated (zeroed) with each stream: h2_stream_user */
 };
 
 /* How a client checks the server's certificate (TLS only). Each expected entry is either a SPIFFE id
@@ -127,7 +132,7 @@ enum h2_headers_kind {
 /* A received header block other than a request. */
 struct h2_headers {
     enum h2_headers_kind kind;
-    int status; /* H2_HEADERS_RESPONSE: :status */
+    int status;                      /* H2_HEADERS_RESPONSE: :status */
     const struct h2_header *headers; /* regular headers, lower-case names */
     size_t n_headers;
     bool end_stream; /* the peer's side ends with this block */
@@ -213,12 +218,15 @@ struct h2_stream *h2_stream_open(struct h2_conn *c, const struct h2_header *head
 /* Sets the callbacks of s. */
 void h2_stream_set_ops(struct h2_stream *s, const struct h2_stream_ops *ops, void *ud);
 /* Server: answers the request with status and headers (copied). Flags: H2_BODY (else the response ends the
- * stream, and a peer still sending is told to stop with RST_STREAM NO_ERROR). Returns 0, -EINVAL when s was
- * answered already, -EPIPE when the stream or conn is gone, -ENOMEM. */
+ * stream, and a peer still sending is told to stop with RST_STREAM NO_ERROR; a gRPC trailers-only response is
+ * such a response). Returns 0, -EINVAL when s was answered already or is a client stream, -EPIPE when the
+ * stream or conn is gone, -ENOMEM. */
 int h2_stream_respond(struct h2_stream *s, int status, const struct h2_header *headers, size_t n,
                       unsigned flags);
-/* Sends trailers (copied) after the body, when pull reports its end. Call before that end. Returns 0,
- * -EINVAL without a body or when trailers were set already, -EPIPE when the stream is gone, -ENOMEM. */
+/* Sends trailers (copied) after the body, when pull reports its end: call it once the stream has a body
+ * (h2_stream_open or h2_stream_respond with H2_BODY) and before pull reports eof (e.g. set them, then report
+ * eof and h2_stream_resume). Returns 0, -EINVAL without a body or when trailers were set already, -EPIPE
+ * when the stream is gone, -ENOMEM. */
 int h2_stream_trailers(struct h2_stream *s, const struct h2_header *headers, size_t n);
 /* Send: pull has bytes (or the end) again after returning none. */
 void h2_stream_resume(struct h2_stream *s);
@@ -244,7 +252,7 @@ enum h2_proto_err {
     H2_PERR_CONTINUATION,      /* too many CONTINUATION frames for one header block */
     H2_PERR_EARLY_RESETS,      /* the early-reset budget is spent (GOAWAY ENHANCE_YOUR_CALM) */
     H2_PERR_PROTOCOL,          /* any other connection error nghttp2 found (GOAWAY with its code) */
-    H2_PERR_HEADERS_TOO_LARGE, /* a request over max_headers or max_header_bytes (431, the connection stays) */
+    H2_PERR_HEADERS_TOO_LARGE, /* a request over max_headers or max_header_bytes (431, the conn stays) */
     H2_PERR_COUNT
 };
 /* The reason's metric label ("flood", "continuation_flood", ...); static string. */

@@ -295,7 +295,7 @@ bool tls_leaf_has_dns_san(X509 *leaf, const char *const *names, size_t n)
         if (gn->type != GEN_DNS) continue;
         const unsigned char *d = ASN1_STRING_get0_data(gn->d.dNSName);
         size_t len = (size_t)ASN1_STRING_length(gn->d.dNSName);
-        /* Exact names only: a wildcard SAN is not expanded, and a name with an embedded NUL matches nothing. */
+        /* Exact names only: a wildcard SAN is not expanded, a name with an embedded NUL matches nothing. */
         if (!d || memchr(d, 0, len)) continue;
         for (size_t k = 0; k < n && !found; k++)
             found = names[k] && strlen(names[k]) == len && strncasecmp(names[k], (const char *)d, len) == 0;

@@ -32,12 +32,12 @@ int tls_leaf_identity(X509 *leaf, const char *td, char *buf, size_t n, char *why
  * expected[0..n). */
 bool tls_peer_has_san(SSL *ssl, const char *const *expected, size_t n);
 
-/* True when leaf is not a CA and one of its DNS SANs equals one of names[0..n) (ASCII case-insensitive, exact:
- * a wildcard SAN is not expanded). For servers known by DNS name (zmeshd's istiod.istio-system.svc); SPIFFE
- * identities are checked with tls_peer_has_san. Borrows leaf. */
+/* True when leaf is not a CA and one of its DNS SANs equals one of names[0..n) (ASCII case-insensitive,
+ * exact: a wildcard SAN is not expanded). For servers known by DNS name (zmeshd's istiod.istio-system.svc);
+ * SPIFFE identities are checked with tls_peer_has_san. Borrows leaf. */
 bool tls_leaf_has_dns_san(X509 *leaf, const char *const *names, size_t n);
 
-/* True when the handshake verified the peer chain and its leaf passes tls_leaf_has_dns_san for names[0..n). */
+/* True when the handshake verified the peer chain and its leaf passes tls_leaf_has_dns_san(names, n). */
 bool tls_peer_has_dns_san(SSL *ssl, const char *const *names, size_t n);
 
 /* Copies the peer's identity, the one SAN tls_leaf_identity accepts for the trust domain of ssl's context,

@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "core/loop.h"
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 
 /* Istio's defaults (config.rs DEFAULT_ROOT_CERT_PROVIDER, DEFAULT_TOKEN_PROVIDER; Istio writes them relative
  * to the working directory, "./var/run/...", which is "/" in its container). */

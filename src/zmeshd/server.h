@@ -14,7 +14,7 @@
 #pragma once
 #include <stddef.h>
 
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 #include "zmeshd/daemon.h"
 
 /* The names zmeshd's certificate carries: istiod's (clients of a real istiod verify this one) and zmeshd's.

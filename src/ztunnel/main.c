@@ -47,8 +47,8 @@ struct app {
     const char *ns, *name, *sa; /* from PROXY_WORKLOAD_INFO (zt_cfg) */
     struct cert_provider *prov;
     struct identity_mgr *idm;
-    struct xds_client *xds;      /* config from XDS_ADDRESS, else from cfg_path */
-    _Atomic bool xds_synced;     /* every xDS type got its first response */
+    struct xds_client *xds;  /* config from XDS_ADDRESS, else from cfg_path */
+    _Atomic bool xds_synced; /* every xDS type got its first response */
     struct pod_proxy *pp;
     struct worker workers[ZT_MAX_WORKERS];
     int n_workers;
@@ -206,10 +206,11 @@ static void trim_resident_text(void)
 static void warn_identity_mismatch(const struct zt_view *v)
 {
     if (!v->self || !strcmp(v->self->service_account, app.sa)) return;
-    log_kv(LOG_WARN, "ztunnel",
-           "PROXY_WORKLOAD_INFO's service account differs from the workload's in the config; callers expecting "
-           "the config's identity will refuse this pod's certificate",
-           "workload_info_sa", app.sa, "config_sa", v->self->service_account, "workload", v->self->name, NULL);
+    log_kv(
+        LOG_WARN, "ztunnel",
+        "PROXY_WORKLOAD_INFO's service account differs from the workload's in the config; callers expecting "
+        "the config's identity will refuse this pod's certificate",
+        "workload_info_sa", app.sa, "config_sa", v->self->service_account, "workload", v->self->name, NULL);
 }
 
 static int start_proxy(struct zt_view *view)
@@ -297,9 +298,19 @@ static int reload(void)
 
 /* ---- config from an xDS server ---- */
 
+/* Until both types had their first response nothing is served: a proxy started on workloads alone would admit
+ * connections that a DENY policy, still on its way, refuses (fail closed). The latest snapshot waits here. */
+static struct snapshot *xds_pending;
+
 static void xds_on_snapshot(void *ud, struct snapshot *s)
 {
     (void)ud;
+    if (!atomic_load(&app.xds_synced)) {
+        snapshot_ref(s);
+        if (xds_pending) snapshot_unref(xds_pending);
+        xds_pending = s;
+        return;
+    }
     if (!app.draining) (void)apply_snapshot(s, zt_cfg.xds_address);
 }
 
@@ -307,23 +318,38 @@ static void xds_on_synced(void *ud)
 {
     (void)ud;
     atomic_store(&app.xds_synced, true);
+    if (xds_pending) {
+        if (!app.draining) (void)apply_snapshot(xds_pending, zt_cfg.xds_address);
+        snapshot_unref(xds_pending);
+        xds_pending = NULL;
+    }
 }
 
 static const struct xds_client_ops xds_ops = {.on_snapshot = xds_on_snapshot, .on_synced = xds_on_synced};
 
-static int start_xds(void)
+/* A control-plane endpoint (the xDS server or the CA) as Istio's ztunnel configures either: its own address,
+ * roots, name and header prefix; the token and cluster id shared; sockets marked to bypass the pod's rules.
+ */
+static struct xds_endpoint_opts endpoint_opts(const char *address, const char *roots, const char *alt,
+                                              const char *header_prefix)
 {
     extern char **environ;
+    return (struct xds_endpoint_opts){.address = address,
+                                      .roots = roots,
+                                      .alt_hostname = alt,
+                                      .token = zt_cfg.auth_token,
+                                      .cluster_id = zt_cfg.cluster_id,
+                                      .header_prefix = header_prefix,
+                                      .envp = environ,
+                                      .mark = ZT_MARK};
+}
+
+static int start_xds(void)
+{
     char err[1024];
     struct xds_client_opts o = {
-        .endpoint = {.address = zt_cfg.xds_address,
-                     .roots = zt_cfg.xds_root_ca,
-                     .alt_hostname = zt_cfg.alt_xds_hostname,
-                     .token = zt_cfg.auth_token,
-                     .cluster_id = zt_cfg.cluster_id,
-                     .header_prefix = "XDS_HEADER_",
-                     .envp = environ,
-                     .mark = ZT_MARK},
+        .endpoint =
+            endpoint_opts(zt_cfg.xds_address, zt_cfg.xds_root_ca, zt_cfg.alt_xds_hostname, "XDS_HEADER_"),
         .node = {.instance_ip = zt_cfg.instance_ip,
                  .pod_name = zt_cfg.pod_name,
                  .pod_ns = zt_cfg.pod_namespace,
@@ -472,16 +498,9 @@ int main(int argc, char **argv)
     app.sa = zt_cfg.workload.sa;
     app.cfg_path = zt_cfg.local_xds_path;
     if (zt_cfg.ca_address) {
-        extern char **environ;
         struct ca_client_opts co = {
-            .endpoint = {.address = zt_cfg.ca_address,
-                         .roots = zt_cfg.ca_root_ca,
-                         .alt_hostname = zt_cfg.alt_ca_hostname,
-                         .token = zt_cfg.auth_token,
-                         .cluster_id = zt_cfg.cluster_id,
-                         .header_prefix = "CA_HEADER_",
-                         .envp = environ,
-                         .mark = ZT_MARK},
+            .endpoint =
+                endpoint_opts(zt_cfg.ca_address, zt_cfg.ca_root_ca, zt_cfg.alt_ca_hostname, "CA_HEADER_"),
             .ttl_s = (int64_t)(zt_cfg.secret_ttl_ms / 1000),
             /* Dedicated mode asks for its own pod's identity with that pod's token. */
             .impersonate = false,
@@ -491,8 +510,8 @@ int main(int argc, char **argv)
             return 2;
         }
         log_kv(LOG_INFO, "ztunnel", "certificates from a remote CA", "address", zt_cfg.ca_address, NULL);
-    } else if (!(app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000), err,
-                                             sizeof(err)))) {
+    } else if (!(app.prov = ca_local_new_ttl(zt_cfg.local_ca_dir, (uint32_t)(zt_cfg.secret_ttl_ms / 1000),
+                                             err, sizeof(err)))) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the local CA", "error", err, NULL);
         return 1;
     }
@@ -528,7 +547,8 @@ int main(int argc, char **argv)
     } else {
         rc = watch_config();
         if (rc < 0) LOG_W("ztunnel", "cannot watch %s for changes: %s", app.cfg_path, strerror(-rc));
-        /* A malformed config at startup is fatal; a missing one is waited for (not ready until it appears). */
+        /* A malformed config at startup is fatal; a missing one is waited for (not ready until it appears).
+         */
         rc = reload();
         if (rc == -ENOENT)
             LOG_I("ztunnel", "waiting for %s to appear", app.cfg_path);

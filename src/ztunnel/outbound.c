@@ -168,7 +168,8 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     out_open_stats(oc, true);
     oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &oc->rec.src.ip, hdrs,
                                   sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
-    if (!oc->stream) out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", H2_END_CONNECT_FAILED, false);
+    if (!oc->stream)
+        out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", H2_END_CONNECT_FAILED, false);
 }
 
 /* Plain TCP to dst (not meshed or unknown): connection_security_policy=unknown. */

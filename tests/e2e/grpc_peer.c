@@ -1,9 +1,10 @@
-/* The C half of tests/e2e/test_grpc.py: zmesh's gRPC layer (src/grpc) as a server or a client of the test
+/* The C half of tests/e2e/test_grpc.py: zmesh's gRPC layer (src/h2/grpc.c) as a server or a client of the test
  * service in tests/grpc/echo.proto, talking to grpcio.
  *
  *   grpc_peer server PORT [--tls CERT KEY] [--max-recv N]
  *     Serves /zmesh.test.Echo/Echo (unary) and /zmesh.test.Echo/Chat (bidirectional) on 127.0.0.1:PORT and
- *     prints "listening" once it accepts, then one line per finished call: "end PATH STATUS MESSAGE".
+ *     prints "listening" once it accepts, then one line per finished call: "end PATH STATUS MESSAGE", and
+ *     for pushes the send queue refused ("blocked QUEUED_BYTES") and on_writable ("writable QUEUED_BYTES").
  *   grpc_peer client HOST:PORT unary|chat [--tls CA NAME] [--timeout-ms N] [--md NAME=VALUE]... [--text T]...
  *                    [--delay-ms N] [--fail CODE MESSAGE] [--push N] [--max-recv N] [--payload N]
  *     Makes one call (chat: one request per --text, then half-close) and prints "reply SEQ TEXT" per message
@@ -23,7 +24,7 @@
 #include "core/loop.h"
 #include "core/net.h"
 #include "echo.pb-c.h"
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 
 #define ECHO_PATH "/zmesh.test.Echo/Echo"
 #define CHAT_PATH "/zmesh.test.Echo/Chat"
@@ -40,7 +41,8 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
                        unsigned inlen, void *arg)
 {
     static const unsigned char h2[] = {2, 'h', '2'};
-    if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2), in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2), in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     return SSL_TLSEXT_ERR_OK;
 }
@@ -55,9 +57,13 @@ struct srv_call {
     struct timer t;
     Zmesh__Test__EchoRequest *req; /* unary: answered after delay_ms */
     unsigned push_left, seq;
+    bool half_closed;
+    uint8_t *push_payload;
+    size_t push_payload_n;
 };
 
-static void send_reply(struct srv_call *sc, const char *text, const uint8_t *payload, size_t pn, bool with_md)
+/* Returns grpc_call_send's result. */
+static int send_reply(struct srv_call *sc, const char *text, const uint8_t *payload, size_t pn, bool with_md)
 {
     Zmesh__Test__EchoReply r = ZMESH__TEST__ECHO_REPLY__INIT;
     r.text = (char *)text;
@@ -72,8 +78,38 @@ static void send_reply(struct srv_call *sc, const char *text, const uint8_t *pay
     uint8_t *buf = malloc(n ? n : 1);
     zmesh__test__echo_reply__pack(&r, buf);
     int rc = grpc_call_send(sc->c, buf, n);
-    if (rc == -EMSGSIZE) grpc_call_finish(sc->c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reply over the limit", NULL, 0);
+    if (rc == -EMSGSIZE)
+        grpc_call_finish(sc->c, GRPC_STATUS_RESOURCE_EXHAUSTED, "reply over the limit", NULL, 0);
     free(buf);
+    return rc;
+}
+
+/* Sends the pushes still due until the send queue is full ("blocked QUEUED" is printed, on_writable resumes)
+ * or all are out; then a half-closed call is finished. Each push carries push_payload bytes. */
+static void push_some(struct srv_call *sc)
+{
+    while (sc->push_left) {
+        char text[32];
+        snprintf(text, sizeof(text), "push %u", sc->seq);
+        int rc = send_reply(sc, text, sc->push_payload, sc->push_payload_n, false);
+        if (rc == -EAGAIN) {
+            sc->seq--;
+            printf("blocked %zu\n", grpc_call_queued(sc->c));
+            fflush(stdout);
+            return;
+        }
+        if (rc < 0) return;
+        sc->push_left--;
+    }
+    if (sc->half_closed) grpc_call_finish(sc->c, GRPC_STATUS_OK, NULL, NULL, 0);
+}
+
+static void on_writable(struct grpc_call *c, void *ud)
+{
+    struct srv_call *sc = ud;
+    printf("writable %zu\n", grpc_call_queued(c));
+    fflush(stdout);
+    push_some(sc);
 }
 
 static void answer_unary(struct srv_call *sc)
@@ -96,12 +132,7 @@ static void srv_timer(struct timer *t)
         answer_unary(sc);
         return;
     }
-    if (sc->push_left) {
-        char text[32];
-        snprintf(text, sizeof(text), "push %u", sc->seq);
-        send_reply(sc, text, NULL, 0, false);
-        if (--sc->push_left) timer_start(L, &sc->t, 1);
-    }
+    push_some(sc);
 }
 
 static void srv_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
@@ -114,6 +145,7 @@ static void srv_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
         free(sc->md[i]);
     free(sc->md);
     if (sc->req) zmesh__test__echo_request__free_unpacked(sc->req, NULL);
+    free(sc->push_payload);
     free(sc);
 }
 
@@ -129,6 +161,11 @@ static void chat_msg(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
         grpc_call_finish(c, (enum grpc_status)q->fail_code, q->fail_message, NULL, 0);
     } else if (q->push) {
         sc->push_left = q->push;
+        free(sc->push_payload);
+        sc->push_payload_n = q->payload.len;
+        sc->push_payload = malloc(q->payload.len ? q->payload.len : 1);
+        if (q->payload.len) memcpy(sc->push_payload, q->payload.data, q->payload.len);
+        /* From a timer: pushes go out later, not in reply to a message. */
         timer_start(L, &sc->t, 1);
     } else {
         send_reply(sc, q->text, q->payload.data, q->payload.len, sc->seq == 0);
@@ -139,13 +176,14 @@ static void chat_msg(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
 static void chat_half_close(struct grpc_call *c, void *ud)
 {
     struct srv_call *sc = ud;
-    /* Pushes still due go out first. */
+    /* Pushes still due go out first; push_some finishes the call after the last. */
+    sc->half_closed = true;
     if (!sc->push_left) grpc_call_finish(c, GRPC_STATUS_OK, NULL, NULL, 0);
 }
 
 static const struct grpc_call_ops unary_ops = {.on_end = srv_end};
-static const struct grpc_call_ops chat_ops = {.on_message = chat_msg, .on_half_close = chat_half_close,
-                                              .on_end = srv_end};
+static const struct grpc_call_ops chat_ops = {
+    .on_message = chat_msg, .on_half_close = chat_half_close, .on_writable = on_writable, .on_end = srv_end};
 
 static struct srv_call *srv_call_new(struct grpc_call *c, const struct grpc_call_info *info)
 {
@@ -287,6 +325,11 @@ static void cli_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
     loop_stop(L);
 }
 
+static void stop_loop(struct timer *t)
+{
+    loop_stop(L);
+}
+
 static const struct grpc_call_ops cli_ops = {.on_message = cli_msg, .on_end = cli_end};
 
 static int run_client(int argc, char **argv)
@@ -391,8 +434,17 @@ static int run_client(int argc, char **argv)
         return 0;
     }
     loop_run(L);
+    /* What the end queued (a RST_STREAM CANCEL at the deadline) is flushed from the loop's tasks; so is the
+     * connection's free, before the context goes. */
+    struct timer t = {.cb = stop_loop};
+    timer_start(L, &t, 10);
+    loop_run(L);
     grpc_channel_free(ch);
+    timer_start(L, &t, 10);
+    loop_run(L);
+    if (ctx) SSL_CTX_free(ctx);
     free(pl);
+    loop_free(L);
     return 0;
 }
 

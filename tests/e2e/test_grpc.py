@@ -1,4 +1,4 @@
-"""zmesh's gRPC layer (src/grpc) against peers it did not write: grpcio (Debian python3-grpcio) as client and
+"""zmesh's gRPC layer (src/h2/grpc.c) against peers it did not write: grpcio (Debian python3-grpcio) as client and
 server, and a raw HTTP/2 client (python3-h2) for requests no gRPC library would send.
 
 The service is tests/grpc/echo.proto. Python stubs are generated at test time with grpc_tools' own protoc
@@ -102,6 +102,19 @@ class ZServer:
     def _read(self):
         for line in self.proc.stdout:
             self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, prefix, timeout=5.0):
+        """The next line starting with prefix (lines before it are kept in .ends)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.time()))
+            except queue.Empty:
+                break
+            if line.startswith(prefix):
+                return line
+            self.ends.append(line)
+        raise AssertionError("no %r line (seen %r)" % (prefix, self.ends))
 
     def wait_end(self, path, timeout=5.0):
         """The next "end" line for path, as (status, message)."""
@@ -417,6 +430,47 @@ def test_server_enforces_grpc_timeout(zserver):
         c.close()
 
 
+def test_send_backpressure(zserver, pb):
+    """A client that stops reading: the server's handler, pushing 256 messages of 16 000 bytes, is told "not
+    now" (-EAGAIN) once about 1 MiB is queued, instead of queueing 4 MiB; when the client reads again the handler is
+    told it may send (on_writable) and every message arrives, in order."""
+    echo_pb2, _ = pb
+    c = RawH2(zserver.port)
+    try:
+        req = echo_pb2.EchoRequest(push=256, payload=b"p" * 16000)
+        sid = c.request(grpc_headers(path=CHAT), body=frame(req.SerializeToString()), end=False)
+        blocked = zserver.wait_line("blocked ")
+        queued = int(blocked.split()[1])
+        assert 0 < queued <= (1 << 20) + 16000 + 64, blocked
+        # Read everything now, crediting the window as the bytes arrive; half-close after the last message.
+        buf, msgs, trailers, closed = b"", [], None, False
+        deadline = time.time() + 10
+        while trailers is None and time.time() < deadline:
+            data = c.sock.recv(1 << 20)
+            assert data, "connection closed"
+            for ev in c.conn.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    c.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    buf += ev.data
+                    while len(buf) >= 5 and len(buf) >= 5 + int.from_bytes(buf[1:5], "big"):
+                        n = int.from_bytes(buf[1:5], "big")
+                        msgs.append(echo_pb2.EchoReply.FromString(buf[5:5 + n]))
+                        buf = buf[5 + n:]
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers = dict((k.decode(), v.decode()) for k, v in ev.headers)
+            if len(msgs) == 256 and not closed:
+                c.conn.end_stream(sid)
+                closed = True
+            c.flush()
+        assert [m.text for m in msgs] == ["push %d" % i for i in range(256)]
+        assert all(len(m.payload) == 16000 for m in msgs)
+        assert trailers and trailers["grpc-status"] == "0", trailers
+        assert zserver.wait_line("writable ")
+        assert zserver.wait_end(CHAT) == ("OK", "")
+    finally:
+        c.close()
+
+
 # ---- zmesh client -> grpcio server ----------------------------------------------------------------------------
 
 class Servicer:
@@ -431,6 +485,8 @@ class Servicer:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied: caf\u00e9 100%")
         if request.text == "sleep":
             time.sleep(2)
+        if request.text == "trailers":
+            context.set_trailing_metadata([("x-server", "yes"), ("x-server-bin", b"\x00\xff")])
         if request.text == "big":
             return self.pb2.EchoReply(text="big", payload=b"z" * 100000)
         return self.pb2.EchoReply(text=request.text, metadata=["%s=%s" % kv for kv in sorted(md.items())
@@ -478,6 +534,11 @@ def test_client_unary_metadata(peer_bin, gserver):
     assert md["clusterid"] == "Kubernetes"
     assert md["user-agent"].startswith("grpc-c-zmesh/")
     assert 3 < remaining <= 5
+    # Trailing metadata grpcio sets reaches the zmesh client, -bin values decoded.
+    lines, st, msg = zclient(peer_bin, plain, "unary", "--text", "trailers")
+    assert st == "OK", (lines, msg)
+    assert "trailer x-server=yes" in lines
+    assert "trailer x-server-bin=00ff" in lines
 
 
 def test_client_tls(peer_bin, gserver, certs):
@@ -530,3 +591,62 @@ def test_client_unavailable(peer_bin):
     """Nobody listens: UNAVAILABLE."""
     lines, st, msg = zclient(peer_bin, free_port(), "unary", "--text", "x")
     assert st == "UNAVAILABLE", (lines, msg)
+
+
+def test_client_request_headers_and_cancel(peer_bin):
+    """What the zmesh client puts on the wire, read by a python3-h2 server: the request headers in the order
+    PROTOCOL-HTTP2.md gives (pseudo-headers, grpc-timeout, content-type, te, user-agent, grpc-accept-encoding
+    identity, then custom metadata,
+    a -bin value in unpadded base64), one length-prefixed message, and at the deadline RST_STREAM CANCEL."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    port = ls.getsockname()[1]
+    proc = subprocess.Popen([peer_bin, "client", "127.0.0.1:%d" % port, "unary", "--text", "hi", "--timeout-ms",
+                             "300", "--md", "authorization=Bearer t", "--md", "x-b-bin=\x01"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ls.settimeout(5)
+        s, _ = ls.accept()
+        s.settimeout(5)
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        headers, body, reset, ended = None, b"", None, False
+        deadline = time.time() + 5
+        while reset is None and time.time() < deadline:
+            data = s.recv(65536)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    headers = [(k.decode(), v.decode()) for k, v in ev.headers]
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    ended = True
+                elif isinstance(ev, h2.events.StreamReset):
+                    reset = ev.error_code
+            s.sendall(conn.data_to_send())
+        names = [k for k, _ in headers]
+        assert names[:4] == [":method", ":scheme", ":path", ":authority"], names
+        assert names[4:9] == ["grpc-timeout", "content-type", "te", "user-agent", "grpc-accept-encoding"], names
+        h = dict(headers)
+        assert h[":method"] == "POST" and h[":scheme"] == "http" and h[":path"] == ECHO
+        assert h[":authority"] == "127.0.0.1:%d" % port
+        assert h["grpc-timeout"] == "300000u", h   # 300 ms: the finest unit that fits 8 digits
+        assert h["content-type"] == "application/grpc" and h["te"] == "trailers"
+        assert h["grpc-accept-encoding"] == "identity"
+        assert h["authorization"] == "Bearer t"
+        assert h["x-b-bin"] == "AQ"                 # base64 of 0x01, unpadded
+        assert ended, "the unary request was not ended with END_STREAM"
+        assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
+        assert reset == 8, reset                    # CANCEL at the deadline
+        out, err = proc.communicate(timeout=5)
+        assert out.strip().splitlines()[-1].startswith("status DEADLINE_EXCEEDED"), out + err
+        s.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ls.close()

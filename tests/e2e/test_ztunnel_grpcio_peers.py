@@ -111,8 +111,9 @@ class Pki:
 class Peer:
     """The grpcio servers, recording what ztunnel sent."""
 
-    def __init__(self, pb, pki, resources):
+    def __init__(self, pb, pki, resources, gates=None):
         self.pb, self.pki = pb, pki
+        self.gates = gates or {}  # type_url -> threading.Event the first response of that type waits for
         self.resources = resources  # type_url -> [(name, Any bytes of that type)]
         self.requests = queue.Queue()
         self.metadata = {}
@@ -127,6 +128,9 @@ class Peer:
                     peer.requests.put(req)
                     if req.response_nonce:
                         continue  # an ACK or NACK
+                    gate = peer.gates.get(req.type_url)
+                    if gate:
+                        gate.wait(30)
                     nonce += 1
                     r = pb.d.DeltaDiscoveryResponse(type_url=req.type_url, nonce="n%d" % nonce,
                                                     system_version_info="v1")
@@ -233,6 +237,94 @@ def test_ztunnel_against_grpcio_xds_and_ca(pb, ztunnel_bin, tmp_path):
         assert [w["uid"] for w in dump["workloads"]] == ["Kubernetes//Pod/default/a"]
         assert dump["certificates"][0]["state"] == "Available"
     finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        peer.stop()
+
+
+def test_not_ready_until_synced_and_backoff_grows(ztunnel_bin, tmp_path):
+    """With an xDS server that is not there, ztunnel starts, is not ready ("state manager" pending, as Istio's
+    readiness lists it), and retries with a doubling backoff instead of spinning."""
+    Pki(str(tmp_path))  # writes root-cert.pem
+    root = tmp_path / "root-cert.pem"
+    env = dict(os.environ, PROXY_MODE="dedicated", PROXY_WORKLOAD_INFO="default/a/sa-a",
+               XDS_ADDRESS="https://127.0.0.1:1", CA_ADDRESS="https://127.0.0.1:1", XDS_ROOT_CA=str(root),
+               CA_ROOT_CA=str(root), ADMIN_PORT="0", METRICS_PORT="0", READINESS_PORT="0", LOG_FORMAT="json")
+    for k in ("LOCAL_XDS_PATH", "LOCAL_CA_DIR", "AUTH_TOKEN"):
+        env.pop(k, None)
+    log_path = tmp_path / "ztunnel.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([os.path.join(Topology.bin_dir(), "ztunnel")], env=env, stdout=log, stderr=log)
+    try:
+        def lines():
+            with open(log_path) as f:
+                return [json.loads(l) for l in f if l.startswith("{")]
+
+        def retries():
+            return [l for l in lines() if l.get("scope") == "xds" and "retrying in" in l.get("message", "")]
+        assert wait_for(lambda: len(retries()) >= 6, timeout=10), tail(str(log_path))
+        delays = [int(l["message"].rsplit("retrying in ", 1)[1].rstrip("ms")) for l in retries()[:6]]
+        # Istio doubles the 10 ms initial backoff before each wait after a connection error (client.rs run_loop).
+        assert delays == [20, 40, 80, 160, 320, 640], delays
+        admin = next(l for l in lines() if l.get("message", "").startswith("admin on"))
+        ready_port = admin["message"].rsplit("readiness on :", 1)[1]
+        import urllib.error
+        import urllib.request
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen("http://127.0.0.1:%s/healthz/ready" % ready_port, timeout=5)
+        assert e.value.code == 500  # Istio's readiness answers 500 with the pending tasks
+        assert "state manager" in e.value.read().decode()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_nothing_served_before_policies_arrive(pb, ztunnel_bin, tmp_path):
+    """Fail closed: while the Authorization type has had no response, ztunnel has its workloads but opens no
+    listener (a connection admitted then could be one a DENY policy on its way refuses); once it arrives the
+    listeners open."""
+    import socket
+    pki = Pki(str(tmp_path))
+    gate = threading.Event()
+    peer = Peer(pb, pki, {ADDRESS: [workload(pb, "a", "127.0.0.1")]}, gates={AUTHZ: gate})
+    token = tmp_path / "token"
+    token.write_text("t")
+    addr = "https://127.0.0.1:%d" % peer.port
+    env = dict(os.environ, PROXY_MODE="dedicated", PROXY_WORKLOAD_INFO="default/a/sa-a", XDS_ADDRESS=addr,
+               CA_ADDRESS=addr, XDS_ROOT_CA=pki.root_path, CA_ROOT_CA=pki.root_path, ALT_XDS_HOSTNAME=ISTIOD,
+               ALT_CA_HOSTNAME=ISTIOD, AUTH_TOKEN=str(token), ADMIN_PORT="0", METRICS_PORT="0",
+               READINESS_PORT="0", LOG_FORMAT="json", RUST_LOG="info,xds=debug")
+    for k in ("LOCAL_XDS_PATH", "LOCAL_CA_DIR"):
+        env.pop(k, None)
+    log_path = tmp_path / "ztunnel.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([os.path.join(Topology.bin_dir(), "ztunnel")], env=env, stdout=log, stderr=log)
+
+    def lines():
+        with open(log_path) as f:
+            return [json.loads(l) for l in f if l.startswith("{")]
+
+    def listening():
+        s = socket.socket()
+        try:
+            s.settimeout(1)
+            s.connect(("127.0.0.1", 15008))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+    try:
+        assert wait_for(lambda: any("ACK (1 resources" in l.get("message", "") for l in lines()), timeout=10), \
+            tail(str(log_path))
+        time.sleep(0.5)
+        assert not listening(), "15008 accepts before the policies arrived"
+        assert not any(l.get("message") == "listeners ready" for l in lines())
+        gate.set()
+        assert wait_for(listening, timeout=10), tail(str(log_path))
+    finally:
+        gate.set()
         proc.terminate()
         proc.wait(timeout=10)
         peer.stop()

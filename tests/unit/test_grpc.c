@@ -1,4 +1,5 @@
-/* Unit tests for src/grpc: the wire rules (wire.c). */
+/* Unit tests for gRPC (src/h2/grpc.c, grpc_wire.c): the wire rules, and calls between a zmesh client and a zmesh server on
+ * one loop over h2c on loopback (grpc.c). Interoperability with grpcio is tests/e2e/test_grpc.py's. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -6,9 +7,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <cmocka.h>
 
-#include "grpc/wire.h"
+#include "core/net.h"
+#include "h2/grpc.h"
+#include "tls/ca.h"
+#include "tls/tls.h"
+#include "h2/grpc_wire.h"
 
 static void test_status_names(void **state)
 {
@@ -109,8 +116,10 @@ static void test_deframer_chunking(void **state)
             struct got g = {0};
             grpc_deframer_init(&d, 0);
             assert_int_equal(grpc_deframer_feed(&d, s, a, on_msg, &g, err, sizeof(err)), GRPC_STATUS_OK);
-            assert_int_equal(grpc_deframer_feed(&d, s + a, b - a, on_msg, &g, err, sizeof(err)), GRPC_STATUS_OK);
-            assert_int_equal(grpc_deframer_feed(&d, s + b, n - b, on_msg, &g, err, sizeof(err)), GRPC_STATUS_OK);
+            assert_int_equal(grpc_deframer_feed(&d, s + a, b - a, on_msg, &g, err, sizeof(err)),
+                             GRPC_STATUS_OK);
+            assert_int_equal(grpc_deframer_feed(&d, s + b, n - b, on_msg, &g, err, sizeof(err)),
+                             GRPC_STATUS_OK);
             check_three(&g);
             assert_false(grpc_deframer_partial(&d));
             assert_int_equal(grpc_deframer_finish(&d, err, sizeof(err)), GRPC_STATUS_OK);
@@ -153,7 +162,8 @@ static void test_deframer_max(void **state)
     uint8_t h[5];
     grpc_deframer_init(&d, 10);
     grpc_frame_header(h, false, 11);
-    assert_int_equal(grpc_deframer_feed(&d, h, 5, on_msg, &g, err, sizeof(err)), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_int_equal(grpc_deframer_feed(&d, h, 5, on_msg, &g, err, sizeof(err)),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
     assert_string_equal(err, "grpc: received message larger than max (11 vs. 10)");
     assert_null(d.buf);
     grpc_deframer_free(&d);
@@ -280,8 +290,8 @@ static void test_timeout_parse(void **state)
         assert_int_equal(grpc_timeout_parse(ok[i].v, strlen(ok[i].v), &ns), 0);
         assert_true(ns == ok[i].ns);
     }
-    static const char *const bad[] = {"", "S", "1", "123456789S", "1s", "1h", "1x", "-1S", "+1S", " 1S", "1 S",
-                                      "1.5S", "1SS", "0x1S"};
+    static const char *const bad[] = {"",    "S",   "1",   "123456789S", "1s",   "1h",  "1x",
+                                      "-1S", "+1S", " 1S", "1 S",        "1.5S", "1SS", "0x1S"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint64_t ns;
         assert_int_equal(grpc_timeout_parse(bad[i], strlen(bad[i]), &ns), -EINVAL);
@@ -373,8 +383,9 @@ static void test_metadata_rules(void **state)
     assert_true(grpc_md_is_bin("trace-proto-bin", 15));
     assert_false(grpc_md_is_bin("-bin", 4));
     assert_false(grpc_md_is_bin("binary", 6));
-    static const char *const reserved[] = {":path", "grpc-status", "grpc-timeout", "grpc-foo", "content-type",
-                                           "te", "user-agent", "connection", "transfer-encoding", "host"};
+    static const char *const reserved[] = {
+        ":path", "grpc-status", "grpc-timeout", "grpc-foo",          "content-type",
+        "te",    "user-agent",  "connection",   "transfer-encoding", "host"};
     for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
         assert_true(grpc_md_reserved(reserved[i], strlen(reserved[i])));
     assert_false(grpc_md_reserved("authorization", 13));
@@ -387,8 +398,8 @@ static void test_base64(void **state)
     (void)state;
     static const struct {
         const char *raw, *b64;
-    } v[] = {{"", ""}, {"f", "Zg"}, {"fo", "Zm8"}, {"foo", "Zm9v"}, {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"},
-             {"foobar", "Zm9vYmFy"}};
+    } v[] = {{"", ""},           {"f", "Zg"},          {"fo", "Zm8"},         {"foo", "Zm9v"},
+             {"foob", "Zm9vYg"}, {"fooba", "Zm9vYmE"}, {"foobar", "Zm9vYmFy"}};
     char enc[32];
     uint8_t dec[32];
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
@@ -470,6 +481,558 @@ static void test_status_mappings(void **state)
     assert_int_equal(grpc_status_from_h2_error(0xc), GRPC_STATUS_PERMISSION_DENIED);
 }
 
+/* ---- calls: zmesh client <-> zmesh server, h2c on loopback ---- */
+
+struct env {
+    struct loop *l;
+    struct grpc_server *srv;
+    struct io lio;
+    uint16_t port;
+    struct timer guard;
+    int stops_wanted, stops;
+    SSL_CTX *sctx; /* NULL: h2c */
+};
+
+static struct env E;
+static struct got_call *G_stream;
+static int G_taken;
+
+static void on_accept(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    int fd;
+    while ((fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0)
+        assert_int_equal(grpc_server_serve(E.srv, fd, E.sctx), 0);
+}
+
+static void guard_fired(struct timer *t)
+{
+    (void)t;
+    fail_msg("the loop did not finish in time");
+}
+
+/* Runs the loop until done() has been called n times. */
+static void run_until(int n)
+{
+    E.stops = 0;
+    E.stops_wanted = n;
+    timer_start(E.l, &E.guard, 5000);
+    loop_run(E.l);
+    timer_stop(E.l, &E.guard);
+}
+
+static void done(void)
+{
+    if (++E.stops >= E.stops_wanted) loop_stop(E.l);
+}
+
+/* Runs the loop until pred() holds (checked every 2 ms). */
+static bool (*E_pred)(void);
+static void poll_cb(struct timer *t)
+{
+    if (E_pred())
+        loop_stop(E.l);
+    else
+        timer_start(E.l, t, 2);
+}
+
+static void run_while_not(bool (*pred)(void))
+{
+    struct timer poll = {.cb = poll_cb};
+    E_pred = pred;
+    E.stops_wanted = 1 << 30;
+    timer_start(E.l, &poll, 2);
+    timer_start(E.l, &E.guard, 5000);
+    loop_run(E.l);
+    timer_stop(E.l, &E.guard);
+    timer_stop(E.l, &poll);
+}
+
+static bool always(void)
+{
+    return true;
+}
+
+/* What a server handler saw. */
+struct seen {
+    int calls;
+    char md[8][64];
+    int n_md;
+    uint64_t timeout_ns;
+    char peer_id[256];
+    enum grpc_status end_status;
+    int ends;
+    struct grpc_call *call; /* streaming: the call, to push to */
+    uint64_t msgs;
+    uint8_t last[16];
+    size_t last_n;
+    bool writable;
+};
+static struct seen S;
+
+static void srv_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    (void)c;
+    (void)ud;
+    S.end_status = r->status;
+    S.ends++;
+    S.call = NULL;
+    done();
+}
+
+static const struct grpc_call_ops srv_ops = {.on_end = srv_end};
+
+/* Unary: echoes the request reversed, with a trailer; "slow" never answers; "fail" ends with NOT_FOUND. */
+static void h_echo(struct grpc_call *c, void *ud, const struct grpc_call_info *info)
+{
+    (void)ud;
+    S.calls++;
+    S.timeout_ns = info->timeout_ns;
+    snprintf(S.peer_id, sizeof(S.peer_id), "%s", info->peer_id);
+    S.n_md = 0;
+    for (size_t i = 0; i < info->n_md && i < 8; i++)
+        snprintf(S.md[S.n_md++], sizeof(S.md[0]), "%s=%.*s", info->md[i].name, (int)info->md[i].len,
+                 (const char *)info->md[i].value);
+    grpc_call_set_ops(c, &srv_ops, NULL);
+    if (info->request_len == 4 && !memcmp(info->request, "slow", 4)) return;
+    if (info->request_len == 4 && !memcmp(info->request, "fail", 4)) {
+        assert_int_equal(grpc_call_finish(c, GRPC_STATUS_NOT_FOUND, "nothing\nhere", NULL, 0), 0);
+        assert_int_equal(grpc_call_finish(c, GRPC_STATUS_OK, NULL, NULL, 0), -EPIPE);
+        return;
+    }
+    uint8_t out[256];
+    for (size_t i = 0; i < info->request_len && i < sizeof(out); i++)
+        out[i] = info->request[info->request_len - 1 - i];
+    assert_int_equal(grpc_call_send(c, out, info->request_len), 0);
+    /* A unary method answers once. */
+    assert_int_equal(grpc_call_send(c, out, 1), -EINVAL);
+    const struct grpc_md tr = {"x-t", (const uint8_t *)"v", 1};
+    assert_int_equal(grpc_call_finish(c, GRPC_STATUS_OK, NULL, &tr, 1), 0);
+}
+
+static void srv_stream_msg(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
+{
+    (void)ud;
+    (void)p;
+    (void)n;
+    S.msgs++;
+    S.last_n = n < sizeof(S.last) ? n : sizeof(S.last);
+    memcpy(S.last, p, S.last_n);
+    (void)c;
+}
+
+static void srv_stream_half(struct grpc_call *c, void *ud)
+{
+    (void)ud;
+    grpc_call_finish(c, GRPC_STATUS_OK, NULL, NULL, 0);
+}
+
+static void srv_writable(struct grpc_call *c, void *ud)
+{
+    (void)c;
+    (void)ud;
+    S.writable = true;
+    done();
+}
+
+static const struct grpc_call_ops srv_stream_ops = {.on_message = srv_stream_msg,
+                                                    .on_half_close = srv_stream_half,
+                                                    .on_writable = srv_writable,
+                                                    .on_end = srv_end};
+
+static void h_stream(struct grpc_call *c, void *ud, const struct grpc_call_info *info)
+{
+    (void)ud;
+    (void)info;
+    S.calls++;
+    S.call = c;
+    grpc_call_set_ops(c, &srv_stream_ops, NULL);
+    done();
+}
+
+static int setup_calls(void **state)
+{
+    (void)state;
+    memset(&E, 0, sizeof(E));
+    memset(&S, 0, sizeof(S));
+    E.l = loop_new();
+    assert_non_null(E.l);
+    E.srv = grpc_server_new(E.l, &(struct grpc_opts){.max_recv = 1u << 20});
+    assert_non_null(E.srv);
+    assert_int_equal(grpc_server_add(E.srv, "/t.S/Echo", GRPC_UNARY, h_echo, NULL), 0);
+    assert_int_equal(grpc_server_add(E.srv, "/t.S/Stream", GRPC_STREAMING, h_stream, NULL), 0);
+    assert_int_equal(grpc_server_add(E.srv, "/t.S/Echo", GRPC_UNARY, h_echo, NULL), -EEXIST);
+    assert_int_equal(grpc_server_add(E.srv, "t.S/Echo", GRPC_UNARY, h_echo, NULL), -EINVAL);
+    assert_int_equal(grpc_server_add(E.srv, "/t.S/", GRPC_UNARY, h_echo, NULL), -EINVAL);
+    int fd = net_listen_local(0, 16);
+    assert_true(fd >= 0);
+    net_set_nonblock(fd);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    E.port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    E.lio.fd = fd;
+    E.lio.cb = on_accept;
+    loop_io_add(E.l, &E.lio, EPOLLIN);
+    E.guard.cb = guard_fired;
+    return 0;
+}
+
+static int teardown_calls(void **state)
+{
+    (void)state;
+    grpc_server_free(E.srv);
+    /* Closes and frees finish in the loop's tasks. */
+    run_while_not(always);
+    loop_io_del(E.l, &E.lio);
+    close(E.lio.fd);
+    loop_free(E.l);
+    return 0;
+}
+
+static struct grpc_channel *dial_tls(uint16_t port, const struct grpc_opts *o, SSL_CTX *ctx,
+                                     const struct h2_peer *peer)
+{
+    struct ip_addr ip;
+    struct sockaddr_storage ss;
+    ip_parse("127.0.0.1", &ip);
+    sockaddr_from(&ss, &ip, port);
+    struct grpc_channel *ch = grpc_channel_dial(E.l, &ss, ctx, peer, "test.local", o);
+    assert_non_null(ch);
+    return ch;
+}
+
+static struct grpc_channel *dial(uint16_t port, const struct grpc_opts *o)
+{
+    struct grpc_channel *ch = dial_tls(port, o, NULL, NULL);
+    assert_non_null(ch);
+    return ch;
+}
+
+/* What a client call got. */
+struct got_call {
+    int msgs;
+    uint8_t last[256];
+    size_t last_n;
+    bool ended;
+    enum grpc_status status;
+    char message[256];
+    char trailer[64];
+    bool writable;
+};
+
+static void cli_msg(struct grpc_call *c, void *ud, const uint8_t *p, size_t n)
+{
+    (void)c;
+    struct got_call *g = ud;
+    g->msgs++;
+    g->last_n = n < sizeof(g->last) ? n : sizeof(g->last);
+    memcpy(g->last, p, g->last_n);
+}
+
+static void cli_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    (void)c;
+    struct got_call *g = ud;
+    g->ended = true;
+    g->status = r->status;
+    snprintf(g->message, sizeof(g->message), "%s", r->message);
+    if (r->n_trailers)
+        snprintf(g->trailer, sizeof(g->trailer), "%s=%.*s", r->trailers[0].name, (int)r->trailers[0].len,
+                 (const char *)r->trailers[0].value);
+    done();
+}
+
+static void cli_writable(struct grpc_call *c, void *ud)
+{
+    (void)c;
+    struct got_call *g = ud;
+    g->writable = true;
+    done();
+}
+
+static const struct grpc_call_ops cli_ops = {
+    .on_message = cli_msg, .on_writable = cli_writable, .on_end = cli_end};
+
+/* A unary round trip: the request, the metadata the handler sees (and what it does not), the response, the
+ * trailers and a percent-encoded status message; and an unknown method. */
+static void test_call_unary(void **state)
+{
+    (void)state;
+    struct grpc_channel *ch = dial(E.port, NULL);
+    const struct grpc_md md[] = {{"authorization", (const uint8_t *)"Bearer t", 8},
+                                 {"clusterid", (const uint8_t *)"c1", 2},
+                                 {"x-raw-bin", (const uint8_t *)"\x01\x02", 2}};
+    struct got_call g = {0};
+    int err;
+    struct grpc_call *c =
+        grpc_call_unary(ch, "/t.S/Echo", &(struct grpc_call_opts){.timeout_ms = 3000, .md = md, .n_md = 3},
+                        (const uint8_t *)"abc", 3, &cli_ops, &g, &err);
+    assert_non_null(c);
+    run_until(2); /* client end + server end */
+    assert_true(g.ended);
+    assert_int_equal(g.status, GRPC_STATUS_OK);
+    assert_int_equal(g.msgs, 1);
+    assert_memory_equal(g.last, "cba", 3);
+    assert_string_equal(g.trailer, "x-t=v");
+    assert_int_equal(S.end_status, GRPC_STATUS_OK);
+    /* user-agent, authorization, clusterid, x-raw-bin (decoded); no content-type, te or grpc-timeout. */
+    assert_int_equal(S.n_md, 4);
+    assert_string_equal(S.md[1], "authorization=Bearer t");
+    assert_string_equal(S.md[2], "clusterid=c1");
+    assert_string_equal(S.md[3], "x-raw-bin=\x01\x02");
+    assert_true(S.timeout_ns > 2000000000ull && S.timeout_ns <= 3000000000ull);
+
+    memset(&g, 0, sizeof(g));
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"fail", 4, &cli_ops, &g, &err));
+    run_until(2);
+    assert_int_equal(g.status, GRPC_STATUS_NOT_FOUND);
+    assert_string_equal(g.message, "nothing\nhere");
+
+    memset(&g, 0, sizeof(g));
+    assert_non_null(grpc_call_unary(ch, "/t.S/Nope", NULL, (const uint8_t *)"x", 1, &cli_ops, &g, &err));
+    run_until(1);
+    assert_int_equal(g.status, GRPC_STATUS_UNIMPLEMENTED);
+    assert_string_equal(g.message, "unknown method Nope for service t.S");
+
+    /* Bad metadata and paths are refused before anything is sent. */
+    const struct grpc_md bad[] = {{"Upper", (const uint8_t *)"x", 1},
+                                  {"grpc-foo", (const uint8_t *)"x", 1},
+                                  {"te", (const uint8_t *)"x", 1},
+                                  {"ok", (const uint8_t *)"a\nb", 3}};
+    for (size_t i = 0; i < 4; i++) {
+        assert_null(grpc_call_start(ch, "/t.S/Echo", &(struct grpc_call_opts){.md = &bad[i], .n_md = 1},
+                                    &cli_ops, &g, &err));
+        assert_int_equal(err, -EINVAL);
+    }
+    assert_null(grpc_call_start(ch, "no-slash", NULL, &cli_ops, &g, &err));
+    assert_int_equal(err, -EINVAL);
+    grpc_channel_free(ch);
+}
+
+/* The client's deadline: DEADLINE_EXCEEDED on the client, and the handler's call ends as DEADLINE_EXCEEDED
+ * (the client's RST_STREAM CANCEL came at the deadline). */
+static void test_call_deadline(void **state)
+{
+    (void)state;
+    struct grpc_channel *ch = dial(E.port, NULL);
+    struct got_call g = {0};
+    int err;
+    uint64_t t0 = loop_now(E.l);
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", &(struct grpc_call_opts){.timeout_ms = 100},
+                                    (const uint8_t *)"slow", 4, &cli_ops, &g, &err));
+    run_until(2);
+    assert_int_equal(g.status, GRPC_STATUS_DEADLINE_EXCEEDED);
+    assert_true(loop_now(E.l) - t0 >= 100);
+    assert_int_equal(S.ends, 1);
+    assert_int_equal(S.end_status, GRPC_STATUS_DEADLINE_EXCEEDED);
+    grpc_channel_free(ch);
+}
+
+/* Nobody listening: UNAVAILABLE. */
+static void test_call_unavailable(void **state)
+{
+    (void)state;
+    int fd = net_listen_local(0, 1);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    uint16_t port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    close(fd);
+    struct grpc_channel *ch = dial(port, NULL);
+    struct got_call g = {0};
+    int err;
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"x", 1, &cli_ops, &g, &err));
+    run_until(1);
+    assert_int_equal(g.status, GRPC_STATUS_UNAVAILABLE);
+    assert_false(grpc_channel_usable(ch));
+    assert_null(grpc_call_start(ch, "/t.S/Echo", NULL, &cli_ops, &g, &err));
+    assert_int_equal(err, -EPIPE);
+    grpc_channel_free(ch);
+}
+
+static bool stream_all_in(void)
+{
+    return G_stream->msgs >= 1 && S.msgs >= (uint64_t)G_taken + 1;
+}
+
+/* Streaming both ways, the send queue's bound and on_writable, max_send, and the server going away under an
+ * open call (the client: UNAVAILABLE; the handler: CANCELLED). */
+static void test_call_stream_backpressure(void **state)
+{
+    (void)state;
+    struct grpc_channel *ch =
+        dial(E.port, &(struct grpc_opts){.max_send = 100000, .send_queue_max = 256 << 10});
+    struct got_call g = {0};
+    int err;
+    struct grpc_call *c = grpc_call_start(ch, "/t.S/Stream", NULL, &cli_ops, &g, &err);
+    assert_non_null(c);
+    static uint8_t big[100001];
+    assert_int_equal(grpc_call_send(c, big, sizeof(big)), -EMSGSIZE);
+    /* Nothing has been sent yet (the loop has not run): the queue fills to its bound, then says -EAGAIN. */
+    int taken = 0;
+    while (grpc_call_send(c, big, 16384) == 0)
+        taken++;
+    assert_int_equal(taken, (256 << 10) / (16384 + 5));
+    assert_true(grpc_call_queued(c) <= 256u << 10);
+    assert_false(grpc_call_writable(c, 16384));
+    run_until(2); /* the handler starts; on_writable once the queue drained below half */
+    assert_true(g.writable);
+    assert_non_null(S.call);
+    /* A message built in place in the queue. */
+    uint8_t *dst = grpc_call_send_alloc(c, 8, &err);
+    assert_non_null(dst);
+    memcpy(dst, "inplace!", 8);
+    /* The server pushes to the client from outside any callback of the call. */
+    assert_int_equal(grpc_call_send(S.call, (const uint8_t *)"push", 4), 0);
+    G_stream = &g;
+    G_taken = taken;
+    run_while_not(stream_all_in);
+    assert_memory_equal(g.last, "push", 4);
+    assert_int_equal(S.msgs, taken + 1);
+    assert_int_equal(S.last_n, 8);
+    assert_memory_equal(S.last, "inplace!", 8);
+    /* Asking before building: a full queue says no, and on_writable follows without a refused send. */
+    g.writable = false;
+    taken = 0;
+    while (grpc_call_writable(c, 16384)) {
+        assert_int_equal(grpc_call_send(c, big, 16384), 0);
+        taken++;
+    }
+    run_until(1);
+    assert_true(g.writable);
+    /* The handler's call ends inside grpc_server_free (the connection closes at once), the client's when its
+     * connection sees the close. */
+    grpc_server_free(E.srv);
+    E.srv = NULL;
+    assert_int_equal(S.ends, 1);
+    if (!g.ended) run_until(1);
+    assert_true(g.ended);
+    assert_int_equal(g.status, GRPC_STATUS_UNAVAILABLE);
+    assert_int_equal(S.end_status, GRPC_STATUS_CANCELLED);
+    grpc_channel_free(ch);
+}
+
+/* Mutual TLS with workload certificates from zmesh's local CA (tls/ca.h) and HBONE's contexts: the handler
+ * learns the client's SPIFFE id, the client checks the server's; a server that is not the one expected is
+ * refused before any request leaves (UNAVAILABLE, H2_END_IDENTITY). */
+#define ID_SERVER "spiffe://cluster.local/ns/istio-system/sa/istiod"
+#define ID_CLIENT "spiffe://cluster.local/ns/istio-system/sa/ztunnel"
+
+static struct tls_cert *mint(struct cert_provider *ca, const char *uri)
+{
+    struct spiffe_id id;
+    char err[256] = "";
+    assert_int_equal(spiffe_parse(uri, strlen(uri), &id), 0);
+    struct tls_cert *c = ca->fetch(ca, &id, err, sizeof(err));
+    assert_non_null(c);
+    return c;
+}
+
+static enum h2_end_reason last_h2_reason;
+static void cli_end_reason(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    last_h2_reason = r->h2_reason;
+    cli_end(c, ud, r);
+}
+static const struct grpc_call_ops cli_ops_reason = {.on_message = cli_msg, .on_end = cli_end_reason};
+
+static void test_call_mtls(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/zmesh-grpc-XXXXXX", err[256], p[128];
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(ca_write_root(dir, NULL, err, sizeof(err)), 0);
+    struct cert_provider *ca = ca_local_new(dir, err, sizeof(err));
+    assert_non_null(ca);
+    struct tls_cert *cs = mint(ca, ID_SERVER), *cc = mint(ca, ID_CLIENT);
+    E.sctx = tls_server_ctx_new(cs);
+    SSL_CTX *cctx = tls_client_ctx_new(cc);
+    assert_non_null(E.sctx);
+    assert_non_null(cctx);
+
+    const char *const ok[] = {ID_SERVER};
+    struct grpc_channel *ch =
+        dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = ok, .n_expected = 1});
+    struct got_call g = {0};
+    int rc;
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"tls", 3, &cli_ops, &g, &rc));
+    run_until(2);
+    assert_int_equal(g.status, GRPC_STATUS_OK);
+    assert_memory_equal(g.last, "slt", 3);
+    assert_string_equal(S.peer_id, ID_CLIENT);
+    grpc_channel_free(ch);
+
+    const char *const wrong[] = {"spiffe://cluster.local/ns/default/sa/other"};
+    ch = dial_tls(E.port, NULL, cctx, &(struct h2_peer){.expected = wrong, .n_expected = 1});
+    memset(&g, 0, sizeof(g));
+    S.calls = 0;
+    assert_non_null(
+        grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"x", 1, &cli_ops_reason, &g, &rc));
+    run_until(1);
+    assert_int_equal(g.status, GRPC_STATUS_UNAVAILABLE);
+    assert_int_equal(last_h2_reason, H2_END_IDENTITY);
+    assert_int_equal(S.calls, 0);
+    grpc_channel_free(ch);
+
+    /* Let the conns go before their contexts. */
+    grpc_server_free(E.srv);
+    E.srv = NULL;
+    run_while_not(always);
+    SSL_CTX_free(E.sctx);
+    E.sctx = NULL;
+    SSL_CTX_free(cctx);
+    tls_cert_unref(cs);
+    tls_cert_unref(cc);
+    ca->destroy(ca);
+    snprintf(p, sizeof(p), "%s/root-cert.pem", dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/root-key.pem", dir);
+    unlink(p);
+    rmdir(dir);
+}
+
+static bool no_conns(void)
+{
+    return grpc_server_conns(E.srv) == 0;
+}
+
+/* Drain: the open stream goes on and ends normally, a new call is refused (UNAVAILABLE), then the connection
+ * closes by itself. */
+static void test_server_drain(void **state)
+{
+    (void)state;
+    struct grpc_channel *ch = dial(E.port, NULL);
+    struct got_call g = {0}, g2 = {0};
+    int err;
+    struct grpc_call *c = grpc_call_start(ch, "/t.S/Stream", NULL, &cli_ops, &g, &err);
+    assert_non_null(c);
+    assert_int_equal(grpc_call_send(c, (const uint8_t *)"x", 1), 0);
+    run_until(1); /* the handler has the call */
+    assert_non_null(S.call);
+    assert_int_equal(grpc_server_conns(E.srv), 1);
+    grpc_server_drain(E.srv);
+    run_while_not(always);
+    run_while_not(always);
+    assert_int_equal(grpc_server_conns(E.srv), 1);
+    struct grpc_call *c2 =
+        grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"y", 1, &cli_ops, &g2, &err);
+    if (c2) {
+        run_until(1);
+        assert_int_equal(g2.status, GRPC_STATUS_UNAVAILABLE);
+    } else {
+        assert_int_equal(err, -EPIPE); /* the GOAWAY arrived first: the channel takes no calls */
+    }
+    /* The old call still works both ways. */
+    assert_int_equal(grpc_call_send(S.call, (const uint8_t *)"late", 4), 0);
+    assert_int_equal(grpc_call_close_send(c), 0);
+    run_until(2); /* half-close finishes it on the server: both ends */
+    assert_int_equal(g.status, GRPC_STATUS_OK);
+    assert_memory_equal(g.last, "late", 4);
+    run_while_not(no_conns);
+    grpc_channel_free(ch);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -488,6 +1051,12 @@ int main(void)
         cmocka_unit_test(test_base64),
         cmocka_unit_test(test_content_type),
         cmocka_unit_test(test_status_mappings),
+        cmocka_unit_test_setup_teardown(test_call_unary, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_deadline, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_unavailable, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_stream_backpressure, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_mtls, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_server_drain, setup_calls, teardown_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

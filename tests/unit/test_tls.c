@@ -836,6 +836,66 @@ static void test_client_identity_strict(void **state)
     tls_cert_unref(cc);
 }
 
+/* DNS SANs (zmeshd's own certificate: istiod.istio-system.svc, zmeshd.istio-system.svc): exact names,
+ * ASCII case-insensitive, no wildcard expansion, never a CA leaf; and the same over a real handshake, where
+ * the chain must also verify. */
+static void test_dns_san(void **state)
+{
+    (void)state;
+    const char *names[] = {"zmeshd.istio-system.svc", "other.example"};
+    static const struct {
+        const char *san;
+        bool ca, accepted;
+    } cases[] = {
+        {"DNS:istiod.istio-system.svc,DNS:zmeshd.istio-system.svc", false, true},
+        {"URI:" ID_SERVER ",DNS:ZMESHD.Istio-System.svc", false, true},
+        {"DNS:istiod.istio-system.svc", false, false},
+        {"DNS:*.istio-system.svc", false, false},
+        {"DNS:zmeshd.istio-system.svc.evil", false, false},
+        {"DNS:zmeshd.istio-system", false, false},
+        {"URI:spiffe://cluster.local/ns/istio-system/sa/zmeshd.istio-system.svc", false, false},
+        {NULL, false, false},
+        {"DNS:zmeshd.istio-system.svc", true, false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        EVP_PKEY *k = NULL;
+        X509 *x = mint_leaf(cases[i].san, cases[i].ca, &k);
+        if (tls_leaf_has_dns_san(x, names, 2) != cases[i].accepted)
+            fail_msg("%s (ca %d): expected %s", cases[i].san ? cases[i].san : "no SAN", cases[i].ca,
+                     cases[i].accepted ? "accepted" : "refused");
+        assert_false(tls_leaf_has_dns_san(x, names, 0));
+        X509_free(x);
+        EVP_PKEY_free(k);
+    }
+    assert_false(tls_leaf_has_dns_san(NULL, names, 2));
+
+    /* Over a handshake: the client's view of a server leaf signed by the client's root, then by another. */
+    struct tls_cert *cc = fetch(ca_a, ID_CLIENT);
+    SSL_CTX *cctx = tls_client_ctx_new(cc);
+    assert_non_null(cctx);
+    EVP_PKEY *k = NULL;
+    X509 *x = mint_leaf("DNS:zmeshd.istio-system.svc", false, &k);
+    SSL_CTX *sctx = SSL_CTX_new(TLS_server_method());
+    assert_non_null(sctx);
+    SSL_CTX_set_min_proto_version(sctx, TLS1_3_VERSION);
+    assert_int_equal(SSL_CTX_use_certificate(sctx, x), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(sctx, k), 1);
+    SSL_CTX_set_alpn_select_cb(sctx, alpn_h2_cb, NULL);
+    struct hs h;
+    hs_run(&h, cctx, sctx, NULL);
+    assert_true(h.c_ok && h.s_ok);
+    assert_true(tls_peer_has_dns_san(h.c, names, 2));
+    assert_false(tls_peer_has_dns_san(h.c, names + 1, 1));
+    assert_false(tls_peer_has_san(h.c, names, 2)); /* not a SPIFFE identity */
+    hs_free(&h);
+    SSL_CTX_free(sctx);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    assert_false(tls_peer_has_dns_san(NULL, names, 2));
+    SSL_CTX_free(cctx);
+    tls_cert_unref(cc);
+}
+
 static void test_errstr(void **state)
 {
     (void)state;
@@ -876,6 +936,7 @@ int main(void)
         cmocka_unit_test(test_leaf_identity_rules),
         cmocka_unit_test(test_server_identity_strict),
         cmocka_unit_test(test_client_identity_strict),
+        cmocka_unit_test(test_dns_san),
         cmocka_unit_test(test_errstr),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -395,8 +395,10 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
 out:
     zmeshd_debug_free(s.debug);
     zmeshd_server_free(s.srv);
+    if (s.loop) loop_run_tasks(s.loop); /* the connections closed above are freed from tasks */
     zmeshd_xds_free(s.xds);
     zmeshd_free(s.d);
+    if (s.loop) loop_run_tasks(s.loop);
     if (s.sig_io.fd >= 0) close(s.sig_io.fd);
     loop_free(s.loop);
     return s.exit_code;

@@ -1,8 +1,8 @@
-/* gRPC calls on the HTTP/2 session: server and client roles; see grpc.h and src/grpc/README.md.
+/* gRPC calls on the HTTP/2 session: server and client roles; see grpc.h and src/h2/README.md ("gRPC").
  *
  * Protocol facts from grpc/grpc doc/PROTOCOL-HTTP2.md and doc/statuscodes.md; statuses for malformed
  * requests as grpc-go answers them (internal/transport/http2_server.go). */
-#include "grpc/grpc.h"
+#include "h2/grpc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -120,9 +120,9 @@ struct grpc_call {
     bool writable_due, dead;
 };
 
-static const char *const consumed_headers[] = {"content-type", "te", "grpc-timeout", "grpc-encoding",
-                                               "grpc-accept-encoding", "grpc-status", "grpc-message",
-                                               "grpc-status-details-bin"};
+static const char *const consumed_headers[] = {
+    "content-type",         "te",          "grpc-timeout", "grpc-encoding",
+    "grpc-accept-encoding", "grpc-status", "grpc-message"};
 
 /* ---- small helpers ---- */
 
@@ -212,7 +212,9 @@ static int md_from_headers(const struct h2_header *h, size_t n, struct grpc_md *
     for (size_t i = 0; i < n; i++) {
         if (is_consumed(h[i].name)) continue;
         size_t vl = strlen(h[i].value);
-        bytes += vl + 4; /* a decoded value is never longer than its text; +NUL and padding slack */
+        /* The name (copied: the header strings die with the callback), the value (a decoded value is never
+         * longer than its text) and NULs, with slack for decoding's last quantum. */
+        bytes += strlen(h[i].name) + 1 + vl + 4;
         cnt++;
         if (grpc_md_is_bin(h[i].name, strlen(h[i].name)))
             for (size_t k = 0; k < vl; k++)
@@ -234,10 +236,13 @@ static int md_from_headers(const struct h2_header *h, size_t n, struct grpc_md *
     }
     size_t k = 0, off = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *name = h[i].name, *v = h[i].value;
-        if (is_consumed(name)) continue;
-        size_t vl = strlen(v);
-        if (!grpc_md_is_bin(name, strlen(name))) {
+        if (is_consumed(h[i].name)) continue;
+        const char *v = h[i].value;
+        size_t vl = strlen(v), nl = strlen(h[i].name);
+        char *name = (char *)a + off;
+        memcpy(name, h[i].name, nl + 1);
+        off += nl + 1;
+        if (!grpc_md_is_bin(name, nl)) {
             memcpy(a + off, v, vl + 1);
             md[k++] = (struct grpc_md){name, a + off, vl};
             off += vl + 1;
@@ -252,7 +257,7 @@ static int md_from_headers(const struct h2_header *h, size_t n, struct grpc_md *
                 p++;
             int dn = grpc_b64_decode(p, (size_t)(e - p), a + off);
             if (dn < 0) {
-                *bad = name;
+                *bad = h[i].name;
                 free(md);
                 free(a);
                 return -EINVAL;
@@ -348,9 +353,11 @@ size_t grpc_call_queued(const struct grpc_call *c)
     return c->queued;
 }
 
-bool grpc_call_writable(const struct grpc_call *c, size_t n)
+bool grpc_call_writable(struct grpc_call *c, size_t n)
 {
-    return c->queued == 0 || c->queued + GRPC_FRAME_HDR + n <= c->queue_max;
+    if (c->queued == 0 || c->queued + GRPC_FRAME_HDR + n <= c->queue_max) return true;
+    c->want_writable = true;
+    return false;
 }
 
 void grpc_call_notify_writable(struct grpc_call *c)
@@ -374,26 +381,31 @@ static void wake(struct grpc_call *c)
 
 static int server_send_headers(struct grpc_call *c);
 
-int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n)
+uint8_t *grpc_call_send_alloc(struct grpc_call *c, size_t n, int *err)
 {
-    if (!c->s || c->send_closed || (c->server && c->finished)) return -EPIPE;
-    char err[128];
-    if (grpc_check_send_size(n, c->max_send, err, sizeof(err)) != GRPC_STATUS_OK) return -EMSGSIZE;
-    if (c->server && c->unary && c->sent_msgs > 0) return -EINVAL;
-    if (!grpc_call_writable(c, n)) {
-        c->want_writable = true;
-        return -EAGAIN;
+    char why[128];
+    *err = 0;
+    if (!c->s || c->send_closed || (c->server && c->finished)) {
+        *err = -EPIPE;
+    } else if (grpc_check_send_size(n, c->max_send, why, sizeof(why)) != GRPC_STATUS_OK) {
+        *err = -EMSGSIZE;
+    } else if (c->server && c->unary && c->sent_msgs > 0) {
+        *err = -EINVAL;
+    } else if (!grpc_call_writable(c, n)) {
+        *err = -EAGAIN;
+    } else if (c->server && !c->headers_sent) {
+        *err = server_send_headers(c);
     }
-    if (c->server && !c->headers_sent) {
-        int rc = server_send_headers(c);
-        if (rc < 0) return rc;
-    }
+    if (*err < 0) return NULL;
     size_t need = GRPC_FRAME_HDR + n;
     struct chunk *k = c->tail;
     if (!k || k->cap - k->len < need) {
         size_t cap = need > CHUNK_SIZE ? need : CHUNK_SIZE;
         k = malloc(sizeof(*k) + cap);
-        if (!k) return -ENOMEM;
+        if (!k) {
+            *err = -ENOMEM;
+            return NULL;
+        }
         k->next = NULL;
         k->len = k->off = 0;
         k->cap = cap;
@@ -403,12 +415,22 @@ int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n)
             c->head = k;
         c->tail = k;
     }
-    grpc_frame_header(k->data + k->len, false, (uint32_t)n);
-    if (n) memcpy(k->data + k->len + GRPC_FRAME_HDR, p, n);
+    uint8_t *msg = k->data + k->len;
+    grpc_frame_header(msg, false, (uint32_t)n);
     k->len += need;
     c->queued += need;
     c->sent_msgs++;
+    /* The session pulls from a deferred flush, never from inside resume: the caller fills the bytes first. */
     wake(c);
+    return msg + GRPC_FRAME_HDR;
+}
+
+int grpc_call_send(struct grpc_call *c, const uint8_t *p, size_t n)
+{
+    int err;
+    uint8_t *dst = grpc_call_send_alloc(c, n, &err);
+    if (!dst) return err;
+    if (n) memcpy(dst, p, n);
     return 0;
 }
 
@@ -463,8 +485,8 @@ static int on_msg(void *ud, const uint8_t *p, size_t n)
         if (c->unary) {
             if (c->have_req) {
                 /* doc/statuscodes.md: request cardinality violation. */
-                grpc_call_finish(c, GRPC_STATUS_UNIMPLEMENTED, "more than one request message for a unary method",
-                                 NULL, 0);
+                grpc_call_finish(c, GRPC_STATUS_UNIMPLEMENTED,
+                                 "more than one request message for a unary method", NULL, 0);
                 return 1;
             }
             c->req = malloc(n ? n : 1);
@@ -506,6 +528,9 @@ static void feed(struct grpc_call *c, const uint8_t *data, size_t len)
     if (c->server) {
         grpc_call_finish(c, st, err, NULL, 0);
     } else {
+        /* doc/statuscodes.md: a compression the client cannot undo is INTERNAL on the client side (the
+         * deframer's UNIMPLEMENTED is the server side's answer). */
+        if (st == GRPC_STATUS_UNIMPLEMENTED) st = GRPC_STATUS_INTERNAL;
         set_status(c, st, err);
         c->finished = true;
         call_reset(c, err);
@@ -616,16 +641,21 @@ static void client_result(struct grpc_call *c, const struct h2_end *e, struct gr
         r->message = c->msg ? c->msg : "";
         return;
     }
+    if (c->got_status) {
+        /* The server's status is final, however the stream ends after it: a server that answers before our
+         * END_STREAM follows its trailers with RST_STREAM NO_ERROR (PROTOCOL-HTTP2.md "Early Server
+         * Closure"). */
+        r->status = c->peer_st;
+        r->message = c->peer_msg ? c->peer_msg : "";
+        if (c->unary && r->status == GRPC_STATUS_OK && c->received != 1) {
+            r->status = GRPC_STATUS_UNIMPLEMENTED;
+            r->message = "no response message for a unary call";
+        }
+        return;
+    }
     switch (e->reason) {
     case H2_END_OK:
-        if (c->got_status) {
-            r->status = c->peer_st;
-            r->message = c->peer_msg ? c->peer_msg : "";
-            if (c->unary && r->status == GRPC_STATUS_OK && c->received != 1) {
-                r->status = GRPC_STATUS_UNIMPLEMENTED;
-                r->message = "no response message for a unary call";
-            }
-        } else if (c->http_status != 200) {
+        if (c->http_status != 200) {
             /* doc/http-grpc-status-mapping.md: only for responses without grpc-status. */
             r->status = grpc_status_from_http(c->http_status);
             snprintf(buf, bl, "HTTP status %d without grpc-status", c->http_status);
@@ -673,7 +703,10 @@ static void server_result(struct grpc_call *c, const struct h2_end *e, struct gr
     if (c->deadline_hit) {
         r->status = GRPC_STATUS_DEADLINE_EXCEEDED;
         r->message = "Deadline Exceeded";
-    } else if (e->reason == H2_END_OK && c->finished) {
+    } else if (c->finished && (e->reason == H2_END_OK || e->reason == H2_END_LOCAL ||
+                               (e->reason == H2_END_RESET_BY_PEER && e->code == NGHTTP2_NO_ERROR))) {
+        /* Our status stands: sent (a client that got the trailers before its END_STREAM may answer with
+         * RST_STREAM NO_ERROR, "Early Server Closure"), or given to grpc_call_cancel. */
         r->status = c->st;
         r->message = c->msg ? c->msg : "";
     } else if (e->reason == H2_END_RESET_BY_PEER) {
@@ -791,7 +824,8 @@ static void trailers_only(struct grpc_call *c, int http_status, enum grpc_status
     LOG_LIMITED(LOG_DEBUG, LOG_T, "refused a call: status=%s message=%s", grpc_status_to_str(st), msg);
     if (hl_init(&hl, 4) == 0) {
         hl_add(&hl, "content-type", "application/grpc");
-        if (status_headers(&hl, st, msg, NULL, 0) == 0 && h2_stream_respond(c->s, http_status, hl.h, hl.n, 0) == 0) {
+        if (status_headers(&hl, st, msg, NULL, 0) == 0 &&
+            h2_stream_respond(c->s, http_status, hl.h, hl.n, 0) == 0) {
             hl_free(&hl);
             return;
         }
@@ -877,7 +911,8 @@ static void unknown_method(const struct grpc_server *srv, const char *path, char
     for (size_t i = 0; i < srv->n_methods; i++) {
         const char *p = srv->methods[i].path;
         if (strncmp(p + 1, svc, sn) == 0 && p[1 + sn] == '/') {
-            snprintf(buf, bl, "unknown method %.100s for service %.*s", meth, (int)(sn > 100 ? 100 : sn), svc);
+            snprintf(buf, bl, "unknown method %.100s for service %.*s", meth, (int)(sn > 100 ? 100 : sn),
+                     svc);
             return;
         }
     }
@@ -947,8 +982,8 @@ static void srv_on_request(struct h2_stream *s, void *ud, const struct h2_reques
     }
     if (sub_n && !(sub_n == 5 && strncasecmp(sub, "proto", 5) == 0)) {
         /* Messages are protobuf here; grpc-go answers an unknown codec with INTERNAL. */
-        snprintf(buf, sizeof(buf), "no codec registered for content-subtype %.*s", (int)(sub_n > 32 ? 32 : sub_n),
-                 sub);
+        snprintf(buf, sizeof(buf), "no codec registered for content-subtype %.*s",
+                 (int)(sub_n > 32 ? 32 : sub_n), sub);
         trailers_only(c, 200, GRPC_STATUS_INTERNAL, buf);
         return;
     }
@@ -1019,8 +1054,6 @@ static void srv_on_request(struct h2_stream *s, void *ud, const struct h2_reques
     }
     if (c->s && c->peer_eof) peer_done(c);
 }
-
-static const struct h2_conn_ops srv_conn_ops;
 
 static void srv_on_closed(struct h2_conn *hc, void *ud, const struct h2_end *e)
 {
@@ -1115,6 +1148,15 @@ int grpc_server_serve(struct grpc_server *s, int fd, SSL_CTX *ctx)
     return 0;
 }
 
+void grpc_server_drain(struct grpc_server *s)
+{
+    /* A conn still in its handshake with no streams closes inside h2_conn_drain (on_closed unlinks it). */
+    for (struct sconn *sc = s->conns, *nx; sc; sc = nx) {
+        nx = sc->next;
+        h2_conn_drain(sc->c);
+    }
+}
+
 unsigned grpc_server_conns(const struct grpc_server *s)
 {
     return s->n_conns;
@@ -1130,16 +1172,13 @@ void grpc_server_free(struct grpc_server *s)
         free(s);
         return;
     }
-    /* Each close may free its sconn (and, for the last, the server) at once or later. */
-    struct sconn *sc = s->conns;
-    unsigned n = s->n_conns;
-    struct h2_conn **cs = calloc(n, sizeof(*cs));
-    if (!cs) return;
-    for (unsigned i = 0; sc && i < n; sc = sc->next)
-        cs[i++] = sc->c;
-    for (unsigned i = 0; i < n; i++)
-        if (cs[i]) h2_conn_close(cs[i], H2_END_LOCAL, "server shutting down");
-    free(cs);
+    /* h2_conn_close calls on_closed before it returns (session.h: "Closes now ... then on_closed"), which
+     * unlinks the conn; the last one frees the server. */
+    while (s->conns) {
+        bool last = s->n_conns == 1;
+        h2_conn_close(s->conns->c, H2_END_LOCAL, "server shutting down");
+        if (last) return;
+    }
 }
 
 /* ---- client ---- */
@@ -1149,8 +1188,8 @@ static void ch_on_closed(struct h2_conn *hc, void *ud, const struct h2_end *e)
     struct grpc_channel *ch = ud;
     ch->c = NULL;
     if (e->reason != H2_END_OK && e->reason != H2_END_LOCAL)
-        LOG_LIMITED(LOG_DEBUG, LOG_T, "channel to %s closed: %s: %s", ch->authority, h2_end_reason_to_str(e->reason),
-                    e->detail ? e->detail : "");
+        LOG_LIMITED(LOG_DEBUG, LOG_T, "channel to %s closed: %s: %s", ch->authority,
+                    h2_end_reason_to_str(e->reason), e->detail ? e->detail : "");
     if (ch->free_pending) {
         free(ch->authority);
         free(ch);
@@ -1191,10 +1230,9 @@ struct grpc_channel *grpc_channel_dial(struct loop *l, const struct sockaddr_sto
     if (fd < 0) return NULL;
     net_set_nodelay(fd);
     socklen_t len = ss->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* A refused or failing connect is the session's to report (H2_END_CONNECT_FAILED: UNAVAILABLE). */
-    if (connect(fd, (const struct sockaddr *)ss, len) < 0 && errno != EINPROGRESS) {
-        /* Immediate failures still go through the session, so that calls end as for any other. */
-    }
+    /* A refused or failing connect, immediate or later, is the session's to report (the socket never becomes
+     * writable or fails on first use): calls end with UNAVAILABLE like for any other connection failure. */
+    (void)connect(fd, (const struct sockaddr *)ss, len);
     return grpc_channel_new(l, fd, ctx, peer, authority, o);
 }
 
@@ -1211,6 +1249,7 @@ void grpc_channel_free(struct grpc_channel *ch)
         free(ch);
         return;
     }
+    /* on_closed (run before h2_conn_close returns) frees the channel. */
     ch->free_pending = true;
     h2_conn_close(ch->c, H2_END_LOCAL, "channel closed");
 }
@@ -1233,7 +1272,7 @@ struct grpc_call *grpc_call_start(struct grpc_channel *ch, const char *path, con
     }
     struct grpc_call *c = call_new(ch->l, false, &ch->o);
     struct hlist hl;
-    if (!c || hl_init(&hl, 9 + o->n_md) < 0) {
+    if (!c || hl_init(&hl, 10 + o->n_md) < 0) {
         if (c) {
             hl_free(&hl);
             call_free(c);
@@ -1259,6 +1298,8 @@ struct grpc_call *grpc_call_start(struct grpc_channel *ch, const char *path, con
     hl_add(&hl, "content-type", "application/grpc");
     hl_add(&hl, "te", "trailers");
     hl_add(&hl, "user-agent", USER_AGENT);
+    /* zmesh decompresses nothing: servers must not compress what they send us. */
+    hl_add(&hl, "grpc-accept-encoding", "identity");
     if (rc == 0) rc = hl_add_md(&hl, o->md, o->n_md);
     if (rc == 0) {
         c->s = h2_stream_open(ch->c, hl.h, hl.n, H2_BODY, &stream_ops, c);

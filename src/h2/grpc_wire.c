@@ -1,5 +1,5 @@
-/* gRPC wire rules that need no connection; see wire.h. */
-#include "grpc/wire.h"
+/* gRPC wire rules that need no connection; see grpc_wire.h. */
+#include "h2/grpc_wire.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -8,10 +8,10 @@
 #include <strings.h>
 
 static const char *const status_names[] = {
-    "OK",           "CANCELLED",        "UNKNOWN",           "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-    "NOT_FOUND",    "ALREADY_EXISTS",   "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED",      "OUT_OF_RANGE",     "UNIMPLEMENTED",     "INTERNAL",         "UNAVAILABLE",
-    "DATA_LOSS",    "UNAUTHENTICATED",
+    "OK",        "CANCELLED",       "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS",  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",    "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED",
 };
 
 const char *grpc_status_to_str(enum grpc_status s)
@@ -139,6 +139,7 @@ enum grpc_status grpc_deframer_feed(struct grpc_deframer *d, const uint8_t *p, s
             p += d->len;
             n -= d->len;
         } else {
+            if (n == 0) break; /* the prefix ended the chunk */
             size_t take = d->len - d->buf_n;
             if (take > n) take = n;
             if (reserve(d, d->buf_n + take) < 0) {
@@ -214,7 +215,8 @@ size_t grpc_timeout_format(uint64_t ns, char buf[GRPC_TIMEOUT_BUFSZ])
     for (size_t u = 0; u < nu; u++) {
         uint64_t q = ns / timeout_units[u].ns + (ns % timeout_units[u].ns != 0);
         if (q <= TIMEOUT_MAX_VALUE)
-            return (size_t)snprintf(buf, GRPC_TIMEOUT_BUFSZ, "%llu%c", (unsigned long long)q, timeout_units[u].unit);
+            return (size_t)snprintf(buf, GRPC_TIMEOUT_BUFSZ, "%llu%c", (unsigned long long)q,
+                                    timeout_units[u].unit);
     }
     /* Unreachable: 2^64 ns is 5124096 hours, 7 digits. */
     return (size_t)snprintf(buf, GRPC_TIMEOUT_BUFSZ, "%lluH", TIMEOUT_MAX_VALUE);
@@ -310,8 +312,9 @@ bool grpc_md_is_bin(const char *name, size_t n)
 
 bool grpc_md_reserved(const char *name, size_t n)
 {
-    static const char *const fixed[] = {"content-type", "te",      "user-agent", "connection", "keep-alive",
-                                        "proxy-connection", "transfer-encoding", "upgrade", "host"};
+    static const char *const fixed[] = {"content-type",      "te",         "user-agent",
+                                        "connection",        "keep-alive", "proxy-connection",
+                                        "transfer-encoding", "upgrade",    "host"};
     if (n == 0 || name[0] == ':') return true;
     if (n >= 5 && strncasecmp(name, "grpc-", 5) == 0) return true;
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
@@ -408,26 +411,38 @@ bool grpc_content_type_ok(const char *v, size_t n, const char **sub, size_t *sub
 enum grpc_status grpc_status_from_http(int http_status)
 {
     switch (http_status) {
-    case 400: return GRPC_STATUS_INTERNAL;
-    case 401: return GRPC_STATUS_UNAUTHENTICATED;
-    case 403: return GRPC_STATUS_PERMISSION_DENIED;
-    case 404: return GRPC_STATUS_UNIMPLEMENTED;
+    case 400:
+        return GRPC_STATUS_INTERNAL;
+    case 401:
+        return GRPC_STATUS_UNAUTHENTICATED;
+    case 403:
+        return GRPC_STATUS_PERMISSION_DENIED;
+    case 404:
+        return GRPC_STATUS_UNIMPLEMENTED;
     case 429:
     case 502:
     case 503:
-    case 504: return GRPC_STATUS_UNAVAILABLE;
-    case 431: return GRPC_STATUS_INTERNAL;
-    default: return GRPC_STATUS_UNKNOWN;
+    case 504:
+        return GRPC_STATUS_UNAVAILABLE;
+    case 431:
+        return GRPC_STATUS_INTERNAL;
+    default:
+        return GRPC_STATUS_UNKNOWN;
     }
 }
 
 enum grpc_status grpc_status_from_h2_error(uint32_t h2)
 {
     switch (h2) {
-    case 0x7: return GRPC_STATUS_UNAVAILABLE;       /* REFUSED_STREAM: nothing was processed */
-    case 0x8: return GRPC_STATUS_CANCELLED;         /* CANCEL */
-    case 0xb: return GRPC_STATUS_RESOURCE_EXHAUSTED; /* ENHANCE_YOUR_CALM */
-    case 0xc: return GRPC_STATUS_PERMISSION_DENIED; /* INADEQUATE_SECURITY */
-    default: return GRPC_STATUS_INTERNAL;
+    case 0x7:
+        return GRPC_STATUS_UNAVAILABLE; /* REFUSED_STREAM: nothing was processed */
+    case 0x8:
+        return GRPC_STATUS_CANCELLED; /* CANCEL */
+    case 0xb:
+        return GRPC_STATUS_RESOURCE_EXHAUSTED; /* ENHANCE_YOUR_CALM */
+    case 0xc:
+        return GRPC_STATUS_PERMISSION_DENIED; /* INADEQUATE_SECURITY */
+    default:
+        return GRPC_STATUS_INTERNAL;
     }
 }

@@ -53,21 +53,21 @@ bool grpc_status_parse(const char *v, size_t n, enum grpc_status *out);
 void grpc_frame_header(uint8_t out[GRPC_FRAME_HDR], bool compressed, uint32_t len);
 
 /* Checks a message about to be sent against max_send (0 = no limit). Returns GRPC_STATUS_OK, or
- * RESOURCE_EXHAUSTED with grpc's message in err ("grpc: trying to send message larger than max (N vs. M)"). */
+ * RESOURCE_EXHAUSTED with grpc's message in err: "grpc: trying to send message larger than max (N vs. M)". */
 enum grpc_status grpc_check_send_size(size_t len, uint32_t max_send, char *err, size_t errlen);
 
 /* Incremental decoder of a stream's DATA bytes into messages, over any chunking. A message that arrives
  * whole in one chunk is handed over in place (no copy); otherwise it is collected in a buffer that grows with
  * the bytes received (a peer announcing 200 MiB and sending 5 bytes costs 5 bytes), up to max_len. */
 struct grpc_deframer {
-    uint32_t max_len;      /* largest message accepted (0 = GRPC_DEFAULT_MAX_RECV) */
-    bool encoding_set;     /* the peer's grpc-encoding is neither absent nor "identity" */
+    uint32_t max_len;  /* largest message accepted (0 = GRPC_DEFAULT_MAX_RECV) */
+    bool encoding_set; /* the peer's grpc-encoding is neither absent nor "identity" */
     uint8_t hdr[GRPC_FRAME_HDR];
-    size_t hdr_n;          /* prefix bytes collected */
-    uint32_t len;          /* current message's length, once the prefix is complete */
-    uint8_t *buf;          /* owned; partial message */
+    size_t hdr_n; /* prefix bytes collected */
+    uint32_t len; /* current message's length, once the prefix is complete */
+    uint8_t *buf; /* owned; partial message */
     size_t buf_n, buf_cap;
-    uint64_t messages;     /* complete messages delivered */
+    uint64_t messages; /* complete messages delivered */
 };
 
 /* Receives one complete message (p[0..n), valid during the call only). Returns 0 to go on, non-zero to stop
