@@ -373,7 +373,8 @@ static const char usage_ps[] =
     "  zmesh proxy-status [flags]     (alias: zmesh ps)\n"
     "\n"
     "Flags:\n"
-    "      --zmeshd-address host:port  zmeshd's debug port (default " PS_DEFAULT_ADDRESS ", zmeshd --debug-listen)\n"
+    "      --zmeshd-address host:port  zmeshd's debug port (default " PS_DEFAULT_ADDRESS
+    ", zmeshd --debug-listen)\n"
     "  -o, --output FORMAT             short (the default), wide (with each state's age) or json\n"
     "  -h, --help                      this help\n";
 
@@ -438,19 +439,21 @@ static int cmd_proxy_status(int argc, char **argv)
     struct http_get_resp resp = {0};
     rc = http_get(host, port, "/debug/syncz", PS_TIMEOUT_MS, PS_MAX_BYTES, &resp, err, sizeof(err));
     if (rc && !resp.connected) {
-        fprintf(stderr,
-                "Error: cannot reach zmeshd's debug port at %s: %s; is zmeshd running? It serves /debug/syncz "
-                "on --debug-listen (default " PS_DEFAULT_ADDRESS "); pass --zmeshd-address host:port\n",
-                shown, err);
+        fprintf(
+            stderr,
+            "Error: cannot reach zmeshd's debug port at %s: %s; is zmeshd running? It serves /debug/syncz "
+            "on --debug-listen (default " PS_DEFAULT_ADDRESS "); pass --zmeshd-address host:port\n",
+            shown, err);
         return 1;
     }
     if (rc) {
-        fprintf(stderr, "Error: GET /debug/syncz from %s: %s; no zmeshd debug port answered there\n", shown, err);
+        fprintf(stderr, "Error: GET /debug/syncz from %s: %s; no zmeshd debug port answered there\n", shown,
+                err);
         return 1;
     }
     if (resp.status != 200) {
-        fprintf(stderr, "Error: %s answered %d to GET /debug/syncz (not zmeshd's debug port?): %.200s\n", shown,
-                resp.status, resp.body);
+        fprintf(stderr, "Error: %s answered %d to GET /debug/syncz (not zmeshd's debug port?): %.200s\n",
+                shown, resp.status, resp.body);
         rc = 1;
         goto out;
     }
@@ -506,10 +509,10 @@ static int token_usage_error(const char *fmt, const char *arg)
 static int cmd_token(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"sa", required_argument, NULL, 's'},        {"state-dir", required_argument, NULL, 'd'},
-        {"node", required_argument, NULL, 'n'},      {"pod", required_argument, NULL, 'p'},
-        {"pod-uid", required_argument, NULL, 'u'},   {"ttl", required_argument, NULL, 't'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+        {"sa", required_argument, NULL, 's'},      {"state-dir", required_argument, NULL, 'd'},
+        {"node", required_argument, NULL, 'n'},    {"pod", required_argument, NULL, 'p'},
+        {"pod-uid", required_argument, NULL, 'u'}, {"ttl", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *sa_arg = NULL, *state_dir = NULL, *ttl = NULL;
     struct token_subject subj = {0};
@@ -524,12 +527,24 @@ static int cmd_token(int argc, char **argv)
         case 'h':
             fputs(usage_token, stdout);
             return 0;
-        case 's': sa_arg = optarg; break;
-        case 'd': state_dir = optarg; break;
-        case 'n': subj.node = optarg; break;
-        case 'p': subj.pod = optarg; break;
-        case 'u': subj.pod_uid = optarg; break;
-        case 't': ttl = optarg; break;
+        case 's':
+            sa_arg = optarg;
+            break;
+        case 'd':
+            state_dir = optarg;
+            break;
+        case 'n':
+            subj.node = optarg;
+            break;
+        case 'p':
+            subj.pod = optarg;
+            break;
+        case 'u':
+            subj.pod_uid = optarg;
+            break;
+        case 't':
+            ttl = optarg;
+            break;
         case ':':
             return token_usage_error("flag needs an argument: %s", argv[optind - 1]);
         default:

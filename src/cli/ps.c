@@ -112,7 +112,8 @@ static const json_t *type_of(const json_t *proxy, const char *type_url)
 {
     size_t i;
     json_t *t;
-    json_array_foreach(json_object_get(proxy, "types"), i, t) if (!strcmp(str_of(t, "type_url"), type_url)) return t;
+    json_array_foreach(json_object_get(proxy, "types"), i,
+                       t) if (!strcmp(str_of(t, "type_url"), type_url)) return t;
     return NULL;
 }
 
@@ -208,7 +209,8 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
             if (pass == 1) {
                 if (!*str_of(p, "error")) continue;
                 if ((!header && fprintf(out, "\nStream errors:\n") < 0) ||
-                    fprintf(out, "  %s (%s): %s\n", str_of(p, "proxy"), str_of(p, "state"), str_of(p, "error")) < 0)
+                    fprintf(out, "  %s (%s): %s\n", str_of(p, "proxy"), str_of(p, "state"),
+                            str_of(p, "error")) < 0)
                     rc = -EIO;
                 header = true;
                 continue;
@@ -219,7 +221,8 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
                 if (!json_is_object(nack)) continue;
                 if ((!header && fprintf(out, "\nNACKs:\n") < 0) ||
                     fprintf(out, "  %s %s (nonce %s, code %lld): %s\n", str_of(p, "proxy"), str_of(t, "type"),
-                            str_of(nack, "nonce"), (long long)json_integer_value(json_object_get(nack, "code")),
+                            str_of(nack, "nonce"),
+                            (long long)json_integer_value(json_object_get(nack, "code")),
                             str_of(nack, "message")) < 0)
                     rc = -EIO;
                 header = true;

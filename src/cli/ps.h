@@ -14,15 +14,15 @@ enum ps_format {
     PS_JSON,  /* the syncz document as zmeshd sent it */
 };
 
-/* Parses a /debug/syncz body into *syncz (the caller json_decref()s it). Returns 0, or -EINVAL with a reason in
- * err when the body is not a JSON array of objects. */
+/* Parses a /debug/syncz body into *syncz (the caller json_decref()s it). Returns 0, or -EINVAL with a reason
+ * in err when the body is not a JSON array of objects. */
 int ps_parse(const char *body, size_t len, json_t **syncz, char *err, size_t errlen);
 
-/* Writes the view to out: the table (proxies by name; columns NAME, CLUSTER, one per xDS type seen (istioctl's
- * short names: CDS LDS EDS RDS first, then the others by type URL, so WADS before WDS), ISTIOD, VERSION; a type
- * a proxy does not watch is IGNORED), then, when a type is in ERROR, one line per NACK with its message. now_ms
- * (Unix milliseconds) dates the ages of PS_WIDE. Returns 0, -ENOENT when syncz lists no proxy (nothing is
- * written), -ENOMEM, or -EIO when out fails. */
+/* Writes the view to out: the table (proxies by name; columns NAME, CLUSTER, one per xDS type seen
+ * (istioctl's short names: CDS LDS EDS RDS first, then the others by type URL, so WADS before WDS), ISTIOD,
+ * VERSION; a type a proxy does not watch is IGNORED), then, when a type is in ERROR, one line per NACK with
+ * its message. now_ms (Unix milliseconds) dates the ages of PS_WIDE. Returns 0, -ENOENT when syncz lists no
+ * proxy (nothing is written), -ENOMEM, or -EIO when out fails. */
 int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms);
 
 /* Kubernetes' duration.HumanDuration (k8s.io/apimachinery/pkg/util/duration), which istioctl prints:

@@ -208,8 +208,8 @@ static void h1_route(struct h1_conn *c)
     c->responded = false;
     c->fn(c->ud, &r.pub);
     if (!c->responded) {
-        LOG_LIMITED(LOG_WARN, c->target, "no response to %s %s: answering 500", llhttp_method_name(r.pub.method),
-                    c->url);
+        LOG_LIMITED(LOG_WARN, c->target, "no response to %s %s: answering 500",
+                    llhttp_method_name(r.pub.method), c->url);
         h1_respond(c, 500, NULL, "", 0);
     }
     c->after_write = r.pub.after_write;
@@ -530,8 +530,9 @@ static void h1_port_evict(struct h1_port *pt)
         }
     }
     if (!victim) return;
-    LOG_LIMITED(LOG_WARN, pt->srv->target, "port %u has %d connections (the limit): closing the oldest %s one",
-                pt->port, pt->nconns, h1_state_to_str(victim->st));
+    LOG_LIMITED(LOG_WARN, pt->srv->target,
+                "port %u has %d connections (the limit): closing the oldest %s one", pt->port, pt->nconns,
+                h1_state_to_str(victim->st));
     h1_conn_close(victim);
 }
 
@@ -631,8 +632,9 @@ void http1_server_free(struct http1_server *s)
 
 /* ---- fed connections ---- */
 
-size_t http1_feed(const struct http1_limits *lim, http1_handler_fn fn, void *ud, const uint8_t *data, size_t len,
-                  size_t chunk, void (*on_response)(void *rud, const char *resp, size_t n), void *rud)
+size_t http1_feed(const struct http1_limits *lim, http1_handler_fn fn, void *ud, const uint8_t *data,
+                  size_t len, size_t chunk, void (*on_response)(void *rud, const char *resp, size_t n),
+                  void *rud)
 {
     struct http1_limits l;
     size_t responses = 0;

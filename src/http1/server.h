@@ -35,11 +35,11 @@ struct http1_limits {
 
 /* One request, for the handler. Strings live until the handler returns. */
 struct http1_request {
-    int method;       /* llhttp's enum llhttp_method: HTTP_GET, HTTP_HEAD, HTTP_POST... */
-    const char *path; /* the target without its query: "/debug/syncz" */
-    char *query;      /* after '?', NUL-terminated, writable; NULL when there is none */
+    int method;         /* llhttp's enum llhttp_method: HTTP_GET, HTTP_HEAD, HTTP_POST... */
+    const char *path;   /* the target without its query: "/debug/syncz" */
+    char *query;        /* after '?', NUL-terminated, writable; NULL when there is none */
     const char *accept; /* the Accept header ("" when absent; several are joined with ", ") */
-    uint16_t port;    /* the local port it came in on (0 for a fed connection) */
+    uint16_t port;      /* the local port it came in on (0 for a fed connection) */
     /* Called once the response was handed to the kernel (or, fed, to on_response), or when the connection
      * ends before that (write error, write deadline), e.g. to start a shutdown after answering it. Set by the
      * handler; must not block. */
@@ -72,8 +72,9 @@ const char *http1_reason(int status);
  * socket connection would (reads of at most `chunk` bytes, 0 = the read buffer's size), without sockets or a
  * loop: for fuzzers and unit tests. Each complete response (borrowed during the call) goes to on_response
  * (may be NULL). Returns the number of responses. */
-size_t http1_feed(const struct http1_limits *lim, http1_handler_fn fn, void *ud, const uint8_t *data, size_t len,
-                  size_t chunk, void (*on_response)(void *rud, const char *resp, size_t n), void *rud);
+size_t http1_feed(const struct http1_limits *lim, http1_handler_fn fn, void *ud, const uint8_t *data,
+                  size_t len, size_t chunk, void (*on_response)(void *rud, const char *resp, size_t n),
+                  void *rud);
 
 /* Parses "ip:port", "[ip6]:port" or ":port" (every address; IPv6 wildcard with IPv4) as Go's host:port,
  * port 0..65535, and returns a listening non-blocking socket bound there (no SO_REUSEPORT: a second daemon

@@ -26,8 +26,8 @@ struct zmeshd_debug {
 
 void zmeshd_debug_proxy_id(const char *node_id, char *buf, size_t n)
 {
-    /* Istio's node id: type~ip~id~domain (istio/istio pilot/pkg/model/context.go ParseServiceNodeWithMetadata),
-     * and istiod's syncz reports the third part. */
+    /* Istio's node id: type~ip~id~domain (istio/istio pilot/pkg/model/context.go
+     * ParseServiceNodeWithMetadata), and istiod's syncz reports the third part. */
     const char *parts[4] = {0};
     int k = 0;
     parts[k++] = node_id;
@@ -122,8 +122,8 @@ json_t *zmeshd_debug_syncz(const json_t *status, const char *id, const char *clu
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
                               node, "proxy_type", strchr(node, '~') ? type : "", "cluster_id",
                               cluster_of(c, cluster), "istio_version", str_of(md, "ISTIO_VERSION"), "istiod",
-                              id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"), "error",
-                              str_of(c, "error"), "types", types);
+                              id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"),
+                              "error", str_of(c, "error"), "types", types);
         if (!o || json_array_append_new(out, o) < 0) goto fail;
     }
     return out;
@@ -141,9 +141,9 @@ json_t *zmeshd_debug_connections(const json_t *status, const char *cluster)
     {
         char proxy[512];
         zmeshd_debug_proxy_id(str_of(c, "node_id"), proxy, sizeof(proxy));
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "proxy", proxy, "node_id", str_of(c, "node_id"),
-                              "cluster_id", cluster_of(c, cluster), "identity", str_of(c, "peer"), "state",
-                              str_of(c, "state"), "error", str_of(c, "error"));
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "proxy", proxy, "node_id",
+                              str_of(c, "node_id"), "cluster_id", cluster_of(c, cluster), "identity",
+                              str_of(c, "peer"), "state", str_of(c, "state"), "error", str_of(c, "error"));
         if (!o || json_array_append_new(out, o) < 0) {
             json_decref(out);
             return NULL;
@@ -212,14 +212,17 @@ char *zmeshd_debug_metrics(const json_t *status, size_t *len)
     struct buf b = {0};
     const json_t *totals = json_object_get(status, "totals"), *types = json_object_get(totals, "types");
     size_t clients = json_array_size(json_object_get(status, "clients"));
-    bprintf(&b, "# HELP zmeshd_xds_clients xDS streams connected now (istiod's pilot_xds).\n"
-                "# TYPE zmeshd_xds_clients gauge\nzmeshd_xds_clients %zu\n",
+    bprintf(&b,
+            "# HELP zmeshd_xds_clients xDS streams connected now (istiod's pilot_xds).\n"
+            "# TYPE zmeshd_xds_clients gauge\nzmeshd_xds_clients %zu\n",
             clients);
-    bprintf(&b, "# HELP zmeshd_xds_streams_total xDS streams accepted since the start.\n"
-                "# TYPE zmeshd_xds_streams_total counter\nzmeshd_xds_streams_total %lld\n",
+    bprintf(&b,
+            "# HELP zmeshd_xds_streams_total xDS streams accepted since the start.\n"
+            "# TYPE zmeshd_xds_streams_total counter\nzmeshd_xds_streams_total %lld\n",
             (long long)int_of(totals, "streams_opened"));
-    bprintf(&b, "# HELP zmeshd_xds_streams_refused_total xDS streams refused as UNAUTHENTICATED.\n"
-                "# TYPE zmeshd_xds_streams_refused_total counter\nzmeshd_xds_streams_refused_total %lld\n",
+    bprintf(&b,
+            "# HELP zmeshd_xds_streams_refused_total xDS streams refused as UNAUTHENTICATED.\n"
+            "# TYPE zmeshd_xds_streams_refused_total counter\nzmeshd_xds_streams_refused_total %lld\n",
             (long long)int_of(totals, "streams_refused"));
     metric_per_type(&b, types, "zmeshd_xds_pushes_total", "xDS responses sent (istiod's pilot_xds_pushes).",
                     "responses");
@@ -229,8 +232,9 @@ char *zmeshd_debug_metrics(const json_t *status, size_t *len)
     metric_per_type(&b, types, "zmeshd_xds_resources_sent_total", "Resources sent in xDS responses.",
                     "resources_sent");
     metric_per_type(&b, types, "zmeshd_xds_sent_bytes_total", "Bytes of xDS responses sent.", "bytes_sent");
-    bprintf(&b, "# HELP zmeshd_snapshots_total Snapshots loaded for serving.\n"
-                "# TYPE zmeshd_snapshots_total counter\nzmeshd_snapshots_total %lld\n",
+    bprintf(&b,
+            "# HELP zmeshd_snapshots_total Snapshots loaded for serving.\n"
+            "# TYPE zmeshd_snapshots_total counter\nzmeshd_snapshots_total %lld\n",
             (long long)int_of(status, "generations"));
     if (b.failed) {
         free(b.p);
@@ -263,12 +267,11 @@ static void respond_json(struct http1_request *req, json_t *j)
     free(s);
 }
 
-static const char dbg_index[] =
-    "zmeshd debug endpoints:\n"
-    "  /debug/syncz        each xDS client and its sync state per type\n"
-    "  /debug/connections  each xDS stream\n"
-    "  /ready              200 once the first snapshot is served\n"
-    "  /metrics            Prometheus metrics\n";
+static const char dbg_index[] = "zmeshd debug endpoints:\n"
+                                "  /debug/syncz        each xDS client and its sync state per type\n"
+                                "  /debug/connections  each xDS stream\n"
+                                "  /ready              200 once the first snapshot is served\n"
+                                "  /metrics            Prometheus metrics\n";
 
 static void dbg_handle(void *ud, struct http1_request *req)
 {
@@ -314,8 +317,8 @@ static void dbg_handle(void *ud, struct http1_request *req)
     json_decref(st);
 }
 
-int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id, const char *cluster,
-                     struct zmeshd_debug **out, char *err, size_t errlen)
+int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id,
+                     const char *cluster, struct zmeshd_debug **out, char *err, size_t errlen)
 {
     struct zmeshd_debug *dbg = calloc(1, sizeof(*dbg));
     int rc;

@@ -9,8 +9,8 @@
  *   /metrics            Prometheus text: clients, streams, pushes, ACKs, NACKs, bytes, snapshots
  *   /                   the list of the above
  *
- * Only GET and HEAD; anything else is 405. The port is plain HTTP and unauthenticated, as istiod's: keep it on
- * loopback (the default) or a network only operators reach. */
+ * Only GET and HEAD; anything else is 405. The port is plain HTTP and unauthenticated, as istiod's: keep it
+ * on loopback (the default) or a network only operators reach. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -30,8 +30,8 @@ struct zmeshd_debug;
  * control plane in /debug/syncz (istiod's pod name; NULL: the host name); cluster is zmeshd's cluster id, the
  * cluster of a proxy whose metadata has no CLUSTER_ID. Returns 0 with *out, or -errno with err set (-EINVAL
  * for a bad address, -EADDRINUSE...). */
-int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id, const char *cluster,
-                     struct zmeshd_debug **out, char *err, size_t errlen);
+int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id,
+                     const char *cluster, struct zmeshd_debug **out, char *err, size_t errlen);
 /* The bound port. */
 uint16_t zmeshd_debug_port(const struct zmeshd_debug *dbg);
 /* Closes the port and its connections. NULL is a no-op. */

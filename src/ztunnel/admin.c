@@ -55,12 +55,12 @@ enum adm_kind {
 };
 
 static const struct http1_limits adm_limits[3] = {
-    [ADM_ADMIN] = {ADM_URL_MAX, ADM_HEADERS_MAX, ADM_BODY_MAX, ADM_ADMIN_MAX_CONNS, ADM_REQUEST_MS, ADM_WRITE_MS,
-                   ADM_IDLE_MS},
+    [ADM_ADMIN] = {ADM_URL_MAX, ADM_HEADERS_MAX, ADM_BODY_MAX, ADM_ADMIN_MAX_CONNS, ADM_REQUEST_MS,
+                   ADM_WRITE_MS, ADM_IDLE_MS},
     [ADM_METRICS] = {ADM_URL_MAX, ADM_HEADERS_MAX, ADM_BODY_MAX, ADM_METRICS_MAX_CONNS, ADM_REQUEST_MS,
                      ADM_WRITE_MS, ADM_IDLE_MS},
-    [ADM_READY] = {ADM_URL_MAX, ADM_HEADERS_MAX, ADM_BODY_MAX, ADM_READY_MAX_CONNS, ADM_REQUEST_MS, ADM_WRITE_MS,
-                   ADM_IDLE_MS},
+    [ADM_READY] = {ADM_URL_MAX, ADM_HEADERS_MAX, ADM_BODY_MAX, ADM_READY_MAX_CONNS, ADM_REQUEST_MS,
+                   ADM_WRITE_MS, ADM_IDLE_MS},
 };
 
 static struct {
@@ -342,7 +342,8 @@ size_t admin_feed(enum admin_server which, const uint8_t *data, size_t len, size
                   void (*on_response)(void *ud, const char *resp, size_t n), void *ud)
 {
     if ((unsigned)which > ADMIN_SERVER_READINESS) return 0;
-    return http1_feed(&adm_limits[which], adm_route, (void *)&adm_kinds[which], data, len, chunk, on_response, ud);
+    return http1_feed(&adm_limits[which], adm_route, (void *)&adm_kinds[which], data, len, chunk, on_response,
+                      ud);
 }
 
 /* ---- start ---- */

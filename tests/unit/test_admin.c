@@ -110,12 +110,14 @@ static void test_feed_routes(void **state)
 {
     (void)state;
     struct collected got = {0};
-    const char *om = "GET /stats/prometheus HTTP/1.1\r\nAccept: text/plain;q=0.5,application/openmetrics-text\r\n\r\n";
+    const char *om =
+        "GET /stats/prometheus HTTP/1.1\r\nAccept: text/plain;q=0.5,application/openmetrics-text\r\n\r\n";
     assert_int_equal(admin_feed(ADMIN_SERVER_METRICS, (const uint8_t *)om, strlen(om), 0, collect, &got), 1);
     assert_non_null(strstr(got.first, "content-type: application/openmetrics-text"));
     memset(&got, 0, sizeof(got));
     const char *txt = "GET /metrics HTTP/1.1\r\n\r\n";
-    assert_int_equal(admin_feed(ADMIN_SERVER_METRICS, (const uint8_t *)txt, strlen(txt), 0, collect, &got), 1);
+    assert_int_equal(admin_feed(ADMIN_SERVER_METRICS, (const uint8_t *)txt, strlen(txt), 0, collect, &got),
+                     1);
     assert_non_null(strstr(got.first, "content-type: text/plain"));
     memset(&got, 0, sizeof(got));
     /* The admin's paths are not on the metrics port. */
@@ -127,7 +129,8 @@ static void test_feed_routes(void **state)
     assert_non_null(strstr(got.first, "200 OK"));
     adm.hooks = (struct admin_hooks){.quit = on_quit};
     memset(&got, 0, sizeof(got));
-    const char *q = "POST /quitquitquit HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /quitquitquit HTTP/1.1\r\n\r\n";
+    const char *q =
+        "POST /quitquitquit HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /quitquitquit HTTP/1.1\r\n\r\n";
     assert_int_equal(admin_feed(ADMIN_SERVER_ADMIN, (const uint8_t *)q, strlen(q), 0, collect, &got), 2);
     assert_non_null(strstr(got.first, "\r\n\r\nshutdown now\n"));
     assert_non_null(strstr(got.last, "405 Method Not Allowed"));

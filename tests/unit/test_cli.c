@@ -1,10 +1,10 @@
 /* Unit tests for `zmesh ztunnel-config` rendering (src/cli/zc.c) from the canned dump
  * tests/unit/zc_dump.json: istioctl's columns, sorting, waypoint names, endpoint counts, certificate rows,
  * filters, -o json, and Go tabwriter's padding. The expected tables were checked against istioctl's rules
- * (istio/istio istioctl/pkg/writer/ztunnel/configdump/). Also `zmesh proxy-status` (src/cli/ps.c) from the syncz
- * document tests/unit/ps_syncz.json, captured from zmeshd with two grpcio clients (one NACKing) and a third
- * proxy added by hand that watches one type, not yet sent (checked against istioctl/pkg/writer/pilot/status.go).
- * Run from the repository root. */
+ * (istio/istio istioctl/pkg/writer/ztunnel/configdump/). Also `zmesh proxy-status` (src/cli/ps.c) from the
+ * syncz document tests/unit/ps_syncz.json, captured from zmeshd with two grpcio clients (one NACKing) and a
+ * third proxy added by hand that watches one type, not yet sent (checked against
+ * istioctl/pkg/writer/pilot/status.go). Run from the repository root. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -501,14 +501,15 @@ static void test_ps_table(void **state)
     (void)state;
     json_t *j = load_syncz();
     char *s = ps_render_str(j, PS_SHORT, 0);
-    assert_string_equal(s, "NAME                     CLUSTER      WADS      WDS        ISTIOD          VERSION\n"
-                           "waypoint-x.demo          Kubernetes   IGNORED   NOT SENT   zmeshd-test-0   \n"
-                           "ztunnel-a.istio-system   Kubernetes   SYNCED    SYNCED     zmeshd-test-0   1.24.0\n"
-                           "ztunnel-b.istio-system   Kubernetes   ERROR     SYNCED     zmeshd-test-0   1.24.0\n"
-                           "\n"
-                           "NACKs:\n"
-                           "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
-                           "unsupported field\n");
+    assert_string_equal(s,
+                        "NAME                     CLUSTER      WADS      WDS        ISTIOD          VERSION\n"
+                        "waypoint-x.demo          Kubernetes   IGNORED   NOT SENT   zmeshd-test-0   \n"
+                        "ztunnel-a.istio-system   Kubernetes   SYNCED    SYNCED     zmeshd-test-0   1.24.0\n"
+                        "ztunnel-b.istio-system   Kubernetes   ERROR     SYNCED     zmeshd-test-0   1.24.0\n"
+                        "\n"
+                        "NACKs:\n"
+                        "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
+                        "unsupported field\n");
     free(s);
     /* A table of ztunnels fits 80 columns (the NACK lines are not the table's). */
     assert_int_equal(json_array_remove(j, 2), 0);
@@ -525,17 +526,18 @@ static void test_ps_wide_and_json(void **state)
     json_t *j = load_syncz();
     char *s = ps_render_str(j, PS_WIDE, 0);
     /* Ages as HumanDuration from whole seconds: 4.75 s -> 5s, 5 min -> 5m, under 3 h in minutes. */
-    assert_string_equal(s, "NAME                     CLUSTER      WADS           WDS             ISTIOD          "
-                           "VERSION\n"
-                           "waypoint-x.demo          Kubernetes   IGNORED        NOT SENT        zmeshd-test-0   \n"
-                           "ztunnel-a.istio-system   Kubernetes   SYNCED (5m)    SYNCED (5s)     zmeshd-test-0   "
-                           "1.24.0\n"
-                           "ztunnel-b.istio-system   Kubernetes   ERROR (151m)   SYNCED (120m)   zmeshd-test-0   "
-                           "1.24.0\n"
-                           "\n"
-                           "NACKs:\n"
-                           "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
-                           "unsupported field\n");
+    assert_string_equal(
+        s, "NAME                     CLUSTER      WADS           WDS             ISTIOD          "
+           "VERSION\n"
+           "waypoint-x.demo          Kubernetes   IGNORED        NOT SENT        zmeshd-test-0   \n"
+           "ztunnel-a.istio-system   Kubernetes   SYNCED (5m)    SYNCED (5s)     zmeshd-test-0   "
+           "1.24.0\n"
+           "ztunnel-b.istio-system   Kubernetes   ERROR (151m)   SYNCED (120m)   zmeshd-test-0   "
+           "1.24.0\n"
+           "\n"
+           "NACKs:\n"
+           "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
+           "unsupported field\n");
     free(s);
     s = ps_render_str(j, PS_JSON, 0);
     json_error_t je;
@@ -575,18 +577,31 @@ static void test_ps_human_duration(void **state)
         int64_t ms;
         const char *want;
     } cases[] = {
-        {-2000, "<invalid>"},  {-500, "0s"},          {0, "0s"},
-        {119999, "119s"},      {120000, "2m"},        {200000, "3m20s"},
-        {600000, "10m"},       {10799000, "179m"},    {10800000, "3h"},
-        {9000000 * 2, "5h"},   {27000000, "7h30m"},   {28800000, "8h"},
-        {47 * 3600000LL, "47h"}, {48 * 3600000LL, "2d"}, {(3 * 24 + 4) * 3600000LL, "3d4h"},
-        {30 * 86400000LL, "30d"}, {729 * 86400000LL, "729d"}, {740 * 86400000LL, "2y10d"},
+        {-2000, "<invalid>"},
+        {-500, "0s"},
+        {0, "0s"},
+        {119999, "119s"},
+        {120000, "2m"},
+        {200000, "3m20s"},
+        {600000, "10m"},
+        {10799000, "179m"},
+        {10800000, "3h"},
+        {9000000 * 2, "5h"},
+        {27000000, "7h30m"},
+        {28800000, "8h"},
+        {47 * 3600000LL, "47h"},
+        {48 * 3600000LL, "2d"},
+        {(3 * 24 + 4) * 3600000LL, "3d4h"},
+        {30 * 86400000LL, "30d"},
+        {729 * 86400000LL, "729d"},
+        {740 * 86400000LL, "2y10d"},
         {9 * 365 * 86400000LL, "9y"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char buf[32];
         ps_human_duration(cases[i].ms, buf, sizeof(buf));
-        if (strcmp(buf, cases[i].want)) fail_msg("%lld ms: %s, want %s", (long long)cases[i].ms, buf, cases[i].want);
+        if (strcmp(buf, cases[i].want))
+            fail_msg("%lld ms: %s, want %s", (long long)cases[i].ms, buf, cases[i].want);
     }
 }
 

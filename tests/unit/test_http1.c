@@ -1,9 +1,9 @@
 /* Unit tests for the side-door HTTP/1.1 server (src/http1/server.c): deadlines that trickled bytes do not
  * extend, keep-alive states, per-port connection limits closing the oldest idle connection when a port is
- * full, the request handed to the handler (path, query, Accept, method), size limits (414/431/413), pipelining
- * one response at a time, HEAD, a handler that does not answer, after_write, and http1_listen's addresses.
- * Connections are socketpairs driven by hand; the source is included to reach its states (the library's copy
- * is then not linked). */
+ * full, the request handed to the handler (path, query, Accept, method), size limits (414/431/413),
+ * pipelining one response at a time, HEAD, a handler that does not answer, after_write, and http1_listen's
+ * addresses. Connections are socketpairs driven by hand; the source is included to reach its states (the
+ * library's copy is then not linked). */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -135,7 +135,8 @@ static void test_keepalive_and_request(void **state)
     ssize_t n = read(cl, buf, sizeof(buf) - 1);
     assert_true(n > 0);
     buf[n] = 0;
-    assert_string_equal(buf, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\nhello\n");
+    assert_string_equal(buf,
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\nhello\n");
     assert_string_equal(f->seen.path, "/a/b");
     assert_string_equal(f->seen.query, "x=1&y=2");
     assert_string_equal(f->seen.accept, "text/plain, application/json");
@@ -220,7 +221,8 @@ static void test_feed_limits_and_pipelining(void **state)
     assert_int_equal(feed(&s, NULL, two, strlen(two), 3, &got), 2);
     assert_non_null(strstr(got.first, "HTTP/1.1 200 OK\r\n"));
     /* HEAD: the head with the body's length, no body. */
-    assert_string_equal(got.last, "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\n");
+    assert_string_equal(got.last,
+                        "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 6\r\n\r\n");
     assert_int_equal(s.method, HTTP_HEAD);
     /* Connection: close is honoured and said. */
     const char *cl = "GET /one HTTP/1.1\r\nConnection: close\r\n\r\nGET /two HTTP/1.1\r\n\r\n";
@@ -272,8 +274,8 @@ static void test_listen_addresses(void **state)
     fd = http1_listen(":0", &port, err, sizeof(err));
     assert_true(fd >= 0);
     close(fd);
-    static const char *const bad[] = {"", "127.0.0.1", "127.0.0.1:65536", "127.0.0.1:x", "::1:80", "[1.2.3.4]:80",
-                                      "localhost:80", "127.0.0.1:123456"};
+    static const char *const bad[] = {"",       "127.0.0.1",    "127.0.0.1:65536", "127.0.0.1:x",
+                                      "::1:80", "[1.2.3.4]:80", "localhost:80",    "127.0.0.1:123456"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(http1_listen(bad[i], NULL, err, sizeof(err)), -EINVAL);
         assert_non_null(strstr(err, "expected ip:port"));

@@ -481,8 +481,8 @@ static int srv_setup(void **state)
     for (int k = 0; k < 3; k++) {
         int fd = http1_listen("127.0.0.1:0", NULL, err, sizeof(err));
         assert_true(fd >= 0);
-        assert_int_equal(http1_server_listen(adm.srv, fd, "test", &adm_limits[k], adm_route, (void *)&adm_kinds[k]),
-                         0);
+        assert_int_equal(
+            http1_server_listen(adm.srv, fd, "test", &adm_limits[k], adm_route, (void *)&adm_kinds[k]), 0);
         srv_ports[k] = adm.srv->ports; /* the newest port is first */
     }
     adm.hooks =

@@ -1,7 +1,7 @@
 /* Unit tests for zmeshd's debug documents (src/zmeshd/debug.c) from a zmeshd_xds_status() object: the syncz
- * entries (istiod's proxy id, the metadata's CLUSTER_ID and ISTIO_VERSION, watched types only, istioctl's short
- * type names, last_updated in RFC 3339), /debug/connections, and /metrics (every family with HELP and TYPE,
- * per-type counters). The HTTP side is exercised by tests/e2e/test_proxy_status.py. */
+ * entries (istiod's proxy id, the metadata's CLUSTER_ID and ISTIO_VERSION, watched types only, istioctl's
+ * short type names, last_updated in RFC 3339), /debug/connections, and /metrics (every family with HELP and
+ * TYPE, per-type counters). The HTTP side is exercised by tests/e2e/test_proxy_status.py. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -46,7 +46,8 @@ static json_t *status(void)
         "   \"types\": ["
         "    {\"type_url\": \"" ADDR "\", \"sync_status\": \"NOT_SENT\", \"subscribed\": false,"
         "     \"last_push\": {\"unix_ms\": 0}}]},"
-        "  {\"peer\": \"demo/new\", \"node_id\": \"\", \"cluster\": \"\", \"state\": \"new\", \"error\": \"\","
+        "  {\"peer\": \"demo/new\", \"node_id\": \"\", \"cluster\": \"\", \"state\": \"new\", \"error\": "
+        "\"\","
         "   \"metadata\": {}, \"types\": []}]}";
     json_error_t je;
     json_t *j = json_loads(doc, 0, &je);
@@ -77,7 +78,8 @@ static void test_syncz(void **state)
     assert_true(json_is_null(json_object_get(a, "last_nack")));
     assert_string_equal(json_string_value(json_object_get(z1, "type")), "WADS");
     assert_string_equal(json_string_value(json_object_get(z1, "status")), "ERROR");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(z1, "last_nack"), "message")), "bad");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(z1, "last_nack"), "message")),
+                        "bad");
     assert_string_equal(json_string_value(json_object_get(z1, "nonce_acked")), "n-3");
     /* A node id that is not Istio's four parts is shown as it is; a type not watched is not listed. */
     p = json_array_get(z, 1);
