@@ -350,3 +350,31 @@ def test_real_ztunnels_are_synced(mesh):
                       text=True)
     conns = json.loads(r.stdout)
     assert sorted(c["proxy"] for c in conns) == names, r.stdout
+
+
+def test_default_debug_port_taken_is_a_warning(zmeshd_bin, work):
+    """Without --debug-listen, a taken 127.0.0.1:15014 (here by the test, or by another zmeshd on this host)
+    costs only the debug endpoints: zmeshd serves xDS and the CA and says so."""
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", 15014))
+            s.listen(1)
+        except OSError:
+            pass  # taken already: the same situation
+        d = Daemon(zmeshd_bin, work, "--listen", "127.0.0.1:0")
+        try:
+            logged_port(d, "serving the CA")
+            end = time.time() + 10
+            warn = []
+            while time.time() < end and not warn:
+                warn = [l for l in d.lines() if l["message"].startswith("serving without the debug endpoints")]
+                time.sleep(0.05)
+            assert warn and warn[0]["level"] == "warn" and "127.0.0.1:15014" in warn[0]["error"], \
+                open(d.log_path).read()
+            assert d.proc.poll() is None
+        finally:
+            assert d.stop() == 0
+    finally:
+        s.close()
