@@ -375,6 +375,7 @@ static const char usage_ps[] =
     "Flags:\n"
     "      --zmeshd-address host:port  zmeshd's debug port (default " PS_DEFAULT_ADDRESS
     ", zmeshd --debug-listen)\n"
+    "  -n, --namespace NS              only the proxies of namespace NS (their node metadata's NAMESPACE)\n"
     "  -o, --output FORMAT             short (the default), wide (with each state's age) or json\n"
     "  -h, --help                      this help\n";
 
@@ -391,24 +392,29 @@ static int cmd_proxy_status(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"zmeshd-address", required_argument, NULL, 'a'},
+        {"namespace", required_argument, NULL, 'n'},
         {"output", required_argument, NULL, 'o'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *address = PS_DEFAULT_ADDRESS, *output = "short";
+    const char *address = PS_DEFAULT_ADDRESS, *output = "short", *ns = NULL;
     char host[ZC_HOST_MAX], port[8], err[ZC_ERR_MAX], shown[ZC_HOST_MAX + 16];
     json_t *syncz = NULL;
     int c, rc;
 
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":ho:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":ho:n:", opts, NULL)) != -1) {
         switch (c) {
         case 'h':
             fputs(usage_ps, stdout);
             return 0;
         case 'o':
             output = optarg;
+            break;
+        case 'n':
+            if (!*optarg) return ps_usage_error("%s", "--namespace needs a namespace");
+            ns = optarg;
             break;
         case 'a':
             address = optarg;
@@ -462,11 +468,26 @@ static int cmd_proxy_status(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    if (ns) {
+        json_t *only = ps_filter_namespace(syncz, ns);
+        json_decref(syncz);
+        if (!(syncz = only)) {
+            fprintf(stderr, "Error: out of memory\n");
+            rc = 1;
+            goto out;
+        }
+    }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     rc = ps_render(stdout, syncz, fmt, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
     if (!rc && fflush(stdout)) rc = -EIO;
-    if (rc == -ENOENT) {
+    if (rc == -ENOENT && ns) {
+        fprintf(stderr,
+                "Error: no proxies found in namespace %s (zmeshd at %s; the namespace is the proxy's, "
+                "e.g. istio-system for ztunnels)\n",
+                ns, shown);
+        rc = 1;
+    } else if (rc == -ENOENT) {
         fprintf(stderr, "Error: no proxies found (zmeshd at %s has no xDS client connected)\n", shown);
         rc = 1;
     } else if (rc) {

@@ -47,6 +47,22 @@ int ps_parse(const char *body, size_t len, json_t **syncz, char *err, size_t err
     return 0;
 }
 
+json_t *ps_filter_namespace(const json_t *syncz, const char *ns)
+{
+    json_t *out = json_array(), *p;
+    size_t i;
+    if (!out) return NULL;
+    json_array_foreach(syncz, i, p)
+    {
+        if (strcmp(str_of(p, "namespace"), ns)) continue;
+        if (json_array_append(out, p) < 0) {
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 void ps_human_duration(int64_t ms, char *buf, size_t n)
 {
     if (ms < -1000) {

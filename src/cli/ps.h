@@ -18,6 +18,10 @@ enum ps_format {
  * in err when the body is not a JSON array of objects. */
 int ps_parse(const char *body, size_t len, json_t **syncz, char *err, size_t errlen);
 
+/* A new array of the entries of syncz whose "namespace" (the proxy's node metadata NAMESPACE) is ns, as
+ * istioctl proxy-status --namespace filters. NULL on ENOMEM. */
+json_t *ps_filter_namespace(const json_t *syncz, const char *ns);
+
 /* Writes the view to out: the table (proxies by name; columns NAME, CLUSTER, one per xDS type seen
  * (istioctl's short names: CDS LDS EDS RDS first, then the others by type URL, so WADS before WDS), ISTIOD,
  * VERSION; a type a proxy does not watch is IGNORED), then, when a type is in ERROR, one line per NACK with

@@ -119,11 +119,12 @@ json_t *zmeshd_debug_syncz(const json_t *status, const char *id, const char *clu
                 goto fail;
             }
         }
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
-                              node, "proxy_type", strchr(node, '~') ? type : "", "cluster_id",
-                              cluster_of(c, cluster), "istio_version", str_of(md, "ISTIO_VERSION"), "istiod",
-                              id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"),
-                              "error", str_of(c, "error"), "types", types);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
+                      node, "proxy_type", strchr(node, '~') ? type : "", "namespace", str_of(md, "NAMESPACE"),
+                      "cluster_id", cluster_of(c, cluster), "istio_version", str_of(md, "ISTIO_VERSION"),
+                      "istiod", id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"),
+                      "error", str_of(c, "error"), "types", types);
         if (!o || json_array_append_new(out, o) < 0) goto fail;
     }
     return out;

@@ -64,6 +64,7 @@ class Stream:
             req.node.id = node
             req.node.metadata.fields["CLUSTER_ID"].string_value = "Kubernetes"
             req.node.metadata.fields["ISTIO_VERSION"].string_value = version
+            req.node.metadata.fields["NAMESPACE"].string_value = "istio-system"
             self.requests.put(req)
 
     def _read(self):
@@ -186,6 +187,11 @@ def test_synced_stale_and_nack(cp):
         row = table(wide.stdout)[1]
         assert row[2].startswith("SYNCED (") and row[2].endswith("s)"), wide.stdout
 
+        # -n filters by the proxy's namespace (its node metadata), as istioctl's --namespace.
+        assert table(cp.ps("-n", "istio-system").stdout)[1][0] == "ztunnel-a.istio-system"
+        other = cp.ps("--namespace", "demo")
+        assert other.returncode == 1 and "no proxies found in namespace demo" in other.stderr, other
+
         # A policy the client refuses: NACK -> ERROR, and the message under the table.
         write(os.path.join(cp.work, "manifests", "more.yaml"), POLICY.replace("allow-demo", "allow-more"))
         r = s.next()
@@ -201,6 +207,7 @@ def test_synced_stale_and_nack(cp):
         assert js.returncode == 0, js.stderr
         doc = json.loads(js.stdout)
         assert len(doc) == 1 and doc[0]["proxy"] == "ztunnel-a.istio-system" and doc[0]["node_id"] == NODE
+        assert doc[0]["namespace"] == "istio-system"
         assert doc[0]["cluster_id"] == "Kubernetes" and doc[0]["istiod"] == CP_NAME
         t = {x["type"]: x for x in doc[0]["types"]}
         assert t["WADS"]["status"] == "ERROR" and t["WADS"]["last_nack"]["message"] == \

@@ -555,6 +555,29 @@ static void test_ps_wide_and_json(void **state)
     json_decref(empty);
 }
 
+/* istioctl's --namespace: the proxies whose node metadata NAMESPACE matches, in zmeshd's order. */
+static void test_ps_namespace(void **state)
+{
+    (void)state;
+    json_t *j = load_syncz(), *f = ps_filter_namespace(j, "istio-system");
+    assert_int_equal(json_array_size(f), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(f, 0), "proxy")),
+                        "ztunnel-b.istio-system");
+    json_decref(f);
+    f = ps_filter_namespace(j, "demo");
+    assert_int_equal(json_array_size(f), 1);
+    char *s = ps_render_str(f, PS_SHORT, 0);
+    assert_string_equal(s, "NAME              CLUSTER      WDS        ISTIOD          VERSION\n"
+                           "waypoint-x.demo   Kubernetes   NOT SENT   zmeshd-test-0   \n");
+    free(s);
+    json_decref(f);
+    f = ps_filter_namespace(j, "nowhere");
+    s = ps_render_str(f, PS_SHORT, -ENOENT);
+    free(s);
+    json_decref(f);
+    json_decref(j);
+}
+
 static void test_ps_bad_input(void **state)
 {
     (void)state;
@@ -624,6 +647,7 @@ int main(void)
         cmocka_unit_test(test_http_refused),
         cmocka_unit_test(test_ps_table),
         cmocka_unit_test(test_ps_wide_and_json),
+        cmocka_unit_test(test_ps_namespace),
         cmocka_unit_test(test_ps_bad_input),
         cmocka_unit_test(test_ps_human_duration),
     };

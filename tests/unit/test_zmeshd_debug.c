@@ -30,7 +30,8 @@ static json_t *status(void)
         "  {\"peer\": \"istio-system/ztunnel\","
         "   \"node_id\": \"ztunnel~10.0.0.1~ztunnel-x.istio-system~istio-system.svc.cluster.local\","
         "   \"cluster\": \"envoy-cluster\", \"state\": \"active\", \"error\": \"\","
-        "   \"metadata\": {\"CLUSTER_ID\": \"east\", \"ISTIO_VERSION\": \"1.24.1\"},"
+        "   \"metadata\": {\"CLUSTER_ID\": \"east\", \"ISTIO_VERSION\": \"1.24.1\", \"NAMESPACE\": "
+        "\"istio-system\"},"
         "   \"types\": ["
         "    {\"type_url\": \"" ADDR "\", \"sync_status\": \"SYNCED\", \"subscribed\": true,"
         "     \"subscription\": \"wildcard\", \"version_sent\": \"4\", \"nonce_sent\": \"n-4\","
@@ -68,6 +69,7 @@ static void test_syncz(void **state)
     /* istiod's ClusterID is the metadata's, not Envoy's node.cluster. */
     assert_string_equal(json_string_value(json_object_get(p, "cluster_id")), "east");
     assert_string_equal(json_string_value(json_object_get(p, "istio_version")), "1.24.1");
+    assert_string_equal(json_string_value(json_object_get(p, "namespace")), "istio-system");
     assert_string_equal(json_string_value(json_object_get(p, "istiod")), "zmeshd-0");
     json_t *types = json_object_get(p, "types");
     assert_int_equal(json_array_size(types), 2);
