@@ -1,6 +1,8 @@
-/* zmesh: the command line. Today one command, `zmesh ztunnel-config` (alias zc), istioctl's views of a
- * ztunnel's admin /config_dump (istio/istio istioctl/pkg/ztunnelconfig/ztunnelconfig.go). Exit status: 0, 1
- * when the dump cannot be read or printed, 2 for a usage error. */
+/* zmesh: the command line. Commands: `zmesh ztunnel-config` (alias zc), istioctl's views of a ztunnel's admin
+ * /config_dump (istio/istio istioctl/pkg/ztunnelconfig/ztunnelconfig.go); `zmesh proxy-status` (alias ps),
+ * istioctl's sync table from zmeshd's /debug/syncz (istio/istio istioctl/pkg/proxystatus); `zmesh token`, a
+ * service-account token from zmeshd's state directory (zmeshd token). Exit status: 0, 1 when the command
+ * fails, 2 for a usage error. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -9,7 +11,10 @@
 #include <time.h>
 
 #include "cli/http_get.h"
+#include "cli/ps.h"
 #include "cli/zc.h"
+#include "core/env.h"
+#include "zmeshd/daemon.h"
 
 #define EXIT_USAGE 2
 /* Istio's ztunnel admin port (istioctl's --proxy-admin-port default) on the pod's loopback. */
@@ -30,6 +35,8 @@ static const char usage_top[] =
     "\n"
     "Commands:\n"
     "  ztunnel-config (zc)   show a ztunnel's configuration: workloads, services, policies, certificates\n"
+    "  proxy-status (ps)     show every proxy connected to zmeshd and whether its config is in sync\n"
+    "  token                 print a service-account token for zmeshd's CA and xDS (zmeshd token)\n"
     "\n"
     "Run 'zmesh <command> --help' for the flags of a command.\n";
 
@@ -348,6 +355,253 @@ out:
     return rc;
 }
 
+/* ---- proxy-status ---- */
+
+/* zmeshd's debug port (istiod's monitoring port), where istioctl's proxy-status gets its syncz. */
+#define PS_DEFAULT_ADDRESS "127.0.0.1:15014"
+#define PS_DEFAULT_PORT 15014
+#define PS_TIMEOUT_MS 5000
+#define PS_MAX_BYTES (64u << 20)
+
+static const char usage_ps[] =
+    "Show the xDS sync state of every proxy connected to zmeshd, as istioctl proxy-status does: one row per\n"
+    "proxy, one column per xDS type it watches (ztunnel: WADS for authorizations, WDS for addresses) with\n"
+    "SYNCED, STALE (sent, not yet ACKed), ERROR (NACKed; the message is printed below the table), NOT SENT\n"
+    "or IGNORED (not watched).\n"
+    "\n"
+    "Usage:\n"
+    "  zmesh proxy-status [flags]     (alias: zmesh ps)\n"
+    "\n"
+    "Flags:\n"
+    "      --zmeshd-address host:port  zmeshd's debug port (default " PS_DEFAULT_ADDRESS
+    ", zmeshd --debug-listen)\n"
+    "  -n, --namespace NS              only the proxies of namespace NS (their node metadata's NAMESPACE)\n"
+    "  -o, --output FORMAT             short (the default), wide (with each state's age) or json\n"
+    "  -h, --help                      this help\n";
+
+static int ps_usage_error(const char *fmt, const char *arg)
+{
+    fputs("Error: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\n\n", stderr);
+    fputs(usage_ps, stderr);
+    return EXIT_USAGE;
+}
+
+static int cmd_proxy_status(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"zmeshd-address", required_argument, NULL, 'a'},
+        {"namespace", required_argument, NULL, 'n'},
+        {"output", required_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *address = PS_DEFAULT_ADDRESS, *output = "short", *ns = NULL;
+    char host[ZC_HOST_MAX], port[8], err[ZC_ERR_MAX], shown[ZC_HOST_MAX + 16];
+    json_t *syncz = NULL;
+    int c, rc;
+
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":ho:n:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(usage_ps, stdout);
+            return 0;
+        case 'o':
+            output = optarg;
+            break;
+        case 'n':
+            if (!*optarg) return ps_usage_error("%s", "--namespace needs a namespace");
+            ns = optarg;
+            break;
+        case 'a':
+            address = optarg;
+            break;
+        case ':':
+            return ps_usage_error("flag needs an argument: %s", argv[optind - 1]);
+        default:
+            return ps_usage_error("unknown flag: %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return ps_usage_error("unexpected argument \"%s\" (zmesh proxy-status lists every proxy; a config "
+                              "diff of one proxy is not in zmesh yet)",
+                              argv[optind]);
+    enum ps_format fmt;
+    if (!strcmp(output, "short"))
+        fmt = PS_SHORT;
+    else if (!strcmp(output, "wide"))
+        fmt = PS_WIDE;
+    else if (!strcmp(output, "json"))
+        fmt = PS_JSON;
+    else
+        return ps_usage_error("output format \"%s\" not supported (short, wide or json)", output);
+    if (split_address(address, PS_DEFAULT_PORT, host, sizeof(host), port, sizeof(port)))
+        return ps_usage_error("invalid --zmeshd-address %s: use host:port or [v6]:port", address);
+    snprintf(shown, sizeof(shown), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
+
+    struct http_get_resp resp = {0};
+    rc = http_get(host, port, "/debug/syncz", PS_TIMEOUT_MS, PS_MAX_BYTES, &resp, err, sizeof(err));
+    if (rc && !resp.connected) {
+        fprintf(
+            stderr,
+            "Error: cannot reach zmeshd's debug port at %s: %s; is zmeshd running? It serves /debug/syncz "
+            "on --debug-listen (default " PS_DEFAULT_ADDRESS "); pass --zmeshd-address host:port\n",
+            shown, err);
+        return 1;
+    }
+    if (rc) {
+        fprintf(stderr, "Error: GET /debug/syncz from %s: %s; no zmeshd debug port answered there\n", shown,
+                err);
+        return 1;
+    }
+    if (resp.status != 200) {
+        fprintf(stderr, "Error: %s answered %d to GET /debug/syncz (not zmeshd's debug port?): %.200s\n",
+                shown, resp.status, resp.body);
+        rc = 1;
+        goto out;
+    }
+    if (ps_parse(resp.body, resp.len, &syncz, err, sizeof(err))) {
+        fprintf(stderr, "Error: the syncz document from %s is not valid: %s\n", shown, err);
+        rc = 1;
+        goto out;
+    }
+    if (ns) {
+        json_t *only = ps_filter_namespace(syncz, ns);
+        json_decref(syncz);
+        if (!(syncz = only)) {
+            fprintf(stderr, "Error: out of memory\n");
+            rc = 1;
+            goto out;
+        }
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    rc = ps_render(stdout, syncz, fmt, (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+    if (!rc && fflush(stdout)) rc = -EIO;
+    if (rc == -ENOENT && ns) {
+        fprintf(stderr,
+                "Error: no proxies found in namespace %s (zmeshd at %s; the namespace is the proxy's, "
+                "e.g. istio-system for ztunnels)\n",
+                ns, shown);
+        rc = 1;
+    } else if (rc == -ENOENT) {
+        fprintf(stderr, "Error: no proxies found (zmeshd at %s has no xDS client connected)\n", shown);
+        rc = 1;
+    } else if (rc) {
+        fprintf(stderr, "Error: printing the proxy status: %s\n", strerror(-rc));
+        rc = 1;
+    }
+out:
+    json_decref(syncz);
+    free(resp.body);
+    return rc;
+}
+
+/* ---- token ---- */
+
+static const char usage_token[] =
+    "Print a service-account token that zmeshd's CA and xDS server accept, signed with the key in zmeshd's\n"
+    "state directory (the same as zmeshd token; created on first use).\n"
+    "\n"
+    "Usage:\n"
+    "  zmesh token --sa NS/SA --state-dir DIR [flags]\n"
+    "\n"
+    "Flags:\n"
+    "      --sa NS/SA          the service account the token is for (required)\n"
+    "      --state-dir DIR     zmeshd's state directory (required)\n"
+    "      --node NAME         the node the bearer runs on (a node proxy needs it to impersonate)\n"
+    "      --pod NAME          the pod the token is bound to\n"
+    "      --pod-uid UID       that pod's uid\n"
+    "      --ttl DURATION      lifetime (default 1h; 30m, 1h30m, a bare number is seconds; 1s to 366d)\n"
+    "  -h, --help              this help\n";
+
+static int token_usage_error(const char *fmt, const char *arg)
+{
+    fputs("Error: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs("\n\n", stderr);
+    fputs(usage_token, stderr);
+    return EXIT_USAGE;
+}
+
+static int cmd_token(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"sa", required_argument, NULL, 's'},      {"state-dir", required_argument, NULL, 'd'},
+        {"node", required_argument, NULL, 'n'},    {"pod", required_argument, NULL, 'p'},
+        {"pod-uid", required_argument, NULL, 'u'}, {"ttl", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    };
+    const char *sa_arg = NULL, *state_dir = NULL, *ttl = NULL;
+    struct token_subject subj = {0};
+    char ns[TOKEN_NAME_MAX], sa[TOKEN_NAME_MAX], err[ZC_ERR_MAX];
+    long ttl_s = ZMESHD_TOKEN_DEFAULT_TTL_S;
+    int c;
+
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            fputs(usage_token, stdout);
+            return 0;
+        case 's':
+            sa_arg = optarg;
+            break;
+        case 'd':
+            state_dir = optarg;
+            break;
+        case 'n':
+            subj.node = optarg;
+            break;
+        case 'p':
+            subj.pod = optarg;
+            break;
+        case 'u':
+            subj.pod_uid = optarg;
+            break;
+        case 't':
+            ttl = optarg;
+            break;
+        case ':':
+            return token_usage_error("flag needs an argument: %s", argv[optind - 1]);
+        default:
+            return token_usage_error("unknown flag: %s", argv[optind - 1]);
+        }
+    }
+    if (optind < argc) return token_usage_error("unexpected argument \"%s\"", argv[optind]);
+    if (!sa_arg) return token_usage_error("%s is required", "--sa");
+    if (!state_dir) return token_usage_error("%s is required (zmeshd's --state-dir)", "--state-dir");
+    const char *slash = strchr(sa_arg, '/');
+    if (!slash || slash == sa_arg || !slash[1] || strchr(slash + 1, '/') ||
+        (size_t)(slash - sa_arg) >= sizeof(ns) || strlen(slash + 1) >= sizeof(sa))
+        return token_usage_error("--sa \"%s\": expected <namespace>/<service account>", sa_arg);
+    snprintf(ns, sizeof(ns), "%.*s", (int)(slash - sa_arg), sa_arg);
+    snprintf(sa, sizeof(sa), "%s", slash + 1);
+    if (ttl) {
+        uint64_t ms;
+        int rc = duration_parse_ms(ttl, &ms);
+        if (rc < 0) return token_usage_error("--ttl \"%s\": not a duration (e.g. 30m, 1h, 3600)", ttl);
+        if (ms < 1000 || ms / 1000 > (uint64_t)TOKEN_MAX_TTL_S)
+            return token_usage_error("--ttl \"%s\": must be between 1s and 366d", ttl);
+        ttl_s = (long)(ms / 1000);
+    }
+    subj.ns = ns;
+    subj.sa = sa;
+    char *tok = NULL;
+    if (zmeshd_token_mint(state_dir, &subj, ttl_s, &tok, err, sizeof(err)) < 0) {
+        fprintf(stderr, "Error: %s\n", err);
+        return 1;
+    }
+    int rc = printf("%s\n", tok) < 0 || fflush(stdout) ? 1 : 0;
+    if (rc) fprintf(stderr, "Error: cannot write the token: %s\n", strerror(errno));
+    free(tok);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -360,10 +614,9 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "ztunnel-config") || !strcmp(cmd, "zc")) return cmd_ztunnel_config(argc - 1, argv + 1);
-    if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "token"))
-        fprintf(stderr, "Error: \"%s\" needs zmeshd, which zmesh does not have yet\n\n", cmd);
-    else
-        fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);
+    if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "ps")) return cmd_proxy_status(argc - 1, argv + 1);
+    if (!strcmp(cmd, "token")) return cmd_token(argc - 1, argv + 1);
+    fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);
     fputs(usage_top, stderr);
     return EXIT_USAGE;
 }

@@ -25,6 +25,12 @@ struct zmeshd_xds {
      * below ZMESHD_XDS_INFLIGHT_MAX before they build their next response (FIFO). */
     size_t inflight;
     struct xds_stream *wait_head, *wait_tail;
+    /* For monotonic counters (the debug port's /metrics): streams accepted and refused, and per type the
+     * counts of the clients that are gone (the live ones are added when asked). */
+    uint64_t streams_opened, streams_refused;
+    struct {
+        uint64_t responses, acks, nacks, resources_sent, bytes_sent;
+    } retired[2];
 };
 
 struct xds_stream {
@@ -258,6 +264,15 @@ static void on_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
     LIST_DEL(st->x->streams, st);
     if (st->waiting) QUEUE_DEL(st->x->wait_head, st->x->wait_tail, st, wait_prev, wait_next);
     st->finished = true;
+    for (size_t i = 0; i < 2; i++) {
+        struct ads_watch_info wi;
+        if (ads_client_watch_info(st->ac, i, &wi) < 0) continue;
+        st->x->retired[i].responses += wi.responses;
+        st->x->retired[i].acks += wi.acks;
+        st->x->retired[i].nacks += wi.nacks;
+        st->x->retired[i].resources_sent += wi.resources_sent;
+        st->x->retired[i].bytes_sent += wi.bytes_sent;
+    }
     ads_client_free(st->ac);
     st->ac = NULL;
     release_inflight(st); /* may let waiting streams build theirs */
@@ -280,6 +295,7 @@ static void ads_handler(struct grpc_call *c, void *ud, const struct grpc_call_in
     char why[512];
     if (zmeshd_server_authenticate(x->srv, info, &caller, why, sizeof(why)) < 0) {
         grpc_call_set_ops(c, &refused_ops, NULL);
+        x->streams_refused++;
         LOG_LIMITED(LOG_WARN, "xds", "xDS stream refused (UNAUTHENTICATED): %s", why);
         grpc_call_finish(c, GRPC_STATUS_UNAUTHENTICATED, "authentication failure", NULL, 0);
         return;
@@ -295,6 +311,7 @@ static void ads_handler(struct grpc_call *c, void *ud, const struct grpc_call_in
     st->x = x;
     st->call = c;
     LIST_PUSH(x->streams, st);
+    x->streams_opened++;
     grpc_call_set_ops(c, &stream_ops, st);
     LOG_I("xds", "stream of %s opened", st->peer);
 }
@@ -346,9 +363,33 @@ void zmeshd_xds_free(struct zmeshd_xds *x)
 
 json_t *zmeshd_xds_status(const struct zmeshd_xds *x)
 {
-    json_t *j = ads_server_status_json(x->ads);
-    if (j) json_object_set_new(j, "generations", json_integer((json_int_t)x->generations));
+    json_t *j = ads_server_status_json(x->ads), *types = json_array();
+    if (!j || !types) goto fail;
+    for (size_t i = 0; i < 2; i++) {
+        uint64_t r = x->retired[i].responses, a = x->retired[i].acks, n = x->retired[i].nacks;
+        uint64_t rs = x->retired[i].resources_sent, b = x->retired[i].bytes_sent;
+        for (const struct ads_client *c = ads_server_first_client(x->ads); c; c = ads_client_next(c)) {
+            struct ads_watch_info wi;
+            if (ads_client_watch_info(c, i, &wi) < 0) continue;
+            r += wi.responses, a += wi.acks, n += wi.nacks, rs += wi.resources_sent, b += wi.bytes_sent;
+        }
+        if (json_array_append_new(types, json_pack("{s:s, s:I, s:I, s:I, s:I, s:I}", "type_url", type_urls[i],
+                                                   "responses", (json_int_t)r, "acks", (json_int_t)a, "nacks",
+                                                   (json_int_t)n, "resources_sent", (json_int_t)rs,
+                                                   "bytes_sent", (json_int_t)b)) < 0)
+            goto fail;
+    }
+    if (json_object_set_new(j, "generations", json_integer((json_int_t)x->generations)) < 0) goto fail;
+    /* The pack takes types (also when it fails), json_object_set_new the pack's result. */
+    json_t *totals = json_pack("{s:I, s:I, s:o}", "streams_opened", (json_int_t)x->streams_opened,
+                               "streams_refused", (json_int_t)x->streams_refused, "types", types);
+    types = NULL;
+    if (json_object_set_new(j, "totals", totals) < 0) goto fail;
     return j;
+fail:
+    json_decref(types);
+    json_decref(j);
+    return NULL;
 }
 
 struct ads_server *zmeshd_xds_ads(const struct zmeshd_xds *x)

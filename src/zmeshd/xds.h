@@ -32,7 +32,9 @@ int zmeshd_xds_new(struct zmeshd *d, struct zmeshd_server *srv, struct zmeshd_xd
                    size_t errlen);
 /* Frees x; call it after zmeshd_server_free (which ends the streams). NULL is a no-op. */
 void zmeshd_xds_free(struct zmeshd_xds *x);
-/* ads_server_status_json plus zmeshd's own figures (new reference). */
+/* ads_server_status_json plus zmeshd's own figures (new reference): "generations" (snapshots loaded) and "totals"
+ * (streams opened and refused; per type responses, acks, nacks, resources_sent, bytes_sent of every client
+ * since the start, gone or connected, for monotonic counters). NULL on ENOMEM. */
 json_t *zmeshd_xds_status(const struct zmeshd_xds *x);
 /* The ADS server (for tests and the benchmark). */
 struct ads_server *zmeshd_xds_ads(const struct zmeshd_xds *x);

@@ -1,7 +1,10 @@
 /* Unit tests for `zmesh ztunnel-config` rendering (src/cli/zc.c) from the canned dump
  * tests/unit/zc_dump.json: istioctl's columns, sorting, waypoint names, endpoint counts, certificate rows,
  * filters, -o json, and Go tabwriter's padding. The expected tables were checked against istioctl's rules
- * (istio/istio istioctl/pkg/writer/ztunnel/configdump/). Run from the repository root. */
+ * (istio/istio istioctl/pkg/writer/ztunnel/configdump/). Also `zmesh proxy-status` (src/cli/ps.c) from the
+ * syncz document tests/unit/ps_syncz.json, captured from zmeshd with two grpcio clients (one NACKing) and a
+ * third proxy added by hand that watches one type, not yet sent (checked against
+ * istioctl/pkg/writer/pilot/status.go). Run from the repository root. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli/http_get.h"
+#include "cli/ps.h"
 #include "cli/zc.h"
 
 #define DUMP_PATH "tests/unit/zc_dump.json"
@@ -460,6 +464,170 @@ static void test_http_refused(void **state)
     assert_non_null(strstr(err, "cannot resolve no-such-host.invalid"));
 }
 
+/* ---- zmesh proxy-status ---- */
+
+#define SYNCZ_PATH "tests/unit/ps_syncz.json"
+/* 2027-01-15T08:00:00Z, as NOW; the capture's last_updated were set relative to it. */
+#define PS_NOW_MS (1800000000LL * 1000)
+
+static json_t *load_syncz(void)
+{
+    FILE *fp = fopen(SYNCZ_PATH, "rb");
+    assert_non_null(fp);
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof(buf), fp);
+    fclose(fp);
+    json_t *j = NULL;
+    char err[256];
+    assert_int_equal(ps_parse(buf, n, &j, err, sizeof(err)), 0);
+    return j;
+}
+
+static char *ps_render_str(const json_t *j, enum ps_format fmt, int want_rc)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *out = open_memstream(&buf, &n);
+    assert_non_null(out);
+    assert_int_equal(ps_render(out, j, fmt, PS_NOW_MS), want_rc);
+    fclose(out);
+    return buf;
+}
+
+/* istioctl's columns for ztunnels: WADS before WDS (by type URL), a type not watched IGNORED, NOT_SENT as
+ * "NOT SENT", rows by name whatever zmeshd's order; the NACK's message under the table. */
+static void test_ps_table(void **state)
+{
+    (void)state;
+    json_t *j = load_syncz();
+    char *s = ps_render_str(j, PS_SHORT, 0);
+    assert_string_equal(s,
+                        "NAME                     CLUSTER      WADS      WDS        ISTIOD          VERSION\n"
+                        "waypoint-x.demo          Kubernetes   IGNORED   NOT SENT   zmeshd-test-0   \n"
+                        "ztunnel-a.istio-system   Kubernetes   SYNCED    SYNCED     zmeshd-test-0   1.24.0\n"
+                        "ztunnel-b.istio-system   Kubernetes   ERROR     SYNCED     zmeshd-test-0   1.24.0\n"
+                        "\n"
+                        "NACKs:\n"
+                        "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
+                        "unsupported field\n");
+    free(s);
+    /* A table of ztunnels fits 80 columns (the NACK lines are not the table's). */
+    assert_int_equal(json_array_remove(j, 2), 0);
+    s = ps_render_str(j, PS_SHORT, 0);
+    for (char *l = s, *nl; (nl = strchr(l, '\n')); l = nl + 1)
+        if (strncmp(l, "  ", 2)) assert_true(nl - l <= 80);
+    free(s);
+    json_decref(j);
+}
+
+static void test_ps_wide_and_json(void **state)
+{
+    (void)state;
+    json_t *j = load_syncz();
+    char *s = ps_render_str(j, PS_WIDE, 0);
+    /* Ages as HumanDuration from whole seconds: 4.75 s -> 5s, 5 min -> 5m, under 3 h in minutes. */
+    assert_string_equal(
+        s, "NAME                     CLUSTER      WADS           WDS             ISTIOD          "
+           "VERSION\n"
+           "waypoint-x.demo          Kubernetes   IGNORED        NOT SENT        zmeshd-test-0   \n"
+           "ztunnel-a.istio-system   Kubernetes   SYNCED (5m)    SYNCED (5s)     zmeshd-test-0   "
+           "1.24.0\n"
+           "ztunnel-b.istio-system   Kubernetes   ERROR (151m)   SYNCED (120m)   zmeshd-test-0   "
+           "1.24.0\n"
+           "\n"
+           "NACKs:\n"
+           "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
+           "unsupported field\n");
+    free(s);
+    s = ps_render_str(j, PS_JSON, 0);
+    json_error_t je;
+    json_t *back = json_loads(s, 0, &je);
+    assert_non_null(back);
+    assert_true(json_equal(back, j));
+    json_decref(back);
+    free(s);
+    json_decref(j);
+    /* No proxy: -ENOENT and nothing written. */
+    json_t *empty = json_array();
+    s = ps_render_str(empty, PS_SHORT, -ENOENT);
+    assert_string_equal(s, "");
+    free(s);
+    json_decref(empty);
+}
+
+/* istioctl's --namespace: the proxies whose node metadata NAMESPACE matches, in zmeshd's order. */
+static void test_ps_namespace(void **state)
+{
+    (void)state;
+    json_t *j = load_syncz(), *f = ps_filter_namespace(j, "istio-system");
+    assert_int_equal(json_array_size(f), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(f, 0), "proxy")),
+                        "ztunnel-b.istio-system");
+    json_decref(f);
+    f = ps_filter_namespace(j, "demo");
+    assert_int_equal(json_array_size(f), 1);
+    char *s = ps_render_str(f, PS_SHORT, 0);
+    assert_string_equal(s, "NAME              CLUSTER      WDS        ISTIOD          VERSION\n"
+                           "waypoint-x.demo   Kubernetes   NOT SENT   zmeshd-test-0   \n");
+    free(s);
+    json_decref(f);
+    f = ps_filter_namespace(j, "nowhere");
+    s = ps_render_str(f, PS_SHORT, -ENOENT);
+    free(s);
+    json_decref(f);
+    json_decref(j);
+}
+
+static void test_ps_bad_input(void **state)
+{
+    (void)state;
+    json_t *j = NULL;
+    char err[256];
+    assert_int_equal(ps_parse("{}", 2, &j, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "not a JSON array"));
+    assert_int_equal(ps_parse("[1]", 3, &j, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "entry 0"));
+    assert_int_equal(ps_parse("[{\"proxy\": 1}]", 14, &j, err, sizeof(err)), -EINVAL);
+    assert_int_equal(ps_parse("[", 1, &j, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "line 1"));
+    assert_null(j);
+}
+
+static void test_ps_human_duration(void **state)
+{
+    (void)state;
+    static const struct {
+        int64_t ms;
+        const char *want;
+    } cases[] = {
+        {-2000, "<invalid>"},
+        {-500, "0s"},
+        {0, "0s"},
+        {119999, "119s"},
+        {120000, "2m"},
+        {200000, "3m20s"},
+        {600000, "10m"},
+        {10799000, "179m"},
+        {10800000, "3h"},
+        {9000000 * 2, "5h"},
+        {27000000, "7h30m"},
+        {28800000, "8h"},
+        {47 * 3600000LL, "47h"},
+        {48 * 3600000LL, "2d"},
+        {(3 * 24 + 4) * 3600000LL, "3d4h"},
+        {30 * 86400000LL, "30d"},
+        {729 * 86400000LL, "729d"},
+        {740 * 86400000LL, "2y10d"},
+        {9 * 365 * 86400000LL, "9y"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char buf[32];
+        ps_human_duration(cases[i].ms, buf, sizeof(buf));
+        if (strcmp(buf, cases[i].want))
+            fail_msg("%lld ms: %s, want %s", (long long)cases[i].ms, buf, cases[i].want);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -477,6 +645,11 @@ int main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_http_get),
         cmocka_unit_test(test_http_refused),
+        cmocka_unit_test(test_ps_table),
+        cmocka_unit_test(test_ps_wide_and_json),
+        cmocka_unit_test(test_ps_namespace),
+        cmocka_unit_test(test_ps_bad_input),
+        cmocka_unit_test(test_ps_human_duration),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <cmocka.h>
 
+#include "../../src/http1/server.c"
 #include "../../src/ztunnel/metrics.c"
 #include "../../src/ztunnel/configdump.c"
 #include "../../src/ztunnel/admin.c"
@@ -465,36 +466,53 @@ static struct snapshot *hook_snapshot(void *ud)
     return hook_snap;
 }
 
+/* The admin's three ports on the shared HTTP server (src/http1/server.c, included above to reach its
+ * connections), on loopback listeners that are never accepted from: connections are socketpairs adopted as
+ * the acceptor would, and driven by hand. */
+static struct h1_port *srv_ports[3];
+
 static int srv_setup(void **state)
 {
+    char err[256];
     adm.loop = loop_new();
     assert_non_null(adm.loop);
+    adm.srv = http1_server_new(adm.loop, "ztunnel::admin");
+    assert_non_null(adm.srv);
+    for (int k = 0; k < 3; k++) {
+        int fd = http1_listen("127.0.0.1:0", NULL, err, sizeof(err));
+        assert_true(fd >= 0);
+        assert_int_equal(
+            http1_server_listen(adm.srv, fd, "test", &adm_limits[k], adm_route, (void *)&adm_kinds[k]), 0);
+        srv_ports[k] = adm.srv->ports; /* the newest port is first */
+    }
     adm.hooks =
         (struct admin_hooks){.pending = hook_pending, .quit = hook_quit, .snapshot_get = hook_snapshot};
-    adm_settings_init();
     return 0;
 }
 
 static int srv_teardown(void **state)
 {
+    http1_server_free(adm.srv);
+    adm.srv = NULL;
     loop_free(adm.loop);
     adm.loop = NULL;
     return 0;
 }
 
 struct peer {
-    int fd;                /* the client's end */
-    struct adm_conn *conn; /* NULL once the server closed it */
+    int fd;               /* the client's end */
+    struct h1_conn *conn; /* NULL once the server closed it */
 };
 
 static struct peer peer_new(enum adm_kind kind)
 {
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
-    int before = adm.nconns;
-    struct peer p = {.fd = sv[1], .conn = adm_conn_new(sv[0], kind)};
+    int before = http1_server_connections(adm.srv);
+    h1_accept(&srv_ports[kind]->acc, sv[0], NULL);
+    struct peer p = {.fd = sv[1], .conn = srv_ports[kind]->tail};
     assert_non_null(p.conn);
-    assert_int_equal(adm.nconns, before + 1);
+    assert_int_equal(http1_server_connections(adm.srv), before + 1);
     return p;
 }
 
@@ -508,9 +526,9 @@ static char *exchange(struct peer *p, const char *text, size_t step)
         size_t k = n - off < step ? n - off : step;
         assert_int_equal(write(p->fd, text + off, k), (ssize_t)k);
         assert_non_null(p->conn);
-        int before = adm.nconns;
-        adm_conn_io(&p->conn->io, EPOLLIN);
-        if (adm.nconns < before) p->conn = NULL;
+        int before = http1_server_connections(adm.srv);
+        h1_conn_io(&p->conn->io, EPOLLIN);
+        if (http1_server_connections(adm.srv) < before) p->conn = NULL;
     }
     char *out = calloc(1, 1 << 20);
     size_t len = 0;
@@ -523,7 +541,7 @@ static char *exchange(struct peer *p, const char *text, size_t step)
 
 static void peer_close(struct peer *p)
 {
-    if (p->conn) adm_conn_close(p->conn);
+    if (p->conn) h1_conn_close(p->conn);
     close(p->fd);
 }
 
@@ -590,7 +608,7 @@ static void test_http_limits_and_errors(void **state)
     /* EOF from the client closes the connection. */
     p = peer_new(ADM_ADMIN);
     shutdown(p.fd, SHUT_WR);
-    adm_conn_io(&p.conn->io, EPOLLIN);
+    h1_conn_io(&p.conn->io, EPOLLIN);
     p.conn = NULL;
     peer_close(&p);
 }

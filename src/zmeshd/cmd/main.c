@@ -20,6 +20,7 @@
 #include "core/env.h"
 #include "core/log.h"
 #include "zmeshd/daemon.h"
+#include "zmeshd/debug.h"
 #include "zmeshd/server.h"
 #include "zmeshd/xds.h"
 
@@ -158,6 +159,8 @@ static const char usage[] =
     "      --state-dir DIR     zmeshd's own files: the CA (ca-cert.pem, ca-key.pem, root-cert.pem) unless\n"
     "                          --plugin-ca, and the token signing key (" ZMESHD_TOKEN_KEY_FILE ")\n"
     "      --listen ADDR:PORT  address for xDS and the CA (default " ZMESHD_DEFAULT_LISTEN ", istiod's 15012)\n"
+    "      --debug-listen ADDR:PORT  debug endpoints (/debug/syncz, /metrics, /ready; default\n"
+    "                          " ZMESHD_DEFAULT_DEBUG_LISTEN ", istiod's monitoring port); port 0: any free port\n"
     "      --cluster-id ID     the cluster's name (env CLUSTER_ID, default " K8S_DEFAULT_CLUSTER_ID ")\n"
     "      --trust-domain TD   the mesh's trust domain (env TRUST_DOMAIN, default " K8S_DEFAULT_TRUST_DOMAIN ")\n"
     "      --domain SUFFIX     service domain suffix (default " K8S_DEFAULT_DOMAIN_SUFFIX ")\n"
@@ -194,6 +197,7 @@ enum opt_id {
     OPT_MANIFESTS = 256,
     OPT_STATE_DIR,
     OPT_LISTEN,
+    OPT_DEBUG_LISTEN,
     OPT_CLUSTER_ID,
     OPT_TRUST_DOMAIN,
     OPT_DOMAIN,
@@ -207,13 +211,14 @@ enum opt_id {
 };
 
 struct flags {
-    const char *manifests, *state_dir, *listen, *cluster_id, *trust_domain, *domain, *plugin_ca;
+    const char *manifests, *state_dir, *listen, *debug_listen, *cluster_id, *trust_domain, *domain, *plugin_ca;
     const char *sa, *node, *pod, *pod_uid, *ttl;
 };
 
 static const struct option serve_opts[] = {
     {"manifests", required_argument, NULL, OPT_MANIFESTS}, {"state-dir", required_argument, NULL, OPT_STATE_DIR},
     {"listen", required_argument, NULL, OPT_LISTEN},       {"cluster-id", required_argument, NULL, OPT_CLUSTER_ID},
+    {"debug-listen", required_argument, NULL, OPT_DEBUG_LISTEN},
     {"trust-domain", required_argument, NULL, OPT_TRUST_DOMAIN},
     {"domain", required_argument, NULL, OPT_DOMAIN},       {"plugin-ca", required_argument, NULL, OPT_PLUGIN_CA},
     {"help", no_argument, NULL, OPT_HELP},                 {NULL, 0, NULL, 0},
@@ -245,6 +250,7 @@ static int parse_flags(const char *cmd, int argc, char **argv, int first, const 
         case OPT_MANIFESTS: f->manifests = v; break;
         case OPT_STATE_DIR: f->state_dir = v; break;
         case OPT_LISTEN: f->listen = v; break;
+        case OPT_DEBUG_LISTEN: f->debug_listen = v; break;
         case OPT_CLUSTER_ID: f->cluster_id = v; break;
         case OPT_TRUST_DOMAIN: f->trust_domain = v; break;
         case OPT_DOMAIN: f->domain = v; break;
@@ -284,6 +290,7 @@ struct serve {
     struct zmeshd *d;
     struct zmeshd_server *srv;
     struct zmeshd_xds *xds;
+    struct zmeshd_debug *debug;
     struct io sig_io;
     int exit_code;
 };
@@ -367,9 +374,26 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
     snprintf(port, sizeof(port), "%u", zmeshd_server_port(s.srv));
     log_kv(LOG_INFO, "zmeshd", "serving the CA (IstioCertificateService) and delta ADS over TLS", "listen",
            zmeshd_listen(s.d), "port", port, NULL);
+    /* The debug port as istiod's monitoring port: a flag that cannot be served is fatal; the default port
+     * taken (another zmeshd on this host) costs only the debug endpoints, said loudly. */
+    const char *dbg_addr = f->debug_listen ? f->debug_listen : ZMESHD_DEFAULT_DEBUG_LISTEN;
+    const char *cluster = cfg.k8s.cluster_id ? cfg.k8s.cluster_id : K8S_DEFAULT_CLUSTER_ID;
+    if (zmeshd_debug_new(s.loop, s.xds, dbg_addr, getenv("POD_NAME"), cluster, &s.debug, err, sizeof(err)) < 0) {
+        if (f->debug_listen) {
+            log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
+            goto out;
+        }
+        log_kv(LOG_WARN, "zmeshd", "serving without the debug endpoints (pass --debug-listen ADDR:PORT)",
+               "error", err, NULL);
+    } else {
+        snprintf(port, sizeof(port), "%u", zmeshd_debug_port(s.debug));
+        log_kv(LOG_INFO, "zmeshd", "serving the debug endpoints over HTTP", "listen", dbg_addr, "port", port,
+               NULL);
+    }
     loop_run(s.loop);
     s.exit_code = 0;
 out:
+    zmeshd_debug_free(s.debug);
     zmeshd_server_free(s.srv);
     if (s.loop) loop_run_tasks(s.loop); /* the connections closed above are freed from tasks */
     zmeshd_xds_free(s.xds);
