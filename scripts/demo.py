@@ -84,10 +84,8 @@ SVC_HOST = "%s.%s.svc.cluster.local" % (SVC_NAME, SVC_NS)
 BACKENDS = ("backend", "backend-2", "backend-3")
 VIP_REQUESTS = 40
 
-# HOOK(proxy-status): `zmesh proxy-status` (istioctl proxy-status: what zmeshd sent each ztunnel and whether
-# it was ACKed) is being added in another worktree. The control-plane step runs it, inside node 1's network
-# namespace where zmeshd listens, only once `zmesh proxy-status --help` exits 0; until then it says it skipped
-# it. Once it exists, it must exit 0. Set these arguments to its final flags when it lands.
+# `zmesh proxy-status` (istioctl proxy-status: what zmeshd sent each ztunnel and whether it was ACKed), run in
+# node 1's network namespace, where zmeshd's debug port listens on 127.0.0.1:15014.
 PROXY_STATUS_ARGS = ["proxy-status"]
 
 
@@ -587,19 +585,19 @@ class Demo:
         self.proxy_status()
 
     def proxy_status(self):
-        """HOOK(proxy-status): see PROXY_STATUS_ARGS."""
+        """Shows `zmesh proxy-status` and checks that every ztunnel is SYNCED on both types."""
         st = self.st
         zmesh = os.path.join(topo_mod.Topology.bin_dir(), "zmesh")
-        probe = subprocess.run([zmesh, "proxy-status", "--help"], capture_output=True, text=True)
-        if probe.returncode != 0:
-            self.say(st.dim("  (zmesh proxy-status is not in this build yet: skipped)"))
-            return
         self.say("  %s zmesh %s   %s" % (st.yellow("node1$"), " ".join(PROXY_STATUS_ARGS),
                                        st.dim("(what zmeshd sent each ztunnel)")))
         r = self.t.run(self.t.nodes[0], [zmesh] + PROXY_STATUS_ARGS, check=False)
         self.show(r.stdout if r.returncode == 0 else r.stdout + r.stderr,
                   None if r.returncode == 0 else st.red)
-        self.check(r.returncode == 0, "zmesh proxy-status answered", "(exit %d)" % r.returncode)
+        synced = [l for l in r.stdout.splitlines() if l.count("SYNCED") >= 2]
+        n = len(self.ztunnels)
+        self.check(r.returncode == 0 and len(synced) == n,
+                   "zmesh proxy-status: %d of %d ztunnels SYNCED on both types" % (len(synced), n),
+                   "(exit %d)" % r.returncode)
 
     def step_http(self):
         st = self.st
@@ -770,9 +768,12 @@ class Demo:
         data = [x for x in on_15008 if x[4]]
         conns = sorted({"%s:%d %s %s:%d" % ((x[0], x[1], st.both, x[2], x[3]) if x[3] == 15008 else
                                            (x[2], x[3], st.both, x[0], x[1])) for x in on_15008})
+        # node2's ztunnels reach zmeshd (node1, port 15012) over this same link: xDS and CA traffic, TLS too.
+        on_15012 = [x for x in tcp if 15012 in (x[1], x[3])]
         hits = b"".join(pkts).count(mk)
-        self.say("    captured %d IP packets: %d TCP, %d of them to/from port 15008, %d carrying data"
-                 % (len(pkts), len(tcp), len(on_15008), len(data)))
+        self.say("    captured %d IP packets: %d TCP, %d of them to/from port 15008, %d carrying data%s"
+                 % (len(pkts), len(tcp), len(on_15008), len(data),
+                    ", %d of zmeshd's xDS/CA on 15012 (TLS as well)" % len(on_15012) if on_15012 else ""))
         for c in conns[:3]:
             self.say("      " + st.dim(c))
         rec = next((x for x in data if x[4][:3] == b"\x17\x03\x03"), data[0] if data else None)
@@ -780,8 +781,8 @@ class Demo:
             self.say("    a payload starts: %s  %s" % (st.magenta(hexdump_line(rec[4])),
                                                        st.dim("(17 03 03: a TLS application-data record)"
                                                               if rec[4][:3] == b"\x17\x03\x03" else "")))
-        ok = len(pkts) > 0 and len(tcp) == len(pkts) and len(on_15008) == len(tcp) and bool(data)
-        self.check(ok, "every packet on the uplink is TCP to/from port 15008",
+        ok = len(pkts) > 0 and len(tcp) == len(pkts) and len(on_15008) + len(on_15012) == len(tcp) and bool(data)
+        self.check(ok, "every packet on the uplink is TCP to/from port 15008 (HBONE) or 15012 (the control plane)",
                    "" if ok else "(pcap: %s)" % path)
         if hits == 0:
             self.check(True, "the marker appears 0 times in the capture: the wire was encrypted")
