@@ -181,7 +181,9 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
         }
     }
     qsort(types, nt, sizeof(types[0]), type_cmp);
-    if (!(proxies = malloc(np * sizeof(*proxies))) || !(tab = zc_table_new(nt + 4, PS_PADDING))) {
+    /* -o wide adds the node each proxy says it runs on (its NODE_NAME metadata), which istioctl does not show. */
+    size_t extra = fmt == PS_WIDE ? 1 : 0;
+    if (!(proxies = malloc(np * sizeof(*proxies))) || !(tab = zc_table_new(nt + 4 + extra, PS_PADDING))) {
         rc = -ENOMEM;
         goto out;
     }
@@ -189,7 +191,7 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
         proxies[i] = json_array_get(syncz, i);
     qsort(proxies, np, sizeof(*proxies), proxy_cmp);
 
-    const char *cells[PS_MAX_TYPES + 4];
+    const char *cells[PS_MAX_TYPES + 5];
     char status[PS_MAX_TYPES][64];
     cells[0] = "NAME";
     cells[1] = "CLUSTER";
@@ -197,6 +199,7 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
         cells[2 + j] = *str_of(types[j], "type") ? str_of(types[j], "type") : str_of(types[j], "type_url");
     cells[2 + nt] = "ISTIOD";
     cells[3 + nt] = "VERSION";
+    if (extra) cells[4 + nt] = "NODE";
     if ((rc = zc_table_row(tab, cells))) goto out;
     for (i = 0; i < np; i++) {
         const json_t *p = proxies[i];
@@ -212,6 +215,7 @@ int ps_render(FILE *out, const json_t *syncz, enum ps_format fmt, int64_t now_ms
         }
         cells[2 + nt] = str_of(p, "istiod");
         cells[3 + nt] = str_of(p, "istio_version");
+        if (extra) cells[4 + nt] = str_of(p, "node");
         if ((rc = zc_table_row(tab, cells))) goto out;
     }
     rc = zc_table_flush(tab, out);

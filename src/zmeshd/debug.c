@@ -120,8 +120,9 @@ json_t *zmeshd_debug_syncz(const json_t *status, const char *id, const char *clu
             }
         }
         json_t *o =
-            json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "proxy", proxy, "node_id",
                       node, "proxy_type", strchr(node, '~') ? type : "", "namespace", str_of(md, "NAMESPACE"),
+                      "node", str_of(md, "NODE_NAME"),
                       "cluster_id", cluster_of(c, cluster), "istio_version", str_of(md, "ISTIO_VERSION"),
                       "istiod", id ? id : "", "identity", str_of(c, "peer"), "state", str_of(c, "state"),
                       "error", str_of(c, "error"), "types", types);

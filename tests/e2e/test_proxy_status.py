@@ -352,6 +352,12 @@ def test_real_ztunnels_are_synced(mesh):
     assert rows[0][:4] == ["NAME", "CLUSTER", "WADS", "WDS"] and rows[0][4] == "ISTIOD", out
     assert all(x[1] == "Kubernetes" for x in rows[1:]), out
     assert all(len(l) <= 80 for l in r.stdout.splitlines()), out
+    # -o wide names each proxy's node (its NODE_NAME metadata), which the issue asks for and istioctl omits.
+    r = mesh.topo.run(node, [mesh.zmesh, "proxy-status", "-o", "wide"], capture_output=True, text=True)
+    wide = table(r.stdout)
+    assert wide[0][-1] == "NODE", r.stdout
+    assert sorted((x[0], x[-1]) for x in wide[1:]) == sorted(
+        ("ztunnel-%s.istio-system" % p.name, "node%d" % p.node) for p in mesh.topo.pods), r.stdout
     # The connections are the ztunnels' pod identities (their tokens).
     r = mesh.topo.run(node, ["curl", "-s", "http://127.0.0.1:15014/debug/connections"], capture_output=True,
                       text=True)

@@ -528,12 +528,12 @@ static void test_ps_wide_and_json(void **state)
     /* Ages as HumanDuration from whole seconds: 4.75 s -> 5s, 5 min -> 5m, under 3 h in minutes. */
     assert_string_equal(
         s, "NAME                     CLUSTER      WADS           WDS             ISTIOD          "
-           "VERSION\n"
-           "waypoint-x.demo          Kubernetes   IGNORED        NOT SENT        zmeshd-test-0   \n"
+           "VERSION   NODE\n"
+           "waypoint-x.demo          Kubernetes   IGNORED        NOT SENT        zmeshd-test-0             \n"
            "ztunnel-a.istio-system   Kubernetes   SYNCED (5m)    SYNCED (5s)     zmeshd-test-0   "
-           "1.24.0\n"
+           "1.24.0    node1\n"
            "ztunnel-b.istio-system   Kubernetes   ERROR (151m)   SYNCED (120m)   zmeshd-test-0   "
-           "1.24.0\n"
+           "1.24.0    node2\n"
            "\n"
            "NACKs:\n"
            "  ztunnel-b.istio-system WADS (nonce 2374f7e0-4, code 3): policy demo/allow-demo: "
