@@ -20,6 +20,7 @@
 #include "core/list.h"
 #include "core/log.h"
 #include "core/vec.h"
+#include "mesh/snapshot_impl.h"
 #include "xds/pb.h"
 
 #define LOG_TARGET "ads"
@@ -322,21 +323,6 @@ static void set_err(char *err, size_t n, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Copies s for a message: at most 64 bytes then "...", bytes outside printable ASCII as '?'. */
-#define PRINTABLE_MAX 72
-static const char *printable(const char *s, char out[PRINTABLE_MAX])
-{
-    size_t i = 0;
-    for (; s[i] && i < 64; i++)
-        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    if (s[i]) {
-        memcpy(out + i, "...", 3);
-        i += 3;
-    }
-    out[i] = '\0';
-    return out;
-}
-
 /* True when s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): proto3
  * strings must be, and istiod's and ztunnel's decoders refuse a message otherwise. */
 static bool utf8_valid(const char *str, size_t n)
@@ -406,18 +392,18 @@ static struct ads_res *table_find(const struct ads_table *t, const char *name, s
 /* Checks a resource name from the owner or a client. Returns 0, or -EINVAL with the reason in err. */
 static int check_name(const char *name, size_t len, char *err, size_t errlen)
 {
-    char pb[PRINTABLE_MAX];
+    char pb[MESH_PRINTABLE_MAX];
     if (len == 0) {
         set_err(err, errlen, "empty resource name");
         return -EINVAL;
     }
     if (len > ADS_NAME_MAX) {
-        set_err(err, errlen, "resource name \"%s\" is %zu bytes, longer than %d", printable(name, pb), len,
+        set_err(err, errlen, "resource name \"%s\" is %zu bytes, longer than %d", mesh_printable(name, pb), len,
                 ADS_NAME_MAX);
         return -EINVAL;
     }
     if (!utf8_valid(name, len)) {
-        set_err(err, errlen, "resource name \"%s\" is not valid UTF-8", printable(name, pb));
+        set_err(err, errlen, "resource name \"%s\" is not valid UTF-8", mesh_printable(name, pb));
         return -EINVAL;
     }
     return 0;
@@ -646,8 +632,8 @@ int ads_table_replace(struct ads_server *s, const char *type_url, const struct a
         }
         uint64_t h = name_hash(s, name, nlen);
         if (hmap_find(&seen, name, nlen, h)) {
-            char pb[PRINTABLE_MAX];
-            set_err(err, errlen, "resource %zu: duplicate name \"%s\"", i, printable(name, pb));
+            char pb[MESH_PRINTABLE_MAX];
+            set_err(err, errlen, "resource %zu: duplicate name \"%s\"", i, mesh_printable(name, pb));
             rc = -EINVAL;
             goto out;
         }
@@ -818,8 +804,8 @@ int ads_client_new(struct ads_server *s, const char *peer, ads_pending_fn on_pen
     c->ud = ud;
     copy_trunc(c->peer, sizeof(c->peer), peer ? peer : "");
     if (!utf8_valid(c->peer, strlen(c->peer))) {
-        char pb[PRINTABLE_MAX];
-        copy_trunc(c->peer, sizeof(c->peer), printable(peer, pb));
+        char pb[MESH_PRINTABLE_MAX];
+        copy_trunc(c->peer, sizeof(c->peer), mesh_printable(peer, pb));
     }
     LIST_PUSH(s->clients, c);
     *out = c;
@@ -1033,9 +1019,9 @@ static int handle_nack(struct ads_client *c, const struct ads_table *t, struct a
     copy_trunc(w->nack_nonce, sizeof(w->nack_nonce), nonce);
     w->nack_code = req->error_detail->code;
     w->nacks++;
-    char pb[PRINTABLE_MAX];
+    char pb[MESH_PRINTABLE_MAX];
     LOG_LIMITED(LOG_WARN, LOG_TARGET, "ADS:%s: ACK ERROR %s nonce %s%s: code %d: %s", t->type_url, c->node_id,
-                printable(nonce, pb),
+                mesh_printable(nonce, pb),
                 w->active ? (strcmp(nonce, w->nonce_sent) ? " (stale)" : "") : " (no request)", w->nack_code,
                 copy);
     return 0;
@@ -1104,11 +1090,11 @@ int ads_client_handle(struct ads_client *c, const Envoy__Service__Discovery__V3_
     struct ads_table *t = find_table(c->srv, type_url, &idx);
     if (!t) {
         /* istiod finds no generator for it and answers nothing (pushDeltaXds); zmeshd says so. */
-        char pb[PRINTABLE_MAX];
+        char pb[MESH_PRINTABLE_MAX];
         c->unknown_type_requests++;
         LOG_LIMITED(LOG_WARN, LOG_TARGET,
                     "ADS: node %s asked for type \"%s\", which zmeshd does not serve: ignored", c->node_id,
-                    printable(type_url, pb));
+                    mesh_printable(type_url, pb));
         return 0;
     }
     if ((rc = check_request(c, req)) < 0) return rc;
@@ -1120,10 +1106,10 @@ int ads_client_handle(struct ads_client *c, const Envoy__Service__Discovery__V3_
     if (nonce[0] && strcmp(nonce, w->nonce_sent) != 0) {
         /* A newer response was sent since: this request answers an old one (istiod: "Expired nonce"), and is
          * ignored whole, subscription changes included, as istiod ignores it. */
-        char pb[PRINTABLE_MAX];
+        char pb[MESH_PRINTABLE_MAX];
         w->stale++;
         LOGF(LOG_DEBUG, LOG_TARGET, "ADS:%s: %s expired nonce %s, sent %s", t->type_url, c->node_id,
-             printable(nonce, pb), w->nonce_sent);
+             mesh_printable(nonce, pb), w->nonce_sent);
         return 0;
     }
     if (nonce[0]) {

@@ -18,6 +18,7 @@
 
 #include "core/acceptor.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "mesh/config.h"
 #include "tls/identity.h"
 #include "tls/tls.h"
@@ -28,15 +29,6 @@
 #include "ztunnel/proxy.h"
 #include "ztunnel/settings.h"
 
-#ifndef ZMESH_VERSION
-#define ZMESH_VERSION "0.1.0"
-#endif
-#ifndef ZMESH_GIT_REVISION
-#define ZMESH_GIT_REVISION "unknown"
-#endif
-#ifndef ZMESH_BUILD_STATUS
-#define ZMESH_BUILD_STATUS "unknown"
-#endif
 #define RELOAD_DEBOUNCE_MS 100
 #define DRAIN_POLL_MS 50
 

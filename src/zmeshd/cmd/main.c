@@ -19,20 +19,12 @@
 
 #include "core/env.h"
 #include "core/log.h"
+#include "core/version.h"
 #include "zmeshd/daemon.h"
 #include "zmeshd/debug.h"
 #include "zmeshd/server.h"
 #include "zmeshd/xds.h"
 
-#ifndef ZMESH_VERSION
-#define ZMESH_VERSION "0.1.0"
-#endif
-#ifndef ZMESH_GIT_REVISION
-#define ZMESH_GIT_REVISION "unknown"
-#endif
-#ifndef ZMESH_BUILD_STATUS
-#define ZMESH_BUILD_STATUS "unknown"
-#endif
 #define EXIT_USAGE 2
 #define ERR_MAX 1024
 
