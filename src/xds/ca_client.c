@@ -269,6 +269,7 @@ static struct tls_cert *ca_fetch(struct cert_provider *p, const struct spiffe_id
         free(cc->chan);
     }
     cc->chan = saved;
+    loop_run_tasks(w.loop); /* the closed connection and any retired channel are freed from tasks */
     loop_free(w.loop);
     return w.cert;
 }
