@@ -13,6 +13,13 @@
 static const char *const types[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION};
 #define N_TYPES 2
 
+/* Counters of one client's life, for its log lines. */
+struct xds_client_stats {
+    bool connected, synced;
+    uint64_t connects, responses, acks, nacks;
+    char last_error[256]; /* why the last stream ended, "" if none */
+};
+
 struct xds_client {
     struct loop *l;
     struct xds_endpoint *ep;
@@ -263,7 +270,3 @@ void xds_client_free(struct xds_client *c)
     free(c);
 }
 
-void xds_client_stats(const struct xds_client *c, struct xds_client_stats *out)
-{
-    *out = c->st;
-}

@@ -41,11 +41,3 @@ int xds_client_new(struct loop *l, const struct xds_client_opts *o, const struct
                    void *ud, struct xds_client **out, char *err, size_t errlen);
 /* Ends the stream (no reconnect) and frees everything. NULL is a no-op. */
 void xds_client_free(struct xds_client *c);
-
-/* For /config_dump and tests. */
-struct xds_client_stats {
-    bool connected, synced;
-    uint64_t connects, responses, acks, nacks;
-    char last_error[256]; /* why the last stream ended, "" if none */
-};
-void xds_client_stats(const struct xds_client *c, struct xds_client_stats *out);
