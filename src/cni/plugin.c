@@ -170,6 +170,14 @@ void cni_conf_free(struct cni_conf *conf)
     conf->root = NULL;
 }
 
+/* True when every byte of s is printable ASCII other than a blank (true for an empty s). */
+static bool printable_ascii(const char *s)
+{
+    for (; *s; s++)
+        if (*s <= 0x20 || *s >= 0x7f) return false;
+    return true;
+}
+
 int cni_args_parse(const char *s, struct cni_args *out, struct cni_err *err, FILE *warn)
 {
     memset(out, 0, sizeof(*out));
@@ -203,6 +211,11 @@ int cni_args_parse(const char *s, struct cni_args *out, struct cni_err *err, FIL
         if (strlen(val) > CNI_ARG_VALUE_MAX)
             return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_ARGS: %.64s is over %d bytes", pair,
                             CNI_ARG_VALUE_MAX);
+        /* Kubernetes names, namespaces and UIDs are ASCII; anything else would not survive the JSON message.
+         */
+        if (!printable_ascii(val) || !printable_ascii(pair))
+            return cni_fail(err, CNI_ERR_INVALID_ENV, NULL,
+                            "CNI_ARGS: %.64s holds a byte outside printable ASCII", pair);
         bool matched = false;
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
             if (strcmp(pair, keys[i].key) != 0) continue;
@@ -272,9 +285,12 @@ int cni_env_check(const struct cni_env *env, struct cni_err *err)
                         "CNI_CONTAINERID \"%.64s\" is not a valid container id", env->container_id);
     if ((add || check) && (!env->netns || !*env->netns))
         return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_NETNS is required for %s", env->command);
+    /* The path goes into the agent's JSON message: runtimes use ASCII paths (/var/run/netns/cni-<uuid>). */
+    if (env->netns && !printable_ascii(env->netns))
+        return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_NETNS holds a byte outside printable ASCII");
     if (!env->ifname || !*env->ifname)
         return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_IFNAME is required for %s", env->command);
-    if (!ifname_valid(env->ifname))
+    if (!ifname_valid(env->ifname) || !printable_ascii(env->ifname))
         return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_IFNAME \"%.32s\" is not an interface name",
                         env->ifname);
     if (!env->path || !*env->path)
@@ -282,12 +298,27 @@ int cni_env_check(const struct cni_env *env, struct cni_err *err)
     return 0;
 }
 
+/* Copies s into dst with every byte outside printable ASCII as '?': a message quotes input (a CNI_ARGS key, a
+ * configuration key or version) that may be invalid UTF-8, or be cut inside a UTF-8 sequence by its bound,
+ * and jansson refuses to encode such a string, which left the runtime without an error object
+ * (fuzz_cni_config). */
+static void printable_copy(char *dst, size_t cap, const char *s)
+{
+    size_t i = 0;
+    for (; s[i] && i + 1 < cap; i++)
+        dst[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    dst[i] = '\0';
+}
+
 char *cni_error_json(const struct cni_err *err, const char *cni_version)
 {
+    char msg[sizeof(err->msg)], details[sizeof(err->details)];
+    printable_copy(msg, sizeof(msg), err->msg);
+    printable_copy(details, sizeof(details), err->details);
     json_t *o = json_pack("{s:s, s:i, s:s}", "cniVersion", cni_version ? cni_version : CNI_SPEC_VERSION,
-                          "code", (int)err->code, "msg", err->msg);
+                          "code", (int)err->code, "msg", msg);
     if (!o) return NULL;
-    if (err->details[0]) json_object_set_new(o, "details", json_string(err->details));
+    if (details[0]) json_object_set_new(o, "details", json_string(details));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;

@@ -263,6 +263,33 @@ static void test_version_and_error_json(void **state)
     json_decref(o);
 }
 
+/* fuzz_cni_config found that a message quoting invalid UTF-8 (an unknown CNI_ARGS key) made jansson refuse
+ * the error object, so the runtime got an empty stdout: such bytes now print as '?', and CNI_ARGS values and
+ * CNI_NETNS must be printable ASCII. */
+static void test_error_json_invalid_utf8(void **state)
+{
+    struct cni_err e = {0};
+    cni_fail(&e, CNI_ERR_INVALID_ENV, "d\xff",
+             "CNI_ARGS: unknown key \xf5"
+             "K8S");
+    char *s = cni_error_json(&e, NULL);
+    assert_non_null(s);
+    json_t *o = json_loads(s, 0, NULL);
+    free(s);
+    assert_string_equal(json_string_value(json_object_get(o, "msg")), "CNI_ARGS: unknown key ?K8S");
+    assert_string_equal(json_string_value(json_object_get(o, "details")), "d?");
+    json_decref(o);
+    struct cni_args a;
+    assert_int_equal(cni_args_parse("K8S_POD_NAME=w\xc3\xa9"
+                                    "b",
+                                    &a, &e, NULL),
+                     -1);
+    assert_int_equal(e.code, CNI_ERR_INVALID_ENV);
+    assert_int_equal(cni_args_parse("K8S_POD_NAME=a b", &a, &e, NULL), -1);
+    struct cni_env env = {"ADD", "c0ffee", "/var/run/netns/\x01", "eth0", NULL, "/usr/lib/cni"};
+    assert_int_equal(cni_env_check(&env, &e), -1);
+}
+
 static void test_result_passthrough(void **state)
 {
     struct cni_conf c;
@@ -478,6 +505,7 @@ int main(void)
         cmocka_unit_test(test_args_errors),
         cmocka_unit_test(test_env_check),
         cmocka_unit_test(test_version_and_error_json),
+        cmocka_unit_test(test_error_json_invalid_utf8),
         cmocka_unit_test(test_result_passthrough),
         cmocka_unit_test(test_run_add_del_reported),
         cmocka_unit_test(test_run_agent_down),
