@@ -1,5 +1,5 @@
 """zmesh-cni against the CNI specification 1.0 (containernetworking/cni SPEC.md), with this test as the container
-runtime: it creates a network namespace, runs Debian's real `bridge` plugin (with `host-local` IPAM) from
+runtime: it creates a network namespace, runs Debian's real `loopback` and `bridge` (with `host-local` IPAM) from
 /usr/lib/cni with the spec's environment and stdin, then build/bin/zmesh-cni chained after it with the bridge's
 result as prevResult, as a conflist `plugins` list is executed. A small SOCK_SEQPACKET listener stands in for the
 node agent and records each message (src/cni/README.md). Checked: VERSION; ADD passes prevResult through
@@ -128,6 +128,10 @@ def sandbox(cni_bin):
 
 
 def _bridge_add(sb):
+    # As a Kubernetes runtime does, the loopback plugin brings lo up first, then the conflist's plugins run.
+    lo = {"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"}
+    rc, out, err = _plugin(os.path.join(CNI_DIR, "loopback"), "ADD", lo, sb["netns"], sb["id"], ifname="lo")
+    assert rc == 0, "loopback ADD failed: %s %s" % (out, err)
     rc, out, err = _plugin(os.path.join(CNI_DIR, "bridge"), "ADD", sb["bridge_conf"], sb["netns"], sb["id"],
                            args=sb["args"])
     assert rc == 0, "bridge ADD failed: %s %s" % (out, err)
@@ -167,6 +171,9 @@ def test_chain_add_check_del(cni_bin, sandbox):
     addrs = subprocess.run(["ip", "-n", sb["ns"], "-o", "addr", "show", "dev", "eth0"], capture_output=True,
                            text=True, check=True).stdout
     assert ips[0] in addrs
+    lo = subprocess.run(["ip", "-n", sb["ns"], "-o", "link", "show", "dev", "lo"], capture_output=True, text=True,
+                        check=True).stdout
+    assert "UP" in lo
     agent = Agent(sb["sock"])
     try:
         rc, out, err = _plugin(cni_bin, "ADD", _zconf(sb, prev), sb["netns"], sb["id"], args=sb["args"])
@@ -190,6 +197,10 @@ def test_chain_add_check_del(cni_bin, sandbox):
             assert rc == 0 and out == "", out + err
         assert [x["event"] for x in agent.messages] == ["add", "del", "del"]
         assert agent.messages[1]["pod"]["uid"] == "7d2c0f3e-0000-4000-8000-000000000001"
+        # A sandbox that is not a Kubernetes pod (no K8S_POD_* in CNI_ARGS) passes through and is not reported.
+        rc, out, err = _plugin(cni_bin, "ADD", _zconf(sb, prev), sb["netns"], sb["id"])
+        assert rc == 0 and json.loads(out) == prev and "not a pod" in err, out + err
+        assert len(agent.messages) == 3
         # DEL without a netns (the runtime may have lost it) and without prevResult still succeeds.
         rc, out, err = _plugin(cni_bin, "DEL", _zconf(sb, None), "", sb["id"], args=sb["args"])
         assert rc == 0, out + err
