@@ -215,7 +215,7 @@ int cni_args_parse(const char *s, struct cni_args *out, struct cni_err *err, FIL
          */
         if (!printable_ascii(val) || !printable_ascii(pair))
             return cni_fail(err, CNI_ERR_INVALID_ENV, NULL,
-                            "CNI_ARGS: %.64s holds a byte outside printable ASCII", pair);
+                            "CNI_ARGS: %.64s holds a blank or a byte outside printable ASCII", pair);
         bool matched = false;
         for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
             if (strcmp(pair, keys[i].key) != 0) continue;
@@ -287,14 +287,15 @@ int cni_env_check(const struct cni_env *env, struct cni_err *err)
         return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_NETNS is required for %s", env->command);
     /* The path goes into the agent's JSON message: runtimes use ASCII paths (/var/run/netns/cni-<uuid>). */
     if (env->netns && !printable_ascii(env->netns))
-        return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_NETNS holds a byte outside printable ASCII");
+        return cni_fail(err, CNI_ERR_INVALID_ENV, NULL,
+                        "CNI_NETNS holds a blank or a byte outside printable ASCII");
     if (!env->ifname || !*env->ifname)
         return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_IFNAME is required for %s", env->command);
     if (!ifname_valid(env->ifname) || !printable_ascii(env->ifname))
         return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_IFNAME \"%.32s\" is not an interface name",
                         env->ifname);
-    if (!env->path || !*env->path)
-        return cni_fail(err, CNI_ERR_INVALID_ENV, NULL, "CNI_PATH is required for %s", env->command);
+    /* CNI_PATH and CNI_ARGS are optional for every command (SPEC.md "Parameters"); zmesh-cni delegates to no
+     * other plugin, so it has no use for CNI_PATH. */
     return 0;
 }
 
@@ -324,12 +325,14 @@ char *cni_error_json(const struct cni_err *err, const char *cni_version)
     return s;
 }
 
-char *cni_version_json(void)
+char *cni_version_json(const char *requested)
 {
     json_t *arr = json_array();
     for (size_t i = 0; i < N_SUPPORTED; i++)
         json_array_append_new(arr, json_string(supported_versions[i]));
-    json_t *o = json_pack("{s:s, s:o}", "cniVersion", CNI_SPEC_VERSION, "supportedVersions", arr);
+    json_t *o = json_pack("{s:s, s:o}", "cniVersion",
+                          requested && cni_version_supported(requested) ? requested : CNI_SPEC_VERSION,
+                          "supportedVersions", arr);
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
@@ -554,6 +557,33 @@ static int report(const char *event, const struct cni_env *env, const struct cni
     return -1;
 }
 
+/* VERSION: the answer's cniVersion is the one on stdin (SPEC.md "Version") when zmesh-cni supports it, else
+ * the newest it implements. Stdin may also be empty (the spec's VERSION section says nothing should be
+ * passed). */
+static int run_version(const char *in, size_t len, FILE *out, FILE *warn)
+{
+    const char *requested = NULL;
+    json_t *o = NULL;
+    size_t i = 0;
+    while (i < len && (in[i] == ' ' || in[i] == '\t' || in[i] == '\n' || in[i] == '\r'))
+        i++;
+    if (i < len) {
+        o = len <= CNI_STDIN_MAX ? json_loadb(in, len, 0, NULL) : NULL;
+        json_t *v = json_is_object(o) ? json_object_get(o, "cniVersion") : NULL;
+        if (json_is_string(v))
+            requested = json_string_value(v);
+        else if (warn)
+            fprintf(warn,
+                    "zmesh-cni: warning: VERSION: stdin is not {\"cniVersion\": string}; answering for %s\n",
+                    CNI_SPEC_VERSION);
+        if (requested && !cni_version_supported(requested) && warn)
+            fprintf(warn, "zmesh-cni: warning: VERSION: cniVersion \"%.32s\" is not supported\n", requested);
+    }
+    int rc = print_json(out, cni_version_json(requested)) == 0 ? 0 : 1;
+    json_decref(o);
+    return rc;
+}
+
 int cni_run(const struct cni_env *env, const char *in, size_t len, FILE *out, FILE *warn)
 {
     struct cni_err err = {0};
@@ -565,7 +595,7 @@ int cni_run(const struct cni_env *env, const char *in, size_t len, FILE *out, FI
         cni_fail(&err, CNI_ERR_INVALID_ENV, NULL, "CNI_COMMAND is not set");
         return fail_out(out, &err, NULL);
     }
-    if (!strcmp(env->command, "VERSION")) return print_json(out, cni_version_json()) == 0 ? 0 : 1;
+    if (!strcmp(env->command, "VERSION")) return run_version(in, len, out, warn);
     bool add = !strcmp(env->command, "ADD"), del = !strcmp(env->command, "DEL"),
          check = !strcmp(env->command, "CHECK");
     if (!add && !del && !check) {

@@ -94,12 +94,14 @@ void cni_conf_free(struct cni_conf *conf);
 /* Parses CNI_ARGS ("K=V;K=V", NULL or empty for none) into out. Returns 0 or -1 with err filled. */
 int cni_args_parse(const char *s, struct cni_args *out, struct cni_err *err, FILE *warn);
 
-/* Checks the environment the command needs (SPEC.md "Parameters"). Returns 0 or -1 with err filled. */
+/* Checks the environment ADD, DEL or CHECK needs (SPEC.md "Parameters"). Returns 0 or -1 with err filled. */
 int cni_env_check(const struct cni_env *env, struct cni_err *err);
 
 /* The JSON texts printed on stdout, malloc'd (caller frees), NULL on allocation failure. */
 char *cni_error_json(const struct cni_err *err, const char *cni_version);
-char *cni_version_json(void);
+/* VERSION's answer; its cniVersion is `requested` when supported, else CNI_SPEC_VERSION (requested may be
+ * NULL). */
+char *cni_version_json(const char *requested);
 /* ADD's result: prevResult unchanged, or {"cniVersion"} when there is none (as Istio's plugin does). */
 char *cni_result_json(const struct cni_conf *conf);
 

@@ -160,6 +160,11 @@ def test_version(cni_bin):
     v = json.loads(out)
     assert v["cniVersion"] == "1.0.0"
     assert "1.0.0" in v["supportedVersions"] and "0.4.0" in v["supportedVersions"]
+    # SPEC.md "Version": the answer's cniVersion is the one on input; nothing on stdin is allowed too.
+    rc, out, _ = _plugin(cni_bin, "VERSION", '{"cniVersion":"0.4.0"}', "", "")
+    assert rc == 0 and json.loads(out)["cniVersion"] == "0.4.0"
+    rc, out, _ = _plugin(cni_bin, "VERSION", "", "", "")
+    assert rc == 0 and json.loads(out)["cniVersion"] == "1.0.0"
 
 
 def test_chain_add_check_del(cni_bin, sandbox):

@@ -216,6 +216,7 @@ static void test_env_check(void **state)
     struct cni_env del = ok;
     del.command = "DEL";
     del.netns = NULL; /* optional for DEL (SPEC.md) */
+    del.path = NULL;  /* optional for every command */
     assert_int_equal(cni_env_check(&del, &e), 0);
     struct cni_env v[] = {ok, ok, ok, ok, ok, ok, ok};
     v[0].container_id = NULL;
@@ -223,7 +224,7 @@ static void test_env_check(void **state)
     v[2].netns = "";
     v[3].ifname = "averyveryverylongif";
     v[4].ifname = "eth/0";
-    v[5].path = NULL;
+    v[5].netns = "/var/run/netns/a b";
     v[6].container_id = "abc def";
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         memset(&e, 0, sizeof(e));
@@ -236,7 +237,7 @@ static void test_env_check(void **state)
 
 static void test_version_and_error_json(void **state)
 {
-    char *s = cni_version_json();
+    char *s = cni_version_json(NULL);
     json_t *o = json_loads(s, 0, NULL);
     free(s);
     assert_string_equal(json_string_value(json_object_get(o, "cniVersion")), "1.0.0");
@@ -244,6 +245,12 @@ static void test_version_and_error_json(void **state)
     assert_int_equal(json_array_size(sv), 4);
     assert_string_equal(json_string_value(json_array_get(sv, 3)), "1.0.0");
     json_decref(o);
+    s = cni_version_json("0.4.0"); /* the requested version is echoed (SPEC.md "Version") */
+    assert_non_null(strstr(s, "{\"cniVersion\":\"0.4.0\""));
+    free(s);
+    s = cni_version_json("9.9.9"); /* unsupported: the newest implemented */
+    assert_non_null(strstr(s, "{\"cniVersion\":\"1.0.0\""));
+    free(s);
 
     struct cni_err e = {0};
     cni_fail(&e, CNI_ERR_TRY_AGAIN, "connection refused", "agent at %s", "/x");
