@@ -24,6 +24,8 @@ static const char *const supported_versions[] = {"0.3.0", "0.3.1", "0.4.0", "1.0
 /* Linux's IFNAMSIZ - 1: the spec's CNI_IFNAME must fit an interface name. */
 #define IFNAME_MAX 15
 #define CONTAINER_ID_MAX 1024
+/* Pause between connect attempts while the agent's listen backlog is full. */
+#define AGENT_CONNECT_RETRY_MS 10
 
 int cni_fail(struct cni_err *err, enum cni_code code, const char *details, const char *fmt, ...)
 {
@@ -437,16 +439,21 @@ int cni_agent_call(const char *path, const char *msg, uint64_t timeout_ms, struc
         cni_fail(err, CNI_ERR_TRY_AGAIN, strerror(errno), "node agent socket: socket failed");
         goto out;
     }
-    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+    /* A non-blocking AF_UNIX connect never is in progress: EAGAIN means the agent's backlog is full (many
+     * pods starting at once) and nothing is queued, so it is tried again every AGENT_CONNECT_RETRY_MS until
+     * the deadline rather than failing (or failing open) a pod the agent would take a moment later. */
+    for (;;) {
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) break;
         int e = errno;
-        if (e != EINPROGRESS && e != EAGAIN) {
-            cni_fail(err, CNI_ERR_TRY_AGAIN, strerror(e), "node agent unreachable at %s", path);
+        if (e == EINTR) continue;
+        uint64_t now = now_ms();
+        if (e != EAGAIN || now >= deadline) {
+            cni_fail(err, CNI_ERR_TRY_AGAIN, e == EAGAIN ? "backlog full until the deadline" : strerror(e),
+                     "node agent unreachable at %s", path);
             goto out;
         }
-        if (wait_fd(fd, POLLOUT, deadline) < 0) {
-            cni_fail(err, CNI_ERR_TRY_AGAIN, "connect timed out", "node agent unreachable at %s", path);
-            goto out;
-        }
+        poll(NULL, 0,
+             (int)(deadline - now < AGENT_CONNECT_RETRY_MS ? deadline - now : AGENT_CONNECT_RETRY_MS));
     }
     for (;;) {
         n = send(fd, msg, strlen(msg), MSG_NOSIGNAL);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -337,7 +338,7 @@ static void test_result_passthrough(void **state)
 struct agent {
     char path[108];
     int lfd;
-    char got[2][CNI_AGENT_MSG_MAX + 1];
+    char got[5][CNI_AGENT_MSG_MAX + 1];
     int n_got;
     const char *answer;
 };
@@ -469,6 +470,64 @@ static void test_run_agent_refuses(void **state)
     agent_stop(&a, t);
 }
 
+struct call {
+    const char *path;
+    uint64_t timeout_ms;
+    int rc;
+    struct cni_err err;
+};
+
+static void *call_main(void *arg)
+{
+    struct call *c = arg;
+    c->rc = cni_agent_call(c->path, "{\"event\":\"add\"}", c->timeout_ms, &c->err);
+    return NULL;
+}
+
+/* An agent whose listen backlog is full: the plugin retries connect until the agent accepts, within the
+ * timeout, instead of reporting it unreachable. The backlog is filled by a connection the test makes itself
+ * and that the agent thread takes first. */
+static void test_agent_backlog_full(void **state)
+{
+    struct agent a;
+    pthread_t t;
+    memset(&a, 0, sizeof(a));
+    snprintf(a.path, sizeof(a.path), "/tmp/zmesh-test-cni-bl-%d.sock", (int)getpid());
+    unlink(a.path);
+    a.lfd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    strcpy(sa.sun_path, a.path);
+    assert_int_equal(bind(a.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(a.lfd, 0), 0);
+    /* Fill the backlog: non-blocking connects until one says EAGAIN. */
+    int fill[4], n_fill = 0;
+    for (; n_fill < 4; n_fill++) {
+        fill[n_fill] = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK, 0);
+        if (connect(fill[n_fill], (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+            assert_int_equal(errno, EAGAIN);
+            close(fill[n_fill]);
+            break;
+        }
+        send(fill[n_fill], "{}", 2, 0);
+    }
+    assert_true(n_fill >= 1 && n_fill < 4);
+    /* The plugin's call starts while the backlog is full; the agent starts accepting only 100 ms later (so
+     * the retry path runs on any machine; a slower one only waits longer) and answers the fillers first. */
+    struct call c = {.path = a.path, .timeout_ms = 5000};
+    pthread_t ct;
+    assert_int_equal(pthread_create(&ct, NULL, call_main, &c), 0);
+    poll(NULL, 0, 100);
+    a.n_got = n_fill + 1;
+    a.answer = "{\"ok\":true}";
+    assert_int_equal(pthread_create(&t, NULL, agent_main, &a), 0);
+    pthread_join(ct, NULL);
+    assert_int_equal(c.rc, 0);
+    agent_stop(&a, t);
+    assert_string_equal(a.got[n_fill], "{\"event\":\"add\"}");
+    for (int i = 0; i < n_fill; i++)
+        close(fill[i]);
+}
+
 static void test_run_check_and_errors(void **state)
 {
     char *out;
@@ -517,6 +576,7 @@ int main(void)
         cmocka_unit_test(test_run_add_del_reported),
         cmocka_unit_test(test_run_agent_down),
         cmocka_unit_test(test_run_agent_refuses),
+        cmocka_unit_test(test_agent_backlog_full),
         cmocka_unit_test(test_run_check_and_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
