@@ -113,6 +113,15 @@ int cni_conf_parse(const char *buf, size_t len, struct cni_conf *conf, struct cn
         return cni_fail(err, CNI_ERR_INVALID_CONFIG, NULL,
                         "network configuration: \"prevResult\" must be an object");
     conf->prev_result = v;
+    /* SPEC.md "Chained plugins": prevResult is in the configuration's cniVersion, which is also the version
+     * the output must be in; zmesh-cni passes it through unconverted, so a mismatch is the runtime's and is
+     * said. */
+    json_t *pv = v ? json_object_get(v, "cniVersion") : NULL;
+    if (pv && (!json_is_string(pv) || strcmp(json_string_value(pv), conf->cni_version) != 0) && warn)
+        fprintf(warn,
+                "zmesh-cni: warning: prevResult's cniVersion differs from the configuration's %s; passed "
+                "through unchanged\n",
+                conf->cni_version);
 
     v = json_object_get(conf->root, "fail_open");
     if (v) {

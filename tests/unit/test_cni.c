@@ -125,6 +125,13 @@ static void test_conf_unknown_key_warns(void **state)
     assert_null(strstr(buf, "ipam")); /* a spec key other plugins use is no surprise */
     free(buf);
     cni_conf_free(&c);
+    w = open_memstream(&buf, &len);
+    t = "{\"cniVersion\":\"1.0.0\",\"name\":\"n\",\"type\":\"t\",\"prevResult\":{\"cniVersion\":\"0.4.0\"}}";
+    assert_int_equal(cni_conf_parse(t, strlen(t), &c, &e, w), 0);
+    fclose(w);
+    assert_non_null(strstr(buf, "prevResult's cniVersion differs"));
+    free(buf);
+    cni_conf_free(&c);
 }
 
 static void test_conf_size_bound(void **state)
