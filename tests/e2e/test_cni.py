@@ -109,7 +109,9 @@ def sandbox(cni_bin):
     sb["netns"] = "/var/run/netns/" + sb["ns"]
     sb["sock"] = os.path.join(sb["dir"], "agent.sock")
     sb["bridge_conf"] = {
-        "cniVersion": "1.0.0", "name": NET_NAME, "type": "bridge", "bridge": sb["bridge"], "isGateway": True,
+        # No isGateway/ipMasq: as a gateway the bridge plugin would turn on the host's ip_forward, a change to the
+        # machine this test could not undo safely; the pod's address is all zmesh-cni needs.
+        "cniVersion": "1.0.0", "name": NET_NAME, "type": "bridge", "bridge": sb["bridge"], "isGateway": False,
         "ipMasq": False,
         "ipam": {"type": "host-local", "subnet": "10.251.%d.0/24" % (os.getpid() % 250),
                  "dataDir": os.path.join(sb["dir"], "ipam")},
