@@ -8,7 +8,7 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU
 override LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 B       ?= build
 
-LIB_LAYERS := core tls h2 http1 mesh xds zmeshd
+LIB_LAYERS := core tls h2 http1 mesh xds zmeshd cni
 LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
 # Protocols (proto/README.md): protoc-c generates C for zmesh's .proto files and for the well-known types
@@ -37,14 +37,18 @@ CLI_LIB_OBJ := $(filter-out $(B)/obj/cli/main.o,$(CLI_OBJ))
 # libzmesh.a nor the fuzz targets see a second main(); everything it calls (daemon.c, watch.c) is in the library.
 ZMESHD_SRC := $(wildcard src/zmeshd/cmd/*.c)
 ZMESHD_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(ZMESHD_SRC))
+# zmesh-cni (the CNI plugin): the same layout as zmeshd, its main.c in src/cni/cmd/ and the rest (plugin.c) in
+# libzmesh.a, where test_cni and fuzz_cni_config reach it.
+CNI_SRC := $(wildcard src/cni/cmd/*.c)
+CNI_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(CNI_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 # bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
-all: $(B)/bin/ztunnel $(B)/bin/zmesh $(B)/bin/zmeshd $(BENCH_BIN) $(UNIT_BIN) $(B)/tests/pb_roundtrip \
-     $(B)/tests/grpc_peer $(B)/tests/zds_peer
+all: $(B)/bin/ztunnel $(B)/bin/zmesh $(B)/bin/zmeshd $(B)/bin/zmesh-cni $(BENCH_BIN) $(UNIT_BIN) \
+     $(B)/tests/pb_roundtrip $(B)/tests/grpc_peer $(B)/tests/zds_peer
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
 deps:
@@ -94,6 +98,10 @@ $(B)/bin/zmesh: $(CLI_OBJ) $(B)/libzmesh.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/bin/zmeshd: $(ZMESHD_OBJ) $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/bin/zmesh-cni: $(CNI_OBJ) $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -206,7 +214,7 @@ fuzz: deps
 	@tests/fuzz/run.sh -keep $(FUZZ_TIME) $(FUZZ_BIN)
 
 format:
-	clang-format -i $(LIB_SRC) $(ZT_SRC) $(CLI_SRC) $(ZMESHD_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
+	clang-format -i $(LIB_SRC) $(ZT_SRC) $(CLI_SRC) $(ZMESHD_SRC) $(CNI_SRC) $(UNIT_SRC) $(FUZZ_SRC) $(wildcard src/*/*.h)
 
 clean:
 	rm -rf build

@@ -3,6 +3,8 @@
 # prometheus provides promtool, which checks the metrics exposition format in the e2e tests.
 # libjwt-dev (OpenSSL flavour) and libjansson-dev: zmeshd's bearer tokens (JWT signatures, JSON claims);
 # python3-jwt (PyJWT) checks those tokens in a test with code zmesh did not write.
+# containernetworking-plugins (bridge, host-local, loopback in /usr/lib/cni) wire pod namespaces; the CNI tests
+# chain zmesh-cni after them as a container runtime would.
 # faketime runs ztunnels on a simulated clock (certificate rotation tests).
 # clang builds the libFuzzer targets (make fuzz, and the fuzz smoke in make test); libclang-rt-14-dev holds
 # libFuzzer and the sanitizer runtimes, which clang only recommends (and --no-install-recommends skips).
@@ -15,7 +17,7 @@ PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka
       libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev
       python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
       python3-jwt
-      iptables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
+      containernetworking-plugins iptables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
       clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
