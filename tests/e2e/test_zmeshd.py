@@ -8,7 +8,8 @@
 - `zmeshd token`: a JWT signed with the state directory's key whose claims are a Kubernetes projected
   service-account token's (kubernetes/kubernetes pkg/serviceaccount/claims.go) for Istio's CA.
 
-No network namespaces are needed: zmeshd reads files and, for now, opens no port."""
+No network namespaces are needed: zmeshd reads files (its ports are exercised by test_zmeshd_ca.py,
+test_zmeshd_xds.py and test_control_plane.py)."""
 import json
 import os
 import re
