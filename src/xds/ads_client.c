@@ -2,6 +2,7 @@
 #include "xds/ads_client.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,11 @@
 
 static const char *const types[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION};
 #define N_TYPES 2
+
+/* Process-wide counters for ztunnel's istio_xds_* metrics (istio/ztunnel src/xds/metrics.rs); any thread
+ * reads them, the client's loop writes. */
+static _Atomic uint64_t term_count[XDS_TERM_COUNT];
+static _Atomic uint64_t msg_count[N_TYPES], msg_bytes[N_TYPES];
 
 /* Counters of one client's life, for its log lines. */
 struct xds_client_stats {
@@ -115,8 +121,16 @@ static void on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_
               resp->n_resources, resp->n_removed_resources);
     }
     if (send_request(c, &req) < 0) LOG_W("xds", "cannot send the ACK for nonce %s", resp->nonce);
-    for (int i = 0; i < N_TYPES; i++)
-        if (!strcmp(resp->type_url, types[i])) c->synced[i] = true;
+    for (int i = 0; i < N_TYPES; i++) {
+        if (strcmp(resp->type_url, types[i]) != 0) continue;
+        c->synced[i] = true;
+        /* Istio counts each response of a type, and the bytes of its resources' values (metrics.rs). */
+        uint64_t bytes = 0;
+        for (size_t k = 0; k < resp->n_resources; k++)
+            if (resp->resources[k]->resource) bytes += resp->resources[k]->resource->value.len;
+        atomic_fetch_add_explicit(&msg_count[i], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&msg_bytes[i], bytes, memory_order_relaxed);
+    }
     free(nack);
     protobuf_c_message_free_unpacked(m, NULL);
     if (snap) {
@@ -133,9 +147,29 @@ static void on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_
     }
 }
 
-/* Istio reconnects at once after a clean end, a cancellation, a deadline or the server going away, and backs
- * off (doubling) after connection errors and other statuses (client.rs run_loop). */
-static bool backoff_grows(const struct grpc_result *r)
+const char *xds_term_reason_to_str(enum xds_term_reason r)
+{
+    static const char *const names[XDS_TERM_COUNT] = {"ConnectionError", "Error", "Reconnect", "Complete"};
+    return (unsigned)r < XDS_TERM_COUNT ? names[r] : "?";
+}
+
+uint64_t xds_client_terminations(enum xds_term_reason r)
+{
+    return (unsigned)r < XDS_TERM_COUNT ? atomic_load_explicit(&term_count[r], memory_order_relaxed) : 0;
+}
+
+const char *xds_client_metric_type(size_t i, uint64_t *messages, uint64_t *bytes)
+{
+    if (i >= N_TYPES) return NULL;
+    *messages = atomic_load_explicit(&msg_count[i], memory_order_relaxed);
+    *bytes = atomic_load_explicit(&msg_bytes[i], memory_order_relaxed);
+    return types[i];
+}
+
+/* How a stream ended, as Istio's run_loop sorts it: a connection that could not be made is a ConnectionError
+ * (backoff doubles); a clean end is Complete, and a cancellation, a deadline or the server going away a
+ * Reconnect (both reconnect at once); any other status an Error (backoff doubles). */
+static enum xds_term_reason term_reason(const struct grpc_result *r)
 {
     switch (r->h2_reason) {
     case H2_END_CONNECT_FAILED:
@@ -143,20 +177,21 @@ static bool backoff_grows(const struct grpc_result *r)
     case H2_END_HANDSHAKE_TIMEOUT:
     case H2_END_IDENTITY:
     case H2_END_NO_ALPN:
-        return true;
+        return XDS_TERM_CONNECTION_ERROR;
     case H2_END_REFUSED: /* the server's GOAWAY */
-        return false;
+        return XDS_TERM_RECONNECT;
     default:
         break;
     }
     switch (r->status) {
     case GRPC_STATUS_OK:
+        return XDS_TERM_COMPLETE;
     case GRPC_STATUS_UNKNOWN:
     case GRPC_STATUS_CANCELLED:
     case GRPC_STATUS_DEADLINE_EXCEEDED:
-        return false;
+        return XDS_TERM_RECONNECT;
     default:
-        return true;
+        return XDS_TERM_ERROR;
     }
 }
 
@@ -169,7 +204,9 @@ static void on_end(struct grpc_call *call, void *ud, const struct grpc_result *r
     if (c->freeing) return; /* xds_client_free is freeing the channel */
     snprintf(c->st.last_error, sizeof(c->st.last_error), "%s%s%s", grpc_status_to_str(r->status),
              r->message[0] ? ": " : "", r->message);
-    bool grow = backoff_grows(r);
+    enum xds_term_reason why = term_reason(r);
+    atomic_fetch_add_explicit(&term_count[why], 1, memory_order_relaxed);
+    bool grow = why == XDS_TERM_CONNECTION_ERROR || why == XDS_TERM_ERROR;
     /* The channel is inside this callback: free it from a task. Without memory for one it is leaked rather
      * than freed under its own feet. */
     struct chan_free *f = malloc(sizeof(*f));
@@ -193,6 +230,7 @@ static void connect_now(struct xds_client *c)
     int n_md = xds_endpoint_metadata(c->ep, &md, err, sizeof(err));
     struct grpc_opts go = {.max_recv = XDS_CLIENT_MAX_MESSAGE};
     if (n_md < 0 || !(c->ch = xds_endpoint_dial(c->ep, c->l, &go, err, sizeof(err)))) {
+        atomic_fetch_add_explicit(&term_count[XDS_TERM_CONNECTION_ERROR], 1, memory_order_relaxed);
         snprintf(c->st.last_error, sizeof(c->st.last_error), "%s", err);
         schedule_retry(c, true);
         LOG_W("xds", "XDS client connection error: %s, retrying in %llums", err,
@@ -269,4 +307,3 @@ void xds_client_free(struct xds_client *c)
     xds_endpoint_free(c->ep);
     free(c);
 }
-

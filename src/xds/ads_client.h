@@ -41,3 +41,18 @@ int xds_client_new(struct loop *l, const struct xds_client_opts *o, const struct
                    void *ud, struct xds_client **out, char *err, size_t errlen);
 /* Ends the stream (no reconnect) and frees everything. NULL is a no-op. */
 void xds_client_free(struct xds_client *c);
+
+/* How streams ended, process-wide, for ztunnel's istio_xds_connection_terminations metric (Istio's reasons,
+ * istio/ztunnel src/xds/metrics.rs). */
+enum xds_term_reason {
+    XDS_TERM_CONNECTION_ERROR, /* the connection could not be made (connect, TLS, identity) */
+    XDS_TERM_ERROR,            /* a status Istio backs off after */
+    XDS_TERM_RECONNECT,        /* cancelled, deadline, unknown, the server's GOAWAY: reconnected at once */
+    XDS_TERM_COMPLETE,         /* the server ended the stream with OK */
+    XDS_TERM_COUNT
+};
+const char *xds_term_reason_to_str(enum xds_term_reason r);
+uint64_t xds_client_terminations(enum xds_term_reason r);
+/* The i-th type the client subscribes to (NULL past the last) with the responses received and the bytes of
+ * their resources, process-wide (istio_xds_message, istio_xds_message_bytes). Any thread. */
+const char *xds_client_metric_type(size_t i, uint64_t *messages, uint64_t *bytes);

@@ -3,7 +3,8 @@
  * A label set is stored as its rendered Prometheus label text ("reporter=\"source\",source_workload=...");
  * that string is the hash key, so a lookup is one hash of a short stack string and one chain walk. Sets are
  * allocated once, linked into an append-only list in creation order (so the output is stable), and never
- * freed. This file depends only on the mesh model and the h2 layer's counters (unit tests #include it). */
+ * freed. This file depends only on the mesh model and the h2 and xds layers' counters (unit tests #include
+ * it). */
 #include "ztunnel/metrics.h"
 
 #include <dirent.h>
@@ -18,6 +19,7 @@
 
 #include "h2/budget.h"
 #include "h2/hbone.h"
+#include "xds/ads_client.h"
 
 /* Which families a set has been counted in: a family lists a set only once it was touched, as Istio's
  * prometheus_client families only hold label sets that were get_or_create'd. */
@@ -403,6 +405,32 @@ static long m_open_fds(void)
     return n >= 3 ? n - 3 : 0;
 }
 
+/* Istio ztunnel's xDS client metrics (istio/ztunnel src/xds/metrics.rs): streams ended by reason, responses
+ * and the bytes of their resources by type URL. Samples appear once counted, as a prometheus_client family
+ * does. */
+static void m_render_xds(struct m_buf *b, bool om)
+{
+    m_header(b, om, "istio_xds_connection_terminations", true,
+             "The total number of completed connections to xds server (unstable)");
+    for (int r = 0; r < XDS_TERM_COUNT; r++) {
+        uint64_t v = xds_client_terminations(r);
+        if (v)
+            m_printf(b, "istio_xds_connection_terminations_total{reason=\"%s\"} %llu\n",
+                     xds_term_reason_to_str(r), (unsigned long long)v);
+    }
+    uint64_t msgs, bytes;
+    m_header(b, om, "istio_xds_message", true, "Total number of messages received (unstable)");
+    for (size_t i = 0; xds_client_metric_type(i, &msgs, &bytes); i++)
+        if (msgs)
+            m_printf(b, "istio_xds_message_total{url=\"%s\"} %llu\n",
+                     xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)msgs);
+    m_header(b, om, "istio_xds_message_bytes", true, "Total number of bytes received (unstable)");
+    for (size_t i = 0; xds_client_metric_type(i, &msgs, &bytes); i++)
+        if (msgs)
+            m_printf(b, "istio_xds_message_bytes_total{url=\"%s\"} %llu\n",
+                     xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)bytes);
+}
+
 /* zmesh's own HBONE counters (istio/ztunnel has no metric for HTTP/2 protocol errors or flow-control memory):
  * zmesh_-prefixed, in Istio's style. */
 static void m_render_hbone(struct m_buf *b, bool om)
@@ -471,6 +499,7 @@ char *metrics_render(bool om, size_t *len)
     m_puts(&b, "\"} 1\n");
 
     m_render_hbone(&b, om);
+    m_render_xds(&b, om);
 
     long fds = m_open_fds();
     if (fds >= 0) {

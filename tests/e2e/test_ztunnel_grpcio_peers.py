@@ -236,6 +236,13 @@ def test_ztunnel_against_grpcio_xds_and_ca(pb, ztunnel_bin, tmp_path):
         dump = json.loads(urllib.request.urlopen("http://127.0.0.1:%s/config_dump" % port, timeout=5).read())
         assert [w["uid"] for w in dump["workloads"]] == ["Kubernetes//Pod/default/a"]
         assert dump["certificates"][0]["state"] == "Available"
+        # Istio's xDS client metrics: one response per type, and the bytes of its resources' values.
+        mport = admin["message"].split("metrics on :")[1].split(",")[0]
+        metrics = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % mport, timeout=5).read().decode()
+        assert 'istio_xds_message_total{url="%s"} 1' % ADDRESS in metrics, metrics
+        assert 'istio_xds_message_total{url="%s"} 1' % AUTHZ in metrics, metrics
+        size = len(good[1]) + len(bad_addr.SerializeToString())
+        assert 'istio_xds_message_bytes_total{url="%s"} %d' % (ADDRESS, size) in metrics, metrics
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -274,6 +281,12 @@ def test_not_ready_until_synced_and_backoff_grows(ztunnel_bin, tmp_path):
             urllib.request.urlopen("http://127.0.0.1:%s/healthz/ready" % ready_port, timeout=5)
         assert e.value.code == 500  # Istio's readiness answers 500 with the pending tasks
         assert "state manager" in e.value.read().decode()
+        # Each failed connect is counted as Istio's ztunnel counts it.
+        mport = admin["message"].split("metrics on :")[1].split(",")[0]
+        metrics = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % mport, timeout=5).read().decode()
+        counts = [int(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                  if l.startswith('istio_xds_connection_terminations_total{reason="ConnectionError"}')]
+        assert counts and counts[0] >= 6, metrics
         assert proc.poll() is None
     finally:
         proc.terminate()
