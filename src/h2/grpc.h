@@ -133,7 +133,9 @@ struct grpc_channel *grpc_channel_dial(struct loop *l, const struct sockaddr_sto
                                        const struct grpc_opts *o);
 /* True while the connection can take new calls (not closed, no GOAWAY received). */
 bool grpc_channel_usable(const struct grpc_channel *ch);
-/* Ends every call (CANCELLED), closes the connection and frees the channel. NULL is ignored. */
+/* Ends every call (CANCELLED), closes the connection and frees the channel. NULL is ignored. May be called from
+ * inside a call's on_end (the call is done with the channel by then; the session frees its connection from a
+ * task), which is how the xDS and CA clients drop a channel whose stream ended. */
 void grpc_channel_free(struct grpc_channel *ch);
 
 /* A call's request options. */

@@ -60,20 +60,6 @@ static void retry_cb(struct timer *t)
     connect_now(container_of(t, struct xds_client, retry));
 }
 
-/* A channel whose call just ended, freed from a task (the end is reported from inside the channel). Its own
- * allocation, so the client may be freed first. */
-struct chan_free {
-    struct task task;
-    struct grpc_channel *ch;
-};
-
-static void chan_free_cb(struct task *t)
-{
-    struct chan_free *f = container_of(t, struct chan_free, task);
-    grpc_channel_free(f->ch);
-    free(f);
-}
-
 /* Sends one request on the stream. Returns 0 or -errno. */
 static int send_request(struct xds_client *c, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
@@ -207,13 +193,7 @@ static void on_end(struct grpc_call *call, void *ud, const struct grpc_result *r
     enum xds_term_reason why = term_reason(r);
     atomic_fetch_add_explicit(&term_count[why], 1, memory_order_relaxed);
     bool grow = why == XDS_TERM_CONNECTION_ERROR || why == XDS_TERM_ERROR;
-    /* The channel is inside this callback: free it from a task. Without memory for one it is leaked rather
-     * than freed under its own feet. */
-    struct chan_free *f = malloc(sizeof(*f));
-    if (f) {
-        *f = (struct chan_free){.task.cb = chan_free_cb, .ch = c->ch};
-        loop_defer(c->l, &f->task);
-    }
+    grpc_channel_free(c->ch); /* allowed from a call's on_end (grpc.h) */
     c->ch = NULL;
     schedule_retry(c, grow);
     LOG_W("xds", "XDS client %s: %s, retrying in %llums", grow ? "connection error" : "stream ended",

@@ -13,13 +13,12 @@
 #include "xds/pbstruct.h"
 
 /* A channel and the calls on it. A channel that stopped taking calls (GOAWAY, closed) is retired: freed once
- * its last call has ended, from a task (a call's on_end runs inside the channel). */
+ * its last call has ended (grpc_channel_free may run inside that call's on_end). */
 struct ca_chan {
     struct grpc_channel *ch;
     struct loop *loop;
     unsigned calls;
     bool retired;
-    struct task free_task;
 };
 
 struct ca_client {
@@ -46,23 +45,22 @@ struct ca_req {
     struct task fail_task; /* reports a failure found before any call started, after fetch_async returned */
 };
 
-static void chan_free_cb(struct task *t)
+static void chan_free(struct ca_chan *c)
 {
-    struct ca_chan *c = container_of(t, struct ca_chan, free_task);
     grpc_channel_free(c->ch);
     free(c);
 }
 
 static void chan_release(struct ca_chan *c)
 {
-    if (--c->calls == 0 && c->retired) loop_defer(c->loop, &c->free_task);
+    if (--c->calls == 0 && c->retired) chan_free(c);
 }
 
 static void chan_retire(struct ca_chan *c)
 {
     if (c->retired) return;
     c->retired = true;
-    if (c->calls == 0) loop_defer(c->loop, &c->free_task);
+    if (c->calls == 0) chan_free(c);
 }
 
 /* The channel for loop l: the current one if it still takes calls, else a new one. */
@@ -84,7 +82,6 @@ static struct ca_chan *chan_get(struct ca_client *cc, struct loop *l, char *err,
         return NULL;
     }
     c->loop = l;
-    c->free_task.cb = chan_free_cb;
     cc->chan = c;
     return c;
 }
@@ -223,8 +220,8 @@ static int ca_fetch_async(struct cert_provider *p, struct loop *l, const struct 
                      xds_endpoint_authority(cc->ep), strerror(-err));
             goto fail;
         }
-        chan_retire(r->chan);
         if (cc->chan == r->chan) cc->chan = NULL;
+        chan_retire(r->chan);
     }
     snprintf(r->err, sizeof(r->err), "CA %s: UNAVAILABLE: the connection takes no calls",
              xds_endpoint_authority(cc->ep));
@@ -264,10 +261,7 @@ static struct tls_cert *ca_fetch(struct cert_provider *p, const struct spiffe_id
     cc->chan = NULL; /* a channel of its own, on this loop only */
     ca_fetch_async(p, w.loop, id, sync_done, &w);
     loop_run(w.loop);
-    if (cc->chan) {
-        grpc_channel_free(cc->chan->ch);
-        free(cc->chan);
-    }
+    if (cc->chan) chan_free(cc->chan);
     cc->chan = saved;
     loop_run_tasks(w.loop); /* the closed connection and any retired channel are freed from tasks */
     loop_free(w.loop);
@@ -277,11 +271,7 @@ static struct tls_cert *ca_fetch(struct cert_provider *p, const struct spiffe_id
 static void ca_destroy(struct cert_provider *p)
 {
     struct ca_client *cc = (struct ca_client *)p;
-    if (cc->chan) {
-        /* The identity manager has stopped: no call is in flight, and its loop runs no more tasks. */
-        grpc_channel_free(cc->chan->ch);
-        free(cc->chan);
-    }
+    if (cc->chan) chan_free(cc->chan); /* the identity manager has stopped: no call is in flight */
     xds_endpoint_free(cc->ep);
     free(cc);
 }
