@@ -2,6 +2,7 @@
 #include "tls/control.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -9,6 +10,7 @@
 #include <openssl/pem.h>
 
 #include "tls/err.h"
+#include "tls/pem.h"
 #include "tls/tls.h"
 
 static const unsigned char alpn_h2[] = {2, 'h', '2'};
@@ -23,20 +25,8 @@ static int ctx_base(SSL_CTX *ctx)
     return 0;
 }
 
-/* Adds every certificate of bio to store. Returns the count (0: none found), or -1. */
-static int add_pems(X509_STORE *store, BIO *bio)
-{
-    int n = 0;
-    X509 *x;
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL))) {
-        int ok = X509_STORE_add_cert(store, x);
-        X509_free(x);
-        if (!ok) return -1;
-        n++;
-    }
-    ERR_clear_error(); /* the end of the input */
-    return n;
-}
+/* Roots of a PEM file and a limit for it, as zmeshd's CA files (tls_read_text). */
+#define ROOTS_FILE_MAX (1024 * 1024)
 
 SSL_CTX *tls_control_client_ctx_new(const char *roots, char *err, size_t errlen)
 {
@@ -55,18 +45,20 @@ SSL_CTX *tls_control_client_ctx_new(const char *roots, char *err, size_t errlen)
         return ctx;
     }
     bool is_file = stat(roots, &st) == 0;
-    BIO *bio = is_file ? BIO_new_file(roots, "r") : BIO_new_mem_buf(roots, -1);
-    if (!bio) {
-        tls_set_errf(err, errlen, "%s: %s", is_file ? roots : "inline roots", tls_errstr(ebuf, sizeof(ebuf)));
-        goto fail;
-    }
-    int n = add_pems(SSL_CTX_get_cert_store(ctx), bio);
-    BIO_free(bio);
-    if (n <= 0) {
-        tls_set_errf(err, errlen, "%s: %s", is_file ? roots : "inline roots",
-                     n == 0 ? "no PEM certificate" : tls_errstr(ebuf, sizeof(ebuf)));
-        goto fail;
-    }
+    const char *what = is_file ? roots : "inline roots";
+    char *text = NULL;
+    STACK_OF(X509) *certs = NULL;
+    if (is_file && tls_read_text(roots, ROOTS_FILE_MAX, &text, err, errlen) < 0) goto fail;
+    int n = tls_pem_certs(what, is_file ? text : roots, &certs, err, errlen);
+    free(text);
+    if (n == 0) tls_set_errf(err, errlen, "%s: no PEM certificate", what);
+    for (int i = 0; i < n; i++)
+        if (!X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), sk_X509_value(certs, i))) {
+            tls_set_errf(err, errlen, "%s: %s", what, tls_errstr(ebuf, sizeof(ebuf)));
+            n = -1;
+        }
+    sk_X509_pop_free(certs, X509_free);
+    if (n <= 0) goto fail;
     return ctx;
 ossl_fail:
     tls_set_errf(err, errlen, "TLS context: %s", tls_errstr(ebuf, sizeof(ebuf)));

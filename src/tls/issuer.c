@@ -1,6 +1,7 @@
 /* zmeshd's CA core: key material, CSR signing and the authorization of a request (see issuer.h). */
 #include "tls/err.h"
 #include "tls/issuer.h"
+#include "tls/pem.h"
 
 #include "core/log.h"
 #include "tls/ca.h"
@@ -47,85 +48,6 @@ static int join(char *dst, const char *dir, const char *file)
     return snprintf(dst, PATH_MAX_LEN, "%s/%s", dir, file) < PATH_MAX_LEN ? 0 : -ENAMETOOLONG;
 }
 
-/* Reads path whole (at most PEM_FILE_MAX bytes) into a NUL-terminated malloc'd string. */
-static int read_text(const char *path, char **out, char *err, size_t errlen)
-{
-    FILE *f = fopen(path, "r");
-    char *buf = NULL;
-    size_t n;
-    int rc = -EIO;
-
-    *out = NULL;
-    if (!f) {
-        rc = -errno;
-        tls_set_errf(err, errlen, "%s: %s", path, strerror(errno));
-        goto out;
-    }
-    if (!(buf = malloc(PEM_FILE_MAX + 1))) {
-        rc = -ENOMEM;
-        tls_set_errf(err, errlen, "%s: out of memory", path);
-        goto out;
-    }
-    n = fread(buf, 1, PEM_FILE_MAX + 1, f);
-    if (ferror(f) || n > PEM_FILE_MAX) {
-        rc = ferror(f) ? -EIO : -EFBIG;
-        tls_set_errf(err, errlen, "%s: %s", path, ferror(f) ? "read error" : "larger than 1 MiB");
-        goto out;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    buf = NULL;
-    rc = 0;
-out:
-    if (f) fclose(f);
-    free(buf);
-    return rc;
-}
-
-/* Parses every certificate in text (PEM, other blocks are not allowed) into *out. Returns the count, or
- * -EINVAL with err = "<path>: <reason>". */
-static int parse_certs(const char *path, const char *text, STACK_OF(X509) * *out, char *err, size_t errlen)
-{
-    BIO *b = BIO_new_mem_buf(text, -1);
-    STACK_OF(X509_INFO) *infos = NULL;
-    char ebuf[256];
-    int rc = -EINVAL;
-
-    *out = sk_X509_new_null();
-    if (!b || !*out) {
-        rc = -ENOMEM;
-        tls_set_errf(err, errlen, "%s: out of memory", path);
-        goto out;
-    }
-    if (!(infos = PEM_X509_INFO_read_bio(b, NULL, NULL, (void *)""))) {
-        tls_set_errf(err, errlen, "%s: not PEM: %s", path, ossl_why(ebuf, sizeof(ebuf), "unreadable"));
-        goto out;
-    }
-    for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
-        X509_INFO *xi = sk_X509_INFO_value(infos, i);
-        if (!xi->x509 || xi->x_pkey || xi->crl) {
-            tls_set_errf(err, errlen, "%s: PEM block %d is not a certificate", path, i + 1);
-            goto out;
-        }
-        if (!sk_X509_push(*out, xi->x509)) {
-            rc = -ENOMEM;
-            tls_set_errf(err, errlen, "%s: out of memory", path);
-            goto out;
-        }
-        xi->x509 = NULL;
-    }
-    rc = sk_X509_num(*out);
-out:
-    sk_X509_INFO_pop_free(infos, X509_INFO_free);
-    BIO_free(b);
-    if (rc < 0) {
-        sk_X509_pop_free(*out, X509_free);
-        *out = NULL;
-    }
-    ERR_clear_error();
-    return rc;
-}
-
 /* Loads and checks a complete directory; plugin = 0 is self-signed mode, which has no cert-chain.pem. */
 static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *err, size_t errlen)
 {
@@ -151,8 +73,8 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     iss->max_ttl_s = CA_ISSUER_MAX_TTL_S;
 
     /* ca-cert.pem: exactly the signing certificate, a CA. */
-    if ((rc = read_text(cert_path, &text, err, errlen)) < 0) goto out;
-    if ((rc = parse_certs(cert_path, text, &certs, err, errlen)) < 0) goto out;
+    if ((rc = tls_read_text(cert_path, PEM_FILE_MAX, &text, err, errlen)) < 0) goto out;
+    if ((rc = tls_pem_certs(cert_path, text, &certs, err, errlen)) < 0) goto out;
     rc = -EINVAL;
     if (sk_X509_num(certs) != 1) {
         tls_set_errf(err, errlen, "%s: holds %d certificates; exactly one (the signing CA) is required",
@@ -192,8 +114,8 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
 
     /* cert-chain.pem (plug-in only): intermediates up to the root, possibly the signing cert itself. */
     if (plugin) {
-        if ((rc = read_text(chain_path, &text, err, errlen)) < 0) goto out;
-        if ((rc = parse_certs(chain_path, text, &iss->chain, err, errlen)) < 0) goto out;
+        if ((rc = tls_read_text(chain_path, PEM_FILE_MAX, &text, err, errlen)) < 0) goto out;
+        if ((rc = tls_pem_certs(chain_path, text, &iss->chain, err, errlen)) < 0) goto out;
         free(text);
         text = NULL;
     } else if (!(iss->chain = sk_X509_new_null())) {
@@ -202,8 +124,8 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     }
 
     /* root-cert.pem: one or more roots, kept as text for the response. */
-    if ((rc = read_text(root_path, &iss->root_pem, err, errlen)) < 0) goto out;
-    if ((rc = parse_certs(root_path, iss->root_pem, &roots, err, errlen)) < 0) goto out;
+    if ((rc = tls_read_text(root_path, PEM_FILE_MAX, &iss->root_pem, err, errlen)) < 0) goto out;
+    if ((rc = tls_pem_certs(root_path, iss->root_pem, &roots, err, errlen)) < 0) goto out;
     rc = -EINVAL;
     if (sk_X509_num(roots) == 0) {
         tls_set_errf(err, errlen, "%s: no PEM certificate", root_path);

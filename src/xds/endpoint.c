@@ -3,7 +3,6 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +12,7 @@
 
 #include "core/net.h"
 #include "tls/control.h"
+#include "tls/pem.h"
 
 struct xds_endpoint {
     char host[256];
@@ -204,39 +204,25 @@ struct grpc_channel *xds_endpoint_dial(const struct xds_endpoint *e, struct loop
     return ch;
 }
 
-/* Reads the token file whole into buf (without a trailing newline). */
+/* Reads the token file whole into buf[0..n) (without trailing newlines or spaces). */
 static int read_token(const char *path, char *buf, size_t n, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, errlen, "token %s: %s", path, strerror(errno));
+    char *text = NULL, why[512];
+    if (tls_read_text(path, XDS_TOKEN_MAX, &text, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "token %s", why);
         return -EIO;
     }
-    size_t len = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf + len, n - 1 - len);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            snprintf(err, errlen, "token %s: %s", path, strerror(errno));
-            close(fd);
-            return -EIO;
-        }
-        if (r == 0) break;
-        len += (size_t)r;
-        if (len == n - 1) {
-            snprintf(err, errlen, "token %s: larger than %d bytes", path, XDS_TOKEN_MAX);
-            close(fd);
-            return -EIO;
-        }
-    }
-    close(fd);
-    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+    size_t len = strlen(text);
+    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' '))
         len--;
-    buf[len] = 0;
-    if (!len) {
-        snprintf(err, errlen, "token %s: empty", path);
+    if (!len || len >= n) {
+        snprintf(err, errlen, "token %s: %s", path, len ? "too long" : "empty");
+        free(text);
         return -EIO;
     }
+    memcpy(buf, text, len);
+    buf[len] = 0;
+    free(text);
     return 0;
 }
 
