@@ -115,24 +115,23 @@ const char *sockaddr_format(const struct sockaddr_storage *ss, char *buf, size_t
     return ip_port_format(&ap, buf, n);
 }
 
-int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *port)
+int hostport_split(const char *s, size_t len, char *host, size_t hn, unsigned *port, bool *bracketed)
 {
-    char host[IP_STRLEN];
     const char *colon;
     size_t hlen;
-    if (len == 0 || len >= 64) return -EINVAL;
-    if (s[0] == '[') {
+    *bracketed = len && s[0] == '[';
+    if (*bracketed) {
         const char *rb = memchr(s, ']', len);
         if (!rb || rb + 1 >= s + len || rb[1] != ':') return -EINVAL;
         hlen = (size_t)(rb - s - 1);
-        if (hlen == 0 || hlen >= sizeof(host) || memchr(s + 1, 0, hlen)) return -EINVAL;
+        if (hlen >= hn || memchr(s + 1, 0, hlen)) return -EINVAL;
         memcpy(host, s + 1, hlen);
         colon = rb + 1;
     } else {
         colon = memrchr(s, ':', len);
         if (!colon) return -EINVAL;
         hlen = (size_t)(colon - s);
-        if (hlen == 0 || hlen >= sizeof(host) || memchr(s, ':', hlen) || memchr(s, 0, hlen)) return -EINVAL;
+        if (hlen >= hn || memchr(s, ':', hlen) || memchr(s, 0, hlen)) return -EINVAL;
         memcpy(host, s, hlen);
     }
     host[hlen] = 0;
@@ -143,10 +142,21 @@ int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *por
         if (*p < '0' || *p > '9') return -EINVAL;
         v = v * 10 + (unsigned)(*p - '0');
     }
-    if (v == 0 || v > 65535) return -EINVAL;
+    if (v > 65535) return -EINVAL;
+    *port = v;
+    return 0;
+}
+
+int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *port)
+{
+    char host[IP_STRLEN];
+    unsigned v;
+    bool br;
+    if (len == 0 || len >= 64) return -EINVAL;
+    if (hostport_split(s, len, host, sizeof(host), &v, &br) < 0 || !host[0] || v == 0) return -EINVAL;
     if (ip_parse(host, ip) < 0) return -EINVAL;
-    if (s[0] == '[' && ip->family != AF_INET6) return -EINVAL;
-    if (s[0] != '[' && ip->family != AF_INET) return -EINVAL;
+    if (br && ip->family != AF_INET6) return -EINVAL;
+    if (!br && ip->family != AF_INET) return -EINVAL;
     *port = (uint16_t)v;
     return 0;
 }

@@ -38,6 +38,10 @@ const char *sockaddr_format(const struct sockaddr_storage *ss, char *buf, size_t
 struct ip_port ip_port_of(const struct sockaddr_storage *ss);
 /* "ip:port" or "[ip]:port" into buf (>= SOCKADDR_STRLEN). Returns buf. */
 const char *ip_port_format(const struct ip_port *ap, char *buf, size_t n);
+/* Splits s[0..len) as Go's host:port: "host:port" (host without ':') or "[host]:port" (brackets removed), the
+ * port 1-5 digits, at most 65535; the host may be empty. Copies the host with a NUL into host[0..hn), sets
+ * *port and *bracketed. Callers add their own rules (an IP, a non-empty host, port 0). Returns 0 or -EINVAL. */
+int hostport_split(const char *s, size_t len, char *host, size_t hn, unsigned *port, bool *bracketed);
 /* Parses an HTTP authority "ip:port" / "[ip6]:port". Returns 0 or -EINVAL. */
 int authority_parse(const char *s, size_t len, struct ip_addr *ip, uint16_t *port);
 

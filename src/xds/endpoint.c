@@ -36,7 +36,7 @@ struct xds_endpoint {
  * the clear), so it is refused. */
 static int parse_address(const char *addr, struct xds_endpoint *e, char *why, size_t wn)
 {
-    const char *a = addr, *host, *hend, *port;
+    const char *a = addr;
     if (!strncmp(a, "https://", 8)) {
         a += 8;
     } else if (strstr(a, "://")) {
@@ -50,30 +50,11 @@ static int parse_address(const char *addr, struct xds_endpoint *e, char *why, si
         snprintf(why, wn, "an address has no path, got \"%s\"", addr);
         return -EINVAL;
     }
-    if (*a == '[') { /* [v6]:port */
-        host = a + 1;
-        hend = memchr(a, ']', len);
-        if (!hend || hend + 1 >= a + len || hend[1] != ':') goto bad;
-        port = hend + 2;
-    } else {
-        hend = memrchr(a, ':', len);
-        if (!hend || memchr(a, ':', (size_t)(hend - a))) goto bad; /* no port, or a v6 address without [] */
-        host = a;
-        port = hend + 1;
-    }
-    size_t hl = (size_t)(hend - host), pn = (size_t)(a + len - port);
-    if (!hl || hl >= sizeof(e->host) || !pn || pn > 5) goto bad;
-    long p = 0;
-    for (size_t i = 0; i < pn; i++) {
-        if (!isdigit((unsigned char)port[i])) goto bad;
-        p = p * 10 + (port[i] - '0');
-    }
-    if (p < 1 || p > 65535) goto bad;
-    memcpy(e->host, host, hl);
-    e->host[hl] = 0;
-    snprintf(e->port_str, sizeof(e->port_str), "%ld", p);
-    bool v6 = strchr(e->host, ':') != NULL;
-    snprintf(e->authority, sizeof(e->authority), "%s%s%s:%ld", v6 ? "[" : "", e->host, v6 ? "]" : "", p);
+    unsigned p;
+    bool v6;
+    if (hostport_split(a, len, e->host, sizeof(e->host), &p, &v6) < 0 || !e->host[0] || p == 0) goto bad;
+    snprintf(e->port_str, sizeof(e->port_str), "%hu", (unsigned short)p);
+    snprintf(e->authority, sizeof(e->authority), "%s%s%s:%u", v6 ? "[" : "", e->host, v6 ? "]" : "", p);
     return 0;
 bad:
     snprintf(why, wn, "expected https://host:port, got \"%s\"", addr);

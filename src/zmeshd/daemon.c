@@ -69,25 +69,11 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, char *err, s
 {
     char host[SOCKADDR_STRLEN];
     struct ip_addr ip;
-    const char *colon = strrchr(s, ':');
-    size_t hl = colon ? (size_t)(colon - s) : 0;
-    if (!colon || hl >= sizeof(host) || !colon[1] || strlen(colon + 1) > 5) goto bad;
-    long port = 0;
-    for (const char *p = colon + 1; *p; p++) {
-        if (*p < '0' || *p > '9') goto bad;
-        port = port * 10 + (*p - '0');
-    }
-    if (port > 65535) goto bad;
-    if (hl >= 2 && s[0] == '[' && s[hl - 1] == ']') {
-        memcpy(host, s + 1, hl - 2);
-        host[hl - 2] = 0;
-        if (!strchr(host, ':')) goto bad;
-    } else {
-        memcpy(host, s, hl);
-        host[hl] = 0;
-        if (strchr(host, ':')) goto bad; /* an IPv6 address needs its brackets */
-    }
-    if (ip_parse(hl ? host : "::", &ip) < 0) goto bad;
+    unsigned port;
+    bool v6;
+    if (hostport_split(s, strlen(s), host, sizeof(host), &port, &v6) < 0) goto bad;
+    if (v6 && !strchr(host, ':')) goto bad; /* brackets are for IPv6 addresses only */
+    if (ip_parse(host[0] ? host : "::", &ip) < 0) goto bad;
     sockaddr_from(ss, &ip, (uint16_t)port);
     return 0;
 bad:

@@ -213,9 +213,43 @@ static void test_async_fetch_twice_on_one_channel(void **state)
     loop_free(w.l);
 }
 
+/* CA_ADDRESS as Istio takes it (https:// or no scheme), and what zmesh refuses, naming the setting. */
+static void test_addresses(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *addr, *err;
+    } cases[] = {
+        {"https://127.0.0.1:15012", NULL},
+        {"127.0.0.1:15012", NULL},
+        {"https://[::1]:15012", NULL},
+        {"https://istiod.istio-system.svc:15012/", NULL},
+        {"http://127.0.0.1:15012", "CA_ADDRESS: only https:// addresses are supported"},
+        {"https://istiod", "CA_ADDRESS: expected https://host:port"},
+        {"https://::1:15012", "CA_ADDRESS: expected https://host:port"},
+        {"https://:15012", "CA_ADDRESS: expected https://host:port"},
+        {"https://h:0", "CA_ADDRESS: expected https://host:port"},
+        {"https://h:65536", "CA_ADDRESS: expected https://host:port"},
+        {"https://h:15012/path", "CA_ADDRESS: an address has no path"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[512] = "";
+        struct ca_client_opts o = {.endpoint = {.address = cases[i].addr, .roots = root, .token = "t"}};
+        struct cert_provider *p = ca_client_new(&o, err, sizeof(err));
+        if (!cases[i].err) {
+            if (!p) fail_msg("%s: %s", cases[i].addr, err);
+            p->destroy(p);
+        } else {
+            assert_null(p);
+            if (!strstr(err, cases[i].err)) fail_msg("%s: got \"%s\"", cases[i].addr, err);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_addresses),
         cmocka_unit_test(test_blocking_fetch),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_async_fetch_twice_on_one_channel),
