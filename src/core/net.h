@@ -59,6 +59,16 @@ int net_listen_local(uint16_t port, int backlog);
 /* A non-blocking listening socket bound to ss (IPv4 or IPv6; an IPv6 wildcard takes IPv4 too). Returns the fd
  * or -errno. */
 int net_listen_addr(const struct sockaddr_storage *ss, int backlog);
+/* Network namespaces. A thread may enter another namespace only to create sockets there: a socket stays in
+ * the namespace it was created in, whatever thread uses it later.
+ * net_netns_open_self: an fd (close-on-exec) for the calling thread's namespace, or -errno.
+ * net_netns_enter: makes fd the calling thread's namespace. Returns 0 or -errno.
+ * net_socket_in: socket(domain, type, protocol) in netns_fd (-1: the caller's own, no switch), entering it
+ * and returning to home_fd (the caller's own namespace) around the call; a failure to return is fatal (the
+ * thread would serve traffic in a pod's namespace). Returns the fd or -errno. */
+int net_netns_open_self(void);
+int net_netns_enter(int fd);
+int net_socket_in(int netns_fd, int home_fd, int domain, int type, int protocol);
 /* Original destination of a REDIRECTed connection (SO_ORIGINAL_DST, then IP6T_SO_ORIGINAL_DST,
  * then the local address). Returns 0 or -errno. */
 int net_original_dst(int fd, struct sockaddr_storage *out);

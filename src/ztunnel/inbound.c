@@ -20,7 +20,7 @@
 /* One accepted HBONE connection. */
 struct in_conn {
     struct in_conn *next, *prev;
-    struct worker *w;
+    struct zt_pod *pod;
     struct hbone_conn *c;
     struct identity *ident; /* the identity c was accepted with (reference held: c borrows its SSL_CTX) */
     struct sockaddr_storage peer, local;
@@ -61,15 +61,17 @@ static bool authorized(const struct zt_view *v, const struct authz_conn *az)
 static void in_conn_put(struct in_conn *ic)
 {
     if (!ic->closed || ic->streams != 0) return;
+    struct zt_pod *pod = ic->pod;
     identity_unref(ic->ident);
     free(ic);
+    zt_pod_put(pod);
 }
 
 static void in_cancel_connect(struct in_stream *is)
 {
     if (is->io.fd < 0) return;
-    loop_io_close(is->ic->w->loop, &is->io);
-    timer_stop(is->ic->w->loop, &is->timer);
+    loop_io_close(is->ic->pod->w->loop, &is->io);
+    timer_stop(is->ic->pod->w->loop, &is->timer);
 }
 
 static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
@@ -107,8 +109,8 @@ static void in_stream_done(struct hbone_stream *s, void *ud, const struct hbone_
     bool denied = r->status == 401 || is->late_denied;
     const char *flags = denied ? "DENY" : (r->status == 503 && is->authorized) ? "CONNECT" : "-";
     zt_stats_close(&is->stats, r->bytes_to_tcp, r->bytes_to_h2, flags, r->status != 200 || denied);
-    LIST_DEL(ic->w->in_streams, is);
-    ic->w->active--;
+    LIST_DEL(ic->pod->in_streams, is);
+    ic->pod->w->active--;
     zt_view_unref(is->view);
     free(is);
     ic->streams--;
@@ -120,8 +122,8 @@ static const struct hbone_stream_ops in_stream_ops = {.on_done = in_stream_done}
 static void in_connected(struct in_stream *is, int soerr)
 {
     int fd = is->io.fd;
-    loop_io_del(is->ic->w->loop, &is->io);
-    timer_stop(is->ic->w->loop, &is->timer);
+    loop_io_del(is->ic->pod->w->loop, &is->io);
+    timer_stop(is->ic->pod->w->loop, &is->timer);
     is->io.fd = -1;
     if (soerr) {
         close(fd);
@@ -181,7 +183,8 @@ static const struct service *forwarded_service(const struct zt_view *v, const st
 static void in_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
 {
     struct in_conn *ic = ud;
-    struct worker *w = ic->w;
+    struct zt_pod *pod = ic->pod;
+    struct worker *w = pod->w;
     struct in_stream *is = calloc(1, sizeof(*is));
     struct ip_addr aip, local_ip, peer_ip;
     uint16_t aport;
@@ -191,10 +194,10 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     }
     is->ic = ic;
     is->s = s;
-    is->view = w->view;
+    is->view = pod->view;
     zt_view_ref(is->view);
     struct zt_view *v = is->view;
-    LIST_PUSH(w->in_streams, is);
+    LIST_PUSH(pod->in_streams, is);
     w->active++;
     is->io.fd = -1;
     is->io.cb = in_connect_cb;
@@ -258,7 +261,7 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     access_log_opened(&is->rec);
     struct sockaddr_storage app;
     sockaddr_from(&app, &aip, aport);
-    int fd = zt_connect(&app, &peer_ip, false);
+    int fd = zt_connect(pod->pp->netns_fd, &app, &peer_ip, false);
     if (fd < 0) {
         hbone_stream_respond(s, 503, -1, NULL, 0);
         return;
@@ -276,17 +279,19 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
 /* The TLS handshake of ic ended (success or failure): one more may be accepted. */
 static void in_handshake_end(struct in_conn *ic)
 {
-    struct worker *w = ic->w;
+    struct worker *w = ic->pod->w;
     if (!ic->handshaking) return;
     ic->handshaking = false;
     QUEUE_DEL(w->hs_head, w->hs_tail, ic, hs_prev, hs_next);
-    w->handshakes--;
-    acceptor_resume(&w->listeners[2]);
+    /* Leaving the bound: every pod's 15008 may have been paused by it. */
+    if (w->handshakes-- == ZT_HANDSHAKES_MAX)
+        for (struct zt_pod *p = w->pods; p; p = p->next)
+            if (p->listening) acceptor_resume(&p->listeners[2]);
 }
 
 static void in_handshake_begin(struct in_conn *ic)
 {
-    struct worker *w = ic->w;
+    struct worker *w = ic->pod->w;
     ic->handshaking = true;
     ic->hs_start = loop_now(w->loop);
     QUEUE_APPEND(w->hs_head, w->hs_tail, ic, hs_prev, hs_next);
@@ -299,7 +304,7 @@ static void in_handshake_timer(struct timer *t)
 {
     struct worker *w = container_of(t, struct worker, hs_timer);
     uint64_t now = loop_now(w->loop);
-    while (w->listening && w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head &&
+    while (w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head &&
            now - w->hs_head->hs_start >= ZT_HANDSHAKE_STALL_MS) {
         struct in_conn *ic = w->hs_head;
         /* on_closed (in_closed) ends the handshake, resumes the listener, logs the error (rate-limited) and
@@ -307,7 +312,7 @@ static void in_handshake_timer(struct timer *t)
         hbone_conn_close(ic->c, "TLS handshake stalled while the handshake bound was reached");
         if (w->hs_head == ic) break; /* not reported closed: do not spin on it */
     }
-    if (w->listening && w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head) {
+    if (w->handshakes >= ZT_HANDSHAKES_MAX && w->hs_head) {
         uint64_t age = now - w->hs_head->hs_start;
         timer_start(w->loop, t,
                     age < ZT_HANDSHAKE_STALL_MS ? ZT_HANDSHAKE_STALL_MS - age : ZT_HANDSHAKE_STALL_MS);
@@ -342,7 +347,7 @@ static void in_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
         }
     }
     ic->closed = true;
-    LIST_DEL(ic->w->in_conns, ic);
+    LIST_DEL(ic->pod->in_conns, ic);
     in_conn_put(ic);
 }
 
@@ -351,8 +356,9 @@ static const struct hbone_conn_ops in_conn_ops = {
 
 bool inbound_hbone_may_accept(struct acceptor *a)
 {
-    struct worker *w = container_of(a, struct worker, listeners[2]);
-    if (!w->ident) return false; /* held until the first certificate */
+    struct zt_pod *pod = container_of(a, struct zt_pod, listeners[2]);
+    struct worker *w = pod->w;
+    if (!pod->ident) return false; /* held until the first certificate */
     if (w->handshakes < ZT_HANDSHAKES_MAX) return true;
     LOG_LIMITED(LOG_DEBUG, "ztunnel::proxy::inbound",
                 "%u TLS handshakes in progress on worker %d (the bound): not accepting on %s", w->handshakes,
@@ -368,36 +374,39 @@ bool inbound_hbone_may_accept(struct acceptor *a)
 
 void inbound_hbone_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
-    struct worker *w = container_of(a, struct worker, listeners[2]);
+    struct zt_pod *pod = container_of(a, struct zt_pod, listeners[2]);
+    struct worker *w = pod->w;
     struct in_conn *ic = calloc(1, sizeof(*ic));
     if (!ic) {
         close(fd);
         return;
     }
     ic->peer = *peer;
-    ic->w = w;
+    ic->pod = pod;
+    zt_pod_hold(pod);
     socklen_t len = sizeof(ic->local);
     getsockname(fd, (struct sockaddr *)&ic->local, &len);
     /* Counted before hbone_server_new: its callbacks may already run inside. */
     in_handshake_begin(ic);
-    ic->ident = w->ident; /* set: may_accept holds the listener until the first certificate is here */
+    ic->ident = pod->ident; /* set: may_accept holds the listener until the first certificate is here */
     identity_ref(ic->ident);
     ic->c = hbone_server_new(w->loop, fd, ic->ident->server_ctx, &in_conn_ops, ic);
     if (!ic->c) {
         in_handshake_end(ic);
         identity_unref(ic->ident);
         free(ic);
+        zt_pod_put(pod);
         return;
     }
     metrics_socket_open(true);
-    LIST_PUSH(w->in_conns, ic);
+    LIST_PUSH(pod->in_conns, ic);
 }
 
 /* ---- plaintext inbound (15006) ---- */
 
 struct plain_conn {
     struct plain_conn *next, *prev;
-    struct worker *w;
+    struct zt_pod *pod;
     struct zt_view *view;
     struct relay *relay;
     struct access_rec rec;
@@ -414,10 +423,12 @@ static void plain_free(struct plain_conn *pc)
                    : pc->connected || !pc->rec.error ? "-"
                                                      : "CONNECT",
                    !pc->connected || pc->denied);
-    if (pc->relay) LIST_DEL(pc->w->plain_conns, pc);
-    pc->w->active--;
+    if (pc->relay) LIST_DEL(pc->pod->plain_conns, pc);
+    pc->pod->w->active--;
     zt_view_unref(pc->view);
+    struct zt_pod *pod = pc->pod;
     free(pc);
+    zt_pod_put(pod);
 }
 
 static void plain_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to_a, const char *err)
@@ -440,7 +451,7 @@ static const struct relay_ops plain_ops = {.on_connected = plain_connected, .on_
 
 void inbound_plain_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
-    struct worker *w = container_of(a, struct worker, listeners[1]);
+    struct zt_pod *pod = container_of(a, struct zt_pod, listeners[1]);
     struct sockaddr_storage dst;
     struct plain_conn *pc = calloc(1, sizeof(*pc));
     struct ip_addr dip, sip;
@@ -450,9 +461,10 @@ void inbound_plain_accept(struct acceptor *a, int fd, const struct sockaddr_stor
         close(fd);
         return;
     }
-    pc->w = w;
-    w->active++;
-    pc->view = w->view;
+    pc->pod = pod;
+    zt_pod_hold(pod);
+    pod->w->active++;
+    pc->view = pod->view;
     zt_view_ref(pc->view);
     struct zt_view *v = pc->view;
     pc->rec = (struct access_rec){
@@ -478,59 +490,71 @@ void inbound_plain_accept(struct acceptor *a, int fd, const struct sockaddr_stor
         plain_free(pc);
         return;
     }
-    int up = zt_connect(&dst, &sip, false);
+    int up = zt_connect(pod->pp->netns_fd, &dst, &sip, false);
     if (up < 0) {
         close(fd);
         pc->rec.error = strerror(-up);
         plain_free(pc);
         return;
     }
-    pc->relay = relay_new(w->loop, fd, up, 1, &plain_ops, pc);
+    pc->relay = relay_new(pod->w->loop, fd, up, 1, &plain_ops, pc);
     if (!pc->relay) {
         pc->rec.error = "relay setup failed";
         plain_free(pc);
         return;
     }
-    LIST_PUSH(w->plain_conns, pc);
+    LIST_PUSH(pod->plain_conns, pc);
 }
 
 /* A policy change re-evaluates live connections; those now denied are closed (Istio's
  * AuthorizationPolicyLateRejection). */
-void inbound_reauthorize(struct worker *w)
+void inbound_reauthorize(struct zt_pod *p)
 {
-    for (struct in_stream *is = w->in_streams, *next; is; is = next) {
+    for (struct in_stream *is = p->in_streams, *next; is; is = next) {
         next = is->next;
-        if (is->authorized && !authorized(w->view, &is->az)) {
+        if (is->authorized && !authorized(p->view, &is->az)) {
             is->late_denied = true;
             hbone_stream_reset(is->s, "connection closed due to policy change");
         }
     }
-    for (struct plain_conn *pc = w->plain_conns, *next; pc; pc = next) {
+    for (struct plain_conn *pc = p->plain_conns, *next; pc; pc = next) {
         next = pc->next;
-        if (!authorized(w->view, &pc->az)) {
+        if (!authorized(p->view, &pc->az)) {
             pc->denied = true;
             relay_abort(pc->relay, "connection closed due to policy change");
         }
     }
 }
 
-void inbound_report(struct worker *w)
+void inbound_report(struct zt_pod *p)
 {
-    for (struct in_stream *is = w->in_streams; is; is = is->next) {
+    for (struct in_stream *is = p->in_streams; is; is = is->next) {
         uint64_t to_h2, to_tcp;
         if (!is->authorized || is->io.fd >= 0) continue; /* no bytes before the app connection */
         hbone_stream_bytes(is->s, &to_h2, &to_tcp);
         zt_stats_update(&is->stats, to_tcp, to_h2);
     }
-    for (struct plain_conn *pc = w->plain_conns; pc; pc = pc->next) {
+    for (struct plain_conn *pc = p->plain_conns; pc; pc = pc->next) {
         uint64_t a_to_b, b_to_a;
         relay_bytes(pc->relay, &a_to_b, &b_to_a);
         zt_stats_update(&pc->stats, a_to_b, b_to_a);
     }
 }
 
-void inbound_drain(struct worker *w)
+void inbound_drain(struct zt_pod *p)
 {
-    for (struct in_conn *ic = w->in_conns; ic; ic = ic->next)
+    for (struct in_conn *ic = p->in_conns; ic; ic = ic->next)
         hbone_conn_drain(ic->c);
+}
+
+void inbound_abort(struct zt_pod *p)
+{
+    for (struct in_conn *ic = p->in_conns, *next; ic; ic = next) {
+        next = ic->next;
+        hbone_conn_close(ic->c, "the pod was removed");
+    }
+    for (struct plain_conn *pc = p->plain_conns, *next; pc; pc = next) {
+        next = pc->next;
+        relay_abort(pc->relay, "the pod was removed");
+    }
 }

@@ -3,6 +3,7 @@
  * The main thread runs its own small loop for signals (signalfd), the config file watch (inotify) and the
  * drain deadline; the workers run the data path. */
 #include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <libgen.h>
 #include <malloc.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/acceptor.h"
+#include "core/list.h"
 #include "core/log.h"
 #include "core/version.h"
 #include "mesh/config.h"
@@ -28,6 +30,7 @@
 #include "ztunnel/metrics.h"
 #include "ztunnel/proxy.h"
 #include "ztunnel/settings.h"
+#include "ztunnel/zds.h"
 
 #define RELOAD_DEBOUNCE_MS 100
 #define DRAIN_POLL_MS 50
@@ -36,35 +39,45 @@ struct app {
     struct loop *loop;
     const char *cfg_path;
     char cfg_dir[4096], cfg_base[256];
-    const char *ns, *name, *sa; /* from PROXY_WORKLOAD_INFO (zt_cfg) */
     struct cert_provider *prov;
     struct identity_mgr *idm;
     struct xds_client *xds;  /* config from XDS_ADDRESS, else from cfg_path */
     _Atomic bool xds_synced; /* every xDS type got its first response */
-    struct pod_proxy *pp;
+    struct zds_client *zds;  /* shared mode: the node agent */
+    _Atomic bool zds_ready;  /* zds_client_ready, for the admin thread */
+    struct pod_proxy *pods;  /* the pods served (dedicated mode: one) */
+    size_t n_pods;
     struct worker workers[ZT_MAX_WORKERS];
     int n_workers;
+    bool workers_started;
     uint64_t version;
-    _Atomic(struct pod_proxy *) published; /* app.pp once it serves, for the admin thread */
+    /* The latest snapshot (reference held), which new pods and the admin thread take. */
+    pthread_mutex_t snap_lock;
+    struct snapshot *snap;
+    _Atomic bool have_config;              /* app.snap is set */
+    _Atomic(struct pod_proxy *) published; /* dedicated mode: the pod once it serves, for the admin thread */
     bool draining;
     uint64_t drain_deadline;
     struct io sig_io, ino_io;
     struct timer reload_timer, drain_timer;
 };
 
-static struct app app;
+static struct app app = {.snap_lock = PTHREAD_MUTEX_INITIALIZER};
+
+static bool shared_mode(void)
+{
+    return zt_cfg.proxy_mode == ZT_MODE_SHARED;
+}
 
 /* ---- hooks for the admin thread ---- */
 
 static struct snapshot *hook_snapshot(void *ud)
 {
     (void)ud;
-    struct pod_proxy *pp = atomic_load(&app.published);
-    if (!pp) return NULL;
-    struct zt_view *v = pod_proxy_view(pp);
-    struct snapshot *s = v->snap;
-    snapshot_ref(s);
-    zt_view_unref(v);
+    pthread_mutex_lock(&app.snap_lock);
+    struct snapshot *s = app.snap;
+    if (s) snapshot_ref(s);
+    pthread_mutex_unlock(&app.snap_lock);
     return s;
 }
 
@@ -79,11 +92,21 @@ static const char *hook_pending(void *ud)
     static char buf[2 * ZT_NAME_MAX + 32]; /* the admin thread is the only caller */
     (void)ud;
     /* Every pending task, sorted and comma-separated as Istio's readiness server lists them. "state manager":
-     * the first config load; the proxy starts right after it. "proxy": the listeners wait for the pod's first
-     * certificate before they accept (Istio's task names, app.rs). "workload <ns>/<name>" (zmesh's own):
-     * PROXY_WORKLOAD_INFO must name a workload of the config, or this pod cannot serve. */
+     * the first config load (with xDS, the first response of every type). Shared mode: "workload proxy
+     * manager" until the node agent's snapshot is in and every pod started (workloadmanager.rs); each pod's
+     * listeners wait for its own certificate, which readiness does not wait for. Dedicated mode: "proxy",
+     * the listeners wait for the pod's first certificate (Istio's task names, app.rs), and "workload
+     * <ns>/<name>" (zmesh's own): PROXY_WORKLOAD_INFO must name a workload of the config, or this pod cannot
+     * serve. */
+    if (shared_mode()) {
+        bool synced = atomic_load(&app.have_config) && (!zt_cfg.xds_address || atomic_load(&app.xds_synced));
+        bool zds = atomic_load(&app.zds_ready);
+        if (synced && zds) return NULL;
+        snprintf(buf, sizeof(buf), "%s%s%s", synced ? "" : "state manager", !synced && !zds ? ", " : "",
+                 zds ? "" : "workload proxy manager");
+        return buf;
+    }
     struct pod_proxy *pp = atomic_load(&app.published);
-    /* With xDS, the state manager's task ends with the first response of every type (Istio's readiness). */
     if (!pp || (zt_cfg.xds_address && !atomic_load(&app.xds_synced))) return "state manager";
     bool cert = atomic_load(&pp->has_identity);
     struct zt_view *v = pod_proxy_view(pp);
@@ -91,7 +114,8 @@ static const char *hook_pending(void *ud)
     zt_view_unref(v);
     if (cert && self) return NULL;
     if (!self)
-        snprintf(buf, sizeof(buf), "%sworkload %s/%s", cert ? "" : "proxy, ", app.ns, app.name);
+        snprintf(buf, sizeof(buf), "%sworkload %s/%s", cert ? "" : "proxy, ", zt_cfg.workload.ns,
+                 zt_cfg.workload.name);
     else
         snprintf(buf, sizeof(buf), "proxy");
     return buf;
@@ -101,13 +125,6 @@ static void hook_quit(void *ud)
 {
     (void)ud;
     kill(getpid(), SIGTERM); /* the main loop's signalfd turns it into a graceful drain */
-}
-
-static void *worker_main(void *arg)
-{
-    struct worker *w = arg;
-    loop_run(w->loop);
-    return NULL;
 }
 
 static uint64_t active_total(void)
@@ -143,10 +160,13 @@ static void start_drain(const char *why)
     uint64_t deadline = zt_cfg.termination_deadline_ms;
     LOG_I("ztunnel", "%s: draining %llu connections (deadline %llums)", why,
           (unsigned long long)active_total(), (unsigned long long)deadline);
-    /* Before the first config load no worker exists yet (their eventfds are not open): nothing to drain. */
-    if (atomic_load(&app.published))
+    if (app.workers_started)
         for (int i = 0; i < app.n_workers; i++)
             worker_post_drain(&app.workers[i]);
+    /* The node agent sends Adds to the newest ztunnel: this one takes no new pod from here on. */
+    zds_client_free(app.zds);
+    app.zds = NULL;
+    atomic_store(&app.zds_ready, false);
     app.drain_deadline = loop_now(app.loop) + deadline;
     app.drain_timer.cb = drain_tick;
     timer_start(app.loop, &app.drain_timer, 0);
@@ -195,30 +215,31 @@ static void trim_resident_text(void)
 
 /* The certificate is minted for PROXY_WORKLOAD_INFO's service account, while peers expect the one the config
  * gives the workload: a mismatch makes every caller fail its identity check, so say so at once. */
-static void warn_identity_mismatch(const struct zt_view *v)
+static void warn_identity_mismatch(const struct pod_proxy *pp, const struct zt_view *v)
 {
-    if (!v->self || !strcmp(v->self->service_account, app.sa)) return;
-    log_kv(
-        LOG_WARN, "ztunnel",
-        "PROXY_WORKLOAD_INFO's service account differs from the workload's in the config; callers expecting "
-        "the config's identity will refuse this pod's certificate",
-        "workload_info_sa", app.sa, "config_sa", v->self->service_account, "workload", v->self->name, NULL);
+    if (!v->self || !strcmp(v->self->service_account, pp->sa)) return;
+    log_kv(LOG_WARN, "ztunnel",
+           "the pod's service account differs from the workload's in the config; callers expecting the "
+           "config's identity will refuse this pod's certificate",
+           "pod_sa", pp->sa, "config_sa", v->self->service_account, "workload", v->self->name, NULL);
 }
 
-static int start_proxy(struct zt_view *view)
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    loop_run(w->loop);
+    return NULL;
+}
+
+static int start_workers(void)
 {
     char err[1024];
-    if (pod_proxy_new(&app.pp, view, app.ns, app.name, app.sa, err, sizeof(err)) < 0) {
-        log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", err, NULL);
+    if ((zt_home_netns = net_netns_open_self()) < 0) {
+        LOG_E("ztunnel", "cannot open ztunnel's network namespace: %s", strerror(-zt_home_netns));
         return -1;
     }
-    if (!view->self)
-        LOG_W("ztunnel",
-              "PROXY_WORKLOAD_INFO names workload %s/%s, which is not in %s; not ready until it is, and "
-              "inbound connections get 503",
-              app.ns, app.name, zt_cfg.xds_address ? zt_cfg.xds_address : app.cfg_path);
     for (int i = 0; i < app.n_workers; i++) {
-        if (worker_init(&app.workers[i], i, app.pp, view, err, sizeof(err)) < 0) {
+        if (worker_init(&app.workers[i], i, err, sizeof(err)) < 0) {
             log_kv(LOG_ERROR, "ztunnel", "failed to start a worker", "error", err, NULL);
             return -1;
         }
@@ -229,43 +250,201 @@ static int start_proxy(struct zt_view *view)
             return -1;
         }
     }
-    /* The first certificate is fetched on the identity manager's thread; the workers accept once it is here.
-     */
-    if (pod_proxy_start_identity(app.pp, app.idm, app.workers, app.n_workers) < 0) {
-        LOG_E("ztunnel", "cannot subscribe to the certificate of %s: out of memory", app.pp->id_uri);
-        return -1;
-    }
-    atomic_store(&app.published, app.pp);
-    trim_resident_text();
-    char workers_s[8];
-    snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
-    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", app.pp->id_uri, "workers", workers_s,
-           "outbound", "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
+    app.workers_started = true;
     return 0;
 }
 
-/* Serves snap (borrowed): the first one starts the proxy, later ones are published to the workers. source
- * names where it came from in the log. Returns 0 or -ENOMEM. */
+/* Starts serving a pod with the current snapshot: listeners in netns_fd (owned on success; -1: ztunnel's
+ * own), a view, the identity. Returns the pod, or NULL with err filled. */
+static struct pod_proxy *serve_pod(const char *uid, const char *ns, const char *name, const char *sa,
+                                   int netns_fd, char *err, size_t errlen)
+{
+    struct pod_proxy *pp;
+    struct zt_view *v = zt_view_new(app.snap, ns, name, app.version);
+    if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    /* The trust domain is the workload's in the config; a pod the config does not list yet (its IP is
+     * still on its way) gets the default one. */
+    const char *td = v->self && *v->self->trust_domain ? v->self->trust_domain : NULL;
+    if (pod_proxy_new(&pp, uid, ns, name, sa, td, netns_fd, app.workers, app.n_workers, err, errlen) < 0) {
+        zt_view_unref(v);
+        return NULL;
+    }
+    warn_identity_mismatch(pp, v);
+    int rc = pod_proxy_start(pp, v, app.idm);
+    zt_view_unref(v);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot subscribe to the certificate of %s: out of memory", pp->id_uri);
+        pp->netns_fd = -1; /* still the caller's */
+        pod_proxy_retire(pp);
+        return NULL;
+    }
+    LIST_PUSH(app.pods, pp);
+    app.n_pods++;
+    return pp;
+}
+
+static void unserve_pod(struct pod_proxy *pp, const char *why)
+{
+    log_kv(LOG_INFO, "ztunnel", "pod removed, closing its connections", "uid", pp->uid, "namespace", pp->ns,
+           "name", pp->name, "reason", why, NULL);
+    LIST_DEL(app.pods, pp);
+    app.n_pods--;
+    pod_proxy_retire(pp);
+}
+
+static struct pod_proxy *pod_by_uid(const char *uid)
+{
+    for (struct pod_proxy *pp = app.pods; pp; pp = pp->next)
+        if (!strcmp(pp->uid, uid)) return pp;
+    return NULL;
+}
+
+static int start_dedicated(void)
+{
+    char err[1024];
+    const char *ns = zt_cfg.workload.ns, *name = zt_cfg.workload.name, *sa = zt_cfg.workload.sa;
+    struct pod_proxy *pp = serve_pod("", ns, name, sa, -1, err, sizeof(err));
+    if (!pp) {
+        log_kv(LOG_ERROR, "ztunnel", "failed to start the proxy", "error", err, NULL);
+        return -1;
+    }
+    struct zt_view *v = pod_proxy_view(pp);
+    if (!v->self)
+        LOG_W("ztunnel",
+              "PROXY_WORKLOAD_INFO names workload %s/%s, which is not in %s; not ready until it is, and "
+              "inbound connections get 503",
+              ns, name, zt_cfg.xds_address ? zt_cfg.xds_address : app.cfg_path);
+    zt_view_unref(v);
+    atomic_store(&app.published, pp);
+    char workers_s[8];
+    snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
+    log_kv(LOG_INFO, "ztunnel", "listeners ready", "identity", pp->id_uri, "workers", workers_s, "outbound",
+           "15001", "inbound_plaintext", "15006", "inbound_hbone", "15008", NULL);
+    return 0;
+}
+
+static int start_zds(void);
+
+/* Serves snap (borrowed): the first one starts the proxy (dedicated mode) or the node agent's client (shared
+ * mode); every one is published to the pods. source names where it came from in the log. Returns 0 or
+ * -ENOMEM. */
 static int apply_snapshot(struct snapshot *snap, const char *source)
 {
-    struct zt_view *v = zt_view_new(snap, app.ns, app.name, ++app.version);
-    if (!v) return -ENOMEM;
-    warn_identity_mismatch(v);
-    if (!app.pp) {
-        if (start_proxy(v) < 0) exit(1);
-    } else {
-        struct zt_view *old = pod_proxy_view(app.pp);
+    bool first = !app.snap;
+    snapshot_ref(snap);
+    pthread_mutex_lock(&app.snap_lock);
+    struct snapshot *old_snap = app.snap;
+    app.snap = snap;
+    pthread_mutex_unlock(&app.snap_lock);
+    if (old_snap) snapshot_unref(old_snap);
+    atomic_store(&app.have_config, true);
+    app.version++;
+    if (first) {
+        if (shared_mode() ? start_zds() < 0 : start_dedicated() < 0) exit(1);
+        trim_resident_text();
+        return 0;
+    }
+    for (struct pod_proxy *pp = app.pods; pp; pp = pp->next) {
+        struct zt_view *v = zt_view_new(snap, pp->ns, pp->name, app.version);
+        if (!v) return -ENOMEM;
+        struct zt_view *old = pod_proxy_view(pp);
         if (!old->self != !v->self)
             log_kv(v->self ? LOG_INFO : LOG_WARN, "ztunnel",
                    v->self ? "workload found in the config" : "workload no longer in the config; not ready",
-                   "namespace", app.ns, "name", app.name, NULL);
+                   "namespace", pp->ns, "name", pp->name, NULL);
+        if (!old->self && v->self) warn_identity_mismatch(pp, v);
         zt_view_unref(old);
-        workers_publish_view(app.pp, app.workers, app.n_workers, v);
-        char ver[24];
-        snprintf(ver, sizeof(ver), "%llu", (unsigned long long)v->version);
-        log_kv(LOG_INFO, "ztunnel", "config reloaded", "source", source, "version", ver, NULL);
+        pod_proxy_publish_view(pp, v);
+        zt_view_unref(v);
     }
-    zt_view_unref(v);
+    char ver[24];
+    snprintf(ver, sizeof(ver), "%llu", (unsigned long long)app.version);
+    log_kv(LOG_INFO, "ztunnel", "config reloaded", "source", source, "version", ver, NULL);
+    return 0;
+}
+
+/* ---- shared mode: pods from the node agent (ZDS) ---- */
+
+static void zds_update_ready(void)
+{
+    atomic_store(&app.zds_ready, app.zds && zds_client_ready(app.zds));
+}
+
+static void zds_add(void *ud, uint64_t ticket, const struct zds_add *a)
+{
+    (void)ud;
+    char err[1024];
+    if (a->replace) {
+        struct pod_proxy *old = pod_by_uid(a->uid);
+        if (old) unserve_pod(old, "a new network namespace for the same pod");
+    }
+    int fd = fcntl(a->netns_fd, F_DUPFD_CLOEXEC, 0);
+    struct pod_proxy *pp = NULL;
+    if (fd < 0)
+        snprintf(err, sizeof(err), "dup of the netns fd: %s", strerror(errno));
+    else if (!(pp = serve_pod(a->uid, a->namespace_, a->name, a->service_account, fd, err, sizeof(err))))
+        close(fd);
+    if (!pp) {
+        log_kv(LOG_WARN, "ztunnel", "failed to start the proxy of a pod", "uid", a->uid, "namespace",
+               a->namespace_, "name", a->name, "error", err, NULL);
+        zds_reply(app.zds, ticket, err);
+    } else {
+        char n[24];
+        snprintf(n, sizeof(n), "%zu", app.n_pods);
+        log_kv(LOG_INFO, "ztunnel", a->retry ? "pod proxy started on retry" : "pod proxy started", "uid",
+               a->uid, "namespace", a->namespace_, "name", a->name, "identity", pp->id_uri, "pods", n, NULL);
+        zds_reply(app.zds, ticket, NULL);
+    }
+    zds_update_ready();
+}
+
+static void zds_del(void *ud, uint64_t ticket, const char *uid)
+{
+    (void)ud;
+    struct pod_proxy *pp = pod_by_uid(uid);
+    if (pp) unserve_pod(pp, "deleted by the node agent");
+    zds_reply(app.zds, ticket, NULL);
+    zds_update_ready();
+}
+
+static void zds_snapshot_sent(void *ud, uint64_t ticket, const char *const *stale, size_t n)
+{
+    (void)ud;
+    for (size_t i = 0; i < n; i++) {
+        struct pod_proxy *pp = pod_by_uid(stale[i]);
+        if (pp) unserve_pod(pp, "not in the node agent's snapshot");
+    }
+    zds_reply(app.zds, ticket, NULL);
+    char np[24];
+    snprintf(np, sizeof(np), "%zu", app.n_pods);
+    log_kv(LOG_INFO, "ztunnel", "node agent snapshot received", "pods", np, NULL);
+    zds_update_ready();
+}
+
+static void zds_state(void *ud)
+{
+    (void)ud;
+    zds_update_ready();
+}
+
+static const struct zds_ops zds_ops = {
+    .add = zds_add, .del = zds_del, .snapshot_sent = zds_snapshot_sent, .state_changed = zds_state};
+
+static int start_zds(void)
+{
+    struct zds_config zc = {.path = zt_cfg.inpod_uds};
+    int rc = zds_client_new(app.loop, &zc, &zds_ops, NULL, &app.zds);
+    if (rc < 0) {
+        LOG_E("ztunnel", "cannot start the ZDS client on %s: %s", zt_cfg.inpod_uds, strerror(-rc));
+        return -1;
+    }
+    char workers_s[8];
+    snprintf(workers_s, sizeof(workers_s), "%d", app.n_workers);
+    log_kv(LOG_INFO, "ztunnel", "shared mode: serving the pods the node agent hands over", "inpod_uds",
+           zt_cfg.inpod_uds, "workers", workers_s, NULL);
     return 0;
 }
 
@@ -276,7 +455,7 @@ static int reload(void)
     char err[1024];
     int rc = config_load_file(app.cfg_path, &snap, err, sizeof(err));
     if (rc < 0) {
-        if (app.pp)
+        if (app.snap)
             log_kv(LOG_ERROR, "ztunnel", "config reload failed, keeping the previous config", "error", err,
                    NULL);
         else if (rc != -ENOENT)
@@ -433,12 +612,6 @@ static int load_settings(void)
         *nl = 0;
         LOG_W("ztunnel", "%s", line);
     }
-    const char *mode = getenv("PROXY_MODE");
-    if (!mode || !strcmp(mode, "shared"))
-        env_diag_add(&errors,
-                     "PROXY_MODE=shared%s is a valid value that zmesh does not support yet; set "
-                     "PROXY_MODE=dedicated",
-                     mode ? "" : " (the default)");
     if (errors.n) {
         for (char *line = errors.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
             *nl = 0;
@@ -485,17 +658,15 @@ int main(int argc, char **argv)
     /* Many connections need many descriptors; listeners pause rather than spin when they run out. */
     acceptor_raise_fd_limit();
 
-    app.ns = zt_cfg.workload.ns;
-    app.name = zt_cfg.workload.name;
-    app.sa = zt_cfg.workload.sa;
     app.cfg_path = zt_cfg.local_xds_path;
     if (zt_cfg.ca_address) {
         struct ca_client_opts co = {
             .endpoint =
                 endpoint_opts(zt_cfg.ca_address, zt_cfg.ca_root_ca, zt_cfg.alt_ca_hostname, "CA_HEADER_"),
             .ttl_s = (int64_t)(zt_cfg.secret_ttl_ms / 1000),
-            /* Dedicated mode asks for its own pod's identity with that pod's token. */
-            .impersonate = false,
+            /* Dedicated mode asks for its own pod's identity with that pod's token; shared mode for each pod's
+             * with the node's (ImpersonatedIdentity). */
+            .impersonate = shared_mode(),
         };
         if (!(app.prov = ca_client_new(&co, err, sizeof(err)))) {
             log_kv(LOG_ERROR, "ztunnel", "failed to set up the CA client", "error", err, NULL);
@@ -534,6 +705,7 @@ int main(int argc, char **argv)
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);
         return 1;
     }
+    if (start_workers() < 0) return 1;
     if (zt_cfg.xds_address) {
         if (start_xds() < 0) return 2;
     } else {

@@ -17,7 +17,7 @@
 
 struct out_conn {
     struct out_conn *next, *prev;
-    struct worker *w;
+    struct zt_pod *pod;
     struct hbone_stream *stream; /* while HBONE */
     struct relay *relay;         /* while plain TCP */
     struct zt_stats stats;
@@ -54,10 +54,12 @@ static void out_finish(struct out_conn *oc, uint64_t recv, uint64_t sent, const 
     access_log(&oc->rec);
     zt_stats_close(&oc->stats, recv, sent, established ? "-" : out_flags(reason), !established);
     metrics_socket_close(false);
-    if (oc->linked) LIST_DEL(oc->w->out_conns, oc);
-    oc->w->active--;
+    if (oc->linked) LIST_DEL(oc->pod->out_conns, oc);
+    oc->pod->w->active--;
     zt_view_unref(oc->view);
+    struct zt_pod *pod = oc->pod;
     free(oc);
+    zt_pod_put(pod);
 }
 
 /* Counts the connection opened, with the labels of the destination it resolved to. */
@@ -73,13 +75,13 @@ static void out_open_stats(struct out_conn *oc, bool mtls)
     oc->mtls = mtls;
     zt_stats_open(&oc->stats, &ci);
     access_log_opened(&oc->rec);
-    LIST_PUSH(oc->w->out_conns, oc);
+    LIST_PUSH(oc->pod->out_conns, oc);
     oc->linked = true;
 }
 
-void outbound_report(struct worker *w)
+void outbound_report(struct zt_pod *p)
 {
-    for (struct out_conn *oc = w->out_conns; oc; oc = oc->next) {
+    for (struct out_conn *oc = p->out_conns; oc; oc = oc->next) {
         uint64_t recv = 0, sent = 0;
         if (oc->stream)
             hbone_stream_bytes(oc->stream, &recv, &sent);
@@ -132,7 +134,7 @@ static void hex(char *out, const uint8_t *in, size_t n)
 static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *dip,
                            uint16_t dport)
 {
-    struct worker *w = oc->w;
+    struct zt_pod *pod = oc->pod;
     const struct service *svc = oc->rec.dst_svc;
     char fwd[SOCKADDR_STRLEN + 300], csrc[SOCKADDR_STRLEN], tp[64], tid[33], sid[17],
         authority[SOCKADDR_STRLEN];
@@ -166,7 +168,7 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
         sans[n_sans++] = svc->subject_alt_names[i];
     sans[n_sans++] = wl->spiffe_id;
     out_open_stats(oc, true);
-    oc->stream = pool_open_stream(w->pool, &hop, sans, n_sans, &oc->rec.src.ip, hdrs,
+    oc->stream = pool_open_stream(pod->w->pool, pod, &hop, sans, n_sans, &oc->rec.src.ip, hdrs,
                                   sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
     if (!oc->stream)
         out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", H2_END_CONNECT_FAILED, false);
@@ -177,13 +179,13 @@ static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_st
 {
     oc->rec.dst = ip_port_of(dst);
     out_open_stats(oc, false);
-    int up = zt_connect(dst, NULL, false);
+    int up = zt_connect(oc->pod->pp->netns_fd, dst, NULL, false);
     if (up < 0) {
         close(fd);
         out_finish(oc, 0, 0, strerror(-up), H2_END_CONNECT_FAILED, false);
         return;
     }
-    oc->relay = relay_new(oc->w->loop, fd, up, 1, &out_relay_ops, oc);
+    oc->relay = relay_new(oc->pod->w->loop, fd, up, 1, &out_relay_ops, oc);
     if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", H2_END_NO_MEMORY, false);
 }
 
@@ -207,9 +209,9 @@ static bool outbound_refuse_waypoint(struct out_conn *oc, int fd, const struct g
     return true;
 }
 
-static void outbound_handle(struct worker *w, int fd, const struct sockaddr_storage *peer)
+static void outbound_handle(struct zt_pod *pod, int fd, const struct sockaddr_storage *peer)
 {
-    struct pod_proxy *pp = w->pp;
+    struct pod_proxy *pp = pod->pp;
     struct sockaddr_storage dst;
     struct ip_addr dip;
     uint16_t dport;
@@ -218,10 +220,11 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
         close(fd);
         return;
     }
-    oc->w = w;
-    w->active++;
+    oc->pod = pod;
+    zt_pod_hold(pod);
+    pod->w->active++;
     metrics_socket_open(false);
-    oc->view = w->view;
+    oc->view = pod->view;
     zt_view_ref(oc->view);
     struct zt_view *v = oc->view;
     oc->rec.direction = "outbound";
@@ -282,5 +285,16 @@ static void outbound_handle(struct worker *w, int fd, const struct sockaddr_stor
 
 void outbound_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
-    outbound_handle(container_of(a, struct worker, listeners[0]), fd, peer);
+    outbound_handle(container_of(a, struct zt_pod, listeners[0]), fd, peer);
+}
+
+void outbound_abort(struct zt_pod *p)
+{
+    for (struct out_conn *oc = p->out_conns, *next; oc; oc = next) {
+        next = oc->next;
+        if (oc->stream)
+            hbone_stream_reset(oc->stream, "the pod was removed");
+        else if (oc->relay)
+            relay_abort(oc->relay, "the pod was removed");
+    }
 }

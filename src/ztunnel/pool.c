@@ -1,13 +1,15 @@
 /* The HBONE connection pool of one worker (istio/ztunnel src/proxy/pool.rs).
  *
- * Key: next hop, expected server identities and source IP (the source identity is the pod's own: one pod
- * proxy, one identity). Connections live in a hash table by key; each key lists its connections. A
+ * Key: the pod the connection is dialed for (its identity, and the network namespace the connection leaves
+ * from: Istio's in-pod pools are per pod), next hop, expected server identities and source IP (Istio's
+ * WorkloadKey, src/proxy/h2/client.rs). Connections live in a hash table by key; each key lists its
+ * connections. A
  * connection still in its handshake already takes streams, so concurrent first connections to one key
  * share one handshake, and nothing ever blocks or holds a lock: the pool is per worker. A connection that
  * got GOAWAY or reached its stream limit (100, or the peer's lower limit) takes no new streams; another is
  * dialed. Connections without streams for POOL_UNUSED_RELEASE_TIMEOUT (default 5 min) are closed.
  *
- * A connection is dialed with the worker's current identity and keeps a reference to it. After a rotation
+ * A connection is dialed with the pod's current identity and keeps a reference to it. After a rotation
  * it keeps taking new streams, as in Istio's pool (src/proxy/pool.rs keys connections by workload, not by
  * certificate): the peer authenticated our certificate when it was valid, and TLS does not look at it
  * again. New connections use the new certificate. */
@@ -35,6 +37,7 @@ struct pool_key {
     struct pool_key *hnext; /* hash chain */
     struct pool *pool;
     uint64_t hash;
+    struct zt_pod *pod; /* the pod the connections are for (borrowed: pool_drop_pod runs before it goes) */
     struct ip_addr hop_ip, src;
     uint16_t hop_port;
     char *sans; /* expected SANs joined by '\n' */
@@ -55,10 +58,10 @@ static uint64_t mix(uint64_t h, uint64_t v)
     return h;
 }
 
-static uint64_t key_hash(const struct ip_addr *hop, uint16_t port, const struct ip_addr *src,
-                         const char *sans)
+static uint64_t key_hash(const struct zt_pod *pod, const struct ip_addr *hop, uint16_t port,
+                         const struct ip_addr *src, const char *sans)
 {
-    uint64_t h = mix(ip_hash(hop), port);
+    uint64_t h = mix(mix(ip_hash(hop), port), (uint64_t)(uintptr_t)pod);
     h = mix(h, ip_hash(src));
     for (const unsigned char *p = (const unsigned char *)sans; *p; p++)
         h = (h ^ *p) * 1099511628211ULL;
@@ -128,6 +131,22 @@ void pool_drain(struct pool *p)
                 hbone_conn_drain(e->c);
 }
 
+void pool_drop_pod(struct pool *p, struct zt_pod *pod)
+{
+    for (size_t b = 0; b < p->n_buckets; b++)
+        for (struct pool_key *k = p->buckets[b], *knext; k; k = knext) {
+            knext = k->hnext;
+            if (k->pod != pod) continue;
+            /* Each close unlinks its entry (and the key with the last one), perhaps not at once: forget
+             * the pod either way so the key never matches a later pod at the same address. */
+            k->pod = NULL;
+            for (struct pool_entry *e = k->conns, *next; e; e = next) {
+                next = e->next;
+                hbone_conn_close(e->c, "the pod was removed");
+            }
+        }
+}
+
 static void pool_grow(struct pool *p)
 {
     size_t n = p->n_buckets * 2;
@@ -144,13 +163,13 @@ static void pool_grow(struct pool *p)
     p->n_buckets = n;
 }
 
-static struct pool_key *key_get(struct pool *p, const struct ip_addr *hop, uint16_t port,
+static struct pool_key *key_get(struct pool *p, struct zt_pod *pod, const struct ip_addr *hop, uint16_t port,
                                 const struct ip_addr *src, const char *sans, bool create)
 {
-    uint64_t h = key_hash(hop, port, src, sans);
+    uint64_t h = key_hash(pod, hop, port, src, sans);
     for (struct pool_key *k = p->buckets[h & (p->n_buckets - 1)]; k; k = k->hnext)
-        if (k->hash == h && k->hop_port == port && ip_equal(&k->hop_ip, hop) && ip_equal(&k->src, src) &&
-            strcmp(k->sans, sans) == 0)
+        if (k->hash == h && k->pod == pod && k->hop_port == port && ip_equal(&k->hop_ip, hop) &&
+            ip_equal(&k->src, src) && strcmp(k->sans, sans) == 0)
             return k;
     if (!create) return NULL;
     struct pool_key *k = calloc(1, sizeof(*k));
@@ -160,6 +179,7 @@ static struct pool_key *key_get(struct pool *p, const struct ip_addr *hop, uint1
     }
     k->hash = h;
     k->pool = p;
+    k->pod = pod;
     k->hop_ip = *hop;
     k->hop_port = port;
     k->src = *src;
@@ -200,7 +220,7 @@ static void entry_closed(struct hbone_conn *c, void *ud, const struct h2_end *en
 
 static const struct hbone_conn_ops entry_ops = {.on_closed = entry_closed};
 
-struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_storage *next_hop,
+struct hbone_stream *pool_open_stream(struct pool *p, struct zt_pod *pod, const struct sockaddr_storage *next_hop,
                                       const char *const *sans, size_t n_sans, const struct ip_addr *src_ip,
                                       const struct hbone_header *hdrs, size_t n_hdrs, int tcp_fd,
                                       const struct hbone_stream_ops *ops, void *ud, const char **err)
@@ -210,7 +230,7 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
     struct hbone_stream *s;
     char *joined = join_sans(sans, n_sans);
     sockaddr_to(next_hop, &hop, &port);
-    struct pool_key *k = joined ? key_get(p, &hop, port, src_ip, joined, true) : NULL;
+    struct pool_key *k = joined ? key_get(p, pod, &hop, port, src_ip, joined, true) : NULL;
     free(joined);
     if (!k) goto fail;
     for (struct pool_entry *e = k->conns; e; e = e->next) {
@@ -221,11 +241,13 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
             return s;
         }
     }
-    if (!p->w->ident) { /* not reached: the listeners accept only once the first certificate is here */
+    if (!pod->ident) { /* not reached: the listeners accept only once the first certificate is here */
         *err = "no certificate yet";
         goto fail_key;
     }
-    int fd = zt_connect(next_hop, NULL, true);
+    /* From the pod's namespace, so the connection has the pod's IP as its source (reference: outbound
+     * sockets are created inside the pod netns). */
+    int fd = zt_connect(pod->pp->netns_fd, next_hop, NULL, true);
     if (fd < 0) {
         *err = strerror(-fd);
         goto fail_key;
@@ -236,7 +258,7 @@ struct hbone_stream *pool_open_stream(struct pool *p, const struct sockaddr_stor
         goto fail_key;
     }
     e->k = k;
-    e->ident = p->w->ident;
+    e->ident = pod->ident;
     identity_ref(e->ident);
     e->c = hbone_client_new(p->w->loop, fd, e->ident->client_ctx, sans, n_sans, &entry_ops, e);
     if (!e->c) {

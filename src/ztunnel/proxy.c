@@ -9,6 +9,7 @@
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -44,7 +45,7 @@ static void make_baggage(const struct workload *w, const char *ns, const char *n
     append_bag(buf, n, "cloud.availability_zone", w->locality.zone);
 }
 
-static int worker_listen(struct worker *w, char *err, size_t errlen);
+int zt_home_netns = -1;
 
 struct zt_view *zt_view_new(struct snapshot *snap, const char *ns, const char *name, uint64_t version)
 {
@@ -72,26 +73,117 @@ void zt_view_unref(struct zt_view *v)
     free(v);
 }
 
-int pod_proxy_new(struct pod_proxy **out, struct zt_view *view, const char *ns, const char *name,
-                  const char *sa, char *err, size_t errlen)
+/* ---- pods ---- */
+
+static void pod_proxy_unref(struct pod_proxy *pp)
+{
+    if (atomic_fetch_sub_explicit(&pp->refs, 1, memory_order_acq_rel) != 1) return;
+    zt_view_unref(pp->view);
+    pthread_mutex_destroy(&pp->view_lock);
+    if (pp->netns_fd >= 0) close(pp->netns_fd);
+    free(pp->slots);
+    free(pp);
+}
+
+static const uint16_t listen_ports[3] = {PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_HBONE};
+
+/* The listener sockets of every slot, made in the pod's namespace (the main thread enters it for this and
+ * comes back: it serves no traffic). IP_TRANSPARENT is best effort, as in Istio (INPOD_PORT_REUSE, backlog
+ * 128). */
+static int make_listeners(struct pod_proxy *pp, char *err, size_t errlen)
+{
+    int rc = 0;
+    if (pp->netns_fd >= 0 && (rc = net_netns_enter(pp->netns_fd)) < 0) {
+        snprintf(err, errlen, "cannot enter the pod's network namespace: %s", strerror(-rc));
+        return rc;
+    }
+    for (int i = 0; i < pp->n_workers && rc == 0; i++)
+        for (int k = 0; k < 3; k++) {
+            int fd = net_listen(listen_ports[k], 128, true);
+            if (fd < 0) {
+                snprintf(err, errlen, "listen on port %u: %s", listen_ports[k], strerror(-fd));
+                rc = fd;
+                break;
+            }
+            /* Accepted sockets inherit these: TCP_NODELAY everywhere, keepalive on the HBONE port. */
+            net_set_nodelay(fd);
+            if (listen_ports[k] == PORT_HBONE) net_set_keepalive(fd);
+            pp->slots[i].listen_fds[k] = fd;
+        }
+    if (pp->netns_fd >= 0 && net_netns_enter(zt_home_netns) < 0) {
+        LOG_E("ztunnel", "cannot return to ztunnel's network namespace: %s", strerror(errno));
+        abort();
+    }
+    return rc;
+}
+
+int pod_proxy_new(struct pod_proxy **out, const char *uid, const char *ns, const char *name, const char *sa,
+                  const char *trust_domain, int netns_fd, struct worker *ws, int n, char *err, size_t errlen)
 {
     struct pod_proxy *pp = calloc(1, sizeof(*pp));
-    if (!pp) return -ENOMEM;
+    if (!pp || !(pp->slots = calloc((size_t)n, sizeof(*pp->slots)))) {
+        free(pp);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    snprintf(pp->uid, sizeof(pp->uid), "%s", uid);
     snprintf(pp->ns, sizeof(pp->ns), "%s", ns);
     snprintf(pp->name, sizeof(pp->name), "%s", name);
     snprintf(pp->sa, sizeof(pp->sa), "%s", sa);
-    /* The identity comes from the workload info we were started with; the trust domain from the config. */
-    if (spiffe_set(&pp->id, view->self ? view->self->trust_domain : NULL, ns, sa) < 0) {
+    if (spiffe_set(&pp->id, trust_domain, ns, sa) < 0) {
         snprintf(err, errlen, "invalid workload identity %s/%s", ns, sa);
+        free(pp->slots);
         free(pp);
         return -EINVAL;
     }
     spiffe_format(&pp->id, pp->id_uri, sizeof(pp->id_uri));
+    pp->netns_fd = -1;
+    pp->workers = ws;
+    pp->n_workers = n;
+    for (int i = 0; i < n; i++) {
+        struct zt_pod *p = &pp->slots[i];
+        p->w = &ws[i];
+        p->pp = pp;
+        for (int k = 0; k < 3; k++)
+            p->listen_fds[k] = -1;
+    }
+    pp->netns_fd = netns_fd;
+    int rc = make_listeners(pp, err, errlen);
+    if (rc < 0) {
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < 3; k++)
+                if (pp->slots[i].listen_fds[k] >= 0) close(pp->slots[i].listen_fds[k]);
+        free(pp->slots);
+        free(pp);
+        return rc;
+    }
+    if (netns_fd >= 0) {
+        struct stat st;
+        if (fstat(netns_fd, &st) == 0) {
+            pp->netns_ino = st.st_ino;
+            pp->netns_dev = st.st_dev;
+        }
+    }
     pthread_mutex_init(&pp->view_lock, NULL);
-    zt_view_ref(view);
-    pp->view = view;
+    atomic_init(&pp->refs, 1);
     *out = pp;
     return 0;
+}
+
+static void worker_poke(struct worker *w)
+{
+    uint64_t one = 1;
+    if (write(w->wake.fd, &one, sizeof(one)) < 0)
+        LOG_W("ztunnel::proxy", "eventfd write: %s", strerror(errno));
+}
+
+/* Queues p in its worker's mailbox (msg_lock held). */
+static void post_locked(struct zt_pod *p)
+{
+    if (p->msg_queued) return;
+    p->msg_queued = true;
+    p->msg_next = p->w->msg_head;
+    p->w->msg_head = p;
 }
 
 /* Runs on the identity manager's thread (its lock held): hands the new certificate to the workers. */
@@ -99,7 +191,17 @@ static void pod_identity_cb(void *ud, struct identity *cur)
 {
     struct pod_proxy *pp = ud;
     char serial[64] = "", to[40] = "";
-    workers_publish_identity(pp->workers, pp->n_workers, cur);
+    for (int i = 0; i < pp->n_workers; i++) {
+        struct zt_pod *p = &pp->slots[i];
+        identity_ref(cur);
+        pthread_mutex_lock(&p->w->msg_lock);
+        struct identity *stale = p->msg_ident;
+        p->msg_ident = cur;
+        post_locked(p);
+        pthread_mutex_unlock(&p->w->msg_lock);
+        identity_unref(stale);
+        worker_poke(p->w);
+    }
     tls_cert_describe(cur->cert, serial, sizeof(serial), NULL, 0, to, sizeof(to));
     if (!atomic_exchange(&pp->has_identity, true))
         log_kv(LOG_INFO, "ztunnel", "certificate ready, accepting connections", "identity", pp->id_uri,
@@ -109,11 +211,25 @@ static void pod_identity_cb(void *ud, struct identity *cur)
                "expiration", to, NULL);
 }
 
-int pod_proxy_start_identity(struct pod_proxy *pp, struct identity_mgr *idm, struct worker *ws, int n)
+int pod_proxy_start(struct pod_proxy *pp, struct zt_view *view, struct identity_mgr *idm)
 {
+    zt_view_ref(view);
+    pp->view = view;
+    /* Each worker holds a reference to pp until it has freed its slot. */
+    atomic_fetch_add(&pp->refs, pp->n_workers);
+    for (int i = 0; i < pp->n_workers; i++) {
+        struct zt_pod *p = &pp->slots[i];
+        zt_view_ref(view);
+        p->view = view;
+        pthread_mutex_lock(&p->w->msg_lock);
+        p->msg_add = true;
+        post_locked(p);
+        pthread_mutex_unlock(&p->w->msg_lock);
+        worker_poke(p->w);
+    }
+    /* The first certificate is fetched on the identity manager's thread; the listeners accept once it is
+     * here. */
     pp->idm = idm;
-    pp->workers = ws;
-    pp->n_workers = n;
     pp->id_sub = identity_mgr_acquire(idm, &pp->id, pod_identity_cb, pp);
     return pp->id_sub ? 0 : -ENOMEM;
 }
@@ -127,6 +243,119 @@ struct zt_view *pod_proxy_view(struct pod_proxy *pp)
     return v;
 }
 
+void pod_proxy_publish_view(struct pod_proxy *pp, struct zt_view *v)
+{
+    pthread_mutex_lock(&pp->view_lock);
+    struct zt_view *old = pp->view;
+    zt_view_ref(v);
+    pp->view = v;
+    pthread_mutex_unlock(&pp->view_lock);
+    zt_view_unref(old);
+    for (int i = 0; i < pp->n_workers; i++) {
+        struct zt_pod *p = &pp->slots[i];
+        zt_view_ref(v);
+        pthread_mutex_lock(&p->w->msg_lock);
+        struct zt_view *stale = p->msg_view;
+        p->msg_view = v;
+        post_locked(p);
+        pthread_mutex_unlock(&p->w->msg_lock);
+        zt_view_unref(stale);
+        worker_poke(p->w);
+    }
+}
+
+void pod_proxy_retire(struct pod_proxy *pp)
+{
+    /* No certificate callback runs after this returns, so nothing else posts to the slots. */
+    identity_mgr_release(pp->idm, pp->id_sub);
+    pp->id_sub = NULL;
+    for (int i = 0; i < pp->n_workers; i++) {
+        struct zt_pod *p = &pp->slots[i];
+        pthread_mutex_lock(&p->w->msg_lock);
+        p->msg_remove = true;
+        post_locked(p);
+        pthread_mutex_unlock(&p->w->msg_lock);
+        worker_poke(p->w);
+    }
+    pod_proxy_unref(pp);
+}
+
+/* ---- the worker side of a pod ---- */
+
+static const struct acceptor_ops listener_ops[3];
+static const char *const listener_names[3] = {"outbound :15001", "inbound plaintext :15006",
+                                              "inbound HBONE :15008"};
+
+/* The pod's listeners join the worker's loop (held until the first certificate). */
+static void pod_listen(struct zt_pod *p)
+{
+    for (int k = 0; k < 3; k++) {
+        int fd = p->listen_fds[k];
+        p->listen_fds[k] = -1;
+        int rc = acceptor_start(&p->listeners[k], p->w->loop, fd, listener_names[k], &listener_ops[k]);
+        if (rc < 0) {
+            /* epoll_ctl on a fresh socket fails only without memory: this pod goes unserved on this worker,
+             * the others keep serving it. */
+            LOG_E("ztunnel::proxy", "pod %s/%s: %s on worker %d: %s", p->pp->ns, p->pp->name, listener_names[k],
+                  p->w->index, strerror(-rc));
+            close(fd);
+            for (int j = 0; j < k; j++)
+                acceptor_close(&p->listeners[j]);
+            for (int j = k + 1; j < 3; j++) {
+                close(p->listen_fds[j]);
+                p->listen_fds[j] = -1;
+            }
+            return;
+        }
+    }
+    p->listening = true;
+}
+
+static void pod_stop_listening(struct zt_pod *p)
+{
+    for (int k = 0; k < 3 && p->listening; k++)
+        acceptor_close(&p->listeners[k]);
+    p->listening = false;
+    for (int k = 0; k < 3; k++)
+        if (p->listen_fds[k] >= 0) {
+            close(p->listen_fds[k]);
+            p->listen_fds[k] = -1;
+        }
+}
+
+/* Frees p's share once it is removed and nothing of it is left. The removal is the last message anyone
+ * posts to a slot (pod_proxy_retire stops the certificate callbacks first), so nothing is in its mailbox. */
+static void pod_maybe_free(struct zt_pod *p)
+{
+    if (!p->removed || p->refs) return;
+    struct worker *w = p->w;
+    if (p->linked) LIST_DEL(w->pods, p);
+    p->linked = false;
+    zt_view_unref(p->view);
+    identity_unref(p->ident);
+    p->view = NULL;
+    p->ident = NULL;
+    pod_proxy_unref(p->pp);
+}
+
+void zt_pod_put(struct zt_pod *p)
+{
+    p->refs--;
+    pod_maybe_free(p);
+}
+
+/* A deleted pod: its listeners close and its connections end now; its slot goes when the last one is gone. */
+static void pod_remove(struct zt_pod *p)
+{
+    if (p->removed) return;
+    pod_stop_listening(p);
+    inbound_abort(p);
+    outbound_abort(p);
+    pool_drop_pod(p->w->pool, p);
+    p->removed = true;
+    pod_maybe_free(p);
+}
+
 /* Runs on the worker: applies what other threads posted. */
 static void worker_wake_cb(struct io *io, uint32_t ev)
 {
@@ -136,35 +365,53 @@ static void worker_wake_cb(struct io *io, uint32_t ev)
     if (read(io->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
         LOG_W("ztunnel::proxy", "eventfd: %s", strerror(errno));
     pthread_mutex_lock(&w->msg_lock);
-    struct zt_view *v = w->msg_view;
-    struct identity *ident = w->msg_ident;
+    struct zt_pod *list = w->msg_head;
     bool drain = w->msg_drain;
-    w->msg_view = NULL;
-    w->msg_ident = NULL;
+    w->msg_head = NULL;
     w->msg_drain = false;
     pthread_mutex_unlock(&w->msg_lock);
-    if (v) {
-        struct zt_view *old = w->view;
-        w->view = v;
-        inbound_reauthorize(w);
-        zt_view_unref(old);
-    }
-    if (ident) {
-        /* Open connections hold their own reference to the identity they were made with. */
-        struct identity *old = w->ident;
-        w->ident = ident;
-        identity_unref(old);
-        /* The listeners were held until the first certificate: connections waited in the backlog, as Istio's
-         * ztunnel makes them wait for its certificate fetch. */
-        for (int i = 0; i < 3 && w->listening; i++)
-            acceptor_resume(&w->listeners[i]);
+    while (list) {
+        struct zt_pod *p = list;
+        pthread_mutex_lock(&w->msg_lock);
+        list = p->msg_next;
+        struct zt_view *v = p->msg_view;
+        struct identity *ident = p->msg_ident;
+        bool add = p->msg_add, remove = p->msg_remove;
+        p->msg_view = NULL;
+        p->msg_ident = NULL;
+        p->msg_add = p->msg_remove = false;
+        p->msg_queued = false;
+        p->msg_next = NULL;
+        pthread_mutex_unlock(&w->msg_lock);
+        if (add) {
+            LIST_PUSH(w->pods, p);
+            p->linked = true;
+            if (!w->draining) pod_listen(p);
+        }
+        if (v) {
+            struct zt_view *old = p->view;
+            p->view = v;
+            inbound_reauthorize(p);
+            zt_view_unref(old);
+        }
+        if (ident) {
+            /* Open connections hold their own reference to the identity they were made with. */
+            struct identity *old = p->ident;
+            p->ident = ident;
+            identity_unref(old);
+            /* The listeners were held until the first certificate: connections waited in the backlog, as
+             * Istio's ztunnel makes them wait for its certificate fetch. */
+            for (int k = 0; k < 3 && p->listening; k++)
+                acceptor_resume(&p->listeners[k]);
+        }
+        if (remove) pod_remove(p);
     }
     if (drain && !w->draining) {
         w->draining = true;
-        for (int i = 0; i < 3 && w->listening; i++)
-            acceptor_close(&w->listeners[i]);
-        w->listening = false;
-        inbound_drain(w);
+        for (struct zt_pod *p = w->pods; p; p = p->next) {
+            pod_stop_listening(p);
+            inbound_drain(p);
+        }
         pool_drain(w->pool);
     }
 }
@@ -197,19 +444,17 @@ void zt_stats_close(struct zt_stats *st, uint64_t recv, uint64_t sent, const cha
 static void stats_timer_cb(struct timer *t)
 {
     struct worker *w = container_of(t, struct worker, stats_timer);
-    outbound_report(w);
-    inbound_report(w);
+    for (struct zt_pod *p = w->pods; p; p = p->next) {
+        outbound_report(p);
+        inbound_report(p);
+    }
     timer_start(w->loop, t, STATS_INTERVAL_MS);
 }
 
-int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_view *view, char *err,
-                size_t errlen)
+int worker_init(struct worker *w, int index, char *err, size_t errlen)
 {
     int rc;
     w->index = index;
-    w->pp = pp;
-    zt_view_ref(view);
-    w->view = view;
     pthread_mutex_init(&w->msg_lock, NULL);
     w->loop = loop_new();
     if (!w->loop) goto oom;
@@ -222,49 +467,10 @@ int worker_init(struct worker *w, int index, struct pod_proxy *pp, struct zt_vie
         snprintf(err, errlen, "eventfd: %s", strerror(errno));
         return -EIO;
     }
-    return worker_listen(w, err, errlen);
+    return 0;
 oom:
     snprintf(err, errlen, "out of memory");
     return -ENOMEM;
-}
-
-static void worker_poke(struct worker *w)
-{
-    uint64_t one = 1;
-    if (write(w->wake.fd, &one, sizeof(one)) < 0)
-        LOG_W("ztunnel::proxy", "eventfd write: %s", strerror(errno));
-}
-
-void workers_publish_view(struct pod_proxy *pp, struct worker *ws, int n, struct zt_view *v)
-{
-    pthread_mutex_lock(&pp->view_lock);
-    struct zt_view *old = pp->view;
-    zt_view_ref(v);
-    pp->view = v;
-    pthread_mutex_unlock(&pp->view_lock);
-    zt_view_unref(old);
-    for (int i = 0; i < n; i++) {
-        zt_view_ref(v);
-        pthread_mutex_lock(&ws[i].msg_lock);
-        struct zt_view *stale = ws[i].msg_view;
-        ws[i].msg_view = v;
-        pthread_mutex_unlock(&ws[i].msg_lock);
-        zt_view_unref(stale);
-        worker_poke(&ws[i]);
-    }
-}
-
-void workers_publish_identity(struct worker *ws, int n, struct identity *id)
-{
-    for (int i = 0; i < n; i++) {
-        identity_ref(id);
-        pthread_mutex_lock(&ws[i].msg_lock);
-        struct identity *stale = ws[i].msg_ident;
-        ws[i].msg_ident = id;
-        pthread_mutex_unlock(&ws[i].msg_lock);
-        identity_unref(stale);
-        worker_poke(&ws[i]);
-    }
 }
 
 void worker_post_drain(struct worker *w)
@@ -275,15 +481,16 @@ void worker_post_drain(struct worker *w)
     worker_poke(w);
 }
 
-/* Every listener is held until the worker has its first certificate (the backlog keeps the connections). */
+/* Every listener is held until the pod has its first certificate on this worker (the backlog keeps the
+ * connections). */
 static bool outbound_may_accept(struct acceptor *a)
 {
-    return container_of(a, struct worker, listeners[0])->ident != NULL;
+    return container_of(a, struct zt_pod, listeners[0])->ident != NULL;
 }
 
 static bool plain_may_accept(struct acceptor *a)
 {
-    return container_of(a, struct worker, listeners[1])->ident != NULL;
+    return container_of(a, struct zt_pod, listeners[1])->ident != NULL;
 }
 
 static const struct acceptor_ops listener_ops[3] = {
@@ -291,37 +498,12 @@ static const struct acceptor_ops listener_ops[3] = {
     {.on_accept = inbound_plain_accept, .may_accept = plain_may_accept},
     {.on_accept = inbound_hbone_accept, .may_accept = inbound_hbone_may_accept},
 };
-static const char *const listener_names[3] = {"outbound :15001", "inbound plaintext :15006",
-                                              "inbound HBONE :15008"};
 
-static int worker_listen(struct worker *w, char *err, size_t errlen)
-{
-    static const uint16_t ports[3] = {PORT_OUTBOUND, PORT_INBOUND_PLAIN, PORT_HBONE};
-    for (int i = 0; i < 3; i++) {
-        /* IP_TRANSPARENT on the listeners is best effort, as in Istio (INPOD_PORT_REUSE, backlog 128). */
-        int fd = net_listen(ports[i], 128, true);
-        if (fd < 0) {
-            snprintf(err, errlen, "listen on port %u: %s", ports[i], strerror(-fd));
-            return fd;
-        }
-        /* Accepted sockets inherit these: TCP_NODELAY everywhere, keepalive on the HBONE port. */
-        net_set_nodelay(fd);
-        if (ports[i] == PORT_HBONE) net_set_keepalive(fd);
-        int rc = acceptor_start(&w->listeners[i], w->loop, fd, listener_names[i], &listener_ops[i]);
-        if (rc < 0) {
-            snprintf(err, errlen, "epoll: %s", strerror(-rc));
-            return rc;
-        }
-    }
-    w->listening = true;
-    return 0;
-}
-
-int zt_connect(const struct sockaddr_storage *dst, const struct ip_addr *spoof_src, bool keepalive)
+int zt_connect(int netns_fd, const struct sockaddr_storage *dst, const struct ip_addr *spoof_src, bool keepalive)
 {
     int one = 1, err;
-    int fd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -errno;
+    int fd = net_socket_in(netns_fd, zt_home_netns, dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return fd;
     net_set_mark(fd, ZT_MARK);
     net_set_nodelay(fd);
     if (keepalive) net_set_keepalive(fd);

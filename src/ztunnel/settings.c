@@ -1,6 +1,7 @@
 /* ztunnel's settings table. Names, defaults and value syntax are Istio ztunnel's (src/config.rs in
  * istio/ztunnel); LOCAL_CA_DIR and the *_PORT variables are zmesh's own. */
 #include "ztunnel/settings.h"
+#include "ztunnel/zds.h"
 
 #include <errno.h>
 #include <math.h> /* isfinite, a macro */
@@ -133,14 +134,21 @@ static const struct env_setting table[] = {
      .def = "shared",
      .choices = proxy_modes,
      .offset = OFF(proxy_mode),
-     .help = "shared: one ztunnel per node (not supported yet); dedicated: one ztunnel per pod"},
+     .help = "shared: one ztunnel per node, serving the pods the node agent hands over INPOD_UDS; "
+             "dedicated: one ztunnel per pod, PROXY_WORKLOAD_INFO"},
     {.name = "PROXY_WORKLOAD_INFO",
      .kind = ENV_CUSTOM,
-     .required = true,
      .parse = parse_workload_info,
      .type = "ns/name/sa",
      .offset = OFF(workload),
-     .help = "the pod this ztunnel serves: <namespace>/<name>/<service-account>"},
+     .help = "dedicated mode (required there): the pod this ztunnel serves, "
+             "<namespace>/<name>/<service-account>"},
+    {.name = "INPOD_UDS",
+     .kind = ENV_STRING,
+     .def = ZDS_DEFAULT_PATH,
+     .offset = OFF(inpod_uds),
+     .help = "shared mode: the node agent's ZDS socket (SOCK_SEQPACKET), over which it hands over each pod's "
+             "network namespace"},
     {.name = "LOCAL_XDS_PATH",
      .kind = ENV_STRING,
      .offset = OFF(local_xds_path),
@@ -307,7 +315,6 @@ static const struct env_setting table[] = {
     UNSUPPORTED("KEEPALIVE_RETRIES", "TCP keepalive probes (zmesh: 9)"),
     UNSUPPORTED("KEEPALIVE_ENABLED", "TCP keepalive on/off (zmesh: on)"),
     UNSUPPORTED("USER_TIMEOUT_ENABLED", "TCP_USER_TIMEOUT"),
-    UNSUPPORTED("INPOD_UDS", "ZDS socket (shared mode)"),
     UNSUPPORTED("INPOD_PORT_REUSE", "SO_REUSEPORT in pods (shared mode)"),
     UNSUPPORTED("POOL_MAX_STREAMS_PER_CONNECTION", "streams per pooled connection"),
     UNSUPPORTED("ENABLE_ORIG_SRC", "original source IP on outbound connections"),
@@ -388,6 +395,7 @@ int zt_settings_parse(struct zt_settings *s, env_lookup_fn lookup, char *const *
         .ca_root_ca = XDS_DEFAULT_ROOT_CA,
         .xds_root_ca = XDS_DEFAULT_ROOT_CA,
         .cluster_id = "Kubernetes",
+        .inpod_uds = ZDS_DEFAULT_PATH,
         .worker_spec = {.count = 0, .percent = -1}, /* unset: the default count */
     };
     int rc = env_parse_table(table, n, s, lookup, set, errors, warnings);
@@ -416,6 +424,20 @@ int zt_settings_parse(struct zt_settings *s, env_lookup_fn lookup, char *const *
         env_diag_add(errors, local ? "LOCAL_CA_DIR and CA_ADDRESS are both set: choose one CA"
                                    : "no CA: set CA_ADDRESS (a remote CA such as zmeshd or istiod) or LOCAL_CA_DIR "
                                      "(a local CA directory)");
+        rc = -EINVAL;
+    }
+    /* Dedicated mode serves the one pod PROXY_WORKLOAD_INFO names; shared mode learns its pods over ZDS
+     * (Istio's config.rs reads PROXY_WORKLOAD_INFO only in dedicated mode). */
+    bool wi = set[idx_of("PROXY_WORKLOAD_INFO")];
+    if (s->proxy_mode == ZT_MODE_DEDICATED && !wi) {
+        env_diag_add(errors, "PROXY_WORKLOAD_INFO must be set with PROXY_MODE=dedicated: the pod this ztunnel serves");
+        rc = -EINVAL;
+    } else if (s->proxy_mode == ZT_MODE_SHARED && wi) {
+        env_diag_add(warnings, "PROXY_WORKLOAD_INFO is used in dedicated mode only; PROXY_MODE=shared serves "
+                               "the pods the node agent hands over INPOD_UDS, so it is ignored");
+    }
+    if (s->proxy_mode == ZT_MODE_SHARED && !*s->inpod_uds) {
+        env_diag_add(errors, "INPOD_UDS is empty: shared mode needs the node agent's socket");
         rc = -EINVAL;
     }
     /* CONNECTION_TERMINATION_DEADLINE wins; else the grace period minus a margin for the forceful close

@@ -40,7 +40,8 @@ struct zt_workload_info {
 
 struct zt_settings {
     int proxy_mode;                   /* enum zt_proxy_mode */
-    struct zt_workload_info workload; /* PROXY_WORKLOAD_INFO */
+    struct zt_workload_info workload; /* PROXY_WORKLOAD_INFO (dedicated mode) */
+    const char *inpod_uds;            /* INPOD_UDS (shared mode) */
     const char *local_xds_path;       /* LOCAL_XDS_PATH (borrowed from the environment), or NULL: xds_address */
     const char *xds_address;          /* XDS_ADDRESS */
     const char *xds_root_ca;          /* XDS_ROOT_CA */

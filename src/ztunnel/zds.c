@@ -266,6 +266,11 @@ static uint64_t backoff_grow(struct zds_client *c)
  * a protocol error is followed at once with the backoff reset (Istio reconnects at once after a stream ends);
  * a protocol error or an end before the snapshot waits and doubles it, so a node agent that keeps refusing
  * ztunnel is not hammered. */
+static void notify_state(struct zds_client *c)
+{
+    if (c->ops->state_changed) c->ops->state_changed(c->ud);
+}
+
 static void conn_end(struct zds_client *c, bool protocol_error, const char *why)
 {
     if (c->state != ZDS_CONNECTED) return;
@@ -299,6 +304,7 @@ static void conn_end(struct zds_client *c, bool protocol_error, const char *why)
               (unsigned long long)delay);
     }
     timer_start(c->l, &c->reconnect, delay);
+    notify_state(c);
 }
 
 static int send_hello(struct zds_client *c)
@@ -326,6 +332,7 @@ static void connected(struct zds_client *c, int fd)
         return;
     }
     update_io(c);
+    notify_state(c);
 }
 
 static void connect_now(struct zds_client *c)

@@ -77,6 +77,9 @@ struct zds_ops {
     /* The snapshot is complete. stale[0..n) are the uids served before it that it did not mention: drain
      * them (the module forgets them, and closes their netns fds, when this returns). */
     void (*snapshot_sent)(void *ud, uint64_t ticket, const char *const *stale, size_t n);
+    /* Optional: the connection state or zds_client_ready may have changed (connected, disconnected, a
+     * snapshot completed, a start failed or was retried). For owners that publish readiness elsewhere. */
+    void (*state_changed)(void *ud);
 };
 
 struct zds_config {

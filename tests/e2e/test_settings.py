@@ -87,17 +87,21 @@ def test_missing_required_reported_together(mesh):
     assert "4 setting errors" in p.stderr, p.stderr
 
 
-def test_proxy_mode_unknown_vs_unsupported(mesh):
+def test_proxy_mode_unknown_and_shared_settings(mesh):
     p = _run(mesh, dict(_valid_env(mesh), PROXY_MODE="dedicatd"))
     assert p.returncode == 2
     assert "invalid env var PROXY_MODE=dedicatd (unknown value; PROXY_MODE must be one of shared, dedicated)" \
         in p.stderr, p.stderr
     assert "not support" not in p.stderr
+    # Shared mode is the default: PROXY_WORKLOAD_INFO is a dedicated-mode setting (a warning), and the node
+    # agent's socket must be named (an empty INPOD_UDS is an error).
     env = _valid_env(mesh)
     del env["PROXY_MODE"]
+    env["INPOD_UDS"] = ""
     p = _run(mesh, env)
     assert p.returncode == 2
-    assert "PROXY_MODE=shared (the default) is a valid value that zmesh does not support yet" in p.stderr, p.stderr
+    assert "PROXY_WORKLOAD_INFO is used in dedicated mode only" in p.stderr, p.stderr
+    assert "INPOD_UDS is empty: shared mode needs the node agent's socket" in p.stderr, p.stderr
     assert "unknown value" not in p.stderr
 
 
