@@ -1,0 +1,361 @@
+"""Shared mode: one ztunnel per node serving every pod of it from inside each pod's network namespace (issue 8
+item 1), against a node agent zmesh did not write: Python plays istio-cni's ZDS server (istio/istio
+cni/pkg/nodeagent/ztunnelserver.go) with the standard library's SOCK_SEQPACKET sockets, SCM_RIGHTS and Python
+protobuf stubs generated from proto/zds.proto.
+
+Topology: two nodes, two pods each (different service accounts), every pod with the in-pod rules; one ztunnel
+per node, run in the node's namespace (never in a pod's), config from one LocalConfig file and a local CA.
+Checked: listeners exist in each pod's namespace and not in the node's; readiness waits for the snapshot;
+traffic between nodes is HBONE with each pod's own identity; Del closes only that pod's connections; a
+restarted ztunnel gets the snapshot again and serves without any pod restarting; an upgrade (a second ztunnel
+on the agent, the old one drained with SIGTERM) keeps a long-lived connection on the old one while new
+connections go to the new one."""
+import array
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from helpers import Mesh, connect, echo_ok, http_request, recv_exact, wait_for
+from topo import tail
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ECHO = 8080
+
+
+@pytest.fixture(scope="module")
+def zds():
+    out = tempfile.mkdtemp(prefix="zmesh-zds-stubs-")
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I" + os.path.join(REPO, "proto"),
+                    "--python_out=" + out, os.path.join(REPO, "proto", "zds.proto")], check=True)
+    sys.path.insert(0, out)
+    try:
+        import zds_pb2
+    finally:
+        sys.path.remove(out)
+    return zds_pb2
+
+
+class Conn:
+    """One ztunnel's connection to the agent."""
+
+    def __init__(self, pb, sock):
+        self.pb, self.sock = pb, sock
+
+    def recv(self, timeout=5.0):
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        if not r:
+            return None
+        data, _, flags, _ = self.sock.recvmsg(1024)
+        assert not flags & socket.MSG_TRUNC
+        return data
+
+    def hello(self):
+        data = self.recv()
+        assert data, "no ZdsHello"
+        h = self.pb.ZdsHello()
+        h.ParseFromString(data)
+        assert h.version == self.pb.V1
+
+    def request(self, req, fds=()):
+        """Sends one WorkloadRequest and returns the answer's error text ("" for an ACK)."""
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        self.sock.sendmsg([req.SerializeToString()], anc)
+        data = self.recv(timeout=10.0)
+        assert data, "no answer from ztunnel"
+        r = self.pb.WorkloadResponse()
+        r.ParseFromString(data)
+        return r.ack.error
+
+    def add(self, pod):
+        req = self.pb.WorkloadRequest()
+        req.add.uid = pod.uid
+        req.add.workload_info.name = pod.name
+        req.add.workload_info.namespace = pod.namespace
+        req.add.workload_info.service_account = pod.sa
+        fd = os.open("/run/netns/" + pod.netns, os.O_RDONLY)
+        try:
+            return self.request(req, [fd])
+        finally:
+            os.close(fd)
+
+    def delete(self, pod):
+        req = self.pb.WorkloadRequest()
+        getattr(req, "del").uid = pod.uid  # "del" is a Python keyword
+        return self.request(req)
+
+    def snapshot_sent(self):
+        req = self.pb.WorkloadRequest()
+        req.snapshot_sent.SetInParent()
+        return self.request(req)
+
+    def close(self):
+        self.sock.close()
+
+
+class Agent:
+    """The node agent's ZDS listener for one node."""
+
+    def __init__(self, pb, path):
+        self.pb, self.path = pb, path
+        self.lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.lsock.bind(path)
+        self.lsock.listen(4)
+
+    def flush(self):
+        """Drops connections still in the backlog: a stopped ztunnel may have reconnected before it exited."""
+        self.lsock.setblocking(False)
+        try:
+            while True:
+                self.lsock.accept()[0].close()
+        except BlockingIOError:
+            pass
+
+    def accept(self, timeout=10.0):
+        self.lsock.settimeout(timeout)
+        s, _ = self.lsock.accept()
+        s.settimeout(None)
+        c = Conn(self.pb, s)
+        c.hello()
+        return c
+
+    def serve(self, pods, timeout=10.0):
+        """Accepts a ztunnel and sends it the snapshot (an Add per pod, then SnapshotSent)."""
+        c = self.accept(timeout)
+        for p in pods:
+            assert c.add(p) == ""
+        assert c.snapshot_sent() == ""
+        return c
+
+
+class Shared:
+    """A Mesh whose pods get rules and no ztunnel of their own; one shared ztunnel per node instead."""
+
+    def __init__(self, pb, env=None):
+        self.mesh = Mesh(nodes=2, pods=2, meshed=[])
+        self.pb = pb
+        self.env = env or {}
+        self.agents, self.ztunnels, self.conns = {}, {}, {}
+
+    def up(self):
+        m = self.mesh
+        m.up()
+        t = m.topo
+        for p in t.pods:
+            t.inpod_rules(p)
+        for i in (1, 2):
+            self.agents[i] = Agent(self.pb, os.path.join(t.workdir, "zds-n%d.sock" % i))
+        return self
+
+    def pods(self, node):
+        return [p for p in self.mesh.topo.pods if p.node == node]
+
+    def start(self, node, tag="", env=None, flush=True):
+        t = self.mesh.topo
+        if flush:
+            self.agents[node].flush()
+        e = dict(os.environ)
+        e.update({"PROXY_MODE": "shared", "INPOD_UDS": self.agents[node].path, "LOCAL_XDS_PATH": self.mesh.config,
+                  "LOCAL_CA_DIR": t.ca(), "LOG_FORMAT": "json", "RUST_LOG": "info"})
+        e.pop("PROXY_WORKLOAD_INFO", None)
+        e.update(self.env)
+        e.update(env or {})
+        log_path = os.path.join(t.workdir, "ztunnel-node%d%s.log" % (node, tag))
+        with open(log_path, "ab") as log:
+            proc = t.popen(t.nodes[node - 1], [os.path.join(t.bin_dir(), "ztunnel")], env=e, stdout=log,
+                           stderr=log, stdin=subprocess.DEVNULL)
+        proc.log_path = log_path
+        return proc
+
+    def start_served(self, node, tag="", flush=True, env=None):
+        proc = self.start(node, tag, flush=flush, env=env)
+        try:
+            conn = self.agents[node].serve(self.pods(node))
+        except Exception:
+            raise RuntimeError("ztunnel of node %d did not take the snapshot:\n%s" % (node, tail(proc.log_path)))
+        for p in self.pods(node):
+            assert self.mesh.topo.wait_listen(p.netns, (15001, 15006, 15008), 10, proc), tail(proc.log_path)
+        return proc, conn
+
+    def log_json(self, proc):
+        out = []
+        with open(proc.log_path, errors="replace") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def down(self):
+        for c in self.conns.values():
+            c.close()
+        self.mesh.down()
+
+
+def _ready(netns, t):
+    """(status, body) of the node ztunnel's readiness endpoint, or (None, error)."""
+    try:
+        st, _, body = http_request(netns, "127.0.0.1", 15021, "/healthz/ready", timeout=3)
+        return st, body.decode(errors="replace")
+    except OSError as e:
+        return None, str(e)
+
+
+@pytest.fixture(scope="module")
+def shared(zds, ztunnel_bin):
+    s = Shared(zds)
+    try:
+        s.up()
+        for p in s.mesh.topo.pods:
+            s.mesh.app(p, "echo", ECHO)
+        yield s
+    finally:
+        s.down()
+
+
+@pytest.fixture
+def served(shared):
+    """Both nodes' ztunnels running with every pod of their node; stopped after the test."""
+    t = shared.mesh.topo
+    procs = []
+    for node in (1, 2):
+        proc, conn = shared.start_served(node)
+        procs.append(proc)
+        shared.conns[node] = conn
+    yield procs
+    for proc in procs:
+        t.stop(proc)
+    for c in shared.conns.values():
+        c.close()
+    shared.conns.clear()
+
+
+def _listening(t, netns):
+    return t.listening(netns)
+
+
+def test_readiness_waits_for_the_snapshot_and_listeners_live_in_pods(shared):
+    t = shared.mesh.topo
+    proc = shared.start(1)
+    try:
+        conn = shared.agents[1].accept()
+        node = t.nodes[0]
+        assert wait_for(lambda: _ready(node, t)[0] == 500, timeout=10), (_ready(node, t), tail(proc.log_path))
+        assert "workload proxy manager" in _ready(node, t)[1], _ready(node, t)
+        p1, p2 = shared.pods(1)
+        assert conn.add(p1) == ""
+        assert conn.add(p2) == ""
+        assert _ready(node, t)[0] == 500  # no SnapshotSent yet
+        assert conn.snapshot_sent() == ""
+        assert wait_for(lambda: _ready(node, t)[0] == 200, timeout=10), (_ready(node, t), tail(proc.log_path))
+        for p in (p1, p2):
+            assert t.wait_listen(p.netns, (15001, 15006, 15008), 10, proc)
+        # Never in the node's own namespace: the node's ports are the admin ones only.
+        assert not {15001, 15006, 15008} & _listening(t, node), _listening(t, node)
+        conn.close()
+    finally:
+        t.stop(proc)
+
+
+def test_traffic_carries_each_pods_own_identity(shared, served):
+    m = shared.mesh
+    for src, dst in (("n1p1", "n2p1"), ("n1p2", "n2p2"), ("n2p1", "n1p2")):
+        assert wait_for(lambda: echo_ok(m.pod(src), m.pod(dst), ECHO), timeout=10), tail(served[0].log_path)
+    # The server side's access log names the caller's SPIFFE identity, one per pod, on the same node.
+    def inbound_ids(proc):
+        return {(l.get("src.identity"), l.get("dst.identity")) for l in shared.log_json(proc)
+                if l.get("message") == "connection complete" and l.get("direction") == "inbound"}
+    want = {(m.pod("n1p1").spiffe, m.pod("n2p1").spiffe), (m.pod("n1p2").spiffe, m.pod("n2p2").spiffe)}
+    assert wait_for(lambda: want <= inbound_ids(served[1]), timeout=10), inbound_ids(served[1])
+    back = (m.pod("n2p1").spiffe, m.pod("n1p2").spiffe)
+    assert wait_for(lambda: back in inbound_ids(served[0]), timeout=10), inbound_ids(served[0])
+    # One certificate per service account, both on the one ztunnel.
+    certs = http_request(m.topo.nodes[0], "127.0.0.1", 15000, "/config_dump")[2].decode()
+    for p in shared.pods(1):
+        assert p.spiffe in certs
+
+
+def test_del_closes_only_that_pods_connections(shared, served):
+    m, t = shared.mesh, shared.mesh.topo
+    a, b = m.pod("n1p1"), m.pod("n1p2")
+    sa = connect(a.netns, m.pod("n2p1").ip, ECHO, timeout=10)
+    sb = connect(b.netns, m.pod("n2p2").ip, ECHO, timeout=10)
+    try:
+        for s in (sa, sb):
+            s.sendall(b"ping")
+            assert recv_exact(s, 4) == b"ping"
+        assert shared.conns[1].delete(a) == ""
+        # a's connection ends at once (Istio drains a deleted pod immediately); b's keeps working.
+        sa.settimeout(5)
+        try:
+            got = sa.recv(10)
+        except (ConnectionResetError, socket.timeout) as e:
+            got = e
+        assert got == b"" or isinstance(got, ConnectionResetError), got
+        sb.sendall(b"still")
+        assert recv_exact(sb, 5) == b"still"
+        # a's listeners are gone from its namespace (its rules now point at nothing); b's stay.
+        assert wait_for(lambda: not {15001, 15006, 15008} & _listening(t, a.netns), timeout=5)
+        assert {15001, 15006, 15008} <= _listening(t, b.netns)
+        assert any(l.get("message") == "pod removed, closing its connections" and l.get("name") == a.name
+                   for l in shared.log_json(served[0]))
+    finally:
+        sa.close()
+        sb.close()
+
+
+def test_restarted_ztunnel_gets_the_snapshot_again(shared, served):
+    m, t = shared.mesh, shared.mesh.topo
+    t.stop(served[0])
+    shared.conns[1].close()
+    assert not echo_ok(m.pod("n1p1"), m.pod("n2p1"), ECHO)  # rules stay, nobody listens: refused
+    proc, shared.conns[1] = shared.start_served(1, tag="-restarted")
+    served[0] = proc
+    assert wait_for(lambda: echo_ok(m.pod("n1p1"), m.pod("n2p1"), ECHO), timeout=10), tail(proc.log_path)
+    assert echo_ok(m.pod("n2p2"), m.pod("n1p2"), ECHO)
+
+
+def test_upgrade_keeps_a_long_lived_connection(shared, served):
+    m, t = shared.mesh, shared.mesh.topo
+    cli, srv = m.pod("n1p1"), m.pod("n2p1")
+    old = served[0]
+    long_lived = connect(cli.netns, srv.ip, ECHO, timeout=10)
+    try:
+        long_lived.sendall(b"before")
+        assert recv_exact(long_lived, 6) == b"before"
+        # The new ztunnel joins: the agent gives it the snapshot (its listeners share the pods' ports with the
+        # old one's through SO_REUSEPORT), then the old one is told to drain.
+        # Both run in the node's namespace here, so the new one's own ports differ (in Kubernetes each
+        # ztunnel pod has its own IP); the pods' ports are shared.
+        new, conn = shared.start_served(1, tag="-new", flush=False,
+                                        env={"ADMIN_PORT": "15100", "METRICS_PORT": "15120",
+                                             "READINESS_PORT": "15121"})
+        served.append(new)
+        old.send_signal(15)
+        assert wait_for(lambda: any(l.get("message", "").startswith("received SIGTERM: draining")
+                                    for l in shared.log_json(old)), timeout=5)
+        # New connections go to the new ztunnel...
+        assert wait_for(lambda: echo_ok(cli, srv, ECHO), timeout=10), tail(new.log_path)
+        outbound_new = lambda: sum(1 for l in shared.log_json(new) if l.get("message") == "connection complete"
+                                   and l.get("direction") == "outbound")
+        before = outbound_new()
+        assert echo_ok(cli, srv, ECHO)
+        assert wait_for(lambda: outbound_new() > before, timeout=5)
+        # ...while the old one still carries the long-lived connection, until it ends.
+        assert old.poll() is None
+        long_lived.sendall(b"during")
+        assert recv_exact(long_lived, 6) == b"during"
+    finally:
+        long_lived.close()
+    assert wait_for(lambda: old.poll() is not None, timeout=10), tail(old.log_path)
+    assert old.returncode == 0
+    shared.conns[1].close()
+    shared.conns[1] = conn
+    served[0] = new
