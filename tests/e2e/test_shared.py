@@ -359,3 +359,70 @@ def test_upgrade_keeps_a_long_lived_connection(shared, served):
     shared.conns[1].close()
     shared.conns[1] = conn
     served[0] = new
+
+
+# ---- with zmeshd: config over xDS, certificates by impersonation with the node's token ----
+
+@pytest.fixture(scope="module")
+def cp_shared(zds, ztunnel_bin):
+    from test_control_plane import ControlPlane, ns_yaml, pod_yaml
+    s = Shared(zds)
+    try:
+        s.up()
+        t = s.mesh.topo
+        c = ControlPlane(t)
+        c.write("pods.yaml", ns_yaml() + "".join(pod_yaml(p) for p in t.pods))
+        c.start()
+        root = os.path.join(c.state, "root-cert.pem")
+        token = os.path.join(c.dir, "token-node1")
+        r = subprocess.run([c.bin, "token", "--sa", "istio-system/ztunnel", "--node", "node1", "--state-dir",
+                            c.state, "--ttl", "24h"], capture_output=True, text=True, check=True)
+        with open(token, "w") as f:
+            f.write(r.stdout)
+        s.env = {"LOCAL_XDS_PATH": "", "LOCAL_CA_DIR": "", "XDS_ADDRESS": c.addr, "CA_ADDRESS": c.addr,
+                 "XDS_ROOT_CA": root, "CA_ROOT_CA": root, "ALT_XDS_HOSTNAME": "istiod.istio-system.svc",
+                 "ALT_CA_HOSTNAME": "istiod.istio-system.svc", "AUTH_TOKEN": token, "POD_NAME": "ztunnel-node1",
+                 "POD_NAMESPACE": "istio-system", "NODE_NAME": "node1"}
+        s.cp = c
+        for p in t.pods:
+            s.mesh.app(p, "echo", ECHO)
+        yield s
+    finally:
+        s.down()
+
+
+def test_node_token_obtains_only_its_own_nodes_identities(cp_shared):
+    s, t = cp_shared, cp_shared.mesh.topo
+    proc = s.start(1)
+    try:
+        conn = s.agents[1].accept(timeout=20)
+        n1p1, n1p2, n2p1 = t.pod(1, 1), t.pod(1, 2), t.pod(2, 1)
+        for p in (n1p1, n1p2, n2p1):
+            assert conn.add(p) == ""
+        assert conn.snapshot_sent() == ""
+
+        def certs():
+            try:
+                return {c["identity"]: c for c in json.loads(http_request(
+                    t.nodes[0], "127.0.0.1", 15000, "/config_dump")[2])["certificates"]}
+            except (OSError, ValueError, KeyError):
+                return {}
+        # Both pods of node 1 get their own certificate from zmeshd by impersonation...
+        assert wait_for(lambda: all(certs().get(p.spiffe, {}).get("state") == "Available" for p in (n1p1, n1p2)),
+                        timeout=20), (certs(), tail(proc.log_path))
+        # ...and the pod of node 2 does not: zmeshd finds no pod of that account on node1 (its log says so; the
+        # caller gets istiod's generic UNAUTHENTICATED).
+        assert wait_for(lambda: any(l.get("identity") == n2p1.spiffe and "UNAUTHENTICATED" in l.get("message", "")
+                                    for l in s.log_json(proc)), timeout=20), tail(proc.log_path)
+        assert wait_for(lambda: any('no instances of \\"default/%s\\" found on node \\"node1\\"' % n2p1.sa
+                                    in json.dumps(l) for l in s.cp.lines()), timeout=10), tail(s.cp.log_path)
+        assert certs().get(n2p1.spiffe, {}).get("state") != "Available", certs()
+        # Two pods of one node talk through the one ztunnel: out of n1p1's namespace, HBONE into n1p2's.
+        assert wait_for(lambda: echo_ok(n1p1, n1p2, ECHO), timeout=10), tail(proc.log_path)
+        assert wait_for(lambda: any(l.get("message") == "connection complete" and l.get("direction") == "inbound"
+                                    and l.get("src.identity") == n1p1.spiffe and l.get("dst.identity") == n1p2.spiffe
+                                    for l in s.log_json(proc)), timeout=10), tail(proc.log_path)
+        assert conn.delete(n2p1) == ""
+        conn.close()
+    finally:
+        t.stop(proc)
