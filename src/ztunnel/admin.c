@@ -123,8 +123,11 @@ static void adm_config_dump(struct http1_request *r)
     struct snapshot *s = adm.hooks.snapshot_get ? adm.hooks.snapshot_get(adm.hooks.ud) : NULL;
     struct identity_status *certs = NULL;
     int n_certs = adm.hooks.certs_get ? adm.hooks.certs_get(adm.hooks.ud, &certs) : 0;
+    struct admin_pod *pods = NULL;
+    int n_pods = adm.hooks.pods_get ? adm.hooks.pods_get(adm.hooks.ud, &pods) : -1;
     size_t len = 0;
-    char *body = config_dump_render(s, certs, n_certs > 0 ? (size_t)n_certs : 0, &len);
+    char *body = config_dump_render(s, certs, n_certs > 0 ? (size_t)n_certs : 0, pods, n_pods, &len);
+    free(pods);
     if (body)
         http1_respond(r, 200, "application/json", body, len);
     else

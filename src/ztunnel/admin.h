@@ -12,6 +12,13 @@ struct snapshot;
 struct identity_status;
 
 /* Called on the admin thread; every hook may be NULL. */
+/* One pod a shared-mode ztunnel serves, as /config_dump's workloadState lists it (istio/ztunnel
+ * src/inpod/admin.rs: keyed by uid, {state, info: {name, namespace, serviceAccount}}). */
+struct admin_pod {
+    char uid[128], name[128], ns[128], sa[128];
+    const char *state; /* "Up" or "Pending" */
+};
+
 struct admin_hooks {
     /* A new reference to the current config (the admin drops it with snapshot_unref), or NULL. */
     struct snapshot *(*snapshot_get)(void *ud);
@@ -23,6 +30,9 @@ struct admin_hooks {
     /* POST /quitquitquit: starts a graceful shutdown. Runs after the response was handed to the kernel; it
      * must not block for long (set a flag, write to an eventfd, raise SIGTERM). */
     void (*quit)(void *ud);
+    /* Shared mode: the pods served, *out freed by the admin with free(). Returns the count (>= 0), or -1 when
+     * ztunnel serves no pods over ZDS (dedicated mode: no workloadState key). NULL: the same as -1. */
+    int (*pods_get)(void *ud, struct admin_pod **out);
     void *ud;
 };
 
@@ -53,8 +63,10 @@ size_t admin_feed(enum admin_server which, const uint8_t *data, size_t len, size
 /* The ports bound by admin_start (0 before it succeeded). Any pointer may be NULL. */
 void admin_ports(uint16_t *admin, uint16_t *metrics, uint16_t *readiness);
 
-/* The /config_dump document (Istio's shape: workloads, services, policies, certificates, version) as
- * pretty-printed JSON. s (may be NULL) and certs[0..n_certs) are borrowed. Returns a malloc'd NUL-terminated
+/* The /config_dump document (Istio's shape: workloads, services, policies, certificates, version and, with
+ * n_pods >= 0, workloadState) as pretty-printed JSON. s (may be NULL), certs[0..n_certs) and pods[0..n_pods)
+ * are borrowed. Returns a malloc'd NUL-terminated
  * buffer (caller frees) with its length in *len, or NULL on ENOMEM. */
 char *config_dump_render(const struct snapshot *s, const struct identity_status *certs, size_t n_certs,
+                         const struct admin_pod *pods, int n_pods,
                          size_t *len);

@@ -578,7 +578,7 @@ static void cd_cert(struct jw *w, const struct identity_status *st)
 }
 
 char *config_dump_render(const struct snapshot *s, const struct identity_status *certs, size_t n_certs,
-                         size_t *len)
+                         const struct admin_pod *pods, int n_pods, size_t *len)
 {
     struct jw w;
     jw_init(&w);
@@ -612,6 +612,28 @@ char *config_dump_render(const struct snapshot *s, const struct identity_status 
     for (size_t i = 0; i < n_certs; i++)
         cd_cert(&w, &certs[i]);
     jw_arr_end(&w);
+
+    if (n_pods >= 0) {
+        jw_key(&w, "workloadState");
+        jw_obj_begin(&w);
+        for (int i = 0; i < n_pods; i++) {
+            jw_key(&w, pods[i].uid);
+            jw_obj_begin(&w);
+            jw_key(&w, "state");
+            jw_str(&w, pods[i].state);
+            jw_key(&w, "info");
+            jw_obj_begin(&w);
+            jw_key(&w, "name");
+            jw_str(&w, pods[i].name);
+            jw_key(&w, "namespace");
+            jw_str(&w, pods[i].ns);
+            jw_key(&w, "serviceAccount");
+            jw_str(&w, pods[i].sa);
+            jw_obj_end(&w);
+            jw_obj_end(&w);
+        }
+        jw_obj_end(&w);
+    }
 
     jw_obj_end(&w);
     return jw_finish(&w, len);

@@ -45,8 +45,9 @@ struct app {
     _Atomic bool xds_synced; /* every xDS type got its first response */
     struct zds_client *zds;  /* shared mode: the node agent */
     _Atomic bool zds_ready;  /* zds_client_ready, for the admin thread */
-    struct pod_proxy *pods;  /* the pods served (dedicated mode: one) */
+    struct pod_proxy *pods;  /* the pods served (dedicated mode: one); changed under pods_lock */
     size_t n_pods;
+    pthread_mutex_t pods_lock; /* the main thread changes the list, the admin thread reads it */
     struct worker workers[ZT_MAX_WORKERS];
     int n_workers;
     bool workers_started;
@@ -62,7 +63,7 @@ struct app {
     struct timer reload_timer, drain_timer;
 };
 
-static struct app app = {.snap_lock = PTHREAD_MUTEX_INITIALIZER};
+static struct app app = {.snap_lock = PTHREAD_MUTEX_INITIALIZER, .pods_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static bool shared_mode(void)
 {
@@ -119,6 +120,27 @@ static const char *hook_pending(void *ud)
     else
         snprintf(buf, sizeof(buf), "proxy");
     return buf;
+}
+
+static int hook_pods(void *ud, struct admin_pod **out)
+{
+    (void)ud;
+    if (!shared_mode()) return -1;
+    pthread_mutex_lock(&app.pods_lock);
+    size_t n = app.n_pods;
+    struct admin_pod *v = calloc(n ? n : 1, sizeof(*v));
+    size_t i = 0;
+    for (struct pod_proxy *pp = app.pods; v && pp; pp = pp->next, i++) {
+        snprintf(v[i].uid, sizeof(v[i].uid), "%s", pp->uid);
+        snprintf(v[i].name, sizeof(v[i].name), "%s", pp->name);
+        snprintf(v[i].ns, sizeof(v[i].ns), "%s", pp->ns);
+        snprintf(v[i].sa, sizeof(v[i].sa), "%s", pp->sa);
+        v[i].state = "Up";
+    }
+    pthread_mutex_unlock(&app.pods_lock);
+    if (!v) return 0;
+    *out = v;
+    return (int)n;
 }
 
 static void hook_quit(void *ud)
@@ -281,8 +303,11 @@ static struct pod_proxy *serve_pod(const char *uid, const char *ns, const char *
         pod_proxy_retire(pp);
         return NULL;
     }
+    pthread_mutex_lock(&app.pods_lock);
     LIST_PUSH(app.pods, pp);
     app.n_pods++;
+    pthread_mutex_unlock(&app.pods_lock);
+    metrics_inpod_started();
     return pp;
 }
 
@@ -290,8 +315,11 @@ static void unserve_pod(struct pod_proxy *pp, const char *why)
 {
     log_kv(LOG_INFO, "ztunnel", "pod removed, closing its connections", "uid", pp->uid, "namespace", pp->ns,
            "name", pp->name, "reason", why, NULL);
+    pthread_mutex_lock(&app.pods_lock);
     LIST_DEL(app.pods, pp);
     app.n_pods--;
+    pthread_mutex_unlock(&app.pods_lock);
+    metrics_inpod_stopped();
     pod_proxy_retire(pp);
 }
 
@@ -371,6 +399,11 @@ static int apply_snapshot(struct snapshot *snap, const char *source)
 static void zds_update_ready(void)
 {
     atomic_store(&app.zds_ready, app.zds && zds_client_ready(app.zds));
+    if (app.zds) {
+        struct zds_stats st;
+        zds_client_stats(app.zds, &st);
+        metrics_inpod_set(app.n_pods, st.failed);
+    }
 }
 
 static void zds_add(void *ud, uint64_t ticket, const struct zds_add *a)
@@ -699,7 +732,11 @@ int main(int argc, char **argv)
         return 1;
     }
     static const struct admin_hooks hooks = {
-        .snapshot_get = hook_snapshot, .certs_get = hook_certs, .pending = hook_pending, .quit = hook_quit};
+        .snapshot_get = hook_snapshot,
+        .certs_get = hook_certs,
+        .pending = hook_pending,
+        .quit = hook_quit,
+        .pods_get = hook_pods};
     metrics_set_build_tag(ZMESH_VERSION);
     if (admin_start(&hooks, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "ztunnel", "failed to start the admin server", "error", err, NULL);

@@ -431,6 +431,41 @@ static void m_render_xds(struct m_buf *b, bool om)
                      xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)bytes);
 }
 
+static _Atomic bool inpod_on;
+static _Atomic uint64_t inpod_active, inpod_pending, inpod_started, inpod_stopped;
+
+void metrics_inpod_set(uint64_t active, uint64_t pending)
+{
+    atomic_store(&inpod_active, active);
+    atomic_store(&inpod_pending, pending);
+    atomic_store(&inpod_on, true);
+}
+
+void metrics_inpod_started(void)
+{
+    atomic_fetch_add(&inpod_started, 1);
+}
+
+void metrics_inpod_stopped(void)
+{
+    atomic_fetch_add(&inpod_stopped, 1);
+}
+
+static void m_render_inpod(struct m_buf *b, bool om)
+{
+    if (!atomic_load(&inpod_on)) return;
+    m_header(b, om, "istio_active_proxy_count", false,
+             "The total number current workloads with active proxies (unstable)");
+    m_printf(b, "istio_active_proxy_count %llu\n", (unsigned long long)atomic_load(&inpod_active));
+    m_header(b, om, "istio_pending_proxy_count", false,
+             "The total number current workloads with pending proxies (unstable)");
+    m_printf(b, "istio_pending_proxy_count %llu\n", (unsigned long long)atomic_load(&inpod_pending));
+    m_header(b, om, "istio_proxies_started", true, "The total number of proxies that were started (unstable)");
+    m_printf(b, "istio_proxies_started_total %llu\n", (unsigned long long)atomic_load(&inpod_started));
+    m_header(b, om, "istio_proxies_stopped", true, "The total number of proxies that were stopped (unstable)");
+    m_printf(b, "istio_proxies_stopped_total %llu\n", (unsigned long long)atomic_load(&inpod_stopped));
+}
+
 /* zmesh's own HBONE counters (istio/ztunnel has no metric for HTTP/2 protocol errors or flow-control memory):
  * zmesh_-prefixed, in Istio's style. */
 static void m_render_hbone(struct m_buf *b, bool om)
@@ -500,6 +535,7 @@ char *metrics_render(bool om, size_t *len)
 
     m_render_hbone(&b, om);
     m_render_xds(&b, om);
+    m_render_inpod(&b, om);
 
     long fds = m_open_fds();
     if (fds >= 0) {

@@ -51,6 +51,12 @@ void metrics_socket_close(bool inbound);
 /* Sets the tag label of istio_build{component="ztunnel",tag=...} (copied; default "unknown"). Call before
  * the first render. */
 void metrics_set_build_tag(const char *tag);
+/* Shared mode's pod proxy metrics (istio/ztunnel src/inpod/metrics.rs, registered under istio_): the pods
+ * served and waiting for a retry, and proxies started and stopped. Rendered once metrics_inpod_set ran. Any
+ * thread. */
+void metrics_inpod_set(uint64_t active, uint64_t pending);
+void metrics_inpod_started(void);
+void metrics_inpod_stopped(void);
 
 /* Renders every metric: OpenMetrics 1.0 (family names without _total in HELP/TYPE, "# EOF" last) when
  * openmetrics, else Prometheus text 0.0.4. Returns a malloc'd NUL-terminated buffer (caller frees) and its

@@ -276,10 +276,15 @@ def test_traffic_carries_each_pods_own_identity(shared, served):
     assert wait_for(lambda: want <= inbound_ids(served[1]), timeout=10), inbound_ids(served[1])
     back = (m.pod("n2p1").spiffe, m.pod("n1p2").spiffe)
     assert wait_for(lambda: back in inbound_ids(served[0]), timeout=10), inbound_ids(served[0])
-    # One certificate per service account, both on the one ztunnel.
-    certs = http_request(m.topo.nodes[0], "127.0.0.1", 15000, "/config_dump")[2].decode()
-    for p in shared.pods(1):
-        assert p.spiffe in certs
+    # One certificate per service account, both on the one ztunnel; workloadState lists the pods served
+    # (Istio's shape: uid -> {state, info}); the proxy gauges count them.
+    dump = json.loads(http_request(m.topo.nodes[0], "127.0.0.1", 15000, "/config_dump")[2])
+    assert {c["identity"] for c in dump["certificates"]} >= {p.spiffe for p in shared.pods(1)}
+    assert dump["workloadState"] == {p.uid: {"state": "Up", "info": {"name": p.name, "namespace": p.namespace,
+                                                                    "serviceAccount": p.sa}}
+                                     for p in shared.pods(1)}, dump["workloadState"]
+    metrics = http_request(m.topo.nodes[0], "127.0.0.1", 15020, "/metrics")[2].decode()
+    assert "\nistio_active_proxy_count 2\n" in metrics and "\nistio_pending_proxy_count 0\n" in metrics, metrics
 
 
 def test_del_closes_only_that_pods_connections(shared, served):
@@ -306,6 +311,10 @@ def test_del_closes_only_that_pods_connections(shared, served):
         assert {15001, 15006, 15008} <= _listening(t, b.netns)
         assert any(l.get("message") == "pod removed, closing its connections" and l.get("name") == a.name
                    for l in shared.log_json(served[0]))
+        metrics = http_request(t.nodes[0], "127.0.0.1", 15020, "/metrics")[2].decode()
+        assert "\nistio_active_proxy_count 1\n" in metrics and "\nistio_proxies_stopped_total 1\n" in metrics
+        dump = json.loads(http_request(t.nodes[0], "127.0.0.1", 15000, "/config_dump")[2])
+        assert list(dump["workloadState"]) == [b.uid]
     finally:
         sa.close()
         sb.close()

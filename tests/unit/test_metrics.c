@@ -376,7 +376,7 @@ static void test_config_dump(void **state)
 {
     struct snapshot *s = load_ok(mesh_yaml);
     size_t len = 0;
-    char *d = config_dump_render(s, NULL, 0, &len);
+    char *d = config_dump_render(s, NULL, 0, NULL, -1, &len);
     assert_non_null(d);
     assert_int_equal(strlen(d), len);
     assert_non_null(strstr(d, "\"workloadIps\": [\n        \"10.0.0.1\"\n      ],"));
@@ -399,6 +399,19 @@ static void test_config_dump(void **state)
     assert_non_null(strstr(d, "\"action\": \"Deny\""));
     assert_non_null(strstr(d, "\"certificates\": []\n}\n"));
     assert_null(strstr(d, "\"trustDomain\": \"\""));
+    assert_null(strstr(d, "workloadState")); /* dedicated mode has none */
+    free(d);
+
+    /* Shared mode: the pods served, keyed by uid (istio/ztunnel src/inpod/admin.rs). */
+    struct admin_pod pods[1] = {{.uid = "Kubernetes//Pod/app/a\"b", .name = "a", .ns = "app", .sa = "sa", .state = "Up"}};
+    d = config_dump_render(NULL, NULL, 0, pods, 1, NULL);
+    assert_non_null(d);
+    assert_non_null(strstr(d, "\"workloadState\": {\n    \"Kubernetes//Pod/app/a\\\"b\": {\n      \"state\": \"Up\",\n"
+                              "      \"info\": {\n        \"name\": \"a\",\n        \"namespace\": \"app\",\n"
+                              "        \"serviceAccount\": \"sa\"\n      }\n    }\n  }\n}\n"));
+    free(d);
+    d = config_dump_render(NULL, NULL, 0, pods, 0, NULL);
+    assert_non_null(strstr(d, "\"workloadState\": {}"));
     free(d);
 
     /* A real certificate: leaf in certChain, root in rootCerts, decimal serial, RFC 3339 times. */
@@ -418,7 +431,7 @@ static void test_config_dump(void **state)
     snprintf(st[1].uri, sizeof(st[1].uri), "spiffe://cluster.local/ns/app/sa/other");
     snprintf(st[1].error, sizeof(st[1].error), "CA unreachable");
     assert_int_equal(identity_new(c, &st[0].cur, err, sizeof(err)), 0);
-    d = config_dump_render(NULL, st, 2, NULL);
+    d = config_dump_render(NULL, st, 2, NULL, -1, NULL);
     assert_non_null(d);
     assert_non_null(strstr(d, "\"workloads\": [],"));
     assert_non_null(strstr(d, "\"identity\": \"spiffe://cluster.local/ns/app/sa/server\",\n"
