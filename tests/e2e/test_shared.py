@@ -315,6 +315,9 @@ def test_del_closes_only_that_pods_connections(shared, served):
         assert "\nistio_active_proxy_count 1\n" in metrics and "\nistio_proxies_stopped_total 1\n" in metrics
         dump = json.loads(http_request(t.nodes[0], "127.0.0.1", 15000, "/config_dump")[2])
         assert list(dump["workloadState"]) == [b.uid]
+        # a was the last pod of its service account here: its certificate is forgotten, b's stays.
+        ids = {c["identity"] for c in dump["certificates"]}
+        assert a.spiffe not in ids and b.spiffe in ids, ids
     finally:
         sa.close()
         sb.close()
