@@ -28,7 +28,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
-SCENARIOS = ("direct", "floor", "haproxy", "zmesh")
+SCENARIOS = ("direct", "floor", "haproxy", "zmesh", "shared")
 # Targets (zmesh against the baselines measured in the same run).
 TARGET_TPUT_VS_HAPROXY = 2.5    # zmesh throughput >= 2.5x HAProxy's
 TARGET_RTT_VS_DIRECT = 2.5      # zmesh RTT p50 <= 2.5x direct
@@ -398,8 +398,8 @@ def redirected_conns(ns, port):
     return total
 
 
-def scenario_zmesh(t, procs, args):
-    zts = t.start_zmesh(procs)
+def scenario_zmesh(t, procs, args, shared=False):
+    zts = t.start_zmesh(procs, shared=shared)
     try:
         before = redirected_conns(t.ns_a, 15001)
         res = measure(t.ns_a, t.ip_b, APP_RTT, APP_IPERF, [z.pid for z in zts], args)
@@ -461,8 +461,10 @@ class Topology:
             cert, key = self.t.mint(pod.spiffe, "haproxy-" + pod.name)
             write_pem(pem, open(cert).read(), open(key).read())
 
-    def start_zmesh(self, procs):
-        """In-pod rules on both pods and a dedicated ztunnel per pod; returns the ztunnel processes."""
+    def start_zmesh(self, procs, shared=False):
+        """In-pod rules on both pods and a dedicated ztunnel per pod, or (shared) one shared ztunnel per node
+        in the node's namespace, handed its pod over ZDS by a Python node agent (tests/e2e/zds_agent.py);
+        returns the ztunnel processes."""
         cfg = self.t.write_config(self.t.config_yaml())
         env = {}
         if self.args.ztunnel_workers:
@@ -473,12 +475,39 @@ class Topology:
         try:
             for pod in (self.pod_a, self.pod_b):
                 # ip netns exec execs ztunnel in place, so the Popen pid is ztunnel itself.
-                self.zts.append(self.t.start_ztunnel(pod, cfg, env=env, log_format="text"))
+                if shared:
+                    self.zts.append(self._start_shared(pod, cfg, env))
+                else:
+                    self.zts.append(self.t.start_ztunnel(pod, cfg, env=env, log_format="text"))
         except RuntimeError as e:
             raise BenchError(str(e))
         self.zmesh_info = {"ztunnel_threads": [threads_of(z.pid) for z in self.zts],
                            "ztunnel_worker_env": self.args.ztunnel_workers or "default"}
         return self.zts
+
+    def _start_shared(self, pod, cfg, env):
+        import zds_agent  # tests/e2e/zds_agent.py
+        path = os.path.join(self.workdir, f"zds-{pod.name}.sock")
+        if os.path.exists(path):
+            os.unlink(path)
+        agent = zds_agent.Agent(zds_agent.stubs(), path)
+        e = dict(os.environ, PROXY_MODE="shared", INPOD_UDS=path, LOCAL_XDS_PATH=cfg, LOCAL_CA_DIR=self.t.ca(),
+                 LOG_FORMAT="plain", RUST_LOG="info")
+        e.pop("PROXY_WORKLOAD_INFO", None)
+        e.update(env)
+        log_path = os.path.join(self.workdir, f"ztunnel-shared-{pod.name}.log")
+        with open(log_path, "ab") as log_f:
+            proc = self.t.popen(pod.node_netns, [os.path.join(self.t.bin_dir(), "ztunnel")], env=e,
+                                stdout=log_f, stderr=log_f, stdin=subprocess.DEVNULL)
+        proc.log_path = log_path
+        try:
+            conn = agent.serve([pod])
+        except (OSError, AssertionError) as ex:
+            raise RuntimeError(f"shared ztunnel on {pod.node_netns} did not take {pod.name}: {ex}")
+        self.zds_conns = getattr(self, "zds_conns", []) + [conn, agent]
+        if not self.t.wait_listen(pod.netns, (15001, 15006, 15008), 10, proc):
+            raise RuntimeError(f"shared ztunnel did not listen in {pod.netns}")
+        return proc
 
     def stop_zmesh(self, procs):
         if self.t is None:
@@ -486,6 +515,9 @@ class Topology:
         for z in self.zts:
             self.t.stop(z)
         self.zts = []
+        for c in getattr(self, "zds_conns", []):
+            (c.lsock if hasattr(c, "lsock") else c.sock).close()
+        self.zds_conns = []
         for pod in getattr(self, "rules_on", []):
             try:
                 self.t.inpod_rules(pod, remove=True)
@@ -1245,6 +1277,10 @@ def report(results, args):
         z = results["zmesh"]
         print(f"zmesh: one dedicated ztunnel per pod, threads per process {z.get('ztunnel_threads')} "
               f"(ZTUNNEL_WORKER_THREADS={z.get('ztunnel_worker_env')})")
+    if ok("shared"):
+        z = results["shared"]
+        print(f"shared: one shared ztunnel per node (PROXY_MODE=shared, the pod handed over ZDS), threads per "
+              f"process {z.get('ztunnel_threads')}")
     print()
 
     def fig(s):
@@ -1255,10 +1291,21 @@ def report(results, args):
     # Every figure of each proxied scenario as a ratio to direct and to the floor (CPU per GB: direct has no
     # proxy, so against the floor as a ratio and as a difference).
     names = {"tput": "throughput", "p50": "RTT p50", "p99": "RTT p99", "cpu": "CPU-s/GB"}
+    if ok("shared") and ok("zmesh"):
+        # Shared mode must not be slower than dedicated within noise: the same data path, with sockets on the
+        # pod's side made in its namespace.
+        a, b = fig("shared"), fig("zmesh")
+        for k in ("tput", "p50", "p99", "cpu"):
+            v = ratio(a[k], b[k])
+            if v is not None:
+                ratios[f"shared_vs_dedicated_{k}"] = v
+        print("shared / dedicated: " + ", ".join(f"{names[k]} {fmt(ratios.get(f'shared_vs_dedicated_{k}'), '.2f')}"
+                                                 for k in ("tput", "p50", "p99", "cpu")))
+        print()
     base = {b: fig(b) for b in ("direct", "floor") if ok(b)}
-    if base and any(ok(s) for s in ("floor", "haproxy", "zmesh")):
+    if base and any(ok(s) for s in ("floor", "haproxy", "zmesh", "shared")):
         print(f"{'ratio':<22} {'value':>9} {'x direct':>9} {'x floor':>9} {'- floor':>9}")
-        for s in ("floor", "haproxy", "zmesh"):
+        for s in ("floor", "haproxy", "zmesh", "shared"):
             if not ok(s):
                 continue
             f = fig(s)
@@ -1278,8 +1325,8 @@ def report(results, args):
         # (see bench/README.md, "Latency floor"), so the ratio of best rounds compares like with like.
         if args.repeat > 1 and "floor" in base:
             best = {s: min(x["p50_us"] for x in results[s]["rounds"]["rtt"])
-                    for s in ("direct", "floor", "haproxy", "zmesh") if ok(s) and "rounds" in results[s]}
-            for s in ("haproxy", "zmesh"):
+                    for s in ("direct", "floor", "haproxy", "zmesh", "shared") if ok(s) and "rounds" in results[s]}
+            for s in ("haproxy", "zmesh", "shared"):
                 if s in best and "floor" in best:
                     ratios[f"{s}_vs_floor_p50_best_round"] = best[s] / best["floor"]
                     print(f"{s + ' RTT p50 best':<22} {best[s]:9.2f} "
@@ -1354,7 +1401,8 @@ def host_info():
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="zmesh vs HAProxy vs direct TCP, pod to pod across two nodes")
     ap.add_argument("--only", default=",".join(SCENARIOS),
-                    help="comma-separated scenarios to run, of: direct,floor,haproxy,zmesh (default: all)")
+                    help="comma-separated scenarios to run, of: direct,floor,haproxy,zmesh,shared (default: all; "
+                         "zmesh is dedicated mode, shared one ztunnel per node)")
     ap.add_argument("--time", type=int, default=5, help="iperf3 seconds per scenario (default 5)")
     ap.add_argument("--rtt-count", type=int, default=20000, help="timed 1-byte round trips (default 20000)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -1453,7 +1501,8 @@ def main(argv):
                 log(f"scenario {s}")
                 args.scenario = s
                 fn = {"direct": scenario_direct, "floor": scenario_floor, "haproxy": scenario_haproxy,
-                      "zmesh": scenario_zmesh}[s]
+                      "zmesh": scenario_zmesh,
+                      "shared": lambda t, procs, args: scenario_zmesh(t, procs, args, shared=True)}[s]
                 try:
                     results[s] = fn(t, procs, args)
                 except BenchError as e:

@@ -30,7 +30,7 @@ import bench  # noqa: E402  (bench/bench.py: Procs, Topology adapter, helpers)
 from bench import BenchError, log, nsexec, run, wait_listen  # noqa: E402
 
 ROOT = bench.ROOT
-SCENARIOS = ("direct", "floor", "haproxy", "zmesh")
+SCENARIOS = ("direct", "floor", "haproxy", "zmesh", "shared")
 TARGET_RATE_VS_DIRECT = 0.3     # zmesh new connections/s >= 0.3x direct
 TARGET_IDLE_RSS_KB = 4096       # one idle ztunnel <= 4 MB
 TARGET_KB_PER_CONN = 4.0        # both ztunnels together <= 4 KB per open idle connection
@@ -346,11 +346,11 @@ def check_captured(t, before, expected):
     return captured
 
 
-def scenario_zmesh(t, procs, args):
+def scenario_zmesh(t, procs, args, shared=False):
     # Rate first, on fresh ztunnels; then the memory test on another fresh pair, so that its idle figure is
     # "right after start" and the rate rounds do not start with the hold test's 10 000 closing connections.
     res = {}
-    zts = t.start_zmesh(procs)
+    zts = t.start_zmesh(procs, shared=shared)
     pids = [z.pid for z in zts]
     try:
         res["nofile"] = [nofile_limit(p) for p in pids]
@@ -363,7 +363,7 @@ def scenario_zmesh(t, procs, args):
         t.stop_zmesh(procs)
     if args.skip_memory:
         return res
-    zts = t.start_zmesh(procs)
+    zts = t.start_zmesh(procs, shared=shared)
     pids = [z.pid for z in zts]
     try:
         before = bench.redirected_conns(t.ns_a, 15001)
@@ -428,6 +428,15 @@ def report(results, args):
     print(f"\nrate: {args.threads} client threads, {args.time}s per round, {args.repeat} round(s), medians; "
           f"memory: {args.conns} idle connections, each proven by a 1-byte echo")
     ratios, checks = {}, {}
+    if ok("shared") and ok("zmesh"):
+        v = results["shared"]["rate"]["conns_per_s"] / results["zmesh"]["rate"]["conns_per_s"]
+        ratios["shared_vs_dedicated_rate"] = v
+        kb_s = (results["shared"].get("memory") or {}).get("kb_per_conn")
+        kb_d = (results["zmesh"].get("memory") or {}).get("kb_per_conn")
+        if kb_s and kb_d:
+            ratios["shared_vs_dedicated_kb_per_conn"] = kb_s / kb_d
+        print(f"shared / dedicated: connection rate {v:.2f}"
+              + (f", KB per connection {kb_s / kb_d:.2f}" if kb_s and kb_d else ""))
     for s in ("floor", "haproxy"):
         if ok("direct") and ok(s):
             ratios[f"{s}_vs_direct_rate"] = results[s]["rate"]["conns_per_s"] / results["direct"]["rate"]["conns_per_s"]
@@ -484,7 +493,7 @@ def report(results, args):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description="new-connection rate and memory per idle connection: "
                                  "direct TCP vs HAProxy mTLS pair vs zmesh", allow_abbrev=False)
-    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated of: direct,floor,haproxy,zmesh")
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated of: direct,floor,haproxy,zmesh,shared (zmesh: dedicated mode)")
     ap.add_argument("--rate-time", dest="time", type=int, default=5, help="seconds per rate round (default 5)")
     ap.add_argument("--threads", type=int, default=4, help="conn_rate client threads (default 4)")
     ap.add_argument("--repeat", type=int, default=1, help="rate rounds per scenario, medians (default 1)")
@@ -584,7 +593,8 @@ def main(argv):
                     continue
                 log(f"scenario {s}")
                 fn = {"direct": scenario_direct, "floor": scenario_floor, "haproxy": scenario_haproxy,
-                      "zmesh": scenario_zmesh}[s]
+                      "zmesh": scenario_zmesh,
+                      "shared": lambda t, procs, args: scenario_zmesh(t, procs, args, shared=True)}[s]
                 try:
                     results[s] = fn(t, procs, args)
                 except BenchError as e:
