@@ -5,12 +5,14 @@
 #        bench/run.sh tput [options]     bench.py only: [--only direct,haproxy,zmesh] [--time N] [--repeat N] ...
 #        bench/run.sh conns [options]    conns.py only: [--only ...] [--rate-time N] [--conns N] [--repeat N] ...
 #        bench/run.sh cp [options]       cp.py only (control plane, zmeshd): [--only ztunnels,sim,scale,ca] ...
+#        bench/run.sh pods [options]     pods.py only (shared-mode ztunnel RSS per pod): [--pods N] ...
 set -e
 cd "$(dirname "$0")/.."
 case "$1" in
     tput) shift; exec /usr/bin/python3 bench/bench.py "$@" ;;
     conns) shift; exec /usr/bin/python3 bench/conns.py "$@" ;;
     cp) shift; exec /usr/bin/python3 bench/cp.py "$@" ;;
+    pods) shift; exec /usr/bin/python3 bench/pods.py "$@" ;;
 esac
 # Both: conns.py accepts bench.py's options (and ignores those it does not know) when ZMESH_BENCH_BOTH is set;
 # bench.py gets only its own, so conns.py's own options need `bench/run.sh conns`.
