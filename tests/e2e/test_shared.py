@@ -334,3 +334,37 @@ def test_node_token_obtains_only_its_own_nodes_identities(cp_shared):
         conn.close()
     finally:
         t.stop(proc)
+
+
+def test_failed_start_is_nacked_and_retried(shared):
+    """A pod whose ports are taken (here by a plain listener on 15006 without SO_REUSEPORT) cannot be served:
+    the Add is NACKed with Istio's prefix and the reason, readiness waits, and the start is retried every 5 s
+    until it works."""
+    t = shared.mesh.topo
+    p1, p2 = shared.pods(1)
+    holder = subprocess.Popen(["ip", "netns", "exec", p1.netns, "python3", "-c",
+                               "import socket,sys,time\n"
+                               "s=socket.socket(socket.AF_INET6);s.bind(('::',15006));s.listen();"
+                               "print('up',flush=True);time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    proc = shared.start(1)
+    try:
+        assert holder.stdout.readline().strip() == "up"
+        conn = shared.agents[1].accept()
+        err = conn.add(p1)
+        assert err.startswith("failure to start proxy : listen on port 15006: Address already in use"), err
+        assert conn.add(p2) == ""
+        assert conn.snapshot_sent() == ""
+        node = t.nodes[0]
+        st, body = _ready(node, t)
+        assert st == 500 and "workload proxy manager" in body, (st, body)
+        holder.kill()
+        holder.wait()
+        # The retry (ZDS_RETRY_MS) serves it; nothing is sent to the agent (no unsolicited messages).
+        assert t.wait_listen(p1.netns, (15001, 15006, 15008), 15, proc), tail(proc.log_path)
+        assert wait_for(lambda: _ready(node, t)[0] == 200, timeout=10), _ready(node, t)
+        assert conn.recv(timeout=0.3) is None
+        conn.close()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        t.stop(proc)
