@@ -1,4 +1,5 @@
-/* The delta ADS client (see ads_client.h): the generic delta client (delta_client.h) over the resource store. */
+/* The delta ADS client (see ads_client.h): the generic delta client (delta_client.h) over the resource store.
+ */
 #include "xds/ads_client.h"
 
 #include <errno.h>
@@ -34,7 +35,8 @@ static int apply(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryRe
     return xds_store_apply(c->store, resp, &c->snap, nack);
 }
 
-static int initial_versions(void *ud, const char *type_url, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
+static int initial_versions(void *ud, const char *type_url,
+                            Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
     struct xds_client *c = ud;
     return xds_store_initial_versions(c->store, type_url, req);

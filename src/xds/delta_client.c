@@ -263,8 +263,8 @@ int xds_delta_new(struct loop *l, const struct xds_delta_opts *o, const struct x
     c->backoff_ms = XDS_CLIENT_BACKOFF_INITIAL_MS;
     if ((rc = xds_endpoint_new(&o->endpoint, o->err_prefix ? o->err_prefix : "XDS", &c->ep, err, errlen)) < 0)
         goto fail;
-    if ((rc = xds_node_new_kind(o->node_kind ? o->node_kind : XDS_NODE_KIND_ZTUNNEL, &o->node, o->endpoint.envp,
-                                &c->node, err, errlen)) < 0)
+    if ((rc = xds_node_new_kind(o->node_kind ? o->node_kind : XDS_NODE_KIND_ZTUNNEL, &o->node,
+                                o->endpoint.envp, &c->node, err, errlen)) < 0)
         goto fail;
     timer_start(l, &c->retry, 0);
     *out = c;

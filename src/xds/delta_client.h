@@ -27,7 +27,8 @@
 /* Most types one client subscribes to. */
 #define XDS_DELTA_MAX_TYPES 8
 
-/* How streams ended, for Istio's istio_xds_connection_terminations metric (istio/ztunnel src/xds/metrics.rs). */
+/* How streams ended, for Istio's istio_xds_connection_terminations metric (istio/ztunnel src/xds/metrics.rs).
+ */
 enum xds_term_reason {
     XDS_TERM_CONNECTION_ERROR, /* the connection could not be made (connect, TLS, identity) */
     XDS_TERM_ERROR,            /* a status Istio backs off after */
@@ -47,11 +48,11 @@ struct xds_delta_metrics {
 
 struct xds_delta_ops {
     /* Applies one response of one of the client's types (borrowed for the call). *nack: NULL for an ACK, else
-     * a malloc'd error_detail.message the client frees. Returns 0, or -ENOMEM (the client NACKs "out of memory"
-     * when no text was given). Required. */
+     * a malloc'd error_detail.message the client frees. Returns 0, or -ENOMEM (the client NACKs "out of
+     * memory" when no text was given). Required. */
     int (*apply)(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp, char **nack);
-    /* Fills req->initial_resource_versions for type_url (a new stream's first request of the type); the client
-     * sends req, then calls initial_versions_clear. Returns 0 or -ENOMEM. NULL: none sent. */
+    /* Fills req->initial_resource_versions for type_url (a new stream's first request of the type); the
+     * client sends req, then calls initial_versions_clear. Returns 0 or -ENOMEM. NULL: none sent. */
     int (*initial_versions)(void *ud, const char *type_url,
                             Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
     void (*initial_versions_clear)(void *ud, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
@@ -67,9 +68,9 @@ struct xds_delta_opts {
     /* The Node: xds_node_new_kind(node_kind, &node, endpoint.envp); node_kind NULL = "ztunnel". */
     const char *node_kind;
     struct xds_node_info node;
-    const char *const *type_urls; /* subscribed in this order; strings borrowed for the client's life */
-    size_t n_types;               /* 1..XDS_DELTA_MAX_TYPES */
-    const char *name;             /* for log lines: "XDS client", "enrolment client" */
+    const char *const *type_urls;      /* subscribed in this order; strings borrowed for the client's life */
+    size_t n_types;                    /* 1..XDS_DELTA_MAX_TYPES */
+    const char *name;                  /* for log lines: "XDS client", "enrolment client" */
     struct xds_delta_metrics *metrics; /* NULL: not counted */
 };
 

@@ -79,14 +79,16 @@ static void entry_remove(struct enrol_client *c, struct enrol_entry *e)
     entry_free(e);
 }
 
-/* The NACK text: "name: reason" entries joined by "; " (as ztunnel's client.rs), at most XDS_NACK_MAX bytes. */
+/* The NACK text: "name: reason" entries joined by "; " (as ztunnel's client.rs), at most XDS_NACK_MAX bytes.
+ */
 struct nack {
     FILE *f;
     char *text;
     size_t len, entries, dropped;
 };
 
-static void nack_add(struct nack *k, const char *name, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void nack_add(struct nack *k, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void nack_add(struct nack *k, const char *name, const char *fmt, ...)
 {
     char why[512];
@@ -187,7 +189,8 @@ static int apply(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryRe
             e->version = version;
             continue;
         }
-        if (!(e = calloc(1, sizeof(*e))) || !(e->name = strdup(r->name)) || !tsearch(e, &c->root, cmp_entry)) {
+        if (!(e = calloc(1, sizeof(*e))) || !(e->name = strdup(r->name)) ||
+            !tsearch(e, &c->root, cmp_entry)) {
             if (e) free(e->name);
             free(e);
             free(version);
@@ -222,7 +225,8 @@ static int apply(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryRe
     return rc;
 }
 
-static int initial_versions(void *ud, const char *type_url, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
+static int initial_versions(void *ud, const char *type_url,
+                            Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
     struct enrol_client *c = ud;
     (void)type_url;
@@ -241,7 +245,8 @@ static int initial_versions(void *ud, const char *type_url, Envoy__Service__Disc
     }
     size_t i = 0;
     for (struct enrol_entry *e = c->head; e; e = e->nxt, i++) {
-        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(&ents[i]);
+        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(
+            &ents[i]);
         ents[i].key = e->name;
         ents[i].value = e->version;
         pp[i] = &ents[i];

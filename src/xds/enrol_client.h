@@ -23,19 +23,20 @@
 
 /* One pod as zmeshd sees it. Strings are borrowed for the on_update call. */
 struct enrol_pod {
-    const char *uid;             /* metadata.uid (K8S_POD_UID); "" when the manifest has none */
+    const char *uid; /* metadata.uid (K8S_POD_UID); "" when the manifest has none */
     const char *name, *namespace_;
     const char *service_account; /* never "" (zmeshd writes "default" for a pod without one) */
     const char *node;            /* spec.nodeName; "" while unscheduled */
     bool ambient;                /* redirect it and hand it to ztunnel */
-    const char *reason;          /* why (enrolment.proto: "pod-label", "namespace-label", "pod-opt-out", ...) */
+    const char *reason; /* why (enrolment.proto: "pod-label", "namespace-label", "pod-opt-out", ...) */
 };
 
 struct enrol_client_ops {
     /* After every response (ACKed or NACKed): every retained pod on the client's node (all pods when
      * node_name is empty), sorted by namespace then name. pods and its strings are borrowed for the call. */
     void (*on_update)(void *ud, const struct enrol_pod *pods, size_t n);
-    /* The first response arrived (on any stream): the set is complete. Once, after that response's on_update. */
+    /* The first response arrived (on any stream): the set is complete. Once, after that response's on_update.
+     */
     void (*on_synced)(void *ud);
 };
 

@@ -32,6 +32,7 @@ struct xds_node_info {
  * Returns 0, -EINVAL or -ENOMEM. */
 int xds_node_new(const struct xds_node_info *info, char *const *envp, Envoy__Config__Core__V3__Node **out,
                  char *err, size_t errlen);
-/* The same with another proxy type as the id's first part: "<kind>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local". */
+/* The same with another proxy type as the id's first part: "<kind>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local".
+ */
 int xds_node_new_kind(const char *kind, const struct xds_node_info *info, char *const *envp,
                       Envoy__Config__Core__V3__Node **out, char *err, size_t errlen);

@@ -35,7 +35,7 @@ int zmeshd_enrolments(const struct manifest_store *st, const struct k8s_options 
     const struct k8s_pod *pods = manifest_pods(st, &n_pods);
     const struct k8s_namespace *nss = manifest_namespaces(st, &n_ns);
     const char *root = opts && opts->root_namespace && *opts->root_namespace ? opts->root_namespace
-                                                                              : K8S_DEFAULT_ROOT_NAMESPACE;
+                                                                             : K8S_DEFAULT_ROOT_NAMESPACE;
     /* Namespaces by name (the store keeps one per name), so n pods cost O(n log m), not O(n m). */
     const struct k8s_namespace **ix = malloc((n_ns ? n_ns : 1) * sizeof(*ix));
     struct zmeshd_enrolment *v = calloc(n_pods ? n_pods : 1, sizeof(*v));
@@ -54,7 +54,8 @@ int zmeshd_enrolments(const struct manifest_store *st, const struct k8s_options 
         m.uid = (char *)p->meta.uid;
         m.name = (char *)p->meta.name;
         m.namespace_ = (char *)p->meta.namespace_;
-        m.service_account = (char *)(*p->service_account ? p->service_account : ZMESHD_DEFAULT_SERVICE_ACCOUNT);
+        m.service_account =
+            (char *)(*p->service_account ? p->service_account : ZMESHD_DEFAULT_SERVICE_ACCOUNT);
         m.node_name = (char *)p->node_name;
         m.ambient = k8s_enrolment_ambient(e);
         m.reason = (char *)k8s_enrolment_to_str(e);

@@ -26,8 +26,8 @@ struct zmeshd_enrolment {
 };
 
 /* Computes and serializes the enrolment of every pod of st (opts: the root namespace, where ztunnel pods are
- * recognized; NULL fields take k8s.h's defaults). On success *out is a malloc'd array of *n entries, freed with
- * zmeshd_enrolments_free. Returns 0 or -ENOMEM (*out NULL). */
+ * recognized; NULL fields take k8s.h's defaults). On success *out is a malloc'd array of *n entries, freed
+ * with zmeshd_enrolments_free. Returns 0 or -ENOMEM (*out NULL). */
 int zmeshd_enrolments(const struct manifest_store *st, const struct k8s_options *opts,
                       struct zmeshd_enrolment **out, size_t *n);
 void zmeshd_enrolments_free(struct zmeshd_enrolment *v, size_t n);

@@ -778,19 +778,22 @@ enum k8s_enrolment k8s_pod_enrolment(const struct k8s_pod *pod, const struct k8s
 {
     const struct k8s_meta *m = &pod->meta;
     /* Matches' order: host network, then a sidecar, then the selectors; ztunnel pods are left out by the
-     * agent's callers (IsZtunnelPod), checked here before the labels so a labelled namespace never enrols one. */
+     * agent's callers (IsZtunnelPod), checked here before the labels so a labelled namespace never enrols
+     * one. */
     if (pod->host_network) return K8S_ENROL_HOST_NETWORK;
     if (k8s_kv_get(m->annotations, m->n_annotations, K8S_ANNOTATION_SIDECAR_STATUS)) return K8S_ENROL_SIDECAR;
     const char *app = k8s_kv_get(m->labels, m->n_labels, "app");
     if (system_ns && !strcmp(m->namespace_, system_ns) && app && !strcmp(app, K8S_ZTUNNEL_APP))
         return K8S_ENROL_ZTUNNEL;
-    /* Selector 1: podSelector {dataplane-mode: ambient}, any namespace. Selector 2: podSelector dataplane-mode
-     * NotIn [none] (an absent label matches NotIn), namespaceSelector {dataplane-mode: ambient}. */
+    /* Selector 1: podSelector {dataplane-mode: ambient}, any namespace. Selector 2: podSelector
+     * dataplane-mode NotIn [none] (an absent label matches NotIn), namespaceSelector {dataplane-mode:
+     * ambient}. */
     const char *pv = k8s_kv_get(m->labels, m->n_labels, K8S_LABEL_DATAPLANE_MODE);
     if (pv && !strcmp(pv, K8S_DATAPLANE_AMBIENT)) return K8S_ENROL_POD_LABEL;
     const char *nv = ns ? k8s_kv_get(ns->meta.labels, ns->meta.n_labels, K8S_LABEL_DATAPLANE_MODE) : NULL;
     bool ns_ambient = nv && !strcmp(nv, K8S_DATAPLANE_AMBIENT);
-    if (pv && !strcmp(pv, K8S_DATAPLANE_NONE)) return ns_ambient ? K8S_ENROL_POD_OPT_OUT : K8S_ENROL_NOT_LABELLED;
+    if (pv && !strcmp(pv, K8S_DATAPLANE_NONE))
+        return ns_ambient ? K8S_ENROL_POD_OPT_OUT : K8S_ENROL_NOT_LABELLED;
     return ns_ambient ? K8S_ENROL_NAMESPACE_LABEL : K8S_ENROL_NOT_LABELLED;
 }
 
@@ -864,10 +867,10 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
     w.ips = ips;
     w.n_ips = pod->ips.n;
     const struct k8s_namespace *ns = find_namespace(c->st, &ix->ns, pod->meta.namespace_);
-    /* istiod sets HBONE once the CNI agent has annotated the pod ambient.istio.io/redirection: enabled, which it
-     * does for the pods its rule enrols; zmeshd applies the same rule (k8s_pod_enrolment) directly. */
+    /* istiod sets HBONE once the CNI agent has annotated the pod ambient.istio.io/redirection: enabled, which
+     * it does for the pods its rule enrols; zmeshd applies the same rule (k8s_pod_enrolment) directly. */
     w.protocol = k8s_enrolment_ambient(k8s_pod_enrolment(pod, ns, c->o.root_namespace)) ? WL_PROTO_HBONE
-                                                                                         : WL_PROTO_TCP;
+                                                                                        : WL_PROTO_TCP;
     w.trust_domain = c->o.trust_domain;
     w.service_account = pod->service_account;
     w.node = pod->node_name;

@@ -55,7 +55,8 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
  * manifests/charts/istio-cni/values.yaml ambient.enablementSelectors): never a host-network pod (its netns is
  * the node's), a pod with a sidecar or a ztunnel pod; else the pod's label istio.io/dataplane-mode=ambient
  * alone enrols it (whatever its namespace), the pod's label "none" opts it out, and the namespace's label
- * "ambient" enrols the others. The CNI agent's EXCLUDE_NAMESPACES is the agent's own setting, not applied here. */
+ * "ambient" enrols the others. The CNI agent's EXCLUDE_NAMESPACES is the agent's own setting, not applied
+ * here. */
 enum k8s_enrolment {
     K8S_ENROL_POD_LABEL,       /* ambient: the pod's label */
     K8S_ENROL_NAMESPACE_LABEL, /* ambient: the namespace's label */

@@ -1,5 +1,5 @@
-/* zmeshd's PodEnrolment resources (src/zmeshd/enrolment.c, the rule k8s_pod_enrolment in k8s.c): manifests in,
- * serialized zmesh.v1.PodEnrolment out, decoded back with protoc-c and checked against Istio's CNI rule
+/* zmeshd's PodEnrolment resources (src/zmeshd/enrolment.c, the rule k8s_pod_enrolment in k8s.c): manifests
+ * in, serialized zmesh.v1.PodEnrolment out, decoded back with protoc-c and checked against Istio's CNI rule
  * (istio/istio cni/pkg/util/enablement_selector.go and the default enablementSelectors of
  * manifests/charts/istio-cni/values.yaml); then the table zmeshd serves them from, to check that a namespace
  * label flipped changes exactly the pods whose enrolment changed and a reload that changes nothing pushes
@@ -22,25 +22,28 @@
 #include "zmeshd/k8s.h"
 #include "zmeshd/manifest.h"
 
-#define NS(name, labels) "apiVersion: v1\nkind: Namespace\nmetadata: {name: " name ", labels: {" labels "}}\n---\n"
-#define POD(ns, name, meta, spec, status)                                                                     \
-    "apiVersion: v1\nkind: Pod\nmetadata: {name: " name ", namespace: " ns meta "}\nspec: {containers: [{name: "  \
+#define NS(name, labels)                                                                                     \
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: " name ", labels: {" labels "}}\n---\n"
+#define POD(ns, name, meta, spec, status)                                                                    \
+    "apiVersion: v1\nkind: Pod\nmetadata: {name: " name ", namespace: " ns meta                              \
+    "}\nspec: {containers: [{name: "                                                                         \
     "c, image: i}]" spec "}\nstatus: {" status "}\n---\n"
 
 static const char *const PODS =
     POD("demo", "web-1", ", uid: 0f9c-1, labels: {app: web}", ", nodeName: node1, serviceAccountName: web",
         "phase: Running, podIP: 10.0.0.5")
-    POD("demo", "web-2", "", ", nodeName: node1", "phase: Pending")                            /* no IP yet */
-    POD("demo", "opt", ", labels: {istio.io/dataplane-mode: none}", ", nodeName: node1", "phase: Running, podIP: 10.0.0.6")
-    POD("demo", "done", "", ", nodeName: node1", "phase: Succeeded, podIP: 10.0.0.7")         /* terminated */
-    POD("demo", "failed", "", ", nodeName: node1", "phase: Failed")                           /* terminated */
+        POD("demo", "web-2", "", ", nodeName: node1", "phase: Pending") /* no IP yet */
+    POD("demo", "opt", ", labels: {istio.io/dataplane-mode: none}", ", nodeName: node1",
+        "phase: Running, podIP: 10.0.0.6")
+        POD("demo", "done", "", ", nodeName: node1", "phase: Succeeded, podIP: 10.0.0.7") /* terminated */
+    POD("demo", "failed", "", ", nodeName: node1", "phase: Failed")                       /* terminated */
     POD("demo", "hostnet", "", ", nodeName: node1, hostNetwork: true", "phase: Running, podIP: 192.168.0.1")
-    POD("demo", "sidecar", ", annotations: {sidecar.istio.io/status: '{}'}", ", nodeName: node2",
-        "phase: Running, podIP: 10.0.0.8")
-    POD("plain", "solo", ", labels: {istio.io/dataplane-mode: ambient}", ", nodeName: node2", "phase: Running")
-    POD("plain", "other", "", "", "phase: Pending")                                          /* unscheduled */
+        POD("demo", "sidecar", ", annotations: {sidecar.istio.io/status: '{}'}", ", nodeName: node2",
+            "phase: Running, podIP: 10.0.0.8")
+            POD("plain", "solo", ", labels: {istio.io/dataplane-mode: ambient}", ", nodeName: node2",
+                "phase: Running") POD("plain", "other", "", "", "phase: Pending") /* unscheduled */
     POD("istio-system", "ztunnel-x", ", labels: {app: ztunnel}", ", nodeName: node1", "phase: Running")
-    POD("nons", "lonely", "", ", nodeName: node1", "phase: Running");                        /* no Namespace */
+        POD("nons", "lonely", "", ", nodeName: node1", "phase: Running"); /* no Namespace */
 
 /* Namespaces before and after the flip: demo loses the label, plain and istio-system gain it. */
 static const char *const NS_BEFORE =
@@ -135,7 +138,8 @@ static void test_rule(void **state)
     got_free(&g);
 }
 
-/* The same rule decides the workloads' tunnel protocol, which istiod takes from the CNI agent's annotation. */
+/* The same rule decides the workloads' tunnel protocol, which istiod takes from the CNI agent's annotation.
+ */
 static void test_workload_protocol_follows_rule(void **state)
 {
     (void)state;
@@ -178,9 +182,9 @@ static void test_table_changes(void **state)
     struct ads_server *srv = NULL;
     char err[256];
     struct ads_diff d;
-    assert_int_equal(ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 3}, &srv, err,
-                                    sizeof(err)),
-                     0);
+    assert_int_equal(
+        ads_server_new(&(struct ads_server_opts){.type_urls = types, .n_types = 3}, &srv, err, sizeof(err)),
+        0);
     replace(srv, NS_BEFORE, &d);
     assert_int_equal(d.added, 9);
     replace(srv, NS_BEFORE, &d); /* a reload that changes nothing */
