@@ -35,6 +35,9 @@ NODE = "ztunnel~10.0.0.100~ztunnel-a.istio-system~istio-system.svc.cluster.local
 CNI_NODE = "istio-cni~10.0.0.2~istio-cni-node-x.istio-system~istio-system.svc.cluster.local"
 
 
+ENROL_PB = {}
+
+
 @pytest.fixture(scope="module")
 def pb(tmp_path_factory):
     import grpc_tools
@@ -53,7 +56,9 @@ def pb(tmp_path_factory):
         from zmesh import enrolment_pb2
     finally:
         sys.path.remove(out)
-    return discovery_pb2, discovery_pb2_grpc, workload_pb2, authorization_pb2, enrolment_pb2
+    # Other test files unpack the four modules; zmesh's own type is kept aside for this file's tests.
+    ENROL_PB["module"] = enrolment_pb2
+    return discovery_pb2, discovery_pb2_grpc, workload_pb2, authorization_pb2
 
 
 class Stream:
@@ -115,7 +120,7 @@ def xds(zmeshd_bin, work, pb):
         root = f.read()
     ch = grpc.secure_channel("127.0.0.1:%d" % port, grpc.ssl_channel_credentials(root_certificates=root),
                              options=[("grpc.ssl_target_name_override", ISTIOD)])
-    discovery_pb2, discovery_grpc, wl, az, enrol = pb
+    discovery_pb2, discovery_grpc, wl, az = pb
     stub = discovery_grpc.AggregatedDiscoveryServiceStub(ch)
     token = subprocess.run([zmeshd_bin, "token", "--sa", "istio-system/ztunnel", "--node", "node1",
                             "--state-dir", os.path.join(work, "state")], capture_output=True, text=True,
@@ -125,7 +130,7 @@ def xds(zmeshd_bin, work, pb):
         pass
     x = X()
     x.d, x.stub, x.pb, x.wl, x.az, x.token, x.manifests = d, stub, discovery_pb2, wl, az, token, manifests
-    x.enrol = enrol
+    x.enrol = ENROL_PB["module"]
     x.cni_token = subprocess.run([zmeshd_bin, "token", "--sa", "istio-system/istio-cni", "--node", "node1",
                                   "--state-dir", os.path.join(work, "state")], capture_output=True, text=True,
                                  check=True).stdout.strip()
