@@ -1,9 +1,7 @@
-/* The node agent's PodEnrolment client (see enrol_client.h). */
+/* The node agent's PodEnrolment client (see enrol_client.h): the delta client over an enrol_store. */
 #include "xds/enrol_client.h"
 
 #include <errno.h>
-#include <search.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,212 +10,22 @@
 #include "xds/delta_client.h"
 #include "xds/pb.h"
 #include "xds/store.h"
-#include "zmesh/enrolment.pb-c.h"
 
 static const char *const types[] = {PB_TYPE_URL_POD_ENROLMENT};
-
-/* One retained pod: the last accepted version of a name. */
-struct enrol_entry {
-    struct enrol_entry *prv, *nxt; /* first-seen order */
-    char *name, *version;
-    Zmesh__V1__PodEnrolment *m;
-};
 
 struct enrol_client {
     struct xds_delta *dc;
     const struct enrol_client_ops *ops;
     void *ud;
     char *node_name;
-    void *root; /* tsearch tree of struct enrol_entry by name */
-    struct enrol_entry *head, *tail;
-    size_t n;
+    struct enrol_store *store;
     unsigned long long acks, nacks;
 };
-
-static int cmp_entry(const void *a, const void *b)
-{
-    return strcmp(((const struct enrol_entry *)a)->name, ((const struct enrol_entry *)b)->name);
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(a, b);
-}
-
-static void noop_free(void *p)
-{
-    (void)p;
-}
-
-static struct enrol_entry *lookup(const struct enrol_client *c, const char *name)
-{
-    struct enrol_entry k = {.name = (char *)name};
-    void *p = tfind(&k, &c->root, cmp_entry);
-    return p ? *(struct enrol_entry **)p : NULL;
-}
-
-static void entry_free(struct enrol_entry *e)
-{
-    if (e->m) protobuf_c_message_free_unpacked(&e->m->base, NULL);
-    free(e->name);
-    free(e->version);
-    free(e);
-}
-
-static void entry_remove(struct enrol_client *c, struct enrol_entry *e)
-{
-    tdelete(e, &c->root, cmp_entry);
-    if (e->prv)
-        e->prv->nxt = e->nxt;
-    else
-        c->head = e->nxt;
-    if (e->nxt)
-        e->nxt->prv = e->prv;
-    else
-        c->tail = e->prv;
-    c->n--;
-    entry_free(e);
-}
-
-/* The NACK text: "name: reason" entries joined by "; " (as ztunnel's client.rs), at most XDS_NACK_MAX bytes.
- */
-struct nack {
-    FILE *f;
-    char *text;
-    size_t len, entries, dropped;
-};
-
-static void nack_add(struct nack *k, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void nack_add(struct nack *k, const char *name, const char *fmt, ...)
-{
-    char why[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof(why), fmt, ap);
-    va_end(ap);
-    if (!k->f && !(k->f = open_memstream(&k->text, &k->len))) {
-        k->dropped++;
-        return;
-    }
-    if (ftell(k->f) + strlen(name) + strlen(why) + 4 > XDS_NACK_MAX) {
-        k->dropped++;
-        return;
-    }
-    fprintf(k->f, "%s%s: %s", k->entries ? "; " : "", name, why);
-    k->entries++;
-}
-
-/* Finishes the text; NULL when nothing was rejected. */
-static char *nack_done(struct nack *k)
-{
-    if (!k->f) return NULL;
-    if (k->dropped) fprintf(k->f, "; ... and %zu more rejected", k->dropped);
-    fclose(k->f);
-    return k->text;
-}
-
-/* Decodes and checks one resource. Returns the message, or NULL with the NACK entry added. */
-static Zmesh__V1__PodEnrolment *decode(const Envoy__Service__Discovery__V3__Resource *r, struct nack *k)
-{
-    const char *name = r->name;
-    ProtobufCMessage *pm = NULL;
-    if (!r->resource) {
-        nack_add(k, name, "XDS payload without resource");
-        return NULL;
-    }
-    int rc = pb_any_unpack(r->resource, &zmesh__v1__pod_enrolment__descriptor, &pm);
-    if (rc == -EPROTOTYPE) {
-        nack_add(k, name, "resource of type %.200s in a response of type %s", r->resource->type_url,
-                 PB_TYPE_URL_POD_ENROLMENT);
-        return NULL;
-    }
-    if (rc < 0) {
-        nack_add(k, name, "decode: %s", rc == -ELOOP ? "nested too deep" : "not a zmesh.v1.PodEnrolment");
-        return NULL;
-    }
-    Zmesh__V1__PodEnrolment *m = (void *)pm;
-    size_t ln = strlen(m->namespace_), lm = strlen(m->name);
-    if (!lm || !ln) {
-        nack_add(k, name, "%s: missing", !ln ? "namespace" : "name");
-    } else if (strlen(name) != ln + 1 + lm || strncmp(name, m->namespace_, ln) || name[ln] != '/' ||
-               strcmp(name + ln + 1, m->name)) {
-        /* Removal is by name: a resource not named after its pod could never be removed. */
-        nack_add(k, name, "resource name is not <namespace>/<name> (%.200s/%.200s)", m->namespace_, m->name);
-    } else {
-        return m;
-    }
-    protobuf_c_message_free_unpacked(pm, NULL);
-    return NULL;
-}
 
 static int apply(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp, char **nack)
 {
     struct enrol_client *c = ud;
-    struct nack k = {0};
-    void *seen = NULL; /* names of this response, to refuse one listed twice */
-    int rc = 0;
-    *nack = NULL;
-    for (size_t i = 0; i < resp->n_resources && !rc; i++) {
-        const Envoy__Service__Discovery__V3__Resource *r = resp->resources[i];
-        if (!r->name || !*r->name) {
-            nack_add(&k, "", "resource %zu has no name", i);
-            continue;
-        }
-        void **slot = tsearch(r->name, &seen, cmp_str);
-        if (!slot) {
-            rc = -ENOMEM;
-            break;
-        }
-        if (*slot != r->name) {
-            nack_add(&k, r->name, "listed twice in one response");
-            continue;
-        }
-        Zmesh__V1__PodEnrolment *m = decode(r, &k);
-        if (!m) continue; /* a rejected update keeps the previous version, and reports it on reconnect */
-        char *version = strdup(r->version ? r->version : "");
-        struct enrol_entry *e = lookup(c, r->name);
-        if (!version) {
-            protobuf_c_message_free_unpacked(&m->base, NULL);
-            rc = -ENOMEM;
-            break;
-        }
-        if (e) {
-            protobuf_c_message_free_unpacked(&e->m->base, NULL);
-            free(e->version);
-            e->m = m;
-            e->version = version;
-            continue;
-        }
-        if (!(e = calloc(1, sizeof(*e))) || !(e->name = strdup(r->name)) ||
-            !tsearch(e, &c->root, cmp_entry)) {
-            if (e) free(e->name);
-            free(e);
-            free(version);
-            protobuf_c_message_free_unpacked(&m->base, NULL);
-            rc = -ENOMEM;
-            break;
-        }
-        e->m = m;
-        e->version = version;
-        e->prv = c->tail;
-        if (c->tail)
-            c->tail->nxt = e;
-        else
-            c->head = e;
-        c->tail = e;
-        c->n++;
-    }
-    tdestroy(seen, noop_free);
-    /* Removals after the updates, as ztunnel: a name both updated and removed ends removed. */
-    for (size_t i = 0; i < resp->n_removed_resources && !rc; i++) {
-        struct enrol_entry *e = lookup(c, resp->removed_resources[i]);
-        if (e)
-            entry_remove(c, e);
-        else
-            LOG_D("xds", "removed pod enrolment %s was not held", resp->removed_resources[i]);
-    }
-    *nack = nack_done(&k);
+    int rc = enrol_store_apply(c->store, resp, nack);
     if (*nack || rc)
         c->nacks++;
     else
@@ -230,71 +38,28 @@ static int initial_versions(void *ud, const char *type_url,
 {
     struct enrol_client *c = ud;
     (void)type_url;
-    req->initial_resource_versions = NULL;
-    req->n_initial_resource_versions = 0;
-    if (!c->n) return 0;
-    /* One array of entries and one of pointers, laid out as xds_store_initial_versions_clear frees them. */
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry **pp =
-        calloc(c->n, sizeof(*pp));
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *ents =
-        calloc(c->n, sizeof(*ents));
-    if (!pp || !ents) {
-        free(pp);
-        free(ents);
-        return -ENOMEM;
-    }
-    size_t i = 0;
-    for (struct enrol_entry *e = c->head; e; e = e->nxt, i++) {
-        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(
-            &ents[i]);
-        ents[i].key = e->name;
-        ents[i].value = e->version;
-        pp[i] = &ents[i];
-    }
-    req->initial_resource_versions = pp;
-    req->n_initial_resource_versions = c->n;
-    return 0;
+    return enrol_store_initial_versions(c->store, req);
 }
 
 static void initial_versions_clear(void *ud, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
     (void)ud;
-    xds_store_initial_versions_clear(req);
-}
-
-static int pod_cmp(const void *a, const void *b)
-{
-    const struct enrol_pod *x = a, *y = b;
-    int r = strcmp(x->namespace_, y->namespace_);
-    return r ? r : strcmp(x->name, y->name);
+    xds_store_initial_versions_clear(req); /* the same layout */
 }
 
 static void on_response(void *ud, const char *type_url)
 {
     struct enrol_client *c = ud;
+    const struct enrol_pod *v;
+    size_t n;
     (void)type_url;
     if (!c->ops->on_update) return;
-    struct enrol_pod *v = calloc(c->n ? c->n : 1, sizeof(*v));
-    size_t n = 0;
-    if (!v) {
+    if (enrol_store_pods(c->store, c->node_name, &v, &n) < 0) {
         /* The store is intact; the next response hands over the full set again. */
         LOG_E("xds", "out of memory: the node agent is not told about this pod enrolment update");
         return;
     }
-    for (const struct enrol_entry *e = c->head; e; e = e->nxt) {
-        const Zmesh__V1__PodEnrolment *m = e->m;
-        if (*c->node_name && strcmp(m->node_name, c->node_name)) continue;
-        v[n++] = (struct enrol_pod){.uid = m->uid,
-                                    .name = m->name,
-                                    .namespace_ = m->namespace_,
-                                    .service_account = m->service_account,
-                                    .node = m->node_name,
-                                    .ambient = m->ambient,
-                                    .reason = m->reason};
-    }
-    qsort(v, n, sizeof(*v), pod_cmp);
     c->ops->on_update(c->ud, v, n);
-    free(v);
 }
 
 static void on_synced(void *ud)
@@ -322,6 +87,11 @@ int enrol_client_new(struct loop *l, const struct enrol_client_opts *o, const st
     }
     c->ops = ops;
     c->ud = ud;
+    if ((rc = enrol_store_new(&c->store)) < 0) {
+        snprintf(err, errlen, "out of memory");
+        enrol_client_free(c);
+        return rc;
+    }
     struct xds_delta_opts dopts = {.endpoint = o->endpoint,
                                    .err_prefix = "XDS",
                                    .node_kind = XDS_NODE_KIND_CNI,
@@ -341,18 +111,14 @@ void enrol_client_free(struct enrol_client *c)
 {
     if (!c) return;
     xds_delta_free(c->dc);
-    tdestroy(c->root, noop_free);
-    for (struct enrol_entry *e = c->head, *next; e; e = next) {
-        next = e->nxt;
-        entry_free(e);
-    }
+    enrol_store_free(c->store);
     free(c->node_name);
     free(c);
 }
 
 size_t enrol_client_count(const struct enrol_client *c)
 {
-    return c->n;
+    return enrol_store_count(c->store);
 }
 
 void enrol_client_stats(const struct enrol_client *c, unsigned long long *acks, unsigned long long *nacks)

@@ -19,17 +19,8 @@
 
 #include "core/loop.h"
 #include "xds/endpoint.h"
+#include "xds/enrol_store.h"
 #include "xds/node.h"
-
-/* One pod as zmeshd sees it. Strings are borrowed for the on_update call. */
-struct enrol_pod {
-    const char *uid; /* metadata.uid (K8S_POD_UID); "" when the manifest has none */
-    const char *name, *namespace_;
-    const char *service_account; /* never "" (zmeshd writes "default" for a pod without one) */
-    const char *node;            /* spec.nodeName; "" while unscheduled */
-    bool ambient;                /* redirect it and hand it to ztunnel */
-    const char *reason; /* why (enrolment.proto: "pod-label", "namespace-label", "pod-opt-out", ...) */
-};
 
 struct enrol_client_ops {
     /* After every response (ACKed or NACKed): every retained pod on the client's node (all pods when
