@@ -154,7 +154,9 @@ int enrol_store_apply(struct enrol_store *c,
     for (size_t i = 0; i < resp->n_resources && !rc; i++) {
         const Envoy__Service__Discovery__V3__Resource *r = resp->resources[i];
         if (!r->name || !*r->name) {
-            nack_add(&k, "", "resource %zu has no name", i);
+            char where[32];
+            snprintf(where, sizeof(where), "resources[%zu]", i);
+            nack_add(&k, where, "no name");
             continue;
         }
         void **slot = tsearch(r->name, &seen, cmp_str);

@@ -1,7 +1,7 @@
 /* libFuzzer target for the node agent's PodEnrolment store (src/xds/enrol_store.c): the input is a serialized
  * DeltaDiscoveryResponse applied with enrol_store_apply_bytes, which decodes each resource's
- * zmesh.v1.PodEnrolment through pb_any_unpack. Seeds: tests/fuzz/corpus/fuzz_enrol_store/ (tests/fuzz/README.md).
- * Besides memory safety it checks the store's contract:
+ * zmesh.v1.PodEnrolment through pb_any_unpack. Seeds: tests/fuzz/corpus/fuzz_enrol_store/
+ * (tests/fuzz/README.md). Besides memory safety it checks the store's contract:
  *   - the result is 0, or -EBADMSG / -ELOOP with a "decode: " NACK and nothing retained, or -ENOMEM;
  *   - a NACK is never empty;
  *   - every retained pod is named "<namespace>/<name>" and has a version; enrol_store_pods(NULL) lists them
