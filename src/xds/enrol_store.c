@@ -138,6 +138,11 @@ static Zmesh__V1__PodEnrolment *decode(const Envoy__Service__Discovery__V3__Reso
         /* Removal is by name: a resource not named after its pod could never be removed. */
         nack_add(k, name, "resource name is not <namespace>/<name> (%.200s/%.200s)", m->namespace_, m->name);
     } else {
+        /* A newer zmeshd's fields: accepted (proto3 rules) and said, rate-limited (a full push repeats it).
+         */
+        if (m->base.n_unknown_fields)
+            LOG_LIMITED(LOG_WARN, "xds", "pod enrolment %s: %u unknown field(s) ignored (first: field %u)",
+                        name, m->base.n_unknown_fields, m->base.unknown_fields[0].tag);
         return m;
     }
     protobuf_c_message_free_unpacked(pm, NULL);
