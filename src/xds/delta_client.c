@@ -91,7 +91,7 @@ static void on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_
     /* A type this client did not ask for is NACKed here, so an owner's apply only ever sees its own types
      * (ztunnel logs and ACKs one; zmesh says so to the server). */
     if (ti < 0) {
-        if (asprintf(&nack, "unknown resource type: %s", resp->type_url) < 0) nack = NULL, rc = -ENOMEM;
+        if (asprintf(&nack, "unknown resource type: %.200s", resp->type_url) < 0) nack = NULL, rc = -ENOMEM;
     } else {
         rc = c->ops->apply(c->ud, resp, &nack);
     }

@@ -317,7 +317,7 @@ int enrol_store_apply_bytes(struct enrol_store *c, const uint8_t *data, size_t l
     }
     const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp = (void *)m;
     if (strcmp(resp->type_url, PB_TYPE_URL_POD_ENROLMENT) != 0) {
-        rc = asprintf(nack, "unknown resource type: %s", resp->type_url) < 0 ? -ENOMEM : 0;
+        rc = asprintf(nack, "unknown resource type: %.200s", resp->type_url) < 0 ? -ENOMEM : 0;
         if (rc) *nack = NULL;
     } else {
         rc = enrol_store_apply(c, resp, nack);
