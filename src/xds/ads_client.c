@@ -48,11 +48,10 @@ static void initial_versions_clear(void *ud, Envoy__Service__Discovery__V3__Delt
     xds_store_initial_versions_clear(req);
 }
 
-static void on_response(void *ud, const char *type_url)
+static void on_response(void *ud)
 {
     struct xds_client *c = ud;
     struct snapshot *snap = c->snap;
-    (void)type_url;
     c->snap = NULL;
     if (!snap) return;
     if (c->ops->on_snapshot) c->ops->on_snapshot(c->ud, snap);

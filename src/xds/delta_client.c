@@ -87,14 +87,9 @@ static void on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_
     char *nack = NULL;
     c->responses++;
     int ti = type_index(c, resp->type_url);
-    int rc = 0;
-    /* A type this client did not ask for is NACKed here, so an owner's apply only ever sees its own types
-     * (ztunnel logs and ACKs one; zmesh says so to the server). */
-    if (ti < 0) {
-        if (asprintf(&nack, "unknown resource type: %.200s", resp->type_url) < 0) nack = NULL, rc = -ENOMEM;
-    } else {
-        rc = c->ops->apply(c->ud, resp, &nack);
-    }
+    /* Every response goes to the owner, also of a type not subscribed to: its store says so in the NACK
+     * (ztunnel logs it and ACKs), and counts and readiness are only for the client's own types. */
+    int rc = c->ops->apply(c->ud, resp, &nack);
     Envoy__Service__Discovery__V3__DeltaDiscoveryRequest req =
         ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
     Google__Rpc__Status status = GOOGLE__RPC__STATUS__INIT;
@@ -127,7 +122,7 @@ static void on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_
     }
     free(nack);
     protobuf_c_message_free_unpacked(m, NULL);
-    if (ti >= 0 && c->ops->on_response) c->ops->on_response(c->ud, c->types[ti]);
+    if (c->ops->on_response) c->ops->on_response(c->ud);
     bool all = true;
     for (size_t i = 0; i < c->n_types; i++)
         all = all && c->synced[i];

@@ -47,9 +47,10 @@ struct xds_delta_metrics {
 };
 
 struct xds_delta_ops {
-    /* Applies one response of one of the client's types (borrowed for the call). *nack: NULL for an ACK, else
-     * a malloc'd error_detail.message the client frees. Returns 0, or -ENOMEM (the client NACKs "out of
-     * memory" when no text was given). Required. */
+    /* Applies one response (borrowed for the call), of any type the server sent: one the client did not
+     * subscribe to is the owner's to refuse ("unknown resource type: <url>"; ztunnel logs it and ACKs).
+     * *nack: NULL for an ACK, else a malloc'd error_detail.message the client frees. Returns 0, or -ENOMEM
+     * (the client NACKs "out of memory" when no text was given). Required. */
     int (*apply)(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp, char **nack);
     /* Fills req->initial_resource_versions for type_url (a new stream's first request of the type); the
      * client sends req, then calls initial_versions_clear. Returns 0 or -ENOMEM. NULL: none sent. */
@@ -57,7 +58,7 @@ struct xds_delta_ops {
                             Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
     void (*initial_versions_clear)(void *ud, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
     /* After a response was applied and its ACK/NACK sent. NULL: nothing. */
-    void (*on_response)(void *ud, const char *type_url);
+    void (*on_response)(void *ud);
     /* Every type got its first response (ACKed or NACKed) on some stream. Once. NULL: nothing. */
     void (*on_synced)(void *ud);
 };

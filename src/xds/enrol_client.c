@@ -47,12 +47,11 @@ static void initial_versions_clear(void *ud, Envoy__Service__Discovery__V3__Delt
     xds_store_initial_versions_clear(req); /* the same layout */
 }
 
-static void on_response(void *ud, const char *type_url)
+static void on_response(void *ud)
 {
     struct enrol_client *c = ud;
     const struct enrol_pod *v;
     size_t n;
-    (void)type_url;
     if (!c->ops->on_update) return;
     if (enrol_store_pods(c->store, c->node_name, &v, &n) < 0) {
         /* The store is intact; the next response hands over the full set again. */

@@ -156,6 +156,14 @@ int enrol_store_apply(struct enrol_store *c,
     void *seen = NULL; /* names of this response, to refuse one listed twice */
     int rc = 0;
     *nack = NULL;
+    if (strcmp(resp->type_url, PB_TYPE_URL_POD_ENROLMENT) != 0) {
+        /* Not subscribed to: said to the server (ztunnel logs it and ACKs), as store.h does. */
+        if (asprintf(nack, "unknown resource type: %.200s", resp->type_url) < 0) {
+            *nack = NULL;
+            return -ENOMEM;
+        }
+        return 0;
+    }
     for (size_t i = 0; i < resp->n_resources && !rc; i++) {
         const Envoy__Service__Discovery__V3__Resource *r = resp->resources[i];
         if (!r->name || !*r->name) {
@@ -315,13 +323,7 @@ int enrol_store_apply_bytes(struct enrol_store *c, const uint8_t *data, size_t l
         *nack = strdup(rc == -ELOOP ? "decode: nested too deep" : "decode: not a DeltaDiscoveryResponse");
         return rc;
     }
-    const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp = (void *)m;
-    if (strcmp(resp->type_url, PB_TYPE_URL_POD_ENROLMENT) != 0) {
-        rc = asprintf(nack, "unknown resource type: %.200s", resp->type_url) < 0 ? -ENOMEM : 0;
-        if (rc) *nack = NULL;
-    } else {
-        rc = enrol_store_apply(c, resp, nack);
-    }
+    rc = enrol_store_apply(c, (const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *)m, nack);
     protobuf_c_message_free_unpacked(m, NULL);
     return rc;
 }

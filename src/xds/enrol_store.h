@@ -37,13 +37,12 @@ struct enrol_store;
 /* A new empty store in *out (freed with enrol_store_free). Returns 0 or -ENOMEM. */
 int enrol_store_new(struct enrol_store **out);
 void enrol_store_free(struct enrol_store *st);
-/* Applies one response of type PB_TYPE_URL_POD_ENROLMENT (borrowed; the caller checks the type). *nack: NULL
- * for an ACK, else malloc'd text the caller frees. Returns 0 or -ENOMEM (what was applied before stays; *nack
- * NULL). */
+/* Applies one response (borrowed); another type than PB_TYPE_URL_POD_ENROLMENT changes nothing and is a NACK
+ * "unknown resource type: <url>". *nack: NULL for an ACK, else malloc'd text the caller frees. Returns 0 or
+ * -ENOMEM (what was applied before stays; *nack NULL). */
 int enrol_store_apply(struct enrol_store *st,
                       const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp, char **nack);
-/* The same from bytes: not a DeltaDiscoveryResponse is -EBADMSG/-ELOOP with *nack "decode: ...", another type
- * URL a NACK "unknown resource type: <url>". */
+/* The same from bytes: not a DeltaDiscoveryResponse is -EBADMSG/-ELOOP with *nack "decode: ...". */
 int enrol_store_apply_bytes(struct enrol_store *st, const uint8_t *data, size_t len, char **nack);
 /* The retained pods with spec.nodeName node (NULL or "": all), sorted by namespace then name, in *out (owned
  * by the store, valid until its next apply or pods call). Returns 0 or -ENOMEM. */
