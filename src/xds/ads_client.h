@@ -4,21 +4,17 @@
  * answered with an ACK or a NACK naming the rejected resources, a new snapshot handed to the owner after each
  * response, and reconnection with Istio's backoff (10 ms doubling to 15 s; at once after a clean end or the
  * server's GOAWAY) and initial_resource_versions, so the server resends nothing unchanged. While it is
- * disconnected the owner keeps serving the last snapshot. Runs on one loop (ztunnel's main loop). */
+ * disconnected the owner keeps serving the last snapshot. Runs on one loop (ztunnel's main loop). It is the
+ * generic delta client (delta_client.h) with the resource store (store.h) as what it does with a response. */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "core/loop.h"
 #include "mesh/model.h"
+#include "xds/delta_client.h"
 #include "xds/endpoint.h"
 #include "xds/node.h"
-
-#define XDS_CLIENT_METHOD "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
-/* Istio's limits and backoff (client.rs: max_decoding_message_size, INITIAL_BACKOFF, MAX_BACKOFF). */
-#define XDS_CLIENT_MAX_MESSAGE (200u << 20)
-#define XDS_CLIENT_BACKOFF_INITIAL_MS 10
-#define XDS_CLIENT_BACKOFF_MAX_MS 15000
 
 struct xds_client_ops {
     /* A response was applied: s is a new snapshot of every retained resource (borrowed for the call; take a
@@ -43,15 +39,7 @@ int xds_client_new(struct loop *l, const struct xds_client_opts *o, const struct
 void xds_client_free(struct xds_client *c);
 
 /* How streams ended, process-wide, for ztunnel's istio_xds_connection_terminations metric (Istio's reasons,
- * istio/ztunnel src/xds/metrics.rs). */
-enum xds_term_reason {
-    XDS_TERM_CONNECTION_ERROR, /* the connection could not be made (connect, TLS, identity) */
-    XDS_TERM_ERROR,            /* a status Istio backs off after */
-    XDS_TERM_RECONNECT,        /* cancelled, deadline, unknown, the server's GOAWAY: reconnected at once */
-    XDS_TERM_COMPLETE,         /* the server ended the stream with OK */
-    XDS_TERM_COUNT
-};
-const char *xds_term_reason_to_str(enum xds_term_reason r);
+ * istio/ztunnel src/xds/metrics.rs; enum xds_term_reason is in delta_client.h). */
 uint64_t xds_client_terminations(enum xds_term_reason r);
 /* The i-th type the client subscribes to (NULL past the last) with the responses received and the bytes of
  * their resources, process-wide (istio_xds_message, istio_xds_message_bytes). Any thread. */

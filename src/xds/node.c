@@ -1,4 +1,4 @@
-/* The xDS Node of a ztunnel (see node.h). */
+/* The xDS Node of a ztunnel or a node agent (see node.h). */
 #include "xds/node.h"
 
 #include <errno.h>
@@ -23,6 +23,12 @@ static char *prefixed_key(const char *e, const char *prefix, const char **value)
 int xds_node_new(const struct xds_node_info *info, char *const *envp, Envoy__Config__Core__V3__Node **out,
                  char *err, size_t errlen)
 {
+    return xds_node_new_kind(XDS_NODE_KIND_ZTUNNEL, info, envp, out, err, errlen);
+}
+
+int xds_node_new_kind(const char *kind, const struct xds_node_info *info, char *const *envp,
+                      Envoy__Config__Core__V3__Node **out, char *err, size_t errlen)
+{
     const char *ip = info->instance_ip && *info->instance_ip ? info->instance_ip : XDS_NODE_DEFAULT_IP;
     const char *pod = info->pod_name ? info->pod_name : "", *ns = info->pod_ns ? info->pod_ns : "";
     const char *node_name = info->node_name ? info->node_name : "";
@@ -32,7 +38,7 @@ int xds_node_new(const struct xds_node_info *info, char *const *envp, Envoy__Con
     Envoy__Config__Core__V3__Node *n = malloc(sizeof(*n));
     if (!n) goto nomem;
     envoy__config__core__v3__node__init(n);
-    if (asprintf(&n->id, "ztunnel~%s~%s.%s~%s.svc.cluster.local", ip, pod, ns, ns) < 0) {
+    if (asprintf(&n->id, "%s~%s~%s.%s~%s.svc.cluster.local", kind, ip, pod, ns, ns) < 0) {
         n->id = NULL; /* asprintf leaves it undefined; free_unpacked must not see it */
         goto nomem;
     }

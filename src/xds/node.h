@@ -8,6 +8,10 @@
 
 /* Istio's fallback for an unset INSTANCE_IP (client.rs DEFAULT_IP). */
 #define XDS_NODE_DEFAULT_IP "1.1.1.1"
+/* The id's first part: istiod's proxy type (istio/istio pilot/pkg/model/context.go NodeType). "ztunnel" is
+ * Istio's; Istio's CNI agent speaks no xDS, so zmesh's node agent takes its DaemonSet's name. */
+#define XDS_NODE_KIND_ZTUNNEL "ztunnel"
+#define XDS_NODE_KIND_CNI "istio-cni"
 #define XDS_META_PREFIX "ISTIO_META_"
 #define XDS_METAJSON_PREFIX "ISTIO_METAJSON_"
 
@@ -28,3 +32,7 @@ struct xds_node_info {
  * Returns 0, -EINVAL or -ENOMEM. */
 int xds_node_new(const struct xds_node_info *info, char *const *envp, Envoy__Config__Core__V3__Node **out,
                  char *err, size_t errlen);
+/* The same with another proxy type as the id's first part: "<kind>~<ip>~<pod>.<ns>~<ns>.svc.cluster.local".
+ */
+int xds_node_new_kind(const char *kind, const struct xds_node_info *info, char *const *envp,
+                      Envoy__Config__Core__V3__Node **out, char *err, size_t errlen);

@@ -12,6 +12,8 @@
 /* The two delta xDS resource types ztunnel subscribes to (istio/ztunnel src/xds/types.rs). */
 #define PB_TYPE_URL_ADDRESS PB_TYPE_URL_PREFIX "istio.workload.Address"
 #define PB_TYPE_URL_AUTHORIZATION PB_TYPE_URL_PREFIX "istio.security.Authorization"
+/* zmesh's own type: which pods are in ambient mode, zmeshd -> node agents (proto/zmesh/enrolment.proto). */
+#define PB_TYPE_URL_POD_ENROLMENT PB_TYPE_URL_PREFIX "zmesh.v1.PodEnrolment"
 
 /* Longest type URL pb_any_pack writes or pb_any_unpack accepts, NUL included. Full names of the messages we
  * carry are far shorter; the bound keeps a hostile URL from being compared at length. */

@@ -15,7 +15,8 @@
 #define LOG_TARGET "zmeshd"
 
 struct subscriber {
-    zmeshd_subscriber_fn fn;
+    zmeshd_subscriber_fn fn;    /* a snapshot subscriber, or NULL */
+    zmeshd_store_fn store_fn;   /* a store subscriber, or NULL */
     void *ud;
 };
 
@@ -284,15 +285,16 @@ int zmeshd_reload(struct zmeshd *d, unsigned events)
     }
     log_kv(LOG_INFO, LOG_TARGET, msg, "source", d->src->where, "version", ver, "events", nev, "workloads", nw,
            "services", ns, "policies", np, "errors", ne, "warnings", nwarn, "infos", ni, "%took", took_s, NULL);
-    if (same) return 0;
-
+    /* Snapshot subscribers only for a new version; store subscribers after every reload, since what they read
+     * (pods without an address, for instance) may have changed when the snapshot did not. */
     d->publishing = true;
     for (size_t i = 0; i < d->subs.n; i++) {
         struct subscriber *s = (struct subscriber *)d->subs.p + i;
-        s->fn(s->ud, old, snap);
+        if (s->fn && !same) s->fn(s->ud, old, snap);
+        if (s->store_fn) s->store_fn(s->ud, d->store);
     }
     d->publishing = false;
-    snapshot_unref(old);
+    if (!same) snapshot_unref(old);
     return 0;
 }
 
@@ -321,23 +323,41 @@ int zmeshd_subscribe(struct zmeshd *d, zmeshd_subscriber_fn fn, void *ud)
     if (d->publishing) return -EBUSY;
     struct subscriber *s = vec_push(&d->subs);
     if (!s) return -ENOMEM;
-    s->fn = fn;
-    s->ud = ud;
+    *s = (struct subscriber){.fn = fn, .ud = ud};
     return 0;
 }
 
-int zmeshd_unsubscribe(struct zmeshd *d, zmeshd_subscriber_fn fn, void *ud)
+int zmeshd_subscribe_store(struct zmeshd *d, zmeshd_store_fn fn, void *ud)
+{
+    if (d->publishing) return -EBUSY;
+    struct subscriber *s = vec_push(&d->subs);
+    if (!s) return -ENOMEM;
+    *s = (struct subscriber){.store_fn = fn, .ud = ud};
+    return 0;
+}
+
+static int unsubscribe(struct zmeshd *d, zmeshd_subscriber_fn fn, zmeshd_store_fn store_fn, void *ud)
 {
     if (d->publishing) return -EBUSY;
     struct subscriber *v = (struct subscriber *)d->subs.p;
     for (size_t i = 0; i < d->subs.n; i++) {
-        if (v[i].fn == fn && v[i].ud == ud) {
+        if (v[i].fn == fn && v[i].store_fn == store_fn && v[i].ud == ud) {
             memmove(&v[i], &v[i + 1], (d->subs.n - i - 1) * sizeof(*v));
             d->subs.n--;
             return 0;
         }
     }
     return -ENOENT;
+}
+
+int zmeshd_unsubscribe(struct zmeshd *d, zmeshd_subscriber_fn fn, void *ud)
+{
+    return unsubscribe(d, fn, NULL, ud);
+}
+
+int zmeshd_unsubscribe_store(struct zmeshd *d, zmeshd_store_fn fn, void *ud)
+{
+    return unsubscribe(d, NULL, fn, ud);
 }
 
 struct snapshot *zmeshd_snapshot(const struct zmeshd *d)

@@ -77,6 +77,11 @@ struct zmeshd_load_info {
  * for the call (take a reference to keep one). */
 typedef void (*zmeshd_subscriber_fn)(void *ud, struct snapshot *old, struct snapshot *cur);
 
+/* Called on the loop thread after every reload that read the source, whether or not the snapshot changed, with
+ * the new store (borrowed for the call; zmeshd_store() returns it until the next reload). For what is computed
+ * from objects that make no snapshot resource (the PodEnrolment table: pods without an address). */
+typedef void (*zmeshd_store_fn)(void *ud, const struct manifest_store *st);
+
 struct zmeshd;
 
 /* Checks cfg, opens the CA (plugin_ca, else a self-signed root in state_dir, created if missing), the token
@@ -103,6 +108,10 @@ void zmeshd_free(struct zmeshd *d);
 int zmeshd_subscribe(struct zmeshd *d, zmeshd_subscriber_fn fn, void *ud);
 /* Removes the subscriber registered with fn and ud. Returns 0, -ENOENT, or -EBUSY during a publish. */
 int zmeshd_unsubscribe(struct zmeshd *d, zmeshd_subscriber_fn fn, void *ud);
+
+/* Adds or removes a store subscriber (zmeshd_store_fn); same rules and returns as zmeshd_subscribe. */
+int zmeshd_subscribe_store(struct zmeshd *d, zmeshd_store_fn fn, void *ud);
+int zmeshd_unsubscribe_store(struct zmeshd *d, zmeshd_store_fn fn, void *ud);
 
 /* The published snapshot (borrowed; NULL before the first load). */
 struct snapshot *zmeshd_snapshot(const struct zmeshd *d);

@@ -69,6 +69,8 @@ static const char *short_type(const char *type_url)
         !strcmp(type_url, "type.googleapis.com/istio.workload.Workload"))
         return "WDS";
     if (!strcmp(type_url, "type.googleapis.com/istio.security.Authorization")) return "WADS";
+    /* zmesh's own type (node agents); istioctl has no name for it. Also the metrics' type label ("enrol"). */
+    if (!strcmp(type_url, "type.googleapis.com/zmesh.v1.PodEnrolment")) return "ENROL";
     return type_url;
 }
 

@@ -773,13 +773,40 @@ static const char *workload_name_type(struct conv *c, const struct k8s_pod *pod,
     return name;
 }
 
-static bool enrolled(const struct k8s_pod *pod, const struct k8s_namespace *ns)
+enum k8s_enrolment k8s_pod_enrolment(const struct k8s_pod *pod, const struct k8s_namespace *ns,
+                                     const char *system_ns)
 {
-    const char *pv = k8s_kv_get(pod->meta.labels, pod->meta.n_labels, K8S_LABEL_DATAPLANE_MODE);
-    if (pv && !strcmp(pv, K8S_DATAPLANE_NONE)) return false;
-    if (pv && !strcmp(pv, K8S_DATAPLANE_AMBIENT)) return true;
+    const struct k8s_meta *m = &pod->meta;
+    /* Matches' order: host network, then a sidecar, then the selectors; ztunnel pods are left out by the
+     * agent's callers (IsZtunnelPod), checked here before the labels so a labelled namespace never enrols
+     * one. */
+    if (pod->host_network) return K8S_ENROL_HOST_NETWORK;
+    if (k8s_kv_get(m->annotations, m->n_annotations, K8S_ANNOTATION_SIDECAR_STATUS)) return K8S_ENROL_SIDECAR;
+    const char *app = k8s_kv_get(m->labels, m->n_labels, "app");
+    if (system_ns && !strcmp(m->namespace_, system_ns) && app && !strcmp(app, K8S_ZTUNNEL_APP))
+        return K8S_ENROL_ZTUNNEL;
+    /* Selector 1: podSelector {dataplane-mode: ambient}, any namespace. Selector 2: podSelector
+     * dataplane-mode NotIn [none] (an absent label matches NotIn), namespaceSelector {dataplane-mode:
+     * ambient}. */
+    const char *pv = k8s_kv_get(m->labels, m->n_labels, K8S_LABEL_DATAPLANE_MODE);
+    if (pv && !strcmp(pv, K8S_DATAPLANE_AMBIENT)) return K8S_ENROL_POD_LABEL;
     const char *nv = ns ? k8s_kv_get(ns->meta.labels, ns->meta.n_labels, K8S_LABEL_DATAPLANE_MODE) : NULL;
-    return nv && !strcmp(nv, K8S_DATAPLANE_AMBIENT);
+    bool ns_ambient = nv && !strcmp(nv, K8S_DATAPLANE_AMBIENT);
+    if (pv && !strcmp(pv, K8S_DATAPLANE_NONE))
+        return ns_ambient ? K8S_ENROL_POD_OPT_OUT : K8S_ENROL_NOT_LABELLED;
+    return ns_ambient ? K8S_ENROL_NAMESPACE_LABEL : K8S_ENROL_NOT_LABELLED;
+}
+
+bool k8s_enrolment_ambient(enum k8s_enrolment e)
+{
+    return e == K8S_ENROL_POD_LABEL || e == K8S_ENROL_NAMESPACE_LABEL;
+}
+
+const char *k8s_enrolment_to_str(enum k8s_enrolment e)
+{
+    static const char *const names[] = {"pod-label",    "namespace-label", "pod-opt-out", "not-labelled",
+                                        "host-network", "sidecar",         "ztunnel"};
+    return (unsigned)e < sizeof(names) / sizeof(names[0]) ? names[e] : "?";
 }
 
 static const struct k8s_namespace *find_namespace(const struct manifest_store *st, const struct by_ns *nix,
@@ -840,7 +867,10 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
     w.ips = ips;
     w.n_ips = pod->ips.n;
     const struct k8s_namespace *ns = find_namespace(c->st, &ix->ns, pod->meta.namespace_);
-    w.protocol = enrolled(pod, ns) ? WL_PROTO_HBONE : WL_PROTO_TCP;
+    /* istiod sets HBONE once the CNI agent has annotated the pod ambient.istio.io/redirection: enabled, which
+     * it does for the pods its rule enrols; zmeshd applies the same rule (k8s_pod_enrolment) directly. */
+    w.protocol = k8s_enrolment_ambient(k8s_pod_enrolment(pod, ns, c->o.root_namespace)) ? WL_PROTO_HBONE
+                                                                                        : WL_PROTO_TCP;
     w.trust_domain = c->o.trust_domain;
     w.service_account = pod->service_account;
     w.node = pod->node_name;

@@ -8,6 +8,8 @@
  * Findings (a pod skipped, an L7 field dropped from a policy, a resource the builder rejects) name the
  * manifest file and document the resource came from; none of them stops the others. */
 #pragma once
+#include <stdbool.h>
+
 #include "mesh/model.h"
 #include "zmeshd/manifest.h"
 
@@ -20,6 +22,11 @@
 #define K8S_LABEL_DATAPLANE_MODE "istio.io/dataplane-mode"
 #define K8S_DATAPLANE_AMBIENT "ambient"
 #define K8S_DATAPLANE_NONE "none"
+/* A pod injected with a sidecar carries it (istio/istio cni/pkg/util/podutil.go podHasSidecar); ambient and a
+ * sidecar in one pod are not supported, so such a pod is never enrolled. */
+#define K8S_ANNOTATION_SIDECAR_STATUS "sidecar.istio.io/status"
+/* ztunnel's own pods: label app=ztunnel in the system (root) namespace (podutil.go IsZtunnelPod). */
+#define K8S_ZTUNNEL_APP "ztunnel"
 /* Waypoint binding (namespace, service or pod); not supported yet, so it warns. */
 #define K8S_LABEL_USE_WAYPOINT "istio.io/use-waypoint"
 /* istiod honours it only with EnableWdsDryRunAuthzPol, off by default. */
@@ -42,6 +49,30 @@ struct k8s_options {
  * (NULL logs them). Returns 0, or -ENOMEM / -E2BIG from the builder with *out untouched. */
 int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options *opts, struct snapshot **out,
                        manifest_report_fn report, void *ud);
+
+/* Whether a pod is in ambient mode, and why: the rule of Istio's CNI node agent with its default enablement
+ * selectors (istio/istio cni/pkg/util/enablement_selector.go Matches, cni/pkg/util/podutil.go, and
+ * manifests/charts/istio-cni/values.yaml ambient.enablementSelectors): never a host-network pod (its netns is
+ * the node's), a pod with a sidecar or a ztunnel pod; else the pod's label istio.io/dataplane-mode=ambient
+ * alone enrols it (whatever its namespace), the pod's label "none" opts it out, and the namespace's label
+ * "ambient" enrols the others. The CNI agent's EXCLUDE_NAMESPACES is the agent's own setting, not applied
+ * here. */
+enum k8s_enrolment {
+    K8S_ENROL_POD_LABEL,       /* ambient: the pod's label */
+    K8S_ENROL_NAMESPACE_LABEL, /* ambient: the namespace's label */
+    K8S_ENROL_POD_OPT_OUT,     /* not: the pod's label is "none" */
+    K8S_ENROL_NOT_LABELLED,    /* not: neither label says ambient */
+    K8S_ENROL_HOST_NETWORK,    /* not: spec.hostNetwork */
+    K8S_ENROL_SIDECAR,         /* not: sidecar.istio.io/status */
+    K8S_ENROL_ZTUNNEL,         /* not: a ztunnel pod */
+};
+/* ns may be NULL (a namespace with no manifest has no labels); system_ns is the root namespace. */
+enum k8s_enrolment k8s_pod_enrolment(const struct k8s_pod *pod, const struct k8s_namespace *ns,
+                                     const char *system_ns);
+/* True for the two ambient outcomes. */
+bool k8s_enrolment_ambient(enum k8s_enrolment e);
+/* "pod-label", "namespace-label", "pod-opt-out", "not-labelled", "host-network", "sidecar", "ztunnel". */
+const char *k8s_enrolment_to_str(enum k8s_enrolment e);
 
 /* Writes istiod's workload uid for a pod, "<cluster>//Pod/<ns>/<name>", into buf. Returns its length or
  * -ENOSPC. */

@@ -12,6 +12,7 @@
 #include "core/vec.h"
 #include "xds/pb.h"
 #include "xds/resource.h"
+#include "zmeshd/enrolment.h"
 
 struct xds_stream;
 
@@ -30,7 +31,7 @@ struct zmeshd_xds {
     uint64_t streams_opened, streams_refused;
     struct {
         uint64_t responses, acks, nacks, resources_sent, bytes_sent;
-    } retired[2];
+    } retired[3]; /* per type_urls[] */
 };
 
 struct xds_stream {
@@ -45,7 +46,11 @@ struct xds_stream {
     char peer[2 * TOKEN_NAME_MAX + 2];
 };
 
-static const char *const type_urls[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION};
+/* ztunnel's two types, and the node agents' PodEnrolment. A client is sent only the types it subscribes to, so
+ * a ztunnel (Address and Authorization) never sees the third. */
+static const char *const type_urls[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION,
+                                        PB_TYPE_URL_POD_ENROLMENT};
+#define N_TYPES (sizeof(type_urls) / sizeof(type_urls[0]))
 
 /* ---- tables from snapshots ---- */
 
@@ -153,6 +158,38 @@ static void on_snapshot(void *ud, struct snapshot *old, struct snapshot *cur)
 {
     (void)old;
     load_snapshot(ud, cur);
+}
+
+/* Replaces the PodEnrolment table with the pods of st. Computed from the store, not the snapshot, after every
+ * reload: a pod without an address is no workload but has an enrolment, so the snapshot may stay the same while
+ * this table changes. The table compares bytes, so a reload that changes no pod's enrolment pushes nothing, and a
+ * namespace label flipped changes (and pushes) exactly that namespace's pods. */
+static int load_enrolments(struct zmeshd_xds *x, const struct manifest_store *st)
+{
+    struct zmeshd_enrolment *v = NULL;
+    size_t n = 0;
+    struct ads_diff df = {0};
+    char err[256];
+    int rc = zmeshd_enrolments(st, &zmeshd_config(x->d)->k8s, &v, &n);
+    struct ads_resource_in *in = rc ? NULL : calloc(n ? n : 1, sizeof(*in));
+    if (!rc && !in) rc = -ENOMEM;
+    for (size_t i = 0; !rc && i < n; i++)
+        in[i] = (struct ads_resource_in){.name = v[i].name, .value = v[i].bytes, .len = v[i].len};
+    if (!rc) rc = ads_table_replace(x->ads, PB_TYPE_URL_POD_ENROLMENT, in, n, &df, err, sizeof(err));
+    if (rc == -ENOMEM)
+        LOG_E("xds", "out of memory while computing pod enrolments; node agents keep the previous ones");
+    else if (rc < 0)
+        LOG_E("xds", "cannot serve the %s resources: %s", PB_TYPE_URL_POD_ENROLMENT, err);
+    else if (df.added || df.changed || df.removed)
+        LOG_I("xds", "pushing: pod enrolments +%zu ~%zu -%zu (%zu pods)", df.added, df.changed, df.removed, n);
+    free(in);
+    zmeshd_enrolments_free(v, n);
+    return rc;
+}
+
+static void on_store(void *ud, const struct manifest_store *st)
+{
+    load_enrolments(ud, st);
 }
 
 /* ---- streams ---- */
@@ -264,7 +301,7 @@ static void on_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
     LIST_DEL(st->x->streams, st);
     if (st->waiting) QUEUE_DEL(st->x->wait_head, st->x->wait_tail, st, wait_prev, wait_next);
     st->finished = true;
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < N_TYPES; i++) {
         struct ads_watch_info wi;
         if (ads_client_watch_info(st->ac, i, &wi) < 0) continue;
         st->x->retired[i].responses += wi.responses;
@@ -330,7 +367,7 @@ int zmeshd_xds_new(struct zmeshd *d, struct zmeshd_server *srv, struct zmeshd_xd
     }
     x->d = d;
     x->srv = srv;
-    struct ads_server_opts o = {.type_urls = type_urls, .n_types = 2, .control_plane_id = "zmeshd"};
+    struct ads_server_opts o = {.type_urls = type_urls, .n_types = N_TYPES, .control_plane_id = "zmeshd"};
     if ((rc = ads_server_new(&o, &x->ads, err, errlen)) < 0) goto fail;
     if ((rc = grpc_server_add(zmeshd_server_grpc(srv), ZMESHD_ADS_METHOD, GRPC_STREAMING, ads_handler, x)) <
         0) {
@@ -341,8 +378,17 @@ int zmeshd_xds_new(struct zmeshd *d, struct zmeshd_server *srv, struct zmeshd_xd
         snprintf(err, errlen, "cannot encode the first snapshot: %s", strerror(-rc));
         goto fail;
     }
+    if (zmeshd_store(d) && (rc = load_enrolments(x, zmeshd_store(d))) < 0) {
+        snprintf(err, errlen, "cannot compute the first pod enrolments: %s", strerror(-rc));
+        goto fail;
+    }
     if ((rc = zmeshd_subscribe(d, on_snapshot, x)) < 0) {
         snprintf(err, errlen, "cannot subscribe to snapshots: %s", strerror(-rc));
+        goto fail;
+    }
+    if ((rc = zmeshd_subscribe_store(d, on_store, x)) < 0) {
+        (void)zmeshd_unsubscribe(d, on_snapshot, x);
+        snprintf(err, errlen, "cannot subscribe to manifest reloads: %s", strerror(-rc));
         goto fail;
     }
     *out = x;
@@ -357,6 +403,7 @@ void zmeshd_xds_free(struct zmeshd_xds *x)
 {
     if (!x) return;
     (void)zmeshd_unsubscribe(x->d, on_snapshot, x);
+    (void)zmeshd_unsubscribe_store(x->d, on_store, x);
     ads_server_free(x->ads); /* after zmeshd_server_free, which ended every stream */
     free(x);
 }
@@ -365,7 +412,7 @@ json_t *zmeshd_xds_status(const struct zmeshd_xds *x)
 {
     json_t *j = ads_server_status_json(x->ads), *types = json_array();
     if (!j || !types) goto fail;
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < N_TYPES; i++) {
         uint64_t r = x->retired[i].responses, a = x->retired[i].acks, n = x->retired[i].nacks;
         uint64_t rs = x->retired[i].resources_sent, b = x->retired[i].bytes_sent;
         for (const struct ads_client *c = ads_server_first_client(x->ads); c; c = ads_client_next(c)) {

@@ -263,6 +263,20 @@ MESSAGES = {
         ('version', 1, 'istio.workload.zds.Version'),
     ],
 }
+# zmesh's own types (no upstream; proto/README.md): written down from proto/zmesh/enrolment.proto, so that a
+# field renumbered there, which would break node agents of another build, fails here too.
+ZMESH_MESSAGES = {
+    'zmesh.v1.PodEnrolment': [
+        ('uid', 1, 'string'),
+        ('name', 2, 'string'),
+        ('namespace', 3, 'string'),
+        ('service_account', 4, 'string'),
+        ('node_name', 5, 'string'),
+        ('ambient', 6, 'bool'),
+        ('reason', 7, 'string'),
+    ],
+}
+MESSAGES.update(ZMESH_MESSAGES)
 ENUMS = {
     'istio.security.Action': [('ALLOW', 0), ('DENY', 1)],
     'istio.security.Scope': [('GLOBAL', 0), ('NAMESPACE', 1), ('WORKLOAD_SELECTOR', 2)],

@@ -5,7 +5,13 @@ nonce, initial_resource_versions on reconnect).
 
 Checked: manifests in -> Workload and Service resources named as istiod names them; a pod added to the manifest
 directory arrives as one resource, a pod deleted as removed_resources; a reconnect that reports its versions is
-sent nothing unchanged; a stream without a token is UNAUTHENTICATED."""
+sent nothing unchanged; a stream without a token is UNAUTHENTICATED.
+
+zmesh's own PodEnrolment type (proto/zmesh/enrolment.proto), with the client speaking as zmesh's node agent
+(node id "istio-cni~...", a wildcard subscription to that type only): every pod, with or without an IP; a pod
+added without an IP arrives alone although the workloads did not change; a namespace label flipped arrives as
+that namespace's pods, not ambient any more; a reconnect reporting its versions is sent nothing unchanged; a
+ztunnel's stream on the same zmeshd never carries the type."""
 import glob
 import os
 import queue
@@ -24,7 +30,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PROTO_DIR = os.path.join(REPO, "proto")
 ADDRESS = "type.googleapis.com/istio.workload.Address"
 AUTHZ = "type.googleapis.com/istio.security.Authorization"
+ENROL = "type.googleapis.com/zmesh.v1.PodEnrolment"
 NODE = "ztunnel~10.0.0.100~ztunnel-a.istio-system~istio-system.svc.cluster.local"
+CNI_NODE = "istio-cni~10.0.0.2~istio-cni-node-x.istio-system~istio-system.svc.cluster.local"
+
+
+ENROL_PB = {}
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +53,18 @@ def pb(tmp_path_factory):
         from envoy.service.discovery.v3 import discovery_pb2, discovery_pb2_grpc
         import workload_pb2
         import authorization_pb2
+        from zmesh import enrolment_pb2
     finally:
         sys.path.remove(out)
+    # Other test files unpack the four modules; zmesh's own type is kept aside for this file's tests.
+    ENROL_PB["module"] = enrolment_pb2
     return discovery_pb2, discovery_pb2_grpc, workload_pb2, authorization_pb2
 
 
 class Stream:
     """One DeltaAggregatedResources stream: requests go in through a queue, responses come out of another."""
 
-    def __init__(self, stub, pb, token, initial=None):
+    def __init__(self, stub, pb, token, initial=None, types=(ADDRESS, AUTHZ), node=NODE):
         self.pb = pb
         self.requests = queue.Queue()
         self.responses = queue.Queue()
@@ -59,9 +73,9 @@ class Stream:
         self.error = None
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
-        for t in (ADDRESS, AUTHZ):
+        for t in types:
             req = pb.DeltaDiscoveryRequest(type_url=t)
-            req.node.id = NODE
+            req.node.id = node
             req.node.metadata.fields["CLUSTER_ID"].string_value = "Kubernetes"
             for name, v in (initial or {}).get(t, {}).items():
                 req.initial_resource_versions[name] = v
@@ -116,6 +130,10 @@ def xds(zmeshd_bin, work, pb):
         pass
     x = X()
     x.d, x.stub, x.pb, x.wl, x.az, x.token, x.manifests = d, stub, discovery_pb2, wl, az, token, manifests
+    x.enrol = ENROL_PB["module"]
+    x.cni_token = subprocess.run([zmeshd_bin, "token", "--sa", "istio-system/istio-cni", "--node", "node1",
+                                  "--state-dir", os.path.join(work, "state")], capture_output=True, text=True,
+                                 check=True).stdout.strip()
     yield x
     ch.close()
     assert d.stop() == 0
@@ -194,3 +212,79 @@ def test_stream_without_token_refused(xds):
     s = Stream(xds.stub, xds.pb, None)
     assert s.responses.get(timeout=10) is None
     assert s.error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+PENDING_POD = """---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-2, namespace: demo, uid: 5d1e-2}
+spec: {nodeName: node1, serviceAccountName: web, containers: [{name: app, image: x}]}
+status: {phase: Pending}
+"""
+
+
+def enrolments(xds, r):
+    """name -> (ambient, reason, uid, service_account, node_name) of a PodEnrolment response."""
+    assert r.type_url == ENROL
+    out = {}
+    for res in r.resources:
+        assert res.resource.type_url == ENROL and res.version
+        m = xds.enrol.PodEnrolment()
+        assert res.resource.Unpack(m)
+        assert res.name == "%s/%s" % (m.namespace, m.name)
+        out[res.name] = (m.ambient, m.reason, m.uid, m.service_account, m.node_name)
+    return out
+
+
+def test_pod_enrolment(xds):
+    zt = Stream(xds.stub, xds.pb, xds.token)
+    s = Stream(xds.stub, xds.pb, xds.cni_token, types=(ENROL,), node=CNI_NODE)
+    try:
+        first = s.next()
+        s.ack(first)
+        assert enrolments(xds, first) == {"demo/web-1": (True, "namespace-label", "", "web", "node1")}
+        versions = {res.name: res.version for res in first.resources}
+        zt_seen = [r.type_url for r in by_type(zt).values()]
+
+        # A pod without an IP is no workload, so the snapshot does not change, but it has an enrolment.
+        write_by_rename(os.path.join(xds.manifests, "pending.yaml"), PENDING_POD)
+        r = s.next()
+        s.ack(r)
+        assert enrolments(xds, r) == {"demo/web-2": (True, "namespace-label", "5d1e-2", "web", "node1")}
+        assert not r.removed_resources
+        versions.update({res.name: res.version for res in r.resources})
+
+        # The namespace's label removed: both of its pods change, in one response.
+        write_by_rename(os.path.join(xds.manifests, "app.yaml"),
+                        NS.replace("istio.io/dataplane-mode: ambient", "team: a") + pod("web-1", "10.0.0.5") +
+                        SVC + POLICY)
+        r = s.next()
+        s.ack(r)
+        assert enrolments(xds, r) == {"demo/web-1": (False, "not-labelled", "", "web", "node1"),
+                                      "demo/web-2": (False, "not-labelled", "5d1e-2", "web", "node1")}
+        flipped = {res.name: res.version for res in r.resources}
+        assert all(flipped[n] != versions[n] for n in flipped)
+
+        # The ztunnel sees web-1's tunnel protocol change, and never the node agents' type.
+        r = zt.next()
+        zt.ack(r)
+        zt_seen.append(r.type_url)
+        assert r.type_url == ADDRESS
+        (w,) = [x for x in r.resources if x.name == "Kubernetes//Pod/demo/web-1"]
+        a = xds.wl.Address()
+        assert w.resource.Unpack(a) and a.workload.tunnel_protocol == xds.wl.NONE
+        while not zt.responses.empty():
+            zt_seen.append(zt.next().type_url)
+        assert ENROL not in zt_seen and set(zt_seen) <= {ADDRESS, AUTHZ}
+    finally:
+        s.close()
+        zt.close()
+
+    # A reconnect that reports its versions is sent nothing unchanged, and told what vanished.
+    flipped["demo/gone"] = "0123456789abcdef"
+    s = Stream(xds.stub, xds.pb, xds.cni_token, initial={ENROL: flipped}, types=(ENROL,), node=CNI_NODE)
+    try:
+        r = s.next()
+        assert r.type_url == ENROL and not r.resources and list(r.removed_resources) == ["demo/gone"]
+    finally:
+        s.close()
