@@ -285,11 +285,15 @@ static void test_settings_errors(void **state)
     /* Missing required variables, all of them. */
     static const char *const none[] = {NULL};
     assert_int_equal(parse_env(&s, none, &e, &w), -EINVAL);
-    assert_int_equal(e.n, 3);
-    assert_non_null(strstr(e.buf, "PROXY_WORKLOAD_INFO must be set"));
+    assert_int_equal(e.n, 2); /* shared mode (the default) needs no PROXY_WORKLOAD_INFO */
+    assert_null(strstr(e.buf, "PROXY_WORKLOAD_INFO"));
     assert_non_null(strstr(e.buf, "no config: set XDS_ADDRESS"));
     assert_non_null(strstr(e.buf, "no CA: set CA_ADDRESS"));
-    /* Empty required values count as missing; an empty duration is invalid (duration_str: "Empty input"). */
+    static const char *const dedicated[] = {"PROXY_MODE", "dedicated", NULL};
+    assert_int_equal(parse_env(&s, dedicated, &e, &w), -EINVAL);
+    assert_int_equal(e.n, 3);
+    assert_non_null(strstr(e.buf, "PROXY_WORKLOAD_INFO must be set with PROXY_MODE=dedicated"));
+    /* An empty workload info is malformed; an empty duration is invalid (duration_str: "Empty input"). */
     static const char *const empty[] = {"PROXY_MODE",
                                         "dedicated",
                                         "PROXY_WORKLOAD_INFO",
@@ -303,7 +307,7 @@ static void test_settings_errors(void **state)
                                         NULL};
     assert_int_equal(parse_env(&s, empty, &e, &w), -EINVAL);
     assert_int_equal(e.n, 2);
-    assert_non_null(strstr(e.buf, "PROXY_WORKLOAD_INFO must be set"));
+    assert_non_null(strstr(e.buf, "invalid env var PROXY_WORKLOAD_INFO= (must match the format"));
     assert_non_null(strstr(e.buf, "invalid env var CONNECTION_TERMINATION_DEADLINE= ("));
     /* Bad workload infos. */
     static const char *const infos[] = {"a/b/c/d", "/b/c", "a//c", "a/b/", "abc"};
