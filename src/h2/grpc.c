@@ -569,7 +569,13 @@ static void peer_done(struct grpc_call *c)
         }
         return;
     }
-    if (!c->server) return;
+    if (!c->server) {
+        /* The response is complete (trailers, or Trailers-Only): the call is over whatever our side does, and
+         * a server that does not reset the stream (RFC 9113 allows either) would otherwise leave it open
+         * until we end it. on_end reports the server's status. */
+        if (c->s) h2_stream_end(c->s, H2_END_OK, NGHTTP2_NO_ERROR, "the server completed the call");
+        return;
+    }
     if (c->unary) {
         server_deliver_unary(c);
     } else if (c->ops && c->ops->on_half_close) {
@@ -851,6 +857,8 @@ int grpc_call_finish(struct grpc_call *c, enum grpc_status st, const char *msg, 
         if (rc == 0 && !c->headers_sent) rc = server_send_headers(c);
         if (rc == 0) rc = h2_stream_trailers(c->s, hl.h, hl.n);
         if (rc == 0) {
+            /* The call is over with the trailers: a client still sending is told to stop. */
+            h2_stream_reset_when_done(c->s);
             c->send_closed = true;
             wake(c);
         }

@@ -111,6 +111,7 @@ struct h2_stream {
     bool ng_closed; /* nghttp2 closed the stream */
     bool done;      /* ended: on_end ran or runs */
     bool peer_eof, rst_recv, responded;
+    bool rst_when_done; /* h2_stream_reset_when_done */
     /* Client: the request, kept until it is submitted after the handshake. */
     nghttp2_nv *nva;
     size_t nnv;
@@ -1115,13 +1116,16 @@ static int on_frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
         conn_report_perr(c, code == NGHTTP2_ENHANCE_YOUR_CALM ? H2_PERR_FLOOD : H2_PERR_PROTOCOL, detail);
         return 0;
     }
-    if (!c->server || frame->hd.type != NGHTTP2_HEADERS) return 0;
+    if (!c->server || (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)) return 0;
     struct h2_stream *s = stream_of(ng, frame->hd.stream_id);
     /* A response without a body (an error status) while the peer still sends: tell it to stop (RFC 9113
-     * §8.1), so that a client that keeps sending does not hold the stream. Trailers after a body do not: the
-     * peer may finish its request (gRPC's client streams do). */
-    if (s && frame->headers.cat == NGHTTP2_HCAT_RESPONSE && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) &&
-        !s->ng_closed && !s->peer_eof)
+     * §8.1), so that a client that keeps sending does not hold the stream. Trailers after a body, or a body's
+     * END_STREAM, do so only when the stream asked for it (h2_stream_reset_when_done: gRPC, whose call is
+     * over with its trailers); HBONE's END_STREAM is a half-close and the peer may go on sending. */
+    bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
+    if (s && end && !s->ng_closed && !s->peer_eof &&
+        ((frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_RESPONSE) ||
+         s->rst_when_done))
         nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_NO_ERROR);
     return 0;
 }
@@ -1823,6 +1827,11 @@ int h2_stream_trailers(struct h2_stream *s, const struct h2_header *headers, siz
     if (!s->body || s->trailers) return -EINVAL;
     s->trailers = nv_block(NULL, NULL, headers, n, &s->ntrailers);
     return s->trailers ? 0 : -ENOMEM;
+}
+
+void h2_stream_reset_when_done(struct h2_stream *s)
+{
+    s->rst_when_done = true;
 }
 
 void h2_stream_resume(struct h2_stream *s)

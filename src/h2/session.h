@@ -228,6 +228,11 @@ int h2_stream_respond(struct h2_stream *s, int status, const struct h2_header *h
  * eof and h2_stream_resume). Returns 0, -EINVAL without a body or when trailers were set already, -EPIPE
  * when the stream is gone, -ENOMEM. */
 int h2_stream_trailers(struct h2_stream *s, const struct h2_header *headers, size_t n);
+/* Server: once the response has ended (END_STREAM sent, after the trailers if any), reset the stream with
+ * NO_ERROR if the peer is still sending (RFC 9113 §8.1; gRPC's "Early Server Closure"): for protocols whose
+ * exchange is over with the response. Without it only a response without a body does so, and a body's
+ * END_STREAM is a half-close (HBONE). */
+void h2_stream_reset_when_done(struct h2_stream *s);
 /* Send: pull has bytes (or the end) again after returning none. */
 void h2_stream_resume(struct h2_stream *s);
 /* Receive: n bytes handed to on_data were disposed of: credits the peer's window. */

@@ -913,6 +913,47 @@ static void test_call_stream_backpressure(void **state)
     grpc_channel_free(ch);
 }
 
+static bool both_ended(void)
+{
+    return G_stream->ended && S.ends == 1;
+}
+
+/* Early Server Closure (gRPC's PROTOCOL-HTTP2.md, RFC 9113 §8.1): the server ends a streaming call with a
+ * status while the client's side is still open, as zmeshd ends an ADS stream it refuses. The client's call
+ * ends with the server's status and trailers, without the client closing its side, and the server's call ends
+ * too (its RST_STREAM NO_ERROR tells the client to stop sending). Without both halves the call stays open
+ * until the connection closes. */
+static void test_call_early_server_closure(void **state)
+{
+    (void)state;
+    struct grpc_channel *ch = dial(E.port, &(struct grpc_opts){0});
+    struct got_call g = {0};
+    int err;
+    struct grpc_call *c = grpc_call_start(ch, "/t.S/Stream", NULL, &cli_ops, &g, &err);
+    assert_non_null(c);
+    assert_int_equal(grpc_call_send(c, (const uint8_t *)"hello", 5), 0);
+    run_until(1); /* the handler has the call */
+    assert_non_null(S.call);
+    assert_int_equal(grpc_call_send(S.call, (const uint8_t *)"bye", 3), 0);
+    const struct grpc_md tr = {"x-why", (const uint8_t *)"stale", 5};
+    assert_int_equal(grpc_call_finish(S.call, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many", &tr, 1), 0);
+    G_stream = &g;
+    run_while_not(both_ended);
+    assert_int_equal(g.msgs, 1);
+    assert_memory_equal(g.last, "bye", 3);
+    assert_int_equal(g.status, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    assert_string_equal(g.message, "too many");
+    assert_string_equal(g.trailer, "x-why=stale");
+    assert_int_equal(S.end_status, GRPC_STATUS_RESOURCE_EXHAUSTED);
+    /* The channel is still usable: only the stream ended. */
+    struct got_call g2 = {0};
+    assert_non_null(grpc_call_unary(ch, "/t.S/Echo", NULL, (const uint8_t *)"abc", 3, &cli_ops, &g2, &err));
+    run_until(2); /* client end + server end */
+    assert_int_equal(g2.status, GRPC_STATUS_OK);
+    assert_memory_equal(g2.last, "cba", 3);
+    grpc_channel_free(ch);
+}
+
 /* Mutual TLS with workload certificates from zmesh's local CA (tls/ca.h) and HBONE's contexts: the handler
  * learns the client's SPIFFE id, the client checks the server's; a server that is not the one expected is
  * refused before any request leaves (UNAVAILABLE, H2_END_IDENTITY). */
@@ -1056,6 +1097,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_call_unavailable, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_stream_backpressure, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_mtls, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_early_server_closure, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_server_drain, setup_calls, teardown_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
