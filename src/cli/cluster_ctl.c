@@ -98,6 +98,7 @@ struct pod {
     size_t n;
     int64_t created_s, start_s;
     bool dirty;
+    char workdir[CLUSTER_PATH_MAX]; /* where its manifest was: the containers' default directory */
 };
 
 enum sys_kind { SYS_ZMESHD, SYS_ZTUNNEL, SYS_AGENT };
@@ -309,7 +310,9 @@ static void container_spawn(struct proc *pr)
     env[2] = host;
     for (size_t i = 0; i < ne; i++)
         env[3 + i] = c->spec->env[i]; /* later entries win in putenv order, as the pod's env over defaults */
-    pid_t pid = spawn_in(p->sb.netns, c->spec->argv, env, true, c->log, c->spec->working_dir);
+    /* No image, so no image WORKDIR: a container runs in its manifest's directory unless workingDir says. */
+    pid_t pid = spawn_in(p->sb.netns, c->spec->argv, env, true, c->log,
+                         c->spec->working_dir ? c->spec->working_dir : *p->workdir ? p->workdir : "/");
     free(env);
     if (pid < 0) {
         ctl_log("%s: fork: %s", pr->what, strerror((int)-pid));
@@ -501,9 +504,12 @@ static void api_remove(struct ctl *ctl, const char *kind, const char *ns, const 
     if (unlink(path) && errno != ENOENT) ctl_log("cannot remove %s: %s", path, strerror(errno));
 }
 
+static void svc_sync(struct ctl *ctl);
+
 static void flush_cb(struct task *t)
 {
     struct ctl *ctl = container_of(t, struct ctl, flush);
+    if (!ctl->stopping) svc_sync(ctl);
     for (size_t i = 0; i < ctl->n_pods; i++) {
         struct pod *p = ctl->pods[i];
         if (!p->dirty || p->deleting) continue;
@@ -571,11 +577,12 @@ static void uuid_from_hex(char *out, size_t n)
     snprintf(out, n, "%.8s-%.4s-%.4s-%.4s-%.12s", h, h + 8, h + 12, h + 16, h + 20);
 }
 
-static int pod_create(struct ctl *ctl, json_t *obj, char *err, size_t errlen)
+static int pod_create(struct ctl *ctl, json_t *obj, const char *workdir, char *err, size_t errlen)
 {
     struct pod *p = calloc(1, sizeof(*p));
     if (!p) return -ENOMEM;
     p->ctl = ctl;
+    snprintf(p->workdir, sizeof(p->workdir), "%s", workdir ? workdir : "");
     struct manifest_src src = {.file = "apply", .doc = 1};
     char perr[600] = "";
     int rc = cluster_pod_spec_parse(obj, &src, &p->spec, &ctl->warned, report_log, NULL);
@@ -982,8 +989,146 @@ static void ensure_namespace(struct ctl *ctl, const char *ns)
     ctl_log("namespace/%s created (implicitly)", ns);
 }
 
+/* The API server's ClusterIP allocation, from Kubernetes' default service range 10.96.0.0/16 (.0.10 up, below
+ * what manifests usually pin), for a Service without spec.clusterIP. */
+static void alloc_cluster_ip(struct ctl *ctl, json_t *svc)
+{
+    json_t *spec = json_object_get(svc, "spec");
+    if (!json_is_object(spec) || json_object_get(spec, "clusterIP")) return;
+    const char *t = json_string_value(json_object_get(spec, "type"));
+    if (t && !strcmp(t, "ExternalName")) return;
+    for (unsigned i = 10; i < 65534; i++) {
+        char ip[20];
+        snprintf(ip, sizeof(ip), "10.96.%u.%u", i / 256, i % 256);
+        bool used = false;
+        const char *k;
+        json_t *v;
+        json_object_foreach(ctl->store, k, v)
+        {
+            const char *c = json_string_value(json_object_get(json_object_get(v, "spec"), "clusterIP"));
+            if (!strcmp(cluster_obj_kind(v), "Service") && c && !strcmp(c, ip)) used = true;
+        }
+        if (used) continue;
+        json_object_set_new(spec, "clusterIP", json_string(ip));
+        json_object_set_new(spec, "clusterIPs", json_pack("[s]", ip));
+        ctl_log("service/%s in %s: clusterIP %s allocated", cluster_obj_name(svc), cluster_obj_ns(svc), ip);
+        return;
+    }
+}
+
+/* The node Service proxy, kube-proxy's iptables mode in miniature: for each Service VIP and port, DNAT to its
+ * ready endpoints (each picked with equal probability) in every node's ZMESH-SERVICES chain. Without the
+ * mesh this is what makes a VIP answer; with it, a meshed pod's ztunnel has taken the connection before it
+ * leaves the pod. Rebuilt whole and applied only when it changed. */
+static char *last_rules;
+
+static void svc_sync(struct ctl *ctl)
+{
+    size_t cap = 4096, len = 0;
+    char *r = malloc(cap);
+    if (!r) return;
+#define EMIT(...)                                                                                            \
+    do {                                                                                                     \
+        int k_ = snprintf(r + len, cap - len, __VA_ARGS__);                                                  \
+        if (k_ < 0) break;                                                                                   \
+        if ((size_t)k_ >= cap - len) {                                                                       \
+            char *nr_ = realloc(r, cap = (cap + (size_t)k_) * 2);                                            \
+            if (!nr_) {                                                                                      \
+                free(r);                                                                                     \
+                return;                                                                                      \
+            }                                                                                                \
+            r = nr_;                                                                                         \
+            snprintf(r + len, cap - len, __VA_ARGS__);                                                       \
+        }                                                                                                    \
+        len += (size_t)k_;                                                                                   \
+    } while (0)
+    EMIT("*nat\n:ZMESH-SERVICES - [0:0]\n");
+    const char *key;
+    json_t *svc;
+    json_object_foreach(ctl->store, key, svc)
+    {
+        if (strcmp(cluster_obj_kind(svc), "Service")) continue;
+        json_t *spec = json_object_get(svc, "spec"), *sel = json_object_get(spec, "selector"), *port;
+        const char *vip = json_string_value(json_object_get(spec, "clusterIP"));
+        if (!vip || !strcmp(vip, "None") || !json_is_object(sel) || !json_object_size(sel)) continue;
+        size_t pi;
+        json_array_foreach(json_object_get(spec, "ports"), pi, port)
+        {
+            json_t *pn = json_object_get(port, "port"), *tp = json_object_get(port, "targetPort");
+            const char *proto = json_string_value(json_object_get(port, "protocol"));
+            if (!json_is_integer(pn) || (proto && strcmp(proto, "TCP"))) continue;
+            char eps[64][64];
+            size_t ne = 0;
+            for (size_t i = 0; i < ctl->n_pods && ne < 64; i++) {
+                struct pod *p = ctl->pods[i];
+                if (!pod_ready(p) || strcmp(p->spec.ns, cluster_obj_ns(svc))) continue;
+                json_t *labels = json_object_get(json_object_get(p->obj, "metadata"), "labels");
+                const char *sk;
+                json_t *sv;
+                bool match = true;
+                json_object_foreach(sel, sk, sv)
+                {
+                    const char *lv = json_string_value(json_object_get(labels, sk));
+                    if (!lv || !json_is_string(sv) || strcmp(lv, json_string_value(sv))) match = false;
+                }
+                if (!match) continue;
+                long target = json_is_integer(tp) ? (long)json_integer_value(tp) : !tp ? (long)json_integer_value(pn) : 0;
+                if (json_is_string(tp)) {
+                    /* A named targetPort: the container port of that name (FindPortName). */
+                    size_t ci, qi;
+                    json_t *c, *q;
+                    json_array_foreach(json_object_get(json_object_get(p->obj, "spec"), "containers"), ci, c)
+                        json_array_foreach(json_object_get(c, "ports"), qi, q)
+                    {
+                        const char *nm = json_string_value(json_object_get(q, "name"));
+                        if (nm && !strcmp(nm, json_string_value(tp)) && json_is_integer(json_object_get(q, "containerPort")))
+                            target = (long)json_integer_value(json_object_get(q, "containerPort"));
+                    }
+                }
+                if (target > 0 && target < 65536) snprintf(eps[ne++], sizeof(eps[0]), "%s:%ld", p->sb.ip, target);
+            }
+            for (size_t i = 0; i < ne; i++) {
+                EMIT("-A ZMESH-SERVICES -d %s/32 -p tcp --dport %lld", vip, (long long)json_integer_value(pn));
+                if (i + 1 < ne) EMIT(" -m statistic --mode random --probability %.6f", 1.0 / (double)(ne - i));
+                EMIT(" -j DNAT --to-destination %s\n", eps[i]);
+            }
+        }
+    }
+    EMIT("COMMIT\n");
+#undef EMIT
+    if (last_rules && !strcmp(last_rules, r)) {
+        free(r);
+        return;
+    }
+    for (size_t i = 0; i < ctl->cfg->n_nodes; i++) {
+        char e[600];
+        int pfd[2];
+        if (pipe2(pfd, O_CLOEXEC)) break;
+        ssize_t wr = write(pfd[1], r, len); /* rules stay far below a pipe's 64 KiB for a local cluster */
+        (void)wr;
+        close(pfd[1]);
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(pfd[0], 0);
+            if (net_enter(ctl->cfg->nodes[i].netns)) _exit(126);
+            execlp("iptables-restore", "iptables-restore", "-w", "--noflush", (char *)NULL);
+            _exit(127);
+        }
+        close(pfd[0]);
+        int st = 0;
+        if (pid > 0) waitpid(pid, &st, 0);
+        if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+            snprintf(e, sizeof(e), "node %s: iptables-restore of the Service rules failed", ctl->cfg->nodes[i].name);
+            ctl_log("%s", e);
+        }
+    }
+    free(last_rules);
+    last_rules = r;
+}
+
 /* Applies one object (borrowed). Appends "kind/name created|configured|unchanged" to results. */
-static int ctl_apply_object(struct ctl *ctl, json_t *o, json_t *results, char *err, size_t errlen)
+static int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *results, char *err,
+                            size_t errlen)
 {
     const char *kind = cluster_obj_kind(o), *ns = cluster_obj_ns(o), *name = cluster_obj_name(o);
     char key[CLUSTER_NAME_MAX * 6], line[CLUSTER_NAME_MAX * 4];
@@ -1017,12 +1162,22 @@ static int ctl_apply_object(struct ctl *ctl, json_t *o, json_t *results, char *e
             pod_mark(p);
         } else {
             ensure_namespace(ctl, ns);
-            int rc = pod_create(ctl, o, err, errlen);
+            int rc = pod_create(ctl, o, workdir, err, errlen);
             if (rc) return rc;
         }
         json_object_set(ctl->store, key, o);
     } else {
         if (*ns) ensure_namespace(ctl, ns);
+        if (!strcmp(kind, "Service")) {
+            const char *was = old ? json_string_value(json_object_get(json_object_get(old, "spec"), "clusterIP")) : NULL;
+            json_t *spec = json_object_get(o, "spec");
+            /* As the API server: an allocated clusterIP stays across applies that do not set one. */
+            if (was && json_is_object(spec) && !json_object_get(spec, "clusterIP")) {
+                json_object_set_new(spec, "clusterIP", json_string(was));
+                json_object_set_new(spec, "clusterIPs", json_pack("[s]", was));
+            }
+            alloc_cluster_ip(ctl, o);
+        }
         verb = !old ? "created" : json_equal(old, o) ? "unchanged" : "configured";
         json_object_set(ctl->store, key, o);
         api_put(ctl, o);
@@ -1240,7 +1395,8 @@ static json_t *handle(struct ctl *ctl, json_t *req, bool *shutdown)
         json_array_foreach(json_object_get(req, "objects"), i, o)
         {
             char e1[1000] = "";
-            int r = op[0] == 'a' ? ctl_apply_object(ctl, o, results, e1, sizeof(e1))
+            int r = op[0] == 'a' ? ctl_apply_object(ctl, o, json_string_value(json_object_get(req, "workdir")),
+                                                    results, e1, sizeof(e1))
                                  : ctl_delete_object(ctl, cluster_obj_kind(o), cluster_obj_ns(o), cluster_obj_name(o),
                                                      results, e1, sizeof(e1));
             if (r) {
@@ -1351,7 +1507,7 @@ static int listen_socket(const struct cluster_cfg *cfg)
     return fd;
 }
 
-int ctl_run(const struct cluster_cfg *cfg, json_t *objects)
+int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir)
 {
     struct ctl ctl = {.cfg = cfg, .store = json_object()};
     ctl.flush.cb = flush_cb;
@@ -1402,7 +1558,7 @@ int ctl_run(const struct cluster_cfg *cfg, json_t *objects)
     {
         if (!strcmp(cluster_obj_kind(o), "Node")) continue;
         char err[1000];
-        if (ctl_apply_object(&ctl, o, results, err, sizeof(err))) ctl_log("apply: %s", err);
+        if (ctl_apply_object(&ctl, o, workdir, results, err, sizeof(err))) ctl_log("apply: %s", err);
     }
     json_decref(results);
     flush_cb(&ctl.flush);

@@ -4,7 +4,7 @@
  * ztunnels and node agents are its children), one timer per restart backoff and per probe period, and the
  * command socket <state>/controller.sock: one JSON request per connection (the client half-closes), one JSON
  * answer, then close:
- *     {"op":"apply","objects":[...]}        -> {"ok":true,"results":["pod/x created", ...]}
+ *     {"op":"apply","objects":[...],"workdir":"/abs/dir"} -> {"ok":true,"results":["pod/x created", ...]}
  *     {"op":"delete","objects":[{"kind","metadata":{"name","namespace"}}]}
  *     {"op":"label","kind":"Namespace","namespace":"","name":"shop","set":{"k":"v"},"remove":["k"]}
  *     {"op":"status"}                       -> {"ok":true,"ready":bool,"waiting":[...],"notes":[...]}
@@ -21,8 +21,9 @@
 #include "cli/cluster.h"
 
 /* Runs the controller until shutdown (or SIGTERM/SIGINT, which also stop every pod). objects (borrowed) are
- * applied first. Returns the process exit status. */
-int ctl_run(const struct cluster_cfg *cfg, json_t *objects);
+ * applied first; workdir is their manifests' directory, where containers run unless workingDir says
+ * otherwise (an apply request carries its own "workdir"). Returns the process exit status. */
+int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir);
 
 /* Client side: sends req (borrowed) to the controller of state and returns its answer (new reference) in
  * *resp. Returns 0, or -errno with err set (no controller, no answer). timeout_ms bounds the whole exchange. */

@@ -210,6 +210,16 @@ int net_node_up(const struct cluster_cfg *cfg, size_t i, char *err, size_t errle
     RUN("ip", "-n", ns, "link", "set", "lo", "up");
     RUN("ip", "-n", ns, "route", "add", "default", "via", (char *)cfg->host_ip);
     RUN("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1");
+    /* The node's Service proxy (cluster_ctl.c, kube-proxy's iptables mode in miniature) DNATs in this chain;
+     * bridged replies between pods of one node must pass it too, hence bridge-nf-call-iptables (a warning
+     * only: without br_netfilter, same-node Service calls without the mesh do not work). */
+    RUN("ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-N", "ZMESH-SERVICES");
+    RUN("ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-j", "ZMESH-SERVICES");
+    {
+        char *const av[] = {"ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1", NULL};
+        char e2[300];
+        if (net_run(av, e2, sizeof(e2))) fprintf(stderr, "warning: %s\n", e2);
+    }
     for (size_t j = 0; j < cfg->n_nodes; j++)
         if (j != i) RUN("ip", "-n", ns, "route", "add", (char *)cfg->nodes[j].pod_cidr, "via", (char *)cfg->nodes[j].ip);
     /* The host reaches pods (its zmeshd answers them) through their node. */

@@ -67,6 +67,19 @@ static int state_abs(const char *in, char *out, size_t n)
     return 0;
 }
 
+/* The absolute directory of a manifest path (the path itself when it is a directory). */
+static void manifest_dir_of(const char *path, char *out, size_t n)
+{
+    char abs[CLUSTER_PATH_MAX];
+    struct stat sb;
+    if (!realpath(path, abs)) snprintf(abs, sizeof(abs), "%s", path);
+    if (!stat(abs, &sb) && !S_ISDIR(sb.st_mode)) {
+        char *sl = strrchr(abs, '/');
+        if (sl && sl != abs) *sl = '\0';
+    }
+    snprintf(out, n, "%s", abs);
+}
+
 /* ---- the controller's pid file: "<pid> <start time>" ---- */
 
 static pid_t controller_pid(const char *state)
@@ -438,7 +451,9 @@ int cmd_up(int argc, char **argv)
         return 1;
     }
 
-    /* 4. The controller, as a daemon. */
+    /* 4. The controller, as a daemon. Containers run in the manifests' directory (no image WORKDIR). */
+    char workdir[CLUSTER_PATH_MAX];
+    manifest_dir_of(dir, workdir, sizeof(workdir));
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
@@ -465,7 +480,7 @@ int cmd_up(int argc, char **argv)
         snprintf(pidline, sizeof(pidline), "%d %s\n", (int)getpid(), start);
         snprintf(path, sizeof(path), "%s/controller.pid", cfg.state);
         cluster_write_atomic(path, pidline, strlen(pidline));
-        int st = ctl_run(&cfg, objs);
+        int st = ctl_run(&cfg, objs, workdir);
         unlink(path);
         _exit(st);
     }
@@ -666,7 +681,10 @@ static int apply_or_delete(int argc, char **argv, bool apply)
     } else {
         return usage(text, "%s", apply ? "-f <file|dir> is required" : "-f <file|dir> or <kind> <name> is required");
     }
-    json_t *req = json_pack("{s:s,s:o}", "op", apply ? "apply" : "delete", "objects", objs), *resp = NULL;
+    char workdir[CLUSTER_PATH_MAX] = "";
+    if (c.file) manifest_dir_of(c.file, workdir, sizeof(workdir));
+    json_t *req = json_pack("{s:s,s:o,s:s}", "op", apply ? "apply" : "delete", "objects", objs, "workdir", workdir),
+           *resp = NULL;
     rc = ctl_call(c.state, req, &resp, CALL_TIMEOUT_MS, err, sizeof(err));
     json_decref(req);
     if (rc) {
