@@ -983,7 +983,10 @@ static void ensure_namespace(struct ctl *ctl, const char *ns)
     obj_key("Namespace", "", ns, key, sizeof(key));
     if (json_object_get(ctl->store, key)) return;
     /* The API server refuses objects of a namespace that does not exist; a local tool creates it. */
-    json_t *o = json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "v1", "kind", "Namespace", "metadata", "name", ns);
+    char ts[32];
+    cluster_rfc3339(time(NULL), ts, sizeof(ts));
+    json_t *o = json_pack("{s:s,s:s,s:{s:s,s:s}}", "apiVersion", "v1", "kind", "Namespace", "metadata", "name", ns,
+                          "creationTimestamp", ts);
     json_object_set_new(ctl->store, key, o);
     api_put(ctl, o);
     ctl_log("namespace/%s created (implicitly)", ns);
@@ -1127,18 +1130,49 @@ static void svc_sync(struct ctl *ctl)
 }
 
 /* Applies one object (borrowed). Appends "kind/name created|configured|unchanged" to results. */
+static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char *key, const char *kind,
+                             const char *ns, const char *name, const char *workdir, json_t *results, char *err,
+                             size_t errlen, const char *verb);
+
 static int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *results, char *err,
                             size_t errlen)
 {
     const char *kind = cluster_obj_kind(o), *ns = cluster_obj_ns(o), *name = cluster_obj_name(o);
-    char key[CLUSTER_NAME_MAX * 6], line[CLUSTER_NAME_MAX * 4];
-    char lk[64];
-    snprintf(lk, sizeof(lk), "%s", kind);
-    for (char *q = lk; *q; q++)
-        *q = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q);
+    char key[CLUSTER_NAME_MAX * 6];
     obj_key(kind, ns, name, key, sizeof(key));
     json_t *old = json_object_get(ctl->store, key);
     const char *verb = "created";
+    /* As the API server: uid and creationTimestamp are set once, kept across applies. The comparisons below
+     * see the object with them, so an identical re-apply is "unchanged". */
+    o = json_deep_copy(o);
+    if (!o) return -ENOMEM;
+    json_t *md = json_object_get(o, "metadata");
+    json_t *omd = old ? json_object_get(old, "metadata") : NULL;
+    if (!json_object_get(md, "creationTimestamp")) {
+        char ts[32];
+        cluster_rfc3339(time(NULL), ts, sizeof(ts));
+        json_t *ot = json_object_get(omd, "creationTimestamp");
+        json_object_set_new(md, "creationTimestamp", ot ? json_incref(ot) : json_string(ts));
+    }
+    if (!json_object_get(md, "uid")) {
+        char uid[40];
+        json_t *ou = json_object_get(omd, "uid");
+        if (!ou) uuid_from_hex(uid, sizeof(uid));
+        json_object_set_new(md, "uid", ou ? json_incref(ou) : json_string(uid));
+    }
+    int rc_ = ctl_apply_checked(ctl, o, old, key, kind, ns, name, workdir, results, err, errlen, verb);
+    json_decref(o);
+    return rc_;
+}
+
+static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char *key, const char *kind,
+                             const char *ns, const char *name, const char *workdir, json_t *results, char *err,
+                             size_t errlen, const char *verb)
+{
+    char line[CLUSTER_NAME_MAX * 4], lk[64];
+    snprintf(lk, sizeof(lk), "%s", kind);
+    for (char *q = lk; *q; q++)
+        *q = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q);
     if (!strcmp(kind, "Node")) {
         if (!cluster_node_find(ctl->cfg, name)) {
             snprintf(err, errlen, "node/%s: nodes are set when the cluster comes up (zmesh down, then up)", name);
@@ -1545,6 +1579,9 @@ int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir)
         json_t *node = given ? json_deep_copy(given)
                              : json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "v1", "kind", "Node", "metadata", "name", n->name);
         if (!json_is_object(json_object_get(node, "spec"))) json_object_set_new(node, "spec", json_object());
+        char ts[32];
+        cluster_rfc3339(time(NULL), ts, sizeof(ts));
+        json_object_set_new(json_object_get(node, "metadata"), "creationTimestamp", json_string(ts));
         json_object_set_new(json_object_get(node, "spec"), "podCIDR", json_string(n->pod_cidr));
         json_object_set_new(node, "status",
                             json_pack("{s:[{s:s,s:s},{s:s,s:s}]}", "addresses", "type", "InternalIP", "address", n->ip,

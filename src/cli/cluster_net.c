@@ -315,7 +315,7 @@ static void cni_env(const struct cluster_cfg *cfg, const struct sandbox *sb, con
     snprintf(env[1], sizeof(env[1]), "CNI_CONTAINERID=%s", sb->container_id);
     snprintf(env[2], sizeof(env[2]), "CNI_NETNS=/run/netns/%s", sb->netns);
     snprintf(env[3], sizeof(env[3]), "CNI_IFNAME=%s", ifname);
-    snprintf(env[4], sizeof(env[4]), "CNI_ARGS=K8S_POD_NAME=%s;K8S_POD_NAMESPACE=%s;K8S_POD_UID=%s;"
+    snprintf(env[4], sizeof(env[4]), "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAME=%s;K8S_POD_NAMESPACE=%s;K8S_POD_UID=%s;"
                                      "K8S_POD_INFRA_CONTAINER_ID=%s", sb->name, sb->ns, sb->uid, sb->container_id);
     snprintf(env[5], sizeof(env[5]), "CNI_PATH=%s:%s", bin, CNI_SYSTEM_DIR);
     snprintf(env[6], sizeof(env[6]), "PATH=/usr/sbin:/usr/bin:/sbin:/bin");

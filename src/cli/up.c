@@ -491,7 +491,7 @@ int cmd_up(int argc, char **argv)
     for (struct dirent *e; d && (e = readdir(d));)
         if (!strncmp(e->d_name, "pod_", 4)) npods++;
     if (d) closedir(d);
-    printf("cluster up: %zu nodes (%s-*, bridge %s, %s.0/24), %zu pods ready; zmeshd at https://%s:%d "
+    printf("cluster up: %zu nodes (%s-*, bridge %s, %s/24), %zu pods ready; zmeshd at https://%s:%d "
            "(debug %s:%d)%s\n",
            cfg.n_nodes, cfg.prefix, cfg.bridge, cfg.node_subnet, npods, cfg.host_ip, CLUSTER_XDS_PORT, cfg.host_ip,
            CLUSTER_DEBUG_PORT, cfg.mesh ? "" : "; no mesh (--no-mesh)");
