@@ -93,7 +93,17 @@ static pid_t controller_pid(const char *state)
     free(s);
     if (pid <= 1) return 0;
     net_proc_start((pid_t)pid, start, sizeof(start));
-    return *start && !strcmp(start, want) ? (pid_t)pid : 0;
+    if (!*start || strcmp(start, want)) return 0;
+    /* A killed controller whose parent is gone may stay a zombie until init reaps it: that is not running. */
+    char sp[64], *st = NULL;
+    snprintf(sp, sizeof(sp), "/proc/%ld/stat", pid);
+    bool zombie = false;
+    if (!cluster_read_file(sp, 1 << 16, &st, NULL)) {
+        char *q = strrchr(st, ')');
+        zombie = q && q[1] == ' ' && (q[2] == 'Z' || q[2] == 'X');
+        free(st);
+    }
+    return zombie ? 0 : (pid_t)pid;
 }
 
 /* ---- up ---- */
