@@ -863,8 +863,7 @@ static int add_obj(struct mread *m, json_t *o, const struct manifest_src *src, c
     if (!json_is_object(o)) return 0; /* zmeshd's pass reported it */
     const char *kind = cluster_obj_kind(o);
     json_t *md = json_object_get(o, "metadata");
-    if (!*kind || !json_is_object(md) || !*cluster_obj_name(o)) return 0; /* reported by zmeshd's pass */
-    if (!strcmp(kind, "List")) {
+    if (!strcmp(kind, "List") && !*where) {
         size_t i;
         json_t *it;
         char w2[64];
@@ -876,6 +875,7 @@ static int add_obj(struct mread *m, json_t *o, const struct manifest_src *src, c
         }
         return 0;
     }
+    if (!*kind || !json_is_object(md) || !*cluster_obj_name(o)) return 0; /* reported by zmeshd's pass */
     if (!json_is_string(json_object_get(o, "apiVersion"))) {
         snprintf(msg, sizeof(msg), "%s#%u: %sapiVersion: required field is missing", src->file, src->doc, where);
         m->report(m->ud, false, msg);

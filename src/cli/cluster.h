@@ -158,11 +158,11 @@ const char *restart_policy_str(enum restart_policy r);
 /* ---- manifests ---- */
 
 /* The objects of a file or a directory (*.yaml, *.yml, *.json, sorted by name; not recursive) as a JSON
- * array of objects (kind List flattened), each with "metadata.namespace" defaulted for namespaced kinds and
- * an annotation-free "zmesh.io/source" note kept out: the source goes to *srcs (same order, malloc'd
- * "file#doc" strings). Every object is also checked by zmeshd's reader (its errors are errors here) and every
- * Pod by cluster_pod_spec_parse. Returns 0 with *out (new reference) when there was no error; -EINVAL when
- * some finding was an error (all were reported); -errno when a path cannot be read. */
+ * array of objects (kind List flattened; metadata.namespace defaulted to "default" for namespaced kinds and
+ * dropped for cluster-scoped ones). Every document is also read by zmeshd's reader (its errors are errors
+ * here, its warnings are reported) and every Pod by cluster_pod_spec_parse. Returns 0 with *out (new
+ * reference) when there was no error; -EINVAL when some finding was an error (all were reported); -errno
+ * when the path cannot be read. */
 int cluster_manifests_read(const char *path, json_t **out, struct cluster_warned *w, cluster_report_fn report,
                            void *ud);
 

@@ -29,8 +29,10 @@
 #define CHECK_FAST_MS 1000
 #define CHECK_SLOW_MS 5000
 #define CHECK_TIMEOUT_S 2
-/* Node proxy tokens: minted at every start, valid a day (a local cluster restarts them long before). */
+/* Node component tokens: minted at every start and again every hour while it runs, valid a day; ztunnel and
+ * the agent re-read the file for each request, as a projected token is re-read. */
 #define NODE_TOKEN_TTL_S (24 * 3600L)
+#define NODE_TOKEN_REFRESH_MS (3600 * 1000ULL)
 #define SYS_GRACE_MS 5000
 /* The name zmeshd's serving certificate carries, as istiod's. */
 #define ISTIOD_HOST "istiod.istio-system.svc"
@@ -111,6 +113,7 @@ struct sysproc {
     pid_t check_pid;
     struct timer check_t;
     char check_msg[200];
+    uint64_t token_mono; /* when its token was last minted */
 };
 
 struct ctl {
@@ -361,10 +364,11 @@ static void container_probe_cb(struct timer *t)
     const struct probe_spec *ps = &c->spec->readiness;
     timer_start(p->ctl->loop, &c->probe_t, (uint64_t)ps->period_s * 1000);
     if (c->probe_pid > 0 || c->p.state != P_RUNNING) return; /* the last one has not finished */
-    pid_t pid = probe_fork(p->sb.netns, ps->timeout_s);
+    /* As kubelet: tcpSocket and httpGet connect from the node to the pod IP (so in-pod redirection sees a
+     * probe where Istio's does); exec runs inside the pod. */
+    pid_t pid = probe_fork(ps->kind == PROBE_EXEC ? p->sb.netns : p->sb.node->netns, ps->timeout_s);
     if (pid < 0) return;
     if (pid == 0) {
-        /* kubelet probes the pod IP; from inside the pod that reaches listeners on it and on 0.0.0.0. */
         if (ps->kind == PROBE_TCP) {
             int fd = connect_to(p->sb.ip, ps->port);
             _exit(fd < 0 ? 1 : 0);
@@ -809,6 +813,7 @@ static void sys_spawn(struct proc *pr)
     }
     proc_started(pr, pid);
     s->ready = false;
+    s->token_mono = loop_now(ctl->loop);
     snprintf(s->check_msg, sizeof(s->check_msg), "starting");
     struct record_entry e = {.kind = REC_PROC};
     snprintf(e.a, sizeof(e.a), "%d", (int)pid);
@@ -855,6 +860,13 @@ static void sys_check_cb(struct timer *t)
     struct ctl *ctl = s->p.ctl;
     if (s->p.state != P_RUNNING || ctl->stopping) return;
     timer_start(ctl->loop, &s->check_t, s->ready ? CHECK_SLOW_MS : CHECK_FAST_MS);
+    if (s->kind != SYS_ZMESHD && loop_now(ctl->loop) - s->token_mono >= NODE_TOKEN_REFRESH_MS) {
+        const struct cluster_node *n = &ctl->cfg->nodes[s->node];
+        char tok[CLUSTER_PATH_MAX], pod[CLUSTER_NAME_MAX + 16];
+        snprintf(pod, sizeof(pod), s->kind == SYS_ZTUNNEL ? "ztunnel-%s" : "istio-cni-node-%s", n->name);
+        if (!node_token(ctl, s->kind == SYS_ZTUNNEL ? "ztunnel" : "istio-cni", n, pod, tok, sizeof(tok)))
+            s->token_mono = loop_now(ctl->loop);
+    }
     if (s->check_pid > 0) return;
     if (s->kind == SYS_AGENT) {
         /* The agent has no readiness port: running for a second is as good as it gets. */
