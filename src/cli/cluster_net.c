@@ -1,6 +1,7 @@
 /* zmesh up's networking (cluster_net.h). The host side uses iproute2 commands rather than netlink code of
  * our own: they are the tools an operator reads in the log and could type, and the record lists the same
  * names. Pods are wired only by the real CNI plugins. */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -167,8 +168,51 @@ static int record(const struct cluster_cfg *cfg, enum record_kind k, const char 
     return rc;
 }
 
+/* True when a route of the host's main table overlaps net/24 (host byte order); *dev names its interface. */
+static bool route_overlaps(uint32_t net, char *dev, size_t dn)
+{
+    FILE *f = fopen("/proc/net/route", "r");
+    char line[256];
+    bool hit = false;
+    if (!f) return false;
+    if (!fgets(line, sizeof(line), f)) { /* the header */
+        fclose(f);
+        return false;
+    }
+    while (!hit && fgets(line, sizeof(line), f)) {
+        char ifn[32];
+        unsigned dst, gw, flags, refcnt, use, metric, mask;
+        if (sscanf(line, "%31s %x %x %x %u %u %u %x", ifn, &dst, &gw, &flags, &refcnt, &use, &metric, &mask) != 8)
+            continue;
+        uint32_t d = ntohl(dst), m = ntohl(mask);
+        if (!m) continue; /* the default route overlaps everything */
+        uint32_t common = m < 0xffffff00u ? m : 0xffffff00u;
+        if ((d & common) == (net & common)) {
+            hit = true;
+            snprintf(dev, dn, "%s", ifn);
+        }
+    }
+    fclose(f);
+    return hit;
+}
+
 int net_bridge_up(const struct cluster_cfg *cfg, char *err, size_t errlen)
 {
+    /* Another cluster (or anything else) on the same addresses would make routes ambiguous: refuse. */
+    for (size_t i = 0; i <= cfg->n_nodes; i++) {
+        struct in_addr a;
+        char dev[32];
+        const char *cidr = i == 0 ? cfg->host_ip : cfg->nodes[i - 1].pod_cidr;
+        char ip[24];
+        snprintf(ip, sizeof(ip), "%.*s", (int)strcspn(cidr, "/"), cidr);
+        if (inet_pton(AF_INET, ip, &a) != 1) continue;
+        if (route_overlaps(ntohl(a.s_addr) & 0xffffff00u, dev, sizeof(dev))) {
+            snprintf(err, errlen, "%s/24 is already routed on this host (dev %s): another cluster or network uses "
+                     "it; choose --%s", ip, dev, i == 0 ? "node-subnet" : "pod-subnet");
+            return -EADDRINUSE;
+        }
+    }
+
     char p[64], cidr[24];
     snprintf(p, sizeof(p), "/sys/class/net/%s", cfg->bridge);
     if (!access(p, F_OK)) {
