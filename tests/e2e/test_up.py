@@ -356,6 +356,12 @@ def test_label_namespace_updates_the_object(cluster):
     assert r.returncode == 1 and "not found" in r.stderr
 
 
+def test_second_up_on_the_same_state_is_refused(cluster):
+    r = cluster.run("up", SAMPLE, "--prefix", cluster.prefix + "x", "--no-mesh", check=False)
+    assert r.returncode == 1 and "a cluster is already up in %s" % cluster.state in r.stderr, r.stderr
+    assert len(cluster.pods()) == 4
+
+
 def test_zz_down_removes_everything(cluster):
     pods_netns = cluster.netns()
     assert len(pods_netns) >= 6  # 2 nodes + 4 pods
@@ -408,6 +414,34 @@ def test_bad_manifests_name_file_and_field(tmpdir_m):
         assert 'c.yaml#1: spec.containers[0].readinessProbe.tcpSocket: port: "nosuch" names no port' in r.stderr
         assert "nothing was started" in r.stderr
         assert not c.bridge_exists() and c.netns() == [] and not os.path.exists(c.state)
+    finally:
+        _force_cleanup(c)
+
+
+def test_up_timeout_names_what_is_not_ready(tmpdir_m):
+    write(tmpdir_m, "p.yaml", """\
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: never}
+        spec:
+          containers:
+          - name: c
+            command: ["sleep", "3600"]
+            readinessProbe: {tcpSocket: {port: 6553}, periodSeconds: 1, failureThreshold: 1}
+        """)
+    c = Cluster(tmpdir_m, nodes=1)
+    try:
+        p = subprocess.run([c.zmesh, "up", tmpdir_m, "--state-dir", c.state, "--prefix", c.prefix, "--node-subnet",
+                            c.node_subnet, "--pod-subnet", c.pod_subnet, "--no-mesh", "--timeout", "4s"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1
+        assert "the cluster is not ready after 4s" in p.stderr, p.stderr
+        assert re.search(r"pod default/never \(node node1\): Running, container c not ready: readiness probe failed",
+                         p.stderr), p.stderr
+        assert "left up for inspection" in p.stderr
+        assert c.pods()["never"]["READY"] == "0/1"
+        assert c.down().returncode == 0
+        c.assert_gone()
     finally:
         _force_cleanup(c)
 
