@@ -114,6 +114,7 @@ struct sysproc {
     struct timer check_t;
     char check_msg[200];
     uint64_t token_mono; /* when its token was last minted */
+    struct record_entry rec; /* its "proc" entry in the record while it runs */
 };
 
 struct ctl {
@@ -815,17 +816,19 @@ static void sys_spawn(struct proc *pr)
     s->ready = false;
     s->token_mono = loop_now(ctl->loop);
     snprintf(s->check_msg, sizeof(s->check_msg), "starting");
-    struct record_entry e = {.kind = REC_PROC};
-    snprintf(e.a, sizeof(e.a), "%d", (int)pid);
-    net_proc_start(pid, e.b, sizeof(e.b));
-    if (!*e.b) snprintf(e.b, sizeof(e.b), "0");
-    snprintf(e.c, sizeof(e.c), "%.60s", pr->what);
-    for (char *q = e.c; *q; q++)
+    struct record_entry *e = &s->rec;
+    memset(e, 0, sizeof(*e));
+    e->kind = REC_PROC;
+    snprintf(e->a, sizeof(e->a), "%d", (int)pid);
+    net_proc_start(pid, e->b, sizeof(e->b));
+    if (!*e->b) snprintf(e->b, sizeof(e->b), "0");
+    snprintf(e->c, sizeof(e->c), "%.60s", pr->what);
+    for (char *q = e->c; *q; q++)
         if (*q == ' ') *q = '/';
     /* Recorded just after the fork (the pid is only known then); down also finds node components through
      * their namespace, and zmeshd is the one host process: its start time in the entry guards against a
      * recycled pid. */
-    cluster_record_add(ctl->cfg->state, &e);
+    cluster_record_add(ctl->cfg->state, e);
     ctl_log("%s started (pid %d, log %s)", pr->what, (int)pid, s->log);
     timer_start(ctl->loop, &s->check_t, CHECK_FAST_MS);
 }
@@ -835,8 +838,8 @@ static void sys_exited(struct proc *pr, int status)
     struct sysproc *s = container_of(pr, struct sysproc, p);
     struct ctl *ctl = pr->ctl;
     char eb[40];
-    struct record_entry e = {.kind = REC_PROC};
-    snprintf(e.a, sizeof(e.a), "%d", (int)pr->pid);
+    if (s->rec.kind == REC_PROC && *s->rec.a) cluster_record_remove(ctl->cfg->state, &s->rec);
+    s->rec.a[0] = '\0';
     pr->pid = 0;
     pr->last_exit = status;
     s->ready = false;
@@ -1417,6 +1420,10 @@ static void ctl_stop_all(struct ctl *ctl)
         if (ctl->zmeshd->check_pid > 0) kill(-ctl->zmeshd->check_pid, SIGKILL);
     }
     stop_pids(sp, ns, SYS_GRACE_MS);
+    for (size_t i = 0; i < ctl->n_nodeprocs + 1; i++) {
+        struct sysproc *s = i < ctl->n_nodeprocs ? ctl->nodeprocs[i] : ctl->zmeshd;
+        if (s && *s->rec.a) cluster_record_remove(ctl->cfg->state, &s->rec);
+    }
     ctl_log("stopped");
     loop_stop(ctl->loop);
 }
@@ -1438,7 +1445,14 @@ static json_t *handle(struct ctl *ctl, json_t *req, bool *shutdown)
     } else if (!strcmp(op, "apply") || !strcmp(op, "delete")) {
         size_t i;
         json_t *o;
-        json_array_foreach(json_object_get(req, "objects"), i, o)
+        /* A delete takes Namespaces last: what is in them goes first, by name, so a file that lists both
+         * (namespace first, as apply wants it) does not report its other objects as not found. */
+        json_t *objs = json_object_get(req, "objects"), *order = json_array();
+        for (int pass = 0; pass < 2; pass++)
+            json_array_foreach(objs, i, o) if ((op[0] == 'a' && pass == 0) ||
+                                               (op[0] == 'd' && (pass == 1) == !strcmp(cluster_obj_kind(o), "Namespace")))
+                json_array_append(order, o);
+        json_array_foreach(order, i, o)
         {
             char e1[1000] = "";
             int r = op[0] == 'a' ? ctl_apply_object(ctl, o, json_string_value(json_object_get(req, "workdir")),
@@ -1452,6 +1466,7 @@ static json_t *handle(struct ctl *ctl, json_t *req, bool *shutdown)
                 snprintf(err + l, sizeof(err) - l, "%s%s", l ? "; " : "", e1);
             }
         }
+        json_decref(order);
     } else if (!strcmp(op, "label")) {
         rc = ctl_label(ctl, req, results, err, sizeof(err));
     } else if (!strcmp(op, "shutdown")) {
