@@ -126,9 +126,9 @@ int cluster_cfg_save(const struct cluster_cfg *cfg, char *err, size_t errlen)
     json_t *nodes = json_array();
     for (size_t i = 0; i < cfg->n_nodes; i++)
         json_array_append_new(nodes, json_string(cfg->nodes[i].name));
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:b,s:o}", "prefix", cfg->prefix, "node_subnet", cfg->node_subnet,
-                          "pod_subnet", cfg->pod_subnet, "bin_dir", cfg->bin_dir, "mesh", cfg->mesh, "nodes",
-                          nodes);
+    json_t *o =
+        json_pack("{s:s,s:s,s:s,s:s,s:b,s:o}", "prefix", cfg->prefix, "node_subnet", cfg->node_subnet,
+                  "pod_subnet", cfg->pod_subnet, "bin_dir", cfg->bin_dir, "mesh", cfg->mesh, "nodes", nodes);
     char *s = o ? json_dumps(o, JSON_INDENT(2)) : NULL;
     json_decref(o);
     char path[CLUSTER_PATH_MAX];
@@ -148,8 +148,9 @@ int cluster_cfg_load(const char *state, struct cluster_cfg *cfg, char *err, size
     json_t *o = json_load_file(cluster_path(cfg, path, sizeof(path), "cluster.json"), 0, &je);
     if (!o) {
         if (access(path, F_OK))
-            snprintf(err, errlen, "no cluster in %s (no cluster.json; is it up? zmesh up <dir> --state-dir %s)",
-                     state, state);
+            snprintf(err, errlen,
+                     "no cluster in %s (no cluster.json; is it up? zmesh up <dir> --state-dir %s)", state,
+                     state);
         else
             snprintf(err, errlen, "%s: %s (line %d)", path, je.text, je.line);
         return -ENOENT;
@@ -302,8 +303,11 @@ int cluster_parse_rfc3339(const char *s, int64_t *out)
 
 /* ---- the record ---- */
 
-static const char *const rec_names[REC_KIND_COUNT] = {
-    [REC_NETNS] = "netns", [REC_BRIDGE] = "bridge", [REC_ROUTE] = "route", [REC_POD] = "pod", [REC_PROC] = "proc"};
+static const char *const rec_names[REC_KIND_COUNT] = {[REC_NETNS] = "netns",
+                                                      [REC_BRIDGE] = "bridge",
+                                                      [REC_ROUTE] = "route",
+                                                      [REC_POD] = "pod",
+                                                      [REC_PROC] = "proc"};
 
 const char *record_kind_str(enum record_kind k)
 {
@@ -319,7 +323,8 @@ static int record_append(const char *state, char sign, const struct record_entry
     if (n <= 0 || (size_t)n >= sizeof(line)) return -ENAMETOOLONG;
     int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) return -errno;
-    /* One write of one line with O_APPEND: a crash leaves at most a torn last line, which the reader skips. */
+    /* One write of one line with O_APPEND: a crash leaves at most a torn last line, which the reader skips.
+     */
     int rc = write(fd, line, (size_t)n) == n ? 0 : -EIO;
     if (!rc && fsync(fd)) rc = -errno;
     close(fd);
@@ -437,8 +442,9 @@ const char *cluster_obj_name(const json_t *o)
 
 bool cluster_kind_cluster_scoped(const char *kind)
 {
-    static const char *const kinds[] = {"Namespace", "Node", "ClusterRole", "ClusterRoleBinding",
-                                        "CustomResourceDefinition", "PersistentVolume", "StorageClass", NULL};
+    static const char *const kinds[] = {
+        "Namespace",        "Node",         "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+        "PersistentVolume", "StorageClass", NULL};
     for (const char *const *k = kinds; *k; k++)
         if (!strcmp(*k, kind)) return true;
     return false;
@@ -484,8 +490,21 @@ static void pr_say(struct pod_reader *r, bool warn, const char *field, const cha
 }
 
 /* Once-only warnings, by bit. */
-enum { W_IMAGE = 0, W_LIVENESS, W_STARTUP, W_INIT, W_VALUE_FROM, W_ENV_FROM, W_PROBE_HOST, W_SECURITY,
-       W_VOLUMES, W_RESOURCES, W_HOST_NETWORK, W_LIFECYCLE, W_PROBE_HEADERS };
+enum {
+    W_IMAGE = 0,
+    W_LIVENESS,
+    W_STARTUP,
+    W_INIT,
+    W_VALUE_FROM,
+    W_ENV_FROM,
+    W_PROBE_HOST,
+    W_SECURITY,
+    W_VOLUMES,
+    W_RESOURCES,
+    W_HOST_NETWORK,
+    W_LIFECYCLE,
+    W_PROBE_HEADERS
+};
 
 static void warn_once(struct pod_reader *r, int bit, const char *field, const char *msg)
 {
@@ -532,8 +551,8 @@ static int strs_append(struct pod_reader *r, const json_t *a, const char *field,
     return 0;
 }
 
-static int get_int(struct pod_reader *r, const json_t *o, const char *key, const char *field, int def, int min,
-                   int max, int *out)
+static int get_int(struct pod_reader *r, const json_t *o, const char *key, const char *field, int def,
+                   int min, int max, int *out)
 {
     const json_t *v = json_object_get(o, key);
     *out = def;
@@ -547,7 +566,8 @@ static int get_int(struct pod_reader *r, const json_t *o, const char *key, const
 }
 
 /* A probe's port: a number, or the name of one of the container's ports. */
-static int probe_port(struct pod_reader *r, const json_t *c, const json_t *h, const char *field, uint16_t *out)
+static int probe_port(struct pod_reader *r, const json_t *c, const json_t *h, const char *field,
+                      uint16_t *out)
 {
     const json_t *p = json_object_get(h, "port");
     if (json_is_integer(p) && json_integer_value(p) >= 1 && json_integer_value(p) <= 65535) {
@@ -571,7 +591,8 @@ static int probe_port(struct pod_reader *r, const json_t *c, const json_t *h, co
         pr_say(r, false, field, "port: \"%s\" names no port of this container", json_string_value(p));
         return -EINVAL;
     }
-    pr_say(r, false, field, "port: %s", p ? "expected a port 1-65535 or a port name" : "required field is missing");
+    pr_say(r, false, field, "port: %s",
+           p ? "expected a port 1-65535 or a port name" : "required field is missing");
     return -EINVAL;
 }
 
@@ -589,7 +610,8 @@ static int read_probe(struct pod_reader *r, const json_t *c, const json_t *pj, c
                  *http = json_object_get(pj, "httpGet"), *grpc = json_object_get(pj, "grpc");
     int kinds = !!tcp + !!ex + !!http + !!grpc;
     if (kinds != 1) {
-        pr_say(r, false, f, "expected exactly one of tcpSocket, exec, httpGet%s", grpc ? " (grpc is not supported)" : "");
+        pr_say(r, false, f, "expected exactly one of tcpSocket, exec, httpGet%s",
+               grpc ? " (grpc is not supported)" : "");
         return -EINVAL;
     }
     if (grpc) {
@@ -656,7 +678,8 @@ static int read_container(struct pod_reader *r, const json_t *c, size_t i, struc
     const json_t *name = json_object_get(c, "name");
     if (!json_is_string(name) || !cluster_dns_label(json_string_value(name))) {
         snprintf(sub, sizeof(sub), "%s.name", f);
-        pr_say(r, false, sub, name ? "expected a DNS label ([a-z0-9-], at most 63)" : "required field is missing");
+        pr_say(r, false, sub,
+               name ? "expected a DNS label ([a-z0-9-], at most 63)" : "required field is missing");
         return -EINVAL;
     }
     if (!(cs->name = xstrdup(json_string_value(name)))) return -ENOMEM;
@@ -695,7 +718,8 @@ static int read_container(struct pod_reader *r, const json_t *c, size_t i, struc
                 return -EINVAL;
             }
             if (json_object_get(e, "valueFrom")) {
-                warn_once(r, W_VALUE_FROM, ef, "valueFrom: not supported by zmesh up; the variable is not set");
+                warn_once(r, W_VALUE_FROM, ef,
+                          "valueFrom: not supported by zmesh up; the variable is not set");
                 continue;
             }
             if (ev && !json_is_string(ev)) {
@@ -719,15 +743,16 @@ static int read_container(struct pod_reader *r, const json_t *c, size_t i, struc
     const json_t *rp = json_object_get(c, "readinessProbe");
     if (rp && !json_is_null(rp) && (rc = read_probe(r, c, rp, f, &cs->readiness))) return rc;
     if (json_object_get(c, "livenessProbe"))
-        warn_once(r, W_LIVENESS, f, "livenessProbe: not supported by zmesh up; ignored (only readinessProbe)");
+        warn_once(r, W_LIVENESS, f,
+                  "livenessProbe: not supported by zmesh up; ignored (only readinessProbe)");
     if (json_object_get(c, "startupProbe"))
         warn_once(r, W_STARTUP, f, "startupProbe: not supported by zmesh up; ignored (only readinessProbe)");
     if (json_object_get(c, "securityContext"))
         warn_once(r, W_SECURITY, f, "securityContext: not supported by zmesh up; containers run as root");
     if (json_object_get(c, "volumeMounts"))
-        warn_once(r, W_VOLUMES, f, "volumeMounts: not supported by zmesh up; containers see the host's files");
-    if (json_object_get(c, "resources"))
-        warn_once(r, W_RESOURCES, f, "resources: not enforced by zmesh up");
+        warn_once(r, W_VOLUMES, f,
+                  "volumeMounts: not supported by zmesh up; containers see the host's files");
+    if (json_object_get(c, "resources")) warn_once(r, W_RESOURCES, f, "resources: not enforced by zmesh up");
     if (json_object_get(c, "lifecycle"))
         warn_once(r, W_LIFECYCLE, f, "lifecycle: hooks are not run by zmesh up");
     return 0;
@@ -741,7 +766,8 @@ int cluster_pod_spec_parse(const json_t *pod, const struct manifest_src *src, st
     memset(out, 0, sizeof(*out));
     const char *name = cluster_obj_name(pod), *ns = cluster_obj_ns(pod);
     if (!cluster_dns_subdomain(name)) {
-        pr_say(&r, false, "metadata.name", "\"%s\": expected a DNS subdomain ([a-z0-9-.], at most 253)", name);
+        pr_say(&r, false, "metadata.name", "\"%s\": expected a DNS subdomain ([a-z0-9-.], at most 253)",
+               name);
         return -EINVAL;
     }
     if (!cluster_dns_label(ns)) {
@@ -755,7 +781,8 @@ int cluster_pod_spec_parse(const json_t *pod, const struct manifest_src *src, st
         return -EINVAL;
     }
     const json_t *node = json_object_get(spec, "nodeName"), *sa = json_object_get(spec, "serviceAccountName");
-    if (!(out->node = xstrdup(json_string_value(node))) || !(out->service_account = xstrdup(json_string_value(sa))))
+    if (!(out->node = xstrdup(json_string_value(node))) ||
+        !(out->service_account = xstrdup(json_string_value(sa))))
         return -ENOMEM;
     const json_t *rp = json_object_get(spec, "restartPolicy");
     if (rp) {
@@ -877,7 +904,8 @@ static int add_obj(struct mread *m, json_t *o, const struct manifest_src *src, c
     }
     if (!*kind || !json_is_object(md) || !*cluster_obj_name(o)) return 0; /* reported by zmeshd's pass */
     if (!json_is_string(json_object_get(o, "apiVersion"))) {
-        snprintf(msg, sizeof(msg), "%s#%u: %sapiVersion: required field is missing", src->file, src->doc, where);
+        snprintf(msg, sizeof(msg), "%s#%u: %sapiVersion: required field is missing", src->file, src->doc,
+                 where);
         m->report(m->ud, false, msg);
         m->errors++;
         return 0;
@@ -887,8 +915,8 @@ static int add_obj(struct mread *m, json_t *o, const struct manifest_src *src, c
     else if (!*cluster_obj_ns(o))
         json_object_set_new(md, "namespace", json_string("default"));
     if (!cluster_dns_subdomain(cluster_obj_name(o))) {
-        snprintf(msg, sizeof(msg), "%s#%u: %smetadata.name: \"%s\" is not a DNS subdomain", src->file, src->doc,
-                 where, cluster_obj_name(o));
+        snprintf(msg, sizeof(msg), "%s#%u: %smetadata.name: \"%s\" is not a DNS subdomain", src->file,
+                 src->doc, where, cluster_obj_name(o));
         m->report(m->ud, false, msg);
         m->errors++;
         return 0;
@@ -970,7 +998,8 @@ int cluster_manifests_read(const char *path, json_t **out, struct cluster_warned
         for (struct dirent *e; (e = readdir(d)) && n < MANIFEST_FILES_MAX;) {
             size_t l = strlen(e->d_name);
             if (e->d_name[0] == '.') continue;
-            if (!((l > 5 && !strcmp(e->d_name + l - 5, ".yaml")) || (l > 4 && !strcmp(e->d_name + l - 4, ".yml")) ||
+            if (!((l > 5 && !strcmp(e->d_name + l - 5, ".yaml")) ||
+                  (l > 4 && !strcmp(e->d_name + l - 4, ".yml")) ||
                   (l > 5 && !strcmp(e->d_name + l - 5, ".json"))))
                 continue;
             char **nn = realloc(names, (n + 1) * sizeof(*names));

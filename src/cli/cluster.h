@@ -54,8 +54,8 @@
 
 struct cluster_node {
     char name[CLUSTER_NAME_MAX];
-    unsigned index;  /* 1-based */
-    char ip[16];     /* node IP on the node network */
+    unsigned index; /* 1-based */
+    char ip[16];    /* node IP on the node network */
     char pod_cidr[20];
     char netns[CLUSTER_NAME_MAX + CLUSTER_PREFIX_MAX + 2];
 };

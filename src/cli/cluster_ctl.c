@@ -113,7 +113,7 @@ struct sysproc {
     pid_t check_pid;
     struct timer check_t;
     char check_msg[200];
-    uint64_t token_mono; /* when its token was last minted */
+    uint64_t token_mono;     /* when its token was last minted */
     struct record_entry rec; /* its "proc" entry in the record while it runs */
 };
 
@@ -182,10 +182,11 @@ static void proc_restart_cb(struct timer *t)
 /* After an exit: the next start in backoff_ms (1 s doubling to 5 min; reset after a long healthy run). */
 static void proc_backoff(struct proc *p, uint64_t now)
 {
-    if (now - p->started_mono >= CLUSTER_BACKOFF_RESET_MS || !p->backoff_ms) p->backoff_ms = CLUSTER_BACKOFF_START_MS;
+    if (now - p->started_mono >= CLUSTER_BACKOFF_RESET_MS || !p->backoff_ms)
+        p->backoff_ms = CLUSTER_BACKOFF_START_MS;
     p->state = P_BACKOFF;
     ctl_log("%s exited with status %d; restarting in %llus (restart %u)", p->what, p->last_exit,
-         (unsigned long long)(p->backoff_ms / 1000), p->restarts + 1);
+            (unsigned long long)(p->backoff_ms / 1000), p->restarts + 1);
     timer_start(p->ctl->loop, &p->t, p->backoff_ms);
     p->backoff_ms = p->backoff_ms * 2 > CLUSTER_BACKOFF_MAX_MS ? CLUSTER_BACKOFF_MAX_MS : p->backoff_ms * 2;
 }
@@ -243,8 +244,10 @@ static void http_check_child(const char *ip, uint16_t port, const char *path)
     int fd = connect_to(ip, port);
     if (fd < 0) _exit(2);
     char req[600], resp[64];
-    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s:%u\r\nUser-Agent: zmesh-up-probe\r\nConnection: close\r\n\r\n",
-                     path, ip, port);
+    int n =
+        snprintf(req, sizeof(req),
+                 "GET %s HTTP/1.1\r\nHost: %s:%u\r\nUser-Agent: zmesh-up-probe\r\nConnection: close\r\n\r\n",
+                 path, ip, port);
     if (write(fd, req, (size_t)n) != n) _exit(3);
     size_t got = 0;
     while (got < 12) {
@@ -302,7 +305,8 @@ static void container_spawn(struct proc *pr)
 {
     struct container *c = container_of(pr, struct container, p);
     struct pod *p = c->pod;
-    char host[300], home[] = "HOME=/root", path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    char host[300], home[] = "HOME=/root",
+                    path[] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     snprintf(host, sizeof(host), "HOSTNAME=%s", p->spec.name);
     size_t ne = 0;
     for (char **e = c->spec->env; e && *e; e++)
@@ -316,7 +320,9 @@ static void container_spawn(struct proc *pr)
         env[3 + i] = c->spec->env[i]; /* later entries win in putenv order, as the pod's env over defaults */
     /* No image, so no image WORKDIR: a container runs in its manifest's directory unless workingDir says. */
     pid_t pid = spawn_in(p->sb.netns, c->spec->argv, env, true, c->log,
-                         c->spec->working_dir ? c->spec->working_dir : *p->workdir ? p->workdir : "/");
+                         c->spec->working_dir ? c->spec->working_dir
+                         : *p->workdir        ? p->workdir
+                                              : "/");
     free(env);
     if (pid < 0) {
         ctl_log("%s: fork: %s", pr->what, strerror((int)-pid));
@@ -353,7 +359,7 @@ static void container_exited(struct proc *pr, int status)
     } else {
         pr->state = P_DONE;
         ctl_log("%s ended: %s (restartPolicy %s)", pr->what, exit_text(status, eb, sizeof(eb)),
-             restart_policy_str(p->spec.restart));
+                restart_policy_str(p->spec.restart));
     }
     pod_mark(p);
 }
@@ -402,7 +408,7 @@ static void container_probe_done(struct container *c, int status)
     }
     if (was != c->ready) {
         ctl_log("container %s/%s/%s: ready %s", c->pod->spec.ns, c->pod->spec.name, c->spec->name,
-             c->ready ? "true" : "false");
+                c->ready ? "true" : "false");
         pod_mark(c->pod);
     }
 }
@@ -457,22 +463,26 @@ static json_t *pod_view(const struct pod *p)
     json_t *cs = json_array();
     for (size_t i = 0; i < p->n; i++) {
         const struct container *c = &p->c[i];
-        json_t *s = json_pack("{s:s,s:b,s:i,s:b}", "name", c->spec->name, "ready", c->ready && c->p.state == P_RUNNING,
-                              "restartCount", (int)c->p.restarts, "started", c->p.state == P_RUNNING);
+        json_t *s = json_pack("{s:s,s:b,s:i,s:b}", "name", c->spec->name, "ready",
+                              c->ready && c->p.state == P_RUNNING, "restartCount", (int)c->p.restarts,
+                              "started", c->p.state == P_RUNNING);
         char cts[32];
         cluster_rfc3339(c->p.started_wall, cts, sizeof(cts));
         if (c->p.state == P_RUNNING)
             json_object_set_new(s, "state", json_pack("{s:{s:s}}", "running", "startedAt", cts));
         else if (c->p.state == P_DONE)
-            json_object_set_new(s, "state", json_pack("{s:{s:i,s:s}}", "terminated", "exitCode", c->p.last_exit,
-                                                      "reason", c->p.last_exit ? "Error" : "Completed"));
+            json_object_set_new(s, "state",
+                                json_pack("{s:{s:i,s:s}}", "terminated", "exitCode", c->p.last_exit, "reason",
+                                          c->p.last_exit ? "Error" : "Completed"));
         else if (c->p.state == P_BACKOFF)
             json_object_set_new(s, "state", json_pack("{s:{s:s}}", "waiting", "reason", "CrashLoopBackOff"));
         else
-            json_object_set_new(s, "state", json_pack("{s:{s:s}}", "waiting", "reason",
-                                                      p->sandbox_ok ? "PodInitializing" : "ContainerCreating"));
+            json_object_set_new(s, "state",
+                                json_pack("{s:{s:s}}", "waiting", "reason",
+                                          p->sandbox_ok ? "PodInitializing" : "ContainerCreating"));
         if (c->p.last_exit >= 0 && c->p.state != P_DONE)
-            json_object_set_new(s, "lastState", json_pack("{s:{s:i}}", "terminated", "exitCode", c->p.last_exit));
+            json_object_set_new(s, "lastState",
+                                json_pack("{s:{s:i}}", "terminated", "exitCode", c->p.last_exit));
         json_object_set_new(s, "log", json_string(c->log)); /* zmesh's: where kubectl logs would read */
         if (!(c->ready && c->p.state == P_RUNNING)) cready = false;
         json_array_append_new(cs, s);
@@ -481,7 +491,8 @@ static json_t *pod_view(const struct pod *p)
     json_t *conds = json_array();
     json_array_append_new(conds, json_pack("{s:s,s:s}", "type", "PodScheduled", "status", "True"));
     json_array_append_new(conds, json_pack("{s:s,s:s}", "type", "Initialized", "status", "True"));
-    json_array_append_new(conds, json_pack("{s:s,s:s}", "type", "ContainersReady", "status", cready ? "True" : "False"));
+    json_array_append_new(
+        conds, json_pack("{s:s,s:s}", "type", "ContainersReady", "status", cready ? "True" : "False"));
     json_t *rc = json_pack("{s:s,s:s}", "type", "Ready", "status", ready ? "True" : "False");
     if (!p->sandbox_ok && *p->sandbox_err) json_object_set_new(rc, "message", json_string(p->sandbox_err));
     json_array_append_new(conds, rc);
@@ -542,16 +553,18 @@ static void pod_sandbox(struct pod *p)
         snprintf(p->sandbox_err, sizeof(p->sandbox_err), "%s", err);
         if (!p->sandbox_backoff) p->sandbox_backoff = CLUSTER_BACKOFF_START_MS;
         ctl_log("pod %s/%s: sandbox failed: %s; retrying in %llus", p->spec.ns, p->spec.name, err,
-             (unsigned long long)(p->sandbox_backoff / 1000));
+                (unsigned long long)(p->sandbox_backoff / 1000));
         timer_start(ctl->loop, &p->sandbox_t, p->sandbox_backoff);
-        p->sandbox_backoff = p->sandbox_backoff * 2 > CLUSTER_BACKOFF_MAX_MS ? CLUSTER_BACKOFF_MAX_MS : p->sandbox_backoff * 2;
+        p->sandbox_backoff =
+            p->sandbox_backoff * 2 > CLUSTER_BACKOFF_MAX_MS ? CLUSTER_BACKOFF_MAX_MS : p->sandbox_backoff * 2;
         pod_mark(p);
         return;
     }
     p->sandbox_ok = true;
     p->sandbox_err[0] = '\0';
     p->start_s = time(NULL);
-    ctl_log("pod %s/%s: sandbox %s on node %s, IP %s", p->spec.ns, p->spec.name, p->sb.netns, p->sb.node->name, p->sb.ip);
+    ctl_log("pod %s/%s: sandbox %s on node %s, IP %s", p->spec.ns, p->spec.name, p->sb.netns,
+            p->sb.node->name, p->sb.ip);
     pod_start_containers(p);
     pod_mark(p);
 }
@@ -592,7 +605,8 @@ static int pod_create(struct ctl *ctl, json_t *obj, const char *workdir, char *e
     char perr[600] = "";
     int rc = cluster_pod_spec_parse(obj, &src, &p->spec, &ctl->warned, report_log, NULL);
     if (rc) {
-        snprintf(err, errlen, "pod %s/%s: invalid (see the controller log)%s", cluster_obj_ns(obj), cluster_obj_name(obj), perr);
+        snprintf(err, errlen, "pod %s/%s: invalid (see the controller log)%s", cluster_obj_ns(obj),
+                 cluster_obj_name(obj), perr);
         cluster_pod_spec_free(&p->spec);
         free(p);
         return rc;
@@ -735,7 +749,8 @@ static pid_t start_zmeshd(struct ctl *ctl, struct sysproc *s)
     cluster_path(cfg, st, sizeof(st), "zmeshd");
     snprintf(listen, sizeof(listen), "%s:%d", cfg->host_ip, CLUSTER_XDS_PORT);
     snprintf(debug, sizeof(debug), "%s:%d", cfg->host_ip, CLUSTER_DEBUG_PORT);
-    char *const argv[] = {bin, "--manifests", api, "--state-dir", st, "--listen", listen, "--debug-listen", debug, NULL};
+    char *const argv[] = {bin,    "--manifests",    api,   "--state-dir", st, "--listen",
+                          listen, "--debug-listen", debug, NULL};
     return spawn_in(NULL, argv, NULL, false, s->log, NULL);
 }
 
@@ -745,7 +760,8 @@ static pid_t start_ztunnel(struct ctl *ctl, struct sysproc *s)
 {
     const struct cluster_cfg *cfg = ctl->cfg;
     const struct cluster_node *n = &cfg->nodes[s->node];
-    char bin[CLUSTER_PATH_MAX + 16], tok[CLUSTER_PATH_MAX], root[CLUSTER_PATH_MAX], sock[CLUSTER_PATH_MAX], xds[64];
+    char bin[CLUSTER_PATH_MAX + 16], tok[CLUSTER_PATH_MAX], root[CLUSTER_PATH_MAX], sock[CLUSTER_PATH_MAX],
+        xds[64];
     char pod[CLUSTER_NAME_MAX + 16];
     snprintf(pod, sizeof(pod), "ztunnel-%s", n->name);
     if (node_token(ctl, "ztunnel", n, pod, tok, sizeof(tok))) return -EIO;
@@ -794,8 +810,23 @@ static pid_t start_agent(struct ctl *ctl, struct sysproc *s)
     cluster_path(cfg, st, sizeof(st), "nodes/%s/agent", n->name);
     cluster_mkdirs(st, 0755);
     xds_address(cfg, xds, sizeof(xds));
-    char *const argv[] = {bin, "agent", "--node-name", (char *)n->name, "--zds-socket", zds, "--plugin-socket", plug,
-                          "--state-dir", st, "--xds-address", xds, "--xds-root-ca", root, "--token-file", tok, NULL};
+    char *const argv[] = {bin,
+                          "agent",
+                          "--node-name",
+                          (char *)n->name,
+                          "--zds-socket",
+                          zds,
+                          "--plugin-socket",
+                          plug,
+                          "--state-dir",
+                          st,
+                          "--xds-address",
+                          xds,
+                          "--xds-root-ca",
+                          root,
+                          "--token-file",
+                          tok,
+                          NULL};
     return spawn_in(n->netns, argv, NULL, false, s->log, NULL);
 }
 
@@ -805,7 +836,9 @@ static void sys_spawn(struct proc *pr)
 {
     struct sysproc *s = container_of(pr, struct sysproc, p);
     struct ctl *ctl = pr->ctl;
-    pid_t pid = s->kind == SYS_ZMESHD ? start_zmeshd(ctl, s) : s->kind == SYS_ZTUNNEL ? start_ztunnel(ctl, s) : start_agent(ctl, s);
+    pid_t pid = s->kind == SYS_ZMESHD    ? start_zmeshd(ctl, s)
+                : s->kind == SYS_ZTUNNEL ? start_ztunnel(ctl, s)
+                                         : start_agent(ctl, s);
     if (pid < 0) {
         pr->last_exit = 127;
         proc_backoff(pr, loop_now(ctl->loop));
@@ -846,7 +879,8 @@ static void sys_exited(struct proc *pr, int status)
     snprintf(s->check_msg, sizeof(s->check_msg), "exited (%s)", exit_text(status, eb, sizeof(eb)));
     FILE *f = fopen(s->log, "a");
     if (f) {
-        fprintf(f, "--- zmesh up: %s %s; restarting with backoff ---\n", pr->what, exit_text(status, eb, sizeof(eb)));
+        fprintf(f, "--- zmesh up: %s %s; restarting with backoff ---\n", pr->what,
+                exit_text(status, eb, sizeof(eb)));
         fclose(f);
     }
     if (ctl->stopping) {
@@ -1000,8 +1034,8 @@ static void ensure_namespace(struct ctl *ctl, const char *ns)
     /* The API server refuses objects of a namespace that does not exist; a local tool creates it. */
     char ts[32];
     cluster_rfc3339(time(NULL), ts, sizeof(ts));
-    json_t *o = json_pack("{s:s,s:s,s:{s:s,s:s}}", "apiVersion", "v1", "kind", "Namespace", "metadata", "name", ns,
-                          "creationTimestamp", ts);
+    json_t *o = json_pack("{s:s,s:s,s:{s:s,s:s}}", "apiVersion", "v1", "kind", "Namespace", "metadata",
+                          "name", ns, "creationTimestamp", ts);
     json_object_set_new(ctl->store, key, o);
     api_put(ctl, o);
     ctl_log("namespace/%s created (implicitly)", ns);
@@ -1090,7 +1124,9 @@ static void svc_sync(struct ctl *ctl)
                     if (!lv || !json_is_string(sv) || strcmp(lv, json_string_value(sv))) match = false;
                 }
                 if (!match) continue;
-                long target = json_is_integer(tp) ? (long)json_integer_value(tp) : !tp ? (long)json_integer_value(pn) : 0;
+                long target = json_is_integer(tp) ? (long)json_integer_value(tp)
+                              : !tp               ? (long)json_integer_value(pn)
+                                                  : 0;
                 if (json_is_string(tp)) {
                     /* A named targetPort: the container port of that name (FindPortName). */
                     size_t ci, qi;
@@ -1099,15 +1135,19 @@ static void svc_sync(struct ctl *ctl)
                         json_array_foreach(json_object_get(c, "ports"), qi, q)
                     {
                         const char *nm = json_string_value(json_object_get(q, "name"));
-                        if (nm && !strcmp(nm, json_string_value(tp)) && json_is_integer(json_object_get(q, "containerPort")))
+                        if (nm && !strcmp(nm, json_string_value(tp)) &&
+                            json_is_integer(json_object_get(q, "containerPort")))
                             target = (long)json_integer_value(json_object_get(q, "containerPort"));
                     }
                 }
-                if (target > 0 && target < 65536) snprintf(eps[ne++], sizeof(eps[0]), "%s:%ld", p->sb.ip, target);
+                if (target > 0 && target < 65536)
+                    snprintf(eps[ne++], sizeof(eps[0]), "%s:%ld", p->sb.ip, target);
             }
             for (size_t i = 0; i < ne; i++) {
-                EMIT("-A ZMESH-SERVICES -d %s/32 -p tcp --dport %lld", vip, (long long)json_integer_value(pn));
-                if (i + 1 < ne) EMIT(" -m statistic --mode random --probability %.6f", 1.0 / (double)(ne - i));
+                EMIT("-A ZMESH-SERVICES -d %s/32 -p tcp --dport %lld", vip,
+                     (long long)json_integer_value(pn));
+                if (i + 1 < ne)
+                    EMIT(" -m statistic --mode random --probability %.6f", 1.0 / (double)(ne - i));
                 EMIT(" -j DNAT --to-destination %s\n", eps[i]);
             }
         }
@@ -1136,7 +1176,8 @@ static void svc_sync(struct ctl *ctl)
         int st = 0;
         if (pid > 0) waitpid(pid, &st, 0);
         if (pid < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
-            snprintf(e, sizeof(e), "node %s: iptables-restore of the Service rules failed", ctl->cfg->nodes[i].name);
+            snprintf(e, sizeof(e), "node %s: iptables-restore of the Service rules failed",
+                     ctl->cfg->nodes[i].name);
             ctl_log("%s", e);
         }
     }
@@ -1146,8 +1187,8 @@ static void svc_sync(struct ctl *ctl)
 
 /* Applies one object (borrowed). Appends "kind/name created|configured|unchanged" to results. */
 static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char *key, const char *kind,
-                             const char *ns, const char *name, const char *workdir, json_t *results, char *err,
-                             size_t errlen, const char *verb);
+                             const char *ns, const char *name, const char *workdir, json_t *results,
+                             char *err, size_t errlen, const char *verb);
 
 static int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *results, char *err,
                             size_t errlen)
@@ -1181,8 +1222,8 @@ static int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, jso
 }
 
 static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char *key, const char *kind,
-                             const char *ns, const char *name, const char *workdir, json_t *results, char *err,
-                             size_t errlen, const char *verb)
+                             const char *ns, const char *name, const char *workdir, json_t *results,
+                             char *err, size_t errlen, const char *verb)
 {
     char line[CLUSTER_NAME_MAX * 4], lk[64];
     snprintf(lk, sizeof(lk), "%s", kind);
@@ -1190,7 +1231,8 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
         *q = (char)(*q >= 'A' && *q <= 'Z' ? *q + 32 : *q);
     if (!strcmp(kind, "Node")) {
         if (!cluster_node_find(ctl->cfg, name)) {
-            snprintf(err, errlen, "node/%s: nodes are set when the cluster comes up (zmesh down, then up)", name);
+            snprintf(err, errlen, "node/%s: nodes are set when the cluster comes up (zmesh down, then up)",
+                     name);
             return -EINVAL;
         }
         verb = old && json_equal(old, o) ? "unchanged" : "configured";
@@ -1201,8 +1243,9 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
         if (p) {
             if (!json_equal(json_object_get(p->obj, "spec"), json_object_get(o, "spec"))) {
                 /* As the API server: a pod's spec is immutable (bar a few fields zmesh does not run). */
-                snprintf(err, errlen, "pod/%s (namespace %s): spec is immutable; delete the pod and apply it again",
-                         name, ns);
+                snprintf(err, errlen,
+                         "pod/%s (namespace %s): spec is immutable; delete the pod and apply it again", name,
+                         ns);
                 return -EINVAL;
             }
             verb = json_equal(p->obj, o) ? "unchanged" : "configured";
@@ -1218,7 +1261,8 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
     } else {
         if (*ns) ensure_namespace(ctl, ns);
         if (!strcmp(kind, "Service")) {
-            const char *was = old ? json_string_value(json_object_get(json_object_get(old, "spec"), "clusterIP")) : NULL;
+            const char *was =
+                old ? json_string_value(json_object_get(json_object_get(old, "spec"), "clusterIP")) : NULL;
             json_t *spec = json_object_get(o, "spec");
             /* As the API server: an allocated clusterIP stays across applies that do not set one. */
             if (was && json_is_object(spec) && !json_object_get(spec, "clusterIP")) {
@@ -1237,8 +1281,8 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
     return 0;
 }
 
-static int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const char *name, json_t *results,
-                             char *err, size_t errlen)
+static int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const char *name,
+                             json_t *results, char *err, size_t errlen)
 {
     char key[CLUSTER_NAME_MAX * 6], line[CLUSTER_NAME_MAX * 4], lk[64];
     snprintf(lk, sizeof(lk), "%s", kind);
@@ -1283,7 +1327,8 @@ static int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, 
 
 static int ctl_label(struct ctl *ctl, json_t *req, json_t *results, char *err, size_t errlen)
 {
-    const char *kind = json_string_value(json_object_get(req, "kind")), *ns = json_string_value(json_object_get(req, "namespace")),
+    const char *kind = json_string_value(json_object_get(req, "kind")),
+               *ns = json_string_value(json_object_get(req, "namespace")),
                *name = json_string_value(json_object_get(req, "name"));
     char key[CLUSTER_NAME_MAX * 6], line[CLUSTER_NAME_MAX * 3];
     if (!kind || !name) {
@@ -1297,7 +1342,8 @@ static int ctl_label(struct ctl *ctl, json_t *req, json_t *results, char *err, s
         snprintf(err, errlen, "%s \"%s\" not found", !strcmp(kind, "Namespace") ? "namespaces" : kind, name);
         return -ENOENT;
     }
-    json_t *n = json_deep_copy(o), *md = json_object_get(n, "metadata"), *labels = json_object_get(md, "labels");
+    json_t *n = json_deep_copy(o), *md = json_object_get(n, "metadata"),
+           *labels = json_object_get(md, "labels");
     if (!json_is_object(labels)) {
         labels = json_object();
         json_object_set_new(md, "labels", labels);
@@ -1337,8 +1383,7 @@ static json_t *ctl_status(struct ctl *ctl)
         if (pod_ready(p) || !strcmp(phase, "Succeeded")) continue;
         const char *why = "";
         char wb[1000] = "";
-        if (!p->sandbox_ok)
-            why = *p->sandbox_err ? p->sandbox_err : "creating its sandbox";
+        if (!p->sandbox_ok) why = *p->sandbox_err ? p->sandbox_err : "creating its sandbox";
         for (size_t j = 0; j < p->n && !*why; j++) {
             struct container *c = &p->c[j];
             if (c->p.state == P_BACKOFF || (c->p.state == P_DONE && c->p.last_exit != 0))
@@ -1346,37 +1391,43 @@ static json_t *ctl_status(struct ctl *ctl)
                          c->p.state == P_BACKOFF ? "is in CrashLoopBackOff" : "failed",
                          exit_text(c->p.last_exit, eb, sizeof(eb)), c->p.restarts, c->log);
             else if (!c->ready)
-                snprintf(wb, sizeof(wb), "container %s not ready%s%s", c->spec->name, *c->probe_msg ? ": " : "",
-                         c->probe_msg);
+                snprintf(wb, sizeof(wb), "container %s not ready%s%s", c->spec->name,
+                         *c->probe_msg ? ": " : "", c->probe_msg);
             if (*wb) why = wb;
         }
-        snprintf(b, sizeof(b), "pod %s/%s (node %s): %s, %s", p->spec.ns, p->spec.name, p->sb.node->name, phase, why);
+        snprintf(b, sizeof(b), "pod %s/%s (node %s): %s, %s", p->spec.ns, p->spec.name, p->sb.node->name,
+                 phase, why);
         json_array_append_new(waiting, json_string(b));
     }
     if (ctl->zmeshd && !ctl->zmeshd->ready) {
-        snprintf(b, sizeof(b), "zmeshd: %s (log %s)", *ctl->zmeshd->check_msg ? ctl->zmeshd->check_msg : "not ready",
-                 ctl->zmeshd->log);
+        snprintf(b, sizeof(b), "zmeshd: %s (log %s)",
+                 *ctl->zmeshd->check_msg ? ctl->zmeshd->check_msg : "not ready", ctl->zmeshd->log);
         json_array_append_new(waiting, json_string(b));
     }
     if (ctl->cfg->mesh && !ctl->mesh_started)
-        json_array_append_new(waiting, json_string("mesh: node ztunnels and agents start once zmeshd is ready"));
+        json_array_append_new(waiting,
+                              json_string("mesh: node ztunnels and agents start once zmeshd is ready"));
     for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
         struct sysproc *s = ctl->nodeprocs[i];
         if (s->ready) continue;
         /* Tolerant: a node component that keeps exiting does not hold the cluster back; pods then run
          * without the mesh (plain text), which is said. One that runs is waited for. */
         if (s->p.restarts > 0 || s->p.state != P_RUNNING) {
-            snprintf(b, sizeof(b), "%s is not running (%s, %u restarts; log %s): pods on this node run without the mesh",
-                     s->p.what, s->p.last_exit >= 0 ? exit_text(s->p.last_exit, eb, sizeof(eb)) : proc_state_str(s->p.state),
+            snprintf(b, sizeof(b),
+                     "%s is not running (%s, %u restarts; log %s): pods on this node run without the mesh",
+                     s->p.what,
+                     s->p.last_exit >= 0 ? exit_text(s->p.last_exit, eb, sizeof(eb))
+                                         : proc_state_str(s->p.state),
                      s->p.restarts, s->log);
             json_array_append_new(notes, json_string(b));
         } else {
-            snprintf(b, sizeof(b), "%s: %s (log %s)", s->p.what, *s->check_msg ? s->check_msg : "not ready", s->log);
+            snprintf(b, sizeof(b), "%s: %s (log %s)", s->p.what, *s->check_msg ? s->check_msg : "not ready",
+                     s->log);
             json_array_append_new(waiting, json_string(b));
         }
     }
-    json_t *r = json_pack("{s:b,s:b,s:o,s:o}", "ok", 1, "ready", json_array_size(waiting) == 0, "waiting", waiting,
-                          "notes", notes);
+    json_t *r = json_pack("{s:b,s:b,s:o,s:o}", "ok", 1, "ready", json_array_size(waiting) == 0, "waiting",
+                          waiting, "notes", notes);
     return r;
 }
 
@@ -1449,16 +1500,18 @@ static json_t *handle(struct ctl *ctl, json_t *req, bool *shutdown)
          * (namespace first, as apply wants it) does not report its other objects as not found. */
         json_t *objs = json_object_get(req, "objects"), *order = json_array();
         for (int pass = 0; pass < 2; pass++)
-            json_array_foreach(objs, i, o) if ((op[0] == 'a' && pass == 0) ||
-                                               (op[0] == 'd' && (pass == 1) == !strcmp(cluster_obj_kind(o), "Namespace")))
+            json_array_foreach(
+                objs, i, o) if ((op[0] == 'a' && pass == 0) ||
+                                (op[0] == 'd' && (pass == 1) == !strcmp(cluster_obj_kind(o), "Namespace")))
                 json_array_append(order, o);
         json_array_foreach(order, i, o)
         {
             char e1[1000] = "";
-            int r = op[0] == 'a' ? ctl_apply_object(ctl, o, json_string_value(json_object_get(req, "workdir")),
-                                                    results, e1, sizeof(e1))
-                                 : ctl_delete_object(ctl, cluster_obj_kind(o), cluster_obj_ns(o), cluster_obj_name(o),
-                                                     results, e1, sizeof(e1));
+            int r = op[0] == 'a'
+                        ? ctl_apply_object(ctl, o, json_string_value(json_object_get(req, "workdir")),
+                                           results, e1, sizeof(e1))
+                        : ctl_delete_object(ctl, cluster_obj_kind(o), cluster_obj_ns(o), cluster_obj_name(o),
+                                            results, e1, sizeof(e1));
             if (r) {
                 /* kubectl goes on with the other objects and reports each failure. */
                 rc = r;
@@ -1590,7 +1643,8 @@ int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir)
         ctl_log("cannot set up the controller's signal and command sockets");
         return 1;
     }
-    ctl_log("controller up: state %s, %zu nodes, mesh %s", cfg->state, cfg->n_nodes, cfg->mesh ? "on" : "off");
+    ctl_log("controller up: state %s, %zu nodes, mesh %s", cfg->state, cfg->n_nodes,
+            cfg->mesh ? "on" : "off");
     /* The default namespace exists in every cluster; the nodes are API objects too. */
     ensure_namespace(&ctl, "default");
     json_t *results = json_array();
@@ -1601,18 +1655,19 @@ int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir)
         json_t *given = NULL;
         size_t k;
         json_t *o;
-        json_array_foreach(objects, k, o) if (!strcmp(cluster_obj_kind(o), "Node") && !strcmp(cluster_obj_name(o), n->name))
-            given = o;
+        json_array_foreach(objects, k, o) if (!strcmp(cluster_obj_kind(o), "Node") &&
+                                              !strcmp(cluster_obj_name(o), n->name)) given = o;
         json_t *node = given ? json_deep_copy(given)
-                             : json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "v1", "kind", "Node", "metadata", "name", n->name);
+                             : json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "v1", "kind", "Node", "metadata",
+                                         "name", n->name);
         if (!json_is_object(json_object_get(node, "spec"))) json_object_set_new(node, "spec", json_object());
         char ts[32];
         cluster_rfc3339(time(NULL), ts, sizeof(ts));
         json_object_set_new(json_object_get(node, "metadata"), "creationTimestamp", json_string(ts));
         json_object_set_new(json_object_get(node, "spec"), "podCIDR", json_string(n->pod_cidr));
         json_object_set_new(node, "status",
-                            json_pack("{s:[{s:s,s:s},{s:s,s:s}]}", "addresses", "type", "InternalIP", "address", n->ip,
-                                      "type", "Hostname", "address", n->name));
+                            json_pack("{s:[{s:s,s:s},{s:s,s:s}]}", "addresses", "type", "InternalIP",
+                                      "address", n->ip, "type", "Hostname", "address", n->name));
         json_object_set_new(ctl.store, key, node);
         api_put(&ctl, node);
     }
@@ -1649,8 +1704,8 @@ int ctl_call(const char *state, json_t *req, json_t **resp, int timeout_ms, char
     if (fd < 0) return -errno;
     if (connect(fd, (struct sockaddr *)&a, sizeof(a))) {
         int e = errno;
-        snprintf(err, errlen, "no controller at %s: %s (is the cluster up? zmesh up <dir> --state-dir %s)", a.sun_path,
-                 strerror(e), state);
+        snprintf(err, errlen, "no controller at %s: %s (is the cluster up? zmesh up <dir> --state-dir %s)",
+                 a.sun_path, strerror(e), state);
         close(fd);
         return -e;
     }
@@ -1672,7 +1727,8 @@ int ctl_call(const char *state, json_t *req, json_t **resp, int timeout_ms, char
         int64_t left = deadline - cluster_now_ms();
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         if (left <= 0 || poll(&pfd, 1, (int)left) <= 0) {
-            snprintf(err, errlen, "the controller did not answer within %d ms (its log: %s/logs/controller.log)",
+            snprintf(err, errlen,
+                     "the controller did not answer within %d ms (its log: %s/logs/controller.log)",
                      timeout_ms, state);
             rc = -ETIMEDOUT;
             break;
@@ -1693,7 +1749,8 @@ int ctl_call(const char *state, json_t *req, json_t **resp, int timeout_ms, char
         json_error_t je;
         *resp = b ? json_loadb(b, n, 0, &je) : NULL;
         if (!*resp) {
-            snprintf(err, errlen, "the controller's answer is not JSON (%zu bytes; see %s/logs/controller.log)", n, state);
+            snprintf(err, errlen,
+                     "the controller's answer is not JSON (%zu bytes; see %s/logs/controller.log)", n, state);
             rc = -EPROTO;
         }
     }

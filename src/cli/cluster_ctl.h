@@ -9,8 +9,9 @@
  *     {"op":"label","kind":"Namespace","namespace":"","name":"shop","set":{"k":"v"},"remove":["k"]}
  *     {"op":"status"}                       -> {"ok":true,"ready":bool,"waiting":[...],"notes":[...]}
  *     {"op":"shutdown"}                     -> {"ok":true}, then every pod is stopped (CNI DEL) and the
- *                                              controller exits; `zmesh down` removes the rest from the record
- * Errors: {"ok":false,"error":"..."}. Reads need no controller: api/ holds every object with its status.
+ *                                              controller exits; `zmesh down` removes the rest from the
+ * record Errors: {"ok":false,"error":"..."}. Reads need no controller: api/ holds every object with its
+ * status.
  *
  * Objects come in through one interface (ctl_apply_object / ctl_delete_object): today the manifest directory
  * given to up and the apply/delete commands; a Kubernetes API watch would call the same two. Status goes out
@@ -26,5 +27,6 @@
 int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir);
 
 /* Client side: sends req (borrowed) to the controller of state and returns its answer (new reference) in
- * *resp. Returns 0, or -errno with err set (no controller, no answer). timeout_ms bounds the whole exchange. */
+ * *resp. Returns 0, or -errno with err set (no controller, no answer). timeout_ms bounds the whole exchange.
+ */
 int ctl_call(const char *state, json_t *req, json_t **resp, int timeout_ms, char *err, size_t errlen);

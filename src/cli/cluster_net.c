@@ -26,11 +26,12 @@ static void describe(char *const argv[], const char *out, char *err, size_t errl
         k += (size_t)snprintf(err + k, errlen - k, "%s%s", a == argv ? "" : " ", *a);
     if (k < errlen) snprintf(err + k, errlen - k, ": %s", out && *out ? out : "failed");
     size_t l = strlen(err);
-    while (l && (err[l - 1] == '\n' || err[l - 1] == ' ')) err[--l] = '\0';
+    while (l && (err[l - 1] == '\n' || err[l - 1] == ' '))
+        err[--l] = '\0';
 }
 
-/* Runs argv with stdin from in (may be NULL), optionally in netns, with env (NULL: ours); captures stdout into
- * *out (malloc'd, may be NULL) and stderr into errbuf. Returns the exit status (>= 0) or -errno. */
+/* Runs argv with stdin from in (may be NULL), optionally in netns, with env (NULL: ours); captures stdout
+ * into *out (malloc'd, may be NULL) and stderr into errbuf. Returns the exit status (>= 0) or -errno. */
 static int run_full(char *const argv[], const char *netns, char *const env[], const char *in, char **out,
                     char *errbuf, size_t errlen)
 {
@@ -182,7 +183,8 @@ static bool route_overlaps(uint32_t net, char *dev, size_t dn)
     while (!hit && fgets(line, sizeof(line), f)) {
         char ifn[32];
         unsigned dst, gw, flags, refcnt, use, metric, mask;
-        if (sscanf(line, "%31s %x %x %x %u %u %u %x", ifn, &dst, &gw, &flags, &refcnt, &use, &metric, &mask) != 8)
+        if (sscanf(line, "%31s %x %x %x %u %u %u %x", ifn, &dst, &gw, &flags, &refcnt, &use, &metric,
+                   &mask) != 8)
             continue;
         uint32_t d = ntohl(dst), m = ntohl(mask);
         if (!m) continue; /* the default route overlaps everything */
@@ -207,8 +209,10 @@ int net_bridge_up(const struct cluster_cfg *cfg, char *err, size_t errlen)
         snprintf(ip, sizeof(ip), "%.*s", (int)strcspn(cidr, "/"), cidr);
         if (inet_pton(AF_INET, ip, &a) != 1) continue;
         if (route_overlaps(ntohl(a.s_addr) & 0xffffff00u, dev, sizeof(dev))) {
-            snprintf(err, errlen, "%s/24 is already routed on this host (dev %s): another cluster or network uses "
-                     "it; choose --%s", ip, dev, i == 0 ? "node-subnet" : "pod-subnet");
+            snprintf(err, errlen,
+                     "%s/24 is already routed on this host (dev %s): another cluster or network uses "
+                     "it; choose --%s",
+                     ip, dev, i == 0 ? "node-subnet" : "pod-subnet");
             return -EADDRINUSE;
         }
     }
@@ -216,10 +220,11 @@ int net_bridge_up(const struct cluster_cfg *cfg, char *err, size_t errlen)
     char p[64], cidr[24];
     snprintf(p, sizeof(p), "/sys/class/net/%s", cfg->bridge);
     if (!access(p, F_OK)) {
-        snprintf(err, errlen,
-                 "bridge %s already exists: another cluster with prefix %s is up (zmesh down --state-dir ..., or "
-                 "choose another --prefix and --node-subnet)",
-                 cfg->bridge, cfg->prefix);
+        snprintf(
+            err, errlen,
+            "bridge %s already exists: another cluster with prefix %s is up (zmesh down --state-dir ..., or "
+            "choose another --prefix and --node-subnet)",
+            cfg->bridge, cfg->prefix);
         return -EEXIST;
     }
     int rc = record(cfg, REC_BRIDGE, cfg->bridge, NULL, NULL, NULL, err, errlen);
@@ -260,12 +265,15 @@ int net_node_up(const struct cluster_cfg *cfg, size_t i, char *err, size_t errle
     RUN("ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-N", "ZMESH-SERVICES");
     RUN("ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-A", "PREROUTING", "-j", "ZMESH-SERVICES");
     {
-        char *const av[] = {"ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1", NULL};
+        char *const av[] = {
+            "ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1", NULL};
         char e2[300];
         if (net_run(av, e2, sizeof(e2))) fprintf(stderr, "warning: %s\n", e2);
     }
     for (size_t j = 0; j < cfg->n_nodes; j++)
-        if (j != i) RUN("ip", "-n", ns, "route", "add", (char *)cfg->nodes[j].pod_cidr, "via", (char *)cfg->nodes[j].ip);
+        if (j != i)
+            RUN("ip", "-n", ns, "route", "add", (char *)cfg->nodes[j].pod_cidr, "via",
+                (char *)cfg->nodes[j].ip);
     /* The host reaches pods (its zmeshd answers them) through their node. */
     if ((rc = record(cfg, REC_ROUTE, n->pod_cidr, n->ip, NULL, NULL, err, errlen))) return rc;
     RUN("ip", "route", "add", (char *)n->pod_cidr, "via", (char *)n->ip);
@@ -275,8 +283,8 @@ int net_node_up(const struct cluster_cfg *cfg, size_t i, char *err, size_t errle
 int net_cni_setup(const struct cluster_cfg *cfg, size_t i, char *err, size_t errlen)
 {
     const struct cluster_node *n = &cfg->nodes[i];
-    char bin[CLUSTER_PATH_MAX], link[CLUSTER_PATH_MAX], ipam[CLUSTER_PATH_MAX],
-        sock[CLUSTER_PATH_MAX], path[CLUSTER_PATH_MAX], gw[24];
+    char bin[CLUSTER_PATH_MAX], link[CLUSTER_PATH_MAX], ipam[CLUSTER_PATH_MAX], sock[CLUSTER_PATH_MAX],
+        path[CLUSTER_PATH_MAX], gw[24];
     char target_buf[CLUSTER_PATH_MAX + 16];
     int rc;
     cluster_path(cfg, bin, sizeof(bin), "cni/bin");
@@ -294,11 +302,11 @@ int net_cni_setup(const struct cluster_cfg *cfg, size_t i, char *err, size_t err
     snprintf(name, sizeof(name), "%s-%s", cfg->prefix, n->name);
     /* The bridge plugin's bridge (cni0) lives in the node namespace, where the plugins run; host-local keeps
      * its leases in the state directory so down removes them with everything else. */
-    json_t *c = json_pack(
-        "{s:s,s:s,s:[{s:s,s:s,s:b,s:b,s:{s:s,s:[[{s:s,s:s}]],s:[{s:s}],s:s}},{s:s,s:s}]}", "cniVersion",
-        CNI_VERSION, "name", name, "plugins", "type", "bridge", "bridge", "cni0", "isGateway", 1, "ipMasq", 0,
-        "ipam", "type", "host-local", "ranges", "subnet", n->pod_cidr, "gateway", gw, "routes", "dst",
-        "0.0.0.0/0", "dataDir", ipam, "type", "zmesh-cni", "agent_socket", sock);
+    json_t *c = json_pack("{s:s,s:s,s:[{s:s,s:s,s:b,s:b,s:{s:s,s:[[{s:s,s:s}]],s:[{s:s}],s:s}},{s:s,s:s}]}",
+                          "cniVersion", CNI_VERSION, "name", name, "plugins", "type", "bridge", "bridge",
+                          "cni0", "isGateway", 1, "ipMasq", 0, "ipam", "type", "host-local", "ranges",
+                          "subnet", n->pod_cidr, "gateway", gw, "routes", "dst", "0.0.0.0/0", "dataDir", ipam,
+                          "type", "zmesh-cni", "agent_socket", sock);
     char *s = c ? json_dumps(c, JSON_INDENT(2)) : NULL;
     json_decref(c);
     if (!s) {
@@ -350,8 +358,8 @@ void net_proc_start(pid_t pid, char *buf, size_t n)
 /* ---- CNI ---- */
 
 /* The CNI environment of one invocation (SPEC.md "Parameters"). */
-static void cni_env(const struct cluster_cfg *cfg, const struct sandbox *sb, const char *cmd, const char *ifname,
-                    char env[8][CLUSTER_PATH_MAX * 2], char *envp[9])
+static void cni_env(const struct cluster_cfg *cfg, const struct sandbox *sb, const char *cmd,
+                    const char *ifname, char env[8][CLUSTER_PATH_MAX * 2], char *envp[9])
 {
     char bin[CLUSTER_PATH_MAX];
     cluster_path(cfg, bin, sizeof(bin), "cni/bin");
@@ -359,8 +367,10 @@ static void cni_env(const struct cluster_cfg *cfg, const struct sandbox *sb, con
     snprintf(env[1], sizeof(env[1]), "CNI_CONTAINERID=%s", sb->container_id);
     snprintf(env[2], sizeof(env[2]), "CNI_NETNS=/run/netns/%s", sb->netns);
     snprintf(env[3], sizeof(env[3]), "CNI_IFNAME=%s", ifname);
-    snprintf(env[4], sizeof(env[4]), "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAME=%s;K8S_POD_NAMESPACE=%s;K8S_POD_UID=%s;"
-                                     "K8S_POD_INFRA_CONTAINER_ID=%s", sb->name, sb->ns, sb->uid, sb->container_id);
+    snprintf(env[4], sizeof(env[4]),
+             "CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAME=%s;K8S_POD_NAMESPACE=%s;K8S_POD_UID=%s;"
+             "K8S_POD_INFRA_CONTAINER_ID=%s",
+             sb->name, sb->ns, sb->uid, sb->container_id);
     snprintf(env[5], sizeof(env[5]), "CNI_PATH=%s:%s", bin, CNI_SYSTEM_DIR);
     snprintf(env[6], sizeof(env[6]), "PATH=/usr/sbin:/usr/bin:/sbin:/bin");
     for (int i = 0; i < 7; i++)
@@ -379,13 +389,15 @@ static int plugin_path(const struct cluster_cfg *cfg, const char *type, char *bu
 
 /* One plugin: conf (a plugin entry of the conflist) gets name and cniVersion, and prevResult when given.
  * Runs in the node's namespace. On ADD, *result gets its output (new reference). */
-static int cni_exec(const struct cluster_cfg *cfg, const struct sandbox *sb, const char *cmd, const char *ifname,
-                    const char *netname, json_t *conf, json_t *prev, json_t **result, char *err, size_t errlen)
+static int cni_exec(const struct cluster_cfg *cfg, const struct sandbox *sb, const char *cmd,
+                    const char *ifname, const char *netname, json_t *conf, json_t *prev, json_t **result,
+                    char *err, size_t errlen)
 {
     char path[CLUSTER_PATH_MAX], env[8][CLUSTER_PATH_MAX * 2], *envp[9], eb[CMD_OUT_MAX];
     const char *type = json_string_value(json_object_get(conf, "type"));
     if (!type || plugin_path(cfg, type, path, sizeof(path))) {
-        snprintf(err, errlen, "CNI plugin %s not found in %s/cni/bin or %s (install containernetworking-plugins)",
+        snprintf(err, errlen,
+                 "CNI plugin %s not found in %s/cni/bin or %s (install containernetworking-plugins)",
                  type ? type : "(no type)", cfg->state, CNI_SYSTEM_DIR);
         return -ENOENT;
     }
@@ -426,7 +438,8 @@ static int cni_exec(const struct cluster_cfg *cfg, const struct sandbox *sb, con
     return 0;
 }
 
-static json_t *load_conflist(const struct cluster_cfg *cfg, const struct cluster_node *n, char *err, size_t errlen)
+static json_t *load_conflist(const struct cluster_cfg *cfg, const struct cluster_node *n, char *err,
+                             size_t errlen)
 {
     char path[CLUSTER_PATH_MAX];
     json_error_t je;
@@ -450,7 +463,8 @@ int net_sandbox_add(const struct cluster_cfg *cfg, struct sandbox *sb, char *err
         /* A leftover of a crashed controller that down did not clean: start from scratch. */
         net_netns_del(sb->netns, err, errlen);
     }
-    if ((rc = record(cfg, REC_POD, sb->ns, sb->name, sb->node->name, sb->container_id, err, errlen))) return rc;
+    if ((rc = record(cfg, REC_POD, sb->ns, sb->name, sb->node->name, sb->container_id, err, errlen)))
+        return rc;
     if ((rc = record(cfg, REC_NETNS, sb->netns, NULL, NULL, NULL, err, errlen))) return rc;
     {
         char *const av[] = {"ip", "netns", "add", sb->netns, NULL};
@@ -485,7 +499,8 @@ int net_sandbox_add(const struct cluster_cfg *cfg, struct sandbox *sb, char *err
         json_t *ifx = json_object_get(ip, "interface");
         const char *a = json_string_value(json_object_get(ip, "address"));
         const char *ifname = json_is_integer(ifx)
-                                 ? json_string_value(json_object_get(json_array_get(ifs, (size_t)json_integer_value(ifx)), "name"))
+                                 ? json_string_value(json_object_get(
+                                       json_array_get(ifs, (size_t)json_integer_value(ifx)), "name"))
                                  : NULL;
         if (a && !addr) addr = a;
         if (a && ifname && !strcmp(ifname, CNI_IFNAME)) {
@@ -524,8 +539,8 @@ int net_sandbox_del(const struct cluster_cfg *cfg, struct sandbox *sb, char *err
         const char *netname = json_string_value(json_object_get(list, "name"));
         /* DEL runs the plugins in reverse order, each with the ADD result as prevResult (SPEC.md 1.0). */
         for (size_t i = json_array_size(plugins); i-- > 0;) {
-            int rc = cni_exec(cfg, sb, "DEL", CNI_IFNAME, netname, json_array_get(plugins, i), sb->result, NULL, e,
-                              sizeof(e));
+            int rc = cni_exec(cfg, sb, "DEL", CNI_IFNAME, netname, json_array_get(plugins, i), sb->result,
+                              NULL, e, sizeof(e));
             if (rc && !first) {
                 first = rc;
                 snprintf(err, errlen, "%s", e);

@@ -63,7 +63,8 @@ static int state_abs(const char *in, char *out, size_t n)
     else
         return -errno;
     size_t l = strlen(out);
-    while (l > 1 && out[l - 1] == '/') out[--l] = '\0';
+    while (l > 1 && out[l - 1] == '/')
+        out[--l] = '\0';
     return 0;
 }
 
@@ -109,8 +110,10 @@ static pid_t controller_pid(const char *state)
 /* ---- up ---- */
 
 static const char usage_up[] =
-    "Bring up a local cluster (nodes are network namespaces on a bridge, pods are their processes in their own\n"
-    "namespaces wired by the CNI plugins) from a directory of Kubernetes manifests, with zmeshd, and per node a\n"
+    "Bring up a local cluster (nodes are network namespaces on a bridge, pods are their processes in their "
+    "own\n"
+    "namespaces wired by the CNI plugins) from a directory of Kubernetes manifests, with zmeshd, and per "
+    "node a\n"
     "shared ztunnel and a node agent. Returns once every pod is running and ready.\n"
     "\n"
     "Usage:\n"
@@ -121,7 +124,8 @@ static const char usage_up[] =
     "      --nodes N             nodes node1..nodeN when the manifests declare no Node (default 2)\n"
     "      --no-mesh             start neither ztunnels nor node agents (pods talk plain text)\n"
     "      --timeout DURATION    how long to wait for the cluster to be ready (default 60s)\n"
-    "      --prefix NAME         names of the bridge (<prefix>0) and namespaces (<prefix>-...) (default zmesh)\n"
+    "      --prefix NAME         names of the bridge (<prefix>0) and namespaces (<prefix>-...) (default "
+    "zmesh)\n"
     "      --node-subnet A.B.C.0 the node network, a /24; the host is .1 (default 172.30.0.0)\n"
     "      --pod-subnet A.B.0.0  pod CIDRs A.B.<node>.0/24 (default 10.244.0.0)\n"
     "      --bin-dir DIR         where zmeshd, ztunnel and zmesh-cni are (default: next to zmesh)\n"
@@ -219,8 +223,17 @@ static int teardown(const char *state, bool verbose)
     free(v);
     if (verbose) printf("%zu network namespaces, %zu host routes and %zu processes removed\n", nn, nr, np);
     if (!problems) {
-        static const char *const names[] = {"api", "nodes", "pods", "logs", "zmeshd", "cni", "cluster.json",
-                                            "controller.pid", "controller.sock", "record", NULL};
+        static const char *const names[] = {"api",
+                                            "nodes",
+                                            "pods",
+                                            "logs",
+                                            "zmeshd",
+                                            "cni",
+                                            "cluster.json",
+                                            "controller.pid",
+                                            "controller.sock",
+                                            "record",
+                                            NULL};
         for (const char *const *q = names; *q; q++) {
             snprintf(path, sizeof(path), "%s/%s", state, *q);
             nftw(path, remove_cb, 16, FTW_DEPTH | FTW_PHYS);
@@ -242,7 +255,8 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
         if (!rc && json_is_true(json_object_get(resp, "ready"))) {
             size_t i;
             json_t *n;
-            json_array_foreach(json_object_get(resp, "notes"), i, n) fprintf(stderr, "note: %s\n", json_string_value(n));
+            json_array_foreach(json_object_get(resp, "notes"), i, n)
+                fprintf(stderr, "note: %s\n", json_string_value(n));
             json_decref(resp);
             json_decref(last);
             return 0;
@@ -253,7 +267,8 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
         }
         int st;
         if (daemon > 0 && waitpid(daemon, &st, WNOHANG) == daemon) {
-            fprintf(stderr, "Error: the controller exited during start-up; see %s/logs/controller.log\n", state);
+            fprintf(stderr, "Error: the controller exited during start-up; see %s/logs/controller.log\n",
+                    state);
             json_decref(last);
             return -1;
         }
@@ -264,11 +279,15 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
     size_t i;
     json_t *w;
     if (!last) fprintf(stderr, "  the controller does not answer (%s)\n", err);
-    json_array_foreach(json_object_get(last, "waiting"), i, w) fprintf(stderr, "  %s\n", json_string_value(w));
-    json_array_foreach(json_object_get(last, "notes"), i, w) fprintf(stderr, "  note: %s\n", json_string_value(w));
-    fprintf(stderr, "The cluster is left up for inspection (zmesh get pods, zmesh logs ...); zmesh down --state-dir %s "
-                    "removes it.\n",
-            state);
+    json_array_foreach(json_object_get(last, "waiting"), i, w)
+        fprintf(stderr, "  %s\n", json_string_value(w));
+    json_array_foreach(json_object_get(last, "notes"), i, w)
+        fprintf(stderr, "  note: %s\n", json_string_value(w));
+    fprintf(
+        stderr,
+        "The cluster is left up for inspection (zmesh get pods, zmesh logs ...); zmesh down --state-dir %s "
+        "removes it.\n",
+        state);
     json_decref(last);
     return -1;
 }
@@ -276,11 +295,16 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
 int cmd_up(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"state-dir", required_argument, NULL, 's'}, {"nodes", required_argument, NULL, 'n'},
-        {"no-mesh", no_argument, NULL, 'm'},         {"timeout", required_argument, NULL, 't'},
-        {"prefix", required_argument, NULL, 'p'},    {"node-subnet", required_argument, NULL, 'N'},
-        {"pod-subnet", required_argument, NULL, 'P'}, {"bin-dir", required_argument, NULL, 'b'},
-        {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+        {"state-dir", required_argument, NULL, 's'},
+        {"nodes", required_argument, NULL, 'n'},
+        {"no-mesh", no_argument, NULL, 'm'},
+        {"timeout", required_argument, NULL, 't'},
+        {"prefix", required_argument, NULL, 'p'},
+        {"node-subnet", required_argument, NULL, 'N'},
+        {"pod-subnet", required_argument, NULL, 'P'},
+        {"bin-dir", required_argument, NULL, 'b'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     static struct cluster_cfg cfg; /* large: not on the stack */
     memset(&cfg, 0, sizeof(cfg));
@@ -305,7 +329,8 @@ int cmd_up(int argc, char **argv)
         case 'n': {
             char *e;
             nodes = strtol(optarg, &e, 10);
-            if (*e || nodes < 1 || nodes > CLUSTER_MAX_NODES) return usage(usage_up, "--nodes %s: expected 1..200", optarg);
+            if (*e || nodes < 1 || nodes > CLUSTER_MAX_NODES)
+                return usage(usage_up, "--nodes %s: expected 1..200", optarg);
             nodes_given = true;
             break;
         }
@@ -320,7 +345,8 @@ int cmd_up(int argc, char **argv)
             break;
         }
         case 'p':
-            if (strlen(optarg) > CLUSTER_PREFIX_MAX) return usage(usage_up, "--prefix %s: at most 8 characters", optarg);
+            if (strlen(optarg) > CLUSTER_PREFIX_MAX)
+                return usage(usage_up, "--prefix %s: at most 8 characters", optarg);
             snprintf(cfg.prefix, sizeof(cfg.prefix), "%s", optarg);
             break;
         case 'N':
@@ -363,7 +389,9 @@ int cmd_up(int argc, char **argv)
     for (const char *const *q = (const char *const[]){"bridge", "host-local", "loopback", NULL}; *q; q++) {
         snprintf(path, sizeof(path), "%s/%s", CNI_SYSTEM_DIR, *q);
         if (access(path, X_OK)) {
-            fprintf(stderr, "Error: the CNI plugin %s is missing (apt-get install containernetworking-plugins)\n", path);
+            fprintf(stderr,
+                    "Error: the CNI plugin %s is missing (apt-get install containernetworking-plugins)\n",
+                    path);
             return 1;
         }
     }
@@ -404,8 +432,8 @@ int cmd_up(int argc, char **argv)
     {
         const char *nn = json_string_value(json_object_get(json_object_get(o, "spec"), "nodeName"));
         if (strcmp(cluster_obj_kind(o), "Pod") || !nn || !*nn || cluster_node_find(&cfg, nn)) continue;
-        fprintf(stderr, "error: pod %s/%s: spec.nodeName: \"%s\" is not a node of this cluster (nodes:", cluster_obj_ns(o),
-                cluster_obj_name(o), nn);
+        fprintf(stderr, "error: pod %s/%s: spec.nodeName: \"%s\" is not a node of this cluster (nodes:",
+                cluster_obj_ns(o), cluster_obj_name(o), nn);
         for (size_t k = 0; k < cfg.n_nodes; k++)
             fprintf(stderr, " %s", cfg.nodes[k].name);
         fprintf(stderr, ")\n");
@@ -419,15 +447,18 @@ int cmd_up(int argc, char **argv)
 
     /* 2. One cluster per state directory. */
     if (controller_pid(cfg.state) > 0) {
-        fprintf(stderr, "Error: a cluster is already up in %s (zmesh down --state-dir %s first)\n", cfg.state, cfg.state);
+        fprintf(stderr, "Error: a cluster is already up in %s (zmesh down --state-dir %s first)\n", cfg.state,
+                cfg.state);
         json_decref(objs);
         return 1;
     }
     snprintf(path, sizeof(path), "%s/record", cfg.state);
     if (!access(path, F_OK)) {
-        fprintf(stderr, "Error: %s holds what a previous cluster left (its controller is gone); zmesh down --state-dir "
-                        "%s removes it\n",
-                cfg.state, cfg.state);
+        fprintf(
+            stderr,
+            "Error: %s holds what a previous cluster left (its controller is gone); zmesh down --state-dir "
+            "%s removes it\n",
+            cfg.state, cfg.state);
         json_decref(objs);
         return 1;
     }
@@ -475,7 +506,8 @@ int cmd_up(int argc, char **argv)
     if (pid == 0) {
         setsid();
         snprintf(path, sizeof(path), "%s/logs/controller.log", cfg.state);
-        int lfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644), nfd = open("/dev/null", O_RDONLY);
+        int lfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644),
+            nfd = open("/dev/null", O_RDONLY);
         if (lfd >= 0) {
             dup2(lfd, 1);
             dup2(lfd, 2);
@@ -503,8 +535,8 @@ int cmd_up(int argc, char **argv)
     if (d) closedir(d);
     printf("cluster up: %zu nodes (%s-*, bridge %s, %s/24), %zu pods ready; zmeshd at https://%s:%d "
            "(debug %s:%d)%s\n",
-           cfg.n_nodes, cfg.prefix, cfg.bridge, cfg.node_subnet, npods, cfg.host_ip, CLUSTER_XDS_PORT, cfg.host_ip,
-           CLUSTER_DEBUG_PORT, cfg.mesh ? "" : "; no mesh (--no-mesh)");
+           cfg.n_nodes, cfg.prefix, cfg.bridge, cfg.node_subnet, npods, cfg.host_ip, CLUSTER_XDS_PORT,
+           cfg.host_ip, CLUSTER_DEBUG_PORT, cfg.mesh ? "" : "; no mesh (--no-mesh)");
     printf("state in %s; zmesh get pods -o wide --state-dir %s\n", cfg.state, cfg.state);
     return 0;
 }
@@ -519,11 +551,16 @@ static const char usage_down[] =
     "  zmesh down [--state-dir DIR]\n";
 
 static const struct option state_opts[] = {
-    {"state-dir", required_argument, NULL, 's'}, {"namespace", required_argument, NULL, 'n'},
-    {"all-namespaces", no_argument, NULL, 'A'}, {"output", required_argument, NULL, 'o'},
-    {"container", required_argument, NULL, 'c'}, {"filename", required_argument, NULL, 'f'},
-    {"follow", no_argument, NULL, 'F'},          {"overwrite", no_argument, NULL, 'O'},
-    {"help", no_argument, NULL, 'h'},            {NULL, 0, NULL, 0},
+    {"state-dir", required_argument, NULL, 's'},
+    {"namespace", required_argument, NULL, 'n'},
+    {"all-namespaces", no_argument, NULL, 'A'},
+    {"output", required_argument, NULL, 'o'},
+    {"container", required_argument, NULL, 'c'},
+    {"filename", required_argument, NULL, 'f'},
+    {"follow", no_argument, NULL, 'F'},
+    {"overwrite", no_argument, NULL, 'O'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
 };
 
 struct common {
@@ -612,7 +649,8 @@ int cmd_down(int argc, char **argv)
     }
     int problems = teardown(c.state, true);
     if (problems) {
-        fprintf(stderr, "Error: %d resources could not be removed (above); %s keeps the record for another try\n",
+        fprintf(stderr,
+                "Error: %d resources could not be removed (above); %s keeps the record for another try\n",
                 problems, c.state);
         return 1;
     }
@@ -651,8 +689,10 @@ static int print_results(json_t *resp)
 static const char *kind_of(const char *word)
 {
     static const char *const m[][4] = {
-        {"Pod", "pod", "pods", "po"},       {"Service", "service", "services", "svc"},
-        {"Namespace", "namespace", "namespaces", "ns"}, {"Node", "node", "nodes", "no"},
+        {"Pod", "pod", "pods", "po"},
+        {"Service", "service", "services", "svc"},
+        {"Namespace", "namespace", "namespaces", "ns"},
+        {"Node", "node", "nodes", "no"},
         {"ServiceAccount", "serviceaccount", "serviceaccounts", "sa"},
         {"AuthorizationPolicy", "authorizationpolicy", "authorizationpolicies", "ap"},
         {"PeerAuthentication", "peerauthentication", "peerauthentications", "pa"},
@@ -676,7 +716,8 @@ static int apply_or_delete(int argc, char **argv, bool apply)
         struct cluster_warned w = {0};
         rc = cluster_manifests_read(c.file, &objs, &w, report_stderr, NULL);
         if (rc == -EINVAL) {
-            fprintf(stderr, "Error: %s has invalid manifests (above); nothing was %s\n", c.file, apply ? "applied" : "deleted");
+            fprintf(stderr, "Error: %s has invalid manifests (above); nothing was %s\n", c.file,
+                    apply ? "applied" : "deleted");
             return 1;
         }
         if (rc) {
@@ -687,13 +728,16 @@ static int apply_or_delete(int argc, char **argv, bool apply)
         const char *kind = kind_of(argv[optind]);
         if (!kind) return usage(text, "unknown resource type \"%s\"", argv[optind]);
         const char *ns = cluster_kind_cluster_scoped(kind) ? "" : c.ns ? c.ns : "default";
-        objs = json_pack("[{s:s,s:{s:s,s:s}}]", "kind", kind, "metadata", "name", argv[optind + 1], "namespace", ns);
+        objs = json_pack("[{s:s,s:{s:s,s:s}}]", "kind", kind, "metadata", "name", argv[optind + 1],
+                         "namespace", ns);
     } else {
-        return usage(text, "%s", apply ? "-f <file|dir> is required" : "-f <file|dir> or <kind> <name> is required");
+        return usage(text, "%s",
+                     apply ? "-f <file|dir> is required" : "-f <file|dir> or <kind> <name> is required");
     }
     char workdir[CLUSTER_PATH_MAX] = "";
     if (c.file) manifest_dir_of(c.file, workdir, sizeof(workdir));
-    json_t *req = json_pack("{s:s,s:o,s:s}", "op", apply ? "apply" : "delete", "objects", objs, "workdir", workdir),
+    json_t *req = json_pack("{s:s,s:o,s:s}", "op", apply ? "apply" : "delete", "objects", objs, "workdir",
+                            workdir),
            *resp = NULL;
     rc = ctl_call(c.state, req, &resp, CALL_TIMEOUT_MS, err, sizeof(err));
     json_decref(req);
@@ -790,11 +834,12 @@ static const char *pod_mode(const char *state, const json_t *pod)
 }
 
 /* kubectl's STATUS column: a waiting or terminated container's reason wins over the phase. */
-static void pod_status_cells(const json_t *pod, char *ready, size_t rn, char *status, size_t sn, char *restarts,
-                             size_t tn)
+static void pod_status_cells(const json_t *pod, char *ready, size_t rn, char *status, size_t sn,
+                             char *restarts, size_t tn)
 {
     const json_t *st = json_object_get(pod, "status"), *cs = json_object_get(st, "containerStatuses"), *c;
-    size_t i, nready = 0, total = json_array_size(json_object_get(json_object_get(pod, "spec"), "containers"));
+    size_t i, nready = 0,
+              total = json_array_size(json_object_get(json_object_get(pod, "spec"), "containers"));
     long r = 0;
     const char *phase = json_string_value(json_object_get(st, "phase"));
     snprintf(status, sn, "%s", phase ? phase : "Unknown");
@@ -802,7 +847,8 @@ static void pod_status_cells(const json_t *pod, char *ready, size_t rn, char *st
     {
         if (json_is_true(json_object_get(c, "ready"))) nready++;
         r += (long)json_integer_value(json_object_get(c, "restartCount"));
-        const char *wr = json_string_value(json_object_get(json_object_get(json_object_get(c, "state"), "waiting"), "reason"));
+        const char *wr = json_string_value(
+            json_object_get(json_object_get(json_object_get(c, "state"), "waiting"), "reason"));
         if (wr && strcmp(wr, "PodInitializing")) snprintf(status, sn, "%s", wr);
     }
     if (phase && !strcmp(phase, "Succeeded")) snprintf(status, sn, "Completed");
@@ -816,12 +862,14 @@ int cmd_get(int argc, char **argv)
     struct common c;
     int rc = parse_common(argc, argv, "snAo", usage_get, &c);
     if (rc) return rc < 0 ? 0 : rc;
-    if (optind >= argc) return usage(usage_get, "%s", "a resource type is required (pods, nodes, services, namespaces)");
+    if (optind >= argc)
+        return usage(usage_get, "%s", "a resource type is required (pods, nodes, services, namespaces)");
     const char *kind = kind_of(argv[optind]);
     if (!kind) return usage(usage_get, "unknown resource type \"%s\"", argv[optind]);
     const char *name = optind + 1 < argc ? argv[optind + 1] : NULL;
     bool wide = c.output && !strcmp(c.output, "wide"), json = c.output && !strcmp(c.output, "json");
-    if (c.output && !wide && !json) return usage(usage_get, "output format \"%s\" not supported (wide or json)", c.output);
+    if (c.output && !wide && !json)
+        return usage(usage_get, "output format \"%s\" not supported (wide or json)", c.output);
     char path[CLUSTER_PATH_MAX + 32];
     snprintf(path, sizeof(path), "%s/cluster.json", c.state);
     if (access(path, F_OK)) {
@@ -851,8 +899,10 @@ int cmd_get(int argc, char **argv)
         return 0;
     }
     if (!json_array_size(list)) {
-        if (c.ns) fprintf(stderr, "No resources found in %s namespace.\n", c.ns);
-        else fprintf(stderr, "No resources found\n");
+        if (c.ns)
+            fprintf(stderr, "No resources found in %s namespace.\n", c.ns);
+        else
+            fprintf(stderr, "No resources found\n");
         json_decref(list);
         return 0;
     }
@@ -861,7 +911,8 @@ int cmd_get(int argc, char **argv)
     size_t i;
     char a[32];
     if (!strcmp(kind, "Pod")) {
-        static const char *const h[] = {"NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "MODE"};
+        static const char *const h[] = {"NAMESPACE", "NAME", "READY", "STATUS", "RESTARTS",
+                                        "AGE",       "IP",   "NODE",  "MODE"};
         size_t off = show_ns ? 0 : 1, nc = (wide ? 9 : 6) - off;
         t = zc_table_new(nc, 3);
         zc_table_row(t, h + off);
@@ -872,8 +923,9 @@ int cmd_get(int argc, char **argv)
             age(o, a, sizeof(a));
             const char *ip = json_string_value(json_object_get(json_object_get(o, "status"), "podIP"));
             const char *node = json_string_value(json_object_get(json_object_get(o, "spec"), "nodeName"));
-            const char *row[] = {cluster_obj_ns(o), cluster_obj_name(o), ready, status, restarts, a,
-                                 ip ? ip : "<none>", node ? node : "<none>", pod_mode(c.state, o)};
+            const char *row[] = {
+                cluster_obj_ns(o),      cluster_obj_name(o), ready, status, restarts, a, ip ? ip : "<none>",
+                node ? node : "<none>", pod_mode(c.state, o)};
             zc_table_row(t, row + off);
         }
     } else if (!strcmp(kind, "Node")) {
@@ -882,15 +934,18 @@ int cmd_get(int argc, char **argv)
         zc_table_row(t, h);
         json_array_foreach(list, i, o)
         {
-            const json_t *addr = json_array_get(json_object_get(json_object_get(o, "status"), "addresses"), 0);
+            const json_t *addr =
+                json_array_get(json_object_get(json_object_get(o, "status"), "addresses"), 0);
             const char *ip = json_string_value(json_object_get(addr, "address"));
             const char *cidr = json_string_value(json_object_get(json_object_get(o, "spec"), "podCIDR"));
             age(o, a, sizeof(a));
-            const char *row[] = {cluster_obj_name(o), "Ready", "<none>", a, ip ? ip : "<none>", cidr ? cidr : "<none>"};
+            const char *row[] = {cluster_obj_name(o),   "Ready", "<none>", a, ip ? ip : "<none>",
+                                 cidr ? cidr : "<none>"};
             zc_table_row(t, row);
         }
     } else if (!strcmp(kind, "Service")) {
-        static const char *const h[] = {"NAMESPACE", "NAME", "TYPE", "CLUSTER-IP", "PORT(S)", "AGE", "SELECTOR"};
+        static const char *const h[] = {"NAMESPACE", "NAME", "TYPE",    "CLUSTER-IP",
+                                        "PORT(S)",   "AGE",  "SELECTOR"};
         size_t off = show_ns ? 0 : 1;
         t = zc_table_new((wide ? 7 : 6) - off, 3);
         zc_table_row(t, h + off);
@@ -904,8 +959,9 @@ int cmd_get(int argc, char **argv)
             json_array_foreach(json_object_get(spec, "ports"), k, p)
             {
                 const char *proto = json_string_value(json_object_get(p, "protocol"));
-                l += (size_t)snprintf(ports + l, l < sizeof(ports) ? sizeof(ports) - l : 0, "%s%lld/%s", k ? "," : "",
-                                      (long long)json_integer_value(json_object_get(p, "port")), proto ? proto : "TCP");
+                l += (size_t)snprintf(ports + l, l < sizeof(ports) ? sizeof(ports) - l : 0, "%s%lld/%s",
+                                      k ? "," : "", (long long)json_integer_value(json_object_get(p, "port")),
+                                      proto ? proto : "TCP");
                 if (l >= sizeof(ports)) break;
             }
             const char *sk;
@@ -913,13 +969,14 @@ int cmd_get(int argc, char **argv)
             l = 0;
             json_object_foreach(json_object_get(spec, "selector"), sk, sv)
             {
-                l += (size_t)snprintf(sel + l, l < sizeof(sel) ? sizeof(sel) - l : 0, "%s%s=%s", l ? "," : "", sk,
-                                      json_string_value(sv) ? json_string_value(sv) : "");
+                l += (size_t)snprintf(sel + l, l < sizeof(sel) ? sizeof(sel) - l : 0, "%s%s=%s", l ? "," : "",
+                                      sk, json_string_value(sv) ? json_string_value(sv) : "");
                 if (l >= sizeof(sel)) break;
             }
             age(o, a, sizeof(a));
-            const char *row[] = {cluster_obj_ns(o), cluster_obj_name(o), type ? type : "ClusterIP", ip ? ip : "<none>",
-                                 *ports ? ports : "<none>", a, *sel ? sel : "<none>"};
+            const char *row[] = {cluster_obj_ns(o),    cluster_obj_name(o),       type ? type : "ClusterIP",
+                                 ip ? ip : "<none>",   *ports ? ports : "<none>", a,
+                                 *sel ? sel : "<none>"};
             zc_table_row(t, row + off);
         }
     } else if (!strcmp(kind, "Namespace")) {
@@ -1000,7 +1057,8 @@ int cmd_exec(int argc, char **argv)
     size_t i;
     if (c.container) {
         ct = NULL;
-        json_array_foreach(cs, i, e) if (!strcmp(json_string_value(json_object_get(e, "name")) ?: "", c.container)) ct = e;
+        json_array_foreach(
+            cs, i, e) if (!strcmp(json_string_value(json_object_get(e, "name")) ?: "", c.container)) ct = e;
         if (!ct) {
             fprintf(stderr, "Error: container %s is not valid for pod %s\n", c.container, pod);
             return 1;
@@ -1008,7 +1066,8 @@ int cmd_exec(int argc, char **argv)
     }
     json_array_foreach(json_object_get(ct, "env"), i, e)
     {
-        const char *k = json_string_value(json_object_get(e, "name")), *v = json_string_value(json_object_get(e, "value"));
+        const char *k = json_string_value(json_object_get(e, "name")),
+                   *v = json_string_value(json_object_get(e, "value"));
         if (k && v) setenv(k, v, 1);
     }
     if (net_enter(netns)) {
@@ -1022,12 +1081,11 @@ int cmd_exec(int argc, char **argv)
     return errno == ENOENT ? 127 : 126;
 }
 
-static const char usage_logs[] =
-    "Print a container's log, or a cluster component's.\n"
-    "\n"
-    "Usage:\n"
-    "  zmesh logs <pod> [-n NS] [-c CONTAINER] [-f] [--state-dir DIR]\n"
-    "  zmesh logs ztunnel/<node> | agent/<node> | zmeshd | controller [-f]\n";
+static const char usage_logs[] = "Print a container's log, or a cluster component's.\n"
+                                 "\n"
+                                 "Usage:\n"
+                                 "  zmesh logs <pod> [-n NS] [-c CONTAINER] [-f] [--state-dir DIR]\n"
+                                 "  zmesh logs ztunnel/<node> | agent/<node> | zmeshd | controller [-f]\n";
 
 int cmd_logs(int argc, char **argv)
 {
@@ -1052,12 +1110,16 @@ int cmd_logs(int argc, char **argv)
         json_t *cs = json_object_get(json_object_get(o, "spec"), "containers"), *e;
         const char *cn = c.container;
         size_t i;
-        if (!cn && json_array_size(cs) == 1) cn = json_string_value(json_object_get(json_array_get(cs, 0), "name"));
+        if (!cn && json_array_size(cs) == 1)
+            cn = json_string_value(json_object_get(json_array_get(cs, 0), "name"));
         bool found = false;
-        json_array_foreach(cs, i, e) if (cn && !strcmp(json_string_value(json_object_get(e, "name")) ?: "", cn)) found = true;
+        json_array_foreach(cs, i, e) if (cn && !strcmp(json_string_value(json_object_get(e, "name")) ?: "",
+                                                       cn)) found = true;
         if (!found) {
-            fprintf(stderr, "Error: %s for pod %s, choose one of: [", cn ? "invalid container name" : "a container name must be specified", what);
-            json_array_foreach(cs, i, e) fprintf(stderr, "%s%s", i ? " " : "", json_string_value(json_object_get(e, "name")));
+            fprintf(stderr, "Error: %s for pod %s, choose one of: [",
+                    cn ? "invalid container name" : "a container name must be specified", what);
+            json_array_foreach(cs, i, e)
+                fprintf(stderr, "%s%s", i ? " " : "", json_string_value(json_object_get(e, "name")));
             fprintf(stderr, "]\n");
             json_decref(o);
             return 1;
@@ -1100,7 +1162,8 @@ int cmd_label(int argc, char **argv)
     struct common c;
     int rc = parse_common(argc, argv, "snO", usage_label, &c);
     if (rc) return rc < 0 ? 0 : rc;
-    if (optind + 3 > argc) return usage(usage_label, "%s", "a kind, a name and at least one label are required");
+    if (optind + 3 > argc)
+        return usage(usage_label, "%s", "a kind, a name and at least one label are required");
     const char *kind = kind_of(argv[optind]);
     if (!kind || (strcmp(kind, "Namespace") && strcmp(kind, "Pod")))
         return usage(usage_label, "zmesh labels namespaces and pods, not \"%s\"", argv[optind]);
@@ -1134,8 +1197,8 @@ int cmd_label(int argc, char **argv)
         }
     }
     json_decref(cur);
-    json_t *req = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o}", "op", "label", "kind", kind, "namespace", ns, "name", name,
-                            "set", set, "remove", rem),
+    json_t *req = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o}", "op", "label", "kind", kind, "namespace", ns, "name",
+                            name, "set", set, "remove", rem),
            *resp = NULL;
     char err[1024];
     rc = ctl_call(c.state, req, &resp, CALL_TIMEOUT_MS, err, sizeof(err));

@@ -1280,7 +1280,8 @@ static json_t *scalar_json(const struct mnode *n)
     return json_stringn(n->s, n->len);
 }
 
-/* The tree below n as jansson values (new reference, NULL on a duplicate key, reported, or -ENOMEM in *rc). */
+/* The tree below n as jansson values (new reference, NULL on a duplicate key, reported, or -ENOMEM in *rc).
+ */
 static json_t *tree_json(struct reader *r, const struct mnode *n, int *rc)
 {
     json_t *j = NULL;

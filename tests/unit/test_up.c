@@ -109,8 +109,9 @@ static void test_record(void **state)
     assert_string_equal(e.b, "172.30.0.2");
     assert_int_equal(cluster_record_parse_line("+ pod shop web node1 0123abcd", &e, &added), 0);
     assert_string_equal(e.d, "0123abcd");
-    assert_int_equal(cluster_record_parse_line("+ route 10.244.1.0/24", &e, &added), -EINVAL); /* a field short */
-    assert_int_equal(cluster_record_parse_line("+ volume x", &e, &added), -EINVAL);           /* unknown kind */
+    assert_int_equal(cluster_record_parse_line("+ route 10.244.1.0/24", &e, &added),
+                     -EINVAL);                                                      /* a field short */
+    assert_int_equal(cluster_record_parse_line("+ volume x", &e, &added), -EINVAL); /* unknown kind */
     assert_int_equal(cluster_record_parse_line("* netns x", &e, &added), -EINVAL);
 
     const char *text = "+ bridge zmesh0\n"
@@ -168,16 +169,21 @@ static void test_pod_spec(void **state)
     struct manifest_src src = {.file = "p.yaml", .doc = 2};
     struct pod_spec ps;
     json_t *o = pod_json(
-        "{\"kind\":\"Pod\",\"metadata\":{\"name\":\"web\",\"namespace\":\"shop\"},\"spec\":{\"nodeName\":\"node2\","
-        "\"restartPolicy\":\"OnFailure\",\"serviceAccountName\":\"web\",\"containers\":[{\"name\":\"app\",\"image\":"
-        "\"x\",\"command\":[\"python3\"],\"args\":[\"-m\",\"http.server\"],\"env\":[{\"name\":\"A\",\"value\":\"1\"},"
-        "{\"name\":\"B\"}],\"ports\":[{\"name\":\"http\",\"containerPort\":8000}],\"readinessProbe\":{\"httpGet\":"
+        "{\"kind\":\"Pod\",\"metadata\":{\"name\":\"web\",\"namespace\":\"shop\"},\"spec\":{\"nodeName\":"
+        "\"node2\","
+        "\"restartPolicy\":\"OnFailure\",\"serviceAccountName\":\"web\",\"containers\":[{\"name\":\"app\","
+        "\"image\":"
+        "\"x\",\"command\":[\"python3\"],\"args\":[\"-m\",\"http.server\"],\"env\":[{\"name\":\"A\","
+        "\"value\":\"1\"},"
+        "{\"name\":\"B\"}],\"ports\":[{\"name\":\"http\",\"containerPort\":8000}],\"readinessProbe\":{"
+        "\"httpGet\":"
         "{\"port\":\"http\",\"path\":\"/healthz\"},\"periodSeconds\":2}},{\"name\":\"side\",\"image\":\"y\","
         "\"command\":[\"sleep\",\"9\"],\"readinessProbe\":{\"exec\":{\"command\":[\"true\"]}}}]}}");
     assert_int_equal(cluster_pod_spec_parse(o, &src, &ps, &w, collect, &f), 0);
     assert_int_equal(f.errors, 0);
     assert_int_equal(f.warnings, 1); /* image: once, for both containers */
-    assert_non_null(strstr(f.all, "p.yaml#2: spec.containers[0]: image: zmesh up runs command/args; image ignored"));
+    assert_non_null(
+        strstr(f.all, "p.yaml#2: spec.containers[0]: image: zmesh up runs command/args; image ignored"));
     assert_string_equal(ps.node, "node2");
     assert_int_equal(ps.restart, RESTART_ON_FAILURE);
     assert_int_equal(ps.grace_s, CLUSTER_GRACE_DEFAULT_S);
@@ -200,19 +206,26 @@ static void test_pod_spec(void **state)
     static const struct {
         const char *spec, *want;
     } bad[] = {
-        {"{\"containers\":[{\"name\":\"a\",\"args\":[\"x\"]}]}", "spec.containers[0].command: required by zmesh up"},
-        {"{\"containers\":[{\"name\":\"a\",\"command\":\"sleep 1\"}]}", "spec.containers[0].command: expected a list"},
-        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"sleep\",1]}]}", "spec.containers[0].command[1]: expected a string"},
-        {"{\"restartPolicy\":\"Sometimes\",\"containers\":[{\"name\":\"a\",\"command\":[\"x\"]}]}", "spec.restartPolicy"},
+        {"{\"containers\":[{\"name\":\"a\",\"args\":[\"x\"]}]}",
+         "spec.containers[0].command: required by zmesh up"},
+        {"{\"containers\":[{\"name\":\"a\",\"command\":\"sleep 1\"}]}",
+         "spec.containers[0].command: expected a list"},
+        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"sleep\",1]}]}",
+         "spec.containers[0].command[1]: expected a string"},
+        {"{\"restartPolicy\":\"Sometimes\",\"containers\":[{\"name\":\"a\",\"command\":[\"x\"]}]}",
+         "spec.restartPolicy"},
         {"{\"containers\":[]}", "spec.containers: expected a list of 1 to 16"},
         {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"]},{\"name\":\"a\",\"command\":[\"x\"]}]}",
          "spec.containers[1].name: duplicate container name"},
-        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"readinessProbe\":{\"tcpSocket\":{\"port\":\"web\"}}}]}",
+        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"readinessProbe\":{\"tcpSocket\":{\"port\":"
+         "\"web\"}}}]}",
          "readinessProbe.tcpSocket: port: \"web\" names no port"},
-        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"readinessProbe\":{\"tcpSocket\":{\"port\":1},"
+        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"readinessProbe\":{\"tcpSocket\":{\"port\":1}"
+         ","
          "\"exec\":{\"command\":[\"x\"]}}}]}",
          "expected exactly one of tcpSocket, exec, httpGet"},
-        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"readinessProbe\":{\"tcpSocket\":{\"port\":1},"
+        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"readinessProbe\":{\"tcpSocket\":{\"port\":1}"
+         ","
          "\"periodSeconds\":0}}]}",
          "periodSeconds: expected an integer 1..3600"},
         {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"env\":[{\"name\":\"N\",\"value\":3}]}]}",
@@ -220,12 +233,14 @@ static void test_pod_spec(void **state)
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char text[1200];
-        snprintf(text, sizeof(text), "{\"kind\":\"Pod\",\"metadata\":{\"name\":\"p\",\"namespace\":\"d\"},\"spec\":%s}",
+        snprintf(text, sizeof(text),
+                 "{\"kind\":\"Pod\",\"metadata\":{\"name\":\"p\",\"namespace\":\"d\"},\"spec\":%s}",
                  bad[i].spec);
         struct findings g = {0};
         o = pod_json(text);
         assert_int_equal(cluster_pod_spec_parse(o, &src, &ps, &w, collect, &g), -EINVAL);
-        if (!strstr(g.last_error, bad[i].want)) fail_msg("case %zu: got \"%s\", want \"%s\"", i, g.last_error, bad[i].want);
+        if (!strstr(g.last_error, bad[i].want))
+            fail_msg("case %zu: got \"%s\", want \"%s\"", i, g.last_error, bad[i].want);
         assert_non_null(strstr(g.last_error, "p.yaml#2: "));
         cluster_pod_spec_free(&ps);
         json_decref(o);
@@ -240,11 +255,13 @@ static void test_manifests_read(void **state)
     char p[600];
     snprintf(p, sizeof(p), "%s/a.yaml", dir);
     FILE *fp = fopen(p, "w");
-    fputs("apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: x}\n  spec:\n"
-          "    containers: [{name: c, command: [\"true\"]}]\n- apiVersion: v1\n  kind: Node\n  metadata: {name: n1, "
-          "namespace: ignored}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\n"
-          "spec: {ports: [{port: 80}], selector: {app: x}}\n",
-          fp);
+    fputs(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: x}\n  spec:\n"
+        "    containers: [{name: c, command: [\"true\"]}]\n- apiVersion: v1\n  kind: Node\n  metadata: "
+        "{name: n1, "
+        "namespace: ignored}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: shop}\n"
+        "spec: {ports: [{port: 80}], selector: {app: x}}\n",
+        fp);
     fclose(fp);
     snprintf(p, sizeof(p), "%s/.hidden.yaml", dir);
     fp = fopen(p, "w");
@@ -259,14 +276,16 @@ static void test_manifests_read(void **state)
     assert_string_equal(cluster_obj_kind(json_array_get(objs, 0)), "Pod");
     assert_string_equal(cluster_obj_ns(json_array_get(objs, 0)), "default");
     assert_string_equal(cluster_obj_ns(json_array_get(objs, 1)), ""); /* a Node has no namespace */
-    json_t *port = json_array_get(json_object_get(json_object_get(json_array_get(objs, 2), "spec"), "ports"), 0);
+    json_t *port =
+        json_array_get(json_object_get(json_object_get(json_array_get(objs, 2), "spec"), "ports"), 0);
     assert_true(json_is_integer(json_object_get(port, "port"))); /* YAML's 80 is a number */
     json_decref(objs);
 
     /* An error in zmeshd's reader (a port out of range) and one of the Pod reader, both named. */
     snprintf(p, sizeof(p), "%s/b.yaml", dir);
     fp = fopen(p, "w");
-    fputs("apiVersion: v1\nkind: Pod\nmetadata: {name: y}\nspec:\n  containers:\n  - name: c\n    command: [\"x\"]\n"
+    fputs("apiVersion: v1\nkind: Pod\nmetadata: {name: y}\nspec:\n  containers:\n  - name: c\n    command: "
+          "[\"x\"]\n"
           "    ports: [{containerPort: 70000}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: z}\nspec:\n"
           "  containers: [{name: c}]\n",
           fp);
@@ -275,7 +294,8 @@ static void test_manifests_read(void **state)
     objs = NULL;
     assert_int_equal(cluster_manifests_read(dir, &objs, &w, collect, &f), -EINVAL);
     assert_null(objs);
-    assert_non_null(strstr(f.all, "b.yaml#1: spec.containers[0].ports[0].containerPort: expected a port 1-65535"));
+    assert_non_null(
+        strstr(f.all, "b.yaml#1: spec.containers[0].ports[0].containerPort: expected a port 1-65535"));
     assert_non_null(strstr(f.all, "b.yaml#2: spec.containers[0].command: required by zmesh up"));
     unlink(p);
     snprintf(p, sizeof(p), "%s/a.yaml", dir);
@@ -313,9 +333,12 @@ static void test_write_atomic_and_mkdirs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_cfg_derive),   cmocka_unit_test(test_placement_round_robin),
-        cmocka_unit_test(test_names),        cmocka_unit_test(test_record),
-        cmocka_unit_test(test_pod_spec),     cmocka_unit_test(test_manifests_read),
+        cmocka_unit_test(test_cfg_derive),
+        cmocka_unit_test(test_placement_round_robin),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_record),
+        cmocka_unit_test(test_pod_spec),
+        cmocka_unit_test(test_manifests_read),
         cmocka_unit_test(test_write_atomic_and_mkdirs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
