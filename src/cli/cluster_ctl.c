@@ -34,6 +34,8 @@
 #define NODE_TOKEN_TTL_S (24 * 3600L)
 #define NODE_TOKEN_REFRESH_MS (3600 * 1000ULL)
 #define SYS_GRACE_MS 5000
+/* Endpoints per Service port in the node Service proxy; more are left out (logged). */
+#define SVC_MAX_ENDPOINTS 64
 /* The name zmeshd's serving certificate carries, as istiod's. */
 #define ISTIOD_HOST "istiod.istio-system.svc"
 
@@ -1109,9 +1111,9 @@ static void svc_sync(struct ctl *ctl)
             json_t *pn = json_object_get(port, "port"), *tp = json_object_get(port, "targetPort");
             const char *proto = json_string_value(json_object_get(port, "protocol"));
             if (!json_is_integer(pn) || (proto && strcmp(proto, "TCP"))) continue;
-            char eps[64][64];
+            char eps[SVC_MAX_ENDPOINTS][64];
             size_t ne = 0;
-            for (size_t i = 0; i < ctl->n_pods && ne < 64; i++) {
+            for (size_t i = 0; i < ctl->n_pods; i++) {
                 struct pod *p = ctl->pods[i];
                 if (!pod_ready(p) || strcmp(p->spec.ns, cluster_obj_ns(svc))) continue;
                 json_t *labels = json_object_get(json_object_get(p->obj, "metadata"), "labels");
@@ -1140,8 +1142,13 @@ static void svc_sync(struct ctl *ctl)
                             target = (long)json_integer_value(json_object_get(q, "containerPort"));
                     }
                 }
-                if (target > 0 && target < 65536)
-                    snprintf(eps[ne++], sizeof(eps[0]), "%s:%ld", p->sb.ip, target);
+                if (target <= 0 || target >= 65536) continue;
+                if (ne == SVC_MAX_ENDPOINTS) {
+                    ctl_log("service %s/%s: more than %d ready endpoints; the node proxy uses the first %d",
+                            cluster_obj_ns(svc), cluster_obj_name(svc), SVC_MAX_ENDPOINTS, SVC_MAX_ENDPOINTS);
+                    break;
+                }
+                snprintf(eps[ne++], sizeof(eps[0]), "%s:%ld", p->sb.ip, target);
             }
             for (size_t i = 0; i < ne; i++) {
                 EMIT("-A ZMESH-SERVICES -d %s/32 -p tcp --dport %lld", vip,

@@ -267,8 +267,10 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
         }
         int st;
         if (daemon > 0 && waitpid(daemon, &st, WNOHANG) == daemon) {
-            fprintf(stderr, "Error: the controller exited during start-up; see %s/logs/controller.log\n",
-                    state);
+            fprintf(stderr,
+                    "Error: the controller exited during start-up; see %s/logs/controller.log (zmesh down "
+                    "--state-dir %s removes what was made)\n",
+                    state, state);
             json_decref(last);
             return -1;
         }
