@@ -1197,8 +1197,8 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
                              const char *ns, const char *name, const char *workdir, json_t *results,
                              char *err, size_t errlen, const char *verb);
 
-static int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *results, char *err,
-                            size_t errlen)
+int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *results, char *err,
+                     size_t errlen)
 {
     const char *kind = cluster_obj_kind(o), *ns = cluster_obj_ns(o), *name = cluster_obj_name(o);
     char key[CLUSTER_NAME_MAX * 6];
@@ -1288,8 +1288,8 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
     return 0;
 }
 
-static int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const char *name,
-                             json_t *results, char *err, size_t errlen)
+int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const char *name, json_t *results,
+                      char *err, size_t errlen)
 {
     char key[CLUSTER_NAME_MAX * 6], line[CLUSTER_NAME_MAX * 4], lk[64];
     snprintf(lk, sizeof(lk), "%s", kind);

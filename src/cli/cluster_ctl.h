@@ -21,6 +21,16 @@
 
 #include "cli/cluster.h"
 
+/* The object source interface: everything the cluster runs enters through these two, on the controller's
+ * loop thread. o is borrowed (the controller keeps a copy with uid and creationTimestamp); results gets one
+ * kubectl-like line ("pod/web created|configured|unchanged", "pod \"web\" deleted"). Returns 0, or -errno
+ * with err set (an immutable Pod spec, an unknown node, not found). */
+struct ctl;
+int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *results, char *err,
+                     size_t errlen);
+int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const char *name, json_t *results,
+                      char *err, size_t errlen);
+
 /* Runs the controller until shutdown (or SIGTERM/SIGINT, which also stop every pod). objects (borrowed) are
  * applied first; workdir is their manifests' directory, where containers run unless workingDir says
  * otherwise (an apply request carries its own "workdir"). Returns the process exit status. */

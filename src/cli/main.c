@@ -628,8 +628,8 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cluster_cmds[] = {{"up", cmd_up},     {"down", cmd_down}, {"apply", cmd_apply}, {"delete", cmd_delete},
-                        {"get", cmd_get},   {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label}};
+    } cluster_cmds[] = {{"up", cmd_up},   {"down", cmd_down}, {"apply", cmd_apply}, {"delete", cmd_delete},
+                        {"get", cmd_get}, {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label}};
     for (size_t i = 0; i < sizeof(cluster_cmds) / sizeof(cluster_cmds[0]); i++)
         if (!strcmp(cmd, cluster_cmds[i].name)) return cluster_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);

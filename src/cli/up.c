@@ -507,6 +507,8 @@ int cmd_up(int argc, char **argv)
     }
     if (pid == 0) {
         setsid();
+        /* Every path it uses is absolute; a daemon does not pin the directory zmesh up ran in. */
+        if (chdir("/")) _exit(1);
         snprintf(path, sizeof(path), "%s/logs/controller.log", cfg.state);
         int lfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644),
             nfd = open("/dev/null", O_RDONLY);
