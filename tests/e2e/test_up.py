@@ -213,6 +213,21 @@ def test_cross_node_pod_to_pod_and_service_vip(cluster):
          what="the client's log line")
 
 
+def test_get_nodes_services_namespaces(cluster):
+    out = cluster.run("get", "nodes", "-o", "wide").stdout
+    base = cluster.node_subnet.rsplit(".", 1)[0]
+    assert re.search(r"^node1\s+Ready\s+<none>\s+\S+\s+%s\.2\s+%s0/24$" % (re.escape(base),
+                     re.escape(cluster.node_cidr(1))), out, re.M), out
+    assert re.search(r"^node2\s+Ready\s+.*%s\.3\s+%s0/24$" % (re.escape(base), re.escape(cluster.node_cidr(2))),
+                     out, re.M), out
+    out = cluster.run("get", "services", "-n", "shop", "-o", "wide").stdout
+    assert re.search(r"^frontend\s+ClusterIP\s+10\.96\.20\.12\s+80/TCP\s+\S+\s+app=frontend$", out, re.M), out
+    out = cluster.run("get", "ns", "-o", "wide").stdout
+    assert re.search(r"^shop\s+Active\s+\S+\s+ambient$", out, re.M) and re.search(r"^default\s+Active", out, re.M)
+    one = json.loads(cluster.run("get", "pods", "catalog", "-n", "shop", "-o", "json").stdout)
+    assert one["kind"] == "List" and one["items"][0]["status"]["phase"] == "Running"
+
+
 def test_exec_passes_the_exit_status_through(cluster):
     assert cluster.exec("catalog", "sh", "-c", "exit 7").returncode == 7
     r = cluster.exec("catalog", "sh", "-c", "echo $CATALOG_URL; hostname -I 2>/dev/null || ip -4 -o addr")
@@ -246,6 +261,13 @@ def test_apply_new_pod_then_delete_releases_everything(cluster, tmpdir_m):
             image: ignored:latest
             command: ["python3", "-m", "http.server", "7070", "--bind", "0.0.0.0"]
             readinessProbe: {tcpSocket: {port: 7070}, periodSeconds: 1}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: extra, namespace: shop}
+        spec:
+          selector: {app: extra}
+          ports: [{port: 80, targetPort: 7070}]
         """)
     r = cluster.run("apply", "-f", path)
     assert "pod/extra created" in r.stdout
@@ -261,8 +283,16 @@ def test_apply_new_pod_then_delete_releases_everything(cluster, tmpdir_m):
     r = cluster.exec("client", "curl", "-s", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}",
                      "http://%s:7070/" % row["IP"])
     assert r.stdout == "200"
+    # The Service got a clusterIP from 10.96.0.0/16 (the API server's part), and its VIP reaches the pod.
+    vip = cluster.api("Service", "shop", "extra")["spec"]["clusterIP"]
+    assert vip.startswith("10.96.")
+    r = poll(lambda: (lambda r: r if r.stdout == "200" else None)(cluster.exec(
+        "client", "curl", "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", "http://%s/" % vip)),
+        what="the new Service's VIP")
     # Applying the same file again changes nothing.
-    assert "pod/extra unchanged" in cluster.run("apply", "-f", path).stdout
+    again = cluster.run("apply", "-f", path).stdout
+    assert "pod/extra unchanged" in again and "service/extra unchanged" in again
+    assert cluster.api("Service", "shop", "extra")["spec"]["clusterIP"] == vip
     r = cluster.run("delete", "-f", path)
     assert 'pod "extra" deleted' in r.stdout
     assert netns not in cluster.netns()
