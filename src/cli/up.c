@@ -581,14 +581,15 @@ static int parse_common(int argc, char **argv, const char *allowed, const char *
     memset(c, 0, sizeof(*c));
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":hn:Ao:c:f:", state_opts, NULL)) != -1) {
+    /* kubectl's -f is --filename (an argument) for apply and delete, --follow (none) for logs. */
+    const char *shorts = strchr(allowed, 'F') ? ":hn:Ao:c:f" : ":hn:Ao:c:f:";
+    while ((ch = getopt_long(argc, argv, shorts, state_opts, NULL)) != -1) {
         if (ch == 'h') {
             fputs(text, stdout);
             return -1;
         }
         if (ch == ':') return usage(text, "flag needs an argument: %s", argv[optind - 1]);
-        /* kubectl's -f is --filename for apply and delete, --follow for logs. */
-        if (ch == 'f' && strchr(allowed, 'F') && !strchr(allowed, 'f')) ch = 'F';
+        if (ch == 'f' && strchr(allowed, 'F')) ch = 'F';
         if (ch == '?' || !strchr(allowed, ch)) return usage(text, "unknown flag: %s", argv[optind - 1]);
         switch (ch) {
         case 's':

@@ -228,6 +228,26 @@ def test_get_nodes_services_namespaces(cluster):
     assert one["kind"] == "List" and one["items"][0]["status"]["phase"] == "Running"
 
 
+def test_logs_follow_and_components(cluster):
+    p = subprocess.Popen([cluster.zmesh, "logs", "client", "-n", "shop", "-f", "--state-dir", cluster.state],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        size = os.path.getsize(os.path.join(cluster.state, "pods", "shop_client", "client.log"))
+        got = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(got) <= size + 10:
+            got += p.stdout.readline()
+        assert len(got) > size, "logs -f printed nothing new"
+        assert p.poll() is None  # still following
+    finally:
+        p.kill()
+        p.wait()
+    assert "manifests loaded" in cluster.run("logs", "zmeshd").stdout
+    assert "controller up" in cluster.run("logs", "controller").stdout
+    r = cluster.run("logs", "frontend", "-n", "shop", "-c", "nosuch", check=False)
+    assert r.returncode == 1 and "choose one of: [frontend]" in r.stderr
+
+
 def test_exec_passes_the_exit_status_through(cluster):
     assert cluster.exec("catalog", "sh", "-c", "exit 7").returncode == 7
     r = cluster.exec("catalog", "sh", "-c", "echo $CATALOG_URL; hostname -I 2>/dev/null || ip -4 -o addr")
