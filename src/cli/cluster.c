@@ -503,7 +503,11 @@ enum {
     W_RESOURCES,
     W_HOST_NETWORK,
     W_LIFECYCLE,
-    W_PROBE_HEADERS
+    W_PROBE_HEADERS,
+    W_SCHEDULING,
+    W_HOST_PORT,
+    W_HOST_NS,
+    W_STDIN
 };
 
 static void warn_once(struct pod_reader *r, int bit, const char *field, const char *msg)
@@ -753,6 +757,12 @@ static int read_container(struct pod_reader *r, const json_t *c, size_t i, struc
         warn_once(r, W_VOLUMES, f,
                   "volumeMounts: not supported by zmesh up; containers see the host's files");
     if (json_object_get(c, "resources")) warn_once(r, W_RESOURCES, f, "resources: not enforced by zmesh up");
+    size_t pi;
+    const json_t *port;
+    json_array_foreach(json_object_get(c, "ports"), pi, port) if (json_object_get(port, "hostPort"))
+        warn_once(r, W_HOST_PORT, f, "ports[].hostPort: not published on the node by zmesh up; ignored");
+    if (json_is_true(json_object_get(c, "stdin")) || json_is_true(json_object_get(c, "tty")))
+        warn_once(r, W_STDIN, f, "stdin/tty: containers get /dev/null as stdin in zmesh up");
     if (json_object_get(c, "lifecycle"))
         warn_once(r, W_LIFECYCLE, f, "lifecycle: hooks are not run by zmesh up");
     return 0;
@@ -802,6 +812,15 @@ int cluster_pod_spec_parse(const json_t *pod, const struct manifest_src *src, st
                       &out->grace_s)))
         return rc;
     if (out->grace_s > CLUSTER_GRACE_MAX_S) out->grace_s = CLUSTER_GRACE_MAX_S;
+    if (json_object_get(spec, "nodeSelector") || json_object_get(spec, "affinity") ||
+        json_object_get(spec, "tolerations") || json_object_get(spec, "topologySpreadConstraints"))
+        warn_once(
+            &r, W_SCHEDULING, "spec",
+            "nodeSelector, affinity, tolerations and topologySpreadConstraints are not honoured by zmesh up; "
+            "pods go to spec.nodeName, else round robin");
+    if (json_is_true(json_object_get(spec, "hostPID")) || json_is_true(json_object_get(spec, "hostIPC")))
+        warn_once(&r, W_HOST_NS, "spec",
+                  "hostPID/hostIPC: zmesh up shares the host's PID and IPC namespaces anyway");
     if (json_object_get(spec, "initContainers"))
         warn_once(&r, W_INIT, "spec.initContainers", "not run by zmesh up; ignored");
     if (json_is_true(json_object_get(spec, "hostNetwork")))
