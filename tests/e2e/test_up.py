@@ -313,6 +313,15 @@ def test_apply_new_pod_then_delete_releases_everything(cluster, tmpdir_m):
     again = cluster.run("apply", "-f", path).stdout
     assert "pod/extra unchanged" in again and "service/extra unchanged" in again
     assert cluster.api("Service", "shop", "extra")["spec"]["clusterIP"] == vip
+    # Labels may change (configured, and api/ shows them); the spec may not, as the API server says.
+    text = open(path).read()
+    write(tmpdir_m, "relabel.yaml", text.replace("labels: {app: extra}", "labels: {app: extra, tier: web}"))
+    r = cluster.run("apply", "-f", os.path.join(tmpdir_m, "relabel.yaml"))
+    assert "pod/extra configured" in r.stdout
+    poll(lambda: cluster.api("Pod", "shop", "extra")["metadata"]["labels"].get("tier") == "web", what="new labels")
+    write(tmpdir_m, "respec.yaml", text.replace('"7070", "--bind"', '"7071", "--bind"'))
+    r = cluster.run("apply", "-f", os.path.join(tmpdir_m, "respec.yaml"), check=False)
+    assert r.returncode == 1 and "spec is immutable" in r.stderr, r.stderr
     r = cluster.run("delete", "-f", path)
     assert 'pod "extra" deleted' in r.stdout
     assert netns not in cluster.netns()
