@@ -483,7 +483,23 @@ int cmd_up(int argc, char **argv)
         return 1;
     }
 
-    /* 3. The node network. */
+    /* 3. The node network. Node-to-node frames cross the host bridge; with br_netfilter they also cross the
+     * host's FORWARD chain, which some hosts (Docker's) set to DROP: say so rather than let pods time out. */
+    {
+        char *v = NULL;
+        bool brnf =
+            !cluster_read_file("/proc/sys/net/bridge/bridge-nf-call-iptables", 64, &v, NULL) && v[0] == '1';
+        free(v);
+        FILE *pf = brnf ? popen("iptables -w -S FORWARD 2>/dev/null", "r") : NULL;
+        char line[256];
+        if (pf && fgets(line, sizeof(line), pf) && !strncmp(line, "-P FORWARD DROP", 15))
+            fprintf(
+                stderr,
+                "warning: the host's iptables FORWARD policy is DROP and bridged traffic passes it "
+                "(br_netfilter): allow the cluster's bridge with iptables -I FORWARD -i %s -o %s -j ACCEPT\n",
+                cfg.bridge, cfg.bridge);
+        if (pf) pclose(pf);
+    }
     rc = net_bridge_up(&cfg, err, sizeof(err));
     for (size_t k = 0; !rc && k < cfg.n_nodes; k++)
         if (!(rc = net_node_up(&cfg, k, err, sizeof(err)))) rc = net_cni_setup(&cfg, k, err, sizeof(err));
