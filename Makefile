@@ -143,6 +143,8 @@ $(B)/tests/zds_peer: tests/e2e/zds_peer.c $(B)/obj/ztunnel/zds.o $(B)/libzmesh.a
 	$(CC) $(CFLAGS) -o $@ $< $(B)/obj/ztunnel/zds.o $(B)/libzmesh.a $(LDLIBS)
 # test_zds.c includes zds.c (as test_admin.c includes admin.c): rebuild it when the module changes.
 $(B)/tests/test_zds: src/ztunnel/zds.c src/ztunnel/zds.h
+# test_up.c includes src/cli/cluster.c (the CLI's objects are not in libzmesh.a): the same.
+$(B)/tests/test_up: src/cli/cluster.c src/cli/cluster.h
 
 unit: all
 	@scripts/run-tests.sh unit $(B)

@@ -12,6 +12,7 @@
 
 #include "cli/http_get.h"
 #include "cli/ps.h"
+#include "cli/up.h"
 #include "cli/zc.h"
 #include "core/env.h"
 #include "zmeshd/daemon.h"
@@ -37,6 +38,14 @@ static const char usage_top[] =
     "  ztunnel-config (zc)   show a ztunnel's configuration: workloads, services, policies, certificates\n"
     "  proxy-status (ps)     show every proxy connected to zmeshd and whether its config is in sync\n"
     "  token                 print a service-account token for zmeshd's CA and xDS (zmeshd token)\n"
+    "\n"
+    "Local cluster (docs/local-cluster.md):\n"
+    "  up <dir>              bring up nodes, pods, zmeshd, ztunnels and node agents from manifests\n"
+    "  down                  remove the local cluster and everything it made\n"
+    "  apply -f, delete -f   change the running cluster (kubectl apply/delete)\n"
+    "  get                   list pods, nodes, services, namespaces (kubectl get)\n"
+    "  exec, logs            run in a pod's network namespace; print a container's or component's log\n"
+    "  label                 set or remove namespace and pod labels (kubectl label)\n"
     "\n"
     "Run 'zmesh <command> --help' for the flags of a command.\n";
 
@@ -616,6 +625,13 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "ztunnel-config") || !strcmp(cmd, "zc")) return cmd_ztunnel_config(argc - 1, argv + 1);
     if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "ps")) return cmd_proxy_status(argc - 1, argv + 1);
     if (!strcmp(cmd, "token")) return cmd_token(argc - 1, argv + 1);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } cluster_cmds[] = {{"up", cmd_up},   {"down", cmd_down}, {"apply", cmd_apply}, {"delete", cmd_delete},
+                        {"get", cmd_get}, {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label}};
+    for (size_t i = 0; i < sizeof(cluster_cmds) / sizeof(cluster_cmds[0]); i++)
+        if (!strcmp(cmd, cluster_cmds[i].name)) return cluster_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);
     fputs(usage_top, stderr);
     return EXIT_USAGE;

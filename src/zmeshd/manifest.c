@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <yaml.h>
 
 #include "core/vec.h"
@@ -163,6 +164,10 @@ struct reader {
     size_t plen;
     size_t base_len; /* length of the current object's own path prefix ("items[3]" in a List), else 0 */
     bool failed;
+    /* What each document tree is handed to: read_object (the typed store) unless manifest_load_json set
+     * a JSON callback (then st is NULL). */
+    manifest_json_fn json_fn;
+    void *json_ud;
 };
 
 void manifest_finding_emit(manifest_report_fn report, void *ud, const struct manifest_finding *f)
@@ -1255,10 +1260,103 @@ static int syntax_error(struct reader *r)
     return 0;
 }
 
+/* ---- documents as JSON (manifest_load_json) ---- */
+
+/* A plain scalar as YAML's core schema types it (true/false, integers, floats); everything else, and every
+ * quoted scalar, is a string, so "80" stays a string as Kubernetes' decoder keeps it. */
+static json_t *scalar_json(const struct mnode *n)
+{
+    if (n->plain) {
+        if (!strcmp(n->s, "true")) return json_true();
+        if (!strcmp(n->s, "false")) return json_false();
+        char *e;
+        errno = 0;
+        long long v = strtoll(n->s, &e, 10);
+        if (n->len && !*e && !errno) return json_integer(v);
+        double d = strtod(n->s, &e);
+        if (n->len && !*e && (n->s[0] == '-' || n->s[0] == '.' || (n->s[0] >= '0' && n->s[0] <= '9')))
+            return json_real(d);
+    }
+    return json_stringn(n->s, n->len);
+}
+
+/* The tree below n as jansson values (new reference, NULL on a duplicate key, reported, or -ENOMEM in *rc).
+ */
+static json_t *tree_json(struct reader *r, const struct mnode *n, int *rc)
+{
+    json_t *j = NULL;
+    switch (n->type) {
+    case MN_NULL:
+        return json_null();
+    case MN_SCALAR:
+        if (!(j = scalar_json(n))) *rc = -ENOMEM;
+        return j;
+    case MN_SEQ:
+        if (!(j = json_array())) goto nomem;
+        for (size_t i = 0; i < n->n; i++) {
+            json_t *k = tree_json(r, &n->kids[i], rc);
+            if (!k || json_array_append_new(j, k)) goto fail;
+        }
+        return j;
+    default:
+        if (!(j = json_object())) goto nomem;
+        for (size_t i = 0; i + 1 < n->n; i += 2) {
+            const struct mnode *k = &n->kids[i];
+            if (k->type != MN_SCALAR) {
+                bad(r, k, "a mapping key is %s; only string keys are supported", node_kind(k));
+                goto fail;
+            }
+            if (json_object_get(j, k->s)) {
+                bad(r, k, "duplicate key \"%s\"", k->s);
+                goto fail;
+            }
+            json_t *v = tree_json(r, &n->kids[i + 1], rc);
+            if (!v || json_object_set_new(j, k->s, v)) goto fail;
+        }
+        return j;
+    }
+nomem:
+    *rc = -ENOMEM;
+fail:
+    json_decref(j);
+    if (!*rc && !r->failed) *rc = -ENOMEM; /* a jansson allocation failed without a finding */
+    return NULL;
+}
+
+static int json_object_doc(struct reader *r, const struct mnode *root)
+{
+    if (root->type == MN_NULL) return 0;
+    r->plen = 0;
+    r->path[0] = '\0';
+    r->failed = false;
+    int rc = 0;
+    json_t *j = tree_json(r, root, &rc);
+    if (!j) return r->failed ? 0 : rc;
+    struct manifest_src src = {.file = r->file, .doc = r->doc, .line = root->line};
+    rc = r->json_fn(r->json_ud, j, &src);
+    json_decref(j);
+    return rc;
+}
+
+static int load_docs(struct reader *r, const char *buf, size_t len);
+
+int manifest_load_json(const char *name, const char *buf, size_t len, manifest_report_fn report_fn, void *ud,
+                       manifest_json_fn fn, void *fn_ud)
+{
+    struct reader r = {.report = report_fn, .ud = ud, .file = name, .json_fn = fn, .json_ud = fn_ud};
+    return load_docs(&r, buf, len);
+}
+
 int manifest_load_buf(struct manifest_store *st, const char *name, const char *buf, size_t len,
                       manifest_report_fn report_fn, void *ud)
 {
     struct reader r = {.st = st, .report = report_fn, .ud = ud, .file = name};
+    return load_docs(&r, buf, len);
+}
+
+static int load_docs(struct reader *r_, const char *buf, size_t len)
+{
+    struct reader r = *r_;
     int rc = 0;
     if (!yaml_parser_initialize(&r.yp)) return -ENOMEM;
     yaml_parser_set_input_string(&r.yp, (const unsigned char *)buf, len);
@@ -1298,7 +1396,7 @@ int manifest_load_buf(struct manifest_store *st, const char *name, const char *b
             report(&r, MANIFEST_ERROR, r.doc_error_line, "", "%s: document skipped", r.doc_error);
             continue;
         }
-        if ((rc = read_object(&r, &root))) goto out;
+        if ((rc = r.json_fn ? json_object_doc(&r, &root) : read_object(&r, &root))) goto out;
     }
 out:
     yaml_parser_delete(&r.yp);

@@ -197,6 +197,17 @@ int manifest_load_dir(struct manifest_store *st, const char *dir, manifest_repor
 int manifest_load_buf(struct manifest_store *st, const char *name, const char *buf, size_t len,
                       manifest_report_fn report, void *ud);
 
+/* Every document of one file as a jansson value, for readers of fields the store does not keep (zmesh up
+ * runs the Pods' containers). The same reader as manifest_load_buf: its bounds, its refusal of aliases and of
+ * duplicate keys, its findings (a document it cannot read is reported and not handed over). Plain scalars
+ * are typed as YAML's core schema (true/false, integers, floats), quoted ones are strings. fn gets each
+ * non-empty document (borrowed for the call) and where it came from; a non-zero return stops the load and
+ * is returned. Returns 0, fn's code or -ENOMEM. */
+struct json_t;
+typedef int (*manifest_json_fn)(void *ud, struct json_t *doc, const struct manifest_src *src);
+int manifest_load_json(const char *name, const char *buf, size_t len, manifest_report_fn report, void *ud,
+                       manifest_json_fn fn, void *fn_ud);
+
 /* The objects loaded so far, in load order (borrowed from st). */
 const struct k8s_namespace *manifest_namespaces(const struct manifest_store *st, size_t *n);
 const struct k8s_pod *manifest_pods(const struct manifest_store *st, size_t *n);

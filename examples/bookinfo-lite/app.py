@@ -1,0 +1,79 @@
+#!/usr/bin/python3
+"""bookinfo-lite: the sample application of `zmesh up` (docs/local-cluster.md), Python standard library only.
+
+    app.py catalog|ratings PORT     a backend: GET / answers JSON naming itself and its pod
+    app.py frontend PORT            GET / calls $CATALOG_URL and $RATINGS_URL and answers with both
+    app.py client URL [SECONDS]     GETs URL every SECONDS (default 3) and prints one line per answer
+
+Every answer says which pod served it (HOSTNAME, set by zmesh up as by a kubelet) and which address called it,
+so a log shows the path a request took."""
+import json
+import os
+import socket
+import sys
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+POD = os.environ.get("HOSTNAME", socket.gethostname())
+BOOKS = [{"id": 1, "title": "The C Programming Language"}, {"id": 2, "title": "Unix Network Programming"}]
+RATINGS = {"1": 5, "2": 4}
+
+
+def fetch(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return json.loads(r.read())
+    except Exception as e:  # the page says what failed instead of failing whole
+        return {"error": "%s: %s" % (url, e)}
+
+
+class Handler(BaseHTTPRequestHandler):
+    role = "?"
+
+    def do_GET(self):
+        body = {"service": self.role, "pod": POD, "caller": self.client_address[0], "path": self.path}
+        if self.role == "catalog":
+            body["books"] = BOOKS
+        elif self.role == "ratings":
+            body["ratings"] = RATINGS
+        elif self.role == "frontend":
+            body["catalog"] = fetch(os.environ["CATALOG_URL"])
+            body["ratings"] = fetch(os.environ["RATINGS_URL"])
+        data = (json.dumps(body) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt, *args):
+        sys.stdout.write("%s %s %s\n" % (time.strftime("%H:%M:%S"), self.address_string(), fmt % args))
+        sys.stdout.flush()
+
+
+def client(url, every):
+    while True:
+        page = fetch(url)
+        if "error" in page:
+            print("%s error %s" % (time.strftime("%H:%M:%S"), page["error"]), flush=True)
+        else:
+            print("%s frontend=%s catalog=%s ratings=%s" % (
+                time.strftime("%H:%M:%S"), page.get("pod"), page.get("catalog", {}).get("pod"),
+                page.get("ratings", {}).get("pod")), flush=True)
+        time.sleep(every)
+
+
+def main():
+    role = sys.argv[1]
+    if role == "client":
+        client(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 3.0)
+        return
+    Handler.role = role
+    srv = ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), Handler)
+    print("%s %s listening on :%s" % (POD, role, sys.argv[2]), flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
