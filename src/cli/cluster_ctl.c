@@ -117,6 +117,12 @@ struct sysproc {
     char check_msg[200];
     uint64_t token_mono;     /* when its token was last minted */
     struct record_entry rec; /* its "proc" entry in the record while it runs */
+    /* ztunnel rollouts (zmesh rollout): a new generation starts beside the node's ztunnel (its own admin,
+     * metrics and readiness ports, the pods' ports shared through SO_REUSEPORT), and once it is ready the old
+     * one is sent SIGTERM and drains; a retiring one is not restarted when it exits. */
+    unsigned gen;
+    struct sysproc *replaces;
+    bool retiring;
 };
 
 struct ctl {
@@ -130,8 +136,8 @@ struct ctl {
     unsigned rr;
     struct cluster_warned warned;
     struct sysproc *zmeshd;
-    struct sysproc **nodeprocs; /* 2 per node: ztunnel, agent */
-    size_t n_nodeprocs;
+    struct sysproc **nodeprocs; /* per node: agent, ztunnel; plus ztunnels of rollouts */
+    size_t n_nodeprocs, cap_nodeprocs;
     bool mesh_started, stopping;
     int exit_code;
 };
@@ -756,6 +762,14 @@ static pid_t start_zmeshd(struct ctl *ctl, struct sysproc *s)
     return spawn_in(NULL, argv, NULL, false, s->log, NULL);
 }
 
+/* Rollout generations alternate between two sets of the ztunnel's own ports (admin, metrics, readiness):
+ * both run in the node's namespace while the old one drains, where Kubernetes gives each ztunnel pod its own
+ * IP. */
+static unsigned zt_port_offset(const struct sysproc *s)
+{
+    return (s->gen % 2) * 100;
+}
+
 /* The node's shared ztunnel: configured and certified by zmeshd as a dedicated one is (scripts/demo.py), in
  * shared mode with the node agent's ZDS socket. */
 static pid_t start_ztunnel(struct ctl *ctl, struct sysproc *s)
@@ -771,9 +785,15 @@ static pid_t start_ztunnel(struct ctl *ctl, struct sysproc *s)
     cluster_path(cfg, root, sizeof(root), "zmeshd/root-cert.pem");
     cluster_path(cfg, sock, sizeof(sock), "nodes/%s/ztunnel.sock", n->name);
     xds_address(cfg, xds, sizeof(xds));
-    char e[16][CLUSTER_PATH_MAX + 32];
+    char e[20][CLUSTER_PATH_MAX + 32];
     int k = 0;
+    unsigned off = zt_port_offset(s);
     snprintf(e[k++], sizeof(e[0]), "PROXY_MODE=shared");
+    snprintf(e[k++], sizeof(e[0]), "ADMIN_PORT=%u", 15000 + off);
+    snprintf(e[k++], sizeof(e[0]), "METRICS_PORT=%u", 15020 + off);
+    snprintf(e[k++], sizeof(e[0]), "READINESS_PORT=%u", CLUSTER_ZTUNNEL_READY_PORT + off);
+    /* Istio's ztunnel pods have terminationGracePeriodSeconds 30: connections get 25 s to end on a drain. */
+    snprintf(e[k++], sizeof(e[0]), "TERMINATION_GRACE_PERIOD_SECONDS=30");
     snprintf(e[k++], sizeof(e[0]), "INPOD_UDS=%s", sock);
     snprintf(e[k++], sizeof(e[0]), "NODE_NAME=%s", n->name);
     snprintf(e[k++], sizeof(e[0]), "XDS_ADDRESS=%s", xds);
@@ -788,7 +808,7 @@ static pid_t start_ztunnel(struct ctl *ctl, struct sysproc *s)
     snprintf(e[k++], sizeof(e[0]), "INSTANCE_IP=%s", n->ip);
     snprintf(e[k++], sizeof(e[0]), "LOCAL_XDS_PATH=");
     snprintf(e[k++], sizeof(e[0]), "LOCAL_CA_DIR=");
-    char *env[17];
+    char *env[21];
     for (int i = 0; i < k; i++)
         env[i] = e[i];
     env[k] = NULL;
@@ -885,7 +905,8 @@ static void sys_exited(struct proc *pr, int status)
                 exit_text(status, eb, sizeof(eb)));
         fclose(f);
     }
-    if (ctl->stopping) {
+    if (ctl->stopping || s->retiring) {
+        if (s->retiring) ctl_log("%s (generation %u) drained and exited", pr->what, s->gen);
         pr->state = P_DONE;
         return;
     }
@@ -917,7 +938,8 @@ static void sys_check_cb(struct timer *t)
     if (pid < 0) return;
     if (pid == 0) {
         if (s->kind == SYS_ZMESHD) http_check_child(ctl->cfg->host_ip, CLUSTER_DEBUG_PORT, "/ready");
-        http_check_child("127.0.0.1", CLUSTER_ZTUNNEL_READY_PORT, "/healthz/ready");
+        http_check_child("127.0.0.1", (uint16_t)(CLUSTER_ZTUNNEL_READY_PORT + zt_port_offset(s)),
+                         "/healthz/ready");
     }
     s->check_pid = pid;
 }
@@ -937,6 +959,20 @@ static void sys_check_done(struct sysproc *s, int status)
                  s->kind == SYS_ZMESHD ? "GET /ready" : "GET :15021/healthz/ready");
     if (s->ready != was) ctl_log("%s: ready %s", s->p.what, s->ready ? "true" : "false");
     if (s->ready && s->kind == SYS_ZMESHD) start_mesh(ctl);
+    if (s->ready && s->replaces) {
+        /* The new generation has the agent's snapshot and serves every pod: the old one drains. */
+        struct sysproc *old = s->replaces;
+        s->replaces = NULL;
+        old->retiring = true;
+        timer_stop(ctl->loop, &old->p.t);
+        if (old->p.pid > 0) {
+            kill(old->p.pid, SIGTERM);
+            ctl_log("%s (generation %u) is ready: generation %u (pid %d) sent SIGTERM, draining", s->p.what,
+                    s->gen, old->gen, (int)old->p.pid);
+        } else {
+            old->p.state = P_DONE;
+        }
+    }
 }
 
 static struct sysproc *sys_new(struct ctl *ctl, enum sys_kind k, size_t node)
@@ -967,7 +1003,8 @@ static void start_mesh(struct ctl *ctl)
 {
     if (ctl->mesh_started || !ctl->cfg->mesh || ctl->stopping) return;
     ctl->mesh_started = true;
-    ctl->nodeprocs = calloc(ctl->cfg->n_nodes * 2, sizeof(*ctl->nodeprocs));
+    ctl->cap_nodeprocs = ctl->cfg->n_nodes * 4;
+    ctl->nodeprocs = calloc(ctl->cap_nodeprocs, sizeof(*ctl->nodeprocs));
     if (!ctl->nodeprocs) return;
     for (size_t i = 0; i < ctl->cfg->n_nodes; i++) {
         /* The agent first: it owns the ZDS socket ztunnel connects to. */
@@ -1416,7 +1453,7 @@ static json_t *ctl_status(struct ctl *ctl)
                               json_string("mesh: node ztunnels and agents start once zmeshd is ready"));
     for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
         struct sysproc *s = ctl->nodeprocs[i];
-        if (s->ready) continue;
+        if (s->ready || s->retiring) continue;
         /* Tolerant: a node component that keeps exiting does not hold the cluster back; pods then run
          * without the mesh (plain text), which is said. One that runs is waited for. */
         if (s->p.restarts > 0 || s->p.state != P_RUNNING) {
@@ -1433,9 +1470,67 @@ static json_t *ctl_status(struct ctl *ctl)
             json_array_append_new(waiting, json_string(b));
         }
     }
-    json_t *r = json_pack("{s:b,s:b,s:o,s:o}", "ok", 1, "ready", json_array_size(waiting) == 0, "waiting",
-                          waiting, "notes", notes);
+    json_t *zts = json_array();
+    for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
+        struct sysproc *s = ctl->nodeprocs[i];
+        if (s->kind != SYS_ZTUNNEL || s->p.state == P_DONE) continue;
+        json_array_append_new(zts, json_pack("{s:s,s:i,s:i,s:b,s:b,s:i}", "node", ctl->cfg->nodes[s->node].name,
+                                             "generation", (int)s->gen, "pid", (int)s->p.pid, "ready", s->ready,
+                                             "draining", s->retiring, "admin_port", 15000 + (int)zt_port_offset(s)));
+    }
+    json_t *r = json_pack("{s:b,s:b,s:o,s:o,s:o}", "ok", 1, "ready", json_array_size(waiting) == 0, "waiting",
+                          waiting, "notes", notes, "ztunnels", zts);
     return r;
+}
+
+/* zmesh rollout ztunnel <node>: a new ztunnel generation beside the node's current one. */
+static int ctl_rollout(struct ctl *ctl, json_t *req, json_t *results, char *err, size_t errlen)
+{
+    const char *node = json_string_value(json_object_get(req, "node"));
+    size_t ni = ctl->cfg->n_nodes;
+    for (size_t i = 0; node && i < ctl->cfg->n_nodes; i++)
+        if (!strcmp(ctl->cfg->nodes[i].name, node)) ni = i;
+    if (ni == ctl->cfg->n_nodes) {
+        snprintf(err, errlen, "node \"%s\" not found", node ? node : "");
+        return -ENOENT;
+    }
+    if (!ctl->mesh_started) {
+        snprintf(err, errlen, "the mesh is not running (zmesh up --no-mesh, or zmeshd is not ready yet)");
+        return -EAGAIN;
+    }
+    struct sysproc *cur = NULL;
+    for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
+        struct sysproc *s = ctl->nodeprocs[i];
+        if (s->kind != SYS_ZTUNNEL || s->node != ni || s->retiring || s->p.state == P_DONE) continue;
+        if (s->replaces) {
+            snprintf(err, errlen, "a rollout of ztunnel %s is under way (generation %u is not ready yet)", node,
+                     s->gen);
+            return -EBUSY;
+        }
+        cur = s;
+    }
+    if (!cur) {
+        snprintf(err, errlen, "node %s has no ztunnel", node);
+        return -ENOENT;
+    }
+    if (ctl->n_nodeprocs == ctl->cap_nodeprocs) {
+        size_t ncap = ctl->cap_nodeprocs * 2;
+        struct sysproc **np = realloc(ctl->nodeprocs, ncap * sizeof(*np));
+        if (!np) return -ENOMEM;
+        ctl->nodeprocs = np;
+        ctl->cap_nodeprocs = ncap;
+    }
+    struct sysproc *z = sys_new(ctl, SYS_ZTUNNEL, ni);
+    if (!z) return -ENOMEM;
+    z->gen = cur->gen + 1;
+    z->replaces = cur;
+    ctl->nodeprocs[ctl->n_nodeprocs++] = z;
+    z->p.spawn(&z->p);
+    char b[300];
+    snprintf(b, sizeof(b), "ztunnel %s: generation %u started (pid %d); generation %u (pid %d) drains once it is ready",
+             node, z->gen, (int)z->p.pid, cur->gen, (int)cur->p.pid);
+    json_array_append_new(results, json_string(b));
+    return 0;
 }
 
 /* ---- shutdown ---- */
@@ -1465,19 +1560,21 @@ static void ctl_stop_all(struct ctl *ctl)
     free(pids);
     while (ctl->n_pods)
         pod_destroy(ctl, ctl->pods[ctl->n_pods - 1]);
-    pid_t sp[1 + 2 * CLUSTER_MAX_NODES];
+    /* Rollouts add ztunnels: as many slots as there are node components, plus zmeshd. */
+    pid_t *sp = calloc(ctl->n_nodeprocs + 1, sizeof(pid_t));
     size_t ns = 0;
     for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
         timer_stop(ctl->loop, &ctl->nodeprocs[i]->p.t);
-        if (ctl->nodeprocs[i]->p.pid > 0) sp[ns++] = ctl->nodeprocs[i]->p.pid;
+        if (sp && ctl->nodeprocs[i]->p.pid > 0) sp[ns++] = ctl->nodeprocs[i]->p.pid;
         if (ctl->nodeprocs[i]->check_pid > 0) kill(-ctl->nodeprocs[i]->check_pid, SIGKILL);
     }
     if (ctl->zmeshd) {
         timer_stop(ctl->loop, &ctl->zmeshd->p.t);
-        if (ctl->zmeshd->p.pid > 0) sp[ns++] = ctl->zmeshd->p.pid;
+        if (sp && ctl->zmeshd->p.pid > 0) sp[ns++] = ctl->zmeshd->p.pid;
         if (ctl->zmeshd->check_pid > 0) kill(-ctl->zmeshd->check_pid, SIGKILL);
     }
-    stop_pids(sp, ns, SYS_GRACE_MS);
+    if (sp) stop_pids(sp, ns, SYS_GRACE_MS);
+    free(sp);
     for (size_t i = 0; i < ctl->n_nodeprocs + 1; i++) {
         struct sysproc *s = i < ctl->n_nodeprocs ? ctl->nodeprocs[i] : ctl->zmeshd;
         if (s && *s->rec.a) cluster_record_remove(ctl->cfg->state, &s->rec);
@@ -1529,6 +1626,8 @@ static json_t *handle(struct ctl *ctl, json_t *req, bool *shutdown)
         json_decref(order);
     } else if (!strcmp(op, "label")) {
         rc = ctl_label(ctl, req, results, err, sizeof(err));
+    } else if (!strcmp(op, "rollout")) {
+        rc = ctl_rollout(ctl, req, results, err, sizeof(err));
     } else if (!strcmp(op, "shutdown")) {
         *shutdown = true;
     } else {

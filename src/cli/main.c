@@ -4,12 +4,16 @@
  * service-account token from zmeshd's state directory (zmeshd token). Exit status: 0, 1 when the command
  * fails, 2 for a usage error. */
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "cli/cluster.h"
 #include "cli/http_get.h"
 #include "cli/ps.h"
 #include "cli/up.h"
@@ -46,6 +50,7 @@ static const char usage_top[] =
     "  get                   list pods, nodes, services, namespaces (kubectl get)\n"
     "  exec, logs            run in a pod's network namespace; print a container's or component's log\n"
     "  label                 set or remove namespace and pod labels (kubectl label)\n"
+    "  rollout ztunnel <n>   replace node n's ztunnel without losing its connections\n"
     "\n"
     "Run 'zmesh <command> --help' for the flags of a command.\n";
 
@@ -65,6 +70,7 @@ static const char usage_zc[] =
     "\n"
     "Flags:\n"
     "      --address host:port     ztunnel admin address (default 127.0.0.1:15000; [v6]:port for IPv6)\n"
+    "      --node NAME             the ztunnel of node NAME of the local cluster (zmesh up; ZMESH_STATE_DIR)\n"
     "      --proxy-admin-port N    admin port when --address gives no port (default 15000)\n"
     "  -f, --file FILE             read a saved config dump instead ('-' for standard input)\n"
     "  -o, --output FORMAT         short (tables, the default) or json\n"
@@ -223,6 +229,8 @@ static int cmd_ztunnel_config(int argc, char **argv)
     int used[OPT_WITH_HEADERS + 1] = {0};
     char host[ZC_HOST_MAX], port[8], err[ZC_ERR_MAX];
     char shown[ZC_HOST_MAX + 16]; /* where the dump came from, for messages */
+    const char *node = NULL;
+    char node_addr[64];
     char *body = NULL;
     size_t len = 0;
     json_t *dump = NULL;
@@ -253,10 +261,8 @@ static int cmd_ztunnel_config(int argc, char **argv)
             break;
         }
         case OPT_NODE:
-            fprintf(stderr,
-                    "Error: --node needs zmeshd to find the node's ztunnel, which zmesh does not have "
-                    "yet; run inside the pod's network namespace or pass --address\n");
-            return EXIT_USAGE;
+            node = optarg;
+            break;
         case OPT_WL_NS:
             f.workload_namespace = optarg;
             break;
@@ -304,7 +310,30 @@ static int cmd_ztunnel_config(int argc, char **argv)
         return usage_error("output format \"%s\" is not supported by zmesh yet; use -o json", output);
     else
         return usage_error("output format \"%s\" not supported (short or json)", output);
-    if (file && address) return usage_error("%s", "at most one of --file and --address may be passed");
+    if ((file != NULL) + (address != NULL) + (node != NULL) > 1)
+        return usage_error("%s", "at most one of --file, --address and --node may be passed");
+    if (node) {
+        /* A node of the local cluster (zmesh up): its ztunnel's admin port is on 127.0.0.1 in the node's
+         * network namespace, where this process goes for the request. */
+        char netns[CLUSTER_NAME_MAX + 16], nspath[CLUSTER_NAME_MAX + 32], where[64];
+        int aport;
+        if (up_ztunnel_admin(node, netns, sizeof(netns), &aport, err, sizeof(err))) {
+            fprintf(stderr, "Error: --node %s: %s\n", node, err);
+            return 1;
+        }
+        snprintf(nspath, sizeof(nspath), "/run/netns/%s", netns);
+        int fd = open(nspath, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, CLONE_NEWNET) < 0) {
+            fprintf(stderr, "Error: --node %s: cannot enter network namespace %s: %s\n", node, netns,
+                    strerror(errno));
+            if (fd >= 0) close(fd);
+            return 1;
+        }
+        close(fd);
+        snprintf(where, sizeof(where), "127.0.0.1:%d", aport);
+        snprintf(node_addr, sizeof(node_addr), "%s", where);
+        address = node_addr;
+    }
 
     if (file) {
         rc = read_dump_file(file, &body, &len);
@@ -629,7 +658,8 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(int, char **);
     } cluster_cmds[] = {{"up", cmd_up},   {"down", cmd_down}, {"apply", cmd_apply}, {"delete", cmd_delete},
-                        {"get", cmd_get}, {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label}};
+                        {"get", cmd_get}, {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label},
+                        {"rollout", cmd_rollout}};
     for (size_t i = 0; i < sizeof(cluster_cmds) / sizeof(cluster_cmds[0]); i++)
         if (!strcmp(cmd, cluster_cmds[i].name)) return cluster_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);

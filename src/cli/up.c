@@ -1232,3 +1232,117 @@ int cmd_label(int argc, char **argv)
     json_decref(resp);
     return rc;
 }
+
+/* ---- rollout ---- */
+
+static const char usage_rollout[] =
+    "Replace a node's ztunnel without losing connections: a new ztunnel (build/bin/ztunnel as it is now)\n"
+    "starts beside the old one and takes the node agent's snapshot; once it is ready the old one gets\n"
+    "SIGTERM, stops accepting and drains: its open connections go on until they end or until its\n"
+    "termination deadline (25 s) passes. Waits (up to 60 s) until the new one is ready.\n"
+    "\n"
+    "Usage:\n"
+    "  zmesh rollout ztunnel <node> [--state-dir DIR]\n";
+
+/* The ztunnel of node with generation gen in a status answer (any generation when gen < 0: the one not
+ * draining), or NULL. */
+static json_t *node_ztunnel(json_t *status, const char *node, long long gen)
+{
+    size_t i;
+    json_t *z;
+    json_array_foreach(json_object_get(status, "ztunnels"), i, z)
+    {
+        const char *n = json_string_value(json_object_get(z, "node"));
+        if (!n || strcmp(n, node)) continue;
+        if (gen < 0 ? !json_is_true(json_object_get(z, "draining"))
+                    : json_integer_value(json_object_get(z, "generation")) == gen)
+            return z;
+    }
+    return NULL;
+}
+
+static json_t *ctl_status_call(const char *state, char *err, size_t errlen)
+{
+    json_t *st = NULL, *q = json_pack("{s:s}", "op", "status");
+    int rc = ctl_call(state, q, &st, CALL_TIMEOUT_MS, err, errlen);
+    json_decref(q);
+    return rc ? NULL : st;
+}
+
+int cmd_rollout(int argc, char **argv)
+{
+    struct common c;
+    int rc = parse_common(argc, argv, "s", usage_rollout, &c);
+    if (rc) return rc < 0 ? 0 : rc;
+    if (optind + 2 != argc || strcmp(argv[optind], "ztunnel"))
+        return usage(usage_rollout, "%s", "expected: rollout ztunnel <node>");
+    const char *node = argv[optind + 1];
+    char err[1024];
+    json_t *st = ctl_status_call(c.state, err, sizeof(err));
+    if (!st) {
+        fprintf(stderr, "Error: %s\n", err);
+        return 1;
+    }
+    json_t *cur = node_ztunnel(st, node, -1);
+    long long gen = cur ? json_integer_value(json_object_get(cur, "generation")) + 1 : -1;
+    json_decref(st);
+    json_t *req = json_pack("{s:s,s:s}", "op", "rollout", "node", node), *resp = NULL;
+    rc = ctl_call(c.state, req, &resp, CALL_TIMEOUT_MS, err, sizeof(err));
+    json_decref(req);
+    if (rc) {
+        fprintf(stderr, "Error: %s\n", err);
+        return 1;
+    }
+    rc = print_results(resp);
+    json_decref(resp);
+    if (rc) return rc;
+    int64_t deadline = cluster_now_ms() + 60000;
+    for (;;) {
+        if (!(st = ctl_status_call(c.state, err, sizeof(err)))) {
+            fprintf(stderr, "Error: %s\n", err);
+            return 1;
+        }
+        json_t *z = node_ztunnel(st, node, gen), *old = node_ztunnel(st, node, gen - 1);
+        if (z && json_is_true(json_object_get(z, "ready")) &&
+            (!old || json_is_true(json_object_get(old, "draining")))) {
+            printf("ztunnel %s: generation %lld ready (pid %lld, admin port %lld); ", node, gen,
+                   json_integer_value(json_object_get(z, "pid")),
+                   json_integer_value(json_object_get(z, "admin_port")));
+            if (old)
+                printf("generation %lld (pid %lld) is draining\n", gen - 1,
+                       json_integer_value(json_object_get(old, "pid")));
+            else
+                printf("generation %lld has exited\n", gen - 1);
+            json_decref(st);
+            return 0;
+        }
+        json_decref(st);
+        if (cluster_now_ms() > deadline) {
+            fprintf(stderr, "Error: the new ztunnel on %s is not ready after 60s; see zmesh logs ztunnel/%s\n",
+                    node, node);
+            return 1;
+        }
+        usleep(100 * 1000);
+    }
+}
+
+int up_ztunnel_admin(const char *node, char *netns, size_t nn, int *port, char *err, size_t errlen)
+{
+    struct cluster_cfg cfg;
+    char state[CLUSTER_PATH_MAX];
+    snprintf(state, sizeof(state), "%s", state_default());
+    if (cluster_cfg_load(state, &cfg, err, errlen)) return -ENOENT;
+    const struct cluster_node *n = cluster_node_find(&cfg, node);
+    if (!n) {
+        snprintf(err, errlen, "node \"%s\" is not in the local cluster in %s", node, state);
+        return -ENOENT;
+    }
+    snprintf(netns, nn, "%s", n->netns);
+    *port = 15000;
+    /* The serving generation's admin port (a rollout alternates them); without a controller, the default. */
+    char e2[256];
+    json_t *st = ctl_status_call(state, e2, sizeof(e2)), *z = st ? node_ztunnel(st, node, -1) : NULL;
+    if (z) *port = (int)json_integer_value(json_object_get(z, "admin_port"));
+    json_decref(st);
+    return 0;
+}

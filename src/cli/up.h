@@ -11,3 +11,7 @@ int cmd_get(int argc, char **argv);
 int cmd_exec(int argc, char **argv);
 int cmd_logs(int argc, char **argv);
 int cmd_label(int argc, char **argv);
+int cmd_rollout(int argc, char **argv);
+/* The local cluster's (ZMESH_STATE_DIR, else /run/zmesh) node: its network namespace and the admin port of
+ * the ztunnel serving it, for zmesh ztunnel-config --node. Returns 0 or -errno with err filled. */
+int up_ztunnel_admin(const char *node, char *netns, size_t nn, int *port, char *err, size_t errlen);
