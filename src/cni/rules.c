@@ -498,8 +498,11 @@ static int in_netns(enum rules_backend b, int netns_fd, enum op op, char *err, s
     }
     if (pid == 0) {
         close(p[0]);
-        /* The agent's handlers do not belong in the child, which may be killed on the deadline. */
+        /* The agent blocks its signals for a signalfd and ignores SIGPIPE; the tools get the defaults. */
         signal(SIGPIPE, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
         char cerr[RULES_ERR_MAX] = "";
         int code;
         if (setns(netns_fd, CLONE_NEWNET) < 0) {
