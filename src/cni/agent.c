@@ -74,6 +74,8 @@ struct agent {
     char *file, *file_dir, *file_base;
     struct io ino;
     struct timer file_timer;
+    /* Re-tries enrolments that failed (rules that did not install) every AGENT_RETRY_MS. */
+    struct timer retry_timer;
     struct agent_stats st;
 };
 
@@ -456,6 +458,30 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
     if (c) pconn_answer(c, NULL);
 }
 
+/* Arms the retry timer when a sandbox the enrolment wants in the mesh is not in it (its rules failed). */
+static void schedule_retry(struct agent *a)
+{
+    if (timer_armed(&a->retry_timer)) return;
+    for (struct sandbox *sb = a->sbs; sb; sb = sb->next) {
+        const struct entry *e = entry_find(a, sb->ns, sb->name);
+        if (e && e->ambient && sb->state != AGENT_POD_ENROLLED) {
+            LOG_I(TGT, "retrying failed enrolments in %d ms", AGENT_RETRY_MS);
+            timer_start(a->l, &a->retry_timer, AGENT_RETRY_MS);
+            return;
+        }
+    }
+}
+
+static void retry_cb(struct timer *t)
+{
+    struct agent *a = container_of(t, struct agent, retry_timer);
+    for (struct sandbox *sb = a->sbs, *nx; sb; sb = nx) {
+        nx = sb->next;
+        reconcile(a, sb, NULL);
+    }
+    schedule_retry(a);
+}
+
 /* ---- the plugin's messages ---- */
 
 struct msg {
@@ -636,6 +662,7 @@ static void handle_add(struct agent *a, const struct msg *m, struct pconn *c)
         state_save(a);
     }
     reconcile(a, sb, c);
+    schedule_retry(a);
 }
 
 static void handle_del(struct agent *a, const struct msg *m, struct pconn *c)
@@ -858,6 +885,7 @@ int agent_set_enrolment(struct agent *a, const struct agent_enrolment *pods, siz
         nx = sb->next;
         reconcile(a, sb, NULL);
     }
+    schedule_retry(a);
     return 0;
 }
 
@@ -1113,6 +1141,7 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
     a->lio.fd = -1;
     a->ino.fd = -1;
     a->file_timer.cb = file_timer_cb;
+    a->retry_timer.cb = retry_cb;
     a->backend = cfg->backend;
     a->plugin_path = xstrdup(cfg->plugin_socket ? cfg->plugin_socket : AGENT_DEFAULT_PLUGIN_SOCKET);
     a->state_dir = xstrdup(cfg->state_dir ? cfg->state_dir : AGENT_DEFAULT_STATE_DIR);
@@ -1144,9 +1173,15 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
         if (sb->state != AGENT_POD_ENROLLED) continue;
         char rerr[RULES_ERR_MAX];
         if (rules_install(a->backend, sb->netns_fd, rerr, sizeof rerr) < 0) {
+            /* Not served without its rules: out of the snapshot (ztunnel drains it), and enrolled again by the
+             * enrolment source's reconciliation and its retries once the rules install. */
             a->st.rule_failures++;
-            log_kv(LOG_ERROR, TGT, "replay: failed to install the in-pod rules", "namespace", sb->ns, "name",
-                   sb->name, "error", rerr, NULL);
+            log_kv(LOG_ERROR, TGT, "replay: failed to install the in-pod rules; the pod is out of the mesh until "
+                   "they install", "namespace", sb->ns, "name", sb->name, "error", rerr, NULL);
+            free(sb->zds_uid), free(sb->sa);
+            sb->zds_uid = sb->sa = NULL;
+            sb->state = AGENT_POD_PENDING;
+            continue;
         }
         zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd, NULL, NULL);
         replayed++;
@@ -1175,6 +1210,7 @@ void agent_free(struct agent *a)
         pconn_free(a->pconns);
     if (a->ino.fd >= 0) loop_io_close(a->l, &a->ino);
     timer_stop(a->l, &a->file_timer);
+    timer_stop(a->l, &a->retry_timer);
     while (a->sbs) {
         struct sandbox *sb = a->sbs;
         LIST_DEL(a->sbs, sb);

@@ -32,6 +32,8 @@
 #define AGENT_ENROLMENT_MAX 65536
 /* Files read whole: the state file and the enrolment file. */
 #define AGENT_FILE_MAX (16u << 20)
+/* How often enrolments that failed (in-pod rules that did not install) are tried again. */
+#define AGENT_RETRY_MS 5000
 /* A changed enrolment file is re-read once it has been quiet this long (an editor's several writes). */
 #define AGENT_FILE_DEBOUNCE_MS 100
 

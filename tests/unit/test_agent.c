@@ -427,6 +427,13 @@ static void test_rules_failure_answered(void **state)
     assert_true(agent_has_pod(A, "shop", "web-0", &enrolled));
     assert_false(enrolled);
     assert_int_equal(Z.n, 1);
+    /* Once the rules can go in, the retry timer enrols the pod. */
+    sh("ip netns exec %s ip link set lo up", NSNAME[0]);
+    if (!pump_until(zt_has, &(int){2}, AGENT_RETRY_MS + 3000)) fail_msg("the failed enrolment was not retried");
+    assert_string_equal(Z.log[1], "add uid-6 shop/web-0/web");
+    assert_true(rules_in(0));
+    assert_true(agent_has_pod(A, "shop", "web-0", &enrolled));
+    assert_true(enrolled);
 }
 
 static void expect_bad(const char *msg, const char *want)
