@@ -22,6 +22,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <dirent.h>
 
 #include "../../src/ztunnel/zds.c"
 #include "cni/zds_server.h"
@@ -460,9 +461,20 @@ static void test_answer_deadline(void **state)
     close(fd);
 }
 
-/* Each protocol error closes its connection (and only it), counted. */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1;
+}
+
+/* Each protocol error closes its connection (and only it), counted; every fd a peer sent is closed. */
 static void test_protocol_errors_close(void **state)
 {
+    int fds0 = count_fds();
     /* A hello of another version. */
     int fd = raw_connect();
     raw_hello(fd, 2);
@@ -543,6 +555,41 @@ static void test_protocol_errors_close(void **state)
     close(fd);
     assert_int_equal(stat_protocol_errors(), 6);
 
+    /* More fds than the server has room for: MSG_CTRUNC (they are closed by the kernel and by the server). */
+    fd = raw_connect();
+    raw_hello(fd, ISTIO__WORKLOAD__ZDS__VERSION__V1);
+    r = raw_recv(fd, &got);
+    istio__workload__zds__workload_request__free_unpacked(r, NULL);
+    {
+        uint8_t ackbuf[] = {0x0a, 0x00};
+        int many[12];
+        for (int i = 0; i < 12; i++)
+            many[i] = NS_SELF;
+        struct iovec iov = {.iov_base = ackbuf, .iov_len = sizeof ackbuf};
+        union {
+            char b[CMSG_SPACE(sizeof many)];
+            struct cmsghdr align;
+        } cb;
+        memset(&cb, 0, sizeof cb);
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cb.b, .msg_controllen = sizeof cb.b};
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof many);
+        memcpy(CMSG_DATA(cm), many, sizeof many);
+        assert_int_equal(sendmsg(fd, &mh, MSG_NOSIGNAL), (ssize_t)sizeof ackbuf);
+    }
+    raw_expect_closed(fd);
+    close(fd);
+    assert_int_equal(stat_protocol_errors(), 7);
+
+    /* Silence after connecting: no hello within the deadline. */
+    fd = raw_connect();
+    if (!pump_until(fd_readable, &fd, ZDS_SERVER_DEADLINE_MS + 2000)) fail_msg("not closed without a hello");
+    raw_expect_closed(fd);
+    close(fd);
+    assert_int_equal(stat_protocol_errors(), 8);
+
     /* The good ztunnel is still served. */
     struct done d = {0};
     assert_int_equal(zds_server_add(SRV, "uid-g", "g", "ns", "sa", NS_SELF, on_done, &d), 0);
@@ -550,6 +597,9 @@ static void test_protocol_errors_close(void **state)
     assert_int_equal(d.status, 0);
     assert_string_equal(z.log[1], "add uid-g ns/g/sa");
     zds_client_free(z.c);
+    pump(50);
+    /* The server keeps one dup of NS_SELF for uid-g; nothing else is left open. */
+    assert_int_equal(count_fds(), fds0 + 1);
 }
 
 /* A connection that ends with requests pending ends them with -ECONNRESET; the pods stay for the next. */
