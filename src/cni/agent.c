@@ -68,6 +68,7 @@ struct agent {
     size_t nsb;
     struct entry *entries;
     size_t nentries;
+    bool synced; /* agent_set_enrolment has been called: entries are the source's truth */
     struct pconn *pconns;
     size_t npconns;
     /* The enrolment file. */
@@ -391,6 +392,29 @@ static void zds_add_done(void *ud, int status, const char *error)
     pconn_answer(c, why);
 }
 
+/* ZDS Add of an enrolled sandbox to the newest ztunnel. With c, c is answered with ztunnel's answer (later) or
+ * now with the reason there is none. The rules stay in every case, and the pod is in the server's table, so the
+ * next ztunnel's snapshot has it (Istio's "partial add"; it fails the CNI ADD with "no ztunnel connection"). */
+static void hand_to_ztunnel(struct agent *a, struct sandbox *sb, struct pconn *c)
+{
+    int r = zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd, c ? zds_add_done : NULL,
+                           c);
+    if (r == 0) {
+        if (c) c->waiting = true;
+        return;
+    }
+    if (r == -ENOTCONN) {
+        if (c) pconn_answer(c, "no ztunnel connection: the pod's rules are installed and ztunnel gets it when it connects");
+        return;
+    }
+    log_kv(LOG_ERROR, TGT, "cannot hand the pod to ztunnel", "uid", sb->zds_uid, "error", strerror(-r), NULL);
+    if (c) {
+        char why[128];
+        snprintf(why, sizeof why, "cannot hand the pod to ztunnel: %s", strerror(-r));
+        pconn_answer(c, why);
+    }
+}
+
 /* Puts sb in the mesh: rules, then ZDS Add (Istio's AddPodToMesh). With c (a CNI ADD waiting), c is answered
  * once ztunnel has the pod, or with the reason it does not; without c the outcome is only logged. Returns 0
  * when c will be (or was) answered by this call, -1 with err when the rules failed (nothing changed). */
@@ -408,33 +432,32 @@ static int enrol(struct agent *a, struct sandbox *sb, const struct entry *e, str
         set_err(err, errlen, "in-pod rules for %s/%s: %s", sb->ns, sb->name, rerr);
         return -1;
     }
-    sb->state = AGENT_POD_ENROLLED;
     sb->zds_uid = xstrdup(uid);
     sb->sa = xstrdup(e->sa);
+    if (!sb->zds_uid || !sb->sa) {
+        free(sb->zds_uid), free(sb->sa);
+        sb->zds_uid = sb->sa = NULL;
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    sb->state = AGENT_POD_ENROLLED;
     state_save(a);
-    int r = zds_server_add(a->zds, uid, sb->name, sb->ns, e->sa, sb->netns_fd, c ? zds_add_done : NULL, c);
-    if (r == 0) {
-        if (c) c->waiting = true;
-        return 0;
-    }
-    /* The rules stay and the pod is in the server's table, so the next ztunnel's snapshot has it; the
-     * plugin is told (Istio fails the ADD likewise: "no ztunnel connection"). */
-    if (r == -ENOTCONN) {
-        if (c) pconn_answer(c, "no ztunnel connection: the pod's rules are installed and ztunnel gets it when it connects");
-    } else {
-        log_kv(LOG_ERROR, TGT, "cannot hand the pod to ztunnel", "uid", uid, "error", strerror(-r), NULL);
-        if (c) {
-            char why[128];
-            snprintf(why, sizeof why, "cannot hand the pod to ztunnel: %s", strerror(-r));
-            pconn_answer(c, why);
-        }
-    }
+    hand_to_ztunnel(a, sb, c);
     return 0;
 }
 
 /* Brings sb to what the enrolment says. With c, answers it (now or after ztunnel's ack). */
 static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
 {
+    if (!a->synced) {
+        /* No enrolment yet (a restart, before the source has spoken): what the state file says stands; an
+         * empty set would otherwise take every replayed pod out of the mesh. */
+        if (c && sb->state == AGENT_POD_ENROLLED)
+            hand_to_ztunnel(a, sb, c);
+        else if (c)
+            pconn_answer(c, NULL);
+        return;
+    }
     const struct entry *e = entry_find(a, sb->ns, sb->name);
     bool want = e && e->ambient;
     char err[ERR_LEN];
@@ -454,6 +477,12 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
     if (!want && sb->state == AGENT_POD_ENROLLED) {
         unenrol(a, sb, true);
         state_save(a);
+    }
+    if (c && sb->state == AGENT_POD_ENROLLED) {
+        /* A repeated CNI ADD of a sandbox in the mesh (the runtime retrying after an error): ztunnel is asked
+         * again, which is idempotent for the same netns, so the answer says whether it has the pod now. */
+        hand_to_ztunnel(a, sb, c);
+        return;
     }
     if (c) pconn_answer(c, NULL);
 }
@@ -877,6 +906,7 @@ int agent_set_enrolment(struct agent *a, const struct agent_enrolment *pods, siz
     entries_free(a->entries, a->nentries);
     a->entries = e;
     a->nentries = k;
+    a->synced = true;
     size_t amb = 0;
     for (size_t i = 0; i < k; i++)
         amb += e[i].ambient;

@@ -63,7 +63,9 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
 void agent_free(struct agent *a);
 
 /* Replaces the enrolment with pods[0..n) (the whole set) and reconciles every sandbox: enrol the ones now
- * ambient, un-enrol the others. Sandboxes match entries by namespace/name. Returns 0, or -EINVAL (an entry
+ * ambient, un-enrol the others. Sandboxes match entries by namespace/name. Until the first call (the source's
+ * first sync, zmeshd's on_synced) nothing is enrolled or un-enrolled: replayed pods stay as the state file has
+ * them and new sandboxes wait. Returns 0, or -EINVAL (an entry
  * without name or namespace, or a pair given twice: nothing changed), -E2BIG, -ENOMEM. */
 int agent_set_enrolment(struct agent *a, const struct agent_enrolment *pods, size_t n);
 

@@ -398,6 +398,19 @@ static void test_restart_replays_state(void **state)
     assert_string_equal(Z.log[0], "add uid-4 shop/web-0/web");
     assert_int_equal(Z.inos[0], NSINO[0]);
     assert_string_equal(Z.log[1], "snapshot");
+    /* The runtime retrying the failed ADD now gets {"ok":true}: ztunnel was asked again and acked. */
+    cni("add", "c4", 0, "web-0", "uid-4", &an);
+    assert_string_equal(an.text, "{\"ok\":true}");
+    /* Same netns: ztunnel's module acks it as idempotent without asking its owner again. */
+    struct zds_stats zs;
+    zds_client_stats(Z.c, &zs);
+    assert_int_equal(zs.requests, 3);
+    assert_int_equal(Z.n, 2);
+    /* The source's first sync decides from then on: not in the set, out of the mesh. */
+    assert_int_equal(agent_set_enrolment(A, NULL, 0), 0);
+    zt_wait(3);
+    assert_string_equal(Z.log[2], "del uid-4");
+    assert_false(rules_in(0));
 }
 
 /* A rules failure is the ADD's answer (the plugin's fail_open decides), and the pod stays out of the mesh. */
