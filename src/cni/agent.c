@@ -397,12 +397,12 @@ static void zds_add_done(void *ud, int status, const char *error)
  * next ztunnel's snapshot has it (Istio's "partial add"; it fails the CNI ADD with "no ztunnel connection"). */
 static void hand_to_ztunnel(struct agent *a, struct sandbox *sb, struct pconn *c)
 {
+    /* done may run inside zds_server_add (a send that fails at once) and free c: mark c first. */
+    if (c) c->waiting = true;
     int r = zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd, c ? zds_add_done : NULL,
                            c);
-    if (r == 0) {
-        if (c) c->waiting = true;
-        return;
-    }
+    if (r == 0) return;
+    if (c) c->waiting = false;
     if (r == -ENOTCONN) {
         if (c) pconn_answer(c, "no ztunnel connection: the pod's rules are installed and ztunnel gets it when it connects");
         return;

@@ -46,7 +46,7 @@ void zds_server_free(struct zds_server *s);
 
 /* Adds (or updates) pod uid: the server dup()s netns_fd (the caller keeps its own) and keeps it for later
  * snapshots; strings are copied. An Add is queued on the newest connection; done (may be NULL) is called
- * once with its end. Returns 0 (done will be called), -ENOTCONN (no ztunnel connected: the pod is kept for
+ * once with its end, usually later from the loop, but already inside this call when the send fails at once. Returns 0 (done will be called), -ENOTCONN (no ztunnel connected: the pod is kept for
  * the next snapshot, done is not called), -EINVAL (empty uid, bad fd), -ENOSPC (ZDS_SERVER_PODS_MAX), -ENOMEM. */
 int zds_server_add(struct zds_server *s, const char *uid, const char *name, const char *namespace_,
                    const char *service_account, int netns_fd, zds_server_done_fn done, void *ud);
