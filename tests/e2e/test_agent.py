@@ -4,9 +4,11 @@ zmesh-cni plugin chained after them, which reports the sandbox to the agent. ztu
 peer that shares no code with zmesh (standard library SOCK_SEQPACKET sockets, SCM_RIGHTS, and protobuf stubs
 generated at test time from proto/zds.proto). The enrolment source is the agent's --enrolment-file.
 
-Checked: an ambient pod's ADD puts Istio's rules in its namespace (iptables-save) and hands ztunnel an Add whose
-netns fd is that namespace (same inode); un-enrolling (rewriting the file) sends Del and removes the rules; CNI
-DEL forgets the pod; a restarted agent replays its state (ztunnel gets the Add again in the snapshot); with two
+Checked (iptables and nftables backends): an ambient pod's ADD puts Istio's rules in its namespace
+(iptables-save, nft list ruleset, ip rule) and hands ztunnel an Add whose netns fd is that namespace (same
+inode), and the app's outbound TCP is then captured by a listener on 15001 with SO_ORIGINAL_DST the address it
+dialled; un-enrolling (rewriting the file) sends Del and removes the rules (nothing captured
+any more); CNI DEL forgets the pod; a restarted agent replays its state (ztunnel gets the Add again in the snapshot); with two
 ztunnel connections an Add goes to the newest only and a Del to both; malformed plugin JSON is refused with
 the reason; unknown flags are usage errors. Every namespace, bridge, process and file is removed, also on
 failure."""
@@ -135,6 +137,7 @@ class AgentProc:
 
     def __init__(self, binary, d):
         self.binary = binary
+        self.extra = []
         self.dir = d
         self.zds = os.path.join(d, "zt", "ztunnel.sock")
         self.plugin = os.path.join(d, "cni", "pluginevent.sock")
@@ -155,7 +158,7 @@ class AgentProc:
             os.unlink(self.plugin)
         self.proc = subprocess.Popen(
             [self.binary, "agent", "--zds-socket", self.zds, "--plugin-socket", self.plugin, "--state-dir",
-             self.state, "--enrolment-file", self.file, "--node-name", "node-1"],
+             self.state, "--enrolment-file", self.file, "--node-name", "node-1"] + self.extra,
             stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), env=dict(os.environ, RUST_LOG="debug"))
         deadline = time.monotonic() + 10
         while not os.path.exists(self.plugin):
@@ -245,14 +248,63 @@ def _iptables_save(sb):
                           check=True).stdout
 
 
-def _rules_in(sb):
+def _nft_ruleset(sb):
+    return subprocess.run(["ip", "netns", "exec", sb["ns"], "nft", "list", "ruleset"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def _ip_rule(sb):
+    return subprocess.run(["ip", "netns", "exec", sb["ns"], "ip", "-4", "rule", "show", "pref", "32764"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _rules_in(sb, backend="iptables"):
+    if "fwmark 0x111/0xfff lookup 100" not in _ip_rule(sb):
+        return False
+    if backend == "nftables":
+        s = _nft_ruleset(sb)
+        return "table inet istio-ambient-nat {" in s and "table inet istio-ambient-mangle {" in s and \
+            "redirect to :15001" in s
     s = _iptables_save(sb)
     return s.count("-A PREROUTING -j ISTIO_PRERT") == 2 and \
         "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001" in s
 
 
-def _no_rules(sb):
+def _no_rules(sb, backend="iptables"):
+    if "lookup 100" in _ip_rule(sb):
+        return False
+    if backend == "nftables":
+        return "istio-ambient" not in _nft_ruleset(sb)
     return "ISTIO" not in _iptables_save(sb)
+
+
+# Run inside the pod's namespace: a listener on ztunnel's outbound port 15001, then a connection from the "app"
+# to an address of the pod's subnet. With the rules, nat OUTPUT redirects it to the listener, whose
+# SO_ORIGINAL_DST is the address the app dialled; without them it goes out of eth0 and nothing answers.
+CAPTURE = r"""
+import socket, struct, sys
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", 15001))
+l.listen(1)
+l.settimeout(2)
+try:
+    c = socket.create_connection((sys.argv[1], 80), timeout=2)
+    a, _ = l.accept()
+except OSError as e:
+    print("not captured: %s" % e)
+    sys.exit(0)
+od = a.getsockopt(socket.SOL_IP, 80, 16)  # SO_ORIGINAL_DST
+port, ip = struct.unpack("!2xH4s8x", od)
+print("captured %s:%d" % (socket.inet_ntoa(ip), port))
+"""
+
+
+def _capture(sb, dst):
+    p = subprocess.run(["ip", "netns", "exec", sb["ns"], "/usr/bin/python3", "-c", CAPTURE, dst],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
 
 
 def _eventually(cond, what, timeout=10):
@@ -265,8 +317,13 @@ def _eventually(cond, what, timeout=10):
 WEB = {"name": "web-0", "namespace": "shop", "service_account": "web", "ambient": True}
 
 
-def test_enrol_unenrol_and_del(cni_bin, zds, env):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_enrol_unenrol_and_del(cni_bin, zds, env, backend):
     sb, agent, peers = env
+    if backend == "nftables":
+        if not os.access("/usr/sbin/nft", os.X_OK):
+            pytest.skip("no /usr/sbin/nft (Debian's nftables package is not installed)")
+        agent.extra = ["--nftables"]
     agent.enrol([WEB])
     agent.start()
     zt = Ztunnel(zds, agent.zds)
@@ -277,7 +334,10 @@ def test_enrol_unenrol_and_del(cni_bin, zds, env):
     # The Add was acked before the plugin got its answer, and the rules were in before that.
     reqs = zt.wait(2)
     assert reqs[1] == ("add", POD_UID, "shop/web-0/web", os.stat(sb["netns"]).st_ino)
-    assert _rules_in(sb)
+    assert _rules_in(sb, backend)
+    # The rules capture the app's outbound TCP for ztunnel's port 15001.
+    dst = sb["bridge_conf"]["ipam"]["subnet"].replace(".0/24", ".200")
+    assert _capture(sb, dst) == "captured %s:80" % dst
     saved = agent.state_sandboxes()
     assert len(saved) == 1 and saved[0]["container_id"] == sb["id"] and saved[0]["state"] == "enrolled"
     assert saved[0]["ips"] and saved[0]["ips"][0].startswith("10.252.")
@@ -285,8 +345,9 @@ def test_enrol_unenrol_and_del(cni_bin, zds, env):
     agent.enrol([dict(WEB, ambient=False)])
     reqs = zt.wait(3)
     assert reqs[2] == ("del", POD_UID, None, None)
-    _eventually(lambda: _no_rules(sb), "rules still in the namespace after un-enrolment")
+    _eventually(lambda: _no_rules(sb, backend), "rules still in the namespace after un-enrolment")
     _eventually(lambda: agent.state_sandboxes()[0]["state"] == "pending", "state file not updated")
+    assert _capture(sb, dst).startswith("not captured")
     # CNI DEL forgets the pod.
     rc, out, err = _cni(cni_bin, sb, agent, "DEL")
     assert rc == 0, "zmesh-cni DEL: %s %s" % (out, err)
