@@ -422,6 +422,28 @@ def test_malformed_plugin_message(cni_bin, env):
     agent.stop()
 
 
+def test_sighup_rereads_enrolment_file(cni_bin, zds, env):
+    sb, agent, peers = env
+    agent.start()
+    zt = Ztunnel(zds, agent.zds)
+    peers.append(zt)
+    zt.wait(1)
+    rc, out, err = _cni(cni_bin, sb, agent, "ADD")
+    assert rc == 0, "zmesh-cni ADD: %s %s" % (out, err)
+    loads = agent.read_log().count("enrolment file loaded")
+    # The file is unchanged, so only the signal can cause this load.
+    agent.proc.send_signal(signal.SIGHUP)
+    _eventually(lambda: agent.read_log().count("enrolment file loaded") == loads + 1, "SIGHUP did not reload")
+    assert agent.proc.poll() is None
+    # A file that no longer parses keeps the previous enrolment, and says why.
+    with open(agent.file, "w") as f:
+        f.write("[{]")
+    _eventually(lambda: "enrolment file not applied" in agent.read_log(), "bad file not reported")
+    agent.enrol([WEB])
+    assert zt.wait(2)[1] == ("add", POD_UID, "shop/web-0/web", os.stat(sb["netns"]).st_ino)
+    agent.stop()
+
+
 def test_bad_enrolment_file_and_flags(cni_bin, env):
     sb, agent, peers = env
     with open(agent.file, "w") as f:
