@@ -39,6 +39,15 @@ struct sandbox {
     int netns_fd;
     enum agent_pod_state state;
     char *zds_uid, *sa; /* while enrolled: the uid ztunnel knows it by, and its service account */
+    /* Rules being installed or removed in the child of job (at most one at a time per sandbox). */
+    struct agent *a;
+    struct rules_job *job;
+    bool job_install;
+    char *want_uid, *want_sa; /* the identity an install is for */
+    struct pconn *waiter;     /* a CNI ADD answered when the install (and ztunnel's Add) is done */
+    bool dirty;               /* the enrolment changed during the job: reconcile when it ends */
+    bool gone;                /* deleted during the job: on a.orphans, freed when it ends */
+    bool remove_when_gone;    /* and its rules removed then (CNI DEL; not for a replaced sandbox) */
 };
 
 struct entry {
@@ -66,6 +75,7 @@ struct agent {
     struct zds_server *zds;
     struct sandbox *sbs;
     size_t nsb;
+    struct sandbox *orphans; /* deleted sandboxes whose rules job still runs */
     struct entry *entries;
     size_t nentries;
     bool synced; /* agent_set_enrolment has been called: entries are the source's truth */
@@ -178,7 +188,7 @@ static void sb_free(struct sandbox *sb)
 {
     if (sb->netns_fd >= 0) close(sb->netns_fd);
     free(sb->container_id), free(sb->cni_uid), free(sb->name), free(sb->ns), free(sb->netns), free(sb->ifname);
-    free(sb->zds_uid), free(sb->sa);
+    free(sb->zds_uid), free(sb->sa), free(sb->want_uid), free(sb->want_sa);
     json_decref(sb->ips);
     free(sb);
 }
@@ -210,11 +220,15 @@ static int state_save(struct agent *a)
 {
     json_t *arr = json_array();
     for (struct sandbox *sb = a->sbs; sb; sb = sb->next) {
+        /* A pod whose install is under way is saved as enrolled: after a crash it is replayed (installed and
+         * handed to ztunnel), which is what the install was going to do. */
+        bool installing = sb->job && sb->job_install && sb->want_uid;
+        enum agent_pod_state st = installing ? AGENT_POD_ENROLLED : sb->state;
+        const char *zuid = installing ? sb->want_uid : sb->zds_uid, *sa = installing ? sb->want_sa : sb->sa;
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:s, s:s, s:s}", "container_id",
                               sb->container_id, "uid", sb->cni_uid, "name", sb->name, "namespace", sb->ns, "netns",
-                              sb->netns, "ifname", sb->ifname, "ips", sb->ips, "state",
-                              agent_pod_state_to_str(sb->state), "zds_uid", sb->zds_uid ? sb->zds_uid : "",
-                              "service_account", sb->sa ? sb->sa : "");
+                              sb->netns, "ifname", sb->ifname, "ips", sb->ips, "state", agent_pod_state_to_str(st),
+                              "zds_uid", zuid ? zuid : "", "service_account", sa ? sa : "");
         if (!o || json_array_append_new(arr, o) < 0) {
             json_decref(arr);
             LOG_E(TGT, "cannot write %s: out of memory", a->state_path);
@@ -314,6 +328,7 @@ static int state_load(struct agent *a, char *err, size_t errlen)
             return -1;
         }
         sb->netns_fd = fd;
+        sb->a = a;
         sb->container_id = xstrdup(cid), sb->cni_uid = xstrdup(uid), sb->name = xstrdup(name);
         sb->ns = xstrdup(ns), sb->netns = xstrdup(netns), sb->ifname = xstrdup(ifname);
         sb->ips = json_incref(ips);
@@ -341,22 +356,12 @@ static const char *pod_uid(const struct sandbox *sb, const struct entry *e)
     return sb->container_id;
 }
 
-/* Takes sb out of the mesh: Del to every ztunnel, then the rules out of its namespace (Istio's
- * RemovePodFromMesh order). Failing to remove the rules is logged: the pod's traffic then still goes to
- * ztunnel's ports, where nothing listens for it, which the log says. */
-static void unenrol(struct agent *a, struct sandbox *sb, bool remove_rules)
+/* Takes sb out of ztunnel (Del to every connection) and marks it pending; the rules are the caller's. */
+static void zds_forget(struct agent *a, struct sandbox *sb)
 {
     log_kv(LOG_INFO, TGT, "removing pod from the mesh", "namespace", sb->ns, "name", sb->name, "uid",
            sb->zds_uid, NULL);
     zds_server_del(a->zds, sb->zds_uid);
-    if (remove_rules) {
-        char err[RULES_ERR_MAX];
-        if (rules_remove(a->backend, sb->netns_fd, err, sizeof err) < 0) {
-            a->st.rule_failures++;
-            log_kv(LOG_ERROR, TGT, "failed to remove the in-pod rules; the pod's traffic is still redirected",
-                   "namespace", sb->ns, "name", sb->name, "error", err, NULL);
-        }
-    }
     free(sb->zds_uid), free(sb->sa);
     sb->zds_uid = sb->sa = NULL;
     sb->state = AGENT_POD_PENDING;
@@ -415,40 +420,116 @@ static void hand_to_ztunnel(struct agent *a, struct sandbox *sb, struct pconn *c
     }
 }
 
-/* Puts sb in the mesh: rules, then ZDS Add (Istio's AddPodToMesh). With c (a CNI ADD waiting), c is answered
- * once ztunnel has the pod, or with the reason it does not; without c the outcome is only logged. Returns 0
- * when c will be (or was) answered by this call, -1 with err when the rules failed (nothing changed). */
-static int enrol(struct agent *a, struct sandbox *sb, const struct entry *e, struct pconn *c, char *err,
+static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c);
+static void schedule_retry(struct agent *a);
+static void job_done(void *ud, int status, const char *err);
+
+/* Starts the rules job of sb. Returns 0, or -1 with err (nothing started). */
+static int start_job(struct agent *a, struct sandbox *sb, bool install, char *err, size_t errlen)
+{
+    sb->job_install = install;
+    return rules_start(a->l, a->backend, sb->netns_fd, install, job_done, sb, &sb->job, err, errlen);
+}
+
+static void orphan_free(struct agent *a, struct sandbox *sb)
+{
+    LIST_DEL(a->orphans, sb);
+    sb_free(sb);
+}
+
+/* A rules job of sb ended (Istio's CreateInpodRules then ZDS Add in AddPodToMesh; DeleteInpodRules). */
+static void job_done(void *ud, int status, const char *err)
+{
+    struct sandbox *sb = ud;
+    struct agent *a = sb->a;
+    sb->job = NULL;
+    if (status < 0) {
+        a->st.rule_failures++;
+        log_kv(LOG_ERROR, TGT, sb->job_install ? "failed to install the in-pod rules" : "failed to remove the in-pod rules; the pod's traffic is still redirected",
+               "namespace", sb->ns, "name", sb->name, "error", err, NULL);
+    }
+    if (sb->gone) {
+        /* Deleted meanwhile: an install that went in is taken out again for a CNI DEL, then sb is freed. */
+        char e2[RULES_ERR_MAX];
+        if (sb->job_install && status == 0 && sb->remove_when_gone && start_job(a, sb, false, e2, sizeof e2) == 0)
+            return;
+        orphan_free(a, sb);
+        return;
+    }
+    struct pconn *w = sb->waiter;
+    sb->waiter = NULL;
+    if (sb->job_install) {
+        /* want_uid is NULL for a replay: the pod is enrolled and in the ZDS server's table already. */
+        bool replay = !sb->want_uid;
+        if (status == 0) {
+            log_kv(LOG_INFO, TGT, "in-pod rules installed", "namespace", sb->ns, "name", sb->name, NULL);
+            if (!replay) {
+                sb->zds_uid = sb->want_uid, sb->sa = sb->want_sa;
+                sb->want_uid = sb->want_sa = NULL;
+                sb->state = AGENT_POD_ENROLLED;
+                state_save(a);
+            }
+            if (!replay || w) hand_to_ztunnel(a, sb, w);
+            w = NULL;
+        } else {
+            if (replay && sb->state == AGENT_POD_ENROLLED) {
+                /* Not served without its rules: ztunnel lets it go, and the enrolment source's
+                 * reconciliation (and its retries) enrols it again once they install. */
+                zds_forget(a, sb);
+                state_save(a);
+            }
+            free(sb->want_uid), free(sb->want_sa);
+            sb->want_uid = sb->want_sa = NULL;
+            if (w) {
+                char why[ERR_LEN];
+                snprintf(why, sizeof why, "in-pod rules for %s/%s: %s", sb->ns, sb->name, err);
+                pconn_answer(w, why);
+                w = NULL;
+            }
+        }
+    }
+    if (sb->dirty || w) {
+        sb->dirty = false;
+        reconcile(a, sb, w);
+    }
+    schedule_retry(a);
+}
+
+/* Starts putting sb in the mesh with identity uid/sa: the rules, then (job_done) the ZDS Add, then c's answer.
+ * Returns 0, or -1 with err when the job could not start (nothing changed). */
+static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const char *sa, struct pconn *c, char *err,
                  size_t errlen)
 {
-    const char *uid = pod_uid(sb, e);
     log_kv(LOG_INFO, TGT, "adding pod to the mesh", "namespace", sb->ns, "name", sb->name, "uid", uid,
-           "serviceAccount", e->sa, NULL);
-    char rerr[RULES_ERR_MAX];
-    if (rules_install(a->backend, sb->netns_fd, rerr, sizeof rerr) < 0) {
+           "serviceAccount", sa, NULL);
+    sb->want_uid = xstrdup(uid);
+    sb->want_sa = xstrdup(sa);
+    char rerr[RULES_ERR_MAX] = "out of memory";
+    if (!sb->want_uid || !sb->want_sa || start_job(a, sb, true, rerr, sizeof rerr) < 0) {
+        free(sb->want_uid), free(sb->want_sa);
+        sb->want_uid = sb->want_sa = NULL;
         a->st.rule_failures++;
-        log_kv(LOG_ERROR, TGT, "failed to install the in-pod rules", "namespace", sb->ns, "name", sb->name,
-               "error", rerr, NULL);
         set_err(err, errlen, "in-pod rules for %s/%s: %s", sb->ns, sb->name, rerr);
+        log_kv(LOG_ERROR, TGT, "failed to install the in-pod rules", "namespace", sb->ns, "name", sb->name,
+               "error", err, NULL);
         return -1;
     }
-    sb->zds_uid = xstrdup(uid);
-    sb->sa = xstrdup(e->sa);
-    if (!sb->zds_uid || !sb->sa) {
-        free(sb->zds_uid), free(sb->sa);
-        sb->zds_uid = sb->sa = NULL;
-        set_err(err, errlen, "out of memory");
-        return -1;
-    }
-    sb->state = AGENT_POD_ENROLLED;
-    state_save(a);
-    hand_to_ztunnel(a, sb, c);
+    sb->waiter = c;
     return 0;
 }
 
-/* Brings sb to what the enrolment says. With c, answers it (now or after ztunnel's ack). */
+/* Brings sb to what the enrolment says. With c (a CNI ADD), answers it now or when the work is done. */
 static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
 {
+    if (sb->job) {
+        /* One job at a time: this runs again when it ends. */
+        if (c) {
+            if (sb->waiter) pconn_answer(sb->waiter, "superseded by a later ADD of the same sandbox");
+            sb->waiter = c;
+        }
+        sb->dirty = true;
+        return;
+    }
     if (!a->synced) {
         /* No enrolment yet (a restart, before the source has spoken): what the state file says stands; an
          * empty set would otherwise take every replayed pod out of the mesh. */
@@ -466,17 +547,21 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
         /* Its identity changed: ztunnel must drop the old proxy and start one with the new identity. */
         log_kv(LOG_INFO, TGT, "pod's uid or service account changed; re-adding it", "namespace", sb->ns, "name",
                sb->name, NULL);
-        unenrol(a, sb, false);
+        zds_forget(a, sb);
     }
     if (want && sb->state != AGENT_POD_ENROLLED) {
-        if (enrol(a, sb, e, c, err, sizeof err) < 0) {
-            if (c) pconn_answer(c, err);
-        }
+        if (enrol(a, sb, pod_uid(sb, e), e->sa, c, err, sizeof err) < 0 && c) pconn_answer(c, err);
         return;
     }
     if (!want && sb->state == AGENT_POD_ENROLLED) {
-        unenrol(a, sb, true);
+        /* Istio's RemovePodFromMesh: out of ztunnel, then the rules out of the namespace. */
+        zds_forget(a, sb);
         state_save(a);
+        if (start_job(a, sb, false, err, sizeof err) < 0) {
+            a->st.rule_failures++;
+            log_kv(LOG_ERROR, TGT, "failed to remove the in-pod rules; the pod's traffic is still redirected",
+                   "namespace", sb->ns, "name", sb->name, "error", err, NULL);
+        }
     }
     if (c && sb->state == AGENT_POD_ENROLLED) {
         /* A repeated CNI ADD of a sandbox in the mesh (the runtime retrying after an error): ztunnel is asked
@@ -487,13 +572,35 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
     if (c) pconn_answer(c, NULL);
 }
 
+/* Forgets sb (CNI DEL, or a sandbox replaced by a newer one of the same pod): out of ztunnel and of the
+ * state; its rules are removed when remove_rules (the agent still holds the namespace open). A sandbox with a
+ * job running waits on a.orphans for it. */
+static void forget(struct agent *a, struct sandbox *sb, bool remove_rules)
+{
+    bool was = sb->state == AGENT_POD_ENROLLED || (sb->job && sb->job_install);
+    if (sb->state == AGENT_POD_ENROLLED) zds_forget(a, sb);
+    if (sb->waiter) {
+        pconn_answer(sb->waiter, "the sandbox was deleted");
+        sb->waiter = NULL;
+    }
+    LIST_DEL(a->sbs, sb);
+    a->nsb--;
+    sb->gone = true;
+    sb->remove_when_gone = remove_rules;
+    LIST_PUSH(a->orphans, sb);
+    if (sb->job) return;
+    char err[RULES_ERR_MAX];
+    if (was && remove_rules && start_job(a, sb, false, err, sizeof err) == 0) return;
+    orphan_free(a, sb);
+}
+
 /* Arms the retry timer when a sandbox the enrolment wants in the mesh is not in it (its rules failed). */
 static void schedule_retry(struct agent *a)
 {
     if (timer_armed(&a->retry_timer)) return;
     for (struct sandbox *sb = a->sbs; sb; sb = sb->next) {
         const struct entry *e = entry_find(a, sb->ns, sb->name);
-        if (e && e->ambient && sb->state != AGENT_POD_ENROLLED) {
+        if (e && e->ambient && sb->state != AGENT_POD_ENROLLED && !sb->job) {
             LOG_I(TGT, "retrying failed enrolments in %d ms", AGENT_RETRY_MS);
             timer_start(a->l, &a->retry_timer, AGENT_RETRY_MS);
             return;
@@ -645,17 +752,11 @@ static void handle_add(struct agent *a, const struct msg *m, struct pconn *c)
         /* The runtime re-created the pod's sandbox: the old one is gone (its DEL may never come). */
         log_kv(LOG_INFO, TGT, "pod has a new sandbox; forgetting the old one", "namespace", m->ns, "name", m->name,
                "old_container_id", old->container_id, NULL);
-        if (old->state == AGENT_POD_ENROLLED) unenrol(a, old, false);
-        LIST_DEL(a->sbs, old);
-        a->nsb--;
-        sb_free(old);
+        forget(a, old, false);
     }
     if (sb && strcmp(sb->netns, m->netns) != 0) {
         /* The same container id with another namespace: only a runtime bug does this; start afresh. */
-        if (sb->state == AGENT_POD_ENROLLED) unenrol(a, sb, false);
-        LIST_DEL(a->sbs, sb);
-        a->nsb--;
-        sb_free(sb);
+        forget(a, sb, false);
         sb = NULL;
     }
     if (!sb) {
@@ -678,6 +779,7 @@ static void handle_add(struct agent *a, const struct msg *m, struct pconn *c)
             return;
         }
         sb->netns_fd = fd;
+        sb->a = a;
         sb->container_id = xstrdup(m->container_id), sb->cni_uid = xstrdup(m->uid), sb->name = xstrdup(m->name);
         sb->ns = xstrdup(m->ns), sb->netns = xstrdup(m->netns), sb->ifname = xstrdup(m->ifname);
         sb->ips = json_deep_copy(m->ips);
@@ -706,10 +808,7 @@ static void handle_del(struct agent *a, const struct msg *m, struct pconn *c)
     }
     log_kv(LOG_INFO, TGT, "CNI del", "container_id", m->container_id, "namespace", sb->ns, "name", sb->name,
            NULL);
-    if (sb->state == AGENT_POD_ENROLLED) unenrol(a, sb, true);
-    LIST_DEL(a->sbs, sb);
-    a->nsb--;
-    sb_free(sb);
+    forget(a, sb, true);
     state_save(a);
     pconn_answer(c, NULL);
 }
@@ -1196,24 +1295,25 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
         goto fail;
     }
     if (plugin_listen(a, err, errlen) < 0) goto fail;
-    /* Replay: the enrolled pods get their rules back (idempotent; a node reboot cleared them only if the
-     * namespace itself went away, and then the sandbox was dropped above) and are in every snapshot. */
+    /* Replay: the enrolled pods are in the snapshot of the first ztunnel at once (it still serves them, and a
+     * snapshot without them would make it drain them), and get their rules installed again in the background
+     * (idempotent; the agent does not remove them at shutdown, so this repairs only what changed since). A pod
+     * whose rules fail is then taken out (job_done) until the enrolment source enrols it again. */
     size_t replayed = 0;
     for (struct sandbox *sb = a->sbs; sb; sb = sb->next) {
         if (sb->state != AGENT_POD_ENROLLED) continue;
+        int zr = zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd, NULL, NULL);
+        if (zr < 0 && zr != -ENOTCONN)
+            log_kv(LOG_ERROR, TGT, "replay: cannot keep the pod for ztunnel", "uid", sb->zds_uid, "error",
+                   strerror(-zr), NULL);
         char rerr[RULES_ERR_MAX];
-        if (rules_install(a->backend, sb->netns_fd, rerr, sizeof rerr) < 0) {
-            /* Not served without its rules: out of the snapshot (ztunnel drains it), and enrolled again by the
-             * enrolment source's reconciliation and its retries once the rules install. */
+        if (start_job(a, sb, true, rerr, sizeof rerr) < 0) {
             a->st.rule_failures++;
             log_kv(LOG_ERROR, TGT, "replay: failed to install the in-pod rules; the pod is out of the mesh until "
                    "they install", "namespace", sb->ns, "name", sb->name, "error", rerr, NULL);
-            free(sb->zds_uid), free(sb->sa);
-            sb->zds_uid = sb->sa = NULL;
-            sb->state = AGENT_POD_PENDING;
+            zds_forget(a, sb);
             continue;
         }
-        zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd, NULL, NULL);
         replayed++;
     }
     state_save(a);
@@ -1234,6 +1334,18 @@ void agent_free(struct agent *a)
         loop_io_close(a->l, &a->lio);
         unlink(a->plugin_path);
     }
+    /* Rule jobs under way are waited for (a shutdown must not leave half a change), without their callbacks;
+     * a CNI ADD waiting for one is answered. */
+    for (int pass = 0; pass < 2; pass++) {
+        struct sandbox **head = pass ? &a->orphans : &a->sbs;
+        while (*head) {
+            struct sandbox *sb = *head;
+            LIST_DEL(*head, sb);
+            rules_finish(sb->job);
+            if (sb->waiter) pconn_answer(sb->waiter, "the node agent is shutting down");
+            sb_free(sb);
+        }
+    }
     /* Pending plugin answers are given (-ECANCELED) by the ZDS server's end. */
     zds_server_free(a->zds);
     while (a->pconns)
@@ -1241,11 +1353,6 @@ void agent_free(struct agent *a)
     if (a->ino.fd >= 0) loop_io_close(a->l, &a->ino);
     timer_stop(a->l, &a->file_timer);
     timer_stop(a->l, &a->retry_timer);
-    while (a->sbs) {
-        struct sandbox *sb = a->sbs;
-        LIST_DEL(a->sbs, sb);
-        sb_free(sb);
-    }
     entries_free(a->entries, a->nentries);
     free(a->plugin_path), free(a->state_dir), free(a->state_path), free(a->node);
     free(a->file), free(a->file_dir), free(a->file_base);
@@ -1256,9 +1363,13 @@ void agent_stats(const struct agent *a, struct agent_stats *out)
 {
     *out = a->st;
     out->sandboxes = a->nsb;
-    out->enrolled = 0;
-    for (const struct sandbox *sb = a->sbs; sb; sb = sb->next)
+    out->enrolled = out->jobs = 0;
+    for (const struct sandbox *sb = a->sbs; sb; sb = sb->next) {
         out->enrolled += sb->state == AGENT_POD_ENROLLED;
+        out->jobs += sb->job != NULL;
+    }
+    for (const struct sandbox *sb = a->orphans; sb; sb = sb->next)
+        out->jobs += sb->job != NULL;
 }
 
 bool agent_has_pod(const struct agent *a, const char *namespace_, const char *name, bool *enrolled)

@@ -10,7 +10,9 @@
  * The enrolment source is given as the full set of this node's pods after each change
  * (agent_set_enrolment): zmeshd's enrolment client, or a static JSON file (agent_watch_file).
  *
- * Everything runs on one loop. Rule changes run tools in the pod's namespace and wait for them (tens of ms). */
+ * Everything runs on one loop and nothing blocks it: rule changes run in a child per change (rules_start), one
+ * at a time per sandbox, and what happens meanwhile (a CNI ADD, DEL, an enrolment change) is applied when the
+ * child ends. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -97,6 +99,7 @@ const char *agent_pod_state_to_str(enum agent_pod_state s);
 /* For tests and logs. */
 struct agent_stats {
     size_t sandboxes, enrolled;
+    size_t jobs; /* rule changes under way (children running) */
     uint64_t adds, dels, bad_messages, rule_failures;
 };
 void agent_stats(const struct agent *a, struct agent_stats *out);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "core/loop.h"
 
 #define TGT "cni::rules"
 /* What one tool may print on stdout (iptables-save of a pod's namespace is a few KiB) and on stderr. */
@@ -471,18 +472,21 @@ static uint64_t mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Forks the namespace child for op and waits for it. Returns the child's code (0, 2) or -1 with err. */
-static int in_netns(enum rules_backend b, int netns_fd, enum op op, char *err, size_t errlen)
+static const char *const OP_NAMES[] = {"install", "remove", "check"};
+
+/* Forks the namespace child for op. Returns 0 with its pid and the read end of the pipe its error comes on,
+ * or -1 with err. */
+static int spawn(enum rules_backend b, int netns_fd, enum op op, pid_t *pid_out, int *rfd, char *err,
+                 size_t errlen)
 {
-    static const char *const names[] = {"install", "remove", "check"};
     int t = ioctl(netns_fd, NS_GET_NSTYPE);
     if (t < 0) {
-        set_err(err, errlen, "cannot %s rules: fd %d is not a namespace: %s", names[op], netns_fd,
+        set_err(err, errlen, "cannot %s rules: fd %d is not a namespace: %s", OP_NAMES[op], netns_fd,
                 strerror(errno));
         return -1;
     }
     if (t != CLONE_NEWNET) {
-        set_err(err, errlen, "cannot %s rules: fd %d is not a network namespace", names[op], netns_fd);
+        set_err(err, errlen, "cannot %s rules: fd %d is not a network namespace", OP_NAMES[op], netns_fd);
         return -1;
     }
     int p[2];
@@ -518,6 +522,37 @@ static int in_netns(enum rules_backend b, int netns_fd, enum op op, char *err, s
         _exit(code);
     }
     close(p[1]);
+    *pid_out = pid;
+    *rfd = p[0];
+    return 0;
+}
+
+/* Reaps the child and turns its end into the result: its code (0, 2) or -1 with err. */
+static int conclude(enum rules_backend b, enum op op, pid_t pid, const char *cerr, bool killed, char *err,
+                    size_t errlen)
+{
+    int st;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (killed) {
+        set_err(err, errlen, "cannot %s rules: the %s tools took more than %d ms", OP_NAMES[op],
+                rules_backend_to_str(b), RULES_TIMEOUT_MS);
+        return -1;
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) == 1 || WEXITSTATUS(st) > 2) {
+        set_err(err, errlen, "cannot %s %s rules: %s", OP_NAMES[op], rules_backend_to_str(b),
+                *cerr ? cerr : "the namespace child failed");
+        return -1;
+    }
+    return WEXITSTATUS(st);
+}
+
+/* Forks the namespace child for op and waits for it. Returns the child's code (0, 2) or -1 with err. */
+static int in_netns(enum rules_backend b, int netns_fd, enum op op, char *err, size_t errlen)
+{
+    pid_t pid;
+    int rfd;
+    if (spawn(b, netns_fd, op, &pid, &rfd, err, errlen) < 0) return -1;
     char cerr[RULES_ERR_MAX];
     size_t len = 0;
     uint64_t deadline = mono_ms() + RULES_TIMEOUT_MS;
@@ -529,32 +564,125 @@ static int in_netns(enum rules_backend b, int netns_fd, enum op op, char *err, s
             killed = true;
             break;
         }
-        struct pollfd pf = {.fd = p[0], .events = POLLIN};
+        struct pollfd pf = {.fd = rfd, .events = POLLIN};
         int r = poll(&pf, 1, (int)(deadline - now));
         if (r < 0 && errno == EINTR) continue;
         if (r <= 0) continue;
-        ssize_t n = read(p[0], cerr + len, sizeof cerr - 1 - len);
+        ssize_t n = read(rfd, cerr + len, sizeof cerr - 1 - len);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         len += (size_t)n;
         if (len == sizeof cerr - 1) break;
     }
-    close(p[0]);
+    close(rfd);
     cerr[len] = '\0';
+    return conclude(b, op, pid, cerr, killed, err, errlen);
+}
+
+/* ---- the same on the loop ---- */
+
+struct rules_job {
+    struct loop *l;
+    enum rules_backend b;
+    enum op op;
+    pid_t pid;
+    struct io io;
+    struct timer deadline;
+    char cerr[RULES_ERR_MAX];
+    size_t len;
+    rules_done_fn done;
+    void *ud;
+};
+
+static void job_end(struct rules_job *j, bool killed)
+{
+    loop_io_close(j->l, &j->io);
+    timer_stop(j->l, &j->deadline);
+    j->cerr[j->len] = '\0';
+    char err[RULES_ERR_MAX];
+    err[0] = '\0';
+    int r = conclude(j->b, j->op, j->pid, j->cerr, killed, err, sizeof err);
+    rules_done_fn done = j->done;
+    void *ud = j->ud;
+    free(j);
+    done(ud, r == 0 ? 0 : -1, r == 0 ? "" : err);
+}
+
+static void job_io_cb(struct io *io, uint32_t ev)
+{
+    struct rules_job *j = container_of(io, struct rules_job, io);
+    for (;;) {
+        ssize_t n = read(j->io.fd, j->cerr + j->len, sizeof j->cerr - 1 - j->len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        if (n > 0) {
+            j->len += (size_t)n;
+            if (j->len < sizeof j->cerr - 1) continue;
+        }
+        /* End of the pipe: the child exited (its tools do not inherit the pipe). Reaping it is immediate. */
+        job_end(j, false);
+        return;
+    }
+}
+
+static void job_deadline_cb(struct timer *t)
+{
+    struct rules_job *j = container_of(t, struct rules_job, deadline);
+    kill(j->pid, SIGKILL);
+    job_end(j, true);
+}
+
+int rules_start(struct loop *l, enum rules_backend b, int netns_fd, bool install, rules_done_fn done, void *ud,
+                struct rules_job **out, char *err, size_t errlen)
+{
+    struct rules_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        set_err(err, errlen, "out of memory");
+        return -1;
+    }
+    enum op op = install ? OP_INSTALL : OP_REMOVE;
+    int rfd;
+    if (spawn(b, netns_fd, op, &j->pid, &rfd, err, errlen) < 0) {
+        free(j);
+        return -1;
+    }
+    j->l = l, j->b = b, j->op = op, j->done = done, j->ud = ud;
+    int fl = fcntl(rfd, F_GETFL);
+    if (fl >= 0) fcntl(rfd, F_SETFL, fl | O_NONBLOCK);
+    j->io.fd = rfd;
+    j->io.cb = job_io_cb;
+    j->deadline.cb = job_deadline_cb;
+    if (loop_io_add(l, &j->io, EPOLLIN) < 0) {
+        /* Cannot watch it: wait for it here instead (the caller gets done later all the same). */
+        close(rfd);
+        int st;
+        kill(j->pid, SIGKILL);
+        while (waitpid(j->pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        free(j);
+        set_err(err, errlen, "cannot watch the rules child");
+        return -1;
+    }
+    timer_start(l, &j->deadline, RULES_TIMEOUT_MS);
+    *out = j;
+    return 0;
+}
+
+void rules_finish(struct rules_job *j)
+{
+    if (!j) return;
+    loop_io_del(j->l, &j->io);
+    timer_stop(j->l, &j->deadline);
+    int fl = fcntl(j->io.fd, F_GETFL);
+    if (fl >= 0) fcntl(j->io.fd, F_SETFL, fl & ~O_NONBLOCK);
+    char tmp[256];
+    while (read(j->io.fd, tmp, sizeof tmp) > 0) {
+    }
+    close(j->io.fd);
     int st;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    while (waitpid(j->pid, &st, 0) < 0 && errno == EINTR) {
     }
-    if (killed) {
-        set_err(err, errlen, "cannot %s rules: the %s tools took more than %d ms", names[op],
-                rules_backend_to_str(b), RULES_TIMEOUT_MS);
-        return -1;
-    }
-    if (!WIFEXITED(st) || WEXITSTATUS(st) == 1 || WEXITSTATUS(st) > 2) {
-        set_err(err, errlen, "cannot %s %s rules: %s", names[op], rules_backend_to_str(b),
-                len ? cerr : "the namespace child failed");
-        return -1;
-    }
-    return WEXITSTATUS(st);
+    free(j);
 }
 
 enum rules_backend rules_backend_auto(void)

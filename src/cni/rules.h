@@ -8,10 +8,13 @@
  * Each call forks one child that enters the namespace (setns(CLONE_NEWNET)) and runs the tools there by
  * fork+exec, with no shell: per family one `iptables-restore --noflush -w` (or one `nft -f -` for both) and one
  * `ip -batch -`, so each change is atomic per tool. Installing removes any previous copy in the same
- * transaction, so it is idempotent. The caller waits (tens of milliseconds; at most RULES_TIMEOUT_MS). */
+ * transaction, so it is idempotent. rules_install/remove/present wait for the child (tens of milliseconds; at
+ * most RULES_TIMEOUT_MS); rules_start runs the same on a loop and reports the end through a callback. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "core/loop.h"
 
 enum rules_backend { RULES_IPTABLES, RULES_NFTABLES };
 
@@ -33,3 +36,16 @@ int rules_install(enum rules_backend b, int netns_fd, char *err, size_t errlen);
 int rules_remove(enum rules_backend b, int netns_fd, char *err, size_t errlen);
 /* Sets *present when the rules are installed (the jumps or tables and the ip rule). Returns 0 or -1 with err. */
 int rules_present(enum rules_backend b, int netns_fd, bool *present, char *err, size_t errlen);
+
+/* ---- on an event loop ---- */
+
+struct rules_job;
+/* The end of a job: status 0, or -1 with err (the same messages as rules_install's). */
+typedef void (*rules_done_fn)(void *ud, int status, const char *err);
+/* Starts installing (install true) or removing the rules in netns_fd's namespace without blocking l: the
+ * child is watched on l and killed after RULES_TIMEOUT_MS. done runs once from the loop (never inside this
+ * call), and the job is freed then. Returns 0 with *out, or -1 with err (done is not called). */
+int rules_start(struct loop *l, enum rules_backend b, int netns_fd, bool install, rules_done_fn done, void *ud,
+                struct rules_job **out, char *err, size_t errlen);
+/* Waits for a started job to end (blocking; for shutdown), without calling done, and frees it. NULL: no-op. */
+void rules_finish(struct rules_job *j);

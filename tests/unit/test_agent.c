@@ -133,8 +133,11 @@ static void sh(const char *fmt, ...)
     if (r != 0) fail_msg("%s: status %d", cmd, r);
 }
 
+static void settle(void);
+/* Whether the rules are in namespace i, once the agent's rule changes under way have ended. */
 static bool rules_in(int i)
 {
+    settle();
     bool p = false;
     char err[RULES_ERR_MAX];
     assert_int_equal(rules_present(RULES_IPTABLES, NSFD[i], &p, err, sizeof err), 0);
@@ -144,6 +147,19 @@ static bool rules_in(int i)
 /* ---- the agent ---- */
 
 static struct agent *A;
+
+static bool no_jobs(void *arg)
+{
+    if (!A) return true; /* stopped: agent_free waited for its jobs */
+    struct agent_stats st;
+    agent_stats(A, &st);
+    return st.jobs == 0;
+}
+/* Runs the loop until no rule change is under way. */
+static void settle(void)
+{
+    if (!pump_until(no_jobs, NULL, 10000)) fail_msg("rule jobs still running");
+}
 
 static void agent_start(void)
 {
@@ -387,14 +403,16 @@ static void test_restart_replays_state(void **state)
     NSFD[2] = -1;
     sh("ip netns del %s", NSNAME[2]);
     agent_start();
+    /* A ztunnel connecting at once gets the replayed pod in its snapshot, while the rules are reinstalled. */
+    zt_start();
+    zt_wait(2);
+    settle(); /* the replay's install */
     struct agent_stats st;
     agent_stats(A, &st);
     assert_int_equal(st.sandboxes, 1);
     assert_int_equal(st.enrolled, 1);
     assert_false(agent_has_pod(A, "shop", "gone-0", NULL));
     assert_null(strstr(state_text(), "gone-0"));
-    zt_start();
-    zt_wait(2);
     assert_string_equal(Z.log[0], "add uid-4 shop/web-0/web");
     assert_int_equal(Z.inos[0], NSINO[0]);
     assert_string_equal(Z.log[1], "snapshot");
@@ -562,6 +580,57 @@ static void test_node_filter(void **state)
     assert_true(rules_in(1));
 }
 
+/* Rule changes run in children while the loop goes on: a CNI DEL during an ambient pod's install is answered at
+ * once, the waiting ADD is told the sandbox went away, and the install is taken back when it ends. */
+static void test_del_during_install(void **state)
+{
+    zt_start();
+    zt_wait(1);
+    enrol("web-0", "web", true);
+    struct answer add, del;
+    char msg[1024];
+    snprintf(msg, sizeof msg,
+             "{\"version\": 1, \"event\": \"add\", \"container_id\": \"c8\", \"netns\": \"/var/run/netns/%s\", "
+             "\"ifname\": \"eth0\", \"pod\": {\"name\": \"web-0\", \"namespace\": \"shop\", \"uid\": \"uid-8\"}, "
+             "\"infra_container_id\": \"c8\", \"ips\": []}",
+             NSNAME[0]);
+    memset(&add, 0, sizeof add);
+    agent_handle_message(A, msg, strlen(msg), on_reply, &add);
+    assert_false(add.got); /* the install is under way */
+    struct agent_stats st;
+    agent_stats(A, &st);
+    assert_int_equal(st.jobs, 1);
+    cni("del", "c8", 0, "web-0", "uid-8", &del);
+    assert_string_equal(del.text, "{\"ok\":true}");
+    assert_true(add.got);
+    assert_string_equal(add.text, "{\"ok\":false,\"error\":\"the sandbox was deleted\"}");
+    assert_false(agent_has_pod(A, "shop", "web-0", NULL));
+    assert_false(rules_in(0)); /* installed, then removed again */
+    assert_int_equal(Z.n, 1);  /* ztunnel never heard of it */
+}
+
+/* The enrolment flips while the install runs: the end state is the last word (out, rules removed). */
+static void test_enrolment_flip_during_install(void **state)
+{
+    zt_start();
+    zt_wait(1);
+    struct answer an;
+    cni("add", "c9", 1, "db-0", "uid-9", &an);
+    enrol("db-0", "db", true);
+    struct agent_stats st;
+    agent_stats(A, &st);
+    assert_int_equal(st.jobs, 1);
+    enrol("db-0", "db", false);
+    assert_false(rules_in(1));
+    bool enrolled = true;
+    assert_true(agent_has_pod(A, "shop", "db-0", &enrolled));
+    assert_false(enrolled);
+    /* ztunnel saw it come and go (the install finished before the change was applied). */
+    zt_wait(3);
+    assert_string_equal(Z.log[1], "add uid-9 shop/db-0/db");
+    assert_string_equal(Z.log[2], "del uid-9");
+}
+
 int main(void)
 {
     log_init("off", false);
@@ -574,6 +643,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enrolment_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_node_filter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_del_during_install, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_enrolment_flip_during_install, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

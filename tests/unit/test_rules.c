@@ -19,6 +19,7 @@
 
 #include "cni/rules.h"
 #include "core/log.h"
+#include "core/loop.h"
 
 static char NS[64];
 static int NSFD = -1;
@@ -272,6 +273,66 @@ static void test_tool_failure_reported_and_undone(void **state)
     free(r4);
 }
 
+struct job_end {
+    bool done;
+    int status;
+    char err[RULES_ERR_MAX];
+};
+static void on_job(void *ud, int status, const char *err)
+{
+    struct job_end *j = ud;
+    j->done = true;
+    j->status = status;
+    snprintf(j->err, sizeof j->err, "%s", err);
+}
+static struct loop *JL;
+static void stop_cb(struct timer *t)
+{
+    loop_stop(JL);
+}
+
+/* rules_start: the same change on a loop, ended by a callback from the loop (never inside the call). */
+static void test_async_install_and_remove(void **state)
+{
+    struct loop *l = JL = loop_new();
+    struct {
+        struct timer t;
+    } tick = {.t = {.cb = stop_cb}};
+    struct job_end j = {0};
+    struct rules_job *job;
+    char err[RULES_ERR_MAX];
+    assert_int_equal(rules_start(l, RULES_IPTABLES, NSFD, true, on_job, &j, &job, err, sizeof err), 0);
+    assert_false(j.done);
+    for (int i = 0; i < 10000 && !j.done; i++) {
+        timer_start(l, &tick.t, 1);
+        loop_run(l);
+    }
+    assert_true(j.done);
+    assert_int_equal(j.status, 0);
+    expect_ipt("iptables-save", true, false);
+    expect_routes(true);
+    memset(&j, 0, sizeof j);
+    assert_int_equal(rules_start(l, RULES_IPTABLES, NSFD, false, on_job, &j, &job, err, sizeof err), 0);
+    for (int i = 0; i < 10000 && !j.done; i++) {
+        timer_start(l, &tick.t, 1);
+        loop_run(l);
+    }
+    assert_int_equal(j.status, 0);
+    expect_ipt("iptables-save", false, false);
+    expect_routes(false);
+    /* rules_finish waits for a job without its callback. */
+    memset(&j, 0, sizeof j);
+    assert_int_equal(rules_start(l, RULES_IPTABLES, NSFD, true, on_job, &j, &job, err, sizeof err), 0);
+    rules_finish(job);
+    assert_false(j.done);
+    expect_ipt("iptables-save", true, false);
+    /* A bad fd fails at once, with no callback. */
+    assert_int_equal(rules_start(l, RULES_IPTABLES, -1, true, on_job, &j, &job, err, sizeof err), -1);
+    assert_non_null(strstr(err, "is not a namespace"));
+    timer_stop(l, &tick.t);
+    loop_free(l);
+}
+
 int main(void)
 {
     log_init("off", false);
@@ -281,6 +342,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nftables_install_idempotent_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_a_netns, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tool_failure_reported_and_undone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_async_install_and_remove, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
