@@ -61,7 +61,7 @@ struct pconn {
     struct agent *a;
     struct io io;
     struct timer t;
-    bool waiting; /* a ZDS Add is outstanding for it */
+    bool waiting; /* its answer waits for a rules job or a ZDS Add: the socket is not read meanwhile */
     /* agent_handle_message's: no socket (io.fd -1, not listed); the answer goes to reply. */
     agent_reply_fn reply;
     void *reply_ud;
@@ -458,6 +458,7 @@ static void job_done(void *ud, int status, const char *err)
     }
     struct pconn *w = sb->waiter;
     sb->waiter = NULL;
+    if (w) w->waiting = false;
     if (sb->job_install) {
         /* want_uid is NULL for a replay: the pod is enrolled and in the ZDS server's table already. */
         bool replay = !sb->want_uid;
@@ -515,6 +516,7 @@ static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const cha
         return -1;
     }
     sb->waiter = c;
+    if (c) c->waiting = true; /* a hang-up of the plugin meanwhile must not free it */
     return 0;
 }
 
@@ -526,6 +528,7 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
         if (c) {
             if (sb->waiter) pconn_answer(sb->waiter, "superseded by a later ADD of the same sandbox");
             sb->waiter = c;
+            c->waiting = true;
         }
         sb->dirty = true;
         return;
