@@ -21,6 +21,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <poll.h>
 
 #include "../../src/ztunnel/zds.c"
 #include "cni/agent.h"
@@ -631,6 +632,58 @@ static void test_enrolment_flip_during_install(void **state)
     assert_string_equal(Z.log[2], "del uid-9");
 }
 
+/* Over the real plugin socket: the answer comes on the connection; a plugin that hangs up while its ADD waits
+ * for the install leaves the agent unharmed, and the pod is enrolled all the same. */
+static void test_plugin_socket_and_hang_up(void **state)
+{
+    zt_start();
+    zt_wait(1);
+    enrol("web-0", "web", true);
+    char msg[1024];
+    snprintf(msg, sizeof msg,
+             "{\"version\": 1, \"event\": \"add\", \"container_id\": \"c10\", \"netns\": \"/var/run/netns/%s\", "
+             "\"ifname\": \"eth0\", \"pod\": {\"name\": \"web-0\", \"namespace\": \"shop\", \"uid\": \"uid-10\"}, "
+             "\"infra_container_id\": \"c10\", \"ips\": []}",
+             NSNAME[0]);
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", PLUGIN_PATH);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    assert_int_equal(send(fd, msg, strlen(msg), 0), (ssize_t)strlen(msg));
+    /* Run until the agent has read the message and started the install, then hang up. */
+    struct agent_stats st;
+    for (int i = 0; i < 2000; i++) {
+        pump_until(NULL, NULL, 1);
+        agent_stats(A, &st);
+        if (st.jobs) break;
+    }
+    assert_int_equal(st.jobs, 1);
+    close(fd);
+    zt_wait(2);
+    assert_string_equal(Z.log[1], "add uid-10 shop/web-0/web");
+    assert_true(rules_in(0));
+    /* A DEL over the socket gets its answer there. */
+    snprintf(msg, sizeof msg,
+             "{\"version\": 1, \"event\": \"del\", \"container_id\": \"c10\", \"netns\": \"\", \"ifname\": \"eth0\", "
+             "\"pod\": {\"name\": \"web-0\", \"namespace\": \"shop\", \"uid\": \"uid-10\"}, \"infra_container_id\": \"\", "
+             "\"ips\": []}");
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    assert_int_equal(send(fd, msg, strlen(msg), 0), (ssize_t)strlen(msg));
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    for (int i = 0; i < 5000 && poll(&pf, 1, 0) == 0; i++)
+        pump_until(NULL, NULL, 1);
+    char ans[256];
+    ssize_t n = recv(fd, ans, sizeof ans - 1, MSG_DONTWAIT);
+    assert_true(n > 0);
+    ans[n] = '\0';
+    assert_string_equal(ans, "{\"ok\":true}");
+    close(fd);
+    zt_wait(3);
+    assert_string_equal(Z.log[2], "del uid-10");
+    assert_false(rules_in(0));
+}
+
 int main(void)
 {
     log_init("off", false);
@@ -645,6 +698,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_node_filter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_del_during_install, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enrolment_flip_during_install, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_plugin_socket_and_hang_up, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
