@@ -682,15 +682,6 @@ int zds_server_del(struct zds_server *s, const char *uid)
     return p ? 0 : -ENOENT;
 }
 
-void zds_server_forget_ud(struct zds_server *s, void *ud)
-{
-    for (struct zconn *c = s->conns; c; c = c->next) {
-        if (c->inflight && c->inflight->ud == ud) c->inflight->done = NULL;
-        for (struct zreq *r = c->qhead; r; r = r->qnext)
-            if (r->ud == ud) r->done = NULL;
-    }
-}
-
 bool zds_server_has_pod(const struct zds_server *s, const char *uid)
 {
     return pod_find(s, uid) != NULL;

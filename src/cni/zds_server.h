@@ -53,8 +53,6 @@ int zds_server_add(struct zds_server *s, const char *uid, const char *name, cons
 /* Forgets pod uid (closing its fd) and queues Del{uid} on every connection. Returns 0, or -ENOENT when the
  * pod was not known (a Del is sent all the same: ztunnel acks an unknown uid). */
 int zds_server_del(struct zds_server *s, const char *uid);
-/* Drops every done callback registered with ud (the caller is going away); the requests stay queued. */
-void zds_server_forget_ud(struct zds_server *s, void *ud);
 /* Whether uid is among the pods kept for snapshots. */
 bool zds_server_has_pod(const struct zds_server *s, const char *uid);
 
