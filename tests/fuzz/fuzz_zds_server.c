@@ -123,6 +123,17 @@ static int lowest_free_fd(void)
     return fd;
 }
 
+/* libFuzzer ends with exit(): the socket and its directory go with it. */
+static void cleanup(void)
+{
+    zds_server_free(F.s);
+    char dir[sizeof F.path];
+    snprintf(dir, sizeof dir, "%s", F.path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    rmdir(dir);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!F.l) {
@@ -133,6 +144,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (zds_server_new(F.l, F.path, &F.s) < 0) abort();
         F.netns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
         if (F.netns < 0) abort();
+        atexit(cleanup);
     }
     int fd0 = lowest_free_fd();
     F.ndones = 0;
