@@ -516,7 +516,9 @@ static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const cha
         return -1;
     }
     sb->waiter = c;
-    if (c) c->waiting = true; /* a hang-up of the plugin meanwhile must not free it */
+    /* The socket's mask is 0 after its message (epoll then reports nothing, hang-ups included); waiting also
+     * keeps pconn_io_cb from reading or freeing it should an event come. */
+    if (c) c->waiting = true;
     return 0;
 }
 
