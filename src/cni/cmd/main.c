@@ -1,18 +1,31 @@
-/* zmesh-cni: the CNI plugin program (src/cni/README.md). The container runtime runs it with the spec's
- * CNI_* environment and the network configuration on stdin; the result or error goes to stdout, warnings to
- * stderr. Exit status 0 on success, 1 after printing an error object.
+/* zmesh-cni: the CNI plugin program and, as `zmesh-cni agent`, the node agent (src/cni/README.md).
+ *
+ * The plugin: the container runtime runs it with the spec's CNI_* environment and the network configuration
+ * on stdin; the result or error goes to stdout, warnings to stderr. Exit status 0 on success, 1 after printing
+ * an error object. The runtime passes no arguments, so argv[1] == "agent" cannot be a runtime's call.
+ *
+ * The agent: flags (usage below), runs until SIGTERM or SIGINT; SIGHUP re-reads the enrolment file. Exit
+ * status 0 after a signal, 1 when it cannot start, 2 for a usage error.
  *
  * This file lives in its own directory so that the library's wildcard (src/cni/\*.c) leaves it out of
  * libzmesh.a and of the fuzz targets, which must not see a second main(). */
 #include <errno.h>
+#include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <unistd.h>
 
+#include "cni/agent.h"
 #include "cni/plugin.h"
+#include "cni/zds_server.h"
+#include "core/log.h"
 
-int main(void)
+#define EXIT_USAGE 2
+
+static int plugin_main(void)
 {
     struct cni_env env = {
         .command = getenv("CNI_COMMAND"),
@@ -45,4 +58,168 @@ int main(void)
     int status = cni_run(&env, buf, len, stdout, stderr);
     free(buf);
     return status;
+}
+
+/* ---- the node agent ---- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: zmesh-cni agent [flags]\n"
+            "  --plugin-socket PATH    the CNI plugin's socket (default " AGENT_DEFAULT_PLUGIN_SOCKET ")\n"
+            "  --zds-socket PATH       ztunnel's ZDS socket (default " ZDS_SERVER_DEFAULT_PATH ")\n"
+            "  --state-dir DIR         where the sandbox state is kept (default " AGENT_DEFAULT_STATE_DIR ")\n"
+            "  --nftables              in-pod rules with nft (default: iptables, or nft when iptables-restore\n"
+            "                          is missing)\n"
+            "  --enrolment-file FILE   the static enrolment source: a JSON array of {name, namespace,\n"
+            "                          service_account, ambient}; re-read when it changes and on SIGHUP\n"
+            "  --node-name NAME        this node (default $NODE_NAME); entries of other nodes are ignored\n"
+            "Environment: RUST_LOG (log filter, default info), LOG_FORMAT=json.\n");
+}
+
+struct agent_app {
+    struct loop *l;
+    struct agent *agent;
+    struct io sig;
+    bool have_file;
+};
+
+static void sig_cb(struct io *io, uint32_t ev)
+{
+    struct agent_app *app = container_of(io, struct agent_app, sig);
+    struct signalfd_siginfo si;
+    while (read(io->fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGHUP) {
+            if (!app->have_file) {
+                log_kv(LOG_WARN, "cni::agent", "SIGHUP without --enrolment-file: nothing to re-read", NULL);
+                continue;
+            }
+            char err[512];
+            if (agent_reload_file(app->agent, err, sizeof err) < 0)
+                log_kv(LOG_ERROR, "cni::agent", "enrolment file not applied; the previous enrolment stays", "error",
+                       err, NULL);
+            continue;
+        }
+        log_kv(LOG_INFO, "cni::agent", "signal received, stopping (in-pod rules stay)", "signal",
+               si.ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+        loop_stop(app->l);
+    }
+}
+
+static int agent_main(int argc, char **argv)
+{
+    enum { O_ZDS = 1, O_PLUGIN, O_STATE, O_NFT, O_FILE, O_NODE, O_HELP };
+    static const struct option opts[] = {
+        {"zds-socket", required_argument, NULL, O_ZDS},
+        {"plugin-socket", required_argument, NULL, O_PLUGIN},
+        {"state-dir", required_argument, NULL, O_STATE},
+        {"nftables", no_argument, NULL, O_NFT},
+        {"enrolment-file", required_argument, NULL, O_FILE},
+        {"node-name", required_argument, NULL, O_NODE},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    struct agent_config cfg = {.node_name = getenv("NODE_NAME")};
+    const char *file = NULL;
+    bool nft = false;
+    opterr = 0;
+    int o;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (o) {
+        case O_ZDS:
+            cfg.zds_socket = optarg;
+            break;
+        case O_PLUGIN:
+            cfg.plugin_socket = optarg;
+            break;
+        case O_STATE:
+            cfg.state_dir = optarg;
+            break;
+        case O_NFT:
+            nft = true;
+            break;
+        case O_FILE:
+            file = optarg;
+            break;
+        case O_NODE:
+            cfg.node_name = optarg;
+            break;
+        case O_HELP:
+            usage(stdout);
+            return 0;
+        default:
+            if (optopt)
+                fprintf(stderr, "zmesh-cni agent: flag --%s needs a value\n",
+                        optopt == O_ZDS ? "zds-socket" : optopt == O_PLUGIN ? "plugin-socket"
+                                                     : optopt == O_STATE    ? "state-dir"
+                                                     : optopt == O_FILE     ? "enrolment-file"
+                                                                            : "node-name");
+            else
+                fprintf(stderr, "zmesh-cni agent: unknown flag %s\n", argv[optind - 1]);
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "zmesh-cni agent: unexpected argument %s\n", argv[optind]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *fmt = getenv("LOG_FORMAT");
+    if (fmt && *fmt && strcmp(fmt, "json") && strcmp(fmt, "plain")) {
+        fprintf(stderr, "zmesh-cni agent: LOG_FORMAT=%s: must be plain or json\n", fmt);
+        return EXIT_USAGE;
+    }
+    if (log_init(getenv("RUST_LOG"), fmt && strcmp(fmt, "json") == 0) < 0) {
+        fprintf(stderr, "zmesh-cni agent: RUST_LOG=%s is not a valid filter\n", getenv("RUST_LOG"));
+        return EXIT_USAGE;
+    }
+    cfg.backend = nft ? RULES_NFTABLES : rules_backend_auto();
+    char err[1024];
+    if (!rules_backend_available(cfg.backend, err, sizeof err)) {
+        fprintf(stderr, "zmesh-cni agent: %s\n", err);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    sigprocmask(SIG_BLOCK, &sigs, NULL);
+    struct agent_app app = {.l = loop_new()};
+    if (!app.l) return 1;
+    if (agent_new(app.l, &cfg, &app.agent, err, sizeof err) < 0) {
+        fprintf(stderr, "zmesh-cni agent: %s\n", err);
+        loop_free(app.l);
+        return 1;
+    }
+    if (file) {
+        app.have_file = true;
+        if (agent_watch_file(app.agent, file, err, sizeof err) < 0) {
+            fprintf(stderr, "zmesh-cni agent: %s\n", err);
+            agent_free(app.agent);
+            loop_free(app.l);
+            return 1;
+        }
+    }
+    app.sig = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC), .cb = sig_cb};
+    if (app.sig.fd < 0 || loop_io_add(app.l, &app.sig, EPOLLIN) < 0) {
+        fprintf(stderr, "zmesh-cni agent: signalfd: %s\n", strerror(errno));
+        agent_free(app.agent);
+        loop_free(app.l);
+        return 1;
+    }
+    loop_run(app.l);
+    agent_free(app.agent);
+    loop_io_close(app.l, &app.sig);
+    loop_run_tasks(app.l);
+    loop_free(app.l);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "agent") == 0) return agent_main(argc - 1, argv + 1);
+    return plugin_main();
 }
