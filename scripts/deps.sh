@@ -4,7 +4,7 @@
 # libjwt-dev (OpenSSL flavour) and libjansson-dev: zmeshd's bearer tokens (JWT signatures, JSON claims);
 # python3-jwt (PyJWT) checks those tokens in a test with code zmesh did not write.
 # containernetworking-plugins (bridge, host-local, loopback in /usr/lib/cni) wire pod namespaces; the CNI tests
-# chain zmesh-cni after them as a container runtime would.
+# chain zmesh-cni after them as a container runtime would. nftables: the node agent's --nftables rules backend.
 # faketime runs ztunnels on a simulated clock (certificate rotation tests).
 # clang builds the libFuzzer targets (make fuzz, and the fuzz smoke in make test); libclang-rt-14-dev holds
 # libFuzzer and the sanitizer runtimes, which clang only recommends (and --no-install-recommends skips).
@@ -17,7 +17,7 @@ PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka
       libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev
       python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
       python3-jwt
-      containernetworking-plugins iptables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
+      containernetworking-plugins iptables nftables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
       clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do

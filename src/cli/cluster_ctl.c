@@ -552,10 +552,38 @@ static void pod_start_containers(struct pod *p)
 
 static void sandbox_cb(struct timer *t);
 
+/* With the mesh, a pod's sandbox waits for its node's agent, as kubelet keeps a node NotReady until its CNI
+ * is: the plugin reports the sandbox to the agent, which is how the agent learns its network namespace (it
+ * has no API server to list pods from). An agent that keeps failing (its log says why) stops holding the
+ * node's pods after MESH_WAIT_MS or three restarts: they then start outside the mesh (zmesh-cni fails
+ * open). */
+#define MESH_WAIT_MS 30000
+static bool wait_for_agent(struct pod *p)
+{
+    struct ctl *ctl = p->ctl;
+    if (!ctl->cfg->mesh) return false;
+    struct sysproc *agent = NULL;
+    for (size_t i = 0; i < ctl->n_nodeprocs; i++)
+        if (ctl->nodeprocs[i]->kind == SYS_AGENT && &ctl->cfg->nodes[ctl->nodeprocs[i]->node] == p->sb.node)
+            agent = ctl->nodeprocs[i];
+    if (agent && agent->ready) return false;
+    if ((agent && agent->p.restarts >= 3) || time(NULL) - p->created_s >= MESH_WAIT_MS / 1000) {
+        if (!p->sandbox_err[0] || strncmp(p->sandbox_err, "waiting", 7) == 0)
+            ctl_log("pod %s/%s: the node agent of %s is not ready; starting the pod outside the mesh",
+                    p->spec.ns, p->spec.name, p->sb.node->name);
+        return false;
+    }
+    snprintf(p->sandbox_err, sizeof(p->sandbox_err), "waiting for the node agent of %s (zmeshd first)",
+             p->sb.node->name);
+    timer_start(ctl->loop, &p->sandbox_t, 100);
+    return true;
+}
+
 static void pod_sandbox(struct pod *p)
 {
     struct ctl *ctl = p->ctl;
     char err[600];
+    if (wait_for_agent(p)) return;
     int rc = net_sandbox_add(ctl->cfg, &p->sb, err, sizeof(err));
     if (rc) {
         snprintf(p->sandbox_err, sizeof(p->sandbox_err), "%s", err);

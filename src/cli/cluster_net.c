@@ -597,6 +597,12 @@ int net_netns_del(const char *netns, char *err, size_t errlen)
      * give the kernel a moment to reap them. */
     for (int i = 0; i < 50 && net_kill_netns(netns) > 0; i++)
         usleep(20 * 1000);
+    /* The kernel tears a deleted namespace down later, from a work queue, and its veth pairs with it: their
+     * other ends (a node's on the bridge, a pod's in its node) would linger for a moment and make an `up`
+     * right after a `down` find "File exists". Deleting eth0 here removes both ends at once. */
+    char e2[200];
+    char *const dl[] = {"ip", "-n", (char *)netns, "link", "del", "eth0", NULL};
+    (void)net_run(dl, e2, sizeof(e2)); /* no eth0 (a sandbox whose ADD failed): nothing to wait for */
     char *const av[] = {"ip", "netns", "del", (char *)netns, NULL};
     return net_run(av, err, errlen);
 }

@@ -22,6 +22,7 @@
 #include "cni/plugin.h"
 #include "cni/zds_server.h"
 #include "core/log.h"
+#include "xds/enrol_client.h"
 
 #define EXIT_USAGE 2
 
@@ -74,6 +75,12 @@ static void usage(FILE *f)
             "  --enrolment-file FILE   the static enrolment source: a JSON array of {name, namespace,\n"
             "                          service_account, ambient}; re-read when it changes and on SIGHUP\n"
             "  --node-name NAME        this node (default $NODE_NAME); entries of other nodes are ignored\n"
+            "  --xds-address ADDR      zmeshd (https://host:15012): enrolment from its PodEnrolment resources,\n"
+            "                          live (the other source, instead of --enrolment-file)\n"
+            "  --xds-root-ca FILE      roots that sign zmeshd's serving certificate\n"
+            "  --xds-hostname NAME     the name on zmeshd's certificate (default istiod.istio-system.svc)\n"
+            "  --token-file FILE       the agent's service-account token (istio-system/istio-cni), re-read\n"
+            "                          for every stream\n"
             "Environment: RUST_LOG (log filter, default info), LOG_FORMAT=json.\n");
 }
 
@@ -82,7 +89,38 @@ struct agent_app {
     struct agent *agent;
     struct io sig;
     bool have_file;
+    struct enrol_client *enrol; /* --xds-address */
 };
+
+/* zmeshd's PodEnrolment set, whole after every response: the agent reconciles against it. */
+static void enrol_update(void *ud, const struct enrol_pod *pods, size_t n)
+{
+    struct agent_app *app = ud;
+    struct agent_enrolment *v = n ? calloc(n, sizeof(*v)) : NULL;
+    if (n && !v) {
+        log_kv(LOG_ERROR, "cni::agent", "out of memory taking zmeshd's enrolment; the previous one stays", NULL);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        v[i] = (struct agent_enrolment){.uid = pods[i].uid,
+                                        .name = pods[i].name,
+                                        .namespace_ = pods[i].namespace_,
+                                        .service_account = pods[i].service_account,
+                                        .node = pods[i].node,
+                                        .ambient = pods[i].ambient};
+    if (agent_set_enrolment(app->agent, v, n) < 0)
+        log_kv(LOG_ERROR, "cni::agent", "zmeshd's enrolment not applied (out of memory); the previous one stays",
+               NULL);
+    free(v);
+}
+
+static void enrol_synced(void *ud)
+{
+    (void)ud;
+    log_kv(LOG_INFO, "cni::agent", "enrolment from zmeshd synced", NULL);
+}
+
+static const struct enrol_client_ops enrol_ops = {.on_update = enrol_update, .on_synced = enrol_synced};
 
 static void sig_cb(struct io *io, uint32_t ev)
 {
@@ -108,7 +146,7 @@ static void sig_cb(struct io *io, uint32_t ev)
 
 static int agent_main(int argc, char **argv)
 {
-    enum { O_ZDS = 1, O_PLUGIN, O_STATE, O_NFT, O_FILE, O_NODE, O_HELP };
+    enum { O_ZDS = 1, O_PLUGIN, O_STATE, O_NFT, O_FILE, O_NODE, O_XDS, O_ROOT, O_HOST, O_TOKEN, O_HELP };
     static const struct option opts[] = {
         {"zds-socket", required_argument, NULL, O_ZDS},
         {"plugin-socket", required_argument, NULL, O_PLUGIN},
@@ -116,11 +154,15 @@ static int agent_main(int argc, char **argv)
         {"nftables", no_argument, NULL, O_NFT},
         {"enrolment-file", required_argument, NULL, O_FILE},
         {"node-name", required_argument, NULL, O_NODE},
+        {"xds-address", required_argument, NULL, O_XDS},
+        {"xds-root-ca", required_argument, NULL, O_ROOT},
+        {"xds-hostname", required_argument, NULL, O_HOST},
+        {"token-file", required_argument, NULL, O_TOKEN},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
     struct agent_config cfg = {.node_name = getenv("NODE_NAME")};
-    const char *file = NULL;
+    const char *file = NULL, *xds = NULL, *root = NULL, *host = "istiod.istio-system.svc", *token = NULL;
     bool nft = false;
     opterr = 0;
     int o;
@@ -144,16 +186,24 @@ static int agent_main(int argc, char **argv)
         case O_NODE:
             cfg.node_name = optarg;
             break;
+        case O_XDS:
+            xds = optarg;
+            break;
+        case O_ROOT:
+            root = optarg;
+            break;
+        case O_HOST:
+            host = optarg;
+            break;
+        case O_TOKEN:
+            token = optarg;
+            break;
         case O_HELP:
             usage(stdout);
             return 0;
         default:
             if (optopt)
-                fprintf(stderr, "zmesh-cni agent: flag --%s needs a value\n",
-                        optopt == O_ZDS ? "zds-socket" : optopt == O_PLUGIN ? "plugin-socket"
-                                                     : optopt == O_STATE    ? "state-dir"
-                                                     : optopt == O_FILE     ? "enrolment-file"
-                                                                            : "node-name");
+                fprintf(stderr, "zmesh-cni agent: flag %s needs a value\n", argv[optind - 1]);
             else
                 fprintf(stderr, "zmesh-cni agent: unknown flag %s\n", argv[optind - 1]);
             usage(stderr);
@@ -163,6 +213,17 @@ static int agent_main(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "zmesh-cni agent: unexpected argument %s\n", argv[optind]);
         usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!file == !xds) {
+        fprintf(stderr, "zmesh-cni agent: %s\n",
+                file ? "--enrolment-file and --xds-address are both set: choose one enrolment source"
+                     : "no enrolment source: set --xds-address (zmeshd) or --enrolment-file");
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (!xds && (root || token)) {
+        fprintf(stderr, "zmesh-cni agent: --xds-root-ca and --token-file go with --xds-address\n");
         return EXIT_USAGE;
     }
     const char *fmt = getenv("LOG_FORMAT");
@@ -203,6 +264,30 @@ static int agent_main(int argc, char **argv)
             return 1;
         }
     }
+    if (xds) {
+        extern char **environ;
+        struct enrol_client_opts eo = {
+            .endpoint = {.address = xds,
+                         .roots = root,
+                         .alt_hostname = host,
+                         .token = token,
+                         .cluster_id = getenv("CLUSTER_ID"),
+                         .header_prefix = "XDS_HEADER_",
+                         .envp = environ},
+            .node_name = cfg.node_name,
+            .node = {.pod_name = getenv("POD_NAME"),
+                     .pod_ns = getenv("POD_NAMESPACE"),
+                     .instance_ip = getenv("INSTANCE_IP"),
+                     .node_name = cfg.node_name},
+        };
+        if (enrol_client_new(app.l, &eo, &enrol_ops, &app, &app.enrol, err, sizeof err) < 0) {
+            fprintf(stderr, "zmesh-cni agent: %s\n", err);
+            agent_free(app.agent);
+            loop_free(app.l);
+            return 1;
+        }
+        log_kv(LOG_INFO, "cni::agent", "enrolment from zmeshd", "address", xds, NULL);
+    }
     app.sig = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC), .cb = sig_cb};
     if (app.sig.fd < 0 || loop_io_add(app.l, &app.sig, EPOLLIN) < 0) {
         fprintf(stderr, "zmesh-cni agent: signalfd: %s\n", strerror(errno));
@@ -211,6 +296,7 @@ static int agent_main(int argc, char **argv)
         return 1;
     }
     loop_run(app.l);
+    enrol_client_free(app.enrol);
     agent_free(app.agent);
     loop_io_close(app.l, &app.sig);
     loop_run_tasks(app.l);
