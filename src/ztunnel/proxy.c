@@ -9,7 +9,6 @@
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -137,7 +136,6 @@ int pod_proxy_new(struct pod_proxy **out, const char *uid, const char *ns, const
         return -EINVAL;
     }
     spiffe_format(&pp->id, pp->id_uri, sizeof(pp->id_uri));
-    pp->netns_fd = -1;
     pp->workers = ws;
     pp->n_workers = n;
     for (int i = 0; i < n; i++) {
@@ -156,13 +154,6 @@ int pod_proxy_new(struct pod_proxy **out, const char *uid, const char *ns, const
         free(pp->slots);
         free(pp);
         return rc;
-    }
-    if (netns_fd >= 0) {
-        struct stat st;
-        if (fstat(netns_fd, &st) == 0) {
-            pp->netns_ino = st.st_ino;
-            pp->netns_dev = st.st_dev;
-        }
     }
     pthread_mutex_init(&pp->view_lock, NULL);
     atomic_init(&pp->refs, 1);

@@ -56,7 +56,6 @@ struct pod_proxy {
     /* The pod's network namespace (owned), or -1 for ztunnel's own: every socket on the pod's side is
      * created in it (listeners, connections to the app, outbound connections to peers). */
     int netns_fd;
-    uint64_t netns_ino, netns_dev;
     /* The certificate comes from the identity manager; each new one is handed to every worker. */
     struct identity_mgr *idm;
     struct identity_sub *id_sub;
