@@ -95,6 +95,11 @@ void loop_io_del(struct loop *l, struct io *io)
 void loop_io_close(struct loop *l, struct io *io)
 {
     if (io->fd < 0) return;
+    /* close() alone ends the registration only with the file's last descriptor; a forked child that has not
+     * exec'd holds copies of them all, and events would keep coming for an io its owner frees next. (An io
+     * registered with an empty mask still gets EPOLLHUP, so the mask does not tell; an fd never added just
+     * gets ENOENT.) */
+    epoll_ctl(l->epfd, EPOLL_CTL_DEL, io->fd, NULL);
     forget_pending(l, io);
     close(io->fd);
     io->fd = -1;

@@ -48,8 +48,9 @@ int loop_io_add(struct loop *l, struct io *io, uint32_t events);
 int loop_io_mod(struct loop *l, struct io *io, uint32_t events);
 /* Unregisters (does not close) the fd; pending events for it in this batch are dropped. */
 void loop_io_del(struct loop *l, struct io *io);
-/* Closes io->fd (sets it to -1): the kernel drops a closed fd from epoll by itself, so this saves the
- * EPOLL_CTL_DEL; pending events for it in this batch are dropped. The fd must not be dup'ed elsewhere. */
+/* Unregisters and closes io->fd (sets it to -1); pending events for it in this batch are dropped. The
+ * EPOLL_CTL_DEL is not redundant: epoll drops a file only when its last descriptor closes, and a forked child
+ * (or a dup) holds others. */
 void loop_io_close(struct loop *l, struct io *io);
 
 /* (Re)arms t to fire after delay_ms. */

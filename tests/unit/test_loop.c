@@ -416,6 +416,45 @@ static void test_io_del_in_batch(void **state)
     loop_free(l);
 }
 
+/* ---- loop_io_close takes the fd out of epoll even when its file lives on elsewhere ---- */
+
+static int closed_calls;
+static void closed_cb(struct io *io, uint32_t ev)
+{
+    (void)io;
+    (void)ev;
+    closed_calls++;
+}
+
+/* epoll registers the open file, not the descriptor: close() ends the registration only with the last
+ * descriptor of the file. A forked child that has not exec'd yet (the node agent's rules child, zmesh up's
+ * probes) holds a copy of every descriptor, so without EPOLL_CTL_DEL the closed io kept getting events, and
+ * its callback ran on an object its owner had freed (found by the node agent crashing under enrolment
+ * flips). dup() holds the copy here as the child would. */
+static void test_io_close_with_copy_elsewhere(void **state)
+{
+    (void)state;
+    struct loop *l = loop_new();
+    assert_non_null(l);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+    struct io io = {.fd = sv[0], .cb = closed_cb};
+    assert_int_equal(loop_io_add(l, &io, EPOLLIN), 0);
+    int copy = dup(sv[0]);
+    assert_true(copy >= 0);
+    loop_io_close(l, &io);
+    assert_int_equal(io.fd, -1);
+    assert_int_equal(write(sv[1], "x", 1), 1);
+    closed_calls = 0;
+    struct guard g;
+    guard_arm(&g, l, 50);
+    loop_run(l);
+    assert_int_equal(closed_calls, 0);
+    close(copy);
+    close(sv[1]);
+    loop_free(l);
+}
+
 /* ---- loop_now is cached per iteration and monotonic ---- */
 
 static void test_now_monotonic(void **state)
@@ -439,6 +478,7 @@ int main(void)
         cmocka_unit_test(test_timer_order),      cmocka_unit_test(test_timer_stop_restart),
         cmocka_unit_test(test_timer_heap_random), cmocka_unit_test(test_defer),
         cmocka_unit_test(test_io_socketpair),     cmocka_unit_test(test_io_del_in_batch),
+        cmocka_unit_test(test_io_close_with_copy_elsewhere),
         cmocka_unit_test(test_now_monotonic),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
