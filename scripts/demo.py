@@ -850,6 +850,12 @@ class Demo:
         st = self.st
         if not self.up_done:
             return True
+        if any(not r[2] for r in self.results) or len(self.results) < 6:
+            # zmesh down removes the state directory: keep the components' logs for whoever reads the failure.
+            try:
+                shutil.copytree(os.path.join(self.state, "logs"), os.path.join(self.workdir, "logs"))
+            except OSError:
+                pass
         r = self.zmesh("down", timeout=150)
         left_ns = [l.split()[0] for l in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                          text=True).stdout.splitlines()
@@ -962,7 +968,7 @@ def main():
                                                              elapsed)))
         for n, title, _, detail in failed:
             print(st.red("    - %s: %s" % (title, detail)))
-        print(st.dim("pcaps kept in %s" % demo.workdir))
+        print(st.dim("pcaps and the cluster's logs kept in %s" % demo.workdir))
         return 1
     print(st.green("%s 6 of 6 steps passed in %.1f s: enrolled live without a restart, plaintext became mTLS "
                    "between SPIFFE identities, an L4 policy, out and back in, a ztunnel upgraded under a live "
