@@ -31,6 +31,7 @@ defaults (prefix zmesh, 172.30.0.0, 10.244.0.0, /run/zmesh) are zmesh up's; a se
 needs its own (tests/e2e/test_demo.py passes its own).
 """
 import argparse
+import calendar
 import ctypes
 import json
 import os
@@ -59,6 +60,7 @@ APP_BYTES = b"Unix Network Programming"
 HBONE_PORT, XDS_PORT = 15008, 15012
 SPIFFE = "spiffe://cluster.local/ns/%s/sa/%%s" % NS
 CONVERGE_TIMEOUT = 30.0
+PROBE_EVERY_MS = 20
 _CLONE_NEWNET = 0x40000000
 
 
@@ -250,6 +252,38 @@ def ipv4_tcp(linktype, pkt):
     return src, sport, dst, dport, pkt[t + 13], pkt[t + doff:]
 
 
+class Prober(threading.Thread):
+    """Connects from netns to ip:port every PROBE_EVERY_MS (a new TCP connection and an HTTP/1.0 GET each), so
+    that the capture of the enrolment dates the switch to HBONE to within that period."""
+
+    def __init__(self, netns, ip, port):
+        super().__init__(daemon=True)
+        self.netns, self.ip, self.port = netns, ip, port
+        self.halt = threading.Event()
+        self.tries = self.ok = 0
+
+    def run(self):
+        while not self.halt.is_set():
+            self.tries += 1
+            try:
+                s = netns_socket(self.netns)
+                try:
+                    s.settimeout(1)
+                    s.connect((self.ip, self.port))
+                    s.sendall(b"GET /probe HTTP/1.0\r\n\r\n")
+                    if s.recv(12).startswith(b"HTTP/1.0 200"):
+                        self.ok += 1
+                finally:
+                    s.close()
+            except OSError:
+                pass
+            self.halt.wait(PROBE_EVERY_MS / 1000)
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+
+
 def parse_kv(line):
     """A text access-log line's key=value fields (values may be quoted)."""
     return {k: (v[1:-1] if v.startswith('"') else v)
@@ -398,7 +432,7 @@ class Demo:
             if "\taccess\t" not in line or "connection complete" not in line:
                 continue
             try:
-                t = time.mktime(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone \
+                t = calendar.timegm(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) \
                     + float("0" + line[19:line.index("Z")])
             except ValueError:
                 continue
@@ -452,7 +486,6 @@ class Demo:
                 "other": len(tcp) - len(between) - len(control)}
 
     def say_wire(self, w):
-        st = self.st
         self.say("    captured %d IP packets: %d between pods (ports %s), %d of the node's ztunnel/agent with "
                  "zmeshd (:%d), %d other" % (w["packets"], len(w["between"]),
                                              ", ".join(str(p) for p in w["ports"]) or "-", len(w["control"]),
@@ -528,20 +561,33 @@ class Demo:
         st = self.st
         path = os.path.join(self.workdir, "2-enrol.pcap")
         self.cmd("zmesh label ns shop %s=ambient" % LABEL, "(live: no pod is restarted)")
+        probe = Prober(self.pod_netns("frontend"), self.ips["catalog"], 9080)
         with Capture(self.node_netns("node1"), "eth0", path):
-            t0 = time.time()
-            r = self.zmesh("label", "ns", NS, "%s=ambient" % LABEL)
-            self.show(r.stdout + r.stderr, None if r.returncode == 0 else st.red)
-            self.say("  %s" % st.dim("(the client keeps calling the frontend every 0.2 s until the mesh carries "
-                                     "the calls)"))
-            p = self.poll(lambda: self.converged(t0), timeout=CONVERGE_TIMEOUT)
-            t_ok = time.time()
+            probe.start()
+            try:
+                time.sleep(0.1)
+                t0 = time.time()
+                r = self.zmesh("label", "ns", NS, "%s=ambient" % LABEL)
+                self.show(r.stdout + r.stderr, None if r.returncode == 0 else st.red)
+                self.say("  %s" % st.dim("(meanwhile a probe in frontend's network namespace connects to catalog "
+                                         "%s:9080 every %d ms, and the client calls the frontend until the mesh "
+                                         "carries every call)" % (self.ips["catalog"], PROBE_EVERY_MS)))
+                p = self.poll(lambda: self.converged(t0), timeout=CONVERGE_TIMEOUT)
+                t_ok = time.time()
+            finally:
+                probe.stop()
         w = self.wire(path)
         if w["first_hbone"]:
             self.say("    label %s first HBONE connection (SYN to :%d) on node1's uplink: %s"
                      % (st.arrow, HBONE_PORT, st.bold("%d ms" % round((w["first_hbone"] - t0) * 1000))))
+        last_plain = [ts for ts, x in w["between"] if x[3] == 9080 and x[4] & 0x02 and not x[4] & 0x10]
+        if last_plain and max(last_plain) >= t0:
+            self.say("    label %s last plaintext connection (SYN to :9080): %d ms" % (
+                st.arrow, round((max(last_plain) - t0) * 1000)))
         self.say("    label %s the whole path meshed (a page served, node2's ztunnel logged both calls): %d ms"
                  % (st.arrow, round((t_ok - t0) * 1000)))
+        self.say(st.dim("    probe: %d connections, %d answered, %d failed while the pods were handed over"
+                        % (probe.tries, probe.ok, probe.tries - probe.ok)))
         self.check(r.returncode == 0 and self.page_ok(p), "the same calls work inside the mesh",
                    "" if p else "(not within %.0f s)" % CONVERGE_TIMEOUT)
         self.check_agents()
