@@ -307,6 +307,7 @@ class Demo:
         self.results = []       # (step title, ok, detail)
         self.failed_checks = []
         self.agent_exits_seen = 0
+        self.pre_netns, self.pre_bridge = set(), False
         self.baseline = None
         self.ips = {}
 
@@ -331,6 +332,10 @@ class Demo:
     def zmesh(self, *args, timeout=90):
         return subprocess.run([self.zmesh_bin] + list(args), capture_output=True, text=True, timeout=timeout,
                               env=self.env, stdin=subprocess.DEVNULL)
+
+    def prefixed_netns(self):
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return [l.split()[0] for l in out.splitlines() if l.startswith(self.prefix + "-")]
 
     def pod_netns(self, pod):
         return "%s-%s_%s" % (self.prefix, NS, pod)
@@ -512,6 +517,8 @@ class Demo:
         self.cmd("zmesh up %s%s" % (os.path.relpath(SAMPLE, REPO), "" if defaults else
                                     " --prefix %s --node-subnet %s --pod-subnet %s" % (
                                         self.prefix, self.args.node_subnet, self.args.pod_subnet)))
+        self.pre_netns = set(self.prefixed_netns())
+        self.pre_bridge = os.path.exists("/sys/class/net/%s0" % self.prefix)
         t0 = time.monotonic()
         self.up_done = True     # from here on, teardown runs zmesh down (also after a partial up)
         r = self.zmesh(*args, timeout=120)
@@ -903,14 +910,17 @@ class Demo:
             except OSError:
                 pass
         r = self.zmesh("down", timeout=150)
-        left_ns = [l.split()[0] for l in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                                         text=True).stdout.splitlines()
-                   if l.startswith(self.prefix + "-")]
-        bridge = os.path.exists("/sys/class/net/%s0" % self.prefix)
+        # What another cluster of the same prefix owned before the demo started (zmesh up then refused) is
+        # not the demo's to remove.
+        left_ns = sorted(set(self.prefixed_netns()) - self.pre_netns)
+        bridge = os.path.exists("/sys/class/net/%s0" % self.prefix) and not self.pre_bridge
         ok = r.returncode == 0 and not left_ns and not bridge
         if ok:
-            self.say(st.dim("  zmesh down: %s; no %s-* namespace, no bridge %s0: nothing left behind"
-                            % ((r.stdout.strip().splitlines() or ["done"])[-1], self.prefix, self.prefix)))
+            other = (" (another cluster's %d %s-* namespaces%s, there before the demo, untouched)"
+                     % (len(self.pre_netns), self.prefix, " and bridge" if self.pre_bridge else "")
+                     if self.pre_netns or self.pre_bridge else "")
+            self.say(st.dim("  zmesh down: %s; no %s-* namespace, no bridge %s0: nothing left behind%s"
+                            % ((r.stdout.strip().splitlines() or ["done"])[-1], self.prefix, self.prefix, other)))
         else:
             self.say(st.red("  zmesh down (exit %d) left behind: namespaces %s, bridge %s\n%s"
                             % (r.returncode, left_ns, bridge, (r.stdout + r.stderr).strip())))
@@ -983,6 +993,13 @@ def main():
         if not shutil.which(tool):
             print("demo: %s is needed (scripts/deps.sh installs it)" % tool, file=sys.stderr)
             return 2
+    if os.path.exists(os.path.join(args.state_dir, "cluster.json")):
+        # Someone's cluster: the demo must neither use it nor tear it down.
+        print("demo: a cluster is already up in %s; run the demo with its own --state-dir, --prefix, "
+              "--node-subnet and --pod-subnet (or zmesh down --state-dir %s first)" % (args.state_dir,
+                                                                                     args.state_dir),
+              file=sys.stderr)
+        return 2
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _on_signal)
     demo = Demo(args, st)
@@ -1007,13 +1024,13 @@ def main():
     if elapsed is None:
         return 1
     failed = [r for r in demo.results if not r[2]]
-    if not clean:
-        failed.append((0, "teardown", False, "zmesh down left namespaces or the bridge behind"))
-    if failed or len(demo.results) < 6:
-        print(st.red("%s %d of 6 steps failed in %.1f s:" % (st.bad_mark, 6 - len(demo.results) + len(failed),
-                                                             elapsed)))
+    not_run = 6 - len(demo.results)
+    if failed or not_run or not clean:
+        print(st.red("%s %d of 6 steps failed%s in %.1f s%s:" % (
+            st.bad_mark, len(failed), ", %d not run" % not_run if not_run else "", elapsed,
+            "" if clean else "; the teardown left something behind")))
         for n, title, _, detail in failed:
-            print(st.red("    - %s: %s" % (title, detail)))
+            print(st.red("    - %d. %s: %s" % (n, title, detail)))
         print(st.dim("pcaps and the cluster's logs kept in %s" % demo.workdir))
         return 1
     print(st.green("%s 6 of 6 steps passed in %.1f s: enrolled live without a restart, plaintext became mTLS "
