@@ -916,11 +916,15 @@ class Demo:
         bridge = os.path.exists("/sys/class/net/%s0" % self.prefix) and not self.pre_bridge
         ok = r.returncode == 0 and not left_ns and not bridge
         if ok:
-            other = (" (another cluster's %d %s-* namespaces%s, there before the demo, untouched)"
-                     % (len(self.pre_netns), self.prefix, " and bridge" if self.pre_bridge else "")
-                     if self.pre_netns or self.pre_bridge else "")
-            self.say(st.dim("  zmesh down: %s; no %s-* namespace, no bridge %s0: nothing left behind%s"
-                            % ((r.stdout.strip().splitlines() or ["done"])[-1], self.prefix, self.prefix, other)))
+            done = (r.stdout.strip().splitlines() or ["done"])[-1]
+            if self.pre_netns or self.pre_bridge:
+                self.say(st.dim("  zmesh down: %s; nothing left behind of the demo's (another cluster's %d %s-* "
+                                "namespaces%s, there before it, untouched)" % (
+                                    done, len(self.pre_netns), self.prefix,
+                                    " and bridge %s0" % self.prefix if self.pre_bridge else "")))
+            else:
+                self.say(st.dim("  zmesh down: %s; no %s-* namespace, no bridge %s0: nothing left behind"
+                                % (done, self.prefix, self.prefix)))
         else:
             self.say(st.red("  zmesh down (exit %d) left behind: namespaces %s, bridge %s\n%s"
                             % (r.returncode, left_ns, bridge, (r.stdout + r.stderr).strip())))
