@@ -809,6 +809,8 @@ class Demo:
             line = self.poll(lambda: [l for l in self.access("node1", t_roll) if l.get("src.addr") == s2_addr],
                              timeout=3)
             if line:
+                self.say(st.dim("    (both generations append to zmesh logs ztunnel/node1; ss -tnp in the client's "
+                                "namespace shows which process holds a connection)"))
                 self.say("    its access line: %s" % st.dim("src.workload=%s dst.hbone_addr=%s src.identity=%s "
                                                            "duration=%s" % tuple(line[-1].get(k) for k in (
                                                                "src.workload", "dst.hbone_addr", "src.identity",
