@@ -1025,6 +1025,8 @@ def main():
         print(flush=True)
         clean = demo.teardown()
     if interrupted:
+        if not args.keep:
+            shutil.rmtree(demo.workdir, ignore_errors=True)
         print(st.yellow("interrupted (%s); everything was torn down" % interrupted), flush=True)
         return 130
     if elapsed is None:

@@ -164,5 +164,7 @@ def test_demo_interrupted_tears_down(bins):
         assert "interrupted (KeyboardInterrupt); everything was torn down" in out, out[-3000:]
         assert "nothing left behind" in out, out[-3000:]
         run.assert_gone()
+        assert not [d for d in os.listdir("/tmp") if d.startswith("zmesh-demo-%s-" % run.prefix)], \
+            "the interrupted demo left its workdir in /tmp"
     finally:
         run.cleanup(bins)
