@@ -5,12 +5,17 @@
     app.py frontend PORT            GET / calls $CATALOG_URL and $RATINGS_URL and answers with both
     app.py client URL [SECONDS]     GETs URL every SECONDS (default 3) and prints one line per answer
 
+With $ECHO_PORT set, a backend also runs a TCP echo server on that port (every byte comes back, a connection
+lasts as long as its client keeps it): the long-lived connection of the demo's rollout step.
+
 Every answer says which pod served it (HOSTNAME, set by zmesh up as by a kubelet) and which address called it,
 so a log shows the path a request took."""
 import json
 import os
 import socket
+import socketserver
 import sys
+import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,12 +69,30 @@ def client(url, every):
         time.sleep(every)
 
 
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while True:
+            data = self.request.recv(65536)
+            if not data:
+                return
+            self.request.sendall(data)
+
+
+def echo_server(port):
+    srv = socketserver.ThreadingTCPServer(("0.0.0.0", port), Echo)
+    srv.daemon_threads = True
+    print("%s echo listening on :%d" % (POD, port), flush=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+
 def main():
     role = sys.argv[1]
     if role == "client":
         client(sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 3.0)
         return
     Handler.role = role
+    if os.environ.get("ECHO_PORT"):
+        echo_server(int(os.environ["ECHO_PORT"]))
     srv = ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), Handler)
     print("%s %s listening on :%s" % (POD, role, sys.argv[2]), flush=True)
     srv.serve_forever()

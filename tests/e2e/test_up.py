@@ -191,7 +191,8 @@ def test_up_pods_running_ready_in_their_node_cidr(cluster):
         assert row["RESTARTS"] == "0", row
         index = int(row["NODE"][len("node"):])
         assert row["IP"].startswith(cluster.node_cidr(index)), row
-        assert row["MODE"] == "ambient", row
+        # The sample's namespace starts outside the mesh (the demo enrols it live).
+        assert row["MODE"] == "none", row
     # spec.nodeName is honoured: the sample puts catalog and ratings on node2, frontend and client on node1.
     assert pods["catalog"]["NODE"] == "node2" and pods["frontend"]["NODE"] == "node1"
 
@@ -223,7 +224,7 @@ def test_get_nodes_services_namespaces(cluster):
     out = cluster.run("get", "services", "-n", "shop", "-o", "wide").stdout
     assert re.search(r"^frontend\s+ClusterIP\s+10\.96\.20\.12\s+80/TCP\s+\S+\s+app=frontend$", out, re.M), out
     out = cluster.run("get", "ns", "-o", "wide").stdout
-    assert re.search(r"^shop\s+Active\s+\S+\s+ambient$", out, re.M) and re.search(r"^default\s+Active", out, re.M)
+    assert re.search(r"^shop\s+Active\s+\S+\s+<none>$", out, re.M) and re.search(r"^default\s+Active", out, re.M), out
     one = json.loads(cluster.run("get", "pods", "catalog", "-n", "shop", "-o", "json").stdout)
     assert one["kind"] == "List" and one["items"][0]["status"]["phase"] == "Running"
 
@@ -265,7 +266,7 @@ def test_api_dir_has_pod_status_and_zmeshd_serves_workloads(cluster):
     assert {"type": "Ready", "status": "True"} in st["conditions"]
     assert pod["spec"]["nodeName"] == "node2" and pod["metadata"]["uid"]
     ns = cluster.api("Namespace", "", "shop")
-    assert ns["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
+    assert "istio.io/dataplane-mode" not in ns["metadata"].get("labels", {}), ns
     log = os.path.join(cluster.state, "logs", "zmeshd.log")
     poll(lambda: re.search(r"workloads=4 ", open(log).read()), what="zmeshd to serve the 4 pods as workloads")
 
@@ -401,16 +402,19 @@ def test_readiness_probe_failing_then_passing(cluster, tmpdir_m):
 
 
 def test_label_namespace_updates_the_object(cluster):
-    r = cluster.run("label", "ns", "shop", "istio.io/dataplane-mode-")
-    assert "namespace/shop labeled" in r.stdout
-    assert "istio.io/dataplane-mode" not in cluster.api("Namespace", "", "shop")["metadata"].get("labels", {})
+    # The sample starts unlabelled: enrol, then take the label away again (the sample's state for later tests).
     assert all(p["MODE"] == "none" for p in cluster.pods().values())
     r = cluster.run("label", "ns", "shop", "istio.io/dataplane-mode=ambient")
+    assert "namespace/shop labeled" in r.stdout
     assert cluster.api("Namespace", "", "shop")["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
     assert all(p["MODE"] == "ambient" for p in cluster.pods().values())
     # kubectl's rule: a different value needs --overwrite.
     r = cluster.run("label", "ns", "shop", "istio.io/dataplane-mode=none", check=False)
     assert r.returncode == 1 and "--overwrite" in r.stderr
+    r = cluster.run("label", "ns", "shop", "istio.io/dataplane-mode-")
+    assert "namespace/shop labeled" in r.stdout
+    assert "istio.io/dataplane-mode" not in cluster.api("Namespace", "", "shop")["metadata"].get("labels", {})
+    assert all(p["MODE"] == "none" for p in cluster.pods().values())
     r = cluster.run("label", "ns", "nosuchns", "a=b", check=False)
     assert r.returncode == 1 and "not found" in r.stderr
 
