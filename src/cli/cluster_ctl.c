@@ -798,8 +798,8 @@ static unsigned zt_port_offset(const struct sysproc *s)
     return (s->gen % 2) * 100;
 }
 
-/* The node's shared ztunnel: configured and certified by zmeshd as a dedicated one is (scripts/demo.py), in
- * shared mode with the node agent's ZDS socket. */
+/* The node's shared ztunnel: configured and certified by zmeshd (delta xDS and the CA on one address), with
+ * the node's token for impersonation, in shared mode with the node agent's ZDS socket. */
 static pid_t start_ztunnel(struct ctl *ctl, struct sysproc *s)
 {
     const struct cluster_cfg *cfg = ctl->cfg;
