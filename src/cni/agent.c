@@ -46,6 +46,9 @@ struct sandbox {
     char *want_uid, *want_sa; /* the identity an install is for */
     struct pconn *waiter;     /* a CNI ADD answered when the install (and ztunnel's Add) is done */
     bool dirty;               /* the enrolment changed during the job: reconcile when it ends */
+    /* A CNI ADD (waiter) of a pod the enrolment does not list yet, waiting until await_until (loop ms). */
+    bool awaiting;
+    uint64_t await_until;
     bool gone;                /* deleted during the job: on a.orphans, freed when it ends */
     bool remove_when_gone;    /* and its rules removed then (CNI DEL; not for a replaced sandbox) */
 };
@@ -87,6 +90,8 @@ struct agent {
     struct timer file_timer;
     /* Re-tries enrolments that failed (rules that did not install) every AGENT_RETRY_MS. */
     struct timer retry_timer;
+    /* The earliest await_until of the sandboxes waiting for their enrolment. */
+    struct timer await_timer;
     struct agent_stats st;
 };
 
@@ -522,6 +527,59 @@ static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const cha
     return 0;
 }
 
+static void await_arm(struct agent *a)
+{
+    uint64_t first = 0;
+    for (struct sandbox *sb = a->sbs; sb; sb = sb->next)
+        if (sb->awaiting && (!first || sb->await_until < first)) first = sb->await_until;
+    if (!first) {
+        timer_stop(a->l, &a->await_timer);
+        return;
+    }
+    uint64_t now = loop_now(a->l);
+    timer_start(a->l, &a->await_timer, first > now ? first - now : 0);
+}
+
+static void await_enrolment(struct agent *a, struct sandbox *sb, struct pconn *c)
+{
+    if (sb->waiter && sb->waiter != c) pconn_answer(sb->waiter, "superseded by a later ADD of the same sandbox");
+    if (!sb->awaiting) {
+        sb->awaiting = true;
+        sb->await_until = loop_now(a->l) + AGENT_UNKNOWN_POD_WAIT_MS;
+        log_kv(LOG_INFO, TGT, "pod not in the enrolment yet; its CNI ADD waits for it", "namespace", sb->ns,
+               "name", sb->name, NULL);
+    }
+    sb->waiter = c;
+    c->waiting = true;
+    await_arm(a);
+}
+
+/* The waiting CNI ADD of sb, if any, taken back for a reconcile. */
+static struct pconn *await_take(struct sandbox *sb)
+{
+    if (!sb->awaiting) return NULL;
+    struct pconn *c = sb->waiter;
+    sb->awaiting = false;
+    sb->waiter = NULL;
+    if (c) c->waiting = false;
+    return c;
+}
+
+static void await_cb(struct timer *t)
+{
+    struct agent *a = container_of(t, struct agent, await_timer);
+    uint64_t now = loop_now(a->l);
+    for (struct sandbox *sb = a->sbs; sb; sb = sb->next) {
+        if (!sb->awaiting || sb->await_until > now) continue;
+        struct pconn *c = await_take(sb);
+        log_kv(LOG_WARN, TGT,
+               "pod still not in the enrolment: it starts outside the mesh, and is enrolled once the source lists it",
+               "namespace", sb->ns, "name", sb->name, NULL);
+        if (c) pconn_answer(c, NULL);
+    }
+    await_arm(a);
+}
+
 /* Brings sb to what the enrolment says. With c (a CNI ADD), answers it now or when the work is done. */
 static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
 {
@@ -545,6 +603,12 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
         return;
     }
     const struct entry *e = entry_find(a, sb->ns, sb->name);
+    if (!e && c && sb->state != AGENT_POD_ENROLLED) {
+        /* Not listed yet: the ADD waits for the source to name the pod (AGENT_UNKNOWN_POD_WAIT_MS), so that a
+         * pod created into an enrolled namespace is captured from its first packet. */
+        await_enrolment(a, sb, c);
+        return;
+    }
     bool want = e && e->ambient;
     char err[ERR_LEN];
     if (sb->state == AGENT_POD_ENROLLED && want &&
@@ -588,6 +652,7 @@ static void forget(struct agent *a, struct sandbox *sb, bool remove_rules)
         pconn_answer(sb->waiter, "the sandbox was deleted");
         sb->waiter = NULL;
     }
+    sb->awaiting = false;
     LIST_DEL(a->sbs, sb);
     a->nsb--;
     sb->gone = true;
@@ -1017,8 +1082,14 @@ int agent_set_enrolment(struct agent *a, const struct agent_enrolment *pods, siz
     LOG_I(TGT, "enrolment: %zu pods of this node, %zu ambient", k, amb);
     for (struct sandbox *sb = a->sbs, *nx; sb; sb = nx) {
         nx = sb->next;
-        reconcile(a, sb, NULL);
+        /* A waiting ADD goes on with the new set: enrolled now, or waiting on if still not listed. */
+        bool was = sb->awaiting;
+        uint64_t until = sb->await_until;
+        struct pconn *c = await_take(sb);
+        reconcile(a, sb, c);
+        if (was && sb->awaiting) sb->await_until = until;
     }
+    await_arm(a);
     schedule_retry(a);
     return 0;
 }
@@ -1276,6 +1347,7 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
     a->ino.fd = -1;
     a->file_timer.cb = file_timer_cb;
     a->retry_timer.cb = retry_cb;
+    a->await_timer.cb = await_cb;
     a->backend = cfg->backend;
     a->plugin_path = xstrdup(cfg->plugin_socket ? cfg->plugin_socket : AGENT_DEFAULT_PLUGIN_SOCKET);
     a->state_dir = xstrdup(cfg->state_dir ? cfg->state_dir : AGENT_DEFAULT_STATE_DIR);
@@ -1358,6 +1430,7 @@ void agent_free(struct agent *a)
     if (a->ino.fd >= 0) loop_io_close(a->l, &a->ino);
     timer_stop(a->l, &a->file_timer);
     timer_stop(a->l, &a->retry_timer);
+    timer_stop(a->l, &a->await_timer);
     entries_free(a->entries, a->nentries);
     free(a->plugin_path), free(a->state_dir), free(a->state_path), free(a->node);
     free(a->file), free(a->file_dir), free(a->file_base);

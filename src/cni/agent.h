@@ -36,6 +36,11 @@
 #define AGENT_FILE_MAX (16u << 20)
 /* How often enrolments that failed (in-pod rules that did not install) are tried again. */
 #define AGENT_RETRY_MS 5000
+/* A CNI ADD of a pod the enrolment source does not list yet waits this long for it before it is answered
+ * (the pod then starts outside the mesh, and is enrolled when the source lists it): a pod created a moment
+ * ago reaches the agent through its CNI ADD before zmeshd's update names it, where Istio's plugin asks the
+ * API server during the ADD. Below the plugin's agent_timeout (5 s). */
+#define AGENT_UNKNOWN_POD_WAIT_MS 2000
 /* A changed enrolment file is re-read once it has been quiet this long (an editor's several writes). */
 #define AGENT_FILE_DEBOUNCE_MS 100
 

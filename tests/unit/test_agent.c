@@ -307,6 +307,46 @@ static void test_add_of_ambient_pod(void **state)
     assert_non_null(strstr(st, "\"10.9.0.2/24\""));
 }
 
+/* A pod created into an enrolled namespace reaches the agent (its CNI ADD) before the source names it: the ADD
+ * waits for the source, so the pod's rules and ztunnel's Add come before its containers start. One the source
+ * never names is answered after AGENT_UNKNOWN_POD_WAIT_MS, outside the mesh, and enrolled when it appears. */
+static void test_add_waits_for_enrolment(void **state)
+{
+    zt_start();
+    zt_wait(1);
+    enrol("other", "sa", true); /* synced, without the new pod */
+    struct answer an = {0};
+    char msg[1024];
+    snprintf(msg, sizeof msg,
+             "{\"version\": 1, \"event\": \"add\", \"container_id\": \"c9\", \"netns\": \"/var/run/netns/%s\", "
+             "\"ifname\": \"eth0\", \"pod\": {\"name\": \"new-0\", \"namespace\": \"shop\", \"uid\": \"uid-new\"}, "
+             "\"infra_container_id\": \"c9\", \"ips\": [\"10.9.0.2/24\"]}",
+             NSNAME[0]);
+    agent_handle_message(A, msg, strlen(msg), on_reply, &an);
+    assert_false(pump_until(answered, &an, 300)); /* held: the source has not named it */
+    assert_false(rules_in(0));
+    struct agent_enrolment both[2] = {
+        {.name = "other", .namespace_ = "shop", .service_account = "sa", .ambient = true},
+        {.name = "new-0", .namespace_ = "shop", .service_account = "new", .ambient = true}};
+    assert_int_equal(agent_set_enrolment(A, both, 2), 0);
+    assert_true(pump_until(answered, &an, 8000));
+    assert_string_equal(an.text, "{\"ok\":true}");
+    assert_true(rules_in(0)); /* before the answer: the pod's first packet is captured */
+    assert_string_equal(Z.log[1], "add uid-new shop/new-0/new");
+    /* Never named: answered outside the mesh after the wait. */
+    struct answer an2 = {0};
+    snprintf(msg, sizeof msg,
+             "{\"version\": 1, \"event\": \"add\", \"container_id\": \"c10\", \"netns\": \"/var/run/netns/%s\", "
+             "\"ifname\": \"eth0\", \"pod\": {\"name\": \"late-0\", \"namespace\": \"shop\", \"uid\": \"\"}, "
+             "\"infra_container_id\": \"c10\", \"ips\": [\"10.9.0.3/24\"]}",
+             NSNAME[1]);
+    agent_handle_message(A, msg, strlen(msg), on_reply, &an2);
+    assert_false(pump_until(answered, &an2, AGENT_UNKNOWN_POD_WAIT_MS / 2));
+    assert_true(pump_until(answered, &an2, AGENT_UNKNOWN_POD_WAIT_MS * 2));
+    assert_string_equal(an2.text, "{\"ok\":true}");
+    assert_false(rules_in(1));
+}
+
 /* A pod added outside the mesh is enrolled when the source says so, and un-enrolled when it stops. */
 static void test_enrol_and_unenrol(void **state)
 {
@@ -689,6 +729,7 @@ int main(void)
     log_init("off", false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_add_of_ambient_pod, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_add_waits_for_enrolment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enrol_and_unenrol, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cni_del_forgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_state, setup, teardown),
