@@ -67,8 +67,9 @@ if len(sys.argv) > 2:
         greet = f.readline().decode().split()
         s.sendall(b"first")
         ok = f.read(5) == b"first"
+        f.close()
+        s.close()  # the file object holds the socket too: both closed, the connection ends
         print("first local=%s:%d seen=%s:%s echo=%s" % (local[0], local[1], greet[1], greet[2], ok), flush=True)
-        s.close()
     except Exception as e:
         print("first failed: %r" % (e,), flush=True)
 l = socket.socket()
@@ -101,14 +102,18 @@ def pod_yaml(name, node, sa, labels=None, first=None):
         """) % (name, NS, json.dumps(lab), node, sa, json.dumps(cmd), PORT)
 
 
-def manifests(d):
+def manifests(d, labelled):
     with open(os.path.join(d, "echo.py"), "w") as f:
         f.write(ECHO_PY)
-    docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n" % NS,
+    labels = ", labels: {%s: ambient}" % LABEL if labelled else ""
+    docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: %s%s}\n" % (NS, labels),
             pod_yaml("a", "node1", "sa-a"), pod_yaml("b", "node1", "sa-b"),
             pod_yaml("n", "node1", "sa-n", labels={LABEL: "none"}), pod_yaml("d", "node2", "sa-d")]
     with open(os.path.join(d, "mt.yaml"), "w") as f:
         f.write("---\n".join(docs))
+
+
+OCTETS = random.sample(range(110, 141), 8)  # one per cluster of this module, none shared
 
 
 class MeshCluster(Cluster):
@@ -120,7 +125,7 @@ class MeshCluster(Cluster):
         tag = "%04x" % random.randrange(1 << 16)
         self.prefix = "um" + tag
         self.state = "/run/zmesh-upmesh-" + tag
-        octet = random.randrange(110, 141)
+        octet = OCTETS.pop()
         self.node_subnet = "172.28.%d.0" % octet
         self.pod_subnet = "10.%d.0.0" % octet
         self.host_ip = "172.28.%d.1" % octet
@@ -212,14 +217,19 @@ class MeshCluster(Cluster):
         return sorted(int(x) for x in out.split())
 
     def agent_pids(self, node):
+        """pids of node's agent: the controller's children running `zmesh-cni agent --node-name node` (not the
+        agent's own forked rule children, which share its command line)."""
         pids = []
+        with open(os.path.join(self.state, "controller.pid")) as f:
+            ctl = f.read().split()[0]
         for pid in self.processes():
             try:
                 with open("/proc/%d/cmdline" % pid, "rb") as f:
                     argv = f.read().split(b"\0")
                 with open("/proc/%d/stat" % pid) as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        continue
+                    st = f.read().rsplit(")", 1)[1].split()
+                if st[0] == "Z" or st[1] != ctl:
+                    continue
             except OSError:
                 continue
             if len(argv) > 1 and argv[0].endswith(b"zmesh-cni") and argv[1] == b"agent" and \
@@ -313,18 +323,33 @@ def capture_ports(c, node, host, fn):
     return {(t[1], t[3]) for t in (topo.ipv4_tcp_ports(linktype, pk) for pk in pkts) if t}
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def make_cluster(labelled):
     d = tempfile.mkdtemp(prefix="zmesh-upmesh-")
-    manifests(d)
+    manifests(d, labelled)
     c = MeshCluster(d)
     c.dir = d
     try:
         c.up()
         yield c
     finally:
-        _force_cleanup(c)
-        shutil.rmtree(d, ignore_errors=True)
+        if os.environ.get("ZMESH_KEEP_CLUSTER"):  # for a post-mortem: zmesh down --state-dir <state> later
+            print("cluster kept: %s" % c.state)
+        else:
+            _force_cleanup(c)
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="class")
+def fresh():
+    """A cluster whose namespace starts unlabelled (for the enrolment tests, which label it back and forth)."""
+    yield from make_cluster(labelled=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The cluster of the other tests: the namespace labelled ambient from the start, so its pods were enrolled
+    one by one at their CNI ADD."""
+    yield from make_cluster(labelled=True)
 
 
 def enrolled(c, pods, node):
@@ -360,63 +385,93 @@ def restarts_and_pids(c, pods):
 
 # ---- 1. enrolment at run time ----------------------------------------------------------------------------------
 
-def test_enrolment_follows_namespace_label_live(cluster):
-    c = cluster
-    d_ip = c.ip("d")
-    before = restarts_and_pids(c, ["a", "b", "n", "d"])
-    assert all(r == "0" and pids for r, pids in before.values()), before
-    assert {p: r["MODE"] for p, r in c.pods().items()} == {"a": "none", "b": "none", "n": "none", "d": "none"}
+class TestEnrolmentLive:
+    """Enrolment by `zmesh label` at run time, on a cluster of its own whose namespace starts unlabelled."""
 
-    # Unlabelled: no rules anywhere; the app sees the client's own address and port (nothing in between), the
-    # uplink carries port 7000 and never 15008, and no ztunnel logs the connection.
-    for p in ("a", "b", "n", "d"):
-        assert c.rules(p) == [], (p, c.rules(p))
-    seen = []
-    ports = capture_ports(c, "node1", d_ip, lambda: seen.extend(talk(c, p, d_ip) for p in ("a", "b")))
-    for local, app_saw in seen:
-        assert local == app_saw, "plaintext expected: the app saw %s for client %s" % (app_saw, local)
-    assert any(PORT in sd for sd in ports) and not any(15008 in sd for sd in ports), ports
-    for p in ("a", "b"):
-        assert c.inbound_from("node2", c.ip(p), d_ip) == []
-    assert not [r for r in c.access("node1") if r.get("src.addr", "").startswith(c.ip("a") + ":")]
+    def test_enrolment_follows_namespace_label_live(self, fresh):
+        c = fresh
+        d_ip = c.ip("d")
+        before = restarts_and_pids(c, ["a", "b", "n", "d"])
+        assert all(r == "0" and pids for r, pids in before.values()), before
+        assert {p: r["MODE"] for p, r in c.pods().items()} == {"a": "none", "b": "none", "n": "none", "d": "none"}
 
-    # Labelled: rules in every pod but n, each served by its node's ztunnel, and the traffic is HBONE with the
-    # caller's identity at the destination; the uplink carries 15008 only.
-    r = c.run("label", "ns", NS, LABEL + "=ambient")
-    assert "namespace/%s labeled" % NS in r.stdout
-    enrolled(c, ["a", "b"], "node1")
-    enrolled(c, ["d"], "node2")
-    assert c.rules("n") == [], "pod n (label none) got rules: %s" % c.rules("n")
-    assert "n" not in c.workload_state("node1")
-    assert {p: r["MODE"] for p, r in c.pods().items()} == {"a": "ambient", "b": "ambient", "n": "none",
-                                                           "d": "ambient"}
-    counts = {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b", "n")}
-    ports = capture_ports(c, "node1", d_ip, lambda: [talk(c, p, d_ip) for p in ("a", "b")])
-    for p in ("a", "b"):
-        rec = hbone_line(c, p, "d", "node2", counts[p])[0]
-        assert rec["dst.identity"] == TD + "sa-d" and rec["dst.addr"] == "%s:15008" % d_ip, rec
-    assert ports and all(15008 in sd for sd in ports), "non-HBONE TCP on node1's uplink: %s" % ports
-    # n stays out while its namespace is in: node1's ztunnel never sees its connection (no record from n's
-    # address), which reaches d's ztunnel as plaintext on the app's port (d's inbound rules take it to 15006),
-    # without an identity.
-    talk(c, "n", d_ip)
-    recs = poll(lambda: c.inbound_from("node2", c.ip("n"), d_ip)[counts["n"]:], what="d's ztunnel logging n")
-    assert all("src.identity" not in r and r["dst.addr"] == "%s:%d" % (d_ip, PORT) for r in recs), recs
-    assert not [r for r in c.access("node1") if r.get("src.addr", "").startswith(c.ip("n") + ":")]
-    assert restarts_and_pids(c, ["a", "b", "n", "d"]) == before, "a pod restarted on enrolment"
+        # Unlabelled: no rules anywhere; the app sees the client's own address and port (nothing in between), the
+        # uplink carries port 7000 and never 15008, and no ztunnel logs the connection.
+        for p in ("a", "b", "n", "d"):
+            assert c.rules(p) == [], (p, c.rules(p))
+        seen = []
+        ports = capture_ports(c, "node1", d_ip, lambda: seen.extend(talk(c, p, d_ip) for p in ("a", "b")))
+        for local, app_saw in seen:
+            assert local == app_saw, "plaintext expected: the app saw %s for client %s" % (app_saw, local)
+        assert any(PORT in sd for sd in ports) and not any(15008 in sd for sd in ports), ports
+        for p in ("a", "b"):
+            assert c.inbound_from("node2", c.ip(p), d_ip) == []
+        assert not [r for r in c.access("node1") if r.get("src.addr", "").startswith(c.ip("a") + ":")]
 
-    # Label removed: rules gone, pods out of ztunnel, plaintext again, still no restart.
-    c.run("label", "ns", NS, LABEL + "-")
-    poll(lambda: not any(c.rules(p) for p in ("a", "b", "d")), what="in-pod rules removed")
-    poll(lambda: c.workload_state("node1") == {} and c.workload_state("node2") == {},
-         what="workloadState empty on both nodes")
-    counts = {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b")}
-    for p in ("a", "b"):
-        local, app_saw = talk(c, p, d_ip)
-        assert local == app_saw, "still proxied after the label went: %s vs %s" % (local, app_saw)
-    time.sleep(1)  # a record would be written at once on close; give it a moment before checking its absence
-    assert {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b")} == counts
-    assert restarts_and_pids(c, ["a", "b", "n", "d"]) == before, "a pod restarted on un-enrolment"
+        # Labelled: rules in every pod but n, each served by its node's ztunnel, and the traffic is HBONE with the
+        # caller's identity at the destination; the uplink carries 15008 only.
+        r = c.run("label", "ns", NS, LABEL + "=ambient")
+        assert "namespace/%s labeled" % NS in r.stdout
+        enrolled(c, ["a", "b"], "node1")
+        enrolled(c, ["d"], "node2")
+        assert c.rules("n") == [], "pod n (label none) got rules: %s" % c.rules("n")
+        assert "n" not in c.workload_state("node1")
+        assert {p: r["MODE"] for p, r in c.pods().items()} == {"a": "ambient", "b": "ambient", "n": "none",
+                                                               "d": "ambient"}
+        counts = {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b", "n")}
+        ports = capture_ports(c, "node1", d_ip, lambda: [talk(c, p, d_ip) for p in ("a", "b")])
+        for p in ("a", "b"):
+            rec = hbone_line(c, p, "d", "node2", counts[p])[0]
+            assert rec["dst.identity"] == TD + "sa-d" and rec["dst.addr"] == "%s:15008" % d_ip, rec
+        assert ports and all(15008 in sd for sd in ports), "non-HBONE TCP on node1's uplink: %s" % ports
+        # n stays out while its namespace is in: node1's ztunnel never sees its connection (no record from n's
+        # address), which reaches d's ztunnel as plaintext on the app's port (d's inbound rules take it to 15006),
+        # without an identity.
+        talk(c, "n", d_ip)
+        recs = poll(lambda: c.inbound_from("node2", c.ip("n"), d_ip)[counts["n"]:], what="d's ztunnel logging n")
+        assert all("src.identity" not in r and r["dst.addr"] == "%s:%d" % (d_ip, PORT) for r in recs), recs
+        assert not [r for r in c.access("node1") if r.get("src.addr", "").startswith(c.ip("n") + ":")]
+        assert restarts_and_pids(c, ["a", "b", "n", "d"]) == before, "a pod restarted on enrolment"
+
+        # Label removed: rules gone, pods out of ztunnel, plaintext again, still no restart.
+        c.run("label", "ns", NS, LABEL + "-")
+        poll(lambda: not any(c.rules(p) for p in ("a", "b", "d")), what="in-pod rules removed")
+        poll(lambda: c.workload_state("node1") == {} and c.workload_state("node2") == {},
+             what="workloadState empty on both nodes")
+        counts = {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b")}
+        for p in ("a", "b"):
+            local, app_saw = talk(c, p, d_ip)
+            assert local == app_saw, "still proxied after the label went: %s vs %s" % (local, app_saw)
+        time.sleep(1)  # a record would be written at once on close; give it a moment before checking its absence
+        assert {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b")} == counts
+        assert restarts_and_pids(c, ["a", "b", "n", "d"]) == before, "a pod restarted on un-enrolment"
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "zmesh-cni agent SIGSEGV when two pods' rule jobs overlap: each job's namespace child is fork()ed without "
+        "exec and inherits the read end of the other job's pipe, so closing it (loop_io_close, no EPOLL_CTL_DEL) "
+        "leaves the epoll registration alive; epoll then reports the freed rules_job (use after free in "
+        "rules.c job_io_cb/job_end, seen by valgrind), and the controller restarts the agent with growing backoff"))
+    def test_agent_survives_two_pods_enrolled_and_unenrolled_together(self, fresh):
+        """The namespace labelled and unlabelled three times: a and b (node1) are enrolled, then un-enrolled, at
+        once each time; node1's agent must stay the same process (no exit in controller.log)."""
+        c = fresh
+        pid = c.agent_pids("node1")
+        exits = lambda: c.log("controller").count("agent node1 exited")  # noqa: E731
+        n0 = exits()
+        for i in range(3):
+            for value, want in ((LABEL + "=ambient", True), (LABEL + "-", False)):
+                c.run("label", "ns", NS, value)
+                # Converged, or the agent died (then fail at once rather than wait out its backoff).
+                poll(lambda: exits() > n0 or (all(bool(c.rules(p)) == want for p in ("a", "b")) and
+                                               (lambda w: w is not None and all((w.get(p) == "Up") == want
+                                                                                for p in ("a", "b")))(
+                                                   c.workload_state("node1"))),
+                     what="a and b %s" % ("enrolled" if want else "out"))
+                assert exits() == n0, "node1's agent exited (round %d, %s):\n%s\n%s" % (
+                    i, value, "\n".join(l for l in c.log("controller").splitlines() if "agent node1" in l),
+                    "\n".join(c.log("agent-node1").splitlines()[-8:]))
+        assert c.agent_pids("node1") == pid
+
 
 
 # ---- 2. identities per service account, and the CA's node check ------------------------------------------------
@@ -504,33 +559,6 @@ def test_each_service_account_has_its_own_identity(cluster, citadel):
     assert create_certificate(c, citadel, "node2", TD + "sa-d") == [TD + "sa-d"]
     poll(lambda: [l for l in c.log("zmeshd").splitlines() if "refused" in l and "sa-d" in l],
          what="zmeshd's log naming the refusal")
-
-
-# ---- 7. a pod created while enrolled is captured from its first connection -------------------------------------
-
-def test_pod_applied_into_enrolled_namespace_is_captured_from_first_connection(cluster):
-    c = cluster
-    enrol_namespace(c)
-    d_ip = c.ip("d")
-    path = os.path.join(c.dir, "e.yaml")
-    with open(path, "w") as f:
-        f.write(pod_yaml("e", "node1", "sa-e", first=d_ip))
-    try:
-        assert "pod/e created" in c.run("apply", "-f", path).stdout
-        line = poll(lambda: re.search(r"^first .*$", c.run("logs", "e", "-n", NS, check=False).stdout, re.M),
-                    what="pod e's first connection").group(0)
-        assert "echo=True" in line, line
-        e_ip = c.ip("e")
-        m = re.match(r"first local=(\S+) seen=(\S+) ", line)
-        assert m.group(1).startswith(e_ip + ":"), line
-        # The only connection e ever made to d reached d's ztunnel over HBONE with e's identity; no plaintext
-        # record (one without an identity) exists for e.
-        recs = poll(lambda: c.inbound_from("node2", e_ip, d_ip), what="d's ztunnel logging e's first connection")
-        assert [r.get("src.identity") for r in recs] == [TD + "sa-e"], recs
-        assert c.rules("e"), "pod e has no in-pod rules"
-        assert "CNI add" in c.log("agent-node1") and c.workload_state("node1").get("e") == "Up"
-    finally:
-        c.run("delete", "-f", path, check=False)
 
 
 # ---- 3. a deleted pod's connections end, others stay -----------------------------------------------------------
@@ -686,3 +714,35 @@ def test_rollout_keeps_long_lived_connection_new_ones_go_to_new_generation(clust
     finally:
         if not closed:
             conn.close()
+
+
+# ---- 7. a pod created while enrolled is captured from its first connection -------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a pod applied into an enrolled namespace starts uncaptured: its CNI ADD reaches node1's agent before zmeshd's "
+    "enrolment update names the pod (agent log: 'CNI add ... name=\"e\"' ~100 ms before 'enrolment: N pods of this "
+    "node, M ambient' and 'adding pod to the mesh'), the agent answers the ADD without enrolling it, and the "
+    "container's first connection goes out in plaintext (d's ztunnel logs it inbound on :7000 without src.identity)"))
+def test_pod_applied_into_enrolled_namespace_is_captured_from_first_connection(cluster):
+    c = cluster
+    enrol_namespace(c)
+    d_ip = c.ip("d")
+    path = os.path.join(c.dir, "e.yaml")
+    with open(path, "w") as f:
+        f.write(pod_yaml("e", "node1", "sa-e", first=d_ip))
+    try:
+        assert "pod/e created" in c.run("apply", "-f", path).stdout
+        line = poll(lambda: re.search(r"^first .*$", c.run("logs", "e", "-n", NS, check=False).stdout, re.M),
+                    what="pod e's first connection").group(0)
+        assert "echo=True" in line, line
+        e_ip = c.ip("e")
+        m = re.match(r"first local=(\S+) seen=(\S+) ", line)
+        assert m.group(1).startswith(e_ip + ":"), line
+        # The only connection e ever made to d reached d's ztunnel over HBONE with e's identity; no plaintext
+        # record (one without an identity) exists for e.
+        recs = poll(lambda: c.inbound_from("node2", e_ip, d_ip), what="d's ztunnel logging e's first connection")
+        assert [r.get("src.identity") for r in recs] == [TD + "sa-e"], recs
+        assert c.rules("e"), "pod e has no in-pod rules"
+        assert "CNI add" in c.log("agent-node1") and c.workload_state("node1").get("e") == "Up"
+    finally:
+        c.run("delete", "-f", path, check=False)
