@@ -452,10 +452,12 @@ class TestEnrolmentLive:
         assert restarts_and_pids(c, ["a", "b", "n", "d"]) == before, "a pod restarted on un-enrolment"
 
     @pytest.mark.xfail(strict=True, reason=(
-        "zmesh-cni agent SIGSEGV when two pods' rule jobs overlap: each job's namespace child is fork()ed without "
-        "exec and inherits the read end of the other job's pipe, so closing it (loop_io_close, no EPOLL_CTL_DEL) "
-        "leaves the epoll registration alive; epoll then reports the freed rules_job (use after free in "
-        "rules.c job_io_cb/job_end, seen by valgrind), and the controller restarts the agent with growing backoff"))
+        "zmesh-cni agent SIGSEGV (exit 139) when two pods' rule jobs overlap: rules.c spawn() fork()s the namespace "
+        "child without exec, so it holds a copy of every agent fd, e.g. the other job's pipe (or, on a CNI DEL, the "
+        "plugin's connection); core/loop.c loop_io_close() closes without EPOLL_CTL_DEL, so the registration "
+        "outlives the close while the child's copy is open, and epoll reports the freed rules_job (or pconn): use "
+        "after free in rules.c job_io_cb/job_end (agent.c pconn_io_cb after handle_del), seen by valgrind; the "
+        "controller restarts the agent with growing backoff"))
     def test_agent_survives_two_pods_enrolled_and_unenrolled_together(self, fresh):
         """The namespace labelled and unlabelled three times: a and b (node1) are enrolled, then un-enrolled, at
         once each time; node1's agent must stay the same process (no exit in controller.log)."""
