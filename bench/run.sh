@@ -13,6 +13,7 @@ case "$1" in
     conns) shift; exec /usr/bin/python3 bench/conns.py "$@" ;;
     cp) shift; exec /usr/bin/python3 bench/cp.py "$@" ;;
     pods) shift; exec /usr/bin/python3 bench/pods.py "$@" ;;
+    enrol) shift; exec /usr/bin/python3 bench/enrol.py "$@" ;;
 esac
 # Both: conns.py accepts bench.py's options (and ignores those it does not know) when ZMESH_BENCH_BOTH is set;
 # bench.py gets only its own, so conns.py's own options need `bench/run.sh conns`.
