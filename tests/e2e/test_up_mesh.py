@@ -41,11 +41,9 @@ PORT = 7000
 LABEL = "istio.io/dataplane-mode"
 TD = "spiffe://cluster.local/ns/%s/sa/" % NS
 ISTIOD = "istiod.istio-system.svc"
-# Waits that depend on node1's agent being back. The agent's use after free (the strict xfail below) can make it
-# exit more than once in a module, and the controller's backoff doubles (1 s, 2 s, 4 s ...) until 10 min of
-# running: a wait longer than poll's default keeps those crashes from failing the tests of other features. A
-# normal run waits a fraction of a second.
-AGENT_WAIT = 150
+# Waits that depend on node1's agent being back after a test kills it: the controller restarts it after its
+# backoff (1 s first). A normal run waits a fraction of a second.
+AGENT_WAIT = 60
 
 # The app: greets each connection with "hello <ip> <port>\n" (the caller's address as the app sees it), then
 # echoes. With an address argument it first makes ONE connection there (no retry: the very first connection of
@@ -451,13 +449,6 @@ class TestEnrolmentLive:
         assert {p: len(c.inbound_from("node2", c.ip(p), d_ip)) for p in ("a", "b")} == counts
         assert restarts_and_pids(c, ["a", "b", "n", "d"]) == before, "a pod restarted on un-enrolment"
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "zmesh-cni agent SIGSEGV (exit 139) when two pods' rule jobs overlap: rules.c spawn() fork()s the namespace "
-        "child without exec, so it holds a copy of every agent fd, e.g. the other job's pipe (or, on a CNI DEL, the "
-        "plugin's connection); core/loop.c loop_io_close() closes without EPOLL_CTL_DEL, so the registration "
-        "outlives the close while the child's copy is open, and epoll reports the freed rules_job (or pconn): use "
-        "after free in rules.c job_io_cb/job_end (agent.c pconn_io_cb after handle_del), seen by valgrind; the "
-        "controller restarts the agent with growing backoff"))
     def test_agent_survives_two_pods_enrolled_and_unenrolled_together(self, fresh):
         """The namespace labelled and unlabelled three times: a and b (node1) are enrolled, then un-enrolled, at
         once each time; node1's agent must stay the same process (no exit in controller.log)."""
@@ -607,7 +598,7 @@ def test_agent_killed_restarts_replays_and_keeps_serving(cluster):
     d_ip = c.ip("d")
     zt_before = [z["pid"] for z in c.ztunnels("node1")]
     pods_before = restarts_and_pids(c, ["a", "b", "d"])
-    # The agent running (it may be in a restart after an earlier test's delete: see the xfail above).
+    # The agent running (another test may have just restarted it).
     old = poll(lambda: (lambda p: p if len(p) == 1 else None)(c.agent_pids("node1")), timeout=AGENT_WAIT, what="node1's agent running")
     conn = Conn(c, "a", d_ip)
     try:
@@ -732,11 +723,6 @@ def test_rollout_keeps_long_lived_connection_new_ones_go_to_new_generation(clust
 
 # ---- 7. a pod created while enrolled is captured from its first connection -------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a pod applied into an enrolled namespace starts uncaptured: its CNI ADD reaches node1's agent before zmeshd's "
-    "enrolment update names the pod (agent log: 'CNI add ... name=\"e\"' ~100 ms before 'enrolment: N pods of this "
-    "node, M ambient' and 'adding pod to the mesh'), the agent answers the ADD without enrolling it, and the "
-    "container's first connection goes out in plaintext (d's ztunnel logs it inbound on :7000 without src.identity)"))
 def test_pod_applied_into_enrolled_namespace_is_captured_from_first_connection(cluster):
     c = cluster
     enrol_namespace(c)
