@@ -356,7 +356,7 @@ def scenario_zmesh(t, procs, args, shared=False):
         res["nofile"] = [nofile_limit(p) for p in pids]
         res["ztunnel_threads"] = t.zmesh_info.get("ztunnel_threads")
         before = bench.redirected_conns(t.ns_a, 15001)
-        res["rate"] = measure_rate(t.ns_a, t.ip_b, APP_PORT, args, pids, "zmesh")
+        res["rate"] = measure_rate(t.ns_a, t.ip_b, APP_PORT, args, pids, "shared" if shared else "zmesh")
         res["captured_conns"] = check_captured(t, before, res["rate"]["ok_total"])
         res["time_wait_at_b"] = count_time_wait(t.ns_b)
     finally:
@@ -372,7 +372,7 @@ def scenario_zmesh(t, procs, args, shared=False):
             return {"hbone_tls_conns_client": count_conns(t.ns_a, "( dport = :15008 )"),
                     "hbone_tls_conns_server": count_conns(t.ns_b, "( sport = :15008 )"),
                     "app_conns_at_b": count_conns(t.ns_b, f"( sport = :{APP_PORT} )")}
-        res["memory"] = measure_memory(procs, t.ns_a, t.ip_b, APP_PORT, args, "zmesh", pids, ["client", "server"],
+        res["memory"] = measure_memory(procs, t.ns_a, t.ip_b, APP_PORT, args, "shared" if shared else "zmesh", pids, ["client", "server"],
                                        args.conns, extra=extra)
         res["memory"]["captured_conns"] = check_captured(t, before, res["memory"]["conns_held"])
     finally:
