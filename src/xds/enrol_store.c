@@ -239,26 +239,14 @@ int enrol_store_initial_versions(const struct enrol_store *c,
     req->initial_resource_versions = NULL;
     req->n_initial_resource_versions = 0;
     if (!c->n) return 0;
-    /* One array of entries and one of pointers, laid out as xds_store_initial_versions_clear frees them. */
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry **pp =
-        calloc(c->n, sizeof(*pp));
     Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *ents =
-        calloc(c->n, sizeof(*ents));
-    if (!pp || !ents) {
-        free(pp);
-        free(ents);
-        return -ENOMEM;
-    }
+        xds_initial_versions_alloc(req, c->n);
+    if (!ents) return -ENOMEM;
     size_t i = 0;
     for (struct enrol_entry *e = c->head; e; e = e->nxt, i++) {
-        envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(
-            &ents[i]);
         ents[i].key = e->name;
         ents[i].value = e->version;
-        pp[i] = &ents[i];
     }
-    req->initial_resource_versions = pp;
-    req->n_initial_resource_versions = c->n;
     return 0;
 }
 

@@ -506,26 +506,37 @@ int xds_store_initial_versions(const struct xds_store *st, const char *type_url,
     req->n_initial_resource_versions = 0;
     const struct rtype *t = ctype_of(st, type_url);
     if (!t || !t->n) return 0;
-    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry **pp =
-        calloc(t->n, sizeof(*pp));
     Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *ents =
-        calloc(t->n, sizeof(*ents));
+        xds_initial_versions_alloc(req, t->n);
+    if (!ents) return -ENOMEM;
+    size_t i = 0;
+    for (struct store_entry *e = t->head; e; e = e->nxt, i++) {
+        ents[i].key = e->name;
+        ents[i].value = e->version;
+    }
+    return 0;
+}
+
+Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *
+xds_initial_versions_alloc(Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req, size_t n)
+{
+    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry **pp =
+        calloc(n, sizeof(*pp));
+    Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *ents =
+        calloc(n, sizeof(*ents));
     if (!pp || !ents) {
         free(pp);
         free(ents);
-        return -ENOMEM;
+        return NULL;
     }
-    size_t i = 0;
-    for (struct store_entry *e = t->head; e; e = e->nxt, i++) {
+    for (size_t i = 0; i < n; i++) {
         envoy__service__discovery__v3__delta_discovery_request__initial_resource_versions_entry__init(
             &ents[i]);
-        ents[i].key = e->name;
-        ents[i].value = e->version;
         pp[i] = &ents[i];
     }
     req->initial_resource_versions = pp;
-    req->n_initial_resource_versions = t->n;
-    return 0;
+    req->n_initial_resource_versions = n;
+    return ents;
 }
 
 void xds_store_initial_versions_clear(Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)

@@ -87,5 +87,10 @@ int xds_store_foreach(const struct xds_store *st, const char *type_url,
  * xds_store_initial_versions_clear. req must have no entries yet. Returns 0 or -ENOMEM. */
 int xds_store_initial_versions(const struct xds_store *st, const char *type_url,
                                Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
+/* Gives req an initial_resource_versions map of n entries (one array of entries and one of pointers, as
+ * xds_store_initial_versions_clear frees them), for a store to fill each entry's key and value. n > 0.
+ * Returns the entries, or NULL (req untouched) without memory. */
+Envoy__Service__Discovery__V3__DeltaDiscoveryRequest__InitialResourceVersionsEntry *
+xds_initial_versions_alloc(Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req, size_t n);
 /* Frees what xds_store_initial_versions put in req and empties the map. */
 void xds_store_initial_versions_clear(Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req);
