@@ -1,6 +1,6 @@
 /* The node agent (see agent.h). Facts: istio/istio cni/pkg/nodeagent/net_linux.go (AddPodToMesh: rules first,
- * then ztunnel, and a failure after the rules leaves them for the pod's removal), cni-watcher.go (the plugin's
- * event is answered only once the pod is in the mesh), ztunnelserver.go (the ZDS side). */
+ * then ztunnel, and a failure after the rules leaves them for the pod's removal), cni-watcher.go (the
+ * plugin's event is answered only once the pod is in the mesh), ztunnelserver.go (the ZDS side). */
 #include "cni/agent.h"
 
 #include <errno.h>
@@ -20,6 +20,7 @@
 
 #include "cni/plugin.h"
 #include "cni/zds_server.h"
+#include "core/err.h"
 #include "core/list.h"
 #include "core/log.h"
 
@@ -49,8 +50,8 @@ struct sandbox {
     /* A CNI ADD (waiter) of a pod the enrolment does not list yet, waiting until await_until (loop ms). */
     bool awaiting;
     uint64_t await_until;
-    bool gone;                /* deleted during the job: on a.orphans, freed when it ends */
-    bool remove_when_gone;    /* and its rules removed then (CNI DEL; not for a replaced sandbox) */
+    bool gone;             /* deleted during the job: on a.orphans, freed when it ends */
+    bool remove_when_gone; /* and its rules removed then (CNI DEL; not for a replaced sandbox) */
 };
 
 struct entry {
@@ -97,16 +98,6 @@ struct agent {
 
 /* ---- small helpers ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static char *xstrdup(const char *s)
 {
     return strdup(s ? s : "");
@@ -133,7 +124,7 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        set_err(err, errlen, "%s: %s", path, strerror(e));
+        err_setf(err, errlen, "%s: %s", path, strerror(e));
         return -e;
     }
     size_t cap = 4096, n = 0;
@@ -141,14 +132,14 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
     for (;;) {
         if (!buf) {
             close(fd);
-            set_err(err, errlen, "%s: out of memory", path);
+            err_setf(err, errlen, "%s: out of memory", path);
             return -ENOMEM;
         }
         if (n == cap) {
             if (cap >= AGENT_FILE_MAX) {
                 free(buf);
                 close(fd);
-                set_err(err, errlen, "%s: larger than %u bytes", path, AGENT_FILE_MAX);
+                err_setf(err, errlen, "%s: larger than %u bytes", path, AGENT_FILE_MAX);
                 return -EFBIG;
             }
             cap *= 2;
@@ -163,7 +154,7 @@ static int read_file(const char *path, char **out, size_t *len, char *err, size_
             int e = errno;
             free(buf);
             close(fd);
-            set_err(err, errlen, "%s: %s", path, strerror(e));
+            err_setf(err, errlen, "%s: %s", path, strerror(e));
             return -e;
         }
         if (r == 0) break;
@@ -192,7 +183,8 @@ static bool name_ok(const char *s)
 static void sb_free(struct sandbox *sb)
 {
     if (sb->netns_fd >= 0) close(sb->netns_fd);
-    free(sb->container_id), free(sb->cni_uid), free(sb->name), free(sb->ns), free(sb->netns), free(sb->ifname);
+    free(sb->container_id), free(sb->cni_uid), free(sb->name), free(sb->ns), free(sb->netns),
+        free(sb->ifname);
     free(sb->zds_uid), free(sb->sa), free(sb->want_uid), free(sb->want_sa);
     json_decref(sb->ips);
     free(sb);
@@ -230,10 +222,11 @@ static int state_save(struct agent *a)
         bool installing = sb->job && sb->job_install && sb->want_uid;
         enum agent_pod_state st = installing ? AGENT_POD_ENROLLED : sb->state;
         const char *zuid = installing ? sb->want_uid : sb->zds_uid, *sa = installing ? sb->want_sa : sb->sa;
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:s, s:s, s:s}", "container_id",
-                              sb->container_id, "uid", sb->cni_uid, "name", sb->name, "namespace", sb->ns, "netns",
-                              sb->netns, "ifname", sb->ifname, "ips", sb->ips, "state", agent_pod_state_to_str(st),
-                              "zds_uid", zuid ? zuid : "", "service_account", sa ? sa : "");
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:O, s:s, s:s, s:s}", "container_id", sb->container_id,
+                      "uid", sb->cni_uid, "name", sb->name, "namespace", sb->ns, "netns", sb->netns, "ifname",
+                      sb->ifname, "ips", sb->ips, "state", agent_pod_state_to_str(st), "zds_uid",
+                      zuid ? zuid : "", "service_account", sa ? sa : "");
         if (!o || json_array_append_new(arr, o) < 0) {
             json_decref(arr);
             LOG_E(TGT, "cannot write %s: out of memory", a->state_path);
@@ -270,7 +263,9 @@ static int state_save(struct agent *a)
         if (r) unlink(tmp);
     }
     free(text);
-    if (r) log_kv(LOG_ERROR, TGT, "cannot write the state file", "path", a->state_path, "error", strerror(-r), NULL);
+    if (r)
+        log_kv(LOG_ERROR, TGT, "cannot write the state file", "path", a->state_path, "error", strerror(-r),
+               NULL);
     return r;
 }
 
@@ -291,7 +286,7 @@ static int state_load(struct agent *a, char *err, size_t errlen)
     int r = read_file(a->state_path, &text, &len, rerr, sizeof rerr);
     if (r == -ENOENT) return 0;
     if (r < 0) {
-        set_err(err, errlen, "state file %s", rerr);
+        err_setf(err, errlen, "state file %s", rerr);
         return -1;
     }
     json_error_t je;
@@ -300,8 +295,8 @@ static int state_load(struct agent *a, char *err, size_t errlen)
     json_t *arr = root ? json_object_get(root, "sandboxes") : NULL;
     json_t *ver = root ? json_object_get(root, "version") : NULL;
     if (!root || !json_is_integer(ver) || json_integer_value(ver) != 1 || !json_is_array(arr)) {
-        set_err(err, errlen, "state file %s: %s", a->state_path,
-                !root ? je.text : "not {\"version\": 1, \"sandboxes\": [...]}");
+        err_setf(err, errlen, "state file %s: %s", a->state_path,
+                 !root ? je.text : "not {\"version\": 1, \"sandboxes\": [...]}");
         json_decref(root);
         return -1;
     }
@@ -314,8 +309,9 @@ static int state_load(struct agent *a, char *err, size_t errlen)
                    *st = jstr(o, "state"), *zuid = jstr(o, "zds_uid"), *sa = jstr(o, "service_account");
         json_t *ips = json_object_get(o, "ips");
         if (!cid || !uid || !name || !ns || !netns || !ifname || !st || !zuid || !sa || !json_is_array(ips)) {
-            set_err(err, errlen, "state file %s: sandbox %zu is missing a field or has one of the wrong type",
-                    a->state_path, i);
+            err_setf(err, errlen,
+                     "state file %s: sandbox %zu is missing a field or has one of the wrong type",
+                     a->state_path, i);
             json_decref(root);
             return -1;
         }
@@ -329,7 +325,7 @@ static int state_load(struct agent *a, char *err, size_t errlen)
         if (!sb) {
             close(fd);
             json_decref(root);
-            set_err(err, errlen, "out of memory");
+            err_setf(err, errlen, "out of memory");
             return -1;
         }
         sb->netns_fd = fd;
@@ -337,7 +333,8 @@ static int state_load(struct agent *a, char *err, size_t errlen)
         sb->container_id = xstrdup(cid), sb->cni_uid = xstrdup(uid), sb->name = xstrdup(name);
         sb->ns = xstrdup(ns), sb->netns = xstrdup(netns), sb->ifname = xstrdup(ifname);
         sb->ips = json_incref(ips);
-        /* The pods that were enrolled are replayed as such; the enrolment source then says what is true now. */
+        /* The pods that were enrolled are replayed as such; the enrolment source then says what is true now.
+         */
         if (strcmp(st, "enrolled") == 0) {
             sb->state = AGENT_POD_ENROLLED;
             sb->zds_uid = xstrdup(zuid);
@@ -402,19 +399,23 @@ static void zds_add_done(void *ud, int status, const char *error)
     pconn_answer(c, why);
 }
 
-/* ZDS Add of an enrolled sandbox to the newest ztunnel. With c, c is answered with ztunnel's answer (later) or
- * now with the reason there is none. The rules stay in every case, and the pod is in the server's table, so the
- * next ztunnel's snapshot has it (Istio's "partial add"; it fails the CNI ADD with "no ztunnel connection"). */
+/* ZDS Add of an enrolled sandbox to the newest ztunnel. With c, c is answered with ztunnel's answer (later)
+ * or now with the reason there is none. The rules stay in every case, and the pod is in the server's table,
+ * so the next ztunnel's snapshot has it (Istio's "partial add"; it fails the CNI ADD with "no ztunnel
+ * connection"). */
 static void hand_to_ztunnel(struct agent *a, struct sandbox *sb, struct pconn *c)
 {
     /* done may run inside zds_server_add (a send that fails at once) and free c: mark c first. */
     if (c) c->waiting = true;
-    int r = zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd, c ? zds_add_done : NULL,
-                           c);
+    int r = zds_server_add(a->zds, sb->zds_uid, sb->name, sb->ns, sb->sa, sb->netns_fd,
+                           c ? zds_add_done : NULL, c);
     if (r == 0) return;
     if (c) c->waiting = false;
     if (r == -ENOTCONN) {
-        if (c) pconn_answer(c, "no ztunnel connection: the pod's rules are installed and ztunnel gets it when it connects");
+        if (c)
+            pconn_answer(
+                c,
+                "no ztunnel connection: the pod's rules are installed and ztunnel gets it when it connects");
         return;
     }
     log_kv(LOG_ERROR, TGT, "cannot hand the pod to ztunnel", "uid", sb->zds_uid, "error", strerror(-r), NULL);
@@ -450,13 +451,16 @@ static void job_done(void *ud, int status, const char *err)
     sb->job = NULL;
     if (status < 0) {
         a->st.rule_failures++;
-        log_kv(LOG_ERROR, TGT, sb->job_install ? "failed to install the in-pod rules" : "failed to remove the in-pod rules; the pod's traffic is still redirected",
+        log_kv(LOG_ERROR, TGT,
+               sb->job_install ? "failed to install the in-pod rules"
+                               : "failed to remove the in-pod rules; the pod's traffic is still redirected",
                "namespace", sb->ns, "name", sb->name, "error", err, NULL);
     }
     if (sb->gone) {
         /* Deleted meanwhile: an install that went in is taken out again for a CNI DEL, then sb is freed. */
         char e2[RULES_ERR_MAX];
-        if (sb->job_install && status == 0 && sb->remove_when_gone && start_job(a, sb, false, e2, sizeof e2) == 0)
+        if (sb->job_install && status == 0 && sb->remove_when_gone &&
+            start_job(a, sb, false, e2, sizeof e2) == 0)
             return;
         orphan_free(a, sb);
         return;
@@ -501,10 +505,10 @@ static void job_done(void *ud, int status, const char *err)
     schedule_retry(a);
 }
 
-/* Starts putting sb in the mesh with identity uid/sa: the rules, then (job_done) the ZDS Add, then c's answer.
- * Returns 0, or -1 with err when the job could not start (nothing changed). */
-static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const char *sa, struct pconn *c, char *err,
-                 size_t errlen)
+/* Starts putting sb in the mesh with identity uid/sa: the rules, then (job_done) the ZDS Add, then c's
+ * answer. Returns 0, or -1 with err when the job could not start (nothing changed). */
+static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const char *sa, struct pconn *c,
+                 char *err, size_t errlen)
 {
     log_kv(LOG_INFO, TGT, "adding pod to the mesh", "namespace", sb->ns, "name", sb->name, "uid", uid,
            "serviceAccount", sa, NULL);
@@ -515,7 +519,7 @@ static int enrol(struct agent *a, struct sandbox *sb, const char *uid, const cha
         free(sb->want_uid), free(sb->want_sa);
         sb->want_uid = sb->want_sa = NULL;
         a->st.rule_failures++;
-        set_err(err, errlen, "in-pod rules for %s/%s: %s", sb->ns, sb->name, rerr);
+        err_setf(err, errlen, "in-pod rules for %s/%s: %s", sb->ns, sb->name, rerr);
         log_kv(LOG_ERROR, TGT, "failed to install the in-pod rules", "namespace", sb->ns, "name", sb->name,
                "error", err, NULL);
         return -1;
@@ -542,7 +546,8 @@ static void await_arm(struct agent *a)
 
 static void await_enrolment(struct agent *a, struct sandbox *sb, struct pconn *c)
 {
-    if (sb->waiter && sb->waiter != c) pconn_answer(sb->waiter, "superseded by a later ADD of the same sandbox");
+    if (sb->waiter && sb->waiter != c)
+        pconn_answer(sb->waiter, "superseded by a later ADD of the same sandbox");
     if (!sb->awaiting) {
         sb->awaiting = true;
         sb->await_until = loop_now(a->l) + AGENT_UNKNOWN_POD_WAIT_MS;
@@ -573,7 +578,8 @@ static void await_cb(struct timer *t)
         if (!sb->awaiting || sb->await_until > now) continue;
         struct pconn *c = await_take(sb);
         log_kv(LOG_WARN, TGT,
-               "pod still not in the enrolment: it starts outside the mesh, and is enrolled once the source lists it",
+               "pod still not in the enrolment: it starts outside the mesh, and is enrolled once the source "
+               "lists it",
                "namespace", sb->ns, "name", sb->name, NULL);
         if (c) pconn_answer(c, NULL);
     }
@@ -614,8 +620,8 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
     if (sb->state == AGENT_POD_ENROLLED && want &&
         (strcmp(sb->zds_uid, pod_uid(sb, e)) != 0 || strcmp(sb->sa, e->sa) != 0)) {
         /* Its identity changed: ztunnel must drop the old proxy and start one with the new identity. */
-        log_kv(LOG_INFO, TGT, "pod's uid or service account changed; re-adding it", "namespace", sb->ns, "name",
-               sb->name, NULL);
+        log_kv(LOG_INFO, TGT, "pod's uid or service account changed; re-adding it", "namespace", sb->ns,
+               "name", sb->name, NULL);
         zds_forget(a, sb);
     }
     if (want && sb->state != AGENT_POD_ENROLLED) {
@@ -699,11 +705,11 @@ static int msg_parse(json_t *root, struct msg *m, char *err, size_t errlen)
 {
     memset(m, 0, sizeof *m);
     if (!json_is_object(root)) {
-        set_err(err, errlen, "the message is not a JSON object");
+        err_setf(err, errlen, "the message is not a JSON object");
         return -1;
     }
-    static const char *const known[] = {"version", "event", "container_id", "netns", "ifname",
-                                        "pod", "infra_container_id", "ips", NULL};
+    static const char *const known[] = {
+        "version", "event", "container_id", "netns", "ifname", "pod", "infra_container_id", "ips", NULL};
     const char *k;
     json_t *v;
     json_object_foreach(root, k, v)
@@ -712,13 +718,13 @@ static int msg_parse(json_t *root, struct msg *m, char *err, size_t errlen)
         for (size_t i = 0; known[i]; i++)
             if (strcmp(k, known[i]) == 0) ok = true;
         if (!ok) {
-            set_err(err, errlen, "field \"%s\": unknown", k);
+            err_setf(err, errlen, "field \"%s\": unknown", k);
             return -1;
         }
     }
     json_t *ver = json_object_get(root, "version");
     if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
-        set_err(err, errlen, "field \"version\": must be 1");
+        err_setf(err, errlen, "field \"version\": must be 1");
         return -1;
     }
     struct {
@@ -733,36 +739,36 @@ static int msg_parse(json_t *root, struct msg *m, char *err, size_t errlen)
     for (size_t i = 0; i < sizeof fs / sizeof fs[0]; i++) {
         json_t *s = json_object_get(root, fs[i].key);
         if (!json_is_string(s)) {
-            set_err(err, errlen, "field \"%s\": must be a string", fs[i].key);
+            err_setf(err, errlen, "field \"%s\": must be a string", fs[i].key);
             return -1;
         }
         *fs[i].out = json_string_value(s);
         if (fs[i].nonempty && !**fs[i].out) {
-            set_err(err, errlen, "field \"%s\": must not be empty", fs[i].key);
+            err_setf(err, errlen, "field \"%s\": must not be empty", fs[i].key);
             return -1;
         }
     }
     if (strcmp(m->event, "add") != 0 && strcmp(m->event, "del") != 0) {
-        set_err(err, errlen, "field \"event\": \"%s\" is neither \"add\" nor \"del\"", m->event);
+        err_setf(err, errlen, "field \"event\": \"%s\" is neither \"add\" nor \"del\"", m->event);
         return -1;
     }
     if (strcmp(m->event, "add") == 0 && !*m->netns) {
-        set_err(err, errlen, "field \"netns\": must not be empty for add");
+        err_setf(err, errlen, "field \"netns\": must not be empty for add");
         return -1;
     }
     if (*m->netns && m->netns[0] != '/') {
-        set_err(err, errlen, "field \"netns\": \"%s\" is not an absolute path", m->netns);
+        err_setf(err, errlen, "field \"netns\": \"%s\" is not an absolute path", m->netns);
         return -1;
     }
     json_t *pod = json_object_get(root, "pod");
     if (!json_is_object(pod)) {
-        set_err(err, errlen, "field \"pod\": must be an object");
+        err_setf(err, errlen, "field \"pod\": must be an object");
         return -1;
     }
     json_object_foreach(pod, k, v)
     {
         if (strcmp(k, "name") && strcmp(k, "namespace") && strcmp(k, "uid")) {
-            set_err(err, errlen, "field \"pod.%s\": unknown", k);
+            err_setf(err, errlen, "field \"pod.%s\": unknown", k);
             return -1;
         }
     }
@@ -771,26 +777,26 @@ static int msg_parse(json_t *root, struct msg *m, char *err, size_t errlen)
     for (size_t i = 0; i < 3; i++) {
         json_t *s = json_object_get(pod, pk[i]);
         if (!json_is_string(s)) {
-            set_err(err, errlen, "field \"pod.%s\": must be a string", pk[i]);
+            err_setf(err, errlen, "field \"pod.%s\": must be a string", pk[i]);
             return -1;
         }
         *pf[i] = json_string_value(s);
         if ((i < 2 || *json_string_value(s)) && !name_ok(json_string_value(s))) {
-            set_err(err, errlen, "field \"pod.%s\": must be 1 to %d printable characters without blanks", pk[i],
-                    CNI_ARG_VALUE_MAX);
+            err_setf(err, errlen, "field \"pod.%s\": must be 1 to %d printable characters without blanks",
+                     pk[i], CNI_ARG_VALUE_MAX);
             return -1;
         }
     }
     m->ips = json_object_get(root, "ips");
     if (!json_is_array(m->ips)) {
-        set_err(err, errlen, "field \"ips\": must be an array");
+        err_setf(err, errlen, "field \"ips\": must be an array");
         return -1;
     }
     size_t i;
     json_array_foreach(m->ips, i, v)
     {
         if (!json_is_string(v)) {
-            set_err(err, errlen, "field \"ips[%zu]\": must be a string", i);
+            err_setf(err, errlen, "field \"ips[%zu]\": must be a string", i);
             return -1;
         }
     }
@@ -802,7 +808,7 @@ int agent_message_check(const char *msg, size_t len, char *err, size_t errlen)
     json_error_t je;
     json_t *root = json_loadb(msg, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        set_err(err, errlen, "the message is not JSON: %s", je.text);
+        err_setf(err, errlen, "the message is not JSON: %s", je.text);
         return -1;
     }
     struct msg m;
@@ -814,14 +820,14 @@ int agent_message_check(const char *msg, size_t len, char *err, size_t errlen)
 static void handle_add(struct agent *a, const struct msg *m, struct pconn *c)
 {
     a->st.adds++;
-    log_kv(LOG_INFO, TGT, "CNI add", "container_id", m->container_id, "namespace", m->ns, "name", m->name, "uid",
-           m->uid, "netns", m->netns, NULL);
+    log_kv(LOG_INFO, TGT, "CNI add", "container_id", m->container_id, "namespace", m->ns, "name", m->name,
+           "uid", m->uid, "netns", m->netns, NULL);
     struct sandbox *sb = sb_by_container(a, m->container_id);
     struct sandbox *old = sb ? NULL : sb_by_pod(a, m->ns, m->name);
     if (old) {
         /* The runtime re-created the pod's sandbox: the old one is gone (its DEL may never come). */
-        log_kv(LOG_INFO, TGT, "pod has a new sandbox; forgetting the old one", "namespace", m->ns, "name", m->name,
-               "old_container_id", old->container_id, NULL);
+        log_kv(LOG_INFO, TGT, "pod has a new sandbox; forgetting the old one", "namespace", m->ns, "name",
+               m->name, "old_container_id", old->container_id, NULL);
         forget(a, old, false);
     }
     if (sb && strcmp(sb->netns, m->netns) != 0) {
@@ -850,10 +856,12 @@ static void handle_add(struct agent *a, const struct msg *m, struct pconn *c)
         }
         sb->netns_fd = fd;
         sb->a = a;
-        sb->container_id = xstrdup(m->container_id), sb->cni_uid = xstrdup(m->uid), sb->name = xstrdup(m->name);
+        sb->container_id = xstrdup(m->container_id), sb->cni_uid = xstrdup(m->uid),
+        sb->name = xstrdup(m->name);
         sb->ns = xstrdup(m->ns), sb->netns = xstrdup(m->netns), sb->ifname = xstrdup(m->ifname);
         sb->ips = json_deep_copy(m->ips);
-        if (!sb->container_id || !sb->cni_uid || !sb->name || !sb->ns || !sb->netns || !sb->ifname || !sb->ips) {
+        if (!sb->container_id || !sb->cni_uid || !sb->name || !sb->ns || !sb->netns || !sb->ifname ||
+            !sb->ips) {
             sb_free(sb);
             pconn_answer(c, "out of memory");
             return;
@@ -994,7 +1002,8 @@ static void plugin_accept_cb(struct io *io, uint32_t ev)
         }
         if (a->npconns >= AGENT_PLUGIN_CONNS_MAX) {
             /* The plugin retries a refused connect within its deadline; an accepted one it would wait on. */
-            LOG_LIMITED(LOG_WARN, TGT, "CNI plugin connection refused: %d open already", AGENT_PLUGIN_CONNS_MAX);
+            LOG_LIMITED(LOG_WARN, TGT, "CNI plugin connection refused: %d open already",
+                        AGENT_PLUGIN_CONNS_MAX);
             close(fd);
             continue;
         }
@@ -1109,23 +1118,24 @@ int agent_enrolment_parse(const char *file, const char *text, size_t len, struct
     json_error_t je;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        set_err(err, errlen, "%s: line %d: %s", file, je.line, je.text);
+        err_setf(err, errlen, "%s: line %d: %s", file, je.line, je.text);
         return -1;
     }
     if (!json_is_array(root)) {
-        set_err(err, errlen, "%s: must be a JSON array of {name, namespace, service_account, ambient}", file);
+        err_setf(err, errlen, "%s: must be a JSON array of {name, namespace, service_account, ambient}",
+                 file);
         json_decref(root);
         return -1;
     }
     size_t cnt = json_array_size(root);
     if (cnt > AGENT_ENROLMENT_MAX) {
-        set_err(err, errlen, "%s: %zu entries, more than %d", file, cnt, AGENT_ENROLMENT_MAX);
+        err_setf(err, errlen, "%s: %zu entries, more than %d", file, cnt, AGENT_ENROLMENT_MAX);
         json_decref(root);
         return -1;
     }
     struct agent_enrolment *pods = cnt ? calloc(cnt, sizeof *pods) : NULL;
     if (cnt && !pods) {
-        set_err(err, errlen, "%s: out of memory", file);
+        err_setf(err, errlen, "%s: out of memory", file);
         json_decref(root);
         return -1;
     }
@@ -1134,7 +1144,7 @@ int agent_enrolment_parse(const char *file, const char *text, size_t len, struct
     json_array_foreach(root, i, o)
     {
         if (!json_is_object(o)) {
-            set_err(err, errlen, "%s: entry %zu: must be an object", file, i);
+            err_setf(err, errlen, "%s: entry %zu: must be an object", file, i);
             goto fail;
         }
         const char *k;
@@ -1143,7 +1153,7 @@ int agent_enrolment_parse(const char *file, const char *text, size_t len, struct
         {
             if (strcmp(k, "name") && strcmp(k, "namespace") && strcmp(k, "service_account") &&
                 strcmp(k, "ambient") && strcmp(k, "uid") && strcmp(k, "node")) {
-                set_err(err, errlen, "%s: entry %zu: field \"%s\": unknown", file, i, k);
+                err_setf(err, errlen, "%s: entry %zu: field \"%s\": unknown", file, i, k);
                 goto fail;
             }
         }
@@ -1152,15 +1162,16 @@ int agent_enrolment_parse(const char *file, const char *text, size_t len, struct
         for (size_t f = 0; f < 3; f++) {
             json_t *s = json_object_get(o, req[f]);
             if (!json_is_string(s) || !name_ok(json_string_value(s))) {
-                set_err(err, errlen, "%s: entry %zu: field \"%s\": %s", file, i, req[f],
-                        !s ? "missing" : "must be a string of 1 to 253 printable characters without blanks");
+                err_setf(err, errlen, "%s: entry %zu: field \"%s\": %s", file, i, req[f],
+                         !s ? "missing" : "must be a string of 1 to 253 printable characters without blanks");
                 goto fail;
             }
             vals[f] = json_string_value(s);
         }
         json_t *amb = json_object_get(o, "ambient");
         if (!json_is_boolean(amb)) {
-            set_err(err, errlen, "%s: entry %zu: field \"ambient\": %s", file, i, !amb ? "missing" : "must be true or false");
+            err_setf(err, errlen, "%s: entry %zu: field \"ambient\": %s", file, i,
+                     !amb ? "missing" : "must be true or false");
             goto fail;
         }
         const char *opt[2] = {NULL, NULL};
@@ -1169,15 +1180,18 @@ int agent_enrolment_parse(const char *file, const char *text, size_t len, struct
             json_t *s = json_object_get(o, optk[f]);
             if (!s) continue;
             if (!json_is_string(s) || !name_ok(json_string_value(s))) {
-                set_err(err, errlen, "%s: entry %zu: field \"%s\": must be a string of 1 to 253 printable characters without blanks",
-                        file, i, optk[f]);
+                err_setf(err, errlen,
+                         "%s: entry %zu: field \"%s\": must be a string of 1 to 253 printable characters "
+                         "without blanks",
+                         file, i, optk[f]);
                 goto fail;
             }
             opt[f] = json_string_value(s);
         }
         for (size_t j = 0; j < i; j++) {
             if (strcmp(pods[j].name, vals[0]) == 0 && strcmp(pods[j].namespace_, vals[1]) == 0) {
-                set_err(err, errlen, "%s: entry %zu: pod %s/%s is also entry %zu", file, i, vals[1], vals[0], j);
+                err_setf(err, errlen, "%s: entry %zu: pod %s/%s is also entry %zu", file, i, vals[1], vals[0],
+                         j);
                 goto fail;
             }
         }
@@ -1189,7 +1203,7 @@ int agent_enrolment_parse(const char *file, const char *text, size_t len, struct
         pods[i].ambient = json_is_true(amb);
         if (!pods[i].name || !pods[i].namespace_ || !pods[i].service_account || (opt[0] && !pods[i].uid) ||
             (opt[1] && !pods[i].node)) {
-            set_err(err, errlen, "%s: out of memory", file);
+            err_setf(err, errlen, "%s: out of memory", file);
             i++;
             goto fail_n;
         }
@@ -1208,13 +1222,13 @@ fail_n:
 int agent_reload_file(struct agent *a, char *err, size_t errlen)
 {
     if (!a->file) {
-        set_err(err, errlen, "no enrolment file");
+        err_setf(err, errlen, "no enrolment file");
         return -1;
     }
     char *text;
     size_t len;
     if (read_file(a->file, &text, &len, err, errlen) < 0) {
-        set_err(err + strlen(err), errlen - strlen(err), " (enrolment file)");
+        err_setf(err + strlen(err), errlen - strlen(err), " (enrolment file)");
         return -1;
     }
     struct agent_enrolment *pods;
@@ -1225,7 +1239,7 @@ int agent_reload_file(struct agent *a, char *err, size_t errlen)
     r = agent_set_enrolment(a, pods, n);
     agent_enrolment_free(pods, n);
     if (r < 0) {
-        set_err(err, errlen, "%s: %s", a->file, strerror(-r));
+        err_setf(err, errlen, "%s: %s", a->file, strerror(-r));
         return -1;
     }
     log_kv(LOG_INFO, TGT, "enrolment file loaded", "path", a->file, NULL);
@@ -1237,7 +1251,8 @@ static void file_timer_cb(struct timer *t)
     struct agent *a = container_of(t, struct agent, file_timer);
     char err[ERR_LEN];
     if (agent_reload_file(a, err, sizeof err) < 0)
-        log_kv(LOG_ERROR, TGT, "enrolment file not applied; the previous enrolment stays", "error", err, NULL);
+        log_kv(LOG_ERROR, TGT, "enrolment file not applied; the previous enrolment stays", "error", err,
+               NULL);
 }
 
 static void ino_cb(struct io *io, uint32_t ev)
@@ -1266,14 +1281,14 @@ int agent_watch_file(struct agent *a, const char *path, char *err, size_t errlen
     a->file_dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
     a->file_base = strdup(slash ? slash + 1 : path);
     if (!a->file || !a->file_dir || !a->file_base) {
-        set_err(err, errlen, "out of memory");
+        err_setf(err, errlen, "out of memory");
         return -1;
     }
     if (agent_reload_file(a, err, errlen) < 0) return -1;
     if (a->ino.fd < 0) {
         int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
         if (fd < 0) {
-            set_err(err, errlen, "inotify_init1: %s", strerror(errno));
+            err_setf(err, errlen, "inotify_init1: %s", strerror(errno));
             return -1;
         }
         a->ino.fd = fd;
@@ -1281,13 +1296,13 @@ int agent_watch_file(struct agent *a, const char *path, char *err, size_t errlen
         if (loop_io_add(a->l, &a->ino, EPOLLIN) < 0) {
             close(fd);
             a->ino.fd = -1;
-            set_err(err, errlen, "cannot watch the inotify fd");
+            err_setf(err, errlen, "cannot watch the inotify fd");
             return -1;
         }
     }
     /* The directory, not the file: editors and `mv` replace the file, which ends a watch on the file. */
     if (inotify_add_watch(a->ino.fd, a->file_dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE) < 0) {
-        set_err(err, errlen, "inotify_add_watch %s: %s", a->file_dir, strerror(errno));
+        err_setf(err, errlen, "inotify_add_watch %s: %s", a->file_dir, strerror(errno));
         return -1;
     }
     return 0;
@@ -1299,7 +1314,8 @@ static int plugin_listen(struct agent *a, char *err, size_t errlen)
 {
     struct sockaddr_un sun = {.sun_family = AF_UNIX};
     if (strlen(a->plugin_path) >= sizeof sun.sun_path) {
-        set_err(err, errlen, "plugin socket %s: longer than %zu bytes", a->plugin_path, sizeof sun.sun_path - 1);
+        err_setf(err, errlen, "plugin socket %s: longer than %zu bytes", a->plugin_path,
+                 sizeof sun.sun_path - 1);
         return -1;
     }
     memcpy(sun.sun_path, a->plugin_path, strlen(a->plugin_path) + 1);
@@ -1310,17 +1326,18 @@ static int plugin_listen(struct agent *a, char *err, size_t errlen)
         *slash = '\0';
         int r = mkdir_p(dir);
         if (r < 0) {
-            set_err(err, errlen, "plugin socket directory %s: %s", dir, strerror(-r));
+            err_setf(err, errlen, "plugin socket directory %s: %s", dir, strerror(-r));
             return -1;
         }
     }
     if (unlink(a->plugin_path) < 0 && errno != ENOENT) {
-        set_err(err, errlen, "plugin socket %s: %s", a->plugin_path, strerror(errno));
+        err_setf(err, errlen, "plugin socket %s: %s", a->plugin_path, strerror(errno));
         return -1;
     }
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(fd, AGENT_PLUGIN_CONNS_MAX) < 0) {
-        set_err(err, errlen, "plugin socket %s: %s", a->plugin_path, strerror(errno));
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 ||
+        listen(fd, AGENT_PLUGIN_CONNS_MAX) < 0) {
+        err_setf(err, errlen, "plugin socket %s: %s", a->plugin_path, strerror(errno));
         if (fd >= 0) close(fd);
         return -1;
     }
@@ -1329,7 +1346,7 @@ static int plugin_listen(struct agent *a, char *err, size_t errlen)
     if (loop_io_add(a->l, &a->lio, EPOLLIN) < 0) {
         close(fd);
         a->lio.fd = -1;
-        set_err(err, errlen, "cannot watch the plugin socket");
+        err_setf(err, errlen, "cannot watch the plugin socket");
         return -1;
     }
     return 0;
@@ -1339,7 +1356,7 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
 {
     struct agent *a = calloc(1, sizeof *a);
     if (!a) {
-        set_err(err, errlen, "out of memory");
+        err_setf(err, errlen, "out of memory");
         return -1;
     }
     a->l = l;
@@ -1356,26 +1373,26 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
     snprintf(sp, sizeof sp, "%s/%s", a->state_dir, AGENT_STATE_FILE);
     a->state_path = strdup(sp);
     if (!a->plugin_path || !a->state_dir || !a->state_path) {
-        set_err(err, errlen, "out of memory");
+        err_setf(err, errlen, "out of memory");
         goto fail;
     }
     int r = mkdir_p(a->state_dir);
     if (r < 0) {
-        set_err(err, errlen, "state directory %s: %s", a->state_dir, strerror(-r));
+        err_setf(err, errlen, "state directory %s: %s", a->state_dir, strerror(-r));
         goto fail;
     }
     if (state_load(a, err, errlen) < 0) goto fail;
     r = zds_server_new(l, cfg->zds_socket, &a->zds);
     if (r < 0) {
-        set_err(err, errlen, "ZDS socket %s: %s", cfg->zds_socket ? cfg->zds_socket : ZDS_SERVER_DEFAULT_PATH,
-                strerror(-r));
+        err_setf(err, errlen, "ZDS socket %s: %s",
+                 cfg->zds_socket ? cfg->zds_socket : ZDS_SERVER_DEFAULT_PATH, strerror(-r));
         goto fail;
     }
     if (plugin_listen(a, err, errlen) < 0) goto fail;
     /* Replay: the enrolled pods are in the snapshot of the first ztunnel at once (it still serves them, and a
      * snapshot without them would make it drain them), and get their rules installed again in the background
-     * (idempotent; the agent does not remove them at shutdown, so this repairs only what changed since). A pod
-     * whose rules fail is then taken out (job_done) until the enrolment source enrols it again. */
+     * (idempotent; the agent does not remove them at shutdown, so this repairs only what changed since). A
+     * pod whose rules fail is then taken out (job_done) until the enrolment source enrols it again. */
     size_t replayed = 0;
     for (struct sandbox *sb = a->sbs; sb; sb = sb->next) {
         if (sb->state != AGENT_POD_ENROLLED) continue;
@@ -1386,8 +1403,10 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
         char rerr[RULES_ERR_MAX];
         if (start_job(a, sb, true, rerr, sizeof rerr) < 0) {
             a->st.rule_failures++;
-            log_kv(LOG_ERROR, TGT, "replay: failed to install the in-pod rules; the pod is out of the mesh until "
-                   "they install", "namespace", sb->ns, "name", sb->name, "error", rerr, NULL);
+            log_kv(LOG_ERROR, TGT,
+                   "replay: failed to install the in-pod rules; the pod is out of the mesh until "
+                   "they install",
+                   "namespace", sb->ns, "name", sb->name, "error", rerr, NULL);
             zds_forget(a, sb);
             continue;
         }

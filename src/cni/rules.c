@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/err.h"
 #include "core/log.h"
 #include "core/loop.h"
 
@@ -54,7 +55,8 @@ static void ipt_nat(char *out, size_t n, bool v6)
 
 /* nftables: inet tables (one for both families), Istio's names, hooks and priorities. */
 static const char NFT_V4_NAT[] =
-    "add rule inet istio-ambient-nat istio-prerouting meta l4proto tcp ip saddr 169.254.7.127 counter accept\n"
+    "add rule inet istio-ambient-nat istio-prerouting meta l4proto tcp ip saddr 169.254.7.127 counter "
+    "accept\n"
     "add rule inet istio-ambient-nat istio-output meta l4proto tcp ip daddr 169.254.7.127 counter accept\n"
     "add rule inet istio-ambient-nat istio-prerouting ip daddr != 127.0.0.1/32 tcp dport != 15008 "
     "mark and 0xfff != 0x539 counter redirect to :15006\n"
@@ -92,8 +94,10 @@ static const char NFT_MANGLE[] =
     "add rule inet istio-ambient-mangle output jump istio-output\n"
     "add rule inet istio-ambient-mangle istio-prerouting meta mark & 0xfff == 0x539 counter "
     "ct mark set ct mark & 0xfffff000 | 0x111\n"
-    "add rule inet istio-ambient-mangle istio-output ct mark and 0xfff == 0x111 counter meta mark set ct mark\n";
-/* Adding a table before deleting it makes the delete succeed whether or not it existed, in one transaction. */
+    "add rule inet istio-ambient-mangle istio-output ct mark and 0xfff == 0x111 counter meta mark set ct "
+    "mark\n";
+/* Adding a table before deleting it makes the delete succeed whether or not it existed, in one transaction.
+ */
 static const char NFT_REMOVE[] = "add table inet istio-ambient-nat\n"
                                  "delete table inet istio-ambient-nat\n"
                                  "add table inet istio-ambient-mangle\n"
@@ -150,21 +154,12 @@ static bool find_tool(const char *tool, char *out, size_t n)
     return false;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Trims trailing blanks and turns newlines into "; " so a tool's stderr fits one log line. */
 static void one_line(char *s)
 {
     size_t n = strlen(s);
-    while (n && (s[n - 1] == '\n' || s[n - 1] == ' ')) s[--n] = '\0';
+    while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
+        s[--n] = '\0';
     for (char *p = s; *p; p++)
         if (*p == '\n' || *p == '\r') *p = ';';
 }
@@ -177,7 +172,7 @@ static int run_tool(char *const argv[], const char *in, size_t inlen, struct sbu
 {
     char path[512];
     if (!find_tool(argv[0], path, sizeof path)) {
-        set_err(err, errlen, "%s not found (PATH and /usr/sbin:/sbin:/usr/bin:/bin)", argv[0]);
+        err_setf(err, errlen, "%s not found (PATH and /usr/sbin:/sbin:/usr/bin:/bin)", argv[0]);
         return -1;
     }
     int pin[2], pout[2], perr[2];
@@ -186,7 +181,7 @@ static int run_tool(char *const argv[], const char *in, size_t inlen, struct sbu
     if (pipe2(perr, O_CLOEXEC) < 0) goto pipefail;
     pid_t pid = fork();
     if (pid < 0) {
-        set_err(err, errlen, "fork: %s", strerror(errno));
+        err_setf(err, errlen, "fork: %s", strerror(errno));
         return -1;
     }
     if (pid == 0) {
@@ -242,17 +237,18 @@ static int run_tool(char *const argv[], const char *in, size_t inlen, struct sbu
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
     if (!WIFEXITED(st)) {
-        set_err(err, errlen, "%s killed by signal %d", argv[0], WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+        err_setf(err, errlen, "%s killed by signal %d", argv[0], WIFSIGNALED(st) ? WTERMSIG(st) : 0);
         return -1;
     }
-    if (WEXITSTATUS(st)) set_err(err, errlen, "%s exited with %d: %s", argv[0], WEXITSTATUS(st), ebuf);
+    if (WEXITSTATUS(st)) err_setf(err, errlen, "%s exited with %d: %s", argv[0], WEXITSTATUS(st), ebuf);
     return WEXITSTATUS(st);
 pipefail:
-    set_err(err, errlen, "pipe: %s", strerror(errno));
+    err_setf(err, errlen, "pipe: %s", strerror(errno));
     return -1;
 }
 
-/* Whether IPv6 is on in the current namespace (the child's, after setns: /proc/sys/net follows the opener). */
+/* Whether IPv6 is on in the current namespace (the child's, after setns: /proc/sys/net follows the opener).
+ */
 static bool has_v6(void)
 {
     int fd = open("/proc/sys/net/ipv6/conf/all/disable_ipv6", O_RDONLY | O_CLOEXEC);
@@ -294,8 +290,8 @@ static bool has_chain(const char *text, const char *table, const char *chain)
         if (len && p[0] == '*') {
             snprintf(tbl, sizeof tbl, "%.*s", (int)(len - 1), p + 1);
             cur_table = tbl;
-        } else if (strcmp(cur_table, table) == 0 && len > cl + 1 && p[0] == ':' && strncmp(p + 1, chain, cl) == 0 &&
-                   p[cl + 1] == ' ') {
+        } else if (strcmp(cur_table, table) == 0 && len > cl + 1 && p[0] == ':' &&
+                   strncmp(p + 1, chain, cl) == 0 && p[cl + 1] == ' ') {
             return true;
         }
         p = e ? e + 1 : NULL;
@@ -326,8 +322,10 @@ static int ipt_family(bool v6, bool install, char *err, size_t errlen)
         /* A declared user chain is created, or flushed when it exists, even with --noflush. */
         if (install || cpre) sb_add(&in, ":ISTIO_PRERT - [0:0]\n");
         if (install || cout) sb_add(&in, ":ISTIO_OUTPUT - [0:0]\n");
-        for (int i = 0; i < npre; i++) sb_add(&in, "-D PREROUTING -j ISTIO_PRERT\n");
-        for (int i = 0; i < nout; i++) sb_add(&in, "-D OUTPUT -j ISTIO_OUTPUT\n");
+        for (int i = 0; i < npre; i++)
+            sb_add(&in, "-D PREROUTING -j ISTIO_PRERT\n");
+        for (int i = 0; i < nout; i++)
+            sb_add(&in, "-D OUTPUT -j ISTIO_OUTPUT\n");
         if (install) {
             sb_add(&in, "%s\n%s\n", JUMP_PRE, JUMP_OUT);
             if (t == 0) {
@@ -345,7 +343,7 @@ static int ipt_family(bool v6, bool install, char *err, size_t errlen)
     }
     if (!in.p && !in.oom) goto out; /* nothing to remove */
     if (in.oom || cur.oom) {
-        set_err(err, errlen, "out of memory building the %s input", restore);
+        err_setf(err, errlen, "out of memory building the %s input", restore);
         r = -1;
         goto out;
     }
@@ -377,7 +375,7 @@ static int routes_family(bool v6, bool install, char *err, size_t errlen)
         sb_add(&in, "route add local %s dev lo table 100\n", v6 ? "::/0" : "0.0.0.0/0");
     }
     if (in.oom || rules.oom || routes.oom) {
-        set_err(err, errlen, "out of memory building the ip batch");
+        err_setf(err, errlen, "out of memory building the ip batch");
         r = -1;
     } else if (in.p) {
         char *const a3[] = {"ip", (char *)fam, "-batch", "-", NULL};
@@ -398,7 +396,7 @@ static int nft_apply(bool install, bool v6, char *err, size_t errlen)
     }
     if (!in.p || in.oom) {
         free(in.p);
-        set_err(err, errlen, "out of memory");
+        err_setf(err, errlen, "out of memory");
         return -1;
     }
     char *const argv[] = {"nft", "-f", "-", NULL};
@@ -431,8 +429,10 @@ static int child_op(enum rules_backend b, enum op op, char *err, size_t errlen)
         }
         bool p;
         if (b == RULES_IPTABLES)
-            p = count_lines_equal(out.p, "nat", JUMP_PRE) > 0 && count_lines_equal(out.p, "nat", JUMP_OUT) > 0 &&
-                count_lines_equal(out.p, "mangle", JUMP_PRE) > 0 && count_lines_equal(out.p, "mangle", JUMP_OUT) > 0;
+            p = count_lines_equal(out.p, "nat", JUMP_PRE) > 0 &&
+                count_lines_equal(out.p, "nat", JUMP_OUT) > 0 &&
+                count_lines_equal(out.p, "mangle", JUMP_PRE) > 0 &&
+                count_lines_equal(out.p, "mangle", JUMP_OUT) > 0;
         else
             p = out.p && strstr(out.p, "table inet istio-ambient-nat {") &&
                 strstr(out.p, "table inet istio-ambient-mangle {");
@@ -481,23 +481,23 @@ static int spawn(enum rules_backend b, int netns_fd, enum op op, pid_t *pid_out,
 {
     int t = ioctl(netns_fd, NS_GET_NSTYPE);
     if (t < 0) {
-        set_err(err, errlen, "cannot %s rules: fd %d is not a namespace: %s", OP_NAMES[op], netns_fd,
-                strerror(errno));
+        err_setf(err, errlen, "cannot %s rules: fd %d is not a namespace: %s", OP_NAMES[op], netns_fd,
+                 strerror(errno));
         return -1;
     }
     if (t != CLONE_NEWNET) {
-        set_err(err, errlen, "cannot %s rules: fd %d is not a network namespace", OP_NAMES[op], netns_fd);
+        err_setf(err, errlen, "cannot %s rules: fd %d is not a network namespace", OP_NAMES[op], netns_fd);
         return -1;
     }
     int p[2];
     if (pipe2(p, O_CLOEXEC) < 0) {
-        set_err(err, errlen, "pipe: %s", strerror(errno));
+        err_setf(err, errlen, "pipe: %s", strerror(errno));
         return -1;
     }
     pid_t pid = fork();
     if (pid < 0) {
         close(p[0]), close(p[1]);
-        set_err(err, errlen, "fork: %s", strerror(errno));
+        err_setf(err, errlen, "fork: %s", strerror(errno));
         return -1;
     }
     if (pid == 0) {
@@ -510,7 +510,7 @@ static int spawn(enum rules_backend b, int netns_fd, enum op op, pid_t *pid_out,
         char cerr[RULES_ERR_MAX] = "";
         int code;
         if (setns(netns_fd, CLONE_NEWNET) < 0) {
-            set_err(cerr, sizeof cerr, "setns into the pod's network namespace: %s", strerror(errno));
+            err_setf(cerr, sizeof cerr, "setns into the pod's network namespace: %s", strerror(errno));
             code = 1;
         } else {
             code = child_op(b, op, cerr, sizeof cerr);
@@ -535,13 +535,13 @@ static int conclude(enum rules_backend b, enum op op, pid_t pid, const char *cer
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
     if (killed) {
-        set_err(err, errlen, "cannot %s rules: the %s tools took more than %d ms", OP_NAMES[op],
-                rules_backend_to_str(b), RULES_TIMEOUT_MS);
+        err_setf(err, errlen, "cannot %s rules: the %s tools took more than %d ms", OP_NAMES[op],
+                 rules_backend_to_str(b), RULES_TIMEOUT_MS);
         return -1;
     }
     if (!WIFEXITED(st) || WEXITSTATUS(st) == 1 || WEXITSTATUS(st) > 2) {
-        set_err(err, errlen, "cannot %s %s rules: %s", OP_NAMES[op], rules_backend_to_str(b),
-                *cerr ? cerr : "the namespace child failed");
+        err_setf(err, errlen, "cannot %s %s rules: %s", OP_NAMES[op], rules_backend_to_str(b),
+                 *cerr ? cerr : "the namespace child failed");
         return -1;
     }
     return WEXITSTATUS(st);
@@ -632,12 +632,12 @@ static void job_deadline_cb(struct timer *t)
     job_end(j, true);
 }
 
-int rules_start(struct loop *l, enum rules_backend b, int netns_fd, bool install, rules_done_fn done, void *ud,
-                struct rules_job **out, char *err, size_t errlen)
+int rules_start(struct loop *l, enum rules_backend b, int netns_fd, bool install, rules_done_fn done,
+                void *ud, struct rules_job **out, char *err, size_t errlen)
 {
     struct rules_job *j = calloc(1, sizeof *j);
     if (!j) {
-        set_err(err, errlen, "out of memory");
+        err_setf(err, errlen, "out of memory");
         return -1;
     }
     enum op op = install ? OP_INSTALL : OP_REMOVE;
@@ -660,7 +660,7 @@ int rules_start(struct loop *l, enum rules_backend b, int netns_fd, bool install
         while (waitpid(j->pid, &st, 0) < 0 && errno == EINTR) {
         }
         free(j);
-        set_err(err, errlen, "cannot watch the rules child");
+        err_setf(err, errlen, "cannot watch the rules child");
         return -1;
     }
     timer_start(l, &j->deadline, RULES_TIMEOUT_MS);
@@ -698,8 +698,9 @@ bool rules_backend_available(enum rules_backend b, char *err, size_t errlen)
                           b == RULES_IPTABLES ? "iptables-save" : "nft", "ip"};
     for (size_t i = 0; i < 3; i++) {
         if (!find_tool(need[i], p, sizeof p)) {
-            set_err(err, errlen, "%s not found (PATH and /usr/sbin:/sbin:/usr/bin:/bin), needed by the %s backend",
-                    need[i], rules_backend_to_str(b));
+            err_setf(err, errlen,
+                     "%s not found (PATH and /usr/sbin:/sbin:/usr/bin:/bin), needed by the %s backend",
+                     need[i], rules_backend_to_str(b));
             return false;
         }
     }

@@ -9,7 +9,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "tls/err.h"
+#include "core/err.h"
 #include "tls/pem.h"
 #include "tls/tls.h"
 
@@ -37,7 +37,7 @@ SSL_CTX *tls_control_client_ctx_new(const char *roots, char *err, size_t errlen)
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (SSL_CTX_set_alpn_protos(ctx, alpn_h2, sizeof(alpn_h2)) != 0) goto ossl_fail;
     if (!roots || !*roots) {
-        tls_set_errf(err, errlen, "no roots to verify the server with");
+        err_setf(err, errlen, "no roots to verify the server with");
         goto fail;
     }
     if (!strcmp(roots, TLS_ROOTS_SYSTEM)) {
@@ -51,17 +51,17 @@ SSL_CTX *tls_control_client_ctx_new(const char *roots, char *err, size_t errlen)
     if (is_file && tls_read_text(roots, ROOTS_FILE_MAX, &text, err, errlen) < 0) goto fail;
     int n = tls_pem_certs(what, is_file ? text : roots, &certs, err, errlen);
     free(text);
-    if (n == 0) tls_set_errf(err, errlen, "%s: no PEM certificate", what);
+    if (n == 0) err_setf(err, errlen, "%s: no PEM certificate", what);
     for (int i = 0; i < n; i++)
         if (!X509_STORE_add_cert(SSL_CTX_get_cert_store(ctx), sk_X509_value(certs, i))) {
-            tls_set_errf(err, errlen, "%s: %s", what, tls_errstr(ebuf, sizeof(ebuf)));
+            err_setf(err, errlen, "%s: %s", what, tls_errstr(ebuf, sizeof(ebuf)));
             n = -1;
         }
     sk_X509_pop_free(certs, X509_free);
     if (n <= 0) goto fail;
     return ctx;
 ossl_fail:
-    tls_set_errf(err, errlen, "TLS context: %s", tls_errstr(ebuf, sizeof(ebuf)));
+    err_setf(err, errlen, "TLS context: %s", tls_errstr(ebuf, sizeof(ebuf)));
 fail:
     SSL_CTX_free(ctx);
     return NULL;
@@ -72,7 +72,7 @@ SSL_CTX *tls_control_server_ctx_new(const char *const *pem, size_t n, EVP_PKEY *
     char ebuf[256];
     SSL_CTX *ctx = NULL;
     if (n < 1) {
-        tls_set_errf(err, errlen, "no certificate to serve");
+        err_setf(err, errlen, "no certificate to serve");
         return NULL;
     }
     if (!(ctx = SSL_CTX_new(TLS_server_method())) || ctx_base(ctx) < 0) goto ossl_fail;
@@ -84,7 +84,7 @@ SSL_CTX *tls_control_server_ctx_new(const char *const *pem, size_t n, EVP_PKEY *
         X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
         BIO_free(bio);
         if (!x) {
-            tls_set_errf(err, errlen, "certificate %zu: %s", i, tls_errstr(ebuf, sizeof(ebuf)));
+            err_setf(err, errlen, "certificate %zu: %s", i, tls_errstr(ebuf, sizeof(ebuf)));
             goto fail;
         }
         int ok = i == 0 ? SSL_CTX_use_certificate(ctx, x) : SSL_CTX_add1_chain_cert(ctx, x);
@@ -95,7 +95,7 @@ SSL_CTX *tls_control_server_ctx_new(const char *const *pem, size_t n, EVP_PKEY *
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_select_h2, NULL);
     return ctx;
 ossl_fail:
-    tls_set_errf(err, errlen, "TLS context: %s", tls_errstr(ebuf, sizeof(ebuf)));
+    err_setf(err, errlen, "TLS context: %s", tls_errstr(ebuf, sizeof(ebuf)));
 fail:
     SSL_CTX_free(ctx);
     return NULL;

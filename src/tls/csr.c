@@ -10,14 +10,14 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
-#include "tls/err.h"
+#include "core/err.h"
 #include "tls/tls.h"
 
 /* Formats "<what>: <OpenSSL's reason>" and clears the error queue. */
 static void set_ossl_err(char *err, size_t errlen, const char *what)
 {
     char ebuf[256];
-    tls_set_errf(err, errlen, "%s: %s", what, tls_errstr(ebuf, sizeof(ebuf)));
+    err_setf(err, errlen, "%s: %s", what, tls_errstr(ebuf, sizeof(ebuf)));
 }
 
 int tls_csr_new(const char *uri, EVP_PKEY **key, char **pem, char *err, size_t errlen)
@@ -36,7 +36,7 @@ int tls_csr_new(const char *uri, EVP_PKEY **key, char **pem, char *err, size_t e
     *key = NULL;
     *pem = NULL;
     if (!ulen || ulen >= SPIFFE_MAX) {
-        tls_set_errf(err, errlen, "CSR: the identity must be 1 to %d bytes", SPIFFE_MAX - 1);
+        err_setf(err, errlen, "CSR: the identity must be 1 to %d bytes", SPIFFE_MAX - 1);
         return -EINVAL;
     }
     if (!(pk = EVP_EC_gen("P-256")) || !(req = X509_REQ_new())) goto ossl_fail;
@@ -58,7 +58,7 @@ int tls_csr_new(const char *uri, EVP_PKEY **key, char **pem, char *err, size_t e
     char *data;
     long len = BIO_get_mem_data(bio, &data);
     if (len <= 0 || !(*pem = malloc((size_t)len + 1))) {
-        tls_set_errf(err, errlen, "CSR: out of memory");
+        err_setf(err, errlen, "CSR: out of memory");
         rc = -ENOMEM;
         goto out;
     }
@@ -89,12 +89,12 @@ static int read_pems(const char *pem, STACK_OF(X509) * out, size_t idx, char *er
 {
     size_t len = strnlen(pem, TLS_CA_PEM_MAX + 1);
     if (len > TLS_CA_PEM_MAX) {
-        tls_set_errf(err, errlen, "cert_chain[%zu]: longer than %d bytes", idx, TLS_CA_PEM_MAX);
+        err_setf(err, errlen, "cert_chain[%zu]: longer than %d bytes", idx, TLS_CA_PEM_MAX);
         return -EINVAL;
     }
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
     if (!bio) {
-        tls_set_errf(err, errlen, "cert_chain[%zu]: out of memory", idx);
+        err_setf(err, errlen, "cert_chain[%zu]: out of memory", idx);
         return -ENOMEM;
     }
     int n = 0;
@@ -119,14 +119,14 @@ static int read_pems(const char *pem, STACK_OF(X509) * out, size_t idx, char *er
     if (n >= 0 && (!clean_end || n == 0)) {
         char ebuf[200];
         if (n == 0)
-            tls_set_errf(err, errlen, "cert_chain[%zu]: no PEM certificate", idx);
+            err_setf(err, errlen, "cert_chain[%zu]: no PEM certificate", idx);
         else
-            tls_set_errf(err, errlen, "cert_chain[%zu]: %s", idx, tls_errstr(ebuf, sizeof(ebuf)));
+            err_setf(err, errlen, "cert_chain[%zu]: %s", idx, tls_errstr(ebuf, sizeof(ebuf)));
         n = -EINVAL;
     }
     ERR_clear_error();
     BIO_free(bio);
-    if (n == -ENOMEM) tls_set_errf(err, errlen, "cert_chain[%zu]: out of memory", idx);
+    if (n == -ENOMEM) err_setf(err, errlen, "cert_chain[%zu]: out of memory", idx);
     return n;
 }
 
@@ -151,15 +151,15 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
     *out = NULL;
     if (extra_roots) *extra_roots = 0;
     if (n < 2) {
-        tls_set_errf(err, errlen, "cert_chain: %s", n ? "a leaf without a root" : "empty");
+        err_setf(err, errlen, "cert_chain: %s", n ? "a leaf without a root" : "empty");
         return -EINVAL;
     }
     if (n > TLS_CA_CHAIN_MAX) {
-        tls_set_errf(err, errlen, "cert_chain: %zu elements, at most %d", n, TLS_CA_CHAIN_MAX);
+        err_setf(err, errlen, "cert_chain: %zu elements, at most %d", n, TLS_CA_CHAIN_MAX);
         return -EINVAL;
     }
     if (spiffe_format(id, want, sizeof(want)) < 0) {
-        tls_set_errf(err, errlen, "identity too long");
+        err_setf(err, errlen, "identity too long");
         return -EINVAL;
     }
     if (!(leafs = sk_X509_new_null()) || !(chain = sk_X509_new_null()) || !(roots = sk_X509_new_null()))
@@ -170,7 +170,7 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
         goto out;
     }
     if (k != 1) {
-        tls_set_errf(err, errlen, "cert_chain[0]: %d certificates, expected the leaf alone", k);
+        err_setf(err, errlen, "cert_chain[0]: %d certificates, expected the leaf alone", k);
         goto out;
     }
     for (size_t i = 1; i + 1 < n; i++) {
@@ -179,7 +179,7 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
             goto out;
         }
         if (k != 1) {
-            tls_set_errf(err, errlen, "cert_chain[%zu]: %d certificates, expected one intermediate", i, k);
+            err_setf(err, errlen, "cert_chain[%zu]: %d certificates, expected one intermediate", i, k);
             goto out;
         }
     }
@@ -191,15 +191,15 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
     X509 *leaf = sk_X509_value(leafs, 0);
     if (X509_check_private_key(leaf, key) != 1) {
         ERR_clear_error();
-        tls_set_errf(err, errlen, "cert_chain[0]: the leaf does not carry the key of the request");
+        err_setf(err, errlen, "cert_chain[0]: the leaf does not carry the key of the request");
         goto out;
     }
     if (tls_leaf_identity(leaf, id->td, got, sizeof(got), why, sizeof(why)) < 0) {
-        tls_set_errf(err, errlen, "cert_chain[0]: %s", why);
+        err_setf(err, errlen, "cert_chain[0]: %s", why);
         goto out;
     }
     if (strcmp(got, want) != 0) {
-        tls_set_errf(err, errlen, "cert_chain[0]: the leaf is for %s, requested %s", got, want);
+        err_setf(err, errlen, "cert_chain[0]: the leaf is for %s, requested %s", got, want);
         goto out;
     }
     if (!(store = X509_STORE_new()) || !(vctx = X509_STORE_CTX_new())) goto nomem;
@@ -209,8 +209,8 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
     if (X509_verify_cert(vctx) != 1) {
         int e = X509_STORE_CTX_get_error(vctx);
         ERR_clear_error();
-        tls_set_errf(err, errlen, "cert_chain: the leaf does not verify to a root of cert_chain[%zu]: %s",
-                     n - 1, X509_verify_cert_error_string(e));
+        err_setf(err, errlen, "cert_chain: the leaf does not verify to a root of cert_chain[%zu]: %s", n - 1,
+                 X509_verify_cert_error_string(e));
         goto out;
     }
     STACK_OF(X509) *path = X509_STORE_CTX_get0_chain(vctx);
@@ -222,7 +222,7 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
     memcpy(c->uri, want, sizeof(want));
     if (asn1_to_time(X509_get0_notBefore(leaf), &c->not_before) < 0 ||
         asn1_to_time(X509_get0_notAfter(leaf), &c->not_after) < 0) {
-        tls_set_errf(err, errlen, "cert_chain[0]: unreadable validity period");
+        err_setf(err, errlen, "cert_chain[0]: unreadable validity period");
         goto out;
     }
     if (!EVP_PKEY_up_ref(key)) goto nomem;
@@ -241,7 +241,7 @@ int tls_cert_from_ca_answer(EVP_PKEY *key, const char *const *pem, size_t n, con
 
 nomem:
     ERR_clear_error();
-    tls_set_errf(err, errlen, "out of memory");
+    err_setf(err, errlen, "out of memory");
     rc = -ENOMEM;
 out:
     tls_cert_unref(c); /* partly built (NULL on success): releases what was referenced into it */

@@ -1,5 +1,5 @@
 /* zmeshd's CA core: key material, CSR signing and the authorization of a request (see issuer.h). */
-#include "tls/err.h"
+#include "core/err.h"
 #include "tls/issuer.h"
 #include "tls/pem.h"
 
@@ -64,7 +64,7 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     *out = NULL;
     if (join(cert_path, dir, CA_ISSUER_CERT_FILE) < 0 || join(key_path, dir, CA_ISSUER_KEY_FILE) < 0 ||
         join(root_path, dir, CA_ISSUER_ROOT_FILE) < 0 || join(chain_path, dir, CA_ISSUER_CHAIN_FILE) < 0) {
-        tls_set_errf(err, errlen, "%s: path too long", dir);
+        err_setf(err, errlen, "%s: path too long", dir);
         goto out;
     }
     rc = -ENOMEM;
@@ -77,14 +77,13 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     if ((rc = tls_pem_certs(cert_path, text, &certs, err, errlen)) < 0) goto out;
     rc = -EINVAL;
     if (sk_X509_num(certs) != 1) {
-        tls_set_errf(err, errlen, "%s: holds %d certificates; exactly one (the signing CA) is required",
-                     cert_path, sk_X509_num(certs));
+        err_setf(err, errlen, "%s: holds %d certificates; exactly one (the signing CA) is required",
+                 cert_path, sk_X509_num(certs));
         goto out;
     }
     iss->signing = sk_X509_shift(certs);
     if (X509_check_ca(iss->signing) == 0) {
-        tls_set_errf(err, errlen, "%s: not a CA certificate (it cannot sign workload certificates)",
-                     cert_path);
+        err_setf(err, errlen, "%s: not a CA certificate (it cannot sign workload certificates)", cert_path);
         goto out;
     }
     free(text);
@@ -93,7 +92,7 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     /* ca-key.pem: the signing key, readable by its owner only. */
     if (!(f = fopen(key_path, "r"))) {
         rc = -errno;
-        tls_set_errf(err, errlen, "%s: %s", key_path, strerror(errno));
+        err_setf(err, errlen, "%s: %s", key_path, strerror(errno));
         goto out;
     }
     if (fstat(fileno(f), &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)))
@@ -102,13 +101,13 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     /* An empty passphrase makes an encrypted key fail instead of prompting on the terminal. */
     iss->key = PEM_read_PrivateKey(f, NULL, NULL, (void *)"");
     if (!iss->key) {
-        tls_set_errf(err, errlen, "%s: no readable PEM private key: %s", key_path,
-                     ossl_why(ebuf, sizeof(ebuf), "unreadable"));
+        err_setf(err, errlen, "%s: no readable PEM private key: %s", key_path,
+                 ossl_why(ebuf, sizeof(ebuf), "unreadable"));
         goto out;
     }
     if (X509_check_private_key(iss->signing, iss->key) != 1) {
         ERR_clear_error();
-        tls_set_errf(err, errlen, "%s: key does not match %s", key_path, CA_ISSUER_CERT_FILE);
+        err_setf(err, errlen, "%s: key does not match %s", key_path, CA_ISSUER_CERT_FILE);
         goto out;
     }
 
@@ -128,7 +127,7 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     if ((rc = tls_pem_certs(root_path, iss->root_pem, &roots, err, errlen)) < 0) goto out;
     rc = -EINVAL;
     if (sk_X509_num(roots) == 0) {
-        tls_set_errf(err, errlen, "%s: no PEM certificate", root_path);
+        err_setf(err, errlen, "%s: no PEM certificate", root_path);
         goto out;
     }
 
@@ -140,16 +139,16 @@ static int load_dir(const char *dir, int plugin, struct ca_issuer **out, char *e
     if (!X509_STORE_CTX_init(vctx, store, iss->signing, iss->chain)) goto out;
     if (X509_verify_cert(vctx) != 1) {
         rc = -EINVAL;
-        tls_set_errf(err, errlen, "%s: does not verify against %s%s%s: %s", cert_path, CA_ISSUER_ROOT_FILE,
-                     plugin ? " through " : "", plugin ? CA_ISSUER_CHAIN_FILE : "",
-                     X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
+        err_setf(err, errlen, "%s: does not verify against %s%s%s: %s", cert_path, CA_ISSUER_ROOT_FILE,
+                 plugin ? " through " : "", plugin ? CA_ISSUER_CHAIN_FILE : "",
+                 X509_verify_cert_error_string(X509_STORE_CTX_get_error(vctx)));
         goto out;
     }
     *out = iss;
     iss = NULL;
     rc = 0;
 out:
-    if (rc == -ENOMEM && err && !*err) tls_set_errf(err, errlen, "%s: out of memory", dir);
+    if (rc == -ENOMEM && err && !*err) err_setf(err, errlen, "%s: out of memory", dir);
     if (f) fclose(f);
     free(text);
     sk_X509_pop_free(certs, X509_free);
@@ -178,13 +177,13 @@ static int write_pem_atomic(const char *dir, const char *name, mode_t mode, X509
 
     if (join(path, dir, name) < 0 ||
         snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= (int)sizeof(tmp)) {
-        tls_set_errf(err, errlen, "%s: path too long", dir);
+        err_setf(err, errlen, "%s: path too long", dir);
         goto out;
     }
     unlink(tmp); /* a leftover from a crash */
     if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)) < 0 || !(f = fdopen(fd, "w"))) {
         rc = -errno;
-        tls_set_errf(err, errlen, "%s: %s", tmp, strerror(errno));
+        err_setf(err, errlen, "%s: %s", tmp, strerror(errno));
         goto out;
     }
     fd = -1;
@@ -194,7 +193,7 @@ static int write_pem_atomic(const char *dir, const char *name, mode_t mode, X509
     f = NULL;
     if (!ok || rename(tmp, path) != 0) {
         rc = -EIO;
-        tls_set_errf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        err_setf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(tmp);
         goto out;
     }
@@ -218,12 +217,12 @@ int ca_issuer_open_state(const char *dir, const char *org, struct ca_issuer **ou
     if (err && errlen) *err = '\0';
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         rc = -errno;
-        tls_set_errf(err, errlen, "%s: %s", dir, strerror(errno));
+        err_setf(err, errlen, "%s: %s", dir, strerror(errno));
         goto out;
     }
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         if ((rc = join(path, dir, files[i])) < 0) {
-            tls_set_errf(err, errlen, "%s: path too long", dir);
+            err_setf(err, errlen, "%s: path too long", dir);
             goto out;
         }
         if (access(path, F_OK) == 0)
@@ -239,10 +238,10 @@ int ca_issuer_open_state(const char *dir, const char *org, struct ca_issuer **ou
         /* A half-written or half-deleted CA: making a new root would silently change every identity's trust
          * anchor, so an operator decides. */
         rc = -ENOENT;
-        tls_set_errf(err, errlen,
-                     "%s/%s: missing while other CA files are present; restore it, or remove %s, %s and %s "
-                     "to make a new root",
-                     dir, files[missing], files[0], files[1], files[2]);
+        err_setf(err, errlen,
+                 "%s/%s: missing while other CA files are present; restore it, or remove %s, %s and %s "
+                 "to make a new root",
+                 dir, files[missing], files[0], files[1], files[2]);
         goto out;
     }
     if ((rc = ca_new_root(org, CA_ISSUER_ROOT_TTL_S, &root, &key, err, errlen)) < 0) goto out;
@@ -336,8 +335,8 @@ static int key_acceptable(EVP_PKEY *k, char *err, size_t errlen)
     switch (EVP_PKEY_get_base_id(k)) {
     case EVP_PKEY_RSA:
         if (EVP_PKEY_get_bits(k) >= CA_ISSUER_RSA_MIN_BITS) return 0;
-        tls_set_errf(err, errlen, "CSR has a %d-bit RSA key; at least %d bits are required",
-                     EVP_PKEY_get_bits(k), CA_ISSUER_RSA_MIN_BITS);
+        err_setf(err, errlen, "CSR has a %d-bit RSA key; at least %d bits are required", EVP_PKEY_get_bits(k),
+                 CA_ISSUER_RSA_MIN_BITS);
         return -EINVAL;
     case EVP_PKEY_EC: {
         char curve[64] = "";
@@ -345,14 +344,13 @@ static int key_acceptable(EVP_PKEY *k, char *err, size_t errlen)
         if (EVP_PKEY_get_utf8_string_param(k, "group", curve, sizeof(curve), &len) == 1 &&
             (!strcmp(curve, "prime256v1") || !strcmp(curve, "secp384r1") || !strcmp(curve, "secp521r1")))
             return 0;
-        tls_set_errf(err, errlen, "CSR has an EC key on curve \"%s\"; P-256, P-384 or P-521 is required",
-                     curve);
+        err_setf(err, errlen, "CSR has an EC key on curve \"%s\"; P-256, P-384 or P-521 is required", curve);
         return -EINVAL;
     }
     case EVP_PKEY_ED25519:
         return 0;
     default:
-        tls_set_errf(err, errlen, "CSR has an unsupported key type (RSA, ECDSA or Ed25519 is required)");
+        err_setf(err, errlen, "CSR has an unsupported key type (RSA, ECDSA or Ed25519 is required)");
         return -EINVAL;
     }
 }
@@ -364,11 +362,11 @@ static int leaf_end(const struct ca_issuer *iss, time_t now, int64_t lifetime, t
 {
     struct tm tm;
     if (X509_cmp_time(X509_get0_notAfter(iss->signing), &now) <= 0) {
-        tls_set_errf(err, errlen, "signing certificate (%s) has expired", CA_ISSUER_CERT_FILE);
+        err_setf(err, errlen, "signing certificate (%s) has expired", CA_ISSUER_CERT_FILE);
         return -EKEYEXPIRED;
     }
     if (!ASN1_TIME_to_tm(X509_get0_notAfter(iss->signing), &tm)) {
-        tls_set_errf(err, errlen, "signing certificate has an unreadable notAfter");
+        err_setf(err, errlen, "signing certificate has an unreadable notAfter");
         return -EIO;
     }
     time_t signing_end = timegm(&tm);
@@ -403,11 +401,11 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
     memset(out, 0, sizeof(*out));
     if (err && errlen) *err = '\0';
     if (spiffe_format(id, uri, sizeof(uri)) < 0) {
-        tls_set_errf(err, errlen, "identity does not fit a SPIFFE id");
+        err_setf(err, errlen, "identity does not fit a SPIFFE id");
         goto out;
     }
     if (len == 0 || len > CA_ISSUER_CSR_MAX) {
-        tls_set_errf(err, errlen, "CSR is empty or larger than %d bytes", CA_ISSUER_CSR_MAX);
+        err_setf(err, errlen, "CSR is empty or larger than %d bytes", CA_ISSUER_CSR_MAX);
         goto out;
     }
     if (!(bio = BIO_new_mem_buf(csr, (int)len))) {
@@ -415,21 +413,21 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
         goto out;
     }
     if (!(req = PEM_read_bio_X509_REQ(bio, NULL, NULL, NULL))) {
-        tls_set_errf(err, errlen, "certificate signing request is not in PEM format: %s",
-                     ossl_why(ebuf, sizeof(ebuf), "no CERTIFICATE REQUEST block"));
+        err_setf(err, errlen, "certificate signing request is not in PEM format: %s",
+                 ossl_why(ebuf, sizeof(ebuf), "no CERTIFICATE REQUEST block"));
         goto out;
     }
     if (!(pub = X509_REQ_get_pubkey(req))) {
-        tls_set_errf(err, errlen, "CSR public key is unreadable: %s",
-                     ossl_why(ebuf, sizeof(ebuf), "unknown type"));
+        err_setf(err, errlen, "CSR public key is unreadable: %s",
+                 ossl_why(ebuf, sizeof(ebuf), "unknown type"));
         goto out;
     }
     if ((rc = key_acceptable(pub, err, errlen)) < 0) goto out;
     /* Proof of possession: the CSR is signed by the key it certifies (istiod's csr.CheckSignature). */
     if (X509_REQ_verify(req, pub) != 1) {
         rc = -EINVAL;
-        tls_set_errf(err, errlen, "CSR signature does not verify: %s",
-                     ossl_why(ebuf, sizeof(ebuf), "signature mismatch"));
+        err_setf(err, errlen, "CSR signature does not verify: %s",
+                 ossl_why(ebuf, sizeof(ebuf), "signature mismatch"));
         goto out;
     }
     /* istiod's TTL rule: <= 0 is the default; above the maximum is an error (not a clamp). */
@@ -438,7 +436,7 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
         rc = -ERANGE;
         go_duration(ttl_s, a, sizeof(a));
         go_duration(iss->max_ttl_s, b, sizeof(b));
-        tls_set_errf(err, errlen, "requested TTL %s is greater than the max allowed TTL %s", a, b);
+        err_setf(err, errlen, "requested TTL %s is greater than the max allowed TTL %s", a, b);
         goto out;
     }
     time_t not_after;
@@ -449,7 +447,7 @@ int ca_issuer_sign_csr(const struct ca_issuer *iss, const char *csr, size_t len,
         goto out;
     rc = answer_chain(iss, leaf, out);
 out:
-    if (rc == -ENOMEM && err && !*err) tls_set_errf(err, errlen, "out of memory");
+    if (rc == -ENOMEM && err && !*err) err_setf(err, errlen, "out of memory");
     if (rc < 0) ca_chain_free(out);
     X509_free(leaf);
     EVP_PKEY_free(pub);
@@ -469,12 +467,12 @@ int ca_issuer_sign_server(const struct ca_issuer *iss, const char *const *dns, s
     memset(out, 0, sizeof(*out));
     *key = NULL;
     if (!n || ttl_s <= 0) {
-        tls_set_errf(err, errlen, "a serving certificate needs a DNS name and a lifetime");
+        err_setf(err, errlen, "a serving certificate needs a DNS name and a lifetime");
         return -EINVAL;
     }
     if ((rc = leaf_end(iss, now, ttl_s, &not_after, err, errlen)) < 0) return rc;
     if (!(*key = EVP_EC_gen("P-256"))) {
-        tls_set_errf(err, errlen, "cannot make a key");
+        err_setf(err, errlen, "cannot make a key");
         ERR_clear_error();
         return -EIO;
     }
@@ -482,7 +480,7 @@ int ca_issuer_sign_server(const struct ca_issuer *iss, const char *const *dns, s
     if ((leaf = ca_sign_leaf_sans(iss->signing, iss->key, *key, NULL, dns, n, now - CA_ISSUER_BACKDATE_S,
                                   not_after, err, errlen)))
         rc = answer_chain(iss, leaf, out);
-    if (rc == -ENOMEM) tls_set_errf(err, errlen, "out of memory");
+    if (rc == -ENOMEM) err_setf(err, errlen, "out of memory");
     X509_free(leaf);
     if (rc < 0) {
         ca_chain_free(out);
@@ -511,15 +509,15 @@ int ca_trusted_parse(const char *s, struct ca_trusted *out, char *err, size_t er
         rc = -EINVAL;
         if (!slash || slash == tok || !slash[1] || strchr(slash + 1, '/') ||
             (size_t)(slash - tok) >= TOKEN_NAME_MAX || strlen(slash + 1) >= TOKEN_NAME_MAX) {
-            tls_set_errf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: \"%s\" is not <namespace>/<service account>",
-                         tok);
+            err_setf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: \"%s\" is not <namespace>/<service account>",
+                     tok);
             goto out;
         }
         *slash = '\0';
         if (spiffe_set(&probe, NULL, tok, slash + 1) < 0) {
-            tls_set_errf(err, errlen,
-                         "CA_TRUSTED_NODE_ACCOUNTS: \"%s/%s\" has a character a SPIFFE id cannot carry", tok,
-                         slash + 1);
+            err_setf(err, errlen,
+                     "CA_TRUSTED_NODE_ACCOUNTS: \"%s/%s\" has a character a SPIFFE id cannot carry", tok,
+                     slash + 1);
             goto out;
         }
         rc = -ENOMEM;
@@ -531,7 +529,7 @@ int ca_trusted_parse(const char *s, struct ca_trusted *out, char *err, size_t er
     }
     rc = 0;
 out:
-    if (rc == -ENOMEM) tls_set_errf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: out of memory");
+    if (rc == -ENOMEM) err_setf(err, errlen, "CA_TRUSTED_NODE_ACCOUNTS: out of memory");
     if (rc < 0) ca_trusted_free(out);
     free(copy);
     return rc;
@@ -555,7 +553,7 @@ int ca_authorize(const struct token_caller *caller, const char *td, const char *
     memset(out, 0, sizeof(*out));
     if (!td || !*td) td = "cluster.local";
     if (spiffe_set(out, td, caller->ns, caller->sa) < 0) {
-        tls_set_errf(why, whylen, "caller %s/%s does not form a SPIFFE id", caller->ns, caller->sa);
+        err_setf(why, whylen, "caller %s/%s does not form a SPIFFE id", caller->ns, caller->sa);
         goto out;
     }
     /* By default a caller gets its own identity (server.go: sans := caller.Identities). */
@@ -566,43 +564,43 @@ int ca_authorize(const struct token_caller *caller, const char *td, const char *
     /* node_auth.go, in its order: the caller may impersonate at all, the identity parses, then a pod of that
      * account runs on the caller's node. */
     if (!trusted || trusted->n == 0) {
-        tls_set_errf(why, whylen,
-                     "impersonation not allowed, as node authorizer (CA_TRUSTED_NODE_ACCOUNTS) is not "
-                     "configured");
+        err_setf(why, whylen,
+                 "impersonation not allowed, as node authorizer (CA_TRUSTED_NODE_ACCOUNTS) is not "
+                 "configured");
         goto out;
     }
     for (size_t i = 0; i < trusted->n && !trusted_caller; i++)
         trusted_caller = !strcmp(trusted->v[i].ns, caller->ns) && !strcmp(trusted->v[i].sa, caller->sa);
     if (!trusted_caller) {
-        tls_set_errf(why, whylen,
-                     "impersonation failed for identity %s, error: caller (%s/%s) is not allowed to "
-                     "impersonate",
-                     impersonate, caller->ns, caller->sa);
+        err_setf(why, whylen,
+                 "impersonation failed for identity %s, error: caller (%s/%s) is not allowed to "
+                 "impersonate",
+                 impersonate, caller->ns, caller->sa);
         goto out;
     }
     /* zmesh also requires the requested id to be of the CA's trust domain (istiod's spiffe.ParseIdentity
      * accepts any), so a node proxy cannot obtain a certificate another mesh would trust. */
     if (spiffe_parse(impersonate, strlen(impersonate), &want) < 0 || strcmp(want.td, td) != 0) {
-        tls_set_errf(why, whylen,
-                     "impersonation failed for identity %s, error: failed to validate impersonated "
-                     "identity (not a SPIFFE id of trust domain %s)",
-                     impersonate, td);
+        err_setf(why, whylen,
+                 "impersonation failed for identity %s, error: failed to validate impersonated "
+                 "identity (not a SPIFFE id of trust domain %s)",
+                 impersonate, td);
         goto out;
     }
     /* istiod reads the caller's node from its pod object; zmeshd's tokens carry it (like node-bound projected
      * tokens), signed by zmeshd itself. */
     if (!caller->node[0]) {
-        tls_set_errf(why, whylen,
-                     "impersonation failed for identity %s, error: caller's token (%s/%s) is not bound "
-                     "to a node",
-                     impersonate, caller->ns, caller->sa);
+        err_setf(why, whylen,
+                 "impersonation failed for identity %s, error: caller's token (%s/%s) is not bound "
+                 "to a node",
+                 impersonate, caller->ns, caller->sa);
         goto out;
     }
     if (!pod_on_node || pod_on_node(ud, want.ns, want.sa, caller->node) != 1) {
-        tls_set_errf(why, whylen,
-                     "impersonation failed for identity %s, error: no instances of \"%s/%s\" found on "
-                     "node \"%s\"",
-                     impersonate, want.ns, want.sa, caller->node);
+        err_setf(why, whylen,
+                 "impersonation failed for identity %s, error: no instances of \"%s/%s\" found on "
+                 "node \"%s\"",
+                 impersonate, want.ns, want.sa, caller->node);
         goto out;
     }
     *out = want;

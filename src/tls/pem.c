@@ -9,7 +9,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 
-#include "tls/err.h"
+#include "core/err.h"
 #include "tls/tls.h"
 
 int tls_read_text(const char *path, size_t max, char **out, char *err, size_t errlen)
@@ -22,21 +22,21 @@ int tls_read_text(const char *path, size_t max, char **out, char *err, size_t er
     *out = NULL;
     if (!f) {
         rc = -errno;
-        tls_set_errf(err, errlen, "%s: %s", path, strerror(errno));
+        err_setf(err, errlen, "%s: %s", path, strerror(errno));
         goto out;
     }
     if (!(buf = malloc(max + 1))) {
         rc = -ENOMEM;
-        tls_set_errf(err, errlen, "%s: out of memory", path);
+        err_setf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     n = fread(buf, 1, max + 1, f);
     if (ferror(f) || n > max) {
         rc = ferror(f) ? -EIO : -EFBIG;
         if (ferror(f))
-            tls_set_errf(err, errlen, "%s: read error", path);
+            err_setf(err, errlen, "%s: read error", path);
         else
-            tls_set_errf(err, errlen, "%s: larger than %zu bytes", path, max);
+            err_setf(err, errlen, "%s: larger than %zu bytes", path, max);
         goto out;
     }
     buf[n] = '\0';
@@ -59,23 +59,23 @@ int tls_pem_certs(const char *path, const char *text, STACK_OF(X509) * *out, cha
     *out = sk_X509_new_null();
     if (!b || !*out) {
         rc = -ENOMEM;
-        tls_set_errf(err, errlen, "%s: out of memory", path);
+        err_setf(err, errlen, "%s: out of memory", path);
         goto out;
     }
     if (!(infos = PEM_X509_INFO_read_bio(b, NULL, NULL, (void *)""))) {
-        tls_set_errf(err, errlen, "%s: not PEM: %s", path,
-                     ERR_peek_error() ? tls_errstr(ebuf, sizeof(ebuf)) : "unreadable");
+        err_setf(err, errlen, "%s: not PEM: %s", path,
+                 ERR_peek_error() ? tls_errstr(ebuf, sizeof(ebuf)) : "unreadable");
         goto out;
     }
     for (int i = 0; i < sk_X509_INFO_num(infos); i++) {
         X509_INFO *xi = sk_X509_INFO_value(infos, i);
         if (!xi->x509 || xi->x_pkey || xi->crl) {
-            tls_set_errf(err, errlen, "%s: PEM block %d is not a certificate", path, i + 1);
+            err_setf(err, errlen, "%s: PEM block %d is not a certificate", path, i + 1);
             goto out;
         }
         if (!sk_X509_push(*out, xi->x509)) {
             rc = -ENOMEM;
-            tls_set_errf(err, errlen, "%s: out of memory", path);
+            err_setf(err, errlen, "%s: out of memory", path);
             goto out;
         }
         xi->x509 = NULL;

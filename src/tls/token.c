@@ -1,5 +1,5 @@
 /* zmeshd's bearer tokens: ES256 JWTs shaped like Kubernetes projected service-account tokens. */
-#include "tls/err.h"
+#include "core/err.h"
 #include "tls/token.h"
 
 #include "tls/spiffe.h"
@@ -64,22 +64,22 @@ static int create_key(const char *path, EVP_PKEY **key, char *err, size_t errlen
     int fd = -1, n, rc = -EIO;
 
     if (!(*key = EVP_EC_gen("P-256"))) {
-        tls_set_errf(err, errlen, "%s: cannot generate a P-256 key", path);
+        err_setf(err, errlen, "%s: cannot generate a P-256 key", path);
         goto out;
     }
     if ((n = key_pem(*key, 1, &pem)) < 0) {
-        tls_set_errf(err, errlen, "%s: cannot encode the key", path);
+        err_setf(err, errlen, "%s: cannot encode the key", path);
         goto out;
     }
     /* O_EXCL: two zmeshd starting at once must not overwrite each other's key. */
     if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
         rc = -errno;
-        tls_set_errf(err, errlen, "%s: %s", path, strerror(errno));
+        err_setf(err, errlen, "%s: %s", path, strerror(errno));
         goto out;
     }
     if (write(fd, pem, (size_t)n) != n || fsync(fd) != 0) {
         rc = -EIO;
-        tls_set_errf(err, errlen, "%s: write failed: %s", path, strerror(errno));
+        err_setf(err, errlen, "%s: write failed: %s", path, strerror(errno));
         unlink(path);
         goto out;
     }
@@ -102,7 +102,7 @@ int token_key_open(const char *path, struct token_key **out, char *err, size_t e
     if (!(f = fopen(path, "r"))) {
         if (errno != ENOENT) {
             rc = -errno;
-            tls_set_errf(err, errlen, "%s: %s", path, strerror(errno));
+            err_setf(err, errlen, "%s: %s", path, strerror(errno));
             goto out;
         }
         if ((rc = create_key(path, &key, err, errlen)) < 0) goto out;
@@ -118,7 +118,7 @@ int token_key_open(const char *path, struct token_key **out, char *err, size_t e
         key = PEM_read_PrivateKey(f, NULL, NULL, (void *)"");
         if (!key || EVP_PKEY_get_id(key) != EVP_PKEY_EC || EVP_PKEY_get_bits(key) != 256) {
             rc = -EINVAL;
-            tls_set_errf(err, errlen, "%s: not a PEM EC P-256 private key (ES256 needs one)", path);
+            err_setf(err, errlen, "%s: not a PEM EC P-256 private key (ES256 needs one)", path);
             goto out;
         }
     }
@@ -129,7 +129,7 @@ int token_key_open(const char *path, struct token_key **out, char *err, size_t e
     if ((k->priv_len = key_pem(key, 1, &k->priv_pem)) < 0 ||
         (k->pub_len = key_pem(key, 0, &k->pub_pem)) < 0) {
         rc = -EIO;
-        tls_set_errf(err, errlen, "%s: cannot encode the key", path);
+        err_setf(err, errlen, "%s: cannot encode the key", path);
         goto out;
     }
     *out = k;
@@ -208,14 +208,14 @@ int token_mint(const struct token_key *k, const char *issuer, const struct token
     *out = NULL;
     if (!issuer) issuer = TOKEN_DEFAULT_ISSUER;
     if (!name_ok(s->ns) || !name_ok(s->sa)) {
-        tls_set_errf(err, errlen, "service account \"%s/%s\" is not a valid namespace/name",
-                     s->ns ? s->ns : "", s->sa ? s->sa : "");
+        err_setf(err, errlen, "service account \"%s/%s\" is not a valid namespace/name", s->ns ? s->ns : "",
+                 s->sa ? s->sa : "");
         goto out;
     }
     if (!opt_name_ok(s->node) || !opt_name_ok(s->pod) ||
         (s->pod_uid && strlen(s->pod_uid) >= TOKEN_NAME_MAX)) {
-        tls_set_errf(err, errlen, "node \"%s\" or pod \"%s\" is not a valid name", s->node ? s->node : "",
-                     s->pod ? s->pod : "");
+        err_setf(err, errlen, "node \"%s\" or pod \"%s\" is not a valid name", s->node ? s->node : "",
+                 s->pod ? s->pod : "");
         goto out;
     }
     if (ttl_s < 1 || ttl_s > TOKEN_MAX_TTL_S) {
@@ -248,23 +248,23 @@ int token_mint(const struct token_key *k, const char *issuer, const struct token
     if (jwt_new(&j) != 0 || jwt_add_grants_json(j, json) != 0) goto out;
     rc = -EIO;
     if (jwt_set_alg(j, JWT_ALG_ES256, (const unsigned char *)k->priv_pem, k->priv_len) != 0) {
-        tls_set_errf(err, errlen, "token: libjwt refused the ES256 key");
+        err_setf(err, errlen, "token: libjwt refused the ES256 key");
         goto out;
     }
     if (!(tok = jwt_encode_str(j))) {
-        tls_set_errf(err, errlen, "token: signing failed");
+        err_setf(err, errlen, "token: signing failed");
         goto out;
     }
     if (strlen(tok) > TOKEN_MAX_LEN) {
         rc = -EINVAL;
-        tls_set_errf(err, errlen, "token: longer than TOKEN_MAX_LEN; shorten the names");
+        err_setf(err, errlen, "token: longer than TOKEN_MAX_LEN; shorten the names");
         goto out;
     }
     *out = tok;
     tok = NULL;
     rc = 0;
 out:
-    if (rc == -ENOMEM) tls_set_errf(err, errlen, "token: out of memory");
+    if (rc == -ENOMEM) err_setf(err, errlen, "token: out of memory");
     free(tok);
     free(json);
     jwt_free(j);
@@ -285,7 +285,7 @@ static int get_str(json_t *o, const char *key, const char *claim, int optional, 
     if (!v && optional) return 0;
     if (!json_is_string(v) || json_string_length(v) >= dstlen ||
         strlen(json_string_value(v)) != json_string_length(v)) {
-        tls_set_errf(err, errlen, "claim %s is %s", claim, !v ? "missing" : "not a string of a valid length");
+        err_setf(err, errlen, "claim %s is %s", claim, !v ? "missing" : "not a string of a valid length");
         return -EACCES;
     }
     memcpy(dst, json_string_value(v), json_string_length(v) + 1);
@@ -298,7 +298,7 @@ static int get_time(json_t *claims, const char *key, int64_t *v, char *err, size
     json_t *j = json_object_get(claims, key);
     if (!j) return -ENOENT;
     if (!json_is_integer(j)) {
-        tls_set_errf(err, errlen, "claim %s is not an integer NumericDate", key);
+        err_setf(err, errlen, "claim %s is not an integer NumericDate", key);
         return -EACCES;
     }
     *v = json_integer_value(j);
@@ -316,12 +316,12 @@ static int check_claims(json_t *claims, const char *issuer, const char *audience
     int rc, found = 0;
 
     if (!json_is_object(claims)) {
-        tls_set_errf(err, errlen, "payload is not a JSON object");
+        err_setf(err, errlen, "payload is not a JSON object");
         return -EACCES;
     }
     if ((rc = get_str(claims, "iss", "iss", 0, iss, sizeof(iss), err, errlen)) < 0) return rc;
     if (strcmp(iss, issuer) != 0) {
-        tls_set_errf(err, errlen, "issuer \"%s\" is not \"%s\"", iss, issuer);
+        err_setf(err, errlen, "issuer \"%s\" is not \"%s\"", iss, issuer);
         return -EACCES;
     }
     /* RFC 7519 4.1.3: aud is one string or an array of them; projected tokens carry an array. */
@@ -329,27 +329,27 @@ static int check_claims(json_t *claims, const char *issuer, const char *audience
     if (json_is_string(aud)) found = strcmp(json_string_value(aud), audience) == 0;
     json_array_foreach(aud, i, v) found |= json_is_string(v) && strcmp(json_string_value(v), audience) == 0;
     if (!found) {
-        tls_set_errf(err, errlen, "audience \"%s\" is not among the token's", audience);
+        err_setf(err, errlen, "audience \"%s\" is not among the token's", audience);
         return -EACCES;
     }
     if ((rc = get_time(claims, "exp", &t, err, errlen)) == -ENOENT) {
-        tls_set_errf(err, errlen, "claim exp is missing");
+        err_setf(err, errlen, "claim exp is missing");
         return -EACCES;
     }
     if (rc < 0) return rc;
     if ((int64_t)now > t + TOKEN_LEEWAY_S) {
-        tls_set_errf(err, errlen, "token has expired");
+        err_setf(err, errlen, "token has expired");
         return -EACCES;
     }
     o->exp = t;
     if ((rc = get_time(claims, "nbf", &t, err, errlen)) == -EACCES) return rc;
     if (rc == 0 && t > (int64_t)now + TOKEN_LEEWAY_S) {
-        tls_set_errf(err, errlen, "token is not valid yet");
+        err_setf(err, errlen, "token is not valid yet");
         return -EACCES;
     }
     if ((rc = get_time(claims, "iat", &t, err, errlen)) == -EACCES) return rc;
     if (rc == 0 && t > (int64_t)now + TOKEN_LEEWAY_S) {
-        tls_set_errf(err, errlen, "token is issued in the future");
+        err_setf(err, errlen, "token is issued in the future");
         return -EACCES;
     }
 
@@ -359,23 +359,23 @@ static int check_claims(json_t *claims, const char *issuer, const char *audience
     int has_prefix = strncmp(sub, SA_PREFIX, strlen(SA_PREFIX)) == 0;
     const char *rest = has_prefix ? sub + strlen(SA_PREFIX) : sub, *colon = strchr(rest, ':');
     if (!has_prefix || !colon || (size_t)(colon - rest) >= sizeof(o->ns)) {
-        tls_set_errf(err, errlen, "sub \"%s\" is not system:serviceaccount:<namespace>:<name>", sub);
+        err_setf(err, errlen, "sub \"%s\" is not system:serviceaccount:<namespace>:<name>", sub);
         return -EACCES;
     }
     memcpy(o->ns, rest, (size_t)(colon - rest));
     o->ns[colon - rest] = '\0';
     if (strlen(colon + 1) >= sizeof(o->sa)) {
-        tls_set_errf(err, errlen, "sub \"%s\" has a service account name too long", sub);
+        err_setf(err, errlen, "sub \"%s\" has a service account name too long", sub);
         return -EACCES;
     }
     strcpy(o->sa, colon + 1);
     if (!name_ok(o->ns) || !name_ok(o->sa)) {
-        tls_set_errf(err, errlen, "sub \"%s\" does not name a valid namespace and service account", sub);
+        err_setf(err, errlen, "sub \"%s\" does not name a valid namespace and service account", sub);
         return -EACCES;
     }
     kube = json_object_get(claims, K8S_CLAIM);
     if (!json_is_object(kube)) {
-        tls_set_errf(err, errlen, "claim " K8S_CLAIM " is missing or not an object");
+        err_setf(err, errlen, "claim " K8S_CLAIM " is missing or not an object");
         return -EACCES;
     }
     if ((rc = get_str(kube, "namespace", K8S_CLAIM ".namespace", 0, ns, sizeof(ns), err, errlen)) < 0)
@@ -385,12 +385,12 @@ static int check_claims(json_t *claims, const char *issuer, const char *audience
                       sa, sizeof(sa), err, errlen)) < 0)
         return rc;
     if (strcmp(ns, o->ns) != 0 || strcmp(sa, o->sa) != 0) {
-        tls_set_errf(err, errlen, "sub \"%s\" disagrees with claim " K8S_CLAIM " (%s)", sub, ns);
+        err_setf(err, errlen, "sub \"%s\" disagrees with claim " K8S_CLAIM " (%s)", sub, ns);
         return -EACCES;
     }
     json_t *pod = json_object_get(kube, "pod"), *node = json_object_get(kube, "node");
     if ((pod && !json_is_object(pod)) || (node && !json_is_object(node))) {
-        tls_set_errf(err, errlen, "claim " K8S_CLAIM ".pod or .node is not an object");
+        err_setf(err, errlen, "claim " K8S_CLAIM ".pod or .node is not an object");
         return -EACCES;
     }
     if (pod &&
@@ -402,7 +402,7 @@ static int check_claims(json_t *claims, const char *issuer, const char *audience
         (rc = get_str(node, "name", K8S_CLAIM ".node.name", 0, o->node, sizeof(o->node), err, errlen)) < 0)
         return rc;
     if (!opt_name_ok(o->pod) || !opt_name_ok(o->node)) {
-        tls_set_errf(err, errlen, "claim " K8S_CLAIM ".pod.name or .node.name is not a valid name");
+        err_setf(err, errlen, "claim " K8S_CLAIM ".pod.name or .node.name is not a valid name");
         return -EACCES;
     }
     return 0;
@@ -418,7 +418,7 @@ static int header_alg_is_es256(const char *tok, char *err, size_t errlen)
     int len, rc = -EACCES;
 
     if (tok[n] != '.' || n == 0) {
-        tls_set_errf(err, errlen, "token is not a well-formed JWT (no header)");
+        err_setf(err, errlen, "token is not a well-formed JWT (no header)");
         goto out;
     }
     rc = -ENOMEM;
@@ -429,25 +429,25 @@ static int header_alg_is_es256(const char *tok, char *err, size_t errlen)
     rc = -EACCES;
     /* EVP_DecodeBlock counts padding as zero bytes; the JSON parser below stops at the real end anyway. */
     if ((len = EVP_DecodeBlock(raw, b64, (int)padded)) < 0) {
-        tls_set_errf(err, errlen, "token header is not base64url");
+        err_setf(err, errlen, "token header is not base64url");
         goto out;
     }
     while (len > 0 && raw[len - 1] == '\0')
         len--;
     if (!(h = json_loadb((const char *)raw, (size_t)len, JSON_REJECT_DUPLICATES, NULL)) ||
         !json_is_object(h)) {
-        tls_set_errf(err, errlen, "token header is not a JSON object");
+        err_setf(err, errlen, "token header is not a JSON object");
         goto out;
     }
     alg = json_object_get(h, "alg");
     if (!json_is_string(alg) || strcmp(json_string_value(alg), "ES256") != 0) {
-        tls_set_errf(err, errlen, "token algorithm %s is not ES256",
-                     json_is_string(alg) ? json_string_value(alg) : "(none)");
+        err_setf(err, errlen, "token algorithm %s is not ES256",
+                 json_is_string(alg) ? json_string_value(alg) : "(none)");
         goto out;
     }
     rc = 0;
 out:
-    if (rc == -ENOMEM) tls_set_errf(err, errlen, "token: out of memory");
+    if (rc == -ENOMEM) err_setf(err, errlen, "token: out of memory");
     json_decref(h);
     free(raw);
     free(b64);
@@ -483,19 +483,19 @@ int token_verify(const struct token_key *k, const char *issuer, const char *audi
     if ((rc = header_alg_is_es256(buf, err, errlen)) < 0) goto out;
     rc = -EACCES;
     if (jwt_decode(&j, buf, (const unsigned char *)k->pub_pem, k->pub_len) != 0 || !j) {
-        tls_set_errf(err, errlen, "token signature does not verify with zmeshd's key");
+        err_setf(err, errlen, "token signature does not verify with zmeshd's key");
         goto out;
     }
     if (jwt_get_alg(j) != JWT_ALG_ES256) { /* the same token, so this cannot differ; checked all the same */
-        tls_set_errf(err, errlen, "token algorithm is not ES256");
+        err_setf(err, errlen, "token algorithm is not ES256");
         goto out;
     }
     if (!(payload = jwt_get_grants_json(j, NULL))) {
-        tls_set_errf(err, errlen, "token payload is unreadable");
+        err_setf(err, errlen, "token payload is unreadable");
         goto out;
     }
     if (!(claims = json_loads(payload, JSON_REJECT_DUPLICATES, &jerr))) {
-        tls_set_errf(err, errlen, "token payload: %s", jerr.text);
+        err_setf(err, errlen, "token payload: %s", jerr.text);
         goto out;
     }
     rc = check_claims(claims, issuer, audience, now, out, err, errlen);

@@ -17,6 +17,7 @@
 
 #include <openssl/evp.h>
 
+#include "core/err.h"
 #include "core/list.h"
 #include "core/log.h"
 #include "core/vec.h"
@@ -313,16 +314,6 @@ struct ads_response {
 
 /* ---- small helpers ---- */
 
-static void set_err(char *err, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t n, const char *fmt, ...)
-{
-    if (!err || !n) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, n, fmt, ap);
-    va_end(ap);
-}
-
 /* True when s[0..n) is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): proto3
  * strings must be, and istiod's and ztunnel's decoders refuse a message otherwise. */
 static bool utf8_valid(const char *str, size_t n)
@@ -394,16 +385,16 @@ static int check_name(const char *name, size_t len, char *err, size_t errlen)
 {
     char pb[MESH_PRINTABLE_MAX];
     if (len == 0) {
-        set_err(err, errlen, "empty resource name");
+        err_setf(err, errlen, "empty resource name");
         return -EINVAL;
     }
     if (len > ADS_NAME_MAX) {
-        set_err(err, errlen, "resource name \"%s\" is %zu bytes, longer than %d", mesh_printable(name, pb), len,
-                ADS_NAME_MAX);
+        err_setf(err, errlen, "resource name \"%s\" is %zu bytes, longer than %d", mesh_printable(name, pb),
+                 len, ADS_NAME_MAX);
         return -EINVAL;
     }
     if (!utf8_valid(name, len)) {
-        set_err(err, errlen, "resource name \"%s\" is not valid UTF-8", mesh_printable(name, pb));
+        err_setf(err, errlen, "resource name \"%s\" is not valid UTF-8", mesh_printable(name, pb));
         return -EINVAL;
     }
     return 0;
@@ -585,7 +576,7 @@ int ads_table_put(struct ads_server *s, const char *type_url, const char *name, 
 {
     struct ads_table *t = find_table(s, type_url, NULL);
     if (!t) {
-        set_err(err, errlen, "type %s is not served", type_url);
+        err_setf(err, errlen, "type %s is not served", type_url);
         return -ENOENT;
     }
     if (!name) name = "";
@@ -613,7 +604,7 @@ int ads_table_replace(struct ads_server *s, const char *type_url, const struct a
 {
     struct ads_table *t = find_table(s, type_url, NULL);
     if (!t) {
-        set_err(err, errlen, "type %s is not served", type_url);
+        err_setf(err, errlen, "type %s is not served", type_url);
         return -ENOENT;
     }
     struct ads_diff d = {0};
@@ -627,13 +618,13 @@ int ads_table_replace(struct ads_server *s, const char *type_url, const struct a
         size_t nlen = strlen(name);
         char why[ADS_CLIENT_ERROR_MAX];
         if ((rc = check_name(name, nlen, why, sizeof(why))) < 0) {
-            set_err(err, errlen, "resource %zu: %s", i, why);
+            err_setf(err, errlen, "resource %zu: %s", i, why);
             goto out;
         }
         uint64_t h = name_hash(s, name, nlen);
         if (hmap_find(&seen, name, nlen, h)) {
             char pb[MESH_PRINTABLE_MAX];
-            set_err(err, errlen, "resource %zu: duplicate name \"%s\"", i, mesh_printable(name, pb));
+            err_setf(err, errlen, "resource %zu: duplicate name \"%s\"", i, mesh_printable(name, pb));
             rc = -EINVAL;
             goto out;
         }
@@ -671,7 +662,7 @@ int ads_table_replace(struct ads_server *s, const char *type_url, const struct a
     vec_free(&gone);
 publish:
     ads_table_publish(s, type_url);
-    if (rc == -ENOMEM) set_err(err, errlen, "out of memory applying the generation");
+    if (rc == -ENOMEM) err_setf(err, errlen, "out of memory applying the generation");
 out:
     free(seen.b);
     free(nodes);
@@ -703,19 +694,19 @@ int ads_server_new(const struct ads_server_opts *opts, struct ads_server **out, 
 {
     *out = NULL;
     if (!opts || !opts->n_types || opts->n_types > ADS_TYPES_MAX || !opts->type_urls) {
-        set_err(err, errlen, "between 1 and %d type URLs are needed, got %zu", ADS_TYPES_MAX,
-                opts ? opts->n_types : 0);
+        err_setf(err, errlen, "between 1 and %d type URLs are needed, got %zu", ADS_TYPES_MAX,
+                 opts ? opts->n_types : 0);
         return -EINVAL;
     }
     for (size_t i = 0; i < opts->n_types; i++) {
         const char *u = opts->type_urls[i];
         if (!u || !*u || strlen(u) >= PB_TYPE_URL_MAX) {
-            set_err(err, errlen, "type URL %zu is empty or longer than %d bytes", i, PB_TYPE_URL_MAX - 1);
+            err_setf(err, errlen, "type URL %zu is empty or longer than %d bytes", i, PB_TYPE_URL_MAX - 1);
             return -EINVAL;
         }
         for (size_t k = 0; k < i; k++) {
             if (strcmp(opts->type_urls[k], u) == 0) {
-                set_err(err, errlen, "type URL %s is listed twice", u);
+                err_setf(err, errlen, "type URL %s is listed twice", u);
                 return -EINVAL;
             }
         }
@@ -725,7 +716,7 @@ int ads_server_new(const struct ads_server_opts *opts, struct ads_server **out, 
     /* The hash key only has to be unknown to clients; the nonce prefix keeps nonces of two runs apart. */
     uint32_t rnd[5];
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-        set_err(err, errlen, "getrandom failed: %s", strerror(errno));
+        err_setf(err, errlen, "getrandom failed: %s", strerror(errno));
         free(s);
         return -EIO;
     }

@@ -1,12 +1,12 @@
-/* Error text for the tls layer's `char *err, size_t errlen` out-parameters (internal to src/tls). */
+/* Error text for the `char *err, size_t errlen` out-parameters every layer's fallible calls take. */
 #pragma once
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 
 /* Formats the reason a call failed into err; err may be NULL or errlen 0 (then nothing is written). */
-__attribute__((format(printf, 3, 4))) static inline void tls_set_errf(char *err, size_t errlen,
-                                                                      const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static inline void err_setf(char *err, size_t errlen, const char *fmt,
+                                                                  ...)
 {
     va_list ap;
     if (!err || !errlen) return;
