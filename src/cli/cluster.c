@@ -586,9 +586,15 @@ static int probe_port(struct pod_reader *r, const json_t *c, const json_t *h, co
         {
             const json_t *cp = json_object_get(e, "containerPort");
             if (json_is_string(json_object_get(e, "name")) &&
-                !strcmp(json_string_value(json_object_get(e, "name")), json_string_value(p)) &&
-                json_is_integer(cp)) {
-                *out = (uint16_t)json_integer_value(cp);
+                !strcmp(json_string_value(json_object_get(e, "name")), json_string_value(p))) {
+                json_int_t v = json_is_integer(cp) ? json_integer_value(cp) : 0;
+                if (v < 1 || v > 65535) {
+                    /* Found by fuzz_up_pod: containerPort 0 (or 70000, cut to 16 bits) made a probe of port 0. */
+                    pr_say(r, false, field, "port: \"%s\" names a containerPort that is not a port 1-65535",
+                           json_string_value(p));
+                    return -EINVAL;
+                }
+                *out = (uint16_t)v;
                 return 0;
             }
         }

@@ -230,6 +230,10 @@ static void test_pod_spec(void **state)
          "periodSeconds: expected an integer 1..3600"},
         {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"env\":[{\"name\":\"N\",\"value\":3}]}]}",
          "spec.containers[0].env[0]: value: expected a string"},
+        /* A named port whose containerPort is 0 (fuzz_up_pod's find: a probe of port 0). */
+        {"{\"containers\":[{\"name\":\"a\",\"command\":[\"x\"],\"ports\":[{\"name\":\"http\","
+         "\"containerPort\":0}],\"readinessProbe\":{\"tcpSocket\":{\"port\":\"http\"}}}]}",
+         "readinessProbe.tcpSocket: port: \"http\" names a containerPort that is not a port 1-65535"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         char text[1200];
