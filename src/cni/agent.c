@@ -75,6 +75,7 @@ struct agent {
     struct loop *l;
     char *plugin_path, *state_dir, *state_path, *node;
     enum rules_backend backend;
+    bool wait_for_unlisted;
     struct io lio;
     struct zds_server *zds;
     struct sandbox *sbs;
@@ -609,7 +610,7 @@ static void reconcile(struct agent *a, struct sandbox *sb, struct pconn *c)
         return;
     }
     const struct entry *e = entry_find(a, sb->ns, sb->name);
-    if (!e && c && sb->state != AGENT_POD_ENROLLED) {
+    if (!e && c && a->wait_for_unlisted && sb->state != AGENT_POD_ENROLLED) {
         /* Not listed yet: the ADD waits for the source to name the pod (AGENT_UNKNOWN_POD_WAIT_MS), so that a
          * pod created into an enrolled namespace is captured from its first packet. */
         await_enrolment(a, sb, c);
@@ -1366,6 +1367,7 @@ int agent_new(struct loop *l, const struct agent_config *cfg, struct agent **out
     a->retry_timer.cb = retry_cb;
     a->await_timer.cb = await_cb;
     a->backend = cfg->backend;
+    a->wait_for_unlisted = cfg->wait_for_unlisted;
     a->plugin_path = xstrdup(cfg->plugin_socket ? cfg->plugin_socket : AGENT_DEFAULT_PLUGIN_SOCKET);
     a->state_dir = xstrdup(cfg->state_dir ? cfg->state_dir : AGENT_DEFAULT_STATE_DIR);
     a->node = cfg->node_name && *cfg->node_name ? strdup(cfg->node_name) : NULL;

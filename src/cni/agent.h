@@ -52,6 +52,10 @@ struct agent_config {
     const char *state_dir;     /* NULL: AGENT_DEFAULT_STATE_DIR */
     enum rules_backend backend;
     const char *node_name; /* entries of another node are ignored; NULL or "": all entries are this node's */
+    /* The source may not list a pod yet when its sandbox comes (zmeshd, which learns pods as the runtime
+     * creates them): a CNI ADD of an unlisted pod waits AGENT_UNKNOWN_POD_WAIT_MS for it. Off for a static
+     * source (the file), where an unlisted pod is simply not enrolled. */
+    bool wait_for_unlisted;
 };
 
 /* One pod of the enrolment source: the fields of zmeshd's enrolment client (struct enrol_pod of

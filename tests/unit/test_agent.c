@@ -162,12 +162,15 @@ static void settle(void)
     if (!pump_until(no_jobs, NULL, 10000)) fail_msg("rule jobs still running");
 }
 
+static bool WAIT_UNLISTED; /* the next agent_start's wait_for_unlisted (zmeshd's behaviour) */
+
 static void agent_start(void)
 {
     struct agent_config cfg = {.plugin_socket = PLUGIN_PATH,
                                .zds_socket = ZDS_PATH,
                                .state_dir = STATE_DIR,
-                               .backend = RULES_IPTABLES};
+                               .backend = RULES_IPTABLES,
+                               .wait_for_unlisted = WAIT_UNLISTED};
     char err[512];
     if (agent_new(L, &cfg, &A, err, sizeof err) < 0) fail_msg("agent_new: %s", err);
 }
@@ -312,6 +315,10 @@ static void test_add_of_ambient_pod(void **state)
  * never names is answered after AGENT_UNKNOWN_POD_WAIT_MS, outside the mesh, and enrolled when it appears. */
 static void test_add_waits_for_enrolment(void **state)
 {
+    agent_stop();
+    WAIT_UNLISTED = true;
+    agent_start();
+    WAIT_UNLISTED = false;
     zt_start();
     zt_wait(1);
     enrol("other", "sa", true); /* synced, without the new pod */
@@ -345,6 +352,26 @@ static void test_add_waits_for_enrolment(void **state)
     assert_true(pump_until(answered, &an2, AGENT_UNKNOWN_POD_WAIT_MS * 2));
     assert_string_equal(an2.text, "{\"ok\":true}");
     assert_false(rules_in(1));
+}
+
+/* A static source (the enrolment file) is complete: an unlisted pod is not enrolled, and its ADD is answered
+ * at once. */
+static void test_static_source_answers_unlisted_at_once(void **state)
+{
+    zt_start();
+    zt_wait(1);
+    enrol("other", "sa", true);
+    struct answer an = {0};
+    char msg[1024];
+    snprintf(msg, sizeof msg,
+             "{\"version\": 1, \"event\": \"add\", \"container_id\": \"c11\", \"netns\": \"/var/run/netns/%s\", "
+             "\"ifname\": \"eth0\", \"pod\": {\"name\": \"unlisted-0\", \"namespace\": \"shop\", \"uid\": \"\"}, "
+             "\"infra_container_id\": \"c11\", \"ips\": [\"10.9.0.2/24\"]}",
+             NSNAME[0]);
+    agent_handle_message(A, msg, strlen(msg), on_reply, &an);
+    assert_true(an.got); /* answered inside the call: nothing to wait for */
+    assert_string_equal(an.text, "{\"ok\":true}");
+    assert_false(rules_in(0));
 }
 
 /* A pod added outside the mesh is enrolled when the source says so, and un-enrolled when it stops. */
@@ -730,6 +757,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_add_of_ambient_pod, setup, teardown),
         cmocka_unit_test_setup_teardown(test_add_waits_for_enrolment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_static_source_answers_unlisted_at_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enrol_and_unenrol, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cni_del_forgets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_replays_state, setup, teardown),

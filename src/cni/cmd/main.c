@@ -236,6 +236,7 @@ static int agent_main(int argc, char **argv)
         return EXIT_USAGE;
     }
     cfg.backend = nft ? RULES_NFTABLES : rules_backend_auto();
+    cfg.wait_for_unlisted = xds != NULL; /* zmeshd learns a new pod about when its sandbox is made */
     char err[1024];
     if (!rules_backend_available(cfg.backend, err, sizeof err)) {
         fprintf(stderr, "zmesh-cni agent: %s\n", err);
