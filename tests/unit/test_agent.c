@@ -27,39 +27,7 @@
 #include "cni/agent.h"
 #include "cni/rules.h"
 
-static struct loop *L;
-static struct {
-    struct timer tick;
-    bool (*cond)(void *);
-    void *arg;
-    uint64_t deadline;
-    bool met;
-} P;
-
-static void tick_cb(struct timer *t)
-{
-    if (P.cond && P.cond(P.arg)) {
-        P.met = true;
-        loop_stop(L);
-    } else if (loop_now(L) >= P.deadline) {
-        loop_stop(L);
-    } else {
-        timer_start(L, t, 1);
-    }
-}
-
-static bool pump_until(bool (*cond)(void *), void *arg, int timeout_ms)
-{
-    P.cond = cond;
-    P.arg = arg;
-    P.met = false;
-    P.tick.cb = tick_cb;
-    P.deadline = loop_now(L) + (uint64_t)timeout_ms;
-    timer_start(L, &P.tick, 0);
-    loop_run(L);
-    timer_stop(L, &P.tick);
-    return P.met;
-}
+#include "loop_pump.h"
 
 /* ---- ztunnel ---- */
 

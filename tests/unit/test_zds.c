@@ -30,47 +30,9 @@
 
 #include "../../src/ztunnel/zds.c"
 
-/* ---- the loop, driven from the test ---- */
+/* ---- the loop, driven from the test: tests/unit/loop_pump.h ---- */
 
-static struct loop *L;
-static struct {
-    struct timer tick;
-    bool (*cond)(void *);
-    void *arg;
-    uint64_t deadline;
-    bool met;
-} P;
-
-static void tick_cb(struct timer *t)
-{
-    if (P.cond && P.cond(P.arg)) {
-        P.met = true;
-        loop_stop(L);
-    } else if (loop_now(L) >= P.deadline) {
-        loop_stop(L);
-    } else {
-        timer_start(L, t, 1);
-    }
-}
-
-/* Runs the loop until cond(arg) holds (checked every ms) or timeout_ms pass. Returns whether it held. */
-static bool pump_until(bool (*cond)(void *), void *arg, int timeout_ms)
-{
-    P.cond = cond;
-    P.arg = arg;
-    P.met = false;
-    P.tick.cb = tick_cb;
-    P.deadline = loop_now(L) + (uint64_t)timeout_ms;
-    timer_start(L, &P.tick, 0);
-    loop_run(L);
-    timer_stop(L, &P.tick);
-    return P.met;
-}
-
-static void pump(int ms)
-{
-    pump_until(NULL, NULL, ms);
-}
+#include "loop_pump.h"
 
 static uint64_t now_ms(void)
 {
