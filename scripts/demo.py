@@ -40,13 +40,15 @@ import selectors
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+from topo import ipv4_tcp, read_pcap  # noqa: E402  (the e2e tests' pcap reader, standard library only)
+
 SAMPLE = os.path.join(REPO, "examples", "bookinfo-lite")
 POLICY = os.path.join(SAMPLE, "policies", "catalog-allow-frontend.yaml")
 NS = "shop"
@@ -204,52 +206,6 @@ class Capture:
             self.p.wait()
         self.p.stderr.close()
         return False
-
-
-def read_pcap(path):
-    """A classic pcap file as (linktype, [(timestamp, packet bytes)])."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 24:
-        return None, []
-    magic = data[:4]
-    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-        endian = "<"
-    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-        endian = ">"
-    else:
-        raise ValueError("%s: not a pcap file" % path)
-    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
-    linktype = struct.unpack(endian + "I", data[20:24])[0]
-    pkts, off = [], 24
-    while off + 16 <= len(data):
-        sec, frac, incl = struct.unpack(endian + "III", data[off:off + 12])
-        pkts.append((sec + frac / (1e9 if nano else 1e6), data[off + 16:off + 16 + incl]))
-        off += 16 + incl
-    return linktype, pkts
-
-
-def ipv4_tcp(linktype, pkt):
-    """For an Ethernet (1) or Linux cooked (113) IPv4 TCP packet: (src ip, sport, dst ip, dport, flags,
-    payload); for anything else: None."""
-    if linktype == 1:
-        if len(pkt) < 14:
-            return None
-        etype, off = struct.unpack("!H", pkt[12:14])[0], 14
-        if etype == 0x8100:
-            etype, off = struct.unpack("!H", pkt[16:18])[0], 18
-    elif linktype == 113:
-        etype, off = struct.unpack("!H", pkt[14:16])[0], 16
-    else:
-        return None
-    if etype != 0x0800 or len(pkt) < off + 20 or pkt[off + 9] != 6:
-        return None
-    ihl = (pkt[off] & 0xF) * 4
-    src, dst = socket.inet_ntoa(pkt[off + 12:off + 16]), socket.inet_ntoa(pkt[off + 16:off + 20])
-    t = off + ihl
-    sport, dport = struct.unpack("!HH", pkt[t:t + 4])
-    doff = (pkt[t + 12] >> 4) * 4
-    return src, sport, dst, dport, pkt[t + 13], pkt[t + doff:]
 
 
 class Prober(threading.Thread):
@@ -477,7 +433,7 @@ class Demo:
 
     def wire(self, path):
         """What a capture on node1's uplink holds: pod-to-pod TCP (both ends pod IPs) and the control plane."""
-        lt, pkts = read_pcap(path)
+        lt, pkts = read_pcap(path, times=True)
         pod_ips = set(self.ips.values())
         tcp = [(ts, x) for ts, x in ((ts, ipv4_tcp(lt, p)) for ts, p in pkts) if x]
         between = [(ts, x) for ts, x in tcp if x[0] in pod_ips and x[2] in pod_ips]

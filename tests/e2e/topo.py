@@ -500,8 +500,9 @@ def tail(path, n=40):
         return "(%s)" % e
 
 
-def read_pcap(path):
-    """Parses a classic pcap file; returns (linktype, [packet bytes])."""
+def read_pcap(path, times=False):
+    """Parses a classic pcap file; returns (linktype, [packet bytes]), or with times (linktype,
+    [(timestamp in seconds, packet bytes)])."""
     import struct
     with open(path, "rb") as f:
         data = f.read()
@@ -514,18 +515,20 @@ def read_pcap(path):
         endian = ">"
     else:
         raise ValueError("%s: not a pcap file" % path)
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
     linktype = struct.unpack(endian + "I", data[20:24])[0]
     pkts, off = [], 24
     while off + 16 <= len(data):
-        incl = struct.unpack(endian + "I", data[off + 8:off + 12])[0]
-        pkts.append(data[off + 16:off + 16 + incl])
+        sec, frac, incl = struct.unpack(endian + "III", data[off:off + 12])
+        pkt = data[off + 16:off + 16 + incl]
+        pkts.append((sec + frac / (1e9 if nano else 1e6), pkt) if times else pkt)
         off += 16 + incl
     return linktype, pkts
 
 
-def ipv4_tcp_ports(linktype, pkt):
-    """For an Ethernet (1) or Linux cooked (113) IPv4 TCP packet: (src ip, sport, dst ip, dport, payload);
-    for anything else: None."""
+def ipv4_tcp(linktype, pkt):
+    """For an Ethernet (1) or Linux cooked (113) IPv4 TCP packet: (src ip, sport, dst ip, dport, flags,
+    payload); for anything else: None."""
     import struct
     if linktype == 1:
         if len(pkt) < 14:
@@ -546,7 +549,13 @@ def ipv4_tcp_ports(linktype, pkt):
     t = off + ihl
     sport, dport = struct.unpack("!HH", pkt[t:t + 4])
     doff = (pkt[t + 12] >> 4) * 4
-    return src, sport, dst, dport, pkt[t + doff:]
+    return src, sport, dst, dport, pkt[t + 13], pkt[t + doff:]
+
+
+def ipv4_tcp_ports(linktype, pkt):
+    """ipv4_tcp without the flags: (src ip, sport, dst ip, dport, payload), or None."""
+    r = ipv4_tcp(linktype, pkt)
+    return r and r[:4] + r[5:]
 
 
 _handlers_installed = [False]
