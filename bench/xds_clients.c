@@ -139,17 +139,6 @@ static int N_CLIENTS, N_SYNCED, N_ENDED;
 static bool QUITTING; /* the loop has stopped: streams ended by us are not reported */
 static Envoy__Config__Core__V3__Node **NODES;
 
-static int send_req(struct client *c, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
-{
-    size_t n = envoy__service__discovery__v3__delta_discovery_request__get_packed_size(req);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf) return -ENOMEM;
-    envoy__service__discovery__v3__delta_discovery_request__pack(req, buf);
-    int rc = grpc_call_send(c->call, buf, n);
-    free(buf);
-    return rc;
-}
-
 static void ads_on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_t n)
 {
     struct client *c = ud;
@@ -164,7 +153,7 @@ static void ads_on_message(struct grpc_call *call, void *ud, const uint8_t *p, s
         ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
     ack.type_url = resp->type_url;
     ack.response_nonce = resp->nonce;
-    int rc = send_req(c, &ack);
+    int rc = pb_call_send(c->call, &ack.base);
     uint64_t t = now_ns();
     int ti = !strcmp(resp->type_url, TYPES[0]) ? 0 : !strcmp(resp->type_url, TYPES[1]) ? 1 : -1;
     printf("R %" PRIu64 " %d %c %zu %zu %zu %s\n", t, c->idx, ti == 0 ? 'A' : ti == 1 ? 'Z' : '?',
@@ -219,7 +208,7 @@ static int ads_start(struct client *c)
             ENVOY__SERVICE__DISCOVERY__V3__DELTA_DISCOVERY_REQUEST__INIT;
         req.type_url = (char *)TYPES[i];
         req.node = NODES[c->idx];
-        if (send_req(c, &req) < 0) return -1;
+        if (pb_call_send(c->call, &req.base) < 0) return -1;
     }
     return 0;
 }

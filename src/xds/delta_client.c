@@ -53,18 +53,6 @@ static void retry_cb(struct timer *t)
     connect_now(container_of(t, struct xds_delta, retry));
 }
 
-/* Sends one request on the stream. Returns 0 or -errno. */
-static int send_request(struct xds_delta *c, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
-{
-    size_t n = envoy__service__discovery__v3__delta_discovery_request__get_packed_size(req);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf) return -ENOMEM;
-    envoy__service__discovery__v3__delta_discovery_request__pack(req, buf);
-    int rc = grpc_call_send(c->call, buf, n);
-    free(buf);
-    return rc;
-}
-
 static int type_index(const struct xds_delta *c, const char *url)
 {
     for (size_t i = 0; i < c->n_types; i++)
@@ -108,7 +96,7 @@ static void on_message(struct grpc_call *call, void *ud, const uint8_t *p, size_
         LOG_D("xds", "type=%s nonce=%s: ACK (%zu resources, %zu removed)", resp->type_url, resp->nonce,
               resp->n_resources, resp->n_removed_resources);
     }
-    if (send_request(c, &req) < 0) LOG_W("xds", "cannot send the ACK for nonce %s", resp->nonce);
+    if (pb_call_send(c->call, &req.base) < 0) LOG_W("xds", "cannot send the ACK for nonce %s", resp->nonce);
     if (ti >= 0) {
         c->synced[ti] = true;
         /* Istio counts each response of a type, and the bytes of its resources' values (metrics.rs). */
@@ -221,7 +209,7 @@ static void connect_now(struct xds_delta *c)
         req.type_url = (char *)c->types[i];
         req.node = c->node;
         int rc = c->ops->initial_versions ? c->ops->initial_versions(c->ud, c->types[i], &req) : 0;
-        if (rc == 0) rc = send_request(c, &req);
+        if (rc == 0) rc = pb_call_send(c->call, &req.base);
         if (c->ops->initial_versions_clear) c->ops->initial_versions_clear(c->ud, &req);
         if (rc < 0) {
             grpc_call_cancel(c->call, GRPC_STATUS_INTERNAL, "cannot send the initial requests");

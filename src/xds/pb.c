@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "h2/grpc.h"
+
 int pb_type_url(const ProtobufCMessageDescriptor *desc, char *buf, size_t n)
 {
     int len = snprintf(buf, n, "%s%s", PB_TYPE_URL_PREFIX, desc->name);
@@ -14,6 +16,15 @@ int pb_type_url(const ProtobufCMessageDescriptor *desc, char *buf, size_t n)
         return -ENOSPC;
     }
     return len;
+}
+
+int pb_call_send(struct grpc_call *call, const ProtobufCMessage *msg)
+{
+    int err;
+    uint8_t *buf = grpc_call_send_alloc(call, protobuf_c_message_get_packed_size(msg), &err);
+    if (!buf) return err;
+    protobuf_c_message_pack(msg, buf);
+    return 0;
 }
 
 int pb_any_pack(const ProtobufCMessage *msg, Google__Protobuf__Any *any)

@@ -33,6 +33,11 @@ int pb_type_url(const ProtobufCMessageDescriptor *desc, char *buf, size_t n);
  * any->value.data and frees them with pb_any_clear. Returns 0, -ENOMEM, or -ENOSPC (name too long). */
 int pb_any_pack(const ProtobufCMessage *msg, Google__Protobuf__Any *any);
 
+struct grpc_call;
+/* Sends msg as one message of call, packed straight into the call's send queue (grpc_call_send_alloc).
+ * Returns 0 or what grpc_call_send returns. */
+int pb_call_send(struct grpc_call *call, const ProtobufCMessage *msg);
+
 /* Frees what pb_any_pack allocated and re-initialises *any. Safe on an initialised, empty Any. */
 void pb_any_clear(Google__Protobuf__Any *any);
 
