@@ -1,6 +1,6 @@
 # zmesh build. `make` builds build/bin/*; `make test` runs every test; `make demo` runs the demo.
 CC      ?= cc
-PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson
+PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson libpcre2-8
 CFLAGS  ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread -Isrc \
            -I/usr/share/include/llhttp -I$(B)/gen \
@@ -8,7 +8,7 @@ override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU
 override LDLIBS += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -pthread
 B       ?= build
 
-LIB_LAYERS := core tls h2 http1 mesh xds zmeshd cni
+LIB_LAYERS := core tls h2 http1 mesh xds zmeshd cni waypoint
 LIB_SRC := $(foreach l,$(LIB_LAYERS),$(wildcard src/$(l)/*.c))
 LIB_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(LIB_SRC))
 # Protocols (proto/README.md): protoc-c generates C for zmesh's .proto files and for the well-known types
@@ -41,13 +41,16 @@ ZMESHD_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(ZMESHD_SRC))
 # libzmesh.a, where test_cni and fuzz_cni_config reach it.
 CNI_SRC := $(wildcard src/cni/cmd/*.c)
 CNI_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(CNI_SRC))
+# waypoint (the L7 proxy): the same layout, main.c in src/waypoint/cmd/, the rest in libzmesh.a.
+WP_SRC := $(wildcard src/waypoint/cmd/*.c)
+WP_OBJ := $(patsubst src/%.c,$(B)/obj/%.o,$(WP_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))
 # bench/rtt.c -> zm-rtt (standalone); every other bench/*.c -> build/bench/<name>, linked with libzmesh.
 BENCH_BIN := $(B)/bin/zm-rtt $(patsubst bench/%.c,$(B)/bench/%,$(filter-out bench/rtt.c,$(wildcard bench/*.c)))
 
 .PHONY: all deps test unit e2e demo bench asan clean format fuzz fuzz-build proto
-all: $(B)/bin/ztunnel $(B)/bin/zmesh $(B)/bin/zmeshd $(B)/bin/zmesh-cni $(BENCH_BIN) $(UNIT_BIN) \
+all: $(B)/bin/ztunnel $(B)/bin/zmesh $(B)/bin/zmeshd $(B)/bin/zmesh-cni $(B)/bin/waypoint $(BENCH_BIN) $(UNIT_BIN) \
      $(B)/tests/pb_roundtrip $(B)/tests/grpc_peer $(B)/tests/zds_peer
 proto: $(PROTO_GEN_C) $(PROTO_GEN_H)
 
@@ -90,6 +93,10 @@ $(B)/libzmesh.a: $(LIB_OBJ) $(LLHTTP_OBJ) $(PROTO_OBJ)
 	$(AR) rcs $@ $^
 
 $(B)/bin/ztunnel: $(ZT_OBJ) $(B)/libzmesh.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/bin/waypoint: $(WP_OBJ) $(B)/libzmesh.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -14,7 +14,7 @@
 # python3-grpcio are the independent peers of the protocol tests.
 set -e
 PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
-      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev
+      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev libpcre2-dev
       python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
       python3-jwt
       containernetworking-plugins iptables nftables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
