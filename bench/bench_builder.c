@@ -77,7 +77,7 @@ struct feed {
     struct net_addr vip[N_SERVICES];
     char strs[N_WORKLOADS * 96 + N_SERVICES * 64];
 };
-static const struct port_map port80 = {80, 8080};
+static const struct port_map port80 = {.port = 80, .target = 8080};
 
 /* Formats a string into the feed's string area at *p and advances *p past it. */
 __attribute__((format(printf, 2, 3))) static const char *put(char **p, const char *fmt, ...)

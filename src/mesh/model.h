@@ -44,6 +44,19 @@ enum ip_families {
 struct port_map {
     uint16_t port;   /* service port, 1..65535 */
     uint16_t target; /* target port; 0 = "use the endpoint's own mapping" (services only) */
+    /* Services only: the port's declared protocol (enum port_app_protocol, workload.proto AppProtocol), which
+     * the waypoint uses to skip protocol detection; 0 = unknown. */
+    uint8_t app_protocol;
+};
+
+/* workload.proto's AppProtocol values. */
+enum port_app_protocol {
+    PORT_PROTO_UNKNOWN = 0,
+    PORT_PROTO_HTTP11 = 1,
+    PORT_PROTO_HTTP2 = 2,
+    PORT_PROTO_GRPC = 3,
+    PORT_PROTO_TCP = 4,
+    PORT_PROTO_TLS = 5,
 };
 
 /* One entry of Workload.services: the port map this workload uses for service key "ns/host".

@@ -210,8 +210,10 @@ static int dec_ports(struct dctx *c, Istio__Workload__Port *const *in, size_t n,
     if (!pm) return -ENOMEM;
     char path[PATH_MAX_LEN + 32];
     for (size_t i = 0; i < n; i++) {
-        /* app_protocol is not kept: ztunnel's port maps are service port -> target port only. */
         if (!in[i]) continue;
+        /* app_protocol: kept for the waypoint's protocol choice; values this build does not know are
+         * unknown (detect), as a newer control plane may add some. */
+        if ((unsigned)in[i]->app_protocol <= (unsigned)PORT_PROTO_TLS) pm[i].app_protocol = (uint8_t)in[i]->app_protocol;
         snprintf(path, sizeof(path), "%s[%zu].service_port", field, i);
         if (port16(c, in[i]->service_port, &pm[i].port, path)) return -EINVAL;
         snprintf(path, sizeof(path), "%s[%zu].target_port", field, i);
@@ -838,6 +840,7 @@ static int enc_ports(struct ectx *e, const struct port_map *pm, size_t n, Istio_
         istio__workload__port__init(&ports[i]);
         ports[i].service_port = pm[i].port;
         ports[i].target_port = pm[i].target;
+        ports[i].app_protocol = (Istio__Workload__AppProtocol)pm[i].app_protocol;
         pp[i] = &ports[i];
     }
     *out = pp;

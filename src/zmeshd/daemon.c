@@ -455,7 +455,7 @@ static bool ip_eq(const struct ip_addr *a, const struct ip_addr *b)
 }
 static bool port_map_eq(const struct port_map *a, const struct port_map *b)
 {
-    return a->port == b->port && a->target == b->target;
+    return a->port == b->port && a->target == b->target && a->app_protocol == b->app_protocol;
 }
 static bool wl_svc_eq(const struct wl_service_ports *a, const struct wl_service_ports *b)
 {

@@ -515,7 +515,7 @@ static int build_encoded_addresses(const char *out)
 {
     struct ip_addr ips[2] = {{.family = AF_INET, .a = {10, 0, 3, 4}},
                              {.family = AF_INET6, .a = {0xfd, 0, [15] = 4}}};
-    static const struct port_map pm[] = {{80, 8080}, {443, 8443}};
+    static const struct port_map pm[] = {{80, 8080, 0}, {443, 8443, 0}};
     const struct wl_service_ports sp[] = {{"default/web.default.svc.cluster.local", pm, 2}};
     static const char *const pols[] = {"default/allow-web"};
     struct workload w = {

@@ -64,6 +64,7 @@ static void ports_equal(const struct port_map *a, size_t na, const struct port_m
     for (size_t i = 0; i < na; i++) {
         assert_int_equal(a[i].port, b[i].port);
         assert_int_equal(a[i].target, b[i].target);
+        assert_int_equal(a[i].app_protocol, b[i].app_protocol);
     }
 }
 
@@ -209,8 +210,8 @@ static void pol_equal(const struct policy *a, const struct policy *b)
 /* ---- rich resources ---- */
 
 static struct ip_addr wl_ips[2];
-static const struct port_map sp_a[] = {{80, 8080}, {443, 8443}};
-static const struct port_map sp_b[] = {{9090, 0}};
+static const struct port_map sp_a[] = {{80, 8080, 0}, {443, 8443, 0}};
+static const struct port_map sp_b[] = {{9090, 0, 0}};
 static const struct wl_service_ports wl_svcs[] = {{"ns/a.ns.svc.cluster.local", sp_a, 2},
                                                   {"ns/b.ns.svc.cluster.local", sp_b, 1}};
 static const char *const wl_pols[] = {"ns/allow-a", "istio-system/istio_converted_static_strict"};
@@ -260,7 +261,7 @@ static struct workload rich_workload(void)
 }
 
 static struct net_addr svc_vips[2];
-static const struct port_map svc_ports[] = {{80, 8080}, {443, 0}};
+static const struct port_map svc_ports[] = {{80, 8080, PORT_PROTO_HTTP11}, {443, 0, PORT_PROTO_TCP}};
 static const char *const svc_sans[] = {"spiffe://td/ns/ns/sa/a", "spiffe://td/ns/ns/sa/b"};
 static const uint8_t svc_prefs[] = {LB_SCOPE_NETWORK, LB_SCOPE_REGION, LB_SCOPE_ZONE,
                                     LB_SCOPE_SUBZONE, LB_SCOPE_NODE,   LB_SCOPE_CLUSTER};

@@ -146,7 +146,7 @@ static void test_add_update_remove(void **state)
     struct xds_store *st = new_store();
     struct ip_addr a1 = ip("10.0.0.1"), a2 = ip("10.0.0.2"), a1b = ip("10.0.1.1"), vip = ip("10.96.0.1");
     struct workload w1 = wl("c//v1/Pod/ns/a", "a", &a1), w2 = wl("c//v1/Pod/ns/b", "b", &a2);
-    const struct port_map pm[] = {{80, 8080}};
+    const struct port_map pm[] = {{80, 8080, 0}};
     struct net_addr v = {"", vip};
     struct service s1 = {.name = "svc",
                          .namespace_ = "ns",
@@ -305,7 +305,7 @@ static void test_nack_format(void **state)
     struct ip_addr a = ip("10.0.0.1"), b = ip("10.0.0.2");
     struct workload ok = wl("ok", "ok", &a);
     struct workload mismatch = wl("u4", "d", &b);
-    const struct port_map pm[] = {{80, 8080}};
+    const struct port_map pm[] = {{80, 8080, 0}};
     const struct wl_service_ports sp = {"nohost", pm, 1};
     struct workload badkey = wl("u5", "e", &b);
     badkey.services = &sp;
