@@ -47,8 +47,8 @@ static const struct env_setting table[] = {
     {.name = "LOCAL_XDS_PATH",
      .kind = ENV_STRING,
      .offset = OFF(local_xds_path),
-     .help = "a LocalConfig file (ztunnel's format: workloads, services) instead of XDS_ADDRESS, watched for "
-             "changes"},
+     .help = "a LocalConfig file (ztunnel's format: workloads, services) instead of XDS_ADDRESS, read at "
+             "start-up"},
     {.name = "CA_ADDRESS",
      .kind = ENV_STRING,
      .offset = OFF(ca_address),

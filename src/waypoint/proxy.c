@@ -1,0 +1,584 @@
+/* The waypoint's workers, its HBONE inbound, the tunnels, protocol choice and TCP passthrough (wp.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "core/list.h"
+#include "core/log.h"
+#include "waypoint/wp.h"
+
+#define LOG_IN "waypoint::inbound"
+
+struct wp_worker wp_workers[WP_MAX_WORKERS];
+int wp_n_workers;
+struct spiffe_id wp_self;
+char wp_self_uri[SPIFFE_MAX];
+char wp_self_host[256];
+
+uint64_t wp_now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+uint64_t wp_rand(struct wp_worker *w)
+{
+    /* xorshift64*: the load balancer's choices need to be uniform, not secret */
+    uint64_t x = w->rnd;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->rnd = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+/* ---- views ---- */
+
+static pthread_mutex_t view_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct wp_view *view_cur;
+
+struct wp_view *wp_view_current(void)
+{
+    pthread_mutex_lock(&view_lock);
+    struct wp_view *v = view_cur;
+    if (v) atomic_fetch_add(&v->refs, 1);
+    pthread_mutex_unlock(&view_lock);
+    return v;
+}
+
+void wp_view_unref(struct wp_view *v)
+{
+    if (!v || atomic_fetch_sub(&v->refs, 1) != 1) return;
+    snapshot_unref(v->snap);
+    free(v);
+}
+
+int wp_view_publish(struct snapshot *snap)
+{
+    static uint64_t version;
+    struct wp_view *v = calloc(1, sizeof(*v));
+    if (!v) return -ENOMEM;
+    atomic_init(&v->refs, 1);
+    snapshot_ref(snap);
+    v->snap = snap;
+    v->version = ++version;
+    pthread_mutex_lock(&view_lock);
+    struct wp_view *old = view_cur;
+    view_cur = v;
+    pthread_mutex_unlock(&view_lock);
+    wp_view_unref(old);
+    return 0;
+}
+
+bool wp_serves(const struct gateway_addr *g)
+{
+    if (!g->set) return false;
+    if (g->is_host) return !strcmp(g->ns, wp_cfg.pod_namespace) && !strcmp(g->host, wp_self_host);
+    struct ip_addr me;
+    return wp_cfg.instance_ip && ip_parse(wp_cfg.instance_ip, &me) == 0 && ip_equal(&me, &g->ip);
+}
+
+/* ---- tunnels ---- */
+
+void wp_tunnel_ref(struct wp_tunnel *t)
+{
+    t->refs++;
+}
+
+void wp_tunnel_unref(struct wp_tunnel *t)
+{
+    if (--t->refs) return;
+    atomic_fetch_sub(&t->w->active, 1);
+    wp_view_unref(t->view);
+    free(t);
+}
+
+int wp_socketpair(int sv[2])
+{
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0) return -errno;
+    return 0;
+}
+
+int wp_pick_endpoint(struct wp_tunnel *t, struct lb_choice *out)
+{
+    if (t->dst_wl) {
+        *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
+        return 0;
+    }
+    struct lb_source src = {.wl = t->src_wl};
+    int rc = lb_pick(t->view->snap, t->svc, t->port, &src, &t->dst_ip, wp_rand(t->w), out);
+    /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP itself:
+     * nothing to send to. */
+    return rc == 0 ? 0 : -ENOENT;
+}
+
+static int plain_dial(void *ud, const struct sockaddr_storage *hop)
+{
+    (void)ud;
+    int fd = socket(hop->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    net_set_nodelay(fd);
+    net_set_keepalive(fd);
+    socklen_t len = hop->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (connect(fd, (const struct sockaddr *)hop, len) < 0 && errno != EINPROGRESS) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+struct hbone_stream *wp_upstream_open(struct wp_worker *w, const struct lb_choice *c, int fd,
+                                      const struct hbone_stream_ops *ops, void *ud, const char **err)
+{
+    char ipb[IP_STRLEN], auth[IP_STRLEN + 16];
+    char san[SPIFFE_MAX];
+    if (workload_spiffe_id(c->wl, san, sizeof(san)) < 0) {
+        *err = "the endpoint has no identity";
+        close(fd);
+        return NULL;
+    }
+    const char *sans[] = {san};
+    ip_format(&c->ip, ipb, sizeof(ipb));
+    snprintf(auth, sizeof(auth), c->ip.family == AF_INET6 ? "[%s]:%u" : "%s:%u", ipb, (unsigned)c->port);
+    struct hbone_header hdrs[] = {{":authority", auth}};
+    struct sockaddr_storage hop;
+    sockaddr_from(&hop, &c->ip, WP_HBONE_UPSTREAM_PORT);
+    struct identity *id = wp_identity();
+    struct hbone_stream *s = hbone_pool_open(w->pool, w, id, plain_dial, NULL, &hop, sans, 1, &(struct ip_addr){0},
+                                             hdrs, 1, fd, ops, ud, err);
+    identity_unref(id);
+    return s;
+}
+
+/* ---- TCP passthrough ---- */
+
+struct tcp_fwd {
+    struct wp_tunnel *t;
+    struct lb_choice ep;
+    char upstream[IP_STRLEN + 8];
+    uint64_t start_mono;
+};
+
+static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct tcp_fwd *f = ud;
+    struct wp_tunnel *t = f->t;
+    bool failed = r->status != 200;
+    if (log_target_enabled(LOG_INFO, "access")) {
+        char src[SOCKADDR_STRLEN], up[16], down[16];
+        snprintf(up, sizeof(up), "%llu", (unsigned long long)r->bytes_to_h2);
+        snprintf(down, sizeof(down), "%llu", (unsigned long long)r->bytes_to_tcp);
+        log_kv(failed ? LOG_WARN : LOG_INFO, "access", failed ? "connection failed" : "connection complete",
+               "src.addr", sockaddr_format(&t->peer, src, sizeof(src)), "src.identity",
+               *t->peer_id ? t->peer_id : NULL, "dst.service", t->svc ? t->svc->hostname : NULL, "dst.addr",
+               f->upstream, "direction", "waypoint", "protocol", "TCP", "bytes_sent", down, "bytes_recv", up,
+               "error", r->error, NULL);
+    }
+    wp_tunnel_unref(t);
+    free(f);
+}
+
+static const struct hbone_stream_ops tcp_ops = {.on_done = tcp_done};
+
+void wp_tcp_start(struct wp_tunnel *t, int fd)
+{
+    struct tcp_fwd *f = calloc(1, sizeof(*f));
+    const char *err = "out of memory";
+    if (!f) goto fail;
+    f->t = t;
+    if (wp_pick_endpoint(t, &f->ep) < 0) {
+        err = "no healthy upstream";
+        goto fail;
+    }
+    char ipb[IP_STRLEN];
+    snprintf(f->upstream, sizeof(f->upstream), "%s:%u", ip_format(&f->ep.ip, ipb, sizeof(ipb)), f->ep.port);
+    if (!wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err)) {
+        fd = -1; /* closed by wp_upstream_open */
+        goto fail;
+    }
+    return;
+fail:
+    LOG_LIMITED(LOG_WARN, "access", "connection failed: dst.service=%s direction=waypoint protocol=TCP error=%s",
+                t->svc ? t->svc->hostname : t->authority, err);
+    if (fd >= 0) close(fd);
+    free(f);
+    wp_tunnel_unref(t);
+}
+
+/* ---- protocol choice ---- */
+
+struct sniff {
+    struct wp_tunnel *t;
+    struct io io;
+    struct timer timer;
+};
+
+enum sniff_result { SNIFF_MORE, SNIFF_HTTP1, SNIFF_H2C, SNIFF_TCP };
+
+/* HTTP/1.x: a method token (RFC 9110 tchar, upper-case in practice) then a space; h2c: the client preface. */
+static enum sniff_result classify(const char *b, size_t n)
+{
+    static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    if (n >= 3 && !memcmp(b, "PRI", 3)) {
+        size_t k = n < sizeof(preface) - 1 ? n : sizeof(preface) - 1;
+        if (!memcmp(b, preface, k)) return k == sizeof(preface) - 1 ? SNIFF_H2C : SNIFF_MORE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] == ' ') return i > 0 ? SNIFF_HTTP1 : SNIFF_TCP;
+        if (!(b[i] >= 'A' && b[i] <= 'Z') && b[i] != '-' && b[i] != '_') return SNIFF_TCP;
+        if (i >= 16) return SNIFF_TCP; /* longer than any method */
+    }
+    return n >= WP_SNIFF_BYTES ? SNIFF_TCP : SNIFF_MORE;
+}
+
+static void dispatch(struct wp_tunnel *t, int fd, enum sniff_result how)
+{
+    switch (how) {
+    case SNIFF_HTTP1:
+        wp_http1_start(t, fd);
+        return;
+    case SNIFF_H2C:
+        /* h2c is the next handler; until it lands such a client is relayed as bytes, which an h2c server
+         * still understands (no L7 policy or routing applies: said at start-up in the README) */
+        LOG_LIMITED(LOG_WARN, LOG_IN, "h2c to %s is relayed without L7 processing (not supported yet)",
+                    t->authority);
+        wp_tcp_start(t, fd);
+        return;
+    default:
+        wp_tcp_start(t, fd);
+        return;
+    }
+}
+
+static void sniff_finish(struct sniff *sn, enum sniff_result how)
+{
+    struct wp_worker *w = sn->t->w;
+    int fd = sn->io.fd;
+    loop_io_del(w->loop, &sn->io);
+    timer_stop(w->loop, &sn->timer);
+    struct wp_tunnel *t = sn->t;
+    free(sn);
+    dispatch(t, fd, how);
+}
+
+static void sniff_io(struct io *io, uint32_t ev)
+{
+    struct sniff *sn = container_of(io, struct sniff, io);
+    char b[WP_SNIFF_BYTES];
+    ssize_t n = recv(io->fd, b, sizeof(b), MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) { /* EOF before a byte: nothing to detect, relay (the upstream sees the close) */
+        sniff_finish(sn, SNIFF_TCP);
+        return;
+    }
+    enum sniff_result r = classify(b, (size_t)n);
+    if (r != SNIFF_MORE) sniff_finish(sn, r);
+    (void)ev;
+}
+
+static void sniff_timeout(struct timer *tm)
+{
+    sniff_finish(container_of(tm, struct sniff, timer), SNIFF_TCP);
+}
+
+/* Declared ports skip detection (so server-first protocols are not delayed): TCP and TLS are relayed,
+ * HTTP/1.1 is parsed; HTTP2 and gRPC wait for the h2c handler. Undeclared ports are detected. */
+static void start_handler(struct wp_tunnel *t, int fd)
+{
+    switch (t->app_protocol) {
+    case PORT_PROTO_TCP:
+    case PORT_PROTO_TLS:
+        wp_tcp_start(t, fd);
+        return;
+    case PORT_PROTO_HTTP11:
+        wp_http1_start(t, fd);
+        return;
+    default:
+        break;
+    }
+    struct sniff *sn = calloc(1, sizeof(*sn));
+    if (!sn) {
+        close(fd);
+        wp_tunnel_unref(t);
+        return;
+    }
+    sn->t = t;
+    sn->io = (struct io){.fd = fd, .cb = sniff_io};
+    sn->timer.cb = sniff_timeout;
+    if (loop_io_add(t->w->loop, &sn->io, EPOLLIN | EPOLLRDHUP) < 0) {
+        free(sn);
+        close(fd);
+        wp_tunnel_unref(t);
+        return;
+    }
+    timer_start(t->w->loop, &sn->timer, WP_SNIFF_TIMEOUT_MS);
+}
+
+/* ---- HBONE inbound ---- */
+
+struct wp_in_conn {
+    struct wp_in_conn *next, *prev;
+    struct wp_worker *w;
+    struct hbone_conn *c;
+    struct identity *ident; /* the certificate this connection was accepted with (reference held) */
+    struct sockaddr_storage peer, local;
+    bool handshaking;
+};
+
+static void down_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct wp_tunnel *t = ud;
+    t->down = NULL;
+    if (r->reset_early) {
+        LOG_LIMITED(LOG_DEBUG, LOG_IN, "stream reset by the peer before the answer: %s", t->authority);
+    }
+    wp_tunnel_unref(t);
+}
+
+static const struct hbone_stream_ops down_ops = {.on_done = down_done};
+
+/* Where the CONNECT goes: a service VIP:port or a workload IP bound to this waypoint. Returns the HTTP status
+ * to answer (200 with t filled), as Istio's ztunnel answers what it cannot serve: 400 for a bad request, 503
+ * for a destination it does not serve. why: for the log. */
+static int resolve(struct wp_tunnel *t, const struct hbone_request *req, const char **why)
+{
+    struct snapshot *snap = t->view->snap;
+    if (strcmp(req->method, "CONNECT") != 0) {
+        *why = "not a CONNECT";
+        return 400;
+    }
+    if (authority_parse(req->authority, strlen(req->authority), &t->dst_ip, &t->port) < 0) {
+        *why = "the authority is not ip:port";
+        return 400;
+    }
+    snprintf(t->authority, sizeof(t->authority), "%s", req->authority);
+    const struct service *svc = snapshot_service_by_vip(snap, "", &t->dst_ip);
+    if (svc) {
+        if (!wp_serves(&svc->waypoint)) {
+            *why = "the service is not bound to this waypoint";
+            return 503;
+        }
+        const struct port_map *pm = NULL;
+        for (size_t i = 0; i < svc->n_ports; i++)
+            if (svc->ports[i].port == t->port) pm = &svc->ports[i];
+        if (!pm) {
+            *why = "the port is not a port of the service";
+            return 503;
+        }
+        t->svc = svc;
+        t->app_protocol = pm->app_protocol;
+        return 200;
+    }
+    const struct workload *wl = snapshot_workload_by_ip(snap, "", &t->dst_ip);
+    if (wl && wp_serves(&wl->waypoint)) {
+        t->dst_wl = wl;
+        return 200;
+    }
+    *why = wl ? "the workload is not bound to this waypoint" : "unknown destination";
+    return 503;
+}
+
+static void in_request(struct hbone_stream *s, void *ud, const struct hbone_request *req)
+{
+    struct wp_in_conn *ic = ud;
+    struct wp_worker *w = ic->w;
+    struct wp_tunnel *t = calloc(1, sizeof(*t));
+    if (!t || !(t->view = wp_view_current())) {
+        free(t);
+        hbone_stream_respond(s, 503, -1, NULL, 0);
+        return;
+    }
+    t->refs = 1;
+    t->w = w;
+    atomic_fetch_add(&w->active, 1);
+    t->peer = ic->peer;
+    t->local = ic->local;
+    t->start_ms = wp_now_ms();
+    snprintf(t->peer_id, sizeof(t->peer_id), "%s", hbone_conn_peer_id(ic->c));
+    struct ip_addr pip;
+    sockaddr_to(&ic->peer, &pip, NULL);
+    t->src_wl = snapshot_workload_by_ip(t->view->snap, "", &pip);
+    const char *why = NULL;
+    int status = resolve(t, req, &why);
+    int sv[2] = {-1, -1};
+    if (status == 200 && wp_socketpair(sv) < 0) {
+        status = 503;
+        why = "no socket for the internal connection";
+    }
+    if (status != 200) {
+        char src[SOCKADDR_STRLEN];
+        LOG_LIMITED(LOG_WARN, "access",
+                    "connection failed: src.addr=%s src.identity=%s dst.addr=%s direction=inbound status=%d error=%s",
+                    sockaddr_format(&ic->peer, src, sizeof(src)), *t->peer_id ? t->peer_id : "unknown",
+                    req->authority, status, why);
+        hbone_stream_respond(s, status, -1, NULL, 0);
+        wp_tunnel_unref(t);
+        return;
+    }
+    t->down = s;
+    hbone_stream_set_ops(s, &down_ops, t);
+    hbone_stream_respond(s, 200, sv[0], NULL, 0);
+    wp_tunnel_ref(t); /* the handler's */
+    start_handler(t, sv[1]);
+}
+
+static void hs_end(struct wp_in_conn *ic)
+{
+    if (!ic->handshaking) return;
+    ic->handshaking = false;
+    struct wp_worker *w = ic->w;
+    if (w->handshakes-- == WP_HANDSHAKES_MAX && w->listening) acceptor_resume(&w->hbone);
+}
+
+static void in_ready(struct hbone_conn *c, void *ud)
+{
+    (void)c;
+    hs_end(ud);
+}
+
+static void in_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
+{
+    struct wp_in_conn *ic = ud;
+    hs_end(ic);
+    if (e->reason != H2_END_OK && !hbone_conn_established(c)) {
+        char src[SOCKADDR_STRLEN];
+        LOG_LIMITED(LOG_WARN, "access", "connection failed: src.addr=%s direction=inbound error=%s",
+                    sockaddr_format(&ic->peer, src, sizeof(src)), e->detail);
+    }
+    LIST_DEL(ic->w->in_conns, ic);
+    identity_unref(ic->ident);
+    free(ic);
+}
+
+static const struct hbone_conn_ops in_ops = {.on_ready = in_ready, .on_closed = in_closed, .on_request = in_request};
+
+static bool hbone_may_accept(struct acceptor *a)
+{
+    struct wp_worker *w = container_of(a, struct wp_worker, hbone);
+    if (w->handshakes < WP_HANDSHAKES_MAX) return true;
+    LOG_LIMITED(LOG_DEBUG, LOG_IN, "%u TLS handshakes in progress on worker %d (the bound): not accepting",
+                w->handshakes, w->id);
+    return false;
+}
+
+static void hbone_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
+{
+    struct wp_worker *w = container_of(a, struct wp_worker, hbone);
+    struct wp_in_conn *ic = calloc(1, sizeof(*ic));
+    if (!ic || !(ic->ident = wp_identity())) {
+        free(ic);
+        close(fd);
+        return;
+    }
+    ic->w = w;
+    ic->peer = *peer;
+    socklen_t len = sizeof(ic->local);
+    getsockname(fd, (struct sockaddr *)&ic->local, &len);
+    ic->handshaking = true;
+    w->handshakes++;
+    LIST_PUSH(w->in_conns, ic);
+    ic->c = hbone_server_new(w->loop, fd, ic->ident->server_ctx, &in_ops, ic);
+    if (!ic->c) {
+        hs_end(ic);
+        LIST_DEL(w->in_conns, ic);
+        identity_unref(ic->ident);
+        free(ic);
+    }
+}
+
+static const struct acceptor_ops hbone_acc_ops = {.on_accept = hbone_accept, .may_accept = hbone_may_accept};
+
+/* ---- workers ---- */
+
+static void mbox_cb(struct io *io, uint32_t ev)
+{
+    (void)ev;
+    struct wp_worker *w = container_of(io, struct wp_worker, mbox);
+    uint64_t v;
+    while (read(io->fd, &v, sizeof(v)) == sizeof(v)) {
+    }
+    if (atomic_exchange(&w->drain_requested, false)) {
+        if (w->listening) {
+            acceptor_close(&w->hbone);
+            w->listening = false;
+        }
+        for (struct wp_in_conn *ic = w->in_conns; ic; ic = ic->next)
+            hbone_conn_drain(ic->c);
+        hbone_pool_drain(w->pool);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct wp_worker *w = arg;
+    loop_run(w->loop);
+    return NULL;
+}
+
+static int worker_init(struct wp_worker *w, int id)
+{
+    static char names[WP_MAX_WORKERS][32];
+    w->id = id;
+    w->rnd = ((uint64_t)getpid() << 32) ^ wp_now_ms() ^ ((uint64_t)id * 0x9E3779B97F4A7C15ULL) ^ 1;
+    if (!(w->loop = loop_new())) return -ENOMEM;
+    if (!(w->pool = hbone_pool_new(w->loop, wp_cfg.pool_idle_ms, "waypoint::pool"))) return -ENOMEM;
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) return -errno;
+    w->mbox = (struct io){.fd = efd, .cb = mbox_cb};
+    int rc = loop_io_add(w->loop, &w->mbox, EPOLLIN);
+    if (rc < 0) return rc;
+    int fd = net_listen((uint16_t)wp_cfg.hbone_port, 1024, false);
+    if (fd < 0) return fd;
+    snprintf(names[id], sizeof(names[id]), "hbone :%lld", (long long)wp_cfg.hbone_port);
+    if ((rc = acceptor_start(&w->hbone, w->loop, fd, names[id], &hbone_acc_ops)) < 0) return rc;
+    w->listening = true;
+    return 0;
+}
+
+int wp_workers_start(void)
+{
+    wp_n_workers = (int)wp_cfg.n_workers;
+    for (int i = 0; i < wp_n_workers; i++) {
+        int rc = worker_init(&wp_workers[i], i);
+        if (rc < 0) {
+            LOG_E("waypoint", "cannot start worker %d: %s (port %lld)", i, strerror(-rc),
+                  (long long)wp_cfg.hbone_port);
+            return -1;
+        }
+    }
+    for (int i = 0; i < wp_n_workers; i++)
+        if (pthread_create(&wp_workers[i].thread, NULL, worker_main, &wp_workers[i]) != 0) {
+            LOG_E("waypoint", "cannot start worker thread %d", i);
+            return -1;
+        }
+    return 0;
+}
+
+void wp_workers_drain(void)
+{
+    uint64_t one = 1;
+    for (int i = 0; i < wp_n_workers; i++) {
+        atomic_store(&wp_workers[i].drain_requested, true);
+        if (write(wp_workers[i].mbox.fd, &one, sizeof(one)) < 0) {
+            /* the counter is full: a wakeup is pending anyway */
+        }
+    }
+}
+
+uint64_t wp_active(void)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < wp_n_workers; i++)
+        n += atomic_load(&wp_workers[i].active);
+    return n;
+}

@@ -1,0 +1,137 @@
+/* The waypoint's internals, shared by its modules (src/waypoint/README.md).
+ *
+ * Data path: a worker accepts HBONE on 15008 (mutual TLS 1.3, the peer's SPIFFE id is the source principal),
+ * checks each CONNECT's :authority against what this waypoint serves (a service VIP:port bound to it, or a
+ * workload IP bound to it), answers 200 and bridges the tunnel to one end of a socketpair: the waypoint's
+ * internal connection, what Envoy's waypoint does with its internal listener (connect_terminate ->
+ * main_internal). The other end is read by the protocol handler: TCP passthrough (proxy.c), HTTP/1.1
+ * (http1.c). Upstream, each request or passthrough connection opens an HBONE tunnel to the chosen endpoint
+ * (podIP:15008, :authority podIP:targetPort, the waypoint's own certificate: Envoy's connect_originate) from
+ * the worker's pool, again bridged to a socketpair end that the handler writes to.
+ *
+ * Threads: the main thread owns config (xDS or a file), the identity manager's subscription, admin and
+ * signals; each worker owns a loop, its listener, its HBONE pool and its connections. A view (snapshot and,
+ * later, L7 config) is refcounted and immutable; a tunnel keeps the view it started with. */
+#pragma once
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/acceptor.h"
+#include "core/loop.h"
+#include "core/net.h"
+#include "h2/hbone.h"
+#include "h2/hbone_pool.h"
+#include "mesh/lb.h"
+#include "mesh/model.h"
+#include "tls/identity.h"
+#include "tls/spiffe.h"
+#include "waypoint/settings.h"
+
+/* TLS handshakes in progress per worker at most; at the bound the listener is held until one ends, so a
+ * handshake flood cannot starve established tunnels (ztunnel's ZT_HANDSHAKES_MAX). */
+#define WP_HANDSHAKES_MAX 16
+/* An undeclared port's protocol is detected from the client's first bytes; a client that sends nothing for
+ * this long is taken to speak a server-first protocol and relayed as TCP. */
+#define WP_SNIFF_TIMEOUT_MS 1000
+/* Bytes looked at to detect HTTP/1.1 (a method token and a space) or the HTTP/2 preface. */
+#define WP_SNIFF_BYTES 24
+/* Where endpoints take HBONE: their node's ztunnel on the pod's IP (Envoy's connect_originate cluster
+ * overrides the port to 15008, istio/istio pilot/pkg/networking/core/cluster_waypoint.go). */
+#define WP_HBONE_UPSTREAM_PORT 15008
+
+/* What the waypoint works with: immutable, refcounted; a tunnel keeps the one it started with. */
+struct wp_view {
+    _Atomic int refs;
+    struct snapshot *snap; /* reference held */
+    uint64_t version;
+};
+
+/* A new reference to the current view, or NULL before the first config. Any thread. */
+struct wp_view *wp_view_current(void);
+void wp_view_unref(struct wp_view *v);
+/* Main thread: publishes a view of snap (a reference is taken). Returns 0 or -ENOMEM. */
+int wp_view_publish(struct snapshot *snap);
+
+struct wp_in_conn;
+
+struct wp_worker {
+    int id;
+    struct loop *loop;
+    pthread_t thread;
+    struct acceptor hbone;
+    bool listening;
+    struct hbone_pool *pool;
+    unsigned handshakes;          /* inbound TLS handshakes in progress */
+    _Atomic uint64_t active;      /* open downstream tunnels (the drain waits for 0) */
+    struct wp_in_conn *in_conns;  /* live inbound HBONE connections */
+    struct io mbox;               /* eventfd: the main thread's requests (drain) */
+    _Atomic bool drain_requested;
+    uint64_t rnd;                 /* xorshift state for load balancing */
+};
+
+extern struct wp_worker wp_workers[WP_MAX_WORKERS];
+extern int wp_n_workers;
+
+/* The waypoint's SPIFFE id and the current certificate for it (a new reference, or NULL before the first).
+ * Any thread. */
+extern struct spiffe_id wp_self;
+extern char wp_self_uri[SPIFFE_MAX];
+struct identity *wp_identity(void);
+/* The hostname services name this waypoint by: <gateway>.<ns>.svc.<cluster domain>. */
+extern char wp_self_host[256];
+
+/* True when g (a service's or workload's waypoint) is this waypoint. */
+bool wp_serves(const struct gateway_addr *g);
+
+/* Workers: creates them (listener on HBONE_PORT each, SO_REUSEPORT) and starts their threads. Returns 0 or
+ * -1 (logged). */
+int wp_workers_start(void);
+/* Main thread: asks every worker to stop accepting and send GOAWAY on its HBONE connections. */
+void wp_workers_drain(void);
+/* Open downstream tunnels, all workers. */
+uint64_t wp_active(void);
+
+/* A uniformly random 64-bit value from the worker's generator. */
+uint64_t wp_rand(struct wp_worker *w);
+
+/* One downstream tunnel: an HBONE CONNECT this waypoint answered, bridged to fd (the handler's end). */
+struct wp_tunnel {
+    int refs; /* the downstream stream and the handler: one worker, no atomics */
+    struct wp_worker *w;
+    struct wp_view *view;      /* reference held */
+    struct hbone_stream *down; /* NULL once it ended */
+    const struct service *svc; /* the service addressed (VIP), or NULL for a workload address */
+    const struct workload *dst_wl; /* the workload addressed (workload IP), or NULL */
+    const struct workload *src_wl; /* by the downstream peer's IP; may be NULL */
+    uint16_t port;                 /* the port of the :authority */
+    struct ip_addr dst_ip;         /* the IP of the :authority */
+    struct sockaddr_storage peer, local;
+    char authority[64];
+    char peer_id[SPIFFE_MAX]; /* the HBONE peer's SPIFFE id ("" if none) */
+    uint64_t start_ms;        /* wall clock */
+    uint8_t app_protocol;     /* the service port's, enum port_app_protocol */
+};
+void wp_tunnel_ref(struct wp_tunnel *t);
+void wp_tunnel_unref(struct wp_tunnel *t);
+
+/* The endpoint for t: a service's by the load balancer (the source workload's locality), or the addressed
+ * workload with the requested port. Returns 0, or -ENOENT (no healthy upstream: Envoy's UH). */
+int wp_pick_endpoint(struct wp_tunnel *t, struct lb_choice *out);
+/* Opens an HBONE tunnel for the worker to endpoint c (podIP:15008, :authority podIP:port, expecting the
+ * endpoint workload's identity) bridged to fd (ownership passes; closed on failure). Returns the stream or
+ * NULL with a static reason in *err. */
+struct hbone_stream *wp_upstream_open(struct wp_worker *w, const struct lb_choice *c, int fd,
+                                      const struct hbone_stream_ops *ops, void *ud, const char **err);
+/* A connected pair of non-blocking, close-on-exec stream sockets (the internal connection). Returns 0 or
+ * -errno. */
+int wp_socketpair(int sv[2]);
+
+/* Protocol handlers: each takes fd (its end of the downstream internal connection) and a reference to t. */
+void wp_tcp_start(struct wp_tunnel *t, int fd);
+void wp_http1_start(struct wp_tunnel *t, int fd);
+
+/* Milliseconds since the epoch (access logs). */
+uint64_t wp_now_ms(void);
