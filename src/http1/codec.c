@@ -2,7 +2,8 @@
  * that llhttp hands over in pieces into one bounded buffer, decides the body's framing, applies the RFC 9112
  * rules llhttp leaves to its user (version, transfer codings, obs-fold, interim responses, HEAD and CONNECT
  * answers), turns llhttp's pauses into one consumption count for the caller, and maps every failure to the
- * status a server answers. No lenient flag of llhttp is ever set: its strictness is the smuggling defence.
+ * status a server answers. No lenient flag of llhttp is ever set and llhttp is compiled in its strict mode
+ * (LLHTTP_STRICT_MODE=1, Makefile): its strictness is the smuggling defence.
  *
  * llhttp calls back with spans that end where its input ends, so one name or value may arrive in several
  * calls across feeds; the *_complete callbacks say where each ends. Offsets, not pointers, are kept while
@@ -44,6 +45,9 @@ struct http1_parser {
     struct http1_hdr *hdrs; /* same capacity as fld; filled for on_head and on_trailers */
     size_t nfld, fld_cap;
     bool name_open, value_open;
+    const char *cur_start, *cur_end; /* the bytes of the feed in progress */
+    const char *val_next;            /* where the value's next piece must start (obs-fold detection) */
+    bool val_at_end;                 /* the value's last piece ended its feed: the next starts the next feed */
     size_t method_len, target_off, target_len, reason_off, reason_len;
     size_t raw_head;  /* bytes fed while inside the head, whitespace llhttp skips included */
     bool in_trailers; /* the last chunk was seen: fields now are trailers */
@@ -110,6 +114,8 @@ bool http1_name_is(const char *name, size_t len, const char *lower)
     return true;
 }
 
+static bool h1c_token(const char *s, size_t n);
+
 static bool h1c_ows(char c)
 {
     return c == ' ' || c == '\t';
@@ -152,10 +158,14 @@ void http1_parser_set_error(struct http1_parser *p, int status, const char *reas
 }
 
 /* The status for an llhttp error that no callback of ours explained. */
-static int h1c_status_of(llhttp_errno_t e)
+static int h1c_status_of(const llhttp_t *ll, llhttp_errno_t e)
 {
+    const char *why = llhttp_get_error_reason(ll);
     switch (e) {
     case HPE_INVALID_VERSION:
+        /* llhttp uses this code for a version it does not know (HTTP/3.0: 505, RFC 9110 §15.6.6) and for a
+         * malformed version field ("HTTP/1.x", "HTTP/1.1 \r\n": 400); only its reason tells them apart. */
+        return why && !strcmp(why, "Invalid HTTP version") ? 505 : 400;
     case HPE_PAUSED_H2_UPGRADE: /* "PRI * HTTP/2.0": HTTP/2 prior knowledge reached an HTTP/1 parser */
         return 505;
     default:
@@ -267,15 +277,31 @@ static int h1c_on_header_field(llhttp_t *ll, const char *at, size_t n)
 static int h1c_on_header_field_complete(llhttp_t *ll)
 {
     struct http1_parser *p = h1c_of(ll);
+    struct h1c_field *f = &p->fld[p->nfld - 1];
     p->name_open = false;
+    /* llhttp 8.1 (strict build too) takes whitespace before the colon into the name. RFC 9112
+     * §5.1: a server must reject such a request with 400 (two hops could disagree on the field), a proxy must
+     * remove the whitespace from a response. */
+    if (p->kind == HTTP1_RESPONSE)
+        while (f->name_len && h1c_ows(p->buf[f->name_off + f->name_len - 1])) f->name_len--;
+    if (!h1c_token(p->buf + f->name_off, f->name_len))
+        return h1c_fail(p, 400, "whitespace or invalid character in a header field name");
     /* An empty value gets no on_header_value call; the value starts here either way. */
-    p->fld[p->nfld - 1].value_off = p->len;
+    f->value_off = p->len;
     return 0;
 }
 
 static int h1c_on_header_value(llhttp_t *ll, const char *at, size_t n)
 {
     struct http1_parser *p = h1c_of(ll);
+    /* A value continues where its last piece ended, or at the start of the next feed when that piece ended
+     * its feed. Anything else is obs-fold: strict llhttp 8.1 accepts a line that starts with whitespace as a
+     * continuation and hands it over as another piece, without the line break. RFC 9112 §5.2 lets a server
+     * reject it with 400, which a proxy should: unfolded or folded, the next hop may read it otherwise. */
+    if (p->value_open && at != (p->val_at_end ? p->cur_start : p->val_next))
+        return h1c_fail(p, 400, "obsolete line folding in a header field");
+    p->val_next = at + n;
+    p->val_at_end = at + n == p->cur_end;
     p->value_open = true;
     p->fld[p->nfld - 1].value_len += n;
     return h1c_append(p, at, n);
@@ -287,9 +313,7 @@ static int h1c_on_header_value_complete(llhttp_t *ll)
     struct h1c_field *f = &p->fld[p->nfld - 1];
     p->value_open = false;
     const char *v = p->buf + f->value_off;
-    /* llhttp 8 accepts obs-fold (a line starting with whitespace continues the value) and hands over the
-     * CRLF inside the value; RFC 9112 §5.2 lets a server reject it with 400, which a proxy should: forwarding
-     * it unfolded or folded both change what the next hop sees. */
+    /* The loose build of llhttp hands over obs-fold with its line break inside the value. */
     if (memchr(v, '\r', f->value_len) || memchr(v, '\n', f->value_len))
         return h1c_fail(p, 400, "obsolete line folding in a header field");
     while (f->value_len && h1c_ows(v[f->value_len - 1])) f->value_len--; /* trailing OWS is not the value */
@@ -528,7 +552,7 @@ static ssize_t h1c_error(struct http1_parser *p, llhttp_errno_t e)
 {
     p->st = HTTP1_P_ERROR;
     if (!p->err_status) {
-        p->err_status = h1c_status_of(e);
+        p->err_status = h1c_status_of(&p->ll, e);
         p->err_reason = e == HPE_PAUSED_H2_UPGRADE ? "HTTP/2 connection preface" : llhttp_get_error_reason(&p->ll);
         if (!p->err_reason) p->err_reason = llhttp_errno_name(e);
     }
@@ -552,6 +576,8 @@ ssize_t http1_parser_feed(struct http1_parser *p, const uint8_t *data, size_t n)
     /* n == 0 still runs llhttp: after a resume, a message whose head or last body bytes were paused on may
      * complete without another byte. */
     if (!data) data = empty;
+    p->cur_start = (const char *)data;
+    p->cur_end = (const char *)data + n;
     llhttp_errno_t e = llhttp_execute(&p->ll, (const char *)data, n);
     size_t used = n;
     switch (e) {
