@@ -115,6 +115,7 @@ bool http1_name_is(const char *name, size_t len, const char *lower)
 }
 
 static bool h1c_token(const char *s, size_t n);
+static bool h1c_text(const char *s, size_t n);
 
 static bool h1c_ows(char c)
 {
@@ -402,6 +403,9 @@ static int h1c_on_headers_complete(llhttp_t *ll)
         if (h.status < 100 || h.status > 599) return h1c_fail(p, 400, "invalid status code");
         h.reason = p->buf + p->reason_off;
         h.reason_len = p->reason_len;
+        /* llhttp takes any byte but CR and LF into the reason; RFC 9112 §4 allows no control but HTAB, and a
+         * NUL or other control forwarded could end or split the line at the next hop. */
+        if (!h1c_text(h.reason, h.reason_len)) return h1c_fail(p, 400, "invalid character in the reason phrase");
         /* RFC 9112 §6.3 items 1-2: whatever the headers say, these have no body. */
         if (h.status < 200 || h.status == 204 || h.status == 304) no_body = true;
         if (h.status >= 200) {
@@ -448,6 +452,8 @@ static int h1c_on_headers_complete(llhttp_t *ll)
 static int h1c_on_body(llhttp_t *ll, const char *at, size_t n)
 {
     struct http1_parser *p = h1c_of(ll);
+    /* llhttp closes a span open at the end of its input, which after a resume can be empty. */
+    if (!n) return 0;
     if (p->lim.max_body && n > p->lim.max_body - p->body_seen) return h1c_fail(p, 413, "body too large");
     p->body_seen += n;
     int r = p->ops.on_body ? p->ops.on_body(p->ud, (const uint8_t *)at, n) : 0;
@@ -533,6 +539,12 @@ struct http1_parser *http1_parser_new(enum http1_kind k, const struct http1_pars
     if (!p->lim.max_target) p->lim.max_target = HTTP1_MAX_TARGET;
     p->ops = *ops;
     p->ud = ud;
+    /* Allocated up front so that a head with nothing collected still has valid (empty) pointers. */
+    p->cap = H1C_BUF_INITIAL < p->lim.max_head_bytes ? H1C_BUF_INITIAL : p->lim.max_head_bytes;
+    if (!(p->buf = malloc(p->cap))) {
+        free(p);
+        return NULL;
+    }
     llhttp_init(&p->ll, k == HTTP1_REQUEST ? HTTP_REQUEST : HTTP_RESPONSE, &h1c_settings);
     p->ll.data = p;
     p->st = HTTP1_P_IDLE;

@@ -229,6 +229,7 @@ static const struct msg_case cases[] = {
     {"response name whitespace", HTTP1_RESPONSE, "HTTP/1.1 200 OK\r\nServer : s\r\nContent-Length: 0\r\n\r\n", "", "",
      400, false},
     {"obs-fold at a feed's end", HTTP1_REQUEST, "GET / HTTP/1.1\r\nX: a\r\n\tb\r\nY: c\r\n\r\n", "", "", 400, false},
+    {"control in reason", HTTP1_RESPONSE, "HTTP/1.1 200 O\x01K\r\n\r\n", "", "", 400, false},
     {"response status 600", HTTP1_RESPONSE, "HTTP/1.1 600 Odd\r\n\r\n", "", "", 400, false},
     {"response gzip coding", HTTP1_RESPONSE, "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx", "", "", 501, false},
 };
