@@ -22,6 +22,7 @@
 
 #define H1C_BUF_INITIAL 1024 /* a head buffer's first size; it doubles up to max_head_bytes */
 #define H1C_FLD_INITIAL 16   /* header slots allocated first; doubled up to max_headers */
+#define H1C_CHUNK_EXT_MAX 4096 /* bytes of chunk extensions per chunk (ignored, RFC 9112 §7.1.1, but bounded) */
 
 #define H1C_LOG "http1::codec"
 
@@ -51,6 +52,7 @@ struct http1_parser {
     size_t method_len, target_off, target_len, reason_off, reason_len;
     size_t raw_head;  /* bytes fed while inside the head, whitespace llhttp skips included */
     bool in_trailers; /* the last chunk was seen: fields now are trailers */
+    size_t chunk_ext; /* bytes of the current chunk's extensions */
     /* what the caller said about the next final response */
     bool to_head, to_connect;
     /* the current message */
@@ -223,6 +225,7 @@ static int h1c_on_message_begin(llhttp_t *ll)
     p->interim = p->upgrade = false;
     p->raw_head = 0;
     p->body_seen = 0;
+    p->chunk_ext = 0;
     p->st = HTTP1_P_HEAD;
     return 0;
 }
@@ -374,7 +377,7 @@ static int h1c_on_headers_complete(llhttp_t *ll)
         const struct http1_hdr *f = &p->hdrs[i];
         if (http1_name_is(f->name, f->name_len, "transfer-encoding"))
             h1c_list_any(f->value, f->value_len, h1c_te_elem, &te);
-        else if (p->kind == HTTP1_REQUEST && http1_name_is(f->name, f->name_len, "expect") &&
+        else if (p->kind == HTTP1_REQUEST && minor == 1 && http1_name_is(f->name, f->name_len, "expect") &&
                  h1c_list_any(f->value, f->value_len, h1c_is_100_continue, NULL))
             h.expect_continue = true;
     }
@@ -466,14 +469,27 @@ static int h1c_on_body(llhttp_t *ll, const char *at, size_t n)
     return 0;
 }
 
+/* Chunk extensions are dropped (RFC 9112 §7.1.1: a recipient ignores those it does not understand, and we
+ * understand none) but counted, so a chunk-size line cannot go on forever. */
+static int h1c_on_chunk_ext(llhttp_t *ll, const char *at, size_t n)
+{
+    struct http1_parser *p = h1c_of(ll);
+    (void)at;
+    if (n > H1C_CHUNK_EXT_MAX - p->chunk_ext) return h1c_fail(p, 400, "chunk extensions too long");
+    p->chunk_ext += n;
+    return 0;
+}
+
 static int h1c_on_chunk_header(llhttp_t *ll)
 {
     struct http1_parser *p = h1c_of(ll);
+    p->chunk_ext = 0;
     if (ll->content_length == 0) {
         /* The last chunk: what follows are trailer fields, collected in the same buffer and bounds as the
          * head (which on_head has had, and which is not valid any more). */
         h1c_clear(p);
         p->in_trailers = true;
+        p->raw_head = 0;
     }
     return 0;
 }
@@ -520,6 +536,8 @@ static const llhttp_settings_t h1c_settings = {
     .on_header_value_complete = h1c_on_header_value_complete,
     .on_headers_complete = h1c_on_headers_complete,
     .on_body = h1c_on_body,
+    .on_chunk_extension_name = h1c_on_chunk_ext,
+    .on_chunk_extension_value = h1c_on_chunk_ext,
     .on_chunk_header = h1c_on_chunk_header,
     .on_message_complete = h1c_on_message_complete,
 };
@@ -603,9 +621,9 @@ ssize_t http1_parser_feed(struct http1_parser *p, const uint8_t *data, size_t n)
     default:
         return h1c_error(p, e);
     }
-    if (p->st == HTTP1_P_HEAD) {
-        /* llhttp skips some whitespace without a callback; counting the raw bytes of an unfinished head
-         * bounds that too. */
+    if (p->st == HTTP1_P_HEAD || (p->in_trailers && p->st == HTTP1_P_BODY)) {
+        /* llhttp skips some whitespace without a callback; counting the raw bytes of an unfinished head (or
+         * trailer section) bounds that too. */
         p->raw_head += used;
         if (p->raw_head > p->lim.max_head_bytes) {
             h1c_fail(p, 431, "header fields too large");

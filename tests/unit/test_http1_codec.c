@@ -597,6 +597,32 @@ static void test_default_limits(void **state)
     free(buf);
 }
 
+/* Chunk extensions are dropped but bounded (4 KiB per chunk); an HTTP/1.0 Expect means nothing. */
+static void test_chunk_extensions(void **state)
+{
+    (void)state;
+    static char buf[16384];
+    for (size_t ext = 4000; ext <= 5000; ext += 1000) {
+        int n = snprintf(buf, sizeof(buf), "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;x=");
+        memset(buf + n, 'a', ext);
+        n += (int)ext;
+        n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\nz\r\n0\r\n\r\n");
+        for (size_t split = 0; split <= 1000; split += 1000) {
+            struct rec r;
+            rec_init(&r, HTTP1_REQUEST, NULL);
+            assert_int_equal(feed_all(&r, buf, (size_t)n, split, false), ext < 4092 ? 0 : 400);
+            assert_int_equal(r.completes, ext < 4092 ? 1 : 0);
+            http1_parser_free(r.p);
+        }
+    }
+    struct rec r;
+    rec_init(&r, HTTP1_REQUEST, NULL);
+    static const char old[] = "POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx";
+    assert_int_equal(feed_all(&r, old, strlen(old), 0, false), 0);
+    assert_false(r.last.expect_continue);
+    http1_parser_free(r.p);
+}
+
 /* A header name split across feeds at every point arrives whole (table cases cover this too; this checks the
  * name pointer and length seen by on_head directly). */
 static void test_split_name(void **state)
@@ -779,6 +805,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_default_limits),
         cmocka_unit_test(test_split_name),
+        cmocka_unit_test(test_chunk_extensions),
         cmocka_unit_test(test_write_heads),
         cmocka_unit_test(test_write_chunks),
         cmocka_unit_test(test_hop_by_hop),
