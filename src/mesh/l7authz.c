@@ -620,12 +620,10 @@ static bool tpl_match(const struct val *v, const char *p, size_t n)
     size_t i = 1;
     for (size_t k = 0; k < v->n_tpl; k++) {
         const struct tpl_seg *s = &v->tpl[k];
+        if (k > 0 && i > n)
+            return false; /* the path ended before this segment's '/' */
         if (s->kind == 2)
-            return true; /* the rest, whatever it is */
-        if (k > 0) {
-            if (i > n || p[i - 1] != '/')
-                return false;
-        }
+            return true; /* the rest, whatever it is (zero or more segments) */
         size_t j = i;
         while (j < n && p[j] != '/')
             j++;
