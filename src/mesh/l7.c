@@ -1672,10 +1672,15 @@ int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_
     /* Gateway API: an unset port is the request's when the scheme is kept, else the new scheme's well-known
      * port; a well-known port of the scheme is left out of Location. */
     unsigned port = rd->port;
-    if (!port && !rd->scheme[0] && aport && *aport)
-        port = (unsigned)strtoul(aport, NULL, 10);
+    if (!port && !rd->scheme[0] && aport && *aport) {
+        char *end;
+        unsigned long p = strtoul(aport, &end, 10);
+        if (*end || p == 0 || p > 65535)
+            return -EINVAL; /* the authority's port is not a port */
+        port = (unsigned)p;
+    }
     unsigned dflt = strcmp(scheme, "https") == 0 ? 443 : 80;
-    char portbuf[8] = "";
+    char portbuf[16] = "";
     if (port && port != dflt)
         snprintf(portbuf, sizeof(portbuf), ":%u", port);
     int w = snprintf(out, n, "%s://%s%s", scheme, host, portbuf);
