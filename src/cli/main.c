@@ -17,6 +17,7 @@
 #include "cli/http_get.h"
 #include "cli/ps.h"
 #include "cli/up.h"
+#include "cli/waypoint.h"
 #include "cli/zc.h"
 #include "core/env.h"
 #include "zmeshd/daemon.h"
@@ -51,6 +52,7 @@ static const char usage_top[] =
     "  exec, logs            run in a pod's network namespace; print a container's or component's log\n"
     "  label                 set or remove namespace and pod labels (kubectl label)\n"
     "  rollout ztunnel <n>   replace node n's ztunnel without losing its connections\n"
+    "  waypoint              generate, apply, list, status, delete waypoints (istioctl waypoint)\n"
     "\n"
     "Run 'zmesh <command> --help' for the flags of a command.\n";
 
@@ -654,6 +656,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "ztunnel-config") || !strcmp(cmd, "zc")) return cmd_ztunnel_config(argc - 1, argv + 1);
     if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "ps")) return cmd_proxy_status(argc - 1, argv + 1);
     if (!strcmp(cmd, "token")) return cmd_token(argc - 1, argv + 1);
+    if (!strcmp(cmd, "waypoint")) return cmd_waypoint(argc - 1, argv + 1);
     static const struct {
         const char *name;
         int (*fn)(int, char **);

@@ -53,7 +53,7 @@ static void report_stderr(void *ud, bool warn, const char *msg)
 
 /* The state directory without a trailing slash, made absolute (the controller and zmeshd chdir nowhere, but
  * paths in the conflist and the record must not depend on where zmesh ran). */
-static int state_abs(const char *in, char *out, size_t n)
+int up_state_abs(const char *in, char *out, size_t n)
 {
     char cwd[CLUSTER_PATH_MAX];
     if (in[0] == '/')
@@ -369,10 +369,10 @@ int cmd_up(int argc, char **argv)
     if (optind >= argc) return usage(usage_up, "%s", "a manifest directory is required: zmesh up <dir>");
     if (optind + 1 < argc) return usage(usage_up, "unexpected argument \"%s\"", argv[optind + 1]);
     const char *dir = argv[optind];
-    if (state_abs(state, cfg.state, sizeof(cfg.state))) return 1;
+    if (up_state_abs(state, cfg.state, sizeof(cfg.state))) return 1;
     char err[1024], path[CLUSTER_PATH_MAX + 64];
     if (bin)
-        state_abs(bin, cfg.bin_dir, sizeof(cfg.bin_dir));
+        up_state_abs(bin, cfg.bin_dir, sizeof(cfg.bin_dir));
     else {
         ssize_t k = readlink("/proc/self/exe", cfg.bin_dir, sizeof(cfg.bin_dir) - 1);
         if (k <= 0) return 1;
@@ -634,7 +634,7 @@ static int parse_common(int argc, char **argv, const char *allowed, const char *
             break;
         }
     }
-    state_abs(state, c->state, sizeof(c->state));
+    up_state_abs(state, c->state, sizeof(c->state));
     return 0;
 }
 
@@ -717,6 +717,7 @@ static const char *kind_of(const char *word)
         {"ServiceAccount", "serviceaccount", "serviceaccounts", "sa"},
         {"AuthorizationPolicy", "authorizationpolicy", "authorizationpolicies", "ap"},
         {"PeerAuthentication", "peerauthentication", "peerauthentications", "pa"},
+        {"Gateway", "gateway", "gateways", "gtw"},
     };
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         for (int j = 0; j < 4; j++)
@@ -790,7 +791,7 @@ static const char usage_get[] =
     "  zmesh get pods|nodes|services|namespaces [-n NS] [-o wide|json] [--state-dir DIR]\n";
 
 /* Every api/ object of a kind, sorted by namespace and name (the file names sort that way). */
-static json_t *api_list(const char *state, const char *kind, const char *ns)
+json_t *up_api_list(const char *state, const char *kind, const char *ns)
 {
     char dir[CLUSTER_PATH_MAX + 8], prefix[64];
     snprintf(dir, sizeof(dir), "%s/api", state);
@@ -816,7 +817,7 @@ static json_t *api_list(const char *state, const char *kind, const char *ns)
     return out;
 }
 
-static json_t *api_get(const char *state, const char *kind, const char *ns, const char *name)
+json_t *up_api_get(const char *state, const char *kind, const char *ns, const char *name)
 {
     char f[CLUSTER_PATH_MAX], p[CLUSTER_PATH_MAX * 3];
     cluster_api_file(kind, ns, name, f, sizeof(f));
@@ -847,7 +848,7 @@ static const char *pod_mode(const char *state, const json_t *pod)
     const char *pl = label(pod, "istio.io/dataplane-mode");
     if (pl && !strcmp(pl, "ambient")) return "ambient";
     if (pl && !strcmp(pl, "none")) return "none";
-    json_t *ns = api_get(state, "Namespace", "", cluster_obj_ns(pod));
+    json_t *ns = up_api_get(state, "Namespace", "", cluster_obj_ns(pod));
     const char *nl = ns ? label(ns, "istio.io/dataplane-mode") : NULL;
     const char *m = nl && !strcmp(nl, "ambient") ? "ambient" : "none";
     json_decref(ns);
@@ -897,7 +898,7 @@ int cmd_get(int argc, char **argv)
         fprintf(stderr, "Error: no cluster in %s (zmesh up <dir> --state-dir %s)\n", c.state, c.state);
         return 1;
     }
-    json_t *list = api_list(c.state, kind, cluster_kind_cluster_scoped(kind) ? NULL : c.ns), *o;
+    json_t *list = up_api_list(c.state, kind, cluster_kind_cluster_scoped(kind) ? NULL : c.ns), *o;
     if (name) {
         json_t *one = json_array();
         size_t i;
@@ -1063,7 +1064,7 @@ int cmd_exec(int argc, char **argv)
         fprintf(stderr, "Error: %s\n", err);
         return 1;
     }
-    json_t *o = api_get(c.state, "Pod", ns, pod);
+    json_t *o = up_api_get(c.state, "Pod", ns, pod);
     if (!o) {
         fprintf(stderr, "Error: pod \"%s\" not found in namespace %s\n", pod, ns);
         return 1;
@@ -1123,7 +1124,7 @@ int cmd_logs(int argc, char **argv)
         snprintf(path, sizeof(path), "%s/logs/%.*s-%s.log", c.state, (int)(slash - what), what, slash + 1);
     else {
         if (slash && !strncmp(what, "pod/", 4)) what += 4;
-        json_t *o = api_get(c.state, "Pod", ns, what);
+        json_t *o = up_api_get(c.state, "Pod", ns, what);
         if (!o) {
             fprintf(stderr, "Error: pod \"%s\" not found in namespace %s\n", what, ns);
             return 1;
@@ -1189,7 +1190,7 @@ int cmd_label(int argc, char **argv)
     if (!kind || (strcmp(kind, "Namespace") && strcmp(kind, "Pod")))
         return usage(usage_label, "zmesh labels namespaces and pods, not \"%s\"", argv[optind]);
     const char *name = argv[optind + 1], *ns = !strcmp(kind, "Pod") ? (c.ns ? c.ns : "default") : "";
-    json_t *cur = api_get(c.state, kind, ns, name);
+    json_t *cur = up_api_get(c.state, kind, ns, name);
     if (!cur) {
         fprintf(stderr, "Error: %s \"%s\" not found\n", !strcmp(kind, "Pod") ? "pods" : "namespaces", name);
         return 1;
