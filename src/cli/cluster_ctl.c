@@ -145,6 +145,7 @@ struct ctl {
      * have no controller here (logged once each). */
     struct timer wp_token_t;
     json_t *classes_told;
+    bool wp_busy; /* inside wp_reconcile: a pod it replaces is not replaced again */
 };
 
 /* ---- processes ---- */
@@ -1358,6 +1359,7 @@ static void wp_reconcile(struct ctl *ctl, json_t *gw)
     const char *ns = cluster_obj_ns(gw), *name = cluster_obj_name(gw);
     char deploy[WP_NAME_MAX + 1], sa[WP_NAME_MAX + 1], e[1000];
     wp_names(gw, deploy, sizeof(deploy), sa, sizeof(sa));
+    ctl->wp_busy = true;
     json_t *res = json_array(), *sao = wp_service_account(gw), *svc = wp_service(gw);
     if (ctl_apply_object(ctl, sao, ctl->cfg->state, res, e, sizeof(e))) ctl_log("waypoint %s/%s: %s", ns, name, e);
     if (ctl_apply_object(ctl, svc, ctl->cfg->state, res, e, sizeof(e))) ctl_log("waypoint %s/%s: %s", ns, name, e);
@@ -1395,6 +1397,7 @@ static void wp_reconcile(struct ctl *ctl, json_t *gw)
         json_decref(po);
     }
     json_decref(res);
+    ctl->wp_busy = false;
 }
 
 /* istiod's status writer: each waypoint Gateway's addresses and conditions from its pods' readiness, written
@@ -1494,7 +1497,10 @@ int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *re
         if (!ou) uuid_from_hex(uid, sizeof(uid));
         json_object_set_new(md, "uid", ou ? json_incref(ou) : json_string(uid));
     }
+    /* Held: storing o drops the store's reference to old, which is compared after that. */
+    json_incref(old);
     int rc_ = ctl_apply_checked(ctl, o, old, key, kind, ns, name, workdir, results, err, errlen, verb);
+    json_decref(old);
     json_decref(o);
     return rc_;
 }
@@ -1562,7 +1568,8 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
             json_object_set_new(o, "status",
                                 wp_gateway_status(o, wp_ready(ctl, ns, name), now));
         }
-        api_put(ctl, o);
+        /* An unchanged Gateway is not rewritten: zmeshd reloads on every api/ write. */
+        if (!(wp_is_gateway(o) && old && json_equal(old, o))) api_put(ctl, o);
     }
     snprintf(line, sizeof(line), "%s/%s %s", lk, name, verb);
     ctl_log("%s%s%s", line, *ns ? " in namespace " : "", ns);
@@ -1586,8 +1593,13 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
         snprintf(err, errlen, "node/%s: nodes stay until zmesh down", name);
         return -EINVAL;
     }
+    char owner[CLUSTER_NAME_MAX * 4] = "";
     if (!strcmp(kind, "Pod")) {
         struct pod *p = pod_find(ctl, ns, name);
+        if (p && wp_pod_managed(p))
+            snprintf(owner, sizeof(owner), "%s",
+                     json_string_value(json_object_get(json_object_get(json_object_get(p->obj, "metadata"), "labels"),
+                                                       WP_LABEL_GATEWAY_NAME)));
         if (p) pod_destroy(ctl, p);
     } else if (!strcmp(kind, "Namespace")) {
         /* As the API server: deleting a namespace deletes what is in it. */
@@ -1597,8 +1609,10 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
         json_t *inner = json_array();
         json_t *keys = json_array();
         /* Collected first: deleting a Gateway deletes the objects made for it, which may be the next ones. */
-        json_object_foreach_safe(ctl->store, tmp, k, v) if (!strcmp(cluster_obj_ns(v), name))
-            json_array_append_new(keys, json_pack("[s,s]", cluster_obj_kind(v), cluster_obj_name(v)));
+        for (int pass = 0; pass < 2; pass++) /* Gateways first: their pods are not replaced then */
+            json_object_foreach_safe(ctl->store, tmp, k, v) if (!strcmp(cluster_obj_ns(v), name) &&
+                                                                (pass == 0) == wp_is_gateway(v))
+                json_array_append_new(keys, json_pack("[s,s]", cluster_obj_kind(v), cluster_obj_name(v)));
         size_t i;
         json_t *kv;
         json_array_foreach(keys, i, kv)
@@ -1622,6 +1636,13 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
     }
     json_object_del(ctl->store, key);
     loop_defer(ctl->loop, &ctl->flush); /* Services' endpoints and waypoint status follow */
+    if (*owner && !ctl->wp_busy && !ctl->stopping) {
+        /* As a Deployment: a waypoint pod deleted on its own is replaced while its Gateway exists. */
+        char gk[CLUSTER_NAME_MAX * 6];
+        obj_key("Gateway", ns, owner, gk, sizeof(gk));
+        json_t *gw = json_object_get(ctl->store, gk);
+        if (wp_is_waypoint(gw)) wp_reconcile(ctl, gw);
+    }
     snprintf(line, sizeof(line), "%s \"%s\" deleted", lk, name);
     ctl_log("%s%s%s", line, *ns ? " from namespace " : "", ns);
     json_array_append_new(results, json_string(line));
