@@ -1,5 +1,5 @@
-/* Waypoints (waypoint.h): istioctl's `waypoint` command on the local cluster, and the pure parts of zmesh up's
- * waypoint deployment controller (objects and status). */
+/* Waypoints (waypoint.h): istioctl's `waypoint` command on the local cluster, and the pure parts of zmesh
+ * up's waypoint deployment controller (objects and status). */
 #include "cli/waypoint.h"
 
 #include <errno.h>
@@ -44,7 +44,8 @@ static const char *str_at(const json_t *o, const char *a, const char *b)
 
 static const char *label_of(const json_t *o, const char *k)
 {
-    const char *v = json_string_value(json_object_get(json_object_get(json_object_get(o, "metadata"), "labels"), k));
+    const char *v =
+        json_string_value(json_object_get(json_object_get(json_object_get(o, "metadata"), "labels"), k));
     return v ? v : "";
 }
 
@@ -62,18 +63,18 @@ json_t *wp_gateway_make(const char *ns, const char *name, const char *for_type)
     json_t *md = json_pack("{s:s}", "name", name);
     if (ns) json_object_set_new(md, "namespace", json_string(ns));
     if (for_type) json_object_set_new(md, "labels", json_pack("{s:s}", WP_LABEL_FOR, for_type));
-    return json_pack("{s:s,s:s,s:o,s:{s:s,s:[{s:s,s:i,s:s}]}}", "apiVersion", WP_GATEWAY_API, "kind", "Gateway",
-                     "metadata", md, "spec", "gatewayClassName", WP_CLASS, "listeners", "name", "mesh", "port",
-                     WP_MESH_PORT, "protocol", "HBONE");
+    return json_pack("{s:s,s:s,s:o,s:{s:s,s:[{s:s,s:i,s:s}]}}", "apiVersion", WP_GATEWAY_API, "kind",
+                     "Gateway", "metadata", md, "spec", "gatewayClassName", WP_CLASS, "listeners", "name",
+                     "mesh", "port", WP_MESH_PORT, "protocol", "HBONE");
 }
 
 /* A string that YAML 1.1 (Go's yaml.v2) would read as something else is quoted, as yaml.v2 quotes it. */
 static bool needs_quotes(const char *s)
 {
-    static const char *const words[] = {"",   "~",     "null", "Null", "NULL", "true", "True", "TRUE", "false",
-                                        "False", "FALSE", "yes",  "Yes",  "YES",  "no",   "No",   "NO",   "on",
-                                        "On",  "ON",    "off",  "Off",  "OFF",  "y",    "Y",    "n",    "N",
-                                        NULL};
+    static const char *const words[] = {"",     "~",     "null",  "Null",  "NULL", "true", "True",
+                                        "TRUE", "false", "False", "FALSE", "yes",  "Yes",  "YES",
+                                        "no",   "No",    "NO",    "on",    "On",   "ON",   "off",
+                                        "Off",  "OFF",   "y",     "Y",     "n",    "N",    NULL};
     for (const char *const *w = words; *w; w++)
         if (!strcmp(*w, s)) return true;
     char *end;
@@ -178,8 +179,9 @@ char *wp_yaml(const json_t *o)
     yaml_emitter_set_unicode(&e, 1);
     bool ok = yaml_stream_start_event_initialize(&ev, YAML_UTF8_ENCODING) && yaml_emitter_emit(&e, &ev) &&
               yaml_document_start_event_initialize(&ev, NULL, NULL, NULL, 1) && yaml_emitter_emit(&e, &ev) &&
-              emit_node(&e, o) == 0 && yaml_document_end_event_initialize(&ev, 1) && yaml_emitter_emit(&e, &ev) &&
-              yaml_stream_end_event_initialize(&ev) && yaml_emitter_emit(&e, &ev);
+              emit_node(&e, o) == 0 && yaml_document_end_event_initialize(&ev, 1) &&
+              yaml_emitter_emit(&e, &ev) && yaml_stream_end_event_initialize(&ev) &&
+              yaml_emitter_emit(&e, &ev);
     yaml_emitter_delete(&e);
     if (!ok) {
         free(b.p);
@@ -209,9 +211,9 @@ int wp_gateway_check(const json_t *gw, char *err, size_t errlen, json_t *warning
     const json_t *spec = json_object_get(gw, "spec");
 #define BAD(...)                                                                                             \
     do {                                                                                                     \
-        int k_ = snprintf(err, errlen, "gateway/%s (namespace %s): ", name, ns);                              \
-        snprintf(err + (k_ > 0 && (size_t)k_ < errlen ? k_ : 0), errlen - (k_ > 0 && (size_t)k_ < errlen ? k_ : 0), \
-                 __VA_ARGS__);                                                                               \
+        int k_ = snprintf(err, errlen, "gateway/%s (namespace %s): ", name, ns);                             \
+        snprintf(err + (k_ > 0 && (size_t)k_ < errlen ? k_ : 0),                                             \
+                 errlen - (k_ > 0 && (size_t)k_ < errlen ? k_ : 0), __VA_ARGS__);                            \
         return -EINVAL;                                                                                      \
     } while (0)
     if (!json_is_object(spec)) BAD("spec: required field is missing");
@@ -233,7 +235,8 @@ int wp_gateway_check(const json_t *gw, char *err, size_t errlen, json_t *warning
     }
     static const char *const anns[] = {WP_ANN_NAME_OVERRIDE, WP_ANN_SERVICE_ACCOUNT};
     for (size_t k = 0; k < 2; k++) {
-        const json_t *a = json_object_get(json_object_get(json_object_get(gw, "metadata"), "annotations"), anns[k]);
+        const json_t *a =
+            json_object_get(json_object_get(json_object_get(gw, "metadata"), "annotations"), anns[k]);
         if (!a) continue;
         if (!json_is_string(a) || !cluster_dns_label(json_string_value(a)))
             BAD("metadata.annotations.%s: expected a DNS label (lowercase letters, digits, '-', at most 63)",
@@ -256,10 +259,11 @@ int wp_gateway_check(const json_t *gw, char *err, size_t errlen, json_t *warning
         json_array_append_new(warnings, json_string(line));
     }
     if (warnings && json_object_get(json_object_get(spec, "infrastructure"), "parametersRef")) {
-        snprintf(line, sizeof(line),
-                 "gateway/%s (namespace %s): spec.infrastructure.parametersRef: not supported by zmesh up; the "
-                 "default waypoint template is used",
-                 name, ns);
+        snprintf(
+            line, sizeof(line),
+            "gateway/%s (namespace %s): spec.infrastructure.parametersRef: not supported by zmesh up; the "
+            "default waypoint template is used",
+            name, ns);
         json_array_append_new(warnings, json_string(line));
     }
 #undef BAD
@@ -281,8 +285,9 @@ static json_t *managed_labels(const json_t *gw)
     json_t *l = json_object();
     const char *k;
     json_t *v;
-    json_object_foreach(json_object_get(json_object_get(json_object_get(gw, "spec"), "infrastructure"), "labels"), k,
-                        v) if (json_is_string(v)) json_object_set(l, k, v);
+    json_object_foreach(
+        json_object_get(json_object_get(json_object_get(gw, "spec"), "infrastructure"), "labels"), k,
+        v) if (json_is_string(v)) json_object_set(l, k, v);
     json_object_set_new(l, WP_LABEL_GATEWAY_NAME, json_string(cluster_obj_name(gw)));
     json_object_set_new(l, WP_LABEL_CLASS_NAME, json_string(WP_CLASS));
     json_object_set_new(l, WP_LABEL_MANAGED, json_string(WP_MANAGED_VALUE));
@@ -359,8 +364,8 @@ json_t *wp_service(const json_t *gw)
     json_t *md = managed_meta(gw, deploy);
     json_object_set_new(md, "annotations",
                         json_pack("{s:s}", "networking.istio.io/traffic-distribution", "PreferClose"));
-    return json_pack("{s:s,s:s,s:o,s:{s:s,s:o,s:{s:s},s:s}}", "apiVersion", "v1", "kind", "Service", "metadata",
-                     md, "spec", "ipFamilyPolicy", "PreferDualStack", "ports", ports, "selector",
+    return json_pack("{s:s,s:s,s:o,s:{s:s,s:o,s:{s:s},s:s}}", "apiVersion", "v1", "kind", "Service",
+                     "metadata", md, "spec", "ipFamilyPolicy", "PreferDualStack", "ports", ports, "selector",
                      WP_LABEL_GATEWAY_NAME, cluster_obj_name(gw), "type", "ClusterIP");
 }
 
@@ -402,17 +407,18 @@ json_t *wp_pod(const json_t *gw, const struct wp_pod_params *p)
     env_add(env, "GATEWAY_NAME", cluster_obj_name(gw));
     /* zmesh up has no startupProbe (the template's covers the first 30 s at 1 s): a short readiness period
      * instead, so a fresh waypoint is Ready within a second or two of answering. */
-    json_t *probe = json_pack("{s:{s:s,s:i,s:s},s:i,s:i,s:i,s:i,s:i}", "httpGet", "path", "/healthz/ready", "port",
-                              WP_STATUS_PORT, "scheme", "HTTP", "initialDelaySeconds", 0, "periodSeconds", 1,
-                              "timeoutSeconds", 1, "successThreshold", 1, "failureThreshold", 4);
-    json_t *ports = json_pack("[{s:i,s:s,s:s},{s:i,s:s,s:s}]", "containerPort", WP_METRICS_PORT, "name", "metrics",
-                              "protocol", "TCP", "containerPort", WP_STATUS_PORT, "name", "status-port",
-                              "protocol", "TCP");
-    json_t *c = json_pack("{s:s,s:[s],s:o,s:o,s:o}", "name", "istio-proxy", "command", cmd, "env", env, "ports",
-                          ports, "readinessProbe", probe);
+    json_t *probe =
+        json_pack("{s:{s:s,s:i,s:s},s:i,s:i,s:i,s:i,s:i}", "httpGet", "path", "/healthz/ready", "port",
+                  WP_STATUS_PORT, "scheme", "HTTP", "initialDelaySeconds", 0, "periodSeconds", 1,
+                  "timeoutSeconds", 1, "successThreshold", 1, "failureThreshold", 4);
+    json_t *ports = json_pack("[{s:i,s:s,s:s},{s:i,s:s,s:s}]", "containerPort", WP_METRICS_PORT, "name",
+                              "metrics", "protocol", "TCP", "containerPort", WP_STATUS_PORT, "name",
+                              "status-port", "protocol", "TCP");
+    json_t *c = json_pack("{s:s,s:[s],s:o,s:o,s:o}", "name", "istio-proxy", "command", cmd, "env", env,
+                          "ports", ports, "readinessProbe", probe);
     if (p->workdir && *p->workdir) json_object_set_new(c, "workingDir", json_string(p->workdir));
-    return json_pack("{s:s,s:s,s:o,s:{s:s,s:s,s:[o]}}", "apiVersion", "v1", "kind", "Pod", "metadata", md, "spec",
-                     "serviceAccountName", sa, "nodeName", p->node, "containers", c);
+    return json_pack("{s:s,s:s,s:o,s:{s:s,s:s,s:[o]}}", "apiVersion", "v1", "kind", "Pod", "metadata", md,
+                     "spec", "serviceAccountName", sa, "nodeName", p->node, "containers", c);
 }
 
 bool wp_managed_by(const json_t *o, const char *ns, const char *gw)
@@ -451,7 +457,8 @@ static size_t host_ports(const json_t *gw, const char *host, char (*out)[300], s
     json_array_foreach(json_object_get(json_object_get(gw, "spec"), "listeners"), i, l)
     {
         char hp[300];
-        snprintf(hp, sizeof(hp), "%.256s:%" JSON_INTEGER_FORMAT, host, json_integer_value(json_object_get(l, "port")));
+        snprintf(hp, sizeof(hp), "%.256s:%" JSON_INTEGER_FORMAT, host,
+                 json_integer_value(json_object_get(l, "port")));
         bool dup = false;
         for (size_t j = 0; j < n; j++)
             dup |= !strcmp(out[j], hp);
@@ -468,15 +475,16 @@ static size_t host_ports(const json_t *gw, const char *host, char (*out)[300], s
     return n;
 }
 
-static json_t *condition(const json_t *old_status, const char *type, bool ok, const char *reason, const char *msg,
-                         const char *now)
+static json_t *condition(const json_t *old_status, const char *type, bool ok, const char *reason,
+                         const char *msg, const char *now)
 {
     const char *ts = now;
     size_t i;
     json_t *c;
     json_array_foreach(json_object_get(old_status, "conditions"), i, c)
     {
-        const char *t = str_at(c, "type", NULL), *s = str_at(c, "status", NULL), *lt = str_at(c, "lastTransitionTime", NULL);
+        const char *t = str_at(c, "type", NULL), *s = str_at(c, "status", NULL),
+                   *lt = str_at(c, "lastTransitionTime", NULL);
         if (t && s && lt && !strcmp(t, type) && !strcmp(s, ok ? "True" : "False")) ts = lt;
     }
     return json_pack("{s:s,s:s,s:s,s:s,s:s}", "type", type, "status", ok ? "True" : "False", "reason", reason,
@@ -497,10 +505,11 @@ json_t *wp_gateway_status(const json_t *gw, bool ready, const char *now)
         /* istiod: "Resource programmed, assigned to service(s) a, b, and c" (humanReadableJoin). */
         len = (size_t)snprintf(msg, sizeof(msg), "Resource programmed");
         for (size_t i = 0; i < n && len < sizeof(msg); i++)
-            len += (size_t)snprintf(msg + len, sizeof(msg) - len, "%s%s", i == 0 ? ", assigned to service(s) "
-                                                                        : n == 2 ? " and "
-                                                                        : i + 1 == n ? ", and "
-                                                                                     : ", ",
+            len += (size_t)snprintf(msg + len, sizeof(msg) - len, "%s%s",
+                                    i == 0       ? ", assigned to service(s) "
+                                    : n == 2     ? " and "
+                                    : i + 1 == n ? ", and "
+                                                 : ", ",
                                     hp[i]);
         json_array_append_new(conds, condition(old, "Programmed", true, "Programmed", msg, now));
         json_object_set_new(st, "addresses", json_pack("[{s:s,s:s}]", "type", "Hostname", "value", host));
@@ -572,8 +581,8 @@ int wp_list_render(FILE *out, const json_t *gws, bool all_ns)
             if (ty && s && !strcmp(ty, "Programmed")) prog = s;
         }
         /* istioctl shows "none" for a Gateway without the label (istiod then treats it as "service"). */
-        const char *row[] = {cluster_obj_ns(v[i]), cluster_obj_name(v[i]), *rev ? rev : "default", *tt ? tt : "none",
-                             prog};
+        const char *row[] = {cluster_obj_ns(v[i]), cluster_obj_name(v[i]), *rev ? rev : "default",
+                             *tt ? tt : "none", prog};
         if (zc_table_row(t, row + off)) goto out;
     }
     rc = zc_table_flush(t, out);
@@ -605,10 +614,10 @@ int wp_status_render(FILE *out, const json_t *gws, bool with_ns)
         }
         json_array_foreach(conds, j, c)
         {
-            const char *s = str_at(c, "status", NULL), *ty = str_at(c, "type", NULL), *re = str_at(c, "reason", NULL),
-                       *m = str_at(c, "message", NULL);
-            const char *row[] = {cluster_obj_ns(v[i]), cluster_obj_name(v[i]), s ? s : "", ty ? ty : "",
-                                 re ? re : "", m ? m : ""};
+            const char *s = str_at(c, "status", NULL), *ty = str_at(c, "type", NULL),
+                       *re = str_at(c, "reason", NULL), *m = str_at(c, "message", NULL);
+            const char *row[] = {cluster_obj_ns(v[i]), cluster_obj_name(v[i]), s ? s : "",
+                                 ty ? ty : "",         re ? re : "",           m ? m : ""};
             if (zc_table_row(t, row + off)) goto out;
         }
     }
@@ -730,8 +739,9 @@ static int wp_parse(int argc, char **argv, struct wp_opts *o)
         }
         if (ch == ':') return wp_usage("flag needs an argument: %s", argv[optind - 1]);
         if (ch == 'r')
-            return wp_usage("%s: revisions are not supported: zmesh up has one control plane (revision default)",
-                            "--revision");
+            return wp_usage(
+                "%s: revisions are not supported: zmesh up has one control plane (revision default)",
+                "--revision");
         if (ch == '?' || !flag_allowed(o->sub, ch)) return wp_usage("unknown flag: %s", argv[optind - 1]);
         switch (ch) {
         case 'n':
@@ -756,7 +766,8 @@ static int wp_parse(int argc, char **argv, struct wp_opts *o)
             break;
         case O_TIMEOUT:
             if (duration_parse_ms(optarg, &o->timeout_ms))
-                return wp_usage("invalid argument \"%s\" for \"--waypoint-timeout\" flag: not a duration", optarg);
+                return wp_usage("invalid argument \"%s\" for \"--waypoint-timeout\" flag: not a duration",
+                                optarg);
             break;
         case 'A':
             o->all_ns = true;
@@ -772,7 +783,8 @@ static int wp_parse(int argc, char **argv, struct wp_opts *o)
     /* istioctl: an empty name means the default; "none" is the opt-out value of istio.io/use-waypoint. */
     if (!*o->name) o->name = WP_DEFAULT_NAME;
     if (!strcmp(o->name, "none"))
-        return wp_usage("%s", "failed to create gateway: invalid name provided for waypoint, 'none' is a reserved value");
+        return wp_usage(
+            "%s", "failed to create gateway: invalid name provided for waypoint, 'none' is a reserved value");
     if (!cluster_dns_label(o->name)) return wp_usage("--name: \"%s\" is not a DNS label", o->name);
     if (!cluster_dns_label(o->ns)) return wp_usage("--namespace: \"%s\" is not a DNS label", o->ns);
     if (o->for_type) {
@@ -781,14 +793,16 @@ static int wp_parse(int argc, char **argv, struct wp_opts *o)
             ok |= !strcmp(*t, o->for_type);
         if (!ok) {
             fprintf(stderr,
-                    "Error: failed to create gateway: invalid traffic type: %s. Valid options are: [all none service "
+                    "Error: failed to create gateway: invalid traffic type: %s. Valid options are: [all none "
+                    "service "
                     "workload]\n\n%s",
                     o->for_type, usage_wp);
             return EXIT_USAGE;
         }
     }
     if (o->overwrite && !o->enroll) return wp_usage("%s", "--overwrite only applies with --enroll-namespace");
-    if (up_state_abs(o->state_in, o->state, sizeof(o->state))) return wp_usage("--state-dir: %s", "invalid path");
+    if (up_state_abs(o->state_in, o->state, sizeof(o->state)))
+        return wp_usage("--state-dir: %s", "invalid path");
     return 0;
 }
 
@@ -802,7 +816,8 @@ static int call(const char *state, json_t *req, json_t **resp)
         return 1;
     }
     if (!json_is_true(json_object_get(*resp, "ok"))) {
-        fprintf(stderr, "Error: %s\n", str_at(*resp, "error", NULL) ? str_at(*resp, "error", NULL) : "failed");
+        fprintf(stderr, "Error: %s\n",
+                str_at(*resp, "error", NULL) ? str_at(*resp, "error", NULL) : "failed");
         json_decref(*resp);
         *resp = NULL;
         return 1;
@@ -816,7 +831,8 @@ static int need_cluster(const struct wp_opts *o)
     char api[CLUSTER_PATH_MAX + 8];
     snprintf(api, sizeof(api), "%s/api", o->state);
     if (access(api, F_OK) == 0) return 0;
-    fprintf(stderr, "Error: no local cluster in %s (start one with zmesh up, or pass --state-dir)\n", o->state);
+    fprintf(stderr, "Error: no local cluster in %s (start one with zmesh up, or pass --state-dir)\n",
+            o->state);
     return 1;
 }
 
@@ -840,13 +856,15 @@ static int wp_apply(struct wp_opts *o)
     if (o->enroll) {
         if (!o->overwrite && has_wp) {
             /* istioctl warns and applies nothing. */
-            printf("⚠️ Warning: namespace (%s) already has an enrolled Waypoint. Consider adding the `--overwrite` "
+            printf("⚠️ Warning: namespace (%s) already has an enrolled Waypoint. Consider adding the "
+                   "`--overwrite` "
                    "flag to your apply command.\n",
                    o->ns);
             return 0;
         }
         if (!ambient)
-            printf("⚠️ Warning: namespace is not enrolled in ambient. Consider running\t`zmesh label namespace %s "
+            printf("⚠️ Warning: namespace is not enrolled in ambient. Consider running\t`zmesh label "
+                   "namespace %s "
                    "istio.io/dataplane-mode=ambient`\n",
                    o->ns);
     }
@@ -873,8 +891,8 @@ static int wp_apply(struct wp_opts *o)
         fflush(stdout);
     }
     if (o->enroll) {
-        req = json_pack("{s:s,s:s,s:s,s:s,s:{s:s}}", "op", "label", "kind", "Namespace", "namespace", "", "name",
-                        o->ns, "set", WP_LABEL_USE, o->name);
+        req = json_pack("{s:s,s:s,s:s,s:s,s:{s:s}}", "op", "label", "kind", "Namespace", "namespace", "",
+                        "name", o->ns, "set", WP_LABEL_USE, o->name);
         if (call(o->state, req, &resp)) {
             fprintf(stderr, "Error: failed to label namespace with waypoint\n");
             return 1;
@@ -915,12 +933,14 @@ static int wp_status(struct wp_opts *o)
         size_t i;
         json_t *g;
         const char *late = NULL;
-        json_array_foreach(gws, i, g) if (wp_is_waypoint(g) && !wp_programmed(g) && !late) late = cluster_obj_name(g);
+        json_array_foreach(gws, i, g) if (wp_is_waypoint(g) && !wp_programmed(g) && !late) late =
+            cluster_obj_name(g);
         if (!o->wait || !late) break;
         if (cluster_now_ms() > deadline) {
             wp_status_render(stdout, gws, !o->ns_given);
             fprintf(stderr,
-                    "Error: failed to print waypoint status: timed out while retrieving status for waypoint\t%s/%s\n",
+                    "Error: failed to print waypoint status: timed out while retrieving status for "
+                    "waypoint\t%s/%s\n",
                     o->ns, late);
             json_decref(gws);
             return 1;
@@ -936,15 +956,18 @@ static int wp_status(struct wp_opts *o)
 
 static int wp_delete(struct wp_opts *o, int argc, char **argv)
 {
-    if (o->all && optind < argc) return wp_usage("%s", "cannot specify waypoint names when deleting all waypoints");
+    if (o->all && optind < argc)
+        return wp_usage("%s", "cannot specify waypoint names when deleting all waypoints");
     if (!o->all && optind >= argc)
-        return wp_usage("%s", "must specify a waypoint name or delete all using --all or delete specific revision "
-                              "using --revision");
+        return wp_usage("%s",
+                        "must specify a waypoint name or delete all using --all or delete specific revision "
+                        "using --revision");
     if (need_cluster(o)) return 1;
     json_t *gws = gateways(o, o->ns, NULL), *names = json_array(), *g;
     size_t i;
     if (o->all) {
-        json_array_foreach(gws, i, g) if (wp_is_waypoint(g)) json_array_append_new(names, json_string(cluster_obj_name(g)));
+        json_array_foreach(gws, i, g) if (wp_is_waypoint(g))
+            json_array_append_new(names, json_string(cluster_obj_name(g)));
     } else {
         for (int a = optind; a < argc; a++) {
             bool found = false;
@@ -960,9 +983,9 @@ static int wp_delete(struct wp_opts *o, int argc, char **argv)
     json_array_foreach(names, i, g)
     {
         const char *name = json_string_value(g);
-        json_t *resp = NULL,
-               *req = json_pack("{s:s,s:[{s:s,s:s,s:{s:s,s:s}}]}", "op", "delete", "objects", "apiVersion",
-                                WP_GATEWAY_API, "kind", "Gateway", "metadata", "name", name, "namespace", o->ns);
+        json_t *resp = NULL, *req = json_pack("{s:s,s:[{s:s,s:s,s:{s:s,s:s}}]}", "op", "delete", "objects",
+                                              "apiVersion", WP_GATEWAY_API, "kind", "Gateway", "metadata",
+                                              "name", name, "namespace", o->ns);
         if (call(o->state, req, &resp)) {
             rc = 1;
             continue;
@@ -988,7 +1011,8 @@ int cmd_waypoint(int argc, char **argv)
     struct wp_opts o;
     int rc = wp_parse(argc - 1, argv + 1, &o);
     if (rc) return rc < 0 ? 0 : rc;
-    if (strcmp(o.sub, "delete") && optind < argc - 1) return wp_usage("unexpected argument \"%s\"", argv[1 + optind]);
+    if (strcmp(o.sub, "delete") && optind < argc - 1)
+        return wp_usage("unexpected argument \"%s\"", argv[1 + optind]);
     if (!strcmp(o.sub, "generate")) {
         /* istioctl leaves the namespace out unless one is given. */
         json_t *gw = wp_gateway_make(o.ns_given ? o.ns : NULL, o.name, o.for_type);

@@ -63,11 +63,11 @@ void wp_names(const json_t *gw, char *deploy, size_t dn, char *sa, size_t sn);
 /* What the controller passes for the pod: where the mesh is and what it minted. All borrowed. */
 struct wp_pod_params {
     const char *pod_name, *pod_uid, *node;
-    const char *bin_dir;  /* <bin_dir>/waypoint is the container's command */
-    const char *xds;      /* https://<zmeshd>:15012, for XDS_ADDRESS and CA_ADDRESS */
-    const char *root_ca;  /* zmeshd's root-cert.pem */
-    const char *token;    /* the service-account token file */
-    const char *workdir;  /* the container's workingDir */
+    const char *bin_dir; /* <bin_dir>/waypoint is the container's command */
+    const char *xds;     /* https://<zmeshd>:15012, for XDS_ADDRESS and CA_ADDRESS */
+    const char *root_ca; /* zmeshd's root-cert.pem */
+    const char *token;   /* the service-account token file */
+    const char *workdir; /* the container's workingDir */
 };
 /* The managed objects for a checked waypoint Gateway (new references), labelled gateway.istio.io/managed and
  * gateway.networking.k8s.io/gateway-name, owned by the Gateway (ownerReferences). */
@@ -87,8 +87,8 @@ void wp_pod_name(const char *deploy, const unsigned char *rnd, char *buf, size_t
 json_t *wp_gateway_status(const json_t *gw, bool ready, const char *now);
 
 /* istioctl's tables from Gateways (any order; sorted here by namespace, then name; other classes left out).
- * list: NAME REVISION TRAFFIC TYPE PROGRAMMED (NAMESPACE first with all_ns), "No waypoints found." when gws is
- * empty. status: one row per condition, NAME STATUS TYPE REASON MESSAGE (NAMESPACE first with with_ns).
+ * list: NAME REVISION TRAFFIC TYPE PROGRAMMED (NAMESPACE first with all_ns), "No waypoints found." when gws
+ * is empty. status: one row per condition, NAME STATUS TYPE REASON MESSAGE (NAMESPACE first with with_ns).
  * Return 0, -ENOMEM or -EIO. */
 int wp_list_render(FILE *out, const json_t *gws, bool all_ns);
 int wp_status_render(FILE *out, const json_t *gws, bool with_ns);
