@@ -1297,7 +1297,8 @@ static bool wp_ready(struct ctl *ctl, const char *ns, const char *gw)
 }
 
 /* The pod the controller wants for gw, with the identity (name, uid, node) of an existing or a new pod. */
-static json_t *wp_pod_for(struct ctl *ctl, const json_t *gw, const char *pod, const char *uid, const char *node)
+static json_t *wp_pod_for(struct ctl *ctl, const json_t *gw, const char *pod, const char *uid,
+                          const char *node)
 {
     char xds[64], root[CLUSTER_PATH_MAX], tok[CLUSTER_PATH_MAX];
     xds_address(ctl->cfg, xds, sizeof(xds));
@@ -1338,7 +1339,8 @@ static void wp_delete_managed(struct ctl *ctl, const char *ns, const char *gw, c
     json_array_foreach(doomed, i, d)
     {
         char e[300], tok[CLUSTER_PATH_MAX];
-        const char *kind = json_string_value(json_array_get(d, 0)), *name = json_string_value(json_array_get(d, 1));
+        const char *kind = json_string_value(json_array_get(d, 0)),
+                   *name = json_string_value(json_array_get(d, 1));
         json_t *res = json_array();
         if (ctl_delete_object(ctl, kind, ns, name, res, e, sizeof(e)))
             ctl_log("waypoint %s/%s: %s", ns, gw, e);
@@ -1361,8 +1363,10 @@ static void wp_reconcile(struct ctl *ctl, json_t *gw)
     wp_names(gw, deploy, sizeof(deploy), sa, sizeof(sa));
     ctl->wp_busy = true;
     json_t *res = json_array(), *sao = wp_service_account(gw), *svc = wp_service(gw);
-    if (ctl_apply_object(ctl, sao, ctl->cfg->state, res, e, sizeof(e))) ctl_log("waypoint %s/%s: %s", ns, name, e);
-    if (ctl_apply_object(ctl, svc, ctl->cfg->state, res, e, sizeof(e))) ctl_log("waypoint %s/%s: %s", ns, name, e);
+    if (ctl_apply_object(ctl, sao, ctl->cfg->state, res, e, sizeof(e)))
+        ctl_log("waypoint %s/%s: %s", ns, name, e);
+    if (ctl_apply_object(ctl, svc, ctl->cfg->state, res, e, sizeof(e)))
+        ctl_log("waypoint %s/%s: %s", ns, name, e);
     json_decref(sao);
     json_decref(svc);
     const char *keep = NULL;
@@ -1434,8 +1438,8 @@ static void wp_token_cb(struct timer *t)
         char tok[CLUSTER_PATH_MAX];
         if (!wp_pod_managed(p) || p->deleting) continue;
         wp_token_path(ctl, p->spec.ns, p->spec.name, tok, sizeof(tok));
-        sa_token(ctl, p->spec.ns, p->spec.service_account ? p->spec.service_account : "default", p->sb.node->name,
-                 p->spec.name, p->sb.uid, tok);
+        sa_token(ctl, p->spec.ns, p->spec.service_account ? p->spec.service_account : "default",
+                 p->sb.node->name, p->spec.name, p->sb.uid, tok);
     }
     timer_start(ctl->loop, t, NODE_TOKEN_REFRESH_MS);
 }
@@ -1444,8 +1448,10 @@ static void wp_token_cb(struct timer *t)
  * waypoint's fields are checked, another class is stored with nothing made (said once per class). */
 static int wp_admit(struct ctl *ctl, json_t *o, const json_t *old, char *err, size_t errlen)
 {
-    if (old && json_object_get(old, "status")) json_object_set(o, "status", json_object_get(old, "status"));
-    else json_object_del(o, "status");
+    if (old && json_object_get(old, "status"))
+        json_object_set(o, "status", json_object_get(old, "status"));
+    else
+        json_object_del(o, "status");
     if (!wp_is_waypoint(o)) {
         const char *cls = json_string_value(json_object_get(json_object_get(o, "spec"), "gatewayClassName"));
         if (!cls) cls = "";
@@ -1565,8 +1571,7 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
             wp_reconcile(ctl, o);
             char now[32];
             cluster_rfc3339(time(NULL), now, sizeof(now));
-            json_object_set_new(o, "status",
-                                wp_gateway_status(o, wp_ready(ctl, ns, name), now));
+            json_object_set_new(o, "status", wp_gateway_status(o, wp_ready(ctl, ns, name), now));
         }
         /* An unchanged Gateway is not rewritten: zmeshd reloads on every api/ write. */
         if (!(wp_is_gateway(o) && old && json_equal(old, o))) api_put(ctl, o);
@@ -1597,9 +1602,10 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
     if (!strcmp(kind, "Pod")) {
         struct pod *p = pod_find(ctl, ns, name);
         if (p && wp_pod_managed(p))
-            snprintf(owner, sizeof(owner), "%s",
-                     json_string_value(json_object_get(json_object_get(json_object_get(p->obj, "metadata"), "labels"),
-                                                       WP_LABEL_GATEWAY_NAME)));
+            snprintf(
+                owner, sizeof(owner), "%s",
+                json_string_value(json_object_get(
+                    json_object_get(json_object_get(p->obj, "metadata"), "labels"), WP_LABEL_GATEWAY_NAME)));
         if (p) pod_destroy(ctl, p);
     } else if (!strcmp(kind, "Namespace")) {
         /* As the API server: deleting a namespace deletes what is in it. */
@@ -1618,7 +1624,8 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
         json_array_foreach(keys, i, kv)
         {
             char e2[300], k2[CLUSTER_NAME_MAX * 6];
-            const char *kk = json_string_value(json_array_get(kv, 0)), *kn = json_string_value(json_array_get(kv, 1));
+            const char *kk = json_string_value(json_array_get(kv, 0)),
+                       *kn = json_string_value(json_array_get(kv, 1));
             obj_key(kk, name, kn, k2, sizeof(k2));
             if (json_object_get(ctl->store, k2)) ctl_delete_object(ctl, kk, name, kn, inner, e2, sizeof(e2));
         }
@@ -1719,9 +1726,10 @@ static json_t *ctl_status(struct ctl *ctl)
                          *c->probe_msg ? ": " : "", c->probe_msg);
             if (*wb) why = wb;
         }
-        snprintf(b, sizeof(b), "%spod %s/%s (node %s): %s, %s", wp_pod_managed(p) ? "waypoint " : "", p->spec.ns,
-                 p->spec.name, p->sb.node->name, phase, why);
-        /* A waypoint does not hold up back (kubectl apply of a Gateway does not wait either): said instead. */
+        snprintf(b, sizeof(b), "%spod %s/%s (node %s): %s, %s", wp_pod_managed(p) ? "waypoint " : "",
+                 p->spec.ns, p->spec.name, p->sb.node->name, phase, why);
+        /* A waypoint does not hold up back (kubectl apply of a Gateway does not wait either): said instead.
+         */
         json_array_append_new(wp_pod_managed(p) ? notes : waiting, json_string(b));
     }
     if (ctl->zmeshd && !ctl->zmeshd->ready) {
@@ -1755,9 +1763,10 @@ static json_t *ctl_status(struct ctl *ctl)
     for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
         struct sysproc *s = ctl->nodeprocs[i];
         if (s->kind != SYS_ZTUNNEL || s->p.state == P_DONE) continue;
-        json_array_append_new(zts, json_pack("{s:s,s:i,s:i,s:b,s:b,s:i}", "node", ctl->cfg->nodes[s->node].name,
-                                             "generation", (int)s->gen, "pid", (int)s->p.pid, "ready", s->ready,
-                                             "draining", s->retiring, "admin_port", 15000 + (int)zt_port_offset(s)));
+        json_array_append_new(zts, json_pack("{s:s,s:i,s:i,s:b,s:b,s:i}", "node",
+                                             ctl->cfg->nodes[s->node].name, "generation", (int)s->gen, "pid",
+                                             (int)s->p.pid, "ready", s->ready, "draining", s->retiring,
+                                             "admin_port", 15000 + (int)zt_port_offset(s)));
     }
     json_t *r = json_pack("{s:b,s:b,s:o,s:o,s:o}", "ok", 1, "ready", json_array_size(waiting) == 0, "waiting",
                           waiting, "notes", notes, "ztunnels", zts);
@@ -1784,8 +1793,8 @@ static int ctl_rollout(struct ctl *ctl, json_t *req, json_t *results, char *err,
         struct sysproc *s = ctl->nodeprocs[i];
         if (s->kind != SYS_ZTUNNEL || s->node != ni || s->retiring || s->p.state == P_DONE) continue;
         if (s->replaces) {
-            snprintf(err, errlen, "a rollout of ztunnel %s is under way (generation %u is not ready yet)", node,
-                     s->gen);
+            snprintf(err, errlen, "a rollout of ztunnel %s is under way (generation %u is not ready yet)",
+                     node, s->gen);
             return -EBUSY;
         }
         cur = s;
@@ -1808,7 +1817,8 @@ static int ctl_rollout(struct ctl *ctl, json_t *req, json_t *results, char *err,
     ctl->nodeprocs[ctl->n_nodeprocs++] = z;
     z->p.spawn(&z->p);
     char b[300];
-    snprintf(b, sizeof(b), "ztunnel %s: generation %u started (pid %d); generation %u (pid %d) drains once it is ready",
+    snprintf(b, sizeof(b),
+             "ztunnel %s: generation %u started (pid %d); generation %u (pid %d) drains once it is ready",
              node, z->gen, (int)z->p.pid, cur->gen, (int)cur->p.pid);
     json_array_append_new(results, json_string(b));
     return 0;

@@ -72,7 +72,8 @@ static const char usage_zc[] =
     "\n"
     "Flags:\n"
     "      --address host:port     ztunnel admin address (default 127.0.0.1:15000; [v6]:port for IPv6)\n"
-    "      --node NAME             the ztunnel of node NAME of the local cluster (zmesh up; ZMESH_STATE_DIR)\n"
+    "      --node NAME             the ztunnel of node NAME of the local cluster (zmesh up; "
+    "ZMESH_STATE_DIR)\n"
     "      --proxy-admin-port N    admin port when --address gives no port (default 15000)\n"
     "  -f, --file FILE             read a saved config dump instead ('-' for standard input)\n"
     "  -o, --output FORMAT         short (tables, the default) or json\n"
@@ -660,9 +661,9 @@ int main(int argc, char **argv)
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cluster_cmds[] = {{"up", cmd_up},   {"down", cmd_down}, {"apply", cmd_apply}, {"delete", cmd_delete},
-                        {"get", cmd_get}, {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label},
-                        {"rollout", cmd_rollout}};
+    } cluster_cmds[] = {{"up", cmd_up},         {"down", cmd_down},   {"apply", cmd_apply},
+                        {"delete", cmd_delete}, {"get", cmd_get},     {"exec", cmd_exec},
+                        {"logs", cmd_logs},     {"label", cmd_label}, {"rollout", cmd_rollout}};
     for (size_t i = 0; i < sizeof(cluster_cmds) / sizeof(cluster_cmds[0]); i++)
         if (!strcmp(cmd, cluster_cmds[i].name)) return cluster_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);

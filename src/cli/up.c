@@ -1319,8 +1319,9 @@ int cmd_rollout(int argc, char **argv)
         }
         json_decref(st);
         if (cluster_now_ms() > deadline) {
-            fprintf(stderr, "Error: the new ztunnel on %s is not ready after 60s; see zmesh logs ztunnel/%s\n",
-                    node, node);
+            fprintf(stderr,
+                    "Error: the new ztunnel on %s is not ready after 60s; see zmesh logs ztunnel/%s\n", node,
+                    node);
             return 1;
         }
         usleep(100 * 1000);

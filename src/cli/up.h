@@ -19,7 +19,7 @@ int up_ztunnel_admin(const char *node, char *netns, size_t nn, int *port, char *
 /* The state directory as given (--state-dir, ZMESH_STATE_DIR), made absolute, without a trailing slash.
  * Returns 0 or -errno. */
 int up_state_abs(const char *in, char *out, size_t n);
-/* The API server's view (<state>/api/): every object of kind (in namespace ns, NULL: all), sorted by namespace
- * and name, as a new array; one object, or NULL when it does not exist. */
+/* The API server's view (<state>/api/): every object of kind (in namespace ns, NULL: all), sorted by
+ * namespace and name, as a new array; one object, or NULL when it does not exist. */
 json_t *up_api_list(const char *state, const char *kind, const char *ns);
 json_t *up_api_get(const char *state, const char *kind, const char *ns, const char *name);

@@ -676,8 +676,8 @@ static void test_wp_generate(void **state)
     json_decref(o);
 }
 
-static json_t *gw_with(const char *ns, const char *name, const char *cls, const char *prog, const char *for_type,
-                       const char *rev)
+static json_t *gw_with(const char *ns, const char *name, const char *cls, const char *prog,
+                       const char *for_type, const char *rev)
 {
     json_t *gw = wp_gateway_make(ns, name, for_type);
     json_object_set_new(json_object_get(gw, "spec"), "gatewayClassName", json_string(cls));
@@ -687,8 +687,8 @@ static json_t *gw_with(const char *ns, const char *name, const char *cls, const 
         json_object_set_new(json_object_get(md, "labels"), WP_LABEL_REV, json_string(rev));
     }
     if (prog)
-        json_object_set_new(gw, "status", json_pack("{s:[{s:s,s:s}]}", "conditions", "type", "Programmed", "status",
-                                                    prog));
+        json_object_set_new(gw, "status",
+                            json_pack("{s:[{s:s,s:s}]}", "conditions", "type", "Programmed", "status", prog));
     return gw;
 }
 
@@ -704,8 +704,8 @@ static char *render_wp(int (*fn)(FILE *, const json_t *, bool), const json_t *gw
 }
 
 /* istioctl's list (its testdata "combined-gateway", with the TRAFFIC TYPE column istioctl has since added):
- * sorted by namespace then name, other classes left out, REVISION "default" without istio.io/rev, TRAFFIC TYPE
- * "none" without the label, PROGRAMMED from the condition ("False" without one); tabwriter padding 5. */
+ * sorted by namespace then name, other classes left out, REVISION "default" without istio.io/rev, TRAFFIC
+ * TYPE "none" without the label, PROGRAMMED from the condition ("False" without one); tabwriter padding 5. */
 static void test_wp_list(void **state)
 {
     (void)state;
@@ -756,12 +756,13 @@ static void test_wp_status_table(void **state)
     json_t *gw = json_array_get(gws, 0);
     json_object_set_new(gw, "status", wp_gateway_status(gw, false, "2026-01-01T00:00:00Z"));
     s = render_wp(wp_status_render, gws, true);
-    assert_string_equal(s, "NAMESPACE     NAME         STATUS     TYPE           REASON                 MESSAGE\n"
-                           "default       waypoint     True       Accepted       Accepted               Resource "
-                           "accepted\n"
-                           "default       waypoint     False      Programmed     AddressNotAssigned     Failed to "
-                           "assign to any requested addresses: no instances found for hostname "
-                           "\"waypoint.default.svc.cluster.local\"\n");
+    assert_string_equal(
+        s, "NAMESPACE     NAME         STATUS     TYPE           REASON                 MESSAGE\n"
+           "default       waypoint     True       Accepted       Accepted               Resource "
+           "accepted\n"
+           "default       waypoint     False      Programmed     AddressNotAssigned     Failed to "
+           "assign to any requested addresses: no instances found for hostname "
+           "\"waypoint.default.svc.cluster.local\"\n");
     free(s);
     json_decref(gws);
 }
@@ -770,10 +771,11 @@ static const char *env_of(const json_t *pod, const char *name)
 {
     size_t i;
     json_t *e;
-    json_array_foreach(json_object_get(json_array_get(json_object_get(json_object_get(pod, "spec"), "containers"), 0),
-                                       "env"),
-                       i, e) if (!strcmp(json_string_value(json_object_get(e, "name")), name)) return json_string_value(
-        json_object_get(e, "value"));
+    json_array_foreach(
+        json_object_get(json_array_get(json_object_get(json_object_get(pod, "spec"), "containers"), 0),
+                        "env"),
+        i, e) if (!strcmp(json_string_value(json_object_get(e, "name")),
+                          name)) return json_string_value(json_object_get(e, "value"));
     return NULL;
 }
 
@@ -795,14 +797,15 @@ static void test_wp_managed_objects(void **state)
     assert_string_equal(lbl(svc, WP_LABEL_GATEWAY_NAME), "wp");
     json_t *owner = json_array_get(json_object_get(json_object_get(svc, "metadata"), "ownerReferences"), 0);
     assert_string_equal(json_string_value(json_object_get(owner, "uid")), "gw-uid");
-    json_t *want_ports = json_loads("[{\"name\":\"status-port\",\"port\":15021,\"protocol\":\"TCP\",\"appProtocol\":"
-                                    "\"tcp\"},{\"name\":\"mesh\",\"port\":15008,\"protocol\":\"TCP\",\"appProtocol\":"
-                                    "\"hbone\"}]",
-                                    0, NULL);
+    json_t *want_ports =
+        json_loads("[{\"name\":\"status-port\",\"port\":15021,\"protocol\":\"TCP\",\"appProtocol\":"
+                   "\"tcp\"},{\"name\":\"mesh\",\"port\":15008,\"protocol\":\"TCP\",\"appProtocol\":"
+                   "\"hbone\"}]",
+                   0, NULL);
     json_t *spec = json_object_get(svc, "spec");
     assert_true(json_equal(json_object_get(spec, "ports"), want_ports));
-    assert_string_equal(json_string_value(json_object_get(json_object_get(spec, "selector"), WP_LABEL_GATEWAY_NAME)),
-                        "wp");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(spec, "selector"), WP_LABEL_GATEWAY_NAME)), "wp");
     assert_null(json_object_get(spec, "clusterIP")); /* allocated by the API server, as for any Service */
     json_decref(want_ports);
     struct wp_pod_params pp = {.pod_name = "wp-bcdfghjklm-npqrs",
@@ -853,8 +856,9 @@ static void test_wp_managed_objects(void **state)
     json_decref(sa);
     json_decref(svc);
     /* The annotations rename the deployment (Service, pod prefix, canonical name) and the service account. */
-    json_object_set_new(json_object_get(gw, "metadata"), "annotations",
-                        json_pack("{s:s,s:s}", WP_ANN_NAME_OVERRIDE, "wp-x", WP_ANN_SERVICE_ACCOUNT, "wp-sa"));
+    json_object_set_new(
+        json_object_get(gw, "metadata"), "annotations",
+        json_pack("{s:s,s:s}", WP_ANN_NAME_OVERRIDE, "wp-x", WP_ANN_SERVICE_ACCOUNT, "wp-sa"));
     char d[64], a[64];
     wp_names(gw, d, sizeof(d), a, sizeof(a));
     assert_string_equal(d, "wp-x");
@@ -871,7 +875,8 @@ static void test_wp_managed_objects(void **state)
     json_decref(sa);
     json_decref(svc);
     json_decref(gw);
-    /* A Deployment's pod name: <deploy>-<10>-<5> from Kubernetes' alphabet; a long name is cut to 58 first. */
+    /* A Deployment's pod name: <deploy>-<10>-<5> from Kubernetes' alphabet; a long name is cut to 58 first.
+     */
     unsigned char rnd[15] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
     char pn[128];
     wp_pod_name("wp", rnd, pn, sizeof(pn));
@@ -962,21 +967,23 @@ static void test_wp_check(void **state)
     json_t *l0 = json_array_get(json_object_get(json_object_get(gw, "spec"), "listeners"), 0);
     json_object_set_new(l0, "port", json_integer(70000));
     assert_int_equal(wp_gateway_check(gw, err, sizeof(err), NULL), -EINVAL);
-    assert_string_equal(err, "gateway/wp (namespace shop): spec.listeners[0].port: expected an integer 1-65535");
+    assert_string_equal(err,
+                        "gateway/wp (namespace shop): spec.listeners[0].port: expected an integer 1-65535");
     json_object_set_new(l0, "port", json_integer(15008));
     json_object_set_new(json_object_get(gw, "metadata"), "annotations",
                         json_pack("{s:s}", WP_ANN_NAME_OVERRIDE, "Not_A_Label"));
     assert_int_equal(wp_gateway_check(gw, err, sizeof(err), NULL), -EINVAL);
     assert_non_null(strstr(err, "metadata.annotations.gateway.istio.io/name-override"));
     json_object_del(json_object_get(gw, "metadata"), "annotations");
-    json_object_set_new(json_object_get(gw, "metadata"), "labels", json_pack("{s:s}", WP_LABEL_FOR, "everything"));
+    json_object_set_new(json_object_get(gw, "metadata"), "labels",
+                        json_pack("{s:s}", WP_LABEL_FOR, "everything"));
     assert_int_equal(wp_gateway_check(gw, err, sizeof(err), NULL), -EINVAL);
     assert_non_null(strstr(err, "metadata.labels.istio.io/waypoint-for"));
     json_decref(gw);
     json_decref(w);
     /* Classes and API groups. */
-    json_t *o = json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "networking.istio.io/v1", "kind", "Gateway", "spec",
-                          "gatewayClassName", WP_CLASS);
+    json_t *o = json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "networking.istio.io/v1", "kind", "Gateway",
+                          "spec", "gatewayClassName", WP_CLASS);
     assert_false(wp_is_gateway(o)); /* Istio's own Gateway kind is another API */
     json_object_set_new(o, "apiVersion", json_string("gateway.networking.k8s.io/v1beta1"));
     assert_true(wp_is_waypoint(o));
@@ -1019,8 +1026,9 @@ static void test_wp_usage(void **state)
         for (int k = 0; k <= argc; k++)
             argv[k] = (char *)cases[i].argv[k];
         int rc = cmd_waypoint(argc, argv);
-        if (rc != cases[i].rc) fail_msg("case %zu (%s %s): exit %d, want %d", i, argv[1] ? argv[1] : "",
-                                        argc > 2 ? argv[2] : "", rc, cases[i].rc);
+        if (rc != cases[i].rc)
+            fail_msg("case %zu (%s %s): exit %d, want %d", i, argv[1] ? argv[1] : "", argc > 2 ? argv[2] : "",
+                     rc, cases[i].rc);
     }
 }
 
