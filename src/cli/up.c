@@ -548,11 +548,17 @@ int cmd_up(int argc, char **argv)
     }
     json_decref(objs);
     if (wait_ready(cfg.state, (int)timeout_s, pid)) return 1;
-    size_t npods = 0;
-    DIR *d = opendir((snprintf(path, sizeof(path), "%s/api", cfg.state), path));
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (!strncmp(e->d_name, "pod_", 4)) npods++;
-    if (d) closedir(d);
+    /* Only the Ready ones: a waypoint pod that is not ready yet does not hold up back (it is a note). */
+    size_t npods = 0, pi, ci;
+    json_t *pods = up_api_list(cfg.state, "Pod", NULL), *po, *cond;
+    json_array_foreach(pods, pi, po) json_array_foreach(json_object_get(json_object_get(po, "status"), "conditions"),
+                                                        ci, cond)
+    {
+        const char *t = json_string_value(json_object_get(cond, "type")),
+                   *v = json_string_value(json_object_get(cond, "status"));
+        if (t && v && !strcmp(t, "Ready") && !strcmp(v, "True")) npods++;
+    }
+    json_decref(pods);
     printf("cluster up: %zu nodes (%s-*, bridge %s, %s/24), %zu pods ready; zmeshd at https://%s:%d "
            "(debug %s:%d)%s\n",
            cfg.n_nodes, cfg.prefix, cfg.bridge, cfg.node_subnet, npods, cfg.host_ip, CLUSTER_XDS_PORT,
