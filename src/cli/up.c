@@ -20,6 +20,7 @@
 #include "cli/cluster_net.h"
 #include "cli/ps.h"
 #include "cli/up.h"
+#include "cli/waypoint.h"
 #include "cli/zc.h"
 #include "core/env.h"
 
@@ -294,6 +295,28 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
     return -1;
 }
 
+/* The controller's checks of waypoint Gateways (wp_gateway_check), made before anything is created or sent,
+ * as the Pod fields are. Returns how many are wrong (each printed); warnings are printed too. */
+static int check_waypoints(const json_t *objs)
+{
+    int bad = 0;
+    size_t i, j;
+    json_t *o, *w;
+    json_array_foreach(objs, i, o)
+    {
+        if (!wp_is_waypoint(o)) continue;
+        char err[600];
+        json_t *warnings = json_array();
+        if (wp_gateway_check(o, err, sizeof(err), warnings)) {
+            fprintf(stderr, "error: %s\n", err);
+            bad++;
+        }
+        json_array_foreach(warnings, j, w) fprintf(stderr, "warning: %s\n", json_string_value(w));
+        json_decref(warnings);
+    }
+    return bad;
+}
+
 int cmd_up(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -402,6 +425,10 @@ int cmd_up(int argc, char **argv)
     struct cluster_warned w = {0};
     json_t *objs = NULL;
     int rc = cluster_manifests_read(dir, &objs, &w, report_stderr, NULL);
+    if (!rc && check_waypoints(objs)) {
+        json_decref(objs);
+        rc = -EINVAL;
+    }
     if (rc == -EINVAL) {
         fprintf(stderr, "Error: %s has invalid manifests (above); nothing was started\n", dir);
         return 1;
@@ -551,8 +578,8 @@ int cmd_up(int argc, char **argv)
     /* Only the Ready ones: a waypoint pod that is not ready yet does not hold up back (it is a note). */
     size_t npods = 0, pi, ci;
     json_t *pods = up_api_list(cfg.state, "Pod", NULL), *po, *cond;
-    json_array_foreach(pods, pi, po) json_array_foreach(json_object_get(json_object_get(po, "status"), "conditions"),
-                                                        ci, cond)
+    json_array_foreach(pods, pi, po)
+        json_array_foreach(json_object_get(json_object_get(po, "status"), "conditions"), ci, cond)
     {
         const char *t = json_string_value(json_object_get(cond, "type")),
                    *v = json_string_value(json_object_get(cond, "status"));
@@ -743,6 +770,10 @@ static int apply_or_delete(int argc, char **argv, bool apply)
         if (optind < argc) return usage(text, "unexpected argument \"%s\"", argv[optind]);
         struct cluster_warned w = {0};
         rc = cluster_manifests_read(c.file, &objs, &w, report_stderr, NULL);
+        if (!rc && apply && check_waypoints(objs)) {
+            json_decref(objs);
+            rc = -EINVAL;
+        }
         if (rc == -EINVAL) {
             fprintf(stderr, "Error: %s has invalid manifests (above); nothing was %s\n", c.file,
                     apply ? "applied" : "deleted");

@@ -254,6 +254,23 @@ def test_other_class_is_stored_and_nothing_made(cluster):
     assert cluster.api("Gateway", NS, "ingress") is not None
 
 
+def test_a_bad_waypoint_is_refused_naming_the_field(cluster):
+    d = tempfile.mkdtemp(prefix="zmesh-upwp-bad-")
+    try:
+        with open(os.path.join(d, "gw.yaml"), "w") as f:
+            f.write("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n"
+                    "metadata: {name: badwp, namespace: wp}\n"
+                    "spec:\n  gatewayClassName: istio-waypoint\n"
+                    "  listeners: [{name: mesh, port: 70000, protocol: HBONE}]\n")
+        p = cluster.run("apply", "-f", d, check=False)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert p.returncode == 1
+    assert "gateway/badwp (namespace wp): spec.listeners[0].port: expected an integer 1-65535" in p.stderr, p.stderr
+    assert cluster.api("Gateway", NS, "badwp") is None
+    assert cluster.managed_pods("badwp") == []
+
+
 def test_a_deleted_waypoint_pod_is_replaced(cluster):
     old = cluster.managed_pods()[0]["metadata"]["name"]
     p = cluster.run("delete", "pod", old, "-n", NS)
