@@ -825,7 +825,7 @@ static const char usage_get[] =
     "List objects of the local cluster, as kubectl get (pods of every namespace unless -n is given).\n"
     "\n"
     "Usage:\n"
-    "  zmesh get pods|nodes|services|namespaces [-n NS] [-o wide|json] [--state-dir DIR]\n";
+    "  zmesh get pods|nodes|services|namespaces|gateways [-n NS] [-o wide|json] [--state-dir DIR]\n";
 
 /* Every api/ object of a kind, sorted by namespace and name (the file names sort that way). */
 json_t *up_api_list(const char *state, const char *kind, const char *ns)
@@ -1036,6 +1036,32 @@ int cmd_get(int argc, char **argv)
             const char *row[] = {cluster_obj_ns(o),    cluster_obj_name(o),       type ? type : "ClusterIP",
                                  ip ? ip : "<none>",   *ports ? ports : "<none>", a,
                                  *sel ? sel : "<none>"};
+            zc_table_row(t, row + off);
+        }
+    } else if (!strcmp(kind, "Gateway")) {
+        /* The Gateway CRD's printer columns (gateway-api config/crd: CLASS, ADDRESS, PROGRAMMED, AGE). */
+        static const char *const h[] = {"NAMESPACE", "NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"};
+        size_t off = show_ns ? 0 : 1;
+        t = zc_table_new(6 - off, 3);
+        zc_table_row(t, h + off);
+        json_array_foreach(list, i, o)
+        {
+            const json_t *st = json_object_get(o, "status"), *cond;
+            const char *cls =
+                json_string_value(json_object_get(json_object_get(o, "spec"), "gatewayClassName"));
+            const char *addr = json_string_value(
+                json_object_get(json_array_get(json_object_get(st, "addresses"), 0), "value"));
+            const char *prog = "";
+            size_t k;
+            json_array_foreach(json_object_get(st, "conditions"), k, cond)
+            {
+                const char *ty = json_string_value(json_object_get(cond, "type"));
+                const char *v = json_string_value(json_object_get(cond, "status"));
+                if (ty && v && !strcmp(ty, "Programmed")) prog = v;
+            }
+            age(o, a, sizeof(a));
+            const char *row[] = {
+                cluster_obj_ns(o), cluster_obj_name(o), cls ? cls : "", addr ? addr : "", prog, a};
             zc_table_row(t, row + off);
         }
     } else if (!strcmp(kind, "Namespace")) {

@@ -204,6 +204,9 @@ def test_list_and_status_while_not_programmed(cluster):
                      '"waypoint.wp.svc.cluster.local"']], rows
     gw = cluster.api("Gateway", NS, "waypoint")
     assert "addresses" not in gw["status"]
+    head, rows = table(cluster.run("get", "gateways", "-n", NS).stdout)
+    assert head == ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
+    assert rows[0][:3] == ["waypoint", "istio-waypoint", "False"], rows  # no ADDRESS: the cell is empty
     # The placeholder binary never answers /healthz/ready: --wait gives istioctl's error, exit 1.
     t0 = time.monotonic()
     p = cluster.wp("apply", "-n", NS, "-w", "--waypoint-timeout", "2s")
@@ -314,6 +317,8 @@ def becomes_ready(cluster):
     prog = [c for c in gw["status"]["conditions"] if c["type"] == "Programmed"][0]
     assert prog["status"] == "True" and prog["reason"] == "Programmed"
     assert prog["message"] == "Resource programmed, assigned to service(s) ready.wp.svc.cluster.local:15008"
+    rows = table(cluster.run("get", "gateways", "-n", NS).stdout)[1]
+    assert ["ready", "istio-waypoint", "ready.wp.svc.cluster.local", "True"] in [r[:4] for r in rows], rows
     p = cluster.wp("status", "-n", NS, "--name", "ready", "-w", "--waypoint-timeout", "10s")
     assert p.returncode == 0, p.stderr
     assert table(p.stdout)[1][1][:3] == ["ready", "True", "Programmed"], p.stdout
