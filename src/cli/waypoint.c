@@ -639,7 +639,7 @@ static const char usage_wp[] =
     "  zmesh waypoint generate [-n NS] [--name N] [--for T]\n"
     "  zmesh waypoint apply    [-n NS] [--name N] [--for T] [--enroll-namespace [--overwrite]] [-w]\n"
     "                          [--waypoint-timeout D]\n"
-    "  zmesh waypoint list     [-n NS | -A]\n"
+    "  zmesh waypoint list     [-n NS | -A] [--name N]\n"
     "  zmesh waypoint status   [-n NS] [--name N] [-w] [--waypoint-timeout D]\n"
     "  zmesh waypoint delete   <name>... | --all  [-n NS]\n"
     "\n"
@@ -694,7 +694,7 @@ static bool flag_allowed(const char *sub, int id)
         {"apply", {'n', O_NAME, O_FOR, O_ENROLL, O_OVERWRITE, 'w', O_TIMEOUT, O_STATE, 0}},
         {"list", {'n', O_NAME, 'A', O_STATE, 0}},
         {"status", {'n', O_NAME, 'w', O_TIMEOUT, O_STATE, 0}},
-        {"delete", {'n', O_NAME, O_ALL, O_STATE, 0}},
+        {"delete", {'n', O_ALL, O_STATE, 0}}, /* names are arguments */
     };
     for (size_t i = 0; i < sizeof(allow) / sizeof(allow[0]); i++)
         if (!strcmp(allow[i].sub, sub))
@@ -917,7 +917,7 @@ static json_t *gateways(const struct wp_opts *o, const char *ns, const char *nam
 static int wp_list(struct wp_opts *o)
 {
     if (need_cluster(o)) return 1;
-    json_t *gws = gateways(o, o->all_ns ? NULL : o->ns, NULL);
+    json_t *gws = gateways(o, o->all_ns ? NULL : o->ns, o->name_given ? o->name : NULL);
     int rc = wp_list_render(stdout, gws, o->all_ns);
     json_decref(gws);
     return rc ? 1 : 0;

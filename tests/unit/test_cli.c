@@ -1012,6 +1012,7 @@ static void test_wp_usage(void **state)
         {2, {"waypoint", "apply", "extra", NULL}},
         {2, {"waypoint", "delete", NULL}},
         {2, {"waypoint", "delete", "--all", "wp", NULL}},
+        {2, {"waypoint", "delete", "--name", "wp", NULL}},
         {2, {"waypoint", "status", "-n", NULL}},
         {0, {"waypoint", "--help", NULL}},
         {1, {"waypoint", "apply", NULL}},
