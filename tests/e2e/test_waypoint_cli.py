@@ -2,16 +2,19 @@
 deployment controller (istiod's): docs/waypoint.md.
 
 One cluster serves the module: namespace `wp` labelled ambient with one pod `app` (the positive control for
-capture). `zmesh waypoint apply -n wp --enroll-namespace` makes the Gateway, and the controller its
-ServiceAccount, Service (a ClusterIP, ports status-port 15021 and mesh 15008) and one waypoint pod (labels, env,
-the minted token, the readiness probe), which ztunnel does not capture (`istio.io/dataplane-mode: none`: no
-in-pod rules, no ZDS add) although its namespace is ambient. While the waypoint binary is a placeholder that
-exits 1 the waypoint never becomes ready: `list` shows PROGRAMMED False, `status` istiod's conditions, and
-`--wait` times out with istioctl's error. A re-apply keeps the pod and leaves the Gateway's file alone; a Gateway
-of another class is stored with nothing made; `delete` removes the four objects. The ready path (--wait
-succeeds, PROGRAMMED True, addresses, a replaced pod) is becomes_ready(): test_waypoint_becomes_ready runs it with
-the real binary and is skipped until that lands; test_ready_path_with_a_readiness_standin runs it today on a
-second cluster whose waypoint is a stand-in answering only /healthz/ready.
+capture), and as its waypoint binary a stand-in that exits 1 at once (what build/bin/waypoint did before the data
+path landed), so the waypoint never becomes ready whatever the real binary does. `zmesh waypoint apply -n wp
+--enroll-namespace` makes the Gateway, and the controller its ServiceAccount, Service (a ClusterIP, ports
+status-port 15021 and mesh 15008) and one waypoint pod (labels, env, the minted token, the readiness probe), which
+ztunnel does not capture (`istio.io/dataplane-mode: none`: no in-pod rules, no ZDS add) although its namespace is
+ambient. Not ready, `list` shows PROGRAMMED False, `status` istiod's conditions, `get gateways` no address, and
+`--wait` times out with istioctl's error. A re-apply keeps the pod and leaves the Gateway's file alone while the
+pod crash-loops; a bad waypoint Gateway is refused naming the field; a Gateway of another class is stored with
+nothing made; a deleted waypoint pod is replaced; `delete` removes the four objects.
+
+The ready path (--wait succeeds, PROGRAMMED True, addresses, a replaced pod) is becomes_ready(), run on a second
+cluster: test_ready_path_with_a_readiness_standin with a stand-in that answers only /healthz/ready (today), and
+test_waypoint_becomes_ready with the real build/bin/waypoint, skipped until that binary serves its readiness.
 
 Addresses of its own: prefix uw<hex>, state /run/zmesh-upwp-<hex>, nodes 172.27.<o>.0/24, pods 10.<o>.0.0/16 with
 o in 60..99 (test_up.py uses 172.31/10.150-249, test_up_mesh.py 172.28/10.110-140, the demo 172.29/10.100-149).
@@ -35,9 +38,46 @@ MANAGED = {"gateway.istio.io/managed": "istio.io-mesh-controller",
            "gateway.networking.k8s.io/gateway-name": "waypoint"}
 
 
+# Stand-ins for the waypoint binary, so each test knows what its waypoint does whatever build/bin/waypoint is today:
+# one that exits at once as today's placeholder does (CrashLoopBackOff: its pod keeps changing, never Ready), one
+# that answers only the readiness probe.
+NEVER_READY = """#!/bin/sh
+echo "waypoint stand-in: exits 1" >&2
+exit 1
+"""
+READY_STANDIN = """#!/usr/bin/python3
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/healthz/ready" else 404)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("0.0.0.0", 15021), H).serve_forever()
+"""
+
+
+def bin_dir_with(waypoint_script):
+    """A --bin-dir: the real binaries linked, `waypoint` the given script."""
+    real = os.path.dirname(_zmesh())
+    d = tempfile.mkdtemp(prefix="zmesh-upwp-bin-")
+    for b in ("zmesh", "zmeshd", "ztunnel", "zmesh-cni"):
+        os.symlink(os.path.join(real, b), os.path.join(d, b))
+    with open(os.path.join(d, "waypoint"), "w") as f:
+        f.write(waypoint_script)
+    os.chmod(os.path.join(d, "waypoint"), 0o755)
+    return d
+
+
+def _zmesh():
+    from test_up import zmesh_bin
+    return zmesh_bin()
+
+
 class WaypointCluster(Cluster):
-    def __init__(self, manifests_dir):
+    def __init__(self, manifests_dir, bin_dir):
         super().__init__(manifests_dir, mesh=True)
+        self.bin_dir = bin_dir
         tag = "%04x" % random.randrange(1 << 16)
         self.prefix = "uw" + tag
         self.state = "/run/zmesh-upwp-" + tag
@@ -45,6 +85,12 @@ class WaypointCluster(Cluster):
         self.node_subnet = "172.27.%d.0" % octet
         self.pod_subnet = "10.%d.0.0" % octet
         self.host_ip = "172.27.%d.1" % octet
+
+    def up(self, check=True):
+        args = ["up", self.manifests, "--prefix", self.prefix, "--node-subnet", self.node_subnet,
+                "--pod-subnet", self.pod_subnet, "--timeout", "60s", "--bin-dir", self.bin_dir]
+        self.up_result = self.run(*args, check=check, timeout=120)
+        return self.up_result
 
     def wp(self, *args, timeout=120):
         return self.run("waypoint", *args, check=False, timeout=timeout)
@@ -78,13 +124,15 @@ def cluster():
                 "---\napiVersion: v1\nkind: Pod\nmetadata: {name: app, namespace: %s, labels: {app: app}}\n"
                 "spec:\n  nodeName: node1\n  terminationGracePeriodSeconds: 1\n"
                 "  containers:\n  - name: app\n    command: [sleep, '100000']\n" % (NS, NS))
-    c = WaypointCluster(d)
+    b = bin_dir_with(NEVER_READY)
+    c = WaypointCluster(d, b)
     try:
         c.up()
         yield c
     finally:
         _force_cleanup(c)
         shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(b, ignore_errors=True)
 
 
 def env_of(pod):
@@ -140,7 +188,7 @@ def test_apply_makes_gateway_serviceaccount_service_pod(cluster):
     node = spec["nodeName"]
     assert node in ("node1", "node2")
     c = spec["containers"][0]
-    assert c["command"] == [os.path.join(os.path.dirname(cluster.zmesh), "waypoint")]
+    assert c["command"] == [os.path.join(cluster.bin_dir, "waypoint")]
     assert c["readinessProbe"]["httpGet"]["port"] == 15021
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
     env = env_of(pod)
@@ -207,7 +255,7 @@ def test_list_and_status_while_not_programmed(cluster):
     head, rows = table(cluster.run("get", "gateways", "-n", NS).stdout)
     assert head == ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
     assert rows[0][:3] == ["waypoint", "istio-waypoint", "False"], rows  # no ADDRESS: the cell is empty
-    # The placeholder binary never answers /healthz/ready: --wait gives istioctl's error, exit 1.
+    # The stand-in never answers /healthz/ready: --wait gives istioctl's error, exit 1.
     t0 = time.monotonic()
     p = cluster.wp("apply", "-n", NS, "-w", "--waypoint-timeout", "2s")
     assert p.returncode == 1
@@ -331,50 +379,31 @@ def becomes_ready(cluster):
     assert cluster.wp("delete", "ready", "-n", NS).returncode == 0
 
 
+def other_cluster(cluster, bin_dir):
+    """A second cluster of the module's manifests, on addresses of its own."""
+    c = WaypointCluster(cluster.manifests, bin_dir)
+    while c.node_subnet == cluster.node_subnet:
+        c = WaypointCluster(cluster.manifests, bin_dir)
+    return c
+
+
 @pytest.mark.skip(reason="needs the waypoint binary")
 def test_waypoint_becomes_ready(cluster):
-    becomes_ready(cluster)
-
-
-# A stand-in for the waypoint that only answers its readiness probe: the controller's ready path (status,
-# addresses, --wait, replacement) is checked today, independently of the waypoint binary.
-READY_STANDIN = """#!/usr/bin/python3
-import http.server
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/healthz/ready" else 404)
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(("0.0.0.0", 15021), H).serve_forever()
-"""
-
-
-class StandinCluster(WaypointCluster):
-    def __init__(self, manifests_dir, bin_dir):
-        super().__init__(manifests_dir)
-        self.bin_dir = bin_dir
-
-    def up(self, check=True):
-        args = ["up", self.manifests, "--prefix", self.prefix, "--node-subnet", self.node_subnet,
-                "--pod-subnet", self.pod_subnet, "--timeout", "60s", "--bin-dir", self.bin_dir]
-        self.up_result = self.run(*args, check=check, timeout=120)
-        return self.up_result
+    """The real build/bin/waypoint: enable once it serves /healthz/ready."""
+    c = other_cluster(cluster, os.path.dirname(cluster.zmesh))
+    try:
+        c.up()
+        becomes_ready(c)
+    finally:
+        _force_cleanup(c)
 
 
 def test_ready_path_with_a_readiness_standin(cluster):
-    real = os.path.dirname(cluster.zmesh)
-    d = tempfile.mkdtemp(prefix="zmesh-upwp-bin-")
+    """The controller's ready path (status, addresses, --wait, replacement) today, whatever the binary is."""
+    d = bin_dir_with(READY_STANDIN)
     c = None
     try:
-        for b in ("zmesh", "zmeshd", "ztunnel", "zmesh-cni"):
-            os.symlink(os.path.join(real, b), os.path.join(d, b))
-        with open(os.path.join(d, "waypoint"), "w") as f:
-            f.write(READY_STANDIN)
-        os.chmod(os.path.join(d, "waypoint"), 0o755)
-        c = StandinCluster(cluster.manifests, d)
-        while c.node_subnet == cluster.node_subnet:  # its own addresses, not the module cluster's
-            c = StandinCluster(cluster.manifests, d)
+        c = other_cluster(cluster, d)
         c.up()
         becomes_ready(c)
     finally:
