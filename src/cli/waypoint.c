@@ -842,6 +842,27 @@ static void sleep_ms(unsigned ms)
     nanosleep(&ts, NULL);
 }
 
+/* istioctl applies its Gateway with server-side apply: fields it does not set stay as they are. So do the
+ * existing Gateway's other labels (istio.io/waypoint-for too, unless --for sets it), its annotations and its
+ * other spec fields (spec.infrastructure ...); the class and the listeners are istioctl's. */
+static void wp_merge_existing(json_t *gw, const json_t *cur)
+{
+    json_t *md = json_object_get(gw, "metadata"), *cmd = json_object_get(cur, "metadata");
+    const char *k;
+    json_t *v;
+    json_t *labels = json_object_get(md, "labels");
+    json_object_foreach(json_object_get(cmd, "labels"), k, v)
+    {
+        if (!labels) json_object_set_new(md, "labels", labels = json_object());
+        if (!json_object_get(labels, k)) json_object_set(labels, k, v);
+    }
+    if (json_is_object(json_object_get(cmd, "annotations")))
+        json_object_set(md, "annotations", json_object_get(cmd, "annotations"));
+    json_t *spec = json_object_get(gw, "spec");
+    json_object_foreach(json_object_get(cur, "spec"), k, v) if (!json_object_get(spec, k))
+        json_object_set(spec, k, v);
+}
+
 static int wp_apply(struct wp_opts *o)
 {
     if (need_cluster(o)) return 1;
@@ -869,6 +890,9 @@ static int wp_apply(struct wp_opts *o)
                    o->ns);
     }
     json_t *gw = wp_gateway_make(o->ns, o->name, o->for_type), *resp = NULL;
+    json_t *cur = up_api_get(o->state, "Gateway", o->ns, o->name);
+    if (cur) wp_merge_existing(gw, cur);
+    json_decref(cur);
     json_t *req = json_pack("{s:s,s:[o],s:s}", "op", "apply", "objects", gw, "workdir", "");
     if (call(o->state, req, &resp)) return 1;
     json_decref(resp);

@@ -277,6 +277,12 @@ def test_reapply_keeps_the_pod_and_the_gateway_file(cluster):
     time.sleep(3)
     assert os.stat(path).st_mtime_ns == m0
     assert [x["metadata"]["name"] for x in cluster.managed_pods()] == [before]
+    # As istioctl's server-side apply: --for sets the label, a later apply without it leaves it; the pod stays.
+    assert cluster.wp("apply", "-n", NS, "--for", "workload").returncode == 0
+    assert cluster.api("Gateway", NS, "waypoint")["metadata"]["labels"]["istio.io/waypoint-for"] == "workload"
+    assert cluster.wp("apply", "-n", NS).returncode == 0
+    assert table(cluster.wp("list", "-n", NS).stdout)[1] == [["waypoint", "default", "workload", "False"]]
+    assert [x["metadata"]["name"] for x in cluster.managed_pods()] == [before]
     # --enroll-namespace on a namespace that has a waypoint: istioctl's warning, nothing applied.
     p = cluster.wp("apply", "-n", NS, "--name", "other", "--enroll-namespace")
     assert p.returncode == 0
