@@ -221,6 +221,9 @@ int wp_gateway_check(const json_t *gw, char *err, size_t errlen, json_t *warning
         BAD("spec.gatewayClassName: expected a string");
     const json_t *ls = json_object_get(spec, "listeners"), *l;
     if (ls && !json_is_array(ls)) BAD("spec.listeners: expected a list");
+    if (json_array_size(ls) > WP_LISTENERS_MAX)
+        BAD("spec.listeners: %zu listeners, at most %d (the Gateway API's limit)", json_array_size(ls),
+            WP_LISTENERS_MAX);
     size_t i;
     json_array_foreach(ls, i, l)
     {
@@ -464,11 +467,11 @@ static size_t host_ports(const json_t *gw, const char *host, char (*out)[300], s
             dup |= !strcmp(out[j], hp);
         if (!dup && n < max) snprintf(out[n++], sizeof(out[0]), "%s", hp);
     }
-    const char *ptrs[16];
+    const char *ptrs[WP_LISTENERS_MAX];
     for (size_t j = 0; j < n; j++)
         ptrs[j] = out[j];
     qsort(ptrs, n, sizeof(*ptrs), str_cmp);
-    char tmp[16][300];
+    char tmp[WP_LISTENERS_MAX][300];
     for (size_t j = 0; j < n; j++)
         snprintf(tmp[j], sizeof(tmp[j]), "%s", ptrs[j]);
     memcpy(out, tmp, n * sizeof(tmp[0]));
@@ -493,11 +496,12 @@ static json_t *condition(const json_t *old_status, const char *type, bool ok, co
 
 json_t *wp_gateway_status(const json_t *gw, bool ready, const char *now)
 {
-    char deploy[WP_NAME_MAX + 1], sa[WP_NAME_MAX + 1], host[256], hp[16][300], msg[8192];
+    char deploy[WP_NAME_MAX + 1], sa[WP_NAME_MAX + 1], host[256], msg[WP_LISTENERS_MAX * 320];
+    char hp[WP_LISTENERS_MAX][300];
     wp_names(gw, deploy, sizeof(deploy), sa, sizeof(sa));
     snprintf(host, sizeof(host), "%s.%s.%s", deploy, cluster_obj_ns(gw), WP_CLUSTER_DOMAIN);
     const json_t *old = json_object_get(gw, "status");
-    size_t n = host_ports(gw, host, hp, 16);
+    size_t n = host_ports(gw, host, hp, WP_LISTENERS_MAX);
     json_t *st = json_object(), *conds = json_array();
     json_array_append_new(conds, condition(old, "Accepted", true, "Accepted", "Resource accepted", now));
     size_t len = 0;

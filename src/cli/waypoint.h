@@ -33,6 +33,8 @@
 #define WP_DEFAULT_TIMEOUT_MS 90000
 /* Kubernetes' DNS label limit: a Service, and so a waypoint's deployment name, is at most this long. */
 #define WP_NAME_MAX 63
+/* Listeners per Gateway: the Gateway API's maximum (spec.listeners maxItems); more is refused. */
+#define WP_LISTENERS_MAX 64
 /* The longest pod name prefix before a generated 5-character suffix (Kubernetes' maxGeneratedNameLength). */
 #define WP_POD_PREFIX_MAX 58
 
