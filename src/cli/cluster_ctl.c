@@ -20,6 +20,7 @@
 
 #include "cli/cluster_ctl.h"
 #include "cli/cluster_net.h"
+#include "cli/waypoint.h"
 #include "core/loop.h"
 #include "zmeshd/daemon.h"
 
@@ -140,6 +141,11 @@ struct ctl {
     size_t n_nodeprocs, cap_nodeprocs;
     bool mesh_started, stopping;
     int exit_code;
+    /* The waypoint deployment controller: the token refresh timer, and the Gateway classes already said to
+     * have no controller here (logged once each). */
+    struct timer wp_token_t;
+    json_t *classes_told;
+    bool wp_busy; /* inside wp_reconcile: a pod it replaces is not replaced again */
 };
 
 /* ---- processes ---- */
@@ -529,6 +535,7 @@ static void api_remove(struct ctl *ctl, const char *kind, const char *ns, const 
 }
 
 static void svc_sync(struct ctl *ctl);
+static void wp_status_sync(struct ctl *ctl);
 
 static void flush_cb(struct task *t)
 {
@@ -542,6 +549,7 @@ static void flush_cb(struct task *t)
         if (v) api_put(ctl, v);
         json_decref(v);
     }
+    if (!ctl->stopping) wp_status_sync(ctl);
 }
 
 static void pod_start_containers(struct pod *p)
@@ -750,23 +758,32 @@ static const char *sys_name(const struct sysproc *s)
     return s->kind == SYS_ZMESHD ? "zmeshd" : s->kind == SYS_ZTUNNEL ? "ztunnel" : "agent";
 }
 
-/* A service-account token for a node component, as `zmesh token` mints it (zmeshd's key in its state). */
-static int node_token(struct ctl *ctl, const char *sa, const struct cluster_node *n, const char *pod,
-                      char *path, size_t pn)
+/* A service-account token for ns/sa bound to a pod on node n, as `zmesh token` mints it (zmeshd's key in its
+ * state), written to path. */
+static int sa_token(struct ctl *ctl, const char *ns, const char *sa, const char *node, const char *pod,
+                    const char *pod_uid, const char *path)
 {
     char zstate[CLUSTER_PATH_MAX], err[300];
     cluster_path(ctl->cfg, zstate, sizeof(zstate), "zmeshd");
-    struct token_subject s = {.ns = "istio-system", .sa = sa, .node = n->name, .pod = pod};
+    struct token_subject s = {.ns = ns, .sa = sa, .node = node, .pod = pod, .pod_uid = pod_uid};
     char *tok = NULL;
     int rc = zmeshd_token_mint(zstate, &s, NODE_TOKEN_TTL_S, &tok, err, sizeof(err));
     if (rc) {
-        ctl_log("token for istio-system/%s on %s: %s", sa, n->name, err);
+        ctl_log("token for %s/%s on %s: %s", ns, sa, node, err);
         return rc;
     }
-    cluster_path(ctl->cfg, path, pn, "nodes/%s/%s-token", n->name, sa);
     rc = cluster_write_atomic(path, tok, strlen(tok));
     free(tok);
+    if (rc) ctl_log("cannot write %s: %s", path, strerror(-rc));
     return rc;
+}
+
+/* A service-account token for a node component. */
+static int node_token(struct ctl *ctl, const char *sa, const struct cluster_node *n, const char *pod,
+                      char *path, size_t pn)
+{
+    cluster_path(ctl->cfg, path, pn, "nodes/%s/%s-token", n->name, sa);
+    return sa_token(ctl, "istio-system", sa, n->name, pod, NULL, path);
 }
 
 static void xds_address(const struct cluster_cfg *cfg, char *buf, size_t n)
@@ -1257,6 +1274,204 @@ static void svc_sync(struct ctl *ctl)
     last_rules = r;
 }
 
+/* ---- the waypoint deployment controller (istiod's, for Gateways of class istio-waypoint) ---- */
+
+static bool wp_pod_managed(const struct pod *p)
+{
+    const char *v = json_string_value(
+        json_object_get(json_object_get(json_object_get(p->obj, "metadata"), "labels"), WP_LABEL_MANAGED));
+    return v && !strcmp(v, WP_MANAGED_VALUE);
+}
+
+static void wp_token_path(struct ctl *ctl, const char *ns, const char *pod, char *buf, size_t n)
+{
+    cluster_path(ctl->cfg, buf, n, "pods/%s_%s/istio-token", ns, pod);
+}
+
+/* A waypoint is ready when one of the pods made for it is (a Deployment's available replica). */
+static bool wp_ready(struct ctl *ctl, const char *ns, const char *gw)
+{
+    for (size_t i = 0; i < ctl->n_pods; i++)
+        if (wp_managed_by(ctl->pods[i]->obj, ns, gw) && pod_ready(ctl->pods[i])) return true;
+    return false;
+}
+
+/* The pod the controller wants for gw, with the identity (name, uid, node) of an existing or a new pod. */
+static json_t *wp_pod_for(struct ctl *ctl, const json_t *gw, const char *pod, const char *uid,
+                          const char *node)
+{
+    char xds[64], root[CLUSTER_PATH_MAX], tok[CLUSTER_PATH_MAX];
+    xds_address(ctl->cfg, xds, sizeof(xds));
+    cluster_path(ctl->cfg, root, sizeof(root), "zmeshd/root-cert.pem");
+    wp_token_path(ctl, cluster_obj_ns(gw), pod, tok, sizeof(tok));
+    struct wp_pod_params pp = {.pod_name = pod,
+                               .pod_uid = uid,
+                               .node = node,
+                               .bin_dir = ctl->cfg->bin_dir,
+                               .xds = xds,
+                               .root_ca = root,
+                               .token = tok,
+                               .workdir = ctl->cfg->state};
+    return wp_pod(gw, &pp);
+}
+
+/* Deletes the store's objects managed for ns/gw that keep(o) rejects: pods first (collected, then deleted,
+ * as deleting changes the store). */
+static void wp_delete_managed(struct ctl *ctl, const char *ns, const char *gw, const char *keep_sa,
+                              const char *keep_svc, const char *keep_pod)
+{
+    json_t *doomed = json_array();
+    const char *k;
+    json_t *v;
+    for (int pass = 0; pass < 2; pass++)
+        json_object_foreach(ctl->store, k, v)
+        {
+            const char *kind = cluster_obj_kind(v), *name = cluster_obj_name(v);
+            if (!wp_managed_by(v, ns, gw) || (pass == 0) != !strcmp(kind, "Pod")) continue;
+            if ((keep_pod && !strcmp(kind, "Pod") && !strcmp(name, keep_pod)) ||
+                (keep_sa && !strcmp(kind, "ServiceAccount") && !strcmp(name, keep_sa)) ||
+                (keep_svc && !strcmp(kind, "Service") && !strcmp(name, keep_svc)))
+                continue;
+            json_array_append_new(doomed, json_pack("[s,s]", kind, name));
+        }
+    size_t i;
+    json_t *d;
+    json_array_foreach(doomed, i, d)
+    {
+        char e[300], tok[CLUSTER_PATH_MAX];
+        const char *kind = json_string_value(json_array_get(d, 0)),
+                   *name = json_string_value(json_array_get(d, 1));
+        json_t *res = json_array();
+        if (ctl_delete_object(ctl, kind, ns, name, res, e, sizeof(e)))
+            ctl_log("waypoint %s/%s: %s", ns, gw, e);
+        json_decref(res);
+        if (!strcmp(kind, "Pod")) {
+            wp_token_path(ctl, ns, name, tok, sizeof(tok));
+            unlink(tok); /* a day's valid token does not outlive its pod */
+        }
+    }
+    json_decref(doomed);
+}
+
+/* What istiod's deployment controller applies for a waypoint Gateway (borrowed, already in the store): its
+ * ServiceAccount, its Service and, in place of the Deployment, its one pod (kept while its spec is what the
+ * Gateway asks for; replaced otherwise). */
+static void wp_reconcile(struct ctl *ctl, json_t *gw)
+{
+    const char *ns = cluster_obj_ns(gw), *name = cluster_obj_name(gw);
+    char deploy[WP_NAME_MAX + 1], sa[WP_NAME_MAX + 1], e[1000];
+    wp_names(gw, deploy, sizeof(deploy), sa, sizeof(sa));
+    ctl->wp_busy = true;
+    json_t *res = json_array(), *sao = wp_service_account(gw), *svc = wp_service(gw);
+    if (ctl_apply_object(ctl, sao, ctl->cfg->state, res, e, sizeof(e)))
+        ctl_log("waypoint %s/%s: %s", ns, name, e);
+    if (ctl_apply_object(ctl, svc, ctl->cfg->state, res, e, sizeof(e)))
+        ctl_log("waypoint %s/%s: %s", ns, name, e);
+    json_decref(sao);
+    json_decref(svc);
+    const char *keep = NULL;
+    for (size_t i = 0; i < ctl->n_pods && !keep; i++) {
+        struct pod *p = ctl->pods[i];
+        if (!wp_managed_by(p->obj, ns, name) || p->deleting) continue;
+        json_t *want = wp_pod_for(ctl, gw, p->spec.name, p->sb.uid, p->sb.node->name);
+        json_t *wm = json_object_get(want, "metadata"), *pm = json_object_get(p->obj, "metadata");
+        if (json_equal(json_object_get(want, "spec"), json_object_get(p->obj, "spec")) &&
+            json_equal(json_object_get(wm, "labels"), json_object_get(pm, "labels")))
+            keep = p->spec.name;
+        json_decref(want);
+    }
+    char keep_name[CLUSTER_NAME_MAX * 4] = "";
+    if (keep) snprintf(keep_name, sizeof(keep_name), "%s", keep);
+    /* A renamed Service or ServiceAccount (the annotations changed) and a pod of another spec go. */
+    wp_delete_managed(ctl, ns, name, sa, deploy, keep ? keep_name : NULL);
+    if (!keep) {
+        char hex[33], pod[CLUSTER_NAME_MAX], uid[40], tok[CLUSTER_PATH_MAX], dir[CLUSTER_PATH_MAX];
+        net_random_hex(hex, 32);
+        wp_pod_name(deploy, (const unsigned char *)hex, pod, sizeof(pod));
+        uuid_from_hex(uid, sizeof(uid));
+        const struct cluster_node *node = &ctl->cfg->nodes[cluster_place_next(&ctl->rr, ctl->cfg->n_nodes)];
+        cluster_path(ctl->cfg, dir, sizeof(dir), "pods/%s_%s", ns, pod);
+        cluster_mkdirs(dir, 0755);
+        wp_token_path(ctl, ns, pod, tok, sizeof(tok));
+        /* The pod's projected token: its service account, bound to the pod and its node. */
+        sa_token(ctl, ns, sa, node->name, pod, uid, tok);
+        json_t *po = wp_pod_for(ctl, gw, pod, uid, node->name);
+        if (ctl_apply_object(ctl, po, ctl->cfg->state, res, e, sizeof(e)))
+            ctl_log("waypoint %s/%s: %s", ns, name, e);
+        json_decref(po);
+    }
+    json_decref(res);
+    ctl->wp_busy = false;
+}
+
+/* istiod's status writer: each waypoint Gateway's addresses and conditions from its pods' readiness, written
+ * only when they change (zmeshd reloads on every api/ write). */
+static void wp_status_sync(struct ctl *ctl)
+{
+    char now[32];
+    cluster_rfc3339(time(NULL), now, sizeof(now));
+    const char *k;
+    json_t *gw;
+    json_object_foreach(ctl->store, k, gw)
+    {
+        if (!wp_is_waypoint(gw)) continue;
+        bool ready = wp_ready(ctl, cluster_obj_ns(gw), cluster_obj_name(gw));
+        json_t *st = wp_gateway_status(gw, ready, now);
+        if (json_equal(st, json_object_get(gw, "status"))) {
+            json_decref(st);
+            continue;
+        }
+        json_object_set_new(gw, "status", st);
+        api_put(ctl, gw);
+        ctl_log("gateway/%s in namespace %s: Programmed %s", cluster_obj_name(gw), cluster_obj_ns(gw),
+                ready ? "True" : "False");
+    }
+}
+
+/* Every hour, as the node components': the waypoint pods' tokens are re-minted (the waypoint re-reads the
+ * file, as a projected token is re-read). */
+static void wp_token_cb(struct timer *t)
+{
+    struct ctl *ctl = container_of(t, struct ctl, wp_token_t);
+    for (size_t i = 0; i < ctl->n_pods; i++) {
+        struct pod *p = ctl->pods[i];
+        char tok[CLUSTER_PATH_MAX];
+        if (!wp_pod_managed(p) || p->deleting) continue;
+        wp_token_path(ctl, p->spec.ns, p->spec.name, tok, sizeof(tok));
+        sa_token(ctl, p->spec.ns, p->spec.service_account ? p->spec.service_account : "default",
+                 p->sb.node->name, p->spec.name, p->sb.uid, tok);
+    }
+    timer_start(ctl->loop, t, NODE_TOKEN_REFRESH_MS);
+}
+
+/* A Gateway coming in: its status is the controller's (a subresource: an apply does not carry it), a
+ * waypoint's fields are checked, another class is stored with nothing made (said once per class). */
+static int wp_admit(struct ctl *ctl, json_t *o, const json_t *old, char *err, size_t errlen)
+{
+    if (old && json_object_get(old, "status"))
+        json_object_set(o, "status", json_object_get(old, "status"));
+    else
+        json_object_del(o, "status");
+    if (!wp_is_waypoint(o)) {
+        const char *cls = json_string_value(json_object_get(json_object_get(o, "spec"), "gatewayClassName"));
+        if (!cls) cls = "";
+        if (!ctl->classes_told) ctl->classes_told = json_object();
+        if (!json_object_get(ctl->classes_told, cls)) {
+            json_object_set_new(ctl->classes_told, cls, json_true());
+            ctl_log("gateway/%s in namespace %s: class \"%s\" has no controller in zmesh up (only %s); the "
+                    "Gateway is stored, nothing is made for it",
+                    cluster_obj_name(o), cluster_obj_ns(o), cls, WP_CLASS);
+        }
+        return 0;
+    }
+    json_t *warnings = json_array(), *w;
+    int rc = wp_gateway_check(o, err, errlen, warnings);
+    size_t i;
+    json_array_foreach(warnings, i, w) ctl_log("warning: %s", json_string_value(w));
+    json_decref(warnings);
+    return rc;
+}
+
 /* Applies one object (borrowed). Appends "kind/name created|configured|unchanged" to results. */
 static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char *key, const char *kind,
                              const char *ns, const char *name, const char *workdir, json_t *results,
@@ -1288,7 +1503,10 @@ int ctl_apply_object(struct ctl *ctl, json_t *o, const char *workdir, json_t *re
         if (!ou) uuid_from_hex(uid, sizeof(uid));
         json_object_set_new(md, "uid", ou ? json_incref(ou) : json_string(uid));
     }
+    /* Held: storing o drops the store's reference to old, which is compared after that. */
+    json_incref(old);
     int rc_ = ctl_apply_checked(ctl, o, old, key, kind, ns, name, workdir, results, err, errlen, verb);
+    json_decref(old);
     json_decref(o);
     return rc_;
 }
@@ -1343,9 +1561,20 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
             }
             alloc_cluster_ip(ctl, o);
         }
+        if (wp_is_gateway(o)) {
+            int rc = wp_admit(ctl, o, old, err, errlen);
+            if (rc) return rc;
+        }
         verb = !old ? "created" : json_equal(old, o) ? "unchanged" : "configured";
         json_object_set(ctl->store, key, o);
-        api_put(ctl, o);
+        if (wp_is_waypoint(o)) {
+            wp_reconcile(ctl, o);
+            char now[32];
+            cluster_rfc3339(time(NULL), now, sizeof(now));
+            json_object_set_new(o, "status", wp_gateway_status(o, wp_ready(ctl, ns, name), now));
+        }
+        /* An unchanged Gateway is not rewritten: zmeshd reloads on every api/ write. */
+        if (!(wp_is_gateway(o) && old && json_equal(old, o))) api_put(ctl, o);
     }
     snprintf(line, sizeof(line), "%s/%s %s", lk, name, verb);
     ctl_log("%s%s%s", line, *ns ? " in namespace " : "", ns);
@@ -1369,8 +1598,14 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
         snprintf(err, errlen, "node/%s: nodes stay until zmesh down", name);
         return -EINVAL;
     }
+    char owner[CLUSTER_NAME_MAX * 4] = "";
     if (!strcmp(kind, "Pod")) {
         struct pod *p = pod_find(ctl, ns, name);
+        if (p && wp_pod_managed(p))
+            snprintf(
+                owner, sizeof(owner), "%s",
+                json_string_value(json_object_get(
+                    json_object_get(json_object_get(p->obj, "metadata"), "labels"), WP_LABEL_GATEWAY_NAME)));
         if (p) pod_destroy(ctl, p);
     } else if (!strcmp(kind, "Namespace")) {
         /* As the API server: deleting a namespace deletes what is in it. */
@@ -1378,19 +1613,43 @@ int ctl_delete_object(struct ctl *ctl, const char *kind, const char *ns, const c
         json_t *v;
         void *tmp;
         json_t *inner = json_array();
-        json_object_foreach_safe(ctl->store, tmp, k, v)
+        json_t *keys = json_array();
+        /* Collected first: deleting a Gateway deletes the objects made for it, which may be the next ones. */
+        for (int pass = 0; pass < 2; pass++) /* Gateways first: their pods are not replaced then */
+            json_object_foreach_safe(ctl->store, tmp, k, v) if (!strcmp(cluster_obj_ns(v), name) &&
+                                                                (pass == 0) == wp_is_gateway(v))
+                json_array_append_new(keys, json_pack("[s,s]", cluster_obj_kind(v), cluster_obj_name(v)));
+        size_t i;
+        json_t *kv;
+        json_array_foreach(keys, i, kv)
         {
-            if (!strcmp(cluster_obj_ns(v), name)) {
-                char e2[300];
-                ctl_delete_object(ctl, cluster_obj_kind(v), name, cluster_obj_name(v), inner, e2, sizeof(e2));
-            }
+            char e2[300], k2[CLUSTER_NAME_MAX * 6];
+            const char *kk = json_string_value(json_array_get(kv, 0)),
+                       *kn = json_string_value(json_array_get(kv, 1));
+            obj_key(kk, name, kn, k2, sizeof(k2));
+            if (json_object_get(ctl->store, k2)) ctl_delete_object(ctl, kk, name, kn, inner, e2, sizeof(e2));
         }
+        json_decref(keys);
         json_decref(inner);
         api_remove(ctl, kind, ns, name);
     } else {
+        bool gw = wp_is_gateway(json_object_get(ctl->store, key));
         api_remove(ctl, kind, ns, name);
+        /* As the API server's garbage collector: what the Gateway owns goes with it. */
+        if (gw) {
+            json_object_del(ctl->store, key);
+            wp_delete_managed(ctl, ns, name, NULL, NULL, NULL);
+        }
     }
     json_object_del(ctl->store, key);
+    loop_defer(ctl->loop, &ctl->flush); /* Services' endpoints and waypoint status follow */
+    if (*owner && !ctl->wp_busy && !ctl->stopping) {
+        /* As a Deployment: a waypoint pod deleted on its own is replaced while its Gateway exists. */
+        char gk[CLUSTER_NAME_MAX * 6];
+        obj_key("Gateway", ns, owner, gk, sizeof(gk));
+        json_t *gw = json_object_get(ctl->store, gk);
+        if (wp_is_waypoint(gw)) wp_reconcile(ctl, gw);
+    }
     snprintf(line, sizeof(line), "%s \"%s\" deleted", lk, name);
     ctl_log("%s%s%s", line, *ns ? " from namespace " : "", ns);
     json_array_append_new(results, json_string(line));
@@ -1467,9 +1726,11 @@ static json_t *ctl_status(struct ctl *ctl)
                          *c->probe_msg ? ": " : "", c->probe_msg);
             if (*wb) why = wb;
         }
-        snprintf(b, sizeof(b), "pod %s/%s (node %s): %s, %s", p->spec.ns, p->spec.name, p->sb.node->name,
-                 phase, why);
-        json_array_append_new(waiting, json_string(b));
+        snprintf(b, sizeof(b), "%spod %s/%s (node %s): %s, %s", wp_pod_managed(p) ? "waypoint " : "",
+                 p->spec.ns, p->spec.name, p->sb.node->name, phase, why);
+        /* A waypoint does not hold up back (kubectl apply of a Gateway does not wait either): said instead.
+         */
+        json_array_append_new(wp_pod_managed(p) ? notes : waiting, json_string(b));
     }
     if (ctl->zmeshd && !ctl->zmeshd->ready) {
         snprintf(b, sizeof(b), "zmeshd: %s (log %s)",
@@ -1502,9 +1763,10 @@ static json_t *ctl_status(struct ctl *ctl)
     for (size_t i = 0; i < ctl->n_nodeprocs; i++) {
         struct sysproc *s = ctl->nodeprocs[i];
         if (s->kind != SYS_ZTUNNEL || s->p.state == P_DONE) continue;
-        json_array_append_new(zts, json_pack("{s:s,s:i,s:i,s:b,s:b,s:i}", "node", ctl->cfg->nodes[s->node].name,
-                                             "generation", (int)s->gen, "pid", (int)s->p.pid, "ready", s->ready,
-                                             "draining", s->retiring, "admin_port", 15000 + (int)zt_port_offset(s)));
+        json_array_append_new(zts, json_pack("{s:s,s:i,s:i,s:b,s:b,s:i}", "node",
+                                             ctl->cfg->nodes[s->node].name, "generation", (int)s->gen, "pid",
+                                             (int)s->p.pid, "ready", s->ready, "draining", s->retiring,
+                                             "admin_port", 15000 + (int)zt_port_offset(s)));
     }
     json_t *r = json_pack("{s:b,s:b,s:o,s:o,s:o}", "ok", 1, "ready", json_array_size(waiting) == 0, "waiting",
                           waiting, "notes", notes, "ztunnels", zts);
@@ -1531,8 +1793,8 @@ static int ctl_rollout(struct ctl *ctl, json_t *req, json_t *results, char *err,
         struct sysproc *s = ctl->nodeprocs[i];
         if (s->kind != SYS_ZTUNNEL || s->node != ni || s->retiring || s->p.state == P_DONE) continue;
         if (s->replaces) {
-            snprintf(err, errlen, "a rollout of ztunnel %s is under way (generation %u is not ready yet)", node,
-                     s->gen);
+            snprintf(err, errlen, "a rollout of ztunnel %s is under way (generation %u is not ready yet)",
+                     node, s->gen);
             return -EBUSY;
         }
         cur = s;
@@ -1555,7 +1817,8 @@ static int ctl_rollout(struct ctl *ctl, json_t *req, json_t *results, char *err,
     ctl->nodeprocs[ctl->n_nodeprocs++] = z;
     z->p.spawn(&z->p);
     char b[300];
-    snprintf(b, sizeof(b), "ztunnel %s: generation %u started (pid %d); generation %u (pid %d) drains once it is ready",
+    snprintf(b, sizeof(b),
+             "ztunnel %s: generation %u started (pid %d); generation %u (pid %d) drains once it is ready",
              node, z->gen, (int)z->p.pid, cur->gen, (int)cur->p.pid);
     json_array_append_new(results, json_string(b));
     return 0;
@@ -1817,7 +2080,10 @@ int ctl_run(const struct cluster_cfg *cfg, json_t *objects, const char *workdir)
     flush_cb(&ctl.flush);
     /* zmeshd starts after the first api/ contents are written: its first load sees the whole cluster. */
     if ((ctl.zmeshd = sys_new(&ctl, SYS_ZMESHD, 0))) ctl.zmeshd->p.spawn(&ctl.zmeshd->p);
+    ctl.wp_token_t.cb = wp_token_cb;
+    timer_start(ctl.loop, &ctl.wp_token_t, NODE_TOKEN_REFRESH_MS);
     loop_run(ctl.loop);
+    json_decref(ctl.classes_told);
     char sp[CLUSTER_PATH_MAX];
     unlink(cluster_path(cfg, sp, sizeof(sp), "controller.sock"));
     json_decref(ctl.store);

@@ -15,7 +15,9 @@
  *
  * Objects come in through one interface (ctl_apply_object / ctl_delete_object): today the manifest directory
  * given to up and the apply/delete commands; a Kubernetes API watch would call the same two. Status goes out
- * through the api/ directory (written atomically), which zmeshd watches. */
+ * through the api/ directory (written atomically), which zmeshd watches. As istiod's deployment controller, a
+ * Gateway of class istio-waypoint applied here also gets its ServiceAccount, Service and waypoint pod, deleted
+ * with it, and its status written back (docs/waypoint.md; the objects and status are built in waypoint.h). */
 #pragma once
 #include <jansson.h>
 

@@ -17,6 +17,7 @@
 #include "cli/http_get.h"
 #include "cli/ps.h"
 #include "cli/up.h"
+#include "cli/waypoint.h"
 #include "cli/zc.h"
 #include "core/env.h"
 #include "zmeshd/daemon.h"
@@ -51,6 +52,7 @@ static const char usage_top[] =
     "  exec, logs            run in a pod's network namespace; print a container's or component's log\n"
     "  label                 set or remove namespace and pod labels (kubectl label)\n"
     "  rollout ztunnel <n>   replace node n's ztunnel without losing its connections\n"
+    "  waypoint              generate, apply, list, status, delete waypoints (istioctl waypoint)\n"
     "\n"
     "Run 'zmesh <command> --help' for the flags of a command.\n";
 
@@ -70,7 +72,8 @@ static const char usage_zc[] =
     "\n"
     "Flags:\n"
     "      --address host:port     ztunnel admin address (default 127.0.0.1:15000; [v6]:port for IPv6)\n"
-    "      --node NAME             the ztunnel of node NAME of the local cluster (zmesh up; ZMESH_STATE_DIR)\n"
+    "      --node NAME             the ztunnel of node NAME of the local cluster (zmesh up; "
+    "ZMESH_STATE_DIR)\n"
     "      --proxy-admin-port N    admin port when --address gives no port (default 15000)\n"
     "  -f, --file FILE             read a saved config dump instead ('-' for standard input)\n"
     "  -o, --output FORMAT         short (tables, the default) or json\n"
@@ -654,12 +657,13 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "ztunnel-config") || !strcmp(cmd, "zc")) return cmd_ztunnel_config(argc - 1, argv + 1);
     if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "ps")) return cmd_proxy_status(argc - 1, argv + 1);
     if (!strcmp(cmd, "token")) return cmd_token(argc - 1, argv + 1);
+    if (!strcmp(cmd, "waypoint")) return cmd_waypoint(argc - 1, argv + 1);
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } cluster_cmds[] = {{"up", cmd_up},   {"down", cmd_down}, {"apply", cmd_apply}, {"delete", cmd_delete},
-                        {"get", cmd_get}, {"exec", cmd_exec}, {"logs", cmd_logs},   {"label", cmd_label},
-                        {"rollout", cmd_rollout}};
+    } cluster_cmds[] = {{"up", cmd_up},         {"down", cmd_down},   {"apply", cmd_apply},
+                        {"delete", cmd_delete}, {"get", cmd_get},     {"exec", cmd_exec},
+                        {"logs", cmd_logs},     {"label", cmd_label}, {"rollout", cmd_rollout}};
     for (size_t i = 0; i < sizeof(cluster_cmds) / sizeof(cluster_cmds[0]); i++)
         if (!strcmp(cmd, cluster_cmds[i].name)) return cluster_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "Error: unknown command \"%s\"\n\n", cmd);

@@ -20,6 +20,7 @@
 #include "cli/cluster_net.h"
 #include "cli/ps.h"
 #include "cli/up.h"
+#include "cli/waypoint.h"
 #include "cli/zc.h"
 #include "core/env.h"
 
@@ -53,7 +54,7 @@ static void report_stderr(void *ud, bool warn, const char *msg)
 
 /* The state directory without a trailing slash, made absolute (the controller and zmeshd chdir nowhere, but
  * paths in the conflist and the record must not depend on where zmesh ran). */
-static int state_abs(const char *in, char *out, size_t n)
+int up_state_abs(const char *in, char *out, size_t n)
 {
     char cwd[CLUSTER_PATH_MAX];
     if (in[0] == '/')
@@ -294,6 +295,28 @@ static int wait_ready(const char *state, int timeout_s, pid_t daemon)
     return -1;
 }
 
+/* The controller's checks of waypoint Gateways (wp_gateway_check), made before anything is created or sent,
+ * as the Pod fields are. Returns how many are wrong (each printed); warnings are printed too. */
+static int check_waypoints(const json_t *objs)
+{
+    int bad = 0;
+    size_t i, j;
+    json_t *o, *w;
+    json_array_foreach(objs, i, o)
+    {
+        if (!wp_is_waypoint(o)) continue;
+        char err[600];
+        json_t *warnings = json_array();
+        if (wp_gateway_check(o, err, sizeof(err), warnings)) {
+            fprintf(stderr, "error: %s\n", err);
+            bad++;
+        }
+        json_array_foreach(warnings, j, w) fprintf(stderr, "warning: %s\n", json_string_value(w));
+        json_decref(warnings);
+    }
+    return bad;
+}
+
 int cmd_up(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -369,10 +392,10 @@ int cmd_up(int argc, char **argv)
     if (optind >= argc) return usage(usage_up, "%s", "a manifest directory is required: zmesh up <dir>");
     if (optind + 1 < argc) return usage(usage_up, "unexpected argument \"%s\"", argv[optind + 1]);
     const char *dir = argv[optind];
-    if (state_abs(state, cfg.state, sizeof(cfg.state))) return 1;
+    if (up_state_abs(state, cfg.state, sizeof(cfg.state))) return 1;
     char err[1024], path[CLUSTER_PATH_MAX + 64];
     if (bin)
-        state_abs(bin, cfg.bin_dir, sizeof(cfg.bin_dir));
+        up_state_abs(bin, cfg.bin_dir, sizeof(cfg.bin_dir));
     else {
         ssize_t k = readlink("/proc/self/exe", cfg.bin_dir, sizeof(cfg.bin_dir) - 1);
         if (k <= 0) return 1;
@@ -402,6 +425,10 @@ int cmd_up(int argc, char **argv)
     struct cluster_warned w = {0};
     json_t *objs = NULL;
     int rc = cluster_manifests_read(dir, &objs, &w, report_stderr, NULL);
+    if (!rc && check_waypoints(objs)) {
+        json_decref(objs);
+        rc = -EINVAL;
+    }
     if (rc == -EINVAL) {
         fprintf(stderr, "Error: %s has invalid manifests (above); nothing was started\n", dir);
         return 1;
@@ -548,11 +575,17 @@ int cmd_up(int argc, char **argv)
     }
     json_decref(objs);
     if (wait_ready(cfg.state, (int)timeout_s, pid)) return 1;
-    size_t npods = 0;
-    DIR *d = opendir((snprintf(path, sizeof(path), "%s/api", cfg.state), path));
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (!strncmp(e->d_name, "pod_", 4)) npods++;
-    if (d) closedir(d);
+    /* Only the Ready ones: a waypoint pod that is not ready yet does not hold up back (it is a note). */
+    size_t npods = 0, pi, ci;
+    json_t *pods = up_api_list(cfg.state, "Pod", NULL), *po, *cond;
+    json_array_foreach(pods, pi, po)
+        json_array_foreach(json_object_get(json_object_get(po, "status"), "conditions"), ci, cond)
+    {
+        const char *t = json_string_value(json_object_get(cond, "type")),
+                   *v = json_string_value(json_object_get(cond, "status"));
+        if (t && v && !strcmp(t, "Ready") && !strcmp(v, "True")) npods++;
+    }
+    json_decref(pods);
     printf("cluster up: %zu nodes (%s-*, bridge %s, %s/24), %zu pods ready; zmeshd at https://%s:%d "
            "(debug %s:%d)%s\n",
            cfg.n_nodes, cfg.prefix, cfg.bridge, cfg.node_subnet, npods, cfg.host_ip, CLUSTER_XDS_PORT,
@@ -634,7 +667,7 @@ static int parse_common(int argc, char **argv, const char *allowed, const char *
             break;
         }
     }
-    state_abs(state, c->state, sizeof(c->state));
+    up_state_abs(state, c->state, sizeof(c->state));
     return 0;
 }
 
@@ -717,6 +750,7 @@ static const char *kind_of(const char *word)
         {"ServiceAccount", "serviceaccount", "serviceaccounts", "sa"},
         {"AuthorizationPolicy", "authorizationpolicy", "authorizationpolicies", "ap"},
         {"PeerAuthentication", "peerauthentication", "peerauthentications", "pa"},
+        {"Gateway", "gateway", "gateways", "gtw"},
     };
     for (size_t i = 0; i < sizeof(m) / sizeof(m[0]); i++)
         for (int j = 0; j < 4; j++)
@@ -736,6 +770,10 @@ static int apply_or_delete(int argc, char **argv, bool apply)
         if (optind < argc) return usage(text, "unexpected argument \"%s\"", argv[optind]);
         struct cluster_warned w = {0};
         rc = cluster_manifests_read(c.file, &objs, &w, report_stderr, NULL);
+        if (!rc && apply && check_waypoints(objs)) {
+            json_decref(objs);
+            rc = -EINVAL;
+        }
         if (rc == -EINVAL) {
             fprintf(stderr, "Error: %s has invalid manifests (above); nothing was %s\n", c.file,
                     apply ? "applied" : "deleted");
@@ -787,10 +825,10 @@ static const char usage_get[] =
     "List objects of the local cluster, as kubectl get (pods of every namespace unless -n is given).\n"
     "\n"
     "Usage:\n"
-    "  zmesh get pods|nodes|services|namespaces [-n NS] [-o wide|json] [--state-dir DIR]\n";
+    "  zmesh get pods|nodes|services|namespaces|gateways [-n NS] [-o wide|json] [--state-dir DIR]\n";
 
 /* Every api/ object of a kind, sorted by namespace and name (the file names sort that way). */
-static json_t *api_list(const char *state, const char *kind, const char *ns)
+json_t *up_api_list(const char *state, const char *kind, const char *ns)
 {
     char dir[CLUSTER_PATH_MAX + 8], prefix[64];
     snprintf(dir, sizeof(dir), "%s/api", state);
@@ -816,7 +854,7 @@ static json_t *api_list(const char *state, const char *kind, const char *ns)
     return out;
 }
 
-static json_t *api_get(const char *state, const char *kind, const char *ns, const char *name)
+json_t *up_api_get(const char *state, const char *kind, const char *ns, const char *name)
 {
     char f[CLUSTER_PATH_MAX], p[CLUSTER_PATH_MAX * 3];
     cluster_api_file(kind, ns, name, f, sizeof(f));
@@ -847,7 +885,7 @@ static const char *pod_mode(const char *state, const json_t *pod)
     const char *pl = label(pod, "istio.io/dataplane-mode");
     if (pl && !strcmp(pl, "ambient")) return "ambient";
     if (pl && !strcmp(pl, "none")) return "none";
-    json_t *ns = api_get(state, "Namespace", "", cluster_obj_ns(pod));
+    json_t *ns = up_api_get(state, "Namespace", "", cluster_obj_ns(pod));
     const char *nl = ns ? label(ns, "istio.io/dataplane-mode") : NULL;
     const char *m = nl && !strcmp(nl, "ambient") ? "ambient" : "none";
     json_decref(ns);
@@ -897,7 +935,7 @@ int cmd_get(int argc, char **argv)
         fprintf(stderr, "Error: no cluster in %s (zmesh up <dir> --state-dir %s)\n", c.state, c.state);
         return 1;
     }
-    json_t *list = api_list(c.state, kind, cluster_kind_cluster_scoped(kind) ? NULL : c.ns), *o;
+    json_t *list = up_api_list(c.state, kind, cluster_kind_cluster_scoped(kind) ? NULL : c.ns), *o;
     if (name) {
         json_t *one = json_array();
         size_t i;
@@ -1000,6 +1038,32 @@ int cmd_get(int argc, char **argv)
                                  *sel ? sel : "<none>"};
             zc_table_row(t, row + off);
         }
+    } else if (!strcmp(kind, "Gateway")) {
+        /* The Gateway CRD's printer columns (gateway-api config/crd: CLASS, ADDRESS, PROGRAMMED, AGE). */
+        static const char *const h[] = {"NAMESPACE", "NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"};
+        size_t off = show_ns ? 0 : 1;
+        t = zc_table_new(6 - off, 3);
+        zc_table_row(t, h + off);
+        json_array_foreach(list, i, o)
+        {
+            const json_t *st = json_object_get(o, "status"), *cond;
+            const char *cls =
+                json_string_value(json_object_get(json_object_get(o, "spec"), "gatewayClassName"));
+            const char *addr = json_string_value(
+                json_object_get(json_array_get(json_object_get(st, "addresses"), 0), "value"));
+            const char *prog = "";
+            size_t k;
+            json_array_foreach(json_object_get(st, "conditions"), k, cond)
+            {
+                const char *ty = json_string_value(json_object_get(cond, "type"));
+                const char *v = json_string_value(json_object_get(cond, "status"));
+                if (ty && v && !strcmp(ty, "Programmed")) prog = v;
+            }
+            age(o, a, sizeof(a));
+            const char *row[] = {
+                cluster_obj_ns(o), cluster_obj_name(o), cls ? cls : "", addr ? addr : "", prog, a};
+            zc_table_row(t, row + off);
+        }
     } else if (!strcmp(kind, "Namespace")) {
         static const char *const h[] = {"NAME", "STATUS", "AGE", "DATAPLANE-MODE"};
         t = zc_table_new(wide ? 4 : 3, 3);
@@ -1063,7 +1127,7 @@ int cmd_exec(int argc, char **argv)
         fprintf(stderr, "Error: %s\n", err);
         return 1;
     }
-    json_t *o = api_get(c.state, "Pod", ns, pod);
+    json_t *o = up_api_get(c.state, "Pod", ns, pod);
     if (!o) {
         fprintf(stderr, "Error: pod \"%s\" not found in namespace %s\n", pod, ns);
         return 1;
@@ -1123,7 +1187,7 @@ int cmd_logs(int argc, char **argv)
         snprintf(path, sizeof(path), "%s/logs/%.*s-%s.log", c.state, (int)(slash - what), what, slash + 1);
     else {
         if (slash && !strncmp(what, "pod/", 4)) what += 4;
-        json_t *o = api_get(c.state, "Pod", ns, what);
+        json_t *o = up_api_get(c.state, "Pod", ns, what);
         if (!o) {
             fprintf(stderr, "Error: pod \"%s\" not found in namespace %s\n", what, ns);
             return 1;
@@ -1189,7 +1253,7 @@ int cmd_label(int argc, char **argv)
     if (!kind || (strcmp(kind, "Namespace") && strcmp(kind, "Pod")))
         return usage(usage_label, "zmesh labels namespaces and pods, not \"%s\"", argv[optind]);
     const char *name = argv[optind + 1], *ns = !strcmp(kind, "Pod") ? (c.ns ? c.ns : "default") : "";
-    json_t *cur = api_get(c.state, kind, ns, name);
+    json_t *cur = up_api_get(c.state, kind, ns, name);
     if (!cur) {
         fprintf(stderr, "Error: %s \"%s\" not found\n", !strcmp(kind, "Pod") ? "pods" : "namespaces", name);
         return 1;
@@ -1318,8 +1382,9 @@ int cmd_rollout(int argc, char **argv)
         }
         json_decref(st);
         if (cluster_now_ms() > deadline) {
-            fprintf(stderr, "Error: the new ztunnel on %s is not ready after 60s; see zmesh logs ztunnel/%s\n",
-                    node, node);
+            fprintf(stderr,
+                    "Error: the new ztunnel on %s is not ready after 60s; see zmesh logs ztunnel/%s\n", node,
+                    node);
             return 1;
         }
         usleep(100 * 1000);

@@ -325,6 +325,158 @@ TYPE_URLS = {
     "type.googleapis.com/istio.workload.Address": "istio.workload.Address",
     "type.googleapis.com/istio.security.Authorization": "istio.security.Authorization",
 }
+# zmesh's own L7 types (the waypoint's routes and policies), written down from proto/zmesh/l7.proto.
+ZMESH_L7_MESSAGES = {
+    'zmesh.v1.HTTPRoute': [
+        ('kind', 1, 'zmesh.v1.HTTPRoute.Kind'),
+        ('namespace', 2, 'string'),
+        ('name', 3, 'string'),
+        ('creation_timestamp', 4, 'int64'),
+        ('parents', 5, 'repeated zmesh.v1.ParentRef'),
+        ('hostnames', 6, 'repeated string'),
+        ('rules', 7, 'repeated zmesh.v1.RouteRule'),
+    ],
+    'zmesh.v1.ParentRef': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('port', 3, 'uint32'),
+    ],
+    'zmesh.v1.RouteRule': [
+        ('name', 1, 'string'),
+        ('matches', 2, 'repeated zmesh.v1.RouteMatch'),
+        ('filters', 3, 'repeated zmesh.v1.RouteFilter'),
+        ('backends', 4, 'repeated zmesh.v1.Backend'),
+        ('timeouts', 5, 'zmesh.v1.Timeouts'),
+    ],
+    'zmesh.v1.StringMatch': [
+        ('type', 1, 'zmesh.v1.StringMatch.Type'),
+        ('value', 2, 'string'),
+    ],
+    'zmesh.v1.NamedMatch': [
+        ('type', 1, 'zmesh.v1.StringMatch.Type'),
+        ('name', 2, 'string'),
+        ('value', 3, 'string'),
+    ],
+    'zmesh.v1.RouteMatch': [
+        ('path', 1, 'zmesh.v1.StringMatch'),
+        ('headers', 2, 'repeated zmesh.v1.NamedMatch'),
+        ('query_params', 3, 'repeated zmesh.v1.NamedMatch'),
+        ('method', 4, 'string'),
+        ('grpc_type', 5, 'zmesh.v1.StringMatch.Type'),
+        ('grpc_service', 6, 'string'),
+        ('grpc_method', 7, 'string'),
+    ],
+    'zmesh.v1.HeaderValue': [
+        ('name', 1, 'string'),
+        ('value', 2, 'string'),
+    ],
+    'zmesh.v1.HeaderModifier': [
+        ('set', 1, 'repeated zmesh.v1.HeaderValue'),
+        ('add', 2, 'repeated zmesh.v1.HeaderValue'),
+        ('remove', 3, 'repeated string'),
+    ],
+    'zmesh.v1.PathModifier': [
+        ('type', 1, 'zmesh.v1.PathModifier.Type'),
+        ('value', 2, 'string'),
+    ],
+    'zmesh.v1.RequestRedirect': [
+        ('scheme', 1, 'string'),
+        ('hostname', 2, 'string'),
+        ('path', 3, 'zmesh.v1.PathModifier'),
+        ('port', 4, 'uint32'),
+        ('status_code', 5, 'uint32'),
+    ],
+    'zmesh.v1.URLRewrite': [
+        ('hostname', 1, 'string'),
+        ('path', 2, 'zmesh.v1.PathModifier'),
+    ],
+    'zmesh.v1.RequestMirror': [
+        ('backend', 1, 'zmesh.v1.BackendRef'),
+        ('numerator', 2, 'uint32'),
+        ('denominator', 3, 'uint32'),
+    ],
+    'zmesh.v1.RouteFilter': [
+        ('request_header_modifier', 1, 'zmesh.v1.HeaderModifier'),
+        ('response_header_modifier', 2, 'zmesh.v1.HeaderModifier'),
+        ('request_redirect', 3, 'zmesh.v1.RequestRedirect'),
+        ('url_rewrite', 4, 'zmesh.v1.URLRewrite'),
+        ('request_mirror', 5, 'zmesh.v1.RequestMirror'),
+    ],
+    'zmesh.v1.BackendRef': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('port', 3, 'uint32'),
+    ],
+    'zmesh.v1.Backend': [
+        ('service', 1, 'zmesh.v1.BackendRef'),
+        ('weight', 2, 'uint32'),
+        ('filters', 3, 'repeated zmesh.v1.RouteFilter'),
+    ],
+    'zmesh.v1.Timeouts': [
+        ('request_ms', 1, 'uint64'),
+        ('backend_request_ms', 2, 'uint64'),
+    ],
+    'zmesh.v1.L7Authorization': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('targets', 3, 'repeated zmesh.v1.PolicyTarget'),
+        ('action', 4, 'zmesh.v1.L7Authorization.Action'),
+        ('dry_run', 5, 'bool'),
+        ('rules', 6, 'repeated zmesh.v1.L7Rule'),
+    ],
+    'zmesh.v1.PolicyTarget': [
+        ('kind', 1, 'zmesh.v1.PolicyTarget.Kind'),
+        ('namespace', 2, 'string'),
+        ('name', 3, 'string'),
+    ],
+    'zmesh.v1.Source': [
+        ('principals', 1, 'repeated string'),
+        ('not_principals', 2, 'repeated string'),
+        ('request_principals', 3, 'repeated string'),
+        ('not_request_principals', 4, 'repeated string'),
+        ('namespaces', 5, 'repeated string'),
+        ('not_namespaces', 6, 'repeated string'),
+        ('ip_blocks', 7, 'repeated string'),
+        ('not_ip_blocks', 8, 'repeated string'),
+        ('remote_ip_blocks', 9, 'repeated string'),
+        ('not_remote_ip_blocks', 10, 'repeated string'),
+        ('service_accounts', 11, 'repeated string'),
+        ('not_service_accounts', 12, 'repeated string'),
+    ],
+    'zmesh.v1.Operation': [
+        ('hosts', 1, 'repeated string'),
+        ('not_hosts', 2, 'repeated string'),
+        ('ports', 3, 'repeated string'),
+        ('not_ports', 4, 'repeated string'),
+        ('methods', 5, 'repeated string'),
+        ('not_methods', 6, 'repeated string'),
+        ('paths', 7, 'repeated string'),
+        ('not_paths', 8, 'repeated string'),
+    ],
+    'zmesh.v1.Condition': [
+        ('key', 1, 'string'),
+        ('values', 2, 'repeated string'),
+        ('not_values', 3, 'repeated string'),
+    ],
+    'zmesh.v1.L7Rule': [
+        ('from', 1, 'repeated zmesh.v1.Source'),
+        ('to', 2, 'repeated zmesh.v1.Operation'),
+        ('when', 3, 'repeated zmesh.v1.Condition'),
+    ],
+}
+MESSAGES.update(ZMESH_L7_MESSAGES)
+ZMESH_L7_ENUMS = {
+    'zmesh.v1.HTTPRoute.Kind': [('HTTP', 0), ('GRPC', 1)],
+    'zmesh.v1.StringMatch.Type': [('EXACT', 0), ('PREFIX', 1), ('REGEX', 2)],
+    'zmesh.v1.PathModifier.Type': [('NONE', 0), ('FULL', 1), ('PREFIX_MATCH', 2)],
+    'zmesh.v1.L7Authorization.Action': [('ALLOW', 0), ('DENY', 1), ('AUDIT', 2)],
+    'zmesh.v1.PolicyTarget.Kind': [('GATEWAY', 0), ('SERVICE', 1)],
+}
+ZMESH_L7_ONEOFS = {
+    'zmesh.v1.RouteFilter': {'kind': ['request_header_modifier', 'response_header_modifier', 'request_redirect', 'url_rewrite', 'request_mirror']},
+}
+ENUMS.update(ZMESH_L7_ENUMS)
+ONEOFS.update(ZMESH_L7_ONEOFS)
 # Packages of the well-known types, which come from the protobuf installation, not from proto/.
 WKT_PACKAGE = "google.protobuf"
 

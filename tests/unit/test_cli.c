@@ -23,6 +23,7 @@
 
 #include "cli/http_get.h"
 #include "cli/ps.h"
+#include "cli/waypoint.h"
 #include "cli/zc.h"
 
 #define DUMP_PATH "tests/unit/zc_dump.json"
@@ -628,6 +629,410 @@ static void test_ps_human_duration(void **state)
     }
 }
 
+/* ---- waypoints (src/cli/waypoint.c) ---- */
+
+/* istioctl waypoint generate: sigs.k8s.io/yaml's keys sorted, the label only with --for, the namespace only
+ * with -n (istioctl/pkg/waypoint/waypoint.go). */
+static void test_wp_generate(void **state)
+{
+    (void)state;
+    json_t *gw = wp_gateway_make(NULL, "waypoint", NULL);
+    char *y = wp_yaml(gw);
+    assert_string_equal(y, "apiVersion: gateway.networking.k8s.io/v1\n"
+                           "kind: Gateway\n"
+                           "metadata:\n"
+                           "  name: waypoint\n"
+                           "spec:\n"
+                           "  gatewayClassName: istio-waypoint\n"
+                           "  listeners:\n"
+                           "  - name: mesh\n"
+                           "    port: 15008\n"
+                           "    protocol: HBONE\n");
+    free(y);
+    json_decref(gw);
+    gw = wp_gateway_make("shop", "wp", "all");
+    y = wp_yaml(gw);
+    assert_string_equal(y, "apiVersion: gateway.networking.k8s.io/v1\n"
+                           "kind: Gateway\n"
+                           "metadata:\n"
+                           "  labels:\n"
+                           "    istio.io/waypoint-for: all\n"
+                           "  name: wp\n"
+                           "  namespace: shop\n"
+                           "spec:\n"
+                           "  gatewayClassName: istio-waypoint\n"
+                           "  listeners:\n"
+                           "  - name: mesh\n"
+                           "    port: 15008\n"
+                           "    protocol: HBONE\n");
+    free(y);
+    assert_true(wp_is_waypoint(gw));
+    json_decref(gw);
+    /* A string YAML would read as a number or a boolean is quoted, as yaml.v2 does. */
+    json_t *o = json_pack("{s:s,s:s,s:i}", "a", "15008", "b", "true", "c", 7);
+    y = wp_yaml(o);
+    assert_string_equal(y, "a: \"15008\"\nb: \"true\"\nc: 7\n");
+    free(y);
+    json_decref(o);
+}
+
+static json_t *gw_with(const char *ns, const char *name, const char *cls, const char *prog,
+                       const char *for_type, const char *rev)
+{
+    json_t *gw = wp_gateway_make(ns, name, for_type);
+    json_object_set_new(json_object_get(gw, "spec"), "gatewayClassName", json_string(cls));
+    if (rev) {
+        json_t *md = json_object_get(gw, "metadata");
+        if (!json_object_get(md, "labels")) json_object_set_new(md, "labels", json_object());
+        json_object_set_new(json_object_get(md, "labels"), WP_LABEL_REV, json_string(rev));
+    }
+    if (prog)
+        json_object_set_new(gw, "status",
+                            json_pack("{s:[{s:s,s:s}]}", "conditions", "type", "Programmed", "status", prog));
+    return gw;
+}
+
+static char *render_wp(int (*fn)(FILE *, const json_t *, bool), const json_t *gws, bool flag)
+{
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *out = open_memstream(&buf, &n);
+    assert_non_null(out);
+    assert_int_equal(fn(out, gws, flag), 0);
+    fclose(out);
+    return buf;
+}
+
+/* istioctl's list (its testdata "combined-gateway", with the TRAFFIC TYPE column istioctl has since added):
+ * sorted by namespace then name, other classes left out, REVISION "default" without istio.io/rev, TRAFFIC
+ * TYPE "none" without the label, PROGRAMMED from the condition ("False" without one); tabwriter padding 5. */
+static void test_wp_list(void **state)
+{
+    (void)state;
+    json_t *gws = json_array();
+    json_array_append_new(gws, gw_with("default", "bookinfo", WP_CLASS, "False", NULL, NULL));
+    json_array_append_new(gws, gw_with("fake", "bookinfo-invalid", "other", "True", NULL, NULL));
+    json_array_append_new(gws, gw_with("bookinfo", "bookinfo-valid", WP_CLASS, "True", "service", NULL));
+    json_array_append_new(gws, gw_with("default", "waypoint", WP_CLASS, NULL, NULL, NULL));
+    json_array_append_new(gws, gw_with("bookinfo", "bookinfo-rev", WP_CLASS, "True", NULL, "rev1"));
+    char *s = render_wp(wp_list_render, gws, true);
+    assert_string_equal(s, "NAMESPACE     NAME               REVISION     TRAFFIC TYPE     PROGRAMMED\n"
+                           "bookinfo      bookinfo-rev       rev1         none             True\n"
+                           "bookinfo      bookinfo-valid     default      service          True\n"
+                           "default       bookinfo           default      none             False\n"
+                           "default       waypoint           default      none             False\n");
+    free(s);
+    s = render_wp(wp_list_render, gws, false);
+    assert_string_equal(s, "NAME               REVISION     TRAFFIC TYPE     PROGRAMMED\n"
+                           "bookinfo-rev       rev1         none             True\n"
+                           "bookinfo-valid     default      service          True\n"
+                           "bookinfo           default      none             False\n"
+                           "waypoint           default      none             False\n");
+    free(s);
+    json_decref(gws);
+    gws = json_array();
+    s = render_wp(wp_list_render, gws, false);
+    assert_string_equal(s, "No waypoints found.\n");
+    free(s);
+    /* As istioctl: Gateways of other classes only give the header (its emptiness check comes first). */
+    json_array_append_new(gws, gw_with("default", "ingress", "istio", "True", NULL, NULL));
+    s = render_wp(wp_list_render, gws, false);
+    assert_string_equal(s, "NAME     REVISION     TRAFFIC TYPE     PROGRAMMED\n");
+    free(s);
+    json_decref(gws);
+}
+
+/* istioctl's testdata "waypoint-status-notready" byte for byte (an empty REASON padded, the last cell not),
+ * then one row per condition with the NAMESPACE column. */
+static void test_wp_status_table(void **state)
+{
+    (void)state;
+    json_t *gws = json_array();
+    json_array_append_new(gws, gw_with("default", "waypoint", WP_CLASS, "False", NULL, NULL));
+    char *s = render_wp(wp_status_render, gws, false);
+    assert_string_equal(s, "NAME         STATUS     TYPE           REASON     MESSAGE\n"
+                           "waypoint     False      Programmed                \n");
+    free(s);
+    json_t *gw = json_array_get(gws, 0);
+    json_object_set_new(gw, "status", wp_gateway_status(gw, false, "2026-01-01T00:00:00Z"));
+    s = render_wp(wp_status_render, gws, true);
+    assert_string_equal(
+        s, "NAMESPACE     NAME         STATUS     TYPE           REASON                 MESSAGE\n"
+           "default       waypoint     True       Accepted       Accepted               Resource "
+           "accepted\n"
+           "default       waypoint     False      Programmed     AddressNotAssigned     Failed to "
+           "assign to any requested addresses: no instances found for hostname "
+           "\"waypoint.default.svc.cluster.local\"\n");
+    free(s);
+    json_decref(gws);
+}
+
+static const char *env_of(const json_t *pod, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(
+        json_object_get(json_array_get(json_object_get(json_object_get(pod, "spec"), "containers"), 0),
+                        "env"),
+        i, e) if (!strcmp(json_string_value(json_object_get(e, "name")),
+                          name)) return json_string_value(json_object_get(e, "value"));
+    return NULL;
+}
+
+static const char *lbl(const json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(o, "metadata"), "labels"), k));
+}
+
+/* The objects istiod's template makes, named after the Gateway (or its annotations), labelled as managed. */
+static void test_wp_managed_objects(void **state)
+{
+    (void)state;
+    json_t *gw = wp_gateway_make("shop", "wp", NULL);
+    json_object_set_new(json_object_get(gw, "metadata"), "uid", json_string("gw-uid"));
+    json_t *sa = wp_service_account(gw), *svc = wp_service(gw);
+    assert_string_equal(json_string_value(json_object_get(sa, "kind")), "ServiceAccount");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(sa, "metadata"), "name")), "wp");
+    assert_string_equal(lbl(sa, WP_LABEL_MANAGED), "istio.io-mesh-controller");
+    assert_string_equal(lbl(svc, WP_LABEL_GATEWAY_NAME), "wp");
+    json_t *owner = json_array_get(json_object_get(json_object_get(svc, "metadata"), "ownerReferences"), 0);
+    assert_string_equal(json_string_value(json_object_get(owner, "uid")), "gw-uid");
+    json_t *want_ports =
+        json_loads("[{\"name\":\"status-port\",\"port\":15021,\"protocol\":\"TCP\",\"appProtocol\":"
+                   "\"tcp\"},{\"name\":\"mesh\",\"port\":15008,\"protocol\":\"TCP\",\"appProtocol\":"
+                   "\"hbone\"}]",
+                   0, NULL);
+    json_t *spec = json_object_get(svc, "spec");
+    assert_true(json_equal(json_object_get(spec, "ports"), want_ports));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(spec, "selector"), WP_LABEL_GATEWAY_NAME)), "wp");
+    assert_null(json_object_get(spec, "clusterIP")); /* allocated by the API server, as for any Service */
+    json_decref(want_ports);
+    struct wp_pod_params pp = {.pod_name = "wp-bcdfghjklm-npqrs",
+                               .pod_uid = "pod-uid",
+                               .node = "node2",
+                               .bin_dir = "/b",
+                               .xds = "https://172.30.0.1:15012",
+                               .root_ca = "/s/zmeshd/root-cert.pem",
+                               .token = "/s/pods/shop_wp-bcdfghjklm-npqrs/istio-token",
+                               .workdir = "/s"};
+    json_t *pod = wp_pod(gw, &pp);
+    assert_string_equal(lbl(pod, "istio.io/dataplane-mode"), "none");
+    assert_string_equal(lbl(pod, "sidecar.istio.io/inject"), "false");
+    assert_string_equal(lbl(pod, "service.istio.io/canonical-name"), "wp");
+    assert_string_equal(lbl(pod, WP_LABEL_GATEWAY_NAME), "wp");
+    assert_string_equal(lbl(pod, WP_LABEL_MANAGED), WP_MANAGED_VALUE);
+    assert_true(wp_managed_by(pod, "shop", "wp"));
+    assert_false(wp_managed_by(pod, "other", "wp"));
+    assert_false(wp_managed_by(pod, "shop", "wp2"));
+    json_t *ps = json_object_get(pod, "spec"), *c = json_array_get(json_object_get(ps, "containers"), 0);
+    assert_string_equal(json_string_value(json_object_get(ps, "serviceAccountName")), "wp");
+    assert_string_equal(json_string_value(json_object_get(ps, "nodeName")), "node2");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(c, "command"), 0)), "/b/waypoint");
+    json_t *probe = json_object_get(json_object_get(c, "readinessProbe"), "httpGet");
+    assert_string_equal(json_string_value(json_object_get(probe, "path")), "/healthz/ready");
+    assert_int_equal(json_integer_value(json_object_get(probe, "port")), 15021);
+    static const char *const env[][2] = {
+        {"XDS_ADDRESS", "https://172.30.0.1:15012"},
+        {"CA_ADDRESS", "https://172.30.0.1:15012"},
+        {"XDS_ROOT_CA", "/s/zmeshd/root-cert.pem"},
+        {"CA_ROOT_CA", "/s/zmeshd/root-cert.pem"},
+        {"ALT_XDS_HOSTNAME", "istiod.istio-system.svc"},
+        {"ALT_CA_HOSTNAME", "istiod.istio-system.svc"},
+        {"AUTH_TOKEN", "/s/pods/shop_wp-bcdfghjklm-npqrs/istio-token"},
+        {"POD_NAME", "wp-bcdfghjklm-npqrs"},
+        {"POD_NAMESPACE", "shop"},
+        {"SERVICE_ACCOUNT", "wp"},
+        {"NODE_NAME", "node2"},
+        {"TRUST_DOMAIN", "cluster.local"},
+        {"CLUSTER_ID", "Kubernetes"},
+        {"GATEWAY_NAME", "wp"},
+    };
+    for (size_t i = 0; i < sizeof(env) / sizeof(env[0]); i++) {
+        assert_non_null(env_of(pod, env[i][0]));
+        assert_string_equal(env_of(pod, env[i][0]), env[i][1]);
+    }
+    json_decref(pod);
+    json_decref(sa);
+    json_decref(svc);
+    /* The annotations rename the deployment (Service, pod prefix, canonical name) and the service account. */
+    json_object_set_new(
+        json_object_get(gw, "metadata"), "annotations",
+        json_pack("{s:s,s:s}", WP_ANN_NAME_OVERRIDE, "wp-x", WP_ANN_SERVICE_ACCOUNT, "wp-sa"));
+    char d[64], a[64];
+    wp_names(gw, d, sizeof(d), a, sizeof(a));
+    assert_string_equal(d, "wp-x");
+    assert_string_equal(a, "wp-sa");
+    sa = wp_service_account(gw);
+    svc = wp_service(gw);
+    pod = wp_pod(gw, &pp);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(sa, "metadata"), "name")), "wp-sa");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(svc, "metadata"), "name")), "wp-x");
+    assert_string_equal(lbl(svc, WP_LABEL_GATEWAY_NAME), "wp"); /* the Gateway's name, not the override */
+    assert_string_equal(env_of(pod, "SERVICE_ACCOUNT"), "wp-sa");
+    assert_string_equal(lbl(pod, "service.istio.io/canonical-name"), "wp-x");
+    json_decref(pod);
+    json_decref(sa);
+    json_decref(svc);
+    json_decref(gw);
+    /* A Deployment's pod name: <deploy>-<10>-<5> from Kubernetes' alphabet; a long name is cut to 58 first.
+     */
+    unsigned char rnd[15] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14};
+    char pn[128];
+    wp_pod_name("wp", rnd, pn, sizeof(pn));
+    assert_string_equal(pn, "wp-bcdfghjklm-npqrs");
+    char longname[64];
+    memset(longname, 'a', 63);
+    longname[63] = '\0';
+    wp_pod_name(longname, rnd, pn, sizeof(pn));
+    assert_int_equal(strlen(pn), 63);
+    assert_string_equal(pn + 58, "npqrs");
+}
+
+/* Status as istiod writes it: not ready, then ready (addresses, Programmed True), then not ready again; an
+ * unchanged input gives an equal object, and lastTransitionTime moves only when a condition's status does. */
+static void test_wp_status_transitions(void **state)
+{
+    (void)state;
+    json_t *gw = wp_gateway_make("shop", "wp", NULL);
+    json_t *st = wp_gateway_status(gw, false, "2026-01-01T00:00:00Z");
+    assert_null(json_object_get(st, "addresses"));
+    json_t *c0 = json_array_get(json_object_get(st, "conditions"), 0),
+           *c1 = json_array_get(json_object_get(st, "conditions"), 1);
+    assert_string_equal(json_string_value(json_object_get(c0, "type")), "Accepted");
+    assert_string_equal(json_string_value(json_object_get(c0, "status")), "True");
+    assert_string_equal(json_string_value(json_object_get(c0, "reason")), "Accepted");
+    assert_string_equal(json_string_value(json_object_get(c1, "type")), "Programmed");
+    assert_string_equal(json_string_value(json_object_get(c1, "status")), "False");
+    assert_string_equal(json_string_value(json_object_get(c1, "reason")), "AddressNotAssigned");
+    assert_string_equal(json_string_value(json_object_get(c1, "message")),
+                        "Failed to assign to any requested addresses: no instances found for hostname "
+                        "\"wp.shop.svc.cluster.local\"");
+    json_object_set_new(gw, "status", st);
+    assert_false(wp_programmed(gw));
+    /* Nothing changed, a later time: the same object (the controller does not rewrite the file). */
+    json_t *again = wp_gateway_status(gw, false, "2026-01-01T00:05:00Z");
+    assert_true(json_equal(again, json_object_get(gw, "status")));
+    json_decref(again);
+    json_t *rd = wp_gateway_status(gw, true, "2026-01-01T00:10:00Z");
+    json_t *addr = json_array_get(json_object_get(rd, "addresses"), 0);
+    assert_string_equal(json_string_value(json_object_get(addr, "type")), "Hostname");
+    assert_string_equal(json_string_value(json_object_get(addr, "value")), "wp.shop.svc.cluster.local");
+    c0 = json_array_get(json_object_get(rd, "conditions"), 0);
+    c1 = json_array_get(json_object_get(rd, "conditions"), 1);
+    assert_string_equal(json_string_value(json_object_get(c0, "lastTransitionTime")), "2026-01-01T00:00:00Z");
+    assert_string_equal(json_string_value(json_object_get(c1, "status")), "True");
+    assert_string_equal(json_string_value(json_object_get(c1, "reason")), "Programmed");
+    assert_string_equal(json_string_value(json_object_get(c1, "message")),
+                        "Resource programmed, assigned to service(s) wp.shop.svc.cluster.local:15008");
+    assert_string_equal(json_string_value(json_object_get(c1, "lastTransitionTime")), "2026-01-01T00:10:00Z");
+    json_object_set_new(gw, "status", rd);
+    assert_true(wp_programmed(gw));
+    json_t *down = wp_gateway_status(gw, false, "2026-01-01T00:20:00Z");
+    assert_null(json_object_get(down, "addresses"));
+    c1 = json_array_get(json_object_get(down, "conditions"), 1);
+    assert_string_equal(json_string_value(json_object_get(c1, "status")), "False");
+    assert_string_equal(json_string_value(json_object_get(c1, "lastTransitionTime")), "2026-01-01T00:20:00Z");
+    json_decref(down);
+    /* Two listener ports: istiod's humanReadableJoin ("a and b"), sorted as text. */
+    json_array_append_new(json_object_get(json_object_get(gw, "spec"), "listeners"),
+                          json_pack("{s:s,s:i,s:s}", "name", "http", "port", 8080, "protocol", "HTTP"));
+    rd = wp_gateway_status(gw, true, "2026-01-01T00:30:00Z");
+    c1 = json_array_get(json_object_get(rd, "conditions"), 1);
+    assert_string_equal(json_string_value(json_object_get(c1, "message")),
+                        "Resource programmed, assigned to service(s) wp.shop.svc.cluster.local:15008 and "
+                        "wp.shop.svc.cluster.local:8080");
+    json_decref(rd);
+    json_t *svc = wp_service(gw);
+    json_t *p2 = json_array_get(json_object_get(json_object_get(svc, "spec"), "ports"), 2);
+    assert_string_equal(json_string_value(json_object_get(p2, "name")), "http");
+    assert_string_equal(json_string_value(json_object_get(p2, "appProtocol")), "http");
+    json_decref(svc);
+    json_decref(gw);
+}
+
+/* What the controller refuses names the field; what it does not act on is a warning. */
+static void test_wp_check(void **state)
+{
+    (void)state;
+    char err[300];
+    json_t *w = json_array();
+    json_t *gw = wp_gateway_make("shop", "wp", NULL);
+    assert_int_equal(wp_gateway_check(gw, err, sizeof(err), w), 0);
+    assert_int_equal(json_array_size(w), 0);
+    json_object_set_new(json_object_get(gw, "spec"), "addresses", json_pack("[{s:s}]", "value", "1.2.3.4"));
+    assert_int_equal(wp_gateway_check(gw, err, sizeof(err), w), 0);
+    assert_int_equal(json_array_size(w), 1);
+    assert_non_null(strstr(json_string_value(json_array_get(w, 0)), "spec.addresses"));
+    json_t *l0 = json_array_get(json_object_get(json_object_get(gw, "spec"), "listeners"), 0);
+    json_object_set_new(l0, "port", json_integer(70000));
+    assert_int_equal(wp_gateway_check(gw, err, sizeof(err), NULL), -EINVAL);
+    assert_string_equal(err,
+                        "gateway/wp (namespace shop): spec.listeners[0].port: expected an integer 1-65535");
+    json_object_set_new(l0, "port", json_integer(15008));
+    json_object_set_new(json_object_get(gw, "metadata"), "annotations",
+                        json_pack("{s:s}", WP_ANN_NAME_OVERRIDE, "Not_A_Label"));
+    assert_int_equal(wp_gateway_check(gw, err, sizeof(err), NULL), -EINVAL);
+    assert_non_null(strstr(err, "metadata.annotations.gateway.istio.io/name-override"));
+    json_object_del(json_object_get(gw, "metadata"), "annotations");
+    json_object_set_new(json_object_get(gw, "metadata"), "labels",
+                        json_pack("{s:s}", WP_LABEL_FOR, "everything"));
+    assert_int_equal(wp_gateway_check(gw, err, sizeof(err), NULL), -EINVAL);
+    assert_non_null(strstr(err, "metadata.labels.istio.io/waypoint-for"));
+    json_decref(gw);
+    json_decref(w);
+    /* Classes and API groups. */
+    json_t *o = json_pack("{s:s,s:s,s:{s:s}}", "apiVersion", "networking.istio.io/v1", "kind", "Gateway",
+                          "spec", "gatewayClassName", WP_CLASS);
+    assert_false(wp_is_gateway(o)); /* Istio's own Gateway kind is another API */
+    json_object_set_new(o, "apiVersion", json_string("gateway.networking.k8s.io/v1beta1"));
+    assert_true(wp_is_waypoint(o));
+    json_decref(o);
+}
+
+/* Usage errors exit 2 with istioctl's messages; a missing cluster is a failure (1) that says what to do. */
+static void test_wp_usage(void **state)
+{
+    (void)state;
+    setenv("ZMESH_STATE_DIR", "/nonexistent/zmesh-unit", 1);
+    struct {
+        int rc;
+        const char *argv[8];
+    } cases[] = {
+        {2, {"waypoint", NULL}},
+        {2, {"waypoint", "frobnicate", NULL}},
+        {2, {"waypoint", "list", "--all", NULL}},
+        {2, {"waypoint", "generate", "--enroll-namespace", NULL}},
+        {2, {"waypoint", "apply", "--for", "bogus", NULL}},
+        {2, {"waypoint", "apply", "--name", "none", NULL}},
+        {2, {"waypoint", "apply", "--name", "Bad_Name", NULL}},
+        {2, {"waypoint", "apply", "--overwrite", NULL}},
+        {2, {"waypoint", "apply", "--waypoint-timeout", "soon", NULL}},
+        {2, {"waypoint", "apply", "-r", "canary", NULL}},
+        {2, {"waypoint", "apply", "extra", NULL}},
+        {2, {"waypoint", "delete", NULL}},
+        {2, {"waypoint", "delete", "--all", "wp", NULL}},
+        {2, {"waypoint", "delete", "--name", "wp", NULL}},
+        {2, {"waypoint", "status", "-n", NULL}},
+        {0, {"waypoint", "--help", NULL}},
+        {1, {"waypoint", "apply", NULL}},
+        {1, {"waypoint", "list", "-A", NULL}},
+        {1, {"waypoint", "delete", "wp", NULL}},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int argc = 0;
+        while (cases[i].argv[argc])
+            argc++;
+        char *argv[8];
+        for (int k = 0; k <= argc; k++)
+            argv[k] = (char *)cases[i].argv[k];
+        int rc = cmd_waypoint(argc, argv);
+        if (rc != cases[i].rc)
+            fail_msg("case %zu (%s %s): exit %d, want %d", i, argv[1] ? argv[1] : "", argc > 2 ? argv[2] : "",
+                     rc, cases[i].rc);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +1055,13 @@ int main(void)
         cmocka_unit_test(test_ps_namespace),
         cmocka_unit_test(test_ps_bad_input),
         cmocka_unit_test(test_ps_human_duration),
+        cmocka_unit_test(test_wp_generate),
+        cmocka_unit_test(test_wp_list),
+        cmocka_unit_test(test_wp_status_table),
+        cmocka_unit_test(test_wp_managed_objects),
+        cmocka_unit_test(test_wp_status_transitions),
+        cmocka_unit_test(test_wp_check),
+        cmocka_unit_test(test_wp_usage),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,180 @@
+/* The waypoint's L7 model: HTTPRoute/GRPCRoute routing tables and L7 AuthorizationPolicies, built once from the
+ * zmesh.v1 resources (proto/zmesh/l7.proto) into an immutable, reference-counted l7_config that any number of
+ * threads read without locks.
+ *
+ * Memory: everything reachable from an l7_config (rules, backends, filters, strings) is owned by it and stays
+ * valid until its last reference is dropped with l7_config_unref(). Strings are NUL-terminated and never NULL
+ * ("" when unset). Semantics: Gateway API (kubernetes-sigs/gateway-api apis/v1/httproute_types.go,
+ * grpcroute_types.go) as Istio translates it (istio/istio pilot/pkg/config/kube/gateway/conversion.go). */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define L7_TYPE_URL_HTTP_ROUTE "type.googleapis.com/zmesh.v1.HTTPRoute"
+#define L7_TYPE_URL_AUTHORIZATION "type.googleapis.com/zmesh.v1.L7Authorization"
+
+/* Bounds (Gateway API's CRD maxItems where it has one). A resource beyond one is refused, never truncated. */
+#define L7_MAX_RESOURCE_BYTES (1u << 20)
+#define L7_MAX_PARENTS 32
+#define L7_MAX_RULES 16
+#define L7_MAX_MATCHES 64
+#define L7_MAX_FILTERS 16
+#define L7_MAX_BACKENDS 16
+#define L7_MAX_HEADER_MATCHES 16
+#define L7_MAX_QUERY_MATCHES 16
+#define L7_MAX_HEADER_MODS 16
+#define L7_MAX_STRING 4096
+/* PCRE2 limits per match (pcre2_set_match_limit / pcre2_set_depth_limit): a pattern that backtracks past
+ * them is a non-match, never a stalled worker. PCRE2's defaults are 10,000,000 each. */
+#define L7_REGEX_MATCH_LIMIT 100000u
+#define L7_REGEX_DEPTH_LIMIT 1000u
+/* Longest joined value of one header name that a header match reads (Envoy joins repeats with ","); a
+ * request whose joined value is longer does not match that header match. */
+#define L7_MAX_JOINED_HEADER 16384
+
+struct l7_config;
+struct l7_builder;
+struct l7_service_routes;
+
+/* ---- building ---- */
+
+/* A new, empty builder, or NULL (out of memory). */
+struct l7_builder *l7_builder_new(void);
+/* Adds one resource: pb[0..len) is the protobuf encoding of the message type_url names (L7_TYPE_URL_*), name
+ * its "<namespace>/<name>". On error the resource is left out whole, err gets "HTTPRoute ns/name: rules[0].
+ * matches[1].path.value: ..." and the return is -EINVAL (bad resource), -EEXIST (name added twice),
+ * -EPROTONOSUPPORT (unknown type_url) or -ENOMEM. Nothing of pb is kept. */
+int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb, size_t len,
+                   char *err, size_t errlen);
+/* Derives the indexes and returns the config (refcount 1), or NULL on out of memory. Consumes b either way. */
+struct l7_config *l7_builder_finish(struct l7_builder *b);
+/* Frees a builder that is not finished (NULL is a no-op). */
+void l7_builder_free(struct l7_builder *b);
+
+void l7_config_ref(struct l7_config *c);
+/* Drops a reference; the last one frees everything the config handed out. NULL is a no-op. */
+void l7_config_unref(struct l7_config *c);
+/* How many routes and policies the config holds (for logs and /config_dump). */
+size_t l7_config_n_routes(const struct l7_config *c);
+size_t l7_config_n_policies(const struct l7_config *c);
+
+/* ---- what a matched rule carries ---- */
+
+enum l7_route_kind { L7_ROUTE_HTTP = 0, L7_ROUTE_GRPC = 1 };
+enum l7_filter_kind {
+    L7_FILTER_REQUEST_HEADERS = 1,  /* RequestHeaderModifier */
+    L7_FILTER_RESPONSE_HEADERS = 2, /* ResponseHeaderModifier */
+    L7_FILTER_REDIRECT = 3,         /* RequestRedirect */
+    L7_FILTER_REWRITE = 4,          /* URLRewrite */
+    L7_FILTER_MIRROR = 5,           /* RequestMirror */
+};
+enum l7_path_mod { L7_PATH_KEEP = 0, L7_PATH_FULL = 1, L7_PATH_PREFIX = 2 };
+
+struct l7_kv {
+    const char *name; /* lower-case */
+    const char *value;
+};
+struct l7_header_mod {
+    const struct l7_kv *set, *add;
+    size_t n_set, n_add;
+    const char *const *remove; /* lower-case */
+    size_t n_remove;
+};
+struct l7_redirect {
+    const char *scheme, *hostname; /* "" = the request's */
+    uint8_t path_kind;             /* enum l7_path_mod */
+    const char *path;              /* FULL: the path; PREFIX: the replacement of the matched prefix */
+    uint16_t port;                 /* 0 = unset */
+    uint16_t status;               /* 301, 302, 303, 307, 308 */
+};
+struct l7_rewrite {
+    const char *hostname; /* "" = unchanged */
+    uint8_t path_kind;    /* enum l7_path_mod */
+    const char *path;
+};
+struct l7_mirror {
+    const char *ns, *name;
+    uint16_t port;
+    uint32_t numerator, denominator; /* mirror when rnd % denominator < numerator */
+};
+struct l7_filter {
+    uint8_t kind; /* enum l7_filter_kind */
+    union {
+        struct l7_header_mod headers; /* REQUEST_HEADERS, RESPONSE_HEADERS */
+        struct l7_redirect redirect;
+        struct l7_rewrite rewrite;
+        struct l7_mirror mirror;
+    } u;
+};
+struct l7_backend {
+    const char *ns, *name; /* the Service */
+    uint16_t port;
+    uint32_t weight;
+    const struct l7_filter *filters; /* header modifiers only */
+    size_t n_filters;
+};
+struct l7_rule {
+    const char *name;  /* the rule's name, else "<ns>.<name>.<index>" (for logs) */
+    const char *route; /* "<ns>/<name>" of its route */
+    uint8_t kind;      /* enum l7_route_kind */
+    uint32_t index;    /* position in the route's rules */
+    const struct l7_filter *filters; /* in the order written */
+    size_t n_filters;
+    const struct l7_backend *backends;
+    size_t n_backends;
+    uint64_t total_weight;
+    uint64_t request_timeout_ms, backend_request_timeout_ms; /* 0 = none */
+    const struct l7_redirect *redirect; /* the rule's RequestRedirect, or NULL */
+    const struct l7_rewrite *rewrite;   /* the rule's URLRewrite, or NULL */
+};
+
+/* ---- matching ---- */
+
+struct l7_header {
+    const char *name; /* lower-case */
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+struct l7_request {
+    const char *method;    /* NUL-terminated */
+    const char *path;      /* :path with the query, path_len bytes (need not be NUL-terminated) */
+    size_t path_len;
+    const char *authority; /* NUL-terminated, "" when absent */
+    const struct l7_header *headers;
+    size_t n_headers;
+    bool grpc; /* content-type application/grpc*; not a matching input (Istio's translation has none) */
+};
+
+/* The routes attached to Service svc_ns/svc_name on service port port: those whose parent names the Service
+ * without a port, plus those naming exactly this port. NULL: no route attaches, and the caller sends to the
+ * Service itself (Istio's default route). Borrowed from c. */
+const struct l7_service_routes *l7_routes_for(const struct l7_config *c, const char *svc_ns, const char *svc_name,
+                                              uint16_t port);
+/* The first matching rule in precedence order, or NULL (the caller answers 404, Envoy's NR). */
+const struct l7_rule *l7_match(const struct l7_service_routes *r, const struct l7_request *req);
+/* The same, and *prefix and *prefix_len get the PathPrefix that matched (for ReplacePrefixMatch), or NULL/0 when
+ * the matching match was not a PathPrefix. prefix may be NULL. */
+const struct l7_rule *l7_match_ex(const struct l7_service_routes *r, const struct l7_request *req,
+                                  const char **prefix, size_t *prefix_len);
+/* Weighted backend choice with a caller-provided random number: the index into rule->backends, or -1 when
+ * there are none or every weight is 0 (the caller answers 500). */
+int l7_pick_backend(const struct l7_rule *rule, uint64_t rnd);
+
+/* The path after a path modifier (URLRewrite's or RequestRedirect's): FULL replaces the path, PREFIX replaces
+ * the matched prefix (Gateway API's ReplacePrefixMatch: "/foo/bar" with "/foo" -> "/xyz" is "/xyz/bar", with
+ * "/foo" -> "/" is "/bar"), KEEP copies it; the query is kept. path[0..path_len) is :path with its query.
+ * Writes a NUL-terminated string into out[0..n). Returns its length, -EINVAL (PREFIX without a matched prefix)
+ * or -ENOSPC. */
+int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t prefix_len, const char *path,
+                    size_t path_len, char *out, size_t n);
+/* The Location header of a RequestRedirect: scheme (rd's or req_scheme), host (rd's or the authority's host),
+ * port (rd's; else, when rd sets no scheme, the authority's; omitted when it is the scheme's default 80/443)
+ * and path (l7_rewrite_path). Returns its length, -EINVAL or -ENOSPC. */
+int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_t prefix_len,
+                         const struct l7_request *req, const char *req_scheme, char *out, size_t n);
+
+/* Compiles pattern the way routes and policies do (anchored full match, UTF-8, RE2's feature set) only to
+ * check it: 0, or -EINVAL with the reason in err. For zmeshd's conversion. */
+int l7_regex_check(const char *pattern, char *err, size_t errlen);

@@ -1,0 +1,401 @@
+/* Unit tests for zmeshd's L7 conversion (src/zmeshd/l7.c): Kubernetes YAML (read by manifest_load_json) ->
+ * zmesh.v1 protobuf -> the waypoint's builder -> a match; and every ERROR, WARN and INFO it reports. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "mesh/l7authz.h"
+#include "zmesh/l7.pb-c.h"
+#include "zmeshd/l7.h"
+
+#define MAX_F 16
+struct run {
+    int rc;
+    size_t n;
+    struct {
+        enum manifest_level level;
+        char text[600];
+    } f[MAX_F];
+    uint8_t *pb;
+    size_t len;
+    char name[L7_NAME_MAX];
+};
+
+static void on_finding(void *ud, const struct manifest_finding *f)
+{
+    struct run *r = ud;
+    if (r->n < MAX_F) {
+        r->f[r->n].level = f->level;
+        manifest_finding_format(f, r->f[r->n].text, sizeof(r->f[r->n].text));
+        r->n++;
+    }
+}
+
+static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
+{
+    struct run *r = ud;
+    const char *kind = json_string_value(json_object_get(doc, "kind"));
+    if (kind && strcmp(kind, "AuthorizationPolicy") == 0)
+        r->rc = l7_convert_authz(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
+    else
+        r->rc = l7_convert_route(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
+    return 0;
+}
+
+static void convert(const char *yaml, struct run *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->rc = 1;
+    assert_int_equal(manifest_load_json("in.yaml", yaml, strlen(yaml), on_finding, r, on_doc, r), 0);
+    assert_int_not_equal(r->rc, 1);
+}
+
+static const char *findings(const struct run *r, char *buf, size_t n)
+{
+    size_t w = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < r->n && w < n; i++)
+        w += (size_t)snprintf(buf + w, n - w, "[%d] %s\n", r->f[i].level, r->f[i].text);
+    return buf;
+}
+
+static bool has(const struct run *r, enum manifest_level lvl, const char *text)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (r->f[i].level == lvl && strstr(r->f[i].text, text))
+            return true;
+    return false;
+}
+
+/* ---- the happy paths, end to end ---- */
+
+static const char route_yaml[] =
+    "apiVersion: gateway.networking.k8s.io/v1\n"
+    "kind: HTTPRoute\n"
+    "metadata: {name: reviews, namespace: app, creationTimestamp: \"2024-05-01T10:00:00Z\"}\n"
+    "spec:\n"
+    "  parentRefs:\n"
+    "  - {group: \"\", kind: Service, name: reviews, port: 9080}\n"
+    "  - {name: ingress}\n" /* a Gateway (the default kind): not a waypoint route */
+    "  rules:\n"
+    "  - name: v2-for-jason\n"
+    "    matches:\n"
+    "    - headers: [{name: End-User, value: jason}]\n"
+    "    backendRefs: [{name: reviews-v2, port: 9080}]\n"
+    "  - backendRefs:\n"
+    "    - {name: reviews-v1, port: 9080, weight: 3}\n"
+    "    - {name: reviews-v3, port: 9080, weight: 1}\n"
+    "    timeouts: {request: 1m30s}\n";
+
+static void test_http_route(void **state)
+{
+    (void)state;
+    struct run r;
+    char buf[4096];
+    convert(route_yaml, &r);
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.name, "app/reviews");
+    assert_true(has(&r, MANIFEST_INFO, "spec.parentRefs[1]: parent Gateway app/ingress is not a waypoint attachment"));
+    assert_int_equal(r.n, 1);
+    Zmesh__V1__HTTPRoute *m = zmesh__v1__httproute__unpack(NULL, r.len, r.pb);
+    assert_non_null(m);
+    assert_int_equal(m->creation_timestamp, 1714557600);
+    assert_int_equal(m->n_parents, 1);
+    assert_int_equal(m->parents[0]->port, 9080);
+    assert_int_equal(m->n_rules, 2);
+    /* Defaults: a match with headers only gets PathPrefix "/"; no matches at all gets one such match. */
+    assert_int_equal(m->rules[0]->matches[0]->path->type, ZMESH__V1__STRING_MATCH__TYPE__PREFIX);
+    assert_string_equal(m->rules[0]->matches[0]->path->value, "/");
+    assert_string_equal(m->rules[0]->matches[0]->headers[0]->name, "end-user");
+    assert_int_equal(m->rules[1]->n_matches, 1);
+    assert_string_equal(m->rules[1]->matches[0]->path->value, "/");
+    assert_int_equal(m->rules[1]->timeouts->request_ms, 90000);
+    assert_int_equal(m->rules[1]->backends[0]->weight, 3);
+    zmesh__v1__httproute__free_unpacked(m, NULL);
+
+    struct l7_builder *b = l7_builder_new();
+    char err[512];
+    assert_int_equal(l7_builder_add(b, L7_TYPE_URL_HTTP_ROUTE, r.name, r.pb, r.len, err, sizeof(err)), 0);
+    free(r.pb);
+    struct l7_config *c = l7_builder_finish(b);
+    assert_null(l7_routes_for(c, "app", "reviews", 80)); /* the parent names port 9080 only */
+    const struct l7_service_routes *sr = l7_routes_for(c, "app", "reviews", 9080);
+    assert_non_null(sr);
+    struct l7_header h = {"end-user", 8, "jason", 5};
+    struct l7_request q = {.method = "GET", .path = "/reviews/1", .path_len = 10, .authority = "reviews:9080",
+                           .headers = &h, .n_headers = 1};
+    const struct l7_rule *rule = l7_match(sr, &q);
+    assert_non_null(rule);
+    assert_string_equal(rule->name, "v2-for-jason");
+    q.n_headers = 0;
+    rule = l7_match(sr, &q);
+    assert_string_equal(rule->name, "app.reviews.1");
+    assert_int_equal(l7_pick_backend(rule, 2), 0);
+    assert_int_equal(l7_pick_backend(rule, 3), 1);
+    (void)findings(&r, buf, sizeof(buf));
+    l7_config_unref(c);
+}
+
+static void test_grpc_route(void **state)
+{
+    (void)state;
+    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
+                               "kind: GRPCRoute\n"
+                               "metadata: {name: echo, namespace: app}\n"
+                               "spec:\n"
+                               "  parentRefs: [{group: \"\", kind: Service, name: echo}]\n"
+                               "  rules:\n"
+                               "  - matches: [{method: {service: grpc.Echo, method: Say}}]\n"
+                               "    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: "
+                               "x-via, value: wp}]}}]\n"
+                               "    backendRefs: [{name: echo-v2, port: 50051}]\n"
+                               "  - backendRefs: [{name: echo-v1, port: 50051}]\n";
+    struct run r;
+    convert(yaml, &r);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.n, 0);
+    struct l7_builder *b = l7_builder_new();
+    char err[512];
+    assert_int_equal(l7_builder_add(b, L7_TYPE_URL_HTTP_ROUTE, r.name, r.pb, r.len, err, sizeof(err)), 0);
+    free(r.pb);
+    struct l7_config *c = l7_builder_finish(b);
+    struct l7_request q = {.method = "POST", .path = "/grpc.Echo/Say", .path_len = 14, .authority = "echo", .grpc = true};
+    const struct l7_rule *rule = l7_match(l7_routes_for(c, "app", "echo", 50051), &q);
+    assert_non_null(rule);
+    assert_string_equal(rule->backends[0].name, "echo-v2");
+    assert_int_equal(rule->kind, L7_ROUTE_GRPC);
+    q.path = "/grpc.Echo/Other";
+    q.path_len = 16;
+    rule = l7_match(l7_routes_for(c, "app", "echo", 50051), &q);
+    assert_string_equal(rule->backends[0].name, "echo-v1"); /* a rule without matches matches everything */
+    l7_config_unref(c);
+}
+
+static void test_authz_policy(void **state)
+{
+    (void)state;
+    static const char yaml[] = "apiVersion: security.istio.io/v1\n"
+                               "kind: AuthorizationPolicy\n"
+                               "metadata: {name: viewers, namespace: app}\n"
+                               "spec:\n"
+                               "  targetRefs: [{kind: Service, group: \"\", name: reviews}]\n"
+                               "  action: ALLOW\n"
+                               "  rules:\n"
+                               "  - from: [{source: {serviceAccounts: [productpage]}}]\n"
+                               "    to: [{operation: {methods: [GET], paths: [\"/reviews/*\"]}}]\n";
+    struct run r;
+    convert(yaml, &r);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.n, 0);
+    Zmesh__V1__L7Authorization *m = zmesh__v1__l7_authorization__unpack(NULL, r.len, r.pb);
+    assert_non_null(m);
+    assert_int_equal(m->targets[0]->kind, ZMESH__V1__POLICY_TARGET__KIND__SERVICE);
+    assert_string_equal(m->targets[0]->namespace_, "app");
+    assert_string_equal(m->rules[0]->from[0]->service_accounts[0], "app/productpage"); /* the policy's namespace */
+    zmesh__v1__l7_authorization__free_unpacked(m, NULL);
+    struct l7_builder *b = l7_builder_new();
+    char err[512];
+    assert_int_equal(l7_builder_add(b, L7_TYPE_URL_AUTHORIZATION, r.name, r.pb, r.len, err, sizeof(err)), 0);
+    free(r.pb);
+    struct l7_config *c = l7_builder_finish(b);
+    struct l7_request q = {.method = "GET", .path = "/reviews/1", .path_len = 10, .authority = "reviews"};
+    struct l7_authz_input in = {.source_principal = "cluster.local/ns/app/sa/productpage", .req = &q};
+    const char *mt;
+    assert_int_equal(l7_authorize(c, NULL, NULL, "app", "reviews", &in, &mt, NULL), L7_ALLOW);
+    assert_string_equal(mt, "app/viewers");
+    in.source_principal = "cluster.local/ns/app/sa/ratings";
+    assert_int_equal(l7_authorize(c, NULL, NULL, "app", "reviews", &in, &mt, NULL), L7_DENY);
+    l7_config_unref(c);
+
+    /* Without targetRefs the policy is ztunnel's: -ENOENT, nothing reported. */
+    static const char l4[] = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                             "metadata: {name: l4, namespace: app}\nspec: {action: DENY, rules: [{}]}\n";
+    convert(l4, &r);
+    assert_int_equal(r.rc, -ENOENT);
+    assert_int_equal(r.n, 0);
+    assert_null(r.pb);
+}
+
+/* ---- every finding ---- */
+
+#define ROUTE(spec)                                                                                                  \
+    "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: app}\nspec:\n"    \
+    "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n" spec
+#define GROUTE(spec)                                                                                                 \
+    "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: app}\nspec:\n"    \
+    "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n" spec
+#define POLICY(spec)                                                                                                 \
+    "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: app}\nspec:\n" spec
+#define TARGET "  targetRefs: [{kind: Service, group: \"\", name: svc}]\n"
+
+static const struct {
+    const char *yaml;
+    enum manifest_level level;
+    const char *text;
+} finding_cases[] = {
+    /* routes: ERROR, nothing converted */
+    {"apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n",
+     MANIFEST_ERROR, "apiVersion: expected gateway.networking.k8s.io/v1"},
+    {ROUTE("  rules: [{matches: [{path: {type: Regex, value: /a}}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].matches[0].path.type: expected Exact, PathPrefix or RegularExpression, got \"Regex\""},
+    {ROUTE("  rules: [{matches: [{path: {type: RegularExpression, value: \"/a(\"}}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].matches[0].path.value: invalid regular expression"},
+    {ROUTE("  rules: [{matches: [{headers: [{type: RegularExpression, name: x, value: \"(?=a)\"}]}]}]\n"),
+     MANIFEST_ERROR, "spec.rules[0].matches[0].headers[0].value: lookaround assertions are not RE2 syntax"},
+    {ROUTE("  rules: [{matches: [{path: {type: PathPrefix, value: foo}}]}]\n"), MANIFEST_ERROR,
+     "rules[0].matches[0].path.value: a path must start with '/'"},
+    {ROUTE("  rules: [{matches: [{method: FETCH}]}]\n"), MANIFEST_ERROR,
+     "rules[0].matches[0].method: expected GET, HEAD, POST"},
+    {ROUTE("  rules: [{filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]}]\n"),
+     MANIFEST_ERROR, "spec.rules[0].filters[0].type: unsupported filter type \"ExtensionRef\""},
+    {ROUTE("  rules: [{filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]}]\n"), MANIFEST_ERROR,
+     "unsupported filter type \"CORS\" (CORS is not implemented"},
+    {ROUTE("  rules: [{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 305}}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].filters[0].requestRedirect.statusCode: expected 301, 302, 303, 307 or 308, got 305"},
+    {ROUTE("  rules: [{matches: [{path: {type: Exact, value: /a}}], filters: [{type: URLRewrite, urlRewrite: {path: "
+           "{type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]}]\n"),
+     MANIFEST_ERROR, "ReplacePrefixMatch needs every match of the rule to be a PathPrefix"},
+    {ROUTE("  rules: [{filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath}}}]}]\n"),
+     MANIFEST_ERROR, "urlRewrite.path.replaceFullPath: missing for type ReplaceFullPath"},
+    {ROUTE("  rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: a}}, {type: RequestRedirect, "
+           "requestRedirect: {hostname: b}}]}]\n"),
+     MANIFEST_ERROR, "RequestRedirect and URLRewrite cannot both be set in one rule"},
+    {ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}, percent: 10, "
+           "fraction: {numerator: 1}}}]}]\n"),
+     MANIFEST_ERROR, "percent and fraction are mutually exclusive"},
+    {ROUTE("  rules: [{backendRefs: [{group: networking.istio.io, kind: Hostname, name: x, port: 80}]}]\n"),
+     MANIFEST_ERROR, "spec.rules[0].backendRefs[0].kind: unsupported backend kind networking.istio.io/Hostname"},
+    {ROUTE("  rules: [{backendRefs: [{name: x}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].backendRefs[0].port: missing: a Service backend needs a port"},
+    {ROUTE("  rules: [{backendRefs: [{name: x, namespace: other, port: 80}]}]\n"), MANIFEST_ERROR,
+     "backendRefs[0].namespace: a backend in namespace other needs a ReferenceGrant"},
+    {ROUTE("  rules: [{backendRefs: [{name: x, port: 80, weight: 1000001}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].backendRefs[0].weight: expected an integer 0-1000000"},
+    {ROUTE("  rules: [{timeouts: {request: 1.5s}}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].timeouts.request: not a Gateway API duration"},
+    {ROUTE("  rules: [{timeouts: {request: 1s, backendRequest: 2s}}]\n"), MANIFEST_ERROR,
+     "timeouts.backend_request_ms: longer than the request timeout"},
+    {"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: app}\nspec:\n"
+     "  parentRefs: [{group: \"\", kind: Service, name: svc, sectionName: http}]\n",
+     MANIFEST_ERROR, "spec.parentRefs[0]: sectionName on a Service parent is not supported"},
+    {GROUTE("  rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: a}}]}]\n"), MANIFEST_ERROR,
+     "unsupported filter type \"URLRewrite\""},
+    {GROUTE("  rules: [{matches: [{method: {type: Exact}}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].matches[0].method: one or both of service and method must be set"},
+    {GROUTE("  rules: [{matches: [{method: {service: \"bad name\"}}]}]\n"), MANIFEST_ERROR,
+     "matches[0].grpc_service: not a gRPC service name"},
+    /* routes: WARN, converted with something dropped; INFO */
+    {ROUTE("  hostnames: [reviews.example]\n"), MANIFEST_WARN, "spec.hostnames: ignored"},
+    {ROUTE("  rules: [{retry: {attempts: 3}}]\n"), MANIFEST_WARN,
+     "spec.rules[0].retry: not supported by zmesh's waypoint yet, ignored"},
+    {ROUTE("  colour: blue\n"), MANIFEST_WARN, "spec.colour: unknown field, ignored"},
+    {ROUTE("  rules: [{matches: [{path: {value: /a, extra: 1}}]}]\n"), MANIFEST_WARN,
+     "spec.rules[0].matches[0].path.extra: unknown field, ignored"},
+    {"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: app}\nspec:\n"
+     "  parentRefs: [{group: networking.istio.io, kind: ServiceEntry, name: se}]\n",
+     MANIFEST_WARN, "parent kind networking.istio.io/ServiceEntry is not supported (only Service), skipped"},
+    {"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: app}\nspec:\n"
+     "  parentRefs: [{group: \"\", kind: Service, name: svc, namespace: other}]\n",
+     MANIFEST_WARN, "(a consumer route) is not supported by the waypoint, skipped"},
+    /* policies */
+    {POLICY(TARGET "  action: CUSTOM\n  provider: {name: ext}\n"), MANIFEST_ERROR,
+     "spec.action: CUSTOM (external authorization) is not supported by zmesh"},
+    {POLICY("  targetRefs: [{kind: ServiceEntry, group: networking.istio.io, name: se}]\n"), MANIFEST_ERROR,
+     "spec.targetRefs[0].kind: unsupported target networking.istio.io/ServiceEntry"},
+    {POLICY("  targetRefs: [{kind: GatewayClass, group: gateway.networking.k8s.io, name: istio-waypoint}]\n"),
+     MANIFEST_ERROR, "unsupported target gateway.networking.k8s.io/GatewayClass"},
+    {POLICY(TARGET "  selector: {matchLabels: {app: x}}\n"), MANIFEST_ERROR,
+     "spec.selector: only one of selector and targetRefs may be set"},
+    {POLICY("  targetRef: {kind: Service, group: \"\", name: svc, namespace: other}\n"), MANIFEST_ERROR,
+     "spec.targetRef.namespace: a target must be in the policy's namespace app"},
+    {POLICY(TARGET "  action: PERMIT\n"), MANIFEST_ERROR, "spec.action: expected ALLOW, DENY, AUDIT or CUSTOM"},
+    {POLICY(TARGET "  rules: [{from: [{source: {ipBlocks: [not-an-ip]}}]}]\n"), MANIFEST_ERROR,
+     "rules[0].from[0].ip_blocks[0]: not an IP address or CIDR block"},
+    {POLICY(TARGET "  rules: [{when: [{key: source.ip}]}]\n"), MANIFEST_ERROR,
+     "spec.rules[0].when[0]: values or notValues must be set"},
+    {POLICY(TARGET "  rules: [{from: [{source: {trustDomains: [td]}}]}]\n"), MANIFEST_WARN,
+     "spec.rules[0].from[0].source.trustDomains: not supported by zmesh: the ALLOW rule is left out (fail closed)"},
+    {POLICY(TARGET "  action: DENY\n  rules: [{from: [{source: {trustDomains: [td]}}]}]\n"), MANIFEST_WARN,
+     "trustDomains: not supported by zmesh, ignored (the rule matches more)"},
+    {POLICY(TARGET "  rules: [{when: [{key: request.colour, values: [red]}]}]\n"), MANIFEST_WARN,
+     "spec.rules[0].when[0].key: unknown attribute \"request.colour\": the rule is left out"},
+    {POLICY(TARGET "  sidecar: true\n"), MANIFEST_WARN, "spec.sidecar: unknown field, ignored"},
+};
+
+static void test_findings(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(finding_cases) / sizeof(finding_cases[0]); i++) {
+        struct run r;
+        char buf[8192];
+        convert(finding_cases[i].yaml, &r);
+        if (!has(&r, finding_cases[i].level, finding_cases[i].text))
+            fail_msg("case %zu: want [%d] \"%s\", got:\n%s", i, finding_cases[i].level, finding_cases[i].text,
+                     findings(&r, buf, sizeof(buf)));
+        /* ERROR: nothing handed over; WARN/INFO: converted. */
+        if (finding_cases[i].level == MANIFEST_ERROR) {
+            assert_int_equal(r.rc, -EINVAL);
+            assert_null(r.pb);
+        } else {
+            if (r.rc != 0)
+                fail_msg("case %zu: rc %d:\n%s", i, r.rc, findings(&r, buf, sizeof(buf)));
+            assert_non_null(r.pb);
+        }
+        free(r.pb);
+    }
+}
+
+/* An ALLOW rule left out (fail closed) leaves a policy that allows less: here nothing. */
+static void test_allow_rule_dropped_fails_closed(void **state)
+{
+    (void)state;
+    struct run r;
+    convert(POLICY(TARGET "  rules: [{from: [{source: {trustDomains: [td]}}]}]\n"), &r);
+    assert_int_equal(r.rc, 0);
+    struct l7_builder *b = l7_builder_new();
+    char err[256];
+    assert_int_equal(l7_builder_add(b, L7_TYPE_URL_AUTHORIZATION, r.name, r.pb, r.len, err, sizeof(err)), 0);
+    free(r.pb);
+    struct l7_config *c = l7_builder_finish(b);
+    struct l7_request q = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct l7_authz_input in = {.source_principal = "td/ns/app/sa/x", .req = &q};
+    assert_int_equal(l7_authorize(c, NULL, NULL, "app", "svc", &in, NULL, NULL), L7_DENY);
+    l7_config_unref(c);
+}
+
+static void test_duration(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *s;
+        int rc;
+        uint64_t ms;
+    } cases[] = {
+        {"10s", 0, 10000},       {"1h", 0, 3600000},      {"1m30s", 0, 90000}, {"250ms", 0, 250},
+        {"1h2m3s4ms", 0, 3723004}, {"0s", 0, 0},            {"99999ms", 0, 99999},
+        {"100000s", -EINVAL, 0}, {"1h1h1h1h1h", -EINVAL, 0}, {"1.5s", -EINVAL, 0}, {"s", -EINVAL, 0},
+        {"", -EINVAL, 0},        {"10", -EINVAL, 0},       {"10us", -EINVAL, 0}, {"-1s", -EINVAL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint64_t ms = 12345;
+        assert_int_equal(l7_gateway_duration_ms(cases[i].s, &ms), cases[i].rc);
+        if (cases[i].rc == 0)
+            assert_int_equal(ms, cases[i].ms);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_http_route),  cmocka_unit_test(test_grpc_route),
+        cmocka_unit_test(test_authz_policy), cmocka_unit_test(test_findings),
+        cmocka_unit_test(test_allow_rule_dropped_fails_closed), cmocka_unit_test(test_duration),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
