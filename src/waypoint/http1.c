@@ -1,11 +1,1011 @@
-/* HTTP/1.1 through the waypoint. Until the streaming codec lands (src/http1/codec.h), an HTTP/1.1 client is
- * relayed as bytes to the chosen endpoint, without routes or L7 policy. */
+/* HTTP/1.1 through the waypoint (wp.h): the downstream connection is the internal connection of one HBONE
+ * tunnel, parsed with the streaming codec (http1/codec.h); each request is routed, authorized and sent on an
+ * upstream HTTP/1.1 connection, itself an HBONE tunnel to the chosen endpoint bridged to an internal
+ * connection, kept per worker for reuse across requests (Envoy's HTTP/1 connection pool: one request at a
+ * time per connection). Bodies are streamed both ways with back-pressure: a side is not read while the other
+ * side has more than H1_HIGH_WATER bytes waiting. Envoy's behaviour where a client sees it: local replies
+ * (503 `no healthy upstream`, 503 `upstream connect error ...`, 4xx for a malformed request) with Envoy's
+ * bodies, `Expect: 100-continue` answered by the proxy, `x-request-id` generated when absent,
+ * `x-envoy-upstream-service-time` on responses, WebSocket (`Upgrade`) passed through after a 101. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "core/log.h"
+#include "core/relay.h"
+#include "http1/codec.h"
+#include "waypoint/route.h"
 #include "waypoint/wp.h"
+
+#define LOG_HTTP "waypoint::http"
+/* Bytes queued toward one side before the other side stops being read. */
+#define H1_HIGH_WATER (256u << 10)
+/* One read from a side. */
+#define H1_READ_MAX (64u << 10)
+/* Unparsed bytes kept from the downstream (a pipelined request waits here while the current one runs). */
+#define H1_IN_MAX (128u << 10)
+/* Idle upstream connections kept per worker, and buckets of their table. */
+#define H1_IDLE_MAX 256
+#define H1_IDLE_BUCKETS 64
+
+struct h1_x;
+
+/* One side's socket and its queues. */
+struct side {
+    struct io io;
+    struct http1_out out; /* to write */
+    size_t out_off;       /* bytes of out already written */
+    uint8_t *in;          /* read, not parsed yet */
+    size_t in_len, in_cap;
+    bool eof;  /* the peer's EOF was read */
+    bool dead; /* the socket is closed */
+};
+
+struct h1_down {
+    struct wp_tunnel *t;
+    struct side s;
+    struct http1_parser *p;
+    struct h1_x *x;   /* the exchange in progress */
+    bool close_after; /* close once out is written (no keep-alive) */
+    bool in_feed;     /* inside http1_parser_feed: frees wait */
+    bool freed;
+};
+
+struct h1_up {
+    struct h1_up *hnext;  /* idle table chain */
+    struct wp_worker *w;
+    struct side s;
+    struct http1_parser *p;
+    struct hbone_stream *hs; /* the tunnel; NULL once it ended */
+    struct h1_x *x;          /* the exchange using it, NULL when idle */
+    struct lb_choice ep;
+    uint64_t idle_since;
+    bool in_feed, freed;
+};
+
+/* One request and its response. */
+struct h1_x {
+    struct h1_down *d;
+    struct h1_up *u;
+    char *head; /* copies of the request's strings */
+    const char *method, *target, *authority, *user_agent, *xff;
+    char request_id[40];
+    enum http1_framing req_framing, resp_framing_down;
+    bool head_req, upgrade, req_done, resp_started, resp_done, local, keep_alive, http10, up_reusable;
+    struct wp_decision dec; /* what wp_decide chose (its strings borrowed from the tunnel's view) */
+    const char *route_name;
+    struct lb_choice upstream_ep;
+    struct timer timer; /* the route's timeout */
+    int status;
+    const char *flags, *details;
+    uint64_t start_wall, start_mono, up_start_mono;
+    uint64_t bytes_received, bytes_sent; /* body bytes, as Envoy's %BYTES_RECEIVED% / %BYTES_SENT% */
+    char upstream_host[IP_STRLEN + 32];
+};
+
+/* Per-worker idle upstream connections by endpoint. */
+struct h1_pool {
+    struct h1_up *buckets[H1_IDLE_BUCKETS];
+    unsigned n_idle;
+};
+static _Thread_local struct h1_pool pool;
+
+static void down_kick(struct h1_down *d);
+static void up_kick(struct h1_up *u);
+static void x_finish(struct h1_x *x);
+
+/* ---- sides ---- */
+
+static int side_want(struct side *s, bool rd)
+{
+    uint32_t ev = (rd && !s->eof ? EPOLLIN : 0) | (s->out.n > s->out_off ? EPOLLOUT : 0);
+    return ev;
+}
+
+static size_t side_pending(const struct side *s)
+{
+    return s->out.n - s->out_off;
+}
+
+/* Writes what is queued; returns 0, or -errno when the socket failed. */
+static int side_flush(struct side *s)
+{
+    while (s->out_off < s->out.n) {
+        ssize_t n = send(s->io.fd, s->out.p + s->out_off, s->out.n - s->out_off, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return 0;
+            return -errno;
+        }
+        s->out_off += (size_t)n;
+    }
+    http1_out_reset(&s->out);
+    s->out_off = 0;
+    return 0;
+}
+
+/* Reads what the socket has (at most H1_READ_MAX, and no more than the buffer bound); returns bytes read,
+ * 0 at EOF (s->eof set), -EAGAIN when nothing, or -errno. */
+static ssize_t side_read(struct side *s, size_t cap)
+{
+    if (s->in_len >= cap) return -EAGAIN;
+    size_t want = cap - s->in_len;
+    if (want > H1_READ_MAX) want = H1_READ_MAX;
+    if (s->in_cap < s->in_len + want) {
+        uint8_t *np = realloc(s->in, s->in_len + want);
+        if (!np) return -ENOMEM;
+        s->in = np;
+        s->in_cap = s->in_len + want;
+    }
+    ssize_t n = recv(s->io.fd, s->in + s->in_len, want, 0);
+    if (n < 0) return errno == EINTR || errno == EAGAIN ? -EAGAIN : -errno;
+    if (n == 0) {
+        s->eof = true;
+        return 0;
+    }
+    s->in_len += (size_t)n;
+    return n;
+}
+
+static void side_consume(struct side *s, size_t n)
+{
+    memmove(s->in, s->in + n, s->in_len - n);
+    s->in_len -= n;
+}
+
+static void side_close(struct loop *l, struct side *s)
+{
+    if (s->dead) return;
+    s->dead = true;
+    loop_io_close(l, &s->io);
+}
+
+static void side_free(struct side *s)
+{
+    http1_out_free(&s->out);
+    free(s->in);
+}
+
+/* ---- local replies ---- */
+
+/* Envoy's local reply: status, text/plain body, Content-Length. */
+static void local_reply(struct h1_x *x, int status, const char *body, const char *flags, const char *details,
+                        const char *location)
+{
+    struct h1_down *d = x->d;
+    size_t blen = strlen(body);
+    struct http1_hdr h[3];
+    size_t nh = 0;
+    if (location) h[nh++] = (struct http1_hdr){"location", 8, location, strlen(location)};
+    if (blen) h[nh++] = (struct http1_hdr){"content-type", 12, "text/plain", 10};
+    if (!x->keep_alive) h[nh++] = (struct http1_hdr){"connection", 10, "close", 5};
+    (void)http1_write_response_head(&d->s.out, status, NULL, h, nh, HTTP1_BODY_LENGTH, blen);
+    if (!x->head_req) (void)http1_out_append(&d->s.out, body, blen);
+    x->status = status;
+    x->flags = flags;
+    x->details = details;
+    x->resp_started = x->resp_done = x->local = true;
+    x->bytes_sent = x->head_req ? 0 : blen;
+}
+
+/* A parse error before a response began: Envoy's answer for it, then the connection closes. */
+static void reply_parse_error(struct h1_down *d)
+{
+    const char *why = NULL;
+    int st = http1_parser_error(d->p, &why);
+    if (!st) st = 400;
+    char src[SOCKADDR_STRLEN];
+    LOG_LIMITED(LOG_DEBUG, LOG_HTTP, "malformed request from %s: %d %s", sockaddr_format(&d->t->peer, src, sizeof(src)),
+                st, why ? why : "");
+    struct http1_hdr h[] = {{"connection", 10, "close", 5}};
+    (void)http1_write_response_head(&d->s.out, st, NULL, h, 1, HTTP1_BODY_LENGTH, 0);
+    d->close_after = true;
+}
+
+/* ---- upstream connections ---- */
+
+static unsigned ep_bucket(const struct lb_choice *c)
+{
+    return (unsigned)((ip_hash(&c->ip) ^ c->port) % H1_IDLE_BUCKETS);
+}
+
+static bool ep_equal(const struct lb_choice *a, const struct lb_choice *b)
+{
+    return a->port == b->port && ip_equal(&a->ip, &b->ip) && !strcmp(a->wl->uid, b->wl->uid);
+}
+
+static void idle_remove(struct h1_up *u)
+{
+    struct h1_up **pp = &pool.buckets[ep_bucket(&u->ep)];
+    for (; *pp; pp = &(*pp)->hnext)
+        if (*pp == u) {
+            *pp = u->hnext;
+            u->hnext = NULL;
+            pool.n_idle--;
+            return;
+        }
+}
+
+static void up_free(struct h1_up *u)
+{
+    if (u->in_feed) {
+        u->freed = true;
+        return;
+    }
+    side_close(u->w->loop, &u->s);
+    side_free(&u->s);
+    http1_parser_free(u->p);
+    free(u);
+}
+
+static void orphan_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    (void)ud;
+    (void)r;
+}
+
+/* A tunnel whose connection object is gone: its end reports to nobody. */
+static const struct hbone_stream_ops orphan_ops = {.on_done = orphan_done};
+
+/* Ends the upstream connection: its tunnel is reset (or already gone) and its socket closed. */
+static void up_close(struct h1_up *u, const char *why)
+{
+    if (!u->x && u->idle_since) idle_remove(u);
+    u->idle_since = 0;
+    struct hbone_stream *hs = u->hs;
+    u->hs = NULL;
+    side_close(u->w->loop, &u->s);
+    if (hs) {
+        hbone_stream_set_ops(hs, &orphan_ops, NULL);
+        hbone_stream_reset(hs, why ? why : "connection closed");
+    }
+    up_free(u);
+}
+
+/* The upstream failed under exchange x: a local reply if nothing of the response went out yet, else the
+ * downstream connection is cut (a response cannot be finished). */
+static void up_failed(struct h1_x *x, const char *reset_reason)
+{
+    struct h1_up *u = x->u;
+    x->u = NULL;
+    if (u) {
+        u->x = NULL;
+        up_close(u, reset_reason);
+    }
+    if (!x->resp_started) {
+        char body[160];
+        snprintf(body, sizeof(body), "upstream connect error or disconnect/reset before headers. reset reason: %s",
+                 reset_reason);
+        local_reply(x, 503, body, "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
+        if (x->req_done) x_finish(x);
+        down_kick(x->d);
+        return;
+    }
+    x->flags = "UC";
+    x->details = "upstream_reset_after_response_started";
+    x->d->close_after = true;
+    x->resp_done = true;
+    x->req_done = true;
+    x_finish(x);
+}
+
+static int resp_head(void *ud, const struct http1_head *h)
+{
+    struct h1_up *u = ud;
+    struct h1_x *x = u->x;
+    if (!x || h->interim) return 0; /* 1xx: the proxy answered 100-continue itself, as Envoy does */
+    struct h1_down *d = x->d;
+    struct http1_hdr hv[HTTP1_MAX_HEADERS + 4 + WP_MAX_MODS * 8];
+    size_t n = 0;
+    const char *conn = NULL;
+    size_t conn_len = 0;
+    for (size_t i = 0; i < h->n_headers; i++)
+        if (http1_name_is(h->headers[i].name, h->headers[i].name_len, "connection")) {
+            conn = h->headers[i].value;
+            conn_len = h->headers[i].value_len;
+        }
+    bool upgraded = h->status == 101 && x->upgrade;
+    for (size_t i = 0; i < h->n_headers && n < HTTP1_MAX_HEADERS; i++) {
+        const struct http1_hdr *e = &h->headers[i];
+        if (upgraded && (http1_name_is(e->name, e->name_len, "upgrade") ||
+                         http1_name_is(e->name, e->name_len, "connection"))) {
+            hv[n++] = *e;
+            continue;
+        }
+        if (http1_hop_by_hop(e->name, e->name_len, conn, conn_len)) continue;
+        if (http1_name_is(e->name, e->name_len, "content-length")) continue;
+        hv[n++] = *e;
+    }
+    wp_apply_mods(x->dec.resp_mods, x->dec.n_resp_mods, hv, &n, sizeof(hv) / sizeof(hv[0]) - 2, http1_name_is);
+    char ust[24];
+    snprintf(ust, sizeof(ust), "%llu", (unsigned long long)(loop_now(u->w->loop) - x->up_start_mono));
+    hv[n++] = (struct http1_hdr){"x-envoy-upstream-service-time", 29, ust, strlen(ust)};
+    enum http1_framing f = h->framing;
+    uint64_t cl = h->content_length;
+    if (upgraded) {
+        f = HTTP1_BODY_NONE;
+    } else if (x->head_req) {
+        f = h->has_content_length ? HTTP1_BODY_LENGTH : HTTP1_BODY_NONE;
+    } else if (f == HTTP1_BODY_UNTIL_EOF || f == HTTP1_BODY_CHUNKED) {
+        /* An HTTP/1.0 client cannot take chunks: its body ends with the connection. */
+        f = x->http10 ? HTTP1_BODY_UNTIL_EOF : HTTP1_BODY_CHUNKED;
+        if (f == HTTP1_BODY_UNTIL_EOF) d->close_after = true;
+    }
+    if (!x->keep_alive && !upgraded) hv[n++] = (struct http1_hdr){"connection", 10, "close", 5};
+    if (http1_write_response_head(&d->s.out, h->status, NULL, hv, n, f, cl) < 0) return -1;
+    x->resp_framing_down = f;
+    x->status = h->status;
+    x->resp_started = true;
+    x->up_reusable = h->keep_alive;
+    return 0;
+}
+
+static int resp_body(void *ud, const uint8_t *p, size_t n)
+{
+    struct h1_up *u = ud;
+    struct h1_x *x = u->x;
+    if (!x) return 0;
+    struct http1_out *o = &x->d->s.out;
+    int rc = 0;
+    if (x->resp_framing_down == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_header(o, n);
+    if (!rc) rc = http1_out_append(o, p, n);
+    if (!rc && x->resp_framing_down == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_end(o);
+    if (rc) return -1;
+    x->bytes_sent += n;
+    return side_pending(&x->d->s) > H1_HIGH_WATER ? HTTP1_PAUSE : 0;
+}
+
+static int resp_trailers(void *ud, const struct http1_hdr *t, size_t n)
+{
+    struct h1_up *u = ud;
+    struct h1_x *x = u->x;
+    if (!x || x->resp_framing_down != HTTP1_BODY_CHUNKED) return 0;
+    x->resp_done = true; /* the last chunk carries them */
+    return http1_write_last_chunk(&x->d->s.out, t, n) < 0 ? -1 : 0;
+}
+
+static int resp_complete(void *ud)
+{
+    struct h1_up *u = ud;
+    struct h1_x *x = u->x;
+    if (!x) return 0;
+    if (x->resp_framing_down == HTTP1_BODY_CHUNKED && !x->resp_done)
+        (void)http1_write_last_chunk(&x->d->s.out, NULL, 0);
+    x->resp_done = true;
+    return 0;
+}
+
+static const struct http1_parser_ops resp_ops = {
+    .on_head = resp_head, .on_body = resp_body, .on_trailers = resp_trailers, .on_complete = resp_complete};
+
+static void ws_done(struct relay *r, void *ud, uint64_t a_to_b, uint64_t b_to_a, const char *err)
+{
+    (void)r;
+    (void)err;
+    struct h1_x *x = ud;
+    x->bytes_received += a_to_b;
+    x->bytes_sent += b_to_a;
+    x->resp_done = x->req_done = true;
+    x->d->close_after = true;
+    x_finish(x);
+}
+
+static const struct relay_ops ws_ops = {.on_done = ws_done};
+
+/* After a 101: both internal connections carry opaque bytes; splice them together. The parsers' leftover
+ * bytes are written first. */
+static void start_tunnel(struct h1_x *x)
+{
+    struct h1_down *d = x->d;
+    struct h1_up *u = x->u;
+    if (d->s.in_len) (void)http1_out_append(&u->s.out, d->s.in, d->s.in_len);
+    if (u->s.in_len) (void)http1_out_append(&d->s.out, u->s.in, u->s.in_len);
+    d->s.in_len = u->s.in_len = 0;
+    (void)side_flush(&d->s);
+    (void)side_flush(&u->s);
+    int dfd = d->s.io.fd, ufd = u->s.io.fd;
+    loop_io_del(u->w->loop, &d->s.io);
+    loop_io_del(u->w->loop, &u->s.io);
+    d->s.dead = u->s.dead = true; /* the relay owns the fds now */
+    x->u = NULL;
+    u->x = NULL;
+    if (u->hs) hbone_stream_set_ops(u->hs, &orphan_ops, NULL); /* it ends when the relay closes its end */
+    u->hs = NULL;
+    up_free(u);
+    if (!relay_new(d->t->w->loop, dfd, ufd, 0, &ws_ops, x)) {
+        x->flags = "DC";
+        x->resp_done = x->req_done = true;
+        d->close_after = true;
+        x_finish(x);
+    }
+}
+
+/* Moves the response along: parses what is buffered (resuming a parser paused for back-pressure) and reads
+ * more, while the client's queue has room. */
+static void up_pump(struct h1_up *u)
+{
+    struct h1_x *x = u->x;
+    ssize_t r = 0;
+    if (!x) { /* idle: readable means the peer closed it (or sent garbage) */
+        char b;
+        ssize_t n = recv(u->s.io.fd, &b, 1, MSG_PEEK);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || n > 0) up_close(u, "closed while idle");
+        return;
+    }
+    u->in_feed = true;
+    for (;;) {
+        if (!u->x || side_pending(&x->d->s) > H1_HIGH_WATER) break; /* the client is slow: wait */
+        if (!u->s.in_len) {
+            if (u->s.eof) break;
+            r = side_read(&u->s, H1_IN_MAX);
+            if (r == -EAGAIN) {
+                r = 0;
+                break;
+            }
+            if (r <= 0) break;
+        }
+        if (http1_parser_state(u->p) == HTTP1_P_PAUSED) http1_parser_resume(u->p);
+        ssize_t n = http1_parser_feed(u->p, u->s.in, u->s.in_len);
+        if (n < 0) break;
+        side_consume(&u->s, (size_t)n);
+        if (n == 0) break;
+    }
+    u->in_feed = false;
+    if (u->freed) {
+        u->freed = false;
+        up_free(u);
+        return;
+    }
+    if (!(x = u->x)) return;
+    enum http1_parser_state st = http1_parser_state(u->p);
+    if (st == HTTP1_P_ERROR) {
+        up_failed(x, "protocol error");
+        return;
+    }
+    if (st == HTTP1_P_UPGRADED && x->status == 101) {
+        start_tunnel(x);
+        return;
+    }
+    if ((u->s.eof && !u->s.in_len) || r < 0) {
+        if (!x->resp_done && (r < 0 || http1_parser_finish(u->p) < 0 || !x->resp_done)) {
+            up_failed(x, r < 0 ? "connection failure" : "connection termination");
+            return;
+        }
+        x->up_reusable = false; /* nothing to reuse; the client's connection may go on */
+    }
+    if (x->resp_done) {
+        x_finish(x);
+        return;
+    }
+    down_kick(x->d);
+    up_kick(u);
+}
+
+static void up_io(struct io *io, uint32_t ev)
+{
+    struct h1_up *u = container_of(io, struct h1_up, s.io);
+    struct h1_x *x = u->x;
+    if (ev & EPOLLOUT) {
+        if (side_flush(&u->s) < 0) {
+            if (x) up_failed(x, "connection failure");
+            else up_close(u, "write failed");
+            return;
+        }
+        /* room again upstream: the request body may flow */
+        if (x && side_pending(&u->s) <= H1_HIGH_WATER / 2) down_kick(x->d);
+        if (u->freed || u->s.dead) return;
+    }
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        up_pump(u);
+        return;
+    }
+    up_kick(u);
+}
+
+static void up_hbone_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    struct h1_up *u = ud;
+    if (!u->hs) return; /* we ended it */
+    u->hs = NULL;
+    if (r->status == 200 && !r->error) return; /* the tunnel ended cleanly: the socket sees the EOF */
+    struct h1_x *x = u->x;
+    LOG_D(LOG_HTTP, "upstream tunnel to %s ended: %s (status %d)", x ? x->upstream_host : "idle",
+          r->error ? r->error : "-", r->status);
+    if (x) up_failed(x, "connection failure");
+    else up_close(u, NULL);
+}
+
+static const struct hbone_stream_ops up_hbone_ops = {.on_done = up_hbone_done};
+
+/* An upstream connection to ep: an idle one, else a new tunnel. NULL with *err. */
+static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, const char **err)
+{
+    for (struct h1_up **pp = &pool.buckets[ep_bucket(ep)]; *pp; pp = &(*pp)->hnext) {
+        struct h1_up *u = *pp;
+        if (ep_equal(&u->ep, ep)) {
+            *pp = u->hnext;
+            u->hnext = NULL;
+            pool.n_idle--;
+            u->idle_since = 0;
+            return u;
+        }
+    }
+    int sv[2];
+    if (wp_socketpair(sv) < 0) {
+        *err = "no socket";
+        return NULL;
+    }
+    struct h1_up *u = calloc(1, sizeof(*u));
+    if (!u || !(u->p = http1_parser_new(HTTP1_RESPONSE, NULL, &resp_ops, u))) {
+        free(u);
+        close(sv[0]);
+        close(sv[1]);
+        *err = "out of memory";
+        return NULL;
+    }
+    u->w = w;
+    u->ep = *ep;
+    u->s.io = (struct io){.fd = sv[1], .cb = up_io};
+    if (loop_io_add(w->loop, &u->s.io, EPOLLIN | EPOLLRDHUP) < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        http1_parser_free(u->p);
+        free(u);
+        *err = "out of memory";
+        return NULL;
+    }
+    u->hs = wp_upstream_open(w, ep, sv[0], &up_hbone_ops, u, err);
+    if (!u->hs) {
+        side_close(w->loop, &u->s);
+        http1_parser_free(u->p);
+        free(u);
+        return NULL;
+    }
+    return u;
+}
+
+/* The exchange is over on the upstream side: the connection goes back to the idle table or closes. */
+static void up_release(struct h1_up *u, bool reusable)
+{
+    u->x = NULL;
+    if (!reusable || !u->hs || u->s.in_len || pool.n_idle >= H1_IDLE_MAX ||
+        http1_parser_state(u->p) != HTTP1_P_DONE) {
+        up_close(u, NULL);
+        return;
+    }
+    http1_parser_resume(u->p);
+    u->idle_since = loop_now(u->w->loop);
+    unsigned b = ep_bucket(&u->ep);
+    u->hnext = pool.buckets[b];
+    pool.buckets[b] = u;
+    pool.n_idle++;
+    loop_io_mod(u->w->loop, &u->s.io, EPOLLIN | EPOLLRDHUP); /* to see it close while idle */
+}
+
+static void up_kick(struct h1_up *u)
+{
+    if (u->s.dead) return;
+    bool rd = !u->x || side_pending(&u->x->d->s) <= H1_HIGH_WATER;
+    uint32_t ev = side_want(&u->s, rd) | EPOLLRDHUP;
+    if (ev != u->s.io.events) loop_io_mod(u->w->loop, &u->s.io, ev);
+}
+
+/* ---- exchanges ---- */
+
+static void access_log(struct h1_x *x)
+{
+    if (!log_target_enabled(LOG_INFO, "access")) return;
+    struct wp_tunnel *t = x->d->t;
+    char src[SOCKADDR_STRLEN], code[8], bin[24], bout[24], dur[24];
+    snprintf(code, sizeof(code), "%d", x->status);
+    snprintf(bin, sizeof(bin), "%llu", (unsigned long long)x->bytes_received);
+    snprintf(bout, sizeof(bout), "%llu", (unsigned long long)x->bytes_sent);
+    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(loop_now(t->w->loop) - x->start_mono));
+    log_kv(LOG_INFO, "access", "request complete", "src.addr", sockaddr_format(&t->peer, src, sizeof(src)),
+           "src.identity", *t->peer_id ? t->peer_id : NULL, "dst.service", t->svc ? t->svc->hostname : NULL,
+           "upstream_host", *x->upstream_host ? x->upstream_host : NULL, "method", x->method, "path", x->target,
+           "authority", x->authority, "protocol", "HTTP/1.1", "response_code", code, "response_flags",
+           x->flags ? x->flags : "-", "bytes_received", bin, "bytes_sent", bout, "duration", dur, "request_id",
+           x->request_id, NULL);
+}
+
+static void x_free(struct h1_x *x)
+{
+    if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
+    free(x->head);
+    free(x);
+}
+
+/* Both halves are done: log, release the upstream, and let the downstream take its next request. */
+static void x_finish(struct h1_x *x)
+{
+    if (!x->req_done || !x->resp_done) return;
+    struct h1_down *d = x->d;
+    access_log(x);
+    if (x->u) up_release(x->u, x->up_reusable);
+    x->u = NULL;
+    d->x = NULL;
+    if (!x->keep_alive) d->close_after = true;
+    x_free(x);
+    if (!d->close_after) http1_parser_resume(d->p);
+    down_kick(d);
+}
+
+static char *copy_str(char **q, const char *s, size_t n)
+{
+    char *r = *q;
+    memcpy(r, s, n);
+    r[n] = 0;
+    *q += n + 1;
+    return r;
+}
+
+static void gen_request_id(struct wp_worker *w, char out[40])
+{
+    uint64_t a = wp_rand(w), b = wp_rand(w);
+    /* UUID version 4, variant 1, as Envoy generates them */
+    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff,
+             (unsigned)a & 0xfff, (unsigned)((b >> 48) & 0x3fff) | 0x8000, (unsigned long long)(b & 0xffffffffffffULL));
+}
+
+/* A lower-cased copy of a header name (Envoy lower-cases HTTP/1 header names it forwards). */
+static char *copy_lower(char **q, const char *s, size_t n)
+{
+    char *r = copy_str(q, s, n);
+    for (size_t i = 0; i < n; i++)
+        if (r[i] >= 'A' && r[i] <= 'Z') r[i] = (char)(r[i] - 'A' + 'a');
+    return r;
+}
+
+static void timeout_cb(struct timer *tm);
+
+static int req_head(void *ud, const struct http1_head *h)
+{
+    struct h1_down *d = ud;
+    struct wp_tunnel *t = d->t;
+    struct h1_x *x = calloc(1, sizeof(*x));
+    size_t need = h->method_len + h->target_len + 2;
+    for (size_t i = 0; i < h->n_headers; i++)
+        need += 2 * (h->headers[i].name_len + h->headers[i].value_len + 2);
+    if (!x || !(x->head = malloc(need + 1))) {
+        free(x);
+        return -1;
+    }
+    d->x = x;
+    x->d = d;
+    x->start_wall = wp_now_ms();
+    x->start_mono = loop_now(t->w->loop);
+    x->keep_alive = h->keep_alive;
+    x->upgrade = h->upgrade;
+    x->http10 = h->version_minor == 0;
+    x->req_framing = h->framing;
+    x->timer.cb = timeout_cb;
+    char *q = x->head;
+    x->method = copy_str(&q, h->method, h->method_len);
+    x->target = copy_str(&q, h->target, h->target_len);
+    x->head_req = !strcmp(x->method, "HEAD");
+    x->authority = x->user_agent = x->xff = "";
+    /* The headers to send, names lower-cased: hop-by-hop removed (Upgrade and Connection kept for an
+     * upgrade), Expect answered here, x-request-id generated when absent. lh: the same for matching. */
+    struct http1_hdr hv[HTTP1_MAX_HEADERS + 4 + 2 * WP_MAX_MODS * 4];
+    struct l7_header lh[HTTP1_MAX_HEADERS];
+    size_t n = 0, nl = 0;
+    const size_t cap = sizeof(hv) / sizeof(hv[0]);
+    const char *conn = NULL;
+    size_t conn_len = 0;
+    bool have_rid = false, have_xfp = false;
+    for (size_t i = 0; i < h->n_headers; i++)
+        if (http1_name_is(h->headers[i].name, h->headers[i].name_len, "connection")) {
+            conn = h->headers[i].value;
+            conn_len = h->headers[i].value_len;
+        }
+    for (size_t i = 0; i < h->n_headers; i++) {
+        const struct http1_hdr *e = &h->headers[i];
+        const char *name = copy_lower(&q, e->name, e->name_len), *value = copy_str(&q, e->value, e->value_len);
+        struct http1_hdr c = {name, e->name_len, value, e->value_len};
+        if (nl < HTTP1_MAX_HEADERS) lh[nl++] = (struct l7_header){name, e->name_len, value, e->value_len};
+        if (!strcmp(name, "host"))
+            x->authority = value;
+        else if (!strcmp(name, "user-agent"))
+            x->user_agent = value;
+        else if (!strcmp(name, "x-forwarded-for"))
+            x->xff = value;
+        else if (!strcmp(name, "x-request-id") && e->value_len < sizeof(x->request_id)) {
+            memcpy(x->request_id, e->value, e->value_len);
+            x->request_id[e->value_len] = 0;
+            have_rid = true;
+        } else if (!strcmp(name, "x-forwarded-proto"))
+            have_xfp = true;
+        if (x->upgrade && (!strcmp(name, "upgrade") || !strcmp(name, "connection"))) {
+            hv[n++] = c;
+            continue;
+        }
+        if (!strcmp(name, "expect") && h->expect_continue) continue;
+        if (http1_hop_by_hop(e->name, e->name_len, conn, conn_len)) continue;
+        if (n < HTTP1_MAX_HEADERS) hv[n++] = c;
+    }
+    if (!have_rid) {
+        gen_request_id(t->w, x->request_id);
+        hv[n++] = (struct http1_hdr){"x-request-id", 12, x->request_id, strlen(x->request_id)};
+    }
+    if (!have_xfp) hv[n++] = (struct http1_hdr){"x-forwarded-proto", 17, "http", 4};
+
+    struct l7_request lr = {.method = x->method,
+                            .path = x->target,
+                            .path_len = h->target_len,
+                            .authority = x->authority,
+                            .headers = lh,
+                            .n_headers = nl};
+    struct wp_decision *dec = &x->dec;
+    wp_decide(t, &lr, dec);
+    x->route_name = dec->route_name;
+    if (dec->kind == WP_DECIDE_LOCAL) {
+        local_reply(x, dec->status, dec->body, dec->flags, dec->details, *dec->location ? dec->location : NULL);
+        return 0;
+    }
+    wp_apply_mods(dec->req_mods, dec->n_req_mods, hv, &n, cap, http1_name_is);
+    const char *target = x->target;
+    size_t target_len = h->target_len;
+    if (dec->rewrite_path) {
+        target = dec->path;
+        target_len = strlen(dec->path);
+    }
+    if (dec->rewrite_authority)
+        for (size_t i = 0; i < n; i++)
+            if (http1_name_is(hv[i].name, hv[i].name_len, "host")) {
+                hv[i].value = dec->authority;
+                hv[i].value_len = strlen(dec->authority);
+            }
+
+    struct lb_choice ep;
+    if (wp_pick_endpoint(t, dec->svc, dec->port, &ep) < 0) {
+        local_reply(x, 503, "no healthy upstream", "UH", "no_healthy_upstream", NULL);
+        return 0;
+    }
+    char ipb[IP_STRLEN];
+    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
+             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
+    x->upstream_ep = ep;
+    const char *err = NULL;
+    struct h1_up *u = up_get(t->w, &ep, &err);
+    if (!u) {
+        local_reply(x, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                    "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
+        LOG_LIMITED(LOG_WARN, LOG_HTTP, "upstream %s: %s", x->upstream_host, err ? err : "failed");
+        return 0;
+    }
+    x->u = u;
+    u->x = x;
+    x->up_start_mono = loop_now(t->w->loop);
+    if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
+    if (x->head_req) http1_parser_response_to_head(u->p);
+    if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (http1_write_request_head(&u->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,
+                                 h->content_length) < 0) {
+        up_failed(x, "protocol error");
+        return 0;
+    }
+    up_kick(u);
+    return 0;
+}
+
+/* The route's timeout passed before the response ended: Envoy's 504 `upstream request timeout` (UT) when
+ * nothing of the response went out yet, else the client's connection is cut. */
+static void timeout_cb(struct timer *tm)
+{
+    struct h1_x *x = container_of(tm, struct h1_x, timer);
+    struct h1_down *d = x->d;
+    struct h1_up *u = x->u;
+    x->u = NULL;
+    if (u) {
+        u->x = NULL;
+        up_close(u, "request timeout");
+    }
+    if (!x->resp_started) {
+        local_reply(x, 504, "upstream request timeout", "UT", "upstream_response_timeout", NULL);
+        d->close_after = !x->req_done; /* the rest of its body is not read */
+        x->req_done = true;
+    } else {
+        x->flags = "UT";
+        x->resp_done = x->req_done = true;
+        d->close_after = true;
+    }
+    x_finish(x);
+    down_kick(d);
+}
+
+static int req_body(void *ud, const uint8_t *p, size_t n)
+{
+    struct h1_down *d = ud;
+    struct h1_x *x = d->x;
+    if (!x) return 0;
+    x->bytes_received += n;
+    struct h1_up *u = x->u;
+    if (!u) return 0; /* answered locally: the body is read and dropped */
+    struct http1_out *o = &u->s.out;
+    int rc = 0;
+    if (x->req_framing == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_header(o, n);
+    if (!rc) rc = http1_out_append(o, p, n);
+    if (!rc && x->req_framing == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_end(o);
+    if (rc) return -1;
+    return side_pending(&u->s) > H1_HIGH_WATER ? HTTP1_PAUSE : 0;
+}
+
+static int req_trailers(void *ud, const struct http1_hdr *t, size_t n)
+{
+    struct h1_down *d = ud;
+    struct h1_x *x = d->x;
+    if (!x || !x->u || x->req_framing != HTTP1_BODY_CHUNKED) return 0;
+    x->req_framing = HTTP1_BODY_NONE; /* the last chunk is written here */
+    return http1_write_last_chunk(&x->u->s.out, t, n) < 0 ? -1 : 0;
+}
+
+static int req_complete(void *ud)
+{
+    struct h1_down *d = ud;
+    struct h1_x *x = d->x;
+    if (!x) return 0;
+    if (x->u && x->req_framing == HTTP1_BODY_CHUNKED) (void)http1_write_last_chunk(&x->u->s.out, NULL, 0);
+    x->req_done = true;
+    return 0;
+}
+
+static const struct http1_parser_ops req_ops = {
+    .on_head = req_head, .on_body = req_body, .on_trailers = req_trailers, .on_complete = req_complete};
+
+/* ---- the downstream connection ---- */
+
+static void down_free(struct h1_down *d)
+{
+    if (d->in_feed) {
+        d->freed = true;
+        return;
+    }
+    struct h1_x *x = d->x;
+    if (x) {
+        if (!x->flags) x->flags = "DC";
+        x->details = "downstream_remote_disconnect";
+        if (x->u) {
+            x->u->x = NULL;
+            up_close(x->u, "the client went away");
+        }
+        access_log(x);
+        x_free(x);
+    }
+    side_close(d->t->w->loop, &d->s);
+    side_free(&d->s);
+    http1_parser_free(d->p);
+    wp_tunnel_unref(d->t);
+    free(d);
+}
+
+static void down_parse(struct h1_down *d)
+{
+    d->in_feed = true;
+    while (d->s.in_len && !d->close_after) {
+        struct h1_x *x = d->x;
+        if (x && x->u && side_pending(&x->u->s) > H1_HIGH_WATER) break;
+        if (http1_parser_state(d->p) == HTTP1_P_PAUSED) http1_parser_resume(d->p);
+        ssize_t n = http1_parser_feed(d->p, d->s.in, d->s.in_len);
+        if (n < 0) {
+            if (!d->x || !d->x->resp_started) {
+                if (d->x) {
+                    struct h1_x *bad = d->x;
+                    if (bad->u) {
+                        bad->u->x = NULL;
+                        up_close(bad->u, "malformed request");
+                    }
+                    d->x = NULL;
+                    x_free(bad);
+                }
+                reply_parse_error(d);
+            } else {
+                d->close_after = true;
+            }
+            break;
+        }
+        side_consume(&d->s, (size_t)n);
+        if (n == 0) break;
+    }
+    d->in_feed = false;
+    if (d->x && d->x->req_done && d->x->resp_done) x_finish(d->x);
+}
+
+static void down_io(struct io *io, uint32_t ev)
+{
+    struct h1_down *d = container_of(io, struct h1_down, s.io);
+    if (ev & EPOLLOUT) {
+        if (side_flush(&d->s) < 0) {
+            down_free(d);
+            return;
+        }
+        /* room again downstream: the response may flow (some may wait parsed-to-be in the upstream's buffer) */
+        if (d->x && d->x->u && side_pending(&d->s) <= H1_HIGH_WATER / 2) {
+            up_pump(d->x->u);
+            if (d->s.dead || d->freed) return;
+        }
+    }
+    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        ssize_t r = side_read(&d->s, H1_IN_MAX);
+        if (r < 0 && r != -EAGAIN) {
+            down_free(d);
+            return;
+        }
+        down_parse(d);
+        if (d->freed) {
+            d->freed = false;
+            down_free(d);
+            return;
+        }
+        if (d->s.eof && !d->s.in_len) {
+            if (!d->x) {
+                /* between requests: the client is done */
+                if (!side_pending(&d->s)) {
+                    down_free(d);
+                    return;
+                }
+                d->close_after = true;
+            } else if (!d->x->req_done) {
+                down_free(d); /* cut mid-request: Envoy's DC */
+                return;
+            }
+        }
+    }
+    down_kick(d);
+}
+
+/* Re-arms the downstream socket for what it waits for, and parses what waits in its buffer. */
+static void down_kick(struct h1_down *d)
+{
+    if (d->s.dead || d->in_feed) return;
+    if (side_flush(&d->s) < 0) {
+        down_free(d);
+        return;
+    }
+    if (d->close_after && !side_pending(&d->s) && (!d->x || d->x->resp_done)) {
+        down_free(d);
+        return;
+    }
+    struct h1_x *x = d->x;
+    if (!d->close_after && d->s.in_len && (!x || !x->req_done) &&
+        http1_parser_state(d->p) != HTTP1_P_DONE) {
+        if (!x || !x->u || side_pending(&x->u->s) <= H1_HIGH_WATER) {
+            down_parse(d);
+            if (d->freed) {
+                d->freed = false;
+                down_free(d);
+                return;
+            }
+            x = d->x;
+        }
+    }
+    bool rd = !d->close_after && d->s.in_len < H1_IN_MAX && (!x || !x->req_done) &&
+              (!x || !x->u || side_pending(&x->u->s) <= H1_HIGH_WATER);
+    uint32_t ev = side_want(&d->s, rd) | EPOLLRDHUP;
+    if (ev != d->s.io.events) loop_io_mod(d->t->w->loop, &d->s.io, ev);
+    if (x && x->u) up_kick(x->u);
+}
 
 void wp_http1_start(struct wp_tunnel *t, int fd)
 {
-    LOG_LIMITED(LOG_WARN, "waypoint::http", "HTTP/1.1 to %s is relayed without L7 processing (not supported yet)",
-                t->authority);
-    wp_tcp_start(t, fd);
+    struct h1_down *d = calloc(1, sizeof(*d));
+    if (!d || !(d->p = http1_parser_new(HTTP1_REQUEST, NULL, &req_ops, d))) {
+        free(d);
+        close(fd);
+        wp_tunnel_unref(t);
+        return;
+    }
+    d->t = t;
+    d->s.io = (struct io){.fd = fd, .cb = down_io};
+    if (loop_io_add(t->w->loop, &d->s.io, EPOLLIN | EPOLLRDHUP) < 0) {
+        http1_parser_free(d->p);
+        free(d);
+        close(fd);
+        wp_tunnel_unref(t);
+    }
 }

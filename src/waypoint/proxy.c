@@ -57,10 +57,11 @@ void wp_view_unref(struct wp_view *v)
 {
     if (!v || atomic_fetch_sub(&v->refs, 1) != 1) return;
     snapshot_unref(v->snap);
+    l7_config_unref(v->l7);
     free(v);
 }
 
-int wp_view_publish(struct snapshot *snap)
+int wp_view_publish(struct snapshot *snap, struct l7_config *l7)
 {
     static uint64_t version;
     struct wp_view *v = calloc(1, sizeof(*v));
@@ -68,6 +69,8 @@ int wp_view_publish(struct snapshot *snap)
     atomic_init(&v->refs, 1);
     snapshot_ref(snap);
     v->snap = snap;
+    if (l7) l7_config_ref(l7);
+    v->l7 = l7;
     v->version = ++version;
     pthread_mutex_lock(&view_lock);
     struct wp_view *old = view_cur;
@@ -106,14 +109,14 @@ int wp_socketpair(int sv[2])
     return 0;
 }
 
-int wp_pick_endpoint(struct wp_tunnel *t, struct lb_choice *out)
+int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
 {
-    if (t->dst_wl) {
+    if (!svc) {
         *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
         return 0;
     }
     struct lb_source src = {.wl = t->src_wl};
-    int rc = lb_pick(t->view->snap, t->svc, t->port, &src, &t->dst_ip, wp_rand(t->w), out);
+    int rc = lb_pick(t->view->snap, svc, port, &src, svc == t->svc ? &t->dst_ip : NULL, wp_rand(t->w), out);
     /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP itself:
      * nothing to send to. */
     return rc == 0 ? 0 : -ENOENT;
@@ -195,7 +198,7 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     const char *err = "out of memory";
     if (!f) goto fail;
     f->t = t;
-    if (wp_pick_endpoint(t, &f->ep) < 0) {
+    if (wp_pick_endpoint(t, t->svc, t->port, &f->ep) < 0) {
         err = "no healthy upstream";
         goto fail;
     }
@@ -247,11 +250,7 @@ static void dispatch(struct wp_tunnel *t, int fd, enum sniff_result how)
         wp_http1_start(t, fd);
         return;
     case SNIFF_H2C:
-        /* h2c is the next handler; until it lands such a client is relayed as bytes, which an h2c server
-         * still understands (no L7 policy or routing applies: said at start-up in the README) */
-        LOG_LIMITED(LOG_WARN, LOG_IN, "h2c to %s is relayed without L7 processing (not supported yet)",
-                    t->authority);
-        wp_tcp_start(t, fd);
+        wp_h2c_start(t, fd);
         return;
     default:
         wp_tcp_start(t, fd);
@@ -291,7 +290,7 @@ static void sniff_timeout(struct timer *tm)
 }
 
 /* Declared ports skip detection (so server-first protocols are not delayed): TCP and TLS are relayed,
- * HTTP/1.1 is parsed; HTTP2 and gRPC wait for the h2c handler. Undeclared ports are detected. */
+ * HTTP/1.1 is parsed, HTTP2 and gRPC are h2c. Undeclared ports are detected. */
 static void start_handler(struct wp_tunnel *t, int fd)
 {
     switch (t->app_protocol) {
@@ -301,6 +300,10 @@ static void start_handler(struct wp_tunnel *t, int fd)
         return;
     case PORT_PROTO_HTTP11:
         wp_http1_start(t, fd);
+        return;
+    case PORT_PROTO_HTTP2:
+    case PORT_PROTO_GRPC:
+        wp_h2c_start(t, fd);
         return;
     default:
         break;

@@ -24,6 +24,7 @@
 #include "core/net.h"
 #include "h2/hbone.h"
 #include "h2/hbone_pool.h"
+#include "mesh/l7.h"
 #include "mesh/lb.h"
 #include "mesh/model.h"
 #include "tls/identity.h"
@@ -46,14 +47,15 @@
 struct wp_view {
     _Atomic int refs;
     struct snapshot *snap; /* reference held */
+    struct l7_config *l7;  /* routes and L7 policies (reference held); NULL: none */
     uint64_t version;
 };
 
 /* A new reference to the current view, or NULL before the first config. Any thread. */
 struct wp_view *wp_view_current(void);
 void wp_view_unref(struct wp_view *v);
-/* Main thread: publishes a view of snap (a reference is taken). Returns 0 or -ENOMEM. */
-int wp_view_publish(struct snapshot *snap);
+/* Main thread: publishes a view of snap and l7 (NULL: none; references are taken). Returns 0 or -ENOMEM. */
+int wp_view_publish(struct snapshot *snap, struct l7_config *l7);
 
 struct wp_in_conn;
 
@@ -117,9 +119,10 @@ struct wp_tunnel {
 void wp_tunnel_ref(struct wp_tunnel *t);
 void wp_tunnel_unref(struct wp_tunnel *t);
 
-/* The endpoint for t: a service's by the load balancer (the source workload's locality), or the addressed
- * workload with the requested port. Returns 0, or -ENOENT (no healthy upstream: Envoy's UH). */
-int wp_pick_endpoint(struct wp_tunnel *t, struct lb_choice *out);
+/* The endpoint for a request of t to svc:port (a route's backend, or t's own service): the load balancer's
+ * choice (the source workload's locality), or for a workload address (svc NULL) that workload with t's port.
+ * Returns 0, or -ENOENT (no healthy upstream: Envoy's UH). */
+int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out);
 /* Opens an HBONE tunnel for the worker to endpoint c (podIP:15008, :authority podIP:port, expecting the
  * endpoint workload's identity) bridged to fd (ownership passes; closed on failure). Returns the stream or
  * NULL with a static reason in *err. */
@@ -132,6 +135,7 @@ int wp_socketpair(int sv[2]);
 /* Protocol handlers: each takes fd (its end of the downstream internal connection) and a reference to t. */
 void wp_tcp_start(struct wp_tunnel *t, int fd);
 void wp_http1_start(struct wp_tunnel *t, int fd);
+void wp_h2c_start(struct wp_tunnel *t, int fd);
 
 /* Milliseconds since the epoch (access logs). */
 uint64_t wp_now_ms(void);

@@ -11,9 +11,16 @@ kinds:
            1 MiB of a fixed pattern (pattern_bytes(1 << 20)), then closes
   http     HTTP/1.1: GET /bytes/<n> returns n pattern bytes; POST returns the request body's sha256; every
            response carries X-Client-Addr (the peer "ip:port") and X-Body-Sha256 (sha256 of the body sent)
+  httpinfo HTTP/1.1 (apps.py httpinfo <port> <tag>): any method; answers JSON {"tag", "method", "path",
+           "headers" (lower-case names), "body_len", "body_sha256", "client"} (request bodies by Content-Length
+           or chunked); /status/<code> answers that status; /bytes/<n> streams n pattern bytes chunked
+  h2info   h2c with prior knowledge (apps.py h2info <port> <tag>, python3-h2): every request stream is answered
+           with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
+           "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
 """
 import hashlib
 import http.server
+import json
 import socket
 import socketserver
 import sys
@@ -90,6 +97,118 @@ class HttpHandler(http.server.BaseHTTPRequestHandler):
         self._reply((hashlib.sha256(body).hexdigest() + " %d\n" % len(body)).encode())
 
 
+class InfoHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    tag = ""
+
+    def log_message(self, *a):
+        pass
+
+    def _body(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length", "0")))
+
+    def _any(self):
+        body = self._body()
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "bytes":
+            n = int(parts[1])
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("X-Served-By", self.tag)
+            self.end_headers()
+            data = pattern_bytes(n)
+            for i in range(0, n, 65536):
+                c = data[i:i + 65536]
+                self.wfile.write(b"%x\r\n" % len(c) + c + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        status = int(parts[1]) if len(parts) == 2 and parts[0] == "status" else 200
+        info = {"tag": self.tag, "method": self.command, "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()}, "body_len": len(body),
+                "body_sha256": hashlib.sha256(body).hexdigest(), "client": "%s:%d" % self.client_address[:2]}
+        out = json.dumps(info).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.send_header("X-Served-By", self.tag)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(out)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+
+class H2InfoHandler(socketserver.BaseRequestHandler):
+    tag = ""
+
+    def handle(self):
+        import h2.config
+        import h2.connection
+        import h2.events
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False,
+                                                                            header_encoding="utf-8"))
+        conn.initiate_connection()
+        sock = self.request
+        sock.sendall(conn.data_to_send())
+        reqs = {}
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.RequestReceived):
+                    reqs[ev.stream_id] = {"headers": dict(ev.headers), "body": b""}
+                elif isinstance(ev, h2.events.DataReceived):
+                    reqs[ev.stream_id]["body"] += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    r = reqs.pop(ev.stream_id)
+                    path = r["headers"].get(":path", "")
+                    parts = path.split("?")[0].strip("/").split("/")
+                    if len(parts) == 2 and parts[0] == "bytes":
+                        out = pattern_bytes(int(parts[1]))
+                    else:
+                        out = json.dumps({"tag": self.tag, "method": r["headers"].get(":method"), "path": path,
+                                          "headers": {k: v for k, v in r["headers"].items()},
+                                          "body_len": len(r["body"]),
+                                          "body_sha256": hashlib.sha256(r["body"]).hexdigest(),
+                                          "client": "%s:%d" % self.client_address[:2]}).encode()
+                    conn.send_headers(ev.stream_id, [(":status", "200"), ("content-type", "application/json"),
+                                                     ("x-served-by", self.tag)])
+                    self._send(conn, sock, ev.stream_id, out)
+                    conn.send_headers(ev.stream_id, [("x-trailer", self.tag), ("grpc-status", "0")],
+                                      end_stream=True)
+            sock.sendall(conn.data_to_send())
+
+    def _send(self, conn, sock, sid, out):
+        import h2.events
+        view = memoryview(out)
+        while len(view):
+            n = min(len(view), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if n <= 0:
+                sock.sendall(conn.data_to_send())
+                for ev in conn.receive_data(sock.recv(65536)):
+                    if isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                continue
+            conn.send_data(sid, view[:n].tobytes())
+            view = view[n:]
+        sock.sendall(conn.data_to_send())
+
+
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -100,6 +219,12 @@ def main():
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "http":
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), HttpHandler)
+    elif kind == "h2info":
+        H2InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""
+        srv = Server(("0.0.0.0", port), H2InfoHandler)
+    elif kind == "httpinfo":
+        InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""
+        srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), InfoHandler)
     elif kind in ("echo", "whoami", "sink", "eof"):
         Handler.kind = kind
         srv = Server(("0.0.0.0", port), Handler)

@@ -189,8 +189,8 @@ def parse_text_line(line):
     return d
 
 
-def start_app(topo, pod, kind, port, timeout=10):
-    p = topo.popen(pod.netns, [PY, os.path.join(HERE, "apps.py"), kind, str(port)],
+def start_app(topo, pod, kind, port, timeout=10, args=()):
+    p = topo.popen(pod.netns, [PY, os.path.join(HERE, "apps.py"), kind, str(port)] + list(args),
                    stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     r, _, _ = select.select([p.stdout], [], [], timeout)
     line = p.stdout.readline() if r else b""

@@ -15,11 +15,14 @@ import urllib.request
 
 import pytest
 
-from helpers import Mesh, start_app, start_tag_server, wait_for
+import hashlib
+import re
+
+from helpers import Mesh, start_app, wait_for
 from hbone_peer import HboneClient, client_context
 from topo import netns_socket, tail
 
-ECHO_VIP, DIRECT_VIP = "10.96.0.10", "10.96.0.11"
+ECHO_VIP, DIRECT_VIP, EMPTY_VIP = "10.96.0.10", "10.96.0.11", "10.96.0.12"
 WP_HOST = "waypoint.default.svc.cluster.local"
 
 
@@ -32,8 +35,9 @@ def _svc(name, vip, ports, waypoint=True):
 
 
 SERVICES = [
-    _svc("echo", ECHO_VIP, {80: 8080, 9000: 9000}),
+    _svc("echo", ECHO_VIP, {80: 8080, 81: 8081, 9000: 9000}),
     _svc("direct", DIRECT_VIP, {80: 8080}, waypoint=False),
+    _svc("empty", EMPTY_VIP, {80: 8080}),
     {"name": "waypoint", "namespace": "default", "hostname": WP_HOST, "vips": ["/10.96.0.2"],
      "ports": {15008: 15008}},
 ]
@@ -59,9 +63,9 @@ def start_waypoint(topo, pod, config, env=None, timeout=10.0):
 @pytest.fixture(scope="module")
 def mesh(ztunnel_bin):
     extra = {
-        "n2p1": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 9000: 9000},
+        "n2p1": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 9000: 9000},
                               "default/direct.default.svc.cluster.local": {80: 8080}}},
-        "n2p2": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 9000: 9000},
+        "n2p2": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 9000: 9000},
                               "default/direct.default.svc.cluster.local": {80: 8080}}},
         "n1p1": {"services": {"default/" + WP_HOST: {15008: 15008}}},
     }
@@ -71,8 +75,9 @@ def mesh(ztunnel_bin):
         m.up()
         t = m.topo
         for name in ("n2p1", "n2p2"):
-            start_tag_server(t, m.pod(name), 8080, name)
+            start_app(t, m.pod(name), "httpinfo", 8080, args=[name])
             start_app(t, m.pod(name), "echo", 9000)
+            start_app(t, m.pod(name), "h2info", 8081, args=[name])
         m.waypoint = start_waypoint(t, m.pod("n1p1"), m.config)
         client = m.pod("n1p2")
         m.client_cert = t.mint(client.spiffe, "client")
@@ -177,5 +182,256 @@ def test_readiness_and_config_dump(mesh):
     d = json.loads(body)
     assert d["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
     assert d["hostname"] == WP_HOST
-    assert [s["name"] for s in d["services"]] == ["echo"]
+    assert sorted(s["name"] for s in d["services"]) == ["echo", "empty"]
     assert d["certificates"][0]["state"] == "Available"
+
+
+class Http:
+    """HTTP/1.1 over one HBONE stream (keep-alive: several requests in sequence)."""
+
+    def __init__(self, c, sid):
+        self.c, self.sid, self.buf = c, sid, b""
+
+    def _fill(self):
+        b = self.c.recv(self.sid)
+        if not b:
+            raise EOFError("stream ended")
+        self.buf += b
+
+    def _line(self):
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def _exact(self, n):
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def send(self, raw):
+        self.c.send(self.sid, raw)
+
+    def request(self, method, path, headers=None, body=b"", raw_body=None):
+        h = {"host": "echo.default.svc.cluster.local"}
+        h.update(headers or {})
+        if raw_body is None and (body or method in ("POST", "PUT")):
+            h.setdefault("content-length", str(len(body)))
+        req = "%s %s HTTP/1.1\r\n" % (method, path) + "".join("%s: %s\r\n" % kv for kv in h.items()) + "\r\n"
+        self.send(req.encode() + (raw_body if raw_body is not None else body))
+        return self.response(head=method == "HEAD")
+
+    def response(self, head=False):
+        """(status, headers with lower-case names, body); 1xx responses are returned as they come."""
+        status = int(self._line().split()[1])
+        hdrs = {}
+        while True:
+            line = self._line()
+            if not line:
+                break
+            k, _, v = line.decode().partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        if head or status < 200 or status in (204, 304):
+            return status, hdrs, b""
+        if hdrs.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                n = int(self._line().split(b";")[0], 16)
+                if n == 0:
+                    while self._line():
+                        pass
+                    return status, hdrs, body
+                body += self._exact(n)
+                self._line()
+        if "content-length" in hdrs:
+            return status, hdrs, self._exact(int(hdrs["content-length"]))
+        while True:
+            try:
+                self._fill()
+            except EOFError:
+                body, self.buf = self.buf, b""
+                return status, hdrs, body
+
+
+def http_tunnel(m, port=80, vip=ECHO_VIP):
+    c, sid, status = hbone(m, "%s:%d" % (vip, port))
+    assert status == 200
+    return c, Http(c, sid)
+
+
+def test_http_get_routed_to_an_endpoint(mesh):
+    """An HTTP/1.1 GET through the waypoint reaches one of the service's endpoints through its ztunnel, with
+    x-request-id generated (a UUID v4), x-forwarded-proto added, and x-envoy-upstream-service-time back."""
+    c, h = http_tunnel(mesh)
+    status, hdrs, body = h.request("GET", "/hello?x=1")
+    assert status == 200, (status, body)
+    info = json.loads(body)
+    assert info["tag"] in ("n2p1", "n2p2")
+    assert info["path"] == "/hello?x=1" and info["method"] == "GET"
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                        info["headers"]["x-request-id"]), info["headers"]
+    assert info["headers"]["x-forwarded-proto"] == "http"
+    assert int(hdrs["x-envoy-upstream-service-time"]) >= 0
+    # the app sees the waypoint's address: waypoints do not impersonate the client
+    assert info["client"].split(":")[0] == mesh.pod("n1p1").ip
+    c.close()
+
+
+def test_http_keepalive_load_balanced(mesh):
+    """Forty requests on one downstream connection: every one answered, a client's x-request-id passed
+    through unchanged, and both endpoints served some (least-request/random choice per request)."""
+    c, h = http_tunnel(mesh)
+    seen = set()
+    for i in range(40):
+        status, _, body = h.request("GET", "/r%d" % i, headers={"x-request-id": "req-%d" % i})
+        assert status == 200
+        info = json.loads(body)
+        assert info["headers"]["x-request-id"] == "req-%d" % i
+        assert info["path"] == "/r%d" % i
+        seen.add(info["tag"])
+    assert seen == {"n2p1", "n2p2"}
+    c.close()
+
+
+def test_http_bodies_streamed(mesh):
+    """A 3 MiB Content-Length body and a chunked body reach the app intact; a 5 MB chunked response comes
+    back intact (the app's pattern)."""
+    c, h = http_tunnel(mesh)
+    body = os.urandom(3 << 20)
+    status, _, out = h.request("POST", "/upload", body=body)
+    assert status == 200
+    info = json.loads(out)
+    assert (info["body_len"], info["body_sha256"]) == (len(body), hashlib.sha256(body).hexdigest())
+    chunks = [b"a" * 10, b"b" * 70000, b"c"]
+    raw = b"".join(b"%x\r\n%s\r\n" % (len(x), x) for x in chunks) + b"0\r\n\r\n"
+    status, _, out = h.request("POST", "/chunked", headers={"transfer-encoding": "chunked"}, raw_body=raw)
+    info = json.loads(out)
+    whole = b"".join(chunks)
+    assert status == 200 and (info["body_len"], info["body_sha256"]) == (len(whole), hashlib.sha256(whole).hexdigest())
+    assert info["headers"].get("transfer-encoding") == "chunked"
+    status, hdrs, out = h.request("GET", "/bytes/5000000")
+    assert status == 200 and len(out) == 5000000
+    from apps import pattern_bytes
+    assert out == pattern_bytes(5000000)
+    c.close()
+
+
+def test_http_expect_continue_head_and_status(mesh):
+    """Expect: 100-continue is answered by the waypoint (as Envoy does) before the body is sent; HEAD gets
+    the headers without a body; an upstream status passes through."""
+    c, h = http_tunnel(mesh)
+    h.send(b"POST /e HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+    status, _, _ = h.response()
+    assert status == 100
+    h.send(b"hello")
+    status, _, out = h.response()
+    info = json.loads(out)
+    assert status == 200 and info["body_len"] == 5 and "expect" not in info["headers"]
+    status, hdrs, out = h.request("HEAD", "/head")
+    assert status == 200 and out == b"" and int(hdrs["content-length"]) > 0
+    status, _, _ = h.request("GET", "/status/418")
+    assert status == 418
+    c.close()
+
+
+def test_http_hop_by_hop_removed(mesh):
+    """Hop-by-hop headers, and the ones the Connection header names, do not reach the app."""
+    c, h = http_tunnel(mesh)
+    status, _, out = h.request("GET", "/hop", headers={"connection": "keep-alive, x-secret", "x-secret": "1",
+                                                       "keep-alive": "timeout=5", "x-kept": "yes"})
+    info = json.loads(out)
+    assert status == 200
+    assert "x-secret" not in info["headers"] and "keep-alive" not in info["headers"]
+    assert info["headers"]["x-kept"] == "yes"
+    c.close()
+
+
+def test_http_malformed_and_no_upstream(mesh):
+    """A malformed request gets 400 and the connection closes; a service with no endpoint gets Envoy's 503
+    `no healthy upstream`."""
+    c, h = http_tunnel(mesh)
+    h.send(b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n")
+    status, _, _ = h.response()
+    assert status == 400
+    c.close()
+    c, h = http_tunnel(mesh, vip=EMPTY_VIP)
+    status, _, body = h.request("GET", "/")
+    assert (status, body) == (503, b"no healthy upstream")
+    c.close()
+
+
+class H2c:
+    """An h2c client (python3-h2) speaking inside one HBONE stream."""
+
+    def __init__(self, c, sid):
+        import h2.config
+        import h2.connection
+        self.c, self.sid = c, sid
+        self.conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True,
+                                                                                 header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(16 << 20)
+        self._flush()
+
+    def _flush(self):
+        out = self.conn.data_to_send()
+        if out:
+            self.c.send(self.sid, out)
+
+    def exchange(self, headers, body=b"", end=True):
+        """Sends a request on a new stream; returns (headers dict, body, trailers dict)."""
+        import h2.events
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers, end_stream=not body)
+        if body:
+            self.conn.send_data(sid, body, end_stream=True)
+        self._flush()
+        resp, data, trailers = None, b"", {}
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            b = self.c.recv(self.sid)
+            if not b:
+                raise EOFError("tunnel ended")
+            for ev in self.conn.receive_data(b):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                    resp = dict(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    data += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.TrailersReceived) and ev.stream_id == sid:
+                    trailers = dict(ev.headers)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    self._flush()
+                    return resp, data, trailers
+                elif isinstance(ev, h2.events.StreamReset) and ev.stream_id == sid:
+                    raise EOFError("stream reset %s" % ev.error_code)
+            self._flush()
+        raise TimeoutError("no response")
+
+
+def test_h2c_detected_and_multiplexed(mesh):
+    """The HTTP/2 preface is detected on an undeclared port: requests on one h2c connection are proxied to
+    the endpoints as HTTP/2 (headers, a body, and the app's trailers, as gRPC needs), each stream with its own
+    x-request-id, and large responses stream back."""
+    c, sid, status = hbone(mesh, "%s:81" % ECHO_VIP)
+    assert status == 200
+    h = H2c(c, sid)
+    seen = set()
+    for i in range(12):
+        hdrs, body, trailers = h.exchange([(":method", "POST"), (":scheme", "http"), (":authority", "echo"),
+                                           (":path", "/h2/%d" % i), ("content-type", "application/grpc")],
+                                          body=b"x" * (1000 + i))
+        assert hdrs[":status"] == "200"
+        assert "x-envoy-upstream-service-time" in hdrs
+        info = json.loads(body)
+        assert info["path"] == "/h2/%d" % i and info["body_len"] == 1000 + i
+        assert "x-request-id" in info["headers"]
+        assert trailers == {"x-trailer": info["tag"], "grpc-status": "0"}
+        seen.add(info["tag"])
+    assert seen == {"n2p1", "n2p2"}
+    hdrs, body, _ = h.exchange([(":method", "GET"), (":scheme", "http"), (":authority", "echo"),
+                                (":path", "/bytes/3000000")])
+    from apps import pattern_bytes
+    assert hdrs[":status"] == "200" and body == pattern_bytes(3000000)
+    c.close()

@@ -139,7 +139,7 @@ static void sig_cb(struct io *io, uint32_t ev)
 
 static void publish(struct snapshot *s, const char *source)
 {
-    if (wp_view_publish(s) < 0) {
+    if (wp_view_publish(s, NULL) < 0) {
         LOG_E("waypoint", "out of memory publishing the config from %s", source);
         return;
     }

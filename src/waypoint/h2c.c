@@ -1,0 +1,641 @@
+/* HTTP/2 with prior knowledge (h2c) through the waypoint, gRPC included (wp.h): the downstream internal
+ * connection runs the generic HTTP/2 session (h2/session.h) in the server role without TLS; each request
+ * stream is routed like an HTTP/1.1 request and opened on an upstream h2c connection (the client role on an
+ * internal connection bridged to an HBONE tunnel to the endpoint), multiplexed and kept per worker and
+ * endpoint. Headers, body and trailers are relayed stream to stream; a byte received on one side is credited
+ * to its sender (h2_stream_consume) only once the other side's session has taken it, so the HTTP/2 windows
+ * give end-to-end back-pressure and nothing is buffered beyond a window. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <nghttp2/nghttp2.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "waypoint/route.h"
+#include "waypoint/wp.h"
+
+#define LOG_H2C "waypoint::h2c"
+/* Receive windows of the waypoint's h2c sessions (auto-tuned between these, as HBONE's). */
+#define HC_STREAM_WINDOW (256u << 10)
+#define HC_STREAM_WINDOW_MAX (4u << 20)
+#define HC_CONN_WINDOW (1u << 20)
+#define HC_CONN_WINDOW_MAX (16u << 20)
+/* Envoy's defaults for a waypoint's HTTP/2: 100 concurrent streams per downstream connection (Istio's
+ * connect_terminate sets the same), header lists of 60 KiB and 100 headers. */
+#define HC_MAX_STREAMS 100
+#define HC_MAX_HEADERS 100
+#define HC_MAX_HEADER_BYTES (60u << 10)
+#define HC_IDLE_BUCKETS 64
+
+struct chunk {
+    struct chunk *next;
+    size_t len, off;
+    uint8_t data[];
+};
+
+/* Bytes received on one side and not yet taken by the other side's session. */
+struct bq {
+    struct chunk *head, *tail;
+    size_t bytes;
+    bool eof; /* the sender ended its side after these bytes */
+};
+
+struct hc_up;
+
+struct hc_down {
+    struct wp_tunnel *t;
+    struct h2_conn *c;
+};
+
+struct hc_up {
+    struct hc_up *hnext; /* in the worker's table while it takes streams */
+    struct wp_worker *w;
+    struct h2_conn *c;
+    struct hbone_stream *hs;
+    struct lb_choice ep;
+    bool listed;
+};
+
+/* One request stream and its upstream stream. Freed when both have ended. */
+struct hc_x {
+    int refs;
+    struct hc_down *d;
+    struct h2_stream *ds, *us; /* NULL once that stream ended */
+    struct hc_up *u;
+    struct bq d2u, u2d;
+    bool routed, responded, grpc, ds_parked, us_parked; /* routed: down_request ran (DATA may come first) */
+    int status;
+    const char *flags;
+    char method[16], path[256], authority[256], request_id[40], upstream_host[IP_STRLEN + 32];
+    uint64_t start_mono, up_start_mono, bytes_received, bytes_sent;
+    struct wp_decision dec; /* what wp_decide chose (strings borrowed from the tunnel's view) */
+    struct lb_choice upstream_ep;
+    struct timer timer; /* the route's timeout */
+};
+
+static _Thread_local struct hc_up *up_table[HC_IDLE_BUCKETS];
+
+/* ---- byte queues ---- */
+
+static int bq_push(struct bq *q, const uint8_t *p, size_t n)
+{
+    struct chunk *k = malloc(sizeof(*k) + n);
+    if (!k) return -ENOMEM;
+    k->next = NULL;
+    k->len = n;
+    k->off = 0;
+    memcpy(k->data, p, n);
+    if (q->tail)
+        q->tail->next = k;
+    else
+        q->head = k;
+    q->tail = k;
+    q->bytes += n;
+    return 0;
+}
+
+static size_t bq_peek(const struct bq *q, const uint8_t **p)
+{
+    if (!q->head) return 0;
+    *p = q->head->data + q->head->off;
+    return q->head->len - q->head->off;
+}
+
+static void bq_drop(struct bq *q, size_t n)
+{
+    q->bytes -= n;
+    while (n && q->head) {
+        struct chunk *k = q->head;
+        size_t take = k->len - k->off < n ? k->len - k->off : n;
+        k->off += take;
+        n -= take;
+        if (k->off == k->len) {
+            q->head = k->next;
+            if (!q->head) q->tail = NULL;
+            free(k);
+        }
+    }
+}
+
+static void bq_free(struct bq *q)
+{
+    while (q->head) {
+        struct chunk *k = q->head;
+        q->head = k->next;
+        free(k);
+    }
+    q->tail = NULL;
+    q->bytes = 0;
+}
+
+/* ---- exchanges ---- */
+
+static void x_log(struct hc_x *x)
+{
+    if (!log_target_enabled(LOG_INFO, "access")) return;
+    struct wp_tunnel *t = x->d->t;
+    char src[SOCKADDR_STRLEN], code[8], bin[24], bout[24], dur[24];
+    snprintf(code, sizeof(code), "%d", x->status);
+    snprintf(bin, sizeof(bin), "%llu", (unsigned long long)x->bytes_received);
+    snprintf(bout, sizeof(bout), "%llu", (unsigned long long)x->bytes_sent);
+    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(loop_now(t->w->loop) - x->start_mono));
+    log_kv(LOG_INFO, "access", "request complete", "src.addr", sockaddr_format(&t->peer, src, sizeof(src)),
+           "src.identity", *t->peer_id ? t->peer_id : NULL, "dst.service", t->svc ? t->svc->hostname : NULL,
+           "upstream_host", *x->upstream_host ? x->upstream_host : NULL, "method", x->method, "path", x->path,
+           "authority", x->authority, "protocol", "HTTP/2", "response_code", code, "response_flags",
+           x->flags ? x->flags : "-", "bytes_received", bin, "bytes_sent", bout, "duration", dur, "request_id",
+           x->request_id, NULL);
+}
+
+static void x_unref(struct hc_x *x)
+{
+    if (--x->refs) return;
+    if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
+    x_log(x);
+    bq_free(&x->d2u);
+    bq_free(&x->u2d);
+    free(x);
+}
+
+/* Drops the request bytes waiting for an upstream that will not take them, crediting the client for them. */
+static void drop_d2u(struct hc_x *x)
+{
+    if (x->ds && x->d2u.bytes) h2_stream_consume(x->ds, x->d2u.bytes);
+    bq_free(&x->d2u);
+}
+
+/* A local reply on the downstream stream (no upstream stream yet, or it failed before its response). */
+static void x_local_reply(struct hc_x *x, int status, const char *body, const char *flags)
+{
+    x->status = status;
+    x->flags = flags;
+    if (!x->ds || x->responded) return;
+    x->responded = true;
+    char len[24];
+    snprintf(len, sizeof(len), "%zu", strlen(body));
+    struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len}};
+    if (bq_push(&x->u2d, (const uint8_t *)body, strlen(body)) < 0 ||
+        h2_stream_respond(x->ds, status, h, 2, *body ? H2_BODY : 0) < 0)
+        return;
+    x->u2d.eof = true;
+    x->bytes_sent = strlen(body);
+    if (*body) h2_stream_resume(x->ds);
+}
+
+/* The route's timeout passed before the response ended: Envoy's 504 `upstream request timeout` (UT) before
+ * the response began, else the stream is reset. */
+static void timeout_cb(struct timer *tm)
+{
+    struct hc_x *x = container_of(tm, struct hc_x, timer);
+    struct h2_stream *us = x->us;
+    bool started = x->responded;
+    x->flags = "UT";
+    if (!started) {
+        drop_d2u(x);
+        x_local_reply(x, 504, "upstream request timeout", "UT");
+    } else if (x->ds) {
+        h2_stream_end(x->ds, H2_END_LOCAL, NGHTTP2_CANCEL, "upstream request timeout");
+    }
+    /* us_end sees responded set (the local reply) and leaves the downstream alone */
+    if (us) h2_stream_end(us, H2_END_LOCAL, NGHTTP2_CANCEL, "upstream request timeout");
+}
+
+/* ---- downstream stream ---- */
+
+static size_t ds_pull(struct h2_stream *s, void *ud, const uint8_t **data, bool *eof)
+{
+    struct hc_x *x = ud;
+    size_t n = bq_peek(&x->u2d, data);
+    if (n) return n;
+    if (x->u2d.eof) {
+        *eof = true;
+        return 0;
+    }
+    x->ds_parked = true;
+    return 0;
+}
+
+static void ds_sent(struct h2_stream *s, void *ud, size_t n)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    bq_drop(&x->u2d, n);
+    if (x->us) h2_stream_consume(x->us, n); /* the client took them: credit the upstream */
+}
+
+static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t len)
+{
+    struct hc_x *x = ud;
+    x->bytes_received += len;
+    if (x->routed && !x->us) { /* answered locally or the upstream is gone: drop */
+        h2_stream_consume(s, len);
+        return;
+    }
+    if (bq_push(&x->d2u, data, len) < 0) {
+        h2_stream_end(s, H2_END_NO_MEMORY, NGHTTP2_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    if (x->us_parked) {
+        x->us_parked = false;
+        h2_stream_resume(x->us);
+    }
+}
+
+static void ds_eof(struct h2_stream *s, void *ud)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    x->d2u.eof = true;
+    if (x->us && x->us_parked) {
+        x->us_parked = false;
+        h2_stream_resume(x->us);
+    }
+}
+
+static void ds_headers(struct h2_stream *s, void *ud, const struct h2_headers *h)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    /* request trailers: forwarded after the body (gRPC clients rarely send them) */
+    if (h->kind == H2_HEADERS_TRAILERS && x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
+}
+
+static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    x->ds = NULL;
+    if (e->reason != H2_END_OK && x->us) {
+        if (!x->flags) x->flags = "DC";
+        h2_stream_end(x->us, H2_END_LOCAL, NGHTTP2_CANCEL, "the client reset its stream");
+    }
+    x_unref(x);
+}
+
+static const struct h2_stream_ops ds_ops = {.on_headers = ds_headers,
+                                            .on_data = ds_data,
+                                            .on_eof = ds_eof,
+                                            .pull = ds_pull,
+                                            .sent = ds_sent,
+                                            .on_end = ds_end};
+
+/* ---- upstream stream ---- */
+
+static size_t us_pull(struct h2_stream *s, void *ud, const uint8_t **data, bool *eof)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    size_t n = bq_peek(&x->d2u, data);
+    if (n) return n;
+    if (x->d2u.eof) {
+        *eof = true;
+        return 0;
+    }
+    x->us_parked = true;
+    return 0;
+}
+
+static void us_sent(struct h2_stream *s, void *ud, size_t n)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    bq_drop(&x->d2u, n);
+    if (x->ds) h2_stream_consume(x->ds, n);
+}
+
+static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    if (!x->ds) return;
+    if (h->kind == H2_HEADERS_TRAILERS) {
+        if (!x->responded) return;
+        /* the session sends them after the body, once pull reports its end */
+        (void)h2_stream_trailers(x->ds, h->headers, h->n_headers);
+        x->u2d.eof = true;
+        if (x->ds_parked) {
+            x->ds_parked = false;
+            h2_stream_resume(x->ds);
+        }
+        return;
+    }
+    struct h2_header hv[HC_MAX_HEADERS + 2];
+    size_t n = 0;
+    for (size_t i = 0; i < h->n_headers && n < HC_MAX_HEADERS; i++)
+        hv[n++] = h->headers[i];
+    char ust[24];
+    snprintf(ust, sizeof(ust), "%llu", (unsigned long long)(loop_now(x->d->t->w->loop) - x->up_start_mono));
+    hv[n++] = (struct h2_header){"x-envoy-upstream-service-time", ust};
+    x->status = h->status;
+    x->responded = true;
+    if (h2_stream_respond(x->ds, h->status, hv, n, h->end_stream ? 0 : H2_BODY) < 0) return;
+    if (h->end_stream) x->u2d.eof = true;
+}
+
+static void us_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t len)
+{
+    struct hc_x *x = ud;
+    x->bytes_sent += len;
+    if (!x->ds) {
+        h2_stream_consume(s, len);
+        return;
+    }
+    if (bq_push(&x->u2d, data, len) < 0) {
+        h2_stream_end(s, H2_END_NO_MEMORY, NGHTTP2_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    if (x->ds_parked) {
+        x->ds_parked = false;
+        h2_stream_resume(x->ds);
+    }
+}
+
+static void us_eof(struct h2_stream *s, void *ud)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    x->u2d.eof = true;
+    if (x->ds && x->ds_parked) {
+        x->ds_parked = false;
+        h2_stream_resume(x->ds);
+    }
+}
+
+static void us_end(struct h2_stream *s, void *ud, const struct h2_end *e)
+{
+    (void)s;
+    struct hc_x *x = ud;
+    x->us = NULL;
+    drop_d2u(x);
+    if (e->reason != H2_END_OK && x->ds) {
+        if (!x->responded) {
+            x_local_reply(x, 503,
+                          "upstream connect error or disconnect/reset before headers. reset reason: "
+                          "connection failure",
+                          "UF");
+        } else {
+            x->flags = "UR";
+            h2_stream_end(x->ds, H2_END_LOCAL, e->code ? e->code : NGHTTP2_INTERNAL_ERROR, "upstream reset");
+        }
+    }
+    x_unref(x);
+}
+
+static const struct h2_stream_ops us_ops = {.on_headers = us_headers,
+                                            .on_data = us_data,
+                                            .on_eof = us_eof,
+                                            .pull = us_pull,
+                                            .sent = us_sent,
+                                            .on_end = us_end};
+
+/* ---- upstream connections ---- */
+
+static void settings(struct h2_settings *set, bool server)
+{
+    *set = (struct h2_settings){
+        .log_name = "waypoint::h2c",
+        .max_concurrent_streams = server ? HC_MAX_STREAMS : 0,
+        .max_open_streams = server ? 0 : HC_MAX_STREAMS,
+        .stream_window = HC_STREAM_WINDOW,
+        .stream_window_max = HC_STREAM_WINDOW_MAX,
+        .conn_window = HC_CONN_WINDOW,
+        .conn_window_max = HC_CONN_WINDOW_MAX,
+        .max_header_list = HC_MAX_HEADER_BYTES,
+        .max_headers = HC_MAX_HEADERS,
+        .max_header_bytes = HC_MAX_HEADER_BYTES,
+        .handshake_timeout_ms = 10000,
+        .max_unanswered = server ? HC_MAX_STREAMS : 0,
+        .early_reset_burst = server ? 1000 : 0,
+        .early_reset_rate = server ? 100 : 0,
+        .linger_ms = 1000,
+        .stream_user_size = sizeof(struct hc_x *),
+    };
+}
+
+static unsigned ep_bucket(const struct lb_choice *c)
+{
+    return (unsigned)((ip_hash(&c->ip) ^ c->port) % HC_IDLE_BUCKETS);
+}
+
+static void up_unlist(struct hc_up *u)
+{
+    if (!u->listed) return;
+    u->listed = false;
+    for (struct hc_up **pp = &up_table[ep_bucket(&u->ep)]; *pp; pp = &(*pp)->hnext)
+        if (*pp == u) {
+            *pp = u->hnext;
+            return;
+        }
+}
+
+static void up_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
+{
+    (void)c;
+    (void)e;
+    struct hc_up *u = ud;
+    up_unlist(u);
+    /* the internal connection's end closed with the session: the tunnel sees EOF and ends */
+    free(u);
+}
+
+static const struct h2_conn_ops up_conn_ops = {.on_closed = up_closed};
+
+static void up_tunnel_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
+{
+    (void)s;
+    (void)r;
+    (void)ud; /* the session sees its socket close and ends its streams (us_end: 503 UF or reset) */
+}
+
+static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done};
+
+static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, const char **err)
+{
+    for (struct hc_up *u = up_table[ep_bucket(ep)]; u; u = u->hnext)
+        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->ep.wl->uid, ep->wl->uid) &&
+            h2_conn_usable(u->c) && h2_conn_streams(u->c) < h2_conn_max_streams(u->c))
+            return u;
+    int sv[2];
+    if (wp_socketpair(sv) < 0) {
+        *err = "no socket";
+        return NULL;
+    }
+    struct hc_up *u = calloc(1, sizeof(*u));
+    if (!u) {
+        close(sv[0]);
+        close(sv[1]);
+        *err = "out of memory";
+        return NULL;
+    }
+    u->w = w;
+    u->ep = *ep;
+    /* The tunnel first: its socket end must exist before the session writes its preface. */
+    u->hs = wp_upstream_open(w, ep, sv[0], &up_tunnel_ops, u, err);
+    if (!u->hs) {
+        close(sv[1]);
+        free(u);
+        return NULL;
+    }
+    struct h2_settings set;
+    settings(&set, false);
+    u->c = h2_client_new(w->loop, sv[1], NULL, NULL, &set, &up_conn_ops, u);
+    if (!u->c) {
+        free(u); /* sv[1] closed by h2_client_new; the tunnel sees EOF */
+        *err = "out of memory";
+        return NULL;
+    }
+    unsigned b = ep_bucket(ep);
+    u->hnext = up_table[b];
+    up_table[b] = u;
+    u->listed = true;
+    return u;
+}
+
+/* ---- downstream connection ---- */
+
+static void gen_request_id(struct wp_worker *w, char out[40])
+{
+    uint64_t a = wp_rand(w), b = wp_rand(w);
+    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff,
+             (unsigned)a & 0xfff, (unsigned)((b >> 48) & 0x3fff) | 0x8000, (unsigned long long)(b & 0xffffffffffffULL));
+}
+
+static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
+{
+    (void)c;
+    struct hc_down *d = ud;
+    struct hc_x *x = calloc(1, sizeof(*x));
+    if (!x) {
+        h2_stream_end(s, H2_END_NO_MEMORY, NGHTTP2_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    x->refs = 1; /* the downstream stream's */
+    x->d = d;
+    x->ds = s;
+    x->start_mono = loop_now(d->t->w->loop);
+    *(struct hc_x **)h2_stream_user(s) = x; /* for down_request */
+    h2_stream_set_ops(s, &ds_ops, x);
+}
+
+static bool name_eq(const char *a, size_t alen, const char *lower)
+{
+    return strlen(lower) == alen && !memcmp(a, lower, alen); /* HTTP/2 names are lower-case already */
+}
+
+static void down_request(struct h2_stream *s, void *ud, const struct h2_request *req)
+{
+    struct hc_down *d = ud;
+    struct wp_tunnel *t = d->t;
+    struct hc_x *x = *(struct hc_x **)h2_stream_user(s); /* set by down_stream */
+    x->routed = true;
+    x->timer.cb = timeout_cb;
+    snprintf(x->method, sizeof(x->method), "%s", req->method);
+    snprintf(x->path, sizeof(x->path), "%s", req->path);
+    snprintf(x->authority, sizeof(x->authority), "%s", req->authority);
+    /* Regular headers as the route sees and modifies them (all NUL-terminated: the session's, the config's
+     * or ours). */
+    struct http1_hdr hv[HC_MAX_HEADERS + 4 + WP_MAX_MODS * 8];
+    struct l7_header lh[HC_MAX_HEADERS];
+    const size_t cap = sizeof(hv) / sizeof(hv[0]);
+    size_t n = 0, nl = 0;
+    bool have_rid = false, have_xfp = false;
+    for (size_t i = 0; i < req->n_headers && n < HC_MAX_HEADERS; i++) {
+        const struct h2_header *e = &req->headers[i];
+        if (!strcmp(e->name, "x-request-id")) {
+            snprintf(x->request_id, sizeof(x->request_id), "%s", e->value);
+            have_rid = true;
+        } else if (!strcmp(e->name, "x-forwarded-proto")) {
+            have_xfp = true;
+        } else if (!strcmp(e->name, "content-type") && !strncmp(e->value, "application/grpc", 16)) {
+            x->grpc = true;
+        }
+        hv[n++] = (struct http1_hdr){e->name, strlen(e->name), e->value, strlen(e->value)};
+        lh[nl++] = (struct l7_header){e->name, strlen(e->name), e->value, strlen(e->value)};
+    }
+    if (!have_rid) {
+        gen_request_id(t->w, x->request_id);
+        hv[n++] = (struct http1_hdr){"x-request-id", 12, x->request_id, strlen(x->request_id)};
+    }
+    if (!have_xfp) hv[n++] = (struct http1_hdr){"x-forwarded-proto", 17, "http", 4};
+    struct l7_request lr = {.method = req->method,
+                            .path = req->path,
+                            .path_len = strlen(req->path),
+                            .authority = req->authority,
+                            .headers = lh,
+                            .n_headers = nl,
+                            .grpc = x->grpc};
+    wp_decide(t, &lr, &x->dec);
+    if (x->dec.kind == WP_DECIDE_LOCAL) {
+        drop_d2u(x);
+        x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
+        return;
+    }
+    wp_apply_mods(x->dec.req_mods, x->dec.n_req_mods, hv, &n, cap, name_eq);
+    struct h2_header out[HC_MAX_HEADERS + 8 + WP_MAX_MODS * 8];
+    size_t no = 0;
+    out[no++] = (struct h2_header){":method", req->method};
+    out[no++] = (struct h2_header){":scheme", *req->scheme ? req->scheme : "http"};
+    out[no++] = (struct h2_header){":authority", x->dec.rewrite_authority ? x->dec.authority : req->authority};
+    out[no++] = (struct h2_header){":path", x->dec.rewrite_path ? x->dec.path : req->path};
+    for (size_t i = 0; i < n; i++)
+        out[no++] = (struct h2_header){hv[i].name, hv[i].value};
+
+    struct lb_choice ep;
+    if (wp_pick_endpoint(t, x->dec.svc, x->dec.port, &ep) < 0) {
+        drop_d2u(x);
+        x_local_reply(x, 503, "no healthy upstream", "UH");
+        return;
+    }
+    char ipb[IP_STRLEN];
+    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
+             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
+    x->upstream_ep = ep;
+    const char *err = "failed";
+    struct hc_up *u = up_get(t->w, &ep, &err);
+    struct h2_stream *us = u ? h2_stream_open(u->c, out, no, req->end_stream ? 0 : H2_BODY, &us_ops, x) : NULL;
+    if (!us) {
+        drop_d2u(x); /* what arrived before the request was handed over */
+        LOG_LIMITED(LOG_WARN, LOG_H2C, "upstream %s: %s", x->upstream_host, err);
+        x_local_reply(x, 503,
+                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                      "UF");
+        return;
+    }
+    x->u = u;
+    x->us = us;
+    x->refs++;
+    x->up_start_mono = loop_now(t->w->loop);
+    if (x->dec.timeout_ms) timer_start(t->w->loop, &x->timer, x->dec.timeout_ms);
+    if (req->end_stream) x->d2u.eof = true;
+}
+
+static void down_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
+{
+    (void)c;
+    (void)e;
+    struct hc_down *d = ud;
+    wp_tunnel_unref(d->t);
+    free(d);
+}
+
+static const struct h2_conn_ops down_ops = {.on_closed = down_closed, .on_stream = down_stream, .on_request = down_request};
+
+void wp_h2c_start(struct wp_tunnel *t, int fd)
+{
+    struct hc_down *d = calloc(1, sizeof(*d));
+    if (!d) {
+        close(fd);
+        wp_tunnel_unref(t);
+        return;
+    }
+    d->t = t;
+    struct h2_settings set;
+    settings(&set, true);
+    d->c = h2_server_new(t->w->loop, fd, NULL, &set, &down_ops, d);
+    if (!d->c) { /* fd closed by h2_server_new */
+        free(d);
+        wp_tunnel_unref(t);
+    }
+}

@@ -1,0 +1,160 @@
+/* What the waypoint does with one request (route.h): L7 authorization, then the route, for HTTP/1.1 and h2c
+ * alike. */
+#include "waypoint/route.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "core/log.h"
+
+static void local(struct wp_decision *d, int status, const char *body, const char *flags, const char *details)
+{
+    d->kind = WP_DECIDE_LOCAL;
+    d->status = status;
+    d->body = body;
+    d->flags = flags;
+    snprintf(d->details, sizeof(d->details), "%s", details);
+}
+
+/* The rule's and the chosen backend's header modifiers, in order, split by direction. */
+static void collect_mods(struct wp_decision *d, const struct l7_filter *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].kind == L7_FILTER_REQUEST_HEADERS && d->n_req_mods < WP_MAX_MODS)
+            d->req_mods[d->n_req_mods++] = &f[i].u.headers;
+        else if (f[i].kind == L7_FILTER_RESPONSE_HEADERS && d->n_resp_mods < WP_MAX_MODS)
+            d->resp_mods[d->n_resp_mods++] = &f[i].u.headers;
+    }
+}
+
+int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d)
+{
+    struct wp_view *v = t->view;
+    memset(d, 0, sizeof(*d));
+    d->kind = WP_DECIDE_FORWARD;
+    d->svc = t->svc;
+    d->port = t->port;
+    d->route_name = "default";
+    /* L7 authorization: policies targeting this waypoint's Gateway, and the addressed Service. */
+    struct l7_authz_input in = {
+        .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
+        .dest_ip = &t->dst_ip,
+        .dest_port = t->port,
+        .req = req,
+    };
+    struct ip_addr pip;
+    sockaddr_to(&t->peer, &pip, NULL);
+    in.source_ip = &pip;
+    const char *matched = NULL;
+    bool dry_deny = false;
+    enum l7_verdict verdict = l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
+                                           t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
+                                           &matched, &dry_deny);
+    if (dry_deny)
+        LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny %s %s from %s", req->method,
+                    t->authority, *t->peer_id ? t->peer_id : "unknown");
+    if (verdict == L7_DENY) {
+        char det[160];
+        snprintf(det, sizeof(det), "rbac_access_denied_matched_policy[%s]", matched ? matched : "none");
+        local(d, 403, "RBAC: access denied", "-", det);
+        d->policy = matched;
+        return 0;
+    }
+    if (!t->svc) return 0; /* a workload address: no routes apply (Istio's direct chains) */
+    const struct l7_service_routes *r = l7_routes_for(v->l7, t->svc->namespace_, t->svc->name, t->port);
+    if (!r) return 0; /* no route attaches: the service itself */
+    const char *prefix = NULL;
+    size_t prefix_len = 0;
+    const struct l7_rule *rule = l7_match_ex(r, req, &prefix, &prefix_len);
+    if (!rule) {
+        local(d, 404, "", "NR", "route_not_found");
+        return 0;
+    }
+    d->rule = rule;
+    d->route_name = rule->name;
+    d->timeout_ms = rule->request_timeout_ms;
+    if (rule->backend_request_timeout_ms && (!d->timeout_ms || rule->backend_request_timeout_ms < d->timeout_ms))
+        d->timeout_ms = rule->backend_request_timeout_ms;
+    collect_mods(d, rule->filters, rule->n_filters);
+    if (rule->redirect) {
+        int n = l7_redirect_location(rule->redirect, prefix, prefix_len, req, "http", d->location,
+                                     sizeof(d->location));
+        if (n < 0) {
+            local(d, 500, "", "-", "redirect_failed");
+            return 0;
+        }
+        local(d, rule->redirect->status ? rule->redirect->status : 302, "", "-", "via_upstream");
+        snprintf(d->details, sizeof(d->details), "direct_response");
+        return 0;
+    }
+    if (rule->rewrite) {
+        if (rule->rewrite->path_kind != L7_PATH_KEEP) {
+            int n = l7_rewrite_path(rule->rewrite->path_kind, rule->rewrite->path, prefix, prefix_len, req->path,
+                                    req->path_len, d->path, sizeof(d->path));
+            if (n < 0) {
+                local(d, 500, "", "-", "rewrite_failed");
+                return 0;
+            }
+            d->rewrite_path = true;
+        }
+        if (*rule->rewrite->hostname) {
+            snprintf(d->authority, sizeof(d->authority), "%s", rule->rewrite->hostname);
+            d->rewrite_authority = true;
+        }
+    }
+    int bi = l7_pick_backend(rule, wp_rand(t->w));
+    if (bi < 0) { /* every weight 0, or no backend: Istio's direct response 500 */
+        local(d, 500, "", "-", "direct_response");
+        return 0;
+    }
+    const struct l7_backend *be = &rule->backends[bi];
+    collect_mods(d, be->filters, be->n_filters);
+    char key[512];
+    snprintf(key, sizeof(key), "%s/%s.%s.svc.%s", be->ns, be->name, be->ns, wp_cfg.cluster_domain);
+    const struct service *svc = snapshot_service_by_host(v->snap, key);
+    if (!svc) { /* a backendRef to a Service that does not exist */
+        local(d, 500, "", "-", "cluster_not_found");
+        return 0;
+    }
+    d->svc = svc;
+    d->port = be->port ? be->port : t->port;
+    return 0;
+}
+
+/* Applies the modifiers to a header list: set replaces (or adds), add appends, remove drops, as Gateway API
+ * specifies. hv holds *n entries and room for cap. */
+void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struct http1_hdr *hv, size_t *n, size_t cap,
+                   bool (*name_eq)(const char *a, size_t alen, const char *lower))
+{
+    for (size_t m = 0; m < n_mods; m++) {
+        const struct l7_header_mod *hm = mods[m];
+        for (size_t r = 0; r < hm->n_remove; r++)
+            for (size_t i = 0; i < *n;)
+                if (name_eq(hv[i].name, hv[i].name_len, hm->remove[r]))
+                    hv[i] = hv[--*n];
+                else
+                    i++;
+        for (size_t s = 0; s < hm->n_set; s++) {
+            bool done = false;
+            for (size_t i = 0; i < *n;)
+                if (name_eq(hv[i].name, hv[i].name_len, hm->set[s].name)) {
+                    if (done) {
+                        hv[i] = hv[--*n];
+                        continue;
+                    }
+                    hv[i].value = hm->set[s].value;
+                    hv[i].value_len = strlen(hm->set[s].value);
+                    done = true;
+                    i++;
+                } else {
+                    i++;
+                }
+            if (!done && *n < cap)
+                hv[(*n)++] = (struct http1_hdr){hm->set[s].name, strlen(hm->set[s].name), hm->set[s].value,
+                                             strlen(hm->set[s].value)};
+        }
+        for (size_t a = 0; a < hm->n_add && *n < cap; a++)
+            hv[(*n)++] = (struct http1_hdr){hm->add[a].name, strlen(hm->add[a].name), hm->add[a].value,
+                                         strlen(hm->add[a].value)};
+    }
+}

@@ -1,0 +1,47 @@
+/* What the waypoint does with one request, for HTTP/1.1 and h2c alike: L7 authorization (the policies that
+ * target this waypoint's Gateway or the addressed Service: 403 `RBAC: access denied`), then the route of the
+ * addressed Service (Gateway API's HTTPRoute/GRPCRoute, as zmeshd converted them): no route attached means the
+ * Service itself, routes without a matching rule mean 404 (Envoy's NR), a redirect or an all-zero-weight rule
+ * is answered here, else the chosen backend Service and port with the rule's rewrites, header modifiers and
+ * timeout. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "http1/codec.h"
+#include "mesh/l7.h"
+#include "mesh/l7authz.h"
+#include "waypoint/wp.h"
+
+#define WP_MAX_MODS 8
+
+enum wp_decision_kind { WP_DECIDE_FORWARD, WP_DECIDE_LOCAL };
+
+struct wp_decision {
+    enum wp_decision_kind kind;
+    /* LOCAL: the answer (body static or "") and what the access log says */
+    int status;
+    const char *body, *flags;
+    char details[192];
+    char location[1024]; /* a redirect's Location ("" otherwise) */
+    const char *policy;  /* the policy that denied, or NULL */
+    /* FORWARD: where to, and what to change */
+    const struct service *svc; /* NULL for a workload address */
+    uint16_t port;
+    const struct l7_rule *rule; /* NULL: the default route */
+    const char *route_name;     /* for logs: the rule's name, or "default" */
+    bool rewrite_path, rewrite_authority;
+    char path[2048], authority[256];
+    const struct l7_header_mod *req_mods[WP_MAX_MODS], *resp_mods[WP_MAX_MODS];
+    size_t n_req_mods, n_resp_mods;
+    uint64_t timeout_ms; /* 0: none */
+};
+
+/* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
+int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
+
+/* Applies header modifiers in order to hv[0..*n) (room for cap): set replaces every field of that name (or
+ * adds one), add appends, remove drops; names compared with name_eq (a name against a lower-case one). The
+ * modifiers' strings are borrowed from the view's config. */
+void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struct http1_hdr *hv, size_t *n,
+                   size_t cap, bool (*name_eq)(const char *a, size_t alen, const char *lower));
