@@ -1,5 +1,6 @@
 /* The node agent's PodEnrolment store (see enrol_store.h). */
 #include "xds/enrol_store.h"
+#include "xds/nack.h"
 
 #include <errno.h>
 #include <search.h>
@@ -72,71 +73,33 @@ static void entry_remove(struct enrol_store *c, struct enrol_entry *e)
     entry_free(e);
 }
 
-/* The NACK text: "name: reason" entries joined by "; " (as ztunnel's client.rs), at most XDS_NACK_MAX bytes.
- */
-struct nack {
-    FILE *f;
-    char *text;
-    size_t len, entries, dropped;
-};
-
-static void nack_add(struct nack *k, const char *name, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void nack_add(struct nack *k, const char *name, const char *fmt, ...)
-{
-    char why[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why, sizeof(why), fmt, ap);
-    va_end(ap);
-    if (!k->f && !(k->f = open_memstream(&k->text, &k->len))) {
-        k->dropped++;
-        return;
-    }
-    if (ftell(k->f) + strlen(name) + strlen(why) + 4 > XDS_NACK_MAX) {
-        k->dropped++;
-        return;
-    }
-    fprintf(k->f, "%s%s: %s", k->entries ? "; " : "", name, why);
-    k->entries++;
-}
-
-/* Finishes the text; NULL when nothing was rejected. */
-static char *nack_done(struct nack *k)
-{
-    if (!k->f) return NULL;
-    if (k->dropped) fprintf(k->f, "; ... and %zu more rejected", k->dropped);
-    fclose(k->f);
-    return k->text;
-}
-
 /* Decodes and checks one resource. Returns the message, or NULL with the NACK entry added. */
-static Zmesh__V1__PodEnrolment *decode(const Envoy__Service__Discovery__V3__Resource *r, struct nack *k)
+static Zmesh__V1__PodEnrolment *decode(const Envoy__Service__Discovery__V3__Resource *r, struct xds_nack *k)
 {
     const char *name = r->name;
     ProtobufCMessage *pm = NULL;
     if (!r->resource) {
-        nack_add(k, name, "XDS payload without resource");
+        xds_nack_add(k, name, "XDS payload without resource");
         return NULL;
     }
     int rc = pb_any_unpack(r->resource, &zmesh__v1__pod_enrolment__descriptor, &pm);
     if (rc == -EPROTOTYPE) {
-        nack_add(k, name, "resource of type %.200s in a response of type %s", r->resource->type_url,
+        xds_nack_add(k, name, "resource of type %.200s in a response of type %s", r->resource->type_url,
                  PB_TYPE_URL_POD_ENROLMENT);
         return NULL;
     }
     if (rc < 0) {
-        nack_add(k, name, "decode: %s", rc == -ELOOP ? "nested too deep" : "not a zmesh.v1.PodEnrolment");
+        xds_nack_add(k, name, "decode: %s", rc == -ELOOP ? "nested too deep" : "not a zmesh.v1.PodEnrolment");
         return NULL;
     }
     Zmesh__V1__PodEnrolment *m = (void *)pm;
     size_t ln = strlen(m->namespace_), lm = strlen(m->name);
     if (!lm || !ln) {
-        nack_add(k, name, "%s: missing", !ln ? "namespace" : "name");
+        xds_nack_add(k, name, "%s: missing", !ln ? "namespace" : "name");
     } else if (strlen(name) != ln + 1 + lm || strncmp(name, m->namespace_, ln) || name[ln] != '/' ||
                strcmp(name + ln + 1, m->name)) {
         /* Removal is by name: a resource not named after its pod could never be removed. */
-        nack_add(k, name, "resource name is not <namespace>/<name> (%.200s/%.200s)", m->namespace_, m->name);
+        xds_nack_add(k, name, "resource name is not <namespace>/<name> (%.200s/%.200s)", m->namespace_, m->name);
     } else {
         /* A newer zmeshd's fields: accepted (proto3 rules) and said, rate-limited (a full push repeats it).
          */
@@ -152,7 +115,7 @@ static Zmesh__V1__PodEnrolment *decode(const Envoy__Service__Discovery__V3__Reso
 int enrol_store_apply(struct enrol_store *c,
                       const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp, char **nack)
 {
-    struct nack k = {0};
+    struct xds_nack k = {0};
     void *seen = NULL; /* names of this response, to refuse one listed twice */
     int rc = 0;
     *nack = NULL;
@@ -169,7 +132,7 @@ int enrol_store_apply(struct enrol_store *c,
         if (!r->name || !*r->name) {
             char where[32];
             snprintf(where, sizeof(where), "resources[%zu]", i);
-            nack_add(&k, where, "no name");
+            xds_nack_add(&k, where, "no name");
             continue;
         }
         void **slot = tsearch(r->name, &seen, cmp_str);
@@ -178,7 +141,7 @@ int enrol_store_apply(struct enrol_store *c,
             break;
         }
         if (*slot != r->name) {
-            nack_add(&k, r->name, "listed twice in one response");
+            xds_nack_add(&k, r->name, "listed twice in one response");
             continue;
         }
         Zmesh__V1__PodEnrolment *m = decode(r, &k);
@@ -225,7 +188,7 @@ int enrol_store_apply(struct enrol_store *c,
         else
             LOG_D("xds", "removed pod enrolment %s was not held", resp->removed_resources[i]);
     }
-    *nack = nack_done(&k);
+    *nack = xds_nack_done(&k);
     if (rc) {
         free(*nack);
         *nack = NULL;

@@ -21,6 +21,7 @@
 #include "xds/ca_client.h"
 #include "xds/delta_client.h"
 #include "xds/pb.h"
+#include "xds/l7_store.h"
 #include "xds/store.h"
 
 #define START_POLL_MS 50
@@ -32,8 +33,11 @@ static struct {
     struct identity_mgr *idm;
     struct identity_sub *sub;
     struct xds_delta *xds;
-    struct xds_store *store;
-    struct snapshot *pending_snap; /* built by the last apply, published once its ACK is sent */
+    struct xds_store *store;     /* Address */
+    struct l7_store *l7_store;   /* HTTPRoute, L7Authorization */
+    struct snapshot *snap;       /* the latest snapshot (reference held) */
+    struct l7_config *l7;        /* the latest L7 config (reference held) */
+    bool changed;                /* the last apply changed snap or l7: publish once its ACK is sent */
     _Atomic bool synced;           /* every subscribed type had its first response */
     _Atomic bool have_config;
     _Atomic bool serving;          /* workers started */
@@ -137,9 +141,9 @@ static void sig_cb(struct io *io, uint32_t ev)
 
 /* ---- config ---- */
 
-static void publish(struct snapshot *s, const char *source)
+static void publish(struct snapshot *s, struct l7_config *l7, const char *source)
 {
-    if (wp_view_publish(s, NULL) < 0) {
+    if (wp_view_publish(s, l7) < 0) {
         LOG_E("waypoint", "out of memory publishing the config from %s", source);
         return;
     }
@@ -147,24 +151,44 @@ static void publish(struct snapshot *s, const char *source)
     size_t served = 0;
     for (size_t i = 0; i < snapshot_n_services(s); i++)
         served += wp_serves(&snapshot_service_at(s, i)->waypoint);
-    char ns[16];
+    char ns[16], nr[16], np[16];
     snprintf(ns, sizeof(ns), "%zu", served);
-    log_kv(LOG_INFO, "waypoint", "config applied", "source", source, "services_bound", ns, NULL);
+    snprintf(nr, sizeof(nr), "%zu", l7 ? l7_config_n_routes(l7) : 0);
+    snprintf(np, sizeof(np), "%zu", l7 ? l7_config_n_policies(l7) : 0);
+    log_kv(LOG_INFO, "waypoint", "config applied", "source", source, "services_bound", ns, "routes", nr,
+           "l7_policies", np, NULL);
 }
 
-static const char *const xds_types[] = {PB_TYPE_URL_ADDRESS};
+static const char *const xds_types[] = {PB_TYPE_URL_ADDRESS, L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION};
 
+/* Address goes to the snapshot store, the L7 types to the L7 store; the view is published (both together)
+ * once the response is ACKed. */
 static int xds_apply(void *ud, const Envoy__Service__Discovery__V3__DeltaDiscoveryResponse *resp, char **nack)
 {
     (void)ud;
-    snapshot_unref(app.pending_snap);
-    app.pending_snap = NULL;
-    return xds_store_apply(app.store, resp, &app.pending_snap, nack);
+    if (l7_store_handles(resp->type_url)) {
+        struct l7_config *c = NULL;
+        int rc = l7_store_apply(app.l7_store, resp, &c, nack);
+        if (rc < 0) return rc == -ENOMEM ? rc : 0;
+        l7_config_unref(app.l7);
+        app.l7 = c;
+        app.changed = true;
+        return 0;
+    }
+    struct snapshot *s = NULL;
+    int rc = xds_store_apply(app.store, resp, &s, nack);
+    if (s) {
+        snapshot_unref(app.snap);
+        app.snap = s;
+        app.changed = true;
+    }
+    return rc;
 }
 
 static int xds_initial(void *ud, const char *type_url, Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
     (void)ud;
+    if (l7_store_handles(type_url)) return l7_store_initial_versions(app.l7_store, type_url, req);
     return xds_store_initial_versions(app.store, type_url, req);
 }
 
@@ -177,11 +201,9 @@ static void xds_initial_clear(void *ud, Envoy__Service__Discovery__V3__DeltaDisc
 static void xds_response(void *ud)
 {
     (void)ud;
-    struct snapshot *s = app.pending_snap;
-    app.pending_snap = NULL;
-    if (!s) return;
-    publish(s, wp_cfg.xds_address);
-    snapshot_unref(s);
+    if (!app.changed || !app.snap) return; /* L7 config before the first Address response waits for it */
+    app.changed = false;
+    publish(app.snap, app.l7, wp_cfg.xds_address);
 }
 
 static void xds_synced(void *ud)
@@ -212,7 +234,7 @@ static struct xds_endpoint_opts endpoint_opts(const char *address, const char *r
 static int start_xds(void)
 {
     char err[1024];
-    if (xds_store_new(&app.store, NULL) < 0) return -1;
+    if (xds_store_new(&app.store, NULL) < 0 || l7_store_new(&app.l7_store) < 0) return -1;
     struct xds_delta_opts o = {
         .endpoint = endpoint_opts(wp_cfg.xds_address, wp_cfg.xds_root_ca, wp_cfg.alt_xds_hostname, "XDS_HEADER_"),
         .err_prefix = "XDS",
@@ -241,7 +263,7 @@ static int load_file(void)
         log_kv(LOG_ERROR, "waypoint", "failed to load config", "error", err, NULL);
         return -1;
     }
-    publish(s, wp_cfg.local_xds_path);
+    publish(s, NULL, wp_cfg.local_xds_path);
     snapshot_unref(s);
     return 0;
 }
