@@ -27,7 +27,7 @@
 #define K8S_ANNOTATION_SIDECAR_STATUS "sidecar.istio.io/status"
 /* ztunnel's own pods: label app=ztunnel in the system (root) namespace (podutil.go IsZtunnelPod). */
 #define K8S_ZTUNNEL_APP "ztunnel"
-/* Waypoint binding (namespace, service or pod); not supported yet, so it warns. */
+/* Waypoint binding (namespace, service or pod): zmeshd/waypoint.h. */
 #define K8S_LABEL_USE_WAYPOINT "istio.io/use-waypoint"
 /* istiod honours it only with EnableWdsDryRunAuthzPol, off by default. */
 #define K8S_ANNOTATION_DRY_RUN "istio.io/dry-run"
