@@ -327,7 +327,6 @@ static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k
         if (wp->ready) {
             b->reason = K8S_BIND_BOUND;
             b->message = wfmt(w, "bound to waypoint %s", b->waypoint);
-            lvl = MANIFEST_INFO;
         } else {
             b->reason = K8S_BIND_NOT_READY;
             b->message = wfmt(w, "waypoint \"%s\" is not ready (%s): the waypoint is set anyway, so connections are "
@@ -337,8 +336,11 @@ static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k
     }
     if (!b->message) return -ENOMEM;
     w->n_binds++;
+    /* A namespace's service waypoint does not serve its pods, nor a workload waypoint its Services: the usual
+     * case of a labelled namespace, said at INFO rather than warned once per object. */
+    if (b->reason == K8S_BIND_UNSUPPORTED_TRAFFIC && *via) lvl = MANIFEST_INFO;
     /* Bound and ready is not worth a line per object; everything else is. */
-    if (lvl != MANIFEST_INFO)
+    if (b->reason != K8S_BIND_BOUND)
         wreport(w, lvl, &m->src, field, "%s %s/%s%s: %s: %s", kind, m->namespace_, m->name, via,
                 k8s_bind_reason_to_str(b->reason), b->message);
     return 0;
