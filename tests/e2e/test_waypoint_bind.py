@@ -9,7 +9,7 @@ namespace on 15008, with a certificate of zmeshd's CA for the waypoint's identit
 certificate for the wrong identity, which ztunnel must refuse.
 
 Checked: traffic to a bound Service's VIP reaches the waypoint with :authority = VIP:port and the client's
-identity; a waypoint with the wrong identity fails the connection; a waypoint with no ready pod refuses the
+identity; traffic to a pod IP whose pod uses a workload waypoint reaches that one with :authority = podIP:port; a waypoint with the wrong identity fails the connection; a waypoint with no ready pod refuses the
 connection and the access log says why; use-waypoint: none on a Service goes directly to its endpoint;
 /debug/waypointz shows the waypoints and bindings."""
 import json
@@ -60,7 +60,7 @@ spec:
     gw = """---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: %s, namespace: default}
+metadata: {name: %s, namespace: default, labels: {istio.io/waypoint-for: %s}}
 spec:
   gatewayClassName: istio-waypoint
   listeners: [{name: mesh, port: 15008, protocol: HBONE}]
@@ -73,17 +73,21 @@ metadata:
   labels: {istio.io/dataplane-mode: ambient, istio.io/use-waypoint: waypoint}
 """
             + pod % (client.name, "app: client", client.node, client.sa, client.ip)
-            + pod % (backend.name, "app: backend", backend.node, backend.sa, backend.ip)
+            # The backend pod uses a workload waypoint for traffic addressed to its own IP.
+            + pod % (backend.name, "app: backend, istio.io/use-waypoint: wlwp", backend.node, backend.sa, backend.ip)
             # The waypoint's pod: not captured (dataplane-mode none, as Istio's waypoint template labels it).
             + pod % (wp.name, "app: fake-waypoint, istio.io/dataplane-mode: none", wp.node, wp.sa, wp.ip)
-            + gw % ("waypoint", status % "waypoint")
+            + gw % ("waypoint", "service", status % "waypoint")
             + svc % ("waypoint", "", "10.96.0.100", "app: fake-waypoint", "{name: mesh, port: 15008}")
             # Same pod, another port: the waypoint whose certificate is the wrong identity.
-            + gw % ("wrongid", status % "wrongid")
+            + gw % ("wrongid", "service", status % "wrongid")
             + svc % ("wrongid", "", "10.96.0.101", "app: fake-waypoint",
                      "{name: mesh, port: 15008, targetPort: 15009}")
             # No status.addresses and no Service: exists, not ready.
-            + gw % ("cold", "")
+            + gw % ("cold", "service", "")
+            # A workload waypoint on the same pod, port 15010.
+            + gw % ("wlwp", "workload", status % "wlwp")
+            + svc % ("wlwp", "", "10.96.0.102", "app: fake-waypoint", "{name: mesh, port: 15008, targetPort: 15010}")
             + svc % ("backend", "", BACKEND_VIP, "app: backend", "{port: 80, targetPort: %d}" % ECHO)
             + svc % ("direct", "istio.io/use-waypoint: none", DIRECT_VIP, "app: backend",
                      "{port: 80, targetPort: %d}" % ECHO)
@@ -140,8 +144,10 @@ def env(ztunnel_bin):
         bad_cert, bad_key = topo.mint("spiffe://cluster.local/ns/default/sa/imposter", "imposter", root_dir=ca_dir)
         rec_good = os.path.join(topo.workdir, "waypoint-record.jsonl")
         rec_bad = os.path.join(topo.workdir, "imposter-record.jsonl")
+        rec_wl = os.path.join(topo.workdir, "wl-waypoint-record.jsonl")
         start_hbone_server(topo, wp, good_cert, good_key, root, rec_good, port=15008)
         start_hbone_server(topo, wp, bad_cert, bad_key, root, rec_bad, port=15009)
+        start_hbone_server(topo, wp, good_cert, good_key, root, rec_wl, port=15010)
         ztunnels = {}
         for p in (client, backend):
             topo.inpod_rules(p)
@@ -152,7 +158,7 @@ def env(ztunnel_bin):
             ztunnels[p.name] = topo.start_ztunnel(p, "", env=e)
         start_app(topo, backend, "echo", ECHO)
         yield {"topo": topo, "cp": c, "client": client, "backend": backend, "wp": wp, "rec_good": rec_good,
-               "rec_bad": rec_bad, "zt": ztunnels}
+               "rec_bad": rec_bad, "rec_wl": rec_wl, "zt": ztunnels}
     finally:
         topo.down()
 
@@ -229,7 +235,7 @@ def test_waypoint_not_ready_refuses(env):
 
 
 def test_use_waypoint_none_goes_direct(env):
-    n = len(_records(env["rec_good"]))
+    n, n_wl = len(_records(env["rec_good"])), len(_records(env["rec_wl"]))
     since = len(_access(env))
     assert _echo(env, DIRECT_VIP, b"around-by-choice") == b"around-by-choice"
     lines = wait_for(lambda: [l for l in _access(env, since) if l.get("message") == "connection complete"])
@@ -237,6 +243,24 @@ def test_use_waypoint_none_goes_direct(env):
     assert lines[-1]["dst.addr"] == "%s:15008" % env["backend"].ip
     assert lines[-1]["dst.hbone_addr"] == "%s:%d" % (env["backend"].ip, ECHO)
     assert len(_records(env["rec_good"])) == n
+    # Service-addressed traffic never takes the endpoint's workload waypoint (Istio's build_request).
+    assert len(_records(env["rec_wl"])) == n_wl
+
+
+def test_pod_ip_goes_to_its_workload_waypoint(env):
+    backend = env["backend"]
+    n = len(_records(env["rec_wl"]))
+    s = connect(env["client"].netns, backend.ip, ECHO)
+    try:
+        s.sendall(b"to-the-pod")
+        assert recv_exact(s, 10) == b"to-the-pod"
+    finally:
+        s.close()
+    recs = wait_for(lambda: [r for r in _records(env["rec_wl"])[n:] if r.get("method") == "CONNECT"])
+    assert recs, _access(env)
+    # :authority is the pod's own address: the waypoint forwards to it.
+    assert recs[-1]["authority"] == "%s:%d" % (backend.ip, ECHO)
+    assert recs[-1]["peer_uris"] == [env["client"].spiffe]
 
 
 def test_debug_waypointz(env):
@@ -245,7 +269,8 @@ def test_debug_waypointz(env):
     assert status == 200 and headers["content-type"] == "application/json", body
     doc = json.loads(body)
     wps = {w["name"]: w for w in doc["waypoints"]}
-    assert set(wps) == {"waypoint", "wrongid", "cold"}
+    assert set(wps) == {"waypoint", "wrongid", "cold", "wlwp"}
+    assert wps["wlwp"]["for"] == "workload" and wps["wlwp"]["workloads"] == [env["backend"].uid]
     w = wps["waypoint"]
     assert w["namespace"] == "default" and w["class"] == "istio-waypoint" and w["for"] == "service"
     assert w["address"] == {"namespace": "default", "hostname": "waypoint.default.svc.cluster.local", "port": 15008}
