@@ -28,7 +28,7 @@ DEBUG_PORT = 15014
 BACKEND_VIP, DIRECT_VIP, COLD_VIP, WRONG_VIP = "10.96.0.50", "10.96.0.51", "10.96.0.52", "10.96.0.53"
 
 
-def manifests(client, backend, wp):
+def manifests(client, backend, wp, peer):
     pod = """---
 apiVersion: v1
 kind: Pod
@@ -75,6 +75,8 @@ metadata:
             + pod % (client.name, "app: client", client.node, client.sa, client.ip)
             # The backend pod uses a workload waypoint for traffic addressed to its own IP.
             + pod % (backend.name, "app: backend, istio.io/use-waypoint: wlwp", backend.node, backend.sa, backend.ip)
+            # Its workload waypoint is the client itself (selfwp's Service selects the client): check_from_waypoint.
+            + pod % (peer.name, "app: peer, istio.io/use-waypoint: selfwp", peer.node, peer.sa, peer.ip)
             # The waypoint's pod: not captured (dataplane-mode none, as Istio's waypoint template labels it).
             + pod % (wp.name, "app: fake-waypoint, istio.io/dataplane-mode: none", wp.node, wp.sa, wp.ip)
             + gw % ("waypoint", "service", status % "waypoint")
@@ -85,6 +87,8 @@ metadata:
                      "{name: mesh, port: 15008, targetPort: 15009}")
             # No status.addresses and no Service: exists, not ready.
             + gw % ("cold", "service", "")
+            + gw % ("selfwp", "workload", status % "selfwp")
+            + svc % ("selfwp", "", "10.96.0.103", "app: client", "{name: mesh, port: 15008}")
             # A workload waypoint on the same pod, port 15010.
             + gw % ("wlwp", "workload", status % "wlwp")
             + svc % ("wlwp", "", "10.96.0.102", "app: fake-waypoint", "{name: mesh, port: 15008, targetPort: 15010}")
@@ -120,10 +124,10 @@ def env(ztunnel_bin):
     topo = Topology(nodes=2, pods_per_node=2)
     try:
         topo.up()
-        client, wp, backend = topo.pod(1, 1), topo.pod(2, 1), topo.pod(2, 2)
+        client, peer, wp, backend = topo.pod(1, 1), topo.pod(1, 2), topo.pod(2, 1), topo.pod(2, 2)
         wp.sa = "waypoint"
         c = ControlPlane(topo)
-        c.write("mesh.yaml", manifests(client, backend, wp))
+        c.write("mesh.yaml", manifests(client, backend, wp, peer))
         # ControlPlane.start with the debug port on node 1's address, reachable from the test.
         c.log_path = os.path.join(c.dir, "zmeshd.log")
         log = open(c.log_path, "ab")
@@ -149,7 +153,7 @@ def env(ztunnel_bin):
         start_hbone_server(topo, wp, bad_cert, bad_key, root, rec_bad, port=15009)
         start_hbone_server(topo, wp, good_cert, good_key, root, rec_wl, port=15010)
         ztunnels = {}
-        for p in (client, backend):
+        for p in (client, peer, backend):
             topo.inpod_rules(p)
             e = {"LOCAL_XDS_PATH": "", "LOCAL_CA_DIR": "", "XDS_ADDRESS": c.addr, "CA_ADDRESS": c.addr,
                  "XDS_ROOT_CA": root, "CA_ROOT_CA": root, "ALT_XDS_HOSTNAME": ISTIOD, "ALT_CA_HOSTNAME": ISTIOD,
@@ -157,7 +161,8 @@ def env(ztunnel_bin):
                  "INSTANCE_IP": p.ip, "NODE_NAME": "node%d" % p.node, "RUST_LOG": "info"}
             ztunnels[p.name] = topo.start_ztunnel(p, "", env=e)
         start_app(topo, backend, "echo", ECHO)
-        yield {"topo": topo, "cp": c, "client": client, "backend": backend, "wp": wp, "rec_good": rec_good,
+        start_app(topo, peer, "echo", ECHO)
+        yield {"topo": topo, "cp": c, "client": client, "peer": peer, "backend": backend, "wp": wp, "rec_good": rec_good,
                "rec_bad": rec_bad, "rec_wl": rec_wl, "zt": ztunnels}
     finally:
         topo.down()
@@ -263,13 +268,31 @@ def test_pod_ip_goes_to_its_workload_waypoint(env):
     assert recs[-1]["peer_uris"] == [env["client"].spiffe]
 
 
+def test_from_the_waypoint_itself_goes_direct(env):
+    # The client is selfwp's only endpoint (identity and IP): its connection to a pod that uses selfwp must
+    # not loop back through itself (istio/ztunnel src/proxy.rs check_from_waypoint).
+    peer = env["peer"]
+    since = len(_access(env))
+    s = connect(env["client"].netns, peer.ip, ECHO)
+    try:
+        s.sendall(b"no-loop")
+        assert recv_exact(s, 7) == b"no-loop"
+    finally:
+        s.close()
+    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("message") == "connection complete"])
+    assert lines, _access(env, since)
+    assert lines[-1]["dst.addr"] == "%s:15008" % peer.ip
+    assert lines[-1]["dst.hbone_addr"] == "%s:%d" % (peer.ip, ECHO)
+    assert lines[-1]["dst.identity"] == peer.spiffe
+
+
 def test_debug_waypointz(env):
     topo = env["topo"]
     status, headers, body = http_request(topo.nodes[0], topo.node_ip(1), DEBUG_PORT, "/debug/waypointz")
     assert status == 200 and headers["content-type"] == "application/json", body
     doc = json.loads(body)
     wps = {w["name"]: w for w in doc["waypoints"]}
-    assert set(wps) == {"waypoint", "wrongid", "cold", "wlwp"}
+    assert set(wps) == {"waypoint", "wrongid", "cold", "wlwp", "selfwp"}
     assert wps["wlwp"]["for"] == "workload" and wps["wlwp"]["workloads"] == [env["backend"].uid]
     w = wps["waypoint"]
     assert w["namespace"] == "default" and w["class"] == "istio-waypoint" and w["for"] == "service"
@@ -286,7 +309,6 @@ def test_debug_waypointz(env):
     assert binds[("Service", "coldsvc")]["reason"] == "WaypointIsNotReady"
     # Opted out, and the waypoints' own Services: no binding.
     assert ("Service", "direct") not in binds and ("Service", "waypoint") not in binds
-    # The namespace's service waypoint does not take the pods' traffic: said, not bound.
-    p = binds[("Pod", env["client"].name)]
-    assert p["bound"] is False and p["reason"] == "UnsupportedTrafficType"
-    assert ("Pod", env["wp"].name) not in binds
+    assert binds[("Pod", env["peer"].name)]["bound"] is True
+    # Pods of a waypoint (selected by its Service) never get one.
+    assert ("Pod", env["wp"].name) not in binds and ("Pod", env["client"].name) not in binds
