@@ -311,8 +311,8 @@ static void dbg_handle(void *ud, struct http1_request *req)
     struct zmeshd_debug *dbg = ud;
     const char *p = req->path;
     bool known = !strcmp(p, "/debug/syncz") || !strcmp(p, "/debug/connections") ||
-                 !strcmp(p, "/debug/waypointz") || !strcmp(p, "/ready") ||
-                 !strcmp(p, "/metrics") || !strcmp(p, "/");
+                 !strcmp(p, "/debug/waypointz") || !strcmp(p, "/ready") || !strcmp(p, "/metrics") ||
+                 !strcmp(p, "/");
     if (!known) {
         http1_respond_text(req, 404, "not found; see / for the debug endpoints\n");
         return;

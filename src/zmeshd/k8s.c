@@ -963,7 +963,8 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
 {
     struct conv c = {.st = st, .report = report, .ud = ud};
     struct indexes ix = {0};
-    bool *dup_ns = NULL, *dup_pod = NULL, *dup_svc = NULL, *dup_authz = NULL, *dup_peer = NULL, *dup_gw = NULL;
+    bool *dup_ns = NULL, *dup_pod = NULL, *dup_svc = NULL, *dup_authz = NULL, *dup_peer = NULL,
+         *dup_gw = NULL;
     int rc;
     if (opts) c.o = *opts;
 #define DEFAULT(f, v)                                                                                        \
@@ -999,8 +1000,7 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
     /* Reported only: waypoint.c keeps the first Gateway of a name itself. */
     size_t n_gw;
     const struct k8s_gateway *gws = manifest_gateways(st, &n_gw);
-    if ((rc = mark_duplicates(&c, "Gateway", gws, n_gw, sizeof(*gws), &dup_gw)))
-        goto out;
+    if ((rc = mark_duplicates(&c, "Gateway", gws, n_gw, sizeof(*gws), &dup_gw))) goto out;
     if ((rc = by_ns_init(&c, &ix.ns, nss, n_ns, sizeof(*nss), dup_ns)) ||
         (rc = by_ns_init(&c, &ix.svc, svcs, n_svc, sizeof(*svcs), dup_svc)) ||
         (rc = by_ns_init(&c, &ix.authz, aps, n_authz, sizeof(*aps), dup_authz)) ||

@@ -1111,8 +1111,8 @@ out:
 
 /* ---- Gateway ---- */
 
-/* What a waypoint uses of a Gateway; the rest of the Gateway API is for ingress gateways, which zmesh does not
- * run, so those fields are warned about rather than silently dropped. */
+/* What a waypoint uses of a Gateway; the rest of the Gateway API is for ingress gateways, which zmesh does
+ * not run, so those fields are warned about rather than silently dropped. */
 static const char *const gateway_spec_keys[] = {"gatewayClassName", "listeners", NULL};
 static const char *const gateway_listener_keys[] = {"name", "port", "protocol", "allowedRoutes", NULL};
 static const char *const gateway_status_keys[] = {"addresses", "conditions", "listeners", NULL};
@@ -1138,7 +1138,8 @@ static int read_allowed_routes(struct reader *r, const struct mnode *ar, struct 
     if (!rc && *l->from && strcmp(l->from, "All") && strcmp(l->from, "Same") && strcmp(l->from, "Selector")) {
         size_t o3 = path_push(r, "from");
         char p[MESH_PRINTABLE_MAX];
-        rc = bad(r, map_get(ns, "from"), "expected All, Same or Selector, got \"%s\"", mesh_printable(l->from, p));
+        rc = bad(r, map_get(ns, "from"), "expected All, Same or Selector, got \"%s\"",
+                 mesh_printable(l->from, p));
         path_pop(r, o3);
     }
     if (!rc) rc = read_selector(r, ns, &l->has_ns_selector, &l->ns_selector, &l->n_ns_selector);
@@ -1167,7 +1168,8 @@ static int read_gateway_listeners(struct reader *r, const struct mnode *spec, st
         memset(&a[i], 0, sizeof(a[i]));
         if (!(rc = check_map(r, ln))) {
             warn_unknown_keys(r, ln, gateway_listener_keys, UNREAD_GATEWAY);
-            if (!(rc = get_str(r, ln, "name", &a[i].name)) && !(rc = get_str(r, ln, "protocol", &a[i].protocol)) &&
+            if (!(rc = get_str(r, ln, "name", &a[i].name)) &&
+                !(rc = get_str(r, ln, "protocol", &a[i].protocol)) &&
                 !(rc = get_port(r, ln, "port", true, &a[i].port)))
                 rc = read_allowed_routes(r, map_get(ln, "allowedRoutes"), &a[i]);
             if (!rc && !*a[i].protocol) {
@@ -1227,7 +1229,8 @@ static int read_gateway_status(struct reader *r, const struct mnode *status, str
             const struct mnode *c = &cs->kids[i];
             size_t o3 = path_push(r, "[%zu]", i);
             if (!(rc = check_map(r, c)) && !(rc = get_str(r, c, "type", &a[i].type)) &&
-                !(rc = get_str(r, c, "status", &a[i].status)) && !(rc = get_str(r, c, "reason", &a[i].reason)))
+                !(rc = get_str(r, c, "status", &a[i].status)) &&
+                !(rc = get_str(r, c, "reason", &a[i].reason)))
                 rc = get_str(r, c, "message", &a[i].message);
             path_pop(r, o3);
         }
@@ -1276,8 +1279,8 @@ struct kind_def {
 };
 static const char *const core_v1[] = {"v1", NULL};
 static const char *const security_versions[] = {"security.istio.io/v1", "security.istio.io/v1beta1", NULL};
-static const char *const gateway_versions[] = {"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1",
-                                               NULL};
+static const char *const gateway_versions[] = {"gateway.networking.k8s.io/v1",
+                                               "gateway.networking.k8s.io/v1beta1", NULL};
 
 static int warn_unknown_kind(struct reader *r, const struct mnode *doc, const char *kind)
 {

@@ -1,7 +1,7 @@
 /* The manifest store: Kubernetes objects zmeshd reads (Namespace, Pod, Service, ServiceAccount,
- * AuthorizationPolicy, PeerAuthentication, Gateway), kept as typed structs. The source is a directory of YAML files
- * today (manifest_load_dir); a later Kubernetes API watch fills the same store, so conversion (k8s.h) never
- * sees where an object came from beyond its manifest_src, which names it in messages.
+ * AuthorizationPolicy, PeerAuthentication, Gateway), kept as typed structs. The source is a directory of YAML
+ * files today (manifest_load_dir); a later Kubernetes API watch fills the same store, so conversion (k8s.h)
+ * never sees where an object came from beyond its manifest_src, which names it in messages.
  *
  * A document zmeshd cannot use is reported as a finding naming file, document index (1-based) and field
  *     pods.yaml#2: spec.containers[0].ports[1].containerPort: expected a port 1-65535, got "http" (line 14)
@@ -189,7 +189,7 @@ struct k8s_peer_authn {
 struct k8s_gateway_listener {
     const char *name, *protocol; /* protocol as written ("HBONE", "HTTP", ...) */
     uint16_t port;
-    const char *from; /* allowedRoutes.namespaces.from: "All", "Same" or "Selector"; "" = unset (Same) */
+    const char *from;     /* allowedRoutes.namespaces.from: "All", "Same" or "Selector"; "" = unset (Same) */
     bool has_ns_selector; /* allowedRoutes.namespaces.selector present */
     const struct k8s_kv *ns_selector; /* its matchLabels, sorted by key */
     size_t n_ns_selector;

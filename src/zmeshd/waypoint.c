@@ -131,9 +131,10 @@ static int waypoint_readiness(struct k8s_waypoints *w, struct k8s_waypoint *wp)
         const struct k8s_pod *p = manifest_pods(w->st, &n);
         bool any = false;
         for (size_t i = 0; i < n && !any; i++)
-            any = !strcmp(p[i].meta.namespace_, ns) && svc->has_selector &&
-                  k8s_selector_matches(svc->selector, svc->n_selector, p[i].meta.labels, p[i].meta.n_labels) &&
-                  p[i].ready && !p[i].meta.deleting && pod_has_workload(&p[i]);
+            any =
+                !strcmp(p[i].meta.namespace_, ns) && svc->has_selector &&
+                k8s_selector_matches(svc->selector, svc->n_selector, p[i].meta.labels, p[i].meta.n_labels) &&
+                p[i].ready && !p[i].meta.deleting && pod_has_workload(&p[i]);
         if (!any) {
             wp->reason = "NoReadyPod";
             wp->message = wfmt(w, "no Ready pod behind Service %s/%s", ns, wp->service_name);
@@ -148,8 +149,8 @@ static int waypoint_address(struct k8s_waypoints *w, struct k8s_waypoint *wp)
 {
     const struct k8s_gateway *g = wp->gw;
     struct gateway_addr *a = &wp->addr;
-    *a = (struct gateway_addr){.set = true, .network = "", .ns = "", .host = "",
-                               .hbone_port = K8S_WAYPOINT_PORT};
+    *a = (struct gateway_addr){
+        .set = true, .network = "", .ns = "", .host = "", .hbone_port = K8S_WAYPOINT_PORT};
     /* getGatewayAddress: the Hostname address first (a stable key, and family-neutral), then an IPAddress. */
     for (size_t i = 0; i < g->n_addresses; i++)
         if (!strcmp(g->addresses[i].type, "Hostname")) {
@@ -181,13 +182,15 @@ static int make_waypoint(struct k8s_waypoints *w, const struct k8s_gateway *g, s
     memset(wp, 0, sizeof(*wp));
     wp->gw = g;
     for (size_t i = 0; i < g->n_listeners && !wp->listener; i++)
-        if (g->listeners[i].port == K8S_WAYPOINT_PORT && !strcmp(g->listeners[i].protocol, K8S_WAYPOINT_PROTOCOL))
+        if (g->listeners[i].port == K8S_WAYPOINT_PORT &&
+            !strcmp(g->listeners[i].protocol, K8S_WAYPOINT_PROTOCOL))
             wp->listener = &g->listeners[i];
     if (!wp->listener) {
-        wreport(w, MANIFEST_ERROR, &g->meta.src, "spec.listeners",
-                "a Gateway of class %s needs a listener {port: %d, protocol: %s}: not a waypoint, nothing binds "
-                "to it",
-                K8S_WAYPOINT_CLASS, K8S_WAYPOINT_PORT, K8S_WAYPOINT_PROTOCOL);
+        wreport(
+            w, MANIFEST_ERROR, &g->meta.src, "spec.listeners",
+            "a Gateway of class %s needs a listener {port: %d, protocol: %s}: not a waypoint, nothing binds "
+            "to it",
+            K8S_WAYPOINT_CLASS, K8S_WAYPOINT_PORT, K8S_WAYPOINT_PROTOCOL);
         return 0;
     }
     /* The Gateway's label wins; GatewayClass objects are not read (their label would come next). */
@@ -201,9 +204,10 @@ static int make_waypoint(struct k8s_waypoints *w, const struct k8s_gateway *g, s
     else if (!strcmp(tt, "none"))
         wp->traffic = K8S_WP_FOR_NONE;
     else {
-        wreport(w, MANIFEST_ERROR, &g->meta.src, "metadata.labels",
-                "%s: expected service, workload, all or none, got \"%s\": not a waypoint, nothing binds to it",
-                K8S_LABEL_WAYPOINT_FOR, tt);
+        wreport(
+            w, MANIFEST_ERROR, &g->meta.src, "metadata.labels",
+            "%s: expected service, workload, all or none, got \"%s\": not a waypoint, nothing binds to it",
+            K8S_LABEL_WAYPOINT_FOR, tt);
         return 0;
     }
     const char *from = wp->listener->from;
@@ -217,7 +221,8 @@ static int make_waypoint(struct k8s_waypoints *w, const struct k8s_gateway *g, s
 
 /* ---- bindings (fetchWaypointForTarget, getUseWaypoint, AllowsAttachmentFromNamespace) ---- */
 
-static const struct k8s_waypoint *find_waypoint(const struct k8s_waypoints *w, const char *ns, const char *name)
+static const struct k8s_waypoint *find_waypoint(const struct k8s_waypoints *w, const char *ns,
+                                                const char *name)
 {
     for (size_t i = 0; i < w->n_wps; i++)
         if (!strcmp(w->wps[i].gw->meta.namespace_, ns) && !strcmp(w->wps[i].gw->meta.name, name))
@@ -283,7 +288,8 @@ static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k
 {
     *out = NULL;
     /* getUseWaypoint: the object's own label wins (also when it names a waypoint that does not exist, which
-     * does not fall back to the namespace's); "none" opts out; use-waypoint-namespace from the same object. */
+     * does not fall back to the namespace's); "none" opts out; use-waypoint-namespace from the same object.
+     */
     const char *name = label(m, K8S_LABEL_USE_WAYPOINT), *wns = NULL, *via = "";
     if (name) {
         if (!strcmp(name, K8S_USE_WAYPOINT_NONE)) return 0;
@@ -305,22 +311,25 @@ static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k
     if (!wp) {
         const struct k8s_gateway *g = find_gateway(w, wns, name);
         b->reason = K8S_BIND_NOT_READY;
-        b->message = wfmt(w, "waypoint \"%s\" is not ready: %s; no waypoint is set, so traffic goes directly",
-                          b->waypoint,
-                          !g ? "no such Gateway"
-                             : strcmp(g->class_name, K8S_WAYPOINT_CLASS) ? "the Gateway is not of class istio-waypoint"
-                                                                         : "the Gateway is not a valid waypoint");
+        b->message = wfmt(
+            w, "waypoint \"%s\" is not ready: %s; no waypoint is set, so traffic goes directly", b->waypoint,
+            !g                                          ? "no such Gateway"
+            : strcmp(g->class_name, K8S_WAYPOINT_CLASS) ? "the Gateway is not of class istio-waypoint"
+                                                        : "the Gateway is not a valid waypoint");
     } else if (!allows_namespace(w, wp, m->namespace_)) {
         b->reason = K8S_BIND_ATTACHMENT_DENIED;
-        b->message = wfmt(w, "we are not permitted to attach to waypoint \"%s\" (missing allowedRoutes?): its "
-                             "listener allows namespaces from %s",
+        b->message = wfmt(w,
+                          "we are not permitted to attach to waypoint \"%s\" (missing allowedRoutes?): its "
+                          "listener allows namespaces from %s",
                           b->waypoint, wp->from);
     } else if (is_service ? !(wp->traffic == K8S_WP_FOR_SERVICE || wp->traffic == K8S_WP_FOR_ALL)
                           : !(wp->traffic == K8S_WP_FOR_WORKLOAD || wp->traffic == K8S_WP_FOR_ALL)) {
         b->reason = K8S_BIND_UNSUPPORTED_TRAFFIC;
-        b->message = wfmt(w, "attempting to bind to traffic type \"%s\" which the waypoint \"%s\" does not support "
-                             "(it is for %s)",
-                          is_service ? "service" : "workload", b->waypoint, k8s_waypoint_for_to_str(wp->traffic));
+        b->message =
+            wfmt(w,
+                 "attempting to bind to traffic type \"%s\" which the waypoint \"%s\" does not support "
+                 "(it is for %s)",
+                 is_service ? "service" : "workload", b->waypoint, k8s_waypoint_for_to_str(wp->traffic));
     } else {
         b->wp = wp;
         *out = &wp->addr;
@@ -329,9 +338,11 @@ static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k
             b->message = wfmt(w, "bound to waypoint %s", b->waypoint);
         } else {
             b->reason = K8S_BIND_NOT_READY;
-            b->message = wfmt(w, "waypoint \"%s\" is not ready (%s): the waypoint is set anyway, so connections are "
-                                 "refused until it is, rather than sent around it",
-                              b->waypoint, wp->message);
+            b->message =
+                wfmt(w,
+                     "waypoint \"%s\" is not ready (%s): the waypoint is set anyway, so connections are "
+                     "refused until it is, rather than sent around it",
+                     b->waypoint, wp->message);
         }
     }
     if (!b->message) return -ENOMEM;
@@ -369,14 +380,16 @@ int k8s_waypoints_compute(const struct manifest_store *st, const struct k8s_opti
     w->binds = n_svc + n_pod ? arena_alloc(&w->a, (n_svc + n_pod) * sizeof(*w->binds)) : NULL;
     w->svc_wp = arena_alloc(&w->a, (n_svc + 1) * sizeof(*w->svc_wp));
     w->pod_wp = arena_alloc(&w->a, (n_pod + 1) * sizeof(*w->pod_wp));
-    if ((n_ns && !w->ns_sorted) || (n_gw && !w->wps) || (n_svc + n_pod && !w->binds) || !w->svc_wp || !w->pod_wp)
+    if ((n_ns && !w->ns_sorted) || (n_gw && !w->wps) || (n_svc + n_pod && !w->binds) || !w->svc_wp ||
+        !w->pod_wp)
         goto fail;
     for (size_t i = 0; i < n_ns; i++)
         w->ns_sorted[i] = &nss[i];
     w->n_ns = n_ns;
     if (n_ns > 1) qsort(w->ns_sorted, n_ns, sizeof(*w->ns_sorted), ns_cmp);
     for (size_t i = 0; i < n_gw; i++) {
-        if (find_waypoint(w, gws[i].meta.namespace_, gws[i].meta.name)) continue; /* a duplicate: k8s.c says so */
+        if (find_waypoint(w, gws[i].meta.namespace_, gws[i].meta.name))
+            continue; /* a duplicate: k8s.c says so */
         int r = make_waypoint(w, &gws[i], &w->wps[w->n_wps]);
         if (r < 0) goto fail;
         w->n_wps += (size_t)r;
@@ -442,9 +455,10 @@ const struct k8s_binding *k8s_waypoints_bindings(const struct k8s_waypoints *w, 
 static json_t *addr_json(const struct gateway_addr *a)
 {
     char ip[IP_STRLEN];
-    if (a->is_host) return json_pack("{s:s, s:s, s:i}", "namespace", a->ns, "hostname", a->host, "port", a->hbone_port);
-    return json_pack("{s:s, s:s, s:i}", "network", a->network, "address", ip_format(&a->ip, ip, sizeof(ip)), "port",
-                     a->hbone_port);
+    if (a->is_host)
+        return json_pack("{s:s, s:s, s:i}", "namespace", a->ns, "hostname", a->host, "port", a->hbone_port);
+    return json_pack("{s:s, s:s, s:i}", "network", a->network, "address", ip_format(&a->ip, ip, sizeof(ip)),
+                     "port", a->hbone_port);
 }
 
 json_t *k8s_waypoints_json(const struct k8s_waypoints *w)
@@ -456,11 +470,12 @@ json_t *k8s_waypoints_json(const struct k8s_waypoints *w)
     for (size_t i = 0; i < w->n_wps; i++) {
         const struct k8s_waypoint *wp = &w->wps[i];
         json_t *svcs = json_array(), *wls = json_array();
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:s, s:s, s:s, s:o, s:o}", "namespace",
-                              wp->gw->meta.namespace_, "name", wp->gw->meta.name, "class", wp->gw->class_name, "for",
-                              k8s_waypoint_for_to_str(wp->traffic), "address", addr_json(&wp->addr), "ready",
-                              wp->ready, "reason", wp->reason, "message", wp->message, "allowedRoutes", wp->from,
-                              "services", svcs ? svcs : json_null(), "workloads", wls ? wls : json_null());
+        json_t *o =
+            json_pack("{s:s, s:s, s:s, s:s, s:o, s:b, s:s, s:s, s:s, s:o, s:o}", "namespace",
+                      wp->gw->meta.namespace_, "name", wp->gw->meta.name, "class", wp->gw->class_name, "for",
+                      k8s_waypoint_for_to_str(wp->traffic), "address", addr_json(&wp->addr), "ready",
+                      wp->ready, "reason", wp->reason, "message", wp->message, "allowedRoutes", wp->from,
+                      "services", svcs ? svcs : json_null(), "workloads", wls ? wls : json_null());
         if (!o || !svcs || !wls || json_array_append_new(wps, o)) {
             json_decref(o);
             goto fail;
@@ -476,9 +491,9 @@ json_t *k8s_waypoints_json(const struct k8s_waypoints *w)
     for (size_t j = 0; j < w->n_binds; j++) {
         const struct k8s_binding *b = &w->binds[j];
         json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "kind", b->kind, "namespace",
-                              b->meta->namespace_, "name", b->meta->name, "uid", b->uid, "waypoint", b->waypoint,
-                              "bound", b->wp != NULL, "reason", k8s_bind_reason_to_str(b->reason), "message",
-                              b->message);
+                              b->meta->namespace_, "name", b->meta->name, "uid", b->uid, "waypoint",
+                              b->waypoint, "bound", b->wp != NULL, "reason",
+                              k8s_bind_reason_to_str(b->reason), "message", b->message);
         if (!o || json_array_append_new(binds, o)) goto fail;
     }
     return root;

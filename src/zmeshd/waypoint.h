@@ -1,10 +1,10 @@
 /* Waypoint binding: which Gateways of a manifest store are waypoints, their GatewayAddress, and which
  * Services and Pods are bound to one, computed as istiod computes them (istio/istio
- * pilot/pkg/serviceregistry/kube/controller/ambient/waypoints.go: WaypointsCollection, fetchWaypointForTarget,
- * fetchWaypointForService, fetchWaypointForWorkload, getGatewayAddress; statusqueue.go for the reasons), with
- * one deliberate difference: a waypoint that exists but has no ready pod still binds (istiod leaves it out
- * until Gateway.status.addresses is set, so traffic silently skips its L7 policy; zmesh sets `waypoint` and
- * ztunnel refuses the connection instead).
+ * pilot/pkg/serviceregistry/kube/controller/ambient/waypoints.go: WaypointsCollection,
+ * fetchWaypointForTarget, fetchWaypointForService, fetchWaypointForWorkload, getGatewayAddress;
+ * statusqueue.go for the reasons), with one deliberate difference: a waypoint that exists but has no ready
+ * pod still binds (istiod leaves it out until Gateway.status.addresses is set, so traffic silently skips its
+ * L7 policy; zmesh sets `waypoint` and ztunnel refuses the connection instead).
  *
  *     struct k8s_waypoints *wp;
  *     k8s_waypoints_compute(store, &opts, &wp, report, ud);   findings: invalid waypoints, binding errors
@@ -47,10 +47,10 @@ const char *k8s_waypoint_for_to_str(enum k8s_waypoint_for f);
 
 /* Binding outcomes; the strings are istiod's status reasons (statusqueue.go) plus zmesh's Bound. */
 enum k8s_bind_reason {
-    K8S_BIND_BOUND,               /* "Bound": the waypoint is set and ready */
-    K8S_BIND_NOT_READY,           /* "WaypointIsNotReady": set, but no ready pod (zmesh: set, traffic refused);
-                                     or, with bound false, no such waypoint (istiod's reason for both) */
-    K8S_BIND_ATTACHMENT_DENIED,   /* "AttachmentDenied": allowedRoutes does not admit the namespace */
+    K8S_BIND_BOUND,             /* "Bound": the waypoint is set and ready */
+    K8S_BIND_NOT_READY,         /* "WaypointIsNotReady": set, but no ready pod (zmesh: set, traffic refused);
+                                   or, with bound false, no such waypoint (istiod's reason for both) */
+    K8S_BIND_ATTACHMENT_DENIED, /* "AttachmentDenied": allowedRoutes does not admit the namespace */
     K8S_BIND_UNSUPPORTED_TRAFFIC, /* "UnsupportedTrafficType": waypoint-for excludes the object's kind */
 };
 const char *k8s_bind_reason_to_str(enum k8s_bind_reason r);
@@ -58,20 +58,20 @@ const char *k8s_bind_reason_to_str(enum k8s_bind_reason r);
 struct k8s_waypoint {
     const struct k8s_gateway *gw;
     enum k8s_waypoint_for traffic;
-    const char *service_name;  /* the Service named after the Gateway (name-override aside) */
-    struct gateway_addr addr;  /* as istiod writes it: status.addresses' Hostname, else its IPAddress, else
-                                  <service>.<ns>.svc.<suffix>; hbone_port 15008 */
-    bool ready;                /* status.addresses set and a Ready pod behind the Service */
+    const char *service_name;     /* the Service named after the Gateway (name-override aside) */
+    struct gateway_addr addr;     /* as istiod writes it: status.addresses' Hostname, else its IPAddress, else
+                                     <service>.<ns>.svc.<suffix>; hbone_port 15008 */
+    bool ready;                   /* status.addresses set and a Ready pod behind the Service */
     const char *reason, *message; /* "" when ready */
     const char *from;             /* the HBONE listener's allowedRoutes.namespaces.from ("Same" by default) */
     const struct k8s_gateway_listener *listener;
 };
 
 struct k8s_binding {
-    const char *kind;      /* "Service" or "Pod" */
+    const char *kind; /* "Service" or "Pod" */
     const struct k8s_meta *meta;
-    const char *uid;       /* Pods: the workload uid; Services: "ns/hostname" */
-    const char *waypoint;  /* "ns/name" the object asks for */
+    const char *uid;               /* Pods: the workload uid; Services: "ns/hostname" */
+    const char *waypoint;          /* "ns/name" the object asks for */
     const struct k8s_waypoint *wp; /* the waypoint set on the resource, or NULL */
     enum k8s_bind_reason reason;
     const char *message;

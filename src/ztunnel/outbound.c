@@ -130,10 +130,11 @@ static void hex(char *out, const uint8_t *in, size_t n)
 
 /* HBONE to next hop hop_ip:hop_port with CONNECT :authority auth (istio/ztunnel src/proxy/outbound.rs). The
  * expected server identities are san_svc's subjectAltNames plus the workload's own SPIFFE id (Upstream
- * workload_and_services_san): for an endpoint, san_svc is the addressed service; for a waypoint, the waypoint's
- * own Service. */
-static void outbound_hbone_to(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *hop_ip,
-                              uint16_t hop_port, const struct ip_port *auth, const struct service *san_svc)
+ * workload_and_services_san): for an endpoint, san_svc is the addressed service; for a waypoint, the
+ * waypoint's own Service. */
+static void outbound_hbone_to(struct out_conn *oc, int fd, const struct workload *wl,
+                              const struct ip_addr *hop_ip, uint16_t hop_port, const struct ip_port *auth,
+                              const struct service *san_svc)
 {
     struct zt_pod *pod = oc->pod;
     const struct service *svc = oc->rec.dst_svc;
@@ -210,7 +211,8 @@ struct wp_target {
 };
 
 /* Writes "ns/name" of the waypoint (its Service when the hostname resolves, else the address as written). */
-static const char *waypoint_name(const struct gateway_addr *wp, const struct service *wsvc, char *buf, size_t n)
+static const char *waypoint_name(const struct gateway_addr *wp, const struct service *wsvc, char *buf,
+                                 size_t n)
 {
     char ipb[IP_STRLEN];
     if (wsvc)
@@ -281,15 +283,17 @@ static bool from_waypoint(const struct zt_view *v, const struct gateway_addr *wp
  * endpoint the connection is refused: Istio would send it directly and silently skip the waypoint's L7
  * policy; zmesh fails closed. what/name describe the destination for the log. */
 static void outbound_via_waypoint(struct out_conn *oc, int fd, const struct gateway_addr *wp,
-                                  const struct ip_addr *dip, uint16_t dport, const char *what, const char *name)
+                                  const struct ip_addr *dip, uint16_t dport, const char *what,
+                                  const char *name)
 {
     struct wp_target t;
     if (waypoint_resolve(oc->view, wp, &t)) {
         char why[768], wn[300];
-        snprintf(why, sizeof(why),
-                 "%s %s has waypoint %s with no ready endpoint: the connection is refused rather than sent around "
-                 "it",
-                 what, name, waypoint_name(wp, t.svc, wn, sizeof(wn)));
+        snprintf(
+            why, sizeof(why),
+            "%s %s has waypoint %s with no ready endpoint: the connection is refused rather than sent around "
+            "it",
+            what, name, waypoint_name(wp, t.svc, wn, sizeof(wn)));
         close(fd);
         out_open_stats(oc, false);
         out_finish(oc, 0, 0, why, H2_END_LOCAL, false);

@@ -40,60 +40,61 @@ static int find(const struct findings *fs, const char *s)
     return -1;
 }
 
-#define NS(name, labels) "apiVersion: v1\nkind: Namespace\nmetadata: {name: " name ", labels: {" labels "}}\n---\n"
+#define NS(name, labels)                                                                                     \
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: " name ", labels: {" labels "}}\n---\n"
 #define POD(ns, name, ip, labels, ready)                                                                     \
     "apiVersion: v1\nkind: Pod\nmetadata: {name: " name ", namespace: " ns ", labels: {" labels "}}\n"       \
     "spec: {nodeName: node1, serviceAccountName: " name ", containers: [{name: c}]}\n"                       \
     "status: {phase: Running, podIP: " ip ", conditions: [{type: Ready, status: \"" ready "\"}]}\n---\n"
 #define SVC(ns, name, ip, sel, labels)                                                                       \
     "apiVersion: v1\nkind: Service\nmetadata: {name: " name ", namespace: " ns ", labels: {" labels "}}\n"   \
-    "spec: {clusterIP: " ip ", selector: {" sel "}, ports: [{port: 80, targetPort: 8080}, {port: 15008}]}\n---\n"
+    "spec: {clusterIP: " ip ", selector: {" sel                                                              \
+    "}, ports: [{port: 80, targetPort: 8080}, {port: 15008}]}\n---\n"
 /* A waypoint Gateway; extra goes into metadata (labels, annotations), listener is the listener's tail. */
 #define GW(ns, name, labels, from, status)                                                                   \
     "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: " name ", namespace: " ns     \
     ", labels: {" labels "}}\n"                                                                              \
-    "spec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - {name: mesh, port: 15008, protocol: HBONE" \
-    from "}\n" status "---\n"
+    "spec:\n  gatewayClassName: istio-waypoint\n  listeners:\n  - {name: mesh, port: 15008, protocol: "      \
+    "HBONE" from "}\n" status "---\n"
 #define READY_STATUS(host) "status: {addresses: [{type: Hostname, value: " host "}]}\n"
 /* The waypoint's own Service and a ready pod behind it. */
 #define WP_BACKING(ns, name, svc_ip, pod_ip)                                                                 \
-    SVC(ns, name, svc_ip, "gateway.networking.k8s.io/gateway-name: " name, "")                            \
+    SVC(ns, name, svc_ip, "gateway.networking.k8s.io/gateway-name: " name, "")                               \
     POD(ns, name "-abc", pod_ip, "gateway.networking.k8s.io/gateway-name: " name, "True")
 
-static const char *manifests =
-    NS("app", "istio.io/use-waypoint: waypoint")                                       /* */
-    NS("other", "team: blue")                                                          /* */
-    NS("picked", "mesh-waypoints: \"yes\"")                                            /* */
-    GW("app", "waypoint", "", "", READY_STATUS("waypoint.app.svc.cluster.local"))      /* service (default) */
-    WP_BACKING("app", "waypoint", "10.96.0.10", "10.0.0.10")                           /* */
+static const char *manifests = NS("app", "istio.io/use-waypoint: waypoint")       /* */
+    NS("other", "team: blue")                                                     /* */
+    NS("picked", "mesh-waypoints: \"yes\"")                                       /* */
+    GW("app", "waypoint", "", "", READY_STATUS("waypoint.app.svc.cluster.local")) /* service (default) */
+    WP_BACKING("app", "waypoint", "10.96.0.10", "10.0.0.10")                      /* */
     GW("app", "wl-wp", "istio.io/waypoint-for: workload", "",
-       READY_STATUS("wl-wp.app.svc.cluster.local"))                                    /* */
-    WP_BACKING("app", "wl-wp", "10.96.0.11", "10.0.0.11")                              /* */
+       READY_STATUS("wl-wp.app.svc.cluster.local"))       /* */
+    WP_BACKING("app", "wl-wp", "10.96.0.11", "10.0.0.11") /* */
     GW("app", "all-wp", "istio.io/waypoint-for: all", ", allowedRoutes: {namespaces: {from: All}}",
-       "status: {addresses: [{type: IPAddress, value: 10.96.0.12}]}\n")               /* */
-    WP_BACKING("app", "all-wp", "10.96.0.12", "10.0.0.12")                             /* */
+       "status: {addresses: [{type: IPAddress, value: 10.96.0.12}]}\n") /* */
+    WP_BACKING("app", "all-wp", "10.96.0.12", "10.0.0.12")              /* */
     GW("app", "sel-wp", "",
        ", allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {mesh-waypoints: \"yes\"}}}}",
-       READY_STATUS("sel-wp.app.svc.cluster.local"))                                  /* */
-    WP_BACKING("app", "sel-wp", "10.96.0.13", "10.0.0.13")                             /* */
-    GW("app", "cold", "", "", "")                                                      /* no status: not ready */
-    SVC("app", "reviews", "10.96.1.1", "app: reviews", "")                             /* namespace label */
-    SVC("app", "ratings", "10.96.1.2", "app: ratings", "istio.io/use-waypoint: none")  /* opt-out */
+       READY_STATUS("sel-wp.app.svc.cluster.local"))       /* */
+    WP_BACKING("app", "sel-wp", "10.96.0.13", "10.0.0.13") /* */
+    GW("app", "cold", "", "", "")                          /* no status: not ready */
+    SVC("app", "reviews", "10.96.1.1", "app: reviews", "") /* namespace label */
+    SVC("app", "ratings", "10.96.1.2", "app: ratings", "istio.io/use-waypoint: none")   /* opt-out */
     SVC("app", "details", "10.96.1.3", "app: details", "istio.io/use-waypoint: all-wp") /* own label wins */
-    SVC("app", "wsvc", "10.96.1.4", "app: x", "istio.io/use-waypoint: wl-wp")          /* workload-only waypoint */
-    SVC("app", "gone", "10.96.1.5", "app: x", "istio.io/use-waypoint: nope")           /* missing */
-    SVC("app", "chilly", "10.96.1.6", "app: x", "istio.io/use-waypoint: cold")         /* not ready */
+    SVC("app", "wsvc", "10.96.1.4", "app: x", "istio.io/use-waypoint: wl-wp")  /* workload-only waypoint */
+    SVC("app", "gone", "10.96.1.5", "app: x", "istio.io/use-waypoint: nope")   /* missing */
+    SVC("app", "chilly", "10.96.1.6", "app: x", "istio.io/use-waypoint: cold") /* not ready */
     SVC("other", "denied", "10.96.2.1", "app: x",
-        "istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: app")      /* Same: denied */
+        "istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: app") /* Same: denied */
     SVC("other", "allowed", "10.96.2.2", "app: x",
-        "istio.io/use-waypoint: all-wp, istio.io/use-waypoint-namespace: app")        /* All: allowed */
+        "istio.io/use-waypoint: all-wp, istio.io/use-waypoint-namespace: app") /* All: allowed */
     SVC("other", "nosel", "10.96.2.3", "app: x",
-        "istio.io/use-waypoint: sel-wp, istio.io/use-waypoint-namespace: app")        /* Selector: no match */
+        "istio.io/use-waypoint: sel-wp, istio.io/use-waypoint-namespace: app") /* Selector: no match */
     SVC("picked", "sel", "10.96.3.1", "app: x",
-        "istio.io/use-waypoint: sel-wp, istio.io/use-waypoint-namespace: app")        /* Selector: match */
-    POD("app", "reviews-v1", "10.0.1.1", "app: reviews", "True")                       /* ns label, service wp */
-    POD("app", "pw", "10.0.1.2", "app: pw, istio.io/use-waypoint: wl-wp", "True")      /* workload waypoint */
-    POD("app", "pall", "10.0.1.3", "app: pall, istio.io/use-waypoint: all-wp", "True") /* all */
+        "istio.io/use-waypoint: sel-wp, istio.io/use-waypoint-namespace: app")    /* Selector: match */
+    POD("app", "reviews-v1", "10.0.1.1", "app: reviews", "True")                  /* ns label, service wp */
+    POD("app", "pw", "10.0.1.2", "app: pw, istio.io/use-waypoint: wl-wp", "True") /* workload waypoint */
+    POD("app", "pall", "10.0.1.3", "app: pall, istio.io/use-waypoint: all-wp", "True")    /* all */
     POD("app", "psvc", "10.0.1.4", "app: psvc, istio.io/use-waypoint: waypoint", "True"); /* service-only */
 
 static struct manifest_store *load(struct findings *fs, const char *yaml)
@@ -169,8 +170,9 @@ static void test_binding_table(void **state)
     int i = find(&fs, "Service app/wsvc: UnsupportedTrafficType");
     assert_true(i >= 0);
     assert_int_equal(fs.level[i], MANIFEST_WARN);
-    assert_true(find(&fs, "Service other/denied: AttachmentDenied: we are not permitted to attach to waypoint "
-                          "\"app/waypoint\"") >= 0);
+    assert_true(find(&fs,
+                     "Service other/denied: AttachmentDenied: we are not permitted to attach to waypoint "
+                     "\"app/waypoint\"") >= 0);
     assert_true(find(&fs, "Service app/gone: WaypointIsNotReady: waypoint \"app/nope\" is not ready: no such "
                           "Gateway") >= 0);
     assert_true(find(&fs, "Service app/chilly: WaypointIsNotReady") >= 0);
@@ -189,9 +191,9 @@ static void test_gateway_address(void **state)
     struct findings fs = {0};
     struct manifest_store *st = load(&fs, manifests);
     struct k8s_waypoints *w = NULL;
-    assert_int_equal(k8s_waypoints_compute(st, &(struct k8s_options){.domain_suffix = "cluster.local"}, &w,
-                                           collect, &fs),
-                     0);
+    assert_int_equal(
+        k8s_waypoints_compute(st, &(struct k8s_options){.domain_suffix = "cluster.local"}, &w, collect, &fs),
+        0);
     size_t n;
     const struct k8s_waypoint *wp = k8s_waypoints_list(w, &n);
     /* Hostname from status.addresses, in the Gateway's namespace, port 15008. */
@@ -260,23 +262,25 @@ static void test_invalid_gateways(void **state)
     (void)state;
     struct findings fs = {0};
     struct manifest_store *st = load(
-        &fs, "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: nolis, namespace: a}\n"
-             "spec: {gatewayClassName: istio-waypoint, listeners: [{name: http, port: 80, protocol: HTTP}]}\n---\n"
-             "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: Gateway\nmetadata: {name: badfor, namespace: a, "
-             "labels: {istio.io/waypoint-for: everything}}\n"
-             "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n"
-             "---\n"
-             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: a}\n"
-             "spec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP, hostname: x}]}\n"
-             "---\n"
-             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: badfrom, namespace: a}\n"
-             "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE, "
-             "allowedRoutes: {namespaces: {from: Everywhere}}}]}\n---\n"
-             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: noport, namespace: a}\n"
-             "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, protocol: HBONE}]}\n---\n"
-             "apiVersion: gateway.networking.k8s.io/v2\nkind: Gateway\nmetadata: {name: v2, namespace: a}\n"
-             "spec: {gatewayClassName: istio-waypoint}\n---\n" NS("a", "istio.io/use-waypoint: nolis")
-                 SVC("a", "s", "10.96.0.1", "app: s", ""));
+        &fs,
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: nolis, namespace: a}\n"
+        "spec: {gatewayClassName: istio-waypoint, listeners: [{name: http, port: 80, protocol: HTTP}]}\n---\n"
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: Gateway\nmetadata: {name: badfor, namespace: "
+        "a, "
+        "labels: {istio.io/waypoint-for: everything}}\n"
+        "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n"
+        "---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: a}\n"
+        "spec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP, hostname: x}]}\n"
+        "---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: badfrom, namespace: a}\n"
+        "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE, "
+        "allowedRoutes: {namespaces: {from: Everywhere}}}]}\n---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: noport, namespace: a}\n"
+        "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, protocol: HBONE}]}\n---\n"
+        "apiVersion: gateway.networking.k8s.io/v2\nkind: Gateway\nmetadata: {name: v2, namespace: a}\n"
+        "spec: {gatewayClassName: istio-waypoint}\n---\n" NS("a", "istio.io/use-waypoint: nolis")
+            SVC("a", "s", "10.96.0.1", "app: s", ""));
     struct k8s_waypoints *w = NULL;
     assert_int_equal(k8s_waypoints_compute(st, NULL, &w, collect, &fs), 0);
     for (size_t i = 0; i < fs.n; i++)
@@ -284,21 +288,25 @@ static void test_invalid_gateways(void **state)
     size_t n;
     k8s_waypoints_list(w, &n);
     assert_int_equal(n, 0);
-    int i = find(&fs, "m.yaml#1: spec.listeners: a Gateway of class istio-waypoint needs a listener {port: 15008, "
-                      "protocol: HBONE}");
+    int i = find(&fs,
+                 "m.yaml#1: spec.listeners: a Gateway of class istio-waypoint needs a listener {port: 15008, "
+                 "protocol: HBONE}");
     assert_true(i >= 0);
     assert_int_equal(fs.level[i], MANIFEST_ERROR);
-    assert_true(find(&fs, "m.yaml#2: metadata.labels: istio.io/waypoint-for: expected service, workload, all or "
-                          "none, got \"everything\"") >= 0);
+    assert_true(find(&fs,
+                     "m.yaml#2: metadata.labels: istio.io/waypoint-for: expected service, workload, all or "
+                     "none, got \"everything\"") >= 0);
     /* Another class is not a waypoint, silently; its ingress-only fields are said to be unread. */
     assert_true(find(&fs, "m.yaml#3: spec.listeners[0].hostname: field not read by zmeshd") >= 0);
     assert_true(find(&fs, "m.yaml#4: spec.listeners[0].allowedRoutes.namespaces.from: expected All, Same or "
                           "Selector, got \"Everywhere\"") >= 0);
     assert_true(find(&fs, "m.yaml#5: spec.listeners[0].port: required field is missing") >= 0);
-    assert_true(find(&fs, "m.yaml#6: apiVersion: apiVersion gateway.networking.k8s.io/v2 is not supported") >= 0);
+    assert_true(find(&fs, "m.yaml#6: apiVersion: apiVersion gateway.networking.k8s.io/v2 is not supported") >=
+                0);
     /* A Service asking for the invalid one is told why. */
-    assert_true(find(&fs, "Service a/s (its namespace's label): WaypointIsNotReady: waypoint \"a/nolis\" is not "
-                          "ready: the Gateway is not a valid waypoint") >= 0);
+    assert_true(find(&fs,
+                     "Service a/s (its namespace's label): WaypointIsNotReady: waypoint \"a/nolis\" is not "
+                     "ready: the Gateway is not a valid waypoint") >= 0);
     k8s_waypoints_free(w);
     manifest_store_free(st);
 }
@@ -321,7 +329,8 @@ static void test_waypointz_json(void **state)
     assert_string_equal(json_string_value(json_object_get(wp0, "class")), "istio-waypoint");
     assert_string_equal(json_string_value(json_object_get(wp0, "for")), "service");
     json_t *addr = json_object_get(wp0, "address");
-    assert_string_equal(json_string_value(json_object_get(addr, "hostname")), "waypoint.app.svc.cluster.local");
+    assert_string_equal(json_string_value(json_object_get(addr, "hostname")),
+                        "waypoint.app.svc.cluster.local");
     assert_int_equal(json_integer_value(json_object_get(addr, "port")), 15008);
     assert_true(json_is_true(json_object_get(wp0, "ready")));
     assert_string_equal(json_string_value(json_object_get(wp0, "reason")), "");
@@ -329,7 +338,8 @@ static void test_waypointz_json(void **state)
     assert_int_equal(json_array_size(svcs), 1);
     assert_string_equal(json_string_value(json_array_get(svcs, 0)), "app/reviews");
     assert_int_equal(json_array_size(json_object_get(wp0, "workloads")), 0);
-    json_t *wl = json_array_get(json_object_get(json_array_get(json_object_get(j, "waypoints"), 1), "workloads"), 0);
+    json_t *wl =
+        json_array_get(json_object_get(json_array_get(json_object_get(j, "waypoints"), 1), "workloads"), 0);
     assert_string_equal(json_string_value(wl), "Kubernetes//Pod/app/pw");
     json_t *cold = json_array_get(json_object_get(j, "waypoints"), 4);
     assert_true(json_is_false(json_object_get(cold, "ready")));
