@@ -119,7 +119,7 @@ static int waypoint_readiness(struct k8s_waypoints *w, struct k8s_waypoint *wp)
     const struct k8s_gateway *g = wp->gw;
     const char *ns = g->meta.namespace_;
     wp->reason = wp->message = "";
-    const struct k8s_service *svc = find_service(w, ns, wp->service_name);
+    const struct k8s_service *svc = wp->svc = find_service(w, ns, wp->service_name);
     if (!g->n_addresses) {
         wp->reason = "NoAddress";
         wp->message = wfmt(w, "status.addresses is not set: the waypoint has no ready pod yet");
@@ -273,7 +273,7 @@ static bool is_waypoint_pod(const struct k8s_waypoints *w, const struct k8s_pod 
         const struct k8s_waypoint *wp = &w->wps[i];
         if (strcmp(wp->gw->meta.namespace_, p->meta.namespace_)) continue;
         if (gn && !strcmp(gn, wp->gw->meta.name)) return true;
-        const struct k8s_service *s = find_service(w, wp->gw->meta.namespace_, wp->service_name);
+        const struct k8s_service *s = wp->svc;
         if (s && s->has_selector &&
             k8s_selector_matches(s->selector, s->n_selector, p->meta.labels, p->meta.n_labels))
             return true;
@@ -388,8 +388,12 @@ int k8s_waypoints_compute(const struct manifest_store *st, const struct k8s_opti
     w->n_ns = n_ns;
     if (n_ns > 1) qsort(w->ns_sorted, n_ns, sizeof(*w->ns_sorted), ns_cmp);
     for (size_t i = 0; i < n_gw; i++) {
-        if (find_waypoint(w, gws[i].meta.namespace_, gws[i].meta.name))
-            continue; /* a duplicate: k8s.c says so */
+        /* A duplicate (k8s.c reports it): the first in load order is the Gateway, valid or not. */
+        bool dup = false;
+        for (size_t j = 0; j < i && !dup; j++)
+            dup = !strcmp(gws[j].meta.namespace_, gws[i].meta.namespace_) &&
+                  !strcmp(gws[j].meta.name, gws[i].meta.name);
+        if (dup) continue;
         int r = make_waypoint(w, &gws[i], &w->wps[w->n_wps]);
         if (r < 0) goto fail;
         w->n_wps += (size_t)r;

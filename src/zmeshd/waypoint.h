@@ -58,7 +58,8 @@ const char *k8s_bind_reason_to_str(enum k8s_bind_reason r);
 struct k8s_waypoint {
     const struct k8s_gateway *gw;
     enum k8s_waypoint_for traffic;
-    const char *service_name;     /* the Service named after the Gateway (name-override aside) */
+    const char *service_name;      /* the Service named after the Gateway (name-override aside) */
+    const struct k8s_service *svc; /* that Service in the store, or NULL */
     struct gateway_addr addr;     /* as istiod writes it: status.addresses' Hostname, else its IPAddress, else
                                      <service>.<ns>.svc.<suffix>; hbone_port 15008 */
     bool ready;                   /* status.addresses set and a Ready pod behind the Service */

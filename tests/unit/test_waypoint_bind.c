@@ -368,12 +368,63 @@ static void test_waypointz_json(void **state)
     manifest_store_free(st);
 }
 
+/* gateway.istio.io/name-override names the Service (and so the hostname and what is the waypoint's own); a
+ * duplicate Gateway does not replace the first; a Selector listener without a selector admits nobody. */
+static void test_name_override_and_duplicates(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    struct manifest_store *st = load(
+        &fs, NS("b", "istio.io/use-waypoint: wp") "apiVersion: gateway.networking.k8s.io/v1\nkind: "
+                                                  "Gateway\nmetadata: {name: wp, namespace: b, annotations: "
+                                                  "{gateway.istio.io/name-override: wp-svc}}\n"
+                                                  "spec: {gatewayClassName: istio-waypoint, listeners: "
+                                                  "[{name: mesh, port: 15008, protocol: HBONE}]}\n---\n"
+                                                  "apiVersion: gateway.networking.k8s.io/v1\nkind: "
+                                                  "Gateway\nmetadata: {name: wp, namespace: b, labels: "
+                                                  "{istio.io/waypoint-for: workload}}\n"
+                                                  "spec: {gatewayClassName: istio-waypoint, listeners: "
+                                                  "[{name: mesh, port: 15008, protocol: HBONE}]}\n---\n"
+                                                  "apiVersion: gateway.networking.k8s.io/v1\nkind: "
+                                                  "Gateway\nmetadata: {name: sel, namespace: b}\n"
+                                                  "spec: {gatewayClassName: istio-waypoint, listeners: "
+                                                  "[{name: mesh, port: 15008, protocol: HBONE, "
+                                                  "allowedRoutes: {namespaces: {from: Selector}}}]}\n"
+                                                  "status: {addresses: [{type: Hostname, value: "
+                                                  "sel.b.svc.cluster.local}]}\n---\n" SVC(
+                                                      "b", "wp-svc", "10.96.0.1", "app: wp", "")
+                                                      SVC("b", "s", "10.96.0.2", "app: s", "")
+                                                          SVC("c", "t", "10.96.0.3", "app: t",
+                                                              "istio.io/use-waypoint: sel, "
+                                                              "istio.io/use-waypoint-namespace: b"));
+    struct k8s_waypoints *w = NULL;
+    struct snapshot *snap = NULL;
+    assert_int_equal(k8s_waypoints_compute(st, NULL, &w, collect, &fs), 0);
+    size_t n;
+    const struct k8s_waypoint *wp = k8s_waypoints_list(w, &n);
+    assert_int_equal(n, 2);
+    assert_string_equal(wp[0].service_name, "wp-svc");
+    assert_string_equal(wp[0].addr.host, "wp-svc.b.svc.cluster.local");
+    assert_int_equal(wp[0].traffic, K8S_WP_FOR_SERVICE); /* the first Gateway, not the duplicate */
+    assert_string_equal(wp[0].reason, "NoAddress");
+    assert_null(binding(w, "Service", "b", "wp-svc"));
+    expect(w, "Service", "b", "s", "b/wp", true, K8S_BIND_NOT_READY);
+    expect(w, "Service", "c", "t", "b/sel", false, K8S_BIND_ATTACHMENT_DENIED);
+    assert_int_equal(k8s_build_snapshot(st, NULL, &snap, collect, &fs), 0);
+    assert_true(find(&fs, "duplicate Gateway b/wp") >= 0);
+    assert_string_equal(snapshot_service_by_host(snap, "b/s.b.svc.cluster.local")->waypoint.host,
+                        "wp-svc.b.svc.cluster.local");
+    snapshot_unref(snap);
+    k8s_waypoints_free(w);
+    manifest_store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_binding_table),   cmocka_unit_test(test_gateway_address),
         cmocka_unit_test(test_snapshot_fields), cmocka_unit_test(test_invalid_gateways),
-        cmocka_unit_test(test_waypointz_json),
+        cmocka_unit_test(test_waypointz_json),  cmocka_unit_test(test_name_override_and_duplicates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
