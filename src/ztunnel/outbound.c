@@ -280,8 +280,9 @@ static bool from_waypoint(const struct zt_view *v, const struct gateway_addr *wp
 
 /* Sends the connection to the waypoint with :authority = the original destination (a service VIP:port, or a
  * pod IP:port), so the waypoint applies its policy and does the load balancing. With no healthy waypoint
- * endpoint the connection is refused: Istio would send it directly and silently skip the waypoint's L7
- * policy; zmesh fails closed. what/name describe the destination for the log. */
+ * endpoint the connection is refused, never sent around it (Istio's ztunnel fails it too, UnknownWaypoint;
+ * the difference is upstream: zmeshd sets a waypoint that is not ready yet, where istiod leaves it out and the
+ * traffic silently skips the L7 policy). what/name describe the destination for the log. */
 static void outbound_via_waypoint(struct out_conn *oc, int fd, const struct gateway_addr *wp,
                                   const struct ip_addr *dip, uint16_t dport, const char *what,
                                   const char *name)
