@@ -213,7 +213,8 @@ def test_waypoint_with_wrong_identity_fails(env):
         s.close()
     assert closed and got == b""
     # ztunnel did reach the impostor (so it was the identity that failed), and sent it no CONNECT.
-    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("error")])
+    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("error")
+                              and l.get("dst.service") == "wrongsvc.default.svc.cluster.local"])
     assert lines, _access(env, since)
     assert lines[-1]["dst.addr"] == "%s:15009" % env["wp"].ip, lines[-1]
     assert ('identity verification error: peer is "spiffe://cluster.local/ns/default/sa/imposter", expected "%s"'
@@ -243,7 +244,8 @@ def test_use_waypoint_none_goes_direct(env):
     n, n_wl = len(_records(env["rec_good"])), len(_records(env["rec_wl"]))
     since = len(_access(env))
     assert _echo(env, DIRECT_VIP, b"around-by-choice") == b"around-by-choice"
-    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("message") == "connection complete"])
+    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("message") == "connection complete"
+                              and l.get("dst.service") == "direct.default.svc.cluster.local"])
     assert lines, _access(env, since)
     assert lines[-1]["dst.addr"] == "%s:15008" % env["backend"].ip
     assert lines[-1]["dst.hbone_addr"] == "%s:%d" % (env["backend"].ip, ECHO)
@@ -279,7 +281,9 @@ def test_from_the_waypoint_itself_goes_direct(env):
         assert recv_exact(s, 7) == b"no-loop"
     finally:
         s.close()
-    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("message") == "connection complete"])
+    # Access lines are written when a connection ends, so an earlier test's may come after `since`: match ours.
+    lines = wait_for(lambda: [l for l in _access(env, since) if l.get("message") == "connection complete"
+                              and l.get("dst.hbone_addr") == "%s:%d" % (peer.ip, ECHO)])
     assert lines, _access(env, since)
     assert lines[-1]["dst.addr"] == "%s:15008" % peer.ip
     assert lines[-1]["dst.hbone_addr"] == "%s:%d" % (peer.ip, ECHO)
