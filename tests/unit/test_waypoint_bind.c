@@ -375,7 +375,14 @@ static void test_name_override_and_duplicates(void **state)
     (void)state;
     struct findings fs = {0};
     struct manifest_store *st = load(
-        &fs, NS("b", "istio.io/use-waypoint: wp") "apiVersion: gateway.networking.k8s.io/v1\nkind: "
+        &fs,
+        NS("b", "istio.io/use-waypoint: wp") GW(
+            "b", "nopod", "", "", READY_STATUS("nopod.b.svc.cluster.local")) SVC("b", "nopod", "10.96.0.4",
+                                                                                 "app: nopod", "")
+            POD("b", "nopod-1", "10.0.0.4", "app: nopod", "False") GW(
+                "b", "nosvc", "", "",
+                READY_STATUS(
+                    "nosvc.b.svc.cluster.local")) "apiVersion: gateway.networking.k8s.io/v1\nkind: "
                                                   "Gateway\nmetadata: {name: wp, namespace: b, annotations: "
                                                   "{gateway.istio.io/name-override: wp-svc}}\n"
                                                   "spec: {gatewayClassName: istio-waypoint, listeners: "
@@ -402,7 +409,17 @@ static void test_name_override_and_duplicates(void **state)
     assert_int_equal(k8s_waypoints_compute(st, NULL, &w, collect, &fs), 0);
     size_t n;
     const struct k8s_waypoint *wp = k8s_waypoints_list(w, &n);
-    assert_int_equal(n, 2);
+    assert_int_equal(n, 4);
+    /* status.addresses set, but no Ready pod behind the Service, or no Service: not ready, with the reason.
+     */
+    assert_string_equal(wp[0].gw->meta.name, "nopod");
+    assert_false(wp[0].ready);
+    assert_string_equal(wp[0].reason, "NoReadyPod");
+    assert_string_equal(wp[0].message, "no Ready pod behind Service b/nopod");
+    assert_string_equal(wp[1].gw->meta.name, "nosvc");
+    assert_false(wp[1].ready);
+    assert_string_equal(wp[1].reason, "ServiceNotFound");
+    wp += 2;
     assert_string_equal(wp[0].service_name, "wp-svc");
     assert_string_equal(wp[0].addr.host, "wp-svc.b.svc.cluster.local");
     assert_int_equal(wp[0].traffic, K8S_WP_FOR_SERVICE); /* the first Gateway, not the duplicate */
