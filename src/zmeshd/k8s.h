@@ -1,6 +1,7 @@
 /* Kubernetes objects (a manifest store) to mesh model resources, computed as istiod computes them for ztunnel
  * (istio/istio pilot/pkg/serviceregistry/kube/controller/ambient/: workloads.go, services.go,
- * authorization.go), and fed through the snapshot builder (src/mesh/builder.h).
+ * authorization.go; waypoints.go through zmeshd/waypoint.h, which sets `waypoint`), and fed through the snapshot
+ * builder (src/mesh/builder.h).
  *
  *     struct snapshot *s;
  *     k8s_build_snapshot(store, &(struct k8s_options){.cluster_id = "c1"}, &s, report, ud);
