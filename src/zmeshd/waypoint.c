@@ -100,6 +100,36 @@ static bool pod_has_workload(const struct k8s_pod *p)
     return strcmp(p->phase, "Succeeded") && strcmp(p->phase, "Failed") && p->ips.n > 0;
 }
 
+static int meta_key_cmp(const void *a, const void *b)
+{
+    const struct k8s_meta *x = *(const struct k8s_meta *const *)a, *y = *(const struct k8s_meta *const *)b;
+    int r = strcmp(x->namespace_, y->namespace_);
+    if (!r) r = strcmp(x->name, y->name);
+    return r ? r : (x->order > y->order) - (x->order < y->order);
+}
+
+/* Flags (n, in w's arena) for the objects that repeat an earlier one's namespace and name: k8s.c leaves those
+ * out (and reports them), so they get no binding here either. NULL on ENOMEM. */
+static bool *mark_dups(struct k8s_waypoints *w, const void *objs, size_t n, size_t stride)
+{
+    bool *dup = arena_alloc(&w->a, n + 1);
+    const struct k8s_meta **v = n ? malloc(n * sizeof(*v)) : NULL;
+    if (!dup || (n && !v)) {
+        free(v);
+        return NULL;
+    }
+    memset(dup, 0, n + 1);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (const struct k8s_meta *)((const char *)objs +
+                                         i * stride); /* every object starts with its meta */
+    if (n > 1) qsort(v, n, sizeof(*v), meta_key_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (!strcmp(v[i]->namespace_, v[i - 1]->namespace_) && !strcmp(v[i]->name, v[i - 1]->name))
+            dup[((const char *)v[i] - (const char *)objs) / stride] = true;
+    free(v);
+    return dup;
+}
+
 /* ---- waypoints (WaypointsCollection, makeWaypoint, getGatewayAddress) ---- */
 
 static const struct k8s_service *find_service(const struct k8s_waypoints *w, const char *ns, const char *name)
@@ -398,16 +428,19 @@ int k8s_waypoints_compute(const struct manifest_store *st, const struct k8s_opti
         if (r < 0) goto fail;
         w->n_wps += (size_t)r;
     }
+    bool *dup_svc = mark_dups(w, svcs, n_svc, sizeof(*svcs)),
+         *dup_pod = mark_dups(w, pods, n_pod, sizeof(*pods));
+    if (!dup_svc || !dup_pod) goto fail;
     for (size_t i = 0; i < n_svc; i++) {
         w->svc_wp[i] = NULL;
-        if (is_waypoint_service(w, &svcs[i])) continue;
+        if (dup_svc[i] || is_waypoint_service(w, &svcs[i])) continue;
         const char *uid = wfmt(w, "%s/%s.%s.svc.%s", svcs[i].meta.namespace_, svcs[i].meta.name,
                                svcs[i].meta.namespace_, w->o.domain_suffix);
         if (!uid || bind_object(w, "Service", &svcs[i].meta, uid, true, &w->svc_wp[i])) goto fail;
     }
     for (size_t i = 0; i < n_pod; i++) {
         w->pod_wp[i] = NULL;
-        if (!pod_has_workload(&pods[i]) || is_waypoint_pod(w, &pods[i])) continue;
+        if (dup_pod[i] || !pod_has_workload(&pods[i]) || is_waypoint_pod(w, &pods[i])) continue;
         char uid[WP_MSG_MAX];
         if (k8s_pod_uid(w->o.cluster_id, pods[i].meta.namespace_, pods[i].meta.name, uid, sizeof(uid)) < 0)
             continue; /* the builder refuses such a pod anyway */
