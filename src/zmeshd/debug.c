@@ -11,12 +11,15 @@
 
 #include "core/log.h"
 #include "http1/server.h"
+#include "zmeshd/daemon.h"
+#include "zmeshd/waypoint.h"
 
 #define DBG_ID_MAX 256
 
 struct zmeshd_debug {
     struct http1_server *srv;
     struct zmeshd_xds *x;
+    struct zmeshd *d; /* for /debug/waypointz; NULL until set */
     uint16_t port;
     char id[DBG_ID_MAX];
     char cluster[DBG_ID_MAX];
@@ -274,15 +277,42 @@ static void respond_json(struct http1_request *req, json_t *j)
 static const char dbg_index[] = "zmeshd debug endpoints:\n"
                                 "  /debug/syncz        each xDS client and its sync state per type\n"
                                 "  /debug/connections  each xDS stream\n"
+                                "  /debug/waypointz    waypoints and waypoint bindings\n"
                                 "  /ready              200 once the first snapshot is served\n"
                                 "  /metrics            Prometheus metrics\n";
+
+static void discard_finding(void *ud, const struct manifest_finding *f)
+{
+    (void)ud;
+    (void)f;
+}
+
+/* Computed from the daemon's current store on each request: a pure function of the manifests, so it needs no
+ * state kept in step with reloads, and its findings were already logged by the reload that built the snapshot
+ * (so they are not repeated here). */
+static void dbg_waypointz(struct zmeshd_debug *dbg, struct http1_request *req)
+{
+    const struct manifest_store *st = dbg->d ? zmeshd_store(dbg->d) : NULL;
+    if (!st) {
+        http1_respond_text(req, 503, "not ready: no manifests loaded yet\n");
+        return;
+    }
+    struct k8s_waypoints *w;
+    if (k8s_waypoints_compute(st, &zmeshd_config(dbg->d)->k8s, &w, discard_finding, NULL)) {
+        http1_respond_text(req, 500, "out of memory\n");
+        return;
+    }
+    respond_json(req, k8s_waypoints_json(w));
+    k8s_waypoints_free(w);
+}
 
 static void dbg_handle(void *ud, struct http1_request *req)
 {
     struct zmeshd_debug *dbg = ud;
     const char *p = req->path;
-    bool known = !strcmp(p, "/debug/syncz") || !strcmp(p, "/debug/connections") || !strcmp(p, "/ready") ||
-                 !strcmp(p, "/metrics") || !strcmp(p, "/");
+    bool known = !strcmp(p, "/debug/syncz") || !strcmp(p, "/debug/connections") ||
+                 !strcmp(p, "/debug/waypointz") || !strcmp(p, "/ready") || !strcmp(p, "/metrics") ||
+                 !strcmp(p, "/");
     if (!known) {
         http1_respond_text(req, 404, "not found; see / for the debug endpoints\n");
         return;
@@ -293,6 +323,10 @@ static void dbg_handle(void *ud, struct http1_request *req)
     }
     if (!strcmp(p, "/")) {
         http1_respond_text(req, 200, dbg_index);
+        return;
+    }
+    if (!strcmp(p, "/debug/waypointz")) {
+        dbg_waypointz(dbg, req);
         return;
     }
     json_t *st = zmeshd_xds_status(dbg->x);
@@ -358,6 +392,11 @@ fail:
     http1_server_free(dbg->srv);
     free(dbg);
     return rc;
+}
+
+void zmeshd_debug_set_daemon(struct zmeshd_debug *dbg, struct zmeshd *d)
+{
+    dbg->d = d;
 }
 
 uint16_t zmeshd_debug_port(const struct zmeshd_debug *dbg)

@@ -5,6 +5,9 @@
  *                       syncz reports it (SYNCED, STALE, ERROR, NOT_SENT), versions and nonces sent and
  *                       ACKed, the last NACK and when the type was last pushed
  *   /debug/connections  every xDS stream: who (authenticated identity, node), its state and error
+ *   /debug/waypointz    the waypoints and the waypoint bindings of the current manifests (zmeshd/waypoint.h),
+ *                       what istiod would write into Gateway and Service/Pod status (needs
+ *                       zmeshd_debug_set_daemon)
  *   /ready              200 once the first snapshot is loaded for serving, else 503
  *   /metrics            Prometheus text: clients, streams, pushes, ACKs, NACKs, bytes, snapshots
  *   /                   the list of the above
@@ -32,6 +35,10 @@ struct zmeshd_debug;
  * for a bad address, -EADDRINUSE...). */
 int zmeshd_debug_new(struct loop *l, struct zmeshd_xds *x, const char *addr, const char *id,
                      const char *cluster, struct zmeshd_debug **out, char *err, size_t errlen);
+/* Gives /debug/waypointz the daemon whose current store it reads (borrowed; must outlive dbg). Without it
+ * the endpoint answers 503. */
+struct zmeshd;
+void zmeshd_debug_set_daemon(struct zmeshd_debug *dbg, struct zmeshd *d);
 /* The bound port. */
 uint16_t zmeshd_debug_port(const struct zmeshd_debug *dbg);
 /* Closes the port and its connections. NULL is a no-op. */

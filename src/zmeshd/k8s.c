@@ -12,6 +12,7 @@
 #include "mesh/builder.h"
 #include "mesh/snapshot_impl.h"
 #include "zmeshd/k8s.h"
+#include "zmeshd/waypoint.h"
 
 /* Longest "ns/name" or hostname built here; the builder refuses longer strings anyway. */
 #define NAME_MAX_LEN (BUILDER_MAX_STR + 1)
@@ -26,6 +27,10 @@ struct conv {
     const struct manifest_src *cur; /* the object being added, for builder warnings */
     /* Per policy: whether it reached the snapshot (workloads reference only those). */
     bool *authz_ok, *peer_ok;
+    /* Waypoint binding (waypoint.h), by store index of Services and Pods. */
+    struct k8s_waypoints *wps;
+    const struct k8s_service *svc_base;
+    const struct k8s_pod *pod_base;
 };
 
 static void creport(struct conv *c, enum manifest_level lvl, const struct manifest_src *src,
@@ -181,14 +186,6 @@ static bool older(const struct k8s_meta *a, const struct k8s_meta *b)
     return r ? r < 0 : a->order < b->order;
 }
 
-/* Waypoints are not bound yet: a use-waypoint label would silently route nothing through one. */
-static void warn_waypoint_label(struct conv *c, const struct k8s_meta *m)
-{
-    if (k8s_kv_get(m->labels, m->n_labels, K8S_LABEL_USE_WAYPOINT))
-        creport(c, MANIFEST_WARN, &m->src, "metadata.labels",
-                "%s is not supported yet: traffic does not go through a waypoint", K8S_LABEL_USE_WAYPOINT);
-}
-
 /* ---- services (services.go constructService) ---- */
 
 static int convert_service(struct conv *c, const struct k8s_service *ks)
@@ -241,7 +238,8 @@ static int convert_service(struct conv *c, const struct k8s_service *ks)
     else if (!ks->has_selector)
         creport(c, MANIFEST_WARN, &ks->meta.src, "spec.selector",
                 "a service without a selector has no endpoints here (EndpointSlices are not read)");
-    warn_waypoint_label(c, &ks->meta);
+    const struct gateway_addr *wp = k8s_waypoints_service(c->wps, (size_t)(ks - c->svc_base));
+    if (wp) s.waypoint = *wp;
     struct builder_err e;
     c->cur = &ks->meta.src;
     return added(c, builder_add_service(c->b, &s, &e), &ks->meta.src, &e, NULL);
@@ -853,8 +851,9 @@ static int convert_pod(struct conv *c, const struct k8s_pod *pod, const struct i
         creport(c, MANIFEST_INFO, src, "status.podIPs", "pod has no IP address yet: no workload");
         return 0;
     }
-    warn_waypoint_label(c, &pod->meta);
     struct workload w = {0};
+    const struct gateway_addr *wp = k8s_waypoints_pod(c->wps, (size_t)(pod - c->pod_base));
+    if (wp) w.waypoint = *wp;
     struct ip_addr *ips = arena_alloc(&c->a, pod->ips.n * sizeof(*ips));
     if (!ips) return -ENOMEM;
     for (size_t i = 0; i < pod->ips.n; i++)
@@ -964,7 +963,8 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
 {
     struct conv c = {.st = st, .report = report, .ud = ud};
     struct indexes ix = {0};
-    bool *dup_ns = NULL, *dup_pod = NULL, *dup_svc = NULL, *dup_authz = NULL, *dup_peer = NULL;
+    bool *dup_ns = NULL, *dup_pod = NULL, *dup_svc = NULL, *dup_authz = NULL, *dup_peer = NULL,
+         *dup_gw = NULL;
     int rc;
     if (opts) c.o = *opts;
 #define DEFAULT(f, v)                                                                                        \
@@ -997,14 +997,19 @@ int k8s_build_snapshot(const struct manifest_store *st, const struct k8s_options
         (rc = mark_duplicates(&c, "AuthorizationPolicy", aps, n_authz, sizeof(*aps), &dup_authz)) ||
         (rc = mark_duplicates(&c, "PeerAuthentication", pas, n_peer, sizeof(*pas), &dup_peer)))
         goto out;
+    /* Reported only: waypoint.c keeps the first Gateway of a name itself. */
+    size_t n_gw;
+    const struct k8s_gateway *gws = manifest_gateways(st, &n_gw);
+    if ((rc = mark_duplicates(&c, "Gateway", gws, n_gw, sizeof(*gws), &dup_gw))) goto out;
     if ((rc = by_ns_init(&c, &ix.ns, nss, n_ns, sizeof(*nss), dup_ns)) ||
         (rc = by_ns_init(&c, &ix.svc, svcs, n_svc, sizeof(*svcs), dup_svc)) ||
         (rc = by_ns_init(&c, &ix.authz, aps, n_authz, sizeof(*aps), dup_authz)) ||
         (rc = by_ns_init(&c, &ix.peer, pas, n_peer, sizeof(*pas), dup_peer)))
         goto out;
     if (ix.ns.n) qsort(ix.ns.v, ix.ns.n, sizeof(*ix.ns.v), meta_name_cmp);
-    for (size_t i = 0; i < n_ns; i++)
-        if (!dup_ns[i]) warn_waypoint_label(&c, &nss[i].meta);
+    c.svc_base = svcs;
+    c.pod_base = pods;
+    if ((rc = k8s_waypoints_compute(st, &c.o, &c.wps, report, ud))) goto out;
     for (size_t i = 0; i < n_svc && !rc; i++)
         if (!dup_svc[i]) rc = convert_service(&c, &svcs[i]);
     /* istiod serves the static STRICT policy as soon as any PeerAuthentication exists (policies.go,
@@ -1028,6 +1033,8 @@ out:
     free(dup_svc);
     free(dup_authz);
     free(dup_peer);
+    free(dup_gw);
+    k8s_waypoints_free(c.wps);
     arena_free(&c.a);
     return rc;
 }

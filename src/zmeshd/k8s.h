@@ -1,6 +1,7 @@
 /* Kubernetes objects (a manifest store) to mesh model resources, computed as istiod computes them for ztunnel
  * (istio/istio pilot/pkg/serviceregistry/kube/controller/ambient/: workloads.go, services.go,
- * authorization.go), and fed through the snapshot builder (src/mesh/builder.h).
+ * authorization.go; waypoints.go through zmeshd/waypoint.h, which sets `waypoint`), and fed through the snapshot
+ * builder (src/mesh/builder.h).
  *
  *     struct snapshot *s;
  *     k8s_build_snapshot(store, &(struct k8s_options){.cluster_id = "c1"}, &s, report, ud);
@@ -27,7 +28,7 @@
 #define K8S_ANNOTATION_SIDECAR_STATUS "sidecar.istio.io/status"
 /* ztunnel's own pods: label app=ztunnel in the system (root) namespace (podutil.go IsZtunnelPod). */
 #define K8S_ZTUNNEL_APP "ztunnel"
-/* Waypoint binding (namespace, service or pod); not supported yet, so it warns. */
+/* Waypoint binding (namespace, service or pod): zmeshd/waypoint.h. */
 #define K8S_LABEL_USE_WAYPOINT "istio.io/use-waypoint"
 /* istiod honours it only with EnableWdsDryRunAuthzPol, off by default. */
 #define K8S_ANNOTATION_DRY_RUN "istio.io/dry-run"

@@ -52,7 +52,7 @@ const char *const k8s_op_field_names[K8S_OP_COUNT] = {
 
 struct manifest_store {
     struct arena arena; /* every string and array of every object */
-    struct vec namespaces, pods, services, sas, authz, peer;
+    struct vec namespaces, pods, services, sas, authz, peer, gateways;
     unsigned order;
     const char *warned_kinds[MAX_WARNED_KINDS];
     size_t n_warned_kinds;
@@ -68,6 +68,7 @@ int manifest_store_new(struct manifest_store **out)
     st->sas = VEC(struct k8s_service_account);
     st->authz = VEC(struct k8s_authz_policy);
     st->peer = VEC(struct k8s_peer_authn);
+    st->gateways = VEC(struct k8s_gateway);
     *out = st;
     return 0;
 }
@@ -81,6 +82,7 @@ void manifest_store_free(struct manifest_store *st)
     vec_free(&st->sas);
     vec_free(&st->authz);
     vec_free(&st->peer);
+    vec_free(&st->gateways);
     arena_free(&st->arena);
     free(st);
 }
@@ -97,6 +99,7 @@ ACCESSOR(manifest_services, struct k8s_service, services)
 ACCESSOR(manifest_service_accounts, struct k8s_service_account, sas)
 ACCESSOR(manifest_authz_policies, struct k8s_authz_policy, authz)
 ACCESSOR(manifest_peer_authns, struct k8s_peer_authn, peer)
+ACCESSOR(manifest_gateways, struct k8s_gateway, gateways)
 
 const char *manifest_finding_format(const struct manifest_finding *f, char *buf, size_t n)
 {
@@ -1106,6 +1109,168 @@ out:
     return rc;
 }
 
+/* ---- Gateway ---- */
+
+/* What a waypoint uses of a Gateway; the rest of the Gateway API is for ingress gateways, which zmesh does
+ * not run, so those fields are warned about rather than silently dropped. */
+static const char *const gateway_spec_keys[] = {"gatewayClassName", "listeners", NULL};
+static const char *const gateway_listener_keys[] = {"name", "port", "protocol", "allowedRoutes", NULL};
+static const char *const gateway_status_keys[] = {"addresses", "conditions", "listeners", NULL};
+#define UNREAD_GATEWAY "field not read by zmeshd: ignored (zmesh reads a Gateway only as a waypoint)"
+
+/* listeners[i].allowedRoutes: namespaces.from (All, Same, Selector) and namespaces.selector.matchLabels. */
+static int read_allowed_routes(struct reader *r, const struct mnode *ar, struct k8s_gateway_listener *l)
+{
+    l->from = "";
+    if (!ar || ar->type == MN_NULL) return 0;
+    size_t old = path_push(r, "allowedRoutes");
+    int rc = check_map(r, ar);
+    static const char *const ar_keys[] = {"namespaces", NULL}, *const ns_keys[] = {"from", "selector", NULL};
+    if (rc) goto out;
+    warn_unknown_keys(r, ar, ar_keys, "field not read by zmeshd: ignored (routes of every kind may attach)");
+    const struct mnode *ns = map_get(ar, "namespaces");
+    if (!ns || ns->type == MN_NULL) goto out;
+    size_t o2 = path_push(r, "namespaces");
+    if (!(rc = check_map(r, ns))) {
+        warn_unknown_keys(r, ns, ns_keys, UNREAD_GATEWAY);
+        rc = get_str(r, ns, "from", &l->from);
+    }
+    if (!rc && *l->from && strcmp(l->from, "All") && strcmp(l->from, "Same") && strcmp(l->from, "Selector")) {
+        size_t o3 = path_push(r, "from");
+        char p[MESH_PRINTABLE_MAX];
+        rc = bad(r, map_get(ns, "from"), "expected All, Same or Selector, got \"%s\"",
+                 mesh_printable(l->from, p));
+        path_pop(r, o3);
+    }
+    if (!rc) rc = read_selector(r, ns, &l->has_ns_selector, &l->ns_selector, &l->n_ns_selector);
+    path_pop(r, o2);
+out:
+    path_pop(r, old);
+    return rc;
+}
+
+static int read_gateway_listeners(struct reader *r, const struct mnode *spec, struct k8s_gateway *g)
+{
+    const struct mnode *ls = map_get(spec, "listeners");
+    if (!ls || ls->type == MN_NULL) return 0;
+    size_t old = path_push(r, "listeners");
+    int rc = 0;
+    struct k8s_gateway_listener *a = NULL;
+    if (ls->type != MN_SEQ)
+        rc = bad(r, ls, "expected a list, got %s", node_kind(ls));
+    else if (ls->n > K8S_GATEWAY_MAX_LISTENERS)
+        rc = bad(r, ls, "%zu listeners: at most %d are allowed", ls->n, K8S_GATEWAY_MAX_LISTENERS);
+    else if (ls->n && !(a = arena_alloc(&r->st->arena, ls->n * sizeof(*a))))
+        rc = -ENOMEM;
+    for (size_t i = 0; !rc && i < ls->n; i++) {
+        const struct mnode *ln = &ls->kids[i];
+        size_t o2 = path_push(r, "[%zu]", i);
+        memset(&a[i], 0, sizeof(a[i]));
+        if (!(rc = check_map(r, ln))) {
+            warn_unknown_keys(r, ln, gateway_listener_keys, UNREAD_GATEWAY);
+            if (!(rc = get_str(r, ln, "name", &a[i].name)) &&
+                !(rc = get_str(r, ln, "protocol", &a[i].protocol)) &&
+                !(rc = get_port(r, ln, "port", true, &a[i].port)))
+                rc = read_allowed_routes(r, map_get(ln, "allowedRoutes"), &a[i]);
+            if (!rc && !*a[i].protocol) {
+                size_t o3 = path_push(r, "protocol");
+                rc = bad(r, ln, "required field is missing");
+                path_pop(r, o3);
+            }
+        }
+        path_pop(r, o2);
+    }
+    path_pop(r, old);
+    g->listeners = a;
+    g->n_listeners = rc ? 0 : ls->n;
+    return rc;
+}
+
+static int read_gateway_status(struct reader *r, const struct mnode *status, struct k8s_gateway *g)
+{
+    if (!status || status->type == MN_NULL) return 0;
+    size_t old = path_push(r, "status");
+    int rc = check_map(r, status);
+    if (rc) goto out;
+    warn_unknown_keys(r, status, gateway_status_keys, UNREAD_GATEWAY);
+    const struct mnode *as = map_get(status, "addresses");
+    if (as && as->type != MN_NULL) {
+        size_t o2 = path_push(r, "addresses");
+        struct k8s_gateway_address *a = NULL;
+        if (as->type != MN_SEQ)
+            rc = bad(r, as, "expected a list, got %s", node_kind(as));
+        else if (as->n > K8S_GATEWAY_MAX_ADDRESSES)
+            rc = bad(r, as, "%zu addresses: at most %d are allowed", as->n, K8S_GATEWAY_MAX_ADDRESSES);
+        else if (as->n && !(a = arena_alloc(&r->st->arena, as->n * sizeof(*a))))
+            rc = -ENOMEM;
+        for (size_t i = 0; !rc && i < as->n; i++) {
+            size_t o3 = path_push(r, "[%zu]", i);
+            if (!(rc = check_map(r, &as->kids[i])) && !(rc = get_str(r, &as->kids[i], "type", &a[i].type)) &&
+                !(rc = get_str(r, &as->kids[i], "value", &a[i].value)) && !*a[i].value) {
+                size_t o4 = path_push(r, "value");
+                rc = bad(r, &as->kids[i], "required field is missing");
+                path_pop(r, o4);
+            }
+            path_pop(r, o3);
+        }
+        path_pop(r, o2);
+        g->addresses = a;
+        g->n_addresses = rc ? 0 : as->n;
+    }
+    const struct mnode *cs = map_get(status, "conditions");
+    if (!rc && cs && cs->type != MN_NULL) {
+        size_t o2 = path_push(r, "conditions");
+        struct k8s_gateway_condition *a = NULL;
+        if (cs->type != MN_SEQ)
+            rc = bad(r, cs, "expected a list, got %s", node_kind(cs));
+        else if (cs->n && !(a = arena_alloc(&r->st->arena, cs->n * sizeof(*a))))
+            rc = -ENOMEM;
+        for (size_t i = 0; !rc && i < cs->n; i++) {
+            const struct mnode *c = &cs->kids[i];
+            size_t o3 = path_push(r, "[%zu]", i);
+            if (!(rc = check_map(r, c)) && !(rc = get_str(r, c, "type", &a[i].type)) &&
+                !(rc = get_str(r, c, "status", &a[i].status)) &&
+                !(rc = get_str(r, c, "reason", &a[i].reason)))
+                rc = get_str(r, c, "message", &a[i].message);
+            path_pop(r, o3);
+        }
+        path_pop(r, o2);
+        g->conditions = a;
+        g->n_conditions = rc ? 0 : cs->n;
+    }
+out:
+    path_pop(r, old);
+    return rc;
+}
+
+static int read_gateway(struct reader *r, const struct mnode *doc, struct k8s_gateway *g)
+{
+    int rc;
+    g->class_name = "";
+    if ((rc = read_meta(r, doc, true, &g->meta))) return rc;
+    warn_unknown_keys(r, doc, istio_top_keys, UNREAD_GATEWAY);
+    const struct mnode *spec = map_get(doc, "spec");
+    size_t old = path_push(r, "spec");
+    if (!spec || spec->type == MN_NULL) {
+        rc = bad(r, doc, "required field is missing");
+        goto out;
+    }
+    if ((rc = check_map(r, spec))) goto out;
+    warn_unknown_keys(r, spec, gateway_spec_keys, UNREAD_GATEWAY);
+    if ((rc = get_str(r, spec, "gatewayClassName", &g->class_name))) goto out;
+    if (!*g->class_name) {
+        size_t o2 = path_push(r, "gatewayClassName");
+        rc = bad(r, spec, "required field is missing");
+        path_pop(r, o2);
+        goto out;
+    }
+    rc = read_gateway_listeners(r, spec, g);
+out:
+    path_pop(r, old);
+    if (!rc) rc = read_gateway_status(r, map_get(doc, "status"), g);
+    return rc;
+}
+
 /* ---- documents ---- */
 
 struct kind_def {
@@ -1114,6 +1279,8 @@ struct kind_def {
 };
 static const char *const core_v1[] = {"v1", NULL};
 static const char *const security_versions[] = {"security.istio.io/v1", "security.istio.io/v1beta1", NULL};
+static const char *const gateway_versions[] = {"gateway.networking.k8s.io/v1",
+                                               "gateway.networking.k8s.io/v1beta1", NULL};
 
 static int warn_unknown_kind(struct reader *r, const struct mnode *doc, const char *kind)
 {
@@ -1189,6 +1356,7 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         {"ServiceAccount", core_v1},
         {"AuthorizationPolicy", security_versions},
         {"PeerAuthentication", security_versions},
+        {"Gateway", gateway_versions},
     };
     if (!in_list && !strcmp(kn->s, "List") && av && av->type == MN_SCALAR && !strcmp(av->s, "v1"))
         return read_list(r, doc);
@@ -1219,6 +1387,7 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         struct k8s_service svc;
         struct k8s_authz_policy ap;
         struct k8s_peer_authn pa;
+        struct k8s_gateway gw;
     } o;
     memset(&o, 0, sizeof(o));
     if (kd == &kinds[0]) {
@@ -1236,9 +1405,12 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
     } else if (kd == &kinds[4]) {
         rc = read_authz(r, doc, &o.ap);
         list = &st->authz;
-    } else {
+    } else if (kd == &kinds[5]) {
         rc = read_peer(r, doc, &o.pa);
         list = &st->peer;
+    } else {
+        rc = read_gateway(r, doc, &o.gw);
+        list = &st->gateways;
     }
     if (rc == -ENOMEM) return rc;
     if (rc || r->failed) return 0;

@@ -1,7 +1,7 @@
 /* The manifest store: Kubernetes objects zmeshd reads (Namespace, Pod, Service, ServiceAccount,
- * AuthorizationPolicy, PeerAuthentication), kept as typed structs. The source is a directory of YAML files
- * today (manifest_load_dir); a later Kubernetes API watch fills the same store, so conversion (k8s.h) never
- * sees where an object came from beyond its manifest_src, which names it in messages.
+ * AuthorizationPolicy, PeerAuthentication, Gateway), kept as typed structs. The source is a directory of YAML
+ * files today (manifest_load_dir); a later Kubernetes API watch fills the same store, so conversion (k8s.h)
+ * never sees where an object came from beyond its manifest_src, which names it in messages.
  *
  * A document zmeshd cannot use is reported as a finding naming file, document index (1-based) and field
  *     pods.yaml#2: spec.containers[0].ports[1].containerPort: expected a port 1-65535, got "http" (line 14)
@@ -181,6 +181,36 @@ struct k8s_peer_authn {
     size_t n_ports;
 };
 
+/* Gateway (gateway.networking.k8s.io/v1, v1beta1): what waypoint binding reads (zmeshd/waypoint.h). The
+ * Gateway API's own bounds (apis/v1/gateway_types.go: listeners MaxItems=64, addresses MaxItems=16); a
+ * Gateway beyond them is refused, as the API server refuses it. */
+#define K8S_GATEWAY_MAX_LISTENERS 64
+#define K8S_GATEWAY_MAX_ADDRESSES 16
+struct k8s_gateway_listener {
+    const char *name, *protocol; /* protocol as written ("HBONE", "HTTP", ...) */
+    uint16_t port;
+    const char *from;     /* allowedRoutes.namespaces.from: "All", "Same" or "Selector"; "" = unset (Same) */
+    bool has_ns_selector; /* allowedRoutes.namespaces.selector present */
+    const struct k8s_kv *ns_selector; /* its matchLabels, sorted by key */
+    size_t n_ns_selector;
+};
+struct k8s_gateway_address {
+    const char *type, *value; /* type "" = IPAddress (the Gateway API default) */
+};
+struct k8s_gateway_condition {
+    const char *type, *status, *reason, *message; /* "" when unset */
+};
+struct k8s_gateway {
+    struct k8s_meta meta;
+    const char *class_name; /* spec.gatewayClassName */
+    const struct k8s_gateway_listener *listeners;
+    size_t n_listeners;
+    const struct k8s_gateway_address *addresses; /* status.addresses */
+    size_t n_addresses;
+    const struct k8s_gateway_condition *conditions; /* status.conditions */
+    size_t n_conditions;
+};
+
 struct manifest_store;
 
 /* A new empty store in *out (owned by the caller). Returns 0 or -ENOMEM. */
@@ -215,6 +245,7 @@ const struct k8s_service *manifest_services(const struct manifest_store *st, siz
 const struct k8s_service_account *manifest_service_accounts(const struct manifest_store *st, size_t *n);
 const struct k8s_authz_policy *manifest_authz_policies(const struct manifest_store *st, size_t *n);
 const struct k8s_peer_authn *manifest_peer_authns(const struct manifest_store *st, size_t *n);
+const struct k8s_gateway *manifest_gateways(const struct manifest_store *st, size_t *n);
 
 /* A label's value, or NULL (binary search over sorted kv). */
 const char *k8s_kv_get(const struct k8s_kv *kv, size_t n, const char *key);

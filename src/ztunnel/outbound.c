@@ -128,11 +128,13 @@ static void hex(char *out, const uint8_t *in, size_t n)
     out[2 * n] = 0;
 }
 
-/* HBONE to an endpoint: TCP to ip:15008, :authority ip:port (istio/ztunnel src/proxy/outbound.rs). The
- * expected server identities are the service's subjectAltNames (when service-addressed) plus the workload's
- * own SPIFFE id. */
-static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *dip,
-                           uint16_t dport)
+/* HBONE to next hop hop_ip:hop_port with CONNECT :authority auth (istio/ztunnel src/proxy/outbound.rs). The
+ * expected server identities are san_svc's subjectAltNames plus the workload's own SPIFFE id (Upstream
+ * workload_and_services_san): for an endpoint, san_svc is the addressed service; for a waypoint, the
+ * waypoint's own Service. */
+static void outbound_hbone_to(struct out_conn *oc, int fd, const struct workload *wl,
+                              const struct ip_addr *hop_ip, uint16_t hop_port, const struct ip_port *auth,
+                              const struct service *san_svc)
 {
     struct zt_pod *pod = oc->pod;
     const struct service *svc = oc->rec.dst_svc;
@@ -142,9 +144,9 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     struct sockaddr_storage hop;
     const char *err = NULL;
 
-    sockaddr_from(&hop, dip, PORT_HBONE);
+    sockaddr_from(&hop, hop_ip, hop_port);
     oc->rec.dst = ip_port_of(&hop);
-    oc->rec.hbone_addr = (struct ip_port){.ip = *dip, .port = dport};
+    oc->rec.hbone_addr = *auth;
     ip_port_format(&oc->rec.hbone_addr, authority, sizeof(authority));
     oc->rec.dst_identity = wl->spiffe_id;
     int n = snprintf(fwd, sizeof(fwd), "for=\"%s\"", ip_port_format(&oc->rec.src, csrc, sizeof(csrc)));
@@ -164,14 +166,22 @@ static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *w
     };
     const char *sans[17];
     size_t n_sans = 0;
-    for (size_t i = 0; svc && i < svc->n_sans && n_sans < 16; i++)
-        sans[n_sans++] = svc->subject_alt_names[i];
+    for (size_t i = 0; san_svc && i < san_svc->n_sans && n_sans < 16; i++)
+        sans[n_sans++] = san_svc->subject_alt_names[i];
     sans[n_sans++] = wl->spiffe_id;
     out_open_stats(oc, true);
     oc->stream = pool_open_stream(pod->w->pool, pod, &hop, sans, n_sans, &oc->rec.src.ip, hdrs,
                                   sizeof(hdrs) / sizeof(hdrs[0]), fd, &out_stream_ops, oc, &err);
     if (!oc->stream)
         out_finish(oc, 0, 0, err ? err : "cannot open HBONE stream", H2_END_CONNECT_FAILED, false);
+}
+
+/* HBONE to an endpoint: TCP to ip:15008, :authority ip:port. */
+static void outbound_hbone(struct out_conn *oc, int fd, const struct workload *wl, const struct ip_addr *dip,
+                           uint16_t dport)
+{
+    struct ip_port auth = {.ip = *dip, .port = dport};
+    outbound_hbone_to(oc, fd, wl, dip, PORT_HBONE, &auth, oc->rec.dst_svc);
 }
 
 /* Plain TCP to dst (not meshed or unknown): connection_security_policy=unknown. */
@@ -189,24 +199,112 @@ static void outbound_plain(struct out_conn *oc, int fd, const struct sockaddr_st
     if (!oc->relay) out_finish(oc, 0, 0, "relay setup failed", H2_END_NO_MEMORY, false);
 }
 
-/* Istio sends a destination that has a waypoint through it (the service's waypoint when addressed by VIP,
- * the workload's when addressed by its IP). zmesh has no waypoint routing yet: sending such a connection
- * around the waypoint would skip the L7 policy it enforces, so the connection is refused and the access log
- * says why. Returns true when it was refused (fd closed, oc finished). */
-static bool outbound_refuse_waypoint(struct out_conn *oc, int fd, const struct gateway_addr *wp,
-                                     const char *what, const char *name)
+/* ---- waypoints (istio/ztunnel src/proxy/outbound.rs build_request, src/state.rs fetch_waypoint) ---- */
+
+/* Where a GatewayAddress leads: the waypoint workload to dial, at which address, and the waypoint's Service
+ * (NULL in the address form) whose subjectAltNames are also expected. */
+struct wp_target {
+    const struct workload *wl;
+    const struct service *svc;
+    struct ip_addr ip;
+    uint16_t port;
+};
+
+/* Writes "ns/name" of the waypoint (its Service when the hostname resolves, else the address as written). */
+static const char *waypoint_name(const struct gateway_addr *wp, const struct service *wsvc, char *buf,
+                                 size_t n)
 {
-    char why[512], ipb[IP_STRLEN];
-    if (!wp->set) return false;
-    const char *to = wp->is_host ? wp->host : ip_format(&wp->ip, ipb, sizeof(ipb));
-    snprintf(why, sizeof(why),
-             "%s %s has waypoint %s%s%s; waypoint routing is not supported yet, so the connection is refused "
-             "rather than sent around the waypoint",
-             what, name, wp->is_host ? wp->ns : "", wp->is_host ? "/" : "", to);
-    close(fd);
-    out_open_stats(oc, false);
-    out_finish(oc, 0, 0, why, H2_END_LOCAL, false);
-    return true;
+    char ipb[IP_STRLEN];
+    if (wsvc)
+        snprintf(buf, n, "%s/%s", wsvc->namespace_, wsvc->name);
+    else if (wp->is_host)
+        snprintf(buf, n, "%s/%s", wp->ns, wp->host);
+    else
+        snprintf(buf, n, "%s", ip_format(&wp->ip, ipb, sizeof(ipb)));
+    return buf;
+}
+
+/* The hostname form names a Service ("ns/hostname"), whose endpoints are chosen by the normal load balancer
+ * on port hbone_port (ServiceResolutionMode::Waypoint: the Service must have that port); the address form
+ * names a workload by IP (or a Service VIP). Returns 0, or -ENOENT when it resolves to no healthy endpoint;
+ * t->svc is set whenever the Service was found, for the message. */
+static int waypoint_resolve(const struct zt_view *v, const struct gateway_addr *wp, struct wp_target *t)
+{
+    struct lb_choice ch;
+    struct lb_source src = {.wl = v->self};
+    memset(t, 0, sizeof(*t));
+    if (wp->is_host) {
+        char key[512];
+        snprintf(key, sizeof(key), "%s/%s", wp->ns, wp->host);
+        t->svc = snapshot_service_by_host(v->snap, key);
+    } else {
+        const struct workload *w = snapshot_workload_by_ip(v->snap, wp->network, &wp->ip);
+        if (w) {
+            if (!w->healthy) return -ENOENT;
+            *t = (struct wp_target){.wl = w, .ip = wp->ip, .port = wp->hbone_port};
+            return 0;
+        }
+        t->svc = snapshot_service_by_vip(v->snap, wp->network, &wp->ip);
+    }
+    if (!t->svc || lb_pick(v->snap, t->svc, wp->hbone_port, &src, NULL, zt_random(), &ch)) return -ENOENT;
+    t->wl = ch.wl;
+    t->ip = ch.ip;
+    t->port = ch.port;
+    return 0;
+}
+
+/* check_from_waypoint (istio/ztunnel src/proxy.rs): the source is the destination's waypoint when one of the
+ * waypoint's workloads has the source's identity and IP; its traffic must not loop back through itself. */
+static bool from_waypoint(const struct zt_view *v, const struct gateway_addr *wp, const char *src_id,
+                          const struct ip_addr *src_ip)
+{
+    const struct workload *one, *const *eps = NULL;
+    size_t n = 0;
+    if (!src_id || !*src_id) return false;
+    if (wp->is_host) {
+        char key[512];
+        snprintf(key, sizeof(key), "%s/%s", wp->ns, wp->host);
+        const struct service *s = snapshot_service_by_host(v->snap, key);
+        if (s) eps = snapshot_service_endpoints(v->snap, s, &n);
+    } else if ((one = snapshot_workload_by_ip(v->snap, wp->network, &wp->ip))) {
+        eps = &one;
+        n = 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(eps[i]->spiffe_id, src_id)) continue;
+        for (size_t j = 0; j < eps[i]->n_ips; j++)
+            if (ip_equal(&eps[i]->ips[j], src_ip)) return true;
+    }
+    return false;
+}
+
+/* Sends the connection to the waypoint with :authority = the original destination (a service VIP:port, or a
+ * pod IP:port), so the waypoint applies its policy and does the load balancing. With no healthy waypoint
+ * endpoint the connection is refused, never sent around it (Istio's ztunnel fails it too, UnknownWaypoint;
+ * the difference is upstream: zmeshd sets a waypoint that is not ready yet, where istiod leaves it out and the
+ * traffic silently skips the L7 policy). what/name describe the destination for the log. */
+static void outbound_via_waypoint(struct out_conn *oc, int fd, const struct gateway_addr *wp,
+                                  const struct ip_addr *dip, uint16_t dport, const char *what,
+                                  const char *name)
+{
+    struct wp_target t;
+    if (waypoint_resolve(oc->view, wp, &t)) {
+        char why[768], wn[300];
+        snprintf(
+            why, sizeof(why),
+            "%s %s has waypoint %s with no ready endpoint: the connection is refused rather than sent around "
+            "it",
+            what, name, waypoint_name(wp, t.svc, wn, sizeof(wn)));
+        close(fd);
+        out_open_stats(oc, false);
+        out_finish(oc, 0, 0, why, H2_END_LOCAL, false);
+        return;
+    }
+    /* Telemetry as ztunnel reports it: the actual destination workload is the waypoint, the intended
+     * destination service stays the addressed one. */
+    oc->rec.dst_wl = t.wl;
+    struct ip_port auth = {.ip = *dip, .port = dport};
+    outbound_hbone_to(oc, fd, t.wl, &t.ip, t.port, &auth, t.svc);
 }
 
 static void outbound_handle(struct zt_pod *pod, int fd, const struct sockaddr_storage *peer)
@@ -246,7 +344,12 @@ static void outbound_handle(struct zt_pod *pod, int fd, const struct sockaddr_st
         struct lb_choice ch;
         struct lb_source src = {.wl = v->self};
         oc->rec.dst_svc = svc;
-        if (outbound_refuse_waypoint(oc, fd, &svc->waypoint, "service", svc->hostname)) return;
+        if (svc->waypoint.set) {
+            char name[300];
+            snprintf(name, sizeof(name), "%s/%s", svc->namespace_, svc->name);
+            outbound_via_waypoint(oc, fd, &svc->waypoint, &dip, dport, "service", name);
+            return;
+        }
         int rc = lb_pick(v->snap, svc, dport, &src, &dip, zt_random(), &ch);
         if (rc == 0) {
             oc->rec.dst_wl = ch.wl;
@@ -275,7 +378,11 @@ static void outbound_handle(struct zt_pod *pod, int fd, const struct sockaddr_st
         out_finish(oc, 0, 0, "self call to a ztunnel port", H2_END_LOCAL, false);
         return;
     }
-    if (wl && wl != v->self && outbound_refuse_waypoint(oc, fd, &wl->waypoint, "workload", wl->uid)) return;
+    /* A pod addressed by IP goes through its own waypoint, unless the source is that waypoint. */
+    if (wl && wl->waypoint.set && !from_waypoint(v, &wl->waypoint, pp->id_uri, &oc->rec.src.ip)) {
+        outbound_via_waypoint(oc, fd, &wl->waypoint, &dip, dport, "workload", wl->uid);
+        return;
+    }
     if (wl && wl->protocol == WL_PROTO_HBONE) {
         outbound_hbone(oc, fd, wl, &dip, dport);
         return;

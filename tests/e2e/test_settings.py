@@ -238,11 +238,13 @@ def _refused_with_log(mesh, src, ip, port, needle):
 
 
 def test_service_with_waypoint_is_refused(mesh):
+    # The waypoint's hostname names no service of the config: no ready waypoint endpoint, so the connection is
+    # refused rather than sent around the waypoint (Istio would send it directly).
     src = mesh.pod("n1p2")
     l = _refused_with_log(mesh, src, "10.96.0.30", 80, "waypoint")
     assert l["level"] == "error"
-    assert "service wpsvc.default.svc.cluster.local has waypoint default/wp.default.svc.cluster.local" in l["error"]
-    assert "not supported yet" in l["error"]
+    assert ("service default/wpsvc has waypoint default/wp.default.svc.cluster.local with no ready endpoint: "
+            "the connection is refused rather than sent around it") in l["error"]
     # The endpoint itself, addressed directly, still works: only the waypoint-bound path is refused.
     assert echo_ok(src, mesh.pod("n2p1"), ECHO)
 
@@ -250,7 +252,8 @@ def test_service_with_waypoint_is_refused(mesh):
 def test_workload_with_waypoint_is_refused(mesh):
     src, dst = mesh.pod("n1p2"), mesh.pod("n2p2")
     l = _refused_with_log(mesh, src, dst.ip, ECHO, "waypoint")
-    assert "workload %s has waypoint default/wp.default.svc.cluster.local" % dst.uid in l["error"]
+    assert ("workload %s has waypoint default/wp.default.svc.cluster.local with no ready endpoint" % dst.uid
+            in l["error"])
 
 
 def _ready(pod):

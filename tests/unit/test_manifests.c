@@ -476,7 +476,8 @@ static void test_unsupported_warn(void **state)
                                                   "namespace: a}\n"
                                                   "spec: {type: ExternalName, externalName: example.com}\n");
     dump(&fs);
-    assert_int_equal(count(&fs, "istio.io/use-waypoint is not supported yet"), 2);
+    /* A waypoint that does not exist: istiod's reason, once per object that asks (not for the namespace). */
+    assert_int_equal(count(&fs, "WaypointIsNotReady: waypoint \"a/wp\" is not ready: no such Gateway"), 2);
     assert_true(find(&fs, "file0.yaml#3: spec.type: ExternalName is not supported") >= 0);
     /* They still apply. */
     assert_non_null(wl(s, "a", "p"));

@@ -378,6 +378,7 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
         log_kv(LOG_WARN, "zmeshd", "serving without the debug endpoints (pass --debug-listen ADDR:PORT)",
                "error", err, NULL);
     } else {
+        zmeshd_debug_set_daemon(s.debug, s.d);
         snprintf(port, sizeof(port), "%u", zmeshd_debug_port(s.debug));
         log_kv(LOG_INFO, "zmeshd", "serving the debug endpoints over HTTP", "listen", dbg_addr, "port", port,
                NULL);
