@@ -2,10 +2,12 @@
 destination's ztunnel, real apps in network namespaces.
 
 Topology (Mesh, 2 nodes x 2 pods): n1p1 runs the waypoint (service account "waypoint", Gateway "waypoint" in
-"default"), n1p2 is the client (the test opens HBONE from its namespace with its own certificate, as its
-ztunnel would), n2p1 and n2p2 are meshed servers (dedicated ztunnels, in-pod rules) behind service "echo"
-(VIP 10.96.0.10) bound to the waypoint; service "direct" (VIP 10.96.0.11) has the same endpoints and no
-waypoint. Config: LocalConfig for every process; certificates from the test's CA."""
+"default"), n1p2 is the meshed client: its app's connections go through its ztunnel, which sends traffic for
+service "echo" (VIP 10.96.0.10, bound to the waypoint) to the waypoint; the test also opens HBONE to the
+waypoint itself from n1p2's namespace with n1p2's certificate (marked so the pod's rules leave it alone), as a
+peer zmesh did not write. n2p1 and n2p2 are meshed servers (dedicated ztunnels, in-pod rules) behind "echo";
+service "direct" (VIP 10.96.0.11) has the same endpoints and no waypoint. Config: LocalConfig for every
+process; certificates from the test's CA."""
 import json
 import os
 import socket
@@ -18,7 +20,7 @@ import pytest
 import hashlib
 import re
 
-from helpers import Mesh, start_app, wait_for
+from helpers import Mesh, http_request, start_app, wait_for
 from hbone_peer import HboneClient, client_context
 from topo import netns_socket, tail
 
@@ -69,7 +71,7 @@ def mesh(ztunnel_bin):
                               "default/direct.default.svc.cluster.local": {80: 8080}}},
         "n1p1": {"services": {"default/" + WP_HOST: {15008: 15008}}},
     }
-    m = Mesh(nodes=2, pods=2, meshed=["n2p1", "n2p2"], workload_extra=extra, services=SERVICES)
+    m = Mesh(nodes=2, pods=2, meshed=["n1p2", "n2p1", "n2p2"], workload_extra=extra, services=SERVICES)
     m.pod("n1p1").sa = "waypoint"
     try:
         m.up()
@@ -115,7 +117,7 @@ def http_get(m, path, port):
 def hbone(m, authority, identity_cert=None):
     """An HBONE CONNECT to the waypoint from the client pod; returns (client, stream id, status)."""
     cert, key = identity_cert or m.client_cert
-    s = netns_socket(m.pod("n1p2").netns)
+    s = netns_socket(m.pod("n1p2").netns, mark=0x539)
     s.settimeout(10)
     s.connect((m.pod("n1p1").ip, 15008))
     c = HboneClient(s, cert, key, os.path.join(m.topo.ca(), "root-cert.pem"))
@@ -435,3 +437,30 @@ def test_h2c_detected_and_multiplexed(mesh):
     from apps import pattern_bytes
     assert hdrs[":status"] == "200" and body == pattern_bytes(3000000)
     c.close()
+
+
+def test_ztunnel_sends_service_traffic_through_waypoint(mesh):
+    """The real path: the client app's plain HTTP to the service VIP is captured by its ztunnel, sent over
+    HBONE to the waypoint (the service is bound to it), which routes it to an endpoint over HBONE: the app
+    sees the waypoint's address and a generated x-request-id, and the waypoint logged the client's identity."""
+    status, hdrs, body = http_request(mesh.pod("n1p2").netns, ECHO_VIP, 80, "/via-ztunnel")
+    assert status == 200, body
+    info = json.loads(body)
+    assert info["path"] == "/via-ztunnel"
+    assert info["client"].split(":")[0] == mesh.pod("n1p1").ip
+    assert "x-request-id" in info["headers"] and "x-envoy-upstream-service-time" in hdrs
+    with open(mesh.waypoint.log_path) as f:
+        lines = [l for l in f if "/via-ztunnel" in l]
+    assert lines and 'src.identity="spiffe://cluster.local/ns/default/sa/sa-n1p2"' in lines[-1], lines
+
+
+def test_curl_h2c_through_ztunnel_and_waypoint(mesh):
+    """curl (a client zmesh did not write) with HTTP/2 prior knowledge through the client's ztunnel and the
+    waypoint to the h2c app; the app's trailers come back."""
+    out = mesh.topo.run(mesh.pod("n1p2").netns, ["curl", "-sS", "--http2-prior-knowledge", "-D", "-",
+                                                 "http://%s:81/curl" % ECHO_VIP], check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("HTTP/2 200"), out.stdout[:200]
+    body = out.stdout.replace("\r\n", "\n").split("\n\n", 1)[1]
+    info = json.loads(body[:body.rindex("}") + 1])
+    assert info["path"] == "/curl" and info["tag"] in ("n2p1", "n2p2")
