@@ -10,9 +10,9 @@
  *     http1_parser_finish(p) at the peer's EOF; http1_parser_free(p)
  *
  * Back-pressure: a body callback may return HTTP1_PAUSE; nothing after the bytes it was given is consumed
- * until http1_parser_resume, so a caller feeds at most what its peer can take and stops when told. One message
- * at a time: the parser always pauses after on_complete, so a pipelined request is not parsed before the
- * caller has dealt with the one before it. Nothing here buffers a body.
+ * until http1_parser_resume, so a caller feeds at most what its peer can take and stops when told. One
+ * message at a time: the parser always pauses after on_complete, so a pipelined request is not parsed before
+ * the caller has dealt with the one before it. Nothing here buffers a body.
  *
  * Strictness is llhttp's (no lenient flag is ever set) plus RFC 9112's rules a proxy needs (see
  * src/http1/README.md): Content-Length with Transfer-Encoding, a repeated Content-Length, a request whose
@@ -54,7 +54,8 @@ enum http1_framing {
 
 const char *http1_framing_to_str(enum http1_framing f);
 
-/* A message's head. Valid during on_head, and when on_head returned HTTP1_PAUSE, until http1_parser_resume. */
+/* A message's head. Valid during on_head, and when on_head returned HTTP1_PAUSE, until http1_parser_resume.
+ */
 struct http1_head {
     const char *method; /* requests: the method as sent */
     size_t method_len;
@@ -63,15 +64,16 @@ struct http1_head {
     int status;         /* responses */
     const char *reason; /* responses: the reason phrase as sent (may be empty) */
     size_t reason_len;
-    int version_minor; /* HTTP/1.<version_minor>: 0 or 1 */
+    int version_minor;               /* HTTP/1.<version_minor>: 0 or 1 */
     const struct http1_hdr *headers; /* in order, as received (names not lower-cased) */
     size_t n_headers;
     enum http1_framing framing;
-    uint64_t content_length; /* the Content-Length header's value when there is one (also for a HEAD answer) */
+    uint64_t
+        content_length; /* the Content-Length header's value when there is one (also for a HEAD answer) */
     bool has_content_length;
-    bool keep_alive;      /* the connection may carry another message after this one (llhttp_should_keep_alive) */
-    bool upgrade;         /* request with Upgrade (or CONNECT), 101 response, 2xx answering CONNECT: after this
-                           * message the bytes are opaque (see http1_parser_state HTTP1_P_UPGRADED) */
+    bool keep_alive; /* the connection may carry another message after this one (llhttp_should_keep_alive) */
+    bool upgrade;    /* request with Upgrade (or CONNECT), 101 response, 2xx answering CONNECT: after this
+                      * message the bytes are opaque (see http1_parser_state HTTP1_P_UPGRADED) */
     bool expect_continue; /* request with Expect: 100-continue */
     bool interim;         /* response 1xx other than 101: a final response follows on the same parser */
 };
@@ -130,7 +132,8 @@ void http1_parser_free(struct http1_parser *p);
 ssize_t http1_parser_feed(struct http1_parser *p, const uint8_t *data, size_t n);
 
 /* Resumes after a pause, after on_complete (the next message may begin), or after an upgrade that did not
- * happen (the server answered the Upgrade request without 101: parsing goes on as HTTP/1). No-op otherwise. */
+ * happen (the server answered the Upgrade request without 101: parsing goes on as HTTP/1). No-op otherwise.
+ */
 void http1_parser_resume(struct http1_parser *p);
 
 /* The peer's EOF: completes an until-EOF body (on_complete runs); 0 between messages or after one ended;
@@ -189,8 +192,9 @@ int http1_write_request_head(struct http1_out *o, const char *method, size_t met
  * (UNTIL_EOF writes no framing header: the caller closes the connection after the body), and the blank line.
  * A HEAD answer passes LENGTH with the length the GET would have and writes no body. 0, -EINVAL (status
  * outside 100..999, bad name or value) or -ENOMEM. */
-int http1_write_response_head(struct http1_out *o, int status, const char *reason, const struct http1_hdr *headers,
-                              size_t n, enum http1_framing framing, uint64_t content_length);
+int http1_write_response_head(struct http1_out *o, int status, const char *reason,
+                              const struct http1_hdr *headers, size_t n, enum http1_framing framing,
+                              uint64_t content_length);
 
 /* Writes a chunk's size line ("1a\r\n") for n > 0 bytes of data that the caller writes next, followed by
  * http1_write_chunk_end. 0, -EINVAL (n == 0: that is the last chunk) or -ENOMEM. */
