@@ -5,7 +5,8 @@
  *
  *     struct http1_parser *p = http1_parser_new(HTTP1_REQUEST, NULL, &ops, ud);   NULL: default limits
  *     ssize_t used = http1_parser_feed(p, buf, n);    < n: paused (a callback said so, or a message ended)
- *     ... once the caller is ready for more: http1_parser_resume(p); feed the rest (buf + used) ...
+ *     ... once the caller is ready for more: http1_parser_resume(p); feed the rest (buf + used), even when
+ *     nothing is left (n 0): a message whose head or last body bytes were paused on completes then ...
  *     on a parse error (used < 0): status = http1_parser_error(p, &reason); answer it and close
  *     http1_parser_finish(p) at the peer's EOF; http1_parser_free(p)
  *
@@ -14,10 +15,10 @@
  * message at a time: the parser always pauses after on_complete, so a pipelined request is not parsed before
  * the caller has dealt with the one before it. Nothing here buffers a body.
  *
- * Strictness is llhttp's (no lenient flag is ever set) plus RFC 9112's rules a proxy needs (see
- * src/http1/README.md): Content-Length with Transfer-Encoding, a repeated Content-Length, a request whose
- * final transfer coding is not chunked, obs-fold, invalid characters: all are errors with the status a server
- * should answer. */
+ * Strictness is llhttp's strict build (LLHTTP_STRICT_MODE=1, no lenient flag) plus RFC 9112's rules a proxy
+ * needs (see src/http1/README.md): Content-Length with Transfer-Encoding, a repeated Content-Length, a
+ * request whose final transfer coding is not chunked, obs-fold, invalid characters: all are errors with the
+ * status a server should answer. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -28,7 +29,6 @@
 #define HTTP1_MAX_HEAD_BYTES (60 * 1024) /* Envoy's max_request_headers_kb default (60 KiB) */
 #define HTTP1_MAX_HEADERS 100            /* Envoy's max_headers_count default */
 #define HTTP1_MAX_TARGET (16 * 1024)     /* longer request-targets get 414 */
-#define HTTP1_MAX_TRAILERS HTTP1_MAX_HEADERS
 
 /* A callback's return value that pauses the parser after the callback (see http1_parser_ops). */
 #define HTTP1_PAUSE 1
@@ -71,7 +71,8 @@ struct http1_head {
     uint64_t
         content_length; /* the Content-Length header's value when there is one (also for a HEAD answer) */
     bool has_content_length;
-    bool keep_alive; /* the connection may carry another message after this one (llhttp_should_keep_alive) */
+    bool keep_alive; /* the connection may carry another message after this one (llhttp_should_keep_alive);
+                      * when false, bytes after this message are an error (400): the caller closes instead */
     bool upgrade;    /* request with Upgrade (or CONNECT), 101 response, 2xx answering CONNECT: after this
                       * message the bytes are opaque (see http1_parser_state HTTP1_P_UPGRADED) */
     bool expect_continue; /* request with Expect: 100-continue */
