@@ -406,6 +406,16 @@ static int h1c_on_headers_complete(llhttp_t *ll)
         if (te.other) return h1c_fail(p, 501, "unsupported transfer coding");
     }
 
+    if (p->kind == HTTP1_REQUEST) {
+        /* RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more than one, gets 400; with
+         * two, the route and the upstream could pick different ones. */
+        size_t hosts = 0;
+        for (size_t i = 0; i < p->nfld; i++)
+            if (http1_name_is(p->hdrs[i].name, p->hdrs[i].name_len, "host")) hosts++;
+        if (hosts > 1) return h1c_fail(p, 400, "more than one Host header");
+        if (!hosts && minor == 1) return h1c_fail(p, 400, "missing Host header");
+    }
+
     bool no_body = false;
     if (p->kind == HTTP1_REQUEST) {
         h.method = p->buf;

@@ -166,27 +166,29 @@ static const struct msg_case cases[] = {
      "\r\n6\r\nworld!\r\n0\r\n\r\n",
      "H PUT /c 1.1 chunked [Host: a] [Transfer-Encoding: chunked]\nC\n", "hello world!", 0, false},
     {"chunked with trailers", HTTP1_REQUEST,
-     "POST /t HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nTrailer: "
+     "POST /t HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\nTrailer: "
      "grpc-status\r\n\r\n3\r\nabc\r\n0\r\ngrpc-status: 0\r\n"
      "X-Sum:  12 \r\n\r\n",
-     "H POST /t 1.1 chunked [Transfer-Encoding: Chunked] [Trailer: grpc-status]\nT [grpc-status: 0] [X-Sum: "
+     "H POST /t 1.1 chunked [Host: h] [Transfer-Encoding: Chunked] [Trailer: grpc-status]\nT [grpc-status: "
+     "0] [X-Sum: "
      "12]\nC\n",
      "abc", 0, false},
     {"no body, HTTP/1.0 closes", HTTP1_REQUEST, "GET / HTTP/1.0\r\nUser-Agent: t\r\n\r\n",
      "H GET / 1.0 none close [User-Agent: t]\nC\n", "", 0, false},
     {"value whitespace trimmed, empty value, case kept", HTTP1_REQUEST,
-     "GET /x HTTP/1.1\r\nX-A:\t  spaced out \t\r\nX-Empty:\r\nx-lower: v\r\n\r\n",
-     "H GET /x 1.1 none [X-A: spaced out] [X-Empty: ] [x-lower: v]\nC\n", "", 0, false},
+     "GET /x HTTP/1.1\r\nHost: h\r\nX-A:\t  spaced out \t\r\nX-Empty:\r\nx-lower: v\r\n\r\n",
+     "H GET /x 1.1 none [Host: h] [X-A: spaced out] [X-Empty: ] [x-lower: v]\nC\n", "", 0, false},
     {"expect 100-continue", HTTP1_REQUEST,
-     "POST /e HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\nok",
-     "H POST /e 1.1 content-length cl=2 continue [Expect: 100-Continue] [Content-Length: 2]\nC\n", "ok", 0,
-     false},
-    {"connection close", HTTP1_REQUEST, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
-     "H GET / 1.1 none close [Connection: close]\nC\n", "", 0, false},
-    {"content-length 0", HTTP1_REQUEST, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-     "H POST / 1.1 none cl=0 [Content-Length: 0]\nC\n", "", 0, false},
-    {"absolute-form target", HTTP1_REQUEST, "GET http://a.example:8080/p?q HTTP/1.1\r\n\r\n",
-     "H GET http://a.example:8080/p?q 1.1 none\nC\n", "", 0, false},
+     "POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\nok",
+     "H POST /e 1.1 content-length cl=2 continue [Host: h] [Expect: 100-Continue] [Content-Length: 2]\nC\n",
+     "ok", 0, false},
+    {"connection close", HTTP1_REQUEST, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+     "H GET / 1.1 none close [Host: h] [Connection: close]\nC\n", "", 0, false},
+    {"content-length 0", HTTP1_REQUEST, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+     "H POST / 1.1 none cl=0 [Host: h] [Content-Length: 0]\nC\n", "", 0, false},
+    {"absolute-form target", HTTP1_REQUEST,
+     "GET http://a.example:8080/p?q HTTP/1.1\r\nHost: a.example:8080\r\n\r\n",
+     "H GET http://a.example:8080/p?q 1.1 none [Host: a.example:8080]\nC\n", "", 0, false},
     /* responses */
     {"response content-length", HTTP1_RESPONSE, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
      "H 200 OK 1.1 content-length cl=3 [Content-Length: 3]\nC\n", "abc", 0, false},
@@ -215,8 +217,9 @@ static const struct msg_case cases[] = {
      "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "", "", 400, false},
     {"content-length list", HTTP1_REQUEST, "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc", "", "", 400,
      false},
-    {"bad chunk size", HTTP1_REQUEST, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-     "H POST / 1.1 chunked [Transfer-Encoding: chunked]\n", "", 400, false},
+    {"bad chunk size", HTTP1_REQUEST,
+     "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+     "H POST / 1.1 chunked [Host: h] [Transfer-Encoding: chunked]\n", "", 400, false},
     {"invalid header char", HTTP1_REQUEST,
      "GET / HTTP/1.1\r\nX: a\x01"
      "b\r\n\r\n",
@@ -231,19 +234,23 @@ static const struct msg_case cases[] = {
      "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "", "", 501, false},
     {"CONNECT with a transfer coding", HTTP1_REQUEST,
      "CONNECT a:443 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "", "", 501, false},
+    {"missing Host", HTTP1_REQUEST, "GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", "", "", 400, false},
+    {"two Hosts", HTTP1_REQUEST, "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", "", "", 400, false},
+    {"two Hosts in HTTP/1.0", HTTP1_REQUEST, "GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n", "", "", 400,
+     false},
     {"HTTP/2.0 request line", HTTP1_REQUEST, "GET / HTTP/2.0\r\n\r\n", "", "", 505, false},
     {"HTTP/1.2 request line", HTTP1_REQUEST, "GET / HTTP/1.2\r\n\r\n", "", "", 505, false},
     {"h2 preface", HTTP1_REQUEST, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "", "", 505, false},
     {"garbage method", HTTP1_REQUEST, "G@T / HTTP/1.1\r\n\r\n", "", "", 400, false},
-    {"cut mid-body", HTTP1_REQUEST, "POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc",
-     "H POST / 1.1 content-length cl=10 [Content-Length: 10]\n", "abc", 400, true},
+    {"cut mid-body", HTTP1_REQUEST, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nabc",
+     "H POST / 1.1 content-length cl=10 [Host: h] [Content-Length: 10]\n", "abc", 400, true},
     {"cut mid-head", HTTP1_REQUEST, "GET / HTTP/1.1\r\nHost: a\r\n", "", "", 400, true},
     {"chunk data without CRLF", HTTP1_REQUEST,
-     "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
-     "H POST / 1.1 chunked [Transfer-Encoding: chunked]\n", "hello", 400, false},
+     "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+     "H POST / 1.1 chunked [Host: h] [Transfer-Encoding: chunked]\n", "hello", 400, false},
     {"data after connection close", HTTP1_REQUEST,
-     "GET / HTTP/1.1\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\n\r\n",
-     "H GET / 1.1 none close [Connection: close]\nC\n", "", 400, false},
+     "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",
+     "H GET / 1.1 none close [Host: h] [Connection: close]\nC\n", "", 400, false},
     {"malformed version", HTTP1_REQUEST, "GET / HTTP/1.x\r\n\r\n", "", "", 400, false},
     {"HTTP/3.0", HTTP1_REQUEST, "GET / HTTP/3.0\r\n\r\n", "", "", 505, false},
     {"bare LF", HTTP1_REQUEST, "GET / HTTP/1.1\nHost: a\n\n", "", "", 400, false},
@@ -301,7 +308,7 @@ static void test_pipelined(void **state)
 {
     (void)state;
     static const char two[] =
-        "GET /one HTTP/1.1\r\nHost: a\r\n\r\nPOST /two HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi";
+        "GET /one HTTP/1.1\r\nHost: a\r\n\r\nPOST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
     size_t first = strlen("GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
     struct rec r;
     rec_init(&r, HTTP1_REQUEST, NULL);
@@ -318,7 +325,7 @@ static void test_pipelined(void **state)
     ssize_t used2 = http1_parser_feed(r.p, (const uint8_t *)two + used, strlen(two) - (size_t)used);
     assert_int_equal(used2, (ssize_t)(strlen(two) - first));
     assert_string_equal(r.log, "H GET /one 1.1 none [Host: a]\nC\nH POST /two 1.1 content-length cl=2 "
-                               "[Content-Length: 2]\nC\n");
+                               "[Host: a] [Content-Length: 2]\nC\n");
     assert_int_equal(http1_parser_messages(r.p), 2);
     http1_parser_resume(r.p);
     assert_int_equal(http1_parser_finish(r.p), 0);
@@ -329,7 +336,7 @@ static void test_pipelined(void **state)
 static void test_body_back_pressure(void **state)
 {
     (void)state;
-    static const char req[] = "POST /b HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789";
+    static const char req[] = "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n0123456789";
     size_t head = strlen(req) - 10;
     for (size_t split = 0; split <= 4; split++) {
         struct rec r;
@@ -361,14 +368,14 @@ static void test_pause_mid_feed(void **state)
 {
     (void)state;
     static const char req[] =
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"
-        "GET /next HTTP/1.1\r\n\r\n";
+        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n3\r\nefg\r\n0\r\n\r\n"
+        "GET /next HTTP/1.1\r\nHost: h\r\n\r\n";
     struct rec r;
     rec_init(&r, HTTP1_REQUEST, NULL);
     r.pause_body_after = 1;
     ssize_t used = http1_parser_feed(r.p, (const uint8_t *)req, strlen(req));
     /* The first chunk's data ends at offset head + "4\r\nabcd" */
-    size_t head = strlen("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    size_t head = strlen("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_int_equal(used, (ssize_t)(head + 7));
     assert_int_equal(r.body_len, 4);
     assert_int_equal(r.completes, 0);
@@ -378,11 +385,12 @@ static void test_pause_mid_feed(void **state)
     assert_int_equal(r.completes, 1);
     assert_int_equal(r.body_len, 7);
     assert_memory_equal(r.body, "abcdefg", 7);
-    assert_int_equal((size_t)used + (size_t)used2, strlen(req) - strlen("GET /next HTTP/1.1\r\n\r\n"));
+    assert_int_equal((size_t)used + (size_t)used2,
+                     strlen(req) - strlen("GET /next HTTP/1.1\r\nHost: h\r\n\r\n"));
     http1_parser_resume(r.p);
     assert_int_equal(
         http1_parser_feed(r.p, (const uint8_t *)req + used + used2, strlen(req) - (size_t)(used + used2)),
-        (ssize_t)strlen("GET /next HTTP/1.1\r\n\r\n"));
+        (ssize_t)strlen("GET /next HTTP/1.1\r\nHost: h\r\n\r\n"));
     assert_int_equal(r.completes, 2);
     http1_parser_free(r.p);
 }
@@ -412,7 +420,8 @@ static void test_callback_failure(void **state)
     struct rec r;
     rec_init(&r, HTTP1_REQUEST, NULL);
     r.fail_head = true;
-    assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)"GET / HTTP/1.1\r\n\r\n", 18), -EPROTO);
+    assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)"GET / HTTP/1.1\r\nHost: h\r\n\r\n", 27),
+                     -EPROTO);
     const char *why;
     assert_int_equal(http1_parser_error(r.p, &why), 403);
     assert_string_equal(why, "refused");
@@ -511,9 +520,9 @@ static void test_upgrade_request(void **state)
     http1_parser_free(r.p);
 
     /* An upgrade the server refused: resume goes on parsing HTTP/1 (the next request). */
-    static const char two[] =
-        "GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
-    size_t first = strlen("GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    static const char two[] = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: "
+                              "websocket\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    size_t first = strlen("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n");
     rec_init(&r, HTTP1_REQUEST, NULL);
     assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)two, strlen(two)), (ssize_t)first);
     http1_parser_resume(r.p);
@@ -567,14 +576,17 @@ static void test_limits(void **state)
         const char *in;
         int status;
     } t[] = {
-        {"GET /123456789abcdef HTTP/1.1\r\n\r\n", 0},    /* target of exactly 16 */
-        {"GET /0123456789abcdef HTTP/1.1\r\n\r\n", 414}, /* 17 */
-        {"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", 0},
-        {"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431},
-        {"POST / HTTP/1.1\r\nContent-Length: 8\r\n\r\n12345678", 0},
-        {"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n123456789", 413},
-        {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n4\r\n6789\r\n0\r\n\r\n", 413},
-        {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: "
+        {"GET /123456789abcdef HTTP/1.1\r\nHost: h\r\n\r\n", 0},    /* target of exactly 16 */
+        {"GET /0123456789abcdef HTTP/1.1\r\nHost: h\r\n\r\n", 414}, /* 17 */
+        {"GET / HTTP/1.1\r\nHost: h\r\nB: 2\r\nC: 3\r\n\r\n", 0},
+        {"GET / HTTP/1.1\r\nHost: h\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n", 431},
+        {"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 8\r\n\r\n12345678", 0},
+        {"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\n123456789", 413},
+        {"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+         "chunked\r\n\r\n5\r\n12345\r\n4\r\n6789\r\n0\r\n\r\n",
+         413},
+        {"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nA: 1\r\nB: 2\r\nC: "
+         "3\r\nD: "
          "4\r\n\r\n",
          431},
     };
@@ -613,8 +625,8 @@ static void test_default_limits(void **state)
     char *buf = malloc(cap);
     assert_non_null(buf);
     for (int count = 100; count <= 101; count++) {
-        size_t n = (size_t)snprintf(buf, cap, "GET / HTTP/1.1\r\n");
-        for (int i = 0; i < count; i++)
+        size_t n = (size_t)snprintf(buf, cap, "GET / HTTP/1.1\r\nHost: h\r\n");
+        for (int i = 1; i < count; i++)
             n += (size_t)snprintf(buf + n, cap - n, "X-%d: v\r\n", i);
         n += (size_t)snprintf(buf + n, cap - n, "\r\n");
         struct rec r;
@@ -624,7 +636,7 @@ static void test_default_limits(void **state)
         http1_parser_free(r.p);
     }
     for (size_t vlen = 60 * 1024 - 64; vlen <= 60 * 1024 + 64; vlen += 128) {
-        size_t n = (size_t)snprintf(buf, cap, "GET / HTTP/1.1\r\nX-Big: ");
+        size_t n = (size_t)snprintf(buf, cap, "GET / HTTP/1.1\r\nHost: h\r\nX-Big: ");
         memset(buf + n, 'v', vlen);
         n += vlen;
         n += (size_t)snprintf(buf + n, cap - n, "\r\n\r\n");
@@ -642,7 +654,8 @@ static void test_chunk_extensions(void **state)
     (void)state;
     static char buf[16384];
     for (size_t ext = 4000; ext <= 5000; ext += 1000) {
-        int n = snprintf(buf, sizeof(buf), "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;x=");
+        int n = snprintf(buf, sizeof(buf),
+                         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1;x=");
         memset(buf + n, 'a', ext);
         n += (int)ext;
         n += snprintf(buf + n, sizeof(buf) - (size_t)n, "\r\nz\r\n0\r\n\r\n");
@@ -667,15 +680,15 @@ static void test_chunk_extensions(void **state)
 static void test_split_name(void **state)
 {
     (void)state;
-    static const char req[] = "GET / HTTP/1.1\r\nX-Forwarded-Client-Cert: By=spiffe://a\r\n\r\n";
-    size_t at = strlen("GET / HTTP/1.1\r\nX-Forw");
+    static const char req[] = "GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Client-Cert: By=spiffe://a\r\n\r\n";
+    size_t at = strlen("GET / HTTP/1.1\r\nHost: h\r\nX-Forw");
     struct rec r;
     rec_init(&r, HTTP1_REQUEST, NULL);
     assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)req, at), (ssize_t)at);
     assert_int_equal(http1_parser_state(r.p), HTTP1_P_HEAD);
     assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)req + at, strlen(req) - at),
                      (ssize_t)(strlen(req) - at));
-    assert_string_equal(r.log, "H GET / 1.1 none [X-Forwarded-Client-Cert: By=spiffe://a]\nC\n");
+    assert_string_equal(r.log, "H GET / 1.1 none [Host: h] [X-Forwarded-Client-Cert: By=spiffe://a]\nC\n");
     http1_parser_free(r.p);
 }
 
