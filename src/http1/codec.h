@@ -179,9 +179,10 @@ void http1_out_reset(struct http1_out *o);
 /* Frees the memory; o is empty and reusable. */
 void http1_out_free(struct http1_out *o);
 
-/* Writes "METHOD target HTTP/1.1", the headers, the framing header and the blank line. The headers are the
- * caller's, hop-by-hop ones already removed; any Content-Length or Transfer-Encoding among them is skipped
- * because framing alone decides them: LENGTH writes "Content-Length: <content_length>", CHUNKED
+/* Writes "METHOD target HTTP/1.1", the headers, the framing header and the blank line. HTTP/1.1 needs a Host
+ * field (RFC 9112 §3.2): forwarding an HTTP/1.0 request that has none, the caller adds it. The headers are
+ * the caller's, hop-by-hop ones already removed; any Content-Length or Transfer-Encoding among them is
+ * skipped because framing alone decides them: LENGTH writes "Content-Length: <content_length>", CHUNKED
  * "Transfer-Encoding: chunked", NONE and UNTIL_EOF nothing (UNTIL_EOF is invalid for a request: -EINVAL).
  * 0, -EINVAL (a method or name that is not a token, a target or value with CR, LF or NUL; the buffer is
  * unchanged) or -ENOMEM. */

@@ -105,6 +105,12 @@ static void fz_roundtrip(struct fz *f, const struct http1_head *h)
         abort(); /* requests never read until EOF */
     int r;
     if (f->kind == HTTP1_REQUEST) {
+        /* The writer speaks HTTP/1.1, which needs Host; an HTTP/1.0 request may lack it, and then its
+         * forwarder must add one (the parser would rightly refuse the written head). */
+        bool host = false;
+        for (size_t i = 0; i < h->n_headers; i++)
+            if (http1_name_is(h->headers[i].name, h->headers[i].name_len, "host")) host = true;
+        if (!host) return;
         r = http1_write_request_head(&o, h->method, h->method_len, h->target, h->target_len, h->headers,
                                      h->n_headers, h->framing, h->content_length);
     } else {
