@@ -698,11 +698,24 @@ int http1_parser_finish(struct http1_parser *p)
     case HTTP1_P_CLOSED:
         p->st = HTTP1_P_CLOSED;
         return 0;
-    case HTTP1_P_PAUSED:
-        /* No more bytes will come: the pause (back-pressure) has nothing left to hold back. */
+    case HTTP1_P_PAUSED: {
+        /* No more bytes will come: the pause (back-pressure) has nothing left to hold back. What llhttp had
+         * left to do after the paused callback (a message end that needs no more bytes) runs first. */
         llhttp_resume(&p->ll);
         p->st = p->st_resume;
+        ssize_t r = http1_parser_feed(p, NULL, 0);
+        if (r < 0) return (int)r;
+        if (p->st == HTTP1_P_DONE || p->st == HTTP1_P_UPGRADED) {
+            p->st = HTTP1_P_CLOSED;
+            return 0;
+        }
+        if (p->st ==
+            HTTP1_P_PAUSED) { /* a callback paused again: resume once more, there is nothing to wait for */
+            llhttp_resume(&p->ll);
+            p->st = p->st_resume;
+        }
         break;
+    }
     default:
         break;
     }

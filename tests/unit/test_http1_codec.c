@@ -414,6 +414,31 @@ static void test_pause_head_then_empty_feed(void **state)
     http1_parser_free(r.p);
 }
 
+/* The peer's EOF while on_head is paused on a complete body-less request: the request still completes. */
+static void test_finish_while_head_paused(void **state)
+{
+    (void)state;
+    static const char req[] = "GET /p HTTP/1.1\r\nHost: h\r\n\r\n";
+    struct rec r;
+    rec_init(&r, HTTP1_REQUEST, NULL);
+    r.pause_head = true;
+    assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)req, strlen(req)), (ssize_t)strlen(req));
+    assert_int_equal(http1_parser_state(r.p), HTTP1_P_PAUSED);
+    assert_int_equal(http1_parser_finish(r.p), 0);
+    assert_int_equal(r.completes, 1);
+    assert_int_equal(http1_parser_state(r.p), HTTP1_P_CLOSED);
+    http1_parser_free(r.p);
+    /* ... but a body cut short is still an error. */
+    static const char cut[] = "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nab";
+    rec_init(&r, HTTP1_REQUEST, NULL);
+    r.pause_head = true;
+    assert_int_equal(http1_parser_feed(r.p, (const uint8_t *)cut, strlen(cut)), (ssize_t)strlen(cut) - 2);
+    assert_int_equal(http1_parser_finish(r.p), -EPROTO);
+    assert_int_equal(http1_parser_error(r.p, NULL), 400);
+    assert_int_equal(r.completes, 0);
+    http1_parser_free(r.p);
+}
+
 static void test_callback_failure(void **state)
 {
     (void)state;
@@ -862,6 +887,7 @@ int main(void)
         cmocka_unit_test(test_body_back_pressure),
         cmocka_unit_test(test_pause_mid_feed),
         cmocka_unit_test(test_pause_head_then_empty_feed),
+        cmocka_unit_test(test_finish_while_head_paused),
         cmocka_unit_test(test_callback_failure),
         cmocka_unit_test(test_head_response),
         cmocka_unit_test(test_interim_keeps_head_mark),
