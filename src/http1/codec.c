@@ -289,9 +289,9 @@ static int h1c_on_header_field_complete(llhttp_t *ll)
     struct http1_parser *p = h1c_of(ll);
     struct h1c_field *f = &p->fld[p->nfld - 1];
     p->name_open = false;
-    /* llhttp 8.1 (strict build too) takes whitespace before the colon into the name. RFC 9112
-     * §5.1: a server must reject such a request with 400 (two hops could disagree on the field), a proxy must
-     * remove the whitespace from a response. */
+    /* RFC 9112 §5.1: a server must reject whitespace between a field name and its colon with 400 (two hops
+     * could disagree on the field), a proxy must remove it from a response. Strict llhttp refuses it already;
+     * its loose build takes the whitespace into the name, so this holds whichever build is linked. */
     if (p->kind == HTTP1_RESPONSE)
         while (f->name_len && h1c_ows(p->buf[f->name_off + f->name_len - 1]))
             f->name_len--;
