@@ -792,6 +792,9 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
                 return fail(v, f, "%s", er);
             if (!str_ok(svc) || !str_ok(meth))
                 return fail(v, f, "control characters or longer than %d bytes", L7_MAX_STRING);
+            /* Each side is embedded in a group of one pattern: an unterminated \Q would quote the rest of it. */
+            if (strstr(svc, "\\Q") || strstr(meth, "\\Q"))
+                return fail(v, f, "\\Q is not allowed in a gRPC service or method pattern");
             char *pat = arena_printf(&r->arena, "/(?:%s)/(?:%s)", svc[0] ? svc : "[^/]+", meth[0] ? meth : "[^/]+");
             if (!pat)
                 return -ENOMEM;
