@@ -21,9 +21,15 @@ struct conv {
     manifest_report_fn report;
     void *ud;
     struct l7_arena a;
-    bool failed;
+    bool failed; /* an ERROR was reported */
+    bool oom;    /* an allocation failed (no finding: the result is -ENOMEM) */
     const char *ns;
 };
+
+static bool bad(const struct conv *c)
+{
+    return c->failed || c->oom;
+}
 
 static void finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -54,7 +60,7 @@ static void *alloc(struct conv *c, size_t n)
 {
     void *p = l7_arena_alloc(&c->a, n ? n : 1);
     if (!p)
-        c->failed = true;
+        c->oom = true;
     return p;
 }
 
@@ -62,7 +68,7 @@ static char *dup(struct conv *c, const char *s)
 {
     char *d = l7_arena_strndup(&c->a, s, strlen(s));
     if (!d)
-        c->failed = true;
+        c->oom = true;
     return d;
 }
 
@@ -302,7 +308,7 @@ static Zmesh__V1__HeaderModifier *header_mod(struct conv *c, const json_t *o, co
     for (size_t i = 0; i < hm->n_remove; i++)
         for (char *x = hm->remove[i]; *x; x++)
             *x = (char)tolower((unsigned char)*x);
-    return c->failed ? NULL : hm;
+    return bad(c) ? NULL : hm;
 }
 
 static Zmesh__V1__PathModifier *path_mod(struct conv *c, const json_t *o, const char *path)
@@ -391,7 +397,7 @@ static Zmesh__V1__BackendRef *backend_ref(struct conv *c, const json_t *o, const
     b->namespace_ = dup(c, ns);
     b->name = dup(c, name);
     b->port = (uint32_t)port;
-    return c->failed ? NULL : b;
+    return bad(c) ? NULL : b;
 }
 
 static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, const char *path, bool grpc,
@@ -624,7 +630,7 @@ static int named_list(struct conv *c, const json_t *o, const char *key, const ch
     }
     *out = v;
     *n = json_array_size(l);
-    return c->failed ? -1 : 1;
+    return bad(c) ? -1 : 1;
 }
 
 static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const char *path, bool grpc)
@@ -667,7 +673,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
             m->grpc_service = dup(c, svc);
             m->grpc_method = dup(c, meth);
         }
-        return c->failed ? NULL : m;
+        return bad(c) ? NULL : m;
     }
     if (named_list(c, o, "queryParams", path, false, &m->query_params, &m->n_query_params) < 0)
         return NULL;
@@ -705,7 +711,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
         }
     }
     m->path->value = dup(c, value);
-    return c->failed ? NULL : m;
+    return bad(c) ? NULL : m;
 }
 
 static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const char *path, bool grpc)
@@ -855,7 +861,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
                 r->timeouts->request_ms = ms;
         }
     }
-    return c->failed ? NULL : r;
+    return bad(c) ? NULL : r;
 }
 
 /* Packs msg, then has the waypoint's model compile it so that what zmeshd serves is what the waypoint takes. */
@@ -1014,20 +1020,20 @@ int l7_convert_route(const json_t *obj, const struct manifest_src *src, uint8_t 
             m.n_rules++;
         }
     }
-    if (c.failed)
+    if (bad(&c))
         goto out;
     rc = pack_and_check(&c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
     goto out;
 nomem:
     rc = -ENOMEM;
 out:
-    if (c.failed && rc == 0) {
+    if (bad(&c) && rc == 0) {
         free(*pb);
         *pb = NULL;
         rc = -EINVAL;
     }
-    if (rc == -EINVAL && !c.failed)
-        rc = -ENOMEM; /* an allocation failed without a finding */
+    if (c.oom)
+        rc = -ENOMEM;
     l7_arena_free(&c.a);
     return rc;
 }
@@ -1252,7 +1258,7 @@ static Zmesh__V1__L7Rule *authz_rule(struct conv *c, const json_t *o, const char
         }
         r->n_when = w;
     }
-    return c->failed ? NULL : r;
+    return bad(c) ? NULL : r;
 }
 
 int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
@@ -1401,7 +1407,7 @@ int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t 
         m.targets[m.n_targets++] = pt;
     }
     json_decref(single);
-    if (c.failed)
+    if (bad(&c))
         goto out;
     json_t *rl;
     int r = get_list(&c, spec, "rules", "spec", &rl);
@@ -1422,18 +1428,20 @@ int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t 
                 m.rules[m.n_rules++] = rule;
         }
     }
-    if (c.failed)
+    if (bad(&c))
         goto out;
     rc = pack_and_check(&c, &m.base, L7_TYPE_URL_AUTHORIZATION, name, pb, len);
     goto out;
 nomem:
     rc = -ENOMEM;
 out:
-    if (c.failed && rc == 0) {
+    if (bad(&c) && rc == 0) {
         free(*pb);
         *pb = NULL;
         rc = -EINVAL;
     }
+    if (c.oom)
+        rc = -ENOMEM;
     l7_arena_free(&c.a);
     return rc;
 }
