@@ -452,6 +452,13 @@ static void test_rewrite_and_redirect_rules(void **state)
     q.r.authority = "svc:80";
     assert_true(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, sizeof(out)) > 0);
     assert_string_equal(out, "http://svc/here"); /* the scheme's default port is left out */
+    q.r.authority = "[fd00::1]:8080";
+    assert_true(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, sizeof(out)) > 0);
+    assert_string_equal(out, "http://[fd00::1]:8080/here");
+    q.r.authority = "svc:99999"; /* not a port */
+    assert_int_equal(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, sizeof(out)), -EINVAL);
+    q.r.authority = "svc:8080";
+    assert_int_equal(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, 12), -ENOSPC);
     l7_config_unref(c);
 }
 

@@ -290,6 +290,8 @@ static const struct {
      "spec.rules[0].matches[0].method: one or both of service and method must be set"},
     {GROUTE("  rules: [{matches: [{method: {service: \"bad name\"}}]}]\n"), MANIFEST_ERROR,
      "matches[0].grpc_service: not a gRPC service name"},
+    {GROUTE("  rules: [{matches: [{method: {type: RegularExpression, service: \"\\\\Qa.b\"}}]}]\n"), MANIFEST_ERROR,
+     "\\Q is not allowed in a gRPC service or method pattern"},
     /* routes: WARN, converted with something dropped; INFO */
     {ROUTE("  hostnames: [reviews.example]\n"), MANIFEST_WARN, "spec.hostnames: ignored"},
     {ROUTE("  rules: [{retry: {attempts: 3}}]\n"), MANIFEST_WARN,
