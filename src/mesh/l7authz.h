@@ -64,8 +64,7 @@ int l7_policy_target_key(const struct l7_policy *p, size_t i, char *buf, size_t 
 /* From src/mesh/l7.c: the policies of c bound to key ("G:ns/name" or "S:ns/name"), in name order. */
 const struct l7_policy *const *l7_config_policies_for(const struct l7_config *c, const char *key, size_t *n);
 
-/* ---- shared by src/mesh/l7.c, l7authz.c and zmeshd's src/zmeshd/l7.c (one arena, one regex compiler) ----
- */
+/* ---- shared by src/mesh/l7.c, l7authz.c and src/zmeshd/l7.c (one arena, one regex compiler) ---- */
 /* A list of blocks freed at once: a route's or a policy's arrays and strings. Zero-initialise. */
 struct l7_arena {
     struct ablk *head;

@@ -797,8 +797,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     return bad(c) ? NULL : r;
 }
 
-/* Packs msg, then has the waypoint's model compile it so that what zmeshd serves is what the waypoint takes.
- */
+/* Packs msg, then has the waypoint's model compile it: what zmeshd serves is what the waypoint takes. */
 static int pack_and_check(struct conv *c, const ProtobufCMessage *msg, const char *type_url, const char *name,
                           uint8_t **pb, size_t *len)
 {
