@@ -1080,6 +1080,17 @@ static int routes_set(struct l7_service_routes *out, const struct bind *bs, size
     for (size_t i = 0; i < out->n; i++)
         if (w == 0 || out->e[w - 1] != out->e[i]) out->e[w++] = out->e[i];
     out->n = w;
+    /* GEP-1426 (Route types): when routes of different types bind one Service and port, only the most specific
+     * type applies, GRPCRoute before HTTPRoute; the others are ignored there. */
+    bool grpc = false;
+    for (size_t i = 0; i < out->n; i++)
+        if (out->e[i]->rule->kind == L7_ROUTE_GRPC) grpc = true;
+    if (grpc) {
+        w = 0;
+        for (size_t i = 0; i < out->n; i++)
+            if (out->e[i]->rule->kind == L7_ROUTE_GRPC) out->e[w++] = out->e[i];
+        out->n = w;
+    }
     return 0;
 }
 

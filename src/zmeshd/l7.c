@@ -350,14 +350,6 @@ static Zmesh__V1__BackendRef *backend_ref(struct conv *c, const json_t *o, const
         if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing");
         return NULL;
     }
-    if (strcmp(ns, c->ns) != 0) {
-        fld(f, sizeof(f), "%s.namespace", path);
-        finding(c, MANIFEST_ERROR, f,
-                "a backend in namespace %s needs a ReferenceGrant, which zmesh does not read (backendRef not "
-                "permitted)",
-                ns);
-        return NULL;
-    }
     long long port = 0;
     int rc = get_int(c, o, "port", path, 1, 65535, &port);
     if (rc < 0) return NULL;

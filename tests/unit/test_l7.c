@@ -553,6 +553,34 @@ static void test_port_scoped_parents(void **state)
     l7_config_unref(c);
 }
 
+/* GEP-1426: a GRPCRoute and an HTTPRoute on one Service and port: only the GRPCRoute applies there. */
+static void test_route_type_conflict(void **state)
+{
+    (void)state;
+    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
+                               "kind: HTTPRoute\n"
+                               "metadata: {name: h, namespace: app}\n"
+                               "spec:\n"
+                               "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+                               "  rules: [{name: http, backendRefs: [{name: a, namespace: other, port: 80}]}]\n"
+                               "---\n"
+                               "apiVersion: gateway.networking.k8s.io/v1\n"
+                               "kind: GRPCRoute\n"
+                               "metadata: {name: g, namespace: app}\n"
+                               "spec:\n"
+                               "  parentRefs: [{group: \"\", kind: Service, name: svc, port: 9090}]\n"
+                               "  rules: [{name: grpc, matches: [{method: {service: a.B}}]}]\n";
+    struct l7_config *c = load(yaml);
+    assert_string_equal(route_of(c, 9090, "POST", "/a.B/C", NULL), "grpc");
+    assert_string_equal(route_of(c, 9090, "GET", "/x", NULL), "-"); /* the HTTPRoute is not applied on 9090 */
+    assert_string_equal(route_of(c, 8080, "GET", "/x", NULL), "http");
+    /* GEP-1426: a mesh route's backends may be in any namespace, without a ReferenceGrant. */
+    struct rq q;
+    const struct l7_rule *r = l7_match(l7_routes_for(c, "app", "svc", 8080), mkreq(&q, "GET", "/x", NULL));
+    assert_string_equal(r->backends[0].ns, "other");
+    l7_config_unref(c);
+}
+
 /* ---- the model's own checks (hand-built protobuf) ---- */
 
 static int add_route(struct l7_builder *b, Zmesh__V1__HTTPRoute *m, const char *name, char *err, size_t n)
@@ -721,6 +749,7 @@ int main(void)
         cmocka_unit_test(test_rewrite_and_redirect_rules),
         cmocka_unit_test(test_grpc),
         cmocka_unit_test(test_port_scoped_parents),
+        cmocka_unit_test(test_route_type_conflict),
         cmocka_unit_test(test_bad_regex_refused),
         cmocka_unit_test(test_builder_errors),
         cmocka_unit_test(test_regex_match_limit),

@@ -287,8 +287,6 @@ static const struct {
      "spec.rules[0].backendRefs[0].kind: unsupported backend kind networking.istio.io/Hostname"},
     {ROUTE("  rules: [{backendRefs: [{name: x}]}]\n"), MANIFEST_ERROR,
      "spec.rules[0].backendRefs[0].port: missing: a Service backend needs a port"},
-    {ROUTE("  rules: [{backendRefs: [{name: x, namespace: other, port: 80}]}]\n"), MANIFEST_ERROR,
-     "backendRefs[0].namespace: a backend in namespace other needs a ReferenceGrant"},
     {ROUTE("  rules: [{backendRefs: [{name: x, port: 80, weight: 1000001}]}]\n"), MANIFEST_ERROR,
      "spec.rules[0].backendRefs[0].weight: expected an integer 0-1000000"},
     {ROUTE("  rules: [{timeouts: {request: 1.5s}}]\n"), MANIFEST_ERROR,
