@@ -22,7 +22,8 @@
 
 #define H1C_BUF_INITIAL 1024 /* a head buffer's first size; it doubles up to max_head_bytes */
 #define H1C_FLD_INITIAL 16   /* header slots allocated first; doubled up to max_headers */
-#define H1C_CHUNK_EXT_MAX 4096 /* bytes of chunk extensions per chunk (ignored, RFC 9112 §7.1.1, but bounded) */
+#define H1C_CHUNK_EXT_MAX                                                                                    \
+    4096 /* bytes of chunk extensions per chunk (ignored, RFC 9112 §7.1.1, but bounded) */
 
 #define H1C_LOG "http1::codec"
 
@@ -48,7 +49,7 @@ struct http1_parser {
     bool name_open, value_open;
     const char *cur_start, *cur_end; /* the bytes of the feed in progress */
     const char *val_next;            /* where the value's next piece must start (obs-fold detection) */
-    bool val_at_end;                 /* the value's last piece ended its feed: the next starts the next feed */
+    bool val_at_end; /* the value's last piece ended its feed: the next starts the next feed */
     size_t method_len, target_off, target_len, reason_off, reason_len;
     size_t raw_head;  /* bytes fed while inside the head, whitespace llhttp skips included */
     bool in_trailers; /* the last chunk was seen: fields now are trailers */
@@ -132,10 +133,13 @@ static bool h1c_list_any(const char *v, size_t n, bool (*fn)(const char *e, size
     size_t i = 0;
     while (i < n) {
         size_t s = i;
-        while (i < n && v[i] != ',') i++;
+        while (i < n && v[i] != ',')
+            i++;
         size_t e = i;
-        while (s < e && h1c_ows(v[s])) s++;
-        while (e > s && h1c_ows(v[e - 1])) e--;
+        while (s < e && h1c_ows(v[s]))
+            s++;
+        while (e > s && h1c_ows(v[e - 1]))
+            e--;
         if (e > s && fn(v + s, e - s, arg)) return true;
         i++; /* past the comma */
     }
@@ -191,7 +195,8 @@ static int h1c_append(struct http1_parser *p, const char *at, size_t n)
         return h1c_fail(p, 431, p->in_trailers ? "trailer fields too large" : "header fields too large");
     if (p->len + n > p->cap) {
         size_t ncap = p->cap ? p->cap : H1C_BUF_INITIAL;
-        while (ncap < p->len + n) ncap *= 2;
+        while (ncap < p->len + n)
+            ncap *= 2;
         if (ncap > p->lim.max_head_bytes) ncap = p->lim.max_head_bytes;
         char *nb = realloc(p->buf, ncap);
         if (!nb) return h1c_fail(p, 503, "out of memory");
@@ -259,7 +264,8 @@ static int h1c_on_header_field(llhttp_t *ll, const char *at, size_t n)
     struct http1_parser *p = h1c_of(ll);
     if (!p->name_open) {
         size_t max = p->lim.max_headers;
-        if (p->nfld >= max) return h1c_fail(p, 431, p->in_trailers ? "too many trailer fields" : "too many header fields");
+        if (p->nfld >= max)
+            return h1c_fail(p, 431, p->in_trailers ? "too many trailer fields" : "too many header fields");
         if (p->nfld == p->fld_cap) {
             size_t ncap = p->fld_cap ? p->fld_cap * 2 : H1C_FLD_INITIAL;
             if (ncap > max) ncap = max;
@@ -283,11 +289,12 @@ static int h1c_on_header_field_complete(llhttp_t *ll)
     struct http1_parser *p = h1c_of(ll);
     struct h1c_field *f = &p->fld[p->nfld - 1];
     p->name_open = false;
-    /* llhttp 8.1 (strict build too) takes whitespace before the colon into the name. RFC 9112
-     * §5.1: a server must reject such a request with 400 (two hops could disagree on the field), a proxy must
-     * remove the whitespace from a response. */
+    /* RFC 9112 §5.1: a server must reject whitespace between a field name and its colon with 400 (two hops
+     * could disagree on the field), a proxy must remove it from a response. Strict llhttp refuses it already;
+     * its loose build takes the whitespace into the name, so this holds whichever build is linked. */
     if (p->kind == HTTP1_RESPONSE)
-        while (f->name_len && h1c_ows(p->buf[f->name_off + f->name_len - 1])) f->name_len--;
+        while (f->name_len && h1c_ows(p->buf[f->name_off + f->name_len - 1]))
+            f->name_len--;
     if (!h1c_token(p->buf + f->name_off, f->name_len))
         return h1c_fail(p, 400, "whitespace or invalid character in a header field name");
     /* An empty value gets no on_header_value call; the value starts here either way. */
@@ -320,7 +327,8 @@ static int h1c_on_header_value_complete(llhttp_t *ll)
     /* The loose build of llhttp hands over obs-fold with its line break inside the value. */
     if (memchr(v, '\r', f->value_len) || memchr(v, '\n', f->value_len))
         return h1c_fail(p, 400, "obsolete line folding in a header field");
-    while (f->value_len && h1c_ows(v[f->value_len - 1])) f->value_len--; /* trailing OWS is not the value */
+    while (f->value_len && h1c_ows(v[f->value_len - 1]))
+        f->value_len--; /* trailing OWS is not the value */
     return 0;
 }
 
@@ -344,7 +352,8 @@ static bool h1c_te_elem(const char *e, size_t len, const void *arg)
     /* A coding may carry parameters ("gzip;q=1" is not a TE value, but parameters are allowed): the name
      * is what precedes ';'. */
     size_t nl = 0;
-    while (nl < len && e[nl] != ';' && !h1c_ows(e[nl])) nl++;
+    while (nl < len && e[nl] != ';' && !h1c_ows(e[nl]))
+        nl++;
     if (http1_name_is(e, nl, "chunked") && nl == len)
         te->chunked++;
     else
@@ -383,15 +392,28 @@ static int h1c_on_headers_complete(llhttp_t *ll)
     }
     if (ll->flags & F_TRANSFER_ENCODING) {
         /* RFC 9112 §6.3: a request whose final coding is not chunked has no reliable length (400); chunked
-         * applied twice is malformed (§6.1). Any other coding before it is one we do not implement (§6.1: 501,
-         * as Envoy answers for every Transfer-Encoding but "chunked"); for a response, which RFC 9112 would
-         * read until EOF, forwarding coded bytes without their Transfer-Encoding would corrupt them. */
+         * applied twice is malformed (§6.1). Any other coding before it is one we do not implement (§6.1:
+         * 501, as Envoy answers for every Transfer-Encoding but "chunked"); for a response, which RFC 9112
+         * would read until EOF, forwarding coded bytes without their Transfer-Encoding would corrupt them. */
         if (!(ll->flags & F_CHUNKED)) {
             if (p->kind == HTTP1_REQUEST) return h1c_fail(p, 400, "final transfer coding is not chunked");
             return h1c_fail(p, 501, "unsupported transfer coding");
         }
         if (te.chunked > 1) return h1c_fail(p, 400, "chunked applied more than once");
+        /* RFC 9110 §9.3.6: CONNECT has no content; Envoy answers a Transfer-Encoding on it 501 too. */
+        if (p->kind == HTTP1_REQUEST && ll->method == HTTP_CONNECT)
+            return h1c_fail(p, 501, "transfer coding on CONNECT");
         if (te.other) return h1c_fail(p, 501, "unsupported transfer coding");
+    }
+
+    if (p->kind == HTTP1_REQUEST) {
+        /* RFC 9112 §3.2: an HTTP/1.1 request without Host, or any request with more than one, gets 400; with
+         * two, the route and the upstream could pick different ones. */
+        size_t hosts = 0;
+        for (size_t i = 0; i < p->nfld; i++)
+            if (http1_name_is(p->hdrs[i].name, p->hdrs[i].name_len, "host")) hosts++;
+        if (hosts > 1) return h1c_fail(p, 400, "more than one Host header");
+        if (!hosts && minor == 1) return h1c_fail(p, 400, "missing Host header");
     }
 
     bool no_body = false;
@@ -408,7 +430,8 @@ static int h1c_on_headers_complete(llhttp_t *ll)
         h.reason_len = p->reason_len;
         /* llhttp takes any byte but CR and LF into the reason; RFC 9112 §4 allows no control but HTAB, and a
          * NUL or other control forwarded could end or split the line at the next hop. */
-        if (!h1c_text(h.reason, h.reason_len)) return h1c_fail(p, 400, "invalid character in the reason phrase");
+        if (!h1c_text(h.reason, h.reason_len))
+            return h1c_fail(p, 400, "invalid character in the reason phrase");
         /* RFC 9112 §6.3 items 1-2: whatever the headers say, these have no body. */
         if (h.status < 200 || h.status == 204 || h.status == 304) no_body = true;
         if (h.status >= 200) {
@@ -441,7 +464,9 @@ static int h1c_on_headers_complete(llhttp_t *ll)
 
     p->st = HTTP1_P_BODY;
     int r = p->ops.on_head(p->ud, &h);
-    if (r < 0) return h1c_fail(p, p->err_status ? p->err_status : 400, p->err_reason ? p->err_reason : "refused by on_head");
+    if (r < 0)
+        return h1c_fail(p, p->err_status ? p->err_status : 400,
+                        p->err_reason ? p->err_reason : "refused by on_head");
     if (r == HTTP1_PAUSE) {
         p->st_resume = HTTP1_P_BODY;
         p->st = HTTP1_P_PAUSED;
@@ -460,7 +485,9 @@ static int h1c_on_body(llhttp_t *ll, const char *at, size_t n)
     if (p->lim.max_body && n > p->lim.max_body - p->body_seen) return h1c_fail(p, 413, "body too large");
     p->body_seen += n;
     int r = p->ops.on_body ? p->ops.on_body(p->ud, (const uint8_t *)at, n) : 0;
-    if (r < 0) return h1c_fail(p, p->err_status ? p->err_status : 400, p->err_reason ? p->err_reason : "refused by on_body");
+    if (r < 0)
+        return h1c_fail(p, p->err_status ? p->err_status : 400,
+                        p->err_reason ? p->err_reason : "refused by on_body");
     if (r == HTTP1_PAUSE) {
         p->st_resume = HTTP1_P_BODY;
         p->st = HTTP1_P_PAUSED;
@@ -501,7 +528,9 @@ static int h1c_on_message_complete(llhttp_t *ll)
         h1c_make_hdrs(p);
         if (p->ops.on_trailers) {
             int r = p->ops.on_trailers(p->ud, p->hdrs, p->nfld);
-            if (r < 0) return h1c_fail(p, p->err_status ? p->err_status : 400, p->err_reason ? p->err_reason : "refused by on_trailers");
+            if (r < 0)
+                return h1c_fail(p, p->err_status ? p->err_status : 400,
+                                p->err_reason ? p->err_reason : "refused by on_trailers");
         } else {
             LOG_D(H1C_LOG, "dropped %zu trailer fields (no on_trailers)", p->nfld);
         }
@@ -515,7 +544,9 @@ static int h1c_on_message_complete(llhttp_t *ll)
     p->to_head = p->to_connect = false;
     p->messages++;
     int r = p->ops.on_complete(p->ud);
-    if (r < 0) return h1c_fail(p, p->err_status ? p->err_status : 400, p->err_reason ? p->err_reason : "refused by on_complete");
+    if (r < 0)
+        return h1c_fail(p, p->err_status ? p->err_status : 400,
+                        p->err_reason ? p->err_reason : "refused by on_complete");
     if (p->upgrade) {
         /* llhttp pauses by itself (HPE_PAUSED_UPGRADE) once this returns. */
         p->st = HTTP1_P_UPGRADED;
@@ -583,7 +614,8 @@ static ssize_t h1c_error(struct http1_parser *p, llhttp_errno_t e)
     p->st = HTTP1_P_ERROR;
     if (!p->err_status) {
         p->err_status = h1c_status_of(&p->ll, e);
-        p->err_reason = e == HPE_PAUSED_H2_UPGRADE ? "HTTP/2 connection preface" : llhttp_get_error_reason(&p->ll);
+        p->err_reason =
+            e == HPE_PAUSED_H2_UPGRADE ? "HTTP/2 connection preface" : llhttp_get_error_reason(&p->ll);
         if (!p->err_reason) p->err_reason = llhttp_errno_name(e);
     }
     return -EPROTO;
@@ -666,11 +698,24 @@ int http1_parser_finish(struct http1_parser *p)
     case HTTP1_P_CLOSED:
         p->st = HTTP1_P_CLOSED;
         return 0;
-    case HTTP1_P_PAUSED:
-        /* No more bytes will come: the pause (back-pressure) has nothing left to hold back. */
+    case HTTP1_P_PAUSED: {
+        /* No more bytes will come: the pause (back-pressure) has nothing left to hold back. What llhttp had
+         * left to do after the paused callback (a message end that needs no more bytes) runs first. */
         llhttp_resume(&p->ll);
         p->st = p->st_resume;
+        ssize_t r = http1_parser_feed(p, NULL, 0);
+        if (r < 0) return (int)r;
+        if (p->st == HTTP1_P_DONE || p->st == HTTP1_P_UPGRADED) {
+            p->st = HTTP1_P_CLOSED;
+            return 0;
+        }
+        if (p->st ==
+            HTTP1_P_PAUSED) { /* a callback paused again: resume once more, there is nothing to wait for */
+            llhttp_resume(&p->ll);
+            p->st = p->st_resume;
+        }
         break;
+    }
     default:
         break;
     }
@@ -783,8 +828,8 @@ static bool h1c_target(const char *s, size_t n)
 }
 
 /* Writes the fields (skipping framing ones), the framing header and the blank line. */
-static int h1c_write_fields(struct http1_out *o, const struct http1_hdr *h, size_t n, enum http1_framing framing,
-                            uint64_t content_length)
+static int h1c_write_fields(struct http1_out *o, const struct http1_hdr *h, size_t n,
+                            enum http1_framing framing, uint64_t content_length)
 {
     int r = 0;
     for (size_t i = 0; i < n && !r; i++) {
@@ -822,8 +867,9 @@ int http1_write_request_head(struct http1_out *o, const char *method, size_t met
     return r;
 }
 
-int http1_write_response_head(struct http1_out *o, int status, const char *reason, const struct http1_hdr *headers,
-                              size_t n, enum http1_framing framing, uint64_t content_length)
+int http1_write_response_head(struct http1_out *o, int status, const char *reason,
+                              const struct http1_hdr *headers, size_t n, enum http1_framing framing,
+                              uint64_t content_length)
 {
     if (status < 100 || status > 999) return -EINVAL;
     if (!reason) reason = http1_reason_phrase(status);
@@ -858,11 +904,13 @@ int http1_write_last_chunk(struct http1_out *o, const struct http1_hdr *trailers
     size_t start = o->n;
     int r = http1_out_append(o, "0\r\n", 3);
     for (size_t i = 0; i < n && !r; i++) {
-        if (!h1c_token(trailers[i].name, trailers[i].name_len) || !h1c_text(trailers[i].value, trailers[i].value_len)) {
+        if (!h1c_token(trailers[i].name, trailers[i].name_len) ||
+            !h1c_text(trailers[i].value, trailers[i].value_len)) {
             r = -EINVAL;
             break;
         }
-        if (!(r = http1_out_append(o, trailers[i].name, trailers[i].name_len)) && !(r = http1_out_append(o, ": ", 2)) &&
+        if (!(r = http1_out_append(o, trailers[i].name, trailers[i].name_len)) &&
+            !(r = http1_out_append(o, ": ", 2)) &&
             !(r = http1_out_append(o, trailers[i].value, trailers[i].value_len)))
             r = http1_out_append(o, "\r\n", 2);
     }
@@ -893,8 +941,8 @@ static bool h1c_names_field(const char *e, size_t len, const void *arg)
 
 bool http1_hop_by_hop(const char *name, size_t name_len, const char *connection_value, size_t cv_len)
 {
-    static const char *const fixed[] = {"connection", "keep-alive", "proxy-connection", "te",
-                                        "transfer-encoding", "upgrade", "trailer"};
+    static const char *const fixed[] = {"connection",        "keep-alive", "proxy-connection", "te",
+                                        "transfer-encoding", "upgrade",    "trailer"};
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         if (http1_name_is(name, name_len, fixed[i])) return true;
     if (!connection_value) return false;
@@ -905,59 +953,112 @@ bool http1_hop_by_hop(const char *name, size_t name_len, const char *connection_
 const char *http1_reason_phrase(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 102: return "Processing";
-    case 103: return "Early Hints";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 203: return "Non-Authoritative Information";
-    case 204: return "No Content";
-    case 205: return "Reset Content";
-    case 206: return "Partial Content";
-    case 300: return "Multiple Choices";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 305: return "Use Proxy";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 402: return "Payment Required";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 406: return "Not Acceptable";
-    case 407: return "Proxy Authentication Required";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 416: return "Range Not Satisfiable";
-    case 417: return "Expectation Failed";
-    case 421: return "Misdirected Request";
-    case 422: return "Unprocessable Content";
-    case 425: return "Too Early";
-    case 426: return "Upgrade Required";
-    case 428: return "Precondition Required";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 451: return "Unavailable For Legal Reasons";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    case 511: return "Network Authentication Required";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 102:
+        return "Processing";
+    case 103:
+        return "Early Hints";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 203:
+        return "Non-Authoritative Information";
+    case 204:
+        return "No Content";
+    case 205:
+        return "Reset Content";
+    case 206:
+        return "Partial Content";
+    case 300:
+        return "Multiple Choices";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 305:
+        return "Use Proxy";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 402:
+        return "Payment Required";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 407:
+        return "Proxy Authentication Required";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 416:
+        return "Range Not Satisfiable";
+    case 417:
+        return "Expectation Failed";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Content";
+    case 425:
+        return "Too Early";
+    case 426:
+        return "Upgrade Required";
+    case 428:
+        return "Precondition Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 451:
+        return "Unavailable For Legal Reasons";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    case 511:
+        return "Network Authentication Required";
+    default:
+        return "Unknown";
     }
 }
 

@@ -5,19 +5,20 @@
  *
  *     struct http1_parser *p = http1_parser_new(HTTP1_REQUEST, NULL, &ops, ud);   NULL: default limits
  *     ssize_t used = http1_parser_feed(p, buf, n);    < n: paused (a callback said so, or a message ended)
- *     ... once the caller is ready for more: http1_parser_resume(p); feed the rest (buf + used) ...
+ *     ... once the caller is ready for more: http1_parser_resume(p); feed the rest (buf + used), even when
+ *     nothing is left (n 0): a message whose head or last body bytes were paused on completes then ...
  *     on a parse error (used < 0): status = http1_parser_error(p, &reason); answer it and close
  *     http1_parser_finish(p) at the peer's EOF; http1_parser_free(p)
  *
  * Back-pressure: a body callback may return HTTP1_PAUSE; nothing after the bytes it was given is consumed
- * until http1_parser_resume, so a caller feeds at most what its peer can take and stops when told. One message
- * at a time: the parser always pauses after on_complete, so a pipelined request is not parsed before the
- * caller has dealt with the one before it. Nothing here buffers a body.
+ * until http1_parser_resume, so a caller feeds at most what its peer can take and stops when told. One
+ * message at a time: the parser always pauses after on_complete, so a pipelined request is not parsed before
+ * the caller has dealt with the one before it. Nothing here buffers a body.
  *
- * Strictness is llhttp's (no lenient flag is ever set) plus RFC 9112's rules a proxy needs (see
- * src/http1/README.md): Content-Length with Transfer-Encoding, a repeated Content-Length, a request whose
- * final transfer coding is not chunked, obs-fold, invalid characters: all are errors with the status a server
- * should answer. */
+ * Strictness is llhttp's strict build (LLHTTP_STRICT_MODE=1, no lenient flag) plus RFC 9112's rules a proxy
+ * needs (see src/http1/README.md): Content-Length with Transfer-Encoding, a repeated Content-Length, a
+ * request whose final transfer coding is not chunked, obs-fold, invalid characters: all are errors with the
+ * status a server should answer. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -28,7 +29,6 @@
 #define HTTP1_MAX_HEAD_BYTES (60 * 1024) /* Envoy's max_request_headers_kb default (60 KiB) */
 #define HTTP1_MAX_HEADERS 100            /* Envoy's max_headers_count default */
 #define HTTP1_MAX_TARGET (16 * 1024)     /* longer request-targets get 414 */
-#define HTTP1_MAX_TRAILERS HTTP1_MAX_HEADERS
 
 /* A callback's return value that pauses the parser after the callback (see http1_parser_ops). */
 #define HTTP1_PAUSE 1
@@ -54,7 +54,8 @@ enum http1_framing {
 
 const char *http1_framing_to_str(enum http1_framing f);
 
-/* A message's head. Valid during on_head, and when on_head returned HTTP1_PAUSE, until http1_parser_resume. */
+/* A message's head. Valid during on_head, and when on_head returned HTTP1_PAUSE, until http1_parser_resume.
+ */
 struct http1_head {
     const char *method; /* requests: the method as sent */
     size_t method_len;
@@ -63,15 +64,17 @@ struct http1_head {
     int status;         /* responses */
     const char *reason; /* responses: the reason phrase as sent (may be empty) */
     size_t reason_len;
-    int version_minor; /* HTTP/1.<version_minor>: 0 or 1 */
+    int version_minor;               /* HTTP/1.<version_minor>: 0 or 1 */
     const struct http1_hdr *headers; /* in order, as received (names not lower-cased) */
     size_t n_headers;
     enum http1_framing framing;
-    uint64_t content_length; /* the Content-Length header's value when there is one (also for a HEAD answer) */
+    uint64_t
+        content_length; /* the Content-Length header's value when there is one (also for a HEAD answer) */
     bool has_content_length;
-    bool keep_alive;      /* the connection may carry another message after this one (llhttp_should_keep_alive) */
-    bool upgrade;         /* request with Upgrade (or CONNECT), 101 response, 2xx answering CONNECT: after this
-                           * message the bytes are opaque (see http1_parser_state HTTP1_P_UPGRADED) */
+    bool keep_alive; /* the connection may carry another message after this one (llhttp_should_keep_alive);
+                      * when false, bytes after this message are an error (400): the caller closes instead */
+    bool upgrade;    /* request with Upgrade (or CONNECT), 101 response, 2xx answering CONNECT: after this
+                      * message the bytes are opaque (see http1_parser_state HTTP1_P_UPGRADED) */
     bool expect_continue; /* request with Expect: 100-continue */
     bool interim;         /* response 1xx other than 101: a final response follows on the same parser */
 };
@@ -130,7 +133,8 @@ void http1_parser_free(struct http1_parser *p);
 ssize_t http1_parser_feed(struct http1_parser *p, const uint8_t *data, size_t n);
 
 /* Resumes after a pause, after on_complete (the next message may begin), or after an upgrade that did not
- * happen (the server answered the Upgrade request without 101: parsing goes on as HTTP/1). No-op otherwise. */
+ * happen (the server answered the Upgrade request without 101: parsing goes on as HTTP/1). No-op otherwise.
+ */
 void http1_parser_resume(struct http1_parser *p);
 
 /* The peer's EOF: completes an until-EOF body (on_complete runs); 0 between messages or after one ended;
@@ -175,9 +179,10 @@ void http1_out_reset(struct http1_out *o);
 /* Frees the memory; o is empty and reusable. */
 void http1_out_free(struct http1_out *o);
 
-/* Writes "METHOD target HTTP/1.1", the headers, the framing header and the blank line. The headers are the
- * caller's, hop-by-hop ones already removed; any Content-Length or Transfer-Encoding among them is skipped
- * because framing alone decides them: LENGTH writes "Content-Length: <content_length>", CHUNKED
+/* Writes "METHOD target HTTP/1.1", the headers, the framing header and the blank line. HTTP/1.1 needs a Host
+ * field (RFC 9112 §3.2): forwarding an HTTP/1.0 request that has none, the caller adds it. The headers are
+ * the caller's, hop-by-hop ones already removed; any Content-Length or Transfer-Encoding among them is
+ * skipped because framing alone decides them: LENGTH writes "Content-Length: <content_length>", CHUNKED
  * "Transfer-Encoding: chunked", NONE and UNTIL_EOF nothing (UNTIL_EOF is invalid for a request: -EINVAL).
  * 0, -EINVAL (a method or name that is not a token, a target or value with CR, LF or NUL; the buffer is
  * unchanged) or -ENOMEM. */
@@ -189,8 +194,9 @@ int http1_write_request_head(struct http1_out *o, const char *method, size_t met
  * (UNTIL_EOF writes no framing header: the caller closes the connection after the body), and the blank line.
  * A HEAD answer passes LENGTH with the length the GET would have and writes no body. 0, -EINVAL (status
  * outside 100..999, bad name or value) or -ENOMEM. */
-int http1_write_response_head(struct http1_out *o, int status, const char *reason, const struct http1_hdr *headers,
-                              size_t n, enum http1_framing framing, uint64_t content_length);
+int http1_write_response_head(struct http1_out *o, int status, const char *reason,
+                              const struct http1_hdr *headers, size_t n, enum http1_framing framing,
+                              uint64_t content_length);
 
 /* Writes a chunk's size line ("1a\r\n") for n > 0 bytes of data that the caller writes next, followed by
  * http1_write_chunk_end. 0, -EINVAL (n == 0: that is the last chunk) or -ENOMEM. */

@@ -27,8 +27,7 @@ struct ablk {
 void *l7_arena_alloc(struct l7_arena *a, size_t n)
 {
     struct ablk *b = calloc(1, sizeof(*b) + (n ? n : 1));
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
     b->next = a->head;
     a->head = b;
     return b->data;
@@ -37,8 +36,7 @@ void *l7_arena_alloc(struct l7_arena *a, size_t n)
 char *l7_arena_strndup(struct l7_arena *a, const char *s, size_t n)
 {
     char *d = l7_arena_alloc(a, n + 1);
-    if (d)
-        memcpy(d, s, n);
+    if (d) memcpy(d, s, n);
     return d;
 }
 
@@ -49,11 +47,9 @@ static char *arena_printf(struct l7_arena *a, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return NULL;
+    if (n < 0) return NULL;
     char *d = l7_arena_alloc(a, (size_t)n + 1);
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     va_start(ap, fmt);
     vsnprintf(d, (size_t)n + 1, fmt, ap);
     va_end(ap);
@@ -86,8 +82,9 @@ static void re_init(void)
 
 /* RE2 (Envoy's safe_regex engine) has no backreferences, lookaround, atomic groups, recursion, conditionals,
  * callouts or backtracking verbs; PCRE2 has them all. A pattern using one would mean something else (or
- * nothing) to Istio, so it is refused. Group syntax RE2 accepts: (?:...), (?P<name>...), (?<name>...) and flag
- * groups of i, m, s, U. Escapes: \1-\9, \g and \k are references, \C is refused by PCRE2_NEVER_BACKSLASH_C. */
+ * nothing) to Istio, so it is refused. Group syntax RE2 accepts: (?:...), (?P<name>...), (?<name>...) and
+ * flag groups of i, m, s, U. Escapes: \1-\9, \g and \k are references, \C is refused by
+ * PCRE2_NEVER_BACKSLASH_C. */
 static int re2_feature_check(const char *p, char *err, size_t errlen)
 {
     size_t n = strlen(p);
@@ -98,8 +95,7 @@ static int re2_feature_check(const char *p, char *err, size_t errlen)
             char e = i + 1 < n ? p[i + 1] : 0;
             if (e == 'Q') { /* \Q...\E is literal text in both */
                 const char *end = strstr(p + i + 2, "\\E");
-                if (!end)
-                    return 0;
+                if (!end) return 0;
                 i = (size_t)(end - p) + 1;
                 continue;
             }
@@ -113,8 +109,7 @@ static int re2_feature_check(const char *p, char *err, size_t errlen)
         if (in_class) {
             if (c == '[' && i + 1 < n && p[i + 1] == ':') { /* [:alpha:] inside a class */
                 const char *end = strstr(p + i + 2, ":]");
-                if (end)
-                    i = (size_t)(end - p) + 1;
+                if (end) i = (size_t)(end - p) + 1;
             } else if (c == ']') {
                 in_class = false;
             }
@@ -122,25 +117,20 @@ static int re2_feature_check(const char *p, char *err, size_t errlen)
         }
         if (c == '[') {
             in_class = true;
-            if (i + 1 < n && p[i + 1] == '^')
-                i++;
+            if (i + 1 < n && p[i + 1] == '^') i++;
             if (i + 1 < n && p[i + 1] == ']') /* a leading ] is literal */
                 i++;
             continue;
         }
-        if (c != '(')
-            continue;
+        if (c != '(') continue;
         char a = i + 1 < n ? p[i + 1] : 0, b = i + 2 < n ? p[i + 2] : 0, d = i + 3 < n ? p[i + 3] : 0;
         if (a == '*') {
             snprintf(err, errlen, "(*...) verbs are not RE2 syntax");
             return -EINVAL;
         }
-        if (a != '?')
-            continue;
-        if (b == ':')
-            continue;
-        if ((b == 'P' && d == '<') || (b == '<' && (isalpha((unsigned char)d) || d == '_')))
-            continue;
+        if (a != '?') continue;
+        if (b == ':') continue;
+        if ((b == 'P' && d == '<') || (b == '<' && (isalpha((unsigned char)d) || d == '_'))) continue;
         if (b == '=' || b == '!' || (b == '<' && (d == '=' || d == '!'))) {
             snprintf(err, errlen, "lookaround assertions are not RE2 syntax");
             return -EINVAL;
@@ -149,8 +139,7 @@ static int re2_feature_check(const char *p, char *err, size_t errlen)
             size_t j = i + 2;
             while (j < n && strchr("imsU-", p[j]))
                 j++;
-            if (j < n && (p[j] == ':' || p[j] == ')') && j > i + 2)
-                continue;
+            if (j < n && (p[j] == ':' || p[j] == ')') && j > i + 2) continue;
         }
         snprintf(err, errlen, "the group \"(?%c\" is not RE2 syntax", b ? b : ' ');
         return -EINVAL;
@@ -171,8 +160,7 @@ static int re_compile(const char *pattern, pcre2_code **out, char *err, size_t e
         return -EINVAL;
     }
     int rc = re2_feature_check(pattern, err, errlen);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     int ec;
     PCRE2_SIZE eo;
     /* Anchored at both ends: Envoy's safe_regex matches the whole value. UTF-8 as RE2; invalid UTF-8 in a
@@ -230,8 +218,7 @@ int l7_regex_check(const char *pattern, char *err, size_t errlen)
 static bool re_full(const pcre2_code *re, const char *s, size_t n)
 {
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    if (!md)
-        return false;
+    if (!md) return false;
     int rc = pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, md, re_mctx);
     pcre2_match_data_free(md);
     return rc >= 0;
@@ -254,13 +241,13 @@ struct match_entry {
     const struct l7_rule *rule;
     const struct route *route;
     uint32_t rule_idx, match_idx;
-    uint8_t path_kind;     /* enum path_kind */
-    const char *path;      /* EXACT: the path; PREFIX: without trailing '/', "" for "/"; REGEX: the pattern */
+    uint8_t path_kind; /* enum path_kind */
+    const char *path;  /* EXACT: the path; PREFIX: without trailing '/', "" for "/"; REGEX: the pattern */
     size_t path_len;
-    size_t sort_len;       /* the length precedence compares (the value as written, less a trailing '/') */
+    size_t sort_len; /* the length precedence compares (the value as written, less a trailing '/') */
     const char *prefix_as_written;
     pcre2_code *path_re;
-    const char *method;    /* "" = any */
+    const char *method; /* "" = any */
     const struct named_match *headers, *query;
     size_t n_headers, n_query;
 };
@@ -322,13 +309,11 @@ struct l7_config {
 
 static void route_free(struct route *r)
 {
-    if (!r)
-        return;
+    if (!r) return;
     for (size_t i = 0; i < r->n_res; i++)
         pcre2_code_free(r->res[i]);
     free(r->res);
-    if (r->pb)
-        zmesh__v1__httproute__free_unpacked(r->pb, NULL);
+    if (r->pb) zmesh__v1__httproute__free_unpacked(r->pb, NULL);
     l7_arena_free(&r->arena);
     free(r->key);
     free(r);
@@ -339,8 +324,7 @@ static int route_keep_re(struct route *r, pcre2_code *re)
     if (r->n_res == r->cap_res) {
         size_t cap = r->cap_res ? r->cap_res * 2 : 8;
         pcre2_code **n = realloc(r->res, cap * sizeof(*n));
-        if (!n)
-            return -ENOMEM;
+        if (!n) return -ENOMEM;
         r->res = n;
         r->cap_res = cap;
     }
@@ -366,7 +350,8 @@ struct verr {
     const char *what; /* "HTTPRoute ns/name" */
 };
 
-static int fail(struct verr *v, const char *field, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct verr *v, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(struct verr *v, const char *field, const char *fmt, ...)
 {
     char msg[384];
@@ -374,8 +359,7 @@ static int fail(struct verr *v, const char *field, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    if (v->buf && v->n)
-        snprintf(v->buf, v->n, "%s: %s%s%s", v->what, field, *field ? ": " : "", msg);
+    if (v->buf && v->n) snprintf(v->buf, v->n, "%s: %s%s%s", v->what, field, *field ? ": " : "", msg);
     return -EINVAL;
 }
 
@@ -383,19 +367,16 @@ static bool str_ok(const char *s)
 {
     size_t n = 0;
     for (; *s; s++, n++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return false;
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
     return n <= L7_MAX_STRING;
 }
 
 /* RFC 9110 token characters (header names). */
 static bool token_ok(const char *s)
 {
-    if (!*s)
-        return false;
+    if (!*s) return false;
     for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s))
-            return false;
+        if (!isalnum((unsigned char)*s) && !strchr("!#$%&'*+-.^_`|~", *s)) return false;
     return true;
 }
 
@@ -407,11 +388,10 @@ static void lower(char *s)
 
 static bool method_ok(const char *m)
 {
-    static const char *const allowed[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
-                                          "PATCH"};
+    static const char *const allowed[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                          "CONNECT", "OPTIONS", "TRACE", "PATCH"};
     for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++)
-        if (strcmp(m, allowed[i]) == 0)
-            return true;
+        if (strcmp(m, allowed[i]) == 0) return true;
     return false;
 }
 
@@ -419,15 +399,12 @@ static bool method_ok(const char *m)
  * ^[A-Za-z_][A-Za-z_0-9]*$. */
 static bool grpc_name_ok(const char *s, bool dots)
 {
-    if (dots && *s == '.')
-        s++;
+    if (dots && *s == '.') s++;
     bool start = true;
-    if (!*s)
-        return false;
+    if (!*s) return false;
     for (; *s; s++) {
         if (dots && *s == '.') {
-            if (start)
-                return false;
+            if (start) return false;
             start = true;
             continue;
         }
@@ -440,8 +417,7 @@ static bool grpc_name_ok(const char *s, bool dots)
 
 static int copy_str(struct route *r, struct verr *v, const char *field, const char *s, char **out)
 {
-    if (!str_ok(s))
-        return fail(v, field, "control characters or longer than %d bytes", L7_MAX_STRING);
+    if (!str_ok(s)) return fail(v, field, "control characters or longer than %d bytes", L7_MAX_STRING);
     *out = l7_arena_strndup(&r->arena, s, strlen(s));
     return *out ? 0 : -ENOMEM;
 }
@@ -458,37 +434,35 @@ static int header_mod(struct route *r, struct verr *v, const char *field, const 
     struct l7_kv *outs[2] = {NULL, NULL};
     for (int l = 0; l < 2; l++) {
         outs[l] = l7_arena_alloc(&r->arena, (ns[l] ? ns[l] : 1) * sizeof(struct l7_kv));
-        if (!outs[l])
-            return -ENOMEM;
+        if (!outs[l]) return -ENOMEM;
         for (size_t i = 0; i < ns[l]; i++) {
             fld(f, sizeof(f), "%s.%s[%zu].name", field, l ? "add" : "set", i);
             if (!token_ok(lists[l][i]->name))
                 return fail(v, f, "not a header name: \"%.64s\"", lists[l][i]->name);
             char *name, *value;
             int rc = copy_str(r, v, f, lists[l][i]->name, &name);
-            if (rc < 0)
-                return rc;
+            if (rc < 0) return rc;
             lower(name);
             fld(f, sizeof(f), "%s.%s[%zu].value", field, l ? "add" : "set", i);
-            if ((rc = copy_str(r, v, f, lists[l][i]->value, &value)) < 0)
-                return rc;
+            if ((rc = copy_str(r, v, f, lists[l][i]->value, &value)) < 0) return rc;
             outs[l][i] = (struct l7_kv){name, value};
         }
     }
     char **rm = l7_arena_alloc(&r->arena, (pb->n_remove ? pb->n_remove : 1) * sizeof(char *));
-    if (!rm)
-        return -ENOMEM;
+    if (!rm) return -ENOMEM;
     for (size_t i = 0; i < pb->n_remove; i++) {
         fld(f, sizeof(f), "%s.remove[%zu]", field, i);
-        if (!token_ok(pb->remove[i]))
-            return fail(v, f, "not a header name: \"%.64s\"", pb->remove[i]);
+        if (!token_ok(pb->remove[i])) return fail(v, f, "not a header name: \"%.64s\"", pb->remove[i]);
         int rc = copy_str(r, v, f, pb->remove[i], &rm[i]);
-        if (rc < 0)
-            return rc;
+        if (rc < 0) return rc;
         lower(rm[i]);
     }
-    *out = (struct l7_header_mod){.set = outs[0], .n_set = pb->n_set, .add = outs[1], .n_add = pb->n_add,
-                                  .remove = (const char *const *)rm, .n_remove = pb->n_remove};
+    *out = (struct l7_header_mod){.set = outs[0],
+                                  .n_set = pb->n_set,
+                                  .add = outs[1],
+                                  .n_add = pb->n_add,
+                                  .remove = (const char *const *)rm,
+                                  .n_remove = pb->n_remove};
     return 0;
 }
 
@@ -497,8 +471,7 @@ static int path_mod(struct route *r, struct verr *v, const char *field, const Zm
 {
     *kind = L7_PATH_KEEP;
     *path = "";
-    if (!pb || pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__NONE)
-        return 0;
+    if (!pb || pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__NONE) return 0;
     char f[160];
     fld(f, sizeof(f), "%s.value", field);
     if (pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__FULL) {
@@ -513,8 +486,7 @@ static int path_mod(struct route *r, struct verr *v, const char *field, const Zm
         fld(f, sizeof(f), "%s.type", field);
         return fail(v, f, "unknown path modifier type %d", (int)pb->type);
     }
-    if (strchr(pb->value, '?') || strchr(pb->value, '#'))
-        return fail(v, f, "a path has no '?' or '#'");
+    if (strchr(pb->value, '?') || strchr(pb->value, '#')) return fail(v, f, "a path has no '?' or '#'");
     char *p;
     int rc = copy_str(r, v, f, pb->value, &p);
     *path = p;
@@ -525,11 +497,9 @@ static int backend_ref(struct route *r, struct verr *v, const char *field, const
                        const char **ns, const char **name, uint16_t *port)
 {
     char f[160];
-    if (!pb)
-        return fail(v, field, "missing");
+    if (!pb) return fail(v, field, "missing");
     fld(f, sizeof(f), "%s.name", field);
-    if (!pb->name[0] || !pb->namespace_[0])
-        return fail(v, f, "a backend needs a namespace and a name");
+    if (!pb->name[0] || !pb->namespace_[0]) return fail(v, f, "a backend needs a namespace and a name");
     if (pb->port == 0 || pb->port > 65535) {
         fld(f, sizeof(f), "%s.port", field);
         return fail(v, f, "expected a port 1-65535, got %u", pb->port);
@@ -562,8 +532,7 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
     default:
         break;
     }
-    if (backend)
-        return fail(v, field, "a backend's filters may only modify headers");
+    if (backend) return fail(v, field, "a backend's filters may only modify headers");
     int rc;
     switch (pb->kind_case) {
     case ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_REDIRECT: {
@@ -574,18 +543,14 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
         if (rd->scheme[0] && strcmp(rd->scheme, "http") != 0 && strcmp(rd->scheme, "https") != 0)
             return fail(v, f, "expected http or https, got \"%.32s\"", rd->scheme);
         char *s, *h;
-        if ((rc = copy_str(r, v, f, rd->scheme, &s)) < 0)
-            return rc;
+        if ((rc = copy_str(r, v, f, rd->scheme, &s)) < 0) return rc;
         fld(f, sizeof(f), "%s.request_redirect.hostname", field);
-        if (strpbrk(rd->hostname, " /?#@"))
-            return fail(v, f, "not a hostname: \"%.64s\"", rd->hostname);
-        if ((rc = copy_str(r, v, f, rd->hostname, &h)) < 0)
-            return rc;
+        if (strpbrk(rd->hostname, " /?#@")) return fail(v, f, "not a hostname: \"%.64s\"", rd->hostname);
+        if ((rc = copy_str(r, v, f, rd->hostname, &h)) < 0) return rc;
         o->scheme = s;
         o->hostname = h;
         fld(f, sizeof(f), "%s.request_redirect.path", field);
-        if ((rc = path_mod(r, v, f, rd->path, &o->path_kind, &o->path)) < 0)
-            return rc;
+        if ((rc = path_mod(r, v, f, rd->path, &o->path_kind, &o->path)) < 0) return rc;
         if (rd->port > 65535) {
             fld(f, sizeof(f), "%s.request_redirect.port", field);
             return fail(v, f, "expected a port 1-65535, got %u", rd->port);
@@ -603,11 +568,9 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
         const Zmesh__V1__URLRewrite *rw = pb->url_rewrite;
         out->kind = L7_FILTER_REWRITE;
         fld(f, sizeof(f), "%s.url_rewrite.hostname", field);
-        if (strpbrk(rw->hostname, " /?#@"))
-            return fail(v, f, "not a hostname: \"%.64s\"", rw->hostname);
+        if (strpbrk(rw->hostname, " /?#@")) return fail(v, f, "not a hostname: \"%.64s\"", rw->hostname);
         char *h;
-        if ((rc = copy_str(r, v, f, rw->hostname, &h)) < 0)
-            return rc;
+        if ((rc = copy_str(r, v, f, rw->hostname, &h)) < 0) return rc;
         out->u.rewrite.hostname = h;
         fld(f, sizeof(f), "%s.url_rewrite.path", field);
         return path_mod(r, v, f, rw->path, &out->u.rewrite.path_kind, &out->u.rewrite.path);
@@ -617,16 +580,14 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
         struct l7_mirror *o = &out->u.mirror;
         out->kind = L7_FILTER_MIRROR;
         fld(f, sizeof(f), "%s.request_mirror.backend", field);
-        if ((rc = backend_ref(r, v, f, m->backend, &o->ns, &o->name, &o->port)) < 0)
-            return rc;
+        if ((rc = backend_ref(r, v, f, m->backend, &o->ns, &o->name, &o->port)) < 0) return rc;
         o->numerator = m->numerator;
         o->denominator = m->denominator;
-        if (o->numerator == 0 && o->denominator == 0)
-            o->numerator = o->denominator = 1;
+        if (o->numerator == 0 && o->denominator == 0) o->numerator = o->denominator = 1;
         if (o->denominator == 0 || o->numerator > o->denominator) {
             fld(f, sizeof(f), "%s.request_mirror.numerator", field);
-            return fail(v, f, "expected 0 <= numerator <= denominator and denominator > 0, got %u/%u", o->numerator,
-                        o->denominator);
+            return fail(v, f, "expected 0 <= numerator <= denominator and denominator > 0, got %u/%u",
+                        o->numerator, o->denominator);
         }
         return 0;
     }
@@ -640,8 +601,7 @@ static int named_matches(struct route *r, struct verr *v, const char *field, Zme
 {
     char f[160];
     struct named_match *m = l7_arena_alloc(&r->arena, (n ? n : 1) * sizeof(*m));
-    if (!m)
-        return -ENOMEM;
+    if (!m) return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         fld(f, sizeof(f), "%s[%zu].name", field, i);
         if (header ? !token_ok(pb[i]->name) : (!pb[i]->name[0] || !str_ok(pb[i]->name)))
@@ -652,15 +612,12 @@ static int named_matches(struct route *r, struct verr *v, const char *field, Zme
                 return fail(v, f, "\"%.64s\" is matched twice", pb[i]->name);
         char *name, *value;
         int rc;
-        if ((rc = copy_str(r, v, f, pb[i]->name, &name)) < 0)
-            return rc;
-        if (header)
-            lower(name);
+        if ((rc = copy_str(r, v, f, pb[i]->name, &name)) < 0) return rc;
+        if (header) lower(name);
         fld(f, sizeof(f), "%s[%zu].value", field, i);
-        if ((rc = copy_str(r, v, f, pb[i]->value, &value)) < 0)
-            return rc;
-        m[i] = (struct named_match){.name = name, .name_len = strlen(name), .value = value,
-                                    .value_len = strlen(value)};
+        if ((rc = copy_str(r, v, f, pb[i]->value, &value)) < 0) return rc;
+        m[i] = (struct named_match){
+            .name = name, .name_len = strlen(name), .value = value, .value_len = strlen(value)};
         if (pb[i]->type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
             char e[300];
             m[i].regex = true;
@@ -679,12 +636,12 @@ static int named_matches(struct route *r, struct verr *v, const char *field, Zme
     return 0;
 }
 
-static int path_regex(struct route *r, struct verr *v, const char *field, struct match_entry *e, const char *pat)
+static int path_regex(struct route *r, struct verr *v, const char *field, struct match_entry *e,
+                      const char *pat)
 {
     char er[300];
     int rc = re_compile(pat, &e->path_re, er, sizeof(er));
-    if (rc < 0)
-        return rc == -ENOMEM ? rc : fail(v, field, "%s", er);
+    if (rc < 0) return rc == -ENOMEM ? rc : fail(v, field, "%s", er);
     if ((rc = route_keep_re(r, e->path_re)) < 0) {
         pcre2_code_free(e->path_re);
         return rc;
@@ -715,13 +672,11 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
         const char *val = pb->path->value;
         fld(f, sizeof(f), "%s.path.value", field);
         char *p;
-        if ((rc = copy_str(r, v, f, val, &p)) < 0)
-            return rc;
+        if ((rc = copy_str(r, v, f, val, &p)) < 0) return rc;
         switch (pb->path->type) {
         case ZMESH__V1__STRING_MATCH__TYPE__EXACT:
         case ZMESH__V1__STRING_MATCH__TYPE__PREFIX: {
-            if (val[0] != '/')
-                return fail(v, f, "a path must start with '/': \"%.64s\"", val);
+            if (val[0] != '/') return fail(v, f, "a path must start with '/': \"%.64s\"", val);
             if (strchr(val, '?') || strchr(val, '#') || strstr(val, "//") || strstr(val, "/./") ||
                 strstr(val, "/../"))
                 return fail(v, f, "a path has no '?', '#', \"//\", \"/./\" or \"/../\": \"%.64s\"", val);
@@ -738,15 +693,13 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
                 e->path_len = n;
                 e->sort_len = n ? n : 1;
                 p = l7_arena_strndup(&r->arena, p, n);
-                if (!p)
-                    return -ENOMEM;
+                if (!p) return -ENOMEM;
             }
             e->path = p;
             break;
         }
         case ZMESH__V1__STRING_MATCH__TYPE__REGEX:
-            if ((rc = path_regex(r, v, f, e, p)) < 0)
-                return rc;
+            if ((rc = path_regex(r, v, f, e, p)) < 0) return rc;
             break;
         default:
             fld(f, sizeof(f), "%s.path.type", field);
@@ -774,29 +727,27 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
             } else {
                 fld(f, sizeof(f), "%s.grpc_method", field);
                 char *pat = arena_printf(&r->arena, "/[^/]+/%s", meth);
-                if (!pat)
-                    return -ENOMEM;
-                if ((rc = path_regex(r, v, f, e, pat)) < 0)
-                    return rc;
+                if (!pat) return -ENOMEM;
+                if ((rc = path_regex(r, v, f, e, pat)) < 0) return rc;
             }
-            if (!e->path)
-                return -ENOMEM;
+            if (!e->path) return -ENOMEM;
             e->path_len = e->sort_len = strlen(e->path);
         } else if (pb->grpc_type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
             char er[300];
             fld(f, sizeof(f), "%s.grpc_service", field);
-            if (svc[0] && l7_regex_check(svc, er, sizeof(er)) < 0)
-                return fail(v, f, "%s", er);
+            if (svc[0] && l7_regex_check(svc, er, sizeof(er)) < 0) return fail(v, f, "%s", er);
             fld(f, sizeof(f), "%s.grpc_method", field);
-            if (meth[0] && l7_regex_check(meth, er, sizeof(er)) < 0)
-                return fail(v, f, "%s", er);
+            if (meth[0] && l7_regex_check(meth, er, sizeof(er)) < 0) return fail(v, f, "%s", er);
             if (!str_ok(svc) || !str_ok(meth))
                 return fail(v, f, "control characters or longer than %d bytes", L7_MAX_STRING);
-            char *pat = arena_printf(&r->arena, "/(?:%s)/(?:%s)", svc[0] ? svc : "[^/]+", meth[0] ? meth : "[^/]+");
-            if (!pat)
-                return -ENOMEM;
-            if ((rc = path_regex(r, v, f, e, pat)) < 0)
-                return rc;
+            /* Each side is embedded in a group of one pattern: an unterminated \Q would quote the rest of it.
+             */
+            if (strstr(svc, "\\Q") || strstr(meth, "\\Q"))
+                return fail(v, f, "\\Q is not allowed in a gRPC service or method pattern");
+            char *pat =
+                arena_printf(&r->arena, "/(?:%s)/(?:%s)", svc[0] ? svc : "[^/]+", meth[0] ? meth : "[^/]+");
+            if (!pat) return -ENOMEM;
+            if ((rc = path_regex(r, v, f, e, pat)) < 0) return rc;
         } else {
             fld(f, sizeof(f), "%s.grpc_type", field);
             return fail(v, f, "expected EXACT or REGEX");
@@ -805,27 +756,26 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
     if (pb->method[0]) {
         fld(f, sizeof(f), "%s.method", field);
         if (!method_ok(pb->method))
-            return fail(v, f, "expected GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE or PATCH, got \"%.16s\"",
-                        pb->method);
+            return fail(
+                v, f,
+                "expected GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE or PATCH, got \"%.16s\"",
+                pb->method);
         e->method = l7_arena_strndup(&r->arena, pb->method, strlen(pb->method));
-        if (!e->method)
-            return -ENOMEM;
+        if (!e->method) return -ENOMEM;
     }
     if (pb->n_headers > L7_MAX_HEADER_MATCHES || pb->n_query_params > L7_MAX_QUERY_MATCHES) {
         fld(f, sizeof(f), "%s.%s", field, pb->n_headers > L7_MAX_HEADER_MATCHES ? "headers" : "query_params");
         return fail(v, f, "more than %d entries", L7_MAX_HEADER_MATCHES);
     }
     fld(f, sizeof(f), "%s.headers", field);
-    if ((rc = named_matches(r, v, f, pb->headers, pb->n_headers, true, &e->headers)) < 0)
-        return rc;
+    if ((rc = named_matches(r, v, f, pb->headers, pb->n_headers, true, &e->headers)) < 0) return rc;
     e->n_headers = pb->n_headers;
     if (grpc && pb->n_query_params) {
         fld(f, sizeof(f), "%s.query_params", field);
         return fail(v, f, "a GRPCRoute has no query parameter match");
     }
     fld(f, sizeof(f), "%s.query_params", field);
-    if ((rc = named_matches(r, v, f, pb->query_params, pb->n_query_params, false, &e->query)) < 0)
-        return rc;
+    if ((rc = named_matches(r, v, f, pb->query_params, pb->n_query_params, false, &e->query)) < 0) return rc;
     e->n_query = pb->n_query_params;
     return 0;
 }
@@ -842,13 +792,11 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
     fld(f, sizeof(f), "rules[%zu].name", ri);
     if (pb->name[0]) {
         char *n;
-        if ((rc = copy_str(r, v, f, pb->name, &n)) < 0)
-            return rc;
+        if ((rc = copy_str(r, v, f, pb->name, &n)) < 0) return rc;
         rule->name = n;
     } else {
         rule->name = arena_printf(&r->arena, "%s.%s.%zu", rp->namespace_, rp->name, ri);
-        if (!rule->name)
-            return -ENOMEM;
+        if (!rule->name) return -ENOMEM;
     }
     if (pb->n_matches > L7_MAX_MATCHES) {
         fld(f, sizeof(f), "rules[%zu].matches", ri);
@@ -859,13 +807,11 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
         return fail(v, f, "more than %d entries", L7_MAX_FILTERS);
     }
     struct l7_filter *fl = l7_arena_alloc(&r->arena, (pb->n_filters ? pb->n_filters : 1) * sizeof(*fl));
-    if (!fl)
-        return -ENOMEM;
+    if (!fl) return -ENOMEM;
     bool seen[8] = {false};
     for (size_t i = 0; i < pb->n_filters; i++) {
         fld(f, sizeof(f), "rules[%zu].filters[%zu]", ri, i);
-        if ((rc = filter_build(r, v, f, pb->filters[i], false, &fl[i])) < 0)
-            return rc;
+        if ((rc = filter_build(r, v, f, pb->filters[i], false, &fl[i])) < 0) return rc;
         /* Gateway API: only RequestMirror may repeat; RequestRedirect and URLRewrite exclude each other. */
         if (fl[i].kind != L7_FILTER_MIRROR && seen[fl[i].kind])
             return fail(v, f, "a filter of this type is already set in this rule");
@@ -874,24 +820,20 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
             return fail(v, f, "RequestRedirect and URLRewrite cannot both be set in one rule");
         if (grpc && (fl[i].kind == L7_FILTER_REDIRECT || fl[i].kind == L7_FILTER_REWRITE))
             return fail(v, f, "a GRPCRoute supports header modifiers and mirrors only");
-        if (fl[i].kind == L7_FILTER_REDIRECT)
-            rule->redirect = &fl[i].u.redirect;
-        if (fl[i].kind == L7_FILTER_REWRITE)
-            rule->rewrite = &fl[i].u.rewrite;
+        if (fl[i].kind == L7_FILTER_REDIRECT) rule->redirect = &fl[i].u.redirect;
+        if (fl[i].kind == L7_FILTER_REWRITE) rule->rewrite = &fl[i].u.rewrite;
     }
     rule->filters = fl;
     rule->n_filters = pb->n_filters;
     bool prefix_mod = (rule->redirect && rule->redirect->path_kind == L7_PATH_PREFIX) ||
                       (rule->rewrite && rule->rewrite->path_kind == L7_PATH_PREFIX);
     struct l7_backend *be = l7_arena_alloc(&r->arena, (pb->n_backends ? pb->n_backends : 1) * sizeof(*be));
-    if (!be)
-        return -ENOMEM;
+    if (!be) return -ENOMEM;
     uint64_t total = 0;
     for (size_t i = 0; i < pb->n_backends; i++) {
         const Zmesh__V1__Backend *b = pb->backends[i];
         fld(f, sizeof(f), "rules[%zu].backends[%zu].service", ri, i);
-        if ((rc = backend_ref(r, v, f, b->service, &be[i].ns, &be[i].name, &be[i].port)) < 0)
-            return rc;
+        if ((rc = backend_ref(r, v, f, b->service, &be[i].ns, &be[i].name, &be[i].port)) < 0) return rc;
         if (b->weight > 1000000) {
             fld(f, sizeof(f), "rules[%zu].backends[%zu].weight", ri, i);
             return fail(v, f, "expected 0-1000000, got %u", b->weight);
@@ -903,12 +845,10 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
             return fail(v, f, "more than %d entries", L7_MAX_FILTERS);
         }
         struct l7_filter *bf = l7_arena_alloc(&r->arena, (b->n_filters ? b->n_filters : 1) * sizeof(*bf));
-        if (!bf)
-            return -ENOMEM;
+        if (!bf) return -ENOMEM;
         for (size_t j = 0; j < b->n_filters; j++) {
             fld(f, sizeof(f), "rules[%zu].backends[%zu].filters[%zu]", ri, i, j);
-            if ((rc = filter_build(r, v, f, b->filters[j], true, &bf[j])) < 0)
-                return rc;
+            if ((rc = filter_build(r, v, f, b->filters[j], true, &bf[j])) < 0) return rc;
         }
         be[i].filters = bf;
         be[i].n_filters = b->n_filters;
@@ -934,8 +874,7 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
         e->rule_idx = (uint32_t)ri;
         e->match_idx = (uint32_t)i;
         fld(f, sizeof(f), "rules[%zu].matches[%zu]", ri, i);
-        if ((rc = match_build(r, v, f, pb->matches[i], grpc, e)) < 0)
-            return rc;
+        if ((rc = match_build(r, v, f, pb->matches[i], grpc, e)) < 0) return rc;
         if (prefix_mod && e->path_kind != PK_PREFIX)
             return fail(v, f, "ReplacePrefixMatch needs every match of the rule to be a PathPrefix");
         (*n_entries)++;
@@ -959,8 +898,7 @@ static int route_build(struct route *r, struct verr *v)
         strcmp(want, r->key) != 0)
         return fail(v, "name", "the resource name is not namespace/name (\"%s\")", want);
     r->created = pb->creation_timestamp;
-    if (pb->n_parents > L7_MAX_PARENTS)
-        return fail(v, "parents", "more than %d parents", L7_MAX_PARENTS);
+    if (pb->n_parents > L7_MAX_PARENTS) return fail(v, "parents", "more than %d parents", L7_MAX_PARENTS);
     for (size_t i = 0; i < pb->n_parents; i++) {
         const Zmesh__V1__ParentRef *p = pb->parents[i];
         fld(f, sizeof(f), "parents[%zu]", i);
@@ -972,18 +910,15 @@ static int route_build(struct route *r, struct verr *v)
             return fail(v, f, "expected a port 1-65535, got %u", p->port);
         }
     }
-    if (pb->n_rules > L7_MAX_RULES)
-        return fail(v, "rules", "more than %d rules", L7_MAX_RULES);
+    if (pb->n_rules > L7_MAX_RULES) return fail(v, "rules", "more than %d rules", L7_MAX_RULES);
     size_t total = 0;
     for (size_t i = 0; i < pb->n_rules; i++)
         total += pb->rules[i]->n_matches;
     r->rules = l7_arena_alloc(&r->arena, (pb->n_rules ? pb->n_rules : 1) * sizeof(*r->rules));
     r->entries = l7_arena_alloc(&r->arena, (total ? total : 1) * sizeof(*r->entries));
-    if (!r->rules || !r->entries)
-        return -ENOMEM;
+    if (!r->rules || !r->entries) return -ENOMEM;
     for (size_t i = 0; i < pb->n_rules; i++)
-        if ((rc = rule_build(r, v, i, pb->rules[i], grpc, &r->rules[i], &r->n_entries)) < 0)
-            return rc;
+        if ((rc = rule_build(r, v, i, pb->rules[i], grpc, &r->rules[i], &r->n_entries)) < 0) return rc;
     r->n_rules = pb->n_rules;
     return 0;
 }
@@ -997,8 +932,7 @@ struct l7_builder *l7_builder_new(void)
 
 void l7_builder_free(struct l7_builder *b)
 {
-    if (!b)
-        return;
+    if (!b) return;
     for (size_t i = 0; i < b->n_routes; i++)
         route_free(b->routes[i]);
     for (size_t i = 0; i < b->n_pols; i++)
@@ -1010,41 +944,40 @@ void l7_builder_free(struct l7_builder *b)
 
 static int grow(void **arr, size_t *cap, size_t n, size_t elem)
 {
-    if (n < *cap)
-        return 0;
+    if (n < *cap) return 0;
     size_t c = *cap ? *cap * 2 : 16;
     void *a = realloc(*arr, c * elem);
-    if (!a)
-        return -ENOMEM;
+    if (!a) return -ENOMEM;
     *arr = a;
     *cap = c;
     return 0;
 }
 
-int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb, size_t len,
-                   char *err, size_t errlen)
+int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb,
+                   size_t len, char *err, size_t errlen)
 {
-    if (err && errlen)
-        err[0] = 0;
+    if (err && errlen) err[0] = 0;
     bool is_route = strcmp(type_url, L7_TYPE_URL_HTTP_ROUTE) == 0;
     bool is_pol = strcmp(type_url, L7_TYPE_URL_AUTHORIZATION) == 0;
     char what[600];
-    snprintf(what, sizeof(what), "%s %.512s", is_route ? "HTTPRoute" : is_pol ? "L7Authorization" : type_url, name);
+    snprintf(what, sizeof(what), "%s %.512s",
+             is_route ? "HTTPRoute"
+             : is_pol ? "L7Authorization"
+                      : type_url,
+             name);
     struct verr v = {err, errlen, what};
     if (!is_route && !is_pol) {
         fail(&v, "", "unknown resource type");
         return -EPROTONOSUPPORT;
     }
-    if (len > L7_MAX_RESOURCE_BYTES)
-        return fail(&v, "", "larger than %u bytes", L7_MAX_RESOURCE_BYTES);
+    if (len > L7_MAX_RESOURCE_BYTES) return fail(&v, "", "larger than %u bytes", L7_MAX_RESOURCE_BYTES);
     if (is_route) {
         for (size_t i = 0; i < b->n_routes; i++)
             if (strcmp(b->routes[i]->key, name) == 0) {
                 fail(&v, "", "added twice");
                 return -EEXIST;
             }
-        if (grow((void **)&b->routes, &b->cap_routes, b->n_routes, sizeof(*b->routes)) < 0)
-            return -ENOMEM;
+        if (grow((void **)&b->routes, &b->cap_routes, b->n_routes, sizeof(*b->routes)) < 0) return -ENOMEM;
         struct route *r = calloc(1, sizeof(*r));
         if (!r || !(r->key = strdup(name))) {
             free(r);
@@ -1058,8 +991,7 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
         }
         int rc = route_build(r, &v);
         if (rc < 0) {
-            if (rc == -ENOMEM)
-                fail(&v, "", "out of memory");
+            if (rc == -ENOMEM) fail(&v, "", "out of memory");
             route_free(r);
             return rc;
         }
@@ -1071,12 +1003,10 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
             fail(&v, "", "added twice");
             return -EEXIST;
         }
-    if (grow((void **)&b->pols, &b->cap_pols, b->n_pols, sizeof(*b->pols)) < 0)
-        return -ENOMEM;
+    if (grow((void **)&b->pols, &b->cap_pols, b->n_pols, sizeof(*b->pols)) < 0) return -ENOMEM;
     struct l7_policy *p;
     int rc = l7_policy_compile(name, pb, len, &p, err, errlen);
-    if (rc < 0)
-        return rc;
+    if (rc < 0) return rc;
     b->pols[b->n_pols++] = p;
     return 0;
 }
@@ -1087,38 +1017,35 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
 static int path_rank(uint8_t k)
 {
     switch (k) {
-    case PK_EXACT: return 3;
+    case PK_EXACT:
+        return 3;
     case PK_PREFIX:
-    case PK_RAW_PREFIX: return 2;
-    case PK_REGEX: return 1;
-    default: return 0;
+    case PK_RAW_PREFIX:
+        return 2;
+    case PK_REGEX:
+        return 1;
+    default:
+        return 0;
     }
 }
 
 static int entry_cmp(const void *pa, const void *pb)
 {
-    const struct match_entry *a = *(const struct match_entry *const *)pa, *b = *(const struct match_entry *const *)pb;
+    const struct match_entry *a = *(const struct match_entry *const *)pa,
+                             *b = *(const struct match_entry *const *)pb;
     int ra = path_rank(a->path_kind), rb = path_rank(b->path_kind);
-    if (ra != rb)
-        return rb - ra;
-    if (a->sort_len != b->sort_len)
-        return a->sort_len > b->sort_len ? -1 : 1;
+    if (ra != rb) return rb - ra;
+    if (a->sort_len != b->sort_len) return a->sort_len > b->sort_len ? -1 : 1;
     bool ma = a->method[0] != 0, mb = b->method[0] != 0;
-    if (ma != mb)
-        return ma ? -1 : 1;
-    if (a->n_headers != b->n_headers)
-        return a->n_headers > b->n_headers ? -1 : 1;
-    if (a->n_query != b->n_query)
-        return a->n_query > b->n_query ? -1 : 1;
+    if (ma != mb) return ma ? -1 : 1;
+    if (a->n_headers != b->n_headers) return a->n_headers > b->n_headers ? -1 : 1;
+    if (a->n_query != b->n_query) return a->n_query > b->n_query ? -1 : 1;
     if (a->route != b->route) {
-        if (a->route->created != b->route->created)
-            return a->route->created < b->route->created ? -1 : 1;
+        if (a->route->created != b->route->created) return a->route->created < b->route->created ? -1 : 1;
         return strcmp(a->route->key, b->route->key);
     }
-    if (a->rule_idx != b->rule_idx)
-        return a->rule_idx < b->rule_idx ? -1 : 1;
-    if (a->match_idx != b->match_idx)
-        return a->match_idx < b->match_idx ? -1 : 1;
+    if (a->rule_idx != b->rule_idx) return a->rule_idx < b->rule_idx ? -1 : 1;
+    if (a->match_idx != b->match_idx) return a->match_idx < b->match_idx ? -1 : 1;
     return 0;
 }
 
@@ -1132,8 +1059,7 @@ static int bind_cmp(const void *pa, const void *pb)
 {
     const struct bind *a = pa, *b = pb;
     int c = strcmp(a->svc, b->svc);
-    if (c)
-        return c;
+    if (c) return c;
     return a->port < b->port ? -1 : a->port > b->port;
 }
 
@@ -1142,22 +1068,29 @@ static int routes_set(struct l7_service_routes *out, const struct bind *bs, size
     /* The entries of parents without a port (port 0 sorts first) plus those of port. */
     size_t cnt = 0;
     for (size_t i = 0; i < n; i++)
-        if (bs[i].port == 0 || bs[i].port == port)
-            cnt++;
+        if (bs[i].port == 0 || bs[i].port == port) cnt++;
     out->e = malloc((cnt ? cnt : 1) * sizeof(*out->e));
-    if (!out->e)
-        return -ENOMEM;
+    if (!out->e) return -ENOMEM;
     out->n = 0;
     for (size_t i = 0; i < n; i++)
-        if (bs[i].port == 0 || bs[i].port == port)
-            out->e[out->n++] = bs[i].e;
+        if (bs[i].port == 0 || bs[i].port == port) out->e[out->n++] = bs[i].e;
     qsort(out->e, out->n, sizeof(*out->e), entry_cmp);
     /* A route naming a Service twice (with and without a port) contributes its entries once. */
     size_t w = 0;
     for (size_t i = 0; i < out->n; i++)
-        if (w == 0 || out->e[w - 1] != out->e[i])
-            out->e[w++] = out->e[i];
+        if (w == 0 || out->e[w - 1] != out->e[i]) out->e[w++] = out->e[i];
     out->n = w;
+    /* GEP-1426 (Route types): when routes of different types bind one Service and port, only the most specific
+     * type applies, GRPCRoute before HTTPRoute; the others are ignored there. */
+    bool grpc = false;
+    for (size_t i = 0; i < out->n; i++)
+        if (out->e[i]->rule->kind == L7_ROUTE_GRPC) grpc = true;
+    if (grpc) {
+        w = 0;
+        for (size_t i = 0; i < out->n; i++)
+            if (out->e[i]->rule->kind == L7_ROUTE_GRPC) out->e[w++] = out->e[i];
+        out->n = w;
+    }
     return 0;
 }
 
@@ -1169,8 +1102,7 @@ static int svc_index_build(struct l7_config *c)
     struct bind *bs = malloc((nb ? nb : 1) * sizeof(*bs));
     char **keys = calloc(nb ? nb : 1, sizeof(char *));
     int rc = -ENOMEM;
-    if (!bs || !keys)
-        goto out;
+    if (!bs || !keys) goto out;
     size_t k = 0;
     for (size_t i = 0; i < c->n_routes; i++) {
         const struct route *r = c->routes[i];
@@ -1187,35 +1119,27 @@ static int svc_index_build(struct l7_config *c)
     qsort(bs, nb, sizeof(*bs), bind_cmp);
     size_t nsvc = 0;
     for (size_t i = 0; i < nb; i++)
-        if (i == 0 || strcmp(bs[i].svc, bs[i - 1].svc) != 0)
-            nsvc++;
+        if (i == 0 || strcmp(bs[i].svc, bs[i - 1].svc) != 0) nsvc++;
     c->svcs = calloc(nsvc ? nsvc : 1, sizeof(*c->svcs));
-    if (!c->svcs)
-        goto out;
+    if (!c->svcs) goto out;
     for (size_t i = 0; i < nb;) {
         size_t j = i;
         while (j < nb && strcmp(bs[j].svc, bs[i].svc) == 0)
             j++;
         struct svc_index *s = &c->svcs[c->n_svcs++];
-        if (!(s->key = strdup(bs[i].svc)))
-            goto out;
+        if (!(s->key = strdup(bs[i].svc))) goto out;
         size_t nports = 0;
         for (size_t x = i; x < j; x++)
-            if (bs[x].port && (x == i || bs[x].port != bs[x - 1].port))
-                nports++;
+            if (bs[x].port && (x == i || bs[x].port != bs[x - 1].port)) nports++;
         s->ports = calloc(nports ? nports : 1, sizeof(*s->ports));
-        if (!s->ports)
-            goto out;
+        if (!s->ports) goto out;
         for (size_t x = i; x < j; x++) {
-            if (!bs[x].port || (x > i && bs[x].port == bs[x - 1].port))
-                continue;
+            if (!bs[x].port || (x > i && bs[x].port == bs[x - 1].port)) continue;
             struct svc_port *sp = &s->ports[s->n_ports++];
             sp->port = (uint16_t)bs[x].port;
-            if (routes_set(&sp->r, bs + i, j - i, bs[x].port) < 0)
-                goto out;
+            if (routes_set(&sp->r, bs + i, j - i, bs[x].port) < 0) goto out;
         }
-        if (routes_set(&s->any, bs + i, j - i, 0) < 0)
-            goto out;
+        if (routes_set(&s->any, bs + i, j - i, 0) < 0) goto out;
         i = j;
     }
     rc = 0;
@@ -1248,28 +1172,24 @@ static int pol_index_build(struct l7_config *c)
     struct pkey *ks = calloc(n ? n : 1, sizeof(*ks));
     int rc = -ENOMEM;
     size_t k = 0;
-    if (!ks)
-        return -ENOMEM;
+    if (!ks) return -ENOMEM;
     for (size_t i = 0; i < c->n_pols; i++)
         for (size_t t = 0; t < l7_policy_n_targets(c->pols[i]); t++) {
             char buf[600];
             l7_policy_target_key(c->pols[i], t, buf, sizeof(buf));
-            if (!(ks[k].key = strdup(buf)))
-                goto out;
+            if (!(ks[k].key = strdup(buf))) goto out;
             ks[k++].p = c->pols[i];
         }
     qsort(ks, k, sizeof(*ks), pkey_cmp);
     c->binds = calloc(k ? k : 1, sizeof(*c->binds));
-    if (!c->binds)
-        goto out;
+    if (!c->binds) goto out;
     for (size_t i = 0; i < k;) {
         size_t j = i;
         while (j < k && strcmp(ks[j].key, ks[i].key) == 0)
             j++;
         struct pol_bind *pb = &c->binds[c->n_binds];
         pb->p = malloc((j - i) * sizeof(*pb->p));
-        if (!pb->p)
-            goto out;
+        if (!pb->p) goto out;
         pb->key = ks[i].key;
         ks[i].key = NULL;
         c->n_binds++;
@@ -1312,8 +1232,7 @@ static void config_free(struct l7_config *c)
 
 struct l7_config *l7_builder_finish(struct l7_builder *b)
 {
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
     struct l7_config *c = calloc(1, sizeof(*c));
     if (!c) {
         l7_builder_free(b);
@@ -1334,14 +1253,12 @@ struct l7_config *l7_builder_finish(struct l7_builder *b)
 
 void l7_config_ref(struct l7_config *c)
 {
-    if (c)
-        atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    if (c) atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 }
 
 void l7_config_unref(struct l7_config *c)
 {
-    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
-        config_free(c);
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) config_free(c);
 }
 
 size_t l7_config_n_routes(const struct l7_config *c)
@@ -1365,18 +1282,15 @@ static int port_cmp(const void *key, const void *elem)
     return k < p ? -1 : k > p;
 }
 
-const struct l7_service_routes *l7_routes_for(const struct l7_config *c, const char *svc_ns, const char *svc_name,
-                                              uint16_t port)
+const struct l7_service_routes *l7_routes_for(const struct l7_config *c, const char *svc_ns,
+                                              const char *svc_name, uint16_t port)
 {
     char key[600];
-    if (!c || snprintf(key, sizeof(key), "%s/%s", svc_ns, svc_name) >= (int)sizeof(key))
-        return NULL;
+    if (!c || snprintf(key, sizeof(key), "%s/%s", svc_ns, svc_name) >= (int)sizeof(key)) return NULL;
     const struct svc_index *s = bsearch(key, c->svcs, c->n_svcs, sizeof(*c->svcs), svc_cmp);
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     const struct svc_port *sp = bsearch(&port, s->ports, s->n_ports, sizeof(*s->ports), port_cmp);
-    if (sp)
-        return &sp->r;
+    if (sp) return &sp->r;
     return s->any.n ? &s->any : NULL;
 }
 
@@ -1388,11 +1302,9 @@ static int pbind_cmp(const void *key, const void *elem)
 const struct l7_policy *const *l7_config_policies_for(const struct l7_config *c, const char *key, size_t *n)
 {
     *n = 0;
-    if (!c)
-        return NULL;
+    if (!c) return NULL;
     const struct pol_bind *b = bsearch(key, c->binds, c->n_binds, sizeof(*c->binds), pbind_cmp);
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
     *n = b->n;
     return b->p;
 }
@@ -1410,29 +1322,24 @@ static const char *header_value(const struct l7_request *req, const char *name, 
     for (size_t i = 0; i < req->n_headers; i++) {
         const struct l7_header *h = &req->headers[i];
         if (h->name_len == name_len && strncasecmp(h->name, name, name_len) == 0) {
-            if (!first)
-                first = h;
+            if (!first) first = h;
             count++;
             total += h->value_len + 1;
         }
     }
-    if (!first)
-        return NULL;
+    if (!first) return NULL;
     if (count == 1) {
         *len = first->value_len;
         return first->value;
     }
-    if (total > L7_MAX_JOINED_HEADER)
-        return NULL;
+    if (total > L7_MAX_JOINED_HEADER) return NULL;
     char *b = malloc(total);
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
     size_t w = 0;
     for (size_t i = 0; i < req->n_headers; i++) {
         const struct l7_header *h = &req->headers[i];
         if (h->name_len == name_len && strncasecmp(h->name, name, name_len) == 0) {
-            if (w)
-                b[w++] = ',';
+            if (w) b[w++] = ',';
             memcpy(b + w, h->value, h->value_len);
             w += h->value_len;
         }
@@ -1444,12 +1351,9 @@ static const char *header_value(const struct l7_request *req, const char *name, 
 
 static int hexval(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -1467,8 +1371,7 @@ static ssize_t pct_decode(const char *s, size_t n, char *out, size_t cap)
                 i += 2;
             }
         }
-        if (w >= cap)
-            return -1;
+        if (w >= cap) return -1;
         out[w++] = c;
     }
     return (ssize_t)w;
@@ -1488,8 +1391,7 @@ static ssize_t query_value(const char *q, size_t qn, const char *name, size_t na
         char nb[256];
         ssize_t nl = pct_decode(q + i, eq - i, nb, sizeof(nb));
         if (nl == (ssize_t)name_len && memcmp(nb, name, name_len) == 0) {
-            if (eq >= j)
-                return 0;
+            if (eq >= j) return 0;
             return pct_decode(q + eq + 1, j - eq - 1, buf, cap);
         }
         i = j + 1;
@@ -1499,8 +1401,7 @@ static ssize_t query_value(const char *q, size_t qn, const char *name, size_t na
 
 static bool named_ok(const struct named_match *m, const char *val, size_t n)
 {
-    if (m->regex)
-        return re_full(m->re, val, n);
+    if (m->regex) return re_full(m->re, val, n);
     return n == m->value_len && memcmp(val, m->value, n) == 0;
 }
 
@@ -1509,27 +1410,24 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
 {
     switch (e->path_kind) {
     case PK_EXACT:
-        if (pn != e->path_len || memcmp(p, e->path, pn) != 0)
-            return false;
+        if (pn != e->path_len || memcmp(p, e->path, pn) != 0) return false;
         break;
     case PK_PREFIX:
         /* Whole "/"-separated elements: "/foo" matches "/foo", "/foo/" and "/foo/bar", not "/foobar". */
-        if (pn < e->path_len || memcmp(p, e->path, e->path_len) != 0 || (pn > e->path_len && p[e->path_len] != '/'))
+        if (pn < e->path_len || memcmp(p, e->path, e->path_len) != 0 ||
+            (pn > e->path_len && p[e->path_len] != '/'))
             return false;
         break;
     case PK_RAW_PREFIX:
-        if (pn < e->path_len || memcmp(p, e->path, e->path_len) != 0)
-            return false;
+        if (pn < e->path_len || memcmp(p, e->path, e->path_len) != 0) return false;
         break;
     case PK_REGEX:
-        if (!re_full(e->path_re, p, pn))
-            return false;
+        if (!re_full(e->path_re, p, pn)) return false;
         break;
     default:
         break;
     }
-    if (e->method[0] && (!req->method || strcmp(req->method, e->method) != 0))
-        return false;
+    if (e->method[0] && (!req->method || strcmp(req->method, e->method) != 0)) return false;
     for (size_t i = 0; i < e->n_headers; i++) {
         const struct named_match *m = &e->headers[i];
         size_t n = 0;
@@ -1537,15 +1435,13 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
         const char *v = header_value(req, m->name, m->name_len, &n, &buf);
         bool ok = v && named_ok(m, v, n);
         free(buf);
-        if (!ok)
-            return false;
+        if (!ok) return false;
     }
     for (size_t i = 0; i < e->n_query; i++) {
         const struct named_match *m = &e->query[i];
         char buf[L7_MAX_STRING];
         ssize_t n = query_value(q, qn, m->name, m->name_len, buf, sizeof(buf));
-        if (n < 0 || !named_ok(m, buf, (size_t)n))
-            return false;
+        if (n < 0 || !named_ok(m, buf, (size_t)n)) return false;
     }
     return true;
 }
@@ -1557,13 +1453,11 @@ const struct l7_rule *l7_match_ex(const struct l7_service_routes *r, const struc
         *prefix = NULL;
         *prefix_len = 0;
     }
-    if (!r || !req || !req->path)
-        return NULL;
+    if (!r || !req || !req->path) return NULL;
     const char *p = req->path, *q = memchr(p, '?', req->path_len);
     size_t pn = q ? (size_t)(q - p) : req->path_len, qn = q ? req->path_len - pn - 1 : 0;
     const char *frag = memchr(p, '#', pn);
-    if (frag)
-        pn = (size_t)(frag - p);
+    if (frag) pn = (size_t)(frag - p);
     q = q ? q + 1 : "";
     for (size_t i = 0; i < r->n; i++) {
         const struct match_entry *e = r->e[i];
@@ -1585,12 +1479,10 @@ const struct l7_rule *l7_match(const struct l7_service_routes *r, const struct l
 
 int l7_pick_backend(const struct l7_rule *rule, uint64_t rnd)
 {
-    if (!rule || rule->total_weight == 0)
-        return -1;
+    if (!rule || rule->total_weight == 0) return -1;
     uint64_t x = rnd % rule->total_weight;
     for (size_t i = 0; i < rule->n_backends; i++) {
-        if (x < rule->backends[i].weight)
-            return (int)i;
+        if (x < rule->backends[i].weight) return (int)i;
         x -= rule->backends[i].weight;
     }
     return -1;
@@ -1607,10 +1499,9 @@ int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t 
         head = value;
         hn = strlen(value);
     } else if (kind == L7_PATH_PREFIX) {
-        if (!prefix || prefix_len > pn || memcmp(path, prefix, prefix_len) != 0)
-            return -EINVAL;
-        /* Gateway API's table: the replacement's trailing '/' is dropped, the rest of the path is kept, and an
-         * empty result is "/". */
+        if (!prefix || prefix_len > pn || memcmp(path, prefix, prefix_len) != 0) return -EINVAL;
+        /* Gateway API's table: the replacement's trailing '/' is dropped, the rest of the path is kept, and
+         * an empty result is "/". */
         head = value;
         hn = strlen(value);
         while (hn > 0 && head[hn - 1] == '/')
@@ -1622,17 +1513,14 @@ int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t 
     }
     bool slash = hn + rn == 0;
     size_t total = hn + rn + (slash ? 1 : 0) + qn;
-    if (total + 1 > n)
-        return -ENOSPC;
+    if (total + 1 > n) return -ENOSPC;
     size_t w = 0;
     memcpy(out + w, head, hn);
     w += hn;
     memcpy(out + w, rest, rn);
     w += rn;
-    if (slash)
-        out[w++] = '/';
-    if (qn)
-        memcpy(out + w, q, qn);
+    if (slash) out[w++] = '/';
+    if (qn) memcpy(out + w, q, qn);
     w += qn;
     out[w] = 0;
     return (int)w;
@@ -1641,8 +1529,7 @@ int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t 
 int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_t prefix_len,
                          const struct l7_request *req, const char *req_scheme, char *out, size_t n)
 {
-    if (!rd || !req || !req->path)
-        return -EINVAL;
+    if (!rd || !req || !req->path) return -EINVAL;
     const char *scheme = rd->scheme[0] ? rd->scheme : (req_scheme && *req_scheme ? req_scheme : "http");
     /* The authority's host and port ("host", "host:port", "[v6]:port"). */
     const char *a = req->authority ? req->authority : "";
@@ -1652,8 +1539,7 @@ int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_
         const char *rb = strchr(a, ']');
         if (rb) {
             hn = (size_t)(rb - a) + 1;
-            if (rb[1] == ':')
-                aport = rb + 2;
+            if (rb[1] == ':') aport = rb + 2;
         }
     } else {
         const char *colon = strrchr(a, ':');
@@ -1675,20 +1561,16 @@ int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_
     if (!port && !rd->scheme[0] && aport && *aport) {
         char *end;
         unsigned long p = strtoul(aport, &end, 10);
-        if (*end || p == 0 || p > 65535)
-            return -EINVAL; /* the authority's port is not a port */
+        if (*end || p == 0 || p > 65535) return -EINVAL; /* the authority's port is not a port */
         port = (unsigned)p;
     }
     unsigned dflt = strcmp(scheme, "https") == 0 ? 443 : 80;
     char portbuf[16] = "";
-    if (port && port != dflt)
-        snprintf(portbuf, sizeof(portbuf), ":%u", port);
+    if (port && port != dflt) snprintf(portbuf, sizeof(portbuf), ":%u", port);
     int w = snprintf(out, n, "%s://%s%s", scheme, host, portbuf);
-    if (w < 0 || (size_t)w >= n)
-        return -ENOSPC;
+    if (w < 0 || (size_t)w >= n) return -ENOSPC;
     int pl = l7_rewrite_path(rd->path_kind, rd->path, prefix, prefix_len, req->path, req->path_len, out + w,
                              n - (size_t)w);
-    if (pl < 0)
-        return pl;
+    if (pl < 0) return pl;
     return w + pl;
 }

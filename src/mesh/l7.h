@@ -1,6 +1,6 @@
-/* The waypoint's L7 model: HTTPRoute/GRPCRoute routing tables and L7 AuthorizationPolicies, built once from the
- * zmesh.v1 resources (proto/zmesh/l7.proto) into an immutable, reference-counted l7_config that any number of
- * threads read without locks.
+/* The waypoint's L7 model: HTTPRoute/GRPCRoute routing tables and L7 AuthorizationPolicies, built once from
+ * the zmesh.v1 resources (proto/zmesh/l7.proto) into an immutable, reference-counted l7_config that any
+ * number of threads read without locks.
  *
  * Memory: everything reachable from an l7_config (rules, backends, filters, strings) is owned by it and stays
  * valid until its last reference is dropped with l7_config_unref(). Strings are NUL-terminated and never NULL
@@ -45,9 +45,9 @@ struct l7_builder *l7_builder_new(void);
  * its "<namespace>/<name>". On error the resource is left out whole, err gets "HTTPRoute ns/name: rules[0].
  * matches[1].path.value: ..." and the return is -EINVAL (bad resource), -EEXIST (name added twice),
  * -EPROTONOSUPPORT (unknown type_url) or -ENOMEM. Nothing of pb is kept. */
-int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb, size_t len,
-                   char *err, size_t errlen);
-/* Derives the indexes and returns the config (refcount 1), or NULL on out of memory. Consumes b either way. */
+int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb,
+                   size_t len, char *err, size_t errlen);
+/* Derives the indexes and returns the config (refcount 1), or NULL (out of memory). Consumes b always. */
 struct l7_config *l7_builder_finish(struct l7_builder *b);
 /* Frees a builder that is not finished (NULL is a no-op). */
 void l7_builder_free(struct l7_builder *b);
@@ -115,18 +115,18 @@ struct l7_backend {
     size_t n_filters;
 };
 struct l7_rule {
-    const char *name;  /* the rule's name, else "<ns>.<name>.<index>" (for logs) */
-    const char *route; /* "<ns>/<name>" of its route */
-    uint8_t kind;      /* enum l7_route_kind */
-    uint32_t index;    /* position in the route's rules */
+    const char *name;                /* the rule's name, else "<ns>.<name>.<index>" (for logs) */
+    const char *route;               /* "<ns>/<name>" of its route */
+    uint8_t kind;                    /* enum l7_route_kind */
+    uint32_t index;                  /* position in the route's rules */
     const struct l7_filter *filters; /* in the order written */
     size_t n_filters;
     const struct l7_backend *backends;
     size_t n_backends;
     uint64_t total_weight;
     uint64_t request_timeout_ms, backend_request_timeout_ms; /* 0 = none */
-    const struct l7_redirect *redirect; /* the rule's RequestRedirect, or NULL */
-    const struct l7_rewrite *rewrite;   /* the rule's URLRewrite, or NULL */
+    const struct l7_redirect *redirect;                      /* the rule's RequestRedirect, or NULL */
+    const struct l7_rewrite *rewrite;                        /* the rule's URLRewrite, or NULL */
 };
 
 /* ---- matching ---- */
@@ -138,8 +138,8 @@ struct l7_header {
     size_t value_len;
 };
 struct l7_request {
-    const char *method;    /* NUL-terminated */
-    const char *path;      /* :path with the query, path_len bytes (need not be NUL-terminated) */
+    const char *method; /* NUL-terminated */
+    const char *path;   /* :path with the query, path_len bytes (need not be NUL-terminated) */
     size_t path_len;
     const char *authority; /* NUL-terminated, "" when absent */
     const struct l7_header *headers;
@@ -150,12 +150,12 @@ struct l7_request {
 /* The routes attached to Service svc_ns/svc_name on service port port: those whose parent names the Service
  * without a port, plus those naming exactly this port. NULL: no route attaches, and the caller sends to the
  * Service itself (Istio's default route). Borrowed from c. */
-const struct l7_service_routes *l7_routes_for(const struct l7_config *c, const char *svc_ns, const char *svc_name,
-                                              uint16_t port);
+const struct l7_service_routes *l7_routes_for(const struct l7_config *c, const char *svc_ns,
+                                              const char *svc_name, uint16_t port);
 /* The first matching rule in precedence order, or NULL (the caller answers 404, Envoy's NR). */
 const struct l7_rule *l7_match(const struct l7_service_routes *r, const struct l7_request *req);
-/* The same, and *prefix and *prefix_len get the PathPrefix that matched (for ReplacePrefixMatch), or NULL/0 when
- * the matching match was not a PathPrefix. prefix may be NULL. */
+/* The same, and *prefix and *prefix_len get the PathPrefix that matched (for ReplacePrefixMatch), or NULL/0
+ * when the matching match was not a PathPrefix. prefix may be NULL. */
 const struct l7_rule *l7_match_ex(const struct l7_service_routes *r, const struct l7_request *req,
                                   const char **prefix, size_t *prefix_len);
 /* Weighted backend choice with a caller-provided random number: the index into rule->backends, or -1 when
@@ -165,8 +165,8 @@ int l7_pick_backend(const struct l7_rule *rule, uint64_t rnd);
 /* The path after a path modifier (URLRewrite's or RequestRedirect's): FULL replaces the path, PREFIX replaces
  * the matched prefix (Gateway API's ReplacePrefixMatch: "/foo/bar" with "/foo" -> "/xyz" is "/xyz/bar", with
  * "/foo" -> "/" is "/bar"), KEEP copies it; the query is kept. path[0..path_len) is :path with its query.
- * Writes a NUL-terminated string into out[0..n). Returns its length, -EINVAL (PREFIX without a matched prefix)
- * or -ENOSPC. */
+ * Writes a NUL-terminated string into out[0..n). Returns its length, -EINVAL (PREFIX without a matched
+ * prefix) or -ENOSPC. */
 int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t prefix_len, const char *path,
                     size_t path_len, char *out, size_t n);
 /* The Location header of a RequestRedirect: scheme (rd's or req_scheme), host (rd's or the authority's host),

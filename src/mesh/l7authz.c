@@ -111,7 +111,8 @@ struct cerr {
     const char *name;
 };
 
-static int fail(struct cerr *e, const char *field, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(struct cerr *e, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int fail(struct cerr *e, const char *field, const char *fmt, ...)
 {
     char msg[384];
@@ -128,8 +129,7 @@ static bool text_ok(const char *s)
 {
     size_t n = 0;
     for (; *s; s++, n++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            return false;
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
     return n <= L7_MAX_STRING;
 }
 
@@ -138,28 +138,23 @@ static int cidr_parse(const char *s, struct cidr *out)
     char ip[64];
     const char *slash = strchr(s, '/');
     size_t n = slash ? (size_t)(slash - s) : strlen(s);
-    if (n == 0 || n >= sizeof(ip))
-        return -EINVAL;
+    if (n == 0 || n >= sizeof(ip)) return -EINVAL;
     memcpy(ip, s, n);
     ip[n] = 0;
-    if (ip_parse(ip, &out->ip) < 0)
-        return -EINVAL;
+    if (ip_parse(ip, &out->ip) < 0) return -EINVAL;
     unsigned max = out->ip.family == AF_INET ? 32 : 128;
     if (!slash) {
         out->len = (uint8_t)max;
         return 0;
     }
     const char *d = slash + 1;
-    if (!*d || strlen(d) > 3)
-        return -EINVAL;
+    if (!*d || strlen(d) > 3) return -EINVAL;
     unsigned len = 0;
     for (; *d; d++) {
-        if (!isdigit((unsigned char)*d))
-            return -EINVAL;
+        if (!isdigit((unsigned char)*d)) return -EINVAL;
         len = len * 10 + (unsigned)(*d - '0');
     }
-    if (len > max)
-        return -EINVAL;
+    if (len > max) return -EINVAL;
     out->len = (uint8_t)len;
     return 0;
 }
@@ -170,13 +165,10 @@ static int tpl_compile(struct l7_policy *p, struct cerr *e, const char *field, c
 {
     size_t n = strlen(s), cnt = 0;
     for (size_t i = 0; i < n; i++)
-        if (s[i] == '/')
-            cnt++;
+        if (s[i] == '/') cnt++;
     struct tpl_seg *segs = l7_arena_alloc(&p->arena, (cnt + 2) * sizeof(*segs));
-    if (!segs)
-        return -ENOMEM;
-    if (s[0] != '/')
-        return fail(e, field, "a path template must start with '/': \"%.64s\"", s);
+    if (!segs) return -ENOMEM;
+    if (s[0] != '/') return fail(e, field, "a path template must start with '/': \"%.64s\"", s);
     size_t k = 0, i = 1;
     for (;;) {
         size_t j = i;
@@ -187,16 +179,14 @@ static int tpl_compile(struct l7_policy *p, struct cerr *e, const char *field, c
         if (sn == 3 && memcmp(seg, "{*}", 3) == 0) {
             segs[k++] = (struct tpl_seg){1, NULL, 0};
         } else if (sn == 4 && memcmp(seg, "{**}", 4) == 0) {
-            if (j != n)
-                return fail(e, field, "{**} must be the last segment: \"%.64s\"", s);
+            if (j != n) return fail(e, field, "{**} must be the last segment: \"%.64s\"", s);
             segs[k++] = (struct tpl_seg){2, NULL, 0};
         } else {
             if (memchr(seg, '{', sn) || memchr(seg, '}', sn) || memchr(seg, '*', sn))
                 return fail(e, field, "{*} and {**} must be whole segments, with no other '*': \"%.64s\"", s);
             segs[k++] = (struct tpl_seg){0, seg, sn};
         }
-        if (j >= n)
-            break;
+        if (j >= n) break;
         i = j + 1;
     }
     v->tpl = segs;
@@ -209,8 +199,7 @@ static int val_compile(struct l7_policy *p, struct cerr *e, const char *field, u
                        struct val *v)
 {
     memset(v, 0, sizeof(*v));
-    if (!text_ok(s))
-        return fail(e, field, "control characters or longer than %d bytes", L7_MAX_STRING);
+    if (!text_ok(s)) return fail(e, field, "control characters or longer than %d bytes", L7_MAX_STRING);
     switch (attr) {
     case A_SOURCE_IP:
     case A_REMOTE_IP:
@@ -227,7 +216,8 @@ static int val_compile(struct l7_policy *p, struct cerr *e, const char *field, u
         return 0;
     }
     case A_SERVICE_ACCOUNT: {
-        /* "<namespace>/<name>", or a bare name in the policy's namespace (generator.go serviceAccountRegex). */
+        /* "<namespace>/<name>", or a bare name in the policy's namespace (generator.go serviceAccountRegex).
+         */
         const char *slash = strchr(s, '/');
         if (!*s || (slash && (slash == s || !slash[1] || strchr(slash + 1, '/'))) || strchr(s, '*'))
             return fail(e, field, "expected <namespace>/<serviceaccount> or <serviceaccount>: \"%.64s\"", s);
@@ -265,8 +255,7 @@ static int val_compile(struct l7_policy *p, struct cerr *e, const char *field, u
 static int field_add(struct l7_policy *p, struct cerr *e, const char *where, const char *fname, uint8_t attr,
                      char **vals, size_t n_vals, char **nots, size_t n_nots, struct field *out, size_t *count)
 {
-    if (n_vals == 0 && n_nots == 0)
-        return 0;
+    if (n_vals == 0 && n_nots == 0) return 0;
     char f[200];
     if (n_vals > L7_MAX_POLICY_VALUES || n_nots > L7_MAX_POLICY_VALUES) {
         fld(f, sizeof(f), "%s.%s", where, fname);
@@ -277,18 +266,15 @@ static int field_add(struct l7_policy *p, struct cerr *e, const char *where, con
     fl->attr = attr;
     struct val *v = l7_arena_alloc(&p->arena, (n_vals ? n_vals : 1) * sizeof(*v));
     struct val *nv = l7_arena_alloc(&p->arena, (n_nots ? n_nots : 1) * sizeof(*nv));
-    if (!v || !nv)
-        return -ENOMEM;
+    if (!v || !nv) return -ENOMEM;
     int rc;
     for (size_t i = 0; i < n_vals; i++) {
         fld(f, sizeof(f), "%s.%s[%zu]", where, fname, i);
-        if ((rc = val_compile(p, e, f, attr, vals[i], &v[i])) < 0)
-            return rc;
+        if ((rc = val_compile(p, e, f, attr, vals[i], &v[i])) < 0) return rc;
     }
     for (size_t i = 0; i < n_nots; i++) {
         fld(f, sizeof(f), "%s.not_%s[%zu]", where, fname, i);
-        if ((rc = val_compile(p, e, f, attr, nots[i], &nv[i])) < 0)
-            return rc;
+        if ((rc = val_compile(p, e, f, attr, nots[i], &nv[i])) < 0) return rc;
     }
     fl->vals = v;
     fl->n_vals = n_vals;
@@ -304,12 +290,17 @@ static int cond_attr(const char *key, uint8_t *attr, const char **header, size_t
         const char *key;
         uint8_t attr;
     } keys[] = {
-        {"source.ip", A_SOURCE_IP},           {"remote.ip", A_REMOTE_IP},
-        {"source.namespace", A_NAMESPACE},    {"source.principal", A_PRINCIPAL},
+        {"source.ip", A_SOURCE_IP},
+        {"remote.ip", A_REMOTE_IP},
+        {"source.namespace", A_NAMESPACE},
+        {"source.principal", A_PRINCIPAL},
         {"source.serviceAccount", A_SERVICE_ACCOUNT},
-        {"destination.ip", A_DEST_IP},        {"destination.port", A_PORT},
-        {"connection.sni", A_SNI},            {"request.auth.principal", A_ABSENT},
-        {"request.auth.audiences", A_ABSENT}, {"request.auth.presenter", A_ABSENT},
+        {"destination.ip", A_DEST_IP},
+        {"destination.port", A_PORT},
+        {"connection.sni", A_SNI},
+        {"request.auth.principal", A_ABSENT},
+        {"request.auth.audiences", A_ABSENT},
+        {"request.auth.presenter", A_ABSENT},
     };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (strcmp(key, keys[i].key) == 0) {
@@ -342,28 +333,28 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
     struct flist *from = l7_arena_alloc(&p->arena, (pb->n_from ? pb->n_from : 1) * sizeof(*from));
     struct flist *to = l7_arena_alloc(&p->arena, (pb->n_to ? pb->n_to : 1) * sizeof(*to));
     struct field *when = l7_arena_alloc(&p->arena, (pb->n_when ? pb->n_when : 1) * sizeof(*when));
-    if (!from || !to || !when)
-        return -ENOMEM;
+    if (!from || !to || !when) return -ENOMEM;
     for (size_t i = 0; i < pb->n_from; i++) {
         const Zmesh__V1__Source *s = pb->from[i];
         struct field *f = l7_arena_alloc(&p->arena, 6 * sizeof(*f));
         size_t n = 0;
-        if (!f)
-            return -ENOMEM;
+        if (!f) return -ENOMEM;
         fld(w, sizeof(w), "rules[%zu].from[%zu]", ri, i);
-        if ((rc = field_add(p, e, w, "principals", A_PRINCIPAL, s->principals, s->n_principals, s->not_principals,
-                            s->n_not_principals, f, &n)) < 0 ||
+        if ((rc = field_add(p, e, w, "principals", A_PRINCIPAL, s->principals, s->n_principals,
+                            s->not_principals, s->n_not_principals, f, &n)) < 0 ||
             (rc = field_add(p, e, w, "request_principals", A_ABSENT, s->request_principals,
-                            s->n_request_principals, s->not_request_principals, s->n_not_request_principals, f,
-                            &n)) < 0 ||
-            (rc = field_add(p, e, w, "namespaces", A_NAMESPACE, s->namespaces, s->n_namespaces, s->not_namespaces,
-                            s->n_not_namespaces, f, &n)) < 0 ||
+                            s->n_request_principals, s->not_request_principals, s->n_not_request_principals,
+                            f, &n)) < 0 ||
+            (rc = field_add(p, e, w, "namespaces", A_NAMESPACE, s->namespaces, s->n_namespaces,
+                            s->not_namespaces, s->n_not_namespaces, f, &n)) < 0 ||
             (rc = field_add(p, e, w, "ip_blocks", A_SOURCE_IP, s->ip_blocks, s->n_ip_blocks, s->not_ip_blocks,
                             s->n_not_ip_blocks, f, &n)) < 0 ||
-            (rc = field_add(p, e, w, "remote_ip_blocks", A_REMOTE_IP, s->remote_ip_blocks, s->n_remote_ip_blocks,
-                            s->not_remote_ip_blocks, s->n_not_remote_ip_blocks, f, &n)) < 0 ||
+            (rc = field_add(p, e, w, "remote_ip_blocks", A_REMOTE_IP, s->remote_ip_blocks,
+                            s->n_remote_ip_blocks, s->not_remote_ip_blocks, s->n_not_remote_ip_blocks, f,
+                            &n)) < 0 ||
             (rc = field_add(p, e, w, "service_accounts", A_SERVICE_ACCOUNT, s->service_accounts,
-                            s->n_service_accounts, s->not_service_accounts, s->n_not_service_accounts, f, &n)) < 0)
+                            s->n_service_accounts, s->not_service_accounts, s->n_not_service_accounts, f,
+                            &n)) < 0)
             return rc;
         from[i] = (struct flist){f, n};
     }
@@ -371,17 +362,16 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
         const Zmesh__V1__Operation *o = pb->to[i];
         struct field *f = l7_arena_alloc(&p->arena, 4 * sizeof(*f));
         size_t n = 0;
-        if (!f)
-            return -ENOMEM;
+        if (!f) return -ENOMEM;
         fld(w, sizeof(w), "rules[%zu].to[%zu]", ri, i);
-        if ((rc = field_add(p, e, w, "hosts", A_HOST, o->hosts, o->n_hosts, o->not_hosts, o->n_not_hosts, f, &n)) <
-                0 ||
-            (rc = field_add(p, e, w, "ports", A_PORT, o->ports, o->n_ports, o->not_ports, o->n_not_ports, f, &n)) <
-                0 ||
+        if ((rc = field_add(p, e, w, "hosts", A_HOST, o->hosts, o->n_hosts, o->not_hosts, o->n_not_hosts, f,
+                            &n)) < 0 ||
+            (rc = field_add(p, e, w, "ports", A_PORT, o->ports, o->n_ports, o->not_ports, o->n_not_ports, f,
+                            &n)) < 0 ||
             (rc = field_add(p, e, w, "methods", A_METHOD, o->methods, o->n_methods, o->not_methods,
                             o->n_not_methods, f, &n)) < 0 ||
-            (rc = field_add(p, e, w, "paths", A_PATH, o->paths, o->n_paths, o->not_paths, o->n_not_paths, f, &n)) <
-                0)
+            (rc = field_add(p, e, w, "paths", A_PATH, o->paths, o->n_paths, o->not_paths, o->n_not_paths, f,
+                            &n)) < 0)
             return rc;
         to[i] = (struct flist){f, n};
     }
@@ -402,13 +392,12 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
             fld(f, sizeof(f), "%s.values", w);
             return fail(e, f, "a condition needs values or not_values");
         }
-        if ((rc = field_add(p, e, w, "values", attr, c->values, c->n_values, c->not_values, c->n_not_values, when,
-                            &nw)) < 0)
+        if ((rc = field_add(p, e, w, "values", attr, c->values, c->n_values, c->not_values, c->n_not_values,
+                            when, &nw)) < 0)
             return rc;
         if (attr == A_HEADER) {
             char *h = l7_arena_strndup(&p->arena, hdr, hl);
-            if (!h)
-                return -ENOMEM;
+            if (!h) return -ENOMEM;
             for (char *x = h; *x; x++)
                 *x = (char)tolower((unsigned char)*x);
             when[nw - 1].header = h;
@@ -421,11 +410,9 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
 
 void l7_policy_free(struct l7_policy *p)
 {
-    if (!p)
-        return;
+    if (!p) return;
     l7_arena_free(&p->arena);
-    if (p->msg)
-        zmesh__v1__l7_authorization__free_unpacked(p->msg, NULL);
+    if (p->msg) zmesh__v1__l7_authorization__free_unpacked(p->msg, NULL);
     free(p->name);
     free(p);
 }
@@ -437,8 +424,7 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
     struct l7_policy *p = calloc(1, sizeof(*p));
     Zmesh__V1__L7Authorization *m = NULL;
     int rc = -ENOMEM;
-    if (!p || !(p->name = strdup(name)))
-        goto out;
+    if (!p || !(p->name = strdup(name))) goto out;
     if (len > L7_MAX_RESOURCE_BYTES) {
         rc = fail(&e, "", "larger than %u bytes", L7_MAX_RESOURCE_BYTES);
         goto out;
@@ -457,10 +443,10 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
         goto out;
     }
     char *ns = l7_arena_strndup(&p->arena, m->namespace_, strlen(m->namespace_));
-    if (!ns)
-        goto out;
+    if (!ns) goto out;
     p->ns = ns;
-    if (m->action != ZMESH__V1__L7_AUTHORIZATION__ACTION__ALLOW && m->action != ZMESH__V1__L7_AUTHORIZATION__ACTION__DENY &&
+    if (m->action != ZMESH__V1__L7_AUTHORIZATION__ACTION__ALLOW &&
+        m->action != ZMESH__V1__L7_AUTHORIZATION__ACTION__DENY &&
         m->action != ZMESH__V1__L7_AUTHORIZATION__ACTION__AUDIT) {
         rc = fail(&e, "action", "unknown action %d", (int)m->action);
         goto out;
@@ -472,13 +458,13 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
         goto out;
     }
     struct target *t = l7_arena_alloc(&p->arena, m->n_targets * sizeof(*t));
-    if (!t)
-        goto out;
+    if (!t) goto out;
     for (size_t i = 0; i < m->n_targets; i++) {
         const Zmesh__V1__PolicyTarget *pt = m->targets[i];
         char f[64];
         fld(f, sizeof(f), "targets[%zu]", i);
-        if (pt->kind != ZMESH__V1__POLICY_TARGET__KIND__GATEWAY && pt->kind != ZMESH__V1__POLICY_TARGET__KIND__SERVICE) {
+        if (pt->kind != ZMESH__V1__POLICY_TARGET__KIND__GATEWAY &&
+            pt->kind != ZMESH__V1__POLICY_TARGET__KIND__SERVICE) {
             rc = fail(&e, f, "unknown kind %d", (int)pt->kind);
             goto out;
         }
@@ -490,8 +476,7 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
         t[i].kind = (uint8_t)pt->kind;
         t[i].ns = l7_arena_strndup(&p->arena, pt->namespace_, strlen(pt->namespace_));
         t[i].name = l7_arena_strndup(&p->arena, pt->name, strlen(pt->name));
-        if (!t[i].ns || !t[i].name)
-            goto out;
+        if (!t[i].ns || !t[i].name) goto out;
     }
     p->targets = t;
     p->n_targets = m->n_targets;
@@ -500,21 +485,17 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
         goto out;
     }
     struct prule *rules = l7_arena_alloc(&p->arena, (m->n_rules ? m->n_rules : 1) * sizeof(*rules));
-    if (!rules)
-        goto out;
+    if (!rules) goto out;
     for (size_t i = 0; i < m->n_rules; i++)
-        if ((rc = rule_compile(p, &e, i, m->rules[i], &rules[i])) < 0)
-            goto out;
+        if ((rc = rule_compile(p, &e, i, m->rules[i], &rules[i])) < 0) goto out;
     p->rules = rules;
     p->n_rules = m->n_rules;
     p->msg = m;
     *out = p;
     return 0;
 out:
-    if (rc == -ENOMEM)
-        fail(&e, "", "out of memory");
-    if (m)
-        zmesh__v1__l7_authorization__free_unpacked(m, NULL);
+    if (rc == -ENOMEM) fail(&e, "", "out of memory");
+    if (m) zmesh__v1__l7_authorization__free_unpacked(m, NULL);
     l7_policy_free(p);
     return rc;
 }
@@ -532,8 +513,8 @@ size_t l7_policy_n_targets(const struct l7_policy *p)
 int l7_policy_target_key(const struct l7_policy *p, size_t i, char *buf, size_t n)
 {
     const struct target *t = &p->targets[i];
-    int w = snprintf(buf, n, "%c:%s/%s", t->kind == ZMESH__V1__POLICY_TARGET__KIND__GATEWAY ? 'G' : 'S', t->ns,
-                     t->name);
+    int w = snprintf(buf, n, "%c:%s/%s", t->kind == ZMESH__V1__POLICY_TARGET__KIND__GATEWAY ? 'G' : 'S',
+                     t->ns, t->name);
     return w < 0 || (size_t)w >= n ? -ENOSPC : 0;
 }
 
@@ -576,8 +557,7 @@ static void ctx_init(struct ctx *c, const struct l7_authz_input *in)
             c->sa = c->id.sa;
         }
     }
-    if (in->source_namespace)
-        c->ns = in->source_namespace;
+    if (in->source_namespace) c->ns = in->source_namespace;
     if (in->source_ip) {
         ip_canon(&c->src, in->source_ip);
         c->has_src = true;
@@ -615,20 +595,16 @@ static bool str_match(const struct val *v, const char *s, size_t n, bool ci)
 
 static bool tpl_match(const struct val *v, const char *p, size_t n)
 {
-    if (n == 0 || p[0] != '/')
-        return false;
+    if (n == 0 || p[0] != '/') return false;
     size_t i = 1;
     for (size_t k = 0; k < v->n_tpl; k++) {
         const struct tpl_seg *s = &v->tpl[k];
-        if (k > 0 && i > n)
-            return false; /* the path ended before this segment's '/' */
-        if (s->kind == 2)
-            return true; /* the rest, whatever it is (zero or more segments) */
+        if (k > 0 && i > n) return false; /* the path ended before this segment's '/' */
+        if (s->kind == 2) return true;    /* the rest, whatever it is (zero or more segments) */
         size_t j = i;
         while (j < n && p[j] != '/')
             j++;
-        if (s->kind == 1 ? j == i : (j - i != s->n || memcmp(p + i, s->lit, s->n) != 0))
-            return false;
+        if (s->kind == 1 ? j == i : (j - i != s->n || memcmp(p + i, s->lit, s->n) != 0)) return false;
         i = j + 1;
     }
     return i == n + 1; /* the whole path consumed, no trailing segment */
@@ -638,16 +614,14 @@ static bool tpl_match(const struct val *v, const char *p, size_t n)
  * one of its comma-separated elements. */
 static bool header_match(const struct val *v, const char *s, size_t n)
 {
-    if (v->kind == S_PRESENT || str_match(v, s, n, false))
-        return true;
+    if (v->kind == S_PRESENT || str_match(v, s, n, false)) return true;
     size_t i = 0;
     while (i <= n) {
         size_t j = i;
         while (j < n && s[j] != ',')
             j++;
         if (j < n || i > 0)
-            if (str_match(v, s + i, j - i, false))
-                return true;
+            if (str_match(v, s + i, j - i, false)) return true;
         i = j + 1;
     }
     return false;
@@ -677,29 +651,24 @@ static bool val_match(const struct field *f, const struct val *v, const struct c
     case A_METHOD:
         return req && req->method && *req->method && str_match(v, req->method, strlen(req->method), false);
     case A_PATH:
-        if (!c->path || !c->path_len)
-            return false;
+        if (!c->path || !c->path_len) return false;
         return v->tpl ? tpl_match(v, c->path, c->path_len) : str_match(v, c->path, c->path_len, false);
     case A_SNI:
         return c->in->sni && *c->in->sni && str_match(v, c->in->sni, strlen(c->in->sni), false);
     case A_HEADER: {
-        if (!req)
-            return false;
+        if (!req) return false;
         /* Joined with ',' as Envoy presents repeated headers. */
         char buf[L7_MAX_JOINED_HEADER];
         size_t w = 0;
         bool found = false;
         for (size_t i = 0; i < req->n_headers; i++) {
             const struct l7_header *h = &req->headers[i];
-            if (h->name_len != f->header_len || strncasecmp(h->name, f->header, h->name_len) != 0)
-                continue;
+            if (h->name_len != f->header_len || strncasecmp(h->name, f->header, h->name_len) != 0) continue;
             if (found) {
-                if (w + 1 > sizeof(buf))
-                    return false;
+                if (w + 1 > sizeof(buf)) return false;
                 buf[w++] = ',';
             }
-            if (w + h->value_len > sizeof(buf))
-                return false;
+            if (w + h->value_len > sizeof(buf)) return false;
             memcpy(buf + w, h->value, h->value_len);
             w += h->value_len;
             found = true;
@@ -717,29 +686,24 @@ static bool field_holds(const struct field *f, const struct ctx *c)
     bool pos = f->n_vals == 0;
     for (size_t i = 0; i < f->n_vals && !pos; i++)
         pos = val_match(f, &f->vals[i], c);
-    if (!pos)
-        return false;
+    if (!pos) return false;
     for (size_t i = 0; i < f->n_nots; i++)
-        if (val_match(f, &f->nots[i], c))
-            return false;
+        if (val_match(f, &f->nots[i], c)) return false;
     return true;
 }
 
 static bool flist_holds(const struct flist *l, const struct ctx *c)
 {
     for (size_t i = 0; i < l->n; i++)
-        if (!field_holds(&l->f[i], c))
-            return false;
+        if (!field_holds(&l->f[i], c)) return false;
     return true;
 }
 
 static bool any_holds(const struct flist *l, size_t n, const struct ctx *c)
 {
-    if (n == 0)
-        return true;
+    if (n == 0) return true;
     for (size_t i = 0; i < n; i++)
-        if (flist_holds(&l[i], c))
-            return true;
+        if (flist_holds(&l[i], c)) return true;
     return false;
 }
 
@@ -772,11 +736,9 @@ static void walk_init(struct walk *w, const struct l7_config *c, const char *gw_
 
 static bool walk_dup(const struct walk *w, size_t list, const struct l7_policy *p)
 {
-    if (list == 0)
-        return false;
+    if (list == 0) return false;
     for (size_t i = 0; i < w->n[0]; i++)
-        if (w->lists[0][i] == p)
-            return true;
+        if (w->lists[0][i] == p) return true;
     return false;
 }
 
@@ -784,12 +746,9 @@ enum l7_verdict l7_authorize(const struct l7_config *c, const char *gw_ns, const
                              const char *svc_ns, const char *svc_name, const struct l7_authz_input *in,
                              const char **matched, bool *dry_run_would_deny)
 {
-    if (matched)
-        *matched = NULL;
-    if (dry_run_would_deny)
-        *dry_run_would_deny = false;
-    if (!c || !in)
-        return L7_ALLOW;
+    if (matched) *matched = NULL;
+    if (dry_run_would_deny) *dry_run_would_deny = false;
+    if (!c || !in) return L7_ALLOW;
     struct ctx cx;
     ctx_init(&cx, in);
     struct walk w;
@@ -801,50 +760,39 @@ enum l7_verdict l7_authorize(const struct l7_config *c, const char *gw_ns, const
     for (size_t l = 0; l < 2; l++)
         for (size_t i = 0; i < w.n[l]; i++) {
             const struct l7_policy *p = w.lists[l][i];
-            if (walk_dup(&w, l, p) || p->action == ZMESH__V1__L7_AUTHORIZATION__ACTION__AUDIT)
-                continue;
+            if (walk_dup(&w, l, p) || p->action == ZMESH__V1__L7_AUTHORIZATION__ACTION__AUDIT) continue;
             bool deny_pol = p->action == ZMESH__V1__L7_AUTHORIZATION__ACTION__DENY;
             if (p->dry_run) {
                 if (deny_pol) {
-                    if (!dry_deny)
-                        dry_deny = policy_matches(p, &cx);
+                    if (!dry_deny) dry_deny = policy_matches(p, &cx);
                 } else {
                     dry_any_allow = true;
-                    if (!dry_allowed)
-                        dry_allowed = policy_matches(p, &cx);
+                    if (!dry_allowed) dry_allowed = policy_matches(p, &cx);
                 }
                 continue;
             }
             if (deny_pol) {
-                if (!deny && policy_matches(p, &cx))
-                    deny = p->name;
+                if (!deny && policy_matches(p, &cx)) deny = p->name;
             } else {
                 any_allow = true;
-                if (!allow && policy_matches(p, &cx))
-                    allow = p->name;
+                if (!allow && policy_matches(p, &cx)) allow = p->name;
             }
         }
-    if (dry_run_would_deny)
-        *dry_run_would_deny = dry_deny || (dry_any_allow && !dry_allowed);
+    if (dry_run_would_deny) *dry_run_would_deny = dry_deny || (dry_any_allow && !dry_allowed);
     if (deny) {
-        if (matched)
-            *matched = deny;
+        if (matched) *matched = deny;
         return L7_DENY;
     }
-    if (any_allow && !allow)
-        return L7_DENY;
-    if (matched)
-        *matched = allow;
+    if (any_allow && !allow) return L7_DENY;
+    if (matched) *matched = allow;
     return L7_ALLOW;
 }
 
 size_t l7_audit_matches(const struct l7_config *c, const char *gw_ns, const char *gw_name, const char *svc_ns,
                         const char *svc_name, const struct l7_authz_input *in, const char **first)
 {
-    if (first)
-        *first = NULL;
-    if (!c || !in)
-        return 0;
+    if (first) *first = NULL;
+    if (!c || !in) return 0;
     struct ctx cx;
     ctx_init(&cx, in);
     struct walk w;
@@ -856,8 +804,7 @@ size_t l7_audit_matches(const struct l7_config *c, const char *gw_ns, const char
             if (walk_dup(&w, l, p) || p->action != ZMESH__V1__L7_AUTHORIZATION__ACTION__AUDIT || p->dry_run)
                 continue;
             if (policy_matches(p, &cx)) {
-                if (first && !*first)
-                    *first = p->name;
+                if (first && !*first) *first = p->name;
                 n++;
             }
         }

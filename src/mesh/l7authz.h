@@ -37,9 +37,9 @@ enum l7_verdict { L7_ALLOW = 0, L7_DENY = 1 };
 const char *l7_verdict_to_str(enum l7_verdict v);
 
 /* Evaluates the policies that target Gateway gw_ns/gw_name or Service svc_ns/svc_name (either pair may be
- * NULL): DENY first (any match denies), then, if any ALLOW policy applies, deny unless one matches; else allow.
- * AUDIT policies never change the verdict. dry_run policies are evaluated on their own and only reported:
- * *dry_run_would_deny (may be NULL) is whether they alone would deny. *matched (may be NULL) is the
+ * NULL): DENY first (any match denies), then, if any ALLOW policy applies, deny unless one matches; else
+ * allow. AUDIT policies never change the verdict. dry_run policies are evaluated on their own and only
+ * reported: *dry_run_would_deny (may be NULL) is whether they alone would deny. *matched (may be NULL) is the
  * deciding policy "ns/name" (the DENY that matched or the ALLOW that matched), NULL when none decided
  * (no policy, or no ALLOW matched); borrowed from c. A NULL config allows. */
 enum l7_verdict l7_authorize(const struct l7_config *c, const char *gw_ns, const char *gw_name,
@@ -57,14 +57,14 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
                       size_t errlen);
 void l7_policy_free(struct l7_policy *p);
 const char *l7_policy_name(const struct l7_policy *p);
-/* Its targets as index keys "G:ns/name" / "S:ns/name", written with a NUL into buf[0..n). Returns the number of
- * targets, and writes target i with l7_policy_target_key. */
+/* Its targets as index keys "G:ns/name" / "S:ns/name", written with a NUL into buf[0..n). Returns the number
+ * of targets, and writes target i with l7_policy_target_key. */
 size_t l7_policy_n_targets(const struct l7_policy *p);
 int l7_policy_target_key(const struct l7_policy *p, size_t i, char *buf, size_t n);
 /* From src/mesh/l7.c: the policies of c bound to key ("G:ns/name" or "S:ns/name"), in name order. */
 const struct l7_policy *const *l7_config_policies_for(const struct l7_config *c, const char *key, size_t *n);
 
-/* ---- shared by src/mesh/l7.c and l7authz.c only ---- */
+/* ---- shared by src/mesh/l7.c, l7authz.c and src/zmeshd/l7.c (one arena, one regex compiler) ---- */
 /* A list of blocks freed at once: a route's or a policy's arrays and strings. Zero-initialise. */
 struct l7_arena {
     struct ablk *head;

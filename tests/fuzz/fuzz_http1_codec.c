@@ -16,9 +16,9 @@
  * answering CONNECT, bit 3 small limits (200-byte head, 4 fields, 16-byte target, 64-byte body); byte 1
  * seeds the split sizes and pauses (0: whole); the rest is the stream, ended by the peer's EOF.
  *
- * Build: `make fuzz-build`; run: build/fuzz/fuzz_http1_codec -max_total_time=10 tests/fuzz/corpus/fuzz_http1_codec
- * Seeds: tests/fuzz/corpus/fuzz_http1_codec/ (a pipelined pair, chunked with trailers, 100 then 200, HEAD,
- * CONNECT, an upgrade). */
+ * Build: `make fuzz-build`; run: build/fuzz/fuzz_http1_codec -max_total_time=10
+ * tests/fuzz/corpus/fuzz_http1_codec Seeds: tests/fuzz/corpus/fuzz_http1_codec/ (a pipelined pair, chunked
+ * with trailers, 100 then 200, HEAD, CONNECT, an upgrade). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +47,8 @@ static uint32_t fz_next(struct fz *f)
 static void fz_touch(struct fz *f, const void *p, size_t n)
 {
     const uint8_t *b = p;
-    for (size_t i = 0; i < n; i++) f->sink ^= b[i];
+    for (size_t i = 0; i < n; i++)
+        f->sink ^= b[i];
 }
 
 static bool fz_framing_header(const struct http1_hdr *h)
@@ -61,12 +62,14 @@ static bool fz_same_fields(const struct http1_head *a, const struct http1_head *
 {
     size_t i = 0, j = 0;
     for (;;) {
-        while (i < a->n_headers && fz_framing_header(&a->headers[i])) i++;
-        while (j < b->n_headers && fz_framing_header(&b->headers[j])) j++;
+        while (i < a->n_headers && fz_framing_header(&a->headers[i]))
+            i++;
+        while (j < b->n_headers && fz_framing_header(&b->headers[j]))
+            j++;
         if (i == a->n_headers || j == b->n_headers) return i == a->n_headers && j == b->n_headers;
         const struct http1_hdr *x = &a->headers[i++], *y = &b->headers[j++];
-        if (x->name_len != y->name_len || memcmp(x->name, y->name, x->name_len) || x->value_len != y->value_len ||
-            memcmp(x->value, y->value, x->value_len))
+        if (x->name_len != y->name_len || memcmp(x->name, y->name, x->name_len) ||
+            x->value_len != y->value_len || memcmp(x->value, y->value, x->value_len))
             return false;
     }
 }
@@ -98,9 +101,16 @@ static int rt_complete(void *ud)
 static void fz_roundtrip(struct fz *f, const struct http1_head *h)
 {
     struct http1_out o = {0};
-    if (f->kind == HTTP1_REQUEST && h->framing == HTTP1_BODY_UNTIL_EOF) abort(); /* requests never read until EOF */
+    if (f->kind == HTTP1_REQUEST && h->framing == HTTP1_BODY_UNTIL_EOF)
+        abort(); /* requests never read until EOF */
     int r;
     if (f->kind == HTTP1_REQUEST) {
+        /* The writer speaks HTTP/1.1, which needs Host; an HTTP/1.0 request may lack it, and then its
+         * forwarder must add one (the parser would rightly refuse the written head). */
+        bool host = false;
+        for (size_t i = 0; i < h->n_headers; i++)
+            if (http1_name_is(h->headers[i].name, h->headers[i].name_len, "host")) host = true;
+        if (!host) return;
         r = http1_write_request_head(&o, h->method, h->method_len, h->target, h->target_len, h->headers,
                                      h->n_headers, h->framing, h->content_length);
     } else {
@@ -116,7 +126,8 @@ static void fz_roundtrip(struct fz *f, const struct http1_head *h)
     if (r) abort(); /* whatever the parser accepted, the writer can write */
     struct fz g = {.kind = f->kind, .want = h};
     struct http1_parser_ops ops = {.on_head = rt_head, .on_complete = rt_complete};
-    struct http1_parser_limits big = {.max_head_bytes = 4 * HTTP1_MAX_HEAD_BYTES, .max_headers = 4 * HTTP1_MAX_HEADERS,
+    struct http1_parser_limits big = {.max_head_bytes = 4 * HTTP1_MAX_HEAD_BYTES,
+                                      .max_headers = 4 * HTTP1_MAX_HEADERS,
                                       .max_target = 4 * HTTP1_MAX_TARGET};
     struct http1_parser *q = http1_parser_new(f->kind, &big, &ops, &g);
     if (!q) abort();
@@ -183,7 +194,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const struct http1_parser_limits small = {
         .max_head_bytes = 200, .max_headers = 4, .max_target = 16, .max_body = 64};
     if (size < 2) return 0;
-    struct fz f = {.kind = (data[0] & 1) ? HTTP1_RESPONSE : HTTP1_REQUEST, .rng = data[1], .check_roundtrip = true};
+    struct fz f = {
+        .kind = (data[0] & 1) ? HTTP1_RESPONSE : HTTP1_REQUEST, .rng = data[1], .check_roundtrip = true};
     f.lim = (data[0] & 8) ? &small : NULL;
     bool whole = data[1] == 0;
     static const struct http1_parser_ops ops = {fz_head, fz_body, fz_trailers, fz_complete};
@@ -210,7 +222,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             enum http1_parser_state st = http1_parser_state(f.p);
             if (st == HTTP1_P_PAUSED || st == HTTP1_P_DONE) {
                 http1_parser_resume(f.p);
-                if ((data[0] & 1) && st == HTTP1_P_DONE && (fz_next(&f) & 1)) http1_parser_response_to_head(f.p);
+                if ((data[0] & 1) && st == HTTP1_P_DONE && (fz_next(&f) & 1))
+                    http1_parser_response_to_head(f.p);
                 continue;
             }
             if (st == HTTP1_P_UPGRADED) {

@@ -3,9 +3,8 @@
  *   0: the rest is a zmesh.v1.HTTPRoute encoding, added to a builder as "app/r";
  *   1: the rest is a zmesh.v1.L7Authorization encoding, added as "app/p";
  *   2: the rest is a request ("method\npath\nauthority\nname: value\n...") against a fixed config built once
- *      from YAML through zmeshd's conversion (routes with every match kind, filters, a catastrophic regex, and
- *      policies with every field).
- * Besides memory safety it checks the model's contract:
+ *      from YAML through zmeshd's conversion (routes with every match kind, filters, a catastrophic regex,
+ * and policies with every field). Besides memory safety it checks the model's contract:
  *   - l7_builder_add returns 0 or -EINVAL / -ENOMEM; on -EINVAL the message names the resource
  *     ("HTTPRoute app/r: " / "L7Authorization app/p: ");
  *   - an accepted resource is in the finished config (route and policy counts);
@@ -31,14 +30,17 @@ static const char fixed_yaml[] =
     "spec:\n"
     "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
     "  rules:\n"
-    "  - matches: [{path: {type: Exact, value: /exact}}, {path: {type: RegularExpression, value: \"/(a|aa)+[yz]\"}}]\n"
+    "  - matches: [{path: {type: Exact, value: /exact}}, {path: {type: RegularExpression, value: "
+    "\"/(a|aa)+[yz]\"}}]\n"
     "    backendRefs: [{name: a, port: 80, weight: 0}, {name: b, port: 80, weight: 3}]\n"
     "  - matches: [{path: {type: PathPrefix, value: /p}, headers: [{name: x-a, value: \"1\"}, {type: "
     "RegularExpression, name: x-b, value: \"[0-9]+\"}], queryParams: [{name: q, value: v}], method: GET}]\n"
-    "    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /x}}}]\n"
+    "    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: "
+    "/x}}}]\n"
     "    backendRefs: [{name: a, port: 80}]\n"
     "  - matches: [{path: {type: PathPrefix, value: /r}}]\n"
-    "    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, replacePrefixMatch: "
+    "    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplacePrefixMatch, "
+    "replacePrefixMatch: "
     "/}}}]\n"
     "  - backendRefs: [{name: zero, port: 80, weight: 0}]\n"
     "---\n"
@@ -50,8 +52,10 @@ static const char fixed_yaml[] =
     "  action: DENY\n"
     "  rules:\n"
     "  - from: [{source: {principals: [\"*/sa/x\"], notNamespaces: [a], ipBlocks: [10.0.0.0/8]}}]\n"
-    "    to: [{operation: {hosts: [\"*.local\"], paths: [\"/u/{*}/v/{**}\"], methods: [GET], notPorts: [\"1\"]}}]\n"
-    "    when: [{key: \"request.headers[x-a]\", values: [\"1*\"]}, {key: connection.sni, notValues: [\"*\"]}]\n"
+    "    to: [{operation: {hosts: [\"*.local\"], paths: [\"/u/{*}/v/{**}\"], methods: [GET], notPorts: "
+    "[\"1\"]}}]\n"
+    "    when: [{key: \"request.headers[x-a]\", values: [\"1*\"]}, {key: connection.sni, notValues: "
+    "[\"*\"]}]\n"
     "---\n"
     "apiVersion: security.istio.io/v1\n"
     "kind: AuthorizationPolicy\n"
@@ -70,8 +74,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     bool pol = kind && strcmp(kind, "AuthorizationPolicy") == 0;
     int rc = pol ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), NULL, NULL)
                  : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), NULL, NULL);
-    if (rc < 0)
-        abort();
+    if (rc < 0) abort();
     if (l7_builder_add(b, pol ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
                        sizeof(err)) < 0)
         abort();
@@ -87,17 +90,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (!b || manifest_load_json("fixed.yaml", fixed_yaml, strlen(fixed_yaml), NULL, NULL, on_doc, b) < 0)
         abort();
     fixed = l7_builder_finish(b);
-    if (!fixed || l7_config_n_routes(fixed) != 1 || l7_config_n_policies(fixed) != 2)
-        abort();
+    if (!fixed || l7_config_n_routes(fixed) != 1 || l7_config_n_policies(fixed) != 2) abort();
     return 0;
 }
 
-static void check_rule(const struct l7_rule *rule, const struct l7_request *q, const char *prefix, size_t plen)
+static void check_rule(const struct l7_rule *rule, const struct l7_request *q, const char *prefix,
+                       size_t plen)
 {
-    if (!rule)
-        return;
-    if (!rule->name || !*rule->name || strcmp(rule->route, "app/r") != 0)
-        abort();
+    if (!rule) return;
+    if (!rule->name || !*rule->name || strcmp(rule->route, "app/r") != 0) abort();
     for (uint64_t rnd = 0; rnd < 4; rnd++) {
         int i = l7_pick_backend(rule, rnd * 7919);
         if (i < -1 || (i >= 0 && (size_t)i >= rule->n_backends) || ((i == -1) != (rule->total_weight == 0)))
@@ -105,19 +106,15 @@ static void check_rule(const struct l7_rule *rule, const struct l7_request *q, c
     }
     char out[512];
     if (rule->rewrite && rule->rewrite->path_kind == L7_PATH_PREFIX) {
-        if (!prefix)
-            abort(); /* ReplacePrefixMatch only ever sits on PathPrefix matches */
+        if (!prefix) abort(); /* ReplacePrefixMatch only ever sits on PathPrefix matches */
         int n = l7_rewrite_path(L7_PATH_PREFIX, rule->rewrite->path, prefix, plen, q->path, q->path_len, out,
                                 sizeof(out));
-        if (n < 0 && n != -ENOSPC)
-            abort();
-        if (n >= 0 && (out[0] != '/' || (size_t)n != strlen(out)))
-            abort();
+        if (n < 0 && n != -ENOSPC) abort();
+        if (n >= 0 && (out[0] != '/' || (size_t)n != strlen(out))) abort();
     }
     if (rule->redirect) {
         int n = l7_redirect_location(rule->redirect, prefix, plen, q, "http", out, sizeof(out));
-        if (n < 0 && n != -ENOSPC && n != -EINVAL)
-            abort();
+        if (n < 0 && n != -ENOSPC && n != -EINVAL) abort();
     }
 }
 
@@ -126,8 +123,7 @@ static void check_rule(const struct l7_rule *rule, const struct l7_request *q, c
 static void request_mode(const uint8_t *data, size_t size)
 {
     char *buf = malloc(size + 1);
-    if (!buf)
-        return;
+    if (!buf) return;
     memcpy(buf, data, size);
     buf[size] = 0;
     char *lines[3 + MAX_HEADERS] = {0};
@@ -136,8 +132,7 @@ static void request_mode(const uint8_t *data, size_t size)
     while (n < 3 + MAX_HEADERS) {
         lines[n++] = s;
         char *nl = memchr(s, '\n', size - (size_t)(s - buf));
-        if (!nl)
-            break;
+        if (!nl) break;
         *nl = 0;
         s = nl + 1;
     }
@@ -145,37 +140,36 @@ static void request_mode(const uint8_t *data, size_t size)
     size_t nh = 0;
     for (size_t i = 3; i < n; i++) {
         char *colon = strchr(lines[i], ':');
-        if (!colon)
-            continue;
+        if (!colon) continue;
         h[nh++] = (struct l7_header){lines[i], (size_t)(colon - lines[i]), colon + 1, strlen(colon + 1)};
     }
     const char *path = n > 1 ? lines[1] : "/";
-    struct l7_request q = {.method = lines[0], .path = path, .path_len = strlen(path),
-                           .authority = n > 2 ? lines[2] : "", .headers = h, .n_headers = nh};
+    struct l7_request q = {.method = lines[0],
+                           .path = path,
+                           .path_len = strlen(path),
+                           .authority = n > 2 ? lines[2] : "",
+                           .headers = h,
+                           .n_headers = nh};
     const struct l7_service_routes *r = l7_routes_for(fixed, "app", "svc", 80);
-    if (!r)
-        abort();
+    if (!r) abort();
     const char *prefix;
     size_t plen;
     const struct l7_rule *rule = l7_match_ex(r, &q, &prefix, &plen);
     check_rule(rule, &q, prefix, plen);
     struct ip_addr src = {.family = AF_INET, .a = {10, 1, 2, 3}};
-    struct l7_authz_input in = {.source_principal = nh ? h[0].value : NULL, .source_ip = &src, .dest_port = 80,
-                                .req = &q};
+    struct l7_authz_input in = {
+        .source_principal = nh ? h[0].value : NULL, .source_ip = &src, .dest_port = 80, .req = &q};
     const char *m;
     bool dry;
     enum l7_verdict v = l7_authorize(fixed, NULL, NULL, "app", "svc", &in, &m, &dry);
-    if (v != L7_ALLOW && v != L7_DENY)
-        abort();
-    if (m && strcmp(m, "app/p") != 0 && strcmp(m, "app/q") != 0)
-        abort();
+    if (v != L7_ALLOW && v != L7_DENY) abort();
+    if (m && strcmp(m, "app/p") != 0 && strcmp(m, "app/q") != 0) abort();
     free(buf);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1)
-        return 0;
+    if (size < 1) return 0;
     uint8_t mode = data[0] % 3;
     data++;
     size--;
@@ -184,47 +178,45 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     struct l7_builder *b = l7_builder_new();
-    if (!b)
-        return 0;
+    if (!b) return 0;
     char err[512];
     const char *type = mode == 0 ? L7_TYPE_URL_HTTP_ROUTE : L7_TYPE_URL_AUTHORIZATION;
     const char *name = mode == 0 ? "app/r" : "app/p";
     int rc = l7_builder_add(b, type, name, data, size, err, sizeof(err));
-    if (rc != 0 && rc != -EINVAL && rc != -ENOMEM)
-        abort();
-    if (rc == -EINVAL && strncmp(err, mode == 0 ? "HTTPRoute app/r: " : "L7Authorization app/p: ",
-                                 mode == 0 ? 17 : 23) != 0)
+    if (rc != 0 && rc != -EINVAL && rc != -ENOMEM) abort();
+    if (rc == -EINVAL &&
+        strncmp(err, mode == 0 ? "HTTPRoute app/r: " : "L7Authorization app/p: ", mode == 0 ? 17 : 23) != 0)
         abort();
     struct l7_config *c = l7_builder_finish(b);
-    if (!c)
-        return 0;
+    if (!c) return 0;
     size_t want = rc == 0 ? 1 : 0;
-    if ((mode == 0 ? l7_config_n_routes(c) : l7_config_n_policies(c)) != want)
-        abort();
+    if ((mode == 0 ? l7_config_n_routes(c) : l7_config_n_policies(c)) != want) abort();
     /* Whatever was accepted must answer requests. */
     static const char *const paths[] = {"/", "/a/b?c=d", "/exact", "/u/1/v/2/3"};
     struct l7_header hd = {"x-a", 3, "1", 1};
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
-        struct l7_request q = {.method = "GET", .path = paths[i], .path_len = strlen(paths[i]),
-                               .authority = "svc.local", .headers = &hd, .n_headers = 1};
+        struct l7_request q = {.method = "GET",
+                               .path = paths[i],
+                               .path_len = strlen(paths[i]),
+                               .authority = "svc.local",
+                               .headers = &hd,
+                               .n_headers = 1};
         for (uint16_t port = 0; port < 3; port++) {
             const struct l7_service_routes *r = l7_routes_for(c, "app", "svc", (uint16_t)(port * 40));
             const char *prefix;
             size_t plen;
             const struct l7_rule *rule = l7_match_ex(r, &q, &prefix, &plen);
-            if (rule && strcmp(rule->route, "app/r") != 0)
-                abort();
+            if (rule && strcmp(rule->route, "app/r") != 0) abort();
             if (rule)
                 for (uint64_t rnd = 0; rnd < 3; rnd++) {
                     int k = l7_pick_backend(rule, rnd);
-                    if (k < -1 || (k >= 0 && (size_t)k >= rule->n_backends))
-                        abort();
+                    if (k < -1 || (k >= 0 && (size_t)k >= rule->n_backends)) abort();
                 }
         }
-        struct l7_authz_input in = {.source_principal = "cluster.local/ns/a/sa/x", .dest_port = 80, .req = &q};
+        struct l7_authz_input in = {
+            .source_principal = "cluster.local/ns/a/sa/x", .dest_port = 80, .req = &q};
         enum l7_verdict v = l7_authorize(c, "app", "gw", "app", "svc", &in, NULL, NULL);
-        if (v != L7_ALLOW && v != L7_DENY)
-            abort();
+        if (v != L7_ALLOW && v != L7_DENY) abort();
     }
     l7_config_unref(c);
     return 0;

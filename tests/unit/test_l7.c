@@ -44,8 +44,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     bool pol = kind && strcmp(kind, "AuthorizationPolicy") == 0;
     int rc = pol ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), on_finding, l)
                  : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), on_finding, l);
-    if (rc < 0)
-        return 0;
+    if (rc < 0) return 0;
     rc = l7_builder_add(l->b, pol ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
                         sizeof(err));
     free(pb);
@@ -61,8 +60,7 @@ static struct l7_config *load(const char *yaml)
     struct load l = {.b = l7_builder_new()};
     assert_non_null(l.b);
     assert_int_equal(manifest_load_json("t.yaml", yaml, strlen(yaml), on_finding, &l, on_doc, &l), 0);
-    if (l.errors)
-        fail_msg("unexpected error: %s", l.err);
+    if (l.errors) fail_msg("unexpected error: %s", l.err);
     struct l7_config *c = l7_builder_finish(l.b);
     assert_non_null(c);
     return c;
@@ -77,7 +75,8 @@ struct rq {
 };
 
 /* hdrs: "name: value" strings, NULL-terminated. */
-static const struct l7_request *mkreq(struct rq *q, const char *method, const char *path, const char *const *hdrs)
+static const struct l7_request *mkreq(struct rq *q, const char *method, const char *path,
+                                      const char *const *hdrs)
 {
     memset(q, 0, sizeof(*q));
     q->r.method = method;
@@ -103,8 +102,7 @@ static const char *route_of(const struct l7_config *c, uint16_t port, const char
 {
     struct rq q;
     const struct l7_service_routes *r = l7_routes_for(c, "app", "svc", port);
-    if (!r)
-        return "NOROUTE";
+    if (!r) return "NOROUTE";
     const struct l7_rule *rule = l7_match(r, mkreq(&q, method, path, hdrs));
     return rule ? rule->name : "-";
 }
@@ -136,7 +134,8 @@ static const char match_yaml[] =
     "    matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: X-Env, value: canary}]}]\n"
     "    backendRefs: [{name: a, port: 80}]\n"
     "  - name: header-re\n"
-    "    matches: [{path: {type: PathPrefix, value: /hr}, headers: [{type: RegularExpression, name: x-v, value: "
+    "    matches: [{path: {type: PathPrefix, value: /hr}, headers: [{type: RegularExpression, name: x-v, "
+    "value: "
     "\"v[12]\"}]}]\n"
     "    backendRefs: [{name: a, port: 80}]\n"
     "  - name: joined\n"
@@ -161,26 +160,26 @@ static void test_matches(void **state)
         const char *method, *path, *h0, *h1, *want;
     } cases[] = {
         {"GET", "/exact", NULL, NULL, "exact"},
-        {"GET", "/exact?x=1", NULL, NULL, "exact"},      /* the query is not part of the path */
-        {"GET", "/exact/", NULL, NULL, "-"},             /* Exact is exact */
-        {"GET", "/foo", NULL, NULL, "prefix"},           /* "/foo/" is "/foo": the trailing '/' is ignored */
+        {"GET", "/exact?x=1", NULL, NULL, "exact"}, /* the query is not part of the path */
+        {"GET", "/exact/", NULL, NULL, "-"},        /* Exact is exact */
+        {"GET", "/foo", NULL, NULL, "prefix"},      /* "/foo/" is "/foo": the trailing '/' is ignored */
         {"GET", "/foo/", NULL, NULL, "prefix"},
         {"GET", "/foo/bar", NULL, NULL, "prefix"},
-        {"GET", "/foobar", NULL, NULL, "-"},             /* element boundaries */
+        {"GET", "/foobar", NULL, NULL, "-"}, /* element boundaries */
         {"GET", "/re/123", NULL, NULL, "regex"},
-        {"GET", "/re/123x", NULL, NULL, "-"},            /* a full match */
+        {"GET", "/re/123x", NULL, NULL, "-"}, /* a full match */
         {"GET", "/x/re/1", NULL, NULL, "-"},
-        {"GET", "/h", "x-env: canary", NULL, "header"},  /* names are case-insensitive (written X-Env) */
-        {"GET", "/h", "x-env: Canary", NULL, "-"},       /* values are not */
+        {"GET", "/h", "x-env: canary", NULL, "header"}, /* names are case-insensitive (written X-Env) */
+        {"GET", "/h", "x-env: Canary", NULL, "-"},      /* values are not */
         {"GET", "/h", NULL, NULL, "-"},
         {"GET", "/hr", "X-V: v2", NULL, "header-re"},
         {"GET", "/hr", "x-v: v3", NULL, "-"},
-        {"GET", "/j", "x-j: a", "x-j: b", "joined"},     /* repeated headers joined with ',' */
+        {"GET", "/j", "x-j: a", "x-j: b", "joined"}, /* repeated headers joined with ',' */
         {"GET", "/j", "x-j: a", NULL, "-"},
-        {"GET", "/q?v=1%202", NULL, NULL, "query"},      /* the value is percent-decoded */
+        {"GET", "/q?v=1%202", NULL, NULL, "query"},         /* the value is percent-decoded */
         {"GET", "/q?a=b&v=1%202&v=3", NULL, NULL, "query"}, /* the first occurrence counts */
         {"GET", "/q?v=3&v=1%202", NULL, NULL, "-"},
-        {"GET", "/q?V=1%202", NULL, NULL, "-"},          /* names are case-sensitive */
+        {"GET", "/q?V=1%202", NULL, NULL, "-"}, /* names are case-sensitive */
         {"GET", "/qr?id=abc", NULL, NULL, "query-re"},
         {"GET", "/qr?id=ab1", NULL, NULL, "-"},
         {"POST", "/mm", NULL, NULL, "method"},
@@ -188,11 +187,11 @@ static void test_matches(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const char *h[3] = {cases[i].h0, cases[i].h1, NULL};
-        if (!cases[i].h0)
-            h[0] = NULL;
+        if (!cases[i].h0) h[0] = NULL;
         const char *got = route_of(c, 8080, cases[i].method, cases[i].path, h);
         if (strcmp(got, cases[i].want) != 0)
-            fail_msg("case %zu %s %s: got %s, want %s", i, cases[i].method, cases[i].path, got, cases[i].want);
+            fail_msg("case %zu %s %s: got %s, want %s", i, cases[i].method, cases[i].path, got,
+                     cases[i].want);
     }
     assert_string_equal(route_of(c, 8080, "GET", "/nothing", NULL), "-");
     l7_config_unref(c);
@@ -237,10 +236,12 @@ static void test_precedence(void **state)
         "  - name: old-no-method\n"
         "    matches: [{path: {type: PathPrefix, value: /m}}]\n"
         "  - name: old-two-headers\n"
-        "    matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: a, value: \"1\"}, {name: b, value: "
+        "    matches: [{path: {type: PathPrefix, value: /h}, headers: [{name: a, value: \"1\"}, {name: b, "
+        "value: "
         "\"2\"}]}]\n"
         "  - name: old-two-query\n"
-        "    matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{name: a, value: \"1\"}, {name: b, value: "
+        "    matches: [{path: {type: PathPrefix, value: /q}, queryParams: [{name: a, value: \"1\"}, {name: "
+        "b, value: "
         "\"2\"}]}]\n"
         "  - name: old-tie\n"
         "    matches: [{path: {type: PathPrefix, value: /tie}}]\n"
@@ -286,8 +287,7 @@ static void test_precedence(void **state)
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const char *h[3] = {cases[i].h0, cases[i].h1, NULL};
-        if (!cases[i].h0)
-            h[0] = NULL;
+        if (!cases[i].h0) h[0] = NULL;
         const char *got = route_of(c, 80, "GET", cases[i].path, h);
         if (strcmp(got, cases[i].want) != 0)
             fail_msg("%s: %s got %s, want %s", cases[i].why, cases[i].path, got, cases[i].want);
@@ -300,19 +300,20 @@ static void test_precedence(void **state)
 static void test_weights(void **state)
 {
     (void)state;
-    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
-                               "kind: HTTPRoute\n"
-                               "metadata: {name: w, namespace: app}\n"
-                               "spec:\n"
-                               "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
-                               "  rules:\n"
-                               "  - matches: [{path: {type: PathPrefix, value: /w}}]\n"
-                               "    backendRefs: [{name: v1, port: 80, weight: 90}, {name: v2, port: 8080, weight: "
-                               "10}, {name: v3, port: 80, weight: 0}]\n"
-                               "  - matches: [{path: {type: PathPrefix, value: /zero}}]\n"
-                               "    backendRefs: [{name: v1, port: 80, weight: 0}, {name: v2, port: 80, weight: 0}]\n"
-                               "  - matches: [{path: {type: PathPrefix, value: /default}}]\n"
-                               "    backendRefs: [{name: v1, port: 80}, {name: v2, port: 80}]\n";
+    static const char yaml[] =
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: HTTPRoute\n"
+        "metadata: {name: w, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+        "  rules:\n"
+        "  - matches: [{path: {type: PathPrefix, value: /w}}]\n"
+        "    backendRefs: [{name: v1, port: 80, weight: 90}, {name: v2, port: 8080, weight: "
+        "10}, {name: v3, port: 80, weight: 0}]\n"
+        "  - matches: [{path: {type: PathPrefix, value: /zero}}]\n"
+        "    backendRefs: [{name: v1, port: 80, weight: 0}, {name: v2, port: 80, weight: 0}]\n"
+        "  - matches: [{path: {type: PathPrefix, value: /default}}]\n"
+        "    backendRefs: [{name: v1, port: 80}, {name: v2, port: 80}]\n";
     struct l7_config *c = load(yaml);
     struct rq q;
     const struct l7_service_routes *r = l7_routes_for(c, "app", "svc", 80);
@@ -356,11 +357,16 @@ static void test_rewrite_path(void **state)
     static const struct {
         const char *path, *prefix, *repl, *want;
     } cases[] = {
-        {"/foo/bar", "/foo", "/xyz", "/xyz/bar"}, {"/foo/bar", "/foo", "/xyz/", "/xyz/bar"},
-        {"/foo", "/foo", "/xyz", "/xyz"},         {"/foo/", "/foo", "/xyz", "/xyz/"},
-        {"/foo/bar", "/foo", "", "/bar"},         {"/foo/", "/foo", "", "/"},
-        {"/foo", "/foo", "", "/"},                {"/foo/", "/foo", "/", "/"},
-        {"/foo", "/foo", "/", "/"},               {"/foo/bar", "/foo", "/", "/bar"},
+        {"/foo/bar", "/foo", "/xyz", "/xyz/bar"},
+        {"/foo/bar", "/foo", "/xyz/", "/xyz/bar"},
+        {"/foo", "/foo", "/xyz", "/xyz"},
+        {"/foo/", "/foo", "/xyz", "/xyz/"},
+        {"/foo/bar", "/foo", "", "/bar"},
+        {"/foo/", "/foo", "", "/"},
+        {"/foo", "/foo", "", "/"},
+        {"/foo/", "/foo", "/", "/"},
+        {"/foo", "/foo", "/", "/"},
+        {"/foo/bar", "/foo", "/", "/bar"},
         {"/foo/bar?a=1", "/foo", "/x", "/x/bar?a=1"},
     };
     char out[128];
@@ -391,7 +397,8 @@ static void test_rewrite_and_redirect_rules(void **state)
         "  - name: rewrite\n"
         "    matches: [{path: {type: PathPrefix, value: /api/}}]\n"
         "    filters:\n"
-        "    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-A, value: \"1\"}], add: [{name: "
+        "    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-A, value: \"1\"}], add: "
+        "[{name: "
         "x-b, value: \"2\"}], remove: [X-C]}}\n"
         "    - {type: URLRewrite, urlRewrite: {hostname: internal, path: {type: ReplacePrefixMatch, "
         "replacePrefixMatch: /v2}}}\n"
@@ -406,7 +413,8 @@ static void test_rewrite_and_redirect_rules(void **state)
         "  - name: redirect-default\n"
         "    matches: [{path: {type: Exact, value: /moved}}]\n"
         "    filters:\n"
-        "    - {type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: /here}}}\n";
+        "    - {type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: "
+        "/here}}}\n";
     struct l7_config *c = load(yaml);
     struct rq q;
     const struct l7_service_routes *r = l7_routes_for(c, "app", "svc", 80);
@@ -431,8 +439,8 @@ static void test_rewrite_and_redirect_rules(void **state)
     assert_int_equal(plen, 4);
     assert_memory_equal(prefix, "/api", 4);
     char out[256];
-    int n = l7_rewrite_path(rw->rewrite->path_kind, rw->rewrite->path, prefix, plen, q.r.path, q.r.path_len, out,
-                            sizeof(out));
+    int n = l7_rewrite_path(rw->rewrite->path_kind, rw->rewrite->path, prefix, plen, q.r.path, q.r.path_len,
+                            out, sizeof(out));
     assert_true(n > 0);
     assert_string_equal(out, "/v2/users?id=1");
 
@@ -452,6 +460,14 @@ static void test_rewrite_and_redirect_rules(void **state)
     q.r.authority = "svc:80";
     assert_true(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, sizeof(out)) > 0);
     assert_string_equal(out, "http://svc/here"); /* the scheme's default port is left out */
+    q.r.authority = "[fd00::1]:8080";
+    assert_true(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, sizeof(out)) > 0);
+    assert_string_equal(out, "http://[fd00::1]:8080/here");
+    q.r.authority = "svc:99999"; /* not a port */
+    assert_int_equal(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, sizeof(out)),
+                     -EINVAL);
+    q.r.authority = "svc:8080";
+    assert_int_equal(l7_redirect_location(rdd->redirect, prefix, plen, &q.r, "http", out, 12), -ENOSPC);
     l7_config_unref(c);
 }
 
@@ -460,35 +476,36 @@ static void test_rewrite_and_redirect_rules(void **state)
 static void test_grpc(void **state)
 {
     (void)state;
-    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
-                               "kind: GRPCRoute\n"
-                               "metadata: {name: g, namespace: app}\n"
-                               "spec:\n"
-                               "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
-                               "  rules:\n"
-                               "  - name: both\n"
-                               "    matches: [{method: {service: pkg.Echo, method: Say}}]\n"
-                               "    backendRefs: [{name: a, port: 80}]\n"
-                               "  - name: service\n"
-                               "    matches: [{method: {service: pkg.Echo}}]\n"
-                               "    backendRefs: [{name: a, port: 80}]\n"
-                               "  - name: method\n"
-                               "    matches: [{method: {method: Ping}}]\n"
-                               "    backendRefs: [{name: a, port: 80}]\n"
-                               "  - name: regex\n"
-                               "    matches: [{method: {type: RegularExpression, service: \"pkg\\\\.v[0-9]\\\\..*\", "
-                               "method: \"Get.*\"}}]\n"
-                               "    backendRefs: [{name: a, port: 80}]\n"
-                               "  - name: header\n"
-                               "    matches: [{headers: [{name: x-g, value: \"1\"}]}]\n"
-                               "    backendRefs: [{name: a, port: 80}]\n";
+    static const char yaml[] =
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: GRPCRoute\n"
+        "metadata: {name: g, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+        "  rules:\n"
+        "  - name: both\n"
+        "    matches: [{method: {service: pkg.Echo, method: Say}}]\n"
+        "    backendRefs: [{name: a, port: 80}]\n"
+        "  - name: service\n"
+        "    matches: [{method: {service: pkg.Echo}}]\n"
+        "    backendRefs: [{name: a, port: 80}]\n"
+        "  - name: method\n"
+        "    matches: [{method: {method: Ping}}]\n"
+        "    backendRefs: [{name: a, port: 80}]\n"
+        "  - name: regex\n"
+        "    matches: [{method: {type: RegularExpression, service: \"pkg\\\\.v[0-9]\\\\..*\", "
+        "method: \"Get.*\"}}]\n"
+        "    backendRefs: [{name: a, port: 80}]\n"
+        "  - name: header\n"
+        "    matches: [{headers: [{name: x-g, value: \"1\"}]}]\n"
+        "    backendRefs: [{name: a, port: 80}]\n";
     struct l7_config *c = load(yaml);
     static const struct {
         const char *path, *h0, *want;
     } cases[] = {
-        {"/pkg.Echo/Say", NULL, "both"},   {"/pkg.Echo/Other", NULL, "service"},
-        {"/x.Y/Ping", NULL, "method"},     {"/pkg.v1.Store/GetItem", NULL, "regex"},
-        {"/pkg.v1.Store/Put", NULL, "-"},  {"/z.Z/Q", "x-g: 1", "header"},
+        {"/pkg.Echo/Say", NULL, "both"},  {"/pkg.Echo/Other", NULL, "service"},
+        {"/x.Y/Ping", NULL, "method"},    {"/pkg.v1.Store/GetItem", NULL, "regex"},
+        {"/pkg.v1.Store/Put", NULL, "-"}, {"/z.Z/Q", "x-g: 1", "header"},
         {"/pkg.EchoX/Say", NULL, "-"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -498,7 +515,8 @@ static void test_grpc(void **state)
             fail_msg("%s: got %s, want %s", cases[i].path, got, cases[i].want);
     }
     struct rq q;
-    const struct l7_rule *r = l7_match(l7_routes_for(c, "app", "svc", 80), mkreq(&q, "POST", "/pkg.Echo/Say", NULL));
+    const struct l7_rule *r =
+        l7_match(l7_routes_for(c, "app", "svc", 80), mkreq(&q, "POST", "/pkg.Echo/Say", NULL));
     assert_int_equal(r->kind, L7_ROUTE_GRPC);
     l7_config_unref(c);
 }
@@ -508,29 +526,58 @@ static void test_grpc(void **state)
 static void test_port_scoped_parents(void **state)
 {
     (void)state;
-    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
-                               "kind: HTTPRoute\n"
-                               "metadata: {name: all, namespace: app}\n"
-                               "spec:\n"
-                               "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
-                               "  rules: [{name: all-ports, matches: [{path: {type: PathPrefix, value: /}}]}]\n"
-                               "---\n"
-                               "apiVersion: gateway.networking.k8s.io/v1\n"
-                               "kind: HTTPRoute\n"
-                               "metadata: {name: p9090, namespace: app}\n"
-                               "spec:\n"
-                               "  parentRefs: [{group: \"\", kind: Service, name: svc, port: 9090}, {group: \"\", "
-                               "kind: Service, name: other, port: 80}]\n"
-                               "  rules: [{name: only-9090, matches: [{path: {type: PathPrefix, value: /admin}}]}]\n";
+    static const char yaml[] =
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: HTTPRoute\n"
+        "metadata: {name: all, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+        "  rules: [{name: all-ports, matches: [{path: {type: PathPrefix, value: /}}]}]\n"
+        "---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: HTTPRoute\n"
+        "metadata: {name: p9090, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: svc, port: 9090}, {group: \"\", "
+        "kind: Service, name: other, port: 80}]\n"
+        "  rules: [{name: only-9090, matches: [{path: {type: PathPrefix, value: /admin}}]}]\n";
     struct l7_config *c = load(yaml);
     assert_string_equal(route_of(c, 9090, "GET", "/admin", NULL), "only-9090");
     assert_string_equal(route_of(c, 9090, "GET", "/x", NULL), "all-ports");
     assert_string_equal(route_of(c, 8080, "GET", "/admin", NULL), "all-ports"); /* 9090's route is not here */
     assert_null(l7_routes_for(c, "app", "other", 81));                          /* other binds port 80 only */
     assert_non_null(l7_routes_for(c, "app", "other", 80));
-    assert_null(l7_routes_for(c, "app", "nothing", 80));                        /* no route: the default */
+    assert_null(l7_routes_for(c, "app", "nothing", 80)); /* no route: the default */
     assert_null(l7_routes_for(c, "other-ns", "svc", 80));
     assert_int_equal(l7_config_n_routes(c), 2);
+    l7_config_unref(c);
+}
+
+/* GEP-1426: a GRPCRoute and an HTTPRoute on one Service and port: only the GRPCRoute applies there. */
+static void test_route_type_conflict(void **state)
+{
+    (void)state;
+    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
+                               "kind: HTTPRoute\n"
+                               "metadata: {name: h, namespace: app}\n"
+                               "spec:\n"
+                               "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+                               "  rules: [{name: http, backendRefs: [{name: a, namespace: other, port: 80}]}]\n"
+                               "---\n"
+                               "apiVersion: gateway.networking.k8s.io/v1\n"
+                               "kind: GRPCRoute\n"
+                               "metadata: {name: g, namespace: app}\n"
+                               "spec:\n"
+                               "  parentRefs: [{group: \"\", kind: Service, name: svc, port: 9090}]\n"
+                               "  rules: [{name: grpc, matches: [{method: {service: a.B}}]}]\n";
+    struct l7_config *c = load(yaml);
+    assert_string_equal(route_of(c, 9090, "POST", "/a.B/C", NULL), "grpc");
+    assert_string_equal(route_of(c, 9090, "GET", "/x", NULL), "-"); /* the HTTPRoute is not applied on 9090 */
+    assert_string_equal(route_of(c, 8080, "GET", "/x", NULL), "http");
+    /* GEP-1426: a mesh route's backends may be in any namespace, without a ReferenceGrant. */
+    struct rq q;
+    const struct l7_rule *r = l7_match(l7_routes_for(c, "app", "svc", 8080), mkreq(&q, "GET", "/x", NULL));
+    assert_string_equal(r->backends[0].ns, "other");
     l7_config_unref(c);
 }
 
@@ -637,8 +684,9 @@ static void test_builder_errors(void **state)
     rule.filters = rfs;
     rule.n_filters = 1;
     assert_int_equal(add_route(b, &m2, "app/r2", err, sizeof(err)), -EINVAL);
-    assert_non_null(strstr(err, "rules[0].filters[0].request_redirect.status_code: expected 301, 302, 303, 307 or "
-                                "308, got 200"));
+    assert_non_null(strstr(err,
+                           "rules[0].filters[0].request_redirect.status_code: expected 301, 302, 303, 307 or "
+                           "308, got 200"));
     rd.status_code = 0;
     assert_int_equal(add_route(b, &m2, "app/r2", err, sizeof(err)), 0);
     struct l7_config *c = l7_builder_finish(b);
@@ -651,9 +699,9 @@ static void test_builder_errors(void **state)
 static void test_regex_match_limit(void **state)
 {
     (void)state;
-    /* (a|aa)+[yz] backtracks exponentially on a run of 'a's that ends in a mismatch (PCRE2 has no shortcut for a
-     * class at the end, unlike a literal); the match limit makes it a
-     * non-match in bounded time. A sane regex on the next rule still matches. */
+    /* (a|aa)+[yz] backtracks exponentially on a run of 'a's that ends in a mismatch (PCRE2 has no shortcut
+     * for a class at the end, unlike a literal); the match limit makes it a non-match in bounded time. A sane
+     * regex on the next rule still matches. */
     static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
                                "kind: HTTPRoute\n"
                                "metadata: {name: cat, namespace: app}\n"
@@ -701,6 +749,7 @@ int main(void)
         cmocka_unit_test(test_rewrite_and_redirect_rules),
         cmocka_unit_test(test_grpc),
         cmocka_unit_test(test_port_scoped_parents),
+        cmocka_unit_test(test_route_type_conflict),
         cmocka_unit_test(test_bad_regex_refused),
         cmocka_unit_test(test_builder_errors),
         cmocka_unit_test(test_regex_match_limit),

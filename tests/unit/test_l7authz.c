@@ -35,8 +35,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     uint8_t *pb;
     size_t len;
     char name[L7_NAME_MAX], err[512];
-    if (l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), on_finding, l) < 0)
-        return 0;
+    if (l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), on_finding, l) < 0) return 0;
     if (l7_builder_add(l->b, L7_TYPE_URL_AUTHORIZATION, name, pb, len, err, sizeof(err)) < 0) {
         l->errors++;
         snprintf(l->err, sizeof(l->err), "%s", err);
@@ -49,8 +48,7 @@ static struct l7_config *load(const char *yaml)
 {
     struct load l = {.b = l7_builder_new()};
     assert_int_equal(manifest_load_json("p.yaml", yaml, strlen(yaml), on_finding, &l, on_doc, &l), 0);
-    if (l.errors)
-        fail_msg("unexpected error: %s\n%s", l.err, yaml);
+    if (l.errors) fail_msg("unexpected error: %s\n%s", l.err, yaml);
     struct l7_config *c = l7_builder_finish(l.b);
     assert_non_null(c);
     return c;
@@ -99,14 +97,15 @@ static enum l7_verdict decide(const struct l7_config *c, const struct req *r, co
             const char *colon = strchr(hs[i], ':');
             h[nh++] = (struct l7_header){hs[i], (size_t)(colon - hs[i]), colon + 2, strlen(colon + 2)};
         }
-    struct l7_request q = {.method = r->method, .path = r->path, .path_len = strlen(r->path), .authority = r->host,
-                           .headers = h, .n_headers = nh};
-    if (r->src)
-        assert_int_equal(ip_parse(r->src, &src), 0);
-    if (r->remote)
-        assert_int_equal(ip_parse(r->remote, &remote), 0);
-    if (r->dst)
-        assert_int_equal(ip_parse(r->dst, &dst), 0);
+    struct l7_request q = {.method = r->method,
+                           .path = r->path,
+                           .path_len = strlen(r->path),
+                           .authority = r->host,
+                           .headers = h,
+                           .n_headers = nh};
+    if (r->src) assert_int_equal(ip_parse(r->src, &src), 0);
+    if (r->remote) assert_int_equal(ip_parse(r->remote, &remote), 0);
+    if (r->dst) assert_int_equal(ip_parse(r->dst, &dst), 0);
     struct l7_authz_input in = {.source_principal = r->principal,
                                 .source_namespace = r->ns,
                                 .source_ip = r->src ? &src : NULL,
@@ -149,7 +148,10 @@ static const struct {
     /* serviceAccounts: ns/sa, or a bare name in the policy's namespace (app) */
     {"[{from: [{source: {serviceAccounts: [client/web]}}]}]", {0}, false, A},
     {"[{from: [{source: {serviceAccounts: [web]}}]}]", {0}, false, D},
-    {"[{from: [{source: {serviceAccounts: [web]}}]}]", {.principal = "cluster.local/ns/app/sa/web"}, false, A},
+    {"[{from: [{source: {serviceAccounts: [web]}}]}]",
+     {.principal = "cluster.local/ns/app/sa/web"},
+     false,
+     A},
     {"[{from: [{source: {notServiceAccounts: [client/web]}}]}]", {0}, false, D},
     /* ipBlocks and remoteIpBlocks (remote = source without X-Forwarded-For trust) */
     {"[{from: [{source: {ipBlocks: [10.1.0.0/16]}}]}]", {0}, false, A},
@@ -185,12 +187,17 @@ static const struct {
     {"[{to: [{operation: {paths: [\"/static/{**}\"]}}]}]", {.path = "/static/a/b/c.css"}, false, A},
     {"[{to: [{operation: {paths: [\"/static/{**}\"]}}]}]", {.path = "/static"}, false, D},
     {"[{to: [{operation: {paths: [\"/{*}/users\"]}}]}]", {0}, false, A},
-    {"[{to: [{operation: {paths: [/pkg.Echo/Say]}}]}]", {.method = "POST", .path = "/pkg.Echo/Say"}, false, A},
+    {"[{to: [{operation: {paths: [/pkg.Echo/Say]}}]}]",
+     {.method = "POST", .path = "/pkg.Echo/Say"},
+     false,
+     A},
     /* when */
     {"[{when: [{key: \"request.headers[X-Token]\", values: [abc]}]}]", {.h0 = "x-token: abc"}, false, A},
     {"[{when: [{key: \"request.headers[x-token]\", values: [abc]}]}]", {.h0 = "x-token: xyz"}, false, D},
-    {"[{when: [{key: \"request.headers[x-token]\", values: [abc]}]}]", {.h0 = "x-token: xyz", .h1 = "x-token: abc"},
-     false, A}, /* one element of the joined value */
+    {"[{when: [{key: \"request.headers[x-token]\", values: [abc]}]}]",
+     {.h0 = "x-token: xyz", .h1 = "x-token: abc"},
+     false,
+     A}, /* one element of the joined value */
     {"[{when: [{key: \"request.headers[x-token]\", notValues: [\"*\"]}]}]", {0}, false, A},
     {"[{when: [{key: \"request.headers[x-token]\", notValues: [\"*\"]}]}]", {.h0 = "x-token: a"}, false, D},
     {"[{when: [{key: source.ip, values: [10.1.0.0/16]}]}]", {0}, false, A},
@@ -211,7 +218,9 @@ static const struct {
     {"[{to: [{operation: {methods: [POST]}}]}, {to: [{operation: {methods: [GET]}}]}]", {0}, false, A},
     {"[{from: [{source: {namespaces: [client]}}], to: [{operation: {methods: [GET]}}], when: [{key: "
      "destination.port, values: [\"80\"]}]}]",
-     {0}, false, D},
+     {0},
+     false,
+     D},
     {"[{}]", {0}, false, A}, /* an empty rule matches everything */
     {"[]", {0}, false, D},   /* an ALLOW policy with no rules allows nothing */
 };
@@ -219,13 +228,12 @@ static const struct {
 static struct req merge(const struct req *over, bool no_identity)
 {
     struct req r = base;
-#define M(f)                                                                                                         \
-    if (over->f)                                                                                                     \
-        r.f = over->f;
-    M(principal) M(ns) M(src) M(remote) M(dst) M(method) M(path) M(host) M(h0) M(h1) M(sni) M(port)
+#define M(f)                                                                                                 \
+    if (over->f) r.f = over->f;
+    M(principal)
+    M(ns) M(src) M(remote) M(dst) M(method) M(path) M(host) M(h0) M(h1) M(sni) M(port)
 #undef M
-    if (no_identity)
-        r.principal = NULL;
+        if (no_identity) r.principal = NULL;
     return r;
 }
 
@@ -238,8 +246,8 @@ static void test_allow_fields(void **state)
         const char *matched;
         enum l7_verdict v = decide(c, &r, &matched, NULL);
         if (v != allow_cases[i].want)
-            fail_msg("case %zu %s (path %s): got %s, want %s", i, allow_cases[i].rules, r.path, l7_verdict_to_str(v),
-                     l7_verdict_to_str(allow_cases[i].want));
+            fail_msg("case %zu %s (path %s): got %s, want %s", i, allow_cases[i].rules, r.path,
+                     l7_verdict_to_str(v), l7_verdict_to_str(allow_cases[i].want));
         if (v == L7_ALLOW)
             assert_string_equal(matched, "app/p");
         else
@@ -403,7 +411,8 @@ static void test_policy_compile_errors(void **state)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char yaml[2048];
         snprintf(yaml, sizeof(yaml),
-                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: app}\n"
+                 "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, "
+                 "namespace: app}\n"
                  "spec:\n  targetRefs: [{kind: Service, group: \"\", name: svc}]\n  rules: %s\n",
                  cases[i].rules);
         struct load l = {.b = l7_builder_new()};
@@ -420,8 +429,8 @@ static void test_policy_compile_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_allow_fields),     cmocka_unit_test(test_deny_policies),
-        cmocka_unit_test(test_deny_before_allow), cmocka_unit_test(test_dry_run),
+        cmocka_unit_test(test_allow_fields),          cmocka_unit_test(test_deny_policies),
+        cmocka_unit_test(test_deny_before_allow),     cmocka_unit_test(test_dry_run),
         cmocka_unit_test(test_policy_compile_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
