@@ -439,7 +439,8 @@ static void up_pump(struct h1_up *u)
     u->in_feed = true;
     for (;;) {
         if (!u->x || side_pending(&x->d->s) > H1_HIGH_WATER) break; /* the client is slow: wait */
-        if (!u->s.in_len) {
+        bool paused = http1_parser_state(u->p) == HTTP1_P_PAUSED;
+        if (!u->s.in_len && !paused) {
             if (u->s.eof) break;
             r = side_read(&u->s, H1_IN_MAX);
             if (r == -EAGAIN) {
@@ -448,11 +449,11 @@ static void up_pump(struct h1_up *u)
             }
             if (r <= 0) break;
         }
-        if (http1_parser_state(u->p) == HTTP1_P_PAUSED) http1_parser_resume(u->p);
+        if (paused) http1_parser_resume(u->p);
         ssize_t n = http1_parser_feed(u->p, u->s.in, u->s.in_len);
         if (n < 0) break;
         side_consume(&u->s, (size_t)n);
-        if (n == 0) break;
+        if (n == 0) break; /* paused again, done or upgraded (or fed nothing after a resume) */
     }
     u->in_feed = false;
     if (u->freed) {
@@ -887,7 +888,8 @@ static void down_free(struct h1_down *d)
 static void down_parse(struct h1_down *d)
 {
     d->in_feed = true;
-    while (d->s.in_len && !d->close_after) {
+    /* A parser paused at a message's last byte completes only when fed again, even with nothing. */
+    while ((d->s.in_len || http1_parser_state(d->p) == HTTP1_P_PAUSED) && !d->close_after) {
         struct h1_x *x = d->x;
         if (x && x->u && side_pending(&x->u->s) > H1_HIGH_WATER) break;
         if (http1_parser_state(d->p) == HTTP1_P_PAUSED) http1_parser_resume(d->p);

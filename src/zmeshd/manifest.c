@@ -52,7 +52,7 @@ const char *const k8s_op_field_names[K8S_OP_COUNT] = {
 
 struct manifest_store {
     struct arena arena; /* every string and array of every object */
-    struct vec namespaces, pods, services, sas, authz, peer, gateways;
+    struct vec namespaces, pods, services, sas, authz, peer, gateways, l7docs;
     unsigned order;
     const char *warned_kinds[MAX_WARNED_KINDS];
     size_t n_warned_kinds;
@@ -69,6 +69,7 @@ int manifest_store_new(struct manifest_store **out)
     st->authz = VEC(struct k8s_authz_policy);
     st->peer = VEC(struct k8s_peer_authn);
     st->gateways = VEC(struct k8s_gateway);
+    st->l7docs = VEC(struct manifest_l7_doc);
     *out = st;
     return 0;
 }
@@ -83,6 +84,9 @@ void manifest_store_free(struct manifest_store *st)
     vec_free(&st->authz);
     vec_free(&st->peer);
     vec_free(&st->gateways);
+    for (size_t i = 0; i < st->l7docs.n; i++)
+        json_decref(((struct manifest_l7_doc *)st->l7docs.p)[i].doc);
+    vec_free(&st->l7docs);
     arena_free(&st->arena);
     free(st);
 }
@@ -100,6 +104,7 @@ ACCESSOR(manifest_service_accounts, struct k8s_service_account, sas)
 ACCESSOR(manifest_authz_policies, struct k8s_authz_policy, authz)
 ACCESSOR(manifest_peer_authns, struct k8s_peer_authn, peer)
 ACCESSOR(manifest_gateways, struct k8s_gateway, gateways)
+ACCESSOR(manifest_l7_docs, struct manifest_l7_doc, l7docs)
 
 const char *manifest_finding_format(const struct manifest_finding *f, char *buf, size_t n)
 {
@@ -1279,6 +1284,9 @@ struct kind_def {
 };
 static const char *const core_v1[] = {"v1", NULL};
 static const char *const security_versions[] = {"security.istio.io/v1", "security.istio.io/v1beta1", NULL};
+static const char *const route_versions[] = {"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1",
+                                             NULL};
+static const char *const grpcroute_versions[] = {"gateway.networking.k8s.io/v1", NULL};
 static const char *const gateway_versions[] = {"gateway.networking.k8s.io/v1",
                                                "gateway.networking.k8s.io/v1beta1", NULL};
 
@@ -1332,6 +1340,26 @@ static int read_list(struct reader *r, const struct mnode *doc)
     return rc;
 }
 
+static json_t *tree_json(struct reader *r, const struct mnode *n, int *rc);
+
+/* Keeps doc as JSON for the L7 conversion. */
+static int keep_l7_doc(struct reader *r, const struct mnode *doc, const char *kind)
+{
+    int rc = 0;
+    json_t *j = tree_json(r, doc, &rc);
+    if (!j) return rc == -ENOMEM ? rc : 0;
+    struct manifest_l7_doc *e = vec_push(&r->st->l7docs);
+    if (!e) {
+        json_decref(j);
+        return -ENOMEM;
+    }
+    e->kind = kind;
+    e->doc = j;
+    e->src = (struct manifest_src){.file = keep(r, r->file), .doc = r->doc, .line = doc->line};
+    if (!e->src.file) return -ENOMEM;
+    return 0;
+}
+
 static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
 {
     struct manifest_store *st = r->st;
@@ -1357,6 +1385,8 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         {"AuthorizationPolicy", security_versions},
         {"PeerAuthentication", security_versions},
         {"Gateway", gateway_versions},
+        {"HTTPRoute", route_versions},
+        {"GRPCRoute", grpcroute_versions},
     };
     if (!in_list && !strcmp(kn->s, "List") && av && av->type == MN_SCALAR && !strcmp(av->s, "v1"))
         return read_list(r, doc);
@@ -1377,6 +1407,8 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         path_pop(r, o);
         return 0;
     }
+    /* Routes are converted from their whole document (src/zmeshd/l7.c reads them, findings and all). */
+    if (kd == &kinds[7] || kd == &kinds[8]) return keep_l7_doc(r, doc, kd->kind);
     /* The object is read into a local and appended only when it is whole, so a bad one leaves no trace. */
     int rc = 0;
     struct vec *list;
@@ -1417,6 +1449,8 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
     void *e = vec_push(list);
     if (!e) return -ENOMEM;
     memcpy(e, &o, list->esz);
+    /* A waypoint's policy (targetRefs) is converted for the waypoint from its whole document too. */
+    if (kd == &kinds[4] && o.ap.has_target_refs) return keep_l7_doc(r, doc, "AuthorizationPolicy");
     return 0;
 }
 

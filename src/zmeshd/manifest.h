@@ -8,6 +8,7 @@
  * and is left out; every other document still loads. Memory: everything a store hands out is owned by it
  * and lives until manifest_store_free(). */
 #pragma once
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -246,6 +247,16 @@ const struct k8s_service_account *manifest_service_accounts(const struct manifes
 const struct k8s_authz_policy *manifest_authz_policies(const struct manifest_store *st, size_t *n);
 const struct k8s_peer_authn *manifest_peer_authns(const struct manifest_store *st, size_t *n);
 const struct k8s_gateway *manifest_gateways(const struct manifest_store *st, size_t *n);
+
+/* A document the waypoint's L7 conversion reads as a whole (src/zmeshd/l7.h): HTTPRoute and GRPCRoute
+ * (gateway.networking.k8s.io/v1, v1beta1 for HTTPRoute), and AuthorizationPolicy with targetRef(s), which is also
+ * in manifest_authz_policies. The tree is the document as read (jansson), owned by the store. */
+struct manifest_l7_doc {
+    const char *kind; /* "HTTPRoute", "GRPCRoute", "AuthorizationPolicy" (static) */
+    json_t *doc;
+    struct manifest_src src;
+};
+const struct manifest_l7_doc *manifest_l7_docs(const struct manifest_store *st, size_t *n);
 
 /* A label's value, or NULL (binary search over sorted kv). */
 const char *k8s_kv_get(const struct k8s_kv *kv, size_t n, const char *key);

@@ -13,6 +13,8 @@
 #include "xds/pb.h"
 #include "xds/resource.h"
 #include "zmeshd/enrolment.h"
+#include "zmeshd/l7.h"
+#include "mesh/l7.h"
 
 struct xds_stream;
 
@@ -31,7 +33,7 @@ struct zmeshd_xds {
     uint64_t streams_opened, streams_refused;
     struct {
         uint64_t responses, acks, nacks, resources_sent, bytes_sent;
-    } retired[3]; /* per type_urls[] */
+    } retired[5]; /* per type_urls[] */
 };
 
 struct xds_stream {
@@ -46,10 +48,10 @@ struct xds_stream {
     char peer[2 * TOKEN_NAME_MAX + 2];
 };
 
-/* ztunnel's two types, and the node agents' PodEnrolment. A client is sent only the types it subscribes to, so
- * a ztunnel (Address and Authorization) never sees the third. */
-static const char *const type_urls[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION,
-                                        PB_TYPE_URL_POD_ENROLMENT};
+/* ztunnel's two types, the node agents' PodEnrolment, and the waypoints' L7 types. A client is sent only the
+ * types it subscribes to, so a ztunnel (Address and Authorization) never sees the others. */
+static const char *const type_urls[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION, PB_TYPE_URL_POD_ENROLMENT,
+                                        L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION};
 #define N_TYPES (sizeof(type_urls) / sizeof(type_urls[0]))
 
 /* ---- tables from snapshots ---- */
@@ -187,9 +189,60 @@ static int load_enrolments(struct zmeshd_xds *x, const struct manifest_store *st
     return rc;
 }
 
+/* Replaces the waypoints' tables with the L7 documents of st, converted (src/zmeshd/l7.h): each HTTPRoute and
+ * GRPCRoute, and each AuthorizationPolicy with targetRefs. A document the conversion refuses is left out whole
+ * (its findings say why); a second document with the same resource name is an ERROR and left out. */
+static int load_l7(struct zmeshd_xds *x, const struct manifest_store *st)
+{
+    size_t n = 0;
+    const struct manifest_l7_doc *docs = manifest_l7_docs(st, &n);
+    struct vec routes = VEC(struct encoded), authz = VEC(struct encoded);
+    struct ads_diff dr = {0}, da = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        bool is_authz = !strcmp(docs[i].kind, "AuthorizationPolicy");
+        struct encoded e = {0};
+        char name[L7_NAME_MAX];
+        int c = is_authz ? l7_convert_authz(docs[i].doc, &docs[i].src, &e.bytes, &e.len, name, sizeof(name), NULL, NULL)
+                         : l7_convert_route(docs[i].doc, &docs[i].src, &e.bytes, &e.len, name, sizeof(name), NULL, NULL);
+        if (c == -ENOMEM) rc = c;
+        if (c < 0) continue;
+        struct vec *v = is_authz ? &authz : &routes;
+        bool dup = false;
+        for (size_t k = 0; k < v->n && !dup; k++)
+            dup = !strcmp(((struct encoded *)v->p)[k].name, name);
+        if (dup) {
+            manifest_finding_emit(NULL, NULL, &(struct manifest_finding){.level = MANIFEST_ERROR, .src = docs[i].src,
+                                                             .field = "metadata.name",
+                                                             .message = "duplicate L7 resource: left out"});
+            free(e.bytes);
+            continue;
+        }
+        struct encoded *slot = NULL;
+        if (!(e.name = strdup(name)) || !(slot = vec_push(v))) {
+            free(e.name);
+            free(e.bytes);
+            rc = -ENOMEM;
+            break;
+        }
+        *slot = e;
+    }
+    if (!rc) rc = table_load(x, L7_TYPE_URL_HTTP_ROUTE, &routes, &dr);
+    if (!rc) rc = table_load(x, L7_TYPE_URL_AUTHORIZATION, &authz, &da);
+    if (rc == -ENOMEM)
+        LOG_E("xds", "out of memory while converting L7 resources; waypoints keep the previous ones");
+    else if (!rc && (dr.added || dr.changed || dr.removed || da.added || da.changed || da.removed))
+        LOG_I("xds", "pushing: routes +%zu ~%zu -%zu, L7 policies +%zu ~%zu -%zu", dr.added, dr.changed,
+              dr.removed, da.added, da.changed, da.removed);
+    encoded_free(&routes);
+    encoded_free(&authz);
+    return rc;
+}
+
 static void on_store(void *ud, const struct manifest_store *st)
 {
     load_enrolments(ud, st);
+    load_l7(ud, st);
 }
 
 /* ---- streams ---- */
@@ -376,6 +429,10 @@ int zmeshd_xds_new(struct zmeshd *d, struct zmeshd_server *srv, struct zmeshd_xd
     }
     if (zmeshd_snapshot(d) && (rc = load_snapshot(x, zmeshd_snapshot(d))) < 0) {
         snprintf(err, errlen, "cannot encode the first snapshot: %s", strerror(-rc));
+        goto fail;
+    }
+    if (zmeshd_store(d) && (rc = load_l7(x, zmeshd_store(d))) < 0) {
+        snprintf(err, errlen, "cannot convert the first L7 resources: %s", strerror(-rc));
         goto fail;
     }
     if (zmeshd_store(d) && (rc = load_enrolments(x, zmeshd_store(d))) < 0) {
