@@ -1,0 +1,303 @@
+/* Prometheus / OpenMetrics writing helpers and the label-set registry (prom.h). Depends on libc only. */
+#include "core/prom.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* First bucket array size; doubled whenever the sets outnumber the buckets. */
+#define PROM_REGISTRY_MIN_BUCKETS 256
+
+/* ---- string builder ---- */
+
+void prom_buf_init(struct prom_buf *b)
+{
+    b->p = b->inl;
+    b->len = 0;
+    b->cap = sizeof(b->inl);
+    b->oom = false;
+    b->p[0] = '\0';
+}
+
+void prom_buf_free(struct prom_buf *b)
+{
+    if (b->p != b->inl) free(b->p);
+    b->p = b->inl;
+    b->len = 0;
+    b->cap = sizeof(b->inl);
+}
+
+bool prom_buf_reserve(struct prom_buf *b, size_t extra)
+{
+    if (b->oom) return false;
+    if (b->len + extra + 1 <= b->cap) return true;
+    size_t ncap = b->cap * 2;
+    while (ncap < b->len + extra + 1)
+        ncap *= 2;
+    char *np = b->p == b->inl ? malloc(ncap) : realloc(b->p, ncap);
+    if (!np) {
+        b->oom = true;
+        return false;
+    }
+    if (b->p == b->inl) memcpy(np, b->inl, b->len + 1);
+    b->p = np;
+    b->cap = ncap;
+    return true;
+}
+
+void prom_put(struct prom_buf *b, const char *s, size_t n)
+{
+    if (!prom_buf_reserve(b, n)) return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void prom_puts(struct prom_buf *b, const char *s)
+{
+    prom_put(b, s, strlen(s));
+}
+
+void prom_printf(struct prom_buf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof(tmp)) {
+        prom_put(b, tmp, (size_t)n);
+        return;
+    }
+    if (!prom_buf_reserve(b, (size_t)n)) return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+char *prom_buf_take(struct prom_buf *b, size_t *len)
+{
+    char *out = NULL;
+    if (b->oom) goto out;
+    if (b->p == b->inl) {
+        out = malloc(b->len + 1);
+        if (!out) goto out;
+        memcpy(out, b->inl, b->len + 1);
+    } else {
+        out = b->p;
+        b->p = b->inl; /* ownership moves to the caller */
+    }
+    if (len) *len = b->len;
+out:
+    prom_buf_free(b);
+    return out;
+}
+
+/* ---- labels ---- */
+
+void prom_value_raw(struct prom_buf *b, const char *v)
+{
+    if (!v) return;
+    const char *run = v;
+    for (const char *s = v;; s++) {
+        const char *esc = NULL;
+        switch (*s) {
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\0':
+            prom_put(b, run, (size_t)(s - run));
+            return;
+        default:
+            continue;
+        }
+        prom_put(b, run, (size_t)(s - run));
+        prom_put(b, esc, 2);
+        run = s + 1;
+    }
+}
+
+void prom_value(struct prom_buf *b, const char *v)
+{
+    prom_value_raw(b, v && *v ? v : "unknown");
+}
+
+static void prom_label_open(struct prom_buf *b, const char *name)
+{
+    if (b->len) prom_put(b, ",", 1);
+    prom_puts(b, name);
+    prom_put(b, "=\"", 2);
+}
+
+void prom_label(struct prom_buf *b, const char *name, const char *v)
+{
+    prom_label_open(b, name);
+    prom_value(b, v);
+    prom_put(b, "\"", 1);
+}
+
+void prom_label_raw(struct prom_buf *b, const char *name, const char *v)
+{
+    prom_label_open(b, name);
+    prom_value_raw(b, v);
+    prom_put(b, "\"", 1);
+}
+
+/* ---- families ---- */
+
+void prom_header(struct prom_buf *b, bool om, const char *name, enum prom_type type, const char *help)
+{
+    static const char *const types[] = {[PROM_COUNTER] = "counter", [PROM_GAUGE] = "gauge",
+                                        [PROM_HISTOGRAM] = "histogram"};
+    const char *suffix = type == PROM_COUNTER && !om ? "_total" : "";
+    prom_printf(b, "# HELP %s%s %s.\n", name, suffix, help);
+    prom_printf(b, "# TYPE %s%s %s\n", name, suffix, types[type]);
+}
+
+const char *prom_content_type(bool om)
+{
+    return om ? "application/openmetrics-text;charset=utf-8;version=1.0.0"
+              : "text/plain; version=0.0.4; charset=utf-8";
+}
+
+/* ---- histograms ---- */
+
+const double prom_envoy_buckets[PROM_ENVOY_NBUCKETS] = {
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000,
+};
+
+void prom_hist_observe(struct prom_hist *h, uint64_t v)
+{
+    /* Binary search for the first bound >= v; index PROM_ENVOY_NBUCKETS is +Inf. */
+    size_t lo = 0, hi = PROM_ENVOY_NBUCKETS;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if ((double)v <= prom_envoy_buckets[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    atomic_fetch_add_explicit(&h->bucket[lo], 1, memory_order_relaxed);
+    if (v) atomic_fetch_add_explicit(&h->sum, v, memory_order_relaxed);
+}
+
+static void prom_hist_line(struct prom_buf *b, const char *name, const char *suffix, const char *labels,
+                           size_t len, const char *le, uint64_t v)
+{
+    prom_puts(b, name);
+    prom_puts(b, suffix);
+    prom_put(b, "{", 1);
+    prom_put(b, labels, len);
+    if (le) {
+        if (len) prom_put(b, ",", 1);
+        prom_printf(b, "le=\"%s\"", le);
+    }
+    prom_printf(b, "} %llu\n", (unsigned long long)v);
+}
+
+void prom_hist_render(struct prom_buf *b, const char *name, const char *labels, size_t len,
+                      const struct prom_hist *h)
+{
+    uint64_t cum = 0;
+    char le[32];
+    /* Read each bucket once: the cumulative counts, +Inf and _count stay consistent with each other even
+     * while other threads observe. */
+    for (size_t i = 0; i <= PROM_ENVOY_NBUCKETS; i++) {
+        cum += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
+        /* %g writes Envoy's bounds as Envoy does: 0.5, 1, 300000, 1.8e+06. */
+        if (i < PROM_ENVOY_NBUCKETS)
+            snprintf(le, sizeof(le), "%g", prom_envoy_buckets[i]);
+        else
+            snprintf(le, sizeof(le), "+Inf");
+        prom_hist_line(b, name, "_bucket", labels, len, le, cum);
+    }
+    prom_hist_line(b, name, "_sum", labels, len, NULL, atomic_load_explicit(&h->sum, memory_order_relaxed));
+    prom_hist_line(b, name, "_count", labels, len, NULL, cum);
+}
+
+/* ---- registry ---- */
+
+/* FNV-1a, 64 bit: label strings are short and this keeps core free of other dependencies. */
+static uint64_t prom_hash(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+/* Doubles the bucket array; called with the lock held. Failure only keeps chains longer. */
+static void prom_grow(struct prom_registry *r)
+{
+    size_t nb = r->nbuckets ? r->nbuckets * 2 : PROM_REGISTRY_MIN_BUCKETS;
+    struct prom_set **nbk = calloc(nb, sizeof(*nbk));
+    if (!nbk) return;
+    for (size_t i = 0; i < r->nbuckets; i++) {
+        struct prom_set *e = r->buckets[i], *next;
+        for (; e; e = next) {
+            next = e->hnext;
+            e->hnext = nbk[e->hash & (nb - 1)];
+            nbk[e->hash & (nb - 1)] = e;
+        }
+    }
+    free(r->buckets);
+    r->buckets = nbk;
+    r->nbuckets = nb;
+}
+
+struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, size_t len, size_t obj_size,
+                                   prom_set_init_fn init, void *arg)
+{
+    uint64_t h = prom_hash(labels, len);
+    struct prom_set *e = NULL;
+
+    if (obj_size < sizeof(struct prom_set) || len > UINT32_MAX) return NULL;
+    pthread_mutex_lock(&r->lock);
+    if (r->nbuckets) {
+        for (e = r->buckets[h & (r->nbuckets - 1)]; e; e = e->hnext)
+            if (e->hash == h && e->len == len && !memcmp(e->labels, labels, len)) goto out;
+    }
+    if (r->n >= r->nbuckets) {
+        prom_grow(r);
+        if (!r->nbuckets) goto out;
+    }
+    e = calloc(1, obj_size + len + 1);
+    if (!e) goto out;
+    char *copy = (char *)e + obj_size;
+    memcpy(copy, labels, len);
+    e->labels = copy;
+    e->hash = h;
+    e->len = (uint32_t)len;
+    if (init) init(e, arg);
+    e->hnext = r->buckets[h & (r->nbuckets - 1)];
+    r->buckets[h & (r->nbuckets - 1)] = e;
+    if (r->tail)
+        r->tail->onext = e;
+    else
+        r->head = e;
+    r->tail = e;
+    r->n++;
+out:
+    pthread_mutex_unlock(&r->lock);
+    return e;
+}
+
+struct prom_set *prom_registry_first(struct prom_registry *r, size_t *n)
+{
+    pthread_mutex_lock(&r->lock);
+    struct prom_set *head = r->head;
+    *n = r->n;
+    pthread_mutex_unlock(&r->lock);
+    return head;
+}
