@@ -237,40 +237,68 @@ static uint64_t prom_hash(const char *s, size_t n)
     return h;
 }
 
-/* Doubles the bucket array; called with the lock held. Failure only keeps chains longer. */
+struct prom_table {
+    struct prom_table *retired_next;
+    size_t mask; /* slots - 1 (a power of two) */
+    struct prom_set *_Atomic slot[];
+};
+
+/* The set with this hash and text in t, or NULL. Safe without the lock: sets are never freed, and a chain
+ * relinked by a concurrent growth still ends (it only makes this walk miss, and the caller then looks again
+ * under the lock). */
+static struct prom_set *prom_find(struct prom_table *t, uint64_t h, const char *labels, size_t len)
+{
+    if (!t) return NULL;
+    for (struct prom_set *e = atomic_load_explicit(&t->slot[h & t->mask], memory_order_acquire); e;
+         e = atomic_load_explicit(&e->hnext, memory_order_acquire))
+        if (e->hash == h && e->len == len && !memcmp(e->labels, labels, len)) return e;
+    return NULL;
+}
+
+/* Doubles the bucket array; called with the lock held. The old array is kept (on r->retired) because a
+ * lookup may still be walking it; the arrays add up to less than twice the last one. Failure only keeps
+ * chains longer. */
 static void prom_grow(struct prom_registry *r)
 {
-    size_t nb = r->nbuckets ? r->nbuckets * 2 : PROM_REGISTRY_MIN_BUCKETS;
-    struct prom_set **nbk = calloc(nb, sizeof(*nbk));
-    if (!nbk) return;
-    for (size_t i = 0; i < r->nbuckets; i++) {
-        struct prom_set *e = r->buckets[i], *next;
-        for (; e; e = next) {
-            next = e->hnext;
-            e->hnext = nbk[e->hash & (nb - 1)];
-            nbk[e->hash & (nb - 1)] = e;
-        }
+    struct prom_table *old = atomic_load_explicit(&r->table, memory_order_relaxed);
+    size_t nb = old ? (old->mask + 1) * 2 : PROM_REGISTRY_MIN_BUCKETS;
+    struct prom_table *t = calloc(1, sizeof(*t) + nb * sizeof(t->slot[0]));
+    if (!t) return;
+    t->mask = nb - 1;
+    /* Relink every set; the new table is published (release) only once its chains are complete. A lookup
+     * still in the old table may follow a relinked hnext: release makes what it reaches there visible too. */
+    for (struct prom_set *e = r->head; e; e = e->onext) {
+        size_t i = e->hash & t->mask;
+        atomic_store_explicit(&e->hnext, atomic_load_explicit(&t->slot[i], memory_order_relaxed),
+                              memory_order_release);
+        atomic_store_explicit(&t->slot[i], e, memory_order_relaxed);
     }
-    free(r->buckets);
-    r->buckets = nbk;
-    r->nbuckets = nb;
+    atomic_store_explicit(&r->table, t, memory_order_release);
+    if (old) {
+        old->retired_next = r->retired;
+        r->retired = old;
+    }
 }
 
 struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, size_t len, size_t obj_size,
                                    prom_set_init_fn init, void *arg)
 {
     uint64_t h = prom_hash(labels, len);
-    struct prom_set *e = NULL;
+    struct prom_set *e;
+    struct prom_table *t;
 
     if (obj_size < sizeof(struct prom_set) || len > UINT32_MAX) return NULL;
+    /* The common case: the set exists. No lock, no write. */
+    e = prom_find(atomic_load_explicit(&r->table, memory_order_acquire), h, labels, len);
+    if (e) return e;
+
     pthread_mutex_lock(&r->lock);
-    if (r->nbuckets) {
-        for (e = r->buckets[h & (r->nbuckets - 1)]; e; e = e->hnext)
-            if (e->hash == h && e->len == len && !memcmp(e->labels, labels, len)) goto out;
-    }
-    if (r->n >= r->nbuckets) {
+    t = atomic_load_explicit(&r->table, memory_order_relaxed);
+    if ((e = prom_find(t, h, labels, len))) goto out;
+    if (!t || r->n > t->mask) {
         prom_grow(r);
-        if (!r->nbuckets) goto out;
+        t = atomic_load_explicit(&r->table, memory_order_relaxed);
+        if (!t) goto out;
     }
     e = calloc(1, obj_size + len + 1);
     if (!e) goto out;
@@ -280,8 +308,10 @@ struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, 
     e->hash = h;
     e->len = (uint32_t)len;
     if (init) init(e, arg);
-    e->hnext = r->buckets[h & (r->nbuckets - 1)];
-    r->buckets[h & (r->nbuckets - 1)] = e;
+    size_t i = h & t->mask;
+    atomic_store_explicit(&e->hnext, atomic_load_explicit(&t->slot[i], memory_order_relaxed), memory_order_relaxed);
+    /* Release: a lookup that finds e sees it whole, including what init wrote. */
+    atomic_store_explicit(&t->slot[i], e, memory_order_release);
     if (r->tail)
         r->tail->onext = e;
     else

@@ -3,8 +3,9 @@
  * headers, Envoy's default histogram buckets, and a registry of label sets.
  *
  * Cost model: a caller renders a label set's text once into a prom_buf on the stack (no allocation up to
- * PROM_BUF_INLINE bytes), then prom_registry_get hashes it and walks one chain under a mutex; a set, once
- * created, is never freed or moved, so its counters are updated with relaxed atomics without the lock. */
+ * PROM_BUF_INLINE bytes), then prom_registry_get hashes it and walks one chain without taking a lock (the
+ * mutex is taken only to create a set); a set, once created, is never freed or moved, so its counters are
+ * updated with relaxed atomics. Workers recording requests therefore share no lock. */
 #pragma once
 #include <pthread.h>
 #include <stdatomic.h>
@@ -88,18 +89,23 @@ void prom_hist_render(struct prom_buf *b, const char *name, const char *labels, 
 /* The head of every registered object: the caller's struct starts with one (container_of by cast). labels
  * points into the same allocation, right after the caller's object, and never moves. */
 struct prom_set {
-    struct prom_set *hnext; /* hash chain; written under the registry lock */
-    struct prom_set *onext; /* creation order; immutable once the next set is published */
+    struct prom_set *_Atomic hnext; /* hash chain; written under the registry lock, read without it */
+    struct prom_set *onext;         /* creation order; immutable once the next set is published */
     uint64_t hash;
     uint32_t len;
     const char *labels; /* NUL-terminated, len bytes */
 };
 
-/* Label sets in creation order (so the exposition is stable), hashed by their label text. Never shrinks. */
+/* A bucket array (private to prom.c). */
+struct prom_table;
+
+/* Label sets in creation order (so the exposition is stable), hashed by their label text. Never shrinks.
+ * Lookups read the current table and its chains with acquire loads; creation and growth happen under lock. */
 struct prom_registry {
     pthread_mutex_t lock;
-    struct prom_set **buckets;
-    size_t nbuckets, n;
+    struct prom_table *_Atomic table;
+    struct prom_table *retired; /* tables replaced by a bigger one: a lookup may still walk them */
+    size_t n;
     struct prom_set *head, *tail;
 };
 #define PROM_REGISTRY_INIT {.lock = PTHREAD_MUTEX_INITIALIZER}

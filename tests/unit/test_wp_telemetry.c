@@ -538,6 +538,47 @@ static void test_concurrency(void **state)
     free(t);
 }
 
+#define RACE_SETS 3000
+
+static void *create_many(void *arg)
+{
+    (void)arg;
+    char host[64];
+    for (int i = 0; i < RACE_SETS; i++) {
+        snprintf(host, sizeof(host), "set-%d.race.example", i);
+        struct wp_req_info ri = {.host = host, .grpc_status = -1, .response_code = 200};
+        if (wp_metrics_request(&ri)) return (void *)1;
+    }
+    return NULL;
+}
+
+/* Two threads creating the same 3000 label sets at once (the registry grows several times meanwhile, while
+ * lookups walk it without a lock): every set exists once, with both threads' requests in it. */
+static void test_concurrent_creation(void **state)
+{
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, create_many, NULL), 0);
+    for (int i = 0; i < 2; i++) {
+        void *rv;
+        assert_int_equal(pthread_join(th[i], &rv), 0);
+        assert_null(rv);
+    }
+    char *t = render(false);
+    int found = 0;
+    for (const char *p = t; (p = strstr(p, "\nistio_requests_total{")); p++) {
+        const char *h = strstr(p, ",destination_service=\"set-");
+        const char *eol = strchr(p + 1, '\n');
+        if (!h || (eol && h > eol)) continue;
+        const char *v = strstr(p, "} ");
+        assert_non_null(v);
+        assert_int_equal(strtoll(v + 2, NULL, 10), 2);
+        found++;
+    }
+    assert_int_equal(found, RACE_SETS);
+    free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -546,6 +587,7 @@ int main(void)
         cmocka_unit_test(test_bucket_edges),  cmocka_unit_test(test_tcp),
         cmocka_unit_test(test_exposition),    cmocka_unit_test(test_access_text),
         cmocka_unit_test(test_access_json),   cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_concurrent_creation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
