@@ -565,12 +565,16 @@ static void test_concurrent_creation(void **state)
         assert_null(rv);
     }
     char *t = render(false);
+    /* Line by line with bounded searches: the text is large (3000 sets x 3 histograms). */
+    static const char prefix[] = "istio_requests_total{", svc[] = ",destination_service=\"set-";
     int found = 0;
-    for (const char *p = t; (p = strstr(p, "\nistio_requests_total{")); p++) {
-        const char *h = strstr(p, ",destination_service=\"set-");
-        const char *eol = strchr(p + 1, '\n');
-        if (!h || (eol && h > eol)) continue;
-        const char *v = strstr(p, "} ");
+    for (const char *p = t, *eol; *p; p = *eol ? eol + 1 : eol) {
+        for (eol = p; *eol && *eol != '\n'; eol++)
+            ;
+        size_t l = (size_t)(eol - p);
+        if (l < sizeof(prefix) || memcmp(p, prefix, sizeof(prefix) - 1)) continue;
+        if (!memmem(p, l, svc, sizeof(svc) - 1)) continue;
+        const char *v = memmem(p, l, "} ", 2);
         assert_non_null(v);
         assert_int_equal(strtoll(v + 2, NULL, 10), 2);
         found++;
