@@ -156,8 +156,8 @@ void prom_label_raw(struct prom_buf *b, const char *name, const char *v)
 
 void prom_header(struct prom_buf *b, bool om, const char *name, enum prom_type type, const char *help)
 {
-    static const char *const types[] = {[PROM_COUNTER] = "counter", [PROM_GAUGE] = "gauge",
-                                        [PROM_HISTOGRAM] = "histogram"};
+    static const char *const types[] = {
+        [PROM_COUNTER] = "counter", [PROM_GAUGE] = "gauge", [PROM_HISTOGRAM] = "histogram"};
     const char *suffix = type == PROM_COUNTER && !om ? "_total" : "";
     prom_printf(b, "# HELP %s%s %s.\n", name, suffix, help);
     prom_printf(b, "# TYPE %s%s %s\n", name, suffix, types[type]);
@@ -172,7 +172,8 @@ const char *prom_content_type(bool om)
 /* ---- histograms ---- */
 
 const double prom_envoy_buckets[PROM_ENVOY_NBUCKETS] = {
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000,
+    0.5,  1,    5,     10,    25,    50,     100,    250,     500,     1000,
+    2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000,
 };
 
 void prom_hist_observe(struct prom_hist *h, uint64_t v)
@@ -309,7 +310,8 @@ struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, 
     e->len = (uint32_t)len;
     if (init) init(e, arg);
     size_t i = h & t->mask;
-    atomic_store_explicit(&e->hnext, atomic_load_explicit(&t->slot[i], memory_order_relaxed), memory_order_relaxed);
+    atomic_store_explicit(&e->hnext, atomic_load_explicit(&t->slot[i], memory_order_relaxed),
+                          memory_order_relaxed);
     /* Release: a lookup that finds e sees it whole, including what init wrote. */
     atomic_store_explicit(&t->slot[i], e, memory_order_release);
     if (r->tail)

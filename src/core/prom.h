@@ -1,5 +1,5 @@
-/* Prometheus text 0.0.4 / OpenMetrics 1.0 writing, shared by ztunnel's metrics (src/ztunnel/metrics.c) and the
- * waypoint's (src/waypoint/telemetry.c): a string builder with inline storage, label escaping, HELP/TYPE
+/* Prometheus text 0.0.4 / OpenMetrics 1.0 writing, shared by ztunnel's metrics (src/ztunnel/metrics.c) and
+ * the waypoint's (src/waypoint/telemetry.c): a string builder with inline storage, label escaping, HELP/TYPE
  * headers, Envoy's default histogram buckets, and a registry of label sets.
  *
  * Cost model: a caller renders a label set's text once into a prom_buf on the stack (no allocation up to
@@ -43,7 +43,7 @@ char *prom_buf_take(struct prom_buf *b, size_t *len);
 /* ---- labels ---- */
 
 /* Appends a label value with Prometheus escaping (backslash, double quote, newline). NULL or "" becomes
- * "unknown", as Istio's DefaultedUnknown (ztunnel) and istio_stats' unknown_ (Envoy) write a missing value. */
+ * "unknown", as Istio's ztunnel (DefaultedUnknown) and istio_stats (unknown_) write a missing value. */
 void prom_value(struct prom_buf *b, const char *v);
 /* Same escaping, but NULL or "" stays empty (grpc_response_status="" on a plain HTTP request). */
 void prom_value_raw(struct prom_buf *b, const char *v);
@@ -58,7 +58,8 @@ enum prom_type { PROM_COUNTER, PROM_GAUGE, PROM_HISTOGRAM };
 
 /* "# HELP" and "# TYPE" lines of a family. name is the sample name without "_total"; Prometheus 0.0.4 names a
  * counter family as its samples are named (with "_total"), OpenMetrics without. help gets a final '.'. */
-void prom_header(struct prom_buf *b, bool openmetrics, const char *name, enum prom_type type, const char *help);
+void prom_header(struct prom_buf *b, bool openmetrics, const char *name, enum prom_type type,
+                 const char *help);
 /* Content-Type to send with an exposition in either format. */
 const char *prom_content_type(bool openmetrics);
 
@@ -108,7 +109,10 @@ struct prom_registry {
     size_t n;
     struct prom_set *head, *tail;
 };
-#define PROM_REGISTRY_INIT {.lock = PTHREAD_MUTEX_INITIALIZER}
+#define PROM_REGISTRY_INIT                                                                                   \
+    {                                                                                                        \
+        .lock = PTHREAD_MUTEX_INITIALIZER                                                                    \
+    }
 
 /* Called once for a new set, under the registry lock, before other threads can see it: the place to fill
  * fields that depend on the labels. */
@@ -122,5 +126,5 @@ struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, 
 
 /* The first set and how many existed at the call: walk n of them through onext, as in
  *     for (size_t i = 0; i < n && s; i++, s = i < n ? s->onext : NULL)
- * (later sets may follow but are not part of this snapshot; the first n links no longer change). Thread-safe. */
+ * (later sets are not part of this snapshot; the first n links no longer change). Thread-safe. */
 struct prom_set *prom_registry_first(struct prom_registry *r, size_t *n);

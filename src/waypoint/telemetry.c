@@ -11,8 +11,8 @@
  *   - HTTP sets: the peer labels + request_protocol, response_code, grpc_response_status, response_flags,
  *     connection_security_policy; a request counter and three histograms.
  *   - message sets: the peer labels alone, because istio_stats adds the gRPC message counters while its tag
- *     list holds only those (testdata/metric/server_request_messages.yaml.tmpl); an HTTP set of a gRPC request
- *     finds its message set once, when it is created, so a request still costs one lookup.
+ *     list holds only those (testdata/metric/server_request_messages.yaml.tmpl); an HTTP set of a gRPC
+ * request finds its message set once, when it is created, so a request still costs one lookup.
  *   - TCP sets: the peer labels + request_protocol="tcp", response_flags, connection_security_policy. */
 #include "waypoint/telemetry.h"
 
@@ -92,7 +92,8 @@ static const char *wp_spiffe_ns(const char *id, char *buf, size_t n)
 static const char *wp_identity(const struct workload *w, char *buf, size_t n)
 {
     if (wp_set(w->spiffe_id)) return w->spiffe_id;
-    int len = snprintf(buf, n, "spiffe://%s/ns/%s/sa/%s", wp_set(w->trust_domain) ? w->trust_domain : "cluster.local",
+    int len = snprintf(buf, n, "spiffe://%s/ns/%s/sa/%s",
+                       wp_set(w->trust_domain) ? w->trust_domain : "cluster.local",
                        wp_set(w->namespace_) ? w->namespace_ : "default",
                        wp_set(w->service_account) ? w->service_account : "default");
     return len > 0 && (size_t)len < n ? buf : NULL;
@@ -116,7 +117,8 @@ static void wp_peer_labels(struct prom_buf *b, const struct wp_req_info *ri)
     prom_label(b, "reporter", "waypoint");
     prom_label(b, "source_workload", s ? s->workload_name : NULL);
     prom_label(b, "source_canonical_service", s ? s->canonical_name : NULL);
-    prom_label(b, "source_canonical_revision", s && wp_set(s->canonical_revision) ? s->canonical_revision : "latest");
+    prom_label(b, "source_canonical_revision",
+               s && wp_set(s->canonical_revision) ? s->canonical_revision : "latest");
     prom_label(b, "source_workload_namespace", ns);
     prom_label(b, "source_principal", ri->src_principal);
     prom_label(b, "source_app", s ? s->canonical_name : NULL);
@@ -205,8 +207,8 @@ int wp_metrics_request(const struct wp_req_info *ri)
         goto out;
     }
     in.labels = b.p;
-    struct wp_http_set *h = (struct wp_http_set *)prom_registry_get(&wp_reg.http, b.p, b.len,
-                                                                    sizeof(struct wp_http_set), wp_http_set_init, &in);
+    struct wp_http_set *h = (struct wp_http_set *)prom_registry_get(
+        &wp_reg.http, b.p, b.len, sizeof(struct wp_http_set), wp_http_set_init, &in);
     if (!h) {
         rc = -ENOMEM;
         goto out;
@@ -238,7 +240,8 @@ struct wp_tcp_set *wp_metrics_tcp_open(const struct wp_req_info *ri)
     prom_label(&b, "request_protocol", "tcp");
     wp_tail_labels(&b, ri);
     if (!b.oom)
-        m = (struct wp_tcp_set *)prom_registry_get(&wp_reg.tcp, b.p, b.len, sizeof(struct wp_tcp_set), NULL, NULL);
+        m = (struct wp_tcp_set *)prom_registry_get(&wp_reg.tcp, b.p, b.len, sizeof(struct wp_tcp_set), NULL,
+                                                   NULL);
     if (m) atomic_fetch_add_explicit(&m->opened, 1, memory_order_relaxed);
     prom_buf_free(&b);
     return m;
@@ -322,8 +325,9 @@ char *wp_metrics_render(bool om, size_t *len)
          offsetof(struct wp_tcp_set, closed)},
         {"istio_tcp_connections_opened", "The total number of TCP connections opened", &wp_reg.tcp,
          offsetof(struct wp_tcp_set, opened)},
-        {"istio_tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection",
-         &wp_reg.tcp, offsetof(struct wp_tcp_set, received)},
+        {"istio_tcp_received_bytes",
+         "The size of total bytes received during request in case of a TCP connection", &wp_reg.tcp,
+         offsetof(struct wp_tcp_set, received)},
         {"istio_tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection",
          &wp_reg.tcp, offsetof(struct wp_tcp_set, sent)},
     };
@@ -410,8 +414,8 @@ static void wp_access_text(struct prom_buf *b, const struct wp_access *a, const 
     wp_text(b, a->termination_details);
     prom_put(b, " \"", 2);
     wp_text(b, a->upstream_failure);
-    prom_printf(b, "\" %llu %llu %llu ", (unsigned long long)a->bytes_received, (unsigned long long)a->bytes_sent,
-                (unsigned long long)a->duration_ms);
+    prom_printf(b, "\" %llu %llu %llu ", (unsigned long long)a->bytes_received,
+                (unsigned long long)a->bytes_sent, (unsigned long long)a->duration_ms);
     if (a->upstream_service_time_ms >= 0)
         prom_printf(b, "%lld", (long long)a->upstream_service_time_ms);
     else
@@ -422,8 +426,9 @@ static void wp_access_text(struct prom_buf *b, const struct wp_access *a, const 
         wp_text(b, quoted[i]);
         prom_put(b, "\"", 1);
     }
-    const char *plain[] = {a->upstream_cluster,  a->upstream_local, a->downstream_local,
-                           a->downstream_remote, a->sni,            a->route_name};
+    const char *plain[] = {
+        a->upstream_cluster, a->upstream_local, a->downstream_local, a->downstream_remote, a->sni,
+        a->route_name};
     for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++) {
         prom_put(b, " ", 1);
         wp_text(b, plain[i]);
@@ -445,7 +450,8 @@ static int wp_access_json(struct prom_buf *b, const struct wp_access *a, const c
     json_t *o = json_object();
     if (!o) return -ENOMEM;
     /* The header's value is a string, as %RESP(...)% gives it. */
-    if (a->upstream_service_time_ms >= 0) snprintf(ust, sizeof(ust), "%lld", (long long)a->upstream_service_time_ms);
+    if (a->upstream_service_time_ms >= 0)
+        snprintf(ust, sizeof(ust), "%lld", (long long)a->upstream_service_time_ms);
     struct {
         const char *key;
         json_t *v;

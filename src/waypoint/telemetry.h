@@ -3,10 +3,10 @@
  * testdata/metric/server_waypoint_proxy_*.yaml.tmpl), their exposition for :15020/metrics, and Istio's
  * default access log line in text and JSON (istio/istio pilot/pkg/model/telemetry_logging.go).
  *
- * Cost model (as ztunnel's metrics): a request builds its label text once on the stack and finds its label set
- * with one hash lookup (core/prom.h's registry, a mutex around one chain walk); a set that exists costs no
- * allocation, and its counters and histogram buckets move with relaxed atomics. Label sets live as long as the
- * process. Every function here is thread-safe. */
+ * Cost model (as ztunnel's metrics): a request builds its label text once on the stack and finds its label
+ * set with one hash lookup (core/prom.h's registry, a mutex around one chain walk); a set that exists costs
+ * no allocation, and its counters and histogram buckets move with relaxed atomics. Label sets live as long as
+ * the process. Every function here is thread-safe. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -16,8 +16,8 @@
 
 /* What one finished HTTP request knows. Everything is borrowed and only read during the call. */
 struct wp_req_info {
-    /* The downstream peer: its workload by source IP in the Address snapshot (NULL when unknown) and the HBONE
-     * peer certificate's SPIFFE id (NULL on a connection without one). */
+    /* The downstream peer: its workload by source IP in the Address snapshot (NULL when unknown) and the
+     * HBONE peer certificate's SPIFFE id (NULL on a connection without one). */
     const struct workload *src_wl;
     const char *src_principal;
     /* The upstream endpoint's workload (NULL when no endpoint was chosen) and the service the request was
@@ -50,8 +50,8 @@ struct wp_tcp_set;
 /* Counts istio_tcp_connections_opened_total for a TCP stream (request_protocol "tcp") under ri's labels
  * (ri's HTTP-only fields are not used; response_flags is ri->response_flags) and returns the set that its
  * bytes and its close are counted in: Envoy's istio_stats fixes a TCP stream's labels once, so all four TCP
- * counters share them. Call it once the upstream outcome is known (e.g. "UF" on a failed connect). NULL only on
- * ENOMEM or a NULL ri; the other wp_metrics_tcp_* accept NULL and do nothing. */
+ * counters share them. Call it once the upstream outcome is known (e.g. "UF" on a failed connect). NULL only
+ * on ENOMEM or a NULL ri; the other wp_metrics_tcp_* accept NULL and do nothing. */
 struct wp_tcp_set *wp_metrics_tcp_open(const struct wp_req_info *ri);
 /* Adds bytes: received = from the downstream, sent = to the downstream (istio_tcp_received_bytes_total and
  * istio_tcp_sent_bytes_total). May be called as bytes move. */

@@ -245,24 +245,24 @@ static long m_open_fds(void)
 static void m_render_xds(struct prom_buf *b, bool om)
 {
     prom_header(b, om, "istio_xds_connection_terminations", PROM_COUNTER,
-             "The total number of completed connections to xds server (unstable)");
+                "The total number of completed connections to xds server (unstable)");
     for (int r = 0; r < XDS_TERM_COUNT; r++) {
         uint64_t v = xds_client_terminations(r);
         if (v)
             prom_printf(b, "istio_xds_connection_terminations_total{reason=\"%s\"} %llu\n",
-                     xds_term_reason_to_str(r), (unsigned long long)v);
+                        xds_term_reason_to_str(r), (unsigned long long)v);
     }
     uint64_t msgs, bytes;
     prom_header(b, om, "istio_xds_message", PROM_COUNTER, "Total number of messages received (unstable)");
     for (size_t i = 0; xds_client_metric_type(i, &msgs, &bytes); i++)
         if (msgs)
             prom_printf(b, "istio_xds_message_total{url=\"%s\"} %llu\n",
-                     xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)msgs);
+                        xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)msgs);
     prom_header(b, om, "istio_xds_message_bytes", PROM_COUNTER, "Total number of bytes received (unstable)");
     for (size_t i = 0; xds_client_metric_type(i, &msgs, &bytes); i++)
         if (msgs)
             prom_printf(b, "istio_xds_message_bytes_total{url=\"%s\"} %llu\n",
-                     xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)bytes);
+                        xds_client_metric_type(i, &msgs, &bytes), (unsigned long long)bytes);
 }
 
 static _Atomic bool inpod_on;
@@ -289,14 +289,16 @@ static void m_render_inpod(struct prom_buf *b, bool om)
 {
     if (!atomic_load(&inpod_on)) return;
     prom_header(b, om, "istio_active_proxy_count", PROM_GAUGE,
-             "The total number current workloads with active proxies (unstable)");
+                "The total number current workloads with active proxies (unstable)");
     prom_printf(b, "istio_active_proxy_count %llu\n", (unsigned long long)atomic_load(&inpod_active));
     prom_header(b, om, "istio_pending_proxy_count", PROM_GAUGE,
-             "The total number current workloads with pending proxies (unstable)");
+                "The total number current workloads with pending proxies (unstable)");
     prom_printf(b, "istio_pending_proxy_count %llu\n", (unsigned long long)atomic_load(&inpod_pending));
-    prom_header(b, om, "istio_proxies_started", PROM_COUNTER, "The total number of proxies that were started (unstable)");
+    prom_header(b, om, "istio_proxies_started", PROM_COUNTER,
+                "The total number of proxies that were started (unstable)");
     prom_printf(b, "istio_proxies_started_total %llu\n", (unsigned long long)atomic_load(&inpod_started));
-    prom_header(b, om, "istio_proxies_stopped", PROM_COUNTER, "The total number of proxies that were stopped (unstable)");
+    prom_header(b, om, "istio_proxies_stopped", PROM_COUNTER,
+                "The total number of proxies that were stopped (unstable)");
     prom_printf(b, "istio_proxies_stopped_total %llu\n", (unsigned long long)atomic_load(&inpod_stopped));
 }
 
@@ -305,17 +307,18 @@ static void m_render_inpod(struct prom_buf *b, bool om)
 static void m_render_hbone(struct prom_buf *b, bool om)
 {
     prom_header(b, om, "zmesh_hbone_protocol_errors", PROM_COUNTER,
-             "HBONE connections ended, or requests refused (431), for what the peer sent, by reason");
+                "HBONE connections ended, or requests refused (431), for what the peer sent, by reason");
     for (int e = 0; e < HBONE_PERR_COUNT; e++)
         prom_printf(b, "zmesh_hbone_protocol_errors_total{reason=\"%s\"} %llu\n", hbone_proto_err_to_str(e),
-                 (unsigned long long)hbone_proto_errors(e));
-    prom_header(b, om, "zmesh_hbone_early_resets", PROM_COUNTER, "HBONE streams the peer reset before their response");
+                    (unsigned long long)hbone_proto_errors(e));
+    prom_header(b, om, "zmesh_hbone_early_resets", PROM_COUNTER,
+                "HBONE streams the peer reset before their response");
     prom_printf(b, "zmesh_hbone_early_resets_total %llu\n", (unsigned long long)hbone_early_resets());
     prom_header(b, om, "zmesh_hbone_buffered_bytes", PROM_GAUGE,
-             "Bytes received over HBONE that wait for a local socket to take them");
+                "Bytes received over HBONE that wait for a local socket to take them");
     prom_printf(b, "zmesh_hbone_buffered_bytes %llu\n", (unsigned long long)hbone_buffered_bytes());
     prom_header(b, om, "zmesh_hbone_memory_reserved_bytes", PROM_GAUGE,
-             "HTTP/2 receive windows and relay buffers reserved from the memory budget");
+                "HTTP/2 receive windows and relay buffers reserved from the memory budget");
     prom_printf(b, "zmesh_hbone_memory_reserved_bytes %llu\n", (unsigned long long)h2_mem_reserved());
     prom_header(b, om, "zmesh_hbone_memory_budget_bytes", PROM_GAUGE, "The memory budget for HBONE peers");
     prom_printf(b, "zmesh_hbone_memory_budget_bytes %llu\n", (unsigned long long)h2_mem_limit());
@@ -351,11 +354,12 @@ char *metrics_render(bool om, size_t *len)
         }
     }
 
-    prom_header(&b, om, "istio_tcp_sockets_open", PROM_GAUGE, "The current number of open TCP sockets (unstable)");
+    prom_header(&b, om, "istio_tcp_sockets_open", PROM_GAUGE,
+                "The current number of open TCP sockets (unstable)");
     for (int i = 0; i < 2; i++) {
         if (!atomic_load_explicit(&m_reg.sockets_touched[i], memory_order_relaxed)) continue;
         prom_printf(&b, "istio_tcp_sockets_open{reporter=\"%s\"} %lld\n", i ? "destination" : "source",
-                 (long long)atomic_load_explicit(&m_reg.sockets[i], memory_order_relaxed));
+                    (long long)atomic_load_explicit(&m_reg.sockets[i], memory_order_relaxed));
     }
 
     prom_header(&b, om, "istio_build", PROM_GAUGE, "Istio component build info");

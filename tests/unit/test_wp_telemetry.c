@@ -1,7 +1,8 @@
 /* Unit tests for the waypoint's telemetry (src/waypoint/telemetry.c, in libzmesh.a): Istio's label set for
  * reporter="waypoint" in its order, defaults and escaping, Envoy's histogram buckets at their edges, gRPC
- * message counters, TCP counters, both exposition formats (the text one checked by promtool), the access log's
- * text line byte for byte and its JSON object parsed back, and exact totals under two recording threads.
+ * message counters, TCP counters, both exposition formats (the text one checked by promtool), the access
+ * log's text line byte for byte and its JSON object parsed back, and exact totals under two recording
+ * threads.
  *
  * The registries are process-wide and never shrink, so each test gives its requests a label set of its own
  * (a distinct host, principal or flag) and reads only its own samples. */
@@ -22,35 +23,34 @@
 #include "mesh/config.h"
 #include "waypoint/telemetry.h"
 
-static const char *mesh_yaml =
-    "workloads:\n"
-    "- name: client-7d4\n"
-    "  namespace: app\n"
-    "  serviceAccount: client\n"
-    "  workloadName: client\n"
-    "  canonicalName: client-svc\n"
-    "  canonicalRevision: v1\n"
-    "  clusterId: c1\n"
-    "  workloadIps: [\"10.0.0.1\"]\n"
-    "  protocol: HBONE\n"
-    "- name: server-0\n"
-    "  namespace: app\n"
-    "  serviceAccount: server\n"
-    "  trustDomain: example.org\n"
-    "  workloadName: server\n"
-    "  canonicalName: server-app\n"
-    "  canonicalRevision: v2\n"
-    "  clusterId: c2\n"
-    "  workloadIps: [\"10.0.0.2\"]\n"
-    "  protocol: HBONE\n"
-    "  services:\n"
-    "    \"app/server.app.svc.cluster.local\": {80: 8080}\n"
-    "services:\n"
-    "- name: server\n"
-    "  namespace: app\n"
-    "  hostname: server.app.svc.cluster.local\n"
-    "  vips: [\"/10.96.0.20\"]\n"
-    "  ports: {80: 8080}\n";
+static const char *mesh_yaml = "workloads:\n"
+                               "- name: client-7d4\n"
+                               "  namespace: app\n"
+                               "  serviceAccount: client\n"
+                               "  workloadName: client\n"
+                               "  canonicalName: client-svc\n"
+                               "  canonicalRevision: v1\n"
+                               "  clusterId: c1\n"
+                               "  workloadIps: [\"10.0.0.1\"]\n"
+                               "  protocol: HBONE\n"
+                               "- name: server-0\n"
+                               "  namespace: app\n"
+                               "  serviceAccount: server\n"
+                               "  trustDomain: example.org\n"
+                               "  workloadName: server\n"
+                               "  canonicalName: server-app\n"
+                               "  canonicalRevision: v2\n"
+                               "  clusterId: c2\n"
+                               "  workloadIps: [\"10.0.0.2\"]\n"
+                               "  protocol: HBONE\n"
+                               "  services:\n"
+                               "    \"app/server.app.svc.cluster.local\": {80: 8080}\n"
+                               "services:\n"
+                               "- name: server\n"
+                               "  namespace: app\n"
+                               "  hostname: server.app.svc.cluster.local\n"
+                               "  vips: [\"/10.96.0.20\"]\n"
+                               "  ports: {80: 8080}\n";
 
 static struct snapshot *load_ok(const char *yaml)
 {
@@ -107,7 +107,8 @@ static long long hist_part(const char *text, const char *name, const char *part,
     "source_canonical_revision=\"v1\",source_workload_namespace=\"app\","                                    \
     "source_principal=\"spiffe://cluster.local/ns/app/sa/client\",source_app=\"client-svc\","                \
     "source_version=\"v1\",source_cluster=\"c1\",destination_workload=\"server\","                           \
-    "destination_workload_namespace=\"app\",destination_principal=\"spiffe://example.org/ns/app/sa/server\"," \
+    "destination_workload_namespace=\"app\",destination_principal=\"spiffe://example.org/ns/app/sa/"         \
+    "server\","                                                                                              \
     "destination_app=\"server-app\",destination_version=\"v2\","                                             \
     "destination_service=\"server.app.svc.cluster.local\",destination_canonical_service=\"server-app\","     \
     "destination_canonical_revision=\"v2\",destination_service_name=\"server\","                             \
@@ -133,8 +134,9 @@ static void test_full_labels(void **state)
     assert_int_equal(wp_metrics_request(&ri), 0);
     assert_int_equal(wp_metrics_request(&ri), 0);
     char *t = render(false);
-    const char *labels = FULL_PEER ",request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\","
-                                   "response_flags=\"-\",connection_security_policy=\"mutual_tls\"";
+    const char *labels =
+        FULL_PEER ",request_protocol=\"http\",response_code=\"200\",grpc_response_status=\"\","
+                  "response_flags=\"-\",connection_security_policy=\"mutual_tls\"";
     if (sample(t, "istio_requests_total", labels) != 2) fail_msg("no sample {%s} in:\n%s", labels, t);
     /* 5 ms lands in le="5" (inclusive), not in le="1". */
     const char *d = "istio_request_duration_milliseconds";
@@ -167,14 +169,16 @@ static void test_missing_labels(void **state)
     char *t = render(false);
     const char *labels =
         "reporter=\"waypoint\",source_workload=\"unknown\",source_canonical_service=\"unknown\","
-        "source_canonical_revision=\"latest\",source_workload_namespace=\"unknown\",source_principal=\"unknown\","
+        "source_canonical_revision=\"latest\",source_workload_namespace=\"unknown\",source_principal="
+        "\"unknown\","
         "source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\","
         "destination_workload=\"unknown\",destination_workload_namespace=\"unknown\","
         "destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\","
         "destination_service=\"missing.example:8080\",destination_canonical_service=\"unknown\","
         "destination_canonical_revision=\"unknown\",destination_service_name=\"missing.example:8080\","
         "destination_service_namespace=\"unknown\",destination_cluster=\"unknown\",request_protocol=\"http\","
-        "response_code=\"0\",grpc_response_status=\"\",response_flags=\"NR\",connection_security_policy=\"none\"";
+        "response_code=\"0\",grpc_response_status=\"\",response_flags=\"NR\",connection_security_policy="
+        "\"none\"";
     if (sample(t, "istio_requests_total", labels) != 1) fail_msg("no sample {%s} in:\n%s", labels, t);
     free(t);
     /* NULL info is refused. */
@@ -194,7 +198,8 @@ static void test_escaping(void **state)
     };
     assert_int_equal(wp_metrics_request(&ri), 0);
     char *t = render(false);
-    assert_non_null(strstr(t, ",source_workload_namespace=\"esc-ns\",source_principal=\"spiffe://td/ns/esc-ns/sa/x\","));
+    assert_non_null(
+        strstr(t, ",source_workload_namespace=\"esc-ns\",source_principal=\"spiffe://td/ns/esc-ns/sa/x\","));
     assert_non_null(strstr(t, ",destination_service=\"a\\\"b\\\\c\\nd\","));
     assert_non_null(strstr(t, ",destination_service_name=\"a\\\"b\\\\c\\nd\","));
     assert_non_null(strstr(t, ",response_code=\"503\",grpc_response_status=\"\",response_flags=\"UF\","
@@ -232,7 +237,8 @@ static void test_grpc_messages(void **state)
         "reporter=\"waypoint\",source_workload=\"unknown\",source_canonical_service=\"unknown\","
         "source_canonical_revision=\"latest\",source_workload_namespace=\"grpc\","
         "source_principal=\"spiffe://td/ns/grpc/sa/x\",source_app=\"unknown\",source_version=\"unknown\","
-        "source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace=\"unknown\","
+        "source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace="
+        "\"unknown\","
         "destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\","
         "destination_service=\"grpc.example\",destination_canonical_service=\"unknown\","
         "destination_canonical_revision=\"unknown\",destination_service_name=\"grpc.example\","
@@ -240,21 +246,24 @@ static void test_grpc_messages(void **state)
     if (sample(t, "istio_request_messages_total", peer) != 4) fail_msg("no sample {%s} in:\n%s", peer, t);
     assert_int_equal(sample(t, "istio_response_messages_total", peer), 5);
     char full[4096];
-    snprintf(full, sizeof(full),
-             "%s,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"14\",response_flags=\"-\","
-             "connection_security_policy=\"mutual_tls\"",
-             peer);
+    snprintf(
+        full, sizeof(full),
+        "%s,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"14\",response_flags=\"-\","
+        "connection_security_policy=\"mutual_tls\"",
+        peer);
     assert_int_equal(sample(t, "istio_requests_total", full), 2);
     /* 1 ms is in le="1", not in le="0.5". */
     assert_int_equal(bucket(t, "istio_request_duration_milliseconds", full, "0.5"), 0);
     assert_int_equal(bucket(t, "istio_request_duration_milliseconds", full, "1"), 2);
     /* A call without messages still has both samples, at 0, and no grpc-status is "". */
-    assert_non_null(strstr(t, "destination_service=\"grpc-none.example\",destination_canonical_service=\"unknown\","
-                              "destination_canonical_revision=\"unknown\",destination_service_name=\"grpc-none."
-                              "example\",destination_service_namespace=\"unknown\",destination_cluster=\"unknown\"} 0\n"));
-    assert_non_null(strstr(t, "destination_service_name=\"grpc-none.example\",destination_service_namespace=\"unknown\","
-                              "destination_cluster=\"unknown\",request_protocol=\"grpc\",response_code=\"200\","
-                              "grpc_response_status=\"\","));
+    assert_non_null(strstr(
+        t, "destination_service=\"grpc-none.example\",destination_canonical_service=\"unknown\","
+           "destination_canonical_revision=\"unknown\",destination_service_name=\"grpc-none."
+           "example\",destination_service_namespace=\"unknown\",destination_cluster=\"unknown\"} 0\n"));
+    assert_non_null(
+        strstr(t, "destination_service_name=\"grpc-none.example\",destination_service_namespace=\"unknown\","
+                  "destination_cluster=\"unknown\",request_protocol=\"grpc\",response_code=\"200\","
+                  "grpc_response_status=\"\","));
     free(t);
 }
 
@@ -265,7 +274,8 @@ static void test_bucket_edges(void **state)
     const char *hosts[] = {"edge0.example", "edge1.example", "edge2.example"};
     char *t;
     for (int i = 0; i < 3; i++) {
-        struct wp_req_info ri = {.host = hosts[i], .grpc_status = -1, .response_code = 204, .duration_ms = ms[i]};
+        struct wp_req_info ri = {
+            .host = hosts[i], .grpc_status = -1, .response_code = 204, .duration_ms = ms[i]};
         assert_int_equal(wp_metrics_request(&ri), 0);
     }
     t = render(false);
@@ -319,8 +329,10 @@ static void test_tcp(void **state)
     wp_metrics_tcp_close(NULL);
 
     char *t = render(false);
-    const char *ok = FULL_PEER ",request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"mutual_tls\"";
-    const char *uf = FULL_PEER ",request_protocol=\"tcp\",response_flags=\"UF\",connection_security_policy=\"mutual_tls\"";
+    const char *ok =
+        FULL_PEER ",request_protocol=\"tcp\",response_flags=\"-\",connection_security_policy=\"mutual_tls\"";
+    const char *uf =
+        FULL_PEER ",request_protocol=\"tcp\",response_flags=\"UF\",connection_security_policy=\"mutual_tls\"";
     if (sample(t, "istio_tcp_connections_opened_total", ok) != 2) fail_msg("no sample {%s} in:\n%s", ok, t);
     assert_int_equal(sample(t, "istio_tcp_connections_closed_total", ok), 1);
     assert_int_equal(sample(t, "istio_tcp_received_bytes_total", ok), 15);
@@ -341,7 +353,8 @@ static void test_exposition(void **state)
     assert_non_null(strstr(t, "# HELP istio_requests_total "));
     assert_non_null(strstr(t, "# TYPE istio_tcp_connections_opened_total counter\n"));
     assert_non_null(strstr(t, "# TYPE istio_request_duration_milliseconds histogram\n"));
-    assert_non_null(strstr(t, "# TYPE istio_build gauge\nistio_build{component=\"proxy\",tag=\"1.2.3-zm\"} 1\n"));
+    assert_non_null(
+        strstr(t, "# TYPE istio_build gauge\nistio_build{component=\"proxy\",tag=\"1.2.3-zm\"} 1\n"));
     assert_null(strstr(t, "# EOF"));
     assert_non_null(strstr(o, "# TYPE istio_requests counter\n"));
     assert_non_null(strstr(o, "# TYPE istio_request_messages counter\n"));
@@ -352,7 +365,8 @@ static void test_exposition(void **state)
     /* Samples are the same in both. */
     assert_non_null(strstr(o, "\nistio_requests_total{reporter=\"waypoint\","));
     assert_string_equal(wp_metrics_content_type(false), "text/plain; version=0.0.4; charset=utf-8");
-    assert_string_equal(wp_metrics_content_type(true), "application/openmetrics-text;charset=utf-8;version=1.0.0");
+    assert_string_equal(wp_metrics_content_type(true),
+                        "application/openmetrics-text;charset=utf-8;version=1.0.0");
 
     /* promtool (Debian's prometheus package) parses and lints the text exposition. */
     char path[] = "/tmp/wp_metrics_XXXXXX";
@@ -423,12 +437,18 @@ static void test_access_text(void **state)
     assert_int_equal(n, strlen(want));
 
     /* A reset before any response: code 0, no upstream time; a control character stays on one line. */
-    struct wp_access a = {.start_ms_wall = 5, .method = "POST", .path = "/x\ny", .protocol = "HTTP/2",
-                          .response_flags = "DC", .response_code_details = "downstream_remote_disconnect",
-                          .upstream_service_time_ms = -1, .duration_ms = 12};
+    struct wp_access a = {.start_ms_wall = 5,
+                          .method = "POST",
+                          .path = "/x\ny",
+                          .protocol = "HTTP/2",
+                          .response_flags = "DC",
+                          .response_code_details = "downstream_remote_disconnect",
+                          .upstream_service_time_ms = -1,
+                          .duration_ms = 12};
     n = wp_access_format(&a, false, buf, sizeof(buf));
-    assert_string_equal(buf, "[1970-01-01T00:00:00.005Z] \"POST /x?y HTTP/2\" 0 DC downstream_remote_disconnect - "
-                             "\"-\" 0 0 12 - \"-\" \"-\" \"-\" \"-\" \"-\" - - - - - -\n");
+    assert_string_equal(buf,
+                        "[1970-01-01T00:00:00.005Z] \"POST /x?y HTTP/2\" 0 DC downstream_remote_disconnect - "
+                        "\"-\" 0 0 12 - \"-\" \"-\" \"-\" \"-\" \"-\" - - - - - -\n");
     assert_true(n > 0);
 
     /* Too small a buffer is refused, not cut. */
@@ -450,12 +470,30 @@ static void test_access_json(void **state)
     json_t *o = json_loads(buf, 0, &err);
     if (!o) fail_msg("JSON does not parse: %s: %s", err.text, buf);
     assert_int_equal(json_object_size(o), 24);
-    static const char *const keys[] = {
-        "authority", "bytes_received", "bytes_sent", "connection_termination_details",
-        "downstream_local_address", "downstream_remote_address", "duration", "method", "path", "protocol",
-        "request_id", "requested_server_name", "response_code", "response_code_details", "response_flags",
-        "route_name", "start_time", "upstream_cluster", "upstream_host", "upstream_local_address",
-        "upstream_service_time", "upstream_transport_failure_reason", "user_agent", "x_forwarded_for"};
+    static const char *const keys[] = {"authority",
+                                       "bytes_received",
+                                       "bytes_sent",
+                                       "connection_termination_details",
+                                       "downstream_local_address",
+                                       "downstream_remote_address",
+                                       "duration",
+                                       "method",
+                                       "path",
+                                       "protocol",
+                                       "request_id",
+                                       "requested_server_name",
+                                       "response_code",
+                                       "response_code_details",
+                                       "response_flags",
+                                       "route_name",
+                                       "start_time",
+                                       "upstream_cluster",
+                                       "upstream_host",
+                                       "upstream_local_address",
+                                       "upstream_service_time",
+                                       "upstream_transport_failure_reason",
+                                       "user_agent",
+                                       "x_forwarded_for"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (!json_object_get(o, keys[i])) fail_msg("key %s missing: %s", keys[i], buf);
     assert_string_equal(json_string_value(json_object_get(o, "start_time")), "2025-12-02T05:52:36.123Z");
@@ -499,8 +537,14 @@ static void *record_many(void *arg)
 /* Two threads recording into the same label set: exact totals in the counter and the histograms. */
 static void test_concurrency(void **state)
 {
-    struct wp_req_info ri = {.host = "race.example", .grpc = true, .grpc_status = 0, .response_code = 200,
-                             .duration_ms = 30, .request_bytes = 3, .response_bytes = 7, .request_messages = 1,
+    struct wp_req_info ri = {.host = "race.example",
+                             .grpc = true,
+                             .grpc_status = 0,
+                             .response_code = 200,
+                             .duration_ms = 30,
+                             .request_bytes = 3,
+                             .response_bytes = 7,
+                             .request_messages = 1,
                              .response_messages = 2};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
@@ -513,7 +557,8 @@ static void test_concurrency(void **state)
     char *t = render(false);
     const char *peer =
         "reporter=\"waypoint\",source_workload=\"unknown\",source_canonical_service=\"unknown\","
-        "source_canonical_revision=\"latest\",source_workload_namespace=\"unknown\",source_principal=\"unknown\","
+        "source_canonical_revision=\"latest\",source_workload_namespace=\"unknown\",source_principal="
+        "\"unknown\","
         "source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\","
         "destination_workload=\"unknown\",destination_workload_namespace=\"unknown\","
         "destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\","
@@ -521,10 +566,11 @@ static void test_concurrency(void **state)
         "destination_canonical_revision=\"unknown\",destination_service_name=\"race.example\","
         "destination_service_namespace=\"unknown\",destination_cluster=\"unknown\"";
     char full[4096];
-    snprintf(full, sizeof(full),
-             "%s,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\","
-             "connection_security_policy=\"none\"",
-             peer);
+    snprintf(
+        full, sizeof(full),
+        "%s,request_protocol=\"grpc\",response_code=\"200\",grpc_response_status=\"0\",response_flags=\"-\","
+        "connection_security_policy=\"none\"",
+        peer);
     const long long total = 2LL * THREAD_REQUESTS;
     assert_int_equal(sample(t, "istio_requests_total", full), total);
     assert_int_equal(bucket(t, "istio_request_duration_milliseconds", full, "25"), 0);
@@ -586,11 +632,16 @@ static void test_concurrent_creation(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_labels),   cmocka_unit_test(test_missing_labels),
-        cmocka_unit_test(test_escaping),      cmocka_unit_test(test_grpc_messages),
-        cmocka_unit_test(test_bucket_edges),  cmocka_unit_test(test_tcp),
-        cmocka_unit_test(test_exposition),    cmocka_unit_test(test_access_text),
-        cmocka_unit_test(test_access_json),   cmocka_unit_test(test_concurrency),
+        cmocka_unit_test(test_full_labels),
+        cmocka_unit_test(test_missing_labels),
+        cmocka_unit_test(test_escaping),
+        cmocka_unit_test(test_grpc_messages),
+        cmocka_unit_test(test_bucket_edges),
+        cmocka_unit_test(test_tcp),
+        cmocka_unit_test(test_exposition),
+        cmocka_unit_test(test_access_text),
+        cmocka_unit_test(test_access_json),
+        cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_concurrent_creation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
