@@ -584,6 +584,78 @@ static void test_concurrency(void **state)
     free(t);
 }
 
+/* Allocation counting: this executable's malloc family forwards to glibc's and counts calls made by the
+ * thread that turned counting on. Sanitizers bring their own allocator, so there the test is skipped. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define COUNT_ALLOCS 0
+#else
+#define COUNT_ALLOCS 1
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void __libc_free(void *);
+static _Thread_local bool counting;
+static _Thread_local unsigned long allocs;
+void *malloc(size_t n)
+{
+    if (counting) allocs++;
+    return __libc_malloc(n);
+}
+void *calloc(size_t a, size_t b)
+{
+    if (counting) allocs++;
+    return __libc_calloc(a, b);
+}
+void *realloc(void *p, size_t n)
+{
+    if (counting) allocs++;
+    return __libc_realloc(p, n);
+}
+void free(void *p)
+{
+    __libc_free(p);
+}
+#endif
+
+/* Once its label set exists, recording a request (HTTP with the full label set, gRPC with its message set)
+ * and a TCP stream allocates nothing. */
+static void test_no_allocation(void **state)
+{
+    if (!COUNT_ALLOCS) skip();
+    struct snapshot *s = load_ok(mesh_yaml);
+    struct wp_req_info ri = {
+        .src_wl = snapshot_workload_at(s, 0),
+        .src_principal = "spiffe://cluster.local/ns/app/sa/client",
+        .dst_wl = snapshot_workload_at(s, 1),
+        .dst_svc = snapshot_service_at(s, 0),
+        .grpc = true,
+        .grpc_status = 0,
+        .response_code = 200,
+        .duration_ms = 3,
+        .request_messages = 1,
+    };
+    assert_int_equal(wp_metrics_request(&ri), 0); /* creates the sets */
+    struct wp_tcp_set *m = wp_metrics_tcp_open(&ri);
+    assert_non_null(m);
+#if COUNT_ALLOCS
+    allocs = 0;
+    counting = true;
+    for (int i = 0; i < 1000; i++) {
+        wp_metrics_request(&ri);
+        struct wp_tcp_set *t = wp_metrics_tcp_open(&ri);
+        wp_metrics_tcp_bytes(t, 1, 1);
+        wp_metrics_tcp_close(t);
+    }
+    /* A new set does allocate: the counter works. */
+    ri.host = NULL;
+    ri.response_code = 201;
+    wp_metrics_request(&ri);
+    counting = false;
+    assert_int_equal(allocs, 1);
+#endif
+    snapshot_unref(s);
+}
+
 #define RACE_SETS 3000
 
 static void *create_many(void *arg)
@@ -643,6 +715,7 @@ int main(void)
         cmocka_unit_test(test_access_json),
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_concurrent_creation),
+        cmocka_unit_test(test_no_allocation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
