@@ -227,6 +227,29 @@ out:
     return rc;
 }
 
+/* ---- gRPC streams ---- */
+
+struct wp_grpc_msgs *wp_metrics_grpc_stream(const struct wp_req_info *ri)
+{
+    struct prom_buf b;
+    struct prom_set *m = NULL;
+
+    if (!ri) return NULL;
+    prom_buf_init(&b);
+    wp_peer_labels(&b, ri);
+    if (!b.oom) m = prom_registry_get(&wp_reg.msgs, b.p, b.len, sizeof(struct wp_msg_set), NULL, NULL);
+    prom_buf_free(&b);
+    return (struct wp_grpc_msgs *)m;
+}
+
+void wp_metrics_grpc_add(struct wp_grpc_msgs *m, uint64_t request_messages, uint64_t response_messages)
+{
+    struct wp_msg_set *ms = (struct wp_msg_set *)m;
+    if (!ms) return;
+    atomic_fetch_add_explicit(&ms->request_messages, request_messages, memory_order_relaxed);
+    atomic_fetch_add_explicit(&ms->response_messages, response_messages, memory_order_relaxed);
+}
+
 /* ---- TCP ---- */
 
 struct wp_tcp_set *wp_metrics_tcp_open(const struct wp_req_info *ri)

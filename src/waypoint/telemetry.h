@@ -44,6 +44,17 @@ struct wp_req_info {
  * counted). */
 int wp_metrics_request(const struct wp_req_info *ri);
 
+/* The gRPC message counters of one peer label set; owned by the registry, never freed. */
+struct wp_grpc_msgs;
+
+/* For a long gRPC stream, whose message counters istio_stats moves every reporting interval rather than at
+ * the end: resolves the stream's message set once (from ri's peer fields: workloads, principal, service,
+ * host) so that wp_metrics_grpc_add can count messages as they pass. The final wp_metrics_request then
+ * carries only the messages not yet added. NULL on ENOMEM or a NULL ri. */
+struct wp_grpc_msgs *wp_metrics_grpc_stream(const struct wp_req_info *ri);
+/* Adds messages to the set (relaxed atomics); NULL does nothing. */
+void wp_metrics_grpc_add(struct wp_grpc_msgs *m, uint64_t request_messages, uint64_t response_messages);
+
 /* The counters of a TCP stream proxied through the waypoint; owned by the registry, never freed. */
 struct wp_tcp_set;
 

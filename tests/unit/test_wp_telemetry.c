@@ -267,6 +267,43 @@ static void test_grpc_messages(void **state)
     free(t);
 }
 
+/* A long gRPC stream counts messages as they pass, into the same set its final request adds the rest to. */
+static void test_grpc_stream(void **state)
+{
+    struct wp_req_info ri = {.src_principal = "spiffe://td/ns/stream/sa/x",
+                             .host = "stream.example",
+                             .grpc = true,
+                             .grpc_status = 0,
+                             .response_code = 200};
+    struct wp_grpc_msgs *m = wp_metrics_grpc_stream(&ri);
+    assert_non_null(m);
+    wp_metrics_grpc_add(m, 10, 20);
+    char *t = render(false);
+    const char *peer =
+        "reporter=\"waypoint\",source_workload=\"unknown\",source_canonical_service=\"unknown\","
+        "source_canonical_revision=\"latest\",source_workload_namespace=\"stream\","
+        "source_principal=\"spiffe://td/ns/stream/sa/x\",source_app=\"unknown\",source_version=\"unknown\","
+        "source_cluster=\"unknown\",destination_workload=\"unknown\",destination_workload_namespace="
+        "\"unknown\","
+        "destination_principal=\"unknown\",destination_app=\"unknown\",destination_version=\"unknown\","
+        "destination_service=\"stream.example\",destination_canonical_service=\"unknown\","
+        "destination_canonical_revision=\"unknown\",destination_service_name=\"stream.example\","
+        "destination_service_namespace=\"unknown\",destination_cluster=\"unknown\"";
+    /* Visible while the stream is still open. */
+    assert_int_equal(sample(t, "istio_request_messages_total", peer), 10);
+    assert_int_equal(sample(t, "istio_response_messages_total", peer), 20);
+    free(t);
+    ri.request_messages = 1;
+    ri.response_messages = 2;
+    assert_int_equal(wp_metrics_request(&ri), 0);
+    t = render(false);
+    assert_int_equal(sample(t, "istio_request_messages_total", peer), 11);
+    assert_int_equal(sample(t, "istio_response_messages_total", peer), 22);
+    free(t);
+    wp_metrics_grpc_add(NULL, 1, 1);
+    assert_null(wp_metrics_grpc_stream(NULL));
+}
+
 /* Bucket edges: 0 in le="0.5", the largest bound is inclusive, one more ms is only in +Inf. */
 static void test_bucket_edges(void **state)
 {
@@ -716,6 +753,7 @@ int main(void)
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_concurrent_creation),
         cmocka_unit_test(test_no_allocation),
+        cmocka_unit_test(test_grpc_stream),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
