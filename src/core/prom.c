@@ -209,14 +209,15 @@ void prom_hist_render(struct prom_buf *b, const char *name, const char *labels, 
                       const struct prom_hist *h)
 {
     uint64_t cum = 0;
-    char le[32];
+    char le[48]; /* %.32g of a double: at most 32 digits, sign, point and exponent */
     /* Read each bucket once: the cumulative counts, +Inf and _count stay consistent with each other even
      * while other threads observe. */
     for (size_t i = 0; i <= PROM_ENVOY_NBUCKETS; i++) {
         cum += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
-        /* %g writes Envoy's bounds as Envoy does: 0.5, 1, 300000, 1.8e+06. */
+        /* Envoy writes a bound with {:.32g} (envoyproxy/envoy source/server/admin/prometheus_stats.cc):
+         * fixed point for these, 0.5, 1, 1800000. */
         if (i < PROM_ENVOY_NBUCKETS)
-            snprintf(le, sizeof(le), "%g", prom_envoy_buckets[i]);
+            snprintf(le, sizeof(le), "%.32g", prom_envoy_buckets[i]);
         else
             snprintf(le, sizeof(le), "+Inf");
         prom_hist_line(b, name, "_bucket", labels, len, le, cum);
