@@ -297,6 +297,10 @@ struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, 
     pthread_mutex_lock(&r->lock);
     t = atomic_load_explicit(&r->table, memory_order_relaxed);
     if ((e = prom_find(t, h, labels, len))) goto out;
+    if (r->limit && r->n >= r->limit) {
+        atomic_fetch_add_explicit(&r->refused, 1, memory_order_relaxed);
+        goto out;
+    }
     if (!t || r->n > t->mask) {
         prom_grow(r);
         t = atomic_load_explicit(&r->table, memory_order_relaxed);
@@ -333,4 +337,12 @@ struct prom_set *prom_registry_first(struct prom_registry *r, size_t *n)
     *n = r->n;
     pthread_mutex_unlock(&r->lock);
     return head;
+}
+
+bool prom_registry_full(struct prom_registry *r)
+{
+    pthread_mutex_lock(&r->lock);
+    bool full = r->limit && r->n >= r->limit;
+    pthread_mutex_unlock(&r->lock);
+    return full;
 }

@@ -108,6 +108,8 @@ struct prom_registry {
     struct prom_table *retired; /* tables replaced by a bigger one: a lookup may still walk them */
     size_t n;
     struct prom_set *head, *tail;
+    size_t limit;             /* most sets it creates (0: no limit), against labels an outside party picks */
+    _Atomic uint64_t refused; /* lookups that would have created a set past limit */
 };
 #define PROM_REGISTRY_INIT                                                                                   \
     {                                                                                                        \
@@ -120,7 +122,8 @@ typedef void (*prom_set_init_fn)(struct prom_set *s, void *arg);
 
 /* Finds the set whose label text is labels[0..len), or creates it: obj_size bytes (>= sizeof(struct
  * prom_set), zeroed) followed by a copy of the labels, then init(s, arg) when init is not NULL. The set is
- * owned by the registry and lives as long as the process. Thread-safe. NULL only on ENOMEM. */
+ * owned by the registry and lives as long as the process. Thread-safe. NULL on ENOMEM, or when r->limit sets
+ * exist already (then r->refused counts it; see prom_registry_full). */
 struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, size_t len, size_t obj_size,
                                    prom_set_init_fn init, void *arg);
 
@@ -128,3 +131,7 @@ struct prom_set *prom_registry_get(struct prom_registry *r, const char *labels, 
  *     for (size_t i = 0; i < n && s; i++, s = i < n ? s->onext : NULL)
  * (later sets are not part of this snapshot; the first n links no longer change). Thread-safe. */
 struct prom_set *prom_registry_first(struct prom_registry *r, size_t *n);
+
+/* True when r has a limit and holds that many sets (a NULL from prom_registry_get was the limit, not ENOMEM).
+ */
+bool prom_registry_full(struct prom_registry *r);

@@ -25,14 +25,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/log.h"
 #include "core/prom.h"
 
 /* A SPIFFE id we build for a workload: "spiffe://" + trust domain + "/ns/" + ns + "/sa/" + sa. */
 #define WP_SPIFFE_MAX 512
 /* istio_build's tag value. */
 #define WP_BUILD_TAG_MAX 128
-/* Longest Host header used as a destination_service value. */
-#define WP_HOST_LABEL_MAX 256
 
 struct wp_msg_set {
     struct prom_set ps; /* first: the registry hands back a struct prom_set * */
@@ -56,14 +55,32 @@ static struct {
     pthread_mutex_t lock; /* build_tag */
     char build_tag[WP_BUILD_TAG_MAX];
 } wp_reg = {
-    .http = PROM_REGISTRY_INIT,
-    .msgs = PROM_REGISTRY_INIT,
-    .tcp = PROM_REGISTRY_INIT,
+    .http = {.lock = PTHREAD_MUTEX_INITIALIZER, .limit = WP_METRICS_MAX_SETS},
+    .msgs = {.lock = PTHREAD_MUTEX_INITIALIZER, .limit = WP_METRICS_MAX_SETS},
+    .tcp = {.lock = PTHREAD_MUTEX_INITIALIZER, .limit = WP_METRICS_MAX_SETS},
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .build_tag = "unknown",
 };
 
 /* ---- labels ---- */
+
+/* prom_registry_get, with the warning when the registry's limit refused a new set. *rc is -ENOSPC then,
+ * -ENOMEM on another NULL. */
+static struct prom_set *wp_get(struct prom_registry *r, const char *what, const char *labels, size_t len,
+                               size_t obj_size, prom_set_init_fn init, void *arg, int *rc)
+{
+    struct prom_set *s = prom_registry_get(r, labels, len, obj_size, init, arg);
+    if (s) return s;
+    if (prom_registry_full(r)) {
+        LOG_LIMITED(LOG_WARN, "telemetry",
+                    "waypoint %s metrics hold %d label sets (WP_METRICS_MAX_SETS): not counted", what,
+                    WP_METRICS_MAX_SETS);
+        *rc = -ENOSPC;
+    } else {
+        *rc = -ENOMEM;
+    }
+    return NULL;
+}
 
 static bool wp_set(const char *s)
 {
@@ -141,7 +158,13 @@ static void wp_peer_labels(struct prom_buf *b, const struct wp_req_info *ri)
             }
         }
     } else if (wp_set(ri->host)) {
-        svc_host = svc_name = ri->host;
+        if (strlen(ri->host) <= WP_HOST_LABEL_MAX)
+            svc_host = svc_name = ri->host;
+        else
+            LOG_LIMITED(
+                LOG_WARN, "telemetry",
+                "Host header of %zu bytes (over WP_HOST_LABEL_MAX, %d): destination_service=\"unknown\"",
+                strlen(ri->host), WP_HOST_LABEL_MAX);
     }
 
     prom_label(b, "destination_workload", d ? d->workload_name : NULL);
@@ -178,11 +201,12 @@ static void wp_http_set_init(struct prom_set *ps, void *arg)
 {
     struct wp_http_set *h = (struct wp_http_set *)ps;
     const struct wp_http_init *in = arg;
+    int rc;
     /* The message registry's lock is taken inside the HTTP registry's, never the other way round. When it
      * fails (ENOMEM), the set keeps counting requests and skips message counts. */
     if (in->grpc)
-        h->msgs = (struct wp_msg_set *)prom_registry_get(&wp_reg.msgs, in->labels, in->len,
-                                                         sizeof(struct wp_msg_set), NULL, NULL);
+        h->msgs = (struct wp_msg_set *)wp_get(&wp_reg.msgs, "gRPC message", in->labels, in->len,
+                                              sizeof(struct wp_msg_set), NULL, NULL, &rc);
 }
 
 int wp_metrics_request(const struct wp_req_info *ri)
@@ -207,12 +231,9 @@ int wp_metrics_request(const struct wp_req_info *ri)
         goto out;
     }
     in.labels = b.p;
-    struct wp_http_set *h = (struct wp_http_set *)prom_registry_get(
-        &wp_reg.http, b.p, b.len, sizeof(struct wp_http_set), wp_http_set_init, &in);
-    if (!h) {
-        rc = -ENOMEM;
-        goto out;
-    }
+    struct wp_http_set *h = (struct wp_http_set *)wp_get(
+        &wp_reg.http, "HTTP", b.p, b.len, sizeof(struct wp_http_set), wp_http_set_init, &in, &rc);
+    if (!h) goto out;
     atomic_fetch_add_explicit(&h->requests, 1, memory_order_relaxed);
     prom_hist_observe(&h->duration, ri->duration_ms);
     prom_hist_observe(&h->request_bytes, ri->request_bytes);
@@ -237,7 +258,9 @@ struct wp_grpc_msgs *wp_metrics_grpc_stream(const struct wp_req_info *ri)
     if (!ri) return NULL;
     prom_buf_init(&b);
     wp_peer_labels(&b, ri);
-    if (!b.oom) m = prom_registry_get(&wp_reg.msgs, b.p, b.len, sizeof(struct wp_msg_set), NULL, NULL);
+    int rc;
+    if (!b.oom)
+        m = wp_get(&wp_reg.msgs, "gRPC message", b.p, b.len, sizeof(struct wp_msg_set), NULL, NULL, &rc);
     prom_buf_free(&b);
     return (struct wp_grpc_msgs *)m;
 }
@@ -256,6 +279,7 @@ struct wp_tcp_set *wp_metrics_tcp_open(const struct wp_req_info *ri)
 {
     struct prom_buf b;
     struct wp_tcp_set *m = NULL;
+    int rc;
 
     if (!ri) return NULL;
     prom_buf_init(&b);
@@ -263,8 +287,8 @@ struct wp_tcp_set *wp_metrics_tcp_open(const struct wp_req_info *ri)
     prom_label(&b, "request_protocol", "tcp");
     wp_tail_labels(&b, ri);
     if (!b.oom)
-        m = (struct wp_tcp_set *)prom_registry_get(&wp_reg.tcp, b.p, b.len, sizeof(struct wp_tcp_set), NULL,
-                                                   NULL);
+        m = (struct wp_tcp_set *)wp_get(&wp_reg.tcp, "TCP", b.p, b.len, sizeof(struct wp_tcp_set), NULL, NULL,
+                                        &rc);
     if (m) atomic_fetch_add_explicit(&m->opened, 1, memory_order_relaxed);
     prom_buf_free(&b);
     return m;
@@ -378,6 +402,15 @@ char *wp_metrics_render(bool om, size_t *len)
     prom_puts(&b, "istio_build{component=\"proxy\",tag=\"");
     prom_value(&b, tag);
     prom_puts(&b, "\"} 1\n");
+    /* zmesh's own: what WP_METRICS_MAX_SETS kept out (Envoy has no such limit). */
+    prom_header(
+        &b, om, "zmesh_metrics_label_sets_refused", PROM_COUNTER,
+        "Requests and streams not counted because their metric already had WP_METRICS_MAX_SETS label sets");
+    const char *layouts[] = {"http", "grpc_messages", "tcp"};
+    struct prom_registry *regs[] = {&wp_reg.http, &wp_reg.msgs, &wp_reg.tcp};
+    for (size_t i = 0; i < 3; i++)
+        prom_printf(&b, "zmesh_metrics_label_sets_refused_total{layout=\"%s\"} %llu\n", layouts[i],
+                    (unsigned long long)atomic_load_explicit(&regs[i]->refused, memory_order_relaxed));
     for (size_t i = 0; i < sizeof(histograms) / sizeof(histograms[0]); i++)
         wp_render_histogram(&b, om, &histograms[i]);
     if (om) prom_puts(&b, "# EOF\n");

@@ -38,10 +38,20 @@ struct wp_req_info {
     uint64_t request_messages, response_messages;
 };
 
+/* Most label sets per layout (HTTP, gRPC messages, TCP). Label values come partly from outside (the Host
+ * header when no service was addressed, peer identities), so their number is bounded: past the limit a
+ * request is not counted (-ENOSPC), a rate-limited warning says so, and
+ * zmesh_metrics_label_sets_refused_total counts it. An HTTP set renders to about 70 KiB (three histograms),
+ * which sets the scale. */
+#define WP_METRICS_MAX_SETS 2048
+/* Longest Host header used as a label value (destination_service); a longer one is "unknown", with a warning.
+ */
+#define WP_HOST_LABEL_MAX 253
+
 /* Records one finished request: istio_requests_total, the histograms istio_request_duration_milliseconds,
  * istio_request_bytes and istio_response_bytes, and for gRPC istio_request_messages_total and
- * istio_response_messages_total. Returns 0, -EINVAL for a NULL ri, or -ENOMEM (the request is then not
- * counted). */
+ * istio_response_messages_total. Returns 0, -EINVAL for a NULL ri, -ENOSPC past WP_METRICS_MAX_SETS, or
+ * -ENOMEM (the request is then not counted). */
 int wp_metrics_request(const struct wp_req_info *ri);
 
 /* The gRPC message counters of one peer label set; owned by the registry, never freed. */

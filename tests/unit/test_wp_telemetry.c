@@ -693,7 +693,7 @@ static void test_no_allocation(void **state)
     snapshot_unref(s);
 }
 
-#define RACE_SETS 3000
+#define RACE_SETS 600
 
 static void *create_many(void *arg)
 {
@@ -707,7 +707,7 @@ static void *create_many(void *arg)
     return NULL;
 }
 
-/* Two threads creating the same 3000 label sets at once (the registry grows several times meanwhile, while
+/* Two threads creating the same 600 label sets at once (the registry grows several times meanwhile, while
  * lookups walk it without a lock): every set exists once, with both threads' requests in it. */
 static void test_concurrent_creation(void **state)
 {
@@ -720,7 +720,7 @@ static void test_concurrent_creation(void **state)
         assert_null(rv);
     }
     char *t = render(false);
-    /* Line by line with bounded searches: the text is large (3000 sets x 3 histograms). */
+    /* Line by line with bounded searches: the text is large (600 sets x 3 histograms). */
     static const char prefix[] = "istio_requests_total{", svc[] = ",destination_service=\"set-";
     int found = 0;
     for (const char *p = t, *eol; *p; p = *eol ? eol + 1 : eol) {
@@ -735,6 +735,49 @@ static void test_concurrent_creation(void **state)
         found++;
     }
     assert_int_equal(found, RACE_SETS);
+    free(t);
+}
+
+/* Label sets are bounded: past WP_METRICS_MAX_SETS a new set is refused (and counted), existing ones still
+ * count, and an over-long Host header is not a label value. Runs last: it fills the TCP registry. */
+static void test_set_limit(void **state)
+{
+    char host[64];
+    struct wp_req_info ri = {.grpc_status = -1};
+    struct wp_tcp_set *first = NULL;
+    int made = 0;
+    for (int i = 0; i < WP_METRICS_MAX_SETS + 10; i++) {
+        snprintf(host, sizeof(host), "limit-%d.example", i);
+        ri.host = host;
+        struct wp_tcp_set *m = wp_metrics_tcp_open(&ri);
+        if (!m) break;
+        if (!first) first = m;
+        made++;
+    }
+    /* Earlier tests made some TCP sets; the rest fill up to the limit exactly. */
+    assert_true(made > 0 && made <= WP_METRICS_MAX_SETS);
+    assert_null(wp_metrics_tcp_open(&ri));
+    snprintf(host, sizeof(host), "limit-0.example"); /* an existing set still counts */
+    ri.host = host;
+    assert_ptr_equal(wp_metrics_tcp_open(&ri), first);
+    char *t = render(false);
+    assert_non_null(strstr(t, "\nzmesh_metrics_label_sets_refused_total{layout=\"tcp\"} 2\n"));
+    assert_non_null(strstr(t, "\nzmesh_metrics_label_sets_refused_total{layout=\"http\"} 0\n"));
+    free(t);
+
+    /* A Host header longer than WP_HOST_LABEL_MAX is "unknown". */
+    char big[WP_HOST_LABEL_MAX + 2];
+    memset(big, 'h', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    struct wp_req_info hr = {.host = big, .grpc_status = -1, .response_code = 418};
+    assert_int_equal(wp_metrics_request(&hr), 0);
+    t = render(false);
+    assert_null(strstr(t, big));
+    assert_non_null(strstr(t,
+                           ",destination_service=\"unknown\",destination_canonical_service=\"unknown\","
+                           "destination_canonical_revision=\"unknown\",destination_service_name=\"unknown\","
+                           "destination_service_namespace=\"unknown\",destination_cluster=\"unknown\","
+                           "request_protocol=\"http\",response_code=\"418\""));
     free(t);
 }
 
@@ -754,6 +797,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_creation),
         cmocka_unit_test(test_no_allocation),
         cmocka_unit_test(test_grpc_stream),
+        cmocka_unit_test(test_set_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
