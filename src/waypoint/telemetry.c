@@ -203,7 +203,8 @@ static void wp_http_set_init(struct prom_set *ps, void *arg)
     const struct wp_http_init *in = arg;
     int rc;
     /* The message registry's lock is taken inside the HTTP registry's, never the other way round. When it
-     * fails (ENOMEM), the set keeps counting requests and skips message counts. */
+     * fails (ENOMEM, or the message sets reached their limit: wp_get warns), the set keeps counting requests
+     * and skips message counts. */
     if (in->grpc)
         h->msgs = (struct wp_msg_set *)wp_get(&wp_reg.msgs, "gRPC message", in->labels, in->len,
                                               sizeof(struct wp_msg_set), NULL, NULL, &rc);
