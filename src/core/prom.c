@@ -48,7 +48,8 @@ bool prom_buf_reserve(struct prom_buf *b, size_t extra)
 
 void prom_put(struct prom_buf *b, const char *s, size_t n)
 {
-    if (!prom_buf_reserve(b, n)) return;
+    /* The common case (room left, no earlier failure) skips the call into prom_buf_reserve. */
+    if ((b->oom || b->len + n + 1 > b->cap) && !prom_buf_reserve(b, n)) return;
     memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
@@ -101,28 +102,25 @@ out:
 void prom_value_raw(struct prom_buf *b, const char *v)
 {
     if (!v) return;
-    const char *run = v;
-    for (const char *s = v;; s++) {
-        const char *esc = NULL;
-        switch (*s) {
+    /* Copy the runs between characters to escape whole: label values rarely have any. */
+    for (;;) {
+        size_t run = strcspn(v, "\\\"\n");
+        prom_put(b, v, run);
+        v += run;
+        switch (*v) {
         case '\\':
-            esc = "\\\\";
+            prom_put(b, "\\\\", 2);
             break;
         case '"':
-            esc = "\\\"";
+            prom_put(b, "\\\"", 2);
             break;
         case '\n':
-            esc = "\\n";
+            prom_put(b, "\\n", 2);
             break;
-        case '\0':
-            prom_put(b, run, (size_t)(s - run));
+        default: /* '\0' */
             return;
-        default:
-            continue;
         }
-        prom_put(b, run, (size_t)(s - run));
-        prom_put(b, esc, 2);
-        run = s + 1;
+        v++;
     }
 }
 
@@ -228,14 +226,32 @@ void prom_hist_render(struct prom_buf *b, const char *name, const char *labels, 
 
 /* ---- registry ---- */
 
-/* FNV-1a, 64 bit: label strings are short and this keeps core free of other dependencies. */
+/* A 64-bit hash of the label text, eight bytes per step (a label set is about a kilobyte, and it is hashed on
+ * every request): each word is mixed in with a multiply and a shift, the tail bytes likewise, then a final
+ * avalanche (the murmur3 finaliser) so the low bits that pick a bucket depend on every byte. */
 static uint64_t prom_hash(const char *s, size_t n)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 0x100000001b3ULL;
+    const uint64_t k = 0x9e3779b97f4a7c15ULL;
+    uint64_t h = 0xcbf29ce484222325ULL ^ (n * k);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
     }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, s, n);
+        h = (h ^ w) * k;
+        h ^= h >> 29;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb3fe1a85ec53ULL;
+    h ^= h >> 33;
     return h;
 }
 
