@@ -161,7 +161,7 @@ static void test_workload_labels(void **state)
     ci.dst_wl = NULL;
     struct metric_set *m2 = metrics_conn_open(&ci);
     assert_ptr_not_equal(m2, m);
-    assert_non_null(strstr(m2->labels, "destination_principal=\"spiffe://ignored/ns/x/sa/y\""));
+    assert_non_null(strstr(m2->ps.labels, "destination_principal=\"spiffe://ignored/ns/x/sa/y\""));
     snapshot_unref(s);
 }
 
@@ -170,7 +170,7 @@ static void test_label_escaping(void **state)
 {
     struct conn_info ci = {.src_principal = "a\"b\\c\nd"};
     struct metric_set *m = metrics_conn_open(&ci);
-    assert_non_null(strstr(m->labels, "source_principal=\"a\\\"b\\\\c\\nd\""));
+    assert_non_null(strstr(m->ps.labels, "source_principal=\"a\\\"b\\\\c\\nd\""));
 }
 
 /* Closed and failed go to the label set with the final flags; opened and bytes stay under "-". */
@@ -184,7 +184,7 @@ static void test_close_flags(void **state)
     metrics_conn_close(&ci, NULL, false);
 
     char base[2048], deny[2048];
-    snprintf(base, sizeof(base), "%s", m->labels);
+    snprintf(base, sizeof(base), "%s", m->ps.labels);
     char *f = strstr(base, "response_flags=\"-\"");
     assert_non_null(f);
     snprintf(deny, sizeof(deny), "%.*sresponse_flags=\"DENY\"%s", (int)(f - base), base,
@@ -242,13 +242,13 @@ static void test_threads(void **state)
     char *t = render(true);
     for (int k = 0; k < 3; k++) {
         struct metric_set *m = metrics_conn_open(&cis[k]); /* one more open, subtracted below */
-        opened += sample(t, "istio_tcp_connections_opened_total", m->labels);
-        closed += sample(t, "istio_tcp_connections_closed_total", m->labels);
-        recv += sample(t, "istio_tcp_received_bytes_total", m->labels);
-        sent += sample(t, "istio_tcp_sent_bytes_total", m->labels);
+        opened += sample(t, "istio_tcp_connections_opened_total", m->ps.labels);
+        closed += sample(t, "istio_tcp_connections_closed_total", m->ps.labels);
+        recv += sample(t, "istio_tcp_received_bytes_total", m->ps.labels);
+        sent += sample(t, "istio_tcp_sent_bytes_total", m->ps.labels);
         char c[2048];
-        char *f = strstr(m->labels, "response_flags=\"-\"");
-        snprintf(c, sizeof(c), "%.*sresponse_flags=\"CONNECT\"%s", (int)(f - m->labels), m->labels,
+        char *f = strstr(m->ps.labels, "response_flags=\"-\"");
+        snprintf(c, sizeof(c), "%.*sresponse_flags=\"CONNECT\"%s", (int)(f - m->ps.labels), m->ps.labels,
                  f + strlen("response_flags=\"-\""));
         closed += sample(t, "istio_tcp_connections_closed_total", c);
         failed += sample(t, "istio_tcp_connections_failed_total", c);
