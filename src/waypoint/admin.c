@@ -15,6 +15,7 @@
 #include "http1/server.h"
 #include "tls/tls.h"
 #include "llhttp.h"
+#include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 
 static struct http1_server *srv;
@@ -135,9 +136,7 @@ static void metrics_handler(void *ud, struct http1_request *req)
         http1_respond_text(req, 500, "out of memory\n");
         return;
     }
-    http1_respond(req, 200, om ? "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                               : "text/plain; version=0.0.4; charset=utf-8",
-                  body, len);
+    http1_respond(req, 200, wp_metrics_content_type(om), body, len);
     free(body);
 }
 

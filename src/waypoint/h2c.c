@@ -58,6 +58,14 @@ struct hc_up {
     bool listed;
 };
 
+/* Counts gRPC messages in a body as it passes (5-byte prefix: flag and length), without buffering them. */
+struct msg_count {
+    uint64_t msgs;
+    uint64_t skip;     /* message bytes still to pass */
+    uint8_t hdr_have;  /* prefix bytes seen of the next message */
+    uint8_t hdr[5];
+};
+
 /* One request stream and its upstream stream. Freed when both have ended. */
 struct hc_x {
     int refs;
@@ -73,9 +81,19 @@ struct hc_x {
     struct wp_decision dec; /* what wp_decide chose (strings borrowed from the tunnel's view) */
     struct lb_choice upstream_ep;
     struct timer timer; /* the route's timeout */
+    struct msg_count req_msgs, resp_msgs;
+    int grpc_status; /* from the response's trailers (or a trailers-only response), -1 when none */
+    int64_t upstream_ms;
+    uint64_t start_wall, req_head_bytes, resp_head_bytes;
+    char user_agent[256];
 };
 
 static _Thread_local struct hc_up *up_table[HC_IDLE_BUCKETS];
+
+static bool name_eq(const char *a, size_t alen, const char *lower)
+{
+    return strlen(lower) == alen && !memcmp(a, lower, alen); /* HTTP/2 names are lower-case already */
+}
 
 /* ---- byte queues ---- */
 
@@ -132,28 +150,65 @@ static void bq_free(struct bq *q)
 
 /* ---- exchanges ---- */
 
-static void x_log(struct hc_x *x)
+static void count_msgs(struct msg_count *m, const uint8_t *p, size_t n)
 {
-    if (!log_target_enabled(LOG_INFO, "access")) return;
+    while (n) {
+        if (m->skip) {
+            size_t k = m->skip < n ? (size_t)m->skip : n;
+            m->skip -= k;
+            p += k;
+            n -= k;
+            continue;
+        }
+        m->hdr[m->hdr_have++] = *p++;
+        n--;
+        if (m->hdr_have == 5) {
+            m->msgs++;
+            m->hdr_have = 0;
+            m->skip = (uint64_t)m->hdr[1] << 24 | (uint64_t)m->hdr[2] << 16 | (uint64_t)m->hdr[3] << 8 | m->hdr[4];
+        }
+    }
+}
+
+/* The request's metrics and access log line. */
+static void x_record(struct hc_x *x)
+{
     struct wp_tunnel *t = x->d->t;
-    char src[SOCKADDR_STRLEN], code[8], bin[24], bout[24], dur[24];
-    snprintf(code, sizeof(code), "%d", x->status);
-    snprintf(bin, sizeof(bin), "%llu", (unsigned long long)x->bytes_received);
-    snprintf(bout, sizeof(bout), "%llu", (unsigned long long)x->bytes_sent);
-    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(loop_now(t->w->loop) - x->start_mono));
-    log_kv(LOG_INFO, "access", "request complete", "src.addr", sockaddr_format(&t->peer, src, sizeof(src)),
-           "src.identity", *t->peer_id ? t->peer_id : NULL, "dst.service", t->svc ? t->svc->hostname : NULL,
-           "upstream_host", *x->upstream_host ? x->upstream_host : NULL, "method", x->method, "path", x->path,
-           "authority", x->authority, "protocol", "HTTP/2", "response_code", code, "response_flags",
-           x->flags ? x->flags : "-", "bytes_received", bin, "bytes_sent", bout, "duration", dur, "request_id",
-           x->request_id, NULL);
+    const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
+    wp_record_request(&(struct wp_record){
+        .t = t,
+        .method = x->method,
+        .path = x->path,
+        .protocol = "HTTP/2",
+        .authority = x->authority,
+        .user_agent = *x->user_agent ? x->user_agent : NULL,
+        .request_id = x->request_id,
+        .dst_wl = *x->upstream_host ? x->upstream_ep.wl : NULL,
+        .dst_svc = svc,
+        .status = x->status,
+        .grpc_status = x->grpc_status,
+        .grpc = x->grpc,
+        .flags = x->flags ? x->flags : "-",
+        .details = x->dec.kind == WP_DECIDE_LOCAL ? x->dec.details : x->status ? "via_upstream" : NULL,
+        .req_wire = x->req_head_bytes + x->bytes_received,
+        .resp_wire = x->resp_head_bytes + x->bytes_sent,
+        .body_in = x->bytes_received,
+        .body_out = x->bytes_sent,
+        .start_wall = x->start_wall,
+        .duration_ms = loop_now(t->w->loop) - x->start_mono,
+        .upstream_ms = x->upstream_ms,
+        .upstream_host = *x->upstream_host ? x->upstream_host : NULL,
+        .route_name = x->dec.route_name,
+        .req_msgs = x->req_msgs.msgs,
+        .resp_msgs = x->resp_msgs.msgs,
+    });
 }
 
 static void x_unref(struct hc_x *x)
 {
     if (--x->refs) return;
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
-    x_log(x);
+    x_record(x);
     bq_free(&x->d2u);
     bq_free(&x->u2d);
     free(x);
@@ -229,6 +284,7 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
 {
     struct hc_x *x = ud;
     x->bytes_received += len;
+    if (x->grpc) count_msgs(&x->req_msgs, data, len);
     if (x->routed && !x->us) { /* answered locally or the upstream is gone: drop */
         h2_stream_consume(s, len);
         return;
@@ -312,6 +368,8 @@ static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
     if (!x->ds) return;
     if (h->kind == H2_HEADERS_TRAILERS) {
         if (!x->responded) return;
+        for (size_t i = 0; i < h->n_headers; i++)
+            if (!strcmp(h->headers[i].name, "grpc-status")) x->grpc_status = atoi(h->headers[i].value);
         /* the session sends them after the body, once pull reports its end */
         (void)h2_stream_trailers(x->ds, h->headers, h->n_headers);
         x->u2d.eof = true;
@@ -321,14 +379,23 @@ static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
         }
         return;
     }
-    struct h2_header hv[HC_MAX_HEADERS + 2];
+    struct http1_hdr mv[HC_MAX_HEADERS + 2 + WP_MAX_MODS * 8];
     size_t n = 0;
-    for (size_t i = 0; i < h->n_headers && n < HC_MAX_HEADERS; i++)
-        hv[n++] = h->headers[i];
+    for (size_t i = 0; i < h->n_headers && n < HC_MAX_HEADERS; i++) {
+        mv[n++] = (struct http1_hdr){h->headers[i].name, strlen(h->headers[i].name), h->headers[i].value,
+                                     strlen(h->headers[i].value)};
+        x->resp_head_bytes += mv[n - 1].name_len + mv[n - 1].value_len + 32; /* HPACK's accounting size */
+        if (!strcmp(h->headers[i].name, "grpc-status")) x->grpc_status = atoi(h->headers[i].value);
+    }
+    wp_apply_mods(x->dec.resp_mods, x->dec.n_resp_mods, mv, &n, sizeof(mv) / sizeof(mv[0]) - 1, name_eq);
+    struct h2_header hv[HC_MAX_HEADERS + 2 + WP_MAX_MODS * 8];
+    for (size_t i = 0; i < n; i++)
+        hv[i] = (struct h2_header){mv[i].name, mv[i].value};
     char ust[24];
     snprintf(ust, sizeof(ust), "%llu", (unsigned long long)(loop_now(x->d->t->w->loop) - x->up_start_mono));
     hv[n++] = (struct h2_header){"x-envoy-upstream-service-time", ust};
     x->status = h->status;
+    x->upstream_ms = (int64_t)(loop_now(x->d->t->w->loop) - x->up_start_mono);
     x->responded = true;
     if (h2_stream_respond(x->ds, h->status, hv, n, h->end_stream ? 0 : H2_BODY) < 0) return;
     if (h->end_stream) x->u2d.eof = true;
@@ -338,6 +405,7 @@ static void us_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
 {
     struct hc_x *x = ud;
     x->bytes_sent += len;
+    if (x->grpc) count_msgs(&x->resp_msgs, data, len);
     if (!x->ds) {
         h2_stream_consume(s, len);
         return;
@@ -515,13 +583,11 @@ static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
     x->d = d;
     x->ds = s;
     x->start_mono = loop_now(d->t->w->loop);
+    x->start_wall = wp_now_ms();
+    x->grpc_status = -1;
+    x->upstream_ms = -1;
     *(struct hc_x **)h2_stream_user(s) = x; /* for down_request */
     h2_stream_set_ops(s, &ds_ops, x);
-}
-
-static bool name_eq(const char *a, size_t alen, const char *lower)
-{
-    return strlen(lower) == alen && !memcmp(a, lower, alen); /* HTTP/2 names are lower-case already */
 }
 
 static void down_request(struct h2_stream *s, void *ud, const struct h2_request *req)
@@ -550,7 +616,10 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
             have_xfp = true;
         } else if (!strcmp(e->name, "content-type") && !strncmp(e->value, "application/grpc", 16)) {
             x->grpc = true;
+        } else if (!strcmp(e->name, "user-agent")) {
+            snprintf(x->user_agent, sizeof(x->user_agent), "%s", e->value);
         }
+        x->req_head_bytes += strlen(e->name) + strlen(e->value) + 32;
         hv[n++] = (struct http1_hdr){e->name, strlen(e->name), e->value, strlen(e->value)};
         lh[nl++] = (struct l7_header){e->name, strlen(e->name), e->value, strlen(e->value)};
     }

@@ -18,6 +18,7 @@
 #include "core/relay.h"
 #include "http1/codec.h"
 #include "waypoint/route.h"
+#include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 
 #define LOG_HTTP "waypoint::http"
@@ -79,6 +80,8 @@ struct h1_x {
     const char *route_name;
     struct lb_choice upstream_ep;
     struct timer timer; /* the route's timeout */
+    uint64_t req_head_bytes, resp_head_bytes; /* the heads' sizes on the downstream wire (metrics) */
+    int64_t upstream_ms;                      /* x-envoy-upstream-service-time, -1 before the response */
     int status;
     const char *flags, *details;
     uint64_t start_wall, start_mono, up_start_mono;
@@ -336,9 +339,12 @@ static int resp_head(void *ud, const struct http1_head *h)
         if (f == HTTP1_BODY_UNTIL_EOF) d->close_after = true;
     }
     if (!x->keep_alive && !upgraded) hv[n++] = (struct http1_hdr){"connection", 10, "close", 5};
+    size_t before = d->s.out.n;
     if (http1_write_response_head(&d->s.out, h->status, NULL, hv, n, f, cl) < 0) return -1;
+    x->resp_head_bytes = d->s.out.n - before;
     x->resp_framing_down = f;
     x->status = h->status;
+    x->upstream_ms = (int64_t)(loop_now(u->w->loop) - x->up_start_mono);
     x->resp_started = true;
     x->up_reusable = h->keep_alive;
     return 0;
@@ -598,21 +604,36 @@ static void up_kick(struct h1_up *u)
 
 /* ---- exchanges ---- */
 
-static void access_log(struct h1_x *x)
+/* The request's metrics and access log line. */
+static void x_record(struct h1_x *x)
 {
-    if (!log_target_enabled(LOG_INFO, "access")) return;
     struct wp_tunnel *t = x->d->t;
-    char src[SOCKADDR_STRLEN], code[8], bin[24], bout[24], dur[24];
-    snprintf(code, sizeof(code), "%d", x->status);
-    snprintf(bin, sizeof(bin), "%llu", (unsigned long long)x->bytes_received);
-    snprintf(bout, sizeof(bout), "%llu", (unsigned long long)x->bytes_sent);
-    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(loop_now(t->w->loop) - x->start_mono));
-    log_kv(LOG_INFO, "access", "request complete", "src.addr", sockaddr_format(&t->peer, src, sizeof(src)),
-           "src.identity", *t->peer_id ? t->peer_id : NULL, "dst.service", t->svc ? t->svc->hostname : NULL,
-           "upstream_host", *x->upstream_host ? x->upstream_host : NULL, "method", x->method, "path", x->target,
-           "authority", x->authority, "protocol", "HTTP/1.1", "response_code", code, "response_flags",
-           x->flags ? x->flags : "-", "bytes_received", bin, "bytes_sent", bout, "duration", dur, "request_id",
-           x->request_id, NULL);
+    const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
+    wp_record_request(&(struct wp_record){
+        .t = t,
+        .method = x->method,
+        .path = x->target,
+        .protocol = x->http10 ? "HTTP/1.0" : "HTTP/1.1",
+        .authority = x->authority,
+        .user_agent = x->user_agent,
+        .xff = x->xff,
+        .request_id = x->request_id,
+        .dst_wl = *x->upstream_host ? x->upstream_ep.wl : NULL,
+        .dst_svc = svc,
+        .status = x->status,
+        .grpc_status = -1,
+        .flags = x->flags ? x->flags : "-",
+        .details = x->details ? x->details : x->status ? "via_upstream" : NULL,
+        .req_wire = x->req_head_bytes + x->bytes_received,
+        .resp_wire = x->resp_head_bytes + x->bytes_sent,
+        .body_in = x->bytes_received,
+        .body_out = x->bytes_sent,
+        .start_wall = x->start_wall,
+        .duration_ms = loop_now(t->w->loop) - x->start_mono,
+        .upstream_ms = x->upstream_ms,
+        .upstream_host = *x->upstream_host ? x->upstream_host : NULL,
+        .route_name = x->route_name,
+    });
 }
 
 static void x_free(struct h1_x *x)
@@ -627,7 +648,7 @@ static void x_finish(struct h1_x *x)
 {
     if (!x->req_done || !x->resp_done) return;
     struct h1_down *d = x->d;
-    access_log(x);
+    x_record(x);
     if (x->u) up_release(x->u, x->up_reusable);
     x->u = NULL;
     d->x = NULL;
@@ -686,6 +707,10 @@ static int req_head(void *ud, const struct http1_head *h)
     x->http10 = h->version_minor == 0;
     x->req_framing = h->framing;
     x->timer.cb = timeout_cb;
+    x->upstream_ms = -1;
+    x->req_head_bytes = h->method_len + h->target_len + 12;
+    for (size_t i = 0; i < h->n_headers; i++)
+        x->req_head_bytes += h->headers[i].name_len + h->headers[i].value_len + 4;
     char *q = x->head;
     x->method = copy_str(&q, h->method, h->method_len);
     x->target = copy_str(&q, h->target, h->target_len);
@@ -875,7 +900,7 @@ static void down_free(struct h1_down *d)
             x->u->x = NULL;
             up_close(x->u, "the client went away");
         }
-        access_log(x);
+        x_record(x);
         x_free(x);
     }
     side_close(d->t->w->loop, &d->s);

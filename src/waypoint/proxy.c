@@ -11,6 +11,7 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 
 #define LOG_IN "waypoint::inbound"
@@ -167,8 +168,25 @@ struct tcp_fwd {
     struct wp_tunnel *t;
     struct lb_choice ep;
     char upstream[IP_STRLEN + 8];
-    uint64_t start_mono;
+    struct wp_tcp_set *m; /* istio_tcp_* for this stream, once the upstream answered */
 };
+
+static struct wp_tcp_set *tcp_metrics(struct tcp_fwd *f, const char *flags)
+{
+    struct wp_tunnel *t = f->t;
+    return wp_metrics_tcp_open(&(struct wp_req_info){.src_wl = t->src_wl,
+                                                     .src_principal = *t->peer_id ? t->peer_id : NULL,
+                                                     .dst_wl = f->ep.wl,
+                                                     .dst_svc = t->svc,
+                                                     .response_flags = flags});
+}
+
+static void tcp_response(struct hbone_stream *s, void *ud, int status)
+{
+    (void)s;
+    struct tcp_fwd *f = ud;
+    if (!f->m) f->m = tcp_metrics(f, status == 200 ? "-" : "UF");
+}
 
 static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
 {
@@ -176,6 +194,9 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     struct tcp_fwd *f = ud;
     struct wp_tunnel *t = f->t;
     bool failed = r->status != 200;
+    if (!f->m) f->m = tcp_metrics(f, "UF"); /* the upstream never answered */
+    wp_metrics_tcp_bytes(f->m, r->bytes_to_h2, r->bytes_to_tcp);
+    wp_metrics_tcp_close(f->m);
     if (log_target_enabled(LOG_INFO, "access")) {
         char src[SOCKADDR_STRLEN], up[16], down[16];
         snprintf(up, sizeof(up), "%llu", (unsigned long long)r->bytes_to_h2);
@@ -190,7 +211,7 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     free(f);
 }
 
-static const struct hbone_stream_ops tcp_ops = {.on_done = tcp_done};
+static const struct hbone_stream_ops tcp_ops = {.on_done = tcp_done, .on_response = tcp_response};
 
 void wp_tcp_start(struct wp_tunnel *t, int fd)
 {

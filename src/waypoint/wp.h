@@ -139,3 +139,23 @@ void wp_h2c_start(struct wp_tunnel *t, int fd);
 
 /* Milliseconds since the epoch (access logs). */
 uint64_t wp_now_ms(void);
+
+/* What one finished HTTP request knows, for the metrics and the access log (telemetry.h). Borrowed. */
+struct wp_record {
+    struct wp_tunnel *t;
+    const char *method, *path, *protocol, *authority, *user_agent, *xff, *request_id;
+    const struct workload *dst_wl;  /* the endpoint's, NULL when none was chosen */
+    const struct service *dst_svc;  /* the service routed to (the addressed one by default) */
+    int status;                     /* 0: no response sent */
+    int grpc_status;                /* -1: none */
+    bool grpc;
+    const char *flags, *details;    /* Envoy's response flags ("-"), response code details */
+    uint64_t req_wire, resp_wire;   /* headers and body as received / sent downstream */
+    uint64_t body_in, body_out;     /* bodies only (%BYTES_RECEIVED%, %BYTES_SENT%) */
+    uint64_t start_wall, duration_ms;
+    int64_t upstream_ms;            /* x-envoy-upstream-service-time, -1 when none */
+    const char *upstream_host, *route_name;
+    uint64_t req_msgs, resp_msgs;   /* gRPC messages */
+};
+/* Counts r in Istio's HTTP metrics and writes its access log line (stdout, text or JSON by ACCESS_LOG_JSON). */
+void wp_record_request(const struct wp_record *r);

@@ -20,7 +20,7 @@ import pytest
 import hashlib
 import re
 
-from helpers import Mesh, http_request, start_app, wait_for
+from helpers import Mesh, http_request, parse_prometheus, start_app, wait_for
 from hbone_peer import HboneClient, client_context
 from topo import netns_socket, tail
 
@@ -450,8 +450,13 @@ def test_ztunnel_sends_service_traffic_through_waypoint(mesh):
     assert info["client"].split(":")[0] == mesh.pod("n1p1").ip
     assert "x-request-id" in info["headers"] and "x-envoy-upstream-service-time" in hdrs
     with open(mesh.waypoint.log_path) as f:
-        lines = [l for l in f if "/via-ztunnel" in l]
-    assert lines and 'src.identity="spiffe://cluster.local/ns/default/sa/sa-n1p2"' in lines[-1], lines
+        lines = [l for l in f if '"GET /via-ztunnel HTTP/1.1" 200' in l]
+    assert lines, "no access log line"
+    # the waypoint saw the client ztunnel's connection from the client pod, with the client's identity
+    assert " %s:" % mesh.pod("n1p2").ip in lines[-1]
+    status, body = http_get(mesh, "/metrics", 15020)
+    assert any(n == "istio_requests_total" and dict(l)["source_principal"] ==
+               "spiffe://cluster.local/ns/default/sa/sa-n1p2" for n, l, _ in parse_prometheus(body.decode()))
 
 
 def test_curl_h2c_through_ztunnel_and_waypoint(mesh):
@@ -464,3 +469,39 @@ def test_curl_h2c_through_ztunnel_and_waypoint(mesh):
     body = out.stdout.replace("\r\n", "\n").split("\n\n", 1)[1]
     info = json.loads(body[:body.rindex("}") + 1])
     assert info["path"] == "/curl" and info["tag"] in ("n2p1", "n2p2")
+
+
+def test_metrics_and_access_log(mesh):
+    """Istio's HTTP metrics with reporter="waypoint" and Istio's labels, counted per request and code; the TCP
+    metrics for passthrough; Envoy's default access log line on stdout for each request."""
+    c, h = http_tunnel(mesh)
+    for i in range(3):
+        assert h.request("GET", "/metric-%d" % i)[0] == 200
+    assert h.request("GET", "/status/503")[0] == 503
+    c.close()
+    status, body = http_get(mesh, "/metrics", 15020)
+    assert status == 200
+    text = body.decode()
+    r = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    problems = [l for l in (r.stdout + r.stderr).decode().splitlines()
+                if l.strip() and "istio_request_duration_milliseconds" not in l]
+    assert not problems, problems
+    samples = parse_prometheus(text)
+    def total(code):
+        return sum(v for n, labels, v in samples if n == "istio_requests_total" and dict(labels)["response_code"] == code
+                   and dict(labels)["destination_service"] == "echo.default.svc.cluster.local")
+    assert total("200") >= 3 and total("503") >= 1
+    one = next(dict(l) for n, l, v in samples if n == "istio_requests_total" and dict(l)["response_code"] == "503"
+               and dict(l)["destination_service"] == "echo.default.svc.cluster.local")
+    assert one["reporter"] == "waypoint"
+    assert one["source_principal"] == "spiffe://cluster.local/ns/default/sa/sa-n1p2"
+    assert one["destination_principal"] in ("spiffe://cluster.local/ns/default/sa/sa-n2p1",
+                                            "spiffe://cluster.local/ns/default/sa/sa-n2p2")
+    assert one["destination_workload_namespace"] == "default"
+    assert one["request_protocol"] == "http" and one["connection_security_policy"] == "mutual_tls"
+    names = [n for n, _, _ in samples]
+    assert "istio_request_duration_milliseconds_bucket" in names and "istio_tcp_connections_opened_total" in names
+    with open(mesh.waypoint.log_path) as f:
+        lines = [l for l in f if '"GET /metric-1 HTTP/1.1" 200' in l]
+    assert lines, "no access log line"
+    assert "envoy://connect_originate/10.0.2." in lines[-1] and "inbound-vip|80|http|echo.default.svc.cluster.local" in lines[-1]

@@ -17,6 +17,7 @@
 #include "tls/ca.h"
 #include "tls/identity.h"
 #include "waypoint/admin.h"
+#include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 #include "xds/ca_client.h"
 #include "xds/delta_client.h"
@@ -72,19 +73,7 @@ static int hook_certs(struct identity_status **out)
     return identity_mgr_status(app.idm, out);
 }
 
-/* Until the HTTP telemetry lands: the build info alone. */
-static char *render_metrics(bool om, size_t *len)
-{
-    char *b = NULL;
-    int n = asprintf(&b, "# HELP istio_build Istio component build info\n# TYPE istio_build gauge\n"
-                         "istio_build{component=\"waypoint\",tag=\"%s\"} 1\n%s",
-                     ZMESH_VERSION, om ? "# EOF\n" : "");
-    if (n < 0) return NULL;
-    *len = (size_t)n;
-    return b;
-}
-
-static const struct wp_admin_hooks hooks = {.pending = hook_pending, .certs = hook_certs, .metrics = render_metrics};
+static const struct wp_admin_hooks hooks = {.pending = hook_pending, .certs = hook_certs, .metrics = wp_metrics_render};
 
 /* ---- start, drain ---- */
 
@@ -370,6 +359,7 @@ int main(int argc, char **argv)
         LOG_E("waypoint", "cannot subscribe to the certificate of %s", wp_self_uri);
         return 1;
     }
+    wp_metrics_set_build_tag(ZMESH_VERSION);
     if (wp_admin_start(app.loop, &hooks, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "waypoint", "failed to start the admin server", "error", err, NULL);
         return 1;
