@@ -188,6 +188,35 @@ static bool older(const struct k8s_meta *a, const struct k8s_meta *b)
 
 /* ---- services (services.go constructService) ---- */
 
+/* One token of Istio's protocol names (istio/istio pkg/config/protocol: Parse is case-insensitive). */
+static uint8_t protocol_token(const char *s, size_t n)
+{
+    static const struct {
+        const char *name;
+        uint8_t proto;
+    } names[] = {{"http", PORT_PROTO_HTTP11}, {"http2", PORT_PROTO_HTTP2}, {"grpc", PORT_PROTO_GRPC},
+                 {"tcp", PORT_PROTO_TCP},     {"mongo", PORT_PROTO_TCP},   {"redis", PORT_PROTO_TCP},
+                 {"mysql", PORT_PROTO_TCP},   {"tls", PORT_PROTO_TLS},     {"https", PORT_PROTO_TLS}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strlen(names[i].name) == n && !strncasecmp(names[i].name, s, n)) return names[i].proto;
+    return PORT_PROTO_UNKNOWN;
+}
+
+uint8_t k8s_port_app_protocol(const struct k8s_service_port *p)
+{
+    /* istio/istio pkg/kube ConvertProtocol: UDP/SCTP are not TCP protocols; appProtocol first (with the
+     * Kubernetes names kubernetes.io/h2c and kubernetes.io/ws(s)), else the port name's prefix before '-'. */
+    if (*p->protocol && strcasecmp(p->protocol, "TCP")) return PORT_PROTO_UNKNOWN;
+    const char *ap = p->app_protocol ? p->app_protocol : "";
+    if (*ap) {
+        if (!strcmp(ap, "kubernetes.io/h2c")) return PORT_PROTO_HTTP2;
+        if (!strcmp(ap, "kubernetes.io/ws") || !strcmp(ap, "kubernetes.io/wss")) return PORT_PROTO_HTTP11;
+        return protocol_token(ap, strlen(ap));
+    }
+    const char *name = p->name ? p->name : "";
+    return protocol_token(name, strcspn(name, "-"));
+}
+
 static int convert_service(struct conv *c, const struct k8s_service *ks)
 {
     struct service s = {0};
@@ -228,6 +257,7 @@ static int convert_service(struct conv *c, const struct k8s_service *ks)
     for (size_t i = 0; i < ks->n_ports; i++) {
         ports[i].port = ks->ports[i].port;
         ports[i].target = *ks->ports[i].target_name ? 0 : ks->ports[i].target_port;
+        ports[i].app_protocol = k8s_port_app_protocol(&ks->ports[i]);
     }
     s.ports = ports;
     s.n_ports = ks->n_ports;

@@ -75,6 +75,13 @@ bool k8s_enrolment_ambient(enum k8s_enrolment e);
 /* "pod-label", "namespace-label", "pod-opt-out", "not-labelled", "host-network", "sidecar", "ztunnel". */
 const char *k8s_enrolment_to_str(enum k8s_enrolment e);
 
+/* A Service port's protocol for the Address resource's Port.app_protocol (enum port_app_protocol): Istio's
+ * protocol selection (istio/istio pkg/kube ConvertProtocol: appProtocol, else the port name's prefix), mapped
+ * as istiod's toAppProtocolFromProtocol maps HTTP, HTTP2 and gRPC. zmesh also sends TCP (tcp, mongo, redis,
+ * mysql) and TLS (tls, https), which istiod leaves UNKNOWN, so that its waypoint never delays a server-first
+ * protocol on a declared port with detection (Envoy's waypoint knows these from its listeners instead). */
+uint8_t k8s_port_app_protocol(const struct k8s_service_port *p);
+
 /* Writes istiod's workload uid for a pod, "<cluster>//Pod/<ns>/<name>", into buf. Returns its length or
  * -ENOSPC. */
 int k8s_pod_uid(const char *cluster_id, const char *ns, const char *name, char *buf, size_t n);

@@ -856,6 +856,7 @@ static int read_service(struct reader *r, const struct mnode *doc, struct k8s_se
             size_t o3 = path_push(r, "[%zu]", i);
             if (!(rc = check_map(r, pn)) && !(rc = get_str(r, pn, "name", &a[i].name)) &&
                 !(rc = get_str(r, pn, "protocol", &a[i].protocol)) &&
+                !(rc = get_str(r, pn, "appProtocol", &a[i].app_protocol)) &&
                 !(rc = get_port(r, pn, "port", true, &a[i].port))) {
                 if (!*a[i].protocol) a[i].protocol = "TCP";
                 a[i].target_name = "";

@@ -90,6 +90,7 @@ struct k8s_pod {
 
 struct k8s_service_port {
     const char *name, *protocol;
+    const char *app_protocol; /* spec.ports[].appProtocol, "" when absent */
     uint16_t port;
     uint16_t target_port; /* number; the port itself when targetPort is absent (the API server's default) */
     const char *target_name; /* named targetPort, else "" (then target_port is 0) */

@@ -955,6 +955,29 @@ static void test_peer_bad_mode(void **state)
     snapshot_unref(s);
 }
 
+/* Port.app_protocol from a Service port: appProtocol first, then the name's prefix (Istio's ConvertProtocol). */
+static void test_port_app_protocol(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *protocol, *app;
+        uint8_t want;
+    } cases[] = {
+        {"http", "TCP", "", PORT_PROTO_HTTP11},          {"http-web", "TCP", "", PORT_PROTO_HTTP11},
+        {"HTTP2", "", "", PORT_PROTO_HTTP2},             {"grpc-api", "TCP", "", PORT_PROTO_GRPC},
+        {"tcp-db", "TCP", "", PORT_PROTO_TCP},           {"redis", "TCP", "", PORT_PROTO_TCP},
+        {"https", "TCP", "", PORT_PROTO_TLS},            {"web", "TCP", "", PORT_PROTO_UNKNOWN},
+        {"httpx", "TCP", "", PORT_PROTO_UNKNOWN},        {"", "TCP", "", PORT_PROTO_UNKNOWN},
+        {"tcp", "TCP", "http", PORT_PROTO_HTTP11},       {"web", "TCP", "kubernetes.io/h2c", PORT_PROTO_HTTP2},
+        {"web", "TCP", "kubernetes.io/ws", PORT_PROTO_HTTP11}, {"http", "TCP", "grpc", PORT_PROTO_GRPC},
+        {"http", "TCP", "example.com/custom", PORT_PROTO_UNKNOWN}, {"http", "UDP", "", PORT_PROTO_UNKNOWN},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct k8s_service_port p = {.name = cases[i].name, .protocol = cases[i].protocol, .app_protocol = cases[i].app};
+        if (k8s_port_app_protocol(&p) != cases[i].want) fail_msg("case %zu (%s %s %s)", i, cases[i].name, cases[i].protocol, cases[i].app);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -987,6 +1010,7 @@ int main(void)
         cmocka_unit_test(test_peer_inherited_merge),
         cmocka_unit_test(test_peer_workload_override),
         cmocka_unit_test(test_peer_bad_mode),
+        cmocka_unit_test(test_port_app_protocol),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
