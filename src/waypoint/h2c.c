@@ -83,6 +83,7 @@ struct hc_x {
     struct timer timer; /* the route's timeout */
     struct msg_count req_msgs, resp_msgs;
     int grpc_status; /* from the response's trailers (or a trailers-only response), -1 when none */
+    bool counted;    /* wp_endpoint_begin ran for upstream_ep */
     int64_t upstream_ms;
     uint64_t start_wall, req_head_bytes, resp_head_bytes;
     char user_agent[256];
@@ -207,6 +208,7 @@ static void x_record(struct hc_x *x)
 static void x_unref(struct hc_x *x)
 {
     if (--x->refs) return;
+    if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
     x_record(x);
     bq_free(&x->d2u);
@@ -676,6 +678,8 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     x->us = us;
     x->refs++;
     x->up_start_mono = loop_now(t->w->loop);
+    wp_endpoint_begin(ep.wl); /* ended in x_unref */
+    x->counted = true;
     if (x->dec.timeout_ms) timer_start(t->w->loop, &x->timer, x->dec.timeout_ms);
     if (req->end_stream) x->d2u.eof = true;
 }

@@ -82,6 +82,7 @@ struct h1_x {
     struct timer timer; /* the route's timeout */
     uint64_t req_head_bytes, resp_head_bytes; /* the heads' sizes on the downstream wire (metrics) */
     int64_t upstream_ms;                      /* x-envoy-upstream-service-time, -1 before the response */
+    bool counted;                             /* wp_endpoint_begin ran for upstream_ep */
     int status;
     const char *flags, *details;
     uint64_t start_wall, start_mono, up_start_mono;
@@ -638,6 +639,7 @@ static void x_record(struct h1_x *x)
 
 static void x_free(struct h1_x *x)
 {
+    if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
     free(x->head);
     free(x);
@@ -808,6 +810,8 @@ static int req_head(void *ud, const struct http1_head *h)
     x->u = u;
     u->x = x;
     x->up_start_mono = loop_now(t->w->loop);
+    wp_endpoint_begin(ep.wl); /* ended in x_free */
+    x->counted = true;
     if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
     if (x->head_req) http1_parser_response_to_head(u->p);
     if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);

@@ -110,6 +110,56 @@ int wp_socketpair(int sv[2])
     return 0;
 }
 
+/* Requests in flight per endpoint on this worker, for the least-request choice. Keyed by the workload's uid
+ * (stable across snapshots), open addressing; an entry whose count drops to 0 stays as a tombstone-free slot
+ * with 0 (cheap to reuse, bounded by WP_LR_SLOTS). */
+#define WP_LR_SLOTS 4096
+struct lr_slot {
+    uint64_t hash; /* 0: empty */
+    uint32_t active;
+};
+static _Thread_local struct lr_slot lr_table[WP_LR_SLOTS];
+
+static uint64_t uid_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h ? h : 1;
+}
+
+static struct lr_slot *lr_find(const struct workload *w, bool create)
+{
+    uint64_t h = uid_hash(w->uid);
+    for (size_t i = 0, k = h % WP_LR_SLOTS; i < WP_LR_SLOTS; i++, k = (k + 1) % WP_LR_SLOTS) {
+        if (lr_table[k].hash == h) return &lr_table[k];
+        if (!lr_table[k].hash || (create && !lr_table[k].active && i > 8)) {
+            if (!create) return NULL;
+            lr_table[k] = (struct lr_slot){.hash = h};
+            return &lr_table[k];
+        }
+    }
+    return NULL;
+}
+
+void wp_endpoint_begin(const struct workload *w)
+{
+    struct lr_slot *e = w ? lr_find(w, true) : NULL;
+    if (e) e->active++;
+}
+
+void wp_endpoint_end(const struct workload *w)
+{
+    struct lr_slot *e = w ? lr_find(w, false) : NULL;
+    if (e && e->active) e->active--;
+}
+
+static uint32_t lr_active(const struct workload *w)
+{
+    struct lr_slot *e = lr_find(w, false);
+    return e ? e->active : 0;
+}
+
 int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
 {
     if (!svc) {
@@ -117,10 +167,29 @@ int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t po
         return 0;
     }
     struct lb_source src = {.wl = t->src_wl};
-    int rc = lb_pick(t->view->snap, svc, port, &src, svc == t->svc ? &t->dst_ip : NULL, wp_rand(t->w), out);
+    const struct ip_addr *orig = svc == t->svc ? &t->dst_ip : NULL;
+    const struct workload *const *eps;
+    size_t n = 0;
+    unsigned rank;
+    /* Envoy's default for a waypoint's clusters, LEAST_REQUEST: of two endpoints drawn at random, the one with
+     * fewer requests in flight (from this worker, as Envoy's per-worker load balancers count them). The
+     * candidates are the ones the mesh's load balancer allows (health, locality preference, ports). */
+    if (lb_candidates(t->view->snap, svc, port, &src, &eps, &n, &rank) == 0 && n > 0) {
+        const struct workload *w = eps[wp_rand(t->w) % n];
+        if (n > 1) {
+            const struct workload *b = eps[wp_rand(t->w) % n];
+            if (!w->capacity || (b->capacity && lr_active(b) < lr_active(w))) w = b;
+        }
+        uint16_t tp = w->capacity ? service_target_port(svc, w, port) : 0; /* capacity 0: never chosen */
+        if (tp && lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) == 0) {
+            out->wl = w;
+            out->port = tp;
+            return 0;
+        }
+    }
     /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP itself:
      * nothing to send to. */
-    return rc == 0 ? 0 : -ENOENT;
+    return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
 }
 
 static int plain_dial(void *ud, const struct sockaddr_storage *hop)
@@ -197,6 +266,7 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     if (!f->m) f->m = tcp_metrics(f, "UF"); /* the upstream never answered */
     wp_metrics_tcp_bytes(f->m, r->bytes_to_h2, r->bytes_to_tcp);
     wp_metrics_tcp_close(f->m);
+    wp_endpoint_end(f->ep.wl);
     if (log_target_enabled(LOG_INFO, "access")) {
         char src[SOCKADDR_STRLEN], up[16], down[16];
         snprintf(up, sizeof(up), "%llu", (unsigned long long)r->bytes_to_h2);
@@ -225,7 +295,9 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     }
     char ipb[IP_STRLEN];
     snprintf(f->upstream, sizeof(f->upstream), "%s:%u", ip_format(&f->ep.ip, ipb, sizeof(ipb)), f->ep.port);
+    wp_endpoint_begin(f->ep.wl); /* ended in tcp_done */
     if (!wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err)) {
+        wp_endpoint_end(f->ep.wl);
         fd = -1; /* closed by wp_upstream_open */
         goto fail;
     }

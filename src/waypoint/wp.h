@@ -119,10 +119,14 @@ struct wp_tunnel {
 void wp_tunnel_ref(struct wp_tunnel *t);
 void wp_tunnel_unref(struct wp_tunnel *t);
 
-/* The endpoint for a request of t to svc:port (a route's backend, or t's own service): the load balancer's
- * choice (the source workload's locality), or for a workload address (svc NULL) that workload with t's port.
- * Returns 0, or -ENOENT (no healthy upstream: Envoy's UH). */
+/* The endpoint for a request of t to svc:port (a route's backend, or t's own service): Envoy's default
+ * LEAST_REQUEST (power of two choices) among the endpoints the mesh's load balancer allows (health, locality
+ * preference), or for a workload address (svc NULL) that workload with t's port. Returns 0, or -ENOENT (no
+ * healthy upstream: Envoy's UH). */
 int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out);
+/* A request (or passthrough connection) to w starts / ends: the least-request choice's counts (worker-local). */
+void wp_endpoint_begin(const struct workload *w);
+void wp_endpoint_end(const struct workload *w);
 /* Opens an HBONE tunnel for the worker to endpoint c (podIP:15008, :authority podIP:port, expecting the
  * endpoint workload's identity) bridged to fd (ownership passes; closed on failure). Returns the stream or
  * NULL with a static reason in *err. */
