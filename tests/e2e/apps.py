@@ -14,6 +14,9 @@ kinds:
   httpinfo HTTP/1.1 (apps.py httpinfo <port> <tag>): any method; answers JSON {"tag", "method", "path",
            "headers" (lower-case names), "body_len", "body_sha256", "client"} (request bodies by Content-Length
            or chunked); /status/<code> answers that status; /bytes/<n> streams n pattern bytes chunked
+  upgrade  HTTP/1.1 Upgrade (apps.py upgrade <port>): answers a request carrying "Upgrade: <proto>" with
+           "101 Switching Protocols" (echoing the Upgrade header), then echoes every byte (a WebSocket stand-in);
+           a request without Upgrade gets 426
   h2info   h2c with prior knowledge (apps.py h2info <port> <tag>, python3-h2): every request stream is answered
            with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
            "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
@@ -209,6 +212,32 @@ class H2InfoHandler(socketserver.BaseRequestHandler):
         sock.sendall(conn.data_to_send())
 
 
+class UpgradeHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        c = self.request
+        head = b""
+        while b"\r\n\r\n" not in head:
+            b = c.recv(4096)
+            if not b:
+                return
+            head += b
+        head, _, rest = head.partition(b"\r\n\r\n")
+        hdrs = {}
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            hdrs[k.strip().lower()] = v.strip()
+        if b"upgrade" not in hdrs:
+            c.sendall(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
+            return
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: " + hdrs[b"upgrade"] +
+                  b"\r\nconnection: upgrade\r\n\r\n" + rest)
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            c.sendall(b)
+
+
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -219,6 +248,8 @@ def main():
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "http":
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), HttpHandler)
+    elif kind == "upgrade":
+        srv = Server(("0.0.0.0", port), UpgradeHandler)
     elif kind == "h2info":
         H2InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""
         srv = Server(("0.0.0.0", port), H2InfoHandler)

@@ -37,7 +37,7 @@ def _svc(name, vip, ports, waypoint=True):
 
 
 SERVICES = [
-    _svc("echo", ECHO_VIP, {80: 8080, 81: 8081, 9000: 9000}),
+    _svc("echo", ECHO_VIP, {80: 8080, 81: 8081, 82: 8082, 9000: 9000}),
     _svc("direct", DIRECT_VIP, {80: 8080}, waypoint=False),
     _svc("empty", EMPTY_VIP, {80: 8080}),
     {"name": "waypoint", "namespace": "default", "hostname": WP_HOST, "vips": ["/10.96.0.2"],
@@ -65,9 +65,9 @@ def start_waypoint(topo, pod, config, env=None, timeout=10.0):
 @pytest.fixture(scope="module")
 def mesh(ztunnel_bin):
     extra = {
-        "n2p1": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 9000: 9000},
+        "n2p1": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 82: 8082, 9000: 9000},
                               "default/direct.default.svc.cluster.local": {80: 8080}}},
-        "n2p2": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 9000: 9000},
+        "n2p2": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 82: 8082, 9000: 9000},
                               "default/direct.default.svc.cluster.local": {80: 8080}}},
         "n1p1": {"services": {"default/" + WP_HOST: {15008: 15008}}},
     }
@@ -80,6 +80,7 @@ def mesh(ztunnel_bin):
             start_app(t, m.pod(name), "httpinfo", 8080, args=[name])
             start_app(t, m.pod(name), "echo", 9000)
             start_app(t, m.pod(name), "h2info", 8081, args=[name])
+            start_app(t, m.pod(name), "upgrade", 8082)
         m.waypoint = start_waypoint(t, m.pod("n1p1"), m.config)
         client = m.pod("n1p2")
         m.client_cert = t.mint(client.spiffe, "client")
@@ -505,3 +506,19 @@ def test_metrics_and_access_log(mesh):
         lines = [l for l in f if '"GET /metric-1 HTTP/1.1" 200' in l]
     assert lines, "no access log line"
     assert "envoy://connect_originate/10.0.2." in lines[-1] and "inbound-vip|80|http|echo.default.svc.cluster.local" in lines[-1]
+
+
+def test_http_upgrade_passed_through(mesh):
+    """An Upgrade request (WebSocket's handshake) reaches the app with its Upgrade and Connection headers; after
+    the app's 101 the connection carries opaque bytes both ways through the waypoint."""
+    c, h = http_tunnel(mesh, port=82)
+    h.send(b"GET /ws HTTP/1.1\r\nhost: echo\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+    status, hdrs, _ = h.response(head=True)
+    assert status == 101 and hdrs["upgrade"] == "websocket"
+    h.send(b"\x81\x05hello-frame")
+    got = h.buf
+    deadline = time.time() + 5
+    while len(got) < 13 and time.time() < deadline:
+        got += c.recv(h.sid)
+    assert got == b"\x81\x05hello-frame"
+    c.close()
