@@ -6,6 +6,7 @@
 #        bench/run.sh conns [options]    conns.py only: [--only ...] [--rate-time N] [--conns N] [--repeat N] ...
 #        bench/run.sh cp [options]       cp.py only (control plane, zmeshd): [--only ztunnels,sim,scale,ca] ...
 #        bench/run.sh pods [options]     pods.py only (shared-mode ztunnel RSS per pod): [--pods N] ...
+#        bench/run.sh waypoint [options] waypoint.py only (HTTP through the waypoint vs L4): [--time S] ...
 set -e
 cd "$(dirname "$0")/.."
 case "$1" in
@@ -14,6 +15,7 @@ case "$1" in
     cp) shift; exec /usr/bin/python3 bench/cp.py "$@" ;;
     pods) shift; exec /usr/bin/python3 bench/pods.py "$@" ;;
     enrol) shift; exec /usr/bin/python3 bench/enrol.py "$@" ;;
+    waypoint) shift; exec /usr/bin/python3 bench/waypoint.py "$@" ;;
 esac
 # Both: conns.py accepts bench.py's options (and ignores those it does not know) when ZMESH_BENCH_BOTH is set;
 # bench.py gets only its own, so conns.py's own options need `bench/run.sh conns`.

@@ -17,7 +17,7 @@ PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka
       libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev libpcre2-dev
       python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
       python3-jwt
-      containernetworking-plugins iptables nftables iproute2 tcpdump iperf3 haproxy curl procps openssl faketime prometheus
+      containernetworking-plugins iptables nftables iproute2 tcpdump iperf3 haproxy curl wrk nghttp2-client procps openssl faketime prometheus
       clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
