@@ -32,7 +32,7 @@ from topo import tail  # noqa: E402
 L7_VIP, L4_VIP = "10.96.0.10", "10.96.0.11"
 WP_HOST = "waypoint.default.svc.cluster.local"
 HAPROXY_CFG = """global
-    maxconn 20000
+    maxconn 4000
 defaults
     mode http
     timeout client 30s
