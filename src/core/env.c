@@ -1,5 +1,6 @@
 /* Environment settings: Istio's value syntax (Rust FromStr, duration_str) and the table walker. */
 #include "core/env.h"
+#include "core/log.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -346,5 +347,13 @@ void env_print_help(FILE *f, const struct env_setting *t, size_t n)
                 fprintf(f, " %s", e->choices[j]);
             fprintf(f, "\n");
         }
+    }
+}
+
+void env_diag_log(struct env_diag *d, int level, const char *target)
+{
+    for (char *line = d->buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
+        *nl = 0;
+        log_fmt(level, target, "%s", line);
     }
 }

@@ -66,6 +66,8 @@ struct env_diag {
     unsigned n;
 };
 
+/* Logs each line of d at level under target (destructive: the lines' newlines become NULs). */
+void env_diag_log(struct env_diag *d, int level, const char *target);
 /* Appends one printf-formatted line to d. */
 void env_diag_add(struct env_diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

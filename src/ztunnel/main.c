@@ -641,15 +641,9 @@ static int load_settings(void)
     (void)zt_settings_parse(&zt_cfg, env_lookup, environ, ncpu_available(), &errors, &warnings);
     /* Log in the format asked for, at the level asked for when RUST_LOG is valid (else the default). */
     if (log_init(zt_cfg.rust_log, zt_cfg.log_format == ZT_LOG_JSON) < 0) log_init(NULL, false);
-    for (char *line = warnings.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
-        *nl = 0;
-        LOG_W("ztunnel", "%s", line);
-    }
+    env_diag_log(&warnings, LOG_WARN, "ztunnel");
     if (errors.n) {
-        for (char *line = errors.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
-            *nl = 0;
-            LOG_E("ztunnel", "%s", line);
-        }
+        env_diag_log(&errors, LOG_ERROR, "ztunnel");
         LOG_E("ztunnel", "%u setting error%s; see ztunnel --help", errors.n, errors.n == 1 ? "" : "s");
         return 2;
     }

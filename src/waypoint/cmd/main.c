@@ -269,15 +269,9 @@ static int load_settings(void)
     static struct env_diag errors, warnings;
     (void)wp_settings_parse(&wp_cfg, env_lookup, &errors, &warnings);
     if (log_init(wp_cfg.log_level, wp_cfg.log_format == WP_LOG_JSON) < 0) log_init(NULL, false);
-    for (char *line = warnings.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
-        *nl = 0;
-        LOG_W("waypoint", "%s", line);
-    }
+    env_diag_log(&warnings, LOG_WARN, "waypoint");
     if (!errors.n) return 0;
-    for (char *line = errors.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
-        *nl = 0;
-        LOG_E("waypoint", "%s", line);
-    }
+    env_diag_log(&errors, LOG_ERROR, "waypoint");
     LOG_E("waypoint", "%u setting error%s; see waypoint --help", errors.n, errors.n == 1 ? "" : "s");
     return 2;
 }

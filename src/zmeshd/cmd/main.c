@@ -119,10 +119,7 @@ static int load_env(struct env_values *v)
         v->rust_log = NULL;
     }
     if (log_init(v->rust_log, v->log_format == 1) < 0) log_init(NULL, false);
-    for (char *line = warnings.buf, *nl; *line && (nl = strchr(line, '\n')); line = nl + 1) {
-        *nl = 0;
-        LOG_W("zmeshd", "%s", line);
-    }
+    env_diag_log(&warnings, LOG_WARN, "zmeshd");
     if (errors.n) {
         fputs(errors.buf, stderr);
         fprintf(stderr, "zmeshd: %u setting error%s; see zmeshd --help\n", errors.n, errors.n == 1 ? "" : "s");
