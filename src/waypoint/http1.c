@@ -763,6 +763,13 @@ static int req_head(void *ud, const struct http1_head *h)
     }
     if (!have_xfp) hv[n++] = (struct http1_hdr){"x-forwarded-proto", 17, "http", 4};
 
+    if (x->http10) {
+        /* Envoy's HTTP/1 codec refuses HTTP/1.0 unless accept_http_10 is set, which Istio does not set: 426,
+         * and the connection closes. */
+        x->keep_alive = false;
+        local_reply(x, 426, "", "-", "upgrade_required", NULL);
+        return 0;
+    }
     struct l7_request lr = {.method = x->method,
                             .path = x->target,
                             .path_len = h->target_len,

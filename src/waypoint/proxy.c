@@ -570,6 +570,8 @@ static bool hbone_may_accept(struct acceptor *a)
 static void hbone_accept(struct acceptor *a, int fd, const struct sockaddr_storage *peer)
 {
     struct wp_worker *w = container_of(a, struct wp_worker, hbone);
+    /* Small HTTP answers must not wait for Nagle's delayed ACK dance (40 ms stalls), as ztunnel's sockets. */
+    net_set_nodelay(fd);
     struct wp_in_conn *ic = calloc(1, sizeof(*ic));
     if (!ic || !(ic->ident = wp_identity())) {
         free(ic);

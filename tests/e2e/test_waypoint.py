@@ -350,6 +350,15 @@ def test_http_hop_by_hop_removed(mesh):
     c.close()
 
 
+def test_http10_refused_as_envoy(mesh):
+    """HTTP/1.0 gets Envoy's 426 (accept_http_10 is off in Istio) and the connection closes."""
+    c, h = http_tunnel(mesh)
+    h.send(b"GET /old HTTP/1.0\r\n\r\n")
+    status, hdrs, _ = h.response()
+    assert status == 426 and hdrs.get("connection") == "close"
+    c.close()
+
+
 def test_http_malformed_and_no_upstream(mesh):
     """A malformed request gets 400 and the connection closes; a service with no endpoint gets Envoy's 503
     `no healthy upstream`."""
