@@ -948,12 +948,13 @@ class Demo:
 
     def zc_services(self):
         """`zmesh ztunnel-config services`: rows as dicts, and the text."""
-        r = self.zmesh("ztunnel-config", "services")
+        r = self.zmesh("ztunnel-config", "services", "--node", "node1")
         lines = r.stdout.splitlines()
         rows = []
-        if r.returncode == 0 and lines:
-            head = re.split(r"\s{2,}", lines[0].strip())
-            rows = [dict(zip(head, re.split(r"\s{2,}", l.strip()))) for l in lines[1:] if l.strip()]
+        # istioctl's tabwriter pads with one space, and two headers hold a space: split the rows on whitespace.
+        head = ["NAMESPACE", "SERVICE NAME", "SERVICE VIP", "WAYPOINT", "ENDPOINTS"]
+        if r.returncode == 0 and lines and lines[0].split() == " ".join(head).split():
+            rows = [dict(zip(head, l.split())) for l in lines[1:] if len(l.split()) == len(head)]
         return rows, (r.stdout if r.returncode == 0 else r.stderr)
 
     def step_waypoint(self):
@@ -986,7 +987,7 @@ class Demo:
             return (rows, text) if by.get((NS, "ratings")) == "waypoint" else None
         got = self.poll(bound, timeout=10)
         rows, text = got or self.zc_services()
-        self.cmd("zmesh ztunnel-config services", "(node1's ztunnel: where it sends each Service)")
+        self.cmd("zmesh ztunnel-config services --node node1", "(node1's ztunnel: where it sends each Service)")
         self.show("\n".join(l for i, l in enumerate(text.splitlines())
                             if i == 0 or re.match(r"(%s|%s)\s" % (NS, L4_NS), l)))
         by = {(x.get("NAMESPACE"), x.get("SERVICE NAME")): x.get("WAYPOINT") for x in rows}
