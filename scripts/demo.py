@@ -995,7 +995,8 @@ class Demo:
         self.check(bool(shop) and all(v == "waypoint" for v in shop.values()),
                    "every Service of shop has WAYPOINT waypoint (%s)" % ", ".join(sorted(shop)))
         self.check(by.get((L4_NS, "inventory")) == "None", "warehouse/inventory has WAYPOINT None: that namespace "
-                   "keeps the L4 path", "(got %s)" % by.get((L4_NS, "inventory")))
+                   "keeps the L4 path", "" if by.get((L4_NS, "inventory")) == "None"
+                   else "(got %s)" % by.get((L4_NS, "inventory")))
 
         self.cmd("zmesh exec client -n shop -- curl -s %s" % FRONTEND_URL)
         p = self.poll(lambda: (lambda p: p if self.page_ok(p) and p["ratings"].get("caller") == self.wp_ip
