@@ -24,6 +24,12 @@ adopting it, with the zmesh commands an operator types:
      node1` (it echoes after the old ztunnel got SIGTERM), a new connection goes through the new ztunnel, and
      the old one exits once the long-lived connection ends;
   6. Istio's TCP metrics from node1's (new) ztunnel.
+  7. `zmesh waypoint apply -n shop --enroll-namespace --wait`, `zmesh waypoint list`, the WAYPOINT column of
+     `zmesh ztunnel-config services` (shop bound, warehouse not), ratings now called from the waypoint's IP;
+  8. HTTPRoutes (examples/bookinfo-lite/waypoint/): ratings split 90/10 between ratings-v1 and ratings-v2
+     (200 requests on one keep-alive connection, counted per version), then `x-user: tester` to v2 only;
+  9. an L7 AuthorizationPolicy (targetRefs: the ratings Service) allowing GET: GET 200, POST 403 `RBAC: access
+     denied`; the waypoint's istio_requests_total table; warehouse (no waypoint) still on the L4 path.
 
 Every step is also a check: the exit status is 0 only if all of them pass. The cluster is torn down at the end
 (`zmesh down`), also on errors and on Ctrl-C / SIGTERM. docs/demo.md explains how to read the output. The
