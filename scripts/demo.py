@@ -23,7 +23,7 @@ adopting it, with the zmesh commands an operator types:
   5. re-labelled, a long-lived TCP connection from client to catalog's echo survives `zmesh rollout ztunnel
      node1` (it echoes after the old ztunnel got SIGTERM), a new connection goes through the new ztunnel, and
      the old one exits once the long-lived connection ends;
-  6. Istio's TCP metrics from node1's (new) ztunnel.
+  6. Istio's TCP metrics from node1's (new) ztunnel;
   7. `zmesh waypoint apply -n shop --enroll-namespace --wait`, `zmesh waypoint list`, the WAYPOINT column of
      `zmesh ztunnel-config services` (shop bound, warehouse not), ratings now called from the waypoint's IP;
   8. HTTPRoutes (examples/bookinfo-lite/waypoint/): ratings split 90/10 between ratings-v1 and ratings-v2
