@@ -59,7 +59,7 @@ from topo import ipv4_tcp, read_pcap  # noqa: E402  (the e2e tests' pcap reader,
 SAMPLE = os.path.join(REPO, "examples", "bookinfo-lite")
 POLICY = os.path.join(SAMPLE, "policies", "catalog-allow-frontend.yaml")
 NS = "shop"
-PODS = ("catalog", "client", "frontend", "ratings", "ratings-v2")
+PODS = ("catalog", "client", "frontend", "ratings")
 LABEL = "istio.io/dataplane-mode"
 FRONTEND_URL = "http://10.96.20.12/"          # the frontend's Service VIP (examples/bookinfo-lite/30-frontend.yaml)
 CATALOG_URL = "http://10.96.20.10:9080/"      # the catalog's Service VIP
@@ -74,6 +74,8 @@ RATINGS_IP, RATINGS_PORT = "10.96.20.11", 9080    # the ratings Service (20-rati
 INVENTORY_URL = "http://10.96.20.20:9080/"        # warehouse's inventory Service (50-warehouse.yaml)
 L4_NS = "warehouse"
 L7_DIR = os.path.join(SAMPLE, "waypoint")
+RATINGS_V2 = os.path.join(L7_DIR, "ratings-v2.yaml")      # the pod ratings-v2, Services ratings-v1, -v2
+WAREHOUSE = os.path.join(L7_DIR, "warehouse.yaml")
 ROUTE_SPLIT = os.path.join(L7_DIR, "ratings-split.yaml")
 ROUTE_TESTER = os.path.join(L7_DIR, "ratings-tester.yaml")
 POLICY_L7 = os.path.join(L7_DIR, "ratings-get-only.yaml")
@@ -522,7 +524,7 @@ class Demo:
         self.ips = {p: rows.get(p, {}).get("IP") for p in PODS}
         ok = set(rows) == set(PODS) and all(r.get("STATUS") == "Running" and r.get("READY") == "1/1"
                                              for r in rows.values())
-        self.check(ok, "%d pods Running and ready, on two nodes (ratings in two versions)" % len(PODS))
+        self.check(ok, "4 pods Running and ready, on two nodes")
         self.check(all(r.get("MODE") == "none" for r in rows.values()),
                    "MODE none: namespace shop carries no istio.io/dataplane-mode label, nothing is meshed")
         self.baseline = self.containers()
@@ -965,6 +967,27 @@ class Demo:
 
     def step_waypoint(self):
         st = self.st
+        self.say("  deploy, live: a second version of ratings into shop, and a second meshed namespace, warehouse, "
+                 "that gets no waypoint")
+        self.cmd("zmesh apply -f %s" % os.path.relpath(RATINGS_V2, REPO),
+                 "(pod ratings-v2, version: v2; Services ratings-v1 and ratings-v2)")
+        r = self.zmesh("apply", "-f", RATINGS_V2)
+        self.show(r.stdout + r.stderr, None if r.returncode == 0 else st.red)
+        self.cmd("zmesh apply -f %s" % os.path.relpath(WAREHOUSE, REPO), "(labelled istio.io/dataplane-mode=ambient)")
+        r2 = self.zmesh("apply", "-f", WAREHOUSE)
+        self.show(r2.stdout + r2.stderr, None if r2.returncode == 0 else st.red)
+        if not self.check(r.returncode == 0 and r2.returncode == 0, "applied"):
+            raise StepFailed("zmesh apply failed")
+
+        def ready(ns, pod):
+            rows = self.zmesh("get", "pods", "-n", ns, "-o", "wide").stdout
+            m = re.search(r"^%s\s+1/1\s+Running\s+0\s+\S+\s+(\S+)\s+(\S+)\s+ambient\s*$" % re.escape(pod), rows, re.M)
+            return m.groups() if m else None
+        t0 = time.time()
+        v2 = self.poll(lambda: ready(NS, "ratings-v2"), timeout=CONVERGE_TIMEOUT)
+        inv = self.poll(lambda: ready(L4_NS, "inventory"), timeout=CONVERGE_TIMEOUT)
+        self.check(bool(v2 and inv), "ratings-v2 (%s) and warehouse/inventory (%s) Running, ready and MODE ambient, "
+                   "%d ms after the apply" % (v2 and v2[0], inv and inv[0], round((time.time() - t0) * 1000)))
         self.cmd("zmesh waypoint apply -n shop --enroll-namespace --wait", "(istioctl's command; live)")
         t0 = time.time()
         r = self.zmesh("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", timeout=WAYPOINT_TIMEOUT + 60)
