@@ -41,7 +41,8 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def do_GET(self):
-        body = {"service": self.role, "pod": POD, "version": VERSION, "caller": self.client_address[0], "path": self.path}
+        body = {"service": self.role, "pod": POD, "version": VERSION, "caller": self.client_address[0],
+                "path": self.path}
         if self.role == "catalog":
             body["books"] = BOOKS
         elif self.role == "ratings":

@@ -1,7 +1,8 @@
 """The demo (scripts/demo.py) on `zmesh up examples/bookinfo-lite`, so that `make demo` cannot rot unnoticed.
 
-The sample with the demo's policy and its waypoint resources (two HTTPRoutes, an L7 policy) must pass `zmesh apply`'s reader (zmeshd check: no error or warning). The demo
-runs end to end with its own prefix, subnets and state directory (a cluster of the defaults may be up on the
+The sample with the demo's policy, and with its waypoint resources (ratings-v2, warehouse, two versions of an
+HTTPRoute, an L7 policy), must pass `zmesh apply`'s reader (zmeshd check: no error or warning). The demo runs end
+to end with its own prefix, subnets and state directory (a cluster of the defaults may be up on the
 same host): exit 0, every step's pass line and the checks that tell the story (plaintext, then HBONE with no app
 bytes on the wire, identities, certificates, no pod restarted, the policy refusing client -> catalog, the rules
 gone, the long-lived connection across the rollout, the old ztunnel's exit, metrics; then the waypoint: applied,
@@ -145,7 +146,7 @@ STORY = [
     r"✔ client → frontend → ratings works, and ratings now sees the waypoint's IP",
     r"✔ step 7 passed",
     r"routes=1 l7_policies=0",
-    r"✔ 90/10: v2 got \d+\.\d% \(between 5% and 20%\), every request answered 200",
+    r"✔ 90/10: v2 got \d+\.\d% \(between 4% and 20%\), every request answered 200",
     r"✔ x-user: tester: 20 of 20 to v2 \(100%\)",
     r"✔ without the header the split still applies",
     r"✔ step 8 passed",
