@@ -1160,8 +1160,10 @@ class Demo:
         self.check(inv is not None and inv.get("pod") == "inventory" and inv.get("caller") == self.ips["client"],
                    "inventory answered and saw the client's own pod IP %s: no waypoint in between"
                    % self.ips["client"], "" if inv else "(no answer)")
+        # The client's call, not the readiness probe's (the controller probes from the node, in plain text).
         line = self.poll(lambda: [l for l in self.access("node2", t1) if l.get("dst.workload") == "inventory"
-                                  and l.get("direction") == "inbound"], timeout=3)
+                                  and l.get("direction") == "inbound" and l.get("src.workload") == "client"],
+                         timeout=3)
         if line:
             self.say("    node2's ztunnel: %s" % st.dim("direction=inbound src.identity=%s dst.identity=%s" % (
                 line[-1].get("src.identity"), line[-1].get("dst.identity"))))
