@@ -23,7 +23,13 @@ adopting it, with the zmesh commands an operator types:
   5. re-labelled, a long-lived TCP connection from client to catalog's echo survives `zmesh rollout ztunnel
      node1` (it echoes after the old ztunnel got SIGTERM), a new connection goes through the new ztunnel, and
      the old one exits once the long-lived connection ends;
-  6. Istio's TCP metrics from node1's (new) ztunnel.
+  6. Istio's TCP metrics from node1's (new) ztunnel;
+  7. `zmesh waypoint apply -n shop --enroll-namespace --wait`, `zmesh waypoint list`, the WAYPOINT column of
+     `zmesh ztunnel-config services` (shop bound, warehouse not), ratings now called from the waypoint's IP;
+  8. HTTPRoutes (examples/bookinfo-lite/waypoint/): ratings split 90/10 between ratings-v1 and ratings-v2
+     (200 requests on one keep-alive connection, counted per version), then `x-user: tester` to v2 only;
+  9. an L7 AuthorizationPolicy (targetRefs: the ratings Service) allowing GET: GET 200, POST 403 `RBAC: access
+     denied`; the waypoint's istio_requests_total table; warehouse (no waypoint) still on the L4 path.
 
 Every step is also a check: the exit status is 0 only if all of them pass. The cluster is torn down at the end
 (`zmesh down`), also on errors and on Ctrl-C / SIGTERM. docs/demo.md explains how to read the output. The
@@ -33,6 +39,7 @@ needs its own (tests/e2e/test_demo.py passes its own).
 import argparse
 import calendar
 import ctypes
+import http.client
 import json
 import os
 import re
@@ -61,6 +68,24 @@ ECHO_PORT = 9090                              # catalog's TCP echo (ECHO_PORT in
 APP_BYTES = b"Unix Network Programming"
 HBONE_PORT, XDS_PORT = 15008, 15012
 SPIFFE = "spiffe://cluster.local/ns/%s/sa/%%s" % NS
+# Step 7-9: shop's waypoint and its L7 resources (examples/bookinfo-lite/waypoint/); warehouse keeps no waypoint.
+RATINGS_PODS = ("ratings", "ratings-v2")
+RATINGS_IP, RATINGS_PORT = "10.96.20.11", 9080    # the ratings Service (20-ratings.yaml)
+INVENTORY_URL = "http://10.96.20.20:9080/"        # warehouse's inventory Service (50-warehouse.yaml)
+L4_NS = "warehouse"
+L7_DIR = os.path.join(SAMPLE, "waypoint")
+RATINGS_V2 = os.path.join(L7_DIR, "ratings-v2.yaml")      # the pod ratings-v2, Services ratings-v1, -v2
+WAREHOUSE = os.path.join(L7_DIR, "warehouse.yaml")
+ROUTE_SPLIT = os.path.join(L7_DIR, "ratings-split.yaml")
+ROUTE_TESTER = os.path.join(L7_DIR, "ratings-tester.yaml")
+POLICY_L7 = os.path.join(L7_DIR, "ratings-get-only.yaml")
+SPLIT_REQUESTS = 200                # requests counted per version for the 90/10 split
+# v2's share must land here: 10% expected; at 200 requests a fair 90/10 falls below 4% (under 8 requests) with
+# probability 0.05% and above 20% with 0.0007% (binomial), while 50/50 (no route) or 100/0 fail for certain.
+SPLIT_V2_MIN, SPLIT_V2_MAX = 0.04, 0.20
+TESTER_REQUESTS = 20                # requests with x-user: tester, all of which must reach v2
+WAYPOINT_TIMEOUT = 30.0             # the waypoint pod's start and the first config it applies
+N_STEPS = 9
 CONVERGE_TIMEOUT = 30.0
 PROBE_EVERY_MS = 20
 _CLONE_NEWNET = 0x40000000
@@ -240,6 +265,19 @@ class Prober(threading.Thread):
         self.join(5)
 
 
+class NetnsHTTP(http.client.HTTPConnection):
+    """http.client's connection whose socket is made in a pod's network namespace (also when it reconnects)."""
+
+    def __init__(self, netns, host, port, timeout=3):
+        super().__init__(host, port, timeout=timeout)
+        self.netns = netns
+
+    def connect(self):
+        self.sock = netns_socket(self.netns)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect((self.host, self.port))
+
+
 def parse_kv(line):
     """A text access-log line's key=value fields (values may be quoted)."""
     return {k: (v[1:-1] if v.startswith('"') else v)
@@ -336,8 +374,7 @@ class Demo:
                         argv = f.read().split(b"\0")
                 except OSError:
                     continue
-                if b"app.py" in argv and argv.index(b"app.py") + 1 < len(argv) \
-                        and argv[argv.index(b"app.py") + 1] == pod.encode():
+                if b"app.py" in argv:     # the pod's one container (ratings-v2 runs app.py ratings too)
                     pids.append(int(pid))
             try:
                 ino = os.stat("/run/netns/" + ns).st_ino
@@ -362,7 +399,7 @@ class Demo:
     @staticmethod
     def page_ok(p):
         return bool(p) and p.get("pod") == "frontend" and p.get("catalog", {}).get("pod") == "catalog" \
-            and p.get("ratings", {}).get("pod") == "ratings"
+            and p.get("ratings", {}).get("pod") in RATINGS_PODS
 
     def show_page(self, p):
         st = self.st
@@ -461,7 +498,7 @@ class Demo:
         inbound = {l.get("dst.workload") for l in self.access("node2", since)
                    if l.get("direction") == "inbound" and l.get("src.identity") == SPIFFE % "frontend"
                    and l["_level"] == "info"}
-        return p if {"catalog", "ratings"} <= inbound else None
+        return p if "catalog" in inbound and inbound & set(RATINGS_PODS) else None
 
     # ---- steps ---------------------------------------------------------------------------------------------
     def step_up(self):
@@ -582,7 +619,8 @@ class Demo:
             self.say("      src.identity=%s dst.identity=%s" % (st.cyan(l.get("src.identity", "-")),
                                                                st.cyan(l.get("dst.identity", "-"))))
         got = {l.get("dst.workload"): l.get("dst.identity") for l in lines}
-        self.check(got.get("catalog") == SPIFFE % "catalog" and got.get("ratings") == SPIFFE % "ratings",
+        rat = {got[w] for w in RATINGS_PODS if w in got}
+        self.check(got.get("catalog") == SPIFFE % "catalog" and rat == {SPIFFE % "ratings"},
                    "node2's ztunnel verified the caller as %s and answered as the catalog's and ratings' own "
                    "service accounts" % (SPIFFE % "frontend"))
 
@@ -856,12 +894,289 @@ class Demo:
         self.check(any(r["opened"] >= 1 for r in fe), "client %s frontend counted (istio_tcp_connections_opened_"
                    "total, with the workloads' labels)" % st.arrow)
 
+    # ---- steps 7-9: a waypoint, L7 routing, an L7 policy -------------------------------------------------
+    def http(self, timeout=3):
+        """One HTTP/1.1 connection from the client pod's network namespace to the ratings Service VIP (what
+        the client's ztunnel captures and, once shop uses a waypoint, sends through it)."""
+        return NetnsHTTP(self.pod_netns("client"), RATINGS_IP, RATINGS_PORT, timeout=timeout)
+
+    @staticmethod
+    def request(conn, method="GET", headers=None):
+        """(status, body as a dict or text) of one request on conn (kept alive between calls)."""
+        conn.request(method, "/", body=b"{}" if method == "POST" else None, headers=dict(headers or {}))
+        r = conn.getresponse()
+        data = r.read()
+        try:
+            return r.status, json.loads(data)
+        except ValueError:
+            return r.status, data.decode(errors="replace").strip()
+
+    def wp_log(self, since=0.0, text="config applied"):
+        """The waypoint pod's log lines containing text, logged at or after since (epoch seconds)."""
+        r = self.zmesh("logs", self.wp_pod, "-n", NS)
+        out = []
+        for line in r.stdout.splitlines():
+            if text not in line:
+                continue
+            try:
+                t = calendar.timegm(time.strptime(line[:19], "%Y-%m-%dT%H:%M:%S")) \
+                    + float("0" + line[19:line.index("Z")])
+            except ValueError:
+                continue
+            if t >= since:
+                out.append(line)
+        return out
+
+    def applied(self, since, routes, policies):
+        """Waits until the waypoint logged a config with that many routes and L7 policies after since: the
+        moment the applied resource takes effect (zmeshd -> delta xDS -> the waypoint's view)."""
+        want = "routes=%d l7_policies=%d" % (routes, policies)
+        got = self.poll(lambda: [l for l in self.wp_log(since) if want in l], timeout=10)
+        if got:
+            self.say("    zmesh logs %s -n shop: %s" % (self.wp_pod, self.st.dim(
+                got[-1].split("\t", 3)[-1].strip() + " (%d ms after the apply)" % round(
+                    (calendar.timegm(time.strptime(got[-1][:19], "%Y-%m-%dT%H:%M:%S"))
+                     + float("0" + got[-1][19:got[-1].index("Z")]) - since) * 1000))))
+        return bool(got)
+
+    def show_yaml(self, path):
+        with open(path) as f:
+            body = [l.rstrip() for l in f if l.strip() and not l.lstrip().startswith("#")]
+        spec = body[body.index("spec:"):] if "spec:" in body else body
+        for l in spec:
+            self.say("    " + self.st.dim(l))
+
+    def apply(self, path):
+        rel = os.path.relpath(path, REPO)
+        self.cmd("zmesh apply -f %s" % rel)
+        t0 = time.time()
+        r = self.zmesh("apply", "-f", path)
+        self.show(r.stdout + r.stderr, None if r.returncode == 0 else self.st.red)
+        if not self.check(r.returncode == 0, "applied"):
+            raise StepFailed("zmesh apply -f %s failed" % rel)
+        return t0
+
+    def zc_services(self):
+        """`zmesh ztunnel-config services`: rows as dicts, and the text."""
+        r = self.zmesh("ztunnel-config", "services", "--node", "node1")
+        lines = r.stdout.splitlines()
+        rows = []
+        # istioctl's tabwriter pads with one space, and two headers hold a space: split the rows on whitespace.
+        head = ["NAMESPACE", "SERVICE NAME", "SERVICE VIP", "WAYPOINT", "ENDPOINTS"]
+        if r.returncode == 0 and lines and lines[0].split() == " ".join(head).split():
+            rows = [dict(zip(head, l.split())) for l in lines[1:] if len(l.split()) == len(head)]
+        return rows, (r.stdout if r.returncode == 0 else r.stderr)
+
+    def step_waypoint(self):
+        st = self.st
+        self.say("  deploy, live: a second version of ratings into shop, and a second meshed namespace, warehouse, "
+                 "that gets no waypoint")
+        self.cmd("zmesh apply -f %s" % os.path.relpath(RATINGS_V2, REPO),
+                 "(pod ratings-v2, version: v2; Services ratings-v1 and ratings-v2)")
+        r = self.zmesh("apply", "-f", RATINGS_V2)
+        self.show(r.stdout + r.stderr, None if r.returncode == 0 else st.red)
+        self.cmd("zmesh apply -f %s" % os.path.relpath(WAREHOUSE, REPO), "(labelled istio.io/dataplane-mode=ambient)")
+        r2 = self.zmesh("apply", "-f", WAREHOUSE)
+        self.show(r2.stdout + r2.stderr, None if r2.returncode == 0 else st.red)
+        if not self.check(r.returncode == 0 and r2.returncode == 0, "applied"):
+            raise StepFailed("zmesh apply failed")
+
+        def ready(ns, pod):
+            rows = self.zmesh("get", "pods", "-n", ns, "-o", "wide").stdout
+            m = re.search(r"^%s\s+1/1\s+Running\s+0\s+\S+\s+(\S+)\s+(\S+)\s+ambient\s*$" % re.escape(pod), rows, re.M)
+            return m.groups() if m else None
+        t0 = time.time()
+        v2 = self.poll(lambda: ready(NS, "ratings-v2"), timeout=CONVERGE_TIMEOUT)
+        inv = self.poll(lambda: ready(L4_NS, "inventory"), timeout=CONVERGE_TIMEOUT)
+        self.check(bool(v2 and inv), "ratings-v2 (%s) and warehouse/inventory (%s) Running, ready and MODE ambient, "
+                   "%d ms after the apply" % (v2 and v2[0], inv and inv[0], round((time.time() - t0) * 1000)))
+        self.cmd("zmesh waypoint apply -n shop --enroll-namespace --wait", "(istioctl's command; live)")
+        t0 = time.time()
+        r = self.zmesh("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", timeout=WAYPOINT_TIMEOUT + 60)
+        self.show(r.stdout + r.stderr, None if r.returncode == 0 else st.red)
+        ok = r.returncode == 0 and "waypoint shop/waypoint is ready!" in r.stdout \
+            and 'namespace shop labeled with "istio.io/use-waypoint: waypoint"' in r.stdout
+        if not self.check(ok, "the waypoint Gateway is Programmed (its pod ready) and shop uses it, %d ms after "
+                          "the command" % round((time.time() - t0) * 1000)):
+            raise StepFailed("zmesh waypoint apply failed")
+        self.cmd("zmesh waypoint list -n shop")
+        r = self.zmesh("waypoint", "list", "-n", NS)
+        self.show(r.stdout if r.returncode == 0 else r.stderr, None if r.returncode == 0 else st.red)
+        self.check(r.returncode == 0 and re.search(r"^waypoint\s+default\s+\S+\s+True\s*$", r.stdout, re.M)
+                   is not None, "zmesh waypoint list: waypoint, PROGRAMMED True")
+        rows, _ = self.pods()
+        wp = [n for n in rows if n.startswith("waypoint-")]
+        if not self.check(len(wp) == 1 and rows[wp[0]].get("STATUS") == "Running",
+                          "its pod %s runs (build/bin/waypoint, MODE %s: ztunnel does not capture its own "
+                          "waypoint)" % (wp[0] if wp else "-", rows[wp[0]].get("MODE") if wp else "-")):
+            raise StepFailed("no waypoint pod")
+        self.wp_pod, self.wp_ip = wp[0], rows[wp[0]].get("IP")
+
+        def bound():
+            rows, text = self.zc_services()
+            by = {(x.get("NAMESPACE"), x.get("SERVICE NAME")): x.get("WAYPOINT") for x in rows}
+            return (rows, text) if by.get((NS, "ratings")) == "waypoint" else None
+        got = self.poll(bound, timeout=10)
+        rows, text = got or self.zc_services()
+        self.cmd("zmesh ztunnel-config services --node node1", "(node1's ztunnel: where it sends each Service)")
+        self.show("\n".join(l for i, l in enumerate(text.splitlines())
+                            if i == 0 or re.match(r"(%s|%s)\s" % (NS, L4_NS), l)))
+        by = {(x.get("NAMESPACE"), x.get("SERVICE NAME")): x.get("WAYPOINT") for x in rows}
+        shop = {k[1]: v for k, v in by.items() if k[0] == NS and k[1] != "waypoint"}
+        self.check(bool(shop) and all(v == "waypoint" for v in shop.values()),
+                   "every Service of shop has WAYPOINT waypoint (%s)" % ", ".join(sorted(shop)))
+        self.check(by.get((L4_NS, "inventory")) == "None", "warehouse/inventory has WAYPOINT None: that namespace "
+                   "keeps the L4 path", "" if by.get((L4_NS, "inventory")) == "None"
+                   else "(got %s)" % by.get((L4_NS, "inventory")))
+
+        self.cmd("zmesh exec client -n shop -- curl -s %s" % FRONTEND_URL)
+        p = self.poll(lambda: (lambda p: p if self.page_ok(p) and p["ratings"].get("caller") == self.wp_ip
+                               else None)(self.page()), timeout=10)
+        self.show_page(p)
+        self.check(p is not None, "client %s frontend %s ratings works, and ratings now sees the waypoint's IP %s "
+                   "as its caller (waypoints do not impersonate)" % (st.arrow, st.arrow, self.wp_ip))
+
+    def split_counts(self, n, headers=None):
+        counts, other = {}, []
+        conn = self.http()
+        try:
+            for _ in range(n):
+                status, body = self.request(conn, headers=headers)
+                if status == 200 and isinstance(body, dict):
+                    counts[body.get("version", "?")] = counts.get(body.get("version", "?"), 0) + 1
+                else:
+                    other.append(status)
+        finally:
+            conn.close()
+        return counts, other
+
+    def show_counts(self, counts, n):
+        for v in ("v1", "v2"):
+            self.say("    ratings %s: %3d  %s" % (v, counts.get(v, 0), self.st.cyan("#" * round(40 * counts.get(v, 0)
+                                                                                       / n))))
+
+    def step_routing(self):
+        st = self.st
+        self.say("  %s: 90%% of ratings' requests to v1, 10%% to v2 %s" % (
+            st.bold(os.path.relpath(ROUTE_SPLIT, REPO)), st.dim("(the versions are Services ratings-v1, "
+                                                                 "ratings-v2: Gateway API has no subsets)")))
+        self.show_yaml(ROUTE_SPLIT)
+        t0 = self.apply(ROUTE_SPLIT)
+        self.check(self.applied(t0, 1, 0), "the waypoint applied the route")
+        self.say("  %d requests from the client pod to ratings %s:%d on one keep-alive connection %s" % (
+            SPLIT_REQUESTS, RATINGS_IP, RATINGS_PORT, st.dim("(the waypoint routes each request, not each "
+                                                               "connection)")))
+        t1 = time.monotonic()
+        counts, other = self.split_counts(SPLIT_REQUESTS)
+        secs = time.monotonic() - t1
+        self.show_counts(counts, SPLIT_REQUESTS)
+        share = counts.get("v2", 0) / SPLIT_REQUESTS
+        self.check(not other and counts.get("v1", 0) + counts.get("v2", 0) == SPLIT_REQUESTS
+                   and SPLIT_V2_MIN <= share <= SPLIT_V2_MAX,
+                   "90/10: v2 got %.1f%% (between %d%% and %d%%), every request answered 200 (%.0f requests/s)"
+                   % (share * 100, SPLIT_V2_MIN * 100, SPLIT_V2_MAX * 100, SPLIT_REQUESTS / secs),
+                   "" if not other else "(other statuses: %s)" % sorted(set(other)))
+
+        self.say("  %s: requests with %s go to v2, the rest keep the split" % (
+            st.bold(os.path.relpath(ROUTE_TESTER, REPO)), st.cyan("x-user: tester")))
+        self.show_yaml(ROUTE_TESTER)
+        t0 = self.apply(ROUTE_TESTER)
+        self.check(self.applied(t0, 1, 0), "the waypoint applied the changed route")
+        self.cmd("zmesh exec client -n shop -- curl -s -H 'x-user: tester' http://%s:%d/" % (RATINGS_IP, RATINGS_PORT),
+                 "(%d times)" % TESTER_REQUESTS)
+        counts, other = self.split_counts(TESTER_REQUESTS, headers={"x-user": "tester"})
+        self.show_counts(counts, TESTER_REQUESTS)
+        self.check(counts.get("v2", 0) == TESTER_REQUESTS and not other,
+                   "x-user: tester: %d of %d to v2 (100%%)" % (counts.get("v2", 0), TESTER_REQUESTS))
+        counts, other = self.split_counts(TESTER_REQUESTS)
+        self.check(counts.get("v1", 0) > 0 and not other, "without the header the split still applies (%d v1, "
+                   "%d v2 of %d)" % (counts.get("v1", 0), counts.get("v2", 0), TESTER_REQUESTS))
+
+    def step_l7_policy(self):
+        st = self.st
+        self.say("  %s: ratings may only be read %s" % (st.bold(os.path.relpath(POLICY_L7, REPO)),
+                                                       st.dim("(targetRefs: the Service; the waypoint enforces it "
+                                                              "on the HTTP method)")))
+        self.show_yaml(POLICY_L7)
+        t0 = self.apply(POLICY_L7)
+        self.check(self.applied(t0, 1, 1), "the waypoint applied the policy")
+        url = "http://%s:%d/" % (RATINGS_IP, RATINGS_PORT)
+        conn = self.http()
+        try:
+            self.cmd("zmesh exec client -n shop -- curl -s %s" % url)
+            g_status, g_body = self.request(conn)
+            self.say("    %s %s" % (st.green("HTTP %d" % g_status), st.dim(json.dumps(g_body)[:110])))
+            self.cmd("zmesh exec client -n shop -- curl -s -X POST -d '{}' %s" % url)
+            p_status, p_body = self.request(conn, "POST", {"Content-Type": "application/json"})
+            self.say("    %s %s" % (st.red("HTTP %d" % p_status), p_body))
+        finally:
+            conn.close()
+        self.check(g_status == 200, "GET allowed: 200 from %s" % (g_body.get("pod") if isinstance(g_body, dict)
+                                                                   else "-"), "" if g_status == 200 else
+                   "(got %d)" % g_status)
+        self.check(p_status == 403 and p_body == "RBAC: access denied", "POST refused by the waypoint: 403 RBAC: "
+                   "access denied", "" if p_status == 403 else "(got %d %r)" % (p_status, p_body))
+        denied = self.poll(lambda: [l for l in self.wp_log(t0, '"POST / HTTP/1.1" 403')], timeout=3)
+        if denied:
+            self.say("    zmesh logs %s -n shop: %s" % (self.wp_pod, st.dim(denied[-1].split("\t")[-1].strip())))
+        p = self.page()
+        self.check(self.page_ok(p), "client %s frontend %s catalog/ratings still works (its calls are GETs)"
+                   % (st.arrow, st.arrow))
+
+        port = 15020
+        self.say("  the waypoint serves Istio's HTTP metrics on :%d in its pod's network namespace" % port)
+        self.cmd("ip netns exec %s curl -s 127.0.0.1:%d/metrics" % (self.pod_netns(self.wp_pod), port))
+        samples = self.scrape(self.pod_netns(self.wp_pod), port)
+        agg = {}
+        for name, ls, v in samples:
+            if name == "istio_requests_total" and ls.get("reporter") == "waypoint":
+                k = (ls.get("source_workload", "?"), ls.get("destination_service_name", "?"),
+                     ls.get("destination_workload", "?"), ls.get("destination_version", "?"),
+                     ls.get("response_code", "?"))
+                agg[k] = agg.get(k, 0) + v
+        self.say(st.dim("    istio_requests_total{reporter=\"waypoint\"}, summed per source, destination "
+                        "service, workload, version and response code:"))
+        rows = [[k[0], k[1], k[2], k[3], k[4], "%d" % v] for k, v in sorted(agg.items())]
+        if rows:
+            self.say(table(rows, ["source_workload", "destination_service", "destination_workload", "version",
+                                  "response_code", "count"], st, colors={4: st.magenta}))
+        n = lambda svc, code, wl=None: sum(v for k, v in agg.items() if k[0] == "client" and k[1] == svc
+                                           and k[4] == code and (wl is None or k[2] == wl))
+        self.check(n("ratings-v1", "200", "ratings") > 0 and n("ratings-v2", "200", "ratings-v2") >= TESTER_REQUESTS,
+                   "client %s ratings-v1 and ratings-v2 counted per version (v2 at least the %d tester requests)"
+                   % (st.arrow, TESTER_REQUESTS))
+        self.check(n("ratings", "403") >= 1, "client %s ratings: the refused POST counted with response_code 403"
+                   % st.arrow)
+
+        self.say("  and warehouse, without a waypoint, keeps ambient's L4 path:")
+        self.cmd("zmesh exec client -n shop -- curl -s %s" % INVENTORY_URL)
+        t1 = time.time()
+        rc, body = self.exec_curl("client", INVENTORY_URL)
+        try:
+            inv = json.loads(body) if rc == 0 else None
+        except ValueError:
+            inv = None
+        self.say("    %s" % (st.dim(body.strip()[:120]) if inv else st.red("curl exit %d" % rc)))
+        self.check(inv is not None and inv.get("pod") == "inventory" and inv.get("caller") == self.ips["client"],
+                   "inventory answered and saw the client's own pod IP %s: no waypoint in between"
+                   % self.ips["client"], "" if inv else "(no answer)")
+        # The client's call, not the readiness probe's (the controller probes from the node, in plain text).
+        line = self.poll(lambda: [l for l in self.access("node2", t1) if l.get("dst.workload") == "inventory"
+                                  and l.get("direction") == "inbound" and l.get("src.workload") == "client"],
+                         timeout=3)
+        if line:
+            self.say("    node2's ztunnel: %s" % st.dim("direction=inbound src.identity=%s dst.identity=%s" % (
+                line[-1].get("src.identity"), line[-1].get("dst.identity"))))
+        self.check(bool(line) and line[-1].get("src.identity") == SPIFFE % "client",
+                   "node2's ztunnel took it over HBONE straight from the client's ztunnel (mTLS, L4 only)")
+        self.check_no_restart()
+
     # ---- run and teardown ----------------------------------------------------------------------------------
     def teardown(self):
         st = self.st
         if not self.up_done:
             return True
-        if any(not r[2] for r in self.results) or len(self.results) < 6:
+        if any(not r[2] for r in self.results) or len(self.results) < N_STEPS:
             # zmesh down removes the state directory: keep the components' logs for whoever reads the failure.
             try:
                 shutil.copytree(os.path.join(self.state, "logs"), os.path.join(self.workdir, "logs"))
@@ -899,7 +1214,12 @@ class Demo:
                  ("An L4 authorization policy: only the frontend may call the catalog", [self.step_policy]),
                  ("Out of the mesh again: remove the label", [self.step_unenrol]),
                  ("Upgrade a node's ztunnel under a long-lived connection", [self.step_rollout]),
-                 ("What node1's ztunnel counted: Istio's TCP metrics", [self.step_metrics])]
+                 ("What node1's ztunnel counted: Istio's TCP metrics", [self.step_metrics]),
+                 ("A waypoint for shop, live: L7 in the path of its Services", [self.step_waypoint]),
+                 ("L7 routing on the waypoint: a 90/10 canary, then a header route", [self.step_routing]),
+                 ("An L7 policy (GET yes, POST no), the waypoint's metrics, and a namespace without a waypoint",
+                  [self.step_l7_policy])]
+        assert len(steps) == N_STEPS
         for n, (title, fns) in enumerate(steps, start=1):
             self.say()
             self.say(st.bold("%d. %s" % (n, title)))
@@ -946,7 +1266,7 @@ def main():
     if os.geteuid() != 0:
         print("demo: needs root (network namespaces, iptables, tcpdump); try: sudo make demo", file=sys.stderr)
         return 2
-    for prog in ("zmesh", "ztunnel", "zmeshd", "zmesh-cni"):
+    for prog in ("zmesh", "ztunnel", "zmeshd", "zmesh-cni", "waypoint"):
         if not os.access(os.path.join(args.bin_dir, prog), os.X_OK):
             print("demo: %s not found; run `make all` first (or `make demo`)" % os.path.join(args.bin_dir, prog),
                   file=sys.stderr)
@@ -988,18 +1308,19 @@ def main():
     if elapsed is None:
         return 1
     failed = [r for r in demo.results if not r[2]]
-    not_run = 6 - len(demo.results)
+    not_run = N_STEPS - len(demo.results)
     if failed or not_run or not clean:
-        print(st.red("%s %d of 6 steps failed%s in %.1f s%s:" % (
-            st.bad_mark, len(failed), ", %d not run" % not_run if not_run else "", elapsed,
+        print(st.red("%s %d of %d steps failed%s in %.1f s%s:" % (
+            st.bad_mark, len(failed), N_STEPS, ", %d not run" % not_run if not_run else "", elapsed,
             "" if clean else "; the teardown left something behind")))
         for n, title, _, detail in failed:
             print(st.red("    - %d. %s: %s" % (n, title, detail)))
         print(st.dim("pcaps and the cluster's logs kept in %s" % demo.workdir))
         return 1
-    print(st.green("%s 6 of 6 steps passed in %.1f s: enrolled live without a restart, plaintext became mTLS "
+    print(st.green("%s %d of %d steps passed in %.1f s: enrolled live without a restart, plaintext became mTLS "
                    "between SPIFFE identities, an L4 policy, out and back in, a ztunnel upgraded under a live "
-                   "connection, Istio metrics" % (st.ok_mark, elapsed)))
+                   "connection, Istio metrics; then a waypoint: a 90/10 canary, a header route, an L7 policy"
+                   % (st.ok_mark, N_STEPS, N_STEPS, elapsed)))
     if args.keep:
         print(st.dim("pcaps kept in %s" % demo.workdir))
     else:

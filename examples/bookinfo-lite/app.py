@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """bookinfo-lite: the sample application of `zmesh up` (docs/local-cluster.md), Python standard library only.
 
-    app.py catalog|ratings PORT     a backend: GET / answers JSON naming itself and its pod
+    app.py catalog|ratings|... PORT a backend: GET / answers JSON naming itself, its pod and $VERSION
     app.py frontend PORT            GET / calls $CATALOG_URL and $RATINGS_URL and answers with both
     app.py client URL [SECONDS]     GETs URL every SECONDS (default 3) and prints one line per answer
 
@@ -21,6 +21,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 POD = os.environ.get("HOSTNAME", socket.gethostname())
+VERSION = os.environ.get("VERSION", "v1")   # the pod's version label, so that a route's split can be counted
 BOOKS = [{"id": 1, "title": "The C Programming Language"}, {"id": 2, "title": "Unix Network Programming"}]
 RATINGS = {"1": 5, "2": 4}
 
@@ -35,9 +36,13 @@ def fetch(url):
 
 class Handler(BaseHTTPRequestHandler):
     role = "?"
+    # The status line and headers go out in one write, the body in another: TCP_NODELAY keeps Nagle's algorithm
+    # from holding the body back until the peer's (possibly delayed) ACK, so per-request latency stays low.
+    disable_nagle_algorithm = True
 
     def do_GET(self):
-        body = {"service": self.role, "pod": POD, "caller": self.client_address[0], "path": self.path}
+        body = {"service": self.role, "pod": POD, "version": VERSION, "caller": self.client_address[0],
+                "path": self.path}
         if self.role == "catalog":
             body["books"] = BOOKS
         elif self.role == "ratings":

@@ -1,10 +1,14 @@
 """The demo (scripts/demo.py) on `zmesh up examples/bookinfo-lite`, so that `make demo` cannot rot unnoticed.
 
-The sample with the demo's policy must pass `zmesh apply`'s reader (zmeshd check: no error or warning). The demo
-runs end to end with its own prefix, subnets and state directory (a cluster of the defaults may be up on the
+The sample with the demo's policy, and with its waypoint resources (ratings-v2, warehouse, two versions of an
+HTTPRoute, an L7 policy), must pass `zmesh apply`'s reader (zmeshd check: no error or warning). The demo runs end
+to end with its own prefix, subnets and state directory (a cluster of the defaults may be up on the
 same host): exit 0, every step's pass line and the checks that tell the story (plaintext, then HBONE with no app
 bytes on the wire, identities, certificates, no pod restarted, the policy refusing client -> catalog, the rules
-gone, the long-lived connection across the rollout, the old ztunnel's exit, metrics), under 60 s, and nothing
+gone, the long-lived connection across the rollout, the old ztunnel's exit, metrics; then the waypoint: applied,
+listed Programmed, every shop Service bound to it and warehouse's not, the 90/10 split within its tolerance, the
+header route 100% to v2, GET 200 and POST 403 from the L7 policy, the waypoint's istio_requests_total per
+version and code, warehouse still on the L4 path), under 60 s, and nothing
 left behind (no namespace with the prefix, no bridge, no state directory). Interrupted with Ctrl-C (SIGINT) in
 the middle, it still tears everything down and exits 130."""
 import os
@@ -23,6 +27,7 @@ from topo import REPO, Topology
 DEMO = os.path.join(REPO, "scripts", "demo.py")
 SAMPLE = os.path.join(REPO, "examples", "bookinfo-lite")
 POLICY = os.path.join(SAMPLE, "policies", "catalog-allow-frontend.yaml")
+L7_DIR = os.path.join(SAMPLE, "waypoint")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,21 @@ def test_sample_with_the_policy_is_clean(bins):
         # The pods have no IP before zmesh up runs them (4 infos); 3 Services, the one policy.
         assert re.search(r"^0 workloads, 3 services, 1 policies; 0 errors, 0 warnings, \d+ infos$",
                          r.stdout, re.M), r.stdout
+        # Step 7-9's objects with the sample: ratings-v2 and warehouse's pods (2 more infos), 3 more Services,
+        # and the L7 policy, the waypoint's rather than ztunnel's (an info). The two routes are one HTTPRoute
+        # (ratings) in two versions: each is checked with the rest.
+        for f in ("ratings-v2.yaml", "warehouse.yaml", "ratings-get-only.yaml", "ratings-tester.yaml"):
+            shutil.copy(os.path.join(L7_DIR, f), d)
+        for route in ("ratings-tester.yaml", "ratings-split.yaml"):
+            if route == "ratings-split.yaml":
+                os.remove(os.path.join(d, "ratings-tester.yaml"))
+                shutil.copy(os.path.join(L7_DIR, route), d)
+            r = subprocess.run([os.path.join(bins, "zmeshd"), "check", "--manifests", d], capture_output=True,
+                               text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert re.search(r"^0 workloads, 6 services, 1 policies; 0 errors, 0 warnings, 7 infos$",
+                             r.stdout, re.M), route + ": " + r.stdout
+            assert "ratings-get-only.yaml#1: spec.targetRefs: a policy for a waypoint" in r.stdout, r.stdout
     finally:
         shutil.rmtree(d)
 
@@ -114,6 +134,33 @@ STORY = [
     r"node1's ztunnel serves /metrics on 127\.0\.0\.1:15120",
     r"✔ client → catalog: the new connection of step 5, counted by the new generation",
     r"✔ step 6 passed",
+    r"pod/ratings-v2 created",
+    r"namespace/warehouse created",
+    r"✔ ratings-v2 \(\S+\) and warehouse/inventory \(\S+\) Running, ready and MODE ambient",
+    r"✅ waypoint shop/waypoint is ready!",
+    r"✅ namespace shop labeled with \"istio\.io/use-waypoint: waypoint\"",
+    r"^    waypoint\s+default\s+none\s+True$",
+    r"^    warehouse inventory\s+10\.96\.20\.20 None",
+    r"✔ every Service of shop has WAYPOINT waypoint \(catalog, frontend, ratings, ratings-v1, ratings-v2\)",
+    r"✔ warehouse/inventory has WAYPOINT None",
+    r"✔ client → frontend → ratings works, and ratings now sees the waypoint's IP",
+    r"✔ step 7 passed",
+    r"routes=1 l7_policies=0",
+    r"✔ 90/10: v2 got \d+\.\d% \(between 4% and 20%\), every request answered 200",
+    r"✔ x-user: tester: 20 of 20 to v2 \(100%\)",
+    r"✔ without the header the split still applies",
+    r"✔ step 8 passed",
+    r"routes=1 l7_policies=1",
+    r"^    HTTP 200 \{\"service\": \"ratings\"",
+    r"^    HTTP 403 RBAC: access denied$",
+    r"✔ POST refused by the waypoint: 403 RBAC: access denied",
+    r"source_workload\s+destination_service\s+destination_workload\s+version\s+response_code\s+count",
+    r"^    client\s+ratings\s+unknown\s+unknown\s+403\s+1$",
+    r"^    client\s+ratings-v1\s+ratings\s+v1\s+200\s+\d+$",
+    r"^    client\s+ratings-v2\s+ratings-v2\s+v2\s+200\s+\d+$",
+    r"✔ inventory answered and saw the client's own pod IP",
+    r"✔ node2's ztunnel took it over HBONE straight from the client's ztunnel",
+    r"✔ step 9 passed",
     r"nothing left behind",
 ]
 
@@ -132,7 +179,7 @@ def test_demo_passes_and_leaves_nothing_behind(bins):
             m = re.compile(pat, re.M).search(out, pos)
             assert m, "missing (in order): %s\n%s" % (pat, out[pos:pos + 3000])
             pos = m.end()
-        m = re.search(r"^✔ 6 of 6 steps passed in ([\d.]+) s", out, re.M)
+        m = re.search(r"^✔ 9 of 9 steps passed in ([\d.]+) s", out, re.M)
         assert m, out[-2000:]
         assert "✘" not in out, out
         assert secs < 60, "the demo took %.1f s (%s s by its own count)" % (secs, m.group(1))
