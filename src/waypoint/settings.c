@@ -49,6 +49,11 @@ static const struct env_setting table[] = {
      .offset = OFF(local_xds_path),
      .help = "a LocalConfig file (ztunnel's format: workloads, services) instead of XDS_ADDRESS, read at "
              "start-up"},
+    {.name = "LOCAL_L7_PATH",
+     .kind = ENV_STRING,
+     .offset = OFF(local_l7_path),
+     .help = "with LOCAL_XDS_PATH: a directory of Kubernetes manifests whose HTTPRoutes, GRPCRoutes and "
+             "AuthorizationPolicies with targetRefs are converted as zmeshd converts them, read at start-up"},
     {.name = "CA_ADDRESS",
      .kind = ENV_STRING,
      .offset = OFF(ca_address),
@@ -177,6 +182,10 @@ int wp_settings_parse(struct wp_settings *s, env_lookup_fn lookup, struct env_di
     if (file == xds) {
         env_diag_add(errors, file ? "LOCAL_XDS_PATH and XDS_ADDRESS are both set: choose one source of config"
                                   : "no config: set XDS_ADDRESS (zmeshd) or LOCAL_XDS_PATH (a LocalConfig file)");
+        rc = -EINVAL;
+    }
+    if (s->local_l7_path && *s->local_l7_path && !file) {
+        env_diag_add(errors, "LOCAL_L7_PATH needs LOCAL_XDS_PATH: with XDS_ADDRESS the L7 config comes from it");
         rc = -EINVAL;
     }
     bool local = s->local_ca_dir && *s->local_ca_dir, remote = s->ca_address && *s->ca_address;

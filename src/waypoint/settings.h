@@ -22,6 +22,7 @@ enum wp_log_format { WP_LOG_PLAIN, WP_LOG_JSON };
 struct wp_settings {
     const char *xds_address, *xds_root_ca, *alt_xds_hostname;
     const char *local_xds_path; /* LocalConfig file (workloads and services), instead of XDS_ADDRESS */
+    const char *local_l7_path;  /* with LOCAL_XDS_PATH: a directory of Kubernetes L7 manifests */
     const char *ca_address, *ca_root_ca, *alt_ca_hostname;
     const char *local_ca_dir; /* a local CA, instead of CA_ADDRESS (tests, a waypoint alone) */
     const char *auth_token;

@@ -24,7 +24,7 @@ from helpers import Mesh, http_request, parse_prometheus, start_app, wait_for
 from hbone_peer import HboneClient, client_context
 from topo import netns_socket, tail
 
-ECHO_VIP, DIRECT_VIP, EMPTY_VIP = "10.96.0.10", "10.96.0.11", "10.96.0.12"
+ECHO_VIP, DIRECT_VIP, EMPTY_VIP, ROUTED_VIP = "10.96.0.10", "10.96.0.11", "10.96.0.12", "10.96.0.13"
 WP_HOST = "waypoint.default.svc.cluster.local"
 
 
@@ -40,9 +40,39 @@ SERVICES = [
     _svc("echo", ECHO_VIP, {80: 8080, 81: 8081, 82: 8082, 9000: 9000}),
     _svc("direct", DIRECT_VIP, {80: 8080}, waypoint=False),
     _svc("empty", EMPTY_VIP, {80: 8080}),
+    _svc("routed", ROUTED_VIP, {80: 8080}),
+    _svc("routed-a", "10.96.0.14", {80: 8080}, waypoint=False),
+    _svc("routed-b", "10.96.0.15", {80: 8080}, waypoint=False),
     {"name": "waypoint", "namespace": "default", "hostname": WP_HOST, "vips": ["/10.96.0.2"],
      "ports": {15008: 15008}},
 ]
+
+
+# Kubernetes manifests for LOCAL_L7_PATH, converted by the waypoint with zmeshd's conversion: a route on
+# "routed" (header x-pick: b -> routed-b; PathPrefix /a -> routed-a with a request header added; nothing else
+# matches) and a policy on the Service that denies DELETE.
+L7_MANIFESTS = """apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: routed, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: routed, port: 80}]
+  rules:
+  - matches: [{headers: [{name: x-pick, value: b}]}]
+    backendRefs: [{name: routed-b, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-routed, value: a}]}
+    backendRefs: [{name: routed-a, port: 80}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-delete, namespace: default}
+spec:
+  targetRefs: [{group: "", kind: Service, name: routed}]
+  action: DENY
+  rules: [{to: [{operation: {methods: [DELETE]}}]}]
+"""
 
 
 def start_waypoint(topo, pod, config, env=None, timeout=10.0):
@@ -66,9 +96,13 @@ def start_waypoint(topo, pod, config, env=None, timeout=10.0):
 def mesh(ztunnel_bin):
     extra = {
         "n2p1": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 82: 8082, 9000: 9000},
-                              "default/direct.default.svc.cluster.local": {80: 8080}}},
+                              "default/direct.default.svc.cluster.local": {80: 8080},
+                              "default/routed.default.svc.cluster.local": {80: 8080},
+                              "default/routed-a.default.svc.cluster.local": {80: 8080}}},
         "n2p2": {"services": {"default/echo.default.svc.cluster.local": {80: 8080, 81: 8081, 82: 8082, 9000: 9000},
-                              "default/direct.default.svc.cluster.local": {80: 8080}}},
+                              "default/direct.default.svc.cluster.local": {80: 8080},
+                              "default/routed.default.svc.cluster.local": {80: 8080},
+                              "default/routed-b.default.svc.cluster.local": {80: 8080}}},
         "n1p1": {"services": {"default/" + WP_HOST: {15008: 15008}}},
     }
     m = Mesh(nodes=2, pods=2, meshed=["n1p2", "n2p1", "n2p2"], workload_extra=extra, services=SERVICES)
@@ -81,7 +115,11 @@ def mesh(ztunnel_bin):
             start_app(t, m.pod(name), "echo", 9000)
             start_app(t, m.pod(name), "h2info", 8081, args=[name])
             start_app(t, m.pod(name), "upgrade", 8082)
-        m.waypoint = start_waypoint(t, m.pod("n1p1"), m.config)
+        l7dir = os.path.join(t.workdir, "l7")
+        os.makedirs(l7dir)
+        with open(os.path.join(l7dir, "l7.yaml"), "w") as f:
+            f.write(L7_MANIFESTS)
+        m.waypoint = start_waypoint(t, m.pod("n1p1"), m.config, env={"LOCAL_L7_PATH": l7dir})
         client = m.pod("n1p2")
         m.client_cert = t.mint(client.spiffe, "client")
         assert wait_for(lambda: ready(m), timeout=10), tail(m.waypoint.log_path)
@@ -185,7 +223,7 @@ def test_readiness_and_config_dump(mesh):
     d = json.loads(body)
     assert d["identity"] == "spiffe://cluster.local/ns/default/sa/waypoint"
     assert d["hostname"] == WP_HOST
-    assert sorted(s["name"] for s in d["services"]) == ["echo", "empty"]
+    assert sorted(s["name"] for s in d["services"]) == ["echo", "empty", "routed"]
     assert d["certificates"][0]["state"] == "Available"
 
 
@@ -531,3 +569,25 @@ def test_http_upgrade_passed_through(mesh):
         got += c.recv(h.sid)
     assert got == b"\x81\x05hello-frame"
     c.close()
+
+
+def test_local_l7_routes_and_policy(mesh):
+    """LOCAL_L7_PATH: an HTTPRoute and an AuthorizationPolicy from Kubernetes manifests, converted by the
+    waypoint as zmeshd converts them: a header match picks one backend Service, a path prefix another (with a
+    request header added), a request matching no rule gets Envoy's 404, and DELETE is denied with 403."""
+    c, h = http_tunnel(mesh, vip=ROUTED_VIP)
+    for _ in range(6):
+        status, _, body = h.request("GET", "/a/x")
+        info = json.loads(body)
+        assert status == 200 and info["tag"] == "n2p1" and info["headers"]["x-routed"] == "a"
+        status, _, body = h.request("GET", "/whatever", headers={"x-pick": "b"})
+        assert status == 200 and json.loads(body)["tag"] == "n2p2"
+    status, _, body = h.request("GET", "/nomatch")
+    assert (status, body) == (404, b"")
+    status, _, body = h.request("DELETE", "/a/x")
+    assert (status, body) == (403, b"RBAC: access denied")
+    c.close()
+    status, body = http_get(mesh, "/metrics", 15020)
+    codes = {dict(l)["response_code"] for n, l, _ in parse_prometheus(body.decode())
+             if n == "istio_requests_total" and dict(l)["destination_service"].startswith("routed")}
+    assert {"200", "404", "403"} <= codes

@@ -23,6 +23,8 @@
 #include "xds/delta_client.h"
 #include "xds/pb.h"
 #include "xds/l7_store.h"
+#include "zmeshd/l7.h"
+#include "zmeshd/manifest.h"
 #include "xds/store.h"
 
 #define START_POLL_MS 50
@@ -244,16 +246,58 @@ static int start_xds(void)
     return 0;
 }
 
+/* LOCAL_L7_PATH: the directory's HTTPRoutes, GRPCRoutes and targeted AuthorizationPolicies, converted by
+ * zmeshd's own conversion (the manifest reader and src/zmeshd/l7.h: one conversion, whoever serves it);
+ * findings are logged as zmeshd logs them, and what a finding refuses is left out. Returns the config, or NULL
+ * on a directory that cannot be read or out of memory. */
+static struct l7_config *load_local_l7(const char *dir)
+{
+    struct manifest_store *st = NULL;
+    struct l7_builder *b = NULL;
+    struct l7_config *cfg = NULL;
+    if (manifest_store_new(&st) < 0 || !(b = l7_builder_new())) goto out;
+    if (manifest_load_dir(st, dir, NULL, NULL) < 0) {
+        LOG_E("waypoint", "cannot read LOCAL_L7_PATH %s", dir);
+        goto out;
+    }
+    size_t n = 0;
+    const struct manifest_l7_doc *docs = manifest_l7_docs(st, &n);
+    for (size_t i = 0; i < n; i++) {
+        bool authz = !strcmp(docs[i].kind, "AuthorizationPolicy");
+        uint8_t *pb = NULL;
+        size_t len = 0;
+        char name[L7_NAME_MAX], err[512];
+        int rc = authz ? l7_convert_authz(docs[i].doc, &docs[i].src, &pb, &len, name, sizeof(name), NULL, NULL)
+                       : l7_convert_route(docs[i].doc, &docs[i].src, &pb, &len, name, sizeof(name), NULL, NULL);
+        if (rc == 0 && l7_builder_add(b, authz ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
+                                      sizeof(err)) < 0)
+            log_kv(LOG_ERROR, "waypoint", "L7 resource left out", "name", name, "error", err, NULL);
+        free(pb);
+    }
+    cfg = l7_builder_finish(b);
+    b = NULL;
+out:
+    l7_builder_free(b);
+    manifest_store_free(st);
+    return cfg;
+}
+
 static int load_file(void)
 {
     struct snapshot *s;
+    struct l7_config *l7 = NULL;
     char err[1024];
     if (config_load_file(wp_cfg.local_xds_path, &s, err, sizeof(err)) < 0) {
         log_kv(LOG_ERROR, "waypoint", "failed to load config", "error", err, NULL);
         return -1;
     }
-    publish(s, NULL, wp_cfg.local_xds_path);
+    if (wp_cfg.local_l7_path && *wp_cfg.local_l7_path && !(l7 = load_local_l7(wp_cfg.local_l7_path))) {
+        snapshot_unref(s);
+        return -1;
+    }
+    publish(s, l7, wp_cfg.local_xds_path);
     snapshot_unref(s);
+    l7_config_unref(l7);
     return 0;
 }
 
