@@ -22,6 +22,18 @@ struct spiffe_id wp_self;
 char wp_self_uri[SPIFFE_MAX];
 char wp_self_host[256];
 
+static struct identity_mgr *identity_src;
+
+void wp_identity_source(struct identity_mgr *m)
+{
+    identity_src = m;
+}
+
+struct identity *wp_identity(void)
+{
+    return identity_src ? identity_mgr_current(identity_src, &wp_self) : NULL;
+}
+
 uint64_t wp_now_ms(void)
 {
     struct timeval tv;
@@ -318,31 +330,29 @@ struct sniff {
     struct timer timer;
 };
 
-enum sniff_result { SNIFF_MORE, SNIFF_HTTP1, SNIFF_H2C, SNIFF_TCP };
-
 /* HTTP/1.x: a method token (RFC 9110 tchar, upper-case in practice) then a space; h2c: the client preface. */
-static enum sniff_result classify(const char *b, size_t n)
+enum wp_sniff wp_sniff_classify(const char *b, size_t n)
 {
     static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     if (n >= 3 && !memcmp(b, "PRI", 3)) {
         size_t k = n < sizeof(preface) - 1 ? n : sizeof(preface) - 1;
-        if (!memcmp(b, preface, k)) return k == sizeof(preface) - 1 ? SNIFF_H2C : SNIFF_MORE;
+        if (!memcmp(b, preface, k)) return k == sizeof(preface) - 1 ? WP_SNIFF_H2C : WP_SNIFF_MORE;
     }
     for (size_t i = 0; i < n; i++) {
-        if (b[i] == ' ') return i > 0 ? SNIFF_HTTP1 : SNIFF_TCP;
-        if (!(b[i] >= 'A' && b[i] <= 'Z') && b[i] != '-' && b[i] != '_') return SNIFF_TCP;
-        if (i >= 16) return SNIFF_TCP; /* longer than any method */
+        if (b[i] == ' ') return i > 0 ? WP_SNIFF_HTTP1 : WP_SNIFF_TCP;
+        if (!(b[i] >= 'A' && b[i] <= 'Z') && b[i] != '-' && b[i] != '_') return WP_SNIFF_TCP;
+        if (i >= 16) return WP_SNIFF_TCP; /* longer than any method */
     }
-    return n >= WP_SNIFF_BYTES ? SNIFF_TCP : SNIFF_MORE;
+    return n >= WP_SNIFF_BYTES ? WP_SNIFF_TCP : WP_SNIFF_MORE;
 }
 
-static void dispatch(struct wp_tunnel *t, int fd, enum sniff_result how)
+static void dispatch(struct wp_tunnel *t, int fd, enum wp_sniff how)
 {
     switch (how) {
-    case SNIFF_HTTP1:
+    case WP_SNIFF_HTTP1:
         wp_http1_start(t, fd);
         return;
-    case SNIFF_H2C:
+    case WP_SNIFF_H2C:
         wp_h2c_start(t, fd);
         return;
     default:
@@ -351,7 +361,7 @@ static void dispatch(struct wp_tunnel *t, int fd, enum sniff_result how)
     }
 }
 
-static void sniff_finish(struct sniff *sn, enum sniff_result how)
+static void sniff_finish(struct sniff *sn, enum wp_sniff how)
 {
     struct wp_worker *w = sn->t->w;
     int fd = sn->io.fd;
@@ -369,17 +379,17 @@ static void sniff_io(struct io *io, uint32_t ev)
     ssize_t n = recv(io->fd, b, sizeof(b), MSG_PEEK);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     if (n <= 0) { /* EOF before a byte: nothing to detect, relay (the upstream sees the close) */
-        sniff_finish(sn, SNIFF_TCP);
+        sniff_finish(sn, WP_SNIFF_TCP);
         return;
     }
-    enum sniff_result r = classify(b, (size_t)n);
-    if (r != SNIFF_MORE) sniff_finish(sn, r);
+    enum wp_sniff r = wp_sniff_classify(b, (size_t)n);
+    if (r != WP_SNIFF_MORE) sniff_finish(sn, r);
     (void)ev;
 }
 
 static void sniff_timeout(struct timer *tm)
 {
-    sniff_finish(container_of(tm, struct sniff, timer), SNIFF_TCP);
+    sniff_finish(container_of(tm, struct sniff, timer), WP_SNIFF_TCP);
 }
 
 /* Declared ports skip detection (so server-first protocols are not delayed): TCP and TLS are relayed,

@@ -82,6 +82,8 @@ extern int wp_n_workers;
 extern struct spiffe_id wp_self;
 extern char wp_self_uri[SPIFFE_MAX];
 struct identity *wp_identity(void);
+/* Main thread, before the workers start: the manager wp_identity asks. */
+void wp_identity_source(struct identity_mgr *m);
 /* The hostname services name this waypoint by: <gateway>.<ns>.svc.<cluster domain>. */
 extern char wp_self_host[256];
 
@@ -135,6 +137,11 @@ struct hbone_stream *wp_upstream_open(struct wp_worker *w, const struct lb_choic
 /* A connected pair of non-blocking, close-on-exec stream sockets (the internal connection). Returns 0 or
  * -errno. */
 int wp_socketpair(int sv[2]);
+
+/* What a client's first bytes say (an undeclared port): the HTTP/2 preface (h2c), an HTTP/1 method and a
+ * space, anything else (TCP), or too few bytes yet. */
+enum wp_sniff { WP_SNIFF_MORE, WP_SNIFF_HTTP1, WP_SNIFF_H2C, WP_SNIFF_TCP };
+enum wp_sniff wp_sniff_classify(const char *b, size_t n);
 
 /* Protocol handlers: each takes fd (its end of the downstream internal connection) and a reference to t. */
 void wp_tcp_start(struct wp_tunnel *t, int fd);

@@ -50,11 +50,6 @@ static struct {
     struct timer start_timer, drain_timer;
 } app;
 
-struct identity *wp_identity(void)
-{
-    return identity_mgr_current(app.idm, &wp_self);
-}
-
 /* ---- readiness and admin hooks ---- */
 
 static const char *hook_pending(void)
@@ -393,6 +388,7 @@ int main(int argc, char **argv)
         log_kv(LOG_ERROR, "waypoint", "failed to start the identity manager", "error", err, NULL);
         return 1;
     }
+    wp_identity_source(app.idm);
     if (!(app.sub = identity_mgr_acquire(app.idm, &wp_self, on_cert, NULL))) {
         LOG_E("waypoint", "cannot subscribe to the certificate of %s", wp_self_uri);
         return 1;
