@@ -280,14 +280,25 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     wp_metrics_tcp_close(f->m);
     wp_endpoint_end(f->ep.wl);
     if (log_target_enabled(LOG_INFO, "access")) {
-        char src[SOCKADDR_STRLEN], up[16], down[16];
-        snprintf(up, sizeof(up), "%llu", (unsigned long long)r->bytes_to_h2);
-        snprintf(down, sizeof(down), "%llu", (unsigned long long)r->bytes_to_tcp);
-        log_kv(failed ? LOG_WARN : LOG_INFO, "access", failed ? "connection failed" : "connection complete",
-               "src.addr", sockaddr_format(&t->peer, src, sizeof(src)), "src.identity",
-               *t->peer_id ? t->peer_id : NULL, "dst.service", t->svc ? t->svc->hostname : NULL, "dst.addr",
-               f->upstream, "direction", "waypoint", "protocol", "TCP", "bytes_sent", down, "bytes_recv", up,
-               "error", r->error, NULL);
+        /* Envoy's default access log line for a TCP stream: no request fields, the bytes, the upstream. */
+        char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], host[IP_STRLEN + 40], cluster[320], line[WP_ACCESS_LINE_MAX];
+        snprintf(host, sizeof(host), "envoy://connect_originate/%s", f->upstream);
+        snprintf(cluster, sizeof(cluster), "inbound-vip|%u|tcp|%s", t->port, t->svc ? t->svc->hostname : "");
+        struct wp_access a = {.start_ms_wall = t->start_ms,
+                              .response_flags = failed ? "UF" : "-",
+                              .upstream_failure = failed ? r->error : NULL,
+                              .bytes_received = r->bytes_to_h2,
+                              .bytes_sent = r->bytes_to_tcp,
+                              .duration_ms = wp_now_ms() - t->start_ms,
+                              .upstream_service_time_ms = -1,
+                              .upstream_host = host,
+                              .upstream_cluster = t->svc ? cluster : NULL,
+                              .downstream_local = sockaddr_format(&t->local, local, sizeof(local)),
+                              .downstream_remote = sockaddr_format(&t->peer, remote, sizeof(remote))};
+        int n = wp_access_format(&a, wp_cfg.access_log_json, line, sizeof(line));
+        if (n > 0 && write(STDOUT_FILENO, line, (size_t)n) < 0) {
+            /* stdout gone: nothing to tell */
+        }
     }
     wp_tunnel_unref(t);
     free(f);

@@ -184,6 +184,11 @@ def test_tcp_passthrough_through_waypoint(mesh):
     c.send(sid, b"\x00\x01binary-hello")
     assert recv_until(c, sid, lambda d: len(d) >= 14) == b"\x00\x01binary-hello"
     c.close()
+    # Envoy's default access log line for a TCP stream once it ends: no request fields, the upstream cluster
+    def logged():
+        with open(mesh.waypoint.log_path) as f:
+            return any(l.startswith("[") and '"- - -" 0 - ' in l and "inbound-vip|9000|tcp|echo" in l for l in f)
+    assert wait_for(logged, timeout=5)
 
 
 def test_server_first_after_sniff_timeout(mesh):
