@@ -65,6 +65,7 @@ struct h1_up {
     struct lb_choice ep;
     uint64_t idle_since;
     bool in_feed, freed;
+    bool mirror; /* a shadow request's connection: its response is read and dropped, then it closes */
 };
 
 /* One request and its response. */
@@ -83,6 +84,7 @@ struct h1_x {
     uint64_t req_head_bytes, resp_head_bytes; /* the heads' sizes on the downstream wire (metrics) */
     int64_t upstream_ms;                      /* x-envoy-upstream-service-time, -1 before the response */
     bool counted;                             /* wp_endpoint_begin ran for upstream_ep */
+    struct h1_up *mu; /* RequestMirror: the shadow request's connection while its body is being copied */
     int status;
     const char *flags, *details;
     uint64_t start_wall, start_mono, up_start_mono;
@@ -433,10 +435,16 @@ static void start_tunnel(struct h1_x *x)
 
 /* Moves the response along: parses what is buffered (resuming a parser paused for back-pressure) and reads
  * more, while the client's queue has room. */
+static void mirror_pump(struct h1_up *u);
+
 static void up_pump(struct h1_up *u)
 {
     struct h1_x *x = u->x;
     ssize_t r = 0;
+    if (u->mirror) {
+        mirror_pump(u);
+        return;
+    }
     if (!x) { /* idle: readable means the peer closed it (or sent garbage) */
         char b;
         ssize_t n = recv(u->s.io.fd, &b, 1, MSG_PEEK);
@@ -490,6 +498,33 @@ static void up_pump(struct h1_up *u)
         return;
     }
     down_kick(x->d);
+    up_kick(u);
+}
+
+/* A shadow request's response: read and dropped; the connection closes once it ended (or failed). Its
+ * exchange may be gone already (a mirror never holds up the request it copies). */
+static void mirror_pump(struct h1_up *u)
+{
+    for (;;) {
+        ssize_t r = side_read(&u->s, H1_IN_MAX);
+        if (r == -EAGAIN) break;
+        if (r <= 0) {
+            up_close(u, NULL);
+            return;
+        }
+        ssize_t n;
+        do {
+            if (http1_parser_state(u->p) == HTTP1_P_PAUSED) http1_parser_resume(u->p);
+            n = http1_parser_feed(u->p, u->s.in, u->s.in_len);
+            if (n > 0) side_consume(&u->s, (size_t)n);
+        } while (n > 0 && u->s.in_len);
+        enum http1_parser_state st = http1_parser_state(u->p);
+        if (n < 0 || st == HTTP1_P_DONE || st == HTTP1_P_UPGRADED || st == HTTP1_P_ERROR) {
+            up_close(u, NULL);
+            return;
+        }
+        u->s.in_len = 0;
+    }
     up_kick(u);
 }
 
@@ -639,6 +674,7 @@ static void x_record(struct h1_x *x)
 
 static void x_free(struct h1_x *x)
 {
+    if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
     free(x->head);
@@ -687,6 +723,53 @@ static char *copy_lower(char **q, const char *s, size_t n)
 }
 
 static void timeout_cb(struct timer *tm);
+
+/* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with "-shadow" appended to its
+ * Host, its response dropped; the body is copied while the shadow keeps up (more than H1_HIGH_WATER waiting
+ * abandons the shadow rather than slow the request). */
+static void start_mirror(struct h1_x *x, const struct http1_head *h, const char *target, size_t target_len,
+                         struct http1_hdr *hv, size_t n)
+{
+    struct wp_tunnel *t = x->d->t;
+    struct lb_choice ep;
+    const char *err = NULL;
+    if (wp_pick_endpoint(t, x->dec.mirror_svc, x->dec.mirror_port, &ep) < 0) return;
+    struct h1_up *m = up_get(t->w, &ep, &err);
+    if (!m) return;
+    char shadow[300];
+    for (size_t i = 0; i < n; i++)
+        if (http1_name_is(hv[i].name, hv[i].name_len, "host")) {
+            snprintf(shadow, sizeof(shadow), "%.*s-shadow", (int)hv[i].value_len, hv[i].value);
+            hv[i].value = shadow;
+            hv[i].value_len = strlen(shadow);
+        }
+    m->mirror = true;
+    if (x->head_req) http1_parser_response_to_head(m->p);
+    if (http1_write_request_head(&m->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,
+                                 h->content_length) < 0) {
+        up_close(m, "mirror");
+        return;
+    }
+    x->mu = m;
+    up_kick(m);
+}
+
+/* Copies request bytes (already framed) to the shadow, or abandons it when it falls behind. */
+static void mirror_copy(struct h1_x *x, const uint8_t *p, size_t n, bool chunk)
+{
+    struct h1_up *m = x->mu;
+    if (!m) return;
+    int rc = 0;
+    if (chunk) rc = http1_write_chunk_header(&m->s.out, n);
+    if (!rc) rc = http1_out_append(&m->s.out, p, n);
+    if (!rc && chunk) rc = http1_write_chunk_end(&m->s.out);
+    if (rc || side_pending(&m->s) > H1_HIGH_WATER) {
+        x->mu = NULL;
+        up_close(m, "the mirror fell behind");
+        return;
+    }
+    up_kick(m);
+}
 
 static int req_head(void *ud, const struct http1_head *h)
 {
@@ -828,6 +911,7 @@ static int req_head(void *ud, const struct http1_head *h)
         return 0;
     }
     up_kick(u);
+    if (dec->mirror_svc) start_mirror(x, h, target, target_len, hv, n);
     return 0;
 }
 
@@ -864,6 +948,7 @@ static int req_body(void *ud, const uint8_t *p, size_t n)
     x->bytes_received += n;
     struct h1_up *u = x->u;
     if (!u) return 0; /* answered locally: the body is read and dropped */
+    mirror_copy(x, p, n, x->req_framing == HTTP1_BODY_CHUNKED);
     struct http1_out *o = &u->s.out;
     int rc = 0;
     if (x->req_framing == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_header(o, n);
@@ -879,6 +964,7 @@ static int req_trailers(void *ud, const struct http1_hdr *t, size_t n)
     struct h1_x *x = d->x;
     if (!x || !x->u || x->req_framing != HTTP1_BODY_CHUNKED) return 0;
     x->req_framing = HTTP1_BODY_NONE; /* the last chunk is written here */
+    if (x->mu && http1_write_last_chunk(&x->mu->s.out, t, n) == 0) up_kick(x->mu);
     return http1_write_last_chunk(&x->u->s.out, t, n) < 0 ? -1 : 0;
 }
 
@@ -887,7 +973,14 @@ static int req_complete(void *ud)
     struct h1_down *d = ud;
     struct h1_x *x = d->x;
     if (!x) return 0;
-    if (x->u && x->req_framing == HTTP1_BODY_CHUNKED) (void)http1_write_last_chunk(&x->u->s.out, NULL, 0);
+    if (x->u && x->req_framing == HTTP1_BODY_CHUNKED) {
+        (void)http1_write_last_chunk(&x->u->s.out, NULL, 0);
+        if (x->mu) (void)http1_write_last_chunk(&x->mu->s.out, NULL, 0);
+    }
+    if (x->mu) { /* the shadow has its whole request: it finishes on its own */
+        up_kick(x->mu);
+        x->mu = NULL;
+    }
     x->req_done = true;
     return 0;
 }

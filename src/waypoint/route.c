@@ -16,6 +16,26 @@ static void local(struct wp_decision *d, int status, const char *body, const cha
     snprintf(d->details, sizeof(d->details), "%s", details);
 }
 
+/* The rule's first RequestMirror whose fraction this request falls in, resolved to its Service. */
+static void pick_mirror(struct wp_tunnel *t, struct wp_decision *d, const struct l7_filter *f, size_t n)
+{
+    for (size_t i = 0; i < n && !d->mirror_svc; i++) {
+        if (f[i].kind != L7_FILTER_MIRROR) continue;
+        const struct l7_mirror *m = &f[i].u.mirror;
+        if (!m->denominator || wp_rand(t->w) % m->denominator >= m->numerator) continue;
+        char key[512];
+        snprintf(key, sizeof(key), "%s/%s.%s.svc.%s", m->ns, m->name, m->ns, wp_cfg.cluster_domain);
+        const struct service *svc = snapshot_service_by_host(t->view->snap, key);
+        if (!svc) {
+            LOG_LIMITED(LOG_WARN, "waypoint::route", "RequestMirror of %s: no Service %s/%s; not mirrored",
+                        d->route_name, m->ns, m->name);
+            continue;
+        }
+        d->mirror_svc = svc;
+        d->mirror_port = m->port ? m->port : t->port;
+    }
+}
+
 /* The rule's and the chosen backend's header modifiers, in order, split by direction. */
 static void collect_mods(struct wp_decision *d, const struct l7_filter *f, size_t n)
 {
@@ -76,6 +96,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     if (rule->backend_request_timeout_ms && (!d->timeout_ms || rule->backend_request_timeout_ms < d->timeout_ms))
         d->timeout_ms = rule->backend_request_timeout_ms;
     collect_mods(d, rule->filters, rule->n_filters);
+    pick_mirror(t, d, rule->filters, rule->n_filters);
     if (rule->redirect) {
         int n = l7_redirect_location(rule->redirect, prefix, prefix_len, req, "http", d->location,
                                      sizeof(d->location));

@@ -11,7 +11,8 @@ kinds:
            1 MiB of a fixed pattern (pattern_bytes(1 << 20)), then closes
   http     HTTP/1.1: GET /bytes/<n> returns n pattern bytes; POST returns the request body's sha256; every
            response carries X-Client-Addr (the peer "ip:port") and X-Body-Sha256 (sha256 of the body sent)
-  httpinfo HTTP/1.1 (apps.py httpinfo <port> <tag>): any method; answers JSON {"tag", "method", "path",
+  httpinfo HTTP/1.1 (apps.py httpinfo <port> <tag> [<log file>]): any method (each appended to the log file as
+           "METHOD path host" when one is given); answers JSON {"tag", "method", "path",
            "headers" (lower-case names), "body_len", "body_sha256", "client"} (request bodies by Content-Length
            or chunked); /status/<code> answers that status; /bytes/<n> streams n pattern bytes chunked
   upgrade  HTTP/1.1 Upgrade (apps.py upgrade <port>): answers a request carrying "Upgrade: <proto>" with
@@ -103,6 +104,7 @@ class HttpHandler(http.server.BaseHTTPRequestHandler):
 class InfoHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     tag = ""
+    log_file = None
 
     def log_message(self, *a):
         pass
@@ -122,6 +124,9 @@ class InfoHandler(http.server.BaseHTTPRequestHandler):
 
     def _any(self):
         body = self._body()
+        if self.log_file:
+            with open(self.log_file, "a") as f:
+                f.write("%s %s %s\n" % (self.command, self.path, self.headers.get("Host", "")))
         parts = self.path.split("?")[0].strip("/").split("/")
         if len(parts) == 2 and parts[0] == "bytes":
             n = int(parts[1])
@@ -255,6 +260,7 @@ def main():
         srv = Server(("0.0.0.0", port), H2InfoHandler)
     elif kind == "httpinfo":
         InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""
+        InfoHandler.log_file = sys.argv[4] if len(sys.argv) > 4 else None
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), InfoHandler)
     elif kind in ("echo", "whoami", "sink", "eof"):
         Handler.kind = kind

@@ -49,8 +49,8 @@ SERVICES = [
 
 
 # Kubernetes manifests for LOCAL_L7_PATH, converted by the waypoint with zmeshd's conversion: a route on
-# "routed" (header x-pick: b -> routed-b; PathPrefix /a -> routed-a with a request header added; nothing else
-# matches) and a policy on the Service that denies DELETE.
+# "routed" (header x-pick: b -> routed-b; PathPrefix /a -> routed-a with a request header added and a copy
+# mirrored to routed-b; nothing else matches) and a policy on the Service that denies DELETE.
 L7_MANIFESTS = """apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: routed, namespace: default}
@@ -63,6 +63,8 @@ spec:
     filters:
     - type: RequestHeaderModifier
       requestHeaderModifier: {add: [{name: x-routed, value: a}]}
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: routed-b, port: 80}}
     backendRefs: [{name: routed-a, port: 80}]
 ---
 apiVersion: security.istio.io/v1
@@ -111,7 +113,7 @@ def mesh(ztunnel_bin):
         m.up()
         t = m.topo
         for name in ("n2p1", "n2p2"):
-            start_app(t, m.pod(name), "httpinfo", 8080, args=[name])
+            start_app(t, m.pod(name), "httpinfo", 8080, args=[name, os.path.join(t.workdir, "requests-%s.log" % name)])
             start_app(t, m.pod(name), "echo", 9000)
             start_app(t, m.pod(name), "h2info", 8081, args=[name])
             start_app(t, m.pod(name), "upgrade", 8082)
@@ -587,6 +589,13 @@ def test_local_l7_routes_and_policy(mesh):
         assert status == 200 and info["tag"] == "n2p1" and info["headers"]["x-routed"] == "a"
         status, _, body = h.request("GET", "/whatever", headers={"x-pick": "b"})
         assert status == 200 and json.loads(body)["tag"] == "n2p2"
+    # each /a request was also shadowed to routed-b (n2p2) with "-shadow" on its Host, as Envoy mirrors
+    def shadows():
+        with open(os.path.join(mesh.topo.workdir, "requests-n2p2.log")) as f:
+            return sum(1 for l in f if l.split() == ["GET", "/a/x", "echo.default.svc.cluster.local-shadow"])
+    assert wait_for(lambda: shadows() == 6, timeout=5), shadows()
+    status, _, body = h.request("POST", "/a/upload", body=b"m" * 100000)
+    assert status == 200 and json.loads(body)["body_len"] == 100000
     status, _, body = h.request("GET", "/nomatch")
     assert (status, body) == (404, b"")
     status, _, body = h.request("DELETE", "/a/x")
