@@ -21,6 +21,11 @@ kinds:
   h2info   h2c with prior knowledge (apps.py h2info <port> <tag>, python3-h2): every request stream is answered
            with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
            "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
+  l7app    apps.py l7app <port> <tag> <grpc port>: httpinfo on <port>, plus /sleep/<ms> (answers the same JSON
+           after sleeping ms milliseconds); and a python3-grpcio server on <grpc port> with raw-bytes methods
+           /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
+           /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
+           /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>")
 """
 import hashlib
 import http.server
@@ -156,6 +161,46 @@ class InfoHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
 
 
+class SleepInfoHandler(InfoHandler):
+    """httpinfo with /sleep/<ms>: answers after ms milliseconds (for route timeouts)."""
+
+    def _any(self):
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "sleep":
+            import time
+            time.sleep(int(parts[1]) / 1000.0)
+        InfoHandler._any(self)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
+
+
+def grpc_server(port, tag):
+    """A python3-grpcio server with generic raw-bytes handlers (no generated code: the bytes are the message)."""
+    from concurrent import futures
+    import grpc
+
+    def unary(req, ctx):
+        ctx.send_initial_metadata((("x-served-by", tag),))
+        return tag.encode() + b":" + req
+
+    def stream(req, ctx):
+        for i in range(int(req.decode())):
+            yield ("%s:%d" % (tag, i)).encode()
+
+    def missing(req, ctx):
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing on " + tag)
+
+    handler = grpc.method_handlers_generic_handler("l7test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Missing": grpc.unary_unary_rpc_method_handler(missing)})
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    srv.add_generic_rpc_handlers((handler,))
+    srv.add_insecure_port("0.0.0.0:%d" % port)
+    srv.start()
+    return srv
+
+
 class H2InfoHandler(socketserver.BaseRequestHandler):
     tag = ""
 
@@ -258,6 +303,10 @@ def main():
     elif kind == "h2info":
         H2InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""
         srv = Server(("0.0.0.0", port), H2InfoHandler)
+    elif kind == "l7app":
+        SleepInfoHandler.tag = sys.argv[3]
+        keep = grpc_server(int(sys.argv[4]), sys.argv[3])  # noqa: F841 (held for the process's life)
+        srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), SleepInfoHandler)
     elif kind == "httpinfo":
         InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""
         InfoHandler.log_file = sys.argv[4] if len(sys.argv) > 4 else None

@@ -1,0 +1,613 @@
+"""The waypoint's L7 features end to end on `zmesh up` (docs/l7.md, src/waypoint/README.md): the real waypoint made by
+`zmesh waypoint apply --enroll-namespace --wait`, zmeshd converting HTTPRoute / GRPCRoute / AuthorizationPolicy
+(`zmesh apply -f`), ztunnel sending the bound Services' traffic through the waypoint.
+
+One cluster serves the module: namespace `l7` in ambient mode with its waypoint; pods `v1` (node1) and `v2` (node2),
+labels app: svc and version v1 / v2, each running apps.py `l7app` (httpinfo: answers its tag and echoes the request
+headers; /sleep/<ms>; a python3-grpcio server); Services `svc` (both versions), `svc-v1`, `svc-v2`, and one Service
+per routing test (`m`, `f`, `t`, selecting both versions) so the tests' routes never meet; a client pod `client`
+(account `client`, node1) and `other` (account `other`, node2) that only make requests. Requests are made from the
+test process with sockets created in the client pod's network namespace (so the pod's own, captured traffic); the
+gRPC client is python3-grpcio run under `ip netns exec` in that namespace.
+
+Each test applies its manifests and waits for the behaviour to show (a marker response header set by the route, or
+the status a policy gives), never for a time; the policy tests delete theirs and wait until it is gone, as policies
+on the Gateway apply to every Service.
+
+Addresses of its own: prefix zl<hex>, state /run/zmesh-upl7-<hex>, nodes 172.26.<o>.0/24, pods 10.<o>.0.0/16 with
+o in 20..59 (test_up.py uses 172.31/10.150-249, test_up_mesh.py 172.28/10.110-140, the demo 172.29/10.100-149,
+test_waypoint_cli.py 172.27/10.60-99).
+"""
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+
+import pytest
+
+from helpers import closed_without_data, connect, http_request
+from test_up import Cluster, _force_cleanup, poll
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+APPS = os.path.join(HERE, "apps.py")
+NS = "l7"
+HTTP, GRPC = 8080, 9090
+SPIFFE = "spiffe://cluster.local/ns/%s/sa/" % NS
+APPLY_WAIT = 30    # seconds for a manifest to reach the waypoint (normally well under one)
+GATEWAY_REF = "{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}"
+
+
+def pod(name, node, sa, labels, cmd, probe_port=None):
+    probe = "    readinessProbe: {tcpSocket: {port: %d}, periodSeconds: 1}\n" % probe_port if probe_port else ""
+    return ("apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s, labels: %s}\n"
+            "spec:\n  nodeName: %s\n  serviceAccountName: %s\n  terminationGracePeriodSeconds: 1\n"
+            "  containers:\n  - name: main\n    command: %s\n%s"
+            % (name, NS, json.dumps(labels), node, sa, json.dumps(cmd), probe))
+
+
+def service(name, selector, grpc=False, labels=None):
+    ports = "{name: http, port: 80, targetPort: %d, appProtocol: http}" % HTTP
+    if grpc:
+        ports += ", {name: grpc, port: %d, targetPort: %d, appProtocol: grpc}" % (GRPC, GRPC)
+    return ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s, labels: %s}\n"
+            "spec:\n  selector: %s\n  ports: [%s]\n" % (name, NS, json.dumps(labels or {}), json.dumps(selector),
+                                                       ports))
+
+
+def manifests():
+    app = lambda v: ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), v, str(GRPC)]  # noqa: E731
+    docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n" % NS,
+            pod("v1", "node1", "svc", {"app": "svc", "version": "v1"}, app("v1"), HTTP),
+            pod("v2", "node2", "svc", {"app": "svc", "version": "v2"}, app("v2"), HTTP),
+            pod("client", "node1", "client", {"app": "client"}, ["sleep", "100000"]),
+            pod("other", "node2", "other", {"app": "other"}, ["sleep", "100000"]),
+            service("svc", {"app": "svc"}, grpc=True),
+            service("svc-v1", {"app": "svc", "version": "v1"}, grpc=True),
+            service("svc-v2", {"app": "svc", "version": "v2"}, grpc=True)]
+    docs += [service(n, {"app": "svc"}) for n in ("m", "f", "t")]
+    return "---\n".join(docs)
+
+
+class L7Cluster(Cluster):
+    def __init__(self, manifests_dir):
+        super().__init__(manifests_dir, mesh=True)
+        tag = "%04x" % random.randrange(1 << 16)
+        self.prefix = "zl" + tag
+        self.state = "/run/zmesh-upl7-" + tag
+        octet = random.randrange(20, 60)
+        self.node_subnet = "172.26.%d.0" % octet
+        self.pod_subnet = "10.%d.0.0" % octet
+        self.host_ip = "172.26.%d.1" % octet
+        self.work = tempfile.mkdtemp(prefix="zmesh-upl7-w-")
+        self._n = 0
+
+    def netns_of(self, pod):
+        return "%s-%s_%s" % (self.prefix, NS, pod)
+
+    def vip(self, svc):
+        return self.api("Service", NS, svc)["spec"]["clusterIP"]
+
+    def log(self, name):
+        try:
+            with open(os.path.join(self.state, "logs", name + ".log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def waypoint_pods(self, gw="waypoint"):
+        out = []
+        for f in sorted(os.listdir(os.path.join(self.state, "api"))):
+            if f.startswith("pod_%s_" % NS) and f.endswith(".json"):
+                with open(os.path.join(self.state, "api", f)) as fh:
+                    p = json.load(fh)
+                if p["metadata"].get("labels", {}).get("gateway.networking.k8s.io/gateway-name") == gw:
+                    out.append(p)
+        return out
+
+    def _write(self, text):
+        self._n += 1
+        d = os.path.join(self.work, "m%d" % self._n)
+        os.makedirs(d)
+        with open(os.path.join(d, "m.yaml"), "w") as f:
+            f.write(textwrap.dedent(text))
+        return d
+
+    def apply(self, text):
+        """`zmesh apply -f` of one YAML text; returns the directory (for delete)."""
+        d = self._write(text)
+        p = self.run("apply", "-f", d, check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return d
+
+    def delete(self, d):
+        p = self.run("delete", "-f", d, check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    d = tempfile.mkdtemp(prefix="zmesh-upl7-m-")
+    with open(os.path.join(d, "l7.yaml"), "w") as f:
+        f.write(manifests())
+    c = L7Cluster(d)
+    try:
+        c.up()
+        p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
+                  check=False, timeout=90)
+        assert p.returncode == 0, p.stdout + p.stderr
+        # Through the waypoint from the first request: poll until svc answers (the binding reaches ztunnel).
+        poll(lambda: _try(c, "/", svc="svc"), timeout=APPLY_WAIT, what="svc answering through the waypoint")
+        yield c
+    finally:
+        _force_cleanup(c)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(c.work, ignore_errors=True)
+
+
+def req(c, path, svc="svc", method="GET", headers=None, src="client", body=None):
+    """One HTTP/1.1 request from pod src to svc's VIP port 80: (status, headers, body bytes)."""
+    import http.client
+    vip = c.vip(svc)
+    conn = http.client.HTTPConnection(vip, 80, timeout=15)
+    conn.sock = connect(c.netns_of(src), vip, 80, timeout=15)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def _try(c, path, **kw):
+    try:
+        return req(c, path, **kw)
+    except OSError:
+        return None
+
+
+def info(resp):
+    status, headers, body = resp
+    assert status == 200, resp
+    return json.loads(body)
+
+
+def until(c, path, pred, what, **kw):
+    """Requests path until pred(response) holds (the manifest reached the waypoint); returns that response."""
+    def once():
+        r = _try(c, path, **kw)
+        return r if r is not None and pred(r) else None
+    return poll(once, timeout=APPLY_WAIT, every=0.1, what=what)
+
+
+def marked(value):
+    return lambda r: r[1].get("x-route") == value
+
+
+def route(name, svc, rules):
+    return ("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: %s, namespace: %s}\n"
+            "spec:\n  parentRefs: [{group: \"\", kind: Service, name: %s}]\n  rules:\n%s"
+            % (name, NS, svc, textwrap.indent(textwrap.dedent(rules), "  ")))
+
+
+def mark(value):
+    """A rule filter that tags the route's responses, so a test knows its route is in force."""
+    return "[{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: %s}]}}]" % value
+
+
+def counts(c, n, svc="svc", path="/"):
+    """n requests on one keep-alive connection; {tag: count} of who answered."""
+    import http.client
+    vip = c.vip(svc)
+    conn = http.client.HTTPConnection(vip, 80, timeout=15)
+    conn.sock = connect(c.netns_of("client"), vip, 80, timeout=15)
+    got = {}
+    try:
+        for _ in range(n):
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200, (r.status, body)
+            tag = json.loads(body)["tag"]
+            got[tag] = got.get(tag, 0) + 1
+    finally:
+        conn.close()
+    return got
+
+
+# -- 1. weights ----------------------------------------------------------------------------------------------------
+
+def weighted(name, w1, w2):
+    return route("weights", "svc", """\
+        - filters: %s
+          backendRefs:
+          - {name: svc-v1, port: 80, weight: %d}
+          - {name: svc-v2, port: 80, weight: %d}
+        """ % (mark(name), w1, w2))
+
+
+def test_weights(cluster):
+    c = cluster
+    d = c.apply(weighted("w8020", 80, 20))
+    until(c, "/", marked("w8020"), "the 80/20 route")
+    got = counts(c, 200)
+    # 80% of 200 is 160; a binomial's standard deviation here is 5.7: four of them either way.
+    assert set(got) <= {"v1", "v2"}, got
+    assert 137 <= got.get("v1", 0) <= 183, got
+    c.apply(weighted("w100", 100, 0))
+    until(c, "/", marked("w100"), "the 100/0 route")
+    assert counts(c, 50) == {"v1": 50}
+    # Every weight 0: Envoy's 500 (the rule has no backend it may send to).
+    c.apply(weighted("wzero", 0, 0))
+    r = until(c, "/", lambda r: r[0] == 500, "the all-zero route's 500")
+    assert r[0] == 500
+    c.delete(d)
+
+
+# -- 2. matches and precedence ---------------------------------------------------------------------------------------
+
+MATCHES = """\
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: Exact, value: /exact}}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: RegularExpression, value: "/re/[0-9]+"}}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: Exact, value: /h}, headers: [{name: x-env, value: canary}]}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: Exact, value: /hre}, headers: [{type: RegularExpression, name: x-user, value: "u[0-9]{3}"}]}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: Exact, value: /q}, queryParams: [{name: debug, value: "1"}]}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: Exact, value: /meth}, method: PUT}]
+      filters: %s
+      backendRefs: [{name: svc-v2, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /}}]
+      filters: %s
+      backendRefs: [{name: svc-v1, port: 80}]
+    """ % (mark("prefix"), mark("exact"), mark("regex"), mark("hdr"), mark("hdrre"), mark("query"), mark("method"),
+           mark("default"))
+
+
+def served(resp):
+    """(who answered, which rule): the app's tag and the route's marker."""
+    status, headers, body = resp
+    assert status == 200, resp
+    return json.loads(body)["tag"], headers.get("x-route")
+
+
+def test_matches(cluster):
+    c = cluster
+    d = c.apply(route("matches", "m", MATCHES))
+    until(c, "/", marked("default"), "the matches route", svc="m")
+    g = lambda path, **kw: served(req(c, path, svc="m", **kw))  # noqa: E731
+    # PathPrefix matches whole path elements: /api, /api/, /api/x; not /apix.
+    assert g("/api") == ("v2", "prefix")
+    assert g("/api/x/y") == ("v2", "prefix")
+    assert g("/apix") == ("v1", "default")
+    assert g("/exact") == ("v2", "exact")
+    assert g("/exact/more") == ("v1", "default")
+    # RegularExpression is a full match of the path.
+    assert g("/re/123") == ("v2", "regex")
+    assert g("/re/12a") == ("v1", "default")
+    assert g("/h", headers={"X-Env": "canary"}) == ("v2", "hdr")
+    assert g("/h", headers={"X-Env": "canaryx"}) == ("v1", "default")
+    assert g("/hre", headers={"x-user": "u042"}) == ("v2", "hdrre")
+    assert g("/hre", headers={"x-user": "u0421"}) == ("v1", "default")
+    assert g("/q?debug=1") == ("v2", "query")
+    assert g("/q?debug=2") == ("v1", "default")
+    assert g("/meth", method="PUT") == ("v2", "method")
+    assert g("/meth", method="GET") == ("v1", "default")
+    c.delete(d)
+
+
+def test_precedence_and_no_match(cluster):
+    c = cluster
+    old = c.apply(route("z-old", "m", """\
+        - matches: [{path: {type: PathPrefix, value: /p}}]
+          filters: %s
+          backendRefs: [{name: svc-v1, port: 80}]
+        - matches: [{path: {type: Exact, value: /tie}}]
+          filters: %s
+          backendRefs: [{name: svc-v1, port: 80}]
+        """ % (mark("old-prefix"), mark("old-tie"))))
+    until(c, "/p/x", marked("old-prefix"), "route z-old", svc="m")
+    import time
+    time.sleep(1.1)  # creationTimestamp has whole seconds: the second route must be younger, not the same age
+    new = c.apply(route("a-new", "m", """\
+        - matches: [{path: {type: PathPrefix, value: /p/longer}}]
+          filters: %s
+          backendRefs: [{name: svc-v2, port: 80}]
+        - matches: [{path: {type: Exact, value: /tie}}]
+          filters: %s
+          backendRefs: [{name: svc-v2, port: 80}]
+        """ % (mark("new-prefix"), mark("new-tie"))))
+    g = lambda path: served(req(c, path, svc="m"))  # noqa: E731
+    until(c, "/p/longer/x", marked("new-prefix"), "route a-new", svc="m")
+    # The longest prefix wins across routes, whatever their age.
+    assert g("/p/longer/x") == ("v2", "new-prefix")
+    assert g("/p/long") == ("v1", "old-prefix")
+    # The same match in both: the oldest route wins although its name sorts last.
+    assert g("/tie") == ("v1", "old-tie")
+    # Routes attach to m and none matches: Envoy's 404 (NR).
+    r = req(c, "/nothing/here", svc="m")
+    assert r[0] == 404, r
+    c.delete(new)
+    c.delete(old)
+
+
+# -- 3. filters --------------------------------------------------------------------------------------------------------
+
+def test_filters(cluster):
+    c = cluster
+    d = c.apply(route("filters", "f", """\
+        - matches: [{path: {type: PathPrefix, value: /hdr}}]
+          filters:
+          - type: RequestHeaderModifier
+            requestHeaderModifier:
+              set: [{name: x-set, value: from-route}]
+              add: [{name: x-add, value: added}]
+              remove: [x-remove]
+          - type: ResponseHeaderModifier
+            responseHeaderModifier:
+              set: [{name: x-route, value: hdr}]
+              add: [{name: x-resp-add, value: resp}]
+              remove: [x-served-by]
+          backendRefs: [{name: svc-v1, port: 80}]
+        - matches: [{path: {type: PathPrefix, value: /old}}]
+          filters:
+          - {type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}}
+          backendRefs: [{name: svc-v1, port: 80}]
+        - matches: [{path: {type: PathPrefix, value: /moved}}]
+          filters:
+          - {type: RequestRedirect, requestRedirect: {hostname: elsewhere.example, path: {type: ReplaceFullPath, replaceFullPath: /landing}}}
+        """))
+    r = until(c, "/hdr", marked("hdr"), "the filters route", svc="f",
+              headers={"x-set": "from-client", "x-add": "client", "x-remove": "gone"})
+    seen = json.loads(r[2])["headers"]
+    assert seen["x-set"] == "from-route"
+    # add appends to what the client sent (Envoy: one more value, joined by the app's parser as it sees them).
+    assert "client" in seen["x-add"] and "added" in seen["x-add"], seen
+    assert "x-remove" not in seen
+    # ResponseHeaderModifier: the client sees the added header, not the removed one.
+    assert r[1].get("x-resp-add") == "resp"
+    assert "x-served-by" not in r[1], r[1]
+    # ReplacePrefixMatch keeps what follows the prefix.
+    assert json.loads(req(c, "/old/a/b?k=v", svc="f")[2])["path"] == "/new/a/b?k=v"
+    assert json.loads(req(c, "/old", svc="f")[2])["path"] == "/new"
+    # RequestRedirect: 302 by default, Location from the filter (scheme kept: http).
+    status, headers, _ = req(c, "/moved/x", svc="f")
+    assert status == 302
+    assert headers["location"] == "http://elsewhere.example/landing", headers
+    c.delete(d)
+
+
+# -- 4. timeouts --------------------------------------------------------------------------------------------------------
+
+def test_request_timeout(cluster):
+    c = cluster
+    d = c.apply(route("timeout", "t", """\
+        - filters: %s
+          timeouts: {request: 500ms}
+          backendRefs: [{name: svc-v1, port: 80}]
+        """ % mark("timeout")))
+    until(c, "/", marked("timeout"), "the timeout route", svc="t")
+    # Faster than the timeout: answered.
+    assert info(req(c, "/sleep/10", svc="t"))["path"] == "/sleep/10"
+    status, _, body = req(c, "/sleep/3000", svc="t")
+    assert (status, body) == (504, b"upstream request timeout")
+    c.delete(d)
+
+
+# -- 5. authorization -------------------------------------------------------------------------------------------------
+
+def policy(name, action, rules, dry_run=False):
+    ann = ", annotations: {istio.io/dry-run: \"true\"}" if dry_run else ""
+    return textwrap.dedent("""\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: %s, namespace: %s%s}
+        spec:
+          targetRefs: [%s]
+          action: %s
+          rules: %s
+        """) % (name, NS, ann, GATEWAY_REF, action, rules)
+
+
+@contextlib.contextmanager
+def applied_policy(c, text, gone):
+    """Applies a policy; on exit deletes it and waits until gone(response of GET /) holds, so the next test starts
+    from no policy."""
+    d = c.apply(text)
+    try:
+        yield
+    finally:
+        c.delete(d)
+        gone()
+
+
+def test_allow_methods(cluster):
+    c = cluster
+    with applied_policy(c, policy("allow-get", "ALLOW", "[{to: [{operation: {methods: [GET]}}]}]"),
+                        lambda: until(c, "/", lambda r: r[0] == 200, "POST allowed again", method="POST")):
+        r = until(c, "/", lambda r: r[0] == 403, "POST denied", method="POST")
+        assert r[2] == b"RBAC: access denied"
+        assert info(req(c, "/any"))["method"] == "GET"
+
+
+def test_deny_path_template(cluster):
+    c = cluster
+    with applied_policy(c, policy("deny-admin", "DENY", "[{to: [{operation: {paths: [\"/admin/{*}/secret\"]}}]}]"),
+                        lambda: until(c, "/admin/a/secret", lambda r: r[0] == 200, "the DENY gone")):
+        r = until(c, "/admin/a/secret", lambda r: r[0] == 403, "the DENY in force")
+        assert r[2] == b"RBAC: access denied"
+        # {*} is one path segment: two do not match, nor does another last segment.
+        assert req(c, "/admin/a/b/secret")[0] == 200
+        assert req(c, "/admin/a/public")[0] == 200
+
+
+def test_principals(cluster):
+    c = cluster
+    text = policy("allow-client", "ALLOW", "[{from: [{source: {principals: [cluster.local/ns/%s/sa/client]}}]}]" % NS)
+    with applied_policy(c, text, lambda: until(c, "/", lambda r: r[0] == 200, "other allowed again", src="other")):
+        until(c, "/", lambda r: r[0] == 403, "other denied", src="other")
+        assert req(c, "/")[0] == 200
+        r = req(c, "/", src="other")
+        assert (r[0], r[2]) == (403, b"RBAC: access denied")
+
+
+def test_dry_run_deny_does_not_deny(cluster):
+    c = cluster
+    # A dry-run DENY of GET and a real DENY of one path in the same apply: once the real one is in force, the
+    # dry-run one is too, and GET elsewhere still passes.
+    text = (policy("dry-deny-get", "DENY", "[{to: [{operation: {methods: [GET]}}]}]", dry_run=True) + "---\n" +
+            policy("deny-marker", "DENY", "[{to: [{operation: {paths: [/dry-marker]}}]}]"))
+    with applied_policy(c, text, lambda: until(c, "/dry-marker", lambda r: r[0] == 200, "the DENY gone")):
+        until(c, "/dry-marker", lambda r: r[0] == 403, "the marker DENY in force")
+        assert info(req(c, "/x"))["method"] == "GET"
+
+
+# -- 6. gRPC ----------------------------------------------------------------------------------------------------------
+
+GRPC_CLIENT = r'''
+import json, sys, grpc
+target = sys.argv[1]
+out = {}
+with grpc.insecure_channel(target) as ch:
+    unary = ch.unary_unary("/l7test.Echo/Unary")
+    resp, call = unary.with_call(b"hello", timeout=10)
+    out["unary"] = resp.decode()
+    out["unary_md"] = dict(call.initial_metadata()).get("x-served-by")
+    out["stream"] = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"5", timeout=10)]
+    try:
+        ch.unary_unary("/l7test.Echo/Missing")(b"", timeout=10)
+        out["missing"] = "no error"
+    except grpc.RpcError as e:
+        out["missing"] = [e.code().name, e.details()]
+print(json.dumps(out))
+'''
+
+
+def grpc_call(c, svc):
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_CLIENT,
+                        "%s:%d" % (c.vip(svc), GRPC)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_grpc_through_the_waypoint(cluster):
+    c = cluster
+    out = grpc_call(c, "svc-v1")
+    assert out["unary"] == "v1:hello" and out["unary_md"] == "v1"
+    assert out["stream"] == ["v1:%d" % i for i in range(5)]
+    # The handler's abort reaches the client as its status and details (grpc-status / grpc-message trailers).
+    assert out["missing"] == ["NOT_FOUND", "no such thing on v1"]
+
+
+def test_grpcroute_method_match(cluster):
+    c = cluster
+    d = c.apply("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {name: grpc-methods, namespace: %s}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: svc, port: %d}]
+          rules:
+          - matches: [{method: {service: l7test.Echo, method: Unary}}]
+            backendRefs: [{name: svc-v2, port: %d}]
+          - backendRefs: [{name: svc-v1, port: %d}]
+        """ % (NS, GRPC, GRPC, GRPC))
+
+    def routed():
+        o = grpc_call(c, "svc")
+        return o if o["unary"] == "v2:hello" and all(m.startswith("v1:") for m in o["stream"]) else None
+    out = poll(routed, timeout=APPLY_WAIT, what="the GRPCRoute in force")
+    # Unary matches the method: v2 every time; the other methods take the catch-all rule: v1.
+    for _ in range(3):
+        o = grpc_call(c, "svc")
+        assert o["unary"] == "v2:hello", o
+        assert o["stream"] == ["v1:%d" % i for i in range(5)], o
+        assert o["missing"] == ["NOT_FOUND", "no such thing on v1"], o
+    assert out["unary_md"] == "v2"
+    c.delete(d)
+
+
+# -- 7. the CLI's view -------------------------------------------------------------------------------------------------
+
+def test_cli_shows_the_waypoint(cluster):
+    c = cluster
+    p = subprocess.run([c.zmesh, "ztunnel-config", "services", "--node", "node1"], capture_output=True, text=True,
+                       timeout=30, env=dict(os.environ, ZMESH_STATE_DIR=c.state))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    head = re.split(r"\s{2,}", lines[0].strip())
+    assert "WAYPOINT" in head, lines[0]
+    rows = [dict(zip(head, re.split(r"\s{2,}", l.strip()))) for l in lines[1:]]
+    svc = [r for r in rows if r.get("SERVICE NAME", r.get("NAME")) == "svc" and r.get("NAMESPACE") == NS]
+    assert len(svc) == 1, p.stdout
+    assert svc[0]["WAYPOINT"] == "waypoint", svc[0]
+    p = c.run("waypoint", "status", "-n", NS, check=False)
+    assert p.returncode == 0, p.stderr
+    rows = [re.split(r"\s{2,}", l.strip()) for l in p.stdout.splitlines()[1:]]
+    prog = [r for r in rows if r[0] == "waypoint" and r[2] == "Programmed"]
+    assert prog and prog[0][1] == "True" and prog[0][3] == "Programmed", p.stdout
+
+
+# -- 8. a waypoint with no ready pod ----------------------------------------------------------------------------------
+
+def test_waypoint_without_a_ready_pod_refuses(cluster):
+    c = cluster
+    p = c.run("waypoint", "apply", "-n", NS, "--name", "cold", "--wait", "--waypoint-timeout", "60s", check=False,
+              timeout=90)
+    assert p.returncode == 0, p.stdout + p.stderr
+    d = c.apply(service("coldsvc", {"app": "svc"}, labels={"istio.io/use-waypoint": "cold"}))
+    until(c, "/", lambda r: r[0] == 200, "coldsvc through waypoint cold", svc="coldsvc")
+    # Stop cold's pod (its processes, so its readiness probe fails) rather than delete it: a deleted pod is
+    # replaced at once, which would make the not-ready window a race.
+    wp_pod = c.waypoint_pods("cold")[0]["metadata"]["name"]
+    pids = [int(x) for x in subprocess.run(["ip", "netns", "pids", c.netns_of(wp_pod)], capture_output=True,
+                                           text=True).stdout.split()]
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        poll(lambda: "addresses" not in (c.api("Gateway", NS, "cold") or {}).get("status", {}), timeout=60,
+             what="Gateway cold not programmed with its pod stopped")
+        vip = c.vip("coldsvc")
+
+        def refused():
+            try:
+                s = connect(c.netns_of("client"), vip, 80, timeout=10)
+            except OSError:
+                return True
+            try:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: coldsvc\r\n\r\n")
+                closed, got = closed_without_data(s, timeout=5)
+                return closed and got == b""
+            finally:
+                s.close()
+        poll(refused, timeout=APPLY_WAIT, what="coldsvc refused")
+        want = "service %s/coldsvc has waypoint %s/cold.%s.svc.cluster.local with no ready endpoint" % (NS, NS, NS)
+        poll(lambda: want in c.log("ztunnel-node1"), timeout=10, what="ztunnel saying why")
+        # Never sent around the waypoint: neither app saw a request on coldsvc's behalf after the stop.
+        for _ in range(3):
+            assert refused()
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+    c.delete(d)
+    c.run("waypoint", "delete", "cold", "-n", NS, check=False)
