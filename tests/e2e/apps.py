@@ -22,7 +22,8 @@ kinds:
            with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
            "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
   l7app    apps.py l7app <port> <tag> <grpc port>: httpinfo on <port>, plus /sleep/<ms> (answers the same JSON
-           after sleeping ms milliseconds); and a python3-grpcio server on <grpc port> with raw-bytes methods
+           after sleeping ms milliseconds), any path ending /headers (JSON {"tag", "headers": [[name, value], ...]}, every field
+           line in order, repeated names kept); and a python3-grpcio server on <grpc port> with raw-bytes methods
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
            /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
            /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>")
@@ -169,6 +170,16 @@ class SleepInfoHandler(InfoHandler):
         if len(parts) == 2 and parts[0] == "sleep":
             import time
             time.sleep(int(parts[1]) / 1000.0)
+        elif parts[-1] == "headers":
+            self._body()
+            out = json.dumps({"tag": self.tag, "headers": [[k.lower(), v] for k, v in self.headers.items()]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.send_header("X-Served-By", self.tag)
+            self.end_headers()
+            self.wfile.write(out)
+            return
         InfoHandler._any(self)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
