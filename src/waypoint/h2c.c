@@ -28,6 +28,7 @@
 #define HC_MAX_HEADERS 100
 #define HC_MAX_HEADER_BYTES (60u << 10)
 #define HC_IDLE_BUCKETS 64
+#define HC_GRPC_MESSAGE_MAX 512 /* a local reply's grpc-message, percent-encoded (the texts are < 128 bytes) */
 
 struct chunk {
     struct chunk *next;
@@ -223,13 +224,61 @@ static void drop_d2u(struct hc_x *x)
     bq_free(&x->d2u);
 }
 
-/* A local reply on the downstream stream (no upstream stream yet, or it failed before its response). */
+/* Envoy's Grpc::Utility::httpToGrpcStatus (envoyproxy/envoy source/common/grpc/status.cc, after grpc's
+ * doc/http-grpc-status-mapping.md): the grpc-status of a local reply to a gRPC request. */
+static int http_to_grpc_status(int status)
+{
+    switch (status) {
+    case 400: return 13; /* INTERNAL */
+    case 401: return 16; /* UNAUTHENTICATED */
+    case 403: return 7;  /* PERMISSION_DENIED */
+    case 404: return 12; /* UNIMPLEMENTED */
+    case 429:
+    case 502:
+    case 503:
+    case 504: return 14; /* UNAVAILABLE */
+    default: return 2;   /* UNKNOWN */
+    }
+}
+
+/* grpc-message is percent-encoded (gRPC's PROTOCOL-HTTP2.md: bytes outside 0x20-0x7E, and '%'), as Envoy's
+ * PercentEncoding::encode does it. Cut at the buffer (local reply texts are short and ASCII). */
+static void grpc_message_encode(const char *in, char *out, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 4 <= n; p++) {
+        if (*p < 0x20 || *p > 0x7e || *p == '%') {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        } else {
+            out[o++] = (char)*p;
+        }
+    }
+    out[o < n ? o : n - 1] = '\0';
+}
+
+/* A local reply on the downstream stream (no upstream stream yet, or it failed before its response). To a
+ * gRPC request it is Envoy's trailers-only response (envoyproxy/envoy source/common/http/utility.cc
+ * sendLocalReply): :status 200, content-type application/grpc, grpc-status mapped from the HTTP status and
+ * the text as grpc-message, so a gRPC client sees PERMISSION_DENIED "RBAC: access denied" rather than a bare
+ * HTTP 403 its library must guess at. x->status keeps the HTTP status for telemetry and the access log. */
 static void x_local_reply(struct hc_x *x, int status, const char *body, const char *flags)
 {
     x->status = status;
     x->flags = flags;
     if (!x->ds || x->responded) return;
     x->responded = true;
+    if (x->grpc) {
+        char code[8], msg[HC_GRPC_MESSAGE_MAX];
+        x->grpc_status = http_to_grpc_status(status);
+        snprintf(code, sizeof(code), "%d", x->grpc_status);
+        grpc_message_encode(body, msg, sizeof(msg));
+        struct h2_header g[] = {{"content-type", "application/grpc"}, {"grpc-status", code}, {"grpc-message", msg}};
+        if (h2_stream_respond(x->ds, 200, g, *msg ? 3 : 2, 0) == 0) x->u2d.eof = true;
+        return;
+    }
     char len[24];
     snprintf(len, sizeof(len), "%zu", strlen(body));
     struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len}};

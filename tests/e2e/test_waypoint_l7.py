@@ -504,17 +504,28 @@ GRPC_CLIENT = r'''
 import json, sys, grpc
 target = sys.argv[1]
 out = {}
+
+
+def err(e):
+    return [e.code().name, e.details()]
+
+
 with grpc.insecure_channel(target) as ch:
-    unary = ch.unary_unary("/l7test.Echo/Unary")
-    resp, call = unary.with_call(b"hello", timeout=10)
-    out["unary"] = resp.decode()
-    out["unary_md"] = dict(call.initial_metadata()).get("x-served-by")
-    out["stream"] = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"5", timeout=10)]
+    try:
+        resp, call = ch.unary_unary("/l7test.Echo/Unary").with_call(b"hello", timeout=10)
+        out["unary"] = resp.decode()
+        out["unary_md"] = dict(call.initial_metadata()).get("x-served-by")
+    except grpc.RpcError as e:
+        out["unary"] = err(e)
+    try:
+        out["stream"] = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"5", timeout=10)]
+    except grpc.RpcError as e:
+        out["stream"] = err(e)
     try:
         ch.unary_unary("/l7test.Echo/Missing")(b"", timeout=10)
         out["missing"] = "no error"
     except grpc.RpcError as e:
-        out["missing"] = [e.code().name, e.details()]
+        out["missing"] = err(e)
 print(json.dumps(out))
 '''
 
@@ -556,7 +567,7 @@ def test_grpcroute_method_match(cluster):
 
     def routed():
         o = grpc_call(c, "svc")
-        return o if o["unary"] == "v2:hello" and all(m.startswith("v1:") for m in o["stream"]) else None
+        return o if o["unary"] == "v2:hello" and o["stream"][:1] == ["v1:0"] else None
     out = poll(routed, timeout=APPLY_WAIT, what="the GRPCRoute in force")
     # Unary matches the method: v2 every time; the other methods take the catch-all rule: v1.
     for _ in range(3):
@@ -566,6 +577,23 @@ def test_grpcroute_method_match(cluster):
         assert o["missing"] == ["NOT_FOUND", "no such thing on v1"], o
     assert out["unary_md"] == "v2"
     c.delete(d)
+
+
+def test_grpc_denied_is_a_grpc_status(cluster):
+    """A gRPC request the waypoint refuses gets Envoy's trailers-only answer: grpc-status PERMISSION_DENIED with
+    grpc-message "RBAC: access denied" (not a bare HTTP 403 the client library must interpret)."""
+    c = cluster
+    text = policy("deny-unary", "DENY", "[{to: [{operation: {paths: [/l7test.Echo/Unary]}}]}]")
+
+    def gone():
+        poll(lambda: grpc_call(c, "svc-v1")["unary"] == "v1:hello", timeout=APPLY_WAIT, what="Unary allowed again")
+    with applied_policy(c, text, gone):
+        out = poll(lambda: (lambda o: o if o["unary"] != "v1:hello" else None)(grpc_call(c, "svc-v1")),
+                   timeout=APPLY_WAIT, what="Unary denied")
+        assert out["unary"] == ["PERMISSION_DENIED", "RBAC: access denied"], out
+        # The other methods pass, the handler's own status still reaches the client.
+        assert out["stream"] == ["v1:%d" % i for i in range(5)], out
+        assert out["missing"] == ["NOT_FOUND", "no such thing on v1"], out
 
 
 # -- 7. the CLI's view -------------------------------------------------------------------------------------------------
