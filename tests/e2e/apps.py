@@ -21,7 +21,7 @@ kinds:
   h2info   h2c with prior knowledge (apps.py h2info <port> <tag>, python3-h2): every request stream is answered
            with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
            "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
-  l7app    apps.py l7app <port> <tag> <grpc port>: httpinfo on <port>, plus /sleep/<ms> (answers the same JSON
+  l7app    apps.py l7app <port> <tag> <grpc port>: httpinfo on <port>, plus any path ending /sleep/<ms> (answers the same JSON
            after sleeping ms milliseconds), any path ending /headers (JSON {"tag", "headers": [[name, value], ...]}, every field
            line in order, repeated names kept); and a python3-grpcio server on <grpc port> with raw-bytes methods
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
@@ -167,9 +167,9 @@ class SleepInfoHandler(InfoHandler):
 
     def _any(self):
         parts = self.path.split("?")[0].strip("/").split("/")
-        if len(parts) == 2 and parts[0] == "sleep":
+        if len(parts) >= 2 and parts[-2] == "sleep":
             import time
-            time.sleep(int(parts[1]) / 1000.0)
+            time.sleep(int(parts[-1]) / 1000.0)
         elif parts[-1] == "headers":
             self._body()
             out = json.dumps({"tag": self.tag, "headers": [[k.lower(), v] for k, v in self.headers.items()]}).encode()

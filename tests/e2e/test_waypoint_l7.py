@@ -391,6 +391,13 @@ def test_filters(cluster):
         - matches: [{path: {type: PathPrefix, value: /moved}}]
           filters:
           - {type: RequestRedirect, requestRedirect: {hostname: elsewhere.example, path: {type: ReplaceFullPath, replaceFullPath: /landing}}}
+        - matches: [{path: {type: PathPrefix, value: /secure}}]
+          filters:
+          - {type: RequestRedirect, requestRedirect: {scheme: https, port: 8443, statusCode: 301}}
+        - matches: [{path: {type: PathPrefix, value: /host}}]
+          filters:
+          - {type: URLRewrite, urlRewrite: {hostname: rewritten.example}}
+          backendRefs: [{name: svc-v1, port: 80}]
         """))
     r = until(c, "/hdr/x", marked("hdr"), "the filters route", svc="f")
     # /hdr/headers reaches the app as is (the app lists every field line, repeated names kept).
@@ -410,6 +417,12 @@ def test_filters(cluster):
     status, headers, _ = req(c, "/moved/x", svc="f")
     assert status == 302
     assert headers["location"] == "http://elsewhere.example/landing", headers
+    # scheme, port and status from the filter; host and path kept from the request.
+    status, headers, _ = req(c, "/secure/page?x=1", svc="f", headers={"Host": "shop.example"})
+    assert status == 301
+    assert headers["location"] == "https://shop.example:8443/secure/page?x=1", headers
+    # URLRewrite hostname: the app sees the new Host.
+    assert json.loads(req(c, "/host/x", svc="f")[2])["headers"]["host"] == "rewritten.example"
     c.delete(d)
 
 
@@ -421,12 +434,20 @@ def test_request_timeout(cluster):
         - filters: %s
           timeouts: {request: 500ms}
           backendRefs: [{name: svc-v1, port: 80}]
-        """ % mark("timeout")))
+        - matches: [{path: {type: PathPrefix, value: /backend}}]
+          filters: %s
+          timeouts: {request: 5s, backendRequest: 300ms}
+          backendRefs: [{name: svc-v1, port: 80}]
+        """ % (mark("timeout"), mark("backend-timeout"))))
     until(c, "/", marked("timeout"), "the timeout route", svc="t")
     # Faster than the timeout: answered.
     assert info(req(c, "/sleep/10", svc="t"))["path"] == "/sleep/10"
     status, _, body = req(c, "/sleep/3000", svc="t")
     assert (status, body) == (504, b"upstream request timeout")
+    # backendRequest bounds each try to the backend: the same 504 though the request may take 5 s.
+    status, _, body = req(c, "/backend/sleep/3000", svc="t")
+    assert (status, body) == (504, b"upstream request timeout")
+    assert info(req(c, "/backend/sleep/10", svc="t"))["path"] == "/backend/sleep/10"
     c.delete(d)
 
 
@@ -485,6 +506,19 @@ def test_principals(cluster):
         assert req(c, "/")[0] == 200
         r = req(c, "/", src="other")
         assert (r[0], r[2]) == (403, b"RBAC: access denied")
+
+
+def test_policy_targeting_a_service(cluster):
+    """targetRefs kind Service: the policy applies to that Service's requests only."""
+    c = cluster
+    text = policy("deny-v2-post", "DENY", "[{to: [{operation: {methods: [POST]}}]}]").replace(
+        GATEWAY_REF, '{group: "", kind: Service, name: svc-v2}')
+    with applied_policy(c, text, lambda: until(c, "/", lambda r: r[0] == 200, "POST to svc-v2 allowed again",
+                                               svc="svc-v2", method="POST")):
+        r = until(c, "/", lambda r: r[0] == 403, "POST to svc-v2 denied", svc="svc-v2", method="POST")
+        assert r[2] == b"RBAC: access denied"
+        assert info(req(c, "/", svc="svc-v1", method="POST"))["tag"] == "v1"
+        assert info(req(c, "/", svc="svc-v2"))["tag"] == "v2"
 
 
 def test_dry_run_deny_does_not_deny(cluster):
