@@ -519,6 +519,10 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
     }
     rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_MIRROR;
     rf->request_mirror = m;
+    /* The waypoint compiles the mirror (mesh/l7.c) but its data path (src/waypoint/route.c, http1.c, h2c.c)
+     * sends no copy yet: say so rather than let the filter be silently without effect. */
+    finding(c, MANIFEST_WARN, bp, "RequestMirror is not applied by zmesh's waypoint yet: requests are routed, "
+                                  "no copy is sent");
     return rf;
 }
 

@@ -426,6 +426,26 @@ def test_filters(cluster):
     c.delete(d)
 
 
+def test_mirror_is_warned_not_silently_ignored(cluster):
+    """RequestMirror is converted but the waypoint sends no copy yet: zmeshd says so, naming the field."""
+    c = cluster
+    d = c._write(route("mirror", "f", """\
+        - matches: [{path: {type: PathPrefix, value: /mirrored}}]
+          filters:
+          - {type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: 80}}}
+          - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: mirror}]}}
+          backendRefs: [{name: svc-v1, port: 80}]
+        """))
+    p = c.run("apply", "-f", d, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    want = "spec.rules[0].filters[0].requestMirror: RequestMirror is not applied by zmesh's waypoint yet"
+    poll(lambda: want in p.stdout + p.stderr + c.log("zmeshd"), timeout=APPLY_WAIT, what="the mirror warning")
+    # The route itself applies: the request is routed as the rule says.
+    r = until(c, "/mirrored/x", marked("mirror"), "the mirror route", svc="f")
+    assert info(r)["tag"] == "v1"
+    c.delete(d)
+
+
 # -- 4. timeouts --------------------------------------------------------------------------------------------------------
 
 def test_request_timeout(cluster):

@@ -309,6 +309,8 @@ static const struct {
     {ROUTE("  rules: [{retry: {attempts: 3}}]\n"), MANIFEST_WARN,
      "spec.rules[0].retry: not supported by zmesh's waypoint yet, ignored"},
     {ROUTE("  colour: blue\n"), MANIFEST_WARN, "spec.colour: unknown field, ignored"},
+    {ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+     MANIFEST_WARN, "spec.rules[0].filters[0].requestMirror: RequestMirror is not applied by zmesh's waypoint yet"},
     {ROUTE("  rules: [{matches: [{path: {value: /a, extra: 1}}]}]\n"), MANIFEST_WARN,
      "spec.rules[0].matches[0].path.extra: unknown field, ignored"},
     {"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: app}\nspec:\n"
