@@ -263,7 +263,8 @@ static void grpc_message_encode(const char *in, char *out, size_t n)
  * gRPC request it is Envoy's trailers-only response (envoyproxy/envoy source/common/http/utility.cc
  * sendLocalReply): :status 200, content-type application/grpc, grpc-status mapped from the HTTP status and
  * the text as grpc-message, so a gRPC client sees PERMISSION_DENIED "RBAC: access denied" rather than a bare
- * HTTP 403 its library must guess at. x->status keeps the HTTP status for telemetry and the access log. */
+ * HTTP 403 its library must guess at. Telemetry then reports what went on the wire, as Envoy's stream info
+ * takes the response code from the encoded :status (response_code 200, grpc_response_status the mapped code). */
 static void x_local_reply(struct hc_x *x, int status, const char *body, const char *flags)
 {
     x->status = status;
@@ -273,6 +274,7 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     if (x->grpc) {
         char code[8], msg[HC_GRPC_MESSAGE_MAX];
         x->grpc_status = http_to_grpc_status(status);
+        x->status = 200;
         snprintf(code, sizeof(code), "%d", x->grpc_status);
         grpc_message_encode(body, msg, sizeof(msg));
         struct h2_header g[] = {{"content-type", "application/grpc"}, {"grpc-status", code}, {"grpc-message", msg}};

@@ -31,7 +31,7 @@ import textwrap
 
 import pytest
 
-from helpers import closed_without_data, connect, http_request
+from helpers import closed_without_data, connect, parse_prometheus
 from test_up import Cluster, _force_cleanup, poll
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,9 +155,12 @@ def cluster():
         poll(lambda: _try(c, "/", svc="svc"), timeout=APPLY_WAIT, what="svc answering through the waypoint")
         yield c
     finally:
-        _force_cleanup(c)
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(c.work, ignore_errors=True)
+        if os.environ.get("ZMESH_KEEP_CLUSTER") == "1":  # a post-mortem: `zmesh down --state-dir` it after
+            print("kept cluster: --state-dir %s, manifests %s" % (c.state, d))
+        else:
+            _force_cleanup(c)
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(c.work, ignore_errors=True)
 
 
 def req(c, path, svc="svc", method="GET", headers=None, src="client", body=None):
@@ -648,6 +651,17 @@ def test_grpc_denied_is_a_grpc_status(cluster):
         # The other methods pass, the handler's own status still reaches the client.
         assert out["stream"] == ["v1:%d" % i for i in range(5)], out
         assert out["missing"] == ["NOT_FOUND", "no such thing on v1"], out
+        # The waypoint's metrics count it as Envoy's do: the trailers-only answer's 200, grpc status 7.
+        pod = c.waypoint_pods()[0]["metadata"]["name"]
+
+        def denied_count():
+            p = subprocess.run(["ip", "netns", "exec", c.netns_of(pod), "curl", "-s", "-m", "5",
+                                "http://127.0.0.1:15020/metrics"], capture_output=True, text=True, timeout=30)
+            return sum(v for n, labs, v in parse_prometheus(p.stdout) if n == "istio_requests_total"
+                       and dict(labs).get("grpc_response_status") == "7"
+                       and dict(labs).get("destination_service_name") == "svc-v1"
+                       and dict(labs).get("response_code") == "200")
+        poll(denied_count, timeout=10, what="istio_requests_total of the denied call")
 
 
 # -- 7. the CLI's view -------------------------------------------------------------------------------------------------
