@@ -316,7 +316,7 @@ def main():
         srv = Server(("0.0.0.0", port), H2InfoHandler)
     elif kind == "l7app":
         SleepInfoHandler.tag = sys.argv[3]
-        keep = grpc_server(int(sys.argv[4]), sys.argv[3])  # noqa: F841 (held for the process's life)
+        SleepInfoHandler.grpc = grpc_server(int(sys.argv[4]), sys.argv[3])  # held for the process's life
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), SleepInfoHandler)
     elif kind == "httpinfo":
         InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""

@@ -4,11 +4,20 @@
 
 One cluster serves the module: namespace `l7` in ambient mode with its waypoint; pods `v1` (node1) and `v2` (node2),
 labels app: svc and version v1 / v2, each running apps.py `l7app` (httpinfo: answers its tag and echoes the request
-headers; /sleep/<ms>; a python3-grpcio server); Services `svc` (both versions), `svc-v1`, `svc-v2`, and one Service
+headers; /sleep/<ms>; /headers; a python3-grpcio server); Services `svc` (both versions), `svc-v1`, `svc-v2`, and one Service
 per routing test (`m`, `p`, `f`, `t`, selecting both versions) so the tests' routes never meet; a client pod `client`
 (account `client`, node1) and `other` (account `other`, node2) that only make requests. Requests are made from the
 test process with sockets created in the client pod's network namespace (so the pod's own, captured traffic); the
 gRPC client is python3-grpcio run under `ip netns exec` in that namespace.
+
+Checked: HTTPRoute weights (80/20 within tolerance over 200 requests, 100/0, all zero -> 500); every match kind with
+a request that just misses (404), precedence across routes; request/response header modifiers, URLRewrite prefix
+and hostname, redirects; `request` and `backendRequest` timeouts (504 `upstream request timeout`); authorization
+on the Gateway (ALLOW methods, DENY with `{*}`, principals, dry-run) and on a Service (403 `RBAC: access denied`);
+gRPC unary, server streaming and a handler's NOT_FOUND through the waypoint, a GRPCRoute method match, a denied
+gRPC call as PERMISSION_DENIED (Envoy's trailers-only local reply, counted 200 / grpc status 7); RequestMirror
+warned by zmeshd; `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
+Service's connections, never sending them around it. ZMESH_KEEP_CLUSTER=1 keeps the cluster for a post-mortem.
 
 Each test applies its manifests and waits for the behaviour to show (a marker response header set by the route, or
 the status a policy gives), never for a time; the policy tests delete theirs and wait until it is gone, as policies
