@@ -694,6 +694,10 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
         return;
     }
+    /* RequestMirror is applied to HTTP/1.1 only (http1.c): say so rather than drop the copy silently. */
+    if (x->dec.mirror_svc)
+        LOG_LIMITED(LOG_WARN, LOG_H2C, "RequestMirror of route %s: not applied to HTTP/2 requests yet, no copy sent",
+                    x->dec.route_name ? x->dec.route_name : "-");
     wp_apply_mods(x->dec.req_mods, x->dec.n_req_mods, hv, &n, cap, name_eq);
     struct h2_header out[HC_MAX_HEADERS + 8 + WP_MAX_MODS * 8];
     size_t no = 0;

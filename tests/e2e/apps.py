@@ -21,7 +21,7 @@ kinds:
   h2info   h2c with prior knowledge (apps.py h2info <port> <tag>, python3-h2): every request stream is answered
            with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
            "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
-  l7app    apps.py l7app <port> <tag> <grpc port>: httpinfo on <port>, plus any path ending /sleep/<ms> (answers the same JSON
+  l7app    apps.py l7app <port> <tag> <grpc port> [<log file>]: httpinfo on <port> (with its request log), plus any path ending /sleep/<ms> (answers the same JSON
            after sleeping ms milliseconds), any path ending /headers (JSON {"tag", "headers": [[name, value], ...]}, every field
            line in order, repeated names kept); and a python3-grpcio server on <grpc port> with raw-bytes methods
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
@@ -316,6 +316,7 @@ def main():
         srv = Server(("0.0.0.0", port), H2InfoHandler)
     elif kind == "l7app":
         SleepInfoHandler.tag = sys.argv[3]
+        SleepInfoHandler.log_file = sys.argv[5] if len(sys.argv) > 5 else None
         SleepInfoHandler.grpc = grpc_server(int(sys.argv[4]), sys.argv[3])  # held for the process's life
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), SleepInfoHandler)
     elif kind == "httpinfo":

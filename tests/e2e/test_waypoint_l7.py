@@ -16,7 +16,7 @@ and hostname, redirects; `request` and `backendRequest` timeouts (504 `upstream 
 on the Gateway (ALLOW methods, DENY with `{*}`, principals, dry-run) and on a Service (403 `RBAC: access denied`);
 gRPC unary, server streaming and a handler's NOT_FOUND through the waypoint, a GRPCRoute method match, a denied
 gRPC call as PERMISSION_DENIED (Envoy's trailers-only local reply, counted 200 / grpc status 7); RequestMirror
-warned by zmeshd; `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
+(HTTP/1.1 shadowed with -shadow, gRPC warned); `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
 Service's connections, never sending them around it. ZMESH_KEEP_CLUSTER=1 keeps the cluster for a post-mortem.
 
 Each test applies its manifests and waits for the behaviour to show (a marker response header set by the route, or
@@ -69,8 +69,9 @@ def service(name, selector, grpc=False, labels=None):
                                                        ports))
 
 
-def manifests():
-    app = lambda v: ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), v, str(GRPC)]  # noqa: E731
+def manifests(d):
+    app = lambda v: ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), v, str(GRPC),  # noqa: E731
+                     os.path.join(d, v + ".log")]
     docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n" % NS,
             pod("v1", "node1", "svc", {"app": "svc", "version": "v1"}, app("v1"), HTTP),
             pod("v2", "node2", "svc", {"app": "svc", "version": "v2"}, app("v2"), HTTP),
@@ -119,6 +120,14 @@ class L7Cluster(Cluster):
                         for k, v in re.findall(r'(\S+?)=("(?:[^"\\]|\\.)*"|\S+)', line.split("\taccess\t", 1)[1])})
         return out
 
+    def pod_log(self, pod, container):
+        try:
+            with open(os.path.join(self.state, "pods", "%s_%s" % (NS, pod), container + ".log"),
+                      errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
     def waypoint_pods(self, gw="waypoint"):
         out = []
         for f in sorted(os.listdir(os.path.join(self.state, "api"))):
@@ -153,8 +162,9 @@ class L7Cluster(Cluster):
 def cluster():
     d = tempfile.mkdtemp(prefix="zmesh-upl7-m-")
     with open(os.path.join(d, "l7.yaml"), "w") as f:
-        f.write(manifests())
+        f.write(manifests(d))
     c = L7Cluster(d)
+    c.app_logs = d
     try:
         c.up()
         p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
@@ -438,23 +448,61 @@ def test_filters(cluster):
     c.delete(d)
 
 
-def test_mirror_is_warned_not_silently_ignored(cluster):
-    """RequestMirror is converted but the waypoint sends no copy yet: zmeshd says so, naming the field."""
+def app_log(c, version):
+    """The app's request log: one "METHOD path host" line per request."""
+    try:
+        with open(os.path.join(c.app_logs, version + ".log")) as f:
+            return [l.split() for l in f]
+    except OSError:
+        return []
+
+
+def test_request_mirror(cluster):
+    """RequestMirror, as Envoy's shadowing: the request goes to its backend and a copy to the mirror, whose Host
+    gets "-shadow"; the client sees only the backend's answer."""
     c = cluster
-    d = c._write(route("mirror", "f", """\
+    d = c.apply(route("mirror", "f", """\
         - matches: [{path: {type: PathPrefix, value: /mirrored}}]
           filters:
           - {type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: 80}}}
           - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: mirror}]}}
           backendRefs: [{name: svc-v1, port: 80}]
         """))
+    until(c, "/mirrored/x", marked("mirror"), "the mirror route", svc="f")
+    tag = "/mirrored/once-%04x" % random.randrange(1 << 16)
+    assert info(req(c, tag, svc="f", headers={"Host": "f.example"}))["tag"] == "v1"
+    poll(lambda: ["GET", tag, "f.example-shadow"] in app_log(c, "v2"), timeout=10, what="the shadow copy at v2")
+    assert ["GET", tag, "f.example"] in app_log(c, "v1")
+    assert not [l for l in app_log(c, "v1") if l[1:2] == [tag] and l[2:] != ["f.example"]], app_log(c, "v1")
+    c.delete(d)
+
+
+def test_grpc_mirror_is_warned_not_silently_ignored(cluster):
+    """The waypoint mirrors HTTP/1.1 only: a GRPCRoute's mirror is converted with zmeshd's WARN naming the field,
+    the call is routed, and the waypoint logs that it sent no copy."""
+    c = cluster
+    d = c._write("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {name: grpc-mirror, namespace: %s}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: svc-v1, port: %d}]
+          rules:
+          - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: %d}}}]
+            backendRefs: [{name: svc-v1, port: %d}]
+        """ % (NS, GRPC, GRPC, GRPC))
     p = c.run("apply", "-f", d, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
-    want = "spec.rules[0].filters[0].requestMirror: RequestMirror is not applied by zmesh's waypoint yet"
-    poll(lambda: want in p.stdout + p.stderr + c.log("zmeshd"), timeout=APPLY_WAIT, what="the mirror warning")
-    # The route itself applies: the request is routed as the rule says.
-    r = until(c, "/mirrored/x", marked("mirror"), "the mirror route", svc="f")
-    assert info(r)["tag"] == "v1"
+    want = ("spec.rules[0].filters[0].requestMirror: RequestMirror of a GRPCRoute is not applied by zmesh's "
+            "waypoint yet")
+    poll(lambda: want in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd's mirror warning")
+    pod = c.waypoint_pods()[0]["metadata"]["name"]
+    line = "RequestMirror of route l7.grpc-mirror.0: not applied to HTTP/2 requests yet, no copy sent"
+
+    def warned():
+        assert grpc_call(c, "svc-v1")["unary"] == "v1:hello"
+        return line in c.pod_log(pod, "istio-proxy")
+    poll(warned, timeout=APPLY_WAIT, what="the waypoint's mirror warning (log %s)" % pod)
     c.delete(d)
 
 

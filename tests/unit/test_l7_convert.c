@@ -309,8 +309,9 @@ static const struct {
     {ROUTE("  rules: [{retry: {attempts: 3}}]\n"), MANIFEST_WARN,
      "spec.rules[0].retry: not supported by zmesh's waypoint yet, ignored"},
     {ROUTE("  colour: blue\n"), MANIFEST_WARN, "spec.colour: unknown field, ignored"},
-    {ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
-     MANIFEST_WARN, "spec.rules[0].filters[0].requestMirror: RequestMirror is not applied by zmesh's waypoint yet"},
+    {GROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+     MANIFEST_WARN, "spec.rules[0].filters[0].requestMirror: RequestMirror of a GRPCRoute is not applied"},
+
     {ROUTE("  rules: [{matches: [{path: {value: /a, extra: 1}}]}]\n"), MANIFEST_WARN,
      "spec.rules[0].matches[0].path.extra: unknown field, ignored"},
     {"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: app}\nspec:\n"
@@ -368,6 +369,18 @@ static void test_findings(void **state)
     }
 }
 
+/* An HTTPRoute's mirror is applied (HTTP/1.1): no finding, unlike a GRPCRoute's (the table above). */
+static void test_http_mirror_no_finding(void **state)
+{
+    (void)state;
+    struct run r;
+    char buf[8192];
+    convert(ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+            &r);
+    if (r.rc != 0 || r.n != 0) fail_msg("rc %d, findings:\n%s", r.rc, findings(&r, buf, sizeof(buf)));
+    free(r.pb);
+}
+
 /* An ALLOW rule left out (fail closed) leaves a policy that allows less: here nothing. */
 static void test_allow_rule_dropped_fails_closed(void **state)
 {
@@ -413,6 +426,7 @@ int main(void)
         cmocka_unit_test(test_grpc_route),
         cmocka_unit_test(test_authz_policy),
         cmocka_unit_test(test_findings),
+        cmocka_unit_test(test_http_mirror_no_finding),
         cmocka_unit_test(test_allow_rule_dropped_fails_closed),
         cmocka_unit_test(test_duration),
     };
