@@ -26,7 +26,8 @@ kinds:
            line in order, repeated names kept); and a python3-grpcio server on <grpc port> with raw-bytes methods
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
            /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
-           /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>")
+           /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>") and /l7test.Echo/Meta
+           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata)
 """
 import hashlib
 import http.server
@@ -201,10 +202,15 @@ def grpc_server(port, tag):
     def missing(req, ctx):
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing on " + tag)
 
+    def meta(req, ctx):
+        return json.dumps({"tag": tag, "metadata": [[k, v] for k, v in ctx.invocation_metadata()
+                                                     if isinstance(v, str)]}).encode()
+
     handler = grpc.method_handlers_generic_handler("l7test.Echo", {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
-        "Missing": grpc.unary_unary_rpc_method_handler(missing)})
+        "Missing": grpc.unary_unary_rpc_method_handler(missing),
+        "Meta": grpc.unary_unary_rpc_method_handler(meta)})
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     srv.add_generic_rpc_handlers((handler,))
     srv.add_insecure_port("0.0.0.0:%d" % port)

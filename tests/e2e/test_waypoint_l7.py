@@ -14,7 +14,8 @@ Checked: HTTPRoute weights (80/20 within tolerance over 200 requests, 100/0, all
 a request that just misses (404), precedence across routes; request/response header modifiers, URLRewrite prefix
 and hostname, redirects; `request` and `backendRequest` timeouts (504 `upstream request timeout`); authorization
 on the Gateway (ALLOW methods, DENY with `{*}`, principals, dry-run) and on a Service (403 `RBAC: access denied`);
-gRPC unary, server streaming and a handler's NOT_FOUND through the waypoint, a GRPCRoute method match, a denied
+gRPC unary, server streaming and a handler's NOT_FOUND through the waypoint, GRPCRoute method and header matches
+and header modifiers (metadata both ways), a denied
 gRPC call as PERMISSION_DENIED (Envoy's trailers-only local reply, counted 200 / grpc status 7); RequestMirror
 (HTTP/1.1 shadowed with -shadow, gRPC warned); `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
 Service's connections, never sending them around it. ZMESH_KEEP_CLUSTER=1 keeps the cluster for a post-mortem.
@@ -690,6 +691,58 @@ def test_grpcroute_method_match(cluster):
         assert o["stream"] == ["v1:%d" % i for i in range(5)], o
         assert o["missing"] == ["NOT_FOUND", "no such thing on v1"], o
     assert out["unary_md"] == "v2"
+    c.delete(d)
+
+
+GRPC_META = r'''
+import json, sys, grpc
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    md = json.loads(sys.argv[2])
+    resp, call = ch.unary_unary("/l7test.Echo/Meta").with_call(b"", metadata=md, timeout=10)
+    print(json.dumps({"server": json.loads(resp), "initial": [[k, v] for k, v in call.initial_metadata()]}))
+'''
+
+
+def grpc_meta(c, svc, md):
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_META,
+                        "%s:%d" % (c.vip(svc), GRPC), json.dumps(md)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_grpcroute_header_match_and_modifiers(cluster):
+    """A GRPCRoute on h2c: a metadata (header) match routes to v2, request header modifiers reach the server as
+    metadata, a response header modifier reaches the client's initial metadata."""
+    c = cluster
+    d = c.apply("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {name: grpc-headers, namespace: %s}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: svc-v1, port: %d}]
+          rules:
+          - matches: [{headers: [{name: x-canary, value: "yes"}]}]
+            filters:
+            - type: RequestHeaderModifier
+              requestHeaderModifier: {set: [{name: x-set, value: route}], add: [{name: x-add, value: added}], remove: [x-drop]}
+            - type: ResponseHeaderModifier
+              responseHeaderModifier: {set: [{name: x-route, value: canary}]}
+            backendRefs: [{name: svc-v2, port: %d}]
+          - backendRefs: [{name: svc-v1, port: %d}]
+        """ % (NS, GRPC, GRPC, GRPC))
+    md = [["x-canary", "yes"], ["x-set", "client"], ["x-drop", "gone"]]
+    out = poll(lambda: (lambda o: o if o["server"]["tag"] == "v2" else None)(grpc_meta(c, "svc-v1", md)),
+               timeout=APPLY_WAIT, what="the GRPCRoute header match")
+    seen = out["server"]["metadata"]
+    assert [v for k, v in seen if k == "x-set"] == ["route"], seen
+    assert [v for k, v in seen if k == "x-add"] == ["added"], seen
+    assert "x-drop" not in [k for k, _ in seen], seen
+    assert ["x-route", "canary"] in out["initial"], out["initial"]
+    # Without the header: the catch-all rule, v1, no modifiers.
+    out = grpc_meta(c, "svc-v1", [["x-set", "client"]])
+    assert out["server"]["tag"] == "v1"
+    assert [v for k, v in out["server"]["metadata"] if k == "x-set"] == ["client"]
+    assert "x-route" not in [k for k, _ in out["initial"]]
     c.delete(d)
 
 
