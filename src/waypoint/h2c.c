@@ -77,7 +77,7 @@ struct hc_x {
     bool routed, responded, grpc, ds_parked, us_parked; /* routed: down_request ran (DATA may come first) */
     int status;
     const char *flags;
-    char method[16], path[256], authority[256], request_id[40], upstream_host[IP_STRLEN + 32];
+    char method[16], path[256], authority[256], request_id[WP_REQUEST_ID_LEN], upstream_host[IP_STRLEN + 32];
     uint64_t start_mono, up_start_mono, bytes_received, bytes_sent;
     struct wp_decision dec; /* what wp_decide chose (strings borrowed from the tunnel's view) */
     struct lb_choice upstream_ep;
@@ -616,13 +616,6 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
 
 /* ---- downstream connection ---- */
 
-static void gen_request_id(struct wp_worker *w, char out[40])
-{
-    uint64_t a = wp_rand(w), b = wp_rand(w);
-    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff,
-             (unsigned)a & 0xfff, (unsigned)((b >> 48) & 0x3fff) | 0x8000, (unsigned long long)(b & 0xffffffffffffULL));
-}
-
 static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
 {
     (void)c;
@@ -677,7 +670,7 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         lh[nl++] = (struct l7_header){e->name, strlen(e->name), e->value, strlen(e->value)};
     }
     if (!have_rid) {
-        gen_request_id(t->w, x->request_id);
+        wp_request_id(t->w, x->request_id);
         hv[n++] = (struct http1_hdr){"x-request-id", 12, x->request_id, strlen(x->request_id)};
     }
     if (!have_xfp) hv[n++] = (struct http1_hdr){"x-forwarded-proto", 17, "http", 4};

@@ -74,7 +74,7 @@ struct h1_x {
     struct h1_up *u;
     char *head; /* copies of the request's strings */
     const char *method, *target, *authority, *user_agent, *xff;
-    char request_id[40];
+    char request_id[WP_REQUEST_ID_LEN];
     enum http1_framing req_framing, resp_framing_down;
     bool head_req, upgrade, req_done, resp_started, resp_done, local, keep_alive, http10, up_reusable;
     struct wp_decision dec; /* what wp_decide chose (its strings borrowed from the tunnel's view) */
@@ -705,14 +705,6 @@ static char *copy_str(char **q, const char *s, size_t n)
     return r;
 }
 
-static void gen_request_id(struct wp_worker *w, char out[40])
-{
-    uint64_t a = wp_rand(w), b = wp_rand(w);
-    /* UUID version 4, variant 1, as Envoy generates them */
-    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)(a >> 16) & 0xffff,
-             (unsigned)a & 0xfff, (unsigned)((b >> 48) & 0x3fff) | 0x8000, (unsigned long long)(b & 0xffffffffffffULL));
-}
-
 /* A lower-cased copy of a header name (Envoy lower-cases HTTP/1 header names it forwards). */
 static char *copy_lower(char **q, const char *s, size_t n)
 {
@@ -841,7 +833,7 @@ static int req_head(void *ud, const struct http1_head *h)
         if (n < HTTP1_MAX_HEADERS) hv[n++] = c;
     }
     if (!have_rid) {
-        gen_request_id(t->w, x->request_id);
+        wp_request_id(t->w, x->request_id);
         hv[n++] = (struct http1_hdr){"x-request-id", 12, x->request_id, strlen(x->request_id)};
     }
     if (!have_xfp) hv[n++] = (struct http1_hdr){"x-forwarded-proto", 17, "http", 4};

@@ -52,6 +52,15 @@ uint64_t wp_rand(struct wp_worker *w)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
+void wp_request_id(struct wp_worker *w, char out[WP_REQUEST_ID_LEN])
+{
+    uint64_t a = wp_rand(w), b = wp_rand(w);
+    /* UUID version 4, variant 1, as Envoy generates them */
+    snprintf(out, WP_REQUEST_ID_LEN, "%08x-%04x-4%03x-%04x-%012llx", (unsigned)(a >> 32),
+             (unsigned)(a >> 16) & 0xffff, (unsigned)a & 0xfff, (unsigned)((b >> 48) & 0x3fff) | 0x8000,
+             (unsigned long long)(b & 0xffffffffffffULL));
+}
+
 /* ---- views ---- */
 
 static pthread_mutex_t view_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -100,6 +100,9 @@ uint64_t wp_active(void);
 
 /* A uniformly random 64-bit value from the worker's generator. */
 uint64_t wp_rand(struct wp_worker *w);
+/* A new x-request-id (a UUID v4, as Envoy generates them) into out. */
+#define WP_REQUEST_ID_LEN 40
+void wp_request_id(struct wp_worker *w, char out[WP_REQUEST_ID_LEN]);
 
 /* One downstream tunnel: an HBONE CONNECT this waypoint answered, bridged to fd (the handler's end). */
 struct wp_tunnel {
