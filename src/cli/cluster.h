@@ -14,6 +14,10 @@
  *   zmeshd/             zmeshd's state (CA, token key)
  *   cni/bin/            CNI_PATH directory holding the zmesh-cni symlink */
 #pragma once
+
+/* The source of zmesh up's tcpSocket and httpGet probes (an address on each node's lo): Istio's kubelet probe
+ * address, which the in-pod rules leave to the app. */
+#define CLUSTER_PROBE_SRC "169.254.7.127"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

@@ -243,19 +243,26 @@ static void stop_pids(pid_t *pids, size_t n, uint64_t grace_ms)
 
 /* ---- probes: a forked child in the pod's (or node's) namespace; exit 0 is success ---- */
 
-static int connect_to(const char *ip, uint16_t port)
+/* A connection to ip:port, from src when not NULL. Pods' probes come from CLUSTER_PROBE_SRC (on the node's lo),
+ * as kubelet's probes arrive at an ambient pod after Istio's host SNAT: the in-pod rules pass them to the app
+ * instead of ztunnel, whose capture would accept any connection. */
+static int connect_to(const char *src, const char *ip, uint16_t port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    struct sockaddr_in from = {.sin_family = AF_INET};
     inet_pton(AF_INET, ip, &a.sin_addr);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a))) return -1;
+    if (fd < 0) return -1;
+    if (src && (inet_pton(AF_INET, src, &from.sin_addr) != 1 || bind(fd, (struct sockaddr *)&from, sizeof(from))))
+        return -1;
+    if (connect(fd, (struct sockaddr *)&a, sizeof(a))) return -1;
     return fd;
 }
 
 /* The child's body for an HTTP GET: 200-399 is success, as kubelet's httpGet probe. */
-static void http_check_child(const char *ip, uint16_t port, const char *path)
+static void http_check_child(const char *src, const char *ip, uint16_t port, const char *path)
 {
-    int fd = connect_to(ip, port);
+    int fd = connect_to(src, ip, port);
     if (fd < 0) _exit(2);
     char req[600], resp[64];
     int n =
@@ -391,10 +398,10 @@ static void container_probe_cb(struct timer *t)
     if (pid < 0) return;
     if (pid == 0) {
         if (ps->kind == PROBE_TCP) {
-            int fd = connect_to(p->sb.ip, ps->port);
+            int fd = connect_to(CLUSTER_PROBE_SRC, p->sb.ip, ps->port);
             _exit(fd < 0 ? 1 : 0);
         }
-        if (ps->kind == PROBE_HTTP) http_check_child(p->sb.ip, ps->port, ps->path);
+        if (ps->kind == PROBE_HTTP) http_check_child(CLUSTER_PROBE_SRC, p->sb.ip, ps->port, ps->path);
         for (char **e = c->spec->env; e && *e; e++)
             putenv(*e);
         execvp(ps->command[0], ps->command);
@@ -982,8 +989,8 @@ static void sys_check_cb(struct timer *t)
     pid_t pid = probe_fork(netns, CHECK_TIMEOUT_S);
     if (pid < 0) return;
     if (pid == 0) {
-        if (s->kind == SYS_ZMESHD) http_check_child(ctl->cfg->host_ip, CLUSTER_DEBUG_PORT, "/ready");
-        http_check_child("127.0.0.1", (uint16_t)(CLUSTER_ZTUNNEL_READY_PORT + zt_port_offset(s)),
+        if (s->kind == SYS_ZMESHD) http_check_child(NULL, ctl->cfg->host_ip, CLUSTER_DEBUG_PORT, "/ready");
+        http_check_child(NULL, "127.0.0.1", (uint16_t)(CLUSTER_ZTUNNEL_READY_PORT + zt_port_offset(s)),
                          "/healthz/ready");
     }
     s->check_pid = pid;

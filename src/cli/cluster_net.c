@@ -257,6 +257,10 @@ int net_node_up(const struct cluster_cfg *cfg, size_t i, char *err, size_t errle
     RUN("ip", "-n", ns, "addr", "add", cidr, "dev", "eth0");
     RUN("ip", "-n", ns, "link", "set", "eth0", "up");
     RUN("ip", "-n", ns, "link", "set", "lo", "up");
+    /* Kubelet's probes reach ambient pods from 169.254.7.127, which the in-pod rules let through to the app
+     * (Istio's node agent SNATs kubelet's probes to it, istio/istio cni/pkg/iptables CreateHostRulesForHealthChecks);
+     * zmesh up's prober binds to it, so a probe tests the app, not ztunnel's capture. */
+    RUN("ip", "-n", ns, "addr", "add", CLUSTER_PROBE_SRC "/32", "dev", "lo");
     RUN("ip", "-n", ns, "route", "add", "default", "via", (char *)cfg->host_ip);
     RUN("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1");
     /* The node's Service proxy (cluster_ctl.c, kube-proxy's iptables mode in miniature) DNATs in this chain;
