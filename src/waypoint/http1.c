@@ -1035,8 +1035,9 @@ static void down_parse(struct h1_down *d)
         side_consume(&d->s, (size_t)n);
         if (n == 0) break;
     }
-    d->in_feed = false;
+    /* Still "in feed" for the finish: a close it triggers is deferred to the caller, which checks d->freed. */
     if (d->x && d->x->req_done && d->x->resp_done) x_finish(d->x);
+    d->in_feed = false;
 }
 
 static void down_io(struct io *io, uint32_t ev)
