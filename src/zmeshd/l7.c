@@ -87,48 +87,39 @@ static void unknown_keys(struct conv *c, const json_t *obj, const char *path, co
     }
 }
 
-/* obj[key] as a string: 1 and *out when present, 0 when absent or null, -1 (ERROR reported) when not a
- * string. */
-static int get_str(struct conv *c, const json_t *obj, const char *key, const char *path, const char **out)
+/* obj[key] when it has JSON type t: 1 and *out when present, 0 when absent or null, -1 (ERROR "expected <what>"
+ * reported) when it has another type. */
+static int get_typed(struct conv *c, const json_t *obj, const char *key, const char *path, json_type t,
+                     const char *what, json_t **out)
 {
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) return 0;
-    if (!json_is_string(v)) {
+    if (json_typeof(v) != t) {
         char f[256];
         fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-        finding(c, MANIFEST_ERROR, f, "expected a string");
+        finding(c, MANIFEST_ERROR, f, "expected %s", what);
         return -1;
     }
-    *out = json_string_value(v);
+    *out = v;
     return 1;
+}
+
+static int get_str(struct conv *c, const json_t *obj, const char *key, const char *path, const char **out)
+{
+    json_t *v = NULL;
+    int rc = get_typed(c, obj, key, path, JSON_STRING, "a string", &v);
+    if (rc == 1) *out = json_string_value(v);
+    return rc;
 }
 
 static int get_obj(struct conv *c, const json_t *obj, const char *key, const char *path, json_t **out)
 {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_object(v)) {
-        char f[256];
-        fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-        finding(c, MANIFEST_ERROR, f, "expected a mapping");
-        return -1;
-    }
-    *out = v;
-    return 1;
+    return get_typed(c, obj, key, path, JSON_OBJECT, "a mapping", out);
 }
 
 static int get_list(struct conv *c, const json_t *obj, const char *key, const char *path, json_t **out)
 {
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_array(v)) {
-        char f[256];
-        fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-        finding(c, MANIFEST_ERROR, f, "expected a list");
-        return -1;
-    }
-    *out = v;
-    return 1;
+    return get_typed(c, obj, key, path, JSON_ARRAY, "a list", out);
 }
 
 /* An integer field in [lo, hi]: 1 and *out, 0 absent, -1 reported. */
