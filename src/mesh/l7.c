@@ -953,12 +953,33 @@ static int grow(void **arr, size_t *cap, size_t n, size_t elem)
     return 0;
 }
 
+const char *const l7_type_urls[L7_N_TYPES] = {L7_TYPE_URLS};
+_Static_assert(sizeof((const char *[]){L7_TYPE_URLS}) / sizeof(const char *) == L7_N_TYPES,
+               "L7_TYPE_URLS and enum l7_type disagree");
+
+const struct l7_retry l7_default_retry = {
+    .attempts = 2,
+    .on = L7_RETRY_CONNECT_FAILURE | L7_RETRY_REFUSED_STREAM | L7_RETRY_GRPC_UNAVAILABLE | L7_RETRY_GRPC_CANCELLED |
+          L7_RETRY_RETRIABLE_STATUS_CODES,
+    .codes = {503},
+    .n_codes = 1,
+    .retry_other_hosts = true,
+};
+
+int l7_type_index(const char *url)
+{
+    for (int i = 0; i < L7_N_TYPES; i++)
+        if (url && !strcmp(url, l7_type_urls[i])) return i;
+    return -1;
+}
+
 int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb,
                    size_t len, char *err, size_t errlen)
 {
     if (err && errlen) err[0] = 0;
-    bool is_route = strcmp(type_url, L7_TYPE_URL_HTTP_ROUTE) == 0;
-    bool is_pol = strcmp(type_url, L7_TYPE_URL_AUTHORIZATION) == 0;
+    int ti = l7_type_index(type_url);
+    bool is_route = ti == L7_T_HTTP_ROUTE;
+    bool is_pol = ti == L7_T_AUTHORIZATION;
     char what[600];
     snprintf(what, sizeof(what), "%s %.512s",
              is_route ? "HTTPRoute"

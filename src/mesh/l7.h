@@ -14,6 +14,15 @@
 #define L7_TYPE_URL_HTTP_ROUTE "type.googleapis.com/zmesh.v1.HTTPRoute"
 #define L7_TYPE_URL_AUTHORIZATION "type.googleapis.com/zmesh.v1.L7Authorization"
 
+/* The L7 resource types a waypoint subscribes to, in the order stores and tables keep them: one list for
+ * zmeshd's tables, the waypoint's subscription, its store and the builder's dispatch. */
+enum l7_type { L7_T_HTTP_ROUTE, L7_T_AUTHORIZATION, L7_N_TYPES };
+/* The type URLs in enum l7_type's order, as an initializer list (for static tables that add their own). */
+#define L7_TYPE_URLS L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION
+extern const char *const l7_type_urls[L7_N_TYPES];
+/* The enum l7_type of url, or -1. */
+int l7_type_index(const char *url);
+
 /* Bounds (Gateway API's CRD maxItems where it has one). A resource beyond one is refused, never truncated. */
 #define L7_MAX_RESOURCE_BYTES (1u << 20)
 #define L7_MAX_PARENTS 32
@@ -61,7 +70,10 @@ size_t l7_config_n_policies(const struct l7_config *c);
 
 /* ---- what a matched rule carries ---- */
 
-enum l7_route_kind { L7_ROUTE_HTTP = 0, L7_ROUTE_GRPC = 1 };
+/* Where a rule came from: Gateway API's HTTPRoute or GRPCRoute, or Istio's VirtualService (networking.istio.io
+ * v1/v1beta1, istio/api networking/v1alpha3/virtual_service.proto), which zmeshd converts into the same
+ * zmesh.v1.HTTPRoute. */
+enum l7_route_kind { L7_ROUTE_HTTP = 0, L7_ROUTE_GRPC = 1, L7_ROUTE_VIRTUAL_SERVICE = 2 };
 enum l7_filter_kind {
     L7_FILTER_REQUEST_HEADERS = 1,  /* RequestHeaderModifier */
     L7_FILTER_RESPONSE_HEADERS = 2, /* ResponseHeaderModifier */
@@ -69,7 +81,9 @@ enum l7_filter_kind {
     L7_FILTER_REWRITE = 4,          /* URLRewrite */
     L7_FILTER_MIRROR = 5,           /* RequestMirror */
 };
-enum l7_path_mod { L7_PATH_KEEP = 0, L7_PATH_FULL = 1, L7_PATH_PREFIX = 2 };
+/* REGEX: VirtualService's uriRegexRewrite (every match of a pattern in the path replaced, \\N back-references,
+ * Envoy's regex_rewrite). */
+enum l7_path_mod { L7_PATH_KEEP = 0, L7_PATH_FULL = 1, L7_PATH_PREFIX = 2, L7_PATH_REGEX = 3 };
 
 struct l7_kv {
     const char *name; /* lower-case */
@@ -88,10 +102,12 @@ struct l7_redirect {
     uint16_t port;                 /* 0 = unset */
     uint16_t status;               /* 301, 302, 303, 307, 308 */
 };
+struct l7_regex; /* a compiled PCRE2 pattern, owned by the config */
 struct l7_rewrite {
-    const char *hostname; /* "" = unchanged */
+    const char *hostname; /* "" = unchanged (VirtualService's rewrite.authority lands here too) */
     uint8_t path_kind;    /* enum l7_path_mod */
-    const char *path;
+    const char *path;     /* FULL/PREFIX: the value; REGEX: the substitution */
+    const struct l7_regex *path_regex; /* REGEX: the pattern */
 };
 struct l7_mirror {
     const char *ns, *name;
@@ -109,11 +125,77 @@ struct l7_filter {
 };
 struct l7_backend {
     const char *ns, *name; /* the Service */
+    const char *subset;    /* VirtualService destination.subset: a DestinationRule subset's name, "" = none */
     uint16_t port;
     uint32_t weight;
     const struct l7_filter *filters; /* header modifiers only */
     size_t n_filters;
 };
+/* ---- VirtualService-only parts of a rule (NULL in a rule that has none) ---- */
+
+/* Fractions are parts per million of requests (VirtualService's Percent 0..100 with decimals: 100% = 1000000). */
+#define L7_PPM 1000000u
+/* fault: delay (fixedDelay) and abort (httpStatus or grpcStatus), each for its own fraction of requests. */
+struct l7_fault {
+    uint64_t delay_ms;      /* 0 = no delay fault */
+    uint32_t delay_ppm;
+    uint16_t abort_status;  /* HTTP status of an abort, 0 = no abort fault (or a gRPC abort: grpc_status set) */
+    int16_t abort_grpc;     /* grpc-status of a gRPC abort (answered 200 trailers-only), -1 = none */
+    uint32_t abort_ppm;
+};
+/* retries.retryOn conditions (Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names). */
+enum l7_retry_on {
+    L7_RETRY_5XX = 1u << 0,
+    L7_RETRY_GATEWAY_ERROR = 1u << 1,
+    L7_RETRY_RESET = 1u << 2,
+    L7_RETRY_CONNECT_FAILURE = 1u << 3,
+    L7_RETRY_RETRIABLE_4XX = 1u << 4,
+    L7_RETRY_REFUSED_STREAM = 1u << 5,
+    L7_RETRY_RETRIABLE_STATUS_CODES = 1u << 6,
+    L7_RETRY_GRPC_CANCELLED = 1u << 7,
+    L7_RETRY_GRPC_DEADLINE_EXCEEDED = 1u << 8,
+    L7_RETRY_GRPC_INTERNAL = 1u << 9,
+    L7_RETRY_GRPC_RESOURCE_EXHAUSTED = 1u << 10,
+    L7_RETRY_GRPC_UNAVAILABLE = 1u << 11,
+};
+#define L7_MAX_RETRY_CODES 16
+/* retries: attempts are retries after the first try (VirtualService's attempts); status codes are the ones
+ * retryOn lists as numbers (Envoy's retriable_status_codes; 503 in Istio's default). */
+struct l7_retry {
+    uint32_t attempts;           /* 0 = no retries */
+    uint64_t per_try_timeout_ms; /* 0 = none */
+    uint32_t on;                 /* enum l7_retry_on bits */
+    uint16_t codes[L7_MAX_RETRY_CODES];
+    size_t n_codes;
+    bool retry_other_hosts;      /* Envoy's previous_hosts predicate: each retry goes to another host */
+};
+/* Istio's default retry policy, which applies to every rule (HTTPRoute and VirtualService) without retries:
+ * 2 attempts, connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (503), another host
+ * each time (istio/istio pilot/pkg/networking/core/route/retry/retry.go). */
+extern const struct l7_retry l7_default_retry;
+/* corsPolicy: allowOrigins (StringMatch exact/prefix/regex), the rest as Envoy's CorsPolicy. */
+struct l7_origin {
+    uint8_t type; /* 0 exact, 1 prefix, 2 regex (full match) */
+    const char *value;
+    const struct l7_regex *regex;
+};
+struct l7_cors {
+    const struct l7_origin *origins;
+    size_t n_origins;
+    const char *allow_methods, *allow_headers, *expose_headers; /* joined with ",", "" = unset */
+    int64_t max_age_s;                                          /* -1 = unset */
+    int8_t allow_credentials;                                   /* -1 unset, 0 false, 1 true */
+    bool unmatched_preflight_forward; /* unmatchedPreflights FORWARD (Istio's default) vs IGNORE */
+};
+/* True when origin[0..len) is allowed by c's allowOrigins. */
+bool l7_cors_origin_allowed(const struct l7_cors *c, const char *origin, size_t len);
+/* directResponse: answered by the waypoint with this status and body. */
+struct l7_direct_response {
+    uint16_t status;
+    const char *body; /* may hold NULs: body_len bytes */
+    size_t body_len;
+};
+
 struct l7_rule {
     const char *name;                /* the rule's name, else "<ns>.<name>.<index>" (for logs) */
     const char *route;               /* "<ns>/<name>" of its route */
@@ -127,6 +209,11 @@ struct l7_rule {
     uint64_t request_timeout_ms, backend_request_timeout_ms; /* 0 = none */
     const struct l7_redirect *redirect;                      /* the rule's RequestRedirect, or NULL */
     const struct l7_rewrite *rewrite;                        /* the rule's URLRewrite, or NULL */
+    /* VirtualService-only (NULL when unset; retry NULL means l7_default_retry) */
+    const struct l7_fault *fault;
+    const struct l7_retry *retry;
+    const struct l7_cors *cors;
+    const struct l7_direct_response *direct;
 };
 
 /* ---- matching ---- */

@@ -10,8 +10,6 @@
 #include "xds/nack.h"
 #include "xds/store.h"
 
-static const char *const types[] = {L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION};
-#define N_TYPES 2
 
 struct l7e {
     struct l7e *prv, *nxt; /* first-seen order, so a rebuild is stable */
@@ -25,19 +23,12 @@ struct l7_store {
         void *root; /* tsearch tree by name */
         struct l7e *head, *tail;
         size_t n;
-    } t[N_TYPES];
+    } t[L7_N_TYPES];
 };
-
-static int type_index(const char *url)
-{
-    for (int i = 0; i < N_TYPES; i++)
-        if (url && !strcmp(url, types[i])) return i;
-    return -1;
-}
 
 bool l7_store_handles(const char *type_url)
 {
-    return type_index(type_url) >= 0;
+    return l7_type_index(type_url) >= 0;
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -89,7 +80,7 @@ static void noop_free(void *p)
 void l7_store_free(struct l7_store *st)
 {
     if (!st) return;
-    for (int i = 0; i < N_TYPES; i++) {
+    for (int i = 0; i < L7_N_TYPES; i++) {
         tdestroy(st->t[i].root, noop_free);
         for (struct l7e *e = st->t[i].head, *n; e; e = n) {
             n = e->nxt;
@@ -101,7 +92,7 @@ void l7_store_free(struct l7_store *st)
 
 size_t l7_store_count(const struct l7_store *st, const char *type_url)
 {
-    int ti = type_index(type_url);
+    int ti = l7_type_index(type_url);
     return ti < 0 ? 0 : st->t[ti].n;
 }
 
@@ -111,9 +102,9 @@ static struct l7_config *build(struct l7_store *st)
     struct l7_builder *b = l7_builder_new();
     if (!b) return NULL;
     char err[512];
-    for (int i = 0; i < N_TYPES; i++)
+    for (int i = 0; i < L7_N_TYPES; i++)
         for (struct l7e *e = st->t[i].head; e; e = e->nxt)
-            if (l7_builder_add(b, types[i], e->name, e->bytes, e->len, err, sizeof(err)) == -ENOMEM) {
+            if (l7_builder_add(b, l7_type_urls[i], e->name, e->bytes, e->len, err, sizeof(err)) == -ENOMEM) {
                 l7_builder_free(b);
                 return NULL;
             }
@@ -140,7 +131,7 @@ int l7_store_apply(struct l7_store *st, const Envoy__Service__Discovery__V3__Del
 {
     struct xds_nack k = {0};
     void *seen = NULL;
-    int rc = 0, ti = type_index(resp->type_url);
+    int rc = 0, ti = l7_type_index(resp->type_url);
     *cfg = NULL;
     *nack = NULL;
     if (ti < 0) {
@@ -171,12 +162,12 @@ int l7_store_apply(struct l7_store *st, const Envoy__Service__Discovery__V3__Del
             xds_nack_add(&k, r->name, "XDS payload without resource");
             continue;
         }
-        if (!r->resource->type_url || strcmp(r->resource->type_url, types[ti])) {
+        if (!r->resource->type_url || strcmp(r->resource->type_url, l7_type_urls[ti])) {
             xds_nack_add(&k, r->name, "resource of type %.200s in a response of type %s",
-                         r->resource->type_url ? r->resource->type_url : "", types[ti]);
+                         r->resource->type_url ? r->resource->type_url : "", l7_type_urls[ti]);
             continue;
         }
-        int c = check(types[ti], r->name, r->resource->value.data, r->resource->value.len, err, sizeof(err));
+        int c = check(l7_type_urls[ti], r->name, r->resource->value.data, r->resource->value.len, err, sizeof(err));
         if (c == -ENOMEM) {
             rc = c;
             break;
@@ -239,7 +230,7 @@ int l7_store_apply(struct l7_store *st, const Envoy__Service__Discovery__V3__Del
 int l7_store_initial_versions(const struct l7_store *st, const char *type_url,
                               Envoy__Service__Discovery__V3__DeltaDiscoveryRequest *req)
 {
-    int ti = type_index(type_url);
+    int ti = l7_type_index(type_url);
     req->initial_resource_versions = NULL;
     req->n_initial_resource_versions = 0;
     if (ti < 0 || !st->t[ti].n) return 0;

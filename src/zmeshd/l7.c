@@ -1350,3 +1350,14 @@ out:
     l7_arena_free(&c.a);
     return rc;
 }
+
+int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, size_t *len, char *name, size_t name_n,
+                   manifest_report_fn report, void *ud)
+{
+    if (!strcmp(d->kind, "AuthorizationPolicy")) {
+        *type = L7_T_AUTHORIZATION;
+        return l7_convert_authz(d->doc, &d->src, pb, len, name, name_n, report, ud);
+    }
+    *type = L7_T_HTTP_ROUTE; /* HTTPRoute, GRPCRoute */
+    return l7_convert_route(d->doc, &d->src, pb, len, name, name_n, report, ud);
+}

@@ -29,5 +29,11 @@ int l7_convert_route(const json_t *obj, const struct manifest_src *src, uint8_t 
 int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
                      size_t name_n, manifest_report_fn report, void *ud);
 
+/* Converts one of manifest_l7_docs (the kinds the manifest reader keeps for the waypoint) into its resource:
+ * *type gets its enum l7_type (src/mesh/l7.h), the rest as l7_convert_route. Returns 0, -EINVAL, -ENOENT
+ * (nothing for a waypoint, no finding) or -ENOMEM. */
+int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, size_t *len, char *name, size_t name_n,
+                   manifest_report_fn report, void *ud);
+
 /* Gateway API's Duration (^([0-9]{1,5}(h|m|s|ms)){1,4}$, GEP-2257) in milliseconds. 0 or -EINVAL. */
 int l7_gateway_duration_ms(const char *s, uint64_t *ms);

@@ -33,7 +33,7 @@ struct zmeshd_xds {
     uint64_t streams_opened, streams_refused;
     struct {
         uint64_t responses, acks, nacks, resources_sent, bytes_sent;
-    } retired[5]; /* per type_urls[] */
+    } retired[3 + L7_N_TYPES]; /* per type_urls[] */
 };
 
 struct xds_stream {
@@ -50,9 +50,10 @@ struct xds_stream {
 
 /* ztunnel's two types, the node agents' PodEnrolment, and the waypoints' L7 types. A client is sent only the
  * types it subscribes to, so a ztunnel (Address and Authorization) never sees the others. */
-static const char *const type_urls[] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION, PB_TYPE_URL_POD_ENROLMENT,
-                                        L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION};
-#define N_TYPES (sizeof(type_urls) / sizeof(type_urls[0]))
+#define N_L4_TYPES 3
+#define N_TYPES (N_L4_TYPES + L7_N_TYPES)
+static const char *const type_urls[N_TYPES] = {PB_TYPE_URL_ADDRESS, PB_TYPE_URL_AUTHORIZATION, PB_TYPE_URL_POD_ENROLMENT,
+                                               L7_TYPE_URLS};
 
 /* ---- tables from snapshots ---- */
 
@@ -189,25 +190,26 @@ static int load_enrolments(struct zmeshd_xds *x, const struct manifest_store *st
     return rc;
 }
 
-/* Replaces the waypoints' tables with the L7 documents of st, converted (src/zmeshd/l7.h): each HTTPRoute and
- * GRPCRoute, and each AuthorizationPolicy with targetRefs. A document the conversion refuses is left out whole
- * (its findings say why); a second document with the same resource name is an ERROR and left out. */
+/* Replaces the waypoints' tables with the L7 documents of st, converted (src/zmeshd/l7.h, one table per
+ * enum l7_type). A document the conversion refuses is left out whole (its findings say why); a second document
+ * with the same resource name and type is an ERROR and left out. */
 static int load_l7(struct zmeshd_xds *x, const struct manifest_store *st)
 {
     size_t n = 0;
     const struct manifest_l7_doc *docs = manifest_l7_docs(st, &n);
-    struct vec routes = VEC(struct encoded), authz = VEC(struct encoded);
-    struct ads_diff dr = {0}, da = {0};
+    struct vec tables[L7_N_TYPES];
+    struct ads_diff diffs[L7_N_TYPES] = {0};
+    for (int t = 0; t < L7_N_TYPES; t++)
+        tables[t] = VEC(struct encoded);
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) {
-        bool is_authz = !strcmp(docs[i].kind, "AuthorizationPolicy");
         struct encoded e = {0};
         char name[L7_NAME_MAX];
-        int c = is_authz ? l7_convert_authz(docs[i].doc, &docs[i].src, &e.bytes, &e.len, name, sizeof(name), NULL, NULL)
-                         : l7_convert_route(docs[i].doc, &docs[i].src, &e.bytes, &e.len, name, sizeof(name), NULL, NULL);
+        int type = 0;
+        int c = l7_convert_doc(&docs[i], &type, &e.bytes, &e.len, name, sizeof(name), NULL, NULL);
         if (c == -ENOMEM) rc = c;
         if (c < 0) continue;
-        struct vec *v = is_authz ? &authz : &routes;
+        struct vec *v = &tables[type];
         bool dup = false;
         for (size_t k = 0; k < v->n && !dup; k++)
             dup = !strcmp(((struct encoded *)v->p)[k].name, name);
@@ -227,15 +229,16 @@ static int load_l7(struct zmeshd_xds *x, const struct manifest_store *st)
         }
         *slot = e;
     }
-    if (!rc) rc = table_load(x, L7_TYPE_URL_HTTP_ROUTE, &routes, &dr);
-    if (!rc) rc = table_load(x, L7_TYPE_URL_AUTHORIZATION, &authz, &da);
+    for (int t = 0; t < L7_N_TYPES && !rc; t++)
+        rc = table_load(x, l7_type_urls[t], &tables[t], &diffs[t]);
     if (rc == -ENOMEM)
         LOG_E("xds", "out of memory while converting L7 resources; waypoints keep the previous ones");
-    else if (!rc && (dr.added || dr.changed || dr.removed || da.added || da.changed || da.removed))
-        LOG_I("xds", "pushing: routes +%zu ~%zu -%zu, L7 policies +%zu ~%zu -%zu", dr.added, dr.changed,
-              dr.removed, da.added, da.changed, da.removed);
-    encoded_free(&routes);
-    encoded_free(&authz);
+    for (int t = 0; t < L7_N_TYPES && !rc; t++)
+        if (diffs[t].added || diffs[t].changed || diffs[t].removed)
+            LOG_I("xds", "pushing: %s +%zu ~%zu -%zu", strrchr(l7_type_urls[t], '.') + 1, diffs[t].added,
+                  diffs[t].changed, diffs[t].removed);
+    for (int t = 0; t < L7_N_TYPES; t++)
+        encoded_free(&tables[t]);
     return rc;
 }
 

@@ -145,7 +145,7 @@ static void publish(struct snapshot *s, struct l7_config *l7, const char *source
            "l7_policies", np, NULL);
 }
 
-static const char *const xds_types[] = {PB_TYPE_URL_ADDRESS, L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION};
+static const char *const xds_types[] = {PB_TYPE_URL_ADDRESS, L7_TYPE_URLS};
 
 /* Address goes to the snapshot store, the L7 types to the L7 store; the view is published (both together)
  * once the response is ACKed. */
@@ -258,14 +258,12 @@ static struct l7_config *load_local_l7(const char *dir)
     size_t n = 0;
     const struct manifest_l7_doc *docs = manifest_l7_docs(st, &n);
     for (size_t i = 0; i < n; i++) {
-        bool authz = !strcmp(docs[i].kind, "AuthorizationPolicy");
         uint8_t *pb = NULL;
         size_t len = 0;
         char name[L7_NAME_MAX], err[512];
-        int rc = authz ? l7_convert_authz(docs[i].doc, &docs[i].src, &pb, &len, name, sizeof(name), NULL, NULL)
-                       : l7_convert_route(docs[i].doc, &docs[i].src, &pb, &len, name, sizeof(name), NULL, NULL);
-        if (rc == 0 && l7_builder_add(b, authz ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
-                                      sizeof(err)) < 0)
+        int type = 0;
+        int rc = l7_convert_doc(&docs[i], &type, &pb, &len, name, sizeof(name), NULL, NULL);
+        if (rc == 0 && l7_builder_add(b, l7_type_urls[type], name, pb, len, err, sizeof(err)) < 0)
             log_kv(LOG_ERROR, "waypoint", "L7 resource left out", "name", name, "error", err, NULL);
         free(pb);
     }
