@@ -1,0 +1,130 @@
+/* JWT verification for RequestAuthentication (istio/api security/v1beta1/request_authentication.proto) with
+ * Envoy's jwt_authn semantics (envoyproxy/envoy source/extensions/filters/http/jwt_authn/, and its
+ * jwt_verify_lib: jwt.cc, jwks.cc, verify.cc, status.cc). Signatures go through OpenSSL 3 EVP and JSON
+ * through jansson. Debian 12's libjwt (1.10) lacks PS256, so it is deliberately not used here. */
+#pragma once
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* jwt_verify_lib's Status values that this module can produce; jwt_status_str gives Envoy's exact text,
+ * which is also the body of the 401 that jwt_authn sends. */
+enum jwt_status {
+    JWT_OK = 0,
+    JWT_MISSED,
+    JWT_NOT_YET_VALID,
+    JWT_EXPIRED,
+    JWT_BAD_FORMAT,
+    JWT_HEADER_BAD_BASE64,
+    JWT_HEADER_BAD_JSON,
+    JWT_HEADER_BAD_ALG,
+    JWT_HEADER_NOT_IMPLEMENTED_ALG,
+    JWT_HEADER_BAD_KID,
+    JWT_PAYLOAD_BAD_BASE64,
+    JWT_PAYLOAD_BAD_JSON,
+    JWT_PAYLOAD_ISS_NOT_STRING,
+    JWT_PAYLOAD_SUB_NOT_STRING,
+    JWT_PAYLOAD_IAT_NOT_INTEGER,
+    JWT_PAYLOAD_NBF_NOT_INTEGER,
+    JWT_PAYLOAD_EXP_NOT_INTEGER,
+    JWT_PAYLOAD_AUD_NOT_STRING,
+    JWT_SIGNATURE_BAD_BASE64,
+    JWT_UNKNOWN_ISSUER,
+    JWT_AUDIENCE_NOT_ALLOWED,
+    JWT_VERIFICATION_FAIL,
+    JWKS_PARSE_ERROR,
+    JWKS_NO_KEYS,
+    JWKS_BAD_KEYS,
+    JWKS_NO_VALID_KEYS,
+    JWKS_KID_ALG_MISMATCH,
+    JWKS_PEM_PARSE_ERROR,
+    JWT_N_STATUS
+};
+const char *jwt_status_str(enum jwt_status s);
+
+/* Envoy's clock skew for exp/nbf (jwt_authn config `clock_skew_seconds` default, jwt_verify_lib
+ * kClockSkewInSecond). */
+#define JWT_CLOCK_SKEW_S 60
+
+enum jwt_kty { JWT_KTY_RSA, JWT_KTY_EC };
+
+struct jwt_key {
+    enum jwt_kty kty;
+    char *kid; /* NULL when the JWK has none */
+    char *alg; /* NULL when the JWK has none */
+    int ec_nid; /* NID of the EC curve (EC keys) */
+    void *pkey; /* EVP_PKEY * */
+};
+
+struct jwt_jwks {
+    struct jwt_key *keys;
+    size_t n;
+};
+
+/* Parses a JWKS JSON document ({"keys":[...]}) or, as jwt_verify_lib's Jwks::createFrom(PEM) does, a PEM
+ * public key (RSA or EC). Keys of other kty (oct, OKP) are skipped with no error unless none remains, as
+ * jwt_verify_lib does. A bad key is an error: *err (size errlen) names the key index and field, e.g.
+ * "keys[1].n: not valid base64url". Returns JWT_OK and fills *out, else a JWKS_* status. */
+enum jwt_status jwt_jwks_parse(const char *text, size_t len, struct jwt_jwks *out, char *err, size_t errlen);
+void jwt_jwks_free(struct jwt_jwks *jwks);
+
+/* What a rule (one JWTRule of a RequestAuthentication) checks: issuer, and audiences (none = any). */
+struct jwt_rule {
+    const char *issuer;
+    const char *const *audiences;
+    size_t n_audiences;
+};
+
+/* A verified token. Strings are owned by the struct; free with jwt_result_free. */
+struct jwt_result {
+    char *principal; /* "<iss>/<sub>", Istio's request.auth.principal */
+    char *issuer;
+    char *subject;   /* "" when absent */
+    char *presenter; /* azp, NULL when absent */
+    char **audiences;
+    size_t n_audiences;
+    json_t *claims; /* the whole payload */
+};
+
+/* Verifies a compact JWS `token` (len bytes) against `rule` and `jwks` at unix time `now`. The order of
+ * checks is jwt_verify_lib's: format, header, payload, issuer, times, audiences, then the signature. */
+enum jwt_status jwt_verify(const char *token, size_t len, const struct jwt_rule *rule,
+                           const struct jwt_jwks *jwks, int64_t now, struct jwt_result *out);
+void jwt_result_free(struct jwt_result *r);
+
+/* Claim access for request.auth.claims[a][b]: walks `path` (n names) through nested objects. */
+const json_t *jwt_claim(const struct jwt_result *r, const char *const *path, size_t n);
+/* The claim's string values: a string gives one, an array of strings gives each (non-strings skipped), a
+ * number or bool its JSON text (as Envoy's metadata matching sees it). Returns the count written (<= max)
+ * into vals, each malloc'd (caller frees); -1 when absent or an object. */
+int jwt_claim_strings(const struct jwt_result *r, const char *const *path, size_t n, char **vals, size_t max);
+
+/* Token extraction, Istio's defaults: with no fromHeaders and no fromParams configured,
+ * `Authorization: Bearer <t>` and the `access_token` query parameter (istio/istio
+ * pilot/pkg/security/authn/policy_applier.go convertToEnvoyJwtConfig). */
+struct jwt_from_header {
+    const char *name;
+    const char *prefix; /* "" or NULL: the whole value */
+};
+struct jwt_locations {
+    const struct jwt_from_header *headers;
+    size_t n_headers;
+    const char *const *params;
+    size_t n_params;
+    const char *const *cookies;
+    size_t n_cookies;
+};
+/* A callback returning request header `name` (lower case) or NULL. */
+typedef const char *(*jwt_header_fn)(void *ctx, const char *name);
+/* Finds the token: headers (each with its prefix stripped; a value without the prefix is not a token),
+ * then query parameters of `path` (percent-decoding not applied, tokens are base64url), then cookies
+ * (from the `cookie` header). Writes a pointer into the request data and its length. Returns true when
+ * found. */
+bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, const char *path,
+                 const char **tok, size_t *tok_len);
+
+/* The `www-authenticate` value of jwt_authn's 401: `Bearer realm="http://<host><path>"` plus
+ * `, error="invalid_token"` for every failure but a missing token (envoy source/extensions/filters/http/
+ * jwt_authn/filter.cc onComplete). The path is without the query. Returns the length as snprintf. */
+int jwt_www_authenticate(char *buf, size_t len, const char *host, const char *path, enum jwt_status s);
