@@ -94,7 +94,10 @@ static long b64url_decode(const char *in, size_t len, unsigned char **out)
     return (long)o;
 }
 
-static char *xstrdup(const char *s) { return s ? strdup(s) : NULL; }
+static char *xstrdup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
 
 /* ---- JWKS ---- */
 
@@ -176,7 +179,9 @@ static EVP_PKEY *ec_key(json_t *k, size_t i, int *nid, char *err, size_t errlen)
         group = "P-384", clen = 48, *nid = NID_secp384r1;
     } else {
         snprintf(err, errlen, "keys[%zu].crv: %s", i,
-                 bad ? "not a string" : crv ? "unsupported curve (P-256, P-384)" : "missing");
+                 bad   ? "not a string"
+                 : crv ? "unsupported curve (P-256, P-384)"
+                       : "missing");
         return NULL;
     }
     const char *fx[2] = {"x", "y"};
@@ -539,7 +544,8 @@ enum jwt_status jwt_verify(const char *token, size_t len, const struct jwt_rule 
             if (json_is_string(jaud)) match = strcmp(json_string_value(jaud), rule->audiences[r]) == 0;
             size_t i;
             json_t *v;
-            json_array_foreach(jaud, i, v) match = match || strcmp(json_string_value(v), rule->audiences[r]) == 0;
+            json_array_foreach(jaud, i, v) match =
+                match || strcmp(json_string_value(v), rule->audiences[r]) == 0;
         }
         if (!match) {
             st = JWT_AUDIENCE_NOT_ALLOWED;
@@ -593,7 +599,8 @@ void jwt_result_free(struct jwt_result *r)
     free(r->issuer);
     free(r->subject);
     free(r->presenter);
-    for (size_t i = 0; i < r->n_audiences; i++) free(r->audiences[i]);
+    for (size_t i = 0; i < r->n_audiences; i++)
+        free(r->audiences[i]);
     free(r->audiences);
     json_decref(r->claims);
     memset(r, 0, sizeof(*r));
@@ -602,7 +609,8 @@ void jwt_result_free(struct jwt_result *r)
 const json_t *jwt_claim(const struct jwt_result *r, const char *const *path, size_t n)
 {
     const json_t *j = r->claims;
-    for (size_t i = 0; i < n && j; i++) j = json_is_object(j) ? json_object_get(j, path[i]) : NULL;
+    for (size_t i = 0; i < n && j; i++)
+        j = json_is_object(j) ? json_object_get(j, path[i]) : NULL;
     return n ? j : NULL;
 }
 
@@ -614,12 +622,15 @@ int jwt_claim_strings(const struct jwt_result *r, const char *const *path, size_
     if (json_is_array(j)) {
         size_t i;
         const json_t *v;
-        json_array_foreach(j, i, v) if (json_is_string(v) && (size_t)c < max) vals[c++] = strdup(json_string_value(v));
+        json_array_foreach(j, i, v) if (json_is_string(v) && (size_t)c < max) vals[c++] =
+            strdup(json_string_value(v));
         return c;
     }
     if (max == 0) return 0;
-    if (json_is_string(j)) vals[c++] = strdup(json_string_value(j));
-    else vals[c++] = json_dumps(j, JSON_ENCODE_ANY);
+    if (json_is_string(j))
+        vals[c++] = strdup(json_string_value(j));
+    else
+        vals[c++] = json_dumps(j, JSON_ENCODE_ANY);
     return c;
 }
 
@@ -650,7 +661,8 @@ static bool find_cookie(const char *cookies, const char *name, const char **tok,
     size_t nl = strlen(name);
     const char *p = cookies;
     while (p && *p) {
-        while (*p == ' ' || *p == ';') p++;
+        while (*p == ' ' || *p == ';')
+            p++;
         const char *end = strchr(p, ';');
         size_t seg = end ? (size_t)(end - p) : strlen(p);
         if (seg > nl && strncmp(p, name, nl) == 0 && p[nl] == '=') {

@@ -51,8 +51,8 @@ enum jwt_kty { JWT_KTY_RSA, JWT_KTY_EC };
 
 struct jwt_key {
     enum jwt_kty kty;
-    char *kid; /* NULL when the JWK has none */
-    char *alg; /* NULL when the JWK has none */
+    char *kid;  /* NULL when the JWK has none */
+    char *alg;  /* NULL when the JWK has none */
     int ec_nid; /* NID of the EC curve (EC keys) */
     void *pkey; /* EVP_PKEY * */
 };

@@ -1,0 +1,280 @@
+/* Unit tests for src/mesh/jwt.c: keys generated and tokens signed here with OpenSSL, JWKS built from them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+
+#include "mesh/jwt.h"
+
+#define NOW 1700000000
+
+static void b64u(const unsigned char *in, size_t n, char *out)
+{
+    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v =
+            (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) | (i + 2 < n ? in[i + 2] : 0);
+        out[o++] = a[v >> 18 & 63];
+        out[o++] = a[v >> 12 & 63];
+        if (i + 1 < n) out[o++] = a[v >> 6 & 63];
+        if (i + 2 < n) out[o++] = a[v & 63];
+    }
+    out[o] = 0;
+}
+
+static EVP_PKEY *rsa, *ec;
+static char jwks_json[4096];
+
+static void bn_b64(EVP_PKEY *k, const char *name, char *out)
+{
+    BIGNUM *bn = NULL;
+    EVP_PKEY_get_bn_param(k, name, &bn);
+    unsigned char buf[512];
+    int n = BN_bn2bin(bn, buf);
+    b64u(buf, (size_t)n, out);
+    BN_free(bn);
+}
+
+/* Signs header.payload; ec_len > 0 converts the DER ECDSA signature to JOSE r||s. */
+static char *sign(EVP_PKEY *k, const char *md, bool pss, size_t ec_len, const char *hdr, const char *pl)
+{
+    static char tok[8192];
+    char h[1024], p[2048];
+    b64u((const unsigned char *)hdr, strlen(hdr), h);
+    b64u((const unsigned char *)pl, strlen(pl), p);
+    snprintf(tok, sizeof(tok), "%s.%s", h, p);
+    EVP_MD_CTX *mc = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pc;
+    assert_int_equal(EVP_DigestSignInit_ex(mc, &pc, md, NULL, NULL, k, NULL), 1);
+    if (pss) {
+        EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PSS_PADDING);
+        EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, RSA_PSS_SALTLEN_DIGEST);
+    }
+    unsigned char sig[1024];
+    size_t sl = sizeof(sig);
+    assert_int_equal(EVP_DigestSign(mc, sig, &sl, (unsigned char *)tok, strlen(tok)), 1);
+    EVP_MD_CTX_free(mc);
+    if (ec_len) {
+        const unsigned char *q = sig;
+        ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &q, (long)sl);
+        unsigned char raw[96] = {0};
+        BN_bn2binpad(ECDSA_SIG_get0_r(es), raw, (int)ec_len);
+        BN_bn2binpad(ECDSA_SIG_get0_s(es), raw + ec_len, (int)ec_len);
+        ECDSA_SIG_free(es);
+        memcpy(sig, raw, 2 * ec_len);
+        sl = 2 * ec_len;
+    }
+    size_t l = strlen(tok);
+    tok[l++] = '.';
+    b64u(sig, sl, tok + l);
+    return tok;
+}
+
+static int setup(void **st)
+{
+    rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    char n[600], e[16], x[64], y[64];
+    bn_b64(rsa, OSSL_PKEY_PARAM_RSA_N, n);
+    bn_b64(rsa, OSSL_PKEY_PARAM_RSA_E, e);
+    bn_b64(ec, OSSL_PKEY_PARAM_EC_PUB_X, x);
+    bn_b64(ec, OSSL_PKEY_PARAM_EC_PUB_Y, y);
+    snprintf(jwks_json, sizeof(jwks_json),
+             "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"},{\"kty\":\"RSA\",\"kid\":\"r1\",\"n\":\"%s\",\"e\":"
+             "\"%s\"},"
+             "{\"kty\":\"EC\",\"kid\":\"e1\",\"crv\":\"P-256\",\"x\":\"%s\",\"y\":\"%s\"}]}",
+             n, e, x, y);
+    return rsa && ec ? 0 : -1;
+}
+
+static const char *auds[] = {"a1", "a2"};
+static const struct jwt_rule rule = {"https://iss", auds, 2};
+#define PL                                                                                                   \
+    "{\"iss\":\"https://iss\",\"sub\":\"u1\",\"aud\":[\"x\",\"a2\"],\"azp\":\"cli\",\"exp\":1700000100,"     \
+    "\"n\":{\"a\":{\"b\":\"deep\"}},\"grp\":[\"g1\",\"g2\"],\"num\":7,\"ok\":true}"
+
+static enum jwt_status run(const char *tok, const struct jwt_rule *r, struct jwt_result *res)
+{
+    struct jwt_jwks ks;
+    char err[256];
+    assert_int_equal(jwt_jwks_parse(jwks_json, strlen(jwks_json), &ks, err, sizeof(err)), JWT_OK);
+    assert_int_equal(ks.n, 2);
+    struct jwt_result tmp;
+    enum jwt_status s = jwt_verify(tok, strlen(tok), r, &ks, NOW, res ? res : &tmp);
+    if (!res) jwt_result_free(&tmp);
+    jwt_jwks_free(&ks);
+    return s;
+}
+
+static void test_algs(void **st)
+{
+    struct jwt_result r;
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", PL), &rule, &r), JWT_OK);
+    assert_string_equal(r.principal, "https://iss/u1");
+    assert_string_equal(r.presenter, "cli");
+    assert_int_equal(r.n_audiences, 2);
+    const char *p1[] = {"n", "a", "b"};
+    char *v[4];
+    assert_int_equal(jwt_claim_strings(&r, p1, 3, v, 4), 1);
+    assert_string_equal(v[0], "deep");
+    free(v[0]);
+    const char *p2[] = {"grp"};
+    assert_int_equal(jwt_claim_strings(&r, p2, 1, v, 4), 2);
+    assert_string_equal(v[1], "g2");
+    free(v[0]), free(v[1]);
+    const char *p3[] = {"num"}, *p4[] = {"ok"}, *p5[] = {"n"};
+    assert_int_equal(jwt_claim_strings(&r, p3, 1, v, 4), 1);
+    assert_string_equal(v[0], "7");
+    free(v[0]);
+    assert_int_equal(jwt_claim_strings(&r, p4, 1, v, 4), 1);
+    assert_string_equal(v[0], "true");
+    free(v[0]);
+    assert_int_equal(jwt_claim_strings(&r, p5, 1, v, 4), -1);
+    jwt_result_free(&r);
+    assert_int_equal(run(sign(rsa, "SHA384", false, 0, "{\"alg\":\"RS384\"}", PL), &rule, NULL), JWT_OK);
+    assert_int_equal(run(sign(rsa, "SHA512", false, 0, "{\"alg\":\"RS512\"}", PL), &rule, NULL), JWT_OK);
+    assert_int_equal(run(sign(rsa, "SHA256", true, 0, "{\"alg\":\"PS256\",\"kid\":\"r1\"}", PL), &rule, NULL),
+                     JWT_OK);
+    assert_int_equal(
+        run(sign(ec, "SHA256", false, 32, "{\"alg\":\"ES256\",\"kid\":\"e1\"}", PL), &rule, NULL), JWT_OK);
+    /* kid names another key: that key is the only candidate. */
+    assert_int_equal(
+        run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\",\"kid\":\"zz\"}", PL), &rule, NULL),
+        JWKS_KID_ALG_MISMATCH);
+    assert_int_equal(
+        run(sign(ec, "SHA256", false, 32, "{\"alg\":\"ES256\",\"kid\":\"r1\"}", PL), &rule, NULL),
+        JWKS_KID_ALG_MISMATCH);
+}
+
+static void test_failures(void **st)
+{
+    char *t = strdup(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", PL));
+    char *dot = strrchr(t, '.');
+    dot[3] = dot[3] == 'A' ? 'B' : 'A';
+    assert_int_equal(run(t, &rule, NULL), JWT_VERIFICATION_FAIL);
+    assert_string_equal(jwt_status_str(JWT_VERIFICATION_FAIL), "Jwt verification fails");
+    free(t);
+    /* tampered payload: signature of another payload spliced in */
+    char a[8192], b[8192];
+    strcpy(a, sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", PL));
+    strcpy(b,
+           sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", "{\"iss\":\"https://iss\",\"aud\":\"a1\"}"));
+    strcpy(strrchr(b, '.'), strrchr(a, '.'));
+    assert_int_equal(run(b, &rule, NULL), JWT_VERIFICATION_FAIL);
+    /* times with the 60 s skew */
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}",
+                              "{\"iss\":\"https://iss\",\"aud\":\"a1\",\"exp\":1699999941}"),
+                         &rule, NULL),
+                     JWT_OK);
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}",
+                              "{\"iss\":\"https://iss\",\"aud\":\"a1\",\"exp\":1699999939}"),
+                         &rule, NULL),
+                     JWT_EXPIRED);
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}",
+                              "{\"iss\":\"https://iss\",\"aud\":\"a1\",\"nbf\":1700000059}"),
+                         &rule, NULL),
+                     JWT_OK);
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}",
+                              "{\"iss\":\"https://iss\",\"aud\":\"a1\",\"nbf\":1700000061}"),
+                         &rule, NULL),
+                     JWT_NOT_YET_VALID);
+    assert_int_equal(
+        run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", "{\"iss\":\"other\",\"aud\":\"a1\"}"), &rule,
+            NULL),
+        JWT_UNKNOWN_ISSUER);
+    assert_int_equal(
+        run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", "{\"iss\":\"https://iss\",\"aud\":\"zz\"}"),
+            &rule, NULL),
+        JWT_AUDIENCE_NOT_ALLOWED);
+    struct jwt_rule any = {"https://iss", NULL, 0};
+    assert_int_equal(
+        run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", "{\"iss\":\"https://iss\",\"aud\":\"zz\"}"),
+            &any, NULL),
+        JWT_OK);
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"none\"}", PL), &rule, NULL),
+                     JWT_HEADER_NOT_IMPLEMENTED_ALG);
+    assert_int_equal(run(sign(rsa, "SHA256", false, 0, "{\"alg\":\"HS256\"}", PL), &rule, NULL),
+                     JWT_HEADER_NOT_IMPLEMENTED_ALG);
+    assert_int_equal(run("a.b", &rule, NULL), JWT_BAD_FORMAT);
+    assert_int_equal(run("a.b.c.d", &rule, NULL), JWT_BAD_FORMAT);
+    assert_int_equal(run("e30=.e30.AA", &rule, NULL), JWT_HEADER_BAD_BASE64);
+    /* "bm9" is "no" with non-zero trailing bits: strict base64url refuses it. */
+    assert_int_equal(run("bm9.e30.AA", &rule, NULL), JWT_HEADER_BAD_BASE64);
+    assert_int_equal(run("bm8.e30.AA", &rule, NULL), JWT_HEADER_BAD_JSON);
+    assert_int_equal(run("eyJhbGciOiJSUzI1NiJ9.e3.AA", &rule, NULL), JWT_PAYLOAD_BAD_BASE64);
+    assert_string_equal(jwt_status_str(JWT_BAD_FORMAT),
+                        "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections");
+}
+
+static const char *hget(void *ctx, const char *name)
+{
+    const char *const *h = ctx;
+    for (; *h; h += 2)
+        if (strcmp(h[0], name) == 0) return h[1];
+    return NULL;
+}
+
+static void test_extract(void **st)
+{
+    const char *t;
+    size_t n;
+    const char *h1[] = {"authorization", "Bearer abc", NULL};
+    assert_true(jwt_extract(NULL, hget, h1, "/p", &t, &n));
+    assert_int_equal(n, 3);
+    assert_memory_equal(t, "abc", 3);
+    const char *h0[] = {NULL};
+    assert_true(jwt_extract(NULL, hget, h0, "/p?x=1&access_token=tk", &t, &n));
+    assert_memory_equal(t, "tk", 2);
+    assert_false(jwt_extract(NULL, hget, h0, "/p?x=1", &t, &n));
+    struct jwt_from_header fh = {"x-jwt", "Tok "};
+    const char *cks[] = {"sess"};
+    struct jwt_locations loc = {&fh, 1, NULL, 0, cks, 1};
+    const char *h2[] = {"x-jwt", "Tok q1", "authorization", "Bearer no", NULL};
+    assert_true(jwt_extract(&loc, hget, h2, "/", &t, &n));
+    assert_memory_equal(t, "q1", 2);
+    const char *h3[] = {"authorization", "Bearer no", "cookie", "a=1; sess=c9", NULL};
+    assert_true(jwt_extract(&loc, hget, h3, "/", &t, &n));
+    assert_int_equal(n, 2);
+    assert_memory_equal(t, "c9", 2);
+    char buf[256];
+    jwt_www_authenticate(buf, sizeof(buf), "h.test", "/a?b", JWT_EXPIRED);
+    assert_string_equal(buf, "Bearer realm=\"http://h.test/a\", error=\"invalid_token\"");
+    jwt_www_authenticate(buf, sizeof(buf), "h.test", "/a", JWT_MISSED);
+    assert_string_equal(buf, "Bearer realm=\"http://h.test/a\"");
+}
+
+static void test_bad_jwks(void **st)
+{
+    struct jwt_jwks ks;
+    char err[256];
+    const char *j =
+        "{\"keys\":[{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"},{\"kty\":\"RSA\",\"e\":\"AQAB\"}]}";
+    assert_int_equal(jwt_jwks_parse(j, strlen(j), &ks, err, sizeof(err)), JWKS_BAD_KEYS);
+    assert_string_equal(err, "keys[1].n: missing");
+    j = "{\"keys\":[{\"kty\":\"EC\",\"crv\":\"P-521\",\"x\":\"AA\",\"y\":\"AA\"}]}";
+    assert_int_equal(jwt_jwks_parse(j, strlen(j), &ks, err, sizeof(err)), JWKS_BAD_KEYS);
+    assert_non_null(strstr(err, "keys[0].crv"));
+    assert_int_equal(jwt_jwks_parse("{}", 2, &ks, err, sizeof(err)), JWKS_NO_KEYS);
+    assert_int_equal(jwt_jwks_parse("nope", 4, &ks, err, sizeof(err)), JWKS_PARSE_ERROR);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_algs),
+        cmocka_unit_test(test_failures),
+        cmocka_unit_test(test_extract),
+        cmocka_unit_test(test_bad_jwks),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
