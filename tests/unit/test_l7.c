@@ -762,8 +762,8 @@ static void test_regex_rewrite_and_cors(void **state)
 
     void *ore = NULL;
     assert_int_equal(l7_re_compile("https://.*\\.example\\.com", &ore, err, sizeof(err)), 0);
-    struct l7_origin o[] = {{0, "https://a.test", NULL}, {1, "http://local", NULL},
-                            {2, "", (const struct l7_regex *)ore}};
+    struct l7_origin o[] = {
+        {0, "https://a.test", NULL}, {1, "http://local", NULL}, {2, "", (const struct l7_regex *)ore}};
     struct l7_cors c = {.origins = o, .n_origins = 3};
     assert_true(l7_cors_origin_allowed(&c, "https://a.test", 14));
     assert_false(l7_cors_origin_allowed(&c, "https://a.tes", 13));
