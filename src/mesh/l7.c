@@ -1595,3 +1595,92 @@ int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_
     if (pl < 0) return pl;
     return w + pl;
 }
+
+/* ---- VirtualService helpers ---- */
+
+bool l7_cors_origin_allowed(const struct l7_cors *c, const char *origin, size_t len)
+{
+    if (!c) return false;
+    for (size_t i = 0; i < c->n_origins; i++) {
+        const struct l7_origin *o = &c->origins[i];
+        size_t vn = strlen(o->value);
+        if (o->type == 0 && vn == len && memcmp(o->value, origin, len) == 0) return true;
+        if (o->type == 1 && vn <= len && memcmp(o->value, origin, vn) == 0) return true;
+        /* Envoy's allow_origin_string_match safe_regex: a full match, as every zmesh regex. */
+        if (o->type == 2 && o->regex && re_full((const pcre2_code *)o->regex, origin, len)) return true;
+    }
+    return false;
+}
+
+int l7_regex_compile_rewrite(const char *pattern, struct l7_regex **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    pthread_once(&re_once, re_init);
+    if (!re_mctx) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    if (strlen(pattern) > L7_MAX_STRING) {
+        snprintf(err, errlen, "regular expression longer than %d bytes", L7_MAX_STRING);
+        return -EINVAL;
+    }
+    int rc = re2_feature_check(pattern, err, errlen);
+    if (rc < 0) return rc;
+    int ec;
+    PCRE2_SIZE eo;
+    /* Not anchored: Envoy's regex_rewrite (RE2::GlobalReplace) replaces every match within the path. */
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | PCRE2_NEVER_BACKSLASH_C | PCRE2_DOLLAR_ENDONLY;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[128];
+        pcre2_get_error_message(ec, msg, sizeof(msg));
+        snprintf(err, errlen, "bad regular expression at offset %zu: %s", (size_t)eo, (char *)msg);
+        return -EINVAL;
+    }
+    *out = (struct l7_regex *)re;
+    return 0;
+}
+
+void l7_regex_free(struct l7_regex *re)
+{
+    pcre2_code_free((pcre2_code *)re);
+}
+
+int l7_rewrite_path_regex(const struct l7_regex *re, const char *sub, const char *path, size_t path_len,
+                          char *out, size_t n)
+{
+    if (!re || n == 0) return -EINVAL;
+    const char *q = memchr(path, '?', path_len);
+    size_t pn = q ? (size_t)(q - path) : path_len, qn = q ? path_len - pn : 0;
+    /* RE2's rewrite string (\0..\9 back-references, "\\" a backslash) in PCRE2's syntax (${N}, "$$"). */
+    char rep[2 * L7_MAX_STRING + 16];
+    size_t w = 0, sl = strlen(sub);
+    for (size_t i = 0; i < sl; i++) {
+        if (w + 5 > sizeof(rep)) return -ENOSPC;
+        if (sub[i] == '\\' && i + 1 < sl && sub[i + 1] >= '0' && sub[i + 1] <= '9') {
+            w += (size_t)snprintf(rep + w, sizeof(rep) - w, "${%c}", sub[i + 1]);
+            i++;
+        } else if (sub[i] == '\\' && i + 1 < sl && sub[i + 1] == '\\') {
+            rep[w++] = '\\';
+            i++;
+        } else if (sub[i] == '$') {
+            rep[w++] = '$';
+            rep[w++] = '$';
+        } else {
+            rep[w++] = sub[i];
+        }
+    }
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern((const pcre2_code *)re, NULL);
+    if (!md) return -ENOMEM;
+    PCRE2_SIZE outlen = n;
+    int rc = pcre2_substitute((const pcre2_code *)re, (PCRE2_SPTR)path, pn, 0, PCRE2_SUBSTITUTE_GLOBAL, md,
+                              re_mctx, (PCRE2_SPTR)rep, w, (PCRE2_UCHAR *)out, &outlen);
+    pcre2_match_data_free(md);
+    if (rc == PCRE2_ERROR_NOMEMORY) return -ENOSPC;
+    if (rc < 0) return -EINVAL;
+    /* The query is kept as Envoy keeps it: regex_rewrite applies to the path only. */
+    if (outlen + qn + 1 > n) return -ENOSPC;
+    if (qn) memcpy(out + outlen, q, qn);
+    out[outlen + qn] = 0;
+    return (int)(outlen + qn);
+}

@@ -265,3 +265,13 @@ int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_
 /* Compiles pattern the way routes and policies do (anchored full match, UTF-8, RE2's feature set) only to
  * check it: 0, or -EINVAL with the reason in err. For zmeshd's conversion. */
 int l7_regex_check(const char *pattern, char *err, size_t errlen);
+
+/* VirtualService's uriRegexRewrite: compiles pattern unanchored (every match in the path is replaced, as
+ * Envoy's regex_rewrite with RE2::GlobalReplace) into *out: 0, or -EINVAL/-ENOMEM with the reason in err.
+ * Free with l7_regex_free. */
+int l7_regex_compile_rewrite(const char *pattern, struct l7_regex **out, char *err, size_t errlen);
+void l7_regex_free(struct l7_regex *re);
+/* The path with every match of re replaced by sub (RE2 rewrite syntax: \\N back-references), the query kept.
+ * Writes a NUL-terminated string into out[0..n). Returns its length, -EINVAL or -ENOSPC. */
+int l7_rewrite_path_regex(const struct l7_regex *re, const char *sub, const char *path, size_t path_len,
+                          char *out, size_t n);

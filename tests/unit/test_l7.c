@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "mesh/l7.h"
+#include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7.h"
 
@@ -739,6 +740,40 @@ static void test_refcount(void **state)
     (void)head;
 }
 
+static void test_regex_rewrite_and_cors(void **state)
+{
+    (void)state;
+    char err[128], out[128];
+    struct l7_regex *re = NULL;
+    /* istio/api virtual_service.proto RegexRewrite example: match "^/service/([^/]+)(/.*)$", rewrite
+     * "\\2/instance/\\1". */
+    assert_int_equal(l7_regex_compile_rewrite("^/service/([^/]+)(/.*)$", &re, err, sizeof(err)), 0);
+    const char *p = "/service/foo/v1/api?x=1";
+    assert_int_equal(l7_rewrite_path_regex(re, "\\2/instance/\\1", p, strlen(p), out, sizeof(out)), 24);
+    assert_string_equal(out, "/v1/api/instance/foo?x=1");
+    assert_int_equal(l7_rewrite_path_regex(re, "/x", p, strlen(p), out, 4), -ENOSPC);
+    l7_regex_free(re);
+    /* Global: every match is replaced. */
+    assert_int_equal(l7_regex_compile_rewrite("o", &re, err, sizeof(err)), 0);
+    assert_int_equal(l7_rewrite_path_regex(re, "0$", "/foo/boo", 8, out, sizeof(out)), 12);
+    assert_string_equal(out, "/f0$0$/b0$0$");
+    l7_regex_free(re);
+    assert_int_equal(l7_regex_compile_rewrite("(", &re, err, sizeof(err)), -EINVAL);
+
+    void *ore = NULL;
+    assert_int_equal(l7_re_compile("https://.*\\.example\\.com", &ore, err, sizeof(err)), 0);
+    struct l7_origin o[] = {
+        {0, "https://a.test", NULL}, {1, "http://local", NULL}, {2, "", (const struct l7_regex *)ore}};
+    struct l7_cors c = {.origins = o, .n_origins = 3};
+    assert_true(l7_cors_origin_allowed(&c, "https://a.test", 14));
+    assert_false(l7_cors_origin_allowed(&c, "https://a.tes", 13));
+    assert_true(l7_cors_origin_allowed(&c, "http://localhost:8080", 21));
+    assert_true(l7_cors_origin_allowed(&c, "https://x.example.com", 21));
+    assert_false(l7_cors_origin_allowed(&c, "https://x.example.com.evil", 26));
+    assert_false(l7_cors_origin_allowed(NULL, "https://a.test", 14));
+    l7_re_free(ore);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -754,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_builder_errors),
         cmocka_unit_test(test_regex_match_limit),
         cmocka_unit_test(test_refcount),
+        cmocka_unit_test(test_regex_rewrite_and_cors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
