@@ -147,8 +147,9 @@ static int re2_feature_check(const char *p, char *err, size_t errlen)
     return 0;
 }
 
-/* Compiles pattern for full matches. Returns 0 and *out, or -EINVAL/-ENOMEM with err set. */
-static int re_compile(const char *pattern, pcre2_code **out, char *err, size_t errlen)
+/* Compiles pattern with RE2's feature set: anchored for full matches (Envoy's safe_regex), unanchored for a
+ * global replace (regex_rewrite). Returns 0 and *out, or -EINVAL/-ENOMEM with err set. */
+static int re_compile_as(const char *pattern, bool anchored, pcre2_code **out, char *err, size_t errlen)
 {
     pthread_once(&re_once, re_init);
     if (!re_mctx) {
@@ -163,10 +164,9 @@ static int re_compile(const char *pattern, pcre2_code **out, char *err, size_t e
     if (rc < 0) return rc;
     int ec;
     PCRE2_SIZE eo;
-    /* Anchored at both ends: Envoy's safe_regex matches the whole value. UTF-8 as RE2; invalid UTF-8 in a
-     * request is a non-match, not an error (PCRE2_MATCH_INVALID_UTF). */
-    uint32_t opts = PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF | PCRE2_MATCH_INVALID_UTF |
-                    PCRE2_NEVER_BACKSLASH_C | PCRE2_DOLLAR_ENDONLY;
+    /* UTF-8 as RE2; invalid UTF-8 in a request is a non-match, not an error (PCRE2_MATCH_INVALID_UTF). */
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | PCRE2_NEVER_BACKSLASH_C | PCRE2_DOLLAR_ENDONLY;
+    if (anchored) opts |= PCRE2_ANCHORED | PCRE2_ENDANCHORED;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];
@@ -185,6 +185,11 @@ static int re_compile(const char *pattern, pcre2_code **out, char *err, size_t e
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
     *out = re;
     return 0;
+}
+
+static int re_compile(const char *pattern, pcre2_code **out, char *err, size_t errlen)
+{
+    return re_compile_as(pattern, true, out, err, errlen);
 }
 
 int l7_re_compile(const char *pattern, void **out, char *err, size_t errlen)
@@ -1615,28 +1620,10 @@ bool l7_cors_origin_allowed(const struct l7_cors *c, const char *origin, size_t 
 int l7_regex_compile_rewrite(const char *pattern, struct l7_regex **out, char *err, size_t errlen)
 {
     *out = NULL;
-    pthread_once(&re_once, re_init);
-    if (!re_mctx) {
-        snprintf(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    if (strlen(pattern) > L7_MAX_STRING) {
-        snprintf(err, errlen, "regular expression longer than %d bytes", L7_MAX_STRING);
-        return -EINVAL;
-    }
-    int rc = re2_feature_check(pattern, err, errlen);
-    if (rc < 0) return rc;
-    int ec;
-    PCRE2_SIZE eo;
+    pcre2_code *re = NULL;
     /* Not anchored: Envoy's regex_rewrite (RE2::GlobalReplace) replaces every match within the path. */
-    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF | PCRE2_NEVER_BACKSLASH_C | PCRE2_DOLLAR_ENDONLY;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, opts, &ec, &eo, NULL);
-    if (!re) {
-        PCRE2_UCHAR msg[128];
-        pcre2_get_error_message(ec, msg, sizeof(msg));
-        snprintf(err, errlen, "bad regular expression at offset %zu: %s", (size_t)eo, (char *)msg);
-        return -EINVAL;
-    }
+    int rc = re_compile_as(pattern, false, &re, err, errlen);
+    if (rc < 0) return rc;
     *out = (struct l7_regex *)re;
     return 0;
 }
