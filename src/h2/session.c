@@ -1219,8 +1219,10 @@ static void conn_close(struct h2_conn *c, enum h2_end_reason reason, uint32_t co
         stream_finish(c->streams, &se, NGHTTP2_CANCEL);
     timer_stop(c->loop, &c->hs_timer);
     timer_stop(c->loop, &c->ping_timer);
-    if (c->perr && c->io.fd >= 0) {
-        /* An error GOAWAY was sent: keep the socket briefly so that it arrives. */
+    if ((c->perr || c->draining) && c->io.fd >= 0) {
+        /* A GOAWAY was sent (an error's, or a drain's): keep the socket briefly so that it arrives. A request
+         * the peer sent before reading it would otherwise meet a RST, which drops the GOAWAY from the peer's
+         * receive queue: the peer would see a reset connection instead of a refused (retryable) stream. */
         loop_io_del(c->loop, &c->io);
         fd_linger(c->loop, c->io.fd, c->set.linger_ms);
         c->io.fd = -1;
