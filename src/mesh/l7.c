@@ -232,11 +232,13 @@ static bool re_full(const pcre2_code *re, const char *s, size_t n)
 /* ---- the model ---- */
 
 enum path_kind { PK_ANY = 0, PK_EXACT, PK_PREFIX, PK_RAW_PREFIX, PK_REGEX };
+enum named_kind { NM_EXACT = 0, NM_REGEX, NM_PREFIX, NM_PRESENT };
 
 struct named_match {
     const char *name;
     size_t name_len;
     bool regex;
+    uint8_t kind; /* NM_EXACT, NM_REGEX, NM_PREFIX, NM_PRESENT (VirtualService adds the last two) */
     const char *value;
     size_t value_len;
     pcre2_code *re;
@@ -255,6 +257,10 @@ struct match_entry {
     const char *method; /* "" = any */
     const struct named_match *headers, *query;
     size_t n_headers, n_query;
+    /* VirtualService: ignoreUriCase, and withoutHeaders (each must not match) */
+    bool icase;
+    const struct named_match *without;
+    size_t n_without;
 };
 
 struct route {
@@ -472,13 +478,50 @@ static int header_mod(struct route *r, struct verr *v, const char *field, const 
 }
 
 static int path_mod(struct route *r, struct verr *v, const char *field, const Zmesh__V1__PathModifier *pb,
-                    uint8_t *kind, const char **path)
+                    uint8_t *kind, const char **path, const struct l7_regex **re)
 {
     *kind = L7_PATH_KEEP;
     *path = "";
+    if (re) *re = NULL;
     if (!pb || pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__NONE) return 0;
     char f[160];
     fld(f, sizeof(f), "%s.value", field);
+    bool vs = r->pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
+    if ((pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__PREFIX_REWRITE ||
+         pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__REGEX) &&
+        (!vs || !re)) {
+        fld(f, sizeof(f), "%s.type", field);
+        return fail(v, f, "PREFIX_REWRITE and REGEX are VirtualService rewrites only");
+    }
+    if (pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__PREFIX_REWRITE) {
+        /* Envoy's prefix_rewrite takes the value as written ("" removes the matched part). */
+        if (strchr(pb->value, '?') || strchr(pb->value, '#')) return fail(v, f, "a path has no '?' or '#'");
+        *kind = L7_PATH_RAW_PREFIX;
+        char *p;
+        int rc = copy_str(r, v, f, pb->value, &p);
+        *path = p;
+        return rc;
+    }
+    if (pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__REGEX) {
+        char er[300], pf[170];
+        fld(pf, sizeof(pf), "%s.pattern", field);
+        if (!pb->pattern[0]) return fail(v, pf, "missing");
+        if (!str_ok(pb->pattern))
+            return fail(v, pf, "control characters or longer than %d bytes", L7_MAX_STRING);
+        struct l7_regex *x = NULL;
+        int rc = l7_regex_compile_rewrite(pb->pattern, &x, er, sizeof(er));
+        if (rc < 0) return rc == -ENOMEM ? rc : fail(v, pf, "%s", er);
+        if ((rc = route_keep_re(r, (pcre2_code *)x)) < 0) {
+            l7_regex_free(x);
+            return rc;
+        }
+        *re = x;
+        *kind = L7_PATH_REGEX;
+        char *p;
+        rc = copy_str(r, v, f, pb->value, &p);
+        *path = p;
+        return rc;
+    }
     if (pb->type == ZMESH__V1__PATH_MODIFIER__TYPE__FULL) {
         if (pb->value[0] != '/')
             return fail(v, f, "ReplaceFullPath must start with '/': \"%.64s\"", pb->value);
@@ -505,7 +548,9 @@ static int backend_ref(struct route *r, struct verr *v, const char *field, const
     if (!pb) return fail(v, field, "missing");
     fld(f, sizeof(f), "%s.name", field);
     if (!pb->name[0] || !pb->namespace_[0]) return fail(v, f, "a backend needs a namespace and a name");
-    if (pb->port == 0 || pb->port > 65535) {
+    /* A VirtualService destination may leave the port out: the port the request came to. */
+    bool vs = r->pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
+    if ((pb->port == 0 && !vs) || pb->port > 65535) {
         fld(f, sizeof(f), "%s.port", field);
         return fail(v, f, "expected a port 1-65535, got %u", pb->port);
     }
@@ -555,7 +600,7 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
         o->scheme = s;
         o->hostname = h;
         fld(f, sizeof(f), "%s.request_redirect.path", field);
-        if ((rc = path_mod(r, v, f, rd->path, &o->path_kind, &o->path)) < 0) return rc;
+        if ((rc = path_mod(r, v, f, rd->path, &o->path_kind, &o->path, NULL)) < 0) return rc;
         if (rd->port > 65535) {
             fld(f, sizeof(f), "%s.request_redirect.port", field);
             return fail(v, f, "expected a port 1-65535, got %u", rd->port);
@@ -578,7 +623,8 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
         if ((rc = copy_str(r, v, f, rw->hostname, &h)) < 0) return rc;
         out->u.rewrite.hostname = h;
         fld(f, sizeof(f), "%s.url_rewrite.path", field);
-        return path_mod(r, v, f, rw->path, &out->u.rewrite.path_kind, &out->u.rewrite.path);
+        return path_mod(r, v, f, rw->path, &out->u.rewrite.path_kind, &out->u.rewrite.path,
+                        &out->u.rewrite.path_regex);
     }
     case ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_MIRROR: {
         const Zmesh__V1__RequestMirror *m = pb->request_mirror;
@@ -604,6 +650,7 @@ static int filter_build(struct route *r, struct verr *v, const char *field, cons
 static int named_matches(struct route *r, struct verr *v, const char *field, Zmesh__V1__NamedMatch *const *pb,
                          size_t n, bool header, const struct named_match **out)
 {
+    bool vs = r->pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
     char f[160];
     struct named_match *m = l7_arena_alloc(&r->arena, (n ? n : 1) * sizeof(*m));
     if (!m) return -ENOMEM;
@@ -632,9 +679,17 @@ static int named_matches(struct route *r, struct verr *v, const char *field, Zme
                 pcre2_code_free(m[i].re);
                 return rc;
             }
+            m[i].kind = NM_REGEX;
+        } else if (vs && pb[i]->type == ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX) {
+            m[i].kind = NM_PREFIX;
+        } else if (vs && header && pb[i]->type == ZMESH__V1__STRING_MATCH__TYPE__PRESENT) {
+            m[i].kind = NM_PRESENT;
         } else if (pb[i]->type != ZMESH__V1__STRING_MATCH__TYPE__EXACT) {
             fld(f, sizeof(f), "%s[%zu].type", field, i);
-            return fail(v, f, "expected EXACT or REGEX");
+            return fail(v, f,
+                        vs ? (header ? "expected EXACT, STRING_PREFIX, REGEX or PRESENT"
+                                     : "expected EXACT, STRING_PREFIX or REGEX")
+                           : "expected EXACT or REGEX");
         }
     }
     *out = m;
@@ -658,6 +713,84 @@ static int path_regex(struct route *r, struct verr *v, const char *field, struct
     return 0;
 }
 
+static bool method_ok(const char *m);
+
+/* A VirtualService HTTPMatchRequest: uri exact/prefix (a plain string prefix)/regex, optionally without case,
+ * method, headers and withoutHeaders (exact, prefix, regex, present), queryParams (exact, prefix, regex). No
+ * path shape is required: Istio passes uri values to Envoy as written. */
+static int vs_match_build(struct route *r, struct verr *v, const char *field, const Zmesh__V1__RouteMatch *pb,
+                          struct match_entry *e)
+{
+    char f[160];
+    int rc;
+    if (pb->grpc_service[0] || pb->grpc_method[0]) {
+        fld(f, sizeof(f), "%s.grpc_service", field);
+        return fail(v, f, "a VirtualService has no gRPC method match");
+    }
+    if (pb->path) {
+        fld(f, sizeof(f), "%s.path.value", field);
+        char *p;
+        if ((rc = copy_str(r, v, f, pb->path->value, &p)) < 0) return rc;
+        switch (pb->path->type) {
+        case ZMESH__V1__STRING_MATCH__TYPE__EXACT:
+        case ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX:
+            e->path_kind = pb->path->type == ZMESH__V1__STRING_MATCH__TYPE__EXACT ? PK_EXACT : PK_RAW_PREFIX;
+            e->path = p;
+            e->path_len = e->sort_len = strlen(p);
+            break;
+        case ZMESH__V1__STRING_MATCH__TYPE__REGEX:
+            if (pb->ignore_uri_case) {
+                /* Envoy's case_sensitive does not apply to safe_regex; Istio passes the pattern as written.
+                 */
+                char *ci = arena_printf(&r->arena, "(?i:%s)", p);
+                if (!ci) return -ENOMEM;
+                if (strstr(p, "\\Q")) return fail(v, f, "\\Q is not allowed with ignore_uri_case");
+                p = ci;
+            }
+            if ((rc = path_regex(r, v, f, e, p)) < 0) return rc;
+            break;
+        default:
+            fld(f, sizeof(f), "%s.path.type", field);
+            return fail(v, f, "expected EXACT, STRING_PREFIX or REGEX, got %d", (int)pb->path->type);
+        }
+    } else {
+        /* Istio's translation of a match without uri (and of a route without match): prefix "/". */
+        e->path_kind = PK_RAW_PREFIX;
+        e->path = "/";
+        e->path_len = e->sort_len = 1;
+    }
+    e->icase = pb->ignore_uri_case;
+    if (pb->method[0]) {
+        fld(f, sizeof(f), "%s.method", field);
+        if (!method_ok(pb->method))
+            return fail(
+                v, f,
+                "expected GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE or PATCH, got \"%.16s\"",
+                pb->method);
+        e->method = l7_arena_strndup(&r->arena, pb->method, strlen(pb->method));
+        if (!e->method) return -ENOMEM;
+    }
+    if (pb->n_headers > L7_MAX_HEADER_MATCHES || pb->n_query_params > L7_MAX_QUERY_MATCHES ||
+        pb->n_without_headers > L7_MAX_HEADER_MATCHES) {
+        fld(f, sizeof(f), "%s.%s", field,
+            pb->n_headers > L7_MAX_HEADER_MATCHES       ? "headers"
+            : pb->n_query_params > L7_MAX_QUERY_MATCHES ? "query_params"
+                                                        : "without_headers");
+        return fail(v, f, "more than %d entries", L7_MAX_HEADER_MATCHES);
+    }
+    fld(f, sizeof(f), "%s.headers", field);
+    if ((rc = named_matches(r, v, f, pb->headers, pb->n_headers, true, &e->headers)) < 0) return rc;
+    e->n_headers = pb->n_headers;
+    fld(f, sizeof(f), "%s.without_headers", field);
+    if ((rc = named_matches(r, v, f, pb->without_headers, pb->n_without_headers, true, &e->without)) < 0)
+        return rc;
+    e->n_without = pb->n_without_headers;
+    fld(f, sizeof(f), "%s.query_params", field);
+    if ((rc = named_matches(r, v, f, pb->query_params, pb->n_query_params, false, &e->query)) < 0) return rc;
+    e->n_query = pb->n_query_params;
+    return 0;
+}
+
 static int match_build(struct route *r, struct verr *v, const char *field, const Zmesh__V1__RouteMatch *pb,
                        bool grpc, struct match_entry *e)
 {
@@ -673,6 +806,12 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
         fld(f, sizeof(f), "%s.grpc_service", field);
         return fail(v, f, "an HTTPRoute has no gRPC method match");
     }
+    bool vs = r->pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
+    if (!vs && (pb->ignore_uri_case || pb->n_without_headers)) {
+        fld(f, sizeof(f), "%s.%s", field, pb->ignore_uri_case ? "ignore_uri_case" : "without_headers");
+        return fail(v, f, "VirtualService only");
+    }
+    if (vs) return vs_match_build(r, v, field, pb, e);
     if (pb->path) {
         const char *val = pb->path->value;
         fld(f, sizeof(f), "%s.path.value", field);
@@ -785,6 +924,209 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
     return 0;
 }
 
+/* A retryOn name (Envoy's x-envoy-retry-on / x-envoy-retry-grpc-on), or 0. */
+static uint32_t retry_on_bit(const char *s)
+{
+    static const struct {
+        const char *name;
+        uint32_t bit;
+    } names[] = {
+        {"5xx", L7_RETRY_5XX},
+        {"gateway-error", L7_RETRY_GATEWAY_ERROR},
+        {"reset", L7_RETRY_RESET},
+        {"connect-failure", L7_RETRY_CONNECT_FAILURE},
+        {"retriable-4xx", L7_RETRY_RETRIABLE_4XX},
+        {"refused-stream", L7_RETRY_REFUSED_STREAM},
+        {"retriable-status-codes", L7_RETRY_RETRIABLE_STATUS_CODES},
+        {"cancelled", L7_RETRY_GRPC_CANCELLED},
+        {"deadline-exceeded", L7_RETRY_GRPC_DEADLINE_EXCEEDED},
+        {"internal", L7_RETRY_GRPC_INTERNAL},
+        {"resource-exhausted", L7_RETRY_GRPC_RESOURCE_EXHAUSTED},
+        {"unavailable", L7_RETRY_GRPC_UNAVAILABLE},
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(s, names[i].name)) return names[i].bit;
+    return 0;
+}
+
+/* The VirtualService-only parts of a rule (fault, retry, cors, direct_response); refused on other kinds. */
+static int vs_rule_parts(struct route *r, struct verr *v, size_t ri, const Zmesh__V1__RouteRule *pb, bool vs,
+                         struct l7_rule *rule)
+{
+    char f[160];
+    int rc;
+    if (!vs && (pb->fault || pb->retry || pb->cors || pb->direct_response)) {
+        fld(f, sizeof(f), "rules[%zu].%s", ri,
+            pb->fault   ? "fault"
+            : pb->retry ? "retry"
+            : pb->cors  ? "cors"
+                        : "direct_response");
+        return fail(v, f, "VirtualService only");
+    }
+    if (pb->fault) {
+        const Zmesh__V1__Fault *fp = pb->fault;
+        struct l7_fault *o = l7_arena_alloc(&r->arena, sizeof(*o));
+        if (!o) return -ENOMEM;
+        if (fp->delay_ppm > L7_PPM || fp->abort_ppm > L7_PPM) {
+            fld(f, sizeof(f), "rules[%zu].fault.%s", ri, fp->delay_ppm > L7_PPM ? "delay_ppm" : "abort_ppm");
+            return fail(v, f, "more than %u parts per million", L7_PPM);
+        }
+        if (fp->delay_ms > 24ull * 3600 * 1000) {
+            fld(f, sizeof(f), "rules[%zu].fault.delay_ms", ri);
+            return fail(v, f, "longer than a day");
+        }
+        if (fp->abort_http_status && (fp->abort_http_status < 200 || fp->abort_http_status > 599)) {
+            fld(f, sizeof(f), "rules[%zu].fault.abort_http_status", ri);
+            return fail(v, f, "expected 200-599, got %u", fp->abort_http_status);
+        }
+        if (fp->abort_grpc && (fp->abort_grpc_status > 16 || fp->abort_http_status)) {
+            fld(f, sizeof(f), "rules[%zu].fault.abort_grpc_status", ri);
+            return fail(v, f, "expected a gRPC status 0-16 and no HTTP status, got %u",
+                        fp->abort_grpc_status);
+        }
+        o->delay_ms = fp->delay_ms;
+        o->delay_ppm = fp->delay_ms ? fp->delay_ppm : 0;
+        o->abort_status = (uint16_t)fp->abort_http_status;
+        o->abort_grpc = fp->abort_grpc ? (int16_t)fp->abort_grpc_status : -1;
+        o->abort_ppm = (o->abort_status || fp->abort_grpc) ? fp->abort_ppm : 0;
+        rule->fault = o;
+    }
+    if (pb->retry) {
+        const Zmesh__V1__Retry *rp = pb->retry;
+        struct l7_retry *o = l7_arena_alloc(&r->arena, sizeof(*o));
+        if (!o) return -ENOMEM;
+        if (rp->attempts > 100) {
+            fld(f, sizeof(f), "rules[%zu].retry.attempts", ri);
+            return fail(v, f, "expected 0-100, got %u", rp->attempts);
+        }
+        o->attempts = rp->attempts;
+        o->per_try_timeout_ms = rp->per_try_timeout_ms;
+        o->retry_other_hosts = rp->retry_other_hosts;
+        for (size_t i = 0; i < rp->n_retry_on; i++) {
+            uint32_t bit = retry_on_bit(rp->retry_on[i]);
+            if (!bit) {
+                fld(f, sizeof(f), "rules[%zu].retry.retry_on[%zu]", ri, i);
+                return fail(v, f, "unknown retry condition \"%.40s\"", rp->retry_on[i]);
+            }
+            o->on |= bit;
+        }
+        if (rp->n_retry_on_codes > L7_MAX_RETRY_CODES) {
+            fld(f, sizeof(f), "rules[%zu].retry.retry_on_codes", ri);
+            return fail(v, f, "more than %d entries", L7_MAX_RETRY_CODES);
+        }
+        for (size_t i = 0; i < rp->n_retry_on_codes; i++) {
+            if (rp->retry_on_codes[i] < 100 || rp->retry_on_codes[i] > 599) {
+                fld(f, sizeof(f), "rules[%zu].retry.retry_on_codes[%zu]", ri, i);
+                return fail(v, f, "expected 100-599, got %u", rp->retry_on_codes[i]);
+            }
+            o->codes[o->n_codes++] = (uint16_t)rp->retry_on_codes[i];
+        }
+        if (o->n_codes) o->on |= L7_RETRY_RETRIABLE_STATUS_CODES;
+        rule->retry = o;
+    }
+    if (pb->cors) {
+        const Zmesh__V1__CorsPolicy *cp = pb->cors;
+        struct l7_cors *o = l7_arena_alloc(&r->arena, sizeof(*o));
+        struct l7_origin *og =
+            l7_arena_alloc(&r->arena, (cp->n_allow_origins ? cp->n_allow_origins : 1) * sizeof(*og));
+        if (!o || !og) return -ENOMEM;
+        if (cp->n_allow_origins > L7_MAX_MATCHES) {
+            fld(f, sizeof(f), "rules[%zu].cors.allow_origins", ri);
+            return fail(v, f, "more than %d entries", L7_MAX_MATCHES);
+        }
+        for (size_t i = 0; i < cp->n_allow_origins; i++) {
+            const Zmesh__V1__StringMatch *m = cp->allow_origins[i];
+            char *val;
+            fld(f, sizeof(f), "rules[%zu].cors.allow_origins[%zu].value", ri, i);
+            if ((rc = copy_str(r, v, f, m->value, &val)) < 0) return rc;
+            og[i].value = val;
+            if (m->type == ZMESH__V1__STRING_MATCH__TYPE__EXACT) {
+                og[i].type = 0;
+            } else if (m->type == ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX) {
+                og[i].type = 1;
+            } else if (m->type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
+                char er[300];
+                pcre2_code *re = NULL;
+                og[i].type = 2;
+                if ((rc = re_compile(val, &re, er, sizeof(er))) < 0)
+                    return rc == -ENOMEM ? rc : fail(v, f, "%s", er);
+                if ((rc = route_keep_re(r, re)) < 0) {
+                    pcre2_code_free(re);
+                    return rc;
+                }
+                og[i].regex = (const struct l7_regex *)re;
+            } else {
+                fld(f, sizeof(f), "rules[%zu].cors.allow_origins[%zu].type", ri, i);
+                return fail(v, f, "expected EXACT, STRING_PREFIX or REGEX");
+            }
+        }
+        o->origins = og;
+        o->n_origins = cp->n_allow_origins;
+        char *const *lists[3] = {cp->allow_methods, cp->allow_headers, cp->expose_headers};
+        size_t ns[3] = {cp->n_allow_methods, cp->n_allow_headers, cp->n_expose_headers};
+        const char *names[3] = {"allow_methods", "allow_headers", "expose_headers"};
+        const char *joined[3];
+        for (int l = 0; l < 3; l++) {
+            size_t total = 1;
+            for (size_t i = 0; i < ns[l]; i++) {
+                fld(f, sizeof(f), "rules[%zu].cors.%s[%zu]", ri, names[l], i);
+                if (!token_ok(lists[l][i])) return fail(v, f, "not a token: \"%.64s\"", lists[l][i]);
+                total += strlen(lists[l][i]) + 1;
+            }
+            if (total > L7_MAX_STRING) {
+                fld(f, sizeof(f), "rules[%zu].cors.%s", ri, names[l]);
+                return fail(v, f, "longer than %d bytes joined", L7_MAX_STRING);
+            }
+            char *j = l7_arena_alloc(&r->arena, total);
+            if (!j) return -ENOMEM;
+            size_t w = 0;
+            /* Envoy joins the lists with "," (Istio's translation: strings.Join(..., ",")). */
+            for (size_t i = 0; i < ns[l]; i++)
+                w += (size_t)snprintf(j + w, total - w, "%s%s", i ? "," : "", lists[l][i]);
+            joined[l] = j;
+        }
+        o->allow_methods = joined[0];
+        o->allow_headers = joined[1];
+        o->expose_headers = joined[2];
+        if (cp->has_max_age && cp->max_age_s < 0) {
+            fld(f, sizeof(f), "rules[%zu].cors.max_age_s", ri);
+            return fail(v, f, "negative");
+        }
+        o->max_age_s = cp->has_max_age ? cp->max_age_s : -1;
+        o->allow_credentials = cp->allow_credentials == ZMESH__V1__CORS_POLICY__TRISTATE__TRUE    ? 1
+                               : cp->allow_credentials == ZMESH__V1__CORS_POLICY__TRISTATE__FALSE ? 0
+                                                                                                  : -1;
+        o->unmatched_preflight_forward = !cp->unmatched_preflight_ignore;
+        rule->cors = o;
+    }
+    if (pb->direct_response) {
+        const Zmesh__V1__DirectResponse *dp = pb->direct_response;
+        struct l7_direct_response *o = l7_arena_alloc(&r->arena, sizeof(*o));
+        if (!o) return -ENOMEM;
+        if (dp->status < 200 || dp->status > 599) {
+            fld(f, sizeof(f), "rules[%zu].direct_response.status", ri);
+            return fail(v, f, "expected 200-599, got %u", dp->status);
+        }
+        /* Envoy's max_direct_response_body_size_bytes default: 4096. */
+        if (dp->body.len > L7_MAX_STRING) {
+            fld(f, sizeof(f), "rules[%zu].direct_response.body", ri);
+            return fail(v, f, "longer than %d bytes", L7_MAX_STRING);
+        }
+        char *body = l7_arena_alloc(&r->arena, dp->body.len + 1);
+        if (!body) return -ENOMEM;
+        if (dp->body.len) memcpy(body, dp->body.data, dp->body.len);
+        o->status = (uint16_t)dp->status;
+        o->body = body;
+        o->body_len = dp->body.len;
+        rule->direct = o;
+        if (rule->redirect || pb->n_backends) {
+            fld(f, sizeof(f), "rules[%zu].direct_response", ri);
+            return fail(v, f, "a direct response excludes a redirect and backends");
+        }
+    }
+    return 0;
+}
+
 static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V1__RouteRule *pb, bool grpc,
                       struct l7_rule *rule, size_t *n_entries)
 {
@@ -792,7 +1134,8 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
     int rc;
     const Zmesh__V1__HTTPRoute *rp = r->pb;
     rule->route = r->key;
-    rule->kind = grpc ? L7_ROUTE_GRPC : L7_ROUTE_HTTP;
+    bool vs = rp->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
+    rule->kind = vs ? L7_ROUTE_VIRTUAL_SERVICE : grpc ? L7_ROUTE_GRPC : L7_ROUTE_HTTP;
     rule->index = (uint32_t)ri;
     fld(f, sizeof(f), "rules[%zu].name", ri);
     if (pb->name[0]) {
@@ -845,6 +1188,14 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
         }
         be[i].weight = b->weight;
         total += b->weight;
+        be[i].subset = "";
+        if (b->subset[0]) {
+            char *sub;
+            fld(f, sizeof(f), "rules[%zu].backends[%zu].subset", ri, i);
+            if (!vs) return fail(v, f, "VirtualService only");
+            if ((rc = copy_str(r, v, f, b->subset, &sub)) < 0) return rc;
+            be[i].subset = sub;
+        }
         if (b->n_filters > L7_MAX_FILTERS) {
             fld(f, sizeof(f), "rules[%zu].backends[%zu].filters", ri, i);
             return fail(v, f, "more than %d entries", L7_MAX_FILTERS);
@@ -871,6 +1222,7 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
                         (unsigned long long)rule->request_timeout_ms);
         }
     }
+    if ((rc = vs_rule_parts(r, v, ri, pb, vs, rule)) < 0) return rc;
     for (size_t i = 0; i < pb->n_matches; i++) {
         struct match_entry *e = &r->entries[*n_entries];
         memset(e, 0, sizeof(*e));
@@ -893,7 +1245,8 @@ static int route_build(struct route *r, struct verr *v)
     char f[64];
     int rc;
     bool grpc = pb->kind == ZMESH__V1__HTTPROUTE__KIND__GRPC;
-    if (pb->kind != ZMESH__V1__HTTPROUTE__KIND__HTTP && !grpc)
+    if (pb->kind != ZMESH__V1__HTTPROUTE__KIND__HTTP &&
+        pb->kind != ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE && !grpc)
         return fail(v, "kind", "unknown kind %d", (int)pb->kind);
     if (!pb->namespace_[0] || !pb->name[0] || strlen(pb->namespace_) + strlen(pb->name) + 2 > 512 ||
         !str_ok(pb->namespace_) || !str_ok(pb->name))
@@ -964,8 +1317,8 @@ _Static_assert(sizeof((const char *[]){L7_TYPE_URLS}) / sizeof(const char *) == 
 
 const struct l7_retry l7_default_retry = {
     .attempts = 2,
-    .on = L7_RETRY_CONNECT_FAILURE | L7_RETRY_REFUSED_STREAM | L7_RETRY_GRPC_UNAVAILABLE | L7_RETRY_GRPC_CANCELLED |
-          L7_RETRY_RETRIABLE_STATUS_CODES,
+    .on = L7_RETRY_CONNECT_FAILURE | L7_RETRY_REFUSED_STREAM | L7_RETRY_GRPC_UNAVAILABLE |
+          L7_RETRY_GRPC_CANCELLED | L7_RETRY_RETRIABLE_STATUS_CODES,
     .codes = {503},
     .n_codes = 1,
     .retry_other_hosts = true,
@@ -1059,6 +1412,19 @@ static int entry_cmp(const void *pa, const void *pb)
 {
     const struct match_entry *a = *(const struct match_entry *const *)pa,
                              *b = *(const struct match_entry *const *)pb;
+    /* A VirtualService's http routes are tried in the order written (Envoy's route list, first match wins);
+     * several VirtualServices on one host are merged oldest first (Istio's merge of sidecar VirtualServices).
+     */
+    bool va = a->rule->kind == L7_ROUTE_VIRTUAL_SERVICE, vb = b->rule->kind == L7_ROUTE_VIRTUAL_SERVICE;
+    if (va != vb) return va ? 1 : -1;
+    if (va) {
+        if (a->route != b->route) {
+            if (a->route->created != b->route->created) return a->route->created < b->route->created ? -1 : 1;
+            return strcmp(a->route->key, b->route->key);
+        }
+        if (a->rule_idx != b->rule_idx) return a->rule_idx < b->rule_idx ? -1 : 1;
+        return a->match_idx < b->match_idx ? -1 : a->match_idx > b->match_idx;
+    }
     int ra = path_rank(a->path_kind), rb = path_rank(b->path_kind);
     if (ra != rb) return rb - ra;
     if (a->sort_len != b->sort_len) return a->sort_len > b->sort_len ? -1 : 1;
@@ -1106,11 +1472,21 @@ static int routes_set(struct l7_service_routes *out, const struct bind *bs, size
     for (size_t i = 0; i < out->n; i++)
         if (w == 0 || out->e[w - 1] != out->e[i]) out->e[w++] = out->e[i];
     out->n = w;
-    /* GEP-1426 (Route types): when routes of different types bind one Service and port, only the most specific
-     * type applies, GRPCRoute before HTTPRoute; the others are ignored there. */
-    bool grpc = false;
-    for (size_t i = 0; i < out->n; i++)
+    /* GEP-1426 (Route types): when routes of different types bind one Service and port, only the most
+     * specific type applies, GRPCRoute before HTTPRoute; the others are ignored there. */
+    bool grpc = false, gateway = false;
+    for (size_t i = 0; i < out->n; i++) {
         if (out->e[i]->rule->kind == L7_ROUTE_GRPC) grpc = true;
+        if (out->e[i]->rule->kind != L7_ROUTE_VIRTUAL_SERVICE) gateway = true;
+    }
+    /* A VirtualService and a Gateway API route on one Service: Istio leaves it undefined; zmesh takes the
+     * Gateway API route (zmeshd reports the VirtualService as ignored, src/zmeshd/vs.h). */
+    if (gateway) {
+        w = 0;
+        for (size_t i = 0; i < out->n; i++)
+            if (out->e[i]->rule->kind != L7_ROUTE_VIRTUAL_SERVICE) out->e[w++] = out->e[i];
+        out->n = w;
+    }
     if (grpc) {
         w = 0;
         for (size_t i = 0; i < out->n; i++)
@@ -1427,8 +1803,27 @@ static ssize_t query_value(const char *q, size_t qn, const char *name, size_t na
 
 static bool named_ok(const struct named_match *m, const char *val, size_t n)
 {
-    if (m->regex) return re_full(m->re, val, n);
-    return n == m->value_len && memcmp(val, m->value, n) == 0;
+    switch (m->kind) {
+    case NM_REGEX:
+        return re_full(m->re, val, n);
+    case NM_PREFIX:
+        return n >= m->value_len && memcmp(val, m->value, m->value_len) == 0;
+    case NM_PRESENT:
+        return true;
+    default:
+        return n == m->value_len && memcmp(val, m->value, n) == 0;
+    }
+}
+
+/* Whether the header match m holds for req (absent: no). */
+static bool header_ok(const struct named_match *m, const struct l7_request *req)
+{
+    size_t n = 0;
+    char *buf;
+    const char *v = header_value(req, m->name, m->name_len, &n, &buf);
+    bool ok = v && named_ok(m, v, n);
+    free(buf);
+    return ok;
 }
 
 static bool entry_matches(const struct match_entry *e, const struct l7_request *req, const char *p, size_t pn,
@@ -1436,7 +1831,8 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
 {
     switch (e->path_kind) {
     case PK_EXACT:
-        if (pn != e->path_len || memcmp(p, e->path, pn) != 0) return false;
+        if (pn != e->path_len || (e->icase ? strncasecmp(p, e->path, pn) : memcmp(p, e->path, pn)) != 0)
+            return false;
         break;
     case PK_PREFIX:
         /* Whole "/"-separated elements: "/foo" matches "/foo", "/foo/" and "/foo/bar", not "/foobar". */
@@ -1445,7 +1841,9 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
             return false;
         break;
     case PK_RAW_PREFIX:
-        if (pn < e->path_len || memcmp(p, e->path, e->path_len) != 0) return false;
+        if (pn < e->path_len ||
+            (e->icase ? strncasecmp(p, e->path, e->path_len) : memcmp(p, e->path, e->path_len)) != 0)
+            return false;
         break;
     case PK_REGEX:
         if (!re_full(e->path_re, p, pn)) return false;
@@ -1454,15 +1852,10 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
         break;
     }
     if (e->method[0] && (!req->method || strcmp(req->method, e->method) != 0)) return false;
-    for (size_t i = 0; i < e->n_headers; i++) {
-        const struct named_match *m = &e->headers[i];
-        size_t n = 0;
-        char *buf;
-        const char *v = header_value(req, m->name, m->name_len, &n, &buf);
-        bool ok = v && named_ok(m, v, n);
-        free(buf);
-        if (!ok) return false;
-    }
+    for (size_t i = 0; i < e->n_headers; i++)
+        if (!header_ok(&e->headers[i], req)) return false;
+    for (size_t i = 0; i < e->n_without; i++)
+        if (header_ok(&e->without[i], req)) return false;
     for (size_t i = 0; i < e->n_query; i++) {
         const struct named_match *m = &e->query[i];
         char buf[L7_MAX_STRING];
@@ -1491,6 +1884,12 @@ const struct l7_rule *l7_match_ex(const struct l7_service_routes *r, const struc
             if (prefix && e->path_kind == PK_PREFIX) {
                 *prefix = e->path;
                 *prefix_len = e->path_len;
+            } else if (prefix && e->rule->kind == L7_ROUTE_VIRTUAL_SERVICE) {
+                /* Envoy's prefix_rewrite replaces what the match matched: the prefix (the request's own
+                 * bytes, which differ in case under ignoreUriCase), or the whole path for an exact or regex
+                 * match. */
+                *prefix = p;
+                *prefix_len = e->path_kind == PK_RAW_PREFIX ? e->path_len : e->path_kind == PK_ANY ? 0 : pn;
             }
             return e->rule;
         }
@@ -1532,6 +1931,13 @@ int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t 
         hn = strlen(value);
         while (hn > 0 && head[hn - 1] == '/')
             hn--;
+        rest = path + prefix_len;
+        rn = pn - prefix_len;
+    } else if (kind == L7_PATH_RAW_PREFIX) {
+        /* Envoy's prefix_rewrite: the matched part replaced as written, nothing else touched. */
+        if (!prefix || prefix_len > pn || strncasecmp(path, prefix, prefix_len) != 0) return -EINVAL;
+        head = value;
+        hn = strlen(value);
         rest = path + prefix_len;
         rn = pn - prefix_len;
     } else if (kind != L7_PATH_KEEP) {

@@ -70,9 +70,9 @@ size_t l7_config_n_policies(const struct l7_config *c);
 
 /* ---- what a matched rule carries ---- */
 
-/* Where a rule came from: Gateway API's HTTPRoute or GRPCRoute, or Istio's VirtualService (networking.istio.io
- * v1/v1beta1, istio/api networking/v1alpha3/virtual_service.proto), which zmeshd converts into the same
- * zmesh.v1.HTTPRoute. */
+/* Where a rule came from: Gateway API's HTTPRoute or GRPCRoute, or Istio's VirtualService
+ * (networking.istio.io v1/v1beta1, istio/api networking/v1alpha3/virtual_service.proto), which zmeshd
+ * converts into the same zmesh.v1.HTTPRoute. */
 enum l7_route_kind { L7_ROUTE_HTTP = 0, L7_ROUTE_GRPC = 1, L7_ROUTE_VIRTUAL_SERVICE = 2 };
 enum l7_filter_kind {
     L7_FILTER_REQUEST_HEADERS = 1,  /* RequestHeaderModifier */
@@ -81,9 +81,16 @@ enum l7_filter_kind {
     L7_FILTER_REWRITE = 4,          /* URLRewrite */
     L7_FILTER_MIRROR = 5,           /* RequestMirror */
 };
-/* REGEX: VirtualService's uriRegexRewrite (every match of a pattern in the path replaced, \\N back-references,
- * Envoy's regex_rewrite). */
-enum l7_path_mod { L7_PATH_KEEP = 0, L7_PATH_FULL = 1, L7_PATH_PREFIX = 2, L7_PATH_REGEX = 3 };
+/* REGEX: VirtualService's uriRegexRewrite (every match of a pattern in the path replaced, \\N
+ * back-references, Envoy's regex_rewrite). RAW_PREFIX: VirtualService's rewrite.uri, Envoy's prefix_rewrite
+ * (the matched part of the path replaced as written). */
+enum l7_path_mod {
+    L7_PATH_KEEP = 0,
+    L7_PATH_FULL = 1,
+    L7_PATH_PREFIX = 2,
+    L7_PATH_REGEX = 3,
+    L7_PATH_RAW_PREFIX = 4
+};
 
 struct l7_kv {
     const char *name; /* lower-case */
@@ -133,14 +140,16 @@ struct l7_backend {
 };
 /* ---- VirtualService-only parts of a rule (NULL in a rule that has none) ---- */
 
-/* Fractions are parts per million of requests (VirtualService's Percent 0..100 with decimals: 100% = 1000000). */
+/* Fractions are parts per million of requests (VirtualService's Percent 0..100 with decimals: 100% =
+ * 1000000). */
 #define L7_PPM 1000000u
 /* fault: delay (fixedDelay) and abort (httpStatus or grpcStatus), each for its own fraction of requests. */
 struct l7_fault {
-    uint64_t delay_ms;      /* 0 = no delay fault */
+    uint64_t delay_ms; /* 0 = no delay fault */
     uint32_t delay_ppm;
-    uint16_t abort_status;  /* HTTP status of an abort, 0 = no abort fault (or a gRPC abort: grpc_status set) */
-    int16_t abort_grpc;     /* grpc-status of a gRPC abort (answered 200 trailers-only), -1 = none */
+    uint16_t
+        abort_status;   /* HTTP status of an abort, 0 = no abort fault (or a gRPC abort: grpc_status set) */
+    int16_t abort_grpc; /* grpc-status of a gRPC abort (answered 200 trailers-only), -1 = none */
     uint32_t abort_ppm;
 };
 /* retries.retryOn conditions (Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names). */
@@ -167,7 +176,7 @@ struct l7_retry {
     uint32_t on;                 /* enum l7_retry_on bits */
     uint16_t codes[L7_MAX_RETRY_CODES];
     size_t n_codes;
-    bool retry_other_hosts;      /* Envoy's previous_hosts predicate: each retry goes to another host */
+    bool retry_other_hosts; /* Envoy's previous_hosts predicate: each retry goes to another host */
 };
 /* Istio's default retry policy, which applies to every rule (HTTPRoute and VirtualService) without retries:
  * 2 attempts, connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (503), another host
@@ -242,7 +251,8 @@ const struct l7_service_routes *l7_routes_for(const struct l7_config *c, const c
 /* The first matching rule in precedence order, or NULL (the caller answers 404, Envoy's NR). */
 const struct l7_rule *l7_match(const struct l7_service_routes *r, const struct l7_request *req);
 /* The same, and *prefix and *prefix_len get the PathPrefix that matched (for ReplacePrefixMatch), or NULL/0
- * when the matching match was not a PathPrefix. prefix may be NULL. */
+ * when the matching match was not a PathPrefix; for a VirtualService rule, the part of req->path its match
+ * matched (for L7_PATH_RAW_PREFIX). prefix may be NULL. */
 const struct l7_rule *l7_match_ex(const struct l7_service_routes *r, const struct l7_request *req,
                                   const char **prefix, size_t *prefix_len);
 /* Weighted backend choice with a caller-provided random number: the index into rule->backends, or -1 when
@@ -251,9 +261,10 @@ int l7_pick_backend(const struct l7_rule *rule, uint64_t rnd);
 
 /* The path after a path modifier (URLRewrite's or RequestRedirect's): FULL replaces the path, PREFIX replaces
  * the matched prefix (Gateway API's ReplacePrefixMatch: "/foo/bar" with "/foo" -> "/xyz" is "/xyz/bar", with
- * "/foo" -> "/" is "/bar"), KEEP copies it; the query is kept. path[0..path_len) is :path with its query.
- * Writes a NUL-terminated string into out[0..n). Returns its length, -EINVAL (PREFIX without a matched
- * prefix) or -ENOSPC. */
+ * "/foo" -> "/" is "/bar"), RAW_PREFIX replaces it as written (Envoy's prefix_rewrite: "/foo/bar" with "/foo"
+ * -> "/xyz" is "/xyz/bar", "/foobar" with "/foo" -> "/x/" is "/x/bar"), KEEP copies it; the query is kept.
+ * path[0..path_len) is :path with its query. Writes a NUL-terminated string into out[0..n). Returns its
+ * length, -EINVAL (PREFIX without a matched prefix) or -ENOSPC. */
 int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t prefix_len, const char *path,
                     size_t path_len, char *out, size_t n);
 /* The Location header of a RequestRedirect: scheme (rd's or req_scheme), host (rd's or the authority's host),

@@ -13,18 +13,11 @@
 #include "mesh/l7.h"
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
+#include "zmeshd/l7_conv.h"
+#include "zmeshd/vs.h"
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
 
-struct conv {
-    const struct manifest_src *src;
-    manifest_report_fn report;
-    void *ud;
-    struct l7_arena a;
-    bool failed; /* an ERROR was reported */
-    bool oom;    /* an allocation failed (no finding: the result is -ENOMEM) */
-    const char *ns;
-};
 
 static bool bad(const struct conv *c)
 {
@@ -33,16 +26,21 @@ static bool bad(const struct conv *c)
 
 static void finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-static void finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
+static void vfinding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, va_list ap)
 {
     char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
     struct manifest_finding f = {.level = lvl, .src = *c->src, .field = field, .message = msg};
     if (lvl == MANIFEST_ERROR) c->failed = true;
     manifest_finding_emit(c->report, c->ud, &f);
+}
+
+static void finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfinding(c, lvl, field, fmt, ap);
+    va_end(ap);
 }
 
 /* A field path; cut when longer than buf (messages only). */
@@ -1354,10 +1352,81 @@ out:
 int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, size_t *len, char *name, size_t name_n,
                    manifest_report_fn report, void *ud)
 {
+    if (!strcmp(d->kind, "VirtualService")) {
+        *type = L7_T_HTTP_ROUTE; /* a zmesh.v1.HTTPRoute of kind VIRTUAL_SERVICE */
+        return vs_convert(d->doc, &d->src, pb, len, name, name_n, report, ud);
+    }
     if (!strcmp(d->kind, "AuthorizationPolicy")) {
         *type = L7_T_AUTHORIZATION;
         return l7_convert_authz(d->doc, &d->src, pb, len, name, name_n, report, ud);
     }
     *type = L7_T_HTTP_ROUTE; /* HTTPRoute, GRPCRoute */
     return l7_convert_route(d->doc, &d->src, pb, len, name, name_n, report, ud);
+}
+
+/* ---- shared with the other conversions (l7_conv.h) ---- */
+
+bool l7c_bad(const struct conv *c)
+{
+    return bad(c);
+}
+
+void l7c_finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfinding(c, lvl, field, fmt, ap);
+    va_end(ap);
+}
+
+void *l7c_alloc(struct conv *c, size_t n)
+{
+    return alloc(c, n);
+}
+
+char *l7c_dup(struct conv *c, const char *s)
+{
+    return dup(c, s);
+}
+
+void l7c_unknown_keys(struct conv *c, const json_t *obj, const char *path, const char *const *allowed)
+{
+    unknown_keys(c, obj, path, allowed);
+}
+
+int l7c_get_str(struct conv *c, const json_t *obj, const char *key, const char *path, const char **out)
+{
+    return get_str(c, obj, key, path, out);
+}
+
+int l7c_get_obj(struct conv *c, const json_t *obj, const char *key, const char *path, json_t **out)
+{
+    return get_obj(c, obj, key, path, out);
+}
+
+int l7c_get_list(struct conv *c, const json_t *obj, const char *key, const char *path, json_t **out)
+{
+    return get_list(c, obj, key, path, out);
+}
+
+int l7c_get_int(struct conv *c, const json_t *obj, const char *key, const char *path, long long lo, long long hi,
+                long long *out)
+{
+    return get_int(c, obj, key, path, lo, hi, out);
+}
+
+int l7c_get_strs(struct conv *c, const json_t *obj, const char *key, const char *path, char ***out, size_t *n)
+{
+    return get_strs(c, obj, key, path, out, n);
+}
+
+int l7c_meta(struct conv *c, const json_t *obj, const char **ns, const char **name, int64_t *created)
+{
+    return meta(c, obj, ns, name, created);
+}
+
+int l7c_pack_and_check(struct conv *c, const ProtobufCMessage *msg, const char *type_url, const char *name,
+                       uint8_t **pb, size_t *len)
+{
+    return pack_and_check(c, msg, type_url, name, pb, len);
 }

@@ -1288,6 +1288,8 @@ static const char *const security_versions[] = {"security.istio.io/v1", "securit
 static const char *const route_versions[] = {"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1",
                                              NULL};
 static const char *const grpcroute_versions[] = {"gateway.networking.k8s.io/v1", NULL};
+static const char *const virtualservice_versions[] = {"networking.istio.io/v1", "networking.istio.io/v1beta1",
+                                                      "networking.istio.io/v1alpha3", NULL};
 static const char *const gateway_versions[] = {"gateway.networking.k8s.io/v1",
                                                "gateway.networking.k8s.io/v1beta1", NULL};
 
@@ -1388,6 +1390,7 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         {"Gateway", gateway_versions},
         {"HTTPRoute", route_versions},
         {"GRPCRoute", grpcroute_versions},
+        {"VirtualService", virtualservice_versions},
     };
     if (!in_list && !strcmp(kn->s, "List") && av && av->type == MN_SCALAR && !strcmp(av->s, "v1"))
         return read_list(r, doc);
@@ -1410,6 +1413,7 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
     }
     /* Routes are converted from their whole document (src/zmeshd/l7.c reads them, findings and all). */
     if (kd == &kinds[7] || kd == &kinds[8]) return keep_l7_doc(r, doc, kd->kind);
+    if (kd == &kinds[9]) return keep_l7_doc(r, doc, kd->kind); /* VirtualService (src/zmeshd/vs.h) */
     /* The object is read into a local and appended only when it is whole, so a bad one leaves no trace. */
     int rc = 0;
     struct vec *list;

@@ -14,6 +14,7 @@
 #include "xds/resource.h"
 #include "zmeshd/enrolment.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/vs.h"
 #include "mesh/l7.h"
 
 struct xds_stream;
@@ -202,6 +203,7 @@ static int load_l7(struct zmeshd_xds *x, const struct manifest_store *st)
     for (int t = 0; t < L7_N_TYPES; t++)
         tables[t] = VEC(struct encoded);
     int rc = 0;
+    vs_report_conflicts(docs, n, NULL, NULL); /* a VirtualService and an HTTPRoute on one Service */
     for (size_t i = 0; i < n && !rc; i++) {
         struct encoded e = {0};
         char name[L7_NAME_MAX];

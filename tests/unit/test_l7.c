@@ -17,6 +17,7 @@
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/vs.h"
 
 /* ---- loading YAML through the conversion ---- */
 
@@ -43,8 +44,10 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     char name[L7_NAME_MAX], err[512];
     const char *kind = json_string_value(json_object_get(doc, "kind"));
     bool pol = kind && strcmp(kind, "AuthorizationPolicy") == 0;
-    int rc = pol ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), on_finding, l)
-                 : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), on_finding, l);
+    bool vs = kind && strcmp(kind, "VirtualService") == 0;
+    int rc = pol  ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), on_finding, l)
+             : vs ? vs_convert(doc, src, &pb, &len, name, sizeof(name), on_finding, l)
+                  : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), on_finding, l);
     if (rc < 0) return 0;
     rc = l7_builder_add(l->b, pol ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
                         sizeof(err));
@@ -555,22 +558,330 @@ static void test_port_scoped_parents(void **state)
 }
 
 /* GEP-1426: a GRPCRoute and an HTTPRoute on one Service and port: only the GRPCRoute applies there. */
+/* ---- VirtualService (converted by src/zmeshd/vs.c into kind VIRTUAL_SERVICE) ---- */
+
+static int add_route(struct l7_builder *b, Zmesh__V1__HTTPRoute *m, const char *name, char *err, size_t n);
+
+static const char vs_match_yaml[] =
+    "apiVersion: networking.istio.io/v1\n"
+    "kind: VirtualService\n"
+    "metadata: {name: vs, namespace: app}\n"
+    "spec:\n"
+    "  hosts: [svc]\n"
+    "  http:\n"
+    "  - name: exact-ci\n"
+    "    match: [{uri: {exact: /Exact}, ignoreUriCase: true}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: string-prefix\n"
+    "    match: [{uri: {prefix: /foo}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: prefix-ci\n"
+    "    match: [{uri: {prefix: /CI/}, ignoreUriCase: true}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: regex-ci\n"
+    "    match: [{uri: {regex: \"/re/[a-z]+\"}, ignoreUriCase: true}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: without\n"
+    "    match: [{uri: {prefix: /w}, withoutHeaders: {x-debug: {exact: \"1\"}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: header-prefix\n"
+    "    match: [{uri: {prefix: /h}, headers: {X-User: {prefix: jas}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: header-present\n"
+    "    match: [{uri: {prefix: /p}, headers: {x-p: {}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: query-prefix\n"
+    "    match: [{uri: {prefix: /q}, queryParams: {v: {prefix: \"1\"}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: without-absent\n"
+    "    match: [{uri: {exact: /absent}, withoutHeaders: {x-gone: {}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: method\n"
+    "    match: [{uri: {exact: /m}, method: {exact: POST}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: catch-all\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: shadowed\n" /* after a catch-all: never reached (first match wins) */
+    "    match: [{uri: {exact: /shadowed}}]\n"
+    "    route: [{destination: {host: a}}]\n";
+
+static void test_vs_matches(void **state)
+{
+    (void)state;
+    struct l7_config *c = load(vs_match_yaml);
+    static const struct {
+        const char *method, *path, *h0, *want;
+    } cases[] = {
+        {"GET", "/exact", NULL, "exact-ci"}, /* ignoreUriCase */
+        {"GET", "/EXACT?x=1", NULL, "exact-ci"},
+        {"GET", "/exact/", NULL, "catch-all"},
+        {"GET", "/foo", NULL, "string-prefix"},
+        {"GET", "/foobar", NULL, "string-prefix"}, /* a plain string prefix, not Gateway's element prefix */
+        {"GET", "/fo", NULL, "catch-all"},
+        {"GET", "/ci/x", NULL, "prefix-ci"},
+        {"GET", "/Ci/x", NULL, "prefix-ci"},
+        {"GET", "/ci", NULL, "catch-all"},
+        {"GET", "/RE/abc", NULL, "regex-ci"},
+        {"GET", "/re/ab1", NULL, "catch-all"},
+        {"GET", "/w", NULL, "without"},           /* absent header: not matched, so withoutHeaders holds */
+        {"GET", "/w", "x-debug: 2", "without"},   /* another value */
+        {"GET", "/w", "x-debug: 1", "catch-all"}, /* the excluded value */
+        {"GET", "/h", "x-user: jason", "header-prefix"},
+        {"GET", "/h", "x-user: json", "catch-all"},
+        {"GET", "/p", "x-p: ", "header-present"}, /* present with any value, even empty */
+        {"GET", "/p", NULL, "catch-all"},
+        {"GET", "/q?v=12", NULL, "query-prefix"},
+        {"GET", "/q?v=21", NULL, "catch-all"},
+        {"GET", "/absent", NULL, "without-absent"},
+        {"GET", "/absent", "x-gone: y", "catch-all"},
+        {"POST", "/m", NULL, "method"},
+        {"GET", "/m", NULL, "catch-all"},
+        {"GET", "/shadowed", NULL, "catch-all"}, /* order, not Gateway API's exact-first precedence */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        const char *h[2] = {cases[i].h0, NULL};
+        const char *got = route_of(c, 8080, cases[i].method, cases[i].path, h);
+        if (strcmp(got, cases[i].want) != 0)
+            fail_msg("case %zu %s %s: got %s, want %s", i, cases[i].method, cases[i].path, got,
+                     cases[i].want);
+    }
+    l7_config_unref(c);
+}
+
+/* First match in the order written across rules, and across VirtualServices oldest first; an HTTPRoute on the
+ * same Service wins over every VirtualService there. */
+static void test_vs_order_and_httproute_wins(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "apiVersion: networking.istio.io/v1beta1\n"
+        "kind: VirtualService\n"
+        "metadata: {name: newer, namespace: app, creationTimestamp: \"2024-06-01T00:00:00Z\"}\n"
+        "spec:\n"
+        "  hosts: [svc.app.svc.cluster.local, other]\n"
+        "  http:\n"
+        "  - {name: new-any, route: [{destination: {host: a}}]}\n"
+        "---\n"
+        "apiVersion: networking.istio.io/v1alpha3\n"
+        "kind: VirtualService\n"
+        "metadata: {name: older, namespace: app, creationTimestamp: \"2024-05-01T00:00:00Z\"}\n"
+        "spec:\n"
+        "  hosts: [svc, other]\n"
+        "  http:\n"
+        "  - {name: old-prefix, match: [{uri: {prefix: /}}], route: [{destination: {host: a}}]}\n"
+        "  - {name: old-exact, match: [{uri: {exact: /x}}], route: [{destination: {host: a}}]}\n"
+        "---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: HTTPRoute\n"
+        "metadata: {name: h, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: other}]\n"
+        "  rules: [{name: http, matches: [{path: {type: Exact, value: /only}}], "
+        "backendRefs: [{name: a, port: 80}]}]\n";
+    struct l7_config *c = load(yaml);
+    assert_string_equal(route_of(c, 8080, "GET", "/x", NULL), "old-prefix");
+    struct rq q;
+    const struct l7_service_routes *o = l7_routes_for(c, "app", "other", 8080);
+    assert_non_null(o);
+    const struct l7_rule *r = l7_match(o, mkreq(&q, "GET", "/only", NULL));
+    assert_non_null(r);
+    assert_string_equal(r->name, "http");
+    assert_int_equal(r->kind, L7_ROUTE_HTTP);
+    assert_null(l7_match(o, mkreq(&q, "GET", "/x", NULL))); /* no VirtualService rule there: 404 */
+    l7_config_unref(c);
+}
+
+static const struct l7_rule *vs_rule(const struct l7_config *c, const char *path, const char **prefix,
+                                     size_t *plen, struct rq *q)
+{
+    const struct l7_service_routes *r = l7_routes_for(c, "app", "svc", 8080);
+    assert_non_null(r);
+    const struct l7_rule *rule = l7_match_ex(r, mkreq(q, "GET", path, NULL), prefix, plen);
+    assert_non_null(rule);
+    return rule;
+}
+
+static void test_vs_rule_parts(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "apiVersion: networking.istio.io/v1\n"
+        "kind: VirtualService\n"
+        "metadata: {name: vs, namespace: app}\n"
+        "spec:\n"
+        "  hosts: [svc]\n"
+        "  http:\n"
+        "  - name: rw\n"
+        "    match: [{uri: {prefix: /old}}]\n"
+        "    rewrite: {uri: /new, authority: backend.example:8080}\n"
+        "    route: [{destination: {host: a, subset: v1, port: {number: 9080}}, weight: 80}, "
+        "{destination: {host: b}, weight: 20, headers: {request: {set: {X-B: \"1\"}}}}]\n"
+        "    headers: {request: {set: {x-r: r}, add: {x-a: a}, remove: [X-Gone]}, response: {set: {x-s: "
+        "s}}}\n"
+        "    timeout: 1.5s\n"
+        "    retries: {attempts: 3, perTryTimeout: 200ms, retryOn: \"5xx,reset,503,unavailable\"}\n"
+        "    fault: {delay: {fixedDelay: 2s, percentage: {value: 12.5}}, abort: {httpStatus: 503, "
+        "percentage: "
+        "{value: 50}}}\n"
+        "    corsPolicy: {allowOrigins: [{exact: \"https://a.example\"}, {prefix: \"https://b.\"}, {regex: "
+        "\"https://.*\\\\.c\\\\.example\"}], allowMethods: [GET, POST], allowHeaders: [x-h], exposeHeaders: "
+        "[x-e], "
+        "maxAge: 24h, allowCredentials: true}\n"
+        "  - name: rx\n"
+        "    match: [{uri: {prefix: /rx}}]\n"
+        "    rewrite: {uriRegexRewrite: {match: \"^/rx/([a-z]+)\", rewrite: \"/v2/\\\\1\"}}\n"
+        "    route: [{destination: {host: a}}]\n"
+        "    fault: {abort: {grpcStatus: UNAVAILABLE}}\n"
+        "    retries: {attempts: 0}\n"
+        "  - name: direct\n"
+        "    match: [{uri: {exact: /direct}}]\n"
+        "    directResponse: {status: 418, body: {string: \"short and stout\"}}\n"
+        "  - name: redirect\n"
+        "    match: [{uri: {exact: /redir}}]\n"
+        "    redirect: {uri: /elsewhere, authority: other.example}\n";
+    struct l7_config *c = load(yaml);
+    struct rq q;
+    const char *prefix;
+    size_t plen;
+    char out[256];
+    const struct l7_rule *r = vs_rule(c, "/oldpath?q=1", &prefix, &plen, &q);
+    assert_string_equal(r->name, "rw");
+    assert_int_equal(r->kind, L7_ROUTE_VIRTUAL_SERVICE);
+    /* rewrite.uri: Envoy's prefix_rewrite of the matched "/old" */
+    assert_int_equal(r->rewrite->path_kind, L7_PATH_RAW_PREFIX);
+    assert_string_equal(r->rewrite->hostname, "backend.example:8080");
+    assert_true(l7_rewrite_path(r->rewrite->path_kind, r->rewrite->path, prefix, plen, q.r.path, q.r.path_len,
+                                out, sizeof(out)) > 0);
+    assert_string_equal(out, "/newpath?q=1");
+    assert_int_equal(r->n_backends, 2);
+    assert_string_equal(r->backends[0].subset, "v1");
+    assert_int_equal(r->backends[0].port, 9080);
+    assert_int_equal(r->backends[0].weight, 80);
+    assert_string_equal(r->backends[1].subset, "");
+    assert_int_equal(r->backends[1].port, 0); /* the request's port */
+    assert_int_equal(r->backends[1].n_filters, 1);
+    assert_int_equal(r->backends[1].filters[0].u.headers.n_set, 1);
+    assert_string_equal(r->backends[1].filters[0].u.headers.set[0].name, "x-b");
+    assert_int_equal(r->request_timeout_ms, 1500);
+    assert_non_null(r->retry);
+    assert_int_equal(r->retry->attempts, 3);
+    assert_int_equal(r->retry->per_try_timeout_ms, 200);
+    assert_int_equal(r->retry->on, L7_RETRY_5XX | L7_RETRY_RESET | L7_RETRY_GRPC_UNAVAILABLE |
+                                       L7_RETRY_RETRIABLE_STATUS_CODES);
+    assert_int_equal(r->retry->n_codes, 1);
+    assert_int_equal(r->retry->codes[0], 503);
+    assert_non_null(r->fault);
+    assert_int_equal(r->fault->delay_ms, 2000);
+    assert_int_equal(r->fault->delay_ppm, 125000);
+    assert_int_equal(r->fault->abort_status, 503);
+    assert_int_equal(r->fault->abort_grpc, -1);
+    assert_int_equal(r->fault->abort_ppm, 500000);
+    assert_non_null(r->cors);
+    assert_int_equal(r->cors->n_origins, 3);
+    assert_true(l7_cors_origin_allowed(r->cors, "https://a.example", 17));
+    assert_true(l7_cors_origin_allowed(r->cors, "https://b.anything", 18));
+    assert_true(l7_cors_origin_allowed(r->cors, "https://x.c.example", 19));
+    assert_false(l7_cors_origin_allowed(r->cors, "https://a.example.evil", 22));
+    assert_string_equal(r->cors->allow_methods, "GET,POST");
+    assert_string_equal(r->cors->allow_headers, "x-h");
+    assert_string_equal(r->cors->expose_headers, "x-e");
+    assert_int_equal(r->cors->max_age_s, 86400);
+    assert_int_equal(r->cors->allow_credentials, 1);
+    assert_true(r->cors->unmatched_preflight_forward);
+    /* route-level headers: request then response modifiers */
+    size_t nreq = 0, nresp = 0;
+    for (size_t i = 0; i < r->n_filters; i++) {
+        if (r->filters[i].kind == L7_FILTER_REQUEST_HEADERS) {
+            nreq++;
+            assert_string_equal(r->filters[i].u.headers.remove[0], "x-gone");
+            assert_string_equal(r->filters[i].u.headers.add[0].name, "x-a");
+        }
+        if (r->filters[i].kind == L7_FILTER_RESPONSE_HEADERS) nresp++;
+    }
+    assert_int_equal(nreq, 1);
+    assert_int_equal(nresp, 1);
+
+    r = vs_rule(c, "/rx/abc/def", &prefix, &plen, &q);
+    assert_string_equal(r->name, "rx");
+    assert_int_equal(r->rewrite->path_kind, L7_PATH_REGEX);
+    assert_true(l7_rewrite_path_regex(r->rewrite->path_regex, r->rewrite->path, q.r.path, q.r.path_len, out,
+                                      sizeof(out)) > 0);
+    assert_string_equal(out, "/v2/abc/def");
+    assert_int_equal(r->fault->abort_status, 0);
+    assert_int_equal(r->fault->abort_grpc, 14);
+    assert_int_equal(r->fault->abort_ppm, L7_PPM); /* no percentage: every request */
+    assert_int_equal(r->retry->attempts, 0);       /* retries disabled */
+    assert_null(r->cors);
+
+    r = vs_rule(c, "/direct", &prefix, &plen, &q);
+    assert_non_null(r->direct);
+    assert_int_equal(r->direct->status, 418);
+    assert_int_equal(r->direct->body_len, 15);
+    assert_memory_equal(r->direct->body, "short and stout", 15);
+    assert_int_equal(r->n_backends, 0);
+
+    r = vs_rule(c, "/redir", &prefix, &plen, &q);
+    assert_non_null(r->redirect);
+    assert_int_equal(r->redirect->status, 301); /* HTTPRedirect's default */
+    assert_true(l7_redirect_location(r->redirect, prefix, plen, &q.r, "http", out, sizeof(out)) > 0);
+    assert_string_equal(out, "http://other.example:8080/elsewhere");
+    l7_config_unref(c);
+}
+
+/* The model refuses VirtualService-only fields on Gateway API routes, naming the field. */
+static void test_vs_only_fields_refused(void **state)
+{
+    (void)state;
+    Zmesh__V1__HTTPRoute m = ZMESH__V1__HTTPROUTE__INIT;
+    Zmesh__V1__ParentRef p = ZMESH__V1__PARENT_REF__INIT;
+    Zmesh__V1__RouteRule rule = ZMESH__V1__ROUTE_RULE__INIT;
+    Zmesh__V1__Fault fault = ZMESH__V1__FAULT__INIT;
+    Zmesh__V1__ParentRef *pp[] = {&p};
+    Zmesh__V1__RouteRule *rr[] = {&rule};
+    m.namespace_ = "app";
+    m.name = "r";
+    p.namespace_ = "app";
+    p.name = "svc";
+    m.parents = pp;
+    m.n_parents = 1;
+    m.rules = rr;
+    m.n_rules = 1;
+    rule.fault = &fault;
+    fault.abort_http_status = 503;
+    fault.abort_ppm = 2000000;
+    char err[512];
+    struct l7_builder *b = l7_builder_new();
+    assert_int_equal(add_route(b, &m, "app/r", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "rules[0].fault: VirtualService only"));
+    m.kind = ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
+    assert_int_equal(add_route(b, &m, "app/r", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "rules[0].fault.abort_ppm: more than 1000000 parts per million"));
+    fault.abort_ppm = 1000;
+    fault.abort_http_status = 99;
+    assert_int_equal(add_route(b, &m, "app/r", err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "rules[0].fault.abort_http_status: expected 200-599, got 99"));
+    fault.abort_http_status = 503;
+    assert_int_equal(add_route(b, &m, "app/r", err, sizeof(err)), 0);
+    l7_builder_free(b);
+}
+
 static void test_route_type_conflict(void **state)
 {
     (void)state;
-    static const char yaml[] = "apiVersion: gateway.networking.k8s.io/v1\n"
-                               "kind: HTTPRoute\n"
-                               "metadata: {name: h, namespace: app}\n"
-                               "spec:\n"
-                               "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
-                               "  rules: [{name: http, backendRefs: [{name: a, namespace: other, port: 80}]}]\n"
-                               "---\n"
-                               "apiVersion: gateway.networking.k8s.io/v1\n"
-                               "kind: GRPCRoute\n"
-                               "metadata: {name: g, namespace: app}\n"
-                               "spec:\n"
-                               "  parentRefs: [{group: \"\", kind: Service, name: svc, port: 9090}]\n"
-                               "  rules: [{name: grpc, matches: [{method: {service: a.B}}]}]\n";
+    static const char yaml[] =
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: HTTPRoute\n"
+        "metadata: {name: h, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+        "  rules: [{name: http, backendRefs: [{name: a, namespace: other, port: 80}]}]\n"
+        "---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\n"
+        "kind: GRPCRoute\n"
+        "metadata: {name: g, namespace: app}\n"
+        "spec:\n"
+        "  parentRefs: [{group: \"\", kind: Service, name: svc, port: 9090}]\n"
+        "  rules: [{name: grpc, matches: [{method: {service: a.B}}]}]\n";
     struct l7_config *c = load(yaml);
     assert_string_equal(route_of(c, 9090, "POST", "/a.B/C", NULL), "grpc");
     assert_string_equal(route_of(c, 9090, "GET", "/x", NULL), "-"); /* the HTTPRoute is not applied on 9090 */
@@ -790,6 +1101,10 @@ int main(void)
         cmocka_unit_test(test_regex_match_limit),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_regex_rewrite_and_cors),
+        cmocka_unit_test(test_vs_matches),
+        cmocka_unit_test(test_vs_order_and_httproute_wins),
+        cmocka_unit_test(test_vs_rule_parts),
+        cmocka_unit_test(test_vs_only_fields_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

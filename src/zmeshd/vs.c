@@ -1,0 +1,1343 @@
+/* VirtualService manifests to zmesh.v1.HTTPRoute (kind VIRTUAL_SERVICE); see vs.h. Field names and defaults:
+ * istio/api networking/v1alpha3/virtual_service.proto; translation: istio/istio
+ * pilot/pkg/networking/core/route/route.go and route/retry/retry.go. */
+#include "zmeshd/vs.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mesh/l7.h"
+#include "zmesh/l7.pb-c.h"
+#include "zmeshd/l7.h"
+#include "zmeshd/l7_conv.h"
+
+#define NETWORKING_GROUP "networking.istio.io"
+/* Most entries of one VirtualService list we convert (hosts, http routes, matches, destinations); the model
+ * has its own bounds (src/mesh/l7.h) and refuses more, these keep the conversion's arrays small. */
+#define VS_MAX_LIST 256
+
+static void fld(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fld(char *buf, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+}
+
+#define ERR(c, f, ...) l7c_finding(c, MANIFEST_ERROR, f, __VA_ARGS__)
+#define WARN(c, f, ...) l7c_finding(c, MANIFEST_WARN, f, __VA_ARGS__)
+
+int vs_duration_ms(const char *s, uint64_t *ms)
+{
+    /* Go's time.ParseDuration without the sign: one or more <decimal>[.<decimal>]<unit> terms. */
+    static const struct {
+        const char *u;
+        double ms;
+    } units[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xc2\xb5s", 1e-3}, {"ms", 1},
+                 {"s", 1000},  {"m", 60000}, {"h", 3600000}};
+    if (!s || !*s) return -EINVAL;
+    if (!strcmp(s, "0")) {
+        *ms = 0;
+        return 0;
+    }
+    double total = 0;
+    const char *p = s;
+    while (*p) {
+        const char *start = p;
+        double v = 0, scale = 1;
+        bool digits = false;
+        while (isdigit((unsigned char)*p)) {
+            v = v * 10 + (*p++ - '0');
+            digits = true;
+        }
+        if (*p == '.') {
+            p++;
+            while (isdigit((unsigned char)*p)) {
+                scale /= 10;
+                v += (*p++ - '0') * scale;
+                digits = true;
+            }
+        }
+        if (!digits || p == start) return -EINVAL;
+        size_t best = 0;
+        double mul = 0;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+            size_t ul = strlen(units[i].u);
+            if (!strncmp(p, units[i].u, ul) && ul > best) {
+                best = ul;
+                mul = units[i].ms;
+            }
+        }
+        if (!best) return -EINVAL;
+        p += best;
+        total += v * mul;
+        if (total > 1e15) return -EINVAL;
+    }
+    *ms = (uint64_t)total;
+    return 0;
+}
+
+/* A duration field: 1 and *ms, 0 absent, -1 reported. */
+static int get_duration(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t *ms)
+{
+    const char *s = NULL;
+    int rc = l7c_get_str(c, o, key, path, &s);
+    if (rc <= 0) return rc;
+    if (vs_duration_ms(s, ms) < 0) {
+        char f[300];
+        fld(f, sizeof(f), "%s.%s", path, key);
+        ERR(c, f, "not a duration (e.g. \"1.5s\", \"100ms\", \"1m\"): \"%.40s\"", s);
+        return -1;
+    }
+    return 1;
+}
+
+/* A Percent ({value: 0.0-100.0}) or a deprecated integer percent into parts per million: 1 set, 0 absent. */
+static int get_percent(struct conv *c, const json_t *o, const char *key, const char *int_key,
+                       const char *path, uint32_t *ppm)
+{
+    char f[300];
+    json_t *p = json_object_get(o, key);
+    if (p && !json_is_null(p)) {
+        fld(f, sizeof(f), "%s.%s", path, key);
+        json_t *v = json_is_object(p) ? json_object_get(p, "value") : NULL;
+        if (json_is_object(p) && !v) { /* {} is 0% (protobuf's default value) */
+            *ppm = 0;
+            return 1;
+        }
+        if (!v || !json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 100) {
+            ERR(c, f, "expected {value: 0.0-100.0}");
+            return -1;
+        }
+        static const char *const pk[] = {"value", NULL};
+        l7c_unknown_keys(c, p, f, pk);
+        *ppm = (uint32_t)(json_number_value(v) * (L7_PPM / 100) + 0.5);
+        return 1;
+    }
+    if (int_key) {
+        long long pct = 0;
+        int rc = l7c_get_int(c, o, int_key, path, 0, 100, &pct);
+        if (rc != 0) {
+            if (rc > 0) *ppm = (uint32_t)pct * (L7_PPM / 100);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* A host of hosts or destination.host naming a Service: "name" (the VirtualService's namespace) or
+ * "name.ns.svc.<domain>". Returns true with ns/name; false for anything else (wildcards, other FQDNs). */
+static bool host_service(const char *host, const char *vs_ns, char *ns, size_t nsn, char *name, size_t nn)
+{
+    if (!*host || strchr(host, '*')) return false;
+    const char *d1 = strchr(host, '.');
+    if (!d1) {
+        snprintf(ns, nsn, "%s", vs_ns);
+        snprintf(name, nn, "%s", host);
+        return strlen(host) < nn;
+    }
+    const char *d2 = strchr(d1 + 1, '.');
+    if (!d2 || strncmp(d2, ".svc.", 5) != 0 || !d2[5]) return false;
+    size_t a = (size_t)(d1 - host), b = (size_t)(d2 - d1 - 1);
+    if (!a || !b || a >= nn || b >= nsn) return false;
+    snprintf(name, nn, "%.*s", (int)a, host);
+    snprintf(ns, nsn, "%.*s", (int)b, d1 + 1);
+    return true;
+}
+
+/* ---- matches ---- */
+
+/* A StringMatch {exact|prefix|regex}: type and value; present (an empty {}) only when allow_present. */
+static int string_match(struct conv *c, const json_t *o, const char *path, bool allow_present,
+                        Zmesh__V1__StringMatch__Type *type, const char **value)
+{
+    static const char *const keys[] = {"exact", "prefix", "regex", NULL};
+    if (!json_is_object(o)) {
+        ERR(c, path, "expected a mapping with one of exact, prefix, regex");
+        return -1;
+    }
+    l7c_unknown_keys(c, o, path, keys);
+    int set = 0;
+    const char *v = NULL;
+    for (int i = 0; i < 3; i++) {
+        const char *s = NULL;
+        int rc = l7c_get_str(c, o, keys[i], path, &s);
+        if (rc < 0) return -1;
+        if (rc == 0) continue;
+        set++;
+        v = s;
+        *type = i == 0   ? ZMESH__V1__STRING_MATCH__TYPE__EXACT
+                : i == 1 ? ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX
+                         : ZMESH__V1__STRING_MATCH__TYPE__REGEX;
+    }
+    if (set > 1) {
+        ERR(c, path, "exact, prefix and regex are mutually exclusive");
+        return -1;
+    }
+    if (!set) {
+        if (!allow_present) {
+            ERR(c, path, "one of exact, prefix, regex is required");
+            return -1;
+        }
+        *type = ZMESH__V1__STRING_MATCH__TYPE__PRESENT;
+        v = "";
+    }
+    if (*type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
+        char err[300], f[300];
+        fld(f, sizeof(f), "%s.regex", path);
+        if (l7_regex_check(v, err, sizeof(err)) < 0) {
+            ERR(c, f, "%s", err);
+            return -1;
+        }
+    }
+    *value = v;
+    return 0;
+}
+
+/* A map of name -> StringMatch (headers, withoutHeaders, queryParams). */
+static int named_map(struct conv *c, const json_t *o, const char *key, const char *path, bool header,
+                     Zmesh__V1__NamedMatch ***out, size_t *n)
+{
+    json_t *m;
+    *n = 0;
+    int rc = l7c_get_obj(c, o, key, path, &m);
+    if (rc <= 0) return rc;
+    size_t cnt = json_object_size(m);
+    Zmesh__V1__NamedMatch **v = l7c_alloc(c, cnt * sizeof(*v));
+    if (!v) return -1;
+    const char *k;
+    json_t *e;
+    size_t i = 0;
+    json_object_foreach(m, k, e)
+    {
+        char f[300];
+        fld(f, sizeof(f), "%s.%s.%s", path, key, k);
+        v[i] = l7c_alloc(c, sizeof(**v));
+        if (!v[i]) return -1;
+        zmesh__v1__named_match__init(v[i]);
+        const char *val = NULL;
+        Zmesh__V1__StringMatch__Type t;
+        if (string_match(c, e, f, header, &t, &val) < 0) return -1;
+        v[i]->type = t;
+        v[i]->name = l7c_dup(c, k);
+        v[i]->value = l7c_dup(c, val);
+        if (header && v[i]->name)
+            for (char *x = v[i]->name; *x; x++)
+                *x = (char)tolower((unsigned char)*x);
+        i++;
+    }
+    *out = v;
+    *n = cnt;
+    return l7c_bad(c) ? -1 : 1;
+}
+
+/* True when a list of gateways applies to the mesh (the waypoint): absent, or it names "mesh". */
+static bool gateways_mesh(const json_t *l, bool *others)
+{
+    *others = false;
+    if (!l) return true;
+    bool mesh = false;
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        const char *g = json_string_value(json_array_get(l, i));
+        if (g && !strcmp(g, "mesh"))
+            mesh = true;
+        else
+            *others = true;
+    }
+    return mesh;
+}
+
+/* One HTTPMatchRequest. NULL with *skip set: a match for gateways only (INFO). */
+static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const char *path, bool *skip)
+{
+    static const char *const keys[] = {"name",
+                                       "uri",
+                                       "scheme",
+                                       "method",
+                                       "authority",
+                                       "headers",
+                                       "port",
+                                       "sourceLabels",
+                                       "gateways",
+                                       "queryParams",
+                                       "ignoreUriCase",
+                                       "withoutHeaders",
+                                       "sourceNamespace",
+                                       "statPrefix",
+                                       NULL};
+    char f[300];
+    *skip = false;
+    if (!json_is_object(o)) {
+        ERR(c, path, "expected a mapping");
+        return NULL;
+    }
+    l7c_unknown_keys(c, o, path, keys);
+    /* Conditions the waypoint cannot evaluate narrow the match: dropping one would route traffic the author
+     * did not mean to route, so the VirtualService is refused instead. */
+    static const char *const refused[] = {"scheme",       "authority",       "port",
+                                          "sourceLabels", "sourceNamespace", NULL};
+    for (size_t i = 0; refused[i]; i++)
+        if (json_object_get(o, refused[i])) {
+            fld(f, sizeof(f), "%s.%s", path, refused[i]);
+            ERR(c, f,
+                "not supported by zmesh's waypoint (a match on it cannot be dropped without widening the "
+                "route)");
+            return NULL;
+        }
+    if (json_object_get(o, "statPrefix")) {
+        fld(f, sizeof(f), "%s.statPrefix", path);
+        WARN(c, f, "not supported by zmesh's waypoint, ignored");
+    }
+    json_t *gw = NULL;
+    if (l7c_get_list(c, o, "gateways", path, &gw) < 0) return NULL;
+    bool others;
+    if (!gateways_mesh(gw, &others)) {
+        fld(f, sizeof(f), "%s.gateways", path);
+        l7c_finding(c, MANIFEST_INFO, f,
+                    "a match for gateways only (no \"mesh\"): not for the waypoint, skipped");
+        *skip = true;
+        return NULL;
+    }
+    Zmesh__V1__RouteMatch *m = l7c_alloc(c, sizeof(*m));
+    if (!m) return NULL;
+    zmesh__v1__route_match__init(m);
+    json_t *u;
+    int rc = l7c_get_obj(c, o, "uri", path, &u);
+    if (rc < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.uri", path);
+        const char *val;
+        Zmesh__V1__StringMatch__Type t;
+        if (string_match(c, u, f, false, &t, &val) < 0) return NULL;
+        if (!(m->path = l7c_alloc(c, sizeof(*m->path)))) return NULL;
+        zmesh__v1__string_match__init(m->path);
+        m->path->type = t;
+        m->path->value = l7c_dup(c, val);
+    }
+    json_t *meth;
+    if ((rc = l7c_get_obj(c, o, "method", path, &meth)) < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.method", path);
+        const char *val;
+        Zmesh__V1__StringMatch__Type t;
+        if (string_match(c, meth, f, false, &t, &val) < 0) return NULL;
+        if (t != ZMESH__V1__STRING_MATCH__TYPE__EXACT) {
+            ERR(c, f, "only an exact method match is supported by zmesh's waypoint");
+            return NULL;
+        }
+        m->method = l7c_dup(c, val);
+    }
+    json_t *ic = json_object_get(o, "ignoreUriCase");
+    if (ic && !json_is_boolean(ic)) {
+        fld(f, sizeof(f), "%s.ignoreUriCase", path);
+        ERR(c, f, "expected true or false");
+        return NULL;
+    }
+    m->ignore_uri_case = ic && json_is_true(ic);
+    if (named_map(c, o, "headers", path, true, &m->headers, &m->n_headers) < 0 ||
+        named_map(c, o, "withoutHeaders", path, true, &m->without_headers, &m->n_without_headers) < 0 ||
+        named_map(c, o, "queryParams", path, false, &m->query_params, &m->n_query_params) < 0)
+        return NULL;
+    return l7c_bad(c) ? NULL : m;
+}
+
+/* ---- headers, destinations ---- */
+
+/* HeaderOperations {set: map, add: map, remove: list} into a header modifier filter; NULL when o is absent.
+ */
+static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const char *path, bool response)
+{
+    static const char *const keys[] = {"set", "add", "remove", NULL};
+    char f[300];
+    if (!json_is_object(o)) {
+        ERR(c, path, "expected a mapping");
+        return NULL;
+    }
+    l7c_unknown_keys(c, o, path, keys);
+    Zmesh__V1__HeaderModifier *hm = l7c_alloc(c, sizeof(*hm));
+    Zmesh__V1__RouteFilter *rf = l7c_alloc(c, sizeof(*rf));
+    if (!hm || !rf) return NULL;
+    zmesh__v1__header_modifier__init(hm);
+    zmesh__v1__route_filter__init(rf);
+    for (int l = 0; l < 2; l++) {
+        json_t *m;
+        int rc = l7c_get_obj(c, o, l ? "add" : "set", path, &m);
+        if (rc < 0) return NULL;
+        if (rc == 0) continue;
+        size_t n = json_object_size(m);
+        Zmesh__V1__HeaderValue **hv = l7c_alloc(c, n * sizeof(*hv));
+        if (!hv) return NULL;
+        const char *k;
+        json_t *v;
+        size_t i = 0;
+        json_object_foreach(m, k, v)
+        {
+            fld(f, sizeof(f), "%s.%s.%s", path, l ? "add" : "set", k);
+            if (!json_is_string(v)) {
+                ERR(c, f, "expected a string");
+                return NULL;
+            }
+            if (!(hv[i] = l7c_alloc(c, sizeof(**hv)))) return NULL;
+            zmesh__v1__header_value__init(hv[i]);
+            hv[i]->name = l7c_dup(c, k);
+            hv[i]->value = l7c_dup(c, json_string_value(v));
+            if (hv[i]->name)
+                for (char *x = hv[i]->name; *x; x++)
+                    *x = (char)tolower((unsigned char)*x);
+            i++;
+        }
+        if (l) {
+            hm->add = hv;
+            hm->n_add = n;
+        } else {
+            hm->set = hv;
+            hm->n_set = n;
+        }
+    }
+    if (l7c_get_strs(c, o, "remove", path, &hm->remove, &hm->n_remove) < 0) return NULL;
+    for (size_t i = 0; i < hm->n_remove; i++)
+        for (char *x = hm->remove[i]; *x; x++)
+            *x = (char)tolower((unsigned char)*x);
+    if (response) {
+        rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_RESPONSE_HEADER_MODIFIER;
+        rf->response_header_modifier = hm;
+    } else {
+        rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_HEADER_MODIFIER;
+        rf->request_header_modifier = hm;
+    }
+    return l7c_bad(c) ? NULL : rf;
+}
+
+/* Headers {request, response} into up to two filters appended to fl[*n]. */
+static int headers_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__RouteFilter **fl,
+                        size_t *n)
+{
+    json_t *h;
+    int rc = l7c_get_obj(c, o, "headers", path, &h);
+    if (rc <= 0) return rc;
+    char f[300];
+    fld(f, sizeof(f), "%s.headers", path);
+    static const char *const keys[] = {"request", "response", NULL};
+    l7c_unknown_keys(c, h, f, keys);
+    for (int d = 0; d < 2; d++) {
+        json_t *ops;
+        if ((rc = l7c_get_obj(c, h, d ? "response" : "request", f, &ops)) < 0) return -1;
+        if (rc == 0) continue;
+        char of[320];
+        fld(of, sizeof(of), "%s.%s", f, d ? "response" : "request");
+        if (!(fl[(*n)++] = header_ops(c, ops, of, d == 1))) return -1;
+    }
+    return 1;
+}
+
+/* A Destination {host, subset, port {number}} into a BackendRef (and *subset). */
+static Zmesh__V1__BackendRef *destination(struct conv *c, const json_t *o, const char *path,
+                                          const char **subset)
+{
+    static const char *const keys[] = {"host", "subset", "port", NULL};
+    char f[300];
+    if (!json_is_object(o)) {
+        ERR(c, path, "expected a mapping");
+        return NULL;
+    }
+    l7c_unknown_keys(c, o, path, keys);
+    const char *host = NULL;
+    *subset = "";
+    if (l7c_get_str(c, o, "host", path, &host) <= 0 || !*host) {
+        fld(f, sizeof(f), "%s.host", path);
+        if (!c->failed) ERR(c, f, "missing");
+        return NULL;
+    }
+    if (subset && l7c_get_str(c, o, "subset", path, subset) < 0) return NULL;
+    char ns[254], name[254];
+    if (!host_service(host, c->ns, ns, sizeof(ns), name, sizeof(name))) {
+        fld(f, sizeof(f), "%s.host", path);
+        ERR(c, f,
+            "\"%.100s\" is not a Service (a short name, or <name>.<namespace>.svc.<domain>); only Services "
+            "are supported as destinations",
+            host);
+        return NULL;
+    }
+    long long port = 0;
+    json_t *p;
+    int rc = l7c_get_obj(c, o, "port", path, &p);
+    if (rc < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.port", path);
+        static const char *const pk[] = {"number", NULL};
+        l7c_unknown_keys(c, p, f, pk);
+        if (l7c_get_int(c, p, "number", f, 1, 65535, &port) < 0) return NULL;
+    }
+    Zmesh__V1__BackendRef *b = l7c_alloc(c, sizeof(*b));
+    if (!b) return NULL;
+    zmesh__v1__backend_ref__init(b);
+    b->namespace_ = l7c_dup(c, ns);
+    b->name = l7c_dup(c, name);
+    b->port = (uint32_t)port; /* 0: the port the request came to (Istio: the Service's only port) */
+    return l7c_bad(c) ? NULL : b;
+}
+
+/* ---- the rule's parts ---- */
+
+static int redirect_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__RouteFilter **out)
+{
+    static const char *const keys[] = {"uri",    "authority",    "port", "derivePort",
+                                       "scheme", "redirectCode", NULL};
+    l7c_unknown_keys(c, o, path, keys);
+    const char *uri = NULL, *auth = "", *scheme = "", *derive = NULL;
+    long long port = 0, code = 301; /* HTTPRedirect's default redirectCode: 301 */
+    if (l7c_get_str(c, o, "uri", path, &uri) < 0 || l7c_get_str(c, o, "authority", path, &auth) < 0 ||
+        l7c_get_str(c, o, "scheme", path, &scheme) < 0 ||
+        l7c_get_str(c, o, "derivePort", path, &derive) < 0 ||
+        l7c_get_int(c, o, "port", path, 1, 65535, &port) < 0 ||
+        l7c_get_int(c, o, "redirectCode", path, 300, 399, &code) < 0)
+        return -1;
+    char f[300];
+    if (derive && strcmp(derive, "FROM_PROTOCOL_DEFAULT") != 0 && strcmp(derive, "FROM_REQUEST_PORT") != 0) {
+        fld(f, sizeof(f), "%s.derivePort", path);
+        ERR(c, f, "expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT, got \"%.40s\"", derive);
+        return -1;
+    }
+    if (derive && port) {
+        fld(f, sizeof(f), "%s.derivePort", path);
+        ERR(c, f, "port and derivePort are mutually exclusive");
+        return -1;
+    }
+    Zmesh__V1__RequestRedirect *rd = l7c_alloc(c, sizeof(*rd));
+    Zmesh__V1__RouteFilter *rf = l7c_alloc(c, sizeof(*rf));
+    if (!rd || !rf) return -1;
+    zmesh__v1__request_redirect__init(rd);
+    zmesh__v1__route_filter__init(rf);
+    rd->scheme = l7c_dup(c, scheme);
+    rd->hostname = l7c_dup(c, auth);
+    rd->port = (uint32_t)port;
+    rd->status_code = (uint32_t)code;
+    if (uri) {
+        if (!(rd->path = l7c_alloc(c, sizeof(*rd->path)))) return -1;
+        zmesh__v1__path_modifier__init(rd->path);
+        rd->path->type = ZMESH__V1__PATH_MODIFIER__TYPE__FULL; /* Envoy's path_redirect */
+        rd->path->value = l7c_dup(c, uri);
+    }
+    rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_REDIRECT;
+    rf->request_redirect = rd;
+    *out = rf;
+    return l7c_bad(c) ? -1 : 0;
+}
+
+static int rewrite_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__RouteFilter **out)
+{
+    static const char *const keys[] = {"uri", "authority", "uriRegexRewrite", NULL};
+    l7c_unknown_keys(c, o, path, keys);
+    const char *uri = NULL, *auth = "";
+    json_t *rx;
+    int rrc;
+    char f[300];
+    if (l7c_get_str(c, o, "uri", path, &uri) < 0 || l7c_get_str(c, o, "authority", path, &auth) < 0 ||
+        (rrc = l7c_get_obj(c, o, "uriRegexRewrite", path, &rx)) < 0)
+        return -1;
+    if (uri && rrc > 0) {
+        fld(f, sizeof(f), "%s.uriRegexRewrite", path);
+        ERR(c, f, "uri and uriRegexRewrite are mutually exclusive");
+        return -1;
+    }
+    Zmesh__V1__URLRewrite *rw = l7c_alloc(c, sizeof(*rw));
+    Zmesh__V1__RouteFilter *rf = l7c_alloc(c, sizeof(*rf));
+    if (!rw || !rf) return -1;
+    zmesh__v1__urlrewrite__init(rw);
+    zmesh__v1__route_filter__init(rf);
+    rw->hostname = l7c_dup(c, auth); /* Envoy's host_rewrite_literal */
+    if (uri || rrc > 0) {
+        if (!(rw->path = l7c_alloc(c, sizeof(*rw->path)))) return -1;
+        zmesh__v1__path_modifier__init(rw->path);
+    }
+    if (uri) {
+        rw->path->type = ZMESH__V1__PATH_MODIFIER__TYPE__PREFIX_REWRITE;
+        rw->path->value = l7c_dup(c, uri);
+    } else if (rrc > 0) {
+        fld(f, sizeof(f), "%s.uriRegexRewrite", path);
+        static const char *const rk[] = {"match", "rewrite", NULL};
+        l7c_unknown_keys(c, rx, f, rk);
+        const char *m = NULL, *r = NULL;
+        char mf[320];
+        fld(mf, sizeof(mf), "%s.match", f);
+        if (l7c_get_str(c, rx, "match", f, &m) <= 0 || !*m) {
+            if (!c->failed) ERR(c, mf, "missing");
+            return -1;
+        }
+        if (l7c_get_str(c, rx, "rewrite", f, &r) <= 0) {
+            fld(mf, sizeof(mf), "%s.rewrite", f);
+            if (!c->failed) ERR(c, mf, "missing");
+            return -1;
+        }
+        struct l7_regex *re = NULL;
+        char err[300];
+        if (l7_regex_compile_rewrite(m, &re, err, sizeof(err)) < 0) {
+            ERR(c, mf, "%s", err);
+            return -1;
+        }
+        l7_regex_free(re);
+        rw->path->type = ZMESH__V1__PATH_MODIFIER__TYPE__REGEX;
+        rw->path->pattern = l7c_dup(c, m);
+        rw->path->value = l7c_dup(c, r);
+    }
+    rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_URL_REWRITE;
+    rf->url_rewrite = rw;
+    *out = rf;
+    return l7c_bad(c) ? -1 : 0;
+}
+
+/* gRPC status names (grpc/grpc doc/statuscodes.md), as HTTPFaultInjection.Abort.grpcStatus takes them. */
+static int grpc_status_code(const char *s)
+{
+    static const char *const names[] = {
+        "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+        "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+        "DATA_LOSS", "UNAUTHENTICATED"};
+    for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++)
+        if (!strcmp(s, names[i])) return i;
+    if (isdigit((unsigned char)s[0]) && strlen(s) <= 2) {
+        int v = atoi(s);
+        if (v <= 16) return v;
+    }
+    return -1;
+}
+
+static Zmesh__V1__Fault *fault_conv(struct conv *c, const json_t *o, const char *path)
+{
+    static const char *const keys[] = {"delay", "abort", NULL};
+    char f[300], g[320];
+    l7c_unknown_keys(c, o, path, keys);
+    Zmesh__V1__Fault *ft = l7c_alloc(c, sizeof(*ft));
+    if (!ft) return NULL;
+    zmesh__v1__fault__init(ft);
+    json_t *d, *a;
+    int rd = l7c_get_obj(c, o, "delay", path, &d), ra = l7c_get_obj(c, o, "abort", path, &a);
+    if (rd < 0 || ra < 0) return NULL;
+    if (rd > 0) {
+        static const char *const dk[] = {"fixedDelay", "exponentialDelay", "percentage", "percent", NULL};
+        fld(f, sizeof(f), "%s.delay", path);
+        l7c_unknown_keys(c, d, f, dk);
+        if (json_object_get(d, "exponentialDelay")) {
+            fld(g, sizeof(g), "%s.exponentialDelay", f);
+            ERR(c, g, "not supported (Istio does not implement it either); use fixedDelay");
+            return NULL;
+        }
+        int rc = get_duration(c, d, "fixedDelay", f, &ft->delay_ms);
+        if (rc <= 0) {
+            fld(g, sizeof(g), "%s.fixedDelay", f);
+            if (!c->failed) ERR(c, g, "missing");
+            return NULL;
+        }
+        ft->delay_ppm = L7_PPM; /* no percentage: every request (Istio's translation) */
+        if (get_percent(c, d, "percentage", "percent", f, &ft->delay_ppm) < 0) return NULL;
+        if (!ft->delay_ms) {
+            fld(g, sizeof(g), "%s.fixedDelay", f);
+            WARN(c, g, "0: no delay is injected");
+        }
+    }
+    if (ra > 0) {
+        static const char *const ak[] = {"httpStatus", "grpcStatus", "http2Error", "percentage", NULL};
+        fld(f, sizeof(f), "%s.abort", path);
+        l7c_unknown_keys(c, a, f, ak);
+        if (json_object_get(a, "http2Error")) {
+            fld(g, sizeof(g), "%s.http2Error", f);
+            ERR(c, g, "not supported (Istio does not implement it either); use httpStatus or grpcStatus");
+            return NULL;
+        }
+        long long st = 0;
+        const char *gs = NULL;
+        int rh = l7c_get_int(c, a, "httpStatus", f, 200, 599, &st),
+            rg = l7c_get_str(c, a, "grpcStatus", f, &gs);
+        if (rh < 0 || rg < 0) return NULL;
+        if ((rh > 0) == (rg > 0)) {
+            ERR(c, f, "exactly one of httpStatus and grpcStatus is required");
+            return NULL;
+        }
+        if (rh > 0) {
+            ft->abort_http_status = (uint32_t)st;
+        } else {
+            int code = grpc_status_code(gs);
+            if (code < 0) {
+                fld(g, sizeof(g), "%s.grpcStatus", f);
+                ERR(c, g, "not a gRPC status name (OK, CANCELLED, ..., UNAUTHENTICATED): \"%.40s\"", gs);
+                return NULL;
+            }
+            ft->abort_grpc = true;
+            ft->abort_grpc_status = (uint32_t)code;
+        }
+        ft->abort_ppm = L7_PPM;
+        if (get_percent(c, a, "percentage", NULL, f, &ft->abort_ppm) < 0) return NULL;
+    }
+    return l7c_bad(c) ? NULL : ft;
+}
+
+/* retryOn: Envoy's condition names, and status codes (Istio's parseRetryOn in route/retry/retry.go). */
+static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char *path)
+{
+    static const char *const keys[] = {"attempts",
+                                       "perTryTimeout",
+                                       "retryOn",
+                                       "retryRemoteLocalities",
+                                       "retryIgnorePreviousHosts",
+                                       "backoff",
+                                       NULL};
+    static const char *const known[] = {"5xx",
+                                        "gateway-error",
+                                        "reset",
+                                        "connect-failure",
+                                        "retriable-4xx",
+                                        "refused-stream",
+                                        "retriable-status-codes",
+                                        "cancelled",
+                                        "deadline-exceeded",
+                                        "internal",
+                                        "resource-exhausted",
+                                        "unavailable",
+                                        NULL};
+    char f[300];
+    l7c_unknown_keys(c, o, path, keys);
+    Zmesh__V1__Retry *r = l7c_alloc(c, sizeof(*r));
+    if (!r) return NULL;
+    zmesh__v1__retry__init(r);
+    long long att = 0;
+    if (l7c_get_int(c, o, "attempts", path, 0, 100, &att) < 0) return NULL;
+    r->attempts = (uint32_t)att;
+    if (get_duration(c, o, "perTryTimeout", path, &r->per_try_timeout_ms) < 0) return NULL;
+    r->retry_other_hosts = true; /* Istio's DefaultPolicy sets the previous_hosts predicate */
+    static const char *const ignored[] = {"retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff",
+                                          NULL};
+    for (size_t i = 0; ignored[i]; i++)
+        if (json_object_get(o, ignored[i])) {
+            fld(f, sizeof(f), "%s.%s", path, ignored[i]);
+            WARN(c, f, "not supported by zmesh's waypoint, ignored");
+        }
+    const char *on = NULL;
+    if (l7c_get_str(c, o, "retryOn", path, &on) < 0) return NULL;
+    if (!on || !*on) on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+    char *copy = l7c_dup(c, on);
+    if (!copy) return NULL;
+    size_t cap = 1;
+    for (const char *p = copy; *p; p++)
+        cap += *p == ',';
+    r->retry_on = l7c_alloc(c, cap * sizeof(char *));
+    r->retry_on_codes = l7c_alloc(c, cap * sizeof(uint32_t));
+    if (!r->retry_on || !r->retry_on_codes) return NULL;
+    fld(f, sizeof(f), "%s.retryOn", path);
+    char *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        size_t tl = strlen(t);
+        while (tl && t[tl - 1] == ' ')
+            t[--tl] = 0;
+        if (!*t) continue;
+        if (strspn(t, "0123456789") == strlen(t)) {
+            char *end;
+            long v = strtol(t, &end, 10);
+            if (*end || v < 100 || v > 599) {
+                ERR(c, f, "not a retry condition or an HTTP status: \"%.40s\"", t);
+                return NULL;
+            }
+            r->retry_on_codes[r->n_retry_on_codes++] = (uint32_t)v;
+            continue;
+        }
+        bool ok = false;
+        for (size_t i = 0; known[i] && !ok; i++)
+            ok = !strcmp(t, known[i]);
+        if (!ok) {
+            ERR(c, f,
+                "unknown retry condition \"%.40s\" (expected Envoy's x-envoy-retry-on or "
+                "x-envoy-retry-grpc-on "
+                "names, or a status code)",
+                t);
+            return NULL;
+        }
+        r->retry_on[r->n_retry_on++] = t;
+    }
+    /* Istio's default policy carries 503 as its retriable status code; a retryOn that lists none keeps none.
+     */
+    if (!json_object_get(o, "retryOn") || !*json_string_value(json_object_get(o, "retryOn")))
+        r->retry_on_codes[r->n_retry_on_codes++] = 503;
+    return l7c_bad(c) ? NULL : r;
+}
+
+static Zmesh__V1__CorsPolicy *cors_conv(struct conv *c, const json_t *o, const char *path)
+{
+    static const char *const keys[] = {"allowOrigin",      "allowOrigins",        "allowMethods",
+                                       "allowHeaders",     "exposeHeaders",       "maxAge",
+                                       "allowCredentials", "unmatchedPreflights", NULL};
+    char f[300];
+    l7c_unknown_keys(c, o, path, keys);
+    Zmesh__V1__CorsPolicy *cp = l7c_alloc(c, sizeof(*cp));
+    if (!cp) return NULL;
+    zmesh__v1__cors_policy__init(cp);
+    json_t *l;
+    int rc = l7c_get_list(c, o, "allowOrigins", path, &l);
+    if (rc < 0) return NULL;
+    char **legacy = NULL;
+    size_t n_legacy = 0;
+    if (l7c_get_strs(c, o, "allowOrigin", path, &legacy, &n_legacy) < 0) return NULL;
+    size_t n = (rc > 0 ? json_array_size(l) : 0) + n_legacy;
+    cp->allow_origins = l7c_alloc(c, n * sizeof(*cp->allow_origins));
+    if (!cp->allow_origins) return NULL;
+    for (size_t i = 0; rc > 0 && i < json_array_size(l); i++) {
+        fld(f, sizeof(f), "%s.allowOrigins[%zu]", path, i);
+        Zmesh__V1__StringMatch *m = l7c_alloc(c, sizeof(*m));
+        if (!m) return NULL;
+        zmesh__v1__string_match__init(m);
+        const char *val;
+        Zmesh__V1__StringMatch__Type t;
+        if (string_match(c, json_array_get(l, i), f, false, &t, &val) < 0) return NULL;
+        m->type = t;
+        m->value = l7c_dup(c, val);
+        cp->allow_origins[cp->n_allow_origins++] = m;
+    }
+    /* The deprecated allowOrigin: exact strings (Istio's translation). */
+    for (size_t i = 0; i < n_legacy; i++) {
+        Zmesh__V1__StringMatch *m = l7c_alloc(c, sizeof(*m));
+        if (!m) return NULL;
+        zmesh__v1__string_match__init(m);
+        m->type = ZMESH__V1__STRING_MATCH__TYPE__EXACT;
+        m->value = legacy[i];
+        cp->allow_origins[cp->n_allow_origins++] = m;
+    }
+    if (l7c_get_strs(c, o, "allowMethods", path, &cp->allow_methods, &cp->n_allow_methods) < 0 ||
+        l7c_get_strs(c, o, "allowHeaders", path, &cp->allow_headers, &cp->n_allow_headers) < 0 ||
+        l7c_get_strs(c, o, "exposeHeaders", path, &cp->expose_headers, &cp->n_expose_headers) < 0)
+        return NULL;
+    uint64_t ms = 0;
+    if ((rc = get_duration(c, o, "maxAge", path, &ms)) < 0) return NULL;
+    if (rc > 0) {
+        cp->has_max_age = true;
+        cp->max_age_s = (int64_t)(ms / 1000); /* Envoy's max_age is seconds */
+    }
+    json_t *cr = json_object_get(o, "allowCredentials");
+    if (cr && !json_is_null(cr)) {
+        if (!json_is_boolean(cr)) {
+            fld(f, sizeof(f), "%s.allowCredentials", path);
+            ERR(c, f, "expected true or false");
+            return NULL;
+        }
+        cp->allow_credentials = json_is_true(cr) ? ZMESH__V1__CORS_POLICY__TRISTATE__TRUE
+                                                 : ZMESH__V1__CORS_POLICY__TRISTATE__FALSE;
+    }
+    const char *up = NULL;
+    if (l7c_get_str(c, o, "unmatchedPreflights", path, &up) < 0) return NULL;
+    if (up && strcmp(up, "FORWARD") && strcmp(up, "IGNORE") && strcmp(up, "UNSPECIFIED")) {
+        fld(f, sizeof(f), "%s.unmatchedPreflights", path);
+        ERR(c, f, "expected FORWARD or IGNORE, got \"%.40s\"", up);
+        return NULL;
+    }
+    cp->unmatched_preflight_ignore = up && !strcmp(up, "IGNORE");
+    return l7c_bad(c) ? NULL : cp;
+}
+
+static Zmesh__V1__DirectResponse *direct_conv(struct conv *c, const json_t *o, const char *path)
+{
+    static const char *const keys[] = {"status", "body", NULL};
+    char f[300];
+    l7c_unknown_keys(c, o, path, keys);
+    Zmesh__V1__DirectResponse *dr = l7c_alloc(c, sizeof(*dr));
+    if (!dr) return NULL;
+    zmesh__v1__direct_response__init(dr);
+    long long st = 0;
+    int rc = l7c_get_int(c, o, "status", path, 200, 599, &st);
+    if (rc <= 0) {
+        fld(f, sizeof(f), "%s.status", path);
+        if (!c->failed) ERR(c, f, "missing");
+        return NULL;
+    }
+    dr->status = (uint32_t)st;
+    json_t *b;
+    if ((rc = l7c_get_obj(c, o, "body", path, &b)) < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.body", path);
+        static const char *const bk[] = {"string", "bytes", NULL};
+        l7c_unknown_keys(c, b, f, bk);
+        const char *s = NULL, *bytes = NULL;
+        if (l7c_get_str(c, b, "string", f, &s) < 0 || l7c_get_str(c, b, "bytes", f, &bytes) < 0) return NULL;
+        if (s && bytes) {
+            ERR(c, f, "string and bytes are mutually exclusive");
+            return NULL;
+        }
+        if (bytes) {
+            /* protobuf JSON bytes: base64 (standard or URL alphabet, padding optional). */
+            size_t bl = strlen(bytes);
+            uint8_t *out = l7c_alloc(c, bl);
+            if (!out) return NULL;
+            size_t w = 0;
+            uint32_t acc = 0;
+            int bits = 0;
+            for (size_t i = 0; i < bl; i++) {
+                char ch = bytes[i];
+                int v = ch >= 'A' && ch <= 'Z'   ? ch - 'A'
+                        : ch >= 'a' && ch <= 'z' ? ch - 'a' + 26
+                        : ch >= '0' && ch <= '9' ? ch - '0' + 52
+                        : ch == '+' || ch == '-' ? 62
+                        : ch == '/' || ch == '_' ? 63
+                        : ch == '='              ? -2
+                                                 : -1;
+                if (v == -2) break;
+                if (v < 0) {
+                    char g[320];
+                    fld(g, sizeof(g), "%s.bytes", f);
+                    ERR(c, g, "not base64");
+                    return NULL;
+                }
+                acc = (acc << 6) | (uint32_t)v;
+                bits += 6;
+                if (bits >= 8) {
+                    bits -= 8;
+                    out[w++] = (uint8_t)(acc >> bits);
+                }
+            }
+            dr->body.data = out;
+            dr->body.len = w;
+        } else if (s) {
+            dr->body.data = (uint8_t *)l7c_dup(c, s);
+            dr->body.len = strlen(s);
+        }
+    }
+    return l7c_bad(c) ? NULL : dr;
+}
+
+/* A mirror destination and its fraction into a RequestMirror filter. */
+static Zmesh__V1__RouteFilter *mirror_conv(struct conv *c, const json_t *dest, const char *path, uint32_t ppm)
+{
+    const char *subset = "";
+    Zmesh__V1__BackendRef *b = destination(c, dest, path, &subset);
+    if (!b) return NULL;
+    if (*subset) {
+        char f[300];
+        fld(f, sizeof(f), "%s.subset", path);
+        WARN(
+            c, f,
+            "a mirror's subset is not supported by zmesh's waypoint yet: the copy goes to the whole Service");
+    }
+    Zmesh__V1__RequestMirror *m = l7c_alloc(c, sizeof(*m));
+    Zmesh__V1__RouteFilter *rf = l7c_alloc(c, sizeof(*rf));
+    if (!m || !rf) return NULL;
+    zmesh__v1__request_mirror__init(m);
+    zmesh__v1__route_filter__init(rf);
+    m->backend = b;
+    m->numerator = ppm;
+    m->denominator = L7_PPM;
+    rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_MIRROR;
+    rf->request_mirror = m;
+    return rf;
+}
+
+/* One http route. NULL with *skip: left out with a finding (delegate; matches only for gateways). */
+static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const char *path, bool *skip)
+{
+    static const char *const keys[] = {"name",           "match",
+                                       "route",          "redirect",
+                                       "directResponse", "delegate",
+                                       "rewrite",        "timeout",
+                                       "retries",        "fault",
+                                       "mirror",         "mirrors",
+                                       "mirrorPercent",  "mirrorPercentage",
+                                       "mirror_percent", "corsPolicy",
+                                       "headers",        NULL};
+    char f[300];
+    *skip = false;
+    if (!json_is_object(o)) {
+        ERR(c, path, "expected a mapping");
+        return NULL;
+    }
+    l7c_unknown_keys(c, o, path, keys);
+    if (json_object_get(o, "delegate")) {
+        fld(f, sizeof(f), "%s.delegate", path);
+        WARN(c, f,
+             "delegation is not supported by zmesh's waypoint (Istio supports it for gateways only): this "
+             "http route is left out");
+        *skip = true;
+        return NULL;
+    }
+    Zmesh__V1__RouteRule *r = l7c_alloc(c, sizeof(*r));
+    if (!r) return NULL;
+    zmesh__v1__route_rule__init(r);
+    const char *name = "";
+    if (l7c_get_str(c, o, "name", path, &name) < 0) return NULL;
+    r->name = l7c_dup(c, name);
+    json_t *l;
+    int rc = l7c_get_list(c, o, "match", path, &l);
+    if (rc < 0) return NULL;
+    size_t nm = rc > 0 ? json_array_size(l) : 0;
+    if (nm > VS_MAX_LIST) {
+        fld(f, sizeof(f), "%s.match", path);
+        ERR(c, f, "more than %d entries", VS_MAX_LIST);
+        return NULL;
+    }
+    r->matches = l7c_alloc(c, (nm ? nm : 1) * sizeof(*r->matches));
+    if (!r->matches) return NULL;
+    if (nm == 0) { /* no match: every request (the model's prefix "/") */
+        if (!(r->matches[0] = l7c_alloc(c, sizeof(**r->matches)))) return NULL;
+        zmesh__v1__route_match__init(r->matches[0]);
+        r->n_matches = 1;
+    }
+    for (size_t i = 0; i < nm; i++) {
+        fld(f, sizeof(f), "%s.match[%zu]", path, i);
+        bool mskip;
+        Zmesh__V1__RouteMatch *m = match_conv(c, json_array_get(l, i), f, &mskip);
+        if (!m && !mskip) return NULL;
+        if (m) r->matches[r->n_matches++] = m;
+    }
+    if (nm && !r->n_matches) { /* every match was for gateways only */
+        *skip = true;
+        return NULL;
+    }
+    /* Filters: request and response headers, redirect or rewrite, mirrors. */
+    json_t *mirrors = NULL;
+    if (l7c_get_list(c, o, "mirrors", path, &mirrors) < 0) return NULL;
+    size_t cap = 4 + (mirrors ? json_array_size(mirrors) : 0);
+    r->filters = l7c_alloc(c, cap * sizeof(*r->filters));
+    if (!r->filters) return NULL;
+    if (headers_conv(c, o, path, r->filters, &r->n_filters) < 0) return NULL;
+    json_t *rd, *rw, *dr;
+    int rrd = l7c_get_obj(c, o, "redirect", path, &rd), rrw = l7c_get_obj(c, o, "rewrite", path, &rw),
+        rdr = l7c_get_obj(c, o, "directResponse", path, &dr);
+    if (rrd < 0 || rrw < 0 || rdr < 0) return NULL;
+    json_t *routes;
+    if ((rc = l7c_get_list(c, o, "route", path, &routes)) < 0) return NULL;
+    size_t nr = rc > 0 ? json_array_size(routes) : 0;
+    /* Istio's validation: exactly one of route, redirect, directResponse (delegate handled above). */
+    if ((nr > 0) + (rrd > 0) + (rdr > 0) != 1) {
+        ERR(c, path, "exactly one of route, redirect and directResponse is required");
+        return NULL;
+    }
+    if (rrw > 0 && nr == 0) {
+        fld(f, sizeof(f), "%s.rewrite", path);
+        ERR(c, f, "a rewrite needs a route");
+        return NULL;
+    }
+    if (rrd > 0) {
+        fld(f, sizeof(f), "%s.redirect", path);
+        if (redirect_conv(c, rd, f, &r->filters[r->n_filters]) < 0) return NULL;
+        r->n_filters++;
+    }
+    if (rrw > 0) {
+        fld(f, sizeof(f), "%s.rewrite", path);
+        if (rewrite_conv(c, rw, f, &r->filters[r->n_filters]) < 0) return NULL;
+        r->n_filters++;
+    }
+    if (rdr > 0) {
+        fld(f, sizeof(f), "%s.directResponse", path);
+        if (!(r->direct_response = direct_conv(c, dr, f))) return NULL;
+    }
+    /* mirror + mirrorPercentage (or the deprecated mirrorPercent), and mirrors[] */
+    json_t *mi;
+    if ((rc = l7c_get_obj(c, o, "mirror", path, &mi)) < 0) return NULL;
+    if (rc > 0) {
+        uint32_t ppm = L7_PPM;
+        if (get_percent(c, o, "mirrorPercentage", "mirrorPercent", path, &ppm) < 0) return NULL;
+        fld(f, sizeof(f), "%s.mirror", path);
+        if (!(r->filters[r->n_filters] = mirror_conv(c, mi, f, ppm))) return NULL;
+        r->n_filters++;
+    } else if (json_object_get(o, "mirrorPercentage") || json_object_get(o, "mirrorPercent")) {
+        fld(f, sizeof(f), "%s.mirrorPercentage", path);
+        WARN(c, f, "without mirror: ignored");
+    }
+    if (json_object_get(o, "mirror_percent")) {
+        fld(f, sizeof(f), "%s.mirror_percent", path);
+        WARN(c, f, "not supported (use mirrorPercentage), ignored");
+    }
+    for (size_t i = 0; mirrors && i < json_array_size(mirrors); i++) {
+        json_t *e = json_array_get(mirrors, i);
+        fld(f, sizeof(f), "%s.mirrors[%zu]", path, i);
+        if (!json_is_object(e)) {
+            ERR(c, f, "expected a mapping");
+            return NULL;
+        }
+        static const char *const mk[] = {"destination", "percentage", NULL};
+        l7c_unknown_keys(c, e, f, mk);
+        json_t *d;
+        if (l7c_get_obj(c, e, "destination", f, &d) <= 0) {
+            char g[320];
+            fld(g, sizeof(g), "%s.destination", f);
+            if (!c->failed) ERR(c, g, "missing");
+            return NULL;
+        }
+        uint32_t ppm = L7_PPM;
+        if (get_percent(c, e, "percentage", NULL, f, &ppm) < 0) return NULL;
+        char g[320];
+        fld(g, sizeof(g), "%s.destination", f);
+        if (!(r->filters[r->n_filters] = mirror_conv(c, d, g, ppm))) return NULL;
+        r->n_filters++;
+    }
+    /* destinations */
+    if (nr > VS_MAX_LIST) {
+        fld(f, sizeof(f), "%s.route", path);
+        ERR(c, f, "more than %d entries", VS_MAX_LIST);
+        return NULL;
+    }
+    r->backends = l7c_alloc(c, (nr ? nr : 1) * sizeof(*r->backends));
+    if (!r->backends) return NULL;
+    uint64_t total = 0;
+    for (size_t i = 0; i < nr; i++) {
+        json_t *e = json_array_get(routes, i);
+        fld(f, sizeof(f), "%s.route[%zu]", path, i);
+        if (!json_is_object(e)) {
+            ERR(c, f, "expected a mapping");
+            return NULL;
+        }
+        static const char *const dk[] = {"destination", "weight", "headers", NULL};
+        l7c_unknown_keys(c, e, f, dk);
+        Zmesh__V1__Backend *b = l7c_alloc(c, sizeof(*b));
+        if (!b) return NULL;
+        zmesh__v1__backend__init(b);
+        json_t *d;
+        char g[320];
+        fld(g, sizeof(g), "%s.destination", f);
+        if (l7c_get_obj(c, e, "destination", f, &d) <= 0) {
+            if (!c->failed) ERR(c, g, "missing");
+            return NULL;
+        }
+        const char *subset = "";
+        if (!(b->service = destination(c, d, g, &subset))) return NULL;
+        b->subset = l7c_dup(c, subset);
+        /* A lone destination without a weight takes all traffic; with several, a missing weight is 0. */
+        long long w = nr == 1 ? 100 : 0;
+        if (l7c_get_int(c, e, "weight", f, 0, 1000000, &w) < 0) return NULL;
+        if (nr == 1 && w == 0) w = 100; /* Istio: a single destination's weight is ignored */
+        b->weight = (uint32_t)w;
+        total += (uint64_t)w;
+        b->filters = l7c_alloc(c, 2 * sizeof(*b->filters));
+        if (!b->filters) return NULL;
+        if (headers_conv(c, e, f, b->filters, &b->n_filters) < 0) return NULL;
+        r->backends[r->n_backends++] = b;
+    }
+    if (nr > 1 && total == 0) {
+        fld(f, sizeof(f), "%s.route", path);
+        ERR(c, f, "the destinations' weights add up to 0");
+        return NULL;
+    }
+    uint64_t to = 0;
+    if ((rc = get_duration(c, o, "timeout", path, &to)) < 0) return NULL;
+    if (rc > 0 && to) {
+        if (!(r->timeouts = l7c_alloc(c, sizeof(*r->timeouts)))) return NULL;
+        zmesh__v1__timeouts__init(r->timeouts);
+        r->timeouts->request_ms = to;
+    }
+    json_t *x;
+    if ((rc = l7c_get_obj(c, o, "retries", path, &x)) < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.retries", path);
+        if (!(r->retry = retry_conv(c, x, f))) return NULL;
+    }
+    if ((rc = l7c_get_obj(c, o, "fault", path, &x)) < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.fault", path);
+        if (!(r->fault = fault_conv(c, x, f))) return NULL;
+    }
+    if ((rc = l7c_get_obj(c, o, "corsPolicy", path, &x)) < 0) return NULL;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.corsPolicy", path);
+        if (!(r->cors = cors_conv(c, x, f))) return NULL;
+    }
+    return l7c_bad(c) ? NULL : r;
+}
+
+/* The Services spec.hosts names, as parents (each once). WARNs for hosts that are not Services. */
+static int hosts_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m, bool quiet)
+{
+    if (l7c_get_strs(c, spec, "hosts", "spec", &m->hostnames, &m->n_hostnames) < 0) return -1;
+    if (!m->n_hostnames) {
+        ERR(c, "spec.hosts", "missing: a VirtualService needs at least one host");
+        return -1;
+    }
+    if (m->n_hostnames > VS_MAX_LIST) {
+        ERR(c, "spec.hosts", "more than %d entries", VS_MAX_LIST);
+        return -1;
+    }
+    m->parents = l7c_alloc(c, m->n_hostnames * sizeof(*m->parents));
+    if (!m->parents) return -1;
+    for (size_t i = 0; i < m->n_hostnames; i++) {
+        char ns[254], name[254], f[64];
+        fld(f, sizeof(f), "spec.hosts[%zu]", i);
+        if (!host_service(m->hostnames[i], c->ns, ns, sizeof(ns), name, sizeof(name))) {
+            if (!quiet)
+                WARN(c, f,
+                     "\"%.100s\" does not name a Service (a short name or <name>.<namespace>.svc.<domain>; "
+                     "wildcards and external hosts are not supported by zmesh's waypoint): skipped",
+                     m->hostnames[i]);
+            continue;
+        }
+        bool seen = false;
+        for (size_t k = 0; k < m->n_parents && !seen; k++)
+            seen = !strcmp(m->parents[k]->namespace_, ns) && !strcmp(m->parents[k]->name, name);
+        if (seen) continue;
+        Zmesh__V1__ParentRef *p = l7c_alloc(c, sizeof(*p));
+        if (!p) return -1;
+        zmesh__v1__parent_ref__init(p);
+        p->namespace_ = l7c_dup(c, ns);
+        p->name = l7c_dup(c, name);
+        m->parents[m->n_parents++] = p;
+    }
+    return l7c_bad(c) ? -1 : 0;
+}
+
+int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
+               size_t name_n, manifest_report_fn report, void *ud)
+{
+    struct conv c = {.src = src, .report = report, .ud = ud};
+    int rc = -EINVAL;
+    *pb = NULL;
+    *len = 0;
+    if (!json_is_object(obj)) {
+        ERR(&c, "", "expected a mapping");
+        return -EINVAL;
+    }
+    static const char *const top[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
+    l7c_unknown_keys(&c, obj, "", top);
+    const char *api = "", *kind = "", *ns, *nm;
+    int64_t created = 0;
+    if (l7c_get_str(&c, obj, "apiVersion", "", &api) < 0 || l7c_get_str(&c, obj, "kind", "", &kind) < 0)
+        goto out;
+    if (strcmp(kind, "VirtualService") != 0) {
+        ERR(&c, "kind", "expected VirtualService, got \"%.40s\"", kind);
+        goto out;
+    }
+    if (strcmp(api, NETWORKING_GROUP "/v1") && strcmp(api, NETWORKING_GROUP "/v1beta1") &&
+        strcmp(api, NETWORKING_GROUP "/v1alpha3")) {
+        ERR(&c, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"", NETWORKING_GROUP, api);
+        goto out;
+    }
+    if (l7c_meta(&c, obj, &ns, &nm, &created) < 0) goto out;
+    if (snprintf(name, name_n, "%s/%s", ns, nm) >= (int)name_n) {
+        ERR(&c, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
+        goto out;
+    }
+    json_t *spec;
+    if (l7c_get_obj(&c, obj, "spec", "", &spec) <= 0) {
+        if (!c.failed) ERR(&c, "spec", "missing");
+        goto out;
+    }
+    static const char *const sk[] = {"hosts", "gateways", "http", "tls", "tcp", "exportTo", NULL};
+    l7c_unknown_keys(&c, spec, "spec", sk);
+    json_t *gw = NULL;
+    if (l7c_get_list(&c, spec, "gateways", "spec", &gw) < 0) goto out;
+    bool others;
+    if (!gateways_mesh(gw, &others)) {
+        l7c_finding(&c, MANIFEST_INFO, "spec.gateways",
+                    "bound to gateways only (no \"mesh\"): not for the waypoint, skipped");
+        rc = -ENOENT;
+        goto out;
+    }
+    if (others)
+        WARN(&c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
+    static const char *const unsupported[] = {"tls", "tcp", "exportTo", NULL};
+    for (size_t i = 0; unsupported[i]; i++)
+        if (json_object_get(spec, unsupported[i])) {
+            char f[32];
+            fld(f, sizeof(f), "spec.%s", unsupported[i]);
+            WARN(&c, f, "%s",
+                 !strcmp(unsupported[i], "exportTo")
+                     ? "not supported by zmesh's waypoint, ignored (the VirtualService applies to "
+                       "every client of its Services)"
+                     : "not supported by zmesh's waypoint yet, ignored (only http routes apply)");
+        }
+    Zmesh__V1__HTTPRoute m = ZMESH__V1__HTTPROUTE__INIT;
+    m.kind = ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
+    m.namespace_ = (char *)ns;
+    m.name = (char *)nm;
+    m.creation_timestamp = created;
+    if (hosts_conv(&c, spec, &m, false) < 0) goto out;
+    if (!m.n_parents) {
+        l7c_finding(&c, MANIFEST_WARN, "spec.hosts", "no host names a Service: nothing for the waypoint");
+        rc = -ENOENT;
+        goto out;
+    }
+    json_t *l;
+    int r = l7c_get_list(&c, spec, "http", "spec", &l);
+    if (r < 0) goto out;
+    if (r > 0) {
+        if (json_array_size(l) > VS_MAX_LIST) {
+            ERR(&c, "spec.http", "more than %d entries", VS_MAX_LIST);
+            goto out;
+        }
+        m.rules = l7c_alloc(&c, json_array_size(l) * sizeof(*m.rules));
+        if (!m.rules) goto nomem;
+        for (size_t i = 0; i < json_array_size(l); i++) {
+            char f[64];
+            fld(f, sizeof(f), "spec.http[%zu]", i);
+            bool skip;
+            Zmesh__V1__RouteRule *rr = rule_conv(&c, json_array_get(l, i), f, &skip);
+            if (!rr && !skip) goto out;
+            if (rr) m.rules[m.n_rules++] = rr;
+        }
+    }
+    if (l7c_bad(&c)) goto out;
+    rc = l7c_pack_and_check(&c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
+    goto out;
+nomem:
+    rc = -ENOMEM;
+out:
+    if (l7c_bad(&c) && rc == 0) {
+        free(*pb);
+        *pb = NULL;
+        rc = -EINVAL;
+    }
+    if (c.oom) rc = -ENOMEM;
+    l7_arena_free(&c.a);
+    return rc;
+}
+
+/* ---- VirtualService and HTTPRoute on one Service ---- */
+
+void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(docs[i].kind, "VirtualService") != 0) continue;
+        struct conv c = {.src = &docs[i].src, .report = NULL, .ud = NULL};
+        const json_t *meta = json_object_get(docs[i].doc, "metadata");
+        const char *vns = json_string_value(json_object_get(meta, "namespace"));
+        c.ns = vns && *vns ? vns : "default";
+        json_t *spec = json_object_get(docs[i].doc, "spec");
+        if (!json_is_object(spec)) continue;
+        Zmesh__V1__HTTPRoute m = ZMESH__V1__HTTPROUTE__INIT;
+        /* Findings about the hosts themselves were given by vs_convert; this pass only looks for overlaps. */
+        const json_t *hosts = json_object_get(spec, "hosts");
+        if (!json_is_array(hosts) || !json_array_size(hosts)) continue;
+        if (hosts_conv(&c, spec, &m, true) < 0) {
+            l7_arena_free(&c.a);
+            continue;
+        }
+        for (size_t p = 0; p < m.n_parents; p++)
+            for (size_t k = 0; k < n; k++) {
+                if (strcmp(docs[k].kind, "HTTPRoute") != 0 && strcmp(docs[k].kind, "GRPCRoute") != 0)
+                    continue;
+                const json_t *rm = json_object_get(docs[k].doc, "metadata");
+                const char *rns = json_string_value(json_object_get(rm, "namespace"));
+                const char *rname = json_string_value(json_object_get(rm, "name"));
+                if (!rns || !*rns) rns = "default";
+                const json_t *prs = json_object_get(json_object_get(docs[k].doc, "spec"), "parentRefs");
+                for (size_t x = 0; x < json_array_size(prs); x++) {
+                    const json_t *pr = json_array_get(prs, x);
+                    const char *g = json_string_value(json_object_get(pr, "group"));
+                    const char *kd = json_string_value(json_object_get(pr, "kind"));
+                    const char *pns = json_string_value(json_object_get(pr, "namespace"));
+                    const char *pn = json_string_value(json_object_get(pr, "name"));
+                    if (!g || *g || !kd || strcmp(kd, "Service") || !pn) continue;
+                    if (!pns) pns = rns;
+                    if (strcmp(pns, m.parents[p]->namespace_) || strcmp(pn, m.parents[p]->name)) continue;
+                    struct conv rc = {.src = &docs[i].src, .report = report, .ud = ud};
+                    l7c_finding(
+                        &rc, MANIFEST_WARN, "spec.hosts",
+                        "Service %s/%s also has %s %s/%s: mixing a VirtualService and a Gateway API route "
+                        "on one Service is undefined in Istio; zmesh's waypoint applies the %s there and "
+                        "ignores this VirtualService for that Service",
+                        pns, pn, docs[k].kind, rns, rname ? rname : "?", docs[k].kind);
+                    x = json_array_size(prs);
+                }
+            }
+        l7_arena_free(&c.a);
+    }
+}

@@ -1,0 +1,35 @@
+/* Istio's VirtualService (networking.istio.io v1, v1beta1, v1alpha3; istio/api
+ * networking/v1alpha3/virtual_service.proto) to the waypoint's zmesh.v1.HTTPRoute of kind VIRTUAL_SERVICE
+ * (proto/zmesh/l7.proto). The mapping follows istiod's translation into Envoy routes (istio/istio
+ * pilot/pkg/networking/core/route/route.go, route/retry/retry.go) and the waypoint applies it with Envoy's
+ * semantics (src/waypoint/route.c).
+ *
+ * `hosts` that name a Service (a short name: the VirtualService's namespace; `<svc>.<ns>.svc.<domain>`)
+ * become the route's parents; every `http` route becomes a rule, tried in the order written. Findings as
+ * src/zmeshd/l7.h: ERROR = not converted, WARN = converted with what the message names dropped, INFO =
+ * skipped by design. */
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "zmeshd/manifest.h"
+
+/* Converts a VirtualService (obj borrowed) into the packed zmesh.v1.HTTPRoute: *pb (malloc'd, the caller
+ * frees it) of *len bytes, name "<ns>/<name>" into name[0..name_n). Returns 0, -EINVAL (an ERROR was
+ * reported), -ENOENT (nothing for a waypoint: no host names a Service, or only non-mesh gateways; an INFO or
+ * WARN says so) or -ENOMEM. */
+int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
+               size_t name_n, manifest_report_fn report, void *ud);
+
+/* Reports (WARN, on the VirtualService) every Service that both a VirtualService's hosts and an HTTPRoute's
+ * or GRPCRoute's Service parentRefs name: mixing them is undefined in Istio; zmesh's waypoint applies the
+ * Gateway API route there (src/mesh/l7.c) and ignores the VirtualService for that Service. docs as
+ * manifest_l7_docs. */
+void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud);
+
+/* A duration as Istio's VirtualService fields take it (Go's time.ParseDuration, which Istio's protobuf JSON
+ * reader uses for google.protobuf.Duration: "1.5s", "100ms", "1h30m"; no sign) in milliseconds, rounded down.
+ * 0 or -EINVAL. */
+int vs_duration_ms(const char *s, uint64_t *ms);
