@@ -1368,6 +1368,8 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
             route_free(r);
             return fail(&v, "", "not a valid zmesh.v1.HTTPRoute encoding");
         }
+        if (r->pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE)
+            snprintf(what, sizeof(what), "VirtualService %.512s", name);
         int rc = route_build(r, &v);
         if (rc < 0) {
             if (rc == -ENOMEM) fail(&v, "", "out of memory");

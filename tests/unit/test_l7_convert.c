@@ -13,6 +13,7 @@
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/vs.h"
 
 #define MAX_F 16
 struct run {
@@ -43,6 +44,8 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     const char *kind = json_string_value(json_object_get(doc, "kind"));
     if (kind && strcmp(kind, "AuthorizationPolicy") == 0)
         r->rc = l7_convert_authz(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
+    else if (kind && strcmp(kind, "VirtualService") == 0)
+        r->rc = vs_convert(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
     else
         r->rc = l7_convert_route(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
     return 0;
@@ -309,7 +312,8 @@ static const struct {
     {ROUTE("  rules: [{retry: {attempts: 3}}]\n"), MANIFEST_WARN,
      "spec.rules[0].retry: not supported by zmesh's waypoint yet, ignored"},
     {ROUTE("  colour: blue\n"), MANIFEST_WARN, "spec.colour: unknown field, ignored"},
-    {GROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+    {GROUTE(
+         "  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
      MANIFEST_WARN, "spec.rules[0].filters[0].requestMirror: RequestMirror of a GRPCRoute is not applied"},
 
     {ROUTE("  rules: [{matches: [{path: {value: /a, extra: 1}}]}]\n"), MANIFEST_WARN,
@@ -375,7 +379,8 @@ static void test_http_mirror_no_finding(void **state)
     (void)state;
     struct run r;
     char buf[8192];
-    convert(ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+    convert(ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: "
+                  "80}}}]}]\n"),
             &r);
     if (r.rc != 0 || r.n != 0) fail_msg("rc %d, findings:\n%s", r.rc, findings(&r, buf, sizeof(buf)));
     free(r.pb);
@@ -397,6 +402,307 @@ static void test_allow_rule_dropped_fails_closed(void **state)
     struct l7_authz_input in = {.source_principal = "td/ns/app/sa/x", .req = &q};
     assert_int_equal(l7_authorize(c, NULL, NULL, "app", "svc", &in, NULL, NULL), L7_DENY);
     l7_config_unref(c);
+}
+
+/* ---- VirtualService (src/zmeshd/vs.c) ---- */
+
+#define VS_HEAD                                                                                              \
+    "apiVersion: networking.istio.io/v1\n"                                                                   \
+    "kind: VirtualService\n"                                                                                 \
+    "metadata: {name: reviews, namespace: app}\n"
+
+/* Converts yaml and returns the unpacked message (the caller frees it), asserting success. */
+static Zmesh__V1__HTTPRoute *vs_ok(const char *yaml, struct run *r)
+{
+    char buf[4096];
+    convert(yaml, r);
+    if (r->rc != 0) fail_msg("rc %d, findings:\n%s", r->rc, findings(r, buf, sizeof(buf)));
+    Zmesh__V1__HTTPRoute *m = zmesh__v1__httproute__unpack(NULL, r->len, r->pb);
+    assert_non_null(m);
+    free(r->pb);
+    return m;
+}
+
+static void test_vs_hosts_and_matches(void **state)
+{
+    (void)state;
+    struct run r;
+    Zmesh__V1__HTTPRoute *m = vs_ok(VS_HEAD "spec:\n"
+                                            "  hosts: [reviews, ratings.other.svc.cluster.local, "
+                                            "\"*.example.com\", reviews.app.svc.cluster.local]\n"
+                                            "  http:\n"
+                                            "  - name: jason\n"
+                                            "    match:\n"
+                                            "    - uri: {prefix: /api}\n"
+                                            "      ignoreUriCase: true\n"
+                                            "      method: {exact: GET}\n"
+                                            "      headers: {End-User: {exact: jason}, x-any: {}}\n"
+                                            "      withoutHeaders: {x-debug: {regex: \"[0-9]+\"}}\n"
+                                            "      queryParams: {v: {prefix: \"2\"}}\n"
+                                            "    - {gateways: [ingress], uri: {exact: /gw}}\n"
+                                            "    route: [{destination: {host: reviews, subset: v2}}]\n",
+                                    &r);
+    assert_string_equal(r.name, "app/reviews");
+    assert_int_equal(m->kind, ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE);
+    /* a short name, an FQDN in another namespace; the wildcard is skipped, the FQDN repeat counted once */
+    assert_int_equal(m->n_parents, 2);
+    assert_string_equal(m->parents[0]->namespace_, "app");
+    assert_string_equal(m->parents[0]->name, "reviews");
+    assert_string_equal(m->parents[1]->namespace_, "other");
+    assert_string_equal(m->parents[1]->name, "ratings");
+    assert_true(has(&r, MANIFEST_WARN, "spec.hosts[2]: \"*.example.com\" does not name a Service"));
+    assert_true(has(&r, MANIFEST_INFO, "spec.http[0].match[1].gateways: a match for gateways only"));
+    assert_int_equal(m->n_rules, 1);
+    const Zmesh__V1__RouteRule *rule = m->rules[0];
+    assert_int_equal(rule->n_matches, 1);
+    const Zmesh__V1__RouteMatch *mt = rule->matches[0];
+    assert_int_equal(mt->path->type, ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX);
+    assert_string_equal(mt->path->value, "/api");
+    assert_true(mt->ignore_uri_case);
+    assert_string_equal(mt->method, "GET");
+    assert_int_equal(mt->n_headers, 2);
+    assert_string_equal(mt->headers[0]->name, "end-user");
+    assert_int_equal(mt->headers[1]->type, ZMESH__V1__STRING_MATCH__TYPE__PRESENT);
+    assert_int_equal(mt->n_without_headers, 1);
+    assert_int_equal(mt->without_headers[0]->type, ZMESH__V1__STRING_MATCH__TYPE__REGEX);
+    assert_int_equal(mt->query_params[0]->type, ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX);
+    assert_string_equal(rule->backends[0]->subset, "v2");
+    assert_int_equal(rule->backends[0]->weight, 100);
+    assert_int_equal(rule->backends[0]->service->port, 0);
+    zmesh__v1__httproute__free_unpacked(m, NULL);
+}
+
+static void test_vs_route_parts(void **state)
+{
+    (void)state;
+    struct run r;
+    Zmesh__V1__HTTPRoute *m = vs_ok(
+        VS_HEAD
+        "spec:\n"
+        "  hosts: [reviews]\n"
+        "  http:\n"
+        "  - route:\n"
+        "    - {destination: {host: reviews, subset: v1, port: {number: 9080}}, weight: 75,\n"
+        "       headers: {response: {add: {x-v: v1}}}}\n"
+        "    - {destination: {host: reviews-v3}, weight: 25}\n"
+        "    headers: {request: {set: {X-Set: s}, remove: [x-rm]}}\n"
+        "    rewrite: {uri: /v1, authority: reviews.internal}\n"
+        "    timeout: 0.25s\n"
+        "    retries: {attempts: 2, perTryTimeout: 1s, retryOn: \"gateway-error,connect-failure,429\"}\n"
+        "    fault:\n"
+        "      delay: {fixedDelay: 100ms, percent: 10}\n"
+        "      abort: {httpStatus: 503, percentage: {value: 0.1}}\n"
+        "    mirror: {host: shadow}\n"
+        "    mirrorPercentage: {value: 25.5}\n"
+        "    corsPolicy: {allowOrigins: [{prefix: \"https://\"}], allowMethods: [GET], maxAge: 1m,\n"
+        "                 allowCredentials: false, unmatchedPreflights: IGNORE}\n"
+        "  - rewrite: {uriRegexRewrite: {match: \"^/a/(.*)\", rewrite: \"/b/\\\\1\"}}\n"
+        "    route: [{destination: {host: reviews}}]\n"
+        "    fault: {abort: {grpcStatus: PERMISSION_DENIED}}\n"
+        "  - directResponse: {status: 503, body: {bytes: aGVsbG8=}}\n"
+        "  - redirect: {uri: /new, authority: x.example, redirectCode: 308, scheme: https, port: 8443}\n",
+        &r);
+    assert_int_equal(r.n, 0);
+    assert_int_equal(m->n_rules, 4);
+    const Zmesh__V1__RouteRule *a = m->rules[0];
+    assert_int_equal(a->n_backends, 2);
+    assert_int_equal(a->backends[0]->weight, 75);
+    assert_int_equal(a->backends[0]->service->port, 9080);
+    assert_int_equal(a->backends[0]->n_filters, 1);
+    assert_int_equal(a->backends[0]->filters[0]->kind_case,
+                     ZMESH__V1__ROUTE_FILTER__KIND_RESPONSE_HEADER_MODIFIER);
+    assert_string_equal(a->backends[1]->service->name, "reviews-v3");
+    assert_int_equal(a->backends[1]->weight, 25);
+    /* filters: request headers, rewrite, mirror */
+    assert_int_equal(a->n_filters, 3);
+    assert_string_equal(a->filters[0]->request_header_modifier->set[0]->name, "x-set");
+    assert_int_equal(a->filters[1]->url_rewrite->path->type, ZMESH__V1__PATH_MODIFIER__TYPE__PREFIX_REWRITE);
+    assert_string_equal(a->filters[1]->url_rewrite->hostname, "reviews.internal");
+    assert_int_equal(a->filters[2]->request_mirror->numerator, 255000);
+    assert_int_equal(a->filters[2]->request_mirror->denominator, 1000000);
+    assert_string_equal(a->filters[2]->request_mirror->backend->name, "shadow");
+    assert_int_equal(a->timeouts->request_ms, 250);
+    assert_int_equal(a->retry->attempts, 2);
+    assert_int_equal(a->retry->per_try_timeout_ms, 1000);
+    assert_int_equal(a->retry->n_retry_on, 2);
+    assert_int_equal(a->retry->n_retry_on_codes, 1);
+    assert_int_equal(a->retry->retry_on_codes[0], 429);
+    assert_int_equal(a->fault->delay_ms, 100);
+    assert_int_equal(a->fault->delay_ppm, 100000);
+    assert_int_equal(a->fault->abort_http_status, 503);
+    assert_int_equal(a->fault->abort_ppm, 1000);
+    assert_int_equal(a->cors->n_allow_origins, 1);
+    assert_int_equal(a->cors->max_age_s, 60);
+    assert_int_equal(a->cors->allow_credentials, ZMESH__V1__CORS_POLICY__TRISTATE__FALSE);
+    assert_true(a->cors->unmatched_preflight_ignore);
+    const Zmesh__V1__RouteRule *b = m->rules[1];
+    assert_int_equal(b->filters[0]->url_rewrite->path->type, ZMESH__V1__PATH_MODIFIER__TYPE__REGEX);
+    assert_string_equal(b->filters[0]->url_rewrite->path->pattern, "^/a/(.*)");
+    assert_string_equal(b->filters[0]->url_rewrite->path->value, "/b/\\1");
+    assert_true(b->fault->abort_grpc);
+    assert_int_equal(b->fault->abort_grpc_status, 7);
+    assert_null(b->retry); /* Istio's default policy */
+    assert_int_equal(m->rules[2]->direct_response->status, 503);
+    assert_int_equal(m->rules[2]->direct_response->body.len, 5);
+    assert_memory_equal(m->rules[2]->direct_response->body.data, "hello", 5);
+    const Zmesh__V1__RequestRedirect *rd = m->rules[3]->filters[0]->request_redirect;
+    assert_int_equal(rd->status_code, 308);
+    assert_string_equal(rd->hostname, "x.example");
+    assert_string_equal(rd->scheme, "https");
+    assert_int_equal(rd->port, 8443);
+    assert_string_equal(rd->path->value, "/new");
+    zmesh__v1__httproute__free_unpacked(m, NULL);
+}
+
+/* Every refusal names the field; what zmesh drops is a WARN; a VirtualService only for gateways is INFO. */
+static void test_vs_findings(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *spec;
+        int rc;
+        enum manifest_level level;
+        const char *text;
+    } cases[] = {
+        {"  http: [{route: [{destination: {host: a}}]}]\n", -EINVAL, MANIFEST_ERROR,
+         "spec.hosts: missing: a VirtualService needs at least one host"},
+        {"  hosts: [a.example.com]\n  http: [{route: [{destination: {host: a}}]}]\n", -ENOENT, MANIFEST_WARN,
+         "spec.hosts: no host names a Service"},
+        {"  hosts: [a]\n  gateways: [istio-system/ingress]\n", -ENOENT, MANIFEST_INFO,
+         "spec.gateways: bound to gateways only"},
+        {"  hosts: [a]\n  gateways: [mesh, ingress]\n  http: [{route: [{destination: {host: a}}]}]\n", 0,
+         MANIFEST_WARN, "spec.gateways: only \"mesh\" applies"},
+        {"  hosts: [a]\n  tcp: [{route: [{destination: {host: a}}]}]\n", 0, MANIFEST_WARN,
+         "spec.tcp: not supported by zmesh's waypoint yet"},
+        {"  hosts: [a]\n  exportTo: [\".\"]\n", 0, MANIFEST_WARN, "spec.exportTo: not supported"},
+        {"  hosts: [a]\n  http: [{delegate: {name: d}}]\n", 0, MANIFEST_WARN,
+         "spec.http[0].delegate: delegation is not supported"},
+        {"  hosts: [a]\n  http: [{match: [{port: 80}], route: [{destination: {host: a}}]}]\n", -EINVAL,
+         MANIFEST_ERROR, "spec.http[0].match[0].port: not supported"},
+        {"  hosts: [a]\n  http: [{match: [{authority: {exact: x}}], route: [{destination: {host: a}}]}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].match[0].authority: not supported"},
+        {"  hosts: [a]\n  http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: "
+         "a}}]}]\n",
+         -EINVAL, MANIFEST_ERROR,
+         "spec.http[0].match[0].uri: exact, prefix and regex are mutually exclusive"},
+        {"  hosts: [a]\n  http: [{match: [{uri: {regex: \"(?=x)\"}}], route: [{destination: {host: a}}]}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].match[0].uri.regex: lookaround"},
+        {"  hosts: [a]\n  http: [{match: [{method: {prefix: G}}], route: [{destination: {host: a}}]}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].match[0].method: only an exact method match"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], redirect: {uri: /x}}]\n", -EINVAL,
+         MANIFEST_ERROR, "spec.http[0]: exactly one of route, redirect and directResponse"},
+        {"  hosts: [a]\n  http: [{match: [{uri: {exact: /a}}]}]\n", -EINVAL, MANIFEST_ERROR,
+         "spec.http[0]: exactly one of route, redirect and directResponse"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a.example.com}}]}]\n", -EINVAL, MANIFEST_ERROR,
+         "spec.http[0].route[0].destination.host: \"a.example.com\" is not a Service"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}, weight: 0}, {destination: {host: b}}]}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].route: the destinations' weights add up to 0"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], timeout: 5x}]\n", -EINVAL,
+         MANIFEST_ERROR, "spec.http[0].timeout: not a duration"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], retries: {retryOn: \"5xx,bogus\"}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].retries.retryOn: unknown retry condition \"bogus\""},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], retries: {attempts: 1, "
+         "retryRemoteLocalities: true}}]\n",
+         0, MANIFEST_WARN, "spec.http[0].retries.retryRemoteLocalities: not supported"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], fault: {abort: {percentage: {value: "
+         "5}}}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].fault.abort: exactly one of httpStatus and grpcStatus"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], fault: {abort: {httpStatus: 700}}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].fault.abort.httpStatus: expected an integer 200-599"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], fault: {abort: {grpcStatus: NOPE}}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].fault.abort.grpcStatus: not a gRPC status name"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], fault: {delay: {percentage: {value: "
+         "5}}}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].fault.delay.fixedDelay: missing"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], fault: {delay: {fixedDelay: 1s, "
+         "percentage: {value: 101}}}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].fault.delay.percentage: expected {value: 0.0-100.0}"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], rewrite: {uri: /a, uriRegexRewrite: "
+         "{match: a, rewrite: b}}}]\n",
+         -EINVAL, MANIFEST_ERROR,
+         "spec.http[0].rewrite.uriRegexRewrite: uri and uriRegexRewrite are mutually"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], rewrite: {uriRegexRewrite: {match: "
+         "\"(a\", rewrite: b}}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].rewrite.uriRegexRewrite.match: invalid regular expression"},
+        {"  hosts: [a]\n  http: [{directResponse: {status: 99}}]\n", -EINVAL, MANIFEST_ERROR,
+         "spec.http[0].directResponse.status: expected an integer 200-599"},
+        {"  hosts: [a]\n  http: [{redirect: {uri: /x, redirectCode: 200}}]\n", -EINVAL, MANIFEST_ERROR,
+         "spec.http[0].redirect.redirectCode: expected an integer 300-399"},
+        {"  hosts: [a]\n  http: [{redirect: {uri: /x, redirectCode: 305}}]\n", -EINVAL, MANIFEST_ERROR,
+         "spec: VirtualService app/reviews: rules[0].filters[0].request_redirect.status_code: expected 301"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], corsPolicy: {unmatchedPreflights: "
+         "X}}]\n",
+         -EINVAL, MANIFEST_ERROR, "spec.http[0].corsPolicy.unmatchedPreflights: expected FORWARD or IGNORE"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], corsPolicy: {allowOrigins: [{}]}}]\n",
+         -EINVAL, MANIFEST_ERROR,
+         "spec.http[0].corsPolicy.allowOrigins[0]: one of exact, prefix, regex is required"},
+        {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], bogus: 1}]\n", 0, MANIFEST_WARN,
+         "spec.http[0].bogus: unknown field, ignored"},
+        {"  hosts: [a]\n  http: [{mirror: {host: m, subset: s}, route: [{destination: {host: a}}]}]\n", 0,
+         MANIFEST_WARN, "spec.http[0].mirror.subset: a mirror's subset is not supported"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char yaml[1024], buf[4096];
+        snprintf(yaml, sizeof(yaml), VS_HEAD "spec:\n%s", cases[i].spec);
+        struct run r;
+        convert(yaml, &r);
+        free(r.pb);
+        if (r.rc != cases[i].rc || !has(&r, cases[i].level, cases[i].text))
+            fail_msg("case %zu: rc %d (want %d), findings:\n%s\nwant [%d] %s", i, r.rc, cases[i].rc,
+                     findings(&r, buf, sizeof(buf)), cases[i].level, cases[i].text);
+    }
+    /* v1beta1 and v1alpha3 are read as v1; another group is refused */
+    struct run r;
+    convert("apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: x}\n"
+            "spec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}\n",
+            &r);
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.name, "default/x");
+    free(r.pb);
+    uint64_t ms;
+    assert_int_equal(vs_duration_ms("1h2m3.5s", &ms), 0);
+    assert_int_equal(ms, 3723500);
+    assert_int_equal(vs_duration_ms("1500us", &ms), 0);
+    assert_int_equal(ms, 1);
+    assert_int_equal(vs_duration_ms("0", &ms), 0);
+    assert_int_equal(ms, 0);
+    assert_int_equal(vs_duration_ms("1.5", &ms), -EINVAL);
+    assert_int_equal(vs_duration_ms("-1s", &ms), -EINVAL);
+    assert_int_equal(vs_duration_ms("", &ms), -EINVAL);
+}
+
+static void on_conflict(void *ud, const struct manifest_finding *f)
+{
+    on_finding(ud, f);
+}
+
+/* A VirtualService and an HTTPRoute on one Service: the VirtualService is reported. */
+static void test_vs_httproute_conflict(void **state)
+{
+    (void)state;
+    json_error_t je;
+    struct manifest_l7_doc docs[2] = {
+        {.kind = "VirtualService", .src = {.file = "vs.yaml", .doc = 1}},
+        {.kind = "HTTPRoute", .src = {.file = "hr.yaml", .doc = 1}},
+    };
+    docs[0].doc = json_pack_ex(&je, 0, "{s:s,s:s,s:{s:s,s:s},s:{s:[s,s]}}", "apiVersion",
+                               "networking.istio.io/v1", "kind", "VirtualService", "metadata", "name",
+                               "reviews", "namespace", "app", "spec", "hosts", "reviews", "ratings");
+    docs[1].doc = json_pack_ex(&je, 0, "{s:s,s:s,s:{s:s,s:s},s:{s:[{s:s,s:s,s:s}]}}", "apiVersion",
+                               "gateway.networking.k8s.io/v1", "kind", "HTTPRoute", "metadata", "name", "r",
+                               "namespace", "app", "spec", "parentRefs", "group", "", "kind", "Service",
+                               "name", "reviews");
+    assert_non_null(docs[0].doc);
+    assert_non_null(docs[1].doc);
+    struct run r;
+    memset(&r, 0, sizeof(r));
+    vs_report_conflicts(docs, 2, on_conflict, &r);
+    assert_int_equal(r.n, 1);
+    assert_true(
+        has(&r, MANIFEST_WARN, "vs.yaml#1: spec.hosts: Service app/reviews also has HTTPRoute app/r"));
+    assert_true(has(&r, MANIFEST_WARN, "applies the HTTPRoute there and ignores this VirtualService"));
+    json_decref(docs[0].doc);
+    json_decref(docs[1].doc);
 }
 
 static void test_duration(void **state)
@@ -429,6 +735,10 @@ int main(void)
         cmocka_unit_test(test_http_mirror_no_finding),
         cmocka_unit_test(test_allow_rule_dropped_fails_closed),
         cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_vs_hosts_and_matches),
+        cmocka_unit_test(test_vs_route_parts),
+        cmocka_unit_test(test_vs_findings),
+        cmocka_unit_test(test_vs_httproute_conflict),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
