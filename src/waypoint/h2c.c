@@ -82,6 +82,12 @@ struct hc_x {
     struct wp_decision dec; /* what wp_decide chose (strings borrowed from the tunnel's view) */
     struct lb_choice upstream_ep;
     struct timer timer; /* the route's timeout */
+    /* A VirtualService fault delay (route.c): the upstream stream opens when delay_timer fires, with these
+     * headers (one allocation); the request's DATA waits in d2u meanwhile, uncredited. */
+    struct timer delay_timer;
+    bool delay_held, held_end;
+    struct h2_header *held;
+    size_t n_held;
     struct msg_count req_msgs, resp_msgs;
     int grpc_status; /* from the response's trailers (or a trailers-only response), -1 when none */
     bool counted;    /* wp_endpoint_begin ran for upstream_ep */
@@ -211,6 +217,8 @@ static void x_unref(struct hc_x *x)
     if (--x->refs) return;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
+    if (timer_armed(&x->delay_timer)) timer_stop(x->d->t->w->loop, &x->delay_timer);
+    free(x->held);
     x_record(x);
     bq_free(&x->d2u);
     bq_free(&x->u2d);
@@ -271,9 +279,12 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     x->flags = flags;
     if (!x->ds || x->responded) return;
     x->responded = true;
+    bool decided = x->dec.kind == WP_DECIDE_LOCAL;
     if (x->grpc) {
-        char code[8], msg[HC_GRPC_MESSAGE_MAX];
-        x->grpc_status = http_to_grpc_status(status);
+        char code[16], msg[HC_GRPC_MESSAGE_MAX];
+        /* a VirtualService fault abort's grpcStatus, else Envoy's mapping */
+        x->grpc_status =
+            decided && x->dec.grpc_status >= 0 ? x->dec.grpc_status : http_to_grpc_status(status);
         x->status = 200;
         snprintf(code, sizeof(code), "%d", x->grpc_status);
         grpc_message_encode(body, msg, sizeof(msg));
@@ -283,9 +294,18 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     }
     char len[24];
     snprintf(len, sizeof(len), "%zu", strlen(body));
-    struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len}};
+    struct h2_header h[2 + 2 * L7_MAX_HEADER_MODS] = {{"content-type", "text/plain"},
+                                                      {"content-length", len}};
+    size_t nh = 2;
+    if (decided && x->dec.n_resp_mods) { /* a decided local answer carries the rule's response headers */
+        struct http1_hdr hv[2 + 2 * L7_MAX_HEADER_MODS] = {{"content-type", 12, "text/plain", 10},
+                                                           {"content-length", 14, len, strlen(len)}};
+        wp_apply_mods(x->dec.resp_mods, x->dec.n_resp_mods, hv, &nh, sizeof(hv) / sizeof(hv[0]), name_eq);
+        for (size_t i = 0; i < nh; i++)
+            h[i] = (struct h2_header){hv[i].name, hv[i].value};
+    }
     if (bq_push(&x->u2d, (const uint8_t *)body, strlen(body)) < 0 ||
-        h2_stream_respond(x->ds, status, h, 2, *body ? H2_BODY : 0) < 0)
+        h2_stream_respond(x->ds, status, h, nh, *body ? H2_BODY : 0) < 0)
         return;
     x->u2d.eof = true;
     x->bytes_sent = strlen(body);
@@ -338,7 +358,7 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
     struct hc_x *x = ud;
     x->bytes_received += len;
     if (x->grpc) count_msgs(&x->req_msgs, data, len);
-    if (x->routed && !x->us) { /* answered locally or the upstream is gone: drop */
+    if (x->routed && !x->us && !x->delay_held) { /* answered locally or the upstream is gone: drop */
         h2_stream_consume(s, len);
         return;
     }
@@ -636,6 +656,9 @@ static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
     h2_stream_set_ops(s, &ds_ops, x);
 }
 
+static void open_upstream(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream);
+static int delay_hold(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream);
+
 static void down_request(struct h2_stream *s, void *ud, const struct h2_request *req)
 {
     struct hc_down *d = ud;
@@ -700,7 +723,14 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     out[no++] = (struct h2_header){":path", x->dec.rewrite_path ? x->dec.path : req->path};
     for (size_t i = 0; i < n; i++)
         out[no++] = (struct h2_header){hv[i].name, hv[i].value};
+    if (x->dec.delay_ms && delay_hold(x, out, no, req->end_stream) == 0) return;
+    open_upstream(x, out, no, req->end_stream);
+}
 
+/* The chosen endpoint, its pooled session and the upstream stream with headers out[0..no). */
+static void open_upstream(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream)
+{
+    struct wp_tunnel *t = x->d->t;
     struct lb_choice ep;
     if (wp_pick_endpoint(t, x->dec.svc, x->dec.port, &ep) < 0) {
         drop_d2u(x);
@@ -713,7 +743,7 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     x->upstream_ep = ep;
     const char *err = "failed";
     struct hc_up *u = up_get(t->w, &ep, &err);
-    struct h2_stream *us = u ? h2_stream_open(u->c, out, no, req->end_stream ? 0 : H2_BODY, &us_ops, x) : NULL;
+    struct h2_stream *us = u ? h2_stream_open(u->c, out, no, end_stream ? 0 : H2_BODY, &us_ops, x) : NULL;
     if (!us) {
         drop_d2u(x); /* what arrived before the request was handed over */
         LOG_LIMITED(LOG_WARN, LOG_H2C, "upstream %s: %s", x->upstream_host, err);
@@ -729,7 +759,44 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     wp_endpoint_begin(ep.wl); /* ended in x_unref */
     x->counted = true;
     if (x->dec.timeout_ms) timer_start(t->w->loop, &x->timer, x->dec.timeout_ms);
-    if (req->end_stream) x->d2u.eof = true;
+    if (end_stream) x->d2u.eof = true;
+}
+
+/* A VirtualService fault delay is over: the upstream stream opens now, and the route's timeout starts. */
+static void delay_cb(struct timer *tm)
+{
+    struct hc_x *x = container_of(tm, struct hc_x, delay_timer);
+    x->delay_held = false;
+    if (!x->ds) return; /* the client went away meanwhile */
+    bool end = x->held_end;
+    open_upstream(x, x->held, x->n_held, end); /* DATA that came meanwhile is in d2u, read from the start */
+}
+
+/* Holds the request for the decision's delay: copies out[0..no) (the session's strings live for the callback
+ * only). 0, or -ENOMEM (the request then goes on without the delay). */
+static int delay_hold(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream)
+{
+    size_t total = no * sizeof(struct h2_header);
+    for (size_t i = 0; i < no; i++)
+        total += strlen(out[i].name) + strlen(out[i].value) + 2;
+    struct h2_header *h = malloc(total);
+    if (!h) return -ENOMEM;
+    char *p = (char *)(h + no);
+    for (size_t i = 0; i < no; i++) {
+        size_t a = strlen(out[i].name) + 1, b = strlen(out[i].value) + 1;
+        memcpy(p, out[i].name, a);
+        memcpy(p + a, out[i].value, b);
+        h[i] = (struct h2_header){p, p + a};
+        p += a + b;
+    }
+    x->held = h;
+    x->n_held = no;
+    x->held_end = end_stream;
+    x->delay_held = true;
+    x->flags = "DI";
+    x->delay_timer.cb = delay_cb;
+    timer_start(x->d->t->w->loop, &x->delay_timer, x->dec.delay_ms);
+    return 0;
 }
 
 static void down_closed(struct h2_conn *c, void *ud, const struct h2_end *e)

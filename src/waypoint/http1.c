@@ -81,6 +81,8 @@ struct h1_x {
     const char *route_name;
     struct lb_choice upstream_ep;
     struct timer timer; /* the route's timeout */
+    struct timer delay_timer; /* a VirtualService fault delay (route.c): the request waits upstream ... */
+    bool delay_held;          /* ... in its connection's buffer, not written, until this clears */
     uint64_t req_head_bytes, resp_head_bytes; /* the heads' sizes on the downstream wire (metrics) */
     int64_t upstream_ms;                      /* x-envoy-upstream-service-time, -1 before the response */
     bool counted;                             /* wp_endpoint_begin ran for upstream_ep */
@@ -102,6 +104,7 @@ static _Thread_local struct h1_pool pool;
 static void down_kick(struct h1_down *d);
 static void up_kick(struct h1_up *u);
 static void x_finish(struct h1_x *x);
+static void delay_start(struct h1_x *x, uint64_t ms);
 
 /* ---- sides ---- */
 
@@ -183,10 +186,14 @@ static void local_reply(struct h1_x *x, int status, const char *body, const char
 {
     struct h1_down *d = x->d;
     size_t blen = strlen(body);
-    struct http1_hdr h[3];
+    struct http1_hdr h[3 + 2 * L7_MAX_HEADER_MODS];
     size_t nh = 0;
     if (location) h[nh++] = (struct http1_hdr){"location", 8, location, strlen(location)};
     if (blen) h[nh++] = (struct http1_hdr){"content-type", 12, "text/plain", 10};
+    /* A decided local answer carries the rule's response headers (route.h). */
+    if (x->dec.kind == WP_DECIDE_LOCAL)
+        wp_apply_mods(x->dec.resp_mods, x->dec.n_resp_mods, h, &nh, sizeof(h) / sizeof(h[0]) - 1,
+                      http1_name_is);
     if (!x->keep_alive) h[nh++] = (struct http1_hdr){"connection", 10, "close", 5};
     (void)http1_write_response_head(&d->s.out, status, NULL, h, nh, HTTP1_BODY_LENGTH, blen);
     if (!x->head_req) (void)http1_out_append(&d->s.out, body, blen);
@@ -635,6 +642,7 @@ static void up_kick(struct h1_up *u)
     if (u->s.dead) return;
     bool rd = !u->x || side_pending(&u->x->d->s) <= H1_HIGH_WATER;
     uint32_t ev = side_want(&u->s, rd) | EPOLLRDHUP;
+    if (u->x && u->x->delay_held) ev &= ~(uint32_t)EPOLLOUT; /* a fault delay: nothing leaves yet */
     if (ev != u->s.io.events) loop_io_mod(u->w->loop, &u->s.io, ev);
 }
 
@@ -677,6 +685,7 @@ static void x_free(struct h1_x *x)
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
+    if (timer_armed(&x->delay_timer)) timer_stop(x->d->t->w->loop, &x->delay_timer);
     free(x->head);
     free(x);
 }
@@ -894,7 +903,10 @@ static int req_head(void *ud, const struct http1_head *h)
     x->up_start_mono = loop_now(t->w->loop);
     wp_endpoint_begin(ep.wl); /* ended in x_free */
     x->counted = true;
-    if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
+    if (dec->delay_ms)
+        delay_start(x, dec->delay_ms);
+    else if (dec->timeout_ms)
+        timer_start(t->w->loop, &x->timer, dec->timeout_ms);
     if (x->head_req) http1_parser_response_to_head(u->p);
     if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     if (http1_write_request_head(&u->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,
@@ -905,6 +917,24 @@ static int req_head(void *ud, const struct http1_head *h)
     up_kick(u);
     if (dec->mirror_svc) start_mirror(x, h, target, target_len, hv, n);
     return 0;
+}
+
+/* A VirtualService fault delay is over: the held request leaves, and the route's timeout starts now (Envoy's
+ * fault filter runs before the router, whose timer starts when it sees the request). */
+static void delay_cb(struct timer *tm)
+{
+    struct h1_x *x = container_of(tm, struct h1_x, delay_timer);
+    x->delay_held = false;
+    if (x->dec.timeout_ms) timer_start(x->d->t->w->loop, &x->timer, x->dec.timeout_ms);
+    if (x->u) up_kick(x->u);
+}
+
+static void delay_start(struct h1_x *x, uint64_t ms)
+{
+    x->delay_held = true;
+    x->flags = "DI";
+    x->delay_timer.cb = delay_cb;
+    timer_start(x->d->t->w->loop, &x->delay_timer, ms);
 }
 
 /* The route's timeout passed before the response ended: Envoy's 504 `upstream request timeout` (UT) when

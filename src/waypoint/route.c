@@ -47,6 +47,106 @@ static void collect_mods(struct wp_decision *d, const struct l7_filter *f, size_
     }
 }
 
+/* ---- VirtualService: CORS, fault injection, direct response (Envoy's cors and fault filters, which run
+ * before the router in Istio's filter chain; istio/istio pilot/pkg/networking/core/route/route.go) ---- */
+
+/* The request's value of header name (lower-case), or NULL. */
+static const char *req_header(const struct l7_request *req, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < req->n_headers; i++)
+        if (req->headers[i].name_len == nl && !strncasecmp(req->headers[i].name, name, nl)) {
+            *len = req->headers[i].value_len;
+            return req->headers[i].value;
+        }
+    return NULL;
+}
+
+static void cors_add(struct wp_decision *d, const char *name, const char *value)
+{
+    struct l7_kv *kv = (struct l7_kv *)d->cors_mod.set;
+    if (d->cors_mod.n_set < sizeof(d->cors_kv) / sizeof(d->cors_kv[0]))
+        kv[d->cors_mod.n_set++] = (struct l7_kv){name, value};
+}
+
+/* Envoy's cors filter (source/extensions/filters/http/cors/cors_filter.cc): a request with an allowed Origin
+ * gets access-control-allow-origin (and -credentials, -expose-headers) on its response; a preflight (OPTIONS
+ * with Origin and Access-Control-Request-Method) with an allowed origin is answered 200 here with the allow
+ * headers; one whose origin is not allowed goes on to the backend (unmatchedPreflights FORWARD, Istio's
+ * default) or is answered 200 without CORS headers (IGNORE). Returns true when the decision is now LOCAL. */
+static bool vs_cors(struct wp_decision *d, const struct l7_cors *c, const struct l7_request *req)
+{
+    size_t on = 0, mn = 0;
+    const char *origin = req_header(req, "origin", &on);
+    if (!origin || !on) return false;
+    bool preflight =
+        !strcmp(req->method, "OPTIONS") && req_header(req, "access-control-request-method", &mn) && mn;
+    bool allowed = on < sizeof(d->cors_origin) && l7_cors_origin_allowed(c, origin, on);
+    if (!allowed) {
+        if (!preflight || c->unmatched_preflight_forward) return false;
+        d->n_resp_mods = 0;
+        local(d, 200, "", "-", "cors_preflight");
+        return true;
+    }
+    memcpy(d->cors_origin, origin, on);
+    d->cors_origin[on] = 0;
+    d->cors_mod = (struct l7_header_mod){.set = d->cors_kv};
+    cors_add(d, "access-control-allow-origin", d->cors_origin);
+    if (c->allow_credentials == 1) cors_add(d, "access-control-allow-credentials", "true");
+    if (preflight) {
+        if (*c->allow_methods) cors_add(d, "access-control-allow-methods", c->allow_methods);
+        if (*c->allow_headers) cors_add(d, "access-control-allow-headers", c->allow_headers);
+        if (c->max_age_s >= 0) {
+            snprintf(d->cors_max_age, sizeof(d->cors_max_age), "%lld", (long long)c->max_age_s);
+            cors_add(d, "access-control-max-age", d->cors_max_age);
+        }
+        d->n_resp_mods = 0;
+        d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
+        local(d, 200, "", "-", "cors_preflight");
+        return true;
+    }
+    if (*c->expose_headers) cors_add(d, "access-control-expose-headers", c->expose_headers);
+    if (d->n_resp_mods < WP_MAX_MODS) d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
+    return false;
+}
+
+/* Envoy's Grpc::Utility::grpcToHttpStatus (source/common/grpc/status.cc): the HTTP status of a gRPC abort
+ * sent to a request that is not gRPC. */
+static int grpc_to_http_status(int g)
+{
+    static const int map[17] = {200, 499, 500, 400, 504, 404, 409, 403, 429,
+                                400, 409, 400, 501, 500, 503, 500, 401};
+    return g >= 0 && g <= 16 ? map[g] : 500;
+}
+
+/* True when the request falls in a fraction of ppm parts per million. */
+static bool in_fraction(struct wp_tunnel *t, uint32_t ppm)
+{
+    return ppm >= L7_PPM || (ppm && wp_rand(t->w) % L7_PPM < ppm);
+}
+
+/* Envoy's fault filter: a delay (applied by the codec before the request goes upstream, flag DI) and an abort
+ * (answered here: the status with body "fault filter abort", flag FI; a gRPC request gets a trailers-only 200
+ * with the grpc-status). Returns true when the decision is now LOCAL. */
+static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7_fault *f,
+                     const struct l7_request *req)
+{
+    if (f->delay_ms && in_fraction(t, f->delay_ppm)) d->delay_ms = f->delay_ms;
+    if ((f->abort_status || f->abort_grpc >= 0) && in_fraction(t, f->abort_ppm)) {
+        int status = f->abort_status;
+        if (f->abort_grpc >= 0) {
+            d->grpc_status = f->abort_grpc;
+            status = req->grpc ? 200 : grpc_to_http_status(f->abort_grpc);
+        }
+        /* Envoy delays, then aborts; the local answer here is not held back by the delay. */
+        d->delay_ms = 0;
+        d->n_resp_mods = 0;
+        local(d, status, "fault filter abort", "FI", "fault_filter_abort");
+        return true;
+    }
+    return false;
+}
+
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d)
 {
     struct wp_view *v = t->view;
@@ -55,6 +155,8 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     d->svc = t->svc;
     d->port = t->port;
     d->route_name = "default";
+    d->grpc_status = -1;
+    d->subset = "";
     /* L7 authorization: policies targeting this waypoint's Gateway, and the addressed Service. */
     struct l7_authz_input in = {
         .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
@@ -67,9 +169,9 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     in.source_ip = &pip;
     const char *matched = NULL;
     bool dry_deny = false;
-    enum l7_verdict verdict = l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
-                                           t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
-                                           &matched, &dry_deny);
+    enum l7_verdict verdict =
+        l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name, t->svc ? t->svc->namespace_ : NULL,
+                     t->svc ? t->svc->name : NULL, &in, &matched, &dry_deny);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny %s %s from %s", req->method,
                     t->authority, *t->peer_id ? t->peer_id : "unknown");
@@ -93,9 +195,16 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     d->rule = rule;
     d->route_name = rule->name;
     d->timeout_ms = rule->request_timeout_ms;
-    if (rule->backend_request_timeout_ms && (!d->timeout_ms || rule->backend_request_timeout_ms < d->timeout_ms))
+    if (rule->backend_request_timeout_ms &&
+        (!d->timeout_ms || rule->backend_request_timeout_ms < d->timeout_ms))
         d->timeout_ms = rule->backend_request_timeout_ms;
     collect_mods(d, rule->filters, rule->n_filters);
+    if (rule->cors && vs_cors(d, rule->cors, req)) return 0;
+    if (rule->fault && vs_fault(t, d, rule->fault, req)) return 0;
+    if (rule->direct) { /* Envoy's direct_response: the route's response headers apply */
+        local(d, rule->direct->status, rule->direct->body, "-", "direct_response");
+        return 0;
+    }
     pick_mirror(t, d, rule->filters, rule->n_filters);
     if (rule->redirect) {
         int n = l7_redirect_location(rule->redirect, prefix, prefix_len, req, "http", d->location,
@@ -110,8 +219,11 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     }
     if (rule->rewrite) {
         if (rule->rewrite->path_kind != L7_PATH_KEEP) {
-            int n = l7_rewrite_path(rule->rewrite->path_kind, rule->rewrite->path, prefix, prefix_len, req->path,
-                                    req->path_len, d->path, sizeof(d->path));
+            int n = rule->rewrite->path_kind == L7_PATH_REGEX
+                        ? l7_rewrite_path_regex(rule->rewrite->path_regex, rule->rewrite->path, req->path,
+                                                req->path_len, d->path, sizeof(d->path))
+                        : l7_rewrite_path(rule->rewrite->path_kind, rule->rewrite->path, prefix, prefix_len,
+                                          req->path, req->path_len, d->path, sizeof(d->path));
             if (n < 0) {
                 local(d, 500, "", "-", "rewrite_failed");
                 return 0;
@@ -139,13 +251,14 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     }
     d->svc = svc;
     d->port = be->port ? be->port : t->port;
+    d->subset = be->subset ? be->subset : "";
     return 0;
 }
 
 /* Applies the modifiers to a header list: set replaces (or adds), add appends, remove drops, as Gateway API
  * specifies. hv holds *n entries and room for cap. */
-void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struct http1_hdr *hv, size_t *n, size_t cap,
-                   bool (*name_eq)(const char *a, size_t alen, const char *lower))
+void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struct http1_hdr *hv, size_t *n,
+                   size_t cap, bool (*name_eq)(const char *a, size_t alen, const char *lower))
 {
     for (size_t m = 0; m < n_mods; m++) {
         const struct l7_header_mod *hm = mods[m];
@@ -172,10 +285,10 @@ void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struc
                 }
             if (!done && *n < cap)
                 hv[(*n)++] = (struct http1_hdr){hm->set[s].name, strlen(hm->set[s].name), hm->set[s].value,
-                                             strlen(hm->set[s].value)};
+                                                strlen(hm->set[s].value)};
         }
         for (size_t a = 0; a < hm->n_add && *n < cap; a++)
             hv[(*n)++] = (struct http1_hdr){hm->add[a].name, strlen(hm->add[a].name), hm->add[a].value,
-                                         strlen(hm->add[a].value)};
+                                            strlen(hm->add[a].value)};
     }
 }

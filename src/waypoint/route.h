@@ -1,9 +1,9 @@
 /* What the waypoint does with one request, for HTTP/1.1 and h2c alike: L7 authorization (the policies that
  * target this waypoint's Gateway or the addressed Service: 403 `RBAC: access denied`), then the route of the
- * addressed Service (Gateway API's HTTPRoute/GRPCRoute, as zmeshd converted them): no route attached means the
- * Service itself, routes without a matching rule mean 404 (Envoy's NR), a redirect or an all-zero-weight rule
- * is answered here, else the chosen backend Service and port with the rule's rewrites, header modifiers and
- * timeout. */
+ * addressed Service (Gateway API's HTTPRoute/GRPCRoute, as zmeshd converted them): no route attached means
+ * the Service itself, routes without a matching rule mean 404 (Envoy's NR), a redirect or an all-zero-weight
+ * rule is answered here, else the chosen backend Service and port with the rule's rewrites, header modifiers
+ * and timeout. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,9 +39,23 @@ struct wp_decision {
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;
     uint16_t mirror_port;
+    /* ---- VirtualService (route.c's vs_* helpers) ---- */
+    /* LOCAL: the grpc-status a gRPC request gets (fault abort grpcStatus), -1: mapped from status */
+    int grpc_status;
+    /* FORWARD: fault delay; the codec waits this long before sending the request upstream (flag DI) */
+    uint64_t delay_ms;
+    /* FORWARD: the chosen destination's subset ("" = none), for the DestinationRule's endpoint choice */
+    const char *subset;
+    /* corsPolicy: the response headers this request gets (in resp_mods when set). The strings live here or in
+     * the config, so a decision is used where wp_decide wrote it and never copied. */
+    struct l7_header_mod cors_mod;
+    struct l7_kv cors_kv[5];
+    char cors_origin[512], cors_max_age[24];
 };
 
-/* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
+/* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. A LOCAL answer carries resp_mods too (a
+ * rule's response headers on its redirect or direct response, CORS headers on a preflight): the codecs add
+ * them to the local reply. */
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
 
 /* Applies header modifiers in order to hv[0..*n) (room for cap): set replaces every field of that name (or
