@@ -1,0 +1,424 @@
+"""Istio's VirtualService through the waypoint, end to end on `zmesh up` (src/zmeshd/vs.c converts it,
+src/waypoint/route.c applies it): the cluster of test_waypoint_l7.py (namespace `l7` with its waypoint, pods v1 and
+v2 running apps.py `l7app`, a client pod), with Services of its own per test so the VirtualServices never meet.
+
+Checked: weights (80/20 within tolerance over 200 requests); uri prefix (a plain string prefix), exact, regex,
+ignoreUriCase, header and withoutHeaders matches; first match in the order written (a catch-all shadows what
+follows); redirect (301, Location); rewrite uri (Envoy's prefix_rewrite), uriRegexRewrite and authority; request and
+response headers set/add/remove; directResponse status and body; fault abort 503 at 50 % (within tolerance over 400
+requests) with `FI` and `fault_filter_abort` in the waypoint's access log; a fixed delay (at least the delay, never
+an upper bound) with `DI`, over HTTP/1.1 and over gRPC (h2c); a gRPC abort as a grpc-status; CORS preflight and
+Access-Control-Allow-Origin on a simple request; a VirtualService and an HTTPRoute on one Service (the HTTPRoute
+applies, zmeshd says so).
+
+Addresses of its own: prefix zv<hex>, state /run/zmesh-upvs-<hex>, nodes 172.25.<o>.0/24, pods 10.<o>.0.0/16 with o in
+1..19 (see test_waypoint_l7.py for the others' ranges). Run under `flock /tmp/zmesh-up.lock`.
+"""
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from test_up import _force_cleanup, poll
+from test_waypoint_l7 import (APPLY_WAIT, GRPC, NS, L7Cluster, _try, counts, info, manifests, marked, req, route,
+                              mark, service)
+
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x")
+
+
+class VSCluster(L7Cluster):
+    def __init__(self, manifests_dir):
+        super().__init__(manifests_dir)
+        tag = "%04x" % random.randrange(1 << 16)
+        self.prefix = "zv" + tag
+        self.state = "/run/zmesh-upvs-" + tag
+        octet = random.randrange(1, 20)
+        self.node_subnet = "172.25.%d.0" % octet
+        self.pod_subnet = "10.%d.0.0" % octet
+        self.host_ip = "172.25.%d.1" % octet
+        self.work = tempfile.mkdtemp(prefix="zmesh-upvs-w-")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    d = tempfile.mkdtemp(prefix="zmesh-upvs-m-")
+    docs = [manifests(d)] + [service(n, {"app": "svc"}) for n in SERVICES] + [service("vs-g", {"app": "svc"},
+                                                                                       grpc=True)]
+    with open(os.path.join(d, "vs.yaml"), "w") as f:
+        f.write("---\n".join(docs))
+    c = VSCluster(d)
+    c.app_logs = d
+    try:
+        c.up()
+        p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
+                  check=False, timeout=90)
+        assert p.returncode == 0, p.stdout + p.stderr
+        poll(lambda: _try(c, "/", svc="svc"), timeout=APPLY_WAIT, what="svc answering through the waypoint")
+        yield c
+    finally:
+        if os.environ.get("ZMESH_KEEP_CLUSTER") == "1":
+            print("kept cluster: --state-dir %s, manifests %s" % (c.state, d))
+        else:
+            _force_cleanup(c)
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(c.work, ignore_errors=True)
+
+
+def vs(name, host, http, extra=""):
+    """A VirtualService in NS for host with the http routes written as YAML (a list)."""
+    return ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: %s, namespace: %s}\n"
+            "spec:\n  hosts: [%s]\n%s  http:\n%s" % (name, NS, host, extra, "".join(
+                "  " + l + "\n" for l in http.strip("\n").splitlines())))
+
+
+def tagged(value):
+    """Route-level response headers that tag a VirtualService rule's answers."""
+    return "headers: {response: {set: {x-route: %s}}}" % value
+
+
+def waypoint_log(c):
+    return c.pod_log(c.waypoint_pods()[0]["metadata"]["name"], "istio-proxy")
+
+
+def served(resp):
+    status, headers, body = resp
+    assert status == 200, resp
+    return json.loads(body)["tag"], headers.get("x-route")
+
+
+# -- weights --------------------------------------------------------------------------------------------------------
+
+def test_weights(cluster):
+    c = cluster
+    d = c.apply(vs("weights", "vs-w", """
+- %s
+  route:
+  - {destination: {host: svc-v1}, weight: 80}
+  - {destination: {host: svc-v2.l7.svc.cluster.local, port: {number: 80}}, weight: 20}
+""" % tagged("w8020")))
+    until_marked(c, "/", "w8020", svc="vs-w")
+    got = counts(c, 200, svc="vs-w")
+    # 80% of 200 is 160; the binomial's standard deviation is 5.7: four of them either way.
+    assert set(got) <= {"v1", "v2"}, got
+    assert 137 <= got.get("v1", 0) <= 183, got
+    c.delete(d)
+
+
+def until_marked(c, path, value, **kw):
+    poll(lambda: (lambda r: r if r is not None and r[1].get("x-route") == value else None)(_try(c, path, **kw)),
+         timeout=APPLY_WAIT, every=0.1, what="the VirtualService marked %s" % value)
+
+
+# -- matches, order -------------------------------------------------------------------------------------------------
+
+MATCHES = """
+- match: [{uri: {prefix: /api}, headers: {x-env: {exact: canary}}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{uri: {prefix: /api}, withoutHeaders: {x-debug: {exact: "1"}}}]
+  %s
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {exact: /Exact}, ignoreUriCase: true}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{uri: {regex: "/re/[0-9]+"}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- %s
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {exact: /shadowed}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+""" % (tagged("hdr"), tagged("without"), tagged("exact"), tagged("regex"), tagged("any"), tagged("shadowed"))
+
+
+def test_matches_first_match_order(cluster):
+    c = cluster
+    d = c.apply(vs("matches", "vs-m", MATCHES))
+    try:
+        until_marked(c, "/api", "without", svc="vs-m")
+        g = lambda path, **kw: served(req(c, path, svc="vs-m", **kw))  # noqa: E731
+        assert g("/api", headers={"X-Env": "canary"}) == ("v2", "hdr")
+        assert g("/api") == ("v1", "without")
+        assert g("/apix/y") == ("v1", "without")                        # a string prefix, not path elements
+        assert g("/api", headers={"x-debug": "1"}) == ("v1", "any")     # withoutHeaders excludes it
+        assert g("/EXACT") == ("v2", "exact")                           # ignoreUriCase
+        assert g("/exact?q=1") == ("v2", "exact")
+        assert g("/exact/more") == ("v1", "any")
+        assert g("/re/123") == ("v2", "regex")
+        assert g("/re/12a") == ("v1", "any")                            # a full match
+        # VirtualService routes are tried in order: the catch-all before /shadowed wins (Gateway API's precedence
+        # would pick the exact match).
+        assert g("/shadowed") == ("v1", "any")
+    finally:
+        c.delete(d)
+
+
+# -- redirect, rewrite, headers -------------------------------------------------------------------------------------
+
+def test_redirect_rewrite_headers(cluster):
+    c = cluster
+    d = c.apply(vs("rewrites", "vs-r", """
+- match: [{uri: {prefix: /moved}}]
+  redirect: {uri: /landing, authority: elsewhere.example}
+- match: [{uri: {prefix: /perm}}]
+  redirect: {uri: /p2, redirectCode: 308}
+- match: [{uri: {prefix: /old}}]
+  rewrite: {uri: /new, authority: rewritten.example}
+  route: [{destination: {host: svc-v1}}]
+  %s
+- match: [{uri: {prefix: /rx/}}]
+  rewrite: {uriRegexRewrite: {match: "^/rx/([a-z]+)/([0-9]+)", rewrite: "/v2/\\\\2/\\\\1"}}
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {prefix: /hdr}}]
+  headers:
+    request: {set: {x-set: from-vs}, add: {x-add: added}, remove: [x-remove]}
+    response: {set: {x-route: hdr}, add: {x-resp-add: resp}}
+  route:
+  - destination: {host: svc-v1}
+    headers: {request: {set: {x-dest: v1}}, response: {remove: [x-served-by]}}
+""" % tagged("rw")))
+    try:
+        until_marked(c, "/old/x", "rw", svc="vs-r")
+        r = req(c, "/moved/a?q=1", svc="vs-r")
+        assert r[0] == 301, r                                           # HTTPRedirect's default code
+        assert r[1]["location"] == "http://elsewhere.example/landing?q=1", r
+        r = req(c, "/perm", svc="vs-r")
+        assert r[0] == 308 and r[1]["location"].endswith("/p2"), r
+        # rewrite.uri is Envoy's prefix_rewrite: the matched "/old" replaced as written.
+        body = info(req(c, "/oldpath/x?k=v", svc="vs-r"))
+        assert body["path"] == "/newpath/x?k=v", body
+        assert body["headers"]["host"] == "rewritten.example", body
+        body = info(req(c, "/rx/abc/42/tail", svc="vs-r"))
+        assert body["path"] == "/v2/42/abc/tail", body
+        status, headers, raw = req(c, "/hdr", svc="vs-r", headers={"x-remove": "gone", "x-set": "client"})
+        body = json.loads(raw)
+        assert status == 200 and headers["x-route"] == "hdr" and headers["x-resp-add"] == "resp", headers
+        assert "x-served-by" not in headers, headers                  # the destination's response remove
+        assert body["headers"]["x-set"] == "from-vs", body
+        assert body["headers"]["x-add"] == "added", body
+        assert body["headers"]["x-dest"] == "v1", body
+        assert "x-remove" not in body["headers"], body
+    finally:
+        c.delete(d)
+
+
+# -- direct response -------------------------------------------------------------------------------------------------
+
+def test_direct_response(cluster):
+    c = cluster
+    d = c.apply(vs("direct", "vs-d", """
+- match: [{uri: {exact: /teapot}}]
+  directResponse: {status: 418, body: {string: "short and stout"}}
+  %s
+- route: [{destination: {host: svc-v1}}]
+""" % tagged("direct")))
+    try:
+        r = poll(lambda: (lambda r: r if r and r[0] == 418 else None)(_try(c, "/teapot", svc="vs-d")),
+                 timeout=APPLY_WAIT, what="the direct response")
+        assert r[2] == b"short and stout", r
+        assert r[1]["x-route"] == "direct", r                          # the route's response headers apply
+        assert info(req(c, "/other", svc="vs-d"))["tag"] == "v1"
+        line = poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET /teapot HTTP/1.1" 418 - direct_response'
+                             in l], timeout=10, what="the direct response's access log line")
+        assert line
+    finally:
+        c.delete(d)
+
+
+# -- fault injection -------------------------------------------------------------------------------------------------
+
+def test_fault_abort_fraction(cluster):
+    import http.client
+    from helpers import connect
+    c = cluster
+    d = c.apply(vs("abort", "vs-f", """
+- match: [{uri: {prefix: /abort}}]
+  fault: {abort: {httpStatus: 503, percentage: {value: 50}}}
+  route: [{destination: {host: svc-v1}}]
+  %s
+- match: [{uri: {prefix: /all}}]
+  fault: {abort: {httpStatus: 503}}
+  route: [{destination: {host: svc-v1}}]
+""" % tagged("abort")))
+    try:
+        poll(lambda: (lambda r: r if r and r[0] == 503 else None)(_try(c, "/all", svc="vs-f")), timeout=APPLY_WAIT,
+             what="the abort fault")
+        tag = "/abort/%04x" % random.randrange(1 << 16)
+        vip = c.vip("vs-f")
+        conn = http.client.HTTPConnection(vip, 80, timeout=15)
+        conn.sock = connect(c.netns_of("client"), vip, 80, timeout=15)
+        got = {}
+        try:
+            for _ in range(400):
+                conn.request("GET", tag)
+                r = conn.getresponse()
+                body = r.read()
+                got[r.status] = got.get(r.status, 0) + 1
+                if r.status == 503:
+                    assert body == b"fault filter abort", body
+        finally:
+            conn.close()
+        # 50% of 400 is 200; the standard deviation is 10: five of them either way.
+        assert set(got) <= {200, 503}, got
+        assert 150 <= got.get(503, 0) <= 250, got
+        n503 = got[503]
+        lines = poll(lambda: (lambda ls: ls if len(ls) >= n503 else None)(
+            [l for l in waypoint_log(c).splitlines() if '"GET %s HTTP/1.1" 503 FI fault_filter_abort' % tag in l]),
+            timeout=10, what="FI in the waypoint's access log")
+        assert len(lines) == n503
+    finally:
+        c.delete(d)
+
+
+def test_fault_delay(cluster):
+    c = cluster
+    d = c.apply(vs("delay", "vs-x", """
+- match: [{uri: {prefix: /slow}}]
+  fault: {delay: {fixedDelay: 700ms, percentage: {value: 100}}}
+  route: [{destination: {host: svc-v1}}]
+  %s
+- %s
+  route: [{destination: {host: svc-v1}}]
+""" % (tagged("slow"), tagged("fast"))))
+    try:
+        until_marked(c, "/", "fast", svc="vs-x")
+        tag = "/slow/%04x" % random.randrange(1 << 16)
+        t0 = time.monotonic()
+        r = req(c, tag, svc="vs-x")
+        took = time.monotonic() - t0
+        assert r[0] == 200 and r[1]["x-route"] == "slow", r
+        assert took >= 0.7, took                                        # a lower bound only
+        poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET %s HTTP/1.1" 200 DI' % tag in l],
+             timeout=10, what="DI in the waypoint's access log")
+        # A request body sent during the delay still arrives whole.
+        body = b"x" * 100000
+        r = req(c, tag + "/post", svc="vs-x", method="POST", body=body)
+        assert r[0] == 200 and json.loads(r[2])["body_len"] == len(body), r[:2]
+    finally:
+        c.delete(d)
+
+
+GRPC_TIMED = r'''
+import json, sys, time
+import grpc
+out = {}
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    grpc.channel_ready_future(ch).result(timeout=10)
+    for name in ("Unary", "Stream"):
+        t0 = time.monotonic()
+        try:
+            if name == "Unary":
+                out[name] = ch.unary_unary("/l7test.Echo/Unary")(b"hello", timeout=10).decode()
+            else:
+                out[name] = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"2", timeout=10)]
+        except grpc.RpcError as e:
+            out[name] = [e.code().name, e.details()]
+        out[name + "_s"] = time.monotonic() - t0
+print(json.dumps(out))
+'''
+
+
+def test_grpc_abort_and_delay(cluster):
+    """Over h2c: a grpcStatus abort is a trailers-only grpc-status, a delay holds the call."""
+    c = cluster
+    d = c.apply(vs("grpc", "vs-g", """
+- match: [{uri: {exact: /l7test.Echo/Unary}}]
+  fault: {abort: {grpcStatus: UNAVAILABLE}}
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {prefix: /l7test.Echo/Stream}}]
+  fault: {delay: {fixedDelay: 800ms}}
+  route: [{destination: {host: svc-v1}}]
+"""))
+    try:
+        def call():
+            p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_TIMED,
+                                "%s:%d" % (c.vip("vs-g"), GRPC)], capture_output=True, text=True, timeout=60)
+            assert p.returncode == 0, p.stderr
+            return json.loads(p.stdout)
+        out = poll(lambda: (lambda o: o if isinstance(o["Unary"], list) else None)(call()), timeout=APPLY_WAIT,
+                   what="the gRPC abort")
+        assert out["Unary"] == ["UNAVAILABLE", "fault filter abort"], out
+        assert out["Stream"] == ["v1:0", "v1:1"], out
+        assert out["Stream_s"] >= 0.8, out                             # a lower bound only
+    finally:
+        c.delete(d)
+
+
+# -- CORS ----------------------------------------------------------------------------------------------------------------
+
+def test_cors(cluster):
+    c = cluster
+    d = c.apply(vs("cors", "vs-c", """
+- %s
+  route: [{destination: {host: svc-v1}}]
+  corsPolicy:
+    allowOrigins: [{exact: "https://ok.example"}, {regex: "https://.*\\\\.good\\\\.example"}]
+    allowMethods: [GET, POST]
+    allowHeaders: [x-custom]
+    exposeHeaders: [x-served-by]
+    maxAge: 24h
+    allowCredentials: true
+"""  % tagged("cors")))
+    try:
+        until_marked(c, "/", "cors", svc="vs-c")
+        pre = {"Origin": "https://ok.example", "Access-Control-Request-Method": "POST"}
+        r = req(c, "/x", svc="vs-c", method="OPTIONS", headers=pre)
+        assert r[0] == 200 and r[2] == b"", r
+        h = r[1]
+        assert h["access-control-allow-origin"] == "https://ok.example", h
+        assert h["access-control-allow-methods"] == "GET,POST", h
+        assert h["access-control-allow-headers"] == "x-custom", h
+        assert h["access-control-max-age"] == "86400", h
+        assert h["access-control-allow-credentials"] == "true", h
+        # A preflight from an origin not allowed goes on to the backend (unmatchedPreflights FORWARD), without CORS
+        # headers from the waypoint.
+        r = req(c, "/x", svc="vs-c", method="OPTIONS",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in r[1], r
+        # A simple request from an allowed origin gets allow-origin and expose-headers on the backend's answer.
+        status, h, raw = req(c, "/y", svc="vs-c", headers={"Origin": "https://a.good.example"})
+        assert status == 200 and json.loads(raw)["tag"] == "v1"
+        assert h["access-control-allow-origin"] == "https://a.good.example", h
+        assert h["access-control-expose-headers"] == "x-served-by", h
+        assert "access-control-allow-methods" not in h, h
+        status, h, raw = req(c, "/y", svc="vs-c", headers={"Origin": "https://bad.example"})
+        assert status == 200 and "access-control-allow-origin" not in h, h
+    finally:
+        c.delete(d)
+
+
+# -- a VirtualService and an HTTPRoute on one Service ----------------------------------------------------------------
+
+def test_httproute_wins_over_virtualservice(cluster):
+    c = cluster
+    d1 = c.apply(vs("mixed", "p", """
+- %s
+  route: [{destination: {host: svc-v2}}]
+""" % tagged("from-vs")))
+    d2 = c.apply(route("mixed-hr", "p", """\
+        - filters: %s
+          backendRefs: [{name: svc-v1, port: 80}]
+        """ % mark("from-httproute")))
+    try:
+        until_marked(c, "/", "from-httproute", svc="p")
+        got = {served(req(c, "/", svc="p")) for _ in range(10)}
+        assert got == {("v1", "from-httproute")}, got
+        want = ("spec.hosts: Service l7/p also has HTTPRoute l7/mixed-hr: mixing a VirtualService and a Gateway "
+                "API route on one Service is undefined in Istio; zmesh's waypoint applies the HTTPRoute there")
+        poll(lambda: want in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd's report of the overlap")
+        # The HTTPRoute gone, the VirtualService applies.
+        c.delete(d2)
+        until_marked(c, "/", "from-vs", svc="p")
+        assert served(req(c, "/", svc="p")) == ("v2", "from-vs")
+    finally:
+        c.delete(d1)
+        with_d2 = os.path.isdir(d2)
+        if with_d2:
+            c.run("delete", "-f", d2, check=False)
