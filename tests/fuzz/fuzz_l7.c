@@ -4,9 +4,10 @@
  *   1: the rest is a zmesh.v1.L7Authorization encoding, added as "app/p";
  *   2: the rest is a request ("method\npath\nauthority\nname: value\n...") against a fixed config built once
  *      from YAML through zmeshd's conversion (routes with every match kind, filters, a catastrophic regex,
- * and policies with every field). Besides memory safety it checks the model's contract:
+ * a VirtualService on Service vsvc with string-prefix, ignoreUriCase and withoutHeaders matches, both
+ * rewrites and CORS, and policies with every field). Besides memory safety it checks the model's contract:
  *   - l7_builder_add returns 0 or -EINVAL / -ENOMEM; on -EINVAL the message names the resource
- *     ("HTTPRoute app/r: " / "L7Authorization app/p: ");
+ *     ("HTTPRoute app/r: " or "VirtualService app/r: " / "L7Authorization app/p: ");
  *   - an accepted resource is in the finished config (route and policy counts);
  *   - a match returns a rule of the config; l7_pick_backend is -1 or an index below n_backends, and -1 only
  *     when the total weight is 0; a rewrite of a PathPrefix match succeeds or says -ENOSPC;
@@ -20,6 +21,7 @@
 
 #include "mesh/l7authz.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/vs.h"
 
 static struct l7_config *fixed;
 
@@ -62,7 +64,22 @@ static const char fixed_yaml[] =
     "metadata: {name: q, namespace: app}\n"
     "spec:\n"
     "  targetRefs: [{kind: Service, group: \"\", name: svc}]\n"
-    "  rules: [{to: [{operation: {paths: [\"/exact\", \"/p*\"]}}]}]\n";
+    "  rules: [{to: [{operation: {paths: [\"/exact\", \"/p*\"]}}]}]\n"
+    "---\n"
+    "apiVersion: networking.istio.io/v1\n"
+    "kind: VirtualService\n"
+    "metadata: {name: v, namespace: app}\n"
+    "spec:\n"
+    "  hosts: [vsvc]\n"
+    "  http:\n"
+    "  - match: [{uri: {prefix: /p}, ignoreUriCase: true, withoutHeaders: {x-a: {prefix: \"1\"}}}]\n"
+    "    rewrite: {uri: /x}\n"
+    "    route: [{destination: {host: a}}]\n"
+    "    corsPolicy: {allowOrigins: [{regex: \"https?://(a|aa)+z\"}, {prefix: \"http://\"}]}\n"
+    "  - match: [{uri: {regex: \"/r/.*\"}}]\n"
+    "    rewrite: {uriRegexRewrite: {match: \"(a+)+\", rewrite: \"<\\\\1>\"}}\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - route: [{destination: {host: a}, weight: 1}, {destination: {host: b}, weight: 2}]\n";
 
 static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
 {
@@ -72,8 +89,10 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     char name[L7_NAME_MAX], err[512];
     const char *kind = json_string_value(json_object_get(doc, "kind"));
     bool pol = kind && strcmp(kind, "AuthorizationPolicy") == 0;
-    int rc = pol ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), NULL, NULL)
-                 : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), NULL, NULL);
+    bool vs = kind && strcmp(kind, "VirtualService") == 0;
+    int rc = pol  ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), NULL, NULL)
+             : vs ? vs_convert(doc, src, &pb, &len, name, sizeof(name), NULL, NULL)
+                  : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), NULL, NULL);
     if (rc < 0) abort();
     if (l7_builder_add(b, pol ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
                        sizeof(err)) < 0)
@@ -90,7 +109,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (!b || manifest_load_json("fixed.yaml", fixed_yaml, strlen(fixed_yaml), NULL, NULL, on_doc, b) < 0)
         abort();
     fixed = l7_builder_finish(b);
-    if (!fixed || l7_config_n_routes(fixed) != 1 || l7_config_n_policies(fixed) != 2) abort();
+    if (!fixed || l7_config_n_routes(fixed) != 2 || l7_config_n_policies(fixed) != 2) abort();
     return 0;
 }
 
@@ -98,7 +117,9 @@ static void check_rule(const struct l7_rule *rule, const struct l7_request *q, c
                        size_t plen)
 {
     if (!rule) return;
-    if (!rule->name || !*rule->name || strcmp(rule->route, "app/r") != 0) abort();
+    if (!rule->name || !*rule->name ||
+        (strcmp(rule->route, "app/r") != 0 && strcmp(rule->route, "app/v") != 0))
+        abort();
     for (uint64_t rnd = 0; rnd < 4; rnd++) {
         int i = l7_pick_backend(rule, rnd * 7919);
         if (i < -1 || (i >= 0 && (size_t)i >= rule->n_backends) || ((i == -1) != (rule->total_weight == 0)))
@@ -112,6 +133,21 @@ static void check_rule(const struct l7_rule *rule, const struct l7_request *q, c
         if (n < 0 && n != -ENOSPC) abort();
         if (n >= 0 && (out[0] != '/' || (size_t)n != strlen(out))) abort();
     }
+    if (rule->rewrite && rule->rewrite->path_kind == L7_PATH_RAW_PREFIX) {
+        if (!prefix) abort(); /* a VirtualService match always says what it matched */
+        int n = l7_rewrite_path(L7_PATH_RAW_PREFIX, rule->rewrite->path, prefix, plen, q->path, q->path_len,
+                                out, sizeof(out));
+        if (n < 0 && n != -ENOSPC) abort();
+    }
+    if (rule->rewrite && rule->rewrite->path_kind == L7_PATH_REGEX) {
+        int n = l7_rewrite_path_regex(rule->rewrite->path_regex, rule->rewrite->path, q->path, q->path_len,
+                                      out, sizeof(out));
+        if (n < 0 && n != -ENOSPC && n != -EINVAL && n != -ENOMEM) abort();
+        if (n >= 0 && (size_t)n != strlen(out)) abort();
+    }
+    if (rule->cors)
+        for (size_t i = 0; i < q->n_headers; i++)
+            (void)l7_cors_origin_allowed(rule->cors, q->headers[i].value, q->headers[i].value_len);
     if (rule->redirect) {
         int n = l7_redirect_location(rule->redirect, prefix, plen, q, "http", out, sizeof(out));
         if (n < 0 && n != -ENOSPC && n != -EINVAL) abort();
@@ -156,6 +192,10 @@ static void request_mode(const uint8_t *data, size_t size)
     size_t plen;
     const struct l7_rule *rule = l7_match_ex(r, &q, &prefix, &plen);
     check_rule(rule, &q, prefix, plen);
+    r = l7_routes_for(fixed, "app", "vsvc", 80);
+    if (!r) abort();
+    rule = l7_match_ex(r, &q, &prefix, &plen);
+    check_rule(rule, &q, prefix, plen);
     struct ip_addr src = {.family = AF_INET, .a = {10, 1, 2, 3}};
     struct l7_authz_input in = {
         .source_principal = nh ? h[0].value : NULL, .source_ip = &src, .dest_port = 80, .req = &q};
@@ -184,8 +224,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *name = mode == 0 ? "app/r" : "app/p";
     int rc = l7_builder_add(b, type, name, data, size, err, sizeof(err));
     if (rc != 0 && rc != -EINVAL && rc != -ENOMEM) abort();
-    if (rc == -EINVAL &&
-        strncmp(err, mode == 0 ? "HTTPRoute app/r: " : "L7Authorization app/p: ", mode == 0 ? 17 : 23) != 0)
+    if (rc == -EINVAL && (mode == 0 ? strncmp(err, "HTTPRoute app/r: ", 17) != 0 &&
+                                          strncmp(err, "VirtualService app/r: ", 22) != 0
+                                    : strncmp(err, "L7Authorization app/p: ", 23) != 0))
         abort();
     struct l7_config *c = l7_builder_finish(b);
     if (!c) return 0;
