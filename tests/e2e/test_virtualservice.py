@@ -26,10 +26,10 @@ import time
 import pytest
 
 from test_up import _force_cleanup, poll
-from test_waypoint_l7 import (APPLY_WAIT, GRPC, NS, L7Cluster, _try, counts, info, manifests, marked, req, route,
+from test_waypoint_l7 import (APPLY_WAIT, GRPC, NS, L7Cluster, _try, app_log, counts, info, manifests, req, route,
                               mark, service)
 
-SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x")
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi")
 
 
 class VSCluster(L7Cluster):
@@ -205,6 +205,29 @@ def test_redirect_rewrite_headers(cluster):
         assert body["headers"]["x-add"] == "added", body
         assert body["headers"]["x-dest"] == "v1", body
         assert "x-remove" not in body["headers"], body
+    finally:
+        c.delete(d)
+
+
+# -- mirror -----------------------------------------------------------------------------------------------------------
+
+def test_mirror(cluster):
+    """mirror + mirrorPercentage: the request goes to its destination and a copy (Host with "-shadow", Envoy's
+    shadowing) to the mirror; the client sees only the destination's answer."""
+    c = cluster
+    d = c.apply(vs("mirror", "vs-mi", """
+- %s
+  route: [{destination: {host: svc-v1}}]
+  mirror: {host: svc-v2}
+  mirrorPercentage: {value: 100.0}
+""" % tagged("mirror")))
+    try:
+        until_marked(c, "/", "mirror", svc="vs-mi")
+        tag = "/mirrored/once-%04x" % random.randrange(1 << 16)
+        assert info(req(c, tag, svc="vs-mi", headers={"Host": "mi.example"}))["tag"] == "v1"
+        poll(lambda: ["GET", tag, "mi.example-shadow"] in app_log(c, "v2"), timeout=10, what="the shadow copy at v2")
+        assert ["GET", tag, "mi.example"] in app_log(c, "v1")
+        assert ["GET", tag, "mi.example"] not in app_log(c, "v2")
     finally:
         c.delete(d)
 
