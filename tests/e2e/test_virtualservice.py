@@ -17,7 +17,6 @@ Addresses of its own: prefix zv<hex>, state /run/zmesh-upvs-<hex>, nodes 172.25.
 import json
 import os
 import random
-import re
 import shutil
 import subprocess
 import tempfile
