@@ -682,14 +682,12 @@ static int named_matches(struct route *r, struct verr *v, const char *field, Zme
             m[i].kind = NM_REGEX;
         } else if (vs && pb[i]->type == ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX) {
             m[i].kind = NM_PREFIX;
-        } else if (vs && header && pb[i]->type == ZMESH__V1__STRING_MATCH__TYPE__PRESENT) {
+        } else if (vs && pb[i]->type == ZMESH__V1__STRING_MATCH__TYPE__PRESENT) {
             m[i].kind = NM_PRESENT;
         } else if (pb[i]->type != ZMESH__V1__STRING_MATCH__TYPE__EXACT) {
             fld(f, sizeof(f), "%s[%zu].type", field, i);
             return fail(v, f,
-                        vs ? (header ? "expected EXACT, STRING_PREFIX, REGEX or PRESENT"
-                                     : "expected EXACT, STRING_PREFIX or REGEX")
-                           : "expected EXACT or REGEX");
+                        vs ? "expected EXACT, STRING_PREFIX, REGEX or PRESENT" : "expected EXACT or REGEX");
         }
     }
     *out = m;
@@ -739,14 +737,8 @@ static int vs_match_build(struct route *r, struct verr *v, const char *field, co
             e->path_len = e->sort_len = strlen(p);
             break;
         case ZMESH__V1__STRING_MATCH__TYPE__REGEX:
-            if (pb->ignore_uri_case) {
-                /* Envoy's case_sensitive does not apply to safe_regex; Istio passes the pattern as written.
-                 */
-                char *ci = arena_printf(&r->arena, "(?i:%s)", p);
-                if (!ci) return -ENOMEM;
-                if (strstr(p, "\\Q")) return fail(v, f, "\\Q is not allowed with ignore_uri_case");
-                p = ci;
-            }
+            /* ignoreUriCase is Envoy's case_sensitive false, which safe_regex ignores (the pattern decides).
+             */
             if ((rc = path_regex(r, v, f, e, p)) < 0) return rc;
             break;
         default:
@@ -1107,10 +1099,9 @@ static int vs_rule_parts(struct route *r, struct verr *v, size_t ri, const Zmesh
             fld(f, sizeof(f), "rules[%zu].direct_response.status", ri);
             return fail(v, f, "expected 200-599, got %u", dp->status);
         }
-        /* Envoy's max_direct_response_body_size_bytes default: 4096. */
-        if (dp->body.len > L7_MAX_STRING) {
+        if (dp->body.len > L7_MAX_DIRECT_BODY) {
             fld(f, sizeof(f), "rules[%zu].direct_response.body", ri);
-            return fail(v, f, "longer than %d bytes", L7_MAX_STRING);
+            return fail(v, f, "longer than %u bytes", L7_MAX_DIRECT_BODY);
         }
         char *body = l7_arena_alloc(&r->arena, dp->body.len + 1);
         if (!body) return -ENOMEM;
@@ -1817,12 +1808,15 @@ static bool named_ok(const struct named_match *m, const char *val, size_t n)
     }
 }
 
-/* Whether the header match m holds for req (absent: no). */
-static bool header_ok(const struct named_match *m, const struct l7_request *req)
+/* Whether the header match m holds for req. An absent header fails it, unless missing_empty (Envoy's
+ * treat_missing_header_as_empty, which Istio sets on withoutHeaders that are not a presence match): then the
+ * value matched is "". */
+static bool header_ok(const struct named_match *m, const struct l7_request *req, bool missing_empty)
 {
     size_t n = 0;
     char *buf;
     const char *v = header_value(req, m->name, m->name_len, &n, &buf);
+    if (!v && missing_empty && m->kind != NM_PRESENT) v = "";
     bool ok = v && named_ok(m, v, n);
     free(buf);
     return ok;
@@ -1855,9 +1849,9 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
     }
     if (e->method[0] && (!req->method || strcmp(req->method, e->method) != 0)) return false;
     for (size_t i = 0; i < e->n_headers; i++)
-        if (!header_ok(&e->headers[i], req)) return false;
+        if (!header_ok(&e->headers[i], req, false)) return false;
     for (size_t i = 0; i < e->n_without; i++)
-        if (header_ok(&e->without[i], req)) return false;
+        if (header_ok(&e->without[i], req, true)) return false;
     for (size_t i = 0; i < e->n_query; i++) {
         const struct named_match *m = &e->query[i];
         char buf[L7_MAX_STRING];

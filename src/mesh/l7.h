@@ -198,6 +198,10 @@ struct l7_cors {
 };
 /* True when origin[0..len) is allowed by c's allowOrigins. */
 bool l7_cors_origin_allowed(const struct l7_cors *c, const char *origin, size_t len);
+/* Longest directResponse body. Istio raises Envoy's 4 KiB default to 1 MiB (istio/istio
+ * pilot/pkg/networking/core/route/route.go DefaultMaxDirectResponseBodySizeBytes); zmesh's manifest reader
+ * keeps scalars up to 256 KiB (src/zmeshd/manifest.h), so that is the bound here. */
+#define L7_MAX_DIRECT_BODY (256u << 10)
 /* directResponse: answered by the waypoint with this status and body. */
 struct l7_direct_response {
     uint16_t status;

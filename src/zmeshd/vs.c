@@ -188,6 +188,11 @@ static int string_match(struct conv *c, const json_t *o, const char *path, bool 
         *type = ZMESH__V1__STRING_MATCH__TYPE__PRESENT;
         v = "";
     }
+    /* Istio's canBeConvertedToPresentMatch: regex "*" is not RE2, it means "present" (istio/istio#20629). */
+    if (allow_present && *type == ZMESH__V1__STRING_MATCH__TYPE__REGEX && !strcmp(v, "*")) {
+        *type = ZMESH__V1__STRING_MATCH__TYPE__PRESENT;
+        v = "";
+    }
     if (*type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
         char err[300], f[300];
         fld(f, sizeof(f), "%s.regex", path);
@@ -223,7 +228,7 @@ static int named_map(struct conv *c, const json_t *o, const char *key, const cha
         zmesh__v1__named_match__init(v[i]);
         const char *val = NULL;
         Zmesh__V1__StringMatch__Type t;
-        if (string_match(c, e, f, header, &t, &val) < 0) return -1;
+        if (string_match(c, e, f, true, &t, &val) < 0) return -1;
         v[i]->type = t;
         v[i]->name = l7c_dup(c, k);
         v[i]->value = l7c_dup(c, val);

@@ -599,6 +599,15 @@ static const char vs_match_yaml[] =
     "  - name: method\n"
     "    match: [{uri: {exact: /m}, method: {exact: POST}}]\n"
     "    route: [{destination: {host: a}}]\n"
+    "  - name: without-empty\n"
+    "    match: [{uri: {exact: /xe}, withoutHeaders: {x-e: {exact: \"\"}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: query-present\n"
+    "    match: [{uri: {exact: /qp}, queryParams: {a: {}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
+    "  - name: regex-star\n"
+    "    match: [{uri: {exact: /star}, headers: {x-s: {regex: \"*\"}}}]\n"
+    "    route: [{destination: {host: a}}]\n"
     "  - name: catch-all\n"
     "    route: [{destination: {host: a}}]\n"
     "  - name: shadowed\n" /* after a catch-all: never reached (first match wins) */
@@ -621,7 +630,17 @@ static void test_vs_matches(void **state)
         {"GET", "/ci/x", NULL, "prefix-ci"},
         {"GET", "/Ci/x", NULL, "prefix-ci"},
         {"GET", "/ci", NULL, "catch-all"},
-        {"GET", "/RE/abc", NULL, "regex-ci"},
+        {"GET", "/re/abc", NULL, "regex-ci"},
+        {"GET", "/RE/abc", NULL,
+         "catch-all"}, /* ignoreUriCase does not apply to a regex (Envoy's case_sensitive) */
+        {"GET", "/xe", NULL,
+         "catch-all"}, /* withoutHeaders treat a missing header as "" (Istio sets Envoy's */
+        {"GET", "/xe", "x-e: v",
+         "without-empty"}, /* treat_missing_header_as_empty): "" matches, so no match */
+        {"GET", "/qp?a", NULL, "query-present"},
+        {"GET", "/qp?b=1", NULL, "catch-all"},
+        {"GET", "/star", "x-s: anything", "regex-star"}, /* regex "*" is Istio's present match */
+        {"GET", "/star", NULL, "catch-all"},
         {"GET", "/re/ab1", NULL, "catch-all"},
         {"GET", "/w", NULL, "without"},           /* absent header: not matched, so withoutHeaders holds */
         {"GET", "/w", "x-debug: 2", "without"},   /* another value */
