@@ -257,8 +257,9 @@ struct match_entry {
     const char *method; /* "" = any */
     const struct named_match *headers, *query;
     size_t n_headers, n_query;
-    /* VirtualService: ignoreUriCase, and withoutHeaders (each must not match) */
+    /* VirtualService: ignoreUriCase, withoutHeaders (each must not match), the service port (0 = any) */
     bool icase;
+    uint16_t port;
     const struct named_match *without;
     size_t n_without;
 };
@@ -752,6 +753,11 @@ static int vs_match_build(struct route *r, struct verr *v, const char *field, co
         e->path_len = e->sort_len = 1;
     }
     e->icase = pb->ignore_uri_case;
+    if (pb->port > 65535) {
+        fld(f, sizeof(f), "%s.port", field);
+        return fail(v, f, "expected a port 1-65535, got %u", pb->port);
+    }
+    e->port = (uint16_t)pb->port;
     if (pb->method[0]) {
         fld(f, sizeof(f), "%s.method", field);
         if (!method_ok(pb->method))
@@ -799,8 +805,11 @@ static int match_build(struct route *r, struct verr *v, const char *field, const
         return fail(v, f, "an HTTPRoute has no gRPC method match");
     }
     bool vs = r->pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
-    if (!vs && (pb->ignore_uri_case || pb->n_without_headers)) {
-        fld(f, sizeof(f), "%s.%s", field, pb->ignore_uri_case ? "ignore_uri_case" : "without_headers");
+    if (!vs && (pb->ignore_uri_case || pb->n_without_headers || pb->port)) {
+        fld(f, sizeof(f), "%s.%s", field,
+            pb->ignore_uri_case ? "ignore_uri_case"
+            : pb->port          ? "port"
+                                : "without_headers");
         return fail(v, f, "VirtualService only");
     }
     if (vs) return vs_match_build(r, v, field, pb, e);
@@ -1848,6 +1857,7 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
         break;
     }
     if (e->method[0] && (!req->method || strcmp(req->method, e->method) != 0)) return false;
+    if (e->port && req->port != e->port) return false;
     for (size_t i = 0; i < e->n_headers; i++)
         if (!header_ok(&e->headers[i], req, false)) return false;
     for (size_t i = 0; i < e->n_without; i++)

@@ -245,6 +245,7 @@ struct l7_request {
     const struct l7_header *headers;
     size_t n_headers;
     bool grpc; /* content-type application/grpc*; not a matching input (Istio's translation has none) */
+    uint16_t port; /* the service port it came to, for VirtualService port matches (0 = unknown: they fail) */
 };
 
 /* The routes attached to Service svc_ns/svc_name on service port port: those whose parent names the Service

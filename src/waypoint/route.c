@@ -147,9 +147,12 @@ static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7
     return false;
 }
 
-int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d)
+int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_decision *d)
 {
     struct wp_view *v = t->view;
+    struct l7_request rq = *req_in; /* with the service port, for VirtualService port matches */
+    rq.port = t->port;
+    const struct l7_request *req = &rq;
     memset(d, 0, sizeof(*d));
     d->kind = WP_DECIDE_FORWARD;
     d->svc = t->svc;

@@ -285,8 +285,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     l7c_unknown_keys(c, o, path, keys);
     /* Conditions the waypoint cannot evaluate narrow the match: dropping one would route traffic the author
      * did not mean to route, so the VirtualService is refused instead. */
-    static const char *const refused[] = {"scheme",       "authority",       "port",
-                                          "sourceLabels", "sourceNamespace", NULL};
+    static const char *const refused[] = {"scheme", "authority", "sourceLabels", "sourceNamespace", NULL};
     for (size_t i = 0; refused[i]; i++)
         if (json_object_get(o, refused[i])) {
             fld(f, sizeof(f), "%s.%s", path, refused[i]);
@@ -345,6 +344,9 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
         return NULL;
     }
     m->ignore_uri_case = ic && json_is_true(ic);
+    long long port = 0;
+    if (l7c_get_int(c, o, "port", path, 1, 65535, &port) < 0) return NULL;
+    m->port = (uint32_t)port;
     if (named_map(c, o, "headers", path, true, &m->headers, &m->n_headers) < 0 ||
         named_map(c, o, "withoutHeaders", path, true, &m->without_headers, &m->n_without_headers) < 0 ||
         named_map(c, o, "queryParams", path, false, &m->query_params, &m->n_query_params) < 0)

@@ -348,9 +348,12 @@ print(json.dumps(out))
 
 
 def test_grpc_abort_and_delay(cluster):
-    """Over h2c: a grpcStatus abort is a trailers-only grpc-status, a delay holds the call."""
+    """Over h2c: a grpcStatus abort is a trailers-only grpc-status, a delay holds the call; a match on the other
+    service port (80) does not apply to these calls (9090)."""
     c = cluster
     d = c.apply(vs("grpc", "vs-g", """
+- match: [{port: 80}]
+  directResponse: {status: 418, body: {string: "port 80 only"}}
 - match: [{uri: {exact: /l7test.Echo/Unary}}]
   fault: {abort: {grpcStatus: UNAVAILABLE}}
   route: [{destination: {host: svc-v1}}]
@@ -369,6 +372,9 @@ def test_grpc_abort_and_delay(cluster):
         assert out["Unary"] == ["UNAVAILABLE", "fault filter abort"], out
         assert out["Stream"] == ["v1:0", "v1:1"], out
         assert out["Stream_s"] >= 0.8, out                             # a lower bound only
+        # The match on port 80 applies to that service port only.
+        r = req(c, "/l7test.Echo/Unary", svc="vs-g")
+        assert (r[0], r[2]) == (418, b"port 80 only"), r
     finally:
         c.delete(d)
 

@@ -107,7 +107,9 @@ static const char *route_of(const struct l7_config *c, uint16_t port, const char
     struct rq q;
     const struct l7_service_routes *r = l7_routes_for(c, "app", "svc", port);
     if (!r) return "NOROUTE";
-    const struct l7_rule *rule = l7_match(r, mkreq(&q, method, path, hdrs));
+    mkreq(&q, method, path, hdrs);
+    q.r.port = port;
+    const struct l7_rule *rule = l7_match(r, &q.r);
     return rule ? rule->name : "-";
 }
 
@@ -608,6 +610,9 @@ static const char vs_match_yaml[] =
     "  - name: regex-star\n"
     "    match: [{uri: {exact: /star}, headers: {x-s: {regex: \"*\"}}}]\n"
     "    route: [{destination: {host: a}}]\n"
+    "  - name: port-9090\n"
+    "    match: [{uri: {exact: /port}, port: 9090}]\n"
+    "    route: [{destination: {host: a}}]\n"
     "  - name: catch-all\n"
     "    route: [{destination: {host: a}}]\n"
     "  - name: shadowed\n" /* after a catch-all: never reached (first match wins) */
@@ -618,6 +623,8 @@ static void test_vs_matches(void **state)
 {
     (void)state;
     struct l7_config *c = load(vs_match_yaml);
+    assert_string_equal(route_of(c, 9090, "GET", "/port", NULL), "port-9090");
+    assert_string_equal(route_of(c, 8080, "GET", "/port", NULL), "catch-all"); /* another service port */
     static const struct {
         const char *method, *path, *h0, *want;
     } cases[] = {

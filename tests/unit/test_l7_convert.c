@@ -435,6 +435,7 @@ static void test_vs_hosts_and_matches(void **state)
                                             "    match:\n"
                                             "    - uri: {prefix: /api}\n"
                                             "      ignoreUriCase: true\n"
+                                            "      port: 9080\n"
                                             "      method: {exact: GET}\n"
                                             "      headers: {End-User: {exact: jason}, x-any: {}}\n"
                                             "      withoutHeaders: {x-debug: {regex: \"[0-9]+\"}}\n"
@@ -459,6 +460,7 @@ static void test_vs_hosts_and_matches(void **state)
     assert_int_equal(mt->path->type, ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX);
     assert_string_equal(mt->path->value, "/api");
     assert_true(mt->ignore_uri_case);
+    assert_int_equal(mt->port, 9080);
     assert_string_equal(mt->method, "GET");
     assert_int_equal(mt->n_headers, 2);
     assert_string_equal(mt->headers[0]->name, "end-user");
@@ -577,8 +579,8 @@ static void test_vs_findings(void **state)
         {"  hosts: [a]\n  exportTo: [\".\"]\n", 0, MANIFEST_WARN, "spec.exportTo: not supported"},
         {"  hosts: [a]\n  http: [{delegate: {name: d}}]\n", 0, MANIFEST_WARN,
          "spec.http[0].delegate: delegation is not supported"},
-        {"  hosts: [a]\n  http: [{match: [{port: 80}], route: [{destination: {host: a}}]}]\n", -EINVAL,
-         MANIFEST_ERROR, "spec.http[0].match[0].port: not supported"},
+        {"  hosts: [a]\n  http: [{match: [{port: 0}], route: [{destination: {host: a}}]}]\n", -EINVAL,
+         MANIFEST_ERROR, "spec.http[0].match[0].port: expected an integer 1-65535"},
         {"  hosts: [a]\n  http: [{match: [{authority: {exact: x}}], route: [{destination: {host: a}}]}]\n",
          -EINVAL, MANIFEST_ERROR, "spec.http[0].match[0].authority: not supported"},
         {"  hosts: [a]\n  http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: "
