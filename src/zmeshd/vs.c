@@ -358,7 +358,18 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
 
 /* HeaderOperations {set: map, add: map, remove: list} into a header modifier filter; NULL when o is absent.
  */
-static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const char *path, bool response)
+/* Istio's isInternalHeader: pseudo-headers and Host are not modified as headers (TranslateHeadersOperations).
+ */
+static bool internal_header(const char *k)
+{
+    return k[0] == ':' || !strcasecmp(k, "host");
+}
+
+/* HeaderOperations into a header modifier filter. A request set/add of Host or :authority is Istio's
+ * authority rewrite: *authority gets it (set before add), and it is not a header operation; other
+ * pseudo-headers are dropped with a WARN, as Istio drops them. */
+static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const char *path, bool response,
+                                          const char **authority)
 {
     static const char *const keys[] = {"set", "add", "remove", NULL};
     char f[300];
@@ -390,6 +401,16 @@ static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const
                 ERR(c, f, "expected a string");
                 return NULL;
             }
+            if (internal_header(k)) {
+                bool auth = !strcasecmp(k, "host") || !strcasecmp(k, ":authority");
+                if (auth && !response && (!*authority || !l)) {
+                    *authority = json_string_value(v);
+                } else if (!auth || response) {
+                    WARN(c, f,
+                         "a pseudo-header or Host is not modified as a header (Istio drops it), ignored");
+                }
+                continue;
+            }
             if (!(hv[i] = l7c_alloc(c, sizeof(**hv)))) return NULL;
             zmesh__v1__header_value__init(hv[i]);
             hv[i]->name = l7c_dup(c, k);
@@ -401,16 +422,25 @@ static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const
         }
         if (l) {
             hm->add = hv;
-            hm->n_add = n;
+            hm->n_add = i;
         } else {
             hm->set = hv;
-            hm->n_set = n;
+            hm->n_set = i;
         }
     }
     if (l7c_get_strs(c, o, "remove", path, &hm->remove, &hm->n_remove) < 0) return NULL;
-    for (size_t i = 0; i < hm->n_remove; i++)
+    size_t w = 0;
+    for (size_t i = 0; i < hm->n_remove; i++) {
+        if (internal_header(hm->remove[i])) { /* Istio's dropInternal */
+            fld(f, sizeof(f), "%s.remove[%zu]", path, i);
+            WARN(c, f, "a pseudo-header or Host cannot be removed (Istio drops it), ignored");
+            continue;
+        }
         for (char *x = hm->remove[i]; *x; x++)
             *x = (char)tolower((unsigned char)*x);
+        hm->remove[w++] = hm->remove[i];
+    }
+    hm->n_remove = w;
     if (response) {
         rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_RESPONSE_HEADER_MODIFIER;
         rf->response_header_modifier = hm;
@@ -423,7 +453,7 @@ static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const
 
 /* Headers {request, response} into up to two filters appended to fl[*n]. */
 static int headers_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__RouteFilter **fl,
-                        size_t *n)
+                        size_t *n, const char **authority)
 {
     json_t *h;
     int rc = l7c_get_obj(c, o, "headers", path, &h);
@@ -438,7 +468,7 @@ static int headers_conv(struct conv *c, const json_t *o, const char *path, Zmesh
         if (rc == 0) continue;
         char of[320];
         fld(of, sizeof(of), "%s.%s", f, d ? "response" : "request");
-        if (!(fl[(*n)++] = header_ops(c, ops, of, d == 1))) return -1;
+        if (!(fl[(*n)++] = header_ops(c, ops, of, d == 1, authority))) return -1;
     }
     return 1;
 }
@@ -1007,7 +1037,8 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     size_t cap = 4 + (mirrors ? json_array_size(mirrors) : 0);
     r->filters = l7c_alloc(c, cap * sizeof(*r->filters));
     if (!r->filters) return NULL;
-    if (headers_conv(c, o, path, r->filters, &r->n_filters) < 0) return NULL;
+    const char *hauth = NULL; /* headers.request set/add of Host: Istio's authority rewrite */
+    if (headers_conv(c, o, path, r->filters, &r->n_filters, &hauth) < 0) return NULL;
     json_t *rd, *rw, *dr;
     int rrd = l7c_get_obj(c, o, "redirect", path, &rd), rrw = l7c_get_obj(c, o, "rewrite", path, &rw),
         rdr = l7c_get_obj(c, o, "directResponse", path, &dr);
@@ -1118,8 +1149,35 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         total += (uint64_t)w;
         b->filters = l7c_alloc(c, 2 * sizeof(*b->filters));
         if (!b->filters) return NULL;
-        if (headers_conv(c, e, f, b->filters, &b->n_filters) < 0) return NULL;
+        const char *dauth = NULL;
+        if (headers_conv(c, e, f, b->filters, &b->n_filters, &dauth) < 0) return NULL;
+        /* Istio: a lone destination's Host applies when the route sets none; a weighted one's is Envoy's
+         * per-cluster host rewrite, which zmesh's model does not have. */
+        if (dauth && nr == 1 && !hauth)
+            hauth = dauth;
+        else if (dauth && nr > 1) {
+            char g[330];
+            fld(g, sizeof(g), "%s.headers.request", f);
+            WARN(c, g, "an authority (Host) rewrite per weighted destination is not supported yet, ignored");
+        }
         r->backends[r->n_backends++] = b;
+    }
+    if (hauth && nr > 0) {
+        Zmesh__V1__URLRewrite *rw = NULL;
+        for (size_t i = 0; i < r->n_filters; i++)
+            if (r->filters[i]->kind_case == ZMESH__V1__ROUTE_FILTER__KIND_URL_REWRITE)
+                rw = r->filters[i]->url_rewrite;
+        if (!rw) {
+            Zmesh__V1__RouteFilter *rf = l7c_alloc(c, sizeof(*rf));
+            rw = l7c_alloc(c, sizeof(*rw));
+            if (!rf || !rw) return NULL;
+            zmesh__v1__route_filter__init(rf);
+            zmesh__v1__urlrewrite__init(rw);
+            rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_URL_REWRITE;
+            rf->url_rewrite = rw;
+            r->filters[r->n_filters++] = rf;
+        }
+        if (!*rw->hostname) rw->hostname = l7c_dup(c, hauth); /* rewrite.authority wins (Istio's order) */
     }
     if (nr > 1 && total == 0) {
         fld(f, sizeof(f), "%s.route", path);

@@ -675,6 +675,37 @@ static void test_vs_findings(void **state)
     assert_int_equal(vs_duration_ms("", &ms), -EINVAL);
 }
 
+/* Host in headers.request is Istio's authority rewrite; rewrite.authority wins over it; pseudo-headers are
+ * dropped with a WARN. */
+static void test_vs_host_header(void **state)
+{
+    (void)state;
+    struct run r;
+    Zmesh__V1__HTTPRoute *m = vs_ok(
+        VS_HEAD "spec:\n"
+                "  hosts: [reviews]\n"
+                "  http:\n"
+                "  - headers: {request: {set: {Host: h.example, x-a: a}, remove: [\":path\"]}}\n"
+                "    route: [{destination: {host: reviews}}]\n"
+                "  - headers: {request: {set: {host: h.example}}}\n"
+                "    rewrite: {authority: r.example}\n"
+                "    route: [{destination: {host: reviews}}]\n"
+                "  - route: [{destination: {host: reviews}, headers: {request: {add: {host: d.example}}}}]\n",
+        &r);
+    const Zmesh__V1__RouteRule *a = m->rules[0];
+    assert_int_equal(a->n_filters, 2);
+    assert_int_equal(a->filters[0]->request_header_modifier->n_set, 1); /* x-a only */
+    assert_string_equal(a->filters[0]->request_header_modifier->set[0]->name, "x-a");
+    assert_int_equal(a->filters[0]->request_header_modifier->n_remove, 0);
+    assert_true(has(&r, MANIFEST_WARN,
+                    "spec.http[0].headers.request.remove[0]: a pseudo-header or Host cannot be removed"));
+    assert_string_equal(a->filters[1]->url_rewrite->hostname, "h.example");
+    assert_string_equal(m->rules[1]->filters[1]->url_rewrite->hostname, "r.example");
+    assert_string_equal(m->rules[2]->filters[0]->url_rewrite->hostname,
+                        "d.example"); /* a lone destination's */
+    zmesh__v1__httproute__free_unpacked(m, NULL);
+}
+
 static void on_conflict(void *ud, const struct manifest_finding *f)
 {
     on_finding(ud, f);
@@ -743,6 +774,7 @@ int main(void)
         cmocka_unit_test(test_vs_route_parts),
         cmocka_unit_test(test_vs_findings),
         cmocka_unit_test(test_vs_httproute_conflict),
+        cmocka_unit_test(test_vs_host_header),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
