@@ -2015,17 +2015,21 @@ int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_
 
 /* ---- VirtualService helpers ---- */
 
+static bool origin_match(const struct l7_origin *o, const char *origin, size_t len)
+{
+    size_t vn = strlen(o->value);
+    if (o->type == 0) return vn == len && memcmp(o->value, origin, len) == 0;
+    if (o->type == 1) return vn <= len && memcmp(o->value, origin, vn) == 0;
+    /* Envoy's allow_origin_string_match safe_regex: a full match, as every zmesh regex. */
+    return o->type == 2 && o->regex && re_full((const pcre2_code *)o->regex, origin, len);
+}
+
 bool l7_cors_origin_allowed(const struct l7_cors *c, const char *origin, size_t len)
 {
     if (!c) return false;
-    for (size_t i = 0; i < c->n_origins; i++) {
-        const struct l7_origin *o = &c->origins[i];
-        size_t vn = strlen(o->value);
-        if (o->type == 0 && vn == len && memcmp(o->value, origin, len) == 0) return true;
-        if (o->type == 1 && vn <= len && memcmp(o->value, origin, vn) == 0) return true;
-        /* Envoy's allow_origin_string_match safe_regex: a full match, as every zmesh regex. */
-        if (o->type == 2 && o->regex && re_full((const pcre2_code *)o->regex, origin, len)) return true;
-    }
+    /* Envoy's isOriginAllowed: a matcher that matches "*" allows every origin. */
+    for (size_t i = 0; i < c->n_origins; i++)
+        if (origin_match(&c->origins[i], "*", 1) || origin_match(&c->origins[i], origin, len)) return true;
     return false;
 }
 

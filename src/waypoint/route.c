@@ -69,45 +69,60 @@ static void cors_add(struct wp_decision *d, const char *name, const char *value)
         kv[d->cors_mod.n_set++] = (struct l7_kv){name, value};
 }
 
-/* Envoy's cors filter (source/extensions/filters/http/cors/cors_filter.cc): a request with an allowed Origin
- * gets access-control-allow-origin (and -credentials, -expose-headers) on its response; a preflight (OPTIONS
- * with Origin and Access-Control-Request-Method) with an allowed origin is answered 200 here with the allow
- * headers; one whose origin is not allowed goes on to the backend (unmatchedPreflights FORWARD, Istio's
- * default) or is answered 200 without CORS headers (IGNORE). Returns true when the decision is now LOCAL. */
+/* Envoy's cors filter (source/extensions/filters/http/cors/cors_filter.cc). A request with an Origin is a
+ * CORS request. A preflight (OPTIONS with Origin and Access-Control-Request-Method) is answered 200 here
+ * (details cors_response) with access-control-allow-origin when the origin is allowed, and
+ * -allow-credentials, -allow-methods, -allow-headers ("*" echoes the request's), -max-age; one whose origin
+ * is not allowed goes on to the backend instead when unmatchedPreflights is FORWARD (Istio's default).
+ * Another request from an allowed origin gets access-control-allow-origin (and -allow-credentials,
+ * -expose-headers) on whatever answers it, local replies included. Returns true when the decision is now
+ * LOCAL. */
 static bool vs_cors(struct wp_decision *d, const struct l7_cors *c, const struct l7_request *req)
 {
-    size_t on = 0, mn = 0;
+    size_t on = 0, mn = 0, hn = 0;
     const char *origin = req_header(req, "origin", &on);
     if (!origin || !on) return false;
-    bool preflight =
-        !strcmp(req->method, "OPTIONS") && req_header(req, "access-control-request-method", &mn) && mn;
+    const char *method = req_header(req, "access-control-request-method", &mn);
+    bool preflight = !strcmp(req->method, "OPTIONS") && method && mn;
     bool allowed = on < sizeof(d->cors_origin) && l7_cors_origin_allowed(c, origin, on);
-    if (!allowed) {
-        if (!preflight || c->unmatched_preflight_forward) return false;
-        d->n_resp_mods = 0;
-        local(d, 200, "", "-", "cors_preflight");
-        return true;
-    }
-    memcpy(d->cors_origin, origin, on);
-    d->cors_origin[on] = 0;
+    if (!allowed && (!preflight || c->unmatched_preflight_forward)) return false;
     d->cors_mod = (struct l7_header_mod){.set = d->cors_kv};
-    cors_add(d, "access-control-allow-origin", d->cors_origin);
-    if (c->allow_credentials == 1) cors_add(d, "access-control-allow-credentials", "true");
-    if (preflight) {
-        if (*c->allow_methods) cors_add(d, "access-control-allow-methods", c->allow_methods);
-        if (*c->allow_headers) cors_add(d, "access-control-allow-headers", c->allow_headers);
-        if (c->max_age_s >= 0) {
-            snprintf(d->cors_max_age, sizeof(d->cors_max_age), "%lld", (long long)c->max_age_s);
-            cors_add(d, "access-control-max-age", d->cors_max_age);
-        }
-        d->n_resp_mods = 0;
-        d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
-        local(d, 200, "", "-", "cors_preflight");
-        return true;
+    if (allowed) {
+        memcpy(d->cors_origin, origin, on);
+        d->cors_origin[on] = 0;
+        cors_add(d, "access-control-allow-origin", d->cors_origin);
     }
-    if (*c->expose_headers) cors_add(d, "access-control-expose-headers", c->expose_headers);
-    if (d->n_resp_mods < WP_MAX_MODS) d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
-    return false;
+    if (c->allow_credentials == 1) cors_add(d, "access-control-allow-credentials", "true");
+    if (!preflight) {
+        if (*c->expose_headers) cors_add(d, "access-control-expose-headers", c->expose_headers);
+        if (d->n_resp_mods < WP_MAX_MODS) d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
+        return false;
+    }
+    /* "*" echoes what the preflight asks for; the echoed values are the request's, copied here. */
+    const char *methods = c->allow_methods, *headers = c->allow_headers;
+    if (!strcmp(methods, "*") && mn < sizeof(d->cors_echo_method)) {
+        memcpy(d->cors_echo_method, method, mn);
+        d->cors_echo_method[mn] = 0;
+        methods = d->cors_echo_method;
+    }
+    if (!strcmp(headers, "*")) {
+        const char *h = req_header(req, "access-control-request-headers", &hn);
+        if (!h) hn = 0;
+        if (hn >= sizeof(d->cors_echo_headers)) hn = 0;
+        if (hn) memcpy(d->cors_echo_headers, h, hn);
+        d->cors_echo_headers[hn] = 0;
+        headers = d->cors_echo_headers;
+    }
+    if (*methods) cors_add(d, "access-control-allow-methods", methods);
+    if (*headers) cors_add(d, "access-control-allow-headers", headers);
+    if (c->max_age_s >= 0) {
+        snprintf(d->cors_max_age, sizeof(d->cors_max_age), "%lld", (long long)c->max_age_s);
+        cors_add(d, "access-control-max-age", d->cors_max_age);
+    }
+    d->n_resp_mods = 0;
+    d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
+    local(d, 200, "", "-", "cors_response");
+    return true;
 }
 
 /* Envoy's Grpc::Utility::grpcToHttpStatus (source/common/grpc/status.cc): the HTTP status of a gRPC abort
@@ -138,9 +153,11 @@ static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7
             d->grpc_status = f->abort_grpc;
             status = req->grpc ? 200 : grpc_to_http_status(f->abort_grpc);
         }
-        /* Envoy delays, then aborts; the local answer here is not held back by the delay. */
+        /* Envoy delays, then aborts; the local answer here is not held back by the delay. The route's
+         * response headers do not apply to it (a filter's local reply); the cors filter's do. */
         d->delay_ms = 0;
         d->n_resp_mods = 0;
+        if (d->cors_mod.n_set) d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
         local(d, status, "fault filter abort", "FI", "fault_filter_abort");
         return true;
     }

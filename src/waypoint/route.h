@@ -50,7 +50,7 @@ struct wp_decision {
      * the config, so a decision is used where wp_decide wrote it and never copied. */
     struct l7_header_mod cors_mod;
     struct l7_kv cors_kv[5];
-    char cors_origin[512], cors_max_age[24];
+    char cors_origin[512], cors_max_age[24], cors_echo_method[32], cors_echo_headers[512];
 };
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. A LOCAL answer carries resp_mods too (a

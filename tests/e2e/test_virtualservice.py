@@ -384,6 +384,13 @@ def test_grpc_abort_and_delay(cluster):
 def test_cors(cluster):
     c = cluster
     d = c.apply(vs("cors", "vs-c", """
+- match: [{uri: {prefix: /ignored}}]
+  route: [{destination: {host: svc-v1}}]
+  corsPolicy: {allowOrigins: [{exact: "https://ok.example"}], allowMethods: ["*"], unmatchedPreflights: IGNORE}
+- match: [{uri: {prefix: /aborted}}]
+  fault: {abort: {httpStatus: 503}}
+  route: [{destination: {host: svc-v1}}]
+  corsPolicy: {allowOrigins: [{exact: "https://ok.example"}]}
 - %s
   route: [{destination: {host: svc-v1}}]
   corsPolicy:
@@ -418,6 +425,19 @@ def test_cors(cluster):
         assert "access-control-allow-methods" not in h, h
         status, h, raw = req(c, "/y", svc="vs-c", headers={"Origin": "https://bad.example"})
         assert status == 200 and "access-control-allow-origin" not in h, h
+        # unmatchedPreflights IGNORE: the waypoint answers 200 itself, without allow-origin, and "*" echoes the
+        # requested method; the backend never sees it.
+        tag = "/ignored/%04x" % random.randrange(1 << 16)
+        r = req(c, tag, svc="vs-c", method="OPTIONS",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "PATCH"})
+        assert r[0] == 200 and r[2] == b"" and "access-control-allow-origin" not in r[1], r
+        assert r[1]["access-control-allow-methods"] == "PATCH", r
+        r = req(c, tag + "/2", svc="vs-c")                              # a marker request that reaches v1
+        poll(lambda: [l for l in app_log(c, "v1") if l[1:2] == [tag + "/2"]], timeout=10, what="v1's log")
+        assert not [l for l in app_log(c, "v1") if l[1:2] == [tag]], "the IGNOREd preflight reached v1"
+        # The cors filter's headers reach a fault abort's local reply too.
+        r = req(c, "/aborted", svc="vs-c", headers={"Origin": "https://ok.example"})
+        assert r[0] == 503 and r[1]["access-control-allow-origin"] == "https://ok.example", r
     finally:
         c.delete(d)
 

@@ -759,6 +759,7 @@ static void test_vs_rule_parts(void **state)
         "    route: [{destination: {host: a}}]\n"
         "    fault: {abort: {grpcStatus: UNAVAILABLE}}\n"
         "    retries: {attempts: 0}\n"
+        "    corsPolicy: {allowOrigins: [{exact: \"*\"}]}\n"
         "  - name: direct\n"
         "    match: [{uri: {exact: /direct}}]\n"
         "    directResponse: {status: 418, body: {string: \"short and stout\"}}\n"
@@ -837,7 +838,8 @@ static void test_vs_rule_parts(void **state)
     assert_int_equal(r->fault->abort_grpc, 14);
     assert_int_equal(r->fault->abort_ppm, L7_PPM); /* no percentage: every request */
     assert_int_equal(r->retry->attempts, 0);       /* retries disabled */
-    assert_null(r->cors);
+    /* Envoy's isOriginAllowed: a matcher of "*" allows every origin */
+    assert_true(l7_cors_origin_allowed(r->cors, "https://any.example", 19));
 
     r = vs_rule(c, "/direct", &prefix, &plen, &q);
     assert_non_null(r->direct);
