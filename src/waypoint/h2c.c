@@ -657,6 +657,7 @@ static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
 }
 
 static void open_upstream(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream);
+static void delay_cb(struct timer *tm);
 static int delay_hold(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream);
 
 static void down_request(struct h2_stream *s, void *ud, const struct h2_request *req)
@@ -707,6 +708,12 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     wp_decide(t, &lr, &x->dec);
     if (x->dec.kind == WP_DECIDE_LOCAL) {
         drop_d2u(x);
+        if (x->dec.delay_ms) { /* a VirtualService fault delay first (delay_cb answers; DATA is dropped) */
+            x->flags = "DI";
+            x->delay_timer.cb = delay_cb;
+            timer_start(t->w->loop, &x->delay_timer, x->dec.delay_ms);
+            return;
+        }
         x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
         return;
     }
@@ -768,6 +775,10 @@ static void delay_cb(struct timer *tm)
     struct hc_x *x = container_of(tm, struct hc_x, delay_timer);
     x->delay_held = false;
     if (!x->ds) return; /* the client went away meanwhile */
+    if (x->dec.kind == WP_DECIDE_LOCAL) {
+        x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
+        return;
+    }
     bool end = x->held_end;
     open_upstream(x, x->held, x->n_held, end); /* DATA that came meanwhile is in d2u, read from the start */
 }

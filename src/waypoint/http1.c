@@ -864,6 +864,10 @@ static int req_head(void *ud, const struct http1_head *h)
     wp_decide(t, &lr, dec);
     x->route_name = dec->route_name;
     if (dec->kind == WP_DECIDE_LOCAL) {
+        if (dec->delay_ms) { /* a VirtualService fault delay first (delay_cb answers) */
+            delay_start(x, dec->delay_ms);
+            return 0;
+        }
         local_reply(x, dec->status, dec->body, dec->flags, dec->details, *dec->location ? dec->location : NULL);
         return 0;
     }
@@ -925,13 +929,22 @@ static void delay_cb(struct timer *tm)
 {
     struct h1_x *x = container_of(tm, struct h1_x, delay_timer);
     x->delay_held = false;
+    if (x->dec.kind == WP_DECIDE_LOCAL) { /* the decided local answer, now (the body was read and dropped) */
+        struct wp_decision *dec = &x->dec;
+        struct h1_down *d = x->d;
+        local_reply(x, dec->status, dec->body, dec->flags, dec->details,
+                    *dec->location ? dec->location : NULL);
+        x_finish(x);
+        down_kick(d);
+        return;
+    }
     if (x->dec.timeout_ms) timer_start(x->d->t->w->loop, &x->timer, x->dec.timeout_ms);
     if (x->u) up_kick(x->u);
 }
 
 static void delay_start(struct h1_x *x, uint64_t ms)
 {
-    x->delay_held = true;
+    x->delay_held = x->dec.kind == WP_DECIDE_FORWARD;
     x->flags = "DI";
     x->delay_timer.cb = delay_cb;
     timer_start(x->d->t->w->loop, &x->delay_timer, ms);

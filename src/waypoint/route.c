@@ -125,40 +125,30 @@ static bool vs_cors(struct wp_decision *d, const struct l7_cors *c, const struct
     return true;
 }
 
-/* Envoy's Grpc::Utility::grpcToHttpStatus (source/common/grpc/status.cc): the HTTP status of a gRPC abort
- * sent to a request that is not gRPC. */
-static int grpc_to_http_status(int g)
-{
-    static const int map[17] = {200, 499, 500, 400, 504, 404, 409, 403, 429,
-                                400, 409, 400, 501, 500, 503, 500, 401};
-    return g >= 0 && g <= 16 ? map[g] : 500;
-}
-
 /* True when the request falls in a fraction of ppm parts per million. */
 static bool in_fraction(struct wp_tunnel *t, uint32_t ppm)
 {
     return ppm >= L7_PPM || (ppm && wp_rand(t->w) % L7_PPM < ppm);
 }
 
-/* Envoy's fault filter: a delay (applied by the codec before the request goes upstream, flag DI) and an abort
- * (answered here: the status with body "fault filter abort", flag FI; a gRPC request gets a trailers-only 200
- * with the grpc-status). Returns true when the decision is now LOCAL. */
-static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7_fault *f,
-                     const struct l7_request *req)
+/* Envoy's fault filter (source/extensions/filters/http/fault/fault_filter.cc): a delay, then an abort, each
+ * for its own fraction. The delay is the decision's delay_ms, which the codec waits before it forwards the
+ * request or sends a local answer (flag DI); the abort answers with its status and body "fault filter abort"
+ * (flag FI, details fault_filter_abort); a grpcStatus abort is status 200 with that grpc-status, which a gRPC
+ * request gets trailers-only. Returns true when the decision is now LOCAL. */
+static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7_fault *f)
 {
     if (f->delay_ms && in_fraction(t, f->delay_ppm)) d->delay_ms = f->delay_ms;
     if ((f->abort_status || f->abort_grpc >= 0) && in_fraction(t, f->abort_ppm)) {
         int status = f->abort_status;
         if (f->abort_grpc >= 0) {
             d->grpc_status = f->abort_grpc;
-            status = req->grpc ? 200 : grpc_to_http_status(f->abort_grpc);
+            status = 200;
         }
-        /* Envoy delays, then aborts; the local answer here is not held back by the delay. The route's
-         * response headers do not apply to it (a filter's local reply); the cors filter's do. */
-        d->delay_ms = 0;
+        /* The route's response headers do not apply to a filter's local reply; the cors filter's do. */
         d->n_resp_mods = 0;
         if (d->cors_mod.n_set) d->resp_mods[d->n_resp_mods++] = &d->cors_mod;
-        local(d, status, "fault filter abort", "FI", "fault_filter_abort");
+        local(d, status, "fault filter abort", d->delay_ms ? "DI,FI" : "FI", "fault_filter_abort");
         return true;
     }
     return false;
@@ -220,9 +210,9 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
         d->timeout_ms = rule->backend_request_timeout_ms;
     collect_mods(d, rule->filters, rule->n_filters);
     if (rule->cors && vs_cors(d, rule->cors, req)) return 0;
-    if (rule->fault && vs_fault(t, d, rule->fault, req)) return 0;
+    if (rule->fault && vs_fault(t, d, rule->fault)) return 0;
     if (rule->direct) { /* Envoy's direct_response: the route's response headers apply */
-        local(d, rule->direct->status, rule->direct->body, "-", "direct_response");
+        local(d, rule->direct->status, rule->direct->body, d->delay_ms ? "DI" : "-", "direct_response");
         return 0;
     }
     pick_mirror(t, d, rule->filters, rule->n_filters);
@@ -233,7 +223,8 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
             local(d, 500, "", "-", "redirect_failed");
             return 0;
         }
-        local(d, rule->redirect->status ? rule->redirect->status : 302, "", "-", "via_upstream");
+        local(d, rule->redirect->status ? rule->redirect->status : 302, "", d->delay_ms ? "DI" : "-",
+              "via_upstream");
         snprintf(d->details, sizeof(d->details), "direct_response");
         return 0;
     }

@@ -42,7 +42,8 @@ struct wp_decision {
     /* ---- VirtualService (route.c's vs_* helpers) ---- */
     /* LOCAL: the grpc-status a gRPC request gets (fault abort grpcStatus), -1: mapped from status */
     int grpc_status;
-    /* FORWARD: fault delay; the codec waits this long before sending the request upstream (flag DI) */
+    /* fault delay: the codec waits this long before it sends the request upstream (FORWARD) or sends the
+     * local answer (LOCAL: a redirect, direct response or fault abort after the delay); flag DI */
     uint64_t delay_ms;
     /* FORWARD: the chosen destination's subset ("" = none), for the DestinationRule's endpoint choice */
     const char *subset;

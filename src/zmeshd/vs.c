@@ -1201,13 +1201,6 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     if (rc > 0) {
         fld(f, sizeof(f), "%s.fault", path);
         if (!(r->fault = fault_conv(c, x, f))) return NULL;
-        /* The waypoint holds a request for a delay on its way upstream only (src/waypoint/route.c). */
-        if (r->fault->delay_ms && (rrd > 0 || rdr > 0)) {
-            char g[320];
-            fld(g, sizeof(g), "%s.delay", f);
-            WARN(c, g, "not applied by zmesh's waypoint to a %s (answered at once); the abort still applies",
-                 rrd > 0 ? "redirect" : "directResponse");
-        }
     }
     if ((rc = l7c_get_obj(c, o, "corsPolicy", path, &x)) < 0) return NULL;
     if (rc > 0) {

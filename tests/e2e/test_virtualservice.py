@@ -302,6 +302,12 @@ def test_fault_abort_fraction(cluster):
 def test_fault_delay(cluster):
     c = cluster
     d = c.apply(vs("delay", "vs-x", """
+- match: [{uri: {prefix: /slowabort}}]
+  fault: {delay: {fixedDelay: 600ms}, abort: {httpStatus: 429}}
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {prefix: /slowdirect}}]
+  fault: {delay: {fixedDelay: 600ms}}
+  directResponse: {status: 202, body: {string: later}}
 - match: [{uri: {prefix: /slow}}]
   fault: {delay: {fixedDelay: 700ms, percentage: {value: 100}}}
   route: [{destination: {host: svc-v1}}]
@@ -319,6 +325,17 @@ def test_fault_delay(cluster):
         assert took >= 0.7, took                                        # a lower bound only
         poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET %s HTTP/1.1" 200 DI' % tag in l],
              timeout=10, what="DI in the waypoint's access log")
+        # Envoy's fault filter delays, then aborts (flags DI,FI); a direct response comes after the delay too.
+        for path, status, flags, details in (("/slowabort", 429, "DI,FI", "fault_filter_abort"),
+                                             ("/slowdirect", 202, "DI", "direct_response")):
+            t = "%s/%04x" % (path, random.randrange(1 << 16))
+            t0 = time.monotonic()
+            r = req(c, t, svc="vs-x")
+            took = time.monotonic() - t0
+            assert r[0] == status and took >= 0.6, (r, took)
+            poll(lambda: [l for l in waypoint_log(c).splitlines()
+                          if '"GET %s HTTP/1.1" %d %s %s' % (t, status, flags, details) in l],
+                 timeout=10, what="%s in the waypoint's access log" % flags)
         # A request body sent during the delay still arrives whole.
         body = b"x" * 100000
         r = req(c, tag + "/post", svc="vs-x", method="POST", body=body)
@@ -333,11 +350,13 @@ import grpc
 out = {}
 with grpc.insecure_channel(sys.argv[1]) as ch:
     grpc.channel_ready_future(ch).result(timeout=10)
-    for name in ("Unary", "Stream"):
+    for name in ("Unary", "Stream", "Slow"):
         t0 = time.monotonic()
         try:
             if name == "Unary":
                 out[name] = ch.unary_unary("/l7test.Echo/Unary")(b"hello", timeout=10).decode()
+            elif name == "Slow":
+                out[name] = ch.unary_unary("/l7test.Echo/Missing")(b"", timeout=10).decode()
             else:
                 out[name] = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"2", timeout=10)]
         except grpc.RpcError as e:
@@ -360,6 +379,9 @@ def test_grpc_abort_and_delay(cluster):
 - match: [{uri: {prefix: /l7test.Echo/Stream}}]
   fault: {delay: {fixedDelay: 800ms}}
   route: [{destination: {host: svc-v1}}]
+- match: [{uri: {prefix: /l7test.Echo/Missing}}]
+  fault: {delay: {fixedDelay: 500ms}, abort: {grpcStatus: RESOURCE_EXHAUSTED}}
+  route: [{destination: {host: svc-v1}}]
 """))
     try:
         def call():
@@ -372,6 +394,7 @@ def test_grpc_abort_and_delay(cluster):
         assert out["Unary"] == ["UNAVAILABLE", "fault filter abort"], out
         assert out["Stream"] == ["v1:0", "v1:1"], out
         assert out["Stream_s"] >= 0.8, out                             # a lower bound only
+        assert out["Slow"] == ["RESOURCE_EXHAUSTED", "fault filter abort"] and out["Slow_s"] >= 0.5, out
         # The match on port 80 applies to that service port only.
         r = req(c, "/l7test.Echo/Unary", svc="vs-g")
         assert (r[0], r[2]) == (418, b"port 80 only"), r

@@ -640,8 +640,6 @@ static void test_vs_findings(void **state)
          "spec.http[0].corsPolicy.allowOrigins[0]: one of exact, prefix, regex is required"},
         {"  hosts: [a]\n  http: [{route: [{destination: {host: a}}], bogus: 1}]\n", 0, MANIFEST_WARN,
          "spec.http[0].bogus: unknown field, ignored"},
-        {"  hosts: [a]\n  http: [{directResponse: {status: 200}, fault: {delay: {fixedDelay: 1s}}}]\n", 0,
-         MANIFEST_WARN, "spec.http[0].fault.delay: not applied by zmesh's waypoint to a directResponse"},
         {"  hosts: [a]\n  http: [{mirror: {host: m, subset: s}, route: [{destination: {host: a}}]}]\n", 0,
          MANIFEST_WARN, "spec.http[0].mirror.subset: a mirror's subset is not supported"},
     };
