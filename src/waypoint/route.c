@@ -262,6 +262,10 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     }
     d->svc = svc;
     d->port = be->port ? be->port : t->port;
+    /* A VirtualService destination without a port: Istio's GetDestinationCluster takes the Service's only
+     * port, else the port the request came to (istio/istio pilot/pkg/networking/core/route/route.go). */
+    if (!be->port && rule->kind == L7_ROUTE_VIRTUAL_SERVICE && svc->n_ports == 1)
+        d->port = svc->ports[0].port;
     d->subset = be->subset ? be->subset : "";
     return 0;
 }

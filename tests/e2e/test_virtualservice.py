@@ -25,8 +25,8 @@ import time
 import pytest
 
 from test_up import _force_cleanup, poll
-from test_waypoint_l7 import (APPLY_WAIT, GRPC, NS, L7Cluster, _try, app_log, counts, info, manifests, req, route,
-                              mark, service)
+from test_waypoint_l7 import (APPLY_WAIT, GRPC, HTTP, NS, L7Cluster, _try, app_log, counts, info, manifests, req,
+                              route, mark, service)
 
 SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi")
 
@@ -49,6 +49,10 @@ def cluster():
     d = tempfile.mkdtemp(prefix="zmesh-upvs-m-")
     docs = [manifests(d)] + [service(n, {"app": "svc"}) for n in SERVICES] + [service("vs-g", {"app": "svc"},
                                                                                        grpc=True)]
+    # One port only, not 80: a destination without a port takes it (Istio's GetDestinationCluster).
+    docs.append("apiVersion: v1\nkind: Service\nmetadata: {name: vs-p8, namespace: %s}\nspec:\n"
+                "  selector: {app: svc, version: v2}\n"
+                "  ports: [{name: http, port: 8081, targetPort: %d, appProtocol: http}]\n" % (NS, HTTP))
     with open(os.path.join(d, "vs.yaml"), "w") as f:
         f.write("---\n".join(docs))
     c = VSCluster(d)
@@ -239,6 +243,8 @@ def test_direct_response(cluster):
 - match: [{uri: {exact: /teapot}}]
   directResponse: {status: 418, body: {string: "short and stout"}}
   %s
+- match: [{uri: {prefix: /oneport}}]
+  route: [{destination: {host: vs-p8}}]
 - route: [{destination: {host: svc-v1}}]
 """ % tagged("direct")))
     try:
@@ -247,6 +253,8 @@ def test_direct_response(cluster):
         assert r[2] == b"short and stout", r
         assert r[1]["x-route"] == "direct", r                          # the route's response headers apply
         assert info(req(c, "/other", svc="vs-d"))["tag"] == "v1"
+        # The destination has one port (8081) and none is given: that port, not the request's 80.
+        assert info(req(c, "/oneport", svc="vs-d"))["tag"] == "v2"
         line = poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET /teapot HTTP/1.1" 418 - direct_response'
                              in l], timeout=10, what="the direct response's access log line")
         assert line
@@ -402,7 +410,7 @@ def test_grpc_abort_and_delay(cluster):
         c.delete(d)
 
 
-# -- CORS ----------------------------------------------------------------------------------------------------------------
+# -- CORS ---------------------------------------------------------------------------------------------------------
 
 def test_cors(cluster):
     c = cluster
