@@ -275,6 +275,14 @@ struct route {
     size_t n_rules;
     struct match_entry *entries;
     size_t n_entries;
+    struct l7_tcp_rule *tcp; /* VirtualService tcp routes */
+    size_t n_tcp;
+};
+
+/* A Service a VirtualService with tcp routes attaches to (sorted by key, then oldest route first). */
+struct tcp_bind {
+    char *key; /* "ns/name" */
+    const struct route *route;
 };
 
 struct l7_service_routes {
@@ -317,6 +325,8 @@ struct l7_config {
     size_t n_svcs;
     struct pol_bind *binds;
     size_t n_binds;
+    struct tcp_bind *tcp_binds;
+    size_t n_tcp_binds;
 };
 
 static void route_free(struct route *r)
@@ -1239,6 +1249,69 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
     return 0;
 }
 
+/* A VirtualService's tcp routes: ports 1-65535 (none = all), Service destinations with weights only. */
+static int tcp_rules_build(struct route *r, struct verr *v)
+{
+    const Zmesh__V1__HTTPRoute *pb = r->pb;
+    char f[96];
+    int rc;
+    if (!pb->n_tcp_rules) return 0;
+    if (pb->kind != ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE)
+        return fail(v, "tcp_rules", "VirtualService only");
+    if (pb->n_tcp_rules > L7_MAX_RULES) return fail(v, "tcp_rules", "more than %d rules", L7_MAX_RULES);
+    r->tcp = l7_arena_alloc(&r->arena, pb->n_tcp_rules * sizeof(*r->tcp));
+    if (!r->tcp) return -ENOMEM;
+    for (size_t i = 0; i < pb->n_tcp_rules; i++) {
+        const Zmesh__V1__TcpRule *t = pb->tcp_rules[i];
+        struct l7_tcp_rule *o = &r->tcp[i];
+        o->route = r->key;
+        o->index = (uint32_t)i;
+        if (t->n_ports > L7_MAX_MATCHES || t->n_backends > L7_MAX_BACKENDS) {
+            fld(f, sizeof(f), "tcp_rules[%zu].%s", i, t->n_ports > L7_MAX_MATCHES ? "ports" : "backends");
+            return fail(v, f, "more than %d entries",
+                        t->n_ports > L7_MAX_MATCHES ? L7_MAX_MATCHES : L7_MAX_BACKENDS);
+        }
+        uint16_t *ports = l7_arena_alloc(&r->arena, (t->n_ports ? t->n_ports : 1) * sizeof(*ports));
+        struct l7_backend *be = l7_arena_alloc(&r->arena, (t->n_backends ? t->n_backends : 1) * sizeof(*be));
+        if (!ports || !be) return -ENOMEM;
+        for (size_t k = 0; k < t->n_ports; k++) {
+            if (t->ports[k] == 0 || t->ports[k] > 65535) {
+                fld(f, sizeof(f), "tcp_rules[%zu].ports[%zu]", i, k);
+                return fail(v, f, "expected a port 1-65535, got %u", t->ports[k]);
+            }
+            ports[k] = (uint16_t)t->ports[k];
+        }
+        if (!t->n_backends) {
+            fld(f, sizeof(f), "tcp_rules[%zu].backends", i);
+            return fail(v, f, "a tcp route needs a destination");
+        }
+        for (size_t k = 0; k < t->n_backends; k++) {
+            const Zmesh__V1__Backend *b = t->backends[k];
+            fld(f, sizeof(f), "tcp_rules[%zu].backends[%zu].service", i, k);
+            if ((rc = backend_ref(r, v, f, b->service, &be[k].ns, &be[k].name, &be[k].port)) < 0) return rc;
+            if (b->weight > 1000000 || b->n_filters) {
+                fld(f, sizeof(f), "tcp_rules[%zu].backends[%zu].%s", i, k,
+                    b->n_filters ? "filters" : "weight");
+                return fail(v, f, b->n_filters ? "a tcp destination has no filters" : "expected 0-1000000");
+            }
+            be[k].weight = b->weight;
+            be[k].subset = "";
+            if (b->subset[0]) {
+                char *sub;
+                if ((rc = copy_str(r, v, f, b->subset, &sub)) < 0) return rc;
+                be[k].subset = sub;
+            }
+            o->total_weight += b->weight;
+        }
+        o->ports = ports;
+        o->n_ports = t->n_ports;
+        o->backends = be;
+        o->n_backends = t->n_backends;
+    }
+    r->n_tcp = pb->n_tcp_rules;
+    return 0;
+}
+
 static int route_build(struct route *r, struct verr *v)
 {
     const Zmesh__V1__HTTPRoute *pb = r->pb;
@@ -1278,7 +1351,7 @@ static int route_build(struct route *r, struct verr *v)
     for (size_t i = 0; i < pb->n_rules; i++)
         if ((rc = rule_build(r, v, i, pb->rules[i], grpc, &r->rules[i], &r->n_entries)) < 0) return rc;
     r->n_rules = pb->n_rules;
-    return 0;
+    return tcp_rules_build(r, v);
 }
 
 /* ---- builder ---- */
@@ -1610,8 +1683,82 @@ out:
     return rc;
 }
 
+static int tcp_bind_cmp(const void *pa, const void *pb)
+{
+    const struct tcp_bind *a = pa, *b = pb;
+    int k = strcmp(a->key, b->key);
+    if (k) return k;
+    if (a->route->created != b->route->created) return a->route->created < b->route->created ? -1 : 1;
+    return strcmp(a->route->key, b->route->key);
+}
+
+/* The (Service, VirtualService) pairs of the tcp routes, sorted for l7_tcp_route_for. */
+static int tcp_index_build(struct l7_config *c)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_routes; i++)
+        if (c->routes[i]->n_tcp) n += c->routes[i]->pb->n_parents;
+    if (!n) return 0;
+    c->tcp_binds = calloc(n, sizeof(*c->tcp_binds));
+    if (!c->tcp_binds) return -ENOMEM;
+    for (size_t i = 0; i < c->n_routes; i++) {
+        const struct route *r = c->routes[i];
+        if (!r->n_tcp) continue;
+        for (size_t p = 0; p < r->pb->n_parents; p++) {
+            struct tcp_bind *b = &c->tcp_binds[c->n_tcp_binds];
+            if (asprintf(&b->key, "%s/%s", r->pb->parents[p]->namespace_, r->pb->parents[p]->name) < 0) {
+                b->key = NULL;
+                return -ENOMEM;
+            }
+            b->route = r;
+            c->n_tcp_binds++;
+        }
+    }
+    qsort(c->tcp_binds, c->n_tcp_binds, sizeof(*c->tcp_binds), tcp_bind_cmp);
+    return 0;
+}
+
+static int tcp_key_cmp(const void *key, const void *elem)
+{
+    return strcmp(key, ((const struct tcp_bind *)elem)->key);
+}
+
+const struct l7_tcp_rule *l7_tcp_route_for(const struct l7_config *c, const char *svc_ns,
+                                           const char *svc_name, uint16_t port)
+{
+    char key[600];
+    if (!c || !c->n_tcp_binds || snprintf(key, sizeof(key), "%s/%s", svc_ns, svc_name) >= (int)sizeof(key))
+        return NULL;
+    const struct tcp_bind *b = bsearch(key, c->tcp_binds, c->n_tcp_binds, sizeof(*b), tcp_key_cmp);
+    if (!b) return NULL;
+    while (b > c->tcp_binds && !strcmp(b[-1].key, key))
+        b--;
+    for (; b < c->tcp_binds + c->n_tcp_binds && !strcmp(b->key, key); b++)
+        for (size_t i = 0; i < b->route->n_tcp; i++) {
+            const struct l7_tcp_rule *t = &b->route->tcp[i];
+            if (!t->n_ports) return t;
+            for (size_t k = 0; k < t->n_ports; k++)
+                if (t->ports[k] == port) return t;
+        }
+    return NULL;
+}
+
+int l7_tcp_pick_backend(const struct l7_tcp_rule *rule, uint64_t rnd)
+{
+    if (!rule || rule->total_weight == 0) return -1;
+    uint64_t x = rnd % rule->total_weight;
+    for (size_t i = 0; i < rule->n_backends; i++) {
+        if (x < rule->backends[i].weight) return (int)i;
+        x -= rule->backends[i].weight;
+    }
+    return -1;
+}
+
 static void config_free(struct l7_config *c)
 {
+    for (size_t i = 0; i < c->n_tcp_binds; i++)
+        free(c->tcp_binds[i].key);
+    free(c->tcp_binds);
     for (size_t i = 0; i < c->n_svcs; i++) {
         for (size_t p = 0; p < c->svcs[i].n_ports; p++)
             free(c->svcs[i].ports[p].r.e);
@@ -1634,6 +1781,8 @@ static void config_free(struct l7_config *c)
     free(c);
 }
 
+static int tcp_index_build(struct l7_config *c);
+
 struct l7_config *l7_builder_finish(struct l7_builder *b)
 {
     if (!b) return NULL;
@@ -1648,7 +1797,7 @@ struct l7_config *l7_builder_finish(struct l7_builder *b)
     c->pols = b->pols;
     c->n_pols = b->n_pols;
     free(b);
-    if (svc_index_build(c) < 0 || pol_index_build(c) < 0) {
+    if (svc_index_build(c) < 0 || pol_index_build(c) < 0 || tcp_index_build(c) < 0) {
         config_free(c);
         return NULL;
     }

@@ -260,6 +260,24 @@ const struct l7_rule *l7_match(const struct l7_service_routes *r, const struct l
  * matched (for L7_PATH_RAW_PREFIX). prefix may be NULL. */
 const struct l7_rule *l7_match_ex(const struct l7_service_routes *r, const struct l7_request *req,
                                   const char **prefix, size_t *prefix_len);
+/* A VirtualService tcp route (TCPRoute): the ports it applies to (none: every port) and weighted
+ * destinations. */
+struct l7_tcp_rule {
+    const char *route; /* "<ns>/<name>" */
+    uint32_t index;    /* position in the VirtualService's tcp list */
+    const uint16_t *ports;
+    size_t n_ports;
+    const struct l7_backend *backends;
+    size_t n_backends;
+    uint64_t total_weight;
+};
+/* The first tcp route of the VirtualServices attached to svc_ns/svc_name (oldest first, each in order) that
+ * applies to port, or NULL (the connection goes to the Service itself). Borrowed from c. */
+const struct l7_tcp_rule *l7_tcp_route_for(const struct l7_config *c, const char *svc_ns,
+                                           const char *svc_name, uint16_t port);
+/* Weighted destination choice for a tcp route, as l7_pick_backend. */
+int l7_tcp_pick_backend(const struct l7_tcp_rule *rule, uint64_t rnd);
+
 /* Weighted backend choice with a caller-provided random number: the index into rule->backends, or -1 when
  * there are none or every weight is 0 (the caller answers 500). */
 int l7_pick_backend(const struct l7_rule *rule, uint64_t rnd);

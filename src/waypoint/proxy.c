@@ -11,6 +11,7 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "waypoint/route.h"
 #include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 
@@ -321,7 +322,13 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     const char *err = "out of memory";
     if (!f) goto fail;
     f->t = t;
-    if (wp_pick_endpoint(t, t->svc, t->port, &f->ep) < 0) {
+    const struct service *svc; /* a VirtualService tcp route may send it elsewhere (route.c) */
+    uint16_t port;
+    if (wp_decide_tcp(t, &svc, &port) < 0) {
+        err = "the tcp route's destination Service does not exist";
+        goto fail;
+    }
+    if (wp_pick_endpoint(t, svc, port, &f->ep) < 0) {
         err = "no healthy upstream";
         goto fail;
     }

@@ -2,6 +2,7 @@
  * alike. */
 #include "waypoint/route.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -267,6 +268,30 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     if (!be->port && rule->kind == L7_ROUTE_VIRTUAL_SERVICE && svc->n_ports == 1)
         d->port = svc->ports[0].port;
     d->subset = be->subset ? be->subset : "";
+    return 0;
+}
+
+int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *port)
+{
+    *svc = t->svc;
+    *port = t->port;
+    if (!t->svc) return 0;
+    const struct l7_tcp_rule *r = l7_tcp_route_for(t->view->l7, t->svc->namespace_, t->svc->name, t->port);
+    if (!r) return 0;
+    int bi = l7_tcp_pick_backend(r, wp_rand(t->w));
+    if (bi < 0) return -ENOENT;
+    const struct l7_backend *be = &r->backends[bi];
+    char key[512];
+    snprintf(key, sizeof(key), "%s/%s.%s.svc.%s", be->ns, be->name, be->ns, wp_cfg.cluster_domain);
+    const struct service *s = snapshot_service_by_host(t->view->snap, key);
+    if (!s) {
+        LOG_LIMITED(LOG_WARN, "waypoint::route", "tcp route %s: no Service %s/%s; connection closed",
+                    r->route, be->ns, be->name);
+        return -ENOENT;
+    }
+    *svc = s;
+    /* no port: the Service's only port, else the connection's (Istio's GetDestinationCluster) */
+    *port = be->port ? be->port : s->n_ports == 1 ? s->ports[0].port : t->port;
     return 0;
 }
 

@@ -1210,6 +1210,123 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     return l7c_bad(c) ? NULL : r;
 }
 
+/* spec.tcp (TCPRoute): match[].port (and gateways), route[] destinations with weights. A route whose matches
+ * are all for gateways only is left out (INFO); other L4 match fields narrow the route and are refused. */
+static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
+{
+    json_t *l;
+    int rc = l7c_get_list(c, spec, "tcp", "spec", &l);
+    if (rc <= 0) return rc;
+    if (json_array_size(l) > VS_MAX_LIST) {
+        ERR(c, "spec.tcp", "more than %d entries", VS_MAX_LIST);
+        return -1;
+    }
+    m->tcp_rules = l7c_alloc(c, json_array_size(l) * sizeof(*m->tcp_rules));
+    if (!m->tcp_rules) return -1;
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
+        char f[64], g[128];
+        fld(f, sizeof(f), "spec.tcp[%zu]", i);
+        if (!json_is_object(o)) {
+            ERR(c, f, "expected a mapping");
+            return -1;
+        }
+        static const char *const keys[] = {"match", "route", NULL};
+        l7c_unknown_keys(c, o, f, keys);
+        Zmesh__V1__TcpRule *t = l7c_alloc(c, sizeof(*t));
+        if (!t) return -1;
+        zmesh__v1__tcp_rule__init(t);
+        if (l7c_get_list(c, o, "match", f, &ml) < 0 || l7c_get_list(c, o, "route", f, &rl) < 0) return -1;
+        size_t nm = ml ? json_array_size(ml) : 0, kept = 0;
+        bool any_port = nm == 0;
+        t->ports = l7c_alloc(c, (nm ? nm : 1) * sizeof(*t->ports));
+        if (!t->ports) return -1;
+        for (size_t k = 0; k < nm; k++) {
+            json_t *mt = json_array_get(ml, k), *gw = NULL;
+            fld(g, sizeof(g), "%s.match[%zu]", f, k);
+            if (!json_is_object(mt)) {
+                ERR(c, g, "expected a mapping");
+                return -1;
+            }
+            static const char *const mk[] = {
+                "destinationSubnets", "port", "sourceLabels", "gateways", "sourceNamespace",
+                "sourceSubnet",       NULL};
+            l7c_unknown_keys(c, mt, g, mk);
+            static const char *const refused[] = {"destinationSubnets", "sourceLabels", "sourceNamespace",
+                                                  "sourceSubnet", NULL};
+            for (size_t x = 0; refused[x]; x++)
+                if (json_object_get(mt, refused[x])) {
+                    char h[160];
+                    fld(h, sizeof(h), "%s.%s", g, refused[x]);
+                    ERR(c, h,
+                        "not supported by zmesh's waypoint (a match on it cannot be dropped without widening "
+                        "the route)");
+                    return -1;
+                }
+            bool others;
+            if (l7c_get_list(c, mt, "gateways", g, &gw) < 0) return -1;
+            if (!gateways_mesh(gw, &others)) {
+                l7c_finding(c, MANIFEST_INFO, g,
+                            "a match for gateways only (no \"mesh\"): not for the waypoint, skipped");
+                continue;
+            }
+            long long port = 0;
+            if (l7c_get_int(c, mt, "port", g, 1, 65535, &port) < 0) return -1;
+            kept++;
+            if (!port)
+                any_port = true;
+            else
+                t->ports[t->n_ports++] = (uint32_t)port;
+        }
+        if (nm && !kept) continue; /* every match was for gateways only */
+        if (any_port) t->n_ports = 0;
+        size_t nr = rl ? json_array_size(rl) : 0;
+        if (!nr) {
+            fld(g, sizeof(g), "%s.route", f);
+            ERR(c, g, "missing: a tcp route needs a destination");
+            return -1;
+        }
+        t->backends = l7c_alloc(c, nr * sizeof(*t->backends));
+        if (!t->backends) return -1;
+        uint64_t total = 0;
+        for (size_t k = 0; k < nr; k++) {
+            json_t *e = json_array_get(rl, k), *d = NULL;
+            fld(g, sizeof(g), "%s.route[%zu]", f, k);
+            if (!json_is_object(e)) {
+                ERR(c, g, "expected a mapping");
+                return -1;
+            }
+            static const char *const dk[] = {"destination", "weight", NULL};
+            l7c_unknown_keys(c, e, g, dk);
+            char h[160];
+            fld(h, sizeof(h), "%s.destination", g);
+            if (l7c_get_obj(c, e, "destination", g, &d) <= 0) {
+                if (!c->failed) ERR(c, h, "missing");
+                return -1;
+            }
+            Zmesh__V1__Backend *b = l7c_alloc(c, sizeof(*b));
+            if (!b) return -1;
+            zmesh__v1__backend__init(b);
+            const char *subset = "";
+            if (!(b->service = destination(c, d, h, &subset))) return -1;
+            b->subset = l7c_dup(c, subset);
+            long long w = nr == 1 ? 100 : 0;
+            if (l7c_get_int(c, e, "weight", g, 0, 1000000, &w) < 0) return -1;
+            if (nr == 1 && w == 0) w = 100;
+            b->weight = (uint32_t)w;
+            total += (uint64_t)w;
+            t->backends[t->n_backends++] = b;
+        }
+        if (total == 0) {
+            fld(g, sizeof(g), "%s.route", f);
+            ERR(c, g, "the destinations' weights add up to 0");
+            return -1;
+        }
+        m->tcp_rules[m->n_tcp_rules++] = t;
+    }
+    return l7c_bad(c) ? -1 : 1;
+}
+
 /* The Services spec.hosts names, as parents (each once). WARNs for hosts that are not Services. */
 static int hosts_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m, bool quiet)
 {
@@ -1298,7 +1415,7 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, 
     }
     if (others)
         WARN(&c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
-    static const char *const unsupported[] = {"tls", "tcp", "exportTo", NULL};
+    static const char *const unsupported[] = {"tls", "exportTo", NULL};
     for (size_t i = 0; unsupported[i]; i++)
         if (json_object_get(spec, unsupported[i])) {
             char f[32];
@@ -1339,6 +1456,7 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, 
             if (rr) m.rules[m.n_rules++] = rr;
         }
     }
+    if ((r = tcp_conv(&c, spec, &m)) < 0) goto out;
     if (l7c_bad(&c)) goto out;
     rc = l7c_pack_and_check(&c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
     goto out;

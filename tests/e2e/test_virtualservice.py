@@ -50,6 +50,10 @@ def cluster():
     docs = [manifests(d)] + [service(n, {"app": "svc"}) for n in SERVICES] + [service("vs-g", {"app": "svc"},
                                                                                        grpc=True)]
     # One port only, not 80: a destination without a port takes it (Istio's GetDestinationCluster).
+    # A TCP port (appProtocol tcp: relayed, not parsed) for the tcp routes.
+    docs.append("apiVersion: v1\nkind: Service\nmetadata: {name: vs-t, namespace: %s}\nspec:\n"
+                "  selector: {app: svc}\n"
+                "  ports: [{name: tcp, port: 81, targetPort: %d, appProtocol: tcp}]\n" % (NS, HTTP))
     docs.append("apiVersion: v1\nkind: Service\nmetadata: {name: vs-p8, namespace: %s}\nspec:\n"
                 "  selector: {app: svc, version: v2}\n"
                 "  ports: [{name: http, port: 8081, targetPort: %d, appProtocol: http}]\n" % (NS, HTTP))
@@ -469,6 +473,56 @@ def test_cors(cluster):
         # The cors filter's headers reach a fault abort's local reply too.
         r = req(c, "/aborted", svc="vs-c", headers={"Origin": "https://ok.example"})
         assert r[0] == 503 and r[1]["access-control-allow-origin"] == "https://ok.example", r
+    finally:
+        c.delete(d)
+
+
+# -- tcp routes --------------------------------------------------------------------------------------------------------
+
+def tcp_tag(c, svc, port):
+    """One HTTP/1.1 request on a new TCP connection to svc:port (relayed by the waypoint as bytes): who answered."""
+    from helpers import connect
+    s = connect(c.netns_of("client"), c.vip(svc), port, timeout=15)
+    try:
+        s.sendall(b"GET /tcp HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            data += b
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data[:200]
+    return json.loads(body)["tag"]
+
+
+def test_tcp_route_weights(cluster):
+    """A VirtualService tcp route on a TCP port: each connection goes to one weighted destination (80/20 within
+    tolerance over 200 connections)."""
+    c = cluster
+    tcp = lambda w1, w2: (  # noqa: E731
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: tcp, namespace: %s}\n"
+        "spec:\n  hosts: [vs-t]\n  tcp:\n  - match: [{port: 81}]\n    route:\n"
+        "    - {destination: {host: svc-v1, port: {number: 80}}, weight: %d}\n"
+        "    - {destination: {host: svc-v2, port: {number: 80}}, weight: %d}\n" % (NS, w1, w2))
+    d = c.apply(tcp(0, 100))
+    try:
+        # In force: ten connections in a row reach v2 (the Service alone would pick v1 half the time); then the
+        # 80/20 split is in force from its first v1.
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v2" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route to v2")
+        c.apply(tcp(80, 20))
+        poll(lambda: tcp_tag(c, "vs-t", 81) == "v1", timeout=APPLY_WAIT, what="the 80/20 tcp route")
+        got = {}
+        for _ in range(200):
+            tag = tcp_tag(c, "vs-t", 81)
+            got[tag] = got.get(tag, 0) + 1
+        assert set(got) <= {"v1", "v2"}, got
+        assert 137 <= got.get("v1", 0) <= 183, got
+        # Relayed as TCP by the waypoint (its TCP access line names the port's tcp cluster).
+        assert "inbound-vip|81|tcp|vs-t.l7.svc.cluster.local" in waypoint_log(c)
     finally:
         c.delete(d)
 

@@ -893,6 +893,41 @@ static void test_vs_only_fields_refused(void **state)
     l7_builder_free(b);
 }
 
+/* VirtualService tcp routes: by port (none = every port), in order, weighted; other Services have none. */
+static void test_vs_tcp_routes(void **state)
+{
+    (void)state;
+    static const char yaml[] = "apiVersion: networking.istio.io/v1\n"
+                               "kind: VirtualService\n"
+                               "metadata: {name: t, namespace: app}\n"
+                               "spec:\n"
+                               "  hosts: [svc]\n"
+                               "  tcp:\n"
+                               "  - match: [{port: 9000}, {port: 9001}]\n"
+                               "    route: [{destination: {host: a, port: {number: 7000}}, weight: 1}, "
+                               "{destination: {host: b}, weight: 3}]\n"
+                               "  - route: [{destination: {host: c}}]\n";
+    struct l7_config *c = load(yaml);
+    const struct l7_tcp_rule *r = l7_tcp_route_for(c, "app", "svc", 9001);
+    assert_non_null(r);
+    assert_int_equal(r->index, 0);
+    assert_int_equal(r->n_backends, 2);
+    assert_int_equal(r->backends[0].port, 7000);
+    assert_int_equal(r->backends[1].port, 0);
+    int got[2] = {0, 0};
+    for (uint64_t rnd = 0; rnd < 400; rnd++)
+        got[l7_tcp_pick_backend(r, rnd)]++;
+    assert_int_equal(got[0], 100); /* exact proportions over consecutive values: 1:3 */
+    assert_int_equal(got[1], 300);
+    r = l7_tcp_route_for(c, "app", "svc", 80);
+    assert_non_null(r);
+    assert_int_equal(r->index, 1);
+    assert_string_equal(r->backends[0].name, "c");
+    assert_null(l7_tcp_route_for(c, "app", "other", 9000));
+    assert_null(l7_routes_for(c, "app", "svc", 80)); /* no http routes: HTTP goes to the Service itself */
+    l7_config_unref(c);
+}
+
 static void test_route_type_conflict(void **state)
 {
     (void)state;
@@ -1133,6 +1168,7 @@ int main(void)
         cmocka_unit_test(test_vs_order_and_httproute_wins),
         cmocka_unit_test(test_vs_rule_parts),
         cmocka_unit_test(test_vs_only_fields_refused),
+        cmocka_unit_test(test_vs_tcp_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
