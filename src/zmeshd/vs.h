@@ -5,9 +5,9 @@
  * semantics (src/waypoint/route.c).
  *
  * `hosts` that name a Service (a short name: the VirtualService's namespace; `<svc>.<ns>.svc.<domain>`)
- * become the route's parents; every `http` route becomes a rule, tried in the order written. Findings as
- * src/zmeshd/l7.h: ERROR = not converted, WARN = converted with what the message names dropped, INFO =
- * skipped by design. */
+ * become the route's parents; every `http` route becomes a rule, tried in the order written; `tcp` routes
+ * become tcp_rules. Findings as src/zmeshd/l7.h: ERROR = not converted, WARN = converted with what the
+ * message names dropped, INFO = skipped by design. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
