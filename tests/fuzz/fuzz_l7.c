@@ -259,6 +259,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         enum l7_verdict v = l7_authorize(c, "app", "gw", "app", "svc", &in, NULL, NULL);
         if (v != L7_ALLOW && v != L7_DENY) abort();
     }
+    /* A VirtualService's tcp routes: a rule of this route that applies to the port, and a destination in
+     * range. */
+    for (uint16_t port = 0; port < 3; port++) {
+        const struct l7_tcp_rule *t = l7_tcp_route_for(c, "app", "svc", (uint16_t)(port * 40));
+        if (t && strcmp(t->route, "app/r") != 0) abort();
+        int k = l7_tcp_pick_backend(t, 7);
+        if (k < -1 || (t && k >= 0 && (size_t)k >= t->n_backends) ||
+            (t && (k == -1) != (t->total_weight == 0)))
+            abort();
+    }
     l7_config_unref(c);
     return 0;
 }
