@@ -324,7 +324,8 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     f->t = t;
     const struct service *svc; /* a VirtualService tcp route may send it elsewhere (route.c) */
     uint16_t port;
-    if (wp_decide_tcp(t, &svc, &port) < 0) {
+    const char *subset; /* for the DestinationRule's endpoint choice; not used yet */
+    if (wp_decide_tcp(t, &svc, &port, &subset) < 0) {
         err = "the tcp route's destination Service does not exist";
         goto fail;
     }

@@ -271,10 +271,11 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     return 0;
 }
 
-int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *port)
+int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *port, const char **subset)
 {
     *svc = t->svc;
     *port = t->port;
+    *subset = "";
     if (!t->svc) return 0;
     const struct l7_tcp_rule *r = l7_tcp_route_for(t->view->l7, t->svc->namespace_, t->svc->name, t->port);
     if (!r) return 0;
@@ -290,6 +291,7 @@ int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *por
         return -ENOENT;
     }
     *svc = s;
+    *subset = be->subset;
     /* no port: the Service's only port, else the connection's (Istio's GetDestinationCluster) */
     *port = be->port ? be->port : s->n_ports == 1 ? s->ports[0].port : t->port;
     return 0;

@@ -60,10 +60,11 @@ struct wp_decision {
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
 
 /* A TCP passthrough connection on tunnel t: the Service and port it goes to. A VirtualService tcp route
- * attached to the addressed Service and port picks one of its weighted destinations; otherwise *svc and *port
- * are the tunnel's. Returns 0, or -ENOENT when the picked destination names no Service (Envoy closes such a
+ * attached to the addressed Service and port picks one of its weighted destinations (and *subset its
+ * destination.subset, "" for none, for the DestinationRule's endpoint choice); otherwise *svc and *port are
+ * the tunnel's. Returns 0, or -ENOENT when the picked destination names no Service (Envoy closes such a
  * connection). */
-int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *port);
+int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *port, const char **subset);
 
 /* Applies header modifiers in order to hv[0..*n) (room for cap): set replaces every field of that name (or
  * adds one), add appends, remove drops; names compared with name_eq (a name against a lower-case one). The
