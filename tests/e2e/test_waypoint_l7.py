@@ -802,6 +802,61 @@ def test_cli_shows_the_waypoint(cluster):
     assert prog and prog[0][1] == "True" and prog[0][3] == "Programmed", p.stdout
 
 
+# -- 7b. zmesh why ----------------------------------------------------------------------------------------------------
+
+def test_why_agrees_with_the_traffic(cluster):
+    """`zmesh why` predicts what the waypoint then does to real requests: the route and backend, an L7 DENY, a
+    404 for a path no rule matches; and its exit status says which."""
+    c = cluster
+    d = c.apply(service("why", {"app": "svc"}) + "---\n" + route("why-route", "why", """\
+        - matches: [{path: {type: PathPrefix, value: /only}}]
+          filters: %s
+          backendRefs: [{name: svc-v2, port: 80}]
+        """ % mark("why")) + "---\n" + textwrap.dedent("""\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: why-no-delete, namespace: %s}
+        spec:
+          targetRefs: [{group: "", kind: Service, name: why}]
+          action: DENY
+          rules: [{to: [{operation: {methods: [DELETE]}}]}]
+        """ % NS))
+    try:
+        got = until(c, "/only/x", marked("why"), "the why route in force", svc="why")
+        assert info(got)["tag"] == "v2", got
+
+        def why(*args):
+            return subprocess.run([c.zmesh, "why", "%s/client" % NS, "why"] + list(args) + ["--state-dir", c.state],
+                                  capture_output=True, text=True, timeout=30)
+        p = why("--path", "/only/x")
+        assert p.returncode == 0, p.stdout + p.stderr
+        first = p.stdout.splitlines()[0]
+        assert first == ("RESULT: ALLOWED: GET /only/x through the waypoint %s/waypoint, route %s/why-route, to "
+                         "%s/svc-v2:80" % (NS, NS, NS)), p.stdout
+        assert "Service %s/why uses waypoint %s/waypoint (namespace %s's label istio.io/use-waypoint=waypoint)" % (
+            NS, NS, NS) in p.stdout, p.stdout
+        assert "ztunnel expects %swaypoint" % SPIFFE in p.stdout, p.stdout
+        assert "%s/v2 " % NS in p.stdout and "%s/v1 " % NS not in p.stdout, p.stdout  # only v2's endpoint
+        # DENY by the policy: predicted, then seen.
+        p = why("--path", "/only/x", "-X", "DELETE")
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert p.stdout.startswith("RESULT: DENIED: 403 RBAC: access denied, by the waypoint %s/waypoint "
+                                   "(%s/why-no-delete)" % (NS, NS)), p.stdout
+        until(c, "/only/x", lambda r: r[0] == 403 and r[2] == b"RBAC: access denied", "DELETE denied", svc="why",
+              method="DELETE")
+        # No rule matches: 404 NR predicted, then seen.
+        p = why("--path", "/elsewhere")
+        assert p.returncode == 3, p.stdout + p.stderr
+        assert p.stdout.startswith("RESULT: NO ROUTE: 404 NR"), p.stdout
+        assert req(c, "/elsewhere", svc="why")[0] == 404
+        # A name that does not exist: exit 5 and the reason.
+        p = subprocess.run([c.zmesh, "why", "%s/client" % NS, "nosuch", "--state-dir", c.state],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 5 and "no Service %s/nosuch" % NS in p.stderr, p.stdout + p.stderr
+    finally:
+        c.delete(d)
+
+
 # -- 8. a waypoint with no ready pod ----------------------------------------------------------------------------------
 
 def test_waypoint_without_a_ready_pod_refuses(cluster):
