@@ -14,7 +14,8 @@ nothing made; a deleted waypoint pod is replaced; `delete` removes the four obje
 
 The ready path (--wait succeeds, PROGRAMMED True, addresses, a replaced pod) is becomes_ready(), run on a second
 cluster: test_ready_path_with_a_readiness_standin with a stand-in that answers only /healthz/ready (today), and
-test_waypoint_becomes_ready with the real build/bin/waypoint.
+test_waypoint_becomes_ready with the real build/bin/waypoint. test_service_waypoint_bound_condition (a third
+cluster, readiness stand-in) checks the istio.io/WaypointBound condition the controller writes on Services.
 
 Addresses of its own: prefix uw<hex>, state /run/zmesh-upwp-<hex>, nodes 172.27.<o>.0/24, pods 10.<o>.0.0/16 with
 o in 60..99 (test_up.py uses 172.31/10.150-249, test_up_mesh.py 172.28/10.110-140, the demo 172.29/10.100-149).
