@@ -35,6 +35,9 @@ struct wp_decision {
     const struct l7_header_mod *req_mods[WP_MAX_MODS], *resp_mods[WP_MAX_MODS];
     size_t n_req_mods, n_resp_mods;
     uint64_t timeout_ms; /* 0: none */
+    /* Retries: the rule's policy, else Istio's default (l7_default_retry), which also covers the default
+     * route. */
+    const struct l7_retry *retry;
     /* RequestMirror: the Service a copy of the request goes to (fire and forget), when this request falls in
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;

@@ -14,7 +14,8 @@ kinds:
   httpinfo HTTP/1.1 (apps.py httpinfo <port> <tag> [<log file>]): any method (each appended to the log file as
            "METHOD path host" when one is given); answers JSON {"tag", "method", "path",
            "headers" (lower-case names), "body_len", "body_sha256", "client"} (request bodies by Content-Length
-           or chunked); /status/<code> answers that status; /bytes/<n> streams n pattern bytes chunked
+           or chunked); /status/<code> answers that status; /fail-on/<tag>/<code>[/...] answers <code> when the
+           server's tag is <tag>, else 200; /bytes/<n> streams n pattern bytes chunked
   upgrade  HTTP/1.1 Upgrade (apps.py upgrade <port>): answers a request carrying "Upgrade: <proto>" with
            "101 Switching Protocols" (echoing the Upgrade header), then echoes every byte (a WebSocket stand-in);
            a request without Upgrade gets 426
@@ -148,6 +149,8 @@ class InfoHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         status = int(parts[1]) if len(parts) == 2 and parts[0] == "status" else 200
+        if len(parts) >= 3 and parts[0] == "fail-on" and parts[1] == self.tag:  # /fail-on/<tag>/<code>[/...]
+            status = int(parts[2])
         info = {"tag": self.tag, "method": self.command, "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body_len": len(body),
                 "body_sha256": hashlib.sha256(body).hexdigest(), "client": "%s:%d" % self.client_address[:2]}

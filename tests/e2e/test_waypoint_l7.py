@@ -171,8 +171,10 @@ def cluster():
         p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
                   check=False, timeout=90)
         assert p.returncode == 0, p.stdout + p.stderr
-        # Through the waypoint from the first request: poll until svc answers (the binding reaches ztunnel).
-        poll(lambda: _try(c, "/", svc="svc"), timeout=APPLY_WAIT, what="svc answering through the waypoint")
+        # Through the waypoint from the first request: poll until svc answers with the header only the waypoint
+        # adds (the binding has reached the client's ztunnel; before, ztunnel sends straight to an endpoint).
+        poll(lambda: (lambda r: r and "x-envoy-upstream-service-time" in r[1])(_try(c, "/", svc="svc")),
+             timeout=APPLY_WAIT, what="svc answering through the waypoint")
         yield c
     finally:
         if os.environ.get("ZMESH_KEEP_CLUSTER") == "1":  # a post-mortem: `zmesh down --state-dir` it after
@@ -505,6 +507,43 @@ def test_grpc_mirror_is_warned_not_silently_ignored(cluster):
         return line in c.pod_log(pod, "istio-proxy")
     poll(warned, timeout=APPLY_WAIT, what="the waypoint's mirror warning (log %s)" % pod)
     c.delete(d)
+
+
+# -- 3b. retries --------------------------------------------------------------------------------------------------------
+
+def waypoint_metrics(c):
+    pod = c.waypoint_pods()[0]["metadata"]["name"]
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of(pod), "curl", "-s", "-m", "5",
+                        "http://127.0.0.1:15020/metrics"], capture_output=True, text=True, timeout=30)
+    return {n: v for n, labs, v in parse_prometheus(p.stdout) if not labs}
+
+
+def test_default_retry_goes_to_another_host(cluster):
+    """Istio's default retry policy, with no route asking for it (istio/istio pilot/pkg/networking/core/route/
+    retry/retry.go: 2 attempts, retriable-status-codes 503 among others, another host each time): a 503 from
+    one endpoint is retried on the other, so the client sees only the healthy one's answer; when every try
+    answers 503 the client gets the last one after 1 + 2 tries, and the access log says URX."""
+    c = cluster
+    run = "%04x" % random.randrange(1 << 16)
+    before = waypoint_metrics(c)
+    for i in range(20):
+        r = req(c, "/fail-on/v1/503/%s-%d" % (run, i), svc="svc")
+        assert r[0] == 200 and info(r)["tag"] == "v2", r
+    v1_tries = [l for l in app_log(c, "v1") if l[1].startswith("/fail-on/v1/503/%s-" % run)]
+    assert v1_tries, "no request was first sent to v1 (the endpoint pick is random): nothing was retried"
+    after = waypoint_metrics(c)
+    assert (after["zmesh_waypoint_upstream_rq_retry_total"] - before.get("zmesh_waypoint_upstream_rq_retry_total", 0)
+            >= len(v1_tries)), (before, after)
+    # Every endpoint answers 503: three tries (both hosts seen), the 503 reaches the client, URX.
+    path = "/status/503?all-%s" % run
+    assert req(c, path, svc="svc")[0] == 503
+    tries = [l for v in ("v1", "v2") for l in app_log(c, v) if l[1] == path]
+    assert len(tries) == 3, tries
+    assert {l[1] for l in app_log(c, "v1")} & {path} and {l[1] for l in app_log(c, "v2")} & {path}
+    pod = c.waypoint_pods()[0]["metadata"]["name"]
+    poll(lambda: [l for l in c.pod_log(pod, "istio-proxy").splitlines() if path in l and " 503 URX " in l],
+         timeout=10, what="the access log line with URX")
+    assert waypoint_metrics(c)["zmesh_waypoint_upstream_rq_retry_limit_exceeded_total"] >= 1
 
 
 # -- 4. timeouts --------------------------------------------------------------------------------------------------------
