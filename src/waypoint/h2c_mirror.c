@@ -27,7 +27,8 @@ static const char *mirror_state_to_str(enum mirror_state s)
 
 struct wp_h2c_mirror {
     struct wp_h2c_mirror **owner; /* the request's pointer to us; NULL once detached */
-    struct wp_tunnel *t;          /* reference held: the view (endpoint, route name) outlives the request */
+    struct wp_tunnel *t;          /* reference held (NULL: none): the view outlives the request */
+    struct loop *loop;
     struct h2_stream *s;
     struct lb_choice ep;
     struct bq q; /* request bytes the shadow's session has not taken yet */
@@ -103,20 +104,22 @@ static void m_end(struct h2_stream *s, void *ud, const struct h2_end *e)
         LOG_D(LOG_MIRROR, "RequestMirror of route %s: the shadow ended (%s, %s): %s", m->route,
               h2_end_reason_to_str(e->reason), mirror_state_to_str(m->state), e->detail);
     if (m->owner) *m->owner = NULL;
-    if (timer_armed(&m->timer)) timer_stop(m->t->w->loop, &m->timer);
-    wp_endpoint_end(m->ep.wl);
+    if (timer_armed(&m->timer)) timer_stop(m->loop, &m->timer);
     bq_free(&m->q);
-    wp_tunnel_unref(m->t);
+    if (m->t) {
+        wp_endpoint_end(m->ep.wl);
+        wp_tunnel_unref(m->t);
+    }
     free(m);
 }
 
 static const struct h2_stream_ops m_ops = {
     .on_headers = m_headers, .on_data = m_data, .pull = m_pull, .sent = m_sent, .on_end = m_end};
 
-int wp_h2c_mirror_start(struct wp_h2c_mirror **slot, struct wp_tunnel *t, const struct wp_decision *dec,
-                        const struct h2_header *headers, size_t n, bool body)
+int wp_h2c_mirror_open(struct wp_h2c_mirror **slot, struct h2_conn *c, struct wp_tunnel *t,
+                       const struct lb_choice *ep, const char *route, const struct h2_header *headers,
+                       size_t n, bool body)
 {
-    const char *route = dec->route_name ? dec->route_name : "-";
     *slot = NULL;
     char host[WP_SHADOW_HOST_MAX];
     ssize_t hl = -EINVAL;
@@ -139,6 +142,36 @@ int wp_h2c_mirror_start(struct wp_h2c_mirror **slot, struct wp_tunnel *t, const 
                                   : "the request has no :authority");
         return (int)hl;
     }
+    struct wp_h2c_mirror *m = calloc(1, sizeof(*m));
+    if (!m) return -ENOMEM;
+    snprintf(m->route, sizeof(m->route), "%s", route);
+    m->s = h2_stream_open(c, hv, n, body ? H2_BODY : 0, &m_ops, m);
+    if (!m->s) {
+        LOG_LIMITED(LOG_WARN, LOG_MIRROR,
+                    "RequestMirror of route %s: the upstream session refused the shadow stream", route);
+        free(m);
+        return -EIO;
+    }
+    m->owner = slot;
+    m->loop = h2_conn_loop(c);
+    m->t = t;
+    if (t) {
+        wp_tunnel_ref(t);
+        m->ep = *ep;
+        wp_endpoint_begin(ep->wl); /* ended in m_end */
+    }
+    m->timer.cb = m_timeout;
+    m->state = body ? MIRROR_COPYING : MIRROR_COMPLETE;
+    if (!body) m->q.eof = true;
+    *slot = m;
+    return 0;
+}
+
+int wp_h2c_mirror_start(struct wp_h2c_mirror **slot, struct wp_tunnel *t, const struct wp_decision *dec,
+                        const struct h2_header *headers, size_t n, bool body)
+{
+    const char *route = dec->route_name ? dec->route_name : "-";
+    *slot = NULL;
     struct lb_choice ep;
     if (wp_pick_endpoint(t, dec->mirror_svc, dec->mirror_port, &ep) < 0) {
         LOG_LIMITED(LOG_WARN, LOG_MIRROR,
@@ -146,28 +179,14 @@ int wp_h2c_mirror_start(struct wp_h2c_mirror **slot, struct wp_tunnel *t, const 
                     dec->mirror_svc->hostname);
         return -ENOENT;
     }
-    struct wp_h2c_mirror *m = calloc(1, sizeof(*m));
-    if (!m) return -ENOMEM;
-    snprintf(m->route, sizeof(m->route), "%s", route);
-    const char *err = "out of memory";
+    const char *err = "failed";
     struct h2_conn *c = wp_h2c_upstream(t->w, &ep, &err);
-    m->s = c ? h2_stream_open(c, hv, n, body ? H2_BODY : 0, &m_ops, m) : NULL;
-    if (!m->s) {
-        LOG_LIMITED(LOG_WARN, LOG_MIRROR, "RequestMirror of route %s: no upstream stream to %s: %s", route,
-                    dec->mirror_svc->hostname, c ? "refused" : err);
-        free(m);
+    if (!c) {
+        LOG_LIMITED(LOG_WARN, LOG_MIRROR, "RequestMirror of route %s: no upstream session to %s: %s", route,
+                    dec->mirror_svc->hostname, err);
         return -EIO;
     }
-    m->owner = slot;
-    m->t = t;
-    wp_tunnel_ref(t);
-    m->ep = ep;
-    wp_endpoint_begin(ep.wl); /* ended in m_end */
-    m->timer.cb = m_timeout;
-    m->state = body ? MIRROR_COPYING : MIRROR_COMPLETE;
-    if (!body) m->q.eof = true;
-    *slot = m;
-    return 0;
+    return wp_h2c_mirror_open(slot, c, t, &ep, route, headers, n, body);
 }
 
 void wp_h2c_mirror_data(struct wp_h2c_mirror *m, const uint8_t *p, size_t n)
@@ -207,5 +226,5 @@ void wp_h2c_mirror_detach(struct wp_h2c_mirror *m)
         m_abandon(m, LOG_DEBUG, "the request it copies was cut short");
         return;
     }
-    timer_start(m->t->w->loop, &m->timer, WP_MIRROR_DETACHED_MS);
+    timer_start(m->loop, &m->timer, WP_MIRROR_DETACHED_MS);
 }

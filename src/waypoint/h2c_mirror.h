@@ -41,6 +41,14 @@ struct h2_conn *wp_h2c_upstream(struct wp_worker *w, const struct lb_choice *ep,
  * authority too long, -EIO: no upstream stream), logged rate-limited with the route's name. */
 int wp_h2c_mirror_start(struct wp_h2c_mirror **slot, struct wp_tunnel *t, const struct wp_decision *dec,
                         const struct h2_header *headers, size_t n, bool body);
+/* wp_h2c_mirror_start once the endpoint and its session are chosen: opens the shadow stream on the client
+ * session c (any h2 client session; tests use their own). t and ep: the tunnel to hold a reference to and the
+ * endpoint to count in the least-request choice, or t NULL for neither. route (copied) names the route in
+ * logs. Returns 0 with *slot set, or -EINVAL, -ENOSPC, -ENOMEM, -EIO (the session refused the stream) with
+ * *slot NULL. */
+int wp_h2c_mirror_open(struct wp_h2c_mirror **slot, struct h2_conn *c, struct wp_tunnel *t,
+                       const struct lb_choice *ep, const char *route, const struct h2_header *headers,
+                       size_t n, bool body);
 /* Request body bytes p[0..n) (copied). Past WP_MIRROR_BUFFER_MAX queued the shadow is abandoned. */
 void wp_h2c_mirror_data(struct wp_h2c_mirror *m, const uint8_t *p, size_t n);
 /* The request's trailers (copied): sent after the body. */
