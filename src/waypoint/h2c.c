@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "waypoint/bq.h"
+#include "waypoint/h2c_mirror.h"
 #include "waypoint/route.h"
 #include "waypoint/wp.h"
 
@@ -29,19 +31,6 @@
 #define HC_MAX_HEADER_BYTES (60u << 10)
 #define HC_IDLE_BUCKETS 64
 #define HC_GRPC_MESSAGE_MAX 512 /* a local reply's grpc-message, percent-encoded (the texts are < 128 bytes) */
-
-struct chunk {
-    struct chunk *next;
-    size_t len, off;
-    uint8_t data[];
-};
-
-/* Bytes received on one side and not yet taken by the other side's session. */
-struct bq {
-    struct chunk *head, *tail;
-    size_t bytes;
-    bool eof; /* the sender ended its side after these bytes */
-};
 
 struct hc_up;
 
@@ -88,6 +77,7 @@ struct hc_x {
     int64_t upstream_ms;
     uint64_t start_wall, req_head_bytes, resp_head_bytes;
     char user_agent[256];
+    struct wp_h2c_mirror *mirror; /* RequestMirror's shadow while it copies the request (h2c_mirror.h) */
 };
 
 static _Thread_local struct hc_up *up_table[HC_IDLE_BUCKETS];
@@ -95,59 +85,6 @@ static _Thread_local struct hc_up *up_table[HC_IDLE_BUCKETS];
 static bool name_eq(const char *a, size_t alen, const char *lower)
 {
     return strlen(lower) == alen && !memcmp(a, lower, alen); /* HTTP/2 names are lower-case already */
-}
-
-/* ---- byte queues ---- */
-
-static int bq_push(struct bq *q, const uint8_t *p, size_t n)
-{
-    struct chunk *k = malloc(sizeof(*k) + n);
-    if (!k) return -ENOMEM;
-    k->next = NULL;
-    k->len = n;
-    k->off = 0;
-    memcpy(k->data, p, n);
-    if (q->tail)
-        q->tail->next = k;
-    else
-        q->head = k;
-    q->tail = k;
-    q->bytes += n;
-    return 0;
-}
-
-static size_t bq_peek(const struct bq *q, const uint8_t **p)
-{
-    if (!q->head) return 0;
-    *p = q->head->data + q->head->off;
-    return q->head->len - q->head->off;
-}
-
-static void bq_drop(struct bq *q, size_t n)
-{
-    q->bytes -= n;
-    while (n && q->head) {
-        struct chunk *k = q->head;
-        size_t take = k->len - k->off < n ? k->len - k->off : n;
-        k->off += take;
-        n -= take;
-        if (k->off == k->len) {
-            q->head = k->next;
-            if (!q->head) q->tail = NULL;
-            free(k);
-        }
-    }
-}
-
-static void bq_free(struct bq *q)
-{
-    while (q->head) {
-        struct chunk *k = q->head;
-        q->head = k->next;
-        free(k);
-    }
-    q->tail = NULL;
-    q->bytes = 0;
 }
 
 /* ---- exchanges ---- */
@@ -338,6 +275,7 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
     struct hc_x *x = ud;
     x->bytes_received += len;
     if (x->grpc) count_msgs(&x->req_msgs, data, len);
+    wp_h2c_mirror_data(x->mirror, data, len);
     if (x->routed && !x->us) { /* answered locally or the upstream is gone: drop */
         h2_stream_consume(s, len);
         return;
@@ -357,6 +295,7 @@ static void ds_eof(struct h2_stream *s, void *ud)
     (void)s;
     struct hc_x *x = ud;
     x->d2u.eof = true;
+    wp_h2c_mirror_eof(x->mirror);
     if (x->us && x->us_parked) {
         x->us_parked = false;
         h2_stream_resume(x->us);
@@ -367,8 +306,10 @@ static void ds_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
 {
     (void)s;
     struct hc_x *x = ud;
-    /* request trailers: forwarded after the body (gRPC clients rarely send them) */
-    if (h->kind == H2_HEADERS_TRAILERS && x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
+    /* request trailers: forwarded after the body (gRPC clients rarely send them), to the shadow too */
+    if (h->kind != H2_HEADERS_TRAILERS) return;
+    wp_h2c_mirror_trailers(x->mirror, h->headers, h->n_headers);
+    if (x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
 }
 
 static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
@@ -376,6 +317,7 @@ static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
     (void)s;
     struct hc_x *x = ud;
     x->ds = NULL;
+    wp_h2c_mirror_detach(x->mirror); /* no more of the request comes */
     if (e->reason != H2_END_OK && x->us) {
         if (!x->flags) x->flags = "DC";
         h2_stream_end(x->us, H2_END_LOCAL, NGHTTP2_CANCEL, "the client reset its stream");
@@ -614,7 +556,23 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     return u;
 }
 
+struct h2_conn *wp_h2c_upstream(struct wp_worker *w, const struct lb_choice *ep, const char **err)
+{
+    struct hc_up *u = up_get(w, ep, err);
+    return u ? u->c : NULL;
+}
+
 /* ---- downstream connection ---- */
+
+/* RequestMirror: the shadow of a request whose own upstream stream is open (as Envoy's router shadows once the
+ * request has an upstream), given the body that arrived before the request was routed. */
+static void start_mirror(struct hc_x *x, const struct h2_header *out, size_t no, bool body)
+{
+    if (wp_h2c_mirror_start(&x->mirror, x->d->t, &x->dec, out, no, body) < 0) return;
+    for (struct bq_chunk *k = x->d2u.head; k && x->mirror; k = k->next)
+        wp_h2c_mirror_data(x->mirror, k->data + k->off, k->len - k->off);
+    if (body && x->d2u.eof) wp_h2c_mirror_eof(x->mirror);
+}
 
 static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
 {
@@ -687,10 +645,6 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
         return;
     }
-    /* RequestMirror is applied to HTTP/1.1 only (http1.c): say so rather than drop the copy silently. */
-    if (x->dec.mirror_svc)
-        LOG_LIMITED(LOG_WARN, LOG_H2C, "RequestMirror of route %s: not applied to HTTP/2 requests yet, no copy sent",
-                    x->dec.route_name ? x->dec.route_name : "-");
     wp_apply_mods(x->dec.req_mods, x->dec.n_req_mods, hv, &n, cap, name_eq);
     struct h2_header out[HC_MAX_HEADERS + 8 + WP_MAX_MODS * 8];
     size_t no = 0;
@@ -730,6 +684,7 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     x->counted = true;
     if (x->dec.timeout_ms) timer_start(t->w->loop, &x->timer, x->dec.timeout_ms);
     if (req->end_stream) x->d2u.eof = true;
+    if (x->dec.mirror_svc) start_mirror(x, out, no, !req->end_stream);
 }
 
 static void down_closed(struct h2_conn *c, void *ud, const struct h2_end *e)

@@ -18,6 +18,7 @@
 #include "core/relay.h"
 #include "http1/codec.h"
 #include "mesh/retry.h"
+#include "waypoint/mirror.h"
 #include "waypoint/route.h"
 #include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
@@ -781,25 +782,39 @@ static char *copy_lower(char **q, const char *s, size_t n)
 
 static void timeout_cb(struct timer *tm);
 
-/* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with "-shadow" appended to its
- * Host, its response dropped; the body is copied while the shadow keeps up (more than H1_HIGH_WATER waiting
- * abandons the shadow rather than slow the request). */
+/* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with its Host in the shadow form
+ * ("-shadow" before the port, wp_shadow_host), its response dropped; the body is copied while the shadow keeps
+ * up (more than H1_HIGH_WATER waiting abandons the shadow rather than slow the request). */
 static void start_mirror(struct h1_x *x, const struct http1_head *h, const char *target, size_t target_len,
                          struct http1_hdr *hv, size_t n)
 {
     struct wp_tunnel *t = x->d->t;
-    struct lb_choice ep;
-    const char *err = NULL;
-    if (wp_pick_endpoint(t, x->dec.mirror_svc, x->dec.mirror_port, &ep) < 0) return;
-    struct h1_up *m = up_get(t->w, &ep, &err);
-    if (!m) return;
-    char shadow[300];
+    const char *route = x->route_name ? x->route_name : "-";
+    char shadow[WP_SHADOW_HOST_MAX];
     for (size_t i = 0; i < n; i++)
         if (http1_name_is(hv[i].name, hv[i].name_len, "host")) {
-            snprintf(shadow, sizeof(shadow), "%.*s-shadow", (int)hv[i].value_len, hv[i].value);
+            ssize_t sl = wp_shadow_host(hv[i].value, hv[i].value_len, shadow, sizeof(shadow));
+            if (sl < 0) {
+                LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: %s: no shadow sent", route,
+                            sl == -ENOSPC ? "the Host is too long for its shadow form" : "the Host is empty");
+                return;
+            }
             hv[i].value = shadow;
-            hv[i].value_len = strlen(shadow);
+            hv[i].value_len = (size_t)sl;
         }
+    struct lb_choice ep;
+    const char *err = NULL;
+    if (wp_pick_endpoint(t, x->dec.mirror_svc, x->dec.mirror_port, &ep) < 0) {
+        LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: no healthy endpoint of %s: no shadow sent", route,
+                    x->dec.mirror_svc->hostname);
+        return;
+    }
+    struct h1_up *m = up_get(t->w, &ep, &err);
+    if (!m) {
+        LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: no upstream connection to %s: %s", route,
+                    x->dec.mirror_svc->hostname, err ? err : "failed");
+        return;
+    }
     m->mirror = true;
     if (x->head_req) http1_parser_response_to_head(m->p);
     if (http1_write_request_head(&m->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,

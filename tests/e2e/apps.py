@@ -28,7 +28,8 @@ kinds:
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
            /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
            /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>") and /l7test.Echo/Meta
-           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata)
+           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata); each gRPC call is
+           appended to the log file as "GRPC <method> <:authority> <request length> <request sha256>"
 """
 import hashlib
 import http.server
@@ -189,10 +190,44 @@ class SleepInfoHandler(InfoHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
 
 
-def grpc_server(port, tag):
+def grpc_log_calls(log_file):
+    """Appends "GRPC <method> <:authority> <request length> <request sha256>" to log_file for each call, when its
+    request message has arrived. grpcio's API gives a handler neither the call's :authority nor its host, so this
+    wraps grpc._server._find_method_handler (python3-grpcio 1.51), which receives the core's call details
+    (method and host, the :authority)."""
+    import threading
+    import grpc
+    import grpc._server
+    lock = threading.Lock()
+    find = grpc._server._find_method_handler
+
+    def logged(method, host, f):
+        def call(req, ctx):
+            with lock, open(log_file, "a") as out:
+                out.write("GRPC %s %s %d %s\n" % (method, host or "-", len(req), hashlib.sha256(req).hexdigest()))
+            return f(req, ctx)
+        return call
+
+    def find_logged(rpc_event, *rest):
+        h = find(rpc_event, *rest)
+        if h is None:
+            return h
+        d = rpc_event.call_details
+        method, host = d.method.decode(errors="replace"), d.host.decode(errors="replace")
+        if h.unary_unary:
+            return h._replace(unary_unary=logged(method, host, h.unary_unary))
+        if h.unary_stream:
+            return h._replace(unary_stream=logged(method, host, h.unary_stream))
+        return h
+    grpc._server._find_method_handler = find_logged
+
+
+def grpc_server(port, tag, log_file=None):
     """A python3-grpcio server with generic raw-bytes handlers (no generated code: the bytes are the message)."""
     from concurrent import futures
     import grpc
+    if log_file:
+        grpc_log_calls(log_file)
 
     def unary(req, ctx):
         ctx.send_initial_metadata((("x-served-by", tag),))
@@ -326,7 +361,7 @@ def main():
     elif kind == "l7app":
         SleepInfoHandler.tag = sys.argv[3]
         SleepInfoHandler.log_file = sys.argv[5] if len(sys.argv) > 5 else None
-        SleepInfoHandler.grpc = grpc_server(int(sys.argv[4]), sys.argv[3])  # held for the process's life
+        SleepInfoHandler.grpc = grpc_server(int(sys.argv[4]), sys.argv[3], SleepInfoHandler.log_file)  # held for the process's life
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), SleepInfoHandler)
     elif kind == "httpinfo":
         InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""

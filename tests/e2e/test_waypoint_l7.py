@@ -17,7 +17,7 @@ on the Gateway (ALLOW methods, DENY with `{*}`, principals, dry-run) and on a Se
 gRPC unary, server streaming and a handler's NOT_FOUND through the waypoint, GRPCRoute method and header matches
 and header modifiers (metadata both ways), a denied
 gRPC call as PERMISSION_DENIED (Envoy's trailers-only local reply, counted 200 / grpc status 7); RequestMirror
-(HTTP/1.1 shadowed with -shadow, gRPC warned); `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
+(HTTP/1.1, gRPC and h2c shadowed with -shadow before the port); `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
 Service's connections, never sending them around it. ZMESH_KEEP_CLUSTER=1 keeps the cluster for a post-mortem.
 
 Each test applies its manifests and waits for the behaviour to show (a marker response header set by the route, or
@@ -29,6 +29,7 @@ o in 20..59 (test_up.py uses 172.31/10.150-249, test_up_mesh.py 172.28/10.110-14
 test_waypoint_cli.py 172.27/10.60-99).
 """
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -477,35 +478,119 @@ def test_request_mirror(cluster):
     poll(lambda: ["GET", tag, "f.example-shadow"] in app_log(c, "v2"), timeout=10, what="the shadow copy at v2")
     assert ["GET", tag, "f.example"] in app_log(c, "v1")
     assert not [l for l in app_log(c, "v1") if l[1:2] == [tag] and l[2:] != ["f.example"]], app_log(c, "v1")
+    # A Host with a port: "-shadow" goes before the port (Envoy's shadowAppendedHost), not after it.
+    tag = "/mirrored/port-%04x" % random.randrange(1 << 16)
+    assert info(req(c, tag, svc="f", headers={"Host": "f.example:8000"}))["tag"] == "v1"
+    poll(lambda: ["GET", tag, "f.example-shadow:8000"] in app_log(c, "v2"), timeout=10,
+         what="the shadow copy at v2 (%s)" % [l for l in app_log(c, "v2") if l[1:2] == [tag]])
+    assert ["GET", tag, "f.example:8000"] in app_log(c, "v1")
+    assert [l for l in app_log(c, "v2") if l[1:2] == [tag]] == [["GET", tag, "f.example-shadow:8000"]]
     c.delete(d)
 
 
-def test_grpc_mirror_is_warned_not_silently_ignored(cluster):
-    """The waypoint mirrors HTTP/1.1 only: a GRPCRoute's mirror is converted with zmeshd's WARN naming the field,
-    the call is routed, and the waypoint logs that it sent no copy."""
+GRPC_MIRROR_CLIENT = r'''
+import hashlib, json, os, sys, grpc
+body = os.urandom(int(sys.argv[2]))
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    resp, call = ch.unary_unary("/l7test.Echo/Unary").with_call(body, timeout=20)
+    stream = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"3", timeout=20)]
+print(json.dumps({"len": len(body), "sha": hashlib.sha256(body).hexdigest(), "echoed": resp == b"v1:" + body,
+                  "answer": resp[:3].decode(errors="replace"), "initial": [[k, v] for k, v in call.initial_metadata()],
+                  "stream": stream}))
+'''
+
+
+def grpc_mirror_call(c, svc, size):
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_MIRROR_CLIENT,
+                        "%s:%d" % (c.vip(svc), GRPC), str(size)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def grpc_calls(c, version, sha=None):
+    """The gRPC calls the app of version logged: [method, authority, length, sha256] (those with sha)."""
+    return [l[1:] for l in app_log(c, version) if l[:1] == ["GRPC"] and (sha is None or l[4:5] == [sha])]
+
+
+def test_grpc_mirror(cluster):
+    """A GRPCRoute's RequestMirror on h2c, as Envoy's shadowing: the call goes to its backend (v1) and a copy of
+    it, its whole request body included (a 300 KiB message, more than the HTTP/2 windows), to the mirror (v2) with
+    :authority "<vip>-shadow:9090"; the client (grpcio) gets only v1's answer, unary and server-streaming alike. Then
+    an h2c client zmesh did not write (nghttp, a gRPC-framed POST) is mirrored the same way."""
     c = cluster
-    d = c._write("""\
+    d = c.apply("""\
         apiVersion: gateway.networking.k8s.io/v1
         kind: GRPCRoute
         metadata: {name: grpc-mirror, namespace: %s}
         spec:
           parentRefs: [{group: "", kind: Service, name: svc-v1, port: %d}]
           rules:
-          - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: %d}}}]
+          - filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: %d}}}
+            - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: grpc-mirror}]}}
             backendRefs: [{name: svc-v1, port: %d}]
         """ % (NS, GRPC, GRPC, GRPC))
-    p = c.run("apply", "-f", d, check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    want = ("spec.rules[0].filters[0].requestMirror: RequestMirror of a GRPCRoute is not applied by zmesh's "
-            "waypoint yet")
-    poll(lambda: want in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd's mirror warning")
-    pod = c.waypoint_pods()[0]["metadata"]["name"]
-    line = "RequestMirror of route l7.grpc-mirror.0: not applied to HTTP/2 requests yet, no copy sent"
+    vip = c.vip("svc-v1")
+    authority, shadow = "%s:%d" % (vip, GRPC), "%s-shadow:%d" % (vip, GRPC)
+    poll(lambda: ["x-route", "grpc-mirror"] in grpc_mirror_call(c, "svc-v1", 16)["initial"], timeout=APPLY_WAIT,
+         what="the GRPCRoute with the mirror in force")
+    out = grpc_mirror_call(c, "svc-v1", 300 << 10)
+    # The client sees v1's answer only: its whole echo, its metadata, its stream.
+    assert out["echoed"] and out["answer"] == "v1:", out["answer"]
+    assert ["x-served-by", "v1"] in out["initial"], out["initial"]
+    assert out["stream"] == ["v1:0", "v1:1", "v1:2"], out["stream"]
+    want = ["/l7test.Echo/Unary", shadow, str(out["len"]), out["sha"]]
+    poll(lambda: want in grpc_calls(c, "v2", out["sha"]), timeout=10,
+         what="the shadow call at v2 (v2 logged %s)" % grpc_calls(c, "v2")[-5:])
+    # One copy, to v2 only, with the shadow authority; v1 got the call itself with the client's authority.
+    assert grpc_calls(c, "v2", out["sha"]) == [want]
+    assert grpc_calls(c, "v1", out["sha"]) == [["/l7test.Echo/Unary", authority, str(out["len"]), out["sha"]]]
+    poll(lambda: [l for l in grpc_calls(c, "v2") if l[:2] == ["/l7test.Echo/Stream", shadow]], timeout=10,
+         what="the shadow of the streaming call at v2")
+    assert not [l for l in grpc_calls(c, "v1") if l[1] == shadow], grpc_calls(c, "v1")
 
-    def warned():
-        assert grpc_call(c, "svc-v1")["unary"] == "v1:hello"
-        return line in c.pod_log(pod, "istio-proxy")
-    poll(warned, timeout=APPLY_WAIT, what="the waypoint's mirror warning (log %s)" % pod)
+    # nghttp (nghttp2-client): h2c with prior knowledge, a gRPC-framed request of 200 KiB sent from a file.
+    payload = os.urandom(200 << 10)
+    sha = hashlib.sha256(payload).hexdigest()
+    with tempfile.NamedTemporaryFile(dir=c.work, suffix=".grpc") as f:
+        f.write(b"\0" + len(payload).to_bytes(4, "big") + payload)
+        f.flush()
+        p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "nghttp", "-d", f.name,
+                            "-H", "content-type: application/grpc", "-H", "te: trailers",
+                            "http://%s/l7test.Echo/Unary" % authority], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    answer = b"v1:" + payload
+    assert p.stdout == b"\0" + len(answer).to_bytes(4, "big") + answer, p.stdout[:64]
+    want = ["/l7test.Echo/Unary", shadow, str(len(payload)), sha]
+    poll(lambda: want in grpc_calls(c, "v2", sha), timeout=10, what="nghttp's request shadowed to v2")
+    assert grpc_calls(c, "v2", sha) == [want]
+    assert grpc_calls(c, "v1", sha) == [["/l7test.Echo/Unary", authority, str(len(payload)), sha]]
+    c.delete(d)
+
+
+def test_grpc_mirror_failing_shadow_does_not_fail_the_call(cluster):
+    """A shadow that fails never fails the call it copies: mirrored to svc-v2's HTTP/1.1 port, the shadow's h2c
+    session meets an HTTP/1.1 server (which refuses the preface and closes), and every call still gets v1's answer."""
+    c = cluster
+    d = c.apply("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {name: grpc-mirror-broken, namespace: %s}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: svc-v1, port: %d}]
+          rules:
+          - filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: 80}}}
+            - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: broken-mirror}]}}
+            backendRefs: [{name: svc-v1, port: %d}]
+        """ % (NS, GRPC, GRPC))
+    poll(lambda: ["x-route", "broken-mirror"] in grpc_mirror_call(c, "svc-v1", 16)["initial"], timeout=APPLY_WAIT,
+         what="the GRPCRoute with the broken mirror in force")
+    for size in (0, 1000, 200 << 10):
+        out = grpc_mirror_call(c, "svc-v1", size)
+        assert out["echoed"] and ["x-served-by", "v1"] in out["initial"], out["answer"]
+        assert out["stream"] == ["v1:0", "v1:1", "v1:2"], out["stream"]
+        assert grpc_calls(c, "v1", out["sha"])[-1][:2] == ["/l7test.Echo/Unary", "%s:%d" % (c.vip("svc-v1"), GRPC)]
     c.delete(d)
 
 
