@@ -44,7 +44,10 @@ struct hc_up {
     struct wp_worker *w;
     struct h2_conn *c;
     struct hbone_stream *hs;
+    /* The endpoint's address, and its workload uid copied: a pooled session outlives the view whose snapshot
+     * owns the workload (ep.wl is cleared). */
     struct lb_choice ep;
+    char *uid;
     bool listed;
 };
 
@@ -500,6 +503,7 @@ static void up_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
     struct hc_up *u = ud;
     up_unlist(u);
     /* the internal connection's end closed with the session: the tunnel sees EOF and ends */
+    free(u->uid);
     free(u);
 }
 
@@ -517,7 +521,7 @@ static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done}
 static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, const char **err)
 {
     for (struct hc_up *u = up_table[ep_bucket(ep)]; u; u = u->hnext)
-        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->ep.wl->uid, ep->wl->uid) &&
+        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->uid, ep->wl->uid) &&
             h2_conn_usable(u->c) && h2_conn_streams(u->c) < h2_conn_max_streams(u->c))
             return u;
     int sv[2];
@@ -534,10 +538,19 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     }
     u->w = w;
     u->ep = *ep;
+    u->ep.wl = NULL;
+    if (!(u->uid = strdup(ep->wl->uid))) {
+        close(sv[0]);
+        close(sv[1]);
+        free(u);
+        *err = "out of memory";
+        return NULL;
+    }
     /* The tunnel first: its socket end must exist before the session writes its preface. */
     u->hs = wp_upstream_open(w, ep, sv[0], &up_tunnel_ops, u, err);
     if (!u->hs) {
         close(sv[1]);
+        free(u->uid);
         free(u);
         return NULL;
     }
@@ -545,6 +558,7 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     settings(&set, false);
     u->c = h2_client_new(w->loop, sv[1], NULL, NULL, &set, &up_conn_ops, u);
     if (!u->c) {
+        free(u->uid);
         free(u); /* sv[1] closed by h2_client_new; the tunnel sees EOF */
         *err = "out of memory";
         return NULL;

@@ -71,7 +71,10 @@ struct h1_up {
     struct http1_parser *p;
     struct hbone_stream *hs; /* the tunnel; NULL once it ended */
     struct h1_x *x;          /* the exchange using it, NULL when idle */
+    /* The endpoint's address, and its workload uid copied: a pooled connection outlives the view whose snapshot
+     * owns the workload (ep.wl is cleared). */
     struct lb_choice ep;
+    char *uid;
     uint64_t idle_since;
     bool in_feed, freed;
     bool mirror;      /* a shadow request's connection: its response is read and dropped, then it closes */
@@ -236,9 +239,9 @@ static unsigned ep_bucket(const struct lb_choice *c)
     return (unsigned)((ip_hash(&c->ip) ^ c->port) % H1_IDLE_BUCKETS);
 }
 
-static bool ep_equal(const struct lb_choice *a, const struct lb_choice *b)
+static bool ep_equal(const struct h1_up *u, const struct lb_choice *b)
 {
-    return a->port == b->port && ip_equal(&a->ip, &b->ip) && !strcmp(a->wl->uid, b->wl->uid);
+    return u->ep.port == b->port && ip_equal(&u->ep.ip, &b->ip) && !strcmp(u->uid, b->wl->uid);
 }
 
 static void idle_remove(struct h1_up *u)
@@ -262,6 +265,7 @@ static void up_free(struct h1_up *u)
     side_close(u->w->loop, &u->s);
     side_free(&u->s);
     http1_parser_free(u->p);
+    free(u->uid);
     free(u);
 }
 
@@ -624,7 +628,7 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
 {
     for (struct h1_up **pp = &pool.buckets[ep_bucket(ep)]; *pp; pp = &(*pp)->hnext) {
         struct h1_up *u = *pp;
-        if (ep_equal(&u->ep, ep)) {
+        if (ep_equal(u, ep)) {
             *pp = u->hnext;
             u->hnext = NULL;
             pool.n_idle--;
@@ -647,11 +651,21 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     }
     u->w = w;
     u->ep = *ep;
+    u->ep.wl = NULL;
+    if (!(u->uid = strdup(ep->wl->uid))) {
+        close(sv[0]);
+        close(sv[1]);
+        http1_parser_free(u->p);
+        free(u);
+        *err = "out of memory";
+        return NULL;
+    }
     u->s.io = (struct io){.fd = sv[1], .cb = up_io};
     if (loop_io_add(w->loop, &u->s.io, EPOLLIN | EPOLLRDHUP) < 0) {
         close(sv[0]);
         close(sv[1]);
         http1_parser_free(u->p);
+        free(u->uid);
         free(u);
         *err = "out of memory";
         return NULL;
@@ -660,6 +674,7 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     if (!u->hs) {
         side_close(w->loop, &u->s);
         http1_parser_free(u->p);
+        free(u->uid);
         free(u);
         return NULL;
     }
