@@ -346,6 +346,25 @@ static int build_l7(struct why_ctx *x, struct why_findings *findings)
     return x->l7 ? 0 : -ENOMEM;
 }
 
+/* The names of the L7 policies that target Gateway gw or Service svc, ", "-separated, into buf. */
+static void l7_policy_names(const struct l7_config *c, const char *gw_ns, const char *gw_name,
+                            const char *svc_ns, const char *svc_name, char *buf, size_t n)
+{
+    char key[600];
+    size_t used = 0;
+    buf[0] = 0;
+    for (int k = 0; k < 2; k++) {
+        if (k == 1 && !svc_ns) break;
+        snprintf(key, sizeof(key), "%c:%s/%s", k ? 'S' : 'G', k ? svc_ns : gw_ns, k ? svc_name : gw_name);
+        size_t np = 0;
+        const struct l7_policy *const *ps = l7_config_policies_for(c, key, &np);
+        for (size_t i = 0; i < np && used < n; i++) {
+            int w = snprintf(buf + used, n - used, "%s%s", used ? ", " : "", l7_policy_name(ps[i]));
+            if (w > 0) used += (size_t)w;
+        }
+    }
+}
+
 /* The waypoint's part: L7 authorization, then the route and its backends (wp_decide's order). */
 static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, const struct workload *wp_wl,
                              const struct workload *src, const struct dest *d, uint16_t port,
@@ -406,6 +425,10 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
     bool dry = false;
     enum l7_verdict v = l7_authorize(x->l7, gw_ns, gw_name, svc ? svc->namespace_ : NULL,
                                      svc ? svc->name : NULL, &in, &matched, &dry);
+    char names[512];
+    l7_policy_names(x->l7, gw_ns, gw_name, svc ? svc->namespace_ : NULL, svc ? svc->name : NULL, names,
+                    sizeof(names));
+    fprintf(o, "  L7 policies targeting the waypoint or the Service: %s\n", *names ? names : "none");
     fprintf(o, "  L7 authorization: %s", v == L7_ALLOW ? "ALLOW" : "DENY");
     if (matched)
         fprintf(o, " by AuthorizationPolicy %s\n", matched);
@@ -414,8 +437,10 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                                  : " (ALLOW policies target it, none matches)\n");
     if (dry) fprintf(o, "  dry-run policies would deny it (they are only logged)\n");
     if (v == L7_DENY) {
+        char none[600];
+        snprintf(none, sizeof(none), "no ALLOW policy matches: %s", names);
         set_result(x, WHY_DENIED, "DENIED: 403 RBAC: access denied, by the waypoint %s/%s (%s)", gw_ns,
-                   gw_name, matched ? matched : "no ALLOW policy matches");
+                   gw_name, matched ? matched : none);
         return;
     }
     if (!svc) {

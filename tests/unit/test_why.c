@@ -142,6 +142,24 @@ static void test_l7_deny_names_the_policy(void **state)
     has(out, "L7 authorization: DENY by AuthorizationPolicy app/no-post");
     free(out);
     manifest_store_free(st);
+    /* an ALLOW policy that does not match: the policies that apply are named */
+    const char *allow = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                        "metadata: {name: web-get-only, namespace: app}\n"
+                        "spec:\n  targetRefs: [{kind: Service, group: \"\", name: web}]\n  action: ALLOW\n"
+                        "  rules: [{to: [{operation: {methods: [GET]}}]}]\n";
+    st = load(allow);
+    q.dest = "web";
+    assert_int_equal(run(st, &q, &out, err, sizeof(err)), WHY_DENIED);
+    has(out,
+        "RESULT: DENIED: 403 RBAC: access denied, by the waypoint app/waypoint (no ALLOW policy matches: "
+        "app/web-get-only)");
+    has(out, "L7 policies targeting the waypoint or the Service: app/web-get-only");
+    free(out);
+    q.method = "GET";
+    assert_int_equal(run(st, &q, &out, err, sizeof(err)), WHY_ALLOWED);
+    has(out, "L7 authorization: ALLOW by AuthorizationPolicy app/web-get-only");
+    free(out);
+    manifest_store_free(st);
 }
 
 static void test_no_route_when_routes_do_not_match(void **state)
