@@ -28,7 +28,9 @@ kinds:
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
            /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
            /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>") and /l7test.Echo/Meta
-           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata); each gRPC call is
+           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata) and
+           /l7test.Echo/UnavailableOn (aborts with UNAVAILABLE when the request is the server's tag, else
+           answers "<tag>:ok"); each gRPC call is
            appended to the log file as "GRPC <method> <:authority> <request length> <request sha256>"
 """
 import hashlib
@@ -240,6 +242,11 @@ def grpc_server(port, tag, log_file=None):
     def missing(req, ctx):
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing on " + tag)
 
+    def unavailable_on(req, ctx):
+        if req.decode() == tag:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "unavailable on " + tag)
+        return tag.encode() + b":ok"
+
     def meta(req, ctx):
         return json.dumps({"tag": tag, "metadata": [[k, v] for k, v in ctx.invocation_metadata()
                                                      if isinstance(v, str)]}).encode()
@@ -248,7 +255,8 @@ def grpc_server(port, tag, log_file=None):
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
-        "Meta": grpc.unary_unary_rpc_method_handler(meta)})
+        "Meta": grpc.unary_unary_rpc_method_handler(meta),
+        "UnavailableOn": grpc.unary_unary_rpc_method_handler(unavailable_on)})
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     srv.add_generic_rpc_handlers((handler,))
     srv.add_insecure_port("0.0.0.0:%d" % port)

@@ -790,6 +790,42 @@ def test_grpc_through_the_waypoint(cluster):
     assert out["missing"] == ["NOT_FOUND", "no such thing on v1"]
 
 
+GRPC_UNAVAILABLE_CLIENT = r'''
+import json, sys, grpc
+out = []
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    for i in range(int(sys.argv[3])):
+        try:
+            out.append(ch.unary_unary("/l7test.Echo/UnavailableOn")(sys.argv[2].encode(), timeout=10).decode())
+        except grpc.RpcError as e:
+            out.append([e.code().name, e.details()])
+print(json.dumps(out))
+'''
+
+
+def test_grpc_default_retry(cluster):
+    """Istio's default retry policy for gRPC: a trailers-only UNAVAILABLE from one endpoint is retried on the
+    other, so grpcio sees only successes; with one endpoint, three tries reach it and the client gets the
+    UNAVAILABLE."""
+    c = cluster
+
+    def calls(svc, fail_on, n):
+        p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c",
+                            GRPC_UNAVAILABLE_CLIENT, "%s:%d" % (c.vip(svc), GRPC), fail_on, str(n)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def tried(version):
+        return len([l for l in grpc_calls(c, version) if l[0] == "/l7test.Echo/UnavailableOn"])
+    v1_before = tried("v1")
+    assert calls("svc", "v1", 20) == ["v2:ok"] * 20
+    assert tried("v1") > v1_before, "no call was first sent to v1 (the pick is random): nothing was retried"
+    v1_before = tried("v1")
+    assert calls("svc-v1", "v1", 1) == [["UNAVAILABLE", "unavailable on v1"]]
+    poll(lambda: tried("v1") - v1_before == 3, timeout=10, what="three tries at v1 (%d)" % (tried("v1") - v1_before))
+
+
 def test_grpcroute_method_match(cluster):
     c = cluster
     d = c.apply("""\
