@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Texts of jwt_verify_lib status.cc (envoyproxy/envoy source/extensions/filters/http/jwt_authn/ via
- * jwt_verify_lib). */
+/* Texts of jwt_verify_lib's getStatusString as Envoy vendors it today (envoyproxy/envoy
+ * source/common/jwt/status.cc; google/jwt_verify_lib src/status.cc is the older copy). */
 static const char *const status_str[JWT_N_STATUS] = {
     [JWT_OK] = "OK",
     [JWT_MISSED] = "Jwt is missing",
@@ -43,7 +43,8 @@ static const char *const status_str[JWT_N_STATUS] = {
     [JWKS_BAD_KEYS] = "[keys] in Jwks is not an array",
     [JWKS_NO_VALID_KEYS] = "Jwks doesn't have any valid public key",
     [JWKS_KID_ALG_MISMATCH] = "Jwks doesn't have key to match kid or alg from Jwt",
-    [JWKS_PEM_PARSE_ERROR] = "Jwks PEM public key parse error",
+    [JWKS_PEM_PARSE_ERROR] = "PEM pubkey parse fails",
+    [JWKS_FETCH_FAIL] = "Jwks remote fetch is failed",
 };
 
 const char *jwt_status_str(enum jwt_status s)
@@ -714,4 +715,9 @@ int jwt_www_authenticate(char *buf, size_t len, const char *host, const char *pa
     size_t pl = strcspn(path ? path : "", "?");
     if (s == JWT_MISSED) return snprintf(buf, len, "Bearer realm=\"http://%s%.*s\"", host, (int)pl, path);
     return snprintf(buf, len, "Bearer realm=\"http://%s%.*s\", error=\"invalid_token\"", host, (int)pl, path);
+}
+
+int jwt_status_http_code(enum jwt_status s)
+{
+    return s == JWT_AUDIENCE_NOT_ALLOWED ? 403 : 401;
 }

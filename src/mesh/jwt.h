@@ -38,10 +38,14 @@ enum jwt_status {
     JWKS_BAD_KEYS,
     JWKS_NO_VALID_KEYS,
     JWKS_KID_ALG_MISMATCH,
-    JWKS_PEM_PARSE_ERROR,
+    JWKS_PEM_PARSE_ERROR, /* Envoy's JwksPemBadBase64 */
+    JWKS_FETCH_FAIL,
     JWT_N_STATUS
 };
 const char *jwt_status_str(enum jwt_status s);
+/* The status code of jwt_authn's local reply for a failed token: 403 for JWT_AUDIENCE_NOT_ALLOWED, else 401
+ * (envoy source/extensions/filters/http/jwt_authn/filter.cc onComplete). */
+int jwt_status_http_code(enum jwt_status s);
 
 /* Envoy's clock skew for exp/nbf (jwt_authn config `clock_skew_seconds` default, jwt_verify_lib
  * kClockSkewInSecond). */
