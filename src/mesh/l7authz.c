@@ -13,10 +13,10 @@
 #include "tls/spiffe.h"
 #include "zmesh/l7.pb-c.h"
 
-/* What a value is compared with. The REQ_* attributes come from the request's verified JWT (in->auth); without
- * one they are missing, like ABSENT: an attribute the waypoint never has (Envoy filter metadata). Envoy's
- * matchers on missing metadata fail, so a value never matches and a not_ value always holds (DENY with
- * notRequestPrincipals ["*"] denies every request without a JWT). */
+/* What a value is compared with. The REQ_* attributes come from the request's verified JWT (in->auth);
+ * without one they are missing, like ABSENT: an attribute the waypoint never has (Envoy filter metadata).
+ * Envoy's matchers on missing metadata fail, so a value never matches and a not_ value always holds (DENY
+ * with notRequestPrincipals ["*"] denies every request without a JWT). */
 enum attr {
     A_PRINCIPAL,
     A_NAMESPACE,
@@ -682,8 +682,9 @@ static bool claim_match(const struct val *v, const json_t *j)
     if (json_is_array(j)) {
         size_t i;
         const json_t *e;
-        json_array_foreach(j, i, e) if (json_is_string(e) &&
-                                        str_match(v, json_string_value(e), json_string_length(e), false)) return true;
+        json_array_foreach(j, i,
+                           e) if (json_is_string(e) && str_match(v, json_string_value(e),
+                                                                 json_string_length(e), false)) return true;
         return false;
     }
     char buf[64];
@@ -755,7 +756,8 @@ static bool val_match(const struct field *f, const struct val *v, const struct c
                str_match(v, c->in->auth->presenter, strlen(c->in->auth->presenter), false);
     case A_REQ_AUDIENCE:
         for (size_t i = 0; c->in->auth && i < c->in->auth->n_audiences; i++)
-            if (c->in->auth->audiences[i] && str_match(v, c->in->auth->audiences[i], strlen(c->in->auth->audiences[i]), false))
+            if (c->in->auth->audiences[i] &&
+                str_match(v, c->in->auth->audiences[i], strlen(c->in->auth->audiences[i]), false))
                 return true;
         return false;
     case A_REQ_CLAIM:
