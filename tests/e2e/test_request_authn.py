@@ -30,8 +30,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
+
+from helpers import connect
 
 from test_up import _force_cleanup, poll
 from test_waypoint_l7 import L7Cluster, pod, req
@@ -39,7 +45,7 @@ from test_waypoint_l7 import L7Cluster, pod, req
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = os.path.join(HERE, "apps.py")
 NS = "ra"
-HTTP = 8080
+HTTP, GRPC = 8080, 9090
 ISSUER = "https://idp.test"
 APPLY_WAIT = 30
 GATEWAY_REF = "{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}"
@@ -112,12 +118,12 @@ class JwksServer:
 
 def service(name):
     return ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\n"
-            "spec:\n  selector: {app: app}\n  ports: [{name: http, port: 80, targetPort: %d, appProtocol: http}]\n"
-            % (name, NS, HTTP))
+            "spec:\n  selector: {app: app}\n  ports: [{name: http, port: 80, targetPort: %d, appProtocol: http},"
+            " {name: grpc, port: %d, targetPort: %d, appProtocol: grpc}]\n" % (name, NS, HTTP, GRPC, GRPC))
 
 
 def manifests(d):
-    app = ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), "app", "9090", os.path.join(d, "app.log")]
+    app = ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), "app", str(GRPC), os.path.join(d, "app.log")]
     docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n" % NS,
             pod("app", "node2", "app", {"app": "app"}, app, HTTP).replace("namespace: l7", "namespace: " + NS),
             pod("client", "node1", "client", {"app": "client"}, ["sleep", "100000"]).replace(
@@ -320,3 +326,47 @@ def test_jwks_fetch_failure(env):
     # The failure is reported with the resource and field.
     log = c.log("zmeshd")
     assert "spec.jwtRules[0].jwksUri" in log and "status 404" in log, log[-2000:]
+
+
+def h2c(c, headers):
+    """One HTTP/2 (prior knowledge) request to svc's gRPC port from the client pod: (status, headers dict, body)."""
+    vip = c.vip("svc")
+    s = connect(c.netns_of("client"), vip, GRPC, timeout=15)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "%s:%d" % (vip, GRPC)),
+                          (":path", "/echo.Echo/Say")] + headers, end_stream=True)
+    s.sendall(conn.data_to_send())
+    hs, body = {}, b""
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    hs.update(dict(ev.headers))
+                elif isinstance(ev, h2.events.DataReceived):
+                    body += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return int(hs.get(":status", "0")), hs, body
+            s.sendall(conn.data_to_send())
+    finally:
+        s.close()
+    return int(hs.get(":status", "0")), hs, body
+
+
+def test_h2c_and_grpc(env):
+    """The same check on HTTP/2: a bad token's 401 carries www-authenticate; a gRPC call gets Envoy's
+    trailers-only answer, grpc-status 16 UNAUTHENTICATED with the text as grpc-message."""
+    c, keys, _ = env
+    in_force(env)
+    expired = [("authorization", "Bearer " + keys.token(claims(exp_in=-300)))]
+    st, hs, body = h2c(c, expired)
+    assert (st, body) == (401, b"Jwt is expired"), (st, hs, body)
+    assert hs.get("www-authenticate", "").startswith('Bearer realm="http://'), hs
+    assert hs["www-authenticate"].endswith('/echo.Echo/Say", error="invalid_token"'), hs
+    st, hs, body = h2c(c, expired + [("content-type", "application/grpc")])
+    assert (st, hs.get("grpc-status")) == (200, "16"), (st, hs)
+    assert urllib.parse.unquote(hs.get("grpc-message", "")) == "Jwt is expired", hs
