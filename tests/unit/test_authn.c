@@ -18,6 +18,8 @@
 #include <openssl/bn.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #include "core/loop.h"
 #include "mesh/config.h"
@@ -358,6 +360,73 @@ static void test_fetch(void **st)
     srv_stop(&q);
 }
 
+/* An HTTPS server with a self-signed certificate: the fetch verifies the peer with the system's CAs, so it
+ * fails with a certificate error and the document is never read. */
+struct tls_srv {
+    int fd;
+    uint16_t port;
+    pthread_t th;
+    SSL_CTX *ctx;
+    volatile int served;
+};
+
+static void *tls_serve(void *arg)
+{
+    struct tls_srv *s = arg;
+    int c = accept(s->fd, NULL, NULL);
+    if (c < 0) return NULL;
+    SSL *ssl = SSL_new(s->ctx);
+    SSL_set_fd(ssl, c);
+    if (SSL_accept(ssl) == 1) {
+        char buf[1024];
+        if (SSL_read(ssl, buf, sizeof(buf)) > 0) {
+            s->served = 1;
+            (void)SSL_write(ssl, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 40);
+        }
+    }
+    SSL_free(ssl);
+    close(c);
+    return NULL;
+}
+
+static void test_fetch_https_verifies(void **st)
+{
+    (void)st;
+    struct tls_srv s = {0};
+    X509 *x = X509_new();
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, rsa);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)"127.0.0.1", -1, -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(x));
+    assert_true(X509_sign(x, rsa, EVP_sha256()) > 0);
+    s.ctx = SSL_CTX_new(TLS_server_method());
+    assert_int_equal(SSL_CTX_use_certificate(s.ctx, x), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(s.ctx, rsa), 1);
+    s.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(s.fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(s.fd, 4), 0);
+    socklen_t l = sizeof(a);
+    getsockname(s.fd, (struct sockaddr *)&a, &l);
+    s.port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&s.th, NULL, tls_serve, &s), 0);
+    char url[128], err[256] = "", *body = NULL;
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/jwks", s.port);
+    assert_int_equal(zmeshd_jwks_fetch(url, 3000, &body, err, sizeof(err)), -EIO);
+    assert_null(body);
+    assert_non_null(
+        strstr(err, "certificate")); /* libcurl: "SSL certificate problem: self-signed certificate" */
+    shutdown(s.fd, SHUT_RDWR);
+    close(s.fd);
+    pthread_join(s.th, NULL);
+    assert_int_equal(s.served, 0);
+    SSL_CTX_free(s.ctx);
+    X509_free(x);
+}
+
 static int pushes;
 static struct loop *test_loop;
 static void on_jwks(void *ud)
@@ -595,9 +664,13 @@ int main(void)
     wp_cfg.pod_namespace = "app";
     wp_cfg.gateway_name = "waypoint";
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_convert),   cmocka_unit_test(test_convert_errors),
-        cmocka_unit_test(test_fake_jwks), cmocka_unit_test(test_fetch),
-        cmocka_unit_test(test_resolver),  cmocka_unit_test(test_waypoint_check),
+        cmocka_unit_test(test_convert),
+        cmocka_unit_test(test_convert_errors),
+        cmocka_unit_test(test_fake_jwks),
+        cmocka_unit_test(test_fetch),
+        cmocka_unit_test(test_fetch_https_verifies),
+        cmocka_unit_test(test_resolver),
+        cmocka_unit_test(test_waypoint_check),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
