@@ -54,7 +54,18 @@ static struct {
     struct io io;
     void (*fn)(void *ud);
     void *ud;
-} R = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .efd = -1};
+    unsigned refresh_s;
+} R = {.mu = PTHREAD_MUTEX_INITIALIZER,
+       .cv = PTHREAD_COND_INITIALIZER,
+       .efd = -1,
+       .refresh_s = ZMESHD_JWKS_REFRESH_S};
+
+void zmeshd_jwks_set_refresh_s(unsigned s)
+{
+    pthread_mutex_lock(&R.mu);
+    R.refresh_s = s ? s : 1;
+    pthread_mutex_unlock(&R.mu);
+}
 
 struct membuf {
     char *p;
@@ -213,7 +224,7 @@ static void *resolver(void *arg)
             due->state = JWKS_OK;
             due->fails = 0;
             due->err[0] = 0;
-            due->next_at = now + ZMESHD_JWKS_REFRESH_S;
+            due->next_at = now + (time_t)R.refresh_s;
         } else {
             changed = due->state != JWKS_FAILED && !due->body; /* a cached document stays in use */
             if (!due->body) due->state = JWKS_FAILED;

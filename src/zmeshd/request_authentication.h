@@ -40,6 +40,10 @@ struct loop;
 int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len,
                                  char *name, size_t name_n, manifest_report_fn report, void *ud);
 
+/* The refresh interval of fetched documents (PILOT_JWT_PUB_KEY_REFRESH_INTERVAL), seconds >= 1; default
+ * ZMESHD_JWKS_REFRESH_S. Takes effect at each entry's next fetch. */
+void zmeshd_jwks_set_refresh_s(unsigned s);
+
 /* istiod's fake JWKS for uri (CreateFakeJwks), malloc'd. */
 char *zmeshd_jwks_fake(const char *uri);
 

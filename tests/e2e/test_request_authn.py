@@ -17,8 +17,8 @@ expired` with `www-authenticate: Bearer realm="http://<host>/<path>", error="inv
 -> 403 `RBAC: access denied`, a matching principal -> 200, another -> 403; an ALLOW on request.auth.claims[groups]:
 admin -> 200, dev -> 403; the failed jwksUri -> 401 for that Service's tokens while `svc` still accepts them.
 
-Addresses of its own: prefix zj<hex>, state /run/zmesh-upjwt-<hex>, nodes 172.25.<o>.0/24, pods 10.<o>.0.0/16 with o
-in 2..19 (see test_waypoint_l7.py for the other tests' ranges)."""
+Addresses of its own: prefix zj<hex>, state /run/zmesh-upjwt-<hex>, nodes 172.23.<o>.0/24, pods 10.<o>.0.0/16 with o
+in 250..254 (10.1-249 are the other tests', see test_waypoint_l7.py and test_up.py)."""
 import base64
 import contextlib
 import http.server
@@ -63,14 +63,18 @@ class Keys:
         self.other = os.path.join(d, "other.pem")
         for k in (self.good, self.other):
             subprocess.run(["openssl", "genrsa", "-out", k, "2048"], check=True, capture_output=True)
-        out = subprocess.run(["openssl", "rsa", "-in", self.good, "-noout", "-modulus"], check=True,
-                             capture_output=True, text=True).stdout
-        n = bytes.fromhex(out.strip().split("=", 1)[1])
-        self.jwks = json.dumps({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "n": b64u(n),
-                                          "e": "AQAB"}]})
+        self.jwks = self.jwks_of(self.good, "k1")
 
-    def token(self, claims, key=None):
-        h = b64u(json.dumps({"alg": "RS256", "kid": "k1", "typ": "JWT"}, separators=(",", ":")).encode())
+    @staticmethod
+    def jwks_of(key, kid):
+        out = subprocess.run(["openssl", "rsa", "-in", key, "-noout", "-modulus"], check=True, capture_output=True,
+                             text=True).stdout
+        n = bytes.fromhex(out.strip().split("=", 1)[1])
+        return json.dumps({"keys": [{"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig", "n": b64u(n),
+                                     "e": "AQAB"}]})
+
+    def token(self, claims, key=None, kid="k1"):
+        h = b64u(json.dumps({"alg": "RS256", "kid": kid, "typ": "JWT"}, separators=(",", ":")).encode())
         p = b64u(json.dumps(claims, separators=(",", ":")).encode())
         sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key or self.good], input=(h + "." + p).encode(),
                              check=True, capture_output=True).stdout
@@ -88,12 +92,13 @@ class JwksServer:
     def __init__(self, jwks):
         srv = self
         self.hits = 0
+        self.jwks = jwks  # what /jwks.json serves now (a test rotates it)
 
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 if self.path == "/jwks.json":
                     srv.hits += 1
-                    body, code = jwks.encode(), 200
+                    body, code = srv.jwks.encode(), 200
                 else:
                     body, code = b"no such key set", 404
                 self.send_response(code)
@@ -138,10 +143,10 @@ class JwtCluster(L7Cluster):
         tag = "%04x" % random.randrange(1 << 16)
         self.prefix = "zj" + tag
         self.state = "/run/zmesh-upjwt-" + tag
-        octet = random.randrange(2, 20)
-        self.node_subnet = "172.25.%d.0" % octet
+        octet = random.randrange(250, 255)
+        self.node_subnet = "172.23.%d.0" % octet
         self.pod_subnet = "10.%d.0.0" % octet
-        self.host_ip = "172.25.%d.1" % octet
+        self.host_ip = "172.23.%d.1" % octet
 
     def netns_of(self, pod):
         return "%s-%s_%s" % (self.prefix, NS, pod)
@@ -183,7 +188,17 @@ def env():
         f.write(manifests(d))
     c = JwtCluster(d)
     try:
-        c.up()
+        # zmeshd inherits the environment of `zmesh up`: refresh jwksUri documents every 2 s instead of istiod's
+        # 20 min, so the rotation test sees a new key without waiting (only zmeshd reads this variable).
+        old = os.environ.get("PILOT_JWT_PUB_KEY_REFRESH_INTERVAL")
+        os.environ["PILOT_JWT_PUB_KEY_REFRESH_INTERVAL"] = "2s"
+        try:
+            c.up()
+        finally:
+            if old is None:
+                del os.environ["PILOT_JWT_PUB_KEY_REFRESH_INTERVAL"]
+            else:
+                os.environ["PILOT_JWT_PUB_KEY_REFRESH_INTERVAL"] = old
         p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
                   check=False, timeout=90)
         assert p.returncode == 0, p.stdout + p.stderr
@@ -370,3 +385,24 @@ def test_h2c_and_grpc(env):
     st, hs, body = h2c(c, expired + [("content-type", "application/grpc")])
     assert (st, hs.get("grpc-status")) == (200, "16"), (st, hs)
     assert urllib.parse.unquote(hs.get("grpc-message", "")) == "Jwt is expired", hs
+
+
+def test_key_rotation(env):
+    """The JWKS at jwksUri changes (a new key, kid k2, replaces k1): zmeshd's refresh (PILOT_JWT_PUB_KEY_REFRESH_
+    INTERVAL, 2 s here) fetches it and pushes it; then tokens of the new key pass and those of the old key fail.
+    Runs last in the module and puts the old key back."""
+    c, keys, jwks = env
+    in_force(env)
+    new = keys.token(claims(sub="carol"), key=keys.other, kid="k2")
+    assert req(c, "/headers", headers=bearer(new))[2] == b"Jwks doesn't have key to match kid or alg from Jwt"
+    hits = jwks.hits
+    jwks.jwks = keys.jwks_of(keys.other, "k2")
+    try:
+        r = until(c, "/headers", lambda r: r[0] == 200, "the rotated JWKS pushed", headers=bearer(new))
+        assert ("x-jwt-sub", "carol") in app_headers(r)
+        assert jwks.hits > hits  # refetched, not pushed by anything else
+        r = req(c, "/headers", headers=bearer(keys.token(claims())))
+        assert (r[0], r[2]) == (401, b"Jwks doesn't have key to match kid or alg from Jwt"), r
+    finally:
+        jwks.jwks = keys.jwks
+        in_force(env)
