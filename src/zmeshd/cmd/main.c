@@ -50,16 +50,14 @@ static const struct env_setting env_table[] = {
      .kind = ENV_STRING,
      .def = K8S_DEFAULT_TRUST_DOMAIN,
      .offset = OFF(trust_domain),
-     .help = "SPIFFE trust domain of workloads and the CA root's organization (istiod reads "
-             "meshConfig.trustDomain; "
+     .help = "SPIFFE trust domain of workloads and the CA root's organization (istiod reads meshConfig.trustDomain; "
              "this is pilot-agent's name; flag --trust-domain)"},
     {.name = "ROOT_CA_DIR",
      .kind = ENV_STRING,
      .offset = OFF(root_ca_dir),
-     .help =
-         "plug-in CA directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) as istiod's cacerts; "
-         "when set the files must be there (istiod falls back to a self-signed root, zmeshd refuses); unset: "
-         "a self-signed root in the state directory (flag --plugin-ca)"},
+     .help = "plug-in CA directory (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem) as istiod's cacerts; "
+             "when set the files must be there (istiod falls back to a self-signed root, zmeshd refuses); unset: "
+             "a self-signed root in the state directory (flag --plugin-ca)"},
     {.name = "CA_TRUSTED_NODE_ACCOUNTS",
      .kind = ENV_STRING,
      .def = CA_TRUSTED_NODE_ACCOUNTS_DEFAULT,
@@ -131,8 +129,7 @@ static int load_env(struct env_values *v)
     env_diag_log(&warnings, LOG_WARN, "zmeshd");
     if (errors.n) {
         fputs(errors.buf, stderr);
-        fprintf(stderr, "zmeshd: %u setting error%s; see zmeshd --help\n", errors.n,
-                errors.n == 1 ? "" : "s");
+        fprintf(stderr, "zmeshd: %u setting error%s; see zmeshd --help\n", errors.n, errors.n == 1 ? "" : "s");
         return EXIT_USAGE;
     }
     /* Unset variables stay 0 or NULL: the daemon applies the defaults the table shows. */
@@ -157,14 +154,11 @@ static const char usage[] =
     "      --manifests DIR     directory of Kubernetes YAML manifests (*.yaml, *.yml, *.json), watched\n"
     "      --state-dir DIR     zmeshd's own files: the CA (ca-cert.pem, ca-key.pem, root-cert.pem) unless\n"
     "                          --plugin-ca, and the token signing key (" ZMESHD_TOKEN_KEY_FILE ")\n"
-    "      --listen ADDR:PORT  address for xDS and the CA (default " ZMESHD_DEFAULT_LISTEN
-    ", istiod's 15012)\n"
+    "      --listen ADDR:PORT  address for xDS and the CA (default " ZMESHD_DEFAULT_LISTEN ", istiod's 15012)\n"
     "      --debug-listen ADDR:PORT  debug endpoints (/debug/syncz, /metrics, /ready; default\n"
-    "                          " ZMESHD_DEFAULT_DEBUG_LISTEN
-    ", istiod's monitoring port); port 0: any free port\n"
+    "                          " ZMESHD_DEFAULT_DEBUG_LISTEN ", istiod's monitoring port); port 0: any free port\n"
     "      --cluster-id ID     the cluster's name (env CLUSTER_ID, default " K8S_DEFAULT_CLUSTER_ID ")\n"
-    "      --trust-domain TD   the mesh's trust domain (env TRUST_DOMAIN, default " K8S_DEFAULT_TRUST_DOMAIN
-    ")\n"
+    "      --trust-domain TD   the mesh's trust domain (env TRUST_DOMAIN, default " K8S_DEFAULT_TRUST_DOMAIN ")\n"
     "      --domain SUFFIX     service domain suffix (default " K8S_DEFAULT_DOMAIN_SUFFIX ")\n"
     "      --plugin-ca DIR     sign with Istio's plug-in CA files in DIR (env ROOT_CA_DIR)\n"
     "\n"
@@ -213,36 +207,29 @@ enum opt_id {
 };
 
 struct flags {
-    const char *manifests, *state_dir, *listen, *debug_listen, *cluster_id, *trust_domain, *domain,
-        *plugin_ca;
+    const char *manifests, *state_dir, *listen, *debug_listen, *cluster_id, *trust_domain, *domain, *plugin_ca;
     const char *sa, *node, *pod, *pod_uid, *ttl;
 };
 
 static const struct option serve_opts[] = {
-    {"manifests", required_argument, NULL, OPT_MANIFESTS},
-    {"state-dir", required_argument, NULL, OPT_STATE_DIR},
-    {"listen", required_argument, NULL, OPT_LISTEN},
-    {"cluster-id", required_argument, NULL, OPT_CLUSTER_ID},
+    {"manifests", required_argument, NULL, OPT_MANIFESTS}, {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+    {"listen", required_argument, NULL, OPT_LISTEN},       {"cluster-id", required_argument, NULL, OPT_CLUSTER_ID},
     {"debug-listen", required_argument, NULL, OPT_DEBUG_LISTEN},
     {"trust-domain", required_argument, NULL, OPT_TRUST_DOMAIN},
-    {"domain", required_argument, NULL, OPT_DOMAIN},
-    {"plugin-ca", required_argument, NULL, OPT_PLUGIN_CA},
-    {"help", no_argument, NULL, OPT_HELP},
-    {NULL, 0, NULL, 0},
+    {"domain", required_argument, NULL, OPT_DOMAIN},       {"plugin-ca", required_argument, NULL, OPT_PLUGIN_CA},
+    {"help", no_argument, NULL, OPT_HELP},                 {NULL, 0, NULL, 0},
 };
 static const struct option check_opts[] = {
-    {"manifests", required_argument, NULL, OPT_MANIFESTS},
-    {"cluster-id", required_argument, NULL, OPT_CLUSTER_ID},
+    {"manifests", required_argument, NULL, OPT_MANIFESTS}, {"cluster-id", required_argument, NULL, OPT_CLUSTER_ID},
     {"trust-domain", required_argument, NULL, OPT_TRUST_DOMAIN},
-    {"domain", required_argument, NULL, OPT_DOMAIN},
-    {"help", no_argument, NULL, OPT_HELP},
+    {"domain", required_argument, NULL, OPT_DOMAIN},       {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
 static const struct option token_opts[] = {
-    {"sa", required_argument, NULL, OPT_SA},   {"node", required_argument, NULL, OPT_NODE},
-    {"pod", required_argument, NULL, OPT_POD}, {"pod-uid", required_argument, NULL, OPT_POD_UID},
-    {"ttl", required_argument, NULL, OPT_TTL}, {"state-dir", required_argument, NULL, OPT_STATE_DIR},
-    {"help", no_argument, NULL, OPT_HELP},     {NULL, 0, NULL, 0},
+    {"sa", required_argument, NULL, OPT_SA},           {"node", required_argument, NULL, OPT_NODE},
+    {"pod", required_argument, NULL, OPT_POD},         {"pod-uid", required_argument, NULL, OPT_POD_UID},
+    {"ttl", required_argument, NULL, OPT_TTL},         {"state-dir", required_argument, NULL, OPT_STATE_DIR},
+    {"help", no_argument, NULL, OPT_HELP},             {NULL, 0, NULL, 0},
 };
 
 /* Parses argv[first..] with opts into *f. Returns 0, 1 when --help was printed, or EXIT_USAGE after a message
@@ -256,48 +243,20 @@ static int parse_flags(const char *cmd, int argc, char **argv, int first, const 
     while ((c = getopt_long(argc, argv, ":", opts, &idx)) != -1) {
         const char *v = optarg;
         switch (c) {
-        case OPT_MANIFESTS:
-            f->manifests = v;
-            break;
-        case OPT_STATE_DIR:
-            f->state_dir = v;
-            break;
-        case OPT_LISTEN:
-            f->listen = v;
-            break;
-        case OPT_DEBUG_LISTEN:
-            f->debug_listen = v;
-            break;
-        case OPT_CLUSTER_ID:
-            f->cluster_id = v;
-            break;
-        case OPT_TRUST_DOMAIN:
-            f->trust_domain = v;
-            break;
-        case OPT_DOMAIN:
-            f->domain = v;
-            break;
-        case OPT_PLUGIN_CA:
-            f->plugin_ca = v;
-            break;
-        case OPT_SA:
-            f->sa = v;
-            break;
-        case OPT_NODE:
-            f->node = v;
-            break;
-        case OPT_POD:
-            f->pod = v;
-            break;
-        case OPT_POD_UID:
-            f->pod_uid = v;
-            break;
-        case OPT_TTL:
-            f->ttl = v;
-            break;
-        case OPT_HELP:
-            print_help(stdout);
-            return 1;
+        case OPT_MANIFESTS: f->manifests = v; break;
+        case OPT_STATE_DIR: f->state_dir = v; break;
+        case OPT_LISTEN: f->listen = v; break;
+        case OPT_DEBUG_LISTEN: f->debug_listen = v; break;
+        case OPT_CLUSTER_ID: f->cluster_id = v; break;
+        case OPT_TRUST_DOMAIN: f->trust_domain = v; break;
+        case OPT_DOMAIN: f->domain = v; break;
+        case OPT_PLUGIN_CA: f->plugin_ca = v; break;
+        case OPT_SA: f->sa = v; break;
+        case OPT_NODE: f->node = v; break;
+        case OPT_POD: f->pod = v; break;
+        case OPT_POD_UID: f->pod_uid = v; break;
+        case OPT_TTL: f->ttl = v; break;
+        case OPT_HELP: print_help(stdout); return 1;
         case ':':
             fprintf(stderr, "zmeshd %s: %s needs a value (see zmeshd --help)\n", cmd, argv[optind - 1]);
             return EXIT_USAGE;
@@ -353,8 +312,7 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
     char err[ERR_MAX];
     struct serve s = {.sig_io.fd = -1, .exit_code = 1};
     if (!f->manifests || !f->state_dir) {
-        fprintf(stderr, "zmeshd: %s is required (see zmeshd --help)\n",
-                !f->manifests ? "--manifests" : "--state-dir");
+        fprintf(stderr, "zmeshd: %s is required (see zmeshd --help)\n", !f->manifests ? "--manifests" : "--state-dir");
         return EXIT_USAGE;
     }
     struct zmeshd_config cfg = {
@@ -378,9 +336,9 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
     sigprocmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     LOG_I("zmeshd", "version: zmesh zmeshd %s", ZMESH_VERSION);
-    if (!(s.loop = loop_new()) ||
-        (s.sig_io = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC), .cb = sig_cb}).fd <
-            0 ||
+    if (!(s.loop = loop_new()) || (s.sig_io = (struct io){.fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC),
+                                                         .cb = sig_cb})
+                                          .fd < 0 ||
         loop_io_add(s.loop, &s.sig_io, EPOLLIN) < 0) {
         LOG_E("zmeshd", "cannot set up the event loop: %s", strerror(errno));
         goto out;
@@ -417,8 +375,7 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
      * taken (another zmeshd on this host) costs only the debug endpoints, said loudly. */
     const char *dbg_addr = f->debug_listen ? f->debug_listen : ZMESHD_DEFAULT_DEBUG_LISTEN;
     const char *cluster = cfg.k8s.cluster_id ? cfg.k8s.cluster_id : K8S_DEFAULT_CLUSTER_ID;
-    if (zmeshd_debug_new(s.loop, s.xds, dbg_addr, getenv("POD_NAME"), cluster, &s.debug, err, sizeof(err)) <
-        0) {
+    if (zmeshd_debug_new(s.loop, s.xds, dbg_addr, getenv("POD_NAME"), cluster, &s.debug, err, sizeof(err)) < 0) {
         if (f->debug_listen) {
             log_kv(LOG_ERROR, "zmeshd", "cannot start", "error", err, NULL);
             goto out;
@@ -470,8 +427,7 @@ static int cmd_token(const struct flags *f)
     char err[ERR_MAX], ns[TOKEN_NAME_MAX], sa[TOKEN_NAME_MAX];
     long ttl_s = ZMESHD_TOKEN_DEFAULT_TTL_S;
     if (!f->sa || !f->state_dir) {
-        fprintf(stderr, "zmeshd token: %s is required (see zmeshd --help)\n",
-                !f->sa ? "--sa" : "--state-dir");
+        fprintf(stderr, "zmeshd token: %s is required (see zmeshd --help)\n", !f->sa ? "--sa" : "--state-dir");
         return EXIT_USAGE;
     }
     const char *slash = strchr(f->sa, '/');
@@ -487,7 +443,8 @@ static int cmd_token(const struct flags *f)
         int rc = duration_parse_ms(f->ttl, &ms);
         if (rc < 0 || ms < 1000 || ms / 1000 > (uint64_t)TOKEN_MAX_TTL_S) {
             fprintf(stderr, "zmeshd token: --ttl \"%s\": %s\n", f->ttl,
-                    rc < 0 ? "not a duration (e.g. 30m, 1h, 3600)" : "must be between 1s and 366d");
+                    rc < 0 ? "not a duration (e.g. 30m, 1h, 3600)"
+                           : "must be between 1s and 366d");
             return EXIT_USAGE;
         }
         ttl_s = (long)(ms / 1000);
