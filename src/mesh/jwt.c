@@ -691,10 +691,17 @@ bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, 
         const char *v = get(ctx, hs[i].name);
         if (!v) continue;
         const char *pre = hs[i].prefix ? hs[i].prefix : "";
-        size_t pl = strlen(pre);
-        /* Envoy compares the prefix case-sensitively, then takes the value after it. */
-        if (strncmp(v, pre, pl) != 0) continue;
-        v += pl;
+        if (*pre) {
+            /* Envoy's extractor (extractor.cc extract, extractJWT): the prefix anywhere in the value,
+             * case-sensitive; the token starts at the first base64url or '.' character after it and runs to
+             * the end of the value (verification judges the rest); with no such character, the whole value.
+             */
+            const char *at = strstr(v, pre);
+            if (!at) continue;
+            const char *t = at + strlen(pre);
+            t += strcspn(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.");
+            if (*t) v = t;
+        }
         size_t n = strlen(v);
         if (n == 0) continue;
         *tok = v, *tok_len = n;

@@ -121,10 +121,11 @@ struct jwt_locations {
 };
 /* A callback returning request header `name` (lower case) or NULL. */
 typedef const char *(*jwt_header_fn)(void *ctx, const char *name);
-/* Finds the token: headers (each with its prefix stripped; a value without the prefix is not a token),
- * then query parameters of `path` (percent-decoding not applied, tokens are base64url), then cookies
- * (from the `cookie` header). Writes a pointer into the request data and its length. Returns true when
- * found. */
+/* Finds the token as Envoy's extractor does: headers first (with a prefix, the prefix anywhere in the value,
+ * case-sensitive, and the token from the first base64url or '.' character after it to the end of the value; a
+ * value without the prefix is not a token), then query parameters of `path` (the first occurrence; percent-
+ * decoding not applied, tokens are base64url), then cookies (from the `cookie` header). Writes a pointer into
+ * the request data and its length. Returns true when found. */
 bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, const char *path,
                  const char **tok, size_t *tok_len);
 

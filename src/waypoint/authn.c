@@ -1,6 +1,7 @@
 /* RequestAuthentication in the waypoint (authn.h). */
 #include "waypoint/authn.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -122,18 +123,65 @@ static bool claim_text(const json_t *j, char *buf, size_t cap, const char **out,
     return true;
 }
 
-/* What a rule does to the request once its token verified: the token's header removed (forwardOriginalToken
- * false; a token from the query string or a cookie stays, as Envoy's parameter location leaves it), the
- * payload and claims copied to headers. */
-static void outputs(struct wp_decision *d, size_t *used, const struct l7_jwt_rule *r, const char *hdr,
-                    const char *tok, size_t tok_len, const struct jwt_result *res)
+static void remove_header(struct wp_decision *d, const char *name)
 {
     struct l7_header_mod *m = &d->authn_mod;
-    if (!r->forward && hdr) {
-        bool dup = false;
-        for (size_t i = 0; i < m->n_remove; i++)
-            dup |= !strcmp(d->authn_remove[i], hdr);
-        if (!dup && m->n_remove < WP_AUTHN_MAX_REMOVE) d->authn_remove[m->n_remove++] = hdr;
+    for (size_t i = 0; i < m->n_remove; i++)
+        if (!strcmp(d->authn_remove[i], name)) return;
+    if (m->n_remove == WP_AUTHN_MAX_REMOVE) {
+        LOG_LIMITED(LOG_WARN, LOG_AUTHN, "more than %d headers to remove for JWT rules; %s is not removed",
+                    WP_AUTHN_MAX_REMOVE, name);
+        return;
+    }
+    d->authn_remove[m->n_remove++] = name;
+}
+
+/* The request's path without every occurrence of query parameter name (Envoy's JwtParamLocation removeJwt),
+ * into d->path; the order of the others kept, '?' dropped when none is left. */
+static void strip_param(struct wp_decision *d, const struct l7_request *req, const char *name, size_t nl)
+{
+    const char *q = memchr(req->path, '?', req->path_len);
+    if (!q) return;
+    size_t o = (size_t)(q - req->path), cap = sizeof(d->path);
+    if (o + 1 >= cap) return;
+    memcpy(d->path, req->path, o);
+    const char *p = q + 1, *end = req->path + req->path_len;
+    bool first = true;
+    while (p <= end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *seg_end = amp ? amp : end;
+        size_t sl = (size_t)(seg_end - p);
+        bool drop = sl >= nl && !memcmp(p, name, nl) && (sl == nl || p[nl] == '=');
+        if (!drop && sl) {
+            if (o + sl + 2 >= cap) return; /* does not fit: the path stays as it was */
+            d->path[o++] = first ? '?' : '&';
+            memcpy(d->path + o, p, sl);
+            o += sl;
+            first = false;
+        }
+        if (!amp) break;
+        p = amp + 1;
+    }
+    d->path[o] = 0;
+    d->rewrite_path = true;
+}
+
+/* What a rule does to the request once its token verified: the token removed (forwardOriginalToken false):
+ * its header, or its query parameter from the path (Envoy removes both; a cookie token stays, as Envoy's
+ * cookie location leaves it), the payload and claims copied to headers. */
+static void outputs(struct wp_decision *d, size_t *used, const struct l7_jwt_rule *r, const char *hdr,
+                    const char *tok, size_t tok_len, const struct jwt_result *res,
+                    const struct l7_request *req, const char *path_copy)
+{
+    if (!r->forward && hdr) remove_header(d, hdr);
+    uintptr_t t = (uintptr_t)tok, pc = (uintptr_t)path_copy;
+    if (!r->forward && !hdr && *path_copy && t >= pc && t < pc + req->path_len) {
+        /* The parameter's name: back from the token to the '?' or '&' that starts its pair. */
+        const char *eq = tok - 1, *start = eq;
+        while (start > path_copy && start[-1] != '?' && start[-1] != '&')
+            start--;
+        if (*eq == '=' && start < eq)
+            strip_param(d, req, req->path + (start - path_copy), (size_t)(eq - start));
     }
     if (r->payload_header) {
         const char *d1 = memchr(tok, '.', tok_len);
@@ -244,6 +292,13 @@ bool wp_authn_check(struct wp_tunnel *t, const struct l7_request *req, struct wp
         if (k == nt) toks[nt++] = (typeof(toks[0])){tok, tl, token_header(&hc, tok), 0};
         toks[k].rules |= 1ull << i;
     }
+    /* The headers a rule writes are never taken from the client (Envoy's extractor sanitizeHeaders): removed
+     * here, set again below from a verified token (the modifier removes before it sets). */
+    for (size_t i = 0; i < n; i++) {
+        if (rules[i]->payload_header) remove_header(d, rules[i]->payload_header);
+        for (size_t c = 0; c < rules[i]->n_claim_headers; c++)
+            remove_header(d, rules[i]->claim_headers[c].header);
+    }
     if (hc.truncated)
         LOG_LIMITED(LOG_WARN, LOG_AUTHN,
                     "request headers or path longer than %d bytes: a token there was not read",
@@ -258,7 +313,7 @@ bool wp_authn_check(struct wp_tunnel *t, const struct l7_request *req, struct wp
             struct jwt_result res;
             st = jwt_verify(toks[k].tok, toks[k].len, &rules[i]->rule, &rules[i]->jwks, now, &res);
             if (st != JWT_OK) continue;
-            outputs(d, &used, rules[i], toks[k].hdr, toks[k].tok, toks[k].len, &res);
+            outputs(d, &used, rules[i], toks[k].hdr, toks[k].tok, toks[k].len, &res, req, path);
             if (!auth->principal)
                 *auth = res; /* the request principal is the first token's */
             else

@@ -17,7 +17,7 @@
 /* RequestAuthentication's changes to one request (src/waypoint/authn.h): headers set (payload, claims),
  * headers removed (the token's), and the bytes of their values, all owned by the decision. */
 #define WP_AUTHN_MAX_SET 24
-#define WP_AUTHN_MAX_REMOVE 8
+#define WP_AUTHN_MAX_REMOVE 32
 #define WP_AUTHN_BUF 4096
 
 enum wp_decision_kind { WP_DECIDE_FORWARD, WP_DECIDE_LOCAL };

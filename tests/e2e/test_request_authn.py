@@ -10,7 +10,8 @@ One cluster serves the module: namespace `ra` in ambient mode with its waypoint;
 (issuer https://idp.test, audience web, jwksUri on the test's server, claim sub copied to x-jwt-sub); `bad-jwks`
 targets Service `svc-bad` with a jwksUri that answers 404 (istiod's fake JWKS stands in, so its tokens fail).
 
-Checked: a valid token gives 200 and the app sees no Authorization header but x-jwt-sub; expired -> 401 `Jwt is
+Checked: a valid token gives 200 and the app sees no Authorization header but x-jwt-sub (a client's own x-jwt-sub
+is dropped, with or without a token); a token in access_token is accepted and removed from the path; expired -> 401 `Jwt is
 expired` with `www-authenticate: Bearer realm="http://<host>/<path>", error="invalid_token"`; another issuer -> 401
 `Jwt issuer is not configured`; another key's signature -> 401 `Jwt verification fails`; another audience -> 403
 `Audiences in Jwt are not allowed`; no token -> 200 (authorization decides); an ALLOW on requestPrincipals: no token
@@ -258,9 +259,16 @@ def test_valid_token(env):
     # A client's own x-jwt-sub is replaced by the token's.
     r = req(c, "/headers", headers=dict(bearer(keys.token(claims(sub="bob"))), **{"x-jwt-sub": "forged"}))
     assert [v for k, v in app_headers(r) if k == "x-jwt-sub"] == ["bob"]
-    # No token: passes to authorization (none here), no claim header.
-    hs = app_headers(req(c, "/headers"))
-    assert "x-jwt-sub" not in [k for k, _ in hs]
+    # No token: passes to authorization (none here); a client's own x-jwt-sub never reaches the app (Envoy
+    # sanitizes the headers a rule writes).
+    hs = app_headers(req(c, "/headers", headers={"x-jwt-sub": "forged"}))
+    assert "x-jwt-sub" not in [k for k, _ in hs], hs
+    # The token in the access_token parameter: accepted, and the parameter removed from the path upstream.
+    r = req(c, "/info?a=1&access_token=%s&b=2" % keys.token(claims(sub="dave")))
+    assert r[0] == 200, r
+    info = json.loads(r[2])
+    assert info["path"] == "/info?a=1&b=2", info
+    assert info["headers"].get("x-jwt-sub") == "dave", info
 
 
 def test_invalid_tokens(env):

@@ -560,6 +560,13 @@ static const char *mod_set(const struct wp_decision *d, const char *name)
     return NULL;
 }
 
+static bool mod_removes(const struct wp_decision *d, const char *name)
+{
+    for (size_t i = 0; i < d->authn_mod.n_remove; i++)
+        if (!strcmp(d->authn_mod.remove[i], name)) return true;
+    return false;
+}
+
 static void test_waypoint_check(void **st)
 {
     (void)st;
@@ -589,25 +596,38 @@ static void test_waypoint_check(void **st)
     assert_int_equal(d.kind, WP_DECIDE_FORWARD);
     assert_int_equal(d.n_req_mods, 1);
     assert_ptr_equal(d.req_mods[0], &d.authn_mod);
-    assert_int_equal(d.authn_mod.n_remove, 1);
-    assert_string_equal(d.authn_mod.remove[0], "authorization");
+    /* The rule's output headers are removed first (never the client's), then the token's header. */
+    assert_int_equal(d.authn_mod.n_remove, 5);
+    assert_true(mod_removes(&d, "authorization"));
+    assert_true(mod_removes(&d, "x-payload") && mod_removes(&d, "x-team") && mod_removes(&d, "x-level"));
+    assert_false(d.rewrite_path);
     const char *d1 = strchr(tok, '.'), *d2 = strchr(d1 + 1, '.');
     assert_int_equal(strlen(mod_set(&d, "x-payload")), (size_t)(d2 - d1 - 1));
     assert_memory_equal(mod_set(&d, "x-payload"), d1 + 1, (size_t)(d2 - d1 - 1));
     assert_string_equal(mod_set(&d, "x-team"), "pay");
     assert_string_equal(mod_set(&d, "x-level"), "3");
     assert_null(mod_set(&d, "x-evil"));
-    /* The access_token parameter (Istio's default location): accepted, nothing removed. */
+    /* The access_token parameter (Istio's default location): accepted, the parameter removed from the path
+     * (Envoy's JwtParamLocation), the others kept in order. */
     char path[4200];
-    snprintf(path, sizeof(path), "/p?access_token=%s", tok);
+    snprintf(path, sizeof(path), "/p?a=1&access_token=%s&b=2", tok);
     assert_true(check(&e, path, NULL, NULL, &d, &auth));
     assert_string_equal(auth.principal, "https://idp/alice");
     jwt_result_free(&auth);
-    assert_int_equal(d.authn_mod.n_remove, 0);
-    /* Missing: passes without a principal, nothing changed. */
-    assert_true(check(&e, "/p", "x-other: 1", NULL, &d, &auth));
+    assert_false(mod_removes(&d, "authorization"));
+    assert_true(d.rewrite_path);
+    assert_string_equal(d.path, "/p?a=1&b=2");
+    snprintf(path, sizeof(path), "/p?access_token=%s", tok);
+    assert_true(check(&e, path, NULL, NULL, &d, &auth));
+    jwt_result_free(&auth);
+    assert_string_equal(d.path, "/p");
+    /* Missing: passes without a principal; the client's own x-payload is removed all the same. */
+    assert_true(check(&e, "/p", "x-payload: forged", NULL, &d, &auth));
     assert_null(auth.principal);
-    assert_int_equal(d.n_req_mods, 0);
+    assert_int_equal(d.n_req_mods, 1);
+    assert_true(mod_removes(&d, "x-payload"));
+    assert_int_equal(d.authn_mod.n_set, 0);
+    assert_false(d.rewrite_path);
     /* Expired: 401 with Envoy's body and www-authenticate, the realm's path without the query. */
     snprintf(pl, sizeof(pl), "{\"iss\":\"https://idp\",\"sub\":\"a\",\"aud\":\"web\",\"exp\":%ld}",
              now - 120);

@@ -250,6 +250,13 @@ static void test_extract(void **st)
     const char *h2[] = {"x-jwt", "Tok q1", "authorization", "Bearer no", NULL};
     assert_true(jwt_extract(&loc, hget, h2, "/", &t, &n));
     assert_memory_equal(t, "q1", 2);
+    /* The prefix anywhere, then the first base64url character (Envoy's extractJWT). */
+    const char *h4[] = {"authorization", "Token Bearer   a.b.c", NULL};
+    assert_true(jwt_extract(NULL, hget, h4, "/p", &t, &n));
+    assert_int_equal(n, 5);
+    assert_memory_equal(t, "a.b.c", 5);
+    const char *h5[] = {"authorization", "bearer abc", NULL}; /* case-sensitive */
+    assert_false(jwt_extract(NULL, hget, h5, "/p", &t, &n));
     const char *h3[] = {"authorization", "Bearer no", "cookie", "a=1; sess=c9", NULL};
     assert_true(jwt_extract(&loc, hget, h3, "/", &t, &n));
     assert_int_equal(n, 2);
