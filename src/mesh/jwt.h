@@ -104,9 +104,10 @@ const json_t *jwt_claim(const struct jwt_result *r, const char *const *path, siz
  * into vals, each malloc'd (caller frees); -1 when absent or an object. */
 int jwt_claim_strings(const struct jwt_result *r, const char *const *path, size_t n, char **vals, size_t max);
 
-/* Token extraction, Istio's defaults: with no fromHeaders and no fromParams configured,
- * `Authorization: Bearer <t>` and the `access_token` query parameter (istio/istio
- * pilot/pkg/security/authn/policy_applier.go convertToEnvoyJwtConfig). */
+/* Token extraction. The defaults: with no fromHeaders, fromParams and fromCookies configured,
+ * `Authorization: Bearer <t>` and the `access_token` query parameter (envoyproxy/envoy
+ * source/extensions/filters/http/jwt_authn/extractor.cc addProvider; istiod passes the rule's locations
+ * through). */
 struct jwt_from_header {
     const char *name;
     const char *prefix; /* "" or NULL: the whole value */
