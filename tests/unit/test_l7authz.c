@@ -296,7 +296,8 @@ static struct req merge(const struct req *over, bool no_identity)
     if (over->f) r.f = over->f;
     M(principal)
     M(ns)
-    M(src) M(remote) M(dst) M(method) M(path) M(host) M(h0) M(h1) M(sni) M(port) M(jwt)
+    M(src)
+    M(remote) M(dst) M(method) M(path) M(host) M(h0) M(h1) M(sni) M(port) M(jwt)
 #undef M
         if (no_identity) r.principal = NULL;
     return r;
@@ -472,6 +473,11 @@ static void test_policy_compile_errors(void **state)
         {"[{to: [{operation: {paths: [\"/a/{**}/b\"]}}]}]", "{**} must be the last segment"},
         {"[{to: [{operation: {paths: [\"/a{*}\"]}}]}]", "must be whole segments"},
         {"[{from: [{source: {serviceAccounts: [\"a/b/c\"]}}]}]", "rules[0].from[0].service_accounts[0]"},
+        {"[{when: [{key: \"request.auth.claims[]\", values: [x]}]}]",
+         "rules[0].when[0].key: expected request.auth.claims[name]"},
+        {"[{when: [{key: \"request.auth.claims[a]b]\", values: [x]}]}]", "rules[0].when[0].key"},
+        {"[{when: [{key: \"request.auth.claims[a][b][c][d][e][f][g][h][i]\", values: [x]}]}]",
+         "1-8 non-empty names"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char yaml[2048];
