@@ -44,8 +44,9 @@ struct wp_decision {
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;
     uint16_t mirror_port;
-    /* RequestAuthentication (authn.h): a LOCAL 401/403 carries www_authenticate ("" = none); a FORWARD has
-     * authn_mod first in req_mods when the token is removed or its payload or claims are copied. */
+    /* RequestAuthentication (authn.h): a LOCAL 401/403 carries www_authenticate ("" = none); a FORWARD under
+     * JWT rules has authn_mod first in req_mods (the rules' output headers dropped, the token removed, its
+     * payload and claims copied) and, for a token in a query parameter, the path without it (rewrite_path). */
     char www_authenticate[512];
     struct l7_header_mod authn_mod;
     struct l7_kv authn_set[WP_AUTHN_MAX_SET];
