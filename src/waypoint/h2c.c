@@ -280,9 +280,10 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     }
     char len[24];
     snprintf(len, sizeof(len), "%zu", strlen(body));
-    struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len}};
+    struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len},
+                            {"www-authenticate", x->dec.www_authenticate}}; /* RequestAuthentication's 401 */
     if (bq_push(&x->u2d, (const uint8_t *)body, strlen(body)) < 0 ||
-        h2_stream_respond(x->ds, status, h, 2, *body ? H2_BODY : 0) < 0)
+        h2_stream_respond(x->ds, status, h, *x->dec.www_authenticate ? 3 : 2, *body ? H2_BODY : 0) < 0)
         return;
     x->u2d.eof = true;
     x->bytes_sent = strlen(body);

@@ -198,9 +198,12 @@ static void local_reply(struct h1_x *x, int status, const char *body, const char
 {
     struct h1_down *d = x->d;
     size_t blen = strlen(body);
-    struct http1_hdr h[3];
+    struct http1_hdr h[4];
     size_t nh = 0;
     if (location) h[nh++] = (struct http1_hdr){"location", 8, location, strlen(location)};
+    if (*x->dec.www_authenticate) /* RequestAuthentication's 401 (authn.h) */
+        h[nh++] = (struct http1_hdr){"www-authenticate", 16, x->dec.www_authenticate,
+                                     strlen(x->dec.www_authenticate)};
     if (blen) h[nh++] = (struct http1_hdr){"content-type", 12, "text/plain", 10};
     if (!x->keep_alive) h[nh++] = (struct http1_hdr){"connection", 10, "close", 5};
     (void)http1_write_response_head(&d->s.out, status, NULL, h, nh, HTTP1_BODY_LENGTH, blen);

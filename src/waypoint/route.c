@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "waypoint/authn.h"
 
 static void local(struct wp_decision *d, int status, const char *body, const char *flags, const char *details)
 {
@@ -56,12 +57,16 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     d->port = t->port;
     d->route_name = "default";
     d->retry = &l7_default_retry;
+    /* RequestAuthentication (authn.h): a bad token is answered here; a good one is the request principal. */
+    struct jwt_result auth;
+    if (!wp_authn_check(t, req, d, &auth)) return 0;
     /* L7 authorization: policies targeting this waypoint's Gateway, and the addressed Service. */
     struct l7_authz_input in = {
         .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
         .dest_ip = &t->dst_ip,
         .dest_port = t->port,
         .req = req,
+        .auth = auth.principal ? &auth : NULL,
     };
     struct ip_addr pip;
     sockaddr_to(&t->peer, &pip, NULL);
@@ -71,6 +76,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     enum l7_verdict verdict = l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
                                            t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
                                            &matched, &dry_deny);
+    jwt_result_free(&auth);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny %s %s from %s", req->method,
                     t->authority, *t->peer_id ? t->peer_id : "unknown");

@@ -14,6 +14,11 @@
 #include "waypoint/wp.h"
 
 #define WP_MAX_MODS 8
+/* RequestAuthentication's changes to one request (src/waypoint/authn.h): headers set (payload, claims),
+ * headers removed (the token's), and the bytes of their values, all owned by the decision. */
+#define WP_AUTHN_MAX_SET 24
+#define WP_AUTHN_MAX_REMOVE 32
+#define WP_AUTHN_BUF 4096
 
 enum wp_decision_kind { WP_DECIDE_FORWARD, WP_DECIDE_LOCAL };
 
@@ -42,6 +47,14 @@ struct wp_decision {
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;
     uint16_t mirror_port;
+    /* RequestAuthentication (authn.h): a LOCAL 401/403 carries www_authenticate ("" = none); a FORWARD under
+     * JWT rules has authn_mod first in req_mods (the rules' output headers dropped, the token removed, its
+     * payload and claims copied) and, for a token in a query parameter, the path without it (rewrite_path). */
+    char www_authenticate[512];
+    struct l7_header_mod authn_mod;
+    struct l7_kv authn_set[WP_AUTHN_MAX_SET];
+    const char *authn_remove[WP_AUTHN_MAX_REMOVE];
+    char authn_buf[WP_AUTHN_BUF];
 };
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
