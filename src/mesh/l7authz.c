@@ -768,8 +768,43 @@ static bool val_match(const struct field *f, const struct val *v, const struct c
 }
 
 /* A field holds when one of its values matches (or it has none) and none of its not_ values does. */
+/* The attributes a TCP stream does not have (Istio's generators that fail "is HTTP only" for a TCP chain). */
+static bool attr_http_only(uint8_t a)
+{
+    switch (a) {
+    case A_HOST:
+    case A_METHOD:
+    case A_PATH:
+    case A_HEADER:
+    case A_REQ_PRINCIPAL:
+    case A_REQ_AUDIENCE:
+    case A_REQ_PRESENTER:
+    case A_REQ_CLAIM:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool flist_http(const struct flist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (attr_http_only(l->f[i].attr)) return true;
+    return false;
+}
+
+static bool rule_http(const struct prule *r)
+{
+    for (size_t i = 0; i < r->n_from; i++)
+        if (flist_http(&r->from[i])) return true;
+    for (size_t i = 0; i < r->n_to; i++)
+        if (flist_http(&r->to[i])) return true;
+    return flist_http(&r->when);
+}
+
 static bool field_holds(const struct field *f, const struct ctx *c)
 {
+    if (c->in->tcp && attr_http_only(f->attr)) return true; /* a DENY's or AUDIT's: ignored on TCP */
     bool pos = f->n_vals == 0;
     for (size_t i = 0; i < f->n_vals && !pos; i++)
         pos = val_match(f, &f->vals[i], c);
@@ -798,6 +833,8 @@ static bool policy_matches(const struct l7_policy *p, const struct ctx *c)
 {
     for (size_t i = 0; i < p->n_rules; i++) {
         const struct prule *r = &p->rules[i];
+        /* On TCP, an ALLOW rule with an HTTP-only attribute is left out (it never allows). */
+        if (c->in->tcp && p->action == ZMESH__V1__L7_AUTHORIZATION__ACTION__ALLOW && rule_http(r)) continue;
         if (any_holds(r->from, r->n_from, c) && any_holds(r->to, r->n_to, c) && flist_holds(&r->when, c))
             return true;
     }

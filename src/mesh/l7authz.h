@@ -37,6 +37,11 @@ struct l7_authz_input {
      * absent, so a value never matches (an ALLOW on requestPrincipals ["*"] denies a request without one)
      * and a not_ value always holds. */
     const struct jwt_result *auth;
+    /* A TCP stream, not a request (the waypoint relays a TCP port): HTTP-only attributes (hosts, methods,
+     * paths, request.headers, requestPrincipals, request.auth.*) cannot be evaluated, and Istio's builder for a
+     * TCP filter chain (istio/istio pilot/pkg/security/authz/model/model.go checkError) drops an ALLOW rule
+     * that uses one (a smaller ALLOW) and ignores the attribute in a DENY or AUDIT rule (a wider DENY). */
+    bool tcp;
 };
 
 enum l7_verdict { L7_ALLOW = 0, L7_DENY = 1 };

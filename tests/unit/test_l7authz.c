@@ -75,6 +75,7 @@ struct req {
     const char *principal, *ns, *src, *remote, *dst, *method, *path, *host, *h0, *h1, *sni;
     uint16_t port;
     const char *jwt; /* the verified token's payload (JSON), or NULL: no token */
+    bool tcp;        /* a TCP stream: no request */
 };
 
 /* A verified token as src/mesh/jwt.c returns it, from its payload. */
@@ -139,7 +140,8 @@ static enum l7_verdict decide(const struct l7_config *c, const struct req *r, co
                                 .dest_ip = r->dst ? &dst : NULL,
                                 .dest_port = r->port,
                                 .sni = r->sni,
-                                .req = &q};
+                                .req = r->tcp ? NULL : &q,
+                                .tcp = r->tcp};
     struct jwt_result auth;
     if (r->jwt) {
         auth_from(r->jwt, &auth);
@@ -343,6 +345,47 @@ static void test_deny_policies(void **state)
     l7_config_unref(c);
 }
 
+/* A TCP stream through the waypoint, as Istio's TCP filter chain: an ALLOW rule with an HTTP-only attribute
+ * is left out, a DENY rule's HTTP-only attribute is ignored (istio/istio pilot/pkg/security/authz/model/
+ * model.go checkError). */
+static void test_tcp_streams(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *action, *rules;
+        enum l7_verdict want;
+    } cases[] = {
+        {"ALLOW", "[{from: [{source: {principals: [cluster.local/ns/client/sa/web]}}]}]", L7_ALLOW},
+        {"ALLOW", "[{from: [{source: {principals: [cluster.local/ns/client/sa/other]}}]}]", L7_DENY},
+        {"ALLOW", "[{to: [{operation: {ports: [\"8080\"]}}]}]", L7_ALLOW},
+        /* the rule needs a method: left out, and with it the only way to be allowed */
+        {"ALLOW", "[{to: [{operation: {methods: [GET]}}]}]", L7_DENY},
+        {"ALLOW", "[{from: [{source: {principals: [cluster.local/ns/client/sa/web]}}], to: [{operation: "
+                  "{methods: [GET]}}]}]",
+         L7_DENY},
+        {"ALLOW", "[{to: [{operation: {methods: [GET]}}]}, {from: [{source: {namespaces: [client]}}]}]", L7_ALLOW},
+        {"ALLOW", "[{from: [{source: {requestPrincipals: [\"*\"]}}]}]", L7_DENY},
+        /* a DENY on a method denies every stream: the method is ignored, the rule holds */
+        {"DENY", "[{to: [{operation: {methods: [POST]}}]}]", L7_DENY},
+        {"DENY", "[{when: [{key: \"request.headers[x-a]\", values: [\"1\"]}]}]", L7_DENY},
+        /* its other attributes still count */
+        {"DENY", "[{from: [{source: {principals: [cluster.local/ns/client/sa/other]}}], to: [{operation: "
+                 "{methods: [POST]}}]}]",
+         L7_ALLOW},
+        {"DENY", "[{to: [{operation: {ports: [\"9090\"], paths: [/x]}}]}]", L7_ALLOW},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct l7_config *c = policy(cases[i].action, cases[i].rules);
+        struct req r = base;
+        r.tcp = true;
+        enum l7_verdict v = decide(c, &r, NULL, NULL);
+        if (v != cases[i].want)
+            fail_msg("case %zu %s %s: got %s, want %s", i, cases[i].action, cases[i].rules, l7_verdict_to_str(v),
+                     l7_verdict_to_str(cases[i].want));
+        l7_config_unref(c);
+    }
+}
+
 static const char two_policies[] =
     "apiVersion: security.istio.io/v1\n"
     "kind: AuthorizationPolicy\n"
@@ -501,6 +544,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allow_fields),          cmocka_unit_test(test_deny_policies),
+        cmocka_unit_test(test_tcp_streams),
         cmocka_unit_test(test_deny_before_allow),     cmocka_unit_test(test_dry_run),
         cmocka_unit_test(test_policy_compile_errors),
     };
