@@ -187,3 +187,28 @@ void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struc
                                          strlen(hm->add[a].value)};
     }
 }
+
+/* A TCP stream's authorization (Envoy's network RBAC filter on the waypoint's TCP chain): the same policies as
+ * wp_decide's, evaluated without a request (l7_authz_input.tcp). Returns true when allowed; *matched names
+ * the deciding policy, if one did. */
+bool wp_authorize_stream(struct wp_tunnel *t, const char **matched)
+{
+    struct ip_addr pip;
+    sockaddr_to(&t->peer, &pip, NULL);
+    struct l7_authz_input in = {
+        .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
+        .source_ip = &pip,
+        .dest_ip = &t->dst_ip,
+        .dest_port = t->port,
+        .tcp = true,
+    };
+    bool dry_deny = false;
+    *matched = NULL;
+    enum l7_verdict v = l7_authorize(t->view->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
+                                     t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in, matched,
+                                     &dry_deny);
+    if (dry_deny)
+        LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny a TCP stream to %s from %s",
+                    t->authority, *t->peer_id ? t->peer_id : "unknown");
+    return v == L7_ALLOW;
+}

@@ -59,6 +59,9 @@ struct wp_decision {
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
+/* A TCP stream's L7 authorization (the policies of wp_decide, Istio's TCP semantics: l7_authz_input.tcp):
+ * true when allowed; *matched is the deciding policy or NULL. */
+bool wp_authorize_stream(struct wp_tunnel *t, const char **matched);
 
 /* Applies header modifiers in order to hv[0..*n) (room for cap): set replaces every field of that name (or
  * adds one), add appends, remove drops; names compared with name_eq (a name against a lower-case one). The
