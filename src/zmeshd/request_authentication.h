@@ -40,19 +40,12 @@ struct loop;
 int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len,
                                  char *name, size_t name_n, manifest_report_fn report, void *ud);
 
-/* The refresh interval of fetched documents (PILOT_JWT_PUB_KEY_REFRESH_INTERVAL), seconds >= 1; default
- * ZMESHD_JWKS_REFRESH_S. Takes effect at each entry's next fetch. */
-void zmeshd_jwks_set_refresh_s(unsigned s);
-
 /* istiod's fake JWKS for uri (CreateFakeJwks), malloc'd. */
 char *zmeshd_jwks_fake(const char *uri);
 
-/* Runs fn(ud) on loop l whenever a fetched document changes or a fetch first fails (one watcher; a second
- * call replaces it). Returns 0 or -errno. */
-int zmeshd_jwks_watch(struct loop *l, void (*fn)(void *ud), void *ud);
-/* Removes the watcher, stops the resolver thread and drops the cache (for shutdown and tests). */
-void zmeshd_jwks_shutdown(void);
-
-/* For tests: fetches url now on the calling thread (body bounded by ZMESHD_JWKS_MAX_BYTES). Returns 0 with
- * *body malloc'd, or -errno with err set (e.g. "HTTP status 404"). */
-int zmeshd_jwks_fetch(const char *url, int timeout_ms, char **body, char *err, size_t errlen);
+/* The resolver's lookup: the cached document for (issuer, uri) copied into *body (NULL when none yet) and the
+ * state, ZMESHD_JWKS_*, or -ENOMEM; err says why there is none. jwks.h's resolver installs itself here. */
+enum { ZMESHD_JWKS_PENDING, ZMESHD_JWKS_OK, ZMESHD_JWKS_FAILED };
+typedef int (*zmeshd_jwks_lookup_fn)(const char *issuer, const char *uri, int timeout_ms, char **body, char *err,
+                                     size_t errlen);
+void zmeshd_request_authn_set_resolver(zmeshd_jwks_lookup_fn fn);

@@ -14,6 +14,7 @@
 #include "xds/resource.h"
 #include "zmeshd/enrolment.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/jwks.h"
 #include "zmeshd/request_authentication.h"
 #include "mesh/l7.h"
 

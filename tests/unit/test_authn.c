@@ -27,6 +27,7 @@
 #include "waypoint/authn.h"
 #include "waypoint/settings.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/jwks.h"
 #include "zmeshd/request_authentication.h"
 
 /* ---- keys and tokens ---- */

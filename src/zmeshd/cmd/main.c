@@ -22,6 +22,7 @@
 #include "core/version.h"
 #include "zmeshd/daemon.h"
 #include "zmeshd/debug.h"
+#include "zmeshd/jwks.h"
 #include "zmeshd/request_authentication.h"
 #include "zmeshd/server.h"
 #include "zmeshd/xds.h"
