@@ -407,7 +407,7 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                              .headers = hs,
                              .n_headers = nh};
     for (size_t i = 0; i < nh; i++)
-        if (!strcmp(hs[i].name, "content-type") && !strncmp(hs[i].value, "application/grpc", 16))
+        if (!strcmp(hs[i].name, "content-type") && l7_grpc_content_type(hs[i].value))
             req.grpc = true;
     struct ip_addr sip = {0};
     if (src && src->n_ips) sip = src->ips[0];

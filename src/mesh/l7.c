@@ -1716,3 +1716,10 @@ int l7_rewrite_path_regex(const struct l7_regex *re, const char *sub, const char
     out[outlen + qn] = 0;
     return (int)(outlen + qn);
 }
+
+bool l7_grpc_content_type(const char *v)
+{
+    static const char ct[] = "application/grpc";
+    return !strncmp(v, ct, sizeof(ct) - 1) &&
+           (!v[sizeof(ct) - 1] || v[sizeof(ct) - 1] == '+' || v[sizeof(ct) - 1] == ';');
+}

@@ -263,6 +263,10 @@ int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t 
 int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_t prefix_len,
                          const struct l7_request *req, const char *req_scheme, char *out, size_t n);
 
+/* A gRPC request's content-type, as Envoy's Grpc::Common::hasGrpcContentType: "application/grpc", or it
+ * followed by "+" or ";" ("application/grpc+proto"); "application/grpc-web" is not gRPC. */
+bool l7_grpc_content_type(const char *v);
+
 /* Compiles pattern the way routes and policies do (anchored full match, UTF-8, RE2's feature set) only to
  * check it: 0, or -EINVAL with the reason in err. For zmeshd's conversion. */
 int l7_regex_check(const char *pattern, char *err, size_t errlen);

@@ -849,7 +849,7 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
             have_rid = true;
         } else if (!strcmp(e->name, "x-forwarded-proto")) {
             have_xfp = true;
-        } else if (!strcmp(e->name, "content-type") && !strncmp(e->value, "application/grpc", 16)) {
+        } else if (!strcmp(e->name, "content-type") && l7_grpc_content_type(e->value)) {
             x->grpc = true;
         } else if (!strcmp(e->name, "user-agent")) {
             snprintf(x->user_agent, sizeof(x->user_agent), "%s", e->value);
