@@ -1,6 +1,6 @@
 # zmesh build. `make` builds build/bin/*; `make test` runs every test; `make demo` runs the demo.
 CC      ?= cc
-PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson libpcre2-8
+PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson libpcre2-8 libcurl
 CFLAGS  ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread -Isrc \
            -I/usr/share/include/llhttp -I$(B)/gen \
@@ -128,7 +128,7 @@ $(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libzmesh.a $(LDLIBS) -lcmocka
 
 # A more specific rule than the one above (make prefers the shorter stem): test_cli also links the CLI objects.
-$(B)/tests/test_cli: tests/unit/test_cli.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PROTO_GEN_H)
+$(B)/tests/test_cli $(B)/tests/test_why: $(B)/tests/%: tests/unit/%.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CLI_LIB_OBJ) $(B)/libzmesh.a $(LDLIBS) -lcmocka
 

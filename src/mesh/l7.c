@@ -14,6 +14,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "mesh/l7authn.h"
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
 
@@ -313,6 +314,8 @@ struct l7_builder {
     size_t n_routes, cap_routes;
     struct l7_policy **pols;
     size_t n_pols, cap_pols;
+    struct l7_authn **authns; /* RequestAuthentication (src/mesh/l7authn.h) */
+    size_t n_authns, cap_authns;
 };
 
 struct l7_config {
@@ -327,6 +330,9 @@ struct l7_config {
     size_t n_binds;
     struct tcp_bind *tcp_binds;
     size_t n_tcp_binds;
+    struct l7_authn **authns;
+    size_t n_authns;
+    struct l7_authn_index *authn_idx;
 };
 
 static void route_free(struct route *r)
@@ -1368,8 +1374,11 @@ void l7_builder_free(struct l7_builder *b)
         route_free(b->routes[i]);
     for (size_t i = 0; i < b->n_pols; i++)
         l7_policy_free(b->pols[i]);
+    for (size_t i = 0; i < b->n_authns; i++)
+        l7_authn_free(b->authns[i]);
     free(b->routes);
     free(b->pols);
+    free(b->authns);
     free(b);
 }
 
@@ -1404,6 +1413,23 @@ int l7_type_index(const char *url)
     return -1;
 }
 
+/* A RequestAuthentication, compiled by src/mesh/l7authn.c (its JWKS parsed here, once per build). */
+static int authn_add(struct l7_builder *b, const char *name, const uint8_t *pb, size_t len, char *err,
+                     size_t errlen)
+{
+    for (size_t i = 0; i < b->n_authns; i++)
+        if (strcmp(l7_authn_name(b->authns[i]), name) == 0) {
+            if (err && errlen) snprintf(err, errlen, "RequestAuthentication %.512s: added twice", name);
+            return -EEXIST;
+        }
+    if (grow((void **)&b->authns, &b->cap_authns, b->n_authns, sizeof(*b->authns)) < 0) return -ENOMEM;
+    struct l7_authn *a;
+    int rc = l7_authn_compile(name, pb, len, &a, err, errlen);
+    if (rc < 0) return rc;
+    b->authns[b->n_authns++] = a;
+    return 0;
+}
+
 int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb,
                    size_t len, char *err, size_t errlen)
 {
@@ -1411,6 +1437,7 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
     int ti = l7_type_index(type_url);
     bool is_route = ti == L7_T_HTTP_ROUTE;
     bool is_pol = ti == L7_T_AUTHORIZATION;
+    if (ti == L7_T_REQUEST_AUTHN) return authn_add(b, name, pb, len, err, errlen);
     char what[600];
     snprintf(what, sizeof(what), "%s %.512s",
              is_route ? "HTTPRoute"
@@ -1778,6 +1805,10 @@ static void config_free(struct l7_config *c)
     for (size_t i = 0; i < c->n_pols; i++)
         l7_policy_free(c->pols[i]);
     free(c->pols);
+    l7_authn_index_free(c->authn_idx);
+    for (size_t i = 0; i < c->n_authns; i++)
+        l7_authn_free(c->authns[i]);
+    free(c->authns);
     free(c);
 }
 
@@ -1796,8 +1827,11 @@ struct l7_config *l7_builder_finish(struct l7_builder *b)
     c->n_routes = b->n_routes;
     c->pols = b->pols;
     c->n_pols = b->n_pols;
+    c->authns = b->authns;
+    c->n_authns = b->n_authns;
     free(b);
-    if (svc_index_build(c) < 0 || pol_index_build(c) < 0 || tcp_index_build(c) < 0) {
+    if (svc_index_build(c) < 0 || pol_index_build(c) < 0 || tcp_index_build(c) < 0 ||
+        l7_authn_index_build(c->authns, c->n_authns, &c->authn_idx) < 0) {
         config_free(c);
         return NULL;
     }
@@ -1860,6 +1894,17 @@ const struct l7_policy *const *l7_config_policies_for(const struct l7_config *c,
     if (!b) return NULL;
     *n = b->n;
     return b->p;
+}
+
+const struct l7_authn *const *l7_config_authn_for(const struct l7_config *c, const char *key, size_t *n)
+{
+    *n = 0;
+    return c ? l7_authn_index_get(c->authn_idx, key, n) : NULL;
+}
+
+size_t l7_config_n_authn(const struct l7_config *c)
+{
+    return c ? c->n_authns : 0;
 }
 
 /* ---- matching ---- */
@@ -2235,4 +2280,11 @@ int l7_rewrite_path_regex(const struct l7_regex *re, const char *sub, const char
     if (qn) memcpy(out + outlen, q, qn);
     out[outlen + qn] = 0;
     return (int)(outlen + qn);
+}
+
+bool l7_grpc_content_type(const char *v)
+{
+    static const char ct[] = "application/grpc";
+    return !strncmp(v, ct, sizeof(ct) - 1) &&
+           (!v[sizeof(ct) - 1] || v[sizeof(ct) - 1] == '+' || v[sizeof(ct) - 1] == ';');
 }

@@ -13,12 +13,13 @@
 
 #define L7_TYPE_URL_HTTP_ROUTE "type.googleapis.com/zmesh.v1.HTTPRoute"
 #define L7_TYPE_URL_AUTHORIZATION "type.googleapis.com/zmesh.v1.L7Authorization"
+#define L7_TYPE_URL_REQUEST_AUTHN "type.googleapis.com/zmesh.v1.RequestAuthentication"
 
 /* The L7 resource types a waypoint subscribes to, in the order stores and tables keep them: one list for
  * zmeshd's tables, the waypoint's subscription, its store and the builder's dispatch. */
-enum l7_type { L7_T_HTTP_ROUTE, L7_T_AUTHORIZATION, L7_N_TYPES };
+enum l7_type { L7_T_HTTP_ROUTE, L7_T_AUTHORIZATION, L7_T_REQUEST_AUTHN, L7_N_TYPES };
 /* The type URLs in enum l7_type's order, as an initializer list (for static tables that add their own). */
-#define L7_TYPE_URLS L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION
+#define L7_TYPE_URLS L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION, L7_TYPE_URL_REQUEST_AUTHN
 extern const char *const l7_type_urls[L7_N_TYPES];
 /* The enum l7_type of url, or -1. */
 int l7_type_index(const char *url);
@@ -295,6 +296,10 @@ int l7_rewrite_path(uint8_t kind, const char *value, const char *prefix, size_t 
  * and path (l7_rewrite_path). Returns its length, -EINVAL or -ENOSPC. */
 int l7_redirect_location(const struct l7_redirect *rd, const char *prefix, size_t prefix_len,
                          const struct l7_request *req, const char *req_scheme, char *out, size_t n);
+
+/* A gRPC request's content-type, as Envoy's Grpc::Common::hasGrpcContentType: "application/grpc", or it
+ * followed by "+" or ";" ("application/grpc+proto"); "application/grpc-web" is not gRPC. */
+bool l7_grpc_content_type(const char *v);
 
 /* Compiles pattern the way routes and policies do (anchored full match, UTF-8, RE2's feature set) only to
  * check it: 0, or -EINVAL with the reason in err. For zmeshd's conversion. */

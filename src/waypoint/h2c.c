@@ -13,7 +13,11 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "waypoint/bq.h"
+#include "waypoint/h2c_mirror.h"
 #include "waypoint/route.h"
+#include "waypoint/telemetry.h"
+#include "waypoint/tries.h"
 #include "waypoint/wp.h"
 
 #define LOG_H2C "waypoint::h2c"
@@ -29,19 +33,8 @@
 #define HC_MAX_HEADER_BYTES (60u << 10)
 #define HC_IDLE_BUCKETS 64
 #define HC_GRPC_MESSAGE_MAX 512 /* a local reply's grpc-message, percent-encoded (the texts are < 128 bytes) */
-
-struct chunk {
-    struct chunk *next;
-    size_t len, off;
-    uint8_t data[];
-};
-
-/* Bytes received on one side and not yet taken by the other side's session. */
-struct bq {
-    struct chunk *head, *tail;
-    size_t bytes;
-    bool eof; /* the sender ended its side after these bytes */
-};
+/* The request body kept for a retry (Envoy's per-request buffer limit, 1 MiB by default). */
+#define HC_REPLAY_MAX (1u << 20)
 
 struct hc_up;
 
@@ -55,8 +48,12 @@ struct hc_up {
     struct wp_worker *w;
     struct h2_conn *c;
     struct hbone_stream *hs;
+    /* The endpoint's address, and its workload uid copied: a pooled session outlives the view whose snapshot
+     * owns the workload (ep.wl is cleared). */
     struct lb_choice ep;
+    char *uid;
     bool listed;
+    bool tunnel_ok; /* its HBONE tunnel answered 200: a stream failing from now on is a reset */
 };
 
 /* Counts gRPC messages in a body as it passes (5-byte prefix: flag and length), without buffering them. */
@@ -82,18 +79,28 @@ struct hc_x {
     struct wp_decision dec; /* what wp_decide chose (strings borrowed from the tunnel's view) */
     struct lb_choice upstream_ep;
     struct timer timer; /* the route's timeout */
-    /* A VirtualService fault delay (route.c): the upstream stream opens when delay_timer fires, with these
-     * headers (one allocation); the request's DATA waits in d2u meanwhile, uncredited. */
+    /* A VirtualService fault delay (route.c): the first try starts when delay_timer fires; meanwhile the
+     * request is between tries (retrying: its DATA waits in d2u and the replay, uncredited). */
     struct timer delay_timer;
-    bool delay_held, held_end;
-    struct h2_header *held;
-    size_t n_held;
     struct msg_count req_msgs, resp_msgs;
     int grpc_status; /* from the response's trailers (or a trailers-only response), -1 when none */
     bool counted;    /* wp_endpoint_begin ran for upstream_ep */
     int64_t upstream_ms;
     uint64_t start_wall, req_head_bytes, resp_head_bytes;
     char user_agent[256];
+    struct wp_h2c_mirror *mirror; /* RequestMirror's shadow while it copies the request (h2c_mirror.h) */
+    /* Retries (dec.retry; src/mesh/retry.h): the request's headers and the body so far, for the next try. */
+    struct h2_header *req_hdrs;
+    size_t n_req_hdrs;
+    char *req_hdr_mem;
+    struct h2_header *req_trailers; /* request trailers once received (copies), n_req_trailers of them */
+    size_t n_req_trailers;
+    char *req_trailer_mem;
+    struct bq replay;
+    size_t credited_head; /* bytes at the head of d2u the client was credited for already (a retry's replay) */
+    bool req_eof, replay_lost, retrying, abandoning;
+    struct wp_tries tries;
+    struct timer retry_timer, try_timer;
 };
 
 static _Thread_local struct hc_up *up_table[HC_IDLE_BUCKETS];
@@ -103,57 +110,31 @@ static bool name_eq(const char *a, size_t alen, const char *lower)
     return strlen(lower) == alen && !memcmp(a, lower, alen); /* HTTP/2 names are lower-case already */
 }
 
-/* ---- byte queues ---- */
-
-static int bq_push(struct bq *q, const uint8_t *p, size_t n)
+/* Copies h[0..n) into one block (*mem) and an array (*out); frees what they held. 0 or -ENOMEM. */
+static int copy_headers(const struct h2_header *h, size_t n, struct h2_header **out, char **mem)
 {
-    struct chunk *k = malloc(sizeof(*k) + n);
-    if (!k) return -ENOMEM;
-    k->next = NULL;
-    k->len = n;
-    k->off = 0;
-    memcpy(k->data, p, n);
-    if (q->tail)
-        q->tail->next = k;
-    else
-        q->head = k;
-    q->tail = k;
-    q->bytes += n;
+    size_t need = 1;
+    for (size_t i = 0; i < n; i++)
+        need += strlen(h[i].name) + strlen(h[i].value) + 2;
+    struct h2_header *a = malloc((n ? n : 1) * sizeof(*a));
+    char *m = malloc(need), *q = m;
+    if (!a || !m) {
+        free(a);
+        free(m);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t ln = strlen(h[i].name) + 1, lv = strlen(h[i].value) + 1;
+        a[i].name = memcpy(q, h[i].name, ln);
+        q += ln;
+        a[i].value = memcpy(q, h[i].value, lv);
+        q += lv;
+    }
+    free(*out);
+    free(*mem);
+    *out = a;
+    *mem = m;
     return 0;
-}
-
-static size_t bq_peek(const struct bq *q, const uint8_t **p)
-{
-    if (!q->head) return 0;
-    *p = q->head->data + q->head->off;
-    return q->head->len - q->head->off;
-}
-
-static void bq_drop(struct bq *q, size_t n)
-{
-    q->bytes -= n;
-    while (n && q->head) {
-        struct chunk *k = q->head;
-        size_t take = k->len - k->off < n ? k->len - k->off : n;
-        k->off += take;
-        n -= take;
-        if (k->off == k->len) {
-            q->head = k->next;
-            if (!q->head) q->tail = NULL;
-            free(k);
-        }
-    }
-}
-
-static void bq_free(struct bq *q)
-{
-    while (q->head) {
-        struct chunk *k = q->head;
-        q->head = k->next;
-        free(k);
-    }
-    q->tail = NULL;
-    q->bytes = 0;
 }
 
 /* ---- exchanges ---- */
@@ -183,6 +164,8 @@ static void x_record(struct hc_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
+    char fl[WP_FLAGS_MAX];
+    const char *flags = wp_try_flags(&x->tries, x->flags, fl);
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -196,7 +179,7 @@ static void x_record(struct hc_x *x)
         .status = x->status,
         .grpc_status = x->grpc_status,
         .grpc = x->grpc,
-        .flags = x->flags ? x->flags : "-",
+        .flags = flags,
         .details = x->dec.kind == WP_DECIDE_LOCAL ? x->dec.details : x->status ? "via_upstream" : NULL,
         .req_wire = x->req_head_bytes + x->bytes_received,
         .resp_wire = x->resp_head_bytes + x->bytes_sent,
@@ -215,21 +198,31 @@ static void x_record(struct hc_x *x)
 static void x_unref(struct hc_x *x)
 {
     if (--x->refs) return;
+    struct loop *l = x->d->t->w->loop;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
-    if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
-    if (timer_armed(&x->delay_timer)) timer_stop(x->d->t->w->loop, &x->delay_timer);
-    free(x->held);
+    if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
+    if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
+    if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
+    if (timer_armed(&x->delay_timer)) timer_stop(l, &x->delay_timer);
     x_record(x);
     bq_free(&x->d2u);
     bq_free(&x->u2d);
+    bq_free(&x->replay);
+    free(x->req_hdrs);
+    free(x->req_hdr_mem);
+    free(x->req_trailers);
+    free(x->req_trailer_mem);
     free(x);
 }
 
 /* Drops the request bytes waiting for an upstream that will not take them, crediting the client for them. */
 static void drop_d2u(struct hc_x *x)
 {
-    if (x->ds && x->d2u.bytes) h2_stream_consume(x->ds, x->d2u.bytes);
+    if (x->ds && x->d2u.bytes > x->credited_head) h2_stream_consume(x->ds, x->d2u.bytes - x->credited_head);
+    x->credited_head = 0;
     bq_free(&x->d2u);
+    bq_free(&x->replay);
+    x->replay_lost = true;
 }
 
 /* Envoy's Grpc::Utility::httpToGrpcStatus (envoyproxy/envoy source/common/grpc/status.cc, after grpc's
@@ -294,12 +287,15 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     }
     char len[24];
     snprintf(len, sizeof(len), "%zu", strlen(body));
-    struct h2_header h[2 + 2 * L7_MAX_HEADER_MODS] = {{"content-type", "text/plain"},
+    struct h2_header h[3 + 2 * L7_MAX_HEADER_MODS] = {{"content-type", "text/plain"},
                                                       {"content-length", len}};
     size_t nh = 2;
+    if (*x->dec.www_authenticate) /* RequestAuthentication's 401 */
+        h[nh++] = (struct h2_header){"www-authenticate", x->dec.www_authenticate};
     if (decided && x->dec.n_resp_mods) { /* a decided local answer carries the rule's response headers */
-        struct http1_hdr hv[2 + 2 * L7_MAX_HEADER_MODS] = {{"content-type", 12, "text/plain", 10},
-                                                           {"content-length", 14, len, strlen(len)}};
+        struct http1_hdr hv[3 + 2 * L7_MAX_HEADER_MODS];
+        for (size_t i = 0; i < nh; i++)
+            hv[i] = (struct http1_hdr){h[i].name, strlen(h[i].name), h[i].value, strlen(h[i].value)};
         wp_apply_mods(x->dec.resp_mods, x->dec.n_resp_mods, hv, &nh, sizeof(hv) / sizeof(hv[0]), name_eq);
         for (size_t i = 0; i < nh; i++)
             h[i] = (struct h2_header){hv[i].name, hv[i].value};
@@ -317,6 +313,12 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
 static void timeout_cb(struct timer *tm)
 {
     struct hc_x *x = container_of(tm, struct hc_x, timer);
+    struct loop *l = x->d->t->w->loop;
+    bool backoff = timer_armed(&x->retry_timer); /* between tries: the back-off holds a reference */
+    if (backoff) timer_stop(l, &x->retry_timer);
+    if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
+    if (timer_armed(&x->timer)) timer_stop(l, &x->timer); /* called for a per-try timeout too */
+    x->retrying = false;
     struct h2_stream *us = x->us;
     bool started = x->responded;
     x->flags = "UT";
@@ -328,6 +330,7 @@ static void timeout_cb(struct timer *tm)
     }
     /* us_end sees responded set (the local reply) and leaves the downstream alone */
     if (us) h2_stream_end(us, H2_END_LOCAL, NGHTTP2_CANCEL, "upstream request timeout");
+    if (backoff) x_unref(x);
 }
 
 /* ---- downstream stream ---- */
@@ -358,7 +361,8 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
     struct hc_x *x = ud;
     x->bytes_received += len;
     if (x->grpc) count_msgs(&x->req_msgs, data, len);
-    if (x->routed && !x->us && !x->delay_held) { /* answered locally or the upstream is gone: drop */
+    wp_h2c_mirror_data(x->mirror, data, len);
+    if (x->routed && !x->us && !x->retrying) { /* answered locally or the upstream is gone: drop */
         h2_stream_consume(s, len);
         return;
     }
@@ -366,7 +370,11 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
         h2_stream_end(s, H2_END_NO_MEMORY, NGHTTP2_INTERNAL_ERROR, "out of memory");
         return;
     }
-    if (x->us_parked) {
+    if (!x->replay_lost && (x->replay.bytes + len > HC_REPLAY_MAX || bq_push(&x->replay, data, len) < 0)) {
+        bq_free(&x->replay); /* past the buffer: this request is not retried */
+        x->replay_lost = true;
+    }
+    if (x->us && x->us_parked) {
         x->us_parked = false;
         h2_stream_resume(x->us);
     }
@@ -377,6 +385,8 @@ static void ds_eof(struct h2_stream *s, void *ud)
     (void)s;
     struct hc_x *x = ud;
     x->d2u.eof = true;
+    x->req_eof = true;
+    wp_h2c_mirror_eof(x->mirror);
     if (x->us && x->us_parked) {
         x->us_parked = false;
         h2_stream_resume(x->us);
@@ -387,8 +397,14 @@ static void ds_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
 {
     (void)s;
     struct hc_x *x = ud;
-    /* request trailers: forwarded after the body (gRPC clients rarely send them) */
-    if (h->kind == H2_HEADERS_TRAILERS && x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
+    /* request trailers: forwarded after the body (gRPC clients rarely send them), to the shadow too */
+    if (h->kind != H2_HEADERS_TRAILERS) return;
+    wp_h2c_mirror_trailers(x->mirror, h->headers, h->n_headers);
+    if (copy_headers(h->headers, h->n_headers, &x->req_trailers, &x->req_trailer_mem) < 0)
+        x->replay_lost = true; /* a retry could not send them */
+    else
+        x->n_req_trailers = h->n_headers;
+    if (x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
 }
 
 static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
@@ -396,6 +412,7 @@ static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
     (void)s;
     struct hc_x *x = ud;
     x->ds = NULL;
+    wp_h2c_mirror_detach(x->mirror); /* no more of the request comes */
     if (e->reason != H2_END_OK && x->us) {
         if (!x->flags) x->flags = "DC";
         h2_stream_end(x->us, H2_END_LOCAL, NGHTTP2_CANCEL, "the client reset its stream");
@@ -411,6 +428,8 @@ static const struct h2_stream_ops ds_ops = {.on_headers = ds_headers,
                                             .on_end = ds_end};
 
 /* ---- upstream stream ---- */
+
+static bool x_retry(struct hc_x *x, const struct l7_try *t);
 
 static size_t us_pull(struct h2_stream *s, void *ud, const uint8_t **data, bool *eof)
 {
@@ -431,7 +450,9 @@ static void us_sent(struct h2_stream *s, void *ud, size_t n)
     (void)s;
     struct hc_x *x = ud;
     bq_drop(&x->d2u, n);
-    if (x->ds) h2_stream_consume(x->ds, n);
+    size_t skip = x->credited_head < n ? x->credited_head : n; /* a retry's replayed bytes: credited once */
+    x->credited_head -= skip;
+    if (x->ds && n > skip) h2_stream_consume(x->ds, n - skip);
 }
 
 static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h)
@@ -452,6 +473,18 @@ static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
         }
         return;
     }
+    if (!x->responded) {
+        /* A retriable answer (its status, or a trailers-only gRPC status) is not forwarded: its stream is
+         * reset and another try comes. */
+        struct l7_try t = {.end = L7_TRY_RESPONSE, .status = h->status, .grpc_status = -1};
+        for (size_t i = 0; i < h->n_headers; i++)
+            if (!strcmp(h->headers[i].name, "grpc-status")) t.grpc_status = atoi(h->headers[i].value);
+        if (x_retry(x, &t)) {
+            x->abandoning = true;
+            h2_stream_end(s, H2_END_LOCAL, NGHTTP2_CANCEL, "retried");
+            return;
+        }
+    }
     struct http1_hdr mv[HC_MAX_HEADERS + 2 + WP_MAX_MODS * 8];
     size_t n = 0;
     for (size_t i = 0; i < h->n_headers && n < HC_MAX_HEADERS; i++) {
@@ -470,6 +503,9 @@ static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
     x->status = h->status;
     x->upstream_ms = (int64_t)(loop_now(x->d->t->w->loop) - x->up_start_mono);
     x->responded = true;
+    bq_free(&x->replay); /* no retry once the response is on its way */
+    x->replay_lost = true;
+    if (timer_armed(&x->try_timer)) timer_stop(x->d->t->w->loop, &x->try_timer);
     if (h2_stream_respond(x->ds, h->status, hv, n, h->end_stream ? 0 : H2_BODY) < 0) return;
     if (h->end_stream) x->u2d.eof = true;
 }
@@ -506,9 +542,23 @@ static void us_eof(struct h2_stream *s, void *ud)
 
 static void us_end(struct h2_stream *s, void *ud, const struct h2_end *e)
 {
-    (void)s;
     struct hc_x *x = ud;
-    x->us = NULL;
+    if (x->us == s) x->us = NULL;
+    if (x->abandoning) { /* reset for a retry, which is on its way */
+        x->abandoning = false;
+        x_unref(x);
+        return;
+    }
+    if (e->reason != H2_END_OK && x->ds && !x->responded) {
+        struct l7_try t = {.end = e->reason == H2_END_REFUSED          ? L7_TRY_REFUSED_STREAM
+                                  : x->u && x->u->tunnel_ok ? L7_TRY_RESET
+                                                            : L7_TRY_CONNECT_FAILURE,
+                           .grpc_status = -1};
+        if (x_retry(x, &t)) {
+            x_unref(x);
+            return;
+        }
+    }
     drop_d2u(x);
     if (e->reason != H2_END_OK && x->ds) {
         if (!x->responded) {
@@ -578,6 +628,7 @@ static void up_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
     struct hc_up *u = ud;
     up_unlist(u);
     /* the internal connection's end closed with the session: the tunnel sees EOF and ends */
+    free(u->uid);
     free(u);
 }
 
@@ -590,12 +641,19 @@ static void up_tunnel_done(struct hbone_stream *s, void *ud, const struct hbone_
     (void)ud; /* the session sees its socket close and ends its streams (us_end: 503 UF or reset) */
 }
 
-static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done};
+static void up_tunnel_response(struct hbone_stream *s, void *ud, int status)
+{
+    (void)s;
+    struct hc_up *u = ud;
+    if (status == 200) u->tunnel_ok = true;
+}
+
+static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done, .on_response = up_tunnel_response};
 
 static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, const char **err)
 {
     for (struct hc_up *u = up_table[ep_bucket(ep)]; u; u = u->hnext)
-        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->ep.wl->uid, ep->wl->uid) &&
+        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->uid, ep->wl->uid) &&
             h2_conn_usable(u->c) && h2_conn_streams(u->c) < h2_conn_max_streams(u->c))
             return u;
     int sv[2];
@@ -612,10 +670,19 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     }
     u->w = w;
     u->ep = *ep;
+    u->ep.wl = NULL;
+    if (!(u->uid = strdup(ep->wl->uid))) {
+        close(sv[0]);
+        close(sv[1]);
+        free(u);
+        *err = "out of memory";
+        return NULL;
+    }
     /* The tunnel first: its socket end must exist before the session writes its preface. */
     u->hs = wp_upstream_open(w, ep, sv[0], &up_tunnel_ops, u, err);
     if (!u->hs) {
         close(sv[1]);
+        free(u->uid);
         free(u);
         return NULL;
     }
@@ -623,6 +690,7 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     settings(&set, false);
     u->c = h2_client_new(w->loop, sv[1], NULL, NULL, &set, &up_conn_ops, u);
     if (!u->c) {
+        free(u->uid);
         free(u); /* sv[1] closed by h2_client_new; the tunnel sees EOF */
         *err = "out of memory";
         return NULL;
@@ -634,7 +702,23 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     return u;
 }
 
+struct h2_conn *wp_h2c_upstream(struct wp_worker *w, const struct lb_choice *ep, const char **err)
+{
+    struct hc_up *u = up_get(w, ep, err);
+    return u ? u->c : NULL;
+}
+
 /* ---- downstream connection ---- */
+
+/* RequestMirror: the shadow of a request whose own upstream stream is open (as Envoy's router shadows once the
+ * request has an upstream), given the body that arrived before the request was routed. */
+static void start_mirror(struct hc_x *x, const struct h2_header *out, size_t no, bool body)
+{
+    if (wp_h2c_mirror_start(&x->mirror, x->d->t, &x->dec, out, no, body) < 0) return;
+    for (struct bq_chunk *k = x->d2u.head; k && x->mirror; k = k->next)
+        wp_h2c_mirror_data(x->mirror, k->data + k->off, k->len - k->off);
+    if (body && x->d2u.eof) wp_h2c_mirror_eof(x->mirror);
+}
 
 static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
 {
@@ -656,9 +740,108 @@ static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
     h2_stream_set_ops(s, &ds_ops, x);
 }
 
-static void open_upstream(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream);
 static void delay_cb(struct timer *tm);
-static int delay_hold(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream);
+
+/* ---- tries and retries ---- */
+
+/* Starts a try: an endpoint (wp_try_pick), an upstream stream with the request's headers, the body so far (d2u), the
+ * trailers if they came. Returns 0 when the try is on its way or a retry is scheduled, -1 when the request
+ * was answered locally. */
+static int x_try_start(struct hc_x *x)
+{
+    struct wp_tunnel *t = x->d->t;
+    struct lb_choice ep;
+    if (wp_try_pick(t, &x->dec, &x->tries, &ep) < 0) {
+        drop_d2u(x);
+        x_local_reply(x, 503, "no healthy upstream", "UH");
+        return -1;
+    }
+    char ipb[IP_STRLEN];
+    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
+             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
+    x->upstream_ep = ep;
+    const char *err = "failed";
+    struct hc_up *u = up_get(t->w, &ep, &err);
+    bool body = !x->req_eof || x->d2u.bytes || x->n_req_trailers;
+    struct h2_stream *us = u ? h2_stream_open(u->c, x->req_hdrs, x->n_req_hdrs, body ? H2_BODY : 0, &us_ops, x)
+                             : NULL;
+    if (!us) {
+        LOG_LIMITED(LOG_WARN, LOG_H2C, "upstream %s: %s", x->upstream_host, err);
+        if (x_retry(x, &(struct l7_try){.end = L7_TRY_CONNECT_FAILURE, .grpc_status = -1})) return 0;
+        drop_d2u(x); /* what arrived before the request was handed over */
+        x_local_reply(x, 503,
+                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                      "UF");
+        return -1;
+    }
+    x->u = u;
+    x->us = us;
+    x->us_parked = false;
+    x->refs++;
+    x->up_start_mono = loop_now(t->w->loop);
+    wp_endpoint_begin(ep.wl); /* ended in x_unref, or when a retry abandons the try */
+    x->counted = true;
+    if (x->n_req_trailers) (void)h2_stream_trailers(us, x->req_trailers, x->n_req_trailers);
+    if (x->dec.retry->per_try_timeout_ms) timer_start(t->w->loop, &x->try_timer, x->dec.retry->per_try_timeout_ms);
+    return 0;
+}
+
+static void retry_cb(struct timer *tm)
+{
+    struct hc_x *x = container_of(tm, struct hc_x, retry_timer);
+    x->retrying = false;
+    if (x->replay_lost || !x->ds) {
+        /* the body went past the buffer meanwhile, or the client left: the request cannot be sent again */
+        drop_d2u(x);
+        x_local_reply(x, 503,
+                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                      "UF");
+        x_unref(x);
+        return;
+    }
+    /* The next try sends the whole body kept so far: what the last try took was credited already. */
+    size_t unsent = x->d2u.bytes;
+    bq_free(&x->d2u);
+    for (struct bq_chunk *k = x->replay.head; k; k = k->next)
+        if (bq_push(&x->d2u, k->data + k->off, k->len - k->off) < 0) {
+            x->replay_lost = true;
+            retry_cb(tm);
+            return;
+        }
+    x->d2u.eof = x->req_eof;
+    x->credited_head = x->d2u.bytes - unsent;
+    (void)x_try_start(x);
+    x_unref(x); /* the back-off's reference */
+}
+
+/* After a try ended as t: schedules the next one when the policy retries t, attempts are left and the request
+ * can be replayed. Returns true when a retry is on its way (it holds a reference on x meanwhile). */
+static bool x_retry(struct hc_x *x, const struct l7_try *t)
+{
+    struct wp_worker *w = x->d->t->w;
+    if (x->responded || !x->ds || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
+    if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    x->counted = false;
+    if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
+    x->retrying = true;
+    x->refs++;
+    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->tries));
+    return true;
+}
+
+/* perTryTimeout: the try's stream is reset; retried as Envoy judges it (a 504), else the request's 504 UT. */
+static void try_timeout_cb(struct timer *tm)
+{
+    struct hc_x *x = container_of(tm, struct hc_x, try_timer);
+    if (x_retry(x, &(struct l7_try){.end = L7_TRY_PER_TRY_TIMEOUT, .grpc_status = -1})) {
+        if (x->us) {
+            x->abandoning = true;
+            h2_stream_end(x->us, H2_END_LOCAL, NGHTTP2_CANCEL, "per try timeout");
+        }
+        return;
+    }
+    timeout_cb(&x->timer);
+}
 
 static void down_request(struct h2_stream *s, void *ud, const struct h2_request *req)
 {
@@ -667,6 +850,8 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     struct hc_x *x = *(struct hc_x **)h2_stream_user(s); /* set by down_stream */
     x->routed = true;
     x->timer.cb = timeout_cb;
+    x->retry_timer.cb = retry_cb;
+    x->try_timer.cb = try_timeout_cb;
     snprintf(x->method, sizeof(x->method), "%s", req->method);
     snprintf(x->path, sizeof(x->path), "%s", req->path);
     snprintf(x->authority, sizeof(x->authority), "%s", req->authority);
@@ -684,7 +869,7 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
             have_rid = true;
         } else if (!strcmp(e->name, "x-forwarded-proto")) {
             have_xfp = true;
-        } else if (!strcmp(e->name, "content-type") && !strncmp(e->value, "application/grpc", 16)) {
+        } else if (!strcmp(e->name, "content-type") && l7_grpc_content_type(e->value)) {
             x->grpc = true;
         } else if (!strcmp(e->name, "user-agent")) {
             snprintf(x->user_agent, sizeof(x->user_agent), "%s", e->value);
@@ -717,10 +902,6 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
         return;
     }
-    /* RequestMirror is applied to HTTP/1.1 only (http1.c): say so rather than drop the copy silently. */
-    if (x->dec.mirror_svc)
-        LOG_LIMITED(LOG_WARN, LOG_H2C, "RequestMirror of route %s: not applied to HTTP/2 requests yet, no copy sent",
-                    x->dec.route_name ? x->dec.route_name : "-");
     wp_apply_mods(x->dec.req_mods, x->dec.n_req_mods, hv, &n, cap, name_eq);
     struct h2_header out[HC_MAX_HEADERS + 8 + WP_MAX_MODS * 8];
     size_t no = 0;
@@ -730,84 +911,39 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     out[no++] = (struct h2_header){":path", x->dec.rewrite_path ? x->dec.path : req->path};
     for (size_t i = 0; i < n; i++)
         out[no++] = (struct h2_header){hv[i].name, hv[i].value};
-    if (x->dec.delay_ms && delay_hold(x, out, no, req->end_stream) == 0) return;
-    open_upstream(x, out, no, req->end_stream);
-}
-
-/* The chosen endpoint, its pooled session and the upstream stream with headers out[0..no). */
-static void open_upstream(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream)
-{
-    struct wp_tunnel *t = x->d->t;
-    struct lb_choice ep;
-    if (wp_pick_endpoint(t, x->dec.svc, x->dec.port, &ep) < 0) {
+    if (copy_headers(out, no, &x->req_hdrs, &x->req_hdr_mem) < 0) {
         drop_d2u(x);
         x_local_reply(x, 503, "no healthy upstream", "UH");
         return;
     }
-    char ipb[IP_STRLEN];
-    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
-             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
-    x->upstream_ep = ep;
-    const char *err = "failed";
-    struct hc_up *u = up_get(t->w, &ep, &err);
-    struct h2_stream *us = u ? h2_stream_open(u->c, out, no, end_stream ? 0 : H2_BODY, &us_ops, x) : NULL;
-    if (!us) {
-        drop_d2u(x); /* what arrived before the request was handed over */
-        LOG_LIMITED(LOG_WARN, LOG_H2C, "upstream %s: %s", x->upstream_host, err);
-        x_local_reply(x, 503,
-                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                      "UF");
+    x->n_req_hdrs = no;
+    if (req->end_stream) x->d2u.eof = x->req_eof = true;
+    if (x->dec.delay_ms) { /* a VirtualService fault delay: the first try starts in delay_cb */
+        if (x->dec.mirror_svc) start_mirror(x, out, no, !req->end_stream); /* the copy does not wait */
+        x->retrying = true; /* DATA waits in d2u and the replay, as between tries */
+        x->flags = "DI";
+        x->delay_timer.cb = delay_cb;
+        timer_start(t->w->loop, &x->delay_timer, x->dec.delay_ms);
         return;
     }
-    x->u = u;
-    x->us = us;
-    x->refs++;
-    x->up_start_mono = loop_now(t->w->loop);
-    wp_endpoint_begin(ep.wl); /* ended in x_unref */
-    x->counted = true;
     if (x->dec.timeout_ms) timer_start(t->w->loop, &x->timer, x->dec.timeout_ms);
-    if (end_stream) x->d2u.eof = true;
+    if (x_try_start(x) < 0) return;
+    if (x->dec.mirror_svc && x->us) start_mirror(x, out, no, !req->end_stream);
 }
 
-/* A VirtualService fault delay is over: the upstream stream opens now, and the route's timeout starts. */
+/* A VirtualService fault delay is over (Envoy's fault filter runs before the router): a decided local answer
+ * is sent now, or the first try starts, with the route's timeout from now. */
 static void delay_cb(struct timer *tm)
 {
     struct hc_x *x = container_of(tm, struct hc_x, delay_timer);
-    x->delay_held = false;
+    x->retrying = false;
     if (!x->ds) return; /* the client went away meanwhile */
     if (x->dec.kind == WP_DECIDE_LOCAL) {
         x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
         return;
     }
-    bool end = x->held_end;
-    open_upstream(x, x->held, x->n_held, end); /* DATA that came meanwhile is in d2u, read from the start */
-}
-
-/* Holds the request for the decision's delay: copies out[0..no) (the session's strings live for the callback
- * only). 0, or -ENOMEM (the request then goes on without the delay). */
-static int delay_hold(struct hc_x *x, const struct h2_header *out, size_t no, bool end_stream)
-{
-    size_t total = no * sizeof(struct h2_header);
-    for (size_t i = 0; i < no; i++)
-        total += strlen(out[i].name) + strlen(out[i].value) + 2;
-    struct h2_header *h = malloc(total);
-    if (!h) return -ENOMEM;
-    char *p = (char *)(h + no);
-    for (size_t i = 0; i < no; i++) {
-        size_t a = strlen(out[i].name) + 1, b = strlen(out[i].value) + 1;
-        memcpy(p, out[i].name, a);
-        memcpy(p + a, out[i].value, b);
-        h[i] = (struct h2_header){p, p + a};
-        p += a + b;
-    }
-    x->held = h;
-    x->n_held = no;
-    x->held_end = end_stream;
-    x->delay_held = true;
-    x->flags = "DI";
-    x->delay_timer.cb = delay_cb;
-    timer_start(x->d->t->w->loop, &x->delay_timer, x->dec.delay_ms);
-    return 0;
+    if (x->dec.timeout_ms) timer_start(x->d->t->w->loop, &x->timer, x->dec.timeout_ms);
+    (void)x_try_start(x);
 }
 
 static void down_closed(struct h2_conn *c, void *ud, const struct h2_end *e)

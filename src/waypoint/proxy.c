@@ -320,8 +320,15 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
 {
     struct tcp_fwd *f = calloc(1, sizeof(*f));
     const char *err = "out of memory";
+    char denied[300];
     if (!f) goto fail;
     f->t = t;
+    const char *policy = NULL;
+    if (!wp_authorize_stream(t, &policy)) { /* Envoy's network RBAC filter closes the connection */
+        snprintf(denied, sizeof(denied), "rbac_access_denied_matched_policy[%s]", policy ? policy : "none");
+        err = denied;
+        goto fail;
+    }
     const struct service *svc; /* a VirtualService tcp route may send it elsewhere (route.c) */
     uint16_t port;
     const char *subset; /* for the DestinationRule's endpoint choice; not used yet */

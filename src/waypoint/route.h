@@ -14,6 +14,11 @@
 #include "waypoint/wp.h"
 
 #define WP_MAX_MODS 8
+/* RequestAuthentication's changes to one request (src/waypoint/authn.h): headers set (payload, claims),
+ * headers removed (the token's), and the bytes of their values, all owned by the decision. */
+#define WP_AUTHN_MAX_SET 24
+#define WP_AUTHN_MAX_REMOVE 32
+#define WP_AUTHN_BUF 4096
 
 enum wp_decision_kind { WP_DECIDE_FORWARD, WP_DECIDE_LOCAL };
 
@@ -35,6 +40,9 @@ struct wp_decision {
     const struct l7_header_mod *req_mods[WP_MAX_MODS], *resp_mods[WP_MAX_MODS];
     size_t n_req_mods, n_resp_mods;
     uint64_t timeout_ms; /* 0: none */
+    /* Retries: the rule's policy, else Istio's default (l7_default_retry), which also covers the default
+     * route. */
+    const struct l7_retry *retry;
     /* RequestMirror: the Service a copy of the request goes to (fire and forget), when this request falls in
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;
@@ -52,12 +60,23 @@ struct wp_decision {
     struct l7_header_mod cors_mod;
     struct l7_kv cors_kv[5];
     char cors_origin[512], cors_max_age[24], cors_echo_method[32], cors_echo_headers[512];
+    /* RequestAuthentication (authn.h): a LOCAL 401/403 carries www_authenticate ("" = none); a FORWARD under
+     * JWT rules has authn_mod first in req_mods (the rules' output headers dropped, the token removed, its
+     * payload and claims copied) and, for a token in a query parameter, the path without it (rewrite_path). */
+    char www_authenticate[512];
+    struct l7_header_mod authn_mod;
+    struct l7_kv authn_set[WP_AUTHN_MAX_SET];
+    const char *authn_remove[WP_AUTHN_MAX_REMOVE];
+    char authn_buf[WP_AUTHN_BUF];
 };
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. A LOCAL answer carries resp_mods too (a
  * rule's response headers on its redirect or direct response, CORS headers on a preflight): the codecs add
  * them to the local reply. */
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
+/* A TCP stream's L7 authorization (the policies of wp_decide, Istio's TCP semantics: l7_authz_input.tcp):
+ * true when allowed; *matched is the deciding policy or NULL. */
+bool wp_authorize_stream(struct wp_tunnel *t, const char **matched);
 
 /* A TCP passthrough connection on tunnel t: the Service and port it goes to. A VirtualService tcp route
  * attached to the addressed Service and port picks one of its weighted destinations (and *subset its

@@ -15,6 +15,7 @@
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7_conv.h"
 #include "zmeshd/vs.h"
+#include "zmeshd/request_authentication.h"
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
 
@@ -508,11 +509,6 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
     }
     rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_MIRROR;
     rf->request_mirror = m;
-    /* The waypoint mirrors HTTP/1.1 requests only (src/waypoint/http1.c); a GRPCRoute's requests are always
-     * HTTP/2 (h2c.c), so its mirror would be without effect: say so rather than let it pass silently. */
-    if (grpc)
-        finding(c, MANIFEST_WARN, bp, "RequestMirror of a GRPCRoute is not applied by zmesh's waypoint yet (it "
-                                      "mirrors HTTP/1.1 only): requests are routed, no copy is sent");
     return rf;
 }
 
@@ -1359,6 +1355,10 @@ int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, siz
     if (!strcmp(d->kind, "AuthorizationPolicy")) {
         *type = L7_T_AUTHORIZATION;
         return l7_convert_authz(d->doc, &d->src, pb, len, name, name_n, report, ud);
+    }
+    if (!strcmp(d->kind, "RequestAuthentication")) {
+        *type = L7_T_REQUEST_AUTHN;
+        return zmeshd_convert_request_authn(d->doc, &d->src, pb, len, name, name_n, report, ud);
     }
     *type = L7_T_HTTP_ROUTE; /* HTTPRoute, GRPCRoute */
     return l7_convert_route(d->doc, &d->src, pb, len, name, name_n, report, ud);

@@ -253,7 +253,7 @@ const struct k8s_gateway *manifest_gateways(const struct manifest_store *st, siz
  * (gateway.networking.k8s.io/v1, v1beta1 for HTTPRoute), and AuthorizationPolicy with targetRef(s), which is also
  * in manifest_authz_policies. The tree is the document as read (jansson), owned by the store. */
 struct manifest_l7_doc {
-    const char *kind; /* "HTTPRoute", "GRPCRoute", "AuthorizationPolicy" (static) */
+    const char *kind; /* "HTTPRoute", "GRPCRoute", "AuthorizationPolicy", "RequestAuthentication" (static) */
     json_t *doc;
     struct manifest_src src;
 };

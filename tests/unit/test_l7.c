@@ -1148,9 +1148,24 @@ static void test_regex_rewrite_and_cors(void **state)
     l7_re_free(ore);
 }
 
+/* Envoy's hasGrpcContentType: gRPC and its +suffix/;params forms, not gRPC-Web. */
+static void test_grpc_content_type(void **state)
+{
+    (void)state;
+    assert_true(l7_grpc_content_type("application/grpc"));
+    assert_true(l7_grpc_content_type("application/grpc+proto"));
+    assert_true(l7_grpc_content_type("application/grpc;charset=utf-8"));
+    assert_false(l7_grpc_content_type("application/grpc-web"));
+    assert_false(l7_grpc_content_type("application/grpc-web+proto"));
+    assert_false(l7_grpc_content_type("application/grpcx"));
+    assert_false(l7_grpc_content_type("application/json"));
+    assert_false(l7_grpc_content_type(""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grpc_content_type),
         cmocka_unit_test(test_matches),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_weights),
