@@ -702,9 +702,13 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         out[no++] = (struct h2_header){hv[i].name, hv[i].value};
 
     struct lb_choice ep;
-    if (wp_pick_endpoint(t, x->dec.svc, x->dec.port, &ep) < 0) {
+    int prc = wp_pick_endpoint_req(t, &x->dec, &lr, &ep); /* DestinationRule: subset, LB policy, hash key */
+    if (prc < 0) {
         drop_d2u(x);
-        x_local_reply(x, 503, "no healthy upstream", "UH");
+        if (prc == -ESRCH)
+            x_local_reply(x, 503, "", "NC");
+        else
+            x_local_reply(x, 503, "no healthy upstream", "UH");
         return;
     }
     char ipb[IP_STRLEN];

@@ -873,7 +873,12 @@ static int req_head(void *ud, const struct http1_head *h)
             }
 
     struct lb_choice ep;
-    if (wp_pick_endpoint(t, dec->svc, dec->port, &ep) < 0) {
+    int prc = wp_pick_endpoint_req(t, dec, &lr, &ep); /* DestinationRule: subset, LB policy, hash key */
+    if (prc == -ESRCH) {
+        local_reply(x, 503, "", "NC", "cluster_not_found", NULL);
+        return 0;
+    }
+    if (prc < 0) {
         local_reply(x, 503, "no healthy upstream", "UH", "no_healthy_upstream", NULL);
         return 0;
     }

@@ -11,6 +11,9 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "mesh/chash.h"
+#include "mesh/destination_rule.h"
+#include "waypoint/route.h"
 #include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 
@@ -181,36 +184,331 @@ static uint32_t lr_active(const struct workload *w)
     return e ? e->active : 0;
 }
 
-int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
+/* ---- DestinationRule load balancing (route.h wp_pick_endpoint_req) ---- */
+
+/* ROUND_ROBIN's position per (Service, subset, port) on this worker, as Envoy's per-worker round robin. Keyed
+ * by a hash of the names (stable across snapshots); a full table reuses the slot the key lands on. */
+#define WP_RR_SLOTS 1024
+struct rr_slot {
+    uint64_t key;
+    uint64_t next;
+};
+static _Thread_local struct rr_slot rr_table[WP_RR_SLOTS];
+
+static uint64_t names_hash(const struct service *svc, const char *subset, uint16_t port)
+{
+    char k[600];
+    int n = snprintf(k, sizeof(k), "%s/%s|%s|%u", svc->namespace_, svc->name, subset ? subset : "", port);
+    return chash_xxh64(k, n > 0 ? (size_t)n : 0, 0) | 1;
+}
+
+static uint64_t rr_next(uint64_t key)
+{
+    for (size_t i = 0, k = key % WP_RR_SLOTS; i < 8; i++, k = (k + 1) % WP_RR_SLOTS) {
+        if (rr_table[k].key == key) return rr_table[k].next++;
+        if (!rr_table[k].key) {
+            rr_table[k] = (struct rr_slot){.key = key, .next = 1};
+            return 0;
+        }
+    }
+    rr_table[key % WP_RR_SLOTS] = (struct rr_slot){.key = key, .next = 1};
+    return 0;
+}
+
+/* A consistent-hash table per (view, Service, subset, port, policy) on this worker, built on first use from
+ * the eligible endpoints of that view (immutable, so valid for as long as the view is). */
+#define WP_CH_CACHE 16
+struct ch_cache {
+    uint64_t version;
+    const struct service *svc;
+    const struct dr_subset *ss;
+    const struct dr_lb_policy *lb;
+    uint16_t port;
+    struct chash *ch;
+    const struct workload **eps; /* the hosts, in the table's index order */
+    size_t n;
+};
+static _Thread_local struct ch_cache ch_cache[WP_CH_CACHE];
+static _Thread_local unsigned ch_cache_next;
+
+static void ch_entry_clear(struct ch_cache *e)
+{
+    chash_free(e->ch);
+    free(e->eps);
+    memset(e, 0, sizeof(*e));
+}
+
+/* The table for the eligible endpoints el[0..n), or NULL (out of memory, logged). */
+static const struct ch_cache *ch_table(struct wp_tunnel *t, const struct service *svc,
+                                       const struct dr_subset *ss, uint16_t port,
+                                       const struct dr_lb_policy *lb, const struct workload **el, size_t n)
+{
+    for (size_t i = 0; i < WP_CH_CACHE; i++) {
+        struct ch_cache *e = &ch_cache[i];
+        if (e->ch && e->version == t->view->version && e->svc == svc && e->ss == ss && e->port == port &&
+            e->lb == lb)
+            return e;
+    }
+    struct ch_cache *e = &ch_cache[ch_cache_next++ % WP_CH_CACHE];
+    ch_entry_clear(e);
+    struct chash_host *hosts = calloc(n, sizeof(*hosts));
+    char(*keys)[IP_STRLEN + 8] = calloc(n, sizeof(*keys));
+    e->eps = malloc(n * sizeof(*e->eps));
+    int rc = hosts && keys && e->eps ? 0 : -ENOMEM;
+    for (size_t i = 0; i < n && !rc; i++) {
+        /* Envoy hashes a host by its address: the endpoint's IP and target port. */
+        struct ip_addr ip;
+        char ipb[IP_STRLEN];
+        if (lb_endpoint_ip(el[i], svc->ip_families, NULL, &ip) < 0) memset(&ip, 0, sizeof(ip));
+        snprintf(keys[i], sizeof(keys[i]), "%s:%u", ip_format(&ip, ipb, sizeof(ipb)),
+                 service_target_port(svc, el[i], port));
+        hosts[i] = (struct chash_host){keys[i], el[i]->capacity ? el[i]->capacity : 1};
+        e->eps[i] = el[i];
+    }
+    if (!rc)
+        rc = lb->lb == DR_LB_MAGLEV ? chash_maglev_build(hosts, n, lb->table_size, &e->ch)
+                                    : chash_ring_build(hosts, n, lb->ring_size, &e->ch);
+    free(hosts);
+    free(keys);
+    if (rc) {
+        LOG_LIMITED(LOG_WARN, "waypoint::lb", "cannot build the %s table for %s: %s", dr_lb_to_str(lb->lb),
+                    svc->hostname, strerror(-rc));
+        ch_entry_clear(e);
+        return NULL;
+    }
+    e->version = t->view->version;
+    e->svc = svc;
+    e->ss = ss;
+    e->lb = lb;
+    e->port = port;
+    e->n = n;
+    return e;
+}
+
+/* A request header's value (the first of that name), or NULL. */
+static const char *req_header(const struct l7_request *req, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; req && i < req->n_headers; i++)
+        if (req->headers[i].name_len == nl && !memcmp(req->headers[i].name, name, nl)) {
+            *len = req->headers[i].value_len;
+            return req->headers[i].value;
+        }
+    return NULL;
+}
+
+/* The value of cookie name in the request's Cookie headers (quotes removed, as Envoy's parseCookieValue), or
+ * NULL. */
+static const char *req_cookie(const struct l7_request *req, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; req && i < req->n_headers; i++) {
+        if (req->headers[i].name_len != 6 || memcmp(req->headers[i].name, "cookie", 6)) continue;
+        const char *p = req->headers[i].value, *end = p + req->headers[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == ';'))
+                p++;
+            const char *eq = memchr(p, '=', (size_t)(end - p));
+            const char *semi = memchr(p, ';', (size_t)(end - p));
+            if (!semi) semi = end;
+            if (eq && eq < semi && (size_t)(eq - p) == nl && !memcmp(p, name, nl)) {
+                const char *v = eq + 1, *ve = semi;
+                if (ve - v >= 2 && *v == '"' && ve[-1] == '"') {
+                    v++;
+                    ve--;
+                }
+                *len = (size_t)(ve - v);
+                return v;
+            }
+            p = semi;
+        }
+    }
+    return NULL;
+}
+
+/* The raw value of query parameter name in :path, or NULL. */
+static const char *req_query(const struct l7_request *req, const char *name, size_t *len)
+{
+    if (!req || !req->path) return NULL;
+    const char *q = memchr(req->path, '?', req->path_len), *end = req->path + req->path_len;
+    if (!q) return NULL;
+    size_t nl = strlen(name);
+    for (const char *p = q + 1; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        if (!amp) amp = end;
+        const char *eq = memchr(p, '=', (size_t)(amp - p));
+        const char *ke = eq ? eq : amp;
+        if ((size_t)(ke - p) == nl && !memcmp(p, name, nl)) {
+            const char *v = eq ? eq + 1 : amp;
+            *len = (size_t)(amp - v);
+            return v;
+        }
+        p = amp + 1;
+    }
+    return NULL;
+}
+
+/* The request's hash (Envoy's hash policies: xxHash64 of the header value, cookie value, source IP text or
+ * query value). False when the key is absent (Envoy then picks at random). A cookie with a TTL that the
+ * request lacks is generated as Envoy's router does (hex of xxHash64 of the downstream remote and local
+ * addresses) and set on the response through d. */
+static bool request_hash(struct wp_tunnel *t, const struct dr_lb_policy *lb, const struct l7_request *req,
+                         struct wp_decision *d, uint64_t *h)
+{
+    const char *v = NULL;
+    size_t n = 0;
+    char buf[IP_STRLEN * 2 + 32];
+    switch (lb->hash_key) {
+    case DR_HASH_HEADER:
+        v = req_header(req, lb->hash_name, &n);
+        break;
+    case DR_HASH_QUERY:
+        v = req_query(req, lb->hash_name, &n);
+        break;
+    case DR_HASH_SOURCE_IP: {
+        struct ip_addr ip;
+        sockaddr_to(&t->peer, &ip, NULL);
+        v = ip_format(&ip, buf, sizeof(buf));
+        n = strlen(v);
+        break;
+    }
+    case DR_HASH_COOKIE:
+        v = req_cookie(req, lb->hash_name, &n);
+        if (!v && lb->cookie_ttl && d && req) {
+            char r[SOCKADDR_STRLEN], l[SOCKADDR_STRLEN];
+            int k = snprintf(buf, sizeof(buf), "%s%s", sockaddr_format(&t->peer, r, sizeof(r)),
+                             sockaddr_format(&t->local, l, sizeof(l)));
+            char val[17];
+            snprintf(val, sizeof(val), "%016llx",
+                     (unsigned long long)chash_xxh64(buf, k > 0 ? (size_t)k : 0, 0));
+            /* Envoy's makeSetCookieValue: name="value"; Max-Age=N (when not 0); Path=p; HttpOnly */
+            int w = snprintf(d->lb_cookie, sizeof(d->lb_cookie), "%s=\"%s\"", lb->hash_name, val);
+            if (lb->cookie_ttl_ms / 1000)
+                w += snprintf(d->lb_cookie + w, sizeof(d->lb_cookie) - (size_t)w, "; Max-Age=%llu",
+                              (unsigned long long)(lb->cookie_ttl_ms / 1000));
+            if (*lb->cookie_path)
+                w += snprintf(d->lb_cookie + w, sizeof(d->lb_cookie) - (size_t)w, "; Path=%s",
+                              lb->cookie_path);
+            snprintf(d->lb_cookie + w, sizeof(d->lb_cookie) - (size_t)w, "; HttpOnly");
+            if (d->n_resp_mods < WP_MAX_MODS) {
+                d->lb_cookie_kv = (struct l7_kv){"set-cookie", d->lb_cookie};
+                d->lb_cookie_mod = (struct l7_header_mod){.add = &d->lb_cookie_kv, .n_add = 1};
+                d->resp_mods[d->n_resp_mods++] = &d->lb_cookie_mod;
+            }
+            *h = chash_xxh64(val, 16, 0);
+            return true;
+        }
+        break;
+    }
+    if (!v) return false;
+    *h = chash_xxh64(v, n, 0);
+    return true;
+}
+
+/* The eligible endpoints of this worker's last pick (grown as needed, never shrunk). */
+static _Thread_local const struct workload **el_buf;
+static _Thread_local size_t el_cap;
+
+static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, const char *subset,
+                const struct l7_request *req, struct wp_decision *d, struct lb_choice *out)
 {
     if (!svc) {
         *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
         return 0;
     }
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+    const struct dr_subset *ss = NULL;
+    if (subset && *subset) {
+        /* Istio builds a cluster per subset of a DestinationRule; a subset no rule defines has no cluster. */
+        if (!(ss = dr_subset_find(dr, subset))) {
+            LOG_LIMITED(LOG_WARN, "waypoint::lb",
+                        "route %s: subset %s of %s is not defined by a DestinationRule",
+                        d && d->route_name ? d->route_name : "-", subset, svc->hostname);
+            return -ESRCH;
+        }
+    }
+    struct dr_policy pol = dr_policy_for(dr, ss, port);
+    uint8_t lbk = pol.lb ? pol.lb->lb : DR_LB_LEAST_REQUEST;
     struct lb_source src = {.wl = t->src_wl};
     const struct ip_addr *orig = svc == t->svc ? &t->dst_ip : NULL;
     const struct workload *const *eps;
     size_t n = 0;
     unsigned rank;
-    /* Envoy's default for a waypoint's clusters, LEAST_REQUEST: of two endpoints drawn at random, the one with
-     * fewer requests in flight (from this worker, as Envoy's per-worker load balancers count them). The
-     * candidates are the ones the mesh's load balancer allows (health, locality preference, ports). */
-    if (lb_candidates(t->view->snap, svc, port, &src, &eps, &n, &rank) == 0 && n > 0) {
-        const struct workload *w = eps[wp_rand(t->w) % n];
-        if (n > 1) {
-            const struct workload *b = eps[wp_rand(t->w) % n];
-            if (!w->capacity || (b->capacity && lr_active(b) < lr_active(w))) w = b;
-        }
-        uint16_t tp = w->capacity ? service_target_port(svc, w, port) : 0; /* capacity 0: never chosen */
-        if (tp && lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) == 0) {
-            out->wl = w;
-            out->port = tp;
-            return 0;
+    if (lb_candidates(t->view->snap, svc, port, &src, &eps, &n, &rank) != 0 || n == 0) {
+        /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP
+         * itself: nothing to send to. */
+        if (ss) return -ENOENT;
+        return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
+    }
+    if (n > el_cap) {
+        const struct workload **nb = realloc(el_buf, n * sizeof(*nb));
+        if (!nb) return -ENOENT;
+        el_buf = nb;
+        el_cap = n;
+    }
+    /* The endpoints the mesh's load balancer allows (health, locality preference, ports), of the subset. */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct workload *w = eps[i];
+        if (!w->capacity || !service_target_port(svc, w, port)) continue; /* capacity 0: never chosen */
+        if (ss && !dr_subset_has(ss, w->namespace_, w->name)) continue;
+        el_buf[m++] = w;
+    }
+    if (!m)
+        return ss                                                                       ? -ENOENT
+               : lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0
+                                                                                        : -ENOENT;
+    const struct workload *w = NULL;
+    uint64_t h;
+    switch (lbk) {
+    case DR_LB_ROUND_ROBIN:
+        w = el_buf[rr_next(names_hash(svc, subset, port)) % m];
+        break;
+    case DR_LB_RANDOM:
+        w = el_buf[wp_rand(t->w) % m];
+        break;
+    case DR_LB_PASSTHROUGH:
+        /* Envoy's ORIGINAL_DST: the address the client asked for when it is one of the endpoints (a workload
+         * address); a Service VIP has none, so one endpoint at random. */
+        for (size_t i = 0; i < m && !w; i++)
+            for (size_t k = 0; k < el_buf[i]->n_ips && !w; k++)
+                if (ip_equal(&el_buf[i]->ips[k], &t->dst_ip)) w = el_buf[i];
+        if (!w) w = el_buf[wp_rand(t->w) % m];
+        break;
+    case DR_LB_RING_HASH:
+    case DR_LB_MAGLEV: {
+        const struct ch_cache *c = ch_table(t, svc, ss, port, pol.lb, el_buf, m);
+        if (!request_hash(t, pol.lb, req, d, &h)) h = wp_rand(t->w);
+        int i = c ? chash_pick(c->ch, h) : -1;
+        w = i >= 0 ? c->eps[i] : el_buf[wp_rand(t->w) % m];
+        break;
+    }
+    default: {
+        /* Envoy's default for a waypoint's clusters, LEAST_REQUEST: of two endpoints drawn at random, the one
+         * with fewer requests in flight (from this worker, as Envoy's per-worker load balancers count them).
+         */
+        w = el_buf[wp_rand(t->w) % m];
+        if (m > 1) {
+            const struct workload *b = el_buf[wp_rand(t->w) % m];
+            if (lr_active(b) < lr_active(w)) w = b;
         }
     }
-    /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP itself:
-     * nothing to send to. */
-    return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
+    }
+    if (lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) < 0) return -ENOENT;
+    out->wl = w;
+    out->port = service_target_port(svc, w, port);
+    return 0;
+}
+
+int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
+{
+    return pick(t, svc, port, NULL, NULL, NULL, out);
+}
+
+int wp_pick_endpoint_req(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
+                         struct lb_choice *out)
+{
+    return pick(t, d->svc, d->port, d->subset, req, d, out);
 }
 
 static int plain_dial(void *ud, const struct sockaddr_storage *hop)
@@ -246,8 +544,8 @@ struct hbone_stream *wp_upstream_open(struct wp_worker *w, const struct lb_choic
     struct sockaddr_storage hop;
     sockaddr_from(&hop, &c->ip, WP_HBONE_UPSTREAM_PORT);
     struct identity *id = wp_identity();
-    struct hbone_stream *s = hbone_pool_open(w->pool, w, id, plain_dial, NULL, &hop, sans, 1, &(struct ip_addr){0},
-                                             hdrs, 1, fd, ops, ud, err);
+    struct hbone_stream *s = hbone_pool_open(w->pool, w, id, plain_dial, NULL, &hop, sans, 1,
+                                             &(struct ip_addr){0}, hdrs, 1, fd, ops, ud, err);
     identity_unref(id);
     return s;
 }
@@ -290,7 +588,8 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     wp_endpoint_end(f->ep.wl);
     if (log_target_enabled(LOG_INFO, "access")) {
         /* Envoy's default access log line for a TCP stream: no request fields, the bytes, the upstream. */
-        char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], host[IP_STRLEN + 40], cluster[320], line[WP_ACCESS_LINE_MAX];
+        char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], host[IP_STRLEN + 40], cluster[320],
+            line[WP_ACCESS_LINE_MAX];
         snprintf(host, sizeof(host), "envoy://connect_originate/%s", f->upstream);
         snprintf(cluster, sizeof(cluster), "inbound-vip|%u|tcp|%s", t->port, t->svc ? t->svc->hostname : "");
         struct wp_access a = {.start_ms_wall = t->start_ms,
@@ -335,7 +634,8 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     }
     return;
 fail:
-    LOG_LIMITED(LOG_WARN, "access", "connection failed: dst.service=%s direction=waypoint protocol=TCP error=%s",
+    LOG_LIMITED(LOG_WARN, "access",
+                "connection failed: dst.service=%s direction=waypoint protocol=TCP error=%s",
                 t->svc ? t->svc->hostname : t->authority, err);
     if (fd >= 0) close(fd);
     free(f);
@@ -543,10 +843,11 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     }
     if (status != 200) {
         char src[SOCKADDR_STRLEN];
-        LOG_LIMITED(LOG_WARN, "access",
-                    "connection failed: src.addr=%s src.identity=%s dst.addr=%s direction=inbound status=%d error=%s",
-                    sockaddr_format(&ic->peer, src, sizeof(src)), *t->peer_id ? t->peer_id : "unknown",
-                    req->authority, status, why);
+        LOG_LIMITED(
+            LOG_WARN, "access",
+            "connection failed: src.addr=%s src.identity=%s dst.addr=%s direction=inbound status=%d error=%s",
+            sockaddr_format(&ic->peer, src, sizeof(src)), *t->peer_id ? t->peer_id : "unknown",
+            req->authority, status, why);
         hbone_stream_respond(s, status, -1, NULL, 0);
         wp_tunnel_unref(t);
         return;
@@ -586,7 +887,8 @@ static void in_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
     free(ic);
 }
 
-static const struct hbone_conn_ops in_ops = {.on_ready = in_ready, .on_closed = in_closed, .on_request = in_request};
+static const struct hbone_conn_ops in_ops = {
+    .on_ready = in_ready, .on_closed = in_closed, .on_request = in_request};
 
 static bool hbone_may_accept(struct acceptor *a)
 {

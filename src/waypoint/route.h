@@ -39,7 +39,21 @@ struct wp_decision {
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;
     uint16_t mirror_port;
+    /* DestinationRule (proxy.c wp_pick_endpoint_req): the chosen backend's subset ("" or NULL: the whole
+     * Service), and the Set-Cookie of a consistent-hash cookie generated for this request (Envoy's
+     * addDownstreamSetCookie), added to resp_mods by the pick. */
+    const char *subset;
+    char lb_cookie[512];
+    struct l7_kv lb_cookie_kv;
+    struct l7_header_mod lb_cookie_mod;
 };
+
+/* The endpoint for a request that d forwards (d->svc, d->port, d->subset) under the Service's DestinationRule
+ * (its subset's endpoints, load balancer, hash key from req): wp_pick_endpoint's contract, and -ESRCH when
+ * d->subset names a subset no DestinationRule defines (Envoy's missing cluster: 503, flag NC,
+ * cluster_not_found). A generated hash cookie is added to d's response modifiers. */
+int wp_pick_endpoint_req(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
+                         struct lb_choice *out);
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
