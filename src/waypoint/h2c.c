@@ -210,6 +210,7 @@ static void x_unref(struct hc_x *x)
 {
     if (--x->refs) return;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
     x_record(x);
     bq_free(&x->d2u);
@@ -702,11 +703,13 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         out[no++] = (struct h2_header){hv[i].name, hv[i].value};
 
     struct lb_choice ep;
-    int prc = wp_pick_endpoint_req(t, &x->dec, &lr, &ep); /* DestinationRule: subset, LB policy, hash key */
+    int prc = wp_pick_endpoint_proto(t, &x->dec, &lr, true, &ep); /* DestinationRule: subset, LB, limits */
     if (prc < 0) {
         drop_d2u(x);
         if (prc == -ESRCH)
             x_local_reply(x, 503, "", "NC");
+        else if (prc == -EUSERS)
+            x_local_reply(x, 503, WP_OVERFLOW_BODY, "UO");
         else
             x_local_reply(x, 503, "no healthy upstream", "UH");
         return;

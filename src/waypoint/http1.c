@@ -676,6 +676,7 @@ static void x_free(struct h1_x *x)
 {
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
     if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
     free(x->head);
     free(x);
@@ -873,9 +874,13 @@ static int req_head(void *ud, const struct http1_head *h)
             }
 
     struct lb_choice ep;
-    int prc = wp_pick_endpoint_req(t, dec, &lr, &ep); /* DestinationRule: subset, LB policy, hash key */
+    int prc = wp_pick_endpoint_proto(t, dec, &lr, false, &ep); /* DestinationRule: subset, LB, limits */
     if (prc == -ESRCH) {
         local_reply(x, 503, "", "NC", "cluster_not_found", NULL);
+        return 0;
+    }
+    if (prc == -EUSERS) {
+        local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
         return 0;
     }
     if (prc < 0) {

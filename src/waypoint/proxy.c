@@ -405,12 +405,212 @@ static bool request_hash(struct wp_tunnel *t, const struct dr_lb_policy *lb, con
     return true;
 }
 
+/* connectionPool: requests in flight per cluster (Service, subset, port), across every worker, as Envoy's
+ * per-cluster resource manager counts them. Slots are claimed once per cluster key and never freed (bounded
+ * by WP_CB_SLOTS; past it a cluster is not limited, with a warning). */
+#define WP_CB_SLOTS 1024
+struct cb_slot {
+    _Atomic uint64_t key;
+    _Atomic int64_t active;
+};
+static struct cb_slot cb_table[WP_CB_SLOTS];
+
+static _Atomic int64_t *cb_counter(uint64_t key)
+{
+    for (size_t i = 0, k = key % WP_CB_SLOTS; i < WP_CB_SLOTS; i++, k = (k + 1) % WP_CB_SLOTS) {
+        uint64_t cur = atomic_load_explicit(&cb_table[k].key, memory_order_acquire);
+        if (cur == key) return &cb_table[k].active;
+        if (!cur) {
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&cb_table[k].key, &zero, key) || zero == key)
+                return &cb_table[k].active;
+        }
+    }
+    LOG_LIMITED(LOG_WARN, "waypoint::lb", "more than %d clusters with connection pool limits: not limited",
+                WP_CB_SLOTS);
+    return NULL;
+}
+
+/* Admits one request under pool's limits: Envoy's max_requests (http2MaxRequests) for every request, and for
+ * HTTP/1.1, one connection per request in flight, so maxConnections plus http1MaxPendingRequests in flight at
+ * most (the waypoint does not queue: a request that would wait for a connection goes out on its own). */
+static int cb_admit(struct wp_decision *d, uint64_t key, const struct dr_conn_pool *pool, bool http2)
+{
+    uint64_t max = UINT64_MAX;
+    if (pool->http2_max_requests) max = pool->http2_max_requests;
+    if (!http2 && pool->max_connections) {
+        uint64_t h1 = (uint64_t)pool->max_connections +
+                      (pool->http1_max_pending_requests ? pool->http1_max_pending_requests : UINT32_MAX);
+        if (h1 < max) max = h1;
+    }
+    if (max == UINT64_MAX) return 0;
+    _Atomic int64_t *c = cb_counter(key);
+    if (!c) return 0;
+    int64_t n = atomic_fetch_add_explicit(c, 1, memory_order_acq_rel) + 1;
+    if ((uint64_t)n > max) {
+        atomic_fetch_sub_explicit(c, 1, memory_order_acq_rel);
+        return -EUSERS;
+    }
+    d->lb_circuit = (void *)c;
+    return 0;
+}
+
+/* outlierDetection: per (cluster, endpoint) consecutive errors and ejection, shared by the workers (Envoy's
+ * detector is per cluster). Reads on the pick are lock-free; reports and ejections take the lock. */
+#define WP_OD_SLOTS 4096
+#define WP_OD_MAX_EJECTION_MS 300000 /* Envoy's max_ejection_time default (or the base time when longer) */
+struct od_slot {
+    _Atomic uint64_t key; /* cluster key ^ endpoint uid hash; 0 free */
+    _Atomic uint64_t ejected_until_ms;
+    uint64_t cluster;
+    uint32_t c5xx, cgw, n_ejections;
+    char uid[160];
+};
+static struct od_slot od_table[WP_OD_SLOTS];
+static pthread_mutex_t od_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t od_ejections_total;
+
+static uint64_t od_key(uint64_t cluster, const struct workload *w)
+{
+    return (cluster ^ chash_xxh64(w->uid, strlen(w->uid), 2)) | 1;
+}
+
+static struct od_slot *od_find(uint64_t key, bool create)
+{
+    for (size_t i = 0, k = key % WP_OD_SLOTS; i < WP_OD_SLOTS; i++, k = (k + 1) % WP_OD_SLOTS) {
+        uint64_t cur = atomic_load_explicit(&od_table[k].key, memory_order_acquire);
+        if (cur == key) return &od_table[k];
+        if (!cur) {
+            if (!create) return NULL;
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&od_table[k].key, &zero, key) || zero == key)
+                return &od_table[k];
+        }
+    }
+    return NULL;
+}
+
+static bool od_ejected(uint64_t cluster, const struct workload *w, uint64_t now)
+{
+    struct od_slot *o = od_find(od_key(cluster, w), false);
+    return o && atomic_load_explicit(&o->ejected_until_ms, memory_order_acquire) > now;
+}
+
+/* Called with od_lock held: how many endpoints of cluster are ejected now. */
+static size_t od_ejected_in(uint64_t cluster, uint64_t now)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < WP_OD_SLOTS; k++)
+        if (atomic_load_explicit(&od_table[k].key, memory_order_relaxed) && od_table[k].cluster == cluster &&
+            atomic_load_explicit(&od_table[k].ejected_until_ms, memory_order_relaxed) > now)
+            n++;
+    return n;
+}
+
+/* Envoy's consecutive 5xx and consecutive gateway failure detectors (source/common/upstream/
+ * outlier_detection_impl.cc putHttpResponseCode): a 5xx counts toward both (502, 503, 504 toward the gateway
+ * count, another 5xx resets it), anything else resets both; at a threshold the host is ejected for
+ * baseEjectionTime x its ejection count, unless maxEjectionPercent of the hosts are out already (one host may
+ * always be ejected). The ejection count decays by one per interval the host spends back in. */
+static void od_report(uint64_t cluster, const struct workload *w, int status, const struct dr_outlier *od,
+                      size_t hosts)
+{
+    uint64_t now = wp_now_ms();
+    pthread_mutex_lock(&od_lock);
+    struct od_slot *o = od_find(od_key(cluster, w), true);
+    if (!o) {
+        pthread_mutex_unlock(&od_lock);
+        LOG_LIMITED(LOG_WARN, "waypoint::outlier", "more than %d endpoints tracked: %s not tracked",
+                    WP_OD_SLOTS, w->uid);
+        return;
+    }
+    if (!o->cluster) {
+        o->cluster = cluster;
+        snprintf(o->uid, sizeof(o->uid), "%s", w->uid);
+    }
+    if (atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) > now) { /* a late answer */
+        pthread_mutex_unlock(&od_lock);
+        return;
+    }
+    bool eject = false;
+    if (status >= 500 && status <= 599) {
+        if (status >= 502 && status <= 504) {
+            if (od->consecutive_gateway && ++o->cgw >= od->consecutive_gateway) eject = true;
+        } else {
+            o->cgw = 0;
+        }
+        if (od->consecutive_5xx && ++o->c5xx >= od->consecutive_5xx) eject = true;
+    } else {
+        o->c5xx = o->cgw = 0;
+    }
+    if (eject) {
+        size_t out = od_ejected_in(cluster, now);
+        bool allowed =
+            out == 0 || (hosts && 100.0 * (double)(out + 1) / (double)hosts <= od->max_ejection_percent);
+        if (allowed) {
+            uint64_t back = atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed);
+            if (back && od->interval_ms && now > back) {
+                uint64_t decay = (now - back) / od->interval_ms;
+                o->n_ejections = o->n_ejections > decay ? o->n_ejections - (uint32_t)decay : 0;
+            }
+            o->n_ejections++;
+            uint64_t cap =
+                od->base_ejection_ms > WP_OD_MAX_EJECTION_MS ? od->base_ejection_ms : WP_OD_MAX_EJECTION_MS;
+            uint64_t dur = od->base_ejection_ms * o->n_ejections;
+            if (dur > cap) dur = cap;
+            atomic_store_explicit(&o->ejected_until_ms, now + dur, memory_order_release);
+            atomic_fetch_add_explicit(&od_ejections_total, 1, memory_order_relaxed);
+            LOG_I("waypoint::outlier", "ejected %s for %llu ms (ejection %u, last status %d)", w->uid,
+                  (unsigned long long)dur, o->n_ejections, status);
+        } else {
+            LOG_LIMITED(LOG_INFO, "waypoint::outlier", "%s not ejected: maxEjectionPercent %u%% reached",
+                        w->uid, od->max_ejection_percent);
+        }
+        o->c5xx = o->cgw = 0;
+    }
+    pthread_mutex_unlock(&od_lock);
+}
+
+uint64_t wp_outlier_ejections_total(void)
+{
+    return atomic_load_explicit(&od_ejections_total, memory_order_relaxed);
+}
+
+size_t wp_outlier_ejected(char *buf, size_t n)
+{
+    uint64_t now = wp_now_ms();
+    size_t w = 0, count = 0;
+    if (n) buf[0] = 0;
+    pthread_mutex_lock(&od_lock);
+    for (size_t k = 0; k < WP_OD_SLOTS; k++) {
+        uint64_t until = atomic_load_explicit(&od_table[k].ejected_until_ms, memory_order_relaxed);
+        if (!atomic_load_explicit(&od_table[k].key, memory_order_relaxed) || until <= now) continue;
+        count++;
+        if (w < n) {
+            int r = snprintf(buf + w, n - w, "%s%s", w ? "," : "", od_table[k].uid);
+            if (r > 0) w += (size_t)r;
+        }
+    }
+    pthread_mutex_unlock(&od_lock);
+    return count;
+}
+
+void wp_request_done(struct wp_decision *d, const struct workload *w, int status)
+{
+    if (d->lb_circuit) {
+        atomic_fetch_sub_explicit((_Atomic int64_t *)d->lb_circuit, 1, memory_order_acq_rel);
+        d->lb_circuit = NULL;
+    }
+    if (d->lb_outlier && w) od_report(d->lb_cluster, w, status, d->lb_outlier, d->lb_hosts);
+    d->lb_outlier = NULL;
+}
+
 /* The eligible endpoints of this worker's last pick (grown as needed, never shrunk). */
 static _Thread_local const struct workload **el_buf;
 static _Thread_local size_t el_cap;
 
 static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, const char *subset,
-                const struct l7_request *req, struct wp_decision *d, struct lb_choice *out)
+                const struct l7_request *req, bool http2, struct wp_decision *d, struct lb_choice *out)
 {
     if (!svc) {
         *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
@@ -458,11 +658,35 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
         return ss                                                                       ? -ENOENT
                : lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0
                                                                                         : -ENOENT;
+    uint64_t cluster = names_hash(svc, subset, port);
+    if (pol.outlier && d) {
+        /* Ejected endpoints are left out, unless fewer than minHealthPercent would remain (Envoy's panic
+         * threshold, which Istio sets from it: then every endpoint is used). */
+        uint64_t now = wp_now_ms();
+        size_t k = 0;
+        for (size_t i = 0; i < m; i++)
+            if (!od_ejected(cluster, el_buf[i], now)) k++;
+        if (k < m && 100 * k >= (size_t)pol.outlier->min_health_percent * m && k > 0) {
+            size_t j = 0;
+            for (size_t i = 0; i < m; i++)
+                if (!od_ejected(cluster, el_buf[i], now)) el_buf[j++] = el_buf[i];
+            m = j;
+        } else if (!k && !pol.outlier->min_health_percent) {
+            return -ENOENT; /* every endpoint ejected, no panic threshold: no healthy upstream */
+        }
+        d->lb_outlier = pol.outlier;
+        d->lb_cluster = cluster;
+        d->lb_hosts = m;
+    }
+    if (pol.pool && d && cb_admit(d, cluster, pol.pool, http2) < 0) {
+        d->lb_outlier = NULL;
+        return -EUSERS;
+    }
     const struct workload *w = NULL;
     uint64_t h;
     switch (lbk) {
     case DR_LB_ROUND_ROBIN:
-        w = el_buf[rr_next(names_hash(svc, subset, port)) % m];
+        w = el_buf[rr_next(cluster) % m];
         break;
     case DR_LB_RANDOM:
         w = el_buf[wp_rand(t->w) % m];
@@ -494,7 +718,10 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
         }
     }
     }
-    if (lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) < 0) return -ENOENT;
+    if (lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) < 0) {
+        if (d) wp_request_done(d, NULL, 0);
+        return -ENOENT;
+    }
     out->wl = w;
     out->port = service_target_port(svc, w, port);
     return 0;
@@ -502,13 +729,19 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
 
 int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
 {
-    return pick(t, svc, port, NULL, NULL, NULL, out);
+    return pick(t, svc, port, NULL, NULL, false, NULL, out);
 }
 
 int wp_pick_endpoint_req(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
                          struct lb_choice *out)
 {
-    return pick(t, d->svc, d->port, d->subset, req, d, out);
+    return pick(t, d->svc, d->port, d->subset, req, false, d, out);
+}
+
+int wp_pick_endpoint_proto(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
+                           bool http2, struct lb_choice *out)
+{
+    return pick(t, d->svc, d->port, d->subset, req, http2, d, out);
 }
 
 static int plain_dial(void *ud, const struct sockaddr_storage *hop)

@@ -46,6 +46,11 @@ struct wp_decision {
     char lb_cookie[512];
     struct l7_kv lb_cookie_kv;
     struct l7_header_mod lb_cookie_mod;
+    /* connectionPool and outlierDetection of the pick, released and reported by wp_request_done */
+    void *lb_circuit;                    /* the cluster's in-flight count this request holds, or NULL */
+    const struct dr_outlier *lb_outlier; /* NULL: no outlier detection */
+    uint64_t lb_cluster;                 /* the cluster's key (Service, subset, port) */
+    size_t lb_hosts;                     /* eligible endpoints at the pick (maxEjectionPercent's base) */
 };
 
 /* The endpoint for a request that d forwards (d->svc, d->port, d->subset) under the Service's DestinationRule
@@ -54,6 +59,15 @@ struct wp_decision {
  * cluster_not_found). A generated hash cookie is added to d's response modifiers. */
 int wp_pick_endpoint_req(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
                          struct lb_choice *out);
+/* The same, saying whether the request is HTTP/2 (its connectionPool limits differ); -EUSERS when the
+ * Service's connectionPool limits are reached (Envoy's overflow: 503, flag UO, see WP_OVERFLOW_BODY). */
+int wp_pick_endpoint_proto(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2,
+                           struct lb_choice *out);
+/* Envoy's local reply to a circuit breaker's overflow (details upstream_reset_before_response_started{overflow}). */
+#define WP_OVERFLOW_BODY "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+/* The request that d decided has ended with status (0: no response) from endpoint w (NULL when none was
+ * reached): releases its connectionPool slot and reports the outcome to outlier detection. Idempotent. */
+void wp_request_done(struct wp_decision *d, const struct workload *w, int status);
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);

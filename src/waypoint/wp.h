@@ -132,6 +132,10 @@ int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t po
 /* A request (or passthrough connection) to w starts / ends: the least-request choice's counts (worker-local). */
 void wp_endpoint_begin(const struct workload *w);
 void wp_endpoint_end(const struct workload *w);
+/* DestinationRule outlier detection, all workers: ejections so far, and the endpoints ejected now (their uids,
+ * comma-separated, into buf[0..n); the return is how many). Any thread. */
+uint64_t wp_outlier_ejections_total(void);
+size_t wp_outlier_ejected(char *buf, size_t n);
 /* Opens an HBONE tunnel for the worker to endpoint c (podIP:15008, :authority podIP:port, expecting the
  * endpoint workload's identity) bridged to fd (ownership passes; closed on failure). Returns the stream or
  * NULL with a static reason in *err. */

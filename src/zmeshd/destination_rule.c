@@ -383,8 +383,18 @@ static Zmesh__V1__ConnectionPool *pool_conv(struct dconv *c, const json_t *o, co
         if (get_uint(c, http, "maxRetries", f, INT32_MAX, &v) > 0) p->max_retries = (uint32_t)v;
         if (get_dur(c, http, "idleTimeout", f, 1, &v) > 0) p->idle_timeout_ms = v;
     }
-    /* The waypoint does not enforce the pool's limits yet: said once per block, never silently. */
-    finding(c, MANIFEST_WARN, path, "connection pool limits are not enforced by the waypoint yet");
+    /* What the waypoint reads but does not apply yet: said per field, never silently. */
+    static const char *const unenforced[][2] = {{"tcp", "connectTimeout"},
+                                                {"http", "maxRequestsPerConnection"},
+                                                {"http", "maxRetries"},
+                                                {"http", "idleTimeout"}};
+    for (size_t i = 0; i < sizeof(unenforced) / sizeof(unenforced[0]); i++) {
+        json_t *blk = json_object_get(o, unenforced[i][0]);
+        if (json_is_object(blk) && json_object_get(blk, unenforced[i][1])) {
+            fld(f, sizeof(f), "%s.%s.%s", path, unenforced[i][0], unenforced[i][1]);
+            finding(c, MANIFEST_WARN, f, "read but not enforced by the waypoint yet");
+        }
+    }
     return c->failed || c->oom ? NULL : p;
 }
 
@@ -424,7 +434,6 @@ static Zmesh__V1__OutlierDetection *outlier_conv(struct dconv *c, const json_t *
     if (get_dur(c, o, "baseEjectionTime", path, 1, &v) > 0) d->base_ejection_time_ms = v;
     if (get_uint(c, o, "maxEjectionPercent", path, 100, &v) > 0) d->max_ejection_percent = (uint32_t)v;
     if (get_uint(c, o, "minHealthPercent", path, 100, &v) > 0) d->min_health_percent = (uint32_t)v;
-    finding(c, MANIFEST_WARN, path, "outlier detection is not enforced by the waypoint yet");
     return c->failed || c->oom ? NULL : d;
 }
 

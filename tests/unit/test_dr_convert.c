@@ -231,8 +231,10 @@ static void test_findings(void **state)
          -EINVAL},
         {"{host: svc, subsets: [{name: v1, labels: {version: 1}}]}", MANIFEST_ERROR,
          "spec.subsets[0].labels.version: expected a string", -EINVAL},
-        {"{host: svc, trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 1}}}}", MANIFEST_WARN,
-         "connectionPool: connection pool limits are not enforced by the waypoint yet", 0},
+        {"{host: svc, trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 1, maxRetries: 3}}}}",
+         MANIFEST_WARN, "connectionPool.http.maxRetries: read but not enforced by the waypoint yet", 0},
+        {"{host: svc, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 1s}}}}", MANIFEST_WARN,
+         "connectionPool.tcp.connectTimeout: read but not enforced", 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char y[1024];

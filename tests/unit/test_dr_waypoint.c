@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "mesh/config.h"
@@ -253,13 +254,152 @@ static void test_cookie(void **state)
     teardown(&f);
 }
 
+/* connectionPool: Envoy's overflow (-EUSERS, 503 UO) past http2MaxRequests in flight, and for HTTP/1.1 past
+ * maxConnections + http1MaxPendingRequests; a finished request frees its slot. */
+static void test_pool(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: "
+              "{http1MaxPendingRequests: 1}}}, subsets: [{name: h2, labels: {app: svc}, trafficPolicy: "
+              "{connectionPool: {http: {http2MaxRequests: 2}}}}]}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct wp_decision d[4];
+    struct lb_choice c;
+    for (int i = 0; i < 4; i++) {
+        memset(&d[i], 0, sizeof(d[i]));
+        d[i].svc = f.t.svc;
+        d[i].port = 80;
+    }
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[0], &req, false, &c), 0);
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[1], &req, false, &c),
+                     0); /* one connection, one pending */
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[2], &req, false, &c), -EUSERS);
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[3], &req, true, &c),
+                     0); /* HTTP/2: maxConnections only */
+    wp_request_done(&d[3], NULL, 200);
+    wp_request_done(&d[0], c.wl, 200);
+    wp_request_done(&d[0], c.wl, 200); /* idempotent */
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[2], &req, false, &c), 0);
+    wp_request_done(&d[1], NULL, 0);
+    wp_request_done(&d[2], NULL, 0);
+    /* the subset: http2MaxRequests 2 for every protocol */
+    for (int i = 0; i < 3; i++) {
+        memset(&d[i], 0, sizeof(d[i]));
+        d[i].svc = f.t.svc;
+        d[i].port = 80;
+        d[i].subset = "h2";
+    }
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[0], &req, true, &c), 0);
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[1], &req, false, &c), 0);
+    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[2], &req, true, &c), -EUSERS);
+    wp_request_done(&d[0], NULL, 0);
+    wp_request_done(&d[1], NULL, 0);
+    teardown(&f);
+}
+
+/* Picks with a decision and reports status for the endpoint chosen; returns the endpoint's name. */
+static const char *od_pick(struct fixture *f, const char *subset, int status)
+{
+    struct wp_decision d;
+    memset(&d, 0, sizeof(d));
+    d.svc = f->t.svc;
+    d.port = 80;
+    d.subset = subset;
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct lb_choice c;
+    if (wp_pick_endpoint_req(&f->t, &d, &req, &c)) return "";
+    wp_request_done(&d, c.wl, status);
+    return c.wl->name;
+}
+
+/* outlierDetection: consecutive 5xx eject a host, which is then not picked until its ejection time is over;
+ * maxEjectionPercent bounds how many are out; gateway errors count apart; a success resets the count. */
+static void test_outlier(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f,
+          "{host: svc, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: "
+          "{consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 150ms, maxEjectionPercent: 50}}, "
+          "subsets: [{name: gw, labels: {app: svc}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, "
+          "outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 2, baseEjectionTime: 60s, "
+          "maxEjectionPercent: 100}}}]}");
+    uint64_t ej0 = wp_outlier_ejections_total();
+    /* a answers 500 every time, b and c 200 (round robin visits each in turn) */
+    for (int i = 0; i < 9; i++) {
+        const char *n = od_pick(&f, NULL, 0);
+        (void)n;
+    }
+    int seen_a = 0;
+    for (int i = 0; i < 12; i++) {
+        struct wp_decision d;
+        memset(&d, 0, sizeof(d));
+        d.svc = f.t.svc;
+        d.port = 80;
+        struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+        struct lb_choice c;
+        assert_int_equal(wp_pick_endpoint_req(&f.t, &d, &req, &c), 0);
+        bool is_a = !strcmp(c.wl->name, "a");
+        seen_a += is_a;
+        wp_request_done(&d, c.wl, is_a ? 500 : 200);
+    }
+    assert_int_equal(seen_a, 3); /* the third 500 ejects it: 3 of the 12, then never */
+    assert_int_equal(wp_outlier_ejections_total(), ej0 + 1);
+    char buf[256];
+    assert_int_equal(wp_outlier_ejected(buf, sizeof(buf)), 1);
+    assert_non_null(strstr(buf, "a"));
+    for (int i = 0; i < 10; i++)
+        assert_string_not_equal(od_pick(&f, NULL, 200), "a");
+    /* b fails too, but 2 of 3 out would pass 50 %: b stays */
+    for (int i = 0; i < 10; i++) {
+        struct wp_decision d;
+        memset(&d, 0, sizeof(d));
+        d.svc = f.t.svc;
+        d.port = 80;
+        struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+        struct lb_choice c;
+        assert_int_equal(wp_pick_endpoint_req(&f.t, &d, &req, &c), 0);
+        wp_request_done(&d, c.wl, !strcmp(c.wl->name, "b") ? 503 : 200);
+    }
+    assert_int_equal(wp_outlier_ejections_total(), ej0 + 1);
+    /* after at least the base ejection time a is picked again */
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    int back = 0;
+    for (int i = 0; i < 9; i++)
+        back += !strcmp(od_pick(&f, NULL, 200), "a");
+    assert_true(back > 0);
+    /* the subset: gateway errors count (two 502 in a row eject), a 500 in between resets the count */
+    int gw_a = 0;
+    for (int i = 0; i < 30; i++) {
+        struct wp_decision d;
+        memset(&d, 0, sizeof(d));
+        d.svc = f.t.svc;
+        d.port = 80;
+        d.subset = "gw";
+        struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+        struct lb_choice c;
+        assert_int_equal(wp_pick_endpoint_req(&f.t, &d, &req, &c), 0);
+        int st = 200;
+        if (!strcmp(c.wl->name, "c")) st = 502;
+        if (!strcmp(c.wl->name, "a")) st = (gw_a++ % 2) ? 500 : 502; /* never two gateway errors in a row */
+        wp_request_done(&d, c.wl, st);
+    }
+    for (int i = 0; i < 12; i++) {
+        const char *n = od_pick(&f, "gw", 200);
+        assert_string_not_equal(n, "c");
+    }
+    assert_true(gw_a >= 10); /* a was never ejected: a 500 resets the gateway count */
+    teardown(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_subsets),
-        cmocka_unit_test(test_round_robin_random),
-        cmocka_unit_test(test_hash_keys),
-        cmocka_unit_test(test_cookie),
+        cmocka_unit_test(test_subsets),   cmocka_unit_test(test_round_robin_random),
+        cmocka_unit_test(test_hash_keys), cmocka_unit_test(test_cookie),
+        cmocka_unit_test(test_pool),      cmocka_unit_test(test_outlier),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
