@@ -48,15 +48,38 @@ def pod(name, node, labels, cmd=None, probe=True):
             % (name, NS, json.dumps(labels), node, json.dumps(cmd), p))
 
 
+# A server that fails every request with 503 (JSON tag "bad"), for outlier detection.
+BAD = ("import http.server as h\n"
+       "class H(h.BaseHTTPRequestHandler):\n"
+       "    protocol_version = 'HTTP/1.1'\n"
+       "    def do_GET(self):\n"
+       "        b = b'{\"tag\": \"bad\"}'\n"
+       "        self.send_response(503)\n"
+       "        self.send_header('content-type', 'application/json')\n"
+       "        self.send_header('content-length', str(len(b)))\n"
+       "        self.end_headers()\n"
+       "        self.wfile.write(b)\n"
+       "    def log_message(self, *a):\n"
+       "        pass\n"
+       "h.ThreadingHTTPServer(('', %d), H).serve_forever()\n" % HTTP)
+
+
+def service(name, selector):
+    return ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\n"
+            "spec:\n  selector: %s\n  ports: [{name: http, port: 80, targetPort: %d, appProtocol: http}]\n"
+            % (name, NS, json.dumps(selector), HTTP))
+
+
 def manifests():
     docs = ["apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n" % NS,
-            pod("a", "node1", {"app": "svc", "version": "v1"}),
-            pod("b", "node2", {"app": "svc", "version": "v1"}),
+            pod("a", "node1", {"app": "svc", "version": "v1", "od": "yes"}),
+            pod("b", "node2", {"app": "svc", "version": "v1", "od": "yes"}),
             pod("c", "node2", {"app": "svc", "version": "v2"}),
+            pod("bad", "node1", {"app": "bad", "od": "yes"}, ["/usr/bin/python3", "-u", "-c", BAD]),
             pod("client", "node1", {"app": "client"}, ["sleep", "100000"], probe=False),
-            "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: %s}\n"
-            "spec:\n  selector: {app: svc}\n  ports: [{name: http, port: 80, targetPort: %d, appProtocol: http}]\n"
-            % (NS, HTTP)]
+            service("svc", {"app": "svc"}),
+            service("od", {"od": "yes"}),
+            service("cb", {"app": "svc"})]
     return "---\n".join(docs)
 
 
@@ -78,12 +101,30 @@ class DRCluster(L7Cluster):
     def vip(self, svc):
         return self.api("Service", NS, svc)["spec"]["clusterIP"]
 
+    def pod_log(self, pod, container):
+        try:
+            with open(os.path.join(self.state, "pods", "%s_%s" % (NS, pod), container + ".log"),
+                      errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def waypoint_log(self):
+        out = ""
+        for f in sorted(os.listdir(os.path.join(self.state, "api"))):
+            if f.startswith("pod_%s_" % NS) and f.endswith(".json"):
+                with open(os.path.join(self.state, "api", f)) as fh:
+                    p = json.load(fh)
+                if p["metadata"].get("labels", {}).get("gateway.networking.k8s.io/gateway-name") == "waypoint":
+                    out += self.pod_log(p["metadata"]["name"], "istio-proxy")
+        return out
+
 
 class Conn:
     """One keep-alive HTTP/1.1 connection from the client pod to svc:80 (one tunnel, so one waypoint worker)."""
 
-    def __init__(self, c):
-        vip = c.vip("svc")
+    def __init__(self, c, svc="svc"):
+        vip = c.vip(svc)
         self.h = http.client.HTTPConnection(vip, 80, timeout=15)
         self.h.sock = connect(c.netns_of("client"), vip, 80, timeout=15)
 
@@ -93,6 +134,12 @@ class Conn:
         body = r.read()
         assert r.status == 200, (r.status, body)
         return json.loads(body)["tag"], {k.lower(): v for k, v in r.getheaders()}
+
+    def raw(self, path="/"):
+        """(status, body) of one request, whatever the status."""
+        self.h.request("GET", path)
+        r = self.h.getresponse()
+        return r.status, r.read()
 
     def close(self):
         self.h.close()
@@ -233,3 +280,97 @@ def test_cookie(cluster):
         conn.close()
     assert all(len(s) == 1 for s in per_value.values()), per_value
     assert len(set().union(*per_value.values())) >= 2, per_value
+
+
+def dr_for(svc, policy):
+    return ("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: %s, namespace: %s}\n"
+            "spec:\n  host: %s\n  trafficPolicy: %s\n" % (svc, NS, svc, policy))
+
+
+def test_outlier_detection(cluster):
+    """Service od has two good pods and one that answers 503 to everything: with consecutive5xxErrors 2 the bad
+    pod is ejected (the waypoint logs it) and every request succeeds; after the base ejection time (at least 3 s
+    later) it is picked again and fails again."""
+    import time
+    c = cluster
+    c.apply(dr_for("od", "{outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, "
+                         "maxEjectionPercent: 100}}"))
+
+    # Before the rule the bad pod answers about a third of the requests; the ejecting request is the last 503
+    # the client sees, so 30 successes in a row after it mean the pod is out, and its time bounds the ejection's
+    # start from below.
+    # A tunnel keeps the config it started with: a new connection every ten requests picks up the rule.
+    conn = Conn(c, "od")
+    last_503, run, n = None, 0, 0
+    deadline = time.monotonic() + APPLY_WAIT
+    try:
+        while run < 30:
+            assert time.monotonic() < deadline, "the bad pod was never ejected"
+            n += 1
+            if n % 10 == 0:
+                conn.close()
+                conn = Conn(c, "od")
+            status, _ = conn.raw("/")
+            if status == 503:
+                last_503, run = time.monotonic(), 0
+            else:
+                assert status == 200, status
+                run += 1
+        assert last_503 is not None
+        poll(lambda: re.search(r"ejected [^ ]*/dr/bad for 3000 ms", c.waypoint_log()), timeout=10,
+             what="the waypoint's ejection log line")
+
+        def failed_again():
+            return conn.raw("/")[0] == 503
+        poll(lambda: attempt(failed_again), timeout=30, every=0.05, what="the bad pod back after its ejection")
+        # back only after baseEjectionTime (3 s) from the ejection
+        assert time.monotonic() - last_503 >= 2.9
+    finally:
+        conn.close()
+
+
+def test_circuit_breaker(cluster):
+    """connectionPool maxConnections 1 and http1MaxPendingRequests 1 on Service cb: of six concurrent slow
+    requests at most two are in flight; the rest get Envoy's 503 with flag UO; afterwards requests pass again."""
+    import threading
+    c = cluster
+    c.apply(dr_for("cb", "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}"))
+
+    def burst():
+        results = []
+        lock = threading.Lock()
+
+        def one():
+            try:
+                conn = Conn(c, "cb")
+                try:
+                    r = conn.raw("/sleep/700")
+                finally:
+                    conn.close()
+            except (OSError, http.client.HTTPException) as e:
+                r = (0, repr(e).encode())
+            with lock:
+                results.append(r)
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+    res = poll(lambda: (lambda r: r if any(s == 503 for s, _ in r) else None)(burst()), timeout=APPLY_WAIT,
+               every=0.2, what="an overflow under six concurrent requests")
+    ok = [r for r in res if r[0] == 200]
+    over = [r for r in res if r[0] == 503]
+    assert len(ok) + len(over) == 6, res
+    assert 1 <= len(ok) <= 2, res
+    assert all(b == b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+               for _, b in over), over
+    # the access log says UO for them
+    poll(lambda: re.search(r'" 503 UO upstream_reset_before_response_started\{overflow\}', c.waypoint_log()),
+         timeout=10, what="UO in the waypoint's access log")
+    # sequential requests each find the pool free again
+    conn = Conn(c, "cb")
+    try:
+        assert [conn.raw("/")[0] for _ in range(10)] == [200] * 10
+    finally:
+        conn.close()
