@@ -11,6 +11,7 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "core/prom.h"
 #include "mesh/chash.h"
 #include "mesh/destination_rule.h"
 #include "waypoint/route.h"
@@ -458,13 +459,16 @@ static int cb_admit(struct wp_decision *d, uint64_t key, const struct dr_conn_po
 /* outlierDetection: per (cluster, endpoint) consecutive errors and ejection, shared by the workers (Envoy's
  * detector is per cluster). Reads on the pick are lock-free; reports and ejections take the lock. */
 #define WP_OD_SLOTS 4096
+#define WP_OD_MAX_CLUSTERS 256 /* clusters in the outlier metrics at most (a bound on their label sets) */
 #define WP_OD_MAX_EJECTION_MS 300000 /* Envoy's max_ejection_time default (or the base time when longer) */
 struct od_slot {
     _Atomic uint64_t key; /* cluster key ^ endpoint uid hash; 0 free */
     _Atomic uint64_t ejected_until_ms;
     uint64_t cluster;
     uint32_t c5xx, cgw, n_ejections;
+    uint64_t ejections; /* enforced so far */
     char uid[160];
+    char cluster_name[320]; /* Istio's cluster name: outbound|<port>|<subset>|<host> */
 };
 static struct od_slot od_table[WP_OD_SLOTS];
 static pthread_mutex_t od_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -512,9 +516,10 @@ static size_t od_ejected_in(uint64_t cluster, uint64_t now)
  * count, another 5xx resets it), anything else resets both; at a threshold the host is ejected for
  * baseEjectionTime x its ejection count, unless maxEjectionPercent of the hosts are out already (one host may
  * always be ejected). The ejection count decays by one per interval the host spends back in. */
-static void od_report(uint64_t cluster, const struct workload *w, int status, const struct dr_outlier *od,
-                      size_t hosts)
+static void od_report(uint64_t cluster, const struct wp_decision *d, const struct workload *w, int status)
 {
+    const struct dr_outlier *od = d->lb_outlier;
+    size_t hosts = d->lb_hosts;
     uint64_t now = wp_now_ms();
     pthread_mutex_lock(&od_lock);
     struct od_slot *o = od_find(od_key(cluster, w), true);
@@ -527,6 +532,8 @@ static void od_report(uint64_t cluster, const struct workload *w, int status, co
     if (!o->cluster) {
         o->cluster = cluster;
         snprintf(o->uid, sizeof(o->uid), "%s", w->uid);
+        snprintf(o->cluster_name, sizeof(o->cluster_name), "outbound|%u|%s|%s", d->port,
+                 d->subset ? d->subset : "", d->svc ? d->svc->hostname : "");
     }
     if (atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) > now) { /* a late answer */
         pthread_mutex_unlock(&od_lock);
@@ -560,6 +567,7 @@ static void od_report(uint64_t cluster, const struct workload *w, int status, co
             if (dur > cap) dur = cap;
             atomic_store_explicit(&o->ejected_until_ms, now + dur, memory_order_release);
             atomic_fetch_add_explicit(&od_ejections_total, 1, memory_order_relaxed);
+            o->ejections++;
             LOG_I("waypoint::outlier", "ejected %s for %llu ms (ejection %u, last status %d)", w->uid,
                   (unsigned long long)dur, o->n_ejections, status);
         } else {
@@ -595,13 +603,80 @@ size_t wp_outlier_ejected(char *buf, size_t n)
     return count;
 }
 
+/* Envoy's outlier stats per cluster (envoy_cluster_outlier_detection_ejections_enforced_total, a counter, and
+ * envoy_cluster_outlier_detection_ejections_active, a gauge), for the clusters that have had reports. */
+void wp_outlier_metrics(struct prom_buf *b, bool openmetrics)
+{
+    struct {
+        const char *name;
+        uint64_t enforced, active;
+    } cl[WP_OD_MAX_CLUSTERS];
+    size_t n = 0;
+    bool cut = false;
+    uint64_t now = wp_now_ms();
+    pthread_mutex_lock(&od_lock);
+    for (size_t k = 0; k < WP_OD_SLOTS; k++) {
+        struct od_slot *o = &od_table[k];
+        if (!atomic_load_explicit(&o->key, memory_order_relaxed) || !o->cluster) continue;
+        size_t i = 0;
+        while (i < n && strcmp(cl[i].name, o->cluster_name))
+            i++;
+        if (i == n) {
+            if (n == WP_OD_MAX_CLUSTERS) {
+                cut = true;
+                continue;
+            }
+            cl[n++] = (typeof(cl[0])){o->cluster_name, 0, 0};
+        }
+        cl[i].enforced += o->ejections;
+        cl[i].active += atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) > now;
+    }
+    if (n) {
+        prom_header(b, openmetrics, "envoy_cluster_outlier_detection_ejections_enforced", PROM_COUNTER,
+                    "Endpoints ejected by outlier detection");
+        for (size_t i = 0; i < n; i++) {
+            prom_puts(b, "envoy_cluster_outlier_detection_ejections_enforced_total{cluster_name=\"");
+            prom_value(b, cl[i].name);
+            prom_printf(b, "\"} %llu\n", (unsigned long long)cl[i].enforced);
+        }
+        prom_header(b, openmetrics, "envoy_cluster_outlier_detection_ejections_active", PROM_GAUGE,
+                    "Endpoints ejected now");
+        for (size_t i = 0; i < n; i++) {
+            prom_puts(b, "envoy_cluster_outlier_detection_ejections_active{cluster_name=\"");
+            prom_value(b, cl[i].name);
+            prom_printf(b, "\"} %llu\n", (unsigned long long)cl[i].active);
+        }
+    }
+    pthread_mutex_unlock(&od_lock);
+    if (cut)
+        LOG_LIMITED(LOG_WARN, "waypoint::outlier", "more than %d clusters with outlier reports: metrics cut",
+                    WP_OD_MAX_CLUSTERS);
+}
+
+json_t *wp_outlier_json(void)
+{
+    json_t *a = json_array();
+    uint64_t now = wp_now_ms();
+    pthread_mutex_lock(&od_lock);
+    for (size_t k = 0; a && k < WP_OD_SLOTS; k++) {
+        struct od_slot *o = &od_table[k];
+        uint64_t until = atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed);
+        if (!atomic_load_explicit(&o->key, memory_order_relaxed) || !o->cluster || until <= now) continue;
+        json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I}", "cluster", o->cluster_name, "endpoint",
+                                           o->uid, "ejectedForMs", (json_int_t)(until - now), "ejections",
+                                           (json_int_t)o->n_ejections));
+    }
+    pthread_mutex_unlock(&od_lock);
+    return a;
+}
+
 void wp_request_done(struct wp_decision *d, const struct workload *w, int status)
 {
     if (d->lb_circuit) {
         atomic_fetch_sub_explicit((_Atomic int64_t *)d->lb_circuit, 1, memory_order_acq_rel);
         d->lb_circuit = NULL;
     }
-    if (d->lb_outlier && w) od_report(d->lb_cluster, w, status, d->lb_outlier, d->lb_hosts);
+    if (d->lb_outlier && w) od_report(d->lb_cluster, d, w, status);
     d->lb_outlier = NULL;
 }
 

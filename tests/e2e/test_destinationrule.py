@@ -23,6 +23,7 @@ import os
 import random
 import re
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -108,6 +109,15 @@ class DRCluster(L7Cluster):
                 return f.read()
         except OSError:
             return ""
+
+    def waypoint_netns(self):
+        for f in sorted(os.listdir(os.path.join(self.state, "api"))):
+            if f.startswith("pod_%s_" % NS) and f.endswith(".json"):
+                with open(os.path.join(self.state, "api", f)) as fh:
+                    p = json.load(fh)
+                if p["metadata"].get("labels", {}).get("gateway.networking.k8s.io/gateway-name") == "waypoint":
+                    return self.netns_of(p["metadata"]["name"])
+        return None
 
     def waypoint_log(self):
         out = ""
@@ -289,11 +299,12 @@ def dr_for(svc, policy):
 
 def test_outlier_detection(cluster):
     """Service od has two good pods and one that answers 503 to everything: with consecutive5xxErrors 2 the bad
-    pod is ejected (the waypoint logs it) and every request succeeds; after the base ejection time (at least 3 s
-    later) it is picked again and fails again."""
+    pod is ejected (the waypoint logs it, counts it in Envoy's outlier stats on :15020/metrics and lists it in
+    /config_dump) and every request succeeds; after the base ejection time (at least 5 s later) it is picked again
+    and fails again."""
     import time
     c = cluster
-    c.apply(dr_for("od", "{outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 3s, "
+    c.apply(dr_for("od", "{outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5s, "
                          "maxEjectionPercent: 100}}"))
 
     # Before the rule the bad pod answers about a third of the requests; the ejecting request is the last 503
@@ -317,14 +328,27 @@ def test_outlier_detection(cluster):
                 assert status == 200, status
                 run += 1
         assert last_503 is not None
-        poll(lambda: re.search(r"ejected [^ ]*/dr/bad for 3000 ms", c.waypoint_log()), timeout=10,
+        poll(lambda: re.search(r"ejected [^ ]*/dr/bad for 5000 ms", c.waypoint_log()), timeout=10,
              what="the waypoint's ejection log line")
+        wp = c.waypoint_netns()
+        metrics = subprocess.run(["ip", "netns", "exec", wp, "curl", "-s", "-m", "5", "http://127.0.0.1:15020/metrics"],
+                                 capture_output=True, text=True, timeout=30).stdout
+        assert ('envoy_cluster_outlier_detection_ejections_enforced_total{cluster_name="outbound|80||'
+                'od.dr.svc.cluster.local"} 1') in metrics, metrics
+        assert ('envoy_cluster_outlier_detection_ejections_active{cluster_name="outbound|80||'
+                'od.dr.svc.cluster.local"} 1') in metrics, metrics
+        dump = json.loads(subprocess.run(["ip", "netns", "exec", wp, "curl", "-s", "-m", "5",
+                                          "http://127.0.0.1:15000/config_dump"],
+                                         capture_output=True, text=True, timeout=30).stdout)
+        ej = dump["outlierEjections"]
+        assert [e["endpoint"].rsplit("/", 2)[-2:] for e in ej] == [["dr", "bad"]], ej
+        assert ej[0]["cluster"] == "outbound|80||od.dr.svc.cluster.local" and ej[0]["ejections"] == 1, ej
 
         def failed_again():
             return conn.raw("/")[0] == 503
         poll(lambda: attempt(failed_again), timeout=30, every=0.05, what="the bad pod back after its ejection")
-        # back only after baseEjectionTime (3 s) from the ejection
-        assert time.monotonic() - last_503 >= 2.9
+        # back only after baseEjectionTime (5 s) from the ejection
+        assert time.monotonic() - last_503 >= 4.9
     finally:
         conn.close()
 
