@@ -499,6 +499,11 @@ size_t dr_table_n(const struct dr_table *t)
     return t ? t->n : 0;
 }
 
+const struct dr_rule *dr_table_at(const struct dr_table *t, size_t i)
+{
+    return t && i < t->n ? &t->e[i]->r : NULL;
+}
+
 const struct dr_rule *dr_table_find(const struct dr_table *t, const char *svc_ns, const char *svc_name)
 {
     if (!t || !t->n_idx || !svc_ns || !svc_name) return NULL;

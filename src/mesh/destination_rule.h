@@ -108,6 +108,8 @@ int dr_table_finish(struct dr_table *t);
 /* Frees t and its rules (NULL is a no-op). */
 void dr_table_free(struct dr_table *t);
 size_t dr_table_n(const struct dr_table *t);
+/* The i-th rule added (i < dr_table_n), borrowed from t. */
+const struct dr_rule *dr_table_at(const struct dr_table *t, size_t i);
 
 /* The rule for Service svc_ns/svc_name, or NULL: of several, the oldest, then the first by name (istiod keeps
  * the first of conflicting rules). Borrowed from t. */
