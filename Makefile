@@ -128,7 +128,7 @@ $(B)/tests/%: tests/unit/%.c $(B)/libzmesh.a | $(PROTO_GEN_H)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(B)/libzmesh.a $(LDLIBS) -lcmocka
 
 # A more specific rule than the one above (make prefers the shorter stem): test_cli also links the CLI objects.
-$(B)/tests/test_cli: tests/unit/test_cli.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PROTO_GEN_H)
+$(B)/tests/test_cli $(B)/tests/test_why: $(B)/tests/%: tests/unit/%.c $(CLI_LIB_OBJ) $(B)/libzmesh.a | $(PROTO_GEN_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(CLI_LIB_OBJ) $(B)/libzmesh.a $(LDLIBS) -lcmocka
 

@@ -29,7 +29,8 @@ adopting it, with the zmesh commands an operator types:
   8. HTTPRoutes (examples/bookinfo-lite/waypoint/): ratings split 90/10 between ratings-v1 and ratings-v2
      (200 requests on one keep-alive connection, counted per version), then `x-user: tester` to v2 only;
   9. an L7 AuthorizationPolicy (targetRefs: the ratings Service) allowing GET: GET 200, POST 403 `RBAC: access
-     denied`; the waypoint's istio_requests_total table; warehouse (no waypoint) still on the L4 path.
+     denied`, and `zmesh why` explaining that POST (the waypoint, the policy); the waypoint's istio_requests_total
+     table; warehouse (no waypoint) still on the L4 path.
 
 Every step is also a check: the exit status is 0 only if all of them pass. The cluster is torn down at the end
 (`zmesh down`), also on errors and on Ctrl-C / SIGTERM. docs/demo.md explains how to read the output. The
@@ -1119,6 +1120,17 @@ class Demo:
         denied = self.poll(lambda: [l for l in self.wp_log(t0, '"POST / HTTP/1.1" 403')], timeout=3)
         if denied:
             self.say("    zmesh logs %s -n shop: %s" % (self.wp_pod, st.dim(denied[-1].split("\t")[-1].strip())))
+        # zmesh why explains the same request from the cluster's objects, with the mesh's own code.
+        self.cmd("zmesh why client.shop ratings.shop -X POST", "one request explained end to end")
+        w = self.zmesh("why", "client.shop", "ratings.shop", "-X", "POST")
+        lines = w.stdout.splitlines()
+        for l in lines[:1] + [l for l in lines if l.strip().startswith(("Service shop/ratings uses", "L7 "))]:
+            self.say("    " + (st.bold(l) if l.startswith("RESULT") else st.dim(l.strip())))
+        want = ("RESULT: DENIED: 403 RBAC: access denied, by the waypoint shop/waypoint (no ALLOW policy matches: "
+                "shop/ratings-get-only)")
+        self.check(w.returncode == 1 and lines[:1] == [want], "zmesh why names the waypoint and the policy that "
+                   "refuses the POST", "" if lines[:1] == [want] else "(exit %d: %s)" % (w.returncode,
+                                                                                        (lines or [w.stderr])[0]))
         p = self.page()
         self.check(self.page_ok(p), "client %s frontend %s catalog/ratings still works (its calls are GETs)"
                    % (st.arrow, st.arrow))

@@ -23,6 +23,7 @@
 #include "cli/waypoint.h"
 #include "core/loop.h"
 #include "zmeshd/daemon.h"
+#include "zmeshd/waypoint.h"
 
 #define REQ_MAX (16u << 20)
 #define REQ_TIMEOUT_S 5
@@ -243,9 +244,9 @@ static void stop_pids(pid_t *pids, size_t n, uint64_t grace_ms)
 
 /* ---- probes: a forked child in the pod's (or node's) namespace; exit 0 is success ---- */
 
-/* A connection to ip:port, from src when not NULL. Pods' probes come from CLUSTER_PROBE_SRC (on the node's lo),
- * as kubelet's probes arrive at an ambient pod after Istio's host SNAT: the in-pod rules pass them to the app
- * instead of ztunnel, whose capture would accept any connection. */
+/* A connection to ip:port, from src when not NULL. Pods' probes come from CLUSTER_PROBE_SRC (on the node's
+ * lo), as kubelet's probes arrive at an ambient pod after Istio's host SNAT: the in-pod rules pass them to
+ * the app instead of ztunnel, whose capture would accept any connection. */
 static int connect_to(const char *src, const char *ip, uint16_t port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -253,7 +254,8 @@ static int connect_to(const char *src, const char *ip, uint16_t port)
     inet_pton(AF_INET, ip, &a.sin_addr);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) return -1;
-    if (src && (inet_pton(AF_INET, src, &from.sin_addr) != 1 || bind(fd, (struct sockaddr *)&from, sizeof(from))))
+    if (src &&
+        (inet_pton(AF_INET, src, &from.sin_addr) != 1 || bind(fd, (struct sockaddr *)&from, sizeof(from))))
         return -1;
     if (connect(fd, (struct sockaddr *)&a, sizeof(a))) return -1;
     return fd;
@@ -543,6 +545,7 @@ static void api_remove(struct ctl *ctl, const char *kind, const char *ns, const 
 
 static void svc_sync(struct ctl *ctl);
 static void wp_status_sync(struct ctl *ctl);
+static void svc_bound_sync(struct ctl *ctl);
 
 static void flush_cb(struct task *t)
 {
@@ -557,6 +560,8 @@ static void flush_cb(struct task *t)
         json_decref(v);
     }
     if (!ctl->stopping) wp_status_sync(ctl);
+    /* After the Gateways' status: a waypoint's readiness is its status.addresses. */
+    if (!ctl->stopping) svc_bound_sync(ctl);
 }
 
 static void pod_start_containers(struct pod *p)
@@ -1435,6 +1440,85 @@ static void wp_status_sync(struct ctl *ctl)
     }
 }
 
+static void quiet_finding(void *ud, const struct manifest_finding *f)
+{
+    (void)ud;
+    (void)f;
+}
+
+/* istiod's ambient status writer for Services (istio/istio pilot/pkg/serviceregistry/ambient/ambientindex.go,
+ * the "istio-ambient-service" reporter): each Service's istio.io/WaypointBound condition, from zmeshd's own
+ * binding code (src/zmeshd/waypoint.h) run on what zmeshd reads, api/, so the condition says what zmeshd
+ * does; set, changed or removed only when the outcome changes (zmeshd reloads on every api/ write). The
+ * findings of that read are zmeshd's to log, not repeated here. */
+static void svc_bound_sync(struct ctl *ctl)
+{
+    char api[CLUSTER_PATH_MAX], now[32], key[CLUSTER_NAME_MAX * 4];
+    struct manifest_store *st = NULL;
+    struct k8s_waypoints *w = NULL;
+    json_t *index = json_object(); /* "ns/name" -> the first Service of that name in the store */
+    int rc = index ? manifest_store_new(&st) : -ENOMEM;
+    if (!rc) rc = manifest_load_dir(st, cluster_path(ctl->cfg, api, sizeof(api), "api"), quiet_finding, NULL);
+    if (!rc) rc = k8s_waypoints_compute(st, NULL, &w, quiet_finding, NULL);
+    if (rc) {
+        ctl_log("services' %s conditions not updated: %s", K8S_COND_WAYPOINT_BOUND, strerror(-rc));
+        goto out;
+    }
+    size_t n;
+    const struct k8s_service *svcs = manifest_services(st, &n);
+    for (size_t i = 0; i < n; i++) {
+        snprintf(key, sizeof(key), "%s/%s", svcs[i].meta.namespace_, svcs[i].meta.name);
+        if (!json_object_get(index, key)) json_object_set_new(index, key, json_integer((json_int_t)i));
+    }
+    cluster_rfc3339(time(NULL), now, sizeof(now));
+    const char *k;
+    json_t *o;
+    json_object_foreach(ctl->store, k, o)
+    {
+        if (strcmp(cluster_obj_kind(o), "Service")) continue;
+        const char *ns = cluster_obj_ns(o), *name = cluster_obj_name(o);
+        snprintf(key, sizeof(key), "%s/%s", ns, name);
+        json_t *ix = json_object_get(index, key);
+        const struct k8s_binding *b =
+            ix ? k8s_waypoints_service_binding(w, (size_t)json_integer_value(ix)) : NULL;
+        const struct k8s_status_condition *c = b && b->cond.type ? &b->cond : NULL;
+        int r = k8s_waypoint_bound_apply(o, c, now);
+        if (r < 0) {
+            ctl_log("service/%s in namespace %s: %s not written: %s", name, ns, K8S_COND_WAYPOINT_BOUND,
+                    r == -EINVAL ? "status or status.conditions is not of its type" : strerror(-r));
+            continue;
+        }
+        if (!r) continue;
+        api_put(ctl, o);
+        if (c)
+            ctl_log("service/%s in namespace %s: %s %s (%s: %s)", name, ns, c->type,
+                    c->status ? "True" : "False", c->reason, c->message);
+        else
+            ctl_log("service/%s in namespace %s: %s removed (it asks for no waypoint)", name, ns,
+                    K8S_COND_WAYPOINT_BOUND);
+    }
+out:
+    k8s_waypoints_free(w);
+    manifest_store_free(st);
+    json_decref(index);
+}
+
+/* As the API server: status.conditions are the controllers' (the status subresource), so an apply keeps the
+ * ones written before and drops any it carries; the rest of status (loadBalancer, which zmeshd reads) is the
+ * applied object's. */
+static void svc_keep_conditions(json_t *o, const json_t *old)
+{
+    json_t *st = json_object_get(o, "status"),
+           *oc = json_object_get(json_object_get(old, "status"), "conditions");
+    if (json_is_object(st)) json_object_del(st, "conditions");
+    if (!json_is_array(oc) || !json_array_size(oc)) return;
+    if (!json_is_object(st)) {
+        st = json_object();
+        json_object_set_new(o, "status", st);
+    }
+    json_object_set(st, "conditions", oc);
+}
+
 /* Every hour, as the node components': the waypoint pods' tokens are re-minted (the waypoint re-reads the
  * file, as a projected token is re-read). */
 static void wp_token_cb(struct timer *t)
@@ -1567,6 +1651,7 @@ static int ctl_apply_checked(struct ctl *ctl, json_t *o, json_t *old, const char
                 json_object_set_new(spec, "clusterIPs", json_pack("[s]", was));
             }
             alloc_cluster_ip(ctl, o);
+            svc_keep_conditions(o, old);
         }
         if (wp_is_gateway(o)) {
             int rc = wp_admit(ctl, o, old, err, errlen);
@@ -1932,6 +2017,9 @@ static json_t *handle(struct ctl *ctl, json_t *req, bool *shutdown)
         snprintf(err, sizeof(err), "unknown op \"%s\"", op);
         rc = -EINVAL;
     }
+    /* What an apply, delete or label changes reaches the status writers (Services' WaypointBound). */
+    if (op && (!strcmp(op, "apply") || !strcmp(op, "delete") || !strcmp(op, "label")))
+        loop_defer(ctl->loop, &ctl->flush);
     json_t *r = json_pack("{s:b,s:o}", "ok", rc == 0, "results", results);
     if (rc) json_object_set_new(r, "error", json_string(err));
     return r;

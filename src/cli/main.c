@@ -18,6 +18,7 @@
 #include "cli/ps.h"
 #include "cli/up.h"
 #include "cli/waypoint.h"
+#include "cli/why.h"
 #include "cli/zc.h"
 #include "core/env.h"
 #include "zmeshd/daemon.h"
@@ -43,6 +44,7 @@ static const char usage_top[] =
     "  ztunnel-config (zc)   show a ztunnel's configuration: workloads, services, policies, certificates\n"
     "  proxy-status (ps)     show every proxy connected to zmeshd and whether its config is in sync\n"
     "  token                 print a service-account token for zmeshd's CA and xDS (zmeshd token)\n"
+    "  why <src> <dst>       explain one request end to end: ztunnel, identities, waypoint, route, policies\n"
     "\n"
     "Local cluster (docs/local-cluster.md):\n"
     "  up <dir>              bring up nodes, pods, zmeshd, ztunnels and node agents from manifests\n"
@@ -658,6 +660,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "proxy-status") || !strcmp(cmd, "ps")) return cmd_proxy_status(argc - 1, argv + 1);
     if (!strcmp(cmd, "token")) return cmd_token(argc - 1, argv + 1);
     if (!strcmp(cmd, "waypoint")) return cmd_waypoint(argc - 1, argv + 1);
+    if (!strcmp(cmd, "why")) return cmd_why(argc - 1, argv + 1);
     static const struct {
         const char *name;
         int (*fn)(int, char **);

@@ -173,8 +173,16 @@ int chash_maglev_build(const struct chash_host *hosts, size_t n, uint64_t table_
 
 int chash_pick(const struct chash *c, uint64_t hash)
 {
+    return chash_pick_attempt(c, hash, 0);
+}
+
+int chash_pick_attempt(const struct chash *c, uint64_t hash, uint32_t attempt)
+{
     if (!c || !c->n) return -1;
-    if (c->kind == CH_MAGLEV) return (int)c->table[hash % c->n];
+    if (c->kind == CH_MAGLEV) {
+        if (attempt) hash ^= ~0ULL - attempt + 1;
+        return (int)c->table[hash % c->n];
+    }
     /* The first entry whose hash is >= hash, wrapping to the first (ketama, as Envoy's Ring::chooseHost). */
     size_t lo = 0, hi = c->n;
     while (lo < hi) {
@@ -184,7 +192,8 @@ int chash_pick(const struct chash *c, uint64_t hash)
         else
             hi = mid;
     }
-    return (int)c->ring[lo == c->n ? 0 : lo].host;
+    if (lo == c->n) lo = 0;
+    return (int)c->ring[(lo + attempt) % c->n].host;
 }
 
 size_t chash_size(const struct chash *c)

@@ -33,6 +33,9 @@ int chash_ring_build(const struct chash_host *hosts, size_t n, uint64_t min_ring
 int chash_maglev_build(const struct chash_host *hosts, size_t n, uint64_t table_size, struct chash **out);
 /* The index (into the hosts the table was built from) of the host for hash; -1 when the table is empty. */
 int chash_pick(const struct chash *c, uint64_t hash);
+/* The same for a retry's attempt-th pick (0: chash_pick), as Envoy mutates it to reach another host: the ring
+ * takes the entry attempt places further, Maglev the slot of hash ^ (~0 - attempt + 1). */
+int chash_pick_attempt(const struct chash *c, uint64_t hash, uint32_t attempt);
 /* Entries of the ring / slots of the table (for tests and /config_dump). */
 size_t chash_size(const struct chash *c);
 void chash_free(struct chash *c);

@@ -13,7 +13,11 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "mesh/retry.h"
+#include "waypoint/bq.h"
+#include "waypoint/h2c_mirror.h"
 #include "waypoint/route.h"
+#include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
 
 #define LOG_H2C "waypoint::h2c"
@@ -29,19 +33,11 @@
 #define HC_MAX_HEADER_BYTES (60u << 10)
 #define HC_IDLE_BUCKETS 64
 #define HC_GRPC_MESSAGE_MAX 512 /* a local reply's grpc-message, percent-encoded (the texts are < 128 bytes) */
-
-struct chunk {
-    struct chunk *next;
-    size_t len, off;
-    uint8_t data[];
-};
-
-/* Bytes received on one side and not yet taken by the other side's session. */
-struct bq {
-    struct chunk *head, *tail;
-    size_t bytes;
-    bool eof; /* the sender ended its side after these bytes */
-};
+/* The request body kept for a retry (Envoy's per-request buffer limit, 1 MiB by default), the endpoint picks
+ * per retry that look for a host not tried yet (Istio's host_selection_retry_max_attempts), hosts remembered. */
+#define HC_REPLAY_MAX (1u << 20)
+#define HC_HOST_PICKS 5
+#define HC_TRIED_MAX 8
 
 struct hc_up;
 
@@ -55,8 +51,12 @@ struct hc_up {
     struct wp_worker *w;
     struct h2_conn *c;
     struct hbone_stream *hs;
+    /* The endpoint's address, and its workload uid copied: a pooled session outlives the view whose snapshot
+     * owns the workload (ep.wl is cleared). */
     struct lb_choice ep;
+    char *uid;
     bool listed;
+    bool tunnel_ok; /* its HBONE tunnel answered 200: a stream failing from now on is a reset */
 };
 
 /* Counts gRPC messages in a body as it passes (5-byte prefix: flag and length), without buffering them. */
@@ -88,6 +88,20 @@ struct hc_x {
     int64_t upstream_ms;
     uint64_t start_wall, req_head_bytes, resp_head_bytes;
     char user_agent[256];
+    struct wp_h2c_mirror *mirror; /* RequestMirror's shadow while it copies the request (h2c_mirror.h) */
+    /* Retries (dec.retry; src/mesh/retry.h): the request's headers and the body so far, for the next try. */
+    struct h2_header *req_hdrs;
+    size_t n_req_hdrs;
+    char *req_hdr_mem;
+    struct h2_header *req_trailers; /* request trailers once received (copies), n_req_trailers of them */
+    size_t n_req_trailers;
+    char *req_trailer_mem;
+    struct bq replay;
+    size_t credited_head; /* bytes at the head of d2u the client was credited for already (a retry's replay) */
+    bool req_eof, replay_lost, retrying, retry_exhausted, abandoning;
+    unsigned tries;
+    const struct workload *tried[HC_TRIED_MAX];
+    struct timer retry_timer, try_timer;
 };
 
 static _Thread_local struct hc_up *up_table[HC_IDLE_BUCKETS];
@@ -97,57 +111,31 @@ static bool name_eq(const char *a, size_t alen, const char *lower)
     return strlen(lower) == alen && !memcmp(a, lower, alen); /* HTTP/2 names are lower-case already */
 }
 
-/* ---- byte queues ---- */
-
-static int bq_push(struct bq *q, const uint8_t *p, size_t n)
+/* Copies h[0..n) into one block (*mem) and an array (*out); frees what they held. 0 or -ENOMEM. */
+static int copy_headers(const struct h2_header *h, size_t n, struct h2_header **out, char **mem)
 {
-    struct chunk *k = malloc(sizeof(*k) + n);
-    if (!k) return -ENOMEM;
-    k->next = NULL;
-    k->len = n;
-    k->off = 0;
-    memcpy(k->data, p, n);
-    if (q->tail)
-        q->tail->next = k;
-    else
-        q->head = k;
-    q->tail = k;
-    q->bytes += n;
+    size_t need = 1;
+    for (size_t i = 0; i < n; i++)
+        need += strlen(h[i].name) + strlen(h[i].value) + 2;
+    struct h2_header *a = malloc((n ? n : 1) * sizeof(*a));
+    char *m = malloc(need), *q = m;
+    if (!a || !m) {
+        free(a);
+        free(m);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t ln = strlen(h[i].name) + 1, lv = strlen(h[i].value) + 1;
+        a[i].name = memcpy(q, h[i].name, ln);
+        q += ln;
+        a[i].value = memcpy(q, h[i].value, lv);
+        q += lv;
+    }
+    free(*out);
+    free(*mem);
+    *out = a;
+    *mem = m;
     return 0;
-}
-
-static size_t bq_peek(const struct bq *q, const uint8_t **p)
-{
-    if (!q->head) return 0;
-    *p = q->head->data + q->head->off;
-    return q->head->len - q->head->off;
-}
-
-static void bq_drop(struct bq *q, size_t n)
-{
-    q->bytes -= n;
-    while (n && q->head) {
-        struct chunk *k = q->head;
-        size_t take = k->len - k->off < n ? k->len - k->off : n;
-        k->off += take;
-        n -= take;
-        if (k->off == k->len) {
-            q->head = k->next;
-            if (!q->head) q->tail = NULL;
-            free(k);
-        }
-    }
-}
-
-static void bq_free(struct bq *q)
-{
-    while (q->head) {
-        struct chunk *k = q->head;
-        q->head = k->next;
-        free(k);
-    }
-    q->tail = NULL;
-    q->bytes = 0;
 }
 
 /* ---- exchanges ---- */
@@ -177,6 +165,12 @@ static void x_record(struct hc_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
+    const char *flags = x->flags ? x->flags : "-";
+    char fl[32];
+    if (x->retry_exhausted) { /* Envoy's URX beside the flag of the last try's failure */
+        snprintf(fl, sizeof(fl), "%s%sURX", strcmp(flags, "-") ? flags : "", strcmp(flags, "-") ? "," : "");
+        flags = fl;
+    }
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -190,7 +184,7 @@ static void x_record(struct hc_x *x)
         .status = x->status,
         .grpc_status = x->grpc_status,
         .grpc = x->grpc,
-        .flags = x->flags ? x->flags : "-",
+        .flags = flags,
         .details = x->dec.kind == WP_DECIDE_LOCAL ? x->dec.details : x->status ? "via_upstream" : NULL,
         .req_wire = x->req_head_bytes + x->bytes_received,
         .resp_wire = x->resp_head_bytes + x->bytes_sent,
@@ -209,20 +203,31 @@ static void x_record(struct hc_x *x)
 static void x_unref(struct hc_x *x)
 {
     if (--x->refs) return;
+    struct loop *l = x->d->t->w->loop;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
-    if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
+    if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
+    if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
+    if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
     x_record(x);
     bq_free(&x->d2u);
     bq_free(&x->u2d);
+    bq_free(&x->replay);
+    free(x->req_hdrs);
+    free(x->req_hdr_mem);
+    free(x->req_trailers);
+    free(x->req_trailer_mem);
     free(x);
 }
 
 /* Drops the request bytes waiting for an upstream that will not take them, crediting the client for them. */
 static void drop_d2u(struct hc_x *x)
 {
-    if (x->ds && x->d2u.bytes) h2_stream_consume(x->ds, x->d2u.bytes);
+    if (x->ds && x->d2u.bytes > x->credited_head) h2_stream_consume(x->ds, x->d2u.bytes - x->credited_head);
+    x->credited_head = 0;
     bq_free(&x->d2u);
+    bq_free(&x->replay);
+    x->replay_lost = true;
 }
 
 /* Envoy's Grpc::Utility::httpToGrpcStatus (envoyproxy/envoy source/common/grpc/status.cc, after grpc's
@@ -298,6 +303,12 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
 static void timeout_cb(struct timer *tm)
 {
     struct hc_x *x = container_of(tm, struct hc_x, timer);
+    struct loop *l = x->d->t->w->loop;
+    bool backoff = timer_armed(&x->retry_timer); /* between tries: the back-off holds a reference */
+    if (backoff) timer_stop(l, &x->retry_timer);
+    if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
+    if (timer_armed(&x->timer)) timer_stop(l, &x->timer); /* called for a per-try timeout too */
+    x->retrying = false;
     struct h2_stream *us = x->us;
     bool started = x->responded;
     x->flags = "UT";
@@ -309,6 +320,7 @@ static void timeout_cb(struct timer *tm)
     }
     /* us_end sees responded set (the local reply) and leaves the downstream alone */
     if (us) h2_stream_end(us, H2_END_LOCAL, NGHTTP2_CANCEL, "upstream request timeout");
+    if (backoff) x_unref(x);
 }
 
 /* ---- downstream stream ---- */
@@ -339,7 +351,8 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
     struct hc_x *x = ud;
     x->bytes_received += len;
     if (x->grpc) count_msgs(&x->req_msgs, data, len);
-    if (x->routed && !x->us) { /* answered locally or the upstream is gone: drop */
+    wp_h2c_mirror_data(x->mirror, data, len);
+    if (x->routed && !x->us && !x->retrying) { /* answered locally or the upstream is gone: drop */
         h2_stream_consume(s, len);
         return;
     }
@@ -347,7 +360,11 @@ static void ds_data(struct h2_stream *s, void *ud, const uint8_t *data, size_t l
         h2_stream_end(s, H2_END_NO_MEMORY, NGHTTP2_INTERNAL_ERROR, "out of memory");
         return;
     }
-    if (x->us_parked) {
+    if (!x->replay_lost && (x->replay.bytes + len > HC_REPLAY_MAX || bq_push(&x->replay, data, len) < 0)) {
+        bq_free(&x->replay); /* past the buffer: this request is not retried */
+        x->replay_lost = true;
+    }
+    if (x->us && x->us_parked) {
         x->us_parked = false;
         h2_stream_resume(x->us);
     }
@@ -358,6 +375,8 @@ static void ds_eof(struct h2_stream *s, void *ud)
     (void)s;
     struct hc_x *x = ud;
     x->d2u.eof = true;
+    x->req_eof = true;
+    wp_h2c_mirror_eof(x->mirror);
     if (x->us && x->us_parked) {
         x->us_parked = false;
         h2_stream_resume(x->us);
@@ -368,8 +387,14 @@ static void ds_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
 {
     (void)s;
     struct hc_x *x = ud;
-    /* request trailers: forwarded after the body (gRPC clients rarely send them) */
-    if (h->kind == H2_HEADERS_TRAILERS && x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
+    /* request trailers: forwarded after the body (gRPC clients rarely send them), to the shadow too */
+    if (h->kind != H2_HEADERS_TRAILERS) return;
+    wp_h2c_mirror_trailers(x->mirror, h->headers, h->n_headers);
+    if (copy_headers(h->headers, h->n_headers, &x->req_trailers, &x->req_trailer_mem) < 0)
+        x->replay_lost = true; /* a retry could not send them */
+    else
+        x->n_req_trailers = h->n_headers;
+    if (x->us) (void)h2_stream_trailers(x->us, h->headers, h->n_headers);
 }
 
 static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
@@ -377,6 +402,7 @@ static void ds_end(struct h2_stream *s, void *ud, const struct h2_end *e)
     (void)s;
     struct hc_x *x = ud;
     x->ds = NULL;
+    wp_h2c_mirror_detach(x->mirror); /* no more of the request comes */
     if (e->reason != H2_END_OK && x->us) {
         if (!x->flags) x->flags = "DC";
         h2_stream_end(x->us, H2_END_LOCAL, NGHTTP2_CANCEL, "the client reset its stream");
@@ -392,6 +418,8 @@ static const struct h2_stream_ops ds_ops = {.on_headers = ds_headers,
                                             .on_end = ds_end};
 
 /* ---- upstream stream ---- */
+
+static bool x_retry(struct hc_x *x, const struct l7_try *t);
 
 static size_t us_pull(struct h2_stream *s, void *ud, const uint8_t **data, bool *eof)
 {
@@ -412,7 +440,9 @@ static void us_sent(struct h2_stream *s, void *ud, size_t n)
     (void)s;
     struct hc_x *x = ud;
     bq_drop(&x->d2u, n);
-    if (x->ds) h2_stream_consume(x->ds, n);
+    size_t skip = x->credited_head < n ? x->credited_head : n; /* a retry's replayed bytes: credited once */
+    x->credited_head -= skip;
+    if (x->ds && n > skip) h2_stream_consume(x->ds, n - skip);
 }
 
 static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h)
@@ -433,6 +463,18 @@ static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
         }
         return;
     }
+    if (!x->responded) {
+        /* A retriable answer (its status, or a trailers-only gRPC status) is not forwarded: its stream is
+         * reset and another try comes. */
+        struct l7_try t = {.end = L7_TRY_RESPONSE, .status = h->status, .grpc_status = -1};
+        for (size_t i = 0; i < h->n_headers; i++)
+            if (!strcmp(h->headers[i].name, "grpc-status")) t.grpc_status = atoi(h->headers[i].value);
+        if (x_retry(x, &t)) {
+            x->abandoning = true;
+            h2_stream_end(s, H2_END_LOCAL, NGHTTP2_CANCEL, "retried");
+            return;
+        }
+    }
     struct http1_hdr mv[HC_MAX_HEADERS + 2 + WP_MAX_MODS * 8];
     size_t n = 0;
     for (size_t i = 0; i < h->n_headers && n < HC_MAX_HEADERS; i++) {
@@ -451,6 +493,9 @@ static void us_headers(struct h2_stream *s, void *ud, const struct h2_headers *h
     x->status = h->status;
     x->upstream_ms = (int64_t)(loop_now(x->d->t->w->loop) - x->up_start_mono);
     x->responded = true;
+    bq_free(&x->replay); /* no retry once the response is on its way */
+    x->replay_lost = true;
+    if (timer_armed(&x->try_timer)) timer_stop(x->d->t->w->loop, &x->try_timer);
     if (h2_stream_respond(x->ds, h->status, hv, n, h->end_stream ? 0 : H2_BODY) < 0) return;
     if (h->end_stream) x->u2d.eof = true;
 }
@@ -487,9 +532,23 @@ static void us_eof(struct h2_stream *s, void *ud)
 
 static void us_end(struct h2_stream *s, void *ud, const struct h2_end *e)
 {
-    (void)s;
     struct hc_x *x = ud;
-    x->us = NULL;
+    if (x->us == s) x->us = NULL;
+    if (x->abandoning) { /* reset for a retry, which is on its way */
+        x->abandoning = false;
+        x_unref(x);
+        return;
+    }
+    if (e->reason != H2_END_OK && x->ds && !x->responded) {
+        struct l7_try t = {.end = e->reason == H2_END_REFUSED          ? L7_TRY_REFUSED_STREAM
+                                  : x->u && x->u->tunnel_ok ? L7_TRY_RESET
+                                                            : L7_TRY_CONNECT_FAILURE,
+                           .grpc_status = -1};
+        if (x_retry(x, &t)) {
+            x_unref(x);
+            return;
+        }
+    }
     drop_d2u(x);
     if (e->reason != H2_END_OK && x->ds) {
         if (!x->responded) {
@@ -559,6 +618,7 @@ static void up_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
     struct hc_up *u = ud;
     up_unlist(u);
     /* the internal connection's end closed with the session: the tunnel sees EOF and ends */
+    free(u->uid);
     free(u);
 }
 
@@ -571,12 +631,19 @@ static void up_tunnel_done(struct hbone_stream *s, void *ud, const struct hbone_
     (void)ud; /* the session sees its socket close and ends its streams (us_end: 503 UF or reset) */
 }
 
-static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done};
+static void up_tunnel_response(struct hbone_stream *s, void *ud, int status)
+{
+    (void)s;
+    struct hc_up *u = ud;
+    if (status == 200) u->tunnel_ok = true;
+}
+
+static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done, .on_response = up_tunnel_response};
 
 static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, const char **err)
 {
     for (struct hc_up *u = up_table[ep_bucket(ep)]; u; u = u->hnext)
-        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->ep.wl->uid, ep->wl->uid) &&
+        if (u->ep.port == ep->port && ip_equal(&u->ep.ip, &ep->ip) && !strcmp(u->uid, ep->wl->uid) &&
             h2_conn_usable(u->c) && h2_conn_streams(u->c) < h2_conn_max_streams(u->c))
             return u;
     int sv[2];
@@ -593,10 +660,19 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     }
     u->w = w;
     u->ep = *ep;
+    u->ep.wl = NULL;
+    if (!(u->uid = strdup(ep->wl->uid))) {
+        close(sv[0]);
+        close(sv[1]);
+        free(u);
+        *err = "out of memory";
+        return NULL;
+    }
     /* The tunnel first: its socket end must exist before the session writes its preface. */
     u->hs = wp_upstream_open(w, ep, sv[0], &up_tunnel_ops, u, err);
     if (!u->hs) {
         close(sv[1]);
+        free(u->uid);
         free(u);
         return NULL;
     }
@@ -604,6 +680,7 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     settings(&set, false);
     u->c = h2_client_new(w->loop, sv[1], NULL, NULL, &set, &up_conn_ops, u);
     if (!u->c) {
+        free(u->uid);
         free(u); /* sv[1] closed by h2_client_new; the tunnel sees EOF */
         *err = "out of memory";
         return NULL;
@@ -615,7 +692,23 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     return u;
 }
 
+struct h2_conn *wp_h2c_upstream(struct wp_worker *w, const struct lb_choice *ep, const char **err)
+{
+    struct hc_up *u = up_get(w, ep, err);
+    return u ? u->c : NULL;
+}
+
 /* ---- downstream connection ---- */
+
+/* RequestMirror: the shadow of a request whose own upstream stream is open (as Envoy's router shadows once the
+ * request has an upstream), given the body that arrived before the request was routed. */
+static void start_mirror(struct hc_x *x, const struct h2_header *out, size_t no, bool body)
+{
+    if (wp_h2c_mirror_start(&x->mirror, x->d->t, &x->dec, out, no, body) < 0) return;
+    for (struct bq_chunk *k = x->d2u.head; k && x->mirror; k = k->next)
+        wp_h2c_mirror_data(x->mirror, k->data + k->off, k->len - k->off);
+    if (body && x->d2u.eof) wp_h2c_mirror_eof(x->mirror);
+}
 
 static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
 {
@@ -637,6 +730,136 @@ static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
     h2_stream_set_ops(s, &ds_ops, x);
 }
 
+/* ---- tries and retries ---- */
+
+static bool was_tried(const struct hc_x *x, const struct workload *w)
+{
+    for (unsigned i = 0; i < x->tries && i < HC_TRIED_MAX; i++)
+        if (x->tried[i] == w) return true;
+    return false;
+}
+
+/* Starts a try: an endpoint (on a retry, one not tried yet when the policy asks for other hosts and one turns
+ * up in HC_HOST_PICKS picks), an upstream stream with the request's headers, the body so far (d2u), the
+ * trailers if they came. Returns 0 when the try is on its way or a retry is scheduled, -1 when the request
+ * was answered locally. */
+static int x_try_start(struct hc_x *x)
+{
+    struct wp_tunnel *t = x->d->t;
+    struct lb_choice ep;
+    bool found = false;
+    for (int i = 0; i < (x->tries && x->dec.retry->retry_other_hosts ? HC_HOST_PICKS : 1); i++) {
+        struct lb_choice c;
+        if (wp_pick_endpoint_dec(t, &x->dec, &c) < 0) break; /* the DestinationRule's choice */
+        if (!found || !was_tried(x, c.wl)) ep = c;
+        found = true;
+        if (!was_tried(x, c.wl)) break;
+    }
+    if (!found) {
+        drop_d2u(x);
+        x_local_reply(x, 503, "no healthy upstream", "UH");
+        return -1;
+    }
+    char ipb[IP_STRLEN];
+    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
+             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
+    x->upstream_ep = ep;
+    if (x->tries < HC_TRIED_MAX) x->tried[x->tries] = ep.wl;
+    x->tries++;
+    const char *err = "failed";
+    struct hc_up *u = up_get(t->w, &ep, &err);
+    bool body = !x->req_eof || x->d2u.bytes || x->n_req_trailers;
+    struct h2_stream *us = u ? h2_stream_open(u->c, x->req_hdrs, x->n_req_hdrs, body ? H2_BODY : 0, &us_ops, x)
+                             : NULL;
+    if (!us) {
+        LOG_LIMITED(LOG_WARN, LOG_H2C, "upstream %s: %s", x->upstream_host, err);
+        if (x_retry(x, &(struct l7_try){.end = L7_TRY_CONNECT_FAILURE, .grpc_status = -1})) return 0;
+        drop_d2u(x); /* what arrived before the request was handed over */
+        x_local_reply(x, 503,
+                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                      "UF");
+        return -1;
+    }
+    x->u = u;
+    x->us = us;
+    x->us_parked = false;
+    x->refs++;
+    x->up_start_mono = loop_now(t->w->loop);
+    wp_endpoint_begin(ep.wl); /* ended in x_unref, or when a retry abandons the try */
+    x->counted = true;
+    if (x->n_req_trailers) (void)h2_stream_trailers(us, x->req_trailers, x->n_req_trailers);
+    if (x->dec.retry->per_try_timeout_ms) timer_start(t->w->loop, &x->try_timer, x->dec.retry->per_try_timeout_ms);
+    return 0;
+}
+
+static void retry_cb(struct timer *tm)
+{
+    struct hc_x *x = container_of(tm, struct hc_x, retry_timer);
+    x->retrying = false;
+    if (x->replay_lost || !x->ds) {
+        /* the body went past the buffer meanwhile, or the client left: the request cannot be sent again */
+        drop_d2u(x);
+        x_local_reply(x, 503,
+                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                      "UF");
+        x_unref(x);
+        return;
+    }
+    /* The next try sends the whole body kept so far: what the last try took was credited already. */
+    size_t unsent = x->d2u.bytes;
+    bq_free(&x->d2u);
+    for (struct bq_chunk *k = x->replay.head; k; k = k->next)
+        if (bq_push(&x->d2u, k->data + k->off, k->len - k->off) < 0) {
+            x->replay_lost = true;
+            retry_cb(tm);
+            return;
+        }
+    x->d2u.eof = x->req_eof;
+    x->credited_head = x->d2u.bytes - unsent;
+    (void)x_try_start(x);
+    x_unref(x); /* the back-off's reference */
+}
+
+/* After a try ended as t: schedules the next one when the policy retries t, attempts are left and the request
+ * can be replayed. Returns true when a retry is on its way (it holds a reference on x meanwhile). */
+static bool x_retry(struct hc_x *x, const struct l7_try *t)
+{
+    const struct l7_retry *p = x->dec.retry;
+    struct wp_worker *w = x->d->t->w;
+    if (!p || x->responded || !x->ds || !l7_retry_wanted(p, t)) return false;
+    if (x->tries > p->attempts) {
+        if (!x->retry_exhausted) wp_telemetry_retry_exhausted();
+        x->retry_exhausted = true;
+        return false;
+    }
+    if (x->replay_lost) return false;
+    if (x->counted) /* outlier detection sees each try */
+        wp_try_done(&x->dec, x->upstream_ep.wl,
+                    t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
+    if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    x->counted = false;
+    if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
+    x->retrying = true;
+    x->refs++;
+    wp_telemetry_retry();
+    timer_start(w->loop, &x->retry_timer, l7_retry_backoff_ms(x->tries, wp_rand(w)));
+    return true;
+}
+
+/* perTryTimeout: the try's stream is reset; retried as Envoy judges it (a 504), else the request's 504 UT. */
+static void try_timeout_cb(struct timer *tm)
+{
+    struct hc_x *x = container_of(tm, struct hc_x, try_timer);
+    if (x_retry(x, &(struct l7_try){.end = L7_TRY_PER_TRY_TIMEOUT, .grpc_status = -1})) {
+        if (x->us) {
+            x->abandoning = true;
+            h2_stream_end(x->us, H2_END_LOCAL, NGHTTP2_CANCEL, "per try timeout");
+        }
+        return;
+    }
+    timeout_cb(&x->timer);
+}
+
 static void down_request(struct h2_stream *s, void *ud, const struct h2_request *req)
 {
     struct hc_down *d = ud;
@@ -644,6 +867,8 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     struct hc_x *x = *(struct hc_x **)h2_stream_user(s); /* set by down_stream */
     x->routed = true;
     x->timer.cb = timeout_cb;
+    x->retry_timer.cb = retry_cb;
+    x->try_timer.cb = try_timeout_cb;
     snprintf(x->method, sizeof(x->method), "%s", req->method);
     snprintf(x->path, sizeof(x->path), "%s", req->path);
     snprintf(x->authority, sizeof(x->authority), "%s", req->authority);
@@ -688,10 +913,6 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
         x_local_reply(x, x->dec.status, x->dec.body, x->dec.flags);
         return;
     }
-    /* RequestMirror is applied to HTTP/1.1 only (http1.c): say so rather than drop the copy silently. */
-    if (x->dec.mirror_svc)
-        LOG_LIMITED(LOG_WARN, LOG_H2C, "RequestMirror of route %s: not applied to HTTP/2 requests yet, no copy sent",
-                    x->dec.route_name ? x->dec.route_name : "-");
     wp_apply_mods(x->dec.req_mods, x->dec.n_req_mods, hv, &n, cap, name_eq);
     struct h2_header out[HC_MAX_HEADERS + 8 + WP_MAX_MODS * 8];
     size_t no = 0;
@@ -702,41 +923,25 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     for (size_t i = 0; i < n; i++)
         out[no++] = (struct h2_header){hv[i].name, hv[i].value};
 
-    struct lb_choice ep;
-    int prc = wp_pick_endpoint_proto(t, &x->dec, &lr, true, &ep); /* DestinationRule: subset, LB, limits */
+    int prc = wp_lb_prepare(t, &x->dec, &lr, true); /* DestinationRule: subset, hash key, connection pool */
     if (prc < 0) {
         drop_d2u(x);
         if (prc == -ESRCH)
             x_local_reply(x, 503, "", "NC");
-        else if (prc == -EUSERS)
-            x_local_reply(x, 503, WP_OVERFLOW_BODY, "UO");
         else
-            x_local_reply(x, 503, "no healthy upstream", "UH");
+            x_local_reply(x, 503, WP_OVERFLOW_BODY, "UO");
         return;
     }
-    char ipb[IP_STRLEN];
-    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
-             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
-    x->upstream_ep = ep;
-    const char *err = "failed";
-    struct hc_up *u = up_get(t->w, &ep, &err);
-    struct h2_stream *us = u ? h2_stream_open(u->c, out, no, req->end_stream ? 0 : H2_BODY, &us_ops, x) : NULL;
-    if (!us) {
-        drop_d2u(x); /* what arrived before the request was handed over */
-        LOG_LIMITED(LOG_WARN, LOG_H2C, "upstream %s: %s", x->upstream_host, err);
-        x_local_reply(x, 503,
-                      "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                      "UF");
+    if (copy_headers(out, no, &x->req_hdrs, &x->req_hdr_mem) < 0) {
+        drop_d2u(x);
+        x_local_reply(x, 503, "no healthy upstream", "UH");
         return;
     }
-    x->u = u;
-    x->us = us;
-    x->refs++;
-    x->up_start_mono = loop_now(t->w->loop);
-    wp_endpoint_begin(ep.wl); /* ended in x_unref */
-    x->counted = true;
+    x->n_req_hdrs = no;
+    if (req->end_stream) x->d2u.eof = x->req_eof = true;
     if (x->dec.timeout_ms) timer_start(t->w->loop, &x->timer, x->dec.timeout_ms);
-    if (req->end_stream) x->d2u.eof = true;
+    if (x_try_start(x) < 0) return;
+    if (x->dec.mirror_svc && x->us) start_mirror(x, out, no, !req->end_stream);
 }
 
 static void down_closed(struct h2_conn *c, void *ud, const struct h2_end *e)

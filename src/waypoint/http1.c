@@ -17,6 +17,8 @@
 #include "core/log.h"
 #include "core/relay.h"
 #include "http1/codec.h"
+#include "mesh/retry.h"
+#include "waypoint/mirror.h"
 #include "waypoint/route.h"
 #include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
@@ -31,6 +33,13 @@
 /* Idle upstream connections kept per worker, and buckets of their table. */
 #define H1_IDLE_MAX 256
 #define H1_IDLE_BUCKETS 64
+/* The request as sent (head and framed body) is kept this far for a retry: Envoy's per-request buffer limit
+ * (per_connection_buffer_limit_bytes, 1 MiB by default). A body streamed past it is not retried. */
+#define H1_REPLAY_MAX (1u << 20)
+/* Endpoint picks per retry that look for a host not tried yet (Istio's host_selection_retry_max_attempts). */
+#define H1_HOST_PICKS 5
+/* Hosts remembered as tried (Envoy's previous_hosts predicate). */
+#define H1_TRIED_MAX 8
 
 struct h1_x;
 
@@ -62,10 +71,14 @@ struct h1_up {
     struct http1_parser *p;
     struct hbone_stream *hs; /* the tunnel; NULL once it ended */
     struct h1_x *x;          /* the exchange using it, NULL when idle */
+    /* The endpoint's address, and its workload uid copied: a pooled connection outlives the view whose snapshot
+     * owns the workload (ep.wl is cleared). */
     struct lb_choice ep;
+    char *uid;
     uint64_t idle_since;
     bool in_feed, freed;
-    bool mirror; /* a shadow request's connection: its response is read and dropped, then it closes */
+    bool mirror;      /* a shadow request's connection: its response is read and dropped, then it closes */
+    bool established; /* its tunnel answered 200: a failure from now on is a reset, not a connect failure */
 };
 
 /* One request and its response. */
@@ -90,6 +103,14 @@ struct h1_x {
     uint64_t start_wall, start_mono, up_start_mono;
     uint64_t bytes_received, bytes_sent; /* body bytes, as Envoy's %BYTES_RECEIVED% / %BYTES_SENT% */
     char upstream_host[IP_STRLEN + 32];
+    /* Retries (dec.retry; src/mesh/retry.h): the request as sent so far, for the next try. */
+    struct http1_out replay;
+    bool replay_lost;     /* past H1_REPLAY_MAX: no more retries */
+    bool retrying;        /* waiting out the back-off: the downstream is not read meanwhile */
+    bool retry_exhausted; /* a retriable failure with no attempt left: Envoy's URX */
+    unsigned tries;       /* tries started */
+    const struct workload *tried[H1_TRIED_MAX];
+    struct timer retry_timer, try_timer; /* the back-off; perTryTimeout */
 };
 
 /* Per-worker idle upstream connections by endpoint. */
@@ -218,9 +239,9 @@ static unsigned ep_bucket(const struct lb_choice *c)
     return (unsigned)((ip_hash(&c->ip) ^ c->port) % H1_IDLE_BUCKETS);
 }
 
-static bool ep_equal(const struct lb_choice *a, const struct lb_choice *b)
+static bool ep_equal(const struct h1_up *u, const struct lb_choice *b)
 {
-    return a->port == b->port && ip_equal(&a->ip, &b->ip) && !strcmp(a->wl->uid, b->wl->uid);
+    return u->ep.port == b->port && ip_equal(&u->ep.ip, &b->ip) && !strcmp(u->uid, b->wl->uid);
 }
 
 static void idle_remove(struct h1_up *u)
@@ -244,6 +265,7 @@ static void up_free(struct h1_up *u)
     side_close(u->w->loop, &u->s);
     side_free(&u->s);
     http1_parser_free(u->p);
+    free(u->uid);
     free(u);
 }
 
@@ -272,9 +294,12 @@ static void up_close(struct h1_up *u, const char *why)
     up_free(u);
 }
 
-/* The upstream failed under exchange x: a local reply if nothing of the response went out yet, else the
- * downstream connection is cut (a response cannot be finished). */
-static void up_failed(struct h1_x *x, const char *reset_reason)
+static bool x_retry(struct h1_x *x, const struct l7_try *t);
+
+/* The upstream failed under exchange x (end: how the try ended): another try when the retry policy says so,
+ * else a local reply if nothing of the response went out yet, else the downstream connection is cut (a
+ * response cannot be finished). */
+static void up_failed(struct h1_x *x, enum l7_try_end end, const char *reset_reason)
 {
     struct h1_up *u = x->u;
     x->u = NULL;
@@ -282,6 +307,7 @@ static void up_failed(struct h1_x *x, const char *reset_reason)
         u->x = NULL;
         up_close(u, reset_reason);
     }
+    if (x_retry(x, &(struct l7_try){.end = end, .grpc_status = -1})) return;
     if (!x->resp_started) {
         char body[160];
         snprintf(body, sizeof(body), "upstream connect error or disconnect/reset before headers. reset reason: %s",
@@ -305,6 +331,19 @@ static int resp_head(void *ud, const struct http1_head *h)
     struct h1_x *x = u->x;
     if (!x || h->interim) return 0; /* 1xx: the proxy answered 100-continue itself, as Envoy does */
     struct h1_down *d = x->d;
+    if (h->status != 101 || !x->upgrade) {
+        /* A retriable answer is not forwarded: this connection (with the unread body) goes, another try
+         * comes. */
+        struct l7_try t = {.end = L7_TRY_RESPONSE, .status = h->status, .grpc_status = -1};
+        u->x = NULL;
+        x->u = NULL;
+        if (x_retry(x, &t)) {
+            up_close(u, NULL);
+            return -1;
+        }
+        u->x = x;
+        x->u = u;
+    }
     struct http1_hdr hv[HTTP1_MAX_HEADERS + 4 + WP_MAX_MODS * 8];
     size_t n = 0;
     const char *conn = NULL;
@@ -350,6 +389,9 @@ static int resp_head(void *ud, const struct http1_head *h)
     x->upstream_ms = (int64_t)(loop_now(u->w->loop) - x->up_start_mono);
     x->resp_started = true;
     x->up_reusable = h->keep_alive;
+    http1_out_free(&x->replay); /* no retry once the response is on its way */
+    x->replay_lost = true;
+    if (timer_armed(&x->try_timer)) timer_stop(u->w->loop, &x->try_timer);
     return 0;
 }
 
@@ -479,7 +521,7 @@ static void up_pump(struct h1_up *u)
     if (!(x = u->x)) return;
     enum http1_parser_state st = http1_parser_state(u->p);
     if (st == HTTP1_P_ERROR) {
-        up_failed(x, "protocol error");
+        up_failed(x, L7_TRY_RESET, "protocol error");
         return;
     }
     if (st == HTTP1_P_UPGRADED && x->status == 101) {
@@ -488,7 +530,8 @@ static void up_pump(struct h1_up *u)
     }
     if ((u->s.eof && !u->s.in_len) || r < 0) {
         if (!x->resp_done && (r < 0 || http1_parser_finish(u->p) < 0 || !x->resp_done)) {
-            up_failed(x, r < 0 ? "connection failure" : "connection termination");
+            up_failed(x, u->established ? L7_TRY_RESET : L7_TRY_CONNECT_FAILURE,
+                      r < 0 ? "connection failure" : "connection termination");
             return;
         }
         x->up_reusable = false; /* nothing to reuse; the client's connection may go on */
@@ -534,8 +577,10 @@ static void up_io(struct io *io, uint32_t ev)
     struct h1_x *x = u->x;
     if (ev & EPOLLOUT) {
         if (side_flush(&u->s) < 0) {
-            if (x) up_failed(x, "connection failure");
-            else up_close(u, "write failed");
+            if (x)
+                up_failed(x, u->established ? L7_TRY_RESET : L7_TRY_CONNECT_FAILURE, "connection failure");
+            else
+                up_close(u, "write failed");
             return;
         }
         /* room again upstream: the request body may flow */
@@ -559,18 +604,31 @@ static void up_hbone_done(struct hbone_stream *s, void *ud, const struct hbone_r
     struct h1_x *x = u->x;
     LOG_D(LOG_HTTP, "upstream tunnel to %s ended: %s (status %d)", x ? x->upstream_host : "idle",
           r->error ? r->error : "-", r->status);
-    if (x) up_failed(x, "connection failure");
-    else up_close(u, NULL);
+    enum l7_try_end end = r->reason == H2_END_REFUSED ? L7_TRY_REFUSED_STREAM
+                          : u->established            ? L7_TRY_RESET
+                                                      : L7_TRY_CONNECT_FAILURE;
+    if (x)
+        up_failed(x, end, "connection failure");
+    else
+        up_close(u, NULL);
 }
 
-static const struct hbone_stream_ops up_hbone_ops = {.on_done = up_hbone_done};
+static void up_hbone_response(struct hbone_stream *s, void *ud, int status)
+{
+    (void)s;
+    struct h1_up *u = ud;
+    if (status == 200) u->established = true;
+}
+
+static const struct hbone_stream_ops up_hbone_ops = {.on_done = up_hbone_done,
+                                                     .on_response = up_hbone_response};
 
 /* An upstream connection to ep: an idle one, else a new tunnel. NULL with *err. */
 static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, const char **err)
 {
     for (struct h1_up **pp = &pool.buckets[ep_bucket(ep)]; *pp; pp = &(*pp)->hnext) {
         struct h1_up *u = *pp;
-        if (ep_equal(&u->ep, ep)) {
+        if (ep_equal(u, ep)) {
             *pp = u->hnext;
             u->hnext = NULL;
             pool.n_idle--;
@@ -593,11 +651,21 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     }
     u->w = w;
     u->ep = *ep;
+    u->ep.wl = NULL;
+    if (!(u->uid = strdup(ep->wl->uid))) {
+        close(sv[0]);
+        close(sv[1]);
+        http1_parser_free(u->p);
+        free(u);
+        *err = "out of memory";
+        return NULL;
+    }
     u->s.io = (struct io){.fd = sv[1], .cb = up_io};
     if (loop_io_add(w->loop, &u->s.io, EPOLLIN | EPOLLRDHUP) < 0) {
         close(sv[0]);
         close(sv[1]);
         http1_parser_free(u->p);
+        free(u->uid);
         free(u);
         *err = "out of memory";
         return NULL;
@@ -606,6 +674,7 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     if (!u->hs) {
         side_close(w->loop, &u->s);
         http1_parser_free(u->p);
+        free(u->uid);
         free(u);
         return NULL;
     }
@@ -645,6 +714,12 @@ static void x_record(struct h1_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
+    const char *flags = x->flags ? x->flags : "-";
+    char fl[32];
+    if (x->retry_exhausted) { /* Envoy's URX beside the flag of the last try's failure */
+        snprintf(fl, sizeof(fl), "%s%sURX", strcmp(flags, "-") ? flags : "", strcmp(flags, "-") ? "," : "");
+        flags = fl;
+    }
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -658,8 +733,10 @@ static void x_record(struct h1_x *x)
         .dst_svc = svc,
         .status = x->status,
         .grpc_status = -1,
-        .flags = x->flags ? x->flags : "-",
-        .details = x->details ? x->details : x->status ? "via_upstream" : NULL,
+        .flags = flags,
+        .details = x->details  ? x->details
+                   : x->status ? "via_upstream"
+                               : NULL,
         .req_wire = x->req_head_bytes + x->bytes_received,
         .resp_wire = x->resp_head_bytes + x->bytes_sent,
         .body_in = x->bytes_received,
@@ -677,7 +754,11 @@ static void x_free(struct h1_x *x)
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
-    if (timer_armed(&x->timer)) timer_stop(x->d->t->w->loop, &x->timer);
+    struct loop *l = x->d->t->w->loop;
+    if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
+    if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
+    if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
+    http1_out_free(&x->replay);
     free(x->head);
     free(x);
 }
@@ -717,25 +798,39 @@ static char *copy_lower(char **q, const char *s, size_t n)
 
 static void timeout_cb(struct timer *tm);
 
-/* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with "-shadow" appended to its
- * Host, its response dropped; the body is copied while the shadow keeps up (more than H1_HIGH_WATER waiting
- * abandons the shadow rather than slow the request). */
+/* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with its Host in the shadow form
+ * ("-shadow" before the port, wp_shadow_host), its response dropped; the body is copied while the shadow keeps
+ * up (more than H1_HIGH_WATER waiting abandons the shadow rather than slow the request). */
 static void start_mirror(struct h1_x *x, const struct http1_head *h, const char *target, size_t target_len,
                          struct http1_hdr *hv, size_t n)
 {
     struct wp_tunnel *t = x->d->t;
-    struct lb_choice ep;
-    const char *err = NULL;
-    if (wp_pick_endpoint(t, x->dec.mirror_svc, x->dec.mirror_port, &ep) < 0) return;
-    struct h1_up *m = up_get(t->w, &ep, &err);
-    if (!m) return;
-    char shadow[300];
+    const char *route = x->route_name ? x->route_name : "-";
+    char shadow[WP_SHADOW_HOST_MAX];
     for (size_t i = 0; i < n; i++)
         if (http1_name_is(hv[i].name, hv[i].name_len, "host")) {
-            snprintf(shadow, sizeof(shadow), "%.*s-shadow", (int)hv[i].value_len, hv[i].value);
+            ssize_t sl = wp_shadow_host(hv[i].value, hv[i].value_len, shadow, sizeof(shadow));
+            if (sl < 0) {
+                LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: %s: no shadow sent", route,
+                            sl == -ENOSPC ? "the Host is too long for its shadow form" : "the Host is empty");
+                return;
+            }
             hv[i].value = shadow;
-            hv[i].value_len = strlen(shadow);
+            hv[i].value_len = (size_t)sl;
         }
+    struct lb_choice ep;
+    const char *err = NULL;
+    if (wp_pick_endpoint(t, x->dec.mirror_svc, x->dec.mirror_port, &ep) < 0) {
+        LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: no healthy endpoint of %s: no shadow sent", route,
+                    x->dec.mirror_svc->hostname);
+        return;
+    }
+    struct h1_up *m = up_get(t->w, &ep, &err);
+    if (!m) {
+        LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: no upstream connection to %s: %s", route,
+                    x->dec.mirror_svc->hostname, err ? err : "failed");
+        return;
+    }
     m->mirror = true;
     if (x->head_req) http1_parser_response_to_head(m->p);
     if (http1_write_request_head(&m->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,
@@ -764,6 +859,162 @@ static void mirror_copy(struct h1_x *x, const uint8_t *p, size_t n, bool chunk)
     up_kick(m);
 }
 
+/* ---- tries and retries ---- */
+
+static bool was_tried(const struct h1_x *x, const struct workload *w)
+{
+    for (unsigned i = 0; i < x->tries && i < H1_TRIED_MAX; i++)
+        if (x->tried[i] == w) return true;
+    return false;
+}
+
+static void try_timeout_cb(struct timer *tm);
+static void x_timed_out(struct h1_x *x);
+
+/* Starts a try: an endpoint (on a retry, one not tried yet when the policy asks for other hosts and one can
+ * be found in H1_HOST_PICKS picks), an upstream connection, the replay written to it. Returns 0 when the try
+ * is on its way (or, for a connection that could not even be made, a retry is scheduled), -1 when the request
+ * was answered locally. */
+static int x_try_start(struct h1_x *x)
+{
+    struct wp_tunnel *t = x->d->t;
+    struct lb_choice ep;
+    bool found = false;
+    for (int i = 0; i < (x->tries && x->dec.retry->retry_other_hosts ? H1_HOST_PICKS : 1); i++) {
+        struct lb_choice c;
+        if (wp_pick_endpoint_dec(t, &x->dec, &c) < 0) break; /* the DestinationRule's choice */
+        if (!found || !was_tried(x, c.wl)) ep = c;
+        found = true;
+        if (!was_tried(x, c.wl)) break;
+    }
+    if (!found) {
+        local_reply(x, 503, "no healthy upstream", "UH", "no_healthy_upstream", NULL);
+        return -1;
+    }
+    char ipb[IP_STRLEN];
+    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
+             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
+    x->upstream_ep = ep;
+    if (x->tries < H1_TRIED_MAX) x->tried[x->tries] = ep.wl;
+    x->tries++;
+    const char *err = NULL;
+    struct h1_up *u = up_get(t->w, &ep, &err);
+    if (!u) {
+        LOG_LIMITED(LOG_WARN, LOG_HTTP, "upstream %s: %s", x->upstream_host, err ? err : "failed");
+        if (x_retry(x, &(struct l7_try){.end = L7_TRY_CONNECT_FAILURE, .grpc_status = -1})) return 0;
+        local_reply(
+            x, 503,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
+        return -1;
+    }
+    x->u = u;
+    u->x = x;
+    x->up_start_mono = loop_now(t->w->loop);
+    wp_endpoint_begin(ep.wl); /* ended in x_free, or when a retry abandons the try */
+    x->counted = true;
+    if (x->head_req) http1_parser_response_to_head(u->p);
+    if (http1_out_append(&u->s.out, x->replay.p, x->replay.n) < 0) {
+        up_failed(x, L7_TRY_OVERFLOW, "out of memory");
+        return -1;
+    }
+    if (x->dec.retry->per_try_timeout_ms)
+        timer_start(t->w->loop, &x->try_timer, x->dec.retry->per_try_timeout_ms);
+    up_kick(u);
+    return 0;
+}
+
+static void retry_cb(struct timer *tm)
+{
+    struct h1_x *x = container_of(tm, struct h1_x, retry_timer);
+    struct h1_down *d = x->d;
+    x->retrying = false;
+    if (x->replay_lost) {
+        /* Body bytes that came during the back-off overflowed the replay: the request cannot be sent again.
+         */
+        local_reply(
+            x, 503,
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+            "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
+        d->close_after = !x->req_done; /* the rest of its body is not read */
+        x->req_done = true;
+        x_finish(x);
+        return;
+    }
+    if (x_try_start(x) < 0 && x->req_done) {
+        x_finish(x);
+        return;
+    }
+    down_kick(d); /* the rest of the body may flow again */
+}
+
+/* After a try ended as t (its upstream already detached): schedules the next one when the policy retries t,
+ * attempts are left and the request can be replayed. Returns true when a retry is on its way. */
+static bool x_retry(struct h1_x *x, const struct l7_try *t)
+{
+    const struct l7_retry *p = x->dec.retry;
+    struct wp_worker *w = x->d->t->w;
+    if (!p || x->resp_started || x->upgrade || !l7_retry_wanted(p, t)) return false;
+    if (x->tries > p->attempts) {
+        if (!x->retry_exhausted) wp_telemetry_retry_exhausted();
+        x->retry_exhausted = true;
+        return false;
+    }
+    if (x->replay_lost) return false; /* the body went past what is kept */
+    if (x->counted) /* outlier detection sees each try */
+        wp_try_done(&x->dec, x->upstream_ep.wl,
+                    t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
+    if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    x->counted = false;
+    if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
+    x->retrying = true;
+    wp_telemetry_retry();
+    timer_start(w->loop, &x->retry_timer, l7_retry_backoff_ms(x->tries, wp_rand(w)));
+    return true;
+}
+
+/* perTryTimeout: the try is abandoned; retried as Envoy judges it (a 504), else the request's 504 UT. */
+static void try_timeout_cb(struct timer *tm)
+{
+    struct h1_x *x = container_of(tm, struct h1_x, try_timer);
+    struct h1_up *u = x->u;
+    x->u = NULL;
+    if (u) {
+        u->x = NULL;
+        up_close(u, "per try timeout");
+    }
+    if (x_retry(x, &(struct l7_try){.end = L7_TRY_PER_TRY_TIMEOUT, .grpc_status = -1})) return;
+    x_timed_out(x); /* no retry: the request's 504 UT */
+}
+
+/* Request bytes, already framed, to the try in progress and to the replay while a retry may need them. */
+static int x_send(struct h1_x *x, const uint8_t *p, size_t n, bool chunk)
+{
+    struct http1_out *outs[2] = {x->u ? &x->u->s.out : NULL, x->replay_lost ? NULL : &x->replay};
+    if (outs[1] && x->replay.n + n + 32 > H1_REPLAY_MAX) {
+        http1_out_free(&x->replay);
+        x->replay_lost = true;
+        outs[1] = NULL;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct http1_out *o = outs[i];
+        if (!o) continue;
+        int rc = 0;
+        if (chunk) rc = http1_write_chunk_header(o, n);
+        if (!rc) rc = http1_out_append(o, p, n);
+        if (!rc && chunk) rc = http1_write_chunk_end(o);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* The last chunk (with trailers) to the try in progress and the replay. */
+static int x_send_last_chunk(struct h1_x *x, const struct http1_hdr *t, size_t n)
+{
+    if (!x->replay_lost && http1_write_last_chunk(&x->replay, t, n) < 0) return -1;
+    return x->u ? http1_write_last_chunk(&x->u->s.out, t, n) : 0;
+}
+
 static int req_head(void *ud, const struct http1_head *h)
 {
     struct h1_down *d = ud;
@@ -785,6 +1036,8 @@ static int req_head(void *ud, const struct http1_head *h)
     x->http10 = h->version_minor == 0;
     x->req_framing = h->framing;
     x->timer.cb = timeout_cb;
+    x->retry_timer.cb = retry_cb;
+    x->try_timer.cb = try_timeout_cb;
     x->upstream_ms = -1;
     x->req_head_bytes = h->method_len + h->target_len + 12;
     for (size_t i = 0; i < h->n_headers; i++)
@@ -873,8 +1126,7 @@ static int req_head(void *ud, const struct http1_head *h)
                 hv[i].value_len = strlen(dec->authority);
             }
 
-    struct lb_choice ep;
-    int prc = wp_pick_endpoint_proto(t, dec, &lr, false, &ep); /* DestinationRule: subset, LB, limits */
+    int prc = wp_lb_prepare(t, dec, &lr, false); /* DestinationRule: subset, hash key, connection pool */
     if (prc == -ESRCH) {
         local_reply(x, 503, "", "NC", "cluster_not_found", NULL);
         return 0;
@@ -883,37 +1135,14 @@ static int req_head(void *ud, const struct http1_head *h)
         local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
         return 0;
     }
-    if (prc < 0) {
-        local_reply(x, 503, "no healthy upstream", "UH", "no_healthy_upstream", NULL);
-        return 0;
-    }
-    char ipb[IP_STRLEN];
-    snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
-             ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
-    x->upstream_ep = ep;
-    const char *err = NULL;
-    struct h1_up *u = up_get(t->w, &ep, &err);
-    if (!u) {
-        local_reply(x, 503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                    "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
-        LOG_LIMITED(LOG_WARN, LOG_HTTP, "upstream %s: %s", x->upstream_host, err ? err : "failed");
-        return 0;
-    }
-    x->u = u;
-    u->x = x;
-    x->up_start_mono = loop_now(t->w->loop);
-    wp_endpoint_begin(ep.wl); /* ended in x_free */
-    x->counted = true;
-    if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
-    if (x->head_req) http1_parser_response_to_head(u->p);
     if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-    if (http1_write_request_head(&u->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,
-                                 h->content_length) < 0) {
-        up_failed(x, "protocol error");
-        return 0;
-    }
-    up_kick(u);
-    if (dec->mirror_svc) start_mirror(x, h, target, target_len, hv, n);
+    /* The request head goes into the replay first: each try sends the replay, then the body as it comes. */
+    if (http1_write_request_head(&x->replay, h->method, h->method_len, target, target_len, hv, n, h->framing,
+                                 h->content_length) < 0)
+        return -1;
+    if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
+    if (x_try_start(x) < 0) return 0;
+    if (dec->mirror_svc && x->u) start_mirror(x, h, target, target_len, hv, n);
     return 0;
 }
 
@@ -921,8 +1150,17 @@ static int req_head(void *ud, const struct http1_head *h)
  * nothing of the response went out yet, else the client's connection is cut. */
 static void timeout_cb(struct timer *tm)
 {
-    struct h1_x *x = container_of(tm, struct h1_x, timer);
+    x_timed_out(container_of(tm, struct h1_x, timer));
+}
+
+static void x_timed_out(struct h1_x *x)
+{
     struct h1_down *d = x->d;
+    struct loop *l = d->t->w->loop;
+    if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
+    if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
+    if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
+    x->retrying = false;
     struct h1_up *u = x->u;
     x->u = NULL;
     if (u) {
@@ -949,14 +1187,10 @@ static int req_body(void *ud, const uint8_t *p, size_t n)
     if (!x) return 0;
     x->bytes_received += n;
     struct h1_up *u = x->u;
-    if (!u) return 0; /* answered locally: the body is read and dropped */
+    if (!u && !x->retrying) return 0; /* answered locally: the body is read and dropped */
     mirror_copy(x, p, n, x->req_framing == HTTP1_BODY_CHUNKED);
-    struct http1_out *o = &u->s.out;
-    int rc = 0;
-    if (x->req_framing == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_header(o, n);
-    if (!rc) rc = http1_out_append(o, p, n);
-    if (!rc && x->req_framing == HTTP1_BODY_CHUNKED) rc = http1_write_chunk_end(o);
-    if (rc) return -1;
+    if (x_send(x, p, n, x->req_framing == HTTP1_BODY_CHUNKED) < 0) return -1;
+    if (!u) return HTTP1_PAUSE; /* between tries: the rest waits for the next one */
     return side_pending(&u->s) > H1_HIGH_WATER ? HTTP1_PAUSE : 0;
 }
 
@@ -964,10 +1198,10 @@ static int req_trailers(void *ud, const struct http1_hdr *t, size_t n)
 {
     struct h1_down *d = ud;
     struct h1_x *x = d->x;
-    if (!x || !x->u || x->req_framing != HTTP1_BODY_CHUNKED) return 0;
+    if (!x || (!x->u && !x->retrying) || x->req_framing != HTTP1_BODY_CHUNKED) return 0;
     x->req_framing = HTTP1_BODY_NONE; /* the last chunk is written here */
     if (x->mu && http1_write_last_chunk(&x->mu->s.out, t, n) == 0) up_kick(x->mu);
-    return http1_write_last_chunk(&x->u->s.out, t, n) < 0 ? -1 : 0;
+    return x_send_last_chunk(x, t, n);
 }
 
 static int req_complete(void *ud)
@@ -975,8 +1209,8 @@ static int req_complete(void *ud)
     struct h1_down *d = ud;
     struct h1_x *x = d->x;
     if (!x) return 0;
-    if (x->u && x->req_framing == HTTP1_BODY_CHUNKED) {
-        (void)http1_write_last_chunk(&x->u->s.out, NULL, 0);
+    if ((x->u || x->retrying) && x->req_framing == HTTP1_BODY_CHUNKED) {
+        (void)x_send_last_chunk(x, NULL, 0);
         if (x->mu) (void)http1_write_last_chunk(&x->mu->s.out, NULL, 0);
     }
     if (x->mu) { /* the shadow has its whole request: it finishes on its own */
@@ -1022,7 +1256,7 @@ static void down_parse(struct h1_down *d)
     /* A parser paused at a message's last byte completes only when fed again, even with nothing. */
     while ((d->s.in_len || http1_parser_state(d->p) == HTTP1_P_PAUSED) && !d->close_after) {
         struct h1_x *x = d->x;
-        if (x && x->u && side_pending(&x->u->s) > H1_HIGH_WATER) break;
+        if (x && (x->retrying || (x->u && side_pending(&x->u->s) > H1_HIGH_WATER))) break;
         if (http1_parser_state(d->p) == HTTP1_P_PAUSED) http1_parser_resume(d->p);
         ssize_t n = http1_parser_feed(d->p, d->s.in, d->s.in_len);
         if (n < 0) {
@@ -1106,9 +1340,8 @@ static void down_kick(struct h1_down *d)
         return;
     }
     struct h1_x *x = d->x;
-    if (!d->close_after && d->s.in_len && (!x || !x->req_done) &&
-        http1_parser_state(d->p) != HTTP1_P_DONE) {
-        if (!x || !x->u || side_pending(&x->u->s) <= H1_HIGH_WATER) {
+    if (!d->close_after && d->s.in_len && (!x || !x->req_done) && http1_parser_state(d->p) != HTTP1_P_DONE) {
+        if (!x || (!x->retrying && (!x->u || side_pending(&x->u->s) <= H1_HIGH_WATER))) {
             down_parse(d);
             if (d->freed) {
                 d->freed = false;
@@ -1119,7 +1352,7 @@ static void down_kick(struct h1_down *d)
         }
     }
     bool rd = !d->close_after && d->s.in_len < H1_IN_MAX && (!x || !x->req_done) &&
-              (!x || !x->u || side_pending(&x->u->s) <= H1_HIGH_WATER);
+              (!x || (!x->retrying && (!x->u || side_pending(&x->u->s) <= H1_HIGH_WATER)));
     uint32_t ev = side_want(&d->s, rd) | EPOLLRDHUP;
     if (ev != d->s.io.events) loop_io_mod(d->t->w->loop, &d->s.io, ev);
     if (x && x->u) up_kick(x->u);

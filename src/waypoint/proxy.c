@@ -185,7 +185,7 @@ static uint32_t lr_active(const struct workload *w)
     return e ? e->active : 0;
 }
 
-/* ---- DestinationRule load balancing (route.h wp_pick_endpoint_req) ---- */
+/* ---- DestinationRule load balancing (route.h wp_lb_prepare, wp_pick_endpoint_dec) ---- */
 
 /* ROUND_ROBIN's position per (Service, subset, port) on this worker, as Envoy's per-worker round robin. Keyed
  * by a hash of the names (stable across snapshots); a full table reuses the slot the key lands on. */
@@ -225,6 +225,7 @@ struct ch_cache {
     const struct dr_subset *ss;
     const struct dr_lb_policy *lb;
     uint16_t port;
+    uint64_t set; /* signature of the endpoints it was built from (an ejection changes them) */
     struct chash *ch;
     const struct workload **eps; /* the hosts, in the table's index order */
     size_t n;
@@ -244,10 +245,13 @@ static const struct ch_cache *ch_table(struct wp_tunnel *t, const struct service
                                        const struct dr_subset *ss, uint16_t port,
                                        const struct dr_lb_policy *lb, const struct workload **el, size_t n)
 {
+    uint64_t set = n;
+    for (size_t i = 0; i < n; i++)
+        set = set * 0x100000001b3ULL ^ (uint64_t)(uintptr_t)el[i];
     for (size_t i = 0; i < WP_CH_CACHE; i++) {
         struct ch_cache *e = &ch_cache[i];
         if (e->ch && e->version == t->view->version && e->svc == svc && e->ss == ss && e->port == port &&
-            e->lb == lb)
+            e->lb == lb && e->set == set)
             return e;
     }
     struct ch_cache *e = &ch_cache[ch_cache_next++ % WP_CH_CACHE];
@@ -282,6 +286,7 @@ static const struct ch_cache *ch_table(struct wp_tunnel *t, const struct service
     e->ss = ss;
     e->lb = lb;
     e->port = port;
+    e->set = set;
     e->n = n;
     return e;
 }
@@ -676,7 +681,7 @@ void wp_request_done(struct wp_decision *d, const struct workload *w, int status
         atomic_fetch_sub_explicit((_Atomic int64_t *)d->lb_circuit, 1, memory_order_acq_rel);
         d->lb_circuit = NULL;
     }
-    if (d->lb_outlier && w) od_report(d->lb_cluster, d, w, status);
+    wp_try_done(d, w, status);
     d->lb_outlier = NULL;
 }
 
@@ -684,26 +689,15 @@ void wp_request_done(struct wp_decision *d, const struct workload *w, int status
 static _Thread_local const struct workload **el_buf;
 static _Thread_local size_t el_cap;
 
-static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, const char *subset,
-                const struct l7_request *req, bool http2, struct wp_decision *d, struct lb_choice *out)
+/* One pick among svc's endpoints on port under policy pol (NULL parts: Envoy's defaults), of subset ss (NULL:
+ * all), leaving out the endpoints outlier detection has ejected (d, when given, gets the count for
+ * maxEjectionPercent). hash/hashed: the request's key; attempt: picks before this one for the same request
+ * (Envoy's retry mutation of the hash). */
+static int choose(struct wp_tunnel *t, const struct service *svc, uint16_t port, const struct dr_subset *ss,
+                  const struct dr_policy *pol, uint64_t cluster, bool hashed, uint64_t hash, uint32_t attempt,
+                  struct wp_decision *d, struct lb_choice *out)
 {
-    if (!svc) {
-        *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
-        return 0;
-    }
-    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
-    const struct dr_subset *ss = NULL;
-    if (subset && *subset) {
-        /* Istio builds a cluster per subset of a DestinationRule; a subset no rule defines has no cluster. */
-        if (!(ss = dr_subset_find(dr, subset))) {
-            LOG_LIMITED(LOG_WARN, "waypoint::lb",
-                        "route %s: subset %s of %s is not defined by a DestinationRule",
-                        d && d->route_name ? d->route_name : "-", subset, svc->hostname);
-            return -ESRCH;
-        }
-    }
-    struct dr_policy pol = dr_policy_for(dr, ss, port);
-    uint8_t lbk = pol.lb ? pol.lb->lb : DR_LB_LEAST_REQUEST;
+    uint8_t lbk = pol->lb ? pol->lb->lb : DR_LB_LEAST_REQUEST;
     struct lb_source src = {.wl = t->src_wl};
     const struct ip_addr *orig = svc == t->svc ? &t->dst_ip : NULL;
     const struct workload *const *eps;
@@ -729,36 +723,28 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
         if (ss && !dr_subset_has(ss, w->namespace_, w->name)) continue;
         el_buf[m++] = w;
     }
-    if (!m)
-        return ss                                                                       ? -ENOENT
-               : lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0
-                                                                                        : -ENOENT;
-    uint64_t cluster = names_hash(svc, subset, port);
-    if (pol.outlier && d) {
+    if (!m) {
+        if (ss) return -ENOENT;
+        return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
+    }
+    if (pol->outlier) {
         /* Ejected endpoints are left out, unless fewer than minHealthPercent would remain (Envoy's panic
          * threshold, which Istio sets from it: then every endpoint is used). */
         uint64_t now = wp_now_ms();
         size_t k = 0;
         for (size_t i = 0; i < m; i++)
             if (!od_ejected(cluster, el_buf[i], now)) k++;
-        if (k < m && 100 * k >= (size_t)pol.outlier->min_health_percent * m && k > 0) {
+        if (d) d->lb_hosts = m;
+        if (k < m && k > 0 && 100 * k >= (size_t)pol->outlier->min_health_percent * m) {
             size_t j = 0;
             for (size_t i = 0; i < m; i++)
                 if (!od_ejected(cluster, el_buf[i], now)) el_buf[j++] = el_buf[i];
             m = j;
-        } else if (!k && !pol.outlier->min_health_percent) {
+        } else if (!k && !pol->outlier->min_health_percent) {
             return -ENOENT; /* every endpoint ejected, no panic threshold: no healthy upstream */
         }
-        d->lb_outlier = pol.outlier;
-        d->lb_cluster = cluster;
-        d->lb_hosts = m;
-    }
-    if (pol.pool && d && cb_admit(d, cluster, pol.pool, http2) < 0) {
-        d->lb_outlier = NULL;
-        return -EUSERS;
     }
     const struct workload *w = NULL;
-    uint64_t h;
     switch (lbk) {
     case DR_LB_ROUND_ROBIN:
         w = el_buf[rr_next(cluster) % m];
@@ -776,9 +762,8 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
         break;
     case DR_LB_RING_HASH:
     case DR_LB_MAGLEV: {
-        const struct ch_cache *c = ch_table(t, svc, ss, port, pol.lb, el_buf, m);
-        if (!request_hash(t, pol.lb, req, d, &h)) h = wp_rand(t->w);
-        int i = c ? chash_pick(c->ch, h) : -1;
+        const struct ch_cache *c = ch_table(t, svc, ss, port, pol->lb, el_buf, m);
+        int i = c ? chash_pick_attempt(c->ch, hashed ? hash : wp_rand(t->w), attempt) : -1;
         w = i >= 0 ? c->eps[i] : el_buf[wp_rand(t->w) % m];
         break;
     }
@@ -793,10 +778,7 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
         }
     }
     }
-    if (lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) < 0) {
-        if (d) wp_request_done(d, NULL, 0);
-        return -ENOENT;
-    }
+    if (lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) < 0) return -ENOENT;
     out->wl = w;
     out->port = service_target_port(svc, w, port);
     return 0;
@@ -804,19 +786,53 @@ static int pick(struct wp_tunnel *t, const struct service *svc, uint16_t port, c
 
 int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
 {
-    return pick(t, svc, port, NULL, NULL, false, NULL, out);
+    if (!svc) {
+        *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
+        return 0;
+    }
+    /* Without a request (TCP passthrough, mirrors): the Service's load balancer, no subset, no limits. */
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+    struct dr_policy pol = dr_policy_for(dr, NULL, port);
+    pol.pool = NULL;
+    pol.outlier = NULL;
+    return choose(t, svc, port, NULL, &pol, names_hash(svc, NULL, port), false, 0, 0, NULL, out);
 }
 
-int wp_pick_endpoint_req(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
-                         struct lb_choice *out)
+int wp_lb_prepare(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2)
 {
-    return pick(t, d->svc, d->port, d->subset, req, false, d, out);
+    d->lb_ready = true;
+    if (!d->svc) return 0;
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, d->svc->namespace_, d->svc->name);
+    d->lb_subset = NULL;
+    if (d->subset && *d->subset) {
+        /* Istio builds a cluster per subset of a DestinationRule; a subset no rule defines has no cluster. */
+        if (!(d->lb_subset = dr_subset_find(dr, d->subset))) {
+            LOG_LIMITED(LOG_WARN, "waypoint::lb",
+                        "route %s: subset %s of %s is not defined by a DestinationRule",
+                        d->route_name ? d->route_name : "-", d->subset, d->svc->hostname);
+            return -ESRCH;
+        }
+    }
+    d->lb_policy = dr_policy_for(dr, d->lb_subset, d->port);
+    d->lb_cluster = names_hash(d->svc, d->subset, d->port);
+    const struct dr_lb_policy *lb = d->lb_policy.lb;
+    if (lb && (lb->lb == DR_LB_RING_HASH || lb->lb == DR_LB_MAGLEV))
+        d->lb_hashed = request_hash(t, lb, req, d, &d->lb_hash);
+    if (d->lb_policy.pool && cb_admit(d, d->lb_cluster, d->lb_policy.pool, http2) < 0) return -EUSERS;
+    d->lb_outlier = d->lb_policy.outlier;
+    return 0;
 }
 
-int wp_pick_endpoint_proto(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
-                           bool http2, struct lb_choice *out)
+int wp_pick_endpoint_dec(struct wp_tunnel *t, struct wp_decision *d, struct lb_choice *out)
 {
-    return pick(t, d->svc, d->port, d->subset, req, http2, d, out);
+    if (!d->lb_ready || !d->svc) return wp_pick_endpoint(t, d->svc, d->port, out);
+    return choose(t, d->svc, d->port, d->lb_subset, &d->lb_policy, d->lb_cluster, d->lb_hashed, d->lb_hash,
+                  d->lb_picks++, d, out);
+}
+
+void wp_try_done(struct wp_decision *d, const struct workload *w, int status)
+{
+    if (d->lb_outlier && w) od_report(d->lb_cluster, d, w, status);
 }
 
 static int plain_dial(void *ud, const struct sockaddr_storage *hop)

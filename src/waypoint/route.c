@@ -55,6 +55,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     d->svc = t->svc;
     d->port = t->port;
     d->route_name = "default";
+    d->retry = &l7_default_retry;
     /* L7 authorization: policies targeting this waypoint's Gateway, and the addressed Service. */
     struct l7_authz_input in = {
         .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
@@ -92,6 +93,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     }
     d->rule = rule;
     d->route_name = rule->name;
+    if (rule->retry) d->retry = rule->retry;
     d->timeout_ms = rule->request_timeout_ms;
     if (rule->backend_request_timeout_ms && (!d->timeout_ms || rule->backend_request_timeout_ms < d->timeout_ms))
         d->timeout_ms = rule->backend_request_timeout_ms;

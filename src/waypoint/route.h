@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "http1/codec.h"
+#include "mesh/destination_rule.h"
 #include "mesh/l7.h"
 #include "mesh/l7authz.h"
 #include "waypoint/wp.h"
@@ -35,34 +36,44 @@ struct wp_decision {
     const struct l7_header_mod *req_mods[WP_MAX_MODS], *resp_mods[WP_MAX_MODS];
     size_t n_req_mods, n_resp_mods;
     uint64_t timeout_ms; /* 0: none */
+    /* Retries: the rule's policy, else Istio's default (l7_default_retry), which also covers the default
+     * route. */
+    const struct l7_retry *retry;
     /* RequestMirror: the Service a copy of the request goes to (fire and forget), when this request falls in
      * the filter's fraction; NULL otherwise. */
     const struct service *mirror_svc;
     uint16_t mirror_port;
-    /* DestinationRule (proxy.c wp_pick_endpoint_req): the chosen backend's subset ("" or NULL: the whole
+    /* DestinationRule (proxy.c wp_lb_prepare): the chosen backend's subset ("" or NULL: the whole
      * Service), and the Set-Cookie of a consistent-hash cookie generated for this request (Envoy's
      * addDownstreamSetCookie), added to resp_mods by the pick. */
     const char *subset;
     char lb_cookie[512];
     struct l7_kv lb_cookie_kv;
     struct l7_header_mod lb_cookie_mod;
-    /* connectionPool and outlierDetection of the pick, released and reported by wp_request_done */
+    /* What wp_lb_prepare resolved, for every pick of the request (retries too), released and reported by
+     * wp_request_done */
+    bool lb_ready, lb_hashed;
+    const struct dr_subset *lb_subset;   /* NULL: the whole Service */
+    struct dr_policy lb_policy;          /* the parts that apply (NULL: defaults) */
+    uint64_t lb_hash;                    /* the request's key, when lb_hashed */
+    uint32_t lb_picks;                   /* picks so far (the retry attempt for a hash policy) */
     void *lb_circuit;                    /* the cluster's in-flight count this request holds, or NULL */
     const struct dr_outlier *lb_outlier; /* NULL: no outlier detection */
     uint64_t lb_cluster;                 /* the cluster's key (Service, subset, port) */
-    size_t lb_hosts;                     /* eligible endpoints at the pick (maxEjectionPercent's base) */
+    size_t lb_hosts;                     /* eligible endpoints at the last pick (maxEjectionPercent's base) */
 };
 
-/* The endpoint for a request that d forwards (d->svc, d->port, d->subset) under the Service's DestinationRule
- * (its subset's endpoints, load balancer, hash key from req): wp_pick_endpoint's contract, and -ESRCH when
- * d->subset names a subset no DestinationRule defines (Envoy's missing cluster: 503, flag NC,
- * cluster_not_found). A generated hash cookie is added to d's response modifiers. */
-int wp_pick_endpoint_req(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req,
-                         struct lb_choice *out);
-/* The same, saying whether the request is HTTP/2 (its connectionPool limits differ); -EUSERS when the
- * Service's connectionPool limits are reached (Envoy's overflow: 503, flag UO, see WP_OVERFLOW_BODY). */
-int wp_pick_endpoint_proto(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2,
-                           struct lb_choice *out);
+/* DestinationRule for a request that d forwards (d->svc, d->port, d->subset), once, after wp_decide: the
+ * subset (-ESRCH when no DestinationRule defines it: Envoy's missing cluster, 503, flag NC,
+ * cluster_not_found), the policy, the hash key from req (a generated hash cookie is added to d's response
+ * modifiers) and the connection pool's admission (-EUSERS past its limits: Envoy's overflow, 503, flag UO,
+ * WP_OVERFLOW_BODY). http2: the request is HTTP/2 (its pool limits differ). Returns 0 when d may go on. */
+int wp_lb_prepare(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2);
+/* One endpoint for d (each try of a request calls it; a hash policy mutates the key per attempt as Envoy's
+ * retries do): wp_pick_endpoint's contract under what wp_lb_prepare resolved (without it, wp_pick_endpoint). */
+int wp_pick_endpoint_dec(struct wp_tunnel *t, struct wp_decision *d, struct lb_choice *out);
+/* A try of d's request ended with status at w (a retry follows): outlier detection counts it. */
+void wp_try_done(struct wp_decision *d, const struct workload *w, int status);
 /* Envoy's local reply to a circuit breaker's overflow (details upstream_reset_before_response_started{overflow}). */
 #define WP_OVERFLOW_BODY "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 /* The request that d decided has ended with status (0: no response) from endpoint w (NULL when none was

@@ -36,6 +36,9 @@ void wp_outlier_metrics(struct prom_buf *b, bool openmetrics);
 /* istio_build's tag value. */
 #define WP_BUILD_TAG_MAX 128
 
+/* Retries, all upstreams (wp_telemetry_retry). */
+static _Atomic uint64_t wp_retries, wp_retries_exhausted;
+
 struct wp_msg_set {
     struct prom_set ps; /* first: the registry hands back a struct prom_set * */
     _Atomic uint64_t request_messages, response_messages;
@@ -406,6 +409,15 @@ char *wp_metrics_render(bool om, size_t *len)
     prom_puts(&b, "istio_build{component=\"proxy\",tag=\"");
     prom_value(&b, tag);
     prom_puts(&b, "\"} 1\n");
+    /* Envoy's cluster stats upstream_rq_retry and upstream_rq_retry_limit_exceeded, for all clusters. */
+    prom_header(&b, om, "zmesh_waypoint_upstream_rq_retry", PROM_COUNTER,
+                "Retries of upstream requests the waypoint started");
+    prom_printf(&b, "zmesh_waypoint_upstream_rq_retry_total %llu\n",
+                (unsigned long long)atomic_load_explicit(&wp_retries, memory_order_relaxed));
+    prom_header(&b, om, "zmesh_waypoint_upstream_rq_retry_limit_exceeded", PROM_COUNTER,
+                "Requests whose last try failed in a retriable way with no attempt left (flag URX)");
+    prom_printf(&b, "zmesh_waypoint_upstream_rq_retry_limit_exceeded_total %llu\n",
+                (unsigned long long)atomic_load_explicit(&wp_retries_exhausted, memory_order_relaxed));
     /* zmesh's own: what WP_METRICS_MAX_SETS kept out (Envoy has no such limit). */
     prom_header(
         &b, om, "zmesh_metrics_label_sets_refused", PROM_COUNTER,
@@ -420,6 +432,16 @@ char *wp_metrics_render(bool om, size_t *len)
         wp_render_histogram(&b, om, &histograms[i]);
     if (om) prom_puts(&b, "# EOF\n");
     return prom_buf_take(&b, len);
+}
+
+void wp_telemetry_retry(void)
+{
+    atomic_fetch_add_explicit(&wp_retries, 1, memory_order_relaxed);
+}
+
+void wp_telemetry_retry_exhausted(void)
+{
+    atomic_fetch_add_explicit(&wp_retries_exhausted, 1, memory_order_relaxed);
 }
 
 /* ---- access log ---- */

@@ -80,6 +80,11 @@ void wp_metrics_tcp_bytes(struct wp_tcp_set *m, uint64_t received, uint64_t sent
 /* Counts istio_tcp_connections_closed_total for the stream. */
 void wp_metrics_tcp_close(struct wp_tcp_set *m);
 
+/* A retry started / a request ran out of attempts on a retriable failure (Envoy's URX): the counters
+ * zmesh_waypoint_upstream_rq_retry_total and zmesh_waypoint_upstream_rq_retry_limit_exceeded_total. */
+void wp_telemetry_retry(void);
+void wp_telemetry_retry_exhausted(void);
+
 /* Sets the tag label of istio_build{component="proxy",tag=...} (copied; NULL or "" means "unknown"). */
 void wp_metrics_set_build_tag(const char *tag);
 

@@ -511,11 +511,6 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
     }
     rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_MIRROR;
     rf->request_mirror = m;
-    /* The waypoint mirrors HTTP/1.1 requests only (src/waypoint/http1.c); a GRPCRoute's requests are always
-     * HTTP/2 (h2c.c), so its mirror would be without effect: say so rather than let it pass silently. */
-    if (grpc)
-        finding(c, MANIFEST_WARN, bp, "RequestMirror of a GRPCRoute is not applied by zmesh's waypoint yet (it "
-                                      "mirrors HTTP/1.1 only): requests are routed, no copy is sent");
     return rf;
 }
 

@@ -24,6 +24,7 @@ struct k8s_waypoints {
     struct k8s_binding *binds;
     size_t n_binds;
     const struct gateway_addr **svc_wp, **pod_wp; /* per store index */
+    const struct k8s_binding **svc_bind;          /* per store index, NULL: asks for no waypoint */
     const struct k8s_namespace **ns_sorted;       /* by name, for the namespace lookups */
     size_t n_ns;
 };
@@ -311,12 +312,81 @@ static bool is_waypoint_pod(const struct k8s_waypoints *w, const struct k8s_pod 
     return false;
 }
 
-/* Binds one object (kind "Service" or "Pod"). Appends a binding when it asks for a waypoint; *out gets the
- * address to set or NULL. Returns 0 or -ENOMEM. */
+/* Go's strconv.ParseBool, which istiod reads istio.io/ingress-use-waypoint with: 1 for true, 0 for false, -1
+ * for anything else (istiod: false, with a warning in its log). */
+static int parse_bool(const char *v)
+{
+    static const char *const t[] = {"1", "t", "T", "TRUE", "true", "True"}, *const f[] = {"0",     "f",
+                                                                                          "F",     "FALSE",
+                                                                                          "false", "False"};
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        if (!strcmp(v, t[i])) return 1;
+        if (!strcmp(v, f[i])) return 0;
+    }
+    return -1;
+}
+
+/* The istio.io/WaypointBound condition of b (ServiceInfo.GetConditions / WorkloadInfo.GetConditions, with
+ * status.go's messages). Returns 0 or -ENOMEM. */
+static int bind_condition(struct k8s_waypoints *w, struct k8s_binding *b, bool is_service, bool from_ns)
+{
+    struct k8s_status_condition *c = &b->cond;
+    *c = (struct k8s_status_condition){.type = K8S_COND_WAYPOINT_BOUND};
+    switch (b->reason) {
+    case K8S_BIND_BOUND: {
+        /* The ingress sentence is part of istiod's message for Services (the label on the Service, else on
+         * its namespace); zmesh has no ingress gateway, so it only describes. */
+        const char *ing = NULL;
+        if (is_service) {
+            ing = label(b->meta, K8S_LABEL_INGRESS_USE_WAYPOINT);
+            const struct k8s_namespace *ns = ing ? NULL : find_ns(w, b->meta->namespace_);
+            if (ns) ing = label(&ns->meta, K8S_LABEL_INGRESS_USE_WAYPOINT);
+            if (ing && parse_bool(ing) < 0)
+                wreport(w, MANIFEST_WARN, &b->meta->src, "metadata.labels",
+                        "%s: expected true or false, got \"%s\": taken as false, as istiod does",
+                        K8S_LABEL_INGRESS_USE_WAYPOINT, ing);
+        }
+        c->status = true;
+        c->reason = K8S_REASON_WAYPOINT_ACCEPTED;
+        c->message = wfmt(w, "Successfully attached to waypoint %s%s", b->waypoint,
+                          !ing                   ? ""
+                          : parse_bool(ing) == 1 ? ". Ingress traffic will traverse the waypoint"
+                                                 : ". Ingress traffic is not using the waypoint, set the "
+                                                   "istio.io/ingress-use-waypoint label to true if desired.");
+        break;
+    }
+    case K8S_BIND_NOT_READY:
+        c->reason = k8s_bind_reason_to_str(b->reason);
+        c->message = wfmt(w, "waypoint \"%s\" is not ready", b->waypoint);
+        break;
+    case K8S_BIND_ATTACHMENT_DENIED:
+        c->reason = k8s_bind_reason_to_str(b->reason);
+        c->message = wfmt(w, "we are not permitted to attach to waypoint \"%s\" (missing allowedRoutes?)",
+                          b->waypoint);
+        break;
+    case K8S_BIND_UNSUPPORTED_TRAFFIC:
+        /* fetchWaypointForWorkload: a workload that inherits a service waypoint from its namespace is not an
+         * error. */
+        if (!is_service && from_ns) {
+            c->type = NULL;
+            return 0;
+        }
+        c->reason = k8s_bind_reason_to_str(b->reason);
+        c->message =
+            wfmt(w, "attempting to bind to traffic type \"%s\" which the waypoint \"%s\" does not support",
+                 is_service ? "service" : "workload", b->waypoint);
+        break;
+    }
+    return c->message ? 0 : -ENOMEM;
+}
+
+/* Binds one object (kind "Service" or "Pod"). Appends a binding when it asks for a waypoint (*bout: it, else
+ * NULL); *out gets the address to set or NULL. Returns 0 or -ENOMEM. */
 static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k8s_meta *m, const char *uid,
-                       bool is_service, const struct gateway_addr **out)
+                       bool is_service, const struct gateway_addr **out, const struct k8s_binding **bout)
 {
     *out = NULL;
+    *bout = NULL;
     /* getUseWaypoint: the object's own label wins (also when it names a waypoint that does not exist, which
      * does not fall back to the namespace's); "none" opts out; use-waypoint-namespace from the same object.
      */
@@ -375,8 +445,9 @@ static int bind_object(struct k8s_waypoints *w, const char *kind, const struct k
                      b->waypoint, wp->message);
         }
     }
-    if (!b->message) return -ENOMEM;
+    if (!b->message || bind_condition(w, b, is_service, *via)) return -ENOMEM;
     w->n_binds++;
+    *bout = b;
     /* A namespace's service waypoint does not serve its pods, nor a workload waypoint its Services: the usual
      * case of a labelled namespace, said at INFO rather than warned once per object. */
     if (b->reason == K8S_BIND_UNSUPPORTED_TRAFFIC && *via) lvl = MANIFEST_INFO;
@@ -410,8 +481,9 @@ int k8s_waypoints_compute(const struct manifest_store *st, const struct k8s_opti
     w->binds = n_svc + n_pod ? arena_alloc(&w->a, (n_svc + n_pod) * sizeof(*w->binds)) : NULL;
     w->svc_wp = arena_alloc(&w->a, (n_svc + 1) * sizeof(*w->svc_wp));
     w->pod_wp = arena_alloc(&w->a, (n_pod + 1) * sizeof(*w->pod_wp));
+    w->svc_bind = arena_alloc(&w->a, (n_svc + 1) * sizeof(*w->svc_bind));
     if ((n_ns && !w->ns_sorted) || (n_gw && !w->wps) || (n_svc + n_pod && !w->binds) || !w->svc_wp ||
-        !w->pod_wp)
+        !w->pod_wp || !w->svc_bind)
         goto fail;
     for (size_t i = 0; i < n_ns; i++)
         w->ns_sorted[i] = &nss[i];
@@ -433,10 +505,12 @@ int k8s_waypoints_compute(const struct manifest_store *st, const struct k8s_opti
     if (!dup_svc || !dup_pod) goto fail;
     for (size_t i = 0; i < n_svc; i++) {
         w->svc_wp[i] = NULL;
+        w->svc_bind[i] = NULL;
         if (dup_svc[i] || is_waypoint_service(w, &svcs[i])) continue;
         const char *uid = wfmt(w, "%s/%s.%s.svc.%s", svcs[i].meta.namespace_, svcs[i].meta.name,
                                svcs[i].meta.namespace_, w->o.domain_suffix);
-        if (!uid || bind_object(w, "Service", &svcs[i].meta, uid, true, &w->svc_wp[i])) goto fail;
+        if (!uid || bind_object(w, "Service", &svcs[i].meta, uid, true, &w->svc_wp[i], &w->svc_bind[i]))
+            goto fail;
     }
     for (size_t i = 0; i < n_pod; i++) {
         w->pod_wp[i] = NULL;
@@ -445,7 +519,8 @@ int k8s_waypoints_compute(const struct manifest_store *st, const struct k8s_opti
         if (k8s_pod_uid(w->o.cluster_id, pods[i].meta.namespace_, pods[i].meta.name, uid, sizeof(uid)) < 0)
             continue; /* the builder refuses such a pod anyway */
         const char *u = arena_strndup(&w->a, uid, strlen(uid));
-        if (!u || bind_object(w, "Pod", &pods[i].meta, u, false, &w->pod_wp[i])) goto fail;
+        const struct k8s_binding *unused;
+        if (!u || bind_object(w, "Pod", &pods[i].meta, u, false, &w->pod_wp[i], &unused)) goto fail;
     }
     *out = w;
     return 0;
@@ -475,6 +550,13 @@ const struct gateway_addr *k8s_waypoints_pod(const struct k8s_waypoints *w, size
     return i < n ? w->pod_wp[i] : NULL;
 }
 
+const struct k8s_binding *k8s_waypoints_service_binding(const struct k8s_waypoints *w, size_t i)
+{
+    size_t n;
+    manifest_services(w->st, &n);
+    return i < n ? w->svc_bind[i] : NULL;
+}
+
 const struct k8s_waypoint *k8s_waypoints_list(const struct k8s_waypoints *w, size_t *n)
 {
     *n = w->n_wps;
@@ -485,6 +567,69 @@ const struct k8s_binding *k8s_waypoints_bindings(const struct k8s_waypoints *w, 
 {
     *n = w->n_binds;
     return w->binds;
+}
+
+/* ---- the condition on an object (istiod's status queue, translateToPatch) ---- */
+
+static bool cond_is(const json_t *c, const char *type)
+{
+    const char *t = json_string_value(json_object_get(c, "type"));
+    return t && !strcmp(t, type);
+}
+
+int k8s_waypoint_bound_apply(json_t *obj, const struct k8s_status_condition *c, const char *now)
+{
+    if (c && !c->type) c = NULL;
+    const char *type = c ? c->type : K8S_COND_WAYPOINT_BOUND;
+    json_t *st = json_object_get(obj, "status");
+    if (st && !json_is_object(st)) return -EINVAL;
+    json_t *conds = st ? json_object_get(st, "conditions") : NULL;
+    if (conds && !json_is_array(conds)) return -EINVAL;
+    size_t first = SIZE_MAX, n_same = 0;
+    for (size_t i = 0; i < json_array_size(conds); i++)
+        if (cond_is(json_array_get(conds, i), type)) {
+            if (first == SIZE_MAX) first = i;
+            n_same++;
+        }
+    if (!c) {
+        if (!n_same) return 0;
+        for (size_t i = json_array_size(conds); i-- > 0;)
+            if (cond_is(json_array_get(conds, i), type)) json_array_remove(conds, i);
+        /* What istiod's empty patch leaves: nothing of ours, so an object with no other status is as applied.
+         */
+        if (!json_array_size(conds)) json_object_del(st, "conditions");
+        if (!json_object_size(st)) json_object_del(obj, "status");
+        return 1;
+    }
+    const char *s = c->status ? "True" : "False", *ts = now;
+    const json_t *cur = first == SIZE_MAX ? NULL : json_array_get(conds, first);
+    const char *cs = json_string_value(json_object_get(cur, "status")),
+               *clt = json_string_value(json_object_get(cur, "lastTransitionTime"));
+    if (cs && clt && !strcmp(cs, s)) ts = clt;
+    json_t *nc = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", type, "status", s, "lastTransitionTime", ts,
+                           "reason", c->reason ? c->reason : "", "message", c->message ? c->message : "");
+    if (!nc) return -ENOMEM;
+    if (n_same == 1 && json_equal(cur, nc)) {
+        json_decref(nc);
+        return 0;
+    }
+    if (!st) {
+        if (!(st = json_object()) || json_object_set_new(obj, "status", st)) {
+            json_decref(nc);
+            return -ENOMEM;
+        }
+    }
+    if (!conds) {
+        if (!(conds = json_array()) || json_object_set_new(st, "conditions", conds)) {
+            json_decref(nc);
+            return -ENOMEM;
+        }
+    }
+    /* The first one replaced in place, any repeat of it removed. */
+    for (size_t i = json_array_size(conds); i-- > 0;)
+        if (i != first && cond_is(json_array_get(conds, i), type)) json_array_remove(conds, i);
+    int rc = first == SIZE_MAX ? json_array_append_new(conds, nc) : json_array_set_new(conds, first, nc);
+    return rc ? -ENOMEM : 1;
 }
 
 /* ---- /debug/waypointz ---- */
@@ -527,10 +672,15 @@ json_t *k8s_waypoints_json(const struct k8s_waypoints *w)
     }
     for (size_t j = 0; j < w->n_binds; j++) {
         const struct k8s_binding *b = &w->binds[j];
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "kind", b->kind, "namespace",
+        const struct k8s_status_condition *c = &b->cond;
+        json_t *cj = c->type
+                         ? json_pack("{s:s, s:s, s:s, s:s}", "type", c->type, "status",
+                                     c->status ? "True" : "False", "reason", c->reason, "message", c->message)
+                         : json_null();
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s, s:b, s:s, s:s, s:o}", "kind", b->kind, "namespace",
                               b->meta->namespace_, "name", b->meta->name, "uid", b->uid, "waypoint",
                               b->waypoint, "bound", b->wp != NULL, "reason",
-                              k8s_bind_reason_to_str(b->reason), "message", b->message);
+                              k8s_bind_reason_to_str(b->reason), "message", b->message, "condition", cj);
         if (!o || json_array_append_new(binds, o)) goto fail;
     }
     return root;

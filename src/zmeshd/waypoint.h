@@ -9,6 +9,8 @@
  *     struct k8s_waypoints *wp;
  *     k8s_waypoints_compute(store, &opts, &wp, report, ud);   findings: invalid waypoints, binding errors
  *     const struct gateway_addr *a = k8s_waypoints_service(wp, i);   the i-th Service of the store
+ *     const struct k8s_binding *b = k8s_waypoints_service_binding(wp, i);   its istio.io/WaypointBound
+ *     k8s_waypoint_bound_apply(service_json, b ? &b->cond : NULL, now);     written on a Service object
  *     json_t *j = k8s_waypoints_json(wp);                     /debug/waypointz
  *     k8s_waypoints_free(wp);
  *
@@ -38,6 +40,15 @@
 #define K8S_ANNOTATION_NAME_OVERRIDE "gateway.istio.io/name-override"
 /* The use-waypoint value that opts out. */
 #define K8S_USE_WAYPOINT_NONE "none"
+/* Read only for the WaypointBound message: zmesh has no ingress gateway for it to steer (istio/api
+ * label/labels.yaml). */
+#define K8S_LABEL_INGRESS_USE_WAYPOINT "istio.io/ingress-use-waypoint"
+
+/* The condition istiod writes on each Service's status.conditions about its waypoint (istio/istio
+ * pilot/pkg/model/service.go: the ConditionType WaypointBound, ServiceInfo.GetConditions; the False reasons
+ * and messages are pilot/pkg/serviceregistry/ambient/status.go's ReportWaypoint*). */
+#define K8S_COND_WAYPOINT_BOUND "istio.io/WaypointBound"
+#define K8S_REASON_WAYPOINT_ACCEPTED "WaypointAccepted"
 
 /* istio.io/waypoint-for (istio/istio pkg/config/constants: ServiceTraffic, WorkloadTraffic, AllTraffic,
  * NoTraffic). */
@@ -68,6 +79,14 @@ struct k8s_waypoint {
     const struct k8s_gateway_listener *listener;
 };
 
+/* A status condition as istiod writes it (an IstioCondition without observedGeneration, which istiod leaves
+ * 0 for these). type NULL: no condition (istiod writes none, and prunes one it wrote before). */
+struct k8s_status_condition {
+    const char *type;
+    bool status;
+    const char *reason, *message;
+};
+
 struct k8s_binding {
     const char *kind; /* "Service" or "Pod" */
     const struct k8s_meta *meta;
@@ -75,7 +94,14 @@ struct k8s_binding {
     const char *waypoint;          /* "ns/name" the object asks for */
     const struct k8s_waypoint *wp; /* the waypoint set on the resource, or NULL */
     enum k8s_bind_reason reason;
-    const char *message;
+    const char *message; /* zmesh's account, for logs and /debug/waypointz */
+    /* istio.io/WaypointBound with istiod's reason and message: True, WaypointAccepted, "Successfully attached
+     * to waypoint <ns>/<name>" when reason is Bound; otherwise False with the reason's string and istiod's
+     * message. A waypoint that exists but is not ready is False WaypointIsNotReady here, as istiod says it,
+     * although zmesh sets it (so its traffic is refused, not sent around it). A Pod whose waypoint comes from
+     * its namespace's label and does not take workload traffic has none (type NULL), as istiod; istiod
+     * writes it on Services (and WorkloadEntries), not on Pods, and so does zmesh up. */
+    struct k8s_status_condition cond;
 };
 
 struct k8s_waypoints;
@@ -98,6 +124,19 @@ const struct gateway_addr *k8s_waypoints_pod(const struct k8s_waypoints *w, size
  * Borrowed from w. */
 const struct k8s_waypoint *k8s_waypoints_list(const struct k8s_waypoints *w, size_t *n);
 const struct k8s_binding *k8s_waypoints_bindings(const struct k8s_waypoints *w, size_t *n);
+
+/* The binding of the i-th Service of the store, or NULL when it asks for no waypoint (no use-waypoint label
+ * on it or its namespace, or "none"), is a waypoint's own Service or a duplicate: istiod then writes no
+ * WaypointBound condition and prunes one it wrote before. Borrowed from w. */
+const struct k8s_binding *k8s_waypoints_service_binding(const struct k8s_waypoints *w, size_t i);
+
+/* Sets c as the c->type condition of obj's status.conditions (a Kubernetes object as jansson, changed in
+ * place; status and conditions made when missing), or removes every K8S_COND_WAYPOINT_BOUND condition when
+ * c is NULL or its type NULL; other conditions are kept in their order. A condition whose status is
+ * unchanged keeps its lastTransitionTime, so the same outcome leaves obj equal; now (RFC 3339) is the time of
+ * a new or flipped one. Returns 1 when obj changed, 0 when not, -EINVAL when obj's status or conditions are
+ * not an object / an array, -ENOMEM. */
+int k8s_waypoint_bound_apply(json_t *obj, const struct k8s_status_condition *c, const char *now);
 
 /* /debug/waypointz (docs/zmeshd.md): {"waypoints": [...], "bindings": [...]}, a new reference or NULL on
  * ENOMEM. */

@@ -14,7 +14,8 @@ kinds:
   httpinfo HTTP/1.1 (apps.py httpinfo <port> <tag> [<log file>]): any method (each appended to the log file as
            "METHOD path host" when one is given); answers JSON {"tag", "method", "path",
            "headers" (lower-case names), "body_len", "body_sha256", "client"} (request bodies by Content-Length
-           or chunked); /status/<code> answers that status; /bytes/<n> streams n pattern bytes chunked
+           or chunked); /status/<code> answers that status; /fail-on/<tag>/<code>[/...] answers <code> when the
+           server's tag is <tag>, else 200; /bytes/<n> streams n pattern bytes chunked
   upgrade  HTTP/1.1 Upgrade (apps.py upgrade <port>): answers a request carrying "Upgrade: <proto>" with
            "101 Switching Protocols" (echoing the Upgrade header), then echoes every byte (a WebSocket stand-in);
            a request without Upgrade gets 426
@@ -27,7 +28,10 @@ kinds:
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
            /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
            /l7test.Echo/Missing (aborts with NOT_FOUND, details "no such thing on <tag>") and /l7test.Echo/Meta
-           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata)
+           (answers JSON {"tag", "metadata": [[key, value], ...]}, the call's text metadata) and
+           /l7test.Echo/UnavailableOn (aborts with UNAVAILABLE when the request is the server's tag, else
+           answers "<tag>:ok"); each gRPC call is
+           appended to the log file as "GRPC <method> <:authority> <request length> <request sha256>"
 """
 import hashlib
 import http.server
@@ -148,6 +152,8 @@ class InfoHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             return
         status = int(parts[1]) if len(parts) == 2 and parts[0] == "status" else 200
+        if len(parts) >= 3 and parts[0] == "fail-on" and parts[1] == self.tag:  # /fail-on/<tag>/<code>[/...]
+            status = int(parts[2])
         info = {"tag": self.tag, "method": self.command, "path": self.path,
                 "headers": {k.lower(): v for k, v in self.headers.items()}, "body_len": len(body),
                 "body_sha256": hashlib.sha256(body).hexdigest(), "client": "%s:%d" % self.client_address[:2]}
@@ -186,10 +192,44 @@ class SleepInfoHandler(InfoHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _any
 
 
-def grpc_server(port, tag):
+def grpc_log_calls(log_file):
+    """Appends "GRPC <method> <:authority> <request length> <request sha256>" to log_file for each call, when its
+    request message has arrived. grpcio's API gives a handler neither the call's :authority nor its host, so this
+    wraps grpc._server._find_method_handler (python3-grpcio 1.51), which receives the core's call details
+    (method and host, the :authority)."""
+    import threading
+    import grpc
+    import grpc._server
+    lock = threading.Lock()
+    find = grpc._server._find_method_handler
+
+    def logged(method, host, f):
+        def call(req, ctx):
+            with lock, open(log_file, "a") as out:
+                out.write("GRPC %s %s %d %s\n" % (method, host or "-", len(req), hashlib.sha256(req).hexdigest()))
+            return f(req, ctx)
+        return call
+
+    def find_logged(rpc_event, *rest):
+        h = find(rpc_event, *rest)
+        if h is None:
+            return h
+        d = rpc_event.call_details
+        method, host = d.method.decode(errors="replace"), d.host.decode(errors="replace")
+        if h.unary_unary:
+            return h._replace(unary_unary=logged(method, host, h.unary_unary))
+        if h.unary_stream:
+            return h._replace(unary_stream=logged(method, host, h.unary_stream))
+        return h
+    grpc._server._find_method_handler = find_logged
+
+
+def grpc_server(port, tag, log_file=None):
     """A python3-grpcio server with generic raw-bytes handlers (no generated code: the bytes are the message)."""
     from concurrent import futures
     import grpc
+    if log_file:
+        grpc_log_calls(log_file)
 
     def unary(req, ctx):
         ctx.send_initial_metadata((("x-served-by", tag),))
@@ -202,6 +242,11 @@ def grpc_server(port, tag):
     def missing(req, ctx):
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing on " + tag)
 
+    def unavailable_on(req, ctx):
+        if req.decode() == tag:
+            ctx.abort(grpc.StatusCode.UNAVAILABLE, "unavailable on " + tag)
+        return tag.encode() + b":ok"
+
     def meta(req, ctx):
         return json.dumps({"tag": tag, "metadata": [[k, v] for k, v in ctx.invocation_metadata()
                                                      if isinstance(v, str)]}).encode()
@@ -210,7 +255,8 @@ def grpc_server(port, tag):
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Stream": grpc.unary_stream_rpc_method_handler(stream),
         "Missing": grpc.unary_unary_rpc_method_handler(missing),
-        "Meta": grpc.unary_unary_rpc_method_handler(meta)})
+        "Meta": grpc.unary_unary_rpc_method_handler(meta),
+        "UnavailableOn": grpc.unary_unary_rpc_method_handler(unavailable_on)})
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     srv.add_generic_rpc_handlers((handler,))
     srv.add_insecure_port("0.0.0.0:%d" % port)
@@ -323,7 +369,7 @@ def main():
     elif kind == "l7app":
         SleepInfoHandler.tag = sys.argv[3]
         SleepInfoHandler.log_file = sys.argv[5] if len(sys.argv) > 5 else None
-        SleepInfoHandler.grpc = grpc_server(int(sys.argv[4]), sys.argv[3])  # held for the process's life
+        SleepInfoHandler.grpc = grpc_server(int(sys.argv[4]), sys.argv[3], SleepInfoHandler.log_file)  # held for the process's life
         srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), SleepInfoHandler)
     elif kind == "httpinfo":
         InfoHandler.tag = sys.argv[3] if len(sys.argv) > 3 else ""

@@ -11,7 +11,8 @@ certificate for the wrong identity, which ztunnel must refuse.
 Checked: traffic to a bound Service's VIP reaches the waypoint with :authority = VIP:port and the client's
 identity; traffic to a pod IP whose pod uses a workload waypoint reaches that one with :authority = podIP:port; a waypoint with the wrong identity fails the connection; a waypoint with no ready pod refuses the
 connection and the access log says why; use-waypoint: none on a Service goes directly to its endpoint;
-/debug/waypointz shows the waypoints and bindings."""
+/debug/waypointz shows the waypoints and bindings, each with the istio.io/WaypointBound condition istiod would
+write."""
 import json
 import os
 import shutil
@@ -308,9 +309,18 @@ def test_debug_waypointz(env):
     b = binds[("Service", "backend")]
     assert b == {"kind": "Service", "namespace": "default", "name": "backend",
                  "uid": "default/backend.default.svc.cluster.local", "waypoint": "default/waypoint", "bound": True,
-                 "reason": "Bound", "message": "bound to waypoint default/waypoint"}
+                 "reason": "Bound", "message": "bound to waypoint default/waypoint",
+                 # The condition istiod writes on the Service's status (pilot/pkg/model/service.go).
+                 "condition": {"type": "istio.io/WaypointBound", "status": "True", "reason": "WaypointAccepted",
+                               "message": "Successfully attached to waypoint default/waypoint"}}
     assert binds[("Service", "coldsvc")]["bound"] is True
     assert binds[("Service", "coldsvc")]["reason"] == "WaypointIsNotReady"
+    # Set (zmesh refuses its traffic) but not ready: istiod's False condition all the same.
+    assert binds[("Service", "coldsvc")]["condition"] == {
+        "type": "istio.io/WaypointBound", "status": "False", "reason": "WaypointIsNotReady",
+        "message": 'waypoint "default/cold" is not ready'}
+    # A Pod whose workload waypoint is set: accepted; pods get no status written (istiod writes none on Pods).
+    assert binds[("Pod", env["backend"].name)]["condition"]["reason"] == "WaypointAccepted"
     # Opted out, and the waypoints' own Services: no binding.
     assert ("Service", "direct") not in binds and ("Service", "waypoint") not in binds
     assert binds[("Pod", env["peer"].name)]["bound"] is True

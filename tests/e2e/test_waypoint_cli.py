@@ -14,7 +14,8 @@ nothing made; a deleted waypoint pod is replaced; `delete` removes the four obje
 
 The ready path (--wait succeeds, PROGRAMMED True, addresses, a replaced pod) is becomes_ready(), run on a second
 cluster: test_ready_path_with_a_readiness_standin with a stand-in that answers only /healthz/ready (today), and
-test_waypoint_becomes_ready with the real build/bin/waypoint.
+test_waypoint_becomes_ready with the real build/bin/waypoint. test_service_waypoint_bound_condition (a third
+cluster, readiness stand-in) checks the istio.io/WaypointBound condition the controller writes on Services.
 
 Addresses of its own: prefix uw<hex>, state /run/zmesh-upwp-<hex>, nodes 172.27.<o>.0/24, pods 10.<o>.0.0/16 with
 o in 60..99 (test_up.py uses 172.31/10.150-249, test_up_mesh.py 172.28/10.110-140, the demo 172.29/10.100-149).
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 
 import pytest
 
@@ -416,3 +418,102 @@ def test_ready_path_with_a_readiness_standin(cluster):
         if c:
             _force_cleanup(c)
         shutil.rmtree(d, ignore_errors=True)
+
+
+BOUND = "istio.io/WaypointBound"
+
+
+def _svc(name, labels):
+    return ("---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s, labels: {%s}}\n"
+            "spec: {selector: {app: app}, ports: [{port: 80, targetPort: 8080}]}\n" % (name, NS, labels))
+
+
+def _bound(c, name):
+    o = c.api("Service", NS, name) or {}
+    found = [x for x in o.get("status", {}).get("conditions", []) if x.get("type") == BOUND]
+    assert len(found) <= 1, o
+    return found[0] if found else None
+
+
+def _wait_bound(c, name, status, reason, message):
+    want = (status, reason, message)
+    return poll(lambda: (lambda x: x if x and (x["status"], x["reason"], x["message"]) == want else None)(
+        _bound(c, name)), timeout=30, what="service %s: %s %r (now %r)" % (name, BOUND, want, _bound(c, name)))
+
+
+def test_service_waypoint_bound_condition(cluster):
+    """istiod's status writer for Services (istio/istio pilot/pkg/model/service.go ServiceInfo.GetConditions,
+    pilot/pkg/serviceregistry/ambient/status.go): the controller writes istio.io/WaypointBound on each Service
+    that asks for a waypoint, with istiod's reasons and messages, from zmeshd's binding code; it follows label
+    changes (re-applied Services, the namespace's label), goes when a Service opts out, survives an unchanged
+    apply, and zmeshd's /debug/waypointz says the same."""
+    d = bin_dir_with(READY_STANDIN)
+    m = tempfile.mkdtemp(prefix="zmesh-upwp-svc-")
+    with open(os.path.join(m, "wp.yaml"), "w") as f:
+        f.write("apiVersion: v1\nkind: Namespace\nmetadata: {name: %s, labels: {istio.io/dataplane-mode: ambient}}\n"
+                % NS)
+    c = WaypointCluster(m, d)
+    while c.node_subnet == cluster.node_subnet:
+        c = WaypointCluster(m, d)
+    try:
+        c.up()
+        for args in (("--name", "bwp"), ("--name", "wlwp", "--for", "workload")):
+            p = c.wp("apply", "-n", NS, *args, "-w", "--waypoint-timeout", "60s")
+            assert p.returncode == 0, p.stdout + p.stderr
+        f = os.path.join(m, "svc.yaml")
+        with open(f, "w") as fh:
+            fh.write(_svc("bound", "istio.io/use-waypoint: bwp") + _svc("lost", "istio.io/use-waypoint: nope")
+                     + _svc("wsvc", "istio.io/use-waypoint: wlwp") + _svc("plain", ""))
+        c.run("apply", "-f", f)
+        first = _wait_bound(c, "bound", "True", "WaypointAccepted", "Successfully attached to waypoint wp/bwp")
+        # The label names a waypoint that does not exist: istiod's reason for it.
+        _wait_bound(c, "lost", "False", "WaypointIsNotReady", 'waypoint "wp/nope" is not ready')
+        # waypoint-for: workload excludes Services.
+        _wait_bound(c, "wsvc", "False", "UnsupportedTrafficType",
+                    'attempting to bind to traffic type "service" which the waypoint "wp/wlwp" does not support')
+        # Asks for nothing: no condition, no status at all; nor on the waypoints' own Services.
+        assert "status" not in c.api("Service", NS, "plain")
+        assert _bound(c, "bwp") is None and _bound(c, "wlwp") is None
+        assert set(first) == {"type", "status", "lastTransitionTime", "reason", "message"}, first
+        # The kubectl-like view shows it.
+        items = json.loads(c.run("get", "services", "bound", "-n", NS, "-o", "json").stdout)["items"]
+        assert items[0]["status"]["conditions"] == [first]
+        # zmeshd computes the same from the same objects (once it has reloaded them).
+        def zmeshd_conds():
+            wz = json.load(urllib.request.urlopen("http://%s:15014/debug/waypointz" % c.host_ip, timeout=10))
+            return {b["name"]: b["condition"] for b in wz["bindings"] if b["kind"] == "Service"}
+        conds = poll(lambda: (lambda x: x if "bound" in x else None)(zmeshd_conds()), timeout=30,
+                     what="zmeshd's /debug/waypointz with the Services")
+        assert conds["bound"] == {k: first[k] for k in ("type", "status", "reason", "message")}, conds
+        assert conds["lost"]["reason"] == "WaypointIsNotReady" and "plain" not in conds, conds
+        # An unchanged apply keeps the condition (status is the controllers'): unchanged, not rewritten.
+        p = c.run("apply", "-f", f)
+        assert "service/bound unchanged" in p.stdout, p.stdout
+        time.sleep(1)
+        assert _bound(c, "bound") == first
+
+        # Relabelled: bound opts out (the condition goes, and the status with it), lost now names bwp.
+        with open(f, "w") as fh:
+            fh.write(_svc("bound", "istio.io/use-waypoint: none") + _svc("lost", "istio.io/use-waypoint: bwp")
+                     + _svc("wsvc", "istio.io/use-waypoint: wlwp") + _svc("plain", ""))
+        c.run("apply", "-f", f)
+        poll(lambda: c.api("Service", NS, "bound") and "status" not in c.api("Service", NS, "bound"), timeout=30,
+             what="bound's condition removed (now %r)" % _bound(c, "bound"))
+        flipped = _wait_bound(c, "lost", "True", "WaypointAccepted", "Successfully attached to waypoint wp/bwp")
+        assert flipped["lastTransitionTime"] >= first["lastTransitionTime"]
+        # The namespace's label: plain (no label of its own) is bound through it; bound's own "none" still wins.
+        c.run("label", "ns", NS, "istio.io/use-waypoint=bwp")
+        _wait_bound(c, "plain", "True", "WaypointAccepted", "Successfully attached to waypoint wp/bwp")
+        assert _bound(c, "bound") is None
+        # The waypoint deleted: what named it is no longer bound, with istiod's reason.
+        assert c.wp("delete", "bwp", "-n", NS).returncode == 0
+        _wait_bound(c, "lost", "False", "WaypointIsNotReady", 'waypoint "wp/bwp" is not ready')
+        _wait_bound(c, "plain", "False", "WaypointIsNotReady", 'waypoint "wp/bwp" is not ready')
+        log = c.log("controller")
+        assert ("service/lost in namespace wp: istio.io/WaypointBound False (WaypointIsNotReady: "
+                'waypoint "wp/bwp" is not ready)') in log, log[-3000:]
+        assert "service/bound in namespace wp: istio.io/WaypointBound removed" in log
+    finally:
+        _force_cleanup(c)
+        shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(m, ignore_errors=True)

@@ -17,7 +17,7 @@ on the Gateway (ALLOW methods, DENY with `{*}`, principals, dry-run) and on a Se
 gRPC unary, server streaming and a handler's NOT_FOUND through the waypoint, GRPCRoute method and header matches
 and header modifiers (metadata both ways), a denied
 gRPC call as PERMISSION_DENIED (Envoy's trailers-only local reply, counted 200 / grpc status 7); RequestMirror
-(HTTP/1.1 shadowed with -shadow, gRPC warned); `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
+(HTTP/1.1, gRPC and h2c shadowed with -shadow before the port); `ztunnel-config services` and `waypoint status`; a waypoint with no ready pod refuses its
 Service's connections, never sending them around it. ZMESH_KEEP_CLUSTER=1 keeps the cluster for a post-mortem.
 
 Each test applies its manifests and waits for the behaviour to show (a marker response header set by the route, or
@@ -29,6 +29,7 @@ o in 20..59 (test_up.py uses 172.31/10.150-249, test_up_mesh.py 172.28/10.110-14
 test_waypoint_cli.py 172.27/10.60-99).
 """
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -171,8 +172,10 @@ def cluster():
         p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
                   check=False, timeout=90)
         assert p.returncode == 0, p.stdout + p.stderr
-        # Through the waypoint from the first request: poll until svc answers (the binding reaches ztunnel).
-        poll(lambda: _try(c, "/", svc="svc"), timeout=APPLY_WAIT, what="svc answering through the waypoint")
+        # Through the waypoint from the first request: poll until svc answers with the header only the waypoint
+        # adds (the binding has reached the client's ztunnel; before, ztunnel sends straight to an endpoint).
+        poll(lambda: (lambda r: r and "x-envoy-upstream-service-time" in r[1])(_try(c, "/", svc="svc")),
+             timeout=APPLY_WAIT, what="svc answering through the waypoint")
         yield c
     finally:
         if os.environ.get("ZMESH_KEEP_CLUSTER") == "1":  # a post-mortem: `zmesh down --state-dir` it after
@@ -475,36 +478,157 @@ def test_request_mirror(cluster):
     poll(lambda: ["GET", tag, "f.example-shadow"] in app_log(c, "v2"), timeout=10, what="the shadow copy at v2")
     assert ["GET", tag, "f.example"] in app_log(c, "v1")
     assert not [l for l in app_log(c, "v1") if l[1:2] == [tag] and l[2:] != ["f.example"]], app_log(c, "v1")
+    # A Host with a port: "-shadow" goes before the port (Envoy's shadowAppendedHost), not after it.
+    tag = "/mirrored/port-%04x" % random.randrange(1 << 16)
+    assert info(req(c, tag, svc="f", headers={"Host": "f.example:8000"}))["tag"] == "v1"
+    poll(lambda: ["GET", tag, "f.example-shadow:8000"] in app_log(c, "v2"), timeout=10,
+         what="the shadow copy at v2 (%s)" % [l for l in app_log(c, "v2") if l[1:2] == [tag]])
+    assert ["GET", tag, "f.example:8000"] in app_log(c, "v1")
+    assert [l for l in app_log(c, "v2") if l[1:2] == [tag]] == [["GET", tag, "f.example-shadow:8000"]]
     c.delete(d)
 
 
-def test_grpc_mirror_is_warned_not_silently_ignored(cluster):
-    """The waypoint mirrors HTTP/1.1 only: a GRPCRoute's mirror is converted with zmeshd's WARN naming the field,
-    the call is routed, and the waypoint logs that it sent no copy."""
+GRPC_MIRROR_CLIENT = r'''
+import hashlib, json, os, sys, grpc
+body = os.urandom(int(sys.argv[2]))
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    resp, call = ch.unary_unary("/l7test.Echo/Unary").with_call(body, timeout=20)
+    stream = [m.decode() for m in ch.unary_stream("/l7test.Echo/Stream")(b"3", timeout=20)]
+print(json.dumps({"len": len(body), "sha": hashlib.sha256(body).hexdigest(), "echoed": resp == b"v1:" + body,
+                  "answer": resp[:3].decode(errors="replace"), "initial": [[k, v] for k, v in call.initial_metadata()],
+                  "stream": stream}))
+'''
+
+
+def grpc_mirror_call(c, svc, size):
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_MIRROR_CLIENT,
+                        "%s:%d" % (c.vip(svc), GRPC), str(size)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def grpc_calls(c, version, sha=None):
+    """The gRPC calls the app of version logged: [method, authority, length, sha256] (those with sha)."""
+    return [l[1:] for l in app_log(c, version) if l[:1] == ["GRPC"] and (sha is None or l[4:5] == [sha])]
+
+
+def test_grpc_mirror(cluster):
+    """A GRPCRoute's RequestMirror on h2c, as Envoy's shadowing: the call goes to its backend (v1) and a copy of
+    it, its whole request body included (a 300 KiB message, more than the HTTP/2 windows), to the mirror (v2) with
+    :authority "<vip>-shadow:9090"; the client (grpcio) gets only v1's answer, unary and server-streaming alike. Then
+    an h2c client zmesh did not write (nghttp, a gRPC-framed POST) is mirrored the same way."""
     c = cluster
-    d = c._write("""\
+    d = c.apply("""\
         apiVersion: gateway.networking.k8s.io/v1
         kind: GRPCRoute
         metadata: {name: grpc-mirror, namespace: %s}
         spec:
           parentRefs: [{group: "", kind: Service, name: svc-v1, port: %d}]
           rules:
-          - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: %d}}}]
+          - filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: %d}}}
+            - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: grpc-mirror}]}}
             backendRefs: [{name: svc-v1, port: %d}]
         """ % (NS, GRPC, GRPC, GRPC))
-    p = c.run("apply", "-f", d, check=False)
-    assert p.returncode == 0, p.stdout + p.stderr
-    want = ("spec.rules[0].filters[0].requestMirror: RequestMirror of a GRPCRoute is not applied by zmesh's "
-            "waypoint yet")
-    poll(lambda: want in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd's mirror warning")
-    pod = c.waypoint_pods()[0]["metadata"]["name"]
-    line = "RequestMirror of route l7.grpc-mirror.0: not applied to HTTP/2 requests yet, no copy sent"
+    vip = c.vip("svc-v1")
+    authority, shadow = "%s:%d" % (vip, GRPC), "%s-shadow:%d" % (vip, GRPC)
+    poll(lambda: ["x-route", "grpc-mirror"] in grpc_mirror_call(c, "svc-v1", 16)["initial"], timeout=APPLY_WAIT,
+         what="the GRPCRoute with the mirror in force")
+    out = grpc_mirror_call(c, "svc-v1", 300 << 10)
+    # The client sees v1's answer only: its whole echo, its metadata, its stream.
+    assert out["echoed"] and out["answer"] == "v1:", out["answer"]
+    assert ["x-served-by", "v1"] in out["initial"], out["initial"]
+    assert out["stream"] == ["v1:0", "v1:1", "v1:2"], out["stream"]
+    want = ["/l7test.Echo/Unary", shadow, str(out["len"]), out["sha"]]
+    poll(lambda: want in grpc_calls(c, "v2", out["sha"]), timeout=10,
+         what="the shadow call at v2 (v2 logged %s)" % grpc_calls(c, "v2")[-5:])
+    # One copy, to v2 only, with the shadow authority; v1 got the call itself with the client's authority.
+    assert grpc_calls(c, "v2", out["sha"]) == [want]
+    assert grpc_calls(c, "v1", out["sha"]) == [["/l7test.Echo/Unary", authority, str(out["len"]), out["sha"]]]
+    poll(lambda: [l for l in grpc_calls(c, "v2") if l[:2] == ["/l7test.Echo/Stream", shadow]], timeout=10,
+         what="the shadow of the streaming call at v2")
+    assert not [l for l in grpc_calls(c, "v1") if l[1] == shadow], grpc_calls(c, "v1")
 
-    def warned():
-        assert grpc_call(c, "svc-v1")["unary"] == "v1:hello"
-        return line in c.pod_log(pod, "istio-proxy")
-    poll(warned, timeout=APPLY_WAIT, what="the waypoint's mirror warning (log %s)" % pod)
+    # nghttp (nghttp2-client): h2c with prior knowledge, a gRPC-framed request of 200 KiB sent from a file.
+    payload = os.urandom(200 << 10)
+    sha = hashlib.sha256(payload).hexdigest()
+    with tempfile.NamedTemporaryFile(dir=c.work, suffix=".grpc") as f:
+        f.write(b"\0" + len(payload).to_bytes(4, "big") + payload)
+        f.flush()
+        p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "nghttp", "-d", f.name,
+                            "-H", "content-type: application/grpc", "-H", "te: trailers",
+                            "http://%s/l7test.Echo/Unary" % authority], capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    answer = b"v1:" + payload
+    assert p.stdout == b"\0" + len(answer).to_bytes(4, "big") + answer, p.stdout[:64]
+    want = ["/l7test.Echo/Unary", shadow, str(len(payload)), sha]
+    poll(lambda: want in grpc_calls(c, "v2", sha), timeout=10, what="nghttp's request shadowed to v2")
+    assert grpc_calls(c, "v2", sha) == [want]
+    assert grpc_calls(c, "v1", sha) == [["/l7test.Echo/Unary", authority, str(len(payload)), sha]]
     c.delete(d)
+
+
+def test_grpc_mirror_failing_shadow_does_not_fail_the_call(cluster):
+    """A shadow that fails never fails the call it copies: mirrored to svc-v2's HTTP/1.1 port, the shadow's h2c
+    session meets an HTTP/1.1 server (which refuses the preface and closes), and every call still gets v1's answer."""
+    c = cluster
+    d = c.apply("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: GRPCRoute
+        metadata: {name: grpc-mirror-broken, namespace: %s}
+        spec:
+          parentRefs: [{group: "", kind: Service, name: svc-v1, port: %d}]
+          rules:
+          - filters:
+            - {type: RequestMirror, requestMirror: {backendRef: {name: svc-v2, port: 80}}}
+            - {type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-route, value: broken-mirror}]}}
+            backendRefs: [{name: svc-v1, port: %d}]
+        """ % (NS, GRPC, GRPC))
+    poll(lambda: ["x-route", "broken-mirror"] in grpc_mirror_call(c, "svc-v1", 16)["initial"], timeout=APPLY_WAIT,
+         what="the GRPCRoute with the broken mirror in force")
+    for size in (0, 1000, 200 << 10):
+        out = grpc_mirror_call(c, "svc-v1", size)
+        assert out["echoed"] and ["x-served-by", "v1"] in out["initial"], out["answer"]
+        assert out["stream"] == ["v1:0", "v1:1", "v1:2"], out["stream"]
+        assert grpc_calls(c, "v1", out["sha"])[-1][:2] == ["/l7test.Echo/Unary", "%s:%d" % (c.vip("svc-v1"), GRPC)]
+    c.delete(d)
+
+
+# -- 3b. retries --------------------------------------------------------------------------------------------------------
+
+def waypoint_metrics(c):
+    pod = c.waypoint_pods()[0]["metadata"]["name"]
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of(pod), "curl", "-s", "-m", "5",
+                        "http://127.0.0.1:15020/metrics"], capture_output=True, text=True, timeout=30)
+    return {n: v for n, labs, v in parse_prometheus(p.stdout) if not labs}
+
+
+def test_default_retry_goes_to_another_host(cluster):
+    """Istio's default retry policy, with no route asking for it (istio/istio pilot/pkg/networking/core/route/
+    retry/retry.go: 2 attempts, retriable-status-codes 503 among others, another host each time): a 503 from
+    one endpoint is retried on the other, so the client sees only the healthy one's answer; when every try
+    answers 503 the client gets the last one after 1 + 2 tries, and the access log says URX."""
+    c = cluster
+    run = "%04x" % random.randrange(1 << 16)
+    before = waypoint_metrics(c)
+    for i in range(20):
+        r = req(c, "/fail-on/v1/503/%s-%d" % (run, i), svc="svc")
+        assert r[0] == 200 and info(r)["tag"] == "v2", r
+    v1_tries = [l for l in app_log(c, "v1") if l[1].startswith("/fail-on/v1/503/%s-" % run)]
+    assert v1_tries, "no request was first sent to v1 (the endpoint pick is random): nothing was retried"
+    after = waypoint_metrics(c)
+    assert (after["zmesh_waypoint_upstream_rq_retry_total"] - before.get("zmesh_waypoint_upstream_rq_retry_total", 0)
+            >= len(v1_tries)), (before, after)
+    # Every endpoint answers 503: three tries (both hosts seen), the 503 reaches the client, URX.
+    path = "/status/503?all-%s" % run
+    assert req(c, path, svc="svc")[0] == 503
+    tries = [l for v in ("v1", "v2") for l in app_log(c, v) if l[1] == path]
+    assert len(tries) == 3, tries
+    assert {l[1] for l in app_log(c, "v1")} & {path} and {l[1] for l in app_log(c, "v2")} & {path}
+    pod = c.waypoint_pods()[0]["metadata"]["name"]
+    poll(lambda: [l for l in c.pod_log(pod, "istio-proxy").splitlines() if path in l and " 503 URX " in l],
+         timeout=10, what="the access log line with URX")
+    assert waypoint_metrics(c)["zmesh_waypoint_upstream_rq_retry_limit_exceeded_total"] >= 1
 
 
 # -- 4. timeouts --------------------------------------------------------------------------------------------------------
@@ -666,6 +790,42 @@ def test_grpc_through_the_waypoint(cluster):
     assert out["missing"] == ["NOT_FOUND", "no such thing on v1"]
 
 
+GRPC_UNAVAILABLE_CLIENT = r'''
+import json, sys, grpc
+out = []
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    for i in range(int(sys.argv[3])):
+        try:
+            out.append(ch.unary_unary("/l7test.Echo/UnavailableOn")(sys.argv[2].encode(), timeout=10).decode())
+        except grpc.RpcError as e:
+            out.append([e.code().name, e.details()])
+print(json.dumps(out))
+'''
+
+
+def test_grpc_default_retry(cluster):
+    """Istio's default retry policy for gRPC: a trailers-only UNAVAILABLE from one endpoint is retried on the
+    other, so grpcio sees only successes; with one endpoint, three tries reach it and the client gets the
+    UNAVAILABLE."""
+    c = cluster
+
+    def calls(svc, fail_on, n):
+        p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c",
+                            GRPC_UNAVAILABLE_CLIENT, "%s:%d" % (c.vip(svc), GRPC), fail_on, str(n)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def tried(version):
+        return len([l for l in grpc_calls(c, version) if l[0] == "/l7test.Echo/UnavailableOn"])
+    v1_before = tried("v1")
+    assert calls("svc", "v1", 20) == ["v2:ok"] * 20
+    assert tried("v1") > v1_before, "no call was first sent to v1 (the pick is random): nothing was retried"
+    v1_before = tried("v1")
+    assert calls("svc-v1", "v1", 1) == [["UNAVAILABLE", "unavailable on v1"]]
+    poll(lambda: tried("v1") - v1_before == 3, timeout=10, what="three tries at v1 (%d)" % (tried("v1") - v1_before))
+
+
 def test_grpcroute_method_match(cluster):
     c = cluster
     d = c.apply("""\
@@ -800,6 +960,61 @@ def test_cli_shows_the_waypoint(cluster):
     rows = [re.split(r"\s{2,}", l.strip()) for l in p.stdout.splitlines()[1:]]
     prog = [r for r in rows if r[0] == "waypoint" and r[2] == "Programmed"]
     assert prog and prog[0][1] == "True" and prog[0][3] == "Programmed", p.stdout
+
+
+# -- 7b. zmesh why ----------------------------------------------------------------------------------------------------
+
+def test_why_agrees_with_the_traffic(cluster):
+    """`zmesh why` predicts what the waypoint then does to real requests: the route and backend, an L7 DENY, a
+    404 for a path no rule matches; and its exit status says which."""
+    c = cluster
+    d = c.apply(service("why", {"app": "svc"}) + "---\n" + route("why-route", "why", """\
+        - matches: [{path: {type: PathPrefix, value: /only}}]
+          filters: %s
+          backendRefs: [{name: svc-v2, port: 80}]
+        """ % mark("why")) + "---\n" + textwrap.dedent("""\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: why-no-delete, namespace: %s}
+        spec:
+          targetRefs: [{group: "", kind: Service, name: why}]
+          action: DENY
+          rules: [{to: [{operation: {methods: [DELETE]}}]}]
+        """ % NS))
+    try:
+        got = until(c, "/only/x", marked("why"), "the why route in force", svc="why")
+        assert info(got)["tag"] == "v2", got
+
+        def why(*args):
+            return subprocess.run([c.zmesh, "why", "%s/client" % NS, "why"] + list(args) + ["--state-dir", c.state],
+                                  capture_output=True, text=True, timeout=30)
+        p = why("--path", "/only/x")
+        assert p.returncode == 0, p.stdout + p.stderr
+        first = p.stdout.splitlines()[0]
+        assert first == ("RESULT: ALLOWED: GET /only/x through the waypoint %s/waypoint, route %s/why-route, to "
+                         "%s/svc-v2:80" % (NS, NS, NS)), p.stdout
+        assert "Service %s/why uses waypoint %s/waypoint (namespace %s's label istio.io/use-waypoint=waypoint)" % (
+            NS, NS, NS) in p.stdout, p.stdout
+        assert "ztunnel expects %swaypoint" % SPIFFE in p.stdout, p.stdout
+        assert "%s/v2 " % NS in p.stdout and "%s/v1 " % NS not in p.stdout, p.stdout  # only v2's endpoint
+        # DENY by the policy: predicted, then seen.
+        p = why("--path", "/only/x", "-X", "DELETE")
+        assert p.returncode == 1, p.stdout + p.stderr
+        assert p.stdout.startswith("RESULT: DENIED: 403 RBAC: access denied, by the waypoint %s/waypoint "
+                                   "(%s/why-no-delete)" % (NS, NS)), p.stdout
+        until(c, "/only/x", lambda r: r[0] == 403 and r[2] == b"RBAC: access denied", "DELETE denied", svc="why",
+              method="DELETE")
+        # No rule matches: 404 NR predicted, then seen.
+        p = why("--path", "/elsewhere")
+        assert p.returncode == 3, p.stdout + p.stderr
+        assert p.stdout.startswith("RESULT: NO ROUTE: 404 NR"), p.stdout
+        assert req(c, "/elsewhere", svc="why")[0] == 404
+        # A name that does not exist: exit 5 and the reason.
+        p = subprocess.run([c.zmesh, "why", "%s/client" % NS, "nosuch", "--state-dir", c.state],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 5 and "no Service %s/nosuch" % NS in p.stderr, p.stdout + p.stderr
+    finally:
+        c.delete(d)
 
 
 # -- 8. a waypoint with no ready pod ----------------------------------------------------------------------------------

@@ -190,6 +190,23 @@ static void test_bad_input(void **state)
     for (unsigned i = 0; i < 100; i++)
         assert_int_equal(chash_pick(c, key_hash(i)), 0);
     chash_free(c);
+    /* a retry's attempt moves the pick: the ring to a later entry, Maglev to another slot */
+    char names[3][32];
+    struct chash_host hs[3];
+    hosts_n(hs, names, 3);
+    for (int kind = 0; kind < 2; kind++) {
+        struct chash *t = build(kind, hs, 3, kind == RING ? 0 : 251);
+        int moved = 0;
+        for (unsigned i = 0; i < 100; i++) {
+            uint64_t k = key_hash(i);
+            assert_int_equal(chash_pick_attempt(t, k, 0), chash_pick(t, k));
+            int a1 = chash_pick_attempt(t, k, 1);
+            assert_true(a1 >= 0 && a1 < 3);
+            moved += a1 != chash_pick(t, k);
+        }
+        assert_true(moved > 20);
+        chash_free(t);
+    }
     /* the key hash is xxHash64 (a known vector: XXH64("", 0) = 0xef46db3751d8e999) */
     assert_true(chash_xxh64("", 0, 0) == 0xef46db3751d8e999ull);
 }

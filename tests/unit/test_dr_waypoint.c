@@ -35,6 +35,14 @@ static const char snap_yaml[] = "workloads:\n" WL("a", "10.0.0.1") WL("b", "10.0
     "apiVersion: v1\nkind: Pod\nmetadata: {name: " n ", namespace: default, labels: {app: svc, version: " v  \
     "}}\nspec: {containers: [{name: c, image: i}]}\n---\n"
 
+/* What the codecs do for a request: wp_lb_prepare once, then a pick. */
+static int prep_pick(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2,
+                     struct lb_choice *c)
+{
+    int rc = wp_lb_prepare(t, d, req, http2);
+    return rc ? rc : wp_pick_endpoint_dec(t, d, c);
+}
+
 struct fixture {
     struct snapshot *s;
     struct l7_config *l7;
@@ -111,7 +119,7 @@ static const char *pick(struct fixture *f, const char *subset, const struct l7_h
                              .headers = h,
                              .n_headers = nh};
     struct lb_choice c;
-    *rc = wp_pick_endpoint_req(&f->t, d, &req, &c);
+    *rc = prep_pick(&f->t, d, &req, false, &c);
     if (*rc) return "";
     assert_int_equal(c.port, 8080);
     return c.wl->name;
@@ -190,6 +198,24 @@ static void test_hash_keys(void **state)
             assert_string_equal(pick(&f, NULL, &h, 1, "/", &d, &rc), first);
     }
     assert_int_equal(hosts_seen[0] + hosts_seen[1] + hosts_seen[2], 3);
+    /* a retry's pick of the same request (attempt 1) moves the key, as Envoy's retries: for some keys to
+     * another host */
+    int moved = 0;
+    for (int u = 0; u < 30; u++) {
+        char val[16];
+        snprintf(val, sizeof(val), "user-%d", u);
+        struct l7_header h = {"x-user", 6, val, strlen(val)};
+        struct l7_request req = {
+            .method = "GET", .path = "/", .path_len = 1, .authority = "svc", .headers = &h, .n_headers = 1};
+        memset(&d, 0, sizeof(d));
+        d.svc = f.t.svc;
+        d.port = 80;
+        struct lb_choice c0, c1;
+        assert_int_equal(prep_pick(&f.t, &d, &req, false, &c0), 0);
+        assert_int_equal(wp_pick_endpoint_dec(&f.t, &d, &c1), 0);
+        moved += c0.wl != c1.wl;
+    }
+    assert_true(moved > 0);
     int seen[3] = {0};
     for (int i = 0; i < 150; i++)
         seen[pick(&f, NULL, NULL, 0, "/", &d, &rc)[0] - 'a']++;
@@ -273,16 +299,14 @@ static void test_pool(void **state)
         d[i].svc = f.t.svc;
         d[i].port = 80;
     }
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[0], &req, false, &c), 0);
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[1], &req, false, &c),
-                     0); /* one connection, one pending */
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[2], &req, false, &c), -EUSERS);
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[3], &req, true, &c),
-                     0); /* HTTP/2: maxConnections only */
+    assert_int_equal(prep_pick(&f.t, &d[0], &req, false, &c), 0);
+    assert_int_equal(prep_pick(&f.t, &d[1], &req, false, &c), 0); /* one connection, one pending */
+    assert_int_equal(prep_pick(&f.t, &d[2], &req, false, &c), -EUSERS);
+    assert_int_equal(prep_pick(&f.t, &d[3], &req, true, &c), 0); /* HTTP/2: maxConnections only */
     wp_request_done(&d[3], NULL, 200);
     wp_request_done(&d[0], c.wl, 200);
     wp_request_done(&d[0], c.wl, 200); /* idempotent */
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[2], &req, false, &c), 0);
+    assert_int_equal(prep_pick(&f.t, &d[2], &req, false, &c), 0);
     wp_request_done(&d[1], NULL, 0);
     wp_request_done(&d[2], NULL, 0);
     /* the subset: http2MaxRequests 2 for every protocol */
@@ -292,9 +316,9 @@ static void test_pool(void **state)
         d[i].port = 80;
         d[i].subset = "h2";
     }
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[0], &req, true, &c), 0);
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[1], &req, false, &c), 0);
-    assert_int_equal(wp_pick_endpoint_proto(&f.t, &d[2], &req, true, &c), -EUSERS);
+    assert_int_equal(prep_pick(&f.t, &d[0], &req, true, &c), 0);
+    assert_int_equal(prep_pick(&f.t, &d[1], &req, false, &c), 0);
+    assert_int_equal(prep_pick(&f.t, &d[2], &req, true, &c), -EUSERS);
     wp_request_done(&d[0], NULL, 0);
     wp_request_done(&d[1], NULL, 0);
     teardown(&f);
@@ -310,7 +334,7 @@ static const char *od_pick(struct fixture *f, const char *subset, int status)
     d.subset = subset;
     struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
     struct lb_choice c;
-    if (wp_pick_endpoint_req(&f->t, &d, &req, &c)) return "";
+    if (prep_pick(&f->t, &d, &req, false, &c)) return "";
     wp_request_done(&d, c.wl, status);
     return c.wl->name;
 }
@@ -341,7 +365,7 @@ static void test_outlier(void **state)
         d.port = 80;
         struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
         struct lb_choice c;
-        assert_int_equal(wp_pick_endpoint_req(&f.t, &d, &req, &c), 0);
+        assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
         bool is_a = !strcmp(c.wl->name, "a");
         seen_a += is_a;
         wp_request_done(&d, c.wl, is_a ? 500 : 200);
@@ -382,7 +406,7 @@ static void test_outlier(void **state)
         d.port = 80;
         struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
         struct lb_choice c;
-        assert_int_equal(wp_pick_endpoint_req(&f.t, &d, &req, &c), 0);
+        assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
         wp_request_done(&d, c.wl, !strcmp(c.wl->name, "b") ? 503 : 200);
     }
     assert_int_equal(wp_outlier_ejections_total(), ej0 + 1);
@@ -403,7 +427,7 @@ static void test_outlier(void **state)
         d.subset = "gw";
         struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
         struct lb_choice c;
-        assert_int_equal(wp_pick_endpoint_req(&f.t, &d, &req, &c), 0);
+        assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
         int st = 200;
         if (!strcmp(c.wl->name, "c")) st = 502;
         if (!strcmp(c.wl->name, "a")) st = (gw_a++ % 2) ? 500 : 502; /* never two gateway errors in a row */

@@ -309,8 +309,6 @@ static const struct {
     {ROUTE("  rules: [{retry: {attempts: 3}}]\n"), MANIFEST_WARN,
      "spec.rules[0].retry: not supported by zmesh's waypoint yet, ignored"},
     {ROUTE("  colour: blue\n"), MANIFEST_WARN, "spec.colour: unknown field, ignored"},
-    {GROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
-     MANIFEST_WARN, "spec.rules[0].filters[0].requestMirror: RequestMirror of a GRPCRoute is not applied"},
 
     {ROUTE("  rules: [{matches: [{path: {value: /a, extra: 1}}]}]\n"), MANIFEST_WARN,
      "spec.rules[0].matches[0].path.extra: unknown field, ignored"},
@@ -369,16 +367,32 @@ static void test_findings(void **state)
     }
 }
 
-/* An HTTPRoute's mirror is applied (HTTP/1.1): no finding, unlike a GRPCRoute's (the table above). */
-static void test_http_mirror_no_finding(void **state)
+/* A mirror is applied to HTTP/1.1 and HTTP/2 (h2c, gRPC) alike: an HTTPRoute's and a GRPCRoute's convert with no
+ * finding, and the filter carries the mirror's backend. */
+static void test_mirror_no_finding(void **state)
 {
     (void)state;
-    struct run r;
-    char buf[8192];
-    convert(ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
-            &r);
-    if (r.rc != 0 || r.n != 0) fail_msg("rc %d, findings:\n%s", r.rc, findings(&r, buf, sizeof(buf)));
-    free(r.pb);
+    static const char *const docs[] = {
+        ROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+        GROUTE("  rules: [{filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]}]\n"),
+    };
+    for (size_t i = 0; i < sizeof(docs) / sizeof(docs[0]); i++) {
+        struct run r;
+        char buf[8192];
+        convert(docs[i], &r);
+        if (r.rc != 0 || r.n != 0) fail_msg("doc %zu: rc %d, findings:\n%s", i, r.rc, findings(&r, buf, sizeof(buf)));
+        Zmesh__V1__HTTPRoute *m = zmesh__v1__httproute__unpack(NULL, r.len, r.pb);
+        assert_non_null(m);
+        assert_int_equal(m->n_rules, 1);
+        assert_int_equal(m->rules[0]->n_filters, 1);
+        const Zmesh__V1__RouteFilter *f = m->rules[0]->filters[0];
+        assert_int_equal(f->kind_case, ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_MIRROR);
+        assert_non_null(f->request_mirror->backend);
+        assert_string_equal(f->request_mirror->backend->name, "m");
+        assert_int_equal(f->request_mirror->backend->port, 80);
+        zmesh__v1__httproute__free_unpacked(m, NULL);
+        free(r.pb);
+    }
 }
 
 /* An ALLOW rule left out (fail closed) leaves a policy that allows less: here nothing. */
@@ -426,7 +440,7 @@ int main(void)
         cmocka_unit_test(test_grpc_route),
         cmocka_unit_test(test_authz_policy),
         cmocka_unit_test(test_findings),
-        cmocka_unit_test(test_http_mirror_no_finding),
+        cmocka_unit_test(test_mirror_no_finding),
         cmocka_unit_test(test_allow_rule_dropped_fails_closed),
         cmocka_unit_test(test_duration),
     };

@@ -1,5 +1,7 @@
 /* Unit tests for the waypoint's pure parts (src/waypoint/): protocol detection from a client's first bytes,
- * Gateway API header modifiers, and the least-request (power of two choices) endpoint choice. */
+ * Gateway API header modifiers, the least-request (power of two choices) endpoint choice, and RequestMirror's
+ * shadow host. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 #include <cmocka.h>
 
 #include "mesh/config.h"
+#include "waypoint/mirror.h"
 #include "waypoint/route.h"
 #include "waypoint/wp.h"
 
@@ -128,12 +131,48 @@ static void test_least_request(void **state)
     snapshot_unref(s);
 }
 
+/* Envoy's shadowAppendedHost: "-shadow" before the port, never inside an IPv6 literal. */
+static void test_shadow_host(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        {"a", "a-shadow"},
+        {"a:80", "a-shadow:80"},
+        {"f.example:80", "f.example-shadow:80"},
+        {"10.0.0.1:8080", "10.0.0.1-shadow:8080"},
+        {"10.0.0.1", "10.0.0.1-shadow"},
+        {"[::1]:80", "[::1]-shadow:80"},
+        {"[::1]", "[::1]-shadow"}, /* the colons are inside the brackets: no port */
+        {"[fe80::1%eth0]", "[fe80::1%eth0]-shadow"},
+        {"svc.ns.svc.cluster.local:9090", "svc.ns.svc.cluster.local-shadow:9090"},
+        {"a:", "a-shadow:"}, /* getPortStart's rule: the last ':' starts the port */
+    };
+    char out[WP_SHADOW_HOST_MAX];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        ssize_t n = wp_shadow_host(cases[i].in, strlen(cases[i].in), out, sizeof(out));
+        assert_int_equal(n, (ssize_t)strlen(cases[i].want));
+        assert_string_equal(out, cases[i].want);
+    }
+    /* the length given, not the NUL, bounds the host */
+    assert_int_equal(wp_shadow_host("a:80xyz", 4, out, sizeof(out)), 11);
+    assert_string_equal(out, "a-shadow:80");
+    /* exactly fits: "ab" + "-shadow" + NUL is 10 bytes; one less refuses and leaves "" */
+    assert_int_equal(wp_shadow_host("ab", 2, out, 10), 9);
+    assert_string_equal(out, "ab-shadow");
+    assert_int_equal(wp_shadow_host("ab", 2, out, 9), -ENOSPC);
+    assert_string_equal(out, "");
+    assert_int_equal(wp_shadow_host("", 0, out, sizeof(out)), -EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sniff),
         cmocka_unit_test(test_header_mods),
         cmocka_unit_test(test_least_request),
+        cmocka_unit_test(test_shadow_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -352,6 +352,13 @@ static void test_waypointz_json(void **state)
     assert_true(json_is_true(json_object_get(b0, "bound")));
     assert_string_equal(json_string_value(json_object_get(b0, "reason")), "Bound");
     assert_string_equal(json_string_value(json_object_get(b0, "message")), "bound to waypoint app/waypoint");
+    /* And the condition istiod would write on it. */
+    json_t *c0 = json_object_get(b0, "condition");
+    assert_string_equal(json_string_value(json_object_get(c0, "type")), "istio.io/WaypointBound");
+    assert_string_equal(json_string_value(json_object_get(c0, "status")), "True");
+    assert_string_equal(json_string_value(json_object_get(c0, "reason")), "WaypointAccepted");
+    assert_string_equal(json_string_value(json_object_get(c0, "message")),
+                        "Successfully attached to waypoint app/waypoint");
     bool saw_denied = false;
     size_t i;
     json_t *b;
@@ -361,6 +368,8 @@ static void test_waypointz_json(void **state)
         saw_denied = true;
         assert_true(json_is_false(json_object_get(b, "bound")));
         assert_string_equal(json_string_value(json_object_get(b, "reason")), "AttachmentDenied");
+        assert_string_equal(json_string_value(json_object_get(json_object_get(b, "condition"), "status")),
+                            "False");
     }
     assert_true(saw_denied);
     json_decref(j);
@@ -436,12 +445,198 @@ static void test_name_override_and_duplicates(void **state)
     manifest_store_free(st);
 }
 
+/* The istio.io/WaypointBound condition of a Service (by store index), or NULL. */
+static const struct k8s_status_condition *
+svc_cond(const struct manifest_store *st, const struct k8s_waypoints *w, const char *ns, const char *name)
+{
+    size_t n;
+    const struct k8s_service *s = manifest_services(st, &n);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(s[i].meta.namespace_, ns) && !strcmp(s[i].meta.name, name)) {
+            const struct k8s_binding *b = k8s_waypoints_service_binding(w, i);
+            return b && b->cond.type ? &b->cond : NULL;
+        }
+    fail_msg("no Service %s/%s", ns, name);
+    return NULL;
+}
+
+static void expect_cond(const struct k8s_status_condition *c, bool status, const char *reason,
+                        const char *message)
+{
+    assert_non_null(c);
+    print_message("%s %s %s: %s\n", c->type, status ? "True" : "False", c->reason, c->message);
+    assert_string_equal(c->type, "istio.io/WaypointBound");
+    assert_int_equal(c->status, status);
+    assert_string_equal(c->reason, reason);
+    assert_string_equal(c->message, message);
+}
+
+/* istiod's condition (ServiceInfo.GetConditions, status.go's ReportWaypoint*): type, status, reason and
+ * message for each outcome; none for a Service that asks for no waypoint or is a waypoint's own. */
+static void test_service_conditions(void **state)
+{
+    (void)state;
+    struct findings fs = {0};
+    struct manifest_store *st = load(&fs, manifests);
+    struct k8s_waypoints *w = NULL;
+    assert_int_equal(k8s_waypoints_compute(st, NULL, &w, collect, &fs), 0);
+    /* Bound through the namespace's label, or its own. */
+    expect_cond(svc_cond(st, w, "app", "reviews"), true, "WaypointAccepted",
+                "Successfully attached to waypoint app/waypoint");
+    expect_cond(svc_cond(st, w, "app", "details"), true, "WaypointAccepted",
+                "Successfully attached to waypoint app/all-wp");
+    expect_cond(svc_cond(st, w, "other", "allowed"), true, "WaypointAccepted",
+                "Successfully attached to waypoint app/all-wp");
+    /* The label names a waypoint that does not exist. */
+    expect_cond(svc_cond(st, w, "app", "gone"), false, "WaypointIsNotReady",
+                "waypoint \"app/nope\" is not ready");
+    /* It exists but is not ready (zmesh sets it all the same; istiod's condition). */
+    expect_cond(svc_cond(st, w, "app", "chilly"), false, "WaypointIsNotReady",
+                "waypoint \"app/cold\" is not ready");
+    /* waypoint-for: workload excludes Services. */
+    expect_cond(
+        svc_cond(st, w, "app", "wsvc"), false, "UnsupportedTrafficType",
+        "attempting to bind to traffic type \"service\" which the waypoint \"app/wl-wp\" does not support");
+    /* allowedRoutes: Same, and a Selector that does not match. */
+    expect_cond(svc_cond(st, w, "other", "denied"), false, "AttachmentDenied",
+                "we are not permitted to attach to waypoint \"app/waypoint\" (missing allowedRoutes?)");
+    expect_cond(svc_cond(st, w, "other", "nosel"), false, "AttachmentDenied",
+                "we are not permitted to attach to waypoint \"app/sel-wp\" (missing allowedRoutes?)");
+    /* "none" opts out, and a waypoint's own Service: no condition at all (istiod prunes it). */
+    assert_null(svc_cond(st, w, "app", "ratings"));
+    assert_null(svc_cond(st, w, "app", "waypoint"));
+    /* Pods: a workload waypoint is accepted; a namespace's service waypoint is no error for a pod (none), its
+     * own label naming one is. */
+    assert_string_equal(binding(w, "Pod", "app", "pw")->cond.message,
+                        "Successfully attached to waypoint app/wl-wp");
+    assert_null(binding(w, "Pod", "app", "reviews-v1")->cond.type);
+    assert_string_equal(
+        binding(w, "Pod", "app", "psvc")->cond.message,
+        "attempting to bind to traffic type \"workload\" which the waypoint \"app/waypoint\" does "
+        "not support");
+    k8s_waypoints_free(w);
+    manifest_store_free(st);
+
+    /* No namespace label here: a Service without its own label asks for nothing;
+     * istio.io/ingress-use-waypoint (the Service's, else its namespace's) adds istiod's sentence. */
+    static const char *ing = NS("i", "istio.io/ingress-use-waypoint: \"true\"") /* */
+        NS("j", "")                                                             /* */
+        GW("i", "wp", "", ", allowedRoutes: {namespaces: {from: All}}",
+           READY_STATUS("wp.i.svc.cluster.local"))                          /* */
+        WP_BACKING("i", "wp", "10.96.9.10", "10.0.9.10")                    /* */
+        SVC("i", "yes", "10.96.9.1", "app: x", "istio.io/use-waypoint: wp") /* ns label true */
+        SVC("i", "no", "10.96.9.2", "app: x",
+            "istio.io/use-waypoint: wp, istio.io/ingress-use-waypoint: \"false\"") /* own label wins */
+        SVC("j", "bad", "10.96.9.3", "app: x",
+            "istio.io/use-waypoint: wp, istio.io/use-waypoint-namespace: i, istio.io/ingress-use-waypoint: "
+            "maybe") SVC("j", "plain", "10.96.9.4", "app: x", "");
+    memset(&fs, 0, sizeof(fs));
+    st = load(&fs, ing);
+    assert_int_equal(k8s_waypoints_compute(st, NULL, &w, collect, &fs), 0);
+    expect_cond(svc_cond(st, w, "i", "yes"), true, "WaypointAccepted",
+                "Successfully attached to waypoint i/wp. Ingress traffic will traverse the waypoint");
+    expect_cond(svc_cond(st, w, "i", "no"), true, "WaypointAccepted",
+                "Successfully attached to waypoint i/wp. Ingress traffic is not using the waypoint, set the "
+                "istio.io/ingress-use-waypoint label to true if desired.");
+    expect_cond(svc_cond(st, w, "j", "bad"), true, "WaypointAccepted",
+                "Successfully attached to waypoint i/wp. Ingress traffic is not using the waypoint, set the "
+                "istio.io/ingress-use-waypoint label to true if desired.");
+    int i = find(&fs, "istio.io/ingress-use-waypoint: expected true or false, got \"maybe\"");
+    assert_true(i >= 0);
+    assert_int_equal(fs.level[i], MANIFEST_WARN);
+    assert_null(svc_cond(st, w, "j", "plain"));
+    k8s_waypoints_free(w);
+    manifest_store_free(st);
+}
+
+static json_t *conds_of(json_t *o)
+{
+    return json_object_get(json_object_get(o, "status"), "conditions");
+}
+
+/* Writing the condition on an object: added beside other conditions and status fields, left alone when the
+ * same, the transition time kept while the status is unchanged, replaced when it flips, removed (and the
+ * empty status with it) when the Service no longer asks for a waypoint. */
+static void test_bound_apply(void **state)
+{
+    (void)state;
+    json_t *o =
+        json_loads("{\"kind\": \"Service\", \"metadata\": {\"name\": \"s\"}, \"status\": {\"conditions\": "
+                   "[{\"type\": \"Other\", \"status\": \"True\"}], \"loadBalancer\": {}}}",
+                   0, NULL);
+    assert_non_null(o);
+    struct k8s_status_condition nf = {.type = K8S_COND_WAYPOINT_BOUND,
+                                      .status = false,
+                                      .reason = "WaypointIsNotReady",
+                                      .message = "waypoint \"a/nope\" is not ready"},
+                                ok = {.type = K8S_COND_WAYPOINT_BOUND,
+                                      .status = true,
+                                      .reason = "WaypointAccepted",
+                                      .message = "Successfully attached to waypoint a/wp"};
+    assert_int_equal(k8s_waypoint_bound_apply(o, &nf, "2026-01-01T00:00:00Z"), 1);
+    assert_int_equal(json_array_size(conds_of(o)), 2);
+    json_t *c = json_array_get(conds_of(o), 1);
+    assert_string_equal(json_string_value(json_object_get(c, "type")), "istio.io/WaypointBound");
+    assert_string_equal(json_string_value(json_object_get(c, "status")), "False");
+    assert_string_equal(json_string_value(json_object_get(c, "reason")), "WaypointIsNotReady");
+    assert_string_equal(json_string_value(json_object_get(c, "message")), "waypoint \"a/nope\" is not ready");
+    assert_string_equal(json_string_value(json_object_get(c, "lastTransitionTime")), "2026-01-01T00:00:00Z");
+    /* The same outcome later: unchanged, the time kept. */
+    assert_int_equal(k8s_waypoint_bound_apply(o, &nf, "2026-01-01T00:05:00Z"), 0);
+    /* Same status, another message: rewritten, the transition time kept. */
+    struct k8s_status_condition nf2 = nf;
+    nf2.message = "waypoint \"a/other\" is not ready";
+    assert_int_equal(k8s_waypoint_bound_apply(o, &nf2, "2026-01-01T00:06:00Z"), 1);
+    c = json_array_get(conds_of(o), 1);
+    assert_string_equal(json_string_value(json_object_get(c, "message")),
+                        "waypoint \"a/other\" is not ready");
+    assert_string_equal(json_string_value(json_object_get(c, "lastTransitionTime")), "2026-01-01T00:00:00Z");
+    /* Flipped to True: replaced in place, a new time. */
+    assert_int_equal(k8s_waypoint_bound_apply(o, &ok, "2026-01-01T00:10:00Z"), 1);
+    assert_int_equal(json_array_size(conds_of(o)), 2);
+    c = json_array_get(conds_of(o), 1);
+    assert_string_equal(json_string_value(json_object_get(c, "status")), "True");
+    assert_string_equal(json_string_value(json_object_get(c, "reason")), "WaypointAccepted");
+    assert_string_equal(json_string_value(json_object_get(c, "lastTransitionTime")), "2026-01-01T00:10:00Z");
+    /* Removed: the other condition and status field stay. */
+    assert_int_equal(k8s_waypoint_bound_apply(o, NULL, "2026-01-01T00:20:00Z"), 1);
+    assert_int_equal(json_array_size(conds_of(o)), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(conds_of(o), 0), "type")), "Other");
+    assert_non_null(json_object_get(json_object_get(o, "status"), "loadBalancer"));
+    assert_int_equal(k8s_waypoint_bound_apply(o, NULL, "2026-01-01T00:20:00Z"), 0);
+    json_decref(o);
+
+    /* No status at all: made, then removed whole; a condition of no type is a removal. */
+    o = json_pack("{s:s, s:{s:s}}", "kind", "Service", "metadata", "name", "t");
+    assert_int_equal(k8s_waypoint_bound_apply(o, &ok, "2026-01-01T00:00:00Z"), 1);
+    assert_int_equal(json_array_size(conds_of(o)), 1);
+    struct k8s_status_condition none = {0};
+    assert_int_equal(k8s_waypoint_bound_apply(o, &none, "2026-01-01T00:00:00Z"), 1);
+    assert_null(json_object_get(o, "status"));
+    /* A status that is not an object, conditions that are not a list: refused, nothing changed. */
+    json_object_set_new(o, "status", json_string("x"));
+    assert_int_equal(k8s_waypoint_bound_apply(o, &ok, "2026-01-01T00:00:00Z"), -EINVAL);
+    json_object_set_new(o, "status", json_pack("{s:i}", "conditions", 1));
+    assert_int_equal(k8s_waypoint_bound_apply(o, &ok, "2026-01-01T00:00:00Z"), -EINVAL);
+    assert_int_equal(json_integer_value(conds_of(o)), 1);
+    /* Two of ours (written by hand): one left, the first, replaced. */
+    json_object_set_new(o, "status",
+                        json_pack("{s:[{s:s,s:s},{s:s,s:s}]}", "conditions", "type", K8S_COND_WAYPOINT_BOUND,
+                                  "status", "True", "type", K8S_COND_WAYPOINT_BOUND, "status", "False"));
+    assert_int_equal(k8s_waypoint_bound_apply(o, &nf, "2026-01-01T00:00:00Z"), 1);
+    assert_int_equal(json_array_size(conds_of(o)), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(conds_of(o), 0), "reason")),
+                        "WaypointIsNotReady");
+    json_decref(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_binding_table),   cmocka_unit_test(test_gateway_address),
-        cmocka_unit_test(test_snapshot_fields), cmocka_unit_test(test_invalid_gateways),
-        cmocka_unit_test(test_waypointz_json),  cmocka_unit_test(test_name_override_and_duplicates),
+        cmocka_unit_test(test_binding_table),      cmocka_unit_test(test_gateway_address),
+        cmocka_unit_test(test_snapshot_fields),    cmocka_unit_test(test_invalid_gateways),
+        cmocka_unit_test(test_waypointz_json),     cmocka_unit_test(test_name_override_and_duplicates),
+        cmocka_unit_test(test_service_conditions), cmocka_unit_test(test_bound_apply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
