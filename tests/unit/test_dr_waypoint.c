@@ -1,8 +1,9 @@
-/* Unit tests for the waypoint's DestinationRule endpoint choice (src/waypoint/proxy.c wp_pick_endpoint_req):
- * a DestinationRule manifest converted by zmeshd (subsets resolved to pods) and an Address snapshot with the
- * same pods as workloads; subsets filter the endpoints, an unknown subset is Envoy's missing cluster (-ESRCH,
- * 503 NC), ROUND_ROBIN rotates, RANDOM spreads, consistent hashing on a header / cookie / source IP / query
- * parameter sticks, and a cookie with a TTL that the request lacks is generated and set on the response. */
+/* Unit tests for the waypoint's DestinationRule endpoint choice (src/waypoint/proxy.c wp_lb_prepare,
+ * wp_pick_endpoint_dec): a DestinationRule manifest converted by zmeshd (subsets resolved to pods) and an
+ * Address snapshot with the same pods as workloads; subsets filter the endpoints, an unknown subset is
+ * Envoy's missing cluster (-ESRCH, 503 NC), ROUND_ROBIN rotates, RANDOM spreads, consistent hashing on a
+ * header / cookie / source IP / query parameter sticks, and a cookie with a TTL that the request lacks is
+ * generated and set on the response. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
