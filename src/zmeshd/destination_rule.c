@@ -581,10 +581,17 @@ static Zmesh__V1__Subset *subset_conv(struct dconv *c, const json_t *o, const ch
     const struct k8s_pod *pods = st ? manifest_pods(st, &np) : NULL;
     s->endpoints = alloc(c, np * sizeof(*s->endpoints));
     if (!s->endpoints) return NULL;
-    for (size_t i = 0; i < np && s->n_endpoints < DR_MAX_ENDPOINTS; i++) {
+    for (size_t i = 0; i < np; i++) {
         const struct k8s_pod *p = &pods[i];
         if (p->meta.deleting || strcmp(p->meta.namespace_, svc_ns)) continue;
         if (!k8s_selector_matches(sel, nl, p->meta.labels, p->meta.n_labels)) continue;
+        if (s->n_endpoints == DR_MAX_ENDPOINTS) {
+            char f[256];
+            fld(f, sizeof(f), "%s.labels", path);
+            finding(c, MANIFEST_WARN, f, "selects more than %u pods: the subset keeps the first %u",
+                    DR_MAX_ENDPOINTS, DR_MAX_ENDPOINTS);
+            break;
+        }
         size_t n = strlen(p->meta.namespace_) + strlen(p->meta.name) + 2;
         char *e = alloc(c, n);
         if (!e) return NULL;
