@@ -28,22 +28,22 @@ static struct chash *build(int kind, const struct chash_host *h, size_t n, uint6
 
 static uint64_t key_hash(unsigned i)
 {
-    char k[32];
+    char k[48];
     int n = snprintf(k, sizeof(k), "user-%u", i);
     return chash_xxh64(k, (size_t)n, 0);
 }
 
-static void hosts_n(struct chash_host *h, char names[][32], size_t n)
+static void hosts_n(struct chash_host *h, char names[][48], size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        snprintf(names[i], 32, "10.0.0.%zu:8080", i + 1);
+        snprintf(names[i], 48, "10.0.0.%zu:8080", i + 1);
         h[i] = (struct chash_host){names[i], 1};
     }
 }
 
 static void check_determinism(int kind)
 {
-    char names[5][32];
+    char names[5][48];
     struct chash_host h[5], rev[5];
     hosts_n(h, names, 5);
     for (size_t i = 0; i < 5; i++)
@@ -66,7 +66,7 @@ static void check_determinism(int kind)
 
 static void check_spread(int kind, double tolerance)
 {
-    char names[5][32];
+    char names[5][48];
     struct chash_host h[5];
     hosts_n(h, names, 5);
     struct chash *c = build(kind, h, 5, 0);
@@ -84,7 +84,7 @@ static void check_spread(int kind, double tolerance)
 
 static void check_disruption(int kind, double max_moved)
 {
-    char names[5][32];
+    char names[5][48];
     struct chash_host h[5];
     hosts_n(h, names, 5);
     struct chash *before = build(kind, h, 5, 0);
@@ -113,7 +113,7 @@ static void check_disruption(int kind, double max_moved)
 
 static void check_weights(int kind)
 {
-    char names[3][32];
+    char names[3][48];
     struct chash_host h[3];
     hosts_n(h, names, 3);
     h[0].weight = 1;
@@ -158,7 +158,7 @@ static void test_maglev(void **state)
 static void test_maglev_table(void **state)
 {
     (void)state;
-    char names[7][32];
+    char names[7][48];
     struct chash_host h[7];
     hosts_n(h, names, 7);
     struct chash *c = build(MAGLEV, h, 7, 251);
@@ -191,7 +191,7 @@ static void test_bad_input(void **state)
         assert_int_equal(chash_pick(c, key_hash(i)), 0);
     chash_free(c);
     /* a retry's attempt moves the pick: the ring to a later entry, Maglev to another slot */
-    char names[3][32];
+    char names[3][48];
     struct chash_host hs[3];
     hosts_n(hs, names, 3);
     for (int kind = 0; kind < 2; kind++) {

@@ -189,7 +189,7 @@ static void test_hash_keys(void **state)
     setup(&f, "{host: svc, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}");
     int hosts_seen[3] = {0};
     for (int u = 0; u < 30; u++) {
-        char val[16];
+        char val[32];
         snprintf(val, sizeof(val), "user-%d", u);
         struct l7_header h = {"x-user", 6, val, strlen(val)};
         const char *first = pick(&f, NULL, &h, 1, "/", &d, &rc);
@@ -203,7 +203,7 @@ static void test_hash_keys(void **state)
      * another host */
     int moved = 0;
     for (int u = 0; u < 30; u++) {
-        char val[16];
+        char val[32];
         snprintf(val, sizeof(val), "user-%d", u);
         struct l7_header h = {"x-user", 6, val, strlen(val)};
         struct l7_request req = {
