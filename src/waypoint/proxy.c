@@ -881,7 +881,34 @@ struct tcp_fwd {
     struct lb_choice ep;
     char upstream[IP_STRLEN + 8];
     struct wp_tcp_set *m; /* istio_tcp_* for this stream, once the upstream answered */
+    _Atomic int64_t *cb;  /* the cluster's connection count this stream holds (connectionPool), or NULL */
 };
+
+/* connectionPool.tcp.maxConnections for a TCP stream through the waypoint (Envoy's tcp_proxy checks the
+ * cluster's max_connections; an HTTP/1.1 request in flight holds one connection of the same count). Returns 0
+ * (f->cb set when counted) or -EUSERS (overflow: the connection is closed, flag UO). */
+static int tcp_admit(struct tcp_fwd *f)
+{
+    struct wp_tunnel *t = f->t;
+    if (!t->svc) return 0;
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, t->svc->namespace_, t->svc->name);
+    struct dr_policy pol = dr_policy_for(dr, NULL, t->port);
+    if (!pol.pool || !pol.pool->max_connections) return 0;
+    _Atomic int64_t *c = cb_counter(names_hash(t->svc, NULL, t->port));
+    if (!c) return 0;
+    if ((uint64_t)(atomic_fetch_add_explicit(c, 1, memory_order_acq_rel) + 1) > pol.pool->max_connections) {
+        atomic_fetch_sub_explicit(c, 1, memory_order_acq_rel);
+        return -EUSERS;
+    }
+    f->cb = c;
+    return 0;
+}
+
+static void tcp_release(struct tcp_fwd *f)
+{
+    if (f->cb) atomic_fetch_sub_explicit(f->cb, 1, memory_order_acq_rel);
+    f->cb = NULL;
+}
 
 static struct wp_tcp_set *tcp_metrics(struct tcp_fwd *f, const char *flags)
 {
@@ -910,6 +937,7 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     wp_metrics_tcp_bytes(f->m, r->bytes_to_h2, r->bytes_to_tcp);
     wp_metrics_tcp_close(f->m);
     wp_endpoint_end(f->ep.wl);
+    tcp_release(f);
     if (log_target_enabled(LOG_INFO, "access")) {
         /* Envoy's default access log line for a TCP stream: no request fields, the bytes, the upstream. */
         char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], host[IP_STRLEN + 40], cluster[320],
@@ -950,9 +978,15 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     }
     char ipb[IP_STRLEN];
     snprintf(f->upstream, sizeof(f->upstream), "%s:%u", ip_format(&f->ep.ip, ipb, sizeof(ipb)), f->ep.port);
+    if (tcp_admit(f) < 0) { /* Envoy's upstream_cx_overflow: closed, UO in the TCP metrics */
+        err = "overflow (DestinationRule connectionPool.tcp.maxConnections)";
+        wp_metrics_tcp_close(tcp_metrics(f, "UO"));
+        goto fail;
+    }
     wp_endpoint_begin(f->ep.wl); /* ended in tcp_done */
     if (!wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err)) {
         wp_endpoint_end(f->ep.wl);
+        tcp_release(f);
         fd = -1; /* closed by wp_upstream_open */
         goto fail;
     }

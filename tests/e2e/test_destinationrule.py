@@ -66,10 +66,10 @@ BAD = ("import http.server as h, time\n"
        "h.ThreadingHTTPServer(('', %d), H).serve_forever()\n" % HTTP)
 
 
-def service(name, selector):
+def service(name, selector, proto="http"):
     return ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\n"
-            "spec:\n  selector: %s\n  ports: [{name: http, port: 80, targetPort: %d, appProtocol: http}]\n"
-            % (name, NS, json.dumps(selector), HTTP))
+            "spec:\n  selector: %s\n  ports: [{name: %s, port: 80, targetPort: %d, appProtocol: %s}]\n"
+            % (name, NS, json.dumps(selector), proto, HTTP, proto))
 
 
 def manifests():
@@ -81,7 +81,8 @@ def manifests():
             pod("client", "node1", {"app": "client"}, ["sleep", "100000"], probe=False),
             service("svc", {"app": "svc"}),
             service("od", {"od": "yes"}),
-            service("cb", {"app": "svc"})]
+            service("cb", {"app": "svc"}),
+            service("tcpsvc", {"app": "svc"}, proto="tcp")]
     return "---\n".join(docs)
 
 
@@ -400,3 +401,41 @@ def test_circuit_breaker(cluster):
         assert [conn.raw("/")[0] for _ in range(10)] == [200] * 10
     finally:
         conn.close()
+
+
+def test_tcp_max_connections(cluster):
+    """Service tcpsvc is relayed as TCP by the waypoint: with connectionPool.tcp.maxConnections 1, a second
+    connection while the first is open is closed at once (Envoy's upstream overflow, UO in the TCP metrics); once
+    the first closes, a new one passes."""
+    c = cluster
+    c.apply(dr_for("tcpsvc", "{connectionPool: {tcp: {maxConnections: 1}}}"))
+
+    def refused_while_one_open():
+        first = Conn(c, "tcpsvc")
+        try:
+            first.get("/")  # the first connection is through and stays open
+            second = Conn(c, "tcpsvc")
+            try:
+                second.raw("/")
+                return False
+            except (OSError, http.client.HTTPException):
+                return True
+            finally:
+                second.close()
+        finally:
+            first.close()
+    poll(lambda: attempt(refused_while_one_open), timeout=APPLY_WAIT, every=0.2,
+         what="a second TCP connection refused")
+    # with nothing open, connections pass again (one at a time)
+    def passes():
+        conn = Conn(c, "tcpsvc")
+        try:
+            return conn.get("/")[0] in PODS
+        finally:
+            conn.close()
+    poll(lambda: attempt(passes), timeout=10, every=0.2, what="a TCP connection after the first closed")
+    wp = c.waypoint_netns()
+    metrics = subprocess.run(["ip", "netns", "exec", wp, "curl", "-s", "-m", "5", "http://127.0.0.1:15020/metrics"],
+                             capture_output=True, text=True, timeout=30).stdout
+    assert any(line.startswith("istio_tcp_connections_opened_total{") and 'response_flags="UO"' in line
+               and 'destination_service_name="tcpsvc"' in line for line in metrics.splitlines()), metrics
