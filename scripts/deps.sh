@@ -2,6 +2,7 @@
 # Installs the Debian 12 packages zmesh builds, tests and benchmarks with. Quick when all are present.
 # prometheus provides promtool, which checks the metrics exposition format in the e2e tests.
 # libjwt-dev (OpenSSL flavour) and libjansson-dev: zmeshd's bearer tokens (JWT signatures, JSON claims);
+# libcurl4-openssl-dev: zmeshd fetches RequestAuthentication jwksUri documents over HTTP(S), as istiod does.
 # python3-jwt (PyJWT) checks those tokens in a test with code zmesh did not write.
 # containernetworking-plugins (bridge, host-local, loopback in /usr/lib/cni) wire pod namespaces; the CNI tests
 # chain zmesh-cni after them as a container runtime would. nftables: the node agent's --nftables rules backend.
@@ -15,7 +16,7 @@
 # libxxhash-dev: xxHash64, the hash Envoy's ring hash and Maglev load balancers use (src/mesh/chash.c).
 set -e
 PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
-      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev libpcre2-dev libxxhash-dev
+      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev libpcre2-dev libcurl4-openssl-dev libxxhash-dev
       python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
       python3-jwt
       containernetworking-plugins iptables nftables iproute2 tcpdump iperf3 haproxy curl wrk nghttp2-client procps openssl faketime prometheus

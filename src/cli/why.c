@@ -377,8 +377,9 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
     const char *method = x->q->method ? x->q->method : "GET", *path = x->q->path ? x->q->path : "/";
     if (tcp) {
         fprintf(o,
-                "\nAt the waypoint %s/%s\n  port %u is declared %s: relayed as TCP, no route and no L7 "
-                "policy applies\n",
+                "\nAt the waypoint %s/%s\n  port %u is declared %s: relayed as TCP; no route applies, L7 "
+                "policies "
+                "apply without their HTTP-only attributes\n",
                 gw_ns, gw_name, port, proto_name(pm->app_protocol));
     } else {
         fprintf(o, "\nAt the waypoint %s/%s (%s %s)\n", gw_ns, gw_name, method, path);
@@ -408,11 +409,6 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
     for (size_t i = 0; i < nh; i++)
         if (!strcmp(hs[i].name, "content-type") && !strncmp(hs[i].value, "application/grpc", 16))
             req.grpc = true;
-    if (tcp) {
-        set_result(x, WHY_ALLOWED, "ALLOWED: TCP through the waypoint %s/%s to %s/%s:%u", gw_ns, gw_name,
-                   svc ? svc->namespace_ : d->wl->namespace_, svc ? svc->name : d->wl->name, port);
-        return;
-    }
     struct ip_addr sip = {0};
     if (src && src->n_ips) sip = src->ips[0];
     const char *principal = src && !strncmp(src->spiffe_id, "spiffe://", 9) ? src->spiffe_id + 9 : NULL;
@@ -420,7 +416,8 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                                 .source_ip = src && src->n_ips ? &sip : NULL,
                                 .dest_ip = d->has_ip ? &d->ip : NULL,
                                 .dest_port = port,
-                                .req = &req};
+                                .req = tcp ? NULL : &req,
+                                .tcp = tcp};
     const char *matched = NULL;
     bool dry = false;
     enum l7_verdict v = l7_authorize(x->l7, gw_ns, gw_name, svc ? svc->namespace_ : NULL,
@@ -439,8 +436,14 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
     if (v == L7_DENY) {
         char none[600];
         snprintf(none, sizeof(none), "no ALLOW policy matches: %s", names);
-        set_result(x, WHY_DENIED, "DENIED: 403 RBAC: access denied, by the waypoint %s/%s (%s)", gw_ns,
-                   gw_name, matched ? matched : none);
+        set_result(x, WHY_DENIED, "DENIED: %s, by the waypoint %s/%s (%s)",
+                   tcp ? "the TCP connection is closed" : "403 RBAC: access denied", gw_ns, gw_name,
+                   matched ? matched : none);
+        return;
+    }
+    if (tcp) {
+        set_result(x, WHY_ALLOWED, "ALLOWED: TCP through the waypoint %s/%s to %s/%s:%u", gw_ns, gw_name,
+                   svc ? svc->namespace_ : d->wl->namespace_, svc ? svc->name : d->wl->name, port);
         return;
     }
     if (!svc) {

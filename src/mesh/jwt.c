@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Texts of jwt_verify_lib status.cc (envoyproxy/envoy source/extensions/filters/http/jwt_authn/ via
- * jwt_verify_lib). */
+/* Texts of jwt_verify_lib's getStatusString as Envoy vendors it today (envoyproxy/envoy
+ * source/common/jwt/status.cc; google/jwt_verify_lib src/status.cc is the older copy). */
 static const char *const status_str[JWT_N_STATUS] = {
     [JWT_OK] = "OK",
     [JWT_MISSED] = "Jwt is missing",
@@ -43,7 +43,8 @@ static const char *const status_str[JWT_N_STATUS] = {
     [JWKS_BAD_KEYS] = "[keys] in Jwks is not an array",
     [JWKS_NO_VALID_KEYS] = "Jwks doesn't have any valid public key",
     [JWKS_KID_ALG_MISMATCH] = "Jwks doesn't have key to match kid or alg from Jwt",
-    [JWKS_PEM_PARSE_ERROR] = "Jwks PEM public key parse error",
+    [JWKS_PEM_PARSE_ERROR] = "PEM pubkey parse fails",
+    [JWKS_FETCH_FAIL] = "Jwks remote fetch is failed",
 };
 
 const char *jwt_status_str(enum jwt_status s)
@@ -690,10 +691,17 @@ bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, 
         const char *v = get(ctx, hs[i].name);
         if (!v) continue;
         const char *pre = hs[i].prefix ? hs[i].prefix : "";
-        size_t pl = strlen(pre);
-        /* Envoy compares the prefix case-sensitively, then takes the value after it. */
-        if (strncmp(v, pre, pl) != 0) continue;
-        v += pl;
+        if (*pre) {
+            /* Envoy's extractor (extractor.cc extract, extractJWT): the prefix anywhere in the value,
+             * case-sensitive; the token starts at the first base64url or '.' character after it and runs to
+             * the end of the value (verification judges the rest); with no such character, the whole value.
+             */
+            const char *at = strstr(v, pre);
+            if (!at) continue;
+            const char *t = at + strlen(pre);
+            t += strcspn(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.");
+            if (*t) v = t;
+        }
         size_t n = strlen(v);
         if (n == 0) continue;
         *tok = v, *tok_len = n;
@@ -714,4 +722,9 @@ int jwt_www_authenticate(char *buf, size_t len, const char *host, const char *pa
     size_t pl = strcspn(path ? path : "", "?");
     if (s == JWT_MISSED) return snprintf(buf, len, "Bearer realm=\"http://%s%.*s\"", host, (int)pl, path);
     return snprintf(buf, len, "Bearer realm=\"http://%s%.*s\", error=\"invalid_token\"", host, (int)pl, path);
+}
+
+int jwt_status_http_code(enum jwt_status s)
+{
+    return s == JWT_AUDIENCE_NOT_ALLOWED ? 403 : 401;
 }

@@ -38,10 +38,14 @@ enum jwt_status {
     JWKS_BAD_KEYS,
     JWKS_NO_VALID_KEYS,
     JWKS_KID_ALG_MISMATCH,
-    JWKS_PEM_PARSE_ERROR,
+    JWKS_PEM_PARSE_ERROR, /* Envoy's JwksPemBadBase64 */
+    JWKS_FETCH_FAIL,
     JWT_N_STATUS
 };
 const char *jwt_status_str(enum jwt_status s);
+/* The status code of jwt_authn's local reply for a failed token: 403 for JWT_AUDIENCE_NOT_ALLOWED, else 401
+ * (envoy source/extensions/filters/http/jwt_authn/filter.cc onComplete). */
+int jwt_status_http_code(enum jwt_status s);
 
 /* Envoy's clock skew for exp/nbf (jwt_authn config `clock_skew_seconds` default, jwt_verify_lib
  * kClockSkewInSecond). */
@@ -100,9 +104,10 @@ const json_t *jwt_claim(const struct jwt_result *r, const char *const *path, siz
  * into vals, each malloc'd (caller frees); -1 when absent or an object. */
 int jwt_claim_strings(const struct jwt_result *r, const char *const *path, size_t n, char **vals, size_t max);
 
-/* Token extraction, Istio's defaults: with no fromHeaders and no fromParams configured,
- * `Authorization: Bearer <t>` and the `access_token` query parameter (istio/istio
- * pilot/pkg/security/authn/policy_applier.go convertToEnvoyJwtConfig). */
+/* Token extraction. The defaults: with no fromHeaders, fromParams and fromCookies configured,
+ * `Authorization: Bearer <t>` and the `access_token` query parameter (envoyproxy/envoy
+ * source/extensions/filters/http/jwt_authn/extractor.cc addProvider; istiod passes the rule's locations
+ * through). */
 struct jwt_from_header {
     const char *name;
     const char *prefix; /* "" or NULL: the whole value */
@@ -117,10 +122,11 @@ struct jwt_locations {
 };
 /* A callback returning request header `name` (lower case) or NULL. */
 typedef const char *(*jwt_header_fn)(void *ctx, const char *name);
-/* Finds the token: headers (each with its prefix stripped; a value without the prefix is not a token),
- * then query parameters of `path` (percent-decoding not applied, tokens are base64url), then cookies
- * (from the `cookie` header). Writes a pointer into the request data and its length. Returns true when
- * found. */
+/* Finds the token as Envoy's extractor does: headers first (with a prefix, the prefix anywhere in the value,
+ * case-sensitive, and the token from the first base64url or '.' character after it to the end of the value; a
+ * value without the prefix is not a token), then query parameters of `path` (the first occurrence; percent-
+ * decoding not applied, tokens are base64url), then cookies (from the `cookie` header). Writes a pointer into
+ * the request data and its length. Returns true when found. */
 bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, const char *path,
                  const char **tok, size_t *tok_len);
 

@@ -15,6 +15,7 @@
 #include <pcre2.h>
 
 #include "mesh/destination_rule.h"
+#include "mesh/l7authn.h"
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
 
@@ -299,6 +300,8 @@ struct l7_builder {
     size_t n_routes, cap_routes;
     struct l7_policy **pols;
     size_t n_pols, cap_pols;
+    struct l7_authn **authns; /* RequestAuthentication (src/mesh/l7authn.h) */
+    size_t n_authns, cap_authns;
     struct dr_table *drs; /* DestinationRules (destination_rule.h) */
 };
 
@@ -312,6 +315,9 @@ struct l7_config {
     size_t n_svcs;
     struct pol_bind *binds;
     size_t n_binds;
+    struct l7_authn **authns;
+    size_t n_authns;
+    struct l7_authn_index *authn_idx;
     struct dr_table *drs; /* DestinationRules (destination_rule.h), owned */
 };
 
@@ -945,8 +951,11 @@ void l7_builder_free(struct l7_builder *b)
         route_free(b->routes[i]);
     for (size_t i = 0; i < b->n_pols; i++)
         l7_policy_free(b->pols[i]);
+    for (size_t i = 0; i < b->n_authns; i++)
+        l7_authn_free(b->authns[i]);
     free(b->routes);
     free(b->pols);
+    free(b->authns);
     dr_table_free(b->drs);
     free(b);
 }
@@ -982,6 +991,23 @@ int l7_type_index(const char *url)
     return -1;
 }
 
+/* A RequestAuthentication, compiled by src/mesh/l7authn.c (its JWKS parsed here, once per build). */
+static int authn_add(struct l7_builder *b, const char *name, const uint8_t *pb, size_t len, char *err,
+                     size_t errlen)
+{
+    for (size_t i = 0; i < b->n_authns; i++)
+        if (strcmp(l7_authn_name(b->authns[i]), name) == 0) {
+            if (err && errlen) snprintf(err, errlen, "RequestAuthentication %.512s: added twice", name);
+            return -EEXIST;
+        }
+    if (grow((void **)&b->authns, &b->cap_authns, b->n_authns, sizeof(*b->authns)) < 0) return -ENOMEM;
+    struct l7_authn *a;
+    int rc = l7_authn_compile(name, pb, len, &a, err, errlen);
+    if (rc < 0) return rc;
+    b->authns[b->n_authns++] = a;
+    return 0;
+}
+
 int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name, const uint8_t *pb,
                    size_t len, char *err, size_t errlen)
 {
@@ -996,6 +1022,7 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
     }
     bool is_route = ti == L7_T_HTTP_ROUTE;
     bool is_pol = ti == L7_T_AUTHORIZATION;
+    if (ti == L7_T_REQUEST_AUTHN) return authn_add(b, name, pb, len, err, errlen);
     char what[600];
     snprintf(what, sizeof(what), "%s %.512s",
              is_route ? "HTTPRoute"
@@ -1264,6 +1291,10 @@ static void config_free(struct l7_config *c)
     for (size_t i = 0; i < c->n_pols; i++)
         l7_policy_free(c->pols[i]);
     free(c->pols);
+    l7_authn_index_free(c->authn_idx);
+    for (size_t i = 0; i < c->n_authns; i++)
+        l7_authn_free(c->authns[i]);
+    free(c->authns);
     dr_table_free(c->drs);
     free(c);
 }
@@ -1281,9 +1312,12 @@ struct l7_config *l7_builder_finish(struct l7_builder *b)
     c->n_routes = b->n_routes;
     c->pols = b->pols;
     c->n_pols = b->n_pols;
+    c->authns = b->authns;
+    c->n_authns = b->n_authns;
     c->drs = b->drs;
     free(b);
-    if (svc_index_build(c) < 0 || pol_index_build(c) < 0 || dr_table_finish(c->drs) < 0) {
+    if (svc_index_build(c) < 0 || pol_index_build(c) < 0 ||
+        l7_authn_index_build(c->authns, c->n_authns, &c->authn_idx) < 0 || dr_table_finish(c->drs) < 0) {
         config_free(c);
         return NULL;
     }
@@ -1356,6 +1390,17 @@ const struct l7_policy *const *l7_config_policies_for(const struct l7_config *c,
     if (!b) return NULL;
     *n = b->n;
     return b->p;
+}
+
+const struct l7_authn *const *l7_config_authn_for(const struct l7_config *c, const char *key, size_t *n)
+{
+    *n = 0;
+    return c ? l7_authn_index_get(c->authn_idx, key, n) : NULL;
+}
+
+size_t l7_config_n_authn(const struct l7_config *c)
+{
+    return c ? c->n_authns : 0;
 }
 
 /* ---- matching ---- */

@@ -13,9 +13,10 @@
 #include "tls/spiffe.h"
 #include "zmesh/l7.pb-c.h"
 
-/* What a value is compared with. ABSENT: an attribute the waypoint never has (request.auth.* without a JWT
- * filter, Envoy filter metadata): Envoy's matchers on missing metadata fail, so a value never matches and a
- * not_ value always holds (DENY with notRequestPrincipals ["*"] denies every request without a JWT). */
+/* What a value is compared with. The REQ_* attributes come from the request's verified JWT (in->auth);
+ * without one they are missing, like ABSENT: an attribute the waypoint never has (Envoy filter metadata).
+ * Envoy's matchers on missing metadata fail, so a value never matches and a not_ value always holds (DENY
+ * with notRequestPrincipals ["*"] denies every request without a JWT). */
 enum attr {
     A_PRINCIPAL,
     A_NAMESPACE,
@@ -29,8 +30,15 @@ enum attr {
     A_PATH,
     A_HEADER,
     A_SNI,
+    A_REQ_PRINCIPAL, /* requestPrincipals, request.auth.principal: "<iss>/<sub>" */
+    A_REQ_AUDIENCE,  /* request.auth.audiences: any aud */
+    A_REQ_PRESENTER, /* request.auth.presenter: azp */
+    A_REQ_CLAIM,     /* request.auth.claims[a][b]: a string, or any string of a list */
     A_ABSENT,
 };
+
+/* Deepest request.auth.claims[a][b]... a condition may name. */
+#define L7_MAX_CLAIM_PATH 8
 
 enum str_kind { S_EXACT, S_PREFIX, S_SUFFIX, S_PRESENT };
 
@@ -55,6 +63,8 @@ struct field {
     uint8_t attr;
     const char *header; /* A_HEADER: the lower-case name */
     size_t header_len;
+    const char *const *claim; /* A_REQ_CLAIM: the names, outermost first */
+    size_t n_claim;
     const struct val *vals, *nots;
     size_t n_vals, n_nots;
 };
@@ -283,7 +293,25 @@ static int field_add(struct l7_policy *p, struct cerr *e, const char *where, con
     return 0;
 }
 
-/* The when keys Istio knows (model.go New); request.auth.* and experimental.envoy.filters.* are ABSENT. */
+/* request.auth.claims[a][b]...: the names between brackets, each non-empty and without brackets (Istio's
+ * model.go extractNameInNestedBrackets). Returns the count, or -EINVAL. */
+static int claim_path(struct l7_policy *p, const char *s, const char ***out)
+{
+    const char **names = l7_arena_alloc(&p->arena, L7_MAX_CLAIM_PATH * sizeof(char *));
+    int n = 0;
+    if (!names) return -ENOMEM;
+    while (*s) {
+        if (*s != '[' || n == L7_MAX_CLAIM_PATH) return -EINVAL;
+        const char *e = strchr(s + 1, ']');
+        if (!e || e == s + 1 || memchr(s + 1, '[', (size_t)(e - s - 1))) return -EINVAL;
+        if (!(names[n++] = l7_arena_strndup(&p->arena, s + 1, (size_t)(e - s - 1)))) return -ENOMEM;
+        s = e + 1;
+    }
+    *out = names;
+    return n ? n : -EINVAL;
+}
+
+/* The when keys Istio knows (model.go New); experimental.envoy.filters.* are ABSENT. */
 static int cond_attr(const char *key, uint8_t *attr, const char **header, size_t *hlen)
 {
     static const struct {
@@ -298,9 +326,9 @@ static int cond_attr(const char *key, uint8_t *attr, const char **header, size_t
         {"destination.ip", A_DEST_IP},
         {"destination.port", A_PORT},
         {"connection.sni", A_SNI},
-        {"request.auth.principal", A_ABSENT},
-        {"request.auth.audiences", A_ABSENT},
-        {"request.auth.presenter", A_ABSENT},
+        {"request.auth.principal", A_REQ_PRINCIPAL},
+        {"request.auth.audiences", A_REQ_AUDIENCE},
+        {"request.auth.presenter", A_REQ_PRESENTER},
     };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (strcmp(key, keys[i].key) == 0) {
@@ -317,8 +345,13 @@ static int cond_attr(const char *key, uint8_t *attr, const char **header, size_t
                 return -EINVAL;
         return 0;
     }
-    if ((strncmp(key, "request.auth.claims[", 20) == 0 && key[n - 1] == ']') ||
-        strncmp(key, "experimental.envoy.filters.", 27) == 0) {
+    if (strncmp(key, "request.auth.claims[", 20) == 0 && key[n - 1] == ']') {
+        *attr = A_REQ_CLAIM;
+        *header = key + 19; /* "[a][b]": split by the caller */
+        *hlen = n - 19;
+        return 0;
+    }
+    if (strncmp(key, "experimental.envoy.filters.", 27) == 0) {
         *attr = A_ABSENT;
         return 0;
     }
@@ -342,7 +375,7 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
         fld(w, sizeof(w), "rules[%zu].from[%zu]", ri, i);
         if ((rc = field_add(p, e, w, "principals", A_PRINCIPAL, s->principals, s->n_principals,
                             s->not_principals, s->n_not_principals, f, &n)) < 0 ||
-            (rc = field_add(p, e, w, "request_principals", A_ABSENT, s->request_principals,
+            (rc = field_add(p, e, w, "request_principals", A_REQ_PRINCIPAL, s->request_principals,
                             s->n_request_principals, s->not_request_principals, s->n_not_request_principals,
                             f, &n)) < 0 ||
             (rc = field_add(p, e, w, "namespaces", A_NAMESPACE, s->namespaces, s->n_namespaces,
@@ -387,6 +420,15 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
             fld(f, sizeof(f), "%s.key", w);
             return fail(e, f, "unknown attribute \"%.64s\"", c->key);
         }
+        const char **claim = NULL;
+        int nclaim = 0;
+        if (attr == A_REQ_CLAIM && (nclaim = claim_path(p, hdr, &claim)) < 0) {
+            char f[140];
+            fld(f, sizeof(f), "%s.key", w);
+            if (nclaim == -ENOMEM) return -ENOMEM;
+            return fail(e, f, "expected request.auth.claims[name][name]... (1-%d non-empty names): \"%.64s\"",
+                        L7_MAX_CLAIM_PATH, c->key);
+        }
         if (c->n_values == 0 && c->n_not_values == 0) {
             char f[140];
             fld(f, sizeof(f), "%s.values", w);
@@ -395,6 +437,10 @@ static int rule_compile(struct l7_policy *p, struct cerr *e, size_t ri, const Zm
         if ((rc = field_add(p, e, w, "values", attr, c->values, c->n_values, c->not_values, c->n_not_values,
                             when, &nw)) < 0)
             return rc;
+        if (attr == A_REQ_CLAIM) {
+            when[nw - 1].claim = claim;
+            when[nw - 1].n_claim = (size_t)nclaim;
+        }
         if (attr == A_HEADER) {
             char *h = l7_arena_strndup(&p->arena, hdr, hl);
             if (!h) return -ENOMEM;
@@ -627,6 +673,33 @@ static bool header_match(const struct val *v, const char *s, size_t n)
     return false;
 }
 
+/* A claim as Istio's metadata matchers see it: a string, or a list whose string elements are tried each;
+ * a number or a boolean by its JSON text. Objects and missing claims never match. */
+static bool claim_match(const struct val *v, const json_t *j)
+{
+    if (!j) return false;
+    if (json_is_string(j)) return str_match(v, json_string_value(j), json_string_length(j), false);
+    if (json_is_array(j)) {
+        size_t i;
+        const json_t *e;
+        json_array_foreach(j, i,
+                           e) if (json_is_string(e) && str_match(v, json_string_value(e),
+                                                                 json_string_length(e), false)) return true;
+        return false;
+    }
+    char buf[64];
+    int n;
+    if (json_is_integer(j))
+        n = snprintf(buf, sizeof(buf), "%lld", (long long)json_integer_value(j));
+    else if (json_is_boolean(j))
+        n = snprintf(buf, sizeof(buf), "%s", json_is_true(j) ? "true" : "false");
+    else if (json_is_real(j))
+        n = snprintf(buf, sizeof(buf), "%.17g", json_real_value(j));
+    else
+        return false;
+    return n > 0 && (size_t)n < sizeof(buf) && str_match(v, buf, (size_t)n, false);
+}
+
 static bool val_match(const struct field *f, const struct val *v, const struct ctx *c)
 {
     const struct l7_request *req = c->in->req;
@@ -675,14 +748,63 @@ static bool val_match(const struct field *f, const struct val *v, const struct c
         }
         return found && header_match(v, buf, w);
     }
+    case A_REQ_PRINCIPAL:
+        return c->in->auth && c->in->auth->principal &&
+               str_match(v, c->in->auth->principal, strlen(c->in->auth->principal), false);
+    case A_REQ_PRESENTER:
+        return c->in->auth && c->in->auth->presenter &&
+               str_match(v, c->in->auth->presenter, strlen(c->in->auth->presenter), false);
+    case A_REQ_AUDIENCE:
+        for (size_t i = 0; c->in->auth && i < c->in->auth->n_audiences; i++)
+            if (c->in->auth->audiences[i] &&
+                str_match(v, c->in->auth->audiences[i], strlen(c->in->auth->audiences[i]), false))
+                return true;
+        return false;
+    case A_REQ_CLAIM:
+        return c->in->auth && claim_match(v, jwt_claim(c->in->auth, f->claim, f->n_claim));
     default: /* A_ABSENT */
         return false;
     }
 }
 
 /* A field holds when one of its values matches (or it has none) and none of its not_ values does. */
+/* The attributes a TCP stream does not have (Istio's generators that fail "is HTTP only" for a TCP chain). */
+static bool attr_http_only(uint8_t a)
+{
+    switch (a) {
+    case A_HOST:
+    case A_METHOD:
+    case A_PATH:
+    case A_HEADER:
+    case A_REQ_PRINCIPAL:
+    case A_REQ_AUDIENCE:
+    case A_REQ_PRESENTER:
+    case A_REQ_CLAIM:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static bool flist_http(const struct flist *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (attr_http_only(l->f[i].attr)) return true;
+    return false;
+}
+
+static bool rule_http(const struct prule *r)
+{
+    for (size_t i = 0; i < r->n_from; i++)
+        if (flist_http(&r->from[i])) return true;
+    for (size_t i = 0; i < r->n_to; i++)
+        if (flist_http(&r->to[i])) return true;
+    return flist_http(&r->when);
+}
+
 static bool field_holds(const struct field *f, const struct ctx *c)
 {
+    if (c->in->tcp && attr_http_only(f->attr)) return true; /* a DENY's or AUDIT's: ignored on TCP */
     bool pos = f->n_vals == 0;
     for (size_t i = 0; i < f->n_vals && !pos; i++)
         pos = val_match(f, &f->vals[i], c);
@@ -711,6 +833,8 @@ static bool policy_matches(const struct l7_policy *p, const struct ctx *c)
 {
     for (size_t i = 0; i < p->n_rules; i++) {
         const struct prule *r = &p->rules[i];
+        /* On TCP, an ALLOW rule with an HTTP-only attribute is left out (it never allows). */
+        if (c->in->tcp && p->action == ZMESH__V1__L7_AUTHORIZATION__ACTION__ALLOW && rule_http(r)) continue;
         if (any_holds(r->from, r->n_from, c) && any_holds(r->to, r->n_to, c) && flist_holds(&r->when, c))
             return true;
     }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/net.h"
+#include "mesh/jwt.h"
 #include "mesh/l7.h"
 
 /* Most targets of one policy (istio/api: targetRefs maxItems 16). */
@@ -31,6 +32,16 @@ struct l7_authz_input {
     uint16_t dest_port;            /* the service port (ports, destination.port); 0 = unknown */
     const char *sni;               /* connection.sni; NULL = none (plaintext HTTP inside HBONE) */
     const struct l7_request *req;  /* hosts = authority, methods, paths (query dropped), request.headers[] */
+    /* The request's verified JWT (RequestAuthentication, src/waypoint/authn.h): requestPrincipals and
+     * request.auth.principal, .audiences, .presenter, .claims[a][b]. NULL = no token: those attributes are
+     * absent, so a value never matches (an ALLOW on requestPrincipals ["*"] denies a request without one)
+     * and a not_ value always holds. */
+    const struct jwt_result *auth;
+    /* A TCP stream, not a request (the waypoint relays a TCP port): HTTP-only attributes (hosts, methods,
+     * paths, request.headers, requestPrincipals, request.auth.*) cannot be evaluated, and Istio's builder for a
+     * TCP filter chain (istio/istio pilot/pkg/security/authz/model/model.go checkError) drops an ALLOW rule
+     * that uses one (a smaller ALLOW) and ignores the attribute in a DENY or AUDIT rule (a wider DENY). */
+    bool tcp;
 };
 
 enum l7_verdict { L7_ALLOW = 0, L7_DENY = 1 };

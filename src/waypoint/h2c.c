@@ -13,11 +13,11 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "mesh/retry.h"
 #include "waypoint/bq.h"
 #include "waypoint/h2c_mirror.h"
 #include "waypoint/route.h"
 #include "waypoint/telemetry.h"
+#include "waypoint/tries.h"
 #include "waypoint/wp.h"
 
 #define LOG_H2C "waypoint::h2c"
@@ -33,11 +33,8 @@
 #define HC_MAX_HEADER_BYTES (60u << 10)
 #define HC_IDLE_BUCKETS 64
 #define HC_GRPC_MESSAGE_MAX 512 /* a local reply's grpc-message, percent-encoded (the texts are < 128 bytes) */
-/* The request body kept for a retry (Envoy's per-request buffer limit, 1 MiB by default), the endpoint picks
- * per retry that look for a host not tried yet (Istio's host_selection_retry_max_attempts), hosts remembered. */
+/* The request body kept for a retry (Envoy's per-request buffer limit, 1 MiB by default). */
 #define HC_REPLAY_MAX (1u << 20)
-#define HC_HOST_PICKS 5
-#define HC_TRIED_MAX 8
 
 struct hc_up;
 
@@ -98,9 +95,8 @@ struct hc_x {
     char *req_trailer_mem;
     struct bq replay;
     size_t credited_head; /* bytes at the head of d2u the client was credited for already (a retry's replay) */
-    bool req_eof, replay_lost, retrying, retry_exhausted, abandoning;
-    unsigned tries;
-    const struct workload *tried[HC_TRIED_MAX];
+    bool req_eof, replay_lost, retrying, abandoning;
+    struct wp_tries tries;
     struct timer retry_timer, try_timer;
 };
 
@@ -165,12 +161,8 @@ static void x_record(struct hc_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
-    const char *flags = x->flags ? x->flags : "-";
-    char fl[32];
-    if (x->retry_exhausted) { /* Envoy's URX beside the flag of the last try's failure */
-        snprintf(fl, sizeof(fl), "%s%sURX", strcmp(flags, "-") ? flags : "", strcmp(flags, "-") ? "," : "");
-        flags = fl;
-    }
+    char fl[WP_FLAGS_MAX];
+    const char *flags = wp_try_flags(&x->tries, x->flags, fl);
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -289,9 +281,10 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     }
     char len[24];
     snprintf(len, sizeof(len), "%zu", strlen(body));
-    struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len}};
+    struct h2_header h[] = {{"content-type", "text/plain"}, {"content-length", len},
+                            {"www-authenticate", x->dec.www_authenticate}}; /* RequestAuthentication's 401 */
     if (bq_push(&x->u2d, (const uint8_t *)body, strlen(body)) < 0 ||
-        h2_stream_respond(x->ds, status, h, 2, *body ? H2_BODY : 0) < 0)
+        h2_stream_respond(x->ds, status, h, *x->dec.www_authenticate ? 3 : 2, *body ? H2_BODY : 0) < 0)
         return;
     x->u2d.eof = true;
     x->bytes_sent = strlen(body);
@@ -732,30 +725,14 @@ static void down_stream(struct h2_conn *c, void *ud, struct h2_stream *s)
 
 /* ---- tries and retries ---- */
 
-static bool was_tried(const struct hc_x *x, const struct workload *w)
-{
-    for (unsigned i = 0; i < x->tries && i < HC_TRIED_MAX; i++)
-        if (x->tried[i] == w) return true;
-    return false;
-}
-
-/* Starts a try: an endpoint (on a retry, one not tried yet when the policy asks for other hosts and one turns
- * up in HC_HOST_PICKS picks), an upstream stream with the request's headers, the body so far (d2u), the
+/* Starts a try: an endpoint (wp_try_pick), an upstream stream with the request's headers, the body so far (d2u), the
  * trailers if they came. Returns 0 when the try is on its way or a retry is scheduled, -1 when the request
  * was answered locally. */
 static int x_try_start(struct hc_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     struct lb_choice ep;
-    bool found = false;
-    for (int i = 0; i < (x->tries && x->dec.retry->retry_other_hosts ? HC_HOST_PICKS : 1); i++) {
-        struct lb_choice c;
-        if (wp_pick_endpoint_dec(t, &x->dec, &c) < 0) break; /* the DestinationRule's choice */
-        if (!found || !was_tried(x, c.wl)) ep = c;
-        found = true;
-        if (!was_tried(x, c.wl)) break;
-    }
-    if (!found) {
+    if (wp_try_pick(t, &x->dec, &x->tries, &ep) < 0) {
         drop_d2u(x);
         x_local_reply(x, 503, "no healthy upstream", "UH");
         return -1;
@@ -764,8 +741,6 @@ static int x_try_start(struct hc_x *x)
     snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
              ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
     x->upstream_ep = ep;
-    if (x->tries < HC_TRIED_MAX) x->tried[x->tries] = ep.wl;
-    x->tries++;
     const char *err = "failed";
     struct hc_up *u = up_get(t->w, &ep, &err);
     bool body = !x->req_eof || x->d2u.bytes || x->n_req_trailers;
@@ -824,15 +799,8 @@ static void retry_cb(struct timer *tm)
  * can be replayed. Returns true when a retry is on its way (it holds a reference on x meanwhile). */
 static bool x_retry(struct hc_x *x, const struct l7_try *t)
 {
-    const struct l7_retry *p = x->dec.retry;
     struct wp_worker *w = x->d->t->w;
-    if (!p || x->responded || !x->ds || !l7_retry_wanted(p, t)) return false;
-    if (x->tries > p->attempts) {
-        if (!x->retry_exhausted) wp_telemetry_retry_exhausted();
-        x->retry_exhausted = true;
-        return false;
-    }
-    if (x->replay_lost) return false;
+    if (x->responded || !x->ds || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
     if (x->counted) /* outlier detection sees each try */
         wp_try_done(&x->dec, x->upstream_ep.wl,
                     t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
@@ -841,8 +809,7 @@ static bool x_retry(struct hc_x *x, const struct l7_try *t)
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
     x->retrying = true;
     x->refs++;
-    wp_telemetry_retry();
-    timer_start(w->loop, &x->retry_timer, l7_retry_backoff_ms(x->tries, wp_rand(w)));
+    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->tries));
     return true;
 }
 

@@ -17,10 +17,10 @@
 #include "core/log.h"
 #include "core/relay.h"
 #include "http1/codec.h"
-#include "mesh/retry.h"
 #include "waypoint/mirror.h"
 #include "waypoint/route.h"
 #include "waypoint/telemetry.h"
+#include "waypoint/tries.h"
 #include "waypoint/wp.h"
 
 #define LOG_HTTP "waypoint::http"
@@ -36,10 +36,6 @@
 /* The request as sent (head and framed body) is kept this far for a retry: Envoy's per-request buffer limit
  * (per_connection_buffer_limit_bytes, 1 MiB by default). A body streamed past it is not retried. */
 #define H1_REPLAY_MAX (1u << 20)
-/* Endpoint picks per retry that look for a host not tried yet (Istio's host_selection_retry_max_attempts). */
-#define H1_HOST_PICKS 5
-/* Hosts remembered as tried (Envoy's previous_hosts predicate). */
-#define H1_TRIED_MAX 8
 
 struct h1_x;
 
@@ -105,11 +101,9 @@ struct h1_x {
     char upstream_host[IP_STRLEN + 32];
     /* Retries (dec.retry; src/mesh/retry.h): the request as sent so far, for the next try. */
     struct http1_out replay;
-    bool replay_lost;     /* past H1_REPLAY_MAX: no more retries */
-    bool retrying;        /* waiting out the back-off: the downstream is not read meanwhile */
-    bool retry_exhausted; /* a retriable failure with no attempt left: Envoy's URX */
-    unsigned tries;       /* tries started */
-    const struct workload *tried[H1_TRIED_MAX];
+    bool replay_lost; /* past H1_REPLAY_MAX: no more retries */
+    bool retrying;    /* waiting out the back-off: the downstream is not read meanwhile */
+    struct wp_tries tries;
     struct timer retry_timer, try_timer; /* the back-off; perTryTimeout */
 };
 
@@ -204,9 +198,12 @@ static void local_reply(struct h1_x *x, int status, const char *body, const char
 {
     struct h1_down *d = x->d;
     size_t blen = strlen(body);
-    struct http1_hdr h[3];
+    struct http1_hdr h[4];
     size_t nh = 0;
     if (location) h[nh++] = (struct http1_hdr){"location", 8, location, strlen(location)};
+    if (*x->dec.www_authenticate) /* RequestAuthentication's 401 (authn.h) */
+        h[nh++] = (struct http1_hdr){"www-authenticate", 16, x->dec.www_authenticate,
+                                     strlen(x->dec.www_authenticate)};
     if (blen) h[nh++] = (struct http1_hdr){"content-type", 12, "text/plain", 10};
     if (!x->keep_alive) h[nh++] = (struct http1_hdr){"connection", 10, "close", 5};
     (void)http1_write_response_head(&d->s.out, status, NULL, h, nh, HTTP1_BODY_LENGTH, blen);
@@ -714,12 +711,8 @@ static void x_record(struct h1_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
-    const char *flags = x->flags ? x->flags : "-";
-    char fl[32];
-    if (x->retry_exhausted) { /* Envoy's URX beside the flag of the last try's failure */
-        snprintf(fl, sizeof(fl), "%s%sURX", strcmp(flags, "-") ? flags : "", strcmp(flags, "-") ? "," : "");
-        flags = fl;
-    }
+    char fl[WP_FLAGS_MAX];
+    const char *flags = wp_try_flags(&x->tries, x->flags, fl);
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -861,33 +854,17 @@ static void mirror_copy(struct h1_x *x, const uint8_t *p, size_t n, bool chunk)
 
 /* ---- tries and retries ---- */
 
-static bool was_tried(const struct h1_x *x, const struct workload *w)
-{
-    for (unsigned i = 0; i < x->tries && i < H1_TRIED_MAX; i++)
-        if (x->tried[i] == w) return true;
-    return false;
-}
-
 static void try_timeout_cb(struct timer *tm);
 static void x_timed_out(struct h1_x *x);
 
-/* Starts a try: an endpoint (on a retry, one not tried yet when the policy asks for other hosts and one can
- * be found in H1_HOST_PICKS picks), an upstream connection, the replay written to it. Returns 0 when the try
+/* Starts a try: an endpoint (wp_try_pick), an upstream connection, the replay written to it. Returns 0 when the try
  * is on its way (or, for a connection that could not even be made, a retry is scheduled), -1 when the request
  * was answered locally. */
 static int x_try_start(struct h1_x *x)
 {
     struct wp_tunnel *t = x->d->t;
     struct lb_choice ep;
-    bool found = false;
-    for (int i = 0; i < (x->tries && x->dec.retry->retry_other_hosts ? H1_HOST_PICKS : 1); i++) {
-        struct lb_choice c;
-        if (wp_pick_endpoint_dec(t, &x->dec, &c) < 0) break; /* the DestinationRule's choice */
-        if (!found || !was_tried(x, c.wl)) ep = c;
-        found = true;
-        if (!was_tried(x, c.wl)) break;
-    }
-    if (!found) {
+    if (wp_try_pick(t, &x->dec, &x->tries, &ep) < 0) {
         local_reply(x, 503, "no healthy upstream", "UH", "no_healthy_upstream", NULL);
         return -1;
     }
@@ -895,8 +872,6 @@ static int x_try_start(struct h1_x *x)
     snprintf(x->upstream_host, sizeof(x->upstream_host), "envoy://connect_originate/%s:%u",
              ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
     x->upstream_ep = ep;
-    if (x->tries < H1_TRIED_MAX) x->tried[x->tries] = ep.wl;
-    x->tries++;
     const char *err = NULL;
     struct h1_up *u = up_get(t->w, &ep, &err);
     if (!u) {
@@ -952,15 +927,9 @@ static void retry_cb(struct timer *tm)
  * attempts are left and the request can be replayed. Returns true when a retry is on its way. */
 static bool x_retry(struct h1_x *x, const struct l7_try *t)
 {
-    const struct l7_retry *p = x->dec.retry;
     struct wp_worker *w = x->d->t->w;
-    if (!p || x->resp_started || x->upgrade || !l7_retry_wanted(p, t)) return false;
-    if (x->tries > p->attempts) {
-        if (!x->retry_exhausted) wp_telemetry_retry_exhausted();
-        x->retry_exhausted = true;
-        return false;
-    }
-    if (x->replay_lost) return false; /* the body went past what is kept */
+    /* not after any of the response left, not for an Upgrade, not when the body went past what is kept */
+    if (x->resp_started || x->upgrade || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
     if (x->counted) /* outlier detection sees each try */
         wp_try_done(&x->dec, x->upstream_ep.wl,
                     t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
@@ -968,8 +937,7 @@ static bool x_retry(struct h1_x *x, const struct l7_try *t)
     x->counted = false;
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
     x->retrying = true;
-    wp_telemetry_retry();
-    timer_start(w->loop, &x->retry_timer, l7_retry_backoff_ms(x->tries, wp_rand(w)));
+    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->tries));
     return true;
 }
 

@@ -970,8 +970,15 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
 {
     struct tcp_fwd *f = calloc(1, sizeof(*f));
     const char *err = "out of memory";
+    char denied[300];
     if (!f) goto fail;
     f->t = t;
+    const char *policy = NULL;
+    if (!wp_authorize_stream(t, &policy)) { /* Envoy's network RBAC filter closes the connection */
+        snprintf(denied, sizeof(denied), "rbac_access_denied_matched_policy[%s]", policy ? policy : "none");
+        err = denied;
+        goto fail;
+    }
     if (wp_pick_endpoint(t, t->svc, t->port, &f->ep) < 0) {
         err = "no healthy upstream";
         goto fail;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "waypoint/authn.h"
 
 static void local(struct wp_decision *d, int status, const char *body, const char *flags, const char *details)
 {
@@ -56,12 +57,16 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     d->port = t->port;
     d->route_name = "default";
     d->retry = &l7_default_retry;
+    /* RequestAuthentication (authn.h): a bad token is answered here; a good one is the request principal. */
+    struct jwt_result auth;
+    if (!wp_authn_check(t, req, d, &auth)) return 0;
     /* L7 authorization: policies targeting this waypoint's Gateway, and the addressed Service. */
     struct l7_authz_input in = {
         .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
         .dest_ip = &t->dst_ip,
         .dest_port = t->port,
         .req = req,
+        .auth = auth.principal ? &auth : NULL,
     };
     struct ip_addr pip;
     sockaddr_to(&t->peer, &pip, NULL);
@@ -71,6 +76,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     enum l7_verdict verdict = l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
                                            t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
                                            &matched, &dry_deny);
+    jwt_result_free(&auth);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny %s %s from %s", req->method,
                     t->authority, *t->peer_id ? t->peer_id : "unknown");
@@ -181,4 +187,29 @@ void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struc
             hv[(*n)++] = (struct http1_hdr){hm->add[a].name, strlen(hm->add[a].name), hm->add[a].value,
                                          strlen(hm->add[a].value)};
     }
+}
+
+/* A TCP stream's authorization (Envoy's network RBAC filter on the waypoint's TCP chain): the same policies as
+ * wp_decide's, evaluated without a request (l7_authz_input.tcp). Returns true when allowed; *matched names
+ * the deciding policy, if one did. */
+bool wp_authorize_stream(struct wp_tunnel *t, const char **matched)
+{
+    struct ip_addr pip;
+    sockaddr_to(&t->peer, &pip, NULL);
+    struct l7_authz_input in = {
+        .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
+        .source_ip = &pip,
+        .dest_ip = &t->dst_ip,
+        .dest_port = t->port,
+        .tcp = true,
+    };
+    bool dry_deny = false;
+    *matched = NULL;
+    enum l7_verdict v = l7_authorize(t->view->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
+                                     t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in, matched,
+                                     &dry_deny);
+    if (dry_deny)
+        LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny a TCP stream to %s from %s",
+                    t->authority, *t->peer_id ? t->peer_id : "unknown");
+    return v == L7_ALLOW;
 }

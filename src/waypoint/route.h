@@ -15,6 +15,11 @@
 #include "waypoint/wp.h"
 
 #define WP_MAX_MODS 8
+/* RequestAuthentication's changes to one request (src/waypoint/authn.h): headers set (payload, claims),
+ * headers removed (the token's), and the bytes of their values, all owned by the decision. */
+#define WP_AUTHN_MAX_SET 24
+#define WP_AUTHN_MAX_REMOVE 32
+#define WP_AUTHN_BUF 4096
 
 enum wp_decision_kind { WP_DECIDE_FORWARD, WP_DECIDE_LOCAL };
 
@@ -61,6 +66,14 @@ struct wp_decision {
     const struct dr_outlier *lb_outlier; /* NULL: no outlier detection */
     uint64_t lb_cluster;                 /* the cluster's key (Service, subset, port) */
     size_t lb_hosts;                     /* eligible endpoints at the last pick (maxEjectionPercent's base) */
+    /* RequestAuthentication (authn.h): a LOCAL 401/403 carries www_authenticate ("" = none); a FORWARD under
+     * JWT rules has authn_mod first in req_mods (the rules' output headers dropped, the token removed, its
+     * payload and claims copied) and, for a token in a query parameter, the path without it (rewrite_path). */
+    char www_authenticate[512];
+    struct l7_header_mod authn_mod;
+    struct l7_kv authn_set[WP_AUTHN_MAX_SET];
+    const char *authn_remove[WP_AUTHN_MAX_REMOVE];
+    char authn_buf[WP_AUTHN_BUF];
 };
 
 /* DestinationRule for a request that d forwards (d->svc, d->port, d->subset), once, after wp_decide: the
@@ -82,6 +95,9 @@ void wp_request_done(struct wp_decision *d, const struct workload *w, int status
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. */
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decision *d);
+/* A TCP stream's L7 authorization (the policies of wp_decide, Istio's TCP semantics: l7_authz_input.tcp):
+ * true when allowed; *matched is the deciding policy or NULL. */
+bool wp_authorize_stream(struct wp_tunnel *t, const char **matched);
 
 /* Applies header modifiers in order to hv[0..*n) (room for cap): set replaces every field of that name (or
  * adds one), add appends, remove drops; names compared with name_eq (a name against a lower-case one). The

@@ -668,3 +668,8 @@ int zmeshd_token_mint(const char *state_dir, const struct token_subject *s, long
     token_key_free(k);
     return rc;
 }
+
+struct loop *zmeshd_loop(const struct zmeshd *d)
+{
+    return d->loop;
+}

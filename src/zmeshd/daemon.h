@@ -127,6 +127,8 @@ const char *zmeshd_listen(const struct zmeshd *d);
 /* The listen address parsed (port 0: any free port). */
 const struct sockaddr_storage *zmeshd_listen_addr(const struct zmeshd *d);
 const struct zmeshd_config *zmeshd_config(const struct zmeshd *d);
+/* The loop zmeshd runs on (for work handed back from other threads). */
+struct loop *zmeshd_loop(const struct zmeshd *d);
 /* A ca_pod_on_node_fn over the current store (ud: the struct zmeshd): 1 when a pod that is not Failed has
  * service account ns/sa and spec.nodeName node, as istiod's node authorizer asks the API server
  * (istio/istio security/pkg/server/ca/node_auth.go). */

@@ -14,6 +14,7 @@
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/destination_rule.h"
+#include "zmeshd/request_authentication.h"
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
 
@@ -1357,6 +1358,10 @@ int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, siz
     if (!strcmp(d->kind, "AuthorizationPolicy")) {
         *type = L7_T_AUTHORIZATION;
         return l7_convert_authz(d->doc, &d->src, pb, len, name, name_n, report, ud);
+    }
+    if (!strcmp(d->kind, "RequestAuthentication")) {
+        *type = L7_T_REQUEST_AUTHN;
+        return zmeshd_convert_request_authn(d->doc, &d->src, pb, len, name, name_n, report, ud);
     }
     *type = L7_T_HTTP_ROUTE; /* HTTPRoute, GRPCRoute */
     return l7_convert_route(d->doc, &d->src, pb, len, name, name_n, report, ud);

@@ -1391,6 +1391,7 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         {"Gateway", gateway_versions},
         {"HTTPRoute", route_versions},
         {"GRPCRoute", grpcroute_versions},
+        {"RequestAuthentication", security_versions},
         {"DestinationRule", destination_rule_versions},
     };
     if (!in_list && !strcmp(kn->s, "List") && av && av->type == MN_SCALAR && !strcmp(av->s, "v1"))
@@ -1413,7 +1414,8 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         return 0;
     }
     /* Routes are converted from their whole document (src/zmeshd/l7.c reads them, findings and all). */
-    if (kd == &kinds[7] || kd == &kinds[8] || kd == &kinds[9]) return keep_l7_doc(r, doc, kd->kind);
+    if (kd == &kinds[7] || kd == &kinds[8] || kd == &kinds[9] || kd == &kinds[10])
+        return keep_l7_doc(r, doc, kd->kind);
     /* The object is read into a local and appended only when it is whole, so a bad one leaves no trace. */
     int rc = 0;
     struct vec *list;

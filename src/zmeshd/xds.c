@@ -14,6 +14,7 @@
 #include "xds/resource.h"
 #include "zmeshd/enrolment.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/request_authentication.h"
 #include "mesh/l7.h"
 
 struct xds_stream;
@@ -248,6 +249,13 @@ static void on_store(void *ud, const struct manifest_store *st)
     load_l7(ud, st);
 }
 
+/* A jwksUri document changed (src/zmeshd/request_authentication.h): convert and push the L7 resources again. */
+static void on_jwks(void *ud)
+{
+    struct zmeshd_xds *x = ud;
+    if (zmeshd_store(x->d)) (void)load_l7(x, zmeshd_store(x->d));
+}
+
 /* ---- streams ---- */
 
 static void stream_finish(struct xds_stream *st, enum grpc_status code, const char *msg)
@@ -451,6 +459,12 @@ int zmeshd_xds_new(struct zmeshd *d, struct zmeshd_server *srv, struct zmeshd_xd
         snprintf(err, errlen, "cannot subscribe to manifest reloads: %s", strerror(-rc));
         goto fail;
     }
+    if ((rc = zmeshd_jwks_watch(zmeshd_loop(d), on_jwks, x)) < 0) {
+        (void)zmeshd_unsubscribe(d, on_snapshot, x);
+        (void)zmeshd_unsubscribe_store(d, on_store, x);
+        snprintf(err, errlen, "cannot watch the JWKS resolver: %s", strerror(-rc));
+        goto fail;
+    }
     *out = x;
     return 0;
 fail:
@@ -464,6 +478,7 @@ void zmeshd_xds_free(struct zmeshd_xds *x)
     if (!x) return;
     (void)zmeshd_unsubscribe(x->d, on_snapshot, x);
     (void)zmeshd_unsubscribe_store(x->d, on_store, x);
+    zmeshd_jwks_shutdown();
     ads_server_free(x->ads); /* after zmeshd_server_free, which ended every stream */
     free(x);
 }

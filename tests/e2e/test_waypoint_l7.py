@@ -726,6 +726,42 @@ def test_policy_targeting_a_service(cluster):
         assert info(req(c, "/", svc="svc-v2"))["tag"] == "v2"
 
 
+def test_tcp_port_policies(cluster):
+    """A Service port declared TCP is relayed as TCP by the waypoint (no request is parsed), and the L7 policies
+    that target the Service apply with Istio's TCP semantics (pilot/pkg/security/authz/model/model.go
+    checkError): a DENY on a method denies every stream (the method cannot be known, so the rule is wider); an
+    ALLOW whose only rule needs a method allows none; an ALLOW on principals still tells the clients apart."""
+    c = cluster
+    svc = service("tcpsvc", {"app": "svc"}).replace("appProtocol: http", "appProtocol: tcp")
+    d = c.apply(svc)
+    try:
+        # Through the waypoint as TCP: the app answers, the waypoint adds nothing of its HTTP handling.
+        r = until(c, "/", lambda r: r[0] == 200, "tcpsvc through the waypoint", svc="tcpsvc")
+        assert "x-envoy-upstream-service-time" not in r[1], r[1]
+        target = '{group: "", kind: Service, name: tcpsvc}'
+        deny = policy("tcp-deny-post", "DENY", "[{to: [{operation: {methods: [POST]}}]}]").replace(GATEWAY_REF,
+                                                                                                   target)
+        with applied_policy(c, deny, lambda: until(c, "/", lambda r: r[0] == 200, "the DENY gone", svc="tcpsvc")):
+            poll(lambda: _try(c, "/", svc="tcpsvc") is None, timeout=APPLY_WAIT, what="every TCP stream denied")
+            assert _try(c, "/", svc="tcpsvc", src="other") is None
+        allow_get = policy("tcp-allow-get", "ALLOW", "[{to: [{operation: {methods: [GET]}}]}]").replace(
+            GATEWAY_REF, target)
+        with applied_policy(c, allow_get, lambda: until(c, "/", lambda r: r[0] == 200, "the ALLOW gone",
+                                                        svc="tcpsvc")):
+            poll(lambda: _try(c, "/", svc="tcpsvc") is None, timeout=APPLY_WAIT, what="no TCP stream allowed")
+        allow_other = policy("tcp-allow-other", "ALLOW", "[{from: [{source: {principals: [%sother]}}]}]"
+                             % SPIFFE[len("spiffe://"):]).replace(GATEWAY_REF, target)
+        with applied_policy(c, allow_other, lambda: until(c, "/", lambda r: r[0] == 200, "the ALLOW gone",
+                                                          svc="tcpsvc")):
+            poll(lambda: _try(c, "/", svc="tcpsvc") is None, timeout=APPLY_WAIT, what="client's stream denied")
+            assert info(req(c, "/", svc="tcpsvc", src="other"))["tag"] in ("v1", "v2")
+        pod = c.waypoint_pods()[0]["metadata"]["name"]
+        assert [l for l in c.pod_log(pod, "istio-proxy").splitlines()
+                if "protocol=TCP" in l and "rbac_access_denied_matched_policy[none]" in l], "no denial logged"
+    finally:
+        c.delete(d)
+
+
 def test_dry_run_deny_does_not_deny(cluster):
     c = cluster
     # A dry-run DENY of GET and a real DENY of one path in the same apply: once the real one is in force, the

@@ -35,14 +35,22 @@ static void b64u(const unsigned char *in, size_t n, char *out)
 static EVP_PKEY *rsa, *ec;
 static char jwks_json[4096];
 
-static void bn_b64(EVP_PKEY *k, const char *name, char *out)
+/* pad > 0: the field's fixed width (an EC coordinate is always 32 bytes for P-256, RFC 7518 6.2.1.2; without
+ * the padding a coordinate with a leading zero byte, 1 key in 256, makes a JWKS the parser rightly refuses).
+ */
+static void bn_b64_pad(EVP_PKEY *k, const char *name, char *out, int pad)
 {
     BIGNUM *bn = NULL;
     EVP_PKEY_get_bn_param(k, name, &bn);
     unsigned char buf[512];
-    int n = BN_bn2bin(bn, buf);
+    int n = pad ? BN_bn2binpad(bn, buf, pad) : BN_bn2bin(bn, buf);
     b64u(buf, (size_t)n, out);
     BN_free(bn);
+}
+
+static void bn_b64(EVP_PKEY *k, const char *name, char *out)
+{
+    bn_b64_pad(k, name, out, 0);
 }
 
 /* Signs header.payload; ec_len > 0 converts the DER ECDSA signature to JOSE r||s. */
@@ -87,8 +95,8 @@ static int setup(void **st)
     char n[600], e[16], x[64], y[64];
     bn_b64(rsa, OSSL_PKEY_PARAM_RSA_N, n);
     bn_b64(rsa, OSSL_PKEY_PARAM_RSA_E, e);
-    bn_b64(ec, OSSL_PKEY_PARAM_EC_PUB_X, x);
-    bn_b64(ec, OSSL_PKEY_PARAM_EC_PUB_Y, y);
+    bn_b64_pad(ec, OSSL_PKEY_PARAM_EC_PUB_X, x, 32);
+    bn_b64_pad(ec, OSSL_PKEY_PARAM_EC_PUB_Y, y, 32);
     snprintf(jwks_json, sizeof(jwks_json),
              "{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"},{\"kty\":\"RSA\",\"kid\":\"r1\",\"n\":\"%s\",\"e\":"
              "\"%s\"},"
@@ -242,6 +250,13 @@ static void test_extract(void **st)
     const char *h2[] = {"x-jwt", "Tok q1", "authorization", "Bearer no", NULL};
     assert_true(jwt_extract(&loc, hget, h2, "/", &t, &n));
     assert_memory_equal(t, "q1", 2);
+    /* The prefix anywhere, then the first base64url character (Envoy's extractJWT). */
+    const char *h4[] = {"authorization", "Token Bearer   a.b.c", NULL};
+    assert_true(jwt_extract(NULL, hget, h4, "/p", &t, &n));
+    assert_int_equal(n, 5);
+    assert_memory_equal(t, "a.b.c", 5);
+    const char *h5[] = {"authorization", "bearer abc", NULL}; /* case-sensitive */
+    assert_false(jwt_extract(NULL, hget, h5, "/p", &t, &n));
     const char *h3[] = {"authorization", "Bearer no", "cookie", "a=1; sess=c9", NULL};
     assert_true(jwt_extract(&loc, hget, h3, "/", &t, &n));
     assert_int_equal(n, 2);

@@ -74,7 +74,34 @@ static struct l7_config *policy(const char *action, const char *rules)
 struct req {
     const char *principal, *ns, *src, *remote, *dst, *method, *path, *host, *h0, *h1, *sni;
     uint16_t port;
+    const char *jwt; /* the verified token's payload (JSON), or NULL: no token */
+    bool tcp;        /* a TCP stream: no request */
 };
+
+/* A verified token as src/mesh/jwt.c returns it, from its payload. */
+static void auth_from(const char *payload, struct jwt_result *r)
+{
+    memset(r, 0, sizeof(*r));
+    json_error_t je;
+    r->claims = json_loads(payload, 0, &je);
+    assert_non_null(r->claims);
+    const char *iss = json_string_value(json_object_get(r->claims, "iss"));
+    const char *sub = json_string_value(json_object_get(r->claims, "sub"));
+    r->issuer = strdup(iss ? iss : "");
+    r->subject = strdup(sub ? sub : "");
+    size_t n = strlen(r->issuer) + strlen(r->subject) + 2;
+    r->principal = malloc(n);
+    snprintf(r->principal, n, "%s/%s", r->issuer, r->subject);
+    const char *azp = json_string_value(json_object_get(r->claims, "azp"));
+    r->presenter = azp ? strdup(azp) : NULL;
+    json_t *aud = json_object_get(r->claims, "aud");
+    r->audiences = calloc(8, sizeof(char *));
+    if (json_is_string(aud)) r->audiences[r->n_audiences++] = strdup(json_string_value(aud));
+    size_t i;
+    json_t *v;
+    json_array_foreach(aud, i, v) if (r->n_audiences < 8) r->audiences[r->n_audiences++] =
+        strdup(json_string_value(v));
+}
 
 static const struct req base = {
     .principal = "cluster.local/ns/client/sa/web",
@@ -113,12 +140,24 @@ static enum l7_verdict decide(const struct l7_config *c, const struct req *r, co
                                 .dest_ip = r->dst ? &dst : NULL,
                                 .dest_port = r->port,
                                 .sni = r->sni,
-                                .req = &q};
-    return l7_authorize(c, "app", "waypoint", "app", "svc", &in, matched, dry);
+                                .req = r->tcp ? NULL : &q,
+                                .tcp = r->tcp};
+    struct jwt_result auth;
+    if (r->jwt) {
+        auth_from(r->jwt, &auth);
+        in.auth = &auth;
+    }
+    enum l7_verdict v = l7_authorize(c, "app", "waypoint", "app", "svc", &in, matched, dry);
+    if (r->jwt) jwt_result_free(&auth);
+    return v;
 }
 
 #define A L7_ALLOW
 #define D L7_DENY
+#define JWT                                                                                                  \
+    "{\"iss\":\"https://"                                                                                    \
+    "idp\",\"sub\":\"alice\",\"aud\":[\"web\",\"api\"],\"azp\":\"cli\",\"groups\":[\"dev\","                 \
+    "\"admin\"],\"org\":{\"team\":\"payments\"},\"level\":3,\"admin\":true}"
 
 /* One ALLOW policy per case: whether the request is allowed tells whether the rule matched. */
 static const struct {
@@ -211,6 +250,33 @@ static const struct {
     {"[{when: [{key: connection.sni, values: [\"*.local\"]}]}]", {.sni = "svc.local"}, false, A},
     {"[{when: [{key: connection.sni, values: [\"*.local\"]}]}]", {0}, false, D},
     {"[{when: [{key: \"request.auth.claims[iss]\", values: [\"*\"]}]}]", {0}, false, D},
+    /* RequestAuthentication's verified token (src/waypoint/authn.h): requestPrincipals "<iss>/<sub>" */
+    {"[{from: [{source: {requestPrincipals: [\"*\"]}}]}]", {.jwt = JWT}, false, A},
+    {"[{from: [{source: {requestPrincipals: [\"https://idp/alice\"]}}]}]", {.jwt = JWT}, false, A},
+    {"[{from: [{source: {requestPrincipals: [\"https://idp/bob\"]}}]}]", {.jwt = JWT}, false, D},
+    {"[{from: [{source: {requestPrincipals: [\"https://idp/*\"]}}]}]", {.jwt = JWT}, false, A},
+    {"[{from: [{source: {requestPrincipals: [\"*/alice\"]}}]}]", {.jwt = JWT}, false, A},
+    {"[{from: [{source: {notRequestPrincipals: [\"*\"]}}]}]", {.jwt = JWT}, false, D},
+    {"[{from: [{source: {notRequestPrincipals: [\"https://idp/bob\"]}}]}]", {.jwt = JWT}, false, A},
+    /* request.auth.principal, audiences (any), presenter */
+    {"[{when: [{key: request.auth.principal, values: [\"https://idp/alice\"]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: request.auth.principal, values: [\"https://idp/alice\"]}]}]", {0}, false, D},
+    {"[{when: [{key: request.auth.audiences, values: [web]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: request.auth.audiences, values: [api]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: request.auth.audiences, values: [other]}]}]", {.jwt = JWT}, false, D},
+    {"[{when: [{key: request.auth.presenter, values: [\"cli*\"]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: request.auth.presenter, notValues: [cli]}]}]", {.jwt = JWT}, false, D},
+    /* request.auth.claims[a][b]: strings, any string of a list, nested objects, numbers and booleans */
+    {"[{when: [{key: \"request.auth.claims[iss]\", values: [\"*\"]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: \"request.auth.claims[groups]\", values: [admin]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: \"request.auth.claims[groups]\", values: [root]}]}]", {.jwt = JWT}, false, D},
+    {"[{when: [{key: \"request.auth.claims[groups]\", notValues: [dev]}]}]", {.jwt = JWT}, false, D},
+    {"[{when: [{key: \"request.auth.claims[org][team]\", values: [\"pay*\"]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: \"request.auth.claims[org][team]\", values: [other]}]}]", {.jwt = JWT}, false, D},
+    {"[{when: [{key: \"request.auth.claims[org]\", values: [\"*\"]}]}]", {.jwt = JWT}, false, D},
+    {"[{when: [{key: \"request.auth.claims[level]\", values: [\"3\"]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: \"request.auth.claims[admin]\", values: [\"true\"]}]}]", {.jwt = JWT}, false, A},
+    {"[{when: [{key: \"request.auth.claims[missing]\", notValues: [x]}]}]", {.jwt = JWT}, false, A},
     /* combinations: fields AND'd, entries OR'd, rules OR'd, from/to/when AND'd */
     {"[{from: [{source: {namespaces: [client], principals: [\"*/sa/other\"]}}]}]", {0}, false, D},
     {"[{from: [{source: {namespaces: [x]}}, {source: {principals: [\"*/sa/web\"]}}]}]", {0}, false, A},
@@ -231,7 +297,9 @@ static struct req merge(const struct req *over, bool no_identity)
 #define M(f)                                                                                                 \
     if (over->f) r.f = over->f;
     M(principal)
-    M(ns) M(src) M(remote) M(dst) M(method) M(path) M(host) M(h0) M(h1) M(sni) M(port)
+    M(ns)
+    M(src)
+    M(remote) M(dst) M(method) M(path) M(host) M(h0) M(h1) M(sni) M(port) M(jwt)
 #undef M
         if (no_identity) r.principal = NULL;
     return r;
@@ -275,6 +343,47 @@ static void test_deny_policies(void **state)
     c = policy("DENY", "[]");
     assert_int_equal(decide(c, &r, NULL, NULL), L7_ALLOW); /* a DENY without rules denies nothing */
     l7_config_unref(c);
+}
+
+/* A TCP stream through the waypoint, as Istio's TCP filter chain: an ALLOW rule with an HTTP-only attribute
+ * is left out, a DENY rule's HTTP-only attribute is ignored (istio/istio pilot/pkg/security/authz/model/
+ * model.go checkError). */
+static void test_tcp_streams(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *action, *rules;
+        enum l7_verdict want;
+    } cases[] = {
+        {"ALLOW", "[{from: [{source: {principals: [cluster.local/ns/client/sa/web]}}]}]", L7_ALLOW},
+        {"ALLOW", "[{from: [{source: {principals: [cluster.local/ns/client/sa/other]}}]}]", L7_DENY},
+        {"ALLOW", "[{to: [{operation: {ports: [\"8080\"]}}]}]", L7_ALLOW},
+        /* the rule needs a method: left out, and with it the only way to be allowed */
+        {"ALLOW", "[{to: [{operation: {methods: [GET]}}]}]", L7_DENY},
+        {"ALLOW", "[{from: [{source: {principals: [cluster.local/ns/client/sa/web]}}], to: [{operation: "
+                  "{methods: [GET]}}]}]",
+         L7_DENY},
+        {"ALLOW", "[{to: [{operation: {methods: [GET]}}]}, {from: [{source: {namespaces: [client]}}]}]", L7_ALLOW},
+        {"ALLOW", "[{from: [{source: {requestPrincipals: [\"*\"]}}]}]", L7_DENY},
+        /* a DENY on a method denies every stream: the method is ignored, the rule holds */
+        {"DENY", "[{to: [{operation: {methods: [POST]}}]}]", L7_DENY},
+        {"DENY", "[{when: [{key: \"request.headers[x-a]\", values: [\"1\"]}]}]", L7_DENY},
+        /* its other attributes still count */
+        {"DENY", "[{from: [{source: {principals: [cluster.local/ns/client/sa/other]}}], to: [{operation: "
+                 "{methods: [POST]}}]}]",
+         L7_ALLOW},
+        {"DENY", "[{to: [{operation: {ports: [\"9090\"], paths: [/x]}}]}]", L7_ALLOW},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct l7_config *c = policy(cases[i].action, cases[i].rules);
+        struct req r = base;
+        r.tcp = true;
+        enum l7_verdict v = decide(c, &r, NULL, NULL);
+        if (v != cases[i].want)
+            fail_msg("case %zu %s %s: got %s, want %s", i, cases[i].action, cases[i].rules, l7_verdict_to_str(v),
+                     l7_verdict_to_str(cases[i].want));
+        l7_config_unref(c);
+    }
 }
 
 static const char two_policies[] =
@@ -407,6 +516,11 @@ static void test_policy_compile_errors(void **state)
         {"[{to: [{operation: {paths: [\"/a/{**}/b\"]}}]}]", "{**} must be the last segment"},
         {"[{to: [{operation: {paths: [\"/a{*}\"]}}]}]", "must be whole segments"},
         {"[{from: [{source: {serviceAccounts: [\"a/b/c\"]}}]}]", "rules[0].from[0].service_accounts[0]"},
+        {"[{when: [{key: \"request.auth.claims[]\", values: [x]}]}]",
+         "rules[0].when[0].key: expected request.auth.claims[name]"},
+        {"[{when: [{key: \"request.auth.claims[a]b]\", values: [x]}]}]", "rules[0].when[0].key"},
+        {"[{when: [{key: \"request.auth.claims[a][b][c][d][e][f][g][h][i]\", values: [x]}]}]",
+         "1-8 non-empty names"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char yaml[2048];
@@ -430,6 +544,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allow_fields),          cmocka_unit_test(test_deny_policies),
+        cmocka_unit_test(test_tcp_streams),
         cmocka_unit_test(test_deny_before_allow),     cmocka_unit_test(test_dry_run),
         cmocka_unit_test(test_policy_compile_errors),
     };

@@ -160,6 +160,24 @@ static void test_l7_deny_names_the_policy(void **state)
     has(out, "L7 authorization: ALLOW by AuthorizationPolicy app/web-get-only");
     free(out);
     manifest_store_free(st);
+    /* a TCP port: the policy's method cannot be known, so its only rule is left out and nothing is allowed */
+    const char *tcp =
+        "apiVersion: v1\nkind: Service\nmetadata: {name: raw, namespace: app, labels: "
+        "{istio.io/use-waypoint: waypoint}}\n"
+        "spec: {clusterIP: 10.96.1.6, selector: {app: db}, ports: [{name: tcp, port: 7000}]}\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: raw-get-only, namespace: app}\n"
+        "spec:\n  targetRefs: [{kind: Service, group: \"\", name: raw}]\n  action: ALLOW\n"
+        "  rules: [{to: [{operation: {methods: [GET]}}]}]\n";
+    st = load(tcp);
+    q = (struct why_query){.source = "app/client", .dest = "raw"};
+    assert_int_equal(run(st, &q, &out, err, sizeof(err)), WHY_DENIED);
+    has(out, "RESULT: DENIED: the TCP connection is closed, by the waypoint app/waypoint (no ALLOW policy "
+             "matches: "
+             "app/raw-get-only)");
+    has(out, "relayed as TCP; no route applies, L7 policies apply without their HTTP-only attributes");
+    free(out);
+    manifest_store_free(st);
 }
 
 static void test_no_route_when_routes_do_not_match(void **state)

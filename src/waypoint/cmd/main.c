@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/version.h"
 #include "mesh/config.h"
+#include "mesh/l7authn.h"
 #include "tls/ca.h"
 #include "tls/identity.h"
 #include "waypoint/admin.h"
@@ -137,12 +138,13 @@ static void publish(struct snapshot *s, struct l7_config *l7, const char *source
     size_t served = 0;
     for (size_t i = 0; i < snapshot_n_services(s); i++)
         served += wp_serves(&snapshot_service_at(s, i)->waypoint);
-    char ns[16], nr[16], np[16];
+    char ns[16], nr[16], np[16], na[16];
     snprintf(ns, sizeof(ns), "%zu", served);
+    snprintf(na, sizeof(na), "%zu", l7 ? l7_config_n_authn(l7) : 0);
     snprintf(nr, sizeof(nr), "%zu", l7 ? l7_config_n_routes(l7) : 0);
     snprintf(np, sizeof(np), "%zu", l7 ? l7_config_n_policies(l7) : 0);
     log_kv(LOG_INFO, "waypoint", "config applied", "source", source, "services_bound", ns, "routes", nr,
-           "l7_policies", np, NULL);
+           "l7_policies", np, "request_authentications", na, NULL);
 }
 
 static const char *const xds_types[] = {PB_TYPE_URL_ADDRESS, L7_TYPE_URLS};

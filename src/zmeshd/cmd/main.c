@@ -22,6 +22,7 @@
 #include "core/version.h"
 #include "zmeshd/daemon.h"
 #include "zmeshd/debug.h"
+#include "zmeshd/request_authentication.h"
 #include "zmeshd/server.h"
 #include "zmeshd/xds.h"
 
@@ -32,7 +33,7 @@
 
 struct env_values {
     const char *cluster_id, *trust_domain, *root_ca_dir, *trusted, *rust_log;
-    uint64_t cert_ttl_ms, max_cert_ttl_ms, debounce_after_ms, debounce_max_ms;
+    uint64_t cert_ttl_ms, max_cert_ttl_ms, debounce_after_ms, debounce_max_ms, jwks_refresh_ms;
     int log_format;
 };
 
@@ -87,6 +88,12 @@ static const struct env_setting env_table[] = {
      .min = 1,
      .offset = OFF(debounce_max_ms),
      .help = "longest a reload waits while changes keep coming"},
+    {.name = "PILOT_JWT_PUB_KEY_REFRESH_INTERVAL",
+     .kind = ENV_DURATION,
+     .def = "20m",
+     .min = 1000,
+     .offset = OFF(jwks_refresh_ms),
+     .help = "how often a RequestAuthentication jwksUri document is fetched again (istiod's; whole seconds)"},
     {.name = "RUST_LOG",
      .kind = ENV_STRING,
      .def = "info",
@@ -320,6 +327,7 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
         .debounce_after_ms = e->debounce_after_ms,
         .debounce_max_ms = e->debounce_max_ms,
     };
+    if (e->jwks_refresh_ms) zmeshd_jwks_set_refresh_s((unsigned)(e->jwks_refresh_ms / 1000));
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
