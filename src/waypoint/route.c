@@ -147,6 +147,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req, struct wp_decis
     }
     d->svc = svc;
     d->port = be->port ? be->port : t->port;
+    d->subset = be->subset;
     return 0;
 }
 

@@ -13,6 +13,7 @@
 #include "mesh/l7.h"
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
+#include "zmeshd/destination_rule.h"
 #include "zmeshd/request_authentication.h"
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
@@ -1350,6 +1351,10 @@ out:
 int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, size_t *len, char *name, size_t name_n,
                    manifest_report_fn report, void *ud)
 {
+    if (!strcmp(d->kind, "DestinationRule")) {
+        *type = L7_T_DESTINATION_RULE;
+        return dr_convert(d->doc, &d->src, d->st, pb, len, name, name_n, report, ud);
+    }
     if (!strcmp(d->kind, "AuthorizationPolicy")) {
         *type = L7_T_AUTHORIZATION;
         return l7_convert_authz(d->doc, &d->src, pb, len, name, name_n, report, ud);

@@ -477,6 +477,86 @@ ZMESH_L7_ONEOFS = {
 }
 ENUMS.update(ZMESH_L7_ENUMS)
 ONEOFS.update(ZMESH_L7_ONEOFS)
+# zmesh's DestinationRule (the waypoint's load balancing), written down from proto/zmesh/destination_rule.proto.
+ZMESH_DR_MESSAGES = {
+    'zmesh.v1.DestinationRule': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('host', 3, 'string'),
+        ('service_namespace', 4, 'string'),
+        ('service_name', 5, 'string'),
+        ('creation_timestamp', 6, 'int64'),
+        ('traffic_policy', 7, 'zmesh.v1.TrafficPolicy'),
+        ('subsets', 8, 'repeated zmesh.v1.Subset'),
+    ],
+    'zmesh.v1.Label': [
+        ('key', 1, 'string'),
+        ('value', 2, 'string'),
+    ],
+    'zmesh.v1.Subset': [
+        ('name', 1, 'string'),
+        ('labels', 2, 'repeated zmesh.v1.Label'),
+        ('traffic_policy', 3, 'zmesh.v1.TrafficPolicy'),
+        ('endpoints', 4, 'repeated string'),
+    ],
+    'zmesh.v1.TrafficPolicy': [
+        ('load_balancer', 1, 'zmesh.v1.LoadBalancer'),
+        ('connection_pool', 2, 'zmesh.v1.ConnectionPool'),
+        ('outlier_detection', 3, 'zmesh.v1.OutlierDetection'),
+        ('port_level_settings', 4, 'repeated zmesh.v1.PortTrafficPolicy'),
+    ],
+    'zmesh.v1.PortTrafficPolicy': [
+        ('port', 1, 'uint32'),
+        ('load_balancer', 2, 'zmesh.v1.LoadBalancer'),
+        ('connection_pool', 3, 'zmesh.v1.ConnectionPool'),
+        ('outlier_detection', 4, 'zmesh.v1.OutlierDetection'),
+    ],
+    'zmesh.v1.LoadBalancer': [
+        ('simple', 1, 'zmesh.v1.LoadBalancer.Simple'),
+        ('consistent_hash', 2, 'zmesh.v1.ConsistentHash'),
+    ],
+    'zmesh.v1.ConsistentHash': [
+        ('http_header_name', 1, 'string'),
+        ('http_cookie', 2, 'zmesh.v1.HTTPCookie'),
+        ('use_source_ip', 3, 'bool'),
+        ('http_query_parameter_name', 4, 'string'),
+        ('algorithm', 5, 'zmesh.v1.ConsistentHash.Algorithm'),
+        ('minimum_ring_size', 6, 'uint64'),
+        ('table_size', 7, 'uint64'),
+    ],
+    'zmesh.v1.HTTPCookie': [
+        ('name', 1, 'string'),
+        ('path', 2, 'string'),
+        ('has_ttl', 3, 'bool'),
+        ('ttl_ms', 4, 'uint64'),
+    ],
+    'zmesh.v1.ConnectionPool': [
+        ('max_connections', 1, 'uint32'),
+        ('connect_timeout_ms', 2, 'uint64'),
+        ('http1_max_pending_requests', 3, 'uint32'),
+        ('http2_max_requests', 4, 'uint32'),
+        ('max_requests_per_connection', 5, 'uint32'),
+        ('max_retries', 6, 'uint32'),
+        ('idle_timeout_ms', 7, 'uint64'),
+    ],
+    'zmesh.v1.OutlierDetection': [
+        ('consecutive_5xx_errors', 1, 'uint32'),
+        ('consecutive_gateway_errors', 2, 'uint32'),
+        ('interval_ms', 3, 'uint64'),
+        ('base_ejection_time_ms', 4, 'uint64'),
+        ('max_ejection_percent', 5, 'uint32'),
+        ('min_health_percent', 6, 'uint32'),
+        ('has_consecutive_5xx', 7, 'bool'),
+    ],
+}
+MESSAGES.update(ZMESH_DR_MESSAGES)
+ENUMS.update({
+    'zmesh.v1.LoadBalancer.Simple': [('UNSPECIFIED', 0), ('LEAST_REQUEST', 1), ('ROUND_ROBIN', 2), ('RANDOM', 3), ('PASSTHROUGH', 4)],
+    'zmesh.v1.ConsistentHash.Algorithm': [('RING_HASH', 0), ('MAGLEV', 1)],
+})
+ONEOFS.update({
+    'zmesh.v1.ConsistentHash': {'key': ['http_header_name', 'http_cookie', 'use_source_ip', 'http_query_parameter_name']},
+})
 # Packages of the well-known types, which come from the protobuf installation, not from proto/.
 WKT_PACKAGE = "google.protobuf"
 
