@@ -557,6 +557,36 @@ ENUMS.update({
 ONEOFS.update({
     'zmesh.v1.ConsistentHash': {'key': ['http_header_name', 'http_cookie', 'use_source_ip', 'http_query_parameter_name']},
 })
+# zmesh's RequestAuthentication (the waypoint's JWT check), written down from
+# proto/zmesh/request_authentication.proto.
+MESSAGES.update({
+    'zmesh.v1.RequestAuthentication': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('targets', 3, 'repeated zmesh.v1.PolicyTarget'),
+        ('jwt_rules', 4, 'repeated zmesh.v1.JWTRule'),
+    ],
+    'zmesh.v1.JWTHeader': [
+        ('name', 1, 'string'),
+        ('prefix', 2, 'string'),
+    ],
+    'zmesh.v1.ClaimToHeader': [
+        ('header', 1, 'string'),
+        ('claim', 2, 'string'),
+    ],
+    'zmesh.v1.JWTRule': [
+        ('issuer', 1, 'string'),
+        ('audiences', 2, 'repeated string'),
+        ('jwks', 3, 'string'),
+        ('jwks_uri', 4, 'string'),
+        ('from_headers', 5, 'repeated zmesh.v1.JWTHeader'),
+        ('from_params', 6, 'repeated string'),
+        ('from_cookies', 7, 'repeated string'),
+        ('forward_original_token', 8, 'bool'),
+        ('output_payload_to_header', 9, 'string'),
+        ('output_claim_to_headers', 10, 'repeated zmesh.v1.ClaimToHeader'),
+    ],
+})
 # Packages of the well-known types, which come from the protobuf installation, not from proto/.
 WKT_PACKAGE = "google.protobuf"
 
