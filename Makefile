@@ -1,6 +1,6 @@
 # zmesh build. `make` builds build/bin/*; `make test` runs every test; `make demo` runs the demo.
 CC      ?= cc
-PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson libpcre2-8 libcurl
+PKGS    := openssl libnghttp2 yaml-0.1 libprotobuf-c libjwt jansson libpcre2-8 libcurl libxxhash
 CFLAGS  ?= -O2 -g
 override CFLAGS += -std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -D_GNU_SOURCE -pthread -Isrc \
            -I/usr/share/include/llhttp -I$(B)/gen \

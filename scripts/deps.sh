@@ -13,9 +13,10 @@
 # (google/protobuf/any.proto ...) are the ones libprotobuf-dev installs under /usr/include, and libprotobuf-c-dev
 # is the runtime. python3-grpc-tools (its own protoc, so protobuf-compiler is not needed), python3-protobuf and
 # python3-grpcio are the independent peers of the protocol tests.
+# libxxhash-dev: xxHash64, the hash Envoy's ring hash and Maglev load balancers use (src/mesh/chash.c).
 set -e
 PKGS="build-essential pkg-config libssl-dev libnghttp2-dev libyaml-dev libcmocka-dev
-      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev libpcre2-dev libcurl4-openssl-dev
+      libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev node-llhttp libjwt-dev libjansson-dev libpcre2-dev libcurl4-openssl-dev libxxhash-dev
       python3-pytest python3-h2 python3-cryptography python3-protobuf python3-grpcio python3-grpc-tools
       python3-jwt
       containernetworking-plugins iptables nftables iproute2 tcpdump iperf3 haproxy curl wrk nghttp2-client procps openssl faketime prometheus

@@ -14,6 +14,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "mesh/destination_rule.h"
 #include "mesh/l7authn.h"
 #include "mesh/l7authz.h"
 #include "zmesh/l7.pb-c.h"
@@ -316,6 +317,7 @@ struct l7_builder {
     size_t n_pols, cap_pols;
     struct l7_authn **authns; /* RequestAuthentication (src/mesh/l7authn.h) */
     size_t n_authns, cap_authns;
+    struct dr_table *drs; /* DestinationRules (destination_rule.h) */
 };
 
 struct l7_config {
@@ -333,6 +335,7 @@ struct l7_config {
     struct l7_authn **authns;
     size_t n_authns;
     struct l7_authn_index *authn_idx;
+    struct dr_table *drs; /* DestinationRules (destination_rule.h), owned */
 };
 
 static void route_free(struct route *r)
@@ -1379,6 +1382,7 @@ void l7_builder_free(struct l7_builder *b)
     free(b->routes);
     free(b->pols);
     free(b->authns);
+    dr_table_free(b->drs);
     free(b);
 }
 
@@ -1435,6 +1439,13 @@ int l7_builder_add(struct l7_builder *b, const char *type_url, const char *name,
 {
     if (err && errlen) err[0] = 0;
     int ti = l7_type_index(type_url);
+    if (ti == L7_T_DESTINATION_RULE) {
+        if (len > L7_MAX_RESOURCE_BYTES) {
+            snprintf(err, errlen, "DestinationRule %.512s: larger than %u bytes", name, L7_MAX_RESOURCE_BYTES);
+            return -EINVAL;
+        }
+        return dr_table_add(&b->drs, name, pb, len, err, errlen);
+    }
     bool is_route = ti == L7_T_HTTP_ROUTE;
     bool is_pol = ti == L7_T_AUTHORIZATION;
     if (ti == L7_T_REQUEST_AUTHN) return authn_add(b, name, pb, len, err, errlen);
@@ -1809,6 +1820,7 @@ static void config_free(struct l7_config *c)
     for (size_t i = 0; i < c->n_authns; i++)
         l7_authn_free(c->authns[i]);
     free(c->authns);
+    dr_table_free(c->drs);
     free(c);
 }
 
@@ -1829,9 +1841,10 @@ struct l7_config *l7_builder_finish(struct l7_builder *b)
     c->n_pols = b->n_pols;
     c->authns = b->authns;
     c->n_authns = b->n_authns;
+    c->drs = b->drs;
     free(b);
     if (svc_index_build(c) < 0 || pol_index_build(c) < 0 || tcp_index_build(c) < 0 ||
-        l7_authn_index_build(c->authns, c->n_authns, &c->authn_idx) < 0) {
+        l7_authn_index_build(c->authns, c->n_authns, &c->authn_idx) < 0 || dr_table_finish(c->drs) < 0) {
         config_free(c);
         return NULL;
     }
@@ -1856,6 +1869,16 @@ size_t l7_config_n_routes(const struct l7_config *c)
 size_t l7_config_n_policies(const struct l7_config *c)
 {
     return c ? c->n_pols : 0;
+}
+
+const struct dr_rule *l7_destination_rule_for(const struct l7_config *c, const char *svc_ns, const char *svc_name)
+{
+    return c ? dr_table_find(c->drs, svc_ns, svc_name) : NULL;
+}
+
+size_t l7_config_n_destination_rules(const struct l7_config *c)
+{
+    return c ? dr_table_n(c->drs) : 0;
 }
 
 static int svc_cmp(const void *key, const void *elem)

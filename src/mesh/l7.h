@@ -14,12 +14,14 @@
 #define L7_TYPE_URL_HTTP_ROUTE "type.googleapis.com/zmesh.v1.HTTPRoute"
 #define L7_TYPE_URL_AUTHORIZATION "type.googleapis.com/zmesh.v1.L7Authorization"
 #define L7_TYPE_URL_REQUEST_AUTHN "type.googleapis.com/zmesh.v1.RequestAuthentication"
+#define L7_TYPE_URL_DESTINATION_RULE "type.googleapis.com/zmesh.v1.DestinationRule"
 
 /* The L7 resource types a waypoint subscribes to, in the order stores and tables keep them: one list for
  * zmeshd's tables, the waypoint's subscription, its store and the builder's dispatch. */
-enum l7_type { L7_T_HTTP_ROUTE, L7_T_AUTHORIZATION, L7_T_REQUEST_AUTHN, L7_N_TYPES };
+enum l7_type { L7_T_HTTP_ROUTE, L7_T_AUTHORIZATION, L7_T_REQUEST_AUTHN, L7_T_DESTINATION_RULE, L7_N_TYPES };
 /* The type URLs in enum l7_type's order, as an initializer list (for static tables that add their own). */
-#define L7_TYPE_URLS L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION, L7_TYPE_URL_REQUEST_AUTHN
+#define L7_TYPE_URLS                                                                                         \
+    L7_TYPE_URL_HTTP_ROUTE, L7_TYPE_URL_AUTHORIZATION, L7_TYPE_URL_REQUEST_AUTHN, L7_TYPE_URL_DESTINATION_RULE
 extern const char *const l7_type_urls[L7_N_TYPES];
 /* The enum l7_type of url, or -1. */
 int l7_type_index(const char *url);
@@ -68,6 +70,12 @@ void l7_config_unref(struct l7_config *c);
 /* How many routes and policies the config holds (for logs and /config_dump). */
 size_t l7_config_n_routes(const struct l7_config *c);
 size_t l7_config_n_policies(const struct l7_config *c);
+
+/* ---- DestinationRule (src/mesh/destination_rule.h) ---- */
+struct dr_rule;
+/* The DestinationRule for Service svc_ns/svc_name, or NULL (none: Envoy's defaults). Borrowed from c. */
+const struct dr_rule *l7_destination_rule_for(const struct l7_config *c, const char *svc_ns, const char *svc_name);
+size_t l7_config_n_destination_rules(const struct l7_config *c);
 
 /* ---- what a matched rule carries ---- */
 

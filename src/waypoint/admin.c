@@ -83,6 +83,7 @@ static char *config_dump(size_t *len)
     json_object_set_new(root, "services", svcs);
     json_object_set_new(root, "workloads", wls);
     json_object_set_new(root, "certificates", certs);
+    json_object_set_new(root, "outlierEjections", wp_outlier_json()); /* DestinationRule (proxy.c) */
     char *out = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
     *len = out ? strlen(out) : 0;

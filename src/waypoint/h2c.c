@@ -200,6 +200,7 @@ static void x_unref(struct hc_x *x)
     if (--x->refs) return;
     struct loop *l = x->d->t->w->loop;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
     if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
     if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
@@ -820,6 +821,9 @@ static bool x_retry(struct hc_x *x, const struct l7_try *t)
 {
     struct wp_worker *w = x->d->t->w;
     if (x->responded || !x->ds || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
+    if (x->counted) /* outlier detection sees each try */
+        wp_try_done(&x->dec, x->upstream_ep.wl,
+                    t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     x->counted = false;
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
@@ -911,6 +915,16 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     out[no++] = (struct h2_header){":path", x->dec.rewrite_path ? x->dec.path : req->path};
     for (size_t i = 0; i < n; i++)
         out[no++] = (struct h2_header){hv[i].name, hv[i].value};
+
+    int prc = wp_lb_prepare(t, &x->dec, &lr, true); /* DestinationRule: subset, hash key, connection pool */
+    if (prc < 0) {
+        drop_d2u(x);
+        if (prc == -ESRCH)
+            x_local_reply(x, 503, "", "NC");
+        else
+            x_local_reply(x, 503, WP_OVERFLOW_BODY, "UO");
+        return;
+    }
     if (copy_headers(out, no, &x->req_hdrs, &x->req_hdr_mem) < 0) {
         drop_d2u(x);
         x_local_reply(x, 503, "no healthy upstream", "UH");

@@ -752,6 +752,7 @@ static void x_free(struct h1_x *x)
 {
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
     struct loop *l = x->d->t->w->loop;
     if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
@@ -936,6 +937,9 @@ static bool x_retry(struct h1_x *x, const struct l7_try *t)
     struct wp_worker *w = x->d->t->w;
     /* not after any of the response left, not for an Upgrade, not when the body went past what is kept */
     if (x->resp_started || x->upgrade || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
+    if (x->counted) /* outlier detection sees each try */
+        wp_try_done(&x->dec, x->upstream_ep.wl,
+                    t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     x->counted = false;
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
@@ -1101,6 +1105,15 @@ static int req_head(void *ud, const struct http1_head *h)
                 hv[i].value_len = strlen(dec->authority);
             }
 
+    int prc = wp_lb_prepare(t, dec, &lr, false); /* DestinationRule: subset, hash key, connection pool */
+    if (prc == -ESRCH) {
+        local_reply(x, 503, "", "NC", "cluster_not_found", NULL);
+        return 0;
+    }
+    if (prc == -EUSERS) {
+        local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
+        return 0;
+    }
     if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     /* The request head goes into the replay first: each try sends the replay, then the body as it comes. */
     if (http1_write_request_head(&x->replay, h->method, h->method_len, target, target_len, hv, n, h->framing,

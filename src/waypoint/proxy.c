@@ -11,6 +11,9 @@
 
 #include "core/list.h"
 #include "core/log.h"
+#include "core/prom.h"
+#include "mesh/chash.h"
+#include "mesh/destination_rule.h"
 #include "waypoint/route.h"
 #include "waypoint/telemetry.h"
 #include "waypoint/wp.h"
@@ -182,36 +185,654 @@ static uint32_t lr_active(const struct workload *w)
     return e ? e->active : 0;
 }
 
+/* ---- DestinationRule load balancing (route.h wp_lb_prepare, wp_pick_endpoint_dec) ---- */
+
+/* ROUND_ROBIN's position per (Service, subset, port) on this worker, as Envoy's per-worker round robin. Keyed
+ * by a hash of the names (stable across snapshots); a full table reuses the slot the key lands on. */
+#define WP_RR_SLOTS 1024
+struct rr_slot {
+    uint64_t key;
+    uint64_t next;
+};
+static _Thread_local struct rr_slot rr_table[WP_RR_SLOTS];
+
+static uint64_t names_hash(const struct service *svc, const char *subset, uint16_t port)
+{
+    char k[600];
+    int n = snprintf(k, sizeof(k), "%s/%s|%s|%u", svc->namespace_, svc->name, subset ? subset : "", port);
+    return chash_xxh64(k, n > 0 ? (size_t)n : 0, 0) | 1;
+}
+
+static uint64_t rr_next(uint64_t key)
+{
+    for (size_t i = 0, k = key % WP_RR_SLOTS; i < 8; i++, k = (k + 1) % WP_RR_SLOTS) {
+        if (rr_table[k].key == key) return rr_table[k].next++;
+        if (!rr_table[k].key) {
+            rr_table[k] = (struct rr_slot){.key = key, .next = 1};
+            return 0;
+        }
+    }
+    rr_table[key % WP_RR_SLOTS] = (struct rr_slot){.key = key, .next = 1};
+    return 0;
+}
+
+/* A consistent-hash table per (view, Service, subset, port, policy) on this worker, built on first use from
+ * the eligible endpoints of that view (immutable, so valid for as long as the view is). */
+#define WP_CH_CACHE 16
+struct ch_cache {
+    uint64_t version;
+    const struct service *svc;
+    const struct dr_subset *ss;
+    const struct dr_lb_policy *lb;
+    uint16_t port;
+    uint64_t set; /* signature of the endpoints it was built from (an ejection changes them) */
+    struct chash *ch;
+    const struct workload **eps; /* the hosts, in the table's index order */
+    size_t n;
+};
+static _Thread_local struct ch_cache ch_cache[WP_CH_CACHE];
+static _Thread_local unsigned ch_cache_next;
+
+static void ch_entry_clear(struct ch_cache *e)
+{
+    chash_free(e->ch);
+    free(e->eps);
+    memset(e, 0, sizeof(*e));
+}
+
+/* The table for the eligible endpoints el[0..n), or NULL (out of memory, logged). */
+static const struct ch_cache *ch_table(struct wp_tunnel *t, const struct service *svc,
+                                       const struct dr_subset *ss, uint16_t port,
+                                       const struct dr_lb_policy *lb, const struct workload **el, size_t n)
+{
+    uint64_t set = n;
+    for (size_t i = 0; i < n; i++)
+        set = set * 0x100000001b3ULL ^ (uint64_t)(uintptr_t)el[i];
+    for (size_t i = 0; i < WP_CH_CACHE; i++) {
+        struct ch_cache *e = &ch_cache[i];
+        if (e->ch && e->version == t->view->version && e->svc == svc && e->ss == ss && e->port == port &&
+            e->lb == lb && e->set == set)
+            return e;
+    }
+    struct ch_cache *e = &ch_cache[ch_cache_next++ % WP_CH_CACHE];
+    ch_entry_clear(e);
+    struct chash_host *hosts = calloc(n, sizeof(*hosts));
+    char(*keys)[IP_STRLEN + 8] = calloc(n, sizeof(*keys));
+    e->eps = malloc(n * sizeof(*e->eps));
+    int rc = hosts && keys && e->eps ? 0 : -ENOMEM;
+    for (size_t i = 0; i < n && !rc; i++) {
+        /* Envoy hashes a host by its address: the endpoint's IP and target port. */
+        struct ip_addr ip;
+        char ipb[IP_STRLEN];
+        if (lb_endpoint_ip(el[i], svc->ip_families, NULL, &ip) < 0) memset(&ip, 0, sizeof(ip));
+        snprintf(keys[i], sizeof(keys[i]), "%s:%u", ip_format(&ip, ipb, sizeof(ipb)),
+                 service_target_port(svc, el[i], port));
+        hosts[i] = (struct chash_host){keys[i], el[i]->capacity ? el[i]->capacity : 1};
+        e->eps[i] = el[i];
+    }
+    if (!rc)
+        rc = lb->lb == DR_LB_MAGLEV ? chash_maglev_build(hosts, n, lb->table_size, &e->ch)
+                                    : chash_ring_build(hosts, n, lb->ring_size, &e->ch);
+    free(hosts);
+    free(keys);
+    if (rc) {
+        LOG_LIMITED(LOG_WARN, "waypoint::lb", "cannot build the %s table for %s: %s", dr_lb_to_str(lb->lb),
+                    svc->hostname, strerror(-rc));
+        ch_entry_clear(e);
+        return NULL;
+    }
+    e->version = t->view->version;
+    e->svc = svc;
+    e->ss = ss;
+    e->lb = lb;
+    e->port = port;
+    e->set = set;
+    e->n = n;
+    return e;
+}
+
+/* A request header's value (the first of that name), or NULL. */
+static const char *req_header(const struct l7_request *req, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; req && i < req->n_headers; i++)
+        if (req->headers[i].name_len == nl && !memcmp(req->headers[i].name, name, nl)) {
+            *len = req->headers[i].value_len;
+            return req->headers[i].value;
+        }
+    return NULL;
+}
+
+/* The value of cookie name in the request's Cookie headers (quotes removed, as Envoy's parseCookieValue), or
+ * NULL. */
+static const char *req_cookie(const struct l7_request *req, const char *name, size_t *len)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; req && i < req->n_headers; i++) {
+        if (req->headers[i].name_len != 6 || memcmp(req->headers[i].name, "cookie", 6)) continue;
+        const char *p = req->headers[i].value, *end = p + req->headers[i].value_len;
+        while (p < end) {
+            while (p < end && (*p == ' ' || *p == ';'))
+                p++;
+            const char *eq = memchr(p, '=', (size_t)(end - p));
+            const char *semi = memchr(p, ';', (size_t)(end - p));
+            if (!semi) semi = end;
+            if (eq && eq < semi && (size_t)(eq - p) == nl && !memcmp(p, name, nl)) {
+                const char *v = eq + 1, *ve = semi;
+                if (ve - v >= 2 && *v == '"' && ve[-1] == '"') {
+                    v++;
+                    ve--;
+                }
+                *len = (size_t)(ve - v);
+                return v;
+            }
+            p = semi;
+        }
+    }
+    return NULL;
+}
+
+/* The raw value of query parameter name in :path, or NULL. */
+static const char *req_query(const struct l7_request *req, const char *name, size_t *len)
+{
+    if (!req || !req->path) return NULL;
+    const char *q = memchr(req->path, '?', req->path_len), *end = req->path + req->path_len;
+    if (!q) return NULL;
+    size_t nl = strlen(name);
+    for (const char *p = q + 1; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        if (!amp) amp = end;
+        const char *eq = memchr(p, '=', (size_t)(amp - p));
+        const char *ke = eq ? eq : amp;
+        if ((size_t)(ke - p) == nl && !memcmp(p, name, nl)) {
+            const char *v = eq ? eq + 1 : amp;
+            *len = (size_t)(amp - v);
+            return v;
+        }
+        p = amp + 1;
+    }
+    return NULL;
+}
+
+/* The request's hash (Envoy's hash policies: xxHash64 of the header value, cookie value, source IP text or
+ * query value). False when the key is absent (Envoy then picks at random). A cookie with a TTL that the
+ * request lacks is generated as Envoy's router does (hex of xxHash64 of the downstream remote and local
+ * addresses) and set on the response through d. */
+static bool request_hash(struct wp_tunnel *t, const struct dr_lb_policy *lb, const struct l7_request *req,
+                         struct wp_decision *d, uint64_t *h)
+{
+    const char *v = NULL;
+    size_t n = 0;
+    char buf[IP_STRLEN * 2 + 32];
+    switch (lb->hash_key) {
+    case DR_HASH_HEADER:
+        v = req_header(req, lb->hash_name, &n);
+        break;
+    case DR_HASH_QUERY:
+        v = req_query(req, lb->hash_name, &n);
+        break;
+    case DR_HASH_SOURCE_IP: {
+        struct ip_addr ip;
+        sockaddr_to(&t->peer, &ip, NULL);
+        v = ip_format(&ip, buf, sizeof(buf));
+        n = strlen(v);
+        break;
+    }
+    case DR_HASH_COOKIE:
+        v = req_cookie(req, lb->hash_name, &n);
+        if (!v && lb->cookie_ttl && d && req) {
+            char r[SOCKADDR_STRLEN], l[SOCKADDR_STRLEN];
+            int k = snprintf(buf, sizeof(buf), "%s%s", sockaddr_format(&t->peer, r, sizeof(r)),
+                             sockaddr_format(&t->local, l, sizeof(l)));
+            char val[17];
+            snprintf(val, sizeof(val), "%016llx",
+                     (unsigned long long)chash_xxh64(buf, k > 0 ? (size_t)k : 0, 0));
+            /* Envoy's makeSetCookieValue: name="value"; Max-Age=N (when not 0); Path=p; HttpOnly */
+            int w = snprintf(d->lb_cookie, sizeof(d->lb_cookie), "%s=\"%s\"", lb->hash_name, val);
+            if (lb->cookie_ttl_ms / 1000)
+                w += snprintf(d->lb_cookie + w, sizeof(d->lb_cookie) - (size_t)w, "; Max-Age=%llu",
+                              (unsigned long long)(lb->cookie_ttl_ms / 1000));
+            if (*lb->cookie_path)
+                w += snprintf(d->lb_cookie + w, sizeof(d->lb_cookie) - (size_t)w, "; Path=%s",
+                              lb->cookie_path);
+            snprintf(d->lb_cookie + w, sizeof(d->lb_cookie) - (size_t)w, "; HttpOnly");
+            if (d->n_resp_mods < WP_MAX_MODS) {
+                d->lb_cookie_kv = (struct l7_kv){"set-cookie", d->lb_cookie};
+                d->lb_cookie_mod = (struct l7_header_mod){.add = &d->lb_cookie_kv, .n_add = 1};
+                d->resp_mods[d->n_resp_mods++] = &d->lb_cookie_mod;
+            }
+            *h = chash_xxh64(val, 16, 0);
+            return true;
+        }
+        break;
+    }
+    if (!v) return false;
+    *h = chash_xxh64(v, n, 0);
+    return true;
+}
+
+/* connectionPool: requests in flight per cluster (Service, subset, port), across every worker, as Envoy's
+ * per-cluster resource manager counts them. Slots are claimed once per cluster key and never freed (bounded
+ * by WP_CB_SLOTS; past it a cluster is not limited, with a warning). */
+#define WP_CB_SLOTS 1024
+struct cb_slot {
+    _Atomic uint64_t key;
+    _Atomic int64_t active;
+};
+static struct cb_slot cb_table[WP_CB_SLOTS];
+
+static _Atomic int64_t *cb_counter(uint64_t key)
+{
+    for (size_t i = 0, k = key % WP_CB_SLOTS; i < WP_CB_SLOTS; i++, k = (k + 1) % WP_CB_SLOTS) {
+        uint64_t cur = atomic_load_explicit(&cb_table[k].key, memory_order_acquire);
+        if (cur == key) return &cb_table[k].active;
+        if (!cur) {
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&cb_table[k].key, &zero, key) || zero == key)
+                return &cb_table[k].active;
+        }
+    }
+    LOG_LIMITED(LOG_WARN, "waypoint::lb", "more than %d clusters with connection pool limits: not limited",
+                WP_CB_SLOTS);
+    return NULL;
+}
+
+/* Admits one request under pool's limits: Envoy's max_requests (http2MaxRequests) for every request, and for
+ * HTTP/1.1, one connection per request in flight, so maxConnections plus http1MaxPendingRequests in flight at
+ * most (the waypoint does not queue: a request that would wait for a connection goes out on its own). */
+static int cb_admit(struct wp_decision *d, uint64_t key, const struct dr_conn_pool *pool, bool http2)
+{
+    uint64_t max = UINT64_MAX;
+    if (pool->http2_max_requests) max = pool->http2_max_requests;
+    if (!http2 && pool->max_connections) {
+        uint64_t h1 = (uint64_t)pool->max_connections +
+                      (pool->http1_max_pending_requests ? pool->http1_max_pending_requests : UINT32_MAX);
+        if (h1 < max) max = h1;
+    }
+    if (max == UINT64_MAX) return 0;
+    _Atomic int64_t *c = cb_counter(key);
+    if (!c) return 0;
+    int64_t n = atomic_fetch_add_explicit(c, 1, memory_order_acq_rel) + 1;
+    if ((uint64_t)n > max) {
+        atomic_fetch_sub_explicit(c, 1, memory_order_acq_rel);
+        return -EUSERS;
+    }
+    d->lb_circuit = (void *)c;
+    return 0;
+}
+
+/* outlierDetection: per (cluster, endpoint) consecutive errors and ejection, shared by the workers (Envoy's
+ * detector is per cluster). Reads on the pick are lock-free; reports and ejections take the lock. */
+#define WP_OD_SLOTS 4096
+#define WP_OD_MAX_CLUSTERS 256 /* clusters in the outlier metrics at most (a bound on their label sets) */
+#define WP_OD_MAX_EJECTION_MS 300000 /* Envoy's max_ejection_time default (or the base time when longer) */
+struct od_slot {
+    _Atomic uint64_t key; /* cluster key ^ endpoint uid hash; 0 free */
+    _Atomic uint64_t ejected_until_ms;
+    uint64_t cluster;
+    uint32_t c5xx, cgw, n_ejections;
+    uint64_t ejections; /* enforced so far */
+    char uid[160];
+    char cluster_name[320]; /* Istio's cluster name: outbound|<port>|<subset>|<host> */
+};
+static struct od_slot od_table[WP_OD_SLOTS];
+static pthread_mutex_t od_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic uint64_t od_ejections_total;
+
+static uint64_t od_key(uint64_t cluster, const struct workload *w)
+{
+    return (cluster ^ chash_xxh64(w->uid, strlen(w->uid), 2)) | 1;
+}
+
+static struct od_slot *od_find(uint64_t key, bool create)
+{
+    for (size_t i = 0, k = key % WP_OD_SLOTS; i < WP_OD_SLOTS; i++, k = (k + 1) % WP_OD_SLOTS) {
+        uint64_t cur = atomic_load_explicit(&od_table[k].key, memory_order_acquire);
+        if (cur == key) return &od_table[k];
+        if (!cur) {
+            if (!create) return NULL;
+            uint64_t zero = 0;
+            if (atomic_compare_exchange_strong(&od_table[k].key, &zero, key) || zero == key)
+                return &od_table[k];
+        }
+    }
+    return NULL;
+}
+
+static bool od_ejected(uint64_t cluster, const struct workload *w, uint64_t now)
+{
+    struct od_slot *o = od_find(od_key(cluster, w), false);
+    return o && atomic_load_explicit(&o->ejected_until_ms, memory_order_acquire) > now;
+}
+
+/* Called with od_lock held: how many endpoints of cluster are ejected now. */
+static size_t od_ejected_in(uint64_t cluster, uint64_t now)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < WP_OD_SLOTS; k++)
+        if (atomic_load_explicit(&od_table[k].key, memory_order_relaxed) && od_table[k].cluster == cluster &&
+            atomic_load_explicit(&od_table[k].ejected_until_ms, memory_order_relaxed) > now)
+            n++;
+    return n;
+}
+
+/* Envoy's consecutive 5xx and consecutive gateway failure detectors (source/common/upstream/
+ * outlier_detection_impl.cc putHttpResponseCode): a 5xx counts toward both (502, 503, 504 toward the gateway
+ * count, another 5xx resets it), anything else resets both; at a threshold the host is ejected for
+ * baseEjectionTime x its ejection count, unless maxEjectionPercent of the hosts are out already (one host may
+ * always be ejected). The ejection count decays by one per interval the host spends back in. */
+static void od_report(uint64_t cluster, const struct wp_decision *d, const struct workload *w, int status)
+{
+    const struct dr_outlier *od = d->lb_outlier;
+    size_t hosts = d->lb_hosts;
+    uint64_t now = wp_now_ms();
+    pthread_mutex_lock(&od_lock);
+    struct od_slot *o = od_find(od_key(cluster, w), true);
+    if (!o) {
+        pthread_mutex_unlock(&od_lock);
+        LOG_LIMITED(LOG_WARN, "waypoint::outlier", "more than %d endpoints tracked: %s not tracked",
+                    WP_OD_SLOTS, w->uid);
+        return;
+    }
+    if (!o->cluster) {
+        o->cluster = cluster;
+        snprintf(o->uid, sizeof(o->uid), "%s", w->uid);
+        snprintf(o->cluster_name, sizeof(o->cluster_name), "outbound|%u|%s|%s", d->port,
+                 d->subset ? d->subset : "", d->svc ? d->svc->hostname : "");
+    }
+    if (atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) > now) { /* a late answer */
+        pthread_mutex_unlock(&od_lock);
+        return;
+    }
+    bool eject = false;
+    if (status >= 500 && status <= 599) {
+        if (status >= 502 && status <= 504) {
+            if (od->consecutive_gateway && ++o->cgw >= od->consecutive_gateway) eject = true;
+        } else {
+            o->cgw = 0;
+        }
+        if (od->consecutive_5xx && ++o->c5xx >= od->consecutive_5xx) eject = true;
+    } else {
+        o->c5xx = o->cgw = 0;
+    }
+    if (eject) {
+        size_t out = od_ejected_in(cluster, now);
+        bool allowed =
+            out == 0 || (hosts && 100.0 * (double)(out + 1) / (double)hosts <= od->max_ejection_percent);
+        if (allowed) {
+            uint64_t back = atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed);
+            if (back && od->interval_ms && now > back) {
+                uint64_t decay = (now - back) / od->interval_ms;
+                o->n_ejections = o->n_ejections > decay ? o->n_ejections - (uint32_t)decay : 0;
+            }
+            o->n_ejections++;
+            uint64_t cap =
+                od->base_ejection_ms > WP_OD_MAX_EJECTION_MS ? od->base_ejection_ms : WP_OD_MAX_EJECTION_MS;
+            uint64_t dur = od->base_ejection_ms * o->n_ejections;
+            if (dur > cap) dur = cap;
+            atomic_store_explicit(&o->ejected_until_ms, now + dur, memory_order_release);
+            atomic_fetch_add_explicit(&od_ejections_total, 1, memory_order_relaxed);
+            o->ejections++;
+            LOG_I("waypoint::outlier", "ejected %s for %llu ms (ejection %u, last status %d)", w->uid,
+                  (unsigned long long)dur, o->n_ejections, status);
+        } else {
+            LOG_LIMITED(LOG_INFO, "waypoint::outlier", "%s not ejected: maxEjectionPercent %u%% reached",
+                        w->uid, od->max_ejection_percent);
+        }
+        o->c5xx = o->cgw = 0;
+    }
+    pthread_mutex_unlock(&od_lock);
+}
+
+uint64_t wp_outlier_ejections_total(void)
+{
+    return atomic_load_explicit(&od_ejections_total, memory_order_relaxed);
+}
+
+size_t wp_outlier_ejected(char *buf, size_t n)
+{
+    uint64_t now = wp_now_ms();
+    size_t w = 0, count = 0;
+    if (n) buf[0] = 0;
+    pthread_mutex_lock(&od_lock);
+    for (size_t k = 0; k < WP_OD_SLOTS; k++) {
+        uint64_t until = atomic_load_explicit(&od_table[k].ejected_until_ms, memory_order_relaxed);
+        if (!atomic_load_explicit(&od_table[k].key, memory_order_relaxed) || until <= now) continue;
+        count++;
+        if (w < n) {
+            int r = snprintf(buf + w, n - w, "%s%s", w ? "," : "", od_table[k].uid);
+            if (r > 0) w += (size_t)r;
+        }
+    }
+    pthread_mutex_unlock(&od_lock);
+    return count;
+}
+
+/* Envoy's outlier stats per cluster (envoy_cluster_outlier_detection_ejections_enforced_total, a counter, and
+ * envoy_cluster_outlier_detection_ejections_active, a gauge), for the clusters that have had reports. */
+void wp_outlier_metrics(struct prom_buf *b, bool openmetrics)
+{
+    struct {
+        const char *name;
+        uint64_t enforced, active;
+    } cl[WP_OD_MAX_CLUSTERS];
+    size_t n = 0;
+    bool cut = false;
+    uint64_t now = wp_now_ms();
+    pthread_mutex_lock(&od_lock);
+    for (size_t k = 0; k < WP_OD_SLOTS; k++) {
+        struct od_slot *o = &od_table[k];
+        if (!atomic_load_explicit(&o->key, memory_order_relaxed) || !o->cluster) continue;
+        size_t i = 0;
+        while (i < n && strcmp(cl[i].name, o->cluster_name))
+            i++;
+        if (i == n) {
+            if (n == WP_OD_MAX_CLUSTERS) {
+                cut = true;
+                continue;
+            }
+            cl[n++] = (typeof(cl[0])){o->cluster_name, 0, 0};
+        }
+        cl[i].enforced += o->ejections;
+        cl[i].active += atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed) > now;
+    }
+    if (n) {
+        prom_header(b, openmetrics, "envoy_cluster_outlier_detection_ejections_enforced", PROM_COUNTER,
+                    "Endpoints ejected by outlier detection");
+        for (size_t i = 0; i < n; i++) {
+            prom_puts(b, "envoy_cluster_outlier_detection_ejections_enforced_total{cluster_name=\"");
+            prom_value(b, cl[i].name);
+            prom_printf(b, "\"} %llu\n", (unsigned long long)cl[i].enforced);
+        }
+        prom_header(b, openmetrics, "envoy_cluster_outlier_detection_ejections_active", PROM_GAUGE,
+                    "Endpoints ejected now");
+        for (size_t i = 0; i < n; i++) {
+            prom_puts(b, "envoy_cluster_outlier_detection_ejections_active{cluster_name=\"");
+            prom_value(b, cl[i].name);
+            prom_printf(b, "\"} %llu\n", (unsigned long long)cl[i].active);
+        }
+    }
+    pthread_mutex_unlock(&od_lock);
+    if (cut)
+        LOG_LIMITED(LOG_WARN, "waypoint::outlier", "more than %d clusters with outlier reports: metrics cut",
+                    WP_OD_MAX_CLUSTERS);
+}
+
+json_t *wp_outlier_json(void)
+{
+    json_t *a = json_array();
+    uint64_t now = wp_now_ms();
+    pthread_mutex_lock(&od_lock);
+    for (size_t k = 0; a && k < WP_OD_SLOTS; k++) {
+        struct od_slot *o = &od_table[k];
+        uint64_t until = atomic_load_explicit(&o->ejected_until_ms, memory_order_relaxed);
+        if (!atomic_load_explicit(&o->key, memory_order_relaxed) || !o->cluster || until <= now) continue;
+        json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I}", "cluster", o->cluster_name, "endpoint",
+                                           o->uid, "ejectedForMs", (json_int_t)(until - now), "ejections",
+                                           (json_int_t)o->n_ejections));
+    }
+    pthread_mutex_unlock(&od_lock);
+    return a;
+}
+
+void wp_request_done(struct wp_decision *d, const struct workload *w, int status)
+{
+    if (d->lb_circuit) {
+        atomic_fetch_sub_explicit((_Atomic int64_t *)d->lb_circuit, 1, memory_order_acq_rel);
+        d->lb_circuit = NULL;
+    }
+    wp_try_done(d, w, status);
+    d->lb_outlier = NULL;
+}
+
+/* The eligible endpoints of this worker's last pick (grown as needed, never shrunk). */
+static _Thread_local const struct workload **el_buf;
+static _Thread_local size_t el_cap;
+
+/* One pick among svc's endpoints on port under policy pol (NULL parts: Envoy's defaults), of subset ss (NULL:
+ * all), leaving out the endpoints outlier detection has ejected (d, when given, gets the count for
+ * maxEjectionPercent). hash/hashed: the request's key; attempt: picks before this one for the same request
+ * (Envoy's retry mutation of the hash). */
+static int choose(struct wp_tunnel *t, const struct service *svc, uint16_t port, const struct dr_subset *ss,
+                  const struct dr_policy *pol, uint64_t cluster, bool hashed, uint64_t hash, uint32_t attempt,
+                  struct wp_decision *d, struct lb_choice *out)
+{
+    uint8_t lbk = pol->lb ? pol->lb->lb : DR_LB_LEAST_REQUEST;
+    struct lb_source src = {.wl = t->src_wl};
+    const struct ip_addr *orig = svc == t->svc ? &t->dst_ip : NULL;
+    const struct workload *const *eps;
+    size_t n = 0;
+    unsigned rank;
+    if (lb_candidates(t->view->snap, svc, port, &src, &eps, &n, &rank) != 0 || n == 0) {
+        /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP
+         * itself: nothing to send to. */
+        if (ss) return -ENOENT;
+        return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
+    }
+    if (n > el_cap) {
+        const struct workload **nb = realloc(el_buf, n * sizeof(*nb));
+        if (!nb) return -ENOENT;
+        el_buf = nb;
+        el_cap = n;
+    }
+    /* The endpoints the mesh's load balancer allows (health, locality preference, ports), of the subset. */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct workload *w = eps[i];
+        if (!w->capacity || !service_target_port(svc, w, port)) continue; /* capacity 0: never chosen */
+        if (ss && !dr_subset_has(ss, w->namespace_, w->name)) continue;
+        el_buf[m++] = w;
+    }
+    if (!m) {
+        if (ss) return -ENOENT;
+        return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
+    }
+    if (pol->outlier) {
+        /* Ejected endpoints are left out, unless fewer than minHealthPercent would remain (Envoy's panic
+         * threshold, which Istio sets from it: then every endpoint is used). */
+        uint64_t now = wp_now_ms();
+        size_t k = 0;
+        for (size_t i = 0; i < m; i++)
+            if (!od_ejected(cluster, el_buf[i], now)) k++;
+        if (d) d->lb_hosts = m;
+        if (k < m && k > 0 && 100 * k >= (size_t)pol->outlier->min_health_percent * m) {
+            size_t j = 0;
+            for (size_t i = 0; i < m; i++)
+                if (!od_ejected(cluster, el_buf[i], now)) el_buf[j++] = el_buf[i];
+            m = j;
+        } else if (!k && !pol->outlier->min_health_percent) {
+            return -ENOENT; /* every endpoint ejected, no panic threshold: no healthy upstream */
+        }
+    }
+    const struct workload *w = NULL;
+    switch (lbk) {
+    case DR_LB_ROUND_ROBIN:
+        w = el_buf[rr_next(cluster) % m];
+        break;
+    case DR_LB_RANDOM:
+        w = el_buf[wp_rand(t->w) % m];
+        break;
+    case DR_LB_PASSTHROUGH:
+        /* Envoy's ORIGINAL_DST: the address the client asked for when it is one of the endpoints (a workload
+         * address); a Service VIP has none, so one endpoint at random. */
+        for (size_t i = 0; i < m && !w; i++)
+            for (size_t k = 0; k < el_buf[i]->n_ips && !w; k++)
+                if (ip_equal(&el_buf[i]->ips[k], &t->dst_ip)) w = el_buf[i];
+        if (!w) w = el_buf[wp_rand(t->w) % m];
+        break;
+    case DR_LB_RING_HASH:
+    case DR_LB_MAGLEV: {
+        const struct ch_cache *c = ch_table(t, svc, ss, port, pol->lb, el_buf, m);
+        int i = c ? chash_pick_attempt(c->ch, hashed ? hash : wp_rand(t->w), attempt) : -1;
+        w = i >= 0 ? c->eps[i] : el_buf[wp_rand(t->w) % m];
+        break;
+    }
+    default: {
+        /* Envoy's default for a waypoint's clusters, LEAST_REQUEST: of two endpoints drawn at random, the one
+         * with fewer requests in flight (from this worker, as Envoy's per-worker load balancers count them).
+         */
+        w = el_buf[wp_rand(t->w) % m];
+        if (m > 1) {
+            const struct workload *b = el_buf[wp_rand(t->w) % m];
+            if (lr_active(b) < lr_active(w)) w = b;
+        }
+    }
+    }
+    if (lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) < 0) return -ENOENT;
+    out->wl = w;
+    out->port = service_target_port(svc, w, port);
+    return 0;
+}
+
 int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, struct lb_choice *out)
 {
     if (!svc) {
         *out = (struct lb_choice){.wl = t->dst_wl, .ip = t->dst_ip, .port = t->port};
         return 0;
     }
-    struct lb_source src = {.wl = t->src_wl};
-    const struct ip_addr *orig = svc == t->svc ? &t->dst_ip : NULL;
-    const struct workload *const *eps;
-    size_t n = 0;
-    unsigned rank;
-    /* Envoy's default for a waypoint's clusters, LEAST_REQUEST: of two endpoints drawn at random, the one with
-     * fewer requests in flight (from this worker, as Envoy's per-worker load balancers count them). The
-     * candidates are the ones the mesh's load balancer allows (health, locality preference, ports). */
-    if (lb_candidates(t->view->snap, svc, port, &src, &eps, &n, &rank) == 0 && n > 0) {
-        const struct workload *w = eps[wp_rand(t->w) % n];
-        if (n > 1) {
-            const struct workload *b = eps[wp_rand(t->w) % n];
-            if (!w->capacity || (b->capacity && lr_active(b) < lr_active(w))) w = b;
-        }
-        uint16_t tp = w->capacity ? service_target_port(svc, w, port) : 0; /* capacity 0: never chosen */
-        if (tp && lb_endpoint_ip(w, svc->ip_families, orig, &out->ip) == 0) {
-            out->wl = w;
-            out->port = tp;
-            return 0;
+    /* Without a request (TCP passthrough, mirrors): the Service's load balancer, no subset, no limits. */
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+    struct dr_policy pol = dr_policy_for(dr, NULL, port);
+    pol.pool = NULL;
+    pol.outlier = NULL;
+    return choose(t, svc, port, NULL, &pol, names_hash(svc, NULL, port), false, 0, 0, NULL, out);
+}
+
+int wp_lb_prepare(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2)
+{
+    d->lb_ready = true;
+    if (!d->svc) return 0;
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, d->svc->namespace_, d->svc->name);
+    d->lb_subset = NULL;
+    if (d->subset && *d->subset) {
+        /* Istio builds a cluster per subset of a DestinationRule; a subset no rule defines has no cluster. */
+        if (!(d->lb_subset = dr_subset_find(dr, d->subset))) {
+            LOG_LIMITED(LOG_WARN, "waypoint::lb",
+                        "route %s: subset %s of %s is not defined by a DestinationRule",
+                        d->route_name ? d->route_name : "-", d->subset, d->svc->hostname);
+            return -ESRCH;
         }
     }
-    /* A Passthrough service is dialed at its original destination, which for a waypoint is the VIP itself:
-     * nothing to send to. */
-    return lb_pick(t->view->snap, svc, port, &src, orig, wp_rand(t->w), out) == 0 ? 0 : -ENOENT;
+    d->lb_policy = dr_policy_for(dr, d->lb_subset, d->port);
+    d->lb_cluster = names_hash(d->svc, d->subset, d->port);
+    const struct dr_lb_policy *lb = d->lb_policy.lb;
+    if (lb && (lb->lb == DR_LB_RING_HASH || lb->lb == DR_LB_MAGLEV))
+        d->lb_hashed = request_hash(t, lb, req, d, &d->lb_hash);
+    if (d->lb_policy.pool && cb_admit(d, d->lb_cluster, d->lb_policy.pool, http2) < 0) return -EUSERS;
+    d->lb_outlier = d->lb_policy.outlier;
+    return 0;
+}
+
+int wp_pick_endpoint_dec(struct wp_tunnel *t, struct wp_decision *d, struct lb_choice *out)
+{
+    if (!d->lb_ready || !d->svc) return wp_pick_endpoint(t, d->svc, d->port, out);
+    return choose(t, d->svc, d->port, d->lb_subset, &d->lb_policy, d->lb_cluster, d->lb_hashed, d->lb_hash,
+                  d->lb_picks++, d, out);
+}
+
+void wp_try_done(struct wp_decision *d, const struct workload *w, int status)
+{
+    if (d->lb_outlier && w) od_report(d->lb_cluster, d, w, status);
 }
 
 static int plain_dial(void *ud, const struct sockaddr_storage *hop)
@@ -247,8 +868,8 @@ struct hbone_stream *wp_upstream_open(struct wp_worker *w, const struct lb_choic
     struct sockaddr_storage hop;
     sockaddr_from(&hop, &c->ip, WP_HBONE_UPSTREAM_PORT);
     struct identity *id = wp_identity();
-    struct hbone_stream *s = hbone_pool_open(w->pool, w, id, plain_dial, NULL, &hop, sans, 1, &(struct ip_addr){0},
-                                             hdrs, 1, fd, ops, ud, err);
+    struct hbone_stream *s = hbone_pool_open(w->pool, w, id, plain_dial, NULL, &hop, sans, 1,
+                                             &(struct ip_addr){0}, hdrs, 1, fd, ops, ud, err);
     identity_unref(id);
     return s;
 }
@@ -260,7 +881,34 @@ struct tcp_fwd {
     struct lb_choice ep;
     char upstream[IP_STRLEN + 8];
     struct wp_tcp_set *m; /* istio_tcp_* for this stream, once the upstream answered */
+    _Atomic int64_t *cb;  /* the cluster's connection count this stream holds (connectionPool), or NULL */
 };
+
+/* connectionPool.tcp.maxConnections for a TCP stream through the waypoint (Envoy's tcp_proxy checks the
+ * cluster's max_connections; an HTTP/1.1 request in flight holds one connection of the same count). Returns 0
+ * (f->cb set when counted) or -EUSERS (overflow: the connection is closed, flag UO). */
+static int tcp_admit(struct tcp_fwd *f)
+{
+    struct wp_tunnel *t = f->t;
+    if (!t->svc) return 0;
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, t->svc->namespace_, t->svc->name);
+    struct dr_policy pol = dr_policy_for(dr, NULL, t->port);
+    if (!pol.pool || !pol.pool->max_connections) return 0;
+    _Atomic int64_t *c = cb_counter(names_hash(t->svc, NULL, t->port));
+    if (!c) return 0;
+    if ((uint64_t)(atomic_fetch_add_explicit(c, 1, memory_order_acq_rel) + 1) > pol.pool->max_connections) {
+        atomic_fetch_sub_explicit(c, 1, memory_order_acq_rel);
+        return -EUSERS;
+    }
+    f->cb = c;
+    return 0;
+}
+
+static void tcp_release(struct tcp_fwd *f)
+{
+    if (f->cb) atomic_fetch_sub_explicit(f->cb, 1, memory_order_acq_rel);
+    f->cb = NULL;
+}
 
 static struct wp_tcp_set *tcp_metrics(struct tcp_fwd *f, const char *flags)
 {
@@ -289,9 +937,11 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     wp_metrics_tcp_bytes(f->m, r->bytes_to_h2, r->bytes_to_tcp);
     wp_metrics_tcp_close(f->m);
     wp_endpoint_end(f->ep.wl);
+    tcp_release(f);
     if (log_target_enabled(LOG_INFO, "access")) {
         /* Envoy's default access log line for a TCP stream: no request fields, the bytes, the upstream. */
-        char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], host[IP_STRLEN + 40], cluster[320], line[WP_ACCESS_LINE_MAX];
+        char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], host[IP_STRLEN + 40], cluster[320],
+            line[WP_ACCESS_LINE_MAX];
         snprintf(host, sizeof(host), "envoy://connect_originate/%s", f->upstream);
         snprintf(cluster, sizeof(cluster), "inbound-vip|%u|tcp|%s", t->port, t->svc ? t->svc->hostname : "");
         struct wp_access a = {.start_ms_wall = t->start_ms,
@@ -342,15 +992,22 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     }
     char ipb[IP_STRLEN];
     snprintf(f->upstream, sizeof(f->upstream), "%s:%u", ip_format(&f->ep.ip, ipb, sizeof(ipb)), f->ep.port);
+    if (tcp_admit(f) < 0) { /* Envoy's upstream_cx_overflow: closed, UO in the TCP metrics */
+        err = "overflow (DestinationRule connectionPool.tcp.maxConnections)";
+        wp_metrics_tcp_close(tcp_metrics(f, "UO"));
+        goto fail;
+    }
     wp_endpoint_begin(f->ep.wl); /* ended in tcp_done */
     if (!wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err)) {
         wp_endpoint_end(f->ep.wl);
+        tcp_release(f);
         fd = -1; /* closed by wp_upstream_open */
         goto fail;
     }
     return;
 fail:
-    LOG_LIMITED(LOG_WARN, "access", "connection failed: dst.service=%s direction=waypoint protocol=TCP error=%s",
+    LOG_LIMITED(LOG_WARN, "access",
+                "connection failed: dst.service=%s direction=waypoint protocol=TCP error=%s",
                 t->svc ? t->svc->hostname : t->authority, err);
     if (fd >= 0) close(fd);
     free(f);
@@ -558,10 +1215,11 @@ static void in_request(struct hbone_stream *s, void *ud, const struct hbone_requ
     }
     if (status != 200) {
         char src[SOCKADDR_STRLEN];
-        LOG_LIMITED(LOG_WARN, "access",
-                    "connection failed: src.addr=%s src.identity=%s dst.addr=%s direction=inbound status=%d error=%s",
-                    sockaddr_format(&ic->peer, src, sizeof(src)), *t->peer_id ? t->peer_id : "unknown",
-                    req->authority, status, why);
+        LOG_LIMITED(
+            LOG_WARN, "access",
+            "connection failed: src.addr=%s src.identity=%s dst.addr=%s direction=inbound status=%d error=%s",
+            sockaddr_format(&ic->peer, src, sizeof(src)), *t->peer_id ? t->peer_id : "unknown",
+            req->authority, status, why);
         hbone_stream_respond(s, status, -1, NULL, 0);
         wp_tunnel_unref(t);
         return;
@@ -601,7 +1259,8 @@ static void in_closed(struct hbone_conn *c, void *ud, const struct h2_end *e)
     free(ic);
 }
 
-static const struct hbone_conn_ops in_ops = {.on_ready = in_ready, .on_closed = in_closed, .on_request = in_request};
+static const struct hbone_conn_ops in_ops = {
+    .on_ready = in_ready, .on_closed = in_closed, .on_request = in_request};
 
 static bool hbone_may_accept(struct acceptor *a)
 {

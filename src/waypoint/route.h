@@ -9,6 +9,7 @@
 #include <stddef.h>
 
 #include "http1/codec.h"
+#include "mesh/destination_rule.h"
 #include "mesh/l7.h"
 #include "mesh/l7authz.h"
 #include "waypoint/wp.h"
@@ -53,13 +54,29 @@ struct wp_decision {
     /* fault delay: the codec waits this long before it sends the request upstream (FORWARD) or sends the
      * local answer (LOCAL: a redirect, direct response or fault abort after the delay); flag DI */
     uint64_t delay_ms;
-    /* FORWARD: the chosen destination's subset ("" = none), for the DestinationRule's endpoint choice */
-    const char *subset;
     /* corsPolicy: the response headers this request gets (in resp_mods when set). The strings live here or in
      * the config, so a decision is used where wp_decide wrote it and never copied. */
     struct l7_header_mod cors_mod;
     struct l7_kv cors_kv[5];
     char cors_origin[512], cors_max_age[24], cors_echo_method[32], cors_echo_headers[512];
+    /* DestinationRule (proxy.c wp_lb_prepare): the chosen backend's subset ("" or NULL: the whole
+     * Service), and the Set-Cookie of a consistent-hash cookie generated for this request (Envoy's
+     * addDownstreamSetCookie), added to resp_mods by the pick. */
+    const char *subset;
+    char lb_cookie[512];
+    struct l7_kv lb_cookie_kv;
+    struct l7_header_mod lb_cookie_mod;
+    /* What wp_lb_prepare resolved, for every pick of the request (retries too), released and reported by
+     * wp_request_done */
+    bool lb_ready, lb_hashed;
+    const struct dr_subset *lb_subset;   /* NULL: the whole Service */
+    struct dr_policy lb_policy;          /* the parts that apply (NULL: defaults) */
+    uint64_t lb_hash;                    /* the request's key, when lb_hashed */
+    uint32_t lb_picks;                   /* picks so far (the retry attempt for a hash policy) */
+    void *lb_circuit;                    /* the cluster's in-flight count this request holds, or NULL */
+    const struct dr_outlier *lb_outlier; /* NULL: no outlier detection */
+    uint64_t lb_cluster;                 /* the cluster's key (Service, subset, port) */
+    size_t lb_hosts;                     /* eligible endpoints at the last pick (maxEjectionPercent's base) */
     /* RequestAuthentication (authn.h): a LOCAL 401/403 carries www_authenticate ("" = none); a FORWARD under
      * JWT rules has authn_mod first in req_mods (the rules' output headers dropped, the token removed, its
      * payload and claims copied) and, for a token in a query parameter, the path without it (rewrite_path). */
@@ -69,6 +86,23 @@ struct wp_decision {
     const char *authn_remove[WP_AUTHN_MAX_REMOVE];
     char authn_buf[WP_AUTHN_BUF];
 };
+
+/* DestinationRule for a request that d forwards (d->svc, d->port, d->subset), once, after wp_decide: the
+ * subset (-ESRCH when no DestinationRule defines it: Envoy's missing cluster, 503, flag NC,
+ * cluster_not_found), the policy, the hash key from req (a generated hash cookie is added to d's response
+ * modifiers) and the connection pool's admission (-EUSERS past its limits: Envoy's overflow, 503, flag UO,
+ * WP_OVERFLOW_BODY). http2: the request is HTTP/2 (its pool limits differ). Returns 0 when d may go on. */
+int wp_lb_prepare(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2);
+/* One endpoint for d (each try of a request calls it; a hash policy mutates the key per attempt as Envoy's
+ * retries do): wp_pick_endpoint's contract under what wp_lb_prepare resolved (without it, wp_pick_endpoint). */
+int wp_pick_endpoint_dec(struct wp_tunnel *t, struct wp_decision *d, struct lb_choice *out);
+/* A try of d's request ended with status at w (a retry follows): outlier detection counts it. */
+void wp_try_done(struct wp_decision *d, const struct workload *w, int status);
+/* Envoy's local reply to a circuit breaker's overflow (details upstream_reset_before_response_started{overflow}). */
+#define WP_OVERFLOW_BODY "upstream connect error or disconnect/reset before headers. reset reason: overflow"
+/* The request that d decided has ended with status (0: no response) from endpoint w (NULL when none was
+ * reached): releases its connectionPool slot and reports the outcome to outlier detection. Idempotent. */
+void wp_request_done(struct wp_decision *d, const struct workload *w, int status);
 
 /* Decides for req (borrowed) on tunnel t. Returns 0 with *d filled. A LOCAL answer carries resp_mods too (a
  * rule's response headers on its redirect or direct response, CORS headers on a preflight): the codecs add

@@ -14,13 +14,13 @@ static bool was_tried(const struct wp_tries *tr, const struct workload *w)
     return false;
 }
 
-int wp_try_pick(struct wp_tunnel *t, const struct wp_decision *d, struct wp_tries *tr, struct lb_choice *out)
+int wp_try_pick(struct wp_tunnel *t, struct wp_decision *d, struct wp_tries *tr, struct lb_choice *out)
 {
     bool found = false;
     int picks = tr->n && d->retry && d->retry->retry_other_hosts ? WP_HOST_PICKS : 1;
     for (int i = 0; i < picks; i++) {
         struct lb_choice c;
-        if (wp_pick_endpoint(t, d->svc, d->port, &c) < 0) break;
+        if (wp_pick_endpoint_dec(t, d, &c) < 0) break; /* the DestinationRule's choice */
         if (!found || !was_tried(tr, c.wl)) *out = c;
         found = true;
         if (!was_tried(tr, c.wl)) break;

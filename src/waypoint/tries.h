@@ -23,9 +23,9 @@ struct wp_tries {
     bool exhausted; /* a retriable failure with no attempt left (Envoy's URX) */
 };
 
-/* The endpoint for the next try of the request d decided, recorded in tr (n counts it). 0, or -ENOENT (no
- * healthy upstream: Envoy's UH). */
-int wp_try_pick(struct wp_tunnel *t, const struct wp_decision *d, struct wp_tries *tr, struct lb_choice *out);
+/* The endpoint for the next try of the request d decided (under its DestinationRule: wp_pick_endpoint_dec),
+ * recorded in tr (n counts it). 0, or -ENOENT (no healthy upstream: Envoy's UH). */
+int wp_try_pick(struct wp_tunnel *t, struct wp_decision *d, struct wp_tries *tr, struct lb_choice *out);
 /* After a try ended as e: true when d's policy retries it and attempts are left (counted in the retry
  * metric); false otherwise, with tr->exhausted set (and counted) when only the attempts were missing. */
 bool wp_try_again(const struct wp_decision *d, struct wp_tries *tr, const struct l7_try *e);

@@ -19,6 +19,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include <jansson.h>
+
 #include "core/acceptor.h"
 #include "core/loop.h"
 #include "core/net.h"
@@ -132,6 +134,15 @@ int wp_pick_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t po
 /* A request (or passthrough connection) to w starts / ends: the least-request choice's counts (worker-local). */
 void wp_endpoint_begin(const struct workload *w);
 void wp_endpoint_end(const struct workload *w);
+/* DestinationRule outlier detection, all workers: ejections so far, and the endpoints ejected now (their uids,
+ * comma-separated, into buf[0..n); the return is how many). Any thread. */
+uint64_t wp_outlier_ejections_total(void);
+size_t wp_outlier_ejected(char *buf, size_t n);
+/* The same for /metrics (Envoy's per-cluster ejection counter and gauge, appended to b) and /config_dump (a new
+ * JSON array of {cluster, endpoint, ejectedForMs, ejections}, owned by the caller). */
+struct prom_buf;
+void wp_outlier_metrics(struct prom_buf *b, bool openmetrics);
+json_t *wp_outlier_json(void);
 /* Opens an HBONE tunnel for the worker to endpoint c (podIP:15008, :authority podIP:port, expecting the
  * endpoint workload's identity) bridged to fd (ownership passes; closed on failure). Returns the stream or
  * NULL with a static reason in *err. */

@@ -15,6 +15,7 @@
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7_conv.h"
 #include "zmeshd/vs.h"
+#include "zmeshd/destination_rule.h"
 #include "zmeshd/request_authentication.h"
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
@@ -1351,6 +1352,10 @@ int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, siz
     if (!strcmp(d->kind, "VirtualService")) {
         *type = L7_T_HTTP_ROUTE; /* a zmesh.v1.HTTPRoute of kind VIRTUAL_SERVICE */
         return vs_convert(d->doc, &d->src, pb, len, name, name_n, report, ud);
+    }
+    if (!strcmp(d->kind, "DestinationRule")) {
+        *type = L7_T_DESTINATION_RULE;
+        return dr_convert(d->doc, &d->src, d->st, pb, len, name, name_n, report, ud);
     }
     if (!strcmp(d->kind, "AuthorizationPolicy")) {
         *type = L7_T_AUTHORIZATION;

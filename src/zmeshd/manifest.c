@@ -1290,6 +1290,8 @@ static const char *const route_versions[] = {"gateway.networking.k8s.io/v1", "ga
 static const char *const grpcroute_versions[] = {"gateway.networking.k8s.io/v1", NULL};
 static const char *const virtualservice_versions[] = {"networking.istio.io/v1", "networking.istio.io/v1beta1",
                                                       "networking.istio.io/v1alpha3", NULL};
+static const char *const destination_rule_versions[] = {"networking.istio.io/v1", "networking.istio.io/v1beta1",
+                                                        "networking.istio.io/v1alpha3", NULL};
 static const char *const gateway_versions[] = {"gateway.networking.k8s.io/v1",
                                                "gateway.networking.k8s.io/v1beta1", NULL};
 
@@ -1358,6 +1360,7 @@ static int keep_l7_doc(struct reader *r, const struct mnode *doc, const char *ki
     }
     e->kind = kind;
     e->doc = j;
+    e->st = r->st;
     e->src = (struct manifest_src){.file = keep(r, r->file), .doc = r->doc, .line = doc->line};
     if (!e->src.file) return -ENOMEM;
     return 0;
@@ -1391,6 +1394,7 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         {"HTTPRoute", route_versions},
         {"GRPCRoute", grpcroute_versions},
         {"RequestAuthentication", security_versions},
+        {"DestinationRule", destination_rule_versions},
         {"VirtualService", virtualservice_versions},
     };
     if (!in_list && !strcmp(kn->s, "List") && av && av->type == MN_SCALAR && !strcmp(av->s, "v1"))
@@ -1413,8 +1417,9 @@ static int read_item(struct reader *r, const struct mnode *doc, bool in_list)
         return 0;
     }
     /* Routes are converted from their whole document (src/zmeshd/l7.c reads them, findings and all). */
-    if (kd == &kinds[7] || kd == &kinds[8] || kd == &kinds[9]) return keep_l7_doc(r, doc, kd->kind);
-    if (kd == &kinds[10]) return keep_l7_doc(r, doc, kd->kind); /* VirtualService (src/zmeshd/vs.h) */
+    if (kd == &kinds[7] || kd == &kinds[8] || kd == &kinds[9] || kd == &kinds[10])
+        return keep_l7_doc(r, doc, kd->kind);
+    if (kd == &kinds[11]) return keep_l7_doc(r, doc, kd->kind); /* VirtualService (src/zmeshd/vs.h) */
     /* The object is read into a local and appended only when it is whole, so a bad one leaves no trace. */
     int rc = 0;
     struct vec *list;

@@ -253,9 +253,11 @@ const struct k8s_gateway *manifest_gateways(const struct manifest_store *st, siz
  * (gateway.networking.k8s.io/v1, v1beta1 for HTTPRoute), and AuthorizationPolicy with targetRef(s), which is also
  * in manifest_authz_policies. The tree is the document as read (jansson), owned by the store. */
 struct manifest_l7_doc {
-    const char *kind; /* "HTTPRoute", "GRPCRoute", "AuthorizationPolicy", "RequestAuthentication" (static) */
+    const char *kind; /* "HTTPRoute", "GRPCRoute", "AuthorizationPolicy", "RequestAuthentication",
+                       * "DestinationRule" (static) */
     json_t *doc;
     struct manifest_src src;
+    const struct manifest_store *st; /* the store that holds it (a DestinationRule's subsets select its pods) */
 };
 const struct manifest_l7_doc *manifest_l7_docs(const struct manifest_store *st, size_t *n);
 

@@ -335,6 +335,11 @@ ZMESH_L7_MESSAGES = {
         ('parents', 5, 'repeated zmesh.v1.ParentRef'),
         ('hostnames', 6, 'repeated string'),
         ('rules', 7, 'repeated zmesh.v1.RouteRule'),
+        ('tcp_rules', 8, 'repeated zmesh.v1.TcpRule'),
+    ],
+    'zmesh.v1.TcpRule': [
+        ('ports', 1, 'repeated uint32'),
+        ('backends', 2, 'repeated zmesh.v1.Backend'),
     ],
     'zmesh.v1.ParentRef': [
         ('namespace', 1, 'string'),
@@ -347,6 +352,39 @@ ZMESH_L7_MESSAGES = {
         ('filters', 3, 'repeated zmesh.v1.RouteFilter'),
         ('backends', 4, 'repeated zmesh.v1.Backend'),
         ('timeouts', 5, 'zmesh.v1.Timeouts'),
+        ('fault', 6, 'zmesh.v1.Fault'),
+        ('retry', 7, 'zmesh.v1.Retry'),
+        ('cors', 8, 'zmesh.v1.CorsPolicy'),
+        ('direct_response', 9, 'zmesh.v1.DirectResponse'),
+    ],
+    'zmesh.v1.Fault': [
+        ('delay_ms', 1, 'uint64'),
+        ('delay_ppm', 2, 'uint32'),
+        ('abort_http_status', 3, 'uint32'),
+        ('abort_grpc', 4, 'bool'),
+        ('abort_grpc_status', 5, 'uint32'),
+        ('abort_ppm', 6, 'uint32'),
+    ],
+    'zmesh.v1.Retry': [
+        ('attempts', 1, 'uint32'),
+        ('per_try_timeout_ms', 2, 'uint64'),
+        ('retry_on', 3, 'repeated string'),
+        ('retry_on_codes', 4, 'repeated uint32'),
+        ('retry_other_hosts', 5, 'bool'),
+    ],
+    'zmesh.v1.CorsPolicy': [
+        ('allow_origins', 1, 'repeated zmesh.v1.StringMatch'),
+        ('allow_methods', 2, 'repeated string'),
+        ('allow_headers', 3, 'repeated string'),
+        ('expose_headers', 4, 'repeated string'),
+        ('has_max_age', 5, 'bool'),
+        ('max_age_s', 6, 'int64'),
+        ('allow_credentials', 7, 'zmesh.v1.CorsPolicy.Tristate'),
+        ('unmatched_preflight_ignore', 8, 'bool'),
+    ],
+    'zmesh.v1.DirectResponse': [
+        ('status', 1, 'uint32'),
+        ('body', 2, 'bytes'),
     ],
     'zmesh.v1.StringMatch': [
         ('type', 1, 'zmesh.v1.StringMatch.Type'),
@@ -365,6 +403,9 @@ ZMESH_L7_MESSAGES = {
         ('grpc_type', 5, 'zmesh.v1.StringMatch.Type'),
         ('grpc_service', 6, 'string'),
         ('grpc_method', 7, 'string'),
+        ('ignore_uri_case', 8, 'bool'),
+        ('without_headers', 9, 'repeated zmesh.v1.NamedMatch'),
+        ('port', 10, 'uint32'),
     ],
     'zmesh.v1.HeaderValue': [
         ('name', 1, 'string'),
@@ -378,6 +419,7 @@ ZMESH_L7_MESSAGES = {
     'zmesh.v1.PathModifier': [
         ('type', 1, 'zmesh.v1.PathModifier.Type'),
         ('value', 2, 'string'),
+        ('pattern', 3, 'string'),
     ],
     'zmesh.v1.RequestRedirect': [
         ('scheme', 1, 'string'),
@@ -411,6 +453,7 @@ ZMESH_L7_MESSAGES = {
         ('service', 1, 'zmesh.v1.BackendRef'),
         ('weight', 2, 'uint32'),
         ('filters', 3, 'repeated zmesh.v1.RouteFilter'),
+        ('subset', 4, 'string'),
     ],
     'zmesh.v1.Timeouts': [
         ('request_ms', 1, 'uint64'),
@@ -466,9 +509,10 @@ ZMESH_L7_MESSAGES = {
 }
 MESSAGES.update(ZMESH_L7_MESSAGES)
 ZMESH_L7_ENUMS = {
-    'zmesh.v1.HTTPRoute.Kind': [('HTTP', 0), ('GRPC', 1)],
-    'zmesh.v1.StringMatch.Type': [('EXACT', 0), ('PREFIX', 1), ('REGEX', 2)],
-    'zmesh.v1.PathModifier.Type': [('NONE', 0), ('FULL', 1), ('PREFIX_MATCH', 2)],
+    'zmesh.v1.HTTPRoute.Kind': [('HTTP', 0), ('GRPC', 1), ('VIRTUAL_SERVICE', 2)],
+    'zmesh.v1.StringMatch.Type': [('EXACT', 0), ('PREFIX', 1), ('REGEX', 2), ('STRING_PREFIX', 3), ('PRESENT', 4)],
+    'zmesh.v1.PathModifier.Type': [('NONE', 0), ('FULL', 1), ('PREFIX_MATCH', 2), ('PREFIX_REWRITE', 3), ('REGEX', 4)],
+    'zmesh.v1.CorsPolicy.Tristate': [('UNSET', 0), ('FALSE', 1), ('TRUE', 2)],
     'zmesh.v1.L7Authorization.Action': [('ALLOW', 0), ('DENY', 1), ('AUDIT', 2)],
     'zmesh.v1.PolicyTarget.Kind': [('GATEWAY', 0), ('SERVICE', 1)],
 }
@@ -477,6 +521,116 @@ ZMESH_L7_ONEOFS = {
 }
 ENUMS.update(ZMESH_L7_ENUMS)
 ONEOFS.update(ZMESH_L7_ONEOFS)
+# zmesh's DestinationRule (the waypoint's load balancing), written down from proto/zmesh/destination_rule.proto.
+ZMESH_DR_MESSAGES = {
+    'zmesh.v1.DestinationRule': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('host', 3, 'string'),
+        ('service_namespace', 4, 'string'),
+        ('service_name', 5, 'string'),
+        ('creation_timestamp', 6, 'int64'),
+        ('traffic_policy', 7, 'zmesh.v1.TrafficPolicy'),
+        ('subsets', 8, 'repeated zmesh.v1.Subset'),
+    ],
+    'zmesh.v1.Label': [
+        ('key', 1, 'string'),
+        ('value', 2, 'string'),
+    ],
+    'zmesh.v1.Subset': [
+        ('name', 1, 'string'),
+        ('labels', 2, 'repeated zmesh.v1.Label'),
+        ('traffic_policy', 3, 'zmesh.v1.TrafficPolicy'),
+        ('endpoints', 4, 'repeated string'),
+    ],
+    'zmesh.v1.TrafficPolicy': [
+        ('load_balancer', 1, 'zmesh.v1.LoadBalancer'),
+        ('connection_pool', 2, 'zmesh.v1.ConnectionPool'),
+        ('outlier_detection', 3, 'zmesh.v1.OutlierDetection'),
+        ('port_level_settings', 4, 'repeated zmesh.v1.PortTrafficPolicy'),
+    ],
+    'zmesh.v1.PortTrafficPolicy': [
+        ('port', 1, 'uint32'),
+        ('load_balancer', 2, 'zmesh.v1.LoadBalancer'),
+        ('connection_pool', 3, 'zmesh.v1.ConnectionPool'),
+        ('outlier_detection', 4, 'zmesh.v1.OutlierDetection'),
+    ],
+    'zmesh.v1.LoadBalancer': [
+        ('simple', 1, 'zmesh.v1.LoadBalancer.Simple'),
+        ('consistent_hash', 2, 'zmesh.v1.ConsistentHash'),
+    ],
+    'zmesh.v1.ConsistentHash': [
+        ('http_header_name', 1, 'string'),
+        ('http_cookie', 2, 'zmesh.v1.HTTPCookie'),
+        ('use_source_ip', 3, 'bool'),
+        ('http_query_parameter_name', 4, 'string'),
+        ('algorithm', 5, 'zmesh.v1.ConsistentHash.Algorithm'),
+        ('minimum_ring_size', 6, 'uint64'),
+        ('table_size', 7, 'uint64'),
+    ],
+    'zmesh.v1.HTTPCookie': [
+        ('name', 1, 'string'),
+        ('path', 2, 'string'),
+        ('has_ttl', 3, 'bool'),
+        ('ttl_ms', 4, 'uint64'),
+    ],
+    'zmesh.v1.ConnectionPool': [
+        ('max_connections', 1, 'uint32'),
+        ('connect_timeout_ms', 2, 'uint64'),
+        ('http1_max_pending_requests', 3, 'uint32'),
+        ('http2_max_requests', 4, 'uint32'),
+        ('max_requests_per_connection', 5, 'uint32'),
+        ('max_retries', 6, 'uint32'),
+        ('idle_timeout_ms', 7, 'uint64'),
+    ],
+    'zmesh.v1.OutlierDetection': [
+        ('consecutive_5xx_errors', 1, 'uint32'),
+        ('consecutive_gateway_errors', 2, 'uint32'),
+        ('interval_ms', 3, 'uint64'),
+        ('base_ejection_time_ms', 4, 'uint64'),
+        ('max_ejection_percent', 5, 'uint32'),
+        ('min_health_percent', 6, 'uint32'),
+        ('has_consecutive_5xx', 7, 'bool'),
+    ],
+}
+MESSAGES.update(ZMESH_DR_MESSAGES)
+ENUMS.update({
+    'zmesh.v1.LoadBalancer.Simple': [('UNSPECIFIED', 0), ('LEAST_REQUEST', 1), ('ROUND_ROBIN', 2), ('RANDOM', 3), ('PASSTHROUGH', 4)],
+    'zmesh.v1.ConsistentHash.Algorithm': [('RING_HASH', 0), ('MAGLEV', 1)],
+})
+ONEOFS.update({
+    'zmesh.v1.ConsistentHash': {'key': ['http_header_name', 'http_cookie', 'use_source_ip', 'http_query_parameter_name']},
+})
+# zmesh's RequestAuthentication (the waypoint's JWT check), written down from
+# proto/zmesh/request_authentication.proto.
+MESSAGES.update({
+    'zmesh.v1.RequestAuthentication': [
+        ('namespace', 1, 'string'),
+        ('name', 2, 'string'),
+        ('targets', 3, 'repeated zmesh.v1.PolicyTarget'),
+        ('jwt_rules', 4, 'repeated zmesh.v1.JWTRule'),
+    ],
+    'zmesh.v1.JWTHeader': [
+        ('name', 1, 'string'),
+        ('prefix', 2, 'string'),
+    ],
+    'zmesh.v1.ClaimToHeader': [
+        ('header', 1, 'string'),
+        ('claim', 2, 'string'),
+    ],
+    'zmesh.v1.JWTRule': [
+        ('issuer', 1, 'string'),
+        ('audiences', 2, 'repeated string'),
+        ('jwks', 3, 'string'),
+        ('jwks_uri', 4, 'string'),
+        ('from_headers', 5, 'repeated zmesh.v1.JWTHeader'),
+        ('from_params', 6, 'repeated string'),
+        ('from_cookies', 7, 'repeated string'),
+        ('forward_original_token', 8, 'bool'),
+        ('output_payload_to_header', 9, 'string'),
+        ('output_claim_to_headers', 10, 'repeated zmesh.v1.ClaimToHeader'),
+    ],
+})
 # Packages of the well-known types, which come from the protobuf installation, not from proto/.
 WKT_PACKAGE = "google.protobuf"
 
