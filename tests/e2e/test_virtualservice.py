@@ -2,7 +2,8 @@
 src/waypoint/route.c applies it): the cluster of test_waypoint_l7.py (namespace `l7` with its waypoint, pods v1 and
 v2 running apps.py `l7app`, a client pod), with Services of its own per test so the VirtualServices never meet.
 
-Checked: weights (80/20 within tolerance over 200 requests); uri prefix (a plain string prefix), exact, regex,
+Checked: weights (80/20 within tolerance over 200 requests), also by DestinationRule subset, and on a TCP port (tcp
+routes, 200 connections); uri prefix (a plain string prefix), exact, regex,
 ignoreUriCase, header and withoutHeaders matches; first match in the order written (a catch-all shadows what
 follows); redirect (301, Location); rewrite uri (Envoy's prefix_rewrite), uriRegexRewrite and authority; request and
 response headers set/add/remove; directResponse status and body; fault abort 503 at 50 % (within tolerance over 400
@@ -28,7 +29,7 @@ from test_up import _force_cleanup, poll
 from test_waypoint_l7 import (APPLY_WAIT, GRPC, HTTP, NS, L7Cluster, _try, app_log, counts, info, manifests, req,
                               route, mark, service)
 
-SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi")
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub")
 
 
 class VSCluster(L7Cluster):
@@ -115,6 +116,29 @@ def test_weights(cluster):
     assert set(got) <= {"v1", "v2"}, got
     assert 137 <= got.get("v1", 0) <= 183, got
     c.delete(d)
+
+
+def test_weights_by_subset(cluster):
+    """The issue's 80/20 split by subset: a DestinationRule defines subsets v1 and v2 of one Service (by the pods'
+    version label) and the VirtualService weighs them."""
+    c = cluster
+    d1 = c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: vs-sub, namespace: %s}\n"
+                 "spec:\n  host: vs-sub\n  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+                 "  - {name: v2, labels: {version: v2}}\n" % NS)
+    d2 = c.apply(vs("subsets", "vs-sub", """
+- %s
+  route:
+  - {destination: {host: vs-sub, subset: v1}, weight: 80}
+  - {destination: {host: vs-sub, subset: v2}, weight: 20}
+""" % tagged("sub8020")))
+    try:
+        until_marked(c, "/", "sub8020", svc="vs-sub")
+        got = counts(c, 200, svc="vs-sub")
+        assert set(got) <= {"v1", "v2"}, got
+        assert 137 <= got.get("v1", 0) <= 183, got
+    finally:
+        c.delete(d2)
+        c.delete(d1)
 
 
 def until_marked(c, path, value, **kw):
