@@ -23,6 +23,7 @@
 #include "cli/up.h"
 #include "core/net.h"
 #include "mesh/authz.h"
+#include "mesh/destination_rule.h"
 #include "mesh/l7.h"
 #include "mesh/l7authz.h"
 #include "mesh/lb.h"
@@ -226,16 +227,18 @@ static const char *proto_name(uint8_t p)
     return p < sizeof(names) / sizeof(names[0]) ? names[p] : "?";
 }
 
-/* Lists the endpoints the load balancer chooses among for svc:port from src, and returns how many. */
+/* Lists the endpoints the load balancer chooses among for svc:port from src (only those of DestinationRule
+ * subset ss when not NULL), and returns how many. */
 static size_t list_endpoints(FILE *o, const struct snapshot *snap, const struct service *svc, uint16_t port,
-                             const struct workload *src, const char *indent, const struct workload **first)
+                             const struct workload *src, const struct dr_subset *ss, const char *indent)
 {
-    const struct workload *const *eps = NULL;
-    size_t n = 0;
+    const struct workload *const *all = NULL, *eps[WHY_MAX_LISTED * 8];
+    size_t n_all = 0, n = 0;
     unsigned rank = 0;
     struct lb_source ls = {.wl = src};
-    int rc = lb_candidates(snap, svc, port, &ls, &eps, &n, &rank);
-    *first = NULL;
+    int rc = lb_candidates(snap, svc, port, &ls, &all, &n_all, &rank);
+    for (size_t i = 0; rc == 0 && i < n_all && n < sizeof(eps) / sizeof(eps[0]); i++)
+        if (!ss || dr_subset_has(ss, all[i]->namespace_, all[i]->name)) eps[n++] = all[i];
     if (rc == -EAGAIN) {
         fprintf(o, "%sa Passthrough service: the original destination address is dialled\n", indent);
         return 0;
@@ -246,7 +249,6 @@ static size_t list_endpoints(FILE *o, const struct snapshot *snap, const struct 
                 total == 1 ? "" : "s");
         return 0;
     }
-    *first = eps[0];
     for (size_t i = 0; i < n && i < WHY_MAX_LISTED; i++) {
         struct lb_choice c;
         char ipb[IP_STRLEN];
@@ -258,8 +260,29 @@ static size_t list_endpoints(FILE *o, const struct snapshot *snap, const struct 
     if (n > WHY_MAX_LISTED) fprintf(o, "%s... and %zu more\n", indent, n - WHY_MAX_LISTED);
     if (n < total)
         fprintf(o, "%s(%zu of %zu endpoints eligible: %s)\n", indent, n, total,
-                rank ? "the locality preference keeps the closest" : "unhealthy or without the port");
+                ss     ? "the subset's"
+                : rank ? "the locality preference keeps the closest"
+                       : "unhealthy or without the port");
     return n;
+}
+
+/* The load balancer the waypoint uses for svc:port (subset ss), from its DestinationRule dr (NULL: none). */
+static void lb_text(const struct dr_rule *dr, const struct dr_subset *ss, uint16_t port, char *buf, size_t n)
+{
+    struct dr_policy p = dr_policy_for(dr, ss, port);
+    const struct dr_lb_policy *lb = p.lb;
+    static const char *const keys[] = {"", "header", "cookie", "source IP", "query parameter"};
+    if (!lb) {
+        snprintf(buf, n, "LEAST_REQUEST: the less loaded of two random endpoints (Istio's default%s%s)",
+                 dr ? "; DestinationRule " : "", dr ? dr->key : "");
+        return;
+    }
+    if (lb->lb == DR_LB_RING_HASH || lb->lb == DR_LB_MAGLEV)
+        snprintf(buf, n, "%s on the %s%s%s (DestinationRule %s)", dr_lb_to_str(lb->lb),
+                 lb->hash_key < 5 ? keys[lb->hash_key] : "?", *lb->hash_name ? " " : "", lb->hash_name,
+                 dr->key);
+    else
+        snprintf(buf, n, "%s (DestinationRule %s)", dr_lb_to_str(lb->lb), dr->key);
 }
 
 /* L4 authorization at the ztunnel of each eligible endpoint (the verdict of the first is the answer; the
@@ -407,8 +430,7 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                              .headers = hs,
                              .n_headers = nh};
     for (size_t i = 0; i < nh; i++)
-        if (!strcmp(hs[i].name, "content-type") && l7_grpc_content_type(hs[i].value))
-            req.grpc = true;
+        if (!strcmp(hs[i].name, "content-type") && l7_grpc_content_type(hs[i].value)) req.grpc = true;
     struct ip_addr sip = {0};
     if (src && src->n_ips) sip = src->ips[0];
     const char *principal = src && !strncmp(src->spiffe_id, "spiffe://", 9) ? src->spiffe_id + 9 : NULL;
@@ -493,10 +515,7 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
             return;
         }
         /* Each backend with its share; the request goes to one of them, weighted at random. */
-        const struct workload *first = NULL;
         size_t eligible_total = 0;
-        const struct service *first_svc = NULL;
-        uint16_t first_port = 0;
         for (size_t i = 0; i < rule->n_backends; i++) {
             const struct l7_backend *be = &rule->backends[i];
             uint16_t bp = be->port ? be->port : port;
@@ -515,21 +534,24 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                 x->to[x->n_to].svc = bs;
                 x->to[x->n_to++].port = bp;
             }
-            const struct workload *f = NULL;
-            size_t n = list_endpoints(o, x->snap, bs, bp, wp_wl, "    ", &f);
-            eligible_total += n;
-            if (f && !first) {
-                first = f;
-                first_svc = bs;
-                first_port = bp;
+            const struct dr_rule *dr = l7_destination_rule_for(x->l7, bs->namespace_, bs->name);
+            const struct dr_subset *ss = NULL;
+            if (be->subset && *be->subset && !(dr && (ss = dr_subset_find(dr, be->subset)))) {
+                fprintf(
+                    o, "    no DestinationRule of %s/%s defines subset %s: a request sent here gets 503 NC\n",
+                    bs->namespace_, bs->name, be->subset);
+                continue;
             }
+            char lb[300];
+            lb_text(dr, ss, bp, lb, sizeof(lb));
+            fprintf(o, "    load balancer: %s\n", lb);
+            eligible_total += list_endpoints(o, x->snap, bs, bp, wp_wl, ss, "    ");
         }
         if (!eligible_total) {
             set_result(x, WHY_REFUSED, "REFUSED: 503 UH at the waypoint %s/%s: no healthy endpoint behind %s",
                        gw_ns, gw_name, rule->route);
             return;
         }
-        (void)first_svc, (void)first_port;
         char to_s[600] = "";
         size_t tl = 0;
         for (size_t i = 0; i < rule->n_backends && tl < sizeof(to_s); i++) {
@@ -544,20 +566,22 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                 if (w > 0) tl += (size_t)w;
             }
         }
-        fprintf(o, "  the waypoint picks a backend by weight, then the less loaded of two random eligible "
-                   "endpoints (LEAST_REQUEST)\n");
+        fprintf(
+            o,
+            "  the waypoint picks a backend by weight, then an endpoint with that backend's load balancer\n");
         set_result(x, WHY_ALLOWED, "ALLOWED: %s %s through the waypoint %s/%s, route %s, to %s", method, path,
                    gw_ns, gw_name, rule->route, to_s);
         return;
     }
-    const struct workload *first = NULL;
     fprintf(o, "  endpoints of %s/%s:%u:\n", to->namespace_, to->name, to_port);
-    if (!list_endpoints(o, x->snap, to, to_port, wp_wl, "    ", &first)) {
+    if (!list_endpoints(o, x->snap, to, to_port, wp_wl, NULL, "    ")) {
         set_result(x, WHY_REFUSED, "REFUSED: 503 UH at the waypoint %s/%s: no healthy endpoint of %s/%s:%u",
                    gw_ns, gw_name, to->namespace_, to->name, to_port);
         return;
     }
-    fprintf(o, "  the waypoint picks the less loaded of two random eligible endpoints (LEAST_REQUEST)\n");
+    char lb[300];
+    lb_text(l7_destination_rule_for(x->l7, to->namespace_, to->name), NULL, to_port, lb, sizeof(lb));
+    fprintf(o, "  load balancer: %s\n", lb);
     x->to[0].svc = to;
     x->to[0].port = to_port;
     x->n_to = 1;
@@ -673,9 +697,8 @@ static int explain(struct why_ctx *x, char *err, size_t errlen)
         fprintf(o, "  the source is not captured: its connection leaves the pod as plain TCP%s\n",
                 g->set ? ", and does not pass the waypoint (only captured traffic is sent to waypoints)"
                        : "");
-        const struct workload *first = NULL;
         if (d.svc) fprintf(o, "  endpoints of %s/%s:%u:\n", ons, oname, port);
-        if (d.svc && !list_endpoints(o, x->snap, d.svc, port, NULL, "    ", &first)) {
+        if (d.svc && !list_endpoints(o, x->snap, d.svc, port, NULL, NULL, "    ")) {
             set_result(x, WHY_REFUSED, "REFUSED: no endpoint of %s/%s:%u", d.svc->namespace_, d.svc->name,
                        port);
         } else {
@@ -704,10 +727,9 @@ static int explain(struct why_ctx *x, char *err, size_t errlen)
             fprintf(o, "  no waypoint: node %s's ztunnel sends it over HBONE to the endpoint's ztunnel\n",
                     *src->node ? src->node : "?");
         if (d.svc) {
-            const struct workload *first = NULL;
             fprintf(o, "  endpoints of %s/%s:%u (the ztunnel picks by capacity, at random):\n", ons, oname,
                     port);
-            if (!list_endpoints(o, x->snap, d.svc, port, src, "    ", &first)) {
+            if (!list_endpoints(o, x->snap, d.svc, port, src, NULL, "    ")) {
                 set_result(x, WHY_REFUSED, "REFUSED: no healthy endpoint of %s/%s:%u", ons, oname, port);
                 return 0;
             }

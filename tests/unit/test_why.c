@@ -130,6 +130,33 @@ static void test_split_through_the_waypoint(void **state)
     manifest_store_free(st);
 }
 
+/* A DestinationRule's load balancer is what the waypoint uses for that backend; Istio's default otherwise. */
+static void test_destination_rule_load_balancer(void **state)
+{
+    (void)state;
+    const char *dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+                     "metadata: {name: v2-rr, namespace: app}\n"
+                     "spec:\n  host: svc-v2\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n---\n"
+                     "apiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+                     "metadata: {name: v1-hash, namespace: app}\n"
+                     "spec:\n  host: svc-v1.app.svc.cluster.local\n"
+                     "  trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n";
+    struct manifest_store *st = load(dr);
+    struct why_query q = {.source = "app/client", .dest = "svc", .path = "/api"};
+    char *out = NULL, err[512] = "";
+    assert_int_equal(run(st, &q, &out, err, sizeof(err)), WHY_ALLOWED);
+    has(out, "backend app/svc-v1:80 weight 90 (90.0%)\n    load balancer: RING_HASH on the header x-user "
+             "(DestinationRule app/v1-hash)");
+    has(out, "backend app/svc-v2:80 weight 10 (10.0%)\n    load balancer: ROUND_ROBIN (DestinationRule "
+             "app/v2-rr)");
+    free(out);
+    q.dest = "web";
+    assert_int_equal(run(st, &q, &out, err, sizeof(err)), WHY_ALLOWED);
+    has(out, "load balancer: LEAST_REQUEST: the less loaded of two random endpoints (Istio's default)");
+    free(out);
+    manifest_store_free(st);
+}
+
 static void test_l7_deny_names_the_policy(void **state)
 {
     (void)state;
@@ -297,6 +324,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_through_the_waypoint),
         cmocka_unit_test(test_l7_deny_names_the_policy),
+        cmocka_unit_test(test_destination_rule_load_balancer),
         cmocka_unit_test(test_no_route_when_routes_do_not_match),
         cmocka_unit_test(test_l4_policy_and_identity),
         cmocka_unit_test(test_waypoint_without_ready_pod_is_refused),
