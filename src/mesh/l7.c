@@ -1267,7 +1267,7 @@ static int tcp_rules_build(struct route *r, struct verr *v)
     if (!pb->n_tcp_rules) return 0;
     if (pb->kind != ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE)
         return fail(v, "tcp_rules", "VirtualService only");
-    if (pb->n_tcp_rules > L7_MAX_RULES) return fail(v, "tcp_rules", "more than %d rules", L7_MAX_RULES);
+    if (pb->n_tcp_rules > L7_MAX_VS_RULES) return fail(v, "tcp_rules", "more than %d rules", L7_MAX_VS_RULES);
     r->tcp = l7_arena_alloc(&r->arena, pb->n_tcp_rules * sizeof(*r->tcp));
     if (!r->tcp) return -ENOMEM;
     for (size_t i = 0; i < pb->n_tcp_rules; i++) {
@@ -1350,7 +1350,8 @@ static int route_build(struct route *r, struct verr *v)
             return fail(v, f, "expected a port 1-65535, got %u", p->port);
         }
     }
-    if (pb->n_rules > L7_MAX_RULES) return fail(v, "rules", "more than %d rules", L7_MAX_RULES);
+    size_t max_rules = pb->kind == ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE ? L7_MAX_VS_RULES : L7_MAX_RULES;
+    if (pb->n_rules > max_rules) return fail(v, "rules", "more than %zu rules", max_rules);
     size_t total = 0;
     for (size_t i = 0; i < pb->n_rules; i++)
         total += pb->rules[i]->n_matches;

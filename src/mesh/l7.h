@@ -30,6 +30,9 @@ int l7_type_index(const char *url);
 #define L7_MAX_RESOURCE_BYTES (1u << 20)
 #define L7_MAX_PARENTS 32
 #define L7_MAX_RULES 16
+/* A VirtualService's http and tcp routes: Istio sets no maximum; this bound only keeps one resource's tables
+ * sane (L7_MAX_RESOURCE_BYTES bounds it first in practice). */
+#define L7_MAX_VS_RULES 4096
 #define L7_MAX_MATCHES 64
 #define L7_MAX_FILTERS 16
 #define L7_MAX_BACKENDS 16

@@ -1217,8 +1217,8 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
     json_t *l;
     int rc = l7c_get_list(c, spec, "tcp", "spec", &l);
     if (rc <= 0) return rc;
-    if (json_array_size(l) > VS_MAX_LIST) {
-        ERR(c, "spec.tcp", "more than %d entries", VS_MAX_LIST);
+    if (json_array_size(l) > L7_MAX_VS_RULES) {
+        ERR(c, "spec.tcp", "more than %d entries", L7_MAX_VS_RULES);
         return -1;
     }
     m->tcp_rules = l7c_alloc(c, json_array_size(l) * sizeof(*m->tcp_rules));
@@ -1441,8 +1441,8 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, 
     int r = l7c_get_list(&c, spec, "http", "spec", &l);
     if (r < 0) goto out;
     if (r > 0) {
-        if (json_array_size(l) > VS_MAX_LIST) {
-            ERR(&c, "spec.http", "more than %d entries", VS_MAX_LIST);
+        if (json_array_size(l) > L7_MAX_VS_RULES) {
+            ERR(&c, "spec.http", "more than %d entries", L7_MAX_VS_RULES);
             goto out;
         }
         m.rules = l7c_alloc(&c, json_array_size(l) * sizeof(*m.rules));

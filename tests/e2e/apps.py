@@ -23,7 +23,7 @@ kinds:
            with the same JSON as httpinfo (headers, body length and sha256), status 200, and trailers
            "x-trailer: <tag>" and "grpc-status: 0" after the body; /bytes/<n> answers n pattern bytes
   l7app    apps.py l7app <port> <tag> <grpc port> [<log file>]: httpinfo on <port> (with its request log), plus any path ending /sleep/<ms> (answers the same JSON
-           after sleeping ms milliseconds), any path ending /headers (JSON {"tag", "headers": [[name, value], ...]}, every field
+           after sleeping ms milliseconds), any path with /sleep-on/<tag>/<ms>/ in it (the same, only on the server of that tag), any path ending /headers (JSON {"tag", "headers": [[name, value], ...]}, every field
            line in order, repeated names kept); and a python3-grpcio server on <grpc port> with raw-bytes methods
            /l7test.Echo/Unary (answers "<tag>:<request>" with metadata x-served-by: <tag>),
            /l7test.Echo/Stream (server streaming: "<tag>:<i>" for i in 0..n-1, n the request as a decimal) and
@@ -177,6 +177,9 @@ class SleepInfoHandler(InfoHandler):
         if len(parts) >= 2 and parts[-2] == "sleep":
             import time
             time.sleep(int(parts[-1]) / 1000.0)
+        elif "sleep-on" in parts[:-2] and parts[parts.index("sleep-on") + 1] == self.tag:  # .../sleep-on/<tag>/<ms>/...
+            import time
+            time.sleep(int(parts[parts.index("sleep-on") + 2]) / 1000.0)
         elif parts[-1] == "headers":
             self._body()
             out = json.dumps({"tag": self.tag, "headers": [[k.lower(), v] for k, v in self.headers.items()]}).encode()

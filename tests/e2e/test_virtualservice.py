@@ -29,7 +29,7 @@ from test_up import _force_cleanup, poll
 from test_waypoint_l7 import (APPLY_WAIT, GRPC, HTTP, NS, L7Cluster, _try, app_log, counts, info, manifests, req,
                               route, mark, service)
 
-SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub")
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt")
 
 
 class VSCluster(L7Cluster):
@@ -286,6 +286,42 @@ def test_direct_response(cluster):
         line = poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET /teapot HTTP/1.1" 418 - direct_response'
                              in l], timeout=10, what="the direct response's access log line")
         assert line
+    finally:
+        c.delete(d)
+
+
+# -- retries ---------------------------------------------------------------------------------------------------------
+
+def test_retries_per_try_timeout(cluster):
+    """retries with perTryTimeout: an endpoint that takes 3 s is abandoned after 300 ms and the request is tried on
+    the other one (retryOn gateway-error: Envoy judges a per-try timeout as the 504 it would answer), so every
+    request is answered by v2; v1's own log shows the tries it got. On a rule without retries (Istio's default
+    policy, which does not retry a slow answer) the slow endpoint's late answer is the answer."""
+    c = cluster
+    d = c.apply(vs("retries", "vs-rt", """
+- match: [{uri: {prefix: /rt/}}]
+  route: [{destination: {host: vs-rt}}]
+  retries: {attempts: 2, perTryTimeout: 300ms, retryOn: gateway-error}
+  %s
+- route: [{destination: {host: vs-rt}}]
+""" % tagged("rt")))
+    try:
+        until_marked(c, "/rt/x", "rt", svc="vs-rt")
+        run = "%04x" % random.randrange(1 << 16)
+        for i in range(12):
+            tag, _ = served(req(c, "/rt/sleep-on/v1/3000/%s-%d" % (run, i), svc="vs-rt"))
+            assert tag == "v2", i
+        # v1 logs a request once it has answered it (after its 3 s), long after the waypoint gave up on it.
+        poll(lambda: [l for l in app_log(c, "v1") if l[1].startswith("/rt/sleep-on/v1/3000/%s-" % run)],
+             timeout=60, what="the tries v1 got (none: the random pick never chose it, nothing was exercised)")
+        for i in range(40):
+            t0 = time.monotonic()
+            tag, _ = served(req(c, "/plain/sleep-on/v1/500/%s-%d" % (run, i), svc="vs-rt"))
+            if tag == "v1":
+                assert time.monotonic() - t0 >= 0.5
+                break
+        else:
+            pytest.fail("v1 never answered a request of the rule without retries")
     finally:
         c.delete(d)
 
