@@ -1,8 +1,8 @@
 /* The waypoint's route match (src/mesh/l7.h l7_routes_for + l7_match_ex) as routes grow: the cost in ns of
  * finding the rule for one request among 10, 100 and 1000 routes on one Service, for HTTPRoutes (Gateway API
- * precedence, resolved once at build time) and a VirtualService (rules in the order written), with the request
- * matching the first rule, the last one, and none (404). The routes are converted from YAML by zmeshd's own
- * conversion, as the waypoint receives them.
+ * precedence, resolved once at build time) and a VirtualService (rules in the order written), with the
+ * request matching the first rule, the last one, and none (404). The routes are converted from YAML by
+ * zmeshd's own conversion, as the waypoint receives them.
  *
  * usage: build/bench/bench_l7match [seconds-per-row]   (default 0.3)
  * Prints one table; compare rows of the same run only. */
@@ -70,14 +70,15 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     return 0;
 }
 
-/* n routes on Service app/svc, each for path prefix /r<i>/ and header x-tenant: t<i>: n HTTPRoutes of one rule
- * each, or one VirtualService of n http routes. */
+/* n routes on Service app/svc, each for path prefix /r<i>/ and header x-tenant: t<i>: n HTTPRoutes of one
+ * rule each, or one VirtualService of n http routes. */
 static struct l7_config *build(int n, bool vs)
 {
     struct sbuf b = {0};
     if (vs) {
-        sb_printf(&b, "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: big, namespace: "
-                      "app}\nspec:\n  hosts: [svc]\n  http:\n");
+        sb_printf(
+            &b, "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: big, namespace: "
+                "app}\nspec:\n  hosts: [svc]\n  http:\n");
         for (int i = 0; i < n; i++)
             sb_printf(&b,
                       "  - match: [{uri: {prefix: /r%d/}, headers: {x-tenant: {exact: t%d}}}]\n"
@@ -85,13 +86,14 @@ static struct l7_config *build(int n, bool vs)
                       i, i);
     } else {
         for (int i = 0; i < n; i++)
-            sb_printf(&b,
-                      "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r%d, "
-                      "namespace: app, creationTimestamp: \"2026-01-01T00:00:%02dZ\"}\n"
-                      "spec:\n  parentRefs: [{group: \"\", kind: Service, name: svc}]\n  rules:\n"
-                      "  - matches: [{path: {type: PathPrefix, value: /r%d}, headers: [{name: x-tenant, value: "
-                      "t%d}]}]\n    backendRefs: [{name: svc, port: 80}]\n",
-                      i, i % 60, i, i);
+            sb_printf(
+                &b,
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r%d, "
+                "namespace: app, creationTimestamp: \"2026-01-01T00:00:%02dZ\"}\n"
+                "spec:\n  parentRefs: [{group: \"\", kind: Service, name: svc}]\n  rules:\n"
+                "  - matches: [{path: {type: PathPrefix, value: /r%d}, headers: [{name: x-tenant, value: "
+                "t%d}]}]\n    backendRefs: [{name: svc, port: 80}]\n",
+                i, i % 60, i, i);
     }
     struct l7_builder *bl = l7_builder_new();
     if (!bl || manifest_load_json("bench.yaml", b.p, b.len, on_finding, NULL, on_doc, bl) < 0) abort();
@@ -115,8 +117,12 @@ static double match_ns(const struct l7_config *c, int i, double secs, bool *foun
     snprintf(path, sizeof(path), i < 0 ? "/none/x" : "/r%d/items?id=7", i);
     snprintf(tenant, sizeof(tenant), "t%d", i < 0 ? 0 : i);
     struct l7_header h[] = {{"user-agent", 10, "bench", 5}, {"x-tenant", 8, tenant, strlen(tenant)}};
-    struct l7_request req = {
-        .method = "GET", .path = path, .path_len = strlen(path), .authority = "svc", .headers = h, .n_headers = 2};
+    struct l7_request req = {.method = "GET",
+                             .path = path,
+                             .path_len = strlen(path),
+                             .authority = "svc",
+                             .headers = h,
+                             .n_headers = 2};
     const struct l7_rule *rule = NULL;
     unsigned long iters = 0;
     double t0 = now_s(), t;
@@ -148,7 +154,8 @@ int main(int argc, char **argv)
                 fprintf(stderr, "bench_l7match: wrong match results (%d %d %d)\n", f1, f2, f3);
                 return 1;
             }
-            printf("%-16s %6d %12.0f %12.0f %12.0f\n", v ? "VirtualService" : "HTTPRoute", n, first, last, none);
+            printf("%-16s %6d %12.0f %12.0f %12.0f\n", v ? "VirtualService" : "HTTPRoute", n, first, last,
+                   none);
             l7_config_unref(c);
         }
     return 0;
