@@ -1001,8 +1001,10 @@ def test_cli_shows_the_waypoint(cluster):
 # -- 7b. zmesh why ----------------------------------------------------------------------------------------------------
 
 def test_why_agrees_with_the_traffic(cluster):
-    """`zmesh why` predicts what the waypoint then does to real requests: the route and backend, an L7 DENY, a
-    404 for a path no rule matches; and its exit status says which."""
+    """`zmesh why` predicts what the mesh then does to real traffic, six scenarios: the route and backend, an L7
+    DENY, a 404 for a path no rule matches, a name that does not exist, a pod addressed by name (no waypoint,
+    the client's identity at the destination), a TCP port an ALLOW on a method closes; its exit status says
+    which."""
     c = cluster
     d = c.apply(service("why", {"app": "svc"}) + "---\n" + route("why-route", "why", """\
         - matches: [{path: {type: PathPrefix, value: /only}}]
@@ -1049,6 +1051,29 @@ def test_why_agrees_with_the_traffic(cluster):
         p = subprocess.run([c.zmesh, "why", "%s/client" % NS, "nosuch", "--state-dir", c.state],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 5 and "no Service %s/nosuch" % NS in p.stderr, p.stdout + p.stderr
+        # A pod addressed by name: a waypoint for services (the default) is not in its path; ztunnel to ztunnel,
+        # and the destination's ztunnel sees the client's own identity.
+        p = subprocess.run([c.zmesh, "why", "%s/client" % NS, "pod/v1", "--port", str(HTTP), "--state-dir",
+                            c.state], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert p.stdout.startswith("RESULT: ALLOWED: over HBONE from %s/client to %s/v1:%d" % (NS, NS, HTTP)), p.stdout
+        assert "identity %sclient, port %d: ALLOW" % (SPIFFE, HTTP) in p.stdout, p.stdout
+        # A pod outside the mesh would be plaintext; here every pod is in it: the client is, and says why.
+        assert "in the mesh: its namespace's label istio.io/dataplane-mode=ambient" in p.stdout, p.stdout
+    finally:
+        c.delete(d)
+    # A TCP port whose only ALLOW rule needs a method: no stream is allowed, predicted and seen.
+    d = c.apply(service("whytcp", {"app": "svc"}).replace("appProtocol: http", "appProtocol: tcp") + "---\n" +
+                policy("whytcp-get", "ALLOW", "[{to: [{operation: {methods: [GET]}}]}]").replace(
+                    GATEWAY_REF, '{group: "", kind: Service, name: whytcp}'))
+    try:
+        poll(lambda: c.api("Service", NS, "whytcp"), timeout=APPLY_WAIT, what="the Service applied")
+        p = poll(lambda: (lambda p: p if p.returncode == 1 else None)(subprocess.run(
+            [c.zmesh, "why", "%s/client" % NS, "whytcp", "--state-dir", c.state], capture_output=True, text=True,
+            timeout=30)), timeout=APPLY_WAIT, what="zmesh why seeing the TCP Service and its policy")
+        assert p.stdout.startswith("RESULT: DENIED: the TCP connection is closed, by the waypoint %s/waypoint (no "
+                                   "ALLOW policy matches: %s/whytcp-get)" % (NS, NS)), p.stdout
+        poll(lambda: _try(c, "/", svc="whytcp") is None, timeout=APPLY_WAIT, what="the TCP stream refused")
     finally:
         c.delete(d)
 
