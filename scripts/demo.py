@@ -27,7 +27,9 @@ adopting it, with the zmesh commands an operator types:
   7. `zmesh waypoint apply -n shop --enroll-namespace --wait`, `zmesh waypoint list`, the WAYPOINT column of
      `zmesh ztunnel-config services` (shop bound, warehouse not), ratings now called from the waypoint's IP;
   8. HTTPRoutes (examples/bookinfo-lite/waypoint/): ratings split 90/10 between ratings-v1 and ratings-v2
-     (200 requests on one keep-alive connection, counted per version), then `x-user: tester` to v2 only;
+     (200 requests on one keep-alive connection, counted per version), then `x-user: tester` to v2 only; then
+     a Service over both ratings pods called with ?fail=v2 (v2 answers 503): Istio's default retry policy on the
+     waypoint sends those to v1, so the client sees only 200s while ratings-v2's log shows its 503s;
   9. an L7 AuthorizationPolicy (targetRefs: the ratings Service) allowing GET: GET 200, POST 403 `RBAC: access
      denied`, and `zmesh why` explaining that POST (the waypoint, the policy); the waypoint's istio_requests_total
      table; warehouse (no waypoint) still on the L4 path.
@@ -80,6 +82,9 @@ WAREHOUSE = os.path.join(L7_DIR, "warehouse.yaml")
 ROUTE_SPLIT = os.path.join(L7_DIR, "ratings-split.yaml")
 ROUTE_TESTER = os.path.join(L7_DIR, "ratings-tester.yaml")
 POLICY_L7 = os.path.join(L7_DIR, "ratings-get-only.yaml")
+RETRY_SVC = os.path.join(L7_DIR, "ratings-any.yaml")
+RETRY_IP = "10.96.20.15"                   # ratings-any: both ratings pods, no route (ratings-any.yaml)
+RETRY_REQUESTS = 20
 SPLIT_REQUESTS = 200                # requests counted per version for the 90/10 split
 # v2's share must land here: 10% expected; at 200 requests a fair 90/10 falls below 4% (under 8 requests) with
 # probability 0.05% and above 20% with 0.0007% (binomial), while 50/50 (no route) or 100/0 fail for certain.
@@ -1093,6 +1098,58 @@ class Demo:
         self.check(counts.get("v1", 0) > 0 and not other, "without the header the split still applies (%d v1, "
                    "%d v2 of %d)" % (counts.get("v1", 0), counts.get("v2", 0), TESTER_REQUESTS))
 
+    def step_retry(self):
+        st = self.st
+        self.say("  %s: a Service over both ratings pods %s" % (st.bold(os.path.relpath(RETRY_SVC, REPO)), st.dim(
+            "(no route: Istio's default retry policy still applies, 2 retries on 503, each on another host)")))
+        t0 = self.apply(RETRY_SVC)
+        url = "http://%s:%d/?fail=v2" % (RETRY_IP, RATINGS_PORT)
+        self.cmd("zmesh exec client -n shop -- curl -s '%s'" % url, "ratings-v2 answers 503 to this one")
+
+        def through_waypoint():
+            conn = NetnsHTTP(self.pod_netns("client"), RETRY_IP, RATINGS_PORT, timeout=3)
+            try:
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                r.read()
+                return r.getheader("x-envoy-upstream-service-time") is not None
+            except OSError:
+                return False
+            finally:
+                conn.close()
+        self.check(self.poll(through_waypoint, timeout=15), "ratings-any answers through the waypoint")
+        before = self.retries()
+        conn = NetnsHTTP(self.pod_netns("client"), RETRY_IP, RATINGS_PORT, timeout=5)
+        got = {}
+        try:
+            for _ in range(RETRY_REQUESTS):
+                conn.request("GET", "/?fail=v2")
+                r = conn.getresponse()
+                body = r.read()
+                key = r.status if r.status != 200 else json.loads(body).get("version")
+                got[key] = got.get(key, 0) + 1
+        finally:
+            conn.close()
+        after = self.retries()
+        self.say("    %d requests: %s" % (RETRY_REQUESTS, ", ".join("%s %d" % (k, v) for k, v in sorted(
+            got.items(), key=str))))
+        failed = [l for l in self.zmesh("logs", "ratings-v2", "-n", NS).stdout.splitlines()
+                  if "fail=v2" in l and " 503 " in l and l[:8] >= time.strftime("%H:%M:%S", time.localtime(t0))]
+        if failed:
+            self.say("    zmesh logs ratings-v2 -n shop: %s" % st.dim(failed[-1].strip()))
+        self.say("    the waypoint's zmesh_waypoint_upstream_rq_retry_total: %d -> %d" % (before, after))
+        self.check(got == {"v1": RETRY_REQUESTS}, "the client saw only v1's 200s: no 503 reached it",
+                   "" if got == {"v1": RETRY_REQUESTS} else "(got %s)" % got)
+        self.check(len(failed) >= 1 and after - before >= len(failed),
+                   "ratings-v2 answered 503 %d times (its own log), each retried by the waypoint on v1" % len(failed),
+                   "" if failed else "(no 503 in ratings-v2's log: the pick never chose it)")
+
+    def retries(self):
+        for name, ls, v in self.scrape(self.pod_netns(self.wp_pod), 15020):
+            if name == "zmesh_waypoint_upstream_rq_retry_total":
+                return int(v)
+        return 0
+
     def step_l7_policy(self):
         st = self.st
         self.say("  %s: ratings may only be read %s" % (st.bold(os.path.relpath(POLICY_L7, REPO)),
@@ -1228,7 +1285,8 @@ class Demo:
                  ("Upgrade a node's ztunnel under a long-lived connection", [self.step_rollout]),
                  ("What node1's ztunnel counted: Istio's TCP metrics", [self.step_metrics]),
                  ("A waypoint for shop, live: L7 in the path of its Services", [self.step_waypoint]),
-                 ("L7 routing on the waypoint: a 90/10 canary, then a header route", [self.step_routing]),
+                 ("L7 routing on the waypoint: a 90/10 canary, a header route, a retry hiding a failure",
+                  [self.step_routing, self.step_retry]),
                  ("An L7 policy (GET yes, POST no), the waypoint's metrics, and a namespace without a waypoint",
                   [self.step_l7_policy])]
         assert len(steps) == N_STEPS

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """bookinfo-lite: the sample application of `zmesh up` (docs/local-cluster.md), Python standard library only.
 
-    app.py catalog|ratings|... PORT a backend: GET / answers JSON naming itself, its pod and $VERSION
+    app.py catalog|ratings|... PORT a backend: GET / answers JSON naming itself, its pod and $VERSION (and
+                                    503 when the query has fail=$VERSION)
     app.py frontend PORT            GET / calls $CATALOG_URL and $RATINGS_URL and answers with both
     app.py client URL [SECONDS]     GETs URL every SECONDS (default 3) and prints one line per answer
 
@@ -17,6 +18,7 @@ import socketserver
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,6 +45,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         body = {"service": self.role, "pod": POD, "version": VERSION, "caller": self.client_address[0],
                 "path": self.path}
+        # ?fail=<version>: the pods of that version answer 503 (the demo's failing endpoint for retries).
+        if VERSION in urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("fail", []):
+            data = (json.dumps({"error": "failing on purpose", "pod": POD}) + "\n").encode()
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         if self.role == "catalog":
             body["books"] = BOOKS
         elif self.role == "ratings":
