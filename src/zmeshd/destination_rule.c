@@ -15,31 +15,9 @@
 #include "mesh/l7authz.h"
 #include "zmesh/destination_rule.pb-c.h"
 #include "zmeshd/k8s.h"
+#include "zmeshd/l7_conv.h"
 
 #define DR_GROUP "networking.istio.io"
-
-struct dconv {
-    const struct manifest_src *src;
-    manifest_report_fn report;
-    void *ud;
-    struct l7_arena a;
-    bool failed, oom;
-    const char *ns;
-};
-
-static void finding(struct dconv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void finding(struct dconv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    struct manifest_finding f = {.level = lvl, .src = *c->src, .field = field, .message = msg};
-    if (lvl == MANIFEST_ERROR) c->failed = true;
-    manifest_finding_emit(c->report, c->ud, &f);
-}
 
 static void fld(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void fld(char *buf, size_t n, const char *fmt, ...)
@@ -50,19 +28,6 @@ static void fld(char *buf, size_t n, const char *fmt, ...)
     va_end(ap);
 }
 
-static void *alloc(struct dconv *c, size_t n)
-{
-    void *p = l7_arena_alloc(&c->a, n ? n : 1);
-    if (!p) c->oom = true;
-    return p;
-}
-
-static char *dup(struct dconv *c, const char *s)
-{
-    char *d = l7_arena_strndup(&c->a, s, strlen(s));
-    if (!d) c->oom = true;
-    return d;
-}
 
 /* A field the waypoint knows but does not apply: WARN (dropped), or a key nobody knows: WARN (unknown). */
 struct key_rule {
@@ -70,7 +35,7 @@ struct key_rule {
     const char *unsupported; /* NULL: read; else why it is dropped */
 };
 
-static void check_keys(struct dconv *c, const json_t *obj, const char *path, const struct key_rule *rules)
+static void check_keys(struct conv *c, const json_t *obj, const char *path, const struct key_rule *rules)
 {
     const char *k;
     json_t *v;
@@ -82,13 +47,13 @@ static void check_keys(struct dconv *c, const json_t *obj, const char *path, con
         char f[256];
         fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", k);
         if (!r->key)
-            finding(c, MANIFEST_WARN, f, "unknown field, ignored");
+            l7c_finding(c, MANIFEST_WARN, f, "unknown field, ignored");
         else if (r->unsupported)
-            finding(c, MANIFEST_WARN, f, "not supported by the waypoint, ignored: %s", r->unsupported);
+            l7c_finding(c, MANIFEST_WARN, f, "not supported by the waypoint, ignored: %s", r->unsupported);
     }
 }
 
-static json_t *get_t(struct dconv *c, const json_t *obj, const char *key, const char *path, json_type t,
+static json_t *get_t(struct conv *c, const json_t *obj, const char *key, const char *path, json_type t,
                      const char *what)
 {
     json_t *v = json_object_get(obj, key);
@@ -96,20 +61,20 @@ static json_t *get_t(struct dconv *c, const json_t *obj, const char *key, const 
     if (json_typeof(v) != t && !(t == JSON_TRUE && json_is_boolean(v))) {
         char f[256];
         fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-        finding(c, MANIFEST_ERROR, f, "expected %s", what);
+        l7c_finding(c, MANIFEST_ERROR, f, "expected %s", what);
         return NULL;
     }
     return v;
 }
 
-static const char *get_str(struct dconv *c, const json_t *o, const char *key, const char *path)
+static const char *get_str(struct conv *c, const json_t *o, const char *key, const char *path)
 {
     json_t *v = get_t(c, o, key, path, JSON_STRING, "a string");
     return v ? json_string_value(v) : NULL;
 }
 
 /* An unsigned integer field: 1 and *out, 0 absent, -1 reported. */
-static int get_uint(struct dconv *c, const json_t *o, const char *key, const char *path, uint64_t max,
+static int get_uint(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t max,
                     uint64_t *out)
 {
     json_t *v = json_object_get(o, key);
@@ -117,7 +82,7 @@ static int get_uint(struct dconv *c, const json_t *o, const char *key, const cha
     char f[256];
     fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
     if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max) {
-        finding(c, MANIFEST_ERROR, f, "expected an integer 0-%llu", (unsigned long long)max);
+        l7c_finding(c, MANIFEST_ERROR, f, "expected an integer 0-%llu", (unsigned long long)max);
         return -1;
     }
     *out = (uint64_t)json_integer_value(v);
@@ -165,7 +130,7 @@ int dr_duration_ms(const char *s, uint64_t *ms)
 }
 
 /* A duration field: 1 and *ms, 0 absent, -1 reported. min_ms: Istio's lower bound (1 ms for most). */
-static int get_dur(struct dconv *c, const json_t *o, const char *key, const char *path, uint64_t min_ms,
+static int get_dur(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t min_ms,
                    uint64_t *ms)
 {
     json_t *v = json_object_get(o, key);
@@ -173,11 +138,11 @@ static int get_dur(struct dconv *c, const json_t *o, const char *key, const char
     char f[256];
     fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
     if (!json_is_string(v) || dr_duration_ms(json_string_value(v), ms) < 0) {
-        finding(c, MANIFEST_ERROR, f, "expected a duration such as \"10s\" or \"100ms\"");
+        l7c_finding(c, MANIFEST_ERROR, f, "expected a duration such as \"10s\" or \"100ms\"");
         return -1;
     }
     if (*ms < min_ms) {
-        finding(c, MANIFEST_ERROR, f, "must be at least %llu ms", (unsigned long long)min_ms);
+        l7c_finding(c, MANIFEST_ERROR, f, "must be at least %llu ms", (unsigned long long)min_ms);
         return -1;
     }
     return 1;
@@ -185,7 +150,7 @@ static int get_dur(struct dconv *c, const json_t *o, const char *key, const char
 
 /* ---- trafficPolicy ---- */
 
-static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const char *path)
+static Zmesh__V1__LoadBalancer *lb_conv(struct conv *c, const json_t *o, const char *path)
 {
     static const struct key_rule keys[] = {{"simple", NULL},
                                            {"consistentHash", NULL},
@@ -196,11 +161,11 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
                                            {"warmup", "slow start is not implemented"},
                                            {NULL, NULL}};
     if (!json_is_object(o)) {
-        finding(c, MANIFEST_ERROR, path, "expected a mapping");
+        l7c_finding(c, MANIFEST_ERROR, path, "expected a mapping");
         return NULL;
     }
     check_keys(c, o, path, keys);
-    Zmesh__V1__LoadBalancer *lb = alloc(c, sizeof(*lb));
+    Zmesh__V1__LoadBalancer *lb = l7c_alloc(c, sizeof(*lb));
     if (!lb) return NULL;
     zmesh__v1__load_balancer__init(lb);
     char f[256];
@@ -223,7 +188,7 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
             i++;
         fld(f, sizeof(f), "%s.simple", path);
         if (i == sizeof(m) / sizeof(m[0])) {
-            finding(c, MANIFEST_ERROR, f,
+            l7c_finding(c, MANIFEST_ERROR, f,
                     "unknown value \"%.40s\" (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)", simple);
             return NULL;
         }
@@ -235,7 +200,7 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
         char cp[256];
         fld(cp, sizeof(cp), "%s.consistentHash", path);
         if (simple) {
-            finding(c, MANIFEST_ERROR, cp, "simple and consistentHash are exclusive");
+            l7c_finding(c, MANIFEST_ERROR, cp, "simple and consistentHash are exclusive");
             return NULL;
         }
         static const struct key_rule ck[] = {{"httpHeaderName", NULL},  {"httpCookie", NULL},
@@ -243,14 +208,14 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
                                              {"ringHash", NULL},        {"maglev", NULL},
                                              {"minimumRingSize", NULL}, {NULL, NULL}};
         check_keys(c, ch, cp, ck);
-        Zmesh__V1__ConsistentHash *h = alloc(c, sizeof(*h));
+        Zmesh__V1__ConsistentHash *h = l7c_alloc(c, sizeof(*h));
         if (!h) return NULL;
         zmesh__v1__consistent_hash__init(h);
         int keys_set = 0;
         const char *s;
         if ((s = get_str(c, ch, "httpHeaderName", cp))) {
             h->key_case = ZMESH__V1__CONSISTENT_HASH__KEY_HTTP_HEADER_NAME;
-            h->http_header_name = dup(c, s);
+            h->http_header_name = l7c_dup(c, s);
             keys_set++;
         }
         json_t *ck2 = get_t(c, ch, "httpCookie", cp, JSON_OBJECT, "a mapping");
@@ -263,12 +228,12 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
                                                  {"attributes", "cookie attributes are not written"},
                                                  {NULL, NULL}};
             check_keys(c, ck2, kp, kk);
-            Zmesh__V1__HTTPCookie *hc = alloc(c, sizeof(*hc));
+            Zmesh__V1__HTTPCookie *hc = l7c_alloc(c, sizeof(*hc));
             if (!hc) return NULL;
             zmesh__v1__httpcookie__init(hc);
             const char *n = get_str(c, ck2, "name", kp), *pth = get_str(c, ck2, "path", kp);
-            hc->name = dup(c, n ? n : "");
-            hc->path = dup(c, pth ? pth : "");
+            hc->name = l7c_dup(c, n ? n : "");
+            hc->path = l7c_dup(c, pth ? pth : "");
             uint64_t ms = 0;
             int r = get_dur(c, ck2, "ttl", kp, 0, &ms);
             if (r < 0) return NULL;
@@ -286,12 +251,12 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
         }
         if ((s = get_str(c, ch, "httpQueryParameterName", cp))) {
             h->key_case = ZMESH__V1__CONSISTENT_HASH__KEY_HTTP_QUERY_PARAMETER_NAME;
-            h->http_query_parameter_name = dup(c, s);
+            h->http_query_parameter_name = l7c_dup(c, s);
             keys_set++;
         }
         if (c->failed) return NULL;
         if (keys_set != 1) {
-            finding(
+            l7c_finding(
                 c, MANIFEST_ERROR, cp,
                 "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName is required "
                 "(%d set)",
@@ -303,13 +268,13 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
         if (c->failed) return NULL;
         uint64_t v = 0;
         if (rh && mg) {
-            finding(c, MANIFEST_ERROR, cp, "ringHash and maglev are exclusive");
+            l7c_finding(c, MANIFEST_ERROR, cp, "ringHash and maglev are exclusive");
             return NULL;
         }
         if (get_uint(c, ch, "minimumRingSize", cp, DR_RING_MAX, &v) > 0) {
             h->minimum_ring_size = v;
             if (mg) {
-                finding(c, MANIFEST_ERROR, cp, "minimumRingSize is for ringHash, not maglev");
+                l7c_finding(c, MANIFEST_ERROR, cp, "minimumRingSize is for ringHash, not maglev");
                 return NULL;
             }
         }
@@ -334,15 +299,15 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct dconv *c, const json_t *o, const 
     return c->failed || c->oom ? NULL : lb;
 }
 
-static Zmesh__V1__ConnectionPool *pool_conv(struct dconv *c, const json_t *o, const char *path)
+static Zmesh__V1__ConnectionPool *pool_conv(struct conv *c, const json_t *o, const char *path)
 {
     static const struct key_rule keys[] = {{"tcp", NULL}, {"http", NULL}, {NULL, NULL}};
     if (!json_is_object(o)) {
-        finding(c, MANIFEST_ERROR, path, "expected a mapping");
+        l7c_finding(c, MANIFEST_ERROR, path, "expected a mapping");
         return NULL;
     }
     check_keys(c, o, path, keys);
-    Zmesh__V1__ConnectionPool *p = alloc(c, sizeof(*p));
+    Zmesh__V1__ConnectionPool *p = l7c_alloc(c, sizeof(*p));
     if (!p) return NULL;
     zmesh__v1__connection_pool__init(p);
     char f[256];
@@ -392,13 +357,13 @@ static Zmesh__V1__ConnectionPool *pool_conv(struct dconv *c, const json_t *o, co
         json_t *blk = json_object_get(o, unenforced[i][0]);
         if (json_is_object(blk) && json_object_get(blk, unenforced[i][1])) {
             fld(f, sizeof(f), "%s.%s.%s", path, unenforced[i][0], unenforced[i][1]);
-            finding(c, MANIFEST_WARN, f, "read but not enforced by the waypoint yet");
+            l7c_finding(c, MANIFEST_WARN, f, "read but not enforced by the waypoint yet");
         }
     }
     return c->failed || c->oom ? NULL : p;
 }
 
-static Zmesh__V1__OutlierDetection *outlier_conv(struct dconv *c, const json_t *o, const char *path)
+static Zmesh__V1__OutlierDetection *outlier_conv(struct conv *c, const json_t *o, const char *path)
 {
     static const struct key_rule keys[] = {
         {"consecutive5xxErrors", NULL},
@@ -412,11 +377,11 @@ static Zmesh__V1__OutlierDetection *outlier_conv(struct dconv *c, const json_t *
         {"consecutiveLocalOriginFailures", "local-origin errors are not told apart"},
         {NULL, NULL}};
     if (!json_is_object(o)) {
-        finding(c, MANIFEST_ERROR, path, "expected a mapping");
+        l7c_finding(c, MANIFEST_ERROR, path, "expected a mapping");
         return NULL;
     }
     check_keys(c, o, path, keys);
-    Zmesh__V1__OutlierDetection *d = alloc(c, sizeof(*d));
+    Zmesh__V1__OutlierDetection *d = l7c_alloc(c, sizeof(*d));
     if (!d) return NULL;
     zmesh__v1__outlier_detection__init(d);
     uint64_t v;
@@ -448,7 +413,7 @@ static const struct key_rule policy_keys[] = {
     {"retryBudget", "not applied"},
     {NULL, NULL}};
 
-static int parts_conv(struct dconv *c, const json_t *o, const char *path, Zmesh__V1__LoadBalancer **lb,
+static int parts_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__LoadBalancer **lb,
                       Zmesh__V1__ConnectionPool **pool, Zmesh__V1__OutlierDetection **od)
 {
     char f[256];
@@ -468,14 +433,14 @@ static int parts_conv(struct dconv *c, const json_t *o, const char *path, Zmesh_
     return 0;
 }
 
-static Zmesh__V1__TrafficPolicy *policy_conv(struct dconv *c, const json_t *o, const char *path)
+static Zmesh__V1__TrafficPolicy *policy_conv(struct conv *c, const json_t *o, const char *path)
 {
     if (!json_is_object(o)) {
-        finding(c, MANIFEST_ERROR, path, "expected a mapping");
+        l7c_finding(c, MANIFEST_ERROR, path, "expected a mapping");
         return NULL;
     }
     check_keys(c, o, path, policy_keys);
-    Zmesh__V1__TrafficPolicy *t = alloc(c, sizeof(*t));
+    Zmesh__V1__TrafficPolicy *t = l7c_alloc(c, sizeof(*t));
     if (!t) return NULL;
     zmesh__v1__traffic_policy__init(t);
     if (parts_conv(c, o, path, &t->load_balancer, &t->connection_pool, &t->outlier_detection) < 0)
@@ -483,14 +448,14 @@ static Zmesh__V1__TrafficPolicy *policy_conv(struct dconv *c, const json_t *o, c
     json_t *pl = get_t(c, o, "portLevelSettings", path, JSON_ARRAY, "a list");
     if (c->failed) return NULL;
     if (pl) {
-        t->port_level_settings = alloc(c, json_array_size(pl) * sizeof(*t->port_level_settings));
+        t->port_level_settings = l7c_alloc(c, json_array_size(pl) * sizeof(*t->port_level_settings));
         if (!t->port_level_settings) return NULL;
         for (size_t i = 0; i < json_array_size(pl); i++) {
             json_t *e = json_array_get(pl, i);
             char f[256];
             fld(f, sizeof(f), "%s.portLevelSettings[%zu]", path, i);
             if (!json_is_object(e)) {
-                finding(c, MANIFEST_ERROR, f, "expected a mapping");
+                l7c_finding(c, MANIFEST_ERROR, f, "expected a mapping");
                 return NULL;
             }
             static const struct key_rule pk[] = {
@@ -501,7 +466,7 @@ static Zmesh__V1__TrafficPolicy *policy_conv(struct dconv *c, const json_t *o, c
                 {"tls", "the waypoint's upstream is HBONE with the mesh's mutual TLS"},
                 {NULL, NULL}};
             check_keys(c, e, f, pk);
-            Zmesh__V1__PortTrafficPolicy *p = alloc(c, sizeof(*p));
+            Zmesh__V1__PortTrafficPolicy *p = l7c_alloc(c, sizeof(*p));
             if (!p) return NULL;
             zmesh__v1__port_traffic_policy__init(p);
             json_t *port = get_t(c, e, "port", f, JSON_OBJECT, "a mapping");
@@ -509,7 +474,7 @@ static Zmesh__V1__TrafficPolicy *policy_conv(struct dconv *c, const json_t *o, c
             char pf[300];
             fld(pf, sizeof(pf), "%s.port", f);
             if (!port || get_uint(c, port, "number", pf, 65535, &num) <= 0 || !num) {
-                if (!c->failed) finding(c, MANIFEST_ERROR, pf, "port.number 1-65535 is required");
+                if (!c->failed) l7c_finding(c, MANIFEST_ERROR, pf, "port.number 1-65535 is required");
                 return NULL;
             }
             p->port = (uint32_t)num;
@@ -528,32 +493,32 @@ static int kv_cmp(const void *a, const void *b)
     return strcmp(((const struct k8s_kv *)a)->key, ((const struct k8s_kv *)b)->key);
 }
 
-static Zmesh__V1__Subset *subset_conv(struct dconv *c, const json_t *o, const char *path, const char *svc_ns,
+static Zmesh__V1__Subset *subset_conv(struct conv *c, const json_t *o, const char *path, const char *svc_ns,
                                       const struct manifest_store *st)
 {
     if (!json_is_object(o)) {
-        finding(c, MANIFEST_ERROR, path, "expected a mapping");
+        l7c_finding(c, MANIFEST_ERROR, path, "expected a mapping");
         return NULL;
     }
     static const struct key_rule keys[] = {
         {"name", NULL}, {"labels", NULL}, {"trafficPolicy", NULL}, {NULL, NULL}};
     check_keys(c, o, path, keys);
-    Zmesh__V1__Subset *s = alloc(c, sizeof(*s));
+    Zmesh__V1__Subset *s = l7c_alloc(c, sizeof(*s));
     if (!s) return NULL;
     zmesh__v1__subset__init(s);
     const char *name = get_str(c, o, "name", path);
     if (!name || !*name) {
         char f[256];
         fld(f, sizeof(f), "%s.name", path);
-        if (!c->failed) finding(c, MANIFEST_ERROR, f, "required");
+        if (!c->failed) l7c_finding(c, MANIFEST_ERROR, f, "required");
         return NULL;
     }
-    s->name = dup(c, name);
+    s->name = l7c_dup(c, name);
     json_t *labels = get_t(c, o, "labels", path, JSON_OBJECT, "a mapping");
     if (c->failed) return NULL;
     size_t nl = labels ? json_object_size(labels) : 0;
-    struct k8s_kv *sel = alloc(c, nl * sizeof(*sel));
-    s->labels = alloc(c, nl * sizeof(*s->labels));
+    struct k8s_kv *sel = l7c_alloc(c, nl * sizeof(*sel));
+    s->labels = l7c_alloc(c, nl * sizeof(*s->labels));
     if (!sel || !s->labels) return NULL;
     if (labels) {
         const char *k;
@@ -563,14 +528,14 @@ static Zmesh__V1__Subset *subset_conv(struct dconv *c, const json_t *o, const ch
             if (!json_is_string(v)) {
                 char f[256];
                 fld(f, sizeof(f), "%s.labels.%s", path, k);
-                finding(c, MANIFEST_ERROR, f, "expected a string");
+                l7c_finding(c, MANIFEST_ERROR, f, "expected a string");
                 return NULL;
             }
-            Zmesh__V1__Label *l = alloc(c, sizeof(*l));
+            Zmesh__V1__Label *l = l7c_alloc(c, sizeof(*l));
             if (!l) return NULL;
             zmesh__v1__label__init(l);
-            l->key = dup(c, k);
-            l->value = dup(c, json_string_value(v));
+            l->key = l7c_dup(c, k);
+            l->value = l7c_dup(c, json_string_value(v));
             sel[s->n_labels] = (struct k8s_kv){l->key, l->value};
             s->labels[s->n_labels++] = l;
         }
@@ -579,7 +544,7 @@ static Zmesh__V1__Subset *subset_conv(struct dconv *c, const json_t *o, const ch
     /* The pods of the Service's namespace that carry every label (istiod's subset endpoints). */
     size_t np = 0;
     const struct k8s_pod *pods = st ? manifest_pods(st, &np) : NULL;
-    s->endpoints = alloc(c, np * sizeof(*s->endpoints));
+    s->endpoints = l7c_alloc(c, np * sizeof(*s->endpoints));
     if (!s->endpoints) return NULL;
     for (size_t i = 0; i < np; i++) {
         const struct k8s_pod *p = &pods[i];
@@ -588,12 +553,12 @@ static Zmesh__V1__Subset *subset_conv(struct dconv *c, const json_t *o, const ch
         if (s->n_endpoints == DR_MAX_ENDPOINTS) {
             char f[256];
             fld(f, sizeof(f), "%s.labels", path);
-            finding(c, MANIFEST_WARN, f, "selects more than %u pods: the subset keeps the first %u",
+            l7c_finding(c, MANIFEST_WARN, f, "selects more than %u pods: the subset keeps the first %u",
                     DR_MAX_ENDPOINTS, DR_MAX_ENDPOINTS);
             break;
         }
         size_t n = strlen(p->meta.namespace_) + strlen(p->meta.name) + 2;
-        char *e = alloc(c, n);
+        char *e = l7c_alloc(c, n);
         if (!e) return NULL;
         snprintf(e, n, "%s/%s", p->meta.namespace_, p->meta.name);
         s->endpoints[s->n_endpoints++] = e;
@@ -608,7 +573,7 @@ static Zmesh__V1__Subset *subset_conv(struct dconv *c, const json_t *o, const ch
 }
 
 /* spec.host to a Service: a short name in the rule's namespace, "<name>.<ns>.svc.<suffix>", or nothing. */
-static int resolve_host(struct dconv *c, const char *host, const char **svc_ns, const char **svc_name)
+static int resolve_host(struct conv *c, const char *host, const char **svc_ns, const char **svc_name)
 {
     if (!strchr(host, '.')) {
         *svc_ns = c->ns;
@@ -632,12 +597,12 @@ static int resolve_host(struct dconv *c, const char *host, const char **svc_ns, 
 int dr_convert(const json_t *obj, const struct manifest_src *src, const struct manifest_store *st,
                uint8_t **pb, size_t *len, char *name, size_t name_n, manifest_report_fn report, void *ud)
 {
-    struct dconv c = {.src = src, .report = report, .ud = ud};
+    struct conv c = {.src = src, .report = report, .ud = ud};
     int rc = -EINVAL;
     *pb = NULL;
     *len = 0;
     if (!json_is_object(obj)) {
-        finding(&c, MANIFEST_ERROR, "", "expected a mapping");
+        l7c_finding(&c, MANIFEST_ERROR, "", "expected a mapping");
         return -EINVAL;
     }
     static const struct key_rule top[] = {{"apiVersion", NULL}, {"kind", NULL},   {"metadata", NULL},
@@ -646,12 +611,12 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
     const char *api = get_str(&c, obj, "apiVersion", ""), *kind = get_str(&c, obj, "kind", "");
     if (c.failed) goto out;
     if (!kind || strcmp(kind, "DestinationRule")) {
-        finding(&c, MANIFEST_ERROR, "kind", "expected DestinationRule, got \"%.40s\"", kind ? kind : "");
+        l7c_finding(&c, MANIFEST_ERROR, "kind", "expected DestinationRule, got \"%.40s\"", kind ? kind : "");
         goto out;
     }
     if (!api || (strcmp(api, DR_GROUP "/v1") && strcmp(api, DR_GROUP "/v1beta1") &&
                  strcmp(api, DR_GROUP "/v1alpha3"))) {
-        finding(&c, MANIFEST_ERROR, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"",
+        l7c_finding(&c, MANIFEST_ERROR, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"",
                 DR_GROUP, api ? api : "");
         goto out;
     }
@@ -660,13 +625,13 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
                *nm = md ? get_str(&c, md, "name", "metadata") : NULL;
     if (c.failed) goto out;
     if (!nm || !*nm) {
-        finding(&c, MANIFEST_ERROR, "metadata.name", "missing");
+        l7c_finding(&c, MANIFEST_ERROR, "metadata.name", "missing");
         goto out;
     }
     if (!ns || !*ns) ns = "default";
     c.ns = ns;
     if (snprintf(name, name_n, "%s/%s", ns, nm) >= (int)name_n) {
-        finding(&c, MANIFEST_ERROR, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
+        l7c_finding(&c, MANIFEST_ERROR, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
         goto out;
     }
     Zmesh__V1__DestinationRule m = ZMESH__V1__DESTINATION_RULE__INIT;
@@ -678,14 +643,14 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
         memset(&tm, 0, sizeof(tm));
         const char *e = strptime(ts, "%Y-%m-%dT%H:%M:%S", &tm);
         if (!e) {
-            finding(&c, MANIFEST_ERROR, "metadata.creationTimestamp", "not an RFC 3339 time: \"%.40s\"", ts);
+            l7c_finding(&c, MANIFEST_ERROR, "metadata.creationTimestamp", "not an RFC 3339 time: \"%.40s\"", ts);
             goto out;
         }
         m.creation_timestamp = (int64_t)timegm(&tm);
     }
     json_t *spec = get_t(&c, obj, "spec", "", JSON_OBJECT, "a mapping");
     if (!spec) {
-        if (!c.failed) finding(&c, MANIFEST_ERROR, "spec", "missing");
+        if (!c.failed) l7c_finding(&c, MANIFEST_ERROR, "spec", "missing");
         goto out;
     }
     static const struct key_rule sk[] = {
@@ -699,13 +664,13 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
     const char *host = get_str(&c, spec, "host", "spec");
     if (c.failed) goto out;
     if (!host || !*host) {
-        finding(&c, MANIFEST_ERROR, "spec.host", "required");
+        l7c_finding(&c, MANIFEST_ERROR, "spec.host", "required");
         goto out;
     }
     const char *svc_ns = NULL, *svc_name = NULL;
     if (resolve_host(&c, host, &svc_ns, &svc_name) < 0) {
         if (!c.oom)
-            finding(
+            l7c_finding(
                 &c, MANIFEST_ERROR, "spec.host",
                 "\"%.200s\" names no Kubernetes Service (a short name or <name>.<namespace>.svc.<domain>; "
                 "wildcards and ServiceEntry hosts are not supported)",
@@ -720,7 +685,7 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
     json_t *subs = get_t(&c, spec, "subsets", "spec", JSON_ARRAY, "a list");
     if (c.failed) goto out;
     if (subs) {
-        m.subsets = alloc(&c, json_array_size(subs) * sizeof(*m.subsets));
+        m.subsets = l7c_alloc(&c, json_array_size(subs) * sizeof(*m.subsets));
         if (!m.subsets) goto out;
         for (size_t i = 0; i < json_array_size(subs); i++) {
             char f[64];
@@ -747,7 +712,7 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
         if (ar == -ENOMEM)
             c.oom = true;
         else
-            finding(&c, MANIFEST_ERROR, "spec", "%s", err);
+            l7c_finding(&c, MANIFEST_ERROR, "spec", "%s", err);
         goto out;
     }
     *pb = buf;

@@ -21,6 +21,7 @@
 #include "mesh/l7authz.h"
 #include "zmesh/request_authentication.pb-c.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/l7_conv.h"
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
 
@@ -74,116 +75,9 @@ done:
 
 /* ---- conversion ---- */
 
-struct conv {
-    const struct manifest_src *src;
-    manifest_report_fn report;
-    void *ud;
-    struct l7_arena a;
-    bool failed, oom;
-};
-
-static void finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static void finding(struct conv *c, enum manifest_level lvl, const char *field, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    struct manifest_finding f = {.level = lvl, .src = *c->src, .field = field, .message = msg};
-    if (lvl == MANIFEST_ERROR) c->failed = true;
-    manifest_finding_emit(c->report, c->ud, &f);
-}
-
-static char *cdup(struct conv *c, const char *s)
-{
-    char *d = l7_arena_strndup(&c->a, s, strlen(s));
-    if (!d) c->oom = true;
-    return d;
-}
-
-static void *alloc(struct conv *c, size_t n)
-{
-    void *p = l7_arena_alloc(&c->a, n ? n : 1);
-    if (!p) c->oom = true;
-    return p;
-}
-
-static void unknown_keys(struct conv *c, const json_t *obj, const char *path, const char *const *allowed)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)obj, k, v)
-    {
-        bool ok = false;
-        for (size_t i = 0; allowed[i]; i++)
-            ok |= !strcmp(k, allowed[i]);
-        if (!ok) {
-            char f[256];
-            snprintf(f, sizeof(f), "%s%s%s", path, *path ? "." : "", k);
-            finding(c, MANIFEST_WARN, f, "unknown field, ignored");
-        }
-    }
-}
-
-/* obj[key] as a string: 1 and *out, 0 absent or null, -1 reported. */
-static int get_str(struct conv *c, const json_t *obj, const char *key, const char *path, const char **out)
-{
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_string(v)) {
-        char f[256];
-        snprintf(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-        finding(c, MANIFEST_ERROR, f, "expected a string");
-        return -1;
-    }
-    *out = json_string_value(v);
-    return 1;
-}
-
-static int get_list(struct conv *c, const json_t *obj, const char *key, const char *path, json_t **out)
-{
-    json_t *v = json_object_get(obj, key);
-    if (!v || json_is_null(v)) return 0;
-    if (!json_is_array(v)) {
-        char f[256];
-        snprintf(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-        finding(c, MANIFEST_ERROR, f, "expected a list");
-        return -1;
-    }
-    *out = v;
-    return 1;
-}
-
-static int get_strs(struct conv *c, const json_t *obj, const char *key, const char *path, char ***out,
-                    size_t *n)
-{
-    json_t *l;
-    *out = NULL;
-    *n = 0;
-    int rc = get_list(c, obj, key, path, &l);
-    if (rc <= 0) return rc;
-    char **v = alloc(c, json_array_size(l) * sizeof(char *));
-    if (!v) return -1;
-    for (size_t i = 0; i < json_array_size(l); i++) {
-        json_t *s = json_array_get(l, i);
-        if (!json_is_string(s)) {
-            char f[256];
-            snprintf(f, sizeof(f), "%s.%s[%zu]", path, key, i);
-            finding(c, MANIFEST_ERROR, f, "expected a string");
-            return -1;
-        }
-        if (!(v[i] = cdup(c, json_string_value(s)))) return -1;
-    }
-    *out = v;
-    *n = json_array_size(l);
-    return 1;
-}
-
 static char *lower_dup(struct conv *c, const char *s)
 {
-    char *d = cdup(c, s);
+    char *d = l7c_dup(c, s);
     for (char *p = d; p && *p; p++)
         *p = (char)tolower((unsigned char)*p);
     return d;
@@ -218,32 +112,32 @@ static Zmesh__V1__JWTRule *rule_conv(struct conv *c, const json_t *o, const char
                                        NULL};
     char f[256];
     if (!json_is_object(o)) {
-        finding(c, MANIFEST_ERROR, path, "expected a mapping");
+        l7c_finding(c, MANIFEST_ERROR, path, "expected a mapping");
         return NULL;
     }
-    unknown_keys(c, o, path, keys);
-    Zmesh__V1__JWTRule *r = alloc(c, sizeof(*r));
+    l7c_unknown_keys(c, o, path, keys);
+    Zmesh__V1__JWTRule *r = l7c_alloc(c, sizeof(*r));
     if (!r) return NULL;
     zmesh__v1__jwtrule__init(r);
     const char *issuer = NULL, *jwks = NULL, *uri = NULL, *tmo = NULL, *payload = NULL;
-    if (get_str(c, o, "issuer", path, &issuer) < 0 || get_str(c, o, "jwks", path, &jwks) < 0 ||
-        get_str(c, o, "jwksUri", path, &uri) < 0 || get_str(c, o, "timeout", path, &tmo) < 0 ||
-        get_str(c, o, "outputPayloadToHeader", path, &payload) < 0)
+    if (l7c_get_str(c, o, "issuer", path, &issuer) < 0 || l7c_get_str(c, o, "jwks", path, &jwks) < 0 ||
+        l7c_get_str(c, o, "jwksUri", path, &uri) < 0 || l7c_get_str(c, o, "timeout", path, &tmo) < 0 ||
+        l7c_get_str(c, o, "outputPayloadToHeader", path, &payload) < 0)
         return NULL;
-    if (!uri && get_str(c, o, "jwks_uri", path, &uri) < 0) return NULL;
+    if (!uri && l7c_get_str(c, o, "jwks_uri", path, &uri) < 0) return NULL;
     if (!issuer || !*issuer) {
         snprintf(f, sizeof(f), "%s.issuer", path);
-        finding(c, MANIFEST_ERROR, f, "required");
+        l7c_finding(c, MANIFEST_ERROR, f, "required");
         return NULL;
     }
-    r->issuer = cdup(c, issuer);
-    if (get_strs(c, o, "audiences", path, &r->audiences, &r->n_audiences) < 0) return NULL;
+    r->issuer = l7c_dup(c, issuer);
+    if (l7c_get_strs(c, o, "audiences", path, &r->audiences, &r->n_audiences) < 0) return NULL;
     int timeout_ms = ZMESHD_JWKS_TIMEOUT_MS;
     if (tmo) {
         long ms = duration_ms(tmo);
         snprintf(f, sizeof(f), "%s.timeout", path);
         if (ms <= 0) {
-            finding(c, MANIFEST_ERROR, f, "expected a duration such as \"5s\" (at most 1h), got \"%.40s\"",
+            l7c_finding(c, MANIFEST_ERROR, f, "expected a duration such as \"5s\" (at most 1h), got \"%.40s\"",
                     tmo);
             return NULL;
         }
@@ -252,13 +146,13 @@ static Zmesh__V1__JWTRule *rule_conv(struct conv *c, const json_t *o, const char
     if (jwks && *jwks) {
         if (uri && *uri) {
             snprintf(f, sizeof(f), "%s.jwksUri", path);
-            finding(c, MANIFEST_WARN, f, "jwks is set too: the inline jwks is used, jwksUri is not fetched");
+            l7c_finding(c, MANIFEST_WARN, f, "jwks is set too: the inline jwks is used, jwksUri is not fetched");
         }
-        r->jwks = cdup(c, jwks);
+        r->jwks = l7c_dup(c, jwks);
     } else {
         if (uri && *uri && strncmp(uri, "http://", 7) && strncmp(uri, "https://", 8)) {
             snprintf(f, sizeof(f), "%s.jwksUri", path);
-            finding(c, MANIFEST_ERROR, f, "expected an http:// or https:// URL, got \"%.80s\"", uri);
+            l7c_finding(c, MANIFEST_ERROR, f, "expected an http:// or https:// URL, got \"%.80s\"", uri);
             return NULL;
         }
         /* The resolver's document, or istiod's fake JWKS until it has one. */
@@ -270,7 +164,7 @@ static Zmesh__V1__JWTRule *rule_conv(struct conv *c, const json_t *o, const char
         }
         snprintf(f, sizeof(f), "%s.%s", path, uri && *uri ? "jwksUri" : "issuer");
         if (st != ZMESHD_JWKS_OK)
-            finding(c, st == ZMESHD_JWKS_PENDING ? MANIFEST_INFO : MANIFEST_WARN, f,
+            l7c_finding(c, st == ZMESHD_JWKS_PENDING ? MANIFEST_INFO : MANIFEST_WARN, f,
                     "JWKS %s: %s; tokens of issuer %s are rejected until it is fetched",
                     st == ZMESHD_JWKS_PENDING ? "not fetched yet" : "fetch failed", err, issuer);
         char *doc = body ? body : zmeshd_jwks_fake(uri && *uri ? uri : issuer);
@@ -285,7 +179,7 @@ static Zmesh__V1__JWTRule *rule_conv(struct conv *c, const json_t *o, const char
         if (ps == JWT_OK) {
             jwt_jwks_free(&parsed);
         } else if (body) {
-            finding(c, MANIFEST_WARN, f,
+            l7c_finding(c, MANIFEST_WARN, f,
                     "the fetched JWKS is not usable (%s%s%s); tokens of issuer %s are rejected",
                     jwt_status_str(ps), *perr ? ": " : "", perr, issuer);
             free(doc);
@@ -295,67 +189,67 @@ static Zmesh__V1__JWTRule *rule_conv(struct conv *c, const json_t *o, const char
                 return NULL;
             }
         }
-        r->jwks = cdup(c, doc);
+        r->jwks = l7c_dup(c, doc);
         free(doc);
-        r->jwks_uri = cdup(c, uri ? uri : "");
+        r->jwks_uri = l7c_dup(c, uri ? uri : "");
     }
     json_t *l;
-    int rc = get_list(c, o, "fromHeaders", path, &l);
+    int rc = l7c_get_list(c, o, "fromHeaders", path, &l);
     if (rc < 0) return NULL;
     if (rc > 0) {
-        r->from_headers = alloc(c, json_array_size(l) * sizeof(*r->from_headers));
+        r->from_headers = l7c_alloc(c, json_array_size(l) * sizeof(*r->from_headers));
         if (!r->from_headers) return NULL;
         for (size_t i = 0; i < json_array_size(l); i++) {
             json_t *h = json_array_get(l, i);
             static const char *const hk[] = {"name", "prefix", NULL};
             snprintf(f, sizeof(f), "%s.fromHeaders[%zu]", path, i);
             const char *hn = NULL, *pre = "";
-            if (!json_is_object(h) || get_str(c, h, "name", f, &hn) <= 0 || !*hn) {
-                if (!c->failed) finding(c, MANIFEST_ERROR, f, "expected {name, prefix}");
+            if (!json_is_object(h) || l7c_get_str(c, h, "name", f, &hn) <= 0 || !*hn) {
+                if (!c->failed) l7c_finding(c, MANIFEST_ERROR, f, "expected {name, prefix}");
                 return NULL;
             }
-            unknown_keys(c, h, f, hk);
-            if (get_str(c, h, "prefix", f, &pre) < 0) return NULL;
-            Zmesh__V1__JWTHeader *jh = alloc(c, sizeof(*jh));
+            l7c_unknown_keys(c, h, f, hk);
+            if (l7c_get_str(c, h, "prefix", f, &pre) < 0) return NULL;
+            Zmesh__V1__JWTHeader *jh = l7c_alloc(c, sizeof(*jh));
             if (!jh) return NULL;
             zmesh__v1__jwtheader__init(jh);
             jh->name = lower_dup(c, hn);
-            jh->prefix = cdup(c, pre);
+            jh->prefix = l7c_dup(c, pre);
             r->from_headers[r->n_from_headers++] = jh;
         }
     }
-    if (get_strs(c, o, "fromParams", path, &r->from_params, &r->n_from_params) < 0 ||
-        get_strs(c, o, "fromCookies", path, &r->from_cookies, &r->n_from_cookies) < 0)
+    if (l7c_get_strs(c, o, "fromParams", path, &r->from_params, &r->n_from_params) < 0 ||
+        l7c_get_strs(c, o, "fromCookies", path, &r->from_cookies, &r->n_from_cookies) < 0)
         return NULL;
     json_t *fw = json_object_get(o, "forwardOriginalToken");
     if (fw && !json_is_boolean(fw)) {
         snprintf(f, sizeof(f), "%s.forwardOriginalToken", path);
-        finding(c, MANIFEST_ERROR, f, "expected true or false");
+        l7c_finding(c, MANIFEST_ERROR, f, "expected true or false");
         return NULL;
     }
     r->forward_original_token = json_is_true(fw);
     if (payload) r->output_payload_to_header = lower_dup(c, payload);
-    rc = get_list(c, o, "outputClaimToHeaders", path, &l);
+    rc = l7c_get_list(c, o, "outputClaimToHeaders", path, &l);
     if (rc < 0) return NULL;
     if (rc > 0) {
-        r->output_claim_to_headers = alloc(c, json_array_size(l) * sizeof(*r->output_claim_to_headers));
+        r->output_claim_to_headers = l7c_alloc(c, json_array_size(l) * sizeof(*r->output_claim_to_headers));
         if (!r->output_claim_to_headers) return NULL;
         for (size_t i = 0; i < json_array_size(l); i++) {
             json_t *h = json_array_get(l, i);
             static const char *const ck[] = {"header", "claim", NULL};
             snprintf(f, sizeof(f), "%s.outputClaimToHeaders[%zu]", path, i);
             const char *hdr = NULL, *claim = NULL;
-            if (!json_is_object(h) || get_str(c, h, "header", f, &hdr) <= 0 ||
-                get_str(c, h, "claim", f, &claim) <= 0 || !*hdr || !*claim) {
-                if (!c->failed) finding(c, MANIFEST_ERROR, f, "expected {header, claim}");
+            if (!json_is_object(h) || l7c_get_str(c, h, "header", f, &hdr) <= 0 ||
+                l7c_get_str(c, h, "claim", f, &claim) <= 0 || !*hdr || !*claim) {
+                if (!c->failed) l7c_finding(c, MANIFEST_ERROR, f, "expected {header, claim}");
                 return NULL;
             }
-            unknown_keys(c, h, f, ck);
-            Zmesh__V1__ClaimToHeader *ch = alloc(c, sizeof(*ch));
+            l7c_unknown_keys(c, h, f, ck);
+            Zmesh__V1__ClaimToHeader *ch = l7c_alloc(c, sizeof(*ch));
             if (!ch) return NULL;
             zmesh__v1__claim_to_header__init(ch);
             ch->header = lower_dup(c, hdr);
-            ch->claim = cdup(c, claim);
+            ch->claim = l7c_dup(c, claim);
             r->output_claim_to_headers[r->n_output_claim_to_headers++] = ch;
         }
     }
@@ -371,48 +265,48 @@ int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *s
     *pb = NULL;
     *len = 0;
     if (!json_is_object(obj)) {
-        finding(&c, MANIFEST_ERROR, "", "expected a mapping");
+        l7c_finding(&c, MANIFEST_ERROR, "", "expected a mapping");
         return -EINVAL;
     }
     static const char *const top[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
-    unknown_keys(&c, obj, "", top);
+    l7c_unknown_keys(&c, obj, "", top);
     const char *api = "", *kind = "", *ns = "default", *nm = NULL;
-    if (get_str(&c, obj, "apiVersion", "", &api) < 0 || get_str(&c, obj, "kind", "", &kind) < 0) goto out;
+    if (l7c_get_str(&c, obj, "apiVersion", "", &api) < 0 || l7c_get_str(&c, obj, "kind", "", &kind) < 0) goto out;
     if (strcmp(kind, "RequestAuthentication") != 0) {
-        finding(&c, MANIFEST_ERROR, "kind", "expected RequestAuthentication, got \"%.40s\"", kind);
+        l7c_finding(&c, MANIFEST_ERROR, "kind", "expected RequestAuthentication, got \"%.40s\"", kind);
         goto out;
     }
     if (strcmp(api, "security.istio.io/v1") != 0 && strcmp(api, "security.istio.io/v1beta1") != 0) {
-        finding(&c, MANIFEST_ERROR, "apiVersion", "expected security.istio.io/v1 or v1beta1, got \"%.60s\"",
+        l7c_finding(&c, MANIFEST_ERROR, "apiVersion", "expected security.istio.io/v1 or v1beta1, got \"%.60s\"",
                 api);
         goto out;
     }
     json_t *md = json_object_get(obj, "metadata");
-    if (!json_is_object(md) || get_str(&c, md, "name", "metadata", &nm) <= 0 || !*nm) {
-        if (!c.failed) finding(&c, MANIFEST_ERROR, "metadata.name", "missing");
+    if (!json_is_object(md) || l7c_get_str(&c, md, "name", "metadata", &nm) <= 0 || !*nm) {
+        if (!c.failed) l7c_finding(&c, MANIFEST_ERROR, "metadata.name", "missing");
         goto out;
     }
-    if (get_str(&c, md, "namespace", "metadata", &ns) < 0) goto out;
+    if (l7c_get_str(&c, md, "namespace", "metadata", &ns) < 0) goto out;
     if (!*ns) ns = "default";
     if (snprintf(name, name_n, "%s/%s", ns, nm) >= (int)name_n) {
-        finding(&c, MANIFEST_ERROR, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
+        l7c_finding(&c, MANIFEST_ERROR, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
         goto out;
     }
     json_t *spec = json_object_get(obj, "spec");
     if (spec && !json_is_object(spec)) {
-        finding(&c, MANIFEST_ERROR, "spec", "expected a mapping");
+        l7c_finding(&c, MANIFEST_ERROR, "spec", "expected a mapping");
         goto out;
     }
     static const char *const sk[] = {"selector", "targetRef", "targetRefs", "jwtRules", NULL};
-    if (spec) unknown_keys(&c, spec, "spec", sk);
+    if (spec) l7c_unknown_keys(&c, spec, "spec", sk);
     json_t *tl = json_object_get(spec, "targetRefs"), *single = NULL;
     if (json_object_get(spec, "selector")) {
         if (tl || json_object_get(spec, "targetRef")) {
-            finding(&c, MANIFEST_ERROR, "spec.selector", "only one of selector and targetRefs may be set");
+            l7c_finding(&c, MANIFEST_ERROR, "spec.selector", "only one of selector and targetRefs may be set");
             goto out;
         }
         /* Istio: a waypoint enforces only the policies that name it (or its Services) in targetRefs. */
-        finding(
+        l7c_finding(
             &c, MANIFEST_WARN, "spec.selector",
             "a policy with a selector applies to the selected workloads' sidecars, not to a waypoint: not "
             "served to waypoints (use targetRefs)");
@@ -420,14 +314,14 @@ int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *s
         goto out;
     }
     if (!tl && !json_object_get(spec, "targetRef")) {
-        finding(&c, MANIFEST_INFO, "spec.targetRefs",
+        l7c_finding(&c, MANIFEST_INFO, "spec.targetRefs",
                 "no targetRefs: a namespace-wide policy applies to sidecars, not to a waypoint; not served "
                 "to waypoints");
         rc = -ENOENT;
         goto out;
     }
     if (tl && json_object_get(spec, "targetRef")) {
-        finding(&c, MANIFEST_ERROR, "spec.targetRef", "only one of targetRef and targetRefs may be set");
+        l7c_finding(&c, MANIFEST_ERROR, "spec.targetRef", "only one of targetRef and targetRefs may be set");
         goto out;
     }
     const char *tpath = "spec.targetRefs";
@@ -441,11 +335,11 @@ int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *s
     m.namespace_ = (char *)ns;
     m.name = (char *)nm;
     if (!json_is_array(tl) || json_array_size(tl) == 0 || json_array_size(tl) > L7_MAX_TARGETS) {
-        finding(&c, MANIFEST_ERROR, tpath, "expected 1-%d targets", L7_MAX_TARGETS);
+        l7c_finding(&c, MANIFEST_ERROR, tpath, "expected 1-%d targets", L7_MAX_TARGETS);
         json_decref(single);
         goto out;
     }
-    m.targets = alloc(&c, json_array_size(tl) * sizeof(*m.targets));
+    m.targets = l7c_alloc(&c, json_array_size(tl) * sizeof(*m.targets));
     for (size_t i = 0; m.targets && i < json_array_size(tl); i++) {
         json_t *t = json_array_get(tl, i);
         char f[80];
@@ -456,25 +350,25 @@ int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *s
         static const char *const tk[] = {"group", "kind", "name", "namespace", NULL};
         const char *group = "", *tkind = "", *tname = NULL, *tns = ns;
         if (!json_is_object(t)) {
-            finding(&c, MANIFEST_ERROR, f, "expected a mapping");
+            l7c_finding(&c, MANIFEST_ERROR, f, "expected a mapping");
             break;
         }
-        unknown_keys(&c, t, f, tk);
-        if (get_str(&c, t, "group", f, &group) < 0 || get_str(&c, t, "kind", f, &tkind) < 0 ||
-            get_str(&c, t, "namespace", f, &tns) < 0)
+        l7c_unknown_keys(&c, t, f, tk);
+        if (l7c_get_str(&c, t, "group", f, &group) < 0 || l7c_get_str(&c, t, "kind", f, &tkind) < 0 ||
+            l7c_get_str(&c, t, "namespace", f, &tns) < 0)
             break;
         char nf[100];
         snprintf(nf, sizeof(nf), "%s.name", f);
-        if (get_str(&c, t, "name", f, &tname) <= 0 || !*tname) {
-            if (!c.failed) finding(&c, MANIFEST_ERROR, nf, "missing");
+        if (l7c_get_str(&c, t, "name", f, &tname) <= 0 || !*tname) {
+            if (!c.failed) l7c_finding(&c, MANIFEST_ERROR, nf, "missing");
             break;
         }
         if (strcmp(tns, ns) != 0) {
             snprintf(nf, sizeof(nf), "%s.namespace", f);
-            finding(&c, MANIFEST_ERROR, nf, "a target must be in the policy's namespace %s", ns);
+            l7c_finding(&c, MANIFEST_ERROR, nf, "a target must be in the policy's namespace %s", ns);
             break;
         }
-        Zmesh__V1__PolicyTarget *pt = alloc(&c, sizeof(*pt));
+        Zmesh__V1__PolicyTarget *pt = l7c_alloc(&c, sizeof(*pt));
         if (!pt) break;
         zmesh__v1__policy_target__init(pt);
         if (!strcmp(group, GATEWAY_GROUP) && !strcmp(tkind, "Gateway"))
@@ -483,21 +377,21 @@ int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *s
             pt->kind = ZMESH__V1__POLICY_TARGET__KIND__SERVICE;
         else {
             snprintf(nf, sizeof(nf), "%s.kind", f);
-            finding(&c, MANIFEST_ERROR, nf, "unsupported target %s%s%s (Gateway and Service are supported)",
+            l7c_finding(&c, MANIFEST_ERROR, nf, "unsupported target %s%s%s (Gateway and Service are supported)",
                     group, *group ? "/" : "", tkind);
             break;
         }
-        pt->namespace_ = cdup(&c, ns);
-        pt->name = cdup(&c, tname);
+        pt->namespace_ = l7c_dup(&c, ns);
+        pt->name = l7c_dup(&c, tname);
         m.targets[m.n_targets++] = pt;
     }
     json_decref(single);
     if (c.failed || c.oom) goto out;
     json_t *rl;
-    int r = get_list(&c, spec, "jwtRules", "spec", &rl);
+    int r = l7c_get_list(&c, spec, "jwtRules", "spec", &rl);
     if (r < 0) goto out;
     if (r > 0) {
-        m.jwt_rules = alloc(&c, json_array_size(rl) * sizeof(*m.jwt_rules));
+        m.jwt_rules = l7c_alloc(&c, json_array_size(rl) * sizeof(*m.jwt_rules));
         if (!m.jwt_rules) goto nomem;
         for (size_t i = 0; i < json_array_size(rl); i++) {
             char f[64];
@@ -519,7 +413,7 @@ int zmeshd_convert_request_authn(const json_t *obj, const struct manifest_src *s
     if (crc < 0) {
         free(buf);
         if (crc == -ENOMEM) goto nomem;
-        finding(&c, MANIFEST_ERROR, "spec", "%s", err);
+        l7c_finding(&c, MANIFEST_ERROR, "spec", "%s", err);
         goto out;
     }
     l7_authn_free(a);
