@@ -1,7 +1,6 @@
 /* DestinationRule manifests to zmesh.v1.DestinationRule (destination_rule.h). */
 #include "zmeshd/destination_rule.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -15,6 +14,7 @@
 #include "mesh/l7authz.h"
 #include "zmesh/destination_rule.pb-c.h"
 #include "zmeshd/k8s.h"
+#include "zmeshd/l7.h"
 #include "zmeshd/l7_conv.h"
 
 #define DR_GROUP "networking.istio.io"
@@ -89,46 +89,6 @@ static int get_uint(struct conv *c, const json_t *o, const char *key, const char
     return 1;
 }
 
-int dr_duration_ms(const char *s, uint64_t *ms)
-{
-    if (!s || !*s) return -EINVAL;
-    double total = 0;
-    const char *p = s;
-    while (*p) {
-        char *e;
-        if (!isdigit((unsigned char)*p) && *p != '.') return -EINVAL;
-        double v = strtod(p, &e);
-        if (e == p || v < 0) return -EINVAL;
-        p = e;
-        double mul;
-        if (!strncmp(p, "ms", 2)) {
-            mul = 1;
-            p += 2;
-        } else if (!strncmp(p, "us", 2)) {
-            mul = 0.001;
-            p += 2;
-        } else if (!strncmp(p, "ns", 2)) {
-            mul = 0.000001;
-            p += 2;
-        } else if (*p == 'h') {
-            mul = 3600000;
-            p++;
-        } else if (*p == 'm') {
-            mul = 60000;
-            p++;
-        } else if (*p == 's') {
-            mul = 1000;
-            p++;
-        } else {
-            return -EINVAL;
-        }
-        total += v * mul;
-        if (total > 1e15) return -EINVAL;
-    }
-    *ms = (uint64_t)total;
-    return 0;
-}
-
 /* A duration field: 1 and *ms, 0 absent, -1 reported. min_ms: Istio's lower bound (1 ms for most). */
 static int get_dur(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t min_ms,
                    uint64_t *ms)
@@ -137,7 +97,7 @@ static int get_dur(struct conv *c, const json_t *o, const char *key, const char 
     if (!v || json_is_null(v)) return 0;
     char f[256];
     fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
-    if (!json_is_string(v) || dr_duration_ms(json_string_value(v), ms) < 0) {
+    if (!json_is_string(v) || l7_istio_duration_ms(json_string_value(v), ms) < 0) {
         l7c_finding(c, MANIFEST_ERROR, f, "expected a duration such as \"10s\" or \"100ms\"");
         return -1;
     }

@@ -21,6 +21,3 @@
 int dr_convert(const json_t *obj, const struct manifest_src *src, const struct manifest_store *st,
                uint8_t **pb, size_t *len, char *name, size_t name_n, manifest_report_fn report, void *ud);
 
-/* A Go/Istio duration ("10s", "1.5s", "100ms", "1h30m", "0s") in milliseconds (rounded down). 0 or -EINVAL.
- */
-int dr_duration_ms(const char *s, uint64_t *ms);

@@ -201,6 +201,56 @@ int l7_gateway_duration_ms(const char *s, uint64_t *ms)
     return 0;
 }
 
+int l7_istio_duration_ms(const char *s, uint64_t *ms)
+{
+    /* Go's time.ParseDuration without the sign: one or more <decimal>[.<decimal>]<unit> terms. */
+    static const struct {
+        const char *u;
+        double ms;
+    } units[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xc2\xb5s", 1e-3}, {"ms", 1},
+                 {"s", 1000},  {"m", 60000}, {"h", 3600000}};
+    if (!s || !*s) return -EINVAL;
+    if (!strcmp(s, "0")) {
+        *ms = 0;
+        return 0;
+    }
+    double total = 0;
+    const char *p = s;
+    while (*p) {
+        const char *start = p;
+        double v = 0, scale = 1;
+        bool digits = false;
+        while (isdigit((unsigned char)*p)) {
+            v = v * 10 + (*p++ - '0');
+            digits = true;
+        }
+        if (*p == '.') {
+            p++;
+            while (isdigit((unsigned char)*p)) {
+                scale /= 10;
+                v += (*p++ - '0') * scale;
+                digits = true;
+            }
+        }
+        if (!digits || p == start) return -EINVAL;
+        size_t best = 0;
+        double mul = 0;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+            size_t ul = strlen(units[i].u);
+            if (!strncmp(p, units[i].u, ul) && ul > best) {
+                best = ul;
+                mul = units[i].ms;
+            }
+        }
+        if (!best) return -EINVAL;
+        p += best;
+        total += v * mul;
+        if (total > 1e15) return -EINVAL;
+    }
+    *ms = (uint64_t)total;
+    return 0;
+}
+
 /* metadata: name (required), namespace (default "default"), creationTimestamp (RFC 3339, optional). */
 static int meta(struct conv *c, const json_t *obj, const char **ns, const char **name, int64_t *created)
 {

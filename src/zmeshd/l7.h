@@ -37,3 +37,8 @@ int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, siz
 
 /* Gateway API's Duration (^([0-9]{1,5}(h|m|s|ms)){1,4}$, GEP-2257) in milliseconds. 0 or -EINVAL. */
 int l7_gateway_duration_ms(const char *s, uint64_t *ms);
+
+/* A duration as Istio's CRDs take it (Go's time.ParseDuration, which Istio's protobuf JSON reader uses for
+ * google.protobuf.Duration: "1.5s", "100ms", "1h30m", "0"; no sign) in milliseconds, rounded down: the
+ * VirtualService's and the DestinationRule's durations. 0 or -EINVAL. */
+int l7_istio_duration_ms(const char *s, uint64_t *ms);

@@ -33,55 +33,6 @@ static void fld(char *buf, size_t n, const char *fmt, ...)
 #define ERR(c, f, ...) l7c_finding(c, MANIFEST_ERROR, f, __VA_ARGS__)
 #define WARN(c, f, ...) l7c_finding(c, MANIFEST_WARN, f, __VA_ARGS__)
 
-int vs_duration_ms(const char *s, uint64_t *ms)
-{
-    /* Go's time.ParseDuration without the sign: one or more <decimal>[.<decimal>]<unit> terms. */
-    static const struct {
-        const char *u;
-        double ms;
-    } units[] = {{"ns", 1e-6}, {"us", 1e-3}, {"\xc2\xb5s", 1e-3}, {"ms", 1},
-                 {"s", 1000},  {"m", 60000}, {"h", 3600000}};
-    if (!s || !*s) return -EINVAL;
-    if (!strcmp(s, "0")) {
-        *ms = 0;
-        return 0;
-    }
-    double total = 0;
-    const char *p = s;
-    while (*p) {
-        const char *start = p;
-        double v = 0, scale = 1;
-        bool digits = false;
-        while (isdigit((unsigned char)*p)) {
-            v = v * 10 + (*p++ - '0');
-            digits = true;
-        }
-        if (*p == '.') {
-            p++;
-            while (isdigit((unsigned char)*p)) {
-                scale /= 10;
-                v += (*p++ - '0') * scale;
-                digits = true;
-            }
-        }
-        if (!digits || p == start) return -EINVAL;
-        size_t best = 0;
-        double mul = 0;
-        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-            size_t ul = strlen(units[i].u);
-            if (!strncmp(p, units[i].u, ul) && ul > best) {
-                best = ul;
-                mul = units[i].ms;
-            }
-        }
-        if (!best) return -EINVAL;
-        p += best;
-        total += v * mul;
-        if (total > 1e15) return -EINVAL;
-    }
-    *ms = (uint64_t)total;
-    return 0;
-}
 
 /* A duration field: 1 and *ms, 0 absent, -1 reported. */
 static int get_duration(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t *ms)
@@ -89,7 +40,7 @@ static int get_duration(struct conv *c, const json_t *o, const char *key, const 
     const char *s = NULL;
     int rc = l7c_get_str(c, o, key, path, &s);
     if (rc <= 0) return rc;
-    if (vs_duration_ms(s, ms) < 0) {
+    if (l7_istio_duration_ms(s, ms) < 0) {
         char f[300];
         fld(f, sizeof(f), "%s.%s", path, key);
         ERR(c, f, "not a duration (e.g. \"1.5s\", \"100ms\", \"1m\"): \"%.40s\"", s);

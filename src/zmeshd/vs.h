@@ -29,7 +29,3 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, 
  * manifest_l7_docs. */
 void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud);
 
-/* A duration as Istio's VirtualService fields take it (Go's time.ParseDuration, which Istio's protobuf JSON
- * reader uses for google.protobuf.Duration: "1.5s", "100ms", "1h30m"; no sign) in milliseconds, rounded down.
- * 0 or -EINVAL. */
-int vs_duration_ms(const char *s, uint64_t *ms);

@@ -273,20 +273,20 @@ static void test_duration(void **state)
 {
     (void)state;
     uint64_t ms;
-    assert_int_equal(dr_duration_ms("10s", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("10s", &ms), 0);
     assert_int_equal(ms, 10000);
-    assert_int_equal(dr_duration_ms("1.5s", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("1.5s", &ms), 0);
     assert_int_equal(ms, 1500);
-    assert_int_equal(dr_duration_ms("1h30m", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("1h30m", &ms), 0);
     assert_int_equal(ms, 5400000);
-    assert_int_equal(dr_duration_ms("250ms", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("250ms", &ms), 0);
     assert_int_equal(ms, 250);
-    assert_int_equal(dr_duration_ms("0s", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("0s", &ms), 0);
     assert_int_equal(ms, 0);
-    assert_int_equal(dr_duration_ms("10", &ms), -EINVAL);
-    assert_int_equal(dr_duration_ms("s", &ms), -EINVAL);
-    assert_int_equal(dr_duration_ms("-1s", &ms), -EINVAL);
-    assert_int_equal(dr_duration_ms("", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("10", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("s", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("-1s", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("", &ms), -EINVAL);
 }
 
 int main(void)

@@ -683,15 +683,15 @@ static void test_vs_findings(void **state)
     assert_string_equal(r.name, "default/x");
     free(r.pb);
     uint64_t ms;
-    assert_int_equal(vs_duration_ms("1h2m3.5s", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("1h2m3.5s", &ms), 0);
     assert_int_equal(ms, 3723500);
-    assert_int_equal(vs_duration_ms("1500us", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("1500us", &ms), 0);
     assert_int_equal(ms, 1);
-    assert_int_equal(vs_duration_ms("0", &ms), 0);
+    assert_int_equal(l7_istio_duration_ms("0", &ms), 0);
     assert_int_equal(ms, 0);
-    assert_int_equal(vs_duration_ms("1.5", &ms), -EINVAL);
-    assert_int_equal(vs_duration_ms("-1s", &ms), -EINVAL);
-    assert_int_equal(vs_duration_ms("", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("1.5", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("-1s", &ms), -EINVAL);
+    assert_int_equal(l7_istio_duration_ms("", &ms), -EINVAL);
 }
 
 /* Host in headers.request is Istio's authority rewrite; rewrite.authority wins over it; pseudo-headers are
