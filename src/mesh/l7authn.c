@@ -11,14 +11,9 @@
 #include "mesh/l7authz.h"
 #include "zmesh/request_authentication.pb-c.h"
 
-struct atarget {
-    uint8_t kind; /* PolicyTarget.Kind */
-    const char *ns, *name;
-};
-
 struct l7_authn {
     char *name;
-    const struct atarget *targets;
+    const struct l7_target *targets;
     size_t n_targets;
     struct l7_jwt_rule *rules;
     size_t n_rules;
@@ -43,14 +38,6 @@ static int fail(struct aerr *e, const char *field, const char *fmt, ...)
     if (e->buf && e->n)
         snprintf(e->buf, e->n, "RequestAuthentication %s: %s%s%s", e->name, field, *field ? ": " : "", msg);
     return -EINVAL;
-}
-
-static bool text_ok(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++, n++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
-    return n <= L7_MAX_STRING;
 }
 
 /* An HTTP field name (RFC 9110 token), lower-case as the model keeps names. */
@@ -82,7 +69,7 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
 {
     char f[160];
     snprintf(f, sizeof(f), "jwt_rules[%zu].issuer", ri);
-    if (!*pb->issuer || !text_ok(pb->issuer))
+    if (!*pb->issuer || !l7_text_ok(pb->issuer))
         return fail(e, f, "required, printable, at most %d bytes", L7_MAX_STRING);
     if (!(r->rule.issuer = adup(a, pb->issuer))) return -ENOMEM;
     if (pb->n_audiences > L7_MAX_JWT_AUDIENCES) {
@@ -93,7 +80,7 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
     if (!aud) return -ENOMEM;
     for (size_t i = 0; i < pb->n_audiences; i++) {
         snprintf(f, sizeof(f), "jwt_rules[%zu].audiences[%zu]", ri, i);
-        if (!*pb->audiences[i] || !text_ok(pb->audiences[i])) return fail(e, f, "empty or not printable");
+        if (!*pb->audiences[i] || !l7_text_ok(pb->audiences[i])) return fail(e, f, "empty or not printable");
         if (!(aud[i] = adup(a, pb->audiences[i]))) return -ENOMEM;
     }
     r->rule.audiences = (const char *const *)aud;
@@ -105,8 +92,8 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
     char jerr[256] = "";
     enum jwt_status st = jwt_jwks_parse(pb->jwks, jl, &r->jwks, jerr, sizeof(jerr));
     if (st != JWT_OK) return fail(e, f, "%s%s%s", jwt_status_str(st), *jerr ? ": " : "", jerr);
-    if (!text_ok(pb->jwks_uri) || !(r->jwks_uri = adup(a, pb->jwks_uri)))
-        return text_ok(pb->jwks_uri) ? -ENOMEM : fail(e, "jwks_uri", "not printable");
+    if (!l7_text_ok(pb->jwks_uri) || !(r->jwks_uri = adup(a, pb->jwks_uri)))
+        return l7_text_ok(pb->jwks_uri) ? -ENOMEM : fail(e, "jwks_uri", "not printable");
     /* Where the token is. */
     if (pb->n_from_headers > L7_MAX_JWT_LOCATIONS || pb->n_from_params > L7_MAX_JWT_LOCATIONS ||
         pb->n_from_cookies > L7_MAX_JWT_LOCATIONS) {
@@ -122,7 +109,7 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
         snprintf(f, sizeof(f), "jwt_rules[%zu].from_headers[%zu].name", ri, i);
         if (!header_name_ok(h->name)) return fail(e, f, "not a lower-case header name: \"%.64s\"", h->name);
         snprintf(f, sizeof(f), "jwt_rules[%zu].from_headers[%zu].prefix", ri, i);
-        if (!text_ok(h->prefix)) return fail(e, f, "not printable");
+        if (!l7_text_ok(h->prefix)) return fail(e, f, "not printable");
         if (!(hs[i].name = adup(a, h->name)) || !(hs[i].prefix = adup(a, h->prefix))) return -ENOMEM;
     }
     for (size_t i = 0; i < pb->n_from_params; i++) {
@@ -162,7 +149,7 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
         if (!header_name_ok(c->header))
             return fail(e, f, "not a lower-case header name: \"%.64s\"", c->header);
         snprintf(f, sizeof(f), "jwt_rules[%zu].output_claim_to_headers[%zu].claim", ri, i);
-        if (!*c->claim || !text_ok(c->claim)) return fail(e, f, "required, printable");
+        if (!*c->claim || !l7_text_ok(c->claim)) return fail(e, f, "required, printable");
         /* Nested claims are written "a.b" (Envoy's claim_to_headers claim_name). */
         char *copy = adup(a, c->claim);
         char **path = l7_arena_alloc(&a->arena, L7_MAX_CLAIM_DEPTH * sizeof(char *));
@@ -212,36 +199,18 @@ int l7_authn_compile(const char *name, const uint8_t *pb, size_t len, struct l7_
         goto out;
     }
     char want[520];
-    if (!m->namespace_[0] || !m->name[0] || !text_ok(m->namespace_) || !text_ok(m->name) ||
+    if (!m->namespace_[0] || !m->name[0] || !l7_text_ok(m->namespace_) || !l7_text_ok(m->name) ||
         snprintf(want, sizeof(want), "%s/%s", m->namespace_, m->name) >= (int)sizeof(want) ||
         strcmp(want, name) != 0) {
         rc = fail(&e, "name", "the resource name is not namespace/name");
         goto out;
     }
-    if (m->n_targets == 0 || m->n_targets > L7_MAX_TARGETS) {
-        rc = fail(&e, "targets", "expected 1-%d targets, got %zu", L7_MAX_TARGETS, m->n_targets);
+    char tf[64], why[128];
+    if ((rc = l7_targets_compile(&a->arena, m->targets, m->n_targets, &a->targets, tf, sizeof(tf), why,
+                                 sizeof(why))) < 0) {
+        if (rc == -EINVAL) rc = fail(&e, tf, "%s", why);
         goto out;
     }
-    struct atarget *t = l7_arena_alloc(&a->arena, m->n_targets * sizeof(*t));
-    if (!t) goto out;
-    for (size_t i = 0; i < m->n_targets; i++) {
-        const Zmesh__V1__PolicyTarget *pt = m->targets[i];
-        char f[64];
-        snprintf(f, sizeof(f), "targets[%zu]", i);
-        if (pt->kind != ZMESH__V1__POLICY_TARGET__KIND__GATEWAY &&
-            pt->kind != ZMESH__V1__POLICY_TARGET__KIND__SERVICE) {
-            rc = fail(&e, f, "unknown kind %d", (int)pt->kind);
-            goto out;
-        }
-        if (!pt->namespace_[0] || !pt->name[0] || !text_ok(pt->namespace_) || !text_ok(pt->name) ||
-            strlen(pt->namespace_) + strlen(pt->name) > 500) {
-            rc = fail(&e, f, "a target needs a namespace and a name");
-            goto out;
-        }
-        t[i].kind = (uint8_t)pt->kind;
-        if (!(t[i].ns = adup(a, pt->namespace_)) || !(t[i].name = adup(a, pt->name))) goto out;
-    }
-    a->targets = t;
     a->n_targets = m->n_targets;
     if (m->n_jwt_rules > L7_MAX_JWT_RULES) {
         rc = fail(&e, "jwt_rules", "more than %d rules", L7_MAX_JWT_RULES);
@@ -286,10 +255,7 @@ size_t l7_authn_n_targets(const struct l7_authn *a)
 
 int l7_authn_target_key(const struct l7_authn *a, size_t i, char *buf, size_t n)
 {
-    const struct atarget *t = &a->targets[i];
-    int w = snprintf(buf, n, "%c:%s/%s", t->kind == ZMESH__V1__POLICY_TARGET__KIND__GATEWAY ? 'G' : 'S',
-                     t->ns, t->name);
-    return w < 0 || (size_t)w >= n ? -ENOSPC : 0;
+    return l7_target_key(&a->targets[i], buf, n);
 }
 
 /* ---- the target index: (key, policy) pairs sorted by key then name; a lookup is a bsearch for the run ----

@@ -80,17 +80,12 @@ struct prule {
     struct flist when;
 };
 
-struct target {
-    uint8_t kind; /* PolicyTarget.Kind */
-    const char *ns, *name;
-};
-
 struct l7_policy {
     char *name;
     const char *ns;
     uint8_t action;
     bool dry_run;
-    const struct target *targets;
+    const struct l7_target *targets;
     size_t n_targets;
     const struct prule *rules;
     size_t n_rules;
@@ -135,7 +130,7 @@ static int fail(struct cerr *e, const char *field, const char *fmt, ...)
     return -EINVAL;
 }
 
-static bool text_ok(const char *s)
+bool l7_text_ok(const char *s)
 {
     size_t n = 0;
     for (; *s; s++, n++)
@@ -209,7 +204,7 @@ static int val_compile(struct l7_policy *p, struct cerr *e, const char *field, u
                        struct val *v)
 {
     memset(v, 0, sizeof(*v));
-    if (!text_ok(s)) return fail(e, field, "control characters or longer than %d bytes", L7_MAX_STRING);
+    if (!l7_text_ok(s)) return fail(e, field, "control characters or longer than %d bytes", L7_MAX_STRING);
     switch (attr) {
     case A_SOURCE_IP:
     case A_REMOTE_IP:
@@ -482,7 +477,7 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
         goto out;
     }
     char want[520];
-    if (!m->namespace_[0] || !m->name[0] || !text_ok(m->namespace_) || !text_ok(m->name) ||
+    if (!m->namespace_[0] || !m->name[0] || !l7_text_ok(m->namespace_) || !l7_text_ok(m->name) ||
         snprintf(want, sizeof(want), "%s/%s", m->namespace_, m->name) >= (int)sizeof(want) ||
         strcmp(want, name) != 0) {
         rc = fail(&e, "name", "the resource name is not namespace/name");
@@ -499,32 +494,12 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
     }
     p->action = (uint8_t)m->action;
     p->dry_run = m->dry_run;
-    if (m->n_targets == 0 || m->n_targets > L7_MAX_TARGETS) {
-        rc = fail(&e, "targets", "expected 1-%d targets, got %zu", L7_MAX_TARGETS, m->n_targets);
+    char tf[64], why[128];
+    if ((rc = l7_targets_compile(&p->arena, m->targets, m->n_targets, &p->targets, tf, sizeof(tf), why,
+                                 sizeof(why))) < 0) {
+        if (rc == -EINVAL) rc = fail(&e, tf, "%s", why);
         goto out;
     }
-    struct target *t = l7_arena_alloc(&p->arena, m->n_targets * sizeof(*t));
-    if (!t) goto out;
-    for (size_t i = 0; i < m->n_targets; i++) {
-        const Zmesh__V1__PolicyTarget *pt = m->targets[i];
-        char f[64];
-        fld(f, sizeof(f), "targets[%zu]", i);
-        if (pt->kind != ZMESH__V1__POLICY_TARGET__KIND__GATEWAY &&
-            pt->kind != ZMESH__V1__POLICY_TARGET__KIND__SERVICE) {
-            rc = fail(&e, f, "unknown kind %d", (int)pt->kind);
-            goto out;
-        }
-        if (!pt->namespace_[0] || !pt->name[0] || !text_ok(pt->namespace_) || !text_ok(pt->name) ||
-            strlen(pt->namespace_) + strlen(pt->name) > 500) {
-            rc = fail(&e, f, "a target needs a namespace and a name");
-            goto out;
-        }
-        t[i].kind = (uint8_t)pt->kind;
-        t[i].ns = l7_arena_strndup(&p->arena, pt->namespace_, strlen(pt->namespace_));
-        t[i].name = l7_arena_strndup(&p->arena, pt->name, strlen(pt->name));
-        if (!t[i].ns || !t[i].name) goto out;
-    }
-    p->targets = t;
     p->n_targets = m->n_targets;
     if (m->n_rules > L7_MAX_POLICY_RULES) {
         rc = fail(&e, "rules", "more than %d rules", L7_MAX_POLICY_RULES);
@@ -556,12 +531,48 @@ size_t l7_policy_n_targets(const struct l7_policy *p)
     return p->n_targets;
 }
 
-int l7_policy_target_key(const struct l7_policy *p, size_t i, char *buf, size_t n)
+int l7_target_key(const struct l7_target *t, char *buf, size_t n)
 {
-    const struct target *t = &p->targets[i];
     int w = snprintf(buf, n, "%c:%s/%s", t->kind == ZMESH__V1__POLICY_TARGET__KIND__GATEWAY ? 'G' : 'S',
                      t->ns, t->name);
     return w < 0 || (size_t)w >= n ? -ENOSPC : 0;
+}
+
+int l7_policy_target_key(const struct l7_policy *p, size_t i, char *buf, size_t n)
+{
+    return l7_target_key(&p->targets[i], buf, n);
+}
+
+int l7_targets_compile(struct l7_arena *a, struct Zmesh__V1__PolicyTarget *const *pts, size_t n,
+                       const struct l7_target **out, char *field, size_t field_n, char *why, size_t why_n)
+{
+    if (n == 0 || n > L7_MAX_TARGETS) {
+        snprintf(field, field_n, "targets");
+        snprintf(why, why_n, "expected 1-%d targets, got %zu", L7_MAX_TARGETS, n);
+        return -EINVAL;
+    }
+    struct l7_target *t = l7_arena_alloc(a, n * sizeof(*t));
+    if (!t) return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const Zmesh__V1__PolicyTarget *pt = pts[i];
+        snprintf(field, field_n, "targets[%zu]", i);
+        if (pt->kind != ZMESH__V1__POLICY_TARGET__KIND__GATEWAY &&
+            pt->kind != ZMESH__V1__POLICY_TARGET__KIND__SERVICE) {
+            snprintf(why, why_n, "unknown kind %d", (int)pt->kind);
+            return -EINVAL;
+        }
+        if (!pt->namespace_[0] || !pt->name[0] || !l7_text_ok(pt->namespace_) || !l7_text_ok(pt->name) ||
+            strlen(pt->namespace_) + strlen(pt->name) > 500) {
+            snprintf(why, why_n, "a target needs a namespace and a name");
+            return -EINVAL;
+        }
+        t[i].kind = (uint8_t)pt->kind;
+        t[i].ns = l7_arena_strndup(a, pt->namespace_, strlen(pt->namespace_));
+        t[i].name = l7_arena_strndup(a, pt->name, strlen(pt->name));
+        if (!t[i].ns || !t[i].name) return -ENOMEM;
+    }
+    *out = t;
+    return 0;
 }
 
 /* ---- evaluating ---- */

@@ -38,8 +38,8 @@ struct l7_authz_input {
      * and a not_ value always holds. */
     const struct jwt_result *auth;
     /* A TCP stream, not a request (the waypoint relays a TCP port): HTTP-only attributes (hosts, methods,
-     * paths, request.headers, requestPrincipals, request.auth.*) cannot be evaluated, and Istio's builder for a
-     * TCP filter chain (istio/istio pilot/pkg/security/authz/model/model.go checkError) drops an ALLOW rule
+     * paths, request.headers, requestPrincipals, request.auth.*) cannot be evaluated, and Istio's builder for
+     * a TCP filter chain (istio/istio pilot/pkg/security/authz/model/model.go checkError) drops an ALLOW rule
      * that uses one (a smaller ALLOW) and ignores the attribute in a DENY or AUDIT rule (a wider DENY). */
     bool tcp;
 };
@@ -87,3 +87,18 @@ void l7_arena_free(struct l7_arena *a);
 int l7_re_compile(const char *pattern, void **re, char *err, size_t errlen);
 bool l7_re_full(const void *re, const char *s, size_t n);
 void l7_re_free(void *re);
+/* True when s has no control character and at most L7_MAX_STRING bytes (the model's strings). */
+bool l7_text_ok(const char *s);
+/* A PolicyTarget as L7Authorization and RequestAuthentication keep it. */
+struct l7_target {
+    uint8_t kind; /* PolicyTarget.Kind */
+    const char *ns, *name;
+};
+struct Zmesh__V1__PolicyTarget;
+/* Checks the n PolicyTargets of a resource (1 to L7_MAX_TARGETS, known kinds, a namespace and a name each)
+ * and copies them into a: 0 with *out, -EINVAL with the field ("targets", "targets[i]") and the reason
+ * written into field and why, or -ENOMEM. */
+int l7_targets_compile(struct l7_arena *a, struct Zmesh__V1__PolicyTarget *const *pts, size_t n,
+                       const struct l7_target **out, char *field, size_t field_n, char *why, size_t why_n);
+/* The index key of a target: "G:ns/name" (Gateway) or "S:ns/name" (Service). 0 or -ENOSPC. */
+int l7_target_key(const struct l7_target *t, char *buf, size_t n);
