@@ -769,7 +769,12 @@ static void stream_finish(struct h2_stream *s, const struct h2_end *e, uint32_t 
     if (s->done) return;
     s->done = true;
     if (s->id > 0 && c->ng) {
-        if (!s->ng_closed && c->st == C_OPEN) {
+        /* A stream whose both halves are closed (the peer's END_STREAM is being delivered, ours was sent)
+         * closes in nghttp2 as this callback returns: a RST_STREAM would only cost the peer, and an nghttp2
+         * server counts every RST_STREAM it receives against its rapid-reset limit (1000, then 33/s) and
+         * ends the connection with GOAWAY INTERNAL_ERROR past it. */
+        bool closing = s->peer_eof && nghttp2_session_get_stream_local_close(c->ng, s->id) == 1;
+        if (!s->ng_closed && !closing && c->st == C_OPEN) {
             nghttp2_submit_rst_stream(c->ng, NGHTTP2_FLAG_NONE, s->id, rst_code);
             conn_schedule_flush(c);
         }

@@ -954,6 +954,50 @@ static void test_call_early_server_closure(void **state)
     grpc_channel_free(ch);
 }
 
+/* Many unary calls on one channel, four at a time: each ends when the server's trailers close the stream, and
+ * the client sends no RST_STREAM for a stream that closed by itself. An nghttp2 server counts every RST_STREAM
+ * it receives against its rapid-reset limit (1000, then 33/s) and ends the connection with GOAWAY
+ * INTERNAL_ERROR past it, so a client that reset each finished call saw calls refused after about 1000. */
+#define MANY_CALLS 2500
+static int many_left, many_ok, many_bad;
+static struct grpc_channel *many_ch;
+static void many_issue(void);
+static void many_end(struct grpc_call *c, void *ud, const struct grpc_result *r)
+{
+    (void)c, (void)ud;
+    if (r->status == GRPC_STATUS_OK)
+        many_ok++;
+    else if (many_bad++ == 0)
+        print_message("first failed call: %d %s\n", r->status, r->message);
+    if (many_left > 0) many_issue();
+    if (many_ok + many_bad == MANY_CALLS) loop_stop(E.l);
+}
+static const struct grpc_call_ops many_ops = {.on_end = many_end};
+static void many_issue(void)
+{
+    int err;
+    many_left--;
+    assert_non_null(grpc_call_unary(many_ch, "/t.S/Echo", NULL, (const uint8_t *)"abc", 3, &many_ops, NULL, &err));
+}
+
+static void test_call_many_on_one_channel(void **state)
+{
+    (void)state;
+    many_ch = dial(E.port, NULL);
+    many_left = MANY_CALLS;
+    many_ok = many_bad = 0;
+    for (int i = 0; i < 4; i++)
+        many_issue();
+    E.stops_wanted = 1 << 30;
+    timer_start(E.l, &E.guard, 30000);
+    loop_run(E.l);
+    timer_stop(E.l, &E.guard);
+    assert_int_equal(many_bad, 0);
+    assert_int_equal(many_ok, MANY_CALLS);
+    assert_int_equal(grpc_server_conns(E.srv), 1); /* no reconnect was needed */
+    grpc_channel_free(many_ch);
+}
+
 /* Mutual TLS with workload certificates from zmesh's local CA (tls/ca.h) and HBONE's contexts: the handler
  * learns the client's SPIFFE id, the client checks the server's; a server that is not the one expected is
  * refused before any request leaves (UNAVAILABLE, H2_END_IDENTITY). */
@@ -1098,6 +1142,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_call_stream_backpressure, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_mtls, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_call_early_server_closure, setup_calls, teardown_calls),
+        cmocka_unit_test_setup_teardown(test_call_many_on_one_channel, setup_calls, teardown_calls),
         cmocka_unit_test_setup_teardown(test_server_drain, setup_calls, teardown_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
