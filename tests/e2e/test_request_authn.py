@@ -351,6 +351,62 @@ def test_jwks_fetch_failure(env):
     assert "spec.jwtRules[0].jwksUri" in log and "status 404" in log, log[-2000:]
 
 
+def test_cached_token_expires(env):
+    """The waypoint caches verified tokens (Envoy's JwtCache): a token accepted, and so cached, is refused once
+    its exp plus the 60 s clock skew has passed, as an uncached one would be."""
+    c, keys, _ = env
+    in_force(env)
+    exp = int(time.time()) - 52                 # within the skew for ~8 s more
+    cl = dict(claims(sub="gina"), exp=exp)
+    h = bearer(keys.token(cl))
+    r = req(c, "/headers", headers=h)
+    assert ("x-jwt-sub", "gina") in app_headers(r)
+    assert ("x-jwt-sub", "gina") in app_headers(req(c, "/headers", headers=h))   # the cached entry
+    time.sleep(max(0.0, exp + 60 + 1.5 - time.time()))
+    r = req(c, "/headers", headers=h)
+    assert (r[0], r[2]) == (401, b"Jwt is expired"), r
+
+
+def test_query_token_decoded_and_rewritten(env):
+    """A token in the query is percent-decoded before it is verified (Envoy's extractor decodes the parameters; a
+    client that encodes each '.' as %2E and the name's '_' as %5F is accepted), the parameter is removed, and a
+    VirtualService rewrite of that request starts from the path without it (the rewrite does not bring it back)."""
+    c, keys, _ = env
+    in_force(env)
+    enc = keys.token(claims(sub="erin")).replace(".", "%2E")
+    r = req(c, "/info?a=1&access%%5Ftoken=%s&b=%%41" % enc)
+    assert r[0] == 200, r
+    info = json.loads(r[2])
+    assert info["path"] == "/info?a=1&b=%41", info    # the other parameters as the client wrote them
+    assert info["headers"].get("x-jwt-sub") == "erin", info
+    # Undecoded, the same value is not a JWT; decoding a broken escape leaves it broken.
+    r = req(c, "/info?access_token=%s%%zz" % enc)
+    assert r[0] == 401, r
+    text = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: rw, namespace: %s}
+spec:
+  hosts: [svc-bad]
+  http:
+  - match: [{uri: {prefix: /rw}}]
+    rewrite: {uri: /moved}
+    route: [{destination: {host: svc-bad}}]
+    headers: {response: {set: {x-route: rw}}}
+  - route: [{destination: {host: svc-bad}}]
+""" % NS
+    tok = keys.token(claims(sub="frank"))
+    with applied(c, text, lambda: until(c, "/rw", lambda r: "x-route" not in r[1], "the rewrite gone",
+                                        svc="svc-bad")):
+        r = until(c, "/rw/x?access_token=%s&q=2" % tok, lambda r: r[1].get("x-route") == "rw",
+                  "the VirtualService rewrite in force", svc="svc-bad")
+        info = json.loads(r[2])
+        assert info["path"] == "/moved/x?q=2", info
+        assert info["headers"].get("x-jwt-sub") == "frank", info
+        r = req(c, "/rw?access_token=%s" % tok, svc="svc-bad")
+        assert json.loads(r[2])["path"] == "/moved", r
+
+
 def h2c(c, headers):
     """One HTTP/2 (prior knowledge) request to svc's gRPC port from the client pod: (status, headers dict, body)."""
     vip = c.vip("svc")
@@ -382,7 +438,8 @@ def h2c(c, headers):
 
 def test_h2c_and_grpc(env):
     """The same check on HTTP/2: a bad token's 401 carries www-authenticate; a gRPC call gets Envoy's
-    trailers-only answer, grpc-status 16 UNAUTHENTICATED with the text as grpc-message."""
+    trailers-only answer, grpc-status 16 UNAUTHENTICATED with the text as grpc-message and the same
+    www-authenticate."""
     c, keys, _ = env
     in_force(env)
     expired = [("authorization", "Bearer " + keys.token(claims(exp_in=-300)))]
@@ -393,6 +450,11 @@ def test_h2c_and_grpc(env):
     st, hs, body = h2c(c, expired + [("content-type", "application/grpc")])
     assert (st, hs.get("grpc-status")) == (200, "16"), (st, hs)
     assert urllib.parse.unquote(hs.get("grpc-message", "")) == "Jwt is expired", hs
+    # jwt_authn's www-authenticate is set on the gRPC local reply too (its header modifier runs before the
+    # trailers-only conversion), with no body: the trailers-only answer ends the stream.
+    assert hs.get("www-authenticate", "").endswith('/echo.Echo/Say", error="invalid_token"'), hs
+    assert body == b"", body
+    assert hs.get("content-type") == "application/grpc", hs
 
 
 def test_key_rotation(env):

@@ -610,7 +610,7 @@ static void test_waypoint_check(void **st)
     assert_null(mod_set(&d, "x-evil"));
     /* The access_token parameter (Istio's default location): accepted, the parameter removed from the path
      * (Envoy's JwtParamLocation), the others kept in order. */
-    char path[4200];
+    char path[4600];
     snprintf(path, sizeof(path), "/p?a=1&access_token=%s&b=2", tok);
     assert_true(check(&e, path, NULL, NULL, &d, &auth));
     assert_string_equal(auth.principal, "https://idp/alice");
@@ -622,6 +622,24 @@ static void test_waypoint_check(void **st)
     assert_true(check(&e, path, NULL, NULL, &d, &auth));
     jwt_result_free(&auth);
     assert_string_equal(d.path, "/p");
+    /* Percent-encoded (a client that encodes every '.'; the name encoded too): Envoy's extractor decodes the
+     * name and the value before verifying; the payload header carries the decoded token's payload; every
+     * parameter of that decoded name is removed. */
+    char enc[4300];
+    size_t eo = 0;
+    for (const char *c = tok; *c; c++)
+        eo += (size_t)(*c == '.' ? snprintf(enc + eo, sizeof(enc) - eo, "%%2E")
+                                 : snprintf(enc + eo, sizeof(enc) - eo, "%c", *c));
+    snprintf(path, sizeof(path), "/p?access%%5Ftoken=%s&k=%%41&access_token=x", enc);
+    assert_true(check(&e, path, NULL, NULL, &d, &auth));
+    assert_string_equal(auth.principal, "https://idp/alice");
+    jwt_result_free(&auth);
+    assert_string_equal(d.path, "/p?k=%41"); /* the others as written */
+    assert_memory_equal(mod_set(&d, "x-payload"), d1 + 1, (size_t)(d2 - d1 - 1));
+    /* Undecoded, that value is no JWT: Envoy's decoding is what makes it verify. */
+    snprintf(path, sizeof(path), "/p?access_token=%s%%zz", enc);
+    assert_false(check(&e, path, NULL, NULL, &d, &auth));
+    assert_int_equal(d.status, 401);
     /* Missing: passes without a principal; the client's own x-payload is removed all the same. */
     assert_true(check(&e, "/p", "x-payload: forged", NULL, &d, &auth));
     assert_null(auth.principal);
