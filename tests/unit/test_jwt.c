@@ -57,8 +57,8 @@ static void bn_b64(EVP_PKEY *k, const char *name, char *out)
 /* Signs header.payload; ec_len > 0 converts the DER ECDSA signature to JOSE r||s. */
 static char *sign(EVP_PKEY *k, const char *md, bool pss, size_t ec_len, const char *hdr, const char *pl)
 {
-    static char tok[8192];
-    char h[1024], p[2048];
+    static char tok[12288];
+    char h[1024], p[8192];
     b64u((const unsigned char *)hdr, strlen(hdr), h);
     b64u((const unsigned char *)pl, strlen(pl), p);
     snprintf(tok, sizeof(tok), "%s.%s", h, p);
@@ -383,9 +383,18 @@ static void test_cache(void **st)
     assert_int_equal(h.bad, 0);
     jwt_cache_stats(c, &hits, &misses, &n);
     assert_true(n <= 2);
+    /* A token longer than JWT_CACHE_MAX_TOKEN is verified every time (Envoy's kMaxJwtSizeForCache). */
+    char pl[4096];
+    int w = snprintf(pl, sizeof(pl), "{\"iss\":\"https://iss\",\"sub\":\"big\",\"aud\":\"a1\",\"pad\":\"");
+    memset(pl + w, 'x', 3000);
+    strcpy(pl + w + 3000, "\"}");
+    char *big = strdup(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", pl));
+    assert_true(strlen(big) > JWT_CACHE_MAX_TOKEN);
+    assert_int_equal(cached(c, big, &ks, NOW, "https://iss/big"), JWT_OK);
+    assert_int_equal(cached(c, big, &none, NOW, NULL), JWKS_KID_ALG_MISMATCH);
     jwt_cache_free(c);
     jwt_jwks_free(&ks);
-    free(t1), free(t2), free(t3), free(bad);
+    free(t1), free(t2), free(t3), free(bad), free(big);
 }
 
 static void test_bad_jwks(void **st)
