@@ -9,6 +9,7 @@
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -637,6 +638,46 @@ int jwt_claim_strings(const struct jwt_result *r, const char *const *path, size_
 
 /* ---- extraction ---- */
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+size_t jwt_pct_decode(const char *in, size_t n, char *out)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (in[i] == '%' && i + 2 < n && (hi = hexval(in[i + 1])) >= 0 && (lo = hexval(in[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = in[i];
+        }
+    }
+    return o;
+}
+
+bool jwt_param_name_eq(const char *s, size_t n, const char *name, size_t nl)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++, k++) {
+        char c = s[i];
+        int hi, lo;
+        if (c == '%' && i + 2 < n && (hi = hexval(s[i + 1])) >= 0 && (lo = hexval(s[i + 2])) >= 0) {
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (k >= nl || name[k] != c) return false;
+    }
+    return k == nl;
+}
+
+/* The first parameter whose name, percent-decoded, is `name` (Envoy's parseAndDecodeQueryString then
+ * getFirstValue): its raw (still encoded) value. An empty value is no token. */
 static bool find_param(const char *path, const char *name, const char **tok, size_t *tok_len)
 {
     const char *q = path ? strchr(path, '?') : NULL;
@@ -647,9 +688,12 @@ static bool find_param(const char *path, const char *name, const char **tok, siz
         size_t seg = end ? (size_t)(end - q) : strlen(q);
         const char *hash = memchr(q, '#', seg);
         if (hash) seg = (size_t)(hash - q);
-        if (seg > nl && strncmp(q, name, nl) == 0 && q[nl] == '=') {
-            *tok = q + nl + 1;
-            *tok_len = seg - nl - 1;
+        const char *eq = memchr(q, '=', seg);
+        size_t kl = eq ? (size_t)(eq - q) : seg;
+        if (jwt_param_name_eq(q, kl, name, nl)) {
+            /* Envoy takes the first occurrence, even an empty one (then no token is found). */
+            *tok = eq ? eq + 1 : q + seg;
+            *tok_len = eq ? seg - kl - 1 : 0;
             return *tok_len > 0;
         }
         q = hash ? NULL : end;
@@ -727,4 +771,192 @@ int jwt_www_authenticate(char *buf, size_t len, const char *host, const char *pa
 int jwt_status_http_code(enum jwt_status s)
 {
     return s == JWT_AUDIENCE_NOT_ALLOWED ? 403 : 401;
+}
+
+/* ---- the verified-token cache ---- */
+
+#define JWT_CACHE_BUCKETS 256 /* a power of two */
+
+struct jwt_cache_entry {
+    struct jwt_cache_entry *hnext;       /* bucket chain */
+    struct jwt_cache_entry *prev, *next; /* LRU list, head = most recently used */
+    uint64_t h;
+    char *tok;
+    size_t len;
+    int64_t exp; /* 0: none */
+    struct jwt_result res;
+};
+
+struct jwt_cache {
+    pthread_mutex_t mu;
+    size_t cap, n;
+    uint64_t hits, misses;
+    struct jwt_cache_entry *head, *tail;
+    struct jwt_cache_entry *buckets[JWT_CACHE_BUCKETS];
+};
+
+struct jwt_cache *jwt_cache_new(size_t cap)
+{
+    struct jwt_cache *c = calloc(1, sizeof(*c));
+    if (!c) return NULL;
+    pthread_mutex_init(&c->mu, NULL);
+    c->cap = cap ? cap : JWT_CACHE_DEFAULT_SIZE;
+    return c;
+}
+
+static void entry_free(struct jwt_cache_entry *e)
+{
+    jwt_result_free(&e->res);
+    free(e->tok);
+    free(e);
+}
+
+void jwt_cache_free(struct jwt_cache *c)
+{
+    if (!c) return;
+    for (struct jwt_cache_entry *e = c->head, *n; e; e = n) {
+        n = e->next;
+        entry_free(e);
+    }
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+/* FNV-1a, 64 bits: the bucket and a quick inequality test before memcmp. */
+static uint64_t tok_hash(const char *s, size_t n)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static void lru_unlink(struct jwt_cache *c, struct jwt_cache_entry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_front(struct jwt_cache *c, struct jwt_cache_entry *e)
+{
+    e->next = c->head;
+    e->prev = NULL;
+    if (c->head) c->head->prev = e;
+    c->head = e;
+    if (!c->tail) c->tail = e;
+}
+
+static void cache_remove(struct jwt_cache *c, struct jwt_cache_entry *e)
+{
+    struct jwt_cache_entry **pp = &c->buckets[e->h & (JWT_CACHE_BUCKETS - 1)];
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    lru_unlink(c, e);
+    c->n--;
+    entry_free(e);
+}
+
+static char **strs_dup(char *const *v, size_t n)
+{
+    char **o = calloc(n ? n : 1, sizeof(char *));
+    for (size_t i = 0; o && i < n; i++)
+        if (!(o[i] = strdup(v[i]))) {
+            while (i--)
+                free(o[i]);
+            free(o);
+            return NULL;
+        }
+    return o;
+}
+
+/* A copy the caller owns (the claims shared: jansson's reference counts are atomic, and nobody writes them).
+ */
+static bool result_copy(const struct jwt_result *s, struct jwt_result *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->principal = strdup(s->principal ? s->principal : "");
+    d->issuer = strdup(s->issuer ? s->issuer : "");
+    d->subject = strdup(s->subject ? s->subject : "");
+    d->presenter = s->presenter ? strdup(s->presenter) : NULL;
+    d->audiences = strs_dup(s->audiences, s->n_audiences);
+    if (d->audiences) d->n_audiences = s->n_audiences;
+    d->claims = json_incref(s->claims);
+    if (!d->principal || !d->issuer || !d->subject || (s->presenter && !d->presenter) || !d->audiences) {
+        jwt_result_free(d);
+        return false;
+    }
+    return true;
+}
+
+enum jwt_status jwt_verify_cached(struct jwt_cache *c, const char *token, size_t len,
+                                  const struct jwt_rule *rule, const struct jwt_jwks *jwks, int64_t now,
+                                  struct jwt_result *out)
+{
+    if (!c || len > JWT_CACHE_MAX_TOKEN) return jwt_verify(token, len, rule, jwks, now, out);
+    uint64_t h = tok_hash(token, len);
+    pthread_mutex_lock(&c->mu);
+    struct jwt_cache_entry *e = c->buckets[h & (JWT_CACHE_BUCKETS - 1)];
+    while (e && !(e->h == h && e->len == len && !memcmp(e->tok, token, len)))
+        e = e->hnext;
+    if (e && e->exp && now - JWT_CLOCK_SKEW_S > e->exp) { /* expired since: dropped, verified again below */
+        cache_remove(c, e);
+        e = NULL;
+    }
+    if (e) {
+        lru_unlink(c, e);
+        lru_front(c, e);
+        bool ok = result_copy(&e->res, out);
+        c->hits++;
+        pthread_mutex_unlock(&c->mu);
+        if (ok) return JWT_OK;
+        return jwt_verify(token, len, rule, jwks, now, out); /* out of memory: the slow way */
+    }
+    c->misses++;
+    pthread_mutex_unlock(&c->mu);
+    /* Verified outside the lock: workers verifying other tokens do not wait for this signature. */
+    enum jwt_status st = jwt_verify(token, len, rule, jwks, now, out);
+    if (st != JWT_OK) return st; /* only verified tokens are cached (Envoy's insert after a good JWT) */
+    struct jwt_cache_entry *n = calloc(1, sizeof(*n));
+    if (!n || !(n->tok = malloc(len ? len : 1)) || !result_copy(out, &n->res)) {
+        if (n) free(n->tok);
+        free(n);
+        return st;
+    }
+    memcpy(n->tok, token, len);
+    n->len = len;
+    n->h = h;
+    json_t *jexp = json_object_get(out->claims, "exp");
+    n->exp = json_is_integer(jexp) ? json_integer_value(jexp) : 0;
+    pthread_mutex_lock(&c->mu);
+    struct jwt_cache_entry **b = &c->buckets[h & (JWT_CACHE_BUCKETS - 1)];
+    for (struct jwt_cache_entry *o = *b; o; o = o->hnext)
+        if (o->h == h && o->len == len && !memcmp(o->tok, token, len)) { /* another worker was first */
+            pthread_mutex_unlock(&c->mu);
+            entry_free(n);
+            return st;
+        }
+    if (c->n >= c->cap) cache_remove(c, c->tail);
+    n->hnext = *b;
+    *b = n;
+    lru_front(c, n);
+    c->n++;
+    pthread_mutex_unlock(&c->mu);
+    return st;
+}
+
+void jwt_cache_stats(struct jwt_cache *c, uint64_t *hits, uint64_t *misses, size_t *n)
+{
+    pthread_mutex_lock(&c->mu);
+    *hits = c->hits;
+    *misses = c->misses;
+    *n = c->n;
+    pthread_mutex_unlock(&c->mu);
 }

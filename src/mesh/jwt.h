@@ -97,6 +97,27 @@ enum jwt_status jwt_verify(const char *token, size_t len, const struct jwt_rule 
                            const struct jwt_jwks *jwks, int64_t now, struct jwt_result *out);
 void jwt_result_free(struct jwt_result *r);
 
+/* A cache of verified tokens for one provider (one rule with its JWKS), as Envoy's jwt_authn JwtCache
+ * (envoyproxy/envoy source/extensions/filters/http/jwt_authn/jwt_cache.cc): keyed by the token's text, at
+ * most `cap` entries (JWT_CACHE_DEFAULT_SIZE when 0; the least recently used goes first), tokens longer than
+ * JWT_CACHE_MAX_TOKEN never cached, only tokens that verified cached, and an entry whose exp has passed (with
+ * the clock skew) dropped at its next lookup so that token fails as expired. Thread-safe (one mutex; the
+ * signature check runs outside it). Envoy keeps one per worker and enables it only with jwt_cache_config,
+ * which istiod does not set; the result is the same either way, since an entry lives as long as its rule and
+ * JWKS. */
+#define JWT_CACHE_DEFAULT_SIZE 100
+#define JWT_CACHE_MAX_TOKEN 4096
+struct jwt_cache;
+struct jwt_cache *jwt_cache_new(size_t cap);
+void jwt_cache_free(struct jwt_cache *c);
+/* jwt_verify through cache c (NULL: no cache): a token verified before and not expired at now gives JWT_OK
+ * and a copy of its result without parsing it or checking its signature again. */
+enum jwt_status jwt_verify_cached(struct jwt_cache *c, const char *token, size_t len,
+                                  const struct jwt_rule *rule, const struct jwt_jwks *jwks, int64_t now,
+                                  struct jwt_result *out);
+/* Lookups that found a live entry, lookups that did not, and entries held now. */
+void jwt_cache_stats(struct jwt_cache *c, uint64_t *hits, uint64_t *misses, size_t *n);
+
 /* Claim access for request.auth.claims[a][b]: walks `path` (n names) through nested objects. */
 const json_t *jwt_claim(const struct jwt_result *r, const char *const *path, size_t n);
 /* The claim's string values: a string gives one, an array of strings gives each (non-strings skipped), a
@@ -124,11 +145,19 @@ struct jwt_locations {
 typedef const char *(*jwt_header_fn)(void *ctx, const char *name);
 /* Finds the token as Envoy's extractor does: headers first (with a prefix, the prefix anywhere in the value,
  * case-sensitive, and the token from the first base64url or '.' character after it to the end of the value; a
- * value without the prefix is not a token), then query parameters of `path` (the first occurrence; percent-
- * decoding not applied, tokens are base64url), then cookies (from the `cookie` header). Writes a pointer into
- * the request data and its length. Returns true when found. */
+ * value without the prefix is not a token), then query parameters of `path` (the first parameter whose
+ * percent-decoded name matches), then cookies (from the `cookie` header). Writes a pointer into the request
+ * data and its length: for a query parameter the raw value, which the caller percent-decodes with
+ * jwt_pct_decode before verifying it (Envoy's extractor takes the decoded value). Returns true when found. */
 bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, const char *path,
                  const char **tok, size_t *tok_len);
+
+/* Envoy's Http::Utility::PercentEncoding::decode (what parseAndDecodeQueryString applies to query names and
+ * values): each %XX with two hex digits becomes its byte, anything else is copied. out has room for n bytes;
+ * returns the decoded length. */
+size_t jwt_pct_decode(const char *in, size_t n, char *out);
+/* Whether query parameter name s (n raw bytes), percent-decoded, equals name (nl bytes). */
+bool jwt_param_name_eq(const char *s, size_t n, const char *name, size_t nl);
 
 /* The `www-authenticate` value of jwt_authn's 401: `Bearer realm="http://<host><path>"` plus
  * `, error="invalid_token"` for every failure but a missing token (envoy source/extensions/filters/http/

@@ -92,6 +92,7 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
     char jerr[256] = "";
     enum jwt_status st = jwt_jwks_parse(pb->jwks, jl, &r->jwks, jerr, sizeof(jerr));
     if (st != JWT_OK) return fail(e, f, "%s%s%s", jwt_status_str(st), *jerr ? ": " : "", jerr);
+    if (!(r->cache = jwt_cache_new(JWT_CACHE_DEFAULT_SIZE))) return -ENOMEM;
     if (!l7_text_ok(pb->jwks_uri) || !(r->jwks_uri = adup(a, pb->jwks_uri)))
         return l7_text_ok(pb->jwks_uri) ? -ENOMEM : fail(e, "jwks_uri", "not printable");
     /* Where the token is. */
@@ -173,8 +174,10 @@ static int rule_compile(struct l7_authn *a, struct aerr *e, size_t ri, const Zme
 void l7_authn_free(struct l7_authn *a)
 {
     if (!a) return;
-    for (size_t i = 0; i < a->n_rules; i++)
+    for (size_t i = 0; i < a->n_rules; i++) {
         jwt_jwks_free(&a->rules[i].jwks);
+        jwt_cache_free(a->rules[i].cache);
+    }
     free(a->rules);
     l7_arena_free(&a->arena);
     free(a->name);

@@ -37,7 +37,8 @@ struct l7_jwt_rule {
     const char *payload_header; /* outputPayloadToHeader, NULL = none */
     const struct l7_claim_header *claim_headers;
     size_t n_claim_headers;
-    const char *jwks_uri; /* "" when inline in the manifest */
+    const char *jwks_uri;    /* "" when inline in the manifest */
+    struct jwt_cache *cache; /* verified tokens (jwt.h), as long as this rule and its JWKS live */
 };
 
 struct l7_authn;

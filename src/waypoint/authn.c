@@ -136,8 +136,9 @@ static void remove_header(struct wp_decision *d, const char *name)
     d->authn_remove[m->n_remove++] = name;
 }
 
-/* The request's path without every occurrence of query parameter name (Envoy's JwtParamLocation removeJwt),
- * into d->path; the order of the others kept, '?' dropped when none is left. */
+/* The request's path without every parameter whose percent-decoded name is name (Envoy's JwtParamLocation
+ * removeJwt: the decoded parameters without that key), into d->path; the others kept as they were written, in
+ * their order, '?' dropped when none is left. */
 static void strip_param(struct wp_decision *d, const struct l7_request *req, const char *name, size_t nl)
 {
     const char *q = memchr(req->path, '?', req->path_len);
@@ -151,7 +152,8 @@ static void strip_param(struct wp_decision *d, const struct l7_request *req, con
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *seg_end = amp ? amp : end;
         size_t sl = (size_t)(seg_end - p);
-        bool drop = sl >= nl && !memcmp(p, name, nl) && (sl == nl || p[nl] == '=');
+        const char *eq = memchr(p, '=', sl);
+        bool drop = jwt_param_name_eq(p, eq ? (size_t)(eq - p) : sl, name, nl);
         if (!drop && sl) {
             if (o + sl + 2 >= cap) return; /* does not fit: the path stays as it was */
             d->path[o++] = first ? '?' : '&';
@@ -166,22 +168,30 @@ static void strip_param(struct wp_decision *d, const struct l7_request *req, con
     d->rewrite_path = true;
 }
 
+/* Whether tok points into the request's path copy (a query parameter's token). */
+static bool in_path(const char *tok, const char *path_copy, size_t path_len)
+{
+    uintptr_t t = (uintptr_t)tok, pc = (uintptr_t)path_copy;
+    return *path_copy && t >= pc && t < pc + path_len;
+}
+
 /* What a rule does to the request once its token verified: the token removed (forwardOriginalToken false):
  * its header, or its query parameter from the path (Envoy removes both; a cookie token stays, as Envoy's
- * cookie location leaves it), the payload and claims copied to headers. */
+ * cookie location leaves it), the payload and claims copied to headers. raw is where the token was found (in
+ * the path copy for a parameter), tok the verified text (a parameter's value percent-decoded). */
 static void outputs(struct wp_decision *d, size_t *used, const struct l7_jwt_rule *r, const char *hdr,
-                    const char *tok, size_t tok_len, const struct jwt_result *res,
+                    const char *raw, const char *tok, size_t tok_len, const struct jwt_result *res,
                     const struct l7_request *req, const char *path_copy)
 {
     if (!r->forward && hdr) remove_header(d, hdr);
-    uintptr_t t = (uintptr_t)tok, pc = (uintptr_t)path_copy;
-    if (!r->forward && !hdr && *path_copy && t >= pc && t < pc + req->path_len) {
-        /* The parameter's name: back from the token to the '?' or '&' that starts its pair. */
-        const char *eq = tok - 1, *start = eq;
+    if (!r->forward && !hdr && in_path(raw, path_copy, req->path_len)) {
+        /* The parameter's name: back from the token to the '?' or '&' that starts its pair, decoded. */
+        const char *eq = raw - 1, *start = eq;
         while (start > path_copy && start[-1] != '?' && start[-1] != '&')
             start--;
-        if (*eq == '=' && start < eq)
-            strip_param(d, req, req->path + (start - path_copy), (size_t)(eq - start));
+        char name[256];
+        if (*eq == '=' && start < eq && (size_t)(eq - start) <= sizeof(name))
+            strip_param(d, req, name, jwt_pct_decode(start, (size_t)(eq - start), name));
     }
     if (r->payload_header) {
         const char *d1 = memchr(tok, '.', tok_len);
@@ -276,9 +286,11 @@ bool wp_authn_check(struct wp_tunnel *t, const struct l7_request *req, struct wp
     }
     /* The distinct tokens found, each with the rules that found it (in order). */
     struct {
-        const char *tok;
+        const char *tok; /* where it was found (the dedup key) */
         size_t len;
         const char *hdr;
+        const char *vtok; /* what is verified: tok, or a parameter's value percent-decoded */
+        size_t vlen;
         uint64_t rules; /* bit i: rules[i] found it */
     } toks[WP_AUTHN_MAX_RULES];
     size_t nt = 0;
@@ -289,7 +301,22 @@ bool wp_authn_check(struct wp_tunnel *t, const struct l7_request *req, struct wp
         size_t k = 0;
         while (k < nt && !(toks[k].tok == tok && toks[k].len == tl))
             k++;
-        if (k == nt) toks[nt++] = (typeof(toks[0])){tok, tl, token_header(&hc, tok), 0};
+        if (k == nt) {
+            const char *vt = tok;
+            size_t vl = tl;
+            if (in_path(tok, path, req->path_len)) { /* Envoy verifies the decoded parameter value */
+                if (hc.used + tl + 1 > hc.cap) {
+                    hc.truncated = true;
+                    continue;
+                }
+                char *p = hc.scratch + hc.used;
+                vl = jwt_pct_decode(tok, tl, p);
+                p[vl] = 0;
+                hc.used += vl + 1;
+                vt = p;
+            }
+            toks[nt++] = (typeof(toks[0])){tok, tl, token_header(&hc, tok), vt, vl, 0};
+        }
         toks[k].rules |= 1ull << i;
     }
     /* The headers a rule writes are never taken from the client (Envoy's extractor sanitizeHeaders): removed
@@ -311,9 +338,11 @@ bool wp_authn_check(struct wp_tunnel *t, const struct l7_request *req, struct wp
         for (size_t i = 0; i < n && st == JWT_UNKNOWN_ISSUER; i++) {
             if (!(toks[k].rules & (1ull << i))) continue;
             struct jwt_result res;
-            st = jwt_verify(toks[k].tok, toks[k].len, &rules[i]->rule, &rules[i]->jwks, now, &res);
+            st = jwt_verify_cached(rules[i]->cache, toks[k].vtok, toks[k].vlen, &rules[i]->rule,
+                                   &rules[i]->jwks, now, &res);
             if (st != JWT_OK) continue;
-            outputs(d, &used, rules[i], toks[k].hdr, toks[k].tok, toks[k].len, &res, req, path);
+            outputs(d, &used, rules[i], toks[k].hdr, toks[k].tok, toks[k].vtok, toks[k].vlen, &res, req,
+                    path);
             if (!auth->principal)
                 *auth = res; /* the request principal is the first token's */
             else

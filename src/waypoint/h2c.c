@@ -282,8 +282,12 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
         x->status = 200;
         snprintf(code, sizeof(code), "%d", x->grpc_status);
         grpc_message_encode(body, msg, sizeof(msg));
-        struct h2_header g[] = {{"content-type", "application/grpc"}, {"grpc-status", code}, {"grpc-message", msg}};
-        if (h2_stream_respond(x->ds, 200, g, *msg ? 3 : 2, 0) == 0) x->u2d.eof = true;
+        struct h2_header g[4] = {{"content-type", "application/grpc"}, {"grpc-status", code}};
+        size_t ng = 2;
+        if (*msg) g[ng++] = (struct h2_header){"grpc-message", msg};
+        /* RequestAuthentication's 401: jwt_authn's header modifier runs for a gRPC local reply too */
+        if (*x->dec.www_authenticate) g[ng++] = (struct h2_header){"www-authenticate", x->dec.www_authenticate};
+        if (h2_stream_respond(x->ds, 200, g, ng, 0) == 0) x->u2d.eof = true;
         return;
     }
     char len[24];

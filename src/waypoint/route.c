@@ -173,6 +173,16 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     /* RequestAuthentication (authn.h): a bad token is answered here; a good one is the request principal. */
     struct jwt_result auth;
     if (!wp_authn_check(t, req, d, &auth)) return 0;
+    /* A token RequestAuthentication removed from the query (d->path) stays removed: a redirect or a rewrite
+     * below starts from that path, as Envoy's router rewrites the :path jwt_authn changed; routes still match
+     * the request as it came (Envoy keeps the route it picked before jwt_authn ran). */
+    char authn_path[sizeof(d->path)];
+    struct l7_request fwd = rq;
+    if (d->rewrite_path) {
+        fwd.path_len = strlen(d->path);
+        memcpy(authn_path, d->path, fwd.path_len + 1);
+        fwd.path = authn_path;
+    }
     /* L7 authorization: policies targeting this waypoint's Gateway, and the addressed Service. */
     struct l7_authz_input in = {
         .source_principal = !strncmp(t->peer_id, "spiffe://", 9) ? t->peer_id + 9 : NULL,
@@ -226,7 +236,7 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     }
     pick_mirror(t, d, rule->filters, rule->n_filters);
     if (rule->redirect) {
-        int n = l7_redirect_location(rule->redirect, prefix, prefix_len, req, "http", d->location,
+        int n = l7_redirect_location(rule->redirect, prefix, prefix_len, &fwd, "http", d->location,
                                      sizeof(d->location));
         if (n < 0) {
             local(d, 500, "", "-", "redirect_failed");
@@ -240,10 +250,10 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     if (rule->rewrite) {
         if (rule->rewrite->path_kind != L7_PATH_KEEP) {
             int n = rule->rewrite->path_kind == L7_PATH_REGEX
-                        ? l7_rewrite_path_regex(rule->rewrite->path_regex, rule->rewrite->path, req->path,
-                                                req->path_len, d->path, sizeof(d->path))
+                        ? l7_rewrite_path_regex(rule->rewrite->path_regex, rule->rewrite->path, fwd.path,
+                                                fwd.path_len, d->path, sizeof(d->path))
                         : l7_rewrite_path(rule->rewrite->path_kind, rule->rewrite->path, prefix, prefix_len,
-                                          req->path, req->path_len, d->path, sizeof(d->path));
+                                          fwd.path, fwd.path_len, d->path, sizeof(d->path));
             if (n < 0) {
                 local(d, 500, "", "-", "rewrite_failed");
                 return 0;

@@ -6,6 +6,9 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -33,6 +36,8 @@ struct jwks_entry {
     time_t next_at; /* when the thread fetches it again (0 = now) */
     unsigned fails; /* failed fetches in a row */
     bool busy;      /* the thread is fetching it */
+    bool dead;      /* evicted while busy: the thread frees it when its fetch ends */
+    unsigned pass;  /* the last conversion pass that looked it up */
 };
 
 static struct {
@@ -48,6 +53,10 @@ static struct {
     void (*fn)(void *ud);
     void *ud;
     unsigned refresh_s;
+    unsigned pass; /* the conversion pass under way (zmeshd_jwks_pass_begin) */
+    X509 **extra;  /* zmeshd_jwks_set_extra_ca's certificates */
+    size_t n_extra;
+    char extra_path[1024];
 } R = {.mu = PTHREAD_MUTEX_INITIALIZER,
        .cv = PTHREAD_COND_INITIALIZER,
        .efd = -1,
@@ -58,6 +67,57 @@ void zmeshd_jwks_set_refresh_s(unsigned s)
     pthread_mutex_lock(&R.mu);
     R.refresh_s = s ? s : 1;
     pthread_mutex_unlock(&R.mu);
+}
+
+int zmeshd_jwks_set_extra_ca(const char *path, char *err, size_t errlen)
+{
+    X509 **certs = NULL;
+    size_t n = 0;
+    if (path && *path) {
+        BIO *b = BIO_new_file(path, "r");
+        if (!b) {
+            snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno ? errno : EIO));
+            return -(errno ? errno : EIO);
+        }
+        STACK_OF(X509_INFO) *infos = PEM_X509_INFO_read_bio(b, NULL, NULL, NULL);
+        BIO_free(b);
+        int k = infos ? sk_X509_INFO_num(infos) : 0;
+        certs = calloc(k ? (size_t)k : 1, sizeof(*certs));
+        for (int i = 0; certs && i < k; i++) {
+            X509_INFO *xi = sk_X509_INFO_value(infos, i);
+            if (xi->x509 && X509_up_ref(xi->x509)) certs[n++] = xi->x509;
+        }
+        sk_X509_INFO_pop_free(infos, X509_INFO_free);
+        if (!certs || !n) {
+            free(certs);
+            snprintf(err, errlen, "%s: %s", path, !infos ? "not PEM" : "no certificate in it");
+            return -EINVAL;
+        }
+    }
+    pthread_mutex_lock(&R.mu);
+    for (size_t i = 0; i < R.n_extra; i++)
+        X509_free(R.extra[i]);
+    free(R.extra);
+    R.extra = certs;
+    R.n_extra = n;
+    snprintf(R.extra_path, sizeof(R.extra_path), "%s", n ? path : "");
+    pthread_mutex_unlock(&R.mu);
+    if (n) LOG_I(LOG_JWKS, "HTTPS jwksUri: the system's CAs and %zu more from %s", n, path);
+    return 0;
+}
+
+/* libcurl's OpenSSL context for an HTTPS fetch, its default CA bundle already loaded: the extra CAs added to
+ * its store (istiod appends its extra.pem to x509.SystemCertPool the same way). */
+static CURLcode add_extra_ca(CURL *c, void *sslctx, void *ud)
+{
+    (void)c;
+    (void)ud;
+    X509_STORE *st = SSL_CTX_get_cert_store(sslctx);
+    pthread_mutex_lock(&R.mu);
+    for (size_t i = 0; st && i < R.n_extra; i++)
+        (void)X509_STORE_add_cert(st, R.extra[i]); /* a certificate already there is not an error */
+    pthread_mutex_unlock(&R.mu);
+    return CURLE_OK;
 }
 
 struct membuf {
@@ -112,6 +172,14 @@ int zmeshd_jwks_fetch(const char *url, int timeout_ms, char **body, char *err, s
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "zmeshd");
+    pthread_mutex_lock(&R.mu);
+    bool extra = R.n_extra > 0;
+    pthread_mutex_unlock(&R.mu);
+    if (extra) {
+        curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, add_extra_ca);
+        /* libcurl shares a cached CA store between transfers; this one gets its own */
+        curl_easy_setopt(c, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+    }
     CURLcode rc = curl_easy_perform(c);
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
@@ -171,6 +239,14 @@ static void notify(void)
     }
 }
 
+static void entry_free(struct jwks_entry *e)
+{
+    free(e->issuer);
+    free(e->uri);
+    free(e->body);
+    free(e);
+}
+
 static void *resolver(void *arg)
 {
     (void)arg;
@@ -179,7 +255,7 @@ static void *resolver(void *arg)
         time_t now = time(NULL), wake = 0;
         struct jwks_entry *due = NULL;
         for (struct jwks_entry *e = R.head; e; e = e->next) {
-            if (e->busy) continue;
+            if (e->busy || e->dead) continue;
             if (e->next_at <= now) {
                 due = e;
                 break;
@@ -203,6 +279,18 @@ static void *resolver(void *arg)
         int rc = issuer && uri ? fetch_entry(issuer, uri, tmo, &body, err, sizeof(err)) : -ENOMEM;
         pthread_mutex_lock(&R.mu);
         due->busy = false;
+        if (due->dead) { /* evicted meanwhile: nobody uses what it fetched */
+            struct jwks_entry **pp = &R.head;
+            while (*pp != due)
+                pp = &(*pp)->next;
+            *pp = due->next;
+            R.n--;
+            entry_free(due);
+            free(body);
+            free(issuer);
+            free(uri);
+            continue;
+        }
         bool changed = false;
         now = time(NULL);
         if (rc == 0) {
@@ -248,7 +336,7 @@ int zmeshd_jwks_lookup(const char *issuer, const char *uri, int timeout_ms, char
     *body = NULL;
     pthread_mutex_lock(&R.mu);
     struct jwks_entry *e = R.head;
-    while (e && (strcmp(e->issuer, issuer) || strcmp(e->uri, uri)))
+    while (e && (e->dead || strcmp(e->issuer, issuer) || strcmp(e->uri, uri)))
         e = e->next;
     int rc;
     if (!e) {
@@ -281,6 +369,7 @@ int zmeshd_jwks_lookup(const char *issuer, const char *uri, int timeout_ms, char
         pthread_cond_signal(&R.cv);
     }
     if (timeout_ms != e->timeout_ms) e->timeout_ms = timeout_ms;
+    e->pass = R.pass;
     if (e->body && !(*body = strdup(e->body))) {
         rc = -ENOMEM;
         goto out;
@@ -335,14 +424,54 @@ void zmeshd_jwks_shutdown(void)
     R.running = false;
     for (struct jwks_entry *e = R.head, *n; e; e = n) {
         n = e->next;
-        free(e->issuer);
-        free(e->uri);
-        free(e->body);
-        free(e);
+        entry_free(e);
     }
     R.head = NULL;
     R.n = 0;
     if (R.efd >= 0) close(R.efd);
     R.efd = -1;
     pthread_mutex_unlock(&R.mu);
+}
+
+void zmeshd_jwks_pass_begin(void)
+{
+    pthread_mutex_lock(&R.mu);
+    R.pass++;
+    pthread_mutex_unlock(&R.mu);
+}
+
+size_t zmeshd_jwks_pass_end(void)
+{
+    size_t gone = 0;
+    pthread_mutex_lock(&R.mu);
+    for (struct jwks_entry **pp = &R.head; *pp;) {
+        struct jwks_entry *e = *pp;
+        if (e->dead || e->pass == R.pass) {
+            pp = &e->next;
+            continue;
+        }
+        LOG_I(LOG_JWKS, "no RequestAuthentication uses the JWKS of issuer %s from %s any more: dropped",
+              e->issuer, *e->uri ? e->uri : "OpenID discovery");
+        gone++;
+        if (e->busy) { /* the thread frees it after its fetch */
+            e->dead = true;
+            pp = &e->next;
+            continue;
+        }
+        *pp = e->next;
+        R.n--;
+        entry_free(e);
+    }
+    pthread_mutex_unlock(&R.mu);
+    return gone;
+}
+
+size_t zmeshd_jwks_n_entries(void)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&R.mu);
+    for (struct jwks_entry *e = R.head; e; e = e->next)
+        n += !e->dead;
+    pthread_mutex_unlock(&R.mu);
+    return n;
 }

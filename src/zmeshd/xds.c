@@ -206,6 +206,7 @@ static int load_l7(struct zmeshd_xds *x, const struct manifest_store *st)
         tables[t] = VEC(struct encoded);
     int rc = 0;
     vs_report_conflicts(docs, n, NULL, NULL); /* a VirtualService and an HTTPRoute on one Service */
+    zmeshd_jwks_pass_begin(); /* jwksUri sources no policy of this pass uses are dropped (jwks.h) */
     for (size_t i = 0; i < n && !rc; i++) {
         struct encoded e = {0};
         char name[L7_NAME_MAX];
@@ -233,6 +234,7 @@ static int load_l7(struct zmeshd_xds *x, const struct manifest_store *st)
         }
         *slot = e;
     }
+    if (!rc) (void)zmeshd_jwks_pass_end();
     for (int t = 0; t < L7_N_TYPES && !rc; t++)
         rc = table_load(x, l7_type_urls[t], &tables[t], &diffs[t]);
     if (rc == -ENOMEM)

@@ -16,7 +16,11 @@ expired` with `www-authenticate: Bearer realm="http://<host>/<path>", error="inv
 `Jwt issuer is not configured`; another key's signature -> 401 `Jwt verification fails`; another audience -> 403
 `Audiences in Jwt are not allowed`; no token -> 200 (authorization decides); an ALLOW on requestPrincipals: no token
 -> 403 `RBAC: access denied`, a matching principal -> 200, another -> 403; an ALLOW on request.auth.claims[groups]:
-admin -> 200, dev -> 403; the failed jwksUri -> 401 for that Service's tokens while `svc` still accepts them.
+admin -> 200, dev -> 403; the failed jwksUri -> 401 for that Service's tokens while `svc` still accepts them; a
+query token percent-encoded is decoded, removed, and not brought back by a VirtualService rewrite; a cached token
+is refused once expired; a gRPC 401 is trailers-only with www-authenticate; an HTTPS jwksUri verified with the
+extra root zmeshd is given (JWKS_RESOLVER_EXTRA_ROOT_CA, a CA made here with openssl) and one of an unknown CA
+refused, both dropped from zmeshd's cache once their policy is deleted.
 
 Addresses of its own: prefix zj<hex>, state /run/zmesh-upjwt-<hex>, nodes 172.23.<o>.0/24, pods 10.<o>.0.0/16 with o
 in 250..254 (10.1-249 are the other tests', see test_waypoint_l7.py and test_up.py)."""
@@ -27,6 +31,7 @@ import json
 import os
 import random
 import shutil
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -90,7 +95,7 @@ def claims(sub="alice", groups=("admin",), aud="web", exp_in=600, iss=ISSUER):
 class JwksServer:
     """http.server on the host's loopback (zmeshd runs on the host): /jwks.json is the JWKS, anything else 404."""
 
-    def __init__(self, jwks):
+    def __init__(self, jwks, tls=None):
         srv = self
         self.hits = 0
         self.jwks = jwks  # what /jwks.json serves now (a test rotates it)
@@ -112,12 +117,35 @@ class JwksServer:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        if tls:  # (cert, key): HTTPS
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def make_ca(d, name):
+    """A CA (openssl req -x509) and a server certificate for IP 127.0.0.1 it signed: (ca.pem, leaf.pem, leaf.key)."""
+    ca, cakey = os.path.join(d, name + "-ca.pem"), os.path.join(d, name + "-ca.key")
+    leaf, key, csr = (os.path.join(d, name + x) for x in ("-leaf.pem", "-leaf.key", "-leaf.csr"))
+    ext = os.path.join(d, name + "-ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    for cmd in (["openssl", "req", "-x509"] + ec + ["-keyout", cakey, "-out", ca, "-days", "2", "-subj",
+                                                    "/CN=" + name + " test CA", "-addext",
+                                                    "basicConstraints=critical,CA:TRUE", "-addext",
+                                                    "keyUsage=critical,keyCertSign"],
+                ["openssl", "req"] + ec + ["-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+                ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", cakey, "-CAcreateserial", "-out",
+                 leaf, "-days", "2", "-extfile", ext]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return ca, leaf, key
 
 
 # -- the cluster -----------------------------------------------------------------------------------------------------
@@ -185,26 +213,35 @@ def env():
     d = tempfile.mkdtemp(prefix="zmesh-upjwt-m-")
     keys = Keys(d)
     jwks = JwksServer(keys.jwks)
+    # HTTPS jwksUri: one server with a certificate of the CA zmeshd is given (JWKS_RESOLVER_EXTRA_ROOT_CA), one
+    # with a certificate of a CA it does not know.
+    trusted_ca, leaf, leaf_key = make_ca(d, "trusted")
+    _, other_leaf, other_key = make_ca(d, "untrusted")
+    tls_ok = JwksServer(keys.jwks, tls=(leaf, leaf_key))
+    tls_bad = JwksServer(keys.jwks, tls=(other_leaf, other_key))
     with open(os.path.join(d, "ra.yaml"), "w") as f:
         f.write(manifests(d))
     c = JwtCluster(d)
     try:
         # zmeshd inherits the environment of `zmesh up`: refresh jwksUri documents every 2 s instead of istiod's
         # 20 min, so the rotation test sees a new key without waiting (only zmeshd reads this variable).
-        old = os.environ.get("PILOT_JWT_PUB_KEY_REFRESH_INTERVAL")
-        os.environ["PILOT_JWT_PUB_KEY_REFRESH_INTERVAL"] = "2s"
+        set_env = {"PILOT_JWT_PUB_KEY_REFRESH_INTERVAL": "2s", "JWKS_RESOLVER_EXTRA_ROOT_CA": trusted_ca}
+        old = {k: os.environ.get(k) for k in set_env}
+        os.environ.update(set_env)
         try:
             c.up()
         finally:
-            if old is None:
-                del os.environ["PILOT_JWT_PUB_KEY_REFRESH_INTERVAL"]
-            else:
-                os.environ["PILOT_JWT_PUB_KEY_REFRESH_INTERVAL"] = old
+            for k, v in old.items():
+                if v is None:
+                    del os.environ[k]
+                else:
+                    os.environ[k] = v
         p = c.run("waypoint", "apply", "-n", NS, "--enroll-namespace", "--wait", "--waypoint-timeout", "60s",
                   check=False, timeout=90)
         assert p.returncode == 0, p.stdout + p.stderr
         poll(lambda: _try(c, "/"), timeout=APPLY_WAIT, what="svc answering through the waypoint")
         c.apply(request_authn(jwks.port))
+        c.tls_jwks = (tls_ok, tls_bad)
         yield c, keys, jwks
     finally:
         if os.environ.get("ZMESH_KEEP_CLUSTER") == "1":
@@ -214,6 +251,8 @@ def env():
             shutil.rmtree(d, ignore_errors=True)
             shutil.rmtree(c.work, ignore_errors=True)
         jwks.close()
+        tls_ok.close()
+        tls_bad.close()
 
 
 def _try(c, path, **kw):
@@ -351,6 +390,108 @@ def test_jwks_fetch_failure(env):
     assert "spec.jwtRules[0].jwksUri" in log and "status 404" in log, log[-2000:]
 
 
+def test_cached_token_expires(env):
+    """The waypoint caches verified tokens (Envoy's JwtCache): a token accepted, and so cached, is refused once
+    its exp plus the 60 s clock skew has passed, as an uncached one would be."""
+    c, keys, _ = env
+    in_force(env)
+    exp = int(time.time()) - 52                 # within the skew for ~8 s more
+    cl = dict(claims(sub="gina"), exp=exp)
+    h = bearer(keys.token(cl))
+    r = req(c, "/headers", headers=h)
+    assert ("x-jwt-sub", "gina") in app_headers(r)
+    assert ("x-jwt-sub", "gina") in app_headers(req(c, "/headers", headers=h))   # the cached entry
+    time.sleep(max(0.0, exp + 60 + 1.5 - time.time()))
+    r = req(c, "/headers", headers=h)
+    assert (r[0], r[2]) == (401, b"Jwt is expired"), r
+
+
+def test_query_token_decoded_and_rewritten(env):
+    """A token in the query is percent-decoded before it is verified (Envoy's extractor decodes the parameters; a
+    client that encodes each '.' as %2E and the name's '_' as %5F is accepted), the parameter is removed, and a
+    VirtualService rewrite of that request starts from the path without it (the rewrite does not bring it back)."""
+    c, keys, _ = env
+    in_force(env)
+    enc = keys.token(claims(sub="erin")).replace(".", "%2E")
+    r = req(c, "/info?a=1&access%%5Ftoken=%s&b=%%41" % enc)
+    assert r[0] == 200, r
+    info = json.loads(r[2])
+    assert info["path"] == "/info?a=1&b=%41", info    # the other parameters as the client wrote them
+    assert info["headers"].get("x-jwt-sub") == "erin", info
+    # Undecoded, the same value is not a JWT; decoding a broken escape leaves it broken.
+    r = req(c, "/info?access_token=%s%%zz" % enc)
+    assert r[0] == 401, r
+    text = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: rw, namespace: %s}
+spec:
+  hosts: [svc-bad]
+  http:
+  - match: [{uri: {prefix: /rw}}]
+    rewrite: {uri: /moved}
+    route: [{destination: {host: svc-bad}}]
+    headers: {response: {set: {x-route: rw}}}
+  - route: [{destination: {host: svc-bad}}]
+""" % NS
+    tok = keys.token(claims(sub="frank"))
+    with applied(c, text, lambda: until(c, "/rw", lambda r: "x-route" not in r[1], "the rewrite gone",
+                                        svc="svc-bad")):
+        r = until(c, "/rw/x?access_token=%s&q=2" % tok, lambda r: r[1].get("x-route") == "rw",
+                  "the VirtualService rewrite in force", svc="svc-bad")
+        info = json.loads(r[2])
+        assert info["path"] == "/moved/x?q=2", info
+        assert info["headers"].get("x-jwt-sub") == "frank", info
+        r = req(c, "/rw?access_token=%s" % tok, svc="svc-bad")
+        assert json.loads(r[2])["path"] == "/moved", r
+
+
+def test_https_jwks_uri(env):
+    """zmeshd fetches an HTTPS jwksUri whose server certificate the extra root (JWKS_RESOLVER_EXTRA_ROOT_CA)
+    signed, and the waypoint accepts that issuer's tokens; a server whose CA zmeshd does not know fails the
+    fetch (the resource's field and the certificate error in zmeshd's log) and that issuer's tokens meet the fake
+    JWKS. Once the policy is deleted, zmeshd drops both sources from its cache."""
+    c, keys, _ = env
+    in_force(env)
+    ok, bad = c.tls_jwks
+    text = """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: tls-jwks, namespace: %s}
+spec:
+  targetRefs: [{group: "", kind: Service, name: svc-bad}]
+  jwtRules:
+  - issuer: https://idp.tls
+    jwksUri: https://127.0.0.1:%d/jwks.json
+  - issuer: https://idp.wrongca
+    jwksUri: https://127.0.0.1:%d/jwks.json
+""" % (NS, ok.port, bad.port)
+    good = bearer(keys.token(claims(iss="https://idp.tls", sub="tina")))
+    d = c.apply(text)
+    try:
+        r = until(c, "/headers", lambda r: r[0] == 200, "the HTTPS JWKS fetched and pushed", svc="svc-bad",
+                  headers=good)
+        assert ok.hits >= 1
+        r = req(c, "/headers", svc="svc-bad", headers=bearer(keys.token(claims(iss="https://idp.wrongca"))))
+        assert (r[0], r[2]) == (401, b"Jwks doesn't have key to match kid or alg from Jwt"), r
+        assert bad.hits == 0  # the TLS handshake failed before any request
+        poll(lambda: any("spec.jwtRules[1].jwksUri" in l and "SSL certificate problem" in l
+                         for l in c.log("zmeshd").splitlines()),
+             timeout=APPLY_WAIT, what="the certificate failure reported on the resource's field")
+    finally:
+        c.delete(d)
+    poll(lambda: "JWKS of issuer https://idp.tls from https://127.0.0.1:%d/jwks.json any more: dropped" % ok.port
+         in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd dropping the unused HTTPS source")
+    assert "JWKS of issuer https://idp.wrongca from https://127.0.0.1:%d/jwks.json any more: dropped" % bad.port \
+        in c.log("zmeshd")
+    # The Gateway's own policy (its source still in use) is untouched.
+    assert not any("issuer %s from" % ISSUER in l for l in c.log("zmeshd").splitlines() if "dropped" in l)
+    time.sleep(1)  # a fetch under way when it was dropped ends
+    hits = ok.hits
+    time.sleep(3)  # the 2 s refresh would have fetched it again
+    assert ok.hits == hits
+
+
 def h2c(c, headers):
     """One HTTP/2 (prior knowledge) request to svc's gRPC port from the client pod: (status, headers dict, body)."""
     vip = c.vip("svc")
@@ -382,7 +523,8 @@ def h2c(c, headers):
 
 def test_h2c_and_grpc(env):
     """The same check on HTTP/2: a bad token's 401 carries www-authenticate; a gRPC call gets Envoy's
-    trailers-only answer, grpc-status 16 UNAUTHENTICATED with the text as grpc-message."""
+    trailers-only answer, grpc-status 16 UNAUTHENTICATED with the text as grpc-message and the same
+    www-authenticate."""
     c, keys, _ = env
     in_force(env)
     expired = [("authorization", "Bearer " + keys.token(claims(exp_in=-300)))]
@@ -393,6 +535,11 @@ def test_h2c_and_grpc(env):
     st, hs, body = h2c(c, expired + [("content-type", "application/grpc")])
     assert (st, hs.get("grpc-status")) == (200, "16"), (st, hs)
     assert urllib.parse.unquote(hs.get("grpc-message", "")) == "Jwt is expired", hs
+    # jwt_authn's www-authenticate is set on the gRPC local reply too (its header modifier runs before the
+    # trailers-only conversion), with no body: the trailers-only answer ends the stream.
+    assert hs.get("www-authenticate", "").endswith('/echo.Echo/Say", error="invalid_token"'), hs
+    assert body == b"", body
+    assert hs.get("content-type") == "application/grpc", hs
 
 
 def test_key_rotation(env):

@@ -19,7 +19,9 @@
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include "core/loop.h"
 #include "mesh/config.h"
@@ -374,20 +376,178 @@ struct tls_srv {
 static void *tls_serve(void *arg)
 {
     struct tls_srv *s = arg;
-    int c = accept(s->fd, NULL, NULL);
-    if (c < 0) return NULL;
-    SSL *ssl = SSL_new(s->ctx);
-    SSL_set_fd(ssl, c);
-    if (SSL_accept(ssl) == 1) {
-        char buf[1024];
-        if (SSL_read(ssl, buf, sizeof(buf)) > 0) {
-            s->served = 1;
-            (void)SSL_write(ssl, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 40);
+    for (;;) {
+        int c = accept(s->fd, NULL, NULL);
+        if (c < 0) return NULL;
+        SSL *ssl = SSL_new(s->ctx);
+        SSL_set_fd(ssl, c);
+        if (SSL_accept(ssl) == 1) {
+            char buf[1024];
+            if (SSL_read(ssl, buf, sizeof(buf)) > 0) {
+                s->served++;
+                (void)SSL_write(ssl, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 40);
+            }
         }
+        SSL_free(ssl);
+        close(c);
     }
-    SSL_free(ssl);
-    close(c);
-    return NULL;
+}
+
+static void tls_srv_start(struct tls_srv *s, X509 *cert, EVP_PKEY *key)
+{
+    s->ctx = SSL_CTX_new(TLS_server_method());
+    assert_int_equal(SSL_CTX_use_certificate(s->ctx, cert), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(s->ctx, key), 1);
+    s->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    assert_int_equal(bind(s->fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(s->fd, 4), 0);
+    socklen_t l = sizeof(a);
+    getsockname(s->fd, (struct sockaddr *)&a, &l);
+    s->port = ntohs(a.sin_port);
+    assert_int_equal(pthread_create(&s->th, NULL, tls_serve, s), 0);
+}
+
+static void tls_srv_stop(struct tls_srv *s)
+{
+    shutdown(s->fd, SHUT_RDWR);
+    close(s->fd);
+    pthread_join(s->th, NULL);
+    SSL_CTX_free(s->ctx);
+}
+
+/* A v3 certificate for key, signed by issuer_key (issuer NULL: self-signed): a CA, or a server certificate
+ * for IP 127.0.0.1. */
+static X509 *make_cert(EVP_PKEY *key, const char *cn, X509 *issuer, EVP_PKEY *issuer_key, bool ca)
+{
+    X509 *x = X509_new();
+    X509_set_version(x, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), ca ? 1 : 2);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, key);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC, (const unsigned char *)cn, -1,
+                               -1, 0);
+    X509_set_issuer_name(x, X509_get_subject_name(issuer ? issuer : x));
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, issuer ? issuer : x, x, NULL, NULL, 0);
+    const char *exts[][2] = {
+        {"basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE"},
+        {ca ? "keyUsage" : "subjectAltName", ca ? "critical,keyCertSign" : "IP:127.0.0.1"}};
+    for (int i = 0; i < 2; i++) {
+        X509_EXTENSION *e = X509V3_EXT_conf(NULL, &v3, exts[i][0], exts[i][1]);
+        assert_non_null(e);
+        X509_add_ext(x, e, -1);
+        X509_EXTENSION_free(e);
+    }
+    assert_true(X509_sign(x, issuer_key, EVP_sha256()) > 0);
+    return x;
+}
+
+static void write_pem(const char *path, X509 *x)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_X509(f, x), 1);
+    fclose(f);
+}
+
+/* An HTTPS jwksUri on a server whose certificate a test CA signed: with that CA as the extra root the fetch
+ * succeeds (the system's CAs alone refuse it); with another CA it fails with libcurl's certificate error; a
+ * file that is not PEM, or missing, is refused naming it. */
+static void test_fetch_https_extra_ca(void **st)
+{
+    (void)st;
+    EVP_PKEY *ca_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    EVP_PKEY *other_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    EVP_PKEY *leaf_key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *ca = make_cert(ca_key, "test-ca", NULL, ca_key, true);
+    X509 *other = make_cert(other_key, "other-ca", NULL, other_key, true);
+    X509 *leaf = make_cert(leaf_key, "127.0.0.1", ca, ca_key, false);
+    char dir[] = "/tmp/zmesh-test-jwks-XXXXXX", ca_path[64], other_path[64], junk_path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(ca_path, sizeof(ca_path), "%s/ca.pem", dir);
+    snprintf(other_path, sizeof(other_path), "%s/other.pem", dir);
+    snprintf(junk_path, sizeof(junk_path), "%s/junk.pem", dir);
+    write_pem(ca_path, ca);
+    write_pem(other_path, other);
+    FILE *f = fopen(junk_path, "w");
+    fputs("not a certificate\n", f);
+    fclose(f);
+    struct tls_srv s = {0};
+    tls_srv_start(&s, leaf, leaf_key);
+    char url[128], err[512] = "", *body = NULL;
+    snprintf(url, sizeof(url), "https://127.0.0.1:%u/jwks", s.port);
+    assert_int_equal(zmeshd_jwks_fetch(url, 3000, &body, err, sizeof(err)), -EIO); /* system CAs only */
+    assert_int_equal(zmeshd_jwks_set_extra_ca(ca_path, err, sizeof(err)), 0);
+    assert_int_equal(zmeshd_jwks_fetch(url, 3000, &body, err, sizeof(err)), 0);
+    assert_string_equal(body, "{}");
+    free(body);
+    body = NULL;
+    assert_int_equal(zmeshd_jwks_set_extra_ca(other_path, err, sizeof(err)), 0);
+    assert_int_equal(zmeshd_jwks_fetch(url, 3000, &body, err, sizeof(err)), -EIO);
+    assert_null(body);
+    assert_non_null(
+        strstr(err, "certificate")); /* "SSL certificate problem: unable to get local issuer ..." */
+    assert_int_equal(s.served, 1);
+    assert_int_equal(zmeshd_jwks_set_extra_ca(junk_path, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, junk_path));
+    assert_int_equal(zmeshd_jwks_set_extra_ca("/nonexistent/extra.pem", err, sizeof(err)), -ENOENT);
+    assert_non_null(strstr(err, "/nonexistent/extra.pem"));
+    assert_int_equal(zmeshd_jwks_set_extra_ca(NULL, err, sizeof(err)), 0);
+    tls_srv_stop(&s);
+    unlink(ca_path), unlink(other_path), unlink(junk_path), rmdir(dir);
+    X509_free(ca), X509_free(other), X509_free(leaf);
+    EVP_PKEY_free(ca_key), EVP_PKEY_free(other_key), EVP_PKEY_free(leaf_key);
+}
+
+/* Sources that no conversion pass looked up are dropped at the pass's end; one being fetched is dropped from
+ * the cache at once (a new lookup makes a new entry) and freed when its fetch ends. */
+static void test_resolver_evicts(void **st)
+{
+    (void)st;
+    char err[256], *body = NULL;
+    struct srv q = {.silent = 1};
+    srv_start(&q);
+    char a[64], b[64], slow[64];
+    snprintf(a, sizeof(a), "http://127.0.0.1:1/a");
+    snprintf(b, sizeof(b), "http://127.0.0.1:1/b");
+    snprintf(slow, sizeof(slow), "http://127.0.0.1:%u/jwks", q.port);
+    zmeshd_jwks_pass_begin();
+    (void)zmeshd_jwks_lookup("https://a", a, 500, &body, err, sizeof(err));
+    (void)zmeshd_jwks_lookup("https://b", b, 500, &body, err, sizeof(err));
+    assert_null(body);
+    assert_int_equal(zmeshd_jwks_pass_end(), 0);
+    assert_int_equal(zmeshd_jwks_n_entries(), 2);
+    zmeshd_jwks_pass_begin();
+    (void)zmeshd_jwks_lookup("https://a", a, 500, &body, err, sizeof(err));
+    assert_int_equal(zmeshd_jwks_pass_end(), 1); /* b */
+    assert_int_equal(zmeshd_jwks_n_entries(), 1);
+    /* The same issuer with another uri is another source. */
+    zmeshd_jwks_pass_begin();
+    (void)zmeshd_jwks_lookup("https://a", b, 500, &body, err, sizeof(err));
+    assert_int_equal(zmeshd_jwks_pass_end(), 1);
+    assert_int_equal(zmeshd_jwks_n_entries(), 1);
+    zmeshd_jwks_pass_begin();
+    assert_int_equal(zmeshd_jwks_pass_end(), 1);
+    assert_int_equal(zmeshd_jwks_n_entries(), 0);
+    /* Busy: the silent server holds the fetch (2 s, the fetch's timeout 1.5 s). */
+    zmeshd_jwks_pass_begin();
+    (void)zmeshd_jwks_lookup("https://slow", slow, 1500, &body, err, sizeof(err));
+    assert_int_equal(zmeshd_jwks_pass_end(), 0);
+    for (int i = 0; i < 200 && !q.hits; i++)
+        usleep(10000);
+    assert_int_equal(q.hits, 1);
+    zmeshd_jwks_pass_begin();
+    assert_int_equal(zmeshd_jwks_pass_end(), 1);
+    assert_int_equal(zmeshd_jwks_n_entries(), 0);
+    assert_int_equal(zmeshd_jwks_lookup("https://slow", slow, 1500, &body, err, sizeof(err)),
+                     ZMESHD_JWKS_PENDING);
+    assert_int_equal(zmeshd_jwks_n_entries(), 1);
+    zmeshd_jwks_shutdown();
+    assert_int_equal(zmeshd_jwks_n_entries(), 0);
+    srv_stop(&q);
 }
 
 static void test_fetch_https_verifies(void **st)
@@ -403,28 +563,15 @@ static void test_fetch_https_verifies(void **st)
                                (const unsigned char *)"127.0.0.1", -1, -1, 0);
     X509_set_issuer_name(x, X509_get_subject_name(x));
     assert_true(X509_sign(x, rsa, EVP_sha256()) > 0);
-    s.ctx = SSL_CTX_new(TLS_server_method());
-    assert_int_equal(SSL_CTX_use_certificate(s.ctx, x), 1);
-    assert_int_equal(SSL_CTX_use_PrivateKey(s.ctx, rsa), 1);
-    s.fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(s.fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(listen(s.fd, 4), 0);
-    socklen_t l = sizeof(a);
-    getsockname(s.fd, (struct sockaddr *)&a, &l);
-    s.port = ntohs(a.sin_port);
-    assert_int_equal(pthread_create(&s.th, NULL, tls_serve, &s), 0);
+    tls_srv_start(&s, x, rsa);
     char url[128], err[256] = "", *body = NULL;
     snprintf(url, sizeof(url), "https://127.0.0.1:%u/jwks", s.port);
     assert_int_equal(zmeshd_jwks_fetch(url, 3000, &body, err, sizeof(err)), -EIO);
     assert_null(body);
     assert_non_null(
         strstr(err, "certificate")); /* libcurl: "SSL certificate problem: self-signed certificate" */
-    shutdown(s.fd, SHUT_RDWR);
-    close(s.fd);
-    pthread_join(s.th, NULL);
+    tls_srv_stop(&s);
     assert_int_equal(s.served, 0);
-    SSL_CTX_free(s.ctx);
     X509_free(x);
 }
 
@@ -610,7 +757,7 @@ static void test_waypoint_check(void **st)
     assert_null(mod_set(&d, "x-evil"));
     /* The access_token parameter (Istio's default location): accepted, the parameter removed from the path
      * (Envoy's JwtParamLocation), the others kept in order. */
-    char path[4200];
+    char path[4600];
     snprintf(path, sizeof(path), "/p?a=1&access_token=%s&b=2", tok);
     assert_true(check(&e, path, NULL, NULL, &d, &auth));
     assert_string_equal(auth.principal, "https://idp/alice");
@@ -622,6 +769,24 @@ static void test_waypoint_check(void **st)
     assert_true(check(&e, path, NULL, NULL, &d, &auth));
     jwt_result_free(&auth);
     assert_string_equal(d.path, "/p");
+    /* Percent-encoded (a client that encodes every '.'; the name encoded too): Envoy's extractor decodes the
+     * name and the value before verifying; the payload header carries the decoded token's payload; every
+     * parameter of that decoded name is removed. */
+    char enc[4300];
+    size_t eo = 0;
+    for (const char *c = tok; *c; c++)
+        eo += (size_t)(*c == '.' ? snprintf(enc + eo, sizeof(enc) - eo, "%%2E")
+                                 : snprintf(enc + eo, sizeof(enc) - eo, "%c", *c));
+    snprintf(path, sizeof(path), "/p?access%%5Ftoken=%s&k=%%41&access_token=x", enc);
+    assert_true(check(&e, path, NULL, NULL, &d, &auth));
+    assert_string_equal(auth.principal, "https://idp/alice");
+    jwt_result_free(&auth);
+    assert_string_equal(d.path, "/p?k=%41"); /* the others as written */
+    assert_memory_equal(mod_set(&d, "x-payload"), d1 + 1, (size_t)(d2 - d1 - 1));
+    /* Undecoded, that value is no JWT: Envoy's decoding is what makes it verify. */
+    snprintf(path, sizeof(path), "/p?access_token=%s%%zz", enc);
+    assert_false(check(&e, path, NULL, NULL, &d, &auth));
+    assert_int_equal(d.status, 401);
     /* Missing: passes without a principal; the client's own x-payload is removed all the same. */
     assert_true(check(&e, "/p", "x-payload: forged", NULL, &d, &auth));
     assert_null(auth.principal);
@@ -690,6 +855,8 @@ int main(void)
         cmocka_unit_test(test_fake_jwks),
         cmocka_unit_test(test_fetch),
         cmocka_unit_test(test_fetch_https_verifies),
+        cmocka_unit_test(test_fetch_https_extra_ca),
+        cmocka_unit_test(test_resolver_evicts),
         cmocka_unit_test(test_resolver),
         cmocka_unit_test(test_waypoint_check),
     };

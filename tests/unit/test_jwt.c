@@ -1,4 +1,5 @@
 /* Unit tests for src/mesh/jwt.c: keys generated and tokens signed here with OpenSSL, JWKS built from them. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -56,8 +57,8 @@ static void bn_b64(EVP_PKEY *k, const char *name, char *out)
 /* Signs header.payload; ec_len > 0 converts the DER ECDSA signature to JOSE r||s. */
 static char *sign(EVP_PKEY *k, const char *md, bool pss, size_t ec_len, const char *hdr, const char *pl)
 {
-    static char tok[8192];
-    char h[1024], p[2048];
+    static char tok[12288];
+    char h[1024], p[8192];
     b64u((const unsigned char *)hdr, strlen(hdr), h);
     b64u((const unsigned char *)pl, strlen(pl), p);
     snprintf(tok, sizeof(tok), "%s.%s", h, p);
@@ -261,11 +262,139 @@ static void test_extract(void **st)
     assert_true(jwt_extract(&loc, hget, h3, "/", &t, &n));
     assert_int_equal(n, 2);
     assert_memory_equal(t, "c9", 2);
+    /* Query parameters: the name matched percent-decoded, the raw value returned (the caller decodes it). */
+    assert_true(jwt_extract(NULL, hget, h0, "/p?access%5Ftoken=a%2Eb&access_token=zz", &t, &n));
+    assert_int_equal(n, 5);
+    assert_memory_equal(t, "a%2Eb", 5);
+    assert_false(jwt_extract(NULL, hget, h0, "/p?access_token=&x=1", &t, &n)); /* first one, empty */
+    assert_false(jwt_extract(NULL, hget, h0, "/p?access_tokenx=1", &t, &n));
     char buf[256];
     jwt_www_authenticate(buf, sizeof(buf), "h.test", "/a?b", JWT_EXPIRED);
     assert_string_equal(buf, "Bearer realm=\"http://h.test/a\", error=\"invalid_token\"");
     jwt_www_authenticate(buf, sizeof(buf), "h.test", "/a", JWT_MISSED);
     assert_string_equal(buf, "Bearer realm=\"http://h.test/a\"");
+}
+
+/* Envoy's PercentEncoding::decode: %XX with two hex digits (either case) becomes the byte; a '%' without two
+ * hex digits after it, and '+', stay as they are. */
+static void test_pct_decode(void **st)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"abc", "abc"},   {"a%2Eb%2ec", "a.b.c"}, {"%41%42", "AB"}, {"%4", "%4"},       {"%", "%"},
+        {"%zz1", "%zz1"}, {"a+b", "a+b"},         {"%2541", "%41"}, {"x%3D%3d", "x=="}, {"", ""},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char out[64];
+        size_t n = jwt_pct_decode(cases[i].in, strlen(cases[i].in), out);
+        out[n] = 0;
+        assert_string_equal(out, cases[i].out);
+    }
+    assert_true(jwt_param_name_eq("access%5Ftoken", 14, "access_token", 12));
+    assert_true(jwt_param_name_eq("access_token", 12, "access_token", 12));
+    assert_false(jwt_param_name_eq("access_toke", 11, "access_token", 12));
+    assert_false(jwt_param_name_eq("access_tokens", 13, "access_token", 12));
+    assert_false(jwt_param_name_eq("Access_token", 12, "access_token", 12));
+}
+
+static char *dup_token(const char *sub, long exp)
+{
+    char pl[256];
+    snprintf(pl, sizeof(pl), "{\"iss\":\"https://iss\",\"sub\":\"%s\",\"aud\":\"a1\",\"exp\":%ld}", sub, exp);
+    return strdup(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\",\"kid\":\"r1\"}", pl));
+}
+
+static enum jwt_status cached(struct jwt_cache *c, const char *tok, const struct jwt_jwks *ks, int64_t now,
+                              const char *principal)
+{
+    struct jwt_result r;
+    enum jwt_status s = jwt_verify_cached(c, tok, strlen(tok), &rule, ks, now, &r);
+    if (s == JWT_OK && principal) assert_string_equal(r.principal, principal);
+    if (s == JWT_OK) jwt_result_free(&r);
+    return s;
+}
+
+struct hammer {
+    struct jwt_cache *c;
+    const struct jwt_jwks *ks;
+    char *toks[3];
+    int bad;
+};
+
+static void *hammer_run(void *arg)
+{
+    struct hammer *h = arg;
+    for (int i = 0; i < 300; i++)
+        if (cached(h->c, h->toks[i % 3], h->ks, NOW, NULL) != JWT_OK) h->bad++;
+    return NULL;
+}
+
+/* Envoy's JwtCache: a token verified once is not verified again (an empty JWKS then still accepts it), until
+ * its exp passes (then Jwt is expired, and the entry is gone); failures are never cached; at most cap
+ * entries, the least recently used evicted first; several threads at once. */
+static void test_cache(void **st)
+{
+    struct jwt_jwks ks, none = {0};
+    char err[256];
+    assert_int_equal(jwt_jwks_parse(jwks_json, strlen(jwks_json), &ks, err, sizeof(err)), JWT_OK);
+    struct jwt_cache *c = jwt_cache_new(2);
+    uint64_t hits, misses;
+    size_t n;
+    char *t1 = dup_token("u1", NOW + 100), *t2 = dup_token("u2", NOW + 1000), *t3 = dup_token("u3", 0);
+    assert_int_equal(cached(c, t1, &none, NOW, NULL), JWKS_KID_ALG_MISMATCH); /* not cached: a failure */
+    assert_int_equal(cached(c, t1, &ks, NOW, "https://iss/u1"), JWT_OK);
+    assert_int_equal(cached(c, t1, &none, NOW, "https://iss/u1"), JWT_OK); /* from the cache */
+    jwt_cache_stats(c, &hits, &misses, &n);
+    assert_int_equal(hits, 1);
+    assert_int_equal(misses, 2);
+    assert_int_equal(n, 1);
+    /* Within the 60 s skew after exp: still good; past it: expired, with or without the keys, and dropped. */
+    assert_int_equal(cached(c, t1, &none, NOW + 100 + JWT_CLOCK_SKEW_S, NULL), JWT_OK);
+    assert_int_equal(cached(c, t1, &none, NOW + 100 + JWT_CLOCK_SKEW_S + 1, NULL), JWT_EXPIRED);
+    assert_int_equal(cached(c, t1, &ks, NOW + 100 + JWT_CLOCK_SKEW_S + 1, NULL), JWT_EXPIRED);
+    jwt_cache_stats(c, &hits, &misses, &n);
+    assert_int_equal(n, 0);
+    /* A tampered token: fails each time, never cached. */
+    char *bad = strdup(t2);
+    bad[strlen(bad) - 3] = bad[strlen(bad) - 3] == 'A' ? 'B' : 'A';
+    assert_int_equal(cached(c, bad, &ks, NOW, NULL), JWT_VERIFICATION_FAIL);
+    assert_int_equal(cached(c, bad, &ks, NOW, NULL), JWT_VERIFICATION_FAIL);
+    jwt_cache_stats(c, &hits, &misses, &n);
+    assert_int_equal(n, 0);
+    /* Bounded at 2: t1, t2, then t2 used, then t3: t1 (least recently used) goes, t2 and t3 stay. */
+    assert_int_equal(cached(c, t1, &ks, NOW, NULL), JWT_OK);
+    assert_int_equal(cached(c, t2, &ks, NOW, NULL), JWT_OK);
+    assert_int_equal(cached(c, t1, &none, NOW, NULL), JWT_OK); /* t1 most recent now */
+    assert_int_equal(cached(c, t3, &ks, NOW, NULL), JWT_OK);   /* evicts t2 */
+    jwt_cache_stats(c, &hits, &misses, &n);
+    assert_int_equal(n, 2);
+    assert_int_equal(cached(c, t2, &none, NOW, NULL), JWKS_KID_ALG_MISMATCH); /* verified again: gone */
+    assert_int_equal(cached(c, t1, &none, NOW, "https://iss/u1"), JWT_OK);
+    assert_int_equal(cached(c, t3, &none, NOW + 100000, "https://iss/u3"),
+                     JWT_OK); /* no exp: never expires */
+    /* Two threads on three tokens at once (one not cached at first). */
+    struct hammer h = {.c = c, .ks = &ks, .toks = {t1, t2, t3}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, hammer_run, &h), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(h.bad, 0);
+    jwt_cache_stats(c, &hits, &misses, &n);
+    assert_true(n <= 2);
+    /* A token longer than JWT_CACHE_MAX_TOKEN is verified every time (Envoy's kMaxJwtSizeForCache). */
+    char pl[4096];
+    int w = snprintf(pl, sizeof(pl), "{\"iss\":\"https://iss\",\"sub\":\"big\",\"aud\":\"a1\",\"pad\":\"");
+    memset(pl + w, 'x', 3000);
+    strcpy(pl + w + 3000, "\"}");
+    char *big = strdup(sign(rsa, "SHA256", false, 0, "{\"alg\":\"RS256\"}", pl));
+    assert_true(strlen(big) > JWT_CACHE_MAX_TOKEN);
+    assert_int_equal(cached(c, big, &ks, NOW, "https://iss/big"), JWT_OK);
+    assert_int_equal(cached(c, big, &none, NOW, NULL), JWKS_KID_ALG_MISMATCH);
+    jwt_cache_free(c);
+    jwt_jwks_free(&ks);
+    free(t1), free(t2), free(t3), free(bad), free(big);
 }
 
 static void test_bad_jwks(void **st)
@@ -286,10 +415,8 @@ static void test_bad_jwks(void **st)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_algs),
-        cmocka_unit_test(test_failures),
-        cmocka_unit_test(test_extract),
-        cmocka_unit_test(test_bad_jwks),
+        cmocka_unit_test(test_algs),       cmocka_unit_test(test_failures), cmocka_unit_test(test_extract),
+        cmocka_unit_test(test_pct_decode), cmocka_unit_test(test_cache),    cmocka_unit_test(test_bad_jwks),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

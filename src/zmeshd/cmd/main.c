@@ -33,7 +33,7 @@
 /* ---- settings from the environment ---- */
 
 struct env_values {
-    const char *cluster_id, *trust_domain, *root_ca_dir, *trusted, *rust_log;
+    const char *cluster_id, *trust_domain, *root_ca_dir, *trusted, *rust_log, *jwks_extra_ca;
     uint64_t cert_ttl_ms, max_cert_ttl_ms, debounce_after_ms, debounce_max_ms, jwks_refresh_ms;
     int log_format;
 };
@@ -95,6 +95,12 @@ static const struct env_setting env_table[] = {
      .min = 1000,
      .offset = OFF(jwks_refresh_ms),
      .help = "how often a RequestAuthentication jwksUri document is fetched again (istiod's; whole seconds)"},
+    {.name = "JWKS_RESOLVER_EXTRA_ROOT_CA",
+     .kind = ENV_STRING,
+     .offset = OFF(jwks_extra_ca),
+     .help = "PEM file of root certificates trusted for HTTPS jwksUri fetches besides the system's (zmesh's own; "
+             "istiod reads its cacerts' extra.pem, which zmeshd reads too from the plug-in CA directory when "
+             "this is unset)"},
     {.name = "RUST_LOG",
      .kind = ENV_STRING,
      .def = "info",
@@ -308,6 +314,26 @@ static void sig_cb(struct io *io, uint32_t ev)
     }
 }
 
+/* The extra roots for HTTPS jwksUri fetches (src/zmeshd/jwks.h): JWKS_RESOLVER_EXTRA_ROOT_CA, else the plug-in
+ * CA directory's extra.pem when there is one (istiod's /cacerts/extra.pem). Returns 0, or -1 after printing
+ * why. */
+static int jwks_extra_ca(const struct env_values *e, const char *plugin_ca)
+{
+    char path[1024], err[1200];
+    const char *p = e->jwks_extra_ca;
+    if ((!p || !*p) && plugin_ca && *plugin_ca) {
+        snprintf(path, sizeof(path), "%s/extra.pem", plugin_ca);
+        if (access(path, F_OK) == 0) p = path;
+    }
+    if (!p || !*p) return 0;
+    if (zmeshd_jwks_set_extra_ca(p, err, sizeof(err)) < 0) {
+        fprintf(stderr, "zmeshd: %s %s\n",
+                p == path ? "the plug-in CA's extra.pem:" : "JWKS_RESOLVER_EXTRA_ROOT_CA:", err);
+        return -1;
+    }
+    return 0;
+}
+
 static int cmd_serve(const struct flags *f, const struct env_values *e)
 {
     char err[ERR_MAX];
@@ -329,6 +355,7 @@ static int cmd_serve(const struct flags *f, const struct env_values *e)
         .debounce_max_ms = e->debounce_max_ms,
     };
     if (e->jwks_refresh_ms) zmeshd_jwks_set_refresh_s((unsigned)(e->jwks_refresh_ms / 1000));
+    if (jwks_extra_ca(e, cfg.plugin_ca) < 0) return EXIT_USAGE;
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
