@@ -77,7 +77,8 @@ size_t l7_config_n_policies(const struct l7_config *c);
 /* ---- DestinationRule (src/mesh/destination_rule.h) ---- */
 struct dr_rule;
 /* The DestinationRule for Service svc_ns/svc_name, or NULL (none: Envoy's defaults). Borrowed from c. */
-const struct dr_rule *l7_destination_rule_for(const struct l7_config *c, const char *svc_ns, const char *svc_name);
+const struct dr_rule *l7_destination_rule_for(const struct l7_config *c, const char *svc_ns,
+                                              const char *svc_name);
 size_t l7_config_n_destination_rules(const struct l7_config *c);
 
 /* ---- what a matched rule carries ---- */
@@ -149,6 +150,7 @@ struct l7_backend {
     uint32_t weight;
     const struct l7_filter *filters; /* header modifiers only */
     size_t n_filters;
+    const char *authority; /* VirtualService: this destination's Host rewrite, "" = none (the rule's wins) */
 };
 /* ---- VirtualService-only parts of a rule (NULL in a rule that has none) ---- */
 
@@ -256,8 +258,14 @@ struct l7_request {
     const char *authority; /* NUL-terminated, "" when absent */
     const struct l7_header *headers;
     size_t n_headers;
-    bool grpc; /* content-type application/grpc*; not a matching input (Istio's translation has none) */
+    bool grpc;     /* content-type application/grpc*; not a matching input (Istio's translation has none) */
     uint16_t port; /* the service port it came to, for VirtualService port matches (0 = unknown: they fail) */
+    /* VirtualService scheme and source matches (NULL = unknown: a scheme match compares "http", a
+     * sourceNamespace or sourceLabels match fails): the request's scheme, the namespace of the client's
+     * identity, and the client workload's namespace and name (found by the peer's address). */
+    const char *scheme;
+    const char *source_namespace;
+    const char *source_workload_ns, *source_workload;
 };
 
 /* The routes attached to Service svc_ns/svc_name on service port port: those whose parent names the Service

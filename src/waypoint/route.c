@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "tls/spiffe.h"
 #include "waypoint/authn.h"
 
 static void local(struct wp_decision *d, int status, const char *body, const char *flags, const char *details)
@@ -159,8 +160,16 @@ static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_decision *d)
 {
     struct wp_view *v = t->view;
-    struct l7_request rq = *req_in; /* with the service port, for VirtualService port matches */
+    struct l7_request rq = *req_in; /* with the service port and the source, for VirtualService matches */
     rq.port = t->port;
+    /* sourceNamespace: the client identity's namespace; sourceLabels: the client workload (by peer address)
+     */
+    struct spiffe_id pid;
+    if (*t->peer_id && spiffe_parse(t->peer_id, strlen(t->peer_id), &pid) == 0) rq.source_namespace = pid.ns;
+    if (t->src_wl) {
+        rq.source_workload_ns = t->src_wl->namespace_;
+        rq.source_workload = t->src_wl->name;
+    }
     const struct l7_request *req = &rq;
     memset(d, 0, sizeof(*d));
     d->kind = WP_DECIDE_FORWARD;
@@ -186,9 +195,9 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     in.source_ip = &pip;
     const char *matched = NULL;
     bool dry_deny = false;
-    enum l7_verdict verdict = l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
-                                           t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
-                                           &matched, &dry_deny);
+    enum l7_verdict verdict =
+        l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name, t->svc ? t->svc->namespace_ : NULL,
+                     t->svc ? t->svc->name : NULL, &in, &matched, &dry_deny);
     jwt_result_free(&auth);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny %s %s from %s", req->method,
@@ -262,6 +271,11 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     }
     const struct l7_backend *be = &rule->backends[bi];
     collect_mods(d, be->filters, be->n_filters);
+    /* The destination's Host rewrite (Envoy's ClusterWeight host_rewrite_literal); the rule's wins. */
+    if (be->authority && *be->authority && !d->rewrite_authority) {
+        snprintf(d->authority, sizeof(d->authority), "%s", be->authority);
+        d->rewrite_authority = true;
+    }
     char key[512];
     snprintf(key, sizeof(key), "%s/%s.%s.svc.%s", be->ns, be->name, be->ns, wp_cfg.cluster_domain);
     const struct service *svc = snapshot_service_by_host(v->snap, key);
@@ -343,8 +357,8 @@ void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struc
     }
 }
 
-/* A TCP stream's authorization (Envoy's network RBAC filter on the waypoint's TCP chain): the same policies as
- * wp_decide's, evaluated without a request (l7_authz_input.tcp). Returns true when allowed; *matched names
+/* A TCP stream's authorization (Envoy's network RBAC filter on the waypoint's TCP chain): the same policies
+ * as wp_decide's, evaluated without a request (l7_authz_input.tcp). Returns true when allowed; *matched names
  * the deciding policy, if one did. */
 bool wp_authorize_stream(struct wp_tunnel *t, const char **matched)
 {
@@ -360,8 +374,8 @@ bool wp_authorize_stream(struct wp_tunnel *t, const char **matched)
     bool dry_deny = false;
     *matched = NULL;
     enum l7_verdict v = l7_authorize(t->view->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
-                                     t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in, matched,
-                                     &dry_deny);
+                                     t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
+                                     matched, &dry_deny);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny a TCP stream to %s from %s",
                     t->authority, *t->peer_id ? t->peer_id : "unknown");

@@ -33,6 +33,12 @@ static void fld(char *buf, size_t n, const char *fmt, ...)
 #define ERR(c, f, ...) l7c_finding(c, MANIFEST_ERROR, f, __VA_ARGS__)
 #define WARN(c, f, ...) l7c_finding(c, MANIFEST_WARN, f, __VA_ARGS__)
 
+/* A VirtualService's conversion: the shared state, and the pods sourceLabels select from (NULL: none). Every
+ * struct conv of this file is the first member of one. */
+struct vs_conv {
+    struct conv c;
+    const struct manifest_store *st;
+};
 
 /* A duration field: 1 and *ms, 0 absent, -1 reported. */
 static int get_duration(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t *ms)
@@ -209,6 +215,97 @@ static bool gateways_mesh(const json_t *l, bool *others)
     return mesh;
 }
 
+/* authority or scheme: a StringMatch (exact, prefix, regex) on :authority or :scheme, as Istio's header
+ * matchers on those pseudo-headers. 0 absent, 1 set, -1 reported. */
+static int attr_match(struct conv *c, const json_t *o, const char *key, const char *path,
+                      Zmesh__V1__StringMatch **out)
+{
+    json_t *a;
+    int rc = l7c_get_obj(c, o, key, path, &a);
+    if (rc <= 0) return rc;
+    char f[300];
+    fld(f, sizeof(f), "%s.%s", path, key);
+    const char *val;
+    Zmesh__V1__StringMatch__Type t;
+    if (string_match(c, a, f, false, &t, &val) < 0) return -1;
+    if (!(*out = l7c_alloc(c, sizeof(**out)))) return -1;
+    zmesh__v1__string_match__init(*out);
+    (*out)->type = t;
+    (*out)->value = l7c_dup(c, val);
+    return 1;
+}
+
+static int k8s_kv_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct k8s_kv *)a)->key, ((const struct k8s_kv *)b)->key);
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* sourceNamespace (the client identity's namespace) and sourceLabels, resolved here to the pods that carry
+ * every label (in sourceNamespace when set): Istio evaluates both against the labels and namespace of the
+ * proxy that runs the route, which under sidecars is the client (istio/istio
+ * pilot/pkg/networking/core/route/route.go sourceMatchHTTP); the waypoint evaluates them against the client
+ * of each request. */
+static int source_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__RouteMatch *m)
+{
+    char f[300];
+    const char *sns = NULL;
+    int rc = l7c_get_str(c, o, "sourceNamespace", path, &sns);
+    if (rc < 0) return -1;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.sourceNamespace", path);
+        if (!*sns || strlen(sns) > 63 || strchr(sns, '/')) {
+            ERR(c, f, "expected a namespace name, got \"%.64s\"", sns);
+            return -1;
+        }
+        m->source_namespace = l7c_dup(c, sns);
+    }
+    json_t *labels;
+    if ((rc = l7c_get_obj(c, o, "sourceLabels", path, &labels)) < 0) return -1;
+    if (rc == 0) return 0;
+    fld(f, sizeof(f), "%s.sourceLabels", path);
+    size_t nl = json_object_size(labels);
+    struct k8s_kv *sel = l7c_alloc(c, (nl ? nl : 1) * sizeof(*sel));
+    if (!sel) return -1;
+    const char *k;
+    json_t *v;
+    size_t i = 0;
+    json_object_foreach(labels, k, v)
+    {
+        if (!json_is_string(v)) {
+            char g[400];
+            fld(g, sizeof(g), "%s.%s", f, k);
+            ERR(c, g, "expected a string");
+            return -1;
+        }
+        sel[i++] = (struct k8s_kv){k, json_string_value(v)};
+    }
+    qsort(sel, nl, sizeof(*sel), k8s_kv_cmp);
+    m->has_source_labels = true;
+    const struct manifest_store *st = ((struct vs_conv *)c)->st;
+    size_t np = 0;
+    const struct k8s_pod *pods = st ? manifest_pods(st, &np) : NULL;
+    if (!(m->source_workloads = l7c_alloc(c, (np ? np : 1) * sizeof(*m->source_workloads)))) return -1;
+    for (size_t p = 0; p < np; p++) {
+        const struct k8s_pod *pd = &pods[p];
+        if (pd->meta.deleting || (sns && strcmp(pd->meta.namespace_, sns) != 0)) continue;
+        if (!k8s_selector_matches(sel, nl, pd->meta.labels, pd->meta.n_labels)) continue;
+        size_t n = strlen(pd->meta.namespace_) + strlen(pd->meta.name) + 2;
+        char *e = l7c_alloc(c, n);
+        if (!e) return -1;
+        snprintf(e, n, "%s/%s", pd->meta.namespace_, pd->meta.name);
+        m->source_workloads[m->n_source_workloads++] = e;
+    }
+    qsort(m->source_workloads, m->n_source_workloads, sizeof(char *), str_cmp);
+    if (!m->n_source_workloads)
+        l7c_finding(c, MANIFEST_INFO, f, "selects no pod now: the match matches no request until one exists");
+    return 1;
+}
+
 /* One HTTPMatchRequest. NULL with *skip set: a match for gateways only (INFO). */
 static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const char *path, bool *skip)
 {
@@ -234,17 +331,6 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
         return NULL;
     }
     l7c_unknown_keys(c, o, path, keys);
-    /* Conditions the waypoint cannot evaluate narrow the match: dropping one would route traffic the author
-     * did not mean to route, so the VirtualService is refused instead. */
-    static const char *const refused[] = {"scheme", "authority", "sourceLabels", "sourceNamespace", NULL};
-    for (size_t i = 0; refused[i]; i++)
-        if (json_object_get(o, refused[i])) {
-            fld(f, sizeof(f), "%s.%s", path, refused[i]);
-            ERR(c, f,
-                "not supported by zmesh's waypoint (a match on it cannot be dropped without widening the "
-                "route)");
-            return NULL;
-        }
     if (json_object_get(o, "statPrefix")) {
         fld(f, sizeof(f), "%s.statPrefix", path);
         WARN(c, f, "not supported by zmesh's waypoint, ignored");
@@ -301,6 +387,9 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     if (named_map(c, o, "headers", path, true, &m->headers, &m->n_headers) < 0 ||
         named_map(c, o, "withoutHeaders", path, true, &m->without_headers, &m->n_without_headers) < 0 ||
         named_map(c, o, "queryParams", path, false, &m->query_params, &m->n_query_params) < 0)
+        return NULL;
+    if (attr_match(c, o, "authority", path, &m->authority) < 0 ||
+        attr_match(c, o, "scheme", path, &m->scheme) < 0 || source_conv(c, o, path, m) < 0)
         return NULL;
     return l7c_bad(c) ? NULL : m;
 }
@@ -1103,14 +1192,12 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         const char *dauth = NULL;
         if (headers_conv(c, e, f, b->filters, &b->n_filters, &dauth) < 0) return NULL;
         /* Istio: a lone destination's Host applies when the route sets none; a weighted one's is Envoy's
-         * per-cluster host rewrite, which zmesh's model does not have. */
+         * per-cluster host rewrite (ClusterWeight host_rewrite_literal), which the route's own rewrite
+         * overrides. */
         if (dauth && nr == 1 && !hauth)
             hauth = dauth;
-        else if (dauth && nr > 1) {
-            char g[330];
-            fld(g, sizeof(g), "%s.headers.request", f);
-            WARN(c, g, "an authority (Host) rewrite per weighted destination is not supported yet, ignored");
-        }
+        else if (dauth && nr > 1)
+            b->authority = l7c_dup(c, dauth);
         r->backends[r->n_backends++] = b;
     }
     if (hauth && nr > 0) {
@@ -1317,61 +1404,61 @@ static int hosts_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *
     return l7c_bad(c) ? -1 : 0;
 }
 
-int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
-               size_t name_n, manifest_report_fn report, void *ud)
+int vs_convert(const json_t *obj, const struct manifest_src *src, const struct manifest_store *st,
+               uint8_t **pb, size_t *len, char *name, size_t name_n, manifest_report_fn report, void *ud)
 {
-    struct conv c = {.src = src, .report = report, .ud = ud};
+    struct vs_conv vc = {.c = {.src = src, .report = report, .ud = ud}, .st = st};
     int rc = -EINVAL;
     *pb = NULL;
     *len = 0;
     if (!json_is_object(obj)) {
-        ERR(&c, "", "expected a mapping");
+        ERR(&vc.c, "", "expected a mapping");
         return -EINVAL;
     }
     static const char *const top[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
-    l7c_unknown_keys(&c, obj, "", top);
+    l7c_unknown_keys(&vc.c, obj, "", top);
     const char *api = "", *kind = "", *ns, *nm;
     int64_t created = 0;
-    if (l7c_get_str(&c, obj, "apiVersion", "", &api) < 0 || l7c_get_str(&c, obj, "kind", "", &kind) < 0)
+    if (l7c_get_str(&vc.c, obj, "apiVersion", "", &api) < 0 || l7c_get_str(&vc.c, obj, "kind", "", &kind) < 0)
         goto out;
     if (strcmp(kind, "VirtualService") != 0) {
-        ERR(&c, "kind", "expected VirtualService, got \"%.40s\"", kind);
+        ERR(&vc.c, "kind", "expected VirtualService, got \"%.40s\"", kind);
         goto out;
     }
     if (strcmp(api, NETWORKING_GROUP "/v1") && strcmp(api, NETWORKING_GROUP "/v1beta1") &&
         strcmp(api, NETWORKING_GROUP "/v1alpha3")) {
-        ERR(&c, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"", NETWORKING_GROUP, api);
+        ERR(&vc.c, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"", NETWORKING_GROUP, api);
         goto out;
     }
-    if (l7c_meta(&c, obj, &ns, &nm, &created) < 0) goto out;
+    if (l7c_meta(&vc.c, obj, &ns, &nm, &created) < 0) goto out;
     if (snprintf(name, name_n, "%s/%s", ns, nm) >= (int)name_n) {
-        ERR(&c, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
+        ERR(&vc.c, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
         goto out;
     }
     json_t *spec;
-    if (l7c_get_obj(&c, obj, "spec", "", &spec) <= 0) {
-        if (!c.failed) ERR(&c, "spec", "missing");
+    if (l7c_get_obj(&vc.c, obj, "spec", "", &spec) <= 0) {
+        if (!vc.c.failed) ERR(&vc.c, "spec", "missing");
         goto out;
     }
     static const char *const sk[] = {"hosts", "gateways", "http", "tls", "tcp", "exportTo", NULL};
-    l7c_unknown_keys(&c, spec, "spec", sk);
+    l7c_unknown_keys(&vc.c, spec, "spec", sk);
     json_t *gw = NULL;
-    if (l7c_get_list(&c, spec, "gateways", "spec", &gw) < 0) goto out;
+    if (l7c_get_list(&vc.c, spec, "gateways", "spec", &gw) < 0) goto out;
     bool others;
     if (!gateways_mesh(gw, &others)) {
-        l7c_finding(&c, MANIFEST_INFO, "spec.gateways",
+        l7c_finding(&vc.c, MANIFEST_INFO, "spec.gateways",
                     "bound to gateways only (no \"mesh\"): not for the waypoint, skipped");
         rc = -ENOENT;
         goto out;
     }
     if (others)
-        WARN(&c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
+        WARN(&vc.c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
     static const char *const unsupported[] = {"tls", "exportTo", NULL};
     for (size_t i = 0; unsupported[i]; i++)
         if (json_object_get(spec, unsupported[i])) {
             char f[32];
             fld(f, sizeof(f), "spec.%s", unsupported[i]);
-            WARN(&c, f, "%s",
+            WARN(&vc.c, f, "%s",
                  !strcmp(unsupported[i], "exportTo")
                      ? "not supported by zmesh's waypoint, ignored (the VirtualService applies to "
                        "every client of its Services)"
@@ -1382,45 +1469,45 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, 
     m.namespace_ = (char *)ns;
     m.name = (char *)nm;
     m.creation_timestamp = created;
-    if (hosts_conv(&c, spec, &m, false) < 0) goto out;
+    if (hosts_conv(&vc.c, spec, &m, false) < 0) goto out;
     if (!m.n_parents) {
-        l7c_finding(&c, MANIFEST_WARN, "spec.hosts", "no host names a Service: nothing for the waypoint");
+        l7c_finding(&vc.c, MANIFEST_WARN, "spec.hosts", "no host names a Service: nothing for the waypoint");
         rc = -ENOENT;
         goto out;
     }
     json_t *l;
-    int r = l7c_get_list(&c, spec, "http", "spec", &l);
+    int r = l7c_get_list(&vc.c, spec, "http", "spec", &l);
     if (r < 0) goto out;
     if (r > 0) {
         if (json_array_size(l) > L7_MAX_VS_RULES) {
-            ERR(&c, "spec.http", "more than %d entries", L7_MAX_VS_RULES);
+            ERR(&vc.c, "spec.http", "more than %d entries", L7_MAX_VS_RULES);
             goto out;
         }
-        m.rules = l7c_alloc(&c, json_array_size(l) * sizeof(*m.rules));
+        m.rules = l7c_alloc(&vc.c, json_array_size(l) * sizeof(*m.rules));
         if (!m.rules) goto nomem;
         for (size_t i = 0; i < json_array_size(l); i++) {
             char f[64];
             fld(f, sizeof(f), "spec.http[%zu]", i);
             bool skip;
-            Zmesh__V1__RouteRule *rr = rule_conv(&c, json_array_get(l, i), f, &skip);
+            Zmesh__V1__RouteRule *rr = rule_conv(&vc.c, json_array_get(l, i), f, &skip);
             if (!rr && !skip) goto out;
             if (rr) m.rules[m.n_rules++] = rr;
         }
     }
-    if ((r = tcp_conv(&c, spec, &m)) < 0) goto out;
-    if (l7c_bad(&c)) goto out;
-    rc = l7c_pack_and_check(&c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
+    if ((r = tcp_conv(&vc.c, spec, &m)) < 0) goto out;
+    if (l7c_bad(&vc.c)) goto out;
+    rc = l7c_pack_and_check(&vc.c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
     goto out;
 nomem:
     rc = -ENOMEM;
 out:
-    if (l7c_bad(&c) && rc == 0) {
+    if (l7c_bad(&vc.c) && rc == 0) {
         free(*pb);
         *pb = NULL;
         rc = -EINVAL;
     }
-    if (c.oom) rc = -ENOMEM;
-    l7_arena_free(&c.a);
+    if (vc.c.oom) rc = -ENOMEM;
+    l7_arena_free(&vc.c.a);
     return rc;
 }
 

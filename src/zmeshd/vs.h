@@ -17,15 +17,14 @@
 #include "zmeshd/manifest.h"
 
 /* Converts a VirtualService (obj borrowed) into the packed zmesh.v1.HTTPRoute: *pb (malloc'd, the caller
- * frees it) of *len bytes, name "<ns>/<name>" into name[0..name_n). Returns 0, -EINVAL (an ERROR was
- * reported), -ENOENT (nothing for a waypoint: no host names a Service, or only non-mesh gateways; an INFO or
- * WARN says so) or -ENOMEM. */
-int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
-               size_t name_n, manifest_report_fn report, void *ud);
+ * frees it) of *len bytes, name "<ns>/<name>" into name[0..name_n). st (borrowed, may be NULL: no pods) holds
+ * the pods a match's sourceLabels select. Returns 0, -EINVAL (an ERROR was reported), -ENOENT (nothing for a
+ * waypoint: no host names a Service, or only non-mesh gateways; an INFO or WARN says so) or -ENOMEM. */
+int vs_convert(const json_t *obj, const struct manifest_src *src, const struct manifest_store *st,
+               uint8_t **pb, size_t *len, char *name, size_t name_n, manifest_report_fn report, void *ud);
 
 /* Reports (WARN, on the VirtualService) every Service that both a VirtualService's hosts and an HTTPRoute's
  * or GRPCRoute's Service parentRefs name: mixing them is undefined in Istio; zmesh's waypoint applies the
  * Gateway API route there (src/mesh/l7.c) and ignores the VirtualService for that Service. docs as
  * manifest_l7_docs. */
 void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud);
-

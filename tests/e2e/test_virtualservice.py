@@ -29,7 +29,7 @@ from test_up import _force_cleanup, poll
 from test_waypoint_l7 import (APPLY_WAIT, GRPC, HTTP, NS, L7Cluster, _try, app_log, counts, info, manifests, req,
                               route, mark, service)
 
-SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt")
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt", "vs-src", "vs-hd")
 
 
 class VSCluster(L7Cluster):
@@ -187,6 +187,85 @@ def test_matches_first_match_order(cluster):
         # VirtualService routes are tried in order: the catch-all before /shadowed wins (Gateway API's precedence
         # would pick the exact match).
         assert g("/shadowed") == ("v1", "any")
+    finally:
+        c.delete(d)
+
+
+def test_authority_scheme_source_matches(cluster):
+    """authority (a prefix on Host), scheme ("http" inside the waypoint), sourceLabels (the client pod's labels, found
+    by its address) and sourceNamespace (its identity's namespace), each narrowing its route."""
+    c = cluster
+    d = c.apply(vs("sources", "vs-src", """
+- match: [{sourceLabels: {app: other}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{authority: {prefix: alt.}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{sourceNamespace: elsewhere}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{scheme: {exact: https}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{scheme: {exact: http}, sourceNamespace: %s}]
+  %s
+  route: [{destination: {host: svc-v1}}]
+""" % (tagged("src-other"), tagged("authority"), tagged("ns-elsewhere"), tagged("https"), NS, tagged("http-ns"))))
+    try:
+        until_marked(c, "/", "http-ns", svc="vs-src")
+        g = lambda **kw: served(req(c, "/", svc="vs-src", **kw))  # noqa: E731
+        assert g() == ("v1", "http-ns")
+        assert g(headers={"Host": "alt.example"}) == ("v2", "authority")
+        assert g(headers={"Host": "ALT.example"}) == ("v1", "http-ns")  # case-sensitive, as Envoy's matcher
+        assert g(src="other") == ("v2", "src-other")
+        assert g(src="other", headers={"Host": "alt.example"}) == ("v2", "src-other")  # first match wins
+    finally:
+        c.delete(d)
+
+
+def test_per_destination_headers(cluster):
+    """A weighted route's per-destination headers apply only when that destination is picked: its request and
+    response header operations and its Host (Envoy's per-cluster host rewrite); a route's rewrite.authority wins."""
+    c = cluster
+    d = c.apply(vs("dest-headers", "vs-hd", """
+- match: [{uri: {prefix: /routehost}}]
+  rewrite: {authority: route.example}
+  route:
+  - destination: {host: svc-v1}
+    weight: 50
+    headers: {request: {set: {Host: one.example}}}
+  - destination: {host: svc-v2}
+    weight: 50
+    headers: {request: {set: {Host: two.example}}}
+- %s
+  route:
+  - destination: {host: svc-v1}
+    weight: 50
+    headers: {request: {set: {Host: one.example, x-dest: one}}, response: {set: {x-picked: one}}}
+  - destination: {host: svc-v2}
+    weight: 50
+    headers: {request: {set: {Host: two.example, x-dest: two}}, response: {set: {x-picked: two}}}
+""" % tagged("dest")))
+    try:
+        until_marked(c, "/", "dest", svc="vs-hd")
+        seen_tags = set()
+        for i in range(40):
+            path = "/dest/%04x/%d/headers" % (random.randrange(1 << 16), i)
+            status, headers, body = req(c, path, svc="vs-hd")
+            assert status == 200, (status, headers, body)
+            got = json.loads(body)
+            tag = got["tag"]
+            seen_tags.add(tag)
+            want = {"v1": "one", "v2": "two"}[tag]
+            sent = {k.lower(): v for k, v in got["headers"]}
+            assert headers.get("x-picked") == want, (tag, headers)
+            assert sent.get("x-dest") == want and sent.get("host") == want + ".example", (tag, sent)
+        assert seen_tags == {"v1", "v2"}, seen_tags  # both picked in 40 requests (2^-39 to fail by chance)
+        for i in range(10):
+            path = "/routehost/%04x/%d/headers" % (random.randrange(1 << 16), i)
+            got = info(req(c, path, svc="vs-hd"))
+            assert {k.lower(): v for k, v in got["headers"]}.get("host") == "route.example", got
     finally:
         c.delete(d)
 
@@ -371,6 +450,11 @@ def test_fault_abort_fraction(cluster):
         c.delete(d)
 
 
+def seen(c, version, path):
+    """Whether the app of version logged a request for path."""
+    return any(len(e) > 1 and e[1] == path for e in app_log(c, version))
+
+
 def test_fault_delay(cluster):
     c = cluster
     d = c.apply(vs("delay", "vs-x", """
@@ -380,6 +464,18 @@ def test_fault_delay(cluster):
 - match: [{uri: {prefix: /slowdirect}}]
   fault: {delay: {fixedDelay: 600ms}}
   directResponse: {status: 202, body: {string: later}}
+- match: [{uri: {prefix: /slowtimeout}}]
+  fault: {delay: {fixedDelay: 300ms}}
+  timeout: 400ms
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {prefix: /abortmirror}}]
+  fault: {abort: {httpStatus: 503}}
+  route: [{destination: {host: svc-v1}}]
+  mirror: {host: svc-v2}
+- match: [{uri: {prefix: /slowmirror}}]
+  fault: {delay: {fixedDelay: 1500ms}}
+  route: [{destination: {host: svc-v1}}]
+  mirror: {host: svc-v2}
 - match: [{uri: {prefix: /slow}}]
   fault: {delay: {fixedDelay: 700ms, percentage: {value: 100}}}
   route: [{destination: {host: svc-v1}}]
@@ -412,6 +508,33 @@ def test_fault_delay(cluster):
         body = b"x" * 100000
         r = req(c, tag + "/post", svc="vs-x", method="POST", body=body)
         assert r[0] == 200 and json.loads(r[2])["body_len"] == len(body), r[:2]
+        # Flags are a set: the route's timeout (which starts after the delay) fires, and DI stays: "UT,DI" in
+        # Envoy's order.
+        t = "/slowtimeout/%04x/sleep/2000" % random.randrange(1 << 16)
+        r = req(c, t, svc="vs-x")
+        assert r[0] == 504 and r[2] == b"upstream request timeout", r
+        poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET %s HTTP/1.1" 504 UT,DI ' % t in l],
+             timeout=10, what="UT,DI in the waypoint's access log")
+        # The fault filter runs before the router: the shadow leaves only after the delay (it is not at v2 while
+        # the delay runs, a lower bound), and an aborted request is never mirrored.
+        import threading
+        t = "/slowmirror/%04x" % random.randrange(1 << 16)
+        got = {}
+        th = threading.Thread(target=lambda: got.update(r=req(c, t, svc="vs-x")))
+        t0 = time.monotonic()
+        th.start()
+        time.sleep(0.5)
+        early = seen(c, "v2", t)
+        th.join(15)
+        assert time.monotonic() - t0 >= 1.5 and got["r"][0] == 200, got
+        assert not early, "the shadow reached v2 before the fault delay was over"
+        poll(lambda: seen(c, "v2", t), timeout=10, what="the shadow after the delay")
+        ta = "/abortmirror/%04x" % random.randrange(1 << 16)
+        assert req(c, ta, svc="vs-x")[0] == 503
+        tb = "/slowmirror/%04x" % random.randrange(1 << 16)  # a later mirrored request: its shadow is a barrier
+        assert req(c, tb, svc="vs-x")[0] == 200
+        poll(lambda: seen(c, "v2", tb), timeout=10, what="the later shadow")
+        assert not seen(c, "v2", ta) and not seen(c, "v1", ta), "an aborted request was sent on"
     finally:
         c.delete(d)
 
