@@ -1111,6 +1111,7 @@ static int vs_rule_parts(struct route *r, struct verr *v, size_t ri, const Zmesh
         o->attempts = rp->attempts;
         o->per_try_timeout_ms = rp->per_try_timeout_ms;
         o->retry_other_hosts = rp->retry_other_hosts;
+        o->backoff_base_ms = rp->backoff_base_ms;
         for (size_t i = 0; i < rp->n_retry_on; i++) {
             uint32_t bit = retry_on_bit(rp->retry_on[i]);
             if (!bit) {

@@ -191,6 +191,7 @@ struct l7_retry {
     uint16_t codes[L7_MAX_RETRY_CODES];
     size_t n_codes;
     bool retry_other_hosts; /* Envoy's previous_hosts predicate: each retry goes to another host */
+    uint64_t backoff_base_ms; /* retries.backoff: the back-off's base interval (max 10x); 0 = Envoy's 25 ms */
 };
 /* Istio's default retry policy, which applies to every rule (HTTPRoute and VirtualService) without retries:
  * 2 attempts, connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (503), another host

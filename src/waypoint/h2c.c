@@ -832,7 +832,7 @@ static bool x_retry(struct hc_x *x, const struct l7_try *t)
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
     x->retrying = true;
     x->refs++;
-    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->tries));
+    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->dec, &x->tries));
     return true;
 }
 

@@ -787,14 +787,29 @@ static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char 
     if (l7c_get_int(c, o, "attempts", path, 0, 100, &att) < 0) return NULL;
     r->attempts = (uint32_t)att;
     if (get_duration(c, o, "perTryTimeout", path, &r->per_try_timeout_ms) < 0) return NULL;
-    r->retry_other_hosts = true; /* Istio's DefaultPolicy sets the previous_hosts predicate */
-    static const char *const ignored[] = {"retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff",
-                                          NULL};
-    for (size_t i = 0; ignored[i]; i++)
-        if (json_object_get(o, ignored[i])) {
-            fld(f, sizeof(f), "%s.%s", path, ignored[i]);
-            WARN(c, f, "not supported by zmesh's waypoint, ignored");
+    /* retryIgnorePreviousHosts: Istio sets the previous_hosts predicate unless it is false (retry.go). */
+    r->retry_other_hosts = true;
+    json_t *ip = json_object_get(o, "retryIgnorePreviousHosts");
+    if (ip && !json_is_null(ip)) {
+        if (!json_is_boolean(ip)) {
+            fld(f, sizeof(f), "%s.retryIgnorePreviousHosts", path);
+            ERR(c, f, "expected true or false");
+            return NULL;
         }
+        r->retry_other_hosts = json_is_true(ip);
+    }
+    /* backoff: Envoy's retry_back_off.base_interval, which must be at least 1 ms (its max_interval is 10x). */
+    int brc = get_duration(c, o, "backoff", path, &r->backoff_base_ms);
+    if (brc < 0) return NULL;
+    if (brc > 0 && !r->backoff_base_ms) {
+        fld(f, sizeof(f), "%s.backoff", path);
+        ERR(c, f, "expected at least 1ms (Envoy's retry_back_off.base_interval)");
+        return NULL;
+    }
+    if (json_object_get(o, "retryRemoteLocalities")) {
+        fld(f, sizeof(f), "%s.retryRemoteLocalities", path);
+        WARN(c, f, "not supported by zmesh's waypoint, ignored");
+    }
     const char *on = NULL;
     if (l7c_get_str(c, o, "retryOn", path, &on) < 0) return NULL;
     if (!on || !*on) on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";

@@ -29,7 +29,7 @@ from test_up import _force_cleanup, poll
 from test_waypoint_l7 import (APPLY_WAIT, GRPC, HTTP, NS, L7Cluster, _try, app_log, counts, info, manifests, req,
                               route, mark, service)
 
-SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt", "vs-src", "vs-hd")
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt", "vs-src", "vs-hd", "vs-rh")
 
 
 class VSCluster(L7Cluster):
@@ -403,6 +403,44 @@ def test_retries_per_try_timeout(cluster):
             pytest.fail("v1 never answered a request of the rule without retries")
     finally:
         c.delete(d)
+
+
+def test_retry_ignore_previous_hosts(cluster):
+    """retries.retryIgnorePreviousHosts: true (Istio's default) makes the one retry look for an endpoint not tried
+    (up to 5 picks, Istio's host_selection_retry_max_attempts), false lets it pick v1 again. With the
+    DestinationRule's RANDOM choice and v1 failing every request, a request fails when its first try and its retry
+    both land on v1: 1/2 x 1/32 = 1/64 with the predicate, 1/2 x 1/2 = 1/4 without. Over 80 requests each: at most
+    6 failures with it (more has probability 3e-4), at least 7 without (fewer: 5e-5), and the two counts differ the
+    right way. retries.backoff is accepted (no WARN)."""
+    c = cluster
+    d1 = c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: vs-rh, namespace: %s}\n"
+                 "spec:\n  host: vs-rh\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n" % NS)
+    d2 = c.apply(vs("retry-hosts", "vs-rh", """
+- match: [{headers: {x-same: {exact: "1"}}}]
+  retries: {attempts: 1, retryOn: 5xx, retryIgnorePreviousHosts: false, backoff: 5ms}
+  %s
+  route: [{destination: {host: vs-rh}}]
+- %s
+  retries: {attempts: 1, retryOn: 5xx, backoff: 5ms}
+  route: [{destination: {host: vs-rh}}]
+""" % (tagged("same"), tagged("other"))))
+    try:
+        until_marked(c, "/x", "same", svc="vs-rh", headers={"x-same": "1"})
+        until_marked(c, "/x", "other", svc="vs-rh")
+        run = "%04x" % random.randrange(1 << 16)
+        other = [req(c, "/fail-on/v1/503/other-%s-%d" % (run, i), svc="vs-rh")[0] for i in range(80)]
+        same = [req(c, "/fail-on/v1/503/same-%s-%d" % (run, i), svc="vs-rh", headers={"x-same": "1"})[0]
+                for i in range(80)]
+        assert set(other) | set(same) <= {200, 503}, (other, same)
+        assert other.count(503) <= 6, other
+        assert same.count(503) >= 7, same
+        # v1 got the retries of its own failures: some "same" path twice
+        paths = [l[1] for l in app_log(c, "v1") if len(l) > 1 and l[1].startswith("/fail-on/v1/503/same-%s-" % run)]
+        assert len(paths) > len(set(paths)), paths
+        assert "retryIgnorePreviousHosts" not in c.log("zmeshd") and "retries.backoff" not in c.log("zmeshd")
+    finally:
+        c.delete(d2)
+        c.delete(d1)
 
 
 # -- fault injection -------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "mesh/l7.h"
+#include "mesh/retry.h"
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7.h"
 
@@ -240,28 +241,30 @@ static void test_destination_headers(void **state)
 {
     (void)state;
     struct run r;
-    convert(VS_HEAD "  - name: split\n    route:\n"
-                    "    - destination: {host: svc-v1}\n      weight: 50\n"
-                    "      headers: {request: {set: {Host: one.example, x-d: one}}, response: {add: {x-r: one}}}\n"
-                    "    - destination: {host: svc-v2}\n      weight: 50\n"
-                    "      headers: {request: {add: {\":authority\": two.example}}}\n"
-                    "  - name: lone\n    route:\n"
-                    "    - destination: {host: svc-v1}\n      headers: {request: {set: {host: lone.example}}}\n",
+    convert(VS_HEAD
+            "  - name: split\n    route:\n"
+            "    - destination: {host: svc-v1}\n      weight: 50\n"
+            "      headers: {request: {set: {Host: one.example, x-d: one}}, response: {add: {x-r: one}}}\n"
+            "    - destination: {host: svc-v2}\n      weight: 50\n"
+            "      headers: {request: {add: {\":authority\": two.example}}}\n"
+            "  - name: lone\n    route:\n"
+            "    - destination: {host: svc-v1}\n      headers: {request: {set: {host: lone.example}}}\n",
             &r);
     assert_int_equal(r.rc, 0);
     assert_false(has(&r, MANIFEST_WARN, "not supported"));
     const Zmesh__V1__RouteRule *split = r.pb->rules[0], *lone = r.pb->rules[1];
     assert_string_equal(split->backends[0]->authority, "one.example");
     assert_string_equal(split->backends[1]->authority, "two.example");
-    assert_int_equal(split->n_filters, 0); /* no rule-level rewrite */
+    assert_int_equal(split->n_filters, 0);              /* no rule-level rewrite */
     assert_int_equal(split->backends[0]->n_filters, 2); /* request and response header modifiers */
     assert_string_equal(lone->backends[0]->authority, "");
     assert_int_equal(lone->n_filters, 1);
     assert_string_equal(lone->filters[0]->url_rewrite->hostname, "lone.example");
     /* the model keeps each destination's */
     const struct l7_service_routes *sr = l7_routes_for(r.cfg, "app", "svc", 80);
-    const struct l7_rule *rule =
-        l7_match(sr, &(struct l7_request){.method = "GET", .path = "/", .path_len = 1, .authority = "svc", .port = 80});
+    const struct l7_rule *rule = l7_match(
+        sr,
+        &(struct l7_request){.method = "GET", .path = "/", .path_len = 1, .authority = "svc", .port = 80});
     assert_non_null(rule);
     assert_string_equal(rule->name, "split");
     assert_int_equal(rule->n_backends, 2);
@@ -269,6 +272,77 @@ static void test_destination_headers(void **state)
     assert_string_equal(rule->backends[1].authority, "two.example");
     assert_int_equal(rule->backends[0].n_filters, 2);
     run_free(&r);
+}
+
+/* retries.retryIgnorePreviousHosts (true unless false, as Istio sets the previous_hosts predicate) and
+ * retries.backoff (Envoy's base_interval, max 10x) reach the model and the back-off. */
+static void test_retry_hosts_backoff(void **state)
+{
+    (void)state;
+    struct run r;
+    convert(VS_HEAD
+            "  - name: same\n    match: [{uri: {prefix: /same}}]\n"
+            "    retries: {attempts: 3, retryOn: 5xx, retryIgnorePreviousHosts: false, backoff: 100ms}\n"
+            "    route: [{destination: {host: svc}}]\n"
+            "  - name: other\n    retries: {attempts: 2, retryIgnorePreviousHosts: true}\n"
+            "    route: [{destination: {host: svc}}]\n",
+            &r);
+    assert_int_equal(r.rc, 0);
+    assert_false(has(&r, MANIFEST_WARN, "retryIgnorePreviousHosts"));
+    assert_false(has(&r, MANIFEST_WARN, "backoff"));
+    assert_false(r.pb->rules[0]->retry->retry_other_hosts);
+    assert_int_equal(r.pb->rules[0]->retry->backoff_base_ms, 100);
+    assert_true(r.pb->rules[1]->retry->retry_other_hosts);
+    assert_int_equal(r.pb->rules[1]->retry->backoff_base_ms, 0);
+    const struct l7_service_routes *sr = l7_routes_for(r.cfg, "app", "svc", 80);
+    struct l7_request rq = {.method = "GET", .path = "/same", .path_len = 5, .authority = "svc", .port = 80};
+    const struct l7_rule *same = l7_match(sr, &rq);
+    rq.path = "/x";
+    rq.path_len = 2;
+    const struct l7_rule *other = l7_match(sr, &rq);
+    assert_non_null(same);
+    assert_non_null(other);
+    assert_false(same->retry->retry_other_hosts);
+    assert_int_equal(same->retry->backoff_base_ms, 100);
+    assert_true(other->retry->retry_other_hosts);
+    /* the interval before retry n is base * 2^(n-1), at most 10 x base: rnd interval-1 gives interval-1, rnd
+     * interval gives 0 */
+    static const struct {
+        unsigned n;
+        uint64_t interval;
+    } cases[] = {{1, 100}, {2, 200}, {3, 400}, {4, 800}, {5, 1000}, {9, 1000}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(l7_retry_policy_backoff_ms(same->retry, cases[i].n, cases[i].interval - 1),
+                         cases[i].interval - 1);
+        assert_int_equal(l7_retry_policy_backoff_ms(same->retry, cases[i].n, cases[i].interval), 0);
+    }
+    /* without a backoff: Envoy's 25 ms, max 250 ms, as l7_retry_backoff_ms */
+    assert_int_equal(l7_retry_policy_backoff_ms(other->retry, 1, 24), 24);
+    assert_int_equal(l7_retry_policy_backoff_ms(other->retry, 1, 25), 0);
+    assert_int_equal(l7_retry_policy_backoff_ms(NULL, 5, 249), 249);
+    assert_int_equal(l7_retry_policy_backoff_ms(NULL, 5, 250), l7_retry_backoff_ms(5, 250));
+    run_free(&r);
+    /* bad values */
+    static const struct {
+        const char *retries, *text;
+    } bad[] = {
+        {"{attempts: 1, backoff: 500us}", "spec.http[0].retries.backoff: expected at least 1ms"},
+        {"{attempts: 1, backoff: soon}", "spec.http[0].retries.backoff: not a duration"},
+        {"{attempts: 1, retryIgnorePreviousHosts: maybe}",
+         "spec.http[0].retries.retryIgnorePreviousHosts: expected true or false"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char yaml[1024];
+        snprintf(yaml, sizeof(yaml), VS_HEAD "  - retries: %s\n    route: [{destination: {host: svc}}]\n",
+                 bad[i].retries);
+        convert(yaml, &r);
+        if (r.rc != -EINVAL || !has(&r, MANIFEST_ERROR, bad[i].text)) {
+            for (size_t k = 0; k < r.n; k++)
+                print_message("[%d] %s\n", r.f[k].level, r.f[k].text);
+            fail_msg("case %zu: rc %d, want ERROR %s", i, r.rc, bad[i].text);
+        }
+        run_free(&r);
+    }
 }
 
 int main(void)
@@ -279,6 +353,7 @@ int main(void)
         cmocka_unit_test(test_source),
         cmocka_unit_test(test_findings),
         cmocka_unit_test(test_destination_headers),
+        cmocka_unit_test(test_retry_hosts_backoff),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
