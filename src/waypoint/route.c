@@ -319,6 +319,33 @@ int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *por
     return 0;
 }
 
+int wp_pick_tcp_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, const char *subset,
+                         struct lb_choice *out)
+{
+    if (!svc || !subset || !*subset) return wp_pick_endpoint(t, svc, port, out);
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+    const struct dr_subset *sub = dr_subset_find(dr, subset);
+    if (!sub) { /* Istio builds a cluster per subset; one no DestinationRule defines has none: closed */
+        LOG_LIMITED(LOG_WARN, "waypoint::lb", "tcp route: subset %s of %s is not defined by a DestinationRule",
+                    subset, svc->hostname);
+        return -ESRCH;
+    }
+    /* The subset's endpoints under its policy, without connection limits or outlier detection (as a TCP
+     * connection without a route gets: wp_pick_endpoint). */
+    struct wp_decision d;
+    memset(&d, 0, sizeof(d));
+    d.svc = svc;
+    d.port = port;
+    d.subset = subset;
+    d.route_name = "tcp";
+    d.lb_ready = true;
+    d.lb_subset = sub;
+    d.lb_policy = dr_policy_for(dr, sub, port);
+    d.lb_policy.pool = NULL;
+    d.lb_policy.outlier = NULL;
+    return wp_pick_endpoint_dec(t, &d, out);
+}
+
 /* Applies the modifiers to a header list: set replaces (or adds), add appends, remove drops, as Gateway API
  * specifies. hv holds *n entries and room for cap. */
 void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struct http1_hdr *hv, size_t *n,

@@ -748,6 +748,31 @@ def test_tcp_route_weights(cluster):
         c.delete(d)
 
 
+def test_tcp_route_subset(cluster):
+    """A tcp route's destination.subset picks the endpoints of that DestinationRule subset: every connection to the
+    subset v2 of vs-t (whose selector takes both versions) reaches v2, then every one to v1 reaches v1."""
+    c = cluster
+    dr = c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: vs-t, namespace: %s}\n"
+                 "spec:\n  host: vs-t\n  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+                 "  - {name: v2, labels: {version: v2}}\n" % NS)
+    tcp = lambda subset: (  # noqa: E731
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: tcp-subset, namespace: %s}\n"
+        "spec:\n  hosts: [vs-t]\n  tcp:\n  - route:\n"
+        "    - {destination: {host: vs-t, subset: %s}}\n" % (NS, subset))
+    d = c.apply(tcp("v2"))
+    try:
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v2" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route to subset v2")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(30)} == {"v2"}
+        c.apply(tcp("v1"))
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v1" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route to subset v1")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(30)} == {"v1"}
+    finally:
+        c.delete(d)
+        c.delete(dr)
+
+
 # -- a VirtualService and an HTTPRoute on one Service ----------------------------------------------------------------
 
 def test_httproute_wins_over_virtualservice(cluster):
