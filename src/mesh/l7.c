@@ -1404,12 +1404,26 @@ static int tcp_rules_build(struct route *r, struct verr *v)
             }
             be[k].weight = b->weight;
             be[k].subset = "";
+            be[k].authority = "";
             if (b->subset[0]) {
                 char *sub;
                 if ((rc = copy_str(r, v, f, b->subset, &sub)) < 0) return rc;
                 be[k].subset = sub;
             }
             o->total_weight += b->weight;
+        }
+        o->tls = t->tls;
+        o->only_ns = o->only_name = "";
+        if (t->service) {
+            char *a, *bn;
+            fld(f, sizeof(f), "tcp_rules[%zu].service", i);
+            if (!t->tls) return fail(v, f, "tls rules only");
+            if (!t->service->namespace_[0] || !t->service->name[0]) return fail(v, f, "namespace and name required");
+            if ((rc = copy_str(r, v, f, t->service->namespace_, &a)) < 0 ||
+                (rc = copy_str(r, v, f, t->service->name, &bn)) < 0)
+                return rc;
+            o->only_ns = a;
+            o->only_name = bn;
         }
         o->ports = ports;
         o->n_ports = t->n_ports;
@@ -1871,13 +1885,17 @@ const struct l7_tcp_rule *l7_tcp_route_for(const struct l7_config *c, const char
     if (!b) return NULL;
     while (b > c->tcp_binds && !strcmp(b[-1].key, key))
         b--;
-    for (; b < c->tcp_binds + c->n_tcp_binds && !strcmp(b->key, key); b++)
-        for (size_t i = 0; i < b->route->n_tcp; i++) {
-            const struct l7_tcp_rule *t = &b->route->tcp[i];
-            if (!t->n_ports) return t;
-            for (size_t k = 0; k < t->n_ports; k++)
-                if (t->ports[k] == port) return t;
-        }
+    /* Every VirtualService's tls routes first, then the tcp routes (GEP-1294's order, as Istio's waypoint). */
+    for (int tls = 1; tls >= 0; tls--)
+        for (const struct tcp_bind *x = b; x < c->tcp_binds + c->n_tcp_binds && !strcmp(x->key, key); x++)
+            for (size_t i = 0; i < x->route->n_tcp; i++) {
+                const struct l7_tcp_rule *t = &x->route->tcp[i];
+                if (t->tls != (tls == 1)) continue;
+                if (*t->only_ns && (strcmp(t->only_ns, svc_ns) || strcmp(t->only_name, svc_name))) continue;
+                if (!t->n_ports) return t;
+                for (size_t k = 0; k < t->n_ports; k++)
+                    if (t->ports[k] == port) return t;
+            }
     return NULL;
 }
 

@@ -291,9 +291,12 @@ struct l7_tcp_rule {
     const struct l7_backend *backends;
     size_t n_backends;
     uint64_t total_weight;
+    bool tls;                     /* a tls route's match (TLSRoute): tried before every tcp route */
+    const char *only_ns, *only_name; /* tls: the one Service it applies to (sniHosts), "" = every Service */
 };
-/* The first tcp route of the VirtualServices attached to svc_ns/svc_name (oldest first, each in order) that
- * applies to port, or NULL (the connection goes to the Service itself). Borrowed from c. */
+/* The first tls route, else the first tcp route, of the VirtualServices attached to svc_ns/svc_name (oldest
+ * first, each in order) that applies to port (Istio's waypoint: getWaypointTCPRoutes), or NULL (the connection
+ * goes to the Service itself). Borrowed from c. */
 const struct l7_tcp_rule *l7_tcp_route_for(const struct l7_config *c, const char *svc_ns,
                                            const char *svc_name, uint16_t port);
 /* Weighted destination choice for a tcp route, as l7_pick_backend. */

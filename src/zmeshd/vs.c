@@ -798,7 +798,8 @@ static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char 
         }
         r->retry_other_hosts = json_is_true(ip);
     }
-    /* backoff: Envoy's retry_back_off.base_interval, which must be at least 1 ms (its max_interval is 10x). */
+    /* backoff: Envoy's retry_back_off.base_interval, which must be at least 1 ms (its max_interval is 10x).
+     */
     int brc = get_duration(c, o, "backoff", path, &r->backoff_base_ms);
     if (brc < 0) return NULL;
     if (brc > 0 && !r->backoff_base_ms) {
@@ -1265,6 +1266,181 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
 
 /* spec.tcp (TCPRoute): match[].port (and gateways), route[] destinations with weights. A route whose matches
  * are all for gateways only is left out (INFO); other L4 match fields narrow the route and are refused. */
+/* The route list of a tcp or tls route (f its field, kind "tcp" or "tls"): weighted destinations into *out.
+ */
+static int l4_destinations(struct conv *c, const json_t *rl, const char *f, const char *kind,
+                           Zmesh__V1__Backend ***out, size_t *n)
+{
+    char g[128];
+    *n = 0;
+    size_t nr = rl ? json_array_size(rl) : 0;
+    if (!nr) {
+        fld(g, sizeof(g), "%s.route", f);
+        ERR(c, g, "missing: a %s route needs a destination", kind);
+        return -1;
+    }
+    (*out) = l7c_alloc(c, nr * sizeof(*(*out)));
+    if (!(*out)) return -1;
+    uint64_t total = 0;
+    for (size_t k = 0; k < nr; k++) {
+        json_t *e = json_array_get(rl, k), *d = NULL;
+        fld(g, sizeof(g), "%s.route[%zu]", f, k);
+        if (!json_is_object(e)) {
+            ERR(c, g, "expected a mapping");
+            return -1;
+        }
+        static const char *const dk[] = {"destination", "weight", NULL};
+        l7c_unknown_keys(c, e, g, dk);
+        char h[160];
+        fld(h, sizeof(h), "%s.destination", g);
+        if (l7c_get_obj(c, e, "destination", g, &d) <= 0) {
+            if (!c->failed) ERR(c, h, "missing");
+            return -1;
+        }
+        Zmesh__V1__Backend *b = l7c_alloc(c, sizeof(*b));
+        if (!b) return -1;
+        zmesh__v1__backend__init(b);
+        const char *subset = "";
+        if (!(b->service = destination(c, d, h, &subset))) return -1;
+        b->subset = l7c_dup(c, subset);
+        long long w = nr == 1 ? 100 : 0;
+        if (l7c_get_int(c, e, "weight", g, 0, 1000000, &w) < 0) return -1;
+        if (nr == 1 && w == 0) w = 100;
+        b->weight = (uint32_t)w;
+        total += (uint64_t)w;
+        (*out)[(*n)++] = b;
+    }
+    if (total == 0) {
+        fld(g, sizeof(g), "%s.route", f);
+        ERR(c, g, "the destinations' weights add up to 0");
+        return -1;
+    }
+    return 0;
+}
+
+/* Room for n more tcp_rules (tls routes come first, then tcp routes, into one list). */
+static int grow_l4(struct conv *c, Zmesh__V1__HTTPRoute *m, size_t n)
+{
+    Zmesh__V1__TcpRule **v = l7c_alloc(c, (m->n_tcp_rules + n + 1) * sizeof(*v));
+    if (!v) return -1;
+    if (m->n_tcp_rules) memcpy(v, m->tcp_rules, m->n_tcp_rules * sizeof(*v));
+    m->tcp_rules = v;
+    return 0;
+}
+
+/* spec.tls, as Istio's waypoint reads it (istio/istio pilot/pkg/networking/core/listener_waypoint.go
+ * getTLSRouteMatch, tls.go matchTLS): the waypoint does not inspect SNI; a rule without match applies to
+ * every port of every Service of the VirtualService, a match applies only when its sniHosts is exactly one
+ * host, the Service's own name, and its port (if set) is the connection's; a match with sourceLabels or
+ * sourceNamespace never applies (the waypoint has no source there); destinationSubnets is not read. Each rule
+ * becomes one tls tcp_rule per match (in order, sharing the rule's destinations). */
+static int tls_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
+{
+    json_t *l;
+    int rc = l7c_get_list(c, spec, "tls", "spec", &l);
+    if (rc <= 0) return rc;
+    size_t need = 0;
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        json_t *ml = json_object_get(json_array_get(l, i), "match");
+        need += json_is_array(ml) && json_array_size(ml) ? json_array_size(ml) : 1;
+    }
+    if (need > L7_MAX_VS_RULES) {
+        ERR(c, "spec.tls", "more than %d entries and matches", L7_MAX_VS_RULES);
+        return -1;
+    }
+    if (grow_l4(c, m, need) < 0) return -1;
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
+        char f[64], g[128];
+        fld(f, sizeof(f), "spec.tls[%zu]", i);
+        if (!json_is_object(o)) {
+            ERR(c, f, "expected a mapping");
+            return -1;
+        }
+        static const char *const keys[] = {"match", "route", NULL};
+        l7c_unknown_keys(c, o, f, keys);
+        if (l7c_get_list(c, o, "match", f, &ml) < 0 || l7c_get_list(c, o, "route", f, &rl) < 0) return -1;
+        Zmesh__V1__Backend **be = NULL;
+        size_t nb = 0;
+        if (l4_destinations(c, rl, f, "tls", &be, &nb) < 0) return -1;
+        size_t nm = ml ? json_array_size(ml) : 0;
+        for (size_t k = 0; k < (nm ? nm : 1); k++) {
+            Zmesh__V1__TcpRule *t = l7c_alloc(c, sizeof(*t));
+            if (!t) return -1;
+            zmesh__v1__tcp_rule__init(t);
+            t->tls = true;
+            t->backends = be;
+            t->n_backends = nb;
+            if (nm) {
+                json_t *mt = json_array_get(ml, k), *gw = NULL;
+                fld(g, sizeof(g), "%s.match[%zu]", f, k);
+                if (!json_is_object(mt)) {
+                    ERR(c, g, "expected a mapping");
+                    return -1;
+                }
+                static const char *const mk[] = {"sniHosts", "destinationSubnets", "port", "sourceLabels",
+                                                 "gateways", "sourceNamespace",    NULL};
+                l7c_unknown_keys(c, mt, g, mk);
+                bool others;
+                if (l7c_get_list(c, mt, "gateways", g, &gw) < 0) return -1;
+                if (!gateways_mesh(gw, &others)) {
+                    l7c_finding(c, MANIFEST_INFO, g,
+                                "a match for gateways only (no \"mesh\"): not for the waypoint, skipped");
+                    continue;
+                }
+                if (json_object_get(mt, "destinationSubnets")) {
+                    char h[160];
+                    fld(h, sizeof(h), "%s.destinationSubnets", g);
+                    WARN(c, h, "not read by a waypoint (as Istio's), ignored");
+                }
+                json_t *sl = json_object_get(mt, "sourceLabels"),
+                       *sn = json_object_get(mt, "sourceNamespace");
+                if ((json_is_object(sl) && json_object_size(sl)) ||
+                    (json_is_string(sn) && *json_string_value(sn))) {
+                    l7c_finding(
+                        c, MANIFEST_INFO, g,
+                        "sourceLabels or sourceNamespace: never applies at a waypoint (Istio's waypoint "
+                        "evaluates tls matches without a source), skipped");
+                    continue;
+                }
+                char **sni = NULL;
+                size_t nsni = 0;
+                if (l7c_get_strs(c, mt, "sniHosts", g, &sni, &nsni) < 0) return -1;
+                char sns[128], sname[128];
+                bool named = false;
+                if (nsni == 1 && strchr(sni[0], '.') &&
+                    host_service(sni[0], c->ns, sns, sizeof(sns), sname, sizeof(sname)))
+                    for (size_t p = 0; p < m->n_parents && !named; p++)
+                        named =
+                            !strcmp(m->parents[p]->namespace_, sns) && !strcmp(m->parents[p]->name, sname);
+                if (!named) {
+                    char h[160];
+                    fld(h, sizeof(h), "%s.sniHosts", g);
+                    l7c_finding(
+                        c, MANIFEST_INFO, h,
+                        "never applies at a waypoint: it applies only when sniHosts is exactly one host, "
+                        "the full name of one of the VirtualService's Services (the waypoint does not "
+                        "read SNI), skipped");
+                    continue;
+                }
+                if (!(t->service = l7c_alloc(c, sizeof(*t->service)))) return -1;
+                zmesh__v1__parent_ref__init(t->service);
+                t->service->namespace_ = l7c_dup(c, sns);
+                t->service->name = l7c_dup(c, sname);
+                long long port = 0;
+                if (l7c_get_int(c, mt, "port", g, 1, 65535, &port) < 0) return -1;
+                if (port) {
+                    if (!(t->ports = l7c_alloc(c, sizeof(*t->ports)))) return -1;
+                    t->ports[0] = (uint32_t)port;
+                    t->n_ports = 1;
+                }
+            }
+            m->tcp_rules[m->n_tcp_rules++] = t;
+        }
+    }
+    return l7c_bad(c) ? -1 : 1;
+}
+
 static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
 {
     json_t *l;
@@ -1274,8 +1450,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
         ERR(c, "spec.tcp", "more than %d entries", L7_MAX_VS_RULES);
         return -1;
     }
-    m->tcp_rules = l7c_alloc(c, json_array_size(l) * sizeof(*m->tcp_rules));
-    if (!m->tcp_rules) return -1;
+    if (grow_l4(c, m, json_array_size(l)) < 0) return -1;
     for (size_t i = 0; i < json_array_size(l); i++) {
         json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
         char f[64], g[128];
@@ -1333,48 +1508,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
         }
         if (nm && !kept) continue; /* every match was for gateways only */
         if (any_port) t->n_ports = 0;
-        size_t nr = rl ? json_array_size(rl) : 0;
-        if (!nr) {
-            fld(g, sizeof(g), "%s.route", f);
-            ERR(c, g, "missing: a tcp route needs a destination");
-            return -1;
-        }
-        t->backends = l7c_alloc(c, nr * sizeof(*t->backends));
-        if (!t->backends) return -1;
-        uint64_t total = 0;
-        for (size_t k = 0; k < nr; k++) {
-            json_t *e = json_array_get(rl, k), *d = NULL;
-            fld(g, sizeof(g), "%s.route[%zu]", f, k);
-            if (!json_is_object(e)) {
-                ERR(c, g, "expected a mapping");
-                return -1;
-            }
-            static const char *const dk[] = {"destination", "weight", NULL};
-            l7c_unknown_keys(c, e, g, dk);
-            char h[160];
-            fld(h, sizeof(h), "%s.destination", g);
-            if (l7c_get_obj(c, e, "destination", g, &d) <= 0) {
-                if (!c->failed) ERR(c, h, "missing");
-                return -1;
-            }
-            Zmesh__V1__Backend *b = l7c_alloc(c, sizeof(*b));
-            if (!b) return -1;
-            zmesh__v1__backend__init(b);
-            const char *subset = "";
-            if (!(b->service = destination(c, d, h, &subset))) return -1;
-            b->subset = l7c_dup(c, subset);
-            long long w = nr == 1 ? 100 : 0;
-            if (l7c_get_int(c, e, "weight", g, 0, 1000000, &w) < 0) return -1;
-            if (nr == 1 && w == 0) w = 100;
-            b->weight = (uint32_t)w;
-            total += (uint64_t)w;
-            t->backends[t->n_backends++] = b;
-        }
-        if (total == 0) {
-            fld(g, sizeof(g), "%s.route", f);
-            ERR(c, g, "the destinations' weights add up to 0");
-            return -1;
-        }
+        if (l4_destinations(c, rl, f, "tcp", &t->backends, &t->n_backends) < 0) return -1;
         m->tcp_rules[m->n_tcp_rules++] = t;
     }
     return l7c_bad(c) ? -1 : 1;
@@ -1468,17 +1602,10 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, const struct m
     }
     if (others)
         WARN(&vc.c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
-    static const char *const unsupported[] = {"tls", "exportTo", NULL};
-    for (size_t i = 0; unsupported[i]; i++)
-        if (json_object_get(spec, unsupported[i])) {
-            char f[32];
-            fld(f, sizeof(f), "spec.%s", unsupported[i]);
-            WARN(&vc.c, f, "%s",
-                 !strcmp(unsupported[i], "exportTo")
-                     ? "not supported by zmesh's waypoint, ignored (the VirtualService applies to "
-                       "every client of its Services)"
-                     : "not supported by zmesh's waypoint yet, ignored (only http routes apply)");
-        }
+    if (json_object_get(spec, "exportTo"))
+        WARN(&vc.c, "spec.exportTo",
+             "not supported by zmesh's waypoint, ignored (the VirtualService applies to every client of its "
+             "Services)");
     Zmesh__V1__HTTPRoute m = ZMESH__V1__HTTPROUTE__INIT;
     m.kind = ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
     m.namespace_ = (char *)ns;
@@ -1509,7 +1636,7 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, const struct m
             if (rr) m.rules[m.n_rules++] = rr;
         }
     }
-    if ((r = tcp_conv(&vc.c, spec, &m)) < 0) goto out;
+    if ((r = tls_conv(&vc.c, spec, &m)) < 0 || (r = tcp_conv(&vc.c, spec, &m)) < 0) goto out;
     if (l7c_bad(&vc.c)) goto out;
     rc = l7c_pack_and_check(&vc.c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
     goto out;

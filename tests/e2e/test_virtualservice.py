@@ -773,6 +773,29 @@ def test_tcp_route_subset(cluster):
         c.delete(dr)
 
 
+def test_tls_route(cluster):
+    """tls routes as Istio's waypoint applies them (no SNI inspection): a match whose sniHosts is exactly the
+    Service's full name applies on its port, before any tcp route; one naming the short name never applies."""
+    c = cluster
+    doc = lambda sni: (  # noqa: E731
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: tls, namespace: %s}\n"
+        "spec:\n  hosts: [vs-t]\n"
+        "  tcp:\n  - route: [{destination: {host: svc-v1, port: {number: 80}}}]\n"
+        "  tls:\n  - match: [{sniHosts: [%s], port: 81}]\n"
+        "    route: [{destination: {host: svc-v2, port: {number: 80}}}]\n" % (NS, sni))
+    d = c.apply(doc("vs-t.%s.svc.cluster.local" % NS))
+    try:
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v2" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tls route to v2")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(20)} == {"v2"}
+        c.apply(doc("vs-t"))  # a short name: the match never applies, the tcp route does
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v1" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route once the tls match no longer applies")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(20)} == {"v1"}
+    finally:
+        c.delete(d)
+
+
 # -- a VirtualService and an HTTPRoute on one Service ----------------------------------------------------------------
 
 def test_httproute_wins_over_virtualservice(cluster):

@@ -586,8 +586,8 @@ static void test_vs_findings(void **state)
          "spec.gateways: bound to gateways only"},
         {"  hosts: [a]\n  gateways: [mesh, ingress]\n  http: [{route: [{destination: {host: a}}]}]\n", 0,
          MANIFEST_WARN, "spec.gateways: only \"mesh\" applies"},
-        {"  hosts: [a]\n  tls: [{route: [{destination: {host: a}}]}]\n", 0, MANIFEST_WARN,
-         "spec.tls: not supported by zmesh's waypoint yet"},
+        {"  hosts: [a]\n  tls: [{match: [{sniHosts: [a]}], route: [{destination: {host: a}}]}]\n", 0,
+         MANIFEST_INFO, "spec.tls[0].match[0].sniHosts: never applies at a waypoint"},
         {"  hosts: [a]\n  tcp: [{match: [{destinationSubnets: [10.0.0.0/8]}], route: [{destination: {host: "
          "a}}]}]\n",
          -EINVAL, MANIFEST_ERROR, "spec.tcp[0].match[0].destinationSubnets: not supported"},

@@ -345,6 +345,50 @@ static void test_retry_hosts_backoff(void **state)
     }
 }
 
+/* tls routes as Istio's waypoint reads them: tried before tcp routes, a match applies only to the Service its
+ * sniHosts names exactly (by its full name) and to its port; other matches never apply (INFO). */
+static void test_tls_routes(void **state)
+{
+    (void)state;
+    struct run r;
+    convert(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: svc, namespace: app}\n"
+        "spec:\n  hosts: [svc, other]\n"
+        "  tcp:\n  - route: [{destination: {host: svc-v1}}]\n"
+        "  tls:\n"
+        "  - match: [{sniHosts: [svc.app.svc.cluster.local], port: 443}, {sniHosts: [svc]},\n"
+        "            {sniHosts: [other.app.svc.cluster.local], sourceLabels: {app: x}}]\n"
+        "    route: [{destination: {host: svc-v2}}]\n"
+        "  - match: [{sniHosts: [other.app.svc.cluster.local], destinationSubnets: [10.0.0.0/8]}]\n"
+        "    route: [{destination: {host: svc-v3, subset: s}}]\n",
+        &r);
+    assert_int_equal(r.rc, 0);
+    assert_true(has(&r, MANIFEST_INFO, "spec.tls[0].match[1].sniHosts: never applies at a waypoint"));
+    assert_true(
+        has(&r, MANIFEST_INFO, "spec.tls[0].match[2]: sourceLabels or sourceNamespace: never applies"));
+    assert_true(has(&r, MANIFEST_WARN, "spec.tls[1].match[0].destinationSubnets: not read by a waypoint"));
+    /* two tls rules (the others skipped), then the tcp rule */
+    assert_int_equal(r.pb->n_tcp_rules, 3);
+    assert_true(r.pb->tcp_rules[0]->tls);
+    assert_string_equal(r.pb->tcp_rules[0]->service->name, "svc");
+    assert_int_equal(r.pb->tcp_rules[0]->ports[0], 443);
+    assert_false(r.pb->tcp_rules[2]->tls);
+    const struct l7_tcp_rule *t = l7_tcp_route_for(r.cfg, "app", "svc", 443);
+    assert_non_null(t);
+    assert_true(t->tls);
+    assert_string_equal(t->backends[0].name, "svc-v2");
+    t = l7_tcp_route_for(r.cfg, "app", "svc", 8443); /* the tls match's port differs: the tcp route */
+    assert_non_null(t);
+    assert_false(t->tls);
+    assert_string_equal(t->backends[0].name, "svc-v1");
+    t = l7_tcp_route_for(r.cfg, "app", "other", 443); /* sniHosts names other: its tls route, any port */
+    assert_non_null(t);
+    assert_true(t->tls);
+    assert_string_equal(t->backends[0].name, "svc-v3");
+    assert_string_equal(t->backends[0].subset, "s");
+    run_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -354,6 +398,7 @@ int main(void)
         cmocka_unit_test(test_findings),
         cmocka_unit_test(test_destination_headers),
         cmocka_unit_test(test_retry_hosts_backoff),
+        cmocka_unit_test(test_tls_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
