@@ -1655,7 +1655,9 @@ out:
 
 /* ---- VirtualService and HTTPRoute on one Service ---- */
 
-void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud)
+/* Each (VirtualService, Service, Gateway API route) overlap among docs: cb(ud, vs doc, message). */
+static void conflicts_each(const struct manifest_l7_doc *docs, size_t n,
+                           void (*cb)(void *ud, const struct manifest_l7_doc *vs, const char *msg), void *ud)
 {
     for (size_t i = 0; i < n; i++) {
         if (strcmp(docs[i].kind, "VirtualService") != 0) continue;
@@ -1691,16 +1693,107 @@ void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_
                     if (!g || *g || !kd || strcmp(kd, "Service") || !pn) continue;
                     if (!pns) pns = rns;
                     if (strcmp(pns, m.parents[p]->namespace_) || strcmp(pn, m.parents[p]->name)) continue;
-                    struct conv rc = {.src = &docs[i].src, .report = report, .ud = ud};
-                    l7c_finding(
-                        &rc, MANIFEST_WARN, "spec.hosts",
+                    char msg[1024];
+                    snprintf(
+                        msg, sizeof(msg),
                         "Service %s/%s also has %s %s/%s: mixing a VirtualService and a Gateway API route "
                         "on one Service is undefined in Istio; zmesh's waypoint applies the %s there and "
                         "ignores this VirtualService for that Service",
                         pns, pn, docs[k].kind, rns, rname ? rname : "?", docs[k].kind);
+                    cb(ud, &docs[i], msg);
                     x = json_array_size(prs);
                 }
             }
         l7_arena_free(&c.a);
     }
+}
+
+struct report_ctx {
+    manifest_report_fn report;
+    void *ud;
+};
+
+static void report_one(void *ud, const struct manifest_l7_doc *vs, const char *msg)
+{
+    struct report_ctx *r = ud;
+    struct conv rc = {.src = &vs->src, .report = r->report, .ud = r->ud};
+    l7c_finding(&rc, MANIFEST_WARN, "spec.hosts", "%s", msg);
+}
+
+void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud)
+{
+    struct report_ctx r = {report, ud};
+    conflicts_each(docs, n, report_one, &r);
+}
+
+struct status_ctx {
+    const char *ns, *name;
+    char *buf;
+    size_t len, w, count;
+};
+
+static void status_one(void *ud, const struct manifest_l7_doc *vs, const char *msg)
+{
+    struct status_ctx *s = ud;
+    const json_t *meta = json_object_get(vs->doc, "metadata");
+    const char *ns = json_string_value(json_object_get(meta, "namespace"));
+    const char *name = json_string_value(json_object_get(meta, "name"));
+    if (!ns || !*ns) ns = "default";
+    if (!name || strcmp(ns, s->ns) || strcmp(name, s->name)) return;
+    s->count++;
+    if (s->w + 1 < s->len) {
+        int k = snprintf(s->buf + s->w, s->len - s->w, "%s%s", s->w ? "; " : "", msg);
+        if (k > 0) s->w = s->w + (size_t)k < s->len ? s->w + (size_t)k : s->len - 1;
+    }
+}
+
+size_t vs_conflict_message(const struct manifest_l7_doc *docs, size_t n, const char *ns, const char *name,
+                           char *buf, size_t len)
+{
+    struct status_ctx s = {.ns = ns, .name = name, .buf = buf, .len = len};
+    if (len) buf[0] = 0;
+    conflicts_each(docs, n, status_one, &s);
+    return s.count;
+}
+
+int vs_conflict_status_apply(json_t *obj, const char *message, const char *now)
+{
+    json_t *st = json_object_get(obj, "status");
+    if (st && !json_is_object(st)) return -EINVAL;
+    json_t *conds = st ? json_object_get(st, "conditions") : NULL;
+    if (conds && !json_is_array(conds)) return -EINVAL;
+    size_t at = SIZE_MAX;
+    for (size_t i = 0; i < json_array_size(conds) && at == SIZE_MAX; i++) {
+        const char *t = json_string_value(json_object_get(json_array_get(conds, i), "type"));
+        if (t && !strcmp(t, VS_COND_ROUTE_CONFLICT)) at = i;
+    }
+    if (!message || !*message) {
+        if (at == SIZE_MAX) return 0;
+        json_array_remove(conds, at);
+        if (!json_array_size(conds)) json_object_del(st, "conditions");
+        if (!json_object_size(st)) json_object_del(obj, "status");
+        return 1;
+    }
+    const json_t *cur = at == SIZE_MAX ? NULL : json_array_get(conds, at);
+    const char *cm = json_string_value(json_object_get(cur, "message"));
+    if (cm && !strcmp(cm, message)) return 0;
+    const char *since = json_string_value(json_object_get(cur, "lastTransitionTime"));
+    json_t *nc = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", VS_COND_ROUTE_CONFLICT, "status", "True",
+                           "lastTransitionTime", since ? since : now, "reason", "GatewayAPIRouteApplies",
+                           "message", message);
+    if (!nc) return -ENOMEM;
+    if (!st) {
+        if (!(st = json_object()) || json_object_set_new(obj, "status", st)) {
+            json_decref(nc);
+            return -ENOMEM;
+        }
+    }
+    if (!conds) {
+        if (!(conds = json_array()) || json_object_set_new(st, "conditions", conds)) {
+            json_decref(nc);
+            return -ENOMEM;
+        }
+    }
+    if (at == SIZE_MAX) return json_array_append_new(conds, nc) ? -ENOMEM : 1;
+    return json_array_set_new(conds, at, nc) ? -ENOMEM : 1;
 }

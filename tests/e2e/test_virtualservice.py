@@ -798,6 +798,14 @@ def test_tls_route(cluster):
 
 # -- a VirtualService and an HTTPRoute on one Service ----------------------------------------------------------------
 
+def conflict(c, name):
+    """The VirtualService's zmesh.io/RouteConflict condition, or None."""
+    o = c.api("VirtualService", NS, name) or {}
+    found = [x for x in o.get("status", {}).get("conditions", []) if x.get("type") == "zmesh.io/RouteConflict"]
+    assert len(found) <= 1, o
+    return found[0] if found else None
+
+
 def test_httproute_wins_over_virtualservice(cluster):
     c = cluster
     d1 = c.apply(vs("mixed", "p", """
@@ -815,10 +823,16 @@ def test_httproute_wins_over_virtualservice(cluster):
         want = ("spec.hosts: Service l7/p also has HTTPRoute l7/mixed-hr: mixing a VirtualService and a Gateway "
                 "API route on one Service is undefined in Istio; zmesh's waypoint applies the HTTPRoute there")
         poll(lambda: want in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd's report of the overlap")
-        # The HTTPRoute gone, the VirtualService applies.
+        # ... and on the VirtualService's status, naming the route zmesh applies.
+        cond = poll(lambda: conflict(c, "mixed"), timeout=APPLY_WAIT, what="the RouteConflict condition")
+        assert cond["status"] == "True" and cond["reason"] == "GatewayAPIRouteApplies", cond
+        assert cond["message"] == want.split("spec.hosts: ", 1)[1] + " and ignores this VirtualService for that " \
+            "Service", cond
+        # The HTTPRoute gone, the VirtualService applies, and its status says nothing of a conflict.
         c.delete(d2)
         until_marked(c, "/", "from-vs", svc="p")
         assert served(req(c, "/", svc="p")) == ("v2", "from-vs")
+        poll(lambda: conflict(c, "mixed") is None, timeout=APPLY_WAIT, what="the RouteConflict condition removed")
     finally:
         c.delete(d1)
         with_d2 = os.path.isdir(d2)

@@ -16,6 +16,7 @@
 #include "mesh/retry.h"
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7.h"
+#include "zmeshd/vs.h"
 
 #define MAX_F 32
 struct run {
@@ -389,6 +390,51 @@ static void test_tls_routes(void **state)
     run_free(&r);
 }
 
+/* A VirtualService and an HTTPRoute on one Service: the message names the Service and the route applied, and
+ * the condition is set once, kept while it says the same, and removed with an empty status. */
+static void test_conflict_status(void **state)
+{
+    (void)state;
+    static const char yaml[] = VS_HEAD
+        "  - route: [{destination: {host: svc}}]\n---\n"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: hr, namespace: app}\n"
+        "spec:\n  parentRefs: [{group: \"\", kind: Service, name: svc}]\n"
+        "  rules: [{backendRefs: [{name: svc, port: 80}]}]\n";
+    struct manifest_store *st;
+    assert_int_equal(manifest_store_new(&st), 0);
+    struct run r = {0};
+    assert_int_equal(manifest_load_buf(st, "in.yaml", yaml, strlen(yaml), on_finding, &r), 0);
+    size_t n = 0;
+    const struct manifest_l7_doc *docs = manifest_l7_docs(st, &n);
+    char msg[2048];
+    assert_int_equal(vs_conflict_message(docs, n, "app", "svc", msg, sizeof(msg)), 1);
+    assert_non_null(strstr(msg, "Service app/svc also has HTTPRoute app/hr"));
+    assert_non_null(strstr(msg, "zmesh's waypoint applies the HTTPRoute there"));
+    assert_int_equal(vs_conflict_message(docs, n, "app", "other", msg, sizeof(msg)), 0);
+    assert_string_equal(msg, "");
+    json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "kind", "VirtualService", "metadata", "name", "svc",
+                          "namespace", "app");
+    assert_int_equal(vs_conflict_status_apply(o, "m1", "2026-01-01T00:00:00Z"), 1);
+    json_t *c = json_array_get(json_object_get(json_object_get(o, "status"), "conditions"), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "type")), VS_COND_ROUTE_CONFLICT);
+    assert_string_equal(json_string_value(json_object_get(c, "status")), "True");
+    assert_string_equal(json_string_value(json_object_get(c, "reason")), "GatewayAPIRouteApplies");
+    assert_string_equal(json_string_value(json_object_get(c, "message")), "m1");
+    assert_int_equal(vs_conflict_status_apply(o, "m1", "2026-01-02T00:00:00Z"), 0); /* unchanged */
+    assert_int_equal(vs_conflict_status_apply(o, "m2", "2026-01-02T00:00:00Z"),
+                     1); /* new message, same since */
+    c = json_array_get(json_object_get(json_object_get(o, "status"), "conditions"), 0);
+    assert_string_equal(json_string_value(json_object_get(c, "lastTransitionTime")), "2026-01-01T00:00:00Z");
+    assert_int_equal(json_array_size(json_object_get(json_object_get(o, "status"), "conditions")), 1);
+    assert_int_equal(vs_conflict_status_apply(o, NULL, "x"), 1);
+    assert_null(json_object_get(o, "status"));
+    assert_int_equal(vs_conflict_status_apply(o, "", "x"), 0);
+    json_object_set_new(o, "status", json_string("bad"));
+    assert_int_equal(vs_conflict_status_apply(o, "m", "x"), -EINVAL);
+    json_decref(o);
+    manifest_store_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_destination_headers),
         cmocka_unit_test(test_retry_hosts_backoff),
         cmocka_unit_test(test_tls_routes),
+        cmocka_unit_test(test_conflict_status),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
