@@ -10,7 +10,11 @@ response headers set/add/remove; directResponse status and body; fault abort 503
 requests) with `FI` and `fault_filter_abort` in the waypoint's access log; a fixed delay (at least the delay, never
 an upper bound) with `DI`, over HTTP/1.1 and over gRPC (h2c); a gRPC abort as a grpc-status; CORS preflight and
 Access-Control-Allow-Origin on a simple request; a VirtualService and an HTTPRoute on one Service (the HTTPRoute
-applies, zmeshd says so).
+applies, zmeshd says so, and the VirtualService's status has zmesh.io/RouteConflict); authority, scheme,
+sourceLabels and sourceNamespace matches; per-destination headers and Host; response flags as a set (UT,DI); a mirror
+under a fault delay leaves after it, over HTTP/1.1 and h2c, and an aborted request is never mirrored;
+retryIgnorePreviousHosts (statistically, over 80 requests each way); a tcp route's subset; tls routes as Istio's
+waypoint applies them.
 
 Addresses of its own: prefix zv<hex>, state /run/zmesh-upvs-<hex>, nodes 172.25.<o>.0/24, pods 10.<o>.0.0/16 with o in
 1..19 (see test_waypoint_l7.py for the others' ranges). Run under `flock /tmp/zmesh-up.lock`.
@@ -631,6 +635,44 @@ def test_grpc_abort_and_delay(cluster):
         # The match on port 80 applies to that service port only.
         r = req(c, "/l7test.Echo/Unary", svc="vs-g")
         assert (r[0], r[2]) == (418, b"port 80 only"), r
+    finally:
+        c.delete(d)
+
+
+def test_grpc_mirror_after_delay(cluster):
+    """Over h2c: a call under a fault delay is shadowed only once the delay is over (the router, which shadows, runs
+    after the fault filter): at v2 no shadow while the delay runs (a lower bound), then exactly one with the call's
+    whole body and the shadow :authority; the caller gets v1's answer."""
+    from test_waypoint_l7 import grpc_calls, grpc_mirror_call
+    import threading
+    c = cluster
+    d = c.apply(vs("grpc-mirror-delay", "vs-g", """
+- match: [{uri: {prefix: /l7test.Echo/}}]
+  fault: {delay: {fixedDelay: 1500ms}}
+  route: [{destination: {host: svc-v1, port: {number: %d}}}]
+  mirror: {host: svc-v2, port: {number: %d}}
+  %s
+""" % (GRPC, GRPC, tagged("gmd"))))
+    try:
+        poll(lambda: ["x-route", "gmd"] in grpc_mirror_call(c, "vs-g", 16)["initial"], timeout=APPLY_WAIT,
+             what="the VirtualService with the delayed mirror in force")
+        before = len(grpc_calls(c, "v2"))
+        got = {}
+        th = threading.Thread(target=lambda: got.update(out=grpc_mirror_call(c, "vs-g", 64 << 10)))
+        t0 = time.monotonic()
+        th.start()
+        time.sleep(0.7)
+        # the 64 KiB call's shadow (a late shadow of the poll's 16-byte calls is not it)
+        early = [l for l in grpc_calls(c, "v2")[before:] if l[2:3] == [str(64 << 10)]]
+        th.join(60)
+        assert time.monotonic() - t0 >= 3.0, "two calls, each delayed 1.5 s"
+        out = got["out"]
+        assert out["echoed"] and out["answer"] == "v1:", out
+        assert not early, "a shadow reached v2 before the fault delay was over: %s" % early
+        shadow = "%s-shadow:%d" % (c.vip("vs-g"), GRPC)
+        want = ["/l7test.Echo/Unary", shadow, str(out["len"]), out["sha"]]
+        poll(lambda: want in grpc_calls(c, "v2", out["sha"]), timeout=10, what="the shadow call at v2")
+        assert grpc_calls(c, "v2", out["sha"]) == [want]
     finally:
         c.delete(d)
 
