@@ -571,6 +571,11 @@ def test_fault_delay(cluster):
         assert time.monotonic() - t0 >= 1.5 and got["r"][0] == 200, got
         assert not early, "the shadow reached v2 before the fault delay was over"
         poll(lambda: seen(c, "v2", t), timeout=10, what="the shadow after the delay")
+        # A body under the delay reaches both: the client's answer is v1's with the whole body, and v2 gets its shadow.
+        tp = "/slowmirror/%04x/post" % random.randrange(1 << 16)
+        r = req(c, tp, svc="vs-x", method="POST", body=b"y" * 100000)
+        assert r[0] == 200 and json.loads(r[2])["body_len"] == 100000 and json.loads(r[2])["tag"] == "v1", r[:2]
+        poll(lambda: seen(c, "v2", tp), timeout=10, what="the POST's shadow after the delay")
         ta = "/abortmirror/%04x" % random.randrange(1 << 16)
         assert req(c, ta, svc="vs-x")[0] == 503
         tb = "/slowmirror/%04x" % random.randrange(1 << 16)  # a later mirrored request: its shadow is a barrier
