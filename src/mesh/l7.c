@@ -1418,7 +1418,8 @@ static int tcp_rules_build(struct route *r, struct verr *v)
             char *a, *bn;
             fld(f, sizeof(f), "tcp_rules[%zu].service", i);
             if (!t->tls) return fail(v, f, "tls rules only");
-            if (!t->service->namespace_[0] || !t->service->name[0]) return fail(v, f, "namespace and name required");
+            if (!t->service->namespace_[0] || !t->service->name[0])
+                return fail(v, f, "namespace and name required");
             if ((rc = copy_str(r, v, f, t->service->namespace_, &a)) < 0 ||
                 (rc = copy_str(r, v, f, t->service->name, &bn)) < 0)
                 return rc;
