@@ -60,7 +60,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     char name[L7_NAME_MAX], err[512];
     const char *kind = json_string_value(json_object_get(doc, "kind"));
     int rc = kind && !strcmp(kind, "VirtualService")
-                 ? vs_convert(doc, src, &pb, &len, name, sizeof(name), on_finding, NULL)
+                 ? vs_convert(doc, src, NULL, &pb, &len, name, sizeof(name), on_finding, NULL)
                  : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), on_finding, NULL);
     if (rc < 0 || l7_builder_add(b, L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err, sizeof(err)) < 0) {
         fprintf(stderr, "bench_l7match: %s\n", rc < 0 ? "conversion failed" : err);

@@ -23,6 +23,7 @@
 #include "cli/waypoint.h"
 #include "core/loop.h"
 #include "zmeshd/daemon.h"
+#include "zmeshd/vs.h"
 #include "zmeshd/waypoint.h"
 
 #define REQ_MAX (16u << 20)
@@ -546,6 +547,7 @@ static void api_remove(struct ctl *ctl, const char *kind, const char *ns, const 
 static void svc_sync(struct ctl *ctl);
 static void wp_status_sync(struct ctl *ctl);
 static void svc_bound_sync(struct ctl *ctl);
+static void vs_status_sync(struct ctl *ctl);
 
 static void flush_cb(struct task *t)
 {
@@ -562,6 +564,7 @@ static void flush_cb(struct task *t)
     if (!ctl->stopping) wp_status_sync(ctl);
     /* After the Gateways' status: a waypoint's readiness is its status.addresses. */
     if (!ctl->stopping) svc_bound_sync(ctl);
+    if (!ctl->stopping) vs_status_sync(ctl);
 }
 
 static void pod_start_containers(struct pod *p)
@@ -1501,6 +1504,47 @@ out:
     k8s_waypoints_free(w);
     manifest_store_free(st);
     json_decref(index);
+}
+
+/* The VirtualServices' zmesh.io/RouteConflict condition (src/zmeshd/vs.h): set on one that shares a Service
+ * with an HTTPRoute or GRPCRoute, naming the route zmesh's waypoint applies there (Istio leaves the mix
+ * undefined), removed once it shares none; written only when it changes. Read from api/ as zmeshd reads it. */
+static void vs_status_sync(struct ctl *ctl)
+{
+    const char *k;
+    json_t *o;
+    bool any = false;
+    json_object_foreach(ctl->store, k, o) any = any || !strcmp(cluster_obj_kind(o), "VirtualService");
+    if (!any) return;
+    char api[CLUSTER_PATH_MAX], now[32], msg[4096];
+    struct manifest_store *st = NULL;
+    int rc = manifest_store_new(&st);
+    if (!rc) rc = manifest_load_dir(st, cluster_path(ctl->cfg, api, sizeof(api), "api"), quiet_finding, NULL);
+    if (rc) {
+        ctl_log("virtualservices' %s conditions not updated: %s", VS_COND_ROUTE_CONFLICT, strerror(-rc));
+        manifest_store_free(st);
+        return;
+    }
+    size_t n = 0;
+    const struct manifest_l7_doc *docs = manifest_l7_docs(st, &n);
+    cluster_rfc3339(time(NULL), now, sizeof(now));
+    json_object_foreach(ctl->store, k, o)
+    {
+        if (strcmp(cluster_obj_kind(o), "VirtualService")) continue;
+        const char *ns = cluster_obj_ns(o), *name = cluster_obj_name(o);
+        vs_conflict_message(docs, n, ns, name, msg, sizeof(msg));
+        int r = vs_conflict_status_apply(o, msg, now);
+        if (r < 0) {
+            ctl_log("virtualservice/%s in namespace %s: %s not written: %s", name, ns, VS_COND_ROUTE_CONFLICT,
+                    r == -EINVAL ? "status or status.conditions is not of its type" : strerror(-r));
+            continue;
+        }
+        if (!r) continue;
+        api_put(ctl, o);
+        ctl_log("virtualservice/%s in namespace %s: %s %s", name, ns, VS_COND_ROUTE_CONFLICT,
+                *msg ? msg : "removed (it shares no Service with a Gateway API route)");
+    }
+    manifest_store_free(st);
 }
 
 /* As the API server: status.conditions are the controllers' (the status subresource), so an apply keeps the

@@ -264,6 +264,13 @@ struct match_entry {
     uint16_t port;
     const struct named_match *without;
     size_t n_without;
+    /* VirtualService authority and scheme (NULL = any), sourceNamespace ("" = any) and sourceLabels resolved
+     * to client workloads ("ns/pod", sorted; has_src: the condition is set, even when it selects none) */
+    const struct named_match *authority, *scheme;
+    const char *src_ns;
+    bool has_src;
+    const char *const *src_wls;
+    size_t n_src_wls;
 };
 
 struct route {
@@ -733,6 +740,84 @@ static int path_regex(struct route *r, struct verr *v, const char *field, struct
 
 static bool method_ok(const char *m);
 
+/* A VirtualService StringMatch on a request attribute (authority, scheme): EXACT, STRING_PREFIX or REGEX into
+ * *out (arena). */
+static int vs_attr_match(struct route *r, struct verr *v, const char *field, const Zmesh__V1__StringMatch *pb,
+                         const struct named_match **out)
+{
+    char f[160];
+    int rc;
+    struct named_match *m = l7_arena_alloc(&r->arena, sizeof(*m));
+    if (!m) return -ENOMEM;
+    char *value;
+    fld(f, sizeof(f), "%s.value", field);
+    if ((rc = copy_str(r, v, f, pb->value, &value)) < 0) return rc;
+    *m = (struct named_match){.name = "", .value = value, .value_len = strlen(value)};
+    switch (pb->type) {
+    case ZMESH__V1__STRING_MATCH__TYPE__EXACT:
+        m->kind = NM_EXACT;
+        break;
+    case ZMESH__V1__STRING_MATCH__TYPE__STRING_PREFIX:
+        m->kind = NM_PREFIX;
+        break;
+    case ZMESH__V1__STRING_MATCH__TYPE__REGEX: {
+        char e[300];
+        if ((rc = re_compile(value, &m->re, e, sizeof(e))) < 0)
+            return rc == -ENOMEM ? rc : fail(v, f, "%s", e);
+        if ((rc = route_keep_re(r, m->re)) < 0) {
+            pcre2_code_free(m->re);
+            return rc;
+        }
+        m->regex = true;
+        m->kind = NM_REGEX;
+        break;
+    }
+    default:
+        fld(f, sizeof(f), "%s.type", field);
+        return fail(v, f, "expected EXACT, STRING_PREFIX or REGEX, got %d", (int)pb->type);
+    }
+    *out = m;
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* sourceNamespace and sourceLabels (resolved to workloads) of a VirtualService match. */
+static int vs_source_build(struct route *r, struct verr *v, const char *field,
+                           const Zmesh__V1__RouteMatch *pb, struct match_entry *e)
+{
+    char f[160];
+    int rc;
+    char *ns;
+    fld(f, sizeof(f), "%s.source_namespace", field);
+    if ((rc = copy_str(r, v, f, pb->source_namespace, &ns)) < 0) return rc;
+    e->src_ns = ns;
+    e->has_src = pb->has_source_labels;
+    if (pb->n_source_workloads && !pb->has_source_labels) {
+        fld(f, sizeof(f), "%s.source_workloads", field);
+        return fail(v, f, "set without has_source_labels");
+    }
+    const char **w =
+        l7_arena_alloc(&r->arena, (pb->n_source_workloads ? pb->n_source_workloads : 1) * sizeof(*w));
+    if (!w) return -ENOMEM;
+    for (size_t i = 0; i < pb->n_source_workloads; i++) {
+        fld(f, sizeof(f), "%s.source_workloads[%zu]", field, i);
+        const char *sl = strchr(pb->source_workloads[i], '/');
+        if (!sl || sl == pb->source_workloads[i] || !sl[1])
+            return fail(v, f, "expected \"<namespace>/<pod>\", got \"%.64s\"", pb->source_workloads[i]);
+        char *c;
+        if ((rc = copy_str(r, v, f, pb->source_workloads[i], &c)) < 0) return rc;
+        w[i] = c;
+    }
+    qsort(w, pb->n_source_workloads, sizeof(*w), cmp_str);
+    e->src_wls = w;
+    e->n_src_wls = pb->n_source_workloads;
+    return 0;
+}
+
 /* A VirtualService HTTPMatchRequest: uri exact/prefix (a plain string prefix)/regex, optionally without case,
  * method, headers and withoutHeaders (exact, prefix, regex, present), queryParams (exact, prefix, regex). No
  * path shape is required: Istio passes uri values to Envoy as written. */
@@ -805,7 +890,11 @@ static int vs_match_build(struct route *r, struct verr *v, const char *field, co
     fld(f, sizeof(f), "%s.query_params", field);
     if ((rc = named_matches(r, v, f, pb->query_params, pb->n_query_params, false, &e->query)) < 0) return rc;
     e->n_query = pb->n_query_params;
-    return 0;
+    fld(f, sizeof(f), "%s.authority", field);
+    if (pb->authority && (rc = vs_attr_match(r, v, f, pb->authority, &e->authority)) < 0) return rc;
+    fld(f, sizeof(f), "%s.scheme", field);
+    if (pb->scheme && (rc = vs_attr_match(r, v, f, pb->scheme, &e->scheme)) < 0) return rc;
+    return vs_source_build(r, v, field, pb, e);
 }
 
 static int match_build(struct route *r, struct verr *v, const char *field, const Zmesh__V1__RouteMatch *pb,
@@ -1022,6 +1111,7 @@ static int vs_rule_parts(struct route *r, struct verr *v, size_t ri, const Zmesh
         o->attempts = rp->attempts;
         o->per_try_timeout_ms = rp->per_try_timeout_ms;
         o->retry_other_hosts = rp->retry_other_hosts;
+        o->backoff_base_ms = rp->backoff_base_ms;
         for (size_t i = 0; i < rp->n_retry_on; i++) {
             uint32_t bit = retry_on_bit(rp->retry_on[i]);
             if (!bit) {
@@ -1215,6 +1305,15 @@ static int rule_build(struct route *r, struct verr *v, size_t ri, const Zmesh__V
             if ((rc = copy_str(r, v, f, b->subset, &sub)) < 0) return rc;
             be[i].subset = sub;
         }
+        be[i].authority = "";
+        if (b->authority[0]) {
+            char *h;
+            fld(f, sizeof(f), "rules[%zu].backends[%zu].authority", ri, i);
+            if (!vs) return fail(v, f, "VirtualService only");
+            if (strpbrk(b->authority, " /?#@")) return fail(v, f, "not a hostname: \"%.64s\"", b->authority);
+            if ((rc = copy_str(r, v, f, b->authority, &h)) < 0) return rc;
+            be[i].authority = h;
+        }
         if (b->n_filters > L7_MAX_FILTERS) {
             fld(f, sizeof(f), "rules[%zu].backends[%zu].filters", ri, i);
             return fail(v, f, "more than %d entries", L7_MAX_FILTERS);
@@ -1305,12 +1404,27 @@ static int tcp_rules_build(struct route *r, struct verr *v)
             }
             be[k].weight = b->weight;
             be[k].subset = "";
+            be[k].authority = "";
             if (b->subset[0]) {
                 char *sub;
                 if ((rc = copy_str(r, v, f, b->subset, &sub)) < 0) return rc;
                 be[k].subset = sub;
             }
             o->total_weight += b->weight;
+        }
+        o->tls = t->tls;
+        o->only_ns = o->only_name = "";
+        if (t->service) {
+            char *a, *bn;
+            fld(f, sizeof(f), "tcp_rules[%zu].service", i);
+            if (!t->tls) return fail(v, f, "tls rules only");
+            if (!t->service->namespace_[0] || !t->service->name[0])
+                return fail(v, f, "namespace and name required");
+            if ((rc = copy_str(r, v, f, t->service->namespace_, &a)) < 0 ||
+                (rc = copy_str(r, v, f, t->service->name, &bn)) < 0)
+                return rc;
+            o->only_ns = a;
+            o->only_name = bn;
         }
         o->ports = ports;
         o->n_ports = t->n_ports;
@@ -1772,13 +1886,17 @@ const struct l7_tcp_rule *l7_tcp_route_for(const struct l7_config *c, const char
     if (!b) return NULL;
     while (b > c->tcp_binds && !strcmp(b[-1].key, key))
         b--;
-    for (; b < c->tcp_binds + c->n_tcp_binds && !strcmp(b->key, key); b++)
-        for (size_t i = 0; i < b->route->n_tcp; i++) {
-            const struct l7_tcp_rule *t = &b->route->tcp[i];
-            if (!t->n_ports) return t;
-            for (size_t k = 0; k < t->n_ports; k++)
-                if (t->ports[k] == port) return t;
-        }
+    /* Every VirtualService's tls routes first, then the tcp routes (GEP-1294's order, as Istio's waypoint). */
+    for (int tls = 1; tls >= 0; tls--)
+        for (const struct tcp_bind *x = b; x < c->tcp_binds + c->n_tcp_binds && !strcmp(x->key, key); x++)
+            for (size_t i = 0; i < x->route->n_tcp; i++) {
+                const struct l7_tcp_rule *t = &x->route->tcp[i];
+                if (t->tls != (tls == 1)) continue;
+                if (*t->only_ns && (strcmp(t->only_ns, svc_ns) || strcmp(t->only_name, svc_name))) continue;
+                if (!t->n_ports) return t;
+                for (size_t k = 0; k < t->n_ports; k++)
+                    if (t->ports[k] == port) return t;
+            }
     return NULL;
 }
 
@@ -2049,6 +2167,45 @@ static bool header_ok(const struct named_match *m, const struct l7_request *req,
     return ok;
 }
 
+/* sourceLabels: the client workload (ns, name) is one of the sorted "ns/pod" list. */
+static bool source_wl_in(const struct match_entry *e, const struct l7_request *req)
+{
+    if (!req->source_workload_ns || !req->source_workload) return false;
+    size_t nl = strlen(req->source_workload_ns);
+    size_t lo = 0, hi = e->n_src_wls;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const char *c = e->src_wls[mid];
+        /* compare "ns/name" with c without building it */
+        int d = strncmp(c, req->source_workload_ns, nl);
+        if (!d) d = (unsigned char)c[nl] - (unsigned char)'/';
+        if (!d) d = strcmp(c + nl + 1, req->source_workload);
+        if (!d) return true;
+        if (d < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
+}
+
+/* The VirtualService-only conditions of e: authority, scheme, sourceNamespace, sourceLabels. */
+static bool vs_attrs_match(const struct match_entry *e, const struct l7_request *req)
+{
+    if (e->authority) {
+        const char *a = req->authority ? req->authority : "";
+        if (!named_ok(e->authority, a, strlen(a))) return false;
+    }
+    if (e->scheme) {
+        const char *sc = req->scheme && *req->scheme ? req->scheme : "http";
+        if (!named_ok(e->scheme, sc, strlen(sc))) return false;
+    }
+    if (e->src_ns && *e->src_ns && (!req->source_namespace || strcmp(req->source_namespace, e->src_ns) != 0))
+        return false;
+    if (e->has_src && !source_wl_in(e, req)) return false;
+    return true;
+}
+
 static bool entry_matches(const struct match_entry *e, const struct l7_request *req, const char *p, size_t pn,
                           const char *q, size_t qn)
 {
@@ -2080,6 +2237,7 @@ static bool entry_matches(const struct match_entry *e, const struct l7_request *
         if (!header_ok(&e->headers[i], req, false)) return false;
     for (size_t i = 0; i < e->n_without; i++)
         if (header_ok(&e->without[i], req, true)) return false;
+    if (!vs_attrs_match(e, req)) return false;
     for (size_t i = 0; i < e->n_query; i++) {
         const struct named_match *m = &e->query[i];
         char buf[L7_MAX_STRING];

@@ -77,7 +77,8 @@ size_t l7_config_n_policies(const struct l7_config *c);
 /* ---- DestinationRule (src/mesh/destination_rule.h) ---- */
 struct dr_rule;
 /* The DestinationRule for Service svc_ns/svc_name, or NULL (none: Envoy's defaults). Borrowed from c. */
-const struct dr_rule *l7_destination_rule_for(const struct l7_config *c, const char *svc_ns, const char *svc_name);
+const struct dr_rule *l7_destination_rule_for(const struct l7_config *c, const char *svc_ns,
+                                              const char *svc_name);
 size_t l7_config_n_destination_rules(const struct l7_config *c);
 
 /* ---- what a matched rule carries ---- */
@@ -149,6 +150,7 @@ struct l7_backend {
     uint32_t weight;
     const struct l7_filter *filters; /* header modifiers only */
     size_t n_filters;
+    const char *authority; /* VirtualService: this destination's Host rewrite, "" = none (the rule's wins) */
 };
 /* ---- VirtualService-only parts of a rule (NULL in a rule that has none) ---- */
 
@@ -189,6 +191,7 @@ struct l7_retry {
     uint16_t codes[L7_MAX_RETRY_CODES];
     size_t n_codes;
     bool retry_other_hosts; /* Envoy's previous_hosts predicate: each retry goes to another host */
+    uint64_t backoff_base_ms; /* retries.backoff: the back-off's base interval (max 10x); 0 = Envoy's 25 ms */
 };
 /* Istio's default retry policy, which applies to every rule (HTTPRoute and VirtualService) without retries:
  * 2 attempts, connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (503), another host
@@ -256,8 +259,14 @@ struct l7_request {
     const char *authority; /* NUL-terminated, "" when absent */
     const struct l7_header *headers;
     size_t n_headers;
-    bool grpc; /* content-type application/grpc*; not a matching input (Istio's translation has none) */
+    bool grpc;     /* content-type application/grpc*; not a matching input (Istio's translation has none) */
     uint16_t port; /* the service port it came to, for VirtualService port matches (0 = unknown: they fail) */
+    /* VirtualService scheme and source matches (NULL = unknown: a scheme match compares "http", a
+     * sourceNamespace or sourceLabels match fails): the request's scheme, the namespace of the client's
+     * identity, and the client workload's namespace and name (found by the peer's address). */
+    const char *scheme;
+    const char *source_namespace;
+    const char *source_workload_ns, *source_workload;
 };
 
 /* The routes attached to Service svc_ns/svc_name on service port port: those whose parent names the Service
@@ -282,9 +291,12 @@ struct l7_tcp_rule {
     const struct l7_backend *backends;
     size_t n_backends;
     uint64_t total_weight;
+    bool tls;                     /* a tls route's match (TLSRoute): tried before every tcp route */
+    const char *only_ns, *only_name; /* tls: the one Service it applies to (sniHosts), "" = every Service */
 };
-/* The first tcp route of the VirtualServices attached to svc_ns/svc_name (oldest first, each in order) that
- * applies to port, or NULL (the connection goes to the Service itself). Borrowed from c. */
+/* The first tls route, else the first tcp route, of the VirtualServices attached to svc_ns/svc_name (oldest
+ * first, each in order) that applies to port (Istio's waypoint: getWaypointTCPRoutes), or NULL (the connection
+ * goes to the Service itself). Borrowed from c. */
 const struct l7_tcp_rule *l7_tcp_route_for(const struct l7_config *c, const char *svc_ns,
                                            const char *svc_name, uint16_t port);
 /* Weighted destination choice for a tcp route, as l7_pick_backend. */

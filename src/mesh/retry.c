@@ -61,9 +61,15 @@ bool l7_retry_wanted(const struct l7_retry *p, const struct l7_try *t)
 
 uint64_t l7_retry_backoff_ms(unsigned n, uint64_t rnd)
 {
-    uint64_t interval = L7_RETRY_BASE_MS;
-    for (unsigned i = 1; i < n && interval < L7_RETRY_MAX_MS; i++)
+    return l7_retry_policy_backoff_ms(NULL, n, rnd);
+}
+
+uint64_t l7_retry_policy_backoff_ms(const struct l7_retry *p, unsigned n, uint64_t rnd)
+{
+    uint64_t base = p && p->backoff_base_ms ? p->backoff_base_ms : L7_RETRY_BASE_MS, max = 10 * base;
+    uint64_t interval = base;
+    for (unsigned i = 1; i < n && interval < max; i++)
         interval *= 2;
-    if (interval > L7_RETRY_MAX_MS) interval = L7_RETRY_MAX_MS;
+    if (interval > max) interval = max;
     return rnd % interval;
 }

@@ -35,3 +35,6 @@ bool l7_retry_wanted(const struct l7_retry *p, const struct l7_try *t);
 #define L7_RETRY_BASE_MS 25u
 #define L7_RETRY_MAX_MS (10u * L7_RETRY_BASE_MS)
 uint64_t l7_retry_backoff_ms(unsigned n, uint64_t rnd);
+/* The same under policy p's retries.backoff (Envoy's retry_back_off.base_interval; its max_interval defaults
+ * to 10 x base): p NULL or without a backoff is l7_retry_backoff_ms. */
+uint64_t l7_retry_policy_backoff_ms(const struct l7_retry *p, unsigned n, uint64_t rnd);

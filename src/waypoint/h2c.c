@@ -82,6 +82,8 @@ struct hc_x {
     /* A VirtualService fault delay (route.c): the first try starts when delay_timer fires; meanwhile the
      * request is between tries (retrying: its DATA waits in d2u and the replay, uncredited). */
     struct timer delay_timer;
+    bool delayed;      /* the delay ran: flag DI whatever else the request meets */
+    bool mirror_body;  /* RequestMirror under a delay: the request has a body (its HEADERS did not end it) */
     struct msg_count req_msgs, resp_msgs;
     int grpc_status; /* from the response's trailers (or a trailers-only response), -1 when none */
     bool counted;    /* wp_endpoint_begin ran for upstream_ep */
@@ -166,6 +168,7 @@ static void x_record(struct hc_x *x)
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
     char fl[WP_FLAGS_MAX];
     const char *flags = wp_try_flags(&x->tries, x->flags, fl);
+    if (x->delayed) flags = wp_flags_add(flags, WP_RF_DI, fl, sizeof(fl)); /* a set: DI stays */
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -833,7 +836,7 @@ static bool x_retry(struct hc_x *x, const struct l7_try *t)
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
     x->retrying = true;
     x->refs++;
-    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->tries));
+    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->dec, &x->tries));
     return true;
 }
 
@@ -897,12 +900,14 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
                             .authority = req->authority,
                             .headers = lh,
                             .n_headers = nl,
-                            .grpc = x->grpc};
+                            .grpc = x->grpc,
+                            .scheme = req->scheme};
     wp_decide(t, &lr, &x->dec);
     if (x->dec.kind == WP_DECIDE_LOCAL) {
         drop_d2u(x);
         if (x->dec.delay_ms) { /* a VirtualService fault delay first (delay_cb answers; DATA is dropped) */
             x->flags = "DI";
+            x->delayed = true;
             x->delay_timer.cb = delay_cb;
             timer_start(t->w->loop, &x->delay_timer, x->dec.delay_ms);
             return;
@@ -937,9 +942,12 @@ static void down_request(struct h2_stream *s, void *ud, const struct h2_request 
     x->n_req_hdrs = no;
     if (req->end_stream) x->d2u.eof = x->req_eof = true;
     if (x->dec.delay_ms) { /* a VirtualService fault delay: the first try starts in delay_cb */
-        if (x->dec.mirror_svc) start_mirror(x, out, no, !req->end_stream); /* the copy does not wait */
+        /* The shadow leaves when the delay is over (delay_cb), as Envoy's router shadows only what passed the
+         * fault filter before it. */
+        x->mirror_body = !req->end_stream;
         x->retrying = true; /* DATA waits in d2u and the replay, as between tries */
         x->flags = "DI";
+        x->delayed = true;
         x->delay_timer.cb = delay_cb;
         timer_start(t->w->loop, &x->delay_timer, x->dec.delay_ms);
         return;
@@ -961,7 +969,8 @@ static void delay_cb(struct timer *tm)
         return;
     }
     if (x->dec.timeout_ms) timer_start(x->d->t->w->loop, &x->timer, x->dec.timeout_ms);
-    (void)x_try_start(x);
+    if (x_try_start(x) < 0) return;
+    if (x->dec.mirror_svc && x->us) start_mirror(x, x->req_hdrs, x->n_req_hdrs, x->mirror_body);
 }
 
 static void down_closed(struct h2_conn *c, void *ud, const struct h2_end *e)

@@ -91,6 +91,11 @@ struct h1_x {
     struct lb_choice upstream_ep;
     struct timer timer; /* the route's timeout */
     struct timer delay_timer; /* a VirtualService fault delay (route.c): the request waits in the replay */
+    bool delayed;             /* the delay ran: flag DI whatever else the request meets */
+    /* RequestMirror under a fault delay: the shadow's head, sent with the body so far (the replay past
+     * mirror_body_off) when the delay is over, as Envoy's router shadows only what passed the fault filter */
+    struct http1_out mirror_head;
+    size_t mirror_body_off;
     uint64_t req_head_bytes, resp_head_bytes; /* the heads' sizes on the downstream wire (metrics) */
     int64_t upstream_ms;                      /* x-envoy-upstream-service-time, -1 before the response */
     bool counted;                             /* wp_endpoint_begin ran for upstream_ep */
@@ -719,6 +724,7 @@ static void x_record(struct h1_x *x)
     const struct service *svc = x->dec.kind == WP_DECIDE_FORWARD && x->dec.svc ? x->dec.svc : t->svc;
     char fl[WP_FLAGS_MAX];
     const char *flags = wp_try_flags(&x->tries, x->flags, fl);
+    if (x->delayed) flags = wp_flags_add(flags, WP_RF_DI, fl, sizeof(fl)); /* a set: DI stays */
     wp_record_request(&(struct wp_record){
         .t = t,
         .method = x->method,
@@ -758,6 +764,7 @@ static void x_free(struct h1_x *x)
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
     if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
     http1_out_free(&x->replay);
+    http1_out_free(&x->mirror_head);
     if (timer_armed(&x->delay_timer)) timer_stop(l, &x->delay_timer);
     free(x->head);
     free(x);
@@ -801,23 +808,34 @@ static void timeout_cb(struct timer *tm);
 /* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with its Host in the shadow form
  * ("-shadow" before the port, wp_shadow_host), its response dropped; the body is copied while the shadow keeps
  * up (more than H1_HIGH_WATER waiting abandons the shadow rather than slow the request). */
-static void start_mirror(struct h1_x *x, const struct http1_head *h, const char *target, size_t target_len,
-                         struct http1_hdr *hv, size_t n)
+/* The shadow's request head into out: the request's with its Host in the shadow form. 0, or -1 (logged: no
+ * shadow). hv's Host entry is changed in place. */
+static int mirror_head(struct h1_x *x, const struct http1_head *h, const char *target, size_t target_len,
+                       struct http1_hdr *hv, size_t n, struct http1_out *out, char *shadow, size_t shadow_n)
 {
-    struct wp_tunnel *t = x->d->t;
     const char *route = x->route_name ? x->route_name : "-";
-    char shadow[WP_SHADOW_HOST_MAX];
     for (size_t i = 0; i < n; i++)
         if (http1_name_is(hv[i].name, hv[i].name_len, "host")) {
-            ssize_t sl = wp_shadow_host(hv[i].value, hv[i].value_len, shadow, sizeof(shadow));
+            ssize_t sl = wp_shadow_host(hv[i].value, hv[i].value_len, shadow, shadow_n);
             if (sl < 0) {
                 LOG_LIMITED(LOG_WARN, LOG_HTTP, "RequestMirror of route %s: %s: no shadow sent", route,
                             sl == -ENOSPC ? "the Host is too long for its shadow form" : "the Host is empty");
-                return;
+                return -1;
             }
             hv[i].value = shadow;
             hv[i].value_len = (size_t)sl;
         }
+    return http1_write_request_head(out, h->method, h->method_len, target, target_len, hv, n, h->framing,
+                                    h->content_length) < 0
+               ? -1
+               : 0;
+}
+
+/* Opens the shadow's connection and sends head[0..hn) and the body so far, body[0..bn) (already framed). */
+static void mirror_open(struct h1_x *x, const char *head, size_t hn, const char *body, size_t bn)
+{
+    struct wp_tunnel *t = x->d->t;
+    const char *route = x->route_name ? x->route_name : "-";
     struct lb_choice ep;
     const char *err = NULL;
     if (wp_pick_endpoint(t, x->dec.mirror_svc, x->dec.mirror_port, &ep) < 0) {
@@ -833,13 +851,25 @@ static void start_mirror(struct h1_x *x, const struct http1_head *h, const char 
     }
     m->mirror = true;
     if (x->head_req) http1_parser_response_to_head(m->p);
-    if (http1_write_request_head(&m->s.out, h->method, h->method_len, target, target_len, hv, n, h->framing,
-                                 h->content_length) < 0) {
+    if (http1_out_append(&m->s.out, head, hn) < 0 || (bn && http1_out_append(&m->s.out, body, bn) < 0)) {
         up_close(m, "mirror");
         return;
     }
     x->mu = m;
     up_kick(m);
+}
+
+/* RequestMirror, as Envoy's shadowing: the same request to the mirror Service with its Host in the shadow form
+ * ("-shadow" before the port, wp_shadow_host), its response dropped; the body is copied while the shadow keeps
+ * up (more than H1_HIGH_WATER waiting abandons the shadow rather than slow the request). */
+static void start_mirror(struct h1_x *x, const struct http1_head *h, const char *target, size_t target_len,
+                         struct http1_hdr *hv, size_t n)
+{
+    char shadow[WP_SHADOW_HOST_MAX];
+    struct http1_out head = {0};
+    if (mirror_head(x, h, target, target_len, hv, n, &head, shadow, sizeof(shadow)) == 0)
+        mirror_open(x, head.p, head.n, NULL, 0);
+    http1_out_free(&head);
 }
 
 /* Copies request bytes (already framed) to the shadow, or abandons it when it falls behind. */
@@ -944,7 +974,7 @@ static bool x_retry(struct h1_x *x, const struct l7_try *t)
     x->counted = false;
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);
     x->retrying = true;
-    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->tries));
+    timer_start(w->loop, &x->retry_timer, wp_try_backoff_ms(w, &x->dec, &x->tries));
     return true;
 }
 
@@ -1120,7 +1150,12 @@ static int req_head(void *ud, const struct http1_head *h)
                                  h->content_length) < 0)
         return -1;
     if (dec->delay_ms) { /* a VirtualService fault delay: the first try starts in delay_cb */
-        if (dec->mirror_svc) start_mirror(x, h, target, target_len, hv, n); /* the copy does not wait */
+        /* The shadow leaves after the delay too (the router shadows; the fault filter runs before it). */
+        char shadow[WP_SHADOW_HOST_MAX];
+        x->mirror_body_off = x->replay.n;
+        if (dec->mirror_svc &&
+            mirror_head(x, h, target, target_len, hv, n, &x->mirror_head, shadow, sizeof(shadow)) < 0)
+            http1_out_free(&x->mirror_head);
         delay_start(x, dec->delay_ms);
         return 0;
     }
@@ -1148,7 +1183,13 @@ static void delay_cb(struct timer *tm)
     struct h1_down *d = x->d;
     x->retrying = false;
     if (x->dec.timeout_ms) timer_start(d->t->w->loop, &x->timer, x->dec.timeout_ms);
-    if (x_try_start(x) < 0 && x->req_done) {
+    int rc = x_try_start(x);
+    if (rc == 0 && x->u && x->mirror_head.n && !x->replay_lost && x->replay.n >= x->mirror_body_off)
+        mirror_open(x, x->mirror_head.p, x->mirror_head.n, x->replay.p + x->mirror_body_off,
+                    x->replay.n - x->mirror_body_off);
+    if (x->mu && x->req_done) x->mu = NULL; /* the shadow has its whole request: it finishes on its own */
+    http1_out_free(&x->mirror_head);
+    if (rc < 0 && x->req_done) {
         x_finish(x);
         return;
     }
@@ -1159,6 +1200,7 @@ static void delay_start(struct h1_x *x, uint64_t ms)
 {
     x->retrying = x->dec.kind == WP_DECIDE_FORWARD; /* the body waits in the replay, as between tries */
     x->flags = "DI";
+    x->delayed = true;
     x->delay_timer.cb = delay_cb;
     timer_start(x->d->t->w->loop, &x->delay_timer, ms);
 }

@@ -981,12 +981,12 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     }
     const struct service *svc; /* a VirtualService tcp route may send it elsewhere (route.c) */
     uint16_t port;
-    const char *subset; /* for the DestinationRule's endpoint choice; not used yet */
+    const char *subset; /* the DestinationRule subset the endpoint comes from ("" none) */
     if (wp_decide_tcp(t, &svc, &port, &subset) < 0) {
         err = "the tcp route's destination Service does not exist";
         goto fail;
     }
-    if (wp_pick_endpoint(t, svc, port, &f->ep) < 0) {
+    if (wp_pick_tcp_endpoint(t, svc, port, subset, &f->ep) < 0) {
         err = "no healthy upstream";
         goto fail;
     }

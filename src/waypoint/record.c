@@ -10,6 +10,9 @@
 void wp_record_request(const struct wp_record *r)
 {
     struct wp_tunnel *t = r->t;
+    /* The codecs hand over the flags as a list; the metrics and the log print the set in Envoy's order. */
+    char flags[WP_RF_TEXT_MAX];
+    wp_flags_format(wp_flags_parse(r->flags), flags, sizeof(flags));
     struct wp_req_info ri = {
         .src_wl = t->src_wl,
         .src_principal = *t->peer_id ? t->peer_id : NULL,
@@ -19,7 +22,7 @@ void wp_record_request(const struct wp_record *r)
         .grpc = r->grpc,
         .response_code = r->status,
         .grpc_status = r->grpc_status,
-        .response_flags = r->flags,
+        .response_flags = flags,
         .request_bytes = r->req_wire,
         .response_bytes = r->resp_wire,
         .duration_ms = r->duration_ms,
@@ -27,17 +30,19 @@ void wp_record_request(const struct wp_record *r)
         .response_messages = r->resp_msgs,
     };
     if (wp_metrics_request(&ri) < 0)
-        LOG_LIMITED(LOG_WARN, "waypoint::telemetry", "a request to %s was not counted (label sets full or no memory)",
+        LOG_LIMITED(LOG_WARN, "waypoint::telemetry",
+                    "a request to %s was not counted (label sets full or no memory)",
                     r->authority ? r->authority : "-");
     char local[SOCKADDR_STRLEN], remote[SOCKADDR_STRLEN], cluster[320];
-    snprintf(cluster, sizeof(cluster), "inbound-vip|%u|http|%s", t->port, r->dst_svc ? r->dst_svc->hostname : "");
+    snprintf(cluster, sizeof(cluster), "inbound-vip|%u|http|%s", t->port,
+             r->dst_svc ? r->dst_svc->hostname : "");
     struct wp_access a = {
         .start_ms_wall = r->start_wall,
         .method = r->method,
         .path = r->path,
         .protocol = r->protocol,
         .response_code = r->status,
-        .response_flags = r->flags && *r->flags ? r->flags : "-",
+        .response_flags = flags,
         .response_code_details = r->details,
         .bytes_received = r->body_in,
         .bytes_sent = r->body_out,

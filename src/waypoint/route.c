@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "tls/spiffe.h"
 #include "waypoint/authn.h"
 
 static void local(struct wp_decision *d, int status, const char *body, const char *flags, const char *details)
@@ -159,8 +160,16 @@ static bool vs_fault(struct wp_tunnel *t, struct wp_decision *d, const struct l7
 int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_decision *d)
 {
     struct wp_view *v = t->view;
-    struct l7_request rq = *req_in; /* with the service port, for VirtualService port matches */
+    struct l7_request rq = *req_in; /* with the service port and the source, for VirtualService matches */
     rq.port = t->port;
+    /* sourceNamespace: the client identity's namespace; sourceLabels: the client workload (by peer address)
+     */
+    struct spiffe_id pid;
+    if (*t->peer_id && spiffe_parse(t->peer_id, strlen(t->peer_id), &pid) == 0) rq.source_namespace = pid.ns;
+    if (t->src_wl) {
+        rq.source_workload_ns = t->src_wl->namespace_;
+        rq.source_workload = t->src_wl->name;
+    }
     const struct l7_request *req = &rq;
     memset(d, 0, sizeof(*d));
     d->kind = WP_DECIDE_FORWARD;
@@ -196,9 +205,9 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     in.source_ip = &pip;
     const char *matched = NULL;
     bool dry_deny = false;
-    enum l7_verdict verdict = l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
-                                           t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
-                                           &matched, &dry_deny);
+    enum l7_verdict verdict =
+        l7_authorize(v->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name, t->svc ? t->svc->namespace_ : NULL,
+                     t->svc ? t->svc->name : NULL, &in, &matched, &dry_deny);
     jwt_result_free(&auth);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny %s %s from %s", req->method,
@@ -272,6 +281,11 @@ int wp_decide(struct wp_tunnel *t, const struct l7_request *req_in, struct wp_de
     }
     const struct l7_backend *be = &rule->backends[bi];
     collect_mods(d, be->filters, be->n_filters);
+    /* The destination's Host rewrite (Envoy's ClusterWeight host_rewrite_literal); the rule's wins. */
+    if (be->authority && *be->authority && !d->rewrite_authority) {
+        snprintf(d->authority, sizeof(d->authority), "%s", be->authority);
+        d->rewrite_authority = true;
+    }
     char key[512];
     snprintf(key, sizeof(key), "%s/%s.%s.svc.%s", be->ns, be->name, be->ns, wp_cfg.cluster_domain);
     const struct service *svc = snapshot_service_by_host(v->snap, key);
@@ -315,6 +329,33 @@ int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *por
     return 0;
 }
 
+int wp_pick_tcp_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, const char *subset,
+                         struct lb_choice *out)
+{
+    if (!svc || !subset || !*subset) return wp_pick_endpoint(t, svc, port, out);
+    const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+    const struct dr_subset *sub = dr_subset_find(dr, subset);
+    if (!sub) { /* Istio builds a cluster per subset; one no DestinationRule defines has none: closed */
+        LOG_LIMITED(LOG_WARN, "waypoint::lb", "tcp route: subset %s of %s is not defined by a DestinationRule",
+                    subset, svc->hostname);
+        return -ESRCH;
+    }
+    /* The subset's endpoints under its policy, without connection limits or outlier detection (as a TCP
+     * connection without a route gets: wp_pick_endpoint). */
+    struct wp_decision d;
+    memset(&d, 0, sizeof(d));
+    d.svc = svc;
+    d.port = port;
+    d.subset = subset;
+    d.route_name = "tcp";
+    d.lb_ready = true;
+    d.lb_subset = sub;
+    d.lb_policy = dr_policy_for(dr, sub, port);
+    d.lb_policy.pool = NULL;
+    d.lb_policy.outlier = NULL;
+    return wp_pick_endpoint_dec(t, &d, out);
+}
+
 /* Applies the modifiers to a header list: set replaces (or adds), add appends, remove drops, as Gateway API
  * specifies. hv holds *n entries and room for cap. */
 void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struct http1_hdr *hv, size_t *n,
@@ -353,8 +394,8 @@ void wp_apply_mods(const struct l7_header_mod *const *mods, size_t n_mods, struc
     }
 }
 
-/* A TCP stream's authorization (Envoy's network RBAC filter on the waypoint's TCP chain): the same policies as
- * wp_decide's, evaluated without a request (l7_authz_input.tcp). Returns true when allowed; *matched names
+/* A TCP stream's authorization (Envoy's network RBAC filter on the waypoint's TCP chain): the same policies
+ * as wp_decide's, evaluated without a request (l7_authz_input.tcp). Returns true when allowed; *matched names
  * the deciding policy, if one did. */
 bool wp_authorize_stream(struct wp_tunnel *t, const char **matched)
 {
@@ -370,8 +411,8 @@ bool wp_authorize_stream(struct wp_tunnel *t, const char **matched)
     bool dry_deny = false;
     *matched = NULL;
     enum l7_verdict v = l7_authorize(t->view->l7, wp_cfg.pod_namespace, wp_cfg.gateway_name,
-                                     t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in, matched,
-                                     &dry_deny);
+                                     t->svc ? t->svc->namespace_ : NULL, t->svc ? t->svc->name : NULL, &in,
+                                     matched, &dry_deny);
     if (dry_deny)
         LOG_LIMITED(LOG_INFO, "waypoint::rbac", "dry-run policies would deny a TCP stream to %s from %s",
                     t->authority, *t->peer_id ? t->peer_id : "unknown");

@@ -118,6 +118,11 @@ bool wp_authorize_stream(struct wp_tunnel *t, const char **matched);
  * the tunnel's. Returns 0, or -ENOENT when the picked destination names no Service (Envoy closes such a
  * connection). */
 int wp_decide_tcp(struct wp_tunnel *t, const struct service **svc, uint16_t *port, const char **subset);
+/* The endpoint of a TCP connection to svc:port: with a subset ("" or NULL: none), one of the endpoints of that
+ * DestinationRule subset under its load balancer (-ESRCH when no DestinationRule defines it, as Envoy has no
+ * such cluster), else wp_pick_endpoint. 0, or a negative errno (no healthy endpoint: -ENOENT). */
+int wp_pick_tcp_endpoint(struct wp_tunnel *t, const struct service *svc, uint16_t port, const char *subset,
+                         struct lb_choice *out);
 
 /* Applies header modifiers in order to hv[0..*n) (room for cap): set replaces every field of that name (or
  * adds one), add appends, remove drops; names compared with name_eq (a name against a lower-case one). The

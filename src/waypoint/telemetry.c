@@ -611,3 +611,60 @@ out:
     prom_buf_free(&b);
     return rc;
 }
+
+/* ---- response flags ---- */
+
+_Static_assert(WP_RF_COUNT <= 32, "response flags are a uint32_t set");
+static const char *const rf_names[WP_RF_COUNT] = {
+    "LH",  "UH", "UT", "LR",  "UR",    "UF",   "UC",   "UO", "NR",  "DI", "FI", "RL", "UAEX", "RLSE", "DC",
+    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO",   "DR",   "UDO",
+};
+
+uint32_t wp_flags_parse(const char *s)
+{
+    uint32_t f = 0;
+    if (!s) return 0;
+    while (*s) {
+        const char *e = strchr(s, ',');
+        size_t n = e ? (size_t)(e - s) : strlen(s);
+        bool known = n == 1 && *s == '-';
+        for (int i = 0; i < WP_RF_COUNT && !known; i++)
+            if (strlen(rf_names[i]) == n && !memcmp(rf_names[i], s, n)) {
+                f |= 1u << i;
+                known = true;
+            }
+        if (!known && n)
+            LOG_LIMITED(LOG_WARN, "waypoint::telemetry",
+                        "response flag \"%.*s\" is not one of Envoy's; left out", (int)(n > 16 ? 16 : n), s);
+        s += n;
+        if (*s == ',') s++;
+    }
+    return f;
+}
+
+const char *wp_flags_format(uint32_t f, char *buf, size_t n)
+{
+    size_t w = 0;
+    if (!n) return buf;
+    buf[0] = 0;
+    for (int i = 0; i < WP_RF_COUNT; i++) {
+        if (!(f & (1u << i))) continue;
+        size_t l = strlen(rf_names[i]);
+        if (w + (w ? 1 : 0) + l + 1 > n) {
+            LOG_LIMITED(LOG_WARN, "waypoint::telemetry",
+                        "response flags longer than %zu bytes: cut after \"%s\"", n - 1, buf);
+            break;
+        }
+        if (w) buf[w++] = ',';
+        memcpy(buf + w, rf_names[i], l + 1);
+        w += l;
+    }
+    if (!w) snprintf(buf, n, "-");
+    return buf;
+}
+
+const char *wp_flags_add(const char *s, enum wp_response_flag flag, char *buf, size_t n)
+{
+    uint32_t f = wp_flags_parse(s); /* s may be buf: read whole before writing */
+    return wp_flags_format(f | 1u << flag, buf, n);
+}

@@ -14,6 +14,54 @@
 
 #include "mesh/model.h"
 
+/* ---- response flags: a set, printed as Envoy prints it ---- */
+
+/* Envoy's response flags, one bit each, in the order of its CoreResponseFlag enum (envoyproxy/envoy
+ * envoy/stream_info/stream_info.h), which is the order ResponseFlagUtils::toShortString prints a set in,
+ * joined with "," (source/common/stream_info/utility.cc; "UT,DI,FI" in its tests). */
+enum wp_response_flag {
+    WP_RF_LH,
+    WP_RF_UH,
+    WP_RF_UT,
+    WP_RF_LR,
+    WP_RF_UR,
+    WP_RF_UF,
+    WP_RF_UC,
+    WP_RF_UO,
+    WP_RF_NR,
+    WP_RF_DI,
+    WP_RF_FI,
+    WP_RF_RL,
+    WP_RF_UAEX,
+    WP_RF_RLSE,
+    WP_RF_DC,
+    WP_RF_URX,
+    WP_RF_SI,
+    WP_RF_IH,
+    WP_RF_DPE,
+    WP_RF_UMSDR,
+    WP_RF_RFCF,
+    WP_RF_NFCF,
+    WP_RF_DT,
+    WP_RF_UPE,
+    WP_RF_NC,
+    WP_RF_OM,
+    WP_RF_DF,
+    WP_RF_DO,
+    WP_RF_DR,
+    WP_RF_UDO,
+    WP_RF_COUNT
+};
+/* Longest printed set the waypoint keeps (with its NUL); a longer one is cut at a flag boundary (logged). */
+#define WP_RF_TEXT_MAX 64
+/* The set of the comma-separated short names in s ("DI,FI"; NULL, "" and "-" are the empty set). A name that
+ * is not one of Envoy's is left out with a rate-limited warning. */
+uint32_t wp_flags_parse(const char *s);
+/* Writes set f as Envoy prints it ("-" when empty) into buf[0..n). Returns buf. */
+const char *wp_flags_format(uint32_t f, char *buf, size_t n);
+/* The set of s with bit flag added, printed into buf[0..n). Returns buf. */
+const char *wp_flags_add(const char *s, enum wp_response_flag flag, char *buf, size_t n);
+
 /* What one finished HTTP request knows. Everything is borrowed and only read during the call. */
 struct wp_req_info {
     /* The downstream peer: its workload by source IP in the Address snapshot (NULL when unknown) and the

@@ -43,9 +43,9 @@ bool wp_try_again(const struct wp_decision *d, struct wp_tries *tr, const struct
     return true;
 }
 
-uint64_t wp_try_backoff_ms(struct wp_worker *w, const struct wp_tries *tr)
+uint64_t wp_try_backoff_ms(struct wp_worker *w, const struct wp_decision *d, const struct wp_tries *tr)
 {
-    return l7_retry_backoff_ms(tr->n, wp_rand(w));
+    return l7_retry_policy_backoff_ms(d->retry, tr->n, wp_rand(w));
 }
 
 const char *wp_try_flags(const struct wp_tries *tr, const char *flags, char buf[WP_FLAGS_MAX])

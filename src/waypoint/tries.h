@@ -29,8 +29,8 @@ int wp_try_pick(struct wp_tunnel *t, struct wp_decision *d, struct wp_tries *tr,
 /* After a try ended as e: true when d's policy retries it and attempts are left (counted in the retry
  * metric); false otherwise, with tr->exhausted set (and counted) when only the attempts were missing. */
 bool wp_try_again(const struct wp_decision *d, struct wp_tries *tr, const struct l7_try *e);
-/* The back-off before the next try (Envoy's jittered exponential back-off). */
-uint64_t wp_try_backoff_ms(struct wp_worker *w, const struct wp_tries *tr);
+/* The back-off before the next try of d's request (Envoy's jittered exponential back-off, d's retries.backoff). */
+uint64_t wp_try_backoff_ms(struct wp_worker *w, const struct wp_decision *d, const struct wp_tries *tr);
 /* flags (NULL: "-") with URX beside them when the attempts ran out: "URX", "UF,URX". buf holds the result
  * when one is made. */
 const char *wp_try_flags(const struct wp_tries *tr, const char *flags, char buf[WP_FLAGS_MAX]);

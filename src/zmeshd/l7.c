@@ -1401,7 +1401,7 @@ int l7_convert_doc(const struct manifest_l7_doc *d, int *type, uint8_t **pb, siz
 {
     if (!strcmp(d->kind, "VirtualService")) {
         *type = L7_T_HTTP_ROUTE; /* a zmesh.v1.HTTPRoute of kind VIRTUAL_SERVICE */
-        return vs_convert(d->doc, &d->src, pb, len, name, name_n, report, ud);
+        return vs_convert(d->doc, &d->src, d->st, pb, len, name, name_n, report, ud);
     }
     if (!strcmp(d->kind, "DestinationRule")) {
         *type = L7_T_DESTINATION_RULE;

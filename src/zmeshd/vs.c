@@ -33,6 +33,12 @@ static void fld(char *buf, size_t n, const char *fmt, ...)
 #define ERR(c, f, ...) l7c_finding(c, MANIFEST_ERROR, f, __VA_ARGS__)
 #define WARN(c, f, ...) l7c_finding(c, MANIFEST_WARN, f, __VA_ARGS__)
 
+/* A VirtualService's conversion: the shared state, and the pods sourceLabels select from (NULL: none). Every
+ * struct conv of this file is the first member of one. */
+struct vs_conv {
+    struct conv c;
+    const struct manifest_store *st;
+};
 
 /* A duration field: 1 and *ms, 0 absent, -1 reported. */
 static int get_duration(struct conv *c, const json_t *o, const char *key, const char *path, uint64_t *ms)
@@ -209,6 +215,97 @@ static bool gateways_mesh(const json_t *l, bool *others)
     return mesh;
 }
 
+/* authority or scheme: a StringMatch (exact, prefix, regex) on :authority or :scheme, as Istio's header
+ * matchers on those pseudo-headers. 0 absent, 1 set, -1 reported. */
+static int attr_match(struct conv *c, const json_t *o, const char *key, const char *path,
+                      Zmesh__V1__StringMatch **out)
+{
+    json_t *a;
+    int rc = l7c_get_obj(c, o, key, path, &a);
+    if (rc <= 0) return rc;
+    char f[300];
+    fld(f, sizeof(f), "%s.%s", path, key);
+    const char *val;
+    Zmesh__V1__StringMatch__Type t;
+    if (string_match(c, a, f, false, &t, &val) < 0) return -1;
+    if (!(*out = l7c_alloc(c, sizeof(**out)))) return -1;
+    zmesh__v1__string_match__init(*out);
+    (*out)->type = t;
+    (*out)->value = l7c_dup(c, val);
+    return 1;
+}
+
+static int k8s_kv_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct k8s_kv *)a)->key, ((const struct k8s_kv *)b)->key);
+}
+
+static int str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* sourceNamespace (the client identity's namespace) and sourceLabels, resolved here to the pods that carry
+ * every label (in sourceNamespace when set): Istio evaluates both against the labels and namespace of the
+ * proxy that runs the route, which under sidecars is the client (istio/istio
+ * pilot/pkg/networking/core/route/route.go sourceMatchHTTP); the waypoint evaluates them against the client
+ * of each request. */
+static int source_conv(struct conv *c, const json_t *o, const char *path, Zmesh__V1__RouteMatch *m)
+{
+    char f[300];
+    const char *sns = NULL;
+    int rc = l7c_get_str(c, o, "sourceNamespace", path, &sns);
+    if (rc < 0) return -1;
+    if (rc > 0) {
+        fld(f, sizeof(f), "%s.sourceNamespace", path);
+        if (!*sns || strlen(sns) > 63 || strchr(sns, '/')) {
+            ERR(c, f, "expected a namespace name, got \"%.64s\"", sns);
+            return -1;
+        }
+        m->source_namespace = l7c_dup(c, sns);
+    }
+    json_t *labels;
+    if ((rc = l7c_get_obj(c, o, "sourceLabels", path, &labels)) < 0) return -1;
+    if (rc == 0) return 0;
+    fld(f, sizeof(f), "%s.sourceLabels", path);
+    size_t nl = json_object_size(labels);
+    struct k8s_kv *sel = l7c_alloc(c, (nl ? nl : 1) * sizeof(*sel));
+    if (!sel) return -1;
+    const char *k;
+    json_t *v;
+    size_t i = 0;
+    json_object_foreach(labels, k, v)
+    {
+        if (!json_is_string(v)) {
+            char g[400];
+            fld(g, sizeof(g), "%s.%s", f, k);
+            ERR(c, g, "expected a string");
+            return -1;
+        }
+        sel[i++] = (struct k8s_kv){k, json_string_value(v)};
+    }
+    qsort(sel, nl, sizeof(*sel), k8s_kv_cmp);
+    m->has_source_labels = true;
+    const struct manifest_store *st = ((struct vs_conv *)c)->st;
+    size_t np = 0;
+    const struct k8s_pod *pods = st ? manifest_pods(st, &np) : NULL;
+    if (!(m->source_workloads = l7c_alloc(c, (np ? np : 1) * sizeof(*m->source_workloads)))) return -1;
+    for (size_t p = 0; p < np; p++) {
+        const struct k8s_pod *pd = &pods[p];
+        if (pd->meta.deleting || (sns && strcmp(pd->meta.namespace_, sns) != 0)) continue;
+        if (!k8s_selector_matches(sel, nl, pd->meta.labels, pd->meta.n_labels)) continue;
+        size_t n = strlen(pd->meta.namespace_) + strlen(pd->meta.name) + 2;
+        char *e = l7c_alloc(c, n);
+        if (!e) return -1;
+        snprintf(e, n, "%s/%s", pd->meta.namespace_, pd->meta.name);
+        m->source_workloads[m->n_source_workloads++] = e;
+    }
+    qsort(m->source_workloads, m->n_source_workloads, sizeof(char *), str_cmp);
+    if (!m->n_source_workloads)
+        l7c_finding(c, MANIFEST_INFO, f, "selects no pod now: the match matches no request until one exists");
+    return 1;
+}
+
 /* One HTTPMatchRequest. NULL with *skip set: a match for gateways only (INFO). */
 static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const char *path, bool *skip)
 {
@@ -234,17 +331,6 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
         return NULL;
     }
     l7c_unknown_keys(c, o, path, keys);
-    /* Conditions the waypoint cannot evaluate narrow the match: dropping one would route traffic the author
-     * did not mean to route, so the VirtualService is refused instead. */
-    static const char *const refused[] = {"scheme", "authority", "sourceLabels", "sourceNamespace", NULL};
-    for (size_t i = 0; refused[i]; i++)
-        if (json_object_get(o, refused[i])) {
-            fld(f, sizeof(f), "%s.%s", path, refused[i]);
-            ERR(c, f,
-                "not supported by zmesh's waypoint (a match on it cannot be dropped without widening the "
-                "route)");
-            return NULL;
-        }
     if (json_object_get(o, "statPrefix")) {
         fld(f, sizeof(f), "%s.statPrefix", path);
         WARN(c, f, "not supported by zmesh's waypoint, ignored");
@@ -301,6 +387,9 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     if (named_map(c, o, "headers", path, true, &m->headers, &m->n_headers) < 0 ||
         named_map(c, o, "withoutHeaders", path, true, &m->without_headers, &m->n_without_headers) < 0 ||
         named_map(c, o, "queryParams", path, false, &m->query_params, &m->n_query_params) < 0)
+        return NULL;
+    if (attr_match(c, o, "authority", path, &m->authority) < 0 ||
+        attr_match(c, o, "scheme", path, &m->scheme) < 0 || source_conv(c, o, path, m) < 0)
         return NULL;
     return l7c_bad(c) ? NULL : m;
 }
@@ -698,14 +787,30 @@ static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char 
     if (l7c_get_int(c, o, "attempts", path, 0, 100, &att) < 0) return NULL;
     r->attempts = (uint32_t)att;
     if (get_duration(c, o, "perTryTimeout", path, &r->per_try_timeout_ms) < 0) return NULL;
-    r->retry_other_hosts = true; /* Istio's DefaultPolicy sets the previous_hosts predicate */
-    static const char *const ignored[] = {"retryRemoteLocalities", "retryIgnorePreviousHosts", "backoff",
-                                          NULL};
-    for (size_t i = 0; ignored[i]; i++)
-        if (json_object_get(o, ignored[i])) {
-            fld(f, sizeof(f), "%s.%s", path, ignored[i]);
-            WARN(c, f, "not supported by zmesh's waypoint, ignored");
+    /* retryIgnorePreviousHosts: Istio sets the previous_hosts predicate unless it is false (retry.go). */
+    r->retry_other_hosts = true;
+    json_t *ip = json_object_get(o, "retryIgnorePreviousHosts");
+    if (ip && !json_is_null(ip)) {
+        if (!json_is_boolean(ip)) {
+            fld(f, sizeof(f), "%s.retryIgnorePreviousHosts", path);
+            ERR(c, f, "expected true or false");
+            return NULL;
         }
+        r->retry_other_hosts = json_is_true(ip);
+    }
+    /* backoff: Envoy's retry_back_off.base_interval, which must be at least 1 ms (its max_interval is 10x).
+     */
+    int brc = get_duration(c, o, "backoff", path, &r->backoff_base_ms);
+    if (brc < 0) return NULL;
+    if (brc > 0 && !r->backoff_base_ms) {
+        fld(f, sizeof(f), "%s.backoff", path);
+        ERR(c, f, "expected at least 1ms (Envoy's retry_back_off.base_interval)");
+        return NULL;
+    }
+    if (json_object_get(o, "retryRemoteLocalities")) {
+        fld(f, sizeof(f), "%s.retryRemoteLocalities", path);
+        WARN(c, f, "not supported by zmesh's waypoint, ignored");
+    }
     const char *on = NULL;
     if (l7c_get_str(c, o, "retryOn", path, &on) < 0) return NULL;
     if (!on || !*on) on = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
@@ -1103,14 +1208,12 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         const char *dauth = NULL;
         if (headers_conv(c, e, f, b->filters, &b->n_filters, &dauth) < 0) return NULL;
         /* Istio: a lone destination's Host applies when the route sets none; a weighted one's is Envoy's
-         * per-cluster host rewrite, which zmesh's model does not have. */
+         * per-cluster host rewrite (ClusterWeight host_rewrite_literal), which the route's own rewrite
+         * overrides. */
         if (dauth && nr == 1 && !hauth)
             hauth = dauth;
-        else if (dauth && nr > 1) {
-            char g[330];
-            fld(g, sizeof(g), "%s.headers.request", f);
-            WARN(c, g, "an authority (Host) rewrite per weighted destination is not supported yet, ignored");
-        }
+        else if (dauth && nr > 1)
+            b->authority = l7c_dup(c, dauth);
         r->backends[r->n_backends++] = b;
     }
     if (hauth && nr > 0) {
@@ -1163,6 +1266,181 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
 
 /* spec.tcp (TCPRoute): match[].port (and gateways), route[] destinations with weights. A route whose matches
  * are all for gateways only is left out (INFO); other L4 match fields narrow the route and are refused. */
+/* The route list of a tcp or tls route (f its field, kind "tcp" or "tls"): weighted destinations into *out.
+ */
+static int l4_destinations(struct conv *c, const json_t *rl, const char *f, const char *kind,
+                           Zmesh__V1__Backend ***out, size_t *n)
+{
+    char g[128];
+    *n = 0;
+    size_t nr = rl ? json_array_size(rl) : 0;
+    if (!nr) {
+        fld(g, sizeof(g), "%s.route", f);
+        ERR(c, g, "missing: a %s route needs a destination", kind);
+        return -1;
+    }
+    (*out) = l7c_alloc(c, nr * sizeof(*(*out)));
+    if (!(*out)) return -1;
+    uint64_t total = 0;
+    for (size_t k = 0; k < nr; k++) {
+        json_t *e = json_array_get(rl, k), *d = NULL;
+        fld(g, sizeof(g), "%s.route[%zu]", f, k);
+        if (!json_is_object(e)) {
+            ERR(c, g, "expected a mapping");
+            return -1;
+        }
+        static const char *const dk[] = {"destination", "weight", NULL};
+        l7c_unknown_keys(c, e, g, dk);
+        char h[160];
+        fld(h, sizeof(h), "%s.destination", g);
+        if (l7c_get_obj(c, e, "destination", g, &d) <= 0) {
+            if (!c->failed) ERR(c, h, "missing");
+            return -1;
+        }
+        Zmesh__V1__Backend *b = l7c_alloc(c, sizeof(*b));
+        if (!b) return -1;
+        zmesh__v1__backend__init(b);
+        const char *subset = "";
+        if (!(b->service = destination(c, d, h, &subset))) return -1;
+        b->subset = l7c_dup(c, subset);
+        long long w = nr == 1 ? 100 : 0;
+        if (l7c_get_int(c, e, "weight", g, 0, 1000000, &w) < 0) return -1;
+        if (nr == 1 && w == 0) w = 100;
+        b->weight = (uint32_t)w;
+        total += (uint64_t)w;
+        (*out)[(*n)++] = b;
+    }
+    if (total == 0) {
+        fld(g, sizeof(g), "%s.route", f);
+        ERR(c, g, "the destinations' weights add up to 0");
+        return -1;
+    }
+    return 0;
+}
+
+/* Room for n more tcp_rules (tls routes come first, then tcp routes, into one list). */
+static int grow_l4(struct conv *c, Zmesh__V1__HTTPRoute *m, size_t n)
+{
+    Zmesh__V1__TcpRule **v = l7c_alloc(c, (m->n_tcp_rules + n + 1) * sizeof(*v));
+    if (!v) return -1;
+    if (m->n_tcp_rules) memcpy(v, m->tcp_rules, m->n_tcp_rules * sizeof(*v));
+    m->tcp_rules = v;
+    return 0;
+}
+
+/* spec.tls, as Istio's waypoint reads it (istio/istio pilot/pkg/networking/core/listener_waypoint.go
+ * getTLSRouteMatch, tls.go matchTLS): the waypoint does not inspect SNI; a rule without match applies to
+ * every port of every Service of the VirtualService, a match applies only when its sniHosts is exactly one
+ * host, the Service's own name, and its port (if set) is the connection's; a match with sourceLabels or
+ * sourceNamespace never applies (the waypoint has no source there); destinationSubnets is not read. Each rule
+ * becomes one tls tcp_rule per match (in order, sharing the rule's destinations). */
+static int tls_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
+{
+    json_t *l;
+    int rc = l7c_get_list(c, spec, "tls", "spec", &l);
+    if (rc <= 0) return rc;
+    size_t need = 0;
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        json_t *ml = json_object_get(json_array_get(l, i), "match");
+        need += json_is_array(ml) && json_array_size(ml) ? json_array_size(ml) : 1;
+    }
+    if (need > L7_MAX_VS_RULES) {
+        ERR(c, "spec.tls", "more than %d entries and matches", L7_MAX_VS_RULES);
+        return -1;
+    }
+    if (grow_l4(c, m, need) < 0) return -1;
+    for (size_t i = 0; i < json_array_size(l); i++) {
+        json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
+        char f[64], g[128];
+        fld(f, sizeof(f), "spec.tls[%zu]", i);
+        if (!json_is_object(o)) {
+            ERR(c, f, "expected a mapping");
+            return -1;
+        }
+        static const char *const keys[] = {"match", "route", NULL};
+        l7c_unknown_keys(c, o, f, keys);
+        if (l7c_get_list(c, o, "match", f, &ml) < 0 || l7c_get_list(c, o, "route", f, &rl) < 0) return -1;
+        Zmesh__V1__Backend **be = NULL;
+        size_t nb = 0;
+        if (l4_destinations(c, rl, f, "tls", &be, &nb) < 0) return -1;
+        size_t nm = ml ? json_array_size(ml) : 0;
+        for (size_t k = 0; k < (nm ? nm : 1); k++) {
+            Zmesh__V1__TcpRule *t = l7c_alloc(c, sizeof(*t));
+            if (!t) return -1;
+            zmesh__v1__tcp_rule__init(t);
+            t->tls = true;
+            t->backends = be;
+            t->n_backends = nb;
+            if (nm) {
+                json_t *mt = json_array_get(ml, k), *gw = NULL;
+                fld(g, sizeof(g), "%s.match[%zu]", f, k);
+                if (!json_is_object(mt)) {
+                    ERR(c, g, "expected a mapping");
+                    return -1;
+                }
+                static const char *const mk[] = {"sniHosts", "destinationSubnets", "port", "sourceLabels",
+                                                 "gateways", "sourceNamespace",    NULL};
+                l7c_unknown_keys(c, mt, g, mk);
+                bool others;
+                if (l7c_get_list(c, mt, "gateways", g, &gw) < 0) return -1;
+                if (!gateways_mesh(gw, &others)) {
+                    l7c_finding(c, MANIFEST_INFO, g,
+                                "a match for gateways only (no \"mesh\"): not for the waypoint, skipped");
+                    continue;
+                }
+                if (json_object_get(mt, "destinationSubnets")) {
+                    char h[160];
+                    fld(h, sizeof(h), "%s.destinationSubnets", g);
+                    WARN(c, h, "not read by a waypoint (as Istio's), ignored");
+                }
+                json_t *sl = json_object_get(mt, "sourceLabels"),
+                       *sn = json_object_get(mt, "sourceNamespace");
+                if ((json_is_object(sl) && json_object_size(sl)) ||
+                    (json_is_string(sn) && *json_string_value(sn))) {
+                    l7c_finding(
+                        c, MANIFEST_INFO, g,
+                        "sourceLabels or sourceNamespace: never applies at a waypoint (Istio's waypoint "
+                        "evaluates tls matches without a source), skipped");
+                    continue;
+                }
+                char **sni = NULL;
+                size_t nsni = 0;
+                if (l7c_get_strs(c, mt, "sniHosts", g, &sni, &nsni) < 0) return -1;
+                char sns[128], sname[128];
+                bool named = false;
+                if (nsni == 1 && strchr(sni[0], '.') &&
+                    host_service(sni[0], c->ns, sns, sizeof(sns), sname, sizeof(sname)))
+                    for (size_t p = 0; p < m->n_parents && !named; p++)
+                        named =
+                            !strcmp(m->parents[p]->namespace_, sns) && !strcmp(m->parents[p]->name, sname);
+                if (!named) {
+                    char h[160];
+                    fld(h, sizeof(h), "%s.sniHosts", g);
+                    l7c_finding(
+                        c, MANIFEST_INFO, h,
+                        "never applies at a waypoint: it applies only when sniHosts is exactly one host, "
+                        "the full name of one of the VirtualService's Services (the waypoint does not "
+                        "read SNI), skipped");
+                    continue;
+                }
+                if (!(t->service = l7c_alloc(c, sizeof(*t->service)))) return -1;
+                zmesh__v1__parent_ref__init(t->service);
+                t->service->namespace_ = l7c_dup(c, sns);
+                t->service->name = l7c_dup(c, sname);
+                long long port = 0;
+                if (l7c_get_int(c, mt, "port", g, 1, 65535, &port) < 0) return -1;
+                if (port) {
+                    if (!(t->ports = l7c_alloc(c, sizeof(*t->ports)))) return -1;
+                    t->ports[0] = (uint32_t)port;
+                    t->n_ports = 1;
+                }
+            }
+            m->tcp_rules[m->n_tcp_rules++] = t;
+        }
+    }
+    return l7c_bad(c) ? -1 : 1;
+}
+
 static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
 {
     json_t *l;
@@ -1172,8 +1450,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
         ERR(c, "spec.tcp", "more than %d entries", L7_MAX_VS_RULES);
         return -1;
     }
-    m->tcp_rules = l7c_alloc(c, json_array_size(l) * sizeof(*m->tcp_rules));
-    if (!m->tcp_rules) return -1;
+    if (grow_l4(c, m, json_array_size(l)) < 0) return -1;
     for (size_t i = 0; i < json_array_size(l); i++) {
         json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
         char f[64], g[128];
@@ -1231,48 +1508,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
         }
         if (nm && !kept) continue; /* every match was for gateways only */
         if (any_port) t->n_ports = 0;
-        size_t nr = rl ? json_array_size(rl) : 0;
-        if (!nr) {
-            fld(g, sizeof(g), "%s.route", f);
-            ERR(c, g, "missing: a tcp route needs a destination");
-            return -1;
-        }
-        t->backends = l7c_alloc(c, nr * sizeof(*t->backends));
-        if (!t->backends) return -1;
-        uint64_t total = 0;
-        for (size_t k = 0; k < nr; k++) {
-            json_t *e = json_array_get(rl, k), *d = NULL;
-            fld(g, sizeof(g), "%s.route[%zu]", f, k);
-            if (!json_is_object(e)) {
-                ERR(c, g, "expected a mapping");
-                return -1;
-            }
-            static const char *const dk[] = {"destination", "weight", NULL};
-            l7c_unknown_keys(c, e, g, dk);
-            char h[160];
-            fld(h, sizeof(h), "%s.destination", g);
-            if (l7c_get_obj(c, e, "destination", g, &d) <= 0) {
-                if (!c->failed) ERR(c, h, "missing");
-                return -1;
-            }
-            Zmesh__V1__Backend *b = l7c_alloc(c, sizeof(*b));
-            if (!b) return -1;
-            zmesh__v1__backend__init(b);
-            const char *subset = "";
-            if (!(b->service = destination(c, d, h, &subset))) return -1;
-            b->subset = l7c_dup(c, subset);
-            long long w = nr == 1 ? 100 : 0;
-            if (l7c_get_int(c, e, "weight", g, 0, 1000000, &w) < 0) return -1;
-            if (nr == 1 && w == 0) w = 100;
-            b->weight = (uint32_t)w;
-            total += (uint64_t)w;
-            t->backends[t->n_backends++] = b;
-        }
-        if (total == 0) {
-            fld(g, sizeof(g), "%s.route", f);
-            ERR(c, g, "the destinations' weights add up to 0");
-            return -1;
-        }
+        if (l4_destinations(c, rl, f, "tcp", &t->backends, &t->n_backends) < 0) return -1;
         m->tcp_rules[m->n_tcp_rules++] = t;
     }
     return l7c_bad(c) ? -1 : 1;
@@ -1317,116 +1553,111 @@ static int hosts_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *
     return l7c_bad(c) ? -1 : 0;
 }
 
-int vs_convert(const json_t *obj, const struct manifest_src *src, uint8_t **pb, size_t *len, char *name,
-               size_t name_n, manifest_report_fn report, void *ud)
+int vs_convert(const json_t *obj, const struct manifest_src *src, const struct manifest_store *st,
+               uint8_t **pb, size_t *len, char *name, size_t name_n, manifest_report_fn report, void *ud)
 {
-    struct conv c = {.src = src, .report = report, .ud = ud};
+    struct vs_conv vc = {.c = {.src = src, .report = report, .ud = ud}, .st = st};
     int rc = -EINVAL;
     *pb = NULL;
     *len = 0;
     if (!json_is_object(obj)) {
-        ERR(&c, "", "expected a mapping");
+        ERR(&vc.c, "", "expected a mapping");
         return -EINVAL;
     }
     static const char *const top[] = {"apiVersion", "kind", "metadata", "spec", "status", NULL};
-    l7c_unknown_keys(&c, obj, "", top);
+    l7c_unknown_keys(&vc.c, obj, "", top);
     const char *api = "", *kind = "", *ns, *nm;
     int64_t created = 0;
-    if (l7c_get_str(&c, obj, "apiVersion", "", &api) < 0 || l7c_get_str(&c, obj, "kind", "", &kind) < 0)
+    if (l7c_get_str(&vc.c, obj, "apiVersion", "", &api) < 0 || l7c_get_str(&vc.c, obj, "kind", "", &kind) < 0)
         goto out;
     if (strcmp(kind, "VirtualService") != 0) {
-        ERR(&c, "kind", "expected VirtualService, got \"%.40s\"", kind);
+        ERR(&vc.c, "kind", "expected VirtualService, got \"%.40s\"", kind);
         goto out;
     }
     if (strcmp(api, NETWORKING_GROUP "/v1") && strcmp(api, NETWORKING_GROUP "/v1beta1") &&
         strcmp(api, NETWORKING_GROUP "/v1alpha3")) {
-        ERR(&c, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"", NETWORKING_GROUP, api);
+        ERR(&vc.c, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"", NETWORKING_GROUP, api);
         goto out;
     }
-    if (l7c_meta(&c, obj, &ns, &nm, &created) < 0) goto out;
+    if (l7c_meta(&vc.c, obj, &ns, &nm, &created) < 0) goto out;
     if (snprintf(name, name_n, "%s/%s", ns, nm) >= (int)name_n) {
-        ERR(&c, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
+        ERR(&vc.c, "metadata.name", "namespace/name longer than %zu bytes", name_n - 1);
         goto out;
     }
     json_t *spec;
-    if (l7c_get_obj(&c, obj, "spec", "", &spec) <= 0) {
-        if (!c.failed) ERR(&c, "spec", "missing");
+    if (l7c_get_obj(&vc.c, obj, "spec", "", &spec) <= 0) {
+        if (!vc.c.failed) ERR(&vc.c, "spec", "missing");
         goto out;
     }
     static const char *const sk[] = {"hosts", "gateways", "http", "tls", "tcp", "exportTo", NULL};
-    l7c_unknown_keys(&c, spec, "spec", sk);
+    l7c_unknown_keys(&vc.c, spec, "spec", sk);
     json_t *gw = NULL;
-    if (l7c_get_list(&c, spec, "gateways", "spec", &gw) < 0) goto out;
+    if (l7c_get_list(&vc.c, spec, "gateways", "spec", &gw) < 0) goto out;
     bool others;
     if (!gateways_mesh(gw, &others)) {
-        l7c_finding(&c, MANIFEST_INFO, "spec.gateways",
+        l7c_finding(&vc.c, MANIFEST_INFO, "spec.gateways",
                     "bound to gateways only (no \"mesh\"): not for the waypoint, skipped");
         rc = -ENOENT;
         goto out;
     }
     if (others)
-        WARN(&c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
-    static const char *const unsupported[] = {"tls", "exportTo", NULL};
-    for (size_t i = 0; unsupported[i]; i++)
-        if (json_object_get(spec, unsupported[i])) {
-            char f[32];
-            fld(f, sizeof(f), "spec.%s", unsupported[i]);
-            WARN(&c, f, "%s",
-                 !strcmp(unsupported[i], "exportTo")
-                     ? "not supported by zmesh's waypoint, ignored (the VirtualService applies to "
-                       "every client of its Services)"
-                     : "not supported by zmesh's waypoint yet, ignored (only http routes apply)");
-        }
+        WARN(&vc.c, "spec.gateways", "only \"mesh\" applies to the waypoint; the other gateways are ignored");
+    if (json_object_get(spec, "exportTo"))
+        WARN(&vc.c, "spec.exportTo",
+             "not supported by zmesh's waypoint, ignored (the VirtualService applies to every client of its "
+             "Services)");
     Zmesh__V1__HTTPRoute m = ZMESH__V1__HTTPROUTE__INIT;
     m.kind = ZMESH__V1__HTTPROUTE__KIND__VIRTUAL_SERVICE;
     m.namespace_ = (char *)ns;
     m.name = (char *)nm;
     m.creation_timestamp = created;
-    if (hosts_conv(&c, spec, &m, false) < 0) goto out;
+    if (hosts_conv(&vc.c, spec, &m, false) < 0) goto out;
     if (!m.n_parents) {
-        l7c_finding(&c, MANIFEST_WARN, "spec.hosts", "no host names a Service: nothing for the waypoint");
+        l7c_finding(&vc.c, MANIFEST_WARN, "spec.hosts", "no host names a Service: nothing for the waypoint");
         rc = -ENOENT;
         goto out;
     }
     json_t *l;
-    int r = l7c_get_list(&c, spec, "http", "spec", &l);
+    int r = l7c_get_list(&vc.c, spec, "http", "spec", &l);
     if (r < 0) goto out;
     if (r > 0) {
         if (json_array_size(l) > L7_MAX_VS_RULES) {
-            ERR(&c, "spec.http", "more than %d entries", L7_MAX_VS_RULES);
+            ERR(&vc.c, "spec.http", "more than %d entries", L7_MAX_VS_RULES);
             goto out;
         }
-        m.rules = l7c_alloc(&c, json_array_size(l) * sizeof(*m.rules));
+        m.rules = l7c_alloc(&vc.c, json_array_size(l) * sizeof(*m.rules));
         if (!m.rules) goto nomem;
         for (size_t i = 0; i < json_array_size(l); i++) {
             char f[64];
             fld(f, sizeof(f), "spec.http[%zu]", i);
             bool skip;
-            Zmesh__V1__RouteRule *rr = rule_conv(&c, json_array_get(l, i), f, &skip);
+            Zmesh__V1__RouteRule *rr = rule_conv(&vc.c, json_array_get(l, i), f, &skip);
             if (!rr && !skip) goto out;
             if (rr) m.rules[m.n_rules++] = rr;
         }
     }
-    if ((r = tcp_conv(&c, spec, &m)) < 0) goto out;
-    if (l7c_bad(&c)) goto out;
-    rc = l7c_pack_and_check(&c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
+    if ((r = tls_conv(&vc.c, spec, &m)) < 0 || (r = tcp_conv(&vc.c, spec, &m)) < 0) goto out;
+    if (l7c_bad(&vc.c)) goto out;
+    rc = l7c_pack_and_check(&vc.c, &m.base, L7_TYPE_URL_HTTP_ROUTE, name, pb, len);
     goto out;
 nomem:
     rc = -ENOMEM;
 out:
-    if (l7c_bad(&c) && rc == 0) {
+    if (l7c_bad(&vc.c) && rc == 0) {
         free(*pb);
         *pb = NULL;
         rc = -EINVAL;
     }
-    if (c.oom) rc = -ENOMEM;
-    l7_arena_free(&c.a);
+    if (vc.c.oom) rc = -ENOMEM;
+    l7_arena_free(&vc.c.a);
     return rc;
 }
 
 /* ---- VirtualService and HTTPRoute on one Service ---- */
 
-void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud)
+/* Each (VirtualService, Service, Gateway API route) overlap among docs: cb(ud, vs doc, message). */
+static void conflicts_each(const struct manifest_l7_doc *docs, size_t n,
+                           void (*cb)(void *ud, const struct manifest_l7_doc *vs, const char *msg), void *ud)
 {
     for (size_t i = 0; i < n; i++) {
         if (strcmp(docs[i].kind, "VirtualService") != 0) continue;
@@ -1462,16 +1693,107 @@ void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_
                     if (!g || *g || !kd || strcmp(kd, "Service") || !pn) continue;
                     if (!pns) pns = rns;
                     if (strcmp(pns, m.parents[p]->namespace_) || strcmp(pn, m.parents[p]->name)) continue;
-                    struct conv rc = {.src = &docs[i].src, .report = report, .ud = ud};
-                    l7c_finding(
-                        &rc, MANIFEST_WARN, "spec.hosts",
+                    char msg[1024];
+                    snprintf(
+                        msg, sizeof(msg),
                         "Service %s/%s also has %s %s/%s: mixing a VirtualService and a Gateway API route "
                         "on one Service is undefined in Istio; zmesh's waypoint applies the %s there and "
                         "ignores this VirtualService for that Service",
                         pns, pn, docs[k].kind, rns, rname ? rname : "?", docs[k].kind);
+                    cb(ud, &docs[i], msg);
                     x = json_array_size(prs);
                 }
             }
         l7_arena_free(&c.a);
     }
+}
+
+struct report_ctx {
+    manifest_report_fn report;
+    void *ud;
+};
+
+static void report_one(void *ud, const struct manifest_l7_doc *vs, const char *msg)
+{
+    struct report_ctx *r = ud;
+    struct conv rc = {.src = &vs->src, .report = r->report, .ud = r->ud};
+    l7c_finding(&rc, MANIFEST_WARN, "spec.hosts", "%s", msg);
+}
+
+void vs_report_conflicts(const struct manifest_l7_doc *docs, size_t n, manifest_report_fn report, void *ud)
+{
+    struct report_ctx r = {report, ud};
+    conflicts_each(docs, n, report_one, &r);
+}
+
+struct status_ctx {
+    const char *ns, *name;
+    char *buf;
+    size_t len, w, count;
+};
+
+static void status_one(void *ud, const struct manifest_l7_doc *vs, const char *msg)
+{
+    struct status_ctx *s = ud;
+    const json_t *meta = json_object_get(vs->doc, "metadata");
+    const char *ns = json_string_value(json_object_get(meta, "namespace"));
+    const char *name = json_string_value(json_object_get(meta, "name"));
+    if (!ns || !*ns) ns = "default";
+    if (!name || strcmp(ns, s->ns) || strcmp(name, s->name)) return;
+    s->count++;
+    if (s->w + 1 < s->len) {
+        int k = snprintf(s->buf + s->w, s->len - s->w, "%s%s", s->w ? "; " : "", msg);
+        if (k > 0) s->w = s->w + (size_t)k < s->len ? s->w + (size_t)k : s->len - 1;
+    }
+}
+
+size_t vs_conflict_message(const struct manifest_l7_doc *docs, size_t n, const char *ns, const char *name,
+                           char *buf, size_t len)
+{
+    struct status_ctx s = {.ns = ns, .name = name, .buf = buf, .len = len};
+    if (len) buf[0] = 0;
+    conflicts_each(docs, n, status_one, &s);
+    return s.count;
+}
+
+int vs_conflict_status_apply(json_t *obj, const char *message, const char *now)
+{
+    json_t *st = json_object_get(obj, "status");
+    if (st && !json_is_object(st)) return -EINVAL;
+    json_t *conds = st ? json_object_get(st, "conditions") : NULL;
+    if (conds && !json_is_array(conds)) return -EINVAL;
+    size_t at = SIZE_MAX;
+    for (size_t i = 0; i < json_array_size(conds) && at == SIZE_MAX; i++) {
+        const char *t = json_string_value(json_object_get(json_array_get(conds, i), "type"));
+        if (t && !strcmp(t, VS_COND_ROUTE_CONFLICT)) at = i;
+    }
+    if (!message || !*message) {
+        if (at == SIZE_MAX) return 0;
+        json_array_remove(conds, at);
+        if (!json_array_size(conds)) json_object_del(st, "conditions");
+        if (!json_object_size(st)) json_object_del(obj, "status");
+        return 1;
+    }
+    const json_t *cur = at == SIZE_MAX ? NULL : json_array_get(conds, at);
+    const char *cm = json_string_value(json_object_get(cur, "message"));
+    if (cm && !strcmp(cm, message)) return 0;
+    const char *since = json_string_value(json_object_get(cur, "lastTransitionTime"));
+    json_t *nc = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", VS_COND_ROUTE_CONFLICT, "status", "True",
+                           "lastTransitionTime", since ? since : now, "reason", "GatewayAPIRouteApplies",
+                           "message", message);
+    if (!nc) return -ENOMEM;
+    if (!st) {
+        if (!(st = json_object()) || json_object_set_new(obj, "status", st)) {
+            json_decref(nc);
+            return -ENOMEM;
+        }
+    }
+    if (!conds) {
+        if (!(conds = json_array()) || json_object_set_new(st, "conditions", conds)) {
+            json_decref(nc);
+            return -ENOMEM;
+        }
+    }
+    if (at == SIZE_MAX) return json_array_append_new(conds, nc) ? -ENOMEM : 1;
+    return json_array_set_new(conds, at, nc) ? -ENOMEM : 1;
 }

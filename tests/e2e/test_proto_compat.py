@@ -340,6 +340,8 @@ ZMESH_L7_MESSAGES = {
     'zmesh.v1.TcpRule': [
         ('ports', 1, 'repeated uint32'),
         ('backends', 2, 'repeated zmesh.v1.Backend'),
+        ('tls', 3, 'bool'),
+        ('service', 4, 'zmesh.v1.ParentRef'),
     ],
     'zmesh.v1.ParentRef': [
         ('namespace', 1, 'string'),
@@ -371,6 +373,7 @@ ZMESH_L7_MESSAGES = {
         ('retry_on', 3, 'repeated string'),
         ('retry_on_codes', 4, 'repeated uint32'),
         ('retry_other_hosts', 5, 'bool'),
+        ('backoff_base_ms', 6, 'uint64'),
     ],
     'zmesh.v1.CorsPolicy': [
         ('allow_origins', 1, 'repeated zmesh.v1.StringMatch'),
@@ -406,6 +409,11 @@ ZMESH_L7_MESSAGES = {
         ('ignore_uri_case', 8, 'bool'),
         ('without_headers', 9, 'repeated zmesh.v1.NamedMatch'),
         ('port', 10, 'uint32'),
+        ('authority', 11, 'zmesh.v1.StringMatch'),
+        ('scheme', 12, 'zmesh.v1.StringMatch'),
+        ('source_namespace', 13, 'string'),
+        ('has_source_labels', 14, 'bool'),
+        ('source_workloads', 15, 'repeated string'),
     ],
     'zmesh.v1.HeaderValue': [
         ('name', 1, 'string'),
@@ -454,6 +462,7 @@ ZMESH_L7_MESSAGES = {
         ('weight', 2, 'uint32'),
         ('filters', 3, 'repeated zmesh.v1.RouteFilter'),
         ('subset', 4, 'string'),
+        ('authority', 5, 'string'),
     ],
     'zmesh.v1.Timeouts': [
         ('request_ms', 1, 'uint64'),

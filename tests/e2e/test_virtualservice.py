@@ -10,7 +10,11 @@ response headers set/add/remove; directResponse status and body; fault abort 503
 requests) with `FI` and `fault_filter_abort` in the waypoint's access log; a fixed delay (at least the delay, never
 an upper bound) with `DI`, over HTTP/1.1 and over gRPC (h2c); a gRPC abort as a grpc-status; CORS preflight and
 Access-Control-Allow-Origin on a simple request; a VirtualService and an HTTPRoute on one Service (the HTTPRoute
-applies, zmeshd says so).
+applies, zmeshd says so, and the VirtualService's status has zmesh.io/RouteConflict); authority, scheme,
+sourceLabels and sourceNamespace matches; per-destination headers and Host; response flags as a set (UT,DI); a mirror
+under a fault delay leaves after it, over HTTP/1.1 and h2c, and an aborted request is never mirrored;
+retryIgnorePreviousHosts (statistically, over 80 requests each way); a tcp route's subset; tls routes as Istio's
+waypoint applies them.
 
 Addresses of its own: prefix zv<hex>, state /run/zmesh-upvs-<hex>, nodes 172.25.<o>.0/24, pods 10.<o>.0.0/16 with o in
 1..19 (see test_waypoint_l7.py for the others' ranges). Run under `flock /tmp/zmesh-up.lock`.
@@ -29,7 +33,7 @@ from test_up import _force_cleanup, poll
 from test_waypoint_l7 import (APPLY_WAIT, GRPC, HTTP, NS, L7Cluster, _try, app_log, counts, info, manifests, req,
                               route, mark, service)
 
-SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt")
+SERVICES = ("vs-w", "vs-m", "vs-r", "vs-d", "vs-f", "vs-c", "vs-x", "vs-mi", "vs-sub", "vs-rt", "vs-src", "vs-hd", "vs-rh")
 
 
 class VSCluster(L7Cluster):
@@ -191,6 +195,85 @@ def test_matches_first_match_order(cluster):
         c.delete(d)
 
 
+def test_authority_scheme_source_matches(cluster):
+    """authority (a prefix on Host), scheme ("http" inside the waypoint), sourceLabels (the client pod's labels, found
+    by its address) and sourceNamespace (its identity's namespace), each narrowing its route."""
+    c = cluster
+    d = c.apply(vs("sources", "vs-src", """
+- match: [{sourceLabels: {app: other}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{authority: {prefix: alt.}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{sourceNamespace: elsewhere}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{scheme: {exact: https}}]
+  %s
+  route: [{destination: {host: svc-v2}}]
+- match: [{scheme: {exact: http}, sourceNamespace: %s}]
+  %s
+  route: [{destination: {host: svc-v1}}]
+""" % (tagged("src-other"), tagged("authority"), tagged("ns-elsewhere"), tagged("https"), NS, tagged("http-ns"))))
+    try:
+        until_marked(c, "/", "http-ns", svc="vs-src")
+        g = lambda **kw: served(req(c, "/", svc="vs-src", **kw))  # noqa: E731
+        assert g() == ("v1", "http-ns")
+        assert g(headers={"Host": "alt.example"}) == ("v2", "authority")
+        assert g(headers={"Host": "ALT.example"}) == ("v1", "http-ns")  # case-sensitive, as Envoy's matcher
+        assert g(src="other") == ("v2", "src-other")
+        assert g(src="other", headers={"Host": "alt.example"}) == ("v2", "src-other")  # first match wins
+    finally:
+        c.delete(d)
+
+
+def test_per_destination_headers(cluster):
+    """A weighted route's per-destination headers apply only when that destination is picked: its request and
+    response header operations and its Host (Envoy's per-cluster host rewrite); a route's rewrite.authority wins."""
+    c = cluster
+    d = c.apply(vs("dest-headers", "vs-hd", """
+- match: [{uri: {prefix: /routehost}}]
+  rewrite: {authority: route.example}
+  route:
+  - destination: {host: svc-v1}
+    weight: 50
+    headers: {request: {set: {Host: one.example}}}
+  - destination: {host: svc-v2}
+    weight: 50
+    headers: {request: {set: {Host: two.example}}}
+- %s
+  route:
+  - destination: {host: svc-v1}
+    weight: 50
+    headers: {request: {set: {Host: one.example, x-dest: one}}, response: {set: {x-picked: one}}}
+  - destination: {host: svc-v2}
+    weight: 50
+    headers: {request: {set: {Host: two.example, x-dest: two}}, response: {set: {x-picked: two}}}
+""" % tagged("dest")))
+    try:
+        until_marked(c, "/", "dest", svc="vs-hd")
+        seen_tags = set()
+        for i in range(40):
+            path = "/dest/%04x/%d/headers" % (random.randrange(1 << 16), i)
+            status, headers, body = req(c, path, svc="vs-hd")
+            assert status == 200, (status, headers, body)
+            got = json.loads(body)
+            tag = got["tag"]
+            seen_tags.add(tag)
+            want = {"v1": "one", "v2": "two"}[tag]
+            sent = {k.lower(): v for k, v in got["headers"]}
+            assert headers.get("x-picked") == want, (tag, headers)
+            assert sent.get("x-dest") == want and sent.get("host") == want + ".example", (tag, sent)
+        assert seen_tags == {"v1", "v2"}, seen_tags  # both picked in 40 requests (2^-39 to fail by chance)
+        for i in range(10):
+            path = "/routehost/%04x/%d/headers" % (random.randrange(1 << 16), i)
+            got = info(req(c, path, svc="vs-hd"))
+            assert {k.lower(): v for k, v in got["headers"]}.get("host") == "route.example", got
+    finally:
+        c.delete(d)
+
+
 # -- redirect, rewrite, headers -------------------------------------------------------------------------------------
 
 def test_redirect_rewrite_headers(cluster):
@@ -326,6 +409,44 @@ def test_retries_per_try_timeout(cluster):
         c.delete(d)
 
 
+def test_retry_ignore_previous_hosts(cluster):
+    """retries.retryIgnorePreviousHosts: true (Istio's default) makes the one retry look for an endpoint not tried
+    (up to 5 picks, Istio's host_selection_retry_max_attempts), false lets it pick v1 again. With the
+    DestinationRule's RANDOM choice and v1 failing every request, a request fails when its first try and its retry
+    both land on v1: 1/2 x 1/32 = 1/64 with the predicate, 1/2 x 1/2 = 1/4 without. Over 80 requests each: at most
+    6 failures with it (more has probability 3e-4), at least 7 without (fewer: 5e-5), and the two counts differ the
+    right way. retries.backoff is accepted (no WARN)."""
+    c = cluster
+    d1 = c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: vs-rh, namespace: %s}\n"
+                 "spec:\n  host: vs-rh\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n" % NS)
+    d2 = c.apply(vs("retry-hosts", "vs-rh", """
+- match: [{headers: {x-same: {exact: "1"}}}]
+  retries: {attempts: 1, retryOn: 5xx, retryIgnorePreviousHosts: false, backoff: 5ms}
+  %s
+  route: [{destination: {host: vs-rh}}]
+- %s
+  retries: {attempts: 1, retryOn: 5xx, backoff: 5ms}
+  route: [{destination: {host: vs-rh}}]
+""" % (tagged("same"), tagged("other"))))
+    try:
+        until_marked(c, "/x", "same", svc="vs-rh", headers={"x-same": "1"})
+        until_marked(c, "/x", "other", svc="vs-rh")
+        run = "%04x" % random.randrange(1 << 16)
+        other = [req(c, "/fail-on/v1/503/other-%s-%d" % (run, i), svc="vs-rh")[0] for i in range(80)]
+        same = [req(c, "/fail-on/v1/503/same-%s-%d" % (run, i), svc="vs-rh", headers={"x-same": "1"})[0]
+                for i in range(80)]
+        assert set(other) | set(same) <= {200, 503}, (other, same)
+        assert other.count(503) <= 6, other
+        assert same.count(503) >= 7, same
+        # v1 got the retries of its own failures: some "same" path twice
+        paths = [l[1] for l in app_log(c, "v1") if len(l) > 1 and l[1].startswith("/fail-on/v1/503/same-%s-" % run)]
+        assert len(paths) > len(set(paths)), paths
+        assert "retryIgnorePreviousHosts" not in c.log("zmeshd") and "retries.backoff" not in c.log("zmeshd")
+    finally:
+        c.delete(d2)
+        c.delete(d1)
+
+
 # -- fault injection -------------------------------------------------------------------------------------------------
 
 def test_fault_abort_fraction(cluster):
@@ -371,6 +492,11 @@ def test_fault_abort_fraction(cluster):
         c.delete(d)
 
 
+def seen(c, version, path):
+    """Whether the app of version logged a request for path."""
+    return any(len(e) > 1 and e[1] == path for e in app_log(c, version))
+
+
 def test_fault_delay(cluster):
     c = cluster
     d = c.apply(vs("delay", "vs-x", """
@@ -380,6 +506,18 @@ def test_fault_delay(cluster):
 - match: [{uri: {prefix: /slowdirect}}]
   fault: {delay: {fixedDelay: 600ms}}
   directResponse: {status: 202, body: {string: later}}
+- match: [{uri: {prefix: /slowtimeout}}]
+  fault: {delay: {fixedDelay: 300ms}}
+  timeout: 400ms
+  route: [{destination: {host: svc-v1}}]
+- match: [{uri: {prefix: /abortmirror}}]
+  fault: {abort: {httpStatus: 503}}
+  route: [{destination: {host: svc-v1}}]
+  mirror: {host: svc-v2}
+- match: [{uri: {prefix: /slowmirror}}]
+  fault: {delay: {fixedDelay: 1500ms}}
+  route: [{destination: {host: svc-v1}}]
+  mirror: {host: svc-v2}
 - match: [{uri: {prefix: /slow}}]
   fault: {delay: {fixedDelay: 700ms, percentage: {value: 100}}}
   route: [{destination: {host: svc-v1}}]
@@ -412,6 +550,38 @@ def test_fault_delay(cluster):
         body = b"x" * 100000
         r = req(c, tag + "/post", svc="vs-x", method="POST", body=body)
         assert r[0] == 200 and json.loads(r[2])["body_len"] == len(body), r[:2]
+        # Flags are a set: the route's timeout (which starts after the delay) fires, and DI stays: "UT,DI" in
+        # Envoy's order.
+        t = "/slowtimeout/%04x/sleep/2000" % random.randrange(1 << 16)
+        r = req(c, t, svc="vs-x")
+        assert r[0] == 504 and r[2] == b"upstream request timeout", r
+        poll(lambda: [l for l in waypoint_log(c).splitlines() if '"GET %s HTTP/1.1" 504 UT,DI ' % t in l],
+             timeout=10, what="UT,DI in the waypoint's access log")
+        # The fault filter runs before the router: the shadow leaves only after the delay (it is not at v2 while
+        # the delay runs, a lower bound), and an aborted request is never mirrored.
+        import threading
+        t = "/slowmirror/%04x" % random.randrange(1 << 16)
+        got = {}
+        th = threading.Thread(target=lambda: got.update(r=req(c, t, svc="vs-x")))
+        t0 = time.monotonic()
+        th.start()
+        time.sleep(0.5)
+        early = seen(c, "v2", t)
+        th.join(15)
+        assert time.monotonic() - t0 >= 1.5 and got["r"][0] == 200, got
+        assert not early, "the shadow reached v2 before the fault delay was over"
+        poll(lambda: seen(c, "v2", t), timeout=10, what="the shadow after the delay")
+        # A body under the delay reaches both: the client's answer is v1's with the whole body, and v2 gets its shadow.
+        tp = "/slowmirror/%04x/post" % random.randrange(1 << 16)
+        r = req(c, tp, svc="vs-x", method="POST", body=b"y" * 100000)
+        assert r[0] == 200 and json.loads(r[2])["body_len"] == 100000 and json.loads(r[2])["tag"] == "v1", r[:2]
+        poll(lambda: seen(c, "v2", tp), timeout=10, what="the POST's shadow after the delay")
+        ta = "/abortmirror/%04x" % random.randrange(1 << 16)
+        assert req(c, ta, svc="vs-x")[0] == 503
+        tb = "/slowmirror/%04x" % random.randrange(1 << 16)  # a later mirrored request: its shadow is a barrier
+        assert req(c, tb, svc="vs-x")[0] == 200
+        poll(lambda: seen(c, "v2", tb), timeout=10, what="the later shadow")
+        assert not seen(c, "v2", ta) and not seen(c, "v1", ta), "an aborted request was sent on"
     finally:
         c.delete(d)
 
@@ -470,6 +640,44 @@ def test_grpc_abort_and_delay(cluster):
         # The match on port 80 applies to that service port only.
         r = req(c, "/l7test.Echo/Unary", svc="vs-g")
         assert (r[0], r[2]) == (418, b"port 80 only"), r
+    finally:
+        c.delete(d)
+
+
+def test_grpc_mirror_after_delay(cluster):
+    """Over h2c: a call under a fault delay is shadowed only once the delay is over (the router, which shadows, runs
+    after the fault filter): at v2 no shadow while the delay runs (a lower bound), then exactly one with the call's
+    whole body and the shadow :authority; the caller gets v1's answer."""
+    from test_waypoint_l7 import grpc_calls, grpc_mirror_call
+    import threading
+    c = cluster
+    d = c.apply(vs("grpc-mirror-delay", "vs-g", """
+- match: [{uri: {prefix: /l7test.Echo/}}]
+  fault: {delay: {fixedDelay: 1500ms}}
+  route: [{destination: {host: svc-v1, port: {number: %d}}}]
+  mirror: {host: svc-v2, port: {number: %d}}
+  %s
+""" % (GRPC, GRPC, tagged("gmd"))))
+    try:
+        poll(lambda: ["x-route", "gmd"] in grpc_mirror_call(c, "vs-g", 16)["initial"], timeout=APPLY_WAIT,
+             what="the VirtualService with the delayed mirror in force")
+        before = len(grpc_calls(c, "v2"))
+        got = {}
+        th = threading.Thread(target=lambda: got.update(out=grpc_mirror_call(c, "vs-g", 64 << 10)))
+        t0 = time.monotonic()
+        th.start()
+        time.sleep(0.7)
+        # the 64 KiB call's shadow (a late shadow of the poll's 16-byte calls is not it)
+        early = [l for l in grpc_calls(c, "v2")[before:] if l[2:3] == [str(64 << 10)]]
+        th.join(60)
+        assert time.monotonic() - t0 >= 3.0, "two calls, each delayed 1.5 s"
+        out = got["out"]
+        assert out["echoed"] and out["answer"] == "v1:", out
+        assert not early, "a shadow reached v2 before the fault delay was over: %s" % early
+        shadow = "%s-shadow:%d" % (c.vip("vs-g"), GRPC)
+        want = ["/l7test.Echo/Unary", shadow, str(out["len"]), out["sha"]]
+        poll(lambda: want in grpc_calls(c, "v2", out["sha"]), timeout=10, what="the shadow call at v2")
+        assert grpc_calls(c, "v2", out["sha"]) == [want]
     finally:
         c.delete(d)
 
@@ -587,7 +795,63 @@ def test_tcp_route_weights(cluster):
         c.delete(d)
 
 
+def test_tcp_route_subset(cluster):
+    """A tcp route's destination.subset picks the endpoints of that DestinationRule subset: every connection to the
+    subset v2 of vs-t (whose selector takes both versions) reaches v2, then every one to v1 reaches v1."""
+    c = cluster
+    dr = c.apply("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: vs-t, namespace: %s}\n"
+                 "spec:\n  host: vs-t\n  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+                 "  - {name: v2, labels: {version: v2}}\n" % NS)
+    tcp = lambda subset: (  # noqa: E731
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: tcp-subset, namespace: %s}\n"
+        "spec:\n  hosts: [vs-t]\n  tcp:\n  - route:\n"
+        "    - {destination: {host: vs-t, subset: %s}}\n" % (NS, subset))
+    d = c.apply(tcp("v2"))
+    try:
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v2" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route to subset v2")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(30)} == {"v2"}
+        c.apply(tcp("v1"))
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v1" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route to subset v1")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(30)} == {"v1"}
+    finally:
+        c.delete(d)
+        c.delete(dr)
+
+
+def test_tls_route(cluster):
+    """tls routes as Istio's waypoint applies them (no SNI inspection): a match whose sniHosts is exactly the
+    Service's full name applies on its port, before any tcp route; one naming the short name never applies."""
+    c = cluster
+    doc = lambda sni: (  # noqa: E731
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: tls, namespace: %s}\n"
+        "spec:\n  hosts: [vs-t]\n"
+        "  tcp:\n  - route: [{destination: {host: svc-v1, port: {number: 80}}}]\n"
+        "  tls:\n  - match: [{sniHosts: [%s], port: 81}]\n"
+        "    route: [{destination: {host: svc-v2, port: {number: 80}}}]\n" % (NS, sni))
+    d = c.apply(doc("vs-t.%s.svc.cluster.local" % NS))
+    try:
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v2" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tls route to v2")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(20)} == {"v2"}
+        c.apply(doc("vs-t"))  # a short name: the match never applies, the tcp route does
+        poll(lambda: all(tcp_tag(c, "vs-t", 81) == "v1" for _ in range(10)), timeout=APPLY_WAIT,
+             what="the tcp route once the tls match no longer applies")
+        assert {tcp_tag(c, "vs-t", 81) for _ in range(20)} == {"v1"}
+    finally:
+        c.delete(d)
+
+
 # -- a VirtualService and an HTTPRoute on one Service ----------------------------------------------------------------
+
+def conflict(c, name):
+    """The VirtualService's zmesh.io/RouteConflict condition, or None."""
+    o = c.api("VirtualService", NS, name) or {}
+    found = [x for x in o.get("status", {}).get("conditions", []) if x.get("type") == "zmesh.io/RouteConflict"]
+    assert len(found) <= 1, o
+    return found[0] if found else None
+
 
 def test_httproute_wins_over_virtualservice(cluster):
     c = cluster
@@ -606,10 +870,16 @@ def test_httproute_wins_over_virtualservice(cluster):
         want = ("spec.hosts: Service l7/p also has HTTPRoute l7/mixed-hr: mixing a VirtualService and a Gateway "
                 "API route on one Service is undefined in Istio; zmesh's waypoint applies the HTTPRoute there")
         poll(lambda: want in c.log("zmeshd"), timeout=APPLY_WAIT, what="zmeshd's report of the overlap")
-        # The HTTPRoute gone, the VirtualService applies.
+        # ... and on the VirtualService's status, naming the route zmesh applies.
+        cond = poll(lambda: conflict(c, "mixed"), timeout=APPLY_WAIT, what="the RouteConflict condition")
+        assert cond["status"] == "True" and cond["reason"] == "GatewayAPIRouteApplies", cond
+        assert cond["message"] == want.split("spec.hosts: ", 1)[1] + " and ignores this VirtualService for that " \
+            "Service", cond
+        # The HTTPRoute gone, the VirtualService applies, and its status says nothing of a conflict.
         c.delete(d2)
         until_marked(c, "/", "from-vs", svc="p")
         assert served(req(c, "/", svc="p")) == ("v2", "from-vs")
+        poll(lambda: conflict(c, "mixed") is None, timeout=APPLY_WAIT, what="the RouteConflict condition removed")
     finally:
         c.delete(d1)
         with_d2 = os.path.isdir(d2)

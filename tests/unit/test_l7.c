@@ -46,7 +46,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     bool pol = kind && strcmp(kind, "AuthorizationPolicy") == 0;
     bool vs = kind && strcmp(kind, "VirtualService") == 0;
     int rc = pol  ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), on_finding, l)
-             : vs ? vs_convert(doc, src, &pb, &len, name, sizeof(name), on_finding, l)
+             : vs ? vs_convert(doc, src, NULL, &pb, &len, name, sizeof(name), on_finding, l)
                   : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), on_finding, l);
     if (rc < 0) return 0;
     rc = l7_builder_add(l->b, pol ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,

@@ -45,7 +45,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     if (kind && strcmp(kind, "AuthorizationPolicy") == 0)
         r->rc = l7_convert_authz(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
     else if (kind && strcmp(kind, "VirtualService") == 0)
-        r->rc = vs_convert(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
+        r->rc = vs_convert(doc, src, NULL, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
     else
         r->rc = l7_convert_route(doc, src, &r->pb, &r->len, r->name, sizeof(r->name), on_finding, r);
     return 0;
@@ -586,8 +586,8 @@ static void test_vs_findings(void **state)
          "spec.gateways: bound to gateways only"},
         {"  hosts: [a]\n  gateways: [mesh, ingress]\n  http: [{route: [{destination: {host: a}}]}]\n", 0,
          MANIFEST_WARN, "spec.gateways: only \"mesh\" applies"},
-        {"  hosts: [a]\n  tls: [{route: [{destination: {host: a}}]}]\n", 0, MANIFEST_WARN,
-         "spec.tls: not supported by zmesh's waypoint yet"},
+        {"  hosts: [a]\n  tls: [{match: [{sniHosts: [a]}], route: [{destination: {host: a}}]}]\n", 0,
+         MANIFEST_INFO, "spec.tls[0].match[0].sniHosts: never applies at a waypoint"},
         {"  hosts: [a]\n  tcp: [{match: [{destinationSubnets: [10.0.0.0/8]}], route: [{destination: {host: "
          "a}}]}]\n",
          -EINVAL, MANIFEST_ERROR, "spec.tcp[0].match[0].destinationSubnets: not supported"},
@@ -602,8 +602,6 @@ static void test_vs_findings(void **state)
          "spec.http[0].delegate: delegation is not supported"},
         {"  hosts: [a]\n  http: [{match: [{port: 0}], route: [{destination: {host: a}}]}]\n", -EINVAL,
          MANIFEST_ERROR, "spec.http[0].match[0].port: expected an integer 1-65535"},
-        {"  hosts: [a]\n  http: [{match: [{authority: {exact: x}}], route: [{destination: {host: a}}]}]\n",
-         -EINVAL, MANIFEST_ERROR, "spec.http[0].match[0].authority: not supported"},
         {"  hosts: [a]\n  http: [{match: [{uri: {exact: /a, prefix: /b}}], route: [{destination: {host: "
          "a}}]}]\n",
          -EINVAL, MANIFEST_ERROR,

@@ -781,6 +781,51 @@ static void test_set_limit(void **state)
     free(t);
 }
 
+/* Response flags are a set printed in Envoy's order (ResponseFlagUtils::toShortString): whatever order the
+ * codec noted them in, a delay stays next to a later flag, and a repeat counts once. */
+static void test_flags_set(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {NULL, "-"},
+        {"", "-"},
+        {"-", "-"},
+        {"DI", "DI"},
+        {"FI,DI", "DI,FI"},
+        {"DI,FI", "DI,FI"},
+        {"URX,UF", "UF,URX"},
+        {"DI,UT", "UT,DI"},
+        {"FI,UT,DI", "UT,DI,FI"},
+        {"NR,NR", "NR"},
+        {"DC,DI", "DI,DC"},
+        {"UO", "UO"},
+        {"bogus,DI", "DI"},
+        {"UDO,LH", "LH,UDO"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char buf[WP_RF_TEXT_MAX];
+        const char *got = wp_flags_format(wp_flags_parse(cases[i].in), buf, sizeof(buf));
+        if (strcmp(got, cases[i].out))
+            fail_msg("flags \"%s\": got \"%s\", want \"%s\"", cases[i].in ? cases[i].in : "(null)", got,
+                     cases[i].out);
+    }
+    char buf[WP_RF_TEXT_MAX];
+    assert_string_equal(wp_flags_add("UT", WP_RF_DI, buf, sizeof(buf)), "UT,DI");
+    snprintf(buf, sizeof(buf), "UF,URX");
+    assert_string_equal(wp_flags_add(buf, WP_RF_DI, buf, sizeof(buf)), "UF,DI,URX"); /* in place */
+    assert_string_equal(wp_flags_add("-", WP_RF_DI, buf, sizeof(buf)), "DI");
+    /* a buffer too small for the set: cut at a flag boundary */
+    char small[6];
+    assert_string_equal(
+        wp_flags_format(1u << WP_RF_UT | 1u << WP_RF_DI | 1u << WP_RF_FI, small, sizeof(small)), "UT,DI");
+    /* the metrics label carries the set as given */
+    struct wp_req_info ri = {
+        .host = "flags-set.example", .response_code = 503, .grpc_status = -1, .response_flags = "DI,FI"};
+    assert_int_equal(wp_metrics_request(&ri), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -798,6 +843,7 @@ int main(void)
         cmocka_unit_test(test_no_allocation),
         cmocka_unit_test(test_grpc_stream),
         cmocka_unit_test(test_set_limit),
+        cmocka_unit_test(test_flags_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
