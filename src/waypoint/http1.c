@@ -75,6 +75,12 @@ struct h1_up {
     bool in_feed, freed;
     bool mirror;      /* a shadow request's connection: its response is read and dropped, then it closes */
     bool established; /* its tunnel answered 200: a failure from now on is a reset, not a connect failure */
+    /* DestinationRule connectionPool (tries.h wp_try_conn_limits, from the exchange that uses it): the
+     * connect timeout until the tunnel is established, the idle timeout while pooled, requests sent on it
+     * and the most it takes (0: unlimited). */
+    struct timer connect_timer, idle_timer;
+    uint64_t idle_ms;
+    uint32_t requests, max_requests;
 };
 
 /* One request and its response. */
@@ -259,12 +265,19 @@ static void idle_remove(struct h1_up *u)
         }
 }
 
+static void up_timers_stop(struct h1_up *u)
+{
+    if (timer_armed(&u->connect_timer)) timer_stop(u->w->loop, &u->connect_timer);
+    if (timer_armed(&u->idle_timer)) timer_stop(u->w->loop, &u->idle_timer);
+}
+
 static void up_free(struct h1_up *u)
 {
     if (u->in_feed) {
         u->freed = true;
         return;
     }
+    up_timers_stop(u);
     side_close(u->w->loop, &u->s);
     side_free(&u->s);
     http1_parser_free(u->p);
@@ -287,6 +300,7 @@ static void up_close(struct h1_up *u, const char *why)
 {
     if (!u->x && u->idle_since) idle_remove(u);
     u->idle_since = 0;
+    up_timers_stop(u);
     struct hbone_stream *hs = u->hs;
     u->hs = NULL;
     side_close(u->w->loop, &u->s);
@@ -315,9 +329,14 @@ static void up_failed(struct h1_x *x, enum l7_try_end end, const char *reset_rea
         char body[160];
         snprintf(body, sizeof(body), "upstream connect error or disconnect/reset before headers. reset reason: %s",
                  reset_reason);
-        local_reply(x, 503, body, "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
+        local_reply(x, 503, body, "UF",
+                    strcmp(reset_reason, "connection timeout")
+                        ? "upstream_reset_before_response_started{connection_failure}"
+                        : "upstream_reset_before_response_started{connection_timeout}",
+                    NULL);
+        struct h1_down *d = x->d; /* x_finish frees x */
         if (x->req_done) x_finish(x);
-        down_kick(x->d);
+        down_kick(d);
         return;
     }
     x->flags = "UC";
@@ -620,7 +639,40 @@ static void up_hbone_response(struct hbone_stream *s, void *ud, int status)
 {
     (void)s;
     struct h1_up *u = ud;
+    if (timer_armed(&u->connect_timer)) timer_stop(u->w->loop, &u->connect_timer);
     if (status == 200) u->established = true;
+}
+
+/* connectionPool.tcp.connectTimeout: the tunnel did not come up in time (Envoy's connect_timeout: UF,
+ * reset reason "connection timeout", retried as a connect failure). */
+static void up_connect_timeout_cb(struct timer *tm)
+{
+    struct h1_up *u = container_of(tm, struct h1_up, connect_timer);
+    if (u->established) return;
+    if (u->x)
+        up_failed(u->x, L7_TRY_CONNECT_FAILURE, "connection timeout");
+    else
+        up_close(u, "connection timeout");
+}
+
+/* connectionPool.http.idleTimeout: a pooled connection unused this long is closed. */
+static void up_idle_timeout_cb(struct timer *tm)
+{
+    struct h1_up *u = container_of(tm, struct h1_up, idle_timer);
+    LOG_D(LOG_HTTP, "idle upstream connection to %s closed after %llu ms", u->uid,
+          (unsigned long long)u->idle_ms);
+    up_close(u, "idle timeout");
+}
+
+/* An exchange of d takes u: its pool limits apply, and a connection not yet up gets its connect timeout. */
+static void up_take(struct h1_up *u, const struct wp_decision *d)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    u->requests++;
+    u->max_requests = l.max_requests;
+    u->idle_ms = l.idle_ms;
+    if (!u->established && u->hs && !timer_armed(&u->connect_timer))
+        timer_start(u->w->loop, &u->connect_timer, l.connect_timeout_ms);
 }
 
 static const struct hbone_stream_ops up_hbone_ops = {.on_done = up_hbone_done,
@@ -636,6 +688,7 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
             u->hnext = NULL;
             pool.n_idle--;
             u->idle_since = 0;
+            if (timer_armed(&u->idle_timer)) timer_stop(w->loop, &u->idle_timer);
             return u;
         }
     }
@@ -655,6 +708,8 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     u->w = w;
     u->ep = *ep;
     u->ep.wl = NULL;
+    u->connect_timer.cb = up_connect_timeout_cb;
+    u->idle_timer.cb = up_idle_timeout_cb;
     if (!(u->uid = strdup(ep->wl->uid))) {
         close(sv[0]);
         close(sv[1]);
@@ -684,10 +739,26 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     return u;
 }
 
+/* up_get for a request of d: a pooled connection made under other connectionPool settings is closed rather
+ * than reused, as Envoy drains a cluster's pools when its settings change. */
+static struct h1_up *up_get_for(struct wp_worker *w, const struct lb_choice *ep, const struct wp_decision *d,
+                                const char **err)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    for (;;) {
+        struct h1_up *u = up_get(w, ep, err);
+        if (!u || !u->requests || (u->max_requests == l.max_requests && u->idle_ms == l.idle_ms)) return u;
+        up_close(u, "connection pool settings changed");
+    }
+}
+
 /* The exchange is over on the upstream side: the connection goes back to the idle table or closes. */
 static void up_release(struct h1_up *u, bool reusable)
 {
     u->x = NULL;
+    /* connectionPool.http.maxRequestsPerConnection: closed after its last request (Envoy's
+     * max_requests_per_connection) */
+    if (u->max_requests && u->requests >= u->max_requests) reusable = false;
     if (!reusable || !u->hs || u->s.in_len || pool.n_idle >= H1_IDLE_MAX ||
         http1_parser_state(u->p) != HTTP1_P_DONE) {
         up_close(u, NULL);
@@ -699,6 +770,7 @@ static void up_release(struct h1_up *u, bool reusable)
     u->hnext = pool.buckets[b];
     pool.buckets[b] = u;
     pool.n_idle++;
+    if (u->idle_ms) timer_start(u->w->loop, &u->idle_timer, u->idle_ms);
     loop_io_mod(u->w->loop, &u->s.io, EPOLLIN | EPOLLRDHUP); /* to see it close while idle */
 }
 
@@ -753,6 +825,7 @@ static void x_free(struct h1_x *x)
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
+    wp_tries_end(&x->tries); /* a retry it holds (maxRetries) */
     struct loop *l = x->d->t->w->loop;
     if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
@@ -880,7 +953,7 @@ static int x_try_start(struct h1_x *x)
              ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
     x->upstream_ep = ep;
     const char *err = NULL;
-    struct h1_up *u = up_get(t->w, &ep, &err);
+    struct h1_up *u = up_get_for(t->w, &ep, &x->dec, &err);
     if (!u) {
         LOG_LIMITED(LOG_WARN, LOG_HTTP, "upstream %s: %s", x->upstream_host, err ? err : "failed");
         if (x_retry(x, &(struct l7_try){.end = L7_TRY_CONNECT_FAILURE, .grpc_status = -1})) return 0;
@@ -892,6 +965,7 @@ static int x_try_start(struct h1_x *x)
     }
     x->u = u;
     u->x = x;
+    up_take(u, &x->dec);
     x->up_start_mono = loop_now(t->w->loop);
     wp_endpoint_begin(ep.wl); /* ended in x_free, or when a retry abandons the try */
     x->counted = true;

@@ -20,17 +20,47 @@
 struct wp_tries {
     unsigned n; /* tries started */
     const struct workload *host[WP_TRIED_MAX];
-    bool exhausted; /* a retriable failure with no attempt left (Envoy's URX) */
+    bool exhausted;   /* a retriable failure with no attempt left (Envoy's URX) */
+    bool overflow;    /* a retry refused by connectionPool.http.maxRetries (Envoy's retry overflow: UO) */
+    void *retry_held; /* the cluster's retries-in-flight count this request's retry holds, or NULL */
 };
 
 /* The endpoint for the next try of the request d decided (under its DestinationRule: wp_pick_endpoint_dec),
  * recorded in tr (n counts it). 0, or -ENOENT (no healthy upstream: Envoy's UH). */
 int wp_try_pick(struct wp_tunnel *t, struct wp_decision *d, struct wp_tries *tr, struct lb_choice *out);
 /* After a try ended as e: true when d's policy retries it and attempts are left (counted in the retry
- * metric); false otherwise, with tr->exhausted set (and counted) when only the attempts were missing. */
+ * metric); false otherwise, with tr->exhausted set (and counted) when only the attempts were missing.
+ * connectionPool.http.maxRetries (Envoy's retry circuit breaker, per cluster across the workers): a retry
+ * holds one of the cluster's retries in flight from when it is decided until the next decision about the
+ * request (wp_try_again again, or wp_tries_end); one that would exceed the limit is not made (false,
+ * tr->overflow set: flag UO, counted as Envoy's upstream_rq_retry_overflow) and the try's own outcome is the
+ * answer. */
 bool wp_try_again(const struct wp_decision *d, struct wp_tries *tr, const struct l7_try *e);
+/* The request is over (its codec frees it): a retry it holds is released. Idempotent. */
+void wp_tries_end(struct wp_tries *tr);
+/* Retries refused by maxRetries so far, all clusters (zmesh_waypoint_upstream_rq_retry_overflow_total). */
+uint64_t wp_try_overflows(void);
+/* That counter for /metrics (appended to b). */
+struct prom_buf;
+void wp_try_metrics(struct prom_buf *b, bool openmetrics);
 /* The back-off before the next try (Envoy's jittered exponential back-off). */
 uint64_t wp_try_backoff_ms(struct wp_worker *w, const struct wp_tries *tr);
-/* flags (NULL: "-") with URX beside them when the attempts ran out: "URX", "UF,URX". buf holds the result
- * when one is made. */
+/* DestinationRule connectionPool for the upstream connections of d's request (its cluster's policy, else
+ * Istio's defaults): connectionPool.tcp.connectTimeout bounds a new connection's setup (TCP, TLS, the HBONE
+ * CONNECT's answer; Envoy's cluster connect_timeout, meshConfig.connectTimeout's default 10 s); a pooled
+ * connection takes at most max_requests requests (http.maxRequestsPerConnection, 0: unlimited) and closes
+ * after idle_ms without one (http.idleTimeout, Istio's default 1 h). */
+#define WP_CONNECT_TIMEOUT_DEFAULT_MS 10000u
+#define WP_UPSTREAM_IDLE_DEFAULT_MS (3600ull * 1000)
+struct wp_conn_limits {
+    uint64_t connect_timeout_ms, idle_ms;
+    uint32_t max_requests;
+};
+struct wp_conn_limits wp_try_conn_limits(const struct wp_decision *d);
+/* Envoy's local reply to a connect timeout (flag UF, details
+ * upstream_reset_before_response_started{connection_timeout}). */
+#define WP_CONNECT_TIMEOUT_BODY                                                                              \
+    "upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+/* flags (NULL: "-") with URX beside them when the attempts ran out ("URX", "UF,URX"), UO when maxRetries
+ * refused a retry ("UO", "UF,UO"). buf holds the result when one is made. */
 const char *wp_try_flags(const struct wp_tries *tr, const char *flags, char buf[WP_FLAGS_MAX]);

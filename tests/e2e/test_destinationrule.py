@@ -79,10 +79,13 @@ def manifests():
             pod("c", "node2", {"app": "svc", "version": "v2"}),
             pod("bad", "node1", {"app": "bad", "od": "yes"}, ["/usr/bin/python3", "-u", "-c", BAD]),
             pod("client", "node1", {"app": "client"}, ["sleep", "100000"], probe=False),
+            pod("hole", "node2", {"app": "hole"}),
             service("svc", {"app": "svc"}),
             service("od", {"od": "yes"}),
             service("cb", {"app": "svc"}),
-            service("tcpsvc", {"app": "svc"}, proto="tcp")]
+            service("tcpsvc", {"app": "svc"}, proto="tcp"),
+            service("ct", {"app": "hole"}),
+            service("one", {"version": "v2"})]
     return "---\n".join(docs)
 
 
@@ -146,6 +149,14 @@ class Conn:
         body = r.read()
         assert r.status == 200, (r.status, body)
         return json.loads(body)["tag"], {k.lower(): v for k, v in r.getheaders()}
+
+    def info(self, path="/"):
+        """The app's JSON answer (tag, the peer it saw as "client") of one request that must get 200."""
+        self.h.request("GET", path)
+        r = self.h.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body)
+        return json.loads(body)
 
     def raw(self, path="/"):
         """(status, body) of one request, whatever the status."""
@@ -439,3 +450,142 @@ def test_tcp_max_connections(cluster):
                              capture_output=True, text=True, timeout=30).stdout
     assert any(line.startswith("istio_tcp_connections_opened_total{") and 'response_flags="UO"' in line
                and 'destination_service_name="tcpsvc"' in line for line in metrics.splitlines()), metrics
+
+
+def access_log_has(c, pattern):
+    return re.search(pattern, c.waypoint_log())
+
+
+def test_max_requests_per_connection_and_idle_timeout(cluster):
+    """Service one has one pod (c), which reports the peer of each request (its destination ztunnel's
+    connection, one per upstream connection of the waypoint). With maxRequestsPerConnection 2, six requests on
+    one client connection (one waypoint worker, so one pool) use three upstream connections, two requests each
+    in turn; with idleTimeout 1s a pooled connection left idle for 1.5 s is closed, so the next request opens a
+    new one, which the request after it reuses."""
+    import time
+    c = cluster
+    c.apply(dr_for("one", "{connectionPool: {http: {maxRequestsPerConnection: 2, idleTimeout: 1s}}}"))
+
+    def peers(n):
+        conn = Conn(c, "one")
+        try:
+            return [conn.info("/")["client"] for _ in range(n)]
+        finally:
+            conn.close()
+
+    def runs(seq):
+        out = []
+        for p in seq:
+            if out and out[-1][0] == p:
+                out[-1][1] += 1
+            else:
+                out.append([p, 1])
+        return out
+
+    def in_force(seq):
+        # the worker's pool may hold a connection used once already: the first run may be short
+        r = runs(seq)
+        return (len({p for p, _ in r}) == len(r) and all(n <= 2 for _, n in r)
+                and all(n == 2 for _, n in r[1:-1]) and len(r) >= 3)
+    seq = poll(lambda: attempt(lambda: (lambda s: s if in_force(s) else None)(peers(7))), timeout=APPLY_WAIT,
+               every=0.2, what="maxRequestsPerConnection 2 in force")
+    assert len(set(seq)) >= 3, seq
+    conn = Conn(c, "one")
+    try:
+        # requests until one opens a new upstream connection, which then goes back to the pool used once
+        prev = conn.info("/")["client"]
+        for _ in range(3):
+            first = conn.info("/")["client"]
+            if first != prev:
+                break
+            prev = first
+        assert first != prev, (prev, first)
+        time.sleep(1.5)
+        after_idle = conn.info("/")["client"]
+        reused = conn.info("/")["client"]
+    finally:
+        conn.close()
+    assert after_idle != first, (first, after_idle)  # the idle one was closed (it had a request left)
+    assert reused == after_idle, (after_idle, reused)  # one in use within the timeout is reused
+
+
+def test_connect_timeout(cluster):
+    """connectionPool.tcp.connectTimeout 1s on Service ct, whose one pod (hole) then drops every packet to its
+    HBONE port 15008 (iptables in its network namespace): the waypoint's upstream connect (the HBONE CONNECT's
+    answer) times out, each try after the connect timeout, and the client gets Envoy's 503 with reset reason
+    "connection timeout" (flag UF) no sooner than the timeout. maxRequestsPerConnection 1 keeps the waypoint
+    from reusing an upstream connection made before the drop."""
+    import time
+    c = cluster
+    c.apply(dr_for("ct", "{connectionPool: {tcp: {connectTimeout: 1s}, http: {maxRequestsPerConnection: 1}}}"))
+
+    def fresh():
+        conn = Conn(c, "ct")
+        try:
+            a, b = conn.info("/")["client"], conn.info("/")["client"]
+            return a != b  # a new upstream connection per request: the rule is in force
+        finally:
+            conn.close()
+    poll(lambda: attempt(fresh), timeout=APPLY_WAIT, every=0.2, what="the DestinationRule of ct in force")
+    ns = c.netns_of("hole")
+    rule = ["INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I"] + rule, check=True, timeout=30)
+    try:
+        conn = Conn(c, "ct")
+        try:
+            t0 = time.monotonic()
+            status, body = conn.raw("/")
+            elapsed = time.monotonic() - t0
+        finally:
+            conn.close()
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D"] + rule, check=True, timeout=30)
+    assert status == 503, (status, body)
+    assert body == b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+    assert elapsed >= 1.0, elapsed
+    poll(lambda: access_log_has(c, r'" 503 UF(,URX)? upstream_reset_before_response_started\{connection_timeout\}'),
+         timeout=10, what="UF connection_timeout in the waypoint's access log")
+
+
+def test_max_retries(cluster):
+    """connectionPool.http.maxRetries 1 on Service od (pods a and b sleep on /sleep/<ms>, bad answers 503 at
+    once; Istio's default retry policy retries a 503 on another host): under eight concurrent slow requests
+    several first reach bad, one retry at a time is made and held while its slow try runs, and the others are not
+    retried: the client gets bad's 503 itself (the response that would have been retried), flag UO, counted in
+    zmesh_waypoint_upstream_rq_retry_overflow_total."""
+    import threading
+    c = cluster
+    c.apply(dr_for("od", "{connectionPool: {http: {maxRetries: 1}}}"))
+
+    def burst():
+        results = []
+        lock = threading.Lock()
+
+        def one():
+            try:
+                conn = Conn(c, "od")
+                try:
+                    r = conn.raw("/sleep/800")
+                finally:
+                    conn.close()
+            except (OSError, http.client.HTTPException) as e:
+                r = (0, repr(e).encode())
+            with lock:
+                results.append(r)
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+    res = poll(lambda: (lambda r: r if any(s == 503 for s, _ in r) else None)(burst()), timeout=APPLY_WAIT,
+               every=0.2, what="a retry refused by maxRetries")
+    over = [r for r in res if r[0] == 503]
+    assert all(json.loads(b)["tag"] == "bad" for _, b in over), res  # bad's own answer, not a local reply
+    assert all(s in (200, 503) for s, _ in res), res
+    poll(lambda: access_log_has(c, r'" 503 UO via_upstream '), timeout=10, what="UO in the waypoint's access log")
+    wp = c.waypoint_netns()
+    metrics = subprocess.run(["ip", "netns", "exec", wp, "curl", "-s", "-m", "5", "http://127.0.0.1:15020/metrics"],
+                             capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"^zmesh_waypoint_upstream_rq_retry_overflow_total (\d+)$", metrics, re.M)
+    assert m and int(m.group(1)) >= len(over), metrics

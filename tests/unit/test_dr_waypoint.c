@@ -19,6 +19,7 @@
 #include "mesh/config.h"
 #include "mesh/destination_rule.h"
 #include "waypoint/route.h"
+#include "waypoint/tries.h"
 #include "waypoint/wp.h"
 #include "zmeshd/l7.h"
 
@@ -325,6 +326,106 @@ static void test_pool(void **state)
     teardown(&f);
 }
 
+/* The upstream connection limits a request's codec applies (tries.h): Istio's defaults without a rule
+ * (connect timeout 10 s, idle 1 h, no request limit), the rule's values, a subset's pool replacing them. */
+static void test_conn_limits(void **state)
+{
+    (void)state;
+    struct wp_conn_limits l = wp_try_conn_limits(NULL);
+    assert_int_equal(l.connect_timeout_ms, 10000);
+    assert_int_equal(l.idle_ms, 3600ull * 1000);
+    assert_int_equal(l.max_requests, 0);
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 250ms}, http: "
+              "{maxRequestsPerConnection: 3, idleTimeout: 2s}}}, subsets: [{name: s, labels: {app: svc}, "
+              "trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}}]}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct wp_decision d;
+    struct lb_choice c;
+    memset(&d, 0, sizeof(d));
+    d.svc = f.t.svc;
+    d.port = 80;
+    l = wp_try_conn_limits(&d); /* not prepared yet: the defaults */
+    assert_int_equal(l.connect_timeout_ms, 10000);
+    assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
+    l = wp_try_conn_limits(&d);
+    assert_int_equal(l.connect_timeout_ms, 250);
+    assert_int_equal(l.idle_ms, 2000);
+    assert_int_equal(l.max_requests, 3);
+    wp_request_done(&d, c.wl, 200);
+    memset(&d, 0, sizeof(d));
+    d.svc = f.t.svc;
+    d.port = 80;
+    d.subset = "s";
+    assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
+    l = wp_try_conn_limits(&d); /* the subset's pool replaces the rule's: its unset fields are defaults */
+    assert_int_equal(l.max_requests, 1);
+    assert_int_equal(l.connect_timeout_ms, 10000);
+    assert_int_equal(l.idle_ms, 3600ull * 1000);
+    wp_request_done(&d, c.wl, 200);
+    teardown(&f);
+}
+
+/* connectionPool.http.maxRetries 1: one retry in flight in the cluster; a second request's retry is refused
+ * (flag UO, the overflow counter) until the first request's retry is over. */
+static void test_max_retries(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct wp_decision d[2];
+    struct wp_tries tr[2];
+    struct lb_choice c;
+    for (int i = 0; i < 2; i++) {
+        memset(&d[i], 0, sizeof(d[i]));
+        memset(&tr[i], 0, sizeof(tr[i]));
+        d[i].svc = f.t.svc;
+        d[i].port = 80;
+        d[i].retry = &l7_default_retry;
+        assert_int_equal(wp_lb_prepare(&f.t, &d[i], &req, false), 0);
+        assert_int_equal(wp_try_pick(&f.t, &d[i], &tr[i], &c), 0);
+    }
+    const struct l7_try e503 = {.end = L7_TRY_RESPONSE, .status = 503, .grpc_status = -1};
+    uint64_t over0 = wp_try_overflows();
+    char fl[WP_FLAGS_MAX];
+    assert_true(wp_try_again(&d[0], &tr[0], &e503)); /* the cluster's one retry */
+    assert_false(wp_try_again(&d[1], &tr[1], &e503));
+    assert_true(tr[1].overflow);
+    assert_false(tr[1].exhausted);
+    assert_int_equal(wp_try_overflows(), over0 + 1);
+    assert_string_equal(wp_try_flags(&tr[1], NULL, fl), "UO");
+    assert_string_equal(wp_try_flags(&tr[0], NULL, fl), "-");
+    /* the first request's retry ends (its try answered 200: no further retry, the slot is free) */
+    assert_int_equal(wp_try_pick(&f.t, &d[0], &tr[0], &c), 0);
+    const struct l7_try ok = {.end = L7_TRY_RESPONSE, .status = 200, .grpc_status = -1};
+    assert_false(wp_try_again(&d[0], &tr[0], &ok));
+    assert_null(tr[0].retry_held);
+    tr[1].overflow = false;
+    assert_true(wp_try_again(&d[1], &tr[1], &e503)); /* room again */
+    wp_tries_end(&tr[1]);
+    wp_tries_end(&tr[1]); /* idempotent */
+    /* without maxRetries nothing is held */
+    struct fixture g;
+    setup(&g, "{host: svc, trafficPolicy: {loadBalancer: {simple: RANDOM}}}");
+    struct wp_decision dd;
+    struct wp_tries tt;
+    memset(&dd, 0, sizeof(dd));
+    memset(&tt, 0, sizeof(tt));
+    dd.svc = g.t.svc;
+    dd.port = 80;
+    dd.retry = &l7_default_retry;
+    assert_int_equal(wp_lb_prepare(&g.t, &dd, &req, false), 0);
+    assert_int_equal(wp_try_pick(&g.t, &dd, &tt, &c), 0);
+    assert_true(wp_try_again(&dd, &tt, &e503));
+    assert_null(tt.retry_held);
+    for (int i = 0; i < 2; i++)
+        wp_request_done(&d[i], NULL, 0);
+    wp_request_done(&dd, NULL, 0);
+    teardown(&g);
+    teardown(&f);
+}
+
 /* Picks with a decision and reports status for the endpoint chosen; returns the endpoint's name. */
 static const char *od_pick(struct fixture *f, const char *subset, int status)
 {
@@ -445,9 +546,10 @@ static void test_outlier(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_subsets),   cmocka_unit_test(test_round_robin_random),
-        cmocka_unit_test(test_hash_keys), cmocka_unit_test(test_cookie),
-        cmocka_unit_test(test_pool),      cmocka_unit_test(test_outlier),
+        cmocka_unit_test(test_subsets),     cmocka_unit_test(test_round_robin_random),
+        cmocka_unit_test(test_hash_keys),   cmocka_unit_test(test_cookie),
+        cmocka_unit_test(test_pool),        cmocka_unit_test(test_outlier),
+        cmocka_unit_test(test_conn_limits), cmocka_unit_test(test_max_retries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
