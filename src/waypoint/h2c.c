@@ -207,7 +207,9 @@ static void x_unref(struct hc_x *x)
     if (--x->refs) return;
     struct loop *l = x->d->t->w->loop;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
-    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
+    /* DestinationRule; a gRPC response counts by its grpc-status for outlier detection, as Envoy's router */
+    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL,
+                    x->grpc && x->grpc_status >= 0 ? l7_grpc_to_http_status(x->grpc_status) : x->status);
     wp_tries_end(&x->tries); /* a retry it holds (maxRetries) */
     if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
@@ -882,7 +884,9 @@ static bool x_retry(struct hc_x *x, const struct l7_try *t)
     if (x->responded || !x->ds || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
     if (x->counted) /* outlier detection sees each try */
         wp_try_done(&x->dec, x->upstream_ep.wl,
-                    t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
+                    t->end != L7_TRY_RESPONSE         ? (t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503)
+                    : x->grpc && t->grpc_status >= 0 ? l7_grpc_to_http_status(t->grpc_status)
+                                                      : t->status);
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     x->counted = false;
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);

@@ -472,6 +472,7 @@ struct od_slot {
     uint64_t cluster;
     uint32_t c5xx, cgw, n_ejections;
     uint64_t ejections; /* enforced so far */
+    uint64_t epoch;     /* first report: the interval timer's ticks are epoch + k x interval */
     char uid[160];
     char cluster_name[320]; /* Istio's cluster name: outbound|<port>|<subset>|<host> */
 };
@@ -536,6 +537,7 @@ static void od_report(uint64_t cluster, const struct wp_decision *d, const struc
     }
     if (!o->cluster) {
         o->cluster = cluster;
+        o->epoch = now;
         snprintf(o->uid, sizeof(o->uid), "%s", w->uid);
         snprintf(o->cluster_name, sizeof(o->cluster_name), "outbound|%u|%s|%s", d->port,
                  d->subset ? d->subset : "", d->svc ? d->svc->hostname : "");
@@ -570,11 +572,16 @@ static void od_report(uint64_t cluster, const struct wp_decision *d, const struc
                 od->base_ejection_ms > WP_OD_MAX_EJECTION_MS ? od->base_ejection_ms : WP_OD_MAX_EJECTION_MS;
             uint64_t dur = od->base_ejection_ms * o->n_ejections;
             if (dur > cap) dur = cap;
-            atomic_store_explicit(&o->ejected_until_ms, now + dur, memory_order_release);
+            /* Envoy unejects on its interval timer: the host is back at the first tick after its time */
+            uint64_t until = now + dur;
+            uint64_t iv = od->interval_ms;
+            if (iv) until = o->epoch + (until - o->epoch + iv - 1) / iv * iv;
+            atomic_store_explicit(&o->ejected_until_ms, until, memory_order_release);
             atomic_fetch_add_explicit(&od_ejections_total, 1, memory_order_relaxed);
             o->ejections++;
-            LOG_I("waypoint::outlier", "ejected %s for %llu ms (ejection %u, last status %d)", w->uid,
-                  (unsigned long long)dur, o->n_ejections, status);
+            LOG_I("waypoint::outlier",
+                  "ejected %s for %llu ms (ejection %u, last status %d, back at the interval tick in %llu ms)",
+                  w->uid, (unsigned long long)dur, o->n_ejections, status, (unsigned long long)(until - now));
         } else {
             LOG_LIMITED(LOG_INFO, "waypoint::outlier", "%s not ejected: maxEjectionPercent %u%% reached",
                         w->uid, od->max_ejection_percent);

@@ -426,6 +426,43 @@ static void test_max_retries(void **state)
     teardown(&f);
 }
 
+/* An ejected host is back at the first interval tick after its ejection time (Envoy unejects on its interval
+ * timer): with interval 1 s and baseEjectionTime 150 ms, the ejection lasts until the tick after the first
+ * report, not 150 ms. */
+static void test_outlier_tick(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: "
+              "{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 150ms, maxEjectionPercent: 100}}, "
+              "subsets: [{name: t, labels: {app: svc}}]}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    const char *ejected = NULL;
+    for (int i = 0; i < 3 && !ejected; i++) {
+        struct wp_decision d;
+        memset(&d, 0, sizeof(d));
+        d.svc = f.t.svc;
+        d.port = 80;
+        d.subset = "t"; /* a cluster of its own (the other tests' ejections are elsewhere) */
+        struct lb_choice c;
+        assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
+        ejected = c.wl->uid;
+        wp_request_done(&d, c.wl, 503);
+    }
+    json_t *dump = wp_outlier_json();
+    json_int_t left = -1;
+    for (size_t i = 0; i < json_array_size(dump); i++) {
+        json_t *e = json_array_get(dump, i);
+        if (!strcmp(json_string_value(json_object_get(e, "endpoint")), ejected) &&
+            strstr(json_string_value(json_object_get(e, "cluster")), "|t|"))
+            left = json_integer_value(json_object_get(e, "ejectedForMs"));
+    }
+    json_decref(dump);
+    assert_true(left > 500); /* the 1 s tick, not the 150 ms ejection time */
+    assert_true(left <= 1000);
+    teardown(&f);
+}
+
 /* Picks with a decision and reports status for the endpoint chosen; returns the endpoint's name. */
 static const char *od_pick(struct fixture *f, const char *subset, int status)
 {
@@ -449,7 +486,7 @@ static void test_outlier(void **state)
     struct fixture f;
     setup(&f,
           "{host: svc, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: "
-          "{consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 150ms, maxEjectionPercent: 50}}, "
+          "{consecutive5xxErrors: 3, interval: 100ms, baseEjectionTime: 150ms, maxEjectionPercent: 50}}, "
           "subsets: [{name: gw, labels: {app: svc}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, "
           "outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 2, baseEjectionTime: 60s, "
           "maxEjectionPercent: 100}}}]}");
@@ -512,8 +549,9 @@ static void test_outlier(void **state)
         wp_request_done(&d, c.wl, !strcmp(c.wl->name, "b") ? 503 : 200);
     }
     assert_int_equal(wp_outlier_ejections_total(), ej0 + 1);
-    /* after at least the base ejection time a is picked again */
-    struct timespec ts = {0, 200 * 1000 * 1000};
+    /* after at least the base ejection time, at the interval tick after it (100 ms ticks), a is picked again
+     */
+    struct timespec ts = {0, 300 * 1000 * 1000};
     nanosleep(&ts, NULL);
     int back = 0;
     for (int i = 0; i < 9; i++)
@@ -546,10 +584,11 @@ static void test_outlier(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_subsets),     cmocka_unit_test(test_round_robin_random),
-        cmocka_unit_test(test_hash_keys),   cmocka_unit_test(test_cookie),
-        cmocka_unit_test(test_pool),        cmocka_unit_test(test_outlier),
-        cmocka_unit_test(test_conn_limits), cmocka_unit_test(test_max_retries),
+        cmocka_unit_test(test_subsets),      cmocka_unit_test(test_round_robin_random),
+        cmocka_unit_test(test_hash_keys),    cmocka_unit_test(test_cookie),
+        cmocka_unit_test(test_pool),         cmocka_unit_test(test_outlier),
+        cmocka_unit_test(test_conn_limits),  cmocka_unit_test(test_max_retries),
+        cmocka_unit_test(test_outlier_tick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
