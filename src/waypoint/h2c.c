@@ -303,6 +303,8 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     size_t nh = 2;
     if (*x->dec.www_authenticate) /* RequestAuthentication's 401 */
         h[nh++] = (struct h2_header){"www-authenticate", x->dec.www_authenticate};
+    else if (!strcmp(flags, "UO")) /* a circuit breaker's overflow: Envoy's router adds it */
+        h[nh++] = (struct h2_header){"x-envoy-overloaded", "true"};
     if (decided && x->dec.n_resp_mods) { /* a decided local answer carries the rule's response headers */
         struct http1_hdr hv[3 + 2 * L7_MAX_HEADER_MODS];
         for (size_t i = 0; i < nh; i++)

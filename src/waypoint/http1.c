@@ -112,6 +112,10 @@ struct h1_x {
     bool retrying;    /* waiting out the back-off: the downstream is not read meanwhile */
     struct wp_tries tries;
     struct timer retry_timer, try_timer; /* the back-off; perTryTimeout */
+    /* DestinationRule connectionPool: waiting for a connection (tries.h wp_pending_wait; pend_needed until it
+     * is queued), and overloaded for Envoy's x-envoy-overloaded on an overflow's reply */
+    struct wp_pending pend;
+    bool pend_needed, overloaded;
 };
 
 /* Per-worker idle upstream connections by endpoint. */
@@ -206,9 +210,10 @@ static void local_reply(struct h1_x *x, int status, const char *body, const char
 {
     struct h1_down *d = x->d;
     size_t blen = strlen(body);
-    struct http1_hdr h[4 + 2 * L7_MAX_HEADER_MODS];
+    struct http1_hdr h[5 + 2 * L7_MAX_HEADER_MODS];
     size_t nh = 0;
     if (location) h[nh++] = (struct http1_hdr){"location", 8, location, strlen(location)};
+    if (x->overloaded) h[nh++] = (struct http1_hdr){"x-envoy-overloaded", 18, "true", 4}; /* Envoy's router */
     if (*x->dec.www_authenticate) /* RequestAuthentication's 401 (authn.h) */
         h[nh++] = (struct http1_hdr){"www-authenticate", 16, x->dec.www_authenticate,
                                      strlen(x->dec.www_authenticate)};
@@ -824,6 +829,7 @@ static void x_free(struct h1_x *x)
 {
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    wp_pending_cancel(&x->pend); /* still waiting for a connection */
     wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
     wp_tries_end(&x->tries); /* a retry it holds (maxRetries) */
     struct loop *l = x->d->t->w->loop;
@@ -977,6 +983,34 @@ static int x_try_start(struct h1_x *x)
     if (x->dec.retry->per_try_timeout_ms)
         timer_start(t->w->loop, &x->try_timer, x->dec.retry->per_try_timeout_ms);
     up_kick(u);
+    return 0;
+}
+
+/* The request got a connection place after waiting (wp_pending_wait): its first try starts. */
+static void pend_ready(struct wp_pending *p)
+{
+    struct h1_x *x = container_of(p, struct h1_x, pend);
+    struct h1_down *d = x->d;
+    x->retrying = false;
+    if (x_try_start(x) < 0 && x->req_done) {
+        x_finish(x);
+        return;
+    }
+    down_kick(d); /* the rest of the body may flow now */
+}
+
+/* The first try, or for a request beyond maxConnections (wp_lb_prepare's -EINPROGRESS) its wait for a
+ * connection, the request held as between tries (its body waits in the replay). -1 when answered locally. */
+static int x_first_try(struct h1_x *x)
+{
+    if (!x->pend_needed) return x_try_start(x);
+    x->pend_needed = false;
+    if (wp_pending_wait(x->d->t, &x->dec, &x->pend, pend_ready) < 0) {
+        x->overloaded = true;
+        local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
+        return -1;
+    }
+    x->retrying = true;
     return 0;
 }
 
@@ -1185,9 +1219,11 @@ static int req_head(void *ud, const struct http1_head *h)
         return 0;
     }
     if (prc == -EUSERS) {
+        x->overloaded = true;
         local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
         return 0;
     }
+    x->pend_needed = prc == -EINPROGRESS; /* it waits for a connection (x_first_try) */
     if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     /* The request head goes into the replay first: each try sends the replay, then the body as it comes. */
     if (http1_write_request_head(&x->replay, h->method, h->method_len, target, target_len, hv, n, h->framing,
@@ -1199,8 +1235,9 @@ static int req_head(void *ud, const struct http1_head *h)
         return 0;
     }
     if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
-    if (x_try_start(x) < 0) return 0;
-    if (dec->mirror_svc && x->u) start_mirror(x, h, target, target_len, hv, n);
+    bool waits = x->pend_needed;
+    if (x_first_try(x) < 0) return 0;
+    if (dec->mirror_svc && (x->u || waits)) start_mirror(x, h, target, target_len, hv, n);
     return 0;
 }
 
@@ -1222,7 +1259,7 @@ static void delay_cb(struct timer *tm)
     struct h1_down *d = x->d;
     x->retrying = false;
     if (x->dec.timeout_ms) timer_start(d->t->w->loop, &x->timer, x->dec.timeout_ms);
-    if (x_try_start(x) < 0 && x->req_done) {
+    if (x_first_try(x) < 0 && x->req_done) {
         x_finish(x);
         return;
     }
@@ -1409,8 +1446,8 @@ static void down_io(struct io *io, uint32_t ev)
                     return;
                 }
                 d->close_after = true;
-            } else if (!d->x->req_done) {
-                down_free(d); /* cut mid-request: Envoy's DC */
+            } else if (!d->x->req_done || d->x->pend.queued) {
+                down_free(d); /* cut mid-request, or while it waits for a connection: Envoy's DC */
                 return;
             }
         }

@@ -57,6 +57,31 @@ struct wp_conn_limits {
     uint32_t max_requests;
 };
 struct wp_conn_limits wp_try_conn_limits(const struct wp_decision *d);
+/* Envoy's pending requests (DestinationRule connectionPool, HTTP/1.1): after wp_lb_prepare answered
+ * -EINPROGRESS (maxConnections requests in flight in the cluster), the codec queues the request in p (its own
+ * storage, zeroed here) until a place frees up on any worker; then d holds the place (released by
+ * wp_request_done) and ready(p) runs from t's worker loop. At most http1MaxPendingRequests wait per cluster
+ * (Istio's default 2^32-1): beyond, -EUSERS (overflow: 503 UO with x-envoy-overloaded). A request that goes
+ * away meanwhile (its client left, its timeout) calls wp_pending_cancel before wp_request_done. */
+struct cb_slot;
+struct wp_pending {
+    struct wp_pending *next, *prev; /* the worker's queue */
+    struct wp_worker *w;
+    struct wp_decision *d;
+    struct cb_slot *slot;
+    uint64_t max;    /* the cluster's places (maxConnections, or http2MaxRequests when lower) */
+    struct timer tm; /* ready runs from it */
+    void (*ready)(struct wp_pending *p);
+    bool queued;
+};
+int wp_pending_wait(struct wp_tunnel *t, struct wp_decision *d, struct wp_pending *p,
+                    void (*ready)(struct wp_pending *p));
+/* p leaves the queue (its pending place released), or a place it was given and not yet started is kept for
+ * wp_request_done to release. Idempotent; a zeroed p is a no-op. */
+void wp_pending_cancel(struct wp_pending *p);
+/* Requests waiting in this thread's queue. */
+size_t wp_pending_n(void);
+
 /* Envoy's local reply to a connect timeout (flag UF, details
  * upstream_reset_before_response_started{connection_timeout}). */
 #define WP_CONNECT_TIMEOUT_BODY                                                                              \

@@ -40,8 +40,12 @@ APPLY_WAIT = 30
 PODS = ("a", "b", "c")
 
 
+REQLOG_DIR = "/tmp"  # set by the fixture: each l7app pod appends "METHOD path host" per request to <dir>/<pod>.reqlog
+
+
 def pod(name, node, labels, cmd=None, probe=True):
-    cmd = cmd or ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), name, "19090"]
+    cmd = cmd or ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), name, "19090",
+                  os.path.join(REQLOG_DIR, name + ".reqlog")]
     p = "    readinessProbe: {tcpSocket: {port: %d}, periodSeconds: 1}\n" % HTTP if probe else ""
     return ("apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s, labels: %s}\n"
             "spec:\n  nodeName: %s\n  serviceAccountName: svc\n  terminationGracePeriodSeconds: 1\n"
@@ -185,7 +189,10 @@ def attempt(fn):
 
 @pytest.fixture(scope="module")
 def cluster():
+    global REQLOG_DIR
     d = tempfile.mkdtemp(prefix="zmesh-updr-m-")
+    os.chmod(d, 0o777)
+    REQLOG_DIR = d
     with open(os.path.join(d, "dr.yaml"), "w") as f:
         f.write(manifests())
     c = DRCluster(d)
@@ -368,9 +375,12 @@ def test_outlier_detection(cluster):
 
 
 def test_circuit_breaker(cluster):
-    """connectionPool maxConnections 1 and http1MaxPendingRequests 1 on Service cb: of six concurrent slow
-    requests at most two are in flight; the rest get Envoy's 503 with flag UO; afterwards requests pass again."""
+    """connectionPool maxConnections 1 and http1MaxPendingRequests 1 on Service cb, Envoy's semantics: of six
+    concurrent slow requests (1.5 s each) one is in flight, one waits for its connection (pending) and is served
+    after it, so it takes at least about twice as long; the other four get Envoy's overflow, 503 with
+    x-envoy-overloaded: true and flag UO; afterwards requests pass again."""
     import threading
+    import time
     c = cluster
     c.apply(dr_for("cb", "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}"))
 
@@ -382,11 +392,14 @@ def test_circuit_breaker(cluster):
             try:
                 conn = Conn(c, "cb")
                 try:
-                    r = conn.raw("/sleep/700")
+                    t0 = time.monotonic()
+                    conn.h.request("GET", "/sleep/1500")
+                    resp = conn.h.getresponse()
+                    r = (resp.status, resp.read(), resp.getheader("x-envoy-overloaded"), time.monotonic() - t0)
                 finally:
                     conn.close()
             except (OSError, http.client.HTTPException) as e:
-                r = (0, repr(e).encode())
+                r = (0, repr(e).encode(), None, 0)
             with lock:
                 results.append(r)
         threads = [threading.Thread(target=one) for _ in range(6)]
@@ -395,14 +408,16 @@ def test_circuit_breaker(cluster):
         for t in threads:
             t.join()
         return results
-    res = poll(lambda: (lambda r: r if any(s == 503 for s, _ in r) else None)(burst()), timeout=APPLY_WAIT,
+    res = poll(lambda: (lambda r: r if any(x[0] == 503 for x in r) else None)(burst()), timeout=APPLY_WAIT,
                every=0.2, what="an overflow under six concurrent requests")
     ok = [r for r in res if r[0] == 200]
     over = [r for r in res if r[0] == 503]
     assert len(ok) + len(over) == 6, res
-    assert 1 <= len(ok) <= 2, res
+    assert len(ok) >= 2, res  # the one in flight and the one that waited for its connection
     assert all(b == b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
-               for _, b in over), over
+               and h == "true" for _, b, h, _ in over), over
+    # the pending one was sent only once the first one's connection was free (without a queue both take 1.5 s)
+    assert max(e for _, _, _, e in ok) >= 2.0, ok
     # the access log says UO for them
     poll(lambda: re.search(r'" 503 UO upstream_reset_before_response_started\{overflow\}', c.waypoint_log()),
          timeout=10, what="UO in the waypoint's access log")
@@ -412,6 +427,53 @@ def test_circuit_breaker(cluster):
         assert [conn.raw("/")[0] for _ in range(10)] == [200] * 10
     finally:
         conn.close()
+
+
+def test_pending_client_leaves(cluster):
+    """A request waiting for a connection (maxConnections 1, one slow request in flight) whose client goes away
+    leaves the queue: it never reaches a pod (the pods' request logs do not show its path), and the next request
+    after the slow one passes."""
+    import threading
+    import time
+    c = cluster
+    c.apply(dr_for("cb", "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}"))
+    poll(lambda: attempt(lambda: Conn(c, "cb").raw("/")[0] == 200), timeout=APPLY_WAIT, what="cb answering")
+    mark = "gone-%d" % random.randrange(1 << 30)
+
+    def slow():
+        conn = Conn(c, "cb")
+        try:
+            conn.raw("/sleep/2000")
+        finally:
+            conn.close()
+
+    def queued_by_waypoint():
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.5)  # the slow one holds the connection now
+        conn = Conn(c, "cb")
+        conn.h.request("GET", "/" + mark)
+        time.sleep(0.3)
+        conn.close()  # gone while pending
+        t.join()
+        return True
+    queued_by_waypoint()
+    conn = Conn(c, "cb")
+    try:
+        assert conn.raw("/")[0] == 200
+    finally:
+        conn.close()
+    seen = ""
+    for p in PODS:
+        try:
+            with open(os.path.join(REQLOG_DIR, p + ".reqlog")) as f:
+                seen += f.read()
+        except OSError:
+            pass
+    assert "/sleep/2000" in seen  # the log works: the slow request is there
+    assert mark not in seen
+    assert re.search(r'"GET /%s HTTP/1.1" 0 DC downstream_remote_disconnect' % mark, c.waypoint_log()), \
+        c.waypoint_log()[-3000:]
 
 
 def test_tcp_max_connections(cluster):

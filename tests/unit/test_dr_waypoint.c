@@ -286,13 +286,25 @@ static void test_cookie(void **state)
 
 /* connectionPool: Envoy's overflow (-EUSERS, 503 UO) past http2MaxRequests in flight, and for HTTP/1.1 past
  * maxConnections + http1MaxPendingRequests; a finished request frees its slot. */
+static int pend_ready_calls;
+static struct wp_pending *pend_ready_last;
+static void pend_ready(struct wp_pending *p)
+{
+    pend_ready_calls++;
+    pend_ready_last = p;
+    loop_stop(p->w->loop);
+}
+
 static void test_pool(void **state)
 {
     (void)state;
     struct fixture f;
+    struct wp_pending pend[2];
     setup(&f, "{host: svc, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: "
               "{http1MaxPendingRequests: 1}}}, subsets: [{name: h2, labels: {app: svc}, trafficPolicy: "
               "{connectionPool: {http: {http2MaxRequests: 2}}}}]}");
+    f.w.loop = loop_new();
+    assert_non_null(f.w.loop);
     struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
     struct wp_decision d[4];
     struct lb_choice c;
@@ -301,15 +313,48 @@ static void test_pool(void **state)
         d[i].svc = f.t.svc;
         d[i].port = 80;
     }
-    assert_int_equal(prep_pick(&f.t, &d[0], &req, false, &c), 0);
-    assert_int_equal(prep_pick(&f.t, &d[1], &req, false, &c), 0); /* one connection, one pending */
-    assert_int_equal(prep_pick(&f.t, &d[2], &req, false, &c), -EUSERS);
-    assert_int_equal(prep_pick(&f.t, &d[3], &req, true, &c), 0); /* HTTP/2: maxConnections only */
-    wp_request_done(&d[3], NULL, 200);
+    assert_int_equal(prep_pick(&f.t, &d[0], &req, false, &c), 0); /* the one connection */
+    /* beyond maxConnections an HTTP/1.1 request waits (Envoy's pending request), one of them at most */
+    assert_int_equal(wp_lb_prepare(&f.t, &d[1], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[1], &pend[0], pend_ready), 0);
+    assert_int_equal(wp_pending_n(), 1);
+    assert_int_equal(wp_lb_prepare(&f.t, &d[2], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[2], &pend[1], pend_ready), -EUSERS); /* overflow */
+    wp_request_done(&d[2], NULL, 0);
+    assert_int_equal(prep_pick(&f.t, &d[3], &req, true, &c), 0); /* HTTP/2: maxConnections does not apply */
+    wp_request_done(&d[3], NULL, 0);
+    /* the connection frees: the waiter gets it, started from the loop */
+    assert_int_equal(pend_ready_calls, 0);
     wp_request_done(&d[0], c.wl, 200);
     wp_request_done(&d[0], c.wl, 200); /* idempotent */
+    assert_int_equal(wp_pending_n(), 0);
+    loop_run(f.w.loop); /* until pend_ready stops it */
+    assert_int_equal(pend_ready_calls, 1);
+    assert_ptr_equal(pend_ready_last, &pend[0]);
+    assert_int_equal(wp_pick_endpoint_dec(&f.t, &d[1], &c), 0);
+    /* a waiter that goes away leaves the queue and frees its pending place */
+    memset(&d[2], 0, sizeof(d[2]));
+    d[2].svc = f.t.svc;
+    d[2].port = 80;
+    assert_int_equal(wp_lb_prepare(&f.t, &d[2], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[2], &pend[1], pend_ready), 0);
+    wp_pending_cancel(&pend[1]);
+    wp_pending_cancel(&pend[1]); /* idempotent */
+    wp_request_done(&d[2], NULL, 0);
+    assert_int_equal(wp_pending_n(), 0);
+    memset(&d[3], 0, sizeof(d[3]));
+    d[3].svc = f.t.svc;
+    d[3].port = 80;
+    assert_int_equal(wp_lb_prepare(&f.t, &d[3], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[3], &pend[1], pend_ready), 0); /* its place is free again */
+    wp_pending_cancel(&pend[1]);
+    wp_request_done(&d[3], NULL, 0);
+    wp_request_done(&d[1], c.wl, 200);
+    /* nothing in flight: a request goes at once */
+    memset(&d[2], 0, sizeof(d[2]));
+    d[2].svc = f.t.svc;
+    d[2].port = 80;
     assert_int_equal(prep_pick(&f.t, &d[2], &req, false, &c), 0);
-    wp_request_done(&d[1], NULL, 0);
     wp_request_done(&d[2], NULL, 0);
     /* the subset: http2MaxRequests 2 for every protocol */
     for (int i = 0; i < 3; i++) {
@@ -323,6 +368,7 @@ static void test_pool(void **state)
     assert_int_equal(prep_pick(&f.t, &d[2], &req, true, &c), -EUSERS);
     wp_request_done(&d[0], NULL, 0);
     wp_request_done(&d[1], NULL, 0);
+    loop_free(f.w.loop);
     teardown(&f);
 }
 
