@@ -70,10 +70,14 @@ BAD = ("import http.server as h, time\n"
        "h.ThreadingHTTPServer(('', %d), H).serve_forever()\n" % HTTP)
 
 
-def service(name, selector, proto="http"):
+GRPC = 9090  # the Services' gRPC port (targetPort 19090, the l7app's gRPC server)
+
+
+def service(name, selector, proto="http", grpc=False):
+    g = ", {name: grpc, port: %d, targetPort: 19090, appProtocol: grpc}" % GRPC if grpc else ""
     return ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\n"
-            "spec:\n  selector: %s\n  ports: [{name: %s, port: 80, targetPort: %d, appProtocol: %s}]\n"
-            % (name, NS, json.dumps(selector), proto, HTTP, proto))
+            "spec:\n  selector: %s\n  ports: [{name: %s, port: 80, targetPort: %d, appProtocol: %s}%s]\n"
+            % (name, NS, json.dumps(selector), proto, HTTP, proto, g))
 
 
 def manifests():
@@ -88,7 +92,8 @@ def manifests():
             service("od", {"od": "yes"}),
             service("cb", {"app": "svc"}),
             service("tcpsvc", {"app": "svc"}, proto="tcp"),
-            service("ct", {"app": "hole"}),
+            service("ct", {"app": "hole"}, grpc=True),
+            service("gsvc", {"app": "svc"}, grpc=True),
             service("one", {"version": "v2"})]
     return "---\n".join(docs)
 
@@ -651,3 +656,77 @@ def test_max_retries(cluster):
                              capture_output=True, text=True, timeout=30).stdout
     m = re.search(r"^zmesh_waypoint_upstream_rq_retry_overflow_total (\d+)$", metrics, re.M)
     assert m and int(m.group(1)) >= len(over), metrics
+
+
+# Unary calls of /l7test.Echo/UnavailableOn (UNAVAILABLE from the server whose tag is the request) on one channel:
+# one line per call, the answer or "<code> <details>", then the seconds the calls took.
+GRPC_CLIENT = r'''
+import sys, time, grpc
+out = []
+t0 = time.monotonic()
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    f = ch.unary_unary("/l7test.Echo/UnavailableOn")
+    for _ in range(int(sys.argv[3])):
+        try:
+            out.append(f(sys.argv[2].encode(), timeout=20).decode())
+        except grpc.RpcError as e:
+            out.append("%s %s" % (e.code().name, e.details()))
+print("\n".join(out))
+print(time.monotonic() - t0)
+'''
+
+
+def grpc_unavailable_on(c, svc, tag, n):
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_CLIENT,
+                        "%s:%d" % (c.vip(svc), GRPC), tag, str(n)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    return lines[:-1], float(lines[-1])
+
+
+def test_outlier_detection_grpc_status(cluster):
+    """gRPC on h2c: pod c answers /l7test.Echo/UnavailableOn("c") with grpc-status UNAVAILABLE in an HTTP 200
+    (trailers-only). Outlier detection counts it as Envoy's router does, by grpcToHttpStatus (503), so with
+    consecutive5xxErrors 2 c is ejected (the log names status 503); Istio's default retry policy retries
+    UNAVAILABLE on another host, so the client sees only a's and b's answers."""
+    c = cluster
+    c.apply(dr_for("gsvc", "{outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, "
+                           "maxEjectionPercent: 100}}"))
+
+    def ejected():
+        answers, _ = grpc_unavailable_on(c, "gsvc", "c", 12)
+        assert all(a in ("a:ok", "b:ok") for a in answers), answers
+        return re.search(r"waypoint::outlier\s+ejected \S*/dr/c for 30000 ms \(ejection \d+, last status 503",
+                         c.waypoint_log())
+    poll(lambda: attempt(ejected), timeout=APPLY_WAIT, every=0.2, what="c ejected for its gRPC UNAVAILABLE")
+    answers, _ = grpc_unavailable_on(c, "gsvc", "c", 12)
+    assert all(a in ("a:ok", "b:ok") for a in answers), answers
+
+
+def test_connect_timeout_h2c(cluster):
+    """connectTimeout on h2c (gRPC): with the hole pod's HBONE port dropping every packet, a call to ct's gRPC
+    port fails after at least the 1 s timeout with UNAVAILABLE carrying Envoy's connection-timeout text; the
+    session of each call is drained after it (maxRequestsPerConnection 1), so none made before the drop is
+    reused."""
+    c = cluster
+    c.apply(dr_for("ct", "{connectionPool: {tcp: {connectTimeout: 1s}, http: {maxRequestsPerConnection: 1}}}"))
+
+    def fresh():  # the rule in force (seen on the HTTP port: a new upstream connection per request)
+        conn = Conn(c, "ct")
+        try:
+            return conn.info("/")["client"] != conn.info("/")["client"]
+        finally:
+            conn.close()
+    poll(lambda: attempt(fresh), timeout=APPLY_WAIT, every=0.2, what="the DestinationRule of ct in force")
+    poll(lambda: attempt(lambda: grpc_unavailable_on(c, "ct", "x", 2)[0] == ["hole:ok", "hole:ok"]),
+         timeout=APPLY_WAIT, every=0.2, what="ct answering gRPC")
+    ns = c.netns_of("hole")
+    rule = ["INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I"] + rule, check=True, timeout=30)
+    try:
+        answers, took = grpc_unavailable_on(c, "ct", "x", 1)
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D"] + rule, check=True, timeout=30)
+    assert answers == ["UNAVAILABLE upstream connect error or disconnect/reset before headers. reset reason: "
+                       "connection timeout"], answers
+    assert took >= 1.0, took
