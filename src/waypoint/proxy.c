@@ -1009,6 +1009,8 @@ struct tcp_fwd {
     char upstream[IP_STRLEN + 8];
     struct wp_tcp_set *m; /* istio_tcp_* for this stream, once the upstream answered */
     _Atomic int64_t *cb;  /* the cluster's connection count this stream holds (connectionPool), or NULL */
+    struct hbone_stream *hs;
+    struct timer connect_timer; /* connectionPool.tcp.connectTimeout until the upstream tunnel answers */
 };
 
 /* connectionPool.tcp.maxConnections for a TCP stream through the waypoint (Envoy's tcp_proxy checks the
@@ -1051,7 +1053,16 @@ static void tcp_response(struct hbone_stream *s, void *ud, int status)
 {
     (void)s;
     struct tcp_fwd *f = ud;
+    if (timer_armed(&f->connect_timer)) timer_stop(f->t->w->loop, &f->connect_timer);
     if (!f->m) f->m = tcp_metrics(f, status == 200 ? "-" : "UF");
+}
+
+/* connectionPool.tcp.connectTimeout (Envoy's cluster connect_timeout for tcp_proxy): the upstream tunnel did
+ * not answer in time; the stream is reset and the connection closed (UF, "connection timeout"). */
+static void tcp_connect_timeout_cb(struct timer *tm)
+{
+    struct tcp_fwd *f = container_of(tm, struct tcp_fwd, connect_timer);
+    hbone_stream_reset(f->hs, "connection timeout"); /* tcp_done runs (f is gone after it) */
 }
 
 static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
@@ -1059,6 +1070,7 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     (void)s;
     struct tcp_fwd *f = ud;
     struct wp_tunnel *t = f->t;
+    if (timer_armed(&f->connect_timer)) timer_stop(t->w->loop, &f->connect_timer);
     bool failed = r->status != 200;
     if (!f->m) f->m = tcp_metrics(f, "UF"); /* the upstream never answered */
     wp_metrics_tcp_bytes(f->m, r->bytes_to_h2, r->bytes_to_tcp);
@@ -1125,11 +1137,20 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
         goto fail;
     }
     wp_endpoint_begin(f->ep.wl); /* ended in tcp_done */
-    if (!wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err)) {
+    f->connect_timer.cb = tcp_connect_timeout_cb;
+    if (!(f->hs = wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err))) {
         wp_endpoint_end(f->ep.wl);
         tcp_release(f);
         fd = -1; /* closed by wp_upstream_open */
         goto fail;
+    }
+    if (svc) { /* the connect timeout of the Service's DestinationRule, else Istio's default */
+        const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+        const struct dr_conn_pool *pool = dr_policy_for(dr, NULL, port).pool;
+        uint64_t ms = pool && pool->connect_timeout_ms ? pool->connect_timeout_ms : WP_CONNECT_TIMEOUT_DEFAULT_MS;
+        timer_start(t->w->loop, &f->connect_timer, ms);
+    } else {
+        timer_start(t->w->loop, &f->connect_timer, WP_CONNECT_TIMEOUT_DEFAULT_MS);
     }
     return;
 fail:

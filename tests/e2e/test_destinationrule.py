@@ -94,6 +94,7 @@ def manifests():
             service("tcpsvc", {"app": "svc"}, proto="tcp"),
             service("ct", {"app": "hole"}, grpc=True),
             service("gsvc", {"app": "svc"}, grpc=True),
+            service("cttcp", {"app": "hole"}, proto="tcp"),
             service("one", {"version": "v2"})]
     return "---\n".join(docs)
 
@@ -730,3 +731,50 @@ def test_connect_timeout_h2c(cluster):
     assert answers == ["UNAVAILABLE upstream connect error or disconnect/reset before headers. reset reason: "
                        "connection timeout"], answers
     assert took >= 1.0, took
+
+
+def test_connect_timeout_tcp(cluster):
+    """connectTimeout for a TCP Service relayed by the waypoint (Envoy's tcp_proxy uses the cluster's
+    connect_timeout): with the hole pod's HBONE port dropping every packet, the client's connection is closed no
+    sooner than the 1 s timeout, logged with flag UF and the reason "connection timeout". maxConnections 1 shows
+    the rule in force first (a second connection is refused while one is open)."""
+    import time
+    c = cluster
+    c.apply(dr_for("cttcp", "{connectionPool: {tcp: {connectTimeout: 1s, maxConnections: 1}}}"))
+
+    def refused_while_one_open():
+        first = Conn(c, "cttcp")
+        try:
+            first.get("/")
+            second = Conn(c, "cttcp")
+            try:
+                second.raw("/")
+                return False
+            except (OSError, http.client.HTTPException):
+                return True
+            finally:
+                second.close()
+        finally:
+            first.close()
+    poll(lambda: attempt(refused_while_one_open), timeout=APPLY_WAIT, every=0.2,
+         what="the DestinationRule of cttcp in force")
+    time.sleep(0.5)  # the first connection's end reaches the waypoint
+    ns = c.netns_of("hole")
+    rule = ["INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I"] + rule, check=True, timeout=30)
+    try:
+        conn = Conn(c, "cttcp")
+        t0 = time.monotonic()
+        try:
+            conn.raw("/")
+            closed = False
+        except (OSError, http.client.HTTPException):
+            closed = True
+        elapsed = time.monotonic() - t0
+        conn.close()
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D"] + rule, check=True, timeout=30)
+    assert closed
+    assert elapsed >= 1.0, elapsed
+    poll(lambda: re.search(r'"- - -" 0 UF - - "connection timeout" .*inbound-vip\|80\|tcp\|cttcp', c.waypoint_log()), timeout=10,
+         what="the TCP stream's UF connection timeout in the access log (%s)" % c.waypoint_log()[-1500:])
