@@ -765,6 +765,20 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     return u;
 }
 
+/* up_get for a request of d: a session opened under other connectionPool settings takes no more streams (it
+ * is drained), as Envoy drains a cluster's pools when its settings change. */
+static struct hc_up *up_get_for(struct wp_worker *w, const struct lb_choice *ep, const struct wp_decision *d,
+                                const char **err)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    for (;;) {
+        struct hc_up *u = up_get(w, ep, err);
+        if (!u || !u->requests || (u->max_requests == l.max_requests && u->idle_ms == l.idle_ms)) return u;
+        up_unlist(u);
+        h2_conn_drain(u->c);
+    }
+}
+
 struct h2_conn *wp_h2c_upstream(struct wp_worker *w, const struct lb_choice *ep, const char **err)
 {
     struct hc_up *u = up_get(w, ep, err);
@@ -824,7 +838,7 @@ static int x_try_start(struct hc_x *x)
              ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
     x->upstream_ep = ep;
     const char *err = "failed";
-    struct hc_up *u = up_get(t->w, &ep, &err);
+    struct hc_up *u = up_get_for(t->w, &ep, &x->dec, &err);
     bool body = !x->req_eof || x->d2u.bytes || x->n_req_trailers;
     struct h2_stream *us = u ? h2_stream_open(u->c, x->req_hdrs, x->n_req_hdrs, body ? H2_BODY : 0, &us_ops, x)
                              : NULL;
