@@ -479,8 +479,8 @@ static int cb_admit(struct wp_decision *d, uint64_t key, const struct dr_conn_po
  * place freed on one worker serves that worker's queue first, then wakes the workers with waiters (their
  * mailbox) to claim it. Waiting costs nothing: no timer, no polling. */
 static _Thread_local struct wp_pending *pend_head, *pend_tail;
-static _Atomic unsigned pend_n[WP_MAX_WORKERS];   /* waiters per worker */
-static _Atomic bool pend_kick[WP_MAX_WORKERS];    /* a place may be free: serve the queue */
+static _Atomic unsigned pend_n[WP_MAX_WORKERS]; /* waiters per worker */
+static _Atomic bool pend_kick[WP_MAX_WORKERS];  /* a place may be free: serve the queue */
 
 static void pend_unlink(struct wp_pending *p)
 {
@@ -553,8 +553,13 @@ int wp_pending_wait(struct wp_tunnel *t, struct wp_decision *d, struct wp_pendin
         atomic_fetch_sub(&s->pending, 1);
         return -EUSERS;
     }
-    *p = (struct wp_pending){.w = t->w, .d = d, .slot = s, .max = cb_max(pool, false), .ready = ready,
-                             .queued = true, .prev = pend_tail};
+    *p = (struct wp_pending){.w = t->w,
+                             .d = d,
+                             .slot = s,
+                             .max = cb_max(pool, false),
+                             .ready = ready,
+                             .queued = true,
+                             .prev = pend_tail};
     if (pend_tail)
         pend_tail->next = p;
     else
@@ -700,9 +705,10 @@ static void od_report(uint64_t cluster, const struct wp_decision *d, const struc
             atomic_store_explicit(&o->ejected_until_ms, until, memory_order_release);
             atomic_fetch_add_explicit(&od_ejections_total, 1, memory_order_relaxed);
             o->ejections++;
-            LOG_I("waypoint::outlier",
-                  "ejected %s for %llu ms (ejection %u, last status %d, back at the interval tick in %llu ms)",
-                  w->uid, (unsigned long long)dur, o->n_ejections, status, (unsigned long long)(until - now));
+            LOG_I(
+                "waypoint::outlier",
+                "ejected %s for %llu ms (ejection %u, last status %d, back at the interval tick in %llu ms)",
+                w->uid, (unsigned long long)dur, o->n_ejections, status, (unsigned long long)(until - now));
         } else {
             LOG_LIMITED(LOG_INFO, "waypoint::outlier", "%s not ejected: maxEjectionPercent %u%% reached",
                         w->uid, od->max_ejection_percent);
@@ -1147,7 +1153,8 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
     if (svc) { /* the connect timeout of the Service's DestinationRule, else Istio's default */
         const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
         const struct dr_conn_pool *pool = dr_policy_for(dr, NULL, port).pool;
-        uint64_t ms = pool && pool->connect_timeout_ms ? pool->connect_timeout_ms : WP_CONNECT_TIMEOUT_DEFAULT_MS;
+        uint64_t ms =
+            pool && pool->connect_timeout_ms ? pool->connect_timeout_ms : WP_CONNECT_TIMEOUT_DEFAULT_MS;
         timer_start(t->w->loop, &f->connect_timer, ms);
     } else {
         timer_start(t->w->loop, &f->connect_timer, WP_CONNECT_TIMEOUT_DEFAULT_MS);
