@@ -59,6 +59,17 @@ bool l7_retry_wanted(const struct l7_retry *p, const struct l7_try *t)
     return false;
 }
 
+int l7_grpc_to_http_status(int grpc_status)
+{
+    /* OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, ALREADY_EXISTS,
+     * PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE, UNIMPLEMENTED,
+     * INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED */
+    static const int map[] = {200, 499, 500, 400, 504, 404, 409, 403, 429,
+                              400, 409, 400, 501, 500, 503, 500, 401};
+    if (grpc_status < 0 || (size_t)grpc_status >= sizeof(map) / sizeof(map[0])) return 500;
+    return map[grpc_status];
+}
+
 uint64_t l7_retry_backoff_ms(unsigned n, uint64_t rnd)
 {
     return l7_retry_policy_backoff_ms(NULL, n, rnd);

@@ -29,6 +29,11 @@ struct l7_try {
  * count (p->attempts retries after the first try). */
 bool l7_retry_wanted(const struct l7_retry *p, const struct l7_try *t);
 
+/* Envoy's grpcToHttpStatus (source/common/grpc/status.cc): the HTTP status a gRPC status stands for, which
+ * Envoy's router reports to outlier detection for a gRPC response (UNAVAILABLE 503, DEADLINE_EXCEEDED 504,
+ * INTERNAL 500, ...; an unknown code 500). */
+int l7_grpc_to_http_status(int grpc_status);
+
 /* Envoy's fully jittered exponential back-off before retry n (1 for the first retry): uniform in
  * [0, min(base * 2^(n-1), max)) with base 25 ms (Envoy's default, router filter docs) and max 10 x base. rnd
  * is a uniformly random 64-bit value. */

@@ -54,6 +54,13 @@ struct hc_up {
     char *uid;
     bool listed;
     bool tunnel_ok; /* its HBONE tunnel answered 200: a stream failing from now on is a reset */
+    /* DestinationRule connectionPool (tries.h wp_try_conn_limits, from the request that opened it): the
+     * connect timeout until the tunnel answers (timed_out once it fired), streams opened and the most it
+     * takes (maxRequestsPerConnection, 0: unlimited; then it is drained), the idle timeout without streams. */
+    struct timer connect_timer, idle_timer;
+    bool timed_out;
+    uint32_t requests, max_requests;
+    uint64_t idle_ms, last_used;
 };
 
 /* Counts gRPC messages in a body as it passes (5-byte prefix: flag and length), without buffering them. */
@@ -203,7 +210,10 @@ static void x_unref(struct hc_x *x)
     if (--x->refs) return;
     struct loop *l = x->d->t->w->loop;
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
-    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
+    /* DestinationRule; a gRPC response counts by its grpc-status for outlier detection, as Envoy's router */
+    wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL,
+                    x->grpc && x->grpc_status >= 0 ? l7_grpc_to_http_status(x->grpc_status) : x->status);
+    wp_tries_end(&x->tries); /* a retry it holds (maxRetries) */
     if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
     if (timer_armed(&x->try_timer)) timer_stop(l, &x->try_timer);
@@ -300,6 +310,8 @@ static void x_local_reply(struct hc_x *x, int status, const char *body, const ch
     size_t nh = 2;
     if (*x->dec.www_authenticate) /* RequestAuthentication's 401 */
         h[nh++] = (struct h2_header){"www-authenticate", x->dec.www_authenticate};
+    else if (!strcmp(flags, "UO")) /* a circuit breaker's overflow: Envoy's router adds it */
+        h[nh++] = (struct h2_header){"x-envoy-overloaded", "true"};
     if (decided && x->dec.n_resp_mods) { /* a decided local answer carries the rule's response headers */
         struct http1_hdr hv[3 + 2 * L7_MAX_HEADER_MODS];
         for (size_t i = 0; i < nh; i++)
@@ -571,8 +583,9 @@ static void us_end(struct h2_stream *s, void *ud, const struct h2_end *e)
     if (e->reason != H2_END_OK && x->ds) {
         if (!x->responded) {
             x_local_reply(x, 503,
-                          "upstream connect error or disconnect/reset before headers. reset reason: "
-                          "connection failure",
+                          x->u && x->u->timed_out ? WP_CONNECT_TIMEOUT_BODY
+                                                  : "upstream connect error or disconnect/reset before "
+                                                    "headers. reset reason: connection failure",
                           "UF");
         } else {
             x->flags = "UR";
@@ -635,6 +648,8 @@ static void up_closed(struct h2_conn *c, void *ud, const struct h2_end *e)
     (void)e;
     struct hc_up *u = ud;
     up_unlist(u);
+    if (timer_armed(&u->connect_timer)) timer_stop(u->w->loop, &u->connect_timer);
+    if (timer_armed(&u->idle_timer)) timer_stop(u->w->loop, &u->idle_timer);
     /* the internal connection's end closed with the session: the tunnel sees EOF and ends */
     free(u->uid);
     free(u);
@@ -653,7 +668,52 @@ static void up_tunnel_response(struct hbone_stream *s, void *ud, int status)
 {
     (void)s;
     struct hc_up *u = ud;
+    if (timer_armed(&u->connect_timer)) timer_stop(u->w->loop, &u->connect_timer);
     if (status == 200) u->tunnel_ok = true;
+}
+
+/* connectionPool.tcp.connectTimeout: the tunnel did not answer in time; its streams end as connect failures
+ * (503 UF, reset reason "connection timeout", retried as Envoy's connect_timeout is). */
+static void up_connect_timeout_cb(struct timer *tm)
+{
+    struct hc_up *u = container_of(tm, struct hc_up, connect_timer);
+    if (u->tunnel_ok) return;
+    u->timed_out = true;
+    up_unlist(u);
+    h2_conn_close(u->c, H2_END_CONNECT_FAILED, "connection timeout");
+}
+
+/* connectionPool.http.idleTimeout: closed once it has had no stream for idle_ms (checked when the timer
+ * fires, re-armed for the rest otherwise). */
+static void up_idle_timeout_cb(struct timer *tm)
+{
+    struct hc_up *u = container_of(tm, struct hc_up, idle_timer);
+    uint64_t now = loop_now(u->w->loop);
+    if (h2_conn_streams(u->c)) u->last_used = now;
+    if (now - u->last_used >= u->idle_ms) {
+        up_unlist(u);
+        h2_conn_close(u->c, H2_END_LOCAL, "idle timeout");
+        return;
+    }
+    timer_start(u->w->loop, &u->idle_timer, u->idle_ms - (now - u->last_used));
+}
+
+/* A request of d opens a stream on u: its pool limits apply; at maxRequestsPerConnection the session takes
+ * no more streams and is drained (GOAWAY, closed when its streams end). */
+static void up_take(struct hc_up *u, const struct wp_decision *d)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    u->last_used = loop_now(u->w->loop);
+    if (!u->requests++) {
+        u->max_requests = l.max_requests;
+        u->idle_ms = l.idle_ms;
+        if (!u->tunnel_ok) timer_start(u->w->loop, &u->connect_timer, l.connect_timeout_ms);
+        if (u->idle_ms) timer_start(u->w->loop, &u->idle_timer, u->idle_ms);
+    }
+    if (u->max_requests && u->requests >= u->max_requests) {
+        up_unlist(u);
+        h2_conn_drain(u->c);
+    }
 }
 
 static const struct hbone_stream_ops up_tunnel_ops = {.on_done = up_tunnel_done, .on_response = up_tunnel_response};
@@ -679,6 +739,8 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     u->w = w;
     u->ep = *ep;
     u->ep.wl = NULL;
+    u->connect_timer.cb = up_connect_timeout_cb;
+    u->idle_timer.cb = up_idle_timeout_cb;
     if (!(u->uid = strdup(ep->wl->uid))) {
         close(sv[0]);
         close(sv[1]);
@@ -708,6 +770,20 @@ static struct hc_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     up_table[b] = u;
     u->listed = true;
     return u;
+}
+
+/* up_get for a request of d: a session opened under other connectionPool settings takes no more streams (it
+ * is drained), as Envoy drains a cluster's pools when its settings change. */
+static struct hc_up *up_get_for(struct wp_worker *w, const struct lb_choice *ep, const struct wp_decision *d,
+                                const char **err)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    for (;;) {
+        struct hc_up *u = up_get(w, ep, err);
+        if (!u || !u->requests || (u->max_requests == l.max_requests && u->idle_ms == l.idle_ms)) return u;
+        up_unlist(u);
+        h2_conn_drain(u->c);
+    }
 }
 
 struct h2_conn *wp_h2c_upstream(struct wp_worker *w, const struct lb_choice *ep, const char **err)
@@ -769,7 +845,7 @@ static int x_try_start(struct hc_x *x)
              ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
     x->upstream_ep = ep;
     const char *err = "failed";
-    struct hc_up *u = up_get(t->w, &ep, &err);
+    struct hc_up *u = up_get_for(t->w, &ep, &x->dec, &err);
     bool body = !x->req_eof || x->d2u.bytes || x->n_req_trailers;
     struct h2_stream *us = u ? h2_stream_open(u->c, x->req_hdrs, x->n_req_hdrs, body ? H2_BODY : 0, &us_ops, x)
                              : NULL;
@@ -785,6 +861,7 @@ static int x_try_start(struct hc_x *x)
     x->u = u;
     x->us = us;
     x->us_parked = false;
+    up_take(u, &x->dec);
     x->refs++;
     x->up_start_mono = loop_now(t->w->loop);
     wp_endpoint_begin(ep.wl); /* ended in x_unref, or when a retry abandons the try */
@@ -830,7 +907,9 @@ static bool x_retry(struct hc_x *x, const struct l7_try *t)
     if (x->responded || !x->ds || x->replay_lost || !wp_try_again(&x->dec, &x->tries, t)) return false;
     if (x->counted) /* outlier detection sees each try */
         wp_try_done(&x->dec, x->upstream_ep.wl,
-                    t->end == L7_TRY_RESPONSE ? t->status : t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503);
+                    t->end != L7_TRY_RESPONSE         ? (t->end == L7_TRY_PER_TRY_TIMEOUT ? 504 : 503)
+                    : x->grpc && t->grpc_status >= 0 ? l7_grpc_to_http_status(t->grpc_status)
+                                                      : t->status);
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
     x->counted = false;
     if (timer_armed(&x->try_timer)) timer_stop(w->loop, &x->try_timer);

@@ -75,6 +75,12 @@ struct h1_up {
     bool in_feed, freed;
     bool mirror;      /* a shadow request's connection: its response is read and dropped, then it closes */
     bool established; /* its tunnel answered 200: a failure from now on is a reset, not a connect failure */
+    /* DestinationRule connectionPool (tries.h wp_try_conn_limits, from the exchange that uses it): the
+     * connect timeout until the tunnel is established, the idle timeout while pooled, requests sent on it
+     * and the most it takes (0: unlimited). */
+    struct timer connect_timer, idle_timer;
+    uint64_t idle_ms;
+    uint32_t requests, max_requests;
 };
 
 /* One request and its response. */
@@ -111,6 +117,10 @@ struct h1_x {
     bool retrying;    /* waiting out the back-off: the downstream is not read meanwhile */
     struct wp_tries tries;
     struct timer retry_timer, try_timer; /* the back-off; perTryTimeout */
+    /* DestinationRule connectionPool: waiting for a connection (tries.h wp_pending_wait; pend_needed until it
+     * is queued), and overloaded for Envoy's x-envoy-overloaded on an overflow's reply */
+    struct wp_pending pend;
+    bool pend_needed, overloaded;
 };
 
 /* Per-worker idle upstream connections by endpoint. */
@@ -205,9 +215,10 @@ static void local_reply(struct h1_x *x, int status, const char *body, const char
 {
     struct h1_down *d = x->d;
     size_t blen = strlen(body);
-    struct http1_hdr h[4 + 2 * L7_MAX_HEADER_MODS];
+    struct http1_hdr h[5 + 2 * L7_MAX_HEADER_MODS];
     size_t nh = 0;
     if (location) h[nh++] = (struct http1_hdr){"location", 8, location, strlen(location)};
+    if (x->overloaded) h[nh++] = (struct http1_hdr){"x-envoy-overloaded", 18, "true", 4}; /* Envoy's router */
     if (*x->dec.www_authenticate) /* RequestAuthentication's 401 (authn.h) */
         h[nh++] = (struct http1_hdr){"www-authenticate", 16, x->dec.www_authenticate,
                                      strlen(x->dec.www_authenticate)};
@@ -264,12 +275,19 @@ static void idle_remove(struct h1_up *u)
         }
 }
 
+static void up_timers_stop(struct h1_up *u)
+{
+    if (timer_armed(&u->connect_timer)) timer_stop(u->w->loop, &u->connect_timer);
+    if (timer_armed(&u->idle_timer)) timer_stop(u->w->loop, &u->idle_timer);
+}
+
 static void up_free(struct h1_up *u)
 {
     if (u->in_feed) {
         u->freed = true;
         return;
     }
+    up_timers_stop(u);
     side_close(u->w->loop, &u->s);
     side_free(&u->s);
     http1_parser_free(u->p);
@@ -292,6 +310,7 @@ static void up_close(struct h1_up *u, const char *why)
 {
     if (!u->x && u->idle_since) idle_remove(u);
     u->idle_since = 0;
+    up_timers_stop(u);
     struct hbone_stream *hs = u->hs;
     u->hs = NULL;
     side_close(u->w->loop, &u->s);
@@ -320,9 +339,14 @@ static void up_failed(struct h1_x *x, enum l7_try_end end, const char *reset_rea
         char body[160];
         snprintf(body, sizeof(body), "upstream connect error or disconnect/reset before headers. reset reason: %s",
                  reset_reason);
-        local_reply(x, 503, body, "UF", "upstream_reset_before_response_started{connection_failure}", NULL);
+        local_reply(x, 503, body, "UF",
+                    strcmp(reset_reason, "connection timeout")
+                        ? "upstream_reset_before_response_started{connection_failure}"
+                        : "upstream_reset_before_response_started{connection_timeout}",
+                    NULL);
+        struct h1_down *d = x->d; /* x_finish frees x */
         if (x->req_done) x_finish(x);
-        down_kick(x->d);
+        down_kick(d);
         return;
     }
     x->flags = "UC";
@@ -625,7 +649,40 @@ static void up_hbone_response(struct hbone_stream *s, void *ud, int status)
 {
     (void)s;
     struct h1_up *u = ud;
+    if (timer_armed(&u->connect_timer)) timer_stop(u->w->loop, &u->connect_timer);
     if (status == 200) u->established = true;
+}
+
+/* connectionPool.tcp.connectTimeout: the tunnel did not come up in time (Envoy's connect_timeout: UF,
+ * reset reason "connection timeout", retried as a connect failure). */
+static void up_connect_timeout_cb(struct timer *tm)
+{
+    struct h1_up *u = container_of(tm, struct h1_up, connect_timer);
+    if (u->established) return;
+    if (u->x)
+        up_failed(u->x, L7_TRY_CONNECT_FAILURE, "connection timeout");
+    else
+        up_close(u, "connection timeout");
+}
+
+/* connectionPool.http.idleTimeout: a pooled connection unused this long is closed. */
+static void up_idle_timeout_cb(struct timer *tm)
+{
+    struct h1_up *u = container_of(tm, struct h1_up, idle_timer);
+    LOG_D(LOG_HTTP, "idle upstream connection to %s closed after %llu ms", u->uid,
+          (unsigned long long)u->idle_ms);
+    up_close(u, "idle timeout");
+}
+
+/* An exchange of d takes u: its pool limits apply, and a connection not yet up gets its connect timeout. */
+static void up_take(struct h1_up *u, const struct wp_decision *d)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    u->requests++;
+    u->max_requests = l.max_requests;
+    u->idle_ms = l.idle_ms;
+    if (!u->established && u->hs && !timer_armed(&u->connect_timer))
+        timer_start(u->w->loop, &u->connect_timer, l.connect_timeout_ms);
 }
 
 static const struct hbone_stream_ops up_hbone_ops = {.on_done = up_hbone_done,
@@ -641,6 +698,7 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
             u->hnext = NULL;
             pool.n_idle--;
             u->idle_since = 0;
+            if (timer_armed(&u->idle_timer)) timer_stop(w->loop, &u->idle_timer);
             return u;
         }
     }
@@ -660,6 +718,8 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     u->w = w;
     u->ep = *ep;
     u->ep.wl = NULL;
+    u->connect_timer.cb = up_connect_timeout_cb;
+    u->idle_timer.cb = up_idle_timeout_cb;
     if (!(u->uid = strdup(ep->wl->uid))) {
         close(sv[0]);
         close(sv[1]);
@@ -689,10 +749,26 @@ static struct h1_up *up_get(struct wp_worker *w, const struct lb_choice *ep, con
     return u;
 }
 
+/* up_get for a request of d: a pooled connection made under other connectionPool settings is closed rather
+ * than reused, as Envoy drains a cluster's pools when its settings change. */
+static struct h1_up *up_get_for(struct wp_worker *w, const struct lb_choice *ep, const struct wp_decision *d,
+                                const char **err)
+{
+    struct wp_conn_limits l = wp_try_conn_limits(d);
+    for (;;) {
+        struct h1_up *u = up_get(w, ep, err);
+        if (!u || !u->requests || (u->max_requests == l.max_requests && u->idle_ms == l.idle_ms)) return u;
+        up_close(u, "connection pool settings changed");
+    }
+}
+
 /* The exchange is over on the upstream side: the connection goes back to the idle table or closes. */
 static void up_release(struct h1_up *u, bool reusable)
 {
     u->x = NULL;
+    /* connectionPool.http.maxRequestsPerConnection: closed after its last request (Envoy's
+     * max_requests_per_connection) */
+    if (u->max_requests && u->requests >= u->max_requests) reusable = false;
     if (!reusable || !u->hs || u->s.in_len || pool.n_idle >= H1_IDLE_MAX ||
         http1_parser_state(u->p) != HTTP1_P_DONE) {
         up_close(u, NULL);
@@ -704,6 +780,7 @@ static void up_release(struct h1_up *u, bool reusable)
     u->hnext = pool.buckets[b];
     pool.buckets[b] = u;
     pool.n_idle++;
+    if (u->idle_ms) timer_start(u->w->loop, &u->idle_timer, u->idle_ms);
     loop_io_mod(u->w->loop, &u->s.io, EPOLLIN | EPOLLRDHUP); /* to see it close while idle */
 }
 
@@ -758,7 +835,9 @@ static void x_free(struct h1_x *x)
 {
     if (x->mu) up_close(x->mu, "the request it copies ended"); /* its request was cut short */
     if (x->counted) wp_endpoint_end(x->upstream_ep.wl);
+    wp_pending_cancel(&x->pend); /* still waiting for a connection */
     wp_request_done(&x->dec, x->counted ? x->upstream_ep.wl : NULL, x->status); /* DestinationRule */
+    wp_tries_end(&x->tries); /* a retry it holds (maxRetries) */
     struct loop *l = x->d->t->w->loop;
     if (timer_armed(&x->timer)) timer_stop(l, &x->timer);
     if (timer_armed(&x->retry_timer)) timer_stop(l, &x->retry_timer);
@@ -910,7 +989,7 @@ static int x_try_start(struct h1_x *x)
              ip_format(&ep.ip, ipb, sizeof(ipb)), ep.port);
     x->upstream_ep = ep;
     const char *err = NULL;
-    struct h1_up *u = up_get(t->w, &ep, &err);
+    struct h1_up *u = up_get_for(t->w, &ep, &x->dec, &err);
     if (!u) {
         LOG_LIMITED(LOG_WARN, LOG_HTTP, "upstream %s: %s", x->upstream_host, err ? err : "failed");
         if (x_retry(x, &(struct l7_try){.end = L7_TRY_CONNECT_FAILURE, .grpc_status = -1})) return 0;
@@ -922,6 +1001,7 @@ static int x_try_start(struct h1_x *x)
     }
     x->u = u;
     u->x = x;
+    up_take(u, &x->dec);
     x->up_start_mono = loop_now(t->w->loop);
     wp_endpoint_begin(ep.wl); /* ended in x_free, or when a retry abandons the try */
     x->counted = true;
@@ -933,6 +1013,34 @@ static int x_try_start(struct h1_x *x)
     if (x->dec.retry->per_try_timeout_ms)
         timer_start(t->w->loop, &x->try_timer, x->dec.retry->per_try_timeout_ms);
     up_kick(u);
+    return 0;
+}
+
+/* The request got a connection place after waiting (wp_pending_wait): its first try starts. */
+static void pend_ready(struct wp_pending *p)
+{
+    struct h1_x *x = container_of(p, struct h1_x, pend);
+    struct h1_down *d = x->d;
+    x->retrying = false;
+    if (x_try_start(x) < 0 && x->req_done) {
+        x_finish(x);
+        return;
+    }
+    down_kick(d); /* the rest of the body may flow now */
+}
+
+/* The first try, or for a request beyond maxConnections (wp_lb_prepare's -EINPROGRESS) its wait for a
+ * connection, the request held as between tries (its body waits in the replay). -1 when answered locally. */
+static int x_first_try(struct h1_x *x)
+{
+    if (!x->pend_needed) return x_try_start(x);
+    x->pend_needed = false;
+    if (wp_pending_wait(x->d->t, &x->dec, &x->pend, pend_ready) < 0) {
+        x->overloaded = true;
+        local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
+        return -1;
+    }
+    x->retrying = true;
     return 0;
 }
 
@@ -1141,9 +1249,11 @@ static int req_head(void *ud, const struct http1_head *h)
         return 0;
     }
     if (prc == -EUSERS) {
+        x->overloaded = true;
         local_reply(x, 503, WP_OVERFLOW_BODY, "UO", "upstream_reset_before_response_started{overflow}", NULL);
         return 0;
     }
+    x->pend_needed = prc == -EINPROGRESS; /* it waits for a connection (x_first_try) */
     if (h->expect_continue) (void)http1_out_append(&d->s.out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     /* The request head goes into the replay first: each try sends the replay, then the body as it comes. */
     if (http1_write_request_head(&x->replay, h->method, h->method_len, target, target_len, hv, n, h->framing,
@@ -1160,8 +1270,9 @@ static int req_head(void *ud, const struct http1_head *h)
         return 0;
     }
     if (dec->timeout_ms) timer_start(t->w->loop, &x->timer, dec->timeout_ms);
-    if (x_try_start(x) < 0) return 0;
-    if (dec->mirror_svc && x->u) start_mirror(x, h, target, target_len, hv, n);
+    bool waits = x->pend_needed;
+    if (x_first_try(x) < 0) return 0;
+    if (dec->mirror_svc && (x->u || waits)) start_mirror(x, h, target, target_len, hv, n);
     return 0;
 }
 
@@ -1183,8 +1294,9 @@ static void delay_cb(struct timer *tm)
     struct h1_down *d = x->d;
     x->retrying = false;
     if (x->dec.timeout_ms) timer_start(d->t->w->loop, &x->timer, x->dec.timeout_ms);
-    int rc = x_try_start(x);
-    if (rc == 0 && x->u && x->mirror_head.n && !x->replay_lost && x->replay.n >= x->mirror_body_off)
+    bool waits = x->pend_needed;
+    int rc = x_first_try(x);
+    if (rc == 0 && (x->u || waits) && x->mirror_head.n && !x->replay_lost && x->replay.n >= x->mirror_body_off)
         mirror_open(x, x->mirror_head.p, x->mirror_head.n, x->replay.p + x->mirror_body_off,
                     x->replay.n - x->mirror_body_off);
     if (x->mu && x->req_done) x->mu = NULL; /* the shadow has its whole request: it finishes on its own */
@@ -1377,8 +1489,8 @@ static void down_io(struct io *io, uint32_t ev)
                     return;
                 }
                 d->close_after = true;
-            } else if (!d->x->req_done) {
-                down_free(d); /* cut mid-request: Envoy's DC */
+            } else if (!d->x->req_done || d->x->pend.queued) {
+                down_free(d); /* cut mid-request, or while it waits for a connection: Envoy's DC */
                 return;
             }
         }

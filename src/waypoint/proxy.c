@@ -16,6 +16,7 @@
 #include "mesh/destination_rule.h"
 #include "waypoint/route.h"
 #include "waypoint/telemetry.h"
+#include "waypoint/tries.h"
 #include "waypoint/wp.h"
 
 #define LOG_IN "waypoint::inbound"
@@ -417,7 +418,8 @@ static bool request_hash(struct wp_tunnel *t, const struct dr_lb_policy *lb, con
 #define WP_CB_SLOTS 1024
 struct cb_slot {
     _Atomic uint64_t key;
-    _Atomic int64_t active;
+    _Atomic int64_t active;  /* requests in flight (an HTTP/1.1 one holds a connection), TCP streams */
+    _Atomic int64_t pending; /* HTTP/1.1 requests waiting for a connection (wp_pending_wait) */
 };
 static struct cb_slot cb_table[WP_CB_SLOTS];
 
@@ -437,28 +439,152 @@ static _Atomic int64_t *cb_counter(uint64_t key)
     return NULL;
 }
 
-/* Admits one request under pool's limits: Envoy's max_requests (http2MaxRequests) for every request, and for
- * HTTP/1.1, one connection per request in flight, so maxConnections plus http1MaxPendingRequests in flight at
- * most (the waypoint does not queue: a request that would wait for a connection goes out on its own). */
-static int cb_admit(struct wp_decision *d, uint64_t key, const struct dr_conn_pool *pool, bool http2)
+/* The most requests of pool in flight at once: Envoy's max_requests (http2MaxRequests) for every request, and
+ * for HTTP/1.1, where each request in flight holds one upstream connection, maxConnections. UINT64_MAX:
+ * none. */
+static uint64_t cb_max(const struct dr_conn_pool *pool, bool http2)
 {
     uint64_t max = UINT64_MAX;
     if (pool->http2_max_requests) max = pool->http2_max_requests;
-    if (!http2 && pool->max_connections) {
-        uint64_t h1 = (uint64_t)pool->max_connections +
-                      (pool->http1_max_pending_requests ? pool->http1_max_pending_requests : UINT32_MAX);
-        if (h1 < max) max = h1;
-    }
+    if (!http2 && pool->max_connections && pool->max_connections < max) max = pool->max_connections;
+    return max;
+}
+
+/* Takes one of c's places when fewer than max are taken. */
+static bool cb_claim(_Atomic int64_t *c, uint64_t max)
+{
+    int64_t cur = atomic_load(c);
+    while ((uint64_t)cur < max)
+        if (atomic_compare_exchange_weak(c, &cur, cur + 1)) return true;
+    return false;
+}
+
+/* Admits one request under pool's limits. An HTTP/1.1 request beyond maxConnections may wait for a connection
+ * (Envoy's pending request, at most http1MaxPendingRequests of them: -EINPROGRESS, the codec queues it with
+ * wp_pending_wait); anything else past a limit is -EUSERS (overflow). */
+static int cb_admit(struct wp_decision *d, uint64_t key, const struct dr_conn_pool *pool, bool http2)
+{
+    uint64_t max = cb_max(pool, http2);
     if (max == UINT64_MAX) return 0;
     _Atomic int64_t *c = cb_counter(key);
     if (!c) return 0;
-    int64_t n = atomic_fetch_add_explicit(c, 1, memory_order_acq_rel) + 1;
-    if ((uint64_t)n > max) {
-        atomic_fetch_sub_explicit(c, 1, memory_order_acq_rel);
+    if (cb_claim(c, max)) {
+        d->lb_circuit = (void *)c;
+        return 0;
+    }
+    return !http2 && pool->max_connections ? -EINPROGRESS : -EUSERS;
+}
+
+/* ---- Envoy's pending requests (tries.h wp_pending_wait): each worker queues its own, in arrival order; a
+ * place freed on one worker serves that worker's queue first, then wakes the workers with waiters (their
+ * mailbox) to claim it. Waiting costs nothing: no timer, no polling. */
+static _Thread_local struct wp_pending *pend_head, *pend_tail;
+static _Atomic unsigned pend_n[WP_MAX_WORKERS]; /* waiters per worker */
+static _Atomic bool pend_kick[WP_MAX_WORKERS];  /* a place may be free: serve the queue */
+
+static void pend_unlink(struct wp_pending *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        pend_head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    else
+        pend_tail = p->prev;
+    p->next = p->prev = NULL;
+    p->queued = false;
+    atomic_fetch_sub(&pend_n[p->w->id % WP_MAX_WORKERS], 1);
+}
+
+static void pend_fire(struct timer *tm)
+{
+    struct wp_pending *p = container_of(tm, struct wp_pending, tm);
+    p->ready(p);
+}
+
+/* This thread's queue: each waiter whose cluster has a free place takes it and is started (from the loop, not
+ * from inside the caller). */
+static void pending_serve(void)
+{
+    for (struct wp_pending *p = pend_head, *next; p; p = next) {
+        next = p->next;
+        struct cb_slot *s = p->slot;
+        if (!cb_claim(&s->active, p->max)) continue;
+        pend_unlink(p);
+        atomic_fetch_sub(&s->pending, 1);
+        p->d->lb_circuit = (void *)&s->active;
+        p->tm.cb = pend_fire;
+        timer_start(p->w->loop, &p->tm, 0);
+    }
+}
+
+/* A place of s was freed: waiters here first, then the other workers that have some. */
+static void pending_kick(struct cb_slot *s)
+{
+    if (atomic_load(&s->pending) <= 0) return;
+    pending_serve();
+    if (atomic_load(&s->pending) <= 0) return;
+    uint64_t one = 1;
+    for (int i = 0; i < wp_n_workers && i < WP_MAX_WORKERS; i++)
+        if (atomic_load(&pend_n[i]) && !atomic_exchange(&pend_kick[i], true) &&
+            write(wp_workers[i].mbox.fd, &one, sizeof(one)) < 0) {
+            /* the counter is full: a wakeup is pending anyway */
+        }
+}
+
+static void cb_release(_Atomic int64_t *c)
+{
+    atomic_fetch_sub(c, 1); /* seq_cst, against wp_pending_wait's pending count then place check */
+    pending_kick(container_of(c, struct cb_slot, active));
+}
+
+int wp_pending_wait(struct wp_tunnel *t, struct wp_decision *d, struct wp_pending *p,
+                    void (*ready)(struct wp_pending *p))
+{
+    const struct dr_conn_pool *pool = d->lb_policy.pool;
+    _Atomic int64_t *c = pool ? cb_counter(d->lb_cluster) : NULL;
+    memset(p, 0, sizeof(*p));
+    if (!c) return -EUSERS;
+    struct cb_slot *s = container_of(c, struct cb_slot, active);
+    /* Istio's default for http1MaxPendingRequests is 2^32-1 */
+    uint64_t maxp = pool->http1_max_pending_requests ? pool->http1_max_pending_requests : UINT32_MAX;
+    if ((uint64_t)(atomic_fetch_add(&s->pending, 1) + 1) > maxp) {
+        atomic_fetch_sub(&s->pending, 1);
         return -EUSERS;
     }
-    d->lb_circuit = (void *)c;
+    *p = (struct wp_pending){.w = t->w,
+                             .d = d,
+                             .slot = s,
+                             .max = cb_max(pool, false),
+                             .ready = ready,
+                             .queued = true,
+                             .prev = pend_tail};
+    if (pend_tail)
+        pend_tail->next = p;
+    else
+        pend_head = p;
+    pend_tail = p;
+    atomic_fetch_add(&pend_n[t->w->id % WP_MAX_WORKERS], 1);
+    pending_serve(); /* a place freed since cb_admit looked (its releaser may not have seen this waiter) */
     return 0;
+}
+
+void wp_pending_cancel(struct wp_pending *p)
+{
+    if (p->queued) {
+        pend_unlink(p);
+        atomic_fetch_sub(&p->slot->pending, 1);
+    }
+    if (p->w && timer_armed(&p->tm)) timer_stop(p->w->loop, &p->tm); /* it holds a place: wp_request_done */
+}
+
+size_t wp_pending_n(void)
+{
+    size_t n = 0;
+    for (struct wp_pending *p = pend_head; p; p = p->next)
+        n++;
+    return n;
 }
 
 /* outlierDetection: per (cluster, endpoint) consecutive errors and ejection, shared by the workers (Envoy's
@@ -472,6 +598,7 @@ struct od_slot {
     uint64_t cluster;
     uint32_t c5xx, cgw, n_ejections;
     uint64_t ejections; /* enforced so far */
+    uint64_t epoch;     /* first report: the interval timer's ticks are epoch + k x interval */
     char uid[160];
     char cluster_name[320]; /* Istio's cluster name: outbound|<port>|<subset>|<host> */
 };
@@ -536,6 +663,7 @@ static void od_report(uint64_t cluster, const struct wp_decision *d, const struc
     }
     if (!o->cluster) {
         o->cluster = cluster;
+        o->epoch = now;
         snprintf(o->uid, sizeof(o->uid), "%s", w->uid);
         snprintf(o->cluster_name, sizeof(o->cluster_name), "outbound|%u|%s|%s", d->port,
                  d->subset ? d->subset : "", d->svc ? d->svc->hostname : "");
@@ -570,11 +698,17 @@ static void od_report(uint64_t cluster, const struct wp_decision *d, const struc
                 od->base_ejection_ms > WP_OD_MAX_EJECTION_MS ? od->base_ejection_ms : WP_OD_MAX_EJECTION_MS;
             uint64_t dur = od->base_ejection_ms * o->n_ejections;
             if (dur > cap) dur = cap;
-            atomic_store_explicit(&o->ejected_until_ms, now + dur, memory_order_release);
+            /* Envoy unejects on its interval timer: the host is back at the first tick after its time */
+            uint64_t until = now + dur;
+            uint64_t iv = od->interval_ms;
+            if (iv) until = o->epoch + (until - o->epoch + iv - 1) / iv * iv;
+            atomic_store_explicit(&o->ejected_until_ms, until, memory_order_release);
             atomic_fetch_add_explicit(&od_ejections_total, 1, memory_order_relaxed);
             o->ejections++;
-            LOG_I("waypoint::outlier", "ejected %s for %llu ms (ejection %u, last status %d)", w->uid,
-                  (unsigned long long)dur, o->n_ejections, status);
+            LOG_I(
+                "waypoint::outlier",
+                "ejected %s for %llu ms (ejection %u, last status %d, back at the interval tick in %llu ms)",
+                w->uid, (unsigned long long)dur, o->n_ejections, status, (unsigned long long)(until - now));
         } else {
             LOG_LIMITED(LOG_INFO, "waypoint::outlier", "%s not ejected: maxEjectionPercent %u%% reached",
                         w->uid, od->max_ejection_percent);
@@ -678,7 +812,7 @@ json_t *wp_outlier_json(void)
 void wp_request_done(struct wp_decision *d, const struct workload *w, int status)
 {
     if (d->lb_circuit) {
-        atomic_fetch_sub_explicit((_Atomic int64_t *)d->lb_circuit, 1, memory_order_acq_rel);
+        cb_release((_Atomic int64_t *)d->lb_circuit);
         d->lb_circuit = NULL;
     }
     wp_try_done(d, w, status);
@@ -818,9 +952,8 @@ int wp_lb_prepare(struct wp_tunnel *t, struct wp_decision *d, const struct l7_re
     const struct dr_lb_policy *lb = d->lb_policy.lb;
     if (lb && (lb->lb == DR_LB_RING_HASH || lb->lb == DR_LB_MAGLEV))
         d->lb_hashed = request_hash(t, lb, req, d, &d->lb_hash);
-    if (d->lb_policy.pool && cb_admit(d, d->lb_cluster, d->lb_policy.pool, http2) < 0) return -EUSERS;
     d->lb_outlier = d->lb_policy.outlier;
-    return 0;
+    return d->lb_policy.pool ? cb_admit(d, d->lb_cluster, d->lb_policy.pool, http2) : 0;
 }
 
 int wp_pick_endpoint_dec(struct wp_tunnel *t, struct wp_decision *d, struct lb_choice *out)
@@ -882,6 +1015,8 @@ struct tcp_fwd {
     char upstream[IP_STRLEN + 8];
     struct wp_tcp_set *m; /* istio_tcp_* for this stream, once the upstream answered */
     _Atomic int64_t *cb;  /* the cluster's connection count this stream holds (connectionPool), or NULL */
+    struct hbone_stream *hs;
+    struct timer connect_timer; /* connectionPool.tcp.connectTimeout until the upstream tunnel answers */
 };
 
 /* connectionPool.tcp.maxConnections for a TCP stream through the waypoint (Envoy's tcp_proxy checks the
@@ -906,7 +1041,7 @@ static int tcp_admit(struct tcp_fwd *f)
 
 static void tcp_release(struct tcp_fwd *f)
 {
-    if (f->cb) atomic_fetch_sub_explicit(f->cb, 1, memory_order_acq_rel);
+    if (f->cb) cb_release(f->cb);
     f->cb = NULL;
 }
 
@@ -924,7 +1059,16 @@ static void tcp_response(struct hbone_stream *s, void *ud, int status)
 {
     (void)s;
     struct tcp_fwd *f = ud;
+    if (timer_armed(&f->connect_timer)) timer_stop(f->t->w->loop, &f->connect_timer);
     if (!f->m) f->m = tcp_metrics(f, status == 200 ? "-" : "UF");
+}
+
+/* connectionPool.tcp.connectTimeout (Envoy's cluster connect_timeout for tcp_proxy): the upstream tunnel did
+ * not answer in time; the stream is reset and the connection closed (UF, "connection timeout"). */
+static void tcp_connect_timeout_cb(struct timer *tm)
+{
+    struct tcp_fwd *f = container_of(tm, struct tcp_fwd, connect_timer);
+    hbone_stream_reset(f->hs, "connection timeout"); /* tcp_done runs (f is gone after it) */
 }
 
 static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result *r)
@@ -932,6 +1076,7 @@ static void tcp_done(struct hbone_stream *s, void *ud, const struct hbone_result
     (void)s;
     struct tcp_fwd *f = ud;
     struct wp_tunnel *t = f->t;
+    if (timer_armed(&f->connect_timer)) timer_stop(t->w->loop, &f->connect_timer);
     bool failed = r->status != 200;
     if (!f->m) f->m = tcp_metrics(f, "UF"); /* the upstream never answered */
     wp_metrics_tcp_bytes(f->m, r->bytes_to_h2, r->bytes_to_tcp);
@@ -998,11 +1143,21 @@ void wp_tcp_start(struct wp_tunnel *t, int fd)
         goto fail;
     }
     wp_endpoint_begin(f->ep.wl); /* ended in tcp_done */
-    if (!wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err)) {
+    f->connect_timer.cb = tcp_connect_timeout_cb;
+    if (!(f->hs = wp_upstream_open(t->w, &f->ep, fd, &tcp_ops, f, &err))) {
         wp_endpoint_end(f->ep.wl);
         tcp_release(f);
         fd = -1; /* closed by wp_upstream_open */
         goto fail;
+    }
+    if (svc) { /* the connect timeout of the Service's DestinationRule, else Istio's default */
+        const struct dr_rule *dr = l7_destination_rule_for(t->view->l7, svc->namespace_, svc->name);
+        const struct dr_conn_pool *pool = dr_policy_for(dr, NULL, port).pool;
+        uint64_t ms =
+            pool && pool->connect_timeout_ms ? pool->connect_timeout_ms : WP_CONNECT_TIMEOUT_DEFAULT_MS;
+        timer_start(t->w->loop, &f->connect_timer, ms);
+    } else {
+        timer_start(t->w->loop, &f->connect_timer, WP_CONNECT_TIMEOUT_DEFAULT_MS);
     }
     return;
 fail:
@@ -1318,6 +1473,7 @@ static void mbox_cb(struct io *io, uint32_t ev)
             hbone_conn_drain(ic->c);
         hbone_pool_drain(w->pool);
     }
+    if (atomic_exchange(&pend_kick[w->id % WP_MAX_WORKERS], false)) pending_serve();
 }
 
 static void *worker_main(void *arg)

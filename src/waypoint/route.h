@@ -91,7 +91,9 @@ struct wp_decision {
  * subset (-ESRCH when no DestinationRule defines it: Envoy's missing cluster, 503, flag NC,
  * cluster_not_found), the policy, the hash key from req (a generated hash cookie is added to d's response
  * modifiers) and the connection pool's admission (-EUSERS past its limits: Envoy's overflow, 503, flag UO,
- * WP_OVERFLOW_BODY). http2: the request is HTTP/2 (its pool limits differ). Returns 0 when d may go on. */
+ * WP_OVERFLOW_BODY; -EINPROGRESS for an HTTP/1.1 request beyond maxConnections, which waits for a
+ * connection: tries.h wp_pending_wait). http2: the request is HTTP/2 (its pool limits differ). Returns 0 when
+ * d may go on. */
 int wp_lb_prepare(struct wp_tunnel *t, struct wp_decision *d, const struct l7_request *req, bool http2);
 /* One endpoint for d (each try of a request calls it; a hash policy mutates the key per attempt as Envoy's
  * retries do): wp_pick_endpoint's contract under what wp_lb_prepare resolved (without it, wp_pick_endpoint). */

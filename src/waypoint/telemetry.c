@@ -30,6 +30,8 @@
 
 /* DestinationRule outlier detection's families (proxy.c, declared in wp.h, which this file does not include). */
 void wp_outlier_metrics(struct prom_buf *b, bool openmetrics);
+/* DestinationRule maxRetries overflow (tries.c, declared in tries.h). */
+void wp_try_metrics(struct prom_buf *b, bool openmetrics);
 
 /* A SPIFFE id we build for a workload: "spiffe://" + trust domain + "/ns/" + ns + "/sa/" + sa. */
 #define WP_SPIFFE_MAX 512
@@ -428,6 +430,7 @@ char *wp_metrics_render(bool om, size_t *len)
         prom_printf(&b, "zmesh_metrics_label_sets_refused_total{layout=\"%s\"} %llu\n", layouts[i],
                     (unsigned long long)atomic_load_explicit(&regs[i]->refused, memory_order_relaxed));
     wp_outlier_metrics(&b, om); /* DestinationRule outlier detection (proxy.c) */
+    wp_try_metrics(&b, om);     /* DestinationRule maxRetries overflow (tries.c) */
     for (size_t i = 0; i < sizeof(histograms) / sizeof(histograms[0]); i++)
         wp_render_histogram(&b, om, &histograms[i]);
     if (om) prom_puts(&b, "# EOF\n");

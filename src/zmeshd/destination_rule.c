@@ -28,7 +28,6 @@ static void fld(char *buf, size_t n, const char *fmt, ...)
     va_end(ap);
 }
 
-
 /* A field the waypoint knows but does not apply: WARN (dropped), or a key nobody knows: WARN (unknown). */
 struct key_rule {
     const char *key;
@@ -149,7 +148,7 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct conv *c, const json_t *o, const c
         fld(f, sizeof(f), "%s.simple", path);
         if (i == sizeof(m) / sizeof(m[0])) {
             l7c_finding(c, MANIFEST_ERROR, f,
-                    "unknown value \"%.40s\" (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)", simple);
+                        "unknown value \"%.40s\" (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)", simple);
             return NULL;
         }
         lb->simple = m[i].v;
@@ -307,18 +306,6 @@ static Zmesh__V1__ConnectionPool *pool_conv(struct conv *c, const json_t *o, con
             p->max_requests_per_connection = (uint32_t)v;
         if (get_uint(c, http, "maxRetries", f, INT32_MAX, &v) > 0) p->max_retries = (uint32_t)v;
         if (get_dur(c, http, "idleTimeout", f, 1, &v) > 0) p->idle_timeout_ms = v;
-    }
-    /* What the waypoint reads but does not apply yet: said per field, never silently. */
-    static const char *const unenforced[][2] = {{"tcp", "connectTimeout"},
-                                                {"http", "maxRequestsPerConnection"},
-                                                {"http", "maxRetries"},
-                                                {"http", "idleTimeout"}};
-    for (size_t i = 0; i < sizeof(unenforced) / sizeof(unenforced[0]); i++) {
-        json_t *blk = json_object_get(o, unenforced[i][0]);
-        if (json_is_object(blk) && json_object_get(blk, unenforced[i][1])) {
-            fld(f, sizeof(f), "%s.%s.%s", path, unenforced[i][0], unenforced[i][1]);
-            l7c_finding(c, MANIFEST_WARN, f, "read but not enforced by the waypoint yet");
-        }
     }
     return c->failed || c->oom ? NULL : p;
 }
@@ -514,7 +501,7 @@ static Zmesh__V1__Subset *subset_conv(struct conv *c, const json_t *o, const cha
             char f[256];
             fld(f, sizeof(f), "%s.labels", path);
             l7c_finding(c, MANIFEST_WARN, f, "selects more than %u pods: the subset keeps the first %u",
-                    DR_MAX_ENDPOINTS, DR_MAX_ENDPOINTS);
+                        DR_MAX_ENDPOINTS, DR_MAX_ENDPOINTS);
             break;
         }
         size_t n = strlen(p->meta.namespace_) + strlen(p->meta.name) + 2;
@@ -577,7 +564,7 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
     if (!api || (strcmp(api, DR_GROUP "/v1") && strcmp(api, DR_GROUP "/v1beta1") &&
                  strcmp(api, DR_GROUP "/v1alpha3"))) {
         l7c_finding(&c, MANIFEST_ERROR, "apiVersion", "expected %s/v1, v1beta1 or v1alpha3, got \"%.60s\"",
-                DR_GROUP, api ? api : "");
+                    DR_GROUP, api ? api : "");
         goto out;
     }
     json_t *md = get_t(&c, obj, "metadata", "", JSON_OBJECT, "a mapping");
@@ -603,7 +590,8 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
         memset(&tm, 0, sizeof(tm));
         const char *e = strptime(ts, "%Y-%m-%dT%H:%M:%S", &tm);
         if (!e) {
-            l7c_finding(&c, MANIFEST_ERROR, "metadata.creationTimestamp", "not an RFC 3339 time: \"%.40s\"", ts);
+            l7c_finding(&c, MANIFEST_ERROR, "metadata.creationTimestamp", "not an RFC 3339 time: \"%.40s\"",
+                        ts);
             goto out;
         }
         m.creation_timestamp = (int64_t)timegm(&tm);

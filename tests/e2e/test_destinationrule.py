@@ -40,8 +40,12 @@ APPLY_WAIT = 30
 PODS = ("a", "b", "c")
 
 
+REQLOG_DIR = "/tmp"  # set by the fixture: each l7app pod appends "METHOD path host" per request to <dir>/<pod>.reqlog
+
+
 def pod(name, node, labels, cmd=None, probe=True):
-    cmd = cmd or ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), name, "19090"]
+    cmd = cmd or ["/usr/bin/python3", "-u", APPS, "l7app", str(HTTP), name, "19090",
+                  os.path.join(REQLOG_DIR, name + ".reqlog")]
     p = "    readinessProbe: {tcpSocket: {port: %d}, periodSeconds: 1}\n" % HTTP if probe else ""
     return ("apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s, labels: %s}\n"
             "spec:\n  nodeName: %s\n  serviceAccountName: svc\n  terminationGracePeriodSeconds: 1\n"
@@ -66,10 +70,14 @@ BAD = ("import http.server as h, time\n"
        "h.ThreadingHTTPServer(('', %d), H).serve_forever()\n" % HTTP)
 
 
-def service(name, selector, proto="http"):
+GRPC = 9090  # the Services' gRPC port (targetPort 19090, the l7app's gRPC server)
+
+
+def service(name, selector, proto="http", grpc=False):
+    g = ", {name: grpc, port: %d, targetPort: 19090, appProtocol: grpc}" % GRPC if grpc else ""
     return ("apiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\n"
-            "spec:\n  selector: %s\n  ports: [{name: %s, port: 80, targetPort: %d, appProtocol: %s}]\n"
-            % (name, NS, json.dumps(selector), proto, HTTP, proto))
+            "spec:\n  selector: %s\n  ports: [{name: %s, port: 80, targetPort: %d, appProtocol: %s}%s]\n"
+            % (name, NS, json.dumps(selector), proto, HTTP, proto, g))
 
 
 def manifests():
@@ -79,10 +87,15 @@ def manifests():
             pod("c", "node2", {"app": "svc", "version": "v2"}),
             pod("bad", "node1", {"app": "bad", "od": "yes"}, ["/usr/bin/python3", "-u", "-c", BAD]),
             pod("client", "node1", {"app": "client"}, ["sleep", "100000"], probe=False),
+            pod("hole", "node2", {"app": "hole"}),
             service("svc", {"app": "svc"}),
             service("od", {"od": "yes"}),
             service("cb", {"app": "svc"}),
-            service("tcpsvc", {"app": "svc"}, proto="tcp")]
+            service("tcpsvc", {"app": "svc"}, proto="tcp"),
+            service("ct", {"app": "hole"}, grpc=True),
+            service("gsvc", {"app": "svc"}, grpc=True),
+            service("cttcp", {"app": "hole"}, proto="tcp"),
+            service("one", {"version": "v2"})]
     return "---\n".join(docs)
 
 
@@ -147,6 +160,14 @@ class Conn:
         assert r.status == 200, (r.status, body)
         return json.loads(body)["tag"], {k.lower(): v for k, v in r.getheaders()}
 
+    def info(self, path="/"):
+        """The app's JSON answer (tag, the peer it saw as "client") of one request that must get 200."""
+        self.h.request("GET", path)
+        r = self.h.getresponse()
+        body = r.read()
+        assert r.status == 200, (r.status, body)
+        return json.loads(body)
+
     def raw(self, path="/"):
         """(status, body) of one request, whatever the status."""
         self.h.request("GET", path)
@@ -174,7 +195,10 @@ def attempt(fn):
 
 @pytest.fixture(scope="module")
 def cluster():
+    global REQLOG_DIR
     d = tempfile.mkdtemp(prefix="zmesh-updr-m-")
+    os.chmod(d, 0o777)
+    REQLOG_DIR = d
     with open(os.path.join(d, "dr.yaml"), "w") as f:
         f.write(manifests())
     c = DRCluster(d)
@@ -357,9 +381,12 @@ def test_outlier_detection(cluster):
 
 
 def test_circuit_breaker(cluster):
-    """connectionPool maxConnections 1 and http1MaxPendingRequests 1 on Service cb: of six concurrent slow
-    requests at most two are in flight; the rest get Envoy's 503 with flag UO; afterwards requests pass again."""
+    """connectionPool maxConnections 1 and http1MaxPendingRequests 1 on Service cb, Envoy's semantics: of six
+    concurrent slow requests (1.5 s each) one is in flight, one waits for its connection (pending) and is served
+    after it, so it takes at least about twice as long; the other four get Envoy's overflow, 503 with
+    x-envoy-overloaded: true and flag UO; afterwards requests pass again."""
     import threading
+    import time
     c = cluster
     c.apply(dr_for("cb", "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}"))
 
@@ -371,11 +398,14 @@ def test_circuit_breaker(cluster):
             try:
                 conn = Conn(c, "cb")
                 try:
-                    r = conn.raw("/sleep/700")
+                    t0 = time.monotonic()
+                    conn.h.request("GET", "/sleep/1500")
+                    resp = conn.h.getresponse()
+                    r = (resp.status, resp.read(), resp.getheader("x-envoy-overloaded"), time.monotonic() - t0)
                 finally:
                     conn.close()
             except (OSError, http.client.HTTPException) as e:
-                r = (0, repr(e).encode())
+                r = (0, repr(e).encode(), None, 0)
             with lock:
                 results.append(r)
         threads = [threading.Thread(target=one) for _ in range(6)]
@@ -384,14 +414,16 @@ def test_circuit_breaker(cluster):
         for t in threads:
             t.join()
         return results
-    res = poll(lambda: (lambda r: r if any(s == 503 for s, _ in r) else None)(burst()), timeout=APPLY_WAIT,
+    res = poll(lambda: (lambda r: r if any(x[0] == 503 for x in r) else None)(burst()), timeout=APPLY_WAIT,
                every=0.2, what="an overflow under six concurrent requests")
     ok = [r for r in res if r[0] == 200]
     over = [r for r in res if r[0] == 503]
     assert len(ok) + len(over) == 6, res
-    assert 1 <= len(ok) <= 2, res
+    assert len(ok) >= 2, res  # the one in flight and the one that waited for its connection
     assert all(b == b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
-               for _, b in over), over
+               and h == "true" for _, b, h, _ in over), over
+    # the pending one was sent only once the first one's connection was free (without a queue both take 1.5 s)
+    assert max(e for _, _, _, e in ok) >= 2.0, ok
     # the access log says UO for them
     poll(lambda: re.search(r'" 503 UO upstream_reset_before_response_started\{overflow\}', c.waypoint_log()),
          timeout=10, what="UO in the waypoint's access log")
@@ -401,6 +433,53 @@ def test_circuit_breaker(cluster):
         assert [conn.raw("/")[0] for _ in range(10)] == [200] * 10
     finally:
         conn.close()
+
+
+def test_pending_client_leaves(cluster):
+    """A request waiting for a connection (maxConnections 1, one slow request in flight) whose client goes away
+    leaves the queue: it never reaches a pod (the pods' request logs do not show its path), and the next request
+    after the slow one passes."""
+    import threading
+    import time
+    c = cluster
+    c.apply(dr_for("cb", "{connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}"))
+    poll(lambda: attempt(lambda: Conn(c, "cb").raw("/")[0] == 200), timeout=APPLY_WAIT, what="cb answering")
+    mark = "gone-%d" % random.randrange(1 << 30)
+
+    def slow():
+        conn = Conn(c, "cb")
+        try:
+            conn.raw("/sleep/2000")
+        finally:
+            conn.close()
+
+    def queued_by_waypoint():
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.5)  # the slow one holds the connection now
+        conn = Conn(c, "cb")
+        conn.h.request("GET", "/" + mark)
+        time.sleep(0.3)
+        conn.close()  # gone while pending
+        t.join()
+        return True
+    queued_by_waypoint()
+    conn = Conn(c, "cb")
+    try:
+        assert conn.raw("/")[0] == 200
+    finally:
+        conn.close()
+    seen = ""
+    for p in PODS:
+        try:
+            with open(os.path.join(REQLOG_DIR, p + ".reqlog")) as f:
+                seen += f.read()
+        except OSError:
+            pass
+    assert "/sleep/2000" in seen  # the log works: the slow request is there
+    assert mark not in seen
+    assert re.search(r'"GET /%s HTTP/1.1" 0 DC downstream_remote_disconnect' % mark, c.waypoint_log()), \
+        c.waypoint_log()[-3000:]
 
 
 def test_tcp_max_connections(cluster):
@@ -439,3 +518,263 @@ def test_tcp_max_connections(cluster):
                              capture_output=True, text=True, timeout=30).stdout
     assert any(line.startswith("istio_tcp_connections_opened_total{") and 'response_flags="UO"' in line
                and 'destination_service_name="tcpsvc"' in line for line in metrics.splitlines()), metrics
+
+
+def access_log_has(c, pattern):
+    return re.search(pattern, c.waypoint_log())
+
+
+def test_max_requests_per_connection_and_idle_timeout(cluster):
+    """Service one has one pod (c), which reports the peer of each request (its destination ztunnel's
+    connection, one per upstream connection of the waypoint). With maxRequestsPerConnection 2, six requests on
+    one client connection (one waypoint worker, so one pool) use three upstream connections, two requests each
+    in turn; with idleTimeout 1s a pooled connection left idle for 1.5 s is closed, so the next request opens a
+    new one, which the request after it reuses."""
+    import time
+    c = cluster
+    c.apply(dr_for("one", "{connectionPool: {http: {maxRequestsPerConnection: 2, idleTimeout: 1s}}}"))
+
+    def peers(n):
+        conn = Conn(c, "one")
+        try:
+            return [conn.info("/")["client"] for _ in range(n)]
+        finally:
+            conn.close()
+
+    def runs(seq):
+        out = []
+        for p in seq:
+            if out and out[-1][0] == p:
+                out[-1][1] += 1
+            else:
+                out.append([p, 1])
+        return out
+
+    def in_force(seq):
+        # the worker's pool may hold a connection used once already: the first run may be short
+        r = runs(seq)
+        return (len({p for p, _ in r}) == len(r) and all(n <= 2 for _, n in r)
+                and all(n == 2 for _, n in r[1:-1]) and len(r) >= 3)
+    seq = poll(lambda: attempt(lambda: (lambda s: s if in_force(s) else None)(peers(7))), timeout=APPLY_WAIT,
+               every=0.2, what="maxRequestsPerConnection 2 in force")
+    assert len(set(seq)) >= 3, seq
+    conn = Conn(c, "one")
+    try:
+        # requests until one opens a new upstream connection, which then goes back to the pool used once
+        prev = conn.info("/")["client"]
+        for _ in range(3):
+            first = conn.info("/")["client"]
+            if first != prev:
+                break
+            prev = first
+        assert first != prev, (prev, first)
+        time.sleep(1.5)
+        after_idle = conn.info("/")["client"]
+        reused = conn.info("/")["client"]
+    finally:
+        conn.close()
+    assert after_idle != first, (first, after_idle)  # the idle one was closed (it had a request left)
+    assert reused == after_idle, (after_idle, reused)  # one in use within the timeout is reused
+
+
+def test_connect_timeout(cluster):
+    """connectionPool.tcp.connectTimeout 1s on Service ct, whose one pod (hole) then drops every packet to its
+    HBONE port 15008 (iptables in its network namespace): the waypoint's upstream connect (the HBONE CONNECT's
+    answer) times out, each try after the connect timeout, and the client gets Envoy's 503 with reset reason
+    "connection timeout" (flag UF) no sooner than the timeout. maxRequestsPerConnection 1 keeps the waypoint
+    from reusing an upstream connection made before the drop."""
+    import time
+    c = cluster
+    c.apply(dr_for("ct", "{connectionPool: {tcp: {connectTimeout: 1s}, http: {maxRequestsPerConnection: 1}}}"))
+
+    def fresh():
+        conn = Conn(c, "ct")
+        try:
+            a, b = conn.info("/")["client"], conn.info("/")["client"]
+            return a != b  # a new upstream connection per request: the rule is in force
+        finally:
+            conn.close()
+    poll(lambda: attempt(fresh), timeout=APPLY_WAIT, every=0.2, what="the DestinationRule of ct in force")
+    ns = c.netns_of("hole")
+    rule = ["INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I"] + rule, check=True, timeout=30)
+    try:
+        conn = Conn(c, "ct")
+        try:
+            t0 = time.monotonic()
+            status, body = conn.raw("/")
+            elapsed = time.monotonic() - t0
+        finally:
+            conn.close()
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D"] + rule, check=True, timeout=30)
+    assert status == 503, (status, body)
+    assert body == b"upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+    assert elapsed >= 1.0, elapsed
+    poll(lambda: access_log_has(c, r'" 503 UF(,URX)? upstream_reset_before_response_started\{connection_timeout\}'),
+         timeout=10, what="UF connection_timeout in the waypoint's access log")
+
+
+def test_max_retries(cluster):
+    """connectionPool.http.maxRetries 1 on Service od (pods a and b sleep on /sleep/<ms>, bad answers 503 at
+    once; Istio's default retry policy retries a 503 on another host): under eight concurrent slow requests
+    several first reach bad, one retry at a time is made and held while its slow try runs, and the others are not
+    retried: the client gets bad's 503 itself (the response that would have been retried), flag UO, counted in
+    zmesh_waypoint_upstream_rq_retry_overflow_total."""
+    import threading
+    c = cluster
+    c.apply(dr_for("od", "{connectionPool: {http: {maxRetries: 1}}}"))
+
+    def burst():
+        results = []
+        lock = threading.Lock()
+
+        def one():
+            try:
+                conn = Conn(c, "od")
+                try:
+                    r = conn.raw("/sleep/800")
+                finally:
+                    conn.close()
+            except (OSError, http.client.HTTPException) as e:
+                r = (0, repr(e).encode())
+            with lock:
+                results.append(r)
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+    res = poll(lambda: (lambda r: r if any(s == 503 for s, _ in r) else None)(burst()), timeout=APPLY_WAIT,
+               every=0.2, what="a retry refused by maxRetries")
+    over = [r for r in res if r[0] == 503]
+    assert all(json.loads(b)["tag"] == "bad" for _, b in over), res  # bad's own answer, not a local reply
+    assert all(s in (200, 503) for s, _ in res), res
+    poll(lambda: access_log_has(c, r'" 503 UO via_upstream '), timeout=10, what="UO in the waypoint's access log")
+    wp = c.waypoint_netns()
+    metrics = subprocess.run(["ip", "netns", "exec", wp, "curl", "-s", "-m", "5", "http://127.0.0.1:15020/metrics"],
+                             capture_output=True, text=True, timeout=30).stdout
+    m = re.search(r"^zmesh_waypoint_upstream_rq_retry_overflow_total (\d+)$", metrics, re.M)
+    assert m and int(m.group(1)) >= len(over), metrics
+
+
+# Unary calls of /l7test.Echo/UnavailableOn (UNAVAILABLE from the server whose tag is the request) on one channel:
+# one line per call, the answer or "<code> <details>", then the seconds the calls took.
+GRPC_CLIENT = r'''
+import sys, time, grpc
+out = []
+t0 = time.monotonic()
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    f = ch.unary_unary("/l7test.Echo/UnavailableOn")
+    for _ in range(int(sys.argv[3])):
+        try:
+            out.append(f(sys.argv[2].encode(), timeout=20).decode())
+        except grpc.RpcError as e:
+            out.append("%s %s" % (e.code().name, e.details()))
+print("\n".join(out))
+print(time.monotonic() - t0)
+'''
+
+
+def grpc_unavailable_on(c, svc, tag, n):
+    p = subprocess.run(["ip", "netns", "exec", c.netns_of("client"), "/usr/bin/python3", "-c", GRPC_CLIENT,
+                        "%s:%d" % (c.vip(svc), GRPC), tag, str(n)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    return lines[:-1], float(lines[-1])
+
+
+def test_outlier_detection_grpc_status(cluster):
+    """gRPC on h2c: pod c answers /l7test.Echo/UnavailableOn("c") with grpc-status UNAVAILABLE in an HTTP 200
+    (trailers-only). Outlier detection counts it as Envoy's router does, by grpcToHttpStatus (503), so with
+    consecutive5xxErrors 2 c is ejected (the log names status 503); Istio's default retry policy retries
+    UNAVAILABLE on another host, so the client sees only a's and b's answers."""
+    c = cluster
+    c.apply(dr_for("gsvc", "{outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, "
+                           "maxEjectionPercent: 100}}"))
+
+    def ejected():
+        answers, _ = grpc_unavailable_on(c, "gsvc", "c", 12)
+        assert all(a in ("a:ok", "b:ok") for a in answers), answers
+        return re.search(r"waypoint::outlier\s+ejected \S*/dr/c for 30000 ms \(ejection \d+, last status 503",
+                         c.waypoint_log())
+    poll(lambda: attempt(ejected), timeout=APPLY_WAIT, every=0.2, what="c ejected for its gRPC UNAVAILABLE")
+    answers, _ = grpc_unavailable_on(c, "gsvc", "c", 12)
+    assert all(a in ("a:ok", "b:ok") for a in answers), answers
+
+
+def test_connect_timeout_h2c(cluster):
+    """connectTimeout on h2c (gRPC): with the hole pod's HBONE port dropping every packet, a call to ct's gRPC
+    port fails after at least the 1 s timeout with UNAVAILABLE carrying Envoy's connection-timeout text; the
+    session of each call is drained after it (maxRequestsPerConnection 1), so none made before the drop is
+    reused."""
+    c = cluster
+    c.apply(dr_for("ct", "{connectionPool: {tcp: {connectTimeout: 1s}, http: {maxRequestsPerConnection: 1}}}"))
+
+    def fresh():  # the rule in force (seen on the HTTP port: a new upstream connection per request)
+        conn = Conn(c, "ct")
+        try:
+            return conn.info("/")["client"] != conn.info("/")["client"]
+        finally:
+            conn.close()
+    poll(lambda: attempt(fresh), timeout=APPLY_WAIT, every=0.2, what="the DestinationRule of ct in force")
+    poll(lambda: attempt(lambda: grpc_unavailable_on(c, "ct", "x", 2)[0] == ["hole:ok", "hole:ok"]),
+         timeout=APPLY_WAIT, every=0.2, what="ct answering gRPC")
+    ns = c.netns_of("hole")
+    rule = ["INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I"] + rule, check=True, timeout=30)
+    try:
+        answers, took = grpc_unavailable_on(c, "ct", "x", 1)
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D"] + rule, check=True, timeout=30)
+    assert answers == ["UNAVAILABLE upstream connect error or disconnect/reset before headers. reset reason: "
+                       "connection timeout"], answers
+    assert took >= 1.0, took
+
+
+def test_connect_timeout_tcp(cluster):
+    """connectTimeout for a TCP Service relayed by the waypoint (Envoy's tcp_proxy uses the cluster's
+    connect_timeout): with the hole pod's HBONE port dropping every packet, the client's connection is closed no
+    sooner than the 1 s timeout, logged with flag UF and the reason "connection timeout". maxConnections 1 shows
+    the rule in force first (a second connection is refused while one is open)."""
+    import time
+    c = cluster
+    c.apply(dr_for("cttcp", "{connectionPool: {tcp: {connectTimeout: 1s, maxConnections: 1}}}"))
+
+    def refused_while_one_open():
+        first = Conn(c, "cttcp")
+        try:
+            first.get("/")
+            second = Conn(c, "cttcp")
+            try:
+                second.raw("/")
+                return False
+            except (OSError, http.client.HTTPException):
+                return True
+            finally:
+                second.close()
+        finally:
+            first.close()
+    poll(lambda: attempt(refused_while_one_open), timeout=APPLY_WAIT, every=0.2,
+         what="the DestinationRule of cttcp in force")
+    time.sleep(0.5)  # the first connection's end reaches the waypoint
+    ns = c.netns_of("hole")
+    rule = ["INPUT", "-p", "tcp", "--dport", "15008", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I"] + rule, check=True, timeout=30)
+    try:
+        conn = Conn(c, "cttcp")
+        t0 = time.monotonic()
+        try:
+            conn.raw("/")
+            closed = False
+        except (OSError, http.client.HTTPException):
+            closed = True
+        elapsed = time.monotonic() - t0
+        conn.close()
+    finally:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D"] + rule, check=True, timeout=30)
+    assert closed
+    assert elapsed >= 1.0, elapsed
+    poll(lambda: re.search(r'"- - -" 0 UF - - "connection timeout" .*inbound-vip\|80\|tcp\|cttcp', c.waypoint_log()), timeout=10,
+         what="the TCP stream's UF connection timeout in the access log (%s)" % c.waypoint_log()[-1500:])

@@ -231,10 +231,6 @@ static void test_findings(void **state)
          -EINVAL},
         {"{host: svc, subsets: [{name: v1, labels: {version: 1}}]}", MANIFEST_ERROR,
          "spec.subsets[0].labels.version: expected a string", -EINVAL},
-        {"{host: svc, trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 1, maxRetries: 3}}}}",
-         MANIFEST_WARN, "connectionPool.http.maxRetries: read but not enforced by the waypoint yet", 0},
-        {"{host: svc, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 1s}}}}", MANIFEST_WARN,
-         "connectionPool.tcp.connectTimeout: read but not enforced", 0},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         char y[1024];
@@ -269,6 +265,34 @@ static void test_findings(void **state)
     manifest_store_free(st);
 }
 
+/* connectionPool's enforced fields: decoded, with nothing to warn about. */
+static void test_conn_pool(void **state)
+{
+    (void)state;
+    struct run r;
+    convert(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d, namespace: app}\n"
+        "spec: {host: svc, trafficPolicy: {connectionPool: {tcp: {maxConnections: 3, connectTimeout: 250ms}, "
+        "http: {maxRequestsPerConnection: 2, idleTimeout: 1.5s, http2MaxRequests: 7, "
+        "http1MaxPendingRequests: 4, maxRetries: 5}}}}\n",
+        &r);
+    if (r.rc || r.n) dump(&r);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.n, 0);
+    const struct dr_rule *d = l7_destination_rule_for(r.cfg, "app", "svc");
+    assert_non_null(d);
+    struct dr_policy p = dr_policy_for(d, NULL, 80);
+    assert_non_null(p.pool);
+    assert_int_equal(p.pool->max_connections, 3);
+    assert_int_equal(p.pool->connect_timeout_ms, 250);
+    assert_int_equal(p.pool->max_requests_per_connection, 2);
+    assert_int_equal(p.pool->idle_timeout_ms, 1500);
+    assert_int_equal(p.pool->http2_max_requests, 7);
+    assert_int_equal(p.pool->http1_max_pending_requests, 4);
+    assert_int_equal(p.pool->max_retries, 5);
+    l7_config_unref(r.cfg);
+}
+
 static void test_duration(void **state)
 {
     (void)state;
@@ -292,9 +316,8 @@ static void test_duration(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_happy),
-        cmocka_unit_test(test_versions_and_hosts),
-        cmocka_unit_test(test_findings),
+        cmocka_unit_test(test_happy),    cmocka_unit_test(test_versions_and_hosts),
+        cmocka_unit_test(test_findings), cmocka_unit_test(test_conn_pool),
         cmocka_unit_test(test_duration),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -19,6 +19,7 @@
 #include "mesh/config.h"
 #include "mesh/destination_rule.h"
 #include "waypoint/route.h"
+#include "waypoint/tries.h"
 #include "waypoint/wp.h"
 #include "zmeshd/l7.h"
 
@@ -285,13 +286,25 @@ static void test_cookie(void **state)
 
 /* connectionPool: Envoy's overflow (-EUSERS, 503 UO) past http2MaxRequests in flight, and for HTTP/1.1 past
  * maxConnections + http1MaxPendingRequests; a finished request frees its slot. */
+static int pend_ready_calls;
+static struct wp_pending *pend_ready_last;
+static void pend_ready(struct wp_pending *p)
+{
+    pend_ready_calls++;
+    pend_ready_last = p;
+    loop_stop(p->w->loop);
+}
+
 static void test_pool(void **state)
 {
     (void)state;
     struct fixture f;
+    struct wp_pending pend[2];
     setup(&f, "{host: svc, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: "
               "{http1MaxPendingRequests: 1}}}, subsets: [{name: h2, labels: {app: svc}, trafficPolicy: "
               "{connectionPool: {http: {http2MaxRequests: 2}}}}]}");
+    f.w.loop = loop_new();
+    assert_non_null(f.w.loop);
     struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
     struct wp_decision d[4];
     struct lb_choice c;
@@ -300,15 +313,48 @@ static void test_pool(void **state)
         d[i].svc = f.t.svc;
         d[i].port = 80;
     }
-    assert_int_equal(prep_pick(&f.t, &d[0], &req, false, &c), 0);
-    assert_int_equal(prep_pick(&f.t, &d[1], &req, false, &c), 0); /* one connection, one pending */
-    assert_int_equal(prep_pick(&f.t, &d[2], &req, false, &c), -EUSERS);
-    assert_int_equal(prep_pick(&f.t, &d[3], &req, true, &c), 0); /* HTTP/2: maxConnections only */
-    wp_request_done(&d[3], NULL, 200);
+    assert_int_equal(prep_pick(&f.t, &d[0], &req, false, &c), 0); /* the one connection */
+    /* beyond maxConnections an HTTP/1.1 request waits (Envoy's pending request), one of them at most */
+    assert_int_equal(wp_lb_prepare(&f.t, &d[1], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[1], &pend[0], pend_ready), 0);
+    assert_int_equal(wp_pending_n(), 1);
+    assert_int_equal(wp_lb_prepare(&f.t, &d[2], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[2], &pend[1], pend_ready), -EUSERS); /* overflow */
+    wp_request_done(&d[2], NULL, 0);
+    assert_int_equal(prep_pick(&f.t, &d[3], &req, true, &c), 0); /* HTTP/2: maxConnections does not apply */
+    wp_request_done(&d[3], NULL, 0);
+    /* the connection frees: the waiter gets it, started from the loop */
+    assert_int_equal(pend_ready_calls, 0);
     wp_request_done(&d[0], c.wl, 200);
     wp_request_done(&d[0], c.wl, 200); /* idempotent */
+    assert_int_equal(wp_pending_n(), 0);
+    loop_run(f.w.loop); /* until pend_ready stops it */
+    assert_int_equal(pend_ready_calls, 1);
+    assert_ptr_equal(pend_ready_last, &pend[0]);
+    assert_int_equal(wp_pick_endpoint_dec(&f.t, &d[1], &c), 0);
+    /* a waiter that goes away leaves the queue and frees its pending place */
+    memset(&d[2], 0, sizeof(d[2]));
+    d[2].svc = f.t.svc;
+    d[2].port = 80;
+    assert_int_equal(wp_lb_prepare(&f.t, &d[2], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[2], &pend[1], pend_ready), 0);
+    wp_pending_cancel(&pend[1]);
+    wp_pending_cancel(&pend[1]); /* idempotent */
+    wp_request_done(&d[2], NULL, 0);
+    assert_int_equal(wp_pending_n(), 0);
+    memset(&d[3], 0, sizeof(d[3]));
+    d[3].svc = f.t.svc;
+    d[3].port = 80;
+    assert_int_equal(wp_lb_prepare(&f.t, &d[3], &req, false), -EINPROGRESS);
+    assert_int_equal(wp_pending_wait(&f.t, &d[3], &pend[1], pend_ready), 0); /* its place is free again */
+    wp_pending_cancel(&pend[1]);
+    wp_request_done(&d[3], NULL, 0);
+    wp_request_done(&d[1], c.wl, 200);
+    /* nothing in flight: a request goes at once */
+    memset(&d[2], 0, sizeof(d[2]));
+    d[2].svc = f.t.svc;
+    d[2].port = 80;
     assert_int_equal(prep_pick(&f.t, &d[2], &req, false, &c), 0);
-    wp_request_done(&d[1], NULL, 0);
     wp_request_done(&d[2], NULL, 0);
     /* the subset: http2MaxRequests 2 for every protocol */
     for (int i = 0; i < 3; i++) {
@@ -322,6 +368,144 @@ static void test_pool(void **state)
     assert_int_equal(prep_pick(&f.t, &d[2], &req, true, &c), -EUSERS);
     wp_request_done(&d[0], NULL, 0);
     wp_request_done(&d[1], NULL, 0);
+    loop_free(f.w.loop);
+    teardown(&f);
+}
+
+/* The upstream connection limits a request's codec applies (tries.h): Istio's defaults without a rule
+ * (connect timeout 10 s, idle 1 h, no request limit), the rule's values, a subset's pool replacing them. */
+static void test_conn_limits(void **state)
+{
+    (void)state;
+    struct wp_conn_limits l = wp_try_conn_limits(NULL);
+    assert_int_equal(l.connect_timeout_ms, 10000);
+    assert_int_equal(l.idle_ms, 3600ull * 1000);
+    assert_int_equal(l.max_requests, 0);
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 250ms}, http: "
+              "{maxRequestsPerConnection: 3, idleTimeout: 2s}}}, subsets: [{name: s, labels: {app: svc}, "
+              "trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}}]}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct wp_decision d;
+    struct lb_choice c;
+    memset(&d, 0, sizeof(d));
+    d.svc = f.t.svc;
+    d.port = 80;
+    l = wp_try_conn_limits(&d); /* not prepared yet: the defaults */
+    assert_int_equal(l.connect_timeout_ms, 10000);
+    assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
+    l = wp_try_conn_limits(&d);
+    assert_int_equal(l.connect_timeout_ms, 250);
+    assert_int_equal(l.idle_ms, 2000);
+    assert_int_equal(l.max_requests, 3);
+    wp_request_done(&d, c.wl, 200);
+    memset(&d, 0, sizeof(d));
+    d.svc = f.t.svc;
+    d.port = 80;
+    d.subset = "s";
+    assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
+    l = wp_try_conn_limits(&d); /* the subset's pool replaces the rule's: its unset fields are defaults */
+    assert_int_equal(l.max_requests, 1);
+    assert_int_equal(l.connect_timeout_ms, 10000);
+    assert_int_equal(l.idle_ms, 3600ull * 1000);
+    wp_request_done(&d, c.wl, 200);
+    teardown(&f);
+}
+
+/* connectionPool.http.maxRetries 1: one retry in flight in the cluster; a second request's retry is refused
+ * (flag UO, the overflow counter) until the first request's retry is over. */
+static void test_max_retries(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    struct wp_decision d[2];
+    struct wp_tries tr[2];
+    struct lb_choice c;
+    for (int i = 0; i < 2; i++) {
+        memset(&d[i], 0, sizeof(d[i]));
+        memset(&tr[i], 0, sizeof(tr[i]));
+        d[i].svc = f.t.svc;
+        d[i].port = 80;
+        d[i].retry = &l7_default_retry;
+        assert_int_equal(wp_lb_prepare(&f.t, &d[i], &req, false), 0);
+        assert_int_equal(wp_try_pick(&f.t, &d[i], &tr[i], &c), 0);
+    }
+    const struct l7_try e503 = {.end = L7_TRY_RESPONSE, .status = 503, .grpc_status = -1};
+    uint64_t over0 = wp_try_overflows();
+    char fl[WP_FLAGS_MAX];
+    assert_true(wp_try_again(&d[0], &tr[0], &e503)); /* the cluster's one retry */
+    assert_false(wp_try_again(&d[1], &tr[1], &e503));
+    assert_true(tr[1].overflow);
+    assert_false(tr[1].exhausted);
+    assert_int_equal(wp_try_overflows(), over0 + 1);
+    assert_string_equal(wp_try_flags(&tr[1], NULL, fl), "UO");
+    assert_string_equal(wp_try_flags(&tr[0], NULL, fl), "-");
+    /* the first request's retry ends (its try answered 200: no further retry, the slot is free) */
+    assert_int_equal(wp_try_pick(&f.t, &d[0], &tr[0], &c), 0);
+    const struct l7_try ok = {.end = L7_TRY_RESPONSE, .status = 200, .grpc_status = -1};
+    assert_false(wp_try_again(&d[0], &tr[0], &ok));
+    assert_null(tr[0].retry_held);
+    tr[1].overflow = false;
+    assert_true(wp_try_again(&d[1], &tr[1], &e503)); /* room again */
+    wp_tries_end(&tr[1]);
+    wp_tries_end(&tr[1]); /* idempotent */
+    /* without maxRetries nothing is held */
+    struct fixture g;
+    setup(&g, "{host: svc, trafficPolicy: {loadBalancer: {simple: RANDOM}}}");
+    struct wp_decision dd;
+    struct wp_tries tt;
+    memset(&dd, 0, sizeof(dd));
+    memset(&tt, 0, sizeof(tt));
+    dd.svc = g.t.svc;
+    dd.port = 80;
+    dd.retry = &l7_default_retry;
+    assert_int_equal(wp_lb_prepare(&g.t, &dd, &req, false), 0);
+    assert_int_equal(wp_try_pick(&g.t, &dd, &tt, &c), 0);
+    assert_true(wp_try_again(&dd, &tt, &e503));
+    assert_null(tt.retry_held);
+    for (int i = 0; i < 2; i++)
+        wp_request_done(&d[i], NULL, 0);
+    wp_request_done(&dd, NULL, 0);
+    teardown(&g);
+    teardown(&f);
+}
+
+/* An ejected host is back at the first interval tick after its ejection time (Envoy unejects on its interval
+ * timer): with interval 1 s and baseEjectionTime 150 ms, the ejection lasts until the tick after the first
+ * report, not 150 ms. */
+static void test_outlier_tick(void **state)
+{
+    (void)state;
+    struct fixture f;
+    setup(&f, "{host: svc, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: "
+              "{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 150ms, maxEjectionPercent: 100}}, "
+              "subsets: [{name: t, labels: {app: svc}}]}");
+    struct l7_request req = {.method = "GET", .path = "/", .path_len = 1, .authority = "svc"};
+    const char *ejected = NULL;
+    for (int i = 0; i < 3 && !ejected; i++) {
+        struct wp_decision d;
+        memset(&d, 0, sizeof(d));
+        d.svc = f.t.svc;
+        d.port = 80;
+        d.subset = "t"; /* a cluster of its own (the other tests' ejections are elsewhere) */
+        struct lb_choice c;
+        assert_int_equal(prep_pick(&f.t, &d, &req, false, &c), 0);
+        ejected = c.wl->uid;
+        wp_request_done(&d, c.wl, 503);
+    }
+    json_t *dump = wp_outlier_json();
+    json_int_t left = -1;
+    for (size_t i = 0; i < json_array_size(dump); i++) {
+        json_t *e = json_array_get(dump, i);
+        if (!strcmp(json_string_value(json_object_get(e, "endpoint")), ejected) &&
+            strstr(json_string_value(json_object_get(e, "cluster")), "|t|"))
+            left = json_integer_value(json_object_get(e, "ejectedForMs"));
+    }
+    json_decref(dump);
+    assert_true(left > 500); /* the 1 s tick, not the 150 ms ejection time */
+    assert_true(left <= 1000);
     teardown(&f);
 }
 
@@ -348,7 +532,7 @@ static void test_outlier(void **state)
     struct fixture f;
     setup(&f,
           "{host: svc, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, outlierDetection: "
-          "{consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 150ms, maxEjectionPercent: 50}}, "
+          "{consecutive5xxErrors: 3, interval: 100ms, baseEjectionTime: 150ms, maxEjectionPercent: 50}}, "
           "subsets: [{name: gw, labels: {app: svc}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, "
           "outlierDetection: {consecutive5xxErrors: 0, consecutiveGatewayErrors: 2, baseEjectionTime: 60s, "
           "maxEjectionPercent: 100}}}]}");
@@ -411,8 +595,9 @@ static void test_outlier(void **state)
         wp_request_done(&d, c.wl, !strcmp(c.wl->name, "b") ? 503 : 200);
     }
     assert_int_equal(wp_outlier_ejections_total(), ej0 + 1);
-    /* after at least the base ejection time a is picked again */
-    struct timespec ts = {0, 200 * 1000 * 1000};
+    /* after at least the base ejection time, at the interval tick after it (100 ms ticks), a is picked again
+     */
+    struct timespec ts = {0, 300 * 1000 * 1000};
     nanosleep(&ts, NULL);
     int back = 0;
     for (int i = 0; i < 9; i++)
@@ -445,9 +630,11 @@ static void test_outlier(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_subsets),   cmocka_unit_test(test_round_robin_random),
-        cmocka_unit_test(test_hash_keys), cmocka_unit_test(test_cookie),
-        cmocka_unit_test(test_pool),      cmocka_unit_test(test_outlier),
+        cmocka_unit_test(test_subsets),      cmocka_unit_test(test_round_robin_random),
+        cmocka_unit_test(test_hash_keys),    cmocka_unit_test(test_cookie),
+        cmocka_unit_test(test_pool),         cmocka_unit_test(test_outlier),
+        cmocka_unit_test(test_conn_limits),  cmocka_unit_test(test_max_retries),
+        cmocka_unit_test(test_outlier_tick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -113,6 +113,21 @@ static void test_istio_default(void **state)
 }
 
 /* Ranges [0, 25), [0, 50), [0, 100), [0, 200), then [0, 250) for ever. */
+/* Envoy's grpcToHttpStatus, which outlier detection counts a gRPC response by. */
+static void test_grpc_to_http(void **state)
+{
+    (void)state;
+    static const struct {
+        int grpc, http;
+    } cases[] = {{0, 200},  {1, 499},  {2, 500},  {3, 400},  {4, 504},  {5, 404},  {6, 409},
+                 {7, 403},  {8, 429},  {9, 400},  {10, 409}, {11, 400}, {12, 501}, {13, 500},
+                 {14, 503}, {15, 500}, {16, 401}, {17, 500}, {-1, 500}, {99, 500}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (l7_grpc_to_http_status(cases[i].grpc) != cases[i].http)
+            fail_msg("grpc %d: %d, expected %d", cases[i].grpc, l7_grpc_to_http_status(cases[i].grpc),
+                     cases[i].http);
+}
+
 static void test_backoff(void **state)
 {
     (void)state;
@@ -138,6 +153,7 @@ int main(void)
         cmocka_unit_test(test_conditions),
         cmocka_unit_test(test_istio_default),
         cmocka_unit_test(test_backoff),
+        cmocka_unit_test(test_grpc_to_http),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
