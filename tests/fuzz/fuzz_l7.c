@@ -91,7 +91,7 @@ static int on_doc(void *ud, json_t *doc, const struct manifest_src *src)
     bool pol = kind && strcmp(kind, "AuthorizationPolicy") == 0;
     bool vs = kind && strcmp(kind, "VirtualService") == 0;
     int rc = pol  ? l7_convert_authz(doc, src, &pb, &len, name, sizeof(name), NULL, NULL)
-             : vs ? vs_convert(doc, src, &pb, &len, name, sizeof(name), NULL, NULL)
+             : vs ? vs_convert(doc, src, NULL, &pb, &len, name, sizeof(name), NULL, NULL)
                   : l7_convert_route(doc, src, &pb, &len, name, sizeof(name), NULL, NULL);
     if (rc < 0) abort();
     if (l7_builder_add(b, pol ? L7_TYPE_URL_AUTHORIZATION : L7_TYPE_URL_HTTP_ROUTE, name, pb, len, err,
