@@ -1,8 +1,10 @@
-/* The generic HTTP/2 session over nghttp2 (1.52 API), on TLS (OpenSSL, custom BIO) or plain TCP (h2c).
+/* The generic HTTP/2 session over nghttp2 (1.52 API), on TLS (OpenSSL for the handshake, then TLS 1.3 records
+ * sealed and opened by src/tls/record.c; OpenSSL's SSL_read/SSL_write through a custom BIO where it cannot
+ * hand over) or plain TCP (h2c).
  *
- * Output: nghttp2_session_mem_send frames are staged into a per-thread 16 KiB record (TLS: handed to
- * SSL_write whole, so small frames share a record; h2c: appended as they are), DATA with NO_COPY straight
- * from the stream user's bytes (ops->pull) into that record. Ciphertext (or h2c bytes) goes to a per-thread
+ * Output: nghttp2_session_mem_send frames are staged into a per-thread 16 KiB record (small frames share a
+ * record; h2c: appended as they are), DATA with NO_COPY: a payload that fills the record is sealed from where
+ * it lies (ops->pull's bytes), only a short tail is staged. Ciphertext (or h2c bytes) goes to a per-thread
  * output buffer written with one send() per batch; only what the socket refuses stays with the connection
  * (its "cout"). Input: one recv() of up to 256 KiB, decrypted into a per-thread plaintext buffer and fed to
  * nghttp2 in one call (h2c: fed as received). Windows are credited only as the stream's user consumes bytes
@@ -142,7 +144,7 @@ static __thread size_t tl_pt_len;
  * no output buffer and an idle connection holds none. */
 static __thread struct obuf tl_out;
 static __thread struct h2_conn *tl_out_conn;
-static _Atomic uint64_t proto_errors[H2_PERR_COUNT], early_resets_total;
+static _Atomic uint64_t proto_errors[H2_PERR_COUNT], early_resets_total, tls_conns[2];
 
 static BIO_METHOD *bio_meth;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
@@ -221,6 +223,11 @@ uint64_t h2_proto_errors(enum h2_proto_err e)
 uint64_t h2_early_resets(void)
 {
     return atomic_load_explicit(&early_resets_total, memory_order_relaxed);
+}
+
+uint64_t h2_tls_conns(bool own)
+{
+    return atomic_load_explicit(&tls_conns[own], memory_order_relaxed);
 }
 
 /* ---- output: the thread's buffer, then the conn's own for what the socket refused ---- */
@@ -1427,6 +1434,7 @@ static void conn_handshake_done(struct h2_conn *c)
          * cannot hand over (TLS 1.2 on a control-plane connection, tickets sent by an OpenSSL server). */
         if (!(c->rec = tls_rec_new(c->ssl, why, sizeof(why))))
             LOG_D(c->set.log_name, "TLS records through OpenSSL: %s", why);
+        atomic_fetch_add_explicit(&tls_conns[c->rec != NULL], 1, memory_order_relaxed);
     }
     if (conn_start_h2(c) < 0) {
         conn_close(c, H2_END_NO_MEMORY, 0, "cannot start HTTP/2 session");

@@ -36,8 +36,9 @@ struct tls_piece {
 int tls_rec_enable(SSL_CTX *ctx);
 
 /* After ssl's handshake completed: the record layer for its application traffic, or NULL with the reason in
- * why (not TLS 1.3, a cipher suite other than AES-GCM / ChaCha20-Poly1305, no secrets captured, OpenSSL
- * still holds unread input, out of memory); the caller then keeps using SSL_read/SSL_write. */
+ * why (handshake not finished, not TLS 1.3, no secrets captured, a server that sent session tickets in its
+ * handshake, OpenSSL still holds unread input, a cipher suite other than AES-GCM / ChaCha20-Poly1305, out of
+ * memory); the caller then keeps using SSL_read/SSL_write. Either way the captured secrets are wiped. */
 struct tls_rec *tls_rec_new(SSL *ssl, char *why, size_t whyn);
 void tls_rec_free(struct tls_rec *r);
 
