@@ -1553,7 +1553,10 @@ static int conn_open_records(struct h2_conn *c)
             ssize_t k = alert ? tls_rec_seal_alert(c->rec, alert, a) : -1;
             if (k > 0 && out_append(c, a, (size_t)k) == 0) conn_write_out(c);
             c->cin_len = 0;
-            conn_close(c, H2_END_IO, 0, err);
+            char detail[240];
+            snprintf(detail, sizeof(detail), "%s%s",
+                     strncmp(err, "TLS ", 4) == 0 ? "" : "TLS record error: ", err);
+            conn_close(c, H2_END_IO, 0, detail);
             return -1;
         }
     }
