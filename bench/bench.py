@@ -897,7 +897,8 @@ def parse_callgrind_annotate(path, inclusive):
     if not inclusive:
         # Zeroing the counters while a worker sits in loop_run leaves the frames then on its stack (clone,
         # start_thread, worker_main) with the whole run as "self" cost: not theirs, drop them.
-        fns = {k: v for k, v in fns.items() if v < 0.9 * total}
+        # (Not libcrypto's: in a bulk run AES-GCM itself can be over 90 % of the total.)
+        fns = {k: v for k, v in fns.items() if v < 0.9 * total or "(libcrypto" in k}
     return total, fns
 
 
@@ -983,6 +984,26 @@ def prof_callgrind(t, procs, args, outdir, label):
                 if not new:
                     raise BenchError(f"callgrind dump of the {label} {side} produced no file")
                 dumps[(side, n)] = os.path.join(outdir, sorted(new)[-1])
+        # Bulk: iperf3 -n of two sizes through the same proxies, the difference per MB (10^6 bytes moved).
+        bulk_dumps = {}
+        if args.cg_bulk_mb:
+            bport = {"zmesh": APP_IPERF, "haproxy": HAP_OUT_IPERF, "floor": FLOOR_OUT_IPERF}[label]
+            bip = t.ip_b if label == "zmesh" else "127.0.0.1"
+            mb_a, mb_b = 4, 4 + args.cg_bulk_mb
+            for mb in (mb_a, mb_b):
+                for pid in pids:
+                    run(["callgrind_control", "-z", str(pid)], timeout=60, check=False)
+                r = run(nsexec(t.ns_a, ["iperf3", "-c", bip, "-p", str(bport), "-n", f"{mb * 1000000}", "-J"]),
+                        timeout=900, check=False)
+                if r.returncode != 0:
+                    raise BenchError(f"iperf3 under callgrind failed: {(r.stdout + r.stderr).strip()[-300:]}")
+                for side, pid in zip(("client", "server"), pids):
+                    before = set(os.listdir(outdir))
+                    run(["callgrind_control", "-d", f"{side}-bulk{mb}", str(pid)], timeout=120, check=False)
+                    new = [x for x in set(os.listdir(outdir)) - before if x.startswith(f"callgrind-{label}.")]
+                    if not new:
+                        raise BenchError(f"callgrind dump of the {label} {side} produced no file")
+                    bulk_dumps[(side, mb)] = os.path.join(outdir, sorted(new)[-1])
     finally:
         stop()
     rtts = n_b - n_a
@@ -1012,7 +1033,63 @@ def prof_callgrind(t, procs, args, outdir, label):
                      "top_self": [(k, round(v)) for k, v in sorted(per_fn.items(), key=lambda kv: -kv[1])[:30]],
                      "tls_inclusive": tls,
                      "top_inclusive": [(k, round(v)) for k, v in sorted(incl.items(), key=lambda kv: -kv[1])[:50]]}
+        if bulk_dumps:
+            res[side]["bulk"] = cg_bulk(bulk_dumps[(side, mb_a)], bulk_dumps[(side, mb_b)], mb_b - mb_a)
     return res
+
+
+# AES-GCM arithmetic (AES-NI rounds, GHASH, CTR): the cost no TLS proxy avoids.
+AES_GCM_FNS = re.compile(r"aesni_|aes_gcm|gcm_|GHASH|ghash|_gcm128_|ossl_gcm|gcm128|aesni|AES_ctr|_ctr32")
+COPY_FNS = re.compile(r"^(__)?mem(cpy|move)|^__memmove|^__memcpy")
+
+
+_CRYPTO_ASM = {}
+
+
+def is_aes_gcm_code(fn, obj):
+    """An unnamed function of libcrypto (no debug symbols: callgrind shows its address) that is AES-GCM code:
+    its first 1.5 KB hold AES-NI (aesenc/aesdec) or carry-less multiply (pclmulqdq, GHASH) instructions."""
+    if not fn.startswith("0x") or not obj.startswith("libcrypto"):
+        return False
+    key = (fn, obj)
+    if key not in _CRYPTO_ASM:
+        lib = next((os.path.join(d, obj) for d in ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu",
+                                                   "/usr/lib") if os.path.exists(os.path.join(d, obj))), None)
+        ok = False
+        if lib:
+            a = int(fn, 16)
+            r = subprocess.run(["objdump", "-d", f"--start-address={a:#x}", f"--stop-address={a + 0x600:#x}", lib],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=60)
+            ok = bool(re.search(r"\b(v?aes(enc|dec)|v?pclmul)", r.stdout))
+        _CRYPTO_ASM[key] = ok
+    return _CRYPTO_ASM[key]
+
+
+def cg_bulk(path_a, path_b, mb):
+    """User-space Ir per MB moved (difference of two iperf3 runs), split: AES-GCM arithmetic, memcpy/memmove,
+    the rest of OpenSSL (record plumbing), nghttp2, the rest of libc, the proxy's own code, other."""
+    ta, sa = parse_callgrind_annotate(path_a, False)
+    tb, sb = parse_callgrind_annotate(path_b, False)
+    per_fn = {k: (sb.get(k, 0) - sa.get(k, 0)) / mb for k in set(sa) | set(sb)}
+    split = {"aes_gcm": 0, "memcpy": 0, "openssl_other": 0, "nghttp2": 0, "libc_other": 0, "own": 0, "other": 0}
+    for k, v in per_fn.items():
+        fn, obj = k[:k.rindex(" (")], k[k.rindex("(") + 1:-1]
+        if AES_GCM_FNS.search(fn) or is_aes_gcm_code(fn, obj):
+            split["aes_gcm"] += v
+        elif COPY_FNS.search(fn):
+            split["memcpy"] += v
+        elif obj.startswith("libssl") or obj.startswith("libcrypto"):
+            split["openssl_other"] += v
+        elif obj.startswith("libnghttp2"):
+            split["nghttp2"] += v
+        elif obj.startswith("libc"):
+            split["libc_other"] += v
+        elif obj in ("ztunnel", "haproxy"):
+            split["own"] += v
+        else:
+            split["other"] += v
+    return {"ir_per_mb": round((tb - ta) / mb), "split_per_mb": {k: round(v) for k, v in split.items()},
+            "top_self_per_mb": [(k, round(v)) for k, v in sorted(per_fn.items(), key=lambda kv: -kv[1])[:20]]}
 
 
 def rtt_run_cpu(t, ns, ip, port, count, args, pids):
@@ -1209,6 +1286,12 @@ def print_profile(summary):
             print("    calls per round trip: " + ", ".join(f"{k} {v:g}" for k, v in list(x["calls_per_rtt"].items())[:16]))
             for k, v in x["top_self"][:10]:
                 print(f"    {v:8d}  {k}")
+            b = x.get("bulk")
+            if b:
+                print(f"    bulk: {b['ir_per_mb']} Ir per MB: " +
+                      ", ".join(f"{k} {v}" for k, v in b["split_per_mb"].items()))
+                for k, v in b["top_self_per_mb"][:10]:
+                    print(f"      {v:10d}  {k}")
     pn = summary.get("direct_pinned")
     if pn:
         print(f"== direct, client and echo server pinned to CPU {pn['cpu']}: RTT p50 {pn['p50_us']} us (median; best "
@@ -1424,6 +1507,9 @@ def parse_args(argv):
                     help="--profile-rtt: round trips measured under callgrind (default 1000)")
     ap.add_argument("--prof-rounds", type=int, default=5,
                     help="--profile-rtt: rounds of the on-CPU and capture-rules measurements, medians (default 5)")
+    ap.add_argument("--cg-bulk-mb", type=int, default=32,
+                    help="--profile-rtt: MB (10^6 bytes) of iperf3 measured per proxy under callgrind for the "
+                         "instructions per MB (default 32; 0: skip)")
     ap.add_argument("--no-perf", action="store_true", help="--profile-rtt: skip perf record")
     ap.add_argument("--no-callgrind", action="store_true", help="--profile-rtt: skip callgrind")
     ap.add_argument("--no-capture", action="store_true", help="--profile-rtt: skip the capture-rules comparison")

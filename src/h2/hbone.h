@@ -115,6 +115,7 @@ void hbone_set_keepalive(uint32_t interval_ms, uint32_t timeout_ms);
 #define hbone_proto_err_to_str h2_proto_err_to_str
 #define hbone_proto_errors h2_proto_errors
 #define hbone_early_resets h2_early_resets
+#define hbone_tls_conns h2_tls_conns
 /* Bytes received from peers that wait in our buffers for a local socket to take them, all threads. */
 uint64_t hbone_buffered_bytes(void);
 

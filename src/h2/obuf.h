@@ -30,8 +30,9 @@ static inline void obuf_consume(struct obuf *b, size_t n)
     if (b->off == b->len) obuf_free(b);
 }
 
-/* Appends d[0..n). Returns 0 or -ENOMEM (b unchanged). */
-static inline int obuf_append(struct obuf *b, const void *d, size_t n)
+/* Room for n more bytes at b->p + b->len (the caller writes there, then adds what it wrote to b->len).
+ * Returns that pointer, or NULL (out of memory; b unchanged). */
+static inline uint8_t *obuf_reserve(struct obuf *b, size_t n)
 {
     if (b->len + n > b->cap) {
         /* Compact only when the dead prefix is at least as large as the live bytes, so each byte is moved
@@ -46,12 +47,20 @@ static inline int obuf_append(struct obuf *b, const void *d, size_t n)
             while (cap < b->len + n)
                 cap *= 2;
             uint8_t *p = realloc(b->p, cap);
-            if (!p) return -ENOMEM;
+            if (!p) return NULL;
             b->p = p;
             b->cap = cap;
         }
     }
-    memcpy(b->p + b->len, d, n);
+    return b->p + b->len;
+}
+
+/* Appends d[0..n). Returns 0 or -ENOMEM (b unchanged). */
+static inline int obuf_append(struct obuf *b, const void *d, size_t n)
+{
+    uint8_t *w = obuf_reserve(b, n);
+    if (!w) return -ENOMEM;
+    memcpy(w, d, n);
     b->len += n;
     return 0;
 }

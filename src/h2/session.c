@@ -1,8 +1,10 @@
-/* The generic HTTP/2 session over nghttp2 (1.52 API), on TLS (OpenSSL, custom BIO) or plain TCP (h2c).
+/* The generic HTTP/2 session over nghttp2 (1.52 API), on TLS (OpenSSL for the handshake, then TLS 1.3 records
+ * sealed and opened by src/tls/record.c; OpenSSL's SSL_read/SSL_write through a custom BIO where it cannot
+ * hand over) or plain TCP (h2c).
  *
- * Output: nghttp2_session_mem_send frames are staged into a per-thread 16 KiB record (TLS: handed to
- * SSL_write whole, so small frames share a record; h2c: appended as they are), DATA with NO_COPY straight
- * from the stream user's bytes (ops->pull) into that record. Ciphertext (or h2c bytes) goes to a per-thread
+ * Output: nghttp2_session_mem_send frames are staged into a per-thread 16 KiB record (small frames share a
+ * record; h2c: appended as they are), DATA with NO_COPY: a payload that fills the record is sealed from where
+ * it lies (ops->pull's bytes), only a short tail is staged. Ciphertext (or h2c bytes) goes to a per-thread
  * output buffer written with one send() per batch; only what the socket refuses stays with the connection
  * (its "cout"). Input: one recv() of up to 256 KiB, decrypted into a per-thread plaintext buffer and fed to
  * nghttp2 in one call (h2c: fed as received). Windows are credited only as the stream's user consumes bytes
@@ -27,6 +29,7 @@
 #include "core/vec.h"
 #include "h2/budget.h"
 #include "h2/obuf.h"
+#include "tls/record.h"
 #include "tls/tls.h"
 
 #define CIN_CAP (256u * 1024)
@@ -64,7 +67,8 @@ struct hblock {
 struct h2_conn {
     struct io io;
     struct loop *loop;
-    SSL *ssl; /* NULL: h2c */
+    SSL *ssl;            /* NULL: h2c */
+    struct tls_rec *rec; /* after the handshake: application records sealed and opened here, not by ssl */
     nghttp2_session *ng;
     bool server, eof, draining, goaway_recv, ping_wait, established;
     bool rdhup; /* FIN or error signalled: a short read is not the end of what is queued */
@@ -140,7 +144,7 @@ static __thread size_t tl_pt_len;
  * no output buffer and an idle connection holds none. */
 static __thread struct obuf tl_out;
 static __thread struct h2_conn *tl_out_conn;
-static _Atomic uint64_t proto_errors[H2_PERR_COUNT], early_resets_total;
+static _Atomic uint64_t proto_errors[H2_PERR_COUNT], early_resets_total, tls_conns[2];
 
 static BIO_METHOD *bio_meth;
 static pthread_once_t bio_once = PTHREAD_ONCE_INIT;
@@ -221,6 +225,11 @@ uint64_t h2_early_resets(void)
     return atomic_load_explicit(&early_resets_total, memory_order_relaxed);
 }
 
+uint64_t h2_tls_conns(bool own)
+{
+    return atomic_load_explicit(&tls_conns[own], memory_order_relaxed);
+}
+
 /* ---- output: the thread's buffer, then the conn's own for what the socket refused ---- */
 
 /* Appends output for c: into the thread's buffer if it holds c's bytes, or is free and nothing of c's waits
@@ -233,6 +242,26 @@ static int out_append(struct h2_conn *c, const void *data, size_t len)
         return 0;
     }
     return obuf_append(&c->cout, data, len);
+}
+
+/* The buffer c's next output goes to (see out_append). */
+static struct obuf *out_target(struct h2_conn *c)
+{
+    return tl_out_conn == c || (!tl_out_conn && !obuf_used(&c->cout)) ? &tl_out : &c->cout;
+}
+
+/* Seals pieces (total bytes, at most one record) straight into c's output. */
+static void rec_seal(struct h2_conn *c, const struct tls_piece *pc, size_t n, size_t total)
+{
+    struct obuf *b = out_target(c);
+    uint8_t *w = obuf_reserve(b, tls_rec_seal_room(total));
+    ssize_t k = w ? tls_rec_seal(c->rec, pc, n, w) : -1;
+    if (k < 0) {
+        c->out_err = true;
+        return;
+    }
+    b->len += (size_t)k;
+    if (b == &tl_out) tl_out_conn = c;
 }
 
 /* ---- custom BIO over the connection's buffers ---- */
@@ -324,6 +353,15 @@ static void pt_write(struct h2_conn *c, const uint8_t *d, size_t n)
         if (!c->out_err && out_append(c, d, n) < 0) c->out_err = true;
         return;
     }
+    if (c->rec) {
+        while (n && !c->out_err) {
+            size_t k = n < PT_REC ? n : PT_REC;
+            rec_seal(c, &(struct tls_piece){d, k}, 1, k);
+            d += k;
+            n -= k;
+        }
+        return;
+    }
     /* Our BIO never refuses, so SSL_write only fails for good; with partial writes enabled it may return
      * after each record, hence the loop. */
     while (n && !c->out_err) {
@@ -339,6 +377,16 @@ static void pt_write(struct h2_conn *c, const uint8_t *d, size_t n)
 static void pt_append(struct h2_conn *c, const uint8_t *d, size_t n)
 {
     while (n) {
+        if (c->rec && tl_pt_len && tl_pt_len + n >= PT_REC) {
+            /* Our own records: the staged frames and the head of d sealed as one record, d not copied. */
+            size_t k = PT_REC - tl_pt_len;
+            struct tls_piece pc[2] = {{tl_pt, tl_pt_len}, {d, k}};
+            rec_seal(c, pc, 2, PT_REC);
+            tl_pt_len = 0;
+            d += k;
+            n -= k;
+            continue;
+        }
         if (tl_pt_len == 0 && n >= PT_REC) {
             size_t k = n - n % PT_REC;
             pt_write(c, d, k);
@@ -1203,6 +1251,7 @@ static void conn_free_cb(struct task *t)
 {
     struct h2_conn *c = container_of(t, struct h2_conn, free_task);
     if (c->ng) nghttp2_session_del(c->ng);
+    tls_rec_free(c->rec);
     if (c->ssl) SSL_free(c->ssl);
     obuf_free(&c->cout);
     for (size_t i = 0; i < c->n_expected; i++)
@@ -1381,6 +1430,11 @@ static void conn_handshake_done(struct h2_conn *c)
             conn_close(c, H2_END_IDENTITY, 0, err);
             return;
         }
+        /* Application records from here on are ours (src/tls/record.c); OpenSSL's path stays for what it
+         * cannot hand over (TLS 1.2 on a control-plane connection, tickets sent by an OpenSSL server). */
+        if (!(c->rec = tls_rec_new(c->ssl, why, sizeof(why))))
+            LOG_D(c->set.log_name, "TLS records through OpenSSL: %s", why);
+        atomic_fetch_add_explicit(&tls_conns[c->rec != NULL], 1, memory_order_relaxed);
     }
     if (conn_start_h2(c) < 0) {
         conn_close(c, H2_END_NO_MEMORY, 0, "cannot start HTTP/2 session");
@@ -1477,10 +1531,57 @@ static void conn_peer_closed(struct h2_conn *c)
         conn_close(c, H2_END_PEER_CLOSED, 0, "connection closed by peer");
 }
 
+/* conn_decrypt with our own records. */
+static int conn_open_records(struct h2_conn *c)
+{
+    char err[200];
+    while (c->cin_len) {
+        size_t olen, used;
+        uint8_t alert;
+        enum tls_rec_status st = tls_rec_open(c->rec, c->cin, c->cin_len, tl_plain, PLAIN_CAP, &olen, &used,
+                                              &alert, err, sizeof(err));
+        c->cin += used;
+        c->cin_len -= used;
+        if (conn_feed(c, tl_plain, olen) < 0) return -1;
+        if (st == TLS_REC_CLOSED) {
+            c->cin_len = 0;
+            conn_peer_closed(c);
+            return -1;
+        }
+        if (st == TLS_REC_ERROR) {
+            uint8_t a[TLS_REC_OVERHEAD + 2];
+            ssize_t k = alert ? tls_rec_seal_alert(c->rec, alert, a) : -1;
+            if (k > 0 && out_append(c, a, (size_t)k) == 0) conn_write_out(c);
+            c->cin_len = 0;
+            char detail[240];
+            snprintf(detail, sizeof(detail), "%s%s",
+                     strncmp(err, "TLS ", 4) == 0 ? "" : "TLS record error: ", err);
+            conn_close(c, H2_END_IO, 0, detail);
+            return -1;
+        }
+    }
+    /* The peer asked for our KeyUpdate: it goes before anything else we send. */
+    size_t need = tls_rec_pending(c->rec);
+    if (need) {
+        struct obuf *b = out_target(c);
+        uint8_t *w = obuf_reserve(b, need);
+        ssize_t k = w ? tls_rec_seal_pending(c->rec, w) : -1;
+        if (k < 0) {
+            conn_close(c, H2_END_IO, 0, "TLS KeyUpdate failed");
+            return -1;
+        }
+        b->len += (size_t)k;
+        if (b == &tl_out) tl_out_conn = c;
+        conn_schedule_flush(c);
+    }
+    return 0;
+}
+
 /* Decrypts everything available and feeds it to nghttp2. Returns 0, or -1 when the conn was closed. */
 static int conn_decrypt(struct h2_conn *c)
 {
     char e2[200];
+    if (c->rec) return conn_open_records(c);
     for (;;) {
         size_t plen = 0, got;
         int err = 0;

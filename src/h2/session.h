@@ -266,3 +266,6 @@ const char *h2_proto_err_to_str(enum h2_proto_err e);
 uint64_t h2_proto_errors(enum h2_proto_err e);
 /* Process-wide count of streams reset by the peer before their response. Thread-safe. */
 uint64_t h2_early_resets(void);
+/* Process-wide count of TLS connections whose handshake completed, by who seals and opens their application
+ * records: zmesh's record layer (own, src/tls/record.h) or OpenSSL's SSL_read/SSL_write. Thread-safe. */
+uint64_t h2_tls_conns(bool own);

@@ -11,6 +11,7 @@
 
 #include "core/err.h"
 #include "tls/pem.h"
+#include "tls/record.h"
 #include "tls/tls.h"
 
 static const unsigned char alpn_h2[] = {2, 'h', '2'};
@@ -22,7 +23,8 @@ static int ctx_base(SSL_CTX *ctx)
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
-    return 0;
+    /* TLS 1.3 connections: application records through src/tls/record.c after the handshake. */
+    return tls_rec_enable(ctx);
 }
 
 /* Roots of a PEM file and a limit for it, as zmeshd's CA files (tls_read_text). */

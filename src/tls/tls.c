@@ -14,6 +14,8 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "tls/record.h"
+
 #define TLS_CIPHERSUITES "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
 #define TLS_GROUPS "X25519:P-256"
 static const unsigned char alpn_h2_wire[] = {2, 'h', '2'};
@@ -186,6 +188,9 @@ static int ctx_common(SSL_CTX *ctx, const struct tls_cert *c)
      * busy one the cost is a malloc/free per batch of records, small next to the AES work. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_NO_AUTO_CHAIN | SSL_MODE_RELEASE_BUFFERS);
+    /* After the handshake, application records are sealed and opened by src/tls/record.c (the h2 session
+     * takes over with tls_rec_new): OpenSSL's record buffers are then released for good. */
+    if (tls_rec_enable(ctx) < 0) return -1;
 
     if (!c || !c->leaf || !c->key || !c->root) {
         ERR_raise_data(ERR_LIB_SSL, ERR_R_PASSED_NULL_PARAMETER, "incomplete tls_cert");

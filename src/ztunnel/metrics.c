@@ -314,6 +314,14 @@ static void m_render_hbone(struct prom_buf *b, bool om)
     prom_header(b, om, "zmesh_hbone_early_resets", PROM_COUNTER,
                 "HBONE streams the peer reset before their response");
     prom_printf(b, "zmesh_hbone_early_resets_total %llu\n", (unsigned long long)hbone_early_resets());
+    prom_header(
+        b, om, "zmesh_tls_connections", PROM_COUNTER,
+        "TLS connections established (HBONE and control plane), by who seals their application records: "
+        "zmesh's own record layer or OpenSSL's");
+    prom_printf(b, "zmesh_tls_connections_total{records=\"zmesh\"} %llu\n",
+                (unsigned long long)hbone_tls_conns(true));
+    prom_printf(b, "zmesh_tls_connections_total{records=\"openssl\"} %llu\n",
+                (unsigned long long)hbone_tls_conns(false));
     prom_header(b, om, "zmesh_hbone_buffered_bytes", PROM_GAUGE,
                 "Bytes received over HBONE that wait for a local socket to take them");
     prom_printf(b, "zmesh_hbone_buffered_bytes %llu\n", (unsigned long long)hbone_buffered_bytes());

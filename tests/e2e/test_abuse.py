@@ -290,3 +290,74 @@ def test_memory_pinned_by_non_reading_app_is_bounded(mesh):
         for x in clients:
             x[0].close()
         sink.close()
+
+
+def _pump_handshake(tls, inc, out, sock):
+    import ssl
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            data = out.read()
+            if data:
+                sock.sendall(data)
+            chunk = sock.recv(65536)
+            assert chunk, "server closed during the handshake"
+            inc.write(chunk)
+    data = out.read()
+    if data:
+        sock.sendall(data)
+
+
+def test_bad_tls_record_gets_bad_record_mac_alert(mesh):
+    """A record whose AEAD tag is wrong, after the handshake and a good record: ztunnel (which opens records
+    itself, src/tls/record.c) answers with a bad_record_mac alert and closes; a new connection works."""
+    import ssl
+    import time
+    from hbone_peer import client_context
+    m, _ = mesh
+    a, b = m.pod("n1p1"), m.pod("n2p1")
+    cert, key = m.topo.mint(a.spiffe, "badrecord")
+    ca = os.path.join(m.topo.ca(), "root-cert.pem")
+    sock = connect(a.netns, b.ip, 15008, mark=0x539)
+    sock.settimeout(10)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = client_context(cert, key, ca).wrap_bio(inc, out, server_side=False)
+    try:
+        _pump_handshake(tls, inc, out, sock)
+        settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        tls.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings)
+        good = out.read()
+        tls.write(settings)
+        bad = bytearray(out.read())
+        bad[-1] ^= 1  # the last byte of the tag
+        sock.sendall(good + bytes(bad))
+        err, deadline = None, time.monotonic() + 10
+        while err is None and time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if chunk:
+                inc.write(chunk)
+            else:
+                inc.write_eof()
+            try:
+                while True:
+                    tls.read(65536)  # the server's SETTINGS and ACK come first
+            except ssl.SSLWantReadError:
+                assert chunk, "connection closed without an alert"
+            except ssl.SSLError as e:
+                err = e
+        assert err is not None and "BAD_RECORD_MAC" in (err.reason or "").upper(), err
+    finally:
+        sock.close()
+    c, _, _ = _client(m, "afterbad")
+    try:
+        sid = c.connect("%s:%d" % (b.ip, ECHO_PORT))
+        assert c.response(sid)[0] == 200
+        c.send(sid, b"still fine")
+        assert c.recv(sid, 10) == b"still fine"
+    finally:
+        c.close()
