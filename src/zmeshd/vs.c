@@ -15,6 +15,7 @@
 #include "zmesh/l7.pb-c.h"
 #include "zmeshd/l7.h"
 #include "zmeshd/l7_conv.h"
+#include "zmeshd/waypoint.h"
 
 #define NETWORKING_GROUP "networking.istio.io"
 /* Most entries of one VirtualService list we convert (hosts, http routes, matches, destinations); the model
@@ -1758,42 +1759,8 @@ size_t vs_conflict_message(const struct manifest_l7_doc *docs, size_t n, const c
 
 int vs_conflict_status_apply(json_t *obj, const char *message, const char *now)
 {
-    json_t *st = json_object_get(obj, "status");
-    if (st && !json_is_object(st)) return -EINVAL;
-    json_t *conds = st ? json_object_get(st, "conditions") : NULL;
-    if (conds && !json_is_array(conds)) return -EINVAL;
-    size_t at = SIZE_MAX;
-    for (size_t i = 0; i < json_array_size(conds) && at == SIZE_MAX; i++) {
-        const char *t = json_string_value(json_object_get(json_array_get(conds, i), "type"));
-        if (t && !strcmp(t, VS_COND_ROUTE_CONFLICT)) at = i;
-    }
-    if (!message || !*message) {
-        if (at == SIZE_MAX) return 0;
-        json_array_remove(conds, at);
-        if (!json_array_size(conds)) json_object_del(st, "conditions");
-        if (!json_object_size(st)) json_object_del(obj, "status");
-        return 1;
-    }
-    const json_t *cur = at == SIZE_MAX ? NULL : json_array_get(conds, at);
-    const char *cm = json_string_value(json_object_get(cur, "message"));
-    if (cm && !strcmp(cm, message)) return 0;
-    const char *since = json_string_value(json_object_get(cur, "lastTransitionTime"));
-    json_t *nc = json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", VS_COND_ROUTE_CONFLICT, "status", "True",
-                           "lastTransitionTime", since ? since : now, "reason", "GatewayAPIRouteApplies",
-                           "message", message);
-    if (!nc) return -ENOMEM;
-    if (!st) {
-        if (!(st = json_object()) || json_object_set_new(obj, "status", st)) {
-            json_decref(nc);
-            return -ENOMEM;
-        }
-    }
-    if (!conds) {
-        if (!(conds = json_array()) || json_object_set_new(st, "conditions", conds)) {
-            json_decref(nc);
-            return -ENOMEM;
-        }
-    }
-    if (at == SIZE_MAX) return json_array_append_new(conds, nc) ? -ENOMEM : 1;
-    return json_array_set_new(conds, at, nc) ? -ENOMEM : 1;
+    if (!message || !*message) return k8s_condition_apply(obj, VS_COND_ROUTE_CONFLICT, NULL, now);
+    const struct k8s_status_condition c = {
+        .type = VS_COND_ROUTE_CONFLICT, .status = true, .reason = "GatewayAPIRouteApplies", .message = message};
+    return k8s_condition_apply(obj, VS_COND_ROUTE_CONFLICT, &c, now);
 }

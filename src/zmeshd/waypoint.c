@@ -580,7 +580,11 @@ static bool cond_is(const json_t *c, const char *type)
 int k8s_waypoint_bound_apply(json_t *obj, const struct k8s_status_condition *c, const char *now)
 {
     if (c && !c->type) c = NULL;
-    const char *type = c ? c->type : K8S_COND_WAYPOINT_BOUND;
+    return k8s_condition_apply(obj, c ? c->type : K8S_COND_WAYPOINT_BOUND, c, now);
+}
+
+int k8s_condition_apply(json_t *obj, const char *type, const struct k8s_status_condition *c, const char *now)
+{
     json_t *st = json_object_get(obj, "status");
     if (st && !json_is_object(st)) return -EINVAL;
     json_t *conds = st ? json_object_get(st, "conditions") : NULL;

@@ -137,6 +137,9 @@ const struct k8s_binding *k8s_waypoints_service_binding(const struct k8s_waypoin
  * a new or flipped one. Returns 1 when obj changed, 0 when not, -EINVAL when obj's status or conditions are
  * not an object / an array, -ENOMEM. */
 int k8s_waypoint_bound_apply(json_t *obj, const struct k8s_status_condition *c, const char *now);
+/* The same for any condition type: c (its type ignored) as obj's type condition, or every type condition
+ * removed when c is NULL. */
+int k8s_condition_apply(json_t *obj, const char *type, const struct k8s_status_condition *c, const char *now);
 
 /* /debug/waypointz (docs/zmeshd.md): {"waypoints": [...], "bindings": [...]}, a new reference or NULL on
  * ENOMEM. */
