@@ -19,15 +19,6 @@
 
 #define DR_GROUP "networking.istio.io"
 
-static void fld(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void fld(char *buf, size_t n, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, n, fmt, ap);
-    va_end(ap);
-}
-
 /* A field the waypoint knows but does not apply: WARN (dropped), or a key nobody knows: WARN (unknown). */
 struct key_rule {
     const char *key;
@@ -44,7 +35,7 @@ static void check_keys(struct conv *c, const json_t *obj, const char *path, cons
         while (r->key && strcmp(r->key, k))
             r++;
         char f[256];
-        fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", k);
+        l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", k);
         if (!r->key)
             l7c_finding(c, MANIFEST_WARN, f, "unknown field, ignored");
         else if (r->unsupported)
@@ -59,7 +50,7 @@ static json_t *get_t(struct conv *c, const json_t *obj, const char *key, const c
     if (!v || json_is_null(v)) return NULL;
     if (json_typeof(v) != t && !(t == JSON_TRUE && json_is_boolean(v))) {
         char f[256];
-        fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
+        l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
         l7c_finding(c, MANIFEST_ERROR, f, "expected %s", what);
         return NULL;
     }
@@ -79,7 +70,7 @@ static int get_uint(struct conv *c, const json_t *o, const char *key, const char
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return 0;
     char f[256];
-    fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
+    l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
     if (!json_is_integer(v) || json_integer_value(v) < 0 || (uint64_t)json_integer_value(v) > max) {
         l7c_finding(c, MANIFEST_ERROR, f, "expected an integer 0-%llu", (unsigned long long)max);
         return -1;
@@ -95,7 +86,7 @@ static int get_dur(struct conv *c, const json_t *o, const char *key, const char 
     json_t *v = json_object_get(o, key);
     if (!v || json_is_null(v)) return 0;
     char f[256];
-    fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
+    l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
     if (!json_is_string(v) || l7_istio_duration_ms(json_string_value(v), ms) < 0) {
         l7c_finding(c, MANIFEST_ERROR, f, "expected a duration such as \"10s\" or \"100ms\"");
         return -1;
@@ -145,7 +136,7 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct conv *c, const json_t *o, const c
         size_t i = 0;
         while (i < sizeof(m) / sizeof(m[0]) && strcmp(m[i].name, simple))
             i++;
-        fld(f, sizeof(f), "%s.simple", path);
+        l7c_fld(f, sizeof(f), "%s.simple", path);
         if (i == sizeof(m) / sizeof(m[0])) {
             l7c_finding(c, MANIFEST_ERROR, f,
                         "unknown value \"%.40s\" (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)", simple);
@@ -157,7 +148,7 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct conv *c, const json_t *o, const c
     if (c->failed) return NULL;
     if (ch) {
         char cp[256];
-        fld(cp, sizeof(cp), "%s.consistentHash", path);
+        l7c_fld(cp, sizeof(cp), "%s.consistentHash", path);
         if (simple) {
             l7c_finding(c, MANIFEST_ERROR, cp, "simple and consistentHash are exclusive");
             return NULL;
@@ -180,7 +171,7 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct conv *c, const json_t *o, const c
         json_t *ck2 = get_t(c, ch, "httpCookie", cp, JSON_OBJECT, "a mapping");
         if (ck2) {
             char kp[300];
-            fld(kp, sizeof(kp), "%s.httpCookie", cp);
+            l7c_fld(kp, sizeof(kp), "%s.httpCookie", cp);
             static const struct key_rule kk[] = {{"name", NULL},
                                                  {"path", NULL},
                                                  {"ttl", NULL},
@@ -239,14 +230,14 @@ static Zmesh__V1__LoadBalancer *lb_conv(struct conv *c, const json_t *o, const c
         }
         if (rh) {
             char rp[300];
-            fld(rp, sizeof(rp), "%s.ringHash", cp);
+            l7c_fld(rp, sizeof(rp), "%s.ringHash", cp);
             static const struct key_rule rk[] = {{"minimumRingSize", NULL}, {NULL, NULL}};
             check_keys(c, rh, rp, rk);
             if (get_uint(c, rh, "minimumRingSize", rp, DR_RING_MAX, &v) > 0) h->minimum_ring_size = v;
         }
         if (mg) {
             char mp[300];
-            fld(mp, sizeof(mp), "%s.maglev", cp);
+            l7c_fld(mp, sizeof(mp), "%s.maglev", cp);
             static const struct key_rule mk[] = {{"tableSize", NULL}, {NULL, NULL}};
             check_keys(c, mg, mp, mk);
             h->algorithm = ZMESH__V1__CONSISTENT_HASH__ALGORITHM__MAGLEV;
@@ -273,7 +264,7 @@ static Zmesh__V1__ConnectionPool *pool_conv(struct conv *c, const json_t *o, con
     uint64_t v;
     json_t *tcp = get_t(c, o, "tcp", path, JSON_OBJECT, "a mapping");
     if (tcp) {
-        fld(f, sizeof(f), "%s.tcp", path);
+        l7c_fld(f, sizeof(f), "%s.tcp", path);
         static const struct key_rule tk[] = {
             {"maxConnections", NULL},
             {"connectTimeout", NULL},
@@ -287,7 +278,7 @@ static Zmesh__V1__ConnectionPool *pool_conv(struct conv *c, const json_t *o, con
     }
     json_t *http = get_t(c, o, "http", path, JSON_OBJECT, "a mapping");
     if (http) {
-        fld(f, sizeof(f), "%s.http", path);
+        l7c_fld(f, sizeof(f), "%s.http", path);
         static const struct key_rule hk[] = {
             {"http1MaxPendingRequests", NULL},
             {"http2MaxRequests", NULL},
@@ -366,15 +357,15 @@ static int parts_conv(struct conv *c, const json_t *o, const char *path, Zmesh__
     char f[256];
     json_t *v;
     if ((v = json_object_get(o, "loadBalancer")) && !json_is_null(v)) {
-        fld(f, sizeof(f), "%s.loadBalancer", path);
+        l7c_fld(f, sizeof(f), "%s.loadBalancer", path);
         if (!(*lb = lb_conv(c, v, f))) return -1;
     }
     if ((v = json_object_get(o, "connectionPool")) && !json_is_null(v)) {
-        fld(f, sizeof(f), "%s.connectionPool", path);
+        l7c_fld(f, sizeof(f), "%s.connectionPool", path);
         if (!(*pool = pool_conv(c, v, f))) return -1;
     }
     if ((v = json_object_get(o, "outlierDetection")) && !json_is_null(v)) {
-        fld(f, sizeof(f), "%s.outlierDetection", path);
+        l7c_fld(f, sizeof(f), "%s.outlierDetection", path);
         if (!(*od = outlier_conv(c, v, f))) return -1;
     }
     return 0;
@@ -400,7 +391,7 @@ static Zmesh__V1__TrafficPolicy *policy_conv(struct conv *c, const json_t *o, co
         for (size_t i = 0; i < json_array_size(pl); i++) {
             json_t *e = json_array_get(pl, i);
             char f[256];
-            fld(f, sizeof(f), "%s.portLevelSettings[%zu]", path, i);
+            l7c_fld(f, sizeof(f), "%s.portLevelSettings[%zu]", path, i);
             if (!json_is_object(e)) {
                 l7c_finding(c, MANIFEST_ERROR, f, "expected a mapping");
                 return NULL;
@@ -419,7 +410,7 @@ static Zmesh__V1__TrafficPolicy *policy_conv(struct conv *c, const json_t *o, co
             json_t *port = get_t(c, e, "port", f, JSON_OBJECT, "a mapping");
             uint64_t num = 0;
             char pf[300];
-            fld(pf, sizeof(pf), "%s.port", f);
+            l7c_fld(pf, sizeof(pf), "%s.port", f);
             if (!port || get_uint(c, port, "number", pf, 65535, &num) <= 0 || !num) {
                 if (!c->failed) l7c_finding(c, MANIFEST_ERROR, pf, "port.number 1-65535 is required");
                 return NULL;
@@ -456,7 +447,7 @@ static Zmesh__V1__Subset *subset_conv(struct conv *c, const json_t *o, const cha
     const char *name = get_str(c, o, "name", path);
     if (!name || !*name) {
         char f[256];
-        fld(f, sizeof(f), "%s.name", path);
+        l7c_fld(f, sizeof(f), "%s.name", path);
         if (!c->failed) l7c_finding(c, MANIFEST_ERROR, f, "required");
         return NULL;
     }
@@ -474,7 +465,7 @@ static Zmesh__V1__Subset *subset_conv(struct conv *c, const json_t *o, const cha
         {
             if (!json_is_string(v)) {
                 char f[256];
-                fld(f, sizeof(f), "%s.labels.%s", path, k);
+                l7c_fld(f, sizeof(f), "%s.labels.%s", path, k);
                 l7c_finding(c, MANIFEST_ERROR, f, "expected a string");
                 return NULL;
             }
@@ -499,7 +490,7 @@ static Zmesh__V1__Subset *subset_conv(struct conv *c, const json_t *o, const cha
         if (!k8s_selector_matches(sel, nl, p->meta.labels, p->meta.n_labels)) continue;
         if (s->n_endpoints == DR_MAX_ENDPOINTS) {
             char f[256];
-            fld(f, sizeof(f), "%s.labels", path);
+            l7c_fld(f, sizeof(f), "%s.labels", path);
             l7c_finding(c, MANIFEST_WARN, f, "selects more than %u pods: the subset keeps the first %u",
                         DR_MAX_ENDPOINTS, DR_MAX_ENDPOINTS);
             break;
@@ -513,7 +504,7 @@ static Zmesh__V1__Subset *subset_conv(struct conv *c, const json_t *o, const cha
     json_t *tp = json_object_get(o, "trafficPolicy");
     if (tp && !json_is_null(tp)) {
         char f[256];
-        fld(f, sizeof(f), "%s.trafficPolicy", path);
+        l7c_fld(f, sizeof(f), "%s.trafficPolicy", path);
         if (!(s->traffic_policy = policy_conv(c, tp, f))) return NULL;
     }
     return c->failed || c->oom ? NULL : s;
@@ -637,7 +628,7 @@ int dr_convert(const json_t *obj, const struct manifest_src *src, const struct m
         if (!m.subsets) goto out;
         for (size_t i = 0; i < json_array_size(subs); i++) {
             char f[64];
-            fld(f, sizeof(f), "spec.subsets[%zu]", i);
+            l7c_fld(f, sizeof(f), "spec.subsets[%zu]", i);
             if (!(m.subsets[i] = subset_conv(&c, json_array_get(subs, i), f, svc_ns, st))) goto out;
             m.n_subsets++;
         }

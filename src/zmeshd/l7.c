@@ -20,7 +20,6 @@
 
 #define GATEWAY_GROUP "gateway.networking.k8s.io"
 
-
 static bool bad(const struct conv *c)
 {
     return c->failed || c->oom;
@@ -45,9 +44,7 @@ static void finding(struct conv *c, enum manifest_level lvl, const char *field, 
     va_end(ap);
 }
 
-/* A field path; cut when longer than buf (messages only). */
-static void fld(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void fld(char *buf, size_t n, const char *fmt, ...)
+void l7c_fld(char *buf, size_t n, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -81,7 +78,7 @@ static void unknown_keys(struct conv *c, const json_t *obj, const char *path, co
             if (strcmp(k, allowed[i]) == 0) ok = true;
         if (!ok) {
             char f[256];
-            fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", k);
+            l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", k);
             finding(c, MANIFEST_WARN, f, "unknown field, ignored");
         }
     }
@@ -96,7 +93,7 @@ static int get_typed(struct conv *c, const json_t *obj, const char *key, const c
     if (!v || json_is_null(v)) return 0;
     if (json_typeof(v) != t) {
         char f[256];
-        fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
+        l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
         finding(c, MANIFEST_ERROR, f, "expected %s", what);
         return -1;
     }
@@ -129,7 +126,7 @@ static int get_int(struct conv *c, const json_t *obj, const char *key, const cha
     json_t *v = json_object_get(obj, key);
     if (!v || json_is_null(v)) return 0;
     char f[256];
-    fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
+    l7c_fld(f, sizeof(f), "%s%s%s", path, *path ? "." : "", key);
     if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi) {
         finding(c, MANIFEST_ERROR, f, "expected an integer %lld-%lld", lo, hi);
         return -1;
@@ -153,7 +150,7 @@ static int get_strs(struct conv *c, const json_t *obj, const char *key, const ch
         json_t *s = json_array_get(l, i);
         if (!json_is_string(s)) {
             char f[256];
-            fld(f, sizeof(f), "%s%s%s[%zu]", path, *path ? "." : "", key, i);
+            l7c_fld(f, sizeof(f), "%s%s%s[%zu]", path, *path ? "." : "", key, i);
             finding(c, MANIFEST_ERROR, f, "expected a string");
             return -1;
         }
@@ -301,7 +298,7 @@ static Zmesh__V1__HeaderModifier *header_mod(struct conv *c, const json_t *o, co
         for (size_t i = 0; i < n; i++) {
             json_t *e = json_array_get(lst, i);
             char f[256];
-            fld(f, sizeof(f), "%s.%s[%zu]", path, l ? "add" : "set", i);
+            l7c_fld(f, sizeof(f), "%s.%s[%zu]", path, l ? "add" : "set", i);
             const char *name = NULL, *value = "";
             if (!json_is_object(e) || get_str(c, e, "name", f, &name) <= 0 ||
                 get_str(c, e, "value", f, &value) < 0) {
@@ -341,7 +338,7 @@ static Zmesh__V1__PathModifier *path_mod(struct conv *c, const json_t *o, const 
     unknown_keys(c, o, path, keys);
     const char *type = NULL, *v = NULL;
     char f[256];
-    fld(f, sizeof(f), "%s.type", path);
+    l7c_fld(f, sizeof(f), "%s.type", path);
     if (get_str(c, o, "type", path, &type) <= 0) {
         if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing");
         return NULL;
@@ -349,14 +346,14 @@ static Zmesh__V1__PathModifier *path_mod(struct conv *c, const json_t *o, const 
     if (strcmp(type, "ReplaceFullPath") == 0) {
         pm->type = ZMESH__V1__PATH_MODIFIER__TYPE__FULL;
         if (get_str(c, o, "replaceFullPath", path, &v) <= 0) {
-            fld(f, sizeof(f), "%s.replaceFullPath", path);
+            l7c_fld(f, sizeof(f), "%s.replaceFullPath", path);
             if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing for type ReplaceFullPath");
             return NULL;
         }
     } else if (strcmp(type, "ReplacePrefixMatch") == 0) {
         pm->type = ZMESH__V1__PATH_MODIFIER__TYPE__PREFIX_MATCH;
         if (get_str(c, o, "replacePrefixMatch", path, &v) <= 0) {
-            fld(f, sizeof(f), "%s.replacePrefixMatch", path);
+            l7c_fld(f, sizeof(f), "%s.replacePrefixMatch", path);
             if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing for type ReplacePrefixMatch");
             return NULL;
         }
@@ -381,13 +378,13 @@ static Zmesh__V1__BackendRef *backend_ref(struct conv *c, const json_t *o, const
         get_str(c, o, "namespace", path, &ns) < 0)
         return NULL;
     if (*group || strcmp(kind, "Service") != 0) {
-        fld(f, sizeof(f), "%s.kind", path);
+        l7c_fld(f, sizeof(f), "%s.kind", path);
         finding(c, MANIFEST_ERROR, f, "unsupported backend kind %s%s%s (only Service is supported)", group,
                 *group ? "/" : "", kind);
         return NULL;
     }
     if (get_str(c, o, "name", path, &name) <= 0 || !*name) {
-        fld(f, sizeof(f), "%s.name", path);
+        l7c_fld(f, sizeof(f), "%s.name", path);
         if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing");
         return NULL;
     }
@@ -395,7 +392,7 @@ static Zmesh__V1__BackendRef *backend_ref(struct conv *c, const json_t *o, const
     int rc = get_int(c, o, "port", path, 1, 65535, &port);
     if (rc < 0) return NULL;
     if (rc == 0) {
-        fld(f, sizeof(f), "%s.port", path);
+        l7c_fld(f, sizeof(f), "%s.port", path);
         finding(c, MANIFEST_ERROR, f, "missing: a Service backend needs a port");
         return NULL;
     }
@@ -427,7 +424,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
         return NULL;
     }
     unknown_keys(c, o, path, keys);
-    fld(f, sizeof(f), "%s.type", path);
+    l7c_fld(f, sizeof(f), "%s.type", path);
     if (get_str(c, o, "type", path, &type) <= 0) {
         if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing");
         return NULL;
@@ -453,7 +450,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
                       : strcmp(type, "URLRewrite") == 0             ? "urlRewrite"
                                                                     : "requestMirror";
     char bp[256];
-    fld(bp, sizeof(bp), "%s.%s", path, key);
+    l7c_fld(bp, sizeof(bp), "%s.%s", path, key);
     if (get_obj(c, o, key, path, &body) <= 0) {
         if (!c->failed) finding(c, MANIFEST_ERROR, bp, "missing for type %s", type);
         return NULL;
@@ -482,7 +479,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
             get_int(c, body, "statusCode", bp, 100, 599, &status) < 0)
             return NULL;
         if (status != 301 && status != 302 && status != 303 && status != 307 && status != 308) {
-            fld(f, sizeof(f), "%s.statusCode", bp);
+            l7c_fld(f, sizeof(f), "%s.statusCode", bp);
             finding(c, MANIFEST_ERROR, f, "expected 301, 302, 303, 307 or 308, got %lld", status);
             return NULL;
         }
@@ -493,7 +490,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
         int rc = get_obj(c, body, "path", bp, &p);
         if (rc < 0) return NULL;
         if (rc > 0) {
-            fld(f, sizeof(f), "%s.path", bp);
+            l7c_fld(f, sizeof(f), "%s.path", bp);
             if (!(rd->path = path_mod(c, p, f))) return NULL;
         }
         rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_REQUEST_REDIRECT;
@@ -513,7 +510,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
         int rc = get_obj(c, body, "path", bp, &p);
         if (rc < 0) return NULL;
         if (rc > 0) {
-            fld(f, sizeof(f), "%s.path", bp);
+            l7c_fld(f, sizeof(f), "%s.path", bp);
             if (!(rw->path = path_mod(c, p, f))) return NULL;
         }
         rf->kind_case = ZMESH__V1__ROUTE_FILTER__KIND_URL_REWRITE;
@@ -526,7 +523,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
     if (!m) return NULL;
     zmesh__v1__request_mirror__init(m);
     json_t *br, *fr;
-    fld(f, sizeof(f), "%s.backendRef", bp);
+    l7c_fld(f, sizeof(f), "%s.backendRef", bp);
     if (get_obj(c, body, "backendRef", bp, &br) <= 0) {
         if (!c->failed) finding(c, MANIFEST_ERROR, f, "missing");
         return NULL;
@@ -545,7 +542,7 @@ static Zmesh__V1__RouteFilter *filter_conv(struct conv *c, const json_t *o, cons
         m->denominator = 100;
     } else if (rfr > 0) {
         long long num = 0, den = 100;
-        fld(f, sizeof(f), "%s.fraction", bp);
+        l7c_fld(f, sizeof(f), "%s.fraction", bp);
         if (get_int(c, fr, "numerator", f, 0, 0x7fffffff, &num) <= 0 ||
             get_int(c, fr, "denominator", f, 1, 0x7fffffff, &den) < 0) {
             if (!c->failed) finding(c, MANIFEST_ERROR, f, "numerator missing");
@@ -592,7 +589,7 @@ static int named_list(struct conv *c, const json_t *o, const char *key, const ch
     for (size_t i = 0; i < json_array_size(l); i++) {
         json_t *e = json_array_get(l, i);
         char f[256], tf[280];
-        fld(f, sizeof(f), "%s.%s[%zu]", path, key, i);
+        l7c_fld(f, sizeof(f), "%s.%s[%zu]", path, key, i);
         static const char *const keys[] = {"type", "name", "value", NULL};
         const char *type = "Exact", *name = NULL, *value = NULL;
         if (!json_is_object(e)) {
@@ -608,11 +605,11 @@ static int named_list(struct conv *c, const json_t *o, const char *key, const ch
         v[i] = alloc(c, sizeof(**v));
         if (!v[i]) return -1;
         zmesh__v1__named_match__init(v[i]);
-        fld(tf, sizeof(tf), "%s.type", f);
+        l7c_fld(tf, sizeof(tf), "%s.type", f);
         if (match_type(c, type, tf, false, &v[i]->type) < 0) return -1;
         if (v[i]->type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
             char err[300];
-            fld(tf, sizeof(tf), "%s.value", f);
+            l7c_fld(tf, sizeof(tf), "%s.value", f);
             if (l7_regex_check(value, err, sizeof(err)) < 0) {
                 finding(c, MANIFEST_ERROR, tf, "%s", err);
                 return -1;
@@ -650,13 +647,13 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
         if (rc > 0) {
             static const char *const mk[] = {"type", "service", "method", NULL};
             const char *type = "Exact", *svc = "", *meth = "";
-            fld(f, sizeof(f), "%s.method", path);
+            l7c_fld(f, sizeof(f), "%s.method", path);
             unknown_keys(c, gm, f, mk);
             if (get_str(c, gm, "type", f, &type) < 0 || get_str(c, gm, "service", f, &svc) < 0 ||
                 get_str(c, gm, "method", f, &meth) < 0)
                 return NULL;
             char tf[280];
-            fld(tf, sizeof(tf), "%s.type", f);
+            l7c_fld(tf, sizeof(tf), "%s.type", f);
             if (match_type(c, type, tf, false, &m->grpc_type) < 0) return NULL;
             if (!*svc && !*meth) {
                 finding(c, MANIFEST_ERROR, f, "one or both of service and method must be set");
@@ -676,7 +673,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     json_t *p;
     int rc = get_obj(c, o, "path", path, &p);
     if (rc < 0) return NULL;
-    fld(f, sizeof(f), "%s.path", path);
+    l7c_fld(f, sizeof(f), "%s.path", path);
     if (rc > 0) {
         static const char *const pk[] = {"type", "value", NULL};
         unknown_keys(c, p, f, pk);
@@ -686,11 +683,11 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     if (!m->path) return NULL;
     zmesh__v1__string_match__init(m->path);
     char tf[280];
-    fld(tf, sizeof(tf), "%s.type", f);
+    l7c_fld(tf, sizeof(tf), "%s.type", f);
     if (match_type(c, type, tf, true, &m->path->type) < 0) return NULL;
     if (m->path->type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
         char err[300];
-        fld(tf, sizeof(tf), "%s.value", f);
+        l7c_fld(tf, sizeof(tf), "%s.value", f);
         if (l7_regex_check(value, err, sizeof(err)) < 0) {
             finding(c, MANIFEST_ERROR, tf, "%s", err);
             return NULL;
@@ -716,7 +713,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     static const char *const dropped[] = {"retry", "sessionPersistence", NULL};
     for (size_t i = 0; dropped[i]; i++)
         if (json_object_get(o, dropped[i])) {
-            fld(f, sizeof(f), "%s.%s", path, dropped[i]);
+            l7c_fld(f, sizeof(f), "%s.%s", path, dropped[i]);
             finding(c, MANIFEST_WARN, f, "not supported by zmesh's waypoint yet, ignored");
         }
     const char *name = "";
@@ -730,7 +727,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         /* No matches: Gateway API's one default match, PathPrefix "/". */
         json_t *def = json_object();
         r->matches = alloc(c, sizeof(*r->matches));
-        fld(f, sizeof(f), "%s.matches[0]", path);
+        l7c_fld(f, sizeof(f), "%s.matches[0]", path);
         if (!def || !r->matches || !(r->matches[0] = match_conv(c, def, f, grpc))) {
             json_decref(def);
             return NULL;
@@ -747,7 +744,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         r->matches = alloc(c, nm * sizeof(*r->matches));
         if (!r->matches) return NULL;
         for (size_t i = 0; i < nm; i++) {
-            fld(f, sizeof(f), "%s.matches[%zu]", path, i);
+            l7c_fld(f, sizeof(f), "%s.matches[%zu]", path, i);
             if (!(r->matches[i] = match_conv(c, json_array_get(l, i), f, grpc))) return NULL;
         }
         r->n_matches = nm;
@@ -757,7 +754,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         r->filters = alloc(c, json_array_size(l) * sizeof(*r->filters));
         if (!r->filters) return NULL;
         for (size_t i = 0; i < json_array_size(l); i++) {
-            fld(f, sizeof(f), "%s.filters[%zu]", path, i);
+            l7c_fld(f, sizeof(f), "%s.filters[%zu]", path, i);
             if (!(r->filters[i] = filter_conv(c, json_array_get(l, i), f, grpc, false))) return NULL;
         }
         r->n_filters = json_array_size(l);
@@ -768,7 +765,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         if (!r->backends) return NULL;
         for (size_t i = 0; i < json_array_size(l); i++) {
             json_t *e = json_array_get(l, i);
-            fld(f, sizeof(f), "%s.backendRefs[%zu]", path, i);
+            l7c_fld(f, sizeof(f), "%s.backendRefs[%zu]", path, i);
             if (!json_is_object(e)) {
                 finding(c, MANIFEST_ERROR, f, "expected a mapping");
                 return NULL;
@@ -788,7 +785,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
                 if (!b->filters) return NULL;
                 for (size_t j = 0; j < json_array_size(bl); j++) {
                     char bf[300];
-                    fld(bf, sizeof(bf), "%s.filters[%zu]", f, j);
+                    l7c_fld(bf, sizeof(bf), "%s.filters[%zu]", f, j);
                     if (!(b->filters[j] = filter_conv(c, json_array_get(bl, j), bf, grpc, true))) return NULL;
                 }
                 b->n_filters = json_array_size(bl);
@@ -801,7 +798,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     if ((rc = get_obj(c, o, "timeouts", path, &t)) < 0) return NULL;
     if (rc > 0) {
         static const char *const tk[] = {"request", "backendRequest", NULL};
-        fld(f, sizeof(f), "%s.timeouts", path);
+        l7c_fld(f, sizeof(f), "%s.timeouts", path);
         if (grpc) {
             finding(c, MANIFEST_ERROR, f, "a GRPCRoute rule has no timeouts");
             return NULL;
@@ -813,7 +810,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         for (int i = 0; i < 2; i++) {
             const char *d = NULL, *k = i ? "backendRequest" : "request";
             char tf[280];
-            fld(tf, sizeof(tf), "%s.%s", f, k);
+            l7c_fld(tf, sizeof(tf), "%s.%s", f, k);
             if (get_str(c, t, k, f, &d) < 0) return NULL;
             uint64_t ms = 0;
             if (d && l7_gateway_duration_ms(d, &ms) < 0) {
@@ -909,7 +906,7 @@ int l7_convert_route(const json_t *obj, const struct manifest_src *src, uint8_t 
         for (size_t i = 0; i < json_array_size(l); i++) {
             json_t *p = json_array_get(l, i);
             char f[64];
-            fld(f, sizeof(f), "spec.parentRefs[%zu]", i);
+            l7c_fld(f, sizeof(f), "spec.parentRefs[%zu]", i);
             static const char *const pk[] = {"group",       "kind", "namespace", "name",
                                              "sectionName", "port", NULL};
             if (!json_is_object(p)) {
@@ -926,7 +923,7 @@ int l7_convert_route(const json_t *obj, const struct manifest_src *src, uint8_t 
                 goto out;
             if (get_str(&c, p, "name", f, &pname) <= 0 || !*pname) {
                 char nf[80];
-                fld(nf, sizeof(nf), "%s.name", f);
+                l7c_fld(nf, sizeof(nf), "%s.name", f);
                 if (!c.failed) finding(&c, MANIFEST_ERROR, nf, "missing");
                 goto out;
             }
@@ -971,7 +968,7 @@ int l7_convert_route(const json_t *obj, const struct manifest_src *src, uint8_t 
         if (!m.rules) goto nomem;
         for (size_t i = 0; i < json_array_size(l); i++) {
             char f[64];
-            fld(f, sizeof(f), "spec.rules[%zu]", i);
+            l7c_fld(f, sizeof(f), "spec.rules[%zu]", i);
             if (!(m.rules[i] = rule_conv(&c, json_array_get(l, i), f, grpc))) goto out;
             m.n_rules++;
         }
@@ -1106,7 +1103,7 @@ static Zmesh__V1__L7Rule *authz_rule(struct conv *c, const json_t *o, const char
         for (size_t i = 0; rk[i]; i++)
             ok |= strcmp(k, rk[i]) == 0;
         if (!ok) {
-            fld(f, sizeof(f), "%s.%s", path, k);
+            l7c_fld(f, sizeof(f), "%s.%s", path, k);
             finding(c, MANIFEST_WARN, f,
                     allow ? "unknown field: the ALLOW rule is left out" : "unknown field, ignored");
             if (allow) *drop = true;
@@ -1124,12 +1121,12 @@ static Zmesh__V1__L7Rule *authz_rule(struct conv *c, const json_t *o, const char
         for (size_t i = 0; i < n; i++) {
             json_t *e = json_array_get(l, i), *body;
             char ef[280];
-            fld(f, sizeof(f), "%s.%s[%zu]", path, key, i);
+            l7c_fld(f, sizeof(f), "%s.%s[%zu]", path, key, i);
             if (!json_is_object(e) || get_obj(c, e, inner, f, &body) <= 0) {
                 if (!c->failed) finding(c, MANIFEST_ERROR, f, "expected {%s: {...}}", inner);
                 return NULL;
             }
-            fld(ef, sizeof(ef), "%s.%s", f, inner);
+            l7c_fld(ef, sizeof(ef), "%s.%s", f, inner);
             void *msg;
             if (side) {
                 Zmesh__V1__Operation *op = alloc(c, sizeof(*op));
@@ -1146,7 +1143,7 @@ static Zmesh__V1__L7Rule *authz_rule(struct conv *c, const json_t *o, const char
             if (fill_fields(c, body, ef, side ? op_fields : src_fields, msg, &unknown) < 0) return NULL;
             if (unknown) {
                 char uf[300];
-                fld(uf, sizeof(uf), "%s.%s", ef, unknown);
+                l7c_fld(uf, sizeof(uf), "%s.%s", ef, unknown);
                 finding(c, MANIFEST_WARN, uf,
                         allow ? "not supported by zmesh: the ALLOW rule is left out (fail closed)"
                               : "not supported by zmesh, ignored (the rule matches more)");
@@ -1187,7 +1184,7 @@ static Zmesh__V1__L7Rule *authz_rule(struct conv *c, const json_t *o, const char
         for (size_t i = 0; i < n; i++) {
             json_t *e = json_array_get(l, i);
             static const char *const ck[] = {"key", "values", "notValues", NULL};
-            fld(f, sizeof(f), "%s.when[%zu]", path, i);
+            l7c_fld(f, sizeof(f), "%s.when[%zu]", path, i);
             const char *key = NULL;
             if (!json_is_object(e) || get_str(c, e, "key", f, &key) <= 0) {
                 if (!c->failed) finding(c, MANIFEST_ERROR, f, "expected {key, values | notValues}");
@@ -1196,7 +1193,7 @@ static Zmesh__V1__L7Rule *authz_rule(struct conv *c, const json_t *o, const char
             unknown_keys(c, e, f, ck);
             if (!when_key_known(key)) {
                 char kf[280];
-                fld(kf, sizeof(kf), "%s.key", f);
+                l7c_fld(kf, sizeof(kf), "%s.key", f);
                 finding(c, MANIFEST_WARN, kf, "unknown attribute \"%.60s\": the rule is left out", key);
                 *drop = true; /* as Istio: a rule with an unknown key is skipped (authz/model New) */
                 continue;
@@ -1320,9 +1317,9 @@ int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t 
         json_t *t = json_array_get(tl, i);
         char f[64];
         if (single)
-            fld(f, sizeof(f), "%s", tpath);
+            l7c_fld(f, sizeof(f), "%s", tpath);
         else
-            fld(f, sizeof(f), "%s[%zu]", tpath, i);
+            l7c_fld(f, sizeof(f), "%s[%zu]", tpath, i);
         static const char *const tk[] = {"group", "kind", "name", "namespace", NULL};
         const char *group = "", *tkind = "", *tname = NULL, *tns = ns;
         if (!json_is_object(t)) {
@@ -1335,13 +1332,13 @@ int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t 
             break;
         if (get_str(&c, t, "name", f, &tname) <= 0 || !*tname) {
             char nf[80];
-            fld(nf, sizeof(nf), "%s.name", f);
+            l7c_fld(nf, sizeof(nf), "%s.name", f);
             if (!c.failed) finding(&c, MANIFEST_ERROR, nf, "missing");
             break;
         }
         if (strcmp(tns, ns) != 0) {
             char nf[80];
-            fld(nf, sizeof(nf), "%s.namespace", f);
+            l7c_fld(nf, sizeof(nf), "%s.namespace", f);
             finding(&c, MANIFEST_ERROR, nf, "a target must be in the policy's namespace %s", ns);
             break;
         }
@@ -1354,7 +1351,7 @@ int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t 
             pt->kind = ZMESH__V1__POLICY_TARGET__KIND__SERVICE;
         else {
             char kf[80];
-            fld(kf, sizeof(kf), "%s.kind", f);
+            l7c_fld(kf, sizeof(kf), "%s.kind", f);
             finding(&c, MANIFEST_ERROR, kf, "unsupported target %s%s%s (Gateway and Service are supported)",
                     group, *group ? "/" : "", tkind);
             break;
@@ -1374,7 +1371,7 @@ int l7_convert_authz(const json_t *obj, const struct manifest_src *src, uint8_t 
         for (size_t i = 0; i < json_array_size(rl); i++) {
             char f[64];
             bool drop;
-            fld(f, sizeof(f), "spec.rules[%zu]", i);
+            l7c_fld(f, sizeof(f), "spec.rules[%zu]", i);
             Zmesh__V1__L7Rule *rule = authz_rule(&c, json_array_get(rl, i), f, allow, &drop);
             if (!rule) goto out;
             if (!drop) m.rules[m.n_rules++] = rule;

@@ -24,6 +24,8 @@ struct conv {
     const char *ns;
 };
 
+/* A field path into buf for a finding; cut when longer than buf (messages only). */
+void l7c_fld(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* True when an ERROR was reported or an allocation failed. */
 bool l7c_bad(const struct conv *c);
 /* Reports a finding on field (an ERROR marks the conversion failed). */

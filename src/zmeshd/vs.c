@@ -22,15 +22,6 @@
  * has its own bounds (src/mesh/l7.h) and refuses more, these keep the conversion's arrays small. */
 #define VS_MAX_LIST 256
 
-static void fld(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void fld(char *buf, size_t n, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, n, fmt, ap);
-    va_end(ap);
-}
-
 #define ERR(c, f, ...) l7c_finding(c, MANIFEST_ERROR, f, __VA_ARGS__)
 #define WARN(c, f, ...) l7c_finding(c, MANIFEST_WARN, f, __VA_ARGS__)
 
@@ -49,7 +40,7 @@ static int get_duration(struct conv *c, const json_t *o, const char *key, const 
     if (rc <= 0) return rc;
     if (l7_istio_duration_ms(s, ms) < 0) {
         char f[300];
-        fld(f, sizeof(f), "%s.%s", path, key);
+        l7c_fld(f, sizeof(f), "%s.%s", path, key);
         ERR(c, f, "not a duration (e.g. \"1.5s\", \"100ms\", \"1m\"): \"%.40s\"", s);
         return -1;
     }
@@ -63,7 +54,7 @@ static int get_percent(struct conv *c, const json_t *o, const char *key, const c
     char f[300];
     json_t *p = json_object_get(o, key);
     if (p && !json_is_null(p)) {
-        fld(f, sizeof(f), "%s.%s", path, key);
+        l7c_fld(f, sizeof(f), "%s.%s", path, key);
         json_t *v = json_is_object(p) ? json_object_get(p, "value") : NULL;
         if (json_is_object(p) && !v) { /* {} is 0% (protobuf's default value) */
             *ppm = 0;
@@ -153,7 +144,7 @@ static int string_match(struct conv *c, const json_t *o, const char *path, bool 
     }
     if (*type == ZMESH__V1__STRING_MATCH__TYPE__REGEX) {
         char err[300], f[300];
-        fld(f, sizeof(f), "%s.regex", path);
+        l7c_fld(f, sizeof(f), "%s.regex", path);
         if (l7_regex_check(v, err, sizeof(err)) < 0) {
             ERR(c, f, "%s", err);
             return -1;
@@ -180,7 +171,7 @@ static int named_map(struct conv *c, const json_t *o, const char *key, const cha
     json_object_foreach(m, k, e)
     {
         char f[300];
-        fld(f, sizeof(f), "%s.%s.%s", path, key, k);
+        l7c_fld(f, sizeof(f), "%s.%s.%s", path, key, k);
         v[i] = l7c_alloc(c, sizeof(**v));
         if (!v[i]) return -1;
         zmesh__v1__named_match__init(v[i]);
@@ -225,7 +216,7 @@ static int attr_match(struct conv *c, const json_t *o, const char *key, const ch
     int rc = l7c_get_obj(c, o, key, path, &a);
     if (rc <= 0) return rc;
     char f[300];
-    fld(f, sizeof(f), "%s.%s", path, key);
+    l7c_fld(f, sizeof(f), "%s.%s", path, key);
     const char *val;
     Zmesh__V1__StringMatch__Type t;
     if (string_match(c, a, f, false, &t, &val) < 0) return -1;
@@ -258,7 +249,7 @@ static int source_conv(struct conv *c, const json_t *o, const char *path, Zmesh_
     int rc = l7c_get_str(c, o, "sourceNamespace", path, &sns);
     if (rc < 0) return -1;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.sourceNamespace", path);
+        l7c_fld(f, sizeof(f), "%s.sourceNamespace", path);
         if (!*sns || strlen(sns) > 63 || strchr(sns, '/')) {
             ERR(c, f, "expected a namespace name, got \"%.64s\"", sns);
             return -1;
@@ -268,7 +259,7 @@ static int source_conv(struct conv *c, const json_t *o, const char *path, Zmesh_
     json_t *labels;
     if ((rc = l7c_get_obj(c, o, "sourceLabels", path, &labels)) < 0) return -1;
     if (rc == 0) return 0;
-    fld(f, sizeof(f), "%s.sourceLabels", path);
+    l7c_fld(f, sizeof(f), "%s.sourceLabels", path);
     size_t nl = json_object_size(labels);
     struct k8s_kv *sel = l7c_alloc(c, (nl ? nl : 1) * sizeof(*sel));
     if (!sel) return -1;
@@ -279,7 +270,7 @@ static int source_conv(struct conv *c, const json_t *o, const char *path, Zmesh_
     {
         if (!json_is_string(v)) {
             char g[400];
-            fld(g, sizeof(g), "%s.%s", f, k);
+            l7c_fld(g, sizeof(g), "%s.%s", f, k);
             ERR(c, g, "expected a string");
             return -1;
         }
@@ -333,14 +324,14 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     }
     l7c_unknown_keys(c, o, path, keys);
     if (json_object_get(o, "statPrefix")) {
-        fld(f, sizeof(f), "%s.statPrefix", path);
+        l7c_fld(f, sizeof(f), "%s.statPrefix", path);
         WARN(c, f, "not supported by zmesh's waypoint, ignored");
     }
     json_t *gw = NULL;
     if (l7c_get_list(c, o, "gateways", path, &gw) < 0) return NULL;
     bool others;
     if (!gateways_mesh(gw, &others)) {
-        fld(f, sizeof(f), "%s.gateways", path);
+        l7c_fld(f, sizeof(f), "%s.gateways", path);
         l7c_finding(c, MANIFEST_INFO, f,
                     "a match for gateways only (no \"mesh\"): not for the waypoint, skipped");
         *skip = true;
@@ -353,7 +344,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     int rc = l7c_get_obj(c, o, "uri", path, &u);
     if (rc < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.uri", path);
+        l7c_fld(f, sizeof(f), "%s.uri", path);
         const char *val;
         Zmesh__V1__StringMatch__Type t;
         if (string_match(c, u, f, false, &t, &val) < 0) return NULL;
@@ -365,7 +356,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     json_t *meth;
     if ((rc = l7c_get_obj(c, o, "method", path, &meth)) < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.method", path);
+        l7c_fld(f, sizeof(f), "%s.method", path);
         const char *val;
         Zmesh__V1__StringMatch__Type t;
         if (string_match(c, meth, f, false, &t, &val) < 0) return NULL;
@@ -377,7 +368,7 @@ static Zmesh__V1__RouteMatch *match_conv(struct conv *c, const json_t *o, const 
     }
     json_t *ic = json_object_get(o, "ignoreUriCase");
     if (ic && !json_is_boolean(ic)) {
-        fld(f, sizeof(f), "%s.ignoreUriCase", path);
+        l7c_fld(f, sizeof(f), "%s.ignoreUriCase", path);
         ERR(c, f, "expected true or false");
         return NULL;
     }
@@ -437,7 +428,7 @@ static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const
         size_t i = 0;
         json_object_foreach(m, k, v)
         {
-            fld(f, sizeof(f), "%s.%s.%s", path, l ? "add" : "set", k);
+            l7c_fld(f, sizeof(f), "%s.%s.%s", path, l ? "add" : "set", k);
             if (!json_is_string(v)) {
                 ERR(c, f, "expected a string");
                 return NULL;
@@ -473,7 +464,7 @@ static Zmesh__V1__RouteFilter *header_ops(struct conv *c, const json_t *o, const
     size_t w = 0;
     for (size_t i = 0; i < hm->n_remove; i++) {
         if (internal_header(hm->remove[i])) { /* Istio's dropInternal */
-            fld(f, sizeof(f), "%s.remove[%zu]", path, i);
+            l7c_fld(f, sizeof(f), "%s.remove[%zu]", path, i);
             WARN(c, f, "a pseudo-header or Host cannot be removed (Istio drops it), ignored");
             continue;
         }
@@ -500,7 +491,7 @@ static int headers_conv(struct conv *c, const json_t *o, const char *path, Zmesh
     int rc = l7c_get_obj(c, o, "headers", path, &h);
     if (rc <= 0) return rc;
     char f[300];
-    fld(f, sizeof(f), "%s.headers", path);
+    l7c_fld(f, sizeof(f), "%s.headers", path);
     static const char *const keys[] = {"request", "response", NULL};
     l7c_unknown_keys(c, h, f, keys);
     for (int d = 0; d < 2; d++) {
@@ -508,7 +499,7 @@ static int headers_conv(struct conv *c, const json_t *o, const char *path, Zmesh
         if ((rc = l7c_get_obj(c, h, d ? "response" : "request", f, &ops)) < 0) return -1;
         if (rc == 0) continue;
         char of[320];
-        fld(of, sizeof(of), "%s.%s", f, d ? "response" : "request");
+        l7c_fld(of, sizeof(of), "%s.%s", f, d ? "response" : "request");
         if (!(fl[(*n)++] = header_ops(c, ops, of, d == 1, authority))) return -1;
     }
     return 1;
@@ -528,14 +519,14 @@ static Zmesh__V1__BackendRef *destination(struct conv *c, const json_t *o, const
     const char *host = NULL;
     *subset = "";
     if (l7c_get_str(c, o, "host", path, &host) <= 0 || !*host) {
-        fld(f, sizeof(f), "%s.host", path);
+        l7c_fld(f, sizeof(f), "%s.host", path);
         if (!c->failed) ERR(c, f, "missing");
         return NULL;
     }
     if (subset && l7c_get_str(c, o, "subset", path, subset) < 0) return NULL;
     char ns[254], name[254];
     if (!host_service(host, c->ns, ns, sizeof(ns), name, sizeof(name))) {
-        fld(f, sizeof(f), "%s.host", path);
+        l7c_fld(f, sizeof(f), "%s.host", path);
         ERR(c, f,
             "\"%.100s\" is not a Service (a short name, or <name>.<namespace>.svc.<domain>); only Services "
             "are supported as destinations",
@@ -547,7 +538,7 @@ static Zmesh__V1__BackendRef *destination(struct conv *c, const json_t *o, const
     int rc = l7c_get_obj(c, o, "port", path, &p);
     if (rc < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.port", path);
+        l7c_fld(f, sizeof(f), "%s.port", path);
         static const char *const pk[] = {"number", NULL};
         l7c_unknown_keys(c, p, f, pk);
         if (l7c_get_int(c, p, "number", f, 1, 65535, &port) < 0) return NULL;
@@ -578,12 +569,12 @@ static int redirect_conv(struct conv *c, const json_t *o, const char *path, Zmes
         return -1;
     char f[300];
     if (derive && strcmp(derive, "FROM_PROTOCOL_DEFAULT") != 0 && strcmp(derive, "FROM_REQUEST_PORT") != 0) {
-        fld(f, sizeof(f), "%s.derivePort", path);
+        l7c_fld(f, sizeof(f), "%s.derivePort", path);
         ERR(c, f, "expected FROM_PROTOCOL_DEFAULT or FROM_REQUEST_PORT, got \"%.40s\"", derive);
         return -1;
     }
     if (derive && port) {
-        fld(f, sizeof(f), "%s.derivePort", path);
+        l7c_fld(f, sizeof(f), "%s.derivePort", path);
         ERR(c, f, "port and derivePort are mutually exclusive");
         return -1;
     }
@@ -620,7 +611,7 @@ static int rewrite_conv(struct conv *c, const json_t *o, const char *path, Zmesh
         (rrc = l7c_get_obj(c, o, "uriRegexRewrite", path, &rx)) < 0)
         return -1;
     if (uri && rrc > 0) {
-        fld(f, sizeof(f), "%s.uriRegexRewrite", path);
+        l7c_fld(f, sizeof(f), "%s.uriRegexRewrite", path);
         ERR(c, f, "uri and uriRegexRewrite are mutually exclusive");
         return -1;
     }
@@ -638,18 +629,18 @@ static int rewrite_conv(struct conv *c, const json_t *o, const char *path, Zmesh
         rw->path->type = ZMESH__V1__PATH_MODIFIER__TYPE__PREFIX_REWRITE;
         rw->path->value = l7c_dup(c, uri);
     } else if (rrc > 0) {
-        fld(f, sizeof(f), "%s.uriRegexRewrite", path);
+        l7c_fld(f, sizeof(f), "%s.uriRegexRewrite", path);
         static const char *const rk[] = {"match", "rewrite", NULL};
         l7c_unknown_keys(c, rx, f, rk);
         const char *m = NULL, *r = NULL;
         char mf[320];
-        fld(mf, sizeof(mf), "%s.match", f);
+        l7c_fld(mf, sizeof(mf), "%s.match", f);
         if (l7c_get_str(c, rx, "match", f, &m) <= 0 || !*m) {
             if (!c->failed) ERR(c, mf, "missing");
             return -1;
         }
         if (l7c_get_str(c, rx, "rewrite", f, &r) <= 0) {
-            fld(mf, sizeof(mf), "%s.rewrite", f);
+            l7c_fld(mf, sizeof(mf), "%s.rewrite", f);
             if (!c->failed) ERR(c, mf, "missing");
             return -1;
         }
@@ -700,32 +691,32 @@ static Zmesh__V1__Fault *fault_conv(struct conv *c, const json_t *o, const char 
     if (rd < 0 || ra < 0) return NULL;
     if (rd > 0) {
         static const char *const dk[] = {"fixedDelay", "exponentialDelay", "percentage", "percent", NULL};
-        fld(f, sizeof(f), "%s.delay", path);
+        l7c_fld(f, sizeof(f), "%s.delay", path);
         l7c_unknown_keys(c, d, f, dk);
         if (json_object_get(d, "exponentialDelay")) {
-            fld(g, sizeof(g), "%s.exponentialDelay", f);
+            l7c_fld(g, sizeof(g), "%s.exponentialDelay", f);
             ERR(c, g, "not supported (Istio does not implement it either); use fixedDelay");
             return NULL;
         }
         int rc = get_duration(c, d, "fixedDelay", f, &ft->delay_ms);
         if (rc <= 0) {
-            fld(g, sizeof(g), "%s.fixedDelay", f);
+            l7c_fld(g, sizeof(g), "%s.fixedDelay", f);
             if (!c->failed) ERR(c, g, "missing");
             return NULL;
         }
         ft->delay_ppm = L7_PPM; /* no percentage: every request (Istio's translation) */
         if (get_percent(c, d, "percentage", "percent", f, &ft->delay_ppm) < 0) return NULL;
         if (!ft->delay_ms) {
-            fld(g, sizeof(g), "%s.fixedDelay", f);
+            l7c_fld(g, sizeof(g), "%s.fixedDelay", f);
             WARN(c, g, "0: no delay is injected");
         }
     }
     if (ra > 0) {
         static const char *const ak[] = {"httpStatus", "grpcStatus", "http2Error", "percentage", NULL};
-        fld(f, sizeof(f), "%s.abort", path);
+        l7c_fld(f, sizeof(f), "%s.abort", path);
         l7c_unknown_keys(c, a, f, ak);
         if (json_object_get(a, "http2Error")) {
-            fld(g, sizeof(g), "%s.http2Error", f);
+            l7c_fld(g, sizeof(g), "%s.http2Error", f);
             ERR(c, g, "not supported (Istio does not implement it either); use httpStatus or grpcStatus");
             return NULL;
         }
@@ -743,7 +734,7 @@ static Zmesh__V1__Fault *fault_conv(struct conv *c, const json_t *o, const char 
         } else {
             int code = grpc_status_code(gs);
             if (code < 0) {
-                fld(g, sizeof(g), "%s.grpcStatus", f);
+                l7c_fld(g, sizeof(g), "%s.grpcStatus", f);
                 ERR(c, g, "not a gRPC status name (OK, CANCELLED, ..., UNAUTHENTICATED): \"%.40s\"", gs);
                 return NULL;
             }
@@ -793,7 +784,7 @@ static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char 
     json_t *ip = json_object_get(o, "retryIgnorePreviousHosts");
     if (ip && !json_is_null(ip)) {
         if (!json_is_boolean(ip)) {
-            fld(f, sizeof(f), "%s.retryIgnorePreviousHosts", path);
+            l7c_fld(f, sizeof(f), "%s.retryIgnorePreviousHosts", path);
             ERR(c, f, "expected true or false");
             return NULL;
         }
@@ -804,12 +795,12 @@ static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char 
     int brc = get_duration(c, o, "backoff", path, &r->backoff_base_ms);
     if (brc < 0) return NULL;
     if (brc > 0 && !r->backoff_base_ms) {
-        fld(f, sizeof(f), "%s.backoff", path);
+        l7c_fld(f, sizeof(f), "%s.backoff", path);
         ERR(c, f, "expected at least 1ms (Envoy's retry_back_off.base_interval)");
         return NULL;
     }
     if (json_object_get(o, "retryRemoteLocalities")) {
-        fld(f, sizeof(f), "%s.retryRemoteLocalities", path);
+        l7c_fld(f, sizeof(f), "%s.retryRemoteLocalities", path);
         WARN(c, f, "not supported by zmesh's waypoint, ignored");
     }
     const char *on = NULL;
@@ -823,7 +814,7 @@ static Zmesh__V1__Retry *retry_conv(struct conv *c, const json_t *o, const char 
     r->retry_on = l7c_alloc(c, cap * sizeof(char *));
     r->retry_on_codes = l7c_alloc(c, cap * sizeof(uint32_t));
     if (!r->retry_on || !r->retry_on_codes) return NULL;
-    fld(f, sizeof(f), "%s.retryOn", path);
+    l7c_fld(f, sizeof(f), "%s.retryOn", path);
     char *save = NULL;
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         while (*t == ' ')
@@ -882,7 +873,7 @@ static Zmesh__V1__CorsPolicy *cors_conv(struct conv *c, const json_t *o, const c
     cp->allow_origins = l7c_alloc(c, n * sizeof(*cp->allow_origins));
     if (!cp->allow_origins) return NULL;
     for (size_t i = 0; rc > 0 && i < json_array_size(l); i++) {
-        fld(f, sizeof(f), "%s.allowOrigins[%zu]", path, i);
+        l7c_fld(f, sizeof(f), "%s.allowOrigins[%zu]", path, i);
         Zmesh__V1__StringMatch *m = l7c_alloc(c, sizeof(*m));
         if (!m) return NULL;
         zmesh__v1__string_match__init(m);
@@ -915,7 +906,7 @@ static Zmesh__V1__CorsPolicy *cors_conv(struct conv *c, const json_t *o, const c
     json_t *cr = json_object_get(o, "allowCredentials");
     if (cr && !json_is_null(cr)) {
         if (!json_is_boolean(cr)) {
-            fld(f, sizeof(f), "%s.allowCredentials", path);
+            l7c_fld(f, sizeof(f), "%s.allowCredentials", path);
             ERR(c, f, "expected true or false");
             return NULL;
         }
@@ -925,7 +916,7 @@ static Zmesh__V1__CorsPolicy *cors_conv(struct conv *c, const json_t *o, const c
     const char *up = NULL;
     if (l7c_get_str(c, o, "unmatchedPreflights", path, &up) < 0) return NULL;
     if (up && strcmp(up, "FORWARD") && strcmp(up, "IGNORE") && strcmp(up, "UNSPECIFIED")) {
-        fld(f, sizeof(f), "%s.unmatchedPreflights", path);
+        l7c_fld(f, sizeof(f), "%s.unmatchedPreflights", path);
         ERR(c, f, "expected FORWARD or IGNORE, got \"%.40s\"", up);
         return NULL;
     }
@@ -944,7 +935,7 @@ static Zmesh__V1__DirectResponse *direct_conv(struct conv *c, const json_t *o, c
     long long st = 0;
     int rc = l7c_get_int(c, o, "status", path, 200, 599, &st);
     if (rc <= 0) {
-        fld(f, sizeof(f), "%s.status", path);
+        l7c_fld(f, sizeof(f), "%s.status", path);
         if (!c->failed) ERR(c, f, "missing");
         return NULL;
     }
@@ -952,7 +943,7 @@ static Zmesh__V1__DirectResponse *direct_conv(struct conv *c, const json_t *o, c
     json_t *b;
     if ((rc = l7c_get_obj(c, o, "body", path, &b)) < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.body", path);
+        l7c_fld(f, sizeof(f), "%s.body", path);
         static const char *const bk[] = {"string", "bytes", NULL};
         l7c_unknown_keys(c, b, f, bk);
         const char *s = NULL, *bytes = NULL;
@@ -981,7 +972,7 @@ static Zmesh__V1__DirectResponse *direct_conv(struct conv *c, const json_t *o, c
                 if (v == -2) break;
                 if (v < 0) {
                     char g[320];
-                    fld(g, sizeof(g), "%s.bytes", f);
+                    l7c_fld(g, sizeof(g), "%s.bytes", f);
                     ERR(c, g, "not base64");
                     return NULL;
                 }
@@ -1010,7 +1001,7 @@ static Zmesh__V1__RouteFilter *mirror_conv(struct conv *c, const json_t *dest, c
     if (!b) return NULL;
     if (*subset) {
         char f[300];
-        fld(f, sizeof(f), "%s.subset", path);
+        l7c_fld(f, sizeof(f), "%s.subset", path);
         WARN(
             c, f,
             "a mirror's subset is not supported by zmesh's waypoint yet: the copy goes to the whole Service");
@@ -1048,7 +1039,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     }
     l7c_unknown_keys(c, o, path, keys);
     if (json_object_get(o, "delegate")) {
-        fld(f, sizeof(f), "%s.delegate", path);
+        l7c_fld(f, sizeof(f), "%s.delegate", path);
         WARN(c, f,
              "delegation is not supported by zmesh's waypoint (Istio supports it for gateways only): this "
              "http route is left out");
@@ -1066,7 +1057,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     if (rc < 0) return NULL;
     size_t nm = rc > 0 ? json_array_size(l) : 0;
     if (nm > VS_MAX_LIST) {
-        fld(f, sizeof(f), "%s.match", path);
+        l7c_fld(f, sizeof(f), "%s.match", path);
         ERR(c, f, "more than %d entries", VS_MAX_LIST);
         return NULL;
     }
@@ -1078,7 +1069,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         r->n_matches = 1;
     }
     for (size_t i = 0; i < nm; i++) {
-        fld(f, sizeof(f), "%s.match[%zu]", path, i);
+        l7c_fld(f, sizeof(f), "%s.match[%zu]", path, i);
         bool mskip;
         Zmesh__V1__RouteMatch *m = match_conv(c, json_array_get(l, i), f, &mskip);
         if (!m && !mskip) return NULL;
@@ -1109,22 +1100,22 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         return NULL;
     }
     if (rrw > 0 && nr == 0) {
-        fld(f, sizeof(f), "%s.rewrite", path);
+        l7c_fld(f, sizeof(f), "%s.rewrite", path);
         ERR(c, f, "a rewrite needs a route");
         return NULL;
     }
     if (rrd > 0) {
-        fld(f, sizeof(f), "%s.redirect", path);
+        l7c_fld(f, sizeof(f), "%s.redirect", path);
         if (redirect_conv(c, rd, f, &r->filters[r->n_filters]) < 0) return NULL;
         r->n_filters++;
     }
     if (rrw > 0) {
-        fld(f, sizeof(f), "%s.rewrite", path);
+        l7c_fld(f, sizeof(f), "%s.rewrite", path);
         if (rewrite_conv(c, rw, f, &r->filters[r->n_filters]) < 0) return NULL;
         r->n_filters++;
     }
     if (rdr > 0) {
-        fld(f, sizeof(f), "%s.directResponse", path);
+        l7c_fld(f, sizeof(f), "%s.directResponse", path);
         if (!(r->direct_response = direct_conv(c, dr, f))) return NULL;
     }
     /* mirror + mirrorPercentage (or the deprecated mirrorPercent), and mirrors[] */
@@ -1133,20 +1124,20 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     if (rc > 0) {
         uint32_t ppm = L7_PPM;
         if (get_percent(c, o, "mirrorPercentage", "mirrorPercent", path, &ppm) < 0) return NULL;
-        fld(f, sizeof(f), "%s.mirror", path);
+        l7c_fld(f, sizeof(f), "%s.mirror", path);
         if (!(r->filters[r->n_filters] = mirror_conv(c, mi, f, ppm))) return NULL;
         r->n_filters++;
     } else if (json_object_get(o, "mirrorPercentage") || json_object_get(o, "mirrorPercent")) {
-        fld(f, sizeof(f), "%s.mirrorPercentage", path);
+        l7c_fld(f, sizeof(f), "%s.mirrorPercentage", path);
         WARN(c, f, "without mirror: ignored");
     }
     if (json_object_get(o, "mirror_percent")) {
-        fld(f, sizeof(f), "%s.mirror_percent", path);
+        l7c_fld(f, sizeof(f), "%s.mirror_percent", path);
         WARN(c, f, "not supported (use mirrorPercentage), ignored");
     }
     for (size_t i = 0; mirrors && i < json_array_size(mirrors); i++) {
         json_t *e = json_array_get(mirrors, i);
-        fld(f, sizeof(f), "%s.mirrors[%zu]", path, i);
+        l7c_fld(f, sizeof(f), "%s.mirrors[%zu]", path, i);
         if (!json_is_object(e)) {
             ERR(c, f, "expected a mapping");
             return NULL;
@@ -1156,20 +1147,20 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         json_t *d;
         if (l7c_get_obj(c, e, "destination", f, &d) <= 0) {
             char g[320];
-            fld(g, sizeof(g), "%s.destination", f);
+            l7c_fld(g, sizeof(g), "%s.destination", f);
             if (!c->failed) ERR(c, g, "missing");
             return NULL;
         }
         uint32_t ppm = L7_PPM;
         if (get_percent(c, e, "percentage", NULL, f, &ppm) < 0) return NULL;
         char g[320];
-        fld(g, sizeof(g), "%s.destination", f);
+        l7c_fld(g, sizeof(g), "%s.destination", f);
         if (!(r->filters[r->n_filters] = mirror_conv(c, d, g, ppm))) return NULL;
         r->n_filters++;
     }
     /* destinations */
     if (nr > VS_MAX_LIST) {
-        fld(f, sizeof(f), "%s.route", path);
+        l7c_fld(f, sizeof(f), "%s.route", path);
         ERR(c, f, "more than %d entries", VS_MAX_LIST);
         return NULL;
     }
@@ -1178,7 +1169,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     uint64_t total = 0;
     for (size_t i = 0; i < nr; i++) {
         json_t *e = json_array_get(routes, i);
-        fld(f, sizeof(f), "%s.route[%zu]", path, i);
+        l7c_fld(f, sizeof(f), "%s.route[%zu]", path, i);
         if (!json_is_object(e)) {
             ERR(c, f, "expected a mapping");
             return NULL;
@@ -1190,7 +1181,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         zmesh__v1__backend__init(b);
         json_t *d;
         char g[320];
-        fld(g, sizeof(g), "%s.destination", f);
+        l7c_fld(g, sizeof(g), "%s.destination", f);
         if (l7c_get_obj(c, e, "destination", f, &d) <= 0) {
             if (!c->failed) ERR(c, g, "missing");
             return NULL;
@@ -1235,7 +1226,7 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
         if (!*rw->hostname) rw->hostname = l7c_dup(c, hauth); /* rewrite.authority wins (Istio's order) */
     }
     if (nr > 1 && total == 0) {
-        fld(f, sizeof(f), "%s.route", path);
+        l7c_fld(f, sizeof(f), "%s.route", path);
         ERR(c, f, "the destinations' weights add up to 0");
         return NULL;
     }
@@ -1249,17 +1240,17 @@ static Zmesh__V1__RouteRule *rule_conv(struct conv *c, const json_t *o, const ch
     json_t *x;
     if ((rc = l7c_get_obj(c, o, "retries", path, &x)) < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.retries", path);
+        l7c_fld(f, sizeof(f), "%s.retries", path);
         if (!(r->retry = retry_conv(c, x, f))) return NULL;
     }
     if ((rc = l7c_get_obj(c, o, "fault", path, &x)) < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.fault", path);
+        l7c_fld(f, sizeof(f), "%s.fault", path);
         if (!(r->fault = fault_conv(c, x, f))) return NULL;
     }
     if ((rc = l7c_get_obj(c, o, "corsPolicy", path, &x)) < 0) return NULL;
     if (rc > 0) {
-        fld(f, sizeof(f), "%s.corsPolicy", path);
+        l7c_fld(f, sizeof(f), "%s.corsPolicy", path);
         if (!(r->cors = cors_conv(c, x, f))) return NULL;
     }
     return l7c_bad(c) ? NULL : r;
@@ -1276,7 +1267,7 @@ static int l4_destinations(struct conv *c, const json_t *rl, const char *f, cons
     *n = 0;
     size_t nr = rl ? json_array_size(rl) : 0;
     if (!nr) {
-        fld(g, sizeof(g), "%s.route", f);
+        l7c_fld(g, sizeof(g), "%s.route", f);
         ERR(c, g, "missing: a %s route needs a destination", kind);
         return -1;
     }
@@ -1285,7 +1276,7 @@ static int l4_destinations(struct conv *c, const json_t *rl, const char *f, cons
     uint64_t total = 0;
     for (size_t k = 0; k < nr; k++) {
         json_t *e = json_array_get(rl, k), *d = NULL;
-        fld(g, sizeof(g), "%s.route[%zu]", f, k);
+        l7c_fld(g, sizeof(g), "%s.route[%zu]", f, k);
         if (!json_is_object(e)) {
             ERR(c, g, "expected a mapping");
             return -1;
@@ -1293,7 +1284,7 @@ static int l4_destinations(struct conv *c, const json_t *rl, const char *f, cons
         static const char *const dk[] = {"destination", "weight", NULL};
         l7c_unknown_keys(c, e, g, dk);
         char h[160];
-        fld(h, sizeof(h), "%s.destination", g);
+        l7c_fld(h, sizeof(h), "%s.destination", g);
         if (l7c_get_obj(c, e, "destination", g, &d) <= 0) {
             if (!c->failed) ERR(c, h, "missing");
             return -1;
@@ -1312,7 +1303,7 @@ static int l4_destinations(struct conv *c, const json_t *rl, const char *f, cons
         (*out)[(*n)++] = b;
     }
     if (total == 0) {
-        fld(g, sizeof(g), "%s.route", f);
+        l7c_fld(g, sizeof(g), "%s.route", f);
         ERR(c, g, "the destinations' weights add up to 0");
         return -1;
     }
@@ -1353,7 +1344,7 @@ static int tls_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
     for (size_t i = 0; i < json_array_size(l); i++) {
         json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
         char f[64], g[128];
-        fld(f, sizeof(f), "spec.tls[%zu]", i);
+        l7c_fld(f, sizeof(f), "spec.tls[%zu]", i);
         if (!json_is_object(o)) {
             ERR(c, f, "expected a mapping");
             return -1;
@@ -1374,7 +1365,7 @@ static int tls_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
             t->n_backends = nb;
             if (nm) {
                 json_t *mt = json_array_get(ml, k), *gw = NULL;
-                fld(g, sizeof(g), "%s.match[%zu]", f, k);
+                l7c_fld(g, sizeof(g), "%s.match[%zu]", f, k);
                 if (!json_is_object(mt)) {
                     ERR(c, g, "expected a mapping");
                     return -1;
@@ -1391,7 +1382,7 @@ static int tls_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
                 }
                 if (json_object_get(mt, "destinationSubnets")) {
                     char h[160];
-                    fld(h, sizeof(h), "%s.destinationSubnets", g);
+                    l7c_fld(h, sizeof(h), "%s.destinationSubnets", g);
                     WARN(c, h, "not read by a waypoint (as Istio's), ignored");
                 }
                 json_t *sl = json_object_get(mt, "sourceLabels"),
@@ -1416,7 +1407,7 @@ static int tls_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
                             !strcmp(m->parents[p]->namespace_, sns) && !strcmp(m->parents[p]->name, sname);
                 if (!named) {
                     char h[160];
-                    fld(h, sizeof(h), "%s.sniHosts", g);
+                    l7c_fld(h, sizeof(h), "%s.sniHosts", g);
                     l7c_finding(
                         c, MANIFEST_INFO, h,
                         "never applies at a waypoint: it applies only when sniHosts is exactly one host, "
@@ -1455,7 +1446,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
     for (size_t i = 0; i < json_array_size(l); i++) {
         json_t *o = json_array_get(l, i), *ml = NULL, *rl = NULL;
         char f[64], g[128];
-        fld(f, sizeof(f), "spec.tcp[%zu]", i);
+        l7c_fld(f, sizeof(f), "spec.tcp[%zu]", i);
         if (!json_is_object(o)) {
             ERR(c, f, "expected a mapping");
             return -1;
@@ -1472,7 +1463,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
         if (!t->ports) return -1;
         for (size_t k = 0; k < nm; k++) {
             json_t *mt = json_array_get(ml, k), *gw = NULL;
-            fld(g, sizeof(g), "%s.match[%zu]", f, k);
+            l7c_fld(g, sizeof(g), "%s.match[%zu]", f, k);
             if (!json_is_object(mt)) {
                 ERR(c, g, "expected a mapping");
                 return -1;
@@ -1486,7 +1477,7 @@ static int tcp_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *m)
             for (size_t x = 0; refused[x]; x++)
                 if (json_object_get(mt, refused[x])) {
                     char h[160];
-                    fld(h, sizeof(h), "%s.%s", g, refused[x]);
+                    l7c_fld(h, sizeof(h), "%s.%s", g, refused[x]);
                     ERR(c, h,
                         "not supported by zmesh's waypoint (a match on it cannot be dropped without widening "
                         "the route)");
@@ -1531,7 +1522,7 @@ static int hosts_conv(struct conv *c, const json_t *spec, Zmesh__V1__HTTPRoute *
     if (!m->parents) return -1;
     for (size_t i = 0; i < m->n_hostnames; i++) {
         char ns[254], name[254], f[64];
-        fld(f, sizeof(f), "spec.hosts[%zu]", i);
+        l7c_fld(f, sizeof(f), "spec.hosts[%zu]", i);
         if (!host_service(m->hostnames[i], c->ns, ns, sizeof(ns), name, sizeof(name))) {
             if (!quiet)
                 WARN(c, f,
@@ -1630,7 +1621,7 @@ int vs_convert(const json_t *obj, const struct manifest_src *src, const struct m
         if (!m.rules) goto nomem;
         for (size_t i = 0; i < json_array_size(l); i++) {
             char f[64];
-            fld(f, sizeof(f), "spec.http[%zu]", i);
+            l7c_fld(f, sizeof(f), "spec.http[%zu]", i);
             bool skip;
             Zmesh__V1__RouteRule *rr = rule_conv(&vc.c, json_array_get(l, i), f, &skip);
             if (!rr && !skip) goto out;
