@@ -28,6 +28,7 @@
 #include "mesh/l7authz.h"
 #include "mesh/lb.h"
 #include "mesh/model.h"
+#include "tls/spiffe.h"
 #include "zmeshd/k8s.h"
 #include "zmeshd/l7.h"
 #include "zmeshd/waypoint.h"
@@ -428,7 +429,18 @@ static void explain_waypoint(struct why_ctx *x, const struct k8s_waypoint *kw, c
                              .path_len = strlen(path),
                              .authority = authority,
                              .headers = hs,
-                             .n_headers = nh};
+                             .n_headers = nh,
+                             .port = port,
+                             .scheme = "http"};
+    /* VirtualService source matches as the waypoint reads them (wp_decide): the namespace of the identity the
+     * client's ztunnel presents, the client workload found by its address. */
+    struct spiffe_id sid;
+    if (src && src->spiffe_id[0] && spiffe_parse(src->spiffe_id, strlen(src->spiffe_id), &sid) == 0)
+        req.source_namespace = sid.ns;
+    if (src) {
+        req.source_workload_ns = src->namespace_;
+        req.source_workload = src->name;
+    }
     for (size_t i = 0; i < nh; i++)
         if (!strcmp(hs[i].name, "content-type") && l7_grpc_content_type(hs[i].value)) req.grpc = true;
     struct ip_addr sip = {0};

@@ -157,6 +157,27 @@ static void test_destination_rule_load_balancer(void **state)
     manifest_store_free(st);
 }
 
+/* VirtualService source matches read the client as the waypoint does: the namespace of its identity, its
+ * workload (sourceLabels), and the service port. */
+static void test_virtual_service_source_matches(void **state)
+{
+    (void)state;
+    const char *vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+                     "metadata: {name: by-source, namespace: app}\n"
+                     "spec:\n  hosts: [web]\n  http:\n"
+                     "  - match: [{sourceNamespace: other}]\n    route: [{destination: {host: svc-v2}}]\n"
+                     "  - match: [{sourceLabels: {app: client}, port: 80}]\n"
+                     "    route: [{destination: {host: svc-v1}}]\n";
+    struct manifest_store *st = load(vs);
+    struct why_query q = {.source = "app/client", .dest = "web", .path = "/"};
+    char *out = NULL, err[512] = "";
+    assert_int_equal(run(st, &q, &out, err, sizeof(err)), WHY_ALLOWED);
+    has(out, "route: app/by-source rule 1");
+    has(out, "app/svc-v1-0 10.0.1.3 node n1");
+    free(out);
+    manifest_store_free(st);
+}
+
 static void test_l7_deny_names_the_policy(void **state)
 {
     (void)state;
@@ -325,6 +346,7 @@ int main(void)
         cmocka_unit_test(test_split_through_the_waypoint),
         cmocka_unit_test(test_l7_deny_names_the_policy),
         cmocka_unit_test(test_destination_rule_load_balancer),
+        cmocka_unit_test(test_virtual_service_source_matches),
         cmocka_unit_test(test_no_route_when_routes_do_not_match),
         cmocka_unit_test(test_l4_policy_and_identity),
         cmocka_unit_test(test_waypoint_without_ready_pod_is_refused),
