@@ -201,10 +201,7 @@ int l7_authn_compile(const char *name, const uint8_t *pb, size_t len, struct l7_
         rc = fail(&e, "", "not a valid zmesh.v1.RequestAuthentication encoding");
         goto out;
     }
-    char want[520];
-    if (!m->namespace_[0] || !m->name[0] || !l7_text_ok(m->namespace_) || !l7_text_ok(m->name) ||
-        snprintf(want, sizeof(want), "%s/%s", m->namespace_, m->name) >= (int)sizeof(want) ||
-        strcmp(want, name) != 0) {
+    if (!l7_resource_name_is(m->namespace_, m->name, name)) {
         rc = fail(&e, "name", "the resource name is not namespace/name");
         goto out;
     }

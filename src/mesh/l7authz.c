@@ -138,6 +138,13 @@ bool l7_text_ok(const char *s)
     return n <= L7_MAX_STRING;
 }
 
+bool l7_resource_name_is(const char *ns, const char *name, const char *resource)
+{
+    char want[520];
+    return ns[0] && name[0] && l7_text_ok(ns) && l7_text_ok(name) &&
+           snprintf(want, sizeof(want), "%s/%s", ns, name) < (int)sizeof(want) && strcmp(want, resource) == 0;
+}
+
 static int cidr_parse(const char *s, struct cidr *out)
 {
     char ip[64];
@@ -476,10 +483,7 @@ int l7_policy_compile(const char *name, const uint8_t *pb, size_t len, struct l7
         rc = fail(&e, "", "not a valid zmesh.v1.L7Authorization encoding");
         goto out;
     }
-    char want[520];
-    if (!m->namespace_[0] || !m->name[0] || !l7_text_ok(m->namespace_) || !l7_text_ok(m->name) ||
-        snprintf(want, sizeof(want), "%s/%s", m->namespace_, m->name) >= (int)sizeof(want) ||
-        strcmp(want, name) != 0) {
+    if (!l7_resource_name_is(m->namespace_, m->name, name)) {
         rc = fail(&e, "name", "the resource name is not namespace/name");
         goto out;
     }

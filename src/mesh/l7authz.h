@@ -89,6 +89,9 @@ bool l7_re_full(const void *re, const char *s, size_t n);
 void l7_re_free(void *re);
 /* True when s has no control character and at most L7_MAX_STRING bytes (the model's strings). */
 bool l7_text_ok(const char *s);
+/* True when a policy's namespace and name are set, pass l7_text_ok and read "namespace/name" as the resource
+ * name it was sent under. */
+bool l7_resource_name_is(const char *ns, const char *name, const char *resource);
 /* A PolicyTarget as L7Authorization and RequestAuthentication keep it. */
 struct l7_target {
     uint8_t kind; /* PolicyTarget.Kind */
