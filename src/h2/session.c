@@ -232,22 +232,29 @@ uint64_t h2_tls_conns(bool own)
 
 /* ---- output: the thread's buffer, then the conn's own for what the socket refused ---- */
 
-/* Appends output for c: into the thread's buffer if it holds c's bytes, or is free and nothing of c's waits
- * in cout (order is kept: cout is always sent first). */
-static int out_append(struct h2_conn *c, const void *data, size_t len)
-{
-    if (tl_out_conn == c || (!tl_out_conn && !obuf_used(&c->cout))) {
-        if (obuf_append(&tl_out, data, len) < 0) return -ENOMEM;
-        tl_out_conn = c;
-        return 0;
-    }
-    return obuf_append(&c->cout, data, len);
-}
-
-/* The buffer c's next output goes to (see out_append). */
+/* The buffer c's next output goes to: the thread's buffer if it holds c's bytes, or is free and nothing of
+ * c's waits in cout (order is kept: cout is always sent first); else cout. */
 static struct obuf *out_target(struct h2_conn *c)
 {
     return tl_out_conn == c || (!tl_out_conn && !obuf_used(&c->cout)) ? &tl_out : &c->cout;
+}
+
+/* n bytes written at b's end (b from out_target) are c's output. */
+static void out_commit(struct h2_conn *c, struct obuf *b, size_t n)
+{
+    b->len += n;
+    if (b == &tl_out) tl_out_conn = c;
+}
+
+/* Appends output for c (see out_target). */
+static int out_append(struct h2_conn *c, const void *data, size_t len)
+{
+    struct obuf *b = out_target(c);
+    uint8_t *w = obuf_reserve(b, len);
+    if (!w) return -ENOMEM;
+    memcpy(w, data, len);
+    out_commit(c, b, len);
+    return 0;
 }
 
 /* Seals pieces (total bytes, at most one record) straight into c's output. */
@@ -260,8 +267,7 @@ static void rec_seal(struct h2_conn *c, const struct tls_piece *pc, size_t n, si
         c->out_err = true;
         return;
     }
-    b->len += (size_t)k;
-    if (b == &tl_out) tl_out_conn = c;
+    out_commit(c, b, (size_t)k);
 }
 
 /* ---- custom BIO over the connection's buffers ---- */
@@ -1570,8 +1576,7 @@ static int conn_open_records(struct h2_conn *c)
             conn_close(c, H2_END_IO, 0, "TLS KeyUpdate failed");
             return -1;
         }
-        b->len += (size_t)k;
-        if (b == &tl_out) tl_out_conn = c;
+        out_commit(c, b, (size_t)k);
         conn_schedule_flush(c);
     }
     return 0;
