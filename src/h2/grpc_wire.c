@@ -7,6 +7,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/pct.h"
+
 static const char *const status_names[] = {
     "OK",        "CANCELLED",       "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS",  "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
@@ -261,26 +263,9 @@ size_t grpc_message_encode(const char *in, size_t n, char *out, size_t cap)
     return len;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 size_t grpc_message_decode(const char *in, size_t n, char *out)
 {
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++) {
-        int hi, lo;
-        if (in[i] == '%' && i + 2 < n && (hi = hexval(in[i + 1])) >= 0 && (lo = hexval(in[i + 2])) >= 0) {
-            out[len++] = (char)(hi << 4 | lo);
-            i += 2;
-        } else {
-            out[len++] = in[i];
-        }
-    }
+    size_t len = (size_t)pct_decode(in, n, out, n);
     out[len] = '\0';
     return len;
 }

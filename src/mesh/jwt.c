@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pct.h"
+
 /* Texts of jwt_verify_lib's getStatusString as Envoy vendors it today (envoyproxy/envoy
  * source/common/jwt/status.cc; google/jwt_verify_lib src/status.cc is the older copy). */
 static const char *const status_str[JWT_N_STATUS] = {
@@ -638,37 +640,14 @@ int jwt_claim_strings(const struct jwt_result *r, const char *const *path, size_
 
 /* ---- extraction ---- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-size_t jwt_pct_decode(const char *in, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int hi, lo;
-        if (in[i] == '%' && i + 2 < n && (hi = hexval(in[i + 1])) >= 0 && (lo = hexval(in[i + 2])) >= 0) {
-            out[o++] = (char)(hi * 16 + lo);
-            i += 2;
-        } else {
-            out[o++] = in[i];
-        }
-    }
-    return o;
-}
-
 bool jwt_param_name_eq(const char *s, size_t n, const char *name, size_t nl)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++, k++) {
         char c = s[i];
-        int hi, lo;
-        if (c == '%' && i + 2 < n && (hi = hexval(s[i + 1])) >= 0 && (lo = hexval(s[i + 2])) >= 0) {
-            c = (char)(hi * 16 + lo);
+        int b = pct_escape(s, n, i);
+        if (b >= 0) {
+            c = (char)b;
             i += 2;
         }
         if (k >= nl || name[k] != c) return false;

@@ -148,14 +148,10 @@ typedef const char *(*jwt_header_fn)(void *ctx, const char *name);
  * value without the prefix is not a token), then query parameters of `path` (the first parameter whose
  * percent-decoded name matches), then cookies (from the `cookie` header). Writes a pointer into the request
  * data and its length: for a query parameter the raw value, which the caller percent-decodes with
- * jwt_pct_decode before verifying it (Envoy's extractor takes the decoded value). Returns true when found. */
+ * pct_decode (core/pct.h) before verifying it (Envoy's extractor takes the decoded value). Returns true when found. */
 bool jwt_extract(const struct jwt_locations *loc, jwt_header_fn get, void *ctx, const char *path,
                  const char **tok, size_t *tok_len);
 
-/* Envoy's Http::Utility::PercentEncoding::decode (what parseAndDecodeQueryString applies to query names and
- * values): each %XX with two hex digits becomes its byte, anything else is copied. out has room for n bytes;
- * returns the decoded length. */
-size_t jwt_pct_decode(const char *in, size_t n, char *out);
 /* Whether query parameter name s (n raw bytes), percent-decoded, equals name (nl bytes). */
 bool jwt_param_name_eq(const char *s, size_t n, const char *name, size_t nl);
 

@@ -14,6 +14,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "core/pct.h"
 #include "mesh/destination_rule.h"
 #include "mesh/l7authn.h"
 #include "mesh/l7authz.h"
@@ -2087,34 +2088,6 @@ static const char *header_value(const struct l7_request *req, const char *name, 
     *buf = b;
     *len = w;
     return b;
-}
-
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decodes s[0..n) into out[0..cap); returns the length or -1 when it does not fit. '+' stays '+', as
- * in Envoy's query parameter decoding. */
-static ssize_t pct_decode(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t w = 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (c == '%' && i + 2 < n) {
-            int h = hexval(s[i + 1]), l = hexval(s[i + 2]);
-            if (h >= 0 && l >= 0) {
-                c = (char)(h * 16 + l);
-                i += 2;
-            }
-        }
-        if (w >= cap) return -1;
-        out[w++] = c;
-    }
-    return (ssize_t)w;
 }
 
 /* The first value of query parameter name in q[0..qn) (decoded into buf), or -1 when absent. */

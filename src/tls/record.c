@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/pct.h"
+
 #define REC_APP 23
 #define REC_ALERT 21
 #define REC_HANDSHAKE 22
@@ -64,14 +66,6 @@ static void ex_init(void)
     ex_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, secrets_free);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /* "LABEL <client_random hex> <secret hex>" (NSS key log format). */
 static void keylog_cb(const SSL *ssl, const char *line)
 {
@@ -93,7 +87,7 @@ static void keylog_cb(const SSL *ssl, const char *line)
     }
     uint8_t *out = client ? s->client : s->server;
     for (size_t i = 0; i < hl / 2; i++) {
-        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
+        int hi = hex_digit(p[2 * i]), lo = hex_digit(p[2 * i + 1]);
         if (hi < 0 || lo < 0) return;
         out[i] = (uint8_t)(hi << 4 | lo);
     }

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "core/log.h"
+#include "core/pct.h"
 #include "mesh/l7authn.h"
 
 #define LOG_AUTHN "waypoint::jwt"
@@ -191,7 +192,7 @@ static void outputs(struct wp_decision *d, size_t *used, const struct l7_jwt_rul
             start--;
         char name[256];
         if (*eq == '=' && start < eq && (size_t)(eq - start) <= sizeof(name))
-            strip_param(d, req, name, jwt_pct_decode(start, (size_t)(eq - start), name));
+            strip_param(d, req, name, (size_t)pct_decode(start, (size_t)(eq - start), name, sizeof(name)));
     }
     if (r->payload_header) {
         const char *d1 = memchr(tok, '.', tok_len);
@@ -310,7 +311,7 @@ bool wp_authn_check(struct wp_tunnel *t, const struct l7_request *req, struct wp
                     continue;
                 }
                 char *p = hc.scratch + hc.used;
-                vl = jwt_pct_decode(tok, tl, p);
+                vl = (size_t)pct_decode(tok, tl, p, tl);
                 p[vl] = 0;
                 hc.used += vl + 1;
                 vt = p;
